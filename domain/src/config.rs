@@ -1,0 +1,183 @@
+//! Configuration: embedded defaults, then an optional TOML file
+//! (`ORGADMIN_CONFIG`), then the environment (`DATABASE_URL`, `SMTP_URL`,
+//! `ORGADMIN_*`). Checked once at start; a bad value stops the process with a
+//! message that names it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::secrets::{self, CprVault};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// `sqlite://...` or `postgres://...`; empty: a SQLite file in `data_dir`.
+    pub database_url: String,
+    /// Where the embedded default keeps its database, generated secrets and mail.
+    pub data_dir: PathBuf,
+    /// The gRPC listen address.
+    pub listen: String,
+    /// Pool size on PostgreSQL.
+    pub database_max_connections: u32,
+    /// Comma-separated operator bearer tokens. Empty on the embedded default:
+    /// one is generated at first start.
+    pub operator_tokens: String,
+    /// 64 hex digits each; generated on the embedded default.
+    pub cpr_lookup_key: String,
+    pub cpr_encryption_key: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Six-field cron (seconds first, UTC) of the timed-reactivation sweep.
+    pub reactivation_schedule: String,
+    /// Users reactivated per statement by the sweep.
+    pub reactivation_batch_size: u64,
+    /// SMTP server for mail; empty: `.eml` files in `data_dir/outbox`.
+    pub smtp_url: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: String::new(),
+            data_dir: PathBuf::from("./data"),
+            listen: "127.0.0.1:50051".into(),
+            database_max_connections: 20,
+            operator_tokens: String::new(),
+            cpr_lookup_key: String::new(),
+            cpr_encryption_key: String::new(),
+            log_format: "text".into(),
+            reactivation_schedule: "*/5 * * * * *".into(),
+            reactivation_batch_size: 1000,
+            smtp_url: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads defaults, the optional file and the environment.
+    pub fn load() -> Result<Self, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Ok(path) = std::env::var("ORGADMIN_CONFIG") {
+            if !Path::new(&path).exists() {
+                return Err(format!("ORGADMIN_CONFIG points at {path}, which does not exist"));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("ORGADMIN_").ignore(&["CONFIG"]))
+            .merge(Env::raw().only(&["DATABASE_URL", "SMTP_URL"]))
+            .extract()
+            .map_err(|e| format!("configuration: {e}"))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The rules a configuration must meet before anything starts.
+    pub fn check(&self) -> Result<(), String> {
+        self.listen.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "ORGADMIN_LISTEN={:?} is not a socket address such as 127.0.0.1:50051",
+                self.listen
+            )
+        })?;
+        let url = self.effective_database_url();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err("DATABASE_URL must start with sqlite:, postgres:// or postgresql://".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "ORGADMIN_LOG_FORMAT={:?} must be text or json",
+                self.log_format
+            ));
+        }
+        if self.reactivation_batch_size == 0 {
+            return Err("ORGADMIN_REACTIVATION_BATCH_SIZE must be at least 1".into());
+        }
+        for (name, value) in [
+            ("ORGADMIN_CPR_LOOKUP_KEY", &self.cpr_lookup_key),
+            ("ORGADMIN_CPR_ENCRYPTION_KEY", &self.cpr_encryption_key),
+        ] {
+            if !value.is_empty() {
+                secrets::parse_key(name, value)?;
+            }
+        }
+        if !self.is_embedded() && (self.cpr_lookup_key.is_empty() || self.cpr_encryption_key.is_empty()) {
+            return Err("ORGADMIN_CPR_LOOKUP_KEY and ORGADMIN_CPR_ENCRYPTION_KEY must be set (64 hex digits each) when DATABASE_URL is not the embedded SQLite default".into());
+        }
+        Ok(())
+    }
+
+    /// True when running on the embedded default: a SQLite file, keys generated.
+    pub fn is_embedded(&self) -> bool {
+        self.effective_database_url().starts_with("sqlite:")
+    }
+
+    pub fn effective_database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}/orgadmin.db?mode=rwc", self.data_dir.display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+
+    pub fn operator_token_list(&self) -> Vec<String> {
+        self.operator_tokens
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The CPR keys: from configuration, or on the embedded default from
+    /// `data_dir/cpr-keys` (created at first start, readable by the owner only).
+    pub fn cpr_vault(&self) -> Result<CprVault, String> {
+        if !self.cpr_lookup_key.is_empty() && !self.cpr_encryption_key.is_empty() {
+            return Ok(CprVault::new(
+                secrets::parse_key("ORGADMIN_CPR_LOOKUP_KEY", &self.cpr_lookup_key)?,
+                secrets::parse_key("ORGADMIN_CPR_ENCRYPTION_KEY", &self.cpr_encryption_key)?,
+            ));
+        }
+        let path = self.data_dir.join("cpr-keys");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(_) => {
+                let text = format!(
+                    "{}\n{}\n",
+                    hex::encode(secrets::random_key()),
+                    hex::encode(secrets::random_key())
+                );
+                write_private_file(&path, &text)?;
+                text
+            }
+        };
+        let mut lines = text.lines();
+        let lookup = secrets::parse_key("cpr-keys line 1", lines.next().unwrap_or_default())?;
+        let encryption = secrets::parse_key("cpr-keys line 2", lines.next().unwrap_or_default())?;
+        Ok(CprVault::new(lookup, encryption))
+    }
+}
+
+/// Writes a file only its owner can read (mode 0600 on Unix).
+pub fn write_private_file(path: &Path, contents: &str) -> Result<(), String> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    let mut file = options
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}

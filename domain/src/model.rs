@@ -1,0 +1,223 @@
+//! The domain's own types: what the rules talk about. Persistence maps rows to
+//! these; the service maps these to protobuf.
+
+use std::fmt;
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type Millis = i64;
+
+pub fn now_millis() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!("unknown {} {other:?}", stringify!($name))),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// R-USR-2. `Deleted` is final.
+    UserState {
+        PendingActivation => "PENDING_ACTIVATION",
+        Active => "ACTIVE",
+        Deactivated => "DEACTIVATED",
+        Deleted => "DELETED",
+    }
+);
+
+impl UserState {
+    /// Users in these states hold a licence (R-ORG-4) and count as standing
+    /// administrators (R-ORG-5).
+    pub fn holds_licence(self) -> bool {
+        matches!(self, Self::PendingActivation | Self::Active)
+    }
+}
+
+string_enum!(
+    /// Roles a user holds within an organisation (R-ACC-1).
+    Role {
+        OrganisationAdmin => "ORGANISATION_ADMIN",
+        UserAdmin => "USER_ADMIN",
+        RightsAdmin => "RIGHTS_ADMIN",
+        User => "USER",
+    }
+);
+
+impl Role {
+    pub fn is_administrator(self) -> bool {
+        !matches!(self, Self::User)
+    }
+}
+
+string_enum!(Language { Da => "da", Sv => "sv", En => "en" });
+
+string_enum!(
+    DeletionPolicy {
+        AllowDelete => "ALLOW_DELETE",
+        DeactivateOnly => "DEACTIVATE_ONLY",
+    }
+);
+
+string_enum!(
+    IdentificationMeans {
+        MitId => "MITID",
+        Password => "PASSWORD",
+        LocalIdp => "LOCAL_IDP",
+        NemLogIn => "NEMLOG_IN",
+    }
+);
+
+string_enum!(
+    CertificateKind {
+        Employee => "EMPLOYEE",
+        Organisation => "ORGANISATION",
+        System => "SYSTEM",
+    }
+);
+
+string_enum!(
+    UnitKind {
+        Department => "DEPARTMENT",
+        ProductionUnit => "PRODUCTION_UNIT",
+        TaxUnit => "TAX_UNIT",
+    }
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BillingDetails {
+    pub name: String,
+    pub address: String,
+    pub email: String,
+    pub reference: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Organisation {
+    pub id: Uuid,
+    pub name: String,
+    pub cvr: String,
+    pub ean_numbers: Vec<String>,
+    pub settings: OrganisationSettings,
+    pub licences_used: i64,
+    pub version: i64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrganisationSettings {
+    pub allowed_identification_means: Vec<IdentificationMeans>,
+    pub join_requests_allowed: bool,
+    pub certificate_kinds: Vec<CertificateKind>,
+    pub deletion_policy: DeletionPolicy,
+    /// 0: no limit.
+    pub max_administrators: i32,
+    pub licence_count: i32,
+    pub billing: BillingDetails,
+}
+
+#[derive(Debug, Clone)]
+pub struct Unit {
+    pub id: Uuid,
+    pub organisation_id: Uuid,
+    pub parent_id: Option<Uuid>,
+    pub kind: UnitKind,
+    pub name: String,
+    pub number: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: Uuid,
+    pub organisation_id: Uuid,
+    pub state: UserState,
+    pub first_name: String,
+    pub surname: String,
+    pub email: String,
+    pub username: Option<String>,
+    /// `DDMMYY-XXXX`, never more.
+    pub cpr_masked: Option<String>,
+    pub birth_date: Option<String>,
+    pub unit_id: Option<Uuid>,
+    pub phone: Option<String>,
+    pub language: Language,
+    pub external_ids: Vec<String>,
+    pub roles: Vec<Role>,
+    pub identification_means: Vec<IdentificationMeans>,
+    pub signing_right: bool,
+    pub anonymous: bool,
+    pub legacy_id: Option<String>,
+    pub deactivated_until: Option<Millis>,
+    pub version: i64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl User {
+    pub fn is_administrator(&self) -> bool {
+        self.roles.iter().any(|r| r.is_administrator())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldChange {
+    pub field: String,
+    pub before: String,
+    pub after: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryEvent {
+    pub id: Uuid,
+    pub subject_id: Uuid,
+    pub activity: String,
+    pub actor: String,
+    pub on_behalf_of: Option<String>,
+    pub occurred_at: Millis,
+    pub changes: Vec<FieldChange>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub id: Uuid,
+    pub organisation_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    pub name: String,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+}
+
+/// One page of a keyset listing.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: Option<String>,
+}

@@ -1,0 +1,37 @@
+//! Opaque keyset page tokens: the id of the last item of the previous page,
+//! tagged with what was listed so a token cannot be replayed on another list.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use uuid::Uuid;
+
+use crate::error::DomainError;
+
+pub fn encode(list: &str, last_id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{list}|{last_id}"))
+}
+
+/// `None` for an empty token (the first page).
+pub fn decode(list: &str, token: &str) -> Result<Option<Uuid>, DomainError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || DomainError::invalid("page_token", "is not a page token this list returned");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (tag, id) = text.split_once('|').ok_or_else(invalid)?;
+    if tag != list {
+        return Err(invalid());
+    }
+    Uuid::parse_str(id).map(Some).map_err(|_| invalid())
+}
+
+/// 0 means `default`; more than `max` is an error, not silently clamped.
+pub fn page_size(requested: i32, default: u64, max: u64) -> Result<u64, DomainError> {
+    match requested {
+        0 => Ok(default),
+        n if n < 0 => Err(DomainError::invalid("page_size", "must not be negative")),
+        n if n as u64 > max => Err(DomainError::invalid("page_size", format!("must be at most {max}"))),
+        n => Ok(n as u64),
+    }
+}

@@ -1,0 +1,165 @@
+//! sea-orm entities. They stay inside `persistence`: the rest of the domain
+//! works with `crate::model` types.
+
+pub mod organisation {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "organisations")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub name: String,
+        pub cvr: String,
+        /// JSON array of strings.
+        pub ean_numbers: String,
+        pub allowed_identification_means: String,
+        pub join_requests_allowed: bool,
+        pub certificate_kinds: String,
+        pub deletion_policy: String,
+        pub max_administrators: i32,
+        pub licence_count: i32,
+        pub billing_name: String,
+        pub billing_address: String,
+        pub billing_email: String,
+        pub billing_reference: String,
+        pub version: i64,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod unit {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "units")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub organisation_id: Uuid,
+        pub parent_id: Option<Uuid>,
+        pub kind: String,
+        pub name: String,
+        pub number: Option<String>,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod user {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "users")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub organisation_id: Uuid,
+        pub state: String,
+        pub first_name: String,
+        pub surname: String,
+        pub email: String,
+        pub username: Option<String>,
+        pub cpr_hash: Option<String>,
+        pub cpr_ciphertext: Option<String>,
+        pub birth_date: Option<String>,
+        pub unit_id: Option<Uuid>,
+        pub phone: Option<String>,
+        pub language: String,
+        pub external_ids: String,
+        pub identification_means: String,
+        pub signing_right: bool,
+        pub anonymous: bool,
+        pub legacy_id: Option<String>,
+        pub deactivated_until: Option<i64>,
+        pub activated_at: Option<i64>,
+        pub create_request_id: Option<String>,
+        pub version: i64,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod user_role {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "user_roles")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub role: String,
+        pub organisation_id: Uuid,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod history_event {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "history_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub organisation_id: Option<Uuid>,
+        pub subject_kind: String,
+        pub subject_id: Uuid,
+        pub occurred_at: i64,
+        pub actor: String,
+        pub on_behalf_of: Option<String>,
+        pub activity: String,
+        /// JSON array of {field, before, after}.
+        pub changes: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod api_token {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "api_tokens")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub kind: String,
+        pub organisation_id: Option<Uuid>,
+        pub user_id: Option<Uuid>,
+        pub name: String,
+        pub token_hash: String,
+        pub created_by: String,
+        pub created_at: i64,
+        pub expires_at: Option<i64>,
+        pub revoked_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

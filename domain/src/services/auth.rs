@@ -1,0 +1,252 @@
+//! Bearer tokens (R-AUTH-1): operator tokens from configuration or generated
+//! on the embedded default, and API tokens that organisation administrators
+//! give users and service accounts. Only SHA-256 hashes are stored.
+
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::Query;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::users::roles_of;
+use crate::Domain;
+use crate::error::{DomainError, DomainResult};
+use crate::model::*;
+use crate::persistence::entities::{api_token, user, user_role};
+use crate::persistence::history::{self, NewEvent, Subject, diff};
+use crate::persistence::mapping::{api_token_from_row, parse};
+use crate::policy::{Action, Caller, Principal, Target, authorize};
+use crate::secrets::{new_token, token_hash};
+use crate::validate;
+
+const DAY: Millis = 24 * 60 * 60 * 1000;
+pub const DEFAULT_TOKEN_LIFETIME: Millis = 90 * DAY;
+pub const MAX_TOKEN_LIFETIME: Millis = 2 * 366 * DAY;
+
+const KIND_OPERATOR: &str = "OPERATOR";
+const KIND_API: &str = "API";
+
+impl Domain {
+    /// Resolves a bearer token to its caller. Every failure reads the same to
+    /// the caller, so a probe learns nothing about which tokens exist.
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn authenticate(&self, bearer: &str) -> DomainResult<Caller> {
+        let refused = || DomainError::Unauthenticated {
+            message: "the bearer token is unknown, expired or revoked".into(),
+        };
+        let hash = token_hash(bearer);
+        if let Some((_, id)) = self.configured_operators.iter().find(|(h, _)| *h == hash) {
+            return Ok(Caller::new(Principal::Operator { token_id: *id }));
+        }
+        let token = api_token::Entity::find()
+            .filter(api_token::Column::TokenHash.eq(hash))
+            .one(&self.db)
+            .await?
+            .ok_or_else(refused)?;
+        let now = now_millis();
+        if token.revoked_at.is_some() || token.expires_at.is_some_and(|at| at <= now) {
+            return Err(refused());
+        }
+        if token.kind == KIND_OPERATOR {
+            return Ok(Caller::new(Principal::Operator { token_id: token.id }));
+        }
+        let user_id = token.user_id.ok_or_else(refused)?;
+        let user = user::Entity::find_by_id(user_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(refused)?;
+        // A deactivated or deleted user cannot act (R-USR-4); pending users can,
+        // since activation arrives with a later step.
+        if !parse::<UserState>(&user.state)?.holds_licence() {
+            return Err(refused());
+        }
+        let roles = roles_of(&self.db, &[user_id])
+            .await?
+            .remove(&user_id)
+            .unwrap_or_default();
+        Ok(Caller::new(Principal::Member {
+            user_id,
+            organisation_id: user.organisation_id,
+            roles,
+        }))
+    }
+
+    /// On the embedded default with no operator token configured: makes one
+    /// the first time and returns it (the caller shows it once). Later starts
+    /// return `None`.
+    pub async fn bootstrap_operator_token(&self) -> DomainResult<Option<String>> {
+        if !self.configured_operators.is_empty() {
+            return Ok(None);
+        }
+        let existing = api_token::Entity::find()
+            .filter(api_token::Column::Kind.eq(KIND_OPERATOR))
+            .count(&self.db)
+            .await?;
+        if existing > 0 {
+            return Ok(None);
+        }
+        let secret = new_token();
+        let now = now_millis();
+        let id = Uuid::now_v7();
+        api_token::Entity::insert(api_token::ActiveModel {
+            id: Set(id),
+            kind: Set(KIND_OPERATOR.into()),
+            organisation_id: Set(None),
+            user_id: Set(None),
+            name: Set("embedded default operator".into()),
+            token_hash: Set(token_hash(&secret)),
+            created_by: Set("system:bootstrap".into()),
+            created_at: Set(now),
+            expires_at: Set(None),
+            revoked_at: Set(None),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(Some(secret))
+    }
+
+    /// Gives a user (or service account) an API token; returns it with its secret.
+    #[instrument(skip_all, err)]
+    pub async fn create_api_token(
+        &self,
+        caller: &Caller,
+        user_id: Uuid,
+        name: &str,
+        expires_at: Option<Millis>,
+    ) -> DomainResult<(ApiToken, String)> {
+        let target = user::Entity::find_by_id(user_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", user_id))?;
+        let roles = roles_of(&self.db, &[user_id])
+            .await?
+            .remove(&user_id)
+            .unwrap_or_default();
+        let is_admin = roles.iter().any(|r| r.is_administrator());
+        authorize(
+            caller,
+            Action::ManageApiTokens,
+            Target::user(target.organisation_id, user_id, is_admin),
+        )?;
+        validate::text(name, 100).map_err(|e| DomainError::invalid("name", e))?;
+        let now = now_millis();
+        let expires_at = expires_at.unwrap_or(now + DEFAULT_TOKEN_LIFETIME);
+        if expires_at <= now {
+            return Err(DomainError::invalid("expire_time", "must be in the future"));
+        }
+        if expires_at > now + MAX_TOKEN_LIFETIME {
+            return Err(DomainError::invalid(
+                "expire_time",
+                "must be at most two years from now",
+            ));
+        }
+        if !parse::<UserState>(&target.state)?.holds_licence() {
+            return Err(DomainError::precondition(
+                "USER_NOT_ACTIVE",
+                "only active or pending users can be given a token",
+            ));
+        }
+        let secret = new_token();
+        let txn = self.db.begin().await?;
+        let row = api_token::Entity::insert(api_token::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            kind: Set(KIND_API.into()),
+            organisation_id: Set(Some(target.organisation_id)),
+            user_id: Set(Some(user_id)),
+            name: Set(name.trim().to_owned()),
+            token_hash: Set(token_hash(&secret)),
+            created_by: Set(caller.actor()),
+            created_at: Set(now),
+            expires_at: Set(Some(expires_at)),
+            revoked_at: Set(None),
+        })
+        .exec_with_returning(&txn)
+        .await?;
+        let mut changes = Vec::new();
+        diff(&mut changes, "api_token", "", row.id);
+        diff(&mut changes, "name", "", &row.name);
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(target.organisation_id),
+                subject: Subject::User(user_id),
+                activity: "API_TOKEN_CREATED",
+                caller,
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        Ok((api_token_from_row(row), secret))
+    }
+
+    /// An organisation's API tokens; an operator sees its administrators' only.
+    #[instrument(skip_all, err)]
+    pub async fn list_api_tokens(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Vec<ApiToken>> {
+        authorize(caller, Action::ManageApiTokens, Target::organisation(organisation_id))?;
+        let mut query = api_token::Entity::find()
+            .filter(api_token::Column::OrganisationId.eq(organisation_id))
+            .order_by_asc(api_token::Column::Id);
+        if crate::policy::operator_sees_administrators_only(caller) {
+            let admin_roles: Vec<&str> = Role::ALL
+                .iter()
+                .filter(|r| r.is_administrator())
+                .map(|r| r.as_str())
+                .collect();
+            query = query.filter(
+                api_token::Column::UserId.in_subquery(
+                    Query::select()
+                        .column(user_role::Column::UserId)
+                        .from(user_role::Entity)
+                        .and_where(user_role::Column::OrganisationId.eq(organisation_id))
+                        .and_where(user_role::Column::Role.is_in(admin_roles))
+                        .to_owned(),
+                ),
+            );
+        }
+        Ok(query.all(&self.db).await?.into_iter().map(api_token_from_row).collect())
+    }
+
+    #[instrument(skip_all, err)]
+    pub async fn revoke_api_token(&self, caller: &Caller, id: Uuid) -> DomainResult<ApiToken> {
+        let row = api_token::Entity::find_by_id(id)
+            .filter(api_token::Column::Kind.eq(KIND_API))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("api token", id))?;
+        let (Some(org_id), Some(user_id)) = (row.organisation_id, row.user_id) else {
+            return Err(DomainError::not_found("api token", id));
+        };
+        let roles = roles_of(&self.db, &[user_id])
+            .await?
+            .remove(&user_id)
+            .unwrap_or_default();
+        let is_admin = roles.iter().any(|r| r.is_administrator());
+        authorize(caller, Action::ManageApiTokens, Target::user(org_id, user_id, is_admin))?;
+        if row.revoked_at.is_some() {
+            return Ok(api_token_from_row(row));
+        }
+        let now = now_millis();
+        let txn = self.db.begin().await?;
+        let mut active: api_token::ActiveModel = row.clone().into();
+        active.revoked_at = Set(Some(now));
+        let updated = api_token::Entity::update(active).exec(&txn).await?;
+        let mut changes = Vec::new();
+        diff(&mut changes, "api_token", row.id, "");
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(org_id),
+                subject: Subject::User(user_id),
+                activity: "API_TOKEN_REVOKED",
+                caller,
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(api_token_from_row(updated))
+    }
+}

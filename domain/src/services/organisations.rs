@@ -1,0 +1,683 @@
+//! Organisations, settings, licences and units (R-ORG).
+
+use std::collections::HashMap;
+
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, Func};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::{STANDING_STATES, licences_used, lock_organisation, standing_role_holders};
+use crate::Domain;
+use crate::error::{DomainError, DomainResult};
+use crate::model::*;
+use crate::paging;
+use crate::persistence::entities::{organisation, unit, user};
+use crate::persistence::history::{self, NewEvent, Subject, diff};
+use crate::persistence::mapping::{json_list, organisation_from_row, unit_from_row};
+use crate::policy::{Action, Caller, Target, authorize};
+use crate::validate::{self, Violations};
+
+pub const DEFAULT_LICENCE_COUNT: i32 = 50;
+const MAX_LICENCE_COUNT: i32 = 1_000_000;
+
+#[derive(Debug, Clone, Default)]
+pub struct NewOrganisation {
+    pub name: String,
+    pub cvr: String,
+    pub ean_numbers: Vec<String>,
+    pub licence_count: Option<i32>,
+    pub max_administrators: Option<i32>,
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// Fields named in an update mask; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct OrganisationPatch {
+    pub name: Option<String>,
+    pub ean_numbers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SettingsPatch {
+    pub allowed_identification_means: Option<Vec<IdentificationMeans>>,
+    pub join_requests_allowed: Option<bool>,
+    pub certificate_kinds: Option<Vec<CertificateKind>>,
+    pub deletion_policy: Option<DeletionPolicy>,
+    pub max_administrators: Option<i32>,
+    pub billing: Option<BillingDetails>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUnit {
+    pub organisation_id: Uuid,
+    pub parent_id: Option<Uuid>,
+    pub kind: UnitKind,
+    pub name: String,
+    pub number: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UnitPatch {
+    pub name: Option<String>,
+    /// `Some(None)` moves the unit to the top level.
+    pub parent_id: Option<Option<Uuid>>,
+}
+
+fn check_eans(violations: &mut Violations, eans: &[String]) {
+    if eans.len() > 20 {
+        violations.add("ean_numbers", "at most 20 EAN numbers");
+    }
+    for (i, ean) in eans.iter().enumerate() {
+        violations.check(&format!("ean_numbers[{i}]"), validate::ean(ean));
+    }
+}
+
+fn parse_etag(etag: &str) -> DomainResult<Option<i64>> {
+    if etag.is_empty() {
+        return Ok(None);
+    }
+    etag.parse::<i64>()
+        .map(Some)
+        .map_err(|_| DomainError::invalid("etag", "is not an etag this service returned"))
+}
+
+pub(crate) fn check_etag(resource: &'static str, etag: &str, current: i64) -> DomainResult<()> {
+    match parse_etag(etag)? {
+        Some(version) if version != current => Err(DomainError::stale_etag(resource)),
+        _ => Ok(()),
+    }
+}
+
+impl Domain {
+    #[instrument(skip_all, err)]
+    pub async fn create_organisation(&self, caller: &Caller, new: NewOrganisation) -> DomainResult<Organisation> {
+        authorize(caller, Action::CreateOrganisation, Target::platform())?;
+        let mut violations = Violations::default();
+        violations.check("name", validate::text(&new.name, 200));
+        violations.check("cvr", validate::cvr(&new.cvr));
+        check_eans(&mut violations, &new.ean_numbers);
+        let licence_count = new.licence_count.unwrap_or(DEFAULT_LICENCE_COUNT);
+        if !(1..=MAX_LICENCE_COUNT).contains(&licence_count) {
+            violations.add("licence_count", format!("must be between 1 and {MAX_LICENCE_COUNT}"));
+        }
+        let max_administrators = new.max_administrators.unwrap_or(0);
+        if !(0..=1000).contains(&max_administrators) {
+            violations.add("max_administrators", "must be between 0 (no limit) and 1000");
+        }
+        violations.into_result()?;
+
+        let txn = self.db.begin().await?;
+        if organisation::Entity::find()
+            .filter(organisation::Column::Cvr.eq(&new.cvr))
+            .count(&txn)
+            .await?
+            > 0
+        {
+            return Err(DomainError::AlreadyExists {
+                reason: "CVR_TAKEN",
+                message: format!("an organisation with CVR {} already exists", new.cvr),
+            });
+        }
+        let now = now_millis();
+        let row = organisation::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            name: Set(new.name.trim().to_owned()),
+            cvr: Set(new.cvr.clone()),
+            ean_numbers: Set(json_list(&new.ean_numbers)),
+            allowed_identification_means: Set(json_list(&[IdentificationMeans::MitId])),
+            join_requests_allowed: Set(false),
+            certificate_kinds: Set(json_list(&[CertificateKind::Employee])),
+            deletion_policy: Set(new.deletion_policy.unwrap_or(DeletionPolicy::AllowDelete).to_string()),
+            max_administrators: Set(max_administrators),
+            licence_count: Set(licence_count),
+            billing_name: Set(String::new()),
+            billing_address: Set(String::new()),
+            billing_email: Set(String::new()),
+            billing_reference: Set(String::new()),
+            version: Set(1),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let row = organisation::Entity::insert(row).exec_with_returning(&txn).await?;
+        let mut changes = Vec::new();
+        diff(&mut changes, "name", "", &row.name);
+        diff(&mut changes, "cvr", "", &row.cvr);
+        diff(&mut changes, "licence_count", "", row.licence_count);
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(row.id),
+                subject: Subject::Organisation(row.id),
+                activity: "ORGANISATION_CREATED",
+                caller,
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        organisation_from_row(row, 0)
+    }
+
+    async fn load_organisation(&self, id: Uuid) -> DomainResult<Organisation> {
+        let row = organisation::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("organisation", id))?;
+        let used = licences_used(&self.db, id).await?;
+        organisation_from_row(row, used)
+    }
+
+    #[instrument(skip_all, err)]
+    pub async fn get_organisation(&self, caller: &Caller, id: Uuid) -> DomainResult<Organisation> {
+        authorize(caller, Action::ReadOrganisation, Target::organisation(id))?;
+        self.load_organisation(id).await
+    }
+
+    /// Operators see every organisation; members see their own.
+    #[instrument(skip_all, err)]
+    pub async fn list_organisations(
+        &self,
+        caller: &Caller,
+        page_size: i32,
+        page_token: &str,
+    ) -> DomainResult<Page<Organisation>> {
+        let limit = paging::page_size(page_size, 50, 500)?;
+        let after = paging::decode("organisations", page_token)?;
+        let mut query = organisation::Entity::find().order_by_asc(organisation::Column::Id);
+        if let Some(own) = caller.organisation_id() {
+            query = query.filter(organisation::Column::Id.eq(own));
+        } else if !caller.is_operator() {
+            return Err(DomainError::denied("the caller may not list organisations"));
+        }
+        if let Some(after) = after {
+            query = query.filter(organisation::Column::Id.gt(after));
+        }
+        let mut rows = query.limit(limit + 1).all(&self.db).await?;
+        let next = (rows.len() as u64 > limit).then(|| {
+            rows.truncate(limit as usize);
+            paging::encode("organisations", rows[rows.len() - 1].id)
+        });
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let counts: HashMap<Uuid, i64> = user::Entity::find()
+            .select_only()
+            .column(user::Column::OrganisationId)
+            .column_as(Expr::expr(Func::count(Expr::col(user::Column::Id))), "used")
+            .filter(user::Column::OrganisationId.is_in(ids))
+            .filter(user::Column::State.is_in(STANDING_STATES))
+            .group_by(user::Column::OrganisationId)
+            .into_tuple::<(Uuid, i64)>()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .collect();
+        let items = rows
+            .into_iter()
+            .map(|row| {
+                let used = counts.get(&row.id).copied().unwrap_or(0);
+                organisation_from_row(row, used)
+            })
+            .collect::<DomainResult<Vec<_>>>()?;
+        Ok(Page {
+            items,
+            next_page_token: next,
+        })
+    }
+
+    #[instrument(skip_all, err)]
+    pub async fn update_organisation(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        etag: &str,
+        patch: OrganisationPatch,
+    ) -> DomainResult<Organisation> {
+        authorize(caller, Action::UpdateOrganisation, Target::organisation(id))?;
+        let mut violations = Violations::default();
+        if let Some(name) = &patch.name {
+            violations.check("organisation.name", validate::text(name, 200));
+        }
+        if let Some(eans) = &patch.ean_numbers {
+            check_eans(&mut violations, eans);
+        }
+        violations.into_result()?;
+        let txn = self.db.begin().await?;
+        let row = lock_organisation(&txn, id).await?;
+        check_etag("organisation", etag, row.version)?;
+        let now = now_millis();
+        let mut changes = Vec::new();
+        let mut active: organisation::ActiveModel = row.clone().into();
+        if let Some(name) = patch.name {
+            diff(&mut changes, "name", &row.name, name.trim());
+            active.name = Set(name.trim().to_owned());
+        }
+        if let Some(eans) = patch.ean_numbers {
+            let eans = json_list(&eans);
+            diff(&mut changes, "ean_numbers", &row.ean_numbers, &eans);
+            active.ean_numbers = Set(eans);
+        }
+        self.finish_organisation_write(txn, row, active, changes, "ORGANISATION_UPDATED", caller, now)
+            .await
+    }
+
+    /// Bumps the version (guarded by the one read), writes history, commits.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_organisation_write(
+        &self,
+        txn: sea_orm::DatabaseTransaction,
+        before: organisation::Model,
+        mut active: organisation::ActiveModel,
+        changes: Vec<FieldChange>,
+        activity: &'static str,
+        caller: &Caller,
+        now: Millis,
+    ) -> DomainResult<Organisation> {
+        if changes.is_empty() {
+            txn.commit().await?;
+            return self.load_organisation(before.id).await;
+        }
+        active.version = Set(before.version + 1);
+        active.updated_at = Set(now);
+        let result = organisation::Entity::update_many()
+            .set(active)
+            .filter(organisation::Column::Id.eq(before.id))
+            .filter(organisation::Column::Version.eq(before.version))
+            .exec(&txn)
+            .await?;
+        if result.rows_affected != 1 {
+            return Err(DomainError::stale_etag("organisation"));
+        }
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(before.id),
+                subject: Subject::Organisation(before.id),
+                activity,
+                caller,
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        self.load_organisation(before.id).await
+    }
+
+    #[instrument(skip_all, err)]
+    pub async fn get_settings(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Organisation> {
+        authorize(caller, Action::ReadSettings, Target::organisation(organisation_id))?;
+        self.load_organisation(organisation_id).await
+    }
+
+    #[instrument(skip_all, err)]
+    pub async fn update_settings(
+        &self,
+        caller: &Caller,
+        organisation_id: Uuid,
+        etag: &str,
+        patch: SettingsPatch,
+    ) -> DomainResult<Organisation> {
+        authorize(caller, Action::UpdateSettings, Target::organisation(organisation_id))?;
+        let mut violations = Violations::default();
+        if let Some(max) = patch.max_administrators
+            && !(0..=1000).contains(&max)
+        {
+            violations.add("settings.max_administrators", "must be between 0 (no limit) and 1000");
+        }
+        if let Some(billing) = &patch.billing {
+            if billing.name.chars().count() > 200 {
+                violations.add("settings.billing.name", "must be at most 200 characters");
+            }
+            if billing.address.chars().count() > 500 {
+                violations.add("settings.billing.address", "must be at most 500 characters");
+            }
+            if !billing.email.is_empty() {
+                violations.check("settings.billing.email", validate::email(&billing.email));
+            }
+            if billing.reference.chars().count() > 100 {
+                violations.add("settings.billing.reference", "must be at most 100 characters");
+            }
+        }
+        if let Some(means) = &patch.allowed_identification_means
+            && means.is_empty()
+        {
+            violations.add("settings.allowed_identification_means", "must name at least one means");
+        }
+        violations.into_result()?;
+
+        let txn = self.db.begin().await?;
+        let row = lock_organisation(&txn, organisation_id).await?;
+        check_etag("organisation settings", etag, row.version)?;
+        if let Some(max) = patch.max_administrators
+            && max > 0
+        {
+            let admins = standing_role_holders(&txn, organisation_id, Role::OrganisationAdmin).await?;
+            if admins > i64::from(max) {
+                return Err(DomainError::precondition(
+                    "ADMINISTRATORS_ABOVE_LIMIT",
+                    format!(
+                        "the organisation has {admins} administrators, more than the new maximum of {max}; remove administrators first"
+                    ),
+                ));
+            }
+        }
+        let now = now_millis();
+        let mut changes = Vec::new();
+        let mut active: organisation::ActiveModel = row.clone().into();
+        if let Some(means) = patch.allowed_identification_means {
+            let value = json_list(&means);
+            diff(
+                &mut changes,
+                "allowed_identification_means",
+                &row.allowed_identification_means,
+                &value,
+            );
+            active.allowed_identification_means = Set(value);
+        }
+        if let Some(value) = patch.join_requests_allowed {
+            diff(&mut changes, "join_requests_allowed", row.join_requests_allowed, value);
+            active.join_requests_allowed = Set(value);
+        }
+        if let Some(kinds) = patch.certificate_kinds {
+            let value = json_list(&kinds);
+            diff(&mut changes, "certificate_kinds", &row.certificate_kinds, &value);
+            active.certificate_kinds = Set(value);
+        }
+        if let Some(policy) = patch.deletion_policy {
+            diff(&mut changes, "deletion_policy", &row.deletion_policy, policy);
+            active.deletion_policy = Set(policy.to_string());
+        }
+        if let Some(max) = patch.max_administrators {
+            diff(&mut changes, "max_administrators", row.max_administrators, max);
+            active.max_administrators = Set(max);
+        }
+        if let Some(billing) = patch.billing {
+            diff(&mut changes, "billing.name", &row.billing_name, &billing.name);
+            diff(&mut changes, "billing.address", &row.billing_address, &billing.address);
+            diff(&mut changes, "billing.email", &row.billing_email, &billing.email);
+            diff(
+                &mut changes,
+                "billing.reference",
+                &row.billing_reference,
+                &billing.reference,
+            );
+            active.billing_name = Set(billing.name);
+            active.billing_address = Set(billing.address);
+            active.billing_email = Set(billing.email);
+            active.billing_reference = Set(billing.reference);
+        }
+        self.finish_organisation_write(txn, row, active, changes, "SETTINGS_UPDATED", caller, now)
+            .await
+    }
+
+    /// Operators change the licence count (R-ORG-4). It cannot drop below the
+    /// licences in use: those users would otherwise hold licences that do not exist.
+    #[instrument(skip_all, err)]
+    pub async fn set_licence_count(
+        &self,
+        caller: &Caller,
+        organisation_id: Uuid,
+        licence_count: i32,
+    ) -> DomainResult<Organisation> {
+        authorize(caller, Action::SetLicenceCount, Target::organisation(organisation_id))?;
+        if !(1..=MAX_LICENCE_COUNT).contains(&licence_count) {
+            return Err(DomainError::invalid(
+                "licence_count",
+                format!("must be between 1 and {MAX_LICENCE_COUNT}"),
+            ));
+        }
+        let txn = self.db.begin().await?;
+        let row = lock_organisation(&txn, organisation_id).await?;
+        let used = licences_used(&txn, organisation_id).await?;
+        if used > i64::from(licence_count) {
+            return Err(DomainError::FailedPrecondition {
+                reason: "LICENCES_IN_USE",
+                message: format!(
+                    "{used} licences are in use, more than the new licence count of {licence_count}; deactivate or delete users first"
+                ),
+                metadata: vec![("licences_used".into(), used.to_string())],
+            });
+        }
+        let mut changes = Vec::new();
+        diff(&mut changes, "licence_count", row.licence_count, licence_count);
+        let mut active: organisation::ActiveModel = row.clone().into();
+        active.licence_count = Set(licence_count);
+        self.finish_organisation_write(txn, row, active, changes, "LICENCE_COUNT_CHANGED", caller, now_millis())
+            .await
+    }
+
+    #[instrument(skip_all, err)]
+    pub async fn create_unit(&self, caller: &Caller, new: NewUnit) -> DomainResult<Unit> {
+        authorize(caller, Action::ManageUnits, Target::organisation(new.organisation_id))?;
+        let mut violations = Violations::default();
+        violations.check("name", validate::text(&new.name, 200));
+        let number = new.number.clone().filter(|n| !n.is_empty());
+        match (new.kind, &number) {
+            (UnitKind::ProductionUnit, Some(n)) => violations.check("number", validate::p_number(n)),
+            (UnitKind::TaxUnit, Some(n)) => violations.check("number", validate::se_number(n)),
+            (UnitKind::ProductionUnit | UnitKind::TaxUnit, None) => violations.add(
+                "number",
+                "a production unit needs its P-number, a tax unit its SE-number",
+            ),
+            (UnitKind::Department, Some(_)) => violations.add("number", "a department has no number"),
+            (UnitKind::Department, None) => {}
+        }
+        violations.into_result()?;
+        let txn = self.db.begin().await?;
+        lock_organisation(&txn, new.organisation_id).await?;
+        if let Some(parent) = new.parent_id {
+            self.unit_in_organisation(&txn, parent, new.organisation_id, "parent_id")
+                .await?;
+        }
+        if let Some(n) = &number {
+            let taken = unit::Entity::find()
+                .filter(unit::Column::OrganisationId.eq(new.organisation_id))
+                .filter(unit::Column::Kind.eq(new.kind.as_str()))
+                .filter(unit::Column::Number.eq(n.as_str()))
+                .count(&txn)
+                .await?;
+            if taken > 0 {
+                return Err(DomainError::AlreadyExists {
+                    reason: "UNIT_NUMBER_TAKEN",
+                    message: format!("the organisation already has a unit with number {n}"),
+                });
+            }
+        }
+        let now = now_millis();
+        let row = unit::Entity::insert(unit::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            organisation_id: Set(new.organisation_id),
+            parent_id: Set(new.parent_id),
+            kind: Set(new.kind.to_string()),
+            name: Set(new.name.trim().to_owned()),
+            number: Set(number.clone()),
+            created_at: Set(now),
+        })
+        .exec_with_returning(&txn)
+        .await?;
+        let mut changes = Vec::new();
+        diff(&mut changes, "name", "", &row.name);
+        diff(&mut changes, "kind", "", &row.kind);
+        diff(&mut changes, "number", "", number.unwrap_or_default());
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(row.organisation_id),
+                subject: Subject::Unit(row.id),
+                activity: "UNIT_CREATED",
+                caller,
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        unit_from_row(row)
+    }
+
+    async fn unit_in_organisation(
+        &self,
+        db: &impl sea_orm::ConnectionTrait,
+        unit_id: Uuid,
+        organisation_id: Uuid,
+        field: &str,
+    ) -> DomainResult<unit::Model> {
+        unit::Entity::find_by_id(unit_id)
+            .filter(unit::Column::OrganisationId.eq(organisation_id))
+            .one(db)
+            .await?
+            .ok_or_else(|| DomainError::invalid(field, "names no unit of this organisation"))
+    }
+
+    /// All units, parents before children.
+    #[instrument(skip_all, err)]
+    pub async fn list_units(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Vec<Unit>> {
+        authorize(caller, Action::ReadUnits, Target::organisation(organisation_id))?;
+        organisation::Entity::find_by_id(organisation_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("organisation", organisation_id))?;
+        let units = self.units_of(organisation_id).await?;
+        Ok(tree_order(units))
+    }
+
+    pub(crate) async fn units_of(&self, organisation_id: Uuid) -> DomainResult<Vec<Unit>> {
+        unit::Entity::find()
+            .filter(unit::Column::OrganisationId.eq(organisation_id))
+            .order_by_asc(unit::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(unit_from_row)
+            .collect()
+    }
+
+    #[instrument(skip_all, err)]
+    pub async fn update_unit(&self, caller: &Caller, unit_id: Uuid, patch: UnitPatch) -> DomainResult<Unit> {
+        let row = unit::Entity::find_by_id(unit_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("unit", unit_id))?;
+        authorize(caller, Action::ManageUnits, Target::organisation(row.organisation_id))?;
+        if let Some(name) = &patch.name {
+            validate::text(name, 200).map_err(|e| DomainError::invalid("unit.name", e))?;
+        }
+        let txn = self.db.begin().await?;
+        lock_organisation(&txn, row.organisation_id).await?;
+        let mut changes = Vec::new();
+        let mut active: unit::ActiveModel = row.clone().into();
+        if let Some(name) = patch.name {
+            diff(&mut changes, "name", &row.name, name.trim());
+            active.name = Set(name.trim().to_owned());
+        }
+        if let Some(parent) = patch.parent_id {
+            if let Some(parent) = parent {
+                self.unit_in_organisation(&txn, parent, row.organisation_id, "unit.parent_id")
+                    .await?;
+                // Moving a unit under itself or its own subtree would cut it off the tree.
+                let units = self.units_of(row.organisation_id).await?;
+                if subtree(&units, unit_id).contains(&parent) {
+                    return Err(DomainError::invalid(
+                        "unit.parent_id",
+                        "a unit cannot move under itself or its own sub-units",
+                    ));
+                }
+            }
+            diff(
+                &mut changes,
+                "parent_id",
+                row.parent_id.map(|p| p.to_string()).unwrap_or_default(),
+                parent.map(|p| p.to_string()).unwrap_or_default(),
+            );
+            active.parent_id = Set(parent);
+        }
+        let updated = unit::Entity::update(active).exec(&txn).await?;
+        if !changes.is_empty() {
+            history::record(
+                &txn,
+                NewEvent {
+                    organisation_id: Some(row.organisation_id),
+                    subject: Subject::Unit(unit_id),
+                    activity: "UNIT_UPDATED",
+                    caller,
+                    at: now_millis(),
+                    changes,
+                },
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        unit_from_row(updated)
+    }
+
+    #[instrument(skip_all, err)]
+    pub async fn delete_unit(&self, caller: &Caller, unit_id: Uuid) -> DomainResult<()> {
+        let row = unit::Entity::find_by_id(unit_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("unit", unit_id))?;
+        authorize(caller, Action::ManageUnits, Target::organisation(row.organisation_id))?;
+        let txn = self.db.begin().await?;
+        lock_organisation(&txn, row.organisation_id).await?;
+        let children = unit::Entity::find()
+            .filter(unit::Column::ParentId.eq(unit_id))
+            .count(&txn)
+            .await?;
+        let members = user::Entity::find()
+            .filter(user::Column::UnitId.eq(unit_id))
+            .count(&txn)
+            .await?;
+        if children > 0 || members > 0 {
+            return Err(DomainError::precondition(
+                "UNIT_IN_USE",
+                format!("the unit still has {children} sub-units and {members} users; move them first"),
+            ));
+        }
+        unit::Entity::delete_by_id(unit_id).exec(&txn).await?;
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(row.organisation_id),
+                subject: Subject::Unit(unit_id),
+                activity: "UNIT_DELETED",
+                caller,
+                at: now_millis(),
+                changes: vec![FieldChange {
+                    field: "name".into(),
+                    before: row.name,
+                    after: String::new(),
+                }],
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+/// The unit and every unit below it (R-ORG-1: rights on a unit cover its subtree).
+pub(crate) fn subtree(units: &[Unit], root: Uuid) -> Vec<Uuid> {
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(units.iter().filter(|u| u.parent_id == Some(parent)).map(|u| u.id));
+        i += 1;
+    }
+    found
+}
+
+fn tree_order(units: Vec<Unit>) -> Vec<Unit> {
+    let roots: Vec<Uuid> = units.iter().filter(|u| u.parent_id.is_none()).map(|u| u.id).collect();
+    let mut ordered = Vec::with_capacity(units.len());
+    for root in roots {
+        for id in subtree(&units, root) {
+            if let Some(unit) = units.iter().find(|u| u.id == id) {
+                ordered.push(unit.clone());
+            }
+        }
+    }
+    ordered
+}

@@ -1,0 +1,100 @@
+//! Scheduled work the worker triggers. Each sweep is set-based: one UPDATE per
+//! batch, with its history rows inserted in the same transaction.
+
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::Domain;
+use crate::error::DomainResult;
+use crate::model::*;
+use crate::persistence::entities::{history_event, user};
+use crate::persistence::history::{NewEvent, Subject, diff, to_row};
+use crate::persistence::is_postgres;
+use crate::policy::Caller;
+use crate::services::users::opt_time;
+
+impl Domain {
+    /// R-USR-4: ends every timed deactivation whose `until` has passed, `batch`
+    /// users per transaction. Returns how many users came back.
+    ///
+    /// On PostgreSQL the batch is claimed with `FOR UPDATE SKIP LOCKED`, so
+    /// several workers sweeping at once split the users between them.
+    #[instrument(skip_all, err)]
+    pub async fn reactivate_due_users(&self, now: Millis, batch: u64) -> DomainResult<u64> {
+        let caller = Caller::system("timed-reactivation");
+        let mut total = 0;
+        loop {
+            let txn = self.db.begin().await?;
+            let mut due = user::Entity::find()
+                .select_only()
+                .columns([
+                    user::Column::Id,
+                    user::Column::OrganisationId,
+                    user::Column::DeactivatedUntil,
+                    user::Column::ActivatedAt,
+                ])
+                .filter(user::Column::State.eq(UserState::Deactivated.as_str()))
+                .filter(user::Column::DeactivatedUntil.lte(now))
+                .order_by_asc(user::Column::DeactivatedUntil)
+                .limit(batch);
+            if is_postgres(&txn) {
+                due = due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+            }
+            let due: Vec<(Uuid, Uuid, Option<i64>, Option<i64>)> = due.into_tuple().all(&txn).await?;
+            if due.is_empty() {
+                txn.commit().await?;
+                break;
+            }
+            let ids: Vec<Uuid> = due.iter().map(|d| d.0).collect();
+            // Users who never activated go back to waiting for activation.
+            user::Entity::update_many()
+                .col_expr(
+                    user::Column::State,
+                    Expr::case(
+                        Expr::col(user::Column::ActivatedAt).is_null(),
+                        UserState::PendingActivation.as_str(),
+                    )
+                    .finally(UserState::Active.as_str())
+                    .into(),
+                )
+                .col_expr(user::Column::DeactivatedUntil, Expr::value(Option::<i64>::None))
+                .col_expr(user::Column::Version, Expr::col(user::Column::Version).add(1))
+                .col_expr(user::Column::UpdatedAt, Expr::value(now))
+                .filter(user::Column::Id.is_in(ids))
+                .exec(&txn)
+                .await?;
+            let events = due.iter().map(|(id, org, until, activated)| {
+                let state = if activated.is_some() {
+                    UserState::Active
+                } else {
+                    UserState::PendingActivation
+                };
+                let mut changes = Vec::new();
+                diff(&mut changes, "state", UserState::Deactivated, state);
+                diff(&mut changes, "deactivated_until", opt_time(*until), "");
+                to_row(NewEvent {
+                    organisation_id: Some(*org),
+                    subject: Subject::User(*id),
+                    activity: "USER_REACTIVATED",
+                    caller: &caller,
+                    at: now,
+                    changes,
+                })
+            });
+            history_event::Entity::insert_many(events)
+                .exec_without_returning(&txn)
+                .await?;
+            txn.commit().await?;
+            total += due.len() as u64;
+            if (due.len() as u64) < batch {
+                break;
+            }
+        }
+        if total > 0 {
+            tracing::info!(reactivated = total, "timed deactivations ended");
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,256 @@
+//! Field rules of SPEC R-ORG-1 and R-USR-1. Each check returns the violation
+//! for its field; callers collect them so one reply names every broken field.
+
+use chrono::{Datelike, NaiveDate};
+
+use crate::error::{DomainError, FieldViolation};
+
+/// Collects field violations and turns them into one `InvalidArgument`.
+#[derive(Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn check(&mut self, field: &str, result: Result<(), String>) {
+        if let Err(description) = result {
+            self.0.push(FieldViolation::new(field, description));
+        }
+    }
+
+    pub fn add(&mut self, field: &str, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    pub fn into_result(self) -> Result<(), DomainError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DomainError::InvalidArgument(self.0))
+        }
+    }
+}
+
+fn all_digits(value: &str, len: usize) -> bool {
+    value.len() == len && value.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// CVR: 8 digits, first not 0, weighted sum (2,7,6,5,4,3,2,1) divisible by 11.
+pub fn cvr(value: &str) -> Result<(), String> {
+    if !all_digits(value, 8) {
+        return Err("must be exactly 8 digits".into());
+    }
+    if value.starts_with('0') {
+        return Err("must not start with 0".into());
+    }
+    const WEIGHTS: [u32; 8] = [2, 7, 6, 5, 4, 3, 2, 1];
+    let sum: u32 = value.bytes().zip(WEIGHTS).map(|(b, w)| u32::from(b - b'0') * w).sum();
+    if sum % 11 != 0 {
+        return Err("fails the CVR modulus-11 check".into());
+    }
+    Ok(())
+}
+
+/// EAN/GLN: 13 digits with the GS1 check digit.
+pub fn ean(value: &str) -> Result<(), String> {
+    if !all_digits(value, 13) {
+        return Err("must be exactly 13 digits".into());
+    }
+    let digits: Vec<u32> = value.bytes().map(|b| u32::from(b - b'0')).collect();
+    let sum: u32 = digits[..12]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| if i % 2 == 0 { *d } else { d * 3 })
+        .sum();
+    if (10 - sum % 10) % 10 != digits[12] {
+        return Err("fails the EAN check digit".into());
+    }
+    Ok(())
+}
+
+pub fn p_number(value: &str) -> Result<(), String> {
+    if all_digits(value, 10) {
+        Ok(())
+    } else {
+        Err("a P-number is exactly 10 digits".into())
+    }
+}
+
+pub fn se_number(value: &str) -> Result<(), String> {
+    if all_digits(value, 8) {
+        Ok(())
+    } else {
+        Err("an SE-number is exactly 8 digits".into())
+    }
+}
+
+/// The birth date a CPR number encodes: DDMMYY plus the century the 7th digit
+/// implies. There is no modulus-11 rule: it stopped holding in 2007.
+pub fn cpr_birth_date(value: &str) -> Result<NaiveDate, String> {
+    let value = value.replace('-', "");
+    if !all_digits(&value, 10) {
+        return Err("must be 10 digits (DDMMYYXXXX, a dash after the date is allowed)".into());
+    }
+    let n = |range: std::ops::Range<usize>| value[range].parse::<u32>().unwrap_or(0);
+    let (day, month, year, seventh) = (n(0..2), n(2..4), n(4..6), n(6..7));
+    let century = match seventh {
+        0..=3 => 1900,
+        4 | 9 => {
+            if year <= 36 {
+                2000
+            } else {
+                1900
+            }
+        }
+        _ => {
+            if year <= 57 {
+                2000
+            } else {
+                1800
+            }
+        }
+    };
+    NaiveDate::from_ymd_opt((century + year) as i32, month, day)
+        .ok_or_else(|| "the first six digits are not a real date (DDMMYY)".to_string())
+}
+
+/// The CPR number without a dash, once valid.
+pub fn normalise_cpr(value: &str) -> Result<String, String> {
+    cpr_birth_date(value)?;
+    Ok(value.replace('-', ""))
+}
+
+/// `DDMMYY-XXXX`: the most of a CPR number any reply or log may show.
+pub fn mask_cpr(normalised: &str) -> String {
+    format!("{}-XXXX", &normalised[..6.min(normalised.len())])
+}
+
+pub fn birth_date(value: &str, today: NaiveDate) -> Result<NaiveDate, String> {
+    let date =
+        NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| "must be a date written YYYY-MM-DD".to_string())?;
+    if date > today {
+        return Err("must not be in the future".into());
+    }
+    if date.year() < 1900 {
+        return Err("must be 1900 or later".into());
+    }
+    Ok(date)
+}
+
+/// A pragmatic address check: one `@`, a local part, a dotted domain, no
+/// spaces, at most 254 characters. Delivery proves the rest.
+pub fn email(value: &str) -> Result<(), String> {
+    if value.len() > 254 {
+        return Err("must be at most 254 characters".into());
+    }
+    let Some((local, domain)) = value.split_once('@') else {
+        return Err("must contain @".into());
+    };
+    if local.is_empty() || local.len() > 64 {
+        return Err("the part before @ must be 1 to 64 characters".into());
+    }
+    if domain.contains('@') {
+        return Err("must contain exactly one @".into());
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces".into());
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2
+        || labels
+            .iter()
+            .any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-'))
+    {
+        return Err("the domain must be a dotted name such as example.dk".into());
+    }
+    Ok(())
+}
+
+/// Names and other short free texts: not blank, at most `max` characters.
+pub fn text(value: &str, max: usize) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if value.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+pub fn username(value: &str) -> Result<(), String> {
+    let ok_len = (3..=64).contains(&value.chars().count());
+    let ok_chars = value
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if !ok_len || !ok_chars {
+        return Err("must be 3 to 64 letters, digits or . _ - @".into());
+    }
+    Ok(())
+}
+
+pub fn phone(value: &str) -> Result<(), String> {
+    let digits = value.chars().filter(char::is_ascii_digit).count();
+    let ok_chars = value
+        .chars()
+        .enumerate()
+        .all(|(i, c)| c.is_ascii_digit() || c == ' ' || (c == '+' && i == 0));
+    if !ok_chars || !(6..=15).contains(&digits) {
+        return Err("must be 6 to 15 digits, optionally with a leading + and spaces".into());
+    }
+    Ok(())
+}
+
+pub fn external_ids(values: &[String]) -> Result<(), String> {
+    if values.len() > 3 {
+        return Err("at most three external ids".into());
+    }
+    for value in values {
+        text(value, 100).map_err(|e| format!("each external id {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cvr_modulus_11() {
+        assert!(cvr("10150817").is_ok()); // a real CVR number
+        assert!(cvr("10150818").is_err());
+        assert!(cvr("1015081").is_err());
+        assert!(cvr("0150817x").is_err());
+    }
+
+    #[test]
+    fn cpr_dates_and_centuries() {
+        assert_eq!(
+            cpr_birth_date("0101001234").unwrap(),
+            NaiveDate::from_ymd_opt(1900, 1, 1).unwrap()
+        );
+        assert_eq!(
+            cpr_birth_date("290200-4000").unwrap(),
+            NaiveDate::from_ymd_opt(2000, 2, 29).unwrap()
+        );
+        // 29 Feb 1900 never happened.
+        assert!(cpr_birth_date("2902001234").is_err());
+        assert!(cpr_birth_date("3213901234").is_err());
+        assert!(cpr_birth_date("12345").is_err());
+        assert_eq!(mask_cpr("0101001234"), "010100-XXXX");
+    }
+
+    #[test]
+    fn ean_check_digit() {
+        assert!(ean("5798000416604").is_ok());
+        assert!(ean("5798000416605").is_err());
+    }
+
+    #[test]
+    fn email_shapes() {
+        assert!(email("anna@firma.dk").is_ok());
+        assert!(email("anna.firma.dk").is_err());
+        assert!(email("anna@firma").is_err());
+        assert!(email("an na@firma.dk").is_err());
+    }
+}

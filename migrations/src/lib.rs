@@ -1,0 +1,33 @@
+//! Schema migrations. Each file holds one change and is valid on SQLite and
+//! PostgreSQL; the migration's name comes from its file name.
+//!
+//! Times are stored as milliseconds since the Unix epoch (`BIGINT`): the same
+//! comparison works byte for byte on both backends, which the set-based sweeps
+//! rely on.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_organisations;
+mod m20261122_000002_create_units;
+mod m20261122_000003_create_users;
+mod m20261122_000004_create_user_roles;
+mod m20261122_000005_create_history_events;
+mod m20261122_000006_create_api_tokens;
+mod m20261122_000007_create_user_uniqueness_indexes;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_create_organisations::Migration),
+            Box::new(m20261122_000002_create_units::Migration),
+            Box::new(m20261122_000003_create_users::Migration),
+            Box::new(m20261122_000004_create_user_roles::Migration),
+            Box::new(m20261122_000005_create_history_events::Migration),
+            Box::new(m20261122_000006_create_api_tokens::Migration),
+            Box::new(m20261122_000007_create_user_uniqueness_indexes::Migration),
+        ]
+    }
+}

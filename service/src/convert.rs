@@ -1,0 +1,224 @@
+//! Protobuf <-> domain conversions shared by the handlers.
+
+use orgadmin_domain::DomainError;
+use orgadmin_domain::model::{self, Millis};
+use orgadmin_proto::v1 as pb;
+use prost_types::Timestamp;
+use uuid::Uuid;
+
+pub fn timestamp(ms: Millis) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn opt_timestamp(ms: Option<Millis>) -> Option<Timestamp> {
+    ms.map(timestamp)
+}
+
+pub fn millis(field: &str, ts: &Timestamp) -> Result<Millis, DomainError> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(DomainError::invalid(field, "nanos must be between 0 and 999,999,999"));
+    }
+    ts.seconds
+        .checked_mul(1000)
+        .and_then(|s| s.checked_add(i64::from(ts.nanos / 1_000_000)))
+        .ok_or_else(|| DomainError::invalid(field, "is out of range"))
+}
+
+pub fn id(field: &str, value: &str) -> Result<Uuid, DomainError> {
+    if value.is_empty() {
+        return Err(DomainError::invalid(field, "is required"));
+    }
+    Uuid::parse_str(value).map_err(|_| DomainError::invalid(field, "must be a UUID"))
+}
+
+pub fn opt_id(field: &str, value: &str) -> Result<Option<Uuid>, DomainError> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        id(field, value).map(Some)
+    }
+}
+
+pub fn opt_string(value: String) -> Option<String> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() { None } else { Some(value) }
+}
+
+/// Reads a proto enum value, refusing unknown numbers and (when `required`)
+/// the `_UNSPECIFIED` zero.
+fn enum_value<P: TryFrom<i32>>(field: &str, value: i32) -> Result<P, DomainError> {
+    P::try_from(value).map_err(|_| DomainError::invalid(field, format!("{value} is not a known value")))
+}
+
+pub fn role(field: &str, value: i32) -> Result<model::Role, DomainError> {
+    match enum_value::<pb::Role>(field, value)? {
+        pb::Role::OrganisationAdmin => Ok(model::Role::OrganisationAdmin),
+        pb::Role::UserAdmin => Ok(model::Role::UserAdmin),
+        pb::Role::RightsAdmin => Ok(model::Role::RightsAdmin),
+        pb::Role::User => Ok(model::Role::User),
+        pb::Role::Operator => Err(DomainError::invalid(
+            field,
+            "ROLE_OPERATOR is the platform's, never a user's",
+        )),
+        pb::Role::Unspecified => Err(DomainError::invalid(field, "must not be ROLE_UNSPECIFIED")),
+    }
+}
+
+pub fn roles(field: &str, values: &[i32]) -> Result<Vec<model::Role>, DomainError> {
+    values.iter().map(|v| role(field, *v)).collect()
+}
+
+pub fn role_to_pb(role: model::Role) -> pb::Role {
+    match role {
+        model::Role::OrganisationAdmin => pb::Role::OrganisationAdmin,
+        model::Role::UserAdmin => pb::Role::UserAdmin,
+        model::Role::RightsAdmin => pb::Role::RightsAdmin,
+        model::Role::User => pb::Role::User,
+    }
+}
+
+pub fn user_state(field: &str, value: i32) -> Result<Option<model::UserState>, DomainError> {
+    Ok(match enum_value::<pb::UserState>(field, value)? {
+        pb::UserState::Unspecified => None,
+        pb::UserState::PendingActivation => Some(model::UserState::PendingActivation),
+        pb::UserState::Active => Some(model::UserState::Active),
+        pb::UserState::Deactivated => Some(model::UserState::Deactivated),
+        pb::UserState::Deleted => Some(model::UserState::Deleted),
+    })
+}
+
+pub fn user_state_to_pb(state: model::UserState) -> pb::UserState {
+    match state {
+        model::UserState::PendingActivation => pb::UserState::PendingActivation,
+        model::UserState::Active => pb::UserState::Active,
+        model::UserState::Deactivated => pb::UserState::Deactivated,
+        model::UserState::Deleted => pb::UserState::Deleted,
+    }
+}
+
+pub fn language(field: &str, value: i32) -> Result<Option<model::Language>, DomainError> {
+    Ok(match enum_value::<pb::Language>(field, value)? {
+        pb::Language::Unspecified => None,
+        pb::Language::Da => Some(model::Language::Da),
+        pb::Language::Sv => Some(model::Language::Sv),
+        pb::Language::En => Some(model::Language::En),
+    })
+}
+
+pub fn language_to_pb(language: model::Language) -> pb::Language {
+    match language {
+        model::Language::Da => pb::Language::Da,
+        model::Language::Sv => pb::Language::Sv,
+        model::Language::En => pb::Language::En,
+    }
+}
+
+pub fn deletion_policy(field: &str, value: i32) -> Result<Option<model::DeletionPolicy>, DomainError> {
+    Ok(match enum_value::<pb::DeletionPolicy>(field, value)? {
+        pb::DeletionPolicy::Unspecified => None,
+        pb::DeletionPolicy::AllowDelete => Some(model::DeletionPolicy::AllowDelete),
+        pb::DeletionPolicy::DeactivateOnly => Some(model::DeletionPolicy::DeactivateOnly),
+    })
+}
+
+pub fn deletion_policy_to_pb(policy: model::DeletionPolicy) -> pb::DeletionPolicy {
+    match policy {
+        model::DeletionPolicy::AllowDelete => pb::DeletionPolicy::AllowDelete,
+        model::DeletionPolicy::DeactivateOnly => pb::DeletionPolicy::DeactivateOnly,
+    }
+}
+
+pub fn identification_means(field: &str, values: &[i32]) -> Result<Vec<model::IdentificationMeans>, DomainError> {
+    values
+        .iter()
+        .map(|v| match enum_value::<pb::IdentificationMeans>(field, *v)? {
+            pb::IdentificationMeans::Mitid => Ok(model::IdentificationMeans::MitId),
+            pb::IdentificationMeans::Password => Ok(model::IdentificationMeans::Password),
+            pb::IdentificationMeans::LocalIdp => Ok(model::IdentificationMeans::LocalIdp),
+            pb::IdentificationMeans::NemlogIn => Ok(model::IdentificationMeans::NemLogIn),
+            pb::IdentificationMeans::Unspecified => Err(DomainError::invalid(
+                field,
+                "must not be IDENTIFICATION_MEANS_UNSPECIFIED",
+            )),
+        })
+        .collect()
+}
+
+pub fn identification_means_to_pb(values: &[model::IdentificationMeans]) -> Vec<i32> {
+    values
+        .iter()
+        .map(|v| match v {
+            model::IdentificationMeans::MitId => pb::IdentificationMeans::Mitid,
+            model::IdentificationMeans::Password => pb::IdentificationMeans::Password,
+            model::IdentificationMeans::LocalIdp => pb::IdentificationMeans::LocalIdp,
+            model::IdentificationMeans::NemLogIn => pb::IdentificationMeans::NemlogIn,
+        } as i32)
+        .collect()
+}
+
+pub fn certificate_kinds(field: &str, values: &[i32]) -> Result<Vec<model::CertificateKind>, DomainError> {
+    values
+        .iter()
+        .map(|v| match enum_value::<pb::CertificateKind>(field, *v)? {
+            pb::CertificateKind::Employee => Ok(model::CertificateKind::Employee),
+            pb::CertificateKind::Organisation => Ok(model::CertificateKind::Organisation),
+            pb::CertificateKind::System => Ok(model::CertificateKind::System),
+            pb::CertificateKind::Unspecified => {
+                Err(DomainError::invalid(field, "must not be CERTIFICATE_KIND_UNSPECIFIED"))
+            }
+        })
+        .collect()
+}
+
+pub fn certificate_kinds_to_pb(values: &[model::CertificateKind]) -> Vec<i32> {
+    values
+        .iter()
+        .map(|v| match v {
+            model::CertificateKind::Employee => pb::CertificateKind::Employee,
+            model::CertificateKind::Organisation => pb::CertificateKind::Organisation,
+            model::CertificateKind::System => pb::CertificateKind::System,
+        } as i32)
+        .collect()
+}
+
+pub fn unit_kind(field: &str, value: i32) -> Result<model::UnitKind, DomainError> {
+    match enum_value::<pb::UnitKind>(field, value)? {
+        pb::UnitKind::Department => Ok(model::UnitKind::Department),
+        pb::UnitKind::ProductionUnit => Ok(model::UnitKind::ProductionUnit),
+        pb::UnitKind::TaxUnit => Ok(model::UnitKind::TaxUnit),
+        pb::UnitKind::Unspecified => Err(DomainError::invalid(field, "must not be UNIT_KIND_UNSPECIFIED")),
+    }
+}
+
+pub fn unit_kind_to_pb(kind: model::UnitKind) -> pb::UnitKind {
+    match kind {
+        model::UnitKind::Department => pb::UnitKind::Department,
+        model::UnitKind::ProductionUnit => pb::UnitKind::ProductionUnit,
+        model::UnitKind::TaxUnit => pb::UnitKind::TaxUnit,
+    }
+}
+
+/// The paths of an update mask, checked against the fields that may change.
+pub fn mask_paths(mask: Option<&prost_types::FieldMask>, allowed: &[&str]) -> Result<Vec<String>, DomainError> {
+    let paths = mask.map(|m| m.paths.clone()).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(DomainError::invalid("update_mask", "must name at least one field"));
+    }
+    let mut violations = Vec::new();
+    for path in &paths {
+        if !allowed.contains(&path.as_str()) {
+            violations.push(orgadmin_domain::FieldViolation::new(
+                "update_mask",
+                format!("{path:?} cannot be updated; allowed: {}", allowed.join(", ")),
+            ));
+        }
+    }
+    if violations.is_empty() {
+        Ok(paths)
+    } else {
+        Err(DomainError::InvalidArgument(violations))
+    }
+}

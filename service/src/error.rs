@@ -1,0 +1,87 @@
+//! The one place where domain errors become gRPC statuses (R-OPS-5), with
+//! `google.rpc` details: `BadRequest` field violations and an `ErrorInfo`
+//! whose reason is a stable UPPER_SNAKE word.
+
+use std::collections::HashMap;
+
+use orgadmin_domain::DomainError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every orgadmin error.
+pub const ERROR_DOMAIN: &str = "orgadmin";
+
+/// Messages are bounded: a status travels in HTTP/2 trailers.
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+fn bounded(message: String) -> String {
+    if message.chars().count() <= MAX_MESSAGE_CHARS {
+        message
+    } else {
+        let mut cut: String = message.chars().take(MAX_MESSAGE_CHARS - 1).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+fn with_reason(code: Code, message: String, reason: &str, metadata: HashMap<String, String>) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
+    Status::with_error_details(code, bounded(message), details)
+}
+
+pub fn to_status(err: DomainError) -> Status {
+    match err {
+        DomainError::InvalidArgument(violations) => {
+            let mut details = ErrorDetails::new();
+            for v in &violations {
+                details.add_bad_request_violation(v.field.clone(), v.description.clone());
+            }
+            details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, HashMap::new());
+            let message = DomainError::InvalidArgument(violations).to_string();
+            Status::with_error_details(Code::InvalidArgument, bounded(message), details)
+        }
+        DomainError::NotFound { resource, id } => {
+            let mut details = ErrorDetails::new();
+            details.set_error_info("NOT_FOUND", ERROR_DOMAIN, HashMap::new());
+            details.set_resource_info(resource, id.clone(), "", "");
+            Status::with_error_details(Code::NotFound, bounded(format!("{resource} {id} not found")), details)
+        }
+        DomainError::AlreadyExists { reason, message } => {
+            with_reason(Code::AlreadyExists, message, reason, HashMap::new())
+        }
+        DomainError::FailedPrecondition {
+            reason,
+            message,
+            metadata,
+        } => {
+            let mut details = ErrorDetails::new();
+            details.set_error_info(reason, ERROR_DOMAIN, metadata.into_iter().collect::<HashMap<_, _>>());
+            details.add_precondition_failure_violation(reason, "organisation", message.clone());
+            Status::with_error_details(Code::FailedPrecondition, bounded(message), details)
+        }
+        DomainError::PermissionDenied { message } => {
+            with_reason(Code::PermissionDenied, message, "PERMISSION_DENIED", HashMap::new())
+        }
+        DomainError::Unauthenticated { message } => {
+            with_reason(Code::Unauthenticated, message, "UNAUTHENTICATED", HashMap::new())
+        }
+        DomainError::Aborted { message } => with_reason(Code::Aborted, message, "STALE_ETAG", HashMap::new()),
+        DomainError::Internal(detail) => {
+            // The detail may name tables or values; it goes to the log only.
+            tracing::error!(error = %detail, "internal error");
+            Status::internal("internal error; the service logged the details")
+        }
+    }
+}
+
+/// `?`-friendly conversion for handlers.
+pub trait IntoStatus<T> {
+    fn into_status(self) -> Result<T, Status>;
+}
+
+impl<T> IntoStatus<T> for Result<T, DomainError> {
+    fn into_status(self) -> Result<T, Status> {
+        self.map_err(to_status)
+    }
+}

@@ -1,0 +1,99 @@
+use orgadmin_domain::Domain;
+use orgadmin_domain::Principal;
+use orgadmin_domain::model::ApiToken;
+use orgadmin_proto::v1 as pb;
+use orgadmin_proto::v1::auth_service_server::AuthService;
+use tonic::{Request, Response, Status};
+
+use super::caller;
+use crate::convert::*;
+use crate::error::IntoStatus;
+
+pub struct AuthHandler {
+    pub domain: Domain,
+}
+
+fn token_to_pb(token: &ApiToken) -> pb::ApiToken {
+    pb::ApiToken {
+        id: token.id.to_string(),
+        organisation_id: token.organisation_id.map(|o| o.to_string()).unwrap_or_default(),
+        user_id: token.user_id.map(|u| u.to_string()).unwrap_or_default(),
+        name: token.name.clone(),
+        create_time: Some(timestamp(token.created_at)),
+        expire_time: opt_timestamp(token.expires_at),
+        revoke_time: opt_timestamp(token.revoked_at),
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthHandler {
+    async fn create_api_token(
+        &self,
+        request: Request<pb::CreateApiTokenRequest>,
+    ) -> Result<Response<pb::CreateApiTokenResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let user_id = id("user_id", &r.user_id).into_status()?;
+        let expires = r
+            .expire_time
+            .as_ref()
+            .map(|t| millis("expire_time", t))
+            .transpose()
+            .into_status()?;
+        let (token, secret) = self
+            .domain
+            .create_api_token(&caller, user_id, &r.name, expires)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::CreateApiTokenResponse {
+            api_token: Some(token_to_pb(&token)),
+            secret,
+        }))
+    }
+
+    async fn list_api_tokens(
+        &self,
+        request: Request<pb::ListApiTokensRequest>,
+    ) -> Result<Response<pb::ListApiTokensResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let org = id("organisation_id", &request.get_ref().organisation_id).into_status()?;
+        let tokens = self.domain.list_api_tokens(&caller, org).await.into_status()?;
+        Ok(Response::new(pb::ListApiTokensResponse {
+            api_tokens: tokens.iter().map(token_to_pb).collect(),
+        }))
+    }
+
+    async fn revoke_api_token(
+        &self,
+        request: Request<pb::RevokeApiTokenRequest>,
+    ) -> Result<Response<pb::RevokeApiTokenResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let token_id = id("id", &request.get_ref().id).into_status()?;
+        let token = self.domain.revoke_api_token(&caller, token_id).await.into_status()?;
+        Ok(Response::new(pb::RevokeApiTokenResponse {
+            api_token: Some(token_to_pb(&token)),
+        }))
+    }
+
+    async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let response = match caller.principal {
+            Principal::Operator { .. } => pb::WhoAmIResponse {
+                operator: true,
+                ..Default::default()
+            },
+            Principal::Member {
+                user_id,
+                organisation_id,
+                roles,
+            } => pb::WhoAmIResponse {
+                operator: false,
+                user_id: user_id.to_string(),
+                organisation_id: organisation_id.to_string(),
+                roles: roles.iter().map(|r| role_to_pb(*r) as i32).collect(),
+            },
+            Principal::System { .. } => pb::WhoAmIResponse::default(),
+        };
+        Ok(Response::new(response))
+    }
+}

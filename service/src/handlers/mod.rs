@@ -1,0 +1,28 @@
+//! Thin tonic handlers: authenticate, convert, call the domain, convert back.
+
+pub mod auth;
+pub mod organisations;
+pub mod users;
+
+use orgadmin_domain::{Caller, Domain, DomainError};
+use tonic::{Request, Status};
+
+use crate::error::to_status;
+
+/// The caller behind `authorization: Bearer <token>` (R-AUTH-1).
+pub async fn caller<T>(domain: &Domain, request: &Request<T>) -> Result<Caller, Status> {
+    let missing = || {
+        to_status(DomainError::Unauthenticated {
+            message: "send the header authorization: Bearer <token>".into(),
+        })
+    };
+    let header = request.metadata().get("authorization").ok_or_else(missing)?;
+    let value = header.to_str().map_err(|_| missing())?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(missing)?;
+    domain.authenticate(token).await.map_err(to_status)
+}

@@ -1,0 +1,286 @@
+use orgadmin_domain::model::{HistoryEvent, User};
+use orgadmin_domain::services::users::{HistoryQuery, NewUser, UserFilter, UserPatch};
+use orgadmin_domain::{Domain, DomainError};
+use orgadmin_proto::v1 as pb;
+use orgadmin_proto::v1::user_service_server::UserService;
+use tonic::{Request, Response, Status};
+
+use super::caller;
+use crate::convert::*;
+use crate::error::IntoStatus;
+
+pub struct UserHandler {
+    pub domain: Domain,
+}
+
+pub fn user_to_pb(user: &User) -> pb::User {
+    pb::User {
+        id: user.id.to_string(),
+        organisation_id: user.organisation_id.to_string(),
+        state: user_state_to_pb(user.state) as i32,
+        first_name: user.first_name.clone(),
+        surname: user.surname.clone(),
+        email: user.email.clone(),
+        username: user.username.clone().unwrap_or_default(),
+        cpr_masked: user.cpr_masked.clone().unwrap_or_default(),
+        birth_date: user.birth_date.clone().unwrap_or_default(),
+        unit_id: user.unit_id.map(|u| u.to_string()).unwrap_or_default(),
+        phone: user.phone.clone().unwrap_or_default(),
+        language: language_to_pb(user.language) as i32,
+        external_ids: user.external_ids.clone(),
+        roles: user.roles.iter().map(|r| role_to_pb(*r) as i32).collect(),
+        identification_means: identification_means_to_pb(&user.identification_means),
+        signing_right: user.signing_right,
+        anonymous: user.anonymous,
+        deactivated_until: opt_timestamp(user.deactivated_until),
+        etag: user.version.to_string(),
+        create_time: Some(timestamp(user.created_at)),
+        update_time: Some(timestamp(user.updated_at)),
+        legacy_id: user.legacy_id.clone().unwrap_or_default(),
+    }
+}
+
+fn event_to_pb(event: &HistoryEvent) -> pb::HistoryEvent {
+    pb::HistoryEvent {
+        id: event.id.to_string(),
+        user_id: event.subject_id.to_string(),
+        activity: event.activity.clone(),
+        actor: event.actor.clone(),
+        on_behalf_of: event.on_behalf_of.clone().unwrap_or_default(),
+        occur_time: Some(timestamp(event.occurred_at)),
+        changes: event
+            .changes
+            .iter()
+            .map(|c| pb::FieldChange {
+                field: c.field.clone(),
+                before: c.before.clone(),
+                after: c.after.clone(),
+            })
+            .collect(),
+    }
+}
+
+const UPDATABLE: &[&str] = &[
+    "first_name",
+    "surname",
+    "email",
+    "username",
+    "cpr",
+    "birth_date",
+    "unit_id",
+    "phone",
+    "language",
+    "external_ids",
+    "roles",
+    "identification_means",
+    "signing_right",
+];
+
+fn patch_from(user: &pb::User, cpr: &str, paths: &[String]) -> Result<UserPatch, DomainError> {
+    let mut patch = UserPatch::default();
+    for path in paths {
+        match path.as_str() {
+            "first_name" => patch.first_name = Some(user.first_name.clone()),
+            "surname" => patch.surname = Some(user.surname.clone()),
+            "email" => patch.email = Some(user.email.clone()),
+            "username" => patch.username = Some(opt_string(user.username.clone())),
+            "cpr" => patch.cpr = Some(cpr.to_owned()),
+            "birth_date" => patch.birth_date = Some(user.birth_date.clone()),
+            "unit_id" => patch.unit_id = Some(opt_id("user.unit_id", &user.unit_id)?),
+            "phone" => patch.phone = Some(opt_string(user.phone.clone())),
+            "language" => {
+                patch.language = Some(
+                    language("user.language", user.language)?
+                        .ok_or_else(|| DomainError::invalid("user.language", "must not be LANGUAGE_UNSPECIFIED"))?,
+                )
+            }
+            "external_ids" => patch.external_ids = Some(user.external_ids.clone()),
+            "roles" => patch.roles = Some(roles("user.roles", &user.roles)?),
+            "identification_means" => {
+                patch.identification_means = Some(identification_means(
+                    "user.identification_means",
+                    &user.identification_means,
+                )?)
+            }
+            _ => patch.signing_right = Some(user.signing_right),
+        }
+    }
+    Ok(patch)
+}
+
+#[tonic::async_trait]
+impl UserService for UserHandler {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let new = NewUser {
+            organisation_id: id("organisation_id", &r.organisation_id).into_status()?,
+            first_name: r.first_name,
+            surname: r.surname,
+            email: r.email,
+            username: opt_string(r.username),
+            cpr: opt_string(r.cpr),
+            birth_date: opt_string(r.birth_date),
+            unit_id: opt_id("unit_id", &r.unit_id).into_status()?,
+            phone: opt_string(r.phone),
+            language: language("language", r.language).into_status()?,
+            external_ids: r.external_ids,
+            roles: roles("roles", &r.roles).into_status()?,
+            identification_means: identification_means("identification_means", &r.identification_means)
+                .into_status()?,
+            signing_right: r.signing_right,
+            anonymous: r.anonymous,
+            request_id: opt_string(r.request_id),
+        };
+        let created = self.domain.create_user(&caller, new).await.into_status()?;
+        Ok(Response::new(pb::CreateUserResponse {
+            user: Some(user_to_pb(&created.user)),
+        }))
+    }
+
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let id = id("id", &request.get_ref().id).into_status()?;
+        let user = self.domain.get_user(&caller, id).await.into_status()?;
+        Ok(Response::new(pb::GetUserResponse {
+            user: Some(user_to_pb(&user)),
+        }))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let org = id("organisation_id", &r.organisation_id).into_status()?;
+        let filter = UserFilter {
+            state: user_state("state", r.state).into_status()?,
+            role: match r.role {
+                0 => None,
+                value => Some(role("role", value).into_status()?),
+            },
+            unit_id: opt_id("unit_id", &r.unit_id).into_status()?,
+            text: opt_string(r.text),
+        };
+        let page = self
+            .domain
+            .list_users(&caller, org, filter, r.page_size, &r.page_token)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ListUsersResponse {
+            users: page.items.iter().map(user_to_pb).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::UpdateUserResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let user = r.user.unwrap_or_default();
+        let user_id = id("user.id", &user.id).into_status()?;
+        if r.update_mask
+            .as_ref()
+            .is_some_and(|m| m.paths.iter().any(|p| p == "anonymous"))
+        {
+            return Err::<Response<pb::UpdateUserResponse>, DomainError>(DomainError::invalid(
+                "update_mask",
+                "anonymous is set at creation only and never changed",
+            ))
+            .into_status();
+        }
+        let paths = mask_paths(r.update_mask.as_ref(), UPDATABLE).into_status()?;
+        let patch = patch_from(&user, &r.cpr, &paths).into_status()?;
+        let updated = self
+            .domain
+            .update_user(&caller, user_id, &user.etag, patch)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::UpdateUserResponse {
+            user: Some(user_to_pb(&updated)),
+        }))
+    }
+
+    async fn deactivate_user(
+        &self,
+        request: Request<pb::DeactivateUserRequest>,
+    ) -> Result<Response<pb::DeactivateUserResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let user_id = id("id", &r.id).into_status()?;
+        let until = r.until.as_ref().map(|t| millis("until", t)).transpose().into_status()?;
+        let user = self
+            .domain
+            .deactivate_user(&caller, user_id, until, &r.reason)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::DeactivateUserResponse {
+            user: Some(user_to_pb(&user)),
+        }))
+    }
+
+    async fn reactivate_user(
+        &self,
+        request: Request<pb::ReactivateUserRequest>,
+    ) -> Result<Response<pb::ReactivateUserResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let user_id = id("id", &request.get_ref().id).into_status()?;
+        let user = self.domain.reactivate_user(&caller, user_id).await.into_status()?;
+        Ok(Response::new(pb::ReactivateUserResponse {
+            user: Some(user_to_pb(&user)),
+        }))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let user_id = id("id", &request.get_ref().id).into_status()?;
+        let user = self.domain.delete_user(&caller, user_id).await.into_status()?;
+        Ok(Response::new(pb::DeleteUserResponse {
+            user: Some(user_to_pb(&user)),
+        }))
+    }
+
+    async fn list_user_history(
+        &self,
+        request: Request<pb::ListUserHistoryRequest>,
+    ) -> Result<Response<pb::ListUserHistoryResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let user_id = id("user_id", &r.user_id).into_status()?;
+        let query = HistoryQuery {
+            page_size: r.page_size,
+            page_token: r.page_token,
+            start: r
+                .start_time
+                .as_ref()
+                .map(|t| millis("start_time", t))
+                .transpose()
+                .into_status()?,
+            end: r
+                .end_time
+                .as_ref()
+                .map(|t| millis("end_time", t))
+                .transpose()
+                .into_status()?,
+            activities: r.activities,
+        };
+        let page = self
+            .domain
+            .list_user_history(&caller, user_id, query)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ListUserHistoryResponse {
+            events: page.items.iter().map(event_to_pb).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,8 @@
+//! The orgadmin gRPC server: thin tonic handlers over `orgadmin-domain`.
+
+pub mod convert;
+pub mod error;
+pub mod handlers;
+pub mod server;
+
+pub use server::serve;

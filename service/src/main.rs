@@ -1,0 +1,107 @@
+//! `orgadmin-service`: serve gRPC, run migrations, or run the whole system
+//! (service and worker) in one process on the embedded default.
+
+use std::path::Path;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orgadmin_domain::{Config, Domain};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "orgadmin-service", about = "orgadmin gRPC service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC (the default). Migrates by itself on the embedded default.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Service and worker in one process: the embedded default's one command.
+    Standalone,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("orgadmin-service: {message}");
+            std::process::exit(2);
+        }
+    };
+    orgadmin_domain::telemetry::init_logging(&config.log_format);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            Domain::from_config(&config, true).await.map_err(anyhow::Error::msg)?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Serve => run(config, false).await,
+        Command::Standalone => run(config, true).await,
+    }
+}
+
+async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
+    let domain = Domain::from_config(&config, config.is_embedded())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if config.is_embedded() {
+        announce_operator_token(&domain, &config.data_dir).await?;
+    }
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, database = if config.is_embedded() { "sqlite" } else { "postgres" }, "orgadmin-service listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = with_worker.then(|| {
+        let domain = domain.clone();
+        let config = config.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            orgadmin_worker::run(domain, &config, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    });
+    orgadmin_service::serve(domain, listener, async move {
+        orgadmin_domain::telemetry::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    })
+    .await?;
+    if let Some(worker) = worker {
+        worker.await??;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// First start of the embedded default: make the operator token, keep only
+/// its hash in the database, show it once and leave it in a file only the
+/// owner can read.
+async fn announce_operator_token(domain: &Domain, data_dir: &Path) -> anyhow::Result<()> {
+    let Some(secret) = domain
+        .bootstrap_operator_token()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    else {
+        return Ok(());
+    };
+    let path = data_dir.join("operator-token");
+    let _ = std::fs::remove_file(&path);
+    orgadmin_domain::config::write_private_file(&path, &format!("{secret}\n")).map_err(anyhow::Error::msg)?;
+    // Printed, not logged: log lines never carry a token.
+    println!(
+        "Operator token (shown once; also in {}, readable by you only):\n{secret}",
+        path.display()
+    );
+    Ok(())
+}
