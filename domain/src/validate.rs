@@ -43,7 +43,7 @@ pub fn cvr(value: &str) -> Result<(), String> {
     }
     const WEIGHTS: [u32; 8] = [2, 7, 6, 5, 4, 3, 2, 1];
     let sum: u32 = value.bytes().zip(WEIGHTS).map(|(b, w)| u32::from(b - b'0') * w).sum();
-    if sum % 11 != 0 {
+    if !sum.is_multiple_of(11) {
         return Err("fails the CVR modulus-11 check".into());
     }
     Ok(())

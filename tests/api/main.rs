@@ -1,1 +1,8 @@
-fn main() {}
+//! The one integration-test binary. Every scenario runs on SQLite and on
+//! PostgreSQL (`both_backends!`), against a real server over real gRPC.
+
+mod lifecycle;
+mod organisations;
+mod rights;
+mod smoke;
+mod users;

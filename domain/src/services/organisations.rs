@@ -539,15 +539,19 @@ impl Domain {
             .one(&self.db)
             .await?
             .ok_or_else(|| DomainError::not_found("organisation", organisation_id))?;
-        let units = self.units_of(organisation_id).await?;
+        let units = self.units_of(&self.db, organisation_id).await?;
         Ok(tree_order(units))
     }
 
-    pub(crate) async fn units_of(&self, organisation_id: Uuid) -> DomainResult<Vec<Unit>> {
+    pub(crate) async fn units_of(
+        &self,
+        db: &impl sea_orm::ConnectionTrait,
+        organisation_id: Uuid,
+    ) -> DomainResult<Vec<Unit>> {
         unit::Entity::find()
             .filter(unit::Column::OrganisationId.eq(organisation_id))
             .order_by_asc(unit::Column::Id)
-            .all(&self.db)
+            .all(db)
             .await?
             .into_iter()
             .map(unit_from_row)
@@ -577,7 +581,7 @@ impl Domain {
                 self.unit_in_organisation(&txn, parent, row.organisation_id, "unit.parent_id")
                     .await?;
                 // Moving a unit under itself or its own subtree would cut it off the tree.
-                let units = self.units_of(row.organisation_id).await?;
+                let units = self.units_of(&txn, row.organisation_id).await?;
                 if subtree(&units, unit_id).contains(&parent) {
                     return Err(DomainError::invalid(
                         "unit.parent_id",

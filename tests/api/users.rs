@@ -1,0 +1,701 @@
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+use prost_types::FieldMask;
+use sea_orm::{ConnectionTrait, Statement};
+use tonic::Code;
+
+both_backends!(
+    first_user_of_operator_becomes_administrator,
+    user_bad_input_names_each_field,
+    user_create_idempotent_and_unique,
+    user_update_with_etag_and_history,
+    cpr_is_never_stored_or_returned_in_clear,
+    list_users_filters_and_pages,
+);
+
+fn mask(paths: &[&str]) -> Option<FieldMask> {
+    Some(FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
+async fn first_user_of_operator_becomes_administrator(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    assert_eq!(fixture.admin.state, pb::UserState::PendingActivation as i32);
+    let roles = &fixture.admin.roles;
+    assert!(roles.contains(&(pb::Role::OrganisationAdmin as i32)), "{roles:?}");
+    assert!(roles.contains(&(pb::Role::UserAdmin as i32)), "{roles:?}");
+
+    // Later, the operator creates administrators only.
+    let before = app.fingerprint().await;
+    let plain = app
+        .users()
+        .create_user(req(OPERATOR_TOKEN, new_user(&fixture.org.id, "Plain", &[])))
+        .await;
+    assert_code(plain, Code::PermissionDenied);
+    assert_eq!(app.fingerprint().await, before);
+    let second_admin = app
+        .users()
+        .create_user(req(
+            OPERATOR_TOKEN,
+            new_user(&fixture.org.id, "Second", &[pb::Role::OrganisationAdmin]),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(second_admin.roles, vec![pb::Role::OrganisationAdmin as i32]);
+
+    let who = app
+        .auth()
+        .who_am_i(req(&fixture.admin_token, pb::WhoAmIRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(who.user_id, fixture.admin.id);
+    assert!(!who.operator);
+    app.finish().await;
+}
+
+async fn user_bad_input_names_each_field(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let mut users = app.users();
+    let org = fixture.org.id.clone();
+    let base = new_user(&org, "Anna", &[]);
+    let cases: Vec<(pb::CreateUserRequest, Vec<&str>)> = vec![
+        (
+            pb::CreateUserRequest {
+                first_name: "".into(),
+                ..base.clone()
+            },
+            vec!["first_name"],
+        ),
+        (
+            pb::CreateUserRequest {
+                surname: " ".into(),
+                ..base.clone()
+            },
+            vec!["surname"],
+        ),
+        (
+            pb::CreateUserRequest {
+                first_name: "x".repeat(101),
+                ..base.clone()
+            },
+            vec!["first_name"],
+        ),
+        (
+            pb::CreateUserRequest {
+                email: "anna.firma.dk".into(),
+                ..base.clone()
+            },
+            vec!["email"],
+        ),
+        (
+            pb::CreateUserRequest {
+                email: "anna@firma".into(),
+                ..base.clone()
+            },
+            vec!["email"],
+        ),
+        (
+            pb::CreateUserRequest {
+                cpr: "123456789".into(),
+                ..base.clone()
+            },
+            vec!["cpr"],
+        ),
+        (
+            pb::CreateUserRequest {
+                cpr: "3213851234".into(),
+                ..base.clone()
+            },
+            vec!["cpr"],
+        ),
+        (
+            pb::CreateUserRequest {
+                cpr: "2902001234".into(),
+                ..base.clone()
+            },
+            vec!["cpr"],
+        ),
+        (
+            pb::CreateUserRequest {
+                cpr: "".into(),
+                birth_date: "".into(),
+                ..base.clone()
+            },
+            vec!["cpr"],
+        ),
+        (
+            pb::CreateUserRequest {
+                birth_date: "1990-01-01".into(),
+                ..base.clone()
+            },
+            vec!["cpr"],
+        ),
+        (
+            pb::CreateUserRequest {
+                cpr: "".into(),
+                birth_date: "01-01-1990".into(),
+                ..base.clone()
+            },
+            vec!["birth_date"],
+        ),
+        (
+            pb::CreateUserRequest {
+                cpr: "".into(),
+                birth_date: "2999-01-01".into(),
+                ..base.clone()
+            },
+            vec!["birth_date"],
+        ),
+        (
+            pb::CreateUserRequest {
+                phone: "12ab".into(),
+                ..base.clone()
+            },
+            vec!["phone"],
+        ),
+        (
+            pb::CreateUserRequest {
+                username: "a b".into(),
+                ..base.clone()
+            },
+            vec!["username"],
+        ),
+        (
+            pb::CreateUserRequest {
+                external_ids: vec!["1".into(), "2".into(), "3".into(), "4".into()],
+                ..base.clone()
+            },
+            vec!["external_ids"],
+        ),
+        (
+            pb::CreateUserRequest {
+                language: 7,
+                ..base.clone()
+            },
+            vec!["language"],
+        ),
+        (
+            pb::CreateUserRequest {
+                roles: vec![pb::Role::Operator as i32],
+                ..base.clone()
+            },
+            vec!["roles"],
+        ),
+        (
+            pb::CreateUserRequest {
+                unit_id: "nope".into(),
+                ..base.clone()
+            },
+            vec!["unit_id"],
+        ),
+        (
+            pb::CreateUserRequest {
+                unit_id: uuid::Uuid::now_v7().to_string(),
+                ..base.clone()
+            },
+            vec!["unit_id"],
+        ),
+        (
+            pb::CreateUserRequest {
+                first_name: "".into(),
+                email: "x".into(),
+                cpr: "1".into(),
+                ..base.clone()
+            },
+            vec!["first_name", "email", "cpr"],
+        ),
+    ];
+    let before = app.fingerprint().await;
+    for (request, fields) in cases {
+        let status = assert_code(
+            users.create_user(req(&fixture.admin_token, request.clone())).await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(bad_fields(&status), fields, "for {request:?}");
+        assert!(
+            !status.message().contains(&request.cpr) || request.cpr.len() < 6,
+            "no CPR echoed: {}",
+            status.message()
+        );
+    }
+    assert_eq!(app.fingerprint().await, before, "bad input changed nothing");
+
+    let created = users
+        .create_user(req(&fixture.admin_token, base))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let anonymous_later = users
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    anonymous: true,
+                    ..created.clone()
+                }),
+                update_mask: mask(&["anonymous"]),
+                cpr: String::new(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        bad_fields(&assert_code(anonymous_later, Code::InvalidArgument)),
+        vec!["update_mask"]
+    );
+    let no_mask = users
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(created.clone()),
+                update_mask: None,
+                cpr: String::new(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        bad_fields(&assert_code(no_mask, Code::InvalidArgument)),
+        vec!["update_mask"]
+    );
+    let bad_email = users
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    email: "nope".into(),
+                    ..created.clone()
+                }),
+                update_mask: mask(&["email"]),
+                cpr: String::new(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        bad_fields(&assert_code(bad_email, Code::InvalidArgument)),
+        vec!["email"]
+    );
+    let past = users
+        .deactivate_user(req(
+            &fixture.admin_token,
+            pb::DeactivateUserRequest {
+                id: created.id.clone(),
+                until: Some(prost_types::Timestamp { seconds: 1, nanos: 0 }),
+                reason: String::new(),
+            },
+        ))
+        .await;
+    assert_eq!(bad_fields(&assert_code(past, Code::InvalidArgument)), vec!["until"]);
+    app.finish().await;
+}
+
+async fn user_create_idempotent_and_unique(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let mut users = app.users();
+    let request = pb::CreateUserRequest {
+        request_id: "import-7f3a".into(),
+        ..new_user(&fixture.org.id, "Søren", &[])
+    };
+    let first = users
+        .create_user(req(&fixture.admin_token, request.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let retry = users
+        .create_user(req(&fixture.admin_token, request.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(
+        first.id, retry.id,
+        "a retry with the same request id returns the same user"
+    );
+    let listed = users
+        .list_users(req(
+            &fixture.admin_token,
+            pb::ListUsersRequest {
+                organisation_id: fixture.org.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert_eq!(listed.len(), 2, "admin and Søren, once");
+
+    let same_email = pb::CreateUserRequest {
+        email: request.email.clone(),
+        ..new_user(&fixture.org.id, "Other", &[])
+    };
+    assert_eq!(
+        reason(&assert_code(
+            users.create_user(req(&fixture.admin_token, same_email)).await,
+            Code::AlreadyExists
+        )),
+        "EMAIL_TAKEN"
+    );
+    let same_cpr = pb::CreateUserRequest {
+        cpr: request.cpr.clone(),
+        ..new_user(&fixture.org.id, "Other", &[])
+    };
+    assert_eq!(
+        reason(&assert_code(
+            users.create_user(req(&fixture.admin_token, same_cpr)).await,
+            Code::AlreadyExists
+        )),
+        "CPR_TAKEN"
+    );
+
+    // A birth-date user, with Swedish letters intact.
+    let birth = pb::CreateUserRequest {
+        cpr: String::new(),
+        birth_date: "1984-02-29".into(),
+        first_name: "Åsa".into(),
+        surname: "Öberg".into(),
+        ..new_user(&fixture.org.id, "Asa", &[])
+    };
+    let birth = users
+        .create_user(req(&fixture.admin_token, birth))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(birth.birth_date, "1984-02-29");
+    assert_eq!((birth.first_name.as_str(), birth.surname.as_str()), ("Åsa", "Öberg"));
+    assert!(birth.cpr_masked.is_empty());
+    app.finish().await;
+}
+
+async fn user_update_with_etag_and_history(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let mut users = app.users();
+    let (user, _) = app.member(&fixture, "Mette", &[]).await;
+    let changed = pb::User {
+        first_name: "Mette-Marie".into(),
+        phone: "+45 12 34 56 78".into(),
+        ..user.clone()
+    };
+    let updated = users
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(changed.clone()),
+                update_mask: mask(&["first_name", "phone"]),
+                cpr: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(updated.first_name, "Mette-Marie");
+    assert_ne!(updated.etag, user.etag);
+
+    let before = app.fingerprint().await;
+    let stale = users
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    surname: "Lost".into(),
+                    ..user.clone()
+                }),
+                update_mask: mask(&["surname"]),
+                cpr: String::new(),
+            },
+        ))
+        .await;
+    assert_eq!(reason(&assert_code(stale, Code::Aborted)), "STALE_ETAG");
+    assert_eq!(app.fingerprint().await, before);
+
+    // The CPR number changes through its own field and never shows in history.
+    let new_cpr = unique_cpr();
+    let recpr = users
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(updated.clone()),
+                update_mask: mask(&["cpr"]),
+                cpr: new_cpr.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(recpr.cpr_masked, format!("{}-XXXX", &new_cpr[..6]));
+
+    let history = users
+        .list_user_history(req(
+            &fixture.admin_token,
+            pb::ListUserHistoryRequest {
+                user_id: user.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let activities: Vec<&str> = history.iter().map(|e| e.activity.as_str()).collect();
+    assert_eq!(
+        activities,
+        vec!["USER_UPDATED", "USER_UPDATED", "API_TOKEN_CREATED", "USER_CREATED"],
+        "newest first"
+    );
+    let rename = &history[1];
+    assert_eq!(rename.actor, format!("user:{}", fixture.admin.id));
+    let first_name = rename.changes.iter().find(|c| c.field == "first_name").unwrap();
+    assert_eq!(
+        (first_name.before.as_str(), first_name.after.as_str()),
+        ("Mette", "Mette-Marie")
+    );
+    for event in &history {
+        for change in &event.changes {
+            assert!(!change.before.contains(&new_cpr[6..]) || change.field != "cpr");
+            assert!(!change.after.contains(&new_cpr), "no CPR in history");
+        }
+    }
+    app.finish().await;
+}
+
+async fn cpr_is_never_stored_or_returned_in_clear(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let request = new_user(&fixture.org.id, "Hemmelig", &[]);
+    let cpr = request.cpr.clone();
+    let user = app
+        .users()
+        .create_user(req(&fixture.admin_token, request))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(user.cpr_masked, format!("{}-XXXX", &cpr[..6]));
+    assert!(!format!("{user:?}").contains(&cpr));
+
+    // Read every column of every row as text: the number is nowhere.
+    let db = app.domain.db();
+    let sql = match backend {
+        Backend::Postgres => {
+            "SELECT CAST(u.* AS TEXT) FROM users u UNION ALL SELECT CAST(h.* AS TEXT) FROM history_events h"
+        }
+        Backend::Sqlite => {
+            "SELECT COALESCE(cpr_hash,'') || '|' || COALESCE(cpr_ciphertext,'') || '|' || email || first_name FROM users UNION ALL SELECT changes FROM history_events"
+        }
+    };
+    let rows = db
+        .query_all_raw(Statement::from_string(db.get_database_backend(), sql.to_owned()))
+        .await
+        .unwrap();
+    assert!(rows.len() >= 3);
+    for row in rows {
+        let text: String = row.try_get_by_index(0).unwrap();
+        assert!(!text.contains(&cpr), "clear CPR stored: {text}");
+        assert!(
+            !text.contains(&cpr[6..]) || text.len() > 40,
+            "last four digits stored in clear: {text}"
+        );
+    }
+    app.finish().await;
+}
+
+async fn list_users_filters_and_pages(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let mut users = app.users();
+    let mut orgs = app.orgs();
+    let token = fixture.admin_token.clone();
+    let org = fixture.org.id.clone();
+    let unit = |parent: &str, name: &str| pb::CreateUnitRequest {
+        organisation_id: org.clone(),
+        parent_id: parent.to_owned(),
+        kind: pb::UnitKind::Department as i32,
+        name: name.into(),
+        number: String::new(),
+    };
+    let top = orgs
+        .create_unit(req(&token, unit("", "Drift")))
+        .await
+        .unwrap()
+        .into_inner()
+        .unit
+        .unwrap();
+    let sub = orgs
+        .create_unit(req(&token, unit(&top.id, "Drift Syd")))
+        .await
+        .unwrap()
+        .into_inner()
+        .unit
+        .unwrap();
+    let other = orgs
+        .create_unit(req(&token, unit("", "Salg")))
+        .await
+        .unwrap()
+        .into_inner()
+        .unit
+        .unwrap();
+
+    let mk = |first: &str, unit: &str, roles: &[pb::Role]| pb::CreateUserRequest {
+        unit_id: unit.to_owned(),
+        ..new_user(&org, first, roles)
+    };
+    let kasper = users
+        .create_user(req(&token, mk("Kasper", &top.id, &[])))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let lise = users
+        .create_user(req(&token, mk("Lise", &sub.id, &[pb::Role::RightsAdmin])))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let ole = users
+        .create_user(req(&token, mk("Ole", &other.id, &[])))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    users
+        .deactivate_user(req(
+            &token,
+            pb::DeactivateUserRequest {
+                id: ole.id.clone(),
+                until: None,
+                reason: "orlov".into(),
+            },
+        ))
+        .await
+        .unwrap();
+
+    let list = |filter: pb::ListUsersRequest| {
+        let mut users = users.clone();
+        let token = token.clone();
+        async move { users.list_users(req(&token, filter)).await.unwrap().into_inner() }
+    };
+    let ids = |page: &pb::ListUsersResponse| page.users.iter().map(|u| u.id.clone()).collect::<Vec<_>>();
+    let base = pb::ListUsersRequest {
+        organisation_id: org.clone(),
+        ..Default::default()
+    };
+
+    let subtree = list(pb::ListUsersRequest {
+        unit_id: top.id.clone(),
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(
+        ids(&subtree),
+        vec![kasper.id.clone(), lise.id.clone()],
+        "a unit covers its subtree"
+    );
+    let deactivated = list(pb::ListUsersRequest {
+        state: pb::UserState::Deactivated as i32,
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(ids(&deactivated), vec![ole.id.clone()]);
+    let rights = list(pb::ListUsersRequest {
+        role: pb::Role::RightsAdmin as i32,
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(ids(&rights), vec![lise.id.clone()]);
+    let text = list(pb::ListUsersRequest {
+        text: "lise JØRG".into(),
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(
+        ids(&text),
+        vec![lise.id.clone()],
+        "words match names case-insensitively"
+    );
+    let by_mail = list(pb::ListUsersRequest {
+        text: "kasper.".into(),
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(ids(&by_mail), vec![kasper.id.clone()]);
+    let wildcard = list(pb::ListUsersRequest {
+        text: "%".into(),
+        ..base.clone()
+    })
+    .await;
+    assert!(wildcard.users.is_empty(), "LIKE wildcards are literal");
+
+    // Pages of 2 over 4 users, in creation order.
+    let page1 = list(pb::ListUsersRequest {
+        page_size: 2,
+        ..base.clone()
+    })
+    .await;
+    let page2 = list(pb::ListUsersRequest {
+        page_size: 2,
+        page_token: page1.next_page_token.clone(),
+        ..base.clone()
+    })
+    .await;
+    let mut all = ids(&page1);
+    all.extend(ids(&page2));
+    assert_eq!(all, vec![fixture.admin.id.clone(), kasper.id, lise.id, ole.id]);
+    let page3 = list(pb::ListUsersRequest {
+        page_size: 2,
+        page_token: page2.next_page_token.clone(),
+        ..base.clone()
+    })
+    .await;
+    assert!(page3.users.is_empty() || page2.next_page_token.is_empty());
+
+    let too_big = users
+        .list_users(req(
+            &token,
+            pb::ListUsersRequest {
+                page_size: 501,
+                ..base.clone()
+            },
+        ))
+        .await;
+    assert_eq!(
+        bad_fields(&assert_code(too_big, Code::InvalidArgument)),
+        vec!["page_size"]
+    );
+    // A page token of another list is refused.
+    let foreign = users
+        .list_users(req(
+            &token,
+            pb::ListUsersRequest {
+                page_token: "b3JnYW5pc2F0aW9uc3wwMTlhMjAxMC0zMGJhLTc2YzYtYTBmNS04YTUyNmQ1Nzg0YTk".into(),
+                ..base.clone()
+            },
+        ))
+        .await;
+    assert_eq!(
+        bad_fields(&assert_code(foreign, Code::InvalidArgument)),
+        vec!["page_token"]
+    );
+    app.finish().await;
+}
