@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "orgadmin/v1/organisation_service.proto",
     "orgadmin/v1/user_service.proto",
     "orgadmin/v1/auth_service.proto",
+    "orgadmin/v1/notification_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -35,8 +35,26 @@ pub struct Config {
     pub reactivation_schedule: String,
     /// Users reactivated per statement by the sweep.
     pub reactivation_batch_size: u64,
-    /// SMTP server for mail; empty: `.eml` files in `data_dir/outbox`.
+    /// SMTP server for mail (`smtp://host:port`, `smtps://user:pass@host`);
+    /// empty: `.eml` files in `data_dir/outbox`.
     pub smtp_url: String,
+    /// The From header of every mail.
+    pub mail_from: String,
+    /// Pooled SMTP connections per worker.
+    pub mail_pool_size: u32,
+    /// Attempts before a mail is parked as failed.
+    pub mail_max_attempts: i32,
+    /// First retry delay; doubles with each attempt (with jitter).
+    pub mail_retry_base_ms: i64,
+    /// How often the worker looks for due mail.
+    pub mail_poll_interval_ms: u64,
+    /// How long a worker's claim on a mail lasts; a crashed worker's mails
+    /// go to another worker after this.
+    pub mail_lease_ms: i64,
+    /// The activation link; `{token}` is replaced by the token.
+    pub activation_url_template: String,
+    pub activation_ttl_days: u32,
+    pub activation_max_attempts: i32,
 }
 
 impl Default for Config {
@@ -53,6 +71,15 @@ impl Default for Config {
             reactivation_schedule: "*/5 * * * * *".into(),
             reactivation_batch_size: 1000,
             smtp_url: String::new(),
+            mail_from: "orgadmin <noreply@orgadmin.localhost>".into(),
+            mail_pool_size: 4,
+            mail_max_attempts: 8,
+            mail_retry_base_ms: 2000,
+            mail_poll_interval_ms: 500,
+            mail_lease_ms: 60_000,
+            activation_url_template: "http://localhost:8080/activate?token={token}".into(),
+            activation_ttl_days: 30,
+            activation_max_attempts: 5,
         }
     }
 }
@@ -93,6 +120,30 @@ impl Config {
                 "ORGADMIN_LOG_FORMAT={:?} must be text or json",
                 self.log_format
             ));
+        }
+        if !self.activation_url_template.contains("{token}") {
+            return Err("ORGADMIN_ACTIVATION_URL_TEMPLATE must contain {token}".into());
+        }
+        if !(1..=365).contains(&self.activation_ttl_days) {
+            return Err("ORGADMIN_ACTIVATION_TTL_DAYS must be between 1 and 365".into());
+        }
+        if self.mail_pool_size == 0
+            || self.mail_max_attempts < 1
+            || self.mail_retry_base_ms < 1
+            || self.mail_poll_interval_ms < 10
+            || self.mail_lease_ms < 100
+        {
+            return Err("ORGADMIN_MAIL_POOL_SIZE, ORGADMIN_MAIL_MAX_ATTEMPTS and ORGADMIN_MAIL_RETRY_BASE_MS must be at least 1, ORGADMIN_MAIL_POLL_INTERVAL_MS at least 10, ORGADMIN_MAIL_LEASE_MS at least 100".into());
+        }
+        if !self.mail_from.contains('@') {
+            return Err(format!(
+                "ORGADMIN_MAIL_FROM={:?} must be an address such as \"orgadmin <noreply@example.dk>\"",
+                self.mail_from
+            ));
+        }
+        let smtp_scheme_ok = self.smtp_url.starts_with("smtp://") || self.smtp_url.starts_with("smtps://");
+        if !self.smtp_url.is_empty() && !smtp_scheme_ok {
+            return Err("SMTP_URL must start with smtp:// or smtps://".into());
         }
         if self.reactivation_batch_size == 0 {
             return Err("ORGADMIN_REACTIVATION_BATCH_SIZE must be at least 1".into());

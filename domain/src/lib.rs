@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod mail;
 pub mod model;
 pub mod paging;
 pub mod persistence;
@@ -27,6 +28,28 @@ pub struct Domain {
     vault: CprVault,
     /// SHA-256 of each configured operator token, with a stable id for history.
     configured_operators: Vec<(String, uuid::Uuid)>,
+    settings: DomainSettings,
+}
+
+/// Tunables of the domain rules, from configuration.
+#[derive(Clone, Debug)]
+pub struct DomainSettings {
+    /// The activation link; `{token}` is replaced by the single-use token.
+    pub activation_url_template: String,
+    /// How long an activation link or code works (MitID Erhverv: 30 days).
+    pub activation_ttl_ms: i64,
+    /// Wrong CPR numbers or birth dates a link or code survives.
+    pub activation_max_attempts: i32,
+}
+
+impl Default for DomainSettings {
+    fn default() -> Self {
+        Self {
+            activation_url_template: "http://localhost:8080/activate?token={token}".into(),
+            activation_ttl_ms: 30 * 24 * 60 * 60 * 1000,
+            activation_max_attempts: 5,
+        }
+    }
 }
 
 impl Domain {
@@ -44,7 +67,17 @@ impl Domain {
             db,
             vault,
             configured_operators,
+            settings: DomainSettings::default(),
         }
+    }
+
+    pub fn with_settings(mut self, settings: DomainSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    pub fn settings(&self) -> &DomainSettings {
+        &self.settings
     }
 
     pub fn db(&self) -> &DatabaseConnection {
@@ -66,6 +99,12 @@ impl Domain {
                 .await
                 .map_err(|e| format!("migrations failed: {e}"))?;
         }
-        Ok(Self::new(db, vault, &config.operator_token_list()))
+        Ok(
+            Self::new(db, vault, &config.operator_token_list()).with_settings(DomainSettings {
+                activation_url_template: config.activation_url_template.clone(),
+                activation_ttl_ms: i64::from(config.activation_ttl_days) * 24 * 60 * 60 * 1000,
+                activation_max_attempts: config.activation_max_attempts,
+            }),
+        )
     }
 }

@@ -1,9 +1,6 @@
 //! The domain's own types: what the rules talk about. Persistence maps rows to
 //! these; the service maps these to protobuf.
 
-use std::fmt;
-use std::str::FromStr;
-
 use uuid::Uuid;
 
 /// Milliseconds since the Unix epoch, UTC.
@@ -13,7 +10,9 @@ pub fn now_millis() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }
 
-macro_rules! string_enum {
+/// A closed set of names stored as text: `as_str`, `Display`, `FromStr`, `ALL`.
+#[macro_export]
+macro_rules! string_enum_pub {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,11 +25,11 @@ macro_rules! string_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
         }
 
-        impl FromStr for $name {
+        impl std::str::FromStr for $name {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, String> {
                 match s {
@@ -42,7 +41,7 @@ macro_rules! string_enum {
     };
 }
 
-string_enum!(
+string_enum_pub!(
     /// R-USR-2. `Deleted` is final.
     UserState {
         PendingActivation => "PENDING_ACTIVATION",
@@ -60,7 +59,7 @@ impl UserState {
     }
 }
 
-string_enum!(
+string_enum_pub!(
     /// Roles a user holds within an organisation (R-ACC-1).
     Role {
         OrganisationAdmin => "ORGANISATION_ADMIN",
@@ -76,16 +75,16 @@ impl Role {
     }
 }
 
-string_enum!(Language { Da => "da", Sv => "sv", En => "en" });
+string_enum_pub!(Language { Da => "da", Sv => "sv", En => "en" });
 
-string_enum!(
+string_enum_pub!(
     DeletionPolicy {
         AllowDelete => "ALLOW_DELETE",
         DeactivateOnly => "DEACTIVATE_ONLY",
     }
 );
 
-string_enum!(
+string_enum_pub!(
     IdentificationMeans {
         MitId => "MITID",
         Password => "PASSWORD",
@@ -94,7 +93,7 @@ string_enum!(
     }
 );
 
-string_enum!(
+string_enum_pub!(
     CertificateKind {
         Employee => "EMPLOYEE",
         Organisation => "ORGANISATION",
@@ -102,7 +101,7 @@ string_enum!(
     }
 );
 
-string_enum!(
+string_enum_pub!(
     UnitKind {
         Department => "DEPARTMENT",
         ProductionUnit => "PRODUCTION_UNIT",

@@ -93,6 +93,9 @@ pub enum Action {
     DeleteUser,
     ReadUserHistory,
     ManageApiTokens,
+    ManageActivation,
+    DecideAnonymityRequests,
+    ManageMailQueue,
 }
 
 /// What an operator may do on an organisation's users: administrators only.
@@ -129,6 +132,9 @@ const POLICY: &[(Action, OperatorScope, &[Role], bool)] = &[
     (DeleteUser, No, &[UA], false),
     (ReadUserHistory, AdministratorsOnly, &[OA, UA], true),
     (ManageApiTokens, AdministratorsOnly, &[OA], false),
+    (ManageActivation, AdministratorsOnly, &[UA], false),
+    (DecideAnonymityRequests, No, &[UA], false),
+    (ManageMailQueue, Yes, &[], false),
 ];
 
 fn row(action: Action) -> (OperatorScope, &'static [Role], bool) {
@@ -231,6 +237,9 @@ fn describe(action: Action) -> &'static str {
         DeleteUser => "delete this user",
         ReadUserHistory => "read this user's history",
         ManageApiTokens => "manage API tokens of this organisation",
+        ManageActivation => "send activation for this user",
+        DecideAnonymityRequests => "decide anonymity requests of this organisation",
+        ManageMailQueue => "manage the mail queue",
     }
 }
 
@@ -267,6 +276,9 @@ mod tests {
             DeleteUser,
             ReadUserHistory,
             ManageApiTokens,
+            ManageActivation,
+            DecideAnonymityRequests,
+            ManageMailQueue,
         ] {
             assert!(
                 POLICY.iter().any(|(a, ..)| *a == action),

@@ -14,6 +14,12 @@ mod m20261122_000004_create_user_roles;
 mod m20261122_000005_create_history_events;
 mod m20261122_000006_create_api_tokens;
 mod m20261122_000007_create_user_uniqueness_indexes;
+mod m20261122_000008_create_outbox_mails;
+mod m20261122_000009_create_activation_secrets;
+mod m20261122_000010_create_notifications;
+mod m20261122_000011_create_notification_preferences;
+mod m20261122_000012_create_anonymity_requests;
+mod m20261122_000013_create_sweep_runs;
 
 pub struct Migrator;
 
@@ -28,6 +34,12 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000005_create_history_events::Migration),
             Box::new(m20261122_000006_create_api_tokens::Migration),
             Box::new(m20261122_000007_create_user_uniqueness_indexes::Migration),
+            Box::new(m20261122_000008_create_outbox_mails::Migration),
+            Box::new(m20261122_000009_create_activation_secrets::Migration),
+            Box::new(m20261122_000010_create_notifications::Migration),
+            Box::new(m20261122_000011_create_notification_preferences::Migration),
+            Box::new(m20261122_000012_create_anonymity_requests::Migration),
+            Box::new(m20261122_000013_create_sweep_runs::Migration),
         ]
     }
 }

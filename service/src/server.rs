@@ -5,6 +5,7 @@ use std::future::Future;
 
 use orgadmin_domain::Domain;
 use orgadmin_proto::v1::auth_service_server::AuthServiceServer;
+use orgadmin_proto::v1::notification_service_server::NotificationServiceServer;
 use orgadmin_proto::v1::organisation_service_server::OrganisationServiceServer;
 use orgadmin_proto::v1::user_service_server::UserServiceServer;
 use tokio::net::TcpListener;
@@ -12,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::handlers::auth::AuthHandler;
+use crate::handlers::notifications::NotificationHandler;
 use crate::handlers::organisations::OrganisationHandler;
 use crate::handlers::users::UserHandler;
 
@@ -31,6 +33,9 @@ pub async fn serve(
         .await;
     reporter.set_serving::<UserServiceServer<UserHandler>>().await;
     reporter.set_serving::<AuthServiceServer<AuthHandler>>().await;
+    reporter
+        .set_serving::<NotificationServiceServer<NotificationHandler>>()
+        .await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(orgadmin_proto::v1::FILE_DESCRIPTOR_SET)
@@ -47,6 +52,9 @@ pub async fn serve(
     let users = UserServiceServer::new(UserHandler { domain: domain.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let notifications = NotificationServiceServer::new(NotificationHandler { domain: domain.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let auth = AuthServiceServer::new(AuthHandler { domain })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -60,6 +68,9 @@ pub async fn serve(
         reporter.set_not_serving::<UserServiceServer<UserHandler>>().await;
         reporter.set_not_serving::<AuthServiceServer<AuthHandler>>().await;
         reporter
+            .set_not_serving::<NotificationServiceServer<NotificationHandler>>()
+            .await;
+        reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
     };
@@ -71,6 +82,7 @@ pub async fn serve(
         .add_service(organisations)
         .add_service(users)
         .add_service(auth)
+        .add_service(notifications)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
         .await?;
     Ok(())

@@ -2,6 +2,7 @@
 //! PostgreSQL (`both_backends!`), against a real server over real gRPC.
 
 mod lifecycle;
+mod mail;
 mod organisations;
 mod rights;
 mod smoke;

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use orgadmin_domain::{CprVault, Domain, persistence};
+use orgadmin_domain::{CprVault, Domain, DomainSettings, persistence};
 use orgadmin_proto::v1 as pb;
 use orgadmin_proto::v1::auth_service_client::AuthServiceClient;
+use orgadmin_proto::v1::notification_service_client::NotificationServiceClient;
 use orgadmin_proto::v1::organisation_service_client::OrganisationServiceClient;
 use orgadmin_proto::v1::user_service_client::UserServiceClient;
 use sea_orm::{ConnectionTrait, Database, Statement};
@@ -35,7 +36,7 @@ pub struct TestApp {
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pg_database: Option<String>,
-    dir: PathBuf,
+    pub dir: PathBuf,
 }
 
 pub fn test_vault() -> CprVault {
@@ -72,11 +73,15 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> (String,
 
 impl TestApp {
     pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, DomainSettings::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, settings: DomainSettings) -> Self {
         let dir = fresh_dir();
         let (database_url, pg_database) = fresh_database(backend, &dir).await;
         let db = persistence::connect(&database_url, 10).await.expect("connect");
         persistence::migrate(&db).await.expect("migrate");
-        let domain = Domain::new(db, test_vault(), &[OPERATOR_TOKEN.to_owned()]);
+        let domain = Domain::new(db, test_vault(), &[OPERATOR_TOKEN.to_owned()]).with_settings(settings);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -113,6 +118,10 @@ impl TestApp {
         AuthServiceClient::new(self.channel.clone())
     }
 
+    pub fn notes(&self) -> NotificationServiceClient<Channel> {
+        NotificationServiceClient::new(self.channel.clone())
+    }
+
     /// Stops the server and drops a PostgreSQL test database.
     pub async fn finish(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -147,6 +156,11 @@ impl TestApp {
             "SELECT COUNT(*) FROM history_events",
             "SELECT COUNT(*) FROM api_tokens",
             "SELECT COUNT(revoked_at) FROM api_tokens",
+            "SELECT COUNT(*) FROM outbox_mails",
+            "SELECT COUNT(*) FROM activation_secrets",
+            "SELECT COUNT(revoked_at) FROM activation_secrets",
+            "SELECT COUNT(*) FROM notifications",
+            "SELECT COUNT(*) FROM anonymity_requests",
         ];
         let db = self.domain.db();
         let mut out = Vec::new();
@@ -347,4 +361,174 @@ macro_rules! both_backends {
             }
         )*
     };
+}
+
+/// A received mail, as the SMTP sink decoded it.
+#[derive(Debug, Clone)]
+pub struct ReceivedMail {
+    pub message_id: String,
+    pub to: Vec<String>,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// The real SMTP server of the tests (aiosmtpd, `support/smtp_sink.py`).
+pub struct SmtpSink {
+    pub port: u16,
+    pub dir: PathBuf,
+    delay_ms: u32,
+    child: Option<std::process::Child>,
+}
+
+impl SmtpSink {
+    pub fn start(delay_ms: u32) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut sink = Self {
+            port,
+            dir: fresh_dir(),
+            delay_ms,
+            child: None,
+        };
+        sink.resume();
+        sink
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same port.
+    pub fn resume(&mut self) {
+        use std::io::BufRead;
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("support/smtp_sink.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .arg(self.port.to_string())
+            .arg(&self.dir)
+            .arg(self.delay_ms.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 with aiosmtpd (pip install aiosmtpd) runs the SMTP sink");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "SMTP sink did not start");
+        self.child = Some(child);
+    }
+
+    /// Takes the server down (connections refused until `resume`).
+    pub fn pause(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn received(&self) -> Vec<ReceivedMail> {
+        let mut names: Vec<_> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|path| {
+                let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                ReceivedMail {
+                    message_id: s("message_id"),
+                    to: v["to"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| t.as_str().unwrap().to_owned())
+                        .collect(),
+                    subject: s("subject"),
+                    text: s("text"),
+                    html: s("html"),
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until `count` mails reached `to`, and returns them.
+    pub async fn wait_for(&self, to: &str, count: usize) -> Vec<ReceivedMail> {
+        for _ in 0..200 {
+            let mails: Vec<_> = self
+                .received()
+                .into_iter()
+                .filter(|m| m.to.iter().any(|t| t == to))
+                .collect();
+            if mails.len() >= count {
+                return mails;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{count} mail(s) to {to} did not arrive within 10 s");
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.pause();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The token of an activation link in a mail's text.
+pub fn link_token(mail: &ReceivedMail) -> String {
+    let start = mail.text.find("token=").expect("activation link in the mail") + "token=".len();
+    mail.text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect()
+}
+
+/// A worker running in this process against `app`'s database.
+pub struct TestWorker {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestWorker {
+    pub fn start(app: &TestApp, config: orgadmin_domain::Config) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let domain = app.domain.clone();
+        let task = tokio::spawn(async move {
+            orgadmin_worker::run(domain, &config, async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self {
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+/// A worker configuration for tests: mail to `smtp_url`, quick polls and retries.
+pub fn worker_config(app: &TestApp, smtp_url: &str) -> orgadmin_domain::Config {
+    orgadmin_domain::Config {
+        smtp_url: smtp_url.to_owned(),
+        data_dir: app.dir.join("data"),
+        mail_poll_interval_ms: 50,
+        mail_retry_base_ms: 100,
+        mail_max_attempts: 50,
+        reactivation_schedule: "* * * * * *".into(),
+        ..orgadmin_domain::Config::default()
+    }
 }

@@ -1,31 +1,59 @@
-//! The orgadmin worker: scheduled sweeps (and, later, outbox and jobs) that
-//! enter the same domain services as the gRPC handlers.
+//! The orgadmin worker: the outbox sender and scheduled sweeps. Both enter the
+//! same domain services as the gRPC handlers.
+
+pub mod mail;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use orgadmin_domain::model::now_millis;
 use orgadmin_domain::{Config, Domain};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
-/// Runs the scheduler until `shutdown` resolves, then stops it cleanly.
+/// A sweep runs once per scheduled tick across all replicas: the tick's
+/// second is the period each replica tries to claim.
+const TICK_CLAIM_MS: i64 = 1000;
+
+/// Runs the outbox sender and the scheduler until `shutdown` resolves, then
+/// stops both cleanly (a batch or sweep in flight is finished).
 pub async fn run(domain: Domain, config: &Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let worker_id = format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let outbox = mail::Outbox::from_config(domain.clone(), config, worker_id.clone())?;
+    let sender = tokio::spawn(outbox.run(stop_rx));
+
     let batch = config.reactivation_batch_size;
     // One sweep at a time in this process; a slow sweep skips the next tick
-    // instead of piling up. Across processes the row locks split the work.
+    // instead of piling up.
     let sweeping = Arc::new(Mutex::new(()));
     let sweep = {
         let domain = domain.clone();
         let sweeping = sweeping.clone();
-        move || {
+        let worker_id = worker_id.clone();
+        move |claim: bool| {
             let domain = domain.clone();
             let sweeping = sweeping.clone();
+            let worker_id = worker_id.clone();
             async move {
                 let Ok(_running) = sweeping.try_lock() else {
                     return;
                 };
-                if let Err(e) = domain.reactivate_due_users(now_millis(), batch).await {
+                let now = now_millis();
+                if claim {
+                    match domain
+                        .claim_sweep_period("timed-reactivation", TICK_CLAIM_MS, now, &worker_id)
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not claim the sweep period");
+                            return;
+                        }
+                    }
+                }
+                if let Err(e) = domain.reactivate_due_users(now, batch).await {
                     tracing::error!(error = %e, "timed reactivation sweep failed");
                 }
             }
@@ -36,17 +64,24 @@ pub async fn run(domain: Domain, config: &Config, shutdown: impl Future<Output =
     let tick = sweep.clone();
     scheduler
         .add(Job::new_async(config.reactivation_schedule.as_str(), move |_, _| {
-            Box::pin(tick())
+            Box::pin(tick(true))
         })?)
         .await?;
     scheduler.start().await?;
-    tracing::info!(schedule = %config.reactivation_schedule, "worker started");
-    // Catch up at once on what came due while no worker ran.
-    sweep().await;
+    tracing::info!(worker = %worker_id, schedule = %config.reactivation_schedule, "worker started");
+    // Catch up at once on what came due while no worker ran (safe to run
+    // beside another replica: the sweep claims its rows).
+    sweep(false).await;
     shutdown.await;
     scheduler.shutdown().await?;
+    let _ = stop_tx.send(true);
+    sender.await?;
     // Wait for a sweep in progress to commit before returning.
     let _idle = sweeping.lock().await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into())
 }

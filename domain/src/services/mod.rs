@@ -1,8 +1,12 @@
 //! Domain entry points. Each write is one transaction that also writes its
 //! history event.
 
+pub mod activation;
+pub mod anonymity;
 pub mod auth;
+pub mod notifications;
 pub mod organisations;
+pub mod outbox;
 pub mod sweeps;
 pub mod users;
 

@@ -98,3 +98,41 @@ impl Domain {
         Ok(total)
     }
 }
+
+impl Domain {
+    /// Claims `name`'s current period (`period_ms` long) for `worker`. True for
+    /// exactly one caller per period across every replica: the primary key
+    /// (name, period_start) admits one row.
+    pub async fn claim_sweep_period(
+        &self,
+        name: &str,
+        period_ms: i64,
+        now: Millis,
+        worker: &str,
+    ) -> DomainResult<bool> {
+        use crate::persistence::entities::sweep_run;
+        use sea_orm::ActiveValue::Set;
+        let period_start = now - now.rem_euclid(std::cmp::Ord::max(period_ms, 1));
+        let inserted = sweep_run::Entity::insert(sweep_run::ActiveModel {
+            name: Set(name.to_owned()),
+            period_start: Set(period_start),
+            claimed_by: Set(worker.to_owned()),
+            claimed_at: Set(now),
+        })
+        .exec_without_returning(&self.db)
+        .await;
+        match inserted {
+            Ok(_) => {
+                // Old periods only matter while they are current; keep a day.
+                sweep_run::Entity::delete_many()
+                    .filter(sweep_run::Column::Name.eq(name))
+                    .filter(sweep_run::Column::PeriodStart.lt(now - 86_400_000))
+                    .exec(&self.db)
+                    .await?;
+                Ok(true)
+            }
+            Err(e) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

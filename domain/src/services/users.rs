@@ -45,6 +45,8 @@ pub struct NewUser {
     pub signing_right: bool,
     pub anonymous: bool,
     pub request_id: Option<String>,
+    /// Imports create users without sending activation (R-BULK-4).
+    pub suppress_activation: bool,
 }
 
 /// Fields named in an update mask. `Some(None)` clears an optional field.
@@ -88,6 +90,8 @@ pub struct HistoryQuery {
 pub struct CreatedUser {
     pub user: User,
     pub created: bool,
+    /// For a user without a CPR number: the activation code, shown this once.
+    pub activation_code: Option<String>,
 }
 
 fn today() -> chrono::NaiveDate {
@@ -182,7 +186,11 @@ impl Domain {
                 Action::ReadUser,
                 Target::user(org_id, user.id, user.is_administrator()),
             )?;
-            return Ok(CreatedUser { user, created: false });
+            return Ok(CreatedUser {
+                user,
+                created: false,
+                activation_code: None,
+            });
         }
 
         let mut roles = requested_roles;
@@ -248,6 +256,14 @@ impl Domain {
         };
         let row = user::Entity::insert(row).exec_with_returning(&txn).await?;
         write_roles(&txn, id, org_id, &roles).await?;
+        let activation_code = match (new.suppress_activation, cpr.is_some()) {
+            (true, _) => None,
+            (false, true) => {
+                self.issue_activation_link(&txn, &row, &org.name).await?;
+                None
+            }
+            (false, false) => Some(self.issue_activation_code(&txn, &row).await?),
+        };
 
         let mut changes = Vec::new();
         diff(&mut changes, "state", "", UserState::PendingActivation);
@@ -282,6 +298,7 @@ impl Domain {
         Ok(CreatedUser {
             user: user_from_row(row, roles, &self.vault)?,
             created: true,
+            activation_code,
         })
     }
 
@@ -337,6 +354,12 @@ impl Domain {
     pub(crate) async fn user_from_model(&self, row: user::Model) -> DomainResult<User> {
         let roles = roles_of(&self.db, &[row.id]).await?.remove(&row.id).unwrap_or_default();
         user_from_row(row, roles, &self.vault)
+    }
+
+    /// Reads a user without a policy check: for callers that proved their
+    /// right another way (an activation secret).
+    pub(crate) async fn get_user_unchecked(&self, id: Uuid) -> DomainResult<User> {
+        self.load_user(&self.db, id).await
     }
 
     async fn load_user(&self, db: &impl ConnectionTrait, id: Uuid) -> DomainResult<User> {

@@ -1,4 +1,6 @@
 use orgadmin_domain::model::{HistoryEvent, User};
+use orgadmin_domain::services::activation::{ActivationProof, ActivationSecret};
+use orgadmin_domain::services::anonymity::{AnonymityRequest, AnonymityRequestState};
 use orgadmin_domain::services::users::{HistoryQuery, NewUser, UserFilter, UserPatch};
 use orgadmin_domain::{Domain, DomainError};
 use orgadmin_proto::v1 as pb;
@@ -57,6 +59,37 @@ fn event_to_pb(event: &HistoryEvent) -> pb::HistoryEvent {
                 after: c.after.clone(),
             })
             .collect(),
+    }
+}
+
+fn anonymity_to_pb(request: &AnonymityRequest) -> pb::AnonymityRequest {
+    pb::AnonymityRequest {
+        id: request.id.to_string(),
+        organisation_id: request.organisation_id.to_string(),
+        user_id: request.user_id.to_string(),
+        state: match request.state {
+            AnonymityRequestState::Pending => pb::AnonymityRequestState::Pending,
+            AnonymityRequestState::Approved => pb::AnonymityRequestState::Approved,
+            AnonymityRequestState::Rejected => pb::AnonymityRequestState::Rejected,
+        } as i32,
+        reason: request.reason.clone(),
+        create_time: Some(timestamp(request.created_at)),
+        decided_by: request.decided_by.clone().unwrap_or_default(),
+        decide_time: opt_timestamp(request.decided_at),
+        decision_note: request.decision_note.clone().unwrap_or_default(),
+        new_user_id: request.new_user_id.map(|u| u.to_string()).unwrap_or_default(),
+    }
+}
+
+/// Exactly one of two request fields, by name.
+fn one_of(a: (&str, String), b: (&str, String)) -> Result<(bool, String), DomainError> {
+    match (a.1.trim().is_empty(), b.1.trim().is_empty()) {
+        (false, true) => Ok((true, a.1)),
+        (true, false) => Ok((false, b.1)),
+        _ => Err(DomainError::invalid(
+            a.0,
+            format!("give exactly one of {} and {}", a.0, b.0),
+        )),
     }
 }
 
@@ -134,10 +167,12 @@ impl UserService for UserHandler {
             signing_right: r.signing_right,
             anonymous: r.anonymous,
             request_id: opt_string(r.request_id),
+            suppress_activation: r.suppress_activation,
         };
         let created = self.domain.create_user(&caller, new).await.into_status()?;
         Ok(Response::new(pb::CreateUserResponse {
             user: Some(user_to_pb(&created.user)),
+            activation_code: created.activation_code.unwrap_or_default(),
         }))
     }
 
@@ -281,6 +316,110 @@ impl UserService for UserHandler {
         Ok(Response::new(pb::ListUserHistoryResponse {
             events: page.items.iter().map(event_to_pb).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn activate_user(
+        &self,
+        request: Request<pb::ActivateUserRequest>,
+    ) -> Result<Response<pb::ActivateUserResponse>, Status> {
+        // No bearer token: the activation secret is the credential.
+        let r = request.into_inner();
+        let (is_token, secret) = one_of(("token", r.token), ("code", r.code)).into_status()?;
+        let (is_cpr, proof) = one_of(("cpr", r.cpr), ("birth_date", r.birth_date)).into_status()?;
+        let secret = if is_token {
+            ActivationSecret::LinkToken(secret)
+        } else {
+            ActivationSecret::Code(secret)
+        };
+        let proof = if is_cpr {
+            ActivationProof::Cpr(proof)
+        } else {
+            ActivationProof::BirthDate(proof)
+        };
+        let user = self.domain.activate_user(secret, proof).await.into_status()?;
+        Ok(Response::new(pb::ActivateUserResponse {
+            user: Some(user_to_pb(&user)),
+        }))
+    }
+
+    async fn send_activation(
+        &self,
+        request: Request<pb::SendActivationRequest>,
+    ) -> Result<Response<pb::SendActivationResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let user_id = id("user_id", &request.get_ref().user_id).into_status()?;
+        self.domain.send_activation(&caller, user_id).await.into_status()?;
+        Ok(Response::new(pb::SendActivationResponse {}))
+    }
+
+    async fn create_activation_code(
+        &self,
+        request: Request<pb::CreateActivationCodeRequest>,
+    ) -> Result<Response<pb::CreateActivationCodeResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let user_id = id("user_id", &request.get_ref().user_id).into_status()?;
+        let code = self
+            .domain
+            .create_activation_code(&caller, user_id)
+            .await
+            .into_status()?;
+        let expires = orgadmin_domain::model::now_millis() + self.domain.settings().activation_ttl_ms;
+        Ok(Response::new(pb::CreateActivationCodeResponse {
+            activation_code: code,
+            expire_time: Some(timestamp(expires)),
+        }))
+    }
+
+    async fn request_anonymity(
+        &self,
+        request: Request<pb::RequestAnonymityRequest>,
+    ) -> Result<Response<pb::RequestAnonymityResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let created = self
+            .domain
+            .request_anonymity(&caller, &request.get_ref().reason)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::RequestAnonymityResponse {
+            anonymity_request: Some(anonymity_to_pb(&created)),
+        }))
+    }
+
+    async fn list_anonymity_requests(
+        &self,
+        request: Request<pb::ListAnonymityRequestsRequest>,
+    ) -> Result<Response<pb::ListAnonymityRequestsResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let org = id("organisation_id", &r.organisation_id).into_status()?;
+        let page = self
+            .domain
+            .list_anonymity_requests(&caller, org, r.pending_only, r.page_size, &r.page_token)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ListAnonymityRequestsResponse {
+            anonymity_requests: page.items.iter().map(anonymity_to_pb).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn decide_anonymity_request(
+        &self,
+        request: Request<pb::DecideAnonymityRequestRequest>,
+    ) -> Result<Response<pb::DecideAnonymityRequestResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let request_id = id("id", &r.id).into_status()?;
+        let decision = self
+            .domain
+            .decide_anonymity_request(&caller, request_id, r.approve, &r.note)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::DecideAnonymityRequestResponse {
+            anonymity_request: Some(anonymity_to_pb(&decision.request)),
+            new_user: decision.new_user.as_ref().map(user_to_pb),
+            activation_code: decision.activation_code.unwrap_or_default(),
         }))
     }
 }

@@ -1,0 +1,416 @@
+//! Activation (R-USR-3): a single-use link mailed to CPR users, a temporary
+//! code handed over for birth-date users. Secrets are random, stored as
+//! SHA-256 only, expire, are single use, and stop working when replaced.
+
+use rand::Rng;
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, TransactionTrait};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::lock_organisation;
+use crate::Domain;
+use crate::error::{DomainError, DomainResult};
+use crate::mail::MailKind;
+use crate::model::*;
+use crate::persistence::entities::{activation_secret, organisation, user};
+use crate::persistence::history::{self, NewEvent, Subject, diff};
+use crate::persistence::mapping::parse;
+use crate::policy::{Action, Caller, Principal, Target, authorize};
+use crate::secrets::{new_token, token_hash};
+use crate::validate;
+
+const KIND_LINK: &str = "LINK";
+const KIND_CODE: &str = "CODE";
+
+/// Letters and digits that cannot be mistaken for each other when read aloud
+/// or copied by hand (no 0/O, 1/I/L).
+const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
+/// 10 symbols of 31: about 49 bits, with a few attempts per code.
+const CODE_LENGTH: usize = 10;
+
+/// What the person proves they are when activating.
+#[derive(Debug, Clone)]
+pub enum ActivationProof {
+    Cpr(String),
+    BirthDate(String),
+}
+
+/// The secret they activate with.
+#[derive(Debug, Clone)]
+pub enum ActivationSecret {
+    LinkToken(String),
+    Code(String),
+}
+
+fn new_code() -> String {
+    let mut rng = rand::rng();
+    let symbols: String = (0..CODE_LENGTH)
+        .map(|_| CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())] as char)
+        .collect();
+    format!("{}-{}", &symbols[..5], &symbols[5..])
+}
+
+/// Codes are typed by people: ignore case, spaces and dashes.
+fn normalise_code(code: &str) -> String {
+    let clean: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    if clean.len() == CODE_LENGTH {
+        format!("{}-{}", &clean[..5], &clean[5..])
+    } else {
+        clean
+    }
+}
+
+fn expires_on(at: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(at)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
+
+impl Domain {
+    /// Ends every open link and code of the user (a new one replaces them).
+    async fn revoke_activation_secrets(
+        &self,
+        db: &impl ConnectionTrait,
+        user_id: Uuid,
+        now: Millis,
+    ) -> DomainResult<()> {
+        activation_secret::Entity::update_many()
+            .col_expr(activation_secret::Column::RevokedAt, Expr::value(now))
+            .filter(activation_secret::Column::UserId.eq(user_id))
+            .filter(activation_secret::Column::UsedAt.is_null())
+            .filter(activation_secret::Column::RevokedAt.is_null())
+            .exec(db)
+            .await?;
+        Ok(())
+    }
+
+    async fn store_secret(
+        &self,
+        db: &impl ConnectionTrait,
+        user_id: Uuid,
+        kind: &str,
+        secret: &str,
+        now: Millis,
+    ) -> DomainResult<Millis> {
+        self.revoke_activation_secrets(db, user_id, now).await?;
+        let expires_at = now + self.settings.activation_ttl_ms;
+        activation_secret::Entity::insert(activation_secret::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            user_id: Set(user_id),
+            kind: Set(kind.into()),
+            secret_hash: Set(token_hash(secret)),
+            failed_attempts: Set(0),
+            expires_at: Set(expires_at),
+            used_at: Set(None),
+            revoked_at: Set(None),
+            created_at: Set(now),
+        })
+        .exec_without_returning(db)
+        .await?;
+        Ok(expires_at)
+    }
+
+    /// A new link for a CPR user, mailed through the outbox.
+    pub(crate) async fn issue_activation_link(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &user::Model,
+        organisation_name: &str,
+    ) -> DomainResult<()> {
+        let now = now_millis();
+        let token = new_token();
+        let expires_at = self.store_secret(txn, row.id, KIND_LINK, &token, now).await?;
+        let link = self.settings.activation_url_template.replace("{token}", &token);
+        self.enqueue_mail(
+            txn,
+            Some(row.organisation_id),
+            MailKind::Activation,
+            &row.email,
+            &format!("{} {}", row.first_name, row.surname),
+            parse(&row.language)?,
+            &[
+                ("first_name", &row.first_name),
+                ("organisation_name", organisation_name),
+                ("activation_link", &link),
+                ("expires_on", &expires_on(expires_at)),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A new code for a birth-date user; returned once, to the administrator.
+    pub(crate) async fn issue_activation_code(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &user::Model,
+    ) -> DomainResult<String> {
+        let code = new_code();
+        self.store_secret(txn, row.id, KIND_CODE, &code, now_millis()).await?;
+        Ok(code)
+    }
+
+    async fn pending_user_for_activation(
+        &self,
+        caller: &Caller,
+        user_id: Uuid,
+    ) -> DomainResult<(DatabaseTransaction, user::Model, organisation::Model)> {
+        let row = user::Entity::find_by_id(user_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", user_id))?;
+        let roles = super::users::roles_of(&self.db, &[user_id])
+            .await?
+            .remove(&user_id)
+            .unwrap_or_default();
+        let is_admin = roles.iter().any(|r| r.is_administrator());
+        authorize(
+            caller,
+            Action::ManageActivation,
+            Target::user(row.organisation_id, user_id, is_admin),
+        )?;
+        let txn = self.db.begin().await?;
+        let org = lock_organisation(&txn, row.organisation_id).await?;
+        let row = user::Entity::find_by_id(user_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", user_id))?;
+        if parse::<UserState>(&row.state)? != UserState::PendingActivation {
+            return Err(DomainError::precondition(
+                "USER_NOT_PENDING",
+                format!(
+                    "only a user pending activation can be activated; this one is {}",
+                    row.state
+                ),
+            ));
+        }
+        Ok((txn, row, org))
+    }
+
+    /// Re-sends the activation mail with a new link; the old link stops working.
+    #[instrument(skip_all, err)]
+    pub async fn send_activation(&self, caller: &Caller, user_id: Uuid) -> DomainResult<()> {
+        let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
+        if row.cpr_hash.is_none() {
+            return Err(DomainError::precondition(
+                "NO_CPR_NUMBER",
+                "this user has no CPR number and activates with a code: use CreateActivationCode",
+            ));
+        }
+        self.issue_activation_link(&txn, &row, &org.name).await?;
+        let mut changes = Vec::new();
+        diff(&mut changes, "activation", "", "link mailed");
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(org.id),
+                subject: Subject::User(user_id),
+                activity: "ACTIVATION_SENT",
+                caller,
+                at: now_millis(),
+                changes,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// A new code for a user without a CPR number; the old code stops working.
+    /// The user is told by mail that a new code exists (not the code itself).
+    #[instrument(skip_all, err)]
+    pub async fn create_activation_code(&self, caller: &Caller, user_id: Uuid) -> DomainResult<String> {
+        let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
+        if row.cpr_hash.is_some() {
+            return Err(DomainError::precondition(
+                "HAS_CPR_NUMBER",
+                "this user has a CPR number and activates by the mailed link: use SendActivation",
+            ));
+        }
+        let code = self.issue_activation_code(&txn, &row).await?;
+        self.enqueue_mail(
+            &txn,
+            Some(org.id),
+            MailKind::NewCodeNotice,
+            &row.email,
+            &format!("{} {}", row.first_name, row.surname),
+            parse(&row.language)?,
+            &[("first_name", &row.first_name), ("organisation_name", &org.name)],
+        )
+        .await?;
+        let mut changes = Vec::new();
+        diff(&mut changes, "activation", "", "code created");
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(org.id),
+                subject: Subject::User(user_id),
+                activity: "ACTIVATION_CODE_CREATED",
+                caller,
+                at: now_millis(),
+                changes,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(code)
+    }
+
+    /// The person activates with link token or code plus their CPR number or
+    /// birth date. No bearer token: the secret is the credential.
+    #[instrument(skip_all, err)]
+    pub async fn activate_user(&self, secret: ActivationSecret, proof: ActivationProof) -> DomainResult<User> {
+        let (hash, field) = match &secret {
+            ActivationSecret::LinkToken(token) => (token_hash(token.trim()), "token"),
+            ActivationSecret::Code(code) => (token_hash(&normalise_code(code)), "code"),
+        };
+        let proof = match proof {
+            ActivationProof::Cpr(cpr) => {
+                ActivationProof::Cpr(validate::normalise_cpr(&cpr).map_err(|e| DomainError::invalid("cpr", e))?)
+            }
+            ActivationProof::BirthDate(date) => {
+                validate::birth_date(&date, chrono::Utc::now().date_naive())
+                    .map_err(|e| DomainError::invalid("birth_date", e))?;
+                ActivationProof::BirthDate(date)
+            }
+        };
+        let now = now_millis();
+        let txn = self.db.begin().await?;
+        let refused = |reason: &'static str, message: &str| DomainError::precondition(reason, message.to_owned());
+        let Some(stored) = activation_secret::Entity::find()
+            .filter(activation_secret::Column::SecretHash.eq(hash))
+            .one(&txn)
+            .await?
+        else {
+            return Err(refused(
+                "ACTIVATION_UNKNOWN",
+                &format!(
+                    "this activation {field} is not known; check it, or ask your user administrator for a new one"
+                ),
+            ));
+        };
+        if stored.used_at.is_some() {
+            return Err(refused(
+                "ACTIVATION_USED",
+                "this activation link or code was already used",
+            ));
+        }
+        if stored.revoked_at.is_some() {
+            return Err(refused(
+                "ACTIVATION_REPLACED",
+                "this activation link or code was replaced or locked; use the newest one, or ask your user administrator for a new one",
+            ));
+        }
+        if stored.expires_at <= now {
+            return Err(refused(
+                "ACTIVATION_EXPIRED",
+                "this activation link or code has expired; ask your user administrator to send a new one",
+            ));
+        }
+        let row = user::Entity::find_by_id(stored.user_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", stored.user_id))?;
+        let matches = match &proof {
+            ActivationProof::Cpr(cpr) => row.cpr_hash.as_deref() == Some(self.vault.lookup_hash(cpr).as_str()),
+            ActivationProof::BirthDate(date) => {
+                row.cpr_hash.is_none() && row.birth_date.as_deref() == Some(date.as_str())
+            }
+        };
+        if !matches {
+            // Count the miss (and burn the secret at the limit) even though
+            // the call fails: that is what limits guessing.
+            let attempts = stored.failed_attempts + 1;
+            let mut active: activation_secret::ActiveModel = stored.into();
+            active.failed_attempts = Set(attempts);
+            if attempts >= self.settings.activation_max_attempts {
+                active.revoked_at = Set(Some(now));
+            }
+            activation_secret::Entity::update(active).exec(&txn).await?;
+            txn.commit().await?;
+            return Err(refused(
+                "ACTIVATION_MISMATCH",
+                "the CPR number or birth date does not match this activation",
+            ));
+        }
+        if parse::<UserState>(&row.state)? != UserState::PendingActivation {
+            return Err(refused(
+                "USER_NOT_PENDING",
+                "this user profile is not waiting for activation",
+            ));
+        }
+        let org = lock_organisation(&txn, row.organisation_id).await?;
+        let mut used: activation_secret::ActiveModel = stored.clone().into();
+        used.used_at = Set(Some(now));
+        activation_secret::Entity::update(used).exec(&txn).await?;
+        self.revoke_activation_secrets(&txn, row.id, now).await?;
+        let updated = user::Entity::update_many()
+            .col_expr(user::Column::State, Expr::value(UserState::Active.as_str()))
+            .col_expr(user::Column::ActivatedAt, Expr::value(now))
+            .col_expr(user::Column::Version, Expr::value(row.version + 1))
+            .col_expr(user::Column::UpdatedAt, Expr::value(now))
+            .filter(user::Column::Id.eq(row.id))
+            .filter(user::Column::Version.eq(row.version))
+            .exec(&txn)
+            .await?;
+        if updated.rows_affected != 1 {
+            return Err(DomainError::stale_etag("user"));
+        }
+        let caller = Caller::new(Principal::Member {
+            user_id: row.id,
+            organisation_id: row.organisation_id,
+            roles: Vec::new(),
+        });
+        let mut changes = Vec::new();
+        diff(&mut changes, "state", UserState::PendingActivation, UserState::Active);
+        diff(
+            &mut changes,
+            "activated_with",
+            "",
+            if stored.kind == KIND_CODE { "code" } else { "link" },
+        );
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(org.id),
+                subject: Subject::User(row.id),
+                activity: "USER_ACTIVATED",
+                caller: &caller,
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+        self.enqueue_mail(
+            &txn,
+            Some(org.id),
+            MailKind::Welcome,
+            &row.email,
+            &format!("{} {}", row.first_name, row.surname),
+            parse(&row.language)?,
+            &[("first_name", &row.first_name), ("organisation_name", &org.name)],
+        )
+        .await?;
+        txn.commit().await?;
+        self.get_user_unchecked(row.id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_readable_and_normalise() {
+        let code = new_code();
+        assert_eq!(code.len(), 11);
+        assert!(code.chars().all(|c| c == '-' || CODE_ALPHABET.contains(&(c as u8))));
+        assert_eq!(normalise_code(&code.to_lowercase().replace('-', " ")), code);
+    }
+}

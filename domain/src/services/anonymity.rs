@@ -1,0 +1,364 @@
+//! Anonymity requests (R-USR-10): a user asks; the organisation's user
+//! administrators are notified; one approves (the user is re-created as a new
+//! anonymous profile and the old one closed, in one transaction) or rejects.
+
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::lock_organisation;
+use super::notifications::NotificationKind;
+use super::users::roles_of;
+use crate::Domain;
+use crate::error::{DomainError, DomainResult};
+use crate::mail::MailKind;
+use crate::model::*;
+use crate::paging;
+use crate::persistence::entities::{anonymity_request, api_token, user, user_role};
+use crate::persistence::history::{self, NewEvent, Subject, diff};
+use crate::persistence::mapping::parse;
+use crate::policy::{Action, Caller, Target, authorize};
+
+crate::string_enum_pub!(
+    AnonymityRequestState {
+        Pending => "PENDING",
+        Approved => "APPROVED",
+        Rejected => "REJECTED",
+    }
+);
+
+#[derive(Debug, Clone)]
+pub struct AnonymityRequest {
+    pub id: Uuid,
+    pub organisation_id: Uuid,
+    pub user_id: Uuid,
+    pub state: AnonymityRequestState,
+    pub reason: String,
+    pub created_at: Millis,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<Millis>,
+    pub decision_note: Option<String>,
+    pub new_user_id: Option<Uuid>,
+}
+
+/// The outcome of an approval: the new profile, and for a user without a CPR
+/// number the activation code (shown to the approving administrator once).
+#[derive(Debug, Clone)]
+pub struct AnonymityDecision {
+    pub request: AnonymityRequest,
+    pub new_user: Option<User>,
+    pub activation_code: Option<String>,
+}
+
+fn from_row(row: anonymity_request::Model) -> DomainResult<AnonymityRequest> {
+    Ok(AnonymityRequest {
+        id: row.id,
+        organisation_id: row.organisation_id,
+        user_id: row.user_id,
+        state: parse(&row.state)?,
+        reason: row.reason,
+        created_at: row.created_at,
+        decided_by: row.decided_by,
+        decided_at: row.decided_at,
+        decision_note: row.decision_note,
+        new_user_id: row.new_user_id,
+    })
+}
+
+impl Domain {
+    /// The caller asks to become anonymous.
+    #[instrument(skip_all, err)]
+    pub async fn request_anonymity(&self, caller: &Caller, reason: &str) -> DomainResult<AnonymityRequest> {
+        let (Some(user_id), Some(org_id)) = (caller.user_id(), caller.organisation_id()) else {
+            return Err(DomainError::denied("only a user can ask to become anonymous"));
+        };
+        if reason.trim().chars().count() < 10 || reason.chars().count() > 1000 {
+            return Err(DomainError::invalid("reason", "must be 10 to 1000 characters"));
+        }
+        let txn = self.db.begin().await?;
+        let org = lock_organisation(&txn, org_id).await?;
+        let row = user::Entity::find_by_id(user_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", user_id))?;
+        if row.anonymous {
+            return Err(DomainError::precondition(
+                "ALREADY_ANONYMOUS",
+                "this user profile is already anonymous",
+            ));
+        }
+        let open = anonymity_request::Entity::find()
+            .filter(anonymity_request::Column::UserId.eq(user_id))
+            .filter(anonymity_request::Column::State.eq(AnonymityRequestState::Pending.as_str()))
+            .count(&txn)
+            .await?;
+        if open > 0 {
+            return Err(DomainError::precondition(
+                "ANONYMITY_REQUEST_OPEN",
+                "a request of this user is already waiting for a decision",
+            ));
+        }
+        let now = now_millis();
+        let request = anonymity_request::Entity::insert(anonymity_request::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            organisation_id: Set(org_id),
+            user_id: Set(user_id),
+            state: Set(AnonymityRequestState::Pending.as_str().into()),
+            reason: Set(reason.trim().to_owned()),
+            created_at: Set(now),
+            decided_by: Set(None),
+            decided_at: Set(None),
+            decision_note: Set(None),
+            new_user_id: Set(None),
+        })
+        .exec_with_returning(&txn)
+        .await?;
+        let mut changes = Vec::new();
+        diff(&mut changes, "anonymity_request", "", request.id);
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(org_id),
+                subject: Subject::User(user_id),
+                activity: "ANONYMITY_REQUESTED",
+                caller,
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+        // Every standing user administrator of the organisation hears of it.
+        let admins = user::Entity::find()
+            .filter(user::Column::OrganisationId.eq(org_id))
+            .filter(user::Column::State.is_in(super::STANDING_STATES))
+            .filter(
+                user::Column::Id.in_subquery(
+                    Query::select()
+                        .column(user_role::Column::UserId)
+                        .from(user_role::Entity)
+                        .and_where(user_role::Column::OrganisationId.eq(org_id))
+                        .and_where(user_role::Column::Role.eq(Role::UserAdmin.as_str()))
+                        .to_owned(),
+                ),
+            )
+            .all(&txn)
+            .await?;
+        let requester = format!("{} {}", row.first_name, row.surname);
+        for admin in admins {
+            self.notify(
+                &txn,
+                &admin,
+                NotificationKind::AnonymityRequest,
+                MailKind::AnonymityRequest,
+                &[
+                    ("first_name", &admin.first_name),
+                    ("requester_name", &requester),
+                    ("organisation_name", &org.name),
+                    ("reason", &request.reason),
+                ],
+                Some(request.id),
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        from_row(request)
+    }
+
+    #[instrument(skip_all, err)]
+    pub async fn list_anonymity_requests(
+        &self,
+        caller: &Caller,
+        organisation_id: Uuid,
+        pending_only: bool,
+        page_size: i32,
+        page_token: &str,
+    ) -> DomainResult<Page<AnonymityRequest>> {
+        authorize(
+            caller,
+            Action::DecideAnonymityRequests,
+            Target::organisation(organisation_id),
+        )?;
+        let limit = paging::page_size(page_size, 50, 500)?;
+        let list = format!("anonymity:{organisation_id}");
+        let after = paging::decode(&list, page_token)?;
+        let mut query = anonymity_request::Entity::find()
+            .filter(anonymity_request::Column::OrganisationId.eq(organisation_id))
+            .order_by_asc(anonymity_request::Column::Id);
+        if pending_only {
+            query = query.filter(anonymity_request::Column::State.eq(AnonymityRequestState::Pending.as_str()));
+        }
+        if let Some(after) = after {
+            query = query.filter(anonymity_request::Column::Id.gt(after));
+        }
+        let mut rows = query.limit(limit + 1).all(&self.db).await?;
+        let next = (rows.len() as u64 > limit).then(|| {
+            rows.truncate(limit as usize);
+            paging::encode(&list, rows[rows.len() - 1].id)
+        });
+        Ok(Page {
+            items: rows.into_iter().map(from_row).collect::<DomainResult<_>>()?,
+            next_page_token: next,
+        })
+    }
+
+    /// Approves (re-create anonymous, close the old profile) or rejects.
+    #[instrument(skip_all, err)]
+    pub async fn decide_anonymity_request(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        approve: bool,
+        note: &str,
+    ) -> DomainResult<AnonymityDecision> {
+        let request = anonymity_request::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("anonymity request", id))?;
+        authorize(
+            caller,
+            Action::DecideAnonymityRequests,
+            Target::organisation(request.organisation_id),
+        )?;
+        if note.chars().count() > 1000 {
+            return Err(DomainError::invalid("note", "must be at most 1000 characters"));
+        }
+        // Two keys: nobody decides on their own request.
+        if caller.user_id() == Some(request.user_id) {
+            return Err(DomainError::denied(
+                "another administrator must decide on your own request",
+            ));
+        }
+        let txn = self.db.begin().await?;
+        let org = lock_organisation(&txn, request.organisation_id).await?;
+        let request = anonymity_request::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("anonymity request", id))?;
+        if request.state != AnonymityRequestState::Pending.as_str() {
+            return Err(DomainError::precondition(
+                "ANONYMITY_REQUEST_DECIDED",
+                format!("the request was already {}", request.state.to_lowercase()),
+            ));
+        }
+        let now = now_millis();
+        let old = user::Entity::find_by_id(request.user_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", request.user_id))?;
+        let mut decided: anonymity_request::ActiveModel = request.clone().into();
+        decided.decided_by = Set(Some(caller.actor()));
+        decided.decided_at = Set(Some(now));
+        decided.decision_note = Set((!note.is_empty()).then(|| note.to_owned()));
+        let (mut new_user, mut activation_code) = (None, None);
+        if approve {
+            if !parse::<UserState>(&old.state)?.holds_licence() {
+                return Err(DomainError::precondition(
+                    "USER_NOT_ACTIVE",
+                    "only an active or pending user can be re-created as anonymous",
+                ));
+            }
+            // Close the old profile first: its e-mail and CPR number move on.
+            let closed = user::Entity::update_many()
+                .col_expr(user::Column::State, Expr::value(UserState::Deleted.as_str()))
+                .col_expr(user::Column::Version, Expr::value(old.version + 1))
+                .col_expr(user::Column::UpdatedAt, Expr::value(now))
+                .filter(user::Column::Id.eq(old.id))
+                .filter(user::Column::Version.eq(old.version))
+                .exec(&txn)
+                .await?;
+            if closed.rows_affected != 1 {
+                return Err(DomainError::stale_etag("user"));
+            }
+            api_token::Entity::update_many()
+                .col_expr(api_token::Column::RevokedAt, Expr::value(now))
+                .filter(api_token::Column::UserId.eq(old.id))
+                .filter(api_token::Column::RevokedAt.is_null())
+                .exec(&txn)
+                .await?;
+            let new_id = Uuid::now_v7();
+            let mut fresh: user::ActiveModel = old.clone().into();
+            fresh.id = Set(new_id);
+            fresh.state = Set(UserState::PendingActivation.as_str().into());
+            fresh.anonymous = Set(true);
+            fresh.activated_at = Set(None);
+            fresh.deactivated_until = Set(None);
+            fresh.create_request_id = Set(None);
+            fresh.version = Set(1);
+            fresh.created_at = Set(now);
+            fresh.updated_at = Set(now);
+            let fresh = user::Entity::insert(fresh).exec_with_returning(&txn).await?;
+            let roles = roles_of(&txn, &[old.id]).await?.remove(&old.id).unwrap_or_default();
+            user_role::Entity::insert_many(roles.iter().map(|role| user_role::ActiveModel {
+                user_id: Set(new_id),
+                role: Set(role.as_str().into()),
+                organisation_id: Set(org.id),
+            }))
+            .exec_without_returning(&txn)
+            .await?;
+            if fresh.cpr_hash.is_some() {
+                self.issue_activation_link(&txn, &fresh, &org.name).await?;
+            } else {
+                activation_code = Some(self.issue_activation_code(&txn, &fresh).await?);
+            }
+            let mut changes = Vec::new();
+            diff(&mut changes, "state", old.state.as_str(), UserState::Deleted);
+            diff(&mut changes, "replaced_by", "", new_id);
+            history::record(
+                &txn,
+                NewEvent {
+                    organisation_id: Some(org.id),
+                    subject: Subject::User(old.id),
+                    activity: "USER_CLOSED_FOR_ANONYMITY",
+                    caller,
+                    at: now,
+                    changes,
+                },
+            )
+            .await?;
+            let mut changes = Vec::new();
+            diff(&mut changes, "state", "", UserState::PendingActivation);
+            diff(&mut changes, "anonymous", false, true);
+            diff(&mut changes, "replaces", "", old.id);
+            history::record(
+                &txn,
+                NewEvent {
+                    organisation_id: Some(org.id),
+                    subject: Subject::User(new_id),
+                    activity: "USER_CREATED",
+                    caller,
+                    at: now,
+                    changes,
+                },
+            )
+            .await?;
+            decided.state = Set(AnonymityRequestState::Approved.as_str().into());
+            decided.new_user_id = Set(Some(new_id));
+            new_user = Some(crate::persistence::mapping::user_from_row(fresh, roles, &self.vault)?);
+        } else {
+            decided.state = Set(AnonymityRequestState::Rejected.as_str().into());
+            let mut changes = Vec::new();
+            diff(&mut changes, "anonymity_request", request.id, "rejected");
+            history::record(
+                &txn,
+                NewEvent {
+                    organisation_id: Some(org.id),
+                    subject: Subject::User(old.id),
+                    activity: "ANONYMITY_REJECTED",
+                    caller,
+                    at: now,
+                    changes,
+                },
+            )
+            .await?;
+        }
+        let decided = anonymity_request::Entity::update(decided).exec(&txn).await?;
+        txn.commit().await?;
+        Ok(AnonymityDecision {
+            request: from_row(decided)?,
+            new_user,
+            activation_code,
+        })
+    }
+}

@@ -1,0 +1,236 @@
+//! In-app notifications and per-kind delivery preferences (R-NOTE-1). A
+//! notification row and its mail are written in the transaction of the change
+//! that causes them.
+
+use std::collections::HashMap;
+
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::Domain;
+use crate::error::{DomainError, DomainResult};
+use crate::mail::{MailKind, render};
+use crate::model::*;
+use crate::paging;
+use crate::persistence::entities::{notification, notification_preference, user};
+use crate::persistence::mapping::parse;
+use crate::policy::Caller;
+
+crate::string_enum_pub!(
+    /// What a notification is about; preferences are kept per kind.
+    NotificationKind {
+        Account => "ACCOUNT",
+        AnonymityRequest => "ANONYMITY_REQUEST",
+        ImportFinished => "IMPORT_FINISHED",
+    }
+);
+
+crate::string_enum_pub!(
+    DeliveryChannel {
+        InApp => "IN_APP",
+        Mail => "MAIL",
+        Both => "BOTH",
+    }
+);
+
+impl DeliveryChannel {
+    fn in_app(self) -> bool {
+        matches!(self, Self::InApp | Self::Both)
+    }
+    fn mail(self) -> bool {
+        matches!(self, Self::Mail | Self::Both)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Notification {
+    pub id: Uuid,
+    pub kind: NotificationKind,
+    pub title: String,
+    pub body: String,
+    pub subject_id: Option<Uuid>,
+    pub created_at: Millis,
+    pub read_at: Option<Millis>,
+}
+
+fn own_user(caller: &Caller) -> DomainResult<Uuid> {
+    caller
+        .user_id()
+        .ok_or_else(|| DomainError::denied("notifications belong to users; operators have none"))
+}
+
+impl Domain {
+    /// Tells `recipient` about something, in-app and/or by mail as they chose.
+    pub(crate) async fn notify(
+        &self,
+        db: &impl ConnectionTrait,
+        recipient: &user::Model,
+        kind: NotificationKind,
+        mail_kind: MailKind,
+        vars: &[(&str, &str)],
+        subject_id: Option<Uuid>,
+    ) -> DomainResult<()> {
+        let channel = notification_preference::Entity::find_by_id((recipient.id, kind.as_str().to_owned()))
+            .one(db)
+            .await?
+            .map(|p| parse::<DeliveryChannel>(&p.channel))
+            .transpose()?
+            .unwrap_or(DeliveryChannel::Both);
+        let language: Language = parse(&recipient.language)?;
+        let to_name = format!("{} {}", recipient.first_name, recipient.surname);
+        if channel.in_app() {
+            let rendered = render(mail_kind, language, &to_name, vars)?;
+            notification::Entity::insert(notification::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                user_id: Set(recipient.id),
+                organisation_id: Set(recipient.organisation_id),
+                kind: Set(kind.as_str().into()),
+                title: Set(rendered.subject),
+                body: Set(rendered.text),
+                subject_id: Set(subject_id),
+                created_at: Set(now_millis()),
+                read_at: Set(None),
+            })
+            .exec_without_returning(db)
+            .await?;
+        }
+        if channel.mail() {
+            self.enqueue_mail(
+                db,
+                Some(recipient.organisation_id),
+                mail_kind,
+                &recipient.email,
+                &to_name,
+                language,
+                vars,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The caller's own notifications, newest first.
+    #[instrument(skip_all, err)]
+    pub async fn list_notifications(
+        &self,
+        caller: &Caller,
+        unread_only: bool,
+        page_size: i32,
+        page_token: &str,
+    ) -> DomainResult<Page<Notification>> {
+        let user_id = own_user(caller)?;
+        let limit = paging::page_size(page_size, 50, 500)?;
+        let list = format!("notifications:{user_id}");
+        let before = paging::decode(&list, page_token)?;
+        let mut query = notification::Entity::find()
+            .filter(notification::Column::UserId.eq(user_id))
+            .order_by_desc(notification::Column::Id);
+        if unread_only {
+            query = query.filter(notification::Column::ReadAt.is_null());
+        }
+        if let Some(before) = before {
+            query = query.filter(notification::Column::Id.lt(before));
+        }
+        let mut rows = query.limit(limit + 1).all(&self.db).await?;
+        let next = (rows.len() as u64 > limit).then(|| {
+            rows.truncate(limit as usize);
+            paging::encode(&list, rows[rows.len() - 1].id)
+        });
+        let items = rows
+            .into_iter()
+            .map(|row| {
+                Ok(Notification {
+                    id: row.id,
+                    kind: parse(&row.kind)?,
+                    title: row.title,
+                    body: row.body,
+                    subject_id: row.subject_id,
+                    created_at: row.created_at,
+                    read_at: row.read_at,
+                })
+            })
+            .collect::<DomainResult<Vec<_>>>()?;
+        Ok(Page {
+            items,
+            next_page_token: next,
+        })
+    }
+
+    /// Marks the caller's notifications read; others' ids are ignored.
+    #[instrument(skip_all, err)]
+    pub async fn mark_notifications_read(&self, caller: &Caller, ids: &[Uuid]) -> DomainResult<u64> {
+        let user_id = own_user(caller)?;
+        if ids.is_empty() || ids.len() > 500 {
+            return Err(DomainError::invalid("ids", "name 1 to 500 notifications"));
+        }
+        let result = notification::Entity::update_many()
+            .col_expr(notification::Column::ReadAt, Expr::value(now_millis()))
+            .filter(notification::Column::UserId.eq(user_id))
+            .filter(notification::Column::Id.is_in(ids.to_vec()))
+            .filter(notification::Column::ReadAt.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
+    /// Every kind with the caller's channel (BOTH where never chosen).
+    pub async fn notification_preferences(
+        &self,
+        caller: &Caller,
+    ) -> DomainResult<Vec<(NotificationKind, DeliveryChannel)>> {
+        let user_id = own_user(caller)?;
+        let chosen: HashMap<String, String> = notification_preference::Entity::find()
+            .filter(notification_preference::Column::UserId.eq(user_id))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|p| (p.kind, p.channel))
+            .collect();
+        NotificationKind::ALL
+            .iter()
+            .map(|kind| {
+                let channel = chosen
+                    .get(kind.as_str())
+                    .map(|c| parse(c))
+                    .transpose()?
+                    .unwrap_or(DeliveryChannel::Both);
+                Ok((*kind, channel))
+            })
+            .collect()
+    }
+
+    #[instrument(skip_all, err)]
+    pub async fn update_notification_preferences(
+        &self,
+        caller: &Caller,
+        choices: &[(NotificationKind, DeliveryChannel)],
+    ) -> DomainResult<Vec<(NotificationKind, DeliveryChannel)>> {
+        let user_id = own_user(caller)?;
+        if choices.is_empty() {
+            return Err(DomainError::invalid("preferences", "name at least one kind"));
+        }
+        let txn = self.db.begin().await?;
+        for (kind, channel) in choices {
+            notification_preference::Entity::insert(notification_preference::ActiveModel {
+                user_id: Set(user_id),
+                kind: Set(kind.as_str().into()),
+                channel: Set(channel.as_str().into()),
+            })
+            .on_conflict(
+                OnConflict::columns([
+                    notification_preference::Column::UserId,
+                    notification_preference::Column::Kind,
+                ])
+                .update_column(notification_preference::Column::Channel)
+                .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        }
+        txn.commit().await?;
+        self.notification_preferences(caller).await
+    }
+}

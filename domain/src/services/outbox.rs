@@ -1,0 +1,303 @@
+//! The transactional outbox (R-NOTE-2). A mail is a row written in the same
+//! transaction as the change that causes it; the worker claims due rows,
+//! sends them and marks them. Nothing is sent on the RPC path.
+//!
+//! Claims are leases: a worker that dies mid-send leaves rows whose lease runs
+//! out, and another worker picks them up. A resent mail keeps its Message-ID
+//! (derived from the row id), so a duplicate after a crash is recognisable.
+
+use rand::Rng;
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, LockBehavior, LockType};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::Domain;
+use crate::error::{DomainError, DomainResult};
+use crate::mail::{MailKind, RenderedMail, render};
+use crate::model::*;
+use crate::paging;
+use crate::persistence::entities::outbox_mail;
+use crate::persistence::is_postgres;
+use crate::policy::{Action, Caller, Target, authorize};
+
+pub const STATE_PENDING: &str = "PENDING";
+pub const STATE_SENT: &str = "SENT";
+pub const STATE_FAILED: &str = "FAILED";
+
+/// A mail the worker holds a lease on.
+#[derive(Debug, Clone)]
+pub struct ClaimedMail {
+    pub id: Uuid,
+    pub kind: String,
+    pub recipient: String,
+    pub attempts: i32,
+    pub mail: RenderedMail,
+}
+
+/// A mail as operators see it: no content, which may hold a link token.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub id: Uuid,
+    pub organisation_id: Option<Uuid>,
+    pub kind: String,
+    pub recipient: String,
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub next_attempt_at: Millis,
+}
+
+/// What one failed delivery means for the mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth trying again later (connection refused, 4xx).
+    Transient,
+    /// Trying again cannot help (5xx: no such mailbox, rejected).
+    Permanent,
+}
+
+impl Domain {
+    /// Renders and queues a mail inside the caller's transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn enqueue_mail(
+        &self,
+        db: &impl ConnectionTrait,
+        organisation_id: Option<Uuid>,
+        kind: MailKind,
+        recipient: &str,
+        to_name: &str,
+        language: Language,
+        vars: &[(&str, &str)],
+    ) -> DomainResult<Uuid> {
+        let mail = render(kind, language, to_name, vars)?;
+        let payload = serde_json::to_string(&mail).map_err(|e| DomainError::Internal(e.to_string()))?;
+        let now = now_millis();
+        let id = Uuid::now_v7();
+        outbox_mail::Entity::insert(outbox_mail::ActiveModel {
+            id: Set(id),
+            organisation_id: Set(organisation_id),
+            kind: Set(kind.as_str().to_owned()),
+            recipient: Set(recipient.to_owned()),
+            // Encrypted at rest: an activation mail holds a single-use token.
+            payload: Set(self.vault.encrypt(&payload)),
+            state: Set(STATE_PENDING.into()),
+            attempts: Set(0),
+            next_attempt_at: Set(now),
+            claimed_by: Set(None),
+            lease_until: Set(None),
+            last_error: Set(None),
+            trace_context: Set(None),
+            created_at: Set(now),
+            sent_at: Set(None),
+        })
+        .exec_without_returning(db)
+        .await?;
+        Ok(id)
+    }
+
+    /// Claims up to `limit` due mails for `worker` for `lease_ms`. On
+    /// PostgreSQL the rows are picked with `FOR UPDATE SKIP LOCKED`, so
+    /// replicas claiming at once get disjoint batches.
+    #[instrument(skip_all, err)]
+    pub async fn claim_due_mails(&self, worker: &str, limit: u64, lease_ms: i64) -> DomainResult<Vec<ClaimedMail>> {
+        let now = now_millis();
+        let txn = self.db.begin().await?;
+        let mut due = outbox_mail::Entity::find()
+            .filter(outbox_mail::Column::State.eq(STATE_PENDING))
+            .filter(outbox_mail::Column::NextAttemptAt.lte(now))
+            .filter(
+                Condition::any()
+                    .add(outbox_mail::Column::LeaseUntil.is_null())
+                    .add(outbox_mail::Column::LeaseUntil.lt(now)),
+            )
+            .order_by_asc(outbox_mail::Column::NextAttemptAt)
+            .limit(limit);
+        if is_postgres(&txn) {
+            due = due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        let rows = due.all(&txn).await?;
+        if rows.is_empty() {
+            txn.commit().await?;
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        outbox_mail::Entity::update_many()
+            .col_expr(outbox_mail::Column::ClaimedBy, Expr::value(worker))
+            .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(now + lease_ms))
+            .filter(outbox_mail::Column::Id.is_in(ids))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            match self.vault.decrypt(&row.payload).and_then(|json| {
+                serde_json::from_str::<RenderedMail>(&json).map_err(|e| DomainError::Internal(e.to_string()))
+            }) {
+                Ok(mail) => claimed.push(ClaimedMail {
+                    id: row.id,
+                    kind: row.kind,
+                    recipient: row.recipient,
+                    attempts: row.attempts,
+                    mail,
+                }),
+                Err(e) => {
+                    // Unreadable content will not get better: park it for operators.
+                    self.mark_mail_failed(row.id, &format!("payload unreadable: {e}"), Failure::Permanent, 1, 1)
+                        .await?;
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Marks a mail sent and drops its content.
+    pub async fn mark_mail_sent(&self, id: Uuid) -> DomainResult<()> {
+        outbox_mail::Entity::update_many()
+            .col_expr(outbox_mail::Column::State, Expr::value(STATE_SENT))
+            .col_expr(outbox_mail::Column::SentAt, Expr::value(now_millis()))
+            .col_expr(outbox_mail::Column::Payload, Expr::value(""))
+            .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(Option::<i64>::None))
+            .filter(outbox_mail::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a failed delivery: retried with exponential back-off and
+    /// jitter, or parked as FAILED when permanent or out of attempts.
+    pub async fn mark_mail_failed(
+        &self,
+        id: Uuid,
+        error: &str,
+        failure: Failure,
+        max_attempts: i32,
+        base_delay_ms: i64,
+    ) -> DomainResult<()> {
+        let row = outbox_mail::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("mail", id))?;
+        let attempts = row.attempts + 1;
+        let park = failure == Failure::Permanent || attempts >= max_attempts;
+        let error: String = error.chars().take(1000).collect();
+        let mut active: outbox_mail::ActiveModel = row.into();
+        active.attempts = Set(attempts);
+        active.last_error = Set(Some(error.clone()));
+        active.lease_until = Set(None);
+        if park {
+            active.state = Set(STATE_FAILED.into());
+            tracing::warn!(mail = %id, attempts, error = %error, "mail parked as failed");
+        } else {
+            active.next_attempt_at = Set(now_millis() + backoff_ms(attempts, base_delay_ms));
+            tracing::info!(mail = %id, attempts, error = %error, "mail delivery failed; will retry");
+        }
+        outbox_mail::Entity::update(active).exec(&self.db).await?;
+        Ok(())
+    }
+
+    /// Parked mails, for operators (content not included).
+    #[instrument(skip_all, err)]
+    pub async fn list_failed_mails(
+        &self,
+        caller: &Caller,
+        page_size: i32,
+        page_token: &str,
+    ) -> DomainResult<Page<OutboxEntry>> {
+        authorize(caller, Action::ManageMailQueue, Target::platform())?;
+        let limit = paging::page_size(page_size, 50, 500)?;
+        let after = paging::decode("failed-mails", page_token)?;
+        let mut query = outbox_mail::Entity::find()
+            .filter(outbox_mail::Column::State.eq(STATE_FAILED))
+            .order_by_asc(outbox_mail::Column::Id);
+        if let Some(after) = after {
+            query = query.filter(outbox_mail::Column::Id.gt(after));
+        }
+        let mut rows = query.limit(limit + 1).all(&self.db).await?;
+        let next = (rows.len() as u64 > limit).then(|| {
+            rows.truncate(limit as usize);
+            paging::encode("failed-mails", rows[rows.len() - 1].id)
+        });
+        Ok(Page {
+            items: rows.into_iter().map(entry_from_row).collect(),
+            next_page_token: next,
+        })
+    }
+
+    /// Puts a parked mail back in the queue, with fresh attempts.
+    #[instrument(skip_all, err)]
+    pub async fn retry_mail(&self, caller: &Caller, id: Uuid) -> DomainResult<OutboxEntry> {
+        authorize(caller, Action::ManageMailQueue, Target::platform())?;
+        let row = outbox_mail::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("mail", id))?;
+        if row.state != STATE_FAILED {
+            return Err(DomainError::precondition(
+                "MAIL_NOT_FAILED",
+                format!("only a failed mail can be retried; this one is {}", row.state),
+            ));
+        }
+        let mut active: outbox_mail::ActiveModel = row.into();
+        active.state = Set(STATE_PENDING.into());
+        active.attempts = Set(0);
+        active.next_attempt_at = Set(now_millis());
+        let row = outbox_mail::Entity::update(active).exec(&self.db).await?;
+        tracing::info!(mail = %id, actor = %caller.actor(), "failed mail queued again by hand");
+        Ok(entry_from_row(row))
+    }
+
+    /// Mails by state, for metrics and tests.
+    pub async fn outbox_counts(&self) -> DomainResult<(u64, u64, u64)> {
+        use sea_orm::PaginatorTrait;
+        let count = |state: &'static str| {
+            outbox_mail::Entity::find()
+                .filter(outbox_mail::Column::State.eq(state))
+                .count(&self.db)
+        };
+        Ok((
+            count(STATE_PENDING).await?,
+            count(STATE_SENT).await?,
+            count(STATE_FAILED).await?,
+        ))
+    }
+}
+
+fn entry_from_row(row: outbox_mail::Model) -> OutboxEntry {
+    OutboxEntry {
+        id: row.id,
+        organisation_id: row.organisation_id,
+        kind: row.kind,
+        recipient: row.recipient,
+        state: row.state,
+        attempts: row.attempts,
+        last_error: row.last_error,
+        created_at: row.created_at,
+        next_attempt_at: row.next_attempt_at,
+    }
+}
+
+/// base × 2^(attempts-1), at most an hour, ±20 % jitter so retries of many
+/// mails after an outage do not arrive in one wave.
+pub fn backoff_ms(attempts: i32, base_ms: i64) -> i64 {
+    let exp = base_ms.saturating_mul(1i64 << (attempts - 1).clamp(0, 20));
+    let capped = exp.min(3_600_000);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    (capped as f64 * jitter) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!((1600..=2400).contains(&backoff_ms(1, 2000)));
+        assert!((6400..=9600).contains(&backoff_ms(3, 2000)));
+        assert!(backoff_ms(30, 2000) <= 4_320_000);
+    }
+}

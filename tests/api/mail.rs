@@ -1,0 +1,682 @@
+//! The worker's outbox against a real SMTP server; activation by link and by
+//! code; notifications; anonymity requests.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use orgadmin_domain::DomainSettings;
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+use tonic::Code;
+
+both_backends!(
+    activation_by_mailed_link,
+    activation_by_code,
+    expired_activation_is_refused,
+    mail_waits_while_smtp_is_down,
+    permanent_rejection_is_parked_and_retried_by_hand,
+    anonymity_request_notifies_and_recreates,
+    mails_are_localised,
+    sweep_period_is_claimed_once,
+);
+
+fn activate(token: &str, code: &str, cpr: &str, birth_date: &str) -> pb::ActivateUserRequest {
+    pb::ActivateUserRequest {
+        token: token.into(),
+        code: code.into(),
+        cpr: cpr.into(),
+        birth_date: birth_date.into(),
+    }
+}
+
+async fn activation_by_mailed_link(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let sink = SmtpSink::start(0);
+    let worker = TestWorker::start(&app, worker_config(&app, &sink.url()));
+    let fixture = app.org_with_admin().await;
+    let request = new_user(&fixture.org.id, "Linda", &[]);
+    let user = app
+        .users()
+        .create_user(req(&fixture.admin_token, request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(user.activation_code.is_empty(), "CPR users get a link, not a code");
+    let user = user.user.unwrap();
+    let mails = sink.wait_for(&request.email, 1).await;
+    let token = link_token(&mails[0]);
+    assert!(token.len() >= 43, "≥ 256 bits: {token}");
+    assert!(mails[0].message_id.starts_with('<') && mails[0].message_id.contains('@'));
+
+    let mut users = app.users();
+    // Nothing reveals more than "does not match".
+    let wrong = users.activate_user(activate(&token, "", &unique_cpr(), "")).await;
+    assert_eq!(
+        reason(&assert_code(wrong, Code::FailedPrecondition)),
+        "ACTIVATION_MISMATCH"
+    );
+    let unknown = users.activate_user(activate("oat_nope", "", &request.cpr, "")).await;
+    assert_eq!(
+        reason(&assert_code(unknown, Code::FailedPrecondition)),
+        "ACTIVATION_UNKNOWN"
+    );
+    let both = users
+        .activate_user(activate(&token, "ABCDE-FGHJK", &request.cpr, ""))
+        .await;
+    assert_eq!(bad_fields(&assert_code(both, Code::InvalidArgument)), vec!["token"]);
+
+    // A resend replaces the link: the old one stops working.
+    app.users()
+        .send_activation(req(
+            &fixture.admin_token,
+            pb::SendActivationRequest {
+                user_id: user.id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    let mails = sink.wait_for(&request.email, 2).await;
+    let new_token = mails.iter().map(link_token).find(|t| *t != token).expect("a new link");
+    let replaced = users.activate_user(activate(&token, "", &request.cpr, "")).await;
+    assert_eq!(
+        reason(&assert_code(replaced, Code::FailedPrecondition)),
+        "ACTIVATION_REPLACED"
+    );
+
+    let active = users
+        .activate_user(activate(&new_token, "", &request.cpr, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(active.state, pb::UserState::Active as i32);
+    let reused = users.activate_user(activate(&new_token, "", &request.cpr, "")).await;
+    assert_eq!(
+        reason(&assert_code(reused, Code::FailedPrecondition)),
+        "ACTIVATION_USED"
+    );
+    // The welcome mail follows; history has the activation.
+    let mails = sink.wait_for(&request.email, 3).await;
+    assert_eq!(mails.len(), 3);
+    let history = app
+        .users()
+        .list_user_history(req(
+            &fixture.admin_token,
+            pb::ListUserHistoryRequest {
+                user_id: user.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let activities: Vec<&str> = history.iter().map(|e| e.activity.as_str()).collect();
+    assert_eq!(&activities[..2], &["USER_ACTIVATED", "ACTIVATION_SENT"]);
+    assert_eq!(history[0].actor, format!("user:{}", user.id));
+    // Deactivate-then-reactivate returns an activated user to ACTIVE.
+    app.users()
+        .deactivate_user(req(
+            &fixture.admin_token,
+            pb::DeactivateUserRequest {
+                id: user.id.clone(),
+                until: None,
+                reason: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let back = app
+        .users()
+        .reactivate_user(req(
+            &fixture.admin_token,
+            pb::ReactivateUserRequest { id: user.id.clone() },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(back.state, pb::UserState::Active as i32);
+    worker.stop().await;
+    app.finish().await;
+}
+
+async fn activation_by_code(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let sink = SmtpSink::start(0);
+    let worker = TestWorker::start(&app, worker_config(&app, &sink.url()));
+    let fixture = app.org_with_admin().await;
+    let request = pb::CreateUserRequest {
+        cpr: String::new(),
+        birth_date: "1979-11-30".into(),
+        ..new_user(&fixture.org.id, "Kode", &[])
+    };
+    let created = app
+        .users()
+        .create_user(req(&fixture.admin_token, request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let first_code = created.activation_code.clone();
+    assert_eq!(first_code.len(), 11, "XXXXX-XXXXX: {first_code}");
+    let user = created.user.unwrap();
+    let mut users = app.users();
+
+    // Wrong birth dates: five misses burn the code.
+    for _ in 0..5 {
+        let miss = users.activate_user(activate("", &first_code, "", "1979-12-01")).await;
+        assert_eq!(
+            reason(&assert_code(miss, Code::FailedPrecondition)),
+            "ACTIVATION_MISMATCH"
+        );
+    }
+    let burned = users.activate_user(activate("", &first_code, "", "1979-11-30")).await;
+    assert_eq!(
+        reason(&assert_code(burned, Code::FailedPrecondition)),
+        "ACTIVATION_REPLACED"
+    );
+
+    // A new code; the user is told by mail (without the code).
+    let second = app
+        .users()
+        .create_activation_code(req(
+            &fixture.admin_token,
+            pb::CreateActivationCodeRequest {
+                user_id: user.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(second.activation_code, first_code);
+    let notice = sink.wait_for(&request.email, 1).await;
+    assert!(
+        !notice[0].text.contains(&second.activation_code),
+        "the code is never mailed"
+    );
+    let third = app
+        .users()
+        .create_activation_code(req(
+            &fixture.admin_token,
+            pb::CreateActivationCodeRequest {
+                user_id: user.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let old = users
+        .activate_user(activate("", &second.activation_code, "", "1979-11-30"))
+        .await;
+    assert_eq!(
+        reason(&assert_code(old, Code::FailedPrecondition)),
+        "ACTIVATION_REPLACED"
+    );
+    // Typed by a person: lower case, spaces instead of the dash.
+    let typed = third.activation_code.to_lowercase().replace('-', " ");
+    let active = users
+        .activate_user(activate("", &typed, "", "1979-11-30"))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(active.state, pb::UserState::Active as i32);
+    // A CPR user gets links, not codes; an active user gets neither.
+    let no_code = app
+        .users()
+        .create_activation_code(req(
+            &fixture.admin_token,
+            pb::CreateActivationCodeRequest {
+                user_id: user.id.clone(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(no_code, Code::FailedPrecondition)),
+        "USER_NOT_PENDING"
+    );
+    let cpr_user = app
+        .users()
+        .create_user(req(&fixture.admin_token, new_user(&fixture.org.id, "Cpr", &[])))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let wrong_kind = app
+        .users()
+        .create_activation_code(req(
+            &fixture.admin_token,
+            pb::CreateActivationCodeRequest { user_id: cpr_user.id },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(wrong_kind, Code::FailedPrecondition)),
+        "HAS_CPR_NUMBER"
+    );
+    worker.stop().await;
+    app.finish().await;
+}
+
+async fn expired_activation_is_refused(backend: Backend) {
+    let app = TestApp::start_with(
+        backend,
+        DomainSettings {
+            activation_ttl_ms: 300,
+            ..DomainSettings::default()
+        },
+    )
+    .await;
+    let fixture = app.org_with_admin().await;
+    let request = pb::CreateUserRequest {
+        cpr: String::new(),
+        birth_date: "1990-01-01".into(),
+        ..new_user(&fixture.org.id, "Sent", &[])
+    };
+    let code = app
+        .users()
+        .create_user(req(&fixture.admin_token, request))
+        .await
+        .unwrap()
+        .into_inner()
+        .activation_code;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let expired = app.users().activate_user(activate("", &code, "", "1990-01-01")).await;
+    assert_eq!(
+        reason(&assert_code(expired, Code::FailedPrecondition)),
+        "ACTIVATION_EXPIRED"
+    );
+    app.finish().await;
+}
+
+async fn mail_waits_while_smtp_is_down(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let mut sink = SmtpSink::start(0);
+    sink.pause();
+    let worker = TestWorker::start(&app, worker_config(&app, &sink.url()));
+    let fixture = app.org_with_admin().await;
+    let mut emails = Vec::new();
+    for i in 0..5 {
+        let request = new_user(&fixture.org.id, &format!("Vent{i}"), &[]);
+        emails.push(request.email.clone());
+        app.users()
+            .create_user(req(&fixture.admin_token, request))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (pending, sent, failed) = app.domain.outbox_counts().await.unwrap();
+    assert_eq!((sent, failed), (0, 0), "nothing delivered, nothing given up");
+    assert!(pending >= 6, "the admin's and the five users' mails wait: {pending}");
+    sink.resume();
+    for email in &emails {
+        sink.wait_for(email, 1).await;
+    }
+    // Give a duplicate the chance to show up, then count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = sink.received();
+    let ids: HashSet<_> = received.iter().map(|m| m.message_id.clone()).collect();
+    assert_eq!(ids.len(), received.len(), "none twice");
+    for email in &emails {
+        assert_eq!(
+            received.iter().filter(|m| m.to.contains(email)).count(),
+            1,
+            "{email} got exactly one mail"
+        );
+    }
+    worker.stop().await;
+    app.finish().await;
+}
+
+async fn permanent_rejection_is_parked_and_retried_by_hand(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let sink = SmtpSink::start(0);
+    let worker = TestWorker::start(&app, worker_config(&app, &sink.url()));
+    let fixture = app.org_with_admin().await;
+    let request = pb::CreateUserRequest {
+        email: format!("reject.{}@firma.dk", next_number()),
+        ..new_user(&fixture.org.id, "Afvist", &[])
+    };
+    app.users()
+        .create_user(req(&fixture.admin_token, request.clone()))
+        .await
+        .unwrap();
+    let mut failed = Vec::new();
+    for _ in 0..100 {
+        failed = app
+            .notes()
+            .list_failed_mails(req(OPERATOR_TOKEN, pb::ListFailedMailsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .mails;
+        if !failed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(failed.len(), 1, "a 5xx is not retried: parked at once");
+    assert_eq!(failed[0].attempts, 1);
+    assert!(failed[0].last_error.contains("550"), "{}", failed[0].last_error);
+    assert_eq!(failed[0].recipient, request.email);
+    // Members cannot see the queue.
+    let denied = app
+        .notes()
+        .list_failed_mails(req(&fixture.admin_token, pb::ListFailedMailsRequest::default()))
+        .await;
+    assert_code(denied, Code::PermissionDenied);
+    let retried = app
+        .notes()
+        .retry_mail(req(
+            OPERATOR_TOKEN,
+            pb::RetryMailRequest {
+                id: failed[0].id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .mail
+        .unwrap();
+    assert_eq!(retried.state, "PENDING");
+    let again = app
+        .notes()
+        .retry_mail(req(
+            OPERATOR_TOKEN,
+            pb::RetryMailRequest {
+                id: failed[0].id.clone(),
+            },
+        ))
+        .await;
+    assert_eq!(reason(&assert_code(again, Code::FailedPrecondition)), "MAIL_NOT_FAILED");
+    worker.stop().await;
+    app.finish().await;
+}
+
+async fn anonymity_request_notifies_and_recreates(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let sink = SmtpSink::start(0);
+    let worker = TestWorker::start(&app, worker_config(&app, &sink.url()));
+    let fixture = app.org_with_admin().await;
+    let (second_admin, second_token) = app.member(&fixture, "Anden", &[pb::Role::UserAdmin]).await;
+    let (user, user_token) = app.member(&fixture, "Skjult", &[pb::Role::RightsAdmin]).await;
+    // The second administrator wants in-app notices only.
+    let prefs = app
+        .notes()
+        .update_notification_preferences(req(
+            &second_token,
+            pb::UpdateNotificationPreferencesRequest {
+                preferences: vec![pb::NotificationPreference {
+                    kind: pb::NotificationKind::AnonymityRequest as i32,
+                    channel: pb::DeliveryChannel::InApp as i32,
+                }],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .preferences;
+    assert_eq!(prefs.len(), 3, "every kind listed");
+    assert!(
+        prefs
+            .iter()
+            .any(|p| p.kind == pb::NotificationKind::AnonymityRequest as i32
+                && p.channel == pb::DeliveryChannel::InApp as i32)
+    );
+
+    let short = app
+        .users()
+        .request_anonymity(req(&user_token, pb::RequestAnonymityRequest { reason: "kort".into() }))
+        .await;
+    assert_eq!(bad_fields(&assert_code(short, Code::InvalidArgument)), vec!["reason"]);
+    let asked = app
+        .users()
+        .request_anonymity(req(
+            &user_token,
+            pb::RequestAnonymityRequest {
+                reason: "Beskyttet adresse efter flytning".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .anonymity_request
+        .unwrap();
+    let twice = app
+        .users()
+        .request_anonymity(req(
+            &user_token,
+            pb::RequestAnonymityRequest {
+                reason: "Beskyttet adresse efter flytning".into(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(twice, Code::FailedPrecondition)),
+        "ANONYMITY_REQUEST_OPEN"
+    );
+
+    // Both administrators see it in-app; only the first gets a mail.
+    for token in [&fixture.admin_token, &second_token] {
+        let notes = app
+            .notes()
+            .list_notifications(req(
+                token,
+                pb::ListNotificationsRequest {
+                    unread_only: true,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .notifications;
+        assert_eq!(notes.len(), 1);
+        assert_eq!(notes[0].subject_id, asked.id);
+        assert!(notes[0].body.contains("Beskyttet adresse"));
+    }
+    let mail = sink.wait_for(&fixture.admin.email, 2).await;
+    assert!(
+        mail.iter().any(|m| m.text.contains("Skjult")),
+        "the request names the requester"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let to_second: Vec<_> = sink
+        .received()
+        .into_iter()
+        .filter(|m| m.to.contains(&second_admin.email))
+        .collect();
+    assert!(
+        !to_second.is_empty(),
+        "the second administrator's own activation mail arrived"
+    );
+    assert!(
+        to_second.iter().all(|m| !m.text.contains("Skjult")),
+        "in-app only means no mail about the request"
+    );
+
+    let notes = app
+        .notes()
+        .list_notifications(req(&second_token, pb::ListNotificationsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications;
+    let marked = app
+        .notes()
+        .mark_notifications_read(req(
+            &second_token,
+            pb::MarkNotificationsReadRequest {
+                ids: vec![notes[0].id.clone()],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .marked;
+    assert_eq!(marked, 1);
+    let unread = app
+        .notes()
+        .list_notifications(req(
+            &second_token,
+            pb::ListNotificationsRequest {
+                unread_only: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications;
+    assert!(unread.is_empty());
+
+    // Approval: a new anonymous profile, pending activation; the old one closed.
+    let listed = app
+        .users()
+        .list_anonymity_requests(req(
+            &second_token,
+            pb::ListAnonymityRequestsRequest {
+                organisation_id: fixture.org.id.clone(),
+                pending_only: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .anonymity_requests;
+    assert_eq!(listed.len(), 1);
+    let decided = app
+        .users()
+        .decide_anonymity_request(req(
+            &second_token,
+            pb::DecideAnonymityRequestRequest {
+                id: asked.id.clone(),
+                approve: true,
+                note: "ok".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let fresh = decided.new_user.unwrap();
+    assert!(fresh.anonymous);
+    assert_eq!(fresh.state, pb::UserState::PendingActivation as i32);
+    assert_ne!(fresh.id, user.id);
+    assert_eq!(fresh.roles, user.roles, "roles carried over");
+    assert_eq!(decided.anonymity_request.unwrap().new_user_id, fresh.id);
+    let old = app
+        .users()
+        .get_user(req(&fixture.admin_token, pb::GetUserRequest { id: user.id.clone() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(old.state, pb::UserState::Deleted as i32);
+    assert_code(
+        app.auth().who_am_i(req(&user_token, pb::WhoAmIRequest {})).await,
+        Code::Unauthenticated,
+    );
+    // The new profile's activation link went out.
+    let mails = sink.wait_for(&user.email, 2).await;
+    assert!(mails.iter().any(|m| m.text.contains("token=")));
+    let again = app
+        .users()
+        .decide_anonymity_request(req(
+            &second_token,
+            pb::DecideAnonymityRequestRequest {
+                id: asked.id,
+                approve: false,
+                note: String::new(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(again, Code::FailedPrecondition)),
+        "ANONYMITY_REQUEST_DECIDED"
+    );
+    // Operators have no notifications.
+    assert_code(
+        app.notes()
+            .list_notifications(req(OPERATOR_TOKEN, pb::ListNotificationsRequest::default()))
+            .await,
+        Code::PermissionDenied,
+    );
+    worker.stop().await;
+    app.finish().await;
+}
+
+async fn mails_are_localised(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let sink = SmtpSink::start(0);
+    let worker = TestWorker::start(&app, worker_config(&app, &sink.url()));
+    let fixture = app.org_with_admin().await;
+    let mut subjects = Vec::new();
+    for (language, first) in [
+        (pb::Language::Da, "Søren"),
+        (pb::Language::Sv, "Åsa"),
+        (pb::Language::En, "Emma"),
+    ] {
+        let request = pb::CreateUserRequest {
+            language: language as i32,
+            first_name: first.into(),
+            surname: "Öström-Ærø".into(),
+            ..new_user(&fixture.org.id, "x", &[])
+        };
+        app.users()
+            .create_user(req(&fixture.admin_token, request.clone()))
+            .await
+            .unwrap();
+        let mail = sink.wait_for(&request.email, 1).await.remove(0);
+        assert!(
+            mail.text.contains(first),
+            "{language:?}: the name with its letters: {}",
+            mail.text
+        );
+        assert!(mail.html.contains(first));
+        assert!(mail.html.contains("<html"));
+        subjects.push(mail.subject);
+    }
+    assert!(
+        subjects[0] != subjects[1] && subjects[1] != subjects[2],
+        "three languages: {subjects:?}"
+    );
+    worker.stop().await;
+    app.finish().await;
+}
+
+async fn sweep_period_is_claimed_once(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let now = 1_800_000_123_456;
+    assert!(
+        app.domain
+            .claim_sweep_period("test-sweep", 60_000, now, "a")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !app.domain
+            .claim_sweep_period("test-sweep", 60_000, now + 1000, "b")
+            .await
+            .unwrap(),
+        "same period: taken"
+    );
+    assert!(
+        app.domain
+            .claim_sweep_period("test-sweep", 60_000, now + 60_000, "b")
+            .await
+            .unwrap(),
+        "next period: free"
+    );
+    assert!(
+        app.domain
+            .claim_sweep_period("other-sweep", 60_000, now, "b")
+            .await
+            .unwrap()
+    );
+    app.finish().await;
+}

@@ -1,0 +1,196 @@
+//! Delivery of outbox mail: one transport built at start (a pooled SMTP
+//! connection set, or `.eml` files on the embedded default), and the loop that
+//! claims due mails, sends them with bounded concurrency and marks them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::PoolConfig;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use orgadmin_domain::services::outbox::{ClaimedMail, Failure};
+use orgadmin_domain::{Config, Domain};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+pub enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// The embedded default: each mail becomes `<dir>/<mail id>.eml`.
+    Files(PathBuf),
+}
+
+impl Transport {
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        if config.smtp_url.is_empty() {
+            let dir = config.data_dir.join("outbox");
+            std::fs::create_dir_all(&dir)?;
+            return Ok(Self::Files(dir));
+        }
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.smtp_url)?
+            .pool_config(PoolConfig::new().max_size(config.mail_pool_size))
+            .timeout(Some(Duration::from_secs(20)))
+            .build();
+        Ok(Self::Smtp(transport))
+    }
+
+    async fn send(&self, id: uuid::Uuid, message: Message) -> Result<(), (String, Failure)> {
+        match self {
+            Self::Smtp(smtp) => smtp.send(message).await.map(drop).map_err(|e| {
+                // 5xx: the server said no for good; anything else may pass later.
+                let failure = if e.is_permanent() {
+                    Failure::Permanent
+                } else {
+                    Failure::Transient
+                };
+                (e.to_string(), failure)
+            }),
+            Self::Files(dir) => {
+                // Write then rename: a reader never sees half a mail, and a
+                // resend after a crash overwrites the same file.
+                let tmp = dir.join(format!(".{id}.eml.tmp"));
+                let path = dir.join(format!("{id}.eml"));
+                let write = async {
+                    tokio::fs::write(&tmp, message.formatted()).await?;
+                    tokio::fs::rename(&tmp, &path).await
+                };
+                write.await.map_err(|e| (e.to_string(), Failure::Transient))
+            }
+        }
+    }
+}
+
+/// The RFC 5322 Message-ID of an outbox row: stable across resends.
+pub fn message_id(id: uuid::Uuid, from: &Mailbox) -> String {
+    format!("<{id}@{}>", from.email.domain())
+}
+
+pub fn build_message(from: &Mailbox, claimed: &ClaimedMail) -> Result<Message, String> {
+    let to: Mailbox = format!(
+        "{} <{}>",
+        claimed.mail.to_name.replace(['<', '>', '"'], ""),
+        claimed.recipient
+    )
+    .parse()
+    .or_else(|_| claimed.recipient.parse())
+    .map_err(|e| format!("recipient address {:?} is not valid: {e}", claimed.recipient))?;
+    Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(&claimed.mail.subject)
+        .message_id(Some(message_id(claimed.id, from)))
+        .date_now()
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(claimed.mail.text.clone()),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(claimed.mail.html.clone()),
+                ),
+        )
+        .map_err(|e| e.to_string())
+}
+
+pub struct Outbox {
+    pub domain: Domain,
+    pub transport: Arc<Transport>,
+    pub from: Mailbox,
+    pub worker_id: String,
+    pub concurrency: usize,
+    pub poll_interval: Duration,
+    pub max_attempts: i32,
+    pub retry_base_ms: i64,
+    /// How long a claim lasts; a worker that dies loses its mails to
+    /// another worker after this.
+    pub lease_ms: i64,
+}
+
+impl Outbox {
+    pub fn from_config(domain: Domain, config: &Config, worker_id: String) -> anyhow::Result<Self> {
+        let from: Mailbox = config
+            .mail_from
+            .parse()
+            .map_err(|e| anyhow::anyhow!("ORGADMIN_MAIL_FROM={:?} is not a mailbox: {e}", config.mail_from))?;
+        Ok(Self {
+            domain,
+            transport: Arc::new(Transport::from_config(config)?),
+            from,
+            worker_id,
+            concurrency: config.mail_pool_size as usize,
+            poll_interval: Duration::from_millis(config.mail_poll_interval_ms),
+            max_attempts: config.mail_max_attempts,
+            retry_base_ms: config.mail_retry_base_ms,
+            lease_ms: config.mail_lease_ms,
+        })
+    }
+
+    /// Sends until `stop` turns true; a batch in flight is finished first.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let batch = (self.concurrency * 8) as u64;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let sent = match self.drain_once(batch).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox: claiming mail failed");
+                    0
+                }
+            };
+            // A full batch means more may be due: go again at once.
+            if sent < batch as usize {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.poll_interval) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+        tracing::info!("outbox sender stopped");
+    }
+
+    /// Claims one batch and sends it; returns how many mails it held.
+    pub async fn drain_once(&self, batch: u64) -> anyhow::Result<usize> {
+        let claimed = self
+            .domain
+            .claim_due_mails(&self.worker_id, batch, self.lease_ms)
+            .await?;
+        let count = claimed.len();
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let mut tasks = JoinSet::new();
+        for mail in claimed {
+            let permit = permits.clone().acquire_owned().await?;
+            let domain = self.domain.clone();
+            let transport = self.transport.clone();
+            let from = self.from.clone();
+            let (max_attempts, base) = (self.max_attempts, self.retry_base_ms);
+            tasks.spawn(async move {
+                let _permit = permit;
+                let outcome = match build_message(&from, &mail) {
+                    Ok(message) => transport.send(mail.id, message).await,
+                    Err(e) => Err((e, Failure::Permanent)),
+                };
+                let marked = match outcome {
+                    Ok(()) => domain.mark_mail_sent(mail.id).await,
+                    Err((error, failure)) => {
+                        domain
+                            .mark_mail_failed(mail.id, &error, failure, max_attempts, base)
+                            .await
+                    }
+                };
+                if let Err(e) = marked {
+                    // The lease runs out and the mail is sent again, with the same Message-ID.
+                    tracing::error!(mail = %mail.id, error = %e, "outbox: could not record delivery");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(count)
+    }
+}
