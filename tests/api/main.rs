@@ -7,3 +7,4 @@ mod organisations;
 mod rights;
 mod smoke;
 mod users;
+mod workers;

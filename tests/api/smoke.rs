@@ -104,7 +104,7 @@ async fn grpcurl_walkthrough(backend: Backend) {
         }
     };
     cmd.arg("standalone");
-    let _server = Server(cmd.spawn().expect("start orgadmin-service"));
+    let server = Server(cmd.spawn().expect("start orgadmin-service"));
     let started = Instant::now();
     while std::net::TcpStream::connect(&addr).is_err() {
         assert!(started.elapsed() < Duration::from_secs(20), "server did not start");
@@ -155,6 +155,34 @@ async fn grpcurl_walkthrough(backend: Backend) {
     );
     let admin_id = admin["user"]["id"].as_str().unwrap().to_owned();
     assert_eq!(admin["user"]["cprMasked"], "010180-XXXX");
+    // Karen's activation link is in the mail the worker wrote to data/outbox:
+    // read it out as the README does, and activate her.
+    let started = Instant::now();
+    let link_token = loop {
+        let out = Command::new("python3")
+            .current_dir(&dir)
+            .arg("-c")
+            .arg(README_TOKEN_SNIPPET)
+            .output()
+            .expect("python3");
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !token.is_empty() {
+            break token;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no activation mail in data/outbox: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let activated = grpcurl(
+        &addr,
+        None,
+        Some(&format!(r#"{{"token":"{link_token}","cpr":"0101801234"}}"#)),
+        "orgadmin.v1.UserService/ActivateUser",
+    );
+    assert_eq!(activated["user"]["state"], "USER_STATE_ACTIVE");
     let token = grpcurl(
         &addr,
         Some(&operator),
@@ -171,6 +199,12 @@ async fn grpcurl_walkthrough(backend: Backend) {
         "orgadmin.v1.UserService/CreateUser",
     );
     let user_id = user["user"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(user["user"]["birthDate"], "1990-05-17");
+    assert_eq!(
+        user["activationCode"].as_str().map(str::len),
+        Some(11),
+        "a birth-date user's code, once: {user}"
+    );
     let list = grpcurl(
         &addr,
         Some(&admin_token),
@@ -220,4 +254,30 @@ async fn grpcurl_walkthrough(backend: Backend) {
         .map(|e| e["activity"].as_str().unwrap())
         .collect();
     assert_eq!(activities, vec!["USER_REACTIVATED", "USER_DEACTIVATED", "USER_CREATED"]);
+
+    // SIGTERM: the server drains and exits cleanly.
+    let mut server = server;
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no clean exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+/// The README's way of reading Karen's activation token out of data/outbox.
+const README_TOKEN_SNIPPET: &str = r#"
+import email, email.policy, glob, re
+for path in glob.glob("data/outbox/*.eml"):
+    mail = email.message_from_binary_file(open(path, "rb"), policy=email.policy.default)
+    text = mail.get_body(("plain",)).get_content()
+    if "karen@vaerksted.dk" in mail["To"] and "token=" in text:
+        print(re.search(r"token=([A-Za-z0-9_-]+)", text).group(1))"#;

@@ -1,20 +1,24 @@
 //! A small gRPC load client for `scripts/bench` (see BENCHMARKS.md).
 //!
 //! Talks to an already running `orgadmin-service` over real HTTP/2 on
-//! loopback. Configured by environment (`cargo bench` passes `--bench`, so
-//! arguments are ignored):
+//! loopback. Sets up its own organisation (operator token, a licence count
+//! of 1,000,000), first administrator, that administrator's API token and a
+//! plain user to read back, then runs its phases. Configured by environment
+//! (`cargo bench` passes `--bench`, so arguments are ignored):
 //!
-//! | variable                | default        | meaning                                     |
-//! |-------------------------|----------------|---------------------------------------------|
-//! | `BENCH_ADDR`            | (required)     | `host:port` of the server                   |
-//! | `BENCH_OPERATOR_TOKEN`  | (required)     | an operator bearer token of that server     |
-//! | `BENCH_CONCURRENCY`     | 32             | concurrent callers in the closed-loop phases |
-//! | `BENCH_CONNECTIONS`     | 4              | HTTP/2 connections the callers share        |
-//! | `BENCH_SECONDS`         | 10             | measured seconds per phase                  |
-//! | `BENCH_WARMUP`          | 2              | unmeasured seconds before each phase        |
-//! | `BENCH_RATE`            | 2000           | calls/s of the fixed-rate GetUser phase     |
-//! | `BENCH_PHASES`          | health,get,fixed,create | phases to run, in this order       |
-//! | `BENCH_SERVER_PID`      | (none)         | server pid: sample its VmRSS/VmHWM          |
+//! - `BENCH_ADDR` (required): `host:port` of the server.
+//! - `BENCH_OPERATOR_TOKEN` (required): an operator bearer token of that server.
+//! - `BENCH_CONCURRENCY` (32): concurrent callers in the closed-loop phases.
+//! - `BENCH_CONNECTIONS` (4): HTTP/2 connections the callers share.
+//! - `BENCH_SECONDS` (10): measured seconds per phase.
+//! - `BENCH_WARMUP` (2): unmeasured seconds before each phase.
+//! - `BENCH_RATE` (2000): calls/s of the `fixed` phase.
+//! - `BENCH_PHASES` (`health,get,create,fixed`): the phases, in order:
+//!   `health` (grpc.health.v1 Check), `get` (GetUser), `create` (CreateUser),
+//!   all closed loop; `create:<n>` (CreateUser spread over n organisations);
+//!   `fixed` or `fixed:<calls/s>` (GetUser paced open loop).
+//! - `BENCH_SERVER_PID` (none): the server's pid, to sample its VmRSS and
+//!   VmHWM from /proc.
 //!
 //! Output: human-readable lines, plus tab-separated machine lines starting
 //! with `SETUP`, `RESULT` or `RSS` that `scripts/bench` turns into a table.
@@ -61,7 +65,7 @@ impl Settings {
     fn from_env() -> Self {
         let addr = std::env::var("BENCH_ADDR").expect("set BENCH_ADDR=host:port of a running orgadmin-service");
         let operator_token = std::env::var("BENCH_OPERATOR_TOKEN").expect("set BENCH_OPERATOR_TOKEN");
-        let phases = env_or("BENCH_PHASES", "health,get,fixed,create".to_owned())
+        let phases = env_or("BENCH_PHASES", "health,get,create,fixed".to_owned())
             .split(',')
             .map(|p| p.trim().to_owned())
             .filter(|p| !p.is_empty())
@@ -188,6 +192,9 @@ struct Stats {
     errors: u64,
     first_error: Option<String>,
     window: Duration,
+    /// CPU clock ticks (1/100 s) used in the measured window by the server
+    /// and by all PostgreSQL processes.
+    cpu: Option<(u64, u64)>,
 }
 
 impl Stats {
@@ -224,6 +231,7 @@ where
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(s.warmup);
     let end = measure_from + Duration::from_secs_f64(s.seconds);
+    let cpu = cpu_window(s.server_pid, measure_from, end);
     let sequence = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for task in 0..s.concurrency {
@@ -264,21 +272,23 @@ where
     for task in tasks {
         total.merge(task.await.expect("caller task"));
     }
+    total.cpu = cpu.await.ok().flatten();
     total
 }
 
 /// Open-loop pacing: call number i is sent at start + i/rate (to the 1 ms
 /// resolution of the tokio timer), whether or not earlier calls have
 /// returned. Latency is measured from the moment each call is sent.
-async fn fixed_rate<F, Fut>(s: &Settings, channels: &[Channel], call: F) -> (Stats, Duration)
+async fn fixed_rate<F, Fut>(s: &Settings, rate: f64, channels: &[Channel], call: F) -> (Stats, Duration)
 where
     F: Fn(Channel, u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Status>> + Send + 'static,
 {
-    let interval = Duration::from_secs_f64(1.0 / s.rate);
+    let interval = Duration::from_secs_f64(1.0 / rate);
     let start = tokio::time::Instant::now();
     let measure_from = start + Duration::from_secs_f64(s.warmup);
     let end = measure_from + Duration::from_secs_f64(s.seconds);
+    let cpu = cpu_window(s.server_pid, measure_from.into_std(), end.into_std());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(bool, Result<u32, String>)>();
     let mut max_lag = Duration::ZERO;
     let mut i: u64 = 0;
@@ -326,6 +336,7 @@ where
             }
         }
     }
+    stats.cpu = cpu.await.ok().flatten();
     (stats, max_lag)
 }
 
@@ -337,6 +348,35 @@ fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// utime + stime of a process, in clock ticks.
+fn proc_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// utime + stime of every process named `postgres` (server and backends).
+fn postgres_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .filter_map(proc_ticks)
+        .sum()
+}
+
+/// Server and PostgreSQL CPU ticks between `from` and `to`.
+fn cpu_window(pid: Option<u32>, from: Instant, to: Instant) -> tokio::task::JoinHandle<Option<(u64, u64)>> {
+    tokio::spawn(async move {
+        let pid = pid?;
+        tokio::time::sleep_until(from.into()).await;
+        let (server0, pg0) = (proc_ticks(pid)?, postgres_ticks());
+        tokio::time::sleep_until(to.into()).await;
+        let (server1, pg1) = (proc_ticks(pid)?, postgres_ticks());
+        Some((server1.saturating_sub(server0), pg1.saturating_sub(pg0)))
+    })
 }
 
 /// Samples the server's VmRSS every 100 ms until stopped; returns the peak.
@@ -372,6 +412,27 @@ fn report(name: &str, stats: &mut Stats, extra: &str) {
         stats.errors,
         stats.latencies_us.len()
     );
+    if let Some((server, pg)) = stats.cpu {
+        // Clock ticks are 1/100 s on Linux.
+        let calls = stats.latencies_us.len().max(1) as f64;
+        let secs = stats.window.as_secs_f64();
+        let per_call = |ticks: u64| ticks as f64 * 10_000.0 / calls;
+        let cores = |ticks: u64| ticks as f64 / 100.0 / secs;
+        println!(
+            "{name:<10} CPU per call: server {:.0} µs, PostgreSQL {:.0} µs (server {:.2} cores, PostgreSQL {:.2} cores)",
+            per_call(server),
+            per_call(pg),
+            cores(server),
+            cores(pg)
+        );
+        println!(
+            "CPU\t{name}\t{:.0}\t{:.0}\t{:.2}\t{:.2}",
+            per_call(server),
+            per_call(pg),
+            cores(server),
+            cores(pg)
+        );
+    }
 }
 
 fn report_rss(label: &str, pid: Option<u32>, kb: Option<u64>) {
@@ -449,22 +510,38 @@ async fn main() -> AnyResult<()> {
                 let mut stats = closed_loop(&s, &channels, get.clone()).await;
                 report("get", &mut stats, "");
             }
-            "fixed" => {
-                let (mut stats, lag) = fixed_rate(&s, &channels, get.clone()).await;
+            fixed if fixed == "fixed" || fixed.starts_with("fixed:") => {
+                let rate = match fixed.strip_prefix("fixed:") {
+                    Some(r) => r.parse().unwrap_or_else(|_| panic!("phase {fixed:?}: not a rate")),
+                    None => s.rate,
+                };
+                let (mut stats, lag) = fixed_rate(&s, rate, &channels, get.clone()).await;
                 report(
-                    "get_fixed",
+                    &format!("get_fixed_{rate}"),
                     &mut stats,
                     &format!(
-                        " at {} calls/s target, max send lag {:.1} ms",
-                        s.rate,
+                        " at {rate} calls/s offered, max send lag {:.1} ms",
                         lag.as_secs_f64() * 1000.0
                     ),
                 );
             }
-            "create" => {
-                let (token, org, tag) = (token.clone(), org.clone(), tag.clone());
+            create if create == "create" || create.starts_with("create:") => {
+                // `create:<n>`: the callers spread their calls over n
+                // organisations (each with its own administrator), to show
+                // what the per-organisation lock costs.
+                let orgs: usize = match create.strip_prefix("create:") {
+                    Some(n) => n.parse().unwrap_or_else(|_| panic!("phase {create:?}: not a number")),
+                    None => 1,
+                };
+                let mut targets: Vec<(Arc<str>, Arc<str>)> = vec![(token.clone(), org.clone())];
+                while targets.len() < orgs.max(1) {
+                    let more = setup(&channels[0], &s.operator_token, &run_tag()).await?;
+                    targets.push((more.admin_token.into(), more.org_id.into()));
+                }
+                let targets = Arc::new(targets);
+                let tag = tag.clone();
                 let mut stats = closed_loop(&s, &channels, move |channel: Channel, seq: u64| {
-                    let (token, org) = (token.clone(), org.clone());
+                    let (token, org) = targets[(seq as usize) % targets.len()].clone();
                     let email = format!("u.{tag}.{seq}@bench.dk");
                     async move {
                         UserServiceClient::new(channel)
@@ -474,13 +551,22 @@ async fn main() -> AnyResult<()> {
                     }
                 })
                 .await;
-                report("create", &mut stats, "");
+                let name = if orgs > 1 {
+                    format!("create_{orgs}orgs")
+                } else {
+                    "create".to_owned()
+                };
+                report(&name, &mut stats, "");
             }
-            other => panic!("unknown phase {other:?} (health, get, fixed, create)"),
+            other => panic!("unknown phase {other:?} (health, get, create, create:<orgs>, fixed, fixed:<calls/s>)"),
         }
         stop.store(true, Ordering::Relaxed);
         let peak = sampler.await.unwrap_or(0);
-        report_rss(&format!("rss_peak_{phase}_kb"), s.server_pid, Some(peak));
+        report_rss(
+            &format!("rss_peak_{}_kb", phase.replace(':', "_")),
+            s.server_pid,
+            Some(peak),
+        );
     }
     report_rss(
         "hwm_kb",

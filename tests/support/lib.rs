@@ -161,6 +161,9 @@ impl TestApp {
             "SELECT COUNT(revoked_at) FROM activation_secrets",
             "SELECT COUNT(*) FROM notifications",
             "SELECT COUNT(*) FROM anonymity_requests",
+            "SELECT COUNT(decided_at) FROM anonymity_requests",
+            "SELECT COUNT(*) FROM notification_preferences",
+            "SELECT COUNT(*) FROM outbox_mails WHERE state = 'FAILED'",
         ];
         let db = self.domain.db();
         let mut out = Vec::new();
