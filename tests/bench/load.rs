@@ -195,6 +195,9 @@ struct Stats {
     /// CPU clock ticks (1/100 s) used in the measured window by the server
     /// and by all PostgreSQL processes.
     cpu: Option<(u64, u64)>,
+    /// Paced phases: calls that ended successfully inside the window, when
+    /// that differs from the calls sent in it (`latencies_us`).
+    served: Option<usize>,
 }
 
 impl Stats {
@@ -206,8 +209,13 @@ impl Stats {
         }
     }
 
+    /// Calls that ended, successfully, inside the measured window.
+    fn served(&self) -> usize {
+        self.served.unwrap_or(self.latencies_us.len())
+    }
+
     fn rate(&self) -> f64 {
-        self.latencies_us.len() as f64 / self.window.as_secs_f64()
+        self.served() as f64 / self.window.as_secs_f64()
     }
 
     fn percentile_ms(&mut self, p: f64) -> f64 {
@@ -289,7 +297,7 @@ where
     let measure_from = start + Duration::from_secs_f64(s.warmup);
     let end = measure_from + Duration::from_secs_f64(s.seconds);
     let cpu = cpu_window(s.server_pid, measure_from.into_std(), end.into_std());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(bool, Result<u32, String>)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(bool, Instant, Result<u32, String>)>();
     let mut max_lag = Duration::ZERO;
     let mut i: u64 = 0;
     loop {
@@ -312,6 +320,7 @@ where
             let latency = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
             let _ = tx.send((
                 measured,
+                Instant::now(),
                 result
                     .map(|()| latency)
                     .map_err(|st| format!("{:?}: {}", st.code(), st.message())),
@@ -324,7 +333,12 @@ where
         window: Duration::from_secs_f64(s.seconds),
         ..Default::default()
     };
-    while let Some((measured, result)) = rx.recv().await {
+    let (from, to) = (measure_from.into_std(), end.into_std());
+    let mut served = 0;
+    while let Some((measured, done, result)) = rx.recv().await {
+        if result.is_ok() && done >= from && done <= to {
+            served += 1;
+        }
         if !measured {
             continue;
         }
@@ -337,6 +351,7 @@ where
         }
     }
     stats.cpu = cpu.await.ok().flatten();
+    stats.served = Some(served);
     (stats, max_lag)
 }
 
@@ -400,7 +415,7 @@ fn report(name: &str, stats: &mut Stats, extra: &str) {
     println!(
         "{name:<10} {:>9.0} calls/s  p50 {p50:>7.3} ms  p99 {p99:>7.3} ms  ({} calls, {} errors){extra}",
         stats.rate(),
-        stats.latencies_us.len(),
+        stats.served(),
         stats.errors
     );
     if let Some(e) = &stats.first_error {
@@ -414,7 +429,7 @@ fn report(name: &str, stats: &mut Stats, extra: &str) {
     );
     if let Some((server, pg)) = stats.cpu {
         // Clock ticks are 1/100 s on Linux.
-        let calls = stats.latencies_us.len().max(1) as f64;
+        let calls = stats.served().max(1) as f64;
         let secs = stats.window.as_secs_f64();
         let per_call = |ticks: u64| ticks as f64 * 10_000.0 / calls;
         let cores = |ticks: u64| ticks as f64 / 100.0 / secs;
@@ -493,7 +508,7 @@ async fn main() -> AnyResult<()> {
         }
     };
 
-    for phase in &s.phases {
+    for (phase_no, phase) in s.phases.iter().enumerate() {
         let (stop, sampler) = rss_sampler(s.server_pid);
         match phase.as_str() {
             "health" => {
@@ -542,7 +557,7 @@ async fn main() -> AnyResult<()> {
                 let tag = tag.clone();
                 let mut stats = closed_loop(&s, &channels, move |channel: Channel, seq: u64| {
                     let (token, org) = targets[(seq as usize) % targets.len()].clone();
-                    let email = format!("u.{tag}.{seq}@bench.dk");
+                    let email = format!("u.{tag}.{phase_no}.{seq}@bench.dk");
                     async move {
                         UserServiceClient::new(channel)
                             .create_user(req(&token, new_user(&org, email, &[pb::Role::User])))

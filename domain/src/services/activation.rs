@@ -17,7 +17,7 @@ use crate::model::*;
 use crate::persistence::entities::{activation_secret, organisation, user};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::persistence::mapping::parse;
-use crate::policy::{Action, Caller, Principal, Target, authorize};
+use crate::policy::{Action, Caller, Principal};
 use crate::secrets::{new_token, token_hash};
 use crate::validate;
 
@@ -161,20 +161,9 @@ impl Domain {
         caller: &Caller,
         user_id: Uuid,
     ) -> DomainResult<(DatabaseTransaction, user::Model, organisation::Model)> {
-        let row = user::Entity::find_by_id(user_id)
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| DomainError::not_found("user", user_id))?;
-        let roles = super::users::roles_of(&self.db, &[user_id])
-            .await?
-            .remove(&user_id)
-            .unwrap_or_default();
-        let is_admin = roles.iter().any(|r| r.is_administrator());
-        authorize(
-            caller,
-            Action::ManageActivation,
-            Target::user(row.organisation_id, user_id, is_admin),
-        )?;
+        let row = self
+            .authorize_on_user(caller, Action::ManageActivation, user_id)
+            .await?;
         let txn = self.db.begin().await?;
         let org = lock_organisation(&txn, row.organisation_id).await?;
         let row = user::Entity::find_by_id(user_id)

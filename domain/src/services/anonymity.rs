@@ -3,7 +3,7 @@
 //! anonymous profile and the old one closed, in one transaction) or rejects.
 
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::{Expr, Query};
+use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 use tracing::instrument;
 use uuid::Uuid;
@@ -130,19 +130,7 @@ impl Domain {
         )
         .await?;
         // Every standing user administrator of the organisation hears of it.
-        let admins = user::Entity::find()
-            .filter(user::Column::OrganisationId.eq(org_id))
-            .filter(user::Column::State.is_in(super::STANDING_STATES))
-            .filter(
-                user::Column::Id.in_subquery(
-                    Query::select()
-                        .column(user_role::Column::UserId)
-                        .from(user_role::Entity)
-                        .and_where(user_role::Column::OrganisationId.eq(org_id))
-                        .and_where(user_role::Column::Role.eq(Role::UserAdmin.as_str()))
-                        .to_owned(),
-                ),
-            )
+        let admins = super::standing_role_holders_query(org_id, Role::UserAdmin)
             .all(&txn)
             .await?;
         let requester = format!("{} {}", row.first_name, row.surname);

@@ -114,20 +114,7 @@ impl Domain {
         name: &str,
         expires_at: Option<Millis>,
     ) -> DomainResult<(ApiToken, String)> {
-        let target = user::Entity::find_by_id(user_id)
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| DomainError::not_found("user", user_id))?;
-        let roles = roles_of(&self.db, &[user_id])
-            .await?
-            .remove(&user_id)
-            .unwrap_or_default();
-        let is_admin = roles.iter().any(|r| r.is_administrator());
-        authorize(
-            caller,
-            Action::ManageApiTokens,
-            Target::user(target.organisation_id, user_id, is_admin),
-        )?;
+        let target = self.authorize_on_user(caller, Action::ManageApiTokens, user_id).await?;
         validate::text(name, 100).map_err(|e| DomainError::invalid("name", e))?;
         let now = now_millis();
         let expires_at = expires_at.unwrap_or(now + DEFAULT_TOKEN_LIFETIME);

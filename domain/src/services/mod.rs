@@ -45,13 +45,9 @@ pub(crate) async fn licences_used(db: &impl ConnectionTrait, organisation_id: Uu
         .await? as i64)
 }
 
-/// Standing (active or pending) holders of a role.
-pub(crate) async fn standing_role_holders(
-    db: &impl ConnectionTrait,
-    organisation_id: Uuid,
-    role: Role,
-) -> DomainResult<i64> {
-    Ok(user::Entity::find()
+/// Standing (active or pending) holders of a role, as a query to count or load.
+pub(crate) fn standing_role_holders_query(organisation_id: Uuid, role: Role) -> sea_orm::Select<user::Entity> {
+    user::Entity::find()
         .filter(user::Column::OrganisationId.eq(organisation_id))
         .filter(user::Column::State.is_in(STANDING_STATES))
         .filter(
@@ -64,6 +60,40 @@ pub(crate) async fn standing_role_holders(
                     .to_owned(),
             ),
         )
-        .count(db)
-        .await? as i64)
+}
+
+/// How many standing holders a role has.
+pub(crate) async fn standing_role_holders(
+    db: &impl ConnectionTrait,
+    organisation_id: Uuid,
+    role: Role,
+) -> DomainResult<i64> {
+    Ok(standing_role_holders_query(organisation_id, role).count(db).await? as i64)
+}
+
+impl crate::Domain {
+    /// Loads a user row and checks the caller may take `action` on that user
+    /// (the policy needs to know whether the user is an administrator).
+    pub(crate) async fn authorize_on_user(
+        &self,
+        caller: &crate::policy::Caller,
+        action: crate::policy::Action,
+        user_id: Uuid,
+    ) -> DomainResult<user::Model> {
+        let row = user::Entity::find_by_id(user_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", user_id))?;
+        let roles = users::roles_of(&self.db, &[user_id])
+            .await?
+            .remove(&user_id)
+            .unwrap_or_default();
+        let is_admin = roles.iter().any(|r| r.is_administrator());
+        crate::policy::authorize(
+            caller,
+            action,
+            crate::policy::Target::user(row.organisation_id, user_id, is_admin),
+        )?;
+        Ok(row)
+    }
 }
