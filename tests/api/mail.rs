@@ -18,6 +18,7 @@ both_backends!(
     anonymity_request_notifies_and_recreates,
     mails_are_localised,
     sweep_period_is_claimed_once,
+    committed_mail_reaches_smtp_within_two_seconds,
 );
 
 fn activate(token: &str, code: &str, cpr: &str, birth_date: &str) -> pb::ActivateUserRequest {
@@ -678,5 +679,31 @@ async fn sweep_period_is_claimed_once(backend: Backend) {
             .await
             .unwrap()
     );
+    app.finish().await;
+}
+
+async fn committed_mail_reaches_smtp_within_two_seconds(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let sink = SmtpSink::start(0);
+    // The shipped poll interval, not the tests' quick one.
+    let config = orgadmin_domain::Config {
+        mail_poll_interval_ms: orgadmin_domain::Config::default().mail_poll_interval_ms,
+        ..worker_config(&app, &sink.url())
+    };
+    let worker = TestWorker::start(&app, config);
+    let fixture = app.org_with_admin().await;
+    sink.wait_for(&fixture.admin.email, 1).await;
+    // Idle now; one more mail, timed from its commit.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let request = new_user(&fixture.org.id, "Hurtig", &[]);
+    app.users()
+        .create_user(req(&fixture.admin_token, request.clone()))
+        .await
+        .unwrap();
+    let committed = std::time::Instant::now();
+    sink.wait_for(&request.email, 1).await;
+    let took = committed.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    worker.stop().await;
     app.finish().await;
 }

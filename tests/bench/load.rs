@@ -365,14 +365,16 @@ fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// utime + stime of a process, in clock ticks.
+/// utime + stime of a process and of its waited-for children (cutime +
+/// cstime), in clock ticks. The PostgreSQL postmaster's children times keep
+/// the CPU of backends that have exited.
 fn proc_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    fields.get(11..15)?.iter().map(|f| f.parse::<u64>().ok()).sum()
 }
 
-/// utime + stime of every process named `postgres` (server and backends).
+/// CPU ticks of every process named `postgres` (postmaster and backends).
 fn postgres_ticks() -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
     dir.filter_map(Result::ok)
