@@ -4,7 +4,9 @@
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Query;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -26,6 +28,18 @@ pub const MAX_TOKEN_LIFETIME: Millis = 2 * 366 * DAY;
 const KIND_OPERATOR: &str = "OPERATOR";
 const KIND_API: &str = "API";
 
+/// token id, kind, expiry, revocation, user id, user's organisation, user's state, one role.
+type TokenRow = (
+    Uuid,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<String>,
+    Option<String>,
+);
+
 impl Domain {
     /// Resolves a bearer token to its caller. Every failure reads the same to
     /// the caller, so a probe learns nothing about which tokens exist.
@@ -38,35 +52,63 @@ impl Domain {
         if let Some((_, id)) = self.configured_operators.iter().find(|(h, _)| *h == hash) {
             return Ok(Caller::new(Principal::Operator { token_id: *id }));
         }
-        let token = api_token::Entity::find()
+        // One round trip: the token, its user's state and roles (one row per role).
+        let rows: Vec<TokenRow> = api_token::Entity::find()
+            .select_only()
+            .columns([
+                api_token::Column::Id,
+                api_token::Column::Kind,
+                api_token::Column::ExpiresAt,
+                api_token::Column::RevokedAt,
+                api_token::Column::UserId,
+            ])
+            .column(user::Column::OrganisationId)
+            .column(user::Column::State)
+            .column(user_role::Column::Role)
+            .join(
+                JoinType::LeftJoin,
+                api_token::Entity::belongs_to(user::Entity)
+                    .from(api_token::Column::UserId)
+                    .to(user::Column::Id)
+                    .into(),
+            )
+            .join_rev(
+                JoinType::LeftJoin,
+                user_role::Entity::belongs_to(user::Entity)
+                    .from(user_role::Column::UserId)
+                    .to(user::Column::Id)
+                    .into(),
+            )
             .filter(api_token::Column::TokenHash.eq(hash))
-            .one(&self.db)
-            .await?
-            .ok_or_else(refused)?;
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let Some((token_id, kind, expires_at, revoked_at, user_id, organisation_id, state, _)) = rows.first().cloned()
+        else {
+            return Err(refused());
+        };
         let now = now_millis();
-        if token.revoked_at.is_some() || token.expires_at.is_some_and(|at| at <= now) {
+        if revoked_at.is_some() || expires_at.is_some_and(|at| at <= now) {
             return Err(refused());
         }
-        if token.kind == KIND_OPERATOR {
-            return Ok(Caller::new(Principal::Operator { token_id: token.id }));
+        if kind == KIND_OPERATOR {
+            return Ok(Caller::new(Principal::Operator { token_id }));
         }
-        let user_id = token.user_id.ok_or_else(refused)?;
-        let user = user::Entity::find_by_id(user_id)
-            .one(&self.db)
-            .await?
-            .ok_or_else(refused)?;
-        // A deactivated or deleted user cannot act (R-USR-4); pending users can,
-        // since activation arrives with a later step.
-        if !parse::<UserState>(&user.state)?.holds_licence() {
+        let (Some(user_id), Some(organisation_id), Some(state)) = (user_id, organisation_id, state) else {
+            return Err(refused());
+        };
+        // A deactivated or deleted user cannot act (R-USR-4).
+        if !parse::<UserState>(&state)?.holds_licence() {
             return Err(refused());
         }
-        let roles = roles_of(&self.db, &[user_id])
-            .await?
-            .remove(&user_id)
-            .unwrap_or_default();
+        let roles = rows
+            .iter()
+            .filter_map(|row| row.7.as_deref())
+            .map(parse::<Role>)
+            .collect::<DomainResult<Vec<_>>>()?;
         Ok(Caller::new(Principal::Member {
             user_id,
-            organisation_id: user.organisation_id,
+            organisation_id,
             roles,
         }))
     }
