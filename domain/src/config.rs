@@ -55,6 +55,9 @@ pub struct Config {
     pub activation_url_template: String,
     pub activation_ttl_days: u32,
     pub activation_max_attempts: i32,
+    /// How long this replica trusts an authenticated token without asking the
+    /// database (revocations reach other replicas within this); 0: off.
+    pub auth_cache_ms: i64,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             activation_url_template: "http://localhost:8080/activate?token={token}".into(),
             activation_ttl_days: 30,
             activation_max_attempts: 5,
+            auth_cache_ms: 1000,
         }
     }
 }
@@ -144,6 +148,9 @@ impl Config {
         let smtp_scheme_ok = self.smtp_url.starts_with("smtp://") || self.smtp_url.starts_with("smtps://");
         if !self.smtp_url.is_empty() && !smtp_scheme_ok {
             return Err("SMTP_URL must start with smtp:// or smtps://".into());
+        }
+        if !(0..=60_000).contains(&self.auth_cache_ms) {
+            return Err("ORGADMIN_AUTH_CACHE_MS must be between 0 (off) and 60000".into());
         }
         if self.reactivation_batch_size == 0 {
             return Err("ORGADMIN_REACTIVATION_BATCH_SIZE must be at least 1".into());

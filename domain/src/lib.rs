@@ -2,6 +2,7 @@
 //! persistence it needs. Both binaries (service and worker) call into
 //! [`Domain`]; nothing here knows about gRPC.
 
+mod auth_cache;
 pub mod config;
 pub mod error;
 pub mod mail;
@@ -29,6 +30,7 @@ pub struct Domain {
     /// SHA-256 of each configured operator token, with a stable id for history.
     configured_operators: Vec<(String, uuid::Uuid)>,
     settings: DomainSettings,
+    auth_cache: std::sync::Arc<auth_cache::AuthCache>,
 }
 
 /// Tunables of the domain rules, from configuration.
@@ -40,6 +42,9 @@ pub struct DomainSettings {
     pub activation_ttl_ms: i64,
     /// Wrong CPR numbers or birth dates a link or code survives.
     pub activation_max_attempts: i32,
+    /// How long an authenticated token is trusted without asking the
+    /// database again (0: always ask). See `auth_cache`.
+    pub auth_cache_ttl_ms: i64,
 }
 
 impl Default for DomainSettings {
@@ -48,6 +53,7 @@ impl Default for DomainSettings {
             activation_url_template: "http://localhost:8080/activate?token={token}".into(),
             activation_ttl_ms: 30 * 24 * 60 * 60 * 1000,
             activation_max_attempts: 5,
+            auth_cache_ttl_ms: 1000,
         }
     }
 }
@@ -68,10 +74,12 @@ impl Domain {
             vault,
             configured_operators,
             settings: DomainSettings::default(),
+            auth_cache: std::sync::Arc::new(auth_cache::AuthCache::new(DomainSettings::default().auth_cache_ttl_ms)),
         }
     }
 
     pub fn with_settings(mut self, settings: DomainSettings) -> Self {
+        self.auth_cache = std::sync::Arc::new(auth_cache::AuthCache::new(settings.auth_cache_ttl_ms));
         self.settings = settings;
         self
     }
@@ -104,6 +112,7 @@ impl Domain {
                 activation_url_template: config.activation_url_template.clone(),
                 activation_ttl_ms: i64::from(config.activation_ttl_days) * 24 * 60 * 60 * 1000,
                 activation_max_attempts: config.activation_max_attempts,
+                auth_cache_ttl_ms: config.auth_cache_ms,
             }),
         )
     }

@@ -13,6 +13,7 @@ both_backends!(
     deletion_is_final_and_follows_policy,
     history_pages_and_filters,
     tokens_authenticate_expire_and_revoke,
+    lost_rights_take_effect_at_once,
 );
 
 fn in_ms(ms: i64) -> Timestamp {
@@ -671,5 +672,62 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
         ))
         .await;
     assert_eq!(bad_fields(&assert_code(no_name, Code::InvalidArgument)), vec!["name"]);
+    app.finish().await;
+}
+
+/// The authentication cache must not let a caller keep rights it just lost.
+async fn lost_rights_take_effect_at_once(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (helper, helper_token) = app.member(&fixture, "Hjælper", &[pb::Role::UserAdmin]).await;
+    // Authenticated (and cached) as a user administrator.
+    app.users()
+        .create_user(req(&helper_token, new_user(&fixture.org.id, "Ny", &[])))
+        .await
+        .unwrap();
+    let helper = app
+        .users()
+        .get_user(req(&fixture.admin_token, pb::GetUserRequest { id: helper.id }))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    app.users()
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    roles: vec![pb::Role::User as i32],
+                    ..helper.clone()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["roles".into()],
+                }),
+                cpr: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let denied = app
+        .users()
+        .create_user(req(&helper_token, new_user(&fixture.org.id, "Nej", &[])))
+        .await;
+    assert_code(denied, Code::PermissionDenied);
+    app.users()
+        .deactivate_user(req(
+            &fixture.admin_token,
+            pb::DeactivateUserRequest {
+                id: helper.id.clone(),
+                until: None,
+                reason: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_code(
+        app.auth().who_am_i(req(&helper_token, pb::WhoAmIRequest {})).await,
+        Code::Unauthenticated,
+    );
     app.finish().await;
 }

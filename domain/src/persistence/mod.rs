@@ -42,3 +42,12 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
 pub(crate) fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DbBackend::Postgres
 }
+
+/// users -> user_roles, for joining a user's roles into the same query.
+pub(crate) fn roles_of_user() -> sea_orm::RelationDef {
+    use sea_orm::EntityTrait;
+    entities::user_role::Entity::belongs_to(entities::user::Entity)
+        .from(entities::user_role::Column::UserId)
+        .to(entities::user::Column::Id)
+        .into()
+}

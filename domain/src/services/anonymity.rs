@@ -343,6 +343,9 @@ impl Domain {
         }
         let decided = anonymity_request::Entity::update(decided).exec(&txn).await?;
         txn.commit().await?;
+        if approve {
+            self.auth_cache.clear();
+        }
         Ok(AnonymityDecision {
             request: from_row(decided)?,
             new_user,

@@ -52,6 +52,10 @@ impl Domain {
         if let Some((_, id)) = self.configured_operators.iter().find(|(h, _)| *h == hash) {
             return Ok(Caller::new(Principal::Operator { token_id: *id }));
         }
+        let now = now_millis();
+        if let Some(caller) = self.auth_cache.get(&hash, now) {
+            return Ok(caller);
+        }
         // One round trip: the token, its user's state and roles (one row per role).
         let rows: Vec<TokenRow> = api_token::Entity::find()
             .select_only()
@@ -72,14 +76,8 @@ impl Domain {
                     .to(user::Column::Id)
                     .into(),
             )
-            .join_rev(
-                JoinType::LeftJoin,
-                user_role::Entity::belongs_to(user::Entity)
-                    .from(user_role::Column::UserId)
-                    .to(user::Column::Id)
-                    .into(),
-            )
-            .filter(api_token::Column::TokenHash.eq(hash))
+            .join_rev(JoinType::LeftJoin, crate::persistence::roles_of_user())
+            .filter(api_token::Column::TokenHash.eq(&hash))
             .into_tuple()
             .all(&self.db)
             .await?;
@@ -87,12 +85,13 @@ impl Domain {
         else {
             return Err(refused());
         };
-        let now = now_millis();
         if revoked_at.is_some() || expires_at.is_some_and(|at| at <= now) {
             return Err(refused());
         }
         if kind == KIND_OPERATOR {
-            return Ok(Caller::new(Principal::Operator { token_id }));
+            let caller = Caller::new(Principal::Operator { token_id });
+            self.auth_cache.put(hash, caller.clone(), now, expires_at);
+            return Ok(caller);
         }
         let (Some(user_id), Some(organisation_id), Some(state)) = (user_id, organisation_id, state) else {
             return Err(refused());
@@ -106,11 +105,13 @@ impl Domain {
             .filter_map(|row| row.7.as_deref())
             .map(parse::<Role>)
             .collect::<DomainResult<Vec<_>>>()?;
-        Ok(Caller::new(Principal::Member {
+        let caller = Caller::new(Principal::Member {
             user_id,
             organisation_id,
             roles,
-        }))
+        });
+        self.auth_cache.put(hash, caller.clone(), now, expires_at);
+        Ok(caller)
     }
 
     /// On the embedded default with no operator token configured: makes one
@@ -276,6 +277,7 @@ impl Domain {
         )
         .await?;
         txn.commit().await?;
+        self.auth_cache.clear();
         Ok(api_token_from_row(updated))
     }
 }

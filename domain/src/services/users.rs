@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -362,12 +362,21 @@ impl Domain {
         self.load_user(&self.db, id).await
     }
 
+    /// One round trip: the user row joined with its roles (a row per role).
     async fn load_user(&self, db: &impl ConnectionTrait, id: Uuid) -> DomainResult<User> {
-        let row = user::Entity::find_by_id(id)
-            .one(db)
-            .await?
-            .ok_or_else(|| DomainError::not_found("user", id))?;
-        let roles = roles_of(db, &[id]).await?.remove(&id).unwrap_or_default();
+        let rows = user::Entity::find_by_id(id)
+            .join_rev(JoinType::LeftJoin, crate::persistence::roles_of_user())
+            .select_also(user_role::Entity)
+            .all(db)
+            .await?;
+        let Some((row, _)) = rows.first().cloned() else {
+            return Err(DomainError::not_found("user", id));
+        };
+        let roles = rows
+            .iter()
+            .filter_map(|(_, role)| role.as_ref())
+            .map(|role| parse(&role.role))
+            .collect::<DomainResult<Vec<Role>>>()?;
         user_from_row(row, roles, &self.vault)
     }
 
@@ -687,6 +696,10 @@ impl Domain {
         .await?;
         let updated = self.load_user(&txn, id).await?;
         txn.commit().await?;
+        if new_roles.is_some() {
+            // Rights changed: cached callers must be looked up again.
+            self.auth_cache.clear();
+        }
         Ok(updated)
     }
 
@@ -763,6 +776,7 @@ impl Domain {
             .await?;
         let updated = self.load_user(&txn, id).await?;
         txn.commit().await?;
+        self.auth_cache.clear();
         Ok(updated)
     }
 
@@ -833,6 +847,7 @@ impl Domain {
             .await?;
         let updated = self.load_user(&txn, id).await?;
         txn.commit().await?;
+        self.auth_cache.clear();
         Ok(updated)
     }
 

@@ -1,0 +1,91 @@
+//! A short-lived cache of authenticated callers, keyed by token hash.
+//!
+//! Every RPC authenticates; without the cache that is a database round trip
+//! per call. Entries live `ttl_ms` (1 s by default) and never past the token's
+//! expiry. This replica drops every entry on each change that can take rights
+//! away (revocation, deactivation, deletion, role change); other replicas
+//! notice within the TTL. A TTL of 0 turns the cache off.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::model::Millis;
+use crate::policy::Caller;
+
+/// Beyond this many live tokens the cache starts over rather than grow.
+const MAX_ENTRIES: usize = 50_000;
+
+#[derive(Debug)]
+pub(crate) struct AuthCache {
+    ttl_ms: i64,
+    entries: Mutex<HashMap<String, (Caller, Millis)>>,
+}
+
+impl AuthCache {
+    pub(crate) fn new(ttl_ms: i64) -> Self {
+        Self {
+            ttl_ms,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn get(&self, token_hash: &str, now: Millis) -> Option<Caller> {
+        if self.ttl_ms <= 0 {
+            return None;
+        }
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(token_hash)
+            .filter(|(_, until)| *until > now)
+            .map(|(caller, _)| caller.clone())
+    }
+
+    pub(crate) fn put(&self, token_hash: String, caller: Caller, now: Millis, token_expires_at: Option<Millis>) {
+        if self.ttl_ms <= 0 {
+            return;
+        }
+        let until = token_expires_at.map_or(now + self.ttl_ms, |at| at.min(now + self.ttl_ms));
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(token_hash, (caller, until));
+    }
+
+    /// Forgets everything: called on every change that can take rights away.
+    pub(crate) fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Principal;
+
+    fn caller() -> Caller {
+        Caller::new(Principal::Operator {
+            token_id: uuid::Uuid::nil(),
+        })
+    }
+
+    #[test]
+    fn entries_expire_with_the_ttl_or_the_token() {
+        let cache = AuthCache::new(1000);
+        cache.put("a".into(), caller(), 10_000, None);
+        assert!(cache.get("a", 10_999).is_some());
+        assert!(cache.get("a", 11_000).is_none());
+        cache.put("b".into(), caller(), 10_000, Some(10_200));
+        assert!(cache.get("b", 10_199).is_some());
+        assert!(cache.get("b", 10_200).is_none(), "never past the token's expiry");
+        cache.clear();
+        assert!(cache.get("a", 10_001).is_none());
+    }
+
+    #[test]
+    fn zero_ttl_turns_it_off() {
+        let cache = AuthCache::new(0);
+        cache.put("a".into(), caller(), 10_000, None);
+        assert!(cache.get("a", 10_000).is_none());
+    }
+}
