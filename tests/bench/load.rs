@@ -101,7 +101,7 @@ fn cvr(seed: u64) -> String {
     loop {
         let digits: Vec<u64> = format!("{n:08}").bytes().map(|b| u64::from(b - b'0')).collect();
         let sum: u64 = digits.iter().zip(WEIGHTS).map(|(d, w)| d * w).sum();
-        if sum % 11 == 0 {
+        if sum.is_multiple_of(11) {
             return format!("{n:08}");
         }
         n = if n >= 99_999_999 { 10_000_000 } else { n + 1 };
