@@ -88,46 +88,59 @@ impl DomainError {
 
 impl From<DbErr> for DomainError {
     fn from(err: DbErr) -> Self {
-        // A unique index caught a race the explicit checks could not see.
         if let Some(SqlErr::UniqueConstraintViolation(detail)) = err.sql_err() {
-            return Self::AlreadyExists {
-                reason: "ALREADY_EXISTS",
-                message: format!(
-                    "a resource with these values already exists ({})",
-                    constraint_hint(&detail)
-                ),
-            };
+            return unique_violation(&detail);
         }
         Self::Internal(err.to_string())
     }
 }
 
-/// Names the index without echoing the values (they may be personal data).
-fn constraint_hint(detail: &str) -> String {
-    for name in [
+/// The uniqueness rules of users live in the partial unique indexes (a
+/// deleted user frees its e-mail, username and CPR number); a write that
+/// breaks one gets the rule's own reason. PostgreSQL names the index in its
+/// message, SQLite the columns. Values are never echoed: they may be personal
+/// data.
+const UNIQUE_RULES: &[(&str, &str, &str, &str)] = &[
+    (
         "users_live_email",
+        "users.email",
+        "EMAIL_TAKEN",
+        "another user of this organisation has this e-mail address",
+    ),
+    (
         "users_live_username",
+        "users.username",
+        "USERNAME_TAKEN",
+        "this username is taken",
+    ),
+    (
         "users_live_cpr",
-        "organisations",
-        "units_organisation_kind_number",
-    ] {
-        if detail.contains(name) {
-            return name.to_string();
+        "users.cpr_hash",
+        "CPR_TAKEN",
+        "this person already has a user in this organisation",
+    ),
+];
+
+fn unique_violation(detail: &str) -> DomainError {
+    for (index, columns, reason, message) in UNIQUE_RULES {
+        if detail.contains(index) || detail.contains(columns) {
+            return DomainError::AlreadyExists {
+                reason,
+                message: (*message).into(),
+            };
         }
     }
-    if detail.contains("users.email") {
-        return "users_live_email".into();
+    let hint = if detail.contains("cvr") {
+        "organisations_cvr"
+    } else if detail.contains("units_organisation_kind_number") {
+        "units_organisation_kind_number"
+    } else {
+        "unique index"
+    };
+    DomainError::AlreadyExists {
+        reason: "ALREADY_EXISTS",
+        message: format!("a resource with these values already exists ({hint})"),
     }
-    if detail.contains("users.username") {
-        return "users_live_username".into();
-    }
-    if detail.contains("users.cpr_hash") {
-        return "users_live_cpr".into();
-    }
-    if detail.contains("organisations.cvr") || detail.contains("cvr") {
-        return "organisations_cvr".into();
-    }
-    "unique index".into()
 }
 
 pub type DomainResult<T> = Result<T, DomainError>;

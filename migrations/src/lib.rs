@@ -20,6 +20,16 @@ mod m20261122_000010_create_notifications;
 mod m20261122_000011_create_notification_preferences;
 mod m20261122_000012_create_anonymity_requests;
 mod m20261122_000013_create_sweep_runs;
+mod m20261123_000014_add_organisation_licences_used;
+
+/// Runs SQL written by hand (what both backends spell the same way and the
+/// schema builder cannot express, such as partial indexes), in order.
+pub(crate) async fn execute_all(manager: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
+    for statement in statements {
+        manager.get_connection().execute_unprepared(statement).await?;
+    }
+    Ok(())
+}
 
 pub struct Migrator;
 
@@ -40,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000011_create_notification_preferences::Migration),
             Box::new(m20261122_000012_create_anonymity_requests::Migration),
             Box::new(m20261122_000013_create_sweep_runs::Migration),
+            Box::new(m20261123_000014_add_organisation_licences_used::Migration),
         ]
     }
 }

@@ -8,6 +8,7 @@ use tonic::Code;
 
 both_backends!(
     licences_are_counted_and_freed,
+    licences_hold_under_concurrent_creates_and_sweeps,
     last_administrator_is_protected,
     timed_deactivation_ends_by_the_worker,
     deletion_is_final_and_follows_policy,
@@ -106,6 +107,79 @@ async fn licences_are_counted_and_freed(backend: Backend) {
         "never activated: back to pending"
     );
     assert_ne!(carl.id, a.id);
+    app.finish().await;
+}
+
+/// The licence counter is taken as the last statement of a create, without a
+/// lock held across the create: racing creates must still stop exactly at the
+/// limit, and the timed-reactivation sweep must count returning users.
+async fn licences_hold_under_concurrent_creates_and_sweeps(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin_limits(Some(6), None).await;
+    let mut racing = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let mut users = app.users();
+        let (token, org) = (fixture.admin_token.clone(), fixture.org.id.clone());
+        racing.spawn(async move {
+            users
+                .create_user(req(&token, new_user(&org, &format!("Racer{i}"), &[])))
+                .await
+        });
+    }
+    let (mut created, mut refused) = (0, 0);
+    while let Some(outcome) = racing.join_next().await {
+        match outcome.unwrap() {
+            Ok(_) => created += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                assert_eq!(reason(&status), "LICENCE_LIMIT_REACHED");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((created, refused), (5, 11), "the administrator holds one of 6 licences");
+    assert_eq!(app.licence_counter_drift().await, Vec::<String>::new());
+
+    // A timed deactivation frees a licence; the sweep that ends it takes it back.
+    let listed = app
+        .users()
+        .list_users(req(
+            &fixture.admin_token,
+            pb::ListUsersRequest {
+                organisation_id: fixture.org.id.clone(),
+                page_size: 50,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    let racer = listed.iter().find(|u| u.first_name.starts_with("Racer")).unwrap();
+    app.users()
+        .deactivate_user(req(
+            &fixture.admin_token,
+            pb::DeactivateUserRequest {
+                id: racer.id.clone(),
+                until: Some(in_ms(300)),
+                reason: "orlov".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(app.licence_counter_drift().await, Vec::<String>::new());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    assert_eq!(app.domain.reactivate_due_users(now, 10).await.unwrap(), 1);
+    assert_eq!(app.licence_counter_drift().await, Vec::<String>::new());
+    let full = app
+        .users()
+        .create_user(req(&fixture.admin_token, new_user(&fixture.org.id, "Late", &[])))
+        .await;
+    assert_eq!(
+        reason(&assert_code(full, Code::FailedPrecondition)),
+        "LICENCE_LIMIT_REACHED"
+    );
     app.finish().await;
 }
 

@@ -122,8 +122,15 @@ impl TestApp {
         NotificationServiceClient::new(self.channel.clone())
     }
 
-    /// Stops the server and drops a PostgreSQL test database.
+    /// Stops the server and drops a PostgreSQL test database. First checks
+    /// the invariant every scenario must keep: each organisation's licence
+    /// counter equals its number of standing users (R-ORG-4).
     pub async fn finish(mut self) {
+        assert_eq!(
+            self.licence_counter_drift().await,
+            Vec::<String>::new(),
+            "organisations whose licences_used differs from their standing users"
+        );
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -142,6 +149,27 @@ impl TestApp {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
+    /// Organisations (name: counter vs. count) whose licence counter disagrees
+    /// with a count of their ACTIVE and PENDING_ACTIVATION users.
+    pub async fn licence_counter_drift(&self) -> Vec<String> {
+        let db = self.domain.db();
+        let sql = "SELECT o.name, o.licences_used, \
+                   (SELECT COUNT(*) FROM users u WHERE u.organisation_id = o.id \
+                    AND u.state IN ('ACTIVE', 'PENDING_ACTIVATION')) FROM organisations o";
+        let rows = db
+            .query_all_raw(Statement::from_string(db.get_database_backend(), sql.to_owned()))
+            .await
+            .expect("licence counter query");
+        rows.into_iter()
+            .filter_map(|row| {
+                let name: String = row.try_get_by_index(0).unwrap();
+                let counter: i64 = row.try_get_by_index(1).unwrap();
+                let count: i64 = row.try_get_by_index(2).unwrap();
+                (counter != count).then(|| format!("{name}: {counter} vs {count}"))
+            })
+            .collect()
+    }
+
     /// A fingerprint of every table's content that any write changes: row
     /// counts, summed versions and revocations. Equal before and after a call
     /// means the call changed nothing.
@@ -149,6 +177,7 @@ impl TestApp {
         let queries = [
             "SELECT COUNT(*) FROM organisations",
             "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM organisations",
+            "SELECT CAST(COALESCE(SUM(licences_used), 0) AS BIGINT) FROM organisations",
             "SELECT COUNT(*) FROM units",
             "SELECT COUNT(*) FROM users",
             "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM users",

@@ -22,7 +22,7 @@ pub(crate) fn parse<T: FromStr<Err = String>>(text: &str) -> DomainResult<T> {
     T::from_str(text).map_err(DomainError::Internal)
 }
 
-pub(crate) fn organisation_from_row(row: organisation::Model, licences_used: i64) -> DomainResult<Organisation> {
+pub(crate) fn organisation_from_row(row: organisation::Model) -> DomainResult<Organisation> {
     Ok(Organisation {
         id: row.id,
         name: row.name,
@@ -42,7 +42,7 @@ pub(crate) fn organisation_from_row(row: organisation::Model, licences_used: i64
                 reference: row.billing_reference,
             },
         },
-        licences_used,
+        licences_used: row.licences_used,
         version: row.version,
         created_at: row.created_at,
         updated_at: row.updated_at,

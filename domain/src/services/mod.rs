@@ -10,7 +10,7 @@ pub mod outbox;
 pub mod sweeps;
 pub mod users;
 
-use sea_orm::sea_query::{LockType, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, LockType, Query};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
@@ -36,13 +36,67 @@ pub(crate) async fn lock_organisation(db: &impl ConnectionTrait, id: Uuid) -> Do
 
 pub(crate) const STANDING_STATES: [&str; 2] = ["PENDING_ACTIVATION", "ACTIVE"];
 
-/// Users holding a licence: active and pending (R-ORG-4).
-pub(crate) async fn licences_used(db: &impl ConnectionTrait, organisation_id: Uuid) -> DomainResult<i64> {
-    Ok(user::Entity::find()
-        .filter(user::Column::OrganisationId.eq(organisation_id))
-        .filter(user::Column::State.is_in(STANDING_STATES))
-        .count(db)
-        .await? as i64)
+/// Moves the organisation's licence counter (R-ORG-4) by `delta`: every change
+/// of a user's state into or out of ACTIVE/PENDING_ACTIVATION calls this (or
+/// `take_licence`) in its own transaction, so the counter always equals the
+/// number of standing users.
+pub(crate) async fn adjust_licences(db: &impl ConnectionTrait, organisation_id: Uuid, delta: i64) -> DomainResult<()> {
+    if delta == 0 {
+        return Ok(());
+    }
+    organisation::Entity::update_many()
+        .col_expr(
+            organisation::Column::LicencesUsed,
+            Expr::col(organisation::Column::LicencesUsed).add(delta),
+        )
+        .filter(organisation::Column::Id.eq(organisation_id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Takes one licence if one is free, else LICENCE_LIMIT_REACHED. One
+/// conditional UPDATE: on PostgreSQL it locks the organisation row only from
+/// here to COMMIT, which is why creates call it as their last statement; two
+/// creates racing for the last licence queue on the row and the second sees
+/// the first's increment (READ COMMITTED re-checks the WHERE clause).
+pub(crate) async fn take_licence(db: &impl ConnectionTrait, organisation_id: Uuid) -> DomainResult<()> {
+    let taken = organisation::Entity::update_many()
+        .col_expr(
+            organisation::Column::LicencesUsed,
+            Expr::col(organisation::Column::LicencesUsed).add(1),
+        )
+        .filter(organisation::Column::Id.eq(organisation_id))
+        .filter(Expr::col(organisation::Column::LicencesUsed).lt(Expr::col(organisation::Column::LicenceCount)))
+        .exec(db)
+        .await?;
+    if taken.rows_affected == 1 {
+        return Ok(());
+    }
+    let org = organisation::Entity::find_by_id(organisation_id)
+        .one(db)
+        .await?
+        .ok_or_else(|| DomainError::not_found("organisation", organisation_id))?;
+    Err(licence_limit_reached(&org))
+}
+
+pub(crate) fn licence_limit_reached(org: &organisation::Model) -> DomainError {
+    DomainError::FailedPrecondition {
+        reason: "LICENCE_LIMIT_REACHED",
+        message: format!(
+            "all {} licences of the organisation are in use; deactivate or delete a user, or ask the operator for more licences",
+            org.licence_count
+        ),
+        metadata: vec![
+            ("licence_count".into(), org.licence_count.to_string()),
+            ("licences_used".into(), org.licences_used.to_string()),
+        ],
+    }
+}
+
+/// The licence change of a user going from `before` to `after`.
+pub(crate) fn licence_delta(before: crate::model::UserState, after: crate::model::UserState) -> i64 {
+    i64::from(after.holds_licence()) - i64::from(before.holds_licence())
 }
 
 /// Standing (active or pending) holders of a role, as a query to count or load.

@@ -1,14 +1,12 @@
 //! Organisations, settings, licences and units (R-ORG).
 
-use std::collections::HashMap;
-
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::{Expr, Func};
+
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{STANDING_STATES, licences_used, lock_organisation, standing_role_holders};
+use super::{lock_organisation, standing_role_holders};
 use crate::Domain;
 use crate::error::{DomainError, DomainResult};
 use crate::model::*;
@@ -132,6 +130,7 @@ impl Domain {
             deletion_policy: Set(new.deletion_policy.unwrap_or(DeletionPolicy::AllowDelete).to_string()),
             max_administrators: Set(max_administrators),
             licence_count: Set(licence_count),
+            licences_used: Set(0),
             billing_name: Set(String::new()),
             billing_address: Set(String::new()),
             billing_email: Set(String::new()),
@@ -158,7 +157,7 @@ impl Domain {
         )
         .await?;
         txn.commit().await?;
-        organisation_from_row(row, 0)
+        organisation_from_row(row)
     }
 
     async fn load_organisation(&self, id: Uuid) -> DomainResult<Organisation> {
@@ -166,8 +165,7 @@ impl Domain {
             .one(&self.db)
             .await?
             .ok_or_else(|| DomainError::not_found("organisation", id))?;
-        let used = licences_used(&self.db, id).await?;
-        organisation_from_row(row, used)
+        organisation_from_row(row)
     }
 
     #[instrument(skip_all, err)]
@@ -200,25 +198,9 @@ impl Domain {
             rows.truncate(limit as usize);
             paging::encode("organisations", rows[rows.len() - 1].id)
         });
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-        let counts: HashMap<Uuid, i64> = user::Entity::find()
-            .select_only()
-            .column(user::Column::OrganisationId)
-            .column_as(Expr::expr(Func::count(Expr::col(user::Column::Id))), "used")
-            .filter(user::Column::OrganisationId.is_in(ids))
-            .filter(user::Column::State.is_in(STANDING_STATES))
-            .group_by(user::Column::OrganisationId)
-            .into_tuple::<(Uuid, i64)>()
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .collect();
         let items = rows
             .into_iter()
-            .map(|row| {
-                let used = counts.get(&row.id).copied().unwrap_or(0);
-                organisation_from_row(row, used)
-            })
+            .map(organisation_from_row)
             .collect::<DomainResult<Vec<_>>>()?;
         Ok(Page {
             items,
@@ -430,7 +412,7 @@ impl Domain {
         }
         let txn = self.db.begin().await?;
         let row = lock_organisation(&txn, organisation_id).await?;
-        let used = licences_used(&txn, organisation_id).await?;
+        let used = row.licences_used;
         if used > i64::from(licence_count) {
             return Err(DomainError::FailedPrecondition {
                 reason: "LICENCES_IN_USE",

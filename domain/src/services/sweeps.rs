@@ -13,6 +13,7 @@ use crate::persistence::entities::{history_event, user};
 use crate::persistence::history::{NewEvent, Subject, diff, to_row};
 use crate::persistence::is_postgres;
 use crate::policy::Caller;
+use crate::services::adjust_licences;
 use crate::services::users::opt_time;
 
 impl Domain {
@@ -86,6 +87,16 @@ impl Domain {
             history_event::Entity::insert_many(events)
                 .exec_without_returning(&txn)
                 .await?;
+            // Every reactivated user holds a licence again. The organisations
+            // are updated in id order, so two sweeps never wait on each other
+            // in opposite orders.
+            let mut per_organisation = std::collections::BTreeMap::<Uuid, i64>::new();
+            for (_, org, _, _) in &due {
+                *per_organisation.entry(*org).or_default() += 1;
+            }
+            for (org, count) in per_organisation {
+                adjust_licences(&txn, org, count).await?;
+            }
             txn.commit().await?;
             total += due.len() as u64;
             if (due.len() as u64) < batch {

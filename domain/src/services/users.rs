@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use sea_orm::ActiveValue::Set;
+use sea_orm::ActiveValue::{self, Set};
 use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter,
@@ -13,7 +13,9 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::organisations::{check_etag, subtree};
-use super::{licences_used, lock_organisation, standing_role_holders};
+use super::{
+    adjust_licences, licence_delta, licence_limit_reached, lock_organisation, standing_role_holders, take_licence,
+};
 use crate::Domain;
 use crate::error::{DomainError, DomainResult};
 use crate::model::*;
@@ -171,7 +173,19 @@ impl Domain {
         v.into_result()?;
 
         let txn = self.db.begin().await?;
-        let org = lock_organisation(&txn, org_id).await?;
+        // Rules that count administrators need the organisation locked for the
+        // whole transaction; a plain user only needs a licence, which
+        // `take_licence` takes as the last statement, so creates in one
+        // organisation hold its row lock only while they commit.
+        let counts_admins = caller.is_operator() || wants_admin;
+        let org = if counts_admins {
+            lock_organisation(&txn, org_id).await?
+        } else {
+            organisation::Entity::find_by_id(org_id)
+                .one(&txn)
+                .await?
+                .ok_or_else(|| DomainError::not_found("organisation", org_id))?
+        };
         if let Some(request_id) = &new.request_id
             && let Some(existing) = user::Entity::find()
                 .filter(user::Column::OrganisationId.eq(org_id))
@@ -206,24 +220,20 @@ impl Domain {
                 ));
             }
         }
-        let used = licences_used(&txn, org_id).await?;
-        ensure_licence_free(&org, used)?;
+        // Early and clear when the organisation is full; `take_licence` below
+        // is what guarantees it.
+        if org.licences_used >= i64::from(org.licence_count) {
+            return Err(licence_limit_reached(&org));
+        }
         if roles.contains(&Role::OrganisationAdmin) {
             self.ensure_admin_seat_free(&txn, &org).await?;
         }
         if let Some(unit) = new.unit_id {
             self.unit_in_organisation_for_user(&txn, unit, org_id).await?;
         }
+        // E-mail, username and CPR uniqueness: the partial unique indexes
+        // refuse a duplicate at the INSERT, with the rule's own reason.
         let cpr_hash = cpr.as_ref().map(|c| self.vault.lookup_hash(c));
-        ensure_unique(
-            &txn,
-            org_id,
-            None,
-            Some(&new.email),
-            new.username.as_deref(),
-            cpr_hash.as_deref(),
-        )
-        .await?;
 
         let now = now_millis();
         let id = Uuid::now_v7();
@@ -294,6 +304,7 @@ impl Domain {
             },
         )
         .await?;
+        take_licence(&txn, org_id).await?;
         txn.commit().await?;
         Ok(CreatedUser {
             user: user_from_row(row, roles, &self.vault)?,
@@ -660,15 +671,6 @@ impl Domain {
             }
             diff(&mut changes, "roles", json_list(&current.roles), json_list(roles));
         }
-        ensure_unique(
-            &txn,
-            org.id,
-            Some(id),
-            new_email.as_deref(),
-            new_username.clone().flatten().as_deref(),
-            new_cpr_hash.as_deref(),
-        )
-        .await?;
         if changes.is_empty() {
             txn.commit().await?;
             return Ok(current);
@@ -713,6 +715,11 @@ impl Domain {
     ) -> DomainResult<()> {
         active.version = Set(before.version + 1);
         active.updated_at = Set(now);
+        let state_before = parse::<UserState>(&before.state)?;
+        let state_after = match &active.state {
+            ActiveValue::Set(state) | ActiveValue::Unchanged(state) => parse::<UserState>(state)?,
+            ActiveValue::NotSet => state_before,
+        };
         let result = user::Entity::update_many()
             .set(active)
             .filter(user::Column::Id.eq(before.id))
@@ -722,7 +729,7 @@ impl Domain {
         if result.rows_affected != 1 {
             return Err(DomainError::stale_etag("user"));
         }
-        Ok(())
+        adjust_licences(txn, before.organisation_id, licence_delta(state_before, state_after)).await
     }
 
     /// R-USR-4: deactivates for good (`until` None) or for a period. Calling it
@@ -794,7 +801,9 @@ impl Domain {
             ));
         }
         let org = lock_organisation(&txn, current.organisation_id).await?;
-        ensure_licence_free(&org, licences_used(&txn, org.id).await?)?;
+        if org.licences_used >= i64::from(org.licence_count) {
+            return Err(licence_limit_reached(&org));
+        }
         if current.roles.contains(&Role::OrganisationAdmin) {
             self.ensure_admin_seat_free(&txn, &org).await?;
         }
@@ -977,77 +986,6 @@ pub(crate) fn reactivated_state(row: &user::Model) -> UserState {
     } else {
         UserState::PendingActivation
     }
-}
-
-fn ensure_licence_free(org: &organisation::Model, used: i64) -> DomainResult<()> {
-    if used >= i64::from(org.licence_count) {
-        return Err(DomainError::FailedPrecondition {
-            reason: "LICENCE_LIMIT_REACHED",
-            message: format!(
-                "all {} licences of the organisation are in use; deactivate or delete a user, or ask the operator for more licences",
-                org.licence_count
-            ),
-            metadata: vec![
-                ("licence_count".into(), org.licence_count.to_string()),
-                ("licences_used".into(), used.to_string()),
-            ],
-        });
-    }
-    Ok(())
-}
-
-/// Explicit checks for a clear error naming the field; the partial unique
-/// indexes stay as the backstop for races.
-async fn ensure_unique(
-    db: &impl ConnectionTrait,
-    org_id: Uuid,
-    except: Option<Uuid>,
-    email: Option<&str>,
-    username: Option<&str>,
-    cpr_hash: Option<&str>,
-) -> DomainResult<()> {
-    let live = || {
-        let mut q = user::Entity::find().filter(user::Column::State.ne(UserState::Deleted.as_str()));
-        if let Some(id) = except {
-            q = q.filter(user::Column::Id.ne(id));
-        }
-        q
-    };
-    if let Some(email) = email
-        && live()
-            .filter(user::Column::OrganisationId.eq(org_id))
-            .filter(user::Column::Email.eq(email.trim()))
-            .count(db)
-            .await?
-            > 0
-    {
-        return Err(DomainError::AlreadyExists {
-            reason: "EMAIL_TAKEN",
-            message: "another user of this organisation has this e-mail address".into(),
-        });
-    }
-    if let Some(username) = username
-        && live().filter(user::Column::Username.eq(username)).count(db).await? > 0
-    {
-        return Err(DomainError::AlreadyExists {
-            reason: "USERNAME_TAKEN",
-            message: "this username is taken".into(),
-        });
-    }
-    if let Some(hash) = cpr_hash
-        && live()
-            .filter(user::Column::OrganisationId.eq(org_id))
-            .filter(user::Column::CprHash.eq(hash))
-            .count(db)
-            .await?
-            > 0
-    {
-        return Err(DomainError::AlreadyExists {
-            reason: "CPR_TAKEN",
-            message: "this person already has a user in this organisation".into(),
-        });
-    }
-    Ok(())
 }
 
 async fn write_roles(db: &impl ConnectionTrait, user_id: Uuid, org_id: Uuid, roles: &[Role]) -> DomainResult<()> {
