@@ -23,6 +23,10 @@ pub struct Config {
     pub listen: String,
     /// Pool size on PostgreSQL.
     pub database_max_connections: u32,
+    /// Calls the orgadmin services work on at once, over all connections;
+    /// more are refused at once with RESOURCE_EXHAUSTED (health checks and
+    /// reflection are not counted).
+    pub max_in_flight: usize,
     /// Comma-separated operator bearer tokens. Empty on the embedded default:
     /// one is generated at first start.
     pub operator_tokens: String,
@@ -67,6 +71,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             listen: "127.0.0.1:50051".into(),
             database_max_connections: 20,
+            max_in_flight: 256,
             operator_tokens: String::new(),
             cpr_lookup_key: String::new(),
             cpr_encryption_key: String::new(),
@@ -154,6 +159,9 @@ impl Config {
         }
         if self.reactivation_batch_size == 0 {
             return Err("ORGADMIN_REACTIVATION_BATCH_SIZE must be at least 1".into());
+        }
+        if !(1..=100_000).contains(&self.max_in_flight) {
+            return Err("ORGADMIN_MAX_IN_FLIGHT must be between 1 and 100000".into());
         }
         for (name, value) in [
             ("ORGADMIN_CPR_LOOKUP_KEY", &self.cpr_lookup_key),

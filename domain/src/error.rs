@@ -41,6 +41,10 @@ pub enum DomainError {
     /// The caller's etag is stale: someone changed the resource since it was read.
     #[error("{message}")]
     Aborted { message: String },
+    /// The database could not be reached in time (pool exhausted or down):
+    /// worth retrying with back-off.
+    #[error("{message}")]
+    Unavailable { message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -90,6 +94,11 @@ impl From<DbErr> for DomainError {
     fn from(err: DbErr) -> Self {
         if let Some(SqlErr::UniqueConstraintViolation(detail)) = err.sql_err() {
             return unique_violation(&detail);
+        }
+        if let DbErr::ConnectionAcquire(cause) = &err {
+            return Self::Unavailable {
+                message: format!("the database is busy or unreachable ({cause}); retry with back-off"),
+            };
         }
         Self::Internal(err.to_string())
     }

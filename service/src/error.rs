@@ -67,12 +67,33 @@ pub fn to_status(err: DomainError) -> Status {
             with_reason(Code::Unauthenticated, message, "UNAUTHENTICATED", HashMap::new())
         }
         DomainError::Aborted { message } => with_reason(Code::Aborted, message, "STALE_ETAG", HashMap::new()),
+        DomainError::Unavailable { message } => {
+            let mut details = ErrorDetails::new();
+            details.set_error_info("DATABASE_BUSY", ERROR_DOMAIN, HashMap::new());
+            details.set_retry_info(Some(RETRY_AFTER));
+            Status::with_error_details(Code::Unavailable, bounded(message), details)
+        }
         DomainError::Internal(detail) => {
             // The detail may name tables or values; it goes to the log only.
             tracing::error!(error = %detail, "internal error");
             Status::internal("internal error; the service logged the details")
         }
     }
+}
+
+/// What an overloaded server suggests to wait before a retry.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The refusal of a call over the server's in-flight bound (see `shed`).
+pub fn overloaded() -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info("OVERLOADED", ERROR_DOMAIN, HashMap::new());
+    details.set_retry_info(Some(RETRY_AFTER));
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        "the server is at its bound of calls in flight; retry with back-off",
+        details,
+    )
 }
 
 /// `?`-friendly conversion for handlers.

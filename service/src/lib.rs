@@ -4,5 +4,6 @@ pub mod convert;
 pub mod error;
 pub mod handlers;
 pub mod server;
+pub mod shed;
 
 pub use server::serve;

@@ -72,7 +72,7 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
             .await
         })
     });
-    orgadmin_service::serve(domain, listener, async move {
+    orgadmin_service::serve(domain, listener, config.max_in_flight, async move {
         orgadmin_domain::telemetry::shutdown_signal().await;
         let _ = stop_tx.send(true);
     })

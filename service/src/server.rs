@@ -16,15 +16,18 @@ use crate::handlers::auth::AuthHandler;
 use crate::handlers::notifications::NotificationHandler;
 use crate::handlers::organisations::OrganisationHandler;
 use crate::handlers::users::UserHandler;
+use crate::shed::InFlight;
 
 /// No orgadmin request comes near this; bulk uploads will stream in chunks.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Serves until `shutdown` resolves; then reports NOT_SERVING, stops accepting
-/// and lets in-flight calls finish.
+/// and lets in-flight calls finish. At most `max_in_flight` calls of the
+/// orgadmin services run at once (see `shed`).
 pub async fn serve(
     domain: Domain,
     listener: TcpListener,
+    max_in_flight: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -75,14 +78,15 @@ pub async fn serve(
             .await;
     };
 
+    let in_flight = InFlight::new(max_in_flight);
     Server::builder()
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(organisations)
-        .add_service(users)
-        .add_service(auth)
-        .add_service(notifications)
+        .add_service(in_flight.wrap(organisations))
+        .add_service(in_flight.wrap(users))
+        .add_service(in_flight.wrap(auth))
+        .add_service(in_flight.wrap(notifications))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
         .await?;
     Ok(())

@@ -2,6 +2,7 @@
 //! PostgreSQL (`both_backends!`), against a real server over real gRPC.
 
 mod lifecycle;
+mod limits;
 mod mail;
 mod organisations;
 mod rights;

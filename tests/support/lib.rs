@@ -77,17 +77,33 @@ impl TestApp {
     }
 
     pub async fn start_with(backend: Backend, settings: DomainSettings) -> Self {
+        Self::start_limited(backend, settings, 10, 256).await
+    }
+
+    /// A server with `pool_size` database connections (PostgreSQL; SQLite
+    /// always has one) and at most `max_in_flight` calls at once.
+    pub async fn start_limited(
+        backend: Backend,
+        settings: DomainSettings,
+        pool_size: u32,
+        max_in_flight: usize,
+    ) -> Self {
         let dir = fresh_dir();
         let (database_url, pg_database) = fresh_database(backend, &dir).await;
-        let db = persistence::connect(&database_url, 10).await.expect("connect");
+        let db = persistence::connect(&database_url, pool_size).await.expect("connect");
         persistence::migrate(&db).await.expect("migrate");
         let domain = Domain::new(db, test_vault(), &[OPERATOR_TOKEN.to_owned()]).with_settings(settings);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(orgadmin_service::serve(domain.clone(), listener, async move {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(orgadmin_service::serve(
+            domain.clone(),
+            listener,
+            max_in_flight,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("uri")
             .connect()
@@ -116,6 +132,10 @@ impl TestApp {
 
     pub fn auth(&self) -> AuthServiceClient<Channel> {
         AuthServiceClient::new(self.channel.clone())
+    }
+
+    pub fn health(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        tonic_health::pb::health_client::HealthClient::new(self.channel.clone())
     }
 
     pub fn notes(&self) -> NotificationServiceClient<Channel> {
@@ -410,11 +430,23 @@ pub struct SmtpSink {
     pub port: u16,
     pub dir: PathBuf,
     delay_ms: u32,
+    /// Records only Message-ID and recipients (no MIME parsing): for the
+    /// benchmark, where the sink's own CPU must not be what is measured.
+    light: bool,
     child: Option<std::process::Child>,
 }
 
 impl SmtpSink {
     pub fn start(delay_ms: u32) -> Self {
+        Self::start_with(delay_ms, false)
+    }
+
+    /// A sink that records Message-ID and recipients only (see `light`).
+    pub fn start_light(delay_ms: u32) -> Self {
+        Self::start_with(delay_ms, true)
+    }
+
+    fn start_with(delay_ms: u32, light: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -424,6 +456,7 @@ impl SmtpSink {
             port,
             dir: fresh_dir(),
             delay_ms,
+            light,
             child: None,
         };
         sink.resume();
@@ -443,6 +476,7 @@ impl SmtpSink {
             .arg(self.port.to_string())
             .arg(&self.dir)
             .arg(self.delay_ms.to_string())
+            .args(self.light.then_some("light"))
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("python3 with aiosmtpd (pip install aiosmtpd) runs the SMTP sink");

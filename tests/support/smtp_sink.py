@@ -1,11 +1,14 @@
 """A real SMTP server for the tests (aiosmtpd), recording what it receives.
 
-    python3 smtp_sink.py PORT OUTDIR [DELAY_MS]
+    python3 smtp_sink.py PORT OUTDIR [DELAY_MS [light]]
 
 Each accepted message becomes OUTDIR/<n>.json: its Message-ID, recipients,
 subject, and decoded text and HTML parts (so tests need no MIME parser).
 Recipients whose local part starts with "reject" get a permanent 550. With
 DELAY_MS, each DATA waits that long (a slow server, to catch a worker mid-batch).
+"light" records only the Message-ID and recipients, without parsing the MIME
+body: the benchmark's sink, whose own CPU (one Python thread) must not be the
+bottleneck being measured.
 Prints "ready" once listening.
 """
 
@@ -15,6 +18,7 @@ import email.policy
 import itertools
 import json
 import os
+import re
 import sys
 import time
 
@@ -23,10 +27,14 @@ from aiosmtpd.controller import Controller
 counter = itertools.count(1)
 
 
+MESSAGE_ID = re.compile(rb"^Message-ID:\s*(<[^>]*>)", re.IGNORECASE | re.MULTILINE)
+
+
 class Recorder:
-    def __init__(self, outdir, delay):
+    def __init__(self, outdir, delay, light):
         self.outdir = outdir
         self.delay = delay
+        self.light = light
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.split("@")[0].startswith("reject"):
@@ -37,6 +45,11 @@ class Recorder:
     async def handle_DATA(self, server, session, envelope):
         if self.delay:
             await asyncio.sleep(self.delay / 1000)
+        if self.light:
+            found = MESSAGE_ID.search(envelope.content)
+            record = {"message_id": found.group(1).decode() if found else None, "to": envelope.rcpt_tos}
+            self.write(record)
+            return "250 Message accepted"
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         text = message.get_body(("plain",))
         html = message.get_body(("html",))
@@ -49,20 +62,24 @@ class Recorder:
             "text": text.get_content() if text else "",
             "html": html.get_content() if html else "",
         }
+        self.write(record)
+        return "250 Message accepted"
+
+    def write(self, record):
         name = f"{time.time_ns()}-{os.getpid()}-{next(counter)}"
         tmp = os.path.join(self.outdir, f".{name}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(record, f, ensure_ascii=False)
         os.rename(tmp, os.path.join(self.outdir, f"{name}.json"))
-        return "250 Message accepted"
 
 
 def main():
     port = int(sys.argv[1])
     outdir = sys.argv[2]
     delay = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    light = len(sys.argv) > 4 and sys.argv[4] == "light"
     os.makedirs(outdir, exist_ok=True)
-    controller = Controller(Recorder(outdir, delay), hostname="127.0.0.1", port=port)
+    controller = Controller(Recorder(outdir, delay, light), hostname="127.0.0.1", port=port)
     controller.start()
     print("ready", flush=True)
     try:

@@ -2,6 +2,7 @@
 //! same domain services as the gRPC handlers.
 
 pub mod mail;
+pub mod smtp;
 
 use std::future::Future;
 use std::sync::Arc;

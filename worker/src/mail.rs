@@ -15,8 +15,13 @@ use orgadmin_domain::{Config, Domain};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::smtp::{SmtpPool, classify};
+
 pub enum Transport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// `smtp://`: connections with TCP_NODELAY (see `smtp`).
+    Smtp(SmtpPool),
+    /// `smtps://` (TLS from the first byte): lettre's own pooled transport.
+    Smtps(AsyncSmtpTransport<Tokio1Executor>),
     /// The embedded default: each mail becomes `<dir>/<mail id>.eml`.
     Files(PathBuf),
 }
@@ -28,24 +33,21 @@ impl Transport {
             std::fs::create_dir_all(&dir)?;
             return Ok(Self::Files(dir));
         }
+        let timeout = Duration::from_secs(20);
+        if config.smtp_url.starts_with("smtp://") {
+            return Ok(Self::Smtp(SmtpPool::from_url(&config.smtp_url, timeout)?));
+        }
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.smtp_url)?
             .pool_config(PoolConfig::new().max_size(config.mail_pool_size))
-            .timeout(Some(Duration::from_secs(20)))
+            .timeout(Some(timeout))
             .build();
-        Ok(Self::Smtp(transport))
+        Ok(Self::Smtps(transport))
     }
 
     async fn send(&self, id: uuid::Uuid, message: Message) -> Result<(), (String, Failure)> {
         match self {
-            Self::Smtp(smtp) => smtp.send(message).await.map(drop).map_err(|e| {
-                // 5xx: the server said no for good; anything else may pass later.
-                let failure = if e.is_permanent() {
-                    Failure::Permanent
-                } else {
-                    Failure::Transient
-                };
-                (e.to_string(), failure)
-            }),
+            Self::Smtp(pool) => pool.send(message.envelope(), &message.formatted()).await,
+            Self::Smtps(smtp) => smtp.send(message).await.map(drop).map_err(classify),
             Self::Files(dir) => {
                 // Write then rename: a reader never sees half a mail, and a
                 // resend after a crash overwrites the same file.
@@ -151,6 +153,9 @@ impl Outbox {
                     _ = stop.changed() => {}
                 }
             }
+        }
+        if let Transport::Smtp(pool) = self.transport.as_ref() {
+            pool.close().await;
         }
         tracing::info!("outbox sender stopped");
     }

@@ -16,7 +16,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(30))
+        // A call that waited this long for a connection is better refused
+        // (UNAVAILABLE, retried by the client) than kept in memory.
+        .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
     if url.starts_with("sqlite:") {
         options.max_connections(1).min_connections(1);

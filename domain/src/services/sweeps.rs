@@ -20,11 +20,30 @@ impl Domain {
     /// R-USR-4: ends every timed deactivation whose `until` has passed, `batch`
     /// users per transaction. Returns how many users came back.
     ///
-    /// On PostgreSQL the batch is claimed with `FOR UPDATE SKIP LOCKED`, so
-    /// several workers sweeping at once split the users between them.
+    /// On PostgreSQL each batch is claimed with `FOR UPDATE SKIP LOCKED`, so
+    /// several workers sweeping at once split the users between them, and
+    /// one sweep runs two lanes side by side: a batch is mostly database
+    /// work, and one connection keeps one core of the database busy at most.
     #[instrument(skip_all, err)]
     pub async fn reactivate_due_users(&self, now: Millis, batch: u64) -> DomainResult<u64> {
         let caller = Caller::system("timed-reactivation");
+        let total = if is_postgres(&self.db) {
+            let (a, b) = tokio::join!(
+                self.reactivate_due_lane(now, batch, &caller),
+                self.reactivate_due_lane(now, batch, &caller)
+            );
+            a? + b?
+        } else {
+            self.reactivate_due_lane(now, batch, &caller).await?
+        };
+        if total > 0 {
+            tracing::info!(reactivated = total, "timed deactivations ended");
+        }
+        Ok(total)
+    }
+
+    /// Reactivates due users batch by batch until none is left to claim.
+    async fn reactivate_due_lane(&self, now: Millis, batch: u64, caller: &Caller) -> DomainResult<u64> {
         let mut total = 0;
         loop {
             let txn = self.db.begin().await?;
@@ -79,7 +98,7 @@ impl Domain {
                     organisation_id: Some(*org),
                     subject: Subject::User(*id),
                     activity: "USER_REACTIVATED",
-                    caller: &caller,
+                    caller,
                     at: now,
                     changes,
                 })
@@ -102,9 +121,6 @@ impl Domain {
             if (due.len() as u64) < batch {
                 break;
             }
-        }
-        if total > 0 {
-            tracing::info!(reactivated = total, "timed deactivations ended");
         }
         Ok(total)
     }
