@@ -26,6 +26,11 @@ enum Command {
     Standalone,
 }
 
+/// glibc's malloc/free took ~12% of the server's CPU under GetUser load
+/// (perf, BENCHMARKS.md); mimalloc's thread-local free lists are cheaper.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
