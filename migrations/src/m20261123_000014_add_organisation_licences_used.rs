@@ -15,6 +15,8 @@ const UP: &[&str] = &[
      WHERE users.organisation_id = organisations.id AND users.state IN ('PENDING_ACTIVATION', 'ACTIVE'))",
 ];
 
+const DOWN: &[&str] = &["ALTER TABLE organisations DROP COLUMN licences_used"];
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -22,10 +24,6 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .get_connection()
-            .execute_unprepared("ALTER TABLE organisations DROP COLUMN licences_used")
-            .await?;
-        Ok(())
+        crate::execute_all(manager, DOWN).await
     }
 }

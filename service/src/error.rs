@@ -67,12 +67,7 @@ pub fn to_status(err: DomainError) -> Status {
             with_reason(Code::Unauthenticated, message, "UNAUTHENTICATED", HashMap::new())
         }
         DomainError::Aborted { message } => with_reason(Code::Aborted, message, "STALE_ETAG", HashMap::new()),
-        DomainError::Unavailable { message } => {
-            let mut details = ErrorDetails::new();
-            details.set_error_info("DATABASE_BUSY", ERROR_DOMAIN, HashMap::new());
-            details.set_retry_info(Some(RETRY_AFTER));
-            Status::with_error_details(Code::Unavailable, bounded(message), details)
-        }
+        DomainError::Unavailable { message } => retry_later(Code::Unavailable, message, "DATABASE_BUSY"),
         DomainError::Internal(detail) => {
             // The detail may name tables or values; it goes to the log only.
             tracing::error!(error = %detail, "internal error");
@@ -84,15 +79,20 @@ pub fn to_status(err: DomainError) -> Status {
 /// What an overloaded server suggests to wait before a retry.
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// A refusal worth retrying: `ErrorInfo` with `reason` and a `RetryInfo`.
+fn retry_later(code: Code, message: String, reason: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    details.set_retry_info(Some(RETRY_AFTER));
+    Status::with_error_details(code, bounded(message), details)
+}
+
 /// The refusal of a call over the server's in-flight bound (see `shed`).
 pub fn overloaded() -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info("OVERLOADED", ERROR_DOMAIN, HashMap::new());
-    details.set_retry_info(Some(RETRY_AFTER));
-    Status::with_error_details(
+    retry_later(
         Code::ResourceExhausted,
-        "the server is at its bound of calls in flight; retry with back-off",
-        details,
+        "the server is at its bound of calls in flight; retry with back-off".into(),
+        "OVERLOADED",
     )
 }
 

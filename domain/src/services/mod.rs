@@ -20,12 +20,21 @@ use crate::persistence::entities::{organisation, user, user_role};
 use crate::persistence::is_postgres;
 
 /// Loads an organisation row and, on PostgreSQL, locks it for the rest of the
-/// transaction: every rule that counts users (licences, administrators) runs
-/// under this lock, so two concurrent calls cannot both take the last licence.
+/// transaction: every rule that counts users (administrators) runs under this
+/// lock, so two concurrent calls cannot both take the last seat.
 /// SQLite has a single writer connection, which serialises them already.
 pub(crate) async fn lock_organisation(db: &impl ConnectionTrait, id: Uuid) -> DomainResult<organisation::Model> {
+    organisation_row(db, id, is_postgres(db)).await
+}
+
+/// Loads an organisation row without locking it.
+pub(crate) async fn read_organisation(db: &impl ConnectionTrait, id: Uuid) -> DomainResult<organisation::Model> {
+    organisation_row(db, id, false).await
+}
+
+async fn organisation_row(db: &impl ConnectionTrait, id: Uuid, lock: bool) -> DomainResult<organisation::Model> {
     let mut query = organisation::Entity::find_by_id(id);
-    if is_postgres(db) {
+    if lock {
         query = query.lock(LockType::Update);
     }
     query
@@ -73,14 +82,19 @@ pub(crate) async fn take_licence(db: &impl ConnectionTrait, organisation_id: Uui
     if taken.rows_affected == 1 {
         return Ok(());
     }
-    let org = organisation::Entity::find_by_id(organisation_id)
-        .one(db)
-        .await?
-        .ok_or_else(|| DomainError::not_found("organisation", organisation_id))?;
-    Err(licence_limit_reached(&org))
+    Err(licence_limit_reached(&read_organisation(db, organisation_id).await?))
 }
 
-pub(crate) fn licence_limit_reached(org: &organisation::Model) -> DomainError {
+/// Refuses when the organisation, as read, has no free licence: a clear early
+/// answer before any write; `take_licence` is what guarantees the limit.
+pub(crate) fn ensure_licence_free(org: &organisation::Model) -> DomainResult<()> {
+    if org.licences_used >= i64::from(org.licence_count) {
+        return Err(licence_limit_reached(org));
+    }
+    Ok(())
+}
+
+fn licence_limit_reached(org: &organisation::Model) -> DomainError {
     DomainError::FailedPrecondition {
         reason: "LICENCE_LIMIT_REACHED",
         message: format!(

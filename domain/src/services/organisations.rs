@@ -1,12 +1,11 @@
 //! Organisations, settings, licences and units (R-ORG).
 
 use sea_orm::ActiveValue::Set;
-
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{lock_organisation, standing_role_holders};
+use super::{lock_organisation, read_organisation, standing_role_holders};
 use crate::Domain;
 use crate::error::{DomainError, DomainResult};
 use crate::model::*;
@@ -161,11 +160,7 @@ impl Domain {
     }
 
     async fn load_organisation(&self, id: Uuid) -> DomainResult<Organisation> {
-        let row = organisation::Entity::find_by_id(id)
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| DomainError::not_found("organisation", id))?;
-        organisation_from_row(row)
+        organisation_from_row(read_organisation(&self.db, id).await?)
     }
 
     #[instrument(skip_all, err)]
@@ -517,10 +512,7 @@ impl Domain {
     #[instrument(skip_all, err)]
     pub async fn list_units(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Vec<Unit>> {
         authorize(caller, Action::ReadUnits, Target::organisation(organisation_id))?;
-        organisation::Entity::find_by_id(organisation_id)
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| DomainError::not_found("organisation", organisation_id))?;
+        read_organisation(&self.db, organisation_id).await?;
         let units = self.units_of(&self.db, organisation_id).await?;
         Ok(tree_order(units))
     }

@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use super::organisations::{check_etag, subtree};
 use super::{
-    adjust_licences, licence_delta, licence_limit_reached, lock_organisation, standing_role_holders, take_licence,
+    adjust_licences, ensure_licence_free, licence_delta, lock_organisation, read_organisation, standing_role_holders,
+    take_licence,
 };
 use crate::Domain;
 use crate::error::{DomainError, DomainResult};
@@ -181,10 +182,7 @@ impl Domain {
         let org = if counts_admins {
             lock_organisation(&txn, org_id).await?
         } else {
-            organisation::Entity::find_by_id(org_id)
-                .one(&txn)
-                .await?
-                .ok_or_else(|| DomainError::not_found("organisation", org_id))?
+            read_organisation(&txn, org_id).await?
         };
         if let Some(request_id) = &new.request_id
             && let Some(existing) = user::Entity::find()
@@ -220,11 +218,7 @@ impl Domain {
                 ));
             }
         }
-        // Early and clear when the organisation is full; `take_licence` below
-        // is what guarantees it.
-        if org.licences_used >= i64::from(org.licence_count) {
-            return Err(licence_limit_reached(&org));
-        }
+        ensure_licence_free(&org)?;
         if roles.contains(&Role::OrganisationAdmin) {
             self.ensure_admin_seat_free(&txn, &org).await?;
         }
@@ -801,9 +795,7 @@ impl Domain {
             ));
         }
         let org = lock_organisation(&txn, current.organisation_id).await?;
-        if org.licences_used >= i64::from(org.licence_count) {
-            return Err(licence_limit_reached(&org));
-        }
+        ensure_licence_free(&org)?;
         if current.roles.contains(&Role::OrganisationAdmin) {
             self.ensure_admin_seat_free(&txn, &org).await?;
         }
