@@ -62,6 +62,8 @@ pub struct Config {
     /// How long this replica trusts an authenticated token without asking the
     /// database (revocations reach other replicas within this); 0: off.
     pub auth_cache_ms: i64,
+    /// How long the session token that activation hands out works.
+    pub session_ttl_hours: u32,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             activation_ttl_days: 30,
             activation_max_attempts: 5,
             auth_cache_ms: 1000,
+            session_ttl_hours: 12,
         }
     }
 }
@@ -156,6 +159,9 @@ impl Config {
         }
         if !(0..=60_000).contains(&self.auth_cache_ms) {
             return Err("ORGADMIN_AUTH_CACHE_MS must be between 0 (off) and 60000".into());
+        }
+        if !(1..=24 * 30).contains(&self.session_ttl_hours) {
+            return Err("ORGADMIN_SESSION_TTL_HOURS must be between 1 and 720".into());
         }
         if self.reactivation_batch_size == 0 {
             return Err("ORGADMIN_REACTIVATION_BATCH_SIZE must be at least 1".into());

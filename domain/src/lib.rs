@@ -45,6 +45,8 @@ pub struct DomainSettings {
     /// How long an authenticated token is trusted without asking the
     /// database again (0: always ask). See `auth_cache`.
     pub auth_cache_ttl_ms: i64,
+    /// How long a session token (from activation) works.
+    pub session_ttl_ms: i64,
 }
 
 impl Default for DomainSettings {
@@ -54,6 +56,7 @@ impl Default for DomainSettings {
             activation_ttl_ms: 30 * 24 * 60 * 60 * 1000,
             activation_max_attempts: 5,
             auth_cache_ttl_ms: 1000,
+            session_ttl_ms: 12 * 60 * 60 * 1000,
         }
     }
 }
@@ -113,6 +116,7 @@ impl Domain {
                 activation_ttl_ms: i64::from(config.activation_ttl_days) * 24 * 60 * 60 * 1000,
                 activation_max_attempts: config.activation_max_attempts,
                 auth_cache_ttl_ms: config.auth_cache_ms,
+                session_ttl_ms: i64::from(config.session_ttl_hours) * 60 * 60 * 1000,
             }),
         )
     }

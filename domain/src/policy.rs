@@ -92,6 +92,7 @@ pub enum Action {
     ReactivateUser,
     DeleteUser,
     ReadUserHistory,
+    CreateApiToken,
     ManageApiTokens,
     ManageActivation,
     DecideAnonymityRequests,
@@ -131,6 +132,10 @@ const POLICY: &[(Action, OperatorScope, &[Role], bool)] = &[
     (ReactivateUser, AdministratorsOnly, &[UA], false),
     (DeleteUser, No, &[UA], false),
     (ReadUserHistory, AdministratorsOnly, &[OA, UA], true),
+    // R-AUTH-1: nobody, operator or administrator, obtains a credential that
+    // acts as another person: a member makes API tokens for themselves only.
+    (CreateApiToken, No, &[], true),
+    // Listing and revoking other people's tokens acts as nobody.
     (ManageApiTokens, AdministratorsOnly, &[OA], false),
     (ManageActivation, AdministratorsOnly, &[UA], false),
     (DecideAnonymityRequests, No, &[UA], false),
@@ -236,6 +241,7 @@ fn describe(action: Action) -> &'static str {
         ReactivateUser => "reactivate this user",
         DeleteUser => "delete this user",
         ReadUserHistory => "read this user's history",
+        CreateApiToken => "create an API token for another person (API tokens are for the caller themselves)",
         ManageApiTokens => "manage API tokens of this organisation",
         ManageActivation => "send activation for this user",
         DecideAnonymityRequests => "decide anonymity requests of this organisation",
@@ -275,6 +281,7 @@ mod tests {
             ReactivateUser,
             DeleteUser,
             ReadUserHistory,
+            CreateApiToken,
             ManageApiTokens,
             ManageActivation,
             DecideAnonymityRequests,

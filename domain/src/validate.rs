@@ -83,12 +83,19 @@ pub fn se_number(value: &str) -> Result<(), String> {
 }
 
 /// The birth date a CPR number encodes: DDMMYY plus the century the 7th digit
-/// implies. There is no modulus-11 rule: it stopped holding in 2007.
+/// implies. There is no modulus-11 rule: it stopped holding in 2007. Written
+/// `DDMMYYXXXX` or `DDMMYY-XXXX`, nothing else: a number typed with dashes
+/// elsewhere is more likely mistyped than meant.
 pub fn cpr_birth_date(value: &str) -> Result<NaiveDate, String> {
-    let value = value.replace('-', "");
-    if !all_digits(&value, 10) {
-        return Err("must be 10 digits (DDMMYYXXXX, a dash after the date is allowed)".into());
+    let digits = match value.len() {
+        10 => value.to_owned(),
+        11 if value.as_bytes()[6] == b'-' => format!("{}{}", &value[..6], &value[7..]),
+        _ => String::new(),
+    };
+    if !all_digits(&digits, 10) {
+        return Err("must be written DDMMYYXXXX or DDMMYY-XXXX".into());
     }
+    let value = digits;
     let n = |range: std::ops::Range<usize>| value[range].parse::<u32>().unwrap_or(0);
     let (day, month, year, seventh) = (n(0..2), n(2..4), n(4..6), n(6..7));
     let century = match seventh {
@@ -112,9 +119,15 @@ pub fn cpr_birth_date(value: &str) -> Result<NaiveDate, String> {
         .ok_or_else(|| "the first six digits are not a real date (DDMMYY)".to_string())
 }
 
-/// The CPR number without a dash, once valid.
+/// The CPR number without a dash, once valid and of someone already born.
 pub fn normalise_cpr(value: &str) -> Result<String, String> {
-    cpr_birth_date(value)?;
+    normalise_cpr_on(value, chrono::Utc::now().date_naive())
+}
+
+fn normalise_cpr_on(value: &str, today: NaiveDate) -> Result<String, String> {
+    if cpr_birth_date(value)? > today {
+        return Err("encodes a birth date in the future".into());
+    }
     Ok(value.replace('-', ""))
 }
 
@@ -237,6 +250,16 @@ mod tests {
         assert!(cpr_birth_date("2902001234").is_err());
         assert!(cpr_birth_date("3213901234").is_err());
         assert!(cpr_birth_date("12345").is_err());
+        // One dash, after the date, or none.
+        assert!(cpr_birth_date("010180-1234").is_ok());
+        assert!(cpr_birth_date("01-01-80-12-34").is_err());
+        assert!(cpr_birth_date("0101-801234").is_err());
+        assert!(cpr_birth_date("010180--1234").is_err());
+        assert!(cpr_birth_date("٠١٠١٨٠١٢٣٤").is_err());
+        // Born 1 January 2030 (7th digit 4, year 30: the 2000s).
+        let today = NaiveDate::from_ymd_opt(2026, 12, 2).unwrap();
+        assert!(normalise_cpr_on("0101304123", today).is_err());
+        assert_eq!(normalise_cpr_on("010180-1234", today).unwrap(), "0101801234");
         assert_eq!(mask_cpr("0101001234"), "010100-XXXX");
     }
 

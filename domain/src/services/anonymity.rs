@@ -241,7 +241,7 @@ impl Domain {
         decided.decision_note = Set((!note.is_empty()).then(|| note.to_owned()));
         let (mut new_user, mut activation_code) = (None, None);
         if approve {
-            if !parse::<UserState>(&old.state)?.holds_licence() {
+            if !parse::<UserState>(&old.state)?.is_standing() {
                 return Err(DomainError::precondition(
                     "USER_NOT_ACTIVE",
                     "only an active or pending user can be re-created as anonymous",

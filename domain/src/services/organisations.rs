@@ -5,7 +5,7 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{lock_organisation, read_organisation, standing_role_holders};
+use super::{lock_organisation, read_organisation, seat_holders};
 use crate::Domain;
 use crate::error::{DomainError, DomainResult};
 use crate::model::*;
@@ -330,7 +330,7 @@ impl Domain {
         if let Some(max) = patch.max_administrators
             && max > 0
         {
-            let admins = standing_role_holders(&txn, organisation_id, Role::OrganisationAdmin).await?;
+            let admins = seat_holders(&txn, organisation_id, Role::OrganisationAdmin).await?;
             if admins > i64::from(max) {
                 return Err(DomainError::precondition(
                     "ADMINISTRATORS_ABOVE_LIMIT",
@@ -544,6 +544,12 @@ impl Domain {
         }
         let txn = self.db.begin().await?;
         lock_organisation(&txn, row.organisation_id).await?;
+        // Read again under the lock: a parallel change to the other field
+        // must not be written back over.
+        let row = unit::Entity::find_by_id(unit_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("unit", unit_id))?;
         let mut changes = Vec::new();
         let mut active: unit::ActiveModel = row.clone().into();
         if let Some(name) = patch.name {

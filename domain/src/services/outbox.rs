@@ -242,11 +242,26 @@ impl Domain {
                 format!("only a failed mail can be retried; this one is {}", row.state),
             ));
         }
-        let mut active: outbox_mail::ActiveModel = row.into();
-        active.state = Set(STATE_PENDING.into());
-        active.attempts = Set(0);
-        active.next_attempt_at = Set(now_millis());
-        let row = outbox_mail::Entity::update(active).exec(&self.db).await?;
+        // Conditional on still being FAILED: a parallel retry (and the send
+        // it led to) must not be undone by this one.
+        let requeued = outbox_mail::Entity::update_many()
+            .col_expr(outbox_mail::Column::State, Expr::value(STATE_PENDING))
+            .col_expr(outbox_mail::Column::Attempts, Expr::value(0))
+            .col_expr(outbox_mail::Column::NextAttemptAt, Expr::value(now_millis()))
+            .filter(outbox_mail::Column::Id.eq(id))
+            .filter(outbox_mail::Column::State.eq(STATE_FAILED))
+            .exec(&self.db)
+            .await?;
+        let row = outbox_mail::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("mail", id))?;
+        if requeued.rows_affected == 0 {
+            return Err(DomainError::precondition(
+                "MAIL_NOT_FAILED",
+                format!("only a failed mail can be retried; this one is {}", row.state),
+            ));
+        }
         tracing::info!(mail = %id, actor = %caller.actor(), "failed mail queued again by hand");
         Ok(entry_from_row(row))
     }

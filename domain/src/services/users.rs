@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::organisations::{check_etag, subtree};
 use super::{
-    adjust_licences, ensure_licence_free, licence_delta, lock_organisation, read_organisation, standing_role_holders,
-    take_licence,
+    active_role_holders, apply_licence_delta, ensure_licence_free, licence_delta, lock_organisation, read_organisation,
+    seat_holders, take_licence,
 };
 use crate::Domain;
 use crate::error::{DomainError, DomainResult};
@@ -209,7 +209,7 @@ impl Domain {
         if caller.is_operator() {
             // R-ORG-2: the first user an operator creates in an organisation
             // without an administrator becomes its administrator.
-            if standing_role_holders(&txn, org_id, Role::OrganisationAdmin).await? == 0 {
+            if seat_holders(&txn, org_id, Role::OrganisationAdmin).await? == 0 {
                 roles.extend([Role::OrganisationAdmin, Role::UserAdmin]);
                 roles = normalise_roles(roles);
             } else if !wants_admin {
@@ -327,7 +327,7 @@ impl Domain {
         if org.max_administrators == 0 {
             return Ok(());
         }
-        let admins = standing_role_holders(db, org.id, Role::OrganisationAdmin).await?;
+        let admins = seat_holders(db, org.id, Role::OrganisationAdmin).await?;
         if admins >= i64::from(org.max_administrators) {
             return Err(DomainError::FailedPrecondition {
                 reason: "MAX_ADMINISTRATORS_REACHED",
@@ -341,13 +341,28 @@ impl Domain {
         Ok(())
     }
 
-    /// R-ORG-5: the change would take `user` out of the standing administrators;
-    /// refuse if they are the last one.
+    /// A user who holds no seat is about to hold one again (reactivation, or an
+    /// end time given to an open-ended deactivation): a licence and, for an
+    /// administrator, an administrator seat must be free. The organisation is
+    /// locked by the caller (`begin_user_write`).
+    async fn ensure_seats_for_return(&self, txn: &DatabaseTransaction, user: &User) -> DomainResult<()> {
+        let org = lock_organisation(txn, user.organisation_id).await?;
+        ensure_licence_free(&org)?;
+        if user.roles.contains(&Role::OrganisationAdmin) {
+            self.ensure_admin_seat_free(txn, &org).await?;
+        }
+        Ok(())
+    }
+
+    /// R-ORG-5: the change would take `user` out of the active administrators;
+    /// refuse if they are the last one. Only ACTIVE administrators count: one
+    /// still pending activation cannot act, so leaving only them would leave
+    /// the organisation without an administrator who can.
     async fn ensure_not_last_admin(&self, db: &impl ConnectionTrait, user: &User) -> DomainResult<()> {
-        if !user.roles.contains(&Role::OrganisationAdmin) || !user.state.holds_licence() {
+        if !user.roles.contains(&Role::OrganisationAdmin) || user.state != UserState::Active {
             return Ok(());
         }
-        if standing_role_holders(db, user.organisation_id, Role::OrganisationAdmin).await? <= 1 {
+        if active_role_holders(db, user.organisation_id, Role::OrganisationAdmin).await? <= 1 {
             return Err(DomainError::precondition(
                 "LAST_ORGANISATION_ADMIN",
                 "this is the organisation's last active administrator; appoint another administrator first",
@@ -657,7 +672,7 @@ impl Domain {
                 roles.contains(&Role::OrganisationAdmin) && !current.roles.contains(&Role::OrganisationAdmin);
             let loses_admin =
                 !roles.contains(&Role::OrganisationAdmin) && current.roles.contains(&Role::OrganisationAdmin);
-            if gains_admin && current.state.holds_licence() {
+            if gains_admin && holds_seat(current.state, current.deactivated_until) {
                 self.ensure_admin_seat_free(&txn, &org).await?;
             }
             if loses_admin {
@@ -714,6 +729,12 @@ impl Domain {
             ActiveValue::Set(state) | ActiveValue::Unchanged(state) => parse::<UserState>(state)?,
             ActiveValue::NotSet => state_before,
         };
+        let until_after = match &active.deactivated_until {
+            ActiveValue::Set(until) | ActiveValue::Unchanged(until) => *until,
+            ActiveValue::NotSet => before.deactivated_until,
+        };
+        let seat_before = holds_seat(state_before, before.deactivated_until);
+        let seat_after = holds_seat(state_after, until_after);
         let result = user::Entity::update_many()
             .set(active)
             .filter(user::Column::Id.eq(before.id))
@@ -723,7 +744,8 @@ impl Domain {
         if result.rows_affected != 1 {
             return Err(DomainError::stale_etag("user"));
         }
-        adjust_licences(txn, before.organisation_id, licence_delta(state_before, state_after)).await
+        // A take is conditional: the limit holds whatever the caller checked.
+        apply_licence_delta(txn, before.organisation_id, licence_delta(seat_before, seat_after)).await
     }
 
     /// R-USR-4: deactivates for good (`until` None) or for a period. Calling it
@@ -756,6 +778,11 @@ impl Domain {
             }
             UserState::Active | UserState::PendingActivation => self.ensure_not_last_admin(&txn, &current).await?,
             UserState::Deactivated => {}
+        }
+        // An open-ended deactivation that gets an end time reserves its seat
+        // again: only if one is free (R-ORG-4).
+        if !holds_seat(current.state, current.deactivated_until) && holds_seat(UserState::Deactivated, until) {
+            self.ensure_seats_for_return(&txn, &current).await?;
         }
         let mut changes = Vec::new();
         diff(&mut changes, "state", current.state, UserState::Deactivated);
@@ -794,10 +821,11 @@ impl Domain {
                 ),
             ));
         }
-        let org = lock_organisation(&txn, current.organisation_id).await?;
-        ensure_licence_free(&org)?;
-        if current.roles.contains(&Role::OrganisationAdmin) {
-            self.ensure_admin_seat_free(&txn, &org).await?;
+        // A timed deactivation kept its seats for this return (R-ORG-4); an
+        // open-ended one needs free ones. The sweep follows the same rule:
+        // it only ever returns timed deactivations.
+        if !holds_seat(current.state, current.deactivated_until) {
+            self.ensure_seats_for_return(&txn, &current).await?;
         }
         let now = now_millis();
         let state = reactivated_state(&row);

@@ -337,9 +337,11 @@ impl UserService for UserHandler {
         } else {
             ActivationProof::BirthDate(proof)
         };
-        let user = self.domain.activate_user(secret, proof).await.into_status()?;
+        let activated = self.domain.activate_user(secret, proof).await.into_status()?;
         Ok(Response::new(pb::ActivateUserResponse {
-            user: Some(user_to_pb(&user)),
+            user: Some(user_to_pb(&activated.user)),
+            session_token: activated.session_token.into_exposed(),
+            session_expire_time: Some(timestamp(activated.session_expires_at)),
         }))
     }
 
