@@ -211,6 +211,9 @@ pub struct HistoryEvent {
     pub subject_id: Uuid,
     pub activity: String,
     pub actor: String,
+    /// The actor's name and e-mail as they were at the time.
+    pub actor_name: String,
+    pub actor_email: Option<String>,
     pub on_behalf_of: Option<String>,
     pub occurred_at: Millis,
     pub changes: Vec<FieldChange>,

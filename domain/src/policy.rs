@@ -26,6 +26,16 @@ pub struct Caller {
     pub principal: Principal,
     /// Set when the caller acts for another person (R-AUTH-3).
     pub on_behalf_of: Option<Uuid>,
+    /// The person behind a member caller, as they are now: history keeps
+    /// their name and e-mail as they were when they acted.
+    pub identity: Option<Identity>,
+}
+
+/// A person's name and e-mail address, for history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub display_name: String,
+    pub email: String,
 }
 
 impl Caller {
@@ -33,6 +43,23 @@ impl Caller {
         Self {
             principal,
             on_behalf_of: None,
+            identity: None,
+        }
+    }
+
+    pub fn with_identity(mut self, display_name: String, email: String) -> Self {
+        self.identity = Some(Identity { display_name, email });
+        self
+    }
+
+    /// How history names the caller to people: the person's name, or what
+    /// kind of caller it was.
+    pub fn display_name(&self) -> String {
+        match (&self.identity, &self.principal) {
+            (Some(identity), _) => identity.display_name.clone(),
+            (None, Principal::Operator { .. }) => "operator".into(),
+            (None, Principal::System { task }) => format!("system ({task})"),
+            (None, Principal::Member { .. }) => String::new(),
         }
     }
 

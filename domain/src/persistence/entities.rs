@@ -130,6 +130,9 @@ pub mod history_event {
         pub subject_id: Uuid,
         pub occurred_at: i64,
         pub actor: String,
+        /// The actor's name and e-mail as they were when they acted.
+        pub actor_name: String,
+        pub actor_email: Option<String>,
         pub on_behalf_of: Option<String>,
         pub activity: String,
         /// JSON array of {field, before, after}.

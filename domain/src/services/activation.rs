@@ -351,7 +351,8 @@ impl Domain {
             user_id: row.id,
             organisation_id: row.organisation_id,
             roles: Vec::new(),
-        });
+        })
+        .with_identity(format!("{} {}", row.first_name, row.surname), row.email.clone());
         let how = if stored.kind == KIND_CODE { "code" } else { "link" };
         let (session_token, session_expires_at) = self.issue_session(&txn, &row, "activation", now).await?;
         let mut changes = Vec::new();

@@ -32,7 +32,8 @@ const KIND_API: &str = "API";
 /// Login later), never to anyone else.
 const KIND_SESSION: &str = "SESSION";
 
-/// token id, kind, expiry, revocation, user id, user's organisation, user's state, one role.
+/// token id, kind, expiry, revocation, user id, user's organisation, user's
+/// state, one role, user's first name, surname and e-mail.
 type TokenRow = (
     Uuid,
     String,
@@ -40,6 +41,9 @@ type TokenRow = (
     Option<i64>,
     Option<Uuid>,
     Option<Uuid>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
     Option<String>,
     Option<String>,
 );
@@ -73,6 +77,7 @@ impl Domain {
             .column(user::Column::OrganisationId)
             .column(user::Column::State)
             .column(user_role::Column::Role)
+            .columns([user::Column::FirstName, user::Column::Surname, user::Column::Email])
             .join(
                 JoinType::LeftJoin,
                 api_token::Entity::belongs_to(user::Entity)
@@ -85,7 +90,8 @@ impl Domain {
             .into_tuple()
             .all(&self.db)
             .await?;
-        let Some((token_id, kind, expires_at, revoked_at, user_id, organisation_id, state, _)) = rows.first().cloned()
+        let Some((token_id, kind, expires_at, revoked_at, user_id, organisation_id, state, _, first, surname, email)) =
+            rows.first().cloned()
         else {
             return Err(refused());
         };
@@ -113,7 +119,11 @@ impl Domain {
             user_id,
             organisation_id,
             roles,
-        });
+        })
+        .with_identity(
+            format!("{} {}", first.unwrap_or_default(), surname.unwrap_or_default()),
+            email.unwrap_or_default(),
+        );
         self.auth_cache.put(hash, caller.clone(), now, expires_at);
         Ok(caller)
     }

@@ -988,6 +988,8 @@ impl Domain {
                     subject_id: row.subject_id,
                     activity: row.activity,
                     actor: row.actor,
+                    actor_name: row.actor_name,
+                    actor_email: row.actor_email,
                     on_behalf_of: row.on_behalf_of,
                     occurred_at: row.occurred_at,
                     changes: changes_from_json(&row.changes),

@@ -48,6 +48,8 @@ fn event_to_pb(event: &HistoryEvent) -> pb::HistoryEvent {
         user_id: event.subject_id.to_string(),
         activity: event.activity.clone(),
         actor: event.actor.clone(),
+        actor_name: event.actor_name.clone(),
+        actor_email: event.actor_email.clone().unwrap_or_default(),
         on_behalf_of: event.on_behalf_of.clone().unwrap_or_default(),
         occur_time: Some(timestamp(event.occurred_at)),
         changes: event
