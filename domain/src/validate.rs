@@ -135,33 +135,9 @@ pub fn birth_date(value: &str, today: NaiveDate) -> Result<NaiveDate, String> {
     Ok(date)
 }
 
-/// A pragmatic address check: one `@`, a local part, a dotted domain, no
-/// spaces, at most 254 characters. Delivery proves the rest.
+/// The address rule of `crate::email::Email` (the mailer uses the same).
 pub fn email(value: &str) -> Result<(), String> {
-    if value.len() > 254 {
-        return Err("must be at most 254 characters".into());
-    }
-    let Some((local, domain)) = value.split_once('@') else {
-        return Err("must contain @".into());
-    };
-    if local.is_empty() || local.len() > 64 {
-        return Err("the part before @ must be 1 to 64 characters".into());
-    }
-    if domain.contains('@') {
-        return Err("must contain exactly one @".into());
-    }
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("must not contain spaces".into());
-    }
-    let labels: Vec<&str> = domain.split('.').collect();
-    if labels.len() < 2
-        || labels
-            .iter()
-            .any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-'))
-    {
-        return Err("the domain must be a dotted name such as example.dk".into());
-    }
-    Ok(())
+    crate::email::Email::parse(value).map(drop)
 }
 
 /// Names and other short free texts: not blank, at most `max` characters.
@@ -252,5 +228,6 @@ mod tests {
         assert!(email("anna.firma.dk").is_err());
         assert!(email("anna@firma").is_err());
         assert!(email("an na@firma.dk").is_err());
+        assert!(email("x<evil@attacker.dk>").is_err());
     }
 }
