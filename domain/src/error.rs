@@ -107,18 +107,19 @@ impl From<DbErr> for DomainError {
 /// The uniqueness rules of users live in the partial unique indexes (a
 /// deleted user frees its e-mail, username and CPR number); a write that
 /// breaks one gets the rule's own reason. PostgreSQL names the index in its
-/// message, SQLite the columns. Values are never echoed: they may be personal
+/// message, SQLite the columns (e-mail and username: their normalised keys,
+/// see `normalise`). Values are never echoed: they may be personal
 /// data.
 const UNIQUE_RULES: &[(&str, &str, &str, &str)] = &[
     (
         "users_live_email",
-        "users.email",
+        "users.email_key",
         "EMAIL_TAKEN",
         "another user of this organisation has this e-mail address",
     ),
     (
         "users_live_username",
-        "users.username",
+        "users.username_key",
         "USERNAME_TAKEN",
         "this username is taken",
     ),

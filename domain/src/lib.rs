@@ -4,9 +4,11 @@
 
 mod auth_cache;
 pub mod config;
+pub mod email;
 pub mod error;
 pub mod mail;
 pub mod model;
+pub mod normalise;
 pub mod paging;
 pub mod persistence;
 pub mod policy;

@@ -6,6 +6,7 @@ mod history;
 mod lifecycle;
 mod limits;
 mod mail;
+mod normalisation;
 mod organisations;
 mod rights;
 mod seats;

@@ -284,7 +284,7 @@ async fn user_bad_input_names_each_field(backend: Backend) {
         .await;
     assert_eq!(
         bad_fields(&assert_code(bad_email, Code::InvalidArgument)),
-        vec!["email"]
+        vec!["user.email"]
     );
     let past = users
         .deactivate_user(req(

@@ -10,6 +10,7 @@ use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use orgadmin_domain::email::Email;
 use orgadmin_domain::services::outbox::{ClaimedMail, Failure};
 use orgadmin_domain::{Config, Domain};
 use tokio::sync::{Semaphore, watch};
@@ -68,15 +69,14 @@ pub fn message_id(id: uuid::Uuid, from: &Mailbox) -> String {
     format!("<{id}@{}>", from.email.domain())
 }
 
+/// The recipient is read by the RPC's own address rule (`Email::parse`), so
+/// a mail goes to exactly the address that was accepted, or nowhere: the
+/// name is a display name lettre encodes, never parsed as part of an address.
 pub fn build_message(from: &Mailbox, claimed: &ClaimedMail) -> Result<Message, String> {
-    let to: Mailbox = format!(
-        "{} <{}>",
-        claimed.mail.to_name.replace(['<', '>', '"'], ""),
-        claimed.recipient
-    )
-    .parse()
-    .or_else(|_| claimed.recipient.parse())
-    .map_err(|e| format!("recipient address {:?} is not valid: {e}", claimed.recipient))?;
+    let address = Email::parse(&claimed.recipient)
+        .map_err(|e| format!("recipient address {:?} is not valid: {e}", claimed.recipient))?;
+    let name = claimed.mail.to_name.trim();
+    let to = Mailbox::new((!name.is_empty()).then(|| name.to_owned()), address.to_address());
     Message::builder()
         .from(from.clone())
         .to(to)

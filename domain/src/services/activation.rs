@@ -294,7 +294,7 @@ impl Domain {
         let matches = match &proof {
             ActivationProof::Cpr(cpr) => row.cpr_hash.as_deref() == Some(self.vault.lookup_hash(cpr).as_str()),
             ActivationProof::BirthDate(date) => {
-                row.cpr_hash.is_none() && row.birth_date.as_deref() == Some(date.as_str())
+                row.cpr_hash.is_none() && validate::is_stored_date(row.birth_date.as_deref(), date)
             }
         };
         if !matches {

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 
 use sea_orm::ActiveValue::{self, Set};
-use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -18,8 +18,10 @@ use super::{
     seat_holders, take_licence,
 };
 use crate::Domain;
+use crate::email::Email;
 use crate::error::{DomainError, DomainResult};
 use crate::model::*;
+use crate::normalise::{self, nfc};
 use crate::paging;
 use crate::persistence::entities::{api_token, history_event, organisation, user, user_role};
 use crate::persistence::history::{self, NewEvent, Subject, changes_from_json, diff};
@@ -101,15 +103,41 @@ fn today() -> chrono::NaiveDate {
     chrono::Utc::now().date_naive()
 }
 
-fn check_identity_fields(v: &mut Violations, first_name: Option<&str>, surname: Option<&str>, email: Option<&str>) {
-    if let Some(name) = first_name {
-        v.check("first_name", validate::text(name, 100));
-    }
-    if let Some(name) = surname {
-        v.check("surname", validate::text(name, 100));
-    }
-    if let Some(email) = email {
-        v.check("email", validate::email(email));
+/// First name, surname and e-mail address in their stored form (trimmed,
+/// NFC; the address parsed by the one address rule), each checked under
+/// `prefix` (the path of the message holding them: `user.` on UpdateUser).
+fn check_identity_fields(
+    v: &mut Violations,
+    prefix: &str,
+    first_name: Option<&str>,
+    surname: Option<&str>,
+    email: Option<&str>,
+) -> (Option<String>, Option<String>, Option<Email>) {
+    let mut name = |field: &str, value: Option<&str>| {
+        let value = nfc(value?.trim());
+        v.check(&format!("{prefix}{field}"), validate::text(&value, 100));
+        Some(value)
+    };
+    let first_name = name("first_name", first_name);
+    let surname = name("surname", surname);
+    let email = email.and_then(|email| match Email::parse(email) {
+        Ok(email) => Some(email),
+        Err(e) => {
+            v.add(&format!("{prefix}email"), e);
+            None
+        }
+    });
+    (first_name, surname, email)
+}
+
+/// A birth date checked and in its stored form (`YYYY-MM-DD`).
+fn check_birth_date(v: &mut Violations, field: &str, date: &str) -> Option<String> {
+    match validate::birth_date(date, today()) {
+        Ok(date) => Some(validate::canonical_date(date)),
+        Err(e) => {
+            v.add(field, e);
+            None
+        }
     }
 }
 
@@ -137,10 +165,13 @@ impl Domain {
         }
 
         let mut v = Violations::default();
-        check_identity_fields(&mut v, Some(&new.first_name), Some(&new.surname), Some(&new.email));
-        if let Some(username) = &new.username {
+        let (first_name, surname, email) =
+            check_identity_fields(&mut v, "", Some(&new.first_name), Some(&new.surname), Some(&new.email));
+        let username = new.username.as_deref().map(nfc);
+        if let Some(username) = &username {
             v.check("username", validate::username(username));
         }
+        let mut birth_date = None;
         let cpr = match (&new.cpr, &new.birth_date) {
             (Some(_), Some(_)) => {
                 v.add("cpr", "give either a CPR number or a birth date, not both");
@@ -158,7 +189,7 @@ impl Domain {
                 }
             },
             (None, Some(date)) => {
-                v.check("birth_date", validate::birth_date(date, today()).map(|_| ()));
+                birth_date = check_birth_date(&mut v, "birth_date", date);
                 None
             }
         };
@@ -172,6 +203,9 @@ impl Domain {
             v.add("request_id", "must be 1 to 100 characters");
         }
         v.into_result()?;
+        let (Some(first_name), Some(surname), Some(email)) = (first_name, surname, email) else {
+            return Err(DomainError::Internal("a checked identity field is missing".into()));
+        };
 
         let txn = self.db.begin().await?;
         // Rules that count administrators need the organisation locked for the
@@ -236,13 +270,16 @@ impl Domain {
             id: Set(id),
             organisation_id: Set(org_id),
             state: Set(UserState::PendingActivation.to_string()),
-            first_name: Set(new.first_name.trim().to_owned()),
-            surname: Set(new.surname.trim().to_owned()),
-            email: Set(new.email.trim().to_owned()),
-            username: Set(new.username.clone()),
+            search_text: Set(normalise::search_text(&first_name, &surname, email.as_str())),
+            first_name: Set(first_name),
+            surname: Set(surname),
+            email: Set(email.as_str().to_owned()),
+            email_key: Set(Some(email.key().to_owned())),
+            username_key: Set(username.as_deref().map(normalise::key)),
+            username: Set(username),
             cpr_hash: Set(cpr_hash),
             cpr_ciphertext: Set(cpr.as_ref().map(|c| self.vault.encrypt(c))),
-            birth_date: Set(new.birth_date.clone()),
+            birth_date: Set(birth_date),
             unit_id: Set(new.unit_id),
             phone: Set(new.phone.clone()),
             language: Set(language.to_string()),
@@ -467,18 +504,13 @@ impl Domain {
             if text.chars().count() > 100 {
                 return Err(DomainError::invalid("text", "must be at most 100 characters"));
             }
-            // Every word must appear in a name or the e-mail.
-            for word in text.split_whitespace() {
-                let pattern = format!("%{}%", escape_like(&word.to_lowercase()));
-                let like = |column: user::Column| {
-                    Expr::expr(Func::lower(Expr::col(column)))
-                        .like(sea_orm::sea_query::LikeExpr::new(pattern.clone()).escape('\\'))
-                };
+            // Every word must appear in a name or the e-mail: in their keys
+            // (NFC, Unicode lower case), stored in `search_text` on every
+            // write, because SQLite's `lower()` folds ASCII only.
+            for word in normalise::key(text).split_whitespace() {
+                let pattern = format!("%{}%", escape_like(word));
                 query = query.filter(
-                    Condition::any()
-                        .add(like(user::Column::FirstName))
-                        .add(like(user::Column::Surname))
-                        .add(like(user::Column::Email)),
+                    Expr::col(user::Column::SearchText).like(sea_orm::sea_query::LikeExpr::new(pattern).escape('\\')),
                 );
             }
         }
@@ -526,13 +558,15 @@ impl Domain {
         }
 
         let mut v = Violations::default();
-        check_identity_fields(
+        let (first_name, surname, email) = check_identity_fields(
             &mut v,
+            "user.",
             patch.first_name.as_deref(),
             patch.surname.as_deref(),
             patch.email.as_deref(),
         );
-        if let Some(Some(username)) = &patch.username {
+        let username = patch.username.as_ref().map(|u| u.as_deref().map(nfc));
+        if let Some(Some(username)) = &username {
             v.check("user.username", validate::username(username));
         }
         if patch.cpr.is_some() && patch.birth_date.is_some() {
@@ -548,9 +582,10 @@ impl Domain {
             },
             None => None,
         };
-        if let Some(date) = &patch.birth_date {
-            v.check("user.birth_date", validate::birth_date(date, today()).map(|_| ()));
-        }
+        let birth_date = patch
+            .birth_date
+            .as_deref()
+            .and_then(|date| check_birth_date(&mut v, "user.birth_date", date));
         if let Some(Some(phone)) = &patch.phone {
             v.check("user.phone", validate::phone(phone));
         }
@@ -575,24 +610,28 @@ impl Domain {
             .ok_or_else(|| DomainError::not_found("user", id))?;
         let mut active: user::ActiveModel = row.clone().into();
         let mut changes = Vec::new();
-        if let Some(name) = patch.first_name {
-            diff(&mut changes, "first_name", &row.first_name, name.trim());
-            active.first_name = Set(name.trim().to_owned());
+        if let Some(name) = &first_name {
+            diff(&mut changes, "first_name", &row.first_name, name);
+            active.first_name = Set(name.clone());
         }
-        if let Some(name) = patch.surname {
-            diff(&mut changes, "surname", &row.surname, name.trim());
-            active.surname = Set(name.trim().to_owned());
+        if let Some(name) = &surname {
+            diff(&mut changes, "surname", &row.surname, name);
+            active.surname = Set(name.clone());
         }
-        let new_email = patch
-            .email
-            .as_ref()
-            .map(|e| e.trim().to_owned())
-            .filter(|e| *e != row.email);
+        let new_email = email.filter(|e| e.as_str() != row.email);
         if let Some(email) = &new_email {
-            diff(&mut changes, "email", &row.email, email);
-            active.email = Set(email.clone());
+            diff(&mut changes, "email", &row.email, email.as_str());
+            active.email = Set(email.as_str().to_owned());
+            active.email_key = Set(Some(email.key().to_owned()));
         }
-        let new_username = patch.username.clone().filter(|u| *u != row.username);
+        if first_name.is_some() || surname.is_some() || new_email.is_some() {
+            active.search_text = Set(normalise::search_text(
+                first_name.as_deref().unwrap_or(&row.first_name),
+                surname.as_deref().unwrap_or(&row.surname),
+                new_email.as_ref().map_or(row.email.as_str(), Email::as_str),
+            ));
+        }
+        let new_username = username.filter(|u| *u != row.username);
         if let Some(username) = &new_username {
             diff(
                 &mut changes,
@@ -601,6 +640,7 @@ impl Domain {
                 username.clone().unwrap_or_default(),
             );
             active.username = Set(username.clone());
+            active.username_key = Set(username.as_deref().map(normalise::key));
         }
         let new_cpr_hash = new_cpr
             .as_ref()
@@ -618,7 +658,7 @@ impl Domain {
             active.cpr_ciphertext = Set(Some(self.vault.encrypt(cpr)));
             active.birth_date = Set(None);
         }
-        if let Some(date) = patch.birth_date {
+        if let Some(date) = birth_date {
             if row.cpr_hash.is_some() {
                 diff(&mut changes, "cpr", HIDDEN, "");
             }
