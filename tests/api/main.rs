@@ -4,6 +4,7 @@
 mod lifecycle;
 mod limits;
 mod mail;
+mod operations;
 mod organisations;
 mod rights;
 mod smoke;
