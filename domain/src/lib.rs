@@ -117,3 +117,46 @@ impl Domain {
         )
     }
 }
+
+/// Rules of this crate's source that a new entry point could quietly break.
+#[cfg(test)]
+mod source_rules {
+    use std::path::Path;
+
+    fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+
+    fn all_sources() -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
+        out
+    }
+
+    /// A bare `begin()` is a deferred transaction on SQLite, which fails with
+    /// "database is locked" beside another process's writer.
+    #[test]
+    fn writes_begin_through_begin_write() {
+        for (path, text) in all_sources() {
+            if path.ends_with("persistence/mod.rs") {
+                continue;
+            }
+            // Spelt in two halves, so this line does not match itself.
+            let bare_begin = concat!(".begin", "()");
+            for (n, line) in text.lines().enumerate() {
+                assert!(
+                    !line.contains(bare_begin),
+                    "{path}:{}: use persistence::begin_write, not begin()",
+                    n + 1
+                );
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@ mod limits;
 mod mail;
 mod operations;
 mod organisations;
+mod outage;
 mod rights;
 mod smoke;
 mod users;

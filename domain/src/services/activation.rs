@@ -5,7 +5,7 @@
 use rand::Rng;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -164,7 +164,7 @@ impl Domain {
         let row = self
             .authorize_on_user(caller, Action::ManageActivation, user_id)
             .await?;
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, row.organisation_id).await?;
         let row = user::Entity::find_by_id(user_id)
             .one(&txn)
@@ -270,7 +270,7 @@ impl Domain {
             }
         };
         let now = now_millis();
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let refused = |reason: &'static str, message: &str| DomainError::precondition(reason, message.to_owned());
         let Some(stored) = activation_secret::Entity::find()
             .filter(activation_secret::Column::SecretHash.eq(hash))

@@ -4,7 +4,7 @@
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -77,7 +77,7 @@ impl Domain {
         if reason.trim().chars().count() < 10 || reason.chars().count() > 1000 {
             return Err(DomainError::invalid("reason", "must be 10 to 1000 characters"));
         }
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, org_id).await?;
         let row = user::Entity::find_by_id(user_id)
             .one(&txn)
@@ -218,7 +218,7 @@ impl Domain {
                 "another administrator must decide on your own request",
             ));
         }
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, request.organisation_id).await?;
         let request = anonymity_request::Entity::find_by_id(id)
             .one(&txn)

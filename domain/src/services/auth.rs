@@ -4,9 +4,7 @@
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Query;
-use sea_orm::{
-    ColumnTrait, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -177,7 +175,7 @@ impl Domain {
             ));
         }
         let secret = new_token();
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let row = api_token::Entity::insert(api_token::ActiveModel {
             id: Set(Uuid::now_v7()),
             kind: Set(KIND_API.into()),
@@ -258,7 +256,7 @@ impl Domain {
             return Ok(api_token_from_row(row));
         }
         let now = now_millis();
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let mut active: api_token::ActiveModel = row.clone().into();
         active.revoked_at = Set(Some(now));
         let updated = api_token::Entity::update(active).exec(&txn).await?;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -212,7 +212,7 @@ impl Domain {
         if choices.is_empty() {
             return Err(DomainError::invalid("preferences", "name at least one kind"));
         }
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         for (kind, channel) in choices {
             notification_preference::Entity::insert(notification_preference::ActiveModel {
                 user_id: Set(user_id),

@@ -1,7 +1,7 @@
 //! Organisations, settings, licences and units (R-ORG).
 
 use sea_orm::ActiveValue::Set;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -105,7 +105,7 @@ impl Domain {
         }
         violations.into_result()?;
 
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         if organisation::Entity::find()
             .filter(organisation::Column::Cvr.eq(&new.cvr))
             .count(&txn)
@@ -220,7 +220,7 @@ impl Domain {
             check_eans(&mut violations, eans);
         }
         violations.into_result()?;
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let row = lock_organisation(&txn, id).await?;
         check_etag("organisation", etag, row.version)?;
         let now = now_millis();
@@ -324,7 +324,7 @@ impl Domain {
         }
         violations.into_result()?;
 
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let row = lock_organisation(&txn, organisation_id).await?;
         check_etag("organisation settings", etag, row.version)?;
         if let Some(max) = patch.max_administrators
@@ -405,7 +405,7 @@ impl Domain {
                 format!("must be between 1 and {MAX_LICENCE_COUNT}"),
             ));
         }
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let row = lock_organisation(&txn, organisation_id).await?;
         let used = row.licences_used;
         if used > i64::from(licence_count) {
@@ -442,7 +442,7 @@ impl Domain {
             (UnitKind::Department, None) => {}
         }
         violations.into_result()?;
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         lock_organisation(&txn, new.organisation_id).await?;
         if let Some(parent) = new.parent_id {
             self.unit_in_organisation(&txn, parent, new.organisation_id, "parent_id")
@@ -542,7 +542,7 @@ impl Domain {
         if let Some(name) = &patch.name {
             validate::text(name, 200).map_err(|e| DomainError::invalid("unit.name", e))?;
         }
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         lock_organisation(&txn, row.organisation_id).await?;
         let mut changes = Vec::new();
         let mut active: unit::ActiveModel = row.clone().into();
@@ -597,7 +597,7 @@ impl Domain {
             .await?
             .ok_or_else(|| DomainError::not_found("unit", unit_id))?;
         authorize(caller, Action::ManageUnits, Target::organisation(row.organisation_id))?;
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         lock_organisation(&txn, row.organisation_id).await?;
         let children = unit::Entity::find()
             .filter(unit::Column::ParentId.eq(unit_id))

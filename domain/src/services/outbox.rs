@@ -9,9 +9,7 @@
 use rand::Rng;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
-use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -106,7 +104,7 @@ impl Domain {
     #[instrument(skip_all, err)]
     pub async fn claim_due_mails(&self, worker: &str, limit: u64, lease_ms: i64) -> DomainResult<Vec<ClaimedMail>> {
         let now = now_millis();
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let mut due = outbox_mail::Entity::find()
             .filter(outbox_mail::Column::State.eq(STATE_PENDING))
             .filter(outbox_mail::Column::NextAttemptAt.lte(now))

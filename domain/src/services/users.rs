@@ -7,7 +7,7 @@ use sea_orm::ActiveValue::{self, Set};
 use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect,
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -173,7 +173,7 @@ impl Domain {
         }
         v.into_result()?;
 
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         // Rules that count administrators need the organisation locked for the
         // whole transaction; a plain user only needs a licence, which
         // `take_licence` takes as the last statement, so creates in one
@@ -550,7 +550,7 @@ impl Domain {
             ));
         }
 
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, current.organisation_id).await?;
         let current = self.load_user(&txn, id).await?;
         check_etag("user", etag, current.version)?;
@@ -855,7 +855,7 @@ impl Domain {
     /// Opens the write transaction of a lifecycle change: the organisation is
     /// locked first (the same order everywhere), then the user is read again.
     async fn begin_user_write(&self, id: Uuid) -> DomainResult<(DatabaseTransaction, User, user::Model)> {
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let row = user::Entity::find_by_id(id)
             .one(&txn)
             .await?
