@@ -92,6 +92,14 @@ impl Domain {
         &self.db
     }
 
+    /// Whether the database answers a trivial query now: the question of
+    /// the service's health probe.
+    pub async fn ping_database(&self) -> DomainResult<()> {
+        use sea_orm::ConnectionTrait;
+        self.db.execute_unprepared("SELECT 1").await?;
+        Ok(())
+    }
+
     /// Connects, migrates when asked, and builds the domain from configuration.
     pub async fn from_config(config: &Config, run_migrations: bool) -> Result<Self, String> {
         let vault = config.cpr_vault()?;

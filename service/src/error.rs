@@ -67,7 +67,7 @@ pub fn to_status(err: DomainError) -> Status {
             with_reason(Code::Unauthenticated, message, "UNAUTHENTICATED", HashMap::new())
         }
         DomainError::Aborted { message } => with_reason(Code::Aborted, message, "STALE_ETAG", HashMap::new()),
-        DomainError::Unavailable { message } => retry_later(Code::Unavailable, message, "DATABASE_BUSY"),
+        DomainError::Unavailable { reason, message } => retry_later(Code::Unavailable, message, reason),
         DomainError::Internal(detail) => {
             // The detail may name tables or values; it goes to the log only.
             tracing::error!(error = %detail, "internal error");

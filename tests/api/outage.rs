@@ -2,11 +2,17 @@
 //! SQLite file, PostgreSQL backends terminated under calls, a database that
 //! stops accepting connections and comes back.
 
+use std::time::{Duration, Instant};
+
 use orgadmin_domain::{Domain, persistence};
 use orgadmin_proto::v1 as pb;
 use orgadmin_tests::*;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement, TransactionTrait};
 use tokio::net::TcpListener;
+use tonic::Code;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 both_backends!(writers_in_two_processes_queue);
 
@@ -76,5 +82,174 @@ async fn writers_in_two_processes_queue(backend: Backend) {
     let _ = stop.send(true);
     server.await.unwrap().unwrap();
     worker.await.unwrap().unwrap();
+    app.finish().await;
+}
+
+fn database_name(app: &TestApp) -> String {
+    app.database_url.rsplit('/').next().unwrap().to_owned()
+}
+
+async fn admin() -> DatabaseConnection {
+    Database::connect(PG_ADMIN_URL)
+        .await
+        .expect("PostgreSQL admin connection")
+}
+
+async fn sql(db: &DatabaseConnection, text: String) -> Vec<sea_orm::QueryResult> {
+    db.query_all_raw(Statement::from_string(db.get_database_backend(), text))
+        .await
+        .expect("admin statement")
+}
+
+/// A backend terminated under a call (failover, `pg_terminate_backend`, a
+/// restart): the call answers UNAVAILABLE, which clients retry, and the
+/// retry succeeds on a fresh connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_under_a_call_is_unavailable() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let name = database_name(&app);
+    let admin = admin().await;
+
+    // Hold the organisation's row so that a create waits on it, in the
+    // middle of its transaction.
+    let holder = Database::connect(&app.database_url).await.unwrap();
+    let txn = holder.begin().await.unwrap();
+    let pid: i32 = txn
+        .query_one_raw(Statement::from_string(
+            txn.get_database_backend(),
+            "SELECT pg_backend_pid()".to_owned(),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap();
+    txn.execute_unprepared(&format!(
+        "SELECT id FROM organisations WHERE id = '{}' FOR UPDATE",
+        fixture.org.id
+    ))
+    .await
+    .unwrap();
+    let mut users = app.users();
+    let request = req(&fixture.admin_token, new_user(&fixture.org.id, "Afbrudt", &[]));
+    let call = tokio::spawn(async move { users.create_user(request).await });
+    let started = Instant::now();
+    loop {
+        let waiting = sql(
+            &admin,
+            format!("SELECT pid FROM pg_stat_activity WHERE datname = '{name}' AND wait_event_type = 'Lock'"),
+        )
+        .await;
+        if !waiting.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the create never waited on the row"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sql(
+        &admin,
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> {pid}"),
+    )
+    .await;
+    let lost = assert_code(call.await.unwrap(), Code::Unavailable);
+    assert_eq!(reason(&lost), "DATABASE_UNAVAILABLE");
+    txn.rollback().await.unwrap();
+    holder.close().await.unwrap();
+
+    // The client's retry works.
+    app.users()
+        .create_user(req(&fixture.admin_token, new_user(&fixture.org.id, "Igen", &[])))
+        .await
+        .expect("a retry after the lost connection succeeds");
+    admin.close().await.unwrap();
+    app.finish().await;
+}
+
+async fn status_of(app: &TestApp, service: &str) -> i32 {
+    app.health()
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status
+}
+
+const SERVICES: [&str; 4] = [
+    "orgadmin.v1.OrganisationService",
+    "orgadmin.v1.UserService",
+    "orgadmin.v1.AuthService",
+    "orgadmin.v1.NotificationService",
+];
+
+async fn wait_for_services(app: &TestApp, status: ServingStatus) {
+    let started = Instant::now();
+    loop {
+        let mut all = true;
+        for service in SERVICES {
+            all &= status_of(app, service).await == status as i32;
+        }
+        if all {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "services did not turn {status:?} within 8 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Readiness follows the database, liveness does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_database_and_comes_back() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let name = database_name(&app);
+    let admin = admin().await;
+    wait_for_services(&app, ServingStatus::Serving).await;
+
+    // The database goes away: no new connections, the open ones cut.
+    sql(&admin, format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
+    sql(
+        &admin,
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
+    )
+    .await;
+    wait_for_services(&app, ServingStatus::NotServing).await;
+    assert_eq!(
+        status_of(&app, "").await,
+        ServingStatus::Serving as i32,
+        "liveness stays SERVING"
+    );
+    let refused = app
+        .users()
+        .get_user(req(
+            &fixture.admin_token,
+            pb::GetUserRequest {
+                id: fixture.admin.id.clone(),
+            },
+        ))
+        .await;
+    assert_code(refused, Code::Unavailable);
+
+    // And comes back: the services report SERVING by themselves.
+    sql(&admin, format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
+    wait_for_services(&app, ServingStatus::Serving).await;
+    app.users()
+        .get_user(req(
+            &fixture.admin_token,
+            pb::GetUserRequest {
+                id: fixture.admin.id.clone(),
+            },
+        ))
+        .await
+        .expect("served again");
+    admin.close().await.unwrap();
     app.finish().await;
 }
