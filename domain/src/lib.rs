@@ -104,8 +104,10 @@ impl Domain {
     pub async fn from_config(config: &Config, run_migrations: bool) -> Result<Self, String> {
         let vault = config.cpr_vault()?;
         if config.is_embedded() {
-            std::fs::create_dir_all(&config.data_dir)
-                .map_err(|e| format!("cannot create data directory {}: {e}", config.data_dir.display()))?;
+            config::create_private_dir(&config.data_dir)?;
+        }
+        if let Some(file) = config.embedded_database_file() {
+            config::protect_sqlite_files(&file)?;
         }
         let db = persistence::connect(&config.effective_database_url(), config.database_max_connections)
             .await
@@ -162,6 +164,22 @@ mod source_rules {
                 assert!(
                     !line.contains(bare_begin),
                     "{path}:{}: use persistence::begin_write, not begin()",
+                    n + 1
+                );
+            }
+        }
+    }
+
+    /// `#[instrument(err)]` logs every error at ERROR, client errors
+    /// included; ERROR is for internal errors, which the service logs.
+    #[test]
+    fn entry_points_log_their_errors_below_error() {
+        for (path, text) in all_sources() {
+            for (n, line) in text.lines().enumerate() {
+                let attribute = line.trim_start().starts_with("#[instrument(") && line.contains("err");
+                assert!(
+                    !attribute || line.contains("err(level = \"debug\")"),
+                    "{path}:{}: write err(level = \"debug\")",
                     n + 1
                 );
             }

@@ -83,6 +83,9 @@ pub fn to_status(err: DomainError) -> Status {
         DomainError::Unavailable { reason, message } => retry_later(Code::Unavailable, message, reason),
         DomainError::Internal(detail) => {
             // The detail may name tables or values; it goes to the log only.
+            // The only ERROR line of a call: client errors (bad input,
+            // denied, missing, stale) are the caller's business, and the
+            // domain logs them at DEBUG.
             tracing::error!(error = %detail, "internal error");
             Status::internal("internal error; the service logged the details")
         }

@@ -11,4 +11,5 @@ mod outage;
 mod rights;
 mod smoke;
 mod users;
+mod visibility;
 mod workers;

@@ -183,7 +183,7 @@ impl Domain {
     }
 
     /// Re-sends the activation mail with a new link; the old link stops working.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn send_activation(&self, caller: &Caller, user_id: Uuid) -> DomainResult<()> {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_none() {
@@ -213,7 +213,7 @@ impl Domain {
 
     /// A new code for a user without a CPR number; the old code stops working.
     /// The user is told by mail that a new code exists (not the code itself).
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn create_activation_code(&self, caller: &Caller, user_id: Uuid) -> DomainResult<String> {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_some() {
@@ -253,7 +253,7 @@ impl Domain {
 
     /// The person activates with link token or code plus their CPR number or
     /// birth date. No bearer token: the secret is the credential.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn activate_user(&self, secret: ActivationSecret, proof: ActivationProof) -> DomainResult<User> {
         let (hash, field) = match &secret {
             ActivationSecret::LinkToken(token) => (token_hash(token.trim()), "token"),

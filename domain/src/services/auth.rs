@@ -147,7 +147,7 @@ impl Domain {
     }
 
     /// Gives a user (or service account) an API token; returns it with its secret.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn create_api_token(
         &self,
         caller: &Caller,
@@ -210,7 +210,7 @@ impl Domain {
     }
 
     /// An organisation's API tokens; an operator sees its administrators' only.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_api_tokens(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Vec<ApiToken>> {
         authorize(caller, Action::ManageApiTokens, Target::organisation(organisation_id))?;
         let mut query = api_token::Entity::find()
@@ -236,7 +236,7 @@ impl Domain {
         Ok(query.all(&self.db).await?.into_iter().map(api_token_from_row).collect())
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn revoke_api_token(&self, caller: &Caller, id: Uuid) -> DomainResult<ApiToken> {
         let row = api_token::Entity::find_by_id(id)
             .filter(api_token::Column::Kind.eq(KIND_API))

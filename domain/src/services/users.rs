@@ -123,7 +123,7 @@ fn normalise_roles(mut roles: Vec<Role>) -> Vec<Role> {
 }
 
 impl Domain {
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn create_user(&self, caller: &Caller, new: NewUser) -> DomainResult<CreatedUser> {
         let org_id = new.organisation_id;
         let requested_roles = normalise_roles(new.roles.clone());
@@ -388,7 +388,7 @@ impl Domain {
     /// Loads a user and checks the caller may take `action` on them.
     async fn authorized_user(&self, caller: &Caller, action: Action, id: Uuid) -> DomainResult<User> {
         let user = self.load_user(&self.db, id).await?;
-        authorize(
+        crate::policy::authorize_on_user(
             caller,
             action,
             Target::user(user.organisation_id, id, user.is_administrator()),
@@ -396,12 +396,12 @@ impl Domain {
         Ok(user)
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn get_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
         self.authorized_user(caller, Action::ReadUser, id).await
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_users(
         &self,
         caller: &Caller,
@@ -487,7 +487,7 @@ impl Domain {
         })
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn update_user(&self, caller: &Caller, id: Uuid, etag: &str, patch: UserPatch) -> DomainResult<User> {
         let current = self.load_user(&self.db, id).await?;
         let target = Target::user(current.organisation_id, id, current.is_administrator());
@@ -504,10 +504,10 @@ impl Domain {
             || patch.identification_means.is_some()
             || patch.signing_right.is_some();
         if touches_fields || patch.roles.is_none() {
-            authorize(caller, Action::UpdateUser, target)?;
+            crate::policy::authorize_on_user(caller, Action::UpdateUser, target)?;
         }
         if patch.roles.is_some() {
-            authorize(caller, Action::ChangeRoles, target)?;
+            crate::policy::authorize_on_user(caller, Action::ChangeRoles, target)?;
         }
 
         let mut v = Violations::default();
@@ -728,7 +728,7 @@ impl Domain {
 
     /// R-USR-4: deactivates for good (`until` None) or for a period. Calling it
     /// on a deactivated user changes the period.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn deactivate_user(
         &self,
         caller: &Caller,
@@ -781,7 +781,7 @@ impl Domain {
         Ok(updated)
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn reactivate_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
         self.authorized_user(caller, Action::ReactivateUser, id).await?;
         let (txn, current, row) = self.begin_user_write(id).await?;
@@ -821,7 +821,7 @@ impl Domain {
     }
 
     /// R-USR-5: final; refused under DEACTIVATE_ONLY.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn delete_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
         self.authorized_user(caller, Action::DeleteUser, id).await?;
         let (txn, current, row) = self.begin_user_write(id).await?;
@@ -915,7 +915,7 @@ impl Domain {
     }
 
     /// R-USR-7: newest first, 200 by default.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_user_history(
         &self,
         caller: &Caller,
