@@ -107,10 +107,13 @@ async fn set_services(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// How often the health probe asks the database, and how long it waits for
-/// an answer. A pool wait counts: a database that cannot serve a trivial
-/// query in this time cannot serve calls either.
+/// an answer. The probe queues for a pool connection like a call does, so it
+/// waits as long as a call would (the pool's 5 s acquire timeout): a busy
+/// pool under load does not read as an outage, while a database that cannot
+/// answer in that time cannot serve calls either. A refused or cut
+/// connection fails at once.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Readiness follows the database: while it does not answer, each orgadmin
 /// service reports NOT_SERVING (a load balancer or Kubernetes readiness probe
