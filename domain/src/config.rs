@@ -188,6 +188,12 @@ impl Config {
         self.effective_database_url().starts_with("sqlite:")
     }
 
+    /// The SQLite database file of the embedded default (`None` when
+    /// DATABASE_URL names a database of its own).
+    pub fn embedded_database_file(&self) -> Option<PathBuf> {
+        self.database_url.is_empty().then(|| self.data_dir.join("orgadmin.db"))
+    }
+
     pub fn effective_database_url(&self) -> String {
         if self.database_url.is_empty() {
             format!("sqlite://{}/orgadmin.db?mode=rwc", self.data_dir.display())
@@ -234,10 +240,63 @@ impl Config {
     }
 }
 
+/// Creates a folder (and its parents) that only its owner can enter (mode
+/// 0700 on Unix), and tightens it if it exists: the embedded default keeps
+/// the database, the CPR keys, the operator token and mails with link tokens
+/// in these folders.
+pub fn create_private_dir(path: &Path) -> Result<(), String> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    restrict(path, 0o700)
+}
+
+/// Makes the embedded default's SQLite files readable by the owner only. The
+/// database file is created here (0600) before SQLite opens it: SQLite gives
+/// its -wal and -shm files the database file's mode.
+pub fn protect_sqlite_files(database: &Path) -> Result<(), String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(database)
+        .map_err(|e| format!("cannot create {}: {e}", database.display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", database.display()));
+        if path.exists() {
+            restrict(&path, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))
+}
+
+#[cfg(not(unix))]
+fn restrict(_path: &Path, _mode: u32) -> Result<(), String> {
+    Ok(())
+}
+
 /// Writes a file only its owner can read (mode 0600 on Unix).
 pub fn write_private_file(path: &Path, contents: &str) -> Result<(), String> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        create_private_dir(parent)?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -220,6 +220,32 @@ pub fn operator_sees_administrators_only(caller: &Caller) -> bool {
     caller.is_operator()
 }
 
+/// Whether a user lies within what the caller can see at all: members see
+/// their own organisation, operators the organisations' administrators
+/// (R-ACC-6). A user outside that view reads as missing (NOT_FOUND), exactly
+/// like an id that names no user, so ids cannot be probed; inside it, a
+/// refused action is PERMISSION_DENIED.
+pub fn sees_user(caller: &Caller, organisation_id: Uuid, user_is_administrator: bool) -> bool {
+    match &caller.principal {
+        Principal::System { .. } => true,
+        Principal::Operator { .. } => user_is_administrator,
+        Principal::Member {
+            organisation_id: own, ..
+        } => *own == organisation_id,
+    }
+}
+
+/// [`authorize`] for an action on one existing user: NOT_FOUND when the user
+/// is outside the caller's view (see [`sees_user`]).
+pub fn authorize_on_user(caller: &Caller, action: Action, target: Target) -> Result<(), DomainError> {
+    if let (Some(organisation_id), Some(user_id)) = (target.organisation_id, target.user_id)
+        && !sees_user(caller, organisation_id, target.user_is_administrator)
+    {
+        return Err(DomainError::not_found("user", user_id));
+    }
+    authorize(caller, action, target)
+}
+
 pub fn authorize(caller: &Caller, action: Action, target: Target) -> Result<(), DomainError> {
     let (operator, roles, self_allowed) = row(action);
     let allowed = match &caller.principal {

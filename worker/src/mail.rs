@@ -30,8 +30,9 @@ pub enum Transport {
 impl Transport {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         if config.smtp_url.is_empty() {
+            // Mails hold activation link tokens: the owner's eyes only.
             let dir = config.data_dir.join("outbox");
-            std::fs::create_dir_all(&dir)?;
+            orgadmin_domain::config::create_private_dir(&dir).map_err(anyhow::Error::msg)?;
             return Ok(Self::Files(dir));
         }
         let timeout = Duration::from_secs(20);
@@ -55,7 +56,17 @@ impl Transport {
                 let tmp = dir.join(format!(".{id}.eml.tmp"));
                 let path = dir.join(format!("{id}.eml"));
                 let write = async {
-                    tokio::fs::write(&tmp, message.formatted()).await?;
+                    use tokio::io::AsyncWriteExt;
+                    let mut file = tokio::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&tmp)
+                        .await?;
+                    file.write_all(&message.formatted()).await?;
+                    file.flush().await?;
+                    drop(file);
                     tokio::fs::rename(&tmp, &path).await
                 };
                 write.await.map_err(|e| (e.to_string(), Failure::Transient))

@@ -5,7 +5,7 @@
 use rand::Rng;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -164,7 +164,7 @@ impl Domain {
         let row = self
             .authorize_on_user(caller, Action::ManageActivation, user_id)
             .await?;
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, row.organisation_id).await?;
         let row = user::Entity::find_by_id(user_id)
             .one(&txn)
@@ -183,7 +183,7 @@ impl Domain {
     }
 
     /// Re-sends the activation mail with a new link; the old link stops working.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn send_activation(&self, caller: &Caller, user_id: Uuid) -> DomainResult<()> {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_none() {
@@ -213,7 +213,7 @@ impl Domain {
 
     /// A new code for a user without a CPR number; the old code stops working.
     /// The user is told by mail that a new code exists (not the code itself).
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn create_activation_code(&self, caller: &Caller, user_id: Uuid) -> DomainResult<String> {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_some() {
@@ -255,7 +255,7 @@ impl Domain {
     /// birth date. No bearer token: the secret is the credential. The person
     /// gets a session token of their own (R-AUTH-1): their first credential
     /// comes from their own activation, never from an administrator.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn activate_user(&self, secret: ActivationSecret, proof: ActivationProof) -> DomainResult<Activated> {
         let (hash, field) = match &secret {
             ActivationSecret::LinkToken(token) => (token_hash(token.trim()), "token"),
@@ -272,7 +272,7 @@ impl Domain {
             }
         };
         let now = now_millis();
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let refused = |reason: &'static str, message: &str| DomainError::precondition(reason, message.to_owned());
         let Some(stored) = activation_secret::Entity::find()
             .filter(activation_secret::Column::SecretHash.eq(hash))

@@ -6,7 +6,6 @@ use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Query;
 use sea_orm::{
     ColumnTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -193,7 +192,7 @@ impl Domain {
 
     /// Gives the caller an API token of their own (R-AUTH-1: never one that
     /// acts as somebody else); returns it with its secret.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn create_api_token(
         &self,
         caller: &Caller,
@@ -221,7 +220,7 @@ impl Domain {
             ));
         }
         let secret = new_token();
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let row = api_token::Entity::insert(api_token::ActiveModel {
             id: Set(Uuid::now_v7()),
             kind: Set(KIND_API.into()),
@@ -256,7 +255,7 @@ impl Domain {
     }
 
     /// An organisation's API tokens; an operator sees its administrators' only.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_api_tokens(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Vec<ApiToken>> {
         authorize(caller, Action::ManageApiTokens, Target::organisation(organisation_id))?;
         let mut query = api_token::Entity::find()
@@ -282,7 +281,7 @@ impl Domain {
         Ok(query.all(&self.db).await?.into_iter().map(api_token_from_row).collect())
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn revoke_api_token(&self, caller: &Caller, id: Uuid) -> DomainResult<ApiToken> {
         let row = api_token::Entity::find_by_id(id)
             .filter(api_token::Column::Kind.is_in([KIND_API, KIND_SESSION]))
@@ -302,7 +301,7 @@ impl Domain {
             return Ok(api_token_from_row(row));
         }
         let now = now_millis();
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         // Conditional, so two parallel revocations record one event.
         let revoked = api_token::Entity::update_many()
             .col_expr(api_token::Column::RevokedAt, sea_orm::sea_query::Expr::value(now))

@@ -203,7 +203,7 @@ impl crate::Domain {
             .remove(&user_id)
             .unwrap_or_default();
         let is_admin = roles.iter().any(|r| r.is_administrator());
-        crate::policy::authorize(
+        crate::policy::authorize_on_user(
             caller,
             action,
             crate::policy::Target::user(row.organisation_id, user_id, is_admin),

@@ -9,9 +9,7 @@
 use rand::Rng;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
-use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -103,10 +101,10 @@ impl Domain {
     /// Claims up to `limit` due mails for `worker` for `lease_ms`. On
     /// PostgreSQL the rows are picked with `FOR UPDATE SKIP LOCKED`, so
     /// replicas claiming at once get disjoint batches.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn claim_due_mails(&self, worker: &str, limit: u64, lease_ms: i64) -> DomainResult<Vec<ClaimedMail>> {
         let now = now_millis();
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let mut due = outbox_mail::Entity::find()
             .filter(outbox_mail::Column::State.eq(STATE_PENDING))
             .filter(outbox_mail::Column::NextAttemptAt.lte(now))
@@ -201,7 +199,7 @@ impl Domain {
     }
 
     /// Parked mails, for operators (content not included).
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_failed_mails(
         &self,
         caller: &Caller,
@@ -229,7 +227,7 @@ impl Domain {
     }
 
     /// Puts a parked mail back in the queue, with fresh attempts.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn retry_mail(&self, caller: &Caller, id: Uuid) -> DomainResult<OutboxEntry> {
         authorize(caller, Action::ManageMailQueue, Target::platform())?;
         let row = outbox_mail::Entity::find_by_id(id)

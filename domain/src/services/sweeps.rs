@@ -2,7 +2,7 @@
 //! batch, with its history rows inserted in the same transaction.
 
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -24,7 +24,7 @@ impl Domain {
     /// several workers sweeping at once split the users between them, and
     /// one sweep runs two lanes side by side: a batch is mostly database
     /// work, and one connection keeps one core of the database busy at most.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn reactivate_due_users(&self, now: Millis, batch: u64) -> DomainResult<u64> {
         let caller = Caller::system("timed-reactivation");
         let total = if is_postgres(&self.db) {
@@ -46,7 +46,7 @@ impl Domain {
     async fn reactivate_due_lane(&self, now: Millis, batch: u64, caller: &Caller) -> DomainResult<u64> {
         let mut total = 0;
         loop {
-            let txn = self.db.begin().await?;
+            let txn = crate::persistence::begin_write(&self.db).await?;
             let mut due = user::Entity::find()
                 .select_only()
                 .columns([

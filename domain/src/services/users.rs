@@ -7,7 +7,7 @@ use sea_orm::ActiveValue::{self, Set};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    QuerySelect,
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -151,7 +151,7 @@ fn normalise_roles(mut roles: Vec<Role>) -> Vec<Role> {
 }
 
 impl Domain {
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn create_user(&self, caller: &Caller, new: NewUser) -> DomainResult<CreatedUser> {
         let org_id = new.organisation_id;
         let requested_roles = normalise_roles(new.roles.clone());
@@ -207,7 +207,7 @@ impl Domain {
             return Err(DomainError::Internal("a checked identity field is missing".into()));
         };
 
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         // Rules that count administrators need the organisation locked for the
         // whole transaction; a plain user only needs a licence, which
         // `take_licence` takes as the last statement, so creates in one
@@ -440,7 +440,7 @@ impl Domain {
     /// Loads a user and checks the caller may take `action` on them.
     async fn authorized_user(&self, caller: &Caller, action: Action, id: Uuid) -> DomainResult<User> {
         let user = self.load_user(&self.db, id).await?;
-        authorize(
+        crate::policy::authorize_on_user(
             caller,
             action,
             Target::user(user.organisation_id, id, user.is_administrator()),
@@ -448,12 +448,12 @@ impl Domain {
         Ok(user)
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn get_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
         self.authorized_user(caller, Action::ReadUser, id).await
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_users(
         &self,
         caller: &Caller,
@@ -534,7 +534,7 @@ impl Domain {
         })
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn update_user(&self, caller: &Caller, id: Uuid, etag: &str, patch: UserPatch) -> DomainResult<User> {
         let current = self.load_user(&self.db, id).await?;
         let target = Target::user(current.organisation_id, id, current.is_administrator());
@@ -551,10 +551,10 @@ impl Domain {
             || patch.identification_means.is_some()
             || patch.signing_right.is_some();
         if touches_fields || patch.roles.is_none() {
-            authorize(caller, Action::UpdateUser, target)?;
+            crate::policy::authorize_on_user(caller, Action::UpdateUser, target)?;
         }
         if patch.roles.is_some() {
-            authorize(caller, Action::ChangeRoles, target)?;
+            crate::policy::authorize_on_user(caller, Action::ChangeRoles, target)?;
         }
 
         let mut v = Violations::default();
@@ -600,7 +600,7 @@ impl Domain {
             ));
         }
 
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, current.organisation_id).await?;
         let current = self.load_user(&txn, id).await?;
         check_etag("user", etag, current.version)?;
@@ -790,7 +790,7 @@ impl Domain {
 
     /// R-USR-4: deactivates for good (`until` None) or for a period. Calling it
     /// on a deactivated user changes the period.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn deactivate_user(
         &self,
         caller: &Caller,
@@ -848,7 +848,7 @@ impl Domain {
         Ok(updated)
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn reactivate_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
         self.authorized_user(caller, Action::ReactivateUser, id).await?;
         let (txn, current, row) = self.begin_user_write(id).await?;
@@ -889,7 +889,7 @@ impl Domain {
     }
 
     /// R-USR-5: final; refused under DEACTIVATE_ONLY.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn delete_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
         self.authorized_user(caller, Action::DeleteUser, id).await?;
         let (txn, current, row) = self.begin_user_write(id).await?;
@@ -923,7 +923,7 @@ impl Domain {
     /// Opens the write transaction of a lifecycle change: the organisation is
     /// locked first (the same order everywhere), then the user is read again.
     async fn begin_user_write(&self, id: Uuid) -> DomainResult<(DatabaseTransaction, User, user::Model)> {
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let row = user::Entity::find_by_id(id)
             .one(&txn)
             .await?
@@ -983,7 +983,7 @@ impl Domain {
     }
 
     /// R-USR-7: newest first, 200 by default.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_user_history(
         &self,
         caller: &Caller,
