@@ -3,6 +3,7 @@
 
 mod bounds;
 mod credentials;
+mod email_change;
 mod history;
 mod lifecycle;
 mod limits;

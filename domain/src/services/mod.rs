@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod anonymity;
 pub mod auth;
+pub mod email_change;
 pub mod notifications;
 pub mod organisations;
 pub mod outbox;

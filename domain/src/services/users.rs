@@ -287,6 +287,8 @@ impl Domain {
             identification_means: Set(json_list(&new.identification_means)),
             signing_right: Set(new.signing_right),
             anonymous: Set(new.anonymous),
+            email_verified: Set(false),
+            pending_email: Set(None),
             legacy_id: Set(None),
             deactivated_until: Set(None),
             activated_at: Set(None),
@@ -618,11 +620,44 @@ impl Domain {
             diff(&mut changes, "surname", &row.surname, name);
             active.surname = Set(name.clone());
         }
-        let new_email = email.filter(|e| e.as_str() != row.email);
+        // R-USR-6: a new address waits for verification; the old one stays
+        // in force. A user not yet activated has used no address: theirs
+        // changes at once (and a CPR user's activation link follows it).
+        // Giving the address in force again withdraws a waiting change.
+        let changed_email = email.as_ref().filter(|e| e.as_str() != row.email).cloned();
+        let withdraws_change = email.is_some() && changed_email.is_none() && row.pending_email.is_some();
+        let (new_email, email_to_verify) = match changed_email {
+            Some(email) if current.state == UserState::PendingActivation => (Some(email), None),
+            Some(email) => (
+                None,
+                Some(email).filter(|e| row.pending_email.as_deref() != Some(e.as_str())),
+            ),
+            None => (None, None),
+        };
         if let Some(email) = &new_email {
             diff(&mut changes, "email", &row.email, email.as_str());
             active.email = Set(email.as_str().to_owned());
             active.email_key = Set(Some(email.key().to_owned()));
+            active.email_verified = Set(false);
+            active.pending_email = Set(None);
+        }
+        if let Some(email) = &email_to_verify {
+            diff(
+                &mut changes,
+                "pending_email",
+                row.pending_email.clone().unwrap_or_default(),
+                email.as_str(),
+            );
+            active.pending_email = Set(Some(email.as_str().to_owned()));
+        }
+        if withdraws_change {
+            diff(
+                &mut changes,
+                "pending_email",
+                row.pending_email.clone().unwrap_or_default(),
+                "",
+            );
+            active.pending_email = Set(None);
         }
         if first_name.is_some() || surname.is_some() || new_email.is_some() {
             active.search_text = Set(normalise::search_text(
@@ -733,6 +768,19 @@ impl Domain {
         }
         let now = now_millis();
         self.write_user_change(&txn, &row, active, now).await?;
+        if email_to_verify.is_some() || withdraws_change || new_email.is_some() {
+            let written = user::Entity::find_by_id(id)
+                .one(&txn)
+                .await?
+                .ok_or_else(|| DomainError::not_found("user", id))?;
+            self.withdraw_email_change(&txn, id, now).await?;
+            if let Some(email) = &email_to_verify {
+                self.request_email_change(&txn, &written, email, &org.name).await?;
+            }
+            if new_email.is_some() && written.cpr_hash.is_some() {
+                self.issue_activation_link(&txn, &written, &org.name).await?;
+            }
+        }
         history::record(
             &txn,
             NewEvent {
