@@ -12,6 +12,7 @@ mod normalisation;
 mod operations;
 mod organisations;
 mod outage;
+mod reasons;
 mod rights;
 mod seats;
 mod smoke;

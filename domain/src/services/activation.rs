@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::lock_organisation;
 use crate::Domain;
-use crate::error::{DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult, Reason};
 use crate::mail::MailKind;
 use crate::model::*;
 use crate::persistence::entities::{activation_secret, organisation, user};
@@ -223,7 +223,7 @@ impl Domain {
             .ok_or_else(|| DomainError::not_found("user", user_id))?;
         if parse::<UserState>(&row.state)? != UserState::PendingActivation {
             return Err(DomainError::precondition(
-                "USER_NOT_PENDING",
+                Reason::UserNotPending,
                 format!(
                     "only a user pending activation can be activated; this one is {}",
                     row.state
@@ -239,7 +239,7 @@ impl Domain {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_none() {
             return Err(DomainError::precondition(
-                "NO_CPR_NUMBER",
+                Reason::NoCprNumber,
                 "this user has no CPR number and activates with a code: use CreateActivationCode",
             ));
         }
@@ -269,7 +269,7 @@ impl Domain {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_some() {
             return Err(DomainError::precondition(
-                "HAS_CPR_NUMBER",
+                Reason::HasCprNumber,
                 "this user has a CPR number and activates by the mailed link: use SendActivation",
             ));
         }
@@ -324,7 +324,7 @@ impl Domain {
         };
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
-        let refused = |reason: &'static str, message: &str| DomainError::precondition(reason, message.to_owned());
+        let refused = |reason: Reason, message: &str| DomainError::precondition(reason, message.to_owned());
         let Some(stored) = activation_secret::Entity::find()
             .filter(activation_secret::Column::SecretHash.eq(hash))
             .filter(activation_secret::Column::Kind.is_in(ACTIVATION_KINDS))
@@ -332,7 +332,7 @@ impl Domain {
             .await?
         else {
             return Err(refused(
-                "ACTIVATION_UNKNOWN",
+                Reason::ActivationUnknown,
                 &format!(
                     "this activation {field} is not known; check it, or ask your user administrator for a new one"
                 ),
@@ -362,13 +362,13 @@ impl Domain {
                 return Err(self.locked_or_replaced(stored.id).await?);
             }
             return Err(refused(
-                "ACTIVATION_MISMATCH",
+                Reason::ActivationMismatch,
                 "the CPR number or birth date does not match this activation",
             ));
         }
         if parse::<UserState>(&row.state)? != UserState::PendingActivation {
             return Err(refused(
-                "USER_NOT_PENDING",
+                Reason::UserNotPending,
                 "this user profile is not waiting for activation",
             ));
         }
@@ -450,7 +450,7 @@ impl Domain {
     pub(crate) fn ensure_secret_usable(&self, stored: &activation_secret::Model, now: Millis) -> DomainResult<()> {
         if stored.used_at.is_some() {
             return Err(DomainError::precondition(
-                "ACTIVATION_USED",
+                Reason::ActivationUsed,
                 "this activation link or code was already used",
             ));
         }
@@ -459,7 +459,7 @@ impl Domain {
         }
         if stored.expires_at <= now {
             return Err(DomainError::precondition(
-                "ACTIVATION_EXPIRED",
+                Reason::ActivationExpired,
                 "this activation link or code has expired; ask your user administrator to send a new one",
             ));
         }
@@ -498,7 +498,7 @@ impl Domain {
             .ok_or_else(|| DomainError::not_found("activation", id))?;
         if stored.used_at.is_some() {
             return Ok(DomainError::precondition(
-                "ACTIVATION_USED",
+                Reason::ActivationUsed,
                 "this activation link or code was already used",
             ));
         }
@@ -509,12 +509,12 @@ impl Domain {
 fn locked_or_replaced(stored: &activation_secret::Model, max_attempts: i32) -> DomainError {
     if stored.failed_attempts >= max_attempts {
         DomainError::precondition(
-            "ACTIVATION_LOCKED",
+            Reason::ActivationLocked,
             "this activation link or code was locked after too many wrong CPR numbers or birth dates; ask your user administrator for a new one",
         )
     } else {
         DomainError::precondition(
-            "ACTIVATION_REPLACED",
+            Reason::ActivationReplaced,
             "this activation link or code was replaced; use the newest one, or ask your user administrator for a new one",
         )
     }

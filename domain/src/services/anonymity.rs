@@ -12,7 +12,7 @@ use super::lock_organisation;
 use super::notifications::NotificationKind;
 use super::users::roles_of;
 use crate::Domain;
-use crate::error::{DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult, Reason};
 use crate::mail::MailKind;
 use crate::model::*;
 use crate::paging;
@@ -85,7 +85,7 @@ impl Domain {
             .ok_or_else(|| DomainError::not_found("user", user_id))?;
         if row.anonymous {
             return Err(DomainError::precondition(
-                "ALREADY_ANONYMOUS",
+                Reason::AlreadyAnonymous,
                 "this user profile is already anonymous",
             ));
         }
@@ -96,7 +96,7 @@ impl Domain {
             .await?;
         if open > 0 {
             return Err(DomainError::precondition(
-                "ANONYMITY_REQUEST_OPEN",
+                Reason::AnonymityRequestOpen,
                 "a request of this user is already waiting for a decision",
             ));
         }
@@ -226,7 +226,7 @@ impl Domain {
             .ok_or_else(|| DomainError::not_found("anonymity request", id))?;
         if request.state != AnonymityRequestState::Pending.as_str() {
             return Err(DomainError::precondition(
-                "ANONYMITY_REQUEST_DECIDED",
+                Reason::AnonymityRequestDecided,
                 format!("the request was already {}", request.state.to_lowercase()),
             ));
         }
@@ -243,7 +243,7 @@ impl Domain {
         if approve {
             if !parse::<UserState>(&old.state)?.is_standing() {
                 return Err(DomainError::precondition(
-                    "USER_NOT_ACTIVE",
+                    Reason::UserNotActive,
                     "only an active or pending user can be re-created as anonymous",
                 ));
             }

@@ -13,7 +13,7 @@ use super::activation::{KIND_EMAIL, SingleUseLink};
 use super::lock_organisation;
 use crate::Domain;
 use crate::email::Email;
-use crate::error::{DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult, Reason};
 use crate::model::*;
 use crate::normalise;
 use crate::persistence::entities::{activation_secret, user};
@@ -43,7 +43,7 @@ impl Domain {
             .await?;
         if taken > 0 {
             return Err(DomainError::AlreadyExists {
-                reason: "EMAIL_TAKEN",
+                reason: Reason::EmailTaken,
                 message: "another user of this organisation has this e-mail address".into(),
             });
         }
@@ -90,7 +90,7 @@ impl Domain {
             .await?
         else {
             return Err(DomainError::precondition(
-                "EMAIL_VERIFICATION_UNKNOWN",
+                Reason::EmailVerificationUnknown,
                 "this verification link is not known; check it, or change the address again for a new one",
             ));
         };
@@ -105,11 +105,13 @@ impl Domain {
             .await?
             .ok_or_else(|| DomainError::not_found("user", stored.user_id))?;
         if parse::<UserState>(&row.state)? == UserState::Deleted {
-            return Err(DomainError::precondition("USER_DELETED", "the user is deleted"));
+            return Err(DomainError::precondition(Reason::UserDeleted, "the user is deleted"));
         }
+        // A live link always has its change waiting (withdrawing a change
+        // ends its link); should they ever part, the link names nothing.
         let Some(pending) = row.pending_email.clone() else {
             return Err(DomainError::precondition(
-                "EMAIL_CHANGE_NOT_PENDING",
+                Reason::EmailVerificationUnknown,
                 "no change of e-mail address is waiting for verification",
             ));
         };

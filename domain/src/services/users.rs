@@ -19,7 +19,7 @@ use super::{
 };
 use crate::Domain;
 use crate::email::Email;
-use crate::error::{DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult, Reason};
 use crate::model::*;
 use crate::normalise::{self, nfc};
 use crate::paging;
@@ -369,7 +369,7 @@ impl Domain {
         let admins = seat_holders(db, org.id, Role::OrganisationAdmin).await?;
         if admins >= i64::from(org.max_administrators) {
             return Err(DomainError::FailedPrecondition {
-                reason: "MAX_ADMINISTRATORS_REACHED",
+                reason: Reason::MaxAdministratorsReached,
                 message: format!(
                     "the organisation already has its maximum of {} administrators",
                     org.max_administrators
@@ -403,7 +403,7 @@ impl Domain {
         }
         if active_role_holders(db, user.organisation_id, Role::OrganisationAdmin).await? <= 1 {
             return Err(DomainError::precondition(
-                "LAST_ORGANISATION_ADMIN",
+                Reason::LastOrganisationAdmin,
                 "this is the organisation's last active administrator; appoint another administrator first",
             ));
         }
@@ -597,7 +597,7 @@ impl Domain {
         v.into_result()?;
         if current.state == UserState::Deleted {
             return Err(DomainError::precondition(
-                "USER_DELETED",
+                Reason::UserDeleted,
                 "a deleted user cannot be changed",
             ));
         }
@@ -860,7 +860,7 @@ impl Domain {
         match current.state {
             UserState::Deleted => {
                 return Err(DomainError::precondition(
-                    "USER_DELETED",
+                    Reason::UserDeleted,
                     "a deleted user cannot be deactivated",
                 ));
             }
@@ -902,7 +902,7 @@ impl Domain {
         let (txn, current, row) = self.begin_user_write(id).await?;
         if current.state != UserState::Deactivated {
             return Err(DomainError::precondition(
-                "USER_NOT_DEACTIVATED",
+                Reason::UserNotDeactivated,
                 format!(
                     "only a deactivated user can be reactivated; this one is {}",
                     current.state
@@ -944,12 +944,15 @@ impl Domain {
         let org = lock_organisation(&txn, current.organisation_id).await?;
         if parse::<DeletionPolicy>(&org.deletion_policy)? == DeletionPolicy::DeactivateOnly {
             return Err(DomainError::precondition(
-                "DELETION_NOT_ALLOWED",
+                Reason::DeletionNotAllowed,
                 "the organisation's deletion policy is DEACTIVATE_ONLY: users are deactivated, never deleted",
             ));
         }
         if current.state == UserState::Deleted {
-            return Err(DomainError::precondition("USER_DELETED", "the user is already deleted"));
+            return Err(DomainError::precondition(
+                Reason::UserDeleted,
+                "the user is already deleted",
+            ));
         }
         self.ensure_not_last_admin(&txn, &current).await?;
         let now = now_millis();
