@@ -16,7 +16,7 @@ use crate::error::{DomainError, DomainResult, Reason};
 use crate::mail::MailKind;
 use crate::model::*;
 use crate::paging;
-use crate::persistence::entities::{anonymity_request, api_token, user, user_role};
+use crate::persistence::entities::{anonymity_request, api_token, user};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::persistence::mapping::parse;
 use crate::policy::{Action, Caller, Target, authorize};
@@ -276,20 +276,12 @@ impl Domain {
             fresh.version = Set(1);
             fresh.created_at = Set(now);
             fresh.updated_at = Set(now);
-            let fresh = user::Entity::insert(fresh).exec_with_returning(&txn).await?;
+            // The same person and address: a waiting address change stays
+            // with the closed profile.
+            fresh.pending_email = Set(None);
             let roles = roles_of(&txn, &[old.id]).await?.remove(&old.id).unwrap_or_default();
-            user_role::Entity::insert_many(roles.iter().map(|role| user_role::ActiveModel {
-                user_id: Set(new_id),
-                role: Set(role.as_str().into()),
-                organisation_id: Set(org.id),
-            }))
-            .exec_without_returning(&txn)
-            .await?;
-            if fresh.cpr_hash.is_some() {
-                self.issue_activation_link(&txn, &fresh, &org.name).await?;
-            } else {
-                activation_code = Some(self.issue_activation_code(&txn, &fresh).await?);
-            }
+            let (fresh, code) = self.insert_user(&txn, fresh, &roles, &org, true).await?;
+            activation_code = code;
             let mut changes = Vec::new();
             diff(&mut changes, "state", old.state.as_str(), UserState::Deleted);
             diff(&mut changes, "replaced_by", "", new_id);

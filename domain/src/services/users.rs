@@ -297,16 +297,9 @@ impl Domain {
             created_at: Set(now),
             updated_at: Set(now),
         };
-        let row = user::Entity::insert(row).exec_with_returning(&txn).await?;
-        write_roles(&txn, id, org_id, &roles).await?;
-        let activation_code = match (new.suppress_activation, cpr.is_some()) {
-            (true, _) => None,
-            (false, true) => {
-                self.issue_activation_link(&txn, &row, &org.name).await?;
-                None
-            }
-            (false, false) => Some(self.issue_activation_code(&txn, &row).await?),
-        };
+        let (row, activation_code) = self
+            .insert_user(&txn, row, &roles, &org, !new.suppress_activation)
+            .await?;
 
         let mut changes = Vec::new();
         diff(&mut changes, "state", "", UserState::PendingActivation);
@@ -344,6 +337,32 @@ impl Domain {
             created: true,
             activation_code,
         })
+    }
+
+    /// The one way a user comes to exist (CreateUser, the anonymity
+    /// re-creation, the import job): inserts the row and its roles and, when
+    /// asked, starts its activation (a mailed link for a CPR user, else a
+    /// code returned once), all in the caller's transaction. Licences are the
+    /// caller's: a create takes one last, a re-creation frees the old one.
+    pub(crate) async fn insert_user(
+        &self,
+        txn: &DatabaseTransaction,
+        row: user::ActiveModel,
+        roles: &[Role],
+        org: &organisation::Model,
+        start_activation: bool,
+    ) -> DomainResult<(user::Model, Option<String>)> {
+        let row = user::Entity::insert(row).exec_with_returning(txn).await?;
+        write_roles(txn, row.id, org.id, roles).await?;
+        let code = match (start_activation, row.cpr_hash.is_some()) {
+            (false, _) => None,
+            (true, true) => {
+                self.issue_activation_link(txn, &row, &org.name).await?;
+                None
+            }
+            (true, false) => Some(self.issue_activation_code(txn, &row).await?),
+        };
+        Ok((row, code))
     }
 
     async fn unit_in_organisation_for_user(
