@@ -84,6 +84,7 @@ impl World {
                     id: deactivated.id.clone(),
                     until: None,
                     reason: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -415,6 +416,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                     id: world.target.id.clone(),
                     until: None,
                     reason: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -427,6 +429,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                     id: world.user_admin.id.clone(),
                     until: None,
                     reason: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -437,6 +440,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                 t,
                 pb::ReactivateUserRequest {
                     id: world.deactivated.id.clone(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -447,6 +451,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                 t,
                 pb::DeleteUserRequest {
                     id: world.target.id.clone(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -788,9 +793,19 @@ enum Target {
 
 fn target(case: &str) -> Target {
     match case {
-        "GetUser" | "GetOwnUser" | "UpdateUser" | "ChangeRoles" | "DeactivateUser" | "ReactivateUser"
-        | "DeleteUser" | "ListUserHistory" | "ListOwnHistory" | "CreateApiToken" | "CreateOwnApiToken"
-        | "SendActivation" | "CreateActivationCode" => Target::PlainUser,
+        "GetUser"
+        | "GetOwnUser"
+        | "UpdateUser"
+        | "ChangeRoles"
+        | "DeactivateUser"
+        | "ReactivateUser"
+        | "DeleteUser"
+        | "ListUserHistory"
+        | "ListOwnHistory"
+        | "CreateApiToken"
+        | "CreateOwnApiToken"
+        | "SendActivation"
+        | "CreateActivationCode" => Target::PlainUser,
         "GetAdministrator" | "DeactivateAdministrator" | "CreateAdministratorToken" | "SendAdministratorActivation" => {
             Target::Administrator
         }

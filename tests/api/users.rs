@@ -293,6 +293,7 @@ async fn user_bad_input_names_each_field(backend: Backend) {
                 id: created.id.clone(),
                 until: Some(prost_types::Timestamp { seconds: 1, nanos: 0 }),
                 reason: String::new(),
+                ..Default::default()
             },
         ))
         .await;
@@ -590,6 +591,7 @@ async fn list_users_filters_and_pages(backend: Backend) {
                 id: ole.id.clone(),
                 until: None,
                 reason: "orlov".into(),
+                ..Default::default()
             },
         ))
         .await

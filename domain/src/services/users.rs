@@ -797,6 +797,7 @@ impl Domain {
         id: Uuid,
         until: Option<Millis>,
         reason: &str,
+        etag: &str,
     ) -> DomainResult<User> {
         self.authorized_user(caller, Action::DeactivateUser, id).await?;
         let now = now_millis();
@@ -808,7 +809,7 @@ impl Domain {
         if reason.chars().count() > 500 {
             return Err(DomainError::invalid("reason", "must be at most 500 characters"));
         }
-        let (txn, current, row) = self.begin_user_write(id).await?;
+        let (txn, current, row) = self.begin_user_write(id, etag).await?;
         match current.state {
             UserState::Deleted => {
                 return Err(DomainError::precondition(
@@ -849,9 +850,9 @@ impl Domain {
     }
 
     #[instrument(skip_all, err(level = "debug"))]
-    pub async fn reactivate_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
+    pub async fn reactivate_user(&self, caller: &Caller, id: Uuid, etag: &str) -> DomainResult<User> {
         self.authorized_user(caller, Action::ReactivateUser, id).await?;
-        let (txn, current, row) = self.begin_user_write(id).await?;
+        let (txn, current, row) = self.begin_user_write(id, etag).await?;
         if current.state != UserState::Deactivated {
             return Err(DomainError::precondition(
                 "USER_NOT_DEACTIVATED",
@@ -890,9 +891,9 @@ impl Domain {
 
     /// R-USR-5: final; refused under DEACTIVATE_ONLY.
     #[instrument(skip_all, err(level = "debug"))]
-    pub async fn delete_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
+    pub async fn delete_user(&self, caller: &Caller, id: Uuid, etag: &str) -> DomainResult<User> {
         self.authorized_user(caller, Action::DeleteUser, id).await?;
-        let (txn, current, row) = self.begin_user_write(id).await?;
+        let (txn, current, row) = self.begin_user_write(id, etag).await?;
         let org = lock_organisation(&txn, current.organisation_id).await?;
         if parse::<DeletionPolicy>(&org.deletion_policy)? == DeletionPolicy::DeactivateOnly {
             return Err(DomainError::precondition(
@@ -921,8 +922,10 @@ impl Domain {
     }
 
     /// Opens the write transaction of a lifecycle change: the organisation is
-    /// locked first (the same order everywhere), then the user is read again.
-    async fn begin_user_write(&self, id: Uuid) -> DomainResult<(DatabaseTransaction, User, user::Model)> {
+    /// locked first (the same order everywhere), then the user is read again
+    /// and the caller's `etag` (empty: none) checked against that read, so no
+    /// change can come between the check and the write (AIP-154).
+    async fn begin_user_write(&self, id: Uuid, etag: &str) -> DomainResult<(DatabaseTransaction, User, user::Model)> {
         let txn = crate::persistence::begin_write(&self.db).await?;
         let row = user::Entity::find_by_id(id)
             .one(&txn)
@@ -933,6 +936,7 @@ impl Domain {
             .one(&txn)
             .await?
             .ok_or_else(|| DomainError::not_found("user", id))?;
+        check_etag("user", etag, row.version)?;
         let roles = roles_of(&txn, &[id]).await?.remove(&id).unwrap_or_default();
         let user = user_from_row(row.clone(), roles, &self.vault)?;
         Ok((txn, user, row))
