@@ -4,6 +4,7 @@
 
 use orgadmin_proto::v1 as pb;
 use orgadmin_tests::*;
+use prost::Message;
 use prost_types::FieldMask;
 use tonic::Code;
 
@@ -156,4 +157,38 @@ async fn lifecycle_changes_check_the_etag(backend: Backend) {
         .expect("user");
     assert_eq!(deleted.state, pb::UserState::Deleted as i32);
     app.finish().await;
+}
+
+fn descriptor_set() -> prost_types::FileDescriptorSet {
+    prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).expect("descriptor set")
+}
+
+/// The operator is the platform's, never a user's role: the number and the
+/// name are reserved, so neither can come back with another meaning.
+#[test]
+fn role_enum_has_no_operator() {
+    let set = descriptor_set();
+    let role = set
+        .file
+        .iter()
+        .filter(|f| f.package() == "orgadmin.v1")
+        .flat_map(|f| &f.enum_type)
+        .find(|e| e.name() == "Role")
+        .expect("enum orgadmin.v1.Role");
+    assert!(
+        role.value
+            .iter()
+            .all(|v| v.number() != 1 && v.name() != "ROLE_OPERATOR"),
+        "Role still has ROLE_OPERATOR: {:?}",
+        role.value
+    );
+    assert!(
+        // An enum's reserved range includes its end.
+        role.reserved_range.iter().any(|r| r.start() <= 1 && 1 <= r.end()),
+        "number 1 of Role is not reserved"
+    );
+    assert!(
+        role.reserved_name.iter().any(|n| n == "ROLE_OPERATOR"),
+        "the name ROLE_OPERATOR is not reserved"
+    );
 }
