@@ -63,6 +63,13 @@ pub fn to_status(err: DomainError) -> Status {
         DomainError::AlreadyExists { reason, message } => {
             with_reason(Code::AlreadyExists, message, reason, HashMap::new())
         }
+        DomainError::RequestAlreadyDone { resource, id, message } => {
+            let mut details = ErrorDetails::new();
+            let key = format!("{}_id", resource.replace(' ', "_"));
+            details.set_error_info("REQUEST_ALREADY_DONE", ERROR_DOMAIN, HashMap::from([(key, id.clone())]));
+            details.set_resource_info(resource, id, "", "");
+            Status::with_error_details(Code::AlreadyExists, bounded(message), details)
+        }
         DomainError::FailedPrecondition {
             reason,
             message,

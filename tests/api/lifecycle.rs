@@ -716,6 +716,7 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
                 user_id: user.id.clone(),
                 name: "kort".into(),
                 expire_time: Some(in_ms(1000)),
+                ..Default::default()
             },
         ))
         .await
@@ -737,6 +738,7 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
                 user_id: user.id.clone(),
                 name: "lang".into(),
                 expire_time: None,
+                ..Default::default()
             },
         ))
         .await
@@ -779,6 +781,7 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
                 user_id: user.id.clone(),
                 name: "x".into(),
                 expire_time: Some(in_ms(3 * 366 * 86_400_000)),
+                ..Default::default()
             },
         ))
         .await;
@@ -793,6 +796,7 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
                 user_id: user.id.clone(),
                 name: String::new(),
                 expire_time: None,
+                ..Default::default()
             },
         ))
         .await;

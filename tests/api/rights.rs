@@ -99,6 +99,7 @@ impl World {
                     kind: pb::UnitKind::Department as i32,
                     name: "Enhed".into(),
                     number: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -294,6 +295,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                     kind: pb::UnitKind::Department as i32,
                     name: "Ny enhed".into(),
                     number: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -486,6 +488,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                     user_id: world.target.id.clone(),
                     name: "ny".into(),
                     expire_time: None,
+                    ..Default::default()
                 },
             ))
             .await
@@ -498,6 +501,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                     user_id: world.plain.id.clone(),
                     name: "min".into(),
                     expire_time: None,
+                    ..Default::default()
                 },
             ))
             .await
@@ -522,6 +526,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                     user_id: world.pending_admin.id.clone(),
                     name: "ny".into(),
                     expire_time: None,
+                    ..Default::default()
                 },
             ))
             .await

@@ -537,6 +537,7 @@ async fn list_users_filters_and_pages(backend: Backend) {
         kind: pb::UnitKind::Department as i32,
         name: name.into(),
         number: String::new(),
+        ..Default::default()
     };
     let top = orgs
         .create_unit(req(&token, unit("", "Drift")))

@@ -197,10 +197,8 @@ impl Domain {
             v.check("phone", validate::phone(phone));
         }
         v.check("external_ids", validate::external_ids(&new.external_ids));
-        if let Some(id) = &new.request_id
-            && (id.is_empty() || id.len() > 100)
-        {
-            v.add("request_id", "must be 1 to 100 characters");
+        if let Some(id) = &new.request_id {
+            v.check("request_id", validate::request_id(id));
         }
         v.into_result()?;
         let (Some(first_name), Some(surname), Some(email)) = (first_name, surname, email) else {
