@@ -10,6 +10,11 @@ const PROTOS: &[&str] = &[
     "orgadmin/v1/notification_service.proto",
 ];
 
+/// Imported by the contract, vendored from googleapis (`google/api/`, found
+/// through the include path `.`): its extensions travel in the descriptor set,
+/// so reflection shows `[(google.api.field_behavior) = REQUIRED]` and the like.
+const VENDORED: &[&str] = &["google/api/field_behavior.proto"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let mut config = prost_build::Config::new();
@@ -19,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("orgadmin_descriptor.bin"))
         .compile_with_config(config, PROTOS, &["."])?;
     // tonic-prost-build 0.14 does not print these reliably; do it by hand.
-    for proto in PROTOS {
+    for proto in PROTOS.iter().chain(VENDORED) {
         println!("cargo:rerun-if-changed={proto}");
     }
     println!("cargo:rerun-if-changed=build.rs");

@@ -67,6 +67,7 @@ reasons!(
     NoCprNumber => "NO_CPR_NUMBER",
     Overloaded => "OVERLOADED",
     PermissionDenied => "PERMISSION_DENIED",
+    RequestAlreadyDone => "REQUEST_ALREADY_DONE",
     StaleEtag => "STALE_ETAG",
     Unauthenticated => "UNAUTHENTICATED",
     UnitInUse => "UNIT_IN_USE",
@@ -86,6 +87,15 @@ pub enum DomainError {
     NotFound { resource: &'static str, id: String },
     #[error("{message}")]
     AlreadyExists { reason: Reason, message: String },
+    /// An earlier call with the same request id already made `resource`
+    /// `id`, and what it returned cannot be given again (a secret is shown
+    /// once). Reason REQUEST_ALREADY_DONE.
+    #[error("{message}")]
+    RequestAlreadyDone {
+        resource: &'static str,
+        id: String,
+        message: String,
+    },
     /// A rule of the organisation stands in the way (licences, last admin, ...).
     #[error("{message}")]
     FailedPrecondition {
@@ -148,6 +158,12 @@ impl DomainError {
             message: format!("the {resource} was changed by someone else; read it again and retry with its new etag"),
         }
     }
+}
+
+/// Whether a write broke a unique index: a parallel create with the same
+/// request id may have committed first.
+pub(crate) fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
 
 impl From<DbErr> for DomainError {

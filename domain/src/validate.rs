@@ -180,6 +180,15 @@ pub fn email(value: &str) -> Result<(), String> {
 }
 
 /// Names and other short free texts: not blank, at most `max` characters.
+/// A client-chosen request id of a create (AIP-155): 1 to 100 characters.
+/// An empty one means none (the handlers pass `None`).
+pub fn request_id(value: &str) -> Result<(), String> {
+    if !(1..=100).contains(&value.chars().count()) {
+        return Err("must be 1 to 100 characters".into());
+    }
+    Ok(())
+}
+
 pub fn text(value: &str, max: usize) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err("must not be empty".into());

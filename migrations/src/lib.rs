@@ -25,6 +25,7 @@ mod m20261202_000015_add_user_normalised_keys;
 mod m20261202_000020_reserve_seats_of_timed_deactivations;
 mod m20261202_000021_add_history_actor_names;
 mod m20261202_000022_add_user_email_verification;
+mod m20261202_000030_add_create_request_ids;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -59,6 +60,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000020_reserve_seats_of_timed_deactivations::Migration),
             Box::new(m20261202_000021_add_history_actor_names::Migration),
             Box::new(m20261202_000022_add_user_email_verification::Migration),
+            Box::new(m20261202_000030_add_create_request_ids::Migration),
         ]
     }
 }

@@ -59,10 +59,6 @@ pub fn role(field: &str, value: i32) -> Result<model::Role, DomainError> {
         pb::Role::UserAdmin => Ok(model::Role::UserAdmin),
         pb::Role::RightsAdmin => Ok(model::Role::RightsAdmin),
         pb::Role::User => Ok(model::Role::User),
-        pb::Role::Operator => Err(DomainError::invalid(
-            field,
-            "ROLE_OPERATOR is the platform's, never a user's",
-        )),
         pb::Role::Unspecified => Err(DomainError::invalid(field, "must not be ROLE_UNSPECIFIED")),
     }
 }

@@ -64,6 +64,17 @@ pub fn to_status(err: DomainError) -> Status {
         DomainError::AlreadyExists { reason, message } => {
             with_reason(Code::AlreadyExists, message, reason.as_str(), HashMap::new())
         }
+        DomainError::RequestAlreadyDone { resource, id, message } => {
+            let mut details = ErrorDetails::new();
+            let key = format!("{}_id", resource.replace(' ', "_"));
+            details.set_error_info(
+                Reason::RequestAlreadyDone.as_str(),
+                ERROR_DOMAIN,
+                HashMap::from([(key, id.clone())]),
+            );
+            details.set_resource_info(resource, id, "", "");
+            Status::with_error_details(Code::AlreadyExists, bounded(message), details)
+        }
         DomainError::FailedPrecondition {
             reason,
             message,

@@ -118,6 +118,7 @@ async fn no_one_mints_a_token_for_another_person(backend: Backend) {
                     user_id: target.clone(),
                     name: "som en anden".into(),
                     expire_time: None,
+                    ..Default::default()
                 },
             ))
             .await;

@@ -55,6 +55,7 @@ async fn licences_are_counted_and_freed(backend: Backend) {
                 id: a.id.clone(),
                 until: None,
                 reason: String::new(),
+                ..Default::default()
             },
         ))
         .await
@@ -75,7 +76,13 @@ async fn licences_are_counted_and_freed(backend: Backend) {
     assert_eq!(org.licences_used, 2);
     let (carl, _) = app.member(&fixture, "Carl", &[]).await;
     let back = users
-        .reactivate_user(req(&token, pb::ReactivateUserRequest { id: a.id.clone() }))
+        .reactivate_user(req(
+            &token,
+            pb::ReactivateUserRequest {
+                id: a.id.clone(),
+                ..Default::default()
+            },
+        ))
         .await;
     assert_eq!(
         reason(&assert_code(back, Code::FailedPrecondition)),
@@ -83,11 +90,23 @@ async fn licences_are_counted_and_freed(backend: Backend) {
     );
     // Deleting frees one for good.
     users
-        .delete_user(req(&token, pb::DeleteUserRequest { id: b.id.clone() }))
+        .delete_user(req(
+            &token,
+            pb::DeleteUserRequest {
+                id: b.id.clone(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap();
     let back = users
-        .reactivate_user(req(&token, pb::ReactivateUserRequest { id: a.id.clone() }))
+        .reactivate_user(req(
+            &token,
+            pb::ReactivateUserRequest {
+                id: a.id.clone(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -155,6 +174,7 @@ async fn licences_hold_under_concurrent_creates_and_sweeps(backend: Backend) {
                 id: racer.id.clone(),
                 until: Some(in_ms(300)),
                 reason: "orlov".into(),
+                ..Default::default()
             },
         ))
         .await
@@ -189,6 +209,7 @@ async fn last_administrator_is_protected(backend: Backend) {
                 id: admin_id.clone(),
                 until: None,
                 reason: String::new(),
+                ..Default::default()
             },
         ))
         .await;
@@ -197,7 +218,13 @@ async fn last_administrator_is_protected(backend: Backend) {
         "LAST_ORGANISATION_ADMIN"
     );
     let delete = users
-        .delete_user(req(&token, pb::DeleteUserRequest { id: admin_id.clone() }))
+        .delete_user(req(
+            &token,
+            pb::DeleteUserRequest {
+                id: admin_id.clone(),
+                ..Default::default()
+            },
+        ))
         .await;
     assert_eq!(
         reason(&assert_code(delete, Code::FailedPrecondition)),
@@ -275,6 +302,7 @@ async fn timed_deactivation_ends_by_the_worker(backend: Backend) {
                 id: user.id.clone(),
                 until: Some(until),
                 reason: "barsel".into(),
+                ..Default::default()
             },
         ))
         .await
@@ -294,6 +322,7 @@ async fn timed_deactivation_ends_by_the_worker(backend: Backend) {
                 id: stays.id.clone(),
                 until: None,
                 reason: String::new(),
+                ..Default::default()
             },
         ))
         .await
@@ -408,7 +437,13 @@ async fn deletion_is_final_and_follows_policy(backend: Backend) {
         .unwrap();
     let before = app.fingerprint().await;
     let refused = users
-        .delete_user(req(&token, pb::DeleteUserRequest { id: user.id.clone() }))
+        .delete_user(req(
+            &token,
+            pb::DeleteUserRequest {
+                id: user.id.clone(),
+                ..Default::default()
+            },
+        ))
         .await;
     assert_eq!(
         reason(&assert_code(refused, Code::FailedPrecondition)),
@@ -445,7 +480,13 @@ async fn deletion_is_final_and_follows_policy(backend: Backend) {
         .await
         .unwrap();
     let deleted = users
-        .delete_user(req(&token, pb::DeleteUserRequest { id: user.id.clone() }))
+        .delete_user(req(
+            &token,
+            pb::DeleteUserRequest {
+                id: user.id.clone(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -458,7 +499,13 @@ async fn deletion_is_final_and_follows_policy(backend: Backend) {
     );
     for status in [
         users
-            .reactivate_user(req(&token, pb::ReactivateUserRequest { id: user.id.clone() }))
+            .reactivate_user(req(
+                &token,
+                pb::ReactivateUserRequest {
+                    id: user.id.clone(),
+                    ..Default::default()
+                },
+            ))
             .await
             .map(|_| ()),
         users
@@ -468,12 +515,19 @@ async fn deletion_is_final_and_follows_policy(backend: Backend) {
                     id: user.id.clone(),
                     until: None,
                     reason: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
             .map(|_| ()),
         users
-            .delete_user(req(&token, pb::DeleteUserRequest { id: user.id.clone() }))
+            .delete_user(req(
+                &token,
+                pb::DeleteUserRequest {
+                    id: user.id.clone(),
+                    ..Default::default()
+                },
+            ))
             .await
             .map(|_| ()),
     ] {
@@ -530,6 +584,7 @@ async fn history_pages_and_filters(backend: Backend) {
                 id: user.id.clone(),
                 until: None,
                 reason: "test".into(),
+                ..Default::default()
             },
         ))
         .await
@@ -537,7 +592,13 @@ async fn history_pages_and_filters(backend: Backend) {
     let mid = chrono::Utc::now().timestamp_millis();
     tokio::time::sleep(Duration::from_millis(20)).await;
     users
-        .reactivate_user(req(&token, pb::ReactivateUserRequest { id: user.id.clone() }))
+        .reactivate_user(req(
+            &token,
+            pb::ReactivateUserRequest {
+                id: user.id.clone(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap();
 
@@ -655,6 +716,7 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
                 user_id: user.id.clone(),
                 name: "kort".into(),
                 expire_time: Some(in_ms(1000)),
+                ..Default::default()
             },
         ))
         .await
@@ -676,6 +738,7 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
                 user_id: user.id.clone(),
                 name: "lang".into(),
                 expire_time: None,
+                ..Default::default()
             },
         ))
         .await
@@ -718,6 +781,7 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
                 user_id: user.id.clone(),
                 name: "x".into(),
                 expire_time: Some(in_ms(3 * 366 * 86_400_000)),
+                ..Default::default()
             },
         ))
         .await;
@@ -732,6 +796,7 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
                 user_id: user.id.clone(),
                 name: String::new(),
                 expire_time: None,
+                ..Default::default()
             },
         ))
         .await;
@@ -785,6 +850,7 @@ async fn lost_rights_take_effect_at_once(backend: Backend) {
                 id: helper.id.clone(),
                 until: None,
                 reason: String::new(),
+                ..Default::default()
             },
         ))
         .await

@@ -124,6 +124,7 @@ async fn activation_by_mailed_link(backend: Backend) {
                 id: user.id.clone(),
                 until: None,
                 reason: String::new(),
+                ..Default::default()
             },
         ))
         .await
@@ -132,7 +133,10 @@ async fn activation_by_mailed_link(backend: Backend) {
         .users()
         .reactivate_user(req(
             &fixture.admin_token,
-            pb::ReactivateUserRequest { id: user.id.clone() },
+            pb::ReactivateUserRequest {
+                id: user.id.clone(),
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()

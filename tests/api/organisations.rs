@@ -407,6 +407,7 @@ async fn unit_tree(backend: Backend) {
         kind: kind as i32,
         name: name.to_owned(),
         number: number.to_owned(),
+        ..Default::default()
     };
     let sales = orgs
         .create_unit(req(&token, create("", pb::UnitKind::Department, "Salg", "")))

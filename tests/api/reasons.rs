@@ -90,7 +90,13 @@ async fn reasons_no_other_scenario_reaches(backend: Backend) {
     // USER_NOT_DEACTIVATED: only a deactivated user comes back.
     let active = app
         .users()
-        .reactivate_user(req(&token, pb::ReactivateUserRequest { id: plain.id.clone() }))
+        .reactivate_user(req(
+            &token,
+            pb::ReactivateUserRequest {
+                id: plain.id.clone(),
+                ..Default::default()
+            },
+        ))
         .await;
     assert_eq!(
         reason(&assert_code(active, Code::FailedPrecondition)),
@@ -169,6 +175,7 @@ async fn reasons_no_other_scenario_reaches(backend: Backend) {
                 id: plain.id.clone(),
                 until: None,
                 reason: String::new(),
+                ..Default::default()
             },
         ))
         .await
@@ -191,7 +198,13 @@ async fn reasons_no_other_scenario_reaches(backend: Backend) {
 
     // USER_DELETED: a deleted user is changed no more.
     app.users()
-        .delete_user(req(&token, pb::DeleteUserRequest { id: coded.id.clone() }))
+        .delete_user(req(
+            &token,
+            pb::DeleteUserRequest {
+                id: coded.id.clone(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap();
     let late = app

@@ -85,6 +85,7 @@ impl World {
                     id: deactivated.id.clone(),
                     until: None,
                     reason: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -99,6 +100,7 @@ impl World {
                     kind: pb::UnitKind::Department as i32,
                     name: "Enhed".into(),
                     number: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -312,6 +314,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                     kind: pb::UnitKind::Department as i32,
                     name: "Ny enhed".into(),
                     number: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -434,6 +437,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                     id: world.target.id.clone(),
                     until: None,
                     reason: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -446,6 +450,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                     id: world.user_admin.id.clone(),
                     until: None,
                     reason: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -456,6 +461,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                 t,
                 pb::ReactivateUserRequest {
                     id: world.deactivated.id.clone(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -466,6 +472,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                 t,
                 pb::DeleteUserRequest {
                     id: world.target.id.clone(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -500,6 +507,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                     user_id: world.target.id.clone(),
                     name: "ny".into(),
                     expire_time: None,
+                    ..Default::default()
                 },
             ))
             .await
@@ -512,6 +520,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                     user_id: world.plain.id.clone(),
                     name: "min".into(),
                     expire_time: None,
+                    ..Default::default()
                 },
             ))
             .await
@@ -546,6 +555,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                     user_id: world.pending_admin.id.clone(),
                     name: "ny".into(),
                     expire_time: None,
+                    ..Default::default()
                 },
             ))
             .await

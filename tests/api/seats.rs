@@ -24,6 +24,7 @@ async fn deactivate(app: &TestApp, token: &str, id: &str, until: Option<Timestam
                 id: id.to_owned(),
                 until,
                 reason: "orlov".into(),
+                ..Default::default()
             },
         ))
         .await
@@ -81,7 +82,13 @@ async fn timed_deactivation_keeps_its_licence_for_the_return(backend: Backend) {
     let (_carl, _) = app.member(&fixture, "Carl", &[]).await;
     let back = app
         .users()
-        .reactivate_user(req(&token, pb::ReactivateUserRequest { id: anna.id.clone() }))
+        .reactivate_user(req(
+            &token,
+            pb::ReactivateUserRequest {
+                id: anna.id.clone(),
+                ..Default::default()
+            },
+        ))
         .await;
     assert_eq!(
         reason(&assert_code(back, Code::FailedPrecondition)),
@@ -97,7 +104,13 @@ async fn timed_deactivation_keeps_its_licence_for_the_return(backend: Backend) {
     // reactivating a timed one by hand takes nothing new.
     let (dora, _) = {
         app.users()
-            .delete_user(req(&token, pb::DeleteUserRequest { id: _carl.id.clone() }))
+            .delete_user(req(
+                &token,
+                pb::DeleteUserRequest {
+                    id: _carl.id.clone(),
+                    ..Default::default()
+                },
+            ))
             .await
             .unwrap();
         app.member(&fixture, "Dora", &[]).await
@@ -106,7 +119,13 @@ async fn timed_deactivation_keeps_its_licence_for_the_return(backend: Backend) {
     assert_eq!(licences_used(&app, &token, &fixture.org.id).await, 3);
     let back = app
         .users()
-        .reactivate_user(req(&token, pb::ReactivateUserRequest { id: dora.id.clone() }))
+        .reactivate_user(req(
+            &token,
+            pb::ReactivateUserRequest {
+                id: dora.id.clone(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -205,6 +224,7 @@ async fn pending_administrator_is_not_an_active_one(backend: Backend) {
             &token,
             pb::DeleteUserRequest {
                 id: fixture.admin.id.clone(),
+                ..Default::default()
             },
         ))
         .await;

@@ -49,6 +49,7 @@ async fn users_outside_the_view_read_as_missing(backend: Backend) {
                 id: plain.id.clone(),
                 until: None,
                 reason: String::new(),
+                ..Default::default()
             },
         ))
         .await;

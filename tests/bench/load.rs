@@ -162,6 +162,7 @@ async fn setup(channel: &Channel, operator: &str, tag: &str) -> AnyResult<Fixtur
                 user_id: admin.id.clone(),
                 name: "bench".into(),
                 expire_time: None,
+                ..Default::default()
             },
         ))
         .await?

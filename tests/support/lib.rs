@@ -427,6 +427,7 @@ impl TestApp {
                     user_id: user_id.to_owned(),
                     name: "test".into(),
                     expire_time: None,
+                    ..Default::default()
                 },
             ))
             .await

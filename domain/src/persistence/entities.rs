@@ -26,6 +26,8 @@ pub mod organisation {
         pub billing_address: String,
         pub billing_email: String,
         pub billing_reference: String,
+        /// The client's request id of the create (AIP-155), unique when set.
+        pub create_request_id: Option<String>,
         pub version: i64,
         pub created_at: i64,
         pub updated_at: i64,
@@ -51,6 +53,8 @@ pub mod unit {
         pub name: String,
         pub number: Option<String>,
         pub created_at: i64,
+        /// The client's request id of the create, unique per organisation.
+        pub create_request_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -174,6 +178,8 @@ pub mod api_token {
         pub created_at: i64,
         pub expires_at: Option<i64>,
         pub revoked_at: Option<i64>,
+        /// The client's request id of the create, unique per user.
+        pub create_request_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

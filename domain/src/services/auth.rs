@@ -5,21 +5,22 @@
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Query;
 use sea_orm::{
-    ColumnTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 use tracing::instrument;
 use uuid::Uuid;
 
 use super::users::roles_of;
 use crate::Domain;
-use crate::error::{DomainError, DomainResult, Reason};
+use crate::error::{DomainError, DomainResult, Reason, is_unique_violation};
 use crate::model::*;
 use crate::persistence::entities::{api_token, user, user_role};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::persistence::mapping::{api_token_from_row, parse};
 use crate::policy::{Action, Caller, Principal, Target, authorize};
 use crate::secrets::{Secret, new_token, token_hash};
-use crate::validate;
+use crate::validate::{self, Violations};
 
 const DAY: Millis = 24 * 60 * 60 * 1000;
 pub const DEFAULT_TOKEN_LIFETIME: Millis = 90 * DAY;
@@ -155,6 +156,7 @@ impl Domain {
             created_at: Set(now),
             expires_at: Set(None),
             revoked_at: Set(None),
+            create_request_id: Set(None),
         })
         .exec_without_returning(&self.db)
         .await?;
@@ -184,6 +186,7 @@ impl Domain {
             created_at: Set(now),
             expires_at: Set(Some(expires_at)),
             revoked_at: Set(None),
+            create_request_id: Set(None),
         })
         .exec_without_returning(txn)
         .await?;
@@ -191,7 +194,10 @@ impl Domain {
     }
 
     /// Gives the caller an API token of their own (R-AUTH-1: never one that
-    /// acts as somebody else); returns it with its secret.
+    /// acts as somebody else); returns it with its secret. A retry with the
+    /// `request_id` of an earlier call makes no second token, and cannot
+    /// show the secret again (it is shown once): it answers
+    /// REQUEST_ALREADY_DONE naming the token the first call made.
     #[instrument(skip_all, err(level = "debug"))]
     pub async fn create_api_token(
         &self,
@@ -199,9 +205,15 @@ impl Domain {
         user_id: Uuid,
         name: &str,
         expires_at: Option<Millis>,
+        request_id: Option<&str>,
     ) -> DomainResult<(ApiToken, String)> {
         let target = self.authorize_on_user(caller, Action::CreateApiToken, user_id).await?;
-        validate::text(name, 100).map_err(|e| DomainError::invalid("name", e))?;
+        let mut v = Violations::default();
+        v.check("name", validate::text(name, 100));
+        if let Some(id) = request_id {
+            v.check("request_id", validate::request_id(id));
+        }
+        v.into_result()?;
         let now = now_millis();
         let expires_at = expires_at.unwrap_or(now + DEFAULT_TOKEN_LIFETIME);
         if expires_at <= now {
@@ -221,7 +233,10 @@ impl Domain {
         }
         let secret = new_token();
         let txn = crate::persistence::begin_write(&self.db).await?;
-        let row = api_token::Entity::insert(api_token::ActiveModel {
+        if let Some(done) = token_by_request(&txn, user_id, request_id).await? {
+            return Err(request_already_done(done.id));
+        }
+        let inserted = api_token::Entity::insert(api_token::ActiveModel {
             id: Set(Uuid::now_v7()),
             kind: Set(KIND_API.into()),
             organisation_id: Set(Some(target.organisation_id)),
@@ -232,9 +247,23 @@ impl Domain {
             created_at: Set(now),
             expires_at: Set(Some(expires_at)),
             revoked_at: Set(None),
+            create_request_id: Set(request_id.map(str::to_owned)),
         })
         .exec_with_returning(&txn)
-        .await?;
+        .await;
+        let row = match inserted {
+            Ok(row) => row,
+            Err(err) => {
+                // A parallel attempt with the same request id committed first.
+                let _ = txn.rollback().await;
+                if is_unique_violation(&err)
+                    && let Some(done) = token_by_request(&self.db, user_id, request_id).await?
+                {
+                    return Err(request_already_done(done.id));
+                }
+                return Err(err.into());
+            }
+        };
         let mut changes = Vec::new();
         diff(&mut changes, "api_token", "", row.id);
         diff(&mut changes, "name", "", &row.name);
@@ -334,5 +363,32 @@ impl Domain {
         txn.commit().await?;
         self.auth_cache.clear();
         Ok(api_token_from_row(updated))
+    }
+}
+
+/// The API token a user's earlier create with this request id made.
+async fn token_by_request(
+    db: &impl ConnectionTrait,
+    user_id: Uuid,
+    request_id: Option<&str>,
+) -> DomainResult<Option<api_token::Model>> {
+    let Some(request_id) = request_id else {
+        return Ok(None);
+    };
+    Ok(api_token::Entity::find()
+        .filter(api_token::Column::UserId.eq(user_id))
+        .filter(api_token::Column::CreateRequestId.eq(request_id))
+        .one(db)
+        .await?)
+}
+
+fn request_already_done(token_id: Uuid) -> DomainError {
+    DomainError::RequestAlreadyDone {
+        resource: "api token",
+        id: token_id.to_string(),
+        message: format!(
+            "this request_id already made API token {token_id}; its secret was shown once and is not shown again \
+             (revoke that token and create a new one with a new request_id if the secret was lost)"
+        ),
     }
 }

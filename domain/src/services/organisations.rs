@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{lock_organisation, read_organisation, seat_holders};
 use crate::Domain;
-use crate::error::{DomainError, DomainResult, Reason};
+use crate::error::{DomainError, DomainResult, Reason, is_unique_violation};
 use crate::model::*;
 use crate::paging;
 use crate::persistence::entities::{organisation, unit, user};
@@ -27,6 +27,9 @@ pub struct NewOrganisation {
     pub licence_count: Option<i32>,
     pub max_administrators: Option<i32>,
     pub deletion_policy: Option<DeletionPolicy>,
+    /// Client-chosen (AIP-155): a retry with the same id returns the
+    /// organisation the first attempt made.
+    pub request_id: Option<String>,
 }
 
 /// Fields named in an update mask; `None` leaves a field as it is.
@@ -53,6 +56,9 @@ pub struct NewUnit {
     pub kind: UnitKind,
     pub name: String,
     pub number: Option<String>,
+    /// Client-chosen, per organisation: a retry with the same id returns the
+    /// unit the first attempt made.
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -103,15 +109,29 @@ impl Domain {
         if !(0..=1000).contains(&max_administrators) {
             violations.add("max_administrators", "must be between 0 (no limit) and 1000");
         }
+        if let Some(id) = &new.request_id {
+            violations.check("request_id", validate::request_id(id));
+        }
         violations.into_result()?;
 
         let txn = crate::persistence::begin_write(&self.db).await?;
-        if organisation::Entity::find()
+        // A retry finds what its first attempt made (before the CVR rule,
+        // which that organisation now breaks).
+        if let Some(existing) = self.organisation_by_request(&txn, new.request_id.as_deref()).await? {
+            txn.commit().await?;
+            return organisation_from_row(existing);
+        }
+        if let Some(holder) = organisation::Entity::find()
             .filter(organisation::Column::Cvr.eq(&new.cvr))
-            .count(&txn)
+            .one(&txn)
             .await?
-            > 0
         {
+            // A parallel attempt of this very request may have committed
+            // since the look-up above (PostgreSQL reads committed rows).
+            if new.request_id.is_some() && holder.create_request_id == new.request_id {
+                txn.commit().await?;
+                return organisation_from_row(holder);
+            }
             return Err(DomainError::AlreadyExists {
                 reason: Reason::CvrTaken,
                 message: format!("an organisation with CVR {} already exists", new.cvr),
@@ -134,11 +154,27 @@ impl Domain {
             billing_address: Set(String::new()),
             billing_email: Set(String::new()),
             billing_reference: Set(String::new()),
+            create_request_id: Set(new.request_id.clone()),
             version: Set(1),
             created_at: Set(now),
             updated_at: Set(now),
         };
-        let row = organisation::Entity::insert(row).exec_with_returning(&txn).await?;
+        let row = match organisation::Entity::insert(row).exec_with_returning(&txn).await {
+            Ok(row) => row,
+            Err(err) => {
+                // On PostgreSQL a parallel attempt with the same request id
+                // may have committed first: answer with its organisation.
+                let _ = txn.rollback().await;
+                if is_unique_violation(&err)
+                    && let Some(existing) = self
+                        .organisation_by_request(&self.db, new.request_id.as_deref())
+                        .await?
+                {
+                    return organisation_from_row(existing);
+                }
+                return Err(err.into());
+            }
+        };
         let mut changes = Vec::new();
         diff(&mut changes, "name", "", &row.name);
         diff(&mut changes, "cvr", "", &row.cvr);
@@ -157,6 +193,20 @@ impl Domain {
         .await?;
         txn.commit().await?;
         organisation_from_row(row)
+    }
+
+    async fn organisation_by_request(
+        &self,
+        db: &impl sea_orm::ConnectionTrait,
+        request_id: Option<&str>,
+    ) -> DomainResult<Option<organisation::Model>> {
+        let Some(request_id) = request_id else {
+            return Ok(None);
+        };
+        Ok(organisation::Entity::find()
+            .filter(organisation::Column::CreateRequestId.eq(request_id))
+            .one(db)
+            .await?)
     }
 
     async fn load_organisation(&self, id: Uuid) -> DomainResult<Organisation> {
@@ -441,9 +491,24 @@ impl Domain {
             (UnitKind::Department, Some(_)) => violations.add("number", "a department has no number"),
             (UnitKind::Department, None) => {}
         }
+        if let Some(id) = &new.request_id {
+            violations.check("request_id", validate::request_id(id));
+        }
         violations.into_result()?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         lock_organisation(&txn, new.organisation_id).await?;
+        // Under the organisation lock: a parallel retry waits for the first
+        // attempt and then finds its unit.
+        if let Some(request_id) = &new.request_id
+            && let Some(existing) = unit::Entity::find()
+                .filter(unit::Column::OrganisationId.eq(new.organisation_id))
+                .filter(unit::Column::CreateRequestId.eq(request_id.as_str()))
+                .one(&txn)
+                .await?
+        {
+            txn.commit().await?;
+            return unit_from_row(existing);
+        }
         if let Some(parent) = new.parent_id {
             self.unit_in_organisation(&txn, parent, new.organisation_id, "parent_id")
                 .await?;
@@ -471,6 +536,7 @@ impl Domain {
             name: Set(new.name.trim().to_owned()),
             number: Set(number.clone()),
             created_at: Set(now),
+            create_request_id: Set(new.request_id.clone()),
         })
         .exec_with_returning(&txn)
         .await?;

@@ -197,10 +197,8 @@ impl Domain {
             v.check("phone", validate::phone(phone));
         }
         v.check("external_ids", validate::external_ids(&new.external_ids));
-        if let Some(id) = &new.request_id
-            && (id.is_empty() || id.len() > 100)
-        {
-            v.add("request_id", "must be 1 to 100 characters");
+        if let Some(id) = &new.request_id {
+            v.check("request_id", validate::request_id(id));
         }
         v.into_result()?;
         let (Some(first_name), Some(surname), Some(email)) = (first_name, surname, email) else {
@@ -864,6 +862,7 @@ impl Domain {
         id: Uuid,
         until: Option<Millis>,
         reason: &str,
+        etag: &str,
     ) -> DomainResult<User> {
         self.authorized_user(caller, Action::DeactivateUser, id).await?;
         let now = now_millis();
@@ -875,7 +874,7 @@ impl Domain {
         if reason.chars().count() > 500 {
             return Err(DomainError::invalid("reason", "must be at most 500 characters"));
         }
-        let (txn, current, row) = self.begin_user_write(id).await?;
+        let (txn, current, row) = self.begin_user_write(id, etag).await?;
         match current.state {
             UserState::Deleted => {
                 return Err(DomainError::precondition(
@@ -916,9 +915,9 @@ impl Domain {
     }
 
     #[instrument(skip_all, err(level = "debug"))]
-    pub async fn reactivate_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
+    pub async fn reactivate_user(&self, caller: &Caller, id: Uuid, etag: &str) -> DomainResult<User> {
         self.authorized_user(caller, Action::ReactivateUser, id).await?;
-        let (txn, current, row) = self.begin_user_write(id).await?;
+        let (txn, current, row) = self.begin_user_write(id, etag).await?;
         if current.state != UserState::Deactivated {
             return Err(DomainError::precondition(
                 Reason::UserNotDeactivated,
@@ -957,9 +956,9 @@ impl Domain {
 
     /// R-USR-5: final; refused under DEACTIVATE_ONLY.
     #[instrument(skip_all, err(level = "debug"))]
-    pub async fn delete_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
+    pub async fn delete_user(&self, caller: &Caller, id: Uuid, etag: &str) -> DomainResult<User> {
         self.authorized_user(caller, Action::DeleteUser, id).await?;
-        let (txn, current, row) = self.begin_user_write(id).await?;
+        let (txn, current, row) = self.begin_user_write(id, etag).await?;
         let org = lock_organisation(&txn, current.organisation_id).await?;
         if parse::<DeletionPolicy>(&org.deletion_policy)? == DeletionPolicy::DeactivateOnly {
             return Err(DomainError::precondition(
@@ -991,8 +990,10 @@ impl Domain {
     }
 
     /// Opens the write transaction of a lifecycle change: the organisation is
-    /// locked first (the same order everywhere), then the user is read again.
-    async fn begin_user_write(&self, id: Uuid) -> DomainResult<(DatabaseTransaction, User, user::Model)> {
+    /// locked first (the same order everywhere), then the user is read again
+    /// and the caller's `etag` (empty: none) checked against that read, so no
+    /// change can come between the check and the write (AIP-154).
+    async fn begin_user_write(&self, id: Uuid, etag: &str) -> DomainResult<(DatabaseTransaction, User, user::Model)> {
         let txn = crate::persistence::begin_write(&self.db).await?;
         let row = user::Entity::find_by_id(id)
             .one(&txn)
@@ -1003,6 +1004,7 @@ impl Domain {
             .one(&txn)
             .await?
             .ok_or_else(|| DomainError::not_found("user", id))?;
+        check_etag("user", etag, row.version)?;
         let roles = roles_of(&txn, &[id]).await?.remove(&id).unwrap_or_default();
         let user = user_from_row(row.clone(), roles, &self.vault)?;
         Ok((txn, user, row))

@@ -42,7 +42,7 @@ impl AuthService for AuthHandler {
             .into_status()?;
         let (token, secret) = self
             .domain
-            .create_api_token(&caller, user_id, &r.name, expires)
+            .create_api_token(&caller, user_id, &r.name, expires, opt_string(r.request_id).as_deref())
             .await
             .into_status()?;
         Ok(Response::new(pb::CreateApiTokenResponse {

@@ -73,6 +73,7 @@ impl OrganisationService for OrganisationHandler {
             licence_count: r.licence_count,
             max_administrators: r.max_administrators,
             deletion_policy: deletion_policy("deletion_policy", r.deletion_policy).into_status()?,
+            request_id: opt_string(r.request_id),
         };
         let org = self.domain.create_organisation(&caller, new).await.into_status()?;
         Ok(Response::new(pb::CreateOrganisationResponse {
@@ -246,6 +247,7 @@ impl OrganisationService for OrganisationHandler {
             kind: unit_kind("kind", r.kind).into_status()?,
             name: r.name,
             number: opt_string(r.number),
+            request_id: opt_string(r.request_id),
         };
         let unit = self.domain.create_unit(&caller, new).await.into_status()?;
         Ok(Response::new(pb::CreateUnitResponse {

@@ -256,7 +256,7 @@ impl UserService for UserHandler {
         let until = r.until.as_ref().map(|t| millis("until", t)).transpose().into_status()?;
         let user = self
             .domain
-            .deactivate_user(&caller, user_id, until, &r.reason)
+            .deactivate_user(&caller, user_id, until, &r.reason, &r.etag)
             .await
             .into_status()?;
         Ok(Response::new(pb::DeactivateUserResponse {
@@ -269,8 +269,13 @@ impl UserService for UserHandler {
         request: Request<pb::ReactivateUserRequest>,
     ) -> Result<Response<pb::ReactivateUserResponse>, Status> {
         let caller = caller(&self.domain, &request).await?;
-        let user_id = id("id", &request.get_ref().id).into_status()?;
-        let user = self.domain.reactivate_user(&caller, user_id).await.into_status()?;
+        let r = request.into_inner();
+        let user_id = id("id", &r.id).into_status()?;
+        let user = self
+            .domain
+            .reactivate_user(&caller, user_id, &r.etag)
+            .await
+            .into_status()?;
         Ok(Response::new(pb::ReactivateUserResponse {
             user: Some(user_to_pb(&user)),
         }))
@@ -281,8 +286,9 @@ impl UserService for UserHandler {
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let caller = caller(&self.domain, &request).await?;
-        let user_id = id("id", &request.get_ref().id).into_status()?;
-        let user = self.domain.delete_user(&caller, user_id).await.into_status()?;
+        let r = request.into_inner();
+        let user_id = id("id", &r.id).into_status()?;
+        let user = self.domain.delete_user(&caller, user_id, &r.etag).await.into_status()?;
         Ok(Response::new(pb::DeleteUserResponse {
             user: Some(user_to_pb(&user)),
         }))
