@@ -14,6 +14,7 @@ both_backends!(
     timed_deactivation_keeps_its_licence_for_the_return,
     timed_deactivation_keeps_its_administrator_seat,
     pending_administrator_is_not_an_active_one,
+    a_user_who_never_activated_returns_to_pending,
 );
 
 async fn deactivate(app: &TestApp, token: &str, id: &str, until: Option<Timestamp>) -> Result<pb::User, tonic::Status> {
@@ -239,5 +240,56 @@ async fn pending_administrator_is_not_an_active_one(backend: Backend) {
     deactivate(&app, &token, &fixture.admin.id, Some(in_ms(60_000)))
         .await
         .unwrap();
+    app.finish().await;
+}
+
+/// The sweep's other branch: a user deactivated before activating comes back
+/// waiting for activation, not ACTIVE, and history says so.
+async fn a_user_who_never_activated_returns_to_pending(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    let waiting = app
+        .users()
+        .create_user(req(&token, new_user(&fixture.org.id, "Venter", &[])))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    deactivate(&app, &token, &waiting.id, Some(in_ms(300))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    assert_eq!(app.domain.reactivate_due_users(now, 10).await.unwrap(), 1);
+    let back = app
+        .users()
+        .get_user(req(&token, pb::GetUserRequest { id: waiting.id.clone() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(back.state, pb::UserState::PendingActivation as i32);
+    let history = app
+        .users()
+        .list_user_history(req(
+            &token,
+            pb::ListUserHistoryRequest {
+                user_id: waiting.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(history[0].activity, "USER_REACTIVATED");
+    assert_eq!(history[0].actor_name, "system (timed-reactivation)");
+    assert!(
+        history[0]
+            .changes
+            .iter()
+            .any(|c| c.field == "state" && c.after == "PENDING_ACTIVATION")
+    );
     app.finish().await;
 }
