@@ -1,0 +1,211 @@
+//! Deactivation (with an optional end), reactivation and deletion
+//! (R-USR-4, R-USR-5), under the licence and administrator rules.
+
+use super::*;
+
+impl Domain {
+    /// R-USR-4: deactivates for good (`until` None) or for a period. Calling it
+    /// on a deactivated user changes the period.
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn deactivate_user(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        until: Option<Millis>,
+        reason: &str,
+        etag: &str,
+    ) -> DomainResult<User> {
+        self.authorized_user(caller, Action::DeactivateUser, id).await?;
+        let now = now_millis();
+        if let Some(until) = until
+            && until <= now
+        {
+            return Err(DomainError::invalid("until", "must be in the future"));
+        }
+        if reason.chars().count() > 500 {
+            return Err(DomainError::invalid("reason", "must be at most 500 characters"));
+        }
+        let (txn, current, row) = self.begin_user_write(id, etag).await?;
+        match current.state {
+            UserState::Deleted => {
+                return Err(DomainError::precondition(
+                    Reason::UserDeleted,
+                    "a deleted user cannot be deactivated",
+                ));
+            }
+            UserState::Active | UserState::PendingActivation => self.ensure_not_last_admin(&txn, &current).await?,
+            UserState::Deactivated => {}
+        }
+        // An open-ended deactivation that gets an end time reserves its seat
+        // again: only if one is free (R-ORG-4).
+        if !holds_seat(current.state, current.deactivated_until) && holds_seat(UserState::Deactivated, until) {
+            self.ensure_seats_for_return(&txn, &current).await?;
+        }
+        let mut changes = Vec::new();
+        diff(&mut changes, "state", current.state, UserState::Deactivated);
+        diff(
+            &mut changes,
+            "deactivated_until",
+            opt_time(current.deactivated_until),
+            opt_time(until),
+        );
+        if !reason.is_empty() {
+            diff(&mut changes, "reason", "", reason);
+        }
+        let mut active: user::ActiveModel = row.clone().into();
+        active.state = Set(UserState::Deactivated.to_string());
+        active.deactivated_until = Set(until);
+        self.write_user_change(&txn, &row, active, now).await?;
+        self.revoke_user_tokens(&txn, id, now, false).await?;
+        self.record_user_event(&txn, &current, "USER_DEACTIVATED", caller, now, changes)
+            .await?;
+        let updated = self.load_user(&txn, id).await?;
+        txn.commit().await?;
+        self.auth_cache.clear();
+        Ok(updated)
+    }
+
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn reactivate_user(&self, caller: &Caller, id: Uuid, etag: &str) -> DomainResult<User> {
+        self.authorized_user(caller, Action::ReactivateUser, id).await?;
+        let (txn, current, row) = self.begin_user_write(id, etag).await?;
+        if current.state != UserState::Deactivated {
+            return Err(DomainError::precondition(
+                Reason::UserNotDeactivated,
+                format!(
+                    "only a deactivated user can be reactivated; this one is {}",
+                    current.state
+                ),
+            ));
+        }
+        // A timed deactivation kept its seats for this return (R-ORG-4); an
+        // open-ended one needs free ones. The sweep follows the same rule:
+        // it only ever returns timed deactivations.
+        if !holds_seat(current.state, current.deactivated_until) {
+            self.ensure_seats_for_return(&txn, &current).await?;
+        }
+        let now = now_millis();
+        let state = reactivated_state(&row);
+        let mut changes = Vec::new();
+        diff(&mut changes, "state", current.state, state);
+        diff(
+            &mut changes,
+            "deactivated_until",
+            opt_time(current.deactivated_until),
+            "",
+        );
+        let mut active: user::ActiveModel = row.clone().into();
+        active.state = Set(state.to_string());
+        active.deactivated_until = Set(None);
+        self.write_user_change(&txn, &row, active, now).await?;
+        self.record_user_event(&txn, &current, "USER_REACTIVATED", caller, now, changes)
+            .await?;
+        let updated = self.load_user(&txn, id).await?;
+        txn.commit().await?;
+        Ok(updated)
+    }
+
+    /// R-USR-5: final; refused under DEACTIVATE_ONLY.
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn delete_user(&self, caller: &Caller, id: Uuid, etag: &str) -> DomainResult<User> {
+        self.authorized_user(caller, Action::DeleteUser, id).await?;
+        let (txn, current, row) = self.begin_user_write(id, etag).await?;
+        let org = lock_organisation(&txn, current.organisation_id).await?;
+        if parse::<DeletionPolicy>(&org.deletion_policy)? == DeletionPolicy::DeactivateOnly {
+            return Err(DomainError::precondition(
+                Reason::DeletionNotAllowed,
+                "the organisation's deletion policy is DEACTIVATE_ONLY: users are deactivated, never deleted",
+            ));
+        }
+        if current.state == UserState::Deleted {
+            return Err(DomainError::precondition(
+                Reason::UserDeleted,
+                "the user is already deleted",
+            ));
+        }
+        self.ensure_not_last_admin(&txn, &current).await?;
+        let now = now_millis();
+        let mut changes = Vec::new();
+        diff(&mut changes, "state", current.state, UserState::Deleted);
+        let mut active: user::ActiveModel = row.clone().into();
+        active.state = Set(UserState::Deleted.to_string());
+        active.deactivated_until = Set(None);
+        self.write_user_change(&txn, &row, active, now).await?;
+        self.revoke_user_tokens(&txn, id, now, true).await?;
+        self.record_user_event(&txn, &current, "USER_DELETED", caller, now, changes)
+            .await?;
+        let updated = self.load_user(&txn, id).await?;
+        txn.commit().await?;
+        self.auth_cache.clear();
+        Ok(updated)
+    }
+
+    /// Opens the write transaction of a lifecycle change: the organisation is
+    /// locked first (the same order everywhere), then the user is read again
+    /// and the caller's `etag` (empty: none) checked against that read, so no
+    /// change can come between the check and the write (AIP-154).
+    pub(super) async fn begin_user_write(
+        &self,
+        id: Uuid,
+        etag: &str,
+    ) -> DomainResult<(DatabaseTransaction, User, user::Model)> {
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let row = user::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", id))?;
+        lock_organisation(&txn, row.organisation_id).await?;
+        let row = user::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", id))?;
+        check_etag("user", etag, row.version)?;
+        let roles = roles_of(&txn, &[id]).await?.remove(&id).unwrap_or_default();
+        let user = user_from_row(row.clone(), roles, &self.vault)?;
+        Ok((txn, user, row))
+    }
+
+    pub(super) async fn record_user_event(
+        &self,
+        txn: &DatabaseTransaction,
+        user: &User,
+        activity: &'static str,
+        caller: &Caller,
+        at: Millis,
+        changes: Vec<FieldChange>,
+    ) -> DomainResult<()> {
+        history::record(
+            txn,
+            NewEvent {
+                organisation_id: Some(user.organisation_id),
+                subject: Subject::User(user.id),
+                activity,
+                caller,
+                at,
+                changes,
+            },
+        )
+        .await
+    }
+
+    /// A deactivated user cannot act; a deleted one never again. Deactivation
+    /// only blocks tokens at authentication (so reactivation restores them);
+    /// deletion revokes them for good.
+    pub(super) async fn revoke_user_tokens(
+        &self,
+        txn: &DatabaseTransaction,
+        user_id: Uuid,
+        now: Millis,
+        for_good: bool,
+    ) -> DomainResult<()> {
+        if for_good {
+            api_token::Entity::update_many()
+                .col_expr(api_token::Column::RevokedAt, Expr::value(now))
+                .filter(api_token::Column::UserId.eq(user_id))
+                .filter(api_token::Column::RevokedAt.is_null())
+                .exec(txn)
+                .await?;
+        }
+        Ok(())
+    }
+}

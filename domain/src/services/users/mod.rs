@@ -1,0 +1,296 @@
+//! Users: creation, lifecycle, licences, administrators, history (R-USR,
+//! R-ORG-2, R-ORG-4, R-ORG-5), one file per concern; here the request types
+//! and the rules they share.
+
+mod create;
+mod lifecycle;
+mod queries;
+mod update;
+
+use std::collections::HashMap;
+
+use sea_orm::ActiveValue::{self, Set};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::organisations::{check_etag, subtree};
+use super::{
+    active_role_holders, apply_licence_delta, ensure_licence_free, licence_delta, lock_organisation, read_organisation,
+    seat_holders, take_licence,
+};
+use crate::Domain;
+use crate::email::Email;
+use crate::error::{DomainError, DomainResult, Reason};
+use crate::model::*;
+use crate::normalise::{self, nfc};
+use crate::paging;
+use crate::persistence::entities::{api_token, history_event, organisation, user, user_role};
+use crate::persistence::history::{self, NewEvent, Subject, changes_from_json, diff};
+use crate::persistence::mapping::{json_list, parse, user_from_row};
+use crate::policy::{Action, Caller, Target, authorize};
+use crate::validate::{self, Violations};
+
+/// Shown in history instead of a CPR number, which never goes there.
+const HIDDEN: &str = "<hidden>";
+
+#[derive(Debug, Clone, Default)]
+pub struct NewUser {
+    pub organisation_id: Uuid,
+    pub first_name: String,
+    pub surname: String,
+    pub email: String,
+    pub username: Option<String>,
+    pub cpr: Option<String>,
+    pub birth_date: Option<String>,
+    pub unit_id: Option<Uuid>,
+    pub phone: Option<String>,
+    pub language: Option<Language>,
+    pub external_ids: Vec<String>,
+    pub roles: Vec<Role>,
+    pub identification_means: Vec<IdentificationMeans>,
+    pub signing_right: bool,
+    pub anonymous: bool,
+    pub request_id: Option<String>,
+    /// Imports create users without sending activation (R-BULK-4).
+    pub suppress_activation: bool,
+}
+
+/// Fields named in an update mask. `Some(None)` clears an optional field.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    pub first_name: Option<String>,
+    pub surname: Option<String>,
+    pub email: Option<String>,
+    pub username: Option<Option<String>>,
+    pub cpr: Option<String>,
+    pub birth_date: Option<String>,
+    pub unit_id: Option<Option<Uuid>>,
+    pub phone: Option<Option<String>>,
+    pub language: Option<Language>,
+    pub external_ids: Option<Vec<String>>,
+    pub roles: Option<Vec<Role>>,
+    pub identification_means: Option<Vec<IdentificationMeans>>,
+    pub signing_right: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    pub state: Option<UserState>,
+    pub role: Option<Role>,
+    pub unit_id: Option<Uuid>,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub page_size: i32,
+    pub page_token: String,
+    pub start: Option<Millis>,
+    pub end: Option<Millis>,
+    pub activities: Vec<String>,
+}
+
+/// The outcome of a create: `created` is false when a retry found the user
+/// its first attempt made.
+#[derive(Debug, Clone)]
+pub struct CreatedUser {
+    pub user: User,
+    pub created: bool,
+    /// For a user without a CPR number: the activation code, shown this once.
+    pub activation_code: Option<String>,
+}
+
+fn today() -> chrono::NaiveDate {
+    chrono::Utc::now().date_naive()
+}
+
+/// First name, surname and e-mail address in their stored form (trimmed,
+/// NFC; the address parsed by the one address rule), each checked under
+/// `prefix` (the path of the message holding them: `user.` on UpdateUser).
+fn check_identity_fields(
+    v: &mut Violations,
+    prefix: &str,
+    first_name: Option<&str>,
+    surname: Option<&str>,
+    email: Option<&str>,
+) -> (Option<String>, Option<String>, Option<Email>) {
+    let mut name = |field: &str, value: Option<&str>| {
+        let value = nfc(value?.trim());
+        v.check(&format!("{prefix}{field}"), validate::text(&value, 100));
+        Some(value)
+    };
+    let first_name = name("first_name", first_name);
+    let surname = name("surname", surname);
+    let email = email.and_then(|email| match Email::parse(email) {
+        Ok(email) => Some(email),
+        Err(e) => {
+            v.add(&format!("{prefix}email"), e);
+            None
+        }
+    });
+    (first_name, surname, email)
+}
+
+/// A birth date checked and in its stored form (`YYYY-MM-DD`).
+fn check_birth_date(v: &mut Violations, field: &str, date: &str) -> Option<String> {
+    match validate::birth_date(date, today()) {
+        Ok(date) => Some(validate::canonical_date(date)),
+        Err(e) => {
+            v.add(field, e);
+            None
+        }
+    }
+}
+
+fn normalise_roles(mut roles: Vec<Role>) -> Vec<Role> {
+    if roles.is_empty() {
+        roles.push(Role::User);
+    }
+    roles.sort();
+    roles.dedup();
+    roles
+}
+
+impl Domain {
+    async fn ensure_admin_seat_free(&self, db: &impl ConnectionTrait, org: &organisation::Model) -> DomainResult<()> {
+        if org.max_administrators == 0 {
+            return Ok(());
+        }
+        let admins = seat_holders(db, org.id, Role::OrganisationAdmin).await?;
+        if admins >= i64::from(org.max_administrators) {
+            return Err(DomainError::FailedPrecondition {
+                reason: Reason::MaxAdministratorsReached,
+                message: format!(
+                    "the organisation already has its maximum of {} administrators",
+                    org.max_administrators
+                ),
+                metadata: vec![("max_administrators".into(), org.max_administrators.to_string())],
+            });
+        }
+        Ok(())
+    }
+
+    /// A user who holds no seat is about to hold one again (reactivation, or an
+    /// end time given to an open-ended deactivation): a licence and, for an
+    /// administrator, an administrator seat must be free. The organisation is
+    /// locked by the caller (`begin_user_write`).
+    async fn ensure_seats_for_return(&self, txn: &DatabaseTransaction, user: &User) -> DomainResult<()> {
+        let org = lock_organisation(txn, user.organisation_id).await?;
+        ensure_licence_free(&org)?;
+        if user.roles.contains(&Role::OrganisationAdmin) {
+            self.ensure_admin_seat_free(txn, &org).await?;
+        }
+        Ok(())
+    }
+
+    /// R-ORG-5: the change would take `user` out of the active administrators;
+    /// refuse if they are the last one. Only ACTIVE administrators count: one
+    /// still pending activation cannot act, so leaving only them would leave
+    /// the organisation without an administrator who can.
+    async fn ensure_not_last_admin(&self, db: &impl ConnectionTrait, user: &User) -> DomainResult<()> {
+        if !user.roles.contains(&Role::OrganisationAdmin) || user.state != UserState::Active {
+            return Ok(());
+        }
+        if active_role_holders(db, user.organisation_id, Role::OrganisationAdmin).await? <= 1 {
+            return Err(DomainError::precondition(
+                Reason::LastOrganisationAdmin,
+                "this is the organisation's last active administrator; appoint another administrator first",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn user_from_model(&self, row: user::Model) -> DomainResult<User> {
+        let roles = roles_of(&self.db, &[row.id]).await?.remove(&row.id).unwrap_or_default();
+        user_from_row(row, roles, &self.vault)
+    }
+
+    /// Reads a user without a policy check: for callers that proved their
+    /// right another way (an activation secret).
+    pub(crate) async fn get_user_unchecked(&self, id: Uuid) -> DomainResult<User> {
+        self.load_user(&self.db, id).await
+    }
+
+    /// One round trip: the user row joined with its roles (a row per role).
+    async fn load_user(&self, db: &impl ConnectionTrait, id: Uuid) -> DomainResult<User> {
+        let rows = user::Entity::find_by_id(id)
+            .join_rev(JoinType::LeftJoin, crate::persistence::roles_of_user())
+            .select_also(user_role::Entity)
+            .all(db)
+            .await?;
+        let Some((row, _)) = rows.first().cloned() else {
+            return Err(DomainError::not_found("user", id));
+        };
+        let roles = rows
+            .iter()
+            .filter_map(|(_, role)| role.as_ref())
+            .map(|role| parse(&role.role))
+            .collect::<DomainResult<Vec<Role>>>()?;
+        user_from_row(row, roles, &self.vault)
+    }
+
+    /// Loads a user and checks the caller may take `action` on them.
+    async fn authorized_user(&self, caller: &Caller, action: Action, id: Uuid) -> DomainResult<User> {
+        let user = self.load_user(&self.db, id).await?;
+        crate::policy::authorize_on_user(
+            caller,
+            action,
+            Target::user(user.organisation_id, id, user.is_administrator()),
+        )?;
+        Ok(user)
+    }
+}
+
+/// Where a reactivated user goes: back to ACTIVE, or to PENDING_ACTIVATION if
+/// they never activated.
+pub(crate) fn reactivated_state(row: &user::Model) -> UserState {
+    if row.activated_at.is_some() {
+        UserState::Active
+    } else {
+        UserState::PendingActivation
+    }
+}
+
+async fn write_roles(db: &impl ConnectionTrait, user_id: Uuid, org_id: Uuid, roles: &[Role]) -> DomainResult<()> {
+    let rows = roles.iter().map(|role| user_role::ActiveModel {
+        user_id: Set(user_id),
+        role: Set(role.to_string()),
+        organisation_id: Set(org_id),
+    });
+    user_role::Entity::insert_many(rows).exec_without_returning(db).await?;
+    Ok(())
+}
+
+pub(crate) async fn roles_of(db: &impl ConnectionTrait, user_ids: &[Uuid]) -> DomainResult<HashMap<Uuid, Vec<Role>>> {
+    let mut map: HashMap<Uuid, Vec<Role>> = HashMap::new();
+    if user_ids.is_empty() {
+        return Ok(map);
+    }
+    let rows = user_role::Entity::find()
+        .filter(user_role::Column::UserId.is_in(user_ids.to_vec()))
+        .all(db)
+        .await?;
+    for row in rows {
+        map.entry(row.user_id).or_default().push(parse(&row.role)?);
+    }
+    Ok(map)
+}
+
+fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+fn opt_id(id: Option<Uuid>) -> String {
+    id.map(|i| i.to_string()).unwrap_or_default()
+}
+
+pub(crate) fn opt_time(at: Option<Millis>) -> String {
+    at.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}

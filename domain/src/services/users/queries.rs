@@ -1,0 +1,149 @@
+//! Reading users: one user, lists with filters and keyset pages (R-USR-8),
+//! and a user's history (R-USR-7).
+
+use super::*;
+
+impl Domain {
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn get_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
+        self.authorized_user(caller, Action::ReadUser, id).await
+    }
+
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn list_users(
+        &self,
+        caller: &Caller,
+        organisation_id: Uuid,
+        filter: UserFilter,
+        page_size: i32,
+        page_token: &str,
+    ) -> DomainResult<Page<User>> {
+        authorize(caller, Action::ListUsers, Target::organisation(organisation_id))?;
+        let limit = paging::page_size(page_size, 50, 500)?;
+        let after = paging::decode(&format!("users:{organisation_id}"), page_token)?;
+        let mut query = user::Entity::find()
+            .filter(user::Column::OrganisationId.eq(organisation_id))
+            .order_by_asc(user::Column::Id);
+        if let Some(after) = after {
+            query = query.filter(user::Column::Id.gt(after));
+        }
+        if let Some(state) = filter.state {
+            query = query.filter(user::Column::State.eq(state.as_str()));
+        }
+        let role_subquery = |roles: Vec<&'static str>| {
+            Query::select()
+                .column(user_role::Column::UserId)
+                .from(user_role::Entity)
+                .and_where(user_role::Column::OrganisationId.eq(organisation_id))
+                .and_where(user_role::Column::Role.is_in(roles))
+                .to_owned()
+        };
+        if let Some(role) = filter.role {
+            query = query.filter(user::Column::Id.in_subquery(role_subquery(vec![role.as_str()])));
+        }
+        if crate::policy::operator_sees_administrators_only(caller) {
+            let admin_roles = Role::ALL
+                .iter()
+                .filter(|r| r.is_administrator())
+                .map(|r| r.as_str())
+                .collect();
+            query = query.filter(user::Column::Id.in_subquery(role_subquery(admin_roles)));
+        }
+        if let Some(unit) = filter.unit_id {
+            let units = self.units_of(&self.db, organisation_id).await?;
+            if !units.iter().any(|u| u.id == unit) {
+                return Err(DomainError::invalid("unit_id", "names no unit of this organisation"));
+            }
+            query = query.filter(user::Column::UnitId.is_in(subtree(&units, unit)));
+        }
+        if let Some(text) = filter.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            if text.chars().count() > 100 {
+                return Err(DomainError::invalid("text", "must be at most 100 characters"));
+            }
+            // Every word must appear in a name or the e-mail: in their keys
+            // (NFC, Unicode lower case), stored in `search_text` on every
+            // write, because SQLite's `lower()` folds ASCII only.
+            for word in normalise::key(text).split_whitespace() {
+                let pattern = format!("%{}%", escape_like(word));
+                query = query.filter(
+                    Expr::col(user::Column::SearchText).like(sea_orm::sea_query::LikeExpr::new(pattern).escape('\\')),
+                );
+            }
+        }
+        let mut rows = query.limit(limit + 1).all(&self.db).await?;
+        let next = (rows.len() as u64 > limit).then(|| {
+            rows.truncate(limit as usize);
+            paging::encode(&format!("users:{organisation_id}"), rows[rows.len() - 1].id)
+        });
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let mut roles = roles_of(&self.db, &ids).await?;
+        let items = rows
+            .into_iter()
+            .map(|row| {
+                let held = roles.remove(&row.id).unwrap_or_default();
+                user_from_row(row, held, &self.vault)
+            })
+            .collect::<DomainResult<Vec<_>>>()?;
+        Ok(Page {
+            items,
+            next_page_token: next,
+        })
+    }
+
+    /// R-USR-7: newest first, 200 by default.
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn list_user_history(
+        &self,
+        caller: &Caller,
+        user_id: Uuid,
+        query: HistoryQuery,
+    ) -> DomainResult<Page<HistoryEvent>> {
+        self.authorized_user(caller, Action::ReadUserHistory, user_id).await?;
+        let limit = paging::page_size(query.page_size, 200, 1000)?;
+        let list = format!("history:{user_id}");
+        let before = paging::decode(&list, &query.page_token)?;
+        if let (Some(start), Some(end)) = (query.start, query.end)
+            && start >= end
+        {
+            return Err(DomainError::invalid("end_time", "must be after start_time"));
+        }
+        let mut select = history_event::Entity::find()
+            .filter(history_event::Column::SubjectKind.eq("USER"))
+            .filter(history_event::Column::SubjectId.eq(user_id))
+            .order_by_desc(history_event::Column::Id);
+        if let Some(before) = before {
+            select = select.filter(history_event::Column::Id.lt(before));
+        }
+        if let Some(start) = query.start {
+            select = select.filter(history_event::Column::OccurredAt.gte(start));
+        }
+        if let Some(end) = query.end {
+            select = select.filter(history_event::Column::OccurredAt.lt(end));
+        }
+        if !query.activities.is_empty() {
+            select = select.filter(history_event::Column::Activity.is_in(query.activities.clone()));
+        }
+        let mut rows = select.limit(limit + 1).all(&self.db).await?;
+        let next = (rows.len() as u64 > limit).then(|| {
+            rows.truncate(limit as usize);
+            paging::encode(&list, rows[rows.len() - 1].id)
+        });
+        Ok(Page {
+            items: rows
+                .into_iter()
+                .map(|row| HistoryEvent {
+                    id: row.id,
+                    subject_id: row.subject_id,
+                    activity: row.activity,
+                    actor: row.actor,
+                    actor_name: row.actor_name,
+                    actor_email: row.actor_email,
+                    on_behalf_of: row.on_behalf_of,
+                    occurred_at: row.occurred_at,
+                    changes: changes_from_json(&row.changes),
+                })
+                .collect(),
+            next_page_token: next,
+        })
+    }
+}

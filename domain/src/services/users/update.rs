@@ -1,0 +1,306 @@
+//! Changing a user's fields and roles (R-USR-6, R-ORG-5), and the one
+//! versioned row write every change of a user goes through.
+
+use super::*;
+
+impl Domain {
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn update_user(&self, caller: &Caller, id: Uuid, etag: &str, patch: UserPatch) -> DomainResult<User> {
+        let current = self.load_user(&self.db, id).await?;
+        let target = Target::user(current.organisation_id, id, current.is_administrator());
+        let touches_fields = patch.first_name.is_some()
+            || patch.surname.is_some()
+            || patch.email.is_some()
+            || patch.username.is_some()
+            || patch.cpr.is_some()
+            || patch.birth_date.is_some()
+            || patch.unit_id.is_some()
+            || patch.phone.is_some()
+            || patch.language.is_some()
+            || patch.external_ids.is_some()
+            || patch.identification_means.is_some()
+            || patch.signing_right.is_some();
+        if touches_fields || patch.roles.is_none() {
+            crate::policy::authorize_on_user(caller, Action::UpdateUser, target)?;
+        }
+        if patch.roles.is_some() {
+            crate::policy::authorize_on_user(caller, Action::ChangeRoles, target)?;
+        }
+
+        let mut v = Violations::default();
+        let (first_name, surname, email) = check_identity_fields(
+            &mut v,
+            "user.",
+            patch.first_name.as_deref(),
+            patch.surname.as_deref(),
+            patch.email.as_deref(),
+        );
+        let username = patch.username.as_ref().map(|u| u.as_deref().map(nfc));
+        if let Some(Some(username)) = &username {
+            v.check("user.username", validate::username(username));
+        }
+        if patch.cpr.is_some() && patch.birth_date.is_some() {
+            v.add("cpr", "give either a CPR number or a birth date, not both");
+        }
+        let new_cpr = match &patch.cpr {
+            Some(cpr) => match validate::normalise_cpr(cpr) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    v.add("cpr", e);
+                    None
+                }
+            },
+            None => None,
+        };
+        let birth_date = patch
+            .birth_date
+            .as_deref()
+            .and_then(|date| check_birth_date(&mut v, "user.birth_date", date));
+        if let Some(Some(phone)) = &patch.phone {
+            v.check("user.phone", validate::phone(phone));
+        }
+        if let Some(ids) = &patch.external_ids {
+            v.check("user.external_ids", validate::external_ids(ids));
+        }
+        v.into_result()?;
+        if current.state == UserState::Deleted {
+            return Err(DomainError::precondition(
+                Reason::UserDeleted,
+                "a deleted user cannot be changed",
+            ));
+        }
+
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let org = lock_organisation(&txn, current.organisation_id).await?;
+        let current = self.load_user(&txn, id).await?;
+        check_etag("user", etag, current.version)?;
+        let row = user::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", id))?;
+        let mut active: user::ActiveModel = row.clone().into();
+        let mut changes = Vec::new();
+        if let Some(name) = &first_name {
+            diff(&mut changes, "first_name", &row.first_name, name);
+            active.first_name = Set(name.clone());
+        }
+        if let Some(name) = &surname {
+            diff(&mut changes, "surname", &row.surname, name);
+            active.surname = Set(name.clone());
+        }
+        // R-USR-6: a new address waits for verification; the old one stays
+        // in force. A user not yet activated has used no address: theirs
+        // changes at once (and a CPR user's activation link follows it).
+        // Giving the address in force again withdraws a waiting change.
+        let changed_email = email.as_ref().filter(|e| e.as_str() != row.email).cloned();
+        let withdraws_change = email.is_some() && changed_email.is_none() && row.pending_email.is_some();
+        let (new_email, email_to_verify) = match changed_email {
+            Some(email) if current.state == UserState::PendingActivation => (Some(email), None),
+            Some(email) => (
+                None,
+                Some(email).filter(|e| row.pending_email.as_deref() != Some(e.as_str())),
+            ),
+            None => (None, None),
+        };
+        if let Some(email) = &new_email {
+            diff(&mut changes, "email", &row.email, email.as_str());
+            active.email = Set(email.as_str().to_owned());
+            active.email_key = Set(Some(email.key().to_owned()));
+            active.email_verified = Set(false);
+            active.pending_email = Set(None);
+        }
+        if let Some(email) = &email_to_verify {
+            diff(
+                &mut changes,
+                "pending_email",
+                row.pending_email.clone().unwrap_or_default(),
+                email.as_str(),
+            );
+            active.pending_email = Set(Some(email.as_str().to_owned()));
+        }
+        if withdraws_change {
+            diff(
+                &mut changes,
+                "pending_email",
+                row.pending_email.clone().unwrap_or_default(),
+                "",
+            );
+            active.pending_email = Set(None);
+        }
+        if first_name.is_some() || surname.is_some() || new_email.is_some() {
+            active.search_text = Set(normalise::search_text(
+                first_name.as_deref().unwrap_or(&row.first_name),
+                surname.as_deref().unwrap_or(&row.surname),
+                new_email.as_ref().map_or(row.email.as_str(), Email::as_str),
+            ));
+        }
+        let new_username = username.filter(|u| *u != row.username);
+        if let Some(username) = &new_username {
+            diff(
+                &mut changes,
+                "username",
+                row.username.clone().unwrap_or_default(),
+                username.clone().unwrap_or_default(),
+            );
+            active.username = Set(username.clone());
+            active.username_key = Set(username.as_deref().map(normalise::key));
+        }
+        let new_cpr_hash = new_cpr
+            .as_ref()
+            .map(|c| self.vault.lookup_hash(c))
+            .filter(|h| Some(h) != row.cpr_hash.as_ref());
+        if let (Some(cpr), Some(hash)) = (&new_cpr, &new_cpr_hash) {
+            diff(&mut changes, "cpr", "", HIDDEN);
+            diff(
+                &mut changes,
+                "birth_date",
+                row.birth_date.clone().unwrap_or_default(),
+                "",
+            );
+            active.cpr_hash = Set(Some(hash.clone()));
+            active.cpr_ciphertext = Set(Some(self.vault.encrypt(cpr)));
+            active.birth_date = Set(None);
+        }
+        if let Some(date) = birth_date {
+            if row.cpr_hash.is_some() {
+                diff(&mut changes, "cpr", HIDDEN, "");
+            }
+            diff(
+                &mut changes,
+                "birth_date",
+                row.birth_date.clone().unwrap_or_default(),
+                &date,
+            );
+            active.birth_date = Set(Some(date));
+            active.cpr_hash = Set(None);
+            active.cpr_ciphertext = Set(None);
+        }
+        if let Some(unit) = patch.unit_id {
+            if let Some(unit) = unit {
+                self.unit_in_organisation_for_user(&txn, unit, org.id).await?;
+            }
+            diff(&mut changes, "unit_id", opt_id(row.unit_id), opt_id(unit));
+            active.unit_id = Set(unit);
+        }
+        if let Some(phone) = patch.phone {
+            diff(
+                &mut changes,
+                "phone",
+                row.phone.clone().unwrap_or_default(),
+                phone.clone().unwrap_or_default(),
+            );
+            active.phone = Set(phone);
+        }
+        if let Some(language) = patch.language {
+            diff(&mut changes, "language", &row.language, language);
+            active.language = Set(language.to_string());
+        }
+        if let Some(ids) = patch.external_ids {
+            let value = json_list(&ids);
+            diff(&mut changes, "external_ids", &row.external_ids, &value);
+            active.external_ids = Set(value);
+        }
+        if let Some(means) = patch.identification_means {
+            let value = json_list(&means);
+            diff(&mut changes, "identification_means", &row.identification_means, &value);
+            active.identification_means = Set(value);
+        }
+        if let Some(signing) = patch.signing_right {
+            diff(&mut changes, "signing_right", row.signing_right, signing);
+            active.signing_right = Set(signing);
+        }
+        let new_roles = patch.roles.map(normalise_roles).filter(|r| *r != current.roles);
+        if let Some(roles) = &new_roles {
+            let gains_admin =
+                roles.contains(&Role::OrganisationAdmin) && !current.roles.contains(&Role::OrganisationAdmin);
+            let loses_admin =
+                !roles.contains(&Role::OrganisationAdmin) && current.roles.contains(&Role::OrganisationAdmin);
+            if gains_admin && holds_seat(current.state, current.deactivated_until) {
+                self.ensure_admin_seat_free(&txn, &org).await?;
+            }
+            if loses_admin {
+                self.ensure_not_last_admin(&txn, &current).await?;
+            }
+            diff(&mut changes, "roles", json_list(&current.roles), json_list(roles));
+        }
+        if changes.is_empty() {
+            txn.commit().await?;
+            return Ok(current);
+        }
+        if let Some(roles) = &new_roles {
+            user_role::Entity::delete_many()
+                .filter(user_role::Column::UserId.eq(id))
+                .exec(&txn)
+                .await?;
+            write_roles(&txn, id, org.id, roles).await?;
+        }
+        let now = now_millis();
+        self.write_user_change(&txn, &row, active, now).await?;
+        if email_to_verify.is_some() || withdraws_change || new_email.is_some() {
+            let written = user::Entity::find_by_id(id)
+                .one(&txn)
+                .await?
+                .ok_or_else(|| DomainError::not_found("user", id))?;
+            self.withdraw_email_change(&txn, id, now).await?;
+            if let Some(email) = &email_to_verify {
+                self.request_email_change(&txn, &written, email, &org.name).await?;
+            }
+            if new_email.is_some() && written.cpr_hash.is_some() {
+                self.issue_activation_link(&txn, &written, &org.name).await?;
+            }
+        }
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(org.id),
+                subject: Subject::User(id),
+                activity: "USER_UPDATED",
+                caller,
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+        let updated = self.load_user(&txn, id).await?;
+        txn.commit().await?;
+        if new_roles.is_some() {
+            // Rights changed: cached callers must be looked up again.
+            self.auth_cache.clear();
+        }
+        Ok(updated)
+    }
+
+    /// Writes the row if nobody changed it since `before` was read.
+    pub(super) async fn write_user_change(
+        &self,
+        txn: &DatabaseTransaction,
+        before: &user::Model,
+        mut active: user::ActiveModel,
+        now: Millis,
+    ) -> DomainResult<()> {
+        active.version = Set(before.version + 1);
+        active.updated_at = Set(now);
+        let state_before = parse::<UserState>(&before.state)?;
+        let state_after = match &active.state {
+            ActiveValue::Set(state) | ActiveValue::Unchanged(state) => parse::<UserState>(state)?,
+            ActiveValue::NotSet => state_before,
+        };
+        let until_after = match &active.deactivated_until {
+            ActiveValue::Set(until) | ActiveValue::Unchanged(until) => *until,
+            ActiveValue::NotSet => before.deactivated_until,
+        };
+        let seat_before = holds_seat(state_before, before.deactivated_until);
+        let seat_after = holds_seat(state_after, until_after);
+        let result = user::Entity::update_many()
+            .set(active)
+            .filter(user::Column::Id.eq(before.id))
+            .filter(user::Column::Version.eq(before.version))
+            .exec(txn)
+            .await?;
+        if result.rows_affected != 1 {
+            return Err(DomainError::stale_etag("user"));
+        }
+        // A take is conditional: the limit holds whatever the caller checked.
+        apply_licence_delta(txn, before.organisation_id, licence_delta(seat_before, seat_after)).await
+    }
+}
