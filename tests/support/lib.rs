@@ -17,7 +17,9 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
+mod binaries;
 mod catalog;
+pub use binaries::built_binary;
 pub use catalog::{Fingerprint, TableDump, dump_database, fingerprint_of};
 
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -204,6 +206,24 @@ impl TestApp {
     /// Every row of every table, each value as bytes (see `catalog`).
     pub async fn dump(&self) -> Vec<TableDump> {
         dump_database(self.domain.db()).await
+    }
+
+    /// Waits (up to 30 s) until no mail is pending, and returns the (sent,
+    /// failed) counts: every mail queued so far has then been handed to the
+    /// SMTP server or given up on, so what did not arrive never will.
+    pub async fn wait_outbox_drained(&self) -> (u64, u64) {
+        let started = std::time::Instant::now();
+        loop {
+            let (pending, sent, failed) = self.domain.outbox_counts().await.expect("outbox counts");
+            if pending == 0 {
+                return (sent, failed);
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "{pending} mail(s) still pending after 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }
 
