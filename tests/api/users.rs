@@ -482,7 +482,7 @@ async fn user_update_with_etag_and_history(backend: Backend) {
 /// number's tail).
 fn cpr_forms_in(value: &[u8], cpr: &str) -> Vec<&'static str> {
     let contains = |needle: &[u8]| value.windows(needle.len()).any(|w| w == needle);
-    let last_four = cpr[6..].as_bytes();
+    let last_four = &cpr.as_bytes()[6..];
     let alone = (0..value.len().saturating_sub(3)).any(|i| {
         value[i..i + 4] == *last_four
             && (i == 0 || !value[i - 1].is_ascii_alphanumeric())
