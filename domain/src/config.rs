@@ -62,6 +62,8 @@ pub struct Config {
     /// How long this replica trusts an authenticated token without asking the
     /// database (revocations reach other replicas within this); 0: off.
     pub auth_cache_ms: i64,
+    /// How long the session token that activation hands out works.
+    pub session_ttl_hours: u32,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             activation_ttl_days: 30,
             activation_max_attempts: 5,
             auth_cache_ms: 1000,
+            session_ttl_hours: 12,
         }
     }
 }
@@ -157,6 +160,9 @@ impl Config {
         if !(0..=60_000).contains(&self.auth_cache_ms) {
             return Err("ORGADMIN_AUTH_CACHE_MS must be between 0 (off) and 60000".into());
         }
+        if !(1..=24 * 30).contains(&self.session_ttl_hours) {
+            return Err("ORGADMIN_SESSION_TTL_HOURS must be between 1 and 720".into());
+        }
         if self.reactivation_batch_size == 0 {
             return Err("ORGADMIN_REACTIVATION_BATCH_SIZE must be at least 1".into());
         }
@@ -180,6 +186,12 @@ impl Config {
     /// True when running on the embedded default: a SQLite file, keys generated.
     pub fn is_embedded(&self) -> bool {
         self.effective_database_url().starts_with("sqlite:")
+    }
+
+    /// The SQLite database file of the embedded default (`None` when
+    /// DATABASE_URL names a database of its own).
+    pub fn embedded_database_file(&self) -> Option<PathBuf> {
+        self.database_url.is_empty().then(|| self.data_dir.join("orgadmin.db"))
     }
 
     pub fn effective_database_url(&self) -> String {
@@ -228,10 +240,63 @@ impl Config {
     }
 }
 
+/// Creates a folder (and its parents) that only its owner can enter (mode
+/// 0700 on Unix), and tightens it if it exists: the embedded default keeps
+/// the database, the CPR keys, the operator token and mails with link tokens
+/// in these folders.
+pub fn create_private_dir(path: &Path) -> Result<(), String> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    restrict(path, 0o700)
+}
+
+/// Makes the embedded default's SQLite files readable by the owner only. The
+/// database file is created here (0600) before SQLite opens it: SQLite gives
+/// its -wal and -shm files the database file's mode.
+pub fn protect_sqlite_files(database: &Path) -> Result<(), String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(database)
+        .map_err(|e| format!("cannot create {}: {e}", database.display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", database.display()));
+        if path.exists() {
+            restrict(&path, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))
+}
+
+#[cfg(not(unix))]
+fn restrict(_path: &Path, _mode: u32) -> Result<(), String> {
+    Ok(())
+}
+
 /// Writes a file only its owner can read (mode 0600 on Unix).
 pub fn write_private_file(path: &Path, contents: &str) -> Result<(), String> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        create_private_dir(parent)?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

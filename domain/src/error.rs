@@ -1,7 +1,7 @@
 //! The domain's one error type. The service maps it to `tonic::Status` in one
 //! place; nothing here knows about gRPC.
 
-use sea_orm::{DbErr, SqlErr};
+use sea_orm::{DbErr, RuntimeErr, SqlErr};
 
 /// One broken field rule: which field, and what the rule is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,10 +41,11 @@ pub enum DomainError {
     /// The caller's etag is stale: someone changed the resource since it was read.
     #[error("{message}")]
     Aborted { message: String },
-    /// The database could not be reached in time (pool exhausted or down):
-    /// worth retrying with back-off.
+    /// The database could not be reached in time (pool exhausted, locked by
+    /// another process, connection lost or refused): worth retrying with
+    /// back-off. `reason` is DATABASE_BUSY or DATABASE_UNAVAILABLE.
     #[error("{message}")]
-    Unavailable { message: String },
+    Unavailable { reason: &'static str, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -97,28 +98,101 @@ impl From<DbErr> for DomainError {
         }
         if let DbErr::ConnectionAcquire(cause) = &err {
             return Self::Unavailable {
+                reason: "DATABASE_BUSY",
                 message: format!("the database is busy or unreachable ({cause}); retry with back-off"),
             };
         }
-        Self::Internal(err.to_string())
+        match transient(&err) {
+            Some(Transient::Busy) => Self::Unavailable {
+                reason: "DATABASE_BUSY",
+                message: "the database is busy with another writer; retry with back-off".into(),
+            },
+            // The operator hears of an outage from the service's health
+            // probe; the client retries the call.
+            Some(Transient::Lost) => Self::Unavailable {
+                reason: "DATABASE_UNAVAILABLE",
+                message: "the connection to the database was lost or refused; retry with back-off".into(),
+            },
+            None => Self::Internal(err.to_string()),
+        }
     }
+}
+
+/// Database failures that say nothing about the request: the same call may
+/// well succeed a moment later, so the client should retry.
+enum Transient {
+    /// Another writer holds the lock (SQLite past its busy timeout).
+    Busy,
+    /// The connection broke or was refused: server restarting, backend
+    /// terminated, network gone.
+    Lost,
+}
+
+fn transient(err: &DbErr) -> Option<Transient> {
+    let sqlx_err = match err {
+        // Opening or acquiring a connection failed: whatever the cause, the
+        // database is not there for us right now.
+        DbErr::Conn(RuntimeErr::SqlxError(e)) => {
+            return Some(match e.as_database_error() {
+                Some(db) if sqlite_busy(db.code().as_deref()) => Transient::Busy,
+                _ => Transient::Lost,
+            });
+        }
+        DbErr::Conn(_) => return Some(Transient::Lost),
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
+        _ => return None,
+    };
+    use sea_orm::sqlx::Error;
+    match sqlx_err.as_ref() {
+        Error::Io(_) | Error::Tls(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed => {
+            Some(Transient::Lost)
+        }
+        Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref();
+            if sqlite_busy(code) {
+                Some(Transient::Busy)
+            } else if postgres_connection_gone(code) {
+                Some(Transient::Lost)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// SQLITE_BUSY (5) and SQLITE_LOCKED (6) with their extended codes (517 is
+/// BUSY_SNAPSHOT): SQLite reports the extended code, the low byte is the
+/// primary one.
+fn sqlite_busy(code: Option<&str>) -> bool {
+    code.and_then(|c| c.parse::<u32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
+/// PostgreSQL SQLSTATEs of a connection that is gone or refused: class 08
+/// (connection exception), 57P01-57P03 (administrator or crash shutdown,
+/// backend terminated, cannot connect now), 53300 (too many connections).
+fn postgres_connection_gone(code: Option<&str>) -> bool {
+    code.is_some_and(|c| c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300"))
 }
 
 /// The uniqueness rules of users live in the partial unique indexes (a
 /// deleted user frees its e-mail, username and CPR number); a write that
 /// breaks one gets the rule's own reason. PostgreSQL names the index in its
-/// message, SQLite the columns. Values are never echoed: they may be personal
+/// message, SQLite the columns (e-mail and username: their normalised keys,
+/// see `normalise`). Values are never echoed: they may be personal
 /// data.
 const UNIQUE_RULES: &[(&str, &str, &str, &str)] = &[
     (
         "users_live_email",
-        "users.email",
+        "users.email_key",
         "EMAIL_TAKEN",
         "another user of this organisation has this e-mail address",
     ),
     (
         "users_live_username",
-        "users.username",
+        "users.username_key",
         "USERNAME_TAKEN",
         "this username is taken",
     ),

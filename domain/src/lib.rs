@@ -4,9 +4,11 @@
 
 mod auth_cache;
 pub mod config;
+pub mod email;
 pub mod error;
 pub mod mail;
 pub mod model;
+pub mod normalise;
 pub mod paging;
 pub mod persistence;
 pub mod policy;
@@ -45,6 +47,8 @@ pub struct DomainSettings {
     /// How long an authenticated token is trusted without asking the
     /// database again (0: always ask). See `auth_cache`.
     pub auth_cache_ttl_ms: i64,
+    /// How long a session token (from activation) works.
+    pub session_ttl_ms: i64,
 }
 
 impl Default for DomainSettings {
@@ -54,6 +58,7 @@ impl Default for DomainSettings {
             activation_ttl_ms: 30 * 24 * 60 * 60 * 1000,
             activation_max_attempts: 5,
             auth_cache_ttl_ms: 1000,
+            session_ttl_ms: 12 * 60 * 60 * 1000,
         }
     }
 }
@@ -92,12 +97,22 @@ impl Domain {
         &self.db
     }
 
+    /// Whether the database answers a trivial query now: the question of
+    /// the service's health probe.
+    pub async fn ping_database(&self) -> DomainResult<()> {
+        use sea_orm::ConnectionTrait;
+        self.db.execute_unprepared("SELECT 1").await?;
+        Ok(())
+    }
+
     /// Connects, migrates when asked, and builds the domain from configuration.
     pub async fn from_config(config: &Config, run_migrations: bool) -> Result<Self, String> {
         let vault = config.cpr_vault()?;
         if config.is_embedded() {
-            std::fs::create_dir_all(&config.data_dir)
-                .map_err(|e| format!("cannot create data directory {}: {e}", config.data_dir.display()))?;
+            config::create_private_dir(&config.data_dir)?;
+        }
+        if let Some(file) = config.embedded_database_file() {
+            config::protect_sqlite_files(&file)?;
         }
         let db = persistence::connect(&config.effective_database_url(), config.database_max_connections)
             .await
@@ -113,7 +128,67 @@ impl Domain {
                 activation_ttl_ms: i64::from(config.activation_ttl_days) * 24 * 60 * 60 * 1000,
                 activation_max_attempts: config.activation_max_attempts,
                 auth_cache_ttl_ms: config.auth_cache_ms,
+                session_ttl_ms: i64::from(config.session_ttl_hours) * 60 * 60 * 1000,
             }),
         )
+    }
+}
+
+/// Rules of this crate's source that a new entry point could quietly break.
+#[cfg(test)]
+mod source_rules {
+    use std::path::Path;
+
+    fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+
+    fn all_sources() -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
+        out
+    }
+
+    /// A bare `begin()` is a deferred transaction on SQLite, which fails with
+    /// "database is locked" beside another process's writer.
+    #[test]
+    fn writes_begin_through_begin_write() {
+        for (path, text) in all_sources() {
+            if path.ends_with("persistence/mod.rs") {
+                continue;
+            }
+            // Spelt in two halves, so this line does not match itself.
+            let bare_begin = concat!(".begin", "()");
+            for (n, line) in text.lines().enumerate() {
+                assert!(
+                    !line.contains(bare_begin),
+                    "{path}:{}: use persistence::begin_write, not begin()",
+                    n + 1
+                );
+            }
+        }
+    }
+
+    /// `#[instrument(err)]` logs every error at ERROR, client errors
+    /// included; ERROR is for internal errors, which the service logs.
+    #[test]
+    fn entry_points_log_their_errors_below_error() {
+        for (path, text) in all_sources() {
+            for (n, line) in text.lines().enumerate() {
+                let attribute = line.trim_start().starts_with("#[instrument(") && line.contains("err");
+                assert!(
+                    !attribute || line.contains("err(level = \"debug\")"),
+                    "{path}:{}: write err(level = \"debug\")",
+                    n + 1
+                );
+            }
+        }
     }
 }

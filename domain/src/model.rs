@@ -52,10 +52,23 @@ string_enum_pub!(
 );
 
 impl UserState {
-    /// Users in these states hold a licence (R-ORG-4) and count as standing
-    /// administrators (R-ORG-5).
-    pub fn holds_licence(self) -> bool {
+    /// Users in these states may act (their tokens work) and may be given
+    /// work (notifications, tokens).
+    pub fn is_standing(self) -> bool {
         matches!(self, Self::PendingActivation | Self::Active)
+    }
+}
+
+/// R-ORG-4: whether a user holds a licence and, if an administrator, an
+/// administrator seat. Standing users do; so does a deactivation with an end
+/// time, whose seat is kept for the return, so that the worker's timed
+/// reactivation never exceeds a limit. An open-ended deactivation and
+/// deletion free them. Every licence and seat rule asks this one function.
+pub fn holds_seat(state: UserState, deactivated_until: Option<Millis>) -> bool {
+    match state {
+        UserState::PendingActivation | UserState::Active => true,
+        UserState::Deactivated => deactivated_until.is_some(),
+        UserState::Deleted => false,
     }
 }
 
@@ -198,6 +211,9 @@ pub struct HistoryEvent {
     pub subject_id: Uuid,
     pub activity: String,
     pub actor: String,
+    /// The actor's name and e-mail as they were at the time.
+    pub actor_name: String,
+    pub actor_email: Option<String>,
     pub on_behalf_of: Option<String>,
     pub occurred_at: Millis,
     pub changes: Vec<FieldChange>,

@@ -26,6 +26,16 @@ pub struct Caller {
     pub principal: Principal,
     /// Set when the caller acts for another person (R-AUTH-3).
     pub on_behalf_of: Option<Uuid>,
+    /// The person behind a member caller, as they are now: history keeps
+    /// their name and e-mail as they were when they acted.
+    pub identity: Option<Identity>,
+}
+
+/// A person's name and e-mail address, for history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub display_name: String,
+    pub email: String,
 }
 
 impl Caller {
@@ -33,6 +43,23 @@ impl Caller {
         Self {
             principal,
             on_behalf_of: None,
+            identity: None,
+        }
+    }
+
+    pub fn with_identity(mut self, display_name: String, email: String) -> Self {
+        self.identity = Some(Identity { display_name, email });
+        self
+    }
+
+    /// How history names the caller to people: the person's name, or what
+    /// kind of caller it was.
+    pub fn display_name(&self) -> String {
+        match (&self.identity, &self.principal) {
+            (Some(identity), _) => identity.display_name.clone(),
+            (None, Principal::Operator { .. }) => "operator".into(),
+            (None, Principal::System { task }) => format!("system ({task})"),
+            (None, Principal::Member { .. }) => String::new(),
         }
     }
 
@@ -109,6 +136,7 @@ pub enum Action {
     ReactivateUser,
     DeleteUser,
     ReadUserHistory,
+    CreateApiToken,
     ManageApiTokens,
     ManageActivation,
     DecideAnonymityRequests,
@@ -149,6 +177,10 @@ const POLICY: &[(Action, OperatorScope, &[Role], bool)] = &[
     (ReactivateUser, AdministratorsOnly, &[UA], false),
     (DeleteUser, No, &[UA], false),
     (ReadUserHistory, AdministratorsOnly, &[OA, UA], true),
+    // R-AUTH-1: nobody, operator or administrator, obtains a credential that
+    // acts as another person: a member makes API tokens for themselves only.
+    (CreateApiToken, No, &[], true),
+    // Listing and revoking other people's tokens acts as nobody.
     (ManageApiTokens, AdministratorsOnly, &[OA], false),
     (ManageActivation, AdministratorsOnly, &[UA], false),
     (DecideAnonymityRequests, No, &[UA], false),
@@ -206,6 +238,32 @@ pub fn operator_sees_administrators_only(caller: &Caller) -> bool {
     caller.is_operator()
 }
 
+/// Whether a user lies within what the caller can see at all: members see
+/// their own organisation, operators the organisations' administrators
+/// (R-ACC-6). A user outside that view reads as missing (NOT_FOUND), exactly
+/// like an id that names no user, so ids cannot be probed; inside it, a
+/// refused action is PERMISSION_DENIED.
+pub fn sees_user(caller: &Caller, organisation_id: Uuid, user_is_administrator: bool) -> bool {
+    match &caller.principal {
+        Principal::System { .. } => true,
+        Principal::Operator { .. } => user_is_administrator,
+        Principal::Member {
+            organisation_id: own, ..
+        } => *own == organisation_id,
+    }
+}
+
+/// [`authorize`] for an action on one existing user: NOT_FOUND when the user
+/// is outside the caller's view (see [`sees_user`]).
+pub fn authorize_on_user(caller: &Caller, action: Action, target: Target) -> Result<(), DomainError> {
+    if let (Some(organisation_id), Some(user_id)) = (target.organisation_id, target.user_id)
+        && !sees_user(caller, organisation_id, target.user_is_administrator)
+    {
+        return Err(DomainError::not_found("user", user_id));
+    }
+    authorize(caller, action, target)
+}
+
 pub fn authorize(caller: &Caller, action: Action, target: Target) -> Result<(), DomainError> {
     let (operator, roles, self_allowed) = row(action);
     let allowed = match &caller.principal {
@@ -254,6 +312,7 @@ fn describe(action: Action) -> &'static str {
         ReactivateUser => "reactivate this user",
         DeleteUser => "delete this user",
         ReadUserHistory => "read this user's history",
+        CreateApiToken => "create an API token for another person (API tokens are for the caller themselves)",
         ManageApiTokens => "manage API tokens of this organisation",
         ManageActivation => "send activation for this user",
         DecideAnonymityRequests => "decide anonymity requests of this organisation",

@@ -73,6 +73,32 @@ impl CprVault {
     }
 }
 
+/// A bearer secret handed to its owner once (a session or API token, an
+/// activation code). `Debug` redacts it, so no log line can print it by
+/// accident; `expose` is the one way to read it, at the edge that returns it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_exposed(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
 /// Prefix that makes a leaked token recognisable in a log or a repository.
 pub const TOKEN_PREFIX: &str = "oat_";
 

@@ -83,12 +83,19 @@ pub fn se_number(value: &str) -> Result<(), String> {
 }
 
 /// The birth date a CPR number encodes: DDMMYY plus the century the 7th digit
-/// implies. There is no modulus-11 rule: it stopped holding in 2007.
+/// implies. There is no modulus-11 rule: it stopped holding in 2007. Written
+/// `DDMMYYXXXX` or `DDMMYY-XXXX`, nothing else: a number typed with dashes
+/// elsewhere is more likely mistyped than meant.
 pub fn cpr_birth_date(value: &str) -> Result<NaiveDate, String> {
-    let value = value.replace('-', "");
-    if !all_digits(&value, 10) {
-        return Err("must be 10 digits (DDMMYYXXXX, a dash after the date is allowed)".into());
+    let digits = match value.len() {
+        10 => value.to_owned(),
+        11 if value.as_bytes()[6] == b'-' => format!("{}{}", &value[..6], &value[7..]),
+        _ => String::new(),
+    };
+    if !all_digits(&digits, 10) {
+        return Err("must be written DDMMYYXXXX or DDMMYY-XXXX".into());
     }
+    let value = digits;
     let n = |range: std::ops::Range<usize>| value[range].parse::<u32>().unwrap_or(0);
     let (day, month, year, seventh) = (n(0..2), n(2..4), n(4..6), n(6..7));
     let century = match seventh {
@@ -112,9 +119,15 @@ pub fn cpr_birth_date(value: &str) -> Result<NaiveDate, String> {
         .ok_or_else(|| "the first six digits are not a real date (DDMMYY)".to_string())
 }
 
-/// The CPR number without a dash, once valid.
+/// The CPR number without a dash, once valid and of someone already born.
 pub fn normalise_cpr(value: &str) -> Result<String, String> {
-    cpr_birth_date(value)?;
+    normalise_cpr_on(value, chrono::Utc::now().date_naive())
+}
+
+fn normalise_cpr_on(value: &str, today: NaiveDate) -> Result<String, String> {
+    if cpr_birth_date(value)? > today {
+        return Err("encodes a birth date in the future".into());
+    }
     Ok(value.replace('-', ""))
 }
 
@@ -123,9 +136,23 @@ pub fn mask_cpr(normalised: &str) -> String {
     format!("{}-XXXX", &normalised[..6.min(normalised.len())])
 }
 
+/// A birth date, written `YYYY-MM-DD` exactly (`1990-05-17`; not `1990-5-17`
+/// or `+1990-05-17`, which chrono's `%Y-%m-%d` would take): one written form,
+/// so what is stored is [`canonical_date`] of it and compares as typed.
 pub fn birth_date(value: &str, today: NaiveDate) -> Result<NaiveDate, String> {
-    let date =
-        NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| "must be a date written YYYY-MM-DD".to_string())?;
+    let bytes = value.as_bytes();
+    let shaped = bytes.len() == 10
+        && bytes.iter().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                *b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    let date = shaped
+        .then(|| NaiveDate::parse_from_str(value, "%Y-%m-%d").ok())
+        .flatten()
+        .ok_or_else(|| "must be a real date written YYYY-MM-DD, such as 1990-05-17".to_string())?;
     if date > today {
         return Err("must not be in the future".into());
     }
@@ -135,33 +162,21 @@ pub fn birth_date(value: &str, today: NaiveDate) -> Result<NaiveDate, String> {
     Ok(date)
 }
 
-/// A pragmatic address check: one `@`, a local part, a dotted domain, no
-/// spaces, at most 254 characters. Delivery proves the rest.
+/// The one stored form of a date: `YYYY-MM-DD`.
+pub fn canonical_date(date: NaiveDate) -> String {
+    date.format("%Y-%m-%d").to_string()
+}
+
+/// Whether a stored birth date is `date`: compared as dates, so a row written
+/// before dates were canonical (`1990-5-17`) still matches.
+pub fn is_stored_date(stored: Option<&str>, date: &str) -> bool {
+    let read = |text: &str| NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok();
+    matches!((stored.and_then(read), read(date)), (Some(a), Some(b)) if a == b)
+}
+
+/// The address rule of `crate::email::Email` (the mailer uses the same).
 pub fn email(value: &str) -> Result<(), String> {
-    if value.len() > 254 {
-        return Err("must be at most 254 characters".into());
-    }
-    let Some((local, domain)) = value.split_once('@') else {
-        return Err("must contain @".into());
-    };
-    if local.is_empty() || local.len() > 64 {
-        return Err("the part before @ must be 1 to 64 characters".into());
-    }
-    if domain.contains('@') {
-        return Err("must contain exactly one @".into());
-    }
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("must not contain spaces".into());
-    }
-    let labels: Vec<&str> = domain.split('.').collect();
-    if labels.len() < 2
-        || labels
-            .iter()
-            .any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-'))
-    {
-        return Err("the domain must be a dotted name such as example.dk".into());
-    }
-    Ok(())
+    crate::email::Email::parse(value).map(drop)
 }
 
 /// Names and other short free texts: not blank, at most `max` characters.
@@ -237,6 +252,16 @@ mod tests {
         assert!(cpr_birth_date("2902001234").is_err());
         assert!(cpr_birth_date("3213901234").is_err());
         assert!(cpr_birth_date("12345").is_err());
+        // One dash, after the date, or none.
+        assert!(cpr_birth_date("010180-1234").is_ok());
+        assert!(cpr_birth_date("01-01-80-12-34").is_err());
+        assert!(cpr_birth_date("0101-801234").is_err());
+        assert!(cpr_birth_date("010180--1234").is_err());
+        assert!(cpr_birth_date("٠١٠١٨٠١٢٣٤").is_err());
+        // Born 1 January 2030 (7th digit 4, year 30: the 2000s).
+        let today = NaiveDate::from_ymd_opt(2026, 12, 2).unwrap();
+        assert!(normalise_cpr_on("0101304123", today).is_err());
+        assert_eq!(normalise_cpr_on("010180-1234", today).unwrap(), "0101801234");
         assert_eq!(mask_cpr("0101001234"), "010100-XXXX");
     }
 
@@ -252,5 +277,35 @@ mod tests {
         assert!(email("anna.firma.dk").is_err());
         assert!(email("anna@firma").is_err());
         assert!(email("an na@firma.dk").is_err());
+        assert!(email("x<evil@attacker.dk>").is_err());
+    }
+
+    #[test]
+    fn birth_dates_have_one_written_form() {
+        let today = NaiveDate::from_ymd_opt(2026, 12, 2).unwrap();
+        assert_eq!(
+            birth_date("1990-05-17", today).unwrap(),
+            NaiveDate::from_ymd_opt(1990, 5, 17).unwrap()
+        );
+        for bad in [
+            "1990-5-17",
+            "+1990-05-17",
+            "1990-05-7",
+            " 1990-05-17",
+            "1990/05/17",
+            "1990-02-30",
+            "19900517",
+        ] {
+            assert!(birth_date(bad, today).is_err(), "{bad:?} accepted");
+        }
+        assert!(birth_date("2027-01-01", today).is_err());
+        assert_eq!(
+            canonical_date(NaiveDate::from_ymd_opt(1990, 5, 7).unwrap()),
+            "1990-05-07"
+        );
+        assert!(is_stored_date(Some("1990-5-17"), "1990-05-17"));
+        assert!(is_stored_date(Some("1990-05-17"), "1990-05-17"));
+        assert!(!is_stored_date(Some("1990-05-18"), "1990-05-17"));
+        assert!(!is_stored_date(None, "1990-05-17"));
     }
 }

@@ -21,6 +21,9 @@ mod m20261122_000011_create_notification_preferences;
 mod m20261122_000012_create_anonymity_requests;
 mod m20261122_000013_create_sweep_runs;
 mod m20261123_000014_add_organisation_licences_used;
+mod m20261202_000015_add_user_normalised_keys;
+mod m20261202_000020_reserve_seats_of_timed_deactivations;
+mod m20261202_000021_add_history_actor_names;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -51,6 +54,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000012_create_anonymity_requests::Migration),
             Box::new(m20261122_000013_create_sweep_runs::Migration),
             Box::new(m20261123_000014_add_organisation_licences_used::Migration),
+            Box::new(m20261202_000015_add_user_normalised_keys::Migration),
+            Box::new(m20261202_000020_reserve_seats_of_timed_deactivations::Migration),
+            Box::new(m20261202_000021_add_history_actor_names::Migration),
         ]
     }
 }

@@ -24,6 +24,11 @@ fn bounded(message: String) -> String {
     }
 }
 
+/// At most this many field violations go back in one error: a request with
+/// thousands of bad items must not get megabytes of details (the status
+/// travels in HTTP/2 trailers). A last entry says how many were left out.
+pub const MAX_FIELD_VIOLATIONS: usize = 50;
+
 fn with_reason(code: Code, message: String, reason: &str, metadata: HashMap<String, String>) -> Status {
     let mut details = ErrorDetails::new();
     details.set_error_info(reason, ERROR_DOMAIN, metadata);
@@ -32,7 +37,15 @@ fn with_reason(code: Code, message: String, reason: &str, metadata: HashMap<Stri
 
 pub fn to_status(err: DomainError) -> Status {
     match err {
-        DomainError::InvalidArgument(violations) => {
+        DomainError::InvalidArgument(mut violations) => {
+            let omitted = violations.len().saturating_sub(MAX_FIELD_VIOLATIONS);
+            if omitted > 0 {
+                violations.truncate(MAX_FIELD_VIOLATIONS);
+                violations.push(orgadmin_domain::FieldViolation::new(
+                    "",
+                    format!("{omitted} more violations left out; correct these and send the request again"),
+                ));
+            }
             let mut details = ErrorDetails::new();
             for v in &violations {
                 details.add_bad_request_violation(v.field.clone(), v.description.clone());
@@ -67,9 +80,12 @@ pub fn to_status(err: DomainError) -> Status {
             with_reason(Code::Unauthenticated, message, "UNAUTHENTICATED", HashMap::new())
         }
         DomainError::Aborted { message } => with_reason(Code::Aborted, message, "STALE_ETAG", HashMap::new()),
-        DomainError::Unavailable { message } => retry_later(Code::Unavailable, message, "DATABASE_BUSY"),
+        DomainError::Unavailable { reason, message } => retry_later(Code::Unavailable, message, reason),
         DomainError::Internal(detail) => {
             // The detail may name tables or values; it goes to the log only.
+            // The only ERROR line of a call: client errors (bad input,
+            // denied, missing, stale) are the caller's business, and the
+            // domain logs them at DEBUG.
             tracing::error!(error = %detail, "internal error");
             Status::internal("internal error; the service logged the details")
         }

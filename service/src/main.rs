@@ -10,7 +10,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "orgadmin-service", about = "orgadmin gRPC service")]
+#[command(
+    name = "orgadmin-service",
+    version,
+    about = "orgadmin gRPC service",
+    long_about = "orgadmin gRPC service. Configured by the environment (DATABASE_URL, ORGADMIN_*, SMTP_URL) or the TOML file named by ORGADMIN_CONFIG; see README.md."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

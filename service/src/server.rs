@@ -2,6 +2,7 @@
 //! reflection v1 and v1alpha, bounded messages, graceful shutdown.
 
 use std::future::Future;
+use std::time::Duration;
 
 use orgadmin_domain::Domain;
 use orgadmin_proto::v1::auth_service_server::AuthServiceServer;
@@ -10,7 +11,10 @@ use orgadmin_proto::v1::organisation_service_server::OrganisationServiceServer;
 use orgadmin_proto::v1::user_service_server::UserServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
 use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::handlers::auth::AuthHandler;
 use crate::handlers::notifications::NotificationHandler;
@@ -31,22 +35,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<OrganisationServiceServer<OrganisationHandler>>()
-        .await;
-    reporter.set_serving::<UserServiceServer<UserHandler>>().await;
-    reporter.set_serving::<AuthServiceServer<AuthHandler>>().await;
-    reporter
-        .set_serving::<NotificationServiceServer<NotificationHandler>>()
-        .await;
+    set_services(&reporter, ServingStatus::Serving).await;
 
+    // The google.rpc descriptors too: error details (BadRequest, ErrorInfo,
+    // ...) travel as Any, and a client such as grpcurl decodes them by asking
+    // reflection for their type.
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(orgadmin_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(orgadmin_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
     let organisations = OrganisationServiceServer::new(OrganisationHandler { domain: domain.clone() })
@@ -58,28 +60,24 @@ pub async fn serve(
     let notifications = NotificationServiceServer::new(NotificationHandler { domain: domain.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let auth = AuthServiceServer::new(AuthHandler { domain })
+    let auth = AuthServiceServer::new(AuthHandler { domain: domain.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    let probe = tokio::spawn(probe_database(domain, reporter.clone()));
+    let probe_on_error = probe.abort_handle();
     let draining = async move {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
-        reporter
-            .set_not_serving::<OrganisationServiceServer<OrganisationHandler>>()
-            .await;
-        reporter.set_not_serving::<UserServiceServer<UserHandler>>().await;
-        reporter.set_not_serving::<AuthServiceServer<AuthHandler>>().await;
-        reporter
-            .set_not_serving::<NotificationServiceServer<NotificationHandler>>()
-            .await;
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        // Stop the probe first, so it cannot report SERVING again.
+        probe.abort();
+        let _ = probe.await;
+        set_services(&reporter, ServingStatus::NotServing).await;
+        reporter.set_service_status("", ServingStatus::NotServing).await;
     };
 
     let in_flight = InFlight::new(max_in_flight);
-    Server::builder()
+    let served = Server::builder()
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -88,6 +86,62 @@ pub async fn serve(
         .add_service(in_flight.wrap(auth))
         .add_service(in_flight.wrap(notifications))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
-        .await?;
+        .await;
+    probe_on_error.abort();
+    served?;
     Ok(())
+}
+
+/// The names under which health reports the orgadmin services.
+const SERVICES: [&str; 4] = [
+    <OrganisationServiceServer<OrganisationHandler> as NamedService>::NAME,
+    <UserServiceServer<UserHandler> as NamedService>::NAME,
+    <AuthServiceServer<AuthHandler> as NamedService>::NAME,
+    <NotificationServiceServer<NotificationHandler> as NamedService>::NAME,
+];
+
+async fn set_services(reporter: &HealthReporter, status: ServingStatus) {
+    for service in SERVICES {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
+/// How often the health probe asks the database, and how long it waits for
+/// an answer. The probe queues for a pool connection like a call does, so it
+/// waits as long as a call would (the pool's 5 s acquire timeout): a busy
+/// pool under load does not read as an outage, while a database that cannot
+/// answer in that time cannot serve calls either. A refused or cut
+/// connection fails at once.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Readiness follows the database: while it does not answer, each orgadmin
+/// service reports NOT_SERVING (a load balancer or Kubernetes readiness probe
+/// sends calls elsewhere), and SERVING again once it does. The overall status
+/// "" is left alone: it is liveness, and restarting the process would not
+/// bring the database back.
+async fn probe_database(domain: Domain, reporter: HealthReporter) {
+    let mut serving = true;
+    let mut ticks = tokio::time::interval(PROBE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let answer = tokio::time::timeout(PROBE_TIMEOUT, domain.ping_database()).await;
+        let reachable = matches!(answer, Ok(Ok(())));
+        if reachable == serving {
+            continue;
+        }
+        serving = reachable;
+        if reachable {
+            tracing::info!("database reachable again: services SERVING");
+            set_services(&reporter, ServingStatus::Serving).await;
+        } else {
+            let error = match answer {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {PROBE_TIMEOUT:?}"),
+            };
+            tracing::error!(%error, "database unreachable: services NOT_SERVING");
+            set_services(&reporter, ServingStatus::NotServing).await;
+        }
+    }
 }

@@ -17,14 +17,6 @@ both_backends!(
     lost_rights_take_effect_at_once,
 );
 
-fn in_ms(ms: i64) -> Timestamp {
-    let at = chrono::Utc::now().timestamp_millis() + ms;
-    Timestamp {
-        seconds: at / 1000,
-        nanos: ((at % 1000) * 1_000_000) as i32,
-    }
-}
-
 async fn get(app: &TestApp, token: &str, id: &str) -> pb::User {
     app.users()
         .get_user(req(token, pb::GetUserRequest { id: id.to_owned() }))
@@ -103,8 +95,8 @@ async fn licences_are_counted_and_freed(backend: Backend) {
         .unwrap();
     assert_eq!(
         back.state,
-        pb::UserState::PendingActivation as i32,
-        "never activated: back to pending"
+        pb::UserState::Active as i32,
+        "activated before: back to active"
     );
     assert_ne!(carl.id, a.id);
     app.finish().await;
@@ -340,11 +332,7 @@ async fn timed_deactivation_ends_by_the_worker(backend: Backend) {
     }
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
-    assert_eq!(
-        state,
-        pb::UserState::PendingActivation as i32,
-        "the period ended by itself"
-    );
+    assert_eq!(state, pb::UserState::Active as i32, "the period ended by itself");
     let back = get(&app, &token, &user.id).await;
     assert!(back.deactivated_until.is_none());
     assert_eq!(
@@ -377,7 +365,7 @@ async fn timed_deactivation_ends_by_the_worker(backend: Backend) {
         history[0]
             .changes
             .iter()
-            .any(|c| c.field == "state" && c.after == "PENDING_ACTIVATION")
+            .any(|c| c.field == "state" && c.after == "ACTIVE")
     );
     app.finish().await;
 }
@@ -662,10 +650,12 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
         .insert("authorization", fixture.admin_token.parse().unwrap());
     assert_code(auth.who_am_i(raw).await, Code::Unauthenticated);
 
-    let (user, _) = app.member(&fixture, "Token", &[]).await;
+    // API tokens are the caller's own (R-AUTH-1): the user makes them with
+    // the session their activation gave them.
+    let (user, session) = app.member(&fixture, "Token", &[]).await;
     let short = auth
         .create_api_token(req(
-            &fixture.admin_token,
+            &session,
             pb::CreateApiTokenRequest {
                 user_id: user.id.clone(),
                 name: "kort".into(),
@@ -686,7 +676,7 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
 
     let long = auth
         .create_api_token(req(
-            &fixture.admin_token,
+            &session,
             pb::CreateApiTokenRequest {
                 user_id: user.id.clone(),
                 name: "lang".into(),
@@ -732,7 +722,7 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
 
     let too_long = auth
         .create_api_token(req(
-            &fixture.admin_token,
+            &session,
             pb::CreateApiTokenRequest {
                 user_id: user.id.clone(),
                 name: "x".into(),
@@ -746,7 +736,7 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
     );
     let no_name = auth
         .create_api_token(req(
-            &fixture.admin_token,
+            &session,
             pb::CreateApiTokenRequest {
                 user_id: user.id.clone(),
                 name: String::new(),

@@ -1,12 +1,20 @@
 //! The one integration-test binary. Every scenario runs on SQLite and on
 //! PostgreSQL (`both_backends!`), against a real server over real gRPC.
 
+mod bounds;
+mod credentials;
 mod fingerprint;
+mod history;
 mod lifecycle;
 mod limits;
 mod mail;
+mod normalisation;
+mod operations;
 mod organisations;
+mod outage;
 mod rights;
+mod seats;
 mod smoke;
 mod users;
+mod visibility;
 mod workers;

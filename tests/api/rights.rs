@@ -1,5 +1,7 @@
 //! Every RPC × every caller kind × own/other organisation: allowed, or
 //! PERMISSION_DENIED (UNAUTHENTICATED without a token) with nothing changed.
+//! The matrix checks itself: every method of every orgadmin service in the
+//! served descriptor set must have a row, and every row a call.
 
 use orgadmin_proto::v1 as pb;
 use orgadmin_tests::*;
@@ -40,6 +42,9 @@ struct World {
     deactivated: pb::User,
     target_token_id: String,
     coded: pb::User,
+    coded_code: String,
+    pending: pb::User,
+    pending_admin: pb::User,
     anonymity_request_id: String,
     failed_mail_id: String,
     tokens: Vec<(Who, String)>,
@@ -54,7 +59,7 @@ impl World {
         let (user_admin, user_admin_token) = app.member(&fixture, "UserAdmin", &[pb::Role::UserAdmin]).await;
         let (_, rights_token) = app.member(&fixture, "RightsAdmin", &[pb::Role::RightsAdmin]).await;
         let (plain, plain_token) = app.member(&fixture, "Plain", &[]).await;
-        let (target, _) = app.member(&fixture, "Target", &[]).await;
+        let (target, target_session) = app.member(&fixture, "Target", &[]).await;
         let target_token_id = app
             .auth()
             .list_api_tokens(req(
@@ -100,7 +105,7 @@ impl World {
             .into_inner()
             .unit
             .unwrap();
-        let coded = app
+        let coded_reply = app
             .users()
             .create_user(req(
                 &fixture.admin_token,
@@ -112,13 +117,32 @@ impl World {
             ))
             .await
             .unwrap()
+            .into_inner();
+        let (coded, coded_code) = (coded_reply.user.unwrap(), coded_reply.activation_code);
+        // Users still waiting for activation (a plain one and an administrator).
+        let pending = app
+            .users()
+            .create_user(req(&fixture.admin_token, new_user(&fixture.org.id, "Pending", &[])))
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap();
+        let pending_admin = app
+            .users()
+            .create_user(req(
+                OPERATOR_TOKEN,
+                new_user(&fixture.org.id, "PendingAdmin", &[pb::Role::UserAdmin]),
+            ))
+            .await
+            .unwrap()
             .into_inner()
             .user
             .unwrap();
         let anonymity_request_id = app
             .users()
             .request_anonymity(req(
-                &plain_token,
+                &target_session,
                 pb::RequestAnonymityRequest {
                     reason: "Beskyttet adresse, tak".into(),
                 },
@@ -164,6 +188,9 @@ impl World {
             deactivated,
             target_token_id,
             coded,
+            coded_code,
+            pending,
+            pending_admin,
             anonymity_request_id,
             failed_mail_id: failed_mail_id.to_string(),
             tokens: vec![
@@ -458,12 +485,36 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             ))
             .await
             .map(drop),
+        "CreateOwnApiToken" => app
+            .auth()
+            .create_api_token(req(
+                t,
+                pb::CreateApiTokenRequest {
+                    user_id: world.plain.id.clone(),
+                    name: "min".into(),
+                    expire_time: None,
+                },
+            ))
+            .await
+            .map(drop),
+        "ActivateUser" => app
+            .users()
+            .activate_user(req(
+                t,
+                pb::ActivateUserRequest {
+                    code: world.coded_code.clone(),
+                    birth_date: "1988-08-08".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
         "CreateAdministratorToken" => app
             .auth()
             .create_api_token(req(
                 t,
                 pb::CreateApiTokenRequest {
-                    user_id: world.user_admin.id.clone(),
+                    user_id: world.pending_admin.id.clone(),
                     name: "ny".into(),
                     expire_time: None,
                 },
@@ -491,7 +542,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             .send_activation(req(
                 t,
                 pb::SendActivationRequest {
-                    user_id: world.target.id.clone(),
+                    user_id: world.pending.id.clone(),
                 },
             ))
             .await
@@ -501,7 +552,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             .send_activation(req(
                 t,
                 pb::SendActivationRequest {
-                    user_id: world.user_admin.id.clone(),
+                    user_id: world.pending_admin.id.clone(),
                 },
             ))
             .await
@@ -554,6 +605,16 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             .list_notifications(req(t, pb::ListNotificationsRequest::default()))
             .await
             .map(drop),
+        "MarkNotificationsRead" => app
+            .notes()
+            .mark_notifications_read(req(
+                t,
+                pb::MarkNotificationsReadRequest {
+                    ids: vec![uuid::Uuid::now_v7().to_string()],
+                },
+            ))
+            .await
+            .map(drop),
         "GetNotificationPreferences" => app
             .notes()
             .get_notification_preferences(req(t, pb::GetNotificationPreferencesRequest {}))
@@ -598,53 +659,202 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
 
 use Who::*;
 
-/// The expected policy, written out independently of the domain's table.
-const MATRIX: &[(&str, &[Who])] = &[
-    ("CreateOrganisation", &[Operator]),
+const ORG: &str = "orgadmin.v1.OrganisationService/";
+const USR: &str = "orgadmin.v1.UserService/";
+const AUT: &str = "orgadmin.v1.AuthService/";
+const NOT: &str = "orgadmin.v1.NotificationService/";
+const MEMBERS: &[Who] = &[OrgAdmin, UserAdmin, RightsAdmin, PlainUser, OtherOrgAdmin];
+
+/// The expected policy, written out independently of the domain's table:
+/// (case, service prefix, method, who may). A method may have several cases
+/// (own user, another user, an administrator).
+const MATRIX: &[(&str, &str, &str, &[Who])] = &[
+    ("CreateOrganisation", ORG, "CreateOrganisation", &[Operator]),
     (
+        "GetOrganisation",
+        ORG,
         "GetOrganisation",
         &[Operator, OrgAdmin, UserAdmin, RightsAdmin, PlainUser],
     ),
     (
         "ListOrganisations",
+        ORG,
+        "ListOrganisations",
         &[Operator, OrgAdmin, UserAdmin, RightsAdmin, PlainUser, OtherOrgAdmin],
     ),
-    ("UpdateOrganisation", &[Operator, OrgAdmin]),
-    ("GetOrganisationSettings", &[Operator, OrgAdmin, UserAdmin]),
-    ("UpdateOrganisationSettings", &[OrgAdmin]),
-    ("SetLicenceCount", &[Operator]),
-    ("CreateUnit", &[OrgAdmin]),
-    ("ListUnits", &[Operator, OrgAdmin, UserAdmin, RightsAdmin, PlainUser]),
-    ("UpdateUnit", &[OrgAdmin]),
-    ("DeleteUnit", &[OrgAdmin]),
-    ("CreateUser", &[UserAdmin]),
-    ("CreateAdministrator", &[Operator]),
-    ("GetUser", &[OrgAdmin, UserAdmin, RightsAdmin]),
-    ("GetOwnUser", &[OrgAdmin, UserAdmin, RightsAdmin, PlainUser]),
-    ("GetAdministrator", &[Operator, OrgAdmin, UserAdmin, RightsAdmin]),
-    ("ListUsers", &[Operator, OrgAdmin, UserAdmin, RightsAdmin]),
-    ("UpdateUser", &[UserAdmin]),
-    ("ChangeRoles", &[OrgAdmin]),
-    ("DeactivateUser", &[UserAdmin]),
-    ("DeactivateAdministrator", &[Operator, UserAdmin]),
-    ("ReactivateUser", &[UserAdmin]),
-    ("DeleteUser", &[UserAdmin]),
-    ("ListUserHistory", &[OrgAdmin, UserAdmin]),
-    ("ListOwnHistory", &[OrgAdmin, UserAdmin, PlainUser]),
-    ("CreateApiToken", &[OrgAdmin]),
-    ("CreateAdministratorToken", &[Operator, OrgAdmin]),
-    ("ListApiTokens", &[Operator, OrgAdmin]),
-    ("RevokeApiToken", &[OrgAdmin]),
+    ("UpdateOrganisation", ORG, "UpdateOrganisation", &[Operator, OrgAdmin]),
     (
+        "GetOrganisationSettings",
+        ORG,
+        "GetOrganisationSettings",
+        &[Operator, OrgAdmin, UserAdmin],
+    ),
+    (
+        "UpdateOrganisationSettings",
+        ORG,
+        "UpdateOrganisationSettings",
+        &[OrgAdmin],
+    ),
+    ("SetLicenceCount", ORG, "SetLicenceCount", &[Operator]),
+    ("CreateUnit", ORG, "CreateUnit", &[OrgAdmin]),
+    (
+        "ListUnits",
+        ORG,
+        "ListUnits",
+        &[Operator, OrgAdmin, UserAdmin, RightsAdmin, PlainUser],
+    ),
+    ("UpdateUnit", ORG, "UpdateUnit", &[OrgAdmin]),
+    ("DeleteUnit", ORG, "DeleteUnit", &[OrgAdmin]),
+    ("CreateUser", USR, "CreateUser", &[UserAdmin]),
+    ("CreateAdministrator", USR, "CreateUser", &[Operator]),
+    ("GetUser", USR, "GetUser", &[OrgAdmin, UserAdmin, RightsAdmin]),
+    (
+        "GetOwnUser",
+        USR,
+        "GetUser",
+        &[OrgAdmin, UserAdmin, RightsAdmin, PlainUser],
+    ),
+    (
+        "GetAdministrator",
+        USR,
+        "GetUser",
+        &[Operator, OrgAdmin, UserAdmin, RightsAdmin],
+    ),
+    (
+        "ListUsers",
+        USR,
+        "ListUsers",
+        &[Operator, OrgAdmin, UserAdmin, RightsAdmin],
+    ),
+    ("UpdateUser", USR, "UpdateUser", &[UserAdmin]),
+    ("ChangeRoles", USR, "UpdateUser", &[OrgAdmin]),
+    ("DeactivateUser", USR, "DeactivateUser", &[UserAdmin]),
+    ("DeactivateAdministrator", USR, "DeactivateUser", &[Operator, UserAdmin]),
+    ("ReactivateUser", USR, "ReactivateUser", &[UserAdmin]),
+    ("DeleteUser", USR, "DeleteUser", &[UserAdmin]),
+    ("ListUserHistory", USR, "ListUserHistory", &[OrgAdmin, UserAdmin]),
+    (
+        "ListOwnHistory",
+        USR,
+        "ListUserHistory",
+        &[OrgAdmin, UserAdmin, PlainUser],
+    ),
+    // The secret is the credential: the bearer token does not matter.
+    ("ActivateUser", USR, "ActivateUser", EVERYONE),
+    ("SendActivation", USR, "SendActivation", &[UserAdmin]),
+    (
+        "SendAdministratorActivation",
+        USR,
+        "SendActivation",
+        &[Operator, UserAdmin],
+    ),
+    ("CreateActivationCode", USR, "CreateActivationCode", &[UserAdmin]),
+    ("RequestAnonymity", USR, "RequestAnonymity", MEMBERS),
+    ("ListAnonymityRequests", USR, "ListAnonymityRequests", &[UserAdmin]),
+    ("DecideAnonymityRequest", USR, "DecideAnonymityRequest", &[UserAdmin]),
+    // R-AUTH-1: nobody, operator or administrator, obtains a credential that
+    // acts as another person.
+    ("CreateApiToken", AUT, "CreateApiToken", &[]),
+    ("CreateAdministratorToken", AUT, "CreateApiToken", &[]),
+    ("CreateOwnApiToken", AUT, "CreateApiToken", &[PlainUser]),
+    ("ListApiTokens", AUT, "ListApiTokens", &[Operator, OrgAdmin]),
+    ("RevokeApiToken", AUT, "RevokeApiToken", &[OrgAdmin]),
+    (
+        "WhoAmI",
+        AUT,
         "WhoAmI",
         &[Operator, OrgAdmin, UserAdmin, RightsAdmin, PlainUser, OtherOrgAdmin],
     ),
+    ("ListNotifications", NOT, "ListNotifications", MEMBERS),
+    ("MarkNotificationsRead", NOT, "MarkNotificationsRead", MEMBERS),
+    ("GetNotificationPreferences", NOT, "GetNotificationPreferences", MEMBERS),
+    (
+        "UpdateNotificationPreferences",
+        NOT,
+        "UpdateNotificationPreferences",
+        MEMBERS,
+    ),
+    ("ListFailedMails", NOT, "ListFailedMails", &[Operator]),
+    ("RetryMail", NOT, "RetryMail", &[Operator]),
 ];
+
+/// The one user a case acts on, as far as visibility goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    NoOneUser,
+    PlainUser,
+    Administrator,
+}
+
+fn target(case: &str) -> Target {
+    match case {
+        "GetUser" | "GetOwnUser" | "UpdateUser" | "ChangeRoles" | "DeactivateUser" | "ReactivateUser"
+        | "DeleteUser" | "ListUserHistory" | "ListOwnHistory" | "CreateApiToken" | "CreateOwnApiToken"
+        | "SendActivation" | "CreateActivationCode" => Target::PlainUser,
+        "GetAdministrator" | "DeactivateAdministrator" | "CreateAdministratorToken" | "SendAdministratorActivation" => {
+            Target::Administrator
+        }
+        _ => Target::NoOneUser,
+    }
+}
+
+/// How a denied call answers: no token is UNAUTHENTICATED; a user outside
+/// the caller's view (another organisation's, or an ordinary user for the
+/// operator: R-ACC-6) reads as missing, NOT_FOUND, exactly like an id that
+/// does not exist; anything else is PERMISSION_DENIED.
+fn denial(case: &str, who: Who) -> Code {
+    match (who, target(case)) {
+        (Nobody, _) => Code::Unauthenticated,
+        (OtherOrgAdmin, Target::PlainUser | Target::Administrator) => Code::NotFound,
+        (Operator, Target::PlainUser) => Code::NotFound,
+        _ => Code::PermissionDenied,
+    }
+}
+
+/// Every method of every orgadmin service, from the descriptor set the
+/// server serves by reflection.
+fn served_methods() -> Vec<String> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let mut methods = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                methods.push(format!("{}.{}/{}", file.package(), service.name(), method.name()));
+            }
+        }
+    }
+    methods
+}
+
+#[test]
+fn matrix_covers_every_served_method() {
+    let methods = served_methods();
+    assert!(
+        methods.len() >= 35,
+        "the descriptor set lists only {} methods",
+        methods.len()
+    );
+    let covered: Vec<String> = MATRIX
+        .iter()
+        .map(|(_, prefix, method, _)| format!("{prefix}{method}"))
+        .collect();
+    let missing: Vec<&String> = methods.iter().filter(|m| !covered.contains(m)).collect();
+    assert!(
+        missing.is_empty(),
+        "methods without a row in the rights matrix: {missing:?}"
+    );
+    let unknown: Vec<&String> = covered.iter().filter(|c| !methods.contains(c)).collect();
+    assert!(
+        unknown.is_empty(),
+        "matrix rows for methods that are not served: {unknown:?}"
+    );
+}
 
 async fn every_rpc_for_every_role(backend: Backend) {
     let app = TestApp::start(backend).await;
     let mut failures = Vec::new();
-    for (rpc, allowed) in MATRIX {
+    for (rpc, _, _, allowed) in MATRIX {
         // A fresh world per RPC, and again after every call that succeeded
         // (it may have changed the world); a denied call changes nothing,
         // which the fingerprint checks.
@@ -657,11 +867,7 @@ async fn every_rpc_for_every_role(backend: Backend) {
             match (&result, expected_ok) {
                 (Ok(()), true) => {}
                 (Err(status), false) => {
-                    let want = if *who == Nobody {
-                        Code::Unauthenticated
-                    } else {
-                        Code::PermissionDenied
-                    };
+                    let want = denial(rpc, *who);
                     if status.code() != want {
                         failures.push(format!("{rpc} as {who:?}: want {want:?}, got {status:?}"));
                     }

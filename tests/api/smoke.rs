@@ -14,6 +14,22 @@ fn binary() -> PathBuf {
     built_binary("orgadmin-service")
 }
 
+/// grpcurl's output for a call that must fail (its stdout and stderr).
+fn grpcurl_status(addr: &str, token: Option<&str>, data: &str, method: &str) -> String {
+    let mut cmd = Command::new("grpcurl");
+    cmd.arg("-plaintext");
+    if let Some(token) = token {
+        cmd.arg("-H").arg(format!("authorization: Bearer {token}"));
+    }
+    let out = cmd.arg("-d").arg(data).arg(addr).arg(method).output().expect("grpcurl");
+    assert!(!out.status.success(), "grpcurl {method} was expected to fail");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 struct Server(Child);
 
 impl Drop for Server {
@@ -172,9 +188,24 @@ async fn grpcurl_walkthrough(backend: Backend) {
         "orgadmin.v1.UserService/ActivateUser",
     );
     assert_eq!(activated["user"]["state"], "USER_STATE_ACTIVE");
-    let token = grpcurl(
+    let session = activated["sessionToken"]
+        .as_str()
+        .expect("activation returns a session")
+        .to_owned();
+    // As the README: nobody else can mint Karen a token; she makes her own.
+    let denied = grpcurl_status(
         &addr,
         Some(&operator),
+        &format!(r#"{{"user_id":"{admin_id}","name":"karen"}}"#),
+        "orgadmin.v1.AuthService/CreateApiToken",
+    );
+    assert!(
+        denied.contains("PermissionDenied"),
+        "the operator mints no token for Karen: {denied}"
+    );
+    let token = grpcurl(
+        &addr,
+        Some(&session),
         Some(&format!(r#"{{"user_id":"{admin_id}","name":"karen"}}"#)),
         "orgadmin.v1.AuthService/CreateApiToken",
     );

@@ -22,7 +22,11 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
 async fn first_user_of_operator_becomes_administrator(backend: Backend) {
     let app = TestApp::start(backend).await;
     let fixture = app.org_with_admin().await;
-    assert_eq!(fixture.admin.state, pb::UserState::PendingActivation as i32);
+    assert_eq!(
+        fixture.admin.state,
+        pb::UserState::Active as i32,
+        "activated by the fixture"
+    );
     let roles = &fixture.admin.roles;
     assert!(roles.contains(&(pb::Role::OrganisationAdmin as i32)), "{roles:?}");
     assert!(roles.contains(&(pb::Role::UserAdmin as i32)), "{roles:?}");
@@ -280,7 +284,7 @@ async fn user_bad_input_names_each_field(backend: Backend) {
         .await;
     assert_eq!(
         bad_fields(&assert_code(bad_email, Code::InvalidArgument)),
-        vec!["email"]
+        vec!["user.email"]
     );
     let past = users
         .deactivate_user(req(
@@ -457,7 +461,7 @@ async fn user_update_with_etag_and_history(backend: Backend) {
     let activities: Vec<&str> = history.iter().map(|e| e.activity.as_str()).collect();
     assert_eq!(
         activities,
-        vec!["USER_UPDATED", "USER_UPDATED", "API_TOKEN_CREATED", "USER_CREATED"],
+        vec!["USER_UPDATED", "USER_UPDATED", "USER_ACTIVATED", "USER_CREATED"],
         "newest first"
     );
     let rename = &history[1];

@@ -172,15 +172,15 @@ async fn replicas_send_each_mail_once(backend: Backend) {
         .unwrap();
     sink.wait_for(&late.email, 1).await;
     let (sent, failed) = app.wait_outbox_drained().await;
-    assert_eq!((sent, failed), (n as u64 + 2, 0));
+    assert_eq!((sent, failed), (n as u64 + 3, 0));
     for worker in &mut workers {
         worker.assert_alive();
     }
     let received = sink.received();
     drop(workers);
     let message_ids: HashSet<_> = received.iter().map(|m| m.message_id.clone()).collect();
-    assert_eq!(received.len(), n + 2, "each mail exactly once");
-    assert_eq!(message_ids.len(), n + 2, "distinct Message-IDs");
+    assert_eq!(received.len(), n + 3, "each mail exactly once");
+    assert_eq!(message_ids.len(), n + 3, "distinct Message-IDs");
     // Each replica claimed and sent a share of the queue; nobody else did.
     let shares = sent_by_worker(&app).await;
     assert_eq!(
@@ -190,7 +190,7 @@ async fn replicas_send_each_mail_once(backend: Backend) {
     );
     for id in &ids {
         assert!(
-            shares[id] as usize >= (n + 2) / (replicas * 5),
+            shares[id] as usize >= (n + 3) / (replicas * 5),
             "worker {id} sent too small a share: {shares:?}"
         );
     }
@@ -215,7 +215,7 @@ async fn killed_worker_loses_no_mail(backend: Backend) {
     first.child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
     let _ = first.child.wait();
     let before_restart = sink.received().len();
-    assert!(before_restart < n + 1, "killed mid-queue");
+    assert!(before_restart < n + 2, "killed mid-queue");
     let _second = spawn_worker(&app, &sink, 1500);
     let received = wait_for_all(&sink, &expected, Duration::from_secs(90)).await;
     // Every recipient got its mail; a mail sent twice (in flight at the kill)
@@ -224,7 +224,7 @@ async fn killed_worker_loses_no_mail(backend: Backend) {
     for mail in &received {
         by_id.entry(mail.message_id.clone()).or_default().push(mail);
     }
-    assert_eq!(by_id.len(), n + 1, "one Message-ID per queued mail");
+    assert_eq!(by_id.len(), n + 2, "one Message-ID per queued mail");
     for (id, copies) in &by_id {
         assert!(
             copies

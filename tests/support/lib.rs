@@ -175,12 +175,14 @@ impl TestApp {
     }
 
     /// Organisations (name: counter vs. count) whose licence counter disagrees
-    /// with a count of their ACTIVE and PENDING_ACTIVATION users.
+    /// with a count of their seat holders: ACTIVE and PENDING_ACTIVATION users
+    /// and timed deactivations (R-ORG-4).
     pub async fn licence_counter_drift(&self) -> Vec<String> {
         let db = self.domain.db();
-        let sql = "SELECT o.name, o.licences_used, \
+        let sql = "SELECT o.name, o.licences_used, o.licence_count, \
                    (SELECT COUNT(*) FROM users u WHERE u.organisation_id = o.id \
-                    AND u.state IN ('ACTIVE', 'PENDING_ACTIVATION')) FROM organisations o";
+                    AND (u.state IN ('ACTIVE', 'PENDING_ACTIVATION') \
+                    OR (u.state = 'DEACTIVATED' AND u.deactivated_until IS NOT NULL))) FROM organisations o";
         let rows = db
             .query_all_raw(Statement::from_string(db.get_database_backend(), sql.to_owned()))
             .await
@@ -189,7 +191,11 @@ impl TestApp {
             .filter_map(|row| {
                 let name: String = row.try_get_by_index(0).unwrap();
                 let counter: i64 = row.try_get_by_index(1).unwrap();
-                let count: i64 = row.try_get_by_index(2).unwrap();
+                let limit: i32 = row.try_get_by_index(2).unwrap();
+                let count: i64 = row.try_get_by_index(3).unwrap();
+                if counter > i64::from(limit) {
+                    return Some(format!("{name}: {counter} licences used of {limit}"));
+                }
                 (counter != count).then(|| format!("{name}: {counter} vs {count}"))
             })
             .collect()
@@ -224,6 +230,15 @@ impl TestApp {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// A timestamp `ms` milliseconds from now.
+pub fn in_ms(ms: i64) -> prost_types::Timestamp {
+    let at = chrono::Utc::now().timestamp_millis() + ms;
+    prost_types::Timestamp {
+        seconds: at / 1000,
+        nanos: ((at % 1000) * 1_000_000) as i32,
     }
 }
 
@@ -321,15 +336,9 @@ impl TestApp {
         max_administrators: Option<i32>,
     ) -> OrgFixture {
         let org = self.create_org(licence_count, max_administrators).await;
-        let admin = self
-            .users()
-            .create_user(req(OPERATOR_TOKEN, new_user(&org.id, "Admin", &[])))
-            .await
-            .expect("operator creates the first administrator")
-            .into_inner()
-            .user
-            .expect("user");
-        let admin_token = self.token_for(OPERATOR_TOKEN, &admin.id).await;
+        let (admin, admin_token) = self
+            .create_and_activate(OPERATOR_TOKEN, new_user(&org.id, "Admin", &[]))
+            .await;
         OrgFixture {
             org,
             admin,
@@ -337,10 +346,75 @@ impl TestApp {
         }
     }
 
-    pub async fn token_for(&self, granter: &str, user_id: &str) -> String {
+    /// The token of the newest activation link mailed to `email`, read from
+    /// the outbox the way the worker reads it (decrypted with the test vault).
+    pub async fn activation_link_token(&self, email: &str) -> String {
+        let db = self.domain.db();
+        let backend = db.get_database_backend();
+        let sql = match backend {
+            sea_orm::DatabaseBackend::Postgres => {
+                "SELECT payload FROM outbox_mails WHERE kind = 'activation' AND recipient = $1 ORDER BY id DESC LIMIT 1"
+            }
+            _ => {
+                "SELECT payload FROM outbox_mails WHERE kind = 'activation' AND recipient = ? ORDER BY id DESC LIMIT 1"
+            }
+        };
+        let row = db
+            .query_one_raw(Statement::from_sql_and_values(backend, sql, [email.into()]))
+            .await
+            .expect("outbox query")
+            .unwrap_or_else(|| panic!("no activation mail to {email} in the outbox"));
+        let sealed: String = row.try_get_by_index(0).expect("payload");
+        let json = test_vault().decrypt(&sealed).expect("outbox payload decrypts");
+        let mail: serde_json::Value = serde_json::from_str(&json).expect("payload is JSON");
+        let text = mail["text"].as_str().expect("text body");
+        let start = text.find("token=").expect("the mail holds an activation link") + "token=".len();
+        text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .collect()
+    }
+
+    /// The person behind a CPR user activates with the link mailed to them;
+    /// returns the reply with their session token.
+    pub async fn activate_by_link(&self, email: &str, cpr: &str) -> pb::ActivateUserResponse {
+        let token = self.activation_link_token(email).await;
+        self.users()
+            .activate_user(req(
+                "",
+                pb::ActivateUserRequest {
+                    token,
+                    cpr: cpr.to_owned(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("activate with the mailed link")
+            .into_inner()
+    }
+
+    /// `creator` creates a CPR user, who then activates with their own link:
+    /// the user (ACTIVE) and their session token, the only way a test gets a
+    /// credential for a person (R-AUTH-1).
+    pub async fn create_and_activate(&self, creator: &str, request: pb::CreateUserRequest) -> (pb::User, String) {
+        let (email, cpr) = (request.email.clone(), request.cpr.clone());
+        assert!(!cpr.is_empty(), "create_and_activate needs a CPR user");
+        self.users()
+            .create_user(req(creator, request))
+            .await
+            .expect("create user")
+            .into_inner()
+            .user
+            .expect("user");
+        let activated = self.activate_by_link(&email, &cpr).await;
+        (activated.user.expect("user"), activated.session_token)
+    }
+
+    /// An API token of the caller's own (`session` is the caller's token).
+    pub async fn own_api_token(&self, session: &str, user_id: &str) -> String {
         self.auth()
             .create_api_token(req(
-                granter,
+                session,
                 pb::CreateApiTokenRequest {
                     user_id: user_id.to_owned(),
                     name: "test".into(),
@@ -348,24 +422,16 @@ impl TestApp {
                 },
             ))
             .await
-            .expect("create api token")
+            .expect("create own api token")
             .into_inner()
             .secret
     }
 
-    /// Creates a user with `roles` (by the fixture's administrator) and gives
-    /// them a token.
+    /// Creates a user with `roles` (by the fixture's administrator), who
+    /// activates and so holds a session token.
     pub async fn member(&self, fixture: &OrgFixture, first: &str, roles: &[pb::Role]) -> (pb::User, String) {
-        let user = self
-            .users()
-            .create_user(req(&fixture.admin_token, new_user(&fixture.org.id, first, roles)))
+        self.create_and_activate(&fixture.admin_token, new_user(&fixture.org.id, first, roles))
             .await
-            .expect("create member")
-            .into_inner()
-            .user
-            .expect("user");
-        let token = self.token_for(&fixture.admin_token, &user.id).await;
-        (user, token)
     }
 }
 

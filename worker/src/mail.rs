@@ -10,6 +10,7 @@ use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use orgadmin_domain::email::Email;
 use orgadmin_domain::services::outbox::{ClaimedMail, Failure};
 use orgadmin_domain::{Config, Domain};
 use tokio::sync::{Semaphore, watch};
@@ -29,8 +30,9 @@ pub enum Transport {
 impl Transport {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         if config.smtp_url.is_empty() {
+            // Mails hold activation link tokens: the owner's eyes only.
             let dir = config.data_dir.join("outbox");
-            std::fs::create_dir_all(&dir)?;
+            orgadmin_domain::config::create_private_dir(&dir).map_err(anyhow::Error::msg)?;
             return Ok(Self::Files(dir));
         }
         let timeout = Duration::from_secs(20);
@@ -54,7 +56,17 @@ impl Transport {
                 let tmp = dir.join(format!(".{id}.eml.tmp"));
                 let path = dir.join(format!("{id}.eml"));
                 let write = async {
-                    tokio::fs::write(&tmp, message.formatted()).await?;
+                    use tokio::io::AsyncWriteExt;
+                    let mut file = tokio::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&tmp)
+                        .await?;
+                    file.write_all(&message.formatted()).await?;
+                    file.flush().await?;
+                    drop(file);
                     tokio::fs::rename(&tmp, &path).await
                 };
                 write.await.map_err(|e| (e.to_string(), Failure::Transient))
@@ -68,15 +80,14 @@ pub fn message_id(id: uuid::Uuid, from: &Mailbox) -> String {
     format!("<{id}@{}>", from.email.domain())
 }
 
+/// The recipient is read by the RPC's own address rule (`Email::parse`), so
+/// a mail goes to exactly the address that was accepted, or nowhere: the
+/// name is a display name lettre encodes, never parsed as part of an address.
 pub fn build_message(from: &Mailbox, claimed: &ClaimedMail) -> Result<Message, String> {
-    let to: Mailbox = format!(
-        "{} <{}>",
-        claimed.mail.to_name.replace(['<', '>', '"'], ""),
-        claimed.recipient
-    )
-    .parse()
-    .or_else(|_| claimed.recipient.parse())
-    .map_err(|e| format!("recipient address {:?} is not valid: {e}", claimed.recipient))?;
+    let address = Email::parse(&claimed.recipient)
+        .map_err(|e| format!("recipient address {:?} is not valid: {e}", claimed.recipient))?;
+    let name = claimed.mail.to_name.trim();
+    let to = Mailbox::new((!name.is_empty()).then(|| name.to_owned()), address.to_address());
     Message::builder()
         .from(from.clone())
         .to(to)

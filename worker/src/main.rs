@@ -1,11 +1,25 @@
 //! `orgadmin-worker`: the worker as its own process (its own Deployment).
 //! It leaves migrations to the service.
 
+use clap::Parser;
 use orgadmin_domain::telemetry::{init_logging, shutdown_signal};
 use orgadmin_domain::{Config, Domain};
 
+/// No arguments: everything comes from configuration. Parsing them anyway
+/// answers --help and --version, and refuses anything else, before the
+/// worker touches a database or a folder.
+#[derive(Parser)]
+#[command(
+    name = "orgadmin-worker",
+    version,
+    about = "orgadmin worker: sends outbox mail and runs the scheduled sweeps",
+    long_about = "orgadmin worker: sends outbox mail and runs the scheduled sweeps. Takes no arguments; configured like orgadmin-service by the environment (DATABASE_URL, ORGADMIN_*, SMTP_URL) or the TOML file named by ORGADMIN_CONFIG. Leaves migrations to `orgadmin-service migrate`."
+)]
+struct Cli {}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    Cli::parse();
     let config = match Config::load() {
         Ok(config) => config,
         Err(message) => {

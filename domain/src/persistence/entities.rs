@@ -72,7 +72,15 @@ pub mod user {
         pub first_name: String,
         pub surname: String,
         pub email: String,
+        /// `normalise::key` of `email`: the partial unique index
+        /// `users_live_email` is on it. None only on a row that migration 15
+        /// found duplicating an older live user's address.
+        pub email_key: Option<String>,
         pub username: Option<String>,
+        /// `normalise::key` of `username` (`users_live_username`).
+        pub username_key: Option<String>,
+        /// `normalise::search_text` of the names and e-mail (R-USR-8).
+        pub search_text: String,
         pub cpr_hash: Option<String>,
         pub cpr_ciphertext: Option<String>,
         pub birth_date: Option<String>,
@@ -130,6 +138,9 @@ pub mod history_event {
         pub subject_id: Uuid,
         pub occurred_at: i64,
         pub actor: String,
+        /// The actor's name and e-mail as they were when they acted.
+        pub actor_name: String,
+        pub actor_email: Option<String>,
         pub on_behalf_of: Option<String>,
         pub activity: String,
         /// JSON array of {field, before, after}.

@@ -44,6 +44,8 @@ pub(crate) fn to_row(event: NewEvent<'_>) -> history_event::ActiveModel {
         subject_id: Set(subject_id),
         occurred_at: Set(event.at),
         actor: Set(event.caller.actor()),
+        actor_name: Set(event.caller.display_name()),
+        actor_email: Set(event.caller.identity.as_ref().map(|i| i.email.clone())),
         on_behalf_of: Set(event.caller.on_behalf_of()),
         activity: Set(event.activity.to_owned()),
         changes: Set(changes_json(&event.changes)),

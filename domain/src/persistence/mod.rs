@@ -8,10 +8,20 @@ pub(crate) mod mapping;
 use std::time::Duration;
 
 use orgadmin_migrations::MigratorTrait;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::sqlx::sqlite::SqliteJournalMode;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+
+/// How long a SQLite writer waits for another process's write to finish
+/// before it gives up (UNAVAILABLE, retryable).
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the pool. SQLite gets one connection: it has one writer anyway, and a
-/// single connection turns lock contention into plain queueing.
+/// single connection turns lock contention within a process into plain
+/// queueing. Between processes (a separate worker) SQLite's own locks decide;
+/// see [`begin_write`].
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
@@ -19,21 +29,43 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         // A call that waited this long for a connection is better refused
         // (UNAVAILABLE, retried by the client) than kept in memory.
         .acquire_timeout(Duration::from_secs(5))
-        .sqlx_logging(false);
+        .sqlx_logging(false)
+        // Set on every connection the pool opens, not once: a reconnected
+        // connection without a busy timeout fails at once on a lock.
+        // WAL lets a second process read while this one writes.
+        .map_sqlx_sqlite_opts(|sqlite| {
+            sqlite
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .foreign_keys(true)
+        });
     if url.starts_with("sqlite:") {
         options.max_connections(1).min_connections(1);
     } else {
         options.max_connections(max_connections).min_connections(1);
     }
-    let db = Database::connect(options).await?;
+    Database::connect(options).await
+}
+
+/// Begins a transaction that will write. Every domain write starts here,
+/// never with a bare `begin()`.
+///
+/// On SQLite it is `BEGIN IMMEDIATE`: it takes the database's write lock at
+/// once, waiting up to the busy timeout for another process's writer. A
+/// default (deferred) transaction that reads first and writes later cannot
+/// wait: if another process wrote in between, its snapshot is stale and the
+/// write fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT, 517),
+/// whatever the busy timeout. On PostgreSQL it is a plain `BEGIN`.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
     if db.get_database_backend() == DbBackend::Sqlite {
-        // WAL lets a second process (a separate worker) read while we write;
-        // the busy timeout makes it wait instead of failing.
-        db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
-        db.execute_unprepared("PRAGMA busy_timeout=10000").await?;
-        db.execute_unprepared("PRAGMA foreign_keys=ON").await?;
+        db.begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        })
+        .await
+    } else {
+        db.begin().await
     }
-    Ok(db)
 }
 
 /// Applies every pending migration.

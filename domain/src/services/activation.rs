@@ -4,8 +4,8 @@
 
 use rand::Rng;
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -18,7 +18,7 @@ use crate::persistence::entities::{activation_secret, organisation, user};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::persistence::mapping::parse;
 use crate::policy::{Action, Caller, Principal};
-use crate::secrets::{new_token, token_hash};
+use crate::secrets::{Secret, new_token, token_hash};
 use crate::validate;
 
 const KIND_LINK: &str = "LINK";
@@ -164,7 +164,7 @@ impl Domain {
         let row = self
             .authorize_on_user(caller, Action::ManageActivation, user_id)
             .await?;
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, row.organisation_id).await?;
         let row = user::Entity::find_by_id(user_id)
             .one(&txn)
@@ -183,7 +183,7 @@ impl Domain {
     }
 
     /// Re-sends the activation mail with a new link; the old link stops working.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn send_activation(&self, caller: &Caller, user_id: Uuid) -> DomainResult<()> {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_none() {
@@ -213,7 +213,7 @@ impl Domain {
 
     /// A new code for a user without a CPR number; the old code stops working.
     /// The user is told by mail that a new code exists (not the code itself).
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn create_activation_code(&self, caller: &Caller, user_id: Uuid) -> DomainResult<String> {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_some() {
@@ -252,9 +252,11 @@ impl Domain {
     }
 
     /// The person activates with link token or code plus their CPR number or
-    /// birth date. No bearer token: the secret is the credential.
-    #[instrument(skip_all, err)]
-    pub async fn activate_user(&self, secret: ActivationSecret, proof: ActivationProof) -> DomainResult<User> {
+    /// birth date. No bearer token: the secret is the credential. The person
+    /// gets a session token of their own (R-AUTH-1): their first credential
+    /// comes from their own activation, never from an administrator.
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn activate_user(&self, secret: ActivationSecret, proof: ActivationProof) -> DomainResult<Activated> {
         let (hash, field) = match &secret {
             ActivationSecret::LinkToken(token) => (token_hash(token.trim()), "token"),
             ActivationSecret::Code(code) => (token_hash(&normalise_code(code)), "code"),
@@ -270,7 +272,7 @@ impl Domain {
             }
         };
         let now = now_millis();
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let refused = |reason: &'static str, message: &str| DomainError::precondition(reason, message.to_owned());
         let Some(stored) = activation_secret::Entity::find()
             .filter(activation_secret::Column::SecretHash.eq(hash))
@@ -284,24 +286,7 @@ impl Domain {
                 ),
             ));
         };
-        if stored.used_at.is_some() {
-            return Err(refused(
-                "ACTIVATION_USED",
-                "this activation link or code was already used",
-            ));
-        }
-        if stored.revoked_at.is_some() {
-            return Err(refused(
-                "ACTIVATION_REPLACED",
-                "this activation link or code was replaced or locked; use the newest one, or ask your user administrator for a new one",
-            ));
-        }
-        if stored.expires_at <= now {
-            return Err(refused(
-                "ACTIVATION_EXPIRED",
-                "this activation link or code has expired; ask your user administrator to send a new one",
-            ));
-        }
+        self.ensure_secret_usable(&stored, now)?;
         let row = user::Entity::find_by_id(stored.user_id)
             .one(&txn)
             .await?
@@ -309,20 +294,21 @@ impl Domain {
         let matches = match &proof {
             ActivationProof::Cpr(cpr) => row.cpr_hash.as_deref() == Some(self.vault.lookup_hash(cpr).as_str()),
             ActivationProof::BirthDate(date) => {
-                row.cpr_hash.is_none() && row.birth_date.as_deref() == Some(date.as_str())
+                row.cpr_hash.is_none() && validate::is_stored_date(row.birth_date.as_deref(), date)
             }
         };
         if !matches {
             // Count the miss (and burn the secret at the limit) even though
-            // the call fails: that is what limits guessing.
-            let attempts = stored.failed_attempts + 1;
-            let mut active: activation_secret::ActiveModel = stored.into();
-            active.failed_attempts = Set(attempts);
-            if attempts >= self.settings.activation_max_attempts {
-                active.revoked_at = Set(Some(now));
-            }
-            activation_secret::Entity::update(active).exec(&txn).await?;
+            // the call fails: that is what limits guessing. One conditional
+            // UPDATE, so parallel guesses cannot lose each other's count: on
+            // PostgreSQL a second writer waits for the first and re-checks
+            // the WHERE clause against its result; SQLite has one writer.
+            let counted = self.count_activation_miss(&txn, stored.id, now).await?;
             txn.commit().await?;
+            if !counted {
+                // Others' misses locked it while this guess was checked.
+                return Err(self.locked_or_replaced(stored.id).await?);
+            }
             return Err(refused(
                 "ACTIVATION_MISMATCH",
                 "the CPR number or birth date does not match this activation",
@@ -335,9 +321,19 @@ impl Domain {
             ));
         }
         let org = lock_organisation(&txn, row.organisation_id).await?;
-        let mut used: activation_secret::ActiveModel = stored.clone().into();
-        used.used_at = Set(Some(now));
-        activation_secret::Entity::update(used).exec(&txn).await?;
+        // Take the secret only if it is still live now: a parallel guess may
+        // have locked it (or a parallel activation used it) since it was read.
+        let taken = activation_secret::Entity::update_many()
+            .col_expr(activation_secret::Column::UsedAt, Expr::value(now))
+            .filter(activation_secret::Column::Id.eq(stored.id))
+            .filter(activation_secret::Column::UsedAt.is_null())
+            .filter(activation_secret::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        if taken.rows_affected != 1 {
+            drop(txn);
+            return Err(self.locked_or_replaced(stored.id).await?);
+        }
         self.revoke_activation_secrets(&txn, row.id, now).await?;
         let updated = user::Entity::update_many()
             .col_expr(user::Column::State, Expr::value(UserState::Active.as_str()))
@@ -355,15 +351,14 @@ impl Domain {
             user_id: row.id,
             organisation_id: row.organisation_id,
             roles: Vec::new(),
-        });
+        })
+        .with_identity(format!("{} {}", row.first_name, row.surname), row.email.clone());
+        let how = if stored.kind == KIND_CODE { "code" } else { "link" };
+        let (session_token, session_expires_at) = self.issue_session(&txn, &row, "activation", now).await?;
         let mut changes = Vec::new();
         diff(&mut changes, "state", UserState::PendingActivation, UserState::Active);
-        diff(
-            &mut changes,
-            "activated_with",
-            "",
-            if stored.kind == KIND_CODE { "code" } else { "link" },
-        );
+        diff(&mut changes, "activated_with", "", how);
+        diff(&mut changes, "session", "", "started");
         history::record(
             &txn,
             NewEvent {
@@ -387,8 +382,94 @@ impl Domain {
         )
         .await?;
         txn.commit().await?;
-        self.get_user_unchecked(row.id).await
+        Ok(Activated {
+            user: self.get_user_unchecked(row.id).await?,
+            session_token,
+            session_expires_at,
+        })
     }
+
+    /// Refuses a secret that was used, replaced, locked by misses, or expired.
+    fn ensure_secret_usable(&self, stored: &activation_secret::Model, now: Millis) -> DomainResult<()> {
+        if stored.used_at.is_some() {
+            return Err(DomainError::precondition(
+                "ACTIVATION_USED",
+                "this activation link or code was already used",
+            ));
+        }
+        if stored.revoked_at.is_some() {
+            return Err(locked_or_replaced(stored, self.settings.activation_max_attempts));
+        }
+        if stored.expires_at <= now {
+            return Err(DomainError::precondition(
+                "ACTIVATION_EXPIRED",
+                "this activation link or code has expired; ask your user administrator to send a new one",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts one wrong CPR number or birth date against a live secret and
+    /// revokes it at the limit, in one statement. False when the secret was
+    /// no longer live (used, revoked or locked by others' misses).
+    async fn count_activation_miss(&self, db: &impl ConnectionTrait, id: Uuid, now: Millis) -> DomainResult<bool> {
+        let attempts_after = Expr::col(activation_secret::Column::FailedAttempts).add(1);
+        let counted = activation_secret::Entity::update_many()
+            .col_expr(activation_secret::Column::FailedAttempts, attempts_after.clone())
+            .col_expr(
+                activation_secret::Column::RevokedAt,
+                Expr::case(
+                    attempts_after.gte(self.settings.activation_max_attempts),
+                    Expr::value(now),
+                )
+                .finally(Expr::value(Option::<i64>::None))
+                .into(),
+            )
+            .filter(activation_secret::Column::Id.eq(id))
+            .filter(activation_secret::Column::UsedAt.is_null())
+            .filter(activation_secret::Column::RevokedAt.is_null())
+            .exec(db)
+            .await?;
+        Ok(counted.rows_affected == 1)
+    }
+
+    /// Why a secret that was live when read no longer is, read afresh.
+    async fn locked_or_replaced(&self, id: Uuid) -> DomainResult<DomainError> {
+        let stored = activation_secret::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("activation", id))?;
+        if stored.used_at.is_some() {
+            return Ok(DomainError::precondition(
+                "ACTIVATION_USED",
+                "this activation link or code was already used",
+            ));
+        }
+        Ok(locked_or_replaced(&stored, self.settings.activation_max_attempts))
+    }
+}
+
+fn locked_or_replaced(stored: &activation_secret::Model, max_attempts: i32) -> DomainError {
+    if stored.failed_attempts >= max_attempts {
+        DomainError::precondition(
+            "ACTIVATION_LOCKED",
+            "this activation link or code was locked after too many wrong CPR numbers or birth dates; ask your user administrator for a new one",
+        )
+    } else {
+        DomainError::precondition(
+            "ACTIVATION_REPLACED",
+            "this activation link or code was replaced; use the newest one, or ask your user administrator for a new one",
+        )
+    }
+}
+
+/// A completed activation: the user, and the session token of the person
+/// who activated (shown once).
+#[derive(Debug)]
+pub struct Activated {
+    pub user: User,
+    pub session_token: Secret,
+    pub session_expires_at: Millis,
 }
 
 #[cfg(test)]

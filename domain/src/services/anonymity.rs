@@ -4,7 +4,7 @@
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -69,7 +69,7 @@ fn from_row(row: anonymity_request::Model) -> DomainResult<AnonymityRequest> {
 
 impl Domain {
     /// The caller asks to become anonymous.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn request_anonymity(&self, caller: &Caller, reason: &str) -> DomainResult<AnonymityRequest> {
         let (Some(user_id), Some(org_id)) = (caller.user_id(), caller.organisation_id()) else {
             return Err(DomainError::denied("only a user can ask to become anonymous"));
@@ -77,7 +77,7 @@ impl Domain {
         if reason.trim().chars().count() < 10 || reason.chars().count() > 1000 {
             return Err(DomainError::invalid("reason", "must be 10 to 1000 characters"));
         }
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, org_id).await?;
         let row = user::Entity::find_by_id(user_id)
             .one(&txn)
@@ -154,7 +154,7 @@ impl Domain {
         from_row(request)
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_anonymity_requests(
         &self,
         caller: &Caller,
@@ -192,7 +192,7 @@ impl Domain {
     }
 
     /// Approves (re-create anonymous, close the old profile) or rejects.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn decide_anonymity_request(
         &self,
         caller: &Caller,
@@ -218,7 +218,7 @@ impl Domain {
                 "another administrator must decide on your own request",
             ));
         }
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, request.organisation_id).await?;
         let request = anonymity_request::Entity::find_by_id(id)
             .one(&txn)
@@ -241,7 +241,7 @@ impl Domain {
         decided.decision_note = Set((!note.is_empty()).then(|| note.to_owned()));
         let (mut new_user, mut activation_code) = (None, None);
         if approve {
-            if !parse::<UserState>(&old.state)?.holds_licence() {
+            if !parse::<UserState>(&old.state)?.is_standing() {
                 return Err(DomainError::precondition(
                     "USER_NOT_ACTIVE",
                     "only an active or pending user can be re-created as anonymous",

@@ -5,7 +5,7 @@
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Query;
 use sea_orm::{
-    ColumnTrait, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -18,7 +18,7 @@ use crate::persistence::entities::{api_token, user, user_role};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::persistence::mapping::{api_token_from_row, parse};
 use crate::policy::{Action, Caller, Principal, Target, authorize};
-use crate::secrets::{new_token, token_hash};
+use crate::secrets::{Secret, new_token, token_hash};
 use crate::validate;
 
 const DAY: Millis = 24 * 60 * 60 * 1000;
@@ -27,8 +27,12 @@ pub const MAX_TOKEN_LIFETIME: Millis = 2 * 366 * DAY;
 
 const KIND_OPERATOR: &str = "OPERATOR";
 const KIND_API: &str = "API";
+/// A session: handed to the person who proved who they are (activation now,
+/// Login later), never to anyone else.
+const KIND_SESSION: &str = "SESSION";
 
-/// token id, kind, expiry, revocation, user id, user's organisation, user's state, one role.
+/// token id, kind, expiry, revocation, user id, user's organisation, user's
+/// state, one role, user's first name, surname and e-mail.
 type TokenRow = (
     Uuid,
     String,
@@ -36,6 +40,9 @@ type TokenRow = (
     Option<i64>,
     Option<Uuid>,
     Option<Uuid>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
     Option<String>,
     Option<String>,
 );
@@ -69,6 +76,7 @@ impl Domain {
             .column(user::Column::OrganisationId)
             .column(user::Column::State)
             .column(user_role::Column::Role)
+            .columns([user::Column::FirstName, user::Column::Surname, user::Column::Email])
             .join(
                 JoinType::LeftJoin,
                 api_token::Entity::belongs_to(user::Entity)
@@ -81,7 +89,8 @@ impl Domain {
             .into_tuple()
             .all(&self.db)
             .await?;
-        let Some((token_id, kind, expires_at, revoked_at, user_id, organisation_id, state, _)) = rows.first().cloned()
+        let Some((token_id, kind, expires_at, revoked_at, user_id, organisation_id, state, _, first, surname, email)) =
+            rows.first().cloned()
         else {
             return Err(refused());
         };
@@ -97,7 +106,7 @@ impl Domain {
             return Err(refused());
         };
         // A deactivated or deleted user cannot act (R-USR-4).
-        if !parse::<UserState>(&state)?.holds_licence() {
+        if !parse::<UserState>(&state)?.is_standing() {
             return Err(refused());
         }
         let roles = rows
@@ -109,7 +118,11 @@ impl Domain {
             user_id,
             organisation_id,
             roles,
-        });
+        })
+        .with_identity(
+            format!("{} {}", first.unwrap_or_default(), surname.unwrap_or_default()),
+            email.unwrap_or_default(),
+        );
         self.auth_cache.put(hash, caller.clone(), now, expires_at);
         Ok(caller)
     }
@@ -148,8 +161,38 @@ impl Domain {
         Ok(Some(secret))
     }
 
-    /// Gives a user (or service account) an API token; returns it with its secret.
-    #[instrument(skip_all, err)]
+    /// Starts a session for a person who just proved who they are, inside
+    /// the transaction of that proof (activation; Login reuses it). The
+    /// secret is returned once, to that person; only its hash is stored.
+    pub(crate) async fn issue_session(
+        &self,
+        txn: &DatabaseTransaction,
+        user: &user::Model,
+        how: &str,
+        now: Millis,
+    ) -> DomainResult<(Secret, Millis)> {
+        let secret = new_token();
+        let expires_at = now + self.settings.session_ttl_ms;
+        api_token::Entity::insert(api_token::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            kind: Set(KIND_SESSION.into()),
+            organisation_id: Set(Some(user.organisation_id)),
+            user_id: Set(Some(user.id)),
+            name: Set(format!("session ({how})")),
+            token_hash: Set(token_hash(&secret)),
+            created_by: Set(format!("user:{}", user.id)),
+            created_at: Set(now),
+            expires_at: Set(Some(expires_at)),
+            revoked_at: Set(None),
+        })
+        .exec_without_returning(txn)
+        .await?;
+        Ok((Secret::new(secret), expires_at))
+    }
+
+    /// Gives the caller an API token of their own (R-AUTH-1: never one that
+    /// acts as somebody else); returns it with its secret.
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn create_api_token(
         &self,
         caller: &Caller,
@@ -157,7 +200,7 @@ impl Domain {
         name: &str,
         expires_at: Option<Millis>,
     ) -> DomainResult<(ApiToken, String)> {
-        let target = self.authorize_on_user(caller, Action::ManageApiTokens, user_id).await?;
+        let target = self.authorize_on_user(caller, Action::CreateApiToken, user_id).await?;
         validate::text(name, 100).map_err(|e| DomainError::invalid("name", e))?;
         let now = now_millis();
         let expires_at = expires_at.unwrap_or(now + DEFAULT_TOKEN_LIFETIME);
@@ -170,14 +213,14 @@ impl Domain {
                 "must be at most two years from now",
             ));
         }
-        if !parse::<UserState>(&target.state)?.holds_licence() {
+        if !parse::<UserState>(&target.state)?.is_standing() {
             return Err(DomainError::precondition(
                 "USER_NOT_ACTIVE",
                 "only active or pending users can be given a token",
             ));
         }
         let secret = new_token();
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let row = api_token::Entity::insert(api_token::ActiveModel {
             id: Set(Uuid::now_v7()),
             kind: Set(KIND_API.into()),
@@ -212,7 +255,7 @@ impl Domain {
     }
 
     /// An organisation's API tokens; an operator sees its administrators' only.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_api_tokens(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Vec<ApiToken>> {
         authorize(caller, Action::ManageApiTokens, Target::organisation(organisation_id))?;
         let mut query = api_token::Entity::find()
@@ -238,10 +281,10 @@ impl Domain {
         Ok(query.all(&self.db).await?.into_iter().map(api_token_from_row).collect())
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn revoke_api_token(&self, caller: &Caller, id: Uuid) -> DomainResult<ApiToken> {
         let row = api_token::Entity::find_by_id(id)
-            .filter(api_token::Column::Kind.eq(KIND_API))
+            .filter(api_token::Column::Kind.is_in([KIND_API, KIND_SESSION]))
             .one(&self.db)
             .await?
             .ok_or_else(|| DomainError::not_found("api token", id))?;
@@ -258,10 +301,22 @@ impl Domain {
             return Ok(api_token_from_row(row));
         }
         let now = now_millis();
-        let txn = self.db.begin().await?;
-        let mut active: api_token::ActiveModel = row.clone().into();
-        active.revoked_at = Set(Some(now));
-        let updated = api_token::Entity::update(active).exec(&txn).await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        // Conditional, so two parallel revocations record one event.
+        let revoked = api_token::Entity::update_many()
+            .col_expr(api_token::Column::RevokedAt, sea_orm::sea_query::Expr::value(now))
+            .filter(api_token::Column::Id.eq(id))
+            .filter(api_token::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        let updated = api_token::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("api token", id))?;
+        if revoked.rows_affected == 0 {
+            txn.commit().await?;
+            return Ok(api_token_from_row(updated));
+        }
         let mut changes = Vec::new();
         diff(&mut changes, "api_token", row.id, "");
         history::record(

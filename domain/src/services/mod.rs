@@ -11,7 +11,7 @@ pub mod sweeps;
 pub mod users;
 
 use sea_orm::sea_query::{Expr, ExprTrait, LockType, Query};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
@@ -45,10 +45,20 @@ async fn organisation_row(db: &impl ConnectionTrait, id: Uuid, lock: bool) -> Do
 
 pub(crate) const STANDING_STATES: [&str; 2] = ["PENDING_ACTIVATION", "ACTIVE"];
 
-/// Moves the organisation's licence counter (R-ORG-4) by `delta`: every change
-/// of a user's state into or out of ACTIVE/PENDING_ACTIVATION calls this (or
-/// `take_licence`) in its own transaction, so the counter always equals the
-/// number of standing users.
+/// The SQL form of `model::holds_seat`: standing, or deactivated with an end
+/// time (the seat kept for the return).
+pub(crate) fn holds_seat_condition() -> Condition {
+    Condition::any().add(user::Column::State.is_in(STANDING_STATES)).add(
+        Condition::all()
+            .add(user::Column::State.eq(crate::model::UserState::Deactivated.as_str()))
+            .add(user::Column::DeactivatedUntil.is_not_null()),
+    )
+}
+
+/// Moves the organisation's licence counter (R-ORG-4) by `delta` (zero or
+/// less: a give-back; a take goes through `take_licence`): every change of
+/// `model::holds_seat` calls one of them in its own transaction, so the
+/// counter always equals the number of seat holders.
 pub(crate) async fn adjust_licences(db: &impl ConnectionTrait, organisation_id: Uuid, delta: i64) -> DomainResult<()> {
     if delta == 0 {
         return Ok(());
@@ -108,16 +118,56 @@ fn licence_limit_reached(org: &organisation::Model) -> DomainError {
     }
 }
 
-/// The licence change of a user going from `before` to `after`.
-pub(crate) fn licence_delta(before: crate::model::UserState, after: crate::model::UserState) -> i64 {
-    i64::from(after.holds_licence()) - i64::from(before.holds_licence())
+/// The licence change of a user going from seat `before` to seat `after`
+/// (each from `model::holds_seat`).
+pub(crate) fn licence_delta(before: bool, after: bool) -> i64 {
+    i64::from(after) - i64::from(before)
 }
 
-/// Standing (active or pending) holders of a role, as a query to count or load.
-pub(crate) fn standing_role_holders_query(organisation_id: Uuid, role: Role) -> sea_orm::Select<user::Entity> {
+/// Applies a licence change: a take is conditional (LICENCE_LIMIT_REACHED
+/// when none is free), a give-back is not.
+pub(crate) async fn apply_licence_delta(
+    db: &impl ConnectionTrait,
+    organisation_id: Uuid,
+    delta: i64,
+) -> DomainResult<()> {
+    if delta > 0 {
+        for _ in 0..delta {
+            take_licence(db, organisation_id).await?;
+        }
+        Ok(())
+    } else {
+        adjust_licences(db, organisation_id, delta).await
+    }
+}
+
+/// Holders of a role's seat (R-ORG-4: standing, or deactivated with an end
+/// time), as a query to count: what `max_administrators` limits.
+pub(crate) fn seat_holders_query(organisation_id: Uuid, role: Role) -> sea_orm::Select<user::Entity> {
+    role_holders_query(organisation_id, role).filter(holds_seat_condition())
+}
+
+/// How many seats of a role are held.
+pub(crate) async fn seat_holders(db: &impl ConnectionTrait, organisation_id: Uuid, role: Role) -> DomainResult<i64> {
+    Ok(seat_holders_query(organisation_id, role).count(db).await? as i64)
+}
+
+/// ACTIVE holders of a role: R-ORG-5 counts these (a pending administrator
+/// cannot act yet, a deactivated one cannot act now).
+pub(crate) async fn active_role_holders(
+    db: &impl ConnectionTrait,
+    organisation_id: Uuid,
+    role: Role,
+) -> DomainResult<i64> {
+    Ok(role_holders_query(organisation_id, role)
+        .filter(user::Column::State.eq(crate::model::UserState::Active.as_str()))
+        .count(db)
+        .await? as i64)
+}
+
+fn role_holders_query(organisation_id: Uuid, role: Role) -> sea_orm::Select<user::Entity> {
     user::Entity::find()
         .filter(user::Column::OrganisationId.eq(organisation_id))
-        .filter(user::Column::State.is_in(STANDING_STATES))
         .filter(
             user::Column::Id.in_subquery(
                 Query::select()
@@ -130,13 +180,9 @@ pub(crate) fn standing_role_holders_query(organisation_id: Uuid, role: Role) -> 
         )
 }
 
-/// How many standing holders a role has.
-pub(crate) async fn standing_role_holders(
-    db: &impl ConnectionTrait,
-    organisation_id: Uuid,
-    role: Role,
-) -> DomainResult<i64> {
-    Ok(standing_role_holders_query(organisation_id, role).count(db).await? as i64)
+/// Standing (active or pending) holders of a role, as a query to count or load.
+pub(crate) fn standing_role_holders_query(organisation_id: Uuid, role: Role) -> sea_orm::Select<user::Entity> {
+    role_holders_query(organisation_id, role).filter(user::Column::State.is_in(STANDING_STATES))
 }
 
 impl crate::Domain {
@@ -157,7 +203,7 @@ impl crate::Domain {
             .remove(&user_id)
             .unwrap_or_default();
         let is_admin = roles.iter().any(|r| r.is_administrator());
-        crate::policy::authorize(
+        crate::policy::authorize_on_user(
             caller,
             action,
             crate::policy::Target::user(row.organisation_id, user_id, is_admin),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -113,7 +113,7 @@ impl Domain {
     }
 
     /// The caller's own notifications, newest first.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_notifications(
         &self,
         caller: &Caller,
@@ -160,7 +160,7 @@ impl Domain {
     }
 
     /// Marks the caller's notifications read; others' ids are ignored.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn mark_notifications_read(&self, caller: &Caller, ids: &[Uuid]) -> DomainResult<u64> {
         let user_id = own_user(caller)?;
         if ids.is_empty() || ids.len() > 500 {
@@ -202,7 +202,7 @@ impl Domain {
             .collect()
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn update_notification_preferences(
         &self,
         caller: &Caller,
@@ -212,7 +212,7 @@ impl Domain {
         if choices.is_empty() {
             return Err(DomainError::invalid("preferences", "name at least one kind"));
         }
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         for (kind, channel) in choices {
             notification_preference::Entity::insert(notification_preference::ActiveModel {
                 user_id: Set(user_id),

@@ -1,11 +1,11 @@
 //! Organisations, settings, licences and units (R-ORG).
 
 use sea_orm::ActiveValue::Set;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{lock_organisation, read_organisation, standing_role_holders};
+use super::{lock_organisation, read_organisation, seat_holders};
 use crate::Domain;
 use crate::error::{DomainError, DomainResult};
 use crate::model::*;
@@ -88,7 +88,7 @@ pub(crate) fn check_etag(resource: &'static str, etag: &str, current: i64) -> Do
 }
 
 impl Domain {
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn create_organisation(&self, caller: &Caller, new: NewOrganisation) -> DomainResult<Organisation> {
         authorize(caller, Action::CreateOrganisation, Target::platform())?;
         let mut violations = Violations::default();
@@ -105,7 +105,7 @@ impl Domain {
         }
         violations.into_result()?;
 
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         if organisation::Entity::find()
             .filter(organisation::Column::Cvr.eq(&new.cvr))
             .count(&txn)
@@ -163,14 +163,14 @@ impl Domain {
         organisation_from_row(read_organisation(&self.db, id).await?)
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn get_organisation(&self, caller: &Caller, id: Uuid) -> DomainResult<Organisation> {
         authorize(caller, Action::ReadOrganisation, Target::organisation(id))?;
         self.load_organisation(id).await
     }
 
     /// Operators see every organisation; members see their own.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_organisations(
         &self,
         caller: &Caller,
@@ -203,7 +203,7 @@ impl Domain {
         })
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn update_organisation(
         &self,
         caller: &Caller,
@@ -220,7 +220,7 @@ impl Domain {
             check_eans(&mut violations, eans);
         }
         violations.into_result()?;
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let row = lock_organisation(&txn, id).await?;
         check_etag("organisation", etag, row.version)?;
         let now = now_millis();
@@ -282,13 +282,13 @@ impl Domain {
         self.load_organisation(before.id).await
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn get_settings(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Organisation> {
         authorize(caller, Action::ReadSettings, Target::organisation(organisation_id))?;
         self.load_organisation(organisation_id).await
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn update_settings(
         &self,
         caller: &Caller,
@@ -324,13 +324,13 @@ impl Domain {
         }
         violations.into_result()?;
 
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let row = lock_organisation(&txn, organisation_id).await?;
         check_etag("organisation settings", etag, row.version)?;
         if let Some(max) = patch.max_administrators
             && max > 0
         {
-            let admins = standing_role_holders(&txn, organisation_id, Role::OrganisationAdmin).await?;
+            let admins = seat_holders(&txn, organisation_id, Role::OrganisationAdmin).await?;
             if admins > i64::from(max) {
                 return Err(DomainError::precondition(
                     "ADMINISTRATORS_ABOVE_LIMIT",
@@ -391,7 +391,7 @@ impl Domain {
 
     /// Operators change the licence count (R-ORG-4). It cannot drop below the
     /// licences in use: those users would otherwise hold licences that do not exist.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn set_licence_count(
         &self,
         caller: &Caller,
@@ -405,7 +405,7 @@ impl Domain {
                 format!("must be between 1 and {MAX_LICENCE_COUNT}"),
             ));
         }
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let row = lock_organisation(&txn, organisation_id).await?;
         let used = row.licences_used;
         if used > i64::from(licence_count) {
@@ -425,7 +425,7 @@ impl Domain {
             .await
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn create_unit(&self, caller: &Caller, new: NewUnit) -> DomainResult<Unit> {
         authorize(caller, Action::ManageUnits, Target::organisation(new.organisation_id))?;
         let mut violations = Violations::default();
@@ -442,7 +442,7 @@ impl Domain {
             (UnitKind::Department, None) => {}
         }
         violations.into_result()?;
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         lock_organisation(&txn, new.organisation_id).await?;
         if let Some(parent) = new.parent_id {
             self.unit_in_organisation(&txn, parent, new.organisation_id, "parent_id")
@@ -509,7 +509,7 @@ impl Domain {
     }
 
     /// All units, parents before children.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_units(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Vec<Unit>> {
         authorize(caller, Action::ReadUnits, Target::organisation(organisation_id))?;
         read_organisation(&self.db, organisation_id).await?;
@@ -532,7 +532,7 @@ impl Domain {
             .collect()
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn update_unit(&self, caller: &Caller, unit_id: Uuid, patch: UnitPatch) -> DomainResult<Unit> {
         let row = unit::Entity::find_by_id(unit_id)
             .one(&self.db)
@@ -542,8 +542,14 @@ impl Domain {
         if let Some(name) = &patch.name {
             validate::text(name, 200).map_err(|e| DomainError::invalid("unit.name", e))?;
         }
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         lock_organisation(&txn, row.organisation_id).await?;
+        // Read again under the lock: a parallel change to the other field
+        // must not be written back over.
+        let row = unit::Entity::find_by_id(unit_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("unit", unit_id))?;
         let mut changes = Vec::new();
         let mut active: unit::ActiveModel = row.clone().into();
         if let Some(name) = patch.name {
@@ -590,14 +596,14 @@ impl Domain {
         unit_from_row(updated)
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn delete_unit(&self, caller: &Caller, unit_id: Uuid) -> DomainResult<()> {
         let row = unit::Entity::find_by_id(unit_id)
             .one(&self.db)
             .await?
             .ok_or_else(|| DomainError::not_found("unit", unit_id))?;
         authorize(caller, Action::ManageUnits, Target::organisation(row.organisation_id))?;
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         lock_organisation(&txn, row.organisation_id).await?;
         let children = unit::Entity::find()
             .filter(unit::Column::ParentId.eq(unit_id))

@@ -9,9 +9,7 @@
 use rand::Rng;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
-use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -103,10 +101,10 @@ impl Domain {
     /// Claims up to `limit` due mails for `worker` for `lease_ms`. On
     /// PostgreSQL the rows are picked with `FOR UPDATE SKIP LOCKED`, so
     /// replicas claiming at once get disjoint batches.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn claim_due_mails(&self, worker: &str, limit: u64, lease_ms: i64) -> DomainResult<Vec<ClaimedMail>> {
         let now = now_millis();
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let mut due = outbox_mail::Entity::find()
             .filter(outbox_mail::Column::State.eq(STATE_PENDING))
             .filter(outbox_mail::Column::NextAttemptAt.lte(now))
@@ -201,7 +199,7 @@ impl Domain {
     }
 
     /// Parked mails, for operators (content not included).
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_failed_mails(
         &self,
         caller: &Caller,
@@ -229,7 +227,7 @@ impl Domain {
     }
 
     /// Puts a parked mail back in the queue, with fresh attempts.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn retry_mail(&self, caller: &Caller, id: Uuid) -> DomainResult<OutboxEntry> {
         authorize(caller, Action::ManageMailQueue, Target::platform())?;
         let row = outbox_mail::Entity::find_by_id(id)
@@ -242,11 +240,26 @@ impl Domain {
                 format!("only a failed mail can be retried; this one is {}", row.state),
             ));
         }
-        let mut active: outbox_mail::ActiveModel = row.into();
-        active.state = Set(STATE_PENDING.into());
-        active.attempts = Set(0);
-        active.next_attempt_at = Set(now_millis());
-        let row = outbox_mail::Entity::update(active).exec(&self.db).await?;
+        // Conditional on still being FAILED: a parallel retry (and the send
+        // it led to) must not be undone by this one.
+        let requeued = outbox_mail::Entity::update_many()
+            .col_expr(outbox_mail::Column::State, Expr::value(STATE_PENDING))
+            .col_expr(outbox_mail::Column::Attempts, Expr::value(0))
+            .col_expr(outbox_mail::Column::NextAttemptAt, Expr::value(now_millis()))
+            .filter(outbox_mail::Column::Id.eq(id))
+            .filter(outbox_mail::Column::State.eq(STATE_FAILED))
+            .exec(&self.db)
+            .await?;
+        let row = outbox_mail::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("mail", id))?;
+        if requeued.rows_affected == 0 {
+            return Err(DomainError::precondition(
+                "MAIL_NOT_FAILED",
+                format!("only a failed mail can be retried; this one is {}", row.state),
+            ));
+        }
         tracing::info!(mail = %id, actor = %caller.actor(), "failed mail queued again by hand");
         Ok(entry_from_row(row))
     }

@@ -2,7 +2,7 @@
 //! batch, with its history rows inserted in the same transaction.
 
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -13,8 +13,8 @@ use crate::persistence::entities::{history_event, user};
 use crate::persistence::history::{NewEvent, Subject, diff, to_row};
 use crate::persistence::is_postgres;
 use crate::policy::Caller;
-use crate::services::adjust_licences;
 use crate::services::users::opt_time;
+use crate::services::{apply_licence_delta, licence_delta};
 
 impl Domain {
     /// R-USR-4: ends every timed deactivation whose `until` has passed, `batch`
@@ -24,7 +24,7 @@ impl Domain {
     /// several workers sweeping at once split the users between them, and
     /// one sweep runs two lanes side by side: a batch is mostly database
     /// work, and one connection keeps one core of the database busy at most.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn reactivate_due_users(&self, now: Millis, batch: u64) -> DomainResult<u64> {
         let caller = Caller::system("timed-reactivation");
         let total = if is_postgres(&self.db) {
@@ -46,7 +46,7 @@ impl Domain {
     async fn reactivate_due_lane(&self, now: Millis, batch: u64, caller: &Caller) -> DomainResult<u64> {
         let mut total = 0;
         loop {
-            let txn = self.db.begin().await?;
+            let txn = crate::persistence::begin_write(&self.db).await?;
             let mut due = user::Entity::find()
                 .select_only()
                 .columns([
@@ -106,15 +106,23 @@ impl Domain {
             history_event::Entity::insert_many(events)
                 .exec_without_returning(&txn)
                 .await?;
-            // Every reactivated user holds a licence again. The organisations
-            // are updated in id order, so two sweeps never wait on each other
-            // in opposite orders.
+            // The licence rule of every reactivation (R-ORG-4): a timed
+            // deactivation kept its seat for the return, so these returns
+            // take none and no limit can be exceeded. Should the rule ever
+            // change, the counters follow it here; organisations in id order,
+            // so two sweeps never wait on each other in opposite orders.
             let mut per_organisation = std::collections::BTreeMap::<Uuid, i64>::new();
-            for (_, org, _, _) in &due {
-                *per_organisation.entry(*org).or_default() += 1;
+            for (_, org, until, activated) in &due {
+                let after = if activated.is_some() {
+                    UserState::Active
+                } else {
+                    UserState::PendingActivation
+                };
+                *per_organisation.entry(*org).or_default() +=
+                    licence_delta(holds_seat(UserState::Deactivated, *until), holds_seat(after, None));
             }
-            for (org, count) in per_organisation {
-                adjust_licences(&txn, org, count).await?;
+            for (org, delta) in per_organisation {
+                apply_licence_delta(&txn, org, delta).await?;
             }
             txn.commit().await?;
             total += due.len() as u64;

@@ -4,22 +4,24 @@
 use std::collections::HashMap;
 
 use sea_orm::ActiveValue::{self, Set};
-use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 use tracing::instrument;
 use uuid::Uuid;
 
 use super::organisations::{check_etag, subtree};
 use super::{
-    adjust_licences, ensure_licence_free, licence_delta, lock_organisation, read_organisation, standing_role_holders,
-    take_licence,
+    active_role_holders, apply_licence_delta, ensure_licence_free, licence_delta, lock_organisation, read_organisation,
+    seat_holders, take_licence,
 };
 use crate::Domain;
+use crate::email::Email;
 use crate::error::{DomainError, DomainResult};
 use crate::model::*;
+use crate::normalise::{self, nfc};
 use crate::paging;
 use crate::persistence::entities::{api_token, history_event, organisation, user, user_role};
 use crate::persistence::history::{self, NewEvent, Subject, changes_from_json, diff};
@@ -101,15 +103,41 @@ fn today() -> chrono::NaiveDate {
     chrono::Utc::now().date_naive()
 }
 
-fn check_identity_fields(v: &mut Violations, first_name: Option<&str>, surname: Option<&str>, email: Option<&str>) {
-    if let Some(name) = first_name {
-        v.check("first_name", validate::text(name, 100));
-    }
-    if let Some(name) = surname {
-        v.check("surname", validate::text(name, 100));
-    }
-    if let Some(email) = email {
-        v.check("email", validate::email(email));
+/// First name, surname and e-mail address in their stored form (trimmed,
+/// NFC; the address parsed by the one address rule), each checked under
+/// `prefix` (the path of the message holding them: `user.` on UpdateUser).
+fn check_identity_fields(
+    v: &mut Violations,
+    prefix: &str,
+    first_name: Option<&str>,
+    surname: Option<&str>,
+    email: Option<&str>,
+) -> (Option<String>, Option<String>, Option<Email>) {
+    let mut name = |field: &str, value: Option<&str>| {
+        let value = nfc(value?.trim());
+        v.check(&format!("{prefix}{field}"), validate::text(&value, 100));
+        Some(value)
+    };
+    let first_name = name("first_name", first_name);
+    let surname = name("surname", surname);
+    let email = email.and_then(|email| match Email::parse(email) {
+        Ok(email) => Some(email),
+        Err(e) => {
+            v.add(&format!("{prefix}email"), e);
+            None
+        }
+    });
+    (first_name, surname, email)
+}
+
+/// A birth date checked and in its stored form (`YYYY-MM-DD`).
+fn check_birth_date(v: &mut Violations, field: &str, date: &str) -> Option<String> {
+    match validate::birth_date(date, today()) {
+        Ok(date) => Some(validate::canonical_date(date)),
+        Err(e) => {
+            v.add(field, e);
+            None
+        }
     }
 }
 
@@ -123,7 +151,7 @@ fn normalise_roles(mut roles: Vec<Role>) -> Vec<Role> {
 }
 
 impl Domain {
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn create_user(&self, caller: &Caller, new: NewUser) -> DomainResult<CreatedUser> {
         let org_id = new.organisation_id;
         let requested_roles = normalise_roles(new.roles.clone());
@@ -137,10 +165,13 @@ impl Domain {
         }
 
         let mut v = Violations::default();
-        check_identity_fields(&mut v, Some(&new.first_name), Some(&new.surname), Some(&new.email));
-        if let Some(username) = &new.username {
+        let (first_name, surname, email) =
+            check_identity_fields(&mut v, "", Some(&new.first_name), Some(&new.surname), Some(&new.email));
+        let username = new.username.as_deref().map(nfc);
+        if let Some(username) = &username {
             v.check("username", validate::username(username));
         }
+        let mut birth_date = None;
         let cpr = match (&new.cpr, &new.birth_date) {
             (Some(_), Some(_)) => {
                 v.add("cpr", "give either a CPR number or a birth date, not both");
@@ -158,7 +189,7 @@ impl Domain {
                 }
             },
             (None, Some(date)) => {
-                v.check("birth_date", validate::birth_date(date, today()).map(|_| ()));
+                birth_date = check_birth_date(&mut v, "birth_date", date);
                 None
             }
         };
@@ -172,8 +203,11 @@ impl Domain {
             v.add("request_id", "must be 1 to 100 characters");
         }
         v.into_result()?;
+        let (Some(first_name), Some(surname), Some(email)) = (first_name, surname, email) else {
+            return Err(DomainError::Internal("a checked identity field is missing".into()));
+        };
 
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         // Rules that count administrators need the organisation locked for the
         // whole transaction; a plain user only needs a licence, which
         // `take_licence` takes as the last statement, so creates in one
@@ -209,7 +243,7 @@ impl Domain {
         if caller.is_operator() {
             // R-ORG-2: the first user an operator creates in an organisation
             // without an administrator becomes its administrator.
-            if standing_role_holders(&txn, org_id, Role::OrganisationAdmin).await? == 0 {
+            if seat_holders(&txn, org_id, Role::OrganisationAdmin).await? == 0 {
                 roles.extend([Role::OrganisationAdmin, Role::UserAdmin]);
                 roles = normalise_roles(roles);
             } else if !wants_admin {
@@ -236,13 +270,16 @@ impl Domain {
             id: Set(id),
             organisation_id: Set(org_id),
             state: Set(UserState::PendingActivation.to_string()),
-            first_name: Set(new.first_name.trim().to_owned()),
-            surname: Set(new.surname.trim().to_owned()),
-            email: Set(new.email.trim().to_owned()),
-            username: Set(new.username.clone()),
+            search_text: Set(normalise::search_text(&first_name, &surname, email.as_str())),
+            first_name: Set(first_name),
+            surname: Set(surname),
+            email: Set(email.as_str().to_owned()),
+            email_key: Set(Some(email.key().to_owned())),
+            username_key: Set(username.as_deref().map(normalise::key)),
+            username: Set(username),
             cpr_hash: Set(cpr_hash),
             cpr_ciphertext: Set(cpr.as_ref().map(|c| self.vault.encrypt(c))),
-            birth_date: Set(new.birth_date.clone()),
+            birth_date: Set(birth_date),
             unit_id: Set(new.unit_id),
             phone: Set(new.phone.clone()),
             language: Set(language.to_string()),
@@ -327,7 +364,7 @@ impl Domain {
         if org.max_administrators == 0 {
             return Ok(());
         }
-        let admins = standing_role_holders(db, org.id, Role::OrganisationAdmin).await?;
+        let admins = seat_holders(db, org.id, Role::OrganisationAdmin).await?;
         if admins >= i64::from(org.max_administrators) {
             return Err(DomainError::FailedPrecondition {
                 reason: "MAX_ADMINISTRATORS_REACHED",
@@ -341,13 +378,28 @@ impl Domain {
         Ok(())
     }
 
-    /// R-ORG-5: the change would take `user` out of the standing administrators;
-    /// refuse if they are the last one.
+    /// A user who holds no seat is about to hold one again (reactivation, or an
+    /// end time given to an open-ended deactivation): a licence and, for an
+    /// administrator, an administrator seat must be free. The organisation is
+    /// locked by the caller (`begin_user_write`).
+    async fn ensure_seats_for_return(&self, txn: &DatabaseTransaction, user: &User) -> DomainResult<()> {
+        let org = lock_organisation(txn, user.organisation_id).await?;
+        ensure_licence_free(&org)?;
+        if user.roles.contains(&Role::OrganisationAdmin) {
+            self.ensure_admin_seat_free(txn, &org).await?;
+        }
+        Ok(())
+    }
+
+    /// R-ORG-5: the change would take `user` out of the active administrators;
+    /// refuse if they are the last one. Only ACTIVE administrators count: one
+    /// still pending activation cannot act, so leaving only them would leave
+    /// the organisation without an administrator who can.
     async fn ensure_not_last_admin(&self, db: &impl ConnectionTrait, user: &User) -> DomainResult<()> {
-        if !user.roles.contains(&Role::OrganisationAdmin) || !user.state.holds_licence() {
+        if !user.roles.contains(&Role::OrganisationAdmin) || user.state != UserState::Active {
             return Ok(());
         }
-        if standing_role_holders(db, user.organisation_id, Role::OrganisationAdmin).await? <= 1 {
+        if active_role_holders(db, user.organisation_id, Role::OrganisationAdmin).await? <= 1 {
             return Err(DomainError::precondition(
                 "LAST_ORGANISATION_ADMIN",
                 "this is the organisation's last active administrator; appoint another administrator first",
@@ -388,7 +440,7 @@ impl Domain {
     /// Loads a user and checks the caller may take `action` on them.
     async fn authorized_user(&self, caller: &Caller, action: Action, id: Uuid) -> DomainResult<User> {
         let user = self.load_user(&self.db, id).await?;
-        authorize(
+        crate::policy::authorize_on_user(
             caller,
             action,
             Target::user(user.organisation_id, id, user.is_administrator()),
@@ -396,12 +448,12 @@ impl Domain {
         Ok(user)
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn get_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
         self.authorized_user(caller, Action::ReadUser, id).await
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_users(
         &self,
         caller: &Caller,
@@ -452,18 +504,13 @@ impl Domain {
             if text.chars().count() > 100 {
                 return Err(DomainError::invalid("text", "must be at most 100 characters"));
             }
-            // Every word must appear in a name or the e-mail.
-            for word in text.split_whitespace() {
-                let pattern = format!("%{}%", escape_like(&word.to_lowercase()));
-                let like = |column: user::Column| {
-                    Expr::expr(Func::lower(Expr::col(column)))
-                        .like(sea_orm::sea_query::LikeExpr::new(pattern.clone()).escape('\\'))
-                };
+            // Every word must appear in a name or the e-mail: in their keys
+            // (NFC, Unicode lower case), stored in `search_text` on every
+            // write, because SQLite's `lower()` folds ASCII only.
+            for word in normalise::key(text).split_whitespace() {
+                let pattern = format!("%{}%", escape_like(word));
                 query = query.filter(
-                    Condition::any()
-                        .add(like(user::Column::FirstName))
-                        .add(like(user::Column::Surname))
-                        .add(like(user::Column::Email)),
+                    Expr::col(user::Column::SearchText).like(sea_orm::sea_query::LikeExpr::new(pattern).escape('\\')),
                 );
             }
         }
@@ -487,7 +534,7 @@ impl Domain {
         })
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn update_user(&self, caller: &Caller, id: Uuid, etag: &str, patch: UserPatch) -> DomainResult<User> {
         let current = self.load_user(&self.db, id).await?;
         let target = Target::user(current.organisation_id, id, current.is_administrator());
@@ -504,20 +551,22 @@ impl Domain {
             || patch.identification_means.is_some()
             || patch.signing_right.is_some();
         if touches_fields || patch.roles.is_none() {
-            authorize(caller, Action::UpdateUser, target)?;
+            crate::policy::authorize_on_user(caller, Action::UpdateUser, target)?;
         }
         if patch.roles.is_some() {
-            authorize(caller, Action::ChangeRoles, target)?;
+            crate::policy::authorize_on_user(caller, Action::ChangeRoles, target)?;
         }
 
         let mut v = Violations::default();
-        check_identity_fields(
+        let (first_name, surname, email) = check_identity_fields(
             &mut v,
+            "user.",
             patch.first_name.as_deref(),
             patch.surname.as_deref(),
             patch.email.as_deref(),
         );
-        if let Some(Some(username)) = &patch.username {
+        let username = patch.username.as_ref().map(|u| u.as_deref().map(nfc));
+        if let Some(Some(username)) = &username {
             v.check("user.username", validate::username(username));
         }
         if patch.cpr.is_some() && patch.birth_date.is_some() {
@@ -533,9 +582,10 @@ impl Domain {
             },
             None => None,
         };
-        if let Some(date) = &patch.birth_date {
-            v.check("user.birth_date", validate::birth_date(date, today()).map(|_| ()));
-        }
+        let birth_date = patch
+            .birth_date
+            .as_deref()
+            .and_then(|date| check_birth_date(&mut v, "user.birth_date", date));
         if let Some(Some(phone)) = &patch.phone {
             v.check("user.phone", validate::phone(phone));
         }
@@ -550,7 +600,7 @@ impl Domain {
             ));
         }
 
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, current.organisation_id).await?;
         let current = self.load_user(&txn, id).await?;
         check_etag("user", etag, current.version)?;
@@ -560,24 +610,28 @@ impl Domain {
             .ok_or_else(|| DomainError::not_found("user", id))?;
         let mut active: user::ActiveModel = row.clone().into();
         let mut changes = Vec::new();
-        if let Some(name) = patch.first_name {
-            diff(&mut changes, "first_name", &row.first_name, name.trim());
-            active.first_name = Set(name.trim().to_owned());
+        if let Some(name) = &first_name {
+            diff(&mut changes, "first_name", &row.first_name, name);
+            active.first_name = Set(name.clone());
         }
-        if let Some(name) = patch.surname {
-            diff(&mut changes, "surname", &row.surname, name.trim());
-            active.surname = Set(name.trim().to_owned());
+        if let Some(name) = &surname {
+            diff(&mut changes, "surname", &row.surname, name);
+            active.surname = Set(name.clone());
         }
-        let new_email = patch
-            .email
-            .as_ref()
-            .map(|e| e.trim().to_owned())
-            .filter(|e| *e != row.email);
+        let new_email = email.filter(|e| e.as_str() != row.email);
         if let Some(email) = &new_email {
-            diff(&mut changes, "email", &row.email, email);
-            active.email = Set(email.clone());
+            diff(&mut changes, "email", &row.email, email.as_str());
+            active.email = Set(email.as_str().to_owned());
+            active.email_key = Set(Some(email.key().to_owned()));
         }
-        let new_username = patch.username.clone().filter(|u| *u != row.username);
+        if first_name.is_some() || surname.is_some() || new_email.is_some() {
+            active.search_text = Set(normalise::search_text(
+                first_name.as_deref().unwrap_or(&row.first_name),
+                surname.as_deref().unwrap_or(&row.surname),
+                new_email.as_ref().map_or(row.email.as_str(), Email::as_str),
+            ));
+        }
+        let new_username = username.filter(|u| *u != row.username);
         if let Some(username) = &new_username {
             diff(
                 &mut changes,
@@ -586,6 +640,7 @@ impl Domain {
                 username.clone().unwrap_or_default(),
             );
             active.username = Set(username.clone());
+            active.username_key = Set(username.as_deref().map(normalise::key));
         }
         let new_cpr_hash = new_cpr
             .as_ref()
@@ -603,7 +658,7 @@ impl Domain {
             active.cpr_ciphertext = Set(Some(self.vault.encrypt(cpr)));
             active.birth_date = Set(None);
         }
-        if let Some(date) = patch.birth_date {
+        if let Some(date) = birth_date {
             if row.cpr_hash.is_some() {
                 diff(&mut changes, "cpr", HIDDEN, "");
             }
@@ -657,7 +712,7 @@ impl Domain {
                 roles.contains(&Role::OrganisationAdmin) && !current.roles.contains(&Role::OrganisationAdmin);
             let loses_admin =
                 !roles.contains(&Role::OrganisationAdmin) && current.roles.contains(&Role::OrganisationAdmin);
-            if gains_admin && current.state.holds_licence() {
+            if gains_admin && holds_seat(current.state, current.deactivated_until) {
                 self.ensure_admin_seat_free(&txn, &org).await?;
             }
             if loses_admin {
@@ -714,6 +769,12 @@ impl Domain {
             ActiveValue::Set(state) | ActiveValue::Unchanged(state) => parse::<UserState>(state)?,
             ActiveValue::NotSet => state_before,
         };
+        let until_after = match &active.deactivated_until {
+            ActiveValue::Set(until) | ActiveValue::Unchanged(until) => *until,
+            ActiveValue::NotSet => before.deactivated_until,
+        };
+        let seat_before = holds_seat(state_before, before.deactivated_until);
+        let seat_after = holds_seat(state_after, until_after);
         let result = user::Entity::update_many()
             .set(active)
             .filter(user::Column::Id.eq(before.id))
@@ -723,12 +784,13 @@ impl Domain {
         if result.rows_affected != 1 {
             return Err(DomainError::stale_etag("user"));
         }
-        adjust_licences(txn, before.organisation_id, licence_delta(state_before, state_after)).await
+        // A take is conditional: the limit holds whatever the caller checked.
+        apply_licence_delta(txn, before.organisation_id, licence_delta(seat_before, seat_after)).await
     }
 
     /// R-USR-4: deactivates for good (`until` None) or for a period. Calling it
     /// on a deactivated user changes the period.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn deactivate_user(
         &self,
         caller: &Caller,
@@ -757,6 +819,11 @@ impl Domain {
             UserState::Active | UserState::PendingActivation => self.ensure_not_last_admin(&txn, &current).await?,
             UserState::Deactivated => {}
         }
+        // An open-ended deactivation that gets an end time reserves its seat
+        // again: only if one is free (R-ORG-4).
+        if !holds_seat(current.state, current.deactivated_until) && holds_seat(UserState::Deactivated, until) {
+            self.ensure_seats_for_return(&txn, &current).await?;
+        }
         let mut changes = Vec::new();
         diff(&mut changes, "state", current.state, UserState::Deactivated);
         diff(
@@ -781,7 +848,7 @@ impl Domain {
         Ok(updated)
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn reactivate_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
         self.authorized_user(caller, Action::ReactivateUser, id).await?;
         let (txn, current, row) = self.begin_user_write(id).await?;
@@ -794,10 +861,11 @@ impl Domain {
                 ),
             ));
         }
-        let org = lock_organisation(&txn, current.organisation_id).await?;
-        ensure_licence_free(&org)?;
-        if current.roles.contains(&Role::OrganisationAdmin) {
-            self.ensure_admin_seat_free(&txn, &org).await?;
+        // A timed deactivation kept its seats for this return (R-ORG-4); an
+        // open-ended one needs free ones. The sweep follows the same rule:
+        // it only ever returns timed deactivations.
+        if !holds_seat(current.state, current.deactivated_until) {
+            self.ensure_seats_for_return(&txn, &current).await?;
         }
         let now = now_millis();
         let state = reactivated_state(&row);
@@ -821,7 +889,7 @@ impl Domain {
     }
 
     /// R-USR-5: final; refused under DEACTIVATE_ONLY.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn delete_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
         self.authorized_user(caller, Action::DeleteUser, id).await?;
         let (txn, current, row) = self.begin_user_write(id).await?;
@@ -855,7 +923,7 @@ impl Domain {
     /// Opens the write transaction of a lifecycle change: the organisation is
     /// locked first (the same order everywhere), then the user is read again.
     async fn begin_user_write(&self, id: Uuid) -> DomainResult<(DatabaseTransaction, User, user::Model)> {
-        let txn = self.db.begin().await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let row = user::Entity::find_by_id(id)
             .one(&txn)
             .await?
@@ -915,7 +983,7 @@ impl Domain {
     }
 
     /// R-USR-7: newest first, 200 by default.
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "debug"))]
     pub async fn list_user_history(
         &self,
         caller: &Caller,
@@ -960,6 +1028,8 @@ impl Domain {
                     subject_id: row.subject_id,
                     activity: row.activity,
                     actor: row.actor,
+                    actor_name: row.actor_name,
+                    actor_email: row.actor_email,
                     on_behalf_of: row.on_behalf_of,
                     occurred_at: row.occurred_at,
                     changes: changes_from_json(&row.changes),

@@ -10,8 +10,11 @@ use tonic::{Request, Status};
 
 use crate::error::to_status;
 
-/// The caller behind `authorization: Bearer <token>` (R-AUTH-1).
-pub async fn caller<T>(domain: &Domain, request: &Request<T>) -> Result<Caller, Status> {
+/// The caller behind `authorization: Bearer <token>` (R-AUTH-1). The
+/// request's lists are bounded first (see `bounds`): nothing, not even the
+/// token look-up, works on a request with 40,000 items.
+pub async fn caller<T: crate::bounds::Lists>(domain: &Domain, request: &Request<T>) -> Result<Caller, Status> {
+    crate::bounds::check(request.get_ref()).map_err(to_status)?;
     let missing = || {
         to_status(DomainError::Unauthenticated {
             message: "send the header authorization: Bearer <token>".into(),

@@ -48,6 +48,8 @@ fn event_to_pb(event: &HistoryEvent) -> pb::HistoryEvent {
         user_id: event.subject_id.to_string(),
         activity: event.activity.clone(),
         actor: event.actor.clone(),
+        actor_name: event.actor_name.clone(),
+        actor_email: event.actor_email.clone().unwrap_or_default(),
         on_behalf_of: event.on_behalf_of.clone().unwrap_or_default(),
         occur_time: Some(timestamp(event.occurred_at)),
         changes: event
@@ -337,9 +339,11 @@ impl UserService for UserHandler {
         } else {
             ActivationProof::BirthDate(proof)
         };
-        let user = self.domain.activate_user(secret, proof).await.into_status()?;
+        let activated = self.domain.activate_user(secret, proof).await.into_status()?;
         Ok(Response::new(pb::ActivateUserResponse {
-            user: Some(user_to_pb(&user)),
+            user: Some(user_to_pb(&activated.user)),
+            session_token: activated.session_token.into_exposed(),
+            session_expire_time: Some(timestamp(activated.session_expires_at)),
         }))
     }
 

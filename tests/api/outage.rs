@@ -1,0 +1,255 @@
+//! The database under stress from outside: writers in two processes on one
+//! SQLite file, PostgreSQL backends terminated under calls, a database that
+//! stops accepting connections and comes back.
+
+use std::time::{Duration, Instant};
+
+use orgadmin_domain::{Domain, persistence};
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement, TransactionTrait};
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+both_backends!(writers_in_two_processes_queue);
+
+/// Service and worker as separate processes on one database: a second pool
+/// (as a second process has) serving gRPC and running the worker, beside the
+/// test server. Eight writers over both create users at once; none may fail
+/// (on SQLite: "database is locked" when transactions begin deferred).
+async fn writers_in_two_processes_queue(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin_limits(Some(1000), None).await;
+
+    let second = Domain::new(
+        persistence::connect(&app.database_url, 10).await.expect("second pool"),
+        test_vault(),
+        &[OPERATOR_TOKEN.to_owned()],
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second_addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut stop_server = stopped.clone();
+    let server = tokio::spawn(orgadmin_service::serve(second.clone(), listener, 256, async move {
+        let _ = stop_server.wait_for(|s| *s).await;
+    }));
+    let config = worker_config(&app, "");
+    let mut stop_worker = stopped.clone();
+    let worker = tokio::spawn(async move {
+        orgadmin_worker::run(second, &config, async move {
+            let _ = stop_worker.wait_for(|s| *s).await;
+        })
+        .await
+    });
+    let second_channel = Channel::from_shared(format!("http://{second_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        let mut users = if writer % 2 == 0 {
+            app.users()
+        } else {
+            pb::user_service_client::UserServiceClient::new(second_channel.clone())
+        };
+        let (token, org) = (fixture.admin_token.clone(), fixture.org.id.clone());
+        writers.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for _ in 0..50 {
+                let request = new_user(&org, "Skriver", &[]);
+                if let Err(status) = users.create_user(req(&token, request)).await {
+                    failures.push(format!("{:?}: {}", status.code(), status.message()));
+                }
+            }
+            failures
+        }));
+    }
+    let mut failures = Vec::new();
+    for writer in writers {
+        failures.extend(writer.await.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 400 creates failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
+    let _ = stop.send(true);
+    server.await.unwrap().unwrap();
+    worker.await.unwrap().unwrap();
+    app.finish().await;
+}
+
+fn database_name(app: &TestApp) -> String {
+    app.database_url.rsplit('/').next().unwrap().to_owned()
+}
+
+async fn admin() -> DatabaseConnection {
+    Database::connect(PG_ADMIN_URL)
+        .await
+        .expect("PostgreSQL admin connection")
+}
+
+async fn sql(db: &DatabaseConnection, text: String) -> Vec<sea_orm::QueryResult> {
+    db.query_all_raw(Statement::from_string(db.get_database_backend(), text))
+        .await
+        .expect("admin statement")
+}
+
+/// A backend terminated under a call (failover, `pg_terminate_backend`, a
+/// restart): the call answers UNAVAILABLE, which clients retry, and the
+/// retry succeeds on a fresh connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_under_a_call_is_unavailable() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let name = database_name(&app);
+    let admin = admin().await;
+
+    // Hold the organisation's row so that a create waits on it, in the
+    // middle of its transaction.
+    let holder = Database::connect(&app.database_url).await.unwrap();
+    let txn = holder.begin().await.unwrap();
+    let pid: i32 = txn
+        .query_one_raw(Statement::from_string(
+            txn.get_database_backend(),
+            "SELECT pg_backend_pid()".to_owned(),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap();
+    txn.execute_unprepared(&format!(
+        "SELECT id FROM organisations WHERE id = '{}' FOR UPDATE",
+        fixture.org.id
+    ))
+    .await
+    .unwrap();
+    let mut users = app.users();
+    let request = req(&fixture.admin_token, new_user(&fixture.org.id, "Afbrudt", &[]));
+    let call = tokio::spawn(async move { users.create_user(request).await });
+    let started = Instant::now();
+    loop {
+        let waiting = sql(
+            &admin,
+            format!("SELECT pid FROM pg_stat_activity WHERE datname = '{name}' AND wait_event_type = 'Lock'"),
+        )
+        .await;
+        if !waiting.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the create never waited on the row"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sql(
+        &admin,
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> {pid}"),
+    )
+    .await;
+    let lost = assert_code(call.await.unwrap(), Code::Unavailable);
+    assert_eq!(reason(&lost), "DATABASE_UNAVAILABLE");
+    txn.rollback().await.unwrap();
+    holder.close().await.unwrap();
+
+    // The client's retry works.
+    app.users()
+        .create_user(req(&fixture.admin_token, new_user(&fixture.org.id, "Igen", &[])))
+        .await
+        .expect("a retry after the lost connection succeeds");
+    admin.close().await.unwrap();
+    app.finish().await;
+}
+
+async fn status_of(app: &TestApp, service: &str) -> i32 {
+    app.health()
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status
+}
+
+const SERVICES: [&str; 4] = [
+    "orgadmin.v1.OrganisationService",
+    "orgadmin.v1.UserService",
+    "orgadmin.v1.AuthService",
+    "orgadmin.v1.NotificationService",
+];
+
+async fn wait_for_services(app: &TestApp, status: ServingStatus) {
+    let started = Instant::now();
+    loop {
+        let mut all = true;
+        for service in SERVICES {
+            all &= status_of(app, service).await == status as i32;
+        }
+        if all {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "services did not turn {status:?} within 8 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Readiness follows the database, liveness does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_database_and_comes_back() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let name = database_name(&app);
+    let admin = admin().await;
+    wait_for_services(&app, ServingStatus::Serving).await;
+
+    // The database goes away: no new connections, the open ones cut.
+    sql(&admin, format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
+    sql(
+        &admin,
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
+    )
+    .await;
+    wait_for_services(&app, ServingStatus::NotServing).await;
+    assert_eq!(
+        status_of(&app, "").await,
+        ServingStatus::Serving as i32,
+        "liveness stays SERVING"
+    );
+    let refused = app
+        .users()
+        .get_user(req(
+            &fixture.admin_token,
+            pb::GetUserRequest {
+                id: fixture.admin.id.clone(),
+            },
+        ))
+        .await;
+    assert_code(refused, Code::Unavailable);
+
+    // And comes back: the services report SERVING by themselves.
+    sql(&admin, format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
+    wait_for_services(&app, ServingStatus::Serving).await;
+    app.users()
+        .get_user(req(
+            &fixture.admin_token,
+            pb::GetUserRequest {
+                id: fixture.admin.id.clone(),
+            },
+        ))
+        .await
+        .expect("served again");
+    admin.close().await.unwrap();
+    app.finish().await;
+}
