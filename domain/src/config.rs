@@ -64,6 +64,8 @@ pub struct Config {
     pub auth_cache_ms: i64,
     /// How long the session token that activation hands out works.
     pub session_ttl_hours: u32,
+    /// The link in e-mail verification mails; `{token}` is replaced.
+    pub email_verification_url_template: String,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Config {
             activation_max_attempts: 5,
             auth_cache_ms: 1000,
             session_ttl_hours: 12,
+            email_verification_url_template: "http://localhost:8080/verify-email?token={token}".into(),
         }
     }
 }
@@ -135,6 +138,9 @@ impl Config {
         }
         if !self.activation_url_template.contains("{token}") {
             return Err("ORGADMIN_ACTIVATION_URL_TEMPLATE must contain {token}".into());
+        }
+        if !self.email_verification_url_template.contains("{token}") {
+            return Err("ORGADMIN_EMAIL_VERIFICATION_URL_TEMPLATE must contain {token}".into());
         }
         if !(1..=365).contains(&self.activation_ttl_days) {
             return Err("ORGADMIN_ACTIVATION_TTL_DAYS must be between 1 and 365".into());

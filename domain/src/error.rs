@@ -19,6 +19,65 @@ impl FieldViolation {
     }
 }
 
+macro_rules! reasons {
+    ($($variant:ident => $text:literal),+ $(,)?) => {
+        /// Every `ErrorInfo.reason` orgadmin answers with: stable UPPER_SNAKE
+        /// words clients may match on. One list, so the tests can prove each
+        /// one is asserted somewhere (`tests/api/reasons.rs`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Reason { $($variant),+ }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Reason::$variant => $text),+ }
+            }
+        }
+    };
+}
+
+reasons!(
+    ActivationExpired => "ACTIVATION_EXPIRED",
+    ActivationLocked => "ACTIVATION_LOCKED",
+    ActivationMismatch => "ACTIVATION_MISMATCH",
+    ActivationReplaced => "ACTIVATION_REPLACED",
+    ActivationUnknown => "ACTIVATION_UNKNOWN",
+    ActivationUsed => "ACTIVATION_USED",
+    AdministratorsAboveLimit => "ADMINISTRATORS_ABOVE_LIMIT",
+    AlreadyAnonymous => "ALREADY_ANONYMOUS",
+    AlreadyExists => "ALREADY_EXISTS",
+    AnonymityRequestDecided => "ANONYMITY_REQUEST_DECIDED",
+    AnonymityRequestOpen => "ANONYMITY_REQUEST_OPEN",
+    CprTaken => "CPR_TAKEN",
+    CvrTaken => "CVR_TAKEN",
+    DatabaseBusy => "DATABASE_BUSY",
+    DatabaseUnavailable => "DATABASE_UNAVAILABLE",
+    DeletionNotAllowed => "DELETION_NOT_ALLOWED",
+    EmailTaken => "EMAIL_TAKEN",
+    EmailVerificationUnknown => "EMAIL_VERIFICATION_UNKNOWN",
+    HasCprNumber => "HAS_CPR_NUMBER",
+    InvalidArgument => "INVALID_ARGUMENT",
+    LastOrganisationAdmin => "LAST_ORGANISATION_ADMIN",
+    LicencesInUse => "LICENCES_IN_USE",
+    LicenceLimitReached => "LICENCE_LIMIT_REACHED",
+    MailNotFailed => "MAIL_NOT_FAILED",
+    MaxAdministratorsReached => "MAX_ADMINISTRATORS_REACHED",
+    NotFound => "NOT_FOUND",
+    NoCprNumber => "NO_CPR_NUMBER",
+    Overloaded => "OVERLOADED",
+    PermissionDenied => "PERMISSION_DENIED",
+    StaleEtag => "STALE_ETAG",
+    Unauthenticated => "UNAUTHENTICATED",
+    UnitInUse => "UNIT_IN_USE",
+    UnitNumberTaken => "UNIT_NUMBER_TAKEN",
+    UsernameTaken => "USERNAME_TAKEN",
+    UserDeleted => "USER_DELETED",
+    UserNotActive => "USER_NOT_ACTIVE",
+    UserNotDeactivated => "USER_NOT_DEACTIVATED",
+    UserNotPending => "USER_NOT_PENDING",
+);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
     #[error("invalid argument: {}", describe(.0))]
@@ -26,11 +85,11 @@ pub enum DomainError {
     #[error("{resource} {id} not found")]
     NotFound { resource: &'static str, id: String },
     #[error("{message}")]
-    AlreadyExists { reason: &'static str, message: String },
+    AlreadyExists { reason: Reason, message: String },
     /// A rule of the organisation stands in the way (licences, last admin, ...).
     #[error("{message}")]
     FailedPrecondition {
-        reason: &'static str,
+        reason: Reason,
         message: String,
         metadata: Vec<(String, String)>,
     },
@@ -45,7 +104,7 @@ pub enum DomainError {
     /// another process, connection lost or refused): worth retrying with
     /// back-off. `reason` is DATABASE_BUSY or DATABASE_UNAVAILABLE.
     #[error("{message}")]
-    Unavailable { reason: &'static str, message: String },
+    Unavailable { reason: Reason, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -76,7 +135,7 @@ impl DomainError {
         }
     }
 
-    pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn precondition(reason: Reason, message: impl Into<String>) -> Self {
         Self::FailedPrecondition {
             reason,
             message: message.into(),
@@ -98,19 +157,19 @@ impl From<DbErr> for DomainError {
         }
         if let DbErr::ConnectionAcquire(cause) = &err {
             return Self::Unavailable {
-                reason: "DATABASE_BUSY",
+                reason: Reason::DatabaseBusy,
                 message: format!("the database is busy or unreachable ({cause}); retry with back-off"),
             };
         }
         match transient(&err) {
             Some(Transient::Busy) => Self::Unavailable {
-                reason: "DATABASE_BUSY",
+                reason: Reason::DatabaseBusy,
                 message: "the database is busy with another writer; retry with back-off".into(),
             },
             // The operator hears of an outage from the service's health
             // probe; the client retries the call.
             Some(Transient::Lost) => Self::Unavailable {
-                reason: "DATABASE_UNAVAILABLE",
+                reason: Reason::DatabaseUnavailable,
                 message: "the connection to the database was lost or refused; retry with back-off".into(),
             },
             None => Self::Internal(err.to_string()),
@@ -183,23 +242,23 @@ fn postgres_connection_gone(code: Option<&str>) -> bool {
 /// message, SQLite the columns (e-mail and username: their normalised keys,
 /// see `normalise`). Values are never echoed: they may be personal
 /// data.
-const UNIQUE_RULES: &[(&str, &str, &str, &str)] = &[
+const UNIQUE_RULES: &[(&str, &str, Reason, &str)] = &[
     (
         "users_live_email",
         "users.email_key",
-        "EMAIL_TAKEN",
+        Reason::EmailTaken,
         "another user of this organisation has this e-mail address",
     ),
     (
         "users_live_username",
         "users.username_key",
-        "USERNAME_TAKEN",
+        Reason::UsernameTaken,
         "this username is taken",
     ),
     (
         "users_live_cpr",
         "users.cpr_hash",
-        "CPR_TAKEN",
+        Reason::CprTaken,
         "this person already has a user in this organisation",
     ),
 ];
@@ -208,7 +267,7 @@ fn unique_violation(detail: &str) -> DomainError {
     for (index, columns, reason, message) in UNIQUE_RULES {
         if detail.contains(index) || detail.contains(columns) {
             return DomainError::AlreadyExists {
-                reason,
+                reason: *reason,
                 message: (*message).into(),
             };
         }
@@ -221,9 +280,31 @@ fn unique_violation(detail: &str) -> DomainError {
         "unique index"
     };
     DomainError::AlreadyExists {
-        reason: "ALREADY_EXISTS",
+        reason: Reason::AlreadyExists,
         message: format!("a resource with these values already exists ({hint})"),
     }
 }
 
 pub type DomainResult<T> = Result<T, DomainError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason_of(err: DomainError) -> &'static str {
+        match err {
+            DomainError::AlreadyExists { reason, .. } => reason.as_str(),
+            other => panic!("not ALREADY_EXISTS: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unique_violations_name_their_rule() {
+        // PostgreSQL names the index, SQLite the columns.
+        assert_eq!(reason_of(unique_violation("users_live_email")), "EMAIL_TAKEN");
+        assert_eq!(reason_of(unique_violation("users.username_key")), "USERNAME_TAKEN");
+        assert_eq!(reason_of(unique_violation("users_live_cpr")), "CPR_TAKEN");
+        // An index without a rule of its own still answers ALREADY_EXISTS.
+        assert_eq!(reason_of(unique_violation("some_new_index")), "ALREADY_EXISTS");
+    }
+}

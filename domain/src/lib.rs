@@ -49,6 +49,8 @@ pub struct DomainSettings {
     pub auth_cache_ttl_ms: i64,
     /// How long a session token (from activation) works.
     pub session_ttl_ms: i64,
+    /// The link of an e-mail verification mail; `{token}` is replaced.
+    pub email_verification_url_template: String,
 }
 
 impl Default for DomainSettings {
@@ -59,6 +61,7 @@ impl Default for DomainSettings {
             activation_max_attempts: 5,
             auth_cache_ttl_ms: 1000,
             session_ttl_ms: 12 * 60 * 60 * 1000,
+            email_verification_url_template: "http://localhost:8080/verify-email?token={token}".into(),
         }
     }
 }
@@ -129,6 +132,7 @@ impl Domain {
                 activation_max_attempts: config.activation_max_attempts,
                 auth_cache_ttl_ms: config.auth_cache_ms,
                 session_ttl_ms: i64::from(config.session_ttl_hours) * 60 * 60 * 1000,
+                email_verification_url_template: config.email_verification_url_template.clone(),
             }),
         )
     }

@@ -51,6 +51,7 @@ mail_kinds!(
     Welcome => "welcome",
     AnonymityRequest => "anonymity_request",
     ImportFinished => "import_finished",
+    EmailVerification => "email_verification",
 );
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -134,6 +135,7 @@ mod tests {
             ("job_id", "0190-job"),
             ("created", "12"),
             ("failed", "1"),
+            ("verification_link", "https://example.dk/verify-email?token=abc"),
         ]
     }
 

@@ -173,6 +173,10 @@ pub struct User {
     pub first_name: String,
     pub surname: String,
     pub email: String,
+    /// Whether `email` was proved to reach the user (R-USR-6).
+    pub email_verified: bool,
+    /// A new address that takes over once the link mailed to it is opened.
+    pub pending_email: Option<String>,
     pub username: Option<String>,
     /// `DDMMYY-XXXX`, never more.
     pub cpr_masked: Option<String>,

@@ -24,6 +24,7 @@ mod m20261123_000014_add_organisation_licences_used;
 mod m20261202_000015_add_user_normalised_keys;
 mod m20261202_000020_reserve_seats_of_timed_deactivations;
 mod m20261202_000021_add_history_actor_names;
+mod m20261202_000022_add_user_email_verification;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -57,6 +58,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000015_add_user_normalised_keys::Migration),
             Box::new(m20261202_000020_reserve_seats_of_timed_deactivations::Migration),
             Box::new(m20261202_000021_add_history_actor_names::Migration),
+            Box::new(m20261202_000022_add_user_email_verification::Migration),
         ]
     }
 }

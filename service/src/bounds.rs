@@ -97,6 +97,7 @@ no_lists!(
     ReactivateUserRequest,
     DeleteUserRequest,
     ActivateUserRequest,
+    VerifyEmailRequest,
     SendActivationRequest,
     CreateActivationCodeRequest,
     RequestAnonymityRequest,

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use orgadmin_domain::DomainError;
+use orgadmin_domain::error::Reason;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -50,18 +51,18 @@ pub fn to_status(err: DomainError) -> Status {
             for v in &violations {
                 details.add_bad_request_violation(v.field.clone(), v.description.clone());
             }
-            details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, HashMap::new());
+            details.set_error_info(Reason::InvalidArgument.as_str(), ERROR_DOMAIN, HashMap::new());
             let message = DomainError::InvalidArgument(violations).to_string();
             Status::with_error_details(Code::InvalidArgument, bounded(message), details)
         }
         DomainError::NotFound { resource, id } => {
             let mut details = ErrorDetails::new();
-            details.set_error_info("NOT_FOUND", ERROR_DOMAIN, HashMap::new());
+            details.set_error_info(Reason::NotFound.as_str(), ERROR_DOMAIN, HashMap::new());
             details.set_resource_info(resource, id.clone(), "", "");
             Status::with_error_details(Code::NotFound, bounded(format!("{resource} {id} not found")), details)
         }
         DomainError::AlreadyExists { reason, message } => {
-            with_reason(Code::AlreadyExists, message, reason, HashMap::new())
+            with_reason(Code::AlreadyExists, message, reason.as_str(), HashMap::new())
         }
         DomainError::FailedPrecondition {
             reason,
@@ -69,18 +70,30 @@ pub fn to_status(err: DomainError) -> Status {
             metadata,
         } => {
             let mut details = ErrorDetails::new();
-            details.set_error_info(reason, ERROR_DOMAIN, metadata.into_iter().collect::<HashMap<_, _>>());
-            details.add_precondition_failure_violation(reason, "organisation", message.clone());
+            details.set_error_info(
+                reason.as_str(),
+                ERROR_DOMAIN,
+                metadata.into_iter().collect::<HashMap<_, _>>(),
+            );
+            details.add_precondition_failure_violation(reason.as_str(), "organisation", message.clone());
             Status::with_error_details(Code::FailedPrecondition, bounded(message), details)
         }
-        DomainError::PermissionDenied { message } => {
-            with_reason(Code::PermissionDenied, message, "PERMISSION_DENIED", HashMap::new())
+        DomainError::PermissionDenied { message } => with_reason(
+            Code::PermissionDenied,
+            message,
+            Reason::PermissionDenied.as_str(),
+            HashMap::new(),
+        ),
+        DomainError::Unauthenticated { message } => with_reason(
+            Code::Unauthenticated,
+            message,
+            Reason::Unauthenticated.as_str(),
+            HashMap::new(),
+        ),
+        DomainError::Aborted { message } => {
+            with_reason(Code::Aborted, message, Reason::StaleEtag.as_str(), HashMap::new())
         }
-        DomainError::Unauthenticated { message } => {
-            with_reason(Code::Unauthenticated, message, "UNAUTHENTICATED", HashMap::new())
-        }
-        DomainError::Aborted { message } => with_reason(Code::Aborted, message, "STALE_ETAG", HashMap::new()),
-        DomainError::Unavailable { reason, message } => retry_later(Code::Unavailable, message, reason),
+        DomainError::Unavailable { reason, message } => retry_later(Code::Unavailable, message, reason.as_str()),
         DomainError::Internal(detail) => {
             // The detail may name tables or values; it goes to the log only.
             // The only ERROR line of a call: client errors (bad input,
@@ -108,7 +121,7 @@ pub fn overloaded() -> Status {
     retry_later(
         Code::ResourceExhausted,
         "the server is at its bound of calls in flight; retry with back-off".into(),
-        "OVERLOADED",
+        Reason::Overloaded.as_str(),
     )
 }
 

@@ -3,6 +3,7 @@
 
 mod bounds;
 mod credentials;
+mod email_change;
 mod fingerprint;
 mod history;
 mod lifecycle;
@@ -12,6 +13,7 @@ mod normalisation;
 mod operations;
 mod organisations;
 mod outage;
+mod reasons;
 mod rights;
 mod seats;
 mod smoke;

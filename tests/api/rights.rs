@@ -45,6 +45,7 @@ struct World {
     coded_code: String,
     pending: pb::User,
     pending_admin: pb::User,
+    email_link: String,
     anonymity_request_id: String,
     failed_mail_id: String,
     tokens: Vec<(Who, String)>,
@@ -153,6 +154,23 @@ impl World {
             .anonymity_request
             .unwrap()
             .id;
+        // A change of the plain user's address, waiting for its link.
+        let new_address = unique_email("plain.ny");
+        app.users()
+            .update_user(req(
+                &fixture.admin_token,
+                pb::UpdateUserRequest {
+                    user: Some(pb::User {
+                        email: new_address.clone(),
+                        ..plain.clone()
+                    }),
+                    update_mask: mask(&["email"]),
+                    cpr: String::new(),
+                },
+            ))
+            .await
+            .unwrap();
+        let email_link = app.mailed_token("email_verification", &new_address).await;
         // Park one queued mail as failed, as a 5xx would.
         let claimed = app.domain.claim_due_mails("rights-test", 1, 60_000).await.unwrap();
         let failed_mail_id = claimed[0].id;
@@ -191,6 +209,7 @@ impl World {
             coded_code,
             pending,
             pending_admin,
+            email_link,
             anonymity_request_id,
             failed_mail_id: failed_mail_id.to_string(),
             tokens: vec![
@@ -509,6 +528,16 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             ))
             .await
             .map(drop),
+        "VerifyEmail" => app
+            .users()
+            .verify_email(req(
+                t,
+                pb::VerifyEmailRequest {
+                    token: world.email_link.clone(),
+                },
+            ))
+            .await
+            .map(drop),
         "CreateAdministratorToken" => app
             .auth()
             .create_api_token(req(
@@ -741,6 +770,7 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     ),
     // The secret is the credential: the bearer token does not matter.
     ("ActivateUser", USR, "ActivateUser", EVERYONE),
+    ("VerifyEmail", USR, "VerifyEmail", EVERYONE),
     ("SendActivation", USR, "SendActivation", &[UserAdmin]),
     (
         "SendAdministratorActivation",
@@ -788,9 +818,19 @@ enum Target {
 
 fn target(case: &str) -> Target {
     match case {
-        "GetUser" | "GetOwnUser" | "UpdateUser" | "ChangeRoles" | "DeactivateUser" | "ReactivateUser"
-        | "DeleteUser" | "ListUserHistory" | "ListOwnHistory" | "CreateApiToken" | "CreateOwnApiToken"
-        | "SendActivation" | "CreateActivationCode" => Target::PlainUser,
+        "GetUser"
+        | "GetOwnUser"
+        | "UpdateUser"
+        | "ChangeRoles"
+        | "DeactivateUser"
+        | "ReactivateUser"
+        | "DeleteUser"
+        | "ListUserHistory"
+        | "ListOwnHistory"
+        | "CreateApiToken"
+        | "CreateOwnApiToken"
+        | "SendActivation"
+        | "CreateActivationCode" => Target::PlainUser,
         "GetAdministrator" | "DeactivateAdministrator" | "CreateAdministratorToken" | "SendAdministratorActivation" => {
             Target::Administrator
         }

@@ -349,26 +349,33 @@ impl TestApp {
     /// The token of the newest activation link mailed to `email`, read from
     /// the outbox the way the worker reads it (decrypted with the test vault).
     pub async fn activation_link_token(&self, email: &str) -> String {
+        self.mailed_token("activation", email).await
+    }
+
+    /// The `token=` of the newest mail of `kind` to `email` in the outbox.
+    pub async fn mailed_token(&self, kind: &str, email: &str) -> String {
         let db = self.domain.db();
         let backend = db.get_database_backend();
         let sql = match backend {
             sea_orm::DatabaseBackend::Postgres => {
-                "SELECT payload FROM outbox_mails WHERE kind = 'activation' AND recipient = $1 ORDER BY id DESC LIMIT 1"
+                "SELECT payload FROM outbox_mails WHERE kind = $1 AND recipient = $2 ORDER BY id DESC LIMIT 1"
             }
-            _ => {
-                "SELECT payload FROM outbox_mails WHERE kind = 'activation' AND recipient = ? ORDER BY id DESC LIMIT 1"
-            }
+            _ => "SELECT payload FROM outbox_mails WHERE kind = ? AND recipient = ? ORDER BY id DESC LIMIT 1",
         };
         let row = db
-            .query_one_raw(Statement::from_sql_and_values(backend, sql, [email.into()]))
+            .query_one_raw(Statement::from_sql_and_values(
+                backend,
+                sql,
+                [kind.into(), email.into()],
+            ))
             .await
             .expect("outbox query")
-            .unwrap_or_else(|| panic!("no activation mail to {email} in the outbox"));
+            .unwrap_or_else(|| panic!("no {kind} mail to {email} in the outbox"));
         let sealed: String = row.try_get_by_index(0).expect("payload");
         let json = test_vault().decrypt(&sealed).expect("outbox payload decrypts");
         let mail: serde_json::Value = serde_json::from_str(&json).expect("payload is JSON");
         let text = mail["text"].as_str().expect("text body");
-        let start = text.find("token=").expect("the mail holds an activation link") + "token=".len();
+        let start = text.find("token=").expect("the mail holds a link with a token") + "token=".len();
         text[start..]
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')

@@ -91,6 +91,10 @@ pub mod user {
         pub identification_means: String,
         pub signing_right: bool,
         pub anonymous: bool,
+        /// The address in force was proved to reach the user (R-USR-6).
+        pub email_verified: bool,
+        /// A new address waiting for its verification link to be opened.
+        pub pending_email: Option<String>,
         pub legacy_id: Option<String>,
         pub deactivated_until: Option<i64>,
         pub activated_at: Option<i64>,

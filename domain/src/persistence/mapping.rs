@@ -74,6 +74,8 @@ pub(crate) fn user_from_row(row: user::Model, roles: Vec<Role>, vault: &CprVault
         first_name: row.first_name,
         surname: row.surname,
         email: row.email,
+        email_verified: row.email_verified,
+        pending_email: row.pending_email,
         username: row.username,
         cpr_masked,
         birth_date: row.birth_date,

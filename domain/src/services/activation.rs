@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::lock_organisation;
 use crate::Domain;
-use crate::error::{DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult, Reason};
 use crate::mail::MailKind;
 use crate::model::*;
 use crate::persistence::entities::{activation_secret, organisation, user};
@@ -23,12 +23,33 @@ use crate::validate;
 
 const KIND_LINK: &str = "LINK";
 const KIND_CODE: &str = "CODE";
+/// A link that verifies a changed e-mail address (R-USR-6). Kept apart from
+/// activation: one never works in place of the other, and neither replaces
+/// the other.
+pub(crate) const KIND_EMAIL: &str = "EMAIL";
+const ACTIVATION_KINDS: [&str; 2] = [KIND_LINK, KIND_CODE];
+
+/// The secrets a new secret of `kind` replaces.
+fn family(kind: &str) -> Vec<&'static str> {
+    if kind == KIND_EMAIL {
+        vec![KIND_EMAIL]
+    } else {
+        ACTIVATION_KINDS.to_vec()
+    }
+}
 
 /// Letters and digits that cannot be mistaken for each other when read aloud
 /// or copied by hand (no 0/O, 1/I/L).
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
 /// 10 symbols of 31: about 49 bits, with a few attempts per code.
 const CODE_LENGTH: usize = 10;
+
+/// The single-use links orgadmin mails.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SingleUseLink {
+    Activation,
+    EmailVerification,
+}
 
 /// What the person proves they are when activating.
 #[derive(Debug, Clone)]
@@ -73,16 +94,19 @@ fn expires_on(at: Millis) -> String {
 }
 
 impl Domain {
-    /// Ends every open link and code of the user (a new one replaces them).
+    /// Ends every open secret of the user of the `kinds` given (a new one
+    /// replaces them).
     async fn revoke_activation_secrets(
         &self,
         db: &impl ConnectionTrait,
         user_id: Uuid,
+        kinds: &[&str],
         now: Millis,
     ) -> DomainResult<()> {
         activation_secret::Entity::update_many()
             .col_expr(activation_secret::Column::RevokedAt, Expr::value(now))
             .filter(activation_secret::Column::UserId.eq(user_id))
+            .filter(activation_secret::Column::Kind.is_in(kinds.to_vec()))
             .filter(activation_secret::Column::UsedAt.is_null())
             .filter(activation_secret::Column::RevokedAt.is_null())
             .exec(db)
@@ -90,7 +114,7 @@ impl Domain {
         Ok(())
     }
 
-    async fn store_secret(
+    pub(crate) async fn store_secret(
         &self,
         db: &impl ConnectionTrait,
         user_id: Uuid,
@@ -98,7 +122,7 @@ impl Domain {
         secret: &str,
         now: Millis,
     ) -> DomainResult<Millis> {
-        self.revoke_activation_secrets(db, user_id, now).await?;
+        self.revoke_activation_secrets(db, user_id, &family(kind), now).await?;
         let expires_at = now + self.settings.activation_ttl_ms;
         activation_secret::Entity::insert(activation_secret::ActiveModel {
             id: Set(Uuid::now_v7()),
@@ -123,21 +147,48 @@ impl Domain {
         row: &user::Model,
         organisation_name: &str,
     ) -> DomainResult<()> {
-        let now = now_millis();
+        let template = self.settings.activation_url_template.clone();
+        self.mail_single_use_link(
+            txn,
+            row,
+            SingleUseLink::Activation,
+            &row.email,
+            &template,
+            organisation_name,
+        )
+        .await
+    }
+
+    /// Stores a new single-use secret of `link`'s kind (ending the open ones
+    /// it replaces) and mails the link to `recipient`, in the caller's
+    /// transaction.
+    pub(crate) async fn mail_single_use_link(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &user::Model,
+        link: SingleUseLink,
+        recipient: &str,
+        url_template: &str,
+        organisation_name: &str,
+    ) -> DomainResult<()> {
+        let (kind, mail, link_name) = match link {
+            SingleUseLink::Activation => (KIND_LINK, MailKind::Activation, "activation_link"),
+            SingleUseLink::EmailVerification => (KIND_EMAIL, MailKind::EmailVerification, "verification_link"),
+        };
         let token = new_token();
-        let expires_at = self.store_secret(txn, row.id, KIND_LINK, &token, now).await?;
-        let link = self.settings.activation_url_template.replace("{token}", &token);
+        let expires_at = self.store_secret(txn, row.id, kind, &token, now_millis()).await?;
+        let url = url_template.replace("{token}", &token);
         self.enqueue_mail(
             txn,
             Some(row.organisation_id),
-            MailKind::Activation,
-            &row.email,
+            mail,
+            recipient,
             &format!("{} {}", row.first_name, row.surname),
             parse(&row.language)?,
             &[
                 ("first_name", &row.first_name),
                 ("organisation_name", organisation_name),
-                ("activation_link", &link),
+                (link_name, &url),
                 ("expires_on", &expires_on(expires_at)),
             ],
         )
@@ -172,7 +223,7 @@ impl Domain {
             .ok_or_else(|| DomainError::not_found("user", user_id))?;
         if parse::<UserState>(&row.state)? != UserState::PendingActivation {
             return Err(DomainError::precondition(
-                "USER_NOT_PENDING",
+                Reason::UserNotPending,
                 format!(
                     "only a user pending activation can be activated; this one is {}",
                     row.state
@@ -188,7 +239,7 @@ impl Domain {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_none() {
             return Err(DomainError::precondition(
-                "NO_CPR_NUMBER",
+                Reason::NoCprNumber,
                 "this user has no CPR number and activates with a code: use CreateActivationCode",
             ));
         }
@@ -218,7 +269,7 @@ impl Domain {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_some() {
             return Err(DomainError::precondition(
-                "HAS_CPR_NUMBER",
+                Reason::HasCprNumber,
                 "this user has a CPR number and activates by the mailed link: use SendActivation",
             ));
         }
@@ -273,14 +324,15 @@ impl Domain {
         };
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
-        let refused = |reason: &'static str, message: &str| DomainError::precondition(reason, message.to_owned());
+        let refused = |reason: Reason, message: &str| DomainError::precondition(reason, message.to_owned());
         let Some(stored) = activation_secret::Entity::find()
             .filter(activation_secret::Column::SecretHash.eq(hash))
+            .filter(activation_secret::Column::Kind.is_in(ACTIVATION_KINDS))
             .one(&txn)
             .await?
         else {
             return Err(refused(
-                "ACTIVATION_UNKNOWN",
+                Reason::ActivationUnknown,
                 &format!(
                     "this activation {field} is not known; check it, or ask your user administrator for a new one"
                 ),
@@ -310,13 +362,13 @@ impl Domain {
                 return Err(self.locked_or_replaced(stored.id).await?);
             }
             return Err(refused(
-                "ACTIVATION_MISMATCH",
+                Reason::ActivationMismatch,
                 "the CPR number or birth date does not match this activation",
             ));
         }
         if parse::<UserState>(&row.state)? != UserState::PendingActivation {
             return Err(refused(
-                "USER_NOT_PENDING",
+                Reason::UserNotPending,
                 "this user profile is not waiting for activation",
             ));
         }
@@ -334,9 +386,14 @@ impl Domain {
             drop(txn);
             return Err(self.locked_or_replaced(stored.id).await?);
         }
-        self.revoke_activation_secrets(&txn, row.id, now).await?;
+        self.revoke_activation_secrets(&txn, row.id, &ACTIVATION_KINDS, now)
+            .await?;
+        // A mailed link proves the address reaches the person (R-USR-6); a
+        // code handed over does not.
+        let proved_email = row.email_verified || stored.kind == KIND_LINK;
         let updated = user::Entity::update_many()
             .col_expr(user::Column::State, Expr::value(UserState::Active.as_str()))
+            .col_expr(user::Column::EmailVerified, Expr::value(proved_email))
             .col_expr(user::Column::ActivatedAt, Expr::value(now))
             .col_expr(user::Column::Version, Expr::value(row.version + 1))
             .col_expr(user::Column::UpdatedAt, Expr::value(now))
@@ -390,10 +447,10 @@ impl Domain {
     }
 
     /// Refuses a secret that was used, replaced, locked by misses, or expired.
-    fn ensure_secret_usable(&self, stored: &activation_secret::Model, now: Millis) -> DomainResult<()> {
+    pub(crate) fn ensure_secret_usable(&self, stored: &activation_secret::Model, now: Millis) -> DomainResult<()> {
         if stored.used_at.is_some() {
             return Err(DomainError::precondition(
-                "ACTIVATION_USED",
+                Reason::ActivationUsed,
                 "this activation link or code was already used",
             ));
         }
@@ -402,7 +459,7 @@ impl Domain {
         }
         if stored.expires_at <= now {
             return Err(DomainError::precondition(
-                "ACTIVATION_EXPIRED",
+                Reason::ActivationExpired,
                 "this activation link or code has expired; ask your user administrator to send a new one",
             ));
         }
@@ -434,14 +491,14 @@ impl Domain {
     }
 
     /// Why a secret that was live when read no longer is, read afresh.
-    async fn locked_or_replaced(&self, id: Uuid) -> DomainResult<DomainError> {
+    pub(crate) async fn locked_or_replaced(&self, id: Uuid) -> DomainResult<DomainError> {
         let stored = activation_secret::Entity::find_by_id(id)
             .one(&self.db)
             .await?
             .ok_or_else(|| DomainError::not_found("activation", id))?;
         if stored.used_at.is_some() {
             return Ok(DomainError::precondition(
-                "ACTIVATION_USED",
+                Reason::ActivationUsed,
                 "this activation link or code was already used",
             ));
         }
@@ -452,12 +509,12 @@ impl Domain {
 fn locked_or_replaced(stored: &activation_secret::Model, max_attempts: i32) -> DomainError {
     if stored.failed_attempts >= max_attempts {
         DomainError::precondition(
-            "ACTIVATION_LOCKED",
+            Reason::ActivationLocked,
             "this activation link or code was locked after too many wrong CPR numbers or birth dates; ask your user administrator for a new one",
         )
     } else {
         DomainError::precondition(
-            "ACTIVATION_REPLACED",
+            Reason::ActivationReplaced,
             "this activation link or code was replaced; use the newest one, or ask your user administrator for a new one",
         )
     }

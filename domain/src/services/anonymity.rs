@@ -12,11 +12,11 @@ use super::lock_organisation;
 use super::notifications::NotificationKind;
 use super::users::roles_of;
 use crate::Domain;
-use crate::error::{DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult, Reason};
 use crate::mail::MailKind;
 use crate::model::*;
 use crate::paging;
-use crate::persistence::entities::{anonymity_request, api_token, user, user_role};
+use crate::persistence::entities::{anonymity_request, api_token, user};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::persistence::mapping::parse;
 use crate::policy::{Action, Caller, Target, authorize};
@@ -85,7 +85,7 @@ impl Domain {
             .ok_or_else(|| DomainError::not_found("user", user_id))?;
         if row.anonymous {
             return Err(DomainError::precondition(
-                "ALREADY_ANONYMOUS",
+                Reason::AlreadyAnonymous,
                 "this user profile is already anonymous",
             ));
         }
@@ -96,7 +96,7 @@ impl Domain {
             .await?;
         if open > 0 {
             return Err(DomainError::precondition(
-                "ANONYMITY_REQUEST_OPEN",
+                Reason::AnonymityRequestOpen,
                 "a request of this user is already waiting for a decision",
             ));
         }
@@ -226,7 +226,7 @@ impl Domain {
             .ok_or_else(|| DomainError::not_found("anonymity request", id))?;
         if request.state != AnonymityRequestState::Pending.as_str() {
             return Err(DomainError::precondition(
-                "ANONYMITY_REQUEST_DECIDED",
+                Reason::AnonymityRequestDecided,
                 format!("the request was already {}", request.state.to_lowercase()),
             ));
         }
@@ -243,7 +243,7 @@ impl Domain {
         if approve {
             if !parse::<UserState>(&old.state)?.is_standing() {
                 return Err(DomainError::precondition(
-                    "USER_NOT_ACTIVE",
+                    Reason::UserNotActive,
                     "only an active or pending user can be re-created as anonymous",
                 ));
             }
@@ -276,20 +276,12 @@ impl Domain {
             fresh.version = Set(1);
             fresh.created_at = Set(now);
             fresh.updated_at = Set(now);
-            let fresh = user::Entity::insert(fresh).exec_with_returning(&txn).await?;
+            // The same person and address: a waiting address change stays
+            // with the closed profile.
+            fresh.pending_email = Set(None);
             let roles = roles_of(&txn, &[old.id]).await?.remove(&old.id).unwrap_or_default();
-            user_role::Entity::insert_many(roles.iter().map(|role| user_role::ActiveModel {
-                user_id: Set(new_id),
-                role: Set(role.as_str().into()),
-                organisation_id: Set(org.id),
-            }))
-            .exec_without_returning(&txn)
-            .await?;
-            if fresh.cpr_hash.is_some() {
-                self.issue_activation_link(&txn, &fresh, &org.name).await?;
-            } else {
-                activation_code = Some(self.issue_activation_code(&txn, &fresh).await?);
-            }
+            let (fresh, code) = self.insert_user(&txn, fresh, &roles, &org, true).await?;
+            activation_code = code;
             let mut changes = Vec::new();
             diff(&mut changes, "state", old.state.as_str(), UserState::Deleted);
             diff(&mut changes, "replaced_by", "", new_id);

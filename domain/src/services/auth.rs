@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::users::roles_of;
 use crate::Domain;
-use crate::error::{DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult, Reason};
 use crate::model::*;
 use crate::persistence::entities::{api_token, user, user_role};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
@@ -215,7 +215,7 @@ impl Domain {
         }
         if !parse::<UserState>(&target.state)?.is_standing() {
             return Err(DomainError::precondition(
-                "USER_NOT_ACTIVE",
+                Reason::UserNotActive,
                 "only active or pending users can be given a token",
             ));
         }

@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod anonymity;
 pub mod auth;
+pub mod email_change;
 pub mod notifications;
 pub mod organisations;
 pub mod outbox;
@@ -14,7 +15,7 @@ use sea_orm::sea_query::{Expr, ExprTrait, LockType, Query};
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
-use crate::error::{DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult, Reason};
 use crate::model::Role;
 use crate::persistence::entities::{organisation, user, user_role};
 use crate::persistence::is_postgres;
@@ -106,7 +107,7 @@ pub(crate) fn ensure_licence_free(org: &organisation::Model) -> DomainResult<()>
 
 fn licence_limit_reached(org: &organisation::Model) -> DomainError {
     DomainError::FailedPrecondition {
-        reason: "LICENCE_LIMIT_REACHED",
+        reason: Reason::LicenceLimitReached,
         message: format!(
             "all {} licences of the organisation are in use; deactivate or delete a user, or ask the operator for more licences",
             org.licence_count

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{lock_organisation, read_organisation, seat_holders};
 use crate::Domain;
-use crate::error::{DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult, Reason};
 use crate::model::*;
 use crate::paging;
 use crate::persistence::entities::{organisation, unit, user};
@@ -113,7 +113,7 @@ impl Domain {
             > 0
         {
             return Err(DomainError::AlreadyExists {
-                reason: "CVR_TAKEN",
+                reason: Reason::CvrTaken,
                 message: format!("an organisation with CVR {} already exists", new.cvr),
             });
         }
@@ -333,7 +333,7 @@ impl Domain {
             let admins = seat_holders(&txn, organisation_id, Role::OrganisationAdmin).await?;
             if admins > i64::from(max) {
                 return Err(DomainError::precondition(
-                    "ADMINISTRATORS_ABOVE_LIMIT",
+                    Reason::AdministratorsAboveLimit,
                     format!(
                         "the organisation has {admins} administrators, more than the new maximum of {max}; remove administrators first"
                     ),
@@ -410,7 +410,7 @@ impl Domain {
         let used = row.licences_used;
         if used > i64::from(licence_count) {
             return Err(DomainError::FailedPrecondition {
-                reason: "LICENCES_IN_USE",
+                reason: Reason::LicencesInUse,
                 message: format!(
                     "{used} licences are in use, more than the new licence count of {licence_count}; deactivate or delete users first"
                 ),
@@ -457,7 +457,7 @@ impl Domain {
                 .await?;
             if taken > 0 {
                 return Err(DomainError::AlreadyExists {
-                    reason: "UNIT_NUMBER_TAKEN",
+                    reason: Reason::UnitNumberTaken,
                     message: format!("the organisation already has a unit with number {n}"),
                 });
             }
@@ -615,7 +615,7 @@ impl Domain {
             .await?;
         if children > 0 || members > 0 {
             return Err(DomainError::precondition(
-                "UNIT_IN_USE",
+                Reason::UnitInUse,
                 format!("the unit still has {children} sub-units and {members} users; move them first"),
             ));
         }

@@ -14,7 +14,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::Domain;
-use crate::error::{DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult, Reason};
 use crate::mail::{MailKind, RenderedMail, render};
 use crate::model::*;
 use crate::paging;
@@ -236,7 +236,7 @@ impl Domain {
             .ok_or_else(|| DomainError::not_found("mail", id))?;
         if row.state != STATE_FAILED {
             return Err(DomainError::precondition(
-                "MAIL_NOT_FAILED",
+                Reason::MailNotFailed,
                 format!("only a failed mail can be retried; this one is {}", row.state),
             ));
         }
@@ -256,7 +256,7 @@ impl Domain {
             .ok_or_else(|| DomainError::not_found("mail", id))?;
         if requeued.rows_affected == 0 {
             return Err(DomainError::precondition(
-                "MAIL_NOT_FAILED",
+                Reason::MailNotFailed,
                 format!("only a failed mail can be retried; this one is {}", row.state),
             ));
         }

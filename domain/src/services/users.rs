@@ -19,7 +19,7 @@ use super::{
 };
 use crate::Domain;
 use crate::email::Email;
-use crate::error::{DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult, Reason};
 use crate::model::*;
 use crate::normalise::{self, nfc};
 use crate::paging;
@@ -287,6 +287,8 @@ impl Domain {
             identification_means: Set(json_list(&new.identification_means)),
             signing_right: Set(new.signing_right),
             anonymous: Set(new.anonymous),
+            email_verified: Set(false),
+            pending_email: Set(None),
             legacy_id: Set(None),
             deactivated_until: Set(None),
             activated_at: Set(None),
@@ -295,16 +297,9 @@ impl Domain {
             created_at: Set(now),
             updated_at: Set(now),
         };
-        let row = user::Entity::insert(row).exec_with_returning(&txn).await?;
-        write_roles(&txn, id, org_id, &roles).await?;
-        let activation_code = match (new.suppress_activation, cpr.is_some()) {
-            (true, _) => None,
-            (false, true) => {
-                self.issue_activation_link(&txn, &row, &org.name).await?;
-                None
-            }
-            (false, false) => Some(self.issue_activation_code(&txn, &row).await?),
-        };
+        let (row, activation_code) = self
+            .insert_user(&txn, row, &roles, &org, !new.suppress_activation)
+            .await?;
 
         let mut changes = Vec::new();
         diff(&mut changes, "state", "", UserState::PendingActivation);
@@ -344,6 +339,32 @@ impl Domain {
         })
     }
 
+    /// The one way a user comes to exist (CreateUser, the anonymity
+    /// re-creation, the import job): inserts the row and its roles and, when
+    /// asked, starts its activation (a mailed link for a CPR user, else a
+    /// code returned once), all in the caller's transaction. Licences are the
+    /// caller's: a create takes one last, a re-creation frees the old one.
+    pub(crate) async fn insert_user(
+        &self,
+        txn: &DatabaseTransaction,
+        row: user::ActiveModel,
+        roles: &[Role],
+        org: &organisation::Model,
+        start_activation: bool,
+    ) -> DomainResult<(user::Model, Option<String>)> {
+        let row = user::Entity::insert(row).exec_with_returning(txn).await?;
+        write_roles(txn, row.id, org.id, roles).await?;
+        let code = match (start_activation, row.cpr_hash.is_some()) {
+            (false, _) => None,
+            (true, true) => {
+                self.issue_activation_link(txn, &row, &org.name).await?;
+                None
+            }
+            (true, false) => Some(self.issue_activation_code(txn, &row).await?),
+        };
+        Ok((row, code))
+    }
+
     async fn unit_in_organisation_for_user(
         &self,
         db: &impl ConnectionTrait,
@@ -367,7 +388,7 @@ impl Domain {
         let admins = seat_holders(db, org.id, Role::OrganisationAdmin).await?;
         if admins >= i64::from(org.max_administrators) {
             return Err(DomainError::FailedPrecondition {
-                reason: "MAX_ADMINISTRATORS_REACHED",
+                reason: Reason::MaxAdministratorsReached,
                 message: format!(
                     "the organisation already has its maximum of {} administrators",
                     org.max_administrators
@@ -401,7 +422,7 @@ impl Domain {
         }
         if active_role_holders(db, user.organisation_id, Role::OrganisationAdmin).await? <= 1 {
             return Err(DomainError::precondition(
-                "LAST_ORGANISATION_ADMIN",
+                Reason::LastOrganisationAdmin,
                 "this is the organisation's last active administrator; appoint another administrator first",
             ));
         }
@@ -595,7 +616,7 @@ impl Domain {
         v.into_result()?;
         if current.state == UserState::Deleted {
             return Err(DomainError::precondition(
-                "USER_DELETED",
+                Reason::UserDeleted,
                 "a deleted user cannot be changed",
             ));
         }
@@ -618,11 +639,44 @@ impl Domain {
             diff(&mut changes, "surname", &row.surname, name);
             active.surname = Set(name.clone());
         }
-        let new_email = email.filter(|e| e.as_str() != row.email);
+        // R-USR-6: a new address waits for verification; the old one stays
+        // in force. A user not yet activated has used no address: theirs
+        // changes at once (and a CPR user's activation link follows it).
+        // Giving the address in force again withdraws a waiting change.
+        let changed_email = email.as_ref().filter(|e| e.as_str() != row.email).cloned();
+        let withdraws_change = email.is_some() && changed_email.is_none() && row.pending_email.is_some();
+        let (new_email, email_to_verify) = match changed_email {
+            Some(email) if current.state == UserState::PendingActivation => (Some(email), None),
+            Some(email) => (
+                None,
+                Some(email).filter(|e| row.pending_email.as_deref() != Some(e.as_str())),
+            ),
+            None => (None, None),
+        };
         if let Some(email) = &new_email {
             diff(&mut changes, "email", &row.email, email.as_str());
             active.email = Set(email.as_str().to_owned());
             active.email_key = Set(Some(email.key().to_owned()));
+            active.email_verified = Set(false);
+            active.pending_email = Set(None);
+        }
+        if let Some(email) = &email_to_verify {
+            diff(
+                &mut changes,
+                "pending_email",
+                row.pending_email.clone().unwrap_or_default(),
+                email.as_str(),
+            );
+            active.pending_email = Set(Some(email.as_str().to_owned()));
+        }
+        if withdraws_change {
+            diff(
+                &mut changes,
+                "pending_email",
+                row.pending_email.clone().unwrap_or_default(),
+                "",
+            );
+            active.pending_email = Set(None);
         }
         if first_name.is_some() || surname.is_some() || new_email.is_some() {
             active.search_text = Set(normalise::search_text(
@@ -733,6 +787,19 @@ impl Domain {
         }
         let now = now_millis();
         self.write_user_change(&txn, &row, active, now).await?;
+        if email_to_verify.is_some() || withdraws_change || new_email.is_some() {
+            let written = user::Entity::find_by_id(id)
+                .one(&txn)
+                .await?
+                .ok_or_else(|| DomainError::not_found("user", id))?;
+            self.withdraw_email_change(&txn, id, now).await?;
+            if let Some(email) = &email_to_verify {
+                self.request_email_change(&txn, &written, email, &org.name).await?;
+            }
+            if new_email.is_some() && written.cpr_hash.is_some() {
+                self.issue_activation_link(&txn, &written, &org.name).await?;
+            }
+        }
         history::record(
             &txn,
             NewEvent {
@@ -812,7 +879,7 @@ impl Domain {
         match current.state {
             UserState::Deleted => {
                 return Err(DomainError::precondition(
-                    "USER_DELETED",
+                    Reason::UserDeleted,
                     "a deleted user cannot be deactivated",
                 ));
             }
@@ -854,7 +921,7 @@ impl Domain {
         let (txn, current, row) = self.begin_user_write(id).await?;
         if current.state != UserState::Deactivated {
             return Err(DomainError::precondition(
-                "USER_NOT_DEACTIVATED",
+                Reason::UserNotDeactivated,
                 format!(
                     "only a deactivated user can be reactivated; this one is {}",
                     current.state
@@ -896,12 +963,15 @@ impl Domain {
         let org = lock_organisation(&txn, current.organisation_id).await?;
         if parse::<DeletionPolicy>(&org.deletion_policy)? == DeletionPolicy::DeactivateOnly {
             return Err(DomainError::precondition(
-                "DELETION_NOT_ALLOWED",
+                Reason::DeletionNotAllowed,
                 "the organisation's deletion policy is DEACTIVATE_ONLY: users are deactivated, never deleted",
             ));
         }
         if current.state == UserState::Deleted {
-            return Err(DomainError::precondition("USER_DELETED", "the user is already deleted"));
+            return Err(DomainError::precondition(
+                Reason::UserDeleted,
+                "the user is already deleted",
+            ));
         }
         self.ensure_not_last_admin(&txn, &current).await?;
         let now = now_millis();

@@ -23,6 +23,8 @@ pub fn user_to_pb(user: &User) -> pb::User {
         first_name: user.first_name.clone(),
         surname: user.surname.clone(),
         email: user.email.clone(),
+        email_verified: user.email_verified,
+        pending_email: user.pending_email.clone().unwrap_or_default(),
         username: user.username.clone().unwrap_or_default(),
         cpr_masked: user.cpr_masked.clone().unwrap_or_default(),
         birth_date: user.birth_date.clone().unwrap_or_default(),
@@ -344,6 +346,26 @@ impl UserService for UserHandler {
             user: Some(user_to_pb(&activated.user)),
             session_token: activated.session_token.into_exposed(),
             session_expire_time: Some(timestamp(activated.session_expires_at)),
+        }))
+    }
+
+    async fn verify_email(
+        &self,
+        request: Request<pb::VerifyEmailRequest>,
+    ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
+        // No bearer token: the link's token is the credential.
+        crate::bounds::check(request.get_ref()).into_status()?;
+        let token = request.into_inner().token;
+        if token.trim().is_empty() {
+            return Err(DomainError::invalid(
+                "token",
+                "the token from the verification link is required",
+            ))
+            .into_status();
+        }
+        let user = self.domain.verify_email(&token).await.into_status()?;
+        Ok(Response::new(pb::VerifyEmailResponse {
+            user: Some(user_to_pb(&user)),
         }))
     }
 

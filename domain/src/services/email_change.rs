@@ -1,0 +1,177 @@
+//! R-USR-6: a changed e-mail address is verified before it replaces the old
+//! one. UpdateUser puts the new address in `pending_email` and mails a
+//! single-use link to it; the old address stays in force (logins, mail) until
+//! the person opens the link (VerifyEmail). A user still waiting for
+//! activation has not used any address yet: theirs changes at once, and a CPR
+//! user's activation link goes to the new one.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter};
+use tracing::instrument;
+
+use super::activation::{KIND_EMAIL, SingleUseLink};
+use super::lock_organisation;
+use crate::Domain;
+use crate::email::Email;
+use crate::error::{DomainError, DomainResult, Reason};
+use crate::model::*;
+use crate::normalise;
+use crate::persistence::entities::{activation_secret, user};
+use crate::persistence::history::{self, NewEvent, Subject, diff};
+use crate::persistence::mapping::parse;
+use crate::policy::{Caller, Principal};
+use crate::secrets::token_hash;
+
+impl Domain {
+    /// Inside the transaction of an UpdateUser that changes the address of
+    /// `row` (as written): mails a verification link to `new_email`. An
+    /// address another live user of the organisation has is refused now,
+    /// with the rule's own reason, rather than at verification.
+    pub(crate) async fn request_email_change(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &user::Model,
+        new_email: &Email,
+        organisation_name: &str,
+    ) -> DomainResult<()> {
+        let taken = user::Entity::find()
+            .filter(user::Column::OrganisationId.eq(row.organisation_id))
+            .filter(user::Column::EmailKey.eq(new_email.key()))
+            .filter(user::Column::State.ne(UserState::Deleted.as_str()))
+            .filter(user::Column::Id.ne(row.id))
+            .count(txn)
+            .await?;
+        if taken > 0 {
+            return Err(DomainError::AlreadyExists {
+                reason: Reason::EmailTaken,
+                message: "another user of this organisation has this e-mail address".into(),
+            });
+        }
+        let template = self.settings.email_verification_url_template.clone();
+        self.mail_single_use_link(
+            txn,
+            row,
+            SingleUseLink::EmailVerification,
+            new_email.as_str(),
+            &template,
+            organisation_name,
+        )
+        .await
+    }
+
+    /// Ends an open verification link (the change was withdrawn).
+    pub(crate) async fn withdraw_email_change(
+        &self,
+        txn: &DatabaseTransaction,
+        user_id: uuid::Uuid,
+        now: Millis,
+    ) -> DomainResult<()> {
+        activation_secret::Entity::update_many()
+            .col_expr(activation_secret::Column::RevokedAt, Expr::value(now))
+            .filter(activation_secret::Column::UserId.eq(user_id))
+            .filter(activation_secret::Column::Kind.eq(KIND_EMAIL))
+            .filter(activation_secret::Column::UsedAt.is_null())
+            .filter(activation_secret::Column::RevokedAt.is_null())
+            .exec(txn)
+            .await?;
+        Ok(())
+    }
+
+    /// The person opened the link mailed to their new address: it replaces
+    /// the old one and counts as verified. The token is the credential.
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn verify_email(&self, token: &str) -> DomainResult<User> {
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let Some(stored) = activation_secret::Entity::find()
+            .filter(activation_secret::Column::SecretHash.eq(token_hash(token.trim())))
+            .filter(activation_secret::Column::Kind.eq(KIND_EMAIL))
+            .one(&txn)
+            .await?
+        else {
+            return Err(DomainError::precondition(
+                Reason::EmailVerificationUnknown,
+                "this verification link is not known; check it, or change the address again for a new one",
+            ));
+        };
+        self.ensure_secret_usable(&stored, now)?;
+        let row = user::Entity::find_by_id(stored.user_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", stored.user_id))?;
+        lock_organisation(&txn, row.organisation_id).await?;
+        let row = user::Entity::find_by_id(stored.user_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", stored.user_id))?;
+        if parse::<UserState>(&row.state)? == UserState::Deleted {
+            return Err(DomainError::precondition(Reason::UserDeleted, "the user is deleted"));
+        }
+        // A live link always has its change waiting (withdrawing a change
+        // ends its link); should they ever part, the link names nothing.
+        let Some(pending) = row.pending_email.clone() else {
+            return Err(DomainError::precondition(
+                Reason::EmailVerificationUnknown,
+                "no change of e-mail address is waiting for verification",
+            ));
+        };
+        let email = Email::parse(&pending).map_err(DomainError::Internal)?;
+        let taken = activation_secret::Entity::update_many()
+            .col_expr(activation_secret::Column::UsedAt, Expr::value(now))
+            .filter(activation_secret::Column::Id.eq(stored.id))
+            .filter(activation_secret::Column::UsedAt.is_null())
+            .filter(activation_secret::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        if taken.rows_affected != 1 {
+            drop(txn);
+            return Err(self.locked_or_replaced(stored.id).await?);
+        }
+        // The unique index on (organisation, e-mail key) refuses an address
+        // someone else took meanwhile, as EMAIL_TAKEN.
+        let updated = user::Entity::update_many()
+            .col_expr(user::Column::Email, Expr::value(email.as_str()))
+            .col_expr(user::Column::EmailKey, Expr::value(email.key()))
+            .col_expr(
+                user::Column::SearchText,
+                Expr::value(normalise::search_text(&row.first_name, &row.surname, email.as_str())),
+            )
+            .col_expr(user::Column::PendingEmail, Expr::value(Option::<String>::None))
+            .col_expr(user::Column::EmailVerified, Expr::value(true))
+            .col_expr(user::Column::Version, Expr::value(row.version + 1))
+            .col_expr(user::Column::UpdatedAt, Expr::value(now))
+            .filter(user::Column::Id.eq(row.id))
+            .filter(user::Column::Version.eq(row.version))
+            .exec(&txn)
+            .await?;
+        if updated.rows_affected != 1 {
+            return Err(DomainError::stale_etag("user"));
+        }
+        let caller = Caller::new(Principal::Member {
+            user_id: row.id,
+            organisation_id: row.organisation_id,
+            roles: Vec::new(),
+        })
+        .with_identity(format!("{} {}", row.first_name, row.surname), row.email.clone());
+        let mut changes = Vec::new();
+        diff(&mut changes, "email", &row.email, email.as_str());
+        diff(&mut changes, "pending_email", &pending, "");
+        diff(&mut changes, "email_verified", row.email_verified, true);
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(row.organisation_id),
+                subject: Subject::User(row.id),
+                activity: "EMAIL_VERIFIED",
+                caller: &caller,
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        // Callers carry their e-mail for history: look them up again.
+        self.auth_cache.clear();
+        self.get_user_unchecked(row.id).await
+    }
+}

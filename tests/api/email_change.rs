@@ -1,0 +1,219 @@
+//! R-USR-6: changing a user's e-mail re-verifies it. The new address waits
+//! until the single-use link mailed to it is opened; the old one stays in
+//! force meanwhile; users carry an e-mail-verified flag.
+
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+use prost_types::FieldMask;
+use tonic::Code;
+
+both_backends!(
+    a_new_address_takes_over_once_verified,
+    an_unactivated_user_changes_address_at_once,
+);
+
+async fn change_email(app: &TestApp, token: &str, user: &pb::User, email: &str) -> Result<pb::User, tonic::Status> {
+    app.users()
+        .update_user(req(
+            token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    email: email.to_owned(),
+                    ..user.clone()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["email".into()],
+                }),
+                cpr: String::new(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().user.unwrap())
+}
+
+async fn verify(app: &TestApp, token: &str) -> Result<pb::User, tonic::Status> {
+    app.users()
+        .verify_email(req(
+            "",
+            pb::VerifyEmailRequest {
+                token: token.to_owned(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().user.unwrap())
+}
+
+async fn get(app: &TestApp, token: &str, id: &str) -> pb::User {
+    app.users()
+        .get_user(req(token, pb::GetUserRequest { id: id.to_owned() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+}
+
+async fn a_new_address_takes_over_once_verified(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    let (anna, anna_session) = app.member(&fixture, "Anna", &[]).await;
+    assert!(anna.email_verified, "activation by the mailed link proved the address");
+    let old = anna.email.clone();
+    let new = unique_email("anna.ny");
+
+    // Another live user's address is refused at once, changing nothing.
+    let before = app.fingerprint().await;
+    let taken = change_email(&app, &token, &anna, &fixture.admin.email).await;
+    assert_eq!(reason(&assert_code(taken, Code::AlreadyExists)), "EMAIL_TAKEN");
+    assert_eq!(app.fingerprint().await, before);
+
+    let changed = change_email(&app, &token, &anna, &new).await.unwrap();
+    assert_eq!(changed.email, old, "the old address stays in force");
+    assert_eq!(changed.pending_email, new);
+    assert!(changed.email_verified, "the address in force is still the verified one");
+    let link = app.mailed_token("email_verification", &new).await;
+    // The link is no activation secret, and it works once.
+    let misuse = app
+        .users()
+        .activate_user(req(
+            "",
+            pb::ActivateUserRequest {
+                token: link.clone(),
+                cpr: unique_cpr(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(misuse, Code::FailedPrecondition)),
+        "ACTIVATION_UNKNOWN"
+    );
+    assert_eq!(get(&app, &token, &anna.id).await.email, old);
+
+    let verified = verify(&app, &link).await.unwrap();
+    assert_eq!(verified.email, new);
+    assert_eq!(verified.pending_email, "");
+    assert!(verified.email_verified);
+    let again = verify(&app, &link).await;
+    assert_code(again, Code::FailedPrecondition);
+    // Her session still works and history says she verified it herself.
+    let history = app
+        .users()
+        .list_user_history(req(
+            &anna_session,
+            pb::ListUserHistoryRequest {
+                user_id: anna.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(history[0].activity, "EMAIL_VERIFIED");
+    assert_eq!(history[0].actor, format!("user:{}", anna.id));
+    assert!(
+        history[0]
+            .changes
+            .iter()
+            .any(|c| c.field == "email" && c.before == old && c.after == new)
+    );
+    assert_eq!(history[1].activity, "USER_UPDATED");
+    assert!(
+        history[1]
+            .changes
+            .iter()
+            .any(|c| c.field == "pending_email" && c.after == new)
+    );
+
+    // A waiting change is withdrawn by giving the address in force again: its
+    // link stops working.
+    let current = get(&app, &token, &anna.id).await;
+    let third = unique_email("anna.tredje");
+    change_email(&app, &token, &current, &third).await.unwrap();
+    let third_link = app.mailed_token("email_verification", &third).await;
+    let current = get(&app, &token, &anna.id).await;
+    let withdrawn = change_email(&app, &token, &current, &new).await.unwrap();
+    assert_eq!(withdrawn.pending_email, "");
+    let late = verify(&app, &third_link).await;
+    assert_eq!(
+        reason(&assert_code(late, Code::FailedPrecondition)),
+        "ACTIVATION_REPLACED"
+    );
+    assert_eq!(get(&app, &token, &anna.id).await.email, new);
+    app.finish().await;
+}
+
+async fn an_unactivated_user_changes_address_at_once(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    let request = new_user(&fixture.org.id, "Bo", &[]);
+    let (old, cpr) = (request.email.clone(), request.cpr.clone());
+    let bo = app
+        .users()
+        .create_user(req(&token, request))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert!(!bo.email_verified);
+    let old_link = app.activation_link_token(&old).await;
+    let new = unique_email("bo.rettet");
+    let changed = change_email(&app, &token, &bo, &new).await.unwrap();
+    assert_eq!(changed.email, new, "not activated yet: the address changes at once");
+    assert_eq!(changed.pending_email, "");
+    // The activation link follows the address; the old one stops working.
+    let stale = app
+        .users()
+        .activate_user(req(
+            "",
+            pb::ActivateUserRequest {
+                token: old_link,
+                cpr: cpr.clone(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(stale, Code::FailedPrecondition)),
+        "ACTIVATION_REPLACED"
+    );
+    let activated = app.activate_by_link(&new, &cpr).await.user.unwrap();
+    assert_eq!(activated.email, new);
+    assert!(activated.email_verified);
+
+    // Activation by a handed-over code proves no address.
+    let coded = app
+        .users()
+        .create_user(req(
+            &token,
+            pb::CreateUserRequest {
+                cpr: String::new(),
+                birth_date: "1991-02-03".into(),
+                ..new_user(&fixture.org.id, "Kode", &[])
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = app
+        .users()
+        .activate_user(req(
+            "",
+            pb::ActivateUserRequest {
+                code: coded.activation_code,
+                birth_date: "1991-02-03".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert!(!done.email_verified);
+    app.finish().await;
+}
