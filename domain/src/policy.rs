@@ -99,6 +99,23 @@ impl Caller {
     }
 }
 
+/// Declares `Action` and `Action::ALL` from one list, so the list of actions
+/// cannot drift from the enum.
+macro_rules! actions {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident),* $(,)? }) => {
+        $(#[$meta])*
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every action, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+        }
+    };
+}
+
+actions! {
 /// Every guarded action of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -124,6 +141,7 @@ pub enum Action {
     ManageActivation,
     DecideAnonymityRequests,
     ManageMailQueue,
+}
 }
 
 /// What an operator may do on an organisation's users: administrators only.
@@ -315,36 +333,15 @@ mod tests {
     }
 
     #[test]
-    fn every_action_has_a_row() {
-        for action in [
-            CreateOrganisation,
-            ReadOrganisation,
-            UpdateOrganisation,
-            ReadSettings,
-            UpdateSettings,
-            SetLicenceCount,
-            ReadUnits,
-            ManageUnits,
-            CreateUser,
-            ReadUser,
-            ListUsers,
-            UpdateUser,
-            ChangeRoles,
-            DeactivateUser,
-            ReactivateUser,
-            DeleteUser,
-            ReadUserHistory,
-            CreateApiToken,
-            ManageApiTokens,
-            ManageActivation,
-            DecideAnonymityRequests,
-            ManageMailQueue,
-        ] {
-            assert!(
-                POLICY.iter().any(|(a, ..)| *a == action),
-                "{action:?} has no policy row"
+    fn every_action_has_exactly_one_row() {
+        for action in Action::ALL {
+            assert_eq!(
+                POLICY.iter().filter(|(a, ..)| a == action).count(),
+                1,
+                "{action:?} needs exactly one policy row"
             );
         }
+        assert_eq!(POLICY.len(), Action::ALL.len(), "a row for an action twice");
     }
 
     #[test]

@@ -479,6 +479,11 @@ async fn deletion_is_final_and_follows_policy(backend: Backend) {
         ))
         .await
         .unwrap();
+    // The user's token works, and is now in the 1 s authentication cache.
+    app.auth()
+        .who_am_i(req(&user_token, pb::WhoAmIRequest {}))
+        .await
+        .expect("the token works before the deletion");
     let deleted = users
         .delete_user(req(
             &token,
@@ -756,6 +761,10 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
         .into_inner()
         .api_tokens;
     assert!(listed.iter().any(|t| t.id == long.api_token.as_ref().unwrap().id));
+    // Used (and so cached for 1 s) right before it is revoked.
+    auth.who_am_i(req(&long.secret, pb::WhoAmIRequest {}))
+        .await
+        .expect("the token works before it is revoked");
     let revoked = auth
         .revoke_api_token(req(
             &fixture.admin_token,
@@ -843,6 +852,11 @@ async fn lost_rights_take_effect_at_once(backend: Backend) {
         .create_user(req(&helper_token, new_user(&fixture.org.id, "Nej", &[])))
         .await;
     assert_code(denied, Code::PermissionDenied);
+    // Still authenticated (and cached) right before the deactivation.
+    app.auth()
+        .who_am_i(req(&helper_token, pb::WhoAmIRequest {}))
+        .await
+        .expect("the token works before the deactivation");
     app.users()
         .deactivate_user(req(
             &fixture.admin_token,

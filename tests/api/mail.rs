@@ -312,7 +312,20 @@ async fn mail_waits_while_smtp_is_down(backend: Backend) {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Wait until the worker has tried every mail at least twice (and so
+    // found the server down), rather than for a while.
+    let started = std::time::Instant::now();
+    loop {
+        let (tried, waiting) = pending_attempts(&app).await;
+        if waiting >= 6 && tried >= 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the worker did not retry: {waiting} pending, fewest attempts {tried}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (pending, sent, failed) = app.domain.outbox_counts().await.unwrap();
     assert_eq!((sent, failed), (0, 0), "nothing delivered, nothing given up");
     assert!(pending >= 6, "the admin's and the five users' mails wait: {pending}");
@@ -320,8 +333,15 @@ async fn mail_waits_while_smtp_is_down(backend: Backend) {
     for email in &emails {
         sink.wait_for(email, 1).await;
     }
-    // Give a duplicate the chance to show up, then count.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A duplicate would come from sending a mail again: wait for a mail
+    // queued after all of them, and for nothing left pending, then count.
+    let late = new_user(&fixture.org.id, "Senere", &[]);
+    app.users()
+        .create_user(req(&fixture.admin_token, late.clone()))
+        .await
+        .unwrap();
+    sink.wait_for(&late.email, 1).await;
+    app.wait_outbox_drained().await;
     let received = sink.received();
     let ids: HashSet<_> = received.iter().map(|m| m.message_id.clone()).collect();
     assert_eq!(ids.len(), received.len(), "none twice");
@@ -489,7 +509,9 @@ async fn anonymity_request_notifies_and_recreates(backend: Backend) {
         mail.iter().any(|m| m.text.contains("Skjult")),
         "the request names the requester"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every mail the request queued is sent (so in the sink) once nothing
+    // is pending: only then is "no mail" an answer.
+    assert_eq!(app.wait_outbox_drained().await.1, 0, "no mail failed");
     let to_second: Vec<_> = sink
         .received()
         .into_iter()
@@ -555,6 +577,11 @@ async fn anonymity_request_notifies_and_recreates(backend: Backend) {
         .into_inner()
         .anonymity_requests;
     assert_eq!(listed.len(), 1);
+    // The requester's token works (and is cached) right before the approval.
+    app.auth()
+        .who_am_i(req(&user_token, pb::WhoAmIRequest {}))
+        .await
+        .expect("the requester's token works");
     let decided = app
         .users()
         .decide_anonymity_request(req(
@@ -621,7 +648,13 @@ async fn mails_are_localised(backend: Backend) {
     let sink = SmtpSink::start(0);
     let worker = TestWorker::start(&app, worker_config(&app, &sink.url()));
     let fixture = app.org_with_admin().await;
-    let mut subjects = Vec::new();
+    // A word of each language's activation mail that the others lack.
+    let words = [
+        (pb::Language::Da, "brugerprofil"),
+        (pb::Language::Sv, "användarprofil"),
+        (pb::Language::En, "user profile"),
+    ];
+    let mut mails = Vec::new();
     for (language, first) in [
         (pb::Language::Da, "Søren"),
         (pb::Language::Sv, "Åsa"),
@@ -645,12 +678,23 @@ async fn mails_are_localised(backend: Backend) {
         );
         assert!(mail.html.contains(first));
         assert!(mail.html.contains("<html"));
-        subjects.push(mail.subject);
+        for (other, word) in words {
+            let expected = other == language;
+            for (part, content) in [("subject", &mail.subject), ("text", &mail.text), ("html", &mail.html)] {
+                assert_eq!(
+                    content.contains(word),
+                    expected,
+                    "{language:?} mail, {part}: {word:?} is the {other:?} word: {content}"
+                );
+            }
+        }
+        mails.push(mail);
     }
-    assert!(
-        subjects[0] != subjects[1] && subjects[1] != subjects[2],
-        "three languages: {subjects:?}"
-    );
+    for (i, a) in mails.iter().enumerate() {
+        for b in &mails[i + 1..] {
+            assert_ne!(a.subject, b.subject, "three languages, three subjects");
+        }
+    }
     worker.stop().await;
     app.finish().await;
 }
@@ -711,4 +755,20 @@ async fn committed_mail_reaches_smtp_within_two_seconds(backend: Backend) {
     assert!(took < Duration::from_secs(2), "took {took:?}");
     worker.stop().await;
     app.finish().await;
+}
+
+/// (fewest attempts of a pending mail, number of pending mails).
+async fn pending_attempts(app: &TestApp) -> (i64, i64) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = app.domain.db();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT CAST(COALESCE(MIN(attempts), 0) AS BIGINT), COUNT(*) FROM outbox_mails WHERE state = 'PENDING'"
+                .to_owned(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    (row.try_get_by_index(0).unwrap(), row.try_get_by_index(1).unwrap())
 }

@@ -5,6 +5,7 @@ mod bounds;
 mod contract;
 mod credentials;
 mod email_change;
+mod fingerprint;
 mod history;
 mod lifecycle;
 mod limits;

@@ -12,16 +12,9 @@ use orgadmin_proto::v1::user_service_client::UserServiceClient;
 use orgadmin_tests::*;
 use tonic::Code;
 
+/// The binary `name` built from these sources (not whatever is on disk).
 fn binary(name: &str) -> PathBuf {
-    // target/<profile>/deps/api-<hash> -> target/<profile>/<name>
-    let exe = std::env::current_exe().expect("test binary path");
-    let path = exe.parent().and_then(|p| p.parent()).expect("target dir").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --bins` first (scripts/test does)",
-        path.display()
-    );
-    path
+    built_binary(name)
 }
 
 /// Runs a command that must end by itself within 10 s (a binary that

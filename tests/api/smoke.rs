@@ -9,20 +9,9 @@ use orgadmin_tests::*;
 
 both_backends!(grpcurl_walkthrough);
 
+/// The `orgadmin-service` built from these sources (not whatever is on disk).
 fn binary() -> PathBuf {
-    // target/<profile>/deps/api-<hash> -> target/<profile>/orgadmin-service
-    let exe = std::env::current_exe().expect("test binary path");
-    let path = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .join("orgadmin-service");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --bins` first (scripts/test does)",
-        path.display()
-    );
-    path
+    built_binary("orgadmin-service")
 }
 
 /// grpcurl's output for a call that must fail (its stdout and stderr).

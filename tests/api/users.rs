@@ -1,7 +1,7 @@
 use orgadmin_proto::v1 as pb;
 use orgadmin_tests::*;
 use prost_types::FieldMask;
-use sea_orm::{ConnectionTrait, Statement};
+use sea_orm::ConnectionTrait;
 use tonic::Code;
 
 both_backends!(
@@ -482,44 +482,172 @@ async fn user_update_with_etag_and_history(backend: Backend) {
     app.finish().await;
 }
 
+/// The forms in which `cpr` shows in `value`: the clear number, its dashed
+/// form (DDMMYY-XXXX), and its last four digits on their own (next to no
+/// letter or digit, and not followed by a dash: a UUID group is not a CPR
+/// number's tail).
+fn cpr_forms_in(value: &[u8], cpr: &str) -> Vec<&'static str> {
+    let contains = |needle: &[u8]| value.windows(needle.len()).any(|w| w == needle);
+    let last_four = &cpr.as_bytes()[6..];
+    let alone = (0..value.len().saturating_sub(3)).any(|i| {
+        value[i..i + 4] == *last_four
+            && (i == 0 || !value[i - 1].is_ascii_alphanumeric())
+            && value
+                .get(i + 4)
+                .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'-')
+    });
+    let mut forms = Vec::new();
+    if contains(cpr.as_bytes()) {
+        forms.push("clear");
+    }
+    if contains(format!("{}-{}", &cpr[..6], &cpr[6..]).as_bytes()) {
+        forms.push("dashed");
+    }
+    if alone {
+        forms.push("last four");
+    }
+    forms
+}
+
+/// Every (table, column, form) of the database where `cpr` shows.
+async fn cpr_in_database(app: &TestApp, cpr: &str) -> Vec<(String, String, &'static str)> {
+    let tables = app.dump().await;
+    let mut found = Vec::new();
+    for table in &tables {
+        for row in &table.rows {
+            for (column, value) in table.columns.iter().zip(row) {
+                for form in cpr_forms_in(value.as_deref().unwrap_or_default(), cpr) {
+                    found.push((table.name.clone(), column.clone(), form));
+                }
+            }
+        }
+    }
+    found
+}
+
 async fn cpr_is_never_stored_or_returned_in_clear(backend: Backend) {
     let app = TestApp::start(backend).await;
     let fixture = app.org_with_admin().await;
-    let request = new_user(&fixture.org.id, "Hemmelig", &[]);
-    let cpr = request.cpr.clone();
-    let user = app
-        .users()
-        .create_user(req(&fixture.admin_token, request))
+    // Last four digits that no other user of the suite has (`unique_cpr`
+    // ends in 1000-3999) and no timestamp or count holds.
+    let (first_cpr, second_cpr) = ("0703854821", "1508854937");
+    let mut users = app.users();
+    let user = users
+        .create_user(req(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                cpr: first_cpr.into(),
+                ..new_user(&fixture.org.id, "Hemmelig", &[])
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
         .user
         .unwrap();
-    assert_eq!(user.cpr_masked, format!("{}-XXXX", &cpr[..6]));
-    assert!(!format!("{user:?}").contains(&cpr));
-
-    // Read every column of every row as text: the number is nowhere.
-    let db = app.domain.db();
-    let sql = match backend {
-        Backend::Postgres => {
-            "SELECT CAST(u.* AS TEXT) FROM users u UNION ALL SELECT CAST(h.* AS TEXT) FROM history_events h"
-        }
-        Backend::Sqlite => {
-            "SELECT COALESCE(cpr_hash,'') || '|' || COALESCE(cpr_ciphertext,'') || '|' || email || first_name FROM users UNION ALL SELECT changes FROM history_events"
-        }
-    };
-    let rows = db
-        .query_all_raw(Statement::from_string(db.get_database_backend(), sql.to_owned()))
+    assert_eq!(user.cpr_masked, "070385-XXXX");
+    // A new number through UpdateUser: the old one must not linger either
+    // (in history's `before`, say).
+    let user = users
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(user),
+                update_mask: mask(&["cpr"]),
+                cpr: second_cpr.into(),
+            },
+        ))
         .await
+        .unwrap()
+        .into_inner()
+        .user
         .unwrap();
-    assert!(rows.len() >= 3);
-    for row in rows {
-        let text: String = row.try_get_by_index(0).unwrap();
-        assert!(!text.contains(&cpr), "clear CPR stored: {text}");
+    assert_eq!(user.cpr_masked, "150885-XXXX");
+    let history = users
+        .list_user_history(req(
+            &fixture.admin_token,
+            pb::ListUserHistoryRequest {
+                user_id: user.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = users
+        .list_users(req(
+            &fixture.admin_token,
+            pb::ListUsersRequest {
+                organisation_id: fixture.org.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        history
+            .events
+            .iter()
+            .any(|e| e.changes.iter().any(|c| c.field == "cpr"))
+    );
+    for cpr in [first_cpr, second_cpr] {
+        for (what, text) in [
+            ("the user", format!("{user:?}")),
+            ("the history", format!("{history:?}")),
+            ("the list", format!("{listed:?}")),
+        ] {
+            assert_eq!(cpr_forms_in(text.as_bytes(), cpr), Vec::<&str>::new(), "{what}: {text}");
+        }
+    }
+
+    // Every column of every table, on both databases: neither number, in
+    // any form.
+    let tables = app.dump().await;
+    for (table, column) in [
+        ("users", "cpr_hash"),
+        ("users", "cpr_ciphertext"),
+        ("history_events", "changes"),
+        ("outbox_mails", "payload"),
+        ("activation_secrets", "secret_hash"),
+    ] {
         assert!(
-            !text.contains(&cpr[6..]) || text.len() > 40,
-            "last four digits stored in clear: {text}"
+            tables
+                .iter()
+                .any(|t| t.name == table && t.columns.iter().any(|c| c == column)),
+            "the scan reads {table}.{column}"
         );
+    }
+    assert!(tables.len() >= 12, "every table: {}", tables.len());
+    for cpr in [first_cpr, second_cpr] {
+        assert_eq!(
+            cpr_in_database(&app, cpr).await,
+            vec![],
+            "CPR number {cpr} stored in clear"
+        );
+    }
+
+    // The scan can fail: each form, planted in one value, is found there.
+    let db = app.domain.db();
+    for (planted, forms) in [
+        (first_cpr.to_owned(), vec!["clear"]),
+        (
+            format!("{}-{}", &first_cpr[..6], &first_cpr[6..]),
+            vec!["dashed", "last four"],
+        ),
+        (format!("XXXXXX-{}", &first_cpr[6..]), vec!["last four"]),
+        (format!("slut {}", &first_cpr[6..]), vec!["last four"]),
+    ] {
+        let sql = format!(
+            "UPDATE organisations SET billing_reference = '{planted}' WHERE cvr = '{}'",
+            fixture.org.cvr
+        );
+        db.execute_unprepared(&sql).await.unwrap();
+        let expected: Vec<_> = forms
+            .iter()
+            .map(|form| ("organisations".to_owned(), "billing_reference".to_owned(), *form))
+            .collect();
+        assert_eq!(cpr_in_database(&app, first_cpr).await, expected, "planted {planted:?}");
     }
     app.finish().await;
 }

@@ -1,33 +1,54 @@
 //! Worker processes (the real `orgadmin-worker` binary) against one database
-//! and a real SMTP server: replicas split the queue; a worker killed mid-batch
-//! loses no mail.
+//! and a real SMTP server: replicas split the queue (each sends a share); a
+//! worker killed mid-batch loses no mail.
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orgadmin_tests::*;
+use sea_orm::{ConnectionTrait, Statement};
 
 both_backends!(replicas_send_each_mail_once, killed_worker_loses_no_mail);
 
-struct Worker(Child);
+/// A worker process; its log (JSON lines) is read for its start and its id.
+struct Worker {
+    child: Child,
+    /// The worker's id (the `claimed_by` of the mails it claims), once started.
+    started: std::sync::mpsc::Receiver<String>,
+}
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Worker {
+    /// Waits for the worker's "worker started" line; returns its id.
+    async fn started(&self) -> String {
+        let started = Instant::now();
+        loop {
+            match self.started.try_recv() {
+                Ok(id) => return id,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(e) => panic!("the worker ended before it started: {e}"),
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "the worker did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[track_caller]
+    fn assert_alive(&mut self) {
+        let exited = self.child.try_wait().expect("worker status");
+        assert!(exited.is_none(), "a worker died: {exited:?}");
     }
 }
 
 fn spawn_worker(app: &TestApp, sink: &SmtpSink, lease_ms: u32) -> Worker {
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe.parent().and_then(|p| p.parent()).unwrap().join("orgadmin-worker");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build --bins` first (scripts/test does)",
-        binary.display()
-    );
-    let child = Command::new(binary)
+    let child = Command::new(built_binary("orgadmin-worker"))
         .current_dir(&app.dir)
         .env("DATABASE_URL", &app.database_url)
         .env("SMTP_URL", sink.url())
@@ -37,15 +58,52 @@ fn spawn_worker(app: &TestApp, sink: &SmtpSink, lease_ms: u32) -> Worker {
         .env("ORGADMIN_MAIL_POLL_INTERVAL_MS", "50")
         .env("ORGADMIN_MAIL_LEASE_MS", lease_ms.to_string())
         .env("ORGADMIN_MAIL_POOL_SIZE", "4")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .env("RUST_LOG", "warn,orgadmin_worker=info")
+        .env("ORGADMIN_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
         .spawn()
         .expect("start orgadmin-worker");
-    Worker(child)
+    let mut child = child;
+    let stdout = child.stdout.take().expect("worker stdout");
+    let (tx, started) = std::sync::mpsc::channel();
+    // Reads the log to its end (a full pipe would stall the worker).
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if event["message"] == "worker started"
+                && let Some(id) = event["worker"].as_str()
+            {
+                let _ = tx.send(id.to_owned());
+            }
+        }
+    });
+    Worker { child, started }
+}
+
+/// Sent mails per `claimed_by` (the worker that claimed and sent them).
+async fn sent_by_worker(app: &TestApp) -> HashMap<String, i64> {
+    let db = app.domain.db();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT claimed_by, COUNT(*) FROM outbox_mails WHERE state = 'SENT' GROUP BY claimed_by".to_owned(),
+        ))
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|row| {
+            let worker: Option<String> = row.try_get_by_index(0).unwrap();
+            (worker.unwrap_or_default(), row.try_get_by_index(1).unwrap())
+        })
+        .collect()
 }
 
 /// Creates `n` CPR users (each queues an activation mail); returns their e-mails.
-async fn queue_mails(app: &TestApp, n: usize) -> HashSet<String> {
+async fn queue_mails(app: &TestApp, n: usize) -> (OrgFixture, HashSet<String>) {
     let fixture = app.org_with_admin_limits(Some(n as i32 + 10), None).await;
     let mut emails = HashSet::new();
     emails.insert(fixture.admin.email.clone());
@@ -68,7 +126,7 @@ async fn queue_mails(app: &TestApp, n: usize) -> HashSet<String> {
     while let Some(made) = tasks.join_next().await {
         emails.extend(made.unwrap());
     }
-    emails
+    (fixture, emails)
 }
 
 async fn wait_for_all(sink: &SmtpSink, expected: &HashSet<String>, timeout: Duration) -> Vec<ReceivedMail> {
@@ -98,19 +156,44 @@ async fn replicas_send_each_mail_once(backend: Backend) {
         Backend::Postgres => (1000, 2),
         Backend::Sqlite => (300, 1),
     };
-    let expected = queue_mails(&app, n).await;
-    let workers: Vec<Worker> = (0..replicas).map(|_| spawn_worker(&app, &sink, 60_000)).collect();
-    let received = wait_for_all(&sink, &expected, Duration::from_secs(120)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let received_after = sink.received();
+    let (fixture, expected) = queue_mails(&app, n).await;
+    let mut workers: Vec<Worker> = (0..replicas).map(|_| spawn_worker(&app, &sink, 60_000)).collect();
+    let mut ids = Vec::new();
+    for worker in &workers {
+        ids.push(worker.started().await);
+    }
+    wait_for_all(&sink, &expected, Duration::from_secs(120)).await;
+    // No duplicate: one more mail, queued after all the others, arrives; and
+    // once nothing is pending, every mail the workers will send is in the sink.
+    let late = new_user(&fixture.org.id, "Sidst", &[]);
+    app.users()
+        .create_user(req(&fixture.admin_token, late.clone()))
+        .await
+        .unwrap();
+    sink.wait_for(&late.email, 1).await;
+    let (sent, failed) = app.wait_outbox_drained().await;
+    assert_eq!((sent, failed), (n as u64 + 3, 0));
+    for worker in &mut workers {
+        worker.assert_alive();
+    }
+    let received = sink.received();
     drop(workers);
-    assert_eq!(received.len(), received_after.len(), "nothing more arrived late");
-    let ids: HashSet<_> = received_after.iter().map(|m| m.message_id.clone()).collect();
-    // Plus the administrator's activation and welcome mails.
-    assert_eq!(received_after.len(), n + 2, "each mail exactly once");
-    assert_eq!(ids.len(), n + 2, "distinct Message-IDs");
-    let (pending, sent, failed) = app.domain.outbox_counts().await.unwrap();
-    assert_eq!((pending, sent, failed), (0, n as u64 + 2, 0));
+    let message_ids: HashSet<_> = received.iter().map(|m| m.message_id.clone()).collect();
+    assert_eq!(received.len(), n + 3, "each mail exactly once");
+    assert_eq!(message_ids.len(), n + 3, "distinct Message-IDs");
+    // Each replica claimed and sent a share of the queue; nobody else did.
+    let shares = sent_by_worker(&app).await;
+    assert_eq!(
+        shares.keys().collect::<HashSet<_>>(),
+        ids.iter().collect::<HashSet<_>>(),
+        "senders: {shares:?}"
+    );
+    for id in &ids {
+        assert!(
+            shares[id] as usize >= (n + 3) / (replicas * 5),
+            "worker {id} sent too small a share: {shares:?}"
+        );
+    }
     app.finish().await;
 }
 
@@ -119,7 +202,7 @@ async fn killed_worker_loses_no_mail(backend: Backend) {
     // A slow SMTP server keeps a batch in flight when the worker dies.
     let sink = SmtpSink::start(25);
     let n = 120;
-    let expected = queue_mails(&app, n).await;
+    let (_, expected) = queue_mails(&app, n).await;
     let mut first = spawn_worker(&app, &sink, 1500);
     let started = Instant::now();
     while sink.received().len() < 15 {
@@ -129,8 +212,8 @@ async fn killed_worker_loses_no_mail(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    first.0.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
-    let _ = first.0.wait();
+    first.child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
+    let _ = first.child.wait();
     let before_restart = sink.received().len();
     assert!(before_restart < n + 2, "killed mid-queue");
     let _second = spawn_worker(&app, &sink, 1500);

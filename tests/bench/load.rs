@@ -21,7 +21,8 @@
 //!   VmHWM from /proc.
 //!
 //! Output: human-readable lines, plus tab-separated machine lines starting
-//! with `SETUP`, `RESULT` or `RSS` that `scripts/bench` turns into a table.
+//! with `SETUP`, `RESULT`, `CPU`, `LAG` (paced phases: the pacer's lag p99
+//! and max, ms) or `RSS` that `scripts/bench` turns into a table.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -218,14 +219,19 @@ impl Stats {
     }
 
     fn percentile_ms(&mut self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        self.latencies_us.sort_unstable();
-        let rank = ((p / 100.0) * self.latencies_us.len() as f64).ceil() as usize;
-        let i = rank.clamp(1, self.latencies_us.len()) - 1;
-        f64::from(self.latencies_us[i]) / 1000.0
+        percentile_ms(&mut self.latencies_us, p)
     }
+}
+
+/// The p-th percentile (nearest rank) of microsecond values, in ms.
+fn percentile_ms(values_us: &mut [u32], p: f64) -> f64 {
+    if values_us.is_empty() {
+        return f64::NAN;
+    }
+    values_us.sort_unstable();
+    let rank = ((p / 100.0) * values_us.len() as f64).ceil() as usize;
+    let i = rank.clamp(1, values_us.len()) - 1;
+    f64::from(values_us[i]) / 1000.0
 }
 
 /// `concurrency` callers, each calling again as soon as its call returns,
@@ -283,10 +289,26 @@ where
     total
 }
 
-/// Open-loop pacing: call number i is sent at start + i/rate (to the 1 ms
+/// How late the pacer got calls out: for each measured call, the time from
+/// its scheduled send to the moment its task started sending it.
+#[derive(Default)]
+struct PacerLag {
+    lag_us: Vec<u32>,
+}
+
+impl PacerLag {
+    fn percentile_ms(&mut self, p: f64) -> f64 {
+        percentile_ms(&mut self.lag_us, p)
+    }
+}
+
+/// Open-loop pacing: call number i is due at start + i/rate (to the 1 ms
 /// resolution of the tokio timer), whether or not earlier calls have
-/// returned. Latency is measured from the moment each call is sent.
-async fn fixed_rate<F, Fut>(s: &Settings, rate: f64, channels: &[Channel], call: F) -> (Stats, Duration)
+/// returned. Latency counts from the call's due time, not from when its task
+/// got to run: a pacer or runtime that falls behind shows in the latency (as
+/// it would for a client that really sent at that rate), and the lag itself
+/// is returned.
+async fn fixed_rate<F, Fut>(s: &Settings, rate: f64, channels: &[Channel], call: F) -> (Stats, PacerLag)
 where
     F: Fn(Channel, u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Status>> + Send + 'static,
@@ -296,8 +318,9 @@ where
     let measure_from = start + Duration::from_secs_f64(s.warmup);
     let end = measure_from + Duration::from_secs_f64(s.seconds);
     let cpu = cpu_window(s.server_pid, measure_from.into_std(), end.into_std());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(bool, Instant, Result<u32, String>)>();
-    let mut max_lag = Duration::ZERO;
+    type Outcome = (bool, Instant, u32, Result<u32, String>);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+    let micros = |d: Duration| d.as_micros().min(u128::from(u32::MAX)) as u32;
     let mut i: u64 = 0;
     loop {
         let due = start + interval * u32::try_from(i).expect("call count");
@@ -305,21 +328,19 @@ where
             break;
         }
         tokio::time::sleep_until(due).await;
-        let now = tokio::time::Instant::now();
         let measured = due >= measure_from;
-        if measured {
-            max_lag = max_lag.max(now - due);
-        }
         let channel = channels[(i as usize) % channels.len()].clone();
         let call = call.clone();
         let tx = tx.clone();
+        let due = due.into_std();
         tokio::spawn(async move {
-            let sent = Instant::now();
+            let lag = micros(Instant::now().saturating_duration_since(due));
             let result = call(channel, i).await;
-            let latency = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+            let latency = micros(due.elapsed());
             let _ = tx.send((
                 measured,
                 Instant::now(),
+                lag,
                 result
                     .map(|()| latency)
                     .map_err(|st| format!("{:?}: {}", st.code(), st.message())),
@@ -332,15 +353,17 @@ where
         window: Duration::from_secs_f64(s.seconds),
         ..Default::default()
     };
+    let mut lag = PacerLag::default();
     let (from, to) = (measure_from.into_std(), end.into_std());
     let mut served = 0;
-    while let Some((measured, done, result)) = rx.recv().await {
+    while let Some((measured, done, lag_us, result)) = rx.recv().await {
         if result.is_ok() && done >= from && done <= to {
             served += 1;
         }
         if !measured {
             continue;
         }
+        lag.lag_us.push(lag_us);
         match result {
             Ok(us) => stats.latencies_us.push(us),
             Err(e) => {
@@ -351,7 +374,7 @@ where
     }
     stats.cpu = cpu.await.ok().flatten();
     stats.served = Some(served);
-    (stats, max_lag)
+    (stats, lag)
 }
 
 fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
@@ -531,15 +554,18 @@ async fn main() -> AnyResult<()> {
                     Some(r) => r.parse().unwrap_or_else(|_| panic!("phase {fixed:?}: not a rate")),
                     None => s.rate,
                 };
-                let (mut stats, lag) = fixed_rate(&s, rate, &channels, get.clone()).await;
+                let (mut stats, mut lag) = fixed_rate(&s, rate, &channels, get.clone()).await;
+                let name = format!("get_fixed_{rate}");
+                let (lag_p99, lag_max) = (lag.percentile_ms(99.0), lag.percentile_ms(100.0));
                 report(
-                    &format!("get_fixed_{rate}"),
+                    &name,
                     &mut stats,
                     &format!(
-                        " at {rate} calls/s offered, max send lag {:.1} ms",
-                        lag.as_secs_f64() * 1000.0
+                        " at {rate} calls/s offered, latency from each call's due time; \
+                         pacer lag p99 {lag_p99:.3} ms, max {lag_max:.3} ms"
                     ),
                 );
+                println!("LAG\t{name}\t{lag_p99:.3}\t{lag_max:.3}");
             }
             create if create == "create" || create.starts_with("create:") => {
                 // `create:<n>`: the callers spread their calls over n

@@ -17,6 +17,11 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
+mod binaries;
+mod catalog;
+pub use binaries::built_binary;
+pub use catalog::{Fingerprint, TableDump, dump_database, fingerprint_of};
+
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const OPERATOR_TOKEN: &str = "oat_test-operator-token-0123456789abcdefghijklmnopq";
 pub const TEST_DB_PREFIX: &str = "orgadmin_t_";
@@ -196,41 +201,35 @@ impl TestApp {
             .collect()
     }
 
-    /// A fingerprint of every table's content that any write changes: row
-    /// counts, summed versions and revocations. Equal before and after a call
-    /// means the call changed nothing.
-    pub async fn fingerprint(&self) -> Vec<i64> {
-        let queries = [
-            "SELECT COUNT(*) FROM organisations",
-            "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM organisations",
-            "SELECT CAST(COALESCE(SUM(licences_used), 0) AS BIGINT) FROM organisations",
-            "SELECT COUNT(*) FROM units",
-            "SELECT COUNT(*) FROM users",
-            "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM users",
-            "SELECT COUNT(*) FROM user_roles",
-            "SELECT COUNT(*) FROM history_events",
-            "SELECT COUNT(*) FROM api_tokens",
-            "SELECT COUNT(revoked_at) FROM api_tokens",
-            "SELECT COUNT(*) FROM outbox_mails",
-            "SELECT COUNT(*) FROM activation_secrets",
-            "SELECT COUNT(revoked_at) FROM activation_secrets",
-            "SELECT COUNT(*) FROM notifications",
-            "SELECT COUNT(*) FROM anonymity_requests",
-            "SELECT COUNT(decided_at) FROM anonymity_requests",
-            "SELECT COUNT(*) FROM notification_preferences",
-            "SELECT COUNT(*) FROM outbox_mails WHERE state = 'FAILED'",
-        ];
-        let db = self.domain.db();
-        let mut out = Vec::new();
-        for sql in queries {
-            let row = db
-                .query_one_raw(Statement::from_string(db.get_database_backend(), sql.to_owned()))
-                .await
-                .expect("fingerprint query")
-                .expect("one row");
-            out.push(row.try_get_by_index::<i64>(0).expect("integer"));
+    /// A fingerprint of every value of every table, tables and columns read
+    /// from the database's catalog (so a table added later is covered without
+    /// being listed). Equal before and after a call means the call changed
+    /// nothing; on a difference, the map names the tables that changed.
+    pub async fn fingerprint(&self) -> Fingerprint {
+        fingerprint_of(&self.dump().await)
+    }
+
+    /// Every row of every table, each value as bytes (see `catalog`).
+    pub async fn dump(&self) -> Vec<TableDump> {
+        dump_database(self.domain.db()).await
+    }
+
+    /// Waits (up to 30 s) until no mail is pending, and returns the (sent,
+    /// failed) counts: every mail queued so far has then been handed to the
+    /// SMTP server or given up on, so what did not arrive never will.
+    pub async fn wait_outbox_drained(&self) -> (u64, u64) {
+        let started = std::time::Instant::now();
+        loop {
+            let (pending, sent, failed) = self.domain.outbox_counts().await.expect("outbox counts");
+            if pending == 0 {
+                return (sent, failed);
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "{pending} mail(s) still pending after 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        out
     }
 }
 
