@@ -189,9 +189,23 @@ pub fn request_id(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Characters that take no room on screen: spaces, zero-width spaces and
+/// joiners, direction marks, the soft hyphen, the byte-order mark.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}' | '\u{FEFF}'
+        )
+}
+
 pub fn text(value: &str, max: usize) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err("must not be empty".into());
+    }
+    if value.chars().all(is_invisible) {
+        return Err("must contain a visible character".into());
     }
     if value.chars().count() > max {
         return Err(format!("must be at most {max} characters"));
@@ -272,6 +286,13 @@ mod tests {
         assert!(normalise_cpr_on("0101304123", today).is_err());
         assert_eq!(normalise_cpr_on("010180-1234", today).unwrap(), "0101801234");
         assert_eq!(mask_cpr("0101001234"), "010100-XXXX");
+    }
+
+    #[test]
+    fn names_need_a_visible_character() {
+        assert!(text("\u{200B}\u{200D}\u{FEFF}", 100).is_err());
+        assert!(text(" \u{200B} ", 100).is_err());
+        assert!(text("Ærø\u{200B}", 100).is_ok());
     }
 
     #[test]

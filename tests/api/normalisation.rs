@@ -20,6 +20,7 @@ both_backends!(
     addresses_a_mailer_reads_differently_are_refused,
     mail_goes_to_exactly_the_accepted_address,
     migration_keys_existing_rows,
+    names_of_only_invisible_characters_are_refused,
 );
 
 const NFD_A_RING: &str = "A\u{30A}";
@@ -616,5 +617,40 @@ async fn migration_keys_existing_rows(backend: Backend) {
         keys(&fixed.id).await,
         (Some(format!("newer.{n}@firma.dk")), Some(format!("newer{n}")))
     );
+    app.finish().await;
+}
+
+/// A name of zero-width characters looks empty everywhere it is shown.
+async fn names_of_only_invisible_characters_are_refused(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let before = app.fingerprint().await;
+    let created = app
+        .users()
+        .create_user(req(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                first_name: "\u{200B}\u{200D}".into(),
+                surname: "\u{FEFF}".into(),
+                ..new_user(&fixture.org.id, "Usynlig", &[])
+            },
+        ))
+        .await;
+    let status = assert_code(created, Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), vec!["first_name".to_owned(), "surname".to_owned()]);
+    let organisation = app
+        .orgs()
+        .create_organisation(req(
+            OPERATOR_TOKEN,
+            pb::CreateOrganisationRequest {
+                name: "\u{2060}".into(),
+                cvr: unique_cvr(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    let status = assert_code(organisation, Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), vec!["name".to_owned()]);
+    assert_eq!(app.fingerprint().await, before);
     app.finish().await;
 }
