@@ -42,6 +42,34 @@ macro_rules! string_enum_pub {
 }
 
 string_enum_pub!(
+    /// What a history event records (R-USR-2, R-USR-7): every write names
+    /// one, and the history filter accepts these only.
+    Activity {
+        ActivationCodeCreated => "ACTIVATION_CODE_CREATED",
+        ActivationSent => "ACTIVATION_SENT",
+        AnonymityRejected => "ANONYMITY_REJECTED",
+        AnonymityRequested => "ANONYMITY_REQUESTED",
+        ApiTokenCreated => "API_TOKEN_CREATED",
+        ApiTokenRevoked => "API_TOKEN_REVOKED",
+        EmailVerified => "EMAIL_VERIFIED",
+        OrganisationCreated => "ORGANISATION_CREATED",
+        OrganisationUpdated => "ORGANISATION_UPDATED",
+        SettingsUpdated => "SETTINGS_UPDATED",
+        LicenceCountChanged => "LICENCE_COUNT_CHANGED",
+        UnitCreated => "UNIT_CREATED",
+        UnitDeleted => "UNIT_DELETED",
+        UnitUpdated => "UNIT_UPDATED",
+        UserActivated => "USER_ACTIVATED",
+        UserClosedForAnonymity => "USER_CLOSED_FOR_ANONYMITY",
+        UserCreated => "USER_CREATED",
+        UserUpdated => "USER_UPDATED",
+        UserDeactivated => "USER_DEACTIVATED",
+        UserReactivated => "USER_REACTIVATED",
+        UserDeleted => "USER_DELETED",
+    }
+);
+
+string_enum_pub!(
     /// R-USR-2. `Deleted` is final.
     UserState {
         PendingActivation => "PENDING_ACTIVATION",

@@ -84,6 +84,21 @@ async fn history_names_the_actor_as_they_were(backend: Backend) {
     assert_eq!(created.actor_name, "Admin Jørgensen", "as they were at the time");
     assert_eq!(renamed.first_name, "Adminna");
 
+    // The filter takes activities history can hold; a typo is an error.
+    let typo = app
+        .users()
+        .list_user_history(req(
+            &token,
+            pb::ListUserHistoryRequest {
+                user_id: anna.id.clone(),
+                activities: vec!["USER_UPDATED".into(), "USER_UPDATE".into()],
+                ..Default::default()
+            },
+        ))
+        .await;
+    let status = assert_code(typo, tonic::Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), vec!["activities[1]".to_owned()]);
+
     // The operator and the worker are named for what they are.
     let admin_history = history(&app, OPERATOR_TOKEN, &fixture.admin.id).await;
     let by_operator = admin_history.iter().find(|e| e.activity == "USER_CREATED").unwrap();

@@ -29,7 +29,7 @@ impl Subject {
 pub(crate) struct NewEvent<'a> {
     pub organisation_id: Option<Uuid>,
     pub subject: Subject,
-    pub activity: &'static str,
+    pub activity: crate::model::Activity,
     pub caller: &'a Caller,
     pub at: Millis,
     pub changes: Vec<FieldChange>,
@@ -47,7 +47,7 @@ pub(crate) fn to_row(event: NewEvent<'_>) -> history_event::ActiveModel {
         actor_name: Set(event.caller.display_name()),
         actor_email: Set(event.caller.identity.as_ref().map(|i| i.email.clone())),
         on_behalf_of: Set(event.caller.on_behalf_of()),
-        activity: Set(event.activity.to_owned()),
+        activity: Set(event.activity.as_str().to_owned()),
         changes: Set(changes_json(&event.changes)),
     }
 }

@@ -251,7 +251,7 @@ impl Domain {
             NewEvent {
                 organisation_id: Some(org.id),
                 subject: Subject::User(user_id),
-                activity: "ACTIVATION_SENT",
+                activity: Activity::ActivationSent,
                 caller,
                 at: now_millis(),
                 changes,
@@ -291,7 +291,7 @@ impl Domain {
             NewEvent {
                 organisation_id: Some(org.id),
                 subject: Subject::User(user_id),
-                activity: "ACTIVATION_CODE_CREATED",
+                activity: Activity::ActivationCodeCreated,
                 caller,
                 at: now_millis(),
                 changes,
@@ -421,7 +421,7 @@ impl Domain {
             NewEvent {
                 organisation_id: Some(org.id),
                 subject: Subject::User(row.id),
-                activity: "USER_ACTIVATED",
+                activity: Activity::UserActivated,
                 caller: &caller,
                 at: now,
                 changes,

@@ -122,7 +122,7 @@ impl Domain {
             NewEvent {
                 organisation_id: Some(org_id),
                 subject: Subject::User(user_id),
-                activity: "ANONYMITY_REQUESTED",
+                activity: Activity::AnonymityRequested,
                 caller,
                 at: now,
                 changes,
@@ -290,7 +290,7 @@ impl Domain {
                 NewEvent {
                     organisation_id: Some(org.id),
                     subject: Subject::User(old.id),
-                    activity: "USER_CLOSED_FOR_ANONYMITY",
+                    activity: Activity::UserClosedForAnonymity,
                     caller,
                     at: now,
                     changes,
@@ -306,7 +306,7 @@ impl Domain {
                 NewEvent {
                     organisation_id: Some(org.id),
                     subject: Subject::User(new_id),
-                    activity: "USER_CREATED",
+                    activity: Activity::UserCreated,
                     caller,
                     at: now,
                     changes,
@@ -325,7 +325,7 @@ impl Domain {
                 NewEvent {
                     organisation_id: Some(org.id),
                     subject: Subject::User(old.id),
-                    activity: "ANONYMITY_REJECTED",
+                    activity: Activity::AnonymityRejected,
                     caller,
                     at: now,
                     changes,

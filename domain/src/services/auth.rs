@@ -272,7 +272,7 @@ impl Domain {
             NewEvent {
                 organisation_id: Some(target.organisation_id),
                 subject: Subject::User(user_id),
-                activity: "API_TOKEN_CREATED",
+                activity: Activity::ApiTokenCreated,
                 caller,
                 at: now,
                 changes,
@@ -353,7 +353,7 @@ impl Domain {
             NewEvent {
                 organisation_id: Some(org_id),
                 subject: Subject::User(user_id),
-                activity: "API_TOKEN_REVOKED",
+                activity: Activity::ApiTokenRevoked,
                 caller,
                 at: now,
                 changes,

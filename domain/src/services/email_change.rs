@@ -162,7 +162,7 @@ impl Domain {
             NewEvent {
                 organisation_id: Some(row.organisation_id),
                 subject: Subject::User(row.id),
-                activity: "EMAIL_VERIFIED",
+                activity: Activity::EmailVerified,
                 caller: &caller,
                 at: now,
                 changes,

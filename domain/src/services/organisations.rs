@@ -184,7 +184,7 @@ impl Domain {
             NewEvent {
                 organisation_id: Some(row.id),
                 subject: Subject::Organisation(row.id),
-                activity: "ORGANISATION_CREATED",
+                activity: Activity::OrganisationCreated,
                 caller,
                 at: now,
                 changes,
@@ -285,7 +285,7 @@ impl Domain {
             diff(&mut changes, "ean_numbers", &row.ean_numbers, &eans);
             active.ean_numbers = Set(eans);
         }
-        self.finish_organisation_write(txn, row, active, changes, "ORGANISATION_UPDATED", caller, now)
+        self.finish_organisation_write(txn, row, active, changes, Activity::OrganisationUpdated, caller, now)
             .await
     }
 
@@ -297,7 +297,7 @@ impl Domain {
         before: organisation::Model,
         mut active: organisation::ActiveModel,
         changes: Vec<FieldChange>,
-        activity: &'static str,
+        activity: Activity,
         caller: &Caller,
         now: Millis,
     ) -> DomainResult<Organisation> {
@@ -435,7 +435,7 @@ impl Domain {
             active.billing_email = Set(billing.email);
             active.billing_reference = Set(billing.reference);
         }
-        self.finish_organisation_write(txn, row, active, changes, "SETTINGS_UPDATED", caller, now)
+        self.finish_organisation_write(txn, row, active, changes, Activity::SettingsUpdated, caller, now)
             .await
     }
 
@@ -471,8 +471,16 @@ impl Domain {
         diff(&mut changes, "licence_count", row.licence_count, licence_count);
         let mut active: organisation::ActiveModel = row.clone().into();
         active.licence_count = Set(licence_count);
-        self.finish_organisation_write(txn, row, active, changes, "LICENCE_COUNT_CHANGED", caller, now_millis())
-            .await
+        self.finish_organisation_write(
+            txn,
+            row,
+            active,
+            changes,
+            Activity::LicenceCountChanged,
+            caller,
+            now_millis(),
+        )
+        .await
     }
 
     #[instrument(skip_all, err(level = "debug"))]
@@ -549,7 +557,7 @@ impl Domain {
             NewEvent {
                 organisation_id: Some(row.organisation_id),
                 subject: Subject::Unit(row.id),
-                activity: "UNIT_CREATED",
+                activity: Activity::UnitCreated,
                 caller,
                 at: now,
                 changes,
@@ -650,7 +658,7 @@ impl Domain {
                 NewEvent {
                     organisation_id: Some(row.organisation_id),
                     subject: Subject::Unit(unit_id),
-                    activity: "UNIT_UPDATED",
+                    activity: Activity::UnitUpdated,
                     caller,
                     at: now_millis(),
                     changes,
@@ -691,7 +699,7 @@ impl Domain {
             NewEvent {
                 organisation_id: Some(row.organisation_id),
                 subject: Subject::Unit(unit_id),
-                activity: "UNIT_DELETED",
+                activity: Activity::UnitDeleted,
                 caller,
                 at: now_millis(),
                 changes: vec![FieldChange {

@@ -97,7 +97,7 @@ impl Domain {
                 to_row(NewEvent {
                     organisation_id: Some(*org),
                     subject: Subject::User(*id),
-                    activity: "USER_REACTIVATED",
+                    activity: Activity::UserReactivated,
                     caller,
                     at: now,
                     changes,

@@ -174,7 +174,7 @@ impl Domain {
             NewEvent {
                 organisation_id: Some(org_id),
                 subject: Subject::User(id),
-                activity: "USER_CREATED",
+                activity: Activity::UserCreated,
                 caller,
                 at: now,
                 changes,

@@ -57,7 +57,7 @@ impl Domain {
         active.deactivated_until = Set(until);
         self.write_user_change(&txn, &row, active, now).await?;
         self.revoke_user_tokens(&txn, id, now, false).await?;
-        self.record_user_event(&txn, &current, "USER_DEACTIVATED", caller, now, changes)
+        self.record_user_event(&txn, &current, Activity::UserDeactivated, caller, now, changes)
             .await?;
         let updated = self.load_user(&txn, id).await?;
         txn.commit().await?;
@@ -98,7 +98,7 @@ impl Domain {
         active.state = Set(state.to_string());
         active.deactivated_until = Set(None);
         self.write_user_change(&txn, &row, active, now).await?;
-        self.record_user_event(&txn, &current, "USER_REACTIVATED", caller, now, changes)
+        self.record_user_event(&txn, &current, Activity::UserReactivated, caller, now, changes)
             .await?;
         let updated = self.load_user(&txn, id).await?;
         txn.commit().await?;
@@ -132,7 +132,7 @@ impl Domain {
         active.deactivated_until = Set(None);
         self.write_user_change(&txn, &row, active, now).await?;
         self.revoke_user_tokens(&txn, id, now, true).await?;
-        self.record_user_event(&txn, &current, "USER_DELETED", caller, now, changes)
+        self.record_user_event(&txn, &current, Activity::UserDeleted, caller, now, changes)
             .await?;
         let updated = self.load_user(&txn, id).await?;
         txn.commit().await?;
@@ -169,7 +169,7 @@ impl Domain {
         &self,
         txn: &DatabaseTransaction,
         user: &User,
-        activity: &'static str,
+        activity: Activity,
         caller: &Caller,
         at: Millis,
         changes: Vec<FieldChange>,

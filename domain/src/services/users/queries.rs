@@ -121,6 +121,14 @@ impl Domain {
             select = select.filter(history_event::Column::OccurredAt.lt(end));
         }
         if !query.activities.is_empty() {
+            // Only names history can hold: a typo is an error, not an empty page.
+            let mut v = Violations::default();
+            for (i, name) in query.activities.iter().enumerate() {
+                if name.parse::<Activity>().is_err() {
+                    v.add(&format!("activities[{i}]"), "names no activity of history");
+                }
+            }
+            v.into_result()?;
             select = select.filter(history_event::Column::Activity.is_in(query.activities.clone()));
         }
         let mut rows = select.limit(limit + 1).all(&self.db).await?;

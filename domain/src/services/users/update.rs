@@ -254,7 +254,7 @@ impl Domain {
             NewEvent {
                 organisation_id: Some(org.id),
                 subject: Subject::User(id),
-                activity: "USER_UPDATED",
+                activity: Activity::UserUpdated,
                 caller,
                 at: now,
                 changes,
