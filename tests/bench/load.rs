@@ -150,15 +150,29 @@ async fn setup(channel: &Channel, operator: &str, tag: &str) -> AnyResult<Fixtur
         .organisation
         .ok_or("no organisation in response")?;
     let mut users = UserServiceClient::new(channel.clone());
-    let admin = users
+    // The administrator's credential comes from their own activation (the
+    // operator cannot mint one for them): the birth-date code the create
+    // returns, then a session, then their own API token.
+    let created = users
         .create_user(req(operator, new_user(&org.id, format!("admin.{tag}@bench.dk"), &[])))
         .await?
+        .into_inner();
+    let admin = created.user.ok_or("no user in response")?;
+    let session = users
+        .activate_user(req(
+            "",
+            pb::ActivateUserRequest {
+                code: created.activation_code,
+                birth_date: "1990-01-01".into(),
+                ..Default::default()
+            },
+        ))
+        .await?
         .into_inner()
-        .user
-        .ok_or("no user in response")?;
+        .session_token;
     let admin_token = AuthServiceClient::new(channel.clone())
         .create_api_token(req(
-            operator,
+            &session,
             pb::CreateApiTokenRequest {
                 user_id: admin.id.clone(),
                 name: "bench".into(),
