@@ -279,6 +279,19 @@ const UNIQUE_RULES: &[(&str, &str, Reason, &str)] = &[
     ),
 ];
 
+/// The refusal of a uniqueness rule of users (EMAIL_TAKEN, ...), for a check
+/// made before the index would refuse: the same reason and words.
+pub(crate) fn unique_rule_refusal(reason: Reason) -> DomainError {
+    let message = UNIQUE_RULES
+        .iter()
+        .find(|(_, _, r, _)| *r == reason)
+        .map_or("a resource with these values already exists", |(_, _, _, m)| *m);
+    DomainError::AlreadyExists {
+        reason,
+        message: message.into(),
+    }
+}
+
 fn unique_violation(detail: &str) -> DomainError {
     for (index, columns, reason, message) in UNIQUE_RULES {
         if detail.contains(index) || detail.contains(columns) {

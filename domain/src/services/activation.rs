@@ -373,16 +373,7 @@ impl Domain {
             ));
         }
         let org = lock_organisation(&txn, row.organisation_id).await?;
-        // Take the secret only if it is still live now: a parallel guess may
-        // have locked it (or a parallel activation used it) since it was read.
-        let taken = activation_secret::Entity::update_many()
-            .col_expr(activation_secret::Column::UsedAt, Expr::value(now))
-            .filter(activation_secret::Column::Id.eq(stored.id))
-            .filter(activation_secret::Column::UsedAt.is_null())
-            .filter(activation_secret::Column::RevokedAt.is_null())
-            .exec(&txn)
-            .await?;
-        if taken.rows_affected != 1 {
+        if !take_secret(&txn, stored.id, now).await? {
             drop(txn);
             return Err(self.locked_or_replaced(stored.id).await?);
         }
@@ -404,12 +395,7 @@ impl Domain {
         if updated.rows_affected != 1 {
             return Err(DomainError::stale_etag("user"));
         }
-        let caller = Caller::new(Principal::Member {
-            user_id: row.id,
-            organisation_id: row.organisation_id,
-            roles: Vec::new(),
-        })
-        .with_identity(format!("{} {}", row.first_name, row.surname), row.email.clone());
+        let caller = person_caller(&row);
         let how = if stored.kind == KIND_CODE { "code" } else { "link" };
         let (session_token, session_expires_at) = self.issue_session(&txn, &row, "activation", now).await?;
         let mut changes = Vec::new();
@@ -504,6 +490,31 @@ impl Domain {
         }
         Ok(locked_or_replaced(&stored, self.settings.activation_max_attempts))
     }
+}
+
+/// Uses a single-use secret if it is still live now: a parallel guess may
+/// have locked it (or a parallel call used it) since it was read. False when
+/// it was not.
+pub(crate) async fn take_secret(db: &impl ConnectionTrait, id: Uuid, now: Millis) -> DomainResult<bool> {
+    let taken = activation_secret::Entity::update_many()
+        .col_expr(activation_secret::Column::UsedAt, Expr::value(now))
+        .filter(activation_secret::Column::Id.eq(id))
+        .filter(activation_secret::Column::UsedAt.is_null())
+        .filter(activation_secret::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(taken.rows_affected == 1)
+}
+
+/// The person a secret proved, as the caller history names: they act for
+/// themselves, with no role.
+pub(crate) fn person_caller(row: &user::Model) -> Caller {
+    Caller::new(Principal::Member {
+        user_id: row.id,
+        organisation_id: row.organisation_id,
+        roles: Vec::new(),
+    })
+    .with_identity(format!("{} {}", row.first_name, row.surname), row.email.clone())
 }
 
 fn locked_or_replaced(stored: &activation_secret::Model, max_attempts: i32) -> DomainError {

@@ -9,17 +9,17 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter};
 use tracing::instrument;
 
-use super::activation::{KIND_EMAIL, SingleUseLink};
+use super::activation::{KIND_EMAIL, SingleUseLink, person_caller, take_secret};
 use super::lock_organisation;
 use crate::Domain;
 use crate::email::Email;
-use crate::error::{DomainError, DomainResult, Reason};
+use crate::error::{DomainError, DomainResult, Reason, unique_rule_refusal};
 use crate::model::*;
 use crate::normalise;
 use crate::persistence::entities::{activation_secret, user};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::persistence::mapping::parse;
-use crate::policy::{Caller, Principal};
+
 use crate::secrets::token_hash;
 
 impl Domain {
@@ -42,10 +42,7 @@ impl Domain {
             .count(txn)
             .await?;
         if taken > 0 {
-            return Err(DomainError::AlreadyExists {
-                reason: Reason::EmailTaken,
-                message: "another user of this organisation has this e-mail address".into(),
-            });
+            return Err(unique_rule_refusal(Reason::EmailTaken));
         }
         let template = self.settings.email_verification_url_template.clone();
         self.mail_single_use_link(
@@ -116,14 +113,7 @@ impl Domain {
             ));
         };
         let email = Email::parse(&pending).map_err(DomainError::Internal)?;
-        let taken = activation_secret::Entity::update_many()
-            .col_expr(activation_secret::Column::UsedAt, Expr::value(now))
-            .filter(activation_secret::Column::Id.eq(stored.id))
-            .filter(activation_secret::Column::UsedAt.is_null())
-            .filter(activation_secret::Column::RevokedAt.is_null())
-            .exec(&txn)
-            .await?;
-        if taken.rows_affected != 1 {
+        if !take_secret(&txn, stored.id, now).await? {
             drop(txn);
             return Err(self.locked_or_replaced(stored.id).await?);
         }
@@ -147,12 +137,7 @@ impl Domain {
         if updated.rows_affected != 1 {
             return Err(DomainError::stale_etag("user"));
         }
-        let caller = Caller::new(Principal::Member {
-            user_id: row.id,
-            organisation_id: row.organisation_id,
-            roles: Vec::new(),
-        })
-        .with_identity(format!("{} {}", row.first_name, row.surname), row.email.clone());
+        let caller = person_caller(&row);
         let mut changes = Vec::new();
         diff(&mut changes, "email", &row.email, email.as_str());
         diff(&mut changes, "pending_email", &pending, "");

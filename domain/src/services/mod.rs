@@ -81,13 +81,22 @@ pub(crate) async fn adjust_licences(db: &impl ConnectionTrait, organisation_id: 
 /// creates racing for the last licence queue on the row and the second sees
 /// the first's increment (READ COMMITTED re-checks the WHERE clause).
 pub(crate) async fn take_licence(db: &impl ConnectionTrait, organisation_id: Uuid) -> DomainResult<()> {
+    take_licences(db, organisation_id, 1).await
+}
+
+/// Takes `count` licences in one conditional UPDATE, all or none.
+async fn take_licences(db: &impl ConnectionTrait, organisation_id: Uuid, count: i64) -> DomainResult<()> {
     let taken = organisation::Entity::update_many()
         .col_expr(
             organisation::Column::LicencesUsed,
-            Expr::col(organisation::Column::LicencesUsed).add(1),
+            Expr::col(organisation::Column::LicencesUsed).add(count),
         )
         .filter(organisation::Column::Id.eq(organisation_id))
-        .filter(Expr::col(organisation::Column::LicencesUsed).lt(Expr::col(organisation::Column::LicenceCount)))
+        .filter(
+            Expr::col(organisation::Column::LicencesUsed)
+                .add(count)
+                .lte(Expr::col(organisation::Column::LicenceCount)),
+        )
         .exec(db)
         .await?;
     if taken.rows_affected == 1 {
@@ -133,10 +142,7 @@ pub(crate) async fn apply_licence_delta(
     delta: i64,
 ) -> DomainResult<()> {
     if delta > 0 {
-        for _ in 0..delta {
-            take_licence(db, organisation_id).await?;
-        }
-        Ok(())
+        take_licences(db, organisation_id, delta).await
     } else {
         adjust_licences(db, organisation_id, delta).await
     }
