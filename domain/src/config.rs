@@ -66,6 +66,21 @@ pub struct Config {
     pub session_ttl_hours: u32,
     /// The link in e-mail verification mails; `{token}` is replaced.
     pub email_verification_url_template: String,
+    /// Largest import file accepted, in bytes.
+    pub import_max_file_bytes: i64,
+    /// Most data rows in one import file.
+    pub import_max_rows: i64,
+    /// Imports one organisation may have queued or running at once.
+    pub import_max_open_per_organisation: u64,
+    /// Import rows per transaction and checkpoint.
+    pub import_batch_size: usize,
+    /// How long a worker's claim on an import lasts between checkpoints; a
+    /// job whose worker died is taken over after this.
+    pub import_lease_ms: i64,
+    /// How long a finished import's file is kept (its report stays).
+    pub import_file_retention_hours: u32,
+    /// How often the worker looks for queued imports.
+    pub import_poll_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -95,6 +110,13 @@ impl Default for Config {
             auth_cache_ms: 1000,
             session_ttl_hours: 12,
             email_verification_url_template: "http://localhost:8080/verify-email?token={token}".into(),
+            import_max_file_bytes: 512 * 1024 * 1024,
+            import_max_rows: 1_000_000,
+            import_max_open_per_organisation: 5,
+            import_batch_size: 500,
+            import_lease_ms: 60_000,
+            import_file_retention_hours: 7 * 24,
+            import_poll_interval_ms: 1000,
         }
     }
 }
@@ -172,6 +194,15 @@ impl Config {
         if self.reactivation_batch_size == 0 {
             return Err("ORGADMIN_REACTIVATION_BATCH_SIZE must be at least 1".into());
         }
+        if self.import_max_file_bytes < 1024
+            || self.import_max_rows < 1
+            || self.import_max_open_per_organisation < 1
+            || !(1..=10_000).contains(&self.import_batch_size)
+            || self.import_lease_ms < 1000
+            || self.import_poll_interval_ms < 10
+        {
+            return Err("ORGADMIN_IMPORT_MAX_FILE_BYTES must be at least 1024, ORGADMIN_IMPORT_MAX_ROWS and ORGADMIN_IMPORT_MAX_OPEN_PER_ORGANISATION at least 1, ORGADMIN_IMPORT_BATCH_SIZE between 1 and 10000, ORGADMIN_IMPORT_LEASE_MS at least 1000, ORGADMIN_IMPORT_POLL_INTERVAL_MS at least 10".into());
+        }
         if !(1..=100_000).contains(&self.max_in_flight) {
             return Err("ORGADMIN_MAX_IN_FLIGHT must be between 1 and 100000".into());
         }
@@ -187,6 +218,17 @@ impl Config {
             return Err("ORGADMIN_CPR_LOOKUP_KEY and ORGADMIN_CPR_ENCRYPTION_KEY must be set (64 hex digits each) when DATABASE_URL is not the embedded SQLite default".into());
         }
         Ok(())
+    }
+
+    pub fn import_settings(&self) -> crate::services::imports::ImportSettings {
+        crate::services::imports::ImportSettings {
+            max_file_bytes: self.import_max_file_bytes,
+            max_rows: self.import_max_rows,
+            max_open_per_organisation: self.import_max_open_per_organisation,
+            batch_size: self.import_batch_size,
+            lease_ms: self.import_lease_ms,
+            file_retention_ms: i64::from(self.import_file_retention_hours) * 60 * 60 * 1000,
+        }
     }
 
     /// True when running on the embedded default: a SQLite file, keys generated.

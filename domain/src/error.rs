@@ -56,7 +56,14 @@ reasons!(
     DeletionNotAllowed => "DELETION_NOT_ALLOWED",
     EmailTaken => "EMAIL_TAKEN",
     EmailVerificationUnknown => "EMAIL_VERIFICATION_UNKNOWN",
+    DuplicateInFile => "DUPLICATE_IN_FILE",
     HasCprNumber => "HAS_CPR_NUMBER",
+    ImportFinished => "IMPORT_FINISHED",
+    ImportHeaderInvalid => "IMPORT_HEADER_INVALID",
+    ImportRequesterCannotAct => "IMPORT_REQUESTER_CANNOT_ACT",
+    ImportsQueueFull => "IMPORTS_QUEUE_FULL",
+    ImportTooLarge => "IMPORT_TOO_LARGE",
+    ImportTooManyRows => "IMPORT_TOO_MANY_ROWS",
     InvalidArgument => "INVALID_ARGUMENT",
     LastOrganisationAdmin => "LAST_ORGANISATION_ADMIN",
     LicencesInUse => "LICENCES_IN_USE",
@@ -76,6 +83,7 @@ reasons!(
     UserDeleted => "USER_DELETED",
     UserNotActive => "USER_NOT_ACTIVE",
     UserNotDeactivated => "USER_NOT_DEACTIVATED",
+    UserMismatch => "USER_MISMATCH",
     UserNotPending => "USER_NOT_PENDING",
 );
 

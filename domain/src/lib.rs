@@ -51,6 +51,8 @@ pub struct DomainSettings {
     pub session_ttl_ms: i64,
     /// The link of an e-mail verification mail; `{token}` is replaced.
     pub email_verification_url_template: String,
+    /// Limits and pacing of import jobs (R-BULK).
+    pub imports: services::imports::ImportSettings,
 }
 
 impl Default for DomainSettings {
@@ -62,6 +64,7 @@ impl Default for DomainSettings {
             auth_cache_ttl_ms: 1000,
             session_ttl_ms: 12 * 60 * 60 * 1000,
             email_verification_url_template: "http://localhost:8080/verify-email?token={token}".into(),
+            imports: services::imports::ImportSettings::default(),
         }
     }
 }
@@ -133,6 +136,7 @@ impl Domain {
                 auth_cache_ttl_ms: config.auth_cache_ms,
                 session_ttl_ms: i64::from(config.session_ttl_hours) * 60 * 60 * 1000,
                 email_verification_url_template: config.email_verification_url_template.clone(),
+                imports: config.import_settings(),
             }),
         )
     }

@@ -26,6 +26,27 @@ pub fn decode(list: &str, token: &str) -> Result<Option<Uuid>, DomainError> {
     Uuid::parse_str(id).map(Some).map_err(|_| invalid())
 }
 
+/// A token for lists ordered by something other than an id: `key` is the
+/// last item's sort key, opaque to the client.
+pub fn encode_key(list: &str, key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{list}|{key}"))
+}
+
+/// The sort key of [`encode_key`]; `None` for an empty token.
+pub fn decode_key(list: &str, token: &str) -> Result<Option<String>, DomainError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || DomainError::invalid("page_token", "is not a page token this list returned");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (tag, key) = text.split_once('|').ok_or_else(invalid)?;
+    if tag != list {
+        return Err(invalid());
+    }
+    Ok(Some(key.to_owned()))
+}
+
 /// 0 means `default`; more than `max` is an error, not silently clamped.
 pub fn page_size(requested: i32, default: u64, max: u64) -> Result<u64, DomainError> {
     match requested {

@@ -141,6 +141,11 @@ pub enum Action {
     ManageActivation,
     DecideAnonymityRequests,
     ManageMailQueue,
+    /// Bulk work on users from files, and bulk activation (R-BULK).
+    ImportUsers,
+    /// Legacy imports bring administrators and skip activation (R-BULK-5).
+    ImportLegacyUsers,
+    ReadImports,
 }
 }
 
@@ -185,6 +190,12 @@ const POLICY: &[(Action, OperatorScope, &[Role], bool)] = &[
     (ManageActivation, AdministratorsOnly, &[UA], false),
     (DecideAnonymityRequests, No, &[UA], false),
     (ManageMailQueue, Yes, &[], false),
+    // R-BULK: user administrators import into their own organisation;
+    // operators import nothing. Rows that make administrators are checked
+    // row by row by CreateUser's own ChangeRoles rule.
+    (ImportUsers, No, &[UA], false),
+    (ImportLegacyUsers, No, &[OA], false),
+    (ReadImports, No, &[OA, UA], false),
 ];
 
 fn row(action: Action) -> (OperatorScope, &'static [Role], bool) {
@@ -317,6 +328,9 @@ fn describe(action: Action) -> &'static str {
         ManageActivation => "send activation for this user",
         DecideAnonymityRequests => "decide anonymity requests of this organisation",
         ManageMailQueue => "manage the mail queue",
+        ImportUsers => "import users into this organisation",
+        ImportLegacyUsers => "import users from a legacy system into this organisation",
+        ReadImports => "read this organisation's imports",
     }
 }
 

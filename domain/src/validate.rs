@@ -189,6 +189,17 @@ pub fn request_id(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A legacy system's id (RID number): printable, 1 to 64 characters.
+pub fn legacy_id(value: &str) -> Result<(), String> {
+    if !(1..=64).contains(&value.chars().count()) {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
 /// Characters that take no room on screen: spaces, zero-width spaces and
 /// joiners, direction marks, the soft hyphen, the byte-order mark.
 fn is_invisible(c: char) -> bool {

@@ -103,7 +103,23 @@ no_lists!(
     RequestAnonymityRequest,
     ListAnonymityRequestsRequest,
     DecideAnonymityRequestRequest,
+    GetImportRequest,
+    ListImportsRequest,
+    WatchImportRequest,
+    ListImportErrorsRequest,
+    GetImportReportRequest,
+    CancelImportRequest,
+    GetImportTemplateRequest,
 );
+
+/// BatchSendActivation's own rule allows 1000 users per call.
+const BATCH_USER_IDS: usize = 1000;
+
+impl Lists for pb::BatchSendActivationRequest {
+    fn lists(&self) -> Vec<List> {
+        vec![list("user_ids", self.user_ids.len(), BATCH_USER_IDS)]
+    }
+}
 
 impl Lists for pb::CreateOrganisationRequest {
     fn lists(&self) -> Vec<List> {

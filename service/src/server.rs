@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use orgadmin_domain::Domain;
 use orgadmin_proto::v1::auth_service_server::AuthServiceServer;
+use orgadmin_proto::v1::import_service_server::ImportServiceServer;
 use orgadmin_proto::v1::notification_service_server::NotificationServiceServer;
 use orgadmin_proto::v1::organisation_service_server::OrganisationServiceServer;
 use orgadmin_proto::v1::user_service_server::UserServiceServer;
@@ -17,12 +18,14 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::handlers::auth::AuthHandler;
+use crate::handlers::imports::ImportHandler;
 use crate::handlers::notifications::NotificationHandler;
 use crate::handlers::organisations::OrganisationHandler;
 use crate::handlers::users::UserHandler;
 use crate::shed::InFlight;
 
-/// No orgadmin request comes near this; bulk uploads will stream in chunks.
+/// No orgadmin request comes near this; import files stream in chunks of
+/// at most 1 MiB.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Serves until `shutdown` resolves; then reports NOT_SERVING, stops accepting
@@ -64,6 +67,10 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    let imports = ImportServiceServer::new(ImportHandler { domain: domain.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
     let probe = tokio::spawn(probe_database(domain, reporter.clone()));
     let probe_on_error = probe.abort_handle();
     let draining = async move {
@@ -85,6 +92,7 @@ pub async fn serve(
         .add_service(in_flight.wrap(users))
         .add_service(in_flight.wrap(auth))
         .add_service(in_flight.wrap(notifications))
+        .add_service(in_flight.wrap(imports))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
         .await;
     probe_on_error.abort();
@@ -93,11 +101,12 @@ pub async fn serve(
 }
 
 /// The names under which health reports the orgadmin services.
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 5] = [
     <OrganisationServiceServer<OrganisationHandler> as NamedService>::NAME,
     <UserServiceServer<UserHandler> as NamedService>::NAME,
     <AuthServiceServer<AuthHandler> as NamedService>::NAME,
     <NotificationServiceServer<NotificationHandler> as NamedService>::NAME,
+    <ImportServiceServer<ImportHandler> as NamedService>::NAME,
 ];
 
 async fn set_services(reporter: &HealthReporter, status: ServingStatus) {

@@ -7,6 +7,7 @@ mod credentials;
 mod email_change;
 mod fingerprint;
 mod history;
+mod imports;
 mod lifecycle;
 mod limits;
 mod mail;

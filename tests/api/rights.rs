@@ -48,6 +48,7 @@ struct World {
     email_link: String,
     anonymity_request_id: String,
     failed_mail_id: String,
+    import_id: String,
     tokens: Vec<(Who, String)>,
 }
 
@@ -199,7 +200,18 @@ impl World {
             .into_inner()
             .organisation
             .unwrap();
+        let import_id = app
+            .upload_import(
+                &fixture.admin_token,
+                import_spec(&fixture.org.id, pb::ImportKind::Create),
+                IMPORT_FILE.as_bytes(),
+                1 << 20,
+            )
+            .await
+            .unwrap()
+            .id;
         World {
+            import_id,
             org,
             unit,
             plain,
@@ -228,6 +240,17 @@ impl World {
 
     fn token(&self, who: Who) -> String {
         self.tokens.iter().find(|(w, _)| *w == who).unwrap().1.clone()
+    }
+}
+
+/// A one-row create file.
+const IMPORT_FILE: &str = "user_id;cpr;birth_date;email;first_name;surname;username;phone;unit;language;roles;signing_right;identification_means;external_id;legacy_id\r\n;;1990-01-01;fil@firma.dk;Fil;Import;;;;;;;;;\r\n";
+
+fn import_spec(org: &str, kind: pb::ImportKind) -> pb::ImportSpec {
+    pb::ImportSpec {
+        organisation_id: org.to_owned(),
+        kind: kind as i32,
+        ..Default::default()
     }
 }
 
@@ -692,6 +715,115 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             .list_organisations(req(t, pb::ListOrganisationsRequest::default()))
             .await
             .map(drop),
+        "CreateImport" => app
+            .upload_import(
+                t,
+                import_spec(&org, pb::ImportKind::Create),
+                IMPORT_FILE.as_bytes(),
+                1 << 20,
+            )
+            .await
+            .map(drop),
+        "CreateLegacyImport" => app
+            .upload_import(
+                t,
+                import_spec(&org, pb::ImportKind::LegacyCreate),
+                IMPORT_FILE.as_bytes(),
+                1 << 20,
+            )
+            .await
+            .map(drop),
+        "GetImport" => app
+            .imports()
+            .get_import(req(
+                t,
+                pb::GetImportRequest {
+                    id: world.import_id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        "ListImports" => app
+            .imports()
+            .list_imports(req(
+                t,
+                pb::ListImportsRequest {
+                    organisation_id: org,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "WatchImport" => {
+            let mut stream = app
+                .imports()
+                .watch_import(req(
+                    t,
+                    pb::WatchImportRequest {
+                        id: world.import_id.clone(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            stream.message().await.map(drop)
+        }
+        "ListImportErrors" => app
+            .imports()
+            .list_import_errors(req(
+                t,
+                pb::ListImportErrorsRequest {
+                    id: world.import_id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "GetImportReport" => {
+            let mut stream = app
+                .imports()
+                .get_import_report(req(
+                    t,
+                    pb::GetImportReportRequest {
+                        id: world.import_id.clone(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            stream.message().await.map(drop)
+        }
+        "CancelImport" => app
+            .imports()
+            .cancel_import(req(
+                t,
+                pb::CancelImportRequest {
+                    id: world.import_id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        "GetImportTemplate" => app
+            .imports()
+            .get_import_template(req(
+                t,
+                pb::GetImportTemplateRequest {
+                    kind: pb::ImportKind::Edit as i32,
+                    language: pb::Language::Sv as i32,
+                },
+            ))
+            .await
+            .map(drop),
+        "BatchSendActivation" => app
+            .imports()
+            .batch_send_activation(req(
+                t,
+                pb::BatchSendActivationRequest {
+                    organisation_id: org,
+                    user_ids: vec![world.pending.id.clone()],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
         other => panic!("no call for {other}"),
     }
 }
@@ -702,6 +834,7 @@ const ORG: &str = "orgadmin.v1.OrganisationService/";
 const USR: &str = "orgadmin.v1.UserService/";
 const AUT: &str = "orgadmin.v1.AuthService/";
 const NOT: &str = "orgadmin.v1.NotificationService/";
+const IMP: &str = "orgadmin.v1.ImportService/";
 const MEMBERS: &[Who] = &[OrgAdmin, UserAdmin, RightsAdmin, PlainUser, OtherOrgAdmin];
 
 /// The expected policy, written out independently of the domain's table:
@@ -816,14 +949,34 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     ),
     ("ListFailedMails", NOT, "ListFailedMails", &[Operator]),
     ("RetryMail", NOT, "RetryMail", &[Operator]),
+    // R-BULK: user administrators import into their own organisation;
+    // legacy imports need an organisation administrator; operators import
+    // nothing and see no jobs.
+    ("CreateImport", IMP, "CreateImport", &[UserAdmin]),
+    ("CreateLegacyImport", IMP, "CreateImport", &[OrgAdmin]),
+    ("GetImport", IMP, "GetImport", &[OrgAdmin, UserAdmin]),
+    ("ListImports", IMP, "ListImports", &[OrgAdmin, UserAdmin]),
+    ("WatchImport", IMP, "WatchImport", &[OrgAdmin, UserAdmin]),
+    ("ListImportErrors", IMP, "ListImportErrors", &[OrgAdmin, UserAdmin]),
+    ("GetImportReport", IMP, "GetImportReport", &[OrgAdmin, UserAdmin]),
+    ("CancelImport", IMP, "CancelImport", &[UserAdmin]),
+    (
+        "GetImportTemplate",
+        IMP,
+        "GetImportTemplate",
+        &[Operator, OrgAdmin, UserAdmin, RightsAdmin, PlainUser, OtherOrgAdmin],
+    ),
+    ("BatchSendActivation", IMP, "BatchSendActivation", &[UserAdmin]),
 ];
 
-/// The one user a case acts on, as far as visibility goes.
+/// The one user or job a case acts on, as far as visibility goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     NoOneUser,
     PlainUser,
     Administrator,
+    /// An import job: only its organisation's members see it.
+    ImportJob,
 }
 
 fn target(case: &str) -> Target {
@@ -844,6 +997,7 @@ fn target(case: &str) -> Target {
         "GetAdministrator" | "DeactivateAdministrator" | "CreateAdministratorToken" | "SendAdministratorActivation" => {
             Target::Administrator
         }
+        "GetImport" | "WatchImport" | "ListImportErrors" | "GetImportReport" | "CancelImport" => Target::ImportJob,
         _ => Target::NoOneUser,
     }
 }
@@ -857,6 +1011,7 @@ fn denial(case: &str, who: Who) -> Code {
         (Nobody, _) => Code::Unauthenticated,
         (OtherOrgAdmin, Target::PlainUser | Target::Administrator) => Code::NotFound,
         (Operator, Target::PlainUser) => Code::NotFound,
+        (Operator | OtherOrgAdmin, Target::ImportJob) => Code::NotFound,
         _ => Code::PermissionDenied,
     }
 }

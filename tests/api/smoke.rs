@@ -275,6 +275,60 @@ async fn grpcurl_walkthrough(backend: Backend) {
         .collect();
     assert_eq!(activities, vec!["USER_REACTIVATED", "USER_DEACTIVATED", "USER_CREATED"]);
 
+    // A bulk import as the README streams it: the spec, then the file in
+    // base64 chunks, one JSON message per line on grpcurl's stdin; then
+    // WatchImport streams the job until it ends.
+    let csv = "Bruger-ID;CPR-nummer;Fødselsdato;E-mail;Fornavn;Efternavn;Brugernavn;Telefon;Enhed;Sprog;Roller;Tegningsret;Identifikationsmidler;Eksternt ID;RID-nummer\r\n\
+               ;;1985-03-14;mette@vaerksted.dk;Mette;Østergård;;;;da;;;;;\r\n\
+               ;;1979-11-02;sune@vaerksted.dk;Sune;Ågren;;;;sv;;;;;\r\n\
+               ;;1979-11-02;ikke-en-adresse;Fejl;Række;;;;da;;;;;\r\n";
+    std::fs::write(dir.join("brugere.csv"), csv).unwrap();
+    let upload = Command::new("sh")
+        .current_dir(&dir)
+        .arg("-c")
+        .arg(README_UPLOAD_SNIPPET)
+        .env("A", &addr)
+        .env("AT", format!("authorization: Bearer {admin_token}"))
+        .env("ORG", &org_id)
+        .output()
+        .expect("upload with grpcurl");
+    assert!(
+        upload.status.success(),
+        "grpcurl upload failed: {}",
+        String::from_utf8_lossy(&upload.stderr)
+    );
+    let job: serde_json::Value = serde_json::from_slice(&upload.stdout).expect("the upload's reply");
+    let job_id = job["job"]["id"].as_str().expect("a job id").to_owned();
+    assert_eq!(job["job"]["state"], "IMPORT_STATE_QUEUED");
+    let watch = Command::new("grpcurl")
+        .args(["-plaintext", "-H", &format!("authorization: Bearer {admin_token}")])
+        .arg("-d")
+        .arg(format!(r#"{{"id":"{job_id}"}}"#))
+        .arg(&addr)
+        .arg("orgadmin.v1.ImportService/WatchImport")
+        .output()
+        .expect("grpcurl WatchImport");
+    assert!(watch.status.success(), "{}", String::from_utf8_lossy(&watch.stderr));
+    let updates: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&watch.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("a stream of JSON messages");
+    let last = &updates.last().expect("at least one update")["job"];
+    assert_eq!(last["state"], "IMPORT_STATE_SUCCEEDED", "{updates:?}");
+    assert_eq!(
+        (last["applied"].as_str(), last["failed"].as_str()),
+        (Some("2"), Some("1"))
+    );
+    assert_eq!(last["encoding"], "FILE_ENCODING_UTF8");
+    let errors = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(r#"{{"id":"{job_id}"}}"#)),
+        "orgadmin.v1.ImportService/ListImportErrors",
+    );
+    assert_eq!(errors["errors"][0]["row"], "4");
+    assert_eq!(errors["errors"][0]["column"], "email");
+
     // SIGTERM: the server drains and exits cleanly.
     let mut server = server;
     let pid = server.0.id().to_string();
@@ -301,3 +355,12 @@ for path in glob.glob("data/outbox/*.eml"):
     text = mail.get_body(("plain",)).get_content()
     if "karen@vaerksted.dk" in mail["To"] and "token=" in text:
         print(re.search(r"token=([A-Za-z0-9_-]+)", text).group(1))"#;
+
+/// The README's streaming upload of `brugere.csv` (needs $A, $AT, $ORG).
+const README_UPLOAD_SNIPPET: &str = r#"{
+  echo "{\"spec\":{\"organisation_id\":\"$ORG\",\"kind\":\"IMPORT_KIND_CREATE\",\"file_name\":\"brugere.csv\"}}"
+  python3 -c 'import base64, json, sys
+data = open("brugere.csv", "rb").read()
+for i in range(0, len(data), 1 << 20):
+    print(json.dumps({"chunk": base64.b64encode(data[i:i + (1 << 20)]).decode()}))'
+} | grpcurl -plaintext -H "$AT" -d @ $A orgadmin.v1.ImportService/CreateImport"#;

@@ -9,7 +9,12 @@ use std::time::{Duration, Instant};
 use orgadmin_tests::*;
 use sea_orm::{ConnectionTrait, Statement};
 
-both_backends!(replicas_send_each_mail_once, killed_worker_loses_no_mail);
+both_backends!(
+    replicas_send_each_mail_once,
+    killed_worker_loses_no_mail,
+    killed_import_worker_resumes_without_doubles,
+    two_workers_share_the_import_queue
+);
 
 /// A worker process; its log (JSON lines) is read for its start and its id.
 struct Worker {
@@ -58,6 +63,9 @@ fn spawn_worker(app: &TestApp, sink: &SmtpSink, lease_ms: u32) -> Worker {
         .env("ORGADMIN_MAIL_POLL_INTERVAL_MS", "50")
         .env("ORGADMIN_MAIL_LEASE_MS", lease_ms.to_string())
         .env("ORGADMIN_MAIL_POOL_SIZE", "4")
+        .env("ORGADMIN_IMPORT_POLL_INTERVAL_MS", "50")
+        .env("ORGADMIN_IMPORT_LEASE_MS", lease_ms.to_string())
+        .env("ORGADMIN_IMPORT_BATCH_SIZE", "50")
         .env("RUST_LOG", "warn,orgadmin_worker=info")
         .env("ORGADMIN_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
@@ -237,5 +245,203 @@ async fn killed_worker_loses_no_mail(backend: Backend) {
     assert!(duplicates <= 16, "at most the in-flight batch is resent: {duplicates}");
     let (pending, _, failed) = app.domain.outbox_counts().await.unwrap();
     assert_eq!((pending, failed), (0, 0));
+    app.finish().await;
+}
+
+async fn sql_count(app: &TestApp, sql: &str) -> i64 {
+    let db = app.domain.db();
+    db.query_one_raw(Statement::from_string(db.get_database_backend(), sql.to_owned()))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<i64>(0)
+        .unwrap()
+}
+
+/// Waits until `done` holds for the job, up to `timeout`.
+async fn wait_for_job(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    timeout: Duration,
+    done: impl Fn(&orgadmin_proto::v1::ImportJob) -> bool,
+) -> orgadmin_proto::v1::ImportJob {
+    let started = Instant::now();
+    loop {
+        let job = app.import_job(token, id).await;
+        if done(&job) {
+            return job;
+        }
+        assert!(started.elapsed() < timeout, "the import did not get there: {job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// R-BULK-3: a worker killed with SIGKILL mid-job; the next one resumes
+/// after the last batch committed: exact counts, nobody twice, complete
+/// history. Then the bulk activation mails reach the real SMTP server.
+async fn killed_import_worker_resumes_without_doubles(backend: Backend) {
+    use orgadmin_proto::v1 as pb;
+    let app = TestApp::start(backend).await;
+    let sink = SmtpSink::start(0);
+    let fixture = app.org_with_admin_limits(Some(100_000), None).await;
+    let token = fixture.admin_token.clone();
+    let n = 3000;
+    let rows = crate::imports::create_rows(n, "kill");
+    let job = app
+        .upload_import(
+            &token,
+            crate::imports::spec(&fixture.org.id, pb::ImportKind::Create),
+            crate::imports::file(crate::imports::HEADER_DA, &rows).as_bytes(),
+            64 * 1024,
+        )
+        .await
+        .unwrap();
+    let mut first = spawn_worker(&app, &sink, 1500);
+    first.started().await;
+    wait_for_job(&app, &token, &job.id, Duration::from_secs(60), |j| j.processed >= 300).await;
+    first.child.kill().expect("SIGKILL");
+    let _ = first.child.wait();
+    let at_kill = app.import_job(&token, &job.id).await;
+    assert!(at_kill.processed < n as i64, "killed mid-job: {at_kill:?}");
+    assert_eq!(at_kill.state, pb::ImportState::Running as i32);
+    let mut second = spawn_worker(&app, &sink, 1500);
+    second.started().await;
+    let done = wait_for_job(&app, &token, &job.id, Duration::from_secs(180), |j| {
+        j.state != pb::ImportState::Running as i32
+    })
+    .await;
+    second.assert_alive();
+    assert_eq!(done.state, pb::ImportState::Succeeded as i32, "{done:?}");
+    assert_eq!((done.rows, done.applied, done.failed), (n as i64, n as i64, 0));
+    let org = &fixture.org.id;
+    // The database holds this organisation only.
+    let users = sql_count(&app, "SELECT COUNT(*) FROM users").await;
+    let distinct = sql_count(&app, "SELECT COUNT(DISTINCT email_key) FROM users").await;
+    assert_eq!((users, distinct), (n as i64 + 1, n as i64 + 1), "nobody twice");
+    assert_eq!(
+        sql_count(
+            &app,
+            "SELECT COUNT(*) FROM history_events WHERE activity = 'USER_CREATED'"
+        )
+        .await,
+        n as i64 + 1,
+        "one history event per user"
+    );
+    assert_eq!(
+        sql_count(&app, "SELECT COUNT(*) FROM import_created_users").await,
+        n as i64
+    );
+
+    // R-BULK-4: the first 40 users' activation, in bulk, by the real worker
+    // to the real SMTP server; birth-date users are listed back instead.
+    let created: Vec<pb::User> = app
+        .users()
+        .list_users(req(
+            &token,
+            pb::ListUsersRequest {
+                organisation_id: org.clone(),
+                page_size: 41,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .users
+        .into_iter()
+        .filter(|u| u.id != fixture.admin.id)
+        .take(40)
+        .collect();
+    let sent = app
+        .imports()
+        .batch_send_activation(req(
+            &token,
+            pb::BatchSendActivationRequest {
+                organisation_id: org.clone(),
+                user_ids: created.iter().map(|u| u.id.clone()).collect(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sent.queued_user_ids.len() + sent.needs_code_user_ids.len(), 40);
+    assert!(!sent.queued_user_ids.is_empty() && !sent.needs_code_user_ids.is_empty());
+    let expected: HashSet<String> = created
+        .iter()
+        .filter(|u| sent.queued_user_ids.contains(&u.id))
+        .map(|u| u.email.clone())
+        .collect();
+    wait_for_all(&sink, &expected, Duration::from_secs(60)).await;
+    // R-BULK-6: the requester's notice, naming the job, by mail too.
+    let started = Instant::now();
+    while !sink
+        .received()
+        .iter()
+        .any(|m| m.to.contains(&fixture.admin.email) && m.text.contains(&done.id))
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "no import notice mailed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.finish().await;
+}
+
+/// Two workers on one database: they split the jobs (each claims some),
+/// nobody is created twice, every job ends.
+async fn two_workers_share_the_import_queue(backend: Backend) {
+    use orgadmin_proto::v1 as pb;
+    let app = TestApp::start(backend).await;
+    let sink = SmtpSink::start(0);
+    let fixture = app.org_with_admin_limits(Some(100_000), None).await;
+    let token = fixture.admin_token.clone();
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        let rows = crate::imports::create_rows_from(i * 400, 400, &format!("par{i}"));
+        let job = app
+            .upload_import(
+                &token,
+                crate::imports::spec(&fixture.org.id, pb::ImportKind::Create),
+                crate::imports::file(crate::imports::HEADER_DA, &rows).as_bytes(),
+                1 << 20,
+            )
+            .await;
+        match job {
+            Ok(job) => jobs.push(job),
+            // At most 5 open jobs per organisation: all 4 fit.
+            Err(e) => panic!("upload {i}: {e:?}"),
+        }
+    }
+    let mut a = spawn_worker(&app, &sink, 5000);
+    let mut b = spawn_worker(&app, &sink, 5000);
+    let (id_a, id_b) = (a.started().await, b.started().await);
+    for job in &jobs {
+        let done = wait_for_job(&app, &token, &job.id, Duration::from_secs(120), |j| {
+            j.state == pb::ImportState::Succeeded as i32
+        })
+        .await;
+        assert_eq!((done.applied, done.failed), (400, 0));
+    }
+    a.assert_alive();
+    b.assert_alive();
+    let db = app.domain.db();
+    let claimers: HashSet<String> = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT claimed_by FROM import_jobs".to_owned(),
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.try_get_by_index::<Option<String>>(0).unwrap().unwrap_or_default())
+        .collect();
+    // Each replica claimed work: the second one is not idle.
+    assert_eq!(claimers, HashSet::from([id_a, id_b]));
+    assert_eq!(
+        sql_count(&app, "SELECT COUNT(*) FROM users").await,
+        sql_count(&app, "SELECT COUNT(DISTINCT email_key) FROM users").await
+    );
+    // The database holds this organisation only.
+    assert_eq!(sql_count(&app, "SELECT COUNT(*) FROM users").await, 1601);
     app.finish().await;
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use orgadmin_domain::{CprVault, Domain, DomainSettings, persistence};
 use orgadmin_proto::v1 as pb;
 use orgadmin_proto::v1::auth_service_client::AuthServiceClient;
+use orgadmin_proto::v1::import_service_client::ImportServiceClient;
 use orgadmin_proto::v1::notification_service_client::NotificationServiceClient;
 use orgadmin_proto::v1::organisation_service_client::OrganisationServiceClient;
 use orgadmin_proto::v1::user_service_client::UserServiceClient;
@@ -145,6 +146,83 @@ impl TestApp {
 
     pub fn notes(&self) -> NotificationServiceClient<Channel> {
         NotificationServiceClient::new(self.channel.clone())
+    }
+
+    pub fn imports(&self) -> ImportServiceClient<Channel> {
+        ImportServiceClient::new(self.channel.clone())
+    }
+
+    /// Uploads `file` as an import (spec first, then pieces of at most
+    /// `piece` bytes) the way a client streams it.
+    pub async fn upload_import(
+        &self,
+        token: &str,
+        spec: pb::ImportSpec,
+        file: &[u8],
+        piece: usize,
+    ) -> Result<pb::ImportJob, Status> {
+        let mut messages = vec![pb::CreateImportRequest {
+            part: Some(pb::create_import_request::Part::Spec(spec)),
+        }];
+        messages.extend(file.chunks(piece.max(1)).map(|c| pb::CreateImportRequest {
+            part: Some(pb::create_import_request::Part::Chunk(c.to_vec())),
+        }));
+        let mut request = Request::new(tokio_stream::iter(messages));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        self.imports()
+            .create_import(request)
+            .await
+            .map(|r| r.into_inner().job.expect("job"))
+    }
+
+    /// Runs every queued import to its end in this process, as the worker
+    /// would (the worker binary's own runs are in workers.rs).
+    pub async fn run_imports(&self) {
+        while let Some(id) = self.domain.claim_import("test-worker").await.expect("claim import") {
+            self.domain
+                .run_import(id, "test-worker", &|| false)
+                .await
+                .expect("run import");
+        }
+    }
+
+    /// The job as its requester reads it.
+    pub async fn import_job(&self, token: &str, id: &str) -> pb::ImportJob {
+        self.imports()
+            .get_import(req(token, pb::GetImportRequest { id: id.to_owned() }))
+            .await
+            .expect("get import")
+            .into_inner()
+            .job
+            .expect("job")
+    }
+
+    /// Every row error of a job, all pages.
+    pub async fn import_errors(&self, token: &str, id: &str) -> Vec<pb::ImportRowError> {
+        let mut errors = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .imports()
+                .list_import_errors(req(
+                    token,
+                    pb::ListImportErrorsRequest {
+                        id: id.to_owned(),
+                        page_size: 7,
+                        page_token,
+                    },
+                ))
+                .await
+                .expect("list import errors")
+                .into_inner();
+            errors.extend(page.errors);
+            if page.next_page_token.is_empty() {
+                return errors;
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// Stops the server and drops a PostgreSQL test database. First checks

@@ -1,6 +1,7 @@
-//! The orgadmin worker: the outbox sender and scheduled sweeps. Both enter the
-//! same domain services as the gRPC handlers.
+//! The orgadmin worker: the outbox sender, import jobs and scheduled sweeps.
+//! All enter the same domain services as the gRPC handlers.
 
+pub mod imports;
 pub mod mail;
 pub mod smtp;
 
@@ -22,7 +23,13 @@ pub async fn run(domain: Domain, config: &Config, shutdown: impl Future<Output =
     let worker_id = format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple());
     let (stop_tx, stop_rx) = watch::channel(false);
     let outbox = mail::Outbox::from_config(domain.clone(), config, worker_id.clone())?;
-    let sender = tokio::spawn(outbox.run(stop_rx));
+    let sender = tokio::spawn(outbox.run(stop_rx.clone()));
+    let importer = tokio::spawn(imports::run(
+        domain.clone(),
+        worker_id.clone(),
+        std::time::Duration::from_millis(config.import_poll_interval_ms),
+        stop_rx,
+    ));
 
     let batch = config.reactivation_batch_size;
     // One sweep at a time in this process; a slow sweep skips the next tick
@@ -77,6 +84,7 @@ pub async fn run(domain: Domain, config: &Config, shutdown: impl Future<Output =
     scheduler.shutdown().await?;
     let _ = stop_tx.send(true);
     sender.await?;
+    importer.await?;
     // Wait for a sweep in progress to commit before returning.
     let _idle = sweeping.lock().await;
     tracing::info!("worker stopped");

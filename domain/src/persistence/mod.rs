@@ -56,6 +56,14 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
 /// wait: if another process wrote in between, its snapshot is stale and the
 /// write fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT, 517),
 /// whatever the busy timeout. On PostgreSQL it is a plain `BEGIN`.
+/// A savepoint inside a write transaction: what runs in it can be rolled
+/// back alone (an import row the rules refuse) while the outer transaction,
+/// which already holds the write lock, goes on.
+pub async fn savepoint(txn: &DatabaseTransaction) -> Result<DatabaseTransaction, DbErr> {
+    use sea_orm::TransactionTrait;
+    txn.begin().await
+}
+
 pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
     if db.get_database_backend() == DbBackend::Sqlite {
         db.begin_with_options(TransactionOptions {

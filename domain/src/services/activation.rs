@@ -243,23 +243,36 @@ impl Domain {
                 "this user has no CPR number and activates with a code: use CreateActivationCode",
             ));
         }
-        self.issue_activation_link(&txn, &row, &org.name).await?;
+        self.send_activation_link_in(&txn, caller, &row, &org.name).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Mails a CPR user waiting for activation a new link (the old one
+    /// stops working) and records it: SendActivation and
+    /// BatchSendActivation, in the caller's transaction.
+    pub(crate) async fn send_activation_link_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        row: &user::Model,
+        organisation_name: &str,
+    ) -> DomainResult<()> {
+        self.issue_activation_link(txn, row, organisation_name).await?;
         let mut changes = Vec::new();
         diff(&mut changes, "activation", "", "link mailed");
         history::record(
-            &txn,
+            txn,
             NewEvent {
-                organisation_id: Some(org.id),
-                subject: Subject::User(user_id),
+                organisation_id: Some(row.organisation_id),
+                subject: Subject::User(row.id),
                 activity: Activity::ActivationSent,
                 caller,
                 at: now_millis(),
                 changes,
             },
         )
-        .await?;
-        txn.commit().await?;
-        Ok(())
+        .await
     }
 
     /// A new code for a user without a CPR number; the old code stops working.

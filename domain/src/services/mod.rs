@@ -5,6 +5,7 @@ pub mod activation;
 pub mod anonymity;
 pub mod auth;
 pub mod email_change;
+pub mod imports;
 pub mod notifications;
 pub mod organisations;
 pub mod outbox;

@@ -1,6 +1,7 @@
 //! Thin tonic handlers: authenticate, convert, call the domain, convert back.
 
 pub mod auth;
+pub mod imports;
 pub mod notifications;
 pub mod organisations;
 pub mod users;
@@ -15,12 +16,18 @@ use crate::error::to_status;
 /// token look-up, works on a request with 40,000 items.
 pub async fn caller<T: crate::bounds::Lists>(domain: &Domain, request: &Request<T>) -> Result<Caller, Status> {
     crate::bounds::check(request.get_ref()).map_err(to_status)?;
+    caller_from_metadata(domain, request.metadata()).await
+}
+
+/// The caller behind the request's `authorization` header: for streaming
+/// requests, whose messages are bounded one by one as they arrive.
+pub async fn caller_from_metadata(domain: &Domain, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
     let missing = || {
         to_status(DomainError::Unauthenticated {
             message: "send the header authorization: Bearer <token>".into(),
         })
     };
-    let header = request.metadata().get("authorization").ok_or_else(missing)?;
+    let header = metadata.get("authorization").ok_or_else(missing)?;
     let value = header.to_str().map_err(|_| missing())?;
     let token = value
         .strip_prefix("Bearer ")

@@ -172,6 +172,7 @@ impl UserService for UserHandler {
             anonymous: r.anonymous,
             request_id: opt_string(r.request_id),
             suppress_activation: r.suppress_activation,
+            legacy_id: None,
         };
         let created = self.domain.create_user(&caller, new).await.into_status()?;
         Ok(Response::new(pb::CreateUserResponse {

@@ -6,6 +6,18 @@ use super::*;
 impl Domain {
     #[instrument(skip_all, err(level = "debug"))]
     pub async fn create_user(&self, caller: &Caller, new: NewUser) -> DomainResult<CreatedUser> {
+        // Bad input is refused before a write transaction (on SQLite: the
+        // database's one writer lock) is opened.
+        let checked = self.check_new_user(caller, new)?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let created = self.create_user_in(&txn, caller, checked).await?;
+        txn.commit().await?;
+        Ok(created)
+    }
+
+    /// CreateUser's authorisation and field rules, with no database: the
+    /// input in its stored form, or every violation at once.
+    pub(crate) fn check_new_user(&self, caller: &Caller, new: NewUser) -> DomainResult<CheckedNewUser> {
         let org_id = new.organisation_id;
         let requested_roles = normalise_roles(new.roles.clone());
         let wants_admin = requested_roles.iter().any(|r| r.is_administrator());
@@ -53,31 +65,66 @@ impl Domain {
         if let Some(id) = &new.request_id {
             v.check("request_id", validate::request_id(id));
         }
+        if let Some(legacy_id) = &new.legacy_id {
+            v.check("legacy_id", validate::legacy_id(legacy_id));
+        }
         v.into_result()?;
         let (Some(first_name), Some(surname), Some(email)) = (first_name, surname, email) else {
             return Err(DomainError::Internal("a checked identity field is missing".into()));
         };
+        Ok(CheckedNewUser {
+            roles: requested_roles,
+            wants_admin,
+            first_name,
+            surname,
+            email,
+            username,
+            cpr,
+            birth_date,
+            new,
+        })
+    }
 
-        let txn = crate::persistence::begin_write(&self.db).await?;
+    /// CreateUser's rules that need the database, and its writes (user,
+    /// roles, activation, history, licence), inside the caller's
+    /// transaction: CreateUser commits one, the import job many.
+    pub(crate) async fn create_user_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        checked: CheckedNewUser,
+    ) -> DomainResult<CreatedUser> {
+        let CheckedNewUser {
+            roles: requested_roles,
+            wants_admin,
+            first_name,
+            surname,
+            email,
+            username,
+            cpr,
+            birth_date,
+            new,
+        } = checked;
+        let org_id = new.organisation_id;
+        let legacy = new.legacy_id.is_some();
         // Rules that count administrators need the organisation locked for the
         // whole transaction; a plain user only needs a licence, which
         // `take_licence` takes as the last statement, so creates in one
         // organisation hold its row lock only while they commit.
         let counts_admins = caller.is_operator() || wants_admin;
         let org = if counts_admins {
-            lock_organisation(&txn, org_id).await?
+            lock_organisation(txn, org_id).await?
         } else {
-            read_organisation(&txn, org_id).await?
+            read_organisation(txn, org_id).await?
         };
         if let Some(request_id) = &new.request_id
             && let Some(existing) = user::Entity::find()
                 .filter(user::Column::OrganisationId.eq(org_id))
                 .filter(user::Column::CreateRequestId.eq(request_id.as_str()))
-                .one(&txn)
+                .one(txn)
                 .await?
         {
-            txn.commit().await?;
-            let user = self.user_from_model(existing).await?;
+            let user = self.load_user(txn, existing.id).await?;
             authorize(
                 caller,
                 Action::ReadUser,
@@ -94,7 +141,7 @@ impl Domain {
         if caller.is_operator() {
             // R-ORG-2: the first user an operator creates in an organisation
             // without an administrator becomes its administrator.
-            if seat_holders(&txn, org_id, Role::OrganisationAdmin).await? == 0 {
+            if seat_holders(txn, org_id, Role::OrganisationAdmin).await? == 0 {
                 roles.extend([Role::OrganisationAdmin, Role::UserAdmin]);
                 roles = normalise_roles(roles);
             } else if !wants_admin {
@@ -103,12 +150,16 @@ impl Domain {
                 ));
             }
         }
-        ensure_licence_free(&org)?;
-        if roles.contains(&Role::OrganisationAdmin) {
-            self.ensure_admin_seat_free(&txn, &org).await?;
+        // A legacy user arrives deactivated for good: they hold no seat
+        // (R-ORG-4) until reactivated, which checks the seats then.
+        if !legacy {
+            ensure_licence_free(&org)?;
+            if roles.contains(&Role::OrganisationAdmin) {
+                self.ensure_admin_seat_free(txn, &org).await?;
+            }
         }
         if let Some(unit) = new.unit_id {
-            self.unit_in_organisation_for_user(&txn, unit, org_id).await?;
+            self.unit_in_organisation_for_user(txn, unit, org_id).await?;
         }
         // E-mail, username and CPR uniqueness: the partial unique indexes
         // refuse a duplicate at the INSERT, with the rule's own reason.
@@ -117,10 +168,15 @@ impl Domain {
         let now = now_millis();
         let id = Uuid::now_v7();
         let language = new.language.unwrap_or(Language::Da);
+        let state = if legacy {
+            UserState::Deactivated
+        } else {
+            UserState::PendingActivation
+        };
         let row = user::ActiveModel {
             id: Set(id),
             organisation_id: Set(org_id),
-            state: Set(UserState::PendingActivation.to_string()),
+            state: Set(state.to_string()),
             search_text: Set(normalise::search_text(&first_name, &surname, email.as_str())),
             first_name: Set(first_name),
             surname: Set(surname),
@@ -140,7 +196,7 @@ impl Domain {
             anonymous: Set(new.anonymous),
             email_verified: Set(false),
             pending_email: Set(None),
-            legacy_id: Set(None),
+            legacy_id: Set(new.legacy_id.clone()),
             deactivated_until: Set(None),
             activated_at: Set(None),
             create_request_id: Set(new.request_id.clone()),
@@ -149,11 +205,11 @@ impl Domain {
             updated_at: Set(now),
         };
         let (row, activation_code) = self
-            .insert_user(&txn, row, &roles, &org, !new.suppress_activation)
+            .insert_user(txn, row, &roles, &org, !new.suppress_activation && !legacy)
             .await?;
 
         let mut changes = Vec::new();
-        diff(&mut changes, "state", "", UserState::PendingActivation);
+        diff(&mut changes, "state", "", state);
         diff(&mut changes, "first_name", "", &row.first_name);
         diff(&mut changes, "surname", "", &row.surname);
         diff(&mut changes, "email", "", &row.email);
@@ -169,8 +225,9 @@ impl Domain {
         );
         diff(&mut changes, "roles", "", json_list(&roles));
         diff(&mut changes, "anonymous", false, row.anonymous);
+        diff(&mut changes, "legacy_id", "", row.legacy_id.clone().unwrap_or_default());
         history::record(
-            &txn,
+            txn,
             NewEvent {
                 organisation_id: Some(org_id),
                 subject: Subject::User(id),
@@ -181,8 +238,9 @@ impl Domain {
             },
         )
         .await?;
-        take_licence(&txn, org_id).await?;
-        txn.commit().await?;
+        if !legacy {
+            take_licence(txn, org_id).await?;
+        }
         Ok(CreatedUser {
             user: user_from_row(row, roles, &self.vault)?,
             created: true,

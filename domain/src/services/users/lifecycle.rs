@@ -16,6 +16,24 @@ impl Domain {
         etag: &str,
     ) -> DomainResult<User> {
         self.authorized_user(caller, Action::DeactivateUser, id).await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let updated = self.deactivate_user_in(&txn, caller, id, until, reason, etag).await?;
+        txn.commit().await?;
+        self.auth_cache.clear();
+        Ok(updated)
+    }
+
+    /// DeactivateUser's rules and writes inside the caller's transaction.
+    /// Cached callers are the caller's to clear after the commit.
+    pub(crate) async fn deactivate_user_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        id: Uuid,
+        until: Option<Millis>,
+        reason: &str,
+        etag: &str,
+    ) -> DomainResult<User> {
         let now = now_millis();
         if let Some(until) = until
             && until <= now
@@ -25,7 +43,9 @@ impl Domain {
         if reason.chars().count() > 500 {
             return Err(DomainError::invalid("reason", "must be at most 500 characters"));
         }
-        let (txn, current, row) = self.begin_user_write(id, etag).await?;
+        let (current, row) = self
+            .lock_user_for_write(txn, caller, Action::DeactivateUser, id, etag)
+            .await?;
         match current.state {
             UserState::Deleted => {
                 return Err(DomainError::precondition(
@@ -33,13 +53,13 @@ impl Domain {
                     "a deleted user cannot be deactivated",
                 ));
             }
-            UserState::Active | UserState::PendingActivation => self.ensure_not_last_admin(&txn, &current).await?,
+            UserState::Active | UserState::PendingActivation => self.ensure_not_last_admin(txn, &current).await?,
             UserState::Deactivated => {}
         }
         // An open-ended deactivation that gets an end time reserves its seat
         // again: only if one is free (R-ORG-4).
         if !holds_seat(current.state, current.deactivated_until) && holds_seat(UserState::Deactivated, until) {
-            self.ensure_seats_for_return(&txn, &current).await?;
+            self.ensure_seats_for_return(txn, &current).await?;
         }
         let mut changes = Vec::new();
         diff(&mut changes, "state", current.state, UserState::Deactivated);
@@ -55,20 +75,33 @@ impl Domain {
         let mut active: user::ActiveModel = row.clone().into();
         active.state = Set(UserState::Deactivated.to_string());
         active.deactivated_until = Set(until);
-        self.write_user_change(&txn, &row, active, now).await?;
-        self.revoke_user_tokens(&txn, id, now, false).await?;
-        self.record_user_event(&txn, &current, Activity::UserDeactivated, caller, now, changes)
+        self.write_user_change(txn, &row, active, now).await?;
+        self.revoke_user_tokens(txn, id, now, false).await?;
+        self.record_user_event(txn, &current, Activity::UserDeactivated, caller, now, changes)
             .await?;
-        let updated = self.load_user(&txn, id).await?;
-        txn.commit().await?;
-        self.auth_cache.clear();
-        Ok(updated)
+        self.load_user(txn, id).await
     }
 
     #[instrument(skip_all, err(level = "debug"))]
     pub async fn reactivate_user(&self, caller: &Caller, id: Uuid, etag: &str) -> DomainResult<User> {
         self.authorized_user(caller, Action::ReactivateUser, id).await?;
-        let (txn, current, row) = self.begin_user_write(id, etag).await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let updated = self.reactivate_user_in(&txn, caller, id, etag).await?;
+        txn.commit().await?;
+        Ok(updated)
+    }
+
+    /// ReactivateUser's rules and writes inside the caller's transaction.
+    pub(crate) async fn reactivate_user_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        id: Uuid,
+        etag: &str,
+    ) -> DomainResult<User> {
+        let (current, row) = self
+            .lock_user_for_write(txn, caller, Action::ReactivateUser, id, etag)
+            .await?;
         if current.state != UserState::Deactivated {
             return Err(DomainError::precondition(
                 Reason::UserNotDeactivated,
@@ -82,7 +115,7 @@ impl Domain {
         // open-ended one needs free ones. The sweep follows the same rule:
         // it only ever returns timed deactivations.
         if !holds_seat(current.state, current.deactivated_until) {
-            self.ensure_seats_for_return(&txn, &current).await?;
+            self.ensure_seats_for_return(txn, &current).await?;
         }
         let now = now_millis();
         let state = reactivated_state(&row);
@@ -97,20 +130,36 @@ impl Domain {
         let mut active: user::ActiveModel = row.clone().into();
         active.state = Set(state.to_string());
         active.deactivated_until = Set(None);
-        self.write_user_change(&txn, &row, active, now).await?;
-        self.record_user_event(&txn, &current, Activity::UserReactivated, caller, now, changes)
+        self.write_user_change(txn, &row, active, now).await?;
+        self.record_user_event(txn, &current, Activity::UserReactivated, caller, now, changes)
             .await?;
-        let updated = self.load_user(&txn, id).await?;
-        txn.commit().await?;
-        Ok(updated)
+        self.load_user(txn, id).await
     }
 
     /// R-USR-5: final; refused under DEACTIVATE_ONLY.
     #[instrument(skip_all, err(level = "debug"))]
     pub async fn delete_user(&self, caller: &Caller, id: Uuid, etag: &str) -> DomainResult<User> {
         self.authorized_user(caller, Action::DeleteUser, id).await?;
-        let (txn, current, row) = self.begin_user_write(id, etag).await?;
-        let org = lock_organisation(&txn, current.organisation_id).await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let updated = self.delete_user_in(&txn, caller, id, etag).await?;
+        txn.commit().await?;
+        self.auth_cache.clear();
+        Ok(updated)
+    }
+
+    /// DeleteUser's rules and writes inside the caller's transaction.
+    /// Cached callers are the caller's to clear after the commit.
+    pub(crate) async fn delete_user_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        id: Uuid,
+        etag: &str,
+    ) -> DomainResult<User> {
+        let (current, row) = self
+            .lock_user_for_write(txn, caller, Action::DeleteUser, id, etag)
+            .await?;
+        let org = lock_organisation(txn, current.organisation_id).await?;
         if parse::<DeletionPolicy>(&org.deletion_policy)? == DeletionPolicy::DeactivateOnly {
             return Err(DomainError::precondition(
                 Reason::DeletionNotAllowed,
@@ -123,46 +172,52 @@ impl Domain {
                 "the user is already deleted",
             ));
         }
-        self.ensure_not_last_admin(&txn, &current).await?;
+        self.ensure_not_last_admin(txn, &current).await?;
         let now = now_millis();
         let mut changes = Vec::new();
         diff(&mut changes, "state", current.state, UserState::Deleted);
         let mut active: user::ActiveModel = row.clone().into();
         active.state = Set(UserState::Deleted.to_string());
         active.deactivated_until = Set(None);
-        self.write_user_change(&txn, &row, active, now).await?;
-        self.revoke_user_tokens(&txn, id, now, true).await?;
-        self.record_user_event(&txn, &current, Activity::UserDeleted, caller, now, changes)
+        self.write_user_change(txn, &row, active, now).await?;
+        self.revoke_user_tokens(txn, id, now, true).await?;
+        self.record_user_event(txn, &current, Activity::UserDeleted, caller, now, changes)
             .await?;
-        let updated = self.load_user(&txn, id).await?;
-        txn.commit().await?;
-        self.auth_cache.clear();
-        Ok(updated)
+        self.load_user(txn, id).await
     }
 
     /// Opens the write transaction of a lifecycle change: the organisation is
     /// locked first (the same order everywhere), then the user is read again
     /// and the caller's `etag` (empty: none) checked against that read, so no
     /// change can come between the check and the write (AIP-154).
-    pub(super) async fn begin_user_write(
+    /// Locks the user's organisation, reads the user as they are under that
+    /// lock, checks the etag and that the caller may take `action` on them.
+    pub(super) async fn lock_user_for_write(
         &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        action: Action,
         id: Uuid,
         etag: &str,
-    ) -> DomainResult<(DatabaseTransaction, User, user::Model)> {
-        let txn = crate::persistence::begin_write(&self.db).await?;
+    ) -> DomainResult<(User, user::Model)> {
         let row = user::Entity::find_by_id(id)
-            .one(&txn)
+            .one(txn)
             .await?
             .ok_or_else(|| DomainError::not_found("user", id))?;
-        lock_organisation(&txn, row.organisation_id).await?;
+        lock_organisation(txn, row.organisation_id).await?;
         let row = user::Entity::find_by_id(id)
-            .one(&txn)
+            .one(txn)
             .await?
             .ok_or_else(|| DomainError::not_found("user", id))?;
-        check_etag("user", etag, row.version)?;
-        let roles = roles_of(&txn, &[id]).await?.remove(&id).unwrap_or_default();
+        let roles = roles_of(txn, &[id]).await?.remove(&id).unwrap_or_default();
         let user = user_from_row(row.clone(), roles, &self.vault)?;
-        Ok((txn, user, row))
+        crate::policy::authorize_on_user(
+            caller,
+            action,
+            Target::user(user.organisation_id, id, user.is_administrator()),
+        )?;
+        check_etag("user", etag, row.version)?;
+        Ok((user, row))
     }
 
     pub(super) async fn record_user_event(

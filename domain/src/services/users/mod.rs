@@ -58,6 +58,25 @@ pub struct NewUser {
     pub request_id: Option<String>,
     /// Imports create users without sending activation (R-BULK-4).
     pub suppress_activation: bool,
+    /// Legacy import (R-BULK-5): the user's RID number in the old system.
+    /// Such a user is created DEACTIVATED (for good, so holding no seat)
+    /// with the roles given, and gets no activation.
+    pub legacy_id: Option<String>,
+}
+
+/// A `NewUser` that passed CreateUser's field rules, in stored form. No
+/// `Debug`: it holds a CPR number.
+#[derive(Clone)]
+pub(crate) struct CheckedNewUser {
+    roles: Vec<Role>,
+    wants_admin: bool,
+    first_name: String,
+    surname: String,
+    email: Email,
+    username: Option<String>,
+    cpr: Option<String>,
+    birth_date: Option<String>,
+    new: NewUser,
 }
 
 /// Fields named in an update mask. `Some(None)` clears an optional field.
@@ -203,11 +222,6 @@ impl Domain {
             ));
         }
         Ok(())
-    }
-
-    pub(crate) async fn user_from_model(&self, row: user::Model) -> DomainResult<User> {
-        let roles = roles_of(&self.db, &[row.id]).await?.remove(&row.id).unwrap_or_default();
-        user_from_row(row, roles, &self.vault)
     }
 
     /// Reads a user without a policy check: for callers that proved their

@@ -6,7 +6,29 @@ use super::*;
 impl Domain {
     #[instrument(skip_all, err(level = "debug"))]
     pub async fn update_user(&self, caller: &Caller, id: Uuid, etag: &str, patch: UserPatch) -> DomainResult<User> {
-        let current = self.load_user(&self.db, id).await?;
+        let changes_roles = patch.roles.is_some();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let updated = self.update_user_in(&txn, caller, id, etag, patch).await?;
+        txn.commit().await?;
+        if changes_roles {
+            // Rights may have changed: cached callers must be looked up again.
+            self.auth_cache.clear();
+        }
+        Ok(updated)
+    }
+
+    /// UpdateUser's rules and writes inside the caller's transaction (the
+    /// import job's edit rows run many in one). Cached callers are the
+    /// caller's to clear after the commit when roles were given.
+    pub(crate) async fn update_user_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        id: Uuid,
+        etag: &str,
+        patch: UserPatch,
+    ) -> DomainResult<User> {
+        let current = self.load_user(txn, id).await?;
         let target = Target::user(current.organisation_id, id, current.is_administrator());
         let touches_fields = patch.first_name.is_some()
             || patch.surname.is_some()
@@ -70,12 +92,11 @@ impl Domain {
             ));
         }
 
-        let txn = crate::persistence::begin_write(&self.db).await?;
-        let org = lock_organisation(&txn, current.organisation_id).await?;
-        let current = self.load_user(&txn, id).await?;
+        let org = lock_organisation(txn, current.organisation_id).await?;
+        let current = self.load_user(txn, id).await?;
         check_etag("user", etag, current.version)?;
         let row = user::Entity::find_by_id(id)
-            .one(&txn)
+            .one(txn)
             .await?
             .ok_or_else(|| DomainError::not_found("user", id))?;
         let mut active: user::ActiveModel = row.clone().into();
@@ -177,7 +198,7 @@ impl Domain {
         }
         if let Some(unit) = patch.unit_id {
             if let Some(unit) = unit {
-                self.unit_in_organisation_for_user(&txn, unit, org.id).await?;
+                self.unit_in_organisation_for_user(txn, unit, org.id).await?;
             }
             diff(&mut changes, "unit_id", opt_id(row.unit_id), opt_id(unit));
             active.unit_id = Set(unit);
@@ -216,41 +237,40 @@ impl Domain {
             let loses_admin =
                 !roles.contains(&Role::OrganisationAdmin) && current.roles.contains(&Role::OrganisationAdmin);
             if gains_admin && holds_seat(current.state, current.deactivated_until) {
-                self.ensure_admin_seat_free(&txn, &org).await?;
+                self.ensure_admin_seat_free(txn, &org).await?;
             }
             if loses_admin {
-                self.ensure_not_last_admin(&txn, &current).await?;
+                self.ensure_not_last_admin(txn, &current).await?;
             }
             diff(&mut changes, "roles", json_list(&current.roles), json_list(roles));
         }
         if changes.is_empty() {
-            txn.commit().await?;
             return Ok(current);
         }
         if let Some(roles) = &new_roles {
             user_role::Entity::delete_many()
                 .filter(user_role::Column::UserId.eq(id))
-                .exec(&txn)
+                .exec(txn)
                 .await?;
-            write_roles(&txn, id, org.id, roles).await?;
+            write_roles(txn, id, org.id, roles).await?;
         }
         let now = now_millis();
-        self.write_user_change(&txn, &row, active, now).await?;
+        self.write_user_change(txn, &row, active, now).await?;
         if email_to_verify.is_some() || withdraws_change || new_email.is_some() {
             let written = user::Entity::find_by_id(id)
-                .one(&txn)
+                .one(txn)
                 .await?
                 .ok_or_else(|| DomainError::not_found("user", id))?;
-            self.withdraw_email_change(&txn, id, now).await?;
+            self.withdraw_email_change(txn, id, now).await?;
             if let Some(email) = &email_to_verify {
-                self.request_email_change(&txn, &written, email, &org.name).await?;
+                self.request_email_change(txn, &written, email, &org.name).await?;
             }
             if new_email.is_some() && written.cpr_hash.is_some() {
-                self.issue_activation_link(&txn, &written, &org.name).await?;
+                self.issue_activation_link(txn, &written, &org.name).await?;
             }
         }
         history::record(
-            &txn,
+            txn,
             NewEvent {
                 organisation_id: Some(org.id),
                 subject: Subject::User(id),
@@ -261,13 +281,7 @@ impl Domain {
             },
         )
         .await?;
-        let updated = self.load_user(&txn, id).await?;
-        txn.commit().await?;
-        if new_roles.is_some() {
-            // Rights changed: cached callers must be looked up again.
-            self.auth_cache.clear();
-        }
-        Ok(updated)
+        self.load_user(txn, id).await
     }
 
     /// Writes the row if nobody changed it since `before` was read.

@@ -1,0 +1,681 @@
+//! Bulk work on users from CSV files as queued jobs (R-BULK-1..6). The
+//! service stores an upload and answers at once; the worker claims the job
+//! and applies its rows through the very functions of CreateUser,
+//! UpdateUser, DeactivateUser and DeleteUser (`*_in`, over the batch's
+//! transaction), so no rule exists twice.
+
+pub mod format;
+mod rows;
+mod run;
+
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use tracing::instrument;
+use uuid::Uuid;
+
+pub use self::format::FileEncoding;
+use crate::Domain;
+use crate::error::{DomainError, DomainResult, Reason};
+use crate::model::*;
+use crate::paging;
+use crate::persistence::entities::{import_chunk, import_created_user, import_error, import_job, user};
+use crate::persistence::mapping::parse;
+use crate::policy::{Action, Caller, Target, authorize};
+use crate::validate::{self, Violations};
+
+crate::string_enum_pub!(
+    ImportKind {
+        Create => "CREATE",
+        Edit => "EDIT",
+        Delete => "DELETE",
+        LegacyCreate => "LEGACY_CREATE",
+    }
+);
+
+crate::string_enum_pub!(
+    /// `Uploading` is internal: the upload has not finished, nobody sees the job.
+    ImportState {
+        Uploading => "UPLOADING",
+        Queued => "QUEUED",
+        Running => "RUNNING",
+        Succeeded => "SUCCEEDED",
+        Failed => "FAILED",
+        Cancelled => "CANCELLED",
+    }
+);
+
+impl ImportState {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Limits and pacing of import jobs, from configuration.
+#[derive(Debug, Clone)]
+pub struct ImportSettings {
+    /// Largest file accepted, in bytes.
+    pub max_file_bytes: i64,
+    /// Most data rows in one file.
+    pub max_rows: i64,
+    /// Jobs one organisation may have QUEUED or RUNNING at once.
+    pub max_open_per_organisation: u64,
+    /// Rows per transaction (and checkpoint).
+    pub batch_size: usize,
+    /// How long a worker's claim on a job lasts without a checkpoint; a job
+    /// whose worker died goes to another after this.
+    pub lease_ms: i64,
+    /// How long a finished job's file is kept; its report stays.
+    pub file_retention_ms: i64,
+}
+
+impl Default for ImportSettings {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 512 * 1024 * 1024,
+            max_rows: 1_000_000,
+            max_open_per_organisation: 5,
+            batch_size: 500,
+            lease_ms: 60_000,
+            file_retention_ms: 7 * 24 * 60 * 60 * 1000,
+        }
+    }
+}
+
+/// Largest piece of a file one upload message may carry.
+pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ImportSpec {
+    pub organisation_id: Uuid,
+    pub kind: ImportKind,
+    pub validate_only: bool,
+    pub file_name: String,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportJob {
+    pub id: Uuid,
+    pub organisation_id: Uuid,
+    pub kind: ImportKind,
+    pub state: ImportState,
+    pub validate_only: bool,
+    pub file_name: String,
+    pub file_bytes: i64,
+    pub encoding: Option<FileEncoding>,
+    pub rows: Option<i64>,
+    pub processed: i64,
+    pub applied: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    pub requester_id: Uuid,
+    pub requester_name: String,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub failure_reason: Option<String>,
+    pub failure_message: Option<String>,
+    pub cancel_requested: bool,
+}
+
+/// One row's problem, or a notice about an applied row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportRowError {
+    /// As a spreadsheet numbers it: the header is row 1.
+    pub row: i64,
+    /// A column's key, or empty for the row as a whole.
+    pub column: String,
+    pub reason: String,
+    pub message: String,
+    /// The row was applied; this tells how (e.g. deactivated, not deleted).
+    pub applied: bool,
+}
+
+/// What BatchSendActivation did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchActivation {
+    pub queued: Vec<Uuid>,
+    pub needs_code: Vec<Uuid>,
+    pub skipped: Vec<Uuid>,
+}
+
+/// An upload in progress: push the file's pieces, then finish.
+pub struct ImportUpload {
+    domain: Domain,
+    job_id: Uuid,
+    organisation_id: Uuid,
+    request_id: Option<String>,
+    next_seq: i32,
+    bytes: i64,
+    sniffer: format::EncodingSniffer,
+}
+
+/// The answer to the first message of an upload (one per upload: its size
+/// does not matter).
+#[allow(clippy::large_enum_variant)]
+pub enum BeganImport {
+    /// A retry of an upload that finished: its job (the file is not read).
+    Existing(ImportJob),
+    Upload(ImportUpload),
+}
+
+/// Reason codes of row notices that are not errors.
+const DEACTIVATED_NOT_DELETED: &str = "DEACTIVATED_NOT_DELETED";
+
+fn job_from_row(row: import_job::Model) -> DomainResult<ImportJob> {
+    Ok(ImportJob {
+        id: row.id,
+        organisation_id: row.organisation_id,
+        kind: parse(&row.kind)?,
+        state: parse(&row.state)?,
+        validate_only: row.validate_only,
+        file_name: row.file_name,
+        file_bytes: row.file_bytes,
+        encoding: row.encoding.as_deref().map(parse).transpose()?,
+        rows: row.rows,
+        processed: row.processed,
+        applied: row.applied,
+        failed: row.failed,
+        skipped: row.skipped,
+        requester_id: row.requester_id,
+        requester_name: row.requester_name,
+        created_at: row.created_at,
+        started_at: row.started_at,
+        finished_at: row.finished_at,
+        failure_reason: row.failure_reason,
+        failure_message: row.failure_message,
+        cancel_requested: row.cancel_requested,
+    })
+}
+
+/// Who may start a job of `kind`: user administrators import users into
+/// their own organisation; legacy imports (which bring administrators and
+/// bypass activation) need an organisation administrator.
+fn import_action(kind: ImportKind) -> Action {
+    match kind {
+        ImportKind::LegacyCreate => Action::ImportLegacyUsers,
+        _ => Action::ImportUsers,
+    }
+}
+
+impl Domain {
+    /// The first message of an upload: checks the caller and the spec and
+    /// the organisation's open jobs, and makes the (not yet visible) job.
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn begin_import(&self, caller: &Caller, spec: ImportSpec) -> DomainResult<BeganImport> {
+        authorize(
+            caller,
+            import_action(spec.kind),
+            Target::organisation(spec.organisation_id),
+        )?;
+        let Some(requester_id) = caller.user_id() else {
+            return Err(DomainError::denied("imports are made by a person of the organisation"));
+        };
+        let mut v = Violations::default();
+        if spec.file_name.chars().count() > 255 || spec.file_name.chars().any(char::is_control) {
+            v.add(
+                "spec.file_name",
+                "must be at most 255 characters without control characters",
+            );
+        }
+        if let Some(id) = &spec.request_id {
+            v.check("spec.request_id", validate::request_id(id));
+        }
+        v.into_result()?;
+        crate::services::read_organisation(&self.db, spec.organisation_id).await?;
+        if let Some(request_id) = &spec.request_id
+            && let Some(existing) = import_job::Entity::find()
+                .filter(import_job::Column::OrganisationId.eq(spec.organisation_id))
+                .filter(import_job::Column::RequestId.eq(request_id.as_str()))
+                .one(&self.db)
+                .await?
+        {
+            return Ok(BeganImport::Existing(job_from_row(existing)?));
+        }
+        self.ensure_import_slot(spec.organisation_id).await?;
+        let now = now_millis();
+        let id = Uuid::now_v7();
+        import_job::Entity::insert(import_job::ActiveModel {
+            id: Set(id),
+            organisation_id: Set(spec.organisation_id),
+            kind: Set(spec.kind.to_string()),
+            state: Set(ImportState::Uploading.to_string()),
+            validate_only: Set(spec.validate_only),
+            file_name: Set(spec.file_name.clone()),
+            file_bytes: Set(0),
+            encoding: Set(None),
+            requester_id: Set(requester_id),
+            requester_name: Set(caller.display_name()),
+            request_id: Set(None),
+            rows: Set(None),
+            processed: Set(0),
+            applied: Set(0),
+            failed: Set(0),
+            skipped: Set(0),
+            cancel_requested: Set(false),
+            claimed_by: Set(None),
+            lease_until: Set(None),
+            failure_reason: Set(None),
+            failure_message: Set(None),
+            created_at: Set(now),
+            started_at: Set(None),
+            finished_at: Set(None),
+            updated_at: Set(now),
+            file_deleted_at: Set(None),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(BeganImport::Upload(ImportUpload {
+            domain: self.clone(),
+            job_id: id,
+            organisation_id: spec.organisation_id,
+            request_id: spec.request_id,
+            next_seq: 0,
+            bytes: 0,
+            sniffer: format::EncodingSniffer::default(),
+        }))
+    }
+
+    async fn ensure_import_slot(&self, organisation_id: Uuid) -> DomainResult<()> {
+        let open = import_job::Entity::find()
+            .filter(import_job::Column::OrganisationId.eq(organisation_id))
+            .filter(import_job::Column::State.is_in([ImportState::Queued.as_str(), ImportState::Running.as_str()]))
+            .count(&self.db)
+            .await?;
+        let max = self.settings.imports.max_open_per_organisation;
+        if open >= max {
+            return Err(DomainError::FailedPrecondition {
+                reason: Reason::ImportsQueueFull,
+                message: format!(
+                    "the organisation already has {open} imports queued or running, the most allowed; wait for one to finish or cancel one"
+                ),
+                metadata: vec![("max_open_imports".into(), max.to_string())],
+            });
+        }
+        Ok(())
+    }
+
+    async fn import_job_row(&self, id: Uuid) -> DomainResult<import_job::Model> {
+        import_job::Entity::find_by_id(id)
+            .filter(import_job::Column::State.ne(ImportState::Uploading.as_str()))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("import", id))
+    }
+
+    /// A job the caller may read: its organisation's user administrators
+    /// and organisation administrators. Outside the organisation (operators
+    /// included: they import nothing) a job reads as missing, so ids cannot
+    /// be probed; inside it, a member without the right is refused.
+    async fn readable_import(&self, caller: &Caller, id: Uuid) -> DomainResult<import_job::Model> {
+        let row = self.import_job_row(id).await?;
+        if caller.organisation_id() != Some(row.organisation_id) {
+            return Err(DomainError::not_found("import", id));
+        }
+        authorize(caller, Action::ReadImports, Target::organisation(row.organisation_id))?;
+        Ok(row)
+    }
+
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn get_import(&self, caller: &Caller, id: Uuid) -> DomainResult<ImportJob> {
+        job_from_row(self.readable_import(caller, id).await?)
+    }
+
+    /// An organisation's jobs, newest first.
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn list_imports(
+        &self,
+        caller: &Caller,
+        organisation_id: Uuid,
+        page_size: i32,
+        page_token: &str,
+    ) -> DomainResult<Page<ImportJob>> {
+        authorize(caller, Action::ReadImports, Target::organisation(organisation_id))?;
+        let limit = paging::page_size(page_size, 50, 500)?;
+        let list = format!("imports:{organisation_id}");
+        let before = paging::decode(&list, page_token)?;
+        let mut query = import_job::Entity::find()
+            .filter(import_job::Column::OrganisationId.eq(organisation_id))
+            .filter(import_job::Column::State.ne(ImportState::Uploading.as_str()))
+            .order_by_desc(import_job::Column::Id);
+        if let Some(before) = before {
+            query = query.filter(import_job::Column::Id.lt(before));
+        }
+        let mut rows = query.limit(limit + 1).all(&self.db).await?;
+        let next = (rows.len() as u64 > limit).then(|| {
+            rows.truncate(limit as usize);
+            paging::encode(&list, rows[rows.len() - 1].id)
+        });
+        Ok(Page {
+            items: rows.into_iter().map(job_from_row).collect::<DomainResult<_>>()?,
+            next_page_token: next,
+        })
+    }
+
+    /// The job's row problems and notices in file order, a page at a time.
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn list_import_errors(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        page_size: i32,
+        page_token: &str,
+    ) -> DomainResult<Page<ImportRowError>> {
+        self.readable_import(caller, id).await?;
+        let limit = paging::page_size(page_size, 100, 1000)?;
+        let list = format!("import-errors:{id}");
+        let after = paging::decode_key(&list, page_token)?;
+        let mut query = import_error::Entity::find()
+            .filter(import_error::Column::JobId.eq(id))
+            .order_by_asc(import_error::Column::FileRow)
+            .order_by_asc(import_error::Column::ColumnName);
+        if let Some(after) = after {
+            let (row, column) = after
+                .split_once(':')
+                .and_then(|(row, column)| Some((row.parse::<i64>().ok()?, column.to_owned())))
+                .ok_or_else(|| DomainError::invalid("page_token", "is not a page token this list returned"))?;
+            query = query.filter(
+                Expr::col(import_error::Column::FileRow)
+                    .gt(row)
+                    .or(Expr::col(import_error::Column::FileRow)
+                        .eq(row)
+                        .and(Expr::col(import_error::Column::ColumnName).gt(column))),
+            );
+        }
+        let mut rows = query.limit(limit + 1).all(&self.db).await?;
+        let next = (rows.len() as u64 > limit).then(|| {
+            rows.truncate(limit as usize);
+            let last = &rows[rows.len() - 1];
+            paging::encode_key(&list, &format!("{}:{}", last.file_row, last.column_name))
+        });
+        Ok(Page {
+            items: rows.into_iter().map(row_error_from_row).collect(),
+            next_page_token: next,
+        })
+    }
+
+    /// The job's row problems as a CSV file for Excel: row, column, reason,
+    /// message; every cell neutralised against formulas.
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn import_report(&self, caller: &Caller, id: Uuid) -> DomainResult<Vec<u8>> {
+        let job = self.readable_import(caller, id).await?;
+        let language: Language = user::Entity::find_by_id(job.requester_id)
+            .one(&self.db)
+            .await?
+            .map(|u| parse(&u.language))
+            .transpose()?
+            .unwrap_or(Language::Da);
+        let header = match language {
+            Language::Da => ["Række", "Kolonne", "Årsag", "Besked", "Udført"],
+            Language::Sv => ["Rad", "Kolumn", "Orsak", "Meddelande", "Utförd"],
+            Language::En => ["Row", "Column", "Reason", "Message", "Applied"],
+        };
+        let (yes, no) = match language {
+            Language::Da => ("ja", "nej"),
+            Language::Sv => ("ja", "nej"),
+            Language::En => ("yes", "no"),
+        };
+        let errors = import_error::Entity::find()
+            .filter(import_error::Column::JobId.eq(id))
+            .order_by_asc(import_error::Column::FileRow)
+            .order_by_asc(import_error::Column::ColumnName)
+            .all(&self.db)
+            .await?;
+        let rows = std::iter::once(header.iter().map(|h| h.to_string()).collect()).chain(errors.into_iter().map(|e| {
+            let e = row_error_from_row(e);
+            vec![
+                e.row.to_string(),
+                e.column,
+                e.reason,
+                e.message,
+                if e.applied { yes } else { no }.to_owned(),
+            ]
+        }));
+        Ok(format::excel_csv(rows))
+    }
+
+    /// Stops a job: a queued one at once, a running one between two
+    /// batches (rows applied so far stay).
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn cancel_import(&self, caller: &Caller, id: Uuid) -> DomainResult<ImportJob> {
+        let row = self.readable_import(caller, id).await?;
+        authorize(
+            caller,
+            import_action(parse(&row.kind)?),
+            Target::organisation(row.organisation_id),
+        )?;
+        let now = now_millis();
+        let queued = import_job::Entity::update_many()
+            .col_expr(import_job::Column::State, Expr::value(ImportState::Cancelled.as_str()))
+            .col_expr(import_job::Column::CancelRequested, Expr::value(true))
+            .col_expr(import_job::Column::FinishedAt, Expr::value(now))
+            .col_expr(import_job::Column::UpdatedAt, Expr::value(now))
+            .filter(import_job::Column::Id.eq(id))
+            .filter(import_job::Column::State.eq(ImportState::Queued.as_str()))
+            .exec(&self.db)
+            .await?;
+        if queued.rows_affected == 0 {
+            let running = import_job::Entity::update_many()
+                .col_expr(import_job::Column::CancelRequested, Expr::value(true))
+                .col_expr(import_job::Column::UpdatedAt, Expr::value(now))
+                .filter(import_job::Column::Id.eq(id))
+                .filter(import_job::Column::State.eq(ImportState::Running.as_str()))
+                .exec(&self.db)
+                .await?;
+            if running.rows_affected == 0 {
+                return Err(DomainError::precondition(
+                    Reason::ImportFinished,
+                    "the import has already finished; nothing to cancel",
+                ));
+            }
+        }
+        job_from_row(self.import_job_row(id).await?)
+    }
+
+    /// R-BULK-4: one activation mail per CPR user waiting for activation;
+    /// users without a CPR number are listed back (each needs a code of
+    /// their own), others skipped. Users come by id or as every user an
+    /// import job created.
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn batch_send_activation(
+        &self,
+        caller: &Caller,
+        organisation_id: Uuid,
+        user_ids: Vec<Uuid>,
+        import_id: Option<Uuid>,
+    ) -> DomainResult<BatchActivation> {
+        authorize(caller, Action::ImportUsers, Target::organisation(organisation_id))?;
+        let ids = match import_id {
+            Some(job_id) => {
+                if !user_ids.is_empty() {
+                    return Err(DomainError::invalid(
+                        "user_ids",
+                        "give user ids or an import id, not both",
+                    ));
+                }
+                let job = self.readable_import(caller, job_id).await?;
+                if job.organisation_id != organisation_id {
+                    return Err(DomainError::not_found("import", job_id));
+                }
+                import_created_user::Entity::find()
+                    .filter(import_created_user::Column::JobId.eq(job_id))
+                    .order_by_asc(import_created_user::Column::UserId)
+                    .all(&self.db)
+                    .await?
+                    .into_iter()
+                    .map(|r| r.user_id)
+                    .collect()
+            }
+            None if user_ids.is_empty() => {
+                return Err(DomainError::invalid(
+                    "user_ids",
+                    "give at least one user id or an import id",
+                ));
+            }
+            None if user_ids.len() > 1000 => {
+                return Err(DomainError::invalid("user_ids", "at most 1000 users per call"));
+            }
+            None => user_ids,
+        };
+        let mut outcome = BatchActivation::default();
+        for chunk in ids.chunks(500) {
+            let txn = crate::persistence::begin_write(&self.db).await?;
+            let org = crate::services::read_organisation(&txn, organisation_id).await?;
+            let rows = user::Entity::find()
+                .filter(user::Column::Id.is_in(chunk.to_vec()))
+                .filter(user::Column::OrganisationId.eq(organisation_id))
+                .all(&txn)
+                .await?;
+            let found: std::collections::HashMap<Uuid, user::Model> = rows.into_iter().map(|r| (r.id, r)).collect();
+            for id in chunk {
+                let Some(row) = found.get(id) else {
+                    outcome.skipped.push(*id);
+                    continue;
+                };
+                if parse::<UserState>(&row.state)? != UserState::PendingActivation {
+                    outcome.skipped.push(*id);
+                } else if row.cpr_hash.is_none() {
+                    outcome.needs_code.push(*id);
+                } else {
+                    self.send_activation_link_in(&txn, caller, row, &org.name).await?;
+                    outcome.queued.push(*id);
+                }
+            }
+            txn.commit().await?;
+        }
+        Ok(outcome)
+    }
+}
+
+fn row_error_from_row(row: import_error::Model) -> ImportRowError {
+    let applied = row.reason == DEACTIVATED_NOT_DELETED;
+    ImportRowError {
+        row: row.file_row,
+        column: row.column_name,
+        reason: row.reason,
+        message: row.message,
+        applied,
+    }
+}
+
+impl ImportUpload {
+    pub fn job_id(&self) -> Uuid {
+        self.job_id
+    }
+
+    /// Stores the next piece of the file.
+    pub async fn push(&mut self, bytes: &[u8]) -> DomainResult<()> {
+        if bytes.len() > MAX_CHUNK_BYTES {
+            return Err(DomainError::invalid(
+                "chunk",
+                format!("must be at most {MAX_CHUNK_BYTES} bytes (1 MiB) per message"),
+            ));
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.bytes += bytes.len() as i64;
+        let max = self.domain.settings.imports.max_file_bytes;
+        if self.bytes > max {
+            return Err(DomainError::FailedPrecondition {
+                reason: Reason::ImportTooLarge,
+                message: format!("the file is larger than the {max} bytes an import may have"),
+                metadata: vec![("max_file_bytes".into(), max.to_string())],
+            });
+        }
+        self.sniffer.push(bytes);
+        import_chunk::Entity::insert(import_chunk::ActiveModel {
+            job_id: Set(self.job_id),
+            seq: Set(self.next_seq),
+            data: Set(bytes.to_vec()),
+        })
+        .exec_without_returning(&self.domain.db)
+        .await?;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// The whole file arrived: the job is queued and returned.
+    pub async fn finish(self) -> DomainResult<ImportJob> {
+        if self.bytes == 0 {
+            let domain = self.domain.clone();
+            let job_id = self.job_id;
+            domain.discard_upload(job_id).await?;
+            return Err(DomainError::invalid(
+                "chunk",
+                "the file is empty: send its bytes after the spec",
+            ));
+        }
+        let domain = self.domain.clone();
+        let txn = crate::persistence::begin_write(&domain.db).await?;
+        // Checked again at the end: uploads of one organisation may overlap.
+        let open = import_job::Entity::find()
+            .filter(import_job::Column::OrganisationId.eq(self.organisation_id))
+            .filter(import_job::Column::State.is_in([ImportState::Queued.as_str(), ImportState::Running.as_str()]))
+            .count(&txn)
+            .await?;
+        if open >= domain.settings.imports.max_open_per_organisation {
+            drop(txn);
+            domain.discard_upload(self.job_id).await?;
+            return Err(DomainError::precondition(
+                Reason::ImportsQueueFull,
+                "the organisation reached its number of open imports while the file was uploading; wait for one to finish",
+            ));
+        }
+        let now = now_millis();
+        let queued = import_job::Entity::update_many()
+            .col_expr(import_job::Column::State, Expr::value(ImportState::Queued.as_str()))
+            .col_expr(import_job::Column::FileBytes, Expr::value(self.bytes))
+            .col_expr(
+                import_job::Column::Encoding,
+                Expr::value(self.sniffer.finish().as_str()),
+            )
+            .col_expr(import_job::Column::RequestId, Expr::value(self.request_id.clone()))
+            .col_expr(import_job::Column::UpdatedAt, Expr::value(now))
+            .filter(import_job::Column::Id.eq(self.job_id))
+            .exec(&txn)
+            .await;
+        match queued {
+            Ok(_) => txn.commit().await?,
+            Err(e) if crate::error::is_unique_violation(&e) => {
+                // A retry with the same request id finished first: its job
+                // is the answer; this upload is dropped.
+                drop(txn);
+                domain.discard_upload(self.job_id).await?;
+                let request_id = self.request_id.unwrap_or_default();
+                let existing = import_job::Entity::find()
+                    .filter(import_job::Column::OrganisationId.eq(self.organisation_id))
+                    .filter(import_job::Column::RequestId.eq(request_id))
+                    .one(&domain.db)
+                    .await?
+                    .ok_or_else(|| DomainError::Internal("the import with this request id vanished".into()))?;
+                return job_from_row(existing);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        job_from_row(domain.import_job_row(self.job_id).await?)
+    }
+
+    /// The upload was abandoned (the client went away, or a limit refused it).
+    pub async fn abandon(self) -> DomainResult<()> {
+        self.domain.discard_upload(self.job_id).await
+    }
+}
+
+impl Domain {
+    async fn discard_upload(&self, job_id: Uuid) -> DomainResult<()> {
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        import_chunk::Entity::delete_many()
+            .filter(import_chunk::Column::JobId.eq(job_id))
+            .exec(&txn)
+            .await?;
+        import_job::Entity::delete_many()
+            .filter(import_job::Column::Id.eq(job_id))
+            .filter(import_job::Column::State.eq(ImportState::Uploading.as_str()))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}

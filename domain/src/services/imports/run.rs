@@ -1,0 +1,768 @@
+//! The worker's side of an import (R-BULK-3): claim a job, read its file
+//! from the database in pieces, and apply it in batches. Each batch is one
+//! transaction that also moves the job's checkpoint, so a worker killed at
+//! any moment leaves either a whole batch or none of it, and the next worker
+//! starts after the last batch committed. Every row runs in a savepoint of
+//! that transaction: a refused row rolls back alone.
+
+use std::collections::HashMap;
+
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::format::{Column, Next, RecordReader, check_header};
+use super::rows::{CellError, RowOp, Units, UserRef, read_row, row_errors, unique_keys};
+use super::*;
+use crate::mail::MailKind;
+use crate::persistence::entities::{organisation, unit, user_role};
+use crate::persistence::is_postgres;
+use crate::policy::Principal;
+use crate::services::notifications::NotificationKind;
+
+/// How a row ended.
+enum Outcome {
+    Applied {
+        created: Option<Uuid>,
+        notice: Option<CellError>,
+    },
+    Skipped,
+    Failed(Vec<CellError>),
+}
+
+/// The file's pieces, fetched one at a time.
+struct Chunks {
+    job_id: Uuid,
+    next_seq: i32,
+}
+
+impl Chunks {
+    async fn next(&mut self, db: &impl ConnectionTrait) -> DomainResult<Option<Vec<u8>>> {
+        let chunk = import_chunk::Entity::find_by_id((self.job_id, self.next_seq))
+            .one(db)
+            .await?;
+        self.next_seq += 1;
+        Ok(chunk.map(|c| c.data))
+    }
+}
+
+/// The file as records, pulled through the incremental reader.
+struct Records {
+    reader: RecordReader,
+    chunks: Chunks,
+    /// Records read so far (the header is record 1).
+    read: i64,
+}
+
+impl Records {
+    fn new(job: &import_job::Model) -> DomainResult<Self> {
+        let encoding: FileEncoding = parse(job.encoding.as_deref().unwrap_or("UTF8"))?;
+        Ok(Self {
+            reader: RecordReader::new(encoding),
+            chunks: Chunks {
+                job_id: job.id,
+                next_seq: 0,
+            },
+            read: 0,
+        })
+    }
+
+    /// The next record and its row number, or `None` at the end.
+    async fn next(&mut self, db: &impl ConnectionTrait) -> DomainResult<Option<(i64, Vec<String>)>> {
+        loop {
+            match self.reader.next_record() {
+                Next::Record(cells) => {
+                    self.read += 1;
+                    return Ok(Some((self.read, cells)));
+                }
+                Next::NeedInput => match self.chunks.next(db).await? {
+                    Some(bytes) => self.reader.push(&bytes),
+                    None => self.reader.finish(),
+                },
+                Next::End => return Ok(None),
+            }
+        }
+    }
+}
+
+/// What the first pass over a file learnt.
+struct Scan {
+    /// Data rows (the header not counted).
+    rows: i64,
+    /// Per unique value: the first two rows that hold it and how many do.
+    seen: HashMap<u64, (u32, u32, u32)>,
+}
+
+impl Scan {
+    /// The row's values that another row of the file also holds.
+    fn duplicates(&self, kind: ImportKind, row: i64, cells: &[String]) -> Vec<CellError> {
+        unique_keys(kind, cells)
+            .into_iter()
+            .filter_map(|(column, key)| {
+                let (first, second, count) = *self.seen.get(&key)?;
+                if count < 2 {
+                    return None;
+                }
+                let other = if i64::from(first) == row { second } else { first };
+                let more = if count > 2 {
+                    format!(" and {} more rows", count - 2)
+                } else {
+                    String::new()
+                };
+                Some(CellError::new(
+                    Some(column),
+                    Reason::DuplicateInFile,
+                    format!(
+                        "row {other}{more} of this file has the same {}; neither row is applied, correct the file",
+                        column.key()
+                    ),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Why a job cannot go on.
+struct JobFailure {
+    reason: Reason,
+    message: String,
+}
+
+impl Domain {
+    /// Claims the oldest queued job, or a running one whose worker's lease
+    /// ran out. On PostgreSQL `FOR UPDATE SKIP LOCKED` lets several workers
+    /// claim at once without waiting on each other.
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn claim_import(&self, worker: &str) -> DomainResult<Option<Uuid>> {
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let mut query = import_job::Entity::find()
+            .select_only()
+            .column(import_job::Column::Id)
+            .filter(
+                Expr::col(import_job::Column::State)
+                    .eq(ImportState::Queued.as_str())
+                    .or(Expr::col(import_job::Column::State)
+                        .eq(ImportState::Running.as_str())
+                        .and(Expr::col(import_job::Column::LeaseUntil).lt(now))),
+            )
+            .order_by_asc(import_job::Column::CreatedAt)
+            .limit(1);
+        if is_postgres(&txn) {
+            query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        let Some(id) = query.into_tuple::<Uuid>().one(&txn).await? else {
+            txn.commit().await?;
+            return Ok(None);
+        };
+        import_job::Entity::update_many()
+            .col_expr(import_job::Column::State, Expr::value(ImportState::Running.as_str()))
+            .col_expr(import_job::Column::ClaimedBy, Expr::value(worker))
+            .col_expr(
+                import_job::Column::LeaseUntil,
+                Expr::value(now + self.settings.imports.lease_ms),
+            )
+            .col_expr(
+                import_job::Column::StartedAt,
+                Expr::col(import_job::Column::StartedAt).if_null(now),
+            )
+            .col_expr(import_job::Column::UpdatedAt, Expr::value(now))
+            .filter(import_job::Column::Id.eq(id))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        tracing::info!(import = %id, worker, "import claimed");
+        Ok(Some(id))
+    }
+
+    /// Runs a claimed job until it ends, its claim is lost, or `stop` says
+    /// so (then the claim is handed back and another worker, or this one
+    /// later, resumes after the last checkpoint).
+    #[instrument(skip_all, fields(import = %job_id), err(level = "debug"))]
+    pub async fn run_import(&self, job_id: Uuid, worker: &str, stop: &(dyn Fn() -> bool + Sync)) -> DomainResult<()> {
+        let job = self.claimed_job(job_id, worker).await?;
+        let Some(job) = job else { return Ok(()) };
+        let kind: ImportKind = parse(&job.kind)?;
+        let scan = match self.scan_import(&job).await? {
+            Ok(scan) => scan,
+            Err(failure) => return self.end_import(&job, worker, ImportState::Failed, Some(failure)).await,
+        };
+        if job.rows != Some(scan.rows) {
+            import_job::Entity::update_many()
+                .col_expr(import_job::Column::Rows, Expr::value(scan.rows))
+                .filter(import_job::Column::Id.eq(job.id))
+                .exec(&self.db)
+                .await?;
+        }
+        let units = self.import_units(job.organisation_id).await?;
+        let mut records = Records::new(&job)?;
+        // The header, then the rows earlier batches did.
+        records.next(&self.db).await?;
+        for _ in 0..job.processed {
+            if records.next(&self.db).await?.is_none() {
+                break;
+            }
+        }
+        let mut processed = job.processed;
+        loop {
+            let mut batch = Vec::with_capacity(self.settings.imports.batch_size);
+            while batch.len() < self.settings.imports.batch_size {
+                match records.next(&self.db).await? {
+                    Some(record) => batch.push(record),
+                    None => break,
+                }
+            }
+            if batch.is_empty() {
+                return self.end_import(&job, worker, ImportState::Succeeded, None).await;
+            }
+            let Some(current) = self.claimed_job(job.id, worker).await? else {
+                return Ok(());
+            };
+            if current.cancel_requested {
+                return self.end_import(&job, worker, ImportState::Cancelled, None).await;
+            }
+            if stop() {
+                self.release_import(job.id, worker).await?;
+                return Ok(());
+            }
+            let Some(caller) = self.requester(&job).await? else {
+                let failure = JobFailure {
+                    reason: Reason::ImportRequesterCannotAct,
+                    message: "the person who started the import can no longer act (deactivated, deleted or without the rights); rows not yet applied were left".into(),
+                };
+                return self.end_import(&job, worker, ImportState::Failed, Some(failure)).await;
+            };
+            let done = batch.len() as i64;
+            if !self
+                .apply_batch(&current, kind, &caller, &scan, &units, batch, worker, processed)
+                .await?
+            {
+                tracing::warn!(import = %job.id, worker, "lost the claim on the import; another worker goes on");
+                return Ok(());
+            }
+            processed += done;
+        }
+    }
+
+    /// The job if this worker still holds it.
+    async fn claimed_job(&self, id: Uuid, worker: &str) -> DomainResult<Option<import_job::Model>> {
+        Ok(import_job::Entity::find_by_id(id)
+            .filter(import_job::Column::ClaimedBy.eq(worker))
+            .filter(import_job::Column::State.eq(ImportState::Running.as_str()))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Hands a claim back at shutdown so the job resumes at once elsewhere.
+    async fn release_import(&self, id: Uuid, worker: &str) -> DomainResult<()> {
+        import_job::Entity::update_many()
+            .col_expr(import_job::Column::LeaseUntil, Expr::value(0))
+            .filter(import_job::Column::Id.eq(id))
+            .filter(import_job::Column::ClaimedBy.eq(worker))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// The first pass: the header, the row count against the limit, and
+    /// which values more than one row holds.
+    async fn scan_import(&self, job: &import_job::Model) -> DomainResult<Result<Scan, JobFailure>> {
+        let kind: ImportKind = parse(&job.kind)?;
+        let mut records = Records::new(job)?;
+        let Some((_, header)) = records.next(&self.db).await? else {
+            return Ok(Err(JobFailure {
+                reason: Reason::ImportHeaderInvalid,
+                message: "the file has no header row".into(),
+            }));
+        };
+        if let Err(message) = check_header(&header) {
+            return Ok(Err(JobFailure {
+                reason: Reason::ImportHeaderInvalid,
+                message,
+            }));
+        }
+        let max = self.settings.imports.max_rows;
+        let mut scan = Scan {
+            rows: 0,
+            seen: HashMap::new(),
+        };
+        while let Some((row, cells)) = records.next(&self.db).await? {
+            scan.rows += 1;
+            if scan.rows > max {
+                return Ok(Err(JobFailure {
+                    reason: Reason::ImportTooManyRows,
+                    message: format!("the file has more than the {max} rows an import may have; split it"),
+                }));
+            }
+            for (_, key) in unique_keys(kind, &cells) {
+                let entry = scan.seen.entry(key).or_insert((row as u32, 0, 0));
+                entry.2 += 1;
+                if entry.2 == 2 {
+                    entry.1 = row as u32;
+                }
+            }
+        }
+        // Keep only what a row can collide on.
+        scan.seen.retain(|_, seen| seen.2 > 1);
+        scan.seen.shrink_to_fit();
+        Ok(Ok(scan))
+    }
+
+    async fn import_units(&self, organisation_id: Uuid) -> DomainResult<Units> {
+        let rows = unit::Entity::find()
+            .filter(unit::Column::OrganisationId.eq(organisation_id))
+            .all(&self.db)
+            .await?;
+        Ok(Units {
+            by_number: rows
+                .iter()
+                .filter_map(|u| u.number.clone().map(|n| (n, u.id)))
+                .collect(),
+            ids: rows.iter().map(|u| u.id).collect(),
+        })
+    }
+
+    /// The requester as they are now: rows run with their current rights.
+    async fn requester(&self, job: &import_job::Model) -> DomainResult<Option<Caller>> {
+        let Some(row) = user::Entity::find_by_id(job.requester_id).one(&self.db).await? else {
+            return Ok(None);
+        };
+        if !parse::<UserState>(&row.state)?.is_standing() || row.organisation_id != job.organisation_id {
+            return Ok(None);
+        }
+        let roles = user_role::Entity::find()
+            .filter(user_role::Column::UserId.eq(row.id))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| parse::<Role>(&r.role))
+            .collect::<DomainResult<Vec<_>>>()?;
+        let caller = Caller::new(Principal::Member {
+            user_id: row.id,
+            organisation_id: row.organisation_id,
+            roles,
+        })
+        .with_identity(format!("{} {}", row.first_name, row.surname), row.email.clone());
+        let kind: ImportKind = parse(&job.kind)?;
+        if authorize(&caller, import_action(kind), Target::organisation(job.organisation_id)).is_err() {
+            return Ok(None);
+        }
+        Ok(Some(caller))
+    }
+
+    /// Applies one batch and moves the checkpoint, in one transaction.
+    /// Under `validate_only` the rows' changes are rolled back and only the
+    /// report and the counts are kept. Returns false when the claim was
+    /// lost (nothing of the batch stays).
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_batch(
+        &self,
+        job: &import_job::Model,
+        kind: ImportKind,
+        caller: &Caller,
+        scan: &Scan,
+        units: &Units,
+        batch: Vec<(i64, Vec<String>)>,
+        worker: &str,
+        processed: i64,
+    ) -> DomainResult<bool> {
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        if job.validate_only && kind == ImportKind::Create {
+            // Rows checked in earlier batches were rolled back: count their
+            // licences as taken, so the licence rule sees what applying
+            // the file would.
+            organisation::Entity::update_many()
+                .col_expr(
+                    organisation::Column::LicencesUsed,
+                    Expr::col(organisation::Column::LicencesUsed).add(job.applied),
+                )
+                .filter(organisation::Column::Id.eq(job.organisation_id))
+                .exec(&txn)
+                .await?;
+        }
+        let deactivate_only = parse::<DeletionPolicy>(
+            &crate::services::read_organisation(&txn, job.organisation_id)
+                .await?
+                .deletion_policy,
+        )? == DeletionPolicy::DeactivateOnly;
+        let (mut applied, mut failed, mut skipped) = (0i64, 0i64, 0i64);
+        let mut errors: Vec<(i64, CellError)> = Vec::new();
+        let mut created = Vec::new();
+        for (row, cells) in batch {
+            let outcome = match read_row(kind, job.organisation_id, &cells, units) {
+                Err(mut problems) => {
+                    problems.extend(scan.duplicates(kind, row, &cells));
+                    Outcome::Failed(problems)
+                }
+                Ok(RowOp::Empty) => Outcome::Skipped,
+                Ok(op) => {
+                    let duplicates = scan.duplicates(kind, row, &cells);
+                    if duplicates.is_empty() {
+                        self.apply_row(&txn, job, caller, op, deactivate_only).await?
+                    } else {
+                        Outcome::Failed(duplicates)
+                    }
+                }
+            };
+            match outcome {
+                Outcome::Applied { created: id, notice } => {
+                    applied += 1;
+                    created.extend(id);
+                    errors.extend(notice.map(|n| (row, n)));
+                }
+                Outcome::Skipped => skipped += 1,
+                Outcome::Failed(problems) => {
+                    failed += 1;
+                    errors.extend(problems.into_iter().map(|p| (row, p)));
+                }
+            }
+        }
+        let txn = if job.validate_only {
+            txn.rollback().await?;
+            created.clear();
+            crate::persistence::begin_write(&self.db).await?
+        } else {
+            txn
+        };
+        let now = now_millis();
+        let moved = import_job::Entity::update_many()
+            .col_expr(
+                import_job::Column::Processed,
+                Expr::value(processed + applied + failed + skipped),
+            )
+            .col_expr(
+                import_job::Column::Applied,
+                Expr::col(import_job::Column::Applied).add(applied),
+            )
+            .col_expr(
+                import_job::Column::Failed,
+                Expr::col(import_job::Column::Failed).add(failed),
+            )
+            .col_expr(
+                import_job::Column::Skipped,
+                Expr::col(import_job::Column::Skipped).add(skipped),
+            )
+            .col_expr(
+                import_job::Column::LeaseUntil,
+                Expr::value(now + self.settings.imports.lease_ms),
+            )
+            .col_expr(import_job::Column::UpdatedAt, Expr::value(now))
+            .filter(import_job::Column::Id.eq(job.id))
+            .filter(import_job::Column::ClaimedBy.eq(worker))
+            .filter(import_job::Column::State.eq(ImportState::Running.as_str()))
+            .filter(import_job::Column::Processed.eq(processed))
+            .exec(&txn)
+            .await?;
+        if moved.rows_affected != 1 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        // One error per row and column: a row refused twice for one
+        // column keeps the first reason.
+        let mut seen = std::collections::HashSet::new();
+        let rows: Vec<import_error::ActiveModel> = errors
+            .into_iter()
+            .filter(|(row, e)| seen.insert((*row, e.column.map(Column::key).unwrap_or(""))))
+            .map(|(row, e)| import_error::ActiveModel {
+                job_id: Set(job.id),
+                file_row: Set(row),
+                column_name: Set(e.column.map(Column::key).unwrap_or("").to_owned()),
+                reason: Set(e.reason),
+                message: Set(e.message),
+            })
+            .collect();
+        for chunk in rows.chunks(500) {
+            import_error::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        let created_rows: Vec<import_created_user::ActiveModel> = created
+            .into_iter()
+            .map(|user_id| import_created_user::ActiveModel {
+                job_id: Set(job.id),
+                user_id: Set(user_id),
+            })
+            .collect();
+        for chunk in created_rows.chunks(1000) {
+            import_created_user::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// One row, in a savepoint: what the RPC refuses rolls back alone.
+    async fn apply_row(
+        &self,
+        txn: &DatabaseTransaction,
+        job: &import_job::Model,
+        caller: &Caller,
+        op: RowOp,
+        deactivate_only: bool,
+    ) -> DomainResult<Outcome> {
+        let savepoint = crate::persistence::savepoint(txn).await?;
+        let result = self.apply_op(&savepoint, job, caller, op, deactivate_only).await;
+        match result {
+            Ok(outcome @ (Outcome::Applied { .. } | Outcome::Skipped)) => {
+                savepoint.commit().await?;
+                Ok(outcome)
+            }
+            Ok(outcome) => {
+                savepoint.rollback().await?;
+                Ok(outcome)
+            }
+            Err(error) => {
+                savepoint.rollback().await?;
+                Ok(Outcome::Failed(row_errors(error)?))
+            }
+        }
+    }
+
+    async fn apply_op(
+        &self,
+        txn: &DatabaseTransaction,
+        job: &import_job::Model,
+        caller: &Caller,
+        op: RowOp,
+        deactivate_only: bool,
+    ) -> DomainResult<Outcome> {
+        match op {
+            RowOp::Empty => Ok(Outcome::Skipped),
+            RowOp::Create(new) => {
+                let checked = self.check_new_user(caller, new)?;
+                let created = self.create_user_in(txn, caller, checked).await?;
+                Ok(Outcome::Applied {
+                    created: Some(created.user.id),
+                    notice: None,
+                })
+            }
+            RowOp::Edit(reference, patch) => {
+                let row = match self.find_referenced_user(txn, job.organisation_id, &reference).await? {
+                    Ok(row) => row,
+                    Err(problems) => return Ok(Outcome::Failed(problems)),
+                };
+                let updated = self.update_user_in(txn, caller, row.id, "", patch).await?;
+                if updated.version == row.version {
+                    Ok(Outcome::Skipped)
+                } else {
+                    Ok(Outcome::Applied {
+                        created: None,
+                        notice: None,
+                    })
+                }
+            }
+            RowOp::Delete(reference) => {
+                let row = match self.find_referenced_user(txn, job.organisation_id, &reference).await? {
+                    Ok(row) => row,
+                    Err(problems) => return Ok(Outcome::Failed(problems)),
+                };
+                if !deactivate_only {
+                    self.delete_user_in(txn, caller, row.id, "").await?;
+                    return Ok(Outcome::Applied {
+                        created: None,
+                        notice: None,
+                    });
+                }
+                if row.state == UserState::Deactivated.as_str() && row.deactivated_until.is_none() {
+                    return Ok(Outcome::Skipped);
+                }
+                self.deactivate_user_in(
+                    txn,
+                    caller,
+                    row.id,
+                    None,
+                    "bulk delete; the organisation's deletion policy is DEACTIVATE_ONLY",
+                    "",
+                )
+                .await?;
+                Ok(Outcome::Applied {
+                    created: None,
+                    notice: Some(CellError {
+                        column: None,
+                        reason: DEACTIVATED_NOT_DELETED.into(),
+                        message: "deactivated, not deleted: the organisation's deletion policy is DEACTIVATE_ONLY"
+                            .into(),
+                    }),
+                })
+            }
+        }
+    }
+
+    /// The user an edit or delete row names. Every identifying cell given
+    /// must name the same user of the organisation, except that a new
+    /// e-mail address may stand beside a user id and a CPR number.
+    async fn find_referenced_user(
+        &self,
+        txn: &DatabaseTransaction,
+        organisation_id: Uuid,
+        reference: &UserRef,
+    ) -> DomainResult<Result<user::Model, Vec<CellError>>> {
+        let in_org = || user::Entity::find().filter(user::Column::OrganisationId.eq(organisation_id));
+        let live = || in_org().filter(user::Column::State.ne(UserState::Deleted.as_str()));
+        let mut found: Vec<(Column, Option<user::Model>)> = Vec::new();
+        if let Some(id) = reference.user_id {
+            found.push((Column::UserId, in_org().filter(user::Column::Id.eq(id)).one(txn).await?));
+        }
+        if let Some(cpr) = &reference.cpr {
+            let hash = self.vault.lookup_hash(cpr);
+            found.push((
+                Column::Cpr,
+                live().filter(user::Column::CprHash.eq(hash)).one(txn).await?,
+            ));
+        }
+        let email_identifies = !(reference.user_id.is_some() && reference.cpr.is_some());
+        if let Some(email) = reference.email.as_ref().filter(|_| email_identifies) {
+            found.push((
+                Column::Email,
+                live().filter(user::Column::EmailKey.eq(email.key())).one(txn).await?,
+            ));
+        }
+        let missing: Vec<CellError> = found
+            .iter()
+            .filter(|(_, row)| row.is_none())
+            .map(|(column, _)| {
+                CellError::new(
+                    Some(*column),
+                    Reason::NotFound,
+                    format!("names no user of this organisation by its {}", column.key()),
+                )
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Ok(Err(missing));
+        }
+        let rows: Vec<user::Model> = found.into_iter().filter_map(|(_, row)| row).collect();
+        let Some(first) = rows.first().cloned() else {
+            return Ok(Err(vec![CellError::new(
+                None,
+                Reason::InvalidArgument,
+                "name the user by at least two of user id, CPR number and e-mail",
+            )]));
+        };
+        if rows.iter().any(|r| r.id != first.id) {
+            return Ok(Err(vec![CellError::new(
+                None,
+                Reason::UserMismatch,
+                "the user id, CPR number and e-mail of this row name different users",
+            )]));
+        }
+        Ok(Ok(first))
+    }
+
+    /// Ends a job, tells the requester (in-app and by mail as they chose,
+    /// R-BULK-6) in the same transaction, and lets go of the claim.
+    async fn end_import(
+        &self,
+        job: &import_job::Model,
+        worker: &str,
+        state: ImportState,
+        failure: Option<JobFailure>,
+    ) -> DomainResult<()> {
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let (reason, message) = failure.map(|f| (f.reason.as_str(), f.message)).unzip();
+        let ended = import_job::Entity::update_many()
+            .col_expr(import_job::Column::State, Expr::value(state.as_str()))
+            .col_expr(import_job::Column::FailureReason, Expr::value(reason))
+            .col_expr(import_job::Column::FailureMessage, Expr::value(message))
+            .col_expr(import_job::Column::FinishedAt, Expr::value(now))
+            .col_expr(import_job::Column::UpdatedAt, Expr::value(now))
+            .col_expr(import_job::Column::LeaseUntil, Expr::value(Option::<i64>::None))
+            .filter(import_job::Column::Id.eq(job.id))
+            .filter(import_job::Column::ClaimedBy.eq(worker))
+            .filter(import_job::Column::State.eq(ImportState::Running.as_str()))
+            .exec(&txn)
+            .await?;
+        if ended.rows_affected != 1 {
+            txn.rollback().await?;
+            return Ok(());
+        }
+        let finished = import_job::Entity::find_by_id(job.id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("import", job.id))?;
+        if let Some(requester) = user::Entity::find_by_id(job.requester_id).one(&txn).await?
+            && parse::<UserState>(&requester.state)? != UserState::Deleted
+        {
+            let job_id = job.id.to_string();
+            let applied = finished.applied.to_string();
+            let failed = finished.failed.to_string();
+            self.notify(
+                &txn,
+                &requester,
+                NotificationKind::ImportFinished,
+                MailKind::ImportFinished,
+                &[
+                    ("first_name", requester.first_name.as_str()),
+                    ("job_id", &job_id),
+                    ("created", &applied),
+                    ("failed", &failed),
+                ],
+                Some(job.id),
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        tracing::info!(
+            import = %job.id,
+            state = state.as_str(),
+            applied = finished.applied,
+            failed = finished.failed,
+            skipped = finished.skipped,
+            "import ended"
+        );
+        Ok(())
+    }
+
+    /// Deletes the files of jobs finished longer ago than the retention
+    /// (their reports stay) and uploads abandoned for an hour. Returns how
+    /// many files went.
+    #[instrument(skip_all, err(level = "debug"))]
+    pub async fn purge_import_files(&self, now: Millis) -> DomainResult<u64> {
+        let cutoff = now - self.settings.imports.file_retention_ms;
+        let finished: Vec<Uuid> = import_job::Entity::find()
+            .select_only()
+            .column(import_job::Column::Id)
+            .filter(import_job::Column::State.is_in([
+                ImportState::Succeeded.as_str(),
+                ImportState::Failed.as_str(),
+                ImportState::Cancelled.as_str(),
+            ]))
+            .filter(import_job::Column::FinishedAt.lte(cutoff))
+            .filter(import_job::Column::FileDeletedAt.is_null())
+            .limit(100)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let abandoned: Vec<Uuid> = import_job::Entity::find()
+            .select_only()
+            .column(import_job::Column::Id)
+            .filter(import_job::Column::State.eq(ImportState::Uploading.as_str()))
+            .filter(import_job::Column::UpdatedAt.lte(now - 60 * 60 * 1000))
+            .limit(100)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let count = (finished.len() + abandoned.len()) as u64;
+        for id in finished {
+            let txn = crate::persistence::begin_write(&self.db).await?;
+            import_chunk::Entity::delete_many()
+                .filter(import_chunk::Column::JobId.eq(id))
+                .exec(&txn)
+                .await?;
+            import_job::Entity::update_many()
+                .col_expr(import_job::Column::FileDeletedAt, Expr::value(now))
+                .filter(import_job::Column::Id.eq(id))
+                .exec(&txn)
+                .await?;
+            txn.commit().await?;
+        }
+        for id in abandoned {
+            self.discard_upload(id).await?;
+        }
+        Ok(count)
+    }
+}

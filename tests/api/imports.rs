@@ -1,0 +1,971 @@
+//! Bulk imports (R-BULK-1..6): files in three encodings, every kind of bad
+//! row, edit, delete (both deletion policies), legacy, validate-only,
+//! licences, cancel, limits and bulk activation. Jobs are uploaded over real
+//! gRPC and run by the worker's own domain functions in this process; the
+//! worker binary's runs (killed mid-job, two replicas) are in workers.rs.
+
+use orgadmin_domain::DomainSettings;
+use orgadmin_domain::services::imports::ImportSettings;
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+use prost_types::FieldMask;
+use sea_orm::{ConnectionTrait, Statement};
+use tonic::Code;
+
+both_backends!(
+    create_files_in_three_encodings_land_every_row,
+    every_kind_of_bad_row_is_reported_and_the_good_ones_land,
+    licences_and_validate_only,
+    edit_and_delete_files,
+    legacy_files_bring_deactivated_users_and_administrators,
+    cancel_limits_and_broken_files,
+    bulk_activation_mails_cpr_users_and_lists_the_others
+);
+
+pub const HEADER_DA: &str = "Bruger-ID;CPR-nummer;Fødselsdato;E-mail;Fornavn;Efternavn;Brugernavn;Telefon;Enhed;Sprog;Roller;Tegningsret;Identifikationsmidler;Eksternt ID;RID-nummer";
+const HEADER_SV: &str = "Användar-ID;Personnummer;Födelsedatum;E-post;Förnamn;Efternamn;Användarnamn;Telefon;Enhet;Språk;Roller;Firmateckningsrätt;Identifieringsmetoder;Externt ID;RID-nummer";
+const HEADER_EN: &str = "User ID;CPR number;Birth date;E-mail;First name;Surname;Username;Phone;Unit;Language;Roles;Signing right;Identification means;External ID;RID number";
+
+const FIRST_NAMES: &[&str] = &[
+    "Søren", "Åse", "Ærling", "Øjvind", "Märta", "Björn", "Åsa", "Örjan", "Line", "Mads",
+];
+const SURNAMES: &[&str] = &[
+    "Ærø",
+    "Østergård",
+    "Ågren",
+    "Lindqvist",
+    "Nørgaard",
+    "Sjöberg",
+    "Hansen",
+    "Bäckström",
+];
+
+/// A row of the 15 columns, from (column index, value) pairs.
+pub fn row(cells: &[(usize, &str)]) -> String {
+    let mut out = vec![String::new(); 15];
+    for (i, value) in cells {
+        out[*i] = value.to_string();
+    }
+    out.join(";")
+}
+
+/// A CPR number no other row of the file has (a real date, 19xx).
+pub fn nth_cpr(i: usize) -> String {
+    format!(
+        "{:02}{:02}{:02}{:04}",
+        1 + i % 28,
+        1 + (i / 28) % 12,
+        60 + (i / 336) % 40,
+        1000 + i % 2000
+    )
+}
+
+/// `n` good create rows: Danish and Swedish names, every other one with a
+/// CPR number, the others with a birth date.
+pub fn create_rows(n: usize, tag: &str) -> Vec<String> {
+    create_rows_from(0, n, tag)
+}
+
+/// `create_rows` whose CPR numbers start at the `offset`-th.
+pub fn create_rows_from(offset: usize, n: usize, tag: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let first = FIRST_NAMES[i % FIRST_NAMES.len()];
+            let surname = SURNAMES[i % SURNAMES.len()];
+            let email = format!("bruger{i}.{tag}@firma.dk");
+            let cpr = nth_cpr(offset + i);
+            if i % 2 == 0 {
+                row(&[(1, &cpr), (3, &email), (4, first), (5, surname), (9, "da")])
+            } else {
+                row(&[
+                    (2, "1990-05-17"),
+                    (3, &email),
+                    (4, first),
+                    (5, surname),
+                    (9, "sv"),
+                    (11, "ja"),
+                ])
+            }
+        })
+        .collect()
+}
+
+pub fn file(header: &str, rows: &[String]) -> String {
+    let mut text = String::from(header);
+    for r in rows {
+        text.push_str("\r\n");
+        text.push_str(r);
+    }
+    text.push_str("\r\n");
+    text
+}
+
+pub fn spec(org: &str, kind: pb::ImportKind) -> pb::ImportSpec {
+    pb::ImportSpec {
+        organisation_id: org.to_owned(),
+        kind: kind as i32,
+        file_name: "brugere.csv".into(),
+        ..Default::default()
+    }
+}
+
+/// Uploads a file as `token`, runs the queue as the worker would, and
+/// returns the job as it ended.
+async fn imported(app: &TestApp, token: &str, spec: pb::ImportSpec, file: &[u8], piece: usize) -> pb::ImportJob {
+    let job = app.upload_import(token, spec, file, piece).await.expect("upload");
+    app.run_imports().await;
+    app.import_job(token, &job.id).await
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    let db = app.domain.db();
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql.to_owned()))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+async fn users_of(app: &TestApp, token: &str, org: &str) -> Vec<pb::User> {
+    let mut users = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = app
+            .users()
+            .list_users(req(
+                token,
+                pb::ListUsersRequest {
+                    organisation_id: org.to_owned(),
+                    page_size: 500,
+                    page_token,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        users.extend(page.users);
+        if page.next_page_token.is_empty() {
+            return users;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+fn errors_of(errors: &[pb::ImportRowError]) -> Vec<(i64, &str, &str)> {
+    errors
+        .iter()
+        .map(|e| (e.row, e.column.as_str(), e.reason.as_str()))
+        .collect()
+}
+
+async fn create_files_in_three_encodings_land_every_row(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin_limits(Some(100_000), None).await;
+    let token = fixture.admin_token.clone();
+    let n = 1000;
+    let utf8 = file(HEADER_DA, &create_rows_from(0, n, "u8")).into_bytes();
+    let mut bom = b"\xEF\xBB\xBF".to_vec();
+    bom.extend(file(HEADER_SV, &create_rows_from(n, n, "bom")).into_bytes());
+    let ansi_text = file(HEADER_EN, &create_rows_from(2 * n, n, "ansi"));
+    let (cp1252, _, lossy) = encoding_rs::WINDOWS_1252.encode(&ansi_text);
+    assert!(!lossy, "the test file must be representable in Windows-1252");
+    let cases = [
+        (utf8, pb::FileEncoding::Utf8),
+        (bom, pb::FileEncoding::Utf8Bom),
+        (cp1252.into_owned(), pb::FileEncoding::Windows1252),
+    ];
+    let mut jobs = Vec::new();
+    for (bytes, _) in &cases {
+        // Pieces that split characters and quoted cells alike.
+        let job = app
+            .upload_import(&token, spec(&fixture.org.id, pb::ImportKind::Create), bytes, 7_777)
+            .await
+            .expect("upload");
+        assert_eq!(job.state, pb::ImportState::Queued as i32);
+        assert_eq!(job.file_bytes, bytes.len() as i64);
+        jobs.push(job);
+    }
+    app.run_imports().await;
+    for (job, (_, encoding)) in jobs.iter().zip(&cases) {
+        let done = app.import_job(&token, &job.id).await;
+        assert_eq!(done.state, pb::ImportState::Succeeded as i32, "{done:?}");
+        assert_eq!(done.encoding, *encoding as i32, "{done:?}");
+        let errors = app.import_errors(&token, &job.id).await;
+        assert!(errors.is_empty(), "{:#?}", &errors[..errors.len().min(3)]);
+        assert_eq!(
+            (done.rows, done.applied, done.failed, done.skipped),
+            (n as i64, n as i64, 0, 0)
+        );
+        assert_eq!(done.requester_id, fixture.admin.id);
+    }
+    let users = users_of(&app, &token, &fixture.org.id).await;
+    assert_eq!(users.len(), 3 * n + 1);
+    // Letters intact in every encoding; imported users wait for activation
+    // without mail (R-BULK-4).
+    for tag in ["u8", "bom", "ansi"] {
+        let user = users
+            .iter()
+            .find(|u| u.email == format!("bruger7.{tag}@firma.dk"))
+            .expect("imported user");
+        assert_eq!(
+            (user.first_name.as_str(), user.surname.as_str()),
+            ("Örjan", "Bäckström")
+        );
+        assert_eq!(user.state, pb::UserState::PendingActivation as i32);
+        assert!(user.signing_right);
+        assert_eq!(user.language, pb::Language::Sv as i32);
+    }
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'").await,
+        1,
+        "an import sends no activation: the one mail is the administrator's own"
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM history_events WHERE activity = 'USER_CREATED'"
+        )
+        .await,
+        3 * n as i64 + 1,
+        "every imported user has its history"
+    );
+    // R-BULK-6: the requester is told, once per job, in their language.
+    let notes = app
+        .notes()
+        .list_notifications(req(&token, pb::ListNotificationsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications;
+    let finished: Vec<_> = notes
+        .iter()
+        .filter(|n| n.kind == pb::NotificationKind::ImportFinished as i32)
+        .collect();
+    assert_eq!(finished.len(), 3);
+    assert!(
+        finished
+            .iter()
+            .all(|n| n.body.contains(&n.subject_id) && n.body.contains("1000"))
+    );
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'import_finished'").await,
+        3
+    );
+    app.finish().await;
+}
+
+async fn every_kind_of_bad_row_is_reported_and_the_good_ones_land(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    let unit = app
+        .orgs()
+        .create_unit(req(
+            &token,
+            pb::CreateUnitRequest {
+                organisation_id: fixture.org.id.clone(),
+                kind: pb::UnitKind::ProductionUnit as i32,
+                name: "Fabrikken".into(),
+                number: "1012345678".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .unit
+        .unwrap();
+    let long_name = "L".repeat(101);
+    let rows = vec![
+        // 2: good, placed in the unit by its P-number.
+        row(&[
+            (1, &nth_cpr(1)),
+            (3, "god.en@firma.dk"),
+            (4, "Åse"),
+            (5, "Ågren"),
+            (8, "1012345678"),
+        ]),
+        // 3: a column missing.
+        row(&[(1, &nth_cpr(2)), (3, "kort@firma.dk"), (4, "Kort"), (5, "Række")])[1..].to_string(),
+        // 4: no such date.
+        row(&[(1, "3102851234"), (3, "cpr@firma.dk"), (4, "Forkert"), (5, "Cpr")]),
+        // 5: not an address.
+        row(&[(1, &nth_cpr(4)), (3, "ikke-en-adresse"), (4, "Forkert"), (5, "Mail")]),
+        // 6: no such unit.
+        row(&[
+            (1, &nth_cpr(5)),
+            (3, "enhed@firma.dk"),
+            (4, "Ukendt"),
+            (5, "Enhed"),
+            (8, "99999999"),
+        ]),
+        // 7 and 8: the same address twice in the file (case aside).
+        row(&[(1, &nth_cpr(6)), (3, "dobbelt@firma.dk"), (4, "Først"), (5, "Dobbelt")]),
+        row(&[(1, &nth_cpr(7)), (3, "DOBBELT@firma.dk"), (4, "Sidst"), (5, "Dobbelt")]),
+        // 9: the administrator's address, already in the database.
+        row(&[(1, &nth_cpr(8)), (3, &fixture.admin.email), (4, "Optaget"), (5, "Mail")]),
+        // 10: a name too long.
+        row(&[(1, &nth_cpr(9)), (3, "lang@firma.dk"), (4, &long_name), (5, "Navn")]),
+        // 11: an unknown role and a bad yes/no.
+        row(&[
+            (1, &nth_cpr(10)),
+            (3, "rolle@firma.dk"),
+            (4, "Rolle"),
+            (5, "Forkert"),
+            (10, "CHEF"),
+            (11, "måske"),
+        ]),
+        // 12: an empty row is skipped.
+        row(&[]),
+        // 13: good, birth date, English language, identification means.
+        row(&[
+            (2, "1975-12-24"),
+            (3, "god.to@firma.dk"),
+            (4, "Märta"),
+            (5, "Sjöberg"),
+            (9, "en"),
+            (12, "MITID,PASSWORD"),
+        ]),
+        // 14: a quoted cell with a semicolon and a line break in a name.
+        "\"\";;1980-01-01;citat@firma.dk;\"Anne;\r\nMarie\";Citat;;;;;;;;;".to_string(),
+        // 15: an id in a create file; a RID outside a legacy file.
+        row(&[
+            (0, "0191b4a0-0000-7000-8000-000000000000"),
+            (1, &nth_cpr(11)),
+            (3, "id@firma.dk"),
+            (4, "Med"),
+            (5, "Id"),
+            (14, "RID-1"),
+        ]),
+    ];
+    let job = imported(
+        &app,
+        &token,
+        spec(&fixture.org.id, pb::ImportKind::Create),
+        file(HEADER_DA, &rows).as_bytes(),
+        100,
+    )
+    .await;
+    let done = app.import_job(&token, &job.id).await;
+    assert_eq!(done.state, pb::ImportState::Succeeded as i32);
+    let errors = app.import_errors(&token, &job.id).await;
+    assert_eq!(
+        errors_of(&errors),
+        vec![
+            (3, "", "INVALID_ARGUMENT"),
+            (4, "cpr", "INVALID_ARGUMENT"),
+            (5, "email", "INVALID_ARGUMENT"),
+            (6, "unit", "INVALID_ARGUMENT"),
+            (7, "email", "DUPLICATE_IN_FILE"),
+            (8, "email", "DUPLICATE_IN_FILE"),
+            (9, "email", "EMAIL_TAKEN"),
+            (10, "first_name", "INVALID_ARGUMENT"),
+            (11, "roles", "INVALID_ARGUMENT"),
+            (11, "signing_right", "INVALID_ARGUMENT"),
+            (14, "first_name", "INVALID_ARGUMENT"),
+            (15, "legacy_id", "INVALID_ARGUMENT"),
+            (15, "user_id", "INVALID_ARGUMENT"),
+        ],
+        "{errors:#?}"
+    );
+    assert!(errors[4].message.contains("row 8"), "{:?}", errors[4]);
+    assert!(errors[5].message.contains("row 7"), "{:?}", errors[5]);
+    assert!(errors.iter().all(|e| !e.applied && !e.message.is_empty()));
+    assert_eq!((done.rows, done.applied, done.failed, done.skipped), (14, 2, 11, 1));
+    let users = users_of(&app, &token, &fixture.org.id).await;
+    let first = users.iter().find(|u| u.email == "god.en@firma.dk").expect("good row 2");
+    assert_eq!(first.unit_id, unit.id);
+    let second = users
+        .iter()
+        .find(|u| u.email == "god.to@firma.dk")
+        .expect("good row 13");
+    assert_eq!(second.birth_date, "1975-12-24");
+    assert_eq!(second.identification_means.len(), 2);
+    assert_eq!(users.len(), 3);
+
+    // The report opens in Excel: a byte-order mark, semicolons, the
+    // requester's language, one line per error.
+    let mut stream = app
+        .imports()
+        .get_import_report(req(&token, pb::GetImportReportRequest { id: job.id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut report = Vec::new();
+    while let Some(piece) = stream.message().await.unwrap() {
+        report.extend(piece.chunk);
+    }
+    assert!(report.starts_with(b"\xEF\xBB\xBF"));
+    let text = String::from_utf8(report[3..].to_vec()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "Række;Kolonne;Årsag;Besked;Udført");
+    assert_eq!(lines.len(), 1 + errors.len());
+    assert!(lines[1].starts_with("3;;INVALID_ARGUMENT;"), "{}", lines[1]);
+    app.finish().await;
+}
+
+async fn licences_and_validate_only(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin_limits(Some(4), None).await;
+    let org = fixture.org.clone();
+    let token = fixture.admin_token.clone();
+    // One licence is the administrator's: 3 are free for 5 rows.
+    let rows = create_rows(5, "lic");
+    let check = imported(
+        &app,
+        &token,
+        pb::ImportSpec {
+            validate_only: true,
+            ..spec(&org.id, pb::ImportKind::Create)
+        },
+        file(HEADER_DA, &rows).as_bytes(),
+        1 << 20,
+    )
+    .await;
+    let checked = app.import_job(&token, &check.id).await;
+    assert!(checked.validate_only);
+    assert_eq!((checked.applied, checked.failed), (3, 2), "{checked:?}");
+    assert_eq!(
+        users_of(&app, &token, &org.id).await.len(),
+        1,
+        "validate_only applies nothing"
+    );
+    let expected = vec![(5, "", "LICENCE_LIMIT_REACHED"), (6, "", "LICENCE_LIMIT_REACHED")];
+    assert_eq!(errors_of(&app.import_errors(&token, &check.id).await), expected);
+
+    let real = imported(
+        &app,
+        &token,
+        spec(&org.id, pb::ImportKind::Create),
+        file(HEADER_DA, &rows).as_bytes(),
+        1 << 20,
+    )
+    .await;
+    let done = app.import_job(&token, &real.id).await;
+    assert_eq!((done.applied, done.failed), (3, 2));
+    let errors = app.import_errors(&token, &real.id).await;
+    assert_eq!(errors_of(&errors), expected, "the check said what the run did");
+    assert!(errors[0].message.contains("all 4 licences"), "{:?}", errors[0]);
+    assert_eq!(users_of(&app, &token, &org.id).await.len(), 4);
+    app.finish().await;
+}
+
+async fn edit_and_delete_files(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    let mut made = Vec::new();
+    let mut cprs = Vec::new();
+    for name in ["Anna", "Bent", "Carl", "Dorte", "Erik"] {
+        let request = pb::CreateUserRequest {
+            phone: "+45 12 34 56 78".into(),
+            ..new_user(&fixture.org.id, name, &[])
+        };
+        cprs.push(request.cpr.clone());
+        let user = app
+            .users()
+            .create_user(req(&token, request))
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap();
+        made.push(user);
+    }
+    let [anna, bent, carl, dorte, erik] = [&made[0], &made[1], &made[2], &made[3], &made[4]];
+    let edit = vec![
+        // 2: by id and e-mail: new surname, phone cleared.
+        row(&[(0, &anna.id), (3, &anna.email), (5, "Ærøsen"), (7, "#RYD")]),
+        // 3: by id and e-mail of two different users.
+        row(&[(0, &bent.id), (3, &carl.email), (5, "Forkert")]),
+        // 4: one identifying column only.
+        row(&[(1, &cprs[3]), (5, "Alene")]),
+        // 5: nothing to change.
+        row(&[(0, &erik.id), (3, &erik.email), (4, &erik.first_name)]),
+        // 6: an id no user has.
+        row(&[
+            (0, "0191b4a0-0000-7000-8000-000000000000"),
+            (3, &dorte.email),
+            (5, "Ingen"),
+        ]),
+    ];
+    let job = imported(
+        &app,
+        &token,
+        spec(&fixture.org.id, pb::ImportKind::Edit),
+        file(HEADER_EN, &edit).as_bytes(),
+        64,
+    )
+    .await;
+    let done = app.import_job(&token, &job.id).await;
+    let errors = app.import_errors(&token, &job.id).await;
+    assert_eq!(
+        (done.applied, done.failed, done.skipped),
+        (1, 3, 1),
+        "{done:?} {errors:#?}"
+    );
+    assert_eq!(
+        errors_of(&app.import_errors(&token, &job.id).await),
+        vec![
+            (3, "", "USER_MISMATCH"),
+            (4, "", "INVALID_ARGUMENT"),
+            (6, "user_id", "NOT_FOUND")
+        ]
+    );
+    let get = |id: &str| {
+        let id = id.to_owned();
+        let app = &app;
+        let token = token.clone();
+        async move {
+            app.users()
+                .get_user(req(&token, pb::GetUserRequest { id }))
+                .await
+                .unwrap()
+                .into_inner()
+                .user
+                .unwrap()
+        }
+    };
+    let anna_now = get(&anna.id).await;
+    assert_eq!((anna_now.surname.as_str(), anna_now.phone.as_str()), ("Ærøsen", ""));
+    assert_eq!(
+        get(&bent.id).await.surname,
+        bent.surname,
+        "a refused row changes nothing"
+    );
+
+    // Delete under ALLOW_DELETE: by CPR number and e-mail.
+    let delete = vec![row(&[(1, &cprs[1]), (3, &bent.email)])];
+    let job = imported(
+        &app,
+        &token,
+        spec(&fixture.org.id, pb::ImportKind::Delete),
+        file(HEADER_DA, &delete).as_bytes(),
+        1 << 20,
+    )
+    .await;
+    assert_eq!(app.import_job(&token, &job.id).await.applied, 1);
+    assert_eq!(get(&bent.id).await.state, pb::UserState::Deleted as i32);
+
+    // Under DEACTIVATE_ONLY the same file deactivates, and says so.
+    app.orgs()
+        .update_organisation_settings(req(
+            &token,
+            pb::UpdateOrganisationSettingsRequest {
+                settings: Some(pb::OrganisationSettings {
+                    organisation_id: fixture.org.id.clone(),
+                    deletion_policy: pb::DeletionPolicy::DeactivateOnly as i32,
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["deletion_policy".into()],
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let delete = vec![row(&[(0, &carl.id), (3, &carl.email)])];
+    let job = imported(
+        &app,
+        &token,
+        spec(&fixture.org.id, pb::ImportKind::Delete),
+        file(HEADER_DA, &delete).as_bytes(),
+        1 << 20,
+    )
+    .await;
+    let done = app.import_job(&token, &job.id).await;
+    assert_eq!((done.applied, done.failed), (1, 0));
+    let notices = app.import_errors(&token, &job.id).await;
+    assert_eq!(errors_of(&notices), vec![(2, "", "DEACTIVATED_NOT_DELETED")]);
+    assert!(notices[0].applied);
+    assert_eq!(get(&carl.id).await.state, pb::UserState::Deactivated as i32);
+    app.finish().await;
+}
+
+async fn legacy_files_bring_deactivated_users_and_administrators(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    // A user administrator may import users, but not from a legacy system.
+    let (user_admin, user_admin_token) = app.member(&fixture, "Brugeradmin", &[pb::Role::UserAdmin]).await;
+    let used_before = app
+        .orgs()
+        .get_organisation(req(
+            &token,
+            pb::GetOrganisationRequest {
+                id: fixture.org.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .organisation
+        .unwrap()
+        .licences_used;
+    let activation_mails = count(&app, "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'").await;
+    let rows = vec![
+        row(&[
+            (1, &nth_cpr(1)),
+            (3, "gammel.en@firma.dk"),
+            (4, "Gammel"),
+            (5, "Bruger"),
+            (14, "RID-1001"),
+        ]),
+        row(&[
+            (2, "1970-02-03"),
+            (3, "gammel.admin@firma.dk"),
+            (4, "Gammel"),
+            (5, "Admin"),
+            (10, "USER_ADMIN"),
+            (14, "RID-1002"),
+        ]),
+        // A legacy row must keep its RID number.
+        row(&[(1, &nth_cpr(3)), (3, "uden.rid@firma.dk"), (4, "Uden"), (5, "Rid")]),
+    ];
+    let refused = app
+        .upload_import(
+            &user_admin_token,
+            spec(&fixture.org.id, pb::ImportKind::LegacyCreate),
+            file(HEADER_DA, &rows).as_bytes(),
+            1 << 20,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let job = imported(
+        &app,
+        &token,
+        spec(&fixture.org.id, pb::ImportKind::LegacyCreate),
+        file(HEADER_DA, &rows).as_bytes(),
+        1 << 20,
+    )
+    .await;
+    let done = app.import_job(&token, &job.id).await;
+    assert_eq!((done.applied, done.failed), (2, 1));
+    assert_eq!(
+        errors_of(&app.import_errors(&token, &job.id).await),
+        vec![(4, "legacy_id", "INVALID_ARGUMENT")]
+    );
+    let users = users_of(&app, &token, &fixture.org.id).await;
+    let admin = users.iter().find(|u| u.email == "gammel.admin@firma.dk").unwrap();
+    assert_eq!(admin.state, pb::UserState::Deactivated as i32);
+    assert_eq!(admin.legacy_id, "RID-1002");
+    assert!(admin.roles.contains(&(pb::Role::UserAdmin as i32)));
+    let plain = users.iter().find(|u| u.email == "gammel.en@firma.dk").unwrap();
+    assert_eq!(
+        (plain.state, plain.legacy_id.as_str()),
+        (pb::UserState::Deactivated as i32, "RID-1001")
+    );
+    // Deactivated for good: no licence taken, no activation started.
+    let used_after = app
+        .orgs()
+        .get_organisation(req(
+            &token,
+            pb::GetOrganisationRequest {
+                id: fixture.org.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .organisation
+        .unwrap()
+        .licences_used;
+    assert_eq!(used_after, used_before);
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'").await,
+        activation_mails
+    );
+
+    // Rows run with the requester's rights as they are when the worker
+    // gets there: a requester deactivated meanwhile applies nothing.
+    let queued = app
+        .upload_import(
+            &user_admin_token,
+            spec(&fixture.org.id, pb::ImportKind::Create),
+            file(HEADER_DA, &create_rows(3, "efter")).as_bytes(),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    app.users()
+        .deactivate_user(req(
+            &token,
+            pb::DeactivateUserRequest {
+                id: user_admin.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let users_before = users_of(&app, &token, &fixture.org.id).await.len();
+    app.run_imports().await;
+    let failed = app.import_job(&token, &queued.id).await;
+    assert_eq!(
+        (failed.state, failed.failure_reason.as_str(), failed.applied),
+        (pb::ImportState::Failed as i32, "IMPORT_REQUESTER_CANNOT_ACT", 0)
+    );
+    assert_eq!(users_of(&app, &token, &fixture.org.id).await.len(), users_before);
+    app.finish().await;
+}
+
+async fn cancel_limits_and_broken_files(backend: Backend) {
+    let app = TestApp::start_with(
+        backend,
+        DomainSettings {
+            imports: ImportSettings {
+                max_file_bytes: 64 * 1024,
+                max_rows: 50,
+                max_open_per_organisation: 2,
+                batch_size: 10,
+                ..ImportSettings::default()
+            },
+            ..DomainSettings::default()
+        },
+    )
+    .await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    let org = fixture.org.id.clone();
+    let small = file(HEADER_DA, &create_rows(20, "lille"));
+
+    // A queued job is cancelled at once and applies nothing.
+    let queued = app
+        .upload_import(&token, spec(&org, pb::ImportKind::Create), small.as_bytes(), 1 << 20)
+        .await
+        .unwrap();
+    let cancelled = app
+        .imports()
+        .cancel_import(req(&token, pb::CancelImportRequest { id: queued.id.clone() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(cancelled.state, pb::ImportState::Cancelled as i32);
+    let again = app
+        .imports()
+        .cancel_import(req(&token, pb::CancelImportRequest { id: queued.id.clone() }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (again.code(), reason(&again).as_str()),
+        (Code::FailedPrecondition, "IMPORT_FINISHED")
+    );
+
+    // A running job stops between batches; its first batch stays.
+    let running = app
+        .upload_import(&token, spec(&org, pb::ImportKind::Create), small.as_bytes(), 1 << 20)
+        .await
+        .unwrap();
+    let id = app.domain.claim_import("w1").await.unwrap().unwrap();
+    assert_eq!(id.to_string(), running.id);
+    app.imports()
+        .cancel_import(req(&token, pb::CancelImportRequest { id: running.id.clone() }))
+        .await
+        .unwrap();
+    app.domain.run_import(id, "w1", &|| false).await.unwrap();
+    let stopped = app.import_job(&token, &running.id).await;
+    assert_eq!(stopped.state, pb::ImportState::Cancelled as i32);
+    assert!(stopped.cancel_requested);
+    assert_eq!(stopped.applied, 0, "cancelled before its first batch");
+
+    // Two open jobs at most.
+    for _ in 0..2 {
+        app.upload_import(&token, spec(&org, pb::ImportKind::Create), small.as_bytes(), 1 << 20)
+            .await
+            .unwrap();
+    }
+    let full = app
+        .upload_import(&token, spec(&org, pb::ImportKind::Create), small.as_bytes(), 1 << 20)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (full.code(), reason(&full).as_str()),
+        (Code::FailedPrecondition, "IMPORTS_QUEUE_FULL")
+    );
+    app.run_imports().await;
+
+    // Too large: refused while uploading, nothing kept.
+    let big = file(HEADER_DA, &create_rows(1000, "stor"));
+    let before = count(&app, "SELECT COUNT(*) FROM import_jobs").await;
+    let too_large = app
+        .upload_import(&token, spec(&org, pb::ImportKind::Create), big.as_bytes(), 16 * 1024)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (too_large.code(), reason(&too_large).as_str()),
+        (Code::FailedPrecondition, "IMPORT_TOO_LARGE")
+    );
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM import_jobs").await, before);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM import_chunks WHERE job_id NOT IN (SELECT id FROM import_jobs)"
+        )
+        .await,
+        0
+    );
+
+    // Too many rows, or no header: the job fails before applying anything.
+    let users_before = users_of(&app, &token, &org).await.len();
+    let many = app
+        .upload_import(
+            &token,
+            spec(&org, pb::ImportKind::Create),
+            file(HEADER_DA, &create_rows(51, "mange")).as_bytes(),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    let headless = app
+        .upload_import(
+            &token,
+            spec(&org, pb::ImportKind::Create),
+            file(&create_rows(1, "x")[0], &create_rows(3, "hoved")).as_bytes(),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    app.run_imports().await;
+    let many = app.import_job(&token, &many.id).await;
+    assert_eq!(
+        (many.state, many.failure_reason.as_str()),
+        (pb::ImportState::Failed as i32, "IMPORT_TOO_MANY_ROWS")
+    );
+    let headless = app.import_job(&token, &headless.id).await;
+    assert_eq!(
+        (headless.state, headless.failure_reason.as_str()),
+        (pb::ImportState::Failed as i32, "IMPORT_HEADER_INVALID")
+    );
+    assert!(headless.failure_message.contains("column 1"), "{headless:?}");
+    assert_eq!(users_of(&app, &token, &org).await.len(), users_before);
+
+    // A chunk over 1 MiB, a missing spec, an unspecified kind.
+    let huge = vec![b'x'; (1 << 20) + 1];
+    let status = app
+        .upload_import(&token, spec(&org, pb::ImportKind::Create), &huge, huge.len())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(bad_fields(&status)[0], "chunk");
+    let status = app
+        .upload_import(
+            &token,
+            spec(&org, pb::ImportKind::Unspecified),
+            small.as_bytes(),
+            1 << 20,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&status)[0], "spec.kind");
+
+    // The list shows every job, newest first, a page at a time.
+    let listed = app
+        .imports()
+        .list_imports(req(
+            &token,
+            pb::ListImportsRequest {
+                organisation_id: org.clone(),
+                page_size: 2,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.jobs.len(), 2);
+    assert!(!listed.next_page_token.is_empty());
+    assert_eq!(listed.jobs[0].id, headless.id);
+    app.finish().await;
+}
+
+async fn bulk_activation_mails_cpr_users_and_lists_the_others(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    let rows = create_rows(6, "akt");
+    let job = imported(
+        &app,
+        &token,
+        spec(&fixture.org.id, pb::ImportKind::Create),
+        file(HEADER_DA, &rows).as_bytes(),
+        1 << 20,
+    )
+    .await;
+    let sent = app
+        .imports()
+        .batch_send_activation(req(
+            &token,
+            pb::BatchSendActivationRequest {
+                organisation_id: fixture.org.id.clone(),
+                import_id: job.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((sent.queued_user_ids.len(), sent.needs_code_user_ids.len()), (3, 3));
+    // Each CPR user can activate with their own mailed link.
+    let token_of_first = app.mailed_token("activation", "bruger0.akt@firma.dk").await;
+    assert!(!token_of_first.is_empty());
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'").await,
+        3 + 1
+    );
+    // Asked again by user id: an active user is skipped.
+    let again = app
+        .imports()
+        .batch_send_activation(req(
+            &token,
+            pb::BatchSendActivationRequest {
+                organisation_id: fixture.org.id.clone(),
+                user_ids: vec![fixture.admin.id.clone(), sent.queued_user_ids[0].clone()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.skipped_user_ids, vec![fixture.admin.id.clone()]);
+    assert_eq!(again.queued_user_ids, vec![sent.queued_user_ids[0].clone()]);
+    let both = app
+        .imports()
+        .batch_send_activation(req(
+            &token,
+            pb::BatchSendActivationRequest {
+                organisation_id: fixture.org.id.clone(),
+                user_ids: vec![fixture.admin.id.clone()],
+                import_id: job.id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&both)[0], "user_ids");
+    // The template of each kind and language reads back as a header row.
+    for language in [pb::Language::Da, pb::Language::Sv, pb::Language::En] {
+        let template = app
+            .imports()
+            .get_import_template(req(
+                &token,
+                pb::GetImportTemplateRequest {
+                    kind: pb::ImportKind::Create as i32,
+                    language: language as i32,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let text = String::from_utf8(template.content[3..].to_vec()).unwrap();
+        let expected = match language {
+            pb::Language::Da => HEADER_DA,
+            pb::Language::Sv => HEADER_SV,
+            _ => HEADER_EN,
+        };
+        assert_eq!(text.lines().next().unwrap(), expected);
+    }
+    app.finish().await;
+}
