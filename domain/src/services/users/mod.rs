@@ -92,7 +92,8 @@ pub struct HistoryQuery {
     pub page_token: String,
     pub start: Option<Millis>,
     pub end: Option<Millis>,
-    pub activities: Vec<String>,
+    /// Only these; empty: all.
+    pub activities: Vec<Activity>,
 }
 
 /// The outcome of a create: `created` is false when a retry found the user
