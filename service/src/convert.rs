@@ -63,8 +63,17 @@ pub fn role(field: &str, value: i32) -> Result<model::Role, DomainError> {
     }
 }
 
+/// Each item of a repeated field is named by its index (`roles[2]`).
+fn item(field: &str, i: usize) -> String {
+    format!("{field}[{i}]")
+}
+
 pub fn roles(field: &str, values: &[i32]) -> Result<Vec<model::Role>, DomainError> {
-    values.iter().map(|v| role(field, *v)).collect()
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| role(&item(field, i), *v))
+        .collect()
 }
 
 pub fn role_to_pb(role: model::Role) -> pb::Role {
@@ -130,16 +139,19 @@ pub fn deletion_policy_to_pb(policy: model::DeletionPolicy) -> pb::DeletionPolic
 pub fn identification_means(field: &str, values: &[i32]) -> Result<Vec<model::IdentificationMeans>, DomainError> {
     values
         .iter()
-        .map(|v| match enum_value::<pb::IdentificationMeans>(field, *v)? {
-            pb::IdentificationMeans::Mitid => Ok(model::IdentificationMeans::MitId),
-            pb::IdentificationMeans::Password => Ok(model::IdentificationMeans::Password),
-            pb::IdentificationMeans::LocalIdp => Ok(model::IdentificationMeans::LocalIdp),
-            pb::IdentificationMeans::NemlogIn => Ok(model::IdentificationMeans::NemLogIn),
-            pb::IdentificationMeans::Unspecified => Err(DomainError::invalid(
-                field,
-                "must not be IDENTIFICATION_MEANS_UNSPECIFIED",
-            )),
-        })
+        .enumerate()
+        .map(
+            |(i, v)| match enum_value::<pb::IdentificationMeans>(&item(field, i), *v)? {
+                pb::IdentificationMeans::Mitid => Ok(model::IdentificationMeans::MitId),
+                pb::IdentificationMeans::Password => Ok(model::IdentificationMeans::Password),
+                pb::IdentificationMeans::LocalIdp => Ok(model::IdentificationMeans::LocalIdp),
+                pb::IdentificationMeans::NemlogIn => Ok(model::IdentificationMeans::NemLogIn),
+                pb::IdentificationMeans::Unspecified => Err(DomainError::invalid(
+                    item(field, i),
+                    "must not be IDENTIFICATION_MEANS_UNSPECIFIED",
+                )),
+            },
+        )
         .collect()
 }
 
@@ -158,13 +170,15 @@ pub fn identification_means_to_pb(values: &[model::IdentificationMeans]) -> Vec<
 pub fn certificate_kinds(field: &str, values: &[i32]) -> Result<Vec<model::CertificateKind>, DomainError> {
     values
         .iter()
-        .map(|v| match enum_value::<pb::CertificateKind>(field, *v)? {
+        .enumerate()
+        .map(|(i, v)| match enum_value::<pb::CertificateKind>(&item(field, i), *v)? {
             pb::CertificateKind::Employee => Ok(model::CertificateKind::Employee),
             pb::CertificateKind::Organisation => Ok(model::CertificateKind::Organisation),
             pb::CertificateKind::System => Ok(model::CertificateKind::System),
-            pb::CertificateKind::Unspecified => {
-                Err(DomainError::invalid(field, "must not be CERTIFICATE_KIND_UNSPECIFIED"))
-            }
+            pb::CertificateKind::Unspecified => Err(DomainError::invalid(
+                item(field, i),
+                "must not be CERTIFICATE_KIND_UNSPECIFIED",
+            )),
         })
         .collect()
 }
@@ -255,7 +269,7 @@ pub fn activities(field: &str, values: &[i32]) -> Result<Vec<model::Activity>, D
     let mut found = Vec::with_capacity(values.len());
     let mut violations = Vec::new();
     for (i, value) in values.iter().enumerate() {
-        match activity(&format!("{field}[{i}]"), *value) {
+        match activity(&item(field, i), *value) {
             Ok(a) => found.push(a),
             Err(DomainError::InvalidArgument(v)) => violations.extend(v),
             Err(other) => return Err(other),

@@ -191,7 +191,7 @@ async fn user_bad_input_names_each_field(backend: Backend) {
                 roles: vec![1],
                 ..base.clone()
             },
-            vec!["roles"],
+            vec!["roles[0]"],
         ),
         (
             pb::CreateUserRequest {
