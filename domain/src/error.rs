@@ -140,6 +140,22 @@ impl DomainError {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
 
+    /// The same error with its field paths read from inside the request
+    /// field `message` (`etag` → `user.etag`), for a rule shared by requests
+    /// that hold the field at the top and requests that hold it in their
+    /// resource: field paths are relative to the request (AIP-193).
+    pub fn within(self, message: &str) -> Self {
+        match self {
+            Self::InvalidArgument(violations) => Self::InvalidArgument(
+                violations
+                    .into_iter()
+                    .map(|v| FieldViolation::new(format!("{message}.{}", v.field), v.description))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
     pub fn not_found(resource: &'static str, id: impl ToString) -> Self {
         Self::NotFound {
             resource,

@@ -241,7 +241,7 @@ pub struct FieldChange {
 pub struct HistoryEvent {
     pub id: Uuid,
     pub subject_id: Uuid,
-    pub activity: String,
+    pub activity: Activity,
     pub actor: String,
     /// The actor's name and e-mail as they were at the time.
     pub actor_name: String,

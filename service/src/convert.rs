@@ -63,8 +63,17 @@ pub fn role(field: &str, value: i32) -> Result<model::Role, DomainError> {
     }
 }
 
+/// Each item of a repeated field is named by its index (`roles[2]`).
+fn item(field: &str, i: usize) -> String {
+    format!("{field}[{i}]")
+}
+
 pub fn roles(field: &str, values: &[i32]) -> Result<Vec<model::Role>, DomainError> {
-    values.iter().map(|v| role(field, *v)).collect()
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| role(&item(field, i), *v))
+        .collect()
 }
 
 pub fn role_to_pb(role: model::Role) -> pb::Role {
@@ -130,16 +139,19 @@ pub fn deletion_policy_to_pb(policy: model::DeletionPolicy) -> pb::DeletionPolic
 pub fn identification_means(field: &str, values: &[i32]) -> Result<Vec<model::IdentificationMeans>, DomainError> {
     values
         .iter()
-        .map(|v| match enum_value::<pb::IdentificationMeans>(field, *v)? {
-            pb::IdentificationMeans::Mitid => Ok(model::IdentificationMeans::MitId),
-            pb::IdentificationMeans::Password => Ok(model::IdentificationMeans::Password),
-            pb::IdentificationMeans::LocalIdp => Ok(model::IdentificationMeans::LocalIdp),
-            pb::IdentificationMeans::NemlogIn => Ok(model::IdentificationMeans::NemLogIn),
-            pb::IdentificationMeans::Unspecified => Err(DomainError::invalid(
-                field,
-                "must not be IDENTIFICATION_MEANS_UNSPECIFIED",
-            )),
-        })
+        .enumerate()
+        .map(
+            |(i, v)| match enum_value::<pb::IdentificationMeans>(&item(field, i), *v)? {
+                pb::IdentificationMeans::Mitid => Ok(model::IdentificationMeans::MitId),
+                pb::IdentificationMeans::Password => Ok(model::IdentificationMeans::Password),
+                pb::IdentificationMeans::LocalIdp => Ok(model::IdentificationMeans::LocalIdp),
+                pb::IdentificationMeans::NemlogIn => Ok(model::IdentificationMeans::NemLogIn),
+                pb::IdentificationMeans::Unspecified => Err(DomainError::invalid(
+                    item(field, i),
+                    "must not be IDENTIFICATION_MEANS_UNSPECIFIED",
+                )),
+            },
+        )
         .collect()
 }
 
@@ -158,13 +170,15 @@ pub fn identification_means_to_pb(values: &[model::IdentificationMeans]) -> Vec<
 pub fn certificate_kinds(field: &str, values: &[i32]) -> Result<Vec<model::CertificateKind>, DomainError> {
     values
         .iter()
-        .map(|v| match enum_value::<pb::CertificateKind>(field, *v)? {
+        .enumerate()
+        .map(|(i, v)| match enum_value::<pb::CertificateKind>(&item(field, i), *v)? {
             pb::CertificateKind::Employee => Ok(model::CertificateKind::Employee),
             pb::CertificateKind::Organisation => Ok(model::CertificateKind::Organisation),
             pb::CertificateKind::System => Ok(model::CertificateKind::System),
-            pb::CertificateKind::Unspecified => {
-                Err(DomainError::invalid(field, "must not be CERTIFICATE_KIND_UNSPECIFIED"))
-            }
+            pb::CertificateKind::Unspecified => Err(DomainError::invalid(
+                item(field, i),
+                "must not be CERTIFICATE_KIND_UNSPECIFIED",
+            )),
         })
         .collect()
 }
@@ -197,6 +211,77 @@ pub fn unit_kind_to_pb(kind: model::UnitKind) -> pb::UnitKind {
     }
 }
 
+/// The two directions of an enum whose variants have the same names in the
+/// domain and the proto, from one list: both matches are exhaustive, so a
+/// variant added on either side without the other does not compile.
+macro_rules! same_variants {
+    ($to_pb:ident, $from_pb:ident, $model:ty, $proto:ty, $zero:literal, [$($variant:ident),+ $(,)?]) => {
+        pub fn $to_pb(value: $model) -> $proto {
+            match value {
+                $(<$model>::$variant => <$proto>::$variant,)+
+            }
+        }
+
+        /// Refuses unknown numbers and the `_UNSPECIFIED` zero.
+        pub fn $from_pb(field: &str, value: i32) -> Result<$model, DomainError> {
+            match enum_value::<$proto>(field, value)? {
+                $(<$proto>::$variant => Ok(<$model>::$variant),)+
+                <$proto>::Unspecified => Err(DomainError::invalid(field, concat!("must not be ", $zero))),
+            }
+        }
+    };
+}
+
+same_variants!(
+    activity_to_pb,
+    activity,
+    model::Activity,
+    pb::HistoryActivity,
+    "HISTORY_ACTIVITY_UNSPECIFIED",
+    [
+        ActivationCodeCreated,
+        ActivationSent,
+        AnonymityRejected,
+        AnonymityRequested,
+        ApiTokenCreated,
+        ApiTokenRevoked,
+        EmailVerified,
+        OrganisationCreated,
+        OrganisationUpdated,
+        SettingsUpdated,
+        LicenceCountChanged,
+        UnitCreated,
+        UnitDeleted,
+        UnitUpdated,
+        UserActivated,
+        UserClosedForAnonymity,
+        UserCreated,
+        UserUpdated,
+        UserDeactivated,
+        UserReactivated,
+        UserDeleted,
+    ]
+);
+
+/// A history filter: each value a known activity, each violation naming its
+/// index (`activities[2]`), all of them in one reply.
+pub fn activities(field: &str, values: &[i32]) -> Result<Vec<model::Activity>, DomainError> {
+    let mut found = Vec::with_capacity(values.len());
+    let mut violations = Vec::new();
+    for (i, value) in values.iter().enumerate() {
+        match activity(&item(field, i), *value) {
+            Ok(a) => found.push(a),
+            Err(DomainError::InvalidArgument(v)) => violations.extend(v),
+            Err(other) => return Err(other),
+        }
+    }
+    if violations.is_empty() {
+        Ok(found)
+    } else {
+        Err(DomainError::InvalidArgument(violations))
+    }
+}
+
 /// The paths of an update mask, checked against the fields that may change.
 pub fn mask_paths(mask: Option<&prost_types::FieldMask>, allowed: &[&str]) -> Result<Vec<String>, DomainError> {
     let paths = mask.map(|m| m.paths.clone()).unwrap_or_default();
@@ -216,5 +301,41 @@ pub fn mask_paths(mask: Option<&prost_types::FieldMask>, allowed: &[&str]) -> Re
         Ok(paths)
     } else {
         Err(DomainError::InvalidArgument(violations))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// Every activity the domain can record has its own proto value, named
+    /// like its stored form, and comes back as itself; the proto has no value
+    /// the domain lacks (`Activity::ALL` is generated from the enum).
+    #[test]
+    fn every_activity_maps_to_a_distinct_proto_value_and_back() {
+        let mut seen = HashSet::new();
+        for &a in model::Activity::ALL {
+            let value = activity_to_pb(a);
+            assert_ne!(value, pb::HistoryActivity::Unspecified, "{a}");
+            assert!(seen.insert(value), "{a} shares {value:?} with another activity");
+            assert_eq!(value.as_str_name(), format!("HISTORY_ACTIVITY_{a}"));
+            assert_eq!(activity("activities[0]", value as i32).unwrap(), a);
+        }
+        let proto_values = (1..1000).filter(|n| pb::HistoryActivity::try_from(*n).is_ok()).count();
+        assert_eq!(seen.len(), proto_values, "proto values without a domain activity");
+        assert!(activity("activities[0]", 0).is_err());
+        assert!(activity("activities[0]", 1000).is_err());
+    }
+
+    #[test]
+    fn an_unspecified_or_unknown_activity_names_its_index() {
+        let err = activities("activities", &[pb::HistoryActivity::UserCreated as i32, 0, 9999]).unwrap_err();
+        let DomainError::InvalidArgument(violations) = err else {
+            panic!("not INVALID_ARGUMENT: {err:?}");
+        };
+        let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["activities[1]", "activities[2]"]);
     }
 }

@@ -111,7 +111,7 @@ async fn a_new_address_takes_over_once_verified(backend: Backend) {
         .unwrap()
         .into_inner()
         .events;
-    assert_eq!(history[0].activity, "EMAIL_VERIFIED");
+    assert_eq!(history[0].activity(), pb::HistoryActivity::EmailVerified);
     assert_eq!(history[0].actor, format!("user:{}", anna.id));
     assert!(
         history[0]
@@ -119,7 +119,7 @@ async fn a_new_address_takes_over_once_verified(backend: Backend) {
             .iter()
             .any(|c| c.field == "email" && c.before == old && c.after == new)
     );
-    assert_eq!(history[1].activity, "USER_UPDATED");
+    assert_eq!(history[1].activity(), pb::HistoryActivity::UserUpdated);
     assert!(
         history[1]
             .changes

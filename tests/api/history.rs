@@ -29,11 +29,17 @@ async fn history_names_the_actor_as_they_were(backend: Backend) {
     let (anna, _) = app.member(&fixture, "Anna", &[]).await;
 
     let events = history(&app, &token, &anna.id).await;
-    let created = events.iter().find(|e| e.activity == "USER_CREATED").unwrap();
+    let created = events
+        .iter()
+        .find(|e| e.activity() == pb::HistoryActivity::UserCreated)
+        .unwrap();
     assert_eq!(created.actor, format!("user:{}", fixture.admin.id));
     assert_eq!(created.actor_name, "Admin Jørgensen");
     assert_eq!(created.actor_email, fixture.admin.email);
-    let activated = events.iter().find(|e| e.activity == "USER_ACTIVATED").unwrap();
+    let activated = events
+        .iter()
+        .find(|e| e.activity() == pb::HistoryActivity::UserActivated)
+        .unwrap();
     assert_eq!(activated.actor_name, "Anna Jørgensen", "she activated herself");
 
     // The administrator changes name and address; what they did before keeps
@@ -78,30 +84,41 @@ async fn history_names_the_actor_as_they_were(backend: Backend) {
         .await
         .unwrap();
     let events = history(&app, &token, &anna.id).await;
-    assert_eq!(events[0].activity, "USER_UPDATED");
+    assert_eq!(events[0].activity(), pb::HistoryActivity::UserUpdated);
     assert_eq!(events[0].actor_name, "Adminna Ærø");
-    let created = events.iter().find(|e| e.activity == "USER_CREATED").unwrap();
+    let created = events
+        .iter()
+        .find(|e| e.activity() == pb::HistoryActivity::UserCreated)
+        .unwrap();
     assert_eq!(created.actor_name, "Admin Jørgensen", "as they were at the time");
     assert_eq!(renamed.first_name, "Adminna");
 
-    // The filter takes activities history can hold; a typo is an error.
+    // The filter takes activities history can hold; UNSPECIFIED or a number
+    // the contract does not know is an error, not an empty page.
     let typo = app
         .users()
         .list_user_history(req(
             &token,
             pb::ListUserHistoryRequest {
                 user_id: anna.id.clone(),
-                activities: vec!["USER_UPDATED".into(), "USER_UPDATE".into()],
+                activities: vec![
+                    pb::HistoryActivity::UserUpdated as i32,
+                    pb::HistoryActivity::Unspecified as i32,
+                    9999,
+                ],
                 ..Default::default()
             },
         ))
         .await;
     let status = assert_code(typo, tonic::Code::InvalidArgument);
-    assert_eq!(bad_fields(&status), vec!["activities[1]".to_owned()]);
+    assert_eq!(bad_fields(&status), vec!["activities[1]", "activities[2]"]);
 
     // The operator and the worker are named for what they are.
     let admin_history = history(&app, OPERATOR_TOKEN, &fixture.admin.id).await;
-    let by_operator = admin_history.iter().find(|e| e.activity == "USER_CREATED").unwrap();
+    let by_operator = admin_history
+        .iter()
+        .find(|e| e.activity() == pb::HistoryActivity::UserCreated)
+        .unwrap();
     assert_eq!(by_operator.actor_name, "operator");
     assert_eq!(by_operator.actor_email, "");
     app.finish().await;

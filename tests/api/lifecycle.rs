@@ -380,7 +380,7 @@ async fn timed_deactivation_ends_by_the_worker(backend: Backend) {
             &token,
             pb::ListUserHistoryRequest {
                 user_id: user.id.clone(),
-                activities: vec!["USER_REACTIVATED".into()],
+                activities: vec![pb::HistoryActivity::UserReactivated as i32],
                 ..Default::default()
             },
         ))
@@ -632,8 +632,8 @@ async fn history_pages_and_filters(backend: Backend) {
         page_token = page.next_page_token;
     }
     assert_eq!(seen.len(), 9);
-    assert_eq!(seen[0].activity, "USER_REACTIVATED");
-    assert_eq!(seen[8].activity, "USER_CREATED");
+    assert_eq!(seen[0].activity(), pb::HistoryActivity::UserReactivated);
+    assert_eq!(seen[8].activity(), pb::HistoryActivity::UserCreated);
     let times: Vec<i64> = seen
         .iter()
         .map(|e| {
@@ -647,7 +647,7 @@ async fn history_pages_and_filters(backend: Backend) {
             &token,
             pb::ListUserHistoryRequest {
                 user_id: user.id.clone(),
-                activities: vec!["USER_UPDATED".into()],
+                activities: vec![pb::HistoryActivity::UserUpdated as i32],
                 ..Default::default()
             },
         ))
@@ -673,7 +673,10 @@ async fn history_pages_and_filters(backend: Backend) {
         .into_inner()
         .events;
     assert_eq!(
-        since.iter().map(|e| e.activity.as_str()).collect::<Vec<_>>(),
+        since
+            .iter()
+            .map(|e| e.activity().as_str_name().trim_start_matches("HISTORY_ACTIVITY_"))
+            .collect::<Vec<_>>(),
         vec!["USER_REACTIVATED"]
     );
     let backwards = users

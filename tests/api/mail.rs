@@ -113,7 +113,10 @@ async fn activation_by_mailed_link(backend: Backend) {
         .unwrap()
         .into_inner()
         .events;
-    let activities: Vec<&str> = history.iter().map(|e| e.activity.as_str()).collect();
+    let activities: Vec<&str> = history
+        .iter()
+        .map(|e| e.activity().as_str_name().trim_start_matches("HISTORY_ACTIVITY_"))
+        .collect();
     assert_eq!(&activities[..2], &["USER_ACTIVATED", "ACTIVATION_SENT"]);
     assert_eq!(history[0].actor, format!("user:{}", user.id));
     // Deactivate-then-reactivate returns an activated user to ACTIVE.

@@ -5,6 +5,7 @@ mod bounds;
 mod contract;
 mod credentials;
 mod email_change;
+mod field_rules;
 mod fingerprint;
 mod history;
 mod imports;

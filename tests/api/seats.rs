@@ -283,7 +283,7 @@ async fn a_user_who_never_activated_returns_to_pending(backend: Backend) {
         .unwrap()
         .into_inner()
         .events;
-    assert_eq!(history[0].activity, "USER_REACTIVATED");
+    assert_eq!(history[0].activity(), pb::HistoryActivity::UserReactivated);
     assert_eq!(history[0].actor_name, "system (timed-reactivation)");
     assert!(
         history[0]

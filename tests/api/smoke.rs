@@ -273,7 +273,32 @@ async fn grpcurl_walkthrough(backend: Backend) {
         .iter()
         .map(|e| e["activity"].as_str().unwrap())
         .collect();
-    assert_eq!(activities, vec!["USER_REACTIVATED", "USER_DEACTIVATED", "USER_CREATED"]);
+    assert_eq!(
+        activities,
+        vec![
+            "HISTORY_ACTIVITY_USER_REACTIVATED",
+            "HISTORY_ACTIVITY_USER_DEACTIVATED",
+            "HISTORY_ACTIVITY_USER_CREATED"
+        ]
+    );
+
+    let deactivations = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(
+            r#"{{"user_id":"{user_id}","activities":["HISTORY_ACTIVITY_USER_DEACTIVATED"]}}"#
+        )),
+        "orgadmin.v1.UserService/ListUserHistory",
+    );
+    assert_eq!(
+        deactivations["events"].as_array().map(Vec::len),
+        Some(1),
+        "{deactivations}"
+    );
+    assert_eq!(
+        deactivations["events"][0]["activity"],
+        "HISTORY_ACTIVITY_USER_DEACTIVATED"
+    );
 
     // A bulk import as the README streams it: the spec, then the file in
     // base64 chunks, one JSON message per line on grpcurl's stdin; then

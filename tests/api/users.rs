@@ -191,7 +191,7 @@ async fn user_bad_input_names_each_field(backend: Backend) {
                 roles: vec![1],
                 ..base.clone()
             },
-            vec!["roles"],
+            vec!["roles[0]"],
         ),
         (
             pb::CreateUserRequest {
@@ -460,7 +460,10 @@ async fn user_update_with_etag_and_history(backend: Backend) {
         .unwrap()
         .into_inner()
         .events;
-    let activities: Vec<&str> = history.iter().map(|e| e.activity.as_str()).collect();
+    let activities: Vec<&str> = history
+        .iter()
+        .map(|e| e.activity().as_str_name().trim_start_matches("HISTORY_ACTIVITY_"))
+        .collect();
     assert_eq!(
         activities,
         vec!["USER_UPDATED", "USER_UPDATED", "USER_ACTIVATED", "USER_CREATED"],

@@ -68,12 +68,14 @@ pub struct UnitPatch {
     pub parent_id: Option<Option<Uuid>>,
 }
 
-fn check_eans(violations: &mut Violations, eans: &[String]) {
+/// `prefix` is the path of the message holding the list in the request:
+/// empty on CreateOrganisation, `organisation.` on UpdateOrganisation.
+fn check_eans(violations: &mut Violations, prefix: &str, eans: &[String]) {
     if eans.len() > 20 {
-        violations.add("ean_numbers", "at most 20 EAN numbers");
+        violations.add(&format!("{prefix}ean_numbers"), "at most 20 EAN numbers");
     }
     for (i, ean) in eans.iter().enumerate() {
-        violations.check(&format!("ean_numbers[{i}]"), validate::ean(ean));
+        violations.check(&format!("{prefix}ean_numbers[{i}]"), validate::ean(ean));
     }
 }
 
@@ -100,7 +102,7 @@ impl Domain {
         let mut violations = Violations::default();
         violations.check("name", validate::text(&new.name, 200));
         violations.check("cvr", validate::cvr(&new.cvr));
-        check_eans(&mut violations, &new.ean_numbers);
+        check_eans(&mut violations, "", &new.ean_numbers);
         let licence_count = new.licence_count.unwrap_or(DEFAULT_LICENCE_COUNT);
         if !(1..=MAX_LICENCE_COUNT).contains(&licence_count) {
             violations.add("licence_count", format!("must be between 1 and {MAX_LICENCE_COUNT}"));
@@ -267,12 +269,12 @@ impl Domain {
             violations.check("organisation.name", validate::text(name, 200));
         }
         if let Some(eans) = &patch.ean_numbers {
-            check_eans(&mut violations, eans);
+            check_eans(&mut violations, "organisation.", eans);
         }
         violations.into_result()?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let row = lock_organisation(&txn, id).await?;
-        check_etag("organisation", etag, row.version)?;
+        check_etag("organisation", etag, row.version).map_err(|e| e.within("organisation"))?;
         let now = now_millis();
         let mut changes = Vec::new();
         let mut active: organisation::ActiveModel = row.clone().into();
@@ -376,7 +378,7 @@ impl Domain {
 
         let txn = crate::persistence::begin_write(&self.db).await?;
         let row = lock_organisation(&txn, organisation_id).await?;
-        check_etag("organisation settings", etag, row.version)?;
+        check_etag("organisation settings", etag, row.version).map_err(|e| e.within("settings"))?;
         if let Some(max) = patch.max_administrators
             && max > 0
         {

@@ -29,14 +29,18 @@ fn channel_to_pb(channel: DeliveryChannel) -> pb::DeliveryChannel {
     }
 }
 
-fn preference_from_pb(p: &pb::NotificationPreference) -> Result<(NotificationKind, DeliveryChannel), DomainError> {
+/// `i` is the preference's index in the request (`preferences[1].kind`).
+fn preference_from_pb(
+    i: usize,
+    p: &pb::NotificationPreference,
+) -> Result<(NotificationKind, DeliveryChannel), DomainError> {
     let kind = match pb::NotificationKind::try_from(p.kind) {
         Ok(pb::NotificationKind::Account) => NotificationKind::Account,
         Ok(pb::NotificationKind::AnonymityRequest) => NotificationKind::AnonymityRequest,
         Ok(pb::NotificationKind::ImportFinished) => NotificationKind::ImportFinished,
         _ => {
             return Err(DomainError::invalid(
-                "preferences.kind",
+                format!("preferences[{i}].kind"),
                 "must be a known NotificationKind, not UNSPECIFIED",
             ));
         }
@@ -47,7 +51,7 @@ fn preference_from_pb(p: &pb::NotificationPreference) -> Result<(NotificationKin
         Ok(pb::DeliveryChannel::Both) => DeliveryChannel::Both,
         _ => {
             return Err(DomainError::invalid(
-                "preferences.channel",
+                format!("preferences[{i}].channel"),
                 "must be IN_APP, MAIL or BOTH",
             ));
         }
@@ -119,7 +123,8 @@ impl NotificationService for NotificationHandler {
             .get_ref()
             .ids
             .iter()
-            .map(|i| id("ids", i))
+            .enumerate()
+            .map(|(i, value)| id(&format!("ids[{i}]"), value))
             .collect::<Result<Vec<_>, _>>()
             .into_status()?;
         let marked = self.domain.mark_notifications_read(&caller, &ids).await.into_status()?;
@@ -148,7 +153,8 @@ impl NotificationService for NotificationHandler {
             .get_ref()
             .preferences
             .iter()
-            .map(preference_from_pb)
+            .enumerate()
+            .map(|(i, p)| preference_from_pb(i, p))
             .collect::<Result<Vec<_>, _>>()
             .into_status()?;
         let prefs = self

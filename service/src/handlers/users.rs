@@ -48,7 +48,7 @@ fn event_to_pb(event: &HistoryEvent) -> pb::HistoryEvent {
     pb::HistoryEvent {
         id: event.id.to_string(),
         user_id: event.subject_id.to_string(),
-        activity: event.activity.clone(),
+        activity: activity_to_pb(event.activity) as i32,
         actor: event.actor.clone(),
         actor_name: event.actor_name.clone(),
         actor_email: event.actor_email.clone().unwrap_or_default(),
@@ -317,7 +317,7 @@ impl UserService for UserHandler {
                 .map(|t| millis("end_time", t))
                 .transpose()
                 .into_status()?,
-            activities: r.activities,
+            activities: activities("activities", &r.activities).into_status()?,
         };
         let page = self
             .domain

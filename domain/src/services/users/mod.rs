@@ -111,7 +111,8 @@ pub struct HistoryQuery {
     pub page_token: String,
     pub start: Option<Millis>,
     pub end: Option<Millis>,
-    pub activities: Vec<String>,
+    /// Only these; empty: all.
+    pub activities: Vec<Activity>,
 }
 
 /// The outcome of a create: `created` is false when a retry found the user
@@ -131,6 +132,8 @@ fn today() -> chrono::NaiveDate {
 /// First name, surname and e-mail address in their stored form (trimmed,
 /// NFC; the address parsed by the one address rule), each checked under
 /// `prefix` (the path of the message holding them: `user.` on UpdateUser).
+/// Each path is written as a `{prefix}` format string: the field-rule test
+/// (tests/api/field_rules.rs) reads them so, with the prefixes callers pass.
 fn check_identity_fields(
     v: &mut Violations,
     prefix: &str,
@@ -138,13 +141,13 @@ fn check_identity_fields(
     surname: Option<&str>,
     email: Option<&str>,
 ) -> (Option<String>, Option<String>, Option<Email>) {
-    let mut name = |field: &str, value: Option<&str>| {
+    let mut name = |field: String, value: Option<&str>| {
         let value = nfc(value?.trim());
-        v.check(&format!("{prefix}{field}"), validate::text(&value, 100));
+        v.check(&field, validate::text(&value, 100));
         Some(value)
     };
-    let first_name = name("first_name", first_name);
-    let surname = name("surname", surname);
+    let first_name = name(format!("{prefix}first_name"), first_name);
+    let surname = name(format!("{prefix}surname"), surname);
     let email = email.and_then(|email| match Email::parse(email) {
         Ok(email) => Some(email),
         Err(e) => {

@@ -94,7 +94,7 @@ impl Domain {
 
         let org = lock_organisation(txn, current.organisation_id).await?;
         let current = self.load_user(txn, id).await?;
-        check_etag("user", etag, current.version)?;
+        check_etag("user", etag, current.version).map_err(|e| e.within("user"))?;
         let row = user::Entity::find_by_id(id)
             .one(txn)
             .await?
@@ -198,7 +198,9 @@ impl Domain {
         }
         if let Some(unit) = patch.unit_id {
             if let Some(unit) = unit {
-                self.unit_in_organisation_for_user(txn, unit, org.id).await?;
+                self.unit_in_organisation_for_user(txn, unit, org.id)
+                    .await
+                    .map_err(|e| e.within("user"))?;
             }
             diff(&mut changes, "unit_id", opt_id(row.unit_id), opt_id(unit));
             active.unit_id = Set(unit);

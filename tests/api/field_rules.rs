@@ -1,0 +1,980 @@
+//! Every field rule, refused through its real RPC (issue 8, "Test audit" and
+//! defect 12): INVALID_ARGUMENT, exactly one `BadRequest` field violation
+//! whose path is the field's path in the request message (AIP-193:
+//! `user.email` on UpdateUser, `email` on CreateUser), and nothing changed.
+//!
+//! The table is checked against the sources, not against a second list:
+//! `every_field_path_has_a_row` reads the domain and service code for the
+//! paths their checks name (`Violations::check`/`add`, `DomainError::invalid`,
+//! `FieldViolation::new`, and helpers taking `&mut Violations` with a path or
+//! a `{prefix}`), and fails when a path has fewer rows (by RPC) than places
+//! that emit it. Paths named by the generic parsers of `service/src/convert.rs`
+//! (`id`, `opt_id`, `millis`, enum values) are not rules of a field and are
+//! not read; a few rows cover them anyway.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+use prost_types::{FieldMask, Timestamp};
+use tonic::{Code, Status};
+
+both_backends!(every_field_rule_refuses_through_its_rpc);
+
+/// What the rows refer to: things that exist, read after they were made.
+#[derive(Default)]
+struct Ctx {
+    org: pb::Organisation,
+    settings: pb::OrganisationSettings,
+    admin: pb::User,
+    member: pb::User,
+    unit: pb::Unit,
+    activation_code: String,
+    anonymity_request_id: String,
+}
+
+/// One refused call; the variant names the RPC.
+enum Call {
+    CreateOrganisation(pb::CreateOrganisationRequest),
+    UpdateOrganisation(pb::UpdateOrganisationRequest),
+    UpdateOrganisationSettings(pb::UpdateOrganisationSettingsRequest),
+    SetLicenceCount(pb::SetLicenceCountRequest),
+    CreateUnit(pb::CreateUnitRequest),
+    UpdateUnit(pb::UpdateUnitRequest),
+    CreateUser(pb::CreateUserRequest),
+    UpdateUser(pb::UpdateUserRequest),
+    DeactivateUser(pb::DeactivateUserRequest),
+    ListUsers(pb::ListUsersRequest),
+    ListUserHistory(pb::ListUserHistoryRequest),
+    ActivateUser(pb::ActivateUserRequest),
+    VerifyEmail(pb::VerifyEmailRequest),
+    RequestAnonymity(pb::RequestAnonymityRequest),
+    DecideAnonymityRequest(pb::DecideAnonymityRequestRequest),
+    CreateApiToken(pb::CreateApiTokenRequest),
+    MarkNotificationsRead(pb::MarkNotificationsReadRequest),
+    UpdateNotificationPreferences(pb::UpdateNotificationPreferencesRequest),
+}
+
+impl Call {
+    fn rpc(&self) -> &'static str {
+        match self {
+            Call::CreateOrganisation(_) => "CreateOrganisation",
+            Call::UpdateOrganisation(_) => "UpdateOrganisation",
+            Call::UpdateOrganisationSettings(_) => "UpdateOrganisationSettings",
+            Call::SetLicenceCount(_) => "SetLicenceCount",
+            Call::CreateUnit(_) => "CreateUnit",
+            Call::UpdateUnit(_) => "UpdateUnit",
+            Call::CreateUser(_) => "CreateUser",
+            Call::UpdateUser(_) => "UpdateUser",
+            Call::DeactivateUser(_) => "DeactivateUser",
+            Call::ListUsers(_) => "ListUsers",
+            Call::ListUserHistory(_) => "ListUserHistory",
+            Call::ActivateUser(_) => "ActivateUser",
+            Call::VerifyEmail(_) => "VerifyEmail",
+            Call::RequestAnonymity(_) => "RequestAnonymity",
+            Call::DecideAnonymityRequest(_) => "DecideAnonymityRequest",
+            Call::CreateApiToken(_) => "CreateApiToken",
+            Call::MarkNotificationsRead(_) => "MarkNotificationsRead",
+            Call::UpdateNotificationPreferences(_) => "UpdateNotificationPreferences",
+        }
+    }
+
+    /// Sends the call as whoever may make it: the operator for what only the
+    /// operator does, the member for their own requests, nobody for what a
+    /// secret authorises, else the organisation's administrator.
+    async fn send(self, app: &TestApp, admin: &str, member: &str) -> Result<(), Status> {
+        let op = OPERATOR_TOKEN;
+        match self {
+            Call::CreateOrganisation(r) => app.orgs().create_organisation(req(op, r)).await.map(drop),
+            Call::UpdateOrganisation(r) => app.orgs().update_organisation(req(admin, r)).await.map(drop),
+            Call::UpdateOrganisationSettings(r) => {
+                app.orgs().update_organisation_settings(req(admin, r)).await.map(drop)
+            }
+            Call::SetLicenceCount(r) => app.orgs().set_licence_count(req(op, r)).await.map(drop),
+            Call::CreateUnit(r) => app.orgs().create_unit(req(admin, r)).await.map(drop),
+            Call::UpdateUnit(r) => app.orgs().update_unit(req(admin, r)).await.map(drop),
+            Call::CreateUser(r) => app.users().create_user(req(admin, r)).await.map(drop),
+            Call::UpdateUser(r) => app.users().update_user(req(admin, r)).await.map(drop),
+            Call::DeactivateUser(r) => app.users().deactivate_user(req(admin, r)).await.map(drop),
+            Call::ListUsers(r) => app.users().list_users(req(admin, r)).await.map(drop),
+            Call::ListUserHistory(r) => app.users().list_user_history(req(admin, r)).await.map(drop),
+            Call::ActivateUser(r) => app.users().activate_user(req("", r)).await.map(drop),
+            Call::VerifyEmail(r) => app.users().verify_email(req("", r)).await.map(drop),
+            Call::RequestAnonymity(r) => app.users().request_anonymity(req(member, r)).await.map(drop),
+            Call::DecideAnonymityRequest(r) => app.users().decide_anonymity_request(req(admin, r)).await.map(drop),
+            Call::CreateApiToken(r) => app.auth().create_api_token(req(admin, r)).await.map(drop),
+            Call::MarkNotificationsRead(r) => app.notes().mark_notifications_read(req(member, r)).await.map(drop),
+            Call::UpdateNotificationPreferences(r) => app
+                .notes()
+                .update_notification_preferences(req(member, r))
+                .await
+                .map(drop),
+        }
+    }
+}
+
+/// One bad value: the field path the refusal must name, what is wrong, and
+/// the request carrying it (otherwise valid).
+struct Row {
+    field: &'static str,
+    bad: &'static str,
+    call: fn(&Ctx) -> Call,
+}
+
+fn long(n: usize) -> String {
+    "x".repeat(n)
+}
+
+/// Zero-width characters only: no visible character (defect 14).
+const INVISIBLE: &str = "\u{200B}\u{200D}\u{FEFF}";
+/// Dashes where CPR numbers have none (defect 10).
+const CPR_DASHED: &str = "01-01-80-12-34";
+/// Born 1 January 2030 (7th digit 4, year 30: the 2000s).
+const CPR_FUTURE: &str = "0101304123";
+const DATE_UNPADDED: &str = "1990-5-17";
+const DATE_FUTURE: &str = "2999-01-01";
+const EAN: &str = "5798000416604";
+const EAN_SHORT: &str = "579800041660";
+const GARBLED_ETAG: &str = "abc";
+
+fn mask(paths: &[&str]) -> Option<FieldMask> {
+    Some(FieldMask {
+        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+    })
+}
+
+fn past() -> Timestamp {
+    in_ms(-60_000)
+}
+
+impl Ctx {
+    fn new_user(&self) -> pb::CreateUserRequest {
+        new_user(&self.org.id, "Ny", &[])
+    }
+
+    /// CreateUser for a user without a CPR number, born `date`.
+    fn new_user_born(&self, date: &str) -> pb::CreateUserRequest {
+        pb::CreateUserRequest {
+            cpr: String::new(),
+            birth_date: date.into(),
+            ..self.new_user()
+        }
+    }
+
+    fn new_organisation(&self) -> pb::CreateOrganisationRequest {
+        pb::CreateOrganisationRequest {
+            name: "Ny ApS".into(),
+            cvr: unique_cvr(),
+            ..Default::default()
+        }
+    }
+
+    /// UpdateUser of the member with `user` changed and `paths` in the mask.
+    fn update_user(&self, paths: &[&str], change: impl FnOnce(&mut pb::User)) -> Call {
+        let mut user = self.member.clone();
+        change(&mut user);
+        Call::UpdateUser(pb::UpdateUserRequest {
+            user: Some(user),
+            update_mask: mask(paths),
+            cpr: String::new(),
+        })
+    }
+
+    fn update_user_cpr(&self, cpr: &str) -> Call {
+        Call::UpdateUser(pb::UpdateUserRequest {
+            user: Some(self.member.clone()),
+            update_mask: mask(&["cpr"]),
+            cpr: cpr.into(),
+        })
+    }
+
+    fn update_organisation(&self, paths: &[&str], change: impl FnOnce(&mut pb::Organisation)) -> Call {
+        let mut org = self.org.clone();
+        change(&mut org);
+        Call::UpdateOrganisation(pb::UpdateOrganisationRequest {
+            organisation: Some(org),
+            update_mask: mask(paths),
+        })
+    }
+
+    fn update_settings(&self, paths: &[&str], change: impl FnOnce(&mut pb::OrganisationSettings)) -> Call {
+        let mut settings = self.settings.clone();
+        change(&mut settings);
+        Call::UpdateOrganisationSettings(pb::UpdateOrganisationSettingsRequest {
+            settings: Some(settings),
+            update_mask: mask(paths),
+        })
+    }
+
+    fn billing(&self, change: impl FnOnce(&mut pb::BillingDetails)) -> Call {
+        self.update_settings(&["billing"], |s| {
+            let mut billing = s.billing.clone().unwrap_or_default();
+            change(&mut billing);
+            s.billing = Some(billing);
+        })
+    }
+
+    fn new_unit(&self) -> pb::CreateUnitRequest {
+        pb::CreateUnitRequest {
+            organisation_id: self.org.id.clone(),
+            kind: pb::UnitKind::Department as i32,
+            name: "Ny afdeling".into(),
+            ..Default::default()
+        }
+    }
+
+    fn update_unit(&self, paths: &[&str], change: impl FnOnce(&mut pb::Unit)) -> Call {
+        let mut unit = self.unit.clone();
+        change(&mut unit);
+        Call::UpdateUnit(pb::UpdateUnitRequest {
+            unit: Some(unit),
+            update_mask: mask(paths),
+        })
+    }
+
+    fn activate(&self, cpr: &str, birth_date: &str) -> Call {
+        Call::ActivateUser(pb::ActivateUserRequest {
+            code: self.activation_code.clone(),
+            cpr: cpr.into(),
+            birth_date: birth_date.into(),
+            ..Default::default()
+        })
+    }
+
+    fn deactivate(&self) -> pb::DeactivateUserRequest {
+        pb::DeactivateUserRequest {
+            id: self.member.id.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn list_users(&self) -> pb::ListUsersRequest {
+        pb::ListUsersRequest {
+            organisation_id: self.org.id.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn api_token(&self) -> pb::CreateApiTokenRequest {
+        pb::CreateApiTokenRequest {
+            user_id: self.admin.id.clone(),
+            name: "ci".into(),
+            ..Default::default()
+        }
+    }
+}
+
+fn preference(kind: pb::NotificationKind, channel: pb::DeliveryChannel) -> Call {
+    Call::UpdateNotificationPreferences(pb::UpdateNotificationPreferencesRequest {
+        preferences: vec![pb::NotificationPreference {
+            kind: kind as i32,
+            channel: channel as i32,
+        }],
+    })
+}
+
+/// The table: every field rule with a bad value, by RPC.
+fn rows() -> Vec<Row> {
+    macro_rules! row {
+        ($field:literal, $bad:literal, $call:expr) => {
+            Row {
+                field: $field,
+                bad: $bad,
+                call: $call,
+            }
+        };
+    }
+    vec![
+        // CreateUser: paths at the top of the request.
+        row!("first_name", "101 characters", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                first_name: long(101),
+                ..c.new_user()
+            }
+        )),
+        row!("first_name", "invisible only", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                first_name: INVISIBLE.into(),
+                ..c.new_user()
+            }
+        )),
+        row!("surname", "101 characters", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                surname: long(101),
+                ..c.new_user()
+            }
+        )),
+        row!("surname", "invisible only", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                surname: INVISIBLE.into(),
+                ..c.new_user()
+            }
+        )),
+        row!("email", "two addresses", |c| Call::CreateUser(pb::CreateUserRequest {
+            email: "a,evil@b.dk".into(),
+            ..c.new_user()
+        })),
+        row!("email", "display name and address", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                email: "x<evil@attacker.dk>".into(),
+                ..c.new_user()
+            }
+        )),
+        row!("username", "a space", |c| Call::CreateUser(pb::CreateUserRequest {
+            username: "a b".into(),
+            ..c.new_user()
+        })),
+        row!("phone", "letters", |c| Call::CreateUser(pb::CreateUserRequest {
+            phone: "12ab34".into(),
+            ..c.new_user()
+        })),
+        row!("external_ids", "four", |c| Call::CreateUser(pb::CreateUserRequest {
+            external_ids: vec!["1".into(), "2".into(), "3".into(), "4".into()],
+            ..c.new_user()
+        })),
+        row!("external_ids", "one of 101 characters", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                external_ids: vec![long(101)],
+                ..c.new_user()
+            }
+        )),
+        row!("cpr", "dashes anywhere", |c| Call::CreateUser(pb::CreateUserRequest {
+            cpr: CPR_DASHED.into(),
+            ..c.new_user()
+        })),
+        row!("cpr", "born in the future", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                cpr: CPR_FUTURE.into(),
+                ..c.new_user()
+            }
+        )),
+        row!("cpr", "neither CPR number nor birth date", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                cpr: String::new(),
+                ..c.new_user()
+            }
+        )),
+        row!("birth_date", "unpadded", |c| Call::CreateUser(
+            c.new_user_born(DATE_UNPADDED)
+        )),
+        row!("birth_date", "in the future", |c| Call::CreateUser(
+            c.new_user_born(DATE_FUTURE)
+        )),
+        row!("request_id", "101 characters", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                request_id: long(101),
+                ..c.new_user()
+            }
+        )),
+        row!("unit_id", "no unit of the organisation", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                unit_id: uuid::Uuid::now_v7().to_string(),
+                ..c.new_user()
+            }
+        )),
+        row!("roles[0]", "ROLE_UNSPECIFIED", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                roles: vec![pb::Role::Unspecified as i32],
+                ..c.new_user()
+            }
+        )),
+        // UpdateUser: the user's fields under `user.`; the new CPR number is
+        // the request's own `cpr`.
+        row!("user.first_name", "101 characters", |c| c
+            .update_user(&["first_name"], |u| u.first_name = long(101))),
+        row!("user.first_name", "invisible only", |c| c
+            .update_user(&["first_name"], |u| u.first_name = INVISIBLE.into())),
+        row!("user.surname", "101 characters", |c| c
+            .update_user(&["surname"], |u| u.surname = long(101))),
+        row!("user.surname", "invisible only", |c| c
+            .update_user(&["surname"], |u| u.surname = INVISIBLE.into())),
+        row!("user.email", "two addresses", |c| c
+            .update_user(&["email"], |u| u.email = "a,evil@b.dk".into())),
+        row!("user.username", "a space", |c| c
+            .update_user(&["username"], |u| u.username = "a b".into())),
+        row!("user.phone", "letters", |c| c
+            .update_user(&["phone"], |u| u.phone = "12ab34".into())),
+        row!("user.external_ids", "four", |c| c.update_user(&["external_ids"], |u| {
+            u.external_ids = vec!["1".into(), "2".into(), "3".into(), "4".into()]
+        })),
+        row!("user.external_ids", "one of 101 characters", |c| c
+            .update_user(&["external_ids"], |u| u.external_ids = vec![long(101)])),
+        row!("cpr", "dashes anywhere", |c| c.update_user_cpr(CPR_DASHED)),
+        row!("cpr", "born in the future", |c| c.update_user_cpr(CPR_FUTURE)),
+        row!("user.birth_date", "unpadded", |c| c
+            .update_user(&["birth_date"], |u| u.birth_date = DATE_UNPADDED.into())),
+        row!("user.birth_date", "in the future", |c| c
+            .update_user(&["birth_date"], |u| u.birth_date = DATE_FUTURE.into())),
+        row!("user.unit_id", "no unit of the organisation", |c| c
+            .update_user(&["unit_id"], |u| u.unit_id =
+                uuid::Uuid::now_v7().to_string())),
+        row!("user.language", "LANGUAGE_UNSPECIFIED", |c| c
+            .update_user(&["language"], |u| u.language =
+                pb::Language::Unspecified as i32)),
+        row!("user.roles[0]", "ROLE_UNSPECIFIED", |c| c
+            .update_user(&["roles"], |u| u.roles =
+                vec![pb::Role::Unspecified as i32])),
+        row!("user.etag", "not an etag of ours", |c| c.update_user(
+            &["first_name"],
+            |u| {
+                u.first_name = "Ny".into();
+                u.etag = GARBLED_ETAG.into();
+            }
+        )),
+        row!("update_mask", "anonymous", |c| c
+            .update_user(&["anonymous"], |u| u.anonymous = true)),
+        // CreateOrganisation.
+        row!("name", "201 characters", |c| Call::CreateOrganisation(
+            pb::CreateOrganisationRequest {
+                name: long(201),
+                ..c.new_organisation()
+            }
+        )),
+        row!("name", "invisible only", |c| Call::CreateOrganisation(
+            pb::CreateOrganisationRequest {
+                name: INVISIBLE.into(),
+                ..c.new_organisation()
+            }
+        )),
+        row!("cvr", "modulus 11", |c| Call::CreateOrganisation(
+            pb::CreateOrganisationRequest {
+                cvr: "10150818".into(),
+                ..c.new_organisation()
+            }
+        )),
+        row!("ean_numbers", "21", |c| Call::CreateOrganisation(
+            pb::CreateOrganisationRequest {
+                ean_numbers: vec![EAN.into(); 21],
+                ..c.new_organisation()
+            }
+        )),
+        row!("ean_numbers[1]", "12 digits", |c| Call::CreateOrganisation(
+            pb::CreateOrganisationRequest {
+                ean_numbers: vec![EAN.into(), EAN_SHORT.into()],
+                ..c.new_organisation()
+            }
+        )),
+        row!("licence_count", "0", |c| Call::CreateOrganisation(
+            pb::CreateOrganisationRequest {
+                licence_count: Some(0),
+                ..c.new_organisation()
+            }
+        )),
+        row!("max_administrators", "-1", |c| Call::CreateOrganisation(
+            pb::CreateOrganisationRequest {
+                max_administrators: Some(-1),
+                ..c.new_organisation()
+            }
+        )),
+        row!("request_id", "101 characters", |c| Call::CreateOrganisation(
+            pb::CreateOrganisationRequest {
+                request_id: long(101),
+                ..c.new_organisation()
+            }
+        )),
+        // UpdateOrganisation: under `organisation.`.
+        row!("organisation.name", "201 characters", |c| c
+            .update_organisation(&["name"], |o| o.name = long(201))),
+        row!("organisation.name", "invisible only", |c| c
+            .update_organisation(&["name"], |o| o.name = INVISIBLE.into())),
+        row!("organisation.ean_numbers", "21", |c| c
+            .update_organisation(&["ean_numbers"], |o| o.ean_numbers =
+                vec![EAN.into(); 21])),
+        row!("organisation.ean_numbers[1]", "12 digits", |c| c
+            .update_organisation(&["ean_numbers"], |o| o.ean_numbers =
+                vec![EAN.into(), EAN_SHORT.into()])),
+        row!("organisation.etag", "not an etag of ours", |c| c.update_organisation(
+            &["name"],
+            |o| {
+                o.name = "Nyt navn ApS".into();
+                o.etag = GARBLED_ETAG.into();
+            }
+        )),
+        // UpdateOrganisationSettings: under `settings.`.
+        row!("settings.max_administrators", "1001", |c| c
+            .update_settings(&["max_administrators"], |s| s.max_administrators =
+                1001)),
+        row!("settings.allowed_identification_means", "none", |c| c
+            .update_settings(&["allowed_identification_means"], |s| s
+                .allowed_identification_means
+                .clear())),
+        row!("settings.deletion_policy", "DELETION_POLICY_UNSPECIFIED", |c| c
+            .update_settings(&["deletion_policy"], |s| s.deletion_policy = 0)),
+        row!("settings.billing.name", "201 characters", |c| c
+            .billing(|b| b.name = long(201))),
+        row!("settings.billing.address", "501 characters", |c| c
+            .billing(|b| b.address = long(501))),
+        row!("settings.billing.email", "no address", |c| c
+            .billing(|b| b.email = "nope".into())),
+        row!("settings.billing.reference", "101 characters", |c| c
+            .billing(|b| b.reference = long(101))),
+        row!("settings.etag", "not an etag of ours", |c| c.update_settings(
+            &["max_administrators"],
+            |s| {
+                s.max_administrators = 3;
+                s.etag = GARBLED_ETAG.into();
+            }
+        )),
+        // SetLicenceCount.
+        row!("licence_count", "0", |c| Call::SetLicenceCount(
+            pb::SetLicenceCountRequest {
+                organisation_id: c.org.id.clone(),
+                licence_count: 0,
+            }
+        )),
+        // CreateUnit and UpdateUnit.
+        row!("name", "201 characters", |c| Call::CreateUnit(pb::CreateUnitRequest {
+            name: long(201),
+            ..c.new_unit()
+        })),
+        row!("name", "invisible only", |c| Call::CreateUnit(pb::CreateUnitRequest {
+            name: INVISIBLE.into(),
+            ..c.new_unit()
+        })),
+        row!("number", "a department with a number", |c| Call::CreateUnit(
+            pb::CreateUnitRequest {
+                number: "1234".into(),
+                ..c.new_unit()
+            }
+        )),
+        row!("request_id", "101 characters", |c| Call::CreateUnit(
+            pb::CreateUnitRequest {
+                request_id: long(101),
+                ..c.new_unit()
+            }
+        )),
+        row!("unit.name", "201 characters", |c| c
+            .update_unit(&["name"], |u| u.name = long(201))),
+        row!("unit.name", "invisible only", |c| c
+            .update_unit(&["name"], |u| u.name = INVISIBLE.into())),
+        row!("unit.parent_id", "under itself", |c| c
+            .update_unit(&["parent_id"], |u| u.parent_id = u.id.clone())),
+        row!("update_mask", "a field that cannot change", |c| c
+            .update_unit(&["kind"], |_| {})),
+        // DeactivateUser: its etag is the request's own.
+        row!("until", "in the past", |c| Call::DeactivateUser(
+            pb::DeactivateUserRequest {
+                until: Some(past()),
+                ..c.deactivate()
+            }
+        )),
+        row!("reason", "501 characters", |c| Call::DeactivateUser(
+            pb::DeactivateUserRequest {
+                reason: long(501),
+                ..c.deactivate()
+            }
+        )),
+        row!("etag", "not an etag of ours", |c| Call::DeactivateUser(
+            pb::DeactivateUserRequest {
+                etag: GARBLED_ETAG.into(),
+                ..c.deactivate()
+            }
+        )),
+        // ActivateUser, with a live code: the proof is refused before the
+        // code is looked at, so no attempt is counted.
+        row!("cpr", "dashes anywhere", |c| c.activate(CPR_DASHED, "")),
+        row!("cpr", "born in the future", |c| c.activate(CPR_FUTURE, "")),
+        row!("birth_date", "unpadded", |c| c.activate("", DATE_UNPADDED)),
+        row!("birth_date", "in the future", |c| c.activate("", DATE_FUTURE)),
+        // VerifyEmail.
+        row!("token", "blank", |_| Call::VerifyEmail(pb::VerifyEmailRequest {
+            token: "  ".into()
+        })),
+        // CreateApiToken.
+        row!("name", "empty", |c| Call::CreateApiToken(pb::CreateApiTokenRequest {
+            name: String::new(),
+            ..c.api_token()
+        })),
+        row!("request_id", "101 characters", |c| Call::CreateApiToken(
+            pb::CreateApiTokenRequest {
+                request_id: long(101),
+                ..c.api_token()
+            }
+        )),
+        row!("expire_time", "in the past", |c| Call::CreateApiToken(
+            pb::CreateApiTokenRequest {
+                expire_time: Some(past()),
+                ..c.api_token()
+            }
+        )),
+        // Anonymity.
+        row!("reason", "under 10 characters", |_| Call::RequestAnonymity(
+            pb::RequestAnonymityRequest { reason: "kort".into() }
+        )),
+        row!("note", "1001 characters", |c| Call::DecideAnonymityRequest(
+            pb::DecideAnonymityRequestRequest {
+                id: c.anonymity_request_id.clone(),
+                approve: false,
+                note: long(1001),
+            }
+        )),
+        // Lists: page bounds, filters.
+        row!("page_size", "negative", |c| Call::ListUsers(pb::ListUsersRequest {
+            page_size: -1,
+            ..c.list_users()
+        })),
+        row!("page_size", "over 500", |c| Call::ListUsers(pb::ListUsersRequest {
+            page_size: 501,
+            ..c.list_users()
+        })),
+        row!("page_token", "not one of ours", |c| Call::ListUsers(
+            pb::ListUsersRequest {
+                page_token: "garbage".into(),
+                ..c.list_users()
+            }
+        )),
+        row!("text", "101 characters", |c| Call::ListUsers(pb::ListUsersRequest {
+            text: long(101),
+            ..c.list_users()
+        })),
+        row!("unit_id", "no unit of the organisation", |c| Call::ListUsers(
+            pb::ListUsersRequest {
+                unit_id: uuid::Uuid::now_v7().to_string(),
+                ..c.list_users()
+            }
+        )),
+        row!("end_time", "before start_time", |c| Call::ListUserHistory(
+            pb::ListUserHistoryRequest {
+                user_id: c.member.id.clone(),
+                start_time: Some(in_ms(0)),
+                end_time: Some(past()),
+                ..Default::default()
+            }
+        )),
+        row!("activities[0]", "HISTORY_ACTIVITY_UNSPECIFIED", |c| {
+            Call::ListUserHistory(pb::ListUserHistoryRequest {
+                user_id: c.member.id.clone(),
+                activities: vec![pb::HistoryActivity::Unspecified as i32],
+                ..Default::default()
+            })
+        }),
+        // Notifications.
+        row!("ids", "none", |_| Call::MarkNotificationsRead(
+            pb::MarkNotificationsReadRequest { ids: Vec::new() }
+        )),
+        row!("ids[0]", "not a UUID", |_| Call::MarkNotificationsRead(
+            pb::MarkNotificationsReadRequest {
+                ids: vec!["nope".into()]
+            }
+        )),
+        row!("preferences", "none", |_| Call::UpdateNotificationPreferences(
+            pb::UpdateNotificationPreferencesRequest {
+                preferences: Vec::new()
+            }
+        )),
+        row!("preferences[0].kind", "NOTIFICATION_KIND_UNSPECIFIED", |_| preference(
+            pb::NotificationKind::Unspecified,
+            pb::DeliveryChannel::InApp
+        )),
+        row!(
+            "preferences[0].channel",
+            "DELIVERY_CHANNEL_UNSPECIFIED",
+            |_| preference(pb::NotificationKind::Account, pb::DeliveryChannel::Unspecified)
+        ),
+    ]
+}
+
+async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let admin_token = fixture.admin_token.clone();
+    let (member, member_token) = app.member(&fixture, "Medlem", &[]).await;
+    let mut orgs = app.orgs();
+    let mut users = app.users();
+    let unit = orgs
+        .create_unit(req(
+            &admin_token,
+            pb::CreateUnitRequest {
+                organisation_id: fixture.org.id.clone(),
+                kind: pb::UnitKind::Department as i32,
+                name: "Afdeling".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("unit")
+        .into_inner()
+        .unit
+        .expect("unit");
+    let activation_code = users
+        .create_user(req(
+            &admin_token,
+            pb::CreateUserRequest {
+                cpr: String::new(),
+                birth_date: "1977-07-07".into(),
+                ..new_user(&fixture.org.id, "Kode", &[])
+            },
+        ))
+        .await
+        .expect("birth-date user")
+        .into_inner()
+        .activation_code;
+    let anonymity_request_id = users
+        .request_anonymity(req(
+            &member_token,
+            pb::RequestAnonymityRequest {
+                reason: "Jeg ønsker at være anonym".into(),
+            },
+        ))
+        .await
+        .expect("anonymity request")
+        .into_inner()
+        .anonymity_request
+        .expect("request")
+        .id;
+    // Read last, so every etag is current.
+    let org = orgs
+        .get_organisation(req(
+            &admin_token,
+            pb::GetOrganisationRequest {
+                id: fixture.org.id.clone(),
+            },
+        ))
+        .await
+        .expect("organisation")
+        .into_inner()
+        .organisation
+        .expect("organisation");
+    let settings = orgs
+        .get_organisation_settings(req(
+            &admin_token,
+            pb::GetOrganisationSettingsRequest {
+                organisation_id: org.id.clone(),
+            },
+        ))
+        .await
+        .expect("settings")
+        .into_inner()
+        .settings
+        .expect("settings");
+    let member = users
+        .get_user(req(&admin_token, pb::GetUserRequest { id: member.id }))
+        .await
+        .expect("member")
+        .into_inner()
+        .user
+        .expect("member");
+    let ctx = Ctx {
+        org,
+        settings,
+        admin: fixture.admin.clone(),
+        member,
+        unit,
+        activation_code,
+        anonymity_request_id,
+    };
+
+    let before = app.fingerprint().await;
+    let mut failures = Vec::new();
+    for row in rows() {
+        let call = (row.call)(&ctx);
+        let rpc = call.rpc();
+        let label = format!("{rpc} {} ({})", row.field, row.bad);
+        match call.send(&app, &admin_token, &member_token).await {
+            Ok(()) => failures.push(format!("{label}: accepted")),
+            Err(status) if status.code() != Code::InvalidArgument => {
+                failures.push(format!("{label}: {:?} {}", status.code(), status.message()))
+            }
+            Err(status) => {
+                let fields = bad_fields(&status);
+                if fields != [row.field] {
+                    failures.push(format!("{label}: named {fields:?}"));
+                }
+                if reason(&status) != "INVALID_ARGUMENT" {
+                    failures.push(format!("{label}: reason {:?}", reason(&status)));
+                }
+            }
+        }
+        if app.fingerprint().await != before {
+            failures.push(format!("{label}: changed something"));
+            break;
+        }
+    }
+    assert!(failures.is_empty(), "field rules:\n{}", failures.join("\n"));
+    app.finish().await;
+}
+
+// ---- the table against the sources ----
+
+/// `ean_numbers[2]`, `ean_numbers[{i}]` → `ean_numbers[]`.
+fn without_indexes(path: &str) -> String {
+    let mut out = String::new();
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push_str("[]");
+            }
+            ']' => in_index = false,
+            c if !in_index => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The non-test code of the domain and service crates, by file.
+fn sources() -> Vec<(PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    let mut stack = vec![root.join("domain/src"), root.join("service/src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default().to_owned();
+                files.push((path, code));
+            }
+        }
+    }
+    files
+}
+
+/// The string literal that starts at `at`, past spaces, `&` and `format!(`.
+fn literal_at(text: &str, mut at: usize) -> Option<&str> {
+    loop {
+        let rest = &text[at..];
+        let trimmed = rest.trim_start_matches([' ', '\n', '\r', '\t', '&']);
+        at += rest.len() - trimmed.len();
+        match trimmed.strip_prefix("format!(") {
+            Some(_) => at += "format!(".len(),
+            None => break,
+        }
+    }
+    let rest = text[at..].strip_prefix('"')?;
+    rest.split_once('"').map(|(literal, _)| literal)
+}
+
+/// The name of the function `at` is in.
+fn enclosing_fn(text: &str, at: usize) -> &str {
+    let start = text[..at].rfind("fn ").map_or(0, |k| k + 3);
+    let name = &text[start..];
+    &name[..name
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(name.len())]
+}
+
+/// Every field path the checks can name, with the places (file, function)
+/// that name it.
+fn emitted_paths() -> BTreeMap<String, BTreeSet<(PathBuf, String)>> {
+    let files = sources();
+    let mut paths: BTreeMap<String, BTreeSet<(PathBuf, String)>> = BTreeMap::new();
+    let mut note = |path: &str, file: &Path, text: &str, at: usize| {
+        let path = without_indexes(path);
+        if !path.is_empty() && !path.contains('{') {
+            paths
+                .entry(path)
+                .or_default()
+                .insert((file.to_owned(), enclosing_fn(text, at).to_owned()));
+        }
+    };
+    // Direct: the path is the first argument of a check.
+    for (file, text) in &files {
+        for needle in [".check(", ".add(", "invalid(", "FieldViolation::new("] {
+            for (at, _) in text.match_indices(needle) {
+                if let Some(path) = literal_at(text, at + needle.len()) {
+                    note(path, file, text, at);
+                }
+            }
+        }
+    }
+    // Helpers taking `&mut Violations` and then a path, or a prefix for the
+    // `{prefix}…` paths they write.
+    let mut helpers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, text) in &files {
+        for (at, _) in text.match_indices("&mut Violations") {
+            let name = enclosing_fn(text, at);
+            let signature = &text[text[..at].rfind("fn ").unwrap_or(0)..at];
+            if !signature.contains(')') {
+                helpers.entry(name.to_owned()).or_default();
+            }
+        }
+    }
+    for (_, text) in &files {
+        for (at, _) in text.match_indices("\"{prefix}") {
+            if let Some(template) = literal_at(text, at) {
+                let name = enclosing_fn(text, at);
+                if let Some(templates) = helpers.get_mut(name) {
+                    templates.push(template.trim_start_matches("{prefix}").to_owned());
+                }
+            }
+        }
+    }
+    assert!(
+        helpers.contains_key("check_identity_fields") && helpers.values().any(|t| !t.is_empty()),
+        "the source reader found no helpers: {helpers:?}"
+    );
+    for (file, text) in &files {
+        for (name, templates) in &helpers {
+            let call = format!("{name}(");
+            for (at, _) in text.match_indices(&call) {
+                if text[..at].ends_with("fn ") || text[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                    continue;
+                }
+                let args = text[at + call.len()..].trim_start();
+                let Some(args) = args.strip_prefix("&mut ") else {
+                    continue;
+                };
+                let Some(comma) = args.find(',') else { continue };
+                let Some(literal) = literal_at(args, comma + 1) else {
+                    continue;
+                };
+                if templates.is_empty() {
+                    note(literal, file, text, at);
+                } else {
+                    for template in templates {
+                        note(&format!("{literal}{template}"), file, text, at);
+                    }
+                }
+            }
+        }
+    }
+    paths
+}
+
+#[test]
+fn every_field_path_has_a_row() {
+    let emitted = emitted_paths();
+    // The reader works: it finds paths of every kind of check.
+    for expected in [
+        "first_name",
+        "user.first_name",
+        "user.email",
+        "ean_numbers[]",
+        "organisation.ean_numbers[]",
+        "birth_date",
+        "page_token",
+        "preferences[].kind",
+        "settings.deletion_policy",
+    ] {
+        assert!(emitted.contains_key(expected), "{expected} not read: {emitted:#?}");
+    }
+    let ctx = Ctx::default();
+    let mut by_path: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    for row in rows() {
+        by_path
+            .entry(without_indexes(row.field))
+            .or_default()
+            .insert((row.call)(&ctx).rpc());
+    }
+    let missing: Vec<String> = emitted
+        .iter()
+        .filter_map(|(path, places)| {
+            let rpcs = by_path.get(path).map_or(0, BTreeSet::len);
+            (rpcs < places.len()).then(|| {
+                let places: Vec<&str> = places.iter().map(|(_, f)| f.as_str()).collect();
+                format!("{path}: emitted by {places:?}, rows for {rpcs} RPCs")
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "field paths without enough rows in field_rules::rows():\n{}",
+        missing.join("\n")
+    );
+}
