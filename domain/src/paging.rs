@@ -13,17 +13,7 @@ pub fn encode(list: &str, last_id: Uuid) -> String {
 
 /// `None` for an empty token (the first page).
 pub fn decode(list: &str, token: &str) -> Result<Option<Uuid>, DomainError> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let invalid = || DomainError::invalid("page_token", "is not a page token this list returned");
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let (tag, id) = text.split_once('|').ok_or_else(invalid)?;
-    if tag != list {
-        return Err(invalid());
-    }
-    Uuid::parse_str(id).map(Some).map_err(|_| invalid())
+    decode_key(list, token, |id| Uuid::parse_str(id).ok())
 }
 
 /// A token for lists ordered by something other than an id: `key` is the
@@ -32,8 +22,9 @@ pub fn encode_key(list: &str, key: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{list}|{key}"))
 }
 
-/// The sort key of [`encode_key`]; `None` for an empty token.
-pub fn decode_key(list: &str, token: &str) -> Result<Option<String>, DomainError> {
+/// The sort key of a token of `list`, read by `parse`; `None` for an empty
+/// token (the first page).
+pub fn decode_key<T>(list: &str, token: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, DomainError> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -44,7 +35,7 @@ pub fn decode_key(list: &str, token: &str) -> Result<Option<String>, DomainError
     if tag != list {
         return Err(invalid());
     }
-    Ok(Some(key.to_owned()))
+    parse(key).map(Some).ok_or_else(invalid)
 }
 
 /// 0 means `default`; more than `max` is an error, not silently clamped.

@@ -54,6 +54,8 @@ enum Call {
     CreateApiToken(pb::CreateApiTokenRequest),
     MarkNotificationsRead(pb::MarkNotificationsReadRequest),
     UpdateNotificationPreferences(pb::UpdateNotificationPreferencesRequest),
+    CreateImport(Vec<pb::CreateImportRequest>),
+    BatchSendActivation(pb::BatchSendActivationRequest),
 }
 
 impl Call {
@@ -77,6 +79,8 @@ impl Call {
             Call::CreateApiToken(_) => "CreateApiToken",
             Call::MarkNotificationsRead(_) => "MarkNotificationsRead",
             Call::UpdateNotificationPreferences(_) => "UpdateNotificationPreferences",
+            Call::CreateImport(_) => "CreateImport",
+            Call::BatchSendActivation(_) => "BatchSendActivation",
         }
     }
 
@@ -110,6 +114,8 @@ impl Call {
                 .update_notification_preferences(req(member, r))
                 .await
                 .map(drop),
+            Call::CreateImport(messages) => app.stream_import(admin, messages).await.map(drop),
+            Call::BatchSendActivation(r) => app.imports().batch_send_activation(req(admin, r)).await.map(drop),
         }
     }
 }
@@ -148,7 +154,31 @@ fn past() -> Timestamp {
     in_ms(-60_000)
 }
 
+/// CreateImport: `spec` (if any) first, then `chunk` (if not empty).
+fn import(spec: Option<pb::ImportSpec>, chunk: Vec<u8>) -> Call {
+    let mut messages: Vec<pb::CreateImportRequest> = spec
+        .into_iter()
+        .map(|spec| pb::CreateImportRequest {
+            part: Some(pb::create_import_request::Part::Spec(spec)),
+        })
+        .collect();
+    if !chunk.is_empty() {
+        messages.push(pb::CreateImportRequest {
+            part: Some(pb::create_import_request::Part::Chunk(chunk)),
+        });
+    }
+    Call::CreateImport(messages)
+}
+
 impl Ctx {
+    fn import_spec(&self) -> pb::ImportSpec {
+        pb::ImportSpec {
+            organisation_id: self.org.id.clone(),
+            kind: pb::ImportKind::Create as i32,
+            ..Default::default()
+        }
+    }
+
     fn new_user(&self) -> pb::CreateUserRequest {
         new_user(&self.org.id, "Ny", &[])
     }
@@ -672,6 +702,43 @@ fn rows() -> Vec<Row> {
             "DELIVERY_CHANNEL_UNSPECIFIED",
             |_| preference(pb::NotificationKind::Account, pb::DeliveryChannel::Unspecified)
         ),
+        // CreateImport: the spec first, then the file in pieces.
+        row!("spec", "missing: the file comes first", |_| import(
+            None,
+            b"a;b".to_vec()
+        )),
+        row!("spec.file_name", "256 characters", |c| import(
+            Some(pb::ImportSpec {
+                file_name: long(256),
+                ..c.import_spec()
+            }),
+            b"a;b".to_vec()
+        )),
+        row!("spec.request_id", "101 characters", |c| import(
+            Some(pb::ImportSpec {
+                request_id: long(101),
+                ..c.import_spec()
+            }),
+            b"a;b".to_vec()
+        )),
+        row!("chunk", "1 MiB and a byte", |c| import(
+            Some(c.import_spec()),
+            vec![b'x'; (1 << 20) + 1]
+        )),
+        row!("chunk", "no file at all", |c| import(Some(c.import_spec()), Vec::new())),
+        row!("user_ids", "neither users nor a job", |c| Call::BatchSendActivation(
+            pb::BatchSendActivationRequest {
+                organisation_id: c.org.id.clone(),
+                ..Default::default()
+            }
+        )),
+        row!("user_ids", "users and a job", |c| Call::BatchSendActivation(
+            pb::BatchSendActivationRequest {
+                organisation_id: c.org.id.clone(),
+                user_ids: vec![c.member.id.clone()],
+                import_id: uuid::Uuid::now_v7().to_string(),
+            }
+        )),
     ]
 }
 

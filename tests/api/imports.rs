@@ -74,7 +74,7 @@ pub fn create_rows_from(offset: usize, n: usize, tag: &str) -> Vec<String> {
             let surname = SURNAMES[i % SURNAMES.len()];
             let email = format!("bruger{i}.{tag}@firma.dk");
             let cpr = nth_cpr(offset + i);
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 row(&[(1, &cpr), (3, &email), (4, first), (5, surname), (9, "da")])
             } else {
                 row(&[
@@ -621,8 +621,15 @@ async fn legacy_files_bring_deactivated_users_and_administrators(backend: Backen
             (10, "USER_ADMIN"),
             (14, "RID-1002"),
         ]),
-        // A legacy row must keep its RID number.
+        // A legacy row must keep its RID number, of at most 64 characters.
         row(&[(1, &nth_cpr(3)), (3, "uden.rid@firma.dk"), (4, "Uden"), (5, "Rid")]),
+        row(&[
+            (1, &nth_cpr(4)),
+            (3, "lang.rid@firma.dk"),
+            (4, "Lang"),
+            (5, "Rid"),
+            (14, &"R".repeat(65)),
+        ]),
     ];
     let refused = app
         .upload_import(
@@ -643,10 +650,13 @@ async fn legacy_files_bring_deactivated_users_and_administrators(backend: Backen
     )
     .await;
     let done = app.import_job(&token, &job.id).await;
-    assert_eq!((done.applied, done.failed), (2, 1));
+    assert_eq!((done.applied, done.failed), (2, 2));
     assert_eq!(
         errors_of(&app.import_errors(&token, &job.id).await),
-        vec![(4, "legacy_id", "INVALID_ARGUMENT")]
+        vec![
+            (4, "legacy_id", "INVALID_ARGUMENT"),
+            (5, "legacy_id", "INVALID_ARGUMENT")
+        ]
     );
     let users = users_of(&app, &token, &fixture.org.id).await;
     let admin = users.iter().find(|u| u.email == "gammel.admin@firma.dk").unwrap();

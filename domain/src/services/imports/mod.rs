@@ -365,16 +365,15 @@ impl Domain {
         self.readable_import(caller, id).await?;
         let limit = paging::page_size(page_size, 100, 1000)?;
         let list = format!("import-errors:{id}");
-        let after = paging::decode_key(&list, page_token)?;
+        let after = paging::decode_key(&list, page_token, |key| {
+            let (row, column) = key.split_once(':')?;
+            Some((row.parse::<i64>().ok()?, column.to_owned()))
+        })?;
         let mut query = import_error::Entity::find()
             .filter(import_error::Column::JobId.eq(id))
             .order_by_asc(import_error::Column::FileRow)
             .order_by_asc(import_error::Column::ColumnName);
-        if let Some(after) = after {
-            let (row, column) = after
-                .split_once(':')
-                .and_then(|(row, column)| Some((row.parse::<i64>().ok()?, column.to_owned())))
-                .ok_or_else(|| DomainError::invalid("page_token", "is not a page token this list returned"))?;
+        if let Some((row, column)) = after {
             query = query.filter(
                 Expr::col(import_error::Column::FileRow)
                     .gt(row)
@@ -548,6 +547,11 @@ impl Domain {
     }
 }
 
+/// The one refusal of an upload's pieces (too large, or none at all).
+fn bad_chunk(description: String) -> DomainError {
+    DomainError::invalid("chunk", description)
+}
+
 fn row_error_from_row(row: import_error::Model) -> ImportRowError {
     let applied = row.reason == DEACTIVATED_NOT_DELETED;
     ImportRowError {
@@ -567,10 +571,9 @@ impl ImportUpload {
     /// Stores the next piece of the file.
     pub async fn push(&mut self, bytes: &[u8]) -> DomainResult<()> {
         if bytes.len() > MAX_CHUNK_BYTES {
-            return Err(DomainError::invalid(
-                "chunk",
-                format!("must be at most {MAX_CHUNK_BYTES} bytes (1 MiB) per message"),
-            ));
+            return Err(bad_chunk(format!(
+                "must be at most {MAX_CHUNK_BYTES} bytes (1 MiB) per message"
+            )));
         }
         if bytes.is_empty() {
             return Ok(());
@@ -602,10 +605,7 @@ impl ImportUpload {
             let domain = self.domain.clone();
             let job_id = self.job_id;
             domain.discard_upload(job_id).await?;
-            return Err(DomainError::invalid(
-                "chunk",
-                "the file is empty: send its bytes after the spec",
-            ));
+            return Err(bad_chunk("the file is empty: send its bytes after the spec".into()));
         }
         let domain = self.domain.clone();
         let txn = crate::persistence::begin_write(&domain.db).await?;

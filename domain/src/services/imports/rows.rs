@@ -206,6 +206,9 @@ pub(super) fn read_row(
                 ));
             }
             let legacy_id = filled(cells, Column::LegacyId).map(str::to_owned);
+            if let Some(Err(message)) = legacy_id.as_deref().map(validate::legacy_id) {
+                errors.push(CellError::invalid(Column::LegacyId, message));
+            }
             match (kind, &legacy_id) {
                 (ImportKind::LegacyCreate, None) => errors.push(CellError::invalid(
                     Column::LegacyId,

@@ -65,9 +65,6 @@ impl Domain {
         if let Some(id) = &new.request_id {
             v.check("request_id", validate::request_id(id));
         }
-        if let Some(legacy_id) = &new.legacy_id {
-            v.check("legacy_id", validate::legacy_id(legacy_id));
-        }
         v.into_result()?;
         let (Some(first_name), Some(surname), Some(email)) = (first_name, surname, email) else {
             return Err(DomainError::Internal("a checked identity field is missing".into()));

@@ -58,7 +58,8 @@ pub struct NewUser {
     pub request_id: Option<String>,
     /// Imports create users without sending activation (R-BULK-4).
     pub suppress_activation: bool,
-    /// Legacy import (R-BULK-5): the user's RID number in the old system.
+    /// Legacy import (R-BULK-5): the user's RID number in the old system,
+    /// checked by the import where it reads the cell (`validate::legacy_id`).
     /// Such a user is created DEACTIVATED (for good, so holding no seat)
     /// with the roles given, and gets no activation.
     pub legacy_id: Option<String>,
