@@ -889,6 +889,19 @@ async fn cancel_limits_and_broken_files(backend: Backend) {
     assert_eq!(listed.jobs.len(), 2);
     assert!(!listed.next_page_token.is_empty());
     assert_eq!(listed.jobs[0].id, headless.id);
+
+    // A week on, the files of finished jobs are deleted; their reports stay.
+    let finished_jobs = count(&app, "SELECT COUNT(*) FROM import_jobs WHERE finished_at IS NOT NULL").await;
+    let week_on = chrono::Utc::now().timestamp_millis() + 8 * 24 * 60 * 60 * 1000;
+    let purged = app.domain.purge_import_files(week_on).await.unwrap();
+    assert_eq!(purged as i64, finished_jobs);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM import_chunks").await, 0);
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM import_jobs WHERE file_deleted_at IS NULL").await,
+        0
+    );
+    let still = app.import_job(&token, &headless.id).await;
+    assert_eq!(still.failure_reason, "IMPORT_HEADER_INVALID");
     app.finish().await;
 }
 
