@@ -570,7 +570,9 @@ impl Domain {
         unit_from_row(row)
     }
 
-    async fn unit_in_organisation(
+    /// The one check that a unit named in a request (by the field given)
+    /// belongs to the organisation: units' parents, users' units.
+    pub(crate) async fn unit_in_organisation(
         &self,
         db: &impl sea_orm::ConnectionTrait,
         unit_id: Uuid,

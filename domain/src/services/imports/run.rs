@@ -17,7 +17,7 @@ use super::format::{Column, Next, RecordReader, check_header};
 use super::rows::{CellError, RowOp, Units, UserRef, read_row, row_errors, unique_keys};
 use super::*;
 use crate::mail::MailKind;
-use crate::persistence::entities::{organisation, unit, user_role};
+use crate::persistence::entities::{organisation, user_role};
 use crate::persistence::is_postgres;
 use crate::policy::Principal;
 use crate::services::notifications::NotificationKind;
@@ -311,16 +311,13 @@ impl Domain {
     }
 
     async fn import_units(&self, organisation_id: Uuid) -> DomainResult<Units> {
-        let rows = unit::Entity::find()
-            .filter(unit::Column::OrganisationId.eq(organisation_id))
-            .all(&self.db)
-            .await?;
+        let units = self.units_of(&self.db, organisation_id).await?;
         Ok(Units {
-            by_number: rows
+            by_number: units
                 .iter()
                 .filter_map(|u| u.number.clone().map(|n| (n, u.id)))
                 .collect(),
-            ids: rows.iter().map(|u| u.id).collect(),
+            ids: units.iter().map(|u| u.id).collect(),
         })
     }
 

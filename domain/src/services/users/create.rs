@@ -156,7 +156,7 @@ impl Domain {
             }
         }
         if let Some(unit) = new.unit_id {
-            self.unit_in_organisation_for_user(txn, unit, org_id).await?;
+            self.unit_in_organisation(txn, unit, org_id, "unit_id").await?;
         }
         // E-mail, username and CPR uniqueness: the partial unique indexes
         // refuse a duplicate at the INSERT, with the rule's own reason.
@@ -269,21 +269,5 @@ impl Domain {
             (true, false) => Some(self.issue_activation_code(txn, &row).await?),
         };
         Ok((row, code))
-    }
-
-    pub(super) async fn unit_in_organisation_for_user(
-        &self,
-        db: &impl ConnectionTrait,
-        unit_id: Uuid,
-        org_id: Uuid,
-    ) -> DomainResult<()> {
-        let found = crate::persistence::entities::unit::Entity::find_by_id(unit_id)
-            .filter(crate::persistence::entities::unit::Column::OrganisationId.eq(org_id))
-            .count(db)
-            .await?;
-        if found == 0 {
-            return Err(DomainError::invalid("unit_id", "names no unit of this organisation"));
-        }
-        Ok(())
     }
 }

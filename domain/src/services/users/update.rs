@@ -198,7 +198,7 @@ impl Domain {
         }
         if let Some(unit) = patch.unit_id {
             if let Some(unit) = unit {
-                self.unit_in_organisation_for_user(txn, unit, org.id)
+                self.unit_in_organisation(txn, unit, org.id, "unit_id")
                     .await
                     .map_err(|e| e.within("user"))?;
             }
