@@ -234,7 +234,7 @@ impl Domain {
     }
 
     /// Re-sends the activation mail with a new link; the old link stops working.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn send_activation(&self, caller: &Caller, user_id: Uuid) -> DomainResult<()> {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_none() {
@@ -264,7 +264,7 @@ impl Domain {
 
     /// A new code for a user without a CPR number; the old code stops working.
     /// The user is told by mail that a new code exists (not the code itself).
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn create_activation_code(&self, caller: &Caller, user_id: Uuid) -> DomainResult<String> {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_some() {
@@ -306,7 +306,7 @@ impl Domain {
     /// birth date. No bearer token: the secret is the credential. The person
     /// gets a session token of their own (R-AUTH-1): their first credential
     /// comes from their own activation, never from an administrator.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn activate_user(&self, secret: ActivationSecret, proof: ActivationProof) -> DomainResult<Activated> {
         let (hash, field) = match &secret {
             ActivationSecret::LinkToken(token) => (token_hash(token.trim()), "token"),

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Domain {
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn create_user(&self, caller: &Caller, new: NewUser) -> DomainResult<CreatedUser> {
         let org_id = new.organisation_id;
         let requested_roles = normalise_roles(new.roles.clone());

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Domain {
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn update_user(&self, caller: &Caller, id: Uuid, etag: &str, patch: UserPatch) -> DomainResult<User> {
         let current = self.load_user(&self.db, id).await?;
         let target = Target::user(current.organisation_id, id, current.is_administrator());
