@@ -2,6 +2,7 @@
 //! `insert_user` every way of making a user goes through.
 
 use super::*;
+use crate::services::activation::Earlier;
 
 impl Domain {
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
@@ -195,6 +196,7 @@ impl Domain {
     /// asked, starts its activation (a mailed link for a CPR user, else a
     /// code returned once), all in the caller's transaction. Licences are the
     /// caller's: a create takes one last, a re-creation frees the old one.
+    /// The row is new (a new id), so it holds no activation secrets to end.
     pub(crate) async fn insert_user(
         &self,
         txn: &DatabaseTransaction,
@@ -208,10 +210,11 @@ impl Domain {
         let code = match (start_activation, row.cpr_hash.is_some()) {
             (false, _) => None,
             (true, true) => {
-                self.issue_activation_link(txn, &row, &org.name).await?;
+                self.issue_activation_link(txn, &row, &org.name, Earlier::NoneYet)
+                    .await?;
                 None
             }
-            (true, false) => Some(self.issue_activation_code(txn, &row).await?),
+            (true, false) => Some(self.issue_activation_code(txn, &row, Earlier::NoneYet).await?),
         };
         Ok((row, code))
     }

@@ -246,7 +246,8 @@ impl Domain {
                 self.request_email_change(&txn, &written, email, &org.name).await?;
             }
             if new_email.is_some() && written.cpr_hash.is_some() {
-                self.issue_activation_link(&txn, &written, &org.name).await?;
+                self.issue_activation_link(&txn, &written, &org.name, crate::services::activation::Earlier::End)
+                    .await?;
             }
         }
         history::record(
