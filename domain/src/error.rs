@@ -208,10 +208,13 @@ impl From<DbErr> for DomainError {
             },
             // The operator hears of an outage from the service's health
             // probe; the client retries the call.
-            Some(Transient::Lost) => Self::Unavailable {
-                reason: Reason::DatabaseUnavailable,
-                message: "the connection to the database was lost or refused; retry with back-off".into(),
-            },
+            Some(Transient::Lost) => {
+                crate::persistence::connection_lost();
+                Self::Unavailable {
+                    reason: Reason::DatabaseUnavailable,
+                    message: "the connection to the database was lost or refused; retry with back-off".into(),
+                }
+            }
             None => Self::Internal(err.to_string()),
         }
     }

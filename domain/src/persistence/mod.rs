@@ -5,6 +5,7 @@ pub(crate) mod entities;
 pub(crate) mod history;
 pub(crate) mod mapping;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use orgadmin_migrations::MigratorTrait;
@@ -30,6 +31,25 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         // (UNAVAILABLE, retried by the client) than kept in memory.
         .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false)
+        // No ping on every checkout (sqlx's default: a round trip per query
+        // and per transaction); see `worth_a_ping`.
+        .test_before_acquire(false)
+        .map_sqlx_postgres_before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if worth_a_ping(meta.idle_for) {
+                    sea_orm::sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+        .map_sqlx_sqlite_before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if worth_a_ping(meta.idle_for) {
+                    sea_orm::sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         // Set on every connection the pool opens, not once: a reconnected
         // connection without a busy timeout fails at once on a lock.
         // WAL lets a second process read while this one writes.
@@ -45,6 +65,38 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         options.max_connections(max_connections).min_connections(1);
     }
     Database::connect(options).await
+}
+
+/// A pooled connection idle this long is pinged before it is handed out: it
+/// may have been cut meanwhile (server idle timeout, proxy, failover).
+const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
+/// After a lost connection was seen, every checkout pings for this long:
+/// connections opened before the loss are likely cut too. Longer than
+/// `PING_WHEN_IDLE`, so a connection not checked out in this window is
+/// pinged anyway when it next is.
+const PING_AFTER_LOSS_MS: i64 = 30_000;
+
+/// When a lost connection was last seen (ms since the epoch; 0: never). For
+/// the whole process: an extra ping for another pool costs little.
+static CONNECTION_LOST_AT: AtomicI64 = AtomicI64::new(0);
+
+/// Called where a database error is classified as a lost connection.
+pub(crate) fn connection_lost() {
+    CONNECTION_LOST_AT.store(crate::model::now_millis(), Ordering::Relaxed);
+}
+
+/// Whether to ping a pooled connection before a call uses it. sqlx pings on
+/// every checkout by default: one more round trip per statement and per
+/// transaction, which was a third of the round trips of GetUser (profile in
+/// BENCHMARKS.md, stop 15). A hot connection is not pinged; one idle for
+/// `PING_WHEN_IDLE` is, and so is every one for `PING_AFTER_LOSS_MS` after a
+/// lost connection was seen, so after a failover or terminated backends the
+/// dead ones are weeded out by pings, not by calls: the call that meets
+/// the first dead connection answers UNAVAILABLE (retryable), as a call in
+/// flight does.
+fn worth_a_ping(idle_for: Duration) -> bool {
+    idle_for >= PING_WHEN_IDLE
+        || crate::model::now_millis() - CONNECTION_LOST_AT.load(Ordering::Relaxed) < PING_AFTER_LOSS_MS
 }
 
 /// Begins a transaction that will write. Every domain write starts here,

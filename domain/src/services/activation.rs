@@ -47,7 +47,9 @@ const CODE_LENGTH: usize = 10;
 /// The single-use links orgadmin mails.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum SingleUseLink {
-    Activation,
+    /// Saying whether the user can hold earlier secrets to end.
+    Activation(Earlier),
+    /// Always ends the earlier verification link.
     EmailVerification,
 }
 
@@ -93,6 +95,17 @@ fn expires_on(at: Millis) -> String {
         .unwrap_or_default()
 }
 
+/// Whether the user can hold open secrets that a new one replaces. A user
+/// inserted in this very transaction holds none: no UPDATE to end them (one
+/// round trip less per CreateUser).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Earlier {
+    /// End the open secrets of the same family first.
+    End,
+    /// A new user: there is nothing to end.
+    NoneYet,
+}
+
 impl Domain {
     /// Ends every open secret of the user of the `kinds` given (a new one
     /// replaces them).
@@ -121,8 +134,11 @@ impl Domain {
         kind: &str,
         secret: &str,
         now: Millis,
+        earlier: Earlier,
     ) -> DomainResult<Millis> {
-        self.revoke_activation_secrets(db, user_id, &family(kind), now).await?;
+        if earlier == Earlier::End {
+            self.revoke_activation_secrets(db, user_id, &family(kind), now).await?;
+        }
         let expires_at = now + self.settings.activation_ttl_ms;
         activation_secret::Entity::insert(activation_secret::ActiveModel {
             id: Set(Uuid::now_v7()),
@@ -146,12 +162,13 @@ impl Domain {
         txn: &DatabaseTransaction,
         row: &user::Model,
         organisation_name: &str,
+        earlier: Earlier,
     ) -> DomainResult<()> {
         let template = self.settings.activation_url_template.clone();
         self.mail_single_use_link(
             txn,
             row,
-            SingleUseLink::Activation,
+            SingleUseLink::Activation(earlier),
             &row.email,
             &template,
             organisation_name,
@@ -171,12 +188,19 @@ impl Domain {
         url_template: &str,
         organisation_name: &str,
     ) -> DomainResult<()> {
-        let (kind, mail, link_name) = match link {
-            SingleUseLink::Activation => (KIND_LINK, MailKind::Activation, "activation_link"),
-            SingleUseLink::EmailVerification => (KIND_EMAIL, MailKind::EmailVerification, "verification_link"),
+        let (kind, mail, link_name, earlier) = match link {
+            SingleUseLink::Activation(earlier) => (KIND_LINK, MailKind::Activation, "activation_link", earlier),
+            SingleUseLink::EmailVerification => (
+                KIND_EMAIL,
+                MailKind::EmailVerification,
+                "verification_link",
+                Earlier::End,
+            ),
         };
         let token = new_token();
-        let expires_at = self.store_secret(txn, row.id, kind, &token, now_millis()).await?;
+        let expires_at = self
+            .store_secret(txn, row.id, kind, &token, now_millis(), earlier)
+            .await?;
         let url = url_template.replace("{token}", &token);
         self.enqueue_mail(
             txn,
@@ -201,9 +225,11 @@ impl Domain {
         &self,
         txn: &DatabaseTransaction,
         row: &user::Model,
+        earlier: Earlier,
     ) -> DomainResult<String> {
         let code = new_code();
-        self.store_secret(txn, row.id, KIND_CODE, &code, now_millis()).await?;
+        self.store_secret(txn, row.id, KIND_CODE, &code, now_millis(), earlier)
+            .await?;
         Ok(code)
     }
 
@@ -234,7 +260,7 @@ impl Domain {
     }
 
     /// Re-sends the activation mail with a new link; the old link stops working.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn send_activation(&self, caller: &Caller, user_id: Uuid) -> DomainResult<()> {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_none() {
@@ -258,7 +284,8 @@ impl Domain {
         row: &user::Model,
         organisation_name: &str,
     ) -> DomainResult<()> {
-        self.issue_activation_link(txn, row, organisation_name).await?;
+        self.issue_activation_link(txn, row, organisation_name, Earlier::End)
+            .await?;
         let mut changes = Vec::new();
         diff(&mut changes, "activation", "", "link mailed");
         history::record(
@@ -277,7 +304,7 @@ impl Domain {
 
     /// A new code for a user without a CPR number; the old code stops working.
     /// The user is told by mail that a new code exists (not the code itself).
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn create_activation_code(&self, caller: &Caller, user_id: Uuid) -> DomainResult<String> {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_some() {
@@ -286,7 +313,7 @@ impl Domain {
                 "this user has a CPR number and activates by the mailed link: use SendActivation",
             ));
         }
-        let code = self.issue_activation_code(&txn, &row).await?;
+        let code = self.issue_activation_code(&txn, &row, Earlier::End).await?;
         self.enqueue_mail(
             &txn,
             Some(org.id),
@@ -319,7 +346,7 @@ impl Domain {
     /// birth date. No bearer token: the secret is the credential. The person
     /// gets a session token of their own (R-AUTH-1): their first credential
     /// comes from their own activation, never from an administrator.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn activate_user(&self, secret: ActivationSecret, proof: ActivationProof) -> DomainResult<Activated> {
         let (hash, field) = match &secret {
             ActivationSecret::LinkToken(token) => (token_hash(token.trim()), "token"),

@@ -69,7 +69,7 @@ fn from_row(row: anonymity_request::Model) -> DomainResult<AnonymityRequest> {
 
 impl Domain {
     /// The caller asks to become anonymous.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn request_anonymity(&self, caller: &Caller, reason: &str) -> DomainResult<AnonymityRequest> {
         let (Some(user_id), Some(org_id)) = (caller.user_id(), caller.organisation_id()) else {
             return Err(DomainError::denied("only a user can ask to become anonymous"));
@@ -154,7 +154,7 @@ impl Domain {
         from_row(request)
     }
 
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn list_anonymity_requests(
         &self,
         caller: &Caller,
@@ -192,7 +192,7 @@ impl Domain {
     }
 
     /// Approves (re-create anonymous, close the old profile) or rejects.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn decide_anonymity_request(
         &self,
         caller: &Caller,

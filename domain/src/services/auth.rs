@@ -51,7 +51,7 @@ type TokenRow = (
 impl Domain {
     /// Resolves a bearer token to its caller. Every failure reads the same to
     /// the caller, so a probe learns nothing about which tokens exist.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn authenticate(&self, bearer: &str) -> DomainResult<Caller> {
         let refused = || DomainError::Unauthenticated {
             message: "the bearer token is unknown, expired or revoked".into(),
@@ -198,7 +198,7 @@ impl Domain {
     /// `request_id` of an earlier call makes no second token, and cannot
     /// show the secret again (it is shown once): it answers
     /// REQUEST_ALREADY_DONE naming the token the first call made.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn create_api_token(
         &self,
         caller: &Caller,
@@ -284,7 +284,7 @@ impl Domain {
     }
 
     /// An organisation's API tokens; an operator sees its administrators' only.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn list_api_tokens(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Vec<ApiToken>> {
         authorize(caller, Action::ManageApiTokens, Target::organisation(organisation_id))?;
         let mut query = api_token::Entity::find()
@@ -310,7 +310,7 @@ impl Domain {
         Ok(query.all(&self.db).await?.into_iter().map(api_token_from_row).collect())
     }
 
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn revoke_api_token(&self, caller: &Caller, id: Uuid) -> DomainResult<ApiToken> {
         let row = api_token::Entity::find_by_id(id)
             .filter(api_token::Column::Kind.is_in([KIND_API, KIND_SESSION]))

@@ -76,7 +76,7 @@ impl Domain {
 
     /// The person opened the link mailed to their new address: it replaces
     /// the old one and counts as verified. The token is the credential.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn verify_email(&self, token: &str) -> DomainResult<User> {
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;

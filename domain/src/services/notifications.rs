@@ -113,7 +113,7 @@ impl Domain {
     }
 
     /// The caller's own notifications, newest first.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn list_notifications(
         &self,
         caller: &Caller,
@@ -160,7 +160,7 @@ impl Domain {
     }
 
     /// Marks the caller's notifications read; others' ids are ignored.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn mark_notifications_read(&self, caller: &Caller, ids: &[Uuid]) -> DomainResult<u64> {
         let user_id = own_user(caller)?;
         if ids.is_empty() || ids.len() > 500 {
@@ -202,7 +202,7 @@ impl Domain {
             .collect()
     }
 
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn update_notification_preferences(
         &self,
         caller: &Caller,

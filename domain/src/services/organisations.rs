@@ -96,7 +96,7 @@ pub(crate) fn check_etag(resource: &'static str, etag: &str, current: i64) -> Do
 }
 
 impl Domain {
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn create_organisation(&self, caller: &Caller, new: NewOrganisation) -> DomainResult<Organisation> {
         authorize(caller, Action::CreateOrganisation, Target::platform())?;
         let mut violations = Violations::default();
@@ -215,14 +215,14 @@ impl Domain {
         organisation_from_row(read_organisation(&self.db, id).await?)
     }
 
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn get_organisation(&self, caller: &Caller, id: Uuid) -> DomainResult<Organisation> {
         authorize(caller, Action::ReadOrganisation, Target::organisation(id))?;
         self.load_organisation(id).await
     }
 
     /// Operators see every organisation; members see their own.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn list_organisations(
         &self,
         caller: &Caller,
@@ -255,7 +255,7 @@ impl Domain {
         })
     }
 
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn update_organisation(
         &self,
         caller: &Caller,
@@ -334,13 +334,13 @@ impl Domain {
         self.load_organisation(before.id).await
     }
 
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn get_settings(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Organisation> {
         authorize(caller, Action::ReadSettings, Target::organisation(organisation_id))?;
         self.load_organisation(organisation_id).await
     }
 
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn update_settings(
         &self,
         caller: &Caller,
@@ -443,7 +443,7 @@ impl Domain {
 
     /// Operators change the licence count (R-ORG-4). It cannot drop below the
     /// licences in use: those users would otherwise hold licences that do not exist.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn set_licence_count(
         &self,
         caller: &Caller,
@@ -485,7 +485,7 @@ impl Domain {
         .await
     }
 
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn create_unit(&self, caller: &Caller, new: NewUnit) -> DomainResult<Unit> {
         authorize(caller, Action::ManageUnits, Target::organisation(new.organisation_id))?;
         let mut violations = Violations::default();
@@ -587,7 +587,7 @@ impl Domain {
     }
 
     /// All units, parents before children.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn list_units(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Vec<Unit>> {
         authorize(caller, Action::ReadUnits, Target::organisation(organisation_id))?;
         read_organisation(&self.db, organisation_id).await?;
@@ -610,7 +610,7 @@ impl Domain {
             .collect()
     }
 
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn update_unit(&self, caller: &Caller, unit_id: Uuid, patch: UnitPatch) -> DomainResult<Unit> {
         let row = unit::Entity::find_by_id(unit_id)
             .one(&self.db)
@@ -674,7 +674,7 @@ impl Domain {
         unit_from_row(updated)
     }
 
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn delete_unit(&self, caller: &Caller, unit_id: Uuid) -> DomainResult<()> {
         let row = unit::Entity::find_by_id(unit_id)
             .one(&self.db)

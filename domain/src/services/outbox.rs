@@ -101,7 +101,7 @@ impl Domain {
     /// Claims up to `limit` due mails for `worker` for `lease_ms`. On
     /// PostgreSQL the rows are picked with `FOR UPDATE SKIP LOCKED`, so
     /// replicas claiming at once get disjoint batches.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn claim_due_mails(&self, worker: &str, limit: u64, lease_ms: i64) -> DomainResult<Vec<ClaimedMail>> {
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
@@ -199,7 +199,7 @@ impl Domain {
     }
 
     /// Parked mails, for operators (content not included).
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn list_failed_mails(
         &self,
         caller: &Caller,
@@ -227,7 +227,7 @@ impl Domain {
     }
 
     /// Puts a parked mail back in the queue, with fresh attempts.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn retry_mail(&self, caller: &Caller, id: Uuid) -> DomainResult<OutboxEntry> {
         authorize(caller, Action::ManageMailQueue, Target::platform())?;
         let row = outbox_mail::Entity::find_by_id(id)

@@ -24,7 +24,7 @@ impl Domain {
     /// several workers sweeping at once split the users between them, and
     /// one sweep runs two lanes side by side: a batch is mostly database
     /// work, and one connection keeps one core of the database busy at most.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn reactivate_due_users(&self, now: Millis, batch: u64) -> DomainResult<u64> {
         let caller = Caller::system("timed-reactivation");
         let total = if is_postgres(&self.db) {

@@ -15,23 +15,21 @@ pub struct UserHandler {
     pub domain: Domain,
 }
 
-pub fn user_to_pb(user: &User) -> pb::User {
+/// Takes the user by value: its strings move into the message instead of
+/// being copied.
+pub fn user_to_pb(user: User) -> pb::User {
     pb::User {
         id: user.id.to_string(),
         organisation_id: user.organisation_id.to_string(),
         state: user_state_to_pb(user.state) as i32,
-        first_name: user.first_name.clone(),
-        surname: user.surname.clone(),
-        email: user.email.clone(),
         email_verified: user.email_verified,
-        pending_email: user.pending_email.clone().unwrap_or_default(),
-        username: user.username.clone().unwrap_or_default(),
-        cpr_masked: user.cpr_masked.clone().unwrap_or_default(),
-        birth_date: user.birth_date.clone().unwrap_or_default(),
+        pending_email: user.pending_email.unwrap_or_default(),
+        username: user.username.unwrap_or_default(),
+        cpr_masked: user.cpr_masked.unwrap_or_default(),
+        birth_date: user.birth_date.unwrap_or_default(),
         unit_id: user.unit_id.map(|u| u.to_string()).unwrap_or_default(),
-        phone: user.phone.clone().unwrap_or_default(),
+        phone: user.phone.unwrap_or_default(),
         language: language_to_pb(user.language) as i32,
-        external_ids: user.external_ids.clone(),
         roles: user.roles.iter().map(|r| role_to_pb(*r) as i32).collect(),
         identification_means: identification_means_to_pb(&user.identification_means),
         signing_right: user.signing_right,
@@ -40,7 +38,11 @@ pub fn user_to_pb(user: &User) -> pb::User {
         etag: user.version.to_string(),
         create_time: Some(timestamp(user.created_at)),
         update_time: Some(timestamp(user.updated_at)),
-        legacy_id: user.legacy_id.clone().unwrap_or_default(),
+        legacy_id: user.legacy_id.unwrap_or_default(),
+        first_name: user.first_name,
+        surname: user.surname,
+        email: user.email,
+        external_ids: user.external_ids,
     }
 }
 
@@ -176,7 +178,7 @@ impl UserService for UserHandler {
         };
         let created = self.domain.create_user(&caller, new).await.into_status()?;
         Ok(Response::new(pb::CreateUserResponse {
-            user: Some(user_to_pb(&created.user)),
+            user: Some(user_to_pb(created.user)),
             activation_code: created.activation_code.unwrap_or_default(),
         }))
     }
@@ -186,7 +188,7 @@ impl UserService for UserHandler {
         let id = id("id", &request.get_ref().id).into_status()?;
         let user = self.domain.get_user(&caller, id).await.into_status()?;
         Ok(Response::new(pb::GetUserResponse {
-            user: Some(user_to_pb(&user)),
+            user: Some(user_to_pb(user)),
         }))
     }
 
@@ -212,7 +214,7 @@ impl UserService for UserHandler {
             .await
             .into_status()?;
         Ok(Response::new(pb::ListUsersResponse {
-            users: page.items.iter().map(user_to_pb).collect(),
+            users: page.items.into_iter().map(user_to_pb).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
@@ -243,7 +245,7 @@ impl UserService for UserHandler {
             .await
             .into_status()?;
         Ok(Response::new(pb::UpdateUserResponse {
-            user: Some(user_to_pb(&updated)),
+            user: Some(user_to_pb(updated)),
         }))
     }
 
@@ -261,7 +263,7 @@ impl UserService for UserHandler {
             .await
             .into_status()?;
         Ok(Response::new(pb::DeactivateUserResponse {
-            user: Some(user_to_pb(&user)),
+            user: Some(user_to_pb(user)),
         }))
     }
 
@@ -278,7 +280,7 @@ impl UserService for UserHandler {
             .await
             .into_status()?;
         Ok(Response::new(pb::ReactivateUserResponse {
-            user: Some(user_to_pb(&user)),
+            user: Some(user_to_pb(user)),
         }))
     }
 
@@ -291,7 +293,7 @@ impl UserService for UserHandler {
         let user_id = id("id", &r.id).into_status()?;
         let user = self.domain.delete_user(&caller, user_id, &r.etag).await.into_status()?;
         Ok(Response::new(pb::DeleteUserResponse {
-            user: Some(user_to_pb(&user)),
+            user: Some(user_to_pb(user)),
         }))
     }
 
@@ -350,7 +352,7 @@ impl UserService for UserHandler {
         };
         let activated = self.domain.activate_user(secret, proof).await.into_status()?;
         Ok(Response::new(pb::ActivateUserResponse {
-            user: Some(user_to_pb(&activated.user)),
+            user: Some(user_to_pb(activated.user)),
             session_token: activated.session_token.into_exposed(),
             session_expire_time: Some(timestamp(activated.session_expires_at)),
         }))
@@ -372,7 +374,7 @@ impl UserService for UserHandler {
         }
         let user = self.domain.verify_email(&token).await.into_status()?;
         Ok(Response::new(pb::VerifyEmailResponse {
-            user: Some(user_to_pb(&user)),
+            user: Some(user_to_pb(user)),
         }))
     }
 
@@ -451,7 +453,7 @@ impl UserService for UserHandler {
             .into_status()?;
         Ok(Response::new(pb::DecideAnonymityRequestResponse {
             anonymity_request: Some(anonymity_to_pb(&decision.request)),
-            new_user: decision.new_user.as_ref().map(user_to_pb),
+            new_user: decision.new_user.map(user_to_pb),
             activation_code: decision.activation_code.unwrap_or_default(),
         }))
     }

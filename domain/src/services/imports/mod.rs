@@ -202,7 +202,7 @@ fn import_action(kind: ImportKind) -> Action {
 impl Domain {
     /// The first message of an upload: checks the caller and the spec and
     /// the organisation's open jobs, and makes the (not yet visible) job.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn begin_import(&self, caller: &Caller, spec: ImportSpec) -> DomainResult<BeganImport> {
         authorize(
             caller,
@@ -317,13 +317,13 @@ impl Domain {
         Ok(row)
     }
 
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn get_import(&self, caller: &Caller, id: Uuid) -> DomainResult<ImportJob> {
         job_from_row(self.readable_import(caller, id).await?)
     }
 
     /// An organisation's jobs, newest first.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn list_imports(
         &self,
         caller: &Caller,
@@ -354,7 +354,7 @@ impl Domain {
     }
 
     /// The job's row problems and notices in file order, a page at a time.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn list_import_errors(
         &self,
         caller: &Caller,
@@ -396,7 +396,7 @@ impl Domain {
 
     /// The job's row problems as a CSV file for Excel: row, column, reason,
     /// message; every cell neutralised against formulas.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn import_report(&self, caller: &Caller, id: Uuid) -> DomainResult<Vec<u8>> {
         let job = self.readable_import(caller, id).await?;
         let language: Language = user::Entity::find_by_id(job.requester_id)
@@ -436,7 +436,7 @@ impl Domain {
 
     /// Stops a job: a queued one at once, a running one between two
     /// batches (rows applied so far stay).
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn cancel_import(&self, caller: &Caller, id: Uuid) -> DomainResult<ImportJob> {
         let row = self.readable_import(caller, id).await?;
         authorize(
@@ -476,7 +476,7 @@ impl Domain {
     /// users without a CPR number are listed back (each needs a code of
     /// their own), others skipped. Users come by id or as every user an
     /// import job created.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn batch_send_activation(
         &self,
         caller: &Caller,

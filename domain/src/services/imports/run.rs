@@ -134,7 +134,7 @@ impl Domain {
     /// Claims the oldest queued job, or a running one whose worker's lease
     /// ran out. On PostgreSQL `FOR UPDATE SKIP LOCKED` lets several workers
     /// claim at once without waiting on each other.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn claim_import(&self, worker: &str) -> DomainResult<Option<Uuid>> {
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
@@ -180,7 +180,7 @@ impl Domain {
     /// Runs a claimed job until it ends, its claim is lost, or `stop` says
     /// so (then the claim is handed back and another worker, or this one
     /// later, resumes after the last checkpoint).
-    #[instrument(skip_all, fields(import = %job_id), err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, fields(import = %job_id), err(level = "debug"))]
     pub async fn run_import(&self, job_id: Uuid, worker: &str, stop: &(dyn Fn() -> bool + Sync)) -> DomainResult<()> {
         let job = self.claimed_job(job_id, worker).await?;
         let Some(job) = job else { return Ok(()) };
@@ -717,7 +717,7 @@ impl Domain {
     /// Deletes the files of jobs finished longer ago than the retention
     /// (their reports stay) and uploads abandoned for an hour. Returns how
     /// many files went.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn purge_import_files(&self, now: Millis) -> DomainResult<u64> {
         let cutoff = now - self.settings.imports.file_retention_ms;
         let finished: Vec<Uuid> = import_job::Entity::find()

@@ -2,9 +2,10 @@
 //! `insert_user` every way of making a user goes through.
 
 use super::*;
+use crate::services::activation::Earlier;
 
 impl Domain {
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn create_user(&self, caller: &Caller, new: NewUser) -> DomainResult<CreatedUser> {
         // Bad input is refused before a write transaction (on SQLite: the
         // database's one writer lock) is opened.
@@ -250,6 +251,7 @@ impl Domain {
     /// asked, starts its activation (a mailed link for a CPR user, else a
     /// code returned once), all in the caller's transaction. Licences are the
     /// caller's: a create takes one last, a re-creation frees the old one.
+    /// The row is new (a new id), so it holds no activation secrets to end.
     pub(crate) async fn insert_user(
         &self,
         txn: &DatabaseTransaction,
@@ -263,10 +265,11 @@ impl Domain {
         let code = match (start_activation, row.cpr_hash.is_some()) {
             (false, _) => None,
             (true, true) => {
-                self.issue_activation_link(txn, &row, &org.name).await?;
+                self.issue_activation_link(txn, &row, &org.name, Earlier::NoneYet)
+                    .await?;
                 None
             }
-            (true, false) => Some(self.issue_activation_code(txn, &row).await?),
+            (true, false) => Some(self.issue_activation_code(txn, &row, Earlier::NoneYet).await?),
         };
         Ok((row, code))
     }

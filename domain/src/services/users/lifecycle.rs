@@ -6,7 +6,7 @@ use super::*;
 impl Domain {
     /// R-USR-4: deactivates for good (`until` None) or for a period. Calling it
     /// on a deactivated user changes the period.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn deactivate_user(
         &self,
         caller: &Caller,
@@ -82,7 +82,7 @@ impl Domain {
         self.load_user(txn, id).await
     }
 
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn reactivate_user(&self, caller: &Caller, id: Uuid, etag: &str) -> DomainResult<User> {
         self.authorized_user(caller, Action::ReactivateUser, id).await?;
         let txn = crate::persistence::begin_write(&self.db).await?;
@@ -137,7 +137,7 @@ impl Domain {
     }
 
     /// R-USR-5: final; refused under DEACTIVATE_ONLY.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn delete_user(&self, caller: &Caller, id: Uuid, etag: &str) -> DomainResult<User> {
         self.authorized_user(caller, Action::DeleteUser, id).await?;
         let txn = crate::persistence::begin_write(&self.db).await?;

@@ -4,12 +4,12 @@
 use super::*;
 
 impl Domain {
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn get_user(&self, caller: &Caller, id: Uuid) -> DomainResult<User> {
         self.authorized_user(caller, Action::ReadUser, id).await
     }
 
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn list_users(
         &self,
         caller: &Caller,
@@ -91,7 +91,7 @@ impl Domain {
     }
 
     /// R-USR-7: newest first, 200 by default.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn list_user_history(
         &self,
         caller: &Caller,

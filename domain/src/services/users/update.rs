@@ -4,7 +4,7 @@
 use super::*;
 
 impl Domain {
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn update_user(&self, caller: &Caller, id: Uuid, etag: &str, patch: UserPatch) -> DomainResult<User> {
         let changes_roles = patch.roles.is_some();
         let txn = crate::persistence::begin_write(&self.db).await?;
@@ -268,7 +268,8 @@ impl Domain {
                 self.request_email_change(txn, &written, email, &org.name).await?;
             }
             if new_email.is_some() && written.cpr_hash.is_some() {
-                self.issue_activation_link(txn, &written, &org.name).await?;
+                self.issue_activation_link(txn, &written, &org.name, crate::services::activation::Earlier::End)
+                    .await?;
             }
         }
         history::record(
