@@ -82,7 +82,7 @@ async fn run() {
         },
     )
     .await;
-    let fixture = app.org_with_admin_limits(Some(2_000_000), None).await;
+    let fixture = app.org_with_admin_limits(Some(1_000_000), None).await;
     let token = fixture.admin_token.clone();
 
     let mut file = String::with_capacity(n * 64);
@@ -135,7 +135,7 @@ async fn run() {
     assert_eq!((finished.applied, finished.failed), (n as i64, 0), "{finished:?}");
 
     // The baseline: the same rows, raw, into the same tables.
-    let other = app.create_org(Some(2_000_000), None).await;
+    let other = app.create_org(Some(1_000_000), None).await;
     let raw = match backend {
         Backend::Postgres => copy_rows(&app, &other.id, n).await,
         Backend::Sqlite => insert_rows(&app, &other.id, n).await,
@@ -202,7 +202,8 @@ async fn copy_rows(app: &TestApp, org: &str, n: usize) -> Duration {
     let script = format!(
         "\\copy users (id, organisation_id, state, first_name, surname, email, email_key, search_text, birth_date, language, external_ids, identification_means, signing_right, anonymous, email_verified, version, created_at, updated_at) FROM '{d}/users.csv' CSV\n\
          \\copy user_roles (user_id, role, organisation_id) FROM '{d}/roles.csv' CSV\n\
-         \\copy history_events (id, organisation_id, subject_kind, subject_id, occurred_at, actor, actor_name, actor_email, activity, changes) FROM '{d}/history.csv' CSV\n",
+         \\copy history_events (id, organisation_id, subject_kind, subject_id, occurred_at, actor, actor_name, actor_email, activity, changes) FROM '{d}/history.csv' CSV\n\
+         UPDATE organisations SET licences_used = licences_used + {n} WHERE id = '{org}';\n",
         d = dir.display()
     );
     std::fs::write(dir.join("copy.sql"), script).unwrap();
@@ -252,6 +253,11 @@ async fn insert_rows(app: &TestApp, org: &str, n: usize) -> Duration {
     for statement in &statements {
         db.execute_unprepared(statement).await.unwrap();
     }
+    db.execute_unprepared(&format!(
+        "UPDATE organisations SET licences_used = licences_used + {n} WHERE id = {org_blob}"
+    ))
+    .await
+    .unwrap();
     db.execute_unprepared("COMMIT").await.unwrap();
     started.elapsed()
 }
