@@ -113,7 +113,7 @@ impl Default for Config {
             import_max_file_bytes: 512 * 1024 * 1024,
             import_max_rows: 1_000_000,
             import_max_open_per_organisation: 5,
-            import_batch_size: 500,
+            import_batch_size: 25,
             import_lease_ms: 60_000,
             import_file_retention_hours: 7 * 24,
             import_poll_interval_ms: 1000,

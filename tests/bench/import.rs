@@ -6,7 +6,7 @@
 //! resident memory while the job runs, above what the process held before.
 //!
 //! `IMPORT_ROWS=100000 IMPORT_BACKEND=postgres cargo bench -p orgadmin-tests --bench import`
-//! (IMPORT_BACKEND: postgres or sqlite; IMPORT_BATCH: rows per batch, 500.)
+//! (IMPORT_BACKEND: postgres or sqlite; IMPORT_BATCH: rows per batch, 25.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,7 +64,7 @@ async fn run() {
     let batch: usize = std::env::var("IMPORT_BATCH")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
+        .unwrap_or(25);
     let backend = match std::env::var("IMPORT_BACKEND").as_deref() {
         Ok("sqlite") => Backend::Sqlite,
         _ => Backend::Postgres,

@@ -60,7 +60,11 @@ pub struct ImportSettings {
     pub max_rows: i64,
     /// Jobs one organisation may have QUEUED or RUNNING at once.
     pub max_open_per_organisation: u64,
-    /// Rows per transaction (and checkpoint).
+    /// Rows per transaction (and checkpoint). Small on purpose: every row
+    /// takes its licence with an UPDATE of the organisation's row, in a
+    /// savepoint of its own, and on PostgreSQL each later statement of the
+    /// batch walks the versions the earlier ones left (500 rows a batch ran
+    /// at a third of the speed of 25; see BENCHMARKS.md).
     pub batch_size: usize,
     /// How long a worker's claim on a job lasts without a checkpoint; a job
     /// whose worker died goes to another after this.
@@ -75,7 +79,7 @@ impl Default for ImportSettings {
             max_file_bytes: 512 * 1024 * 1024,
             max_rows: 1_000_000,
             max_open_per_organisation: 5,
-            batch_size: 500,
+            batch_size: 25,
             lease_ms: 60_000,
             file_retention_ms: 7 * 24 * 60 * 60 * 1000,
         }
