@@ -218,7 +218,7 @@ impl ImportService for ImportHandler {
         // fails the call itself, not the stream.
         let first = self.domain.get_import(&caller, job_id).await.into_status()?;
         let domain = self.domain.clone();
-        let updates = futures_stream(move |sent: Option<ImportJob>| {
+        let updates = changes_stream(move |sent: Option<ImportJob>| {
             let domain = domain.clone();
             let caller = caller.clone();
             let first = first.clone();
@@ -337,7 +337,7 @@ impl ImportService for ImportHandler {
 }
 
 /// A stream whose next item is computed from the previous one: `None` ends it.
-fn futures_stream<T, F, Fut>(next: F) -> impl Stream<Item = Result<T, Status>> + Send + 'static
+fn changes_stream<T, F, Fut>(next: F) -> impl Stream<Item = Result<T, Status>> + Send + 'static
 where
     T: Clone + Send + 'static,
     F: Fn(Option<T>) -> Fut + Send + 'static,
@@ -346,7 +346,14 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         let mut last = None;
-        while let Some(item) = next(last.clone()).await {
+        loop {
+            // A client that hung up ends the watch at once, even while the
+            // job does not move (a queue without a worker).
+            let item = tokio::select! {
+                item = next(last.clone()) => item,
+                _ = tx.closed() => break,
+            };
+            let Some(item) = item else { break };
             let failed = item.is_err();
             if let Ok(value) = &item {
                 last = Some(value.clone());

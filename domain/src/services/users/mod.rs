@@ -39,7 +39,8 @@ use crate::validate::{self, Violations};
 /// Shown in history instead of a CPR number, which never goes there.
 const HIDDEN: &str = "<hidden>";
 
-#[derive(Debug, Clone, Default)]
+/// `Debug` shows whether a CPR number was given, never the number.
+#[derive(Clone, Default)]
 pub struct NewUser {
     pub organisation_id: Uuid,
     pub first_name: String,
@@ -82,7 +83,8 @@ pub(crate) struct CheckedNewUser {
 }
 
 /// Fields named in an update mask. `Some(None)` clears an optional field.
-#[derive(Debug, Clone, Default)]
+/// `Debug` shows whether a CPR number was given, never the number.
+#[derive(Clone, Default)]
 pub struct UserPatch {
     pub first_name: Option<String>,
     pub surname: Option<String>,
@@ -97,6 +99,56 @@ pub struct UserPatch {
     pub roles: Option<Vec<Role>>,
     pub identification_means: Option<Vec<IdentificationMeans>>,
     pub signing_right: Option<bool>,
+}
+
+/// What `Debug` shows of a CPR number: that there is one.
+fn cpr_shown(cpr: &Option<String>) -> Option<&'static str> {
+    cpr.as_ref().map(|_| HIDDEN)
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("organisation_id", &self.organisation_id)
+            .field("first_name", &self.first_name)
+            .field("surname", &self.surname)
+            .field("email", &self.email)
+            .field("username", &self.username)
+            .field("cpr", &cpr_shown(&self.cpr))
+            .field("birth_date", &self.birth_date)
+            .field("unit_id", &self.unit_id)
+            .field("phone", &self.phone)
+            .field("language", &self.language)
+            .field("external_ids", &self.external_ids)
+            .field("roles", &self.roles)
+            .field("identification_means", &self.identification_means)
+            .field("signing_right", &self.signing_right)
+            .field("anonymous", &self.anonymous)
+            .field("request_id", &self.request_id)
+            .field("suppress_activation", &self.suppress_activation)
+            .field("legacy_id", &self.legacy_id)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UserPatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserPatch")
+            .field("first_name", &self.first_name)
+            .field("surname", &self.surname)
+            .field("email", &self.email)
+            .field("username", &self.username)
+            .field("cpr", &cpr_shown(&self.cpr))
+            .field("birth_date", &self.birth_date)
+            .field("unit_id", &self.unit_id)
+            .field("phone", &self.phone)
+            .field("language", &self.language)
+            .field("external_ids", &self.external_ids)
+            .field("roles", &self.roles)
+            .field("identification_means", &self.identification_means)
+            .field("signing_right", &self.signing_right)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -356,5 +408,24 @@ mod tests {
                 assert!(kept.sql.contains(&format!("AS \"{HELD_ROLE}\"")), "{}", kept.sql);
             }
         }
+    }
+
+    #[test]
+    fn debug_never_shows_a_cpr_number() {
+        let cpr = "0101801234".to_string();
+        let new = NewUser {
+            cpr: Some(cpr.clone()),
+            first_name: "Karen".into(),
+            ..Default::default()
+        };
+        let patch = UserPatch {
+            cpr: Some(cpr.clone()),
+            ..Default::default()
+        };
+        for text in [format!("{new:?}"), format!("{patch:?}"), format!("{new:#?}")] {
+            assert!(!text.contains(&cpr) && !text.contains("010180"), "{text}");
+            assert!(text.contains(HIDDEN), "{text}");
+        }
+        assert!(format!("{new:?}").contains("Karen"));
     }
 }
