@@ -9,7 +9,6 @@ use orgadmin_domain::services::imports::ImportSettings;
 use orgadmin_proto::v1 as pb;
 use orgadmin_tests::*;
 use prost_types::FieldMask;
-use sea_orm::{ConnectionTrait, Statement};
 use tonic::Code;
 
 both_backends!(
@@ -117,16 +116,6 @@ async fn imported(app: &TestApp, token: &str, spec: pb::ImportSpec, file: &[u8],
     app.import_job(token, &job.id).await
 }
 
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    let db = app.domain.db();
-    let row = db
-        .query_one_raw(Statement::from_string(db.get_database_backend(), sql.to_owned()))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get_by_index::<i64>(0).unwrap()
-}
-
 async fn users_of(app: &TestApp, token: &str, org: &str) -> Vec<pb::User> {
     let mut users = Vec::new();
     let mut page_token = String::new();
@@ -218,16 +207,14 @@ async fn create_files_in_three_encodings_land_every_row(backend: Backend) {
         assert_eq!(user.language, pb::Language::Sv as i32);
     }
     assert_eq!(
-        count(&app, "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'").await,
+        app.count("SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'")
+            .await,
         1,
         "an import sends no activation: the one mail is the administrator's own"
     );
     assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) FROM history_events WHERE activity = 'USER_CREATED'"
-        )
-        .await,
+        app.count("SELECT COUNT(*) FROM history_events WHERE activity = 'USER_CREATED'")
+            .await,
         3 * n as i64 + 1,
         "every imported user has its history"
     );
@@ -250,7 +237,8 @@ async fn create_files_in_three_encodings_land_every_row(backend: Backend) {
             .all(|n| n.body.contains(&n.subject_id) && n.body.contains("1000"))
     );
     assert_eq!(
-        count(&app, "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'import_finished'").await,
+        app.count("SELECT COUNT(*) FROM outbox_mails WHERE kind = 'import_finished'")
+            .await,
         3
     );
     app.finish().await;
@@ -590,21 +578,10 @@ async fn legacy_files_bring_deactivated_users_and_administrators(backend: Backen
     let token = fixture.admin_token.clone();
     // A user administrator may import users, but not from a legacy system.
     let (user_admin, user_admin_token) = app.member(&fixture, "Brugeradmin", &[pb::Role::UserAdmin]).await;
-    let used_before = app
-        .orgs()
-        .get_organisation(req(
-            &token,
-            pb::GetOrganisationRequest {
-                id: fixture.org.id.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .organisation
-        .unwrap()
-        .licences_used;
-    let activation_mails = count(&app, "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'").await;
+    let used_before = app.licences_used(&token, &fixture.org.id).await;
+    let activation_mails = app
+        .count("SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'")
+        .await;
     let rows = vec![
         row(&[
             (1, &nth_cpr(1)),
@@ -669,23 +646,11 @@ async fn legacy_files_bring_deactivated_users_and_administrators(backend: Backen
         (pb::UserState::Deactivated as i32, "RID-1001")
     );
     // Deactivated for good: no licence taken, no activation started.
-    let used_after = app
-        .orgs()
-        .get_organisation(req(
-            &token,
-            pb::GetOrganisationRequest {
-                id: fixture.org.id.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .organisation
-        .unwrap()
-        .licences_used;
+    let used_after = app.licences_used(&token, &fixture.org.id).await;
     assert_eq!(used_after, used_before);
     assert_eq!(
-        count(&app, "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'").await,
+        app.count("SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'")
+            .await,
         activation_mails
     );
 
@@ -800,7 +765,7 @@ async fn cancel_limits_and_broken_files(backend: Backend) {
 
     // Too large: refused while uploading, nothing kept.
     let big = file(HEADER_DA, &create_rows(1000, "stor"));
-    let before = count(&app, "SELECT COUNT(*) FROM import_jobs").await;
+    let before = app.count("SELECT COUNT(*) FROM import_jobs").await;
     let too_large = app
         .upload_import(&token, spec(&org, pb::ImportKind::Create), big.as_bytes(), 16 * 1024)
         .await
@@ -809,13 +774,10 @@ async fn cancel_limits_and_broken_files(backend: Backend) {
         (too_large.code(), reason(&too_large).as_str()),
         (Code::FailedPrecondition, "IMPORT_TOO_LARGE")
     );
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM import_jobs").await, before);
+    assert_eq!(app.count("SELECT COUNT(*) FROM import_jobs").await, before);
     assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) FROM import_chunks WHERE job_id NOT IN (SELECT id FROM import_jobs)"
-        )
-        .await,
+        app.count("SELECT COUNT(*) FROM import_chunks WHERE job_id NOT IN (SELECT id FROM import_jobs)")
+            .await,
         0
     );
 
@@ -891,13 +853,16 @@ async fn cancel_limits_and_broken_files(backend: Backend) {
     assert_eq!(listed.jobs[0].id, headless.id);
 
     // A week on, the files of finished jobs are deleted; their reports stay.
-    let finished_jobs = count(&app, "SELECT COUNT(*) FROM import_jobs WHERE finished_at IS NOT NULL").await;
+    let finished_jobs = app
+        .count("SELECT COUNT(*) FROM import_jobs WHERE finished_at IS NOT NULL")
+        .await;
     let week_on = chrono::Utc::now().timestamp_millis() + 8 * 24 * 60 * 60 * 1000;
     let purged = app.domain.purge_import_files(week_on).await.unwrap();
     assert_eq!(purged as i64, finished_jobs);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM import_chunks").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM import_chunks").await, 0);
     assert_eq!(
-        count(&app, "SELECT COUNT(*) FROM import_jobs WHERE file_deleted_at IS NULL").await,
+        app.count("SELECT COUNT(*) FROM import_jobs WHERE file_deleted_at IS NULL")
+            .await,
         0
     );
     let still = app.import_job(&token, &headless.id).await;
@@ -936,7 +901,8 @@ async fn bulk_activation_mails_cpr_users_and_lists_the_others(backend: Backend) 
     let token_of_first = app.mailed_token("activation", "bruger0.akt@firma.dk").await;
     assert!(!token_of_first.is_empty());
     assert_eq!(
-        count(&app, "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'").await,
+        app.count("SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'")
+            .await,
         3 + 1
     );
     // Asked again by user id: an active user is skipped.

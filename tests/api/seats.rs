@@ -32,17 +32,6 @@ async fn deactivate(app: &TestApp, token: &str, id: &str, until: Option<Timestam
         .map(|r| r.into_inner().user.unwrap())
 }
 
-async fn licences_used(app: &TestApp, token: &str, org: &str) -> i32 {
-    app.orgs()
-        .get_organisation(req(token, pb::GetOrganisationRequest { id: org.to_owned() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .organisation
-        .unwrap()
-        .licences_used
-}
-
 /// The probe's case: 3 licences, a user deactivated until +1 s, another
 /// created meanwhile, the sweep brings the first back: 4 of 3. Now the
 /// create is refused and the sweep cannot exceed the limit.
@@ -55,7 +44,7 @@ async fn timed_deactivation_keeps_its_licence_for_the_return(backend: Backend) {
 
     deactivate(&app, &token, &anna.id, Some(in_ms(800))).await.unwrap();
     assert_eq!(
-        licences_used(&app, &token, &fixture.org.id).await,
+        app.licences_used(&token, &fixture.org.id).await,
         3,
         "the seat is reserved"
     );
@@ -73,13 +62,13 @@ async fn timed_deactivation_keeps_its_licence_for_the_return(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(900)).await;
     let now = chrono::Utc::now().timestamp_millis();
     assert_eq!(app.domain.reactivate_due_users(now, 10).await.unwrap(), 1);
-    assert_eq!(licences_used(&app, &token, &fixture.org.id).await, 3, "3 of 3, never 4");
+    assert_eq!(app.licences_used(&token, &fixture.org.id).await, 3, "3 of 3, never 4");
     assert_eq!(app.licence_counter_drift().await, Vec::<String>::new());
 
     // Open-ended deactivation frees the licence; then the way back needs a
     // free one, whether by reactivation or by giving the deactivation an end.
     deactivate(&app, &token, &anna.id, None).await.unwrap();
-    assert_eq!(licences_used(&app, &token, &fixture.org.id).await, 2);
+    assert_eq!(app.licences_used(&token, &fixture.org.id).await, 2);
     let (_carl, _) = app.member(&fixture, "Carl", &[]).await;
     let back = app
         .users()
@@ -117,7 +106,7 @@ async fn timed_deactivation_keeps_its_licence_for_the_return(backend: Backend) {
         app.member(&fixture, "Dora", &[]).await
     };
     deactivate(&app, &token, &dora.id, Some(in_ms(60_000))).await.unwrap();
-    assert_eq!(licences_used(&app, &token, &fixture.org.id).await, 3);
+    assert_eq!(app.licences_used(&token, &fixture.org.id).await, 3);
     let back = app
         .users()
         .reactivate_user(req(
@@ -133,7 +122,7 @@ async fn timed_deactivation_keeps_its_licence_for_the_return(backend: Backend) {
         .user
         .unwrap();
     assert_eq!(back.state, pb::UserState::Active as i32);
-    assert_eq!(licences_used(&app, &token, &fixture.org.id).await, 3);
+    assert_eq!(app.licences_used(&token, &fixture.org.id).await, 3);
     app.finish().await;
 }
 

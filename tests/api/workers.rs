@@ -248,16 +248,6 @@ async fn killed_worker_loses_no_mail(backend: Backend) {
     app.finish().await;
 }
 
-async fn sql_count(app: &TestApp, sql: &str) -> i64 {
-    let db = app.domain.db();
-    db.query_one_raw(Statement::from_string(db.get_database_backend(), sql.to_owned()))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get_by_index::<i64>(0)
-        .unwrap()
-}
-
 /// Waits until `done` holds for the job, up to `timeout`.
 async fn wait_for_job(
     app: &TestApp,
@@ -316,22 +306,16 @@ async fn killed_import_worker_resumes_without_doubles(backend: Backend) {
     assert_eq!((done.rows, done.applied, done.failed), (n as i64, n as i64, 0));
     let org = &fixture.org.id;
     // The database holds this organisation only.
-    let users = sql_count(&app, "SELECT COUNT(*) FROM users").await;
-    let distinct = sql_count(&app, "SELECT COUNT(DISTINCT email_key) FROM users").await;
+    let users = app.count("SELECT COUNT(*) FROM users").await;
+    let distinct = app.count("SELECT COUNT(DISTINCT email_key) FROM users").await;
     assert_eq!((users, distinct), (n as i64 + 1, n as i64 + 1), "nobody twice");
     assert_eq!(
-        sql_count(
-            &app,
-            "SELECT COUNT(*) FROM history_events WHERE activity = 'USER_CREATED'"
-        )
-        .await,
+        app.count("SELECT COUNT(*) FROM history_events WHERE activity = 'USER_CREATED'")
+            .await,
         n as i64 + 1,
         "one history event per user"
     );
-    assert_eq!(
-        sql_count(&app, "SELECT COUNT(*) FROM import_created_users").await,
-        n as i64
-    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM import_created_users").await, n as i64);
 
     // R-BULK-4: the first 40 users' activation, in bulk, by the real worker
     // to the real SMTP server; birth-date users are listed back instead.
@@ -438,10 +422,10 @@ async fn two_workers_share_the_import_queue(backend: Backend) {
     // Each replica claimed work: the second one is not idle.
     assert_eq!(claimers, HashSet::from([id_a, id_b]));
     assert_eq!(
-        sql_count(&app, "SELECT COUNT(*) FROM users").await,
-        sql_count(&app, "SELECT COUNT(DISTINCT email_key) FROM users").await
+        app.count("SELECT COUNT(*) FROM users").await,
+        app.count("SELECT COUNT(DISTINCT email_key) FROM users").await
     );
     // The database holds this organisation only.
-    assert_eq!(sql_count(&app, "SELECT COUNT(*) FROM users").await, 1601);
+    assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 1601);
     app.finish().await;
 }

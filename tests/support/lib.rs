@@ -148,6 +148,30 @@ impl TestApp {
         NotificationServiceClient::new(self.channel.clone())
     }
 
+    /// The one number a query returns (`SELECT COUNT(*) ...`), read straight
+    /// from the test database.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let db = self.domain.db();
+        db.query_one_raw(Statement::from_string(db.get_database_backend(), sql.to_owned()))
+            .await
+            .expect("count query")
+            .expect("a row")
+            .try_get_by_index::<i64>(0)
+            .expect("a count")
+    }
+
+    /// The organisation's licences in use, as the API reports them.
+    pub async fn licences_used(&self, token: &str, org: &str) -> i32 {
+        self.orgs()
+            .get_organisation(req(token, pb::GetOrganisationRequest { id: org.to_owned() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .organisation
+            .unwrap()
+            .licences_used
+    }
+
     pub fn imports(&self) -> ImportServiceClient<Channel> {
         ImportServiceClient::new(self.channel.clone())
     }

@@ -549,10 +549,16 @@ pub(crate) async fn take_secret(db: &impl ConnectionTrait, id: Uuid, now: Millis
 /// The person a secret proved, as the caller history names: they act for
 /// themselves, with no role.
 pub(crate) fn person_caller(row: &user::Model) -> Caller {
+    member_caller(row, Vec::new())
+}
+
+/// A user of the organisation acting with `roles` (the import job acts as
+/// its requester with the roles they hold now), named as history names them.
+pub(crate) fn member_caller(row: &user::Model, roles: Vec<Role>) -> Caller {
     Caller::new(Principal::Member {
         user_id: row.id,
         organisation_id: row.organisation_id,
-        roles: Vec::new(),
+        roles,
     })
     .with_identity(format!("{} {}", row.first_name, row.surname), row.email.clone())
 }

@@ -237,7 +237,7 @@ impl Domain {
         {
             return Ok(BeganImport::Existing(job_from_row(existing)?));
         }
-        self.ensure_import_slot(spec.organisation_id).await?;
+        self.ensure_import_slot(&self.db, spec.organisation_id).await?;
         let now = now_millis();
         let id = Uuid::now_v7();
         import_job::Entity::insert(import_job::ActiveModel {
@@ -281,11 +281,15 @@ impl Domain {
         }))
     }
 
-    async fn ensure_import_slot(&self, organisation_id: Uuid) -> DomainResult<()> {
+    /// Refuses a new job while the organisation has its most open ones
+    /// (QUEUED or RUNNING). Checked when an upload starts, so a full queue
+    /// is told before the file is sent, and again, under the organisation's
+    /// lock, when it is queued.
+    async fn ensure_import_slot(&self, db: &impl sea_orm::ConnectionTrait, organisation_id: Uuid) -> DomainResult<()> {
         let open = import_job::Entity::find()
             .filter(import_job::Column::OrganisationId.eq(organisation_id))
             .filter(import_job::Column::State.is_in([ImportState::Queued.as_str(), ImportState::Running.as_str()]))
-            .count(&self.db)
+            .count(db)
             .await?;
         let max = self.settings.imports.max_open_per_organisation;
         if open >= max {
@@ -613,19 +617,14 @@ impl ImportUpload {
         }
         let domain = self.domain.clone();
         let txn = crate::persistence::begin_write(&domain.db).await?;
-        // Checked again at the end: uploads of one organisation may overlap.
-        let open = import_job::Entity::find()
-            .filter(import_job::Column::OrganisationId.eq(self.organisation_id))
-            .filter(import_job::Column::State.is_in([ImportState::Queued.as_str(), ImportState::Running.as_str()]))
-            .count(&txn)
-            .await?;
-        if open >= domain.settings.imports.max_open_per_organisation {
+        // Checked again at the end, under the organisation's lock: uploads
+        // of one organisation may overlap, and two finishing at once must
+        // not both take the last place.
+        crate::services::lock_organisation(&txn, self.organisation_id).await?;
+        if let Err(full) = domain.ensure_import_slot(&txn, self.organisation_id).await {
             drop(txn);
             domain.discard_upload(self.job_id).await?;
-            return Err(DomainError::precondition(
-                Reason::ImportsQueueFull,
-                "the organisation reached its number of open imports while the file was uploading; wait for one to finish",
-            ));
+            return Err(full);
         }
         let now = now_millis();
         let queued = import_job::Entity::update_many()

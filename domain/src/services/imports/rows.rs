@@ -118,16 +118,9 @@ fn names<T: std::str::FromStr>(text: &str, what: &str) -> Result<Vec<T>, String>
         .collect()
 }
 
-fn role_names() -> String {
-    Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
-}
-
-fn means_names() -> String {
-    IdentificationMeans::ALL
-        .iter()
-        .map(|r| r.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+/// The names a list cell may hold, for its error message.
+fn known_names<T: std::fmt::Display>(all: &[T]) -> String {
+    all.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// Reads a data row. `Err` holds every problem found in it.
@@ -173,7 +166,7 @@ pub(super) fn read_row(
         value
     });
     let roles = filled(cells, Column::Roles).and_then(|c| {
-        let roles = names::<Role>(c, "role").map_err(|e| format!("{e}; roles are {}", role_names()));
+        let roles = names::<Role>(c, "role").map_err(|e| format!("{e}; roles are {}", known_names(Role::ALL)));
         let value = roles.as_ref().ok().cloned();
         parsed(Column::Roles, roles.map(|_| ()));
         value
@@ -186,7 +179,7 @@ pub(super) fn read_row(
     });
     let means = filled(cells, Column::IdentificationMeans).and_then(|c| {
         let means = names::<IdentificationMeans>(c, "means of identification")
-            .map_err(|e| format!("{e}; they are {}", means_names()));
+            .map_err(|e| format!("{e}; they are {}", known_names(IdentificationMeans::ALL)));
         let value = means.as_ref().ok().cloned();
         parsed(Column::IdentificationMeans, means.map(|_| ()));
         value

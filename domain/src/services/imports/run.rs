@@ -17,10 +17,11 @@ use super::format::{Column, Next, RecordReader, check_header};
 use super::rows::{CellError, RowOp, Units, UserRef, read_row, row_errors, unique_keys};
 use super::*;
 use crate::mail::MailKind;
-use crate::persistence::entities::{organisation, user_role};
+use crate::persistence::entities::organisation;
 use crate::persistence::is_postgres;
-use crate::policy::Principal;
+use crate::services::activation::member_caller;
 use crate::services::notifications::NotificationKind;
+use crate::services::users::roles_of;
 
 /// How a row ended.
 enum Outcome {
@@ -329,19 +330,8 @@ impl Domain {
         if !parse::<UserState>(&row.state)?.is_standing() || row.organisation_id != job.organisation_id {
             return Ok(None);
         }
-        let roles = user_role::Entity::find()
-            .filter(user_role::Column::UserId.eq(row.id))
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(|r| parse::<Role>(&r.role))
-            .collect::<DomainResult<Vec<_>>>()?;
-        let caller = Caller::new(Principal::Member {
-            user_id: row.id,
-            organisation_id: row.organisation_id,
-            roles,
-        })
-        .with_identity(format!("{} {}", row.first_name, row.surname), row.email.clone());
+        let roles = roles_of(&self.db, &[row.id]).await?.remove(&row.id).unwrap_or_default();
+        let caller = member_caller(&row, roles);
         let kind: ImportKind = parse(&job.kind)?;
         if authorize(&caller, import_action(kind), Target::organisation(job.organisation_id)).is_err() {
             return Ok(None);
