@@ -300,6 +300,22 @@ async fn grpcurl_walkthrough(backend: Backend) {
         "HISTORY_ACTIVITY_USER_DEACTIVATED"
     );
 
+    // A new address as the README gives it (grpcurl reads a FieldMask as
+    // an object with paths): it waits for verification.
+    let changed = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(
+            r#"{{"user":{{"id":"{user_id}","email":"jens.hansen@vaerksted.dk"}},"update_mask":{{"paths":["email"]}}}}"#
+        )),
+        "orgadmin.v1.UserService/UpdateUser",
+    );
+    assert!(
+        changed["user"]["pendingEmail"] == "jens.hansen@vaerksted.dk"
+            || changed["user"]["email"] == "jens.hansen@vaerksted.dk",
+        "{changed}"
+    );
+
     // A bulk import as the README streams it: the spec, then the file in
     // base64 chunks, one JSON message per line on grpcurl's stdin; then
     // WatchImport streams the job until it ends.
