@@ -81,6 +81,28 @@ pub struct Config {
     pub import_file_retention_hours: u32,
     /// How often the worker looks for queued imports.
     pub import_poll_interval_ms: u64,
+    /// PEM files of the CA's issuing key and certificate, and of the chain
+    /// above it (intermediate under an offline root); as a Kubernetes Secret
+    /// mounts them. Empty on the embedded default: a CA is generated once
+    /// into `data_dir/ca`.
+    pub ca_key_file: String,
+    pub ca_certificate_file: String,
+    pub ca_chain_file: String,
+    /// The CRL distribution point written into every certificate.
+    pub ca_crl_url: String,
+    /// Where relying parties fetch the CRL (`GET /crl`) over plain HTTP;
+    /// empty: not served.
+    pub certificate_http_listen: String,
+    /// Validity of new certificates per kind, in days.
+    pub certificate_employee_validity_days: u32,
+    pub certificate_organisation_validity_days: u32,
+    pub certificate_system_validity_days: u32,
+    /// How long a certificate pickup token works, in days.
+    pub certificate_pickup_ttl_days: u32,
+    /// The pickup link in the mail; `{token}` is replaced.
+    pub certificate_pickup_url_template: String,
+    /// Hours from a CRL's thisUpdate to its nextUpdate.
+    pub crl_validity_hours: u32,
 }
 
 impl Default for Config {
@@ -117,6 +139,17 @@ impl Default for Config {
             import_lease_ms: 60_000,
             import_file_retention_hours: 7 * 24,
             import_poll_interval_ms: 1000,
+            ca_key_file: String::new(),
+            ca_certificate_file: String::new(),
+            ca_chain_file: String::new(),
+            ca_crl_url: "http://127.0.0.1:50080/crl".into(),
+            certificate_http_listen: "127.0.0.1:50080".into(),
+            certificate_employee_validity_days: 3 * 365,
+            certificate_organisation_validity_days: 3 * 365,
+            certificate_system_validity_days: 3 * 365,
+            certificate_pickup_ttl_days: 14,
+            certificate_pickup_url_template: "http://localhost:8080/certificates/pickup?token={token}".into(),
+            crl_validity_hours: 24,
         }
     }
 }
@@ -163,6 +196,26 @@ impl Config {
         }
         if !self.email_verification_url_template.contains("{token}") {
             return Err("ORGADMIN_EMAIL_VERIFICATION_URL_TEMPLATE must contain {token}".into());
+        }
+        if !self.certificate_pickup_url_template.contains("{token}") {
+            return Err("ORGADMIN_CERTIFICATE_PICKUP_URL_TEMPLATE must contain {token}".into());
+        }
+        let validity = [
+            self.certificate_employee_validity_days,
+            self.certificate_organisation_validity_days,
+            self.certificate_system_validity_days,
+        ];
+        if validity.iter().any(|days| !(1..=3650).contains(days))
+            || !(1..=365).contains(&self.certificate_pickup_ttl_days)
+            || !(1..=24 * 31).contains(&self.crl_validity_hours)
+        {
+            return Err("ORGADMIN_CERTIFICATE_*_VALIDITY_DAYS must be between 1 and 3650, ORGADMIN_CERTIFICATE_PICKUP_TTL_DAYS between 1 and 365, ORGADMIN_CRL_VALIDITY_HOURS between 1 and 744".into());
+        }
+        if !self.certificate_http_listen.is_empty() && self.certificate_http_listen.parse::<SocketAddr>().is_err() {
+            return Err(format!(
+                "ORGADMIN_CERTIFICATE_HTTP_LISTEN={:?} is not a socket address such as 127.0.0.1:50080 (or empty: not served)",
+                self.certificate_http_listen
+            ));
         }
         if !(1..=365).contains(&self.activation_ttl_days) {
             return Err("ORGADMIN_ACTIVATION_TTL_DAYS must be between 1 and 365".into());
@@ -228,6 +281,27 @@ impl Config {
             batch_size: self.import_batch_size,
             lease_ms: self.import_lease_ms,
             file_retention_ms: i64::from(self.import_file_retention_hours) * 60 * 60 * 1000,
+        }
+    }
+
+    pub fn ca_source(&self) -> crate::ca::CaSource {
+        crate::ca::CaSource {
+            key_file: self.ca_key_file.clone(),
+            certificate_file: self.ca_certificate_file.clone(),
+            chain_file: self.ca_chain_file.clone(),
+            crl_url: self.ca_crl_url.clone(),
+        }
+    }
+
+    pub fn certificate_settings(&self) -> crate::services::certificates::CertificateSettings {
+        const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+        crate::services::certificates::CertificateSettings {
+            employee_validity_ms: i64::from(self.certificate_employee_validity_days) * DAY_MS,
+            organisation_validity_ms: i64::from(self.certificate_organisation_validity_days) * DAY_MS,
+            system_validity_ms: i64::from(self.certificate_system_validity_days) * DAY_MS,
+            pickup_ttl_ms: i64::from(self.certificate_pickup_ttl_days) * DAY_MS,
+            pickup_url_template: self.certificate_pickup_url_template.clone(),
+            crl_validity_ms: i64::from(self.crl_validity_hours) * 60 * 60 * 1000,
         }
     }
 

@@ -3,6 +3,7 @@
 //! [`Domain`]; nothing here knows about gRPC.
 
 mod auth_cache;
+pub mod ca;
 pub mod config;
 pub mod email;
 pub mod error;
@@ -33,6 +34,8 @@ pub struct Domain {
     configured_operators: Vec<(String, uuid::Uuid)>,
     settings: DomainSettings,
     auth_cache: std::sync::Arc<auth_cache::AuthCache>,
+    /// The certificate authority; `None` when none is configured.
+    ca: Option<std::sync::Arc<ca::CertificateAuthority>>,
 }
 
 /// Tunables of the domain rules, from configuration.
@@ -53,6 +56,8 @@ pub struct DomainSettings {
     pub email_verification_url_template: String,
     /// Limits and pacing of import jobs (R-BULK).
     pub imports: services::imports::ImportSettings,
+    /// Validity, pickup and CRL timing of certificates (R-CERT).
+    pub certificates: services::certificates::CertificateSettings,
 }
 
 impl Default for DomainSettings {
@@ -65,6 +70,7 @@ impl Default for DomainSettings {
             session_ttl_ms: 12 * 60 * 60 * 1000,
             email_verification_url_template: "http://localhost:8080/verify-email?token={token}".into(),
             imports: services::imports::ImportSettings::default(),
+            certificates: services::certificates::CertificateSettings::default(),
         }
     }
 }
@@ -86,7 +92,18 @@ impl Domain {
             configured_operators,
             settings: DomainSettings::default(),
             auth_cache: std::sync::Arc::new(auth_cache::AuthCache::new(DomainSettings::default().auth_cache_ttl_ms)),
+            ca: None,
         }
+    }
+
+    /// The certificate authority the certificate service issues with.
+    pub fn with_ca(mut self, ca: Option<std::sync::Arc<ca::CertificateAuthority>>) -> Self {
+        self.ca = ca;
+        self
+    }
+
+    pub fn certificate_authority(&self) -> Option<&ca::CertificateAuthority> {
+        self.ca.as_deref()
     }
 
     pub fn with_settings(mut self, settings: DomainSettings) -> Self {
@@ -128,8 +145,16 @@ impl Domain {
                 .await
                 .map_err(|e| format!("migrations failed: {e}"))?;
         }
-        Ok(
-            Self::new(db, vault, &config.operator_token_list()).with_settings(DomainSettings {
+        let ca = ca::CertificateAuthority::from_config(
+            &config.ca_source(),
+            config.is_embedded().then_some(config.data_dir.as_path()),
+        )?;
+        if ca.is_none() {
+            tracing::warn!("no certificate authority configured (ORGADMIN_CA_KEY_FILE, ORGADMIN_CA_CERTIFICATE_FILE): certificate calls will be refused");
+        }
+        Ok(Self::new(db, vault, &config.operator_token_list())
+            .with_ca(ca.map(std::sync::Arc::new))
+            .with_settings(DomainSettings {
                 activation_url_template: config.activation_url_template.clone(),
                 activation_ttl_ms: i64::from(config.activation_ttl_days) * 24 * 60 * 60 * 1000,
                 activation_max_attempts: config.activation_max_attempts,
@@ -137,8 +162,8 @@ impl Domain {
                 session_ttl_ms: i64::from(config.session_ttl_hours) * 60 * 60 * 1000,
                 email_verification_url_template: config.email_verification_url_template.clone(),
                 imports: config.import_settings(),
-            }),
-        )
+                certificates: config.certificate_settings(),
+            }))
     }
 }
 

@@ -52,7 +52,18 @@ mail_kinds!(
     AnonymityRequest => "anonymity_request",
     ImportFinished => "import_finished",
     EmailVerification => "email_verification",
+    CertificatePickup => "certificate_pickup",
+    CertificateReady => "certificate_ready",
+    CertificateRevoked => "certificate_revoked",
+    CertificateExpiring => "certificate_expiring",
 );
+
+/// A date as mails write it (UTC, ISO 8601).
+pub fn date(at: crate::model::Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(at)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RenderedMail {

@@ -66,6 +66,12 @@ string_enum_pub!(
         UserDeactivated => "USER_DEACTIVATED",
         UserReactivated => "USER_REACTIVATED",
         UserDeleted => "USER_DELETED",
+        CertificateOrdered => "CERTIFICATE_ORDERED",
+        CertificateIssued => "CERTIFICATE_ISSUED",
+        CertificateOrderDeleted => "CERTIFICATE_ORDER_DELETED",
+        CertificateRevoked => "CERTIFICATE_REVOKED",
+        CertificateSuperseded => "CERTIFICATE_SUPERSEDED",
+        CertificateExpired => "CERTIFICATE_EXPIRED",
     }
 );
 

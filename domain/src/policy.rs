@@ -146,6 +146,14 @@ pub enum Action {
     /// Legacy imports bring administrators and skip activation (R-BULK-5).
     ImportLegacyUsers,
     ReadImports,
+    /// Order, delete orders of and revoke user certificates (R-CERT-2).
+    ManageUserCertificates,
+    /// The same for organisation and system certificates (R-CERT-3).
+    ManageOrganisationCertificates,
+    /// Search, read and export an organisation's certificates (R-CERT-6).
+    ReadCertificates,
+    /// The CA's certificate and CRL are public; any caller may read them.
+    ReadCertificateAuthority,
 }
 }
 
@@ -196,6 +204,14 @@ const POLICY: &[(Action, OperatorScope, &[Role], bool)] = &[
     (ImportUsers, No, &[UA], false),
     (ImportLegacyUsers, No, &[OA], false),
     (ReadImports, No, &[OA, UA], false),
+    // R-CERT: user administrators look after user certificates, organisation
+    // administrators after the organisation's own; operators after none
+    // (R-ACC-6). Holders pick up, renew and (for a lost key) revoke their
+    // own: the certificate service checks that person itself.
+    (ManageUserCertificates, No, &[UA], false),
+    (ManageOrganisationCertificates, No, &[OA], false),
+    (ReadCertificates, No, &[OA, UA], false),
+    (ReadCertificateAuthority, Yes, &[OA, UA, RA, U], false),
 ];
 
 fn row(action: Action) -> (OperatorScope, &'static [Role], bool) {
@@ -331,6 +347,10 @@ fn describe(action: Action) -> &'static str {
         ImportUsers => "import users into this organisation",
         ImportLegacyUsers => "import users from a legacy system into this organisation",
         ReadImports => "read this organisation's imports",
+        ManageUserCertificates => "manage this organisation's user certificates",
+        ManageOrganisationCertificates => "manage this organisation's organisation and system certificates",
+        ReadCertificates => "read this organisation's certificates",
+        ReadCertificateAuthority => "read the certificate authority",
     }
 }
 

@@ -27,6 +27,7 @@ mod m20261202_000021_add_history_actor_names;
 mod m20261202_000022_add_user_email_verification;
 mod m20261202_000030_add_create_request_ids;
 mod m20261202_000040_create_import_jobs;
+mod m20261202_000050_create_certificates;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -63,6 +64,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000022_add_user_email_verification::Migration),
             Box::new(m20261202_000030_add_create_request_ids::Migration),
             Box::new(m20261202_000040_create_import_jobs::Migration),
+            Box::new(m20261202_000050_create_certificates::Migration),
         ]
     }
 }

@@ -110,7 +110,22 @@ no_lists!(
     GetImportReportRequest,
     CancelImportRequest,
     GetImportTemplateRequest,
+    IssueCertificateRequest,
+    GetCertificateRequest,
+    SearchCertificatesRequest,
+    DeleteCertificateOrderRequest,
+    RenewCertificateRequest,
+    RevokeCertificateRequest,
+    ListCertificateHistoryRequest,
+    ExportCertificatesRequest,
+    GetCrlRequest,
 );
+
+impl Lists for pb::OrderCertificateRequest {
+    fn lists(&self) -> Vec<List> {
+        vec![list("usages", self.usages.len(), ENUM_VALUES)]
+    }
+}
 
 /// BatchSendActivation's own rule allows 1000 users per call.
 const BATCH_USER_IDS: usize = 1000;

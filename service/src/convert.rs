@@ -2,6 +2,7 @@
 
 use orgadmin_domain::DomainError;
 use orgadmin_domain::model::{self, Millis};
+use orgadmin_domain::services::certificates;
 use orgadmin_proto::v1 as pb;
 use prost_types::Timestamp;
 use uuid::Uuid;
@@ -184,14 +185,7 @@ pub fn certificate_kinds(field: &str, values: &[i32]) -> Result<Vec<model::Certi
 }
 
 pub fn certificate_kinds_to_pb(values: &[model::CertificateKind]) -> Vec<i32> {
-    values
-        .iter()
-        .map(|v| match v {
-            model::CertificateKind::Employee => pb::CertificateKind::Employee,
-            model::CertificateKind::Organisation => pb::CertificateKind::Organisation,
-            model::CertificateKind::System => pb::CertificateKind::System,
-        } as i32)
-        .collect()
+    values.iter().map(|v| certificate_kind_to_pb(*v) as i32).collect()
 }
 
 pub fn unit_kind(field: &str, value: i32) -> Result<model::UnitKind, DomainError> {
@@ -260,8 +254,68 @@ same_variants!(
         UserDeactivated,
         UserReactivated,
         UserDeleted,
+        CertificateOrdered,
+        CertificateIssued,
+        CertificateOrderDeleted,
+        CertificateRevoked,
+        CertificateSuperseded,
+        CertificateExpired,
     ]
 );
+
+same_variants!(
+    certificate_state_to_pb,
+    certificate_state,
+    certificates::CertificateState,
+    pb::CertificateState,
+    "CERTIFICATE_STATE_UNSPECIFIED",
+    [Ordered, Issued, Revoked, Superseded, Expired]
+);
+
+same_variants!(
+    certificate_usage_to_pb,
+    certificate_usage,
+    certificates::CertificateUsage,
+    pb::CertificateUsage,
+    "CERTIFICATE_USAGE_UNSPECIFIED",
+    [Authentication, Signing, EmailEncryption, ServiceAccess, Encryption, Sealing]
+);
+
+same_variants!(
+    revocation_reason_to_pb,
+    revocation_reason,
+    certificates::RevocationReason,
+    pb::RevocationReason,
+    "REVOCATION_REASON_UNSPECIFIED",
+    [ContentIncorrect, KeyAccessLost, KeyCompromised, KeyDestroyed, HolderLeft, Superseded]
+);
+
+same_variants!(
+    export_format_to_pb,
+    export_format,
+    certificates::ExportFormat,
+    pb::ExportFormat,
+    "EXPORT_FORMAT_UNSPECIFIED",
+    [PemBundle, Csv]
+);
+
+pub fn certificate_kind(field: &str, value: i32) -> Result<model::CertificateKind, DomainError> {
+    certificate_kinds(field, &[value]).map(|kinds| kinds[0]).map_err(|e| match e {
+        DomainError::InvalidArgument(_) => DomainError::invalid(
+            field,
+            "must be CERTIFICATE_KIND_EMPLOYEE, CERTIFICATE_KIND_ORGANISATION or CERTIFICATE_KIND_SYSTEM",
+        ),
+        other => other,
+    })
+}
+
+pub fn certificate_kind_to_pb(kind: model::CertificateKind) -> pb::CertificateKind {
+    match kind {
+        model::CertificateKind::Employee => pb::CertificateKind::Employee,
+        model::CertificateKind::Organisation => pb::CertificateKind::Organisation,
+        model::CertificateKind::System => pb::CertificateKind::System,
+    }
+}
 
 /// A history filter: each value a known activity, each violation naming its
 /// index (`activities[2]`), all of them in one reply.

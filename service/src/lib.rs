@@ -4,7 +4,9 @@ pub mod bounds;
 pub mod convert;
 pub mod error;
 pub mod handlers;
+pub mod http;
 pub mod server;
 pub mod shed;
 
+pub use http::serve_certificate_http;
 pub use server::serve;

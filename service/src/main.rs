@@ -82,11 +82,31 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
             .await
         })
     });
+    let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
+    let certificate_http = if config.certificate_http_listen.is_empty() || domain.certificate_authority().is_none() {
+        None
+    } else {
+        let http_listener = TcpListener::bind(&config.certificate_http_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (ORGADMIN_CERTIFICATE_HTTP_LISTEN)", config.certificate_http_listen))?;
+        tracing::info!(listen = %http_listener.local_addr()?, "CRL and CA certificate served over HTTP");
+        Some(tokio::spawn(orgadmin_service::serve_certificate_http(
+            domain.clone(),
+            http_listener,
+            async move {
+                let _ = http_stop_rx.wait_for(|s| *s).await;
+            },
+        )))
+    };
     orgadmin_service::serve(domain, listener, config.max_in_flight, async move {
         orgadmin_domain::telemetry::shutdown_signal().await;
         let _ = stop_tx.send(true);
+        let _ = http_stop_tx.send(true);
     })
     .await?;
+    if let Some(http) = certificate_http {
+        http.await??;
+    }
     if let Some(worker) = worker {
         worker.await??;
     }

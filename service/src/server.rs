@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use orgadmin_domain::Domain;
 use orgadmin_proto::v1::auth_service_server::AuthServiceServer;
+use orgadmin_proto::v1::certificate_service_server::CertificateServiceServer;
 use orgadmin_proto::v1::import_service_server::ImportServiceServer;
 use orgadmin_proto::v1::notification_service_server::NotificationServiceServer;
 use orgadmin_proto::v1::organisation_service_server::OrganisationServiceServer;
@@ -18,6 +19,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::handlers::auth::AuthHandler;
+use crate::handlers::certificates::CertificateHandler;
 use crate::handlers::imports::ImportHandler;
 use crate::handlers::notifications::NotificationHandler;
 use crate::handlers::organisations::OrganisationHandler;
@@ -71,6 +73,10 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    let certificates = CertificateServiceServer::new(CertificateHandler { domain: domain.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
     let probe = tokio::spawn(probe_database(domain, reporter.clone()));
     let probe_on_error = probe.abort_handle();
     let draining = async move {
@@ -93,6 +99,7 @@ pub async fn serve(
         .add_service(in_flight.wrap(auth))
         .add_service(in_flight.wrap(notifications))
         .add_service(in_flight.wrap(imports))
+        .add_service(in_flight.wrap(certificates))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
         .await;
     probe_on_error.abort();
@@ -101,12 +108,13 @@ pub async fn serve(
 }
 
 /// The names under which health reports the orgadmin services.
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     <OrganisationServiceServer<OrganisationHandler> as NamedService>::NAME,
     <UserServiceServer<UserHandler> as NamedService>::NAME,
     <AuthServiceServer<AuthHandler> as NamedService>::NAME,
     <NotificationServiceServer<NotificationHandler> as NamedService>::NAME,
     <ImportServiceServer<ImportHandler> as NamedService>::NAME,
+    <CertificateServiceServer<CertificateHandler> as NamedService>::NAME,
 ];
 
 async fn set_services(reporter: &HealthReporter, status: ServingStatus) {

@@ -429,3 +429,64 @@ pub mod import_created_user {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod certificate {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "certificates")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub organisation_id: Uuid,
+        pub kind: String,
+        pub state: String,
+        pub holder_id: Option<Uuid>,
+        pub contact_id: Uuid,
+        pub label: Option<String>,
+        pub usages: String,
+        pub email: Option<String>,
+        pub renews_id: Option<Uuid>,
+        pub pickup_token_hash: Option<String>,
+        pub pickup_expires_at: Option<i64>,
+        pub serial: Option<String>,
+        pub subject: Option<String>,
+        pub search_text: Option<String>,
+        pub key_algorithm: Option<String>,
+        pub not_before: Option<i64>,
+        pub not_after: Option<i64>,
+        pub der: Option<Vec<u8>>,
+        pub revoked_at: Option<i64>,
+        pub revocation_reason: Option<String>,
+        pub warned30_at: Option<i64>,
+        pub warned7_at: Option<i64>,
+        pub version: i64,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod crl_publication {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "crl_publications")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub crl_number: i64,
+        pub this_update: i64,
+        pub next_update: i64,
+        pub revoked_count: i64,
+        pub der: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

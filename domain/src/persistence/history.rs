@@ -14,6 +14,7 @@ pub(crate) enum Subject {
     Organisation(Uuid),
     Unit(Uuid),
     User(Uuid),
+    Certificate(Uuid),
 }
 
 impl Subject {
@@ -22,6 +23,7 @@ impl Subject {
             Subject::Organisation(id) => ("ORGANISATION", id),
             Subject::Unit(id) => ("UNIT", id),
             Subject::User(id) => ("USER", id),
+            Subject::Certificate(id) => ("CERTIFICATE", id),
         }
     }
 }

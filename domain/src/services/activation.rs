@@ -90,9 +90,7 @@ fn normalise_code(code: &str) -> String {
 }
 
 fn expires_on(at: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(at)
-        .map(|t| t.format("%Y-%m-%d").to_string())
-        .unwrap_or_default()
+    crate::mail::date(at)
 }
 
 /// Whether the user can hold open secrets that a new one replaces. A user

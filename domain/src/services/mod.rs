@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod anonymity;
 pub mod auth;
+pub mod certificates;
 pub mod email_change;
 pub mod imports;
 pub mod notifications;

@@ -25,6 +25,7 @@ crate::string_enum_pub!(
         Account => "ACCOUNT",
         AnonymityRequest => "ANONYMITY_REQUEST",
         ImportFinished => "IMPORT_FINISHED",
+        Certificate => "CERTIFICATE",
     }
 );
 
@@ -56,6 +57,48 @@ pub struct Notification {
     pub read_at: Option<Millis>,
 }
 
+async fn channel_of(
+    db: &impl ConnectionTrait,
+    recipient: &user::Model,
+    kind: NotificationKind,
+) -> DomainResult<DeliveryChannel> {
+    Ok(
+        notification_preference::Entity::find_by_id((recipient.id, kind.as_str().to_owned()))
+            .one(db)
+            .await?
+            .map(|p| parse::<DeliveryChannel>(&p.channel))
+            .transpose()?
+            .unwrap_or(DeliveryChannel::Both),
+    )
+}
+
+async fn insert_in_app(
+    db: &impl ConnectionTrait,
+    recipient: &user::Model,
+    kind: NotificationKind,
+    mail_kind: MailKind,
+    vars: &[(&str, &str)],
+    subject_id: Option<Uuid>,
+) -> DomainResult<()> {
+    let language: Language = parse(&recipient.language)?;
+    let to_name = format!("{} {}", recipient.first_name, recipient.surname);
+    let rendered = render(mail_kind, language, &to_name, vars)?;
+    notification::Entity::insert(notification::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        user_id: Set(recipient.id),
+        organisation_id: Set(recipient.organisation_id),
+        kind: Set(kind.as_str().into()),
+        title: Set(rendered.subject),
+        body: Set(rendered.text),
+        subject_id: Set(subject_id),
+        created_at: Set(now_millis()),
+        read_at: Set(None),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
 fn own_user(caller: &Caller) -> DomainResult<Uuid> {
     caller
         .user_id()
@@ -73,29 +116,11 @@ impl Domain {
         vars: &[(&str, &str)],
         subject_id: Option<Uuid>,
     ) -> DomainResult<()> {
-        let channel = notification_preference::Entity::find_by_id((recipient.id, kind.as_str().to_owned()))
-            .one(db)
-            .await?
-            .map(|p| parse::<DeliveryChannel>(&p.channel))
-            .transpose()?
-            .unwrap_or(DeliveryChannel::Both);
+        let channel = channel_of(db, recipient, kind).await?;
         let language: Language = parse(&recipient.language)?;
         let to_name = format!("{} {}", recipient.first_name, recipient.surname);
         if channel.in_app() {
-            let rendered = render(mail_kind, language, &to_name, vars)?;
-            notification::Entity::insert(notification::ActiveModel {
-                id: Set(Uuid::now_v7()),
-                user_id: Set(recipient.id),
-                organisation_id: Set(recipient.organisation_id),
-                kind: Set(kind.as_str().into()),
-                title: Set(rendered.subject),
-                body: Set(rendered.text),
-                subject_id: Set(subject_id),
-                created_at: Set(now_millis()),
-                read_at: Set(None),
-            })
-            .exec_without_returning(db)
-            .await?;
+            insert_in_app(db, recipient, kind, mail_kind, vars, subject_id).await?;
         }
         if channel.mail() {
             self.enqueue_mail(
@@ -108,6 +133,24 @@ impl Domain {
                 vars,
             )
             .await?;
+        }
+        Ok(())
+    }
+
+    /// The in-app half of `notify`, for news whose mail goes out on its own
+    /// (a mail that carries a secret, which an in-app notification must
+    /// not store): written when the recipient wants in-app notifications.
+    pub(crate) async fn notify_in_app(
+        &self,
+        db: &impl ConnectionTrait,
+        recipient: &user::Model,
+        kind: NotificationKind,
+        mail_kind: MailKind,
+        vars: &[(&str, &str)],
+        subject_id: Option<Uuid>,
+    ) -> DomainResult<()> {
+        if channel_of(db, recipient, kind).await?.in_app() {
+            insert_in_app(db, recipient, kind, mail_kind, vars, subject_id).await?;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Thin tonic handlers: authenticate, convert, call the domain, convert back.
 
 pub mod auth;
+pub mod certificates;
 pub mod imports;
 pub mod notifications;
 pub mod organisations;

@@ -18,6 +18,7 @@ fn kind_to_pb(kind: NotificationKind) -> pb::NotificationKind {
         NotificationKind::Account => pb::NotificationKind::Account,
         NotificationKind::AnonymityRequest => pb::NotificationKind::AnonymityRequest,
         NotificationKind::ImportFinished => pb::NotificationKind::ImportFinished,
+        NotificationKind::Certificate => pb::NotificationKind::Certificate,
     }
 }
 
@@ -38,6 +39,7 @@ fn preference_from_pb(
         Ok(pb::NotificationKind::Account) => NotificationKind::Account,
         Ok(pb::NotificationKind::AnonymityRequest) => NotificationKind::AnonymityRequest,
         Ok(pb::NotificationKind::ImportFinished) => NotificationKind::ImportFinished,
+        Ok(pb::NotificationKind::Certificate) => NotificationKind::Certificate,
         _ => {
             return Err(DomainError::invalid(
                 format!("preferences[{i}].kind"),

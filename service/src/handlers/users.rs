@@ -46,7 +46,7 @@ pub fn user_to_pb(user: User) -> pb::User {
     }
 }
 
-fn event_to_pb(event: &HistoryEvent) -> pb::HistoryEvent {
+pub(crate) fn event_to_pb(event: &HistoryEvent) -> pb::HistoryEvent {
     pb::HistoryEvent {
         id: event.id.to_string(),
         user_id: event.subject_id.to_string(),

@@ -99,8 +99,19 @@ impl Domain {
         query: HistoryQuery,
     ) -> DomainResult<Page<HistoryEvent>> {
         self.authorized_user(caller, Action::ReadUserHistory, user_id).await?;
+        self.history_of("USER", user_id, query).await
+    }
+
+    /// The history events of one subject (`USER`, `CERTIFICATE`), newest
+    /// first, for a caller already allowed to read them.
+    pub(crate) async fn history_of(
+        &self,
+        subject_kind: &str,
+        subject_id: Uuid,
+        query: HistoryQuery,
+    ) -> DomainResult<Page<HistoryEvent>> {
         let limit = paging::page_size(query.page_size, 200, 1000)?;
-        let list = format!("history:{user_id}");
+        let list = format!("history:{subject_id}");
         let before = paging::decode(&list, &query.page_token)?;
         if let (Some(start), Some(end)) = (query.start, query.end)
             && start >= end
@@ -108,8 +119,8 @@ impl Domain {
             return Err(DomainError::invalid("end_time", "must be after start_time"));
         }
         let mut select = history_event::Entity::find()
-            .filter(history_event::Column::SubjectKind.eq("USER"))
-            .filter(history_event::Column::SubjectId.eq(user_id))
+            .filter(history_event::Column::SubjectKind.eq(subject_kind))
+            .filter(history_event::Column::SubjectId.eq(subject_id))
             .order_by_desc(history_event::Column::Id);
         if let Some(before) = before {
             select = select.filter(history_event::Column::Id.lt(before));

@@ -1,0 +1,321 @@
+//! The certificate authority (R-CERT-1): its key and certificate, and the
+//! two things it signs, holders' certificates and CRLs. No database and no
+//! rules here: `services::certificates` decides what goes into a certificate;
+//! this module only turns that into X.509 with rcgen.
+
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint, DistinguishedName,
+    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber, SubjectPublicKeyInfo,
+};
+use time::OffsetDateTime;
+
+use crate::model::Millis;
+
+/// The issuing CA: its signing key and certificate, and the chain above it.
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    certificate_pem: String,
+    /// The CA certificate and, when it is an intermediate, the certificates
+    /// above it up to the root: what a holder installs beside their own.
+    chain_pem: String,
+    crl_url: Option<String>,
+}
+
+/// The key never shows: not in logs, not in panics.
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("certificate_pem", &"…")
+            .field("crl_url", &self.crl_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the CA comes from, as configuration gives it.
+#[derive(Debug, Clone, Default)]
+pub struct CaSource {
+    /// PEM of the issuing key (PKCS#8).
+    pub key_file: String,
+    /// PEM of the issuing certificate.
+    pub certificate_file: String,
+    /// PEM of the certificates above the issuing one (intermediates, root);
+    /// may be empty for a self-signed CA.
+    pub chain_file: String,
+    /// The CRL distribution point written into every certificate.
+    pub crl_url: String,
+}
+
+/// One certificate to sign, with everything decided by the rules.
+pub struct LeafProfile {
+    pub subject: Vec<(SubjectAttribute, String)>,
+    pub email: Option<String>,
+    pub key_usages: Vec<KeyUsagePurpose>,
+    pub extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+    pub not_before: Millis,
+    pub not_after: Millis,
+    /// Big-endian, positive (top bit clear), not zero.
+    pub serial: Vec<u8>,
+}
+
+/// The subject attributes of an OCES3-shaped certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectAttribute {
+    Country,
+    OrganizationIdentifier,
+    Organization,
+    SerialNumber,
+    GivenName,
+    Surname,
+    Pseudonym,
+    CommonName,
+}
+
+impl SubjectAttribute {
+    fn dn_type(self) -> DnType {
+        match self {
+            Self::Country => DnType::CountryName,
+            Self::Organization => DnType::OrganizationName,
+            Self::CommonName => DnType::CommonName,
+            // X.520 attribute types rcgen has no name for.
+            Self::OrganizationIdentifier => DnType::CustomDnType(vec![2, 5, 4, 97]),
+            Self::SerialNumber => DnType::CustomDnType(vec![2, 5, 4, 5]),
+            Self::GivenName => DnType::CustomDnType(vec![2, 5, 4, 42]),
+            Self::Surname => DnType::CustomDnType(vec![2, 5, 4, 4]),
+            Self::Pseudonym => DnType::CustomDnType(vec![2, 5, 4, 65]),
+        }
+    }
+
+    /// How `openssl x509 -subject` names it, for the stored subject text.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Country => "C",
+            Self::OrganizationIdentifier => "organizationIdentifier",
+            Self::Organization => "O",
+            Self::SerialNumber => "serialNumber",
+            Self::GivenName => "GN",
+            Self::Surname => "SN",
+            Self::Pseudonym => "pseudonym",
+            Self::CommonName => "CN",
+        }
+    }
+
+    /// countryName and serialNumber are PrintableString in X.520; the rest
+    /// are UTF8String (names with æ, ø, å).
+    fn value(self, text: &str) -> Result<DnValue, String> {
+        match self {
+            Self::Country | Self::SerialNumber => rcgen::string::PrintableString::try_from(text)
+                .map(DnValue::PrintableString)
+                .map_err(|e| format!("{text:?} is not a PrintableString: {e}")),
+            _ => Ok(DnValue::Utf8String(text.to_owned())),
+        }
+    }
+}
+
+/// A revoked certificate as the CRL lists it.
+pub struct RevokedEntry {
+    pub serial: Vec<u8>,
+    pub revoked_at: Millis,
+    pub reason: RevocationReason,
+}
+
+fn to_time(at: Millis) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::from_unix_timestamp(at.div_euclid(1000)).map_err(|e| format!("time {at} out of range: {e}"))
+}
+
+impl CertificateAuthority {
+    /// Reads the CA from PEM text: the key, its certificate, the chain above.
+    pub fn from_pem(key_pem: &str, certificate_pem: &str, chain_pem: &str, crl_url: &str) -> Result<Self, String> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| format!("the CA key is not a PKCS#8 PEM key: {e}"))?;
+        let issuer = Issuer::from_ca_cert_pem(certificate_pem, key)
+            .map_err(|e| format!("the CA certificate cannot be read: {e}"))?;
+        if !issuer.key_usages().is_empty()
+            && !(issuer.key_usages().contains(&KeyUsagePurpose::KeyCertSign)
+                && issuer.key_usages().contains(&KeyUsagePurpose::CrlSign))
+        {
+            return Err("the CA certificate's key usage must allow keyCertSign and cRLSign".into());
+        }
+        let certificate_pem = certificate_pem.trim().to_owned() + "\n";
+        let chain_pem = if chain_pem.trim().is_empty() {
+            certificate_pem.clone()
+        } else {
+            format!("{certificate_pem}{}\n", chain_pem.trim())
+        };
+        Ok(Self {
+            issuer,
+            certificate_pem,
+            chain_pem,
+            crl_url: (!crl_url.is_empty()).then(|| crl_url.to_owned()),
+        })
+    }
+
+    /// A new self-signed CA with an ECDSA P-256 key, valid 20 years. Returns
+    /// the key and certificate as PEM, for the embedded default to keep.
+    pub fn generate(common_name: &str) -> Result<(String, String), String> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CountryName, DnValue::PrintableString("DK".try_into().map_err(|e| format!("{e}"))?));
+        name.push(DnType::OrganizationName, "orgadmin");
+        name.push(DnType::CommonName, common_name);
+        params.distinguished_name = name;
+        // Issues holders' certificates only, no further CAs.
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = crate::model::now_millis();
+        params.not_before = to_time(now - 60 * 60 * 1000)?;
+        params.not_after = to_time(now + 20 * 365 * 24 * 60 * 60 * 1000)?;
+        params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
+        params.key_identifier_method = KeyIdMethod::Sha256;
+        let certificate = params.self_signed(&key).map_err(|e| e.to_string())?;
+        Ok((key.serialize_pem(), certificate.pem()))
+    }
+
+    /// The CA as configured; on the embedded default (no key file named) one
+    /// generated at first start into `data_dir/ca`, the key readable by the
+    /// owner only. `None`: not configured and not embedded (certificate RPCs
+    /// then answer that no CA is configured).
+    pub fn from_config(source: &CaSource, embedded_dir: Option<&Path>) -> Result<Option<Self>, String> {
+        let read = |path: &str, what: &str| {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read the CA {what} {path}: {e}"))
+        };
+        if !source.key_file.is_empty() || !source.certificate_file.is_empty() {
+            if source.key_file.is_empty() || source.certificate_file.is_empty() {
+                return Err("ORGADMIN_CA_KEY_FILE and ORGADMIN_CA_CERTIFICATE_FILE must be set together".into());
+            }
+            let chain = if source.chain_file.is_empty() {
+                String::new()
+            } else {
+                read(&source.chain_file, "chain")?
+            };
+            return Self::from_pem(
+                &read(&source.key_file, "key")?,
+                &read(&source.certificate_file, "certificate")?,
+                &chain,
+                &source.crl_url,
+            )
+            .map(Some);
+        }
+        let Some(dir) = embedded_dir else {
+            return Ok(None);
+        };
+        let dir = dir.join("ca");
+        let key_path = dir.join("ca-key.pem");
+        let certificate_path = dir.join("ca-certificate.pem");
+        if !key_path.exists() {
+            let (key, certificate) = Self::generate("orgadmin embedded CA")?;
+            crate::config::write_private_file(&certificate_path, &certificate)?;
+            crate::config::write_private_file(&key_path, &key)?;
+        }
+        let key = std::fs::read_to_string(&key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
+        let certificate = std::fs::read_to_string(&certificate_path)
+            .map_err(|e| format!("cannot read {}: {e}", certificate_path.display()))?;
+        Self::from_pem(&key, &certificate, "", &source.crl_url).map(Some)
+    }
+
+    pub fn certificate_pem(&self) -> &str {
+        &self.certificate_pem
+    }
+
+    pub fn chain_pem(&self) -> &str {
+        &self.chain_pem
+    }
+
+    /// Signs a holder's certificate over `public_key` (the DER
+    /// SubjectPublicKeyInfo from their CSR). Returns the DER.
+    pub fn issue(&self, profile: &LeafProfile, public_key_der: &[u8]) -> Result<Vec<u8>, String> {
+        let public_key = SubjectPublicKeyInfo::from_der(public_key_der)
+            .map_err(|e| format!("the public key cannot be used: {e}"))?;
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        for (attribute, text) in &profile.subject {
+            name.push(attribute.dn_type(), attribute.value(text)?);
+        }
+        params.distinguished_name = name;
+        if let Some(email) = &profile.email {
+            let email = rcgen::string::Ia5String::try_from(email.as_str()).map_err(|e| e.to_string())?;
+            params.subject_alt_names = vec![SanType::Rfc822Name(email)];
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = profile.key_usages.clone();
+        params.extended_key_usages = profile.extended_key_usages.clone();
+        params.not_before = to_time(profile.not_before)?;
+        params.not_after = to_time(profile.not_after)?;
+        params.serial_number = Some(SerialNumber::from_slice(&profile.serial));
+        params.use_authority_key_identifier_extension = true;
+        params.key_identifier_method = KeyIdMethod::Sha256;
+        if let Some(url) = &self.crl_url {
+            params.crl_distribution_points = vec![CrlDistributionPoint { uris: vec![url.clone()] }];
+        }
+        let certificate = params
+            .signed_by(&public_key, &self.issuer)
+            .map_err(|e| format!("signing failed: {e}"))?;
+        Ok(certificate.der().to_vec())
+    }
+
+    /// Signs a CRL (RFC 5280 v2, with CRL number and authority key id).
+    pub fn sign_crl(
+        &self,
+        number: i64,
+        this_update: Millis,
+        next_update: Millis,
+        revoked: &[RevokedEntry],
+    ) -> Result<Vec<u8>, String> {
+        let params = CertificateRevocationListParams {
+            this_update: to_time(this_update)?,
+            next_update: to_time(next_update)?,
+            crl_number: SerialNumber::from_slice(minimal(&number.to_be_bytes())),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|entry| {
+                    Ok(RevokedCertParams {
+                        serial_number: SerialNumber::from_slice(&entry.serial),
+                        revocation_time: to_time(entry.revoked_at)?,
+                        reason_code: Some(entry.reason),
+                        invalidity_date: None,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).map_err(|e| format!("signing the CRL failed: {e}"))?;
+        Ok(crl.der().to_vec())
+    }
+}
+
+/// A big-endian number without its leading zero bytes (DER integers are
+/// minimal).
+fn minimal(bytes: &[u8]) -> &[u8] {
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len() - 1);
+    &bytes[first..]
+}
+
+/// 16 random bytes, positive and with a non-zero first byte: 126 bits of
+/// randomness (RFC 5280 allows 20 octets; CA/B asks for at least 64 bits).
+pub fn random_serial() -> Vec<u8> {
+    use rand::RngCore;
+    let mut bytes = vec![0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    bytes
+}
+
+/// PEM armour of DER (`CERTIFICATE`, `X509 CRL`).
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}

@@ -1,0 +1,877 @@
+//! Order → pickup (issue) → renew → revoke (R-CERT-2..4). Each write is one
+//! transaction with its history event and its mail; a revocation or a
+//! supersession publishes a new CRL right after its commit.
+
+use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::csr::{CheckedCsr, check_csr};
+use super::{
+    Certificate, CertificateState, CertificateUsage, RevocationReason, no_ca, to_certificate, usages_to_text,
+};
+use crate::Domain;
+use crate::ca::{LeafProfile, SubjectAttribute, random_serial};
+use crate::email::Email;
+use crate::error::{DomainError, DomainResult, Reason};
+use crate::mail::MailKind;
+use crate::model::*;
+use crate::normalise;
+use crate::persistence::entities::{certificate, organisation, user};
+use crate::persistence::history::{self, NewEvent, Subject, diff};
+use crate::persistence::mapping::parse;
+use crate::policy::{Action, Caller, Principal, Target, authorize};
+use crate::secrets::{new_token, token_hash};
+use crate::services::notifications::NotificationKind;
+use crate::services::read_organisation;
+use crate::validate::{self, Violations};
+
+/// What `OrderCertificate` asks for.
+#[derive(Debug, Clone)]
+pub struct CertificateOrder {
+    pub organisation_id: Uuid,
+    pub kind: CertificateKind,
+    /// The user of a user (EMPLOYEE) certificate.
+    pub holder_id: Option<Uuid>,
+    /// Who is told about pickup, expiry and revocation; by default the
+    /// holder of a user certificate, the caller for the other kinds.
+    pub contact_id: Option<Uuid>,
+    /// What an organisation or system certificate is for; its common name.
+    pub label: Option<String>,
+    pub usages: Vec<CertificateUsage>,
+    /// An e-mail address to put in the certificate: the holder's (or for
+    /// the other kinds the contact person's), verified and plain ASCII.
+    pub email: Option<String>,
+}
+
+/// An issued certificate with what a holder installs.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    pub certificate: Certificate,
+    pub certificate_pem: String,
+    /// The CA certificate and the chain above it.
+    pub chain_pem: String,
+}
+
+/// Who manages certificates of a kind: user administrators the user
+/// certificates, organisation administrators the organisation's own.
+pub(crate) fn manage_action(kind: CertificateKind) -> Action {
+    match kind {
+        CertificateKind::Employee => Action::ManageUserCertificates,
+        CertificateKind::Organisation | CertificateKind::System => Action::ManageOrganisationCertificates,
+    }
+}
+
+/// The person a certificate's pickup and renewal belong to: the holder of
+/// a user certificate, the contact person of the others.
+pub(crate) fn recipient_of(row: &certificate::Model) -> Uuid {
+    row.holder_id.unwrap_or(row.contact_id)
+}
+
+/// Checks the order's own fields, before any database work.
+fn check_order(order: &CertificateOrder) -> DomainResult<()> {
+    let mut v = Violations::default();
+    if order.usages.is_empty() {
+        v.add("usages", "must name at least one usage");
+    }
+    for (i, usage) in order.usages.iter().enumerate() {
+        if !usage.fits(order.kind) {
+            v.add(
+                &format!("usages[{i}]"),
+                format!("{} is not a usage of {} certificates", usage.as_str(), order.kind.as_str()),
+            );
+        }
+        if order.usages[..i].contains(usage) {
+            v.add(&format!("usages[{i}]"), "must not repeat a usage");
+        }
+    }
+    match order.kind {
+        CertificateKind::Employee => {
+            if order.holder_id.is_none() {
+                v.add("holder_id", "is required for a user certificate");
+            }
+            if order.label.is_some() {
+                v.add("label", "must be empty for a user certificate (its name is the holder's)");
+            }
+        }
+        CertificateKind::Organisation | CertificateKind::System => {
+            if order.holder_id.is_some() {
+                v.add("holder_id", "must be empty: an organisation or system certificate has no user holder");
+            }
+            match &order.label {
+                None => v.add("label", "is required: what the certificate is for, e.g. Payroll integration"),
+                Some(label) => v.check("label", validate::text(label, 64)),
+            }
+        }
+    }
+    if let Some(email) = &order.email {
+        if !email.is_ascii() {
+            v.add(
+                "email",
+                "must be plain ASCII (no æ, ø or å): a certificate carries its e-mail address as IA5String",
+            );
+        } else {
+            v.check("email", Email::parse(email).map(|_| ()));
+        }
+    }
+    v.into_result()
+}
+
+async fn user_in(db: &impl ConnectionTrait, organisation_id: Uuid, id: Uuid) -> DomainResult<user::Model> {
+    user::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .filter(|u| u.organisation_id == organisation_id && u.state != UserState::Deleted.as_str())
+        .ok_or_else(|| DomainError::not_found("user", id))
+}
+
+fn ensure_active(person: &user::Model, role: &str) -> DomainResult<()> {
+    if person.state != UserState::Active.as_str() {
+        return Err(DomainError::precondition(
+            Reason::UserNotActive,
+            format!(
+                "the {role} must be ACTIVE (activated and not deactivated); the user is {}",
+                person.state
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn ensure_kind_allowed(org: &organisation::Model, kind: CertificateKind) -> DomainResult<()> {
+    let allowed: Vec<CertificateKind> = serde_json::from_str::<Vec<String>>(&org.certificate_kinds)
+        .map_err(|e| DomainError::Internal(format!("certificate_kinds: {e}")))?
+        .iter()
+        .map(|k| parse(k))
+        .collect::<DomainResult<_>>()?;
+    if !allowed.contains(&kind) {
+        return Err(DomainError::precondition(
+            Reason::CertificateKindNotAllowed,
+            format!(
+                "the organisation does not issue {} certificates; an organisation administrator allows the kind in the settings",
+                kind.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The rules that hold at order and again at issue: the holder is active
+/// and may sign when the certificate signs; a certificate e-mail is the
+/// person's own, verified address.
+fn check_people(
+    kind: CertificateKind,
+    usages: &[CertificateUsage],
+    email: Option<&str>,
+    holder: Option<&user::Model>,
+    contact: &user::Model,
+) -> DomainResult<()> {
+    if let Some(holder) = holder {
+        ensure_active(holder, "holder")?;
+        if usages.contains(&CertificateUsage::Signing) && !holder.signing_right {
+            return Err(DomainError::precondition(
+                Reason::SigningRightMissing,
+                "SIGNING needs the holder's signing right; a user administrator grants it on the user",
+            ));
+        }
+    }
+    if let Some(email) = email {
+        let owner = holder.unwrap_or(contact);
+        let whose = if kind == CertificateKind::Employee {
+            "holder"
+        } else {
+            "contact person"
+        };
+        if normalise::key(email) != normalise::key(&owner.email) {
+            return Err(DomainError::invalid(
+                "email",
+                format!("must be the {whose}'s own e-mail address"),
+            ));
+        }
+        if !owner.email_verified {
+            return Err(DomainError::precondition(
+                Reason::EmailNotVerified,
+                format!("the {whose}'s e-mail address is not verified yet; it is verified by activation or by the link mailed on a change"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn event<'a>(
+    row: &certificate::Model,
+    activity: Activity,
+    caller: &'a Caller,
+    at: Millis,
+    changes: Vec<FieldChange>,
+) -> NewEvent<'a> {
+    NewEvent {
+        organisation_id: Some(row.organisation_id),
+        subject: Subject::Certificate(row.id),
+        activity,
+        caller,
+        at,
+        changes,
+    }
+}
+
+impl Domain {
+    fn ca(&self) -> DomainResult<&crate::ca::CertificateAuthority> {
+        self.ca.as_deref().ok_or_else(no_ca)
+    }
+
+    /// R-CERT-2: records the order and mails its single-use pickup token to
+    /// the holder (or contact person), with an in-app notification.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn order_certificate(&self, caller: &Caller, order: CertificateOrder) -> DomainResult<Certificate> {
+        self.ca()?;
+        check_order(&order)?;
+        authorize(caller, manage_action(order.kind), Target::organisation(order.organisation_id))?;
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let org = read_organisation(&txn, order.organisation_id).await?;
+        ensure_kind_allowed(&org, order.kind)?;
+        let holder = match order.holder_id {
+            Some(id) => Some(user_in(&txn, org.id, id).await?),
+            None => None,
+        };
+        let contact_id = match (order.contact_id, &holder, caller.user_id()) {
+            (Some(id), _, _) => id,
+            (None, Some(holder), _) => holder.id,
+            (None, None, Some(me)) => me,
+            (None, None, None) => return Err(DomainError::invalid("contact_id", "is required")),
+        };
+        let contact = user_in(&txn, org.id, contact_id).await?;
+        ensure_active(&contact, "contact person")?;
+        let email = order.email.as_deref().map(|e| e.trim().to_owned());
+        check_people(order.kind, &order.usages, email.as_deref(), holder.as_ref(), &contact)?;
+
+        let token = new_token();
+        let expires_at = now + self.settings.certificates.pickup_ttl_ms;
+        let row = certificate::Model {
+            id: Uuid::now_v7(),
+            organisation_id: org.id,
+            kind: order.kind.as_str().into(),
+            state: CertificateState::Ordered.as_str().into(),
+            holder_id: holder.as_ref().map(|h| h.id),
+            contact_id: contact.id,
+            label: order.label.as_deref().map(|l| normalise::nfc(l.trim())),
+            usages: usages_to_text(&order.usages),
+            email,
+            renews_id: None,
+            pickup_token_hash: Some(token_hash(&token)),
+            pickup_expires_at: Some(expires_at),
+            serial: None,
+            subject: None,
+            search_text: None,
+            key_algorithm: None,
+            not_before: None,
+            not_after: None,
+            der: None,
+            revoked_at: None,
+            revocation_reason: None,
+            warned30_at: None,
+            warned7_at: None,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        insert(&txn, &row).await?;
+        let mut changes = Vec::new();
+        diff(&mut changes, "kind", "", &row.kind);
+        diff(&mut changes, "usages", "", &row.usages);
+        diff(&mut changes, "holder_id", "", row.holder_id.map(|h| h.to_string()).unwrap_or_default());
+        diff(&mut changes, "contact_id", "", row.contact_id.to_string());
+        diff(&mut changes, "label", "", row.label.clone().unwrap_or_default());
+        diff(&mut changes, "email", "", row.email.clone().unwrap_or_default());
+        history::record(&txn, event(&row, Activity::CertificateOrdered, caller, now, changes)).await?;
+
+        let recipient = holder.as_ref().unwrap_or(&contact);
+        let link = self.settings.certificates.pickup_url_template.replace("{token}", &token);
+        let expires_on = crate::mail::date(expires_at);
+        let what = describe(&row);
+        let vars = [
+            ("first_name", recipient.first_name.as_str()),
+            ("organisation_name", org.name.as_str()),
+            ("certificate", what.as_str()),
+            ("pickup_link", link.as_str()),
+            ("pickup_token", token.as_str()),
+            ("expires_on", expires_on.as_str()),
+        ];
+        // The token goes by mail only: an in-app notification is stored
+        // and listed, so it says that a certificate waits, not how to take it.
+        self.enqueue_mail(
+            &txn,
+            Some(org.id),
+            MailKind::CertificatePickup,
+            &recipient.email,
+            &format!("{} {}", recipient.first_name, recipient.surname),
+            parse(&recipient.language)?,
+            &vars,
+        )
+        .await?;
+        self.notify_in_app(
+            &txn,
+            recipient,
+            NotificationKind::Certificate,
+            MailKind::CertificateReady,
+            &vars[..4],
+            Some(row.id),
+        )
+        .await?;
+        txn.commit().await?;
+        to_certificate(row)
+    }
+
+    /// R-CERT-4: the holder (or contact person) picks up their certificate:
+    /// signed in as themselves, with the single-use token from the mail and
+    /// a CSR for their own key.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn issue_certificate(&self, caller: &Caller, token: &str, csr_pem: &str) -> DomainResult<IssuedCertificate> {
+        let ca = self.ca()?;
+        if token.trim().is_empty() {
+            return Err(DomainError::invalid("token", "is required"));
+        }
+        let csr = check_csr(csr_pem).map_err(|rule| DomainError::invalid("csr_pem", rule))?;
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let unknown = || {
+            DomainError::precondition(
+                Reason::CertificatePickupUnknown,
+                "this pickup token is not known; check it, or ask for the certificate to be ordered again",
+            )
+        };
+        let row = certificate::Entity::find()
+            .filter(certificate::Column::PickupTokenHash.eq(token_hash(token.trim())))
+            .one(&txn)
+            .await?
+            .ok_or_else(unknown)?;
+        // A token of another organisation reads as unknown, like a wrong one.
+        if caller.organisation_id() != Some(row.organisation_id) {
+            return Err(unknown());
+        }
+        if caller.user_id() != Some(recipient_of(&row)) {
+            return Err(DomainError::denied(
+                "this certificate is picked up by its holder (or, for an organisation or system certificate, its contact person), signed in as themselves",
+            ));
+        }
+        if row.state != CertificateState::Ordered.as_str() {
+            return Err(DomainError::precondition(
+                Reason::CertificatePickupUsed,
+                "this pickup token was already used; the certificate is issued",
+            ));
+        }
+        if row.pickup_expires_at.is_none_or(|at| at <= now) {
+            return Err(DomainError::precondition(
+                Reason::CertificatePickupExpired,
+                "this pickup token has expired; delete the order and order the certificate again",
+            ));
+        }
+        let (issued, superseded) = self.issue_in(&txn, ca, caller, row, &csr, now).await?;
+        txn.commit().await?;
+        if superseded {
+            self.publish_crl_after_commit().await;
+        }
+        Ok(IssuedCertificate {
+            certificate_pem: crate::ca::pem("CERTIFICATE", issued.der.as_deref().unwrap_or_default()),
+            chain_pem: ca.chain_pem().to_owned(),
+            certificate: to_certificate(issued)?,
+        })
+    }
+
+    /// Signs the certificate of the ORDERED `row` over the CSR's key, with
+    /// the subject built from our records, and supersedes what it renews.
+    /// Returns the row as written and whether something was superseded.
+    async fn issue_in(
+        &self,
+        txn: &DatabaseTransaction,
+        ca: &crate::ca::CertificateAuthority,
+        caller: &Caller,
+        row: certificate::Model,
+        csr: &CheckedCsr,
+        now: Millis,
+    ) -> DomainResult<(certificate::Model, bool)> {
+        let kind: CertificateKind = parse(&row.kind)?;
+        let usages = super::usages_from_text(&row.usages)?;
+        let org = read_organisation(txn, row.organisation_id).await?;
+        ensure_kind_allowed(&org, kind)?;
+        let holder = match row.holder_id {
+            Some(id) => Some(user_in(txn, org.id, id).await?),
+            None => None,
+        };
+        let contact = user_in(txn, org.id, row.contact_id).await?;
+        check_people(kind, &usages, row.email.as_deref(), holder.as_ref(), &contact)?;
+        if !csr.key.encrypts() && usages.iter().any(|u| u.encrypts()) {
+            return Err(DomainError::invalid(
+                "csr_pem",
+                "has an Ed25519 key, which cannot encrypt; use P-256, P-384 or RSA for an encryption usage",
+            ));
+        }
+
+        let subject = subject_of(&org, kind, holder.as_ref(), &row);
+        let (key_usages, extended_key_usages) = key_usages(&usages, csr.key.is_rsa());
+        let serial = self.unused_serial(txn).await?;
+        let validity = self.settings.certificates.validity_ms(kind);
+        // Five minutes back: a relying party whose clock runs a little
+        // behind accepts the certificate at once.
+        let not_before = now - 5 * 60 * 1000;
+        let not_after = now + validity;
+        let der = ca
+            .issue(
+                &LeafProfile {
+                    subject: subject.clone(),
+                    email: row.email.clone(),
+                    key_usages,
+                    extended_key_usages,
+                    not_before,
+                    not_after,
+                    serial: serial.clone(),
+                },
+                &csr.public_key_der,
+            )
+            .map_err(DomainError::Internal)?;
+        let subject_text = subject
+            .iter()
+            .map(|(attribute, value)| format!("{}={value}", attribute.short_name()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let serial_hex = hex::encode(&serial);
+        let written = certificate::Entity::update_many()
+            .col_expr(certificate::Column::State, Expr::value(CertificateState::Issued.as_str()))
+            .col_expr(certificate::Column::Serial, Expr::value(serial_hex.clone()))
+            .col_expr(certificate::Column::Subject, Expr::value(subject_text.clone()))
+            .col_expr(certificate::Column::SearchText, Expr::value(normalise::key(&subject_text)))
+            .col_expr(certificate::Column::KeyAlgorithm, Expr::value(csr.key.describe()))
+            .col_expr(certificate::Column::NotBefore, Expr::value(not_before))
+            .col_expr(certificate::Column::NotAfter, Expr::value(not_after))
+            .col_expr(certificate::Column::Der, Expr::value(der.clone()))
+            .col_expr(certificate::Column::Version, Expr::value(row.version + 1))
+            .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+            .filter(certificate::Column::Id.eq(row.id))
+            .filter(certificate::Column::State.eq(CertificateState::Ordered.as_str()))
+            .filter(certificate::Column::Version.eq(row.version))
+            .exec(txn)
+            .await?;
+        if written.rows_affected != 1 {
+            // A parallel pickup with the same token got there first.
+            return Err(DomainError::precondition(
+                Reason::CertificatePickupUsed,
+                "this pickup token was already used; the certificate is issued",
+            ));
+        }
+        let mut changes = Vec::new();
+        diff(&mut changes, "state", &row.state, CertificateState::Issued.as_str());
+        diff(&mut changes, "serial", "", &serial_hex);
+        diff(&mut changes, "subject", "", &subject_text);
+        diff(&mut changes, "key_algorithm", "", csr.key.describe());
+        diff(&mut changes, "not_after", "", not_after.to_string());
+        history::record(txn, event(&row, Activity::CertificateIssued, caller, now, changes)).await?;
+
+        let mut superseded = false;
+        if let Some(old_id) = row.renews_id {
+            let old = certificate::Entity::find_by_id(old_id)
+                .one(txn)
+                .await?
+                .ok_or_else(|| DomainError::not_found("certificate", old_id))?;
+            let done = certificate::Entity::update_many()
+                .col_expr(certificate::Column::State, Expr::value(CertificateState::Superseded.as_str()))
+                .col_expr(certificate::Column::RevokedAt, Expr::value(now))
+                .col_expr(
+                    certificate::Column::RevocationReason,
+                    Expr::value(RevocationReason::Superseded.as_str()),
+                )
+                .col_expr(certificate::Column::Version, Expr::value(old.version + 1))
+                .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+                .filter(certificate::Column::Id.eq(old.id))
+                .filter(certificate::Column::State.eq(CertificateState::Issued.as_str()))
+                .exec(txn)
+                .await?;
+            if done.rows_affected != 1 {
+                return Err(DomainError::precondition(
+                    Reason::CertificateNotRenewable,
+                    "the certificate being renewed is no longer ISSUED",
+                ));
+            }
+            let mut changes = Vec::new();
+            diff(&mut changes, "state", &old.state, CertificateState::Superseded.as_str());
+            diff(&mut changes, "superseded_by", "", row.id.to_string());
+            history::record(txn, event(&old, Activity::CertificateSuperseded, caller, now, changes)).await?;
+            superseded = true;
+        }
+        let issued = certificate::Entity::find_by_id(row.id)
+            .one(txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("certificate", row.id))?;
+        Ok((issued, superseded))
+    }
+
+    /// A fresh random serial no certificate has (R-CERT-3: unique, checked;
+    /// the unique index would refuse a duplicate as well).
+    async fn unused_serial(&self, txn: &DatabaseTransaction) -> DomainResult<Vec<u8>> {
+        for _ in 0..4 {
+            let serial = random_serial();
+            let taken = certificate::Entity::find()
+                .filter(certificate::Column::Serial.eq(hex::encode(&serial)))
+                .count(txn)
+                .await?;
+            if taken == 0 {
+                return Ok(serial);
+            }
+        }
+        Err(DomainError::Internal("no unused serial number in four tries".into()))
+    }
+
+    /// R-CERT-4: a new certificate for the same holder, usages and contact
+    /// over a new key, before the old one expires; the old one becomes
+    /// SUPERSEDED in the same transaction.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn renew_certificate(&self, caller: &Caller, id: Uuid, csr_pem: &str) -> DomainResult<IssuedCertificate> {
+        let ca = self.ca()?;
+        let csr = check_csr(csr_pem).map_err(|rule| DomainError::invalid("csr_pem", rule))?;
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let old = self.visible_certificate(&txn, caller, id).await?;
+        let kind: CertificateKind = parse(&old.kind)?;
+        if caller.user_id() != Some(recipient_of(&old)) {
+            authorize(caller, manage_action(kind), Target::organisation(old.organisation_id))?;
+        }
+        let state: CertificateState = parse(&old.state)?;
+        if state != CertificateState::Issued || old.not_after.is_none_or(|at| at <= now) {
+            return Err(DomainError::precondition(
+                Reason::CertificateNotRenewable,
+                format!(
+                    "only an ISSUED certificate that has not expired can be renewed; this one is {}; order a new one",
+                    state.as_str()
+                ),
+            ));
+        }
+        let renewal = certificate::Model {
+            id: Uuid::now_v7(),
+            state: CertificateState::Ordered.as_str().into(),
+            renews_id: Some(old.id),
+            pickup_token_hash: None,
+            pickup_expires_at: None,
+            serial: None,
+            subject: None,
+            search_text: None,
+            key_algorithm: None,
+            not_before: None,
+            not_after: None,
+            der: None,
+            revoked_at: None,
+            revocation_reason: None,
+            warned30_at: None,
+            warned7_at: None,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            ..old.clone()
+        };
+        insert(&txn, &renewal).await?;
+        let mut changes = Vec::new();
+        diff(&mut changes, "renews_id", "", old.id.to_string());
+        history::record(&txn, event(&renewal, Activity::CertificateOrdered, caller, now, changes)).await?;
+        let (issued, _) = self.issue_in(&txn, ca, caller, renewal, &csr, now).await?;
+        txn.commit().await?;
+        self.publish_crl_after_commit().await;
+        Ok(IssuedCertificate {
+            certificate_pem: crate::ca::pem("CERTIFICATE", issued.der.as_deref().unwrap_or_default()),
+            chain_pem: ca.chain_pem().to_owned(),
+            certificate: to_certificate(issued)?,
+        })
+    }
+
+    /// An order may be deleted until it is picked up (seed 001).
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn delete_certificate_order(&self, caller: &Caller, id: Uuid) -> DomainResult<()> {
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let row = self.visible_certificate(&txn, caller, id).await?;
+        authorize(caller, manage_action(parse(&row.kind)?), Target::organisation(row.organisation_id))?;
+        if row.state != CertificateState::Ordered.as_str() {
+            return Err(DomainError::precondition(
+                Reason::CertificateNotOrdered,
+                format!(
+                    "only an order not yet picked up can be deleted; this certificate is {}; revoke it instead",
+                    row.state
+                ),
+            ));
+        }
+        let deleted = certificate::Entity::delete_many()
+            .filter(certificate::Column::Id.eq(row.id))
+            .filter(certificate::Column::State.eq(CertificateState::Ordered.as_str()))
+            .exec(&txn)
+            .await?;
+        if deleted.rows_affected != 1 {
+            return Err(DomainError::precondition(
+                Reason::CertificateNotOrdered,
+                "the order was picked up meanwhile; revoke the certificate instead",
+            ));
+        }
+        let mut changes = Vec::new();
+        diff(&mut changes, "state", &row.state, "");
+        history::record(&txn, event(&row, Activity::CertificateOrderDeleted, caller, now, changes)).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// R-CERT-4: REVOKED is final. The contact person (and the holder) are
+    /// told; the CRL is re-signed at once.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn revoke_certificate(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        reason: RevocationReason,
+        etag: Option<i64>,
+    ) -> DomainResult<Certificate> {
+        self.ca()?;
+        if reason == RevocationReason::Superseded {
+            return Err(DomainError::invalid(
+                "reason",
+                "SUPERSEDED is set by a renewal, not chosen; pick one of the revocation reasons",
+            ));
+        }
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let row = self.visible_certificate(&txn, caller, id).await?;
+        let kind: CertificateKind = parse(&row.kind)?;
+        // A holder who lost their key revokes their own user certificate.
+        let own = row.holder_id.is_some() && caller.user_id() == row.holder_id;
+        if !own {
+            authorize(caller, manage_action(kind), Target::organisation(row.organisation_id))?;
+        }
+        if let Some(etag) = etag
+            && etag != row.version
+        {
+            return Err(DomainError::stale_etag("certificate"));
+        }
+        match parse::<CertificateState>(&row.state)? {
+            CertificateState::Issued => {}
+            CertificateState::Ordered => {
+                return Err(DomainError::precondition(
+                    Reason::CertificateNotIssued,
+                    "the certificate is only ordered; delete the order instead",
+                ));
+            }
+            CertificateState::Expired => {
+                return Err(DomainError::precondition(
+                    Reason::CertificateNotIssued,
+                    "the certificate has expired; it needs no revocation",
+                ));
+            }
+            CertificateState::Revoked | CertificateState::Superseded => {
+                return Err(DomainError::precondition(
+                    Reason::CertificateRevoked,
+                    "the certificate is already revoked, and a revocation is final: order a new certificate",
+                ));
+            }
+        }
+        let written = certificate::Entity::update_many()
+            .col_expr(certificate::Column::State, Expr::value(CertificateState::Revoked.as_str()))
+            .col_expr(certificate::Column::RevokedAt, Expr::value(now))
+            .col_expr(certificate::Column::RevocationReason, Expr::value(reason.as_str()))
+            .col_expr(certificate::Column::Version, Expr::value(row.version + 1))
+            .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+            .filter(certificate::Column::Id.eq(row.id))
+            .filter(certificate::Column::Version.eq(row.version))
+            .exec(&txn)
+            .await?;
+        if written.rows_affected != 1 {
+            return Err(DomainError::stale_etag("certificate"));
+        }
+        let mut changes = Vec::new();
+        diff(&mut changes, "state", &row.state, CertificateState::Revoked.as_str());
+        diff(&mut changes, "revocation_reason", "", reason.as_str());
+        history::record(&txn, event(&row, Activity::CertificateRevoked, caller, now, changes)).await?;
+        let org = read_organisation(&txn, row.organisation_id).await?;
+        let what = describe(&row);
+        let mut told = Vec::new();
+        for person in [Some(row.contact_id), row.holder_id].into_iter().flatten() {
+            if told.contains(&person) {
+                continue;
+            }
+            told.push(person);
+            let Some(recipient) = user::Entity::find_by_id(person).one(&txn).await? else {
+                continue;
+            };
+            if recipient.state == UserState::Deleted.as_str() {
+                continue;
+            }
+            self.notify(
+                &txn,
+                &recipient,
+                NotificationKind::Certificate,
+                MailKind::CertificateRevoked,
+                &[
+                    ("first_name", recipient.first_name.as_str()),
+                    ("organisation_name", org.name.as_str()),
+                    ("certificate", what.as_str()),
+                    ("serial", row.serial.as_deref().unwrap_or_default()),
+                    ("reason", reason.as_str()),
+                ],
+                Some(row.id),
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        self.publish_crl_after_commit().await;
+        let row = certificate::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("certificate", id))?;
+        to_certificate(row)
+    }
+
+    /// A certificate row as far as the caller can see it: members see their
+    /// own organisation's, operators none (R-ACC-6 keeps them to
+    /// administrators); outside that view it reads as missing.
+    pub(crate) async fn visible_certificate(
+        &self,
+        db: &impl ConnectionTrait,
+        caller: &Caller,
+        id: Uuid,
+    ) -> DomainResult<certificate::Model> {
+        let row = certificate::Entity::find_by_id(id)
+            .one(db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("certificate", id))?;
+        let visible = match &caller.principal {
+            Principal::System { .. } => true,
+            Principal::Operator { .. } => false,
+            Principal::Member { organisation_id, .. } => *organisation_id == row.organisation_id,
+        };
+        if !visible {
+            return Err(DomainError::not_found("certificate", id));
+        }
+        Ok(row)
+    }
+}
+
+async fn insert(db: &impl ConnectionTrait, row: &certificate::Model) -> DomainResult<()> {
+    let active = certificate::ActiveModel {
+        id: Set(row.id),
+        organisation_id: Set(row.organisation_id),
+        kind: Set(row.kind.clone()),
+        state: Set(row.state.clone()),
+        holder_id: Set(row.holder_id),
+        contact_id: Set(row.contact_id),
+        label: Set(row.label.clone()),
+        usages: Set(row.usages.clone()),
+        email: Set(row.email.clone()),
+        renews_id: Set(row.renews_id),
+        pickup_token_hash: Set(row.pickup_token_hash.clone()),
+        pickup_expires_at: Set(row.pickup_expires_at),
+        serial: Set(row.serial.clone()),
+        subject: Set(row.subject.clone()),
+        search_text: Set(row.search_text.clone()),
+        key_algorithm: Set(row.key_algorithm.clone()),
+        not_before: Set(row.not_before),
+        not_after: Set(row.not_after),
+        der: Set(row.der.clone()),
+        revoked_at: Set(row.revoked_at),
+        revocation_reason: Set(row.revocation_reason.clone()),
+        warned30_at: Set(row.warned30_at),
+        warned7_at: Set(row.warned7_at),
+        version: Set(row.version),
+        created_at: Set(row.created_at),
+        updated_at: Set(row.updated_at),
+    };
+    certificate::Entity::insert(active).exec_without_returning(db).await?;
+    Ok(())
+}
+
+/// How mails and notifications name a certificate.
+pub(crate) fn describe(row: &certificate::Model) -> String {
+    match (&row.label, &row.serial) {
+        (Some(label), _) => format!("{} ({})", label, row.kind.to_lowercase()),
+        (None, Some(serial)) => format!("user certificate {serial}"),
+        (None, None) => "user certificate".into(),
+    }
+}
+
+/// The subject in the shape of the Danish OCES3 certificates, from our
+/// records only. Never a CPR number; a user created anonymous (R-USR-10)
+/// is named by a stable pseudonym instead of their name.
+fn subject_of(
+    org: &organisation::Model,
+    kind: CertificateKind,
+    holder: Option<&user::Model>,
+    row: &certificate::Model,
+) -> Vec<(SubjectAttribute, String)> {
+    let mut subject = vec![
+        (SubjectAttribute::Country, "DK".to_owned()),
+        (SubjectAttribute::OrganizationIdentifier, format!("NTRDK-{}", org.cvr)),
+        (SubjectAttribute::Organization, org.name.clone()),
+    ];
+    match (kind, holder) {
+        (CertificateKind::Employee, Some(holder)) => {
+            subject.push((SubjectAttribute::SerialNumber, format!("UI:DK-E:G:{}", holder.id)));
+            if holder.anonymous {
+                let pseudonym = format!("Pseudonym {}", &hex::encode(sha2_of(holder.id))[..12]);
+                subject.push((SubjectAttribute::Pseudonym, pseudonym.clone()));
+                subject.push((SubjectAttribute::CommonName, pseudonym));
+            } else {
+                subject.push((SubjectAttribute::GivenName, holder.first_name.clone()));
+                subject.push((SubjectAttribute::Surname, holder.surname.clone()));
+                subject.push((
+                    SubjectAttribute::CommonName,
+                    format!("{} {}", holder.first_name, holder.surname),
+                ));
+            }
+        }
+        _ => {
+            // A renewal keeps the identity of the certificate it renews.
+            let identity = row.renews_id.unwrap_or(row.id);
+            subject.push((SubjectAttribute::SerialNumber, format!("UI:DK-O:G:{identity}")));
+            subject.push((SubjectAttribute::CommonName, row.label.clone().unwrap_or_default()));
+        }
+    }
+    subject
+}
+
+fn sha2_of(id: Uuid) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(id.as_bytes()).into()
+}
+
+/// KeyUsage and ExtendedKeyUsage per usage (R-CERT-3). Encryption is key
+/// encipherment for RSA keys and key agreement for elliptic-curve keys.
+fn key_usages(usages: &[CertificateUsage], rsa: bool) -> (Vec<KeyUsagePurpose>, Vec<ExtendedKeyUsagePurpose>) {
+    let mut ku = Vec::new();
+    let mut eku = Vec::new();
+    let mut add = |k: KeyUsagePurpose, e: Option<ExtendedKeyUsagePurpose>| {
+        if !ku.contains(&k) {
+            ku.push(k);
+        }
+        if let Some(e) = e
+            && !eku.contains(&e)
+        {
+            eku.push(e);
+        }
+    };
+    let encipher = if rsa {
+        KeyUsagePurpose::KeyEncipherment
+    } else {
+        KeyUsagePurpose::KeyAgreement
+    };
+    for usage in usages {
+        match usage {
+            CertificateUsage::Authentication | CertificateUsage::ServiceAccess => {
+                add(KeyUsagePurpose::DigitalSignature, Some(ExtendedKeyUsagePurpose::ClientAuth));
+            }
+            CertificateUsage::Signing | CertificateUsage::Sealing => {
+                add(KeyUsagePurpose::DigitalSignature, None);
+                add(KeyUsagePurpose::ContentCommitment, None);
+            }
+            CertificateUsage::EmailEncryption => {
+                add(encipher.clone(), Some(ExtendedKeyUsagePurpose::EmailProtection));
+            }
+            CertificateUsage::Encryption => add(encipher.clone(), None),
+        }
+    }
+    (ku, eku)
+}

@@ -1,0 +1,402 @@
+//! What the CA publishes and what the worker keeps up to date (R-CERT-5,
+//! R-CERT-7): the CRL, the status of one serial (for OCSP), the EXPIRED
+//! state and the expiry warnings.
+
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::lifecycle::describe;
+use super::{CertificateState, RevocationReason, no_ca};
+use crate::Domain;
+use crate::ca::RevokedEntry;
+use crate::error::{DomainError, DomainResult};
+use crate::mail::MailKind;
+use crate::model::*;
+use crate::persistence::entities::{certificate, crl_publication, user, user_role};
+use crate::persistence::history::{self, NewEvent, Subject, diff};
+use crate::persistence::is_postgres;
+use crate::persistence::mapping::parse;
+use crate::policy::{Action, Caller, Target, authorize};
+use crate::services::notifications::NotificationKind;
+use crate::services::read_organisation;
+
+/// A signed CRL as stored.
+#[derive(Debug, Clone)]
+pub struct PublishedCrl {
+    pub number: i64,
+    pub this_update: Millis,
+    pub next_update: Millis,
+    pub revoked_count: i64,
+    pub der: Vec<u8>,
+}
+
+impl From<crl_publication::Model> for PublishedCrl {
+    fn from(row: crl_publication::Model) -> Self {
+        Self {
+            number: row.crl_number,
+            this_update: row.this_update,
+            next_update: row.next_update,
+            revoked_count: row.revoked_count,
+            der: row.der,
+        }
+    }
+}
+
+/// What OCSP answers about one serial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateStatus {
+    Good,
+    Revoked { at: Millis, reason: RevocationReason },
+    /// Not a certificate this CA issued.
+    Unknown,
+}
+
+/// CRLs kept besides the newest (for a relying party mid-download).
+const CRLS_KEPT: i64 = 10;
+/// Certificates a sweep step handles per statement.
+const SWEEP_BATCH: u64 = 500;
+/// The two expiry warnings (R-CERT-7), nearest first.
+const WARNINGS: [(i64, &str); 2] = [(7, "7"), (30, "30")];
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Revoked (or superseded) certificates that have not expired: what a CRL
+/// lists; an expired certificate leaves the CRL (RFC 5280 §3.3).
+fn listed(now: Millis) -> sea_orm::Condition {
+    sea_orm::Condition::all()
+        .add(
+            certificate::Column::State.is_in([
+                CertificateState::Revoked.as_str(),
+                CertificateState::Superseded.as_str(),
+            ]),
+        )
+        .add(certificate::Column::NotAfter.gt(now))
+}
+
+impl Domain {
+    /// Signs a CRL of every revoked certificate now and stores it under
+    /// the next number. Publishers take turns (an advisory lock on
+    /// PostgreSQL, the one writer on SQLite), so numbers only grow.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn publish_crl(&self, now: Millis) -> DomainResult<PublishedCrl> {
+        let ca = self.ca.as_deref().ok_or_else(no_ca)?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        if is_postgres(&txn) {
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(5280)").await?;
+        }
+        let last = crl_publication::Entity::find()
+            .order_by_desc(crl_publication::Column::CrlNumber)
+            .one(&txn)
+            .await?;
+        let number = last.as_ref().map_or(1, |l| l.crl_number + 1);
+        let revoked: Vec<(Option<String>, Option<i64>, Option<String>)> = certificate::Entity::find()
+            .select_only()
+            .column(certificate::Column::Serial)
+            .column(certificate::Column::RevokedAt)
+            .column(certificate::Column::RevocationReason)
+            .filter(listed(now))
+            .order_by_asc(certificate::Column::Serial)
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        let entries = revoked
+            .into_iter()
+            .map(|(serial, at, reason)| {
+                let serial = hex::decode(serial.unwrap_or_default()).map_err(|e| DomainError::Internal(e.to_string()))?;
+                let reason: RevocationReason = parse(reason.as_deref().unwrap_or("SUPERSEDED"))?;
+                Ok(RevokedEntry {
+                    serial,
+                    revoked_at: at.unwrap_or(now),
+                    reason: reason.rfc5280(),
+                })
+            })
+            .collect::<DomainResult<Vec<_>>>()?;
+        // Never earlier than the last one, whatever the clocks of replicas
+        // (the CRL number tells two of one second apart).
+        let this_update = last.as_ref().map_or(now, |l| Ord::max(now, l.this_update));
+        let next_update = this_update + self.settings.certificates.crl_validity_ms;
+        let der = ca
+            .sign_crl(number, this_update, next_update, &entries)
+            .map_err(DomainError::Internal)?;
+        let row = crl_publication::Model {
+            crl_number: number,
+            this_update,
+            next_update,
+            revoked_count: entries.len() as i64,
+            der,
+        };
+        crl_publication::Entity::insert(crl_publication::ActiveModel {
+            crl_number: Set(row.crl_number),
+            this_update: Set(row.this_update),
+            next_update: Set(row.next_update),
+            revoked_count: Set(row.revoked_count),
+            der: Set(row.der.clone()),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        crl_publication::Entity::delete_many()
+            .filter(crl_publication::Column::CrlNumber.lte(number - CRLS_KEPT))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(row.into())
+    }
+
+    /// After a revocation committed: a new CRL now. Should that fail, the
+    /// revocation stands and the worker's next look (`refresh_crl_if_due`)
+    /// publishes it.
+    pub(crate) async fn publish_crl_after_commit(&self) {
+        if let Err(e) = self.publish_crl(now_millis()).await {
+            tracing::warn!(error = %e, "could not publish the CRL after a revocation; the worker will");
+        }
+    }
+
+    /// The newest CRL; the first is signed on demand.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn current_crl(&self) -> DomainResult<PublishedCrl> {
+        match self.latest_crl().await? {
+            Some(crl) => Ok(crl),
+            None => self.publish_crl(now_millis()).await,
+        }
+    }
+
+    async fn latest_crl(&self) -> DomainResult<Option<PublishedCrl>> {
+        Ok(crl_publication::Entity::find()
+            .order_by_desc(crl_publication::Column::CrlNumber)
+            .one(&self.db)
+            .await?
+            .map(Into::into))
+    }
+
+    /// The number of the newest CRL, for a cache to see whether it is stale
+    /// without reading the CRL itself.
+    pub async fn current_crl_number(&self) -> DomainResult<Option<i64>> {
+        Ok(crl_publication::Entity::find()
+            .select_only()
+            .column(crl_publication::Column::CrlNumber)
+            .order_by_desc(crl_publication::Column::CrlNumber)
+            .into_tuple::<i64>()
+            .one(&self.db)
+            .await?)
+    }
+
+    /// `GetCrl` and the CA certificate: public, any caller.
+    pub async fn crl_for(&self, caller: &Caller) -> DomainResult<PublishedCrl> {
+        authorize(caller, Action::ReadCertificateAuthority, Target::platform())?;
+        self.current_crl().await
+    }
+
+    /// The worker's look: a new CRL when there is none, when half of the
+    /// newest one's life is gone, or when a revocation is missing from it
+    /// (its publication after commit failed). Returns whether it published.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn refresh_crl_if_due(&self, now: Millis) -> DomainResult<bool> {
+        if self.ca.is_none() {
+            return Ok(false);
+        }
+        let due = match self.latest_crl().await? {
+            None => true,
+            Some(latest) => {
+                let half_life = (latest.next_update - latest.this_update) / 2;
+                // Counted at the newest CRL's own thisUpdate, so only a
+                // revocation can change the count, not an expiry since.
+                let listed_then = certificate::Entity::find()
+                    .filter(listed(latest.this_update))
+                    .count(&self.db)
+                    .await? as i64;
+                latest.next_update - now < half_life || listed_then != latest.revoked_count
+            }
+        };
+        if due {
+            self.publish_crl(now).await?;
+        }
+        Ok(due)
+    }
+
+    /// What OCSP answers for a serial (lower-case hex, no leading zeros).
+    pub async fn certificate_status(&self, serial: &str) -> DomainResult<CertificateStatus> {
+        let Some(row) = certificate::Entity::find()
+            .filter(certificate::Column::Serial.eq(serial))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(CertificateStatus::Unknown);
+        };
+        Ok(match (parse::<CertificateState>(&row.state)?, row.revoked_at) {
+            (CertificateState::Revoked | CertificateState::Superseded, Some(at)) => CertificateStatus::Revoked {
+                at,
+                reason: parse(row.revocation_reason.as_deref().unwrap_or("SUPERSEDED"))?,
+            },
+            _ => CertificateStatus::Good,
+        })
+    }
+
+    /// Marks ISSUED certificates past notAfter EXPIRED, each with its
+    /// history event. Returns how many.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn expire_certificates(&self, now: Millis) -> DomainResult<u64> {
+        let caller = Caller::system("certificate-expiry");
+        let mut expired = 0;
+        loop {
+            let txn = crate::persistence::begin_write(&self.db).await?;
+            let due = certificate::Entity::find()
+                .filter(certificate::Column::State.eq(CertificateState::Issued.as_str()))
+                .filter(certificate::Column::NotAfter.lte(now))
+                .limit(SWEEP_BATCH)
+                .all(&txn)
+                .await?;
+            let batch = due.len() as u64;
+            for row in due {
+                let done = certificate::Entity::update_many()
+                    .col_expr(certificate::Column::State, Expr::value(CertificateState::Expired.as_str()))
+                    .col_expr(certificate::Column::Version, Expr::value(row.version + 1))
+                    .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+                    .filter(certificate::Column::Id.eq(row.id))
+                    .filter(certificate::Column::State.eq(CertificateState::Issued.as_str()))
+                    .exec(&txn)
+                    .await?;
+                if done.rows_affected != 1 {
+                    continue;
+                }
+                let mut changes = Vec::new();
+                diff(&mut changes, "state", &row.state, CertificateState::Expired.as_str());
+                history::record(
+                    &txn,
+                    NewEvent {
+                        organisation_id: Some(row.organisation_id),
+                        subject: Subject::Certificate(row.id),
+                        activity: Activity::CertificateExpired,
+                        caller: &caller,
+                        at: now,
+                        changes,
+                    },
+                )
+                .await?;
+                expired += 1;
+            }
+            txn.commit().await?;
+            if batch < SWEEP_BATCH {
+                return Ok(expired);
+            }
+        }
+    }
+
+    /// R-CERT-7: tells the holder, the contact person and the user
+    /// administrators 30 and 7 days before a certificate expires, each
+    /// warning once: the warning's column is set by a conditional UPDATE in
+    /// the transaction that writes its mails, so two workers cannot both
+    /// send it. A certificate first seen inside 7 days gets the 7-day
+    /// warning only. Returns the number of warnings (certificates) sent.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn warn_expiring_certificates(&self, now: Millis) -> DomainResult<u64> {
+        let mut warned = 0;
+        for (days, days_text) in WARNINGS {
+            let column = if days == 7 {
+                certificate::Column::Warned7At
+            } else {
+                certificate::Column::Warned30At
+            };
+            loop {
+                let due = certificate::Entity::find()
+                    .filter(certificate::Column::State.eq(CertificateState::Issued.as_str()))
+                    .filter(certificate::Column::NotAfter.gt(now))
+                    .filter(certificate::Column::NotAfter.lte(now + days * DAY_MS))
+                    .filter(column.is_null())
+                    .limit(SWEEP_BATCH)
+                    .all(&self.db)
+                    .await?;
+                let batch = due.len() as u64;
+                for row in due {
+                    if self.warn_one(row, column, days_text, now).await? {
+                        warned += 1;
+                    }
+                }
+                if batch < SWEEP_BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(warned)
+    }
+
+    async fn warn_one(
+        &self,
+        row: certificate::Model,
+        column: certificate::Column,
+        days_text: &str,
+        now: Millis,
+    ) -> DomainResult<bool> {
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let mut claim = certificate::Entity::update_many()
+            .col_expr(column, Expr::value(now))
+            .filter(certificate::Column::Id.eq(row.id))
+            .filter(column.is_null());
+        if days_text == WARNINGS[0].1 {
+            // The 30-day warning is past too: never send it after this one.
+            claim = claim.col_expr(
+                certificate::Column::Warned30At,
+                Expr::col(certificate::Column::Warned30At).if_null(now),
+            );
+        }
+        if claim.exec(&txn).await?.rows_affected != 1 {
+            return Ok(false);
+        }
+        let org = read_organisation(&txn, row.organisation_id).await?;
+        let what = describe(&row);
+        let expires_on = crate::mail::date(row.not_after.unwrap_or(now));
+        let mut recipients: Vec<Uuid> = [row.holder_id, Some(row.contact_id)].into_iter().flatten().collect();
+        let user_admins: Vec<Uuid> = user_role::Entity::find()
+            .select_only()
+            .column(user_role::Column::UserId)
+            .filter(user_role::Column::OrganisationId.eq(row.organisation_id))
+            .filter(user_role::Column::Role.eq(Role::UserAdmin.as_str()))
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        recipients.extend(user_admins);
+        let mut told = Vec::new();
+        for id in recipients {
+            if told.contains(&id) {
+                continue;
+            }
+            told.push(id);
+            let Some(person) = user::Entity::find_by_id(id).one(&txn).await? else {
+                continue;
+            };
+            if person.state != UserState::Active.as_str() {
+                continue;
+            }
+            self.notify(
+                &txn,
+                &person,
+                NotificationKind::Certificate,
+                MailKind::CertificateExpiring,
+                &[
+                    ("first_name", person.first_name.as_str()),
+                    ("organisation_name", org.name.as_str()),
+                    ("certificate", what.as_str()),
+                    ("days", days_text),
+                    ("expires_on", expires_on.as_str()),
+                ],
+                Some(row.id),
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_run_nearest_first() {
+        assert!(WARNINGS[0].0 < WARNINGS[1].0);
+    }
+}

@@ -1,0 +1,118 @@
+//! Plain HTTP beside gRPC for relying parties (R-CERT-5): they fetch the CRL
+//! and the CA certificate the way every X.509 client does, from the URL in
+//! the certificate, without a token.
+//!
+//! - `GET /crl`: the current CRL, DER (`application/pkix-crl`);
+//! - `GET /crl.pem`: the same as PEM;
+//! - `GET /ca.pem`: the CA certificate and the chain above it.
+//!
+//! The CRL is served from memory: a fetch asks the database at most every
+//! `RECHECK` whether a newer CRL was published (one indexed number), so a
+//! revocation shows within that, and thousands of fetches cost one query.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use orgadmin_domain::Domain;
+use tokio::net::TcpListener;
+use tokio::sync::RwLock;
+
+/// How long a served CRL is trusted before the database is asked again.
+const RECHECK: Duration = Duration::from_millis(500);
+
+struct Cached {
+    number: i64,
+    der: axum::body::Bytes,
+    pem: axum::body::Bytes,
+    checked_at: Instant,
+}
+
+struct CrlCache {
+    domain: Domain,
+    current: RwLock<Option<Cached>>,
+}
+
+impl CrlCache {
+    /// The newest CRL as (DER, PEM).
+    async fn get(&self) -> Result<(axum::body::Bytes, axum::body::Bytes), String> {
+        if let Some(cached) = &*self.current.read().await
+            && cached.checked_at.elapsed() < RECHECK
+        {
+            return Ok((cached.der.clone(), cached.pem.clone()));
+        }
+        let mut slot = self.current.write().await;
+        // Another fetch may have refreshed it while this one waited.
+        if let Some(cached) = slot.as_mut() {
+            if cached.checked_at.elapsed() < RECHECK {
+                return Ok((cached.der.clone(), cached.pem.clone()));
+            }
+            let newest = self.domain.current_crl_number().await.map_err(|e| e.to_string())?;
+            if newest == Some(cached.number) {
+                cached.checked_at = Instant::now();
+                return Ok((cached.der.clone(), cached.pem.clone()));
+            }
+        }
+        let crl = self.domain.current_crl().await.map_err(|e| e.to_string())?;
+        let pem = orgadmin_domain::ca::pem("X509 CRL", &crl.der);
+        let cached = Cached {
+            number: crl.number,
+            der: crl.der.into(),
+            pem: pem.into(),
+            checked_at: Instant::now(),
+        };
+        let served = (cached.der.clone(), cached.pem.clone());
+        *slot = Some(cached);
+        Ok(served)
+    }
+}
+
+async fn crl_der(State(cache): State<Arc<CrlCache>>) -> Response {
+    match cache.get().await {
+        Ok((der, _)) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn crl_pem(State(cache): State<Arc<CrlCache>>) -> Response {
+    match cache.get().await {
+        Ok((_, pem)) => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn ca_pem(State(cache): State<Arc<CrlCache>>) -> Response {
+    match cache.domain.certificate_authority() {
+        Some(ca) => ([(header::CONTENT_TYPE, "application/x-pem-file")], ca.chain_pem().to_owned()).into_response(),
+        None => (StatusCode::NOT_FOUND, "no certificate authority is configured\n").into_response(),
+    }
+}
+
+fn unavailable(error: String) -> Response {
+    tracing::warn!(%error, "cannot serve the CRL");
+    (StatusCode::SERVICE_UNAVAILABLE, "the CRL cannot be read now; retry shortly\n").into_response()
+}
+
+/// Serves CRL and CA certificate until `shutdown` resolves.
+pub async fn serve_certificate_http(
+    domain: Domain,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let cache = Arc::new(CrlCache {
+        domain,
+        current: RwLock::new(None),
+    });
+    let app = Router::new()
+        .route("/crl", get(crl_der))
+        .route("/crl.pem", get(crl_pem))
+        .route("/ca.pem", get(ca_pem))
+        .with_state(cache);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
