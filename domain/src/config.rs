@@ -21,6 +21,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The gRPC listen address.
     pub listen: String,
+    /// Where `orgadmin-worker` answers `grpc.health.v1` (its Deployment's
+    /// probes); `0.0.0.0:50052` in a pod, port 0 for any free port.
+    pub worker_health_listen: String,
     /// Pool size on PostgreSQL.
     pub database_max_connections: u32,
     /// Calls the orgadmin services work on at once, over all connections;
@@ -111,6 +114,7 @@ impl Default for Config {
             database_url: String::new(),
             data_dir: PathBuf::from("./data"),
             listen: "127.0.0.1:50051".into(),
+            worker_health_listen: "127.0.0.1:50052".into(),
             database_max_connections: 20,
             max_in_flight: 256,
             operator_tokens: String::new(),
@@ -179,6 +183,12 @@ impl Config {
             format!(
                 "ORGADMIN_LISTEN={:?} is not a socket address such as 127.0.0.1:50051",
                 self.listen
+            )
+        })?;
+        self.worker_health_listen.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "ORGADMIN_WORKER_HEALTH_LISTEN={:?} is not a socket address such as 127.0.0.1:50052",
+                self.worker_health_listen
             )
         })?;
         let url = self.effective_database_url();

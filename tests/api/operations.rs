@@ -130,12 +130,7 @@ fn mode(path: &Path) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_default_keeps_its_files_private_and_client_errors_out_of_error_logs() {
     let dir = fresh_dir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let log_path = dir.join("service.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut server = Command::new(binary("orgadmin-service"))
@@ -266,18 +261,7 @@ async fn embedded_default_keeps_its_files_private_and_client_errors_out_of_error
     }
     let _ = admin;
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &server.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let started = Instant::now();
-    while server.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(15), "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop_with_sigterm(&mut server);
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         log.contains("orgadmin-service listening"),
@@ -289,5 +273,79 @@ async fn embedded_default_keeps_its_files_private_and_client_errors_out_of_error
         "client errors logged at ERROR:\n{}",
         errors.join("\n")
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A loopback address with a port free a moment ago.
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Sends SIGTERM and waits (at most 15 s) for the process to exit; returns
+/// its exit status.
+fn stop_with_sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `orgadmin-worker` as its Deployment's gRPC probes meet it: health on
+/// ORGADMIN_WORKER_HEALTH_LISTEN answers SERVING for the overall status "",
+/// and SIGTERM ends the worker cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_answers_grpc_health_on_its_own_port() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let dir = fresh_dir();
+    let mut migrate = Command::new(binary("orgadmin-service"));
+    migrate.arg("migrate").current_dir(&dir);
+    let migrated = run_briefly(migrate);
+    assert!(migrated.status.success(), "migrate: {migrated:?}");
+
+    let addr = free_addr();
+    let mut worker = Command::new(binary("orgadmin-worker"))
+        .current_dir(&dir)
+        .env("ORGADMIN_WORKER_HEALTH_LISTEN", &addr)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start orgadmin-worker");
+    let started = Instant::now();
+    let mut health = loop {
+        let endpoint = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap();
+        match endpoint.connect().await {
+            Ok(channel) => break HealthClient::new(channel),
+            Err(_) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "worker health did not start"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let answer = health
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(answer.status, ServingStatus::Serving as i32);
+
+    let status = stop_with_sigterm(&mut worker);
+    assert!(status.success(), "worker exit after SIGTERM: {status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -68,6 +68,8 @@ fn spawn_worker(app: &TestApp, sink: &SmtpSink, lease_ms: u32) -> Worker {
         .env("ORGADMIN_IMPORT_BATCH_SIZE", "50")
         .env("RUST_LOG", "warn,orgadmin_worker=info")
         .env("ORGADMIN_LOG_FORMAT", "json")
+        // Several workers run side by side: each its own health port.
+        .env("ORGADMIN_WORKER_HEALTH_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .spawn()
         .expect("start orgadmin-worker");

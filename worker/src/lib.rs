@@ -1,6 +1,7 @@
 //! The orgadmin worker: the outbox sender, import jobs and scheduled sweeps.
 //! All enter the same domain services as the gRPC handlers.
 
+pub mod health;
 pub mod imports;
 pub mod mail;
 pub mod smtp;

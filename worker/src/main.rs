@@ -4,6 +4,7 @@
 use clap::Parser;
 use orgadmin_domain::telemetry::{init_logging, shutdown_signal};
 use orgadmin_domain::{Config, Domain};
+use orgadmin_worker::health::{self, Health};
 
 /// No arguments: everything comes from configuration. Parsing them anyway
 /// answers --help and --version, and refuses anything else, before the
@@ -29,5 +30,14 @@ async fn main() -> anyhow::Result<()> {
     };
     init_logging(&config.log_format);
     let domain = Domain::from_config(&config, false).await.map_err(anyhow::Error::msg)?;
-    orgadmin_worker::run(domain, &config, shutdown_signal()).await
+    // Probes see SERVING once the database answered, and NOT_SERVING from
+    // the stop signal on, while the worker finishes what it holds.
+    let health = Health::start(&config.worker_health_listen).await?;
+    let reporter = health.reporter();
+    orgadmin_worker::run(domain, &config, async move {
+        shutdown_signal().await;
+        health::not_serving(&reporter).await;
+    })
+    .await?;
+    health.stop().await
 }
