@@ -114,7 +114,7 @@ by every template that depends on them, so any render stops here.
 {{- if has $key (list "ORGADMIN_OPERATOR_TOKENS" "ORGADMIN_CPR_LOOKUP_KEY" "ORGADMIN_CPR_ENCRYPTION_KEY") }}
 {{- fail (printf "orgadmin: config.%s is a secret and must not go into the ConfigMap: use secrets.* (an existing Secret)" $key) }}
 {{- end }}
-{{- if has $key (list "ORGADMIN_LISTEN" "ORGADMIN_WORKER_HEALTH_LISTEN" "ORGADMIN_DATA_DIR" "ORGADMIN_CERT_HTTP_LISTEN" "ORGADMIN_CA_KEY_FILE" "ORGADMIN_CA_CERT_FILE" "ORGADMIN_CA_CHAIN_FILE" "ORGADMIN_CONFIG") }}
+{{- if has $key (list "ORGADMIN_LISTEN" "ORGADMIN_WORKER_HEALTH_LISTEN" "ORGADMIN_DATA_DIR" "ORGADMIN_CERTIFICATE_HTTP_LISTEN" "ORGADMIN_CA_KEY_FILE" "ORGADMIN_CA_CERTIFICATE_FILE" "ORGADMIN_CA_CHAIN_FILE" "ORGADMIN_CONFIG") }}
 {{- fail (printf "orgadmin: config.%s is set by the chart (see service.grpcPort, worker.healthPort, certificates.httpPort, secrets.ca)" $key) }}
 {{- end }}
 {{- end }}
@@ -168,7 +168,7 @@ dict "name" ENV "existing" SECRET "key" KEY "trial" VALUE "root" $
 {{- if include "orgadmin.ca" . }}
 - name: ORGADMIN_CA_KEY_FILE
   value: {{ printf "%s/ca.key" .Values.secrets.ca.mountPath | quote }}
-- name: ORGADMIN_CA_CERT_FILE
+- name: ORGADMIN_CA_CERTIFICATE_FILE
   value: {{ printf "%s/ca.crt" .Values.secrets.ca.mountPath | quote }}
 {{- if or .Values.secrets.ca.chainKey .Values.trialSecrets.caChain }}
 - name: ORGADMIN_CA_CHAIN_FILE
