@@ -157,7 +157,10 @@ impl CertificateAuthority {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
-        name.push(DnType::CountryName, DnValue::PrintableString("DK".try_into().map_err(|e| format!("{e}"))?));
+        name.push(
+            DnType::CountryName,
+            DnValue::PrintableString("DK".try_into().map_err(|e| format!("{e}"))?),
+        );
         name.push(DnType::OrganizationName, "orgadmin");
         name.push(DnType::CommonName, common_name);
         params.distinguished_name = name;
@@ -251,7 +254,9 @@ impl CertificateAuthority {
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::Sha256;
         if let Some(url) = &self.crl_url {
-            params.crl_distribution_points = vec![CrlDistributionPoint { uris: vec![url.clone()] }];
+            params.crl_distribution_points = vec![CrlDistributionPoint {
+                uris: vec![url.clone()],
+            }];
         }
         let certificate = params
             .signed_by(&public_key, &self.issuer)
@@ -285,7 +290,9 @@ impl CertificateAuthority {
                 .collect::<Result<_, String>>()?,
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        let crl = params.signed_by(&self.issuer).map_err(|e| format!("signing the CRL failed: {e}"))?;
+        let crl = params
+            .signed_by(&self.issuer)
+            .map_err(|e| format!("signing the CRL failed: {e}"))?;
         Ok(crl.der().to_vec())
     }
 }

@@ -150,7 +150,9 @@ impl Domain {
             config.is_embedded().then_some(config.data_dir.as_path()),
         )?;
         if ca.is_none() {
-            tracing::warn!("no certificate authority configured (ORGADMIN_CA_KEY_FILE, ORGADMIN_CA_CERTIFICATE_FILE): certificate calls will be refused");
+            tracing::warn!(
+                "no certificate authority configured (ORGADMIN_CA_KEY_FILE, ORGADMIN_CA_CERTIFICATE_FILE): certificate calls will be refused"
+            );
         }
         Ok(Self::new(db, vault, &config.operator_token_list())
             .with_ca(ca.map(std::sync::Arc::new))

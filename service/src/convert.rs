@@ -278,7 +278,14 @@ same_variants!(
     certificates::CertificateUsage,
     pb::CertificateUsage,
     "CERTIFICATE_USAGE_UNSPECIFIED",
-    [Authentication, Signing, EmailEncryption, ServiceAccess, Encryption, Sealing]
+    [
+        Authentication,
+        Signing,
+        EmailEncryption,
+        ServiceAccess,
+        Encryption,
+        Sealing
+    ]
 );
 
 same_variants!(
@@ -287,7 +294,14 @@ same_variants!(
     certificates::RevocationReason,
     pb::RevocationReason,
     "REVOCATION_REASON_UNSPECIFIED",
-    [ContentIncorrect, KeyAccessLost, KeyCompromised, KeyDestroyed, HolderLeft, Superseded]
+    [
+        ContentIncorrect,
+        KeyAccessLost,
+        KeyCompromised,
+        KeyDestroyed,
+        HolderLeft,
+        Superseded
+    ]
 );
 
 same_variants!(
@@ -300,13 +314,15 @@ same_variants!(
 );
 
 pub fn certificate_kind(field: &str, value: i32) -> Result<model::CertificateKind, DomainError> {
-    certificate_kinds(field, &[value]).map(|kinds| kinds[0]).map_err(|e| match e {
-        DomainError::InvalidArgument(_) => DomainError::invalid(
-            field,
-            "must be CERTIFICATE_KIND_EMPLOYEE, CERTIFICATE_KIND_ORGANISATION or CERTIFICATE_KIND_SYSTEM",
-        ),
-        other => other,
-    })
+    certificate_kinds(field, &[value])
+        .map(|kinds| kinds[0])
+        .map_err(|e| match e {
+            DomainError::InvalidArgument(_) => DomainError::invalid(
+                field,
+                "must be CERTIFICATE_KIND_EMPLOYEE, CERTIFICATE_KIND_ORGANISATION or CERTIFICATE_KIND_SYSTEM",
+            ),
+            other => other,
+        })
 }
 
 pub fn certificate_kind_to_pb(kind: model::CertificateKind) -> pb::CertificateKind {

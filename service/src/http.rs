@@ -88,14 +88,22 @@ async fn crl_pem(State(cache): State<Arc<CrlCache>>) -> Response {
 
 async fn ca_pem(State(cache): State<Arc<CrlCache>>) -> Response {
     match cache.domain.certificate_authority() {
-        Some(ca) => ([(header::CONTENT_TYPE, "application/x-pem-file")], ca.chain_pem().to_owned()).into_response(),
+        Some(ca) => (
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            ca.chain_pem().to_owned(),
+        )
+            .into_response(),
         None => (StatusCode::NOT_FOUND, "no certificate authority is configured\n").into_response(),
     }
 }
 
 fn unavailable(error: String) -> Response {
     tracing::warn!(%error, "cannot serve the CRL");
-    (StatusCode::SERVICE_UNAVAILABLE, "the CRL cannot be read now; retry shortly\n").into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the CRL cannot be read now; retry shortly\n",
+    )
+        .into_response()
 }
 
 /// Serves CRL and CA certificate until `shutdown` resolves.

@@ -88,7 +88,12 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
     } else {
         let http_listener = TcpListener::bind(&config.certificate_http_listen)
             .await
-            .with_context(|| format!("cannot listen on {} (ORGADMIN_CERTIFICATE_HTTP_LISTEN)", config.certificate_http_listen))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (ORGADMIN_CERTIFICATE_HTTP_LISTEN)",
+                    config.certificate_http_listen
+                )
+            })?;
         tracing::info!(listen = %http_listener.local_addr()?, "CRL and CA certificate served over HTTP");
         Some(tokio::spawn(orgadmin_service::serve_certificate_http(
             domain.clone(),

@@ -137,6 +137,7 @@ async fn embedded_default_keeps_its_files_private_and_client_errors_out_of_error
         .arg("standalone")
         .current_dir(&dir)
         .env("ORGADMIN_LISTEN", &addr)
+        .env("ORGADMIN_CERTIFICATE_HTTP_LISTEN", free_addr())
         .env("ORGADMIN_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(log.try_clone().unwrap())

@@ -80,6 +80,7 @@ async fn grpcurl_walkthrough(backend: Backend) {
     let mut cmd = Command::new(binary());
     cmd.current_dir(&dir)
         .env("ORGADMIN_LISTEN", &addr)
+        .env("ORGADMIN_CERTIFICATE_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("ORGADMIN_REACTIVATION_SCHEDULE", "* * * * * *")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use orgadmin_domain::{CprVault, Domain, DomainSettings, persistence};
 use orgadmin_proto::v1 as pb;
 use orgadmin_proto::v1::auth_service_client::AuthServiceClient;
+use orgadmin_proto::v1::certificate_service_client::CertificateServiceClient;
 use orgadmin_proto::v1::import_service_client::ImportServiceClient;
 use orgadmin_proto::v1::notification_service_client::NotificationServiceClient;
 use orgadmin_proto::v1::organisation_service_client::OrganisationServiceClient;
@@ -43,6 +44,24 @@ pub struct TestApp {
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pg_database: Option<String>,
     pub dir: PathBuf,
+    /// Where `GET /crl` and `/ca.pem` are served.
+    pub http_addr: SocketAddr,
+    http: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// One CA for the whole test run: generating is cheap, but certificates from
+/// every test then verify against one `ca.pem`.
+pub fn test_ca() -> std::sync::Arc<orgadmin_domain::ca::CertificateAuthority> {
+    static CA: std::sync::OnceLock<std::sync::Arc<orgadmin_domain::ca::CertificateAuthority>> =
+        std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let (key, certificate) = orgadmin_domain::ca::CertificateAuthority::generate("orgadmin test CA").expect("CA");
+        std::sync::Arc::new(
+            orgadmin_domain::ca::CertificateAuthority::from_pem(&key, &certificate, "", "http://127.0.0.1/crl")
+                .expect("CA from PEM"),
+        )
+    })
+    .clone()
 }
 
 pub fn test_vault() -> CprVault {
@@ -98,7 +117,16 @@ impl TestApp {
         let (database_url, pg_database) = fresh_database(backend, &dir).await;
         let db = persistence::connect(&database_url, pool_size).await.expect("connect");
         persistence::migrate(&db).await.expect("migrate");
-        let domain = Domain::new(db, test_vault(), &[OPERATOR_TOKEN.to_owned()]).with_settings(settings);
+        let domain = Domain::new(db, test_vault(), &[OPERATOR_TOKEN.to_owned()])
+            .with_settings(settings)
+            .with_ca(Some(test_ca()));
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let http_addr = http_listener.local_addr().expect("http addr");
+        let http = tokio::spawn(orgadmin_service::serve_certificate_http(
+            domain.clone(),
+            http_listener,
+            std::future::pending(),
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -125,11 +153,17 @@ impl TestApp {
             server: Some(server),
             pg_database,
             dir,
+            http_addr,
+            http: Some(http),
         }
     }
 
     pub fn orgs(&self) -> OrganisationServiceClient<Channel> {
         OrganisationServiceClient::new(self.channel.clone())
+    }
+
+    pub fn certs(&self) -> CertificateServiceClient<Channel> {
+        CertificateServiceClient::new(self.channel.clone())
     }
 
     pub fn users(&self) -> UserServiceClient<Channel> {
@@ -272,6 +306,9 @@ impl TestApp {
         }
         if let Some(server) = self.server.take() {
             let _ = server.await;
+        }
+        if let Some(http) = self.http.take() {
+            http.abort();
         }
         let _ = self.domain.db().clone().close().await;
         if let Some(name) = self.pg_database.take()

@@ -65,6 +65,7 @@ pub async fn run(domain: Domain, config: &Config, shutdown: impl Future<Output =
                 if let Err(e) = domain.reactivate_due_users(now, batch).await {
                     tracing::error!(error = %e, "timed reactivation sweep failed");
                 }
+                certificate_sweep(&domain, now).await;
             }
         }
     };
@@ -90,6 +91,29 @@ pub async fn run(domain: Domain, config: &Config, shutdown: impl Future<Output =
     let _idle = sweeping.lock().await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// R-CERT-5 and R-CERT-7 on the sweep's tick: a new CRL when one is due,
+/// certificates past their end EXPIRED, expiry warnings. Each step is safe
+/// beside another replica (conditional updates), and one failing does not
+/// stop the others.
+async fn certificate_sweep(domain: &Domain, now: i64) {
+    if domain.certificate_authority().is_none() {
+        return;
+    }
+    if let Err(e) = domain.refresh_crl_if_due(now).await {
+        tracing::error!(error = %e, "could not re-sign the CRL");
+    }
+    match domain.expire_certificates(now).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(expired = n, "certificates expired"),
+        Err(e) => tracing::error!(error = %e, "certificate expiry sweep failed"),
+    }
+    match domain.warn_expiring_certificates(now).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(warned = n, "certificate expiry warnings queued"),
+        Err(e) => tracing::error!(error = %e, "certificate expiry warnings failed"),
+    }
 }
 
 fn hostname() -> String {

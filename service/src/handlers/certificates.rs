@@ -30,7 +30,11 @@ pub fn certificate_to_pb(c: Certificate) -> pb::Certificate {
         holder_id: c.holder_id.map(|h| h.to_string()).unwrap_or_default(),
         contact_id: c.contact_id.to_string(),
         label: c.label.unwrap_or_default(),
-        usages: c.usages.into_iter().map(|u| certificate_usage_to_pb(u) as i32).collect(),
+        usages: c
+            .usages
+            .into_iter()
+            .map(|u| certificate_usage_to_pb(u) as i32)
+            .collect(),
         email: c.email.unwrap_or_default(),
         renews_id: c.renews_id.map(|r| r.to_string()).unwrap_or_default(),
         serial: c.serial.unwrap_or_default(),
@@ -124,7 +128,11 @@ impl CertificateService for CertificateHandler {
     ) -> Result<Response<pb::GetCertificateResponse>, Status> {
         let caller = caller(&self.domain, &request).await?;
         let certificate_id = id("certificate_id", &request.get_ref().certificate_id).into_status()?;
-        let certificate = self.domain.get_certificate(&caller, certificate_id).await.into_status()?;
+        let certificate = self
+            .domain
+            .get_certificate(&caller, certificate_id)
+            .await
+            .into_status()?;
         Ok(Response::new(pb::GetCertificateResponse {
             certificate: Some(certificate_to_pb(certificate)),
         }))
@@ -142,7 +150,8 @@ impl CertificateService for CertificateHandler {
                 certificate_id: opt_id("certificate_id", &r.certificate_id)?,
                 serial: match opt_string(r.serial.clone()) {
                     Some(serial) => Some(
-                        canonical_serial(&serial).map_err(|rule| orgadmin_domain::DomainError::invalid("serial", rule))?,
+                        canonical_serial(&serial)
+                            .map_err(|rule| orgadmin_domain::DomainError::invalid("serial", rule))?,
                     ),
                     None => None,
                 },

@@ -75,7 +75,9 @@ pub fn check_csr(pem_text: &str) -> Result<CheckedCsr, String> {
             .map_err(|_| "has an RSA key that cannot be read".to_owned())?
             .key_size();
         if bits < MIN_RSA_BITS {
-            return Err(format!("has an RSA key of {bits} bits; at least {MIN_RSA_BITS} are required"));
+            return Err(format!(
+                "has an RSA key of {bits} bits; at least {MIN_RSA_BITS} are required"
+            ));
         }
         HolderKey::Rsa { bits }
     } else {
@@ -124,7 +126,10 @@ mod tests {
             let key = rcgen::KeyPair::generate_for(alg).unwrap();
             let checked = check_csr(&csr_for(&key)).unwrap();
             assert_eq!(checked.key, expected);
-            assert_eq!(checked.public_key_der, rcgen::PublicKeyData::subject_public_key_info(&key));
+            assert_eq!(
+                checked.public_key_der,
+                rcgen::PublicKeyData::subject_public_key_info(&key)
+            );
         }
     }
 

@@ -10,9 +10,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::csr::{CheckedCsr, check_csr};
-use super::{
-    Certificate, CertificateState, CertificateUsage, RevocationReason, no_ca, to_certificate, usages_to_text,
-};
+use super::{Certificate, CertificateState, CertificateUsage, RevocationReason, no_ca, to_certificate, usages_to_text};
 use crate::Domain;
 use crate::ca::{LeafProfile, SubjectAttribute, random_serial};
 use crate::email::Email;
@@ -81,7 +79,11 @@ fn check_order(order: &CertificateOrder) -> DomainResult<()> {
         if !usage.fits(order.kind) {
             v.add(
                 &format!("usages[{i}]"),
-                format!("{} is not a usage of {} certificates", usage.as_str(), order.kind.as_str()),
+                format!(
+                    "{} is not a usage of {} certificates",
+                    usage.as_str(),
+                    order.kind.as_str()
+                ),
             );
         }
         if order.usages[..i].contains(usage) {
@@ -94,15 +96,24 @@ fn check_order(order: &CertificateOrder) -> DomainResult<()> {
                 v.add("holder_id", "is required for a user certificate");
             }
             if order.label.is_some() {
-                v.add("label", "must be empty for a user certificate (its name is the holder's)");
+                v.add(
+                    "label",
+                    "must be empty for a user certificate (its name is the holder's)",
+                );
             }
         }
         CertificateKind::Organisation | CertificateKind::System => {
             if order.holder_id.is_some() {
-                v.add("holder_id", "must be empty: an organisation or system certificate has no user holder");
+                v.add(
+                    "holder_id",
+                    "must be empty: an organisation or system certificate has no user holder",
+                );
             }
             match &order.label {
-                None => v.add("label", "is required: what the certificate is for, e.g. Payroll integration"),
+                None => v.add(
+                    "label",
+                    "is required: what the certificate is for, e.g. Payroll integration",
+                ),
                 Some(label) => v.check("label", validate::text(label, 64)),
             }
         }
@@ -194,7 +205,9 @@ fn check_people(
         if !owner.email_verified {
             return Err(DomainError::precondition(
                 Reason::EmailNotVerified,
-                format!("the {whose}'s e-mail address is not verified yet; it is verified by activation or by the link mailed on a change"),
+                format!(
+                    "the {whose}'s e-mail address is not verified yet; it is verified by activation or by the link mailed on a change"
+                ),
             ));
         }
     }
@@ -229,7 +242,11 @@ impl Domain {
     pub async fn order_certificate(&self, caller: &Caller, order: CertificateOrder) -> DomainResult<Certificate> {
         self.ca()?;
         check_order(&order)?;
-        authorize(caller, manage_action(order.kind), Target::organisation(order.organisation_id))?;
+        authorize(
+            caller,
+            manage_action(order.kind),
+            Target::organisation(order.organisation_id),
+        )?;
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
         let org = read_organisation(&txn, order.organisation_id).await?;
@@ -283,14 +300,23 @@ impl Domain {
         let mut changes = Vec::new();
         diff(&mut changes, "kind", "", &row.kind);
         diff(&mut changes, "usages", "", &row.usages);
-        diff(&mut changes, "holder_id", "", row.holder_id.map(|h| h.to_string()).unwrap_or_default());
+        diff(
+            &mut changes,
+            "holder_id",
+            "",
+            row.holder_id.map(|h| h.to_string()).unwrap_or_default(),
+        );
         diff(&mut changes, "contact_id", "", row.contact_id.to_string());
         diff(&mut changes, "label", "", row.label.clone().unwrap_or_default());
         diff(&mut changes, "email", "", row.email.clone().unwrap_or_default());
         history::record(&txn, event(&row, Activity::CertificateOrdered, caller, now, changes)).await?;
 
         let recipient = holder.as_ref().unwrap_or(&contact);
-        let link = self.settings.certificates.pickup_url_template.replace("{token}", &token);
+        let link = self
+            .settings
+            .certificates
+            .pickup_url_template
+            .replace("{token}", &token);
         let expires_on = crate::mail::date(expires_at);
         let what = describe(&row);
         let vars = [
@@ -330,7 +356,12 @@ impl Domain {
     /// signed in as themselves, with the single-use token from the mail and
     /// a CSR for their own key.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
-    pub async fn issue_certificate(&self, caller: &Caller, token: &str, csr_pem: &str) -> DomainResult<IssuedCertificate> {
+    pub async fn issue_certificate(
+        &self,
+        caller: &Caller,
+        token: &str,
+        csr_pem: &str,
+    ) -> DomainResult<IssuedCertificate> {
         let ca = self.ca()?;
         if token.trim().is_empty() {
             return Err(DomainError::invalid("token", "is required"));
@@ -440,10 +471,16 @@ impl Domain {
             .join(", ");
         let serial_hex = hex::encode(&serial);
         let written = certificate::Entity::update_many()
-            .col_expr(certificate::Column::State, Expr::value(CertificateState::Issued.as_str()))
+            .col_expr(
+                certificate::Column::State,
+                Expr::value(CertificateState::Issued.as_str()),
+            )
             .col_expr(certificate::Column::Serial, Expr::value(serial_hex.clone()))
             .col_expr(certificate::Column::Subject, Expr::value(subject_text.clone()))
-            .col_expr(certificate::Column::SearchText, Expr::value(normalise::key(&subject_text)))
+            .col_expr(
+                certificate::Column::SearchText,
+                Expr::value(normalise::key(&subject_text)),
+            )
             .col_expr(certificate::Column::KeyAlgorithm, Expr::value(csr.key.describe()))
             .col_expr(certificate::Column::NotBefore, Expr::value(not_before))
             .col_expr(certificate::Column::NotAfter, Expr::value(not_after))
@@ -477,7 +514,10 @@ impl Domain {
                 .await?
                 .ok_or_else(|| DomainError::not_found("certificate", old_id))?;
             let done = certificate::Entity::update_many()
-                .col_expr(certificate::Column::State, Expr::value(CertificateState::Superseded.as_str()))
+                .col_expr(
+                    certificate::Column::State,
+                    Expr::value(CertificateState::Superseded.as_str()),
+                )
                 .col_expr(certificate::Column::RevokedAt, Expr::value(now))
                 .col_expr(
                     certificate::Column::RevocationReason,
@@ -573,7 +613,11 @@ impl Domain {
         insert(&txn, &renewal).await?;
         let mut changes = Vec::new();
         diff(&mut changes, "renews_id", "", old.id.to_string());
-        history::record(&txn, event(&renewal, Activity::CertificateOrdered, caller, now, changes)).await?;
+        history::record(
+            &txn,
+            event(&renewal, Activity::CertificateOrdered, caller, now, changes),
+        )
+        .await?;
         let (issued, _) = self.issue_in(&txn, ca, caller, renewal, &csr, now).await?;
         txn.commit().await?;
         self.publish_crl_after_commit().await;
@@ -590,7 +634,11 @@ impl Domain {
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
         let row = self.visible_certificate(&txn, caller, id).await?;
-        authorize(caller, manage_action(parse(&row.kind)?), Target::organisation(row.organisation_id))?;
+        authorize(
+            caller,
+            manage_action(parse(&row.kind)?),
+            Target::organisation(row.organisation_id),
+        )?;
         if row.state != CertificateState::Ordered.as_str() {
             return Err(DomainError::precondition(
                 Reason::CertificateNotOrdered,
@@ -613,7 +661,11 @@ impl Domain {
         }
         let mut changes = Vec::new();
         diff(&mut changes, "state", &row.state, "");
-        history::record(&txn, event(&row, Activity::CertificateOrderDeleted, caller, now, changes)).await?;
+        history::record(
+            &txn,
+            event(&row, Activity::CertificateOrderDeleted, caller, now, changes),
+        )
+        .await?;
         txn.commit().await?;
         Ok(())
     }
@@ -671,7 +723,10 @@ impl Domain {
             }
         }
         let written = certificate::Entity::update_many()
-            .col_expr(certificate::Column::State, Expr::value(CertificateState::Revoked.as_str()))
+            .col_expr(
+                certificate::Column::State,
+                Expr::value(CertificateState::Revoked.as_str()),
+            )
             .col_expr(certificate::Column::RevokedAt, Expr::value(now))
             .col_expr(certificate::Column::RevocationReason, Expr::value(reason.as_str()))
             .col_expr(certificate::Column::Version, Expr::value(row.version + 1))
@@ -861,7 +916,10 @@ fn key_usages(usages: &[CertificateUsage], rsa: bool) -> (Vec<KeyUsagePurpose>, 
     for usage in usages {
         match usage {
             CertificateUsage::Authentication | CertificateUsage::ServiceAccess => {
-                add(KeyUsagePurpose::DigitalSignature, Some(ExtendedKeyUsagePurpose::ClientAuth));
+                add(
+                    KeyUsagePurpose::DigitalSignature,
+                    Some(ExtendedKeyUsagePurpose::ClientAuth),
+                );
             }
             CertificateUsage::Signing | CertificateUsage::Sealing => {
                 add(KeyUsagePurpose::DigitalSignature, None);

@@ -4,8 +4,7 @@
 
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -51,7 +50,10 @@ impl From<crl_publication::Model> for PublishedCrl {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertificateStatus {
     Good,
-    Revoked { at: Millis, reason: RevocationReason },
+    Revoked {
+        at: Millis,
+        reason: RevocationReason,
+    },
     /// Not a certificate this CA issued.
     Unknown,
 }
@@ -68,12 +70,10 @@ const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 /// lists; an expired certificate leaves the CRL (RFC 5280 §3.3).
 fn listed(now: Millis) -> sea_orm::Condition {
     sea_orm::Condition::all()
-        .add(
-            certificate::Column::State.is_in([
-                CertificateState::Revoked.as_str(),
-                CertificateState::Superseded.as_str(),
-            ]),
-        )
+        .add(certificate::Column::State.is_in([
+            CertificateState::Revoked.as_str(),
+            CertificateState::Superseded.as_str(),
+        ]))
         .add(certificate::Column::NotAfter.gt(now))
 }
 
@@ -106,7 +106,8 @@ impl Domain {
         let entries = revoked
             .into_iter()
             .map(|(serial, at, reason)| {
-                let serial = hex::decode(serial.unwrap_or_default()).map_err(|e| DomainError::Internal(e.to_string()))?;
+                let serial =
+                    hex::decode(serial.unwrap_or_default()).map_err(|e| DomainError::Internal(e.to_string()))?;
                 let reason: RevocationReason = parse(reason.as_deref().unwrap_or("SUPERSEDED"))?;
                 Ok(RevokedEntry {
                     serial,
@@ -252,7 +253,10 @@ impl Domain {
             let batch = due.len() as u64;
             for row in due {
                 let done = certificate::Entity::update_many()
-                    .col_expr(certificate::Column::State, Expr::value(CertificateState::Expired.as_str()))
+                    .col_expr(
+                        certificate::Column::State,
+                        Expr::value(CertificateState::Expired.as_str()),
+                    )
                     .col_expr(certificate::Column::Version, Expr::value(row.version + 1))
                     .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
                     .filter(certificate::Column::Id.eq(row.id))

@@ -55,11 +55,17 @@ impl Domain {
     /// Whether the caller may read this certificate: the organisation's
     /// certificate readers, and its holder and contact person.
     fn authorize_read(&self, caller: &Caller, row: &certificate::Model) -> DomainResult<()> {
-        let own = caller.user_id().is_some_and(|me| me == recipient_of(row) || me == row.contact_id);
+        let own = caller
+            .user_id()
+            .is_some_and(|me| me == recipient_of(row) || me == row.contact_id);
         if own {
             return Ok(());
         }
-        authorize(caller, Action::ReadCertificates, Target::organisation(row.organisation_id))
+        authorize(
+            caller,
+            Action::ReadCertificates,
+            Target::organisation(row.organisation_id),
+        )
     }
 
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
@@ -108,8 +114,16 @@ impl Domain {
 
     /// R-CERT-6: newest first, 50 by default.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
-    pub async fn search_certificates(&self, caller: &Caller, query: CertificateQuery) -> DomainResult<Page<Certificate>> {
-        authorize(caller, Action::ReadCertificates, Target::organisation(query.organisation_id))?;
+    pub async fn search_certificates(
+        &self,
+        caller: &Caller,
+        query: CertificateQuery,
+    ) -> DomainResult<Page<Certificate>> {
+        authorize(
+            caller,
+            Action::ReadCertificates,
+            Target::organisation(query.organisation_id),
+        )?;
         let limit = paging::page_size(query.page_size, 50, 500)?;
         let list = format!("certificates:{}", query.organisation_id);
         let before = paging::decode(&list, &query.page_token)?;
