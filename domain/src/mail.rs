@@ -147,6 +147,11 @@ mod tests {
             ("created", "12"),
             ("failed", "1"),
             ("verification_link", "https://example.dk/verify-email?token=abc"),
+            ("certificate", "Lønsystem (organisation)"),
+            ("pickup_link", "https://example.dk/certificates/pickup?token=abc"),
+            ("pickup_token", "oat_abc"),
+            ("serial", "4a5006ab"),
+            ("days", "30"),
         ]
     }
 

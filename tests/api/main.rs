@@ -2,6 +2,7 @@
 //! PostgreSQL (`both_backends!`), against a real server over real gRPC.
 
 mod bounds;
+mod certificates;
 mod contract;
 mod credentials;
 mod email_change;

@@ -55,9 +55,6 @@ pub fn check_csr(pem_text: &str) -> Result<CheckedCsr, String> {
     if !rest.is_empty() {
         return Err("has bytes after the certificate signing request".into());
     }
-    request
-        .verify_signature()
-        .map_err(|_| "has a signature that does not verify with its own public key".to_owned())?;
     let spki = &request.certification_request_info.subject_pki;
     let algorithm = &spki.algorithm.algorithm;
     let key = if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
@@ -83,6 +80,11 @@ pub fn check_csr(pem_text: &str) -> Result<CheckedCsr, String> {
     } else {
         return Err("has a key type other than ECDSA P-256, P-384, Ed25519 or RSA".into());
     };
+    // After the key check: a key too weak is refused as that, not as a
+    // signature the verifier will not check (RSA under 2048 bits).
+    request
+        .verify_signature()
+        .map_err(|_| "has a signature that does not verify with its own public key".to_owned())?;
     Ok(CheckedCsr {
         public_key_der: spki.raw.to_vec(),
         key,

@@ -926,9 +926,9 @@ fn key_usages(usages: &[CertificateUsage], rsa: bool) -> (Vec<KeyUsagePurpose>, 
                 add(KeyUsagePurpose::ContentCommitment, None);
             }
             CertificateUsage::EmailEncryption => {
-                add(encipher.clone(), Some(ExtendedKeyUsagePurpose::EmailProtection));
+                add(encipher, Some(ExtendedKeyUsagePurpose::EmailProtection));
             }
-            CertificateUsage::Encryption => add(encipher.clone(), None),
+            CertificateUsage::Encryption => add(encipher, None),
         }
     }
     (ku, eku)

@@ -1,0 +1,1148 @@
+//! R-CERT: the whole certificate lifecycle checked the way a client checks
+//! it, with the real `openssl`: keys and CSRs made by `openssl req`, chains
+//! verified by `openssl verify`, profiles read by `openssl x509 -text`, the
+//! CRL fetched over plain HTTP and verified by `openssl crl`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use orgadmin_domain::model::now_millis;
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{Code, Status};
+
+both_backends!(
+    a_user_certificate_lives_and_is_revoked_as_openssl_sees_it,
+    every_key_type_and_the_organisation_certificate,
+    refusals_change_nothing,
+    expiry_warnings_go_once_and_certificates_expire,
+);
+
+const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Runs `openssl` in `dir`; panics with its output when it fails.
+fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A new key of `kind` (`p256`, `p384`, `ed25519`, `rsa2048`, `rsa1024`) and
+/// a CSR for it whose subject asks for something we never grant.
+fn csr(dir: &Path, name: &str, kind: &str) -> String {
+    let key = format!("{name}.key");
+    let out = format!("{name}.csr");
+    let mut args = vec![
+        "req",
+        "-new",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &out,
+        "-subj",
+        "/CN=Anything I like/O=Not us",
+    ];
+    match kind {
+        "p256" => args.extend(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+        "p384" => args.extend(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"]),
+        "ed25519" => args.extend(["-newkey", "ed25519"]),
+        "rsa2048" => args.extend(["-newkey", "rsa:2048"]),
+        "rsa1024" => args.extend(["-newkey", "rsa:1024"]),
+        other => panic!("no key kind {other}"),
+    }
+    openssl(dir, &args);
+    std::fs::read_to_string(dir.join(out)).unwrap()
+}
+
+fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// A GET over plain HTTP/1.1, as a relying party fetches a CRL.
+async fn http_get(app: &TestApp, path: &str) -> (String, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(app.http_addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: orgadmin\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP head");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    (head, response[split + 4..].to_vec())
+}
+
+async fn allow_kinds(app: &TestApp, fixture: &OrgFixture, kinds: &[pb::CertificateKind]) {
+    let orgs = app.orgs();
+    let settings = orgs
+        .clone()
+        .get_organisation_settings(req(
+            &fixture.admin_token,
+            pb::GetOrganisationSettingsRequest {
+                organisation_id: fixture.org.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .settings
+        .unwrap();
+    let change = pb::OrganisationSettings {
+        certificate_kinds: kinds.iter().map(|k| *k as i32).collect(),
+        ..settings
+    };
+    orgs.clone()
+        .update_organisation_settings(req(
+            &fixture.admin_token,
+            pb::UpdateOrganisationSettingsRequest {
+                settings: Some(change),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["certificate_kinds".into()],
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+}
+
+fn user_order(org: &str, holder: &pb::User, usages: &[pb::CertificateUsage]) -> pb::OrderCertificateRequest {
+    pb::OrderCertificateRequest {
+        organisation_id: org.to_owned(),
+        kind: pb::CertificateKind::Employee as i32,
+        holder_id: holder.id.clone(),
+        usages: usages.iter().map(|u| *u as i32).collect(),
+        ..Default::default()
+    }
+}
+
+async fn order(app: &TestApp, token: &str, request: pb::OrderCertificateRequest) -> Result<pb::Certificate, Status> {
+    app.certs()
+        .order_certificate(req(token, request))
+        .await
+        .map(|r| r.into_inner().certificate.unwrap())
+}
+
+async fn issue(app: &TestApp, session: &str, pickup: &str, csr: &str) -> Result<pb::IssueCertificateResponse, Status> {
+    app.certs()
+        .issue_certificate(req(
+            session,
+            pb::IssueCertificateRequest {
+                token: pickup.to_owned(),
+                csr_pem: csr.to_owned(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn get(app: &TestApp, token: &str, id: &str) -> Result<pb::Certificate, Status> {
+    app.certs()
+        .get_certificate(req(
+            token,
+            pb::GetCertificateRequest {
+                certificate_id: id.to_owned(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().certificate.unwrap())
+}
+
+async fn search(app: &TestApp, token: &str, query: pb::SearchCertificatesRequest) -> Vec<pb::Certificate> {
+    app.certs()
+        .search_certificates(req(token, query))
+        .await
+        .unwrap()
+        .into_inner()
+        .certificates
+}
+
+async fn revoke(app: &TestApp, token: &str, id: &str, reason: pb::RevocationReason) -> Result<pb::Certificate, Status> {
+    app.certs()
+        .revoke_certificate(req(
+            token,
+            pb::RevokeCertificateRequest {
+                certificate_id: id.to_owned(),
+                reason: reason as i32,
+                etag: String::new(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().certificate.unwrap())
+}
+
+/// Orders a user certificate for `holder` and picks it up as them with a
+/// fresh key of `key_kind`.
+async fn issued_user_certificate(
+    app: &TestApp,
+    fixture: &OrgFixture,
+    holder: &pb::User,
+    session: &str,
+    usages: &[pb::CertificateUsage],
+    dir: &Path,
+    key_kind: &str,
+) -> pb::IssueCertificateResponse {
+    order(app, &fixture.admin_token, user_order(&fixture.org.id, holder, usages))
+        .await
+        .unwrap();
+    let pickup = app.mailed_token("certificate_pickup", &holder.email).await;
+    let request = csr(dir, &format!("{key_kind}-{}", next_number()), key_kind);
+    issue(app, session, &pickup, &request).await.unwrap()
+}
+
+/// `openssl verify` of a certificate against the CA chain the reply gave.
+fn verify(dir: &Path, name: &str, issued: &pb::IssueCertificateResponse) -> String {
+    let cert = write(dir, &format!("{name}.pem"), &issued.certificate_pem);
+    let chain = write(dir, "chain.pem", &issued.chain_pem);
+    let out = openssl(
+        dir,
+        &["verify", "-CAfile", chain.to_str().unwrap(), cert.to_str().unwrap()],
+    );
+    assert!(out.contains(": OK"), "{out}");
+    // Names printed as UTF-8, not as \C3\A6 escapes.
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-in",
+            cert.to_str().unwrap(),
+            "-noout",
+            "-text",
+            "-nameopt",
+            "oneline,-esc_msb",
+        ],
+    )
+}
+
+/// The CRL from `GET /crl`, as `openssl crl -text` prints it after it
+/// verified its signature with the CA; waits up to 2 s for `until`.
+async fn crl_text(app: &TestApp, dir: &Path, chain_pem: &str, until: impl Fn(&str) -> bool) -> String {
+    let chain = write(dir, "crl-chain.pem", chain_pem);
+    let started = Instant::now();
+    loop {
+        let (head, body) = http_get(app, "/crl").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.to_lowercase().contains("application/pkix-crl"), "{head}");
+        let crl = write(dir, "current.crl", body);
+        let text = openssl(
+            dir,
+            &[
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                crl.to_str().unwrap(),
+                "-CAfile",
+                chain.to_str().unwrap(),
+                "-noout",
+                "-text",
+            ],
+        );
+        assert!(text.contains("verify OK"), "{text}");
+        if until(&text) {
+            return text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the CRL did not show the change within 2 s: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ms(t: &prost_types::Timestamp) -> i64 {
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
+/// openssl prints serials in upper case.
+fn upper(serial: &str) -> String {
+    serial.to_uppercase()
+}
+
+async fn a_user_certificate_lives_and_is_revoked_as_openssl_sees_it(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let karen_request = pb::CreateUserRequest {
+        first_name: "Karen".into(),
+        surname: "Ærøskøbing".into(),
+        signing_right: true,
+        ..new_user(&fixture.org.id, "Karen", &[])
+    };
+    let karen_cpr = karen_request.cpr.clone();
+    let (karen, karen_session) = app.create_and_activate(&fixture.admin_token, karen_request).await;
+
+    // Order: ORDERED, a pickup mail with a token, an in-app notification
+    // that does not carry the token.
+    let ordered = order(
+        &app,
+        &fixture.admin_token,
+        pb::OrderCertificateRequest {
+            email: karen.email.clone(),
+            ..user_order(
+                &fixture.org.id,
+                &karen,
+                &[pb::CertificateUsage::Authentication, pb::CertificateUsage::Signing],
+            )
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(ordered.state(), pb::CertificateState::Ordered);
+    assert_eq!(ordered.contact_id, karen.id, "the holder is the contact by default");
+    assert!(ordered.certificate_pem.is_empty());
+    let pickup = app.mailed_token("certificate_pickup", &karen.email).await;
+    let notes = app
+        .notes()
+        .list_notifications(req(&karen_session, pb::ListNotificationsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications;
+    let note = notes
+        .iter()
+        .find(|n| n.kind() == pb::NotificationKind::Certificate)
+        .expect("an in-app notification of the order");
+    assert!(
+        !note.body.contains(&pickup),
+        "the in-app notification never holds the token"
+    );
+
+    // Someone else of the organisation cannot pick it up with the token.
+    let other = issue(&app, &fixture.admin_token, &pickup, &csr(&dir, "stranger", "p256")).await;
+    assert_code(other, Code::PermissionDenied);
+
+    // Karen picks it up: the subject is ours, not the CSR's.
+    let issued = issue(&app, &karen_session, &pickup, &csr(&dir, "karen", "p256"))
+        .await
+        .unwrap();
+    let certificate = issued.certificate.clone().unwrap();
+    assert_eq!(certificate.state(), pb::CertificateState::Issued);
+    assert_eq!(certificate.key_algorithm, "ECDSA P-256");
+    let text = verify(&dir, "karen", &issued);
+    for expected in [
+        "C = DK",
+        &format!("organizationIdentifier = NTRDK-{}", fixture.org.cvr),
+        &format!("O = {}", fixture.org.name),
+        &format!("serialNumber = UI:DK-E:G:{}", karen.id),
+        "GN = Karen",
+        "SN = Ærøskøbing",
+        "Digital Signature, Non Repudiation",
+        "TLS Web Client Authentication",
+        &format!("email:{}", karen.email),
+        "CA:FALSE",
+        "X509v3 Subject Key Identifier",
+        "X509v3 Authority Key Identifier",
+        "X509v3 CRL Distribution Points",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
+    }
+    assert!(
+        !text.contains("Anything I like"),
+        "nothing of the CSR's subject is used"
+    );
+    let serial_line = openssl(
+        &dir,
+        &[
+            "x509",
+            "-in",
+            dir.join("karen.pem").to_str().unwrap(),
+            "-noout",
+            "-serial",
+        ],
+    );
+    assert_eq!(
+        serial_line.trim(),
+        format!("serial={}", upper(&certificate.serial)),
+        "the stored serial is the certificate's"
+    );
+    assert!(certificate.serial.len() >= 16, "at least 64 random bits");
+    let validity = openssl(
+        &dir,
+        &[
+            "x509",
+            "-in",
+            dir.join("karen.pem").to_str().unwrap(),
+            "-noout",
+            "-enddate",
+        ],
+    );
+    let not_after = ms(&certificate.not_after.unwrap());
+    assert!(
+        (not_after - now_millis() - 3 * YEAR_MS).abs() < DAY_MS,
+        "three years: {validity}"
+    );
+
+    // The token works once.
+    let again = issue(&app, &karen_session, &pickup, &csr(&dir, "again", "p256")).await;
+    assert_eq!(
+        reason(&assert_code(again, Code::FailedPrecondition)),
+        "CERTIFICATE_PICKUP_USED"
+    );
+
+    // Found by the serial as openssl prints it, by subject text in any case,
+    // by usage and by expiry range.
+    let colons = upper(&certificate.serial)
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(":");
+    let by_serial = search(
+        &app,
+        &fixture.admin_token,
+        pb::SearchCertificatesRequest {
+            organisation_id: fixture.org.id.clone(),
+            serial: colons,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(by_serial.len(), 1);
+    assert_eq!(by_serial[0].id, certificate.id);
+    for (query, expected) in [
+        (
+            pb::SearchCertificatesRequest {
+                subject_text: "ÆRØSKØBING".into(),
+                ..Default::default()
+            },
+            1,
+        ),
+        (
+            pb::SearchCertificatesRequest {
+                usage: pb::CertificateUsage::Signing as i32,
+                ..Default::default()
+            },
+            1,
+        ),
+        (
+            pb::SearchCertificatesRequest {
+                usage: pb::CertificateUsage::EmailEncryption as i32,
+                ..Default::default()
+            },
+            0,
+        ),
+        (
+            pb::SearchCertificatesRequest {
+                expire_time_from: Some(in_ms(3 * YEAR_MS - 2 * DAY_MS)),
+                expire_time_to: Some(in_ms(3 * YEAR_MS + 2 * DAY_MS)),
+                ..Default::default()
+            },
+            1,
+        ),
+        (
+            pb::SearchCertificatesRequest {
+                expire_time_to: Some(in_ms(YEAR_MS)),
+                ..Default::default()
+            },
+            0,
+        ),
+        (
+            pb::SearchCertificatesRequest {
+                holder_id: karen.id.clone(),
+                state: pb::CertificateState::Issued as i32,
+                ..Default::default()
+            },
+            1,
+        ),
+    ] {
+        let found = search(
+            &app,
+            &fixture.admin_token,
+            pb::SearchCertificatesRequest {
+                organisation_id: fixture.org.id.clone(),
+                ..query.clone()
+            },
+        )
+        .await;
+        assert_eq!(found.len(), expected, "{query:?}");
+    }
+    // Karen reads her own certificate; a plain colleague does not.
+    assert_eq!(
+        get(&app, &karen_session, &certificate.id).await.unwrap().id,
+        certificate.id
+    );
+    let (_, colleague) = app.member(&fixture, "Kollega", &[]).await;
+    assert_code(get(&app, &colleague, &certificate.id).await, Code::PermissionDenied);
+
+    // Revoked: final, told to Karen, in the CRL at once with its reason.
+    let revoked = revoke(
+        &app,
+        &fixture.admin_token,
+        &certificate.id,
+        pb::RevocationReason::KeyCompromised,
+    )
+    .await
+    .unwrap();
+    assert_eq!(revoked.state(), pb::CertificateState::Revoked);
+    assert_eq!(revoked.revocation_reason(), pb::RevocationReason::KeyCompromised);
+    let twice = revoke(
+        &app,
+        &fixture.admin_token,
+        &certificate.id,
+        pb::RevocationReason::HolderLeft,
+    )
+    .await;
+    assert_eq!(
+        reason(&assert_code(twice, Code::FailedPrecondition)),
+        "CERTIFICATE_REVOKED"
+    );
+    let renew_revoked = app
+        .certs()
+        .renew_certificate(req(
+            &karen_session,
+            pb::RenewCertificateRequest {
+                certificate_id: certificate.id.clone(),
+                csr_pem: csr(&dir, "renew-revoked", "p256"),
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(renew_revoked, Code::FailedPrecondition)),
+        "CERTIFICATE_NOT_RENEWABLE"
+    );
+    let serial = upper(&certificate.serial);
+    let text = crl_text(&app, &dir, &issued.chain_pem, |t| t.contains(&serial)).await;
+    let entry = &text[text.find(&serial).unwrap()..];
+    assert!(entry.contains("Key Compromise"), "{text}");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'certificate_revoked' AND recipient = '{}'",
+            karen.email
+        ))
+        .await,
+        1
+    );
+
+    // GetCrl gives the same CRL, numbered, with the chain.
+    let crl = app
+        .certs()
+        .get_crl(req(&karen_session, pb::GetCrlRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(crl.crl_number >= 1);
+    assert_eq!(crl.revoked_count, 1);
+    assert!(crl.crl_pem.starts_with("-----BEGIN X509 CRL-----"));
+    let pem_path = write(&dir, "grpc.crl.pem", &crl.crl_pem);
+    let chain = write(&dir, "grpc-chain.pem", &crl.ca_chain_pem);
+    let grpc_text = openssl(
+        &dir,
+        &[
+            "crl",
+            "-in",
+            pem_path.to_str().unwrap(),
+            "-CAfile",
+            chain.to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
+    );
+    assert!(
+        grpc_text.contains("verify OK") && grpc_text.contains(&serial),
+        "{grpc_text}"
+    );
+    let (head, ca) = http_get(&app, "/ca.pem").await;
+    assert!(head.starts_with("HTTP/1.1 200"));
+    assert_eq!(String::from_utf8(ca).unwrap(), crl.ca_chain_pem);
+
+    // Every step is in the certificate's history, with who did it.
+    let events = app
+        .certs()
+        .list_certificate_history(req(
+            &fixture.admin_token,
+            pb::ListCertificateHistoryRequest {
+                certificate_id: certificate.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let activities: Vec<_> = events.iter().map(|e| e.activity()).collect();
+    assert_eq!(
+        activities,
+        [
+            pb::HistoryActivity::CertificateRevoked,
+            pb::HistoryActivity::CertificateIssued,
+            pb::HistoryActivity::CertificateOrdered,
+        ]
+    );
+    assert_eq!(
+        events[1].actor,
+        format!("user:{}", karen.id),
+        "Karen picked it up herself"
+    );
+    assert_eq!(events[0].actor, format!("user:{}", fixture.admin.id));
+
+    // No CPR number anywhere in the certificate.
+    let printed = openssl(
+        &dir,
+        &[
+            "x509",
+            "-in",
+            dir.join("karen.pem").to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
+    );
+    let digits: String = karen_cpr.chars().filter(|c| c.is_ascii_digit()).collect();
+    assert!(!printed.contains(&digits) && !printed.contains(&karen_cpr), "{printed}");
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    allow_kinds(
+        &app,
+        &fixture,
+        &[pb::CertificateKind::Employee, pb::CertificateKind::Organisation],
+    )
+    .await;
+    let (bo, bo_session) = app.member(&fixture, "Bo", &[]).await;
+
+    let mut issued = Vec::new();
+    for (kind, described) in [("p384", "ECDSA P-384"), ("ed25519", "Ed25519"), ("rsa2048", "RSA 2048")] {
+        let usages = if kind == "ed25519" {
+            vec![pb::CertificateUsage::Authentication]
+        } else {
+            vec![
+                pb::CertificateUsage::Authentication,
+                pb::CertificateUsage::EmailEncryption,
+            ]
+        };
+        let one = issued_user_certificate(&app, &fixture, &bo, &bo_session, &usages, &dir, kind).await;
+        let text = verify(&dir, kind, &one);
+        assert_eq!(one.certificate.as_ref().unwrap().key_algorithm, described);
+        if kind == "rsa2048" {
+            assert!(
+                text.contains("Key Encipherment"),
+                "RSA encrypts by key encipherment: {text}"
+            );
+            assert!(text.contains("E-mail Protection"), "{text}");
+        }
+        if kind == "p384" {
+            assert!(text.contains("Key Agreement"), "EC encrypts by key agreement: {text}");
+        }
+        issued.push(one);
+    }
+
+    // An Ed25519 key cannot encrypt: refused, the order still waits.
+    order(
+        &app,
+        &fixture.admin_token,
+        user_order(&fixture.org.id, &bo, &[pb::CertificateUsage::EmailEncryption]),
+    )
+    .await
+    .unwrap();
+    let pickup = app.mailed_token("certificate_pickup", &bo.email).await;
+    let refused = issue(&app, &bo_session, &pickup, &csr(&dir, "ed-enc", "ed25519")).await;
+    assert_eq!(bad_fields(&assert_code(refused, Code::InvalidArgument)), ["csr_pem"]);
+    let rsa1024 = issue(&app, &bo_session, &pickup, &csr(&dir, "weak", "rsa1024")).await;
+    let status = assert_code(rsa1024, Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), ["csr_pem"]);
+    assert!(status.message().contains("2048"), "{}", status.message());
+    // A CSR whose signature does not verify: one byte of its body changed.
+    let good = csr(&dir, "tamper", "p256");
+    let body: String = good.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut der = base64_decode(&body);
+    let at = der.len() - 10;
+    der[at] ^= 0x5a;
+    let tampered = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        base64_encode(&der)
+    );
+    let bad_signature = issue(&app, &bo_session, &pickup, &tampered).await;
+    let status = assert_code(bad_signature, Code::InvalidArgument);
+    assert!(status.message().contains("signature"), "{}", status.message());
+    let waiting = search(
+        &app,
+        &fixture.admin_token,
+        pb::SearchCertificatesRequest {
+            organisation_id: fixture.org.id.clone(),
+            state: pb::CertificateState::Ordered as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(waiting.len(), 1, "the refused pickups left the order waiting");
+
+    // An order is deleted before pickup, and only then.
+    app.certs()
+        .delete_certificate_order(req(
+            &fixture.admin_token,
+            pb::DeleteCertificateOrderRequest {
+                certificate_id: waiting[0].id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_code(get(&app, &fixture.admin_token, &waiting[0].id).await, Code::NotFound);
+    let issued_id = issued[0].certificate.as_ref().unwrap().id.clone();
+    let delete_issued = app
+        .certs()
+        .delete_certificate_order(req(
+            &fixture.admin_token,
+            pb::DeleteCertificateOrderRequest {
+                certificate_id: issued_id.clone(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(delete_issued, Code::FailedPrecondition)),
+        "CERTIFICATE_NOT_ORDERED"
+    );
+
+    // Renewal: a new certificate over a new key; the old one SUPERSEDED and
+    // in the CRL as superseded.
+    let renewed = app
+        .certs()
+        .renew_certificate(req(
+            &bo_session,
+            pb::RenewCertificateRequest {
+                certificate_id: issued_id.clone(),
+                csr_pem: csr(&dir, "renewal", "p256"),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let new = renewed.certificate.clone().unwrap();
+    assert_eq!(new.renews_id, issued_id);
+    assert_eq!(new.state(), pb::CertificateState::Issued);
+    verify(
+        &dir,
+        "renewed",
+        &pb::IssueCertificateResponse {
+            certificate: renewed.certificate.clone(),
+            certificate_pem: renewed.certificate_pem.clone(),
+            chain_pem: renewed.chain_pem.clone(),
+        },
+    );
+    let old = get(&app, &fixture.admin_token, &issued_id).await.unwrap();
+    assert_eq!(old.state(), pb::CertificateState::Superseded);
+    let old_serial = upper(&old.serial);
+    let crl = crl_text(&app, &dir, &renewed.chain_pem, |t| t.contains(&old_serial)).await;
+    assert!(crl[crl.find(&old_serial).unwrap()..].contains("Superseded"), "{crl}");
+
+    // The organisation certificate: ordered by the organisation
+    // administrator, picked up by its contact person (the orderer).
+    let org_order = order(
+        &app,
+        &fixture.admin_token,
+        pb::OrderCertificateRequest {
+            organisation_id: fixture.org.id.clone(),
+            kind: pb::CertificateKind::Organisation as i32,
+            label: "Lønsystem".into(),
+            usages: vec![
+                pb::CertificateUsage::ServiceAccess as i32,
+                pb::CertificateUsage::Sealing as i32,
+            ],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(org_order.contact_id, fixture.admin.id);
+    let pickup = app.mailed_token("certificate_pickup", &fixture.admin.email).await;
+    let org_cert = issue(&app, &fixture.admin_token, &pickup, &csr(&dir, "org", "p256"))
+        .await
+        .unwrap();
+    let text = verify(&dir, "org", &org_cert);
+    assert!(
+        text.contains(&format!("serialNumber = UI:DK-O:G:{}", org_order.id)),
+        "{text}"
+    );
+    assert!(text.contains("Non Repudiation") && text.contains("TLS Web Client Authentication"));
+    assert!(text.contains("CN = Lønsystem"), "{text}");
+
+    // Export: a PEM bundle of every issued certificate, a CSV listing.
+    let bundle = export(&app, &fixture, pb::ExportFormat::PemBundle).await;
+    let bundle = String::from_utf8(bundle).unwrap();
+    let issued_now = app
+        .count("SELECT COUNT(*) FROM certificates WHERE der IS NOT NULL")
+        .await;
+    assert_eq!(bundle.matches("-----BEGIN CERTIFICATE-----").count() as i64, issued_now);
+    assert_eq!(issued_now, 5);
+    let csv = export(&app, &fixture, pb::ExportFormat::Csv).await;
+    assert!(
+        csv.starts_with(b"\xEF\xBB\xBF"),
+        "Excel reads UTF-8 by its byte-order mark"
+    );
+    let csv = String::from_utf8(csv[3..].to_vec()).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("id;kind;state;serial;subject"));
+    assert_eq!(lines.len() - 1, 5, "one line per certificate: {csv}");
+    assert!(csv.contains("SUPERSEDED") && csv.contains("Lønsystem"));
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn export(app: &TestApp, fixture: &OrgFixture, format: pb::ExportFormat) -> Vec<u8> {
+    use tokio_stream::StreamExt;
+    let mut stream = app
+        .certs()
+        .export_certificates(req(
+            &fixture.admin_token,
+            pb::ExportCertificatesRequest {
+                organisation_id: fixture.org.id.clone(),
+                format: format as i32,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend(chunk.unwrap().chunk);
+    }
+    out
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+async fn refusals_change_nothing(backend: Backend) {
+    let settings = orgadmin_domain::DomainSettings {
+        certificates: orgadmin_domain::services::certificates::CertificateSettings {
+            pickup_ttl_ms: 1500,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::start_with(backend, settings).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let other = app.org_with_admin().await;
+    let (plain, plain_session) = app.member(&fixture, "Plain", &[]).await;
+    let coded = app
+        .users()
+        .create_user(req(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                cpr: String::new(),
+                birth_date: "1991-02-03".into(),
+                ..new_user(&fixture.org.id, "Kode", &[])
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let unverified = app
+        .users()
+        .activate_user(req(
+            "",
+            pb::ActivateUserRequest {
+                code: coded.activation_code,
+                birth_date: "1991-02-03".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let pending = app
+        .users()
+        .create_user(req(&fixture.admin_token, new_user(&fixture.org.id, "Venter", &[])))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+
+    let before = app.fingerprint().await;
+    let refusals: Vec<(&str, pb::OrderCertificateRequest, Code, &str)> = vec![
+        (
+            "a kind the organisation does not allow",
+            pb::OrderCertificateRequest {
+                organisation_id: fixture.org.id.clone(),
+                kind: pb::CertificateKind::Organisation as i32,
+                label: "Integration".into(),
+                usages: vec![pb::CertificateUsage::ServiceAccess as i32],
+                ..Default::default()
+            },
+            Code::FailedPrecondition,
+            "CERTIFICATE_KIND_NOT_ALLOWED",
+        ),
+        (
+            "signing without the signing right",
+            user_order(&fixture.org.id, &plain, &[pb::CertificateUsage::Signing]),
+            Code::FailedPrecondition,
+            "SIGNING_RIGHT_MISSING",
+        ),
+        (
+            "a non-ASCII e-mail",
+            pb::OrderCertificateRequest {
+                email: "søren@firma.dk".into(),
+                ..user_order(&fixture.org.id, &plain, &[pb::CertificateUsage::Authentication])
+            },
+            Code::InvalidArgument,
+            "",
+        ),
+        (
+            "an e-mail that was never verified",
+            pb::OrderCertificateRequest {
+                email: unverified.email.clone(),
+                ..user_order(&fixture.org.id, &unverified, &[pb::CertificateUsage::Authentication])
+            },
+            Code::FailedPrecondition,
+            "EMAIL_NOT_VERIFIED",
+        ),
+        (
+            "a holder not yet activated",
+            user_order(&fixture.org.id, &pending, &[pb::CertificateUsage::Authentication]),
+            Code::FailedPrecondition,
+            "USER_NOT_ACTIVE",
+        ),
+        (
+            "an organisation usage on a user certificate",
+            user_order(&fixture.org.id, &plain, &[pb::CertificateUsage::Sealing]),
+            Code::InvalidArgument,
+            "",
+        ),
+    ];
+    for (what, request, code, expected) in refusals {
+        let refused = order(&app, &fixture.admin_token, request).await;
+        let status = assert_code(refused, code);
+        if !expected.is_empty() {
+            assert_eq!(reason(&status), expected, "{what}");
+        }
+    }
+    // Another organisation's administrator, and a plain user.
+    let foreign = order(
+        &app,
+        &other.admin_token,
+        user_order(&fixture.org.id, &plain, &[pb::CertificateUsage::Authentication]),
+    )
+    .await;
+    assert_code(foreign, Code::PermissionDenied);
+    let by_plain = order(
+        &app,
+        &plain_session,
+        user_order(&fixture.org.id, &plain, &[pb::CertificateUsage::Authentication]),
+    )
+    .await;
+    assert_code(by_plain, Code::PermissionDenied);
+    let unknown = issue(&app, &plain_session, "oat_nonsense", &csr(&dir, "x", "p256")).await;
+    assert_eq!(
+        reason(&assert_code(unknown, Code::FailedPrecondition)),
+        "CERTIFICATE_PICKUP_UNKNOWN"
+    );
+    assert_eq!(app.fingerprint().await, before, "a refused call changes nothing");
+
+    // A certificate of this organisation, acted on from the other one: it
+    // reads as missing; revoking a mere order is refused.
+    let ordered = order(
+        &app,
+        &fixture.admin_token,
+        user_order(&fixture.org.id, &plain, &[pb::CertificateUsage::Authentication]),
+    )
+    .await
+    .unwrap();
+    assert_code(get(&app, &other.admin_token, &ordered.id).await, Code::NotFound);
+    assert_code(
+        revoke(&app, &other.admin_token, &ordered.id, pb::RevocationReason::HolderLeft).await,
+        Code::NotFound,
+    );
+    let too_early = revoke(
+        &app,
+        &fixture.admin_token,
+        &ordered.id,
+        pb::RevocationReason::HolderLeft,
+    )
+    .await;
+    assert_eq!(
+        reason(&assert_code(too_early, Code::FailedPrecondition)),
+        "CERTIFICATE_NOT_ISSUED"
+    );
+    let chosen_superseded = revoke(
+        &app,
+        &fixture.admin_token,
+        &ordered.id,
+        pb::RevocationReason::Superseded,
+    )
+    .await;
+    assert_eq!(
+        bad_fields(&assert_code(chosen_superseded, Code::InvalidArgument)),
+        ["reason"]
+    );
+    let pickup = app.mailed_token("certificate_pickup", &plain.email).await;
+    // The other organisation's administrator holding the token learns nothing.
+    let foreign_pickup = issue(&app, &other.admin_token, &pickup, &csr(&dir, "f", "p256")).await;
+    assert_eq!(
+        reason(&assert_code(foreign_pickup, Code::FailedPrecondition)),
+        "CERTIFICATE_PICKUP_UNKNOWN"
+    );
+    // The token expires.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let late = issue(&app, &plain_session, &pickup, &csr(&dir, "late", "p256")).await;
+    assert_eq!(
+        reason(&assert_code(late, Code::FailedPrecondition)),
+        "CERTIFICATE_PICKUP_EXPIRED"
+    );
+    assert_eq!(
+        get(&app, &fixture.admin_token, &ordered.id).await.unwrap().state(),
+        pb::CertificateState::Ordered
+    );
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn expiry_warnings_go_once_and_certificates_expire(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (eva, eva_session) = app.member(&fixture, "Eva", &[]).await;
+    let issued = issued_user_certificate(
+        &app,
+        &fixture,
+        &eva,
+        &eva_session,
+        &[pb::CertificateUsage::Authentication],
+        &dir,
+        "p256",
+    )
+    .await;
+    let certificate = issued.certificate.unwrap();
+    let not_after = ms(&certificate.not_after.unwrap());
+    let mails = |kind: &'static str| {
+        let app = &app;
+        async move {
+            app.count(&format!("SELECT COUNT(*) FROM outbox_mails WHERE kind = '{kind}'"))
+                .await
+        }
+    };
+    let domain = &app.domain;
+
+    // Not yet within 30 days: nothing.
+    assert_eq!(
+        domain
+            .warn_expiring_certificates(not_after - 31 * DAY_MS)
+            .await
+            .unwrap(),
+        0
+    );
+    // 30 days before: the holder and the user administrator, once.
+    assert_eq!(
+        domain
+            .warn_expiring_certificates(not_after - 29 * DAY_MS)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        mails("certificate_expiring").await,
+        2,
+        "holder (also the contact) and the user administrator"
+    );
+    assert_eq!(
+        domain
+            .warn_expiring_certificates(not_after - 28 * DAY_MS)
+            .await
+            .unwrap(),
+        0
+    );
+    // 7 days before: once more, once.
+    assert_eq!(
+        domain.warn_expiring_certificates(not_after - 6 * DAY_MS).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        domain.warn_expiring_certificates(not_after - 5 * DAY_MS).await.unwrap(),
+        0
+    );
+    assert_eq!(mails("certificate_expiring").await, 4);
+    // Two sweeps at once (two replicas) send each warning once.
+    let (eva2, eva2_session) = app.member(&fixture, "Eva2", &[]).await;
+    let second = issued_user_certificate(
+        &app,
+        &fixture,
+        &eva2,
+        &eva2_session,
+        &[pb::CertificateUsage::Authentication],
+        &dir,
+        "p256",
+    )
+    .await
+    .certificate
+    .unwrap();
+    let second_end = ms(&second.not_after.unwrap());
+    let (a, b) = tokio::join!(
+        domain.warn_expiring_certificates(second_end - 3 * DAY_MS),
+        domain.warn_expiring_certificates(second_end - 3 * DAY_MS)
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), 1, "one 7-day warning, no 30-day one after it");
+    assert_eq!(mails("certificate_expiring").await, 6);
+
+    // Past notAfter: EXPIRED, in history, and not revocable any more.
+    assert_eq!(domain.expire_certificates(not_after - DAY_MS).await.unwrap(), 0);
+    assert_eq!(domain.expire_certificates(not_after).await.unwrap(), 1);
+    let expired = get(&app, &fixture.admin_token, &certificate.id).await.unwrap();
+    assert_eq!(expired.state(), pb::CertificateState::Expired);
+    let refused = revoke(
+        &app,
+        &fixture.admin_token,
+        &certificate.id,
+        pb::RevocationReason::HolderLeft,
+    )
+    .await;
+    assert_eq!(
+        reason(&assert_code(refused, Code::FailedPrecondition)),
+        "CERTIFICATE_NOT_ISSUED"
+    );
+    let events = app
+        .certs()
+        .list_certificate_history(req(
+            &fixture.admin_token,
+            pb::ListCertificateHistoryRequest {
+                certificate_id: certificate.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events[0].activity(), pb::HistoryActivity::CertificateExpired);
+    assert_eq!(events[0].actor, "system:certificate-expiry");
+
+    // The worker's CRL look: the first CRL, then nothing until half its
+    // life is gone.
+    let now = now_millis();
+    assert!(domain.refresh_crl_if_due(now).await.unwrap());
+    assert!(!domain.refresh_crl_if_due(now + 1000).await.unwrap());
+    assert!(domain.refresh_crl_if_due(now + 13 * 60 * 60 * 1000).await.unwrap());
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
