@@ -77,10 +77,11 @@ async fn grpcurl_walkthrough(backend: Backend) {
     let (database_url, _) = fresh_database(backend, &dir).await;
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
+    let crl_http = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(binary());
     cmd.current_dir(&dir)
         .env("ORGADMIN_LISTEN", &addr)
-        .env("ORGADMIN_CERTIFICATE_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("ORGADMIN_CERTIFICATE_HTTP_LISTEN", &crl_http)
         .env("ORGADMIN_REACTIVATION_SCHEDULE", "* * * * * *")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -89,6 +90,35 @@ async fn grpcurl_walkthrough(backend: Backend) {
         Backend::Sqlite => None,
         Backend::Postgres => {
             let token = "oat_smoke-operator-token-abcdefghijklmnopqrstuvwxyz01";
+            // A production-shaped CA: made by openssl, handed over as files.
+            let made = Command::new("openssl")
+                .current_dir(&dir)
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "30",
+                    "-subj",
+                    "/C=DK/O=Smoke/CN=Smoke CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE,pathlen:0",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ])
+                .output()
+                .expect("openssl");
+            assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+            cmd.env("ORGADMIN_CA_KEY_FILE", dir.join("ca.key"))
+                .env("ORGADMIN_CA_CERTIFICATE_FILE", dir.join("ca.crt"));
             cmd.env("DATABASE_URL", &database_url)
                 .env("ORGADMIN_OPERATOR_TOKENS", token)
                 .env("ORGADMIN_CPR_LOOKUP_KEY", "11".repeat(32))
@@ -370,6 +400,46 @@ async fn grpcurl_walkthrough(backend: Backend) {
     );
     assert_eq!(errors["errors"][0]["row"], "4");
     assert_eq!(errors["errors"][0]["column"], "email");
+
+    // The certificate part of the README, run as written there (read from
+    // README.md): order, pickup with an openssl CSR, openssl verify, revoke,
+    // the CRL over HTTP verified by openssl.
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("# A user certificate for Karen")
+        .expect("the README's certificate part");
+    let end = start + readme[start..].find("\n# Health").expect("its end");
+    let certificates = Command::new("bash")
+        .current_dir(&dir)
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{}", &readme[start..end]))
+        .env("A", &addr)
+        .env("AT", format!("authorization: Bearer {admin_token}"))
+        .env("SESSION", &session)
+        .env("ORG", &org_id)
+        .env("ADMIN", &admin_id)
+        .env("CRL_HTTP", &crl_http)
+        .output()
+        .expect("bash");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&certificates.stdout),
+        String::from_utf8_lossy(&certificates.stderr)
+    );
+    assert!(
+        certificates.status.success(),
+        "the README's certificate part failed: {said}"
+    );
+    for expected in [
+        "karen.pem: OK",
+        &format!("serialNumber = UI:DK-E:G:{admin_id}"),
+        "CN = Karen \u{c6}r\u{f8}",
+        "CERTIFICATE_STATE_REVOKED",
+        "verify OK",
+        "Key Compromise",
+    ] {
+        assert!(said.contains(expected), "{expected:?} missing from: {said}");
+    }
 
     // SIGTERM: the server drains and exits cleanly.
     let mut server = server;
