@@ -22,6 +22,13 @@ pub struct CertificateAuthority {
     /// above it up to the root: what a holder installs beside their own.
     chain_pem: String,
     crl_url: Option<String>,
+    /// The OCSP responder named in every certificate (Authority Information
+    /// Access).
+    ocsp_url: Option<String>,
+    /// The CA certificate's subject (DER) and public key (the BIT STRING's
+    /// bytes): what an OCSP request's CertID names it by, hashed.
+    subject_der: Vec<u8>,
+    public_key_bits: Vec<u8>,
 }
 
 /// The key never shows: not in logs, not in panics.
@@ -46,6 +53,8 @@ pub struct CaSource {
     pub chain_file: String,
     /// The CRL distribution point written into every certificate.
     pub crl_url: String,
+    /// The OCSP responder written into every certificate.
+    pub ocsp_url: String,
 }
 
 /// One certificate to sign, with everything decided by the rules.
@@ -121,13 +130,51 @@ pub struct RevokedEntry {
     pub reason: RevocationReason,
 }
 
+/// The Authority Information Access extension naming the OCSP responder,
+/// encoded by the `der` crate's types (rcgen has no field for it).
+fn authority_information_access(url: &str) -> Result<rcgen::CustomExtension, String> {
+    use der::Encode;
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::{AccessDescription, AuthorityInfoAccessSyntax};
+    let location = der::asn1::Ia5String::new(url).map_err(|e| format!("the OCSP URL {url:?}: {e}"))?;
+    let aia = AuthorityInfoAccessSyntax(vec![AccessDescription {
+        access_method: const_oid::db::rfc5280::ID_AD_OCSP,
+        access_location: GeneralName::UniformResourceIdentifier(location),
+    }]);
+    let content = aia.to_der().map_err(|e| e.to_string())?;
+    // id-pe-authorityInfoAccess
+    Ok(rcgen::CustomExtension::from_oid_content(
+        &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+        content,
+    ))
+}
+
+/// The subject (DER) and public key bits of a PEM certificate.
+fn subject_and_key(certificate_pem: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(certificate_pem.as_bytes())
+        .map_err(|e| format!("the CA certificate is not PEM: {e}"))?;
+    let certificate = pem
+        .parse_x509()
+        .map_err(|e| format!("the CA certificate cannot be read: {e}"))?;
+    Ok((
+        certificate.tbs_certificate.subject.as_raw().to_vec(),
+        certificate.tbs_certificate.subject_pki.subject_public_key.data.to_vec(),
+    ))
+}
+
 fn to_time(at: Millis) -> Result<OffsetDateTime, String> {
     OffsetDateTime::from_unix_timestamp(at.div_euclid(1000)).map_err(|e| format!("time {at} out of range: {e}"))
 }
 
 impl CertificateAuthority {
     /// Reads the CA from PEM text: the key, its certificate, the chain above.
-    pub fn from_pem(key_pem: &str, certificate_pem: &str, chain_pem: &str, crl_url: &str) -> Result<Self, String> {
+    pub fn from_pem(
+        key_pem: &str,
+        certificate_pem: &str,
+        chain_pem: &str,
+        crl_url: &str,
+        ocsp_url: &str,
+    ) -> Result<Self, String> {
         let key = KeyPair::from_pem(key_pem).map_err(|e| format!("the CA key is not a PKCS#8 PEM key: {e}"))?;
         let issuer = Issuer::from_ca_cert_pem(certificate_pem, key)
             .map_err(|e| format!("the CA certificate cannot be read: {e}"))?;
@@ -137,6 +184,7 @@ impl CertificateAuthority {
         if !usages.is_empty() && !signs_both {
             return Err("the CA certificate's key usage must allow keyCertSign and cRLSign".into());
         }
+        let (subject_der, public_key_bits) = subject_and_key(certificate_pem)?;
         let certificate_pem = certificate_pem.trim().to_owned() + "\n";
         let chain_pem = if chain_pem.trim().is_empty() {
             certificate_pem.clone()
@@ -148,7 +196,43 @@ impl CertificateAuthority {
             certificate_pem,
             chain_pem,
             crl_url: (!crl_url.is_empty()).then(|| crl_url.to_owned()),
+            ocsp_url: (!ocsp_url.is_empty()).then(|| ocsp_url.to_owned()),
+            subject_der,
+            public_key_bits,
         })
+    }
+
+    /// The CA certificate's subject Name, DER.
+    pub fn subject_der(&self) -> &[u8] {
+        &self.subject_der
+    }
+
+    /// The CA's public key as its certificate carries it (the BIT STRING's
+    /// contents).
+    pub fn public_key_bits(&self) -> &[u8] {
+        &self.public_key_bits
+    }
+
+    /// Signs `data` with the CA key (an OCSP response's ResponseData).
+    /// Returns the signature and the DER AlgorithmIdentifier's OID and
+    /// whether it takes NULL parameters (RSA).
+    pub fn sign(&self, data: &[u8]) -> Result<(Vec<u8>, &'static str, bool), String> {
+        use rcgen::SigningKey;
+        let key = self.issuer.key();
+        let algorithm = key.algorithm();
+        let (oid, null_parameters) = if algorithm == &rcgen::PKCS_ECDSA_P256_SHA256 {
+            ("1.2.840.10045.4.3.2", false)
+        } else if algorithm == &rcgen::PKCS_ECDSA_P384_SHA384 {
+            ("1.2.840.10045.4.3.3", false)
+        } else if algorithm == &rcgen::PKCS_ED25519 {
+            ("1.3.101.112", false)
+        } else if algorithm == &rcgen::PKCS_RSA_SHA256 {
+            ("1.2.840.113549.1.1.11", true)
+        } else {
+            return Err("the CA key's algorithm cannot sign OCSP responses here".into());
+        };
+        let signature = key.sign(data).map_err(|e| format!("signing failed: {e}"))?;
+        Ok((signature, oid, null_parameters))
     }
 
     /// A new self-signed CA with an ECDSA P-256 key, valid 20 years. Returns
@@ -202,6 +286,7 @@ impl CertificateAuthority {
                 &read(&source.certificate_file, "certificate")?,
                 &chain,
                 &source.crl_url,
+                &source.ocsp_url,
             )
             .map(Some);
         }
@@ -219,7 +304,7 @@ impl CertificateAuthority {
         let key = std::fs::read_to_string(&key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
         let certificate = std::fs::read_to_string(&certificate_path)
             .map_err(|e| format!("cannot read {}: {e}", certificate_path.display()))?;
-        Self::from_pem(&key, &certificate, "", &source.crl_url).map(Some)
+        Self::from_pem(&key, &certificate, "", &source.crl_url, &source.ocsp_url).map(Some)
     }
 
     pub fn certificate_pem(&self) -> &str {
@@ -257,6 +342,9 @@ impl CertificateAuthority {
             params.crl_distribution_points = vec![CrlDistributionPoint {
                 uris: vec![url.clone()],
             }];
+        }
+        if let Some(url) = &self.ocsp_url {
+            params.custom_extensions.push(authority_information_access(url)?);
         }
         let certificate = params
             .signed_by(&public_key, &self.issuer)

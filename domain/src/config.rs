@@ -93,6 +93,8 @@ pub struct Config {
     pub ca_chain_file: String,
     /// The CRL distribution point written into every certificate.
     pub ca_crl_url: String,
+    /// The OCSP responder written into every certificate.
+    pub ca_ocsp_url: String,
     /// Where relying parties fetch the CRL (`GET /crl`) over plain HTTP;
     /// empty: not served.
     pub certificate_http_listen: String,
@@ -147,6 +149,7 @@ impl Default for Config {
             ca_certificate_file: String::new(),
             ca_chain_file: String::new(),
             ca_crl_url: "http://127.0.0.1:50080/crl".into(),
+            ca_ocsp_url: "http://127.0.0.1:50080/ocsp".into(),
             certificate_http_listen: "127.0.0.1:50080".into(),
             certificate_employee_validity_days: 3 * 365,
             certificate_organisation_validity_days: 3 * 365,
@@ -300,6 +303,7 @@ impl Config {
             certificate_file: self.ca_certificate_file.clone(),
             chain_file: self.ca_chain_file.clone(),
             crl_url: self.ca_crl_url.clone(),
+            ocsp_url: self.ca_ocsp_url.clone(),
         }
     }
 

@@ -4,7 +4,10 @@
 //!
 //! - `GET /crl`: the current CRL, DER (`application/pkix-crl`);
 //! - `GET /crl.pem`: the same as PEM;
-//! - `GET /ca.pem`: the CA certificate and the chain above it.
+//! - `GET /ca.pem`: the CA certificate and the chain above it;
+//! - `POST /ocsp`: an RFC 6960 OCSP responder (`application/ocsp-request`
+//!   in, `application/ocsp-response` out), answered from the inventory as
+//!   it is at that moment.
 //!
 //! The CRL is served from memory: a fetch asks the database at most every
 //! `RECHECK` whether a newer CRL was published (one indexed number), so a
@@ -18,7 +21,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use orgadmin_domain::Domain;
 use tokio::net::TcpListener;
 use tokio::sync::RwLock;
@@ -97,6 +100,17 @@ async fn ca_pem(State(cache): State<Arc<CrlCache>>) -> Response {
     }
 }
 
+/// OCSP requests are a few hundred bytes; nothing honest comes near this.
+const MAX_OCSP_REQUEST_BYTES: usize = 64 * 1024;
+
+async fn ocsp(State(cache): State<Arc<CrlCache>>, body: axum::body::Bytes) -> Response {
+    if body.len() > MAX_OCSP_REQUEST_BYTES {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "an OCSP request is at most 64 KiB\n").into_response();
+    }
+    let der = cache.domain.ocsp_response(&body).await;
+    ([(header::CONTENT_TYPE, "application/ocsp-response")], der).into_response()
+}
+
 fn unavailable(error: String) -> Response {
     tracing::warn!(%error, "cannot serve the CRL");
     (
@@ -120,6 +134,7 @@ pub async fn serve_certificate_http(
         .route("/crl", get(crl_der))
         .route("/crl.pem", get(crl_pem))
         .route("/ca.pem", get(ca_pem))
+        .route("/ocsp", post(ocsp))
         .with_state(cache);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())

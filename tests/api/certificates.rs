@@ -268,6 +268,26 @@ async fn crl_text(app: &TestApp, dir: &Path, chain_pem: &str, until: impl Fn(&st
     }
 }
 
+/// `openssl ocsp` against the responder: asks about `what` (`-cert FILE`
+/// or `-serial 0x…`), checks the response's signature with the CA, returns
+/// what it printed.
+fn ocsp(app: &TestApp, dir: &Path, chain: &Path, what: &[&str]) -> String {
+    let url = format!("http://{}/ocsp", app.http_addr);
+    let mut args = vec![
+        "ocsp",
+        "-issuer",
+        chain.to_str().unwrap(),
+        "-CAfile",
+        chain.to_str().unwrap(),
+        "-url",
+        &url,
+    ];
+    args.extend(what);
+    let out = openssl(dir, &args);
+    assert!(out.contains("Response verify OK"), "{out}");
+    out
+}
+
 fn ms(t: &prost_types::Timestamp) -> i64 {
     t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
 }
@@ -352,6 +372,7 @@ async fn a_user_certificate_lives_and_is_revoked_as_openssl_sees_it(backend: Bac
         "X509v3 Subject Key Identifier",
         "X509v3 Authority Key Identifier",
         "X509v3 CRL Distribution Points",
+        "OCSP - URI:http://127.0.0.1/ocsp",
     ] {
         assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
     }
@@ -390,6 +411,14 @@ async fn a_user_certificate_lives_and_is_revoked_as_openssl_sees_it(backend: Bac
         (not_after - now_millis() - 3 * YEAR_MS).abs() < DAY_MS,
         "three years: {validity}"
     );
+
+    // OCSP says good now; a serial this CA never issued is unknown.
+    let chain = dir.join("chain.pem");
+    let karen_pem = dir.join("karen.pem");
+    let good = ocsp(&app, &dir, &chain, &["-cert", karen_pem.to_str().unwrap()]);
+    assert!(good.contains(": good"), "{good}");
+    let unknown = ocsp(&app, &dir, &chain, &["-serial", "0x1234567890abcdef"]);
+    assert!(unknown.contains(": unknown"), "{unknown}");
 
     // The token works once.
     let again = issue(&app, &karen_session, &pickup, &csr(&dir, "again", "p256")).await;
@@ -523,6 +552,11 @@ async fn a_user_certificate_lives_and_is_revoked_as_openssl_sees_it(backend: Bac
     let text = crl_text(&app, &dir, &issued.chain_pem, |t| t.contains(&serial)).await;
     let entry = &text[text.find(&serial).unwrap()..];
     assert!(entry.contains("Key Compromise"), "{text}");
+    let revoked_now = ocsp(&app, &dir, &chain, &["-cert", karen_pem.to_str().unwrap()]);
+    assert!(
+        revoked_now.contains(": revoked") && revoked_now.contains("keyCompromise"),
+        "{revoked_now}"
+    );
     assert_eq!(
         app.count(&format!(
             "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'certificate_revoked' AND recipient = '{}'",

@@ -57,8 +57,14 @@ pub fn test_ca() -> std::sync::Arc<orgadmin_domain::ca::CertificateAuthority> {
     CA.get_or_init(|| {
         let (key, certificate) = orgadmin_domain::ca::CertificateAuthority::generate("orgadmin test CA").expect("CA");
         std::sync::Arc::new(
-            orgadmin_domain::ca::CertificateAuthority::from_pem(&key, &certificate, "", "http://127.0.0.1/crl")
-                .expect("CA from PEM"),
+            orgadmin_domain::ca::CertificateAuthority::from_pem(
+                &key,
+                &certificate,
+                "",
+                "http://127.0.0.1/crl",
+                "http://127.0.0.1/ocsp",
+            )
+            .expect("CA from PEM"),
         )
     })
     .clone()

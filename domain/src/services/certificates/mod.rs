@@ -8,6 +8,7 @@
 
 mod csr;
 mod lifecycle;
+mod ocsp;
 mod publication;
 mod queries;
 
