@@ -82,6 +82,7 @@ reasons!(
     MaxAdministratorsReached => "MAX_ADMINISTRATORS_REACHED",
     NotFound => "NOT_FOUND",
     NoCprNumber => "NO_CPR_NUMBER",
+    NoSealingCertificate => "NO_SEALING_CERTIFICATE",
     Overloaded => "OVERLOADED",
     PermissionDenied => "PERMISSION_DENIED",
     RequestAlreadyDone => "REQUEST_ALREADY_DONE",

@@ -222,6 +222,8 @@ pub struct User {
     pub roles: Vec<Role>,
     pub identification_means: Vec<IdentificationMeans>,
     pub signing_right: bool,
+    /// May sign through the organisation certificate (R-CERT-3).
+    pub signs_with_organisation_certificate: bool,
     pub anonymous: bool,
     pub legacy_id: Option<String>,
     pub deactivated_until: Option<Millis>,

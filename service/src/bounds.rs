@@ -119,6 +119,7 @@ no_lists!(
     ListCertificateHistoryRequest,
     ExportCertificatesRequest,
     GetCrlRequest,
+    SetOrganisationSigningRequest,
 );
 
 impl Lists for pb::OrderCertificateRequest {

@@ -781,6 +781,22 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
     let crl = crl_text(&app, &dir, &renewed.chain_pem, |t| t.contains(&old_serial)).await;
     assert!(crl[crl.find(&old_serial).unwrap()..].contains("Superseded"), "{crl}");
 
+    // Signing through the organisation certificate needs one that seals.
+    let (signe, _) = app
+        .create_and_activate(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                signing_right: true,
+                ..new_user(&fixture.org.id, "Signe", &[])
+            },
+        )
+        .await;
+    let too_early = set_signing(&app, &fixture.admin_token, &signe.id, true).await;
+    assert_eq!(
+        reason(&assert_code(too_early, Code::FailedPrecondition)),
+        "NO_SEALING_CERTIFICATE"
+    );
+
     // The organisation certificate: ordered by the organisation
     // administrator, picked up by its contact person (the orderer).
     let org_order = order(
@@ -812,6 +828,69 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
     assert!(text.contains("Non Repudiation") && text.contains("TLS Web Client Authentication"));
     assert!(text.contains("CN = Lønsystem"), "{text}");
 
+    // Now Signe may sign through it (organisation administrators decide);
+    // Bo, without the signing right, may not; a user administrator cannot
+    // decide it. Taking Signe's signing right away ends it, in her history.
+    let (_, user_admin) = app.member(&fixture, "Brugeradm", &[pb::Role::UserAdmin]).await;
+    assert_code(
+        set_signing(&app, &user_admin, &signe.id, true).await,
+        Code::PermissionDenied,
+    );
+    let allowed = set_signing(&app, &fixture.admin_token, &signe.id, true).await.unwrap();
+    assert!(allowed.signs_with_organisation_certificate);
+    let no_right = set_signing(&app, &fixture.admin_token, &bo.id, true).await;
+    assert_eq!(
+        reason(&assert_code(no_right, Code::FailedPrecondition)),
+        "SIGNING_RIGHT_MISSING"
+    );
+    let without = app
+        .users()
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    signing_right: false,
+                    ..allowed.clone()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["signing_right".into()],
+                }),
+                cpr: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert!(!without.signs_with_organisation_certificate);
+    let history = app
+        .users()
+        .list_user_history(req(
+            &fixture.admin_token,
+            pb::ListUserHistoryRequest {
+                user_id: signe.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let flag_changes: Vec<(String, String)> = history
+        .iter()
+        .flat_map(|e| e.changes.iter())
+        .filter(|c| c.field == "signs_with_organisation_certificate")
+        .map(|c| (c.before.clone(), c.after.clone()))
+        .collect();
+    assert_eq!(
+        flag_changes,
+        [
+            ("true".to_owned(), "false".to_owned()),
+            ("false".to_owned(), "true".to_owned())
+        ]
+    );
+
     // Export: a PEM bundle of every issued certificate, a CSV listing.
     let bundle = export(&app, &fixture, pb::ExportFormat::PemBundle).await;
     let bundle = String::from_utf8(bundle).unwrap();
@@ -832,6 +911,20 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
     assert!(csv.contains("SUPERSEDED") && csv.contains("Lønsystem"));
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn set_signing(app: &TestApp, token: &str, user_id: &str, allowed: bool) -> Result<pb::User, Status> {
+    app.certs()
+        .set_organisation_signing(req(
+            token,
+            pb::SetOrganisationSigningRequest {
+                user_id: user_id.to_owned(),
+                allowed,
+                etag: String::new(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().user.unwrap())
 }
 
 async fn export(app: &TestApp, fixture: &OrgFixture, format: pb::ExportFormat) -> Vec<u8> {

@@ -94,6 +94,8 @@ pub mod user {
         pub external_ids: String,
         pub identification_means: String,
         pub signing_right: bool,
+        /// May sign through the organisation certificate (R-CERT-3).
+        pub signs_with_organisation_certificate: bool,
         pub anonymous: bool,
         /// The address in force was proved to reach the user (R-USR-6).
         pub email_verified: bool,

@@ -86,6 +86,7 @@ pub(crate) fn user_from_row(row: user::Model, roles: Vec<Role>, vault: &CprVault
         roles,
         identification_means: parse_list(&row.identification_means)?,
         signing_right: row.signing_right,
+        signs_with_organisation_certificate: row.signs_with_organisation_certificate,
         anonymous: row.anonymous,
         legacy_id: row.legacy_id,
         deactivated_until: row.deactivated_until,

@@ -308,6 +308,23 @@ impl CertificateService for CertificateHandler {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn set_organisation_signing(
+        &self,
+        request: Request<pb::SetOrganisationSigningRequest>,
+    ) -> Result<Response<pb::SetOrganisationSigningResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let user_id = id("user_id", &r.user_id).into_status()?;
+        let user = self
+            .domain
+            .set_organisation_signing(&caller, user_id, r.allowed, &r.etag)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::SetOrganisationSigningResponse {
+            user: Some(super::users::user_to_pb(user)),
+        }))
+    }
+
     async fn get_crl(&self, request: Request<pb::GetCrlRequest>) -> Result<Response<pb::GetCrlResponse>, Status> {
         let caller = caller(&self.domain, &request).await?;
         let crl = self.domain.crl_for(&caller).await.into_status()?;

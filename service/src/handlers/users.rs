@@ -33,6 +33,7 @@ pub fn user_to_pb(user: User) -> pb::User {
         roles: user.roles.iter().map(|r| role_to_pb(*r) as i32).collect(),
         identification_means: identification_means_to_pb(&user.identification_means),
         signing_right: user.signing_right,
+        signs_with_organisation_certificate: user.signs_with_organisation_certificate,
         anonymous: user.anonymous,
         deactivated_until: opt_timestamp(user.deactivated_until),
         etag: user.version.to_string(),

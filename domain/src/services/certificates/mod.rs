@@ -11,6 +11,7 @@ mod lifecycle;
 mod ocsp;
 mod publication;
 mod queries;
+mod signing;
 
 pub use csr::{HolderKey, check_csr};
 pub use lifecycle::{CertificateOrder, IssuedCertificate};

@@ -191,6 +191,7 @@ impl Domain {
             external_ids: Set(json_list(&new.external_ids)),
             identification_means: Set(json_list(&new.identification_means)),
             signing_right: Set(new.signing_right),
+            signs_with_organisation_certificate: Set(false),
             anonymous: Set(new.anonymous),
             email_verified: Set(false),
             pending_email: Set(None),

@@ -192,7 +192,7 @@ impl Domain {
     /// change can come between the check and the write (AIP-154).
     /// Locks the user's organisation, reads the user as they are under that
     /// lock, checks the etag and that the caller may take `action` on them.
-    pub(super) async fn lock_user_for_write(
+    pub(crate) async fn lock_user_for_write(
         &self,
         txn: &DatabaseTransaction,
         caller: &Caller,
@@ -220,7 +220,7 @@ impl Domain {
         Ok((user, row))
     }
 
-    pub(super) async fn record_user_event(
+    pub(crate) async fn record_user_event(
         &self,
         txn: &DatabaseTransaction,
         user: &User,

@@ -231,6 +231,11 @@ impl Domain {
         if let Some(signing) = patch.signing_right {
             diff(&mut changes, "signing_right", row.signing_right, signing);
             active.signing_right = Set(signing);
+            // Signing through the organisation certificate needs the right.
+            if !signing && row.signs_with_organisation_certificate {
+                diff(&mut changes, "signs_with_organisation_certificate", true, false);
+                active.signs_with_organisation_certificate = Set(false);
+            }
         }
         let new_roles = patch.roles.map(normalise_roles).filter(|r| *r != current.roles);
         if let Some(roles) = &new_roles {
