@@ -18,6 +18,7 @@ both_backends!(
     every_key_type_and_the_organisation_certificate,
     refusals_change_nothing,
     expiry_warnings_go_once_and_certificates_expire,
+    without_a_ca_certificate_calls_say_so,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -1142,6 +1143,81 @@ async fn refusals_change_nothing(backend: Backend) {
         get(&app, &fixture.admin_token, &ordered.id).await.unwrap().state(),
         pb::CertificateState::Ordered
     );
+
+    // A deactivated holder cannot pick up (signed out with the deactivation),
+    // nor can an administrator renew for them; deleting a holder revokes
+    // their certificates (holder left) and deletes their open orders.
+    let (leaver, leaver_session) = app.member(&fixture, "Leaver", &[]).await;
+    let issued = issued_user_certificate(
+        &app,
+        &fixture,
+        &leaver,
+        &leaver_session,
+        &[pb::CertificateUsage::Authentication],
+        &dir,
+        "p256",
+    )
+    .await
+    .certificate
+    .unwrap();
+    let open_order = order(
+        &app,
+        &fixture.admin_token,
+        user_order(&fixture.org.id, &leaver, &[pb::CertificateUsage::Authentication]),
+    )
+    .await
+    .unwrap();
+    let leaver_pickup = app.mailed_token("certificate_pickup", &leaver.email).await;
+    app.users()
+        .deactivate_user(req(
+            &fixture.admin_token,
+            pb::DeactivateUserRequest {
+                id: leaver.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let deactivated_pickup = issue(&app, &leaver_session, &leaver_pickup, &csr(&dir, "gone", "p256")).await;
+    assert_code(deactivated_pickup, Code::Unauthenticated);
+    let renew_for_deactivated = app
+        .certs()
+        .renew_certificate(req(
+            &fixture.admin_token,
+            pb::RenewCertificateRequest {
+                certificate_id: issued.id.clone(),
+                csr_pem: csr(&dir, "for-them", "p256"),
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(renew_for_deactivated, Code::FailedPrecondition)),
+        "USER_NOT_ACTIVE"
+    );
+    assert_eq!(
+        get(&app, &fixture.admin_token, &open_order.id).await.unwrap().state(),
+        pb::CertificateState::Ordered
+    );
+    app.users()
+        .delete_user(req(
+            &fixture.admin_token,
+            pb::DeleteUserRequest {
+                id: leaver.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let revoked = get(&app, &fixture.admin_token, &issued.id).await.unwrap();
+    assert_eq!(revoked.state(), pb::CertificateState::Revoked);
+    assert_eq!(revoked.revocation_reason(), pb::RevocationReason::HolderLeft);
+    assert_code(get(&app, &fixture.admin_token, &open_order.id).await, Code::NotFound);
+    let serial = upper(&issued.serial);
+    let text = crl_text(&app, &dir, test_ca().chain_pem(), |t| t.contains(&serial)).await;
+    assert!(
+        text[text.find(&serial).unwrap()..].contains("Affiliation Changed"),
+        "{text}"
+    );
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -1272,4 +1348,31 @@ async fn expiry_warnings_go_once_and_certificates_expire(backend: Backend) {
     assert!(domain.refresh_crl_if_due(now + 13 * 60 * 60 * 1000).await.unwrap());
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn without_a_ca_certificate_calls_say_so(backend: Backend) {
+    let app = TestApp::start_without_ca(backend).await;
+    let fixture = app.org_with_admin().await;
+    let before = app.fingerprint().await;
+    let refused = order(
+        &app,
+        &fixture.admin_token,
+        user_order(&fixture.org.id, &fixture.admin, &[pb::CertificateUsage::Authentication]),
+    )
+    .await;
+    assert_eq!(
+        reason(&assert_code(refused, Code::FailedPrecondition)),
+        "CA_NOT_CONFIGURED"
+    );
+    let crl = app
+        .certs()
+        .get_crl(req(&fixture.admin_token, pb::GetCrlRequest {}))
+        .await;
+    assert_eq!(reason(&assert_code(crl, Code::FailedPrecondition)), "CA_NOT_CONFIGURED");
+    let (head, _) = http_get(&app, "/ca.pem").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (head, _) = http_get(&app, "/crl").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert_eq!(app.fingerprint().await, before);
+    app.finish().await;
 }

@@ -447,7 +447,11 @@ async fn anonymity_request_notifies_and_recreates(backend: Backend) {
         .unwrap()
         .into_inner()
         .preferences;
-    assert_eq!(prefs.len(), 3, "every kind listed");
+    assert_eq!(
+        prefs.len(),
+        orgadmin_domain::services::notifications::NotificationKind::ALL.len(),
+        "every kind listed"
+    );
     assert!(
         prefs
             .iter()

@@ -119,13 +119,28 @@ impl TestApp {
         pool_size: u32,
         max_in_flight: usize,
     ) -> Self {
+        Self::start_full(backend, settings, pool_size, max_in_flight, Some(test_ca())).await
+    }
+
+    /// A server that was given no certificate authority.
+    pub async fn start_without_ca(backend: Backend) -> Self {
+        Self::start_full(backend, DomainSettings::default(), 10, 256, None).await
+    }
+
+    async fn start_full(
+        backend: Backend,
+        settings: DomainSettings,
+        pool_size: u32,
+        max_in_flight: usize,
+        ca: Option<std::sync::Arc<orgadmin_domain::ca::CertificateAuthority>>,
+    ) -> Self {
         let dir = fresh_dir();
         let (database_url, pg_database) = fresh_database(backend, &dir).await;
         let db = persistence::connect(&database_url, pool_size).await.expect("connect");
         persistence::migrate(&db).await.expect("migrate");
         let domain = Domain::new(db, test_vault(), &[OPERATOR_TOKEN.to_owned()])
             .with_settings(settings)
-            .with_ca(Some(test_ca()));
+            .with_ca(ca);
         let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
         let http_addr = http_listener.local_addr().expect("http addr");
         let http = tokio::spawn(orgadmin_service::serve_certificate_http(

@@ -781,6 +781,67 @@ impl Domain {
         to_certificate(row)
     }
 
+    /// A deleted user's certificates end with them, in the deletion's own
+    /// transaction: ISSUED ones are REVOKED (holder no longer with the
+    /// organisation), orders not picked up are deleted. Each in history.
+    /// Returns how many were revoked (the caller publishes a CRL after its
+    /// commit, or leaves it to the worker).
+    pub(crate) async fn end_holder_certificates_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        holder_id: Uuid,
+        now: Millis,
+    ) -> DomainResult<u64> {
+        let rows = certificate::Entity::find()
+            .filter(certificate::Column::HolderId.eq(holder_id))
+            .filter(
+                certificate::Column::State
+                    .is_in([CertificateState::Issued.as_str(), CertificateState::Ordered.as_str()]),
+            )
+            .all(txn)
+            .await?;
+        let mut revoked = 0;
+        for row in rows {
+            let mut changes = Vec::new();
+            if row.state == CertificateState::Ordered.as_str() {
+                certificate::Entity::delete_by_id(row.id).exec(txn).await?;
+                diff(&mut changes, "state", &row.state, "");
+                history::record(
+                    txn,
+                    event(&row, Activity::CertificateOrderDeleted, caller, now, changes),
+                )
+                .await?;
+                continue;
+            }
+            certificate::Entity::update_many()
+                .col_expr(
+                    certificate::Column::State,
+                    Expr::value(CertificateState::Revoked.as_str()),
+                )
+                .col_expr(certificate::Column::RevokedAt, Expr::value(now))
+                .col_expr(
+                    certificate::Column::RevocationReason,
+                    Expr::value(RevocationReason::HolderLeft.as_str()),
+                )
+                .col_expr(certificate::Column::Version, Expr::value(row.version + 1))
+                .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+                .filter(certificate::Column::Id.eq(row.id))
+                .exec(txn)
+                .await?;
+            diff(&mut changes, "state", &row.state, CertificateState::Revoked.as_str());
+            diff(
+                &mut changes,
+                "revocation_reason",
+                "",
+                RevocationReason::HolderLeft.as_str(),
+            );
+            history::record(txn, event(&row, Activity::CertificateRevoked, caller, now, changes)).await?;
+            revoked += 1;
+        }
+        Ok(revoked)
+    }
+
     /// A certificate row as far as the caller can see it: members see their
     /// own organisation's, operators none (R-ACC-6 keeps them to
     /// administrators); outside that view it reads as missing.

@@ -151,9 +151,22 @@ impl Domain {
     /// revocation stands and the worker's next look (`refresh_crl_if_due`)
     /// publishes it.
     pub(crate) async fn publish_crl_after_commit(&self) {
+        if self.ca.is_none() {
+            return;
+        }
         if let Err(e) = self.publish_crl(now_millis()).await {
             tracing::warn!(error = %e, "could not publish the CRL after a revocation; the worker will");
         }
+    }
+
+    /// Whether a (deleted) user's certificates were revoked with them.
+    pub(crate) async fn holds_revoked_certificates(&self, holder_id: Uuid) -> DomainResult<bool> {
+        Ok(certificate::Entity::find()
+            .filter(certificate::Column::HolderId.eq(holder_id))
+            .filter(certificate::Column::State.eq(CertificateState::Revoked.as_str()))
+            .count(&self.db)
+            .await?
+            > 0)
     }
 
     /// The newest CRL; the first is signed on demand.

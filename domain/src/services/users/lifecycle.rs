@@ -144,6 +144,11 @@ impl Domain {
         let updated = self.delete_user_in(&txn, caller, id, etag).await?;
         txn.commit().await?;
         self.auth_cache.clear();
+        // Their certificates were revoked with them: publish at once (an
+        // import's deletions are published by the worker's next look).
+        if self.holds_revoked_certificates(id).await? {
+            self.publish_crl_after_commit().await;
+        }
         Ok(updated)
     }
 
@@ -183,6 +188,7 @@ impl Domain {
         self.revoke_user_tokens(txn, id, now, true).await?;
         self.record_user_event(txn, &current, Activity::UserDeleted, caller, now, changes)
             .await?;
+        self.end_holder_certificates_in(txn, caller, id, now).await?;
         self.load_user(txn, id).await
     }
 
