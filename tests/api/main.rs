@@ -18,6 +18,7 @@ mod operations;
 mod organisations;
 mod outage;
 mod reasons;
+mod replicas;
 mod rights;
 mod seats;
 mod smoke;

@@ -17,8 +17,8 @@ both_backends!(
 );
 
 /// A worker process; its log (JSON lines) is read for its start and its id.
-struct Worker {
-    child: Child,
+pub(crate) struct Worker {
+    pub(crate) child: Child,
     /// The worker's id (the `claimed_by` of the mails it claims), once started.
     started: std::sync::mpsc::Receiver<String>,
 }
@@ -32,7 +32,7 @@ impl Drop for Worker {
 
 impl Worker {
     /// Waits for the worker's "worker started" line; returns its id.
-    async fn started(&self) -> String {
+    pub(crate) async fn started(&self) -> String {
         let started = Instant::now();
         loop {
             match self.started.try_recv() {
@@ -46,14 +46,21 @@ impl Worker {
     }
 
     #[track_caller]
-    fn assert_alive(&mut self) {
+    pub(crate) fn assert_alive(&mut self) {
         let exited = self.child.try_wait().expect("worker status");
         assert!(exited.is_none(), "a worker died: {exited:?}");
     }
 }
 
 fn spawn_worker(app: &TestApp, sink: &SmtpSink, lease_ms: u32) -> Worker {
-    let child = Command::new(built_binary("orgadmin-worker"))
+    spawn_worker_with(app, sink, lease_ms, &[])
+}
+
+/// `spawn_worker` with further environment (a sweep schedule, ...).
+pub(crate) fn spawn_worker_with(app: &TestApp, sink: &SmtpSink, lease_ms: u32, env: &[(&str, &str)]) -> Worker {
+    let mut command = Command::new(built_binary("orgadmin-worker"));
+    command.envs(env.iter().copied());
+    let child = command
         .current_dir(&app.dir)
         .env("DATABASE_URL", &app.database_url)
         .env("SMTP_URL", sink.url())
@@ -251,7 +258,7 @@ async fn killed_worker_loses_no_mail(backend: Backend) {
 }
 
 /// Waits until `done` holds for the job, up to `timeout`.
-async fn wait_for_job(
+pub(crate) async fn wait_for_job(
     app: &TestApp,
     token: &str,
     id: &str,
