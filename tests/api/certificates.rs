@@ -1345,6 +1345,19 @@ async fn expiry_warnings_go_once_and_certificates_expire(backend: Backend) {
     let now = now_millis();
     assert!(domain.refresh_crl_if_due(now).await.unwrap());
     assert!(!domain.refresh_crl_if_due(now + 1000).await.unwrap());
+    // A revocation whose own publication failed (written here behind the
+    // domain's back) is caught by the next look.
+    use sea_orm::ConnectionTrait;
+    domain
+        .db()
+        .execute_unprepared(&format!(
+            "UPDATE certificates SET state = 'REVOKED', revoked_at = {now}, revocation_reason = 'KEY_COMPROMISED' WHERE serial = '{}'",
+            second.serial
+        ))
+        .await
+        .unwrap();
+    assert!(domain.refresh_crl_if_due(now + 2000).await.unwrap());
+    assert!(!domain.refresh_crl_if_due(now + 3000).await.unwrap());
     assert!(domain.refresh_crl_if_due(now + 13 * 60 * 60 * 1000).await.unwrap());
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);

@@ -215,17 +215,28 @@ impl Domain {
         if self.ca.is_none() {
             return Ok(false);
         }
-        let due = match self.latest_crl().await? {
+        // Its times and count only: the CRL itself (megabytes with 100,000
+        // entries) is not read on every tick.
+        let latest: Option<(i64, i64, i64)> = crl_publication::Entity::find()
+            .select_only()
+            .column(crl_publication::Column::ThisUpdate)
+            .column(crl_publication::Column::NextUpdate)
+            .column(crl_publication::Column::RevokedCount)
+            .order_by_desc(crl_publication::Column::CrlNumber)
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        let due = match latest {
             None => true,
-            Some(latest) => {
-                let half_life = (latest.next_update - latest.this_update) / 2;
+            Some((this_update, next_update, revoked_count)) => {
+                let half_life = (next_update - this_update) / 2;
                 // Counted at the newest CRL's own thisUpdate, so only a
                 // revocation can change the count, not an expiry since.
                 let listed_then = certificate::Entity::find()
-                    .filter(listed(latest.this_update))
+                    .filter(listed(this_update))
                     .count(&self.db)
                     .await? as i64;
-                latest.next_update - now < half_life || listed_then != latest.revoked_count
+                next_update - now < half_life || listed_then != revoked_count
             }
         };
         if due {
