@@ -293,18 +293,30 @@ impl CertificateAuthority {
         let Some(dir) = embedded_dir else {
             return Ok(None);
         };
+        // Key and certificate in one file, published whole: a service and a
+        // worker starting together over one data folder must end up with
+        // one CA, never a key of one and a certificate of the other.
         let dir = dir.join("ca");
-        let key_path = dir.join("ca-key.pem");
-        let certificate_path = dir.join("ca-certificate.pem");
-        if !key_path.exists() {
+        let path = dir.join("ca-key-and-certificate.pem");
+        if !path.exists() {
             let (key, certificate) = Self::generate("orgadmin embedded CA")?;
-            crate::config::write_private_file(&certificate_path, &certificate)?;
-            crate::config::write_private_file(&key_path, &key)?;
+            let draft = dir.join(format!(".draft-{}", uuid::Uuid::now_v7().simple()));
+            crate::config::write_private_file(&draft, &format!("{key}{certificate}"))?;
+            // A hard link never replaces: whoever links first wins.
+            let published = std::fs::hard_link(&draft, &path);
+            let _ = std::fs::remove_file(&draft);
+            match published {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+            }
         }
-        let key = std::fs::read_to_string(&key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
-        let certificate = std::fs::read_to_string(&certificate_path)
-            .map_err(|e| format!("cannot read {}: {e}", certificate_path.display()))?;
-        Self::from_pem(&key, &certificate, "", &source.crl_url, &source.ocsp_url).map(Some)
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let split = text
+            .find("-----BEGIN CERTIFICATE-----")
+            .ok_or_else(|| format!("{} holds no certificate", path.display()))?;
+        let (key, certificate) = text.split_at(split);
+        Self::from_pem(key, certificate, "", &source.crl_url, &source.ocsp_url).map(Some)
     }
 
     pub fn certificate_pem(&self) -> &str {
@@ -413,4 +425,46 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Service and worker starting at once over one data folder: one CA.
+    #[test]
+    fn processes_starting_together_share_one_generated_ca() {
+        let dir = std::env::temp_dir().join(format!("orgadmin-ca-{}", uuid::Uuid::now_v7().simple()));
+        let source = CaSource::default();
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (dir, source) = (dir.clone(), source.clone());
+                std::thread::spawn(move || {
+                    CertificateAuthority::from_config(&source, Some(&dir))
+                        .unwrap()
+                        .unwrap()
+                        .certificate_pem()
+                        .to_owned()
+                })
+            })
+            .collect();
+        let certificates: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(certificates.windows(2).all(|w| w[0] == w[1]), "one CA for all");
+        let file = dir.join("ca").join("ca-key-and-certificate.pem");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o077, 0);
+        }
+        assert_eq!(std::fs::read_dir(dir.join("ca")).unwrap().count(), 1, "no drafts left");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_key_never_shows_in_debug() {
+        let (key, certificate) = CertificateAuthority::generate("t").unwrap();
+        let ca = CertificateAuthority::from_pem(&key, &certificate, "", "", "").unwrap();
+        let body = key.lines().nth(1).unwrap();
+        assert!(!format!("{ca:?}").contains(body));
+    }
 }
