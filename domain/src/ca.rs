@@ -131,10 +131,10 @@ impl CertificateAuthority {
         let key = KeyPair::from_pem(key_pem).map_err(|e| format!("the CA key is not a PKCS#8 PEM key: {e}"))?;
         let issuer = Issuer::from_ca_cert_pem(certificate_pem, key)
             .map_err(|e| format!("the CA certificate cannot be read: {e}"))?;
-        if !issuer.key_usages().is_empty()
-            && !(issuer.key_usages().contains(&KeyUsagePurpose::KeyCertSign)
-                && issuer.key_usages().contains(&KeyUsagePurpose::CrlSign))
-        {
+        let usages = issuer.key_usages();
+        let signs_both = usages.contains(&KeyUsagePurpose::KeyCertSign) && usages.contains(&KeyUsagePurpose::CrlSign);
+        // No KeyUsage at all allows every use.
+        if !usages.is_empty() && !signs_both {
             return Err("the CA certificate's key usage must allow keyCertSign and cRLSign".into());
         }
         let certificate_pem = certificate_pem.trim().to_owned() + "\n";

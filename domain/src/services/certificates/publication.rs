@@ -187,7 +187,10 @@ impl Domain {
 
     /// `GetCrl` and the CA certificate: public, any caller.
     pub async fn crl_for(&self, caller: &Caller) -> DomainResult<PublishedCrl> {
-        authorize(caller, Action::ReadCertificateAuthority, Target::platform())?;
+        let target = caller
+            .organisation_id()
+            .map_or(Target::platform(), Target::organisation);
+        authorize(caller, Action::ReadCertificateAuthority, target)?;
         self.current_crl().await
     }
 
