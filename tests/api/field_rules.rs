@@ -32,6 +32,12 @@ struct Ctx {
     unit: pb::Unit,
     activation_code: String,
     anonymity_request_id: String,
+    /// An ISSUED user certificate of the member.
+    certificate_id: String,
+    /// The pickup token of the member's ORDERED e-mail encryption certificate.
+    encryption_pickup: String,
+    /// A CSR for an Ed25519 key (which cannot encrypt).
+    ed25519_csr: String,
 }
 
 /// One refused call; the variant names the RPC.
@@ -56,6 +62,11 @@ enum Call {
     UpdateNotificationPreferences(pb::UpdateNotificationPreferencesRequest),
     CreateImport(Vec<pb::CreateImportRequest>),
     BatchSendActivation(pb::BatchSendActivationRequest),
+    OrderCertificate(pb::OrderCertificateRequest),
+    IssueCertificate(pb::IssueCertificateRequest),
+    SearchCertificates(pb::SearchCertificatesRequest),
+    RenewCertificate(pb::RenewCertificateRequest),
+    RevokeCertificate(pb::RevokeCertificateRequest),
 }
 
 impl Call {
@@ -81,6 +92,11 @@ impl Call {
             Call::UpdateNotificationPreferences(_) => "UpdateNotificationPreferences",
             Call::CreateImport(_) => "CreateImport",
             Call::BatchSendActivation(_) => "BatchSendActivation",
+            Call::OrderCertificate(_) => "OrderCertificate",
+            Call::IssueCertificate(_) => "IssueCertificate",
+            Call::SearchCertificates(_) => "SearchCertificates",
+            Call::RenewCertificate(_) => "RenewCertificate",
+            Call::RevokeCertificate(_) => "RevokeCertificate",
         }
     }
 
@@ -116,6 +132,12 @@ impl Call {
                 .map(drop),
             Call::CreateImport(messages) => app.stream_import(admin, messages).await.map(drop),
             Call::BatchSendActivation(r) => app.imports().batch_send_activation(req(admin, r)).await.map(drop),
+            Call::OrderCertificate(r) => app.certs().order_certificate(req(admin, r)).await.map(drop),
+            // Picked up by the recipient of the pickup mail: the member.
+            Call::IssueCertificate(r) => app.certs().issue_certificate(req(member, r)).await.map(drop),
+            Call::SearchCertificates(r) => app.certs().search_certificates(req(admin, r)).await.map(drop),
+            Call::RenewCertificate(r) => app.certs().renew_certificate(req(admin, r)).await.map(drop),
+            Call::RevokeCertificate(r) => app.certs().revoke_certificate(req(admin, r)).await.map(drop),
         }
     }
 }
@@ -294,6 +316,53 @@ impl Ctx {
         }
     }
 }
+
+/// A user certificate of the member for signing in.
+fn user_certificate(c: &Ctx) -> pb::OrderCertificateRequest {
+    pb::OrderCertificateRequest {
+        organisation_id: c.org.id.clone(),
+        kind: pb::CertificateKind::Employee as i32,
+        holder_id: c.member.id.clone(),
+        usages: vec![pb::CertificateUsage::Authentication as i32],
+        ..Default::default()
+    }
+}
+
+/// An organisation certificate for service access.
+fn organisation_certificate(c: &Ctx) -> pb::OrderCertificateRequest {
+    pb::OrderCertificateRequest {
+        organisation_id: c.org.id.clone(),
+        kind: pb::CertificateKind::Organisation as i32,
+        label: "Lønsystem".into(),
+        usages: vec![pb::CertificateUsage::ServiceAccess as i32],
+        ..Default::default()
+    }
+}
+
+fn search_certificates(c: &Ctx) -> pb::SearchCertificatesRequest {
+    pb::SearchCertificatesRequest {
+        organisation_id: c.org.id.clone(),
+        ..Default::default()
+    }
+}
+
+/// A CSR for a new Ed25519 key, by the real `openssl req`.
+fn ed25519_csr() -> String {
+    let dir = fresh_dir();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-new", "-newkey", "ed25519", "-nodes", "-keyout", "k.pem", "-subj", "/CN=x", "-out", "r.csr",
+        ])
+        .current_dir(&dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read_to_string(dir.join("r.csr")).unwrap()
+}
+
+/// The body of a PEM CSR, cut off: not a CSR any more.
+const CSR_CUT: &str =
+    "-----BEGIN CERTIFICATE REQUEST-----\nMIIBBjCBrQIBADAMMQowCAYDVQQDDAF4\n-----END CERTIFICATE REQUEST-----\n";
 
 fn preference(kind: pb::NotificationKind, channel: pb::DeliveryChannel) -> Call {
     Call::UpdateNotificationPreferences(pb::UpdateNotificationPreferencesRequest {
@@ -739,6 +808,173 @@ fn rows() -> Vec<Row> {
                 import_id: uuid::Uuid::now_v7().to_string(),
             }
         )),
+        // Certificates: the order (R-CERT-2).
+        row!("usages", "none", |c| Call::OrderCertificate(
+            pb::OrderCertificateRequest {
+                usages: Vec::new(),
+                ..user_certificate(c)
+            }
+        )),
+        row!("usages[0]", "an organisation usage on a user certificate", |c| {
+            Call::OrderCertificate(pb::OrderCertificateRequest {
+                usages: vec![pb::CertificateUsage::Sealing as i32],
+                ..user_certificate(c)
+            })
+        }),
+        row!("usages[1]", "the same usage twice", |c| Call::OrderCertificate(
+            pb::OrderCertificateRequest {
+                usages: vec![
+                    pb::CertificateUsage::Authentication as i32,
+                    pb::CertificateUsage::Authentication as i32
+                ],
+                ..user_certificate(c)
+            }
+        )),
+        row!("usages[0]", "CERTIFICATE_USAGE_UNSPECIFIED", |c| {
+            Call::OrderCertificate(pb::OrderCertificateRequest {
+                usages: vec![pb::CertificateUsage::Unspecified as i32],
+                ..user_certificate(c)
+            })
+        }),
+        row!("holder_id", "missing on a user certificate", |c| {
+            Call::OrderCertificate(pb::OrderCertificateRequest {
+                holder_id: String::new(),
+                ..user_certificate(c)
+            })
+        }),
+        row!("holder_id", "given on an organisation certificate", |c| {
+            Call::OrderCertificate(pb::OrderCertificateRequest {
+                holder_id: c.member.id.clone(),
+                ..organisation_certificate(c)
+            })
+        }),
+        row!("label", "given on a user certificate", |c| Call::OrderCertificate(
+            pb::OrderCertificateRequest {
+                label: "Min nøgle".into(),
+                ..user_certificate(c)
+            }
+        )),
+        row!("label", "missing on an organisation certificate", |c| {
+            Call::OrderCertificate(pb::OrderCertificateRequest {
+                label: String::new(),
+                ..organisation_certificate(c)
+            })
+        }),
+        row!("label", "65 characters", |c| Call::OrderCertificate(
+            pb::OrderCertificateRequest {
+                label: long(65),
+                ..organisation_certificate(c)
+            }
+        )),
+        row!("email", "not plain ASCII", |c| Call::OrderCertificate(
+            pb::OrderCertificateRequest {
+                email: "søren@firma.dk".into(),
+                ..user_certificate(c)
+            }
+        )),
+        row!("email", "two addresses", |c| Call::OrderCertificate(
+            pb::OrderCertificateRequest {
+                email: "a,evil@b.dk".into(),
+                ..user_certificate(c)
+            }
+        )),
+        row!("email", "not the holder's own", |c| Call::OrderCertificate(
+            pb::OrderCertificateRequest {
+                email: "someone.else@firma.dk".into(),
+                ..user_certificate(c)
+            }
+        )),
+        row!("kind", "CERTIFICATE_KIND_UNSPECIFIED", |c| Call::OrderCertificate(
+            pb::OrderCertificateRequest {
+                kind: pb::CertificateKind::Unspecified as i32,
+                ..user_certificate(c)
+            }
+        )),
+        // The pickup and the renewal: the token and the CSR.
+        row!("token", "blank", |_| Call::IssueCertificate(
+            pb::IssueCertificateRequest {
+                token: " ".into(),
+                csr_pem: p256_csr(),
+            }
+        )),
+        row!("csr_pem", "cut short", |c| Call::IssueCertificate(
+            pb::IssueCertificateRequest {
+                token: c.encryption_pickup.clone(),
+                csr_pem: CSR_CUT.into(),
+            }
+        )),
+        row!("csr_pem", "an Ed25519 key for e-mail encryption", |c| {
+            Call::IssueCertificate(pb::IssueCertificateRequest {
+                token: c.encryption_pickup.clone(),
+                csr_pem: c.ed25519_csr.clone(),
+            })
+        }),
+        row!("csr_pem", "not PEM", |c| Call::RenewCertificate(
+            pb::RenewCertificateRequest {
+                certificate_id: c.certificate_id.clone(),
+                csr_pem: "MIIB".into(),
+            }
+        )),
+        // Revocation.
+        row!("reason", "SUPERSEDED, which only a renewal sets", |c| {
+            Call::RevokeCertificate(pb::RevokeCertificateRequest {
+                certificate_id: c.certificate_id.clone(),
+                reason: pb::RevocationReason::Superseded as i32,
+                etag: String::new(),
+            })
+        }),
+        row!("reason", "REVOCATION_REASON_UNSPECIFIED", |c| {
+            Call::RevokeCertificate(pb::RevokeCertificateRequest {
+                certificate_id: c.certificate_id.clone(),
+                reason: pb::RevocationReason::Unspecified as i32,
+                etag: String::new(),
+            })
+        }),
+        row!("etag", "not an etag of ours", |c| Call::RevokeCertificate(
+            pb::RevokeCertificateRequest {
+                certificate_id: c.certificate_id.clone(),
+                reason: pb::RevocationReason::KeyAccessLost as i32,
+                etag: GARBLED_ETAG.into(),
+            }
+        )),
+        // Search (R-CERT-6).
+        row!("serial", "not hexadecimal", |c| Call::SearchCertificates(
+            pb::SearchCertificatesRequest {
+                serial: "xyz".into(),
+                ..search_certificates(c)
+            }
+        )),
+        row!("subject_text", "201 characters", |c| Call::SearchCertificates(
+            pb::SearchCertificatesRequest {
+                subject_text: long(201),
+                ..search_certificates(c)
+            }
+        )),
+        row!("expire_time_to", "before expire_time_from", |c| {
+            Call::SearchCertificates(pb::SearchCertificatesRequest {
+                expire_time_from: Some(in_ms(0)),
+                expire_time_to: Some(past()),
+                ..search_certificates(c)
+            })
+        }),
+        row!("page_size", "over 500", |c| Call::SearchCertificates(
+            pb::SearchCertificatesRequest {
+                page_size: 501,
+                ..search_certificates(c)
+            }
+        )),
+        row!("page_token", "not one of ours", |c| Call::SearchCertificates(
+            pb::SearchCertificatesRequest {
+                page_token: "garbage".into(),
+                ..search_certificates(c)
+            }
+        )),
+        row!("state", "not a state", |c| Call::SearchCertificates(
+            pb::SearchCertificatesRequest {
+                state: 99,
+                ..search_certificates(c)
+            }
+        )),
     ]
 }
 
@@ -790,6 +1026,56 @@ async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
         .anonymity_request
         .expect("request")
         .id;
+    // Certificates: user and organisation ones allowed; the member holds an
+    // ISSUED one and has an e-mail encryption one waiting for pickup.
+    orgs.update_organisation_settings(req(
+        &admin_token,
+        pb::UpdateOrganisationSettingsRequest {
+            settings: Some(pb::OrganisationSettings {
+                organisation_id: fixture.org.id.clone(),
+                certificate_kinds: vec![
+                    pb::CertificateKind::Employee as i32,
+                    pb::CertificateKind::Organisation as i32,
+                ],
+                ..Default::default()
+            }),
+            update_mask: mask(&["certificate_kinds"]),
+        },
+    ))
+    .await
+    .expect("allow certificate kinds");
+    let order = |usage: pb::CertificateUsage| pb::OrderCertificateRequest {
+        organisation_id: fixture.org.id.clone(),
+        kind: pb::CertificateKind::Employee as i32,
+        holder_id: member.id.clone(),
+        usages: vec![usage as i32],
+        ..Default::default()
+    };
+    app.certs()
+        .order_certificate(req(&admin_token, order(pb::CertificateUsage::Authentication)))
+        .await
+        .expect("order");
+    let pickup = app.mailed_token("certificate_pickup", &member.email).await;
+    let certificate_id = app
+        .certs()
+        .issue_certificate(req(
+            &member_token,
+            pb::IssueCertificateRequest {
+                token: pickup,
+                csr_pem: p256_csr(),
+            },
+        ))
+        .await
+        .expect("pickup")
+        .into_inner()
+        .certificate
+        .expect("certificate")
+        .id;
+    app.certs()
+        .order_certificate(req(&admin_token, order(pb::CertificateUsage::EmailEncryption)))
+        .await
+        .expect("order");
+    let encryption_pickup = app.mailed_token("certificate_pickup", &member.email).await;
     // Read last, so every etag is current.
     let org = orgs
         .get_organisation(req(
@@ -830,6 +1116,9 @@ async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
         unit,
         activation_code,
         anonymity_request_id,
+        certificate_id,
+        encryption_pickup,
+        ed25519_csr: ed25519_csr(),
     };
 
     let before = app.fingerprint().await;

@@ -13,7 +13,9 @@ use tonic::Code;
 
 both_backends!(
     reasons_no_other_scenario_reaches,
-    a_pool_held_to_the_last_connection_is_busy
+    a_pool_held_to_the_last_connection_is_busy,
+    without_a_ca_certificates_are_refused,
+    a_pickup_after_the_address_changed_is_refused
 );
 
 /// The test sources that may assert a reason: every integration scenario
@@ -303,5 +305,120 @@ async fn a_pool_held_to_the_last_connection_is_busy(backend: Backend) {
         ))
         .await
         .expect("served once the connection is back");
+    app.finish().await;
+}
+
+/// CA_NOT_CONFIGURED: a server whose domain has no CA refuses to order a
+/// certificate and to sign the first CRL, and changes nothing.
+async fn without_a_ca_certificates_are_refused(backend: Backend) {
+    use orgadmin_proto::v1::certificate_service_client::CertificateServiceClient;
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(orgadmin_service::serve(
+        app.domain.clone().with_ca(None),
+        listener,
+        16,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut certs = CertificateServiceClient::new(channel);
+    let before = app.fingerprint().await;
+    let order = certs
+        .order_certificate(req(
+            &fixture.admin_token,
+            pb::OrderCertificateRequest {
+                organisation_id: fixture.org.id.clone(),
+                kind: pb::CertificateKind::Employee as i32,
+                holder_id: fixture.admin.id.clone(),
+                usages: vec![pb::CertificateUsage::Authentication as i32],
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(order, Code::FailedPrecondition)),
+        "CA_NOT_CONFIGURED"
+    );
+    // No CRL was signed yet, and none can be.
+    let crl = certs.get_crl(req(&fixture.admin_token, pb::GetCrlRequest {})).await;
+    assert_eq!(reason(&assert_code(crl, Code::FailedPrecondition)), "CA_NOT_CONFIGURED");
+    assert_eq!(app.fingerprint().await, before);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    app.finish().await;
+}
+
+/// EMAIL_NOT_VERIFIED at pickup: the order named the holder's verified
+/// address for the certificate; the holder's address changed since, so the
+/// pickup is refused (the certificate would carry an address no longer
+/// theirs) and changes nothing. It is no field of the pickup request, so
+/// no INVALID_ARGUMENT.
+async fn a_pickup_after_the_address_changed_is_refused(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    let (holder, holder_token) = app.member(&fixture, "Holder", &[]).await;
+    app.certs()
+        .order_certificate(req(
+            &token,
+            pb::OrderCertificateRequest {
+                organisation_id: fixture.org.id.clone(),
+                kind: pb::CertificateKind::Employee as i32,
+                holder_id: holder.id.clone(),
+                usages: vec![pb::CertificateUsage::EmailEncryption as i32],
+                email: holder.email.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let pickup = app.mailed_token("certificate_pickup", &holder.email).await;
+    let new_address = unique_email("holder.ny");
+    app.users()
+        .update_user(req(
+            &token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    email: new_address.clone(),
+                    ..holder.clone()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["email".into()],
+                }),
+                cpr: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let link = app.mailed_token("email_verification", &new_address).await;
+    app.users()
+        .verify_email(req("", pb::VerifyEmailRequest { token: link }))
+        .await
+        .unwrap();
+    let before = app.fingerprint().await;
+    let refused = app
+        .certs()
+        .issue_certificate(req(
+            &holder_token,
+            pb::IssueCertificateRequest {
+                token: pickup,
+                csr_pem: p256_csr(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(refused, Code::FailedPrecondition)),
+        "EMAIL_NOT_VERIFIED"
+    );
+    assert_eq!(app.fingerprint().await, before);
     app.finish().await;
 }

@@ -1,5 +1,6 @@
 //! Every RPC × every caller kind × own/other organisation: allowed, or
-//! PERMISSION_DENIED (UNAUTHENTICATED without a token) with nothing changed.
+//! PERMISSION_DENIED (UNAUTHENTICATED without a token; NOT_FOUND for what
+//! lies outside the caller's view, see `denial`) with nothing changed.
 //! The matrix checks itself: every method of every orgadmin service in the
 //! served descriptor set must have a row, and every row a call.
 
@@ -32,7 +33,10 @@ const EVERYONE: &[Who] = &[
 ];
 
 /// A fresh organisation with one user per role, a unit, a deactivated user and
-/// a token to revoke; plus another organisation with its administrator.
+/// a token to revoke; plus another organisation with its administrator. The
+/// organisation allows user and organisation certificates and has one of
+/// each ORDERED (pickup mailed) and one of each ISSUED: the user ones of the
+/// plain user, the organisation ones with its administrator as contact.
 struct World {
     org: pb::Organisation,
     unit: pb::Unit,
@@ -49,6 +53,11 @@ struct World {
     anonymity_request_id: String,
     failed_mail_id: String,
     import_id: String,
+    plain_order_id: String,
+    plain_pickup: String,
+    plain_certificate_id: String,
+    org_order_id: String,
+    org_certificate_id: String,
     tokens: Vec<(Who, String)>,
 }
 
@@ -57,10 +66,52 @@ impl World {
         let fixture = app.org_with_admin().await;
         let other = app.org_with_admin().await;
         let (org_admin, org_admin_token) = app.member(&fixture, "OrgAdmin", &[pb::Role::OrganisationAdmin]).await;
-        let _ = org_admin;
         let (user_admin, user_admin_token) = app.member(&fixture, "UserAdmin", &[pb::Role::UserAdmin]).await;
         let (_, rights_token) = app.member(&fixture, "RightsAdmin", &[pb::Role::RightsAdmin]).await;
         let (plain, plain_token) = app.member(&fixture, "Plain", &[]).await;
+        app.orgs()
+            .update_organisation_settings(req(
+                &org_admin_token,
+                pb::UpdateOrganisationSettingsRequest {
+                    settings: Some(pb::OrganisationSettings {
+                        organisation_id: fixture.org.id.clone(),
+                        certificate_kinds: vec![
+                            pb::CertificateKind::Employee as i32,
+                            pb::CertificateKind::Organisation as i32,
+                        ],
+                        ..Default::default()
+                    }),
+                    update_mask: mask(&["certificate_kinds"]),
+                },
+            ))
+            .await
+            .unwrap();
+        let (plain_order_id, plain_pickup) =
+            order_with_pickup(app, &user_admin_token, user_order(&fixture.org.id, &plain), &plain).await;
+        let plain_certificate_id = issued(
+            app,
+            &user_admin_token,
+            user_order(&fixture.org.id, &plain),
+            &plain,
+            &plain_token,
+        )
+        .await;
+        let (org_order_id, _) =
+            order_with_pickup(app, &org_admin_token, organisation_order(&fixture.org.id), &org_admin).await;
+        let org_certificate_id = issued(
+            app,
+            &org_admin_token,
+            organisation_order(&fixture.org.id),
+            &org_admin,
+            &org_admin_token,
+        )
+        .await;
+        // The first CRL is signed on demand: sign it here, so a GetCrl in a
+        // case reads and does not write.
+        app.certs()
+            .get_crl(req(&org_admin_token, pb::GetCrlRequest {}))
+            .await
+            .unwrap();
         let (target, target_session) = app.member(&fixture, "Target", &[]).await;
         let target_token_id = app
             .auth()
@@ -212,6 +263,11 @@ impl World {
             .id;
         World {
             import_id,
+            plain_order_id,
+            plain_pickup,
+            plain_certificate_id,
+            org_order_id,
+            org_certificate_id,
             org,
             unit,
             plain,
@@ -241,6 +297,76 @@ impl World {
     fn token(&self, who: Who) -> String {
         self.tokens.iter().find(|(w, _)| *w == who).unwrap().1.clone()
     }
+}
+
+/// A user certificate for signing in, held by `holder`.
+fn user_order(org: &str, holder: &pb::User) -> pb::OrderCertificateRequest {
+    pb::OrderCertificateRequest {
+        organisation_id: org.to_owned(),
+        kind: pb::CertificateKind::Employee as i32,
+        holder_id: holder.id.clone(),
+        usages: vec![pb::CertificateUsage::Authentication as i32],
+        ..Default::default()
+    }
+}
+
+/// An organisation certificate for service access; the caller is its contact.
+fn organisation_order(org: &str) -> pb::OrderCertificateRequest {
+    pb::OrderCertificateRequest {
+        organisation_id: org.to_owned(),
+        kind: pb::CertificateKind::Organisation as i32,
+        label: "Lønsystem".into(),
+        usages: vec![pb::CertificateUsage::ServiceAccess as i32],
+        ..Default::default()
+    }
+}
+
+/// Orders as `token`; returns the order's id and the pickup token mailed to
+/// `recipient`.
+async fn order_with_pickup(
+    app: &TestApp,
+    token: &str,
+    order: pb::OrderCertificateRequest,
+    recipient: &pb::User,
+) -> (String, String) {
+    let id = app
+        .certs()
+        .order_certificate(req(token, order))
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap()
+        .id;
+    (id, app.mailed_token("certificate_pickup", &recipient.email).await)
+}
+
+/// Orders as `token` and picks up as the recipient; returns the ISSUED
+/// certificate's id.
+async fn issued(
+    app: &TestApp,
+    token: &str,
+    order: pb::OrderCertificateRequest,
+    recipient: &pb::User,
+    recipient_token: &str,
+) -> String {
+    let (_, pickup) = order_with_pickup(app, token, order, recipient).await;
+    let certificate = app
+        .certs()
+        .issue_certificate(req(
+            recipient_token,
+            pb::IssueCertificateRequest {
+                token: pickup,
+                csr_pem: p256_csr(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    assert_eq!(certificate.state, pb::CertificateState::Issued as i32);
+    certificate.id
 }
 
 /// A one-row create file.
@@ -824,6 +950,119 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             ))
             .await
             .map(drop),
+        "OrderUserCertificate" => app
+            .certs()
+            .order_certificate(req(t, user_order(&org, &world.target)))
+            .await
+            .map(drop),
+        "OrderOrganisationCertificate" => app
+            .certs()
+            .order_certificate(req(t, organisation_order(&org)))
+            .await
+            .map(drop),
+        "IssueCertificate" => app
+            .certs()
+            .issue_certificate(req(
+                t,
+                pb::IssueCertificateRequest {
+                    token: world.plain_pickup.clone(),
+                    csr_pem: p256_csr(),
+                },
+            ))
+            .await
+            .map(drop),
+        "GetCertificate" => app
+            .certs()
+            .get_certificate(req(
+                t,
+                pb::GetCertificateRequest {
+                    certificate_id: world.plain_certificate_id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        "SearchCertificates" => app
+            .certs()
+            .search_certificates(req(
+                t,
+                pb::SearchCertificatesRequest {
+                    organisation_id: org,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "DeleteCertificateOrder" | "DeleteOrganisationCertificateOrder" => app
+            .certs()
+            .delete_certificate_order(req(
+                t,
+                pb::DeleteCertificateOrderRequest {
+                    certificate_id: if rpc == "DeleteCertificateOrder" {
+                        world.plain_order_id.clone()
+                    } else {
+                        world.org_order_id.clone()
+                    },
+                },
+            ))
+            .await
+            .map(drop),
+        "RenewCertificate" | "RenewOrganisationCertificate" => app
+            .certs()
+            .renew_certificate(req(
+                t,
+                pb::RenewCertificateRequest {
+                    certificate_id: if rpc == "RenewCertificate" {
+                        world.plain_certificate_id.clone()
+                    } else {
+                        world.org_certificate_id.clone()
+                    },
+                    csr_pem: p256_csr(),
+                },
+            ))
+            .await
+            .map(drop),
+        "RevokeCertificate" | "RevokeOrganisationCertificate" => app
+            .certs()
+            .revoke_certificate(req(
+                t,
+                pb::RevokeCertificateRequest {
+                    certificate_id: if rpc == "RevokeCertificate" {
+                        world.plain_certificate_id.clone()
+                    } else {
+                        world.org_certificate_id.clone()
+                    },
+                    reason: pb::RevocationReason::KeyAccessLost as i32,
+                    etag: String::new(),
+                },
+            ))
+            .await
+            .map(drop),
+        "ListCertificateHistory" => app
+            .certs()
+            .list_certificate_history(req(
+                t,
+                pb::ListCertificateHistoryRequest {
+                    certificate_id: world.plain_certificate_id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "ExportCertificates" => {
+            let mut stream = app
+                .certs()
+                .export_certificates(req(
+                    t,
+                    pb::ExportCertificatesRequest {
+                        organisation_id: org,
+                        format: pb::ExportFormat::Csv as i32,
+                    },
+                ))
+                .await?
+                .into_inner();
+            stream.message().await.map(drop)
+        }
+        "GetCrl" => app.certs().get_crl(req(t, pb::GetCrlRequest {})).await.map(drop),
         other => panic!("no call for {other}"),
     }
 }
@@ -835,6 +1074,7 @@ const USR: &str = "orgadmin.v1.UserService/";
 const AUT: &str = "orgadmin.v1.AuthService/";
 const NOT: &str = "orgadmin.v1.NotificationService/";
 const IMP: &str = "orgadmin.v1.ImportService/";
+const CRT: &str = "orgadmin.v1.CertificateService/";
 const MEMBERS: &[Who] = &[OrgAdmin, UserAdmin, RightsAdmin, PlainUser, OtherOrgAdmin];
 
 /// The expected policy, written out independently of the domain's table:
@@ -967,6 +1207,46 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
         &[Operator, OrgAdmin, UserAdmin, RightsAdmin, PlainUser, OtherOrgAdmin],
     ),
     ("BatchSendActivation", IMP, "BatchSendActivation", &[UserAdmin]),
+    // R-CERT: user administrators manage user certificates, organisation
+    // administrators the organisation's own; both read them; operators
+    // manage and read none. The holder (or contact person) picks up and
+    // renews their own, and a holder revokes their own user certificate
+    // (a lost key). The CRL is public.
+    ("OrderUserCertificate", CRT, "OrderCertificate", &[UserAdmin]),
+    ("OrderOrganisationCertificate", CRT, "OrderCertificate", &[OrgAdmin]),
+    // Only the recipient of the pickup mail, signed in as themselves.
+    ("IssueCertificate", CRT, "IssueCertificate", &[PlainUser]),
+    (
+        "GetCertificate",
+        CRT,
+        "GetCertificate",
+        &[OrgAdmin, UserAdmin, PlainUser],
+    ),
+    ("SearchCertificates", CRT, "SearchCertificates", &[OrgAdmin, UserAdmin]),
+    ("DeleteCertificateOrder", CRT, "DeleteCertificateOrder", &[UserAdmin]),
+    (
+        "DeleteOrganisationCertificateOrder",
+        CRT,
+        "DeleteCertificateOrder",
+        &[OrgAdmin],
+    ),
+    ("RenewCertificate", CRT, "RenewCertificate", &[UserAdmin, PlainUser]),
+    ("RenewOrganisationCertificate", CRT, "RenewCertificate", &[OrgAdmin]),
+    ("RevokeCertificate", CRT, "RevokeCertificate", &[UserAdmin, PlainUser]),
+    ("RevokeOrganisationCertificate", CRT, "RevokeCertificate", &[OrgAdmin]),
+    (
+        "ListCertificateHistory",
+        CRT,
+        "ListCertificateHistory",
+        &[OrgAdmin, UserAdmin, PlainUser],
+    ),
+    ("ExportCertificates", CRT, "ExportCertificates", &[OrgAdmin, UserAdmin]),
+    (
+        "GetCrl",
+        CRT,
+        "GetCrl",
+        &[Operator, OrgAdmin, UserAdmin, RightsAdmin, PlainUser, OtherOrgAdmin],
+    ),
 ];
 
 /// The one user or job a case acts on, as far as visibility goes.
@@ -977,6 +1257,11 @@ enum Target {
     Administrator,
     /// An import job: only its organisation's members see it.
     ImportJob,
+    /// A certificate: only its organisation's members see it.
+    Certificate,
+    /// A pickup token: another organisation's (and for the operator, every
+    /// one) reads as unknown, like a wrong token.
+    Pickup,
 }
 
 fn target(case: &str) -> Target {
@@ -998,6 +1283,15 @@ fn target(case: &str) -> Target {
             Target::Administrator
         }
         "GetImport" | "WatchImport" | "ListImportErrors" | "GetImportReport" | "CancelImport" => Target::ImportJob,
+        "GetCertificate"
+        | "DeleteCertificateOrder"
+        | "DeleteOrganisationCertificateOrder"
+        | "RenewCertificate"
+        | "RenewOrganisationCertificate"
+        | "RevokeCertificate"
+        | "RevokeOrganisationCertificate"
+        | "ListCertificateHistory" => Target::Certificate,
+        "IssueCertificate" => Target::Pickup,
         _ => Target::NoOneUser,
     }
 }
@@ -1005,13 +1299,16 @@ fn target(case: &str) -> Target {
 /// How a denied call answers: no token is UNAUTHENTICATED; a user outside
 /// the caller's view (another organisation's, or an ordinary user for the
 /// operator: R-ACC-6) reads as missing, NOT_FOUND, exactly like an id that
-/// does not exist; anything else is PERMISSION_DENIED.
+/// does not exist; a pickup token of another organisation is unknown,
+/// FAILED_PRECONDITION, exactly like a wrong one; anything else is
+/// PERMISSION_DENIED.
 fn denial(case: &str, who: Who) -> Code {
     match (who, target(case)) {
         (Nobody, _) => Code::Unauthenticated,
         (OtherOrgAdmin, Target::PlainUser | Target::Administrator) => Code::NotFound,
         (Operator, Target::PlainUser) => Code::NotFound,
-        (Operator | OtherOrgAdmin, Target::ImportJob) => Code::NotFound,
+        (Operator | OtherOrgAdmin, Target::ImportJob | Target::Certificate) => Code::NotFound,
+        (Operator | OtherOrgAdmin, Target::Pickup) => Code::FailedPrecondition,
         _ => Code::PermissionDenied,
     }
 }
@@ -1075,6 +1372,11 @@ async fn every_rpc_for_every_role(backend: Backend) {
                     let want = denial(rpc, *who);
                     if status.code() != want {
                         failures.push(format!("{rpc} as {who:?}: want {want:?}, got {status:?}"));
+                    }
+                    if want == Code::FailedPrecondition && reason(status) != "CERTIFICATE_PICKUP_UNKNOWN" {
+                        failures.push(format!(
+                            "{rpc} as {who:?}: the token should read as unknown: {status:?}"
+                        ));
                     }
                     if app.fingerprint().await != before {
                         failures.push(format!("{rpc} as {who:?}: denied but changed data"));

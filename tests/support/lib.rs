@@ -877,3 +877,38 @@ pub fn worker_config(app: &TestApp, smtp_url: &str) -> orgadmin_domain::Config {
         ..orgadmin_domain::Config::default()
     }
 }
+
+/// A PKCS#10 CSR (PEM) for a P-256 key, made once per test run by the real
+/// `openssl req`; any number of certificates may be issued over its key.
+pub fn p256_csr() -> String {
+    static CSR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSR.get_or_init(|| {
+        let dir = fresh_dir();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "holder.key",
+                "-subj",
+                "/CN=x",
+                "-out",
+                "holder.csr",
+            ])
+            .current_dir(&dir)
+            .output()
+            .expect("openssl must be installed");
+        assert!(
+            out.status.success(),
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(dir.join("holder.csr")).expect("the CSR openssl wrote")
+    })
+    .clone()
+}

@@ -1,9 +1,7 @@
 use std::pin::Pin;
 
 use orgadmin_domain::Domain;
-use orgadmin_domain::services::certificates::{
-    Certificate, CertificateOrder, CertificateQuery, IssuedCertificate, canonical_serial,
-};
+use orgadmin_domain::services::certificates::{Certificate, CertificateOrder, CertificateQuery, IssuedCertificate};
 use orgadmin_domain::services::users::HistoryQuery;
 use orgadmin_proto::v1 as pb;
 use orgadmin_proto::v1::certificate_service_server::CertificateService;
@@ -148,13 +146,8 @@ impl CertificateService for CertificateHandler {
             Ok::<_, orgadmin_domain::DomainError>(CertificateQuery {
                 organisation_id: id("organisation_id", &r.organisation_id)?,
                 certificate_id: opt_id("certificate_id", &r.certificate_id)?,
-                serial: match opt_string(r.serial.clone()) {
-                    Some(serial) => Some(
-                        canonical_serial(&serial)
-                            .map_err(|rule| orgadmin_domain::DomainError::invalid("serial", rule))?,
-                    ),
-                    None => None,
-                },
+                // Read as people type it by the domain (`canonical_serial`).
+                serial: opt_string(r.serial.clone()),
                 subject_text: opt_string(r.subject_text.clone()),
                 holder_id: opt_id("holder_id", &r.holder_id)?,
                 contact_id: opt_id("contact_id", &r.contact_id)?,

@@ -118,17 +118,37 @@ fn check_order(order: &CertificateOrder) -> DomainResult<()> {
             }
         }
     }
-    if let Some(email) = &order.email {
-        if !email.is_ascii() {
-            v.add(
-                "email",
-                "must be plain ASCII (no æ, ø or å): a certificate carries its e-mail address as IA5String",
-            );
-        } else {
-            v.check("email", Email::parse(email).map(|_| ()));
-        }
+    v.into_result()
+}
+
+/// The order's certificate e-mail address: plain ASCII, one address, and
+/// the `whose` person's own (`owner`).
+fn check_order_email(email: &str, owner: &user::Model, whose: &str) -> DomainResult<()> {
+    let mut v = Violations::default();
+    if !email.is_ascii() {
+        v.add(
+            "email",
+            "must be plain ASCII (no æ, ø or å): a certificate carries its e-mail address as IA5String",
+        );
+    } else if let Err(rule) = Email::parse(email) {
+        v.add("email", rule);
+    } else if normalise::key(email) != normalise::key(&owner.email) {
+        v.add("email", format!("must be the {whose}'s own e-mail address"));
     }
     v.into_result()
+}
+
+fn whose_email(kind: CertificateKind) -> &'static str {
+    if kind == CertificateKind::Employee {
+        "holder"
+    } else {
+        "contact person"
+    }
+}
+
+/// The request's CSR, checked (`check_csr`).
+fn read_csr(csr_pem: &str) -> DomainResult<CheckedCsr> {
+    check_csr(csr_pem).map_err(|rule| DomainError::invalid("csr_pem", rule))
 }
 
 async fn user_in(db: &impl ConnectionTrait, organisation_id: Uuid, id: Uuid) -> DomainResult<user::Model> {
@@ -191,15 +211,15 @@ fn check_people(
     }
     if let Some(email) = email {
         let owner = holder.unwrap_or(contact);
-        let whose = if kind == CertificateKind::Employee {
-            "holder"
-        } else {
-            "contact person"
-        };
+        let whose = whose_email(kind);
+        // The order checked the address (`check_order_email`); a pickup
+        // finds it changed when the person's address changed since.
         if normalise::key(email) != normalise::key(&owner.email) {
-            return Err(DomainError::invalid(
-                "email",
-                format!("must be the {whose}'s own e-mail address"),
+            return Err(DomainError::precondition(
+                Reason::EmailNotVerified,
+                format!(
+                    "the order's e-mail address is no longer the {whose}'s verified address; delete the order and order again"
+                ),
             ));
         }
         if !owner.email_verified {
@@ -259,11 +279,19 @@ impl Domain {
             (Some(id), _, _) => id,
             (None, Some(holder), _) => holder.id,
             (None, None, Some(me)) => me,
-            (None, None, None) => return Err(DomainError::invalid("contact_id", "is required")),
+            // Members always have a user; only a system caller has none.
+            (None, None, None) => {
+                return Err(DomainError::Internal(
+                    "a system caller's order names its contact person".into(),
+                ));
+            }
         };
         let contact = user_in(&txn, org.id, contact_id).await?;
         ensure_active(&contact, "contact person")?;
         let email = order.email.as_deref().map(|e| e.trim().to_owned());
+        if let Some(email) = &email {
+            check_order_email(email, holder.as_ref().unwrap_or(&contact), whose_email(order.kind))?;
+        }
         check_people(order.kind, &order.usages, email.as_deref(), holder.as_ref(), &contact)?;
 
         let token = new_token();
@@ -366,7 +394,7 @@ impl Domain {
         if token.trim().is_empty() {
             return Err(DomainError::invalid("token", "is required"));
         }
-        let csr = check_csr(csr_pem).map_err(|rule| DomainError::invalid("csr_pem", rule))?;
+        let csr = read_csr(csr_pem)?;
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
         let unknown = || {
@@ -570,7 +598,7 @@ impl Domain {
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn renew_certificate(&self, caller: &Caller, id: Uuid, csr_pem: &str) -> DomainResult<IssuedCertificate> {
         let ca = self.ca()?;
-        let csr = check_csr(csr_pem).map_err(|rule| DomainError::invalid("csr_pem", rule))?;
+        let csr = read_csr(csr_pem)?;
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
         let old = self.visible_certificate(&txn, caller, id).await?;
