@@ -684,6 +684,50 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
         issued.push(one);
     }
 
+    // A user created anonymous (R-USR-10) is named by a stable pseudonym,
+    // never by their name.
+    let (anonymous, anonymous_session) = app
+        .create_and_activate(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                first_name: "Hemmelig".into(),
+                surname: "Person".into(),
+                anonymous: true,
+                ..new_user(&fixture.org.id, "Hemmelig", &[])
+            },
+        )
+        .await;
+    let mut pseudonyms = Vec::new();
+    for round in 0..2 {
+        let one = issued_user_certificate(
+            &app,
+            &fixture,
+            &anonymous,
+            &anonymous_session,
+            &[pb::CertificateUsage::Authentication],
+            &dir,
+            "p256",
+        )
+        .await;
+        let text = verify(&dir, &format!("anonymous-{round}"), &one);
+        assert!(
+            !text.contains("Hemmelig") && !text.contains("GN =") && !text.contains("SN ="),
+            "{text}"
+        );
+        let start = text.find("pseudonym = ").expect("a pseudonym in the subject");
+        pseudonyms.push(
+            text[start..]
+                .lines()
+                .next()
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(pseudonyms[0], pseudonyms[1], "the same pseudonym every time");
+
     // An Ed25519 key cannot encrypt: refused, the order still waits.
     order(
         &app,
@@ -899,7 +943,7 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
         .count("SELECT COUNT(*) FROM certificates WHERE der IS NOT NULL")
         .await;
     assert_eq!(bundle.matches("-----BEGIN CERTIFICATE-----").count() as i64, issued_now);
-    assert_eq!(issued_now, 5);
+    assert_eq!(issued_now, 7);
     let csv = export(&app, &fixture, pb::ExportFormat::Csv).await;
     assert!(
         csv.starts_with(b"\xEF\xBB\xBF"),
@@ -908,7 +952,7 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
     let csv = String::from_utf8(csv[3..].to_vec()).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[0].starts_with("id;kind;state;serial;subject"));
-    assert_eq!(lines.len() - 1, 5, "one line per certificate: {csv}");
+    assert_eq!(lines.len() - 1, 7, "one line per certificate: {csv}");
     assert!(csv.contains("SUPERSEDED") && csv.contains("Lønsystem"));
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
