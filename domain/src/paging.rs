@@ -47,3 +47,46 @@ pub fn page_size(requested: i32, default: u64, max: u64) -> Result<u64, DomainEr
         n => Ok(n as u64),
     }
 }
+
+/// Which way a keyset list runs over its ids (UUIDv7: creation order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first.
+    Ascending,
+    /// Newest first.
+    Descending,
+}
+
+/// One page of `select` (its filters already on) by its id column: the
+/// rows after the token's id in `order`, at most `limit`, and the token of
+/// the next page when there are more. The one keyset query of every list.
+#[allow(clippy::too_many_arguments)]
+pub async fn keyset<E: sea_orm::EntityTrait>(
+    db: &impl sea_orm::ConnectionTrait,
+    select: sea_orm::Select<E>,
+    id: E::Column,
+    order: Order,
+    list: &str,
+    token: &str,
+    limit: u64,
+    id_of: impl Fn(&E::Model) -> Uuid,
+) -> Result<(Vec<E::Model>, Option<String>), DomainError> {
+    use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect};
+    let cursor = decode(list, token)?;
+    let mut select = match order {
+        Order::Ascending => select.order_by_asc(id),
+        Order::Descending => select.order_by_desc(id),
+    };
+    if let Some(cursor) = cursor {
+        select = select.filter(match order {
+            Order::Ascending => id.gt(cursor),
+            Order::Descending => id.lt(cursor),
+        });
+    }
+    let mut rows = select.limit(limit + 1).all(db).await?;
+    let next = (rows.len() as u64 > limit).then(|| {
+        rows.truncate(limit as usize);
+        encode(list, id_of(&rows[rows.len() - 1]))
+    });
+    Ok((rows, next))
+}

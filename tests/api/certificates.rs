@@ -463,6 +463,21 @@ async fn a_user_certificate_lives_and_is_revoked_as_openssl_sees_it(backend: Bac
             },
             1,
         ),
+        // Taken literally: `%` and `_` are no wildcards.
+        (
+            pb::SearchCertificatesRequest {
+                subject_text: "%".into(),
+                ..Default::default()
+            },
+            0,
+        ),
+        (
+            pb::SearchCertificatesRequest {
+                subject_text: "k_ren".into(),
+                ..Default::default()
+            },
+            0,
+        ),
         (
             pb::SearchCertificatesRequest {
                 usage: pb::CertificateUsage::EmailEncryption as i32,

@@ -145,3 +145,11 @@ pub(crate) fn roles_of_user() -> sea_orm::RelationDef {
         .to(entities::user::Column::Id)
         .into()
 }
+
+/// `column LIKE '%text%'` with `text` taken literally (its `%`, `_` and `\`
+/// escaped): a search for `50%` finds `50%`, not everything.
+pub(crate) fn contains_literally(column: impl sea_orm::ColumnTrait, text: &str) -> sea_orm::sea_query::SimpleExpr {
+    use sea_orm::sea_query::{Expr, ExprTrait, LikeExpr};
+    let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    Expr::col(column).like(LikeExpr::new(format!("%{escaped}%")).escape('\\'))
+}

@@ -4,7 +4,7 @@
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -170,21 +170,22 @@ impl Domain {
         )?;
         let limit = paging::page_size(page_size, 50, 500)?;
         let list = format!("anonymity:{organisation_id}");
-        let after = paging::decode(&list, page_token)?;
-        let mut query = anonymity_request::Entity::find()
-            .filter(anonymity_request::Column::OrganisationId.eq(organisation_id))
-            .order_by_asc(anonymity_request::Column::Id);
+        let mut query =
+            anonymity_request::Entity::find().filter(anonymity_request::Column::OrganisationId.eq(organisation_id));
         if pending_only {
             query = query.filter(anonymity_request::Column::State.eq(AnonymityRequestState::Pending.as_str()));
         }
-        if let Some(after) = after {
-            query = query.filter(anonymity_request::Column::Id.gt(after));
-        }
-        let mut rows = query.limit(limit + 1).all(&self.db).await?;
-        let next = (rows.len() as u64 > limit).then(|| {
-            rows.truncate(limit as usize);
-            paging::encode(&list, rows[rows.len() - 1].id)
-        });
+        let (rows, next) = paging::keyset(
+            &self.db,
+            query,
+            anonymity_request::Column::Id,
+            paging::Order::Ascending,
+            &list,
+            page_token,
+            limit,
+            |r| r.id,
+        )
+        .await?;
         Ok(Page {
             items: rows.into_iter().map(from_row).collect::<DomainResult<_>>()?,
             next_page_token: next,

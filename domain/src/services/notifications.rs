@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -167,21 +167,21 @@ impl Domain {
         let user_id = own_user(caller)?;
         let limit = paging::page_size(page_size, 50, 500)?;
         let list = format!("notifications:{user_id}");
-        let before = paging::decode(&list, page_token)?;
-        let mut query = notification::Entity::find()
-            .filter(notification::Column::UserId.eq(user_id))
-            .order_by_desc(notification::Column::Id);
+        let mut query = notification::Entity::find().filter(notification::Column::UserId.eq(user_id));
         if unread_only {
             query = query.filter(notification::Column::ReadAt.is_null());
         }
-        if let Some(before) = before {
-            query = query.filter(notification::Column::Id.lt(before));
-        }
-        let mut rows = query.limit(limit + 1).all(&self.db).await?;
-        let next = (rows.len() as u64 > limit).then(|| {
-            rows.truncate(limit as usize);
-            paging::encode(&list, rows[rows.len() - 1].id)
-        });
+        let (rows, next) = paging::keyset(
+            &self.db,
+            query,
+            notification::Column::Id,
+            paging::Order::Descending,
+            &list,
+            page_token,
+            limit,
+            |r| r.id,
+        )
+        .await?;
         let items = rows
             .into_iter()
             .map(|row| {

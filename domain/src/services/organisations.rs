@@ -1,7 +1,7 @@
 //! Organisations, settings, licences and units (R-ORG).
 
 use sea_orm::ActiveValue::Set;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -230,21 +230,23 @@ impl Domain {
         page_token: &str,
     ) -> DomainResult<Page<Organisation>> {
         let limit = paging::page_size(page_size, 50, 500)?;
-        let after = paging::decode("organisations", page_token)?;
-        let mut query = organisation::Entity::find().order_by_asc(organisation::Column::Id);
+        let mut query = organisation::Entity::find();
         if let Some(own) = caller.organisation_id() {
             query = query.filter(organisation::Column::Id.eq(own));
         } else if !caller.is_operator() {
             return Err(DomainError::denied("the caller may not list organisations"));
         }
-        if let Some(after) = after {
-            query = query.filter(organisation::Column::Id.gt(after));
-        }
-        let mut rows = query.limit(limit + 1).all(&self.db).await?;
-        let next = (rows.len() as u64 > limit).then(|| {
-            rows.truncate(limit as usize);
-            paging::encode("organisations", rows[rows.len() - 1].id)
-        });
+        let (rows, next) = paging::keyset(
+            &self.db,
+            query,
+            organisation::Column::Id,
+            paging::Order::Ascending,
+            "organisations",
+            page_token,
+            limit,
+            |r| r.id,
+        )
+        .await?;
         let items = rows
             .into_iter()
             .map(organisation_from_row)

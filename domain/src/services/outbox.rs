@@ -208,18 +208,18 @@ impl Domain {
     ) -> DomainResult<Page<OutboxEntry>> {
         authorize(caller, Action::ManageMailQueue, Target::platform())?;
         let limit = paging::page_size(page_size, 50, 500)?;
-        let after = paging::decode("failed-mails", page_token)?;
-        let mut query = outbox_mail::Entity::find()
-            .filter(outbox_mail::Column::State.eq(STATE_FAILED))
-            .order_by_asc(outbox_mail::Column::Id);
-        if let Some(after) = after {
-            query = query.filter(outbox_mail::Column::Id.gt(after));
-        }
-        let mut rows = query.limit(limit + 1).all(&self.db).await?;
-        let next = (rows.len() as u64 > limit).then(|| {
-            rows.truncate(limit as usize);
-            paging::encode("failed-mails", rows[rows.len() - 1].id)
-        });
+        let query = outbox_mail::Entity::find().filter(outbox_mail::Column::State.eq(STATE_FAILED));
+        let (rows, next) = paging::keyset(
+            &self.db,
+            query,
+            outbox_mail::Column::Id,
+            paging::Order::Ascending,
+            "failed-mails",
+            page_token,
+            limit,
+            |r| r.id,
+        )
+        .await?;
         Ok(Page {
             items: rows.into_iter().map(entry_from_row).collect(),
             next_page_token: next,

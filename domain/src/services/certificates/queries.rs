@@ -126,7 +126,6 @@ impl Domain {
         )?;
         let limit = paging::page_size(query.page_size, 50, 500)?;
         let list = format!("certificates:{}", query.organisation_id);
-        let before = paging::decode(&list, &query.page_token)?;
         if let (Some(from), Some(to)) = (query.expires_from, query.expires_to)
             && from >= to
         {
@@ -145,7 +144,10 @@ impl Domain {
             if text.is_empty() || text.chars().count() > 200 {
                 return Err(DomainError::invalid("subject_text", "must be 1 to 200 characters"));
             }
-            filter = filter.add(certificate::Column::SearchText.contains(&text));
+            filter = filter.add(crate::persistence::contains_literally(
+                certificate::Column::SearchText,
+                &text,
+            ));
         }
         if let Some(holder) = query.holder_id {
             filter = filter.add(certificate::Column::HolderId.eq(holder));
@@ -180,19 +182,17 @@ impl Domain {
         if let Some(to) = query.expires_to {
             filter = filter.add(certificate::Column::NotAfter.lt(to));
         }
-        if let Some(before) = before {
-            filter = filter.add(certificate::Column::Id.lt(before));
-        }
-        let mut rows = certificate::Entity::find()
-            .filter(filter)
-            .order_by_desc(certificate::Column::Id)
-            .limit(limit + 1)
-            .all(&self.db)
-            .await?;
-        let next = (rows.len() as u64 > limit).then(|| {
-            rows.truncate(limit as usize);
-            paging::encode(&list, rows[rows.len() - 1].id)
-        });
+        let (rows, next) = paging::keyset(
+            &self.db,
+            certificate::Entity::find().filter(filter),
+            certificate::Column::Id,
+            paging::Order::Descending,
+            &list,
+            &query.page_token,
+            limit,
+            |r| r.id,
+        )
+        .await?;
         Ok(Page {
             items: rows.into_iter().map(to_certificate).collect::<DomainResult<_>>()?,
             next_page_token: next,

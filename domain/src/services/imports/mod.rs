@@ -342,19 +342,20 @@ impl Domain {
         authorize(caller, Action::ReadImports, Target::organisation(organisation_id))?;
         let limit = paging::page_size(page_size, 50, 500)?;
         let list = format!("imports:{organisation_id}");
-        let before = paging::decode(&list, page_token)?;
-        let mut query = import_job::Entity::find()
+        let query = import_job::Entity::find()
             .filter(import_job::Column::OrganisationId.eq(organisation_id))
-            .filter(import_job::Column::State.ne(ImportState::Uploading.as_str()))
-            .order_by_desc(import_job::Column::Id);
-        if let Some(before) = before {
-            query = query.filter(import_job::Column::Id.lt(before));
-        }
-        let mut rows = query.limit(limit + 1).all(&self.db).await?;
-        let next = (rows.len() as u64 > limit).then(|| {
-            rows.truncate(limit as usize);
-            paging::encode(&list, rows[rows.len() - 1].id)
-        });
+            .filter(import_job::Column::State.ne(ImportState::Uploading.as_str()));
+        let (rows, next) = paging::keyset(
+            &self.db,
+            query,
+            import_job::Column::Id,
+            paging::Order::Descending,
+            &list,
+            page_token,
+            limit,
+            |r| r.id,
+        )
+        .await?;
         Ok(Page {
             items: rows.into_iter().map(job_from_row).collect::<DomainResult<_>>()?,
             next_page_token: next,

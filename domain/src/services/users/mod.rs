@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use sea_orm::ActiveValue::{self, Set};
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult, JoinType, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Statement,
+    QuerySelect, QueryTrait, Statement,
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -373,10 +373,6 @@ pub(crate) async fn roles_of(db: &impl ConnectionTrait, user_ids: &[Uuid]) -> Do
         map.entry(row.user_id).or_default().push(parse(&row.role)?);
     }
     Ok(map)
-}
-
-fn escape_like(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }
 
 fn opt_id(id: Option<Uuid>) -> String {

@@ -20,13 +20,7 @@ impl Domain {
     ) -> DomainResult<Page<User>> {
         authorize(caller, Action::ListUsers, Target::organisation(organisation_id))?;
         let limit = paging::page_size(page_size, 50, 500)?;
-        let after = paging::decode(&format!("users:{organisation_id}"), page_token)?;
-        let mut query = user::Entity::find()
-            .filter(user::Column::OrganisationId.eq(organisation_id))
-            .order_by_asc(user::Column::Id);
-        if let Some(after) = after {
-            query = query.filter(user::Column::Id.gt(after));
-        }
+        let mut query = user::Entity::find().filter(user::Column::OrganisationId.eq(organisation_id));
         if let Some(state) = filter.state {
             query = query.filter(user::Column::State.eq(state.as_str()));
         }
@@ -64,17 +58,20 @@ impl Domain {
             // (NFC, Unicode lower case), stored in `search_text` on every
             // write, because SQLite's `lower()` folds ASCII only.
             for word in normalise::key(text).split_whitespace() {
-                let pattern = format!("%{}%", escape_like(word));
-                query = query.filter(
-                    Expr::col(user::Column::SearchText).like(sea_orm::sea_query::LikeExpr::new(pattern).escape('\\')),
-                );
+                query = query.filter(crate::persistence::contains_literally(user::Column::SearchText, word));
             }
         }
-        let mut rows = query.limit(limit + 1).all(&self.db).await?;
-        let next = (rows.len() as u64 > limit).then(|| {
-            rows.truncate(limit as usize);
-            paging::encode(&format!("users:{organisation_id}"), rows[rows.len() - 1].id)
-        });
+        let (rows, next) = paging::keyset(
+            &self.db,
+            query,
+            user::Column::Id,
+            paging::Order::Ascending,
+            &format!("users:{organisation_id}"),
+            page_token,
+            limit,
+            |r| r.id,
+        )
+        .await?;
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let mut roles = roles_of(&self.db, &ids).await?;
         let items = rows
@@ -112,7 +109,6 @@ impl Domain {
     ) -> DomainResult<Page<HistoryEvent>> {
         let limit = paging::page_size(query.page_size, 200, 1000)?;
         let list = format!("history:{subject_id}");
-        let before = paging::decode(&list, &query.page_token)?;
         if let (Some(start), Some(end)) = (query.start, query.end)
             && start >= end
         {
@@ -120,11 +116,7 @@ impl Domain {
         }
         let mut select = history_event::Entity::find()
             .filter(history_event::Column::SubjectKind.eq(subject_kind))
-            .filter(history_event::Column::SubjectId.eq(subject_id))
-            .order_by_desc(history_event::Column::Id);
-        if let Some(before) = before {
-            select = select.filter(history_event::Column::Id.lt(before));
-        }
+            .filter(history_event::Column::SubjectId.eq(subject_id));
         if let Some(start) = query.start {
             select = select.filter(history_event::Column::OccurredAt.gte(start));
         }
@@ -136,11 +128,17 @@ impl Domain {
             let names: Vec<&str> = query.activities.iter().map(|a| a.as_str()).collect();
             select = select.filter(history_event::Column::Activity.is_in(names));
         }
-        let mut rows = select.limit(limit + 1).all(&self.db).await?;
-        let next = (rows.len() as u64 > limit).then(|| {
-            rows.truncate(limit as usize);
-            paging::encode(&list, rows[rows.len() - 1].id)
-        });
+        let (rows, next) = paging::keyset(
+            &self.db,
+            select,
+            history_event::Column::Id,
+            paging::Order::Descending,
+            &list,
+            &query.page_token,
+            limit,
+            |r| r.id,
+        )
+        .await?;
         Ok(Page {
             items: rows
                 .into_iter()
