@@ -28,6 +28,7 @@ mod m20261202_000022_add_user_email_verification;
 mod m20261202_000030_add_create_request_ids;
 mod m20261202_000040_create_import_jobs;
 mod m20261202_000050_create_certificates;
+mod m20261202_000051_add_certificate_search_index;
 mod m20261202_000052_add_user_organisation_signing;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
@@ -66,6 +67,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000030_add_create_request_ids::Migration),
             Box::new(m20261202_000040_create_import_jobs::Migration),
             Box::new(m20261202_000050_create_certificates::Migration),
+            Box::new(m20261202_000051_add_certificate_search_index::Migration),
             Box::new(m20261202_000052_add_user_organisation_signing::Migration),
         ]
     }

@@ -461,7 +461,12 @@ impl Domain {
             Some(id) => Some(user_in(txn, org.id, id).await?),
             None => None,
         };
-        let contact = user_in(txn, org.id, row.contact_id).await?;
+        // A user certificate's contact person is by default its holder:
+        // read once.
+        let contact = match &holder {
+            Some(holder) if holder.id == row.contact_id => holder.clone(),
+            _ => user_in(txn, org.id, row.contact_id).await?,
+        };
         check_people(kind, &usages, row.email.as_deref(), holder.as_ref(), &contact)?;
         if !csr.key.encrypts() && usages.iter().any(|u| u.encrypts()) {
             return Err(DomainError::invalid(
@@ -569,10 +574,21 @@ impl Domain {
             history::record(txn, event(&old, Activity::CertificateSuperseded, caller, now, changes)).await?;
             superseded = true;
         }
-        let issued = certificate::Entity::find_by_id(row.id)
-            .one(txn)
-            .await?
-            .ok_or_else(|| DomainError::not_found("certificate", row.id))?;
+        // The row as the UPDATE above wrote it (it matched exactly this
+        // version), without reading it back.
+        let issued = certificate::Model {
+            state: CertificateState::Issued.as_str().into(),
+            serial: Some(serial_hex),
+            search_text: Some(normalise::key(&subject_text)),
+            subject: Some(subject_text),
+            key_algorithm: Some(csr.key.describe()),
+            not_before: Some(not_before),
+            not_after: Some(not_after),
+            der: Some(der),
+            version: row.version + 1,
+            updated_at: now,
+            ..row
+        };
         Ok((issued, superseded))
     }
 
