@@ -435,7 +435,7 @@ pub mod import_created_user {
 pub mod certificate {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(Clone, Debug, Default, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "certificates")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]

@@ -89,10 +89,6 @@ fn normalise_code(code: &str) -> String {
     }
 }
 
-fn expires_on(at: Millis) -> String {
-    crate::mail::date(at)
-}
-
 /// Whether the user can hold open secrets that a new one replaces. A user
 /// inserted in this very transaction holds none: no UPDATE to end them (one
 /// round trip less per CreateUser).
@@ -211,7 +207,7 @@ impl Domain {
                 ("first_name", &row.first_name),
                 ("organisation_name", organisation_name),
                 (link_name, &url),
-                ("expires_on", &expires_on(expires_at)),
+                ("expires_on", &crate::mail::date(expires_at)),
             ],
         )
         .await?;

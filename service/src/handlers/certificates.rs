@@ -60,16 +60,6 @@ fn issued_parts(issued: IssuedCertificate) -> (Option<pb::Certificate>, String, 
     )
 }
 
-fn etag(field: &str, value: &str) -> Result<Option<i64>, orgadmin_domain::DomainError> {
-    if value.is_empty() {
-        return Ok(None);
-    }
-    value
-        .parse()
-        .map(Some)
-        .map_err(|_| orgadmin_domain::DomainError::invalid(field, "must be the etag a read returned"))
-}
-
 #[tonic::async_trait]
 impl CertificateService for CertificateHandler {
     async fn order_certificate(
@@ -228,17 +218,16 @@ impl CertificateService for CertificateHandler {
     ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
         let caller = caller(&self.domain, &request).await?;
         let r = request.into_inner();
-        let (certificate_id, reason, etag) = (|| {
+        let (certificate_id, reason) = (|| {
             Ok::<_, orgadmin_domain::DomainError>((
                 id("certificate_id", &r.certificate_id)?,
                 revocation_reason("reason", r.reason)?,
-                etag("etag", &r.etag)?,
             ))
         })()
         .into_status()?;
         let certificate = self
             .domain
-            .revoke_certificate(&caller, certificate_id, reason, etag)
+            .revoke_certificate(&caller, certificate_id, reason, &r.etag)
             .await
             .into_status()?;
         Ok(Response::new(pb::RevokeCertificateResponse {

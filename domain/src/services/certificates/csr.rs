@@ -92,21 +92,15 @@ pub fn check_csr(pem_text: &str) -> Result<CheckedCsr, String> {
 }
 
 fn pem_body(text: &str) -> Result<Vec<u8>, String> {
-    use base64::Engine;
-    let text = text.trim();
-    let begin = text
-        .find("-----BEGIN CERTIFICATE REQUEST-----")
-        .or_else(|| text.find("-----BEGIN NEW CERTIFICATE REQUEST-----"))
-        .ok_or("must be PEM starting with -----BEGIN CERTIFICATE REQUEST-----")?;
-    let body_start = text[begin..].find('\n').map(|n| begin + n + 1).ok_or("is cut short")?;
-    let end = text[body_start..]
-        .find("-----END")
-        .map(|n| body_start + n)
-        .ok_or("has no -----END line")?;
-    let body: String = text[body_start..end].chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .map_err(|_| "has a PEM body that is not base64".to_owned())
+    let (_, pem) = x509_parser::pem::parse_x509_pem(text.trim().as_bytes())
+        .map_err(|_| "must be PEM starting with -----BEGIN CERTIFICATE REQUEST-----".to_owned())?;
+    if pem.label != "CERTIFICATE REQUEST" && pem.label != "NEW CERTIFICATE REQUEST" {
+        return Err(format!(
+            "must be PEM starting with -----BEGIN CERTIFICATE REQUEST-----, not {}",
+            pem.label
+        ));
+    }
+    Ok(pem.contents)
 }
 
 #[cfg(test)]

@@ -3,14 +3,16 @@
 //! supersession publishes a new CRL right after its commit.
 
 use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
-use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, PaginatorTrait,
+    QueryFilter,
+};
 use tracing::instrument;
 use uuid::Uuid;
 
 use super::csr::{CheckedCsr, check_csr};
-use super::{Certificate, CertificateState, CertificateUsage, RevocationReason, no_ca, to_certificate, usages_to_text};
+use super::{Certificate, CertificateState, CertificateUsage, RevocationReason, to_certificate, usages_to_text};
 use crate::Domain;
 use crate::ca::{LeafProfile, SubjectAttribute, random_serial};
 use crate::email::Email;
@@ -20,7 +22,7 @@ use crate::model::*;
 use crate::normalise;
 use crate::persistence::entities::{certificate, organisation, user};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
-use crate::persistence::mapping::parse;
+use crate::persistence::mapping::{parse, parse_list};
 use crate::policy::{Action, Caller, Principal, Target, authorize};
 use crate::secrets::{new_token, token_hash};
 use crate::services::notifications::NotificationKind;
@@ -173,11 +175,7 @@ fn ensure_active(person: &user::Model, role: &str) -> DomainResult<()> {
 }
 
 fn ensure_kind_allowed(org: &organisation::Model, kind: CertificateKind) -> DomainResult<()> {
-    let allowed: Vec<CertificateKind> = serde_json::from_str::<Vec<String>>(&org.certificate_kinds)
-        .map_err(|e| DomainError::Internal(format!("certificate_kinds: {e}")))?
-        .iter()
-        .map(|k| parse(k))
-        .collect::<DomainResult<_>>()?;
+    let allowed: Vec<CertificateKind> = parse_list(&org.certificate_kinds)?;
     if !allowed.contains(&kind) {
         return Err(DomainError::precondition(
             Reason::CertificateKindNotAllowed,
@@ -252,10 +250,6 @@ fn event<'a>(
 }
 
 impl Domain {
-    fn ca(&self) -> DomainResult<&crate::ca::CertificateAuthority> {
-        self.ca.as_deref().ok_or_else(no_ca)
-    }
-
     /// R-CERT-2: records the order and mails its single-use pickup token to
     /// the holder (or contact person), with an in-app notification.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
@@ -296,6 +290,7 @@ impl Domain {
 
         let token = new_token();
         let expires_at = now + self.settings.certificates.pickup_ttl_ms;
+        // Nothing of an issued certificate yet: those columns stay empty.
         let row = certificate::Model {
             id: Uuid::now_v7(),
             organisation_id: org.id,
@@ -306,23 +301,12 @@ impl Domain {
             label: order.label.as_deref().map(|l| normalise::nfc(l.trim())),
             usages: usages_to_text(&order.usages),
             email,
-            renews_id: None,
             pickup_token_hash: Some(token_hash(&token)),
             pickup_expires_at: Some(expires_at),
-            serial: None,
-            subject: None,
-            search_text: None,
-            key_algorithm: None,
-            not_before: None,
-            not_after: None,
-            der: None,
-            revoked_at: None,
-            revocation_reason: None,
-            warned30_at: None,
-            warned7_at: None,
             version: 1,
             created_at: now,
             updated_at: now,
+            ..Default::default()
         };
         insert(&txn, &row).await?;
         let mut changes = Vec::new();
@@ -632,27 +616,23 @@ impl Domain {
                 ),
             ));
         }
+        // The same holder, contact, label, usages and e-mail; no pickup
+        // token (the CSR comes with the call).
         let renewal = certificate::Model {
             id: Uuid::now_v7(),
+            organisation_id: old.organisation_id,
+            kind: old.kind.clone(),
             state: CertificateState::Ordered.as_str().into(),
+            holder_id: old.holder_id,
+            contact_id: old.contact_id,
+            label: old.label.clone(),
+            usages: old.usages.clone(),
+            email: old.email.clone(),
             renews_id: Some(old.id),
-            pickup_token_hash: None,
-            pickup_expires_at: None,
-            serial: None,
-            subject: None,
-            search_text: None,
-            key_algorithm: None,
-            not_before: None,
-            not_after: None,
-            der: None,
-            revoked_at: None,
-            revocation_reason: None,
-            warned30_at: None,
-            warned7_at: None,
             version: 1,
             created_at: now,
             updated_at: now,
-            ..old.clone()
+            ..Default::default()
         };
         insert(&txn, &renewal).await?;
         let mut changes = Vec::new();
@@ -722,7 +702,7 @@ impl Domain {
         caller: &Caller,
         id: Uuid,
         reason: RevocationReason,
-        etag: Option<i64>,
+        etag: &str,
     ) -> DomainResult<Certificate> {
         self.ca()?;
         if reason == RevocationReason::Superseded {
@@ -740,11 +720,7 @@ impl Domain {
         if !own {
             authorize(caller, manage_action(kind), Target::organisation(row.organisation_id))?;
         }
-        if let Some(etag) = etag
-            && etag != row.version
-        {
-            return Err(DomainError::stale_etag("certificate"));
-        }
+        crate::services::organisations::check_etag("certificate", etag, row.version)?;
         match parse::<CertificateState>(&row.state)? {
             CertificateState::Issued => {}
             CertificateState::Ordered => {
@@ -912,34 +888,8 @@ impl Domain {
 }
 
 async fn insert(db: &impl ConnectionTrait, row: &certificate::Model) -> DomainResult<()> {
-    let active = certificate::ActiveModel {
-        id: Set(row.id),
-        organisation_id: Set(row.organisation_id),
-        kind: Set(row.kind.clone()),
-        state: Set(row.state.clone()),
-        holder_id: Set(row.holder_id),
-        contact_id: Set(row.contact_id),
-        label: Set(row.label.clone()),
-        usages: Set(row.usages.clone()),
-        email: Set(row.email.clone()),
-        renews_id: Set(row.renews_id),
-        pickup_token_hash: Set(row.pickup_token_hash.clone()),
-        pickup_expires_at: Set(row.pickup_expires_at),
-        serial: Set(row.serial.clone()),
-        subject: Set(row.subject.clone()),
-        search_text: Set(row.search_text.clone()),
-        key_algorithm: Set(row.key_algorithm.clone()),
-        not_before: Set(row.not_before),
-        not_after: Set(row.not_after),
-        der: Set(row.der.clone()),
-        revoked_at: Set(row.revoked_at),
-        revocation_reason: Set(row.revocation_reason.clone()),
-        warned30_at: Set(row.warned30_at),
-        warned7_at: Set(row.warned7_at),
-        version: Set(row.version),
-        created_at: Set(row.created_at),
-        updated_at: Set(row.updated_at),
-    };
+    // Every column of the row, as it is.
+    let active = row.clone().into_active_model().reset_all();
     certificate::Entity::insert(active).exec_without_returning(db).await?;
     Ok(())
 }

@@ -218,12 +218,16 @@ pub fn canonical_serial(text: &str) -> Result<String, String> {
     Ok(if trimmed.is_empty() { "0".into() } else { trimmed.into() })
 }
 
-/// The certificate service needs a CA; without one every call says so.
-pub(crate) fn no_ca() -> DomainError {
-    DomainError::precondition(
-        Reason::CaNotConfigured,
-        "no certificate authority is configured (ORGADMIN_CA_KEY_FILE and ORGADMIN_CA_CERTIFICATE_FILE)",
-    )
+impl crate::Domain {
+    /// The certificate service needs a CA; without one every call says so.
+    pub(crate) fn ca(&self) -> DomainResult<&crate::ca::CertificateAuthority> {
+        self.ca.as_deref().ok_or_else(|| {
+            DomainError::precondition(
+                Reason::CaNotConfigured,
+                "no certificate authority is configured (ORGADMIN_CA_KEY_FILE and ORGADMIN_CA_CERTIFICATE_FILE)",
+            )
+        })
+    }
 }
 
 #[cfg(test)]

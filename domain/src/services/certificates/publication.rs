@@ -10,7 +10,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::lifecycle::describe;
-use super::{CertificateState, RevocationReason, no_ca};
+use super::{CertificateState, RevocationReason};
 use crate::Domain;
 use crate::ca::RevokedEntry;
 use crate::error::{DomainError, DomainResult};
@@ -83,7 +83,7 @@ impl Domain {
     /// PostgreSQL, the one writer on SQLite), so numbers only grow.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn publish_crl(&self, now: Millis) -> DomainResult<PublishedCrl> {
-        let ca = self.ca.as_deref().ok_or_else(no_ca)?;
+        let ca = self.ca()?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         if is_postgres(&txn) {
             txn.execute_unprepared("SELECT pg_advisory_xact_lock(5280)").await?;
