@@ -8,6 +8,7 @@ pub mod config;
 pub mod email;
 pub mod error;
 pub mod mail;
+pub mod metrics;
 pub mod model;
 pub mod normalise;
 pub mod paging;

@@ -1,21 +1,223 @@
-//! Process plumbing both binaries share: structured logs and the shutdown
-//! signal.
+//! Process plumbing both binaries share: structured logs, OpenTelemetry traces
+//! and metrics (R-OPS-3), and the shutdown signal.
 //!
 //! Logs are text by default, JSON with `ORGADMIN_LOG_FORMAT=json`; the level
 //! comes from `RUST_LOG` (default `info`). Log fields never carry a CPR
 //! number, a token or a password.
+//!
+//! Traces and metrics leave over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! (or the `_TRACES_`/`_METRICS_` variant) is set; the OpenTelemetry SDK reads
+//! the other standard variables itself (`OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`(`_ARG`), `OTEL_BSP_*`,
+//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_EXPORTER_OTLP_HEADERS` …);
+//! `OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none` and
+//! `OTEL_METRICS_EXPORTER=none` turn them off. Without an endpoint nothing
+//! of this is built and a call pays for no span.
+//!
+//! What a span holds is chosen, not inherited: RPC spans name the method and
+//! the status code; domain spans are `#[instrument(skip_all)]`, so no
+//! argument (a CPR number, a token, a code) is ever recorded; sea-orm's
+//! statement spans carry the SQL text with `$1` placeholders, never values.
 
-use tracing_subscriber::EnvFilter;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-pub fn init_logging(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
-    // A second init (tests start several servers in one process) is harmless.
-    let _ = if format == "json" {
-        builder.json().flatten_event(true).try_init()
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+static TRACES_ON: AtomicBool = AtomicBool::new(false);
+static METRICS_ON: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported: callers skip building spans nobody reads.
+pub fn traces_enabled() -> bool {
+    TRACES_ON.load(Ordering::Relaxed)
+}
+
+/// Whether metrics are exported: callers skip measurements nobody reads
+/// (and the queries behind the outbox gauges).
+pub fn metrics_enabled() -> bool {
+    METRICS_ON.load(Ordering::Relaxed)
+}
+
+/// The exporters of this process; `shutdown` flushes what is buffered.
+#[must_use = "call shutdown() before the process exits, or the last spans are lost"]
+pub struct Telemetry {
+    tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is still buffered and stops the exporters.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.tracer_provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "could not flush the last spans");
+        }
+        if let Some(provider) = self.meter_provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "could not flush the last metrics");
+        }
+    }
+}
+
+/// Where OTLP goes, read from the standard variables.
+struct OtlpChoice {
+    traces: bool,
+    metrics: bool,
+}
+
+impl OtlpChoice {
+    fn from_env() -> Self {
+        let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+        let is = |name: &str, value: &str| std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value));
+        if is("OTEL_SDK_DISABLED", "true") {
+            return Self {
+                traces: false,
+                metrics: false,
+            };
+        }
+        let any = set("OTEL_EXPORTER_OTLP_ENDPOINT");
+        Self {
+            traces: (any || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) && !is("OTEL_TRACES_EXPORTER", "none"),
+            metrics: (any || set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")) && !is("OTEL_METRICS_EXPORTER", "none"),
+        }
+    }
+}
+
+/// The spans worth exporting: orgadmin's own (domain spans are DEBUG, so a
+/// log at INFO does not carry them) and sea-orm's statement spans. Other
+/// crates' events stay in the log.
+fn exported_spans() -> Targets {
+    Targets::new()
+        .with_target("orgadmin_domain", LevelFilter::DEBUG)
+        .with_target("orgadmin_service", LevelFilter::INFO)
+        .with_target("orgadmin_worker", LevelFilter::INFO)
+        .with_target("sea_orm", LevelFilter::INFO)
+}
+
+fn resource(default_service_name: &'static str) -> opentelemetry_sdk::Resource {
+    // The SDK's detectors read OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES;
+    // the binary's name is the service name only when neither gives one.
+    let named_by_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
+    let builder = opentelemetry_sdk::Resource::builder();
+    if named_by_env {
+        builder.build()
     } else {
-        builder.try_init()
+        builder.with_service_name(default_service_name).build()
+    }
+}
+
+/// Logs, and traces and metrics when an OTLP endpoint is configured. Must run
+/// inside the Tokio runtime (the OTLP exporter is a tonic client). A second
+/// call (tests start several servers in one process) keeps the first
+/// subscriber.
+pub fn init(log_format: &str, service_name: &'static str) -> Result<Telemetry, String> {
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log = tracing_subscriber::fmt::layer().with_target(true);
+    let log = if log_format == "json" {
+        log.json().flatten_event(true).boxed()
+    } else {
+        log.boxed()
+    }
+    .with_filter(log_filter);
+
+    let choice = OtlpChoice::from_env();
+    let resource = resource(service_name);
+    let tracer_provider = if choice.traces {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| format!("OTLP trace exporter: {e}"))?;
+        Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource.clone())
+                .build(),
+        )
+    } else {
+        None
     };
+    let meter_provider = if choice.metrics {
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| format!("OTLP metric exporter: {e}"))?;
+        Some(
+            SdkMeterProvider::builder()
+                .with_periodic_exporter(exporter)
+                .with_resource(resource)
+                .build(),
+        )
+    } else {
+        None
+    };
+
+    let spans = tracer_provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name))
+            .with_threads(false)
+            .with_filter(exported_spans())
+    });
+    if tracing_subscriber::registry().with(log).with(spans).try_init().is_ok() {
+        if let Some(provider) = &tracer_provider {
+            opentelemetry::global::set_tracer_provider(provider.clone());
+            opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+            TRACES_ON.store(true, Ordering::Relaxed);
+        }
+        if let Some(provider) = &meter_provider {
+            opentelemetry::global::set_meter_provider(provider.clone());
+            METRICS_ON.store(true, Ordering::Relaxed);
+        }
+    }
+    Ok(Telemetry {
+        tracer_provider,
+        meter_provider,
+    })
+}
+
+/// The W3C `traceparent` of the current span, to store with work queued for
+/// later (an outbox mail, an import job), so the worker's span joins the
+/// request's trace. None while traces are off.
+pub fn current_traceparent() -> Option<String> {
+    if !traces_enabled() {
+        return None;
+    }
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the remote span a `traceparent` (and optional
+/// `tracestate`) names: an incoming request's, or the one stored with queued
+/// work. A missing or malformed header leaves `span` a root.
+pub fn adopt_remote_parent(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    if !traces_enabled() {
+        return;
+    }
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    carrier.insert("traceparent".into(), traceparent.to_owned());
+    if let Some(state) = tracestate {
+        carrier.insert("tracestate".into(), state.to_owned());
+    }
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    use opentelemetry::trace::TraceContextExt as _;
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -30,6 +30,7 @@ mod m20261202_000040_create_import_jobs;
 mod m20261202_000050_create_certificates;
 mod m20261202_000051_add_certificate_search_index;
 mod m20261202_000052_add_user_organisation_signing;
+mod m20261202_000053_add_import_trace_context;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -69,6 +70,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000050_create_certificates::Migration),
             Box::new(m20261202_000051_add_certificate_search_index::Migration),
             Box::new(m20261202_000052_add_user_organisation_signing::Migration),
+            Box::new(m20261202_000053_add_import_trace_context::Migration),
         ]
     }
 }

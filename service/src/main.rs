@@ -46,16 +46,24 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    orgadmin_domain::telemetry::init_logging(&config.log_format);
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Migrate => {
-            Domain::from_config(&config, true).await.map_err(anyhow::Error::msg)?;
-            tracing::info!("migrations applied");
-            Ok(())
+    let telemetry = match orgadmin_domain::telemetry::init(&config.log_format, "orgadmin-service") {
+        Ok(telemetry) => telemetry,
+        Err(message) => {
+            eprintln!("orgadmin-service: {message}");
+            std::process::exit(2);
         }
+    };
+    let outcome = match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => Domain::from_config(&config, true)
+            .await
+            .map(|_| tracing::info!("migrations applied"))
+            .map_err(anyhow::Error::msg),
         Command::Serve => run(config, false).await,
         Command::Standalone => run(config, true).await,
-    }
+    };
+    // The last spans (the shutdown's) leave before the process does.
+    telemetry.shutdown();
+    outcome
 }
 
 async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {

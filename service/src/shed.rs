@@ -5,9 +5,17 @@
 //! memory and throughput falling to a third at 1.5x capacity). Clients retry
 //! with back-off; health and reflection stay outside the bound, so probes
 //! still answer while the service sheds.
+//!
+//! Every call of the orgadmin services passes here, so this is also where a
+//! call gets its server span (joined to the caller's W3C `traceparent`) and
+//! its `rpc.server.duration` measurement, shed calls included.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
+
+use orgadmin_domain::{metrics, telemetry};
+use tracing::Instrument;
 
 use tokio::sync::Semaphore;
 use tonic::server::NamedService;
@@ -42,7 +50,7 @@ impl<S: NamedService> NamedService for Shed<S> {
 
 impl<S, B> tower_service::Service<http::Request<B>> for Shed<S>
 where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send,
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + NamedService + Send,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -54,16 +62,74 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let service = S::NAME;
+        // The method name is copied only when a span or metric will use it.
+        let method = if telemetry::traces_enabled() || telemetry::metrics_enabled() {
+            let path = request.uri().path();
+            path.rsplit_once('/').map(|(_, m)| m).unwrap_or(path).to_owned()
+        } else {
+            String::new()
+        };
+        let span = rpc_span(&request, service, &method);
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            tracing::debug!("shedding a call: the in-flight bound is reached");
+            tracing::debug!(parent: &span, "shedding a call: the in-flight bound is reached");
             let refused = crate::error::overloaded().into_http();
+            metrics::rpc_shed(service, &method);
+            finish(&span, service, &method, &refused, started);
             return Box::pin(async move { Ok(refused) });
         };
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let response = call.await;
-            drop(permit);
-            response
-        })
+        let call = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let response = call.await;
+                drop(permit);
+                if let Ok(response) = &response {
+                    finish(&tracing::Span::current(), service, &method, response, started);
+                }
+                response
+            }
+            .instrument(span),
+        )
     }
+}
+
+/// The call's server span, child of the caller's span when the request
+/// carries `traceparent`. A disabled span while traces are off.
+fn rpc_span<B>(request: &http::Request<B>, service: &str, method: &str) -> tracing::Span {
+    if !telemetry::traces_enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = format!("{service}/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    telemetry::adopt_remote_parent(&span, header("traceparent"), header("tracestate"));
+    span
+}
+
+/// Records the outcome on the span and in `rpc.server.duration`. A unary
+/// error is a trailers-only response (grpc-status in the headers); a
+/// response without it in the headers started streaming and counts as OK.
+fn finish<B>(span: &tracing::Span, service: &str, method: &str, response: &http::Response<B>, started: Instant) {
+    let code: i64 = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    span.record("rpc.grpc.status_code", code);
+    // The server-side error codes of the RPC conventions: the caller's
+    // mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) are not the server's.
+    if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+        span.record("otel.status_code", "ERROR");
+    }
+    metrics::rpc_finished(service, method, code, started.elapsed());
 }

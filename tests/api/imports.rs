@@ -735,7 +735,7 @@ async fn cancel_limits_and_broken_files(backend: Backend) {
         .upload_import(&token, spec(&org, pb::ImportKind::Create), small.as_bytes(), 1 << 20)
         .await
         .unwrap();
-    let id = app.domain.claim_import("w1").await.unwrap().unwrap();
+    let id = app.domain.claim_import("w1").await.unwrap().unwrap().id;
     assert_eq!(id.to_string(), running.id);
     app.imports()
         .cancel_import(req(&token, pb::CancelImportRequest { id: running.id.clone() }))

@@ -22,6 +22,7 @@ mod replicas;
 mod rights;
 mod seats;
 mod smoke;
+mod telemetry;
 mod users;
 mod visibility;
 mod workers;

@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 
 use crate::workers::{Worker, spawn_worker_with, wait_for_job};
 
-struct Service(Child);
+pub(crate) struct Service(Child);
 
 impl Drop for Service {
     fn drop(&mut self) {
@@ -28,12 +28,18 @@ impl Drop for Service {
 /// `orgadmin-service serve` over the test's database, as a replica: the
 /// test server's CPR keys and operator token, its own port.
 async fn spawn_service(app: &TestApp) -> (Service, UserServiceClient<Channel>) {
+    spawn_service_with(app, &[]).await
+}
+
+/// `spawn_service` with further environment (OTLP export, ...).
+pub(crate) async fn spawn_service_with(app: &TestApp, env: &[(&str, &str)]) -> (Service, UserServiceClient<Channel>) {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .to_string();
     let child = Command::new(built_binary("orgadmin-service"))
+        .envs(env.iter().copied())
         .arg("serve")
         .current_dir(&app.dir)
         .env("DATABASE_URL", &app.database_url)

@@ -21,6 +21,7 @@ use tonic::{Code, Request, Status};
 
 mod binaries;
 mod catalog;
+pub mod otlp;
 pub use binaries::built_binary;
 pub use catalog::{Fingerprint, TableDump, dump_database, fingerprint_of};
 
@@ -268,7 +269,13 @@ impl TestApp {
     /// Runs every queued import to its end in this process, as the worker
     /// would (the worker binary's own runs are in workers.rs).
     pub async fn run_imports(&self) {
-        while let Some(id) = self.domain.claim_import("test-worker").await.expect("claim import") {
+        while let Some(id) = self
+            .domain
+            .claim_import("test-worker")
+            .await
+            .expect("claim import")
+            .map(|c| c.id)
+        {
             self.domain
                 .run_import(id, "test-worker", &|| false)
                 .await

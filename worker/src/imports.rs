@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use orgadmin_domain::Domain;
 use orgadmin_domain::model::now_millis;
+use orgadmin_domain::telemetry;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// How often the files of finished jobs are looked at.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -26,10 +28,23 @@ pub async fn run(domain: Domain, worker_id: String, poll: Duration, mut stop: wa
             }
         }
         match domain.claim_import(&worker_id).await {
-            Ok(Some(job_id)) => {
+            Ok(Some(claimed)) => {
+                let job_id = claimed.id;
                 let flag = stop.clone();
                 let should_stop = move || *flag.borrow();
-                if let Err(e) = domain.run_import(job_id, &worker_id, &should_stop).await {
+                // The run joins the trace of the CreateImport call.
+                let span = if telemetry::traces_enabled() {
+                    let span = tracing::info_span!("import.run", otel.kind = "consumer", import = %job_id);
+                    telemetry::adopt_remote_parent(&span, claimed.traceparent.as_deref(), None);
+                    span
+                } else {
+                    tracing::Span::none()
+                };
+                let ran = domain
+                    .run_import(job_id, &worker_id, &should_stop)
+                    .instrument(span)
+                    .await;
+                if let Err(e) = ran {
                     // The claim's lease runs out and the job resumes from
                     // its last checkpoint, here or on another worker.
                     tracing::error!(import = %job_id, error = %e, "import stopped by an error; it resumes after its lease");

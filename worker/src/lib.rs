@@ -13,6 +13,7 @@ use orgadmin_domain::model::now_millis;
 use orgadmin_domain::{Config, Domain};
 use tokio::sync::{Mutex, watch};
 use tokio_cron_scheduler::{Job, JobScheduler};
+use tracing::Instrument;
 
 /// A sweep runs once per scheduled tick across all replicas: the tick's
 /// second is the period each replica tries to claim.
@@ -62,10 +63,21 @@ pub async fn run(domain: Domain, config: &Config, shutdown: impl Future<Output =
                         }
                     }
                 }
-                if let Err(e) = domain.reactivate_due_users(now, batch).await {
-                    tracing::error!(error = %e, "timed reactivation sweep failed");
-                }
-                certificate_sweep(&domain, now).await;
+                let started = std::time::Instant::now();
+                let swept = async {
+                    if let Err(e) = domain.reactivate_due_users(now, batch).await {
+                        tracing::error!(error = %e, "timed reactivation sweep failed");
+                    }
+                    certificate_sweep(&domain, now).await;
+                };
+                // A sweep is a root span of its own: no request queued it.
+                let span = if orgadmin_domain::telemetry::traces_enabled() {
+                    tracing::info_span!("sweep", otel.kind = "internal", sweep = "timed-reactivation")
+                } else {
+                    tracing::Span::none()
+                };
+                swept.instrument(span).await;
+                orgadmin_domain::metrics::sweep_finished("timed-reactivation", started.elapsed());
             }
         }
     };

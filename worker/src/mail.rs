@@ -11,10 +11,13 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use orgadmin_domain::email::Email;
+use orgadmin_domain::model::now_millis;
 use orgadmin_domain::services::outbox::{ClaimedMail, Failure};
+use orgadmin_domain::telemetry;
 use orgadmin_domain::{Config, Domain};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::smtp::{SmtpPool, classify};
 
@@ -122,7 +125,12 @@ pub struct Outbox {
     /// How long a claim lasts; a worker that dies loses its mails to
     /// another worker after this.
     pub lease_ms: i64,
+    /// When the outbox gauges were last measured.
+    backlog_reported: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How often the outbox gauges are measured at most.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 impl Outbox {
     pub fn from_config(domain: Domain, config: &Config, worker_id: String) -> anyhow::Result<Self> {
@@ -140,6 +148,7 @@ impl Outbox {
             max_attempts: config.mail_max_attempts,
             retry_base_ms: config.mail_retry_base_ms,
             lease_ms: config.mail_lease_ms,
+            backlog_reported: Default::default(),
         })
     }
 
@@ -178,6 +187,7 @@ impl Outbox {
             .claim_due_mails(&self.worker_id, batch, self.lease_ms)
             .await?;
         let count = claimed.len();
+        orgadmin_domain::metrics::job_claimed("mail_batch", u64::from(count > 0));
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let mut tasks = JoinSet::new();
         for mail in claimed {
@@ -186,27 +196,69 @@ impl Outbox {
             let transport = self.transport.clone();
             let from = self.from.clone();
             let (max_attempts, base) = (self.max_attempts, self.retry_base_ms);
-            tasks.spawn(async move {
-                let _permit = permit;
-                let outcome = match build_message(&from, &mail) {
-                    Ok(message) => transport.send(mail.id, message).await,
-                    Err(e) => Err((e, Failure::Permanent)),
-                };
-                let marked = match outcome {
-                    Ok(()) => domain.mark_mail_sent(mail.id).await,
-                    Err((error, failure)) => {
-                        domain
-                            .mark_mail_failed(mail.id, &error, failure, max_attempts, base)
-                            .await
+            // The send joins the trace of the request that queued the mail.
+            let span = if telemetry::traces_enabled() {
+                let span = tracing::info_span!(
+                    "outbox.send",
+                    otel.kind = "producer",
+                    mail = %mail.id,
+                    mail.kind = %mail.kind,
+                    mail.attempt = mail.attempts + 1,
+                    otel.status_code = tracing::field::Empty,
+                );
+                telemetry::adopt_remote_parent(&span, mail.traceparent.as_deref(), None);
+                span
+            } else {
+                tracing::Span::none()
+            };
+            tasks.spawn(
+                async move {
+                    let _permit = permit;
+                    let outcome = match build_message(&from, &mail) {
+                        Ok(message) => transport.send(mail.id, message).await,
+                        Err(e) => Err((e, Failure::Permanent)),
+                    };
+                    let marked = match outcome {
+                        Ok(()) => domain.mark_mail_sent(mail.id).await,
+                        Err((error, failure)) => {
+                            tracing::Span::current().record("otel.status_code", "ERROR");
+                            domain
+                                .mark_mail_failed(mail.id, &error, failure, max_attempts, base)
+                                .await
+                        }
+                    };
+                    if let Err(e) = marked {
+                        // The lease runs out and the mail is sent again, with the same Message-ID.
+                        tracing::error!(mail = %mail.id, error = %e, "outbox: could not record delivery");
                     }
-                };
-                if let Err(e) = marked {
-                    // The lease runs out and the mail is sent again, with the same Message-ID.
-                    tracing::error!(mail = %mail.id, error = %e, "outbox: could not record delivery");
                 }
-            });
+                .instrument(span),
+            );
         }
         while tasks.join_next().await.is_some() {}
+        self.report_backlog().await;
         Ok(count)
+    }
+
+    /// The outbox gauges, at most every few seconds and only while metrics
+    /// are exported: one aggregate query over the pending rows.
+    async fn report_backlog(&self) {
+        if !telemetry::metrics_enabled() {
+            return;
+        }
+        {
+            let mut last = self.backlog_reported.lock().await;
+            if last.is_some_and(|at| at.elapsed() < BACKLOG_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        match self.domain.outbox_backlog().await {
+            Ok((depth, oldest)) => {
+                let age_ms = oldest.map(|at| (now_millis() - at).max(0)).unwrap_or(0);
+                orgadmin_domain::metrics::outbox_backlog(depth, Duration::from_millis(age_ms as u64));
+            }
+            Err(e) => tracing::warn!(error = %e, "outbox: could not measure the backlog"),
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! It leaves migrations to the service.
 
 use clap::Parser;
-use orgadmin_domain::telemetry::{init_logging, shutdown_signal};
+use orgadmin_domain::telemetry::shutdown_signal;
 use orgadmin_domain::{Config, Domain};
 use orgadmin_worker::health::{self, Health};
 
@@ -28,13 +28,26 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    init_logging(&config.log_format);
-    let domain = Domain::from_config(&config, false).await.map_err(anyhow::Error::msg)?;
+    let telemetry = match orgadmin_domain::telemetry::init(&config.log_format, "orgadmin-worker") {
+        Ok(telemetry) => telemetry,
+        Err(message) => {
+            eprintln!("orgadmin-worker: {message}");
+            std::process::exit(2);
+        }
+    };
+    let outcome = work(&config).await;
+    // The last spans (a mail sent while stopping) leave before the process does.
+    telemetry.shutdown();
+    outcome
+}
+
+async fn work(config: &Config) -> anyhow::Result<()> {
+    let domain = Domain::from_config(config, false).await.map_err(anyhow::Error::msg)?;
     // Probes see SERVING once the database answered, and NOT_SERVING from
     // the stop signal on, while the worker finishes what it holds.
     let health = Health::start(&config.worker_health_listen).await?;
     let reporter = health.reporter();
-    orgadmin_worker::run(domain, &config, async move {
+    orgadmin_worker::run(domain, config, async move {
         shutdown_signal().await;
         health::not_serving(&reporter).await;
     })

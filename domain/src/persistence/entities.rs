@@ -365,6 +365,8 @@ pub mod import_job {
         pub finished_at: Option<i64>,
         pub updated_at: i64,
         pub file_deleted_at: Option<i64>,
+        /// W3C traceparent of the CreateImport call (R-OPS-3).
+        pub trace_context: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -117,15 +117,22 @@ pub async fn savepoint(txn: &DatabaseTransaction) -> Result<DatabaseTransaction,
 }
 
 pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    if db.get_database_backend() == DbBackend::Sqlite {
-        db.begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        })
-        .await
+    // Measured as pool wait: BEGIN is one short round trip, so the time is
+    // mostly waiting for a free connection (or SQLite's write lock).
+    let started = std::time::Instant::now();
+    let (txn, backend) = if db.get_database_backend() == DbBackend::Sqlite {
+        let txn = db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await;
+        (txn, "sqlite")
     } else {
-        db.begin().await
-    }
+        (db.begin().await, "postgresql")
+    };
+    crate::metrics::pool_wait(backend, started.elapsed());
+    txn
 }
 
 /// Applies every pending migration.

@@ -34,6 +34,9 @@ pub struct ClaimedMail {
     pub recipient: String,
     pub attempts: i32,
     pub mail: RenderedMail,
+    /// The W3C traceparent of the request that queued the mail, so its
+    /// sending joins that trace.
+    pub traceparent: Option<String>,
 }
 
 /// A mail as operators see it: no content, which may hold a link token.
@@ -89,7 +92,7 @@ impl Domain {
             claimed_by: Set(None),
             lease_until: Set(None),
             last_error: Set(None),
-            trace_context: Set(None),
+            trace_context: Set(crate::telemetry::current_traceparent()),
             created_at: Set(now),
             sent_at: Set(None),
         })
@@ -142,6 +145,7 @@ impl Domain {
                     recipient: row.recipient,
                     attempts: row.attempts,
                     mail,
+                    traceparent: row.trace_context,
                 }),
                 Err(e) => {
                     // Unreadable content will not get better: park it for operators.
@@ -163,7 +167,28 @@ impl Domain {
             .filter(outbox_mail::Column::Id.eq(id))
             .exec(&self.db)
             .await?;
+        crate::metrics::mail_delivery("sent");
         Ok(())
+    }
+
+    /// How many mails wait to be sent and since when the oldest waits: the
+    /// outbox gauges. One aggregate over the pending rows.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn outbox_backlog(&self) -> DomainResult<(u64, Option<Millis>)> {
+        use sea_orm::sea_query::Func;
+        let row: Option<(i64, Option<i64>)> = outbox_mail::Entity::find()
+            .select_only()
+            .column_as(Expr::expr(Func::count(Expr::col(outbox_mail::Column::Id))), "depth")
+            .column_as(
+                Expr::expr(Func::min(Expr::col(outbox_mail::Column::CreatedAt))),
+                "oldest",
+            )
+            .filter(outbox_mail::Column::State.eq(STATE_PENDING))
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        let (depth, oldest) = row.unwrap_or((0, None));
+        Ok((depth.max(0) as u64, oldest))
     }
 
     /// Records a failed delivery: retried with exponential back-off and
@@ -187,6 +212,7 @@ impl Domain {
         active.attempts = Set(attempts);
         active.last_error = Set(Some(error.clone()));
         active.lease_until = Set(None);
+        crate::metrics::mail_delivery(if park { "parked" } else { "failed" });
         if park {
             active.state = Set(STATE_FAILED.into());
             tracing::warn!(mail = %id, attempts, error = %error, "mail parked as failed");

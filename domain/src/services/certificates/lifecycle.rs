@@ -415,6 +415,7 @@ impl Domain {
         }
         let (issued, superseded) = self.issue_in(&txn, ca, caller, row, &csr, now).await?;
         txn.commit().await?;
+        crate::metrics::certificate_issued(&issued.kind);
         if superseded {
             self.publish_crl_after_commit().await;
         }
@@ -644,6 +645,7 @@ impl Domain {
         .await?;
         let (issued, _) = self.issue_in(&txn, ca, caller, renewal, &csr, now).await?;
         txn.commit().await?;
+        crate::metrics::certificate_issued(&issued.kind);
         self.publish_crl_after_commit().await;
         Ok(IssuedCertificate {
             certificate_pem: crate::ca::pem("CERTIFICATE", issued.der.as_deref().unwrap_or_default()),

@@ -15,6 +15,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 pub use self::format::FileEncoding;
+pub use self::run::ClaimedImport;
 use crate::Domain;
 use crate::error::{DomainError, DomainResult, Reason};
 use crate::model::*;
@@ -267,6 +268,7 @@ impl Domain {
             finished_at: Set(None),
             updated_at: Set(now),
             file_deleted_at: Set(None),
+            trace_context: Set(crate::telemetry::current_traceparent()),
         })
         .exec_without_returning(&self.db)
         .await?;

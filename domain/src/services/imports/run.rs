@@ -131,17 +131,26 @@ struct JobFailure {
     message: String,
 }
 
+/// An import job this worker now holds.
+#[derive(Debug, Clone)]
+pub struct ClaimedImport {
+    pub id: Uuid,
+    /// The W3C traceparent of the CreateImport call, for the run's span.
+    pub traceparent: Option<String>,
+}
+
 impl Domain {
     /// Claims the oldest queued job, or a running one whose worker's lease
     /// ran out. On PostgreSQL `FOR UPDATE SKIP LOCKED` lets several workers
     /// claim at once without waiting on each other.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
-    pub async fn claim_import(&self, worker: &str) -> DomainResult<Option<Uuid>> {
+    pub async fn claim_import(&self, worker: &str) -> DomainResult<Option<ClaimedImport>> {
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
         let mut query = import_job::Entity::find()
             .select_only()
             .column(import_job::Column::Id)
+            .column(import_job::Column::TraceContext)
             .filter(
                 Expr::col(import_job::Column::State)
                     .eq(ImportState::Queued.as_str())
@@ -154,7 +163,7 @@ impl Domain {
         if is_postgres(&txn) {
             query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
         }
-        let Some(id) = query.into_tuple::<Uuid>().one(&txn).await? else {
+        let Some((id, traceparent)) = query.into_tuple::<(Uuid, Option<String>)>().one(&txn).await? else {
             txn.commit().await?;
             return Ok(None);
         };
@@ -175,7 +184,8 @@ impl Domain {
             .await?;
         txn.commit().await?;
         tracing::info!(import = %id, worker, "import claimed");
-        Ok(Some(id))
+        crate::metrics::job_claimed("import", 1);
+        Ok(Some(ClaimedImport { id, traceparent }))
     }
 
     /// Runs a claimed job until it ends, its claim is lost, or `stop` says
@@ -478,6 +488,7 @@ impl Domain {
                 .await?;
         }
         txn.commit().await?;
+        crate::metrics::import_rows(applied as u64, failed as u64);
         Ok(true)
     }
 
