@@ -194,11 +194,11 @@ async fn create_user_and_its_mail_are_one_trace(backend: Backend) {
         }
         false
     };
-    for name in ["sea_orm.begin", "sea_orm.commit"] {
+    for name in ["create_user", "sea_orm.begin", "sea_orm.commit"] {
         let db = spans
             .iter()
             .find(|s| s.span.name == name && s.service_name == "orgadmin-service")
-            .unwrap_or_else(|| panic!("no {name} span in the RPC's trace"));
+            .unwrap_or_else(|| panic!("no {name} span of the service in the RPC's trace"));
         assert!(descends_from_rpc(db), "{name} is not under the RPC span");
     }
     assert!(

@@ -33,6 +33,9 @@ pub struct ReceivedMetric {
 
 #[derive(Default)]
 struct Received {
+    /// Keep only counts (a benchmark's sink), not the spans themselves.
+    count_only: bool,
+    span_count: u64,
     spans: Vec<ReceivedSpan>,
     metrics: Vec<ReceivedMetric>,
 }
@@ -75,7 +78,17 @@ impl TraceService for Collector {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let mut received = self.0.lock().unwrap();
-        for resource_spans in request.into_inner().resource_spans {
+        let request = request.into_inner();
+        received.span_count += request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len() as u64)
+            .sum::<u64>();
+        if received.count_only {
+            return Ok(Response::new(ExportTraceServiceResponse { partial_success: None }));
+        }
+        for resource_spans in request.resource_spans {
             let resource = resource_spans.resource.map(|r| r.attributes).unwrap_or_default();
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
@@ -128,9 +141,20 @@ impl Drop for OtlpReceiver {
 
 impl OtlpReceiver {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0", false).await
+    }
+
+    /// A receiver on `listen` that keeps only the number of spans (for a
+    /// benchmark that sends millions).
+    pub async fn start_counting(listen: &str) -> Self {
+        Self::start_on(listen, true).await
+    }
+
+    async fn start_on(listen: &str, count_only: bool) -> Self {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let collector = Collector::default();
+        collector.0.lock().unwrap().count_only = count_only;
         let server = tokio::spawn({
             let collector = collector.clone();
             async move {
@@ -146,6 +170,11 @@ impl OtlpReceiver {
             collector,
             server,
         }
+    }
+
+    /// How many spans arrived, kept or not.
+    pub fn span_count(&self) -> u64 {
+        self.collector.0.lock().unwrap().span_count
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
