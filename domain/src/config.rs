@@ -30,6 +30,23 @@ pub struct Config {
     /// more are refused at once with RESOURCE_EXHAUSTED (health checks and
     /// reflection are not counted).
     pub max_in_flight: usize,
+    /// argon2id memory (KiB), iterations and lanes of new password hashes.
+    pub password_memory_kib: u32,
+    pub password_iterations: u32,
+    pub password_parallelism: u32,
+    /// Shortest password accepted where it is the only factor (NIST: 15).
+    pub password_min_chars: usize,
+    /// Wrong passwords before an account locks; the lock starts at
+    /// ORGADMIN_LOGIN_LOCK_SECONDS and doubles with each lock in a row, up to
+    /// ORGADMIN_LOGIN_LOCK_MAX_SECONDS.
+    pub login_max_failures: i32,
+    pub login_lock_seconds: i64,
+    pub login_lock_max_seconds: i64,
+    /// Locks in a row after which only an administrator unlocks; 0: never.
+    pub login_permanent_lock_after: i32,
+    /// Behind a proxy: the header whose last entry is the caller's address
+    /// (e.g. `x-forwarded-for`). Empty: the TCP peer.
+    pub trusted_peer_header: String,
     /// Comma-separated operator bearer tokens. Empty on the embedded default:
     /// one is generated at first start.
     pub operator_tokens: String,
@@ -119,6 +136,15 @@ impl Default for Config {
             worker_health_listen: "127.0.0.1:50052".into(),
             database_max_connections: 20,
             max_in_flight: 256,
+            password_memory_kib: 19 * 1024,
+            password_iterations: 2,
+            password_parallelism: 1,
+            password_min_chars: 15,
+            login_max_failures: 5,
+            login_lock_seconds: 60,
+            login_lock_max_seconds: 24 * 60 * 60,
+            login_permanent_lock_after: 0,
+            trusted_peer_header: String::new(),
             operator_tokens: String::new(),
             cpr_lookup_key: String::new(),
             cpr_encryption_key: String::new(),
@@ -269,6 +295,27 @@ impl Config {
         {
             return Err("ORGADMIN_IMPORT_MAX_FILE_BYTES must be at least 1024, ORGADMIN_IMPORT_MAX_ROWS and ORGADMIN_IMPORT_MAX_OPEN_PER_ORGANISATION at least 1, ORGADMIN_IMPORT_BATCH_SIZE between 1 and 10000, ORGADMIN_IMPORT_LEASE_MS at least 1000, ORGADMIN_IMPORT_POLL_INTERVAL_MS at least 10".into());
         }
+        if argon2::Params::new(
+            self.password_memory_kib,
+            self.password_iterations,
+            self.password_parallelism,
+            None,
+        )
+        .is_err()
+            || self.password_memory_kib < 8 * 1024
+        {
+            return Err("ORGADMIN_PASSWORD_MEMORY_KIB (at least 8192), ORGADMIN_PASSWORD_ITERATIONS and ORGADMIN_PASSWORD_PARALLELISM (at least 1) must be valid argon2id parameters".into());
+        }
+        if !(8..=64).contains(&self.password_min_chars) {
+            return Err("ORGADMIN_PASSWORD_MIN_CHARS must be between 8 and 64".into());
+        }
+        if !(1..=100).contains(&self.login_max_failures)
+            || self.login_lock_seconds < 1
+            || self.login_lock_max_seconds < self.login_lock_seconds
+            || self.login_permanent_lock_after < 0
+        {
+            return Err("ORGADMIN_LOGIN_MAX_FAILURES must be between 1 and 100, ORGADMIN_LOGIN_LOCK_SECONDS at least 1 and at most ORGADMIN_LOGIN_LOCK_MAX_SECONDS, ORGADMIN_LOGIN_PERMANENT_LOCK_AFTER 0 (off) or more".into());
+        }
         if !(1..=100_000).contains(&self.max_in_flight) {
             return Err("ORGADMIN_MAX_IN_FLIGHT must be between 1 and 100000".into());
         }
@@ -304,6 +351,19 @@ impl Config {
             chain_file: self.ca_chain_file.clone(),
             crl_url: self.ca_crl_url.clone(),
             ocsp_url: self.ca_ocsp_url.clone(),
+        }
+    }
+
+    pub fn password_settings(&self) -> crate::passwords::PasswordSettings {
+        crate::passwords::PasswordSettings {
+            memory_kib: self.password_memory_kib,
+            iterations: self.password_iterations,
+            parallelism: self.password_parallelism,
+            min_chars: self.password_min_chars,
+            max_failures: self.login_max_failures,
+            lock_ms: self.login_lock_seconds * 1000,
+            lock_max_ms: self.login_lock_max_seconds * 1000,
+            permanent_lock_after: self.login_permanent_lock_after,
         }
     }
 

@@ -83,6 +83,7 @@ reasons!(
     NotFound => "NOT_FOUND",
     NoCprNumber => "NO_CPR_NUMBER",
     NoSealingCertificate => "NO_SEALING_CERTIFICATE",
+    NotASession => "NOT_A_SESSION",
     Overloaded => "OVERLOADED",
     PermissionDenied => "PERMISSION_DENIED",
     RequestAlreadyDone => "REQUEST_ALREADY_DONE",

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod model;
 pub mod normalise;
 pub mod paging;
+pub mod passwords;
 pub mod persistence;
 pub mod policy;
 pub mod secrets;
@@ -37,6 +38,8 @@ pub struct Domain {
     auth_cache: std::sync::Arc<auth_cache::AuthCache>,
     /// The certificate authority; `None` when none is configured.
     ca: Option<std::sync::Arc<ca::CertificateAuthority>>,
+    /// argon2id on the blocking pool (R-AUTH-2).
+    hasher: std::sync::Arc<passwords::Hasher>,
 }
 
 /// Tunables of the domain rules, from configuration.
@@ -59,6 +62,11 @@ pub struct DomainSettings {
     pub imports: services::imports::ImportSettings,
     /// Validity, pickup and CRL timing of certificates (R-CERT).
     pub certificates: services::certificates::CertificateSettings,
+    /// Password hashing and login lockout (R-AUTH-2).
+    pub passwords: passwords::PasswordSettings,
+    /// Behind a proxy, the request header naming the caller's address
+    /// (history of logins); empty: the TCP peer.
+    pub trusted_peer_header: String,
 }
 
 impl Default for DomainSettings {
@@ -72,6 +80,8 @@ impl Default for DomainSettings {
             email_verification_url_template: "http://localhost:8080/verify-email?token={token}".into(),
             imports: services::imports::ImportSettings::default(),
             certificates: services::certificates::CertificateSettings::default(),
+            passwords: passwords::PasswordSettings::default(),
+            trusted_peer_header: String::new(),
         }
     }
 }
@@ -94,6 +104,10 @@ impl Domain {
             settings: DomainSettings::default(),
             auth_cache: std::sync::Arc::new(auth_cache::AuthCache::new(DomainSettings::default().auth_cache_ttl_ms)),
             ca: None,
+            hasher: std::sync::Arc::new(
+                passwords::Hasher::new(&passwords::PasswordSettings::default())
+                    .expect("the default argon2 parameters are valid"),
+            ),
         }
     }
 
@@ -109,6 +123,15 @@ impl Domain {
 
     pub fn with_settings(mut self, settings: DomainSettings) -> Self {
         self.auth_cache = std::sync::Arc::new(auth_cache::AuthCache::new(settings.auth_cache_ttl_ms));
+        if !self.hasher.hashes_like(&settings.passwords) {
+            self.hasher = std::sync::Arc::new(passwords::Hasher::new(&settings.passwords).unwrap_or_else(|e| {
+                // Config::validate refuses bad parameters; settings built in code
+                // fall back to the defaults rather than take the process down.
+                tracing::error!(error = %e, "argon2 parameters refused; using OWASP's");
+                passwords::Hasher::new(&passwords::PasswordSettings::default())
+                    .expect("the default argon2 parameters are valid")
+            }));
+        }
         self.settings = settings;
         self
     }
@@ -166,6 +189,8 @@ impl Domain {
                 email_verification_url_template: config.email_verification_url_template.clone(),
                 imports: config.import_settings(),
                 certificates: config.certificate_settings(),
+                passwords: config.password_settings(),
+                trusted_peer_header: config.trusted_peer_header.trim().to_ascii_lowercase(),
             }))
     }
 }

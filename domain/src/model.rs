@@ -72,6 +72,11 @@ string_enum_pub!(
         CertificateRevoked => "CERTIFICATE_REVOKED",
         CertificateSuperseded => "CERTIFICATE_SUPERSEDED",
         CertificateExpired => "CERTIFICATE_EXPIRED",
+        LoginSucceeded => "LOGIN_SUCCEEDED",
+        LoginFailed => "LOGIN_FAILED",
+        LoginLocked => "LOGIN_LOCKED",
+        LoginUnlocked => "LOGIN_UNLOCKED",
+        LoggedOut => "LOGGED_OUT",
     }
 );
 

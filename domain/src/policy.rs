@@ -154,6 +154,8 @@ pub enum Action {
     ReadCertificates,
     /// The CA's certificate and CRL are public; any caller may read them.
     ReadCertificateAuthority,
+    /// Lift a login lock (R-AUTH-2).
+    UnlockLogin,
 }
 }
 
@@ -212,6 +214,9 @@ const POLICY: &[(Action, OperatorScope, &[Role], bool)] = &[
     (ManageOrganisationCertificates, No, &[OA], false),
     (ReadCertificates, No, &[OA, UA], false),
     (ReadCertificateAuthority, Yes, &[OA, UA, RA, U], false),
+    // R-AUTH-2, R-ACC-6: user administrators unlock their users, the
+    // operator organisation administrators (seed 001).
+    (UnlockLogin, AdministratorsOnly, &[UA], false),
 ];
 
 fn row(action: Action) -> (OperatorScope, &'static [Role], bool) {
@@ -351,6 +356,7 @@ fn describe(action: Action) -> &'static str {
         ManageOrganisationCertificates => "manage this organisation's organisation and system certificates",
         ReadCertificates => "read this organisation's certificates",
         ReadCertificateAuthority => "read the certificate authority",
+        UnlockLogin => "unlock this user's login",
     }
 }
 

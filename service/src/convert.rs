@@ -260,6 +260,11 @@ same_variants!(
         CertificateRevoked,
         CertificateSuperseded,
         CertificateExpired,
+        LoginSucceeded,
+        LoginFailed,
+        LoginLocked,
+        LoginUnlocked,
+        LoggedOut,
     ]
 );
 

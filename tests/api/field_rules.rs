@@ -22,6 +22,14 @@ use tonic::{Code, Status};
 
 both_backends!(every_field_rule_refuses_through_its_rpc);
 
+/// The request inside a `Call::ActivateUser`.
+fn activate_request(call: Call) -> pb::ActivateUserRequest {
+    match call {
+        Call::ActivateUser(r) => r,
+        _ => unreachable!("Ctx::activate makes an ActivateUser call"),
+    }
+}
+
 /// What the rows refer to: things that exist, read after they were made.
 #[derive(Default)]
 struct Ctx {
@@ -54,6 +62,7 @@ enum Call {
     ListUsers(pb::ListUsersRequest),
     ListUserHistory(pb::ListUserHistoryRequest),
     ActivateUser(pb::ActivateUserRequest),
+    Login(pb::LoginRequest),
     VerifyEmail(pb::VerifyEmailRequest),
     RequestAnonymity(pb::RequestAnonymityRequest),
     DecideAnonymityRequest(pb::DecideAnonymityRequestRequest),
@@ -84,6 +93,7 @@ impl Call {
             Call::ListUsers(_) => "ListUsers",
             Call::ListUserHistory(_) => "ListUserHistory",
             Call::ActivateUser(_) => "ActivateUser",
+            Call::Login(_) => "Login",
             Call::VerifyEmail(_) => "VerifyEmail",
             Call::RequestAnonymity(_) => "RequestAnonymity",
             Call::DecideAnonymityRequest(_) => "DecideAnonymityRequest",
@@ -120,6 +130,7 @@ impl Call {
             Call::ListUsers(r) => app.users().list_users(req(admin, r)).await.map(drop),
             Call::ListUserHistory(r) => app.users().list_user_history(req(admin, r)).await.map(drop),
             Call::ActivateUser(r) => app.users().activate_user(req("", r)).await.map(drop),
+            Call::Login(r) => app.auth().login(req("", r)).await.map(drop),
             Call::VerifyEmail(r) => app.users().verify_email(req("", r)).await.map(drop),
             Call::RequestAnonymity(r) => app.users().request_anonymity(req(member, r)).await.map(drop),
             Call::DecideAnonymityRequest(r) => app.users().decide_anonymity_request(req(admin, r)).await.map(drop),
@@ -676,6 +687,23 @@ fn rows() -> Vec<Row> {
         row!("cpr", "born in the future", |c| c.activate(CPR_FUTURE, "")),
         row!("birth_date", "unpadded", |c| c.activate("", DATE_UNPADDED)),
         row!("birth_date", "in the future", |c| c.activate("", DATE_FUTURE)),
+        // The new password is checked before the code is looked at.
+        row!("password", "14 characters", |c| Call::ActivateUser(
+            pb::ActivateUserRequest {
+                password: "fjorten tegn!!".into(),
+                ..activate_request(c.activate("", "1980-01-01"))
+            }
+        )),
+        // Login: a missing login id or password is bad input, not a failed
+        // login (nothing is counted).
+        row!("login_id", "empty", |_| Call::Login(pb::LoginRequest {
+            password: "some password of some length".into(),
+            ..Default::default()
+        })),
+        row!("password", "empty", |c| Call::Login(pb::LoginRequest {
+            login_id: c.member.email.clone(),
+            ..Default::default()
+        })),
         // VerifyEmail.
         row!("token", "blank", |_| Call::VerifyEmail(pb::VerifyEmailRequest {
             token: "  ".into()

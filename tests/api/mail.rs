@@ -27,6 +27,7 @@ fn activate(token: &str, code: &str, cpr: &str, birth_date: &str) -> pb::Activat
         code: code.into(),
         cpr: cpr.into(),
         birth_date: birth_date.into(),
+        password: String::new(),
     }
 }
 

@@ -12,6 +12,7 @@ mod history;
 mod imports;
 mod lifecycle;
 mod limits;
+mod login;
 mod mail;
 mod normalisation;
 mod operations;

@@ -59,6 +59,8 @@ struct World {
     org_order_id: String,
     org_certificate_id: String,
     tokens: Vec<(Who, String)>,
+    /// The login id of a member who set `TEST_PASSWORD` at activation.
+    login_id: String,
 }
 
 impl World {
@@ -126,6 +128,7 @@ impl World {
         } else {
             Default::default()
         };
+        let (_, login_id) = app.member_with_password(&fixture, "Password", &[]).await;
         let (target, target_session) = app.member(&fixture, "Target", &[]).await;
         let target_token_id = app
             .auth()
@@ -276,6 +279,7 @@ impl World {
             .unwrap()
             .id;
         World {
+            login_id,
             import_id,
             plain_order_id,
             plain_pickup,
@@ -739,6 +743,39 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             .await
             .map(drop),
         "WhoAmI" => app.auth().who_am_i(req(t, pb::WhoAmIRequest {})).await.map(drop),
+        "Login" => app
+            .auth()
+            .login(req(
+                t,
+                pb::LoginRequest {
+                    login_id: world.login_id.clone(),
+                    password: TEST_PASSWORD.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "Logout" => app.auth().logout(req(t, pb::LogoutRequest {})).await.map(drop),
+        "UnlockLogin" => app
+            .users()
+            .unlock_login(req(
+                t,
+                pb::UnlockLoginRequest {
+                    user_id: world.plain.id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        "UnlockAdministratorLogin" => app
+            .users()
+            .unlock_login(req(
+                t,
+                pb::UnlockLoginRequest {
+                    user_id: world.pending_admin.id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
         "SendActivation" => app
             .users()
             .send_activation(req(
@@ -1183,6 +1220,10 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     ("ActivateUser", USR, "ActivateUser", EVERYONE),
     ("VerifyEmail", USR, "VerifyEmail", EVERYONE),
     ("SendActivation", USR, "SendActivation", &[UserAdmin]),
+    // R-AUTH-2, R-ACC-6: user administrators unlock their users; the
+    // operator organisation administrators.
+    ("UnlockLogin", USR, "UnlockLogin", &[UserAdmin]),
+    ("UnlockAdministratorLogin", USR, "UnlockLogin", &[Operator, UserAdmin]),
     (
         "SendAdministratorActivation",
         USR,
@@ -1200,6 +1241,10 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     ("CreateOwnApiToken", AUT, "CreateApiToken", &[PlainUser]),
     ("ListApiTokens", AUT, "ListApiTokens", &[Operator, OrgAdmin]),
     ("RevokeApiToken", AUT, "RevokeApiToken", &[OrgAdmin]),
+    // The password is the credential: the bearer token does not matter.
+    ("Login", AUT, "Login", EVERYONE),
+    // A person ends their own session; an operator token is no session.
+    ("Logout", AUT, "Logout", MEMBERS),
     (
         "WhoAmI",
         AUT,
@@ -1308,11 +1353,14 @@ fn target(case: &str) -> Target {
         | "CreateApiToken"
         | "CreateOwnApiToken"
         | "SendActivation"
+        | "UnlockLogin"
         | "CreateActivationCode"
         | "SetOrganisationSigning" => Target::PlainUser,
-        "GetAdministrator" | "DeactivateAdministrator" | "CreateAdministratorToken" | "SendAdministratorActivation" => {
-            Target::Administrator
-        }
+        "GetAdministrator"
+        | "DeactivateAdministrator"
+        | "CreateAdministratorToken"
+        | "SendAdministratorActivation"
+        | "UnlockAdministratorLogin" => Target::Administrator,
         "GetImport" | "WatchImport" | "ListImportErrors" | "GetImportReport" | "CancelImport" => Target::ImportJob,
         "GetCertificate"
         | "DeleteCertificateOrder"

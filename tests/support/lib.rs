@@ -410,6 +410,9 @@ impl TestApp {
 }
 
 /// A timestamp `ms` milliseconds from now.
+/// A password that meets the policy (15+ characters, not common).
+pub const TEST_PASSWORD: &str = "blåbærgrød med fløde 7";
+
 pub fn in_ms(ms: i64) -> prost_types::Timestamp {
     let at = chrono::Utc::now().timestamp_millis() + ms;
     prost_types::Timestamp {
@@ -598,6 +601,16 @@ impl TestApp {
     /// The person behind a CPR user activates with the link mailed to them;
     /// returns the reply with their session token.
     pub async fn activate_by_link(&self, email: &str, cpr: &str) -> pb::ActivateUserResponse {
+        self.activate_by_link_with_password(email, cpr, "").await
+    }
+
+    /// `activate_by_link`, also setting a password (empty: none).
+    pub async fn activate_by_link_with_password(
+        &self,
+        email: &str,
+        cpr: &str,
+        password: &str,
+    ) -> pb::ActivateUserResponse {
         let token = self.activation_link_token(email).await;
         self.users()
             .activate_user(req(
@@ -605,12 +618,58 @@ impl TestApp {
                 pb::ActivateUserRequest {
                     token,
                     cpr: cpr.to_owned(),
+                    password: password.to_owned(),
                     ..Default::default()
                 },
             ))
             .await
             .expect("activate with the mailed link")
             .into_inner()
+    }
+
+    /// A member of the fixture's organisation who activated with
+    /// `TEST_PASSWORD`; returns the user and their e-mail address (their
+    /// login id).
+    pub async fn member_with_password(
+        &self,
+        fixture: &OrgFixture,
+        first: &str,
+        roles: &[pb::Role],
+    ) -> (pb::User, String) {
+        let request = new_user(&fixture.org.id, first, roles);
+        let (email, cpr) = (request.email.clone(), request.cpr.clone());
+        self.users()
+            .create_user(req(&fixture.admin_token, request))
+            .await
+            .expect("create user");
+        let activated = self.activate_by_link_with_password(&email, &cpr, TEST_PASSWORD).await;
+        (activated.user.expect("user"), email)
+    }
+
+    /// A user as `token` reads them now (with their current etag).
+    pub async fn user(&self, token: &str, id: &str) -> pb::User {
+        self.users()
+            .get_user(req(token, pb::GetUserRequest { id: id.to_owned() }))
+            .await
+            .expect("get user")
+            .into_inner()
+            .user
+            .expect("user")
+    }
+
+    /// `Login` with a login id and password.
+    pub async fn login(&self, login_id: &str, password: &str) -> Result<pb::LoginResponse, Status> {
+        self.auth()
+            .login(req(
+                "",
+                pb::LoginRequest {
+                    login_id: login_id.to_owned(),
+                    password: password.to_owned(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
     }
 
     /// `creator` creates a CPR user, who then activates with their own link:

@@ -243,6 +243,29 @@ pub mod activation_secret {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod password_credential {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "password_credentials")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: Uuid,
+        /// argon2id PHC string.
+        pub phc: String,
+        pub set_at: i64,
+        pub failed_attempts: i32,
+        pub lockouts: i32,
+        pub locked_until: Option<i64>,
+        pub last_login_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod notification {
     use sea_orm::entity::prelude::*;
 

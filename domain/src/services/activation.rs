@@ -339,9 +339,16 @@ impl Domain {
     /// The person activates with link token or code plus their CPR number or
     /// birth date. No bearer token: the secret is the credential. The person
     /// gets a session token of their own (R-AUTH-1): their first credential
-    /// comes from their own activation, never from an administrator.
+    /// comes from their own activation, never from an administrator. With
+    /// `new_password` they also set their password (R-AUTH-2: passwords are
+    /// set only by the person, with a link or code only they received).
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
-    pub async fn activate_user(&self, secret: ActivationSecret, proof: ActivationProof) -> DomainResult<Activated> {
+    pub async fn activate_user(
+        &self,
+        secret: ActivationSecret,
+        proof: ActivationProof,
+        new_password: Option<crate::passwords::Password>,
+    ) -> DomainResult<Activated> {
         let (hash, field) = match &secret {
             ActivationSecret::LinkToken(token) => (token_hash(token.trim()), "token"),
             ActivationSecret::Code(code) => (token_hash(&normalise_code(code)), "code"),
@@ -355,6 +362,12 @@ impl Domain {
                     .map_err(|e| DomainError::invalid("birth_date", e))?;
                 ActivationProof::BirthDate(date)
             }
+        };
+        // Hashed before the transaction: no write lock waits for argon2. The
+        // rule about the person's own login ids is checked once they are known.
+        let password = match new_password {
+            Some(password) => Some((self.hash_new_password("password", &password, &[]).await?, password)),
+            None => None,
         };
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
@@ -406,6 +419,14 @@ impl Domain {
                 "this user profile is not waiting for activation",
             ));
         }
+        if let Some((_, typed)) = &password {
+            let login_ids: Vec<&str> = [Some(row.email.as_str()), row.username.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect();
+            crate::passwords::check_new_password(typed, &login_ids, self.settings.passwords.min_chars)
+                .map_err(|rule| DomainError::invalid("password", rule))?;
+        }
         let org = lock_organisation(&txn, row.organisation_id).await?;
         if !take_secret(&txn, stored.id, now).await? {
             drop(txn);
@@ -436,6 +457,10 @@ impl Domain {
         diff(&mut changes, "state", UserState::PendingActivation, UserState::Active);
         diff(&mut changes, "activated_with", "", how);
         diff(&mut changes, "session", "", "started");
+        if let Some((phc, _)) = password {
+            self.store_password_in(&txn, row.id, phc, now).await?;
+            diff(&mut changes, "password", "", "set");
+        }
         history::record(
             &txn,
             NewEvent {

@@ -30,7 +30,7 @@ const KIND_OPERATOR: &str = "OPERATOR";
 const KIND_API: &str = "API";
 /// A session: handed to the person who proved who they are (activation now,
 /// Login later), never to anyone else.
-const KIND_SESSION: &str = "SESSION";
+pub(crate) const KIND_SESSION: &str = "SESSION";
 
 /// token id, kind, expiry, revocation, user id, user's organisation, user's
 /// state, one role, user's first name, surname and e-mail.

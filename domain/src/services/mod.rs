@@ -7,6 +7,7 @@ pub mod auth;
 pub mod certificates;
 pub mod email_change;
 pub mod imports;
+pub mod login;
 pub mod notifications;
 pub mod organisations;
 pub mod outbox;

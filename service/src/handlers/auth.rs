@@ -1,6 +1,8 @@
 use orgadmin_domain::Domain;
 use orgadmin_domain::Principal;
 use orgadmin_domain::model::ApiToken;
+use orgadmin_domain::passwords::Password;
+use orgadmin_domain::services::login::LoginAttempt;
 use orgadmin_proto::v1 as pb;
 use orgadmin_proto::v1::auth_service_server::AuthService;
 use tonic::{Request, Response, Status};
@@ -27,6 +29,40 @@ fn token_to_pb(token: &ApiToken) -> pb::ApiToken {
 
 #[tonic::async_trait]
 impl AuthService for AuthHandler {
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        // No bearer token: the password is the credential.
+        crate::bounds::check(request.get_ref()).into_status()?;
+        let peer = super::peer(&self.domain, &request);
+        let r = request.into_inner();
+        let organisation_id = opt_string(r.organisation_id)
+            .map(|o| id("organisation_id", &o))
+            .transpose()
+            .into_status()?;
+        let logged_in = self
+            .domain
+            .login(LoginAttempt {
+                login_id: r.login_id,
+                password: Password::new(&r.password),
+                organisation_id,
+                peer,
+            })
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::LoginResponse {
+            user_id: logged_in.user_id.to_string(),
+            organisation_id: logged_in.organisation_id.to_string(),
+            session_token: logged_in.session_token.into_exposed(),
+            session_expire_time: Some(timestamp(logged_in.session_expires_at)),
+        }))
+    }
+
+    async fn logout(&self, request: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let bearer = super::bearer(request.metadata())?;
+        self.domain.logout(&caller, bearer).await.into_status()?;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
     async fn create_api_token(
         &self,
         request: Request<pb::CreateApiTokenRequest>,

@@ -23,6 +23,11 @@ pub async fn caller<T: crate::bounds::Lists>(domain: &Domain, request: &Request<
 /// The caller behind the request's `authorization` header: for streaming
 /// requests, whose messages are bounded one by one as they arrive.
 pub async fn caller_from_metadata(domain: &Domain, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
+    domain.authenticate(bearer(metadata)?).await.map_err(to_status)
+}
+
+/// The token of the request's `authorization: Bearer <token>` header.
+pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, Status> {
     let missing = || {
         to_status(DomainError::Unauthenticated {
             message: "send the header authorization: Bearer <token>".into(),
@@ -30,11 +35,26 @@ pub async fn caller_from_metadata(domain: &Domain, metadata: &tonic::metadata::M
     };
     let header = metadata.get("authorization").ok_or_else(missing)?;
     let value = header.to_str().map_err(|_| missing())?;
-    let token = value
+    value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(missing)?;
-    domain.authenticate(token).await.map_err(to_status)
+        .ok_or_else(missing)
+}
+
+/// The caller's address, for history: the last entry of the trusted proxy
+/// header when one is configured (the one the proxy itself added), else
+/// the TCP peer.
+pub fn peer<T>(domain: &Domain, request: &Request<T>) -> Option<String> {
+    let header = &domain.settings().trusted_peer_header;
+    if !header.is_empty() {
+        return request
+            .metadata()
+            .get(header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(|v| v.trim().chars().take(64).collect());
+    }
+    request.remote_addr().map(|addr| addr.ip().to_string())
 }

@@ -351,7 +351,8 @@ impl UserService for UserHandler {
         } else {
             ActivationProof::BirthDate(proof)
         };
-        let activated = self.domain.activate_user(secret, proof).await.into_status()?;
+        let password = (!r.password.is_empty()).then(|| orgadmin_domain::passwords::Password::new(&r.password));
+        let activated = self.domain.activate_user(secret, proof, password).await.into_status()?;
         Ok(Response::new(pb::ActivateUserResponse {
             user: Some(user_to_pb(activated.user)),
             session_token: activated.session_token.into_exposed(),
@@ -375,6 +376,18 @@ impl UserService for UserHandler {
         }
         let user = self.domain.verify_email(&token).await.into_status()?;
         Ok(Response::new(pb::VerifyEmailResponse {
+            user: Some(user_to_pb(user)),
+        }))
+    }
+
+    async fn unlock_login(
+        &self,
+        request: Request<pb::UnlockLoginRequest>,
+    ) -> Result<Response<pb::UnlockLoginResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let user_id = id("user_id", &request.get_ref().user_id).into_status()?;
+        let user = self.domain.unlock_login(&caller, user_id).await.into_status()?;
+        Ok(Response::new(pb::UnlockLoginResponse {
             user: Some(user_to_pb(user)),
         }))
     }

@@ -133,6 +133,9 @@ impl Domain {
         self.write_user_change(txn, &row, active, now).await?;
         self.record_user_event(txn, &current, Activity::UserReactivated, caller, now, changes)
             .await?;
+        // Seed 001: a user administrator unlocks a locked login by
+        // deactivating and then activating the user.
+        self.lift_login_lock_in(txn, caller, &row, now).await?;
         self.load_user(txn, id).await
     }
 

@@ -1,0 +1,368 @@
+//! Passwords (R-AUTH-2): the policy a new password must meet, and argon2id
+//! hashing off the async threads.
+//!
+//! Policy after NIST SP 800-63B-4: a minimum length (15 characters where the
+//! password is the only factor), at least 64 allowed (256 here), no
+//! composition rules, and refused when it is, or contains, the person's login
+//! id, or is on the bundled list of common passwords, or is a run of one
+//! character or of a keyboard or alphabet sequence. Passwords are compared in
+//! NFC, so the same password typed on two keyboards is the same password.
+//!
+//! Hashing is argon2id with OWASP's parameters by default (m = 19 MiB, t = 2,
+//! p = 1), stored as PHC strings (the parameters travel with each hash, so a
+//! change of parameters needs no migration: a hash made with others is
+//! replaced at the next successful login). Each hash takes ~50 ms of one core
+//! and 19 MiB: it runs on Tokio's blocking pool behind a semaphore of one
+//! permit per core, so logins can saturate the CPU but never the async
+//! threads that serve every other call, and memory stays bounded.
+
+use std::sync::Arc;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::Semaphore;
+use unicode_normalization::UnicodeNormalization;
+
+use crate::error::{DomainError, DomainResult};
+
+/// The longest password accepted (NIST: at least 64 must be allowed).
+pub const MAX_PASSWORD_CHARS: usize = 256;
+
+/// A password as typed, NFC-normalised. Never printed.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(typed: &str) -> Self {
+        Self(typed.nfc().collect())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Length in characters.
+    pub fn chars(&self) -> usize {
+        self.0.chars().count()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+/// Tunables of passwords and login lockout, from configuration.
+#[derive(Clone, Debug)]
+pub struct PasswordSettings {
+    /// argon2id memory in KiB (OWASP: 19456).
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// Minimum length where the password is the only factor.
+    pub min_chars: usize,
+    /// Wrong passwords before the account locks.
+    pub max_failures: i32,
+    /// How long the first lock lasts; each further one in a row doubles it.
+    pub lock_ms: i64,
+    /// The longest a lock lasts.
+    pub lock_max_ms: i64,
+    /// After this many locks in a row the account stays locked until an
+    /// administrator unlocks it. 0: never (the default: a permanent lock lets
+    /// anyone lock out an account whose login id they know).
+    pub permanent_lock_after: i32,
+}
+
+impl Default for PasswordSettings {
+    fn default() -> Self {
+        Self {
+            memory_kib: Params::DEFAULT_M_COST,
+            iterations: Params::DEFAULT_T_COST,
+            parallelism: Params::DEFAULT_P_COST,
+            min_chars: 15,
+            max_failures: 5,
+            lock_ms: 60_000,
+            lock_max_ms: 24 * 60 * 60 * 1000,
+            permanent_lock_after: 0,
+        }
+    }
+}
+
+impl PasswordSettings {
+    /// How long the lock after `earlier_locks` locks in a row lasts; `None`
+    /// when it is permanent.
+    pub fn lock_duration_ms(&self, earlier_locks: i32) -> Option<i64> {
+        if self.permanent_lock_after > 0 && earlier_locks + 1 >= self.permanent_lock_after {
+            return None;
+        }
+        let doubled = self.lock_ms.saturating_mul(1i64 << earlier_locks.clamp(0, 30));
+        Some(doubled.min(self.lock_max_ms).max(self.lock_ms.min(self.lock_max_ms)))
+    }
+}
+
+/// Common passwords (lower case), one per line: the ones breach lists show
+/// first, and their Danish and Swedish kin.
+const COMMON: &str = include_str!("common_passwords.txt");
+
+/// Why a new password is refused, said to the person choosing it.
+pub fn check_new_password(password: &Password, login_ids: &[&str], min_chars: usize) -> Result<(), String> {
+    let chars = password.0.chars().count();
+    if chars < min_chars {
+        return Err(format!("must be at least {min_chars} characters long"));
+    }
+    if chars > MAX_PASSWORD_CHARS {
+        return Err(format!("must be at most {MAX_PASSWORD_CHARS} characters long"));
+    }
+    let lower = password.0.to_lowercase();
+    for id in login_ids {
+        let id = id.trim().to_lowercase();
+        if id.chars().count() >= 4 && lower.contains(&id) {
+            return Err("must not contain your login id".into());
+        }
+        // The e-mail address's local part is as guessable as the address.
+        if let Some((local, _)) = id.split_once('@')
+            && local.chars().count() >= 4
+            && lower.contains(local)
+        {
+            return Err("must not contain your login id".into());
+        }
+    }
+    if COMMON.lines().any(|common| common == lower) {
+        return Err("is too common: it is on the list of passwords that are tried first".into());
+    }
+    if is_predictable(&lower) {
+        return Err("is too predictable: it repeats a character, a short pattern or a keyboard or alphabet run".into());
+    }
+    Ok(())
+}
+
+/// A repetition of a short pattern ("aaaa…", "abcabc…") or a piece of a
+/// keyboard row, the alphabet or the digits, forwards or backwards.
+fn is_predictable(lower: &str) -> bool {
+    let chars: Vec<char> = lower.chars().collect();
+    let repeats_period =
+        |period: usize| chars.len() >= 2 * period && (period..chars.len()).all(|i| chars[i] == chars[i - period]);
+    if (1..=4).any(repeats_period) {
+        return true;
+    }
+    const RUNS: [&str; 4] = [
+        "abcdefghijklmnopqrstuvwxyzæøå",
+        "01234567890123456789012345678901234567890",
+        "qwertyuiopåasdfghjklæøzxcvbnm",
+        "qwertyuiopasdfghjklzxcvbnm",
+    ];
+    RUNS.iter().any(|run| {
+        let backwards: String = run.chars().rev().collect();
+        run.contains(lower) || backwards.contains(lower)
+    })
+}
+
+/// What checking a password found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    pub matches: bool,
+    /// The stored hash was made with other parameters than configured now:
+    /// store a new one (possible only now, while the password is at hand).
+    pub needs_rehash: bool,
+}
+
+/// argon2id hashing on the blocking pool, one hash per core at a time.
+pub struct Hasher {
+    params: Params,
+    permits: Arc<Semaphore>,
+    /// A hash of a random password: checked when the login id is unknown or
+    /// has no password, so that case costs the same time as a wrong
+    /// password and timing reveals nothing.
+    dummy_phc: String,
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hasher").field("params", &self.params).finish()
+    }
+}
+
+impl Hasher {
+    pub fn new(settings: &PasswordSettings) -> Result<Self, String> {
+        let params = Params::new(settings.memory_kib, settings.iterations, settings.parallelism, None)
+            .map_err(|e| format!("argon2 parameters (ORGADMIN_PASSWORD_*): {e}"))?;
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+        let random = crate::secrets::new_token();
+        let dummy_phc = argon2
+            .hash_password(random.as_bytes())
+            .map_err(|e| format!("argon2: {e}"))?
+            .to_string();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Self {
+            params,
+            permits: Arc::new(Semaphore::new(cores)),
+            dummy_phc,
+        })
+    }
+
+    /// Whether this hasher already uses the parameters of `settings`.
+    pub fn hashes_like(&self, settings: &PasswordSettings) -> bool {
+        self.params.m_cost() == settings.memory_kib
+            && self.params.t_cost() == settings.iterations
+            && self.params.p_cost() == settings.parallelism
+    }
+
+    fn argon2(&self) -> Argon2<'static> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    }
+
+    /// Runs `work` on the blocking pool once a core is free.
+    async fn on_a_core<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> DomainResult<T> {
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| DomainError::Internal("the password hasher is closed".into()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| DomainError::Internal(format!("password hashing task: {e}")))
+    }
+
+    /// A PHC string for a new password.
+    pub async fn hash(&self, password: &Password) -> DomainResult<String> {
+        let argon2 = self.argon2();
+        let password = password.clone();
+        self.on_a_core(move || argon2.hash_password(password.bytes()).map(|h| h.to_string()))
+            .await?
+            .map_err(|e| DomainError::Internal(format!("argon2: {e}")))
+    }
+
+    /// Checks `password` against `stored` (a PHC string); with `None` against
+    /// the dummy hash, so the answer (no match) takes the same time.
+    pub async fn check(&self, password: &Password, stored: Option<&str>) -> DomainResult<Checked> {
+        let phc = stored.unwrap_or(&self.dummy_phc).to_owned();
+        let known = stored.is_some();
+        let argon2 = self.argon2();
+        let wanted = self.params.clone();
+        let password = password.clone();
+        self.on_a_core(move || {
+            let matches = known && argon2.verify_password(password.bytes(), phc.as_str()).is_ok();
+            if !known {
+                // Spend the same time; the answer is no whatever it says.
+                let _ = argon2.verify_password(password.bytes(), phc.as_str());
+            }
+            let needs_rehash = matches
+                && PasswordHash::new(&phc).is_ok_and(|parsed| {
+                    let value = |name: &str| {
+                        parsed
+                            .params
+                            .iter()
+                            .find(|(key, _)| key.as_str() == name)
+                            .and_then(|(_, v)| v.as_str().parse::<u32>().ok())
+                    };
+                    parsed.algorithm.as_str() != "argon2id"
+                        || value("m") != Some(wanted.m_cost())
+                        || value("t") != Some(wanted.t_cost())
+                        || value("p") != Some(wanted.p_cost())
+                });
+            Checked { matches, needs_rehash }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(password: &str, ids: &[&str]) -> Result<(), String> {
+        check_new_password(&Password::new(password), ids, 15)
+    }
+
+    #[test]
+    fn policy_refuses_short_common_predictable_and_login_ids() {
+        assert!(check("correct horse battery", &["karen@firma.dk"]).is_ok());
+        assert!(check("fjordhest-tårn-blå-9", &["karen@firma.dk"]).is_ok());
+        assert_eq!(check("kort", &[]).unwrap_err(), "must be at least 15 characters long");
+        assert!(check(&"x".repeat(257), &[]).unwrap_err().contains("at most 256"));
+        assert!(
+            check(&"lang og sikker ".repeat(18)[..256], &[]).is_ok(),
+            "256 is allowed"
+        );
+        assert!(
+            check("karen@firma.dk-2026!", &["karen@firma.dk"])
+                .unwrap_err()
+                .contains("login id")
+        );
+        assert!(
+            check("hello karen.jensen 99", &["Karen.Jensen@firma.dk"])
+                .unwrap_err()
+                .contains("login id")
+        );
+        assert!(check("passwordpassword", &[]).unwrap_err().contains("too common"));
+        assert!(check("PasswordPassword", &[]).unwrap_err().contains("too common"));
+        assert!(check("aaaaaaaaaaaaaaaa", &[]).unwrap_err().contains("predictable"));
+        assert!(check("abcabcabcabcabcabc", &[]).unwrap_err().contains("predictable"));
+        assert!(check("1234567890123456", &[]).unwrap_err().contains("predictable"));
+        assert!(check("qwertyuiopasdfgh", &[]).unwrap_err().contains("predictable"));
+        assert!(check("zyxwvutsrqponmlk", &[]).unwrap_err().contains("predictable"));
+    }
+
+    #[test]
+    fn nfc_and_nfd_are_one_password() {
+        let nfc = Password::new("s\u{e6}lg\u{e5}rd p\u{e5} \u{f8}en 2026");
+        let nfd = Password::new("s\u{e6}lga\u{30a}rd pa\u{30a} \u{f8}en 2026");
+        assert_eq!(nfc.bytes(), nfd.bytes());
+        assert_eq!(format!("{nfc:?}"), "Password(..)");
+    }
+
+    #[test]
+    fn locks_double_up_to_the_cap_and_permanent_is_a_setting() {
+        let mut settings = PasswordSettings::default();
+        assert_eq!(settings.lock_duration_ms(0), Some(60_000));
+        assert_eq!(settings.lock_duration_ms(1), Some(120_000));
+        assert_eq!(settings.lock_duration_ms(40), Some(24 * 60 * 60 * 1000));
+        settings.permanent_lock_after = 3;
+        assert_eq!(settings.lock_duration_ms(1), Some(120_000));
+        assert_eq!(settings.lock_duration_ms(2), None);
+    }
+
+    #[tokio::test]
+    async fn hashes_check_and_flag_old_parameters() {
+        let cheap = PasswordSettings {
+            memory_kib: 64,
+            iterations: 1,
+            ..PasswordSettings::default()
+        };
+        let hasher = Hasher::new(&cheap).unwrap();
+        let password = Password::new("lang nok til at være god");
+        let phc = hasher.hash(&password).await.unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{phc}");
+        let right = hasher.check(&password, Some(&phc)).await.unwrap();
+        assert_eq!(
+            right,
+            Checked {
+                matches: true,
+                needs_rehash: false
+            }
+        );
+        let wrong = hasher.check(&Password::new("forkert"), Some(&phc)).await.unwrap();
+        assert!(!wrong.matches);
+        assert!(!hasher.check(&password, None).await.unwrap().matches);
+        let stronger = Hasher::new(&PasswordSettings {
+            memory_kib: 128,
+            ..cheap
+        })
+        .unwrap();
+        let upgraded = stronger.check(&password, Some(&phc)).await.unwrap();
+        assert_eq!(
+            upgraded,
+            Checked {
+                matches: true,
+                needs_rehash: true
+            }
+        );
+    }
+}

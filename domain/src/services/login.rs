@@ -1,0 +1,474 @@
+//! Login with a password (R-AUTH-2, R-AUTH-3), the lockout that guards it,
+//! unlocking, and logout.
+//!
+//! The lockout is taken before the password is checked: each attempt first
+//! reserves one of the account's remaining tries in one conditional UPDATE
+//! (the last try also sets the lock), and only then spends ~50 ms on argon2.
+//! So however many guesses arrive in parallel, at most `max_failures` are
+//! ever checked per lock period (ZITADEL's GHSA-7h8m-vrxx-vr4m was parallel
+//! attempts slipping past a counter read before the check). A right password
+//! gives the tries back and lifts the lock its own try set. A process that
+//! dies between reservation and answer leaves at most a spent try and a lock
+//! that ends by itself.
+//!
+//! Every refusal reads the same, whether the login id is unknown, has no
+//! password, is locked or the password is wrong, and costs the same time (an
+//! unknown id is checked against a dummy hash): a caller learns nothing about
+//! which accounts exist. Only after the right password does the answer say
+//! that the user may not log in (pending, deactivated).
+
+use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
+use sea_orm::{ColumnTrait, Condition, DatabaseTransaction, EntityTrait, QueryFilter};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::Domain;
+use crate::error::{DomainError, DomainResult, Reason};
+use crate::model::*;
+use crate::passwords::{Password, check_new_password};
+use crate::persistence::entities::{api_token, password_credential, user};
+use crate::persistence::history::{self, NewEvent, Subject, diff};
+use crate::persistence::mapping::parse;
+use crate::policy::{Action, Caller};
+use crate::secrets::{Secret, token_hash};
+use crate::services::activation::person_caller;
+use crate::validate::Violations;
+
+/// A lock with no end: only an administrator lifts it.
+const PERMANENT: Millis = i64::MAX;
+
+/// What `Login` is given. `peer` is the caller's address, for history.
+#[derive(Debug, Clone)]
+pub struct LoginAttempt {
+    pub login_id: String,
+    pub password: Password,
+    /// Needed only when the login id names people in several organisations.
+    pub organisation_id: Option<Uuid>,
+    pub peer: Option<String>,
+}
+
+/// A started session, shown once.
+#[derive(Debug)]
+pub struct LoggedIn {
+    pub user_id: Uuid,
+    pub organisation_id: Uuid,
+    pub session_token: Secret,
+    pub session_expires_at: Millis,
+}
+
+fn refused() -> DomainError {
+    DomainError::Unauthenticated {
+        message: "the login id or password is wrong, or the account is locked for a while; if your login id belongs to several organisations, give organisation_id".into(),
+    }
+}
+
+/// The outcome of reserving a try.
+enum Reserved {
+    /// A try is taken; `locks` says this try, if wrong, is the one that
+    /// locked the account (the lock is already set).
+    Try { locks: bool },
+    /// Locked (or no tries left): refuse without checking.
+    Locked,
+}
+
+impl Domain {
+    /// Checks a login id and password; starts a session (R-AUTH-2).
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn login(&self, attempt: LoginAttempt) -> DomainResult<LoggedIn> {
+        let mut v = Violations::default();
+        if attempt.login_id.trim().is_empty() {
+            v.add("login_id", "is required");
+        } else if attempt.login_id.chars().count() > 320 {
+            v.add("login_id", "must be at most 320 characters");
+        }
+        if attempt.password.is_empty() {
+            v.add("password", "is required");
+        } else if attempt.password.chars() > 4 * crate::passwords::MAX_PASSWORD_CHARS {
+            v.add("password", "is too long");
+        }
+        v.into_result()?;
+
+        let key = crate::normalise::key(attempt.login_id.trim());
+        let mut candidates = user::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(user::Column::EmailKey.eq(key.as_str()))
+                    .add(user::Column::UsernameKey.eq(key.as_str())),
+            )
+            .filter(user::Column::State.ne(UserState::Deleted.as_str()));
+        if let Some(org) = attempt.organisation_id {
+            candidates = candidates.filter(user::Column::OrganisationId.eq(org));
+        }
+        let mut found = candidates.all(&self.db).await?;
+        let person = (found.len() == 1).then(|| found.remove(0));
+        let credential = match &person {
+            Some(person) => password_credential::Entity::find_by_id(person.id).one(&self.db).await?,
+            None => None,
+        };
+        let (Some(person), Some(credential)) = (person, credential) else {
+            // Unknown, ambiguous or without a password: the same time, the
+            // same answer.
+            self.hasher.check(&attempt.password, None).await?;
+            return Err(refused());
+        };
+
+        let now = now_millis();
+        let reserved = self.reserve_login_try(person.id, now).await?;
+        let Reserved::Try { locks } = reserved else {
+            self.hasher.check(&attempt.password, None).await?;
+            return Err(refused());
+        };
+        let checked = self.hasher.check(&attempt.password, Some(&credential.phc)).await?;
+        if !checked.matches {
+            self.record_login_failure(&person, locks, attempt.peer.as_deref(), now)
+                .await?;
+            return Err(refused());
+        }
+        // The right password: a hash with old parameters is replaced now,
+        // the only time the password is at hand.
+        let rehashed = if checked.needs_rehash {
+            Some(self.hasher.hash(&attempt.password).await?)
+        } else {
+            None
+        };
+        self.finish_login(person, rehashed, attempt.peer.as_deref()).await
+    }
+
+    /// Takes one try in one statement: only while not locked and tries are
+    /// left; the last try sets the lock (lifted again if it is right).
+    async fn reserve_login_try(&self, user_id: Uuid, now: Millis) -> DomainResult<Reserved> {
+        let settings = &self.settings.passwords;
+        let max = settings.max_failures;
+        let after = Expr::col(password_credential::Column::FailedAttempts).add(1);
+        let is_last = after.clone().gte(max);
+        // The lock's length by how many locks came before, as one CASE (the
+        // doubling is computed here, not in SQL, so both databases agree).
+        let mut lock_until = Expr::case(
+            Expr::col(password_credential::Column::Lockouts).lte(0),
+            lock_end(settings.lock_duration_ms(0), now),
+        );
+        for earlier in 1..=31 {
+            lock_until = lock_until.case(
+                ExprTrait::eq(Expr::col(password_credential::Column::Lockouts), earlier),
+                lock_end(settings.lock_duration_ms(earlier), now),
+            );
+        }
+        let lock_until: SimpleExpr = lock_until.finally(lock_end(settings.lock_duration_ms(32), now)).into();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let taken = password_credential::Entity::update_many()
+            .col_expr(
+                password_credential::Column::LockedUntil,
+                Expr::case(is_last.clone(), lock_until)
+                    .finally(Expr::col(password_credential::Column::LockedUntil))
+                    .into(),
+            )
+            .col_expr(
+                password_credential::Column::Lockouts,
+                Expr::case(is_last.clone(), Expr::col(password_credential::Column::Lockouts).add(1))
+                    .finally(Expr::col(password_credential::Column::Lockouts))
+                    .into(),
+            )
+            .col_expr(
+                password_credential::Column::FailedAttempts,
+                Expr::case(is_last, Expr::value(0)).finally(after).into(),
+            )
+            .filter(password_credential::Column::UserId.eq(user_id))
+            .filter(password_credential::Column::FailedAttempts.lt(max))
+            .filter(
+                Condition::any()
+                    .add(password_credential::Column::LockedUntil.is_null())
+                    .add(password_credential::Column::LockedUntil.lte(now)),
+            )
+            .exec(&txn)
+            .await?;
+        if taken.rows_affected != 1 {
+            txn.commit().await?;
+            return Ok(Reserved::Locked);
+        }
+        // Read in the same transaction: the row is this attempt's until commit.
+        let row = password_credential::Entity::find_by_id(user_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("password", user_id))?;
+        txn.commit().await?;
+        Ok(Reserved::Try {
+            locks: row.locked_until.is_some_and(|until| until > now),
+        })
+    }
+
+    async fn record_login_failure(
+        &self,
+        person: &user::Model,
+        locked: bool,
+        peer: Option<&str>,
+        now: Millis,
+    ) -> DomainResult<()> {
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let system = Caller::system("login");
+        let mut changes = Vec::new();
+        diff(&mut changes, "peer", "", peer.unwrap_or("unknown"));
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(person.organisation_id),
+                subject: Subject::User(person.id),
+                activity: Activity::LoginFailed,
+                caller: &system,
+                at: now,
+                changes: changes.clone(),
+            },
+        )
+        .await?;
+        if locked {
+            let until = password_credential::Entity::find_by_id(person.id)
+                .one(&txn)
+                .await?
+                .and_then(|row| row.locked_until);
+            let mut lock_changes = changes;
+            diff(
+                &mut lock_changes,
+                "locked_until",
+                "",
+                match until {
+                    Some(PERMANENT) | None => "until unlocked".to_owned(),
+                    Some(at) => crate::mail::date(at),
+                },
+            );
+            history::record(
+                &txn,
+                NewEvent {
+                    organisation_id: Some(person.organisation_id),
+                    subject: Subject::User(person.id),
+                    activity: Activity::LoginLocked,
+                    caller: &system,
+                    at: now,
+                    changes: lock_changes,
+                },
+            )
+            .await?;
+            tracing::info!(user = %person.id, "login locked after repeated wrong passwords");
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// The right password: tries back, lock lifted, a session started, all
+    /// in one transaction with its history event.
+    async fn finish_login(
+        &self,
+        person: user::Model,
+        rehashed: Option<String>,
+        peer: Option<&str>,
+    ) -> DomainResult<LoggedIn> {
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let mut reset = password_credential::Entity::update_many()
+            .col_expr(password_credential::Column::FailedAttempts, Expr::value(0))
+            .col_expr(password_credential::Column::Lockouts, Expr::value(0))
+            .col_expr(
+                password_credential::Column::LockedUntil,
+                Expr::value(Option::<i64>::None),
+            )
+            .col_expr(password_credential::Column::LastLoginAt, Expr::value(now));
+        if let Some(phc) = rehashed {
+            reset = reset.col_expr(password_credential::Column::Phc, Expr::value(phc));
+        }
+        reset
+            .filter(password_credential::Column::UserId.eq(person.id))
+            .exec(&txn)
+            .await?;
+        // Read again inside the transaction: the user may have been
+        // deactivated while the password was checked.
+        let person = user::Entity::find_by_id(person.id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", person.id))?;
+        let state: UserState = parse(&person.state)?;
+        if state != UserState::Active {
+            txn.commit().await?;
+            return Err(DomainError::precondition(
+                Reason::UserNotActive,
+                match state {
+                    UserState::PendingActivation => "this login is not activated yet; use the activation link or code",
+                    _ => "this login is deactivated; ask your user administrator",
+                },
+            ));
+        }
+        let (session_token, session_expires_at) = self.issue_session(&txn, &person, "login", now).await?;
+        let mut changes = Vec::new();
+        diff(&mut changes, "peer", "", peer.unwrap_or("unknown"));
+        diff(&mut changes, "session", "", "started");
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(person.organisation_id),
+                subject: Subject::User(person.id),
+                activity: Activity::LoginSucceeded,
+                caller: &person_caller(&person),
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(LoggedIn {
+            user_id: person.id,
+            organisation_id: person.organisation_id,
+            session_token,
+            session_expires_at,
+        })
+    }
+
+    /// Stores a first password inside the caller's transaction (activation),
+    /// after the policy check; the PHC string is made before the transaction
+    /// (`hash_new_password`), so no transaction waits for argon2.
+    pub(crate) async fn store_password_in(
+        &self,
+        txn: &DatabaseTransaction,
+        user_id: Uuid,
+        phc: String,
+        now: Millis,
+    ) -> DomainResult<()> {
+        use sea_orm::ActiveValue::Set;
+        password_credential::Entity::delete_by_id(user_id).exec(txn).await?;
+        password_credential::Entity::insert(password_credential::ActiveModel {
+            user_id: Set(user_id),
+            phc: Set(phc),
+            set_at: Set(now),
+            failed_attempts: Set(0),
+            lockouts: Set(0),
+            locked_until: Set(None),
+            last_login_at: Set(None),
+        })
+        .exec_without_returning(txn)
+        .await?;
+        Ok(())
+    }
+
+    /// Checks a new password against the policy (the person's login ids may
+    /// not be in it) and hashes it. Field errors name `field`.
+    pub(crate) async fn hash_new_password(
+        &self,
+        field: &str,
+        password: &Password,
+        login_ids: &[&str],
+    ) -> DomainResult<String> {
+        check_new_password(password, login_ids, self.settings.passwords.min_chars)
+            .map_err(|rule| DomainError::invalid(field, rule))?;
+        self.hasher.hash(password).await
+    }
+
+    /// Lifts a login lock (R-AUTH-2): user administrators for their users,
+    /// the operator for organisation administrators (R-ACC-6).
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn unlock_login(&self, caller: &Caller, user_id: Uuid) -> DomainResult<User> {
+        self.authorize_on_user(caller, Action::UnlockLogin, user_id).await?;
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let row = user::Entity::find_by_id(user_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", user_id))?;
+        let lifted = self.lift_login_lock_in(&txn, caller, &row, now).await?;
+        txn.commit().await?;
+        if !lifted {
+            tracing::debug!(user = %user_id, "unlock asked for a login that was not locked");
+        }
+        self.get_user_unchecked(user_id).await
+    }
+
+    /// Clears the tries and any lock of a user's password inside `txn`, with
+    /// a history event when there was a lock to lift. Also the second half of
+    /// seed 001's deactivate-then-activate, which unlocks.
+    pub(crate) async fn lift_login_lock_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        row: &user::Model,
+        now: Millis,
+    ) -> DomainResult<bool> {
+        let lifted = password_credential::Entity::update_many()
+            .col_expr(password_credential::Column::FailedAttempts, Expr::value(0))
+            .col_expr(password_credential::Column::Lockouts, Expr::value(0))
+            .col_expr(
+                password_credential::Column::LockedUntil,
+                Expr::value(Option::<i64>::None),
+            )
+            .filter(password_credential::Column::UserId.eq(row.id))
+            .filter(
+                Condition::any()
+                    .add(password_credential::Column::LockedUntil.gt(now))
+                    .add(password_credential::Column::Lockouts.gt(0))
+                    .add(password_credential::Column::FailedAttempts.gt(0)),
+            )
+            .exec(txn)
+            .await?;
+        if lifted.rows_affected == 0 {
+            return Ok(false);
+        }
+        let mut changes = Vec::new();
+        diff(&mut changes, "login", "locked", "unlocked");
+        history::record(
+            txn,
+            NewEvent {
+                organisation_id: Some(row.organisation_id),
+                subject: Subject::User(row.id),
+                activity: Activity::LoginUnlocked,
+                caller,
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Ends the session the caller presented (R-AUTH-2). An API token is
+    /// not a session: revoke it with RevokeApiToken.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn logout(&self, caller: &Caller, bearer: &str) -> DomainResult<()> {
+        let Some(user_id) = caller.user_id() else {
+            return Err(DomainError::denied(
+                "only a person's session can be logged out; operator tokens are configuration",
+            ));
+        };
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let ended = api_token::Entity::update_many()
+            .col_expr(api_token::Column::RevokedAt, Expr::value(now))
+            .filter(api_token::Column::TokenHash.eq(token_hash(bearer)))
+            .filter(api_token::Column::Kind.eq(crate::services::auth::KIND_SESSION))
+            .filter(api_token::Column::UserId.eq(user_id))
+            .filter(api_token::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        if ended.rows_affected != 1 {
+            return Err(DomainError::precondition(
+                Reason::NotASession,
+                "the presented token is not a session (API tokens are revoked with RevokeApiToken)",
+            ));
+        }
+        let mut changes = Vec::new();
+        diff(&mut changes, "session", "started", "ended");
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: caller.organisation_id(),
+                subject: Subject::User(user_id),
+                activity: Activity::LoggedOut,
+                caller,
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        self.auth_cache.clear();
+        Ok(())
+    }
+}
+
+/// `now + duration` as a value, or the permanent lock.
+fn lock_end(duration: Option<i64>, now: Millis) -> Expr {
+    Expr::value(duration.map_or(PERMANENT, |ms| now.saturating_add(ms)))
+}

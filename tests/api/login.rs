@@ -1,0 +1,489 @@
+//! R-AUTH-2: passwords set at activation, Login, the lockout after wrong
+//! passwords (taken atomically, so parallel guesses cannot pass it), both
+//! ways to unlock, Logout, deactivation ending sessions, equal answers for
+//! unknown and known login ids, and argon2 parameters upgraded at login.
+
+use std::time::{Duration, Instant};
+
+use orgadmin_domain::DomainSettings;
+use orgadmin_domain::passwords::{Hasher, Password, PasswordSettings};
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+use sea_orm::{ConnectionTrait, Statement};
+use tonic::Code;
+
+both_backends!(
+    login_with_the_password_set_at_activation,
+    weak_passwords_are_refused_at_activation,
+    wrong_passwords_lock_and_administrators_unlock,
+    parallel_guesses_cannot_pass_the_limit,
+    unknown_and_known_login_ids_answer_alike,
+    old_hash_parameters_are_upgraded_at_login,
+);
+
+async fn history(app: &TestApp, token: &str, user_id: &str, activity: pb::HistoryActivity) -> Vec<pb::HistoryEvent> {
+    app.users()
+        .list_user_history(req(
+            token,
+            pb::ListUserHistoryRequest {
+                user_id: user_id.to_owned(),
+                activities: vec![activity as i32],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+}
+
+fn change<'a>(event: &'a pb::HistoryEvent, field: &str) -> Option<&'a str> {
+    event
+        .changes
+        .iter()
+        .find(|c| c.field == field)
+        .map(|c| c.after.as_str())
+}
+
+async fn who_am_i(app: &TestApp, token: &str) -> Result<pb::WhoAmIResponse, tonic::Status> {
+    app.auth()
+        .who_am_i(req(token, pb::WhoAmIRequest {}))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A server whose logins lock after `max_failures` wrong passwords.
+async fn app_locking_after(backend: Backend, max_failures: i32) -> TestApp {
+    TestApp::start_with(
+        backend,
+        DomainSettings {
+            passwords: PasswordSettings {
+                max_failures,
+                ..PasswordSettings::default()
+            },
+            ..DomainSettings::default()
+        },
+    )
+    .await
+}
+
+async fn login_with_the_password_set_at_activation(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (anna, email) = app.member_with_password(&fixture, "Anna", &[]).await;
+
+    // The login id is compared case-insensitively.
+    let logged_in = app.login(&email.to_uppercase(), TEST_PASSWORD).await.expect("login");
+    assert_eq!(logged_in.user_id, anna.id);
+    assert_eq!(logged_in.organisation_id, fixture.org.id);
+    let me = who_am_i(&app, &logged_in.session_token)
+        .await
+        .expect("the session works");
+    assert_eq!(me.user_id, anna.id);
+
+    // The activation recorded the password as set; the login its peer.
+    let activated = history(&app, &fixture.admin_token, &anna.id, pb::HistoryActivity::UserActivated).await;
+    assert_eq!(change(&activated[0], "password"), Some("set"));
+    let logins = history(
+        &app,
+        &fixture.admin_token,
+        &anna.id,
+        pb::HistoryActivity::LoginSucceeded,
+    )
+    .await;
+    assert_eq!(logins.len(), 1);
+    assert_eq!(change(&logins[0], "peer"), Some("127.0.0.1"));
+    assert_eq!(logins[0].actor, format!("user:{}", anna.id));
+
+    // A wrong password: UNAUTHENTICATED, recorded with the peer.
+    let wrong = assert_code(
+        app.login(&email, "not the password at all").await,
+        Code::Unauthenticated,
+    );
+    let failures = history(&app, &fixture.admin_token, &anna.id, pb::HistoryActivity::LoginFailed).await;
+    assert_eq!(failures.len(), 1);
+    assert_eq!(change(&failures[0], "peer"), Some("127.0.0.1"));
+    assert!(!wrong.message().contains(TEST_PASSWORD));
+
+    // Logout ends exactly the presented session.
+    let second = app.login(&email, TEST_PASSWORD).await.expect("login again");
+    app.auth()
+        .logout(req(&logged_in.session_token, pb::LogoutRequest {}))
+        .await
+        .expect("logout");
+    assert_code(who_am_i(&app, &logged_in.session_token).await, Code::Unauthenticated);
+    who_am_i(&app, &second.session_token)
+        .await
+        .expect("the other session goes on");
+    assert_eq!(
+        history(&app, &fixture.admin_token, &anna.id, pb::HistoryActivity::LoggedOut)
+            .await
+            .len(),
+        1
+    );
+    // An API token is not a session: Logout refuses it and changes nothing.
+    let api = app.own_api_token(&second.session_token, &anna.id).await;
+    let not_session = assert_code(
+        app.auth().logout(req(&api, pb::LogoutRequest {})).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&not_session), "NOT_A_SESSION");
+    who_am_i(&app, &api).await.expect("the API token still works");
+
+    // Deactivation ends the sessions at once; the right password then says
+    // why there is no login (a wrong one still says nothing).
+    let current = app.user(&fixture.admin_token, &anna.id).await;
+    app.users()
+        .deactivate_user(req(
+            &fixture.admin_token,
+            pb::DeactivateUserRequest {
+                id: anna.id.clone(),
+                etag: current.etag.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("deactivate");
+    assert_code(who_am_i(&app, &second.session_token).await, Code::Unauthenticated);
+    let inactive = assert_code(app.login(&email, TEST_PASSWORD).await, Code::FailedPrecondition);
+    assert_eq!(reason(&inactive), "USER_NOT_ACTIVE");
+    assert_code(app.login(&email, "still not the password").await, Code::Unauthenticated);
+
+    // Without a password nobody logs in, whatever they type.
+    let (plain, _) = app.member(&fixture, "Bo", &[]).await;
+    assert_code(app.login(&plain.email, TEST_PASSWORD).await, Code::Unauthenticated);
+    app.finish().await;
+}
+
+async fn weak_passwords_are_refused_at_activation(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let request = new_user(&fixture.org.id, "Carl", &[]);
+    let (email, cpr) = (request.email.clone(), request.cpr.clone());
+    app.users()
+        .create_user(req(&fixture.admin_token, request))
+        .await
+        .unwrap();
+    let token = app.activation_link_token(&email).await;
+    let before = app.fingerprint().await;
+    for (password, rule) in [
+        ("for kort", "at least 15 characters"),
+        ("passwordpassword", "too common"),
+        ("abcdefghijklmnopq", "predictable"),
+        (&format!("{email} og mere"), "login id"),
+        (&"x".repeat(257), "at most 256"),
+    ] {
+        let refused = assert_code(
+            app.users()
+                .activate_user(req(
+                    "",
+                    pb::ActivateUserRequest {
+                        token: token.clone(),
+                        cpr: cpr.clone(),
+                        password: password.to_owned(),
+                        ..Default::default()
+                    },
+                ))
+                .await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(bad_fields(&refused), vec!["password".to_string()], "{password:?}");
+        assert!(refused.message().contains(rule), "{password:?}: {}", refused.message());
+        assert!(!refused.message().contains(password), "the password is echoed");
+    }
+    assert_eq!(app.fingerprint().await, before, "a refused activation changed data");
+    // The link still works with a good password.
+    let activated = app
+        .users()
+        .activate_user(req(
+            "",
+            pb::ActivateUserRequest {
+                token,
+                cpr,
+                password: TEST_PASSWORD.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("activate with a good password")
+        .into_inner();
+    assert_eq!(activated.user.unwrap().state(), pb::UserState::Active);
+    app.login(&email, TEST_PASSWORD).await.expect("login");
+    app.finish().await;
+}
+
+async fn wrong_passwords_lock_and_administrators_unlock(backend: Backend) {
+    let app = app_locking_after(backend, 3).await;
+    let fixture = app.org_with_admin().await;
+    let (user_admin, user_admin_session) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (dora, email) = app.member_with_password(&fixture, "Dora", &[]).await;
+
+    // Three wrong passwords lock the login: the right one is now refused
+    // exactly like a wrong one, without being checked.
+    lock(&app, &email).await;
+    let locked = assert_code(app.login(&email, TEST_PASSWORD).await, Code::Unauthenticated);
+    let wrong = assert_code(app.login(&email, "wrong wrong wrong").await, Code::Unauthenticated);
+    assert_eq!(locked.message(), wrong.message());
+    let locks = history(&app, &fixture.admin_token, &dora.id, pb::HistoryActivity::LoginLocked).await;
+    assert_eq!(locks.len(), 1);
+    assert_eq!(
+        history(&app, &fixture.admin_token, &dora.id, pb::HistoryActivity::LoginFailed)
+            .await
+            .len(),
+        3,
+        "attempts on a locked login are not checked, so not failures"
+    );
+
+    // The plain user cannot unlock themselves or others; nothing changes.
+    let (_, plain_session) = app.member(&fixture, "Pia", &[]).await;
+    let before = app.fingerprint().await;
+    assert_code(
+        app.users()
+            .unlock_login(req(
+                &plain_session,
+                pb::UnlockLoginRequest {
+                    user_id: dora.id.clone(),
+                },
+            ))
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(app.fingerprint().await, before);
+
+    // A user administrator unlocks explicitly.
+    app.users()
+        .unlock_login(req(
+            &user_admin_session,
+            pb::UnlockLoginRequest {
+                user_id: dora.id.clone(),
+            },
+        ))
+        .await
+        .expect("unlock");
+    let unlocked = history(&app, &fixture.admin_token, &dora.id, pb::HistoryActivity::LoginUnlocked).await;
+    assert_eq!(unlocked.len(), 1);
+    assert_eq!(unlocked[0].actor, format!("user:{}", user_admin.id));
+    app.login(&email, TEST_PASSWORD).await.expect("unlocked");
+
+    // Seed 001: deactivate, then activate again, unlocks too.
+    lock(&app, &email).await;
+    assert_code(app.login(&email, TEST_PASSWORD).await, Code::Unauthenticated);
+    let current = app.user(&user_admin_session, &dora.id).await;
+    app.users()
+        .deactivate_user(req(
+            &user_admin_session,
+            pb::DeactivateUserRequest {
+                id: dora.id.clone(),
+                etag: current.etag,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("deactivate");
+    let current = app.user(&user_admin_session, &dora.id).await;
+    app.users()
+        .reactivate_user(req(
+            &user_admin_session,
+            pb::ReactivateUserRequest {
+                id: dora.id.clone(),
+                etag: current.etag,
+            },
+        ))
+        .await
+        .expect("reactivate");
+    app.login(&email, TEST_PASSWORD)
+        .await
+        .expect("unlocked by deactivate-then-activate");
+
+    // R-ACC-6: the operator unlocks an organisation administrator.
+    let (admin, admin_email) = app
+        .member_with_password(&fixture, "Olga", &[pb::Role::OrganisationAdmin])
+        .await;
+    for _ in 0..3 {
+        assert_code(
+            app.login(&admin_email, "wrong wrong wrong").await,
+            Code::Unauthenticated,
+        );
+    }
+    assert_code(app.login(&admin_email, TEST_PASSWORD).await, Code::Unauthenticated);
+    app.users()
+        .unlock_login(req(
+            OPERATOR_TOKEN,
+            pb::UnlockLoginRequest {
+                user_id: admin.id.clone(),
+            },
+        ))
+        .await
+        .expect("the operator unlocks an administrator");
+    app.login(&admin_email, TEST_PASSWORD).await.expect("unlocked");
+    // ... but sees no ordinary user (R-ACC-6).
+    assert_code(
+        app.users()
+            .unlock_login(req(
+                OPERATOR_TOKEN,
+                pb::UnlockLoginRequest {
+                    user_id: dora.id.clone(),
+                },
+            ))
+            .await,
+        Code::NotFound,
+    );
+    app.finish().await;
+}
+
+/// Three wrong passwords in a row.
+async fn lock(app: &TestApp, email: &str) {
+    for _ in 0..3 {
+        assert_code(app.login(email, "wrong wrong wrong").await, Code::Unauthenticated);
+    }
+}
+
+async fn parallel_guesses_cannot_pass_the_limit(backend: Backend) {
+    let app = app_locking_after(backend, 5).await;
+    let fixture = app.org_with_admin().await;
+    let (eva, email) = app.member_with_password(&fixture, "Eva", &[]).await;
+    // 30 guesses at once, the right password among them (last). Each try is
+    // taken before its password is checked: exactly 5 are checked, and the
+    // account locks; every other guess is refused unchecked.
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let auth = app.auth();
+        let email = email.clone();
+        let password = if i == 29 {
+            TEST_PASSWORD.to_owned()
+        } else {
+            format!("wrong guess number {i}")
+        };
+        guesses.spawn(async move {
+            let mut auth = auth;
+            auth.login(req(
+                "",
+                pb::LoginRequest {
+                    login_id: email,
+                    password,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+        });
+    }
+    let mut succeeded = 0;
+    while let Some(result) = guesses.join_next().await {
+        match result.unwrap() {
+            Ok(_) => succeeded += 1,
+            Err(status) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
+        }
+    }
+    let failed = history(&app, &fixture.admin_token, &eva.id, pb::HistoryActivity::LoginFailed).await;
+    let locked = history(&app, &fixture.admin_token, &eva.id, pb::HistoryActivity::LoginLocked).await;
+    // If the right password did not get one of the 5 tries, exactly 5
+    // wrong ones were checked and locked the login. If it did, it gave the
+    // tries back: at most 4 before it and 5 after it.
+    if succeeded == 0 {
+        assert_eq!(failed.len(), 5, "exactly the limit is checked");
+        assert_eq!(locked.len(), 1);
+    } else {
+        assert_eq!(succeeded, 1);
+        assert!(failed.len() <= 9, "{} wrong guesses checked", failed.len());
+        assert!(locked.len() <= 1);
+    }
+    app.finish().await;
+}
+
+async fn unknown_and_known_login_ids_answer_alike(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (_, email) = app.member_with_password(&fixture, "Finn", &[]).await;
+    let unknown = unique_email("nobody");
+    let (mut known_times, mut unknown_times) = (Vec::new(), Vec::new());
+    let (mut known_message, mut unknown_message) = (String::new(), String::new());
+    // Alternate, so the machine's noise falls on both.
+    for i in 0..4 {
+        let started = Instant::now();
+        let known = assert_code(
+            app.login(&email, &format!("wrong password {i} here")).await,
+            Code::Unauthenticated,
+        );
+        known_times.push(started.elapsed());
+        let started = Instant::now();
+        let missing = assert_code(
+            app.login(&unknown, &format!("wrong password {i} here")).await,
+            Code::Unauthenticated,
+        );
+        unknown_times.push(started.elapsed());
+        (known_message, unknown_message) = (known.message().to_owned(), missing.message().to_owned());
+    }
+    assert_eq!(known_message, unknown_message);
+    let median = |times: &mut Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (known, unknown) = (median(&mut known_times), median(&mut unknown_times));
+    // Both check one argon2 hash (~50 ms); the known id adds two short
+    // writes. A missing dummy hash would make the unknown id ~50x faster.
+    let ratio = unknown.as_secs_f64() / known.as_secs_f64();
+    assert!(
+        (0.33..=3.0).contains(&ratio),
+        "unknown {unknown:?} vs known {known:?}: timing tells them apart"
+    );
+    app.finish().await;
+}
+
+async fn old_hash_parameters_are_upgraded_at_login(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (gry, email) = app.member_with_password(&fixture, "Gry", &[]).await;
+    // A hash made with weaker parameters, as an older release would have.
+    let old = Hasher::new(&PasswordSettings {
+        memory_kib: 4096,
+        iterations: 1,
+        ..PasswordSettings::default()
+    })
+    .unwrap()
+    .hash(&Password::new(TEST_PASSWORD))
+    .await
+    .unwrap();
+    assert!(old.starts_with("$argon2id$v=19$m=4096,t=1,p=1$"));
+    let db = app.domain.db();
+    let user_id = uuid::Uuid::parse_str(&gry.id).unwrap();
+    let (update, select) = match backend {
+        Backend::Postgres => (
+            "UPDATE password_credentials SET phc = $1 WHERE user_id = $2",
+            "SELECT phc FROM password_credentials WHERE user_id = $1",
+        ),
+        Backend::Sqlite => (
+            "UPDATE password_credentials SET phc = ? WHERE user_id = ?",
+            "SELECT phc FROM password_credentials WHERE user_id = ?",
+        ),
+    };
+    let updated = db
+        .execute_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            update,
+            [old.clone().into(), user_id.into()],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(updated.rows_affected(), 1);
+    app.login(&email, TEST_PASSWORD)
+        .await
+        .expect("the old hash still verifies");
+    let stored = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            select,
+            [user_id.into()],
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<String>("", "phc")
+        .unwrap();
+    assert!(
+        stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "not upgraded: {stored}"
+    );
+    app.login(&email, TEST_PASSWORD).await.expect("the new hash verifies");
+    app.finish().await;
+}
