@@ -44,6 +44,10 @@ pub struct Config {
     pub login_lock_max_seconds: i64,
     /// Locks in a row after which only an administrator unlocks; 0: never.
     pub login_permanent_lock_after: i32,
+    /// How long a password reset link works, and where it leads (`{token}`
+    /// is replaced).
+    pub password_reset_ttl_minutes: i64,
+    pub password_reset_url_template: String,
     /// Behind a proxy: the header whose last entry is the caller's address
     /// (e.g. `x-forwarded-for`). Empty: the TCP peer.
     pub trusted_peer_header: String,
@@ -144,6 +148,8 @@ impl Default for Config {
             login_lock_seconds: 60,
             login_lock_max_seconds: 24 * 60 * 60,
             login_permanent_lock_after: 0,
+            password_reset_ttl_minutes: 120,
+            password_reset_url_template: "http://localhost:8080/reset-password?token={token}".into(),
             trusted_peer_header: String::new(),
             operator_tokens: String::new(),
             cpr_lookup_key: String::new(),
@@ -306,6 +312,11 @@ impl Config {
         {
             return Err("ORGADMIN_PASSWORD_MEMORY_KIB (at least 8192), ORGADMIN_PASSWORD_ITERATIONS and ORGADMIN_PASSWORD_PARALLELISM (at least 1) must be valid argon2id parameters".into());
         }
+        if !(5..=7 * 24 * 60).contains(&self.password_reset_ttl_minutes)
+            || !self.password_reset_url_template.contains("{token}")
+        {
+            return Err("ORGADMIN_PASSWORD_RESET_TTL_MINUTES must be between 5 and 10080, and ORGADMIN_PASSWORD_RESET_URL_TEMPLATE must contain {token}".into());
+        }
         if !(8..=64).contains(&self.password_min_chars) {
             return Err("ORGADMIN_PASSWORD_MIN_CHARS must be between 8 and 64".into());
         }
@@ -364,6 +375,8 @@ impl Config {
             lock_ms: self.login_lock_seconds * 1000,
             lock_max_ms: self.login_lock_max_seconds * 1000,
             permanent_lock_after: self.login_permanent_lock_after,
+            reset_ttl_ms: self.password_reset_ttl_minutes * 60 * 1000,
+            reset_url_template: self.password_reset_url_template.clone(),
         }
     }
 

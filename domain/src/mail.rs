@@ -52,11 +52,19 @@ mail_kinds!(
     AnonymityRequest => "anonymity_request",
     ImportFinished => "import_finished",
     EmailVerification => "email_verification",
+    PasswordReset => "password_reset",
     CertificatePickup => "certificate_pickup",
     CertificateReady => "certificate_ready",
     CertificateRevoked => "certificate_revoked",
     CertificateExpiring => "certificate_expiring",
 );
+
+/// A date and time as mails write them (UTC), for links that last hours.
+pub fn date_time(at: crate::model::Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(at)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default()
+}
 
 /// A date as mails write it (UTC, ISO 8601).
 pub fn date(at: crate::model::Millis) -> String {

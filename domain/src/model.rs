@@ -77,6 +77,8 @@ string_enum_pub!(
         LoginLocked => "LOGIN_LOCKED",
         LoginUnlocked => "LOGIN_UNLOCKED",
         LoggedOut => "LOGGED_OUT",
+        PasswordResetSent => "PASSWORD_RESET_SENT",
+        PasswordReset => "PASSWORD_RESET",
     }
 );
 

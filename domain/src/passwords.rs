@@ -77,6 +77,10 @@ pub struct PasswordSettings {
     /// administrator unlocks it. 0: never (the default: a permanent lock lets
     /// anyone lock out an account whose login id they know).
     pub permanent_lock_after: i32,
+    /// How long a password reset link works.
+    pub reset_ttl_ms: i64,
+    /// The link of a reset mail; `{token}` is replaced by the token.
+    pub reset_url_template: String,
 }
 
 impl Default for PasswordSettings {
@@ -90,6 +94,8 @@ impl Default for PasswordSettings {
             lock_ms: 60_000,
             lock_max_ms: 24 * 60 * 60 * 1000,
             permanent_lock_after: 0,
+            reset_ttl_ms: 2 * 60 * 60 * 1000,
+            reset_url_template: "http://localhost:8080/reset-password?token={token}".into(),
         }
     }
 }

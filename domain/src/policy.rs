@@ -156,6 +156,8 @@ pub enum Action {
     ReadCertificateAuthority,
     /// Lift a login lock (R-AUTH-2).
     UnlockLogin,
+    /// Mail a user a link to choose a new password (R-AUTH-2).
+    SendPasswordReset,
 }
 }
 
@@ -217,6 +219,7 @@ const POLICY: &[(Action, OperatorScope, &[Role], bool)] = &[
     // R-AUTH-2, R-ACC-6: user administrators unlock their users, the
     // operator organisation administrators (seed 001).
     (UnlockLogin, AdministratorsOnly, &[UA], false),
+    (SendPasswordReset, AdministratorsOnly, &[UA], false),
 ];
 
 fn row(action: Action) -> (OperatorScope, &'static [Role], bool) {
@@ -357,6 +360,7 @@ fn describe(action: Action) -> &'static str {
         ReadCertificates => "read this organisation's certificates",
         ReadCertificateAuthority => "read the certificate authority",
         UnlockLogin => "unlock this user's login",
+        SendPasswordReset => "send this user a password reset link",
     }
 }
 

@@ -265,6 +265,8 @@ same_variants!(
         LoginLocked,
         LoginUnlocked,
         LoggedOut,
+        PasswordResetSent,
+        PasswordReset,
     ]
 );
 

@@ -63,6 +63,8 @@ enum Call {
     ListUserHistory(pb::ListUserHistoryRequest),
     ActivateUser(pb::ActivateUserRequest),
     Login(pb::LoginRequest),
+    RequestPasswordReset(pb::RequestPasswordResetRequest),
+    ResetPassword(pb::ResetPasswordRequest),
     VerifyEmail(pb::VerifyEmailRequest),
     RequestAnonymity(pb::RequestAnonymityRequest),
     DecideAnonymityRequest(pb::DecideAnonymityRequestRequest),
@@ -94,6 +96,8 @@ impl Call {
             Call::ListUserHistory(_) => "ListUserHistory",
             Call::ActivateUser(_) => "ActivateUser",
             Call::Login(_) => "Login",
+            Call::RequestPasswordReset(_) => "RequestPasswordReset",
+            Call::ResetPassword(_) => "ResetPassword",
             Call::VerifyEmail(_) => "VerifyEmail",
             Call::RequestAnonymity(_) => "RequestAnonymity",
             Call::DecideAnonymityRequest(_) => "DecideAnonymityRequest",
@@ -131,6 +135,8 @@ impl Call {
             Call::ListUserHistory(r) => app.users().list_user_history(req(admin, r)).await.map(drop),
             Call::ActivateUser(r) => app.users().activate_user(req("", r)).await.map(drop),
             Call::Login(r) => app.auth().login(req("", r)).await.map(drop),
+            Call::RequestPasswordReset(r) => app.auth().request_password_reset(req("", r)).await.map(drop),
+            Call::ResetPassword(r) => app.auth().reset_password(req("", r)).await.map(drop),
             Call::VerifyEmail(r) => app.users().verify_email(req("", r)).await.map(drop),
             Call::RequestAnonymity(r) => app.users().request_anonymity(req(member, r)).await.map(drop),
             Call::DecideAnonymityRequest(r) => app.users().decide_anonymity_request(req(admin, r)).await.map(drop),
@@ -704,6 +710,23 @@ fn rows() -> Vec<Row> {
             login_id: c.member.email.clone(),
             ..Default::default()
         })),
+        row!("login_id", "blank", |_| Call::RequestPasswordReset(
+            pb::RequestPasswordResetRequest {
+                login_id: "   ".into(),
+                ..Default::default()
+            }
+        )),
+        // ResetPassword: the new password is checked before the token.
+        row!("token", "empty", |_| Call::ResetPassword(pb::ResetPasswordRequest {
+            token: String::new(),
+            password: "et nyt og langt kodeord".into(),
+        })),
+        row!("password", "14 characters", |_| Call::ResetPassword(
+            pb::ResetPasswordRequest {
+                token: "oat_some-token".into(),
+                password: "fjorten tegn!!".into(),
+            }
+        )),
         // VerifyEmail.
         row!("token", "blank", |_| Call::VerifyEmail(pb::VerifyEmailRequest {
             token: "  ".into()

@@ -19,6 +19,7 @@ both_backends!(
     parallel_guesses_cannot_pass_the_limit,
     unknown_and_known_login_ids_answer_alike,
     old_hash_parameters_are_upgraded_at_login,
+    password_reset_by_mailed_link,
 );
 
 async fn history(app: &TestApp, token: &str, user_id: &str, activity: pb::HistoryActivity) -> Vec<pb::HistoryEvent> {
@@ -485,5 +486,143 @@ async fn old_hash_parameters_are_upgraded_at_login(backend: Backend) {
         "not upgraded: {stored}"
     );
     app.login(&email, TEST_PASSWORD).await.expect("the new hash verifies");
+    app.finish().await;
+}
+
+async fn reset_password(app: &TestApp, token: &str, password: &str) -> Result<(), tonic::Status> {
+    app.auth()
+        .reset_password(req(
+            "",
+            pb::ResetPasswordRequest {
+                token: token.to_owned(),
+                password: password.to_owned(),
+            },
+        ))
+        .await
+        .map(drop)
+}
+
+async fn request_reset(app: &TestApp, login_id: &str) {
+    app.auth()
+        .request_password_reset(req(
+            "",
+            pb::RequestPasswordResetRequest {
+                login_id: login_id.to_owned(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("the same answer for every login id");
+}
+
+async fn password_reset_by_mailed_link(backend: Backend) {
+    let app = app_locking_after(backend, 3).await;
+    let fixture = app.org_with_admin().await;
+    let (hans, email) = app.member_with_password(&fixture, "Hans", &[]).await;
+    let old_session = app.login(&email, TEST_PASSWORD).await.unwrap().session_token;
+    // Locked by wrong passwords: the reset lifts the lock too.
+    lock(&app, &email).await;
+
+    // An unknown login id answers like a known one and mails nothing.
+    let before = app.fingerprint().await;
+    request_reset(&app, &unique_email("nobody")).await;
+    assert_eq!(app.fingerprint().await, before, "an unknown login id changed data");
+    request_reset(&app, &email.to_uppercase()).await;
+    let token = app.mailed_token("password_reset", &email).await;
+    let sent = history(
+        &app,
+        &fixture.admin_token,
+        &hans.id,
+        pb::HistoryActivity::PasswordResetSent,
+    )
+    .await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(change(&sent[0], "peer"), Some("127.0.0.1"));
+
+    // The policy holds; a refused password leaves the link usable.
+    let weak = assert_code(reset_password(&app, &token, "kort").await, Code::InvalidArgument);
+    assert_eq!(bad_fields(&weak), vec!["password".to_string()]);
+    let containing_id = assert_code(
+        reset_password(&app, &token, &format!("mit {email} er langt")).await,
+        Code::InvalidArgument,
+    );
+    assert!(containing_id.message().contains("login id"));
+    const NEW_PASSWORD: &str = "rødgrød med fløde, tak 2026";
+    reset_password(&app, &token, NEW_PASSWORD).await.expect("reset");
+
+    // Every session ended, the lock lifted, only the new password works.
+    assert_code(who_am_i(&app, &old_session).await, Code::Unauthenticated);
+    assert_code(app.login(&email, TEST_PASSWORD).await, Code::Unauthenticated);
+    app.login(&email, NEW_PASSWORD).await.expect("the new password");
+    let reset = history(&app, &fixture.admin_token, &hans.id, pb::HistoryActivity::PasswordReset).await;
+    // The activation's session and the login's.
+    assert_eq!(change(&reset[0], "sessions_ended"), Some("2"));
+
+    // Single use; unknown tokens say so.
+    let used = assert_code(
+        reset_password(&app, &token, NEW_PASSWORD).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&used), "PASSWORD_RESET_USED");
+    let unknown = assert_code(
+        reset_password(&app, "oat_nope", NEW_PASSWORD).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&unknown), "PASSWORD_RESET_UNKNOWN");
+
+    // A user administrator sends one; a newer link replaces the older.
+    let (_, user_admin_session) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let send = |token: String| {
+        let mut users = app.users();
+        let user_id = hans.id.clone();
+        async move {
+            users
+                .send_password_reset(req(&token, pb::SendPasswordResetRequest { user_id }))
+                .await
+                .map(drop)
+        }
+    };
+    send(user_admin_session.clone()).await.expect("send reset");
+    let first = app.mailed_token("password_reset", &email).await;
+    send(user_admin_session.clone()).await.expect("send another");
+    let second = app.mailed_token("password_reset", &email).await;
+    let replaced = assert_code(
+        reset_password(&app, &first, NEW_PASSWORD).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&replaced), "PASSWORD_RESET_EXPIRED");
+    reset_password(&app, &second, "en helt tredje adgangskode")
+        .await
+        .expect("the newer link works");
+    // A plain user cannot send one to somebody else; nothing changes.
+    let (_, plain_session) = app.member(&fixture, "Pia", &[]).await;
+    let before = app.fingerprint().await;
+    assert_code(send(plain_session).await, Code::PermissionDenied);
+    assert_eq!(app.fingerprint().await, before);
+    app.finish().await;
+
+    // Links expire: here after a millisecond.
+    let app = TestApp::start_with(
+        backend,
+        DomainSettings {
+            passwords: PasswordSettings {
+                reset_ttl_ms: 1,
+                ..PasswordSettings::default()
+            },
+            ..DomainSettings::default()
+        },
+    )
+    .await;
+    let fixture = app.org_with_admin().await;
+    let (_, email) = app.member_with_password(&fixture, "Ida", &[]).await;
+    request_reset(&app, &email).await;
+    let token = app.mailed_token("password_reset", &email).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let expired = assert_code(
+        reset_password(&app, &token, NEW_PASSWORD).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&expired), "PASSWORD_RESET_EXPIRED");
+    app.login(&email, TEST_PASSWORD).await.expect("the old password stays");
     app.finish().await;
 }

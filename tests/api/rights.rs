@@ -61,6 +61,10 @@ struct World {
     tokens: Vec<(Who, String)>,
     /// The login id of a member who set `TEST_PASSWORD` at activation.
     login_id: String,
+    /// The token of a live password reset link of that member.
+    reset_token: String,
+    /// An active organisation administrator.
+    active_admin: pb::User,
 }
 
 impl World {
@@ -129,6 +133,17 @@ impl World {
             Default::default()
         };
         let (_, login_id) = app.member_with_password(&fixture, "Password", &[]).await;
+        app.auth()
+            .request_password_reset(req(
+                "",
+                pb::RequestPasswordResetRequest {
+                    login_id: login_id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        let reset_token = app.mailed_token("password_reset", &login_id).await;
         let (target, target_session) = app.member(&fixture, "Target", &[]).await;
         let target_token_id = app
             .auth()
@@ -280,6 +295,8 @@ impl World {
             .id;
         World {
             login_id,
+            reset_token,
+            active_admin: org_admin.clone(),
             import_id,
             plain_order_id,
             plain_pickup,
@@ -756,6 +773,50 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             .await
             .map(drop),
         "Logout" => app.auth().logout(req(t, pb::LogoutRequest {})).await.map(drop),
+        // An unknown login id: allowed for everyone, and it changes nothing
+        // (the mail to a known one is in login.rs).
+        "RequestPasswordReset" => app
+            .auth()
+            .request_password_reset(req(
+                t,
+                pb::RequestPasswordResetRequest {
+                    login_id: "nobody@nowhere.invalid".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "ResetPassword" => app
+            .auth()
+            .reset_password(req(
+                t,
+                pb::ResetPasswordRequest {
+                    token: world.reset_token.clone(),
+                    password: "et nyt og langt kodeord".into(),
+                },
+            ))
+            .await
+            .map(drop),
+        "SendPasswordReset" => app
+            .users()
+            .send_password_reset(req(
+                t,
+                pb::SendPasswordResetRequest {
+                    user_id: world.plain.id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        "SendAdministratorPasswordReset" => app
+            .users()
+            .send_password_reset(req(
+                t,
+                pb::SendPasswordResetRequest {
+                    user_id: world.active_admin.id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
         "UnlockLogin" => app
             .users()
             .unlock_login(req(
@@ -1224,6 +1285,13 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     // operator organisation administrators.
     ("UnlockLogin", USR, "UnlockLogin", &[UserAdmin]),
     ("UnlockAdministratorLogin", USR, "UnlockLogin", &[Operator, UserAdmin]),
+    ("SendPasswordReset", USR, "SendPasswordReset", &[UserAdmin]),
+    (
+        "SendAdministratorPasswordReset",
+        USR,
+        "SendPasswordReset",
+        &[Operator, UserAdmin],
+    ),
     (
         "SendAdministratorActivation",
         USR,
@@ -1245,6 +1313,9 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     ("Login", AUT, "Login", EVERYONE),
     // A person ends their own session; an operator token is no session.
     ("Logout", AUT, "Logout", MEMBERS),
+    // The link goes to the person; the token is the credential.
+    ("RequestPasswordReset", AUT, "RequestPasswordReset", EVERYONE),
+    ("ResetPassword", AUT, "ResetPassword", EVERYONE),
     (
         "WhoAmI",
         AUT,
@@ -1354,13 +1425,15 @@ fn target(case: &str) -> Target {
         | "CreateOwnApiToken"
         | "SendActivation"
         | "UnlockLogin"
+        | "SendPasswordReset"
         | "CreateActivationCode"
         | "SetOrganisationSigning" => Target::PlainUser,
         "GetAdministrator"
         | "DeactivateAdministrator"
         | "CreateAdministratorToken"
         | "SendAdministratorActivation"
-        | "UnlockAdministratorLogin" => Target::Administrator,
+        | "UnlockAdministratorLogin"
+        | "SendAdministratorPasswordReset" => Target::Administrator,
         "GetImport" | "WatchImport" | "ListImportErrors" | "GetImportReport" | "CancelImport" => Target::ImportJob,
         "GetCertificate"
         | "DeleteCertificateOrder"

@@ -27,14 +27,16 @@ const KIND_CODE: &str = "CODE";
 /// activation: one never works in place of the other, and neither replaces
 /// the other.
 pub(crate) const KIND_EMAIL: &str = "EMAIL";
+/// A link to choose a new password (R-AUTH-2); its own family too.
+pub(crate) const KIND_RESET: &str = "RESET";
 const ACTIVATION_KINDS: [&str; 2] = [KIND_LINK, KIND_CODE];
 
 /// The secrets a new secret of `kind` replaces.
 fn family(kind: &str) -> Vec<&'static str> {
-    if kind == KIND_EMAIL {
-        vec![KIND_EMAIL]
-    } else {
-        ACTIVATION_KINDS.to_vec()
+    match kind {
+        KIND_EMAIL => vec![KIND_EMAIL],
+        KIND_RESET => vec![KIND_RESET],
+        _ => ACTIVATION_KINDS.to_vec(),
     }
 }
 
@@ -51,6 +53,8 @@ pub(crate) enum SingleUseLink {
     Activation(Earlier),
     /// Always ends the earlier verification link.
     EmailVerification,
+    /// Always ends the earlier reset link.
+    PasswordReset,
 }
 
 /// What the person proves they are when activating.
@@ -133,7 +137,12 @@ impl Domain {
         if earlier == Earlier::End {
             self.revoke_activation_secrets(db, user_id, &family(kind), now).await?;
         }
-        let expires_at = now + self.settings.activation_ttl_ms;
+        let ttl = if kind == KIND_RESET {
+            self.settings.passwords.reset_ttl_ms
+        } else {
+            self.settings.activation_ttl_ms
+        };
+        let expires_at = now + ttl;
         activation_secret::Entity::insert(activation_secret::ActiveModel {
             id: Set(Uuid::now_v7()),
             user_id: Set(user_id),
@@ -190,12 +199,19 @@ impl Domain {
                 "verification_link",
                 Earlier::End,
             ),
+            SingleUseLink::PasswordReset => (KIND_RESET, MailKind::PasswordReset, "reset_link", Earlier::End),
         };
         let token = new_token();
         let expires_at = self
             .store_secret(txn, row.id, kind, &token, now_millis(), earlier)
             .await?;
         let url = url_template.replace("{token}", &token);
+        // A reset link lasts hours: its mail gives the time, not only the day.
+        let (expiry_name, expiry) = if kind == KIND_RESET {
+            ("expires_at", crate::mail::date_time(expires_at))
+        } else {
+            ("expires_on", crate::mail::date(expires_at))
+        };
         self.enqueue_mail(
             txn,
             Some(row.organisation_id),
@@ -207,7 +223,7 @@ impl Domain {
                 ("first_name", &row.first_name),
                 ("organisation_name", organisation_name),
                 (link_name, &url),
-                ("expires_on", &crate::mail::date(expires_at)),
+                (expiry_name, &expiry),
             ],
         )
         .await?;

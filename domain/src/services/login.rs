@@ -76,11 +76,7 @@ impl Domain {
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn login(&self, attempt: LoginAttempt) -> DomainResult<LoggedIn> {
         let mut v = Violations::default();
-        if attempt.login_id.trim().is_empty() {
-            v.add("login_id", "is required");
-        } else if attempt.login_id.chars().count() > 320 {
-            v.add("login_id", "must be at most 320 characters");
-        }
+        check_login_id(&mut v, &attempt.login_id);
         if attempt.password.is_empty() {
             v.add("password", "is required");
         } else if attempt.password.chars() > 4 * crate::passwords::MAX_PASSWORD_CHARS {
@@ -88,19 +84,13 @@ impl Domain {
         }
         v.into_result()?;
 
-        let key = crate::normalise::key(attempt.login_id.trim());
-        let mut candidates = user::Entity::find()
-            .filter(
-                Condition::any()
-                    .add(user::Column::EmailKey.eq(key.as_str()))
-                    .add(user::Column::UsernameKey.eq(key.as_str())),
+        let person = self
+            .person_with_login_id(
+                &attempt.login_id,
+                attempt.organisation_id,
+                user::Column::State.ne(UserState::Deleted.as_str()),
             )
-            .filter(user::Column::State.ne(UserState::Deleted.as_str()));
-        if let Some(org) = attempt.organisation_id {
-            candidates = candidates.filter(user::Column::OrganisationId.eq(org));
-        }
-        let mut found = candidates.all(&self.db).await?;
-        let person = (found.len() == 1).then(|| found.remove(0));
+            .await?;
         let credential = match &person {
             Some(person) => password_credential::Entity::find_by_id(person.id).one(&self.db).await?,
             None => None,
@@ -132,6 +122,30 @@ impl Domain {
             None
         };
         self.finish_login(person, rehashed, attempt.peer.as_deref()).await
+    }
+
+    /// The one person a login id (e-mail address or username, compared by
+    /// its key) names among users meeting `state`, within the organisation
+    /// when one is given; `None` when it names nobody or several.
+    pub(crate) async fn person_with_login_id(
+        &self,
+        login_id: &str,
+        organisation_id: Option<Uuid>,
+        state: impl sea_orm::sea_query::IntoCondition,
+    ) -> DomainResult<Option<user::Model>> {
+        let key = crate::normalise::key(login_id.trim());
+        let mut candidates = user::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(user::Column::EmailKey.eq(key.as_str()))
+                    .add(user::Column::UsernameKey.eq(key.as_str())),
+            )
+            .filter(state);
+        if let Some(org) = organisation_id {
+            candidates = candidates.filter(user::Column::OrganisationId.eq(org));
+        }
+        let mut found = candidates.all(&self.db).await?;
+        Ok((found.len() == 1).then(|| found.remove(0)))
     }
 
     /// Takes one try in one statement: only while not locked and tries are
@@ -465,6 +479,15 @@ impl Domain {
         txn.commit().await?;
         self.auth_cache.clear();
         Ok(())
+    }
+}
+
+/// A login id is required and at most an e-mail address long.
+pub(crate) fn check_login_id(v: &mut Violations, login_id: &str) {
+    if login_id.trim().is_empty() {
+        v.add("login_id", "is required");
+    } else if login_id.chars().count() > 320 {
+        v.add("login_id", "must be at most 320 characters");
     }
 }
 

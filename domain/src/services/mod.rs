@@ -11,6 +11,7 @@ pub mod login;
 pub mod notifications;
 pub mod organisations;
 pub mod outbox;
+pub mod password_reset;
 pub mod sweeps;
 pub mod users;
 

@@ -56,6 +56,40 @@ impl AuthService for AuthHandler {
         }))
     }
 
+    async fn request_password_reset(
+        &self,
+        request: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+        // No bearer token: anyone may ask; the link goes to the person.
+        crate::bounds::check(request.get_ref()).into_status()?;
+        let peer = super::peer(&self.domain, &request);
+        let r = request.into_inner();
+        let organisation_id = opt_string(r.organisation_id)
+            .map(|o| id("organisation_id", &o))
+            .transpose()
+            .into_status()?;
+        self.domain
+            .request_password_reset(&r.login_id, organisation_id, peer)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::RequestPasswordResetResponse {}))
+    }
+
+    async fn reset_password(
+        &self,
+        request: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        // No bearer token: the link's token is the credential.
+        crate::bounds::check(request.get_ref()).into_status()?;
+        let peer = super::peer(&self.domain, &request);
+        let r = request.into_inner();
+        self.domain
+            .reset_password(&r.token, Password::new(&r.password), peer)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ResetPasswordResponse {}))
+    }
+
     async fn logout(&self, request: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
         let caller = caller(&self.domain, &request).await?;
         let bearer = super::bearer(request.metadata())?;

@@ -392,6 +392,16 @@ impl UserService for UserHandler {
         }))
     }
 
+    async fn send_password_reset(
+        &self,
+        request: Request<pb::SendPasswordResetRequest>,
+    ) -> Result<Response<pb::SendPasswordResetResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let user_id = id("user_id", &request.get_ref().user_id).into_status()?;
+        self.domain.send_password_reset(&caller, user_id).await.into_status()?;
+        Ok(Response::new(pb::SendPasswordResetResponse {}))
+    }
+
     async fn send_activation(
         &self,
         request: Request<pb::SendActivationRequest>,

@@ -1,0 +1,211 @@
+//! Password resets (R-AUTH-2: passwords are set only with a link or code the
+//! person received). The person asks with their login id, or a user
+//! administrator sends one; either way a single-use link goes to the
+//! person's own address through the outbox, and no reply says whether the
+//! login id exists. Choosing the new password with the link ends every
+//! session of the person and lifts a login lock.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::Domain;
+use crate::error::{DomainError, DomainResult, Reason};
+use crate::model::*;
+use crate::passwords::{Password, check_new_password};
+use crate::persistence::entities::{activation_secret, api_token, organisation, user};
+use crate::persistence::history::{self, NewEvent, Subject, diff};
+use crate::persistence::mapping::parse;
+use crate::policy::{Action, Caller};
+use crate::secrets::token_hash;
+use crate::services::activation::{KIND_RESET, SingleUseLink, person_caller, take_secret};
+use crate::services::login::check_login_id;
+use crate::validate::Violations;
+
+impl Domain {
+    /// Mails a reset link to the person a login id names, when it names
+    /// exactly one active person; answers the same in every case.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn request_password_reset(
+        &self,
+        login_id: &str,
+        organisation_id: Option<Uuid>,
+        peer: Option<String>,
+    ) -> DomainResult<()> {
+        let mut v = Violations::default();
+        check_login_id(&mut v, login_id);
+        v.into_result()?;
+        let Some(row) = self
+            .person_with_login_id(
+                login_id,
+                organisation_id,
+                user::Column::State.eq(UserState::Active.as_str()),
+            )
+            .await?
+        else {
+            tracing::debug!("password reset asked for a login id that names no one active person");
+            return Ok(());
+        };
+        let caller = person_caller(&row);
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        self.mail_reset_link_in(&txn, &caller, &row, peer.as_deref()).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// A user administrator (the operator, for administrators) mails the
+    /// person a reset link; the administrator never sees it.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn send_password_reset(&self, caller: &Caller, user_id: Uuid) -> DomainResult<()> {
+        self.authorize_on_user(caller, Action::SendPasswordReset, user_id)
+            .await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let row = user::Entity::find_by_id(user_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", user_id))?;
+        if parse::<UserState>(&row.state)? != UserState::Active {
+            return Err(DomainError::precondition(
+                Reason::UserNotActive,
+                "only an active user can reset a password; a pending one activates with their link or code",
+            ));
+        }
+        self.mail_reset_link_in(&txn, caller, &row, None).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    async fn mail_reset_link_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        row: &user::Model,
+        peer: Option<&str>,
+    ) -> DomainResult<()> {
+        let organisation_name = organisation::Entity::find_by_id(row.organisation_id)
+            .one(txn)
+            .await?
+            .map(|o| o.name)
+            .unwrap_or_default();
+        let template = self.settings.passwords.reset_url_template.clone();
+        self.mail_single_use_link(
+            txn,
+            row,
+            SingleUseLink::PasswordReset,
+            &row.email,
+            &template,
+            &organisation_name,
+        )
+        .await?;
+        let now = now_millis();
+        let mut changes = Vec::new();
+        diff(&mut changes, "reset_link", "", "mailed");
+        if let Some(peer) = peer {
+            diff(&mut changes, "peer", "", peer);
+        }
+        history::record(
+            txn,
+            NewEvent {
+                organisation_id: Some(row.organisation_id),
+                subject: Subject::User(row.id),
+                activity: Activity::PasswordResetSent,
+                caller,
+                at: now,
+                changes,
+            },
+        )
+        .await
+    }
+
+    /// Sets a new password with a reset link's token. Every session of the
+    /// person ends (whoever else was signed in is out) and a login lock is
+    /// lifted; they log in again with the new password.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn reset_password(&self, token: &str, password: Password, peer: Option<String>) -> DomainResult<()> {
+        let mut v = Violations::default();
+        if token.trim().is_empty() {
+            v.add("token", "is required");
+        }
+        if password.is_empty() {
+            v.add("password", "is required");
+        }
+        v.into_result()?;
+        // Hashed before the transaction, as at activation.
+        let phc = self.hash_new_password("password", &password, &[]).await?;
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let Some(stored) = activation_secret::Entity::find()
+            .filter(activation_secret::Column::SecretHash.eq(token_hash(token.trim())))
+            .filter(activation_secret::Column::Kind.eq(KIND_RESET))
+            .one(&txn)
+            .await?
+        else {
+            return Err(DomainError::precondition(
+                Reason::PasswordResetUnknown,
+                "this reset link is not known; ask for a new one",
+            ));
+        };
+        if stored.used_at.is_some() {
+            return Err(DomainError::precondition(
+                Reason::PasswordResetUsed,
+                "this reset link was already used; ask for a new one if you need to",
+            ));
+        }
+        if stored.revoked_at.is_some() || stored.expires_at <= now {
+            return Err(DomainError::precondition(
+                Reason::PasswordResetExpired,
+                "this reset link has expired or a newer one replaced it; ask for a new one",
+            ));
+        }
+        let row = user::Entity::find_by_id(stored.user_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", stored.user_id))?;
+        if parse::<UserState>(&row.state)? != UserState::Active {
+            return Err(DomainError::precondition(
+                Reason::UserNotActive,
+                "this user is not active; ask your user administrator",
+            ));
+        }
+        let login_ids: Vec<&str> = [Some(row.email.as_str()), row.username.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        check_new_password(&password, &login_ids, self.settings.passwords.min_chars)
+            .map_err(|rule| DomainError::invalid("password", rule))?;
+        if !take_secret(&txn, stored.id, now).await? {
+            return Err(DomainError::precondition(
+                Reason::PasswordResetUsed,
+                "this reset link was used meanwhile",
+            ));
+        }
+        self.store_password_in(&txn, row.id, phc, now).await?;
+        let ended = api_token::Entity::update_many()
+            .col_expr(api_token::Column::RevokedAt, Expr::value(now))
+            .filter(api_token::Column::UserId.eq(row.id))
+            .filter(api_token::Column::Kind.eq(crate::services::auth::KIND_SESSION))
+            .filter(api_token::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        let mut changes = Vec::new();
+        diff(&mut changes, "password", "", "changed");
+        diff(&mut changes, "sessions_ended", "", ended.rows_affected);
+        diff(&mut changes, "peer", "", peer.as_deref().unwrap_or("unknown"));
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(row.organisation_id),
+                subject: Subject::User(row.id),
+                activity: Activity::PasswordReset,
+                caller: &person_caller(&row),
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        self.auth_cache.clear();
+        Ok(())
+    }
+}
