@@ -167,6 +167,10 @@ pub fn init(log_format: &str, service_name: &'static str) -> Result<Telemetry, S
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(service_name))
             .with_threads(false)
+            // code.file.path, code.line.number and code.module.name on every
+            // span cost more than they tell: the span's name and target
+            // already say where it comes from.
+            .with_location(false)
             .with_filter(exported_spans())
     });
     if tracing_subscriber::registry().with(log).with(spans).try_init().is_ok() {

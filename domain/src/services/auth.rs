@@ -51,11 +51,12 @@ type TokenRow = (
 impl Domain {
     /// Resolves a bearer token to its caller. Every failure reads the same to
     /// the caller, so a probe learns nothing about which tokens exist.
-    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    ///
+    /// Configured operators and cached callers are answered without a span:
+    /// they touch nothing, and every call authenticates, so a span here
+    /// would be a quarter of a traced GetUser's spans (BENCHMARKS.md,
+    /// issue 11).
     pub async fn authenticate(&self, bearer: &str) -> DomainResult<Caller> {
-        let refused = || DomainError::Unauthenticated {
-            message: "the bearer token is unknown, expired or revoked".into(),
-        };
         let hash = token_hash(bearer);
         if let Some((_, id)) = self.configured_operators.iter().find(|(h, _)| *h == hash) {
             return Ok(Caller::new(Principal::Operator { token_id: *id }));
@@ -64,6 +65,16 @@ impl Domain {
         if let Some(caller) = self.auth_cache.get(&hash, now) {
             return Ok(caller);
         }
+        self.authenticate_from_database(hash, now).await
+    }
+
+    /// The token looked up: its user's state and roles, cached for the next
+    /// calls.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    async fn authenticate_from_database(&self, hash: String, now: Millis) -> DomainResult<Caller> {
+        let refused = || DomainError::Unauthenticated {
+            message: "the bearer token is unknown, expired or revoked".into(),
+        };
         // One round trip: the token, its user's state and roles (one row per role).
         let rows: Vec<TokenRow> = api_token::Entity::find()
             .select_only()
