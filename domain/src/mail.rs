@@ -160,6 +160,8 @@ mod tests {
             ("pickup_token", "oat_abc"),
             ("serial", "4a5006ab"),
             ("days", "30"),
+            ("reset_link", "https://example.dk/reset-password?token=abc"),
+            ("expires_at", "2026-12-22 14:00 UTC"),
         ]
     }
 
