@@ -48,6 +48,11 @@ pub struct Config {
     /// is replaced).
     pub password_reset_ttl_minutes: i64,
     pub password_reset_url_template: String,
+    /// Sign-in attempts per minute per login id and per peer address on one
+    /// replica (Login, ActivateUser, RequestPasswordReset, ResetPassword);
+    /// 0: no limit.
+    pub login_attempts_per_id_per_minute: u32,
+    pub login_attempts_per_peer_per_minute: u32,
     /// Behind a proxy: the header whose last entry is the caller's address
     /// (e.g. `x-forwarded-for`). Empty: the TCP peer.
     pub trusted_peer_header: String,
@@ -150,6 +155,8 @@ impl Default for Config {
             login_permanent_lock_after: 0,
             password_reset_ttl_minutes: 120,
             password_reset_url_template: "http://localhost:8080/reset-password?token={token}".into(),
+            login_attempts_per_id_per_minute: 10,
+            login_attempts_per_peer_per_minute: 100,
             trusted_peer_header: String::new(),
             operator_tokens: String::new(),
             cpr_lookup_key: String::new(),
@@ -377,6 +384,8 @@ impl Config {
             permanent_lock_after: self.login_permanent_lock_after,
             reset_ttl_ms: self.password_reset_ttl_minutes * 60 * 1000,
             reset_url_template: self.password_reset_url_template.clone(),
+            attempts_per_login_id: self.login_attempts_per_id_per_minute,
+            attempts_per_peer: self.login_attempts_per_peer_per_minute,
         }
     }
 

@@ -87,6 +87,7 @@ reasons!(
     PasswordResetExpired => "PASSWORD_RESET_EXPIRED",
     PasswordResetUnknown => "PASSWORD_RESET_UNKNOWN",
     PasswordResetUsed => "PASSWORD_RESET_USED",
+    RateLimited => "RATE_LIMITED",
     Overloaded => "OVERLOADED",
     PermissionDenied => "PERMISSION_DENIED",
     RequestAlreadyDone => "REQUEST_ALREADY_DONE",
@@ -131,6 +132,10 @@ pub enum DomainError {
     PermissionDenied { message: String },
     #[error("{message}")]
     Unauthenticated { message: String },
+    /// Too many sign-in attempts from one login id or address: wait
+    /// `retry_after_ms`. Reason RATE_LIMITED.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_ms: i64 },
     /// The caller's etag is stale: someone changed the resource since it was read.
     #[error("{message}")]
     Aborted { message: String },

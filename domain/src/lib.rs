@@ -15,6 +15,7 @@ pub mod paging;
 pub mod passwords;
 pub mod persistence;
 pub mod policy;
+pub mod rate_limit;
 pub mod secrets;
 pub mod services;
 pub mod telemetry;
@@ -40,6 +41,8 @@ pub struct Domain {
     ca: Option<std::sync::Arc<ca::CertificateAuthority>>,
     /// argon2id on the blocking pool (R-AUTH-2).
     hasher: std::sync::Arc<passwords::Hasher>,
+    /// Sign-in attempts per login id and per peer on this replica.
+    attempts: std::sync::Arc<rate_limit::AttemptLimiter>,
 }
 
 /// Tunables of the domain rules, from configuration.
@@ -108,6 +111,7 @@ impl Domain {
                 passwords::Hasher::new(&passwords::PasswordSettings::default())
                     .expect("the default argon2 parameters are valid"),
             ),
+            attempts: Default::default(),
         }
     }
 

@@ -81,6 +81,11 @@ pub struct PasswordSettings {
     pub reset_ttl_ms: i64,
     /// The link of a reset mail; `{token}` is replaced by the token.
     pub reset_url_template: String,
+    /// Sign-in attempts (Login, ActivateUser, RequestPasswordReset,
+    /// ResetPassword) per minute per login id and per peer address on one
+    /// replica; 0: no limit.
+    pub attempts_per_login_id: u32,
+    pub attempts_per_peer: u32,
 }
 
 impl Default for PasswordSettings {
@@ -96,6 +101,10 @@ impl Default for PasswordSettings {
             permanent_lock_after: 0,
             reset_ttl_ms: 2 * 60 * 60 * 1000,
             reset_url_template: "http://localhost:8080/reset-password?token={token}".into(),
+            // Off in code (tests sign in hundreds of times a minute from one
+            // address); on in configuration (`Config`: 10 and 100).
+            attempts_per_login_id: 0,
+            attempts_per_peer: 0,
         }
     }
 }

@@ -105,6 +105,15 @@ pub fn to_status(err: DomainError) -> Status {
             with_reason(Code::Aborted, message, Reason::StaleEtag.as_str(), HashMap::new())
         }
         DomainError::Unavailable { reason, message } => retry_later(Code::Unavailable, message, reason.as_str()),
+        DomainError::RateLimited {
+            message,
+            retry_after_ms,
+        } => {
+            let mut details = ErrorDetails::new();
+            details.set_error_info(Reason::RateLimited.as_str(), ERROR_DOMAIN, HashMap::new());
+            details.set_retry_info(Some(std::time::Duration::from_millis(retry_after_ms.max(1) as u64)));
+            Status::with_error_details(Code::ResourceExhausted, bounded(message), details)
+        }
         DomainError::Internal(detail) => {
             // The detail may name tables or values; it goes to the log only.
             // The only ERROR line of a call: client errors (bad input,

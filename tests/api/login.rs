@@ -20,6 +20,7 @@ both_backends!(
     unknown_and_known_login_ids_answer_alike,
     old_hash_parameters_are_upgraded_at_login,
     password_reset_by_mailed_link,
+    attempts_are_limited_per_login_id_and_address,
 );
 
 async fn history(app: &TestApp, token: &str, user_id: &str, activity: pb::HistoryActivity) -> Vec<pb::HistoryEvent> {
@@ -624,5 +625,78 @@ async fn password_reset_by_mailed_link(backend: Backend) {
     );
     assert_eq!(reason(&expired), "PASSWORD_RESET_EXPIRED");
     app.login(&email, TEST_PASSWORD).await.expect("the old password stays");
+    app.finish().await;
+}
+
+async fn attempts_are_limited_per_login_id_and_address(backend: Backend) {
+    use tonic_types::StatusExt;
+    let app = TestApp::start_with(
+        backend,
+        DomainSettings {
+            passwords: PasswordSettings {
+                attempts_per_login_id: 3,
+                attempts_per_peer: 9,
+                ..PasswordSettings::default()
+            },
+            ..DomainSettings::default()
+        },
+    )
+    .await;
+    let fixture = app.org_with_admin().await;
+    let (_, email) = app.member_with_password(&fixture, "Jon", &[]).await;
+    // Three attempts for one login id a minute; the fourth is refused
+    // before anything is looked at (not even the right password is tried).
+    for _ in 0..3 {
+        assert_code(app.login(&email, "wrong wrong wrong").await, Code::Unauthenticated);
+    }
+    let before = app.fingerprint().await;
+    let limited = assert_code(app.login(&email, TEST_PASSWORD).await, Code::ResourceExhausted);
+    assert_eq!(reason(&limited), "RATE_LIMITED");
+    let retry = limited.get_details_retry_info().expect("RetryInfo");
+    let wait = retry.retry_delay.expect("a delay");
+    assert!(wait > Duration::ZERO && wait <= Duration::from_secs(60), "{wait:?}");
+    assert_eq!(app.fingerprint().await, before, "a limited attempt changed data");
+    assert!(limited.message().contains("login id"), "{}", limited.message());
+    // Nine a minute from one address, whatever the login id: the setup's
+    // two activations and these four attempts leave three.
+    for id in ["a", "b", "c"] {
+        assert_code(
+            app.login(&unique_email(id), "whatever it is").await,
+            Code::Unauthenticated,
+        );
+    }
+    let by_address = assert_code(
+        app.login(&unique_email("d"), "whatever it is").await,
+        Code::ResourceExhausted,
+    );
+    assert!(by_address.message().contains("address"), "{}", by_address.message());
+    // Password resets and activations count against the address too.
+    let reset = assert_code(
+        app.auth()
+            .request_password_reset(req(
+                "",
+                pb::RequestPasswordResetRequest {
+                    login_id: email.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::ResourceExhausted,
+    );
+    assert_eq!(reason(&reset), "RATE_LIMITED");
+    let activation = assert_code(
+        app.users()
+            .activate_user(req(
+                "",
+                pb::ActivateUserRequest {
+                    code: "ABCDE-FGHJK".into(),
+                    birth_date: "1980-01-01".into(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::ResourceExhausted,
+    );
+    assert_eq!(reason(&activation), "RATE_LIMITED");
     app.finish().await;
 }

@@ -482,6 +482,40 @@ impl Domain {
     }
 }
 
+impl Domain {
+    /// Counts one sign-in attempt against the per-minute limits of its login
+    /// id (when the call names one) and of its peer address, before the
+    /// call looks anything up: RATE_LIMITED with the time to wait.
+    pub fn limit_sign_in_attempt(&self, what: &str, login_id: Option<&str>, peer: Option<&str>) -> DomainResult<()> {
+        const MINUTE: Millis = 60_000;
+        let settings = &self.settings.passwords;
+        let now = now_millis();
+        let limited = |retry_after_ms: Millis, whose: &str| DomainError::RateLimited {
+            message: format!("too many sign-in attempts from this {whose}; wait and try again"),
+            retry_after_ms,
+        };
+        if let Some(peer) = peer {
+            self.attempts
+                .attempt(&format!("peer:{peer}"), settings.attempts_per_peer, MINUTE, now)
+                .map_err(|ms| limited(ms, "address"))?;
+        }
+        if let Some(login_id) = login_id
+            .map(|id| crate::normalise::key(id.trim()))
+            .filter(|k| !k.is_empty())
+        {
+            self.attempts
+                .attempt(
+                    &format!("{what}:{login_id}"),
+                    settings.attempts_per_login_id,
+                    MINUTE,
+                    now,
+                )
+                .map_err(|ms| limited(ms, "login id"))?;
+        }
+        Ok(())
+    }
+}
+
 /// A login id is required and at most an e-mail address long.
 pub(crate) fn check_login_id(v: &mut Violations, login_id: &str) {
     if login_id.trim().is_empty() {

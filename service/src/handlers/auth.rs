@@ -34,6 +34,9 @@ impl AuthService for AuthHandler {
         crate::bounds::check(request.get_ref()).into_status()?;
         let peer = super::peer(&self.domain, &request);
         let r = request.into_inner();
+        self.domain
+            .limit_sign_in_attempt("login", Some(&r.login_id), peer.as_deref())
+            .into_status()?;
         let organisation_id = opt_string(r.organisation_id)
             .map(|o| id("organisation_id", &o))
             .transpose()
@@ -64,6 +67,9 @@ impl AuthService for AuthHandler {
         crate::bounds::check(request.get_ref()).into_status()?;
         let peer = super::peer(&self.domain, &request);
         let r = request.into_inner();
+        self.domain
+            .limit_sign_in_attempt("reset", Some(&r.login_id), peer.as_deref())
+            .into_status()?;
         let organisation_id = opt_string(r.organisation_id)
             .map(|o| id("organisation_id", &o))
             .transpose()
@@ -83,6 +89,9 @@ impl AuthService for AuthHandler {
         crate::bounds::check(request.get_ref()).into_status()?;
         let peer = super::peer(&self.domain, &request);
         let r = request.into_inner();
+        self.domain
+            .limit_sign_in_attempt("reset_password", None, peer.as_deref())
+            .into_status()?;
         self.domain
             .reset_password(&r.token, Password::new(&r.password), peer)
             .await

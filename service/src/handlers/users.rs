@@ -338,6 +338,10 @@ impl UserService for UserHandler {
         request: Request<pb::ActivateUserRequest>,
     ) -> Result<Response<pb::ActivateUserResponse>, Status> {
         // No bearer token: the activation secret is the credential.
+        let peer = super::peer(&self.domain, &request);
+        self.domain
+            .limit_sign_in_attempt("activate", None, peer.as_deref())
+            .into_status()?;
         let r = request.into_inner();
         let (is_token, secret) = one_of(("token", r.token), ("code", r.code)).into_status()?;
         let (is_cpr, proof) = one_of(("cpr", r.cpr), ("birth_date", r.birth_date)).into_status()?;

@@ -413,6 +413,7 @@ pub(super) fn row_errors(error: DomainError) -> Result<Vec<CellError>, DomainErr
         DomainError::Aborted { message } => vec![CellError::new(None, Reason::StaleEtag, message)],
         other @ (DomainError::RequestAlreadyDone { .. }
         | DomainError::Unauthenticated { .. }
+        | DomainError::RateLimited { .. }
         | DomainError::Unavailable { .. }
         | DomainError::Internal(_)) => return Err(other),
     })
