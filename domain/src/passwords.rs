@@ -102,7 +102,7 @@ impl Default for PasswordSettings {
             reset_ttl_ms: 2 * 60 * 60 * 1000,
             reset_url_template: "http://localhost:8080/reset-password?token={token}".into(),
             // Off in code (tests sign in hundreds of times a minute from one
-            // address); on in configuration (`Config`: 10 and 100).
+            // address); per login id on in configuration (`Config`: 10).
             attempts_per_login_id: 0,
             attempts_per_peer: 0,
         }
