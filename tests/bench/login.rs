@@ -1,0 +1,203 @@
+//! Login benchmark (BENCHMARKS.md, issue 12), one process on PostgreSQL:
+//!
+//! 1. Bare argon2id: `verify_password` of the same PHC string (OWASP's
+//!    parameters, as the server stores them) on one OS thread per core, as
+//!    fast as it goes: the most logins the cores could do.
+//! 2. `Login` over real gRPC (the in-process server, `TestApp`) at a fixed
+//!    concurrency, round robin over users who each set their password at
+//!    activation: each call reserves a try, checks the hash on the blocking
+//!    pool, and writes the session and its history.
+//!    (1) and (2) alternate, `LOGIN_RUNS` times; the table gives medians.
+//! 3. While logins saturate the cores, `GetUser` paced at `LOGIN_GET_RATE`
+//!    calls/s: its p99, measured from when each call was due (hashing stays
+//!    off the async threads, so reads should not wait behind it).
+//!
+//! Knobs: `LOGIN_SECS` (10) per phase, `LOGIN_RUNS` (3), `LOGIN_CONCURRENCY`
+//! (16), `LOGIN_USERS` (16), `LOGIN_GET_RATE` (50).
+//! `CARGO_TARGET_DIR=/work/target-bench cargo bench -p orgadmin-tests --bench login`
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::PasswordVerifier;
+use orgadmin_domain::passwords::{Hasher, Password, PasswordSettings};
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// Verifications per second of bare argon2id on one thread per core.
+fn bare_argon2(phc: &str, secs: u64) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..cores)
+        .map(|_| {
+            let (stop, done, phc) = (stop.clone(), done.clone(), phc.to_owned());
+            std::thread::spawn(move || {
+                let argon2 = argon2::Argon2::default();
+                while !stop.load(Ordering::Relaxed) {
+                    assert!(argon2.verify_password(TEST_PASSWORD.as_bytes(), phc.as_str()).is_ok());
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Logins per second over gRPC, `concurrency` callers round robin over
+/// `logins`, until `stop`.
+async fn logins(app: &TestApp, logins: &[String], concurrency: usize, stop: Arc<AtomicBool>) -> (f64, u64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (mut auth, done, errors, next, stop) =
+            (app.auth(), done.clone(), errors.clone(), next.clone(), stop.clone());
+        let logins = logins.to_vec();
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize % logins.len();
+                let answer = auth
+                    .login(req(
+                        "",
+                        pb::LoginRequest {
+                            login_id: logins[i].clone(),
+                            password: TEST_PASSWORD.into(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await;
+                if answer.is_ok() {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    (
+        done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+        errors.load(Ordering::Relaxed),
+    )
+}
+
+async fn run() {
+    let secs = env("LOGIN_SECS", 10);
+    let runs = env("LOGIN_RUNS", 3);
+    let concurrency = env("LOGIN_CONCURRENCY", 16) as usize;
+    let users = env("LOGIN_USERS", 16);
+    let get_rate = env("LOGIN_GET_RATE", 50);
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let mut login_ids = Vec::new();
+    for i in 0..users {
+        let (_, email) = app.member_with_password(&fixture, &format!("Login{i}"), &[]).await;
+        login_ids.push(email);
+    }
+    let phc = Hasher::new(&PasswordSettings::default())
+        .unwrap()
+        .hash(&Password::new(TEST_PASSWORD))
+        .await
+        .unwrap();
+    eprintln!("{users} users with passwords; PHC {}", &phc[..30]);
+
+    let (mut bare, mut grpc) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let b = tokio::task::spawn_blocking({
+            let phc = phc.clone();
+            move || bare_argon2(&phc, secs)
+        })
+        .await
+        .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let timer = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+        let (g, errors) = logins(&app, &login_ids, concurrency, stop).await;
+        timer.await.unwrap();
+        eprintln!(
+            "run {run}: bare argon2id {b:.1}/s, Login {g:.1}/s ({errors} errors), ratio {:.2}",
+            g / b
+        );
+        bare.push(b);
+        grpc.push(g);
+    }
+
+    // GetUser paced while logins saturate the cores.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = logins(&app, &login_ids, concurrency, stop.clone());
+    let reads = async {
+        let mut latencies = Vec::new();
+        let interval = Duration::from_secs_f64(1.0 / get_rate as f64);
+        let started = Instant::now();
+        let mut users = app.users();
+        let mut due = started;
+        while started.elapsed() < Duration::from_secs(secs) {
+            tokio::time::sleep_until(due.into()).await;
+            users
+                .get_user(req(
+                    &fixture.admin_token,
+                    pb::GetUserRequest {
+                        id: fixture.admin.id.clone(),
+                    },
+                ))
+                .await
+                .expect("get user");
+            latencies.push(due.elapsed());
+            due += interval;
+        }
+        stop.store(true, Ordering::Relaxed);
+        latencies
+    };
+    let ((logins_during, _), mut latencies) = tokio::join!(load, reads);
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1];
+
+    let (b, g) = (median(&mut bare), median(&mut grpc));
+    println!();
+    println!("| {runs} runs of {secs} s, medians | per second | vs bare argon2id | goal |");
+    println!("| --- | ---: | ---: | --- |");
+    println!("| bare argon2id verify, one thread per core | {b:.1} | 1.00 | |");
+    println!(
+        "| `Login` over gRPC, {concurrency} callers | {g:.1} | {:.2} | ≥ 0.90 |",
+        g / b
+    );
+    println!(
+        "| `GetUser` at {get_rate}/s while logins saturate the cores ({logins_during:.1} logins/s) | p50 {:.1} ms, p99 {:.1} ms | | p99 < 10 ms |",
+        p(0.50).as_secs_f64() * 1000.0,
+        p(0.99).as_secs_f64() * 1000.0
+    );
+    app.finish().await;
+}
