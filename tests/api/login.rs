@@ -503,19 +503,6 @@ async fn reset_password(app: &TestApp, token: &str, password: &str) -> Result<()
         .map(drop)
 }
 
-async fn request_reset(app: &TestApp, login_id: &str) {
-    app.auth()
-        .request_password_reset(req(
-            "",
-            pb::RequestPasswordResetRequest {
-                login_id: login_id.to_owned(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("the same answer for every login id");
-}
-
 async fn password_reset_by_mailed_link(backend: Backend) {
     let app = app_locking_after(backend, 3).await;
     let fixture = app.org_with_admin().await;
@@ -526,9 +513,9 @@ async fn password_reset_by_mailed_link(backend: Backend) {
 
     // An unknown login id answers like a known one and mails nothing.
     let before = app.fingerprint().await;
-    request_reset(&app, &unique_email("nobody")).await;
+    app.request_password_reset(&unique_email("nobody")).await;
     assert_eq!(app.fingerprint().await, before, "an unknown login id changed data");
-    request_reset(&app, &email.to_uppercase()).await;
+    app.request_password_reset(&email.to_uppercase()).await;
     let token = app.mailed_token("password_reset", &email).await;
     let sent = history(
         &app,
@@ -616,7 +603,7 @@ async fn password_reset_by_mailed_link(backend: Backend) {
     .await;
     let fixture = app.org_with_admin().await;
     let (_, email) = app.member_with_password(&fixture, "Ida", &[]).await;
-    request_reset(&app, &email).await;
+    app.request_password_reset(&email).await;
     let token = app.mailed_token("password_reset", &email).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     let expired = assert_code(

@@ -326,16 +326,7 @@ impl World {
 
 /// Mails `login_id` a new password reset link; returns its token.
 async fn fresh_reset_token(app: &TestApp, login_id: &str) -> String {
-    app.auth()
-        .request_password_reset(req(
-            "",
-            pb::RequestPasswordResetRequest {
-                login_id: login_id.to_owned(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    app.request_password_reset(login_id).await;
     app.mailed_token("password_reset", login_id).await
 }
 

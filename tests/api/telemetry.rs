@@ -118,7 +118,7 @@ async fn create_user_and_its_mail_are_one_trace(backend: Backend) {
         format!("00-{trace_id}-{caller_span_id}-01").parse().unwrap(),
     );
     let created = users.create_user(request).await.expect("create user").into_inner();
-    let user_id = created.user.expect("user").id;
+    assert!(created.user.is_some());
     // A refused call is measured with its code.
     let missing = users
         .get_user(req(
@@ -272,6 +272,5 @@ async fn create_user_and_its_mail_are_one_trace(backend: Backend) {
         (!points(&receiver, "orgadmin-worker", "orgadmin.outbox.depth").is_empty()).then_some(())
     })
     .await;
-    assert!(!user_id.is_empty());
     app.finish().await;
 }

@@ -657,6 +657,20 @@ impl TestApp {
             .expect("user")
     }
 
+    /// `RequestPasswordReset` for a login id (the same answer for any).
+    pub async fn request_password_reset(&self, login_id: &str) {
+        self.auth()
+            .request_password_reset(req(
+                "",
+                pb::RequestPasswordResetRequest {
+                    login_id: login_id.to_owned(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("the same answer for every login id");
+    }
+
     /// `Login` with a login id and password.
     pub async fn login(&self, login_id: &str, password: &str) -> Result<pb::LoginResponse, Status> {
         self.auth()

@@ -126,7 +126,7 @@ pub struct Outbox {
     /// another worker after this.
     pub lease_ms: i64,
     /// When the outbox gauges were last measured.
-    backlog_reported: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
+    backlog_reported: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// How often the outbox gauges are measured at most.
@@ -247,7 +247,7 @@ impl Outbox {
             return;
         }
         {
-            let mut last = self.backlog_reported.lock().await;
+            let mut last = self.backlog_reported.lock().unwrap_or_else(|e| e.into_inner());
             if last.is_some_and(|at| at.elapsed() < BACKLOG_EVERY) {
                 return;
             }
