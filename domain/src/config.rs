@@ -36,6 +36,15 @@ pub struct Config {
     pub password_parallelism: u32,
     /// Shortest password accepted where it is the only factor (NIST: 15).
     pub password_min_chars: usize,
+    /// Shortest password where a second factor is required (NIST: 8).
+    pub password_min_chars_with_second_factor: usize,
+    /// How long a login's mailed code works, and how many codes one login
+    /// may try.
+    pub login_code_ttl_minutes: i64,
+    pub login_code_attempts: i32,
+    /// A session ends after this many minutes unused (and at the latest
+    /// after ORGADMIN_SESSION_TTL_HOURS).
+    pub session_idle_minutes: i64,
     /// Wrong passwords before an account locks; the lock starts at
     /// ORGADMIN_LOGIN_LOCK_SECONDS and doubles with each lock in a row, up to
     /// ORGADMIN_LOGIN_LOCK_MAX_SECONDS.
@@ -149,6 +158,10 @@ impl Default for Config {
             password_iterations: 2,
             password_parallelism: 1,
             password_min_chars: 15,
+            password_min_chars_with_second_factor: 8,
+            login_code_ttl_minutes: 10,
+            login_code_attempts: 3,
+            session_idle_minutes: 60,
             login_max_failures: 5,
             login_lock_seconds: 60,
             login_lock_max_seconds: 24 * 60 * 60,
@@ -329,8 +342,16 @@ impl Config {
         {
             return Err("ORGADMIN_PASSWORD_RESET_TTL_MINUTES must be between 5 and 10080, and ORGADMIN_PASSWORD_RESET_URL_TEMPLATE must contain {token}".into());
         }
-        if !(8..=64).contains(&self.password_min_chars) {
-            return Err("ORGADMIN_PASSWORD_MIN_CHARS must be between 8 and 64".into());
+        if !(8..=64).contains(&self.password_min_chars)
+            || !(8..=self.password_min_chars).contains(&self.password_min_chars_with_second_factor)
+        {
+            return Err("ORGADMIN_PASSWORD_MIN_CHARS must be between 8 and 64, and ORGADMIN_PASSWORD_MIN_CHARS_WITH_SECOND_FACTOR between 8 and ORGADMIN_PASSWORD_MIN_CHARS".into());
+        }
+        if !(1..=60).contains(&self.login_code_ttl_minutes) || !(1..=10).contains(&self.login_code_attempts) {
+            return Err("ORGADMIN_LOGIN_CODE_TTL_MINUTES must be between 1 and 60, ORGADMIN_LOGIN_CODE_ATTEMPTS between 1 and 10".into());
+        }
+        if !(1..=7 * 24 * 60).contains(&self.session_idle_minutes) {
+            return Err("ORGADMIN_SESSION_IDLE_MINUTES must be between 1 and 10080".into());
         }
         if !(1..=100).contains(&self.login_max_failures)
             || self.login_lock_seconds < 1
@@ -383,6 +404,9 @@ impl Config {
             iterations: self.password_iterations,
             parallelism: self.password_parallelism,
             min_chars: self.password_min_chars,
+            min_chars_with_second_factor: self.password_min_chars_with_second_factor,
+            code_ttl_ms: self.login_code_ttl_minutes * 60 * 1000,
+            code_attempts: self.login_code_attempts,
             max_failures: self.login_max_failures,
             lock_ms: self.login_lock_seconds * 1000,
             lock_max_ms: self.login_lock_max_seconds * 1000,

@@ -84,6 +84,8 @@ reasons!(
     NoCprNumber => "NO_CPR_NUMBER",
     NoSealingCertificate => "NO_SEALING_CERTIFICATE",
     NotASession => "NOT_A_SESSION",
+    NoAuthenticatorPending => "NO_AUTHENTICATOR_PENDING",
+    AuthenticatorEnrolled => "AUTHENTICATOR_ENROLLED",
     PasswordResetExpired => "PASSWORD_RESET_EXPIRED",
     PasswordResetUnknown => "PASSWORD_RESET_UNKNOWN",
     PasswordResetUsed => "PASSWORD_RESET_USED",

@@ -19,6 +19,7 @@ pub mod rate_limit;
 pub mod secrets;
 pub mod services;
 pub mod telemetry;
+pub mod totp;
 pub mod validate;
 
 use sea_orm::DatabaseConnection;
@@ -59,6 +60,8 @@ pub struct DomainSettings {
     pub auth_cache_ttl_ms: i64,
     /// How long a session token (from activation) works.
     pub session_ttl_ms: i64,
+    /// A session unused this long ends (idle expiry).
+    pub session_idle_ms: i64,
     /// The link of an e-mail verification mail; `{token}` is replaced.
     pub email_verification_url_template: String,
     /// Limits and pacing of import jobs (R-BULK).
@@ -80,6 +83,7 @@ impl Default for DomainSettings {
             activation_max_attempts: 5,
             auth_cache_ttl_ms: 1000,
             session_ttl_ms: 12 * 60 * 60 * 1000,
+            session_idle_ms: 60 * 60 * 1000,
             email_verification_url_template: "http://localhost:8080/verify-email?token={token}".into(),
             imports: services::imports::ImportSettings::default(),
             certificates: services::certificates::CertificateSettings::default(),
@@ -190,6 +194,7 @@ impl Domain {
                 activation_max_attempts: config.activation_max_attempts,
                 auth_cache_ttl_ms: config.auth_cache_ms,
                 session_ttl_ms: i64::from(config.session_ttl_hours) * 60 * 60 * 1000,
+                session_idle_ms: config.session_idle_minutes * 60 * 1000,
                 email_verification_url_template: config.email_verification_url_template.clone(),
                 imports: config.import_settings(),
                 certificates: config.certificate_settings(),

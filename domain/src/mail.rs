@@ -53,6 +53,7 @@ mail_kinds!(
     ImportFinished => "import_finished",
     EmailVerification => "email_verification",
     PasswordReset => "password_reset",
+    LoginCode => "login_code",
     CertificatePickup => "certificate_pickup",
     CertificateReady => "certificate_ready",
     CertificateRevoked => "certificate_revoked",
@@ -162,6 +163,8 @@ mod tests {
             ("days", "30"),
             ("reset_link", "https://example.dk/reset-password?token=abc"),
             ("expires_at", "2026-12-22 14:00 UTC"),
+            ("code", "042917"),
+            ("valid_minutes", "10"),
         ]
     }
 

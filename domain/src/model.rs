@@ -79,6 +79,19 @@ string_enum_pub!(
         LoggedOut => "LOGGED_OUT",
         PasswordResetSent => "PASSWORD_RESET_SENT",
         PasswordReset => "PASSWORD_RESET",
+        SecondFactorRequested => "SECOND_FACTOR_REQUESTED",
+        SecondFactorFailed => "SECOND_FACTOR_FAILED",
+        AuthenticatorEnrolled => "AUTHENTICATOR_ENROLLED",
+        AuthenticatorRemoved => "AUTHENTICATOR_REMOVED",
+        SessionRevoked => "SESSION_REVOKED",
+    }
+);
+
+string_enum_pub!(
+    /// How the second step of a login is proved (R-AUTH-3).
+    SecondFactorMethod {
+        MailCode => "MAIL_CODE",
+        Totp => "TOTP",
     }
 );
 
@@ -194,6 +207,9 @@ pub struct OrganisationSettings {
     pub max_administrators: i32,
     pub licence_count: i32,
     pub billing: BillingDetails,
+    /// Every login needs a second factor: the authenticator app's code for
+    /// users who enrolled one, else a code mailed at each login (R-AUTH-3).
+    pub second_factor_required: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -67,6 +67,12 @@ pub struct PasswordSettings {
     pub parallelism: u32,
     /// Minimum length where the password is the only factor.
     pub min_chars: usize,
+    /// Minimum length where a second factor is required (NIST: 8).
+    pub min_chars_with_second_factor: usize,
+    /// How long a login's second step (its mailed code) lasts, and how many
+    /// codes it takes.
+    pub code_ttl_ms: i64,
+    pub code_attempts: i32,
     /// Wrong passwords before the account locks.
     pub max_failures: i32,
     /// How long the first lock lasts; each further one in a row doubles it.
@@ -95,6 +101,9 @@ impl Default for PasswordSettings {
             iterations: Params::DEFAULT_T_COST,
             parallelism: Params::DEFAULT_P_COST,
             min_chars: 15,
+            min_chars_with_second_factor: 8,
+            code_ttl_ms: 10 * 60 * 1000,
+            code_attempts: 3,
             max_failures: 5,
             lock_ms: 60_000,
             lock_max_ms: 24 * 60 * 60 * 1000,

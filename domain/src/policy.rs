@@ -158,6 +158,10 @@ pub enum Action {
     UnlockLogin,
     /// Mail a user a link to choose a new password (R-AUTH-2).
     SendPasswordReset,
+    /// Remove a user's authenticator app, e.g. after a lost phone (R-AUTH-3).
+    RemoveAuthenticator,
+    /// List and end a user's sessions (R-AUTH-3); everyone may their own.
+    ManageSessions,
 }
 }
 
@@ -220,6 +224,8 @@ const POLICY: &[(Action, OperatorScope, &[Role], bool)] = &[
     // operator organisation administrators (seed 001).
     (UnlockLogin, AdministratorsOnly, &[UA], false),
     (SendPasswordReset, AdministratorsOnly, &[UA], false),
+    (RemoveAuthenticator, AdministratorsOnly, &[UA], false),
+    (ManageSessions, AdministratorsOnly, &[UA], true),
 ];
 
 fn row(action: Action) -> (OperatorScope, &'static [Role], bool) {
@@ -361,6 +367,8 @@ fn describe(action: Action) -> &'static str {
         ReadCertificateAuthority => "read the certificate authority",
         UnlockLogin => "unlock this user's login",
         SendPasswordReset => "send this user a password reset link",
+        RemoveAuthenticator => "remove this user's authenticator app",
+        ManageSessions => "see or end this user's sessions",
     }
 }
 

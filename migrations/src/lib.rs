@@ -32,6 +32,7 @@ mod m20261202_000051_add_certificate_search_index;
 mod m20261202_000052_add_user_organisation_signing;
 mod m20261202_000053_add_import_trace_context;
 mod m20261202_000060_create_password_credentials;
+mod m20261203_000061_create_second_factor;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -73,6 +74,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000052_add_user_organisation_signing::Migration),
             Box::new(m20261202_000053_add_import_trace_context::Migration),
             Box::new(m20261202_000060_create_password_credentials::Migration),
+            Box::new(m20261203_000061_create_second_factor::Migration),
         ]
     }
 }

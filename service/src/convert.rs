@@ -267,8 +267,20 @@ same_variants!(
         LoggedOut,
         PasswordResetSent,
         PasswordReset,
+        SecondFactorRequested,
+        SecondFactorFailed,
+        AuthenticatorEnrolled,
+        AuthenticatorRemoved,
+        SessionRevoked,
     ]
 );
+
+pub fn second_factor_method_to_pb(method: model::SecondFactorMethod) -> pb::SecondFactorMethod {
+    match method {
+        model::SecondFactorMethod::MailCode => pb::SecondFactorMethod::MailCode,
+        model::SecondFactorMethod::Totp => pb::SecondFactorMethod::Totp,
+    }
+}
 
 same_variants!(
     certificate_state_to_pb,

@@ -93,36 +93,10 @@ async fn http_get(app: &TestApp, path: &str) -> (String, Vec<u8>) {
 }
 
 async fn allow_kinds(app: &TestApp, fixture: &OrgFixture, kinds: &[pb::CertificateKind]) {
-    let orgs = app.orgs();
-    let settings = orgs
-        .clone()
-        .get_organisation_settings(req(
-            &fixture.admin_token,
-            pb::GetOrganisationSettingsRequest {
-                organisation_id: fixture.org.id.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .settings
-        .unwrap();
-    let change = pb::OrganisationSettings {
-        certificate_kinds: kinds.iter().map(|k| *k as i32).collect(),
-        ..settings
-    };
-    orgs.clone()
-        .update_organisation_settings(req(
-            &fixture.admin_token,
-            pb::UpdateOrganisationSettingsRequest {
-                settings: Some(change),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["certificate_kinds".into()],
-                }),
-            },
-        ))
-        .await
-        .unwrap();
+    app.change_settings(fixture, "certificate_kinds", |settings| {
+        settings.certificate_kinds = kinds.iter().map(|k| *k as i32).collect();
+    })
+    .await;
 }
 
 fn user_order(org: &str, holder: &pb::User, usages: &[pb::CertificateUsage]) -> pb::OrderCertificateRequest {

@@ -15,13 +15,6 @@ both_backends!(
     cpr_numbers_are_written_one_way_and_born_already,
 );
 
-async fn who_am_i(app: &TestApp, token: &str) -> Result<pb::WhoAmIResponse, tonic::Status> {
-    app.auth()
-        .who_am_i(req(token, pb::WhoAmIRequest {}))
-        .await
-        .map(|r| r.into_inner())
-}
-
 async fn activation_hands_the_person_a_session_of_their_own(backend: Backend) {
     let app = TestApp::start(backend).await;
     let fixture = app.org_with_admin().await;
@@ -60,11 +53,11 @@ async fn activation_hands_the_person_a_session_of_their_own(backend: Backend) {
     assert!(expires > now && expires <= now + 12 * 3600 + 5, "12 hours by default");
 
     // The session acts as the person who activated, and as nobody else.
-    let me = who_am_i(&app, &session).await.unwrap();
+    let me = app.who_am_i(&session).await.unwrap();
     assert_eq!(me.user_id, created.id);
     // With it they make their own API token; history names them.
     let own = app.own_api_token(&session, &created.id).await;
-    assert_eq!(who_am_i(&app, &own).await.unwrap().user_id, created.id);
+    assert_eq!(app.who_am_i(&own).await.unwrap().user_id, created.id);
 
     // Shown once: only its hash is stored, and the link cannot be used again.
     let db = app.domain.db();
@@ -127,7 +120,7 @@ async fn no_one_mints_a_token_for_another_person(backend: Backend) {
     assert_eq!(app.fingerprint().await, before, "denied calls change nothing");
     // Each person makes their own.
     let own = app.own_api_token(&plain_token, &plain.id).await;
-    assert_eq!(who_am_i(&app, &own).await.unwrap().user_id, plain.id);
+    assert_eq!(app.who_am_i(&own).await.unwrap().user_id, plain.id);
     app.finish().await;
 }
 

@@ -46,6 +46,8 @@ struct Ctx {
     encryption_pickup: String,
     /// A CSR for an Ed25519 key (which cannot encrypt).
     ed25519_csr: String,
+    /// The secret of the member's authenticator app, enrolled, not confirmed.
+    totp_secret: String,
 }
 
 /// One refused call; the variant names the RPC.
@@ -63,6 +65,8 @@ enum Call {
     ListUserHistory(pb::ListUserHistoryRequest),
     ActivateUser(pb::ActivateUserRequest),
     Login(pb::LoginRequest),
+    VerifyLoginCode(pb::VerifyLoginCodeRequest),
+    ConfirmTotp(pb::ConfirmTotpRequest),
     RequestPasswordReset(pb::RequestPasswordResetRequest),
     ResetPassword(pb::ResetPasswordRequest),
     VerifyEmail(pb::VerifyEmailRequest),
@@ -96,6 +100,8 @@ impl Call {
             Call::ListUserHistory(_) => "ListUserHistory",
             Call::ActivateUser(_) => "ActivateUser",
             Call::Login(_) => "Login",
+            Call::VerifyLoginCode(_) => "VerifyLoginCode",
+            Call::ConfirmTotp(_) => "ConfirmTotp",
             Call::RequestPasswordReset(_) => "RequestPasswordReset",
             Call::ResetPassword(_) => "ResetPassword",
             Call::VerifyEmail(_) => "VerifyEmail",
@@ -135,6 +141,8 @@ impl Call {
             Call::ListUserHistory(r) => app.users().list_user_history(req(admin, r)).await.map(drop),
             Call::ActivateUser(r) => app.users().activate_user(req("", r)).await.map(drop),
             Call::Login(r) => app.auth().login(req("", r)).await.map(drop),
+            Call::VerifyLoginCode(r) => app.auth().verify_login_code(req("", r)).await.map(drop),
+            Call::ConfirmTotp(r) => app.auth().confirm_totp(req(member, r)).await.map(drop),
             Call::RequestPasswordReset(r) => app.auth().request_password_reset(req("", r)).await.map(drop),
             Call::ResetPassword(r) => app.auth().reset_password(req("", r)).await.map(drop),
             Call::VerifyEmail(r) => app.users().verify_email(req("", r)).await.map(drop),
@@ -300,6 +308,22 @@ impl Ctx {
             unit: Some(unit),
             update_mask: mask(paths),
         })
+    }
+
+    /// Six digits the member's app does not show in this or a neighbouring
+    /// time step.
+    fn wrong_app_code(&self) -> String {
+        use orgadmin_domain::totp;
+        let key = totp::base32_decode(&self.totp_secret).expect("secret");
+        let now = totp::step_at(chrono::Utc::now().timestamp());
+        let shown: Vec<String> = (now - 2..=now + 2)
+            .map(|step| totp::code_for_step(&key, step, totp::DIGITS))
+            .collect();
+        ["000000", "111111", "222222", "333333", "444444", "555555"]
+            .into_iter()
+            .find(|c| !shown.iter().any(|s| s == c))
+            .expect("a code the app does not show")
+            .to_owned()
     }
 
     fn activate(&self, cpr: &str, birth_date: &str) -> Call {
@@ -710,6 +734,27 @@ fn rows() -> Vec<Row> {
             login_id: c.member.email.clone(),
             ..Default::default()
         })),
+        // The second factor of a login, and confirming an authenticator app.
+        row!("challenge_token", "empty", |_| Call::VerifyLoginCode(
+            pb::VerifyLoginCodeRequest {
+                challenge_token: String::new(),
+                code: "123456".into(),
+            }
+        )),
+        row!("code", "letters", |_| Call::VerifyLoginCode(
+            pb::VerifyLoginCodeRequest {
+                challenge_token: "oat_some-challenge".into(),
+                code: "12ab56".into(),
+            }
+        )),
+        row!("code", "5 digits", |_| Call::ConfirmTotp(pb::ConfirmTotpRequest {
+            code: "12345".into()
+        })),
+        row!("code", "not the app's code", |c| Call::ConfirmTotp(
+            pb::ConfirmTotpRequest {
+                code: c.wrong_app_code()
+            }
+        )),
         row!("login_id", "blank", |_| Call::RequestPasswordReset(
             pb::RequestPasswordResetRequest {
                 login_id: "   ".into(),
@@ -1034,6 +1079,13 @@ async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
     let fixture = app.org_with_admin().await;
     let admin_token = fixture.admin_token.clone();
     let (member, member_token) = app.member(&fixture, "Medlem", &[]).await;
+    let totp_secret = app
+        .auth()
+        .enroll_totp(req(&member_token, pb::EnrollTotpRequest {}))
+        .await
+        .expect("enrol an app")
+        .into_inner()
+        .secret;
     let mut orgs = app.orgs();
     let mut users = app.users();
     let unit = orgs
@@ -1170,6 +1222,7 @@ async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
         certificate_id,
         encryption_pickup,
         ed25519_csr: ed25519_csr(),
+        totp_secret,
     };
 
     let before = app.fingerprint().await;

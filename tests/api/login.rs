@@ -23,37 +23,6 @@ both_backends!(
     attempts_are_limited_per_login_id_and_address,
 );
 
-async fn history(app: &TestApp, token: &str, user_id: &str, activity: pb::HistoryActivity) -> Vec<pb::HistoryEvent> {
-    app.users()
-        .list_user_history(req(
-            token,
-            pb::ListUserHistoryRequest {
-                user_id: user_id.to_owned(),
-                activities: vec![activity as i32],
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events
-}
-
-fn change<'a>(event: &'a pb::HistoryEvent, field: &str) -> Option<&'a str> {
-    event
-        .changes
-        .iter()
-        .find(|c| c.field == field)
-        .map(|c| c.after.as_str())
-}
-
-async fn who_am_i(app: &TestApp, token: &str) -> Result<pb::WhoAmIResponse, tonic::Status> {
-    app.auth()
-        .who_am_i(req(token, pb::WhoAmIRequest {}))
-        .await
-        .map(|r| r.into_inner())
-}
-
 /// A server whose logins lock after `max_failures` wrong passwords.
 async fn app_locking_after(backend: Backend, max_failures: i32) -> TestApp {
     TestApp::start_with(
@@ -78,23 +47,19 @@ async fn login_with_the_password_set_at_activation(backend: Backend) {
     let logged_in = app.login(&email.to_uppercase(), TEST_PASSWORD).await.expect("login");
     assert_eq!(logged_in.user_id, anna.id);
     assert_eq!(logged_in.organisation_id, fixture.org.id);
-    let me = who_am_i(&app, &logged_in.session_token)
-        .await
-        .expect("the session works");
+    let me = app.who_am_i(&logged_in.session_token).await.expect("the session works");
     assert_eq!(me.user_id, anna.id);
 
     // The activation recorded the password as set; the login its peer.
-    let activated = history(&app, &fixture.admin_token, &anna.id, pb::HistoryActivity::UserActivated).await;
-    assert_eq!(change(&activated[0], "password"), Some("set"));
-    let logins = history(
-        &app,
-        &fixture.admin_token,
-        &anna.id,
-        pb::HistoryActivity::LoginSucceeded,
-    )
-    .await;
+    let activated = app
+        .history_of(&fixture.admin_token, &anna.id, pb::HistoryActivity::UserActivated)
+        .await;
+    assert_eq!(changed_to(&activated[0], "password"), Some("set"));
+    let logins = app
+        .history_of(&fixture.admin_token, &anna.id, pb::HistoryActivity::LoginSucceeded)
+        .await;
     assert_eq!(logins.len(), 1);
-    assert_eq!(change(&logins[0], "peer"), Some("127.0.0.1"));
+    assert_eq!(changed_to(&logins[0], "peer"), Some("127.0.0.1"));
     assert_eq!(logins[0].actor, format!("user:{}", anna.id));
 
     // A wrong password: UNAUTHENTICATED, recorded with the peer.
@@ -102,9 +67,11 @@ async fn login_with_the_password_set_at_activation(backend: Backend) {
         app.login(&email, "not the password at all").await,
         Code::Unauthenticated,
     );
-    let failures = history(&app, &fixture.admin_token, &anna.id, pb::HistoryActivity::LoginFailed).await;
+    let failures = app
+        .history_of(&fixture.admin_token, &anna.id, pb::HistoryActivity::LoginFailed)
+        .await;
     assert_eq!(failures.len(), 1);
-    assert_eq!(change(&failures[0], "peer"), Some("127.0.0.1"));
+    assert_eq!(changed_to(&failures[0], "peer"), Some("127.0.0.1"));
     assert!(!wrong.message().contains(TEST_PASSWORD));
 
     // Logout ends exactly the presented session.
@@ -113,12 +80,12 @@ async fn login_with_the_password_set_at_activation(backend: Backend) {
         .logout(req(&logged_in.session_token, pb::LogoutRequest {}))
         .await
         .expect("logout");
-    assert_code(who_am_i(&app, &logged_in.session_token).await, Code::Unauthenticated);
-    who_am_i(&app, &second.session_token)
+    assert_code(app.who_am_i(&logged_in.session_token).await, Code::Unauthenticated);
+    app.who_am_i(&second.session_token)
         .await
         .expect("the other session goes on");
     assert_eq!(
-        history(&app, &fixture.admin_token, &anna.id, pb::HistoryActivity::LoggedOut)
+        app.history_of(&fixture.admin_token, &anna.id, pb::HistoryActivity::LoggedOut)
             .await
             .len(),
         1
@@ -130,7 +97,7 @@ async fn login_with_the_password_set_at_activation(backend: Backend) {
         Code::FailedPrecondition,
     );
     assert_eq!(reason(&not_session), "NOT_A_SESSION");
-    who_am_i(&app, &api).await.expect("the API token still works");
+    app.who_am_i(&api).await.expect("the API token still works");
 
     // Deactivation ends the sessions at once; the right password then says
     // why there is no login (a wrong one still says nothing).
@@ -146,7 +113,7 @@ async fn login_with_the_password_set_at_activation(backend: Backend) {
         ))
         .await
         .expect("deactivate");
-    assert_code(who_am_i(&app, &second.session_token).await, Code::Unauthenticated);
+    assert_code(app.who_am_i(&second.session_token).await, Code::Unauthenticated);
     let inactive = assert_code(app.login(&email, TEST_PASSWORD).await, Code::FailedPrecondition);
     assert_eq!(reason(&inactive), "USER_NOT_ACTIVE");
     assert_code(app.login(&email, "still not the password").await, Code::Unauthenticated);
@@ -226,10 +193,12 @@ async fn wrong_passwords_lock_and_administrators_unlock(backend: Backend) {
     let locked = assert_code(app.login(&email, TEST_PASSWORD).await, Code::Unauthenticated);
     let wrong = assert_code(app.login(&email, "wrong wrong wrong").await, Code::Unauthenticated);
     assert_eq!(locked.message(), wrong.message());
-    let locks = history(&app, &fixture.admin_token, &dora.id, pb::HistoryActivity::LoginLocked).await;
+    let locks = app
+        .history_of(&fixture.admin_token, &dora.id, pb::HistoryActivity::LoginLocked)
+        .await;
     assert_eq!(locks.len(), 1);
     assert_eq!(
-        history(&app, &fixture.admin_token, &dora.id, pb::HistoryActivity::LoginFailed)
+        app.history_of(&fixture.admin_token, &dora.id, pb::HistoryActivity::LoginFailed)
             .await
             .len(),
         3,
@@ -262,7 +231,9 @@ async fn wrong_passwords_lock_and_administrators_unlock(backend: Backend) {
         ))
         .await
         .expect("unlock");
-    let unlocked = history(&app, &fixture.admin_token, &dora.id, pb::HistoryActivity::LoginUnlocked).await;
+    let unlocked = app
+        .history_of(&fixture.admin_token, &dora.id, pb::HistoryActivity::LoginUnlocked)
+        .await;
     assert_eq!(unlocked.len(), 1);
     assert_eq!(unlocked[0].actor, format!("user:{}", user_admin.id));
     app.login(&email, TEST_PASSWORD).await.expect("unlocked");
@@ -377,8 +348,12 @@ async fn parallel_guesses_cannot_pass_the_limit(backend: Backend) {
             Err(status) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
         }
     }
-    let failed = history(&app, &fixture.admin_token, &eva.id, pb::HistoryActivity::LoginFailed).await;
-    let locked = history(&app, &fixture.admin_token, &eva.id, pb::HistoryActivity::LoginLocked).await;
+    let failed = app
+        .history_of(&fixture.admin_token, &eva.id, pb::HistoryActivity::LoginFailed)
+        .await;
+    let locked = app
+        .history_of(&fixture.admin_token, &eva.id, pb::HistoryActivity::LoginLocked)
+        .await;
     // If the right password did not get one of the 5 tries, exactly 5
     // wrong ones were checked and locked the login. If it did, it gave the
     // tries back: at most 4 before it and 5 after it.
@@ -517,15 +492,11 @@ async fn password_reset_by_mailed_link(backend: Backend) {
     assert_eq!(app.fingerprint().await, before, "an unknown login id changed data");
     app.request_password_reset(&email.to_uppercase()).await;
     let token = app.mailed_token("password_reset", &email).await;
-    let sent = history(
-        &app,
-        &fixture.admin_token,
-        &hans.id,
-        pb::HistoryActivity::PasswordResetSent,
-    )
-    .await;
+    let sent = app
+        .history_of(&fixture.admin_token, &hans.id, pb::HistoryActivity::PasswordResetSent)
+        .await;
     assert_eq!(sent.len(), 1);
-    assert_eq!(change(&sent[0], "peer"), Some("127.0.0.1"));
+    assert_eq!(changed_to(&sent[0], "peer"), Some("127.0.0.1"));
 
     // The policy holds; a refused password leaves the link usable.
     let weak = assert_code(reset_password(&app, &token, "kort").await, Code::InvalidArgument);
@@ -539,12 +510,14 @@ async fn password_reset_by_mailed_link(backend: Backend) {
     reset_password(&app, &token, NEW_PASSWORD).await.expect("reset");
 
     // Every session ended, the lock lifted, only the new password works.
-    assert_code(who_am_i(&app, &old_session).await, Code::Unauthenticated);
+    assert_code(app.who_am_i(&old_session).await, Code::Unauthenticated);
     assert_code(app.login(&email, TEST_PASSWORD).await, Code::Unauthenticated);
     app.login(&email, NEW_PASSWORD).await.expect("the new password");
-    let reset = history(&app, &fixture.admin_token, &hans.id, pb::HistoryActivity::PasswordReset).await;
+    let reset = app
+        .history_of(&fixture.admin_token, &hans.id, pb::HistoryActivity::PasswordReset)
+        .await;
     // The activation's session and the login's.
-    assert_eq!(change(&reset[0], "sessions_ended"), Some("2"));
+    assert_eq!(changed_to(&reset[0], "sessions_ended"), Some("2"));
 
     // Single use; unknown tokens say so.
     let used = assert_code(

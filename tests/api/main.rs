@@ -22,6 +22,7 @@ mod reasons;
 mod replicas;
 mod rights;
 mod seats;
+mod second_factor;
 mod smoke;
 mod telemetry;
 mod users;

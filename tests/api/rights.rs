@@ -65,6 +65,16 @@ struct World {
     reset_token: String,
     /// An active organisation administrator.
     active_admin: pb::User,
+    /// The login id of a member of an organisation that requires a second
+    /// factor (made once per run: see `with_second_factor_member`).
+    code_login_id: String,
+    /// Set by `prepare` just before the case that needs it: a fresh login
+    /// challenge and its mailed code, the secret of the caller's
+    /// authenticator app being enrolled, and a spare session of the
+    /// password member.
+    challenge: (String, String),
+    totp_secret: String,
+    spare_session_id: String,
 }
 
 impl World {
@@ -286,6 +296,10 @@ impl World {
         World {
             login_id,
             reset_token,
+            code_login_id: String::new(),
+            challenge: Default::default(),
+            totp_secret: String::new(),
+            spare_session_id: String::new(),
             active_admin: org_admin.clone(),
             import_id,
             plain_order_id,
@@ -322,6 +336,62 @@ impl World {
     fn token(&self, who: Who) -> String {
         self.tokens.iter().find(|(w, _)| *w == who).unwrap().1.clone()
     }
+
+    fn with_second_factor_member(mut self, login_id: &str) -> Self {
+        self.code_login_id = login_id.to_owned();
+        self
+    }
+}
+
+/// What a case needs made afresh for each caller, made before the
+/// fingerprint is taken (so a denied call is still checked to change
+/// nothing).
+async fn prepare(app: &TestApp, world: &mut World, rpc: &str, who: Who) {
+    match rpc {
+        "VerifyLoginCode" => {
+            let login = app.login(&world.code_login_id, TEST_PASSWORD).await.expect("login");
+            let code = app.mailed_login_code(&world.code_login_id).await;
+            world.challenge = (login.challenge_token, code);
+        }
+        "ConfirmTotp" => {
+            world.totp_secret = match app
+                .auth()
+                .enroll_totp(req(&world.token(who), pb::EnrollTotpRequest {}))
+                .await
+            {
+                Ok(enrolment) => enrolment.into_inner().secret,
+                Err(_) => String::new(),
+            };
+        }
+        "RevokeSession" => {
+            let session = app
+                .login(&world.login_id, TEST_PASSWORD)
+                .await
+                .expect("login")
+                .session_token;
+            world.spare_session_id = app
+                .auth()
+                .list_sessions(req(&session, pb::ListSessionsRequest::default()))
+                .await
+                .expect("own sessions")
+                .into_inner()
+                .sessions
+                .into_iter()
+                .find(|s| s.current)
+                .expect("the current session")
+                .id;
+        }
+        _ => {}
+    }
+}
+
+/// The code an authenticator app with `secret` (base32) shows now.
+fn app_code(secret: &str) -> String {
+    use orgadmin_domain::totp;
+    let Some(key) = totp::base32_decode(secret).filter(|k| !k.is_empty()) else {
+        return "000000".into();
+    };
+    totp::code_for_step(&key, totp::step_at(chrono::Utc::now().timestamp()), totp::DIGITS)
 }
 
 /// Mails `login_id` a new password reset link; returns its token.
@@ -769,6 +839,66 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             .await
             .map(drop),
         "Logout" => app.auth().logout(req(t, pb::LogoutRequest {})).await.map(drop),
+        "VerifyLoginCode" => app
+            .auth()
+            .verify_login_code(req(
+                t,
+                pb::VerifyLoginCodeRequest {
+                    challenge_token: world.challenge.0.clone(),
+                    code: world.challenge.1.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        "EnrollTotp" => app.auth().enroll_totp(req(t, pb::EnrollTotpRequest {})).await.map(drop),
+        "ConfirmTotp" => app
+            .auth()
+            .confirm_totp(req(
+                t,
+                pb::ConfirmTotpRequest {
+                    code: app_code(&world.totp_secret),
+                },
+            ))
+            .await
+            .map(drop),
+        "ListSessions" | "ListOwnSessions" | "ListAdministratorSessions" => app
+            .auth()
+            .list_sessions(req(
+                t,
+                pb::ListSessionsRequest {
+                    user_id: match rpc {
+                        "ListSessions" => world.plain.id.clone(),
+                        "ListAdministratorSessions" => world.active_admin.id.clone(),
+                        _ => String::new(),
+                    },
+                },
+            ))
+            .await
+            .map(drop),
+        "RevokeSession" => app
+            .auth()
+            .revoke_session(req(
+                t,
+                pb::RevokeSessionRequest {
+                    id: world.spare_session_id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        "RemoveAuthenticator" | "RemoveAdministratorAuthenticator" => app
+            .users()
+            .remove_authenticator(req(
+                t,
+                pb::RemoveAuthenticatorRequest {
+                    user_id: if rpc == "RemoveAuthenticator" {
+                        world.plain.id.clone()
+                    } else {
+                        world.pending_admin.id.clone()
+                    },
+                },
+            ))
+            .await
+            .map(drop),
         // An unknown login id: allowed for everyone, and it changes nothing
         // (the mail to a known one is in login.rs).
         "RequestPasswordReset" => app
@@ -1282,6 +1412,14 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     ("UnlockLogin", USR, "UnlockLogin", &[UserAdmin]),
     ("UnlockAdministratorLogin", USR, "UnlockLogin", &[Operator, UserAdmin]),
     ("SendPasswordReset", USR, "SendPasswordReset", &[UserAdmin]),
+    // R-AUTH-3: a lost phone; the operator for administrators (R-ACC-6).
+    ("RemoveAuthenticator", USR, "RemoveAuthenticator", &[UserAdmin]),
+    (
+        "RemoveAdministratorAuthenticator",
+        USR,
+        "RemoveAuthenticator",
+        &[Operator, UserAdmin],
+    ),
     (
         "SendAdministratorPasswordReset",
         USR,
@@ -1312,6 +1450,22 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     // The link goes to the person; the token is the credential.
     ("RequestPasswordReset", AUT, "RequestPasswordReset", EVERYONE),
     ("ResetPassword", AUT, "ResetPassword", EVERYONE),
+    // The challenge token and the code are the credential.
+    ("VerifyLoginCode", AUT, "VerifyLoginCode", EVERYONE),
+    // A person enrols an authenticator app for themselves only.
+    ("EnrollTotp", AUT, "EnrollTotp", MEMBERS),
+    ("ConfirmTotp", AUT, "ConfirmTotp", MEMBERS),
+    // Everyone sees their own sessions; user administrators a user's, the
+    // operator an administrator's (R-ACC-6).
+    ("ListOwnSessions", AUT, "ListSessions", MEMBERS),
+    ("ListSessions", AUT, "ListSessions", &[UserAdmin, PlainUser]),
+    (
+        "ListAdministratorSessions",
+        AUT,
+        "ListSessions",
+        &[Operator, OrgAdmin, UserAdmin],
+    ),
+    ("RevokeSession", AUT, "RevokeSession", &[UserAdmin]),
     (
         "WhoAmI",
         AUT,
@@ -1423,12 +1577,17 @@ fn target(case: &str) -> Target {
         | "UnlockLogin"
         | "SendPasswordReset"
         | "CreateActivationCode"
+        | "ListSessions"
+        | "RevokeSession"
+        | "RemoveAuthenticator"
         | "SetOrganisationSigning" => Target::PlainUser,
         "GetAdministrator"
         | "DeactivateAdministrator"
         | "CreateAdministratorToken"
         | "SendAdministratorActivation"
         | "UnlockAdministratorLogin"
+        | "ListAdministratorSessions"
+        | "RemoveAdministratorAuthenticator"
         | "SendAdministratorPasswordReset" => Target::Administrator,
         "GetImport" | "WatchImport" | "ListImportErrors" | "GetImportReport" | "CancelImport" => Target::ImportJob,
         "GetCertificate"
@@ -1503,13 +1662,19 @@ fn matrix_covers_every_served_method() {
 
 async fn every_rpc_for_every_role(backend: Backend) {
     let app = TestApp::start(backend).await;
+    let second_factor = app.org_with_admin().await;
+    app.require_second_factor(&second_factor).await;
+    let (_, code_login_id) = app.member_with_password(&second_factor, "Code", &[]).await;
     let mut failures = Vec::new();
     for (rpc, service, _, allowed) in MATRIX {
         // A fresh world per RPC, and again after every call that changed
         // it; a denied call changes nothing, which the fingerprint checks.
         let certificates = *service == CRT;
-        let mut world = World::build(&app, certificates).await;
+        let mut world = World::build(&app, certificates)
+            .await
+            .with_second_factor_member(&code_login_id);
         for who in EVERYONE {
+            prepare(&app, &mut world, rpc, *who).await;
             let before = app.fingerprint().await;
             let result = call(&app, &world, rpc, &world.token(*who)).await;
             let succeeded = result.is_ok();
@@ -1541,9 +1706,15 @@ async fn every_rpc_for_every_role(backend: Backend) {
             // and a new one is all the next caller needs.
             if succeeded && app.fingerprint().await != before {
                 match *rpc {
-                    "Login" => {}
+                    // Each uses only what `prepare` made for it, or (a new
+                    // enrolment of the caller's own) nothing another caller needs.
+                    "Login" | "VerifyLoginCode" | "EnrollTotp" | "ConfirmTotp" | "RevokeSession" => {}
                     "ResetPassword" => world.reset_token = fresh_reset_token(&app, &world.login_id).await,
-                    _ => world = World::build(&app, certificates).await,
+                    _ => {
+                        world = World::build(&app, certificates)
+                            .await
+                            .with_second_factor_member(&code_login_id)
+                    }
                 }
             }
         }

@@ -598,6 +598,109 @@ impl TestApp {
         )
     }
 
+    /// A user's history events of one activity, as `token` reads them.
+    pub async fn history_of(&self, token: &str, user_id: &str, activity: pb::HistoryActivity) -> Vec<pb::HistoryEvent> {
+        self.users()
+            .list_user_history(req(
+                token,
+                pb::ListUserHistoryRequest {
+                    user_id: user_id.to_owned(),
+                    activities: vec![activity as i32],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("list user history")
+            .into_inner()
+            .events
+    }
+
+    /// `WhoAmI` with `token`.
+    pub async fn who_am_i(&self, token: &str) -> Result<pb::WhoAmIResponse, Status> {
+        self.auth()
+            .who_am_i(req(token, pb::WhoAmIRequest {}))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// The organisation's administrator changes one settings field
+    /// (`path`, as in the update mask) with `change`; returns the result.
+    pub async fn change_settings(
+        &self,
+        fixture: &OrgFixture,
+        path: &str,
+        change: impl FnOnce(&mut pb::OrganisationSettings),
+    ) -> pb::OrganisationSettings {
+        let mut settings = self
+            .orgs()
+            .get_organisation_settings(req(
+                &fixture.admin_token,
+                pb::GetOrganisationSettingsRequest {
+                    organisation_id: fixture.org.id.clone(),
+                },
+            ))
+            .await
+            .expect("read settings")
+            .into_inner()
+            .settings
+            .expect("settings");
+        change(&mut settings);
+        self.orgs()
+            .update_organisation_settings(req(
+                &fixture.admin_token,
+                pb::UpdateOrganisationSettingsRequest {
+                    settings: Some(settings),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec![path.to_owned()],
+                    }),
+                },
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("change {path}: {e:?}"))
+            .into_inner()
+            .settings
+            .expect("settings")
+    }
+
+    /// The organisation's administrator turns the second-factor requirement on.
+    pub async fn require_second_factor(&self, fixture: &OrgFixture) {
+        let updated = self
+            .change_settings(fixture, "second_factor_required", |s| s.second_factor_required = true)
+            .await;
+        assert!(updated.second_factor_required);
+    }
+
+    /// The six digits of the newest login-code mail to `email`, read from
+    /// the outbox (no worker runs beside the test that asks).
+    pub async fn mailed_login_code(&self, email: &str) -> String {
+        let db = self.domain.db();
+        let backend = db.get_database_backend();
+        let sql = match backend {
+            sea_orm::DatabaseBackend::Postgres => {
+                "SELECT payload FROM outbox_mails WHERE kind = 'login_code' AND recipient = $1 ORDER BY id DESC LIMIT 1"
+            }
+            _ => {
+                "SELECT payload FROM outbox_mails WHERE kind = 'login_code' AND recipient = ? ORDER BY id DESC LIMIT 1"
+            }
+        };
+        let row = db
+            .query_one_raw(Statement::from_sql_and_values(backend, sql, [email.into()]))
+            .await
+            .expect("outbox query")
+            .unwrap_or_else(|| panic!("no login code mail to {email} in the outbox"));
+        let sealed: String = row.try_get_by_index(0).expect("payload");
+        let json = test_vault().decrypt(&sealed).expect("outbox payload decrypts");
+        let mail: serde_json::Value = serde_json::from_str(&json).expect("payload is JSON");
+        mail["text"]
+            .as_str()
+            .expect("text body")
+            .lines()
+            .map(str::trim)
+            .find(|line| line.len() == 6 && line.bytes().all(|b| b.is_ascii_digit()))
+            .expect("the mail holds a six-digit code")
+            .to_owned()
+    }
+
     /// The person behind a CPR user activates with the link mailed to them;
     /// returns the reply with their session token.
     pub async fn activate_by_link(&self, email: &str, cpr: &str) -> pb::ActivateUserResponse {
@@ -727,6 +830,15 @@ impl TestApp {
         self.create_and_activate(&fixture.admin_token, new_user(&fixture.org.id, first, roles))
             .await
     }
+}
+
+/// What a history event changed `field` to, if it changed it.
+pub fn changed_to<'a>(event: &'a pb::HistoryEvent, field: &str) -> Option<&'a str> {
+    event
+        .changes
+        .iter()
+        .find(|c| c.field == field)
+        .map(|c| c.after.as_str())
 }
 
 /// The `ErrorInfo.reason` of a status, if any.

@@ -26,6 +26,8 @@ pub mod organisation {
         pub billing_address: String,
         pub billing_email: String,
         pub billing_reference: String,
+        /// Every login needs a second factor (R-AUTH-3).
+        pub second_factor_required: bool,
         /// The client's request id of the create (AIP-155), unique when set.
         pub create_request_id: Option<String>,
         pub version: i64,
@@ -182,6 +184,8 @@ pub mod api_token {
         pub revoked_at: Option<i64>,
         /// The client's request id of the create, unique per user.
         pub create_request_id: Option<String>,
+        /// Sessions: when last presented, to the minute (idle expiry).
+        pub last_used_at: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -258,6 +262,57 @@ pub mod password_credential {
         pub lockouts: i32,
         pub locked_until: Option<i64>,
         pub last_login_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod login_challenge {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "login_challenges")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub user_id: Uuid,
+        /// SHA-256 of the challenge token the client holds.
+        pub token_hash: String,
+        /// `MAIL_CODE` or `TOTP`.
+        pub method: String,
+        /// Keyed hash of a mailed code; none for TOTP.
+        pub code_hash: Option<String>,
+        pub attempts_left: i32,
+        pub created_at: i64,
+        pub expires_at: i64,
+        pub used_at: Option<i64>,
+        pub peer: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod totp_credential {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "totp_credentials")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: Uuid,
+        /// The shared secret, sealed with the server's encryption key.
+        pub secret_sealed: String,
+        pub created_at: i64,
+        /// Set once a code from the app proved the enrolment.
+        pub confirmed_at: Option<i64>,
+        /// The last time step whose code was accepted (a code works once).
+        pub last_step: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -41,6 +41,7 @@ pub(crate) fn organisation_from_row(row: organisation::Model) -> DomainResult<Or
                 email: row.billing_email,
                 reference: row.billing_reference,
             },
+            second_factor_required: row.second_factor_required,
         },
         licences_used: row.licences_used,
         version: row.version,

@@ -381,8 +381,16 @@ impl Domain {
         };
         // Hashed before the transaction: no write lock waits for argon2. The
         // rule about the person's own login ids is checked once they are known.
+        // The length rule is the person's (a second factor allows shorter
+        // passwords), read before any try of the proof is spent.
         let password = match new_password {
-            Some(password) => Some((self.hash_new_password("password", &password, &[]).await?, password)),
+            Some(password) => {
+                let min_chars = self.min_password_chars_for_secret(&hash).await?;
+                Some((
+                    self.hash_new_password("password", &password, &[], min_chars).await?,
+                    password,
+                ))
+            }
             None => None,
         };
         let now = now_millis();
@@ -440,7 +448,8 @@ impl Domain {
                 .into_iter()
                 .flatten()
                 .collect();
-            crate::passwords::check_new_password(typed, &login_ids, self.settings.passwords.min_chars)
+            let min_chars = self.min_password_chars(&txn, &row).await?;
+            crate::passwords::check_new_password(typed, &login_ids, min_chars)
                 .map_err(|rule| DomainError::invalid("password", rule))?;
         }
         let org = lock_organisation(&txn, row.organisation_id).await?;

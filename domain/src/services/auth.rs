@@ -32,21 +32,23 @@ const KIND_API: &str = "API";
 /// Login later), never to anyone else.
 pub(crate) const KIND_SESSION: &str = "SESSION";
 
-/// token id, kind, expiry, revocation, user id, user's organisation, user's
-/// state, one role, user's first name, surname and e-mail.
-type TokenRow = (
-    Uuid,
-    String,
-    Option<i64>,
-    Option<i64>,
-    Option<Uuid>,
-    Option<Uuid>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
+/// A token with its user's state and one role (one row per role).
+#[derive(Debug, Clone, sea_orm::FromQueryResult)]
+struct TokenRow {
+    id: Uuid,
+    kind: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    last_used_at: Option<i64>,
+    user_id: Option<Uuid>,
+    organisation_id: Option<Uuid>,
+    state: Option<String>,
+    role: Option<String>,
+    first_name: Option<String>,
+    surname: Option<String>,
+    email: Option<String>,
+}
 
 impl Domain {
     /// Resolves a bearer token to its caller. Every failure reads the same to
@@ -81,8 +83,10 @@ impl Domain {
             .columns([
                 api_token::Column::Id,
                 api_token::Column::Kind,
+                api_token::Column::CreatedAt,
                 api_token::Column::ExpiresAt,
                 api_token::Column::RevokedAt,
+                api_token::Column::LastUsedAt,
                 api_token::Column::UserId,
             ])
             .column(user::Column::OrganisationId)
@@ -98,16 +102,41 @@ impl Domain {
             )
             .join_rev(JoinType::LeftJoin, crate::persistence::roles_of_user())
             .filter(api_token::Column::TokenHash.eq(&hash))
-            .into_tuple()
+            .into_model::<TokenRow>()
             .all(&self.db)
             .await?;
-        let Some((token_id, kind, expires_at, revoked_at, user_id, organisation_id, state, _, first, surname, email)) =
-            rows.first().cloned()
+        let Some(TokenRow {
+            id: token_id,
+            kind,
+            created_at,
+            expires_at,
+            revoked_at,
+            last_used_at,
+            user_id,
+            organisation_id,
+            state,
+            first_name: first,
+            surname,
+            email,
+            ..
+        }) = rows.first().cloned()
         else {
             return Err(refused());
         };
         if revoked_at.is_some() || expires_at.is_some_and(|at| at <= now) {
             return Err(refused());
+        }
+        let mut expires_at = expires_at;
+        if kind == KIND_SESSION {
+            // Idle expiry: a session unused for session_idle_ms ends.
+            let idle_ms = self.settings.session_idle_ms;
+            let last_used = last_used_at.unwrap_or(created_at);
+            if now - last_used >= idle_ms {
+                return Err(refused());
+            }
+            let idle_end = self.note_session_use(token_id, last_used, now).await? + idle_ms;
+            // The cache may not keep it past its idle end either.
+            expires_at = Some(expires_at.map_or(idle_end, |at| at.min(idle_end)));
         }
         if kind == KIND_OPERATOR {
             let caller = Caller::new(Principal::Operator { token_id });
@@ -123,7 +152,7 @@ impl Domain {
         }
         let roles = rows
             .iter()
-            .filter_map(|row| row.7.as_deref())
+            .filter_map(|row| row.role.as_deref())
             .map(parse::<Role>)
             .collect::<DomainResult<Vec<_>>>()?;
         let caller = Caller::new(Principal::Member {
@@ -137,6 +166,26 @@ impl Domain {
         );
         self.auth_cache.put(hash, caller.clone(), now, expires_at);
         Ok(caller)
+    }
+
+    /// Notes that a session was used, at most every `mark_every` (a
+    /// minute, or a quarter of the idle time when that is shorter): reads
+    /// stay reads in the common case, and the idle end is never more than
+    /// that early.
+    /// Returns the use the idle time now counts from.
+    async fn note_session_use(&self, token_id: Uuid, last_used: Millis, now: Millis) -> DomainResult<Millis> {
+        let mark_every = (self.settings.session_idle_ms / 4).clamp(1, 60_000);
+        if now - last_used < mark_every {
+            return Ok(last_used);
+        }
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        api_token::Entity::update_many()
+            .col_expr(api_token::Column::LastUsedAt, sea_orm::sea_query::Expr::value(now))
+            .filter(api_token::Column::Id.eq(token_id))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(now)
     }
 
     /// On the embedded default with no operator token configured: makes one
@@ -168,6 +217,7 @@ impl Domain {
             expires_at: Set(None),
             revoked_at: Set(None),
             create_request_id: Set(None),
+            last_used_at: Set(None),
         })
         .exec_without_returning(&self.db)
         .await?;
@@ -198,6 +248,7 @@ impl Domain {
             expires_at: Set(Some(expires_at)),
             revoked_at: Set(None),
             create_request_id: Set(None),
+            last_used_at: Set(None),
         })
         .exec_without_returning(txn)
         .await?;
@@ -259,6 +310,7 @@ impl Domain {
             expires_at: Set(Some(expires_at)),
             revoked_at: Set(None),
             create_request_id: Set(request_id.map(str::to_owned)),
+            last_used_at: Set(None),
         })
         .exec_with_returning(&txn)
         .await;

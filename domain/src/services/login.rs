@@ -32,6 +32,7 @@ use crate::persistence::mapping::parse;
 use crate::policy::{Action, Caller};
 use crate::secrets::{Secret, token_hash};
 use crate::services::activation::person_caller;
+use crate::services::second_factor::LoginOutcome;
 use crate::validate::Violations;
 
 /// A lock with no end: only an administrator lifts it.
@@ -63,7 +64,7 @@ fn refused() -> DomainError {
 }
 
 /// The outcome of reserving a try.
-enum Reserved {
+pub(crate) enum Reserved {
     /// A try is taken; `locks` says this try, if wrong, is the one that
     /// locked the account (the lock is already set).
     Try { locks: bool },
@@ -74,7 +75,7 @@ enum Reserved {
 impl Domain {
     /// Checks a login id and password; starts a session (R-AUTH-2).
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
-    pub async fn login(&self, attempt: LoginAttempt) -> DomainResult<LoggedIn> {
+    pub async fn login(&self, attempt: LoginAttempt) -> DomainResult<LoginOutcome> {
         let mut v = Violations::default();
         check_login_id(&mut v, &attempt.login_id);
         if attempt.password.is_empty() {
@@ -110,7 +111,7 @@ impl Domain {
         };
         let checked = self.hasher.check(&attempt.password, Some(&credential.phc)).await?;
         if !checked.matches {
-            self.record_login_failure(&person, locks, attempt.peer.as_deref(), now)
+            self.record_login_failure(&person, locks, attempt.peer.as_deref(), now, Activity::LoginFailed)
                 .await?;
             return Err(refused());
         }
@@ -121,7 +122,8 @@ impl Domain {
         } else {
             None
         };
-        self.finish_login(person, rehashed, attempt.peer.as_deref()).await
+        self.finish_login(person, rehashed, locks, attempt.peer.as_deref())
+            .await
     }
 
     /// The one person a login id (e-mail address or username, compared by
@@ -150,7 +152,7 @@ impl Domain {
 
     /// Takes one try in one statement: only while not locked and tries are
     /// left; the last try sets the lock (lifted again if it is right).
-    async fn reserve_login_try(&self, user_id: Uuid, now: Millis) -> DomainResult<Reserved> {
+    pub(crate) async fn reserve_login_try(&self, user_id: Uuid, now: Millis) -> DomainResult<Reserved> {
         let settings = &self.settings.passwords;
         let max = settings.max_failures;
         let after = Expr::col(password_credential::Column::FailedAttempts).add(1);
@@ -210,12 +212,15 @@ impl Domain {
         })
     }
 
-    async fn record_login_failure(
+    /// A wrong password or second-factor code (`activity`), and the lock
+    /// its try set, in history.
+    pub(crate) async fn record_login_failure(
         &self,
         person: &user::Model,
         locked: bool,
         peer: Option<&str>,
         now: Millis,
+        activity: Activity,
     ) -> DomainResult<()> {
         let txn = crate::persistence::begin_write(&self.db).await?;
         let system = Caller::system("login");
@@ -226,7 +231,7 @@ impl Domain {
             NewEvent {
                 organisation_id: Some(person.organisation_id),
                 subject: Subject::User(person.id),
-                activity: Activity::LoginFailed,
+                activity,
                 caller: &system,
                 at: now,
                 changes: changes.clone(),
@@ -234,97 +239,112 @@ impl Domain {
         )
         .await?;
         if locked {
-            let until = password_credential::Entity::find_by_id(person.id)
-                .one(&txn)
-                .await?
-                .and_then(|row| row.locked_until);
-            let mut lock_changes = changes;
-            diff(
-                &mut lock_changes,
-                "locked_until",
-                "",
-                match until {
-                    Some(PERMANENT) | None => "until unlocked".to_owned(),
-                    Some(at) => crate::mail::date(at),
-                },
-            );
-            history::record(
-                &txn,
-                NewEvent {
-                    organisation_id: Some(person.organisation_id),
-                    subject: Subject::User(person.id),
-                    activity: Activity::LoginLocked,
-                    caller: &system,
-                    at: now,
-                    changes: lock_changes,
-                },
-            )
-            .await?;
-            tracing::info!(user = %person.id, "login locked after repeated wrong passwords");
+            record_lock_in(&txn, person, changes, now).await?;
         }
         txn.commit().await?;
         Ok(())
     }
 
-    /// The right password: tries back, lock lifted, a session started, all
-    /// in one transaction with its history event.
+    /// The right password: a session, or the second step where one is
+    /// required. A hash with old parameters is replaced in the same
+    /// transaction.
     async fn finish_login(
         &self,
         person: user::Model,
         rehashed: Option<String>,
+        locks: bool,
         peer: Option<&str>,
-    ) -> DomainResult<LoggedIn> {
+    ) -> DomainResult<LoginOutcome> {
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
-        let mut reset = password_credential::Entity::update_many()
-            .col_expr(password_credential::Column::FailedAttempts, Expr::value(0))
-            .col_expr(password_credential::Column::Lockouts, Expr::value(0))
-            .col_expr(
-                password_credential::Column::LockedUntil,
-                Expr::value(Option::<i64>::None),
-            )
-            .col_expr(password_credential::Column::LastLoginAt, Expr::value(now));
         if let Some(phc) = rehashed {
-            reset = reset.col_expr(password_credential::Column::Phc, Expr::value(phc));
+            password_credential::Entity::update_many()
+                .col_expr(password_credential::Column::Phc, Expr::value(phc))
+                .filter(password_credential::Column::UserId.eq(person.id))
+                .exec(&txn)
+                .await?;
         }
-        reset
-            .filter(password_credential::Column::UserId.eq(person.id))
-            .exec(&txn)
-            .await?;
         // Read again inside the transaction: the user may have been
         // deactivated while the password was checked.
         let person = user::Entity::find_by_id(person.id)
             .one(&txn)
             .await?
             .ok_or_else(|| DomainError::not_found("user", person.id))?;
-        let state: UserState = parse(&person.state)?;
-        if state != UserState::Active {
+        if let Some(method) = self.second_factor_for(&txn, &person).await? {
+            // The password's try stays spent until the second factor is
+            // proved, and a lock it set stays: knowing the password buys no
+            // fresh tries at the code.
+            if locks {
+                let mut changes = Vec::new();
+                diff(&mut changes, "peer", "", peer.unwrap_or("unknown"));
+                record_lock_in(&txn, &person, changes, now).await?;
+                txn.commit().await?;
+                return Err(refused());
+            }
+            if let Err(not_active) = self.ensure_may_log_in(&person) {
+                txn.commit().await?;
+                return Err(not_active);
+            }
+            let challenge = self.start_challenge_in(&txn, &person, method, peer, now).await?;
             txn.commit().await?;
-            return Err(DomainError::precondition(
-                Reason::UserNotActive,
-                match state {
-                    UserState::PendingActivation => "this login is not activated yet; use the activation link or code",
-                    _ => "this login is deactivated; ask your user administrator",
-                },
-            ));
+            return Ok(LoginOutcome::SecondFactor(challenge));
         }
-        let (session_token, session_expires_at) = self.issue_session(&txn, &person, "login", now).await?;
+        if let Err(not_active) = self.ensure_may_log_in(&person) {
+            reset_login_tries(&txn, person.id, None).await?;
+            txn.commit().await?;
+            return Err(not_active);
+        }
+        let logged_in = self.complete_login_in(&txn, &person, peer, None, now).await?;
+        txn.commit().await?;
+        Ok(LoginOutcome::LoggedIn(logged_in))
+    }
+
+    /// USER_NOT_ACTIVE unless `person` may log in; said only to whoever
+    /// gave the right password.
+    pub(crate) fn ensure_may_log_in(&self, person: &user::Model) -> DomainResult<()> {
+        let state: UserState = parse(&person.state)?;
+        if state == UserState::Active {
+            return Ok(());
+        }
+        Err(DomainError::precondition(
+            Reason::UserNotActive,
+            match state {
+                UserState::PendingActivation => "this login is not activated yet; use the activation link or code",
+                _ => "this login is deactivated; ask your user administrator",
+            },
+        ))
+    }
+
+    /// Every factor proved: tries back, lock lifted, a session started, with
+    /// its history event, inside `txn`.
+    pub(crate) async fn complete_login_in(
+        &self,
+        txn: &DatabaseTransaction,
+        person: &user::Model,
+        peer: Option<&str>,
+        second_factor: Option<SecondFactorMethod>,
+        now: Millis,
+    ) -> DomainResult<LoggedIn> {
+        reset_login_tries(txn, person.id, Some(now)).await?;
+        let (session_token, session_expires_at) = self.issue_session(txn, person, "login", now).await?;
         let mut changes = Vec::new();
         diff(&mut changes, "peer", "", peer.unwrap_or("unknown"));
         diff(&mut changes, "session", "", "started");
+        if let Some(method) = second_factor {
+            diff(&mut changes, "second_factor", "", method.as_str());
+        }
         history::record(
-            &txn,
+            txn,
             NewEvent {
                 organisation_id: Some(person.organisation_id),
                 subject: Subject::User(person.id),
                 activity: Activity::LoginSucceeded,
-                caller: &person_caller(&person),
+                caller: &person_caller(person),
                 at: now,
                 changes,
             },
         )
         .await?;
-        txn.commit().await?;
         Ok(LoggedIn {
             user_id: person.id,
             organisation_id: person.organisation_id,
@@ -366,9 +386,9 @@ impl Domain {
         field: &str,
         password: &Password,
         login_ids: &[&str],
+        min_chars: usize,
     ) -> DomainResult<String> {
-        check_new_password(password, login_ids, self.settings.passwords.min_chars)
-            .map_err(|rule| DomainError::invalid(field, rule))?;
+        check_new_password(password, login_ids, min_chars).map_err(|rule| DomainError::invalid(field, rule))?;
         self.hasher.hash(password).await
     }
 
@@ -523,6 +543,62 @@ pub(crate) fn check_login_id(v: &mut Violations, login_id: &str) {
     } else if login_id.chars().count() > 320 {
         v.add("login_id", "must be at most 320 characters");
     }
+}
+
+/// The lock a try just set, in history (`changes` says where from).
+async fn record_lock_in(
+    txn: &DatabaseTransaction,
+    person: &user::Model,
+    mut changes: Vec<FieldChange>,
+    now: Millis,
+) -> DomainResult<()> {
+    let until = password_credential::Entity::find_by_id(person.id)
+        .one(txn)
+        .await?
+        .and_then(|row| row.locked_until);
+    diff(
+        &mut changes,
+        "locked_until",
+        "",
+        match until {
+            Some(PERMANENT) | None => "until unlocked".to_owned(),
+            Some(at) => crate::mail::date(at),
+        },
+    );
+    history::record(
+        txn,
+        NewEvent {
+            organisation_id: Some(person.organisation_id),
+            subject: Subject::User(person.id),
+            activity: Activity::LoginLocked,
+            caller: &Caller::system("login"),
+            at: now,
+            changes,
+        },
+    )
+    .await?;
+    tracing::info!(user = %person.id, "login locked after repeated wrong passwords or codes");
+    Ok(())
+}
+
+/// Gives the account's tries back and lifts its lock; with `login_at`,
+/// also notes the login.
+async fn reset_login_tries(txn: &DatabaseTransaction, user_id: Uuid, login_at: Option<Millis>) -> DomainResult<()> {
+    let mut reset = password_credential::Entity::update_many()
+        .col_expr(password_credential::Column::FailedAttempts, Expr::value(0))
+        .col_expr(password_credential::Column::Lockouts, Expr::value(0))
+        .col_expr(
+            password_credential::Column::LockedUntil,
+            Expr::value(Option::<i64>::None),
+        );
+    if let Some(at) = login_at {
+        reset = reset.col_expr(password_credential::Column::LastLoginAt, Expr::value(at));
+    }
+    reset
+        .filter(password_credential::Column::UserId.eq(user_id))
+        .exec(txn)
+        .await?;
+    Ok(())
 }
 
 /// `now + duration` as a value, or the permanent lock.

@@ -12,6 +12,8 @@ pub mod notifications;
 pub mod organisations;
 pub mod outbox;
 pub mod password_reset;
+pub mod second_factor;
+pub mod sessions;
 pub mod sweeps;
 pub mod users;
 

@@ -47,6 +47,7 @@ pub struct SettingsPatch {
     pub deletion_policy: Option<DeletionPolicy>,
     pub max_administrators: Option<i32>,
     pub billing: Option<BillingDetails>,
+    pub second_factor_required: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +157,7 @@ impl Domain {
             billing_address: Set(String::new()),
             billing_email: Set(String::new()),
             billing_reference: Set(String::new()),
+            second_factor_required: Set(false),
             create_request_id: Set(new.request_id.clone()),
             version: Set(1),
             created_at: Set(now),
@@ -438,6 +440,15 @@ impl Domain {
             active.billing_address = Set(billing.address);
             active.billing_email = Set(billing.email);
             active.billing_reference = Set(billing.reference);
+        }
+        if let Some(value) = patch.second_factor_required {
+            diff(
+                &mut changes,
+                "second_factor_required",
+                row.second_factor_required,
+                value,
+            );
+            active.second_factor_required = Set(value);
         }
         self.finish_organisation_write(txn, row, active, changes, Activity::SettingsUpdated, caller, now)
             .await

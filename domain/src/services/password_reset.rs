@@ -132,7 +132,8 @@ impl Domain {
         }
         v.into_result()?;
         // Hashed before the transaction, as at activation.
-        let phc = self.hash_new_password("password", &password, &[]).await?;
+        let min_chars = self.min_password_chars_for_secret(&token_hash(token.trim())).await?;
+        let phc = self.hash_new_password("password", &password, &[], min_chars).await?;
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
         let Some(stored) = activation_secret::Entity::find()
@@ -172,8 +173,8 @@ impl Domain {
             .into_iter()
             .flatten()
             .collect();
-        check_new_password(&password, &login_ids, self.settings.passwords.min_chars)
-            .map_err(|rule| DomainError::invalid("password", rule))?;
+        let min_chars = self.min_password_chars(&txn, &row).await?;
+        check_new_password(&password, &login_ids, min_chars).map_err(|rule| DomainError::invalid("password", rule))?;
         if !take_secret(&txn, stored.id, now).await? {
             return Err(DomainError::precondition(
                 Reason::PasswordResetUsed,

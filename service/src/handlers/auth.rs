@@ -3,6 +3,7 @@ use orgadmin_domain::Principal;
 use orgadmin_domain::model::ApiToken;
 use orgadmin_domain::passwords::Password;
 use orgadmin_domain::services::login::LoginAttempt;
+use orgadmin_domain::services::second_factor::LoginOutcome;
 use orgadmin_proto::v1 as pb;
 use orgadmin_proto::v1::auth_service_server::AuthService;
 use tonic::{Request, Response, Status};
@@ -51,12 +52,113 @@ impl AuthService for AuthHandler {
             })
             .await
             .into_status()?;
-        Ok(Response::new(pb::LoginResponse {
-            user_id: logged_in.user_id.to_string(),
-            organisation_id: logged_in.organisation_id.to_string(),
-            session_token: logged_in.session_token.into_exposed(),
-            session_expire_time: Some(timestamp(logged_in.session_expires_at)),
+        Ok(Response::new(match logged_in {
+            LoginOutcome::LoggedIn(session) => pb::LoginResponse {
+                user_id: session.user_id.to_string(),
+                organisation_id: session.organisation_id.to_string(),
+                session_token: session.session_token.into_exposed(),
+                session_expire_time: Some(timestamp(session.session_expires_at)),
+                ..Default::default()
+            },
+            LoginOutcome::SecondFactor(challenge) => pb::LoginResponse {
+                user_id: challenge.user_id.to_string(),
+                organisation_id: challenge.organisation_id.to_string(),
+                second_factor: second_factor_method_to_pb(challenge.method) as i32,
+                challenge_token: challenge.challenge_token.into_exposed(),
+                challenge_expire_time: Some(timestamp(challenge.expires_at)),
+                ..Default::default()
+            },
         }))
+    }
+
+    async fn verify_login_code(
+        &self,
+        request: Request<pb::VerifyLoginCodeRequest>,
+    ) -> Result<Response<pb::VerifyLoginCodeResponse>, Status> {
+        // No bearer token: the challenge token and the code are the credential.
+        crate::bounds::check(request.get_ref()).into_status()?;
+        let peer = super::peer(&self.domain, &request);
+        let r = request.into_inner();
+        self.domain
+            .limit_sign_in_attempt("login_code", None, peer.as_deref())
+            .into_status()?;
+        let session = self
+            .domain
+            .verify_login_code(&r.challenge_token, &r.code, peer)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::VerifyLoginCodeResponse {
+            user_id: session.user_id.to_string(),
+            organisation_id: session.organisation_id.to_string(),
+            session_token: session.session_token.into_exposed(),
+            session_expire_time: Some(timestamp(session.session_expires_at)),
+        }))
+    }
+
+    async fn enroll_totp(
+        &self,
+        request: Request<pb::EnrollTotpRequest>,
+    ) -> Result<Response<pb::EnrollTotpResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let enrolment = self.domain.enroll_totp(&caller).await.into_status()?;
+        Ok(Response::new(pb::EnrollTotpResponse {
+            secret: enrolment.secret.into_exposed(),
+            otpauth_uri: enrolment.otpauth_uri.into_exposed(),
+        }))
+    }
+
+    async fn confirm_totp(
+        &self,
+        request: Request<pb::ConfirmTotpRequest>,
+    ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        self.domain
+            .confirm_totp(&caller, &request.get_ref().code)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ConfirmTotpResponse {}))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let bearer = super::bearer(request.metadata())?;
+        let user_id = opt_string(request.get_ref().user_id.clone())
+            .map(|u| id("user_id", &u))
+            .transpose()
+            .into_status()?;
+        let sessions = self
+            .domain
+            .list_sessions(&caller, user_id, bearer)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: sessions
+                .into_iter()
+                .map(|s| pb::Session {
+                    id: s.id.to_string(),
+                    user_id: s.user_id.to_string(),
+                    name: s.name,
+                    create_time: Some(timestamp(s.created_at)),
+                    expire_time: Some(timestamp(s.expires_at)),
+                    last_use_time: Some(timestamp(s.last_used_at)),
+                    idle_expire_time: Some(timestamp(s.idle_expires_at)),
+                    current: s.current,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let session_id = id("id", &request.get_ref().id).into_status()?;
+        self.domain.revoke_session(&caller, session_id).await.into_status()?;
+        Ok(Response::new(pb::RevokeSessionResponse {}))
     }
 
     async fn request_password_reset(

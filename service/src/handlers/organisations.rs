@@ -44,6 +44,7 @@ fn settings_to_pb(org: &Organisation) -> pb::OrganisationSettings {
             reference: s.billing.reference.clone(),
         }),
         etag: org.version.to_string(),
+        second_factor_required: s.second_factor_required,
     }
 }
 
@@ -165,6 +166,7 @@ impl OrganisationService for OrganisationHandler {
                 "deletion_policy",
                 "max_administrators",
                 "billing",
+                "second_factor_required",
             ],
         )
         .into_status()?;
@@ -197,6 +199,7 @@ impl OrganisationService for OrganisationHandler {
                     )
                 }
                 "max_administrators" => patch.max_administrators = Some(s.max_administrators),
+                "second_factor_required" => patch.second_factor_required = Some(s.second_factor_required),
                 _ => {
                     let b = s.billing.clone().unwrap_or_default();
                     patch.billing = Some(model::BillingDetails {

@@ -396,6 +396,18 @@ impl UserService for UserHandler {
         }))
     }
 
+    async fn remove_authenticator(
+        &self,
+        request: Request<pb::RemoveAuthenticatorRequest>,
+    ) -> Result<Response<pb::RemoveAuthenticatorResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let user_id = id("user_id", &request.get_ref().user_id).into_status()?;
+        let user = self.domain.remove_authenticator(&caller, user_id).await.into_status()?;
+        Ok(Response::new(pb::RemoveAuthenticatorResponse {
+            user: Some(user_to_pb(user)),
+        }))
+    }
+
     async fn send_password_reset(
         &self,
         request: Request<pb::SendPasswordResetRequest>,

@@ -1,0 +1,136 @@
+//! A person's sessions (R-AUTH-3): listing the live ones and ending one.
+//! Everyone may see and end their own; user administrators (the operator,
+//! for organisation administrators) a user's, e.g. after a lost laptop.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::Domain;
+use crate::error::{DomainError, DomainResult};
+use crate::model::*;
+use crate::persistence::entities::api_token;
+use crate::persistence::history::{self, NewEvent, Subject, diff};
+use crate::policy::{Action, Caller};
+use crate::secrets::token_hash;
+use crate::services::auth::KIND_SESSION;
+
+/// A live session, without its token.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub last_used_at: Millis,
+    pub idle_expires_at: Millis,
+    /// The session the call was made with.
+    pub current: bool,
+}
+
+impl Domain {
+    /// The live sessions of `user_id` (the caller's own when `None`), newest
+    /// first.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn list_sessions(
+        &self,
+        caller: &Caller,
+        user_id: Option<Uuid>,
+        bearer: &str,
+    ) -> DomainResult<Vec<Session>> {
+        let user_id = self.sessions_owner(caller, user_id).await?;
+        let now = now_millis();
+        let idle_ms = self.settings.session_idle_ms;
+        let presented = token_hash(bearer);
+        let rows = api_token::Entity::find()
+            .filter(api_token::Column::UserId.eq(user_id))
+            .filter(api_token::Column::Kind.eq(KIND_SESSION))
+            .filter(api_token::Column::RevokedAt.is_null())
+            .filter(api_token::Column::ExpiresAt.gt(now))
+            .filter(
+                Condition::any()
+                    .add(api_token::Column::LastUsedAt.gt(now - idle_ms))
+                    .add(
+                        Condition::all()
+                            .add(api_token::Column::LastUsedAt.is_null())
+                            .add(api_token::Column::CreatedAt.gt(now - idle_ms)),
+                    ),
+            )
+            .order_by_desc(api_token::Column::Id)
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let last_used_at = row.last_used_at.unwrap_or(row.created_at);
+                let expires_at = row.expires_at.unwrap_or(Millis::MAX);
+                Session {
+                    id: row.id,
+                    user_id,
+                    name: row.name,
+                    created_at: row.created_at,
+                    expires_at,
+                    last_used_at,
+                    idle_expires_at: (last_used_at + idle_ms).min(expires_at),
+                    current: row.token_hash == presented,
+                }
+            })
+            .collect())
+    }
+
+    /// Ends one session of the caller's, or of a user the caller manages.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn revoke_session(&self, caller: &Caller, id: Uuid) -> DomainResult<()> {
+        let not_found = || DomainError::not_found("session", id);
+        let row = api_token::Entity::find_by_id(id)
+            .filter(api_token::Column::Kind.eq(KIND_SESSION))
+            .one(&self.db)
+            .await?
+            .ok_or_else(not_found)?;
+        let owner = row.user_id.ok_or_else(not_found)?;
+        self.sessions_owner(caller, Some(owner)).await?;
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let ended = api_token::Entity::update_many()
+            .col_expr(api_token::Column::RevokedAt, Expr::value(now))
+            .filter(api_token::Column::Id.eq(id))
+            .filter(api_token::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        if ended.rows_affected == 1 {
+            let mut changes = Vec::new();
+            diff(&mut changes, "session", &row.name, "ended");
+            history::record(
+                &txn,
+                NewEvent {
+                    organisation_id: row.organisation_id,
+                    subject: Subject::User(owner),
+                    activity: Activity::SessionRevoked,
+                    caller,
+                    at: now,
+                    changes,
+                },
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        self.auth_cache.clear();
+        Ok(())
+    }
+
+    /// Whose sessions the caller asks about, after the policy check.
+    async fn sessions_owner(&self, caller: &Caller, user_id: Option<Uuid>) -> DomainResult<Uuid> {
+        let user_id = match user_id.or(caller.user_id()) {
+            Some(id) => id,
+            None => {
+                return Err(DomainError::denied(
+                    "operators have no sessions; name the user_id whose sessions to see",
+                ));
+            }
+        };
+        self.authorize_on_user(caller, Action::ManageSessions, user_id).await?;
+        Ok(user_id)
+    }
+}

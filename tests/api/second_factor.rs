@@ -1,0 +1,448 @@
+//! R-AUTH-3: the second factor of a login (a code mailed through the outbox
+//! and read here off the real SMTP server, or an authenticator app's code
+//! computed here by RFC 6238), wrong codes counting towards the lock, the
+//! shorter password a second factor allows, and sessions: listed, revoked,
+//! ended when idle.
+
+use std::time::Duration;
+
+use orgadmin_domain::DomainSettings;
+use orgadmin_domain::passwords::PasswordSettings;
+use orgadmin_domain::totp;
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+use tonic::Code;
+
+both_backends!(
+    mailed_code_completes_a_login_where_the_organisation_requires_it,
+    authenticator_app_codes_complete_a_login,
+    wrong_codes_count_towards_the_lock,
+    sessions_are_listed_revoked_and_end_when_idle,
+);
+
+async fn verify(app: &TestApp, challenge: &str, code: &str) -> Result<pb::VerifyLoginCodeResponse, tonic::Status> {
+    app.auth()
+        .verify_login_code(req(
+            "",
+            pb::VerifyLoginCodeRequest {
+                challenge_token: challenge.to_owned(),
+                code: code.to_owned(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The six-digit codes of the login-code mails `to` received, oldest first
+/// (no other mail has a line of six digits alone).
+fn mailed_codes(sink: &SmtpSink, to: &str) -> Vec<String> {
+    sink.received()
+        .into_iter()
+        .filter(|m| m.to.iter().any(|t| t == to))
+        .filter_map(|m| {
+            m.text
+                .lines()
+                .map(str::trim)
+                .find(|line| line.len() == 6 && line.bytes().all(|b| b.is_ascii_digit()))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Waits for the `count`th login code mailed to `to`.
+async fn wait_for_code(sink: &SmtpSink, to: &str, count: usize) -> String {
+    for _ in 0..200 {
+        let codes = mailed_codes(sink, to);
+        if codes.len() >= count {
+            return codes[count - 1].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("login code {count} to {to} did not arrive within 10 s");
+}
+
+async fn mailed_code_completes_a_login_where_the_organisation_requires_it(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let sink = SmtpSink::start(0);
+    let fixture = app.org_with_admin().await;
+    app.require_second_factor(&fixture).await;
+    let (anna, email) = app.member_with_password(&fixture, "Anna", &[]).await;
+    let worker = TestWorker::start(&app, worker_config(&app, &sink.url()));
+
+    // The right password: no session yet, a challenge.
+    let first = app.login(&email, TEST_PASSWORD).await.expect("password accepted");
+    assert!(first.session_token.is_empty(), "a session before the second factor");
+    assert_eq!(first.second_factor(), pb::SecondFactorMethod::MailCode);
+    assert_eq!(first.user_id, anna.id);
+    assert!(first.challenge_expire_time.is_some());
+    let code = wait_for_code(&sink, &email, 1).await;
+    let mail = sink.received().into_iter().find(|m| m.text.contains(&code)).unwrap();
+    assert!(!mail.text.contains(TEST_PASSWORD) && !mail.html.contains(TEST_PASSWORD));
+    assert!(mail.html.contains(&code));
+
+    // Bad input is refused by field; a wrong code like any refusal.
+    let malformed = assert_code(
+        verify(&app, &first.challenge_token, "12ab").await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&malformed), vec!["code".to_string()]);
+    let wrong_code = if code == "000000" { "111111" } else { "000000" };
+    let wrong = assert_code(
+        verify(&app, &first.challenge_token, wrong_code).await,
+        Code::Unauthenticated,
+    );
+    let unknown = assert_code(verify(&app, "oat_not_a_challenge", &code).await, Code::Unauthenticated);
+    assert_eq!(wrong.message(), unknown.message(), "refusals read alike");
+    let failed = app
+        .history_of(&fixture.admin_token, &anna.id, pb::HistoryActivity::SecondFactorFailed)
+        .await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(changed_to(&failed[0], "peer"), Some("127.0.0.1"));
+
+    // The right code (spaces forgiven) starts the session, once.
+    let spaced = format!("{} {}", &code[..3], &code[3..]);
+    let session = verify(&app, &first.challenge_token, &spaced)
+        .await
+        .expect("the mailed code");
+    assert_eq!(session.user_id, anna.id);
+    assert_eq!(app.who_am_i(&session.session_token).await.unwrap().user_id, anna.id);
+    assert_code(verify(&app, &first.challenge_token, &code).await, Code::Unauthenticated);
+    let requested = app
+        .history_of(
+            &fixture.admin_token,
+            &anna.id,
+            pb::HistoryActivity::SecondFactorRequested,
+        )
+        .await;
+    assert_eq!(changed_to(&requested[0], "method"), Some("MAIL_CODE"));
+    let logins = app
+        .history_of(&fixture.admin_token, &anna.id, pb::HistoryActivity::LoginSucceeded)
+        .await;
+    assert_eq!(logins.len(), 1);
+    assert_eq!(changed_to(&logins[0], "second_factor"), Some("MAIL_CODE"));
+
+    // A code belongs to its own login: the first one does not complete a second.
+    let second = app.login(&email, TEST_PASSWORD).await.expect("password accepted");
+    assert_code(
+        verify(&app, &second.challenge_token, &code).await,
+        Code::Unauthenticated,
+    );
+    let next = wait_for_code(&sink, &email, 2).await;
+    verify(&app, &second.challenge_token, &next)
+        .await
+        .expect("the second code");
+
+    // With a second factor required, 8 characters are enough (NIST).
+    let request = new_user(&fixture.org.id, "Bo", &[]);
+    let (bo_email, bo_cpr) = (request.email.clone(), request.cpr.clone());
+    app.users()
+        .create_user(req(&fixture.admin_token, request))
+        .await
+        .unwrap();
+    app.activate_by_link_with_password(&bo_email, &bo_cpr, "Kvist9Lygte")
+        .await;
+    let bo = app
+        .login(&bo_email, "Kvist9Lygte")
+        .await
+        .expect("short password accepted");
+    assert_eq!(bo.second_factor(), pb::SecondFactorMethod::MailCode);
+    worker.stop().await;
+    app.finish().await;
+}
+
+/// The code an app shows for `secret` (base32) at `offset` steps from now.
+fn app_code(secret: &str, offset: i64) -> String {
+    let key = totp::base32_decode(secret).expect("base32 secret");
+    let now = chrono::Utc::now().timestamp();
+    totp::code_for_step(&key, totp::step_at(now) + offset, totp::DIGITS)
+}
+
+async fn authenticator_app_codes_complete_a_login(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (anna, email) = app.member_with_password(&fixture, "Anna", &[]).await;
+    let session = app.login(&email, TEST_PASSWORD).await.unwrap().session_token;
+    let nothing_pending = assert_code(
+        app.auth()
+            .confirm_totp(req(&session, pb::ConfirmTotpRequest { code: "123456".into() }))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&nothing_pending), "NO_AUTHENTICATOR_PENDING");
+
+    let enrolment = app
+        .auth()
+        .enroll_totp(req(&session, pb::EnrollTotpRequest {}))
+        .await
+        .expect("enrol")
+        .into_inner();
+    assert!(enrolment.otpauth_uri.starts_with("otpauth://totp/"));
+    assert!(enrolment.otpauth_uri.contains(&format!("secret={}", enrolment.secret)));
+    assert_eq!(
+        totp::base32_decode(&enrolment.secret).unwrap().len(),
+        totp::SECRET_BYTES
+    );
+    // Until confirmed, logins do not ask for it.
+    let plain = app.login(&email, TEST_PASSWORD).await.unwrap();
+    assert!(!plain.session_token.is_empty());
+
+    // A code from another secret is refused by field; the app's is taken.
+    let wrong = assert_code(
+        app.auth()
+            .confirm_totp(req(
+                &session,
+                pb::ConfirmTotpRequest {
+                    code: app_code("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ", 0),
+                },
+            ))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&wrong), vec!["code".to_string()]);
+    app.auth()
+        .confirm_totp(req(
+            &session,
+            pb::ConfirmTotpRequest {
+                code: app_code(&enrolment.secret, 0),
+            },
+        ))
+        .await
+        .expect("confirm with the app's code");
+    let enrolled = app
+        .history_of(
+            &fixture.admin_token,
+            &anna.id,
+            pb::HistoryActivity::AuthenticatorEnrolled,
+        )
+        .await;
+    assert_eq!(enrolled.len(), 1);
+    let again = assert_code(
+        app.auth().enroll_totp(req(&session, pb::EnrollTotpRequest {})).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&again), "AUTHENTICATOR_ENROLLED");
+
+    // Now every login asks for the app's code (the organisation requires
+    // nothing: the person chose it). The step the confirmation used is
+    // spent; the next step's code is within the window.
+    let challenged = app.login(&email, TEST_PASSWORD).await.unwrap();
+    assert_eq!(challenged.second_factor(), pb::SecondFactorMethod::Totp);
+    assert!(challenged.session_token.is_empty());
+    let code = app_code(&enrolment.secret, 1);
+    let done = verify(&app, &challenged.challenge_token, &code)
+        .await
+        .expect("the app's code");
+    app.who_am_i(&done.session_token).await.expect("the session works");
+    // A code works once, even within its window and with a fresh challenge.
+    let replay = app.login(&email, TEST_PASSWORD).await.unwrap();
+    assert_code(
+        verify(&app, &replay.challenge_token, &code).await,
+        Code::Unauthenticated,
+    );
+    let logins = app
+        .history_of(&fixture.admin_token, &anna.id, pb::HistoryActivity::LoginSucceeded)
+        .await;
+    assert_eq!(changed_to(&logins[0], "second_factor"), Some("TOTP"));
+
+    // A lost phone: the user administrator removes the app; a plain user
+    // may not remove anyone's.
+    let (_, bo_session) = app.member(&fixture, "Bo", &[]).await;
+    let before = app.fingerprint().await;
+    let denied = app
+        .users()
+        .remove_authenticator(req(
+            &bo_session,
+            pb::RemoveAuthenticatorRequest {
+                user_id: anna.id.clone(),
+            },
+        ))
+        .await;
+    assert!(matches!(
+        denied.map_err(|s| s.code()),
+        Err(Code::PermissionDenied | Code::NotFound)
+    ));
+    assert_eq!(app.fingerprint().await, before, "a denied removal changed data");
+    app.users()
+        .remove_authenticator(req(
+            &fixture.admin_token,
+            pb::RemoveAuthenticatorRequest {
+                user_id: anna.id.clone(),
+            },
+        ))
+        .await
+        .expect("remove the app");
+    let removed = app
+        .history_of(
+            &fixture.admin_token,
+            &anna.id,
+            pb::HistoryActivity::AuthenticatorRemoved,
+        )
+        .await;
+    assert_eq!(removed.len(), 1);
+    let after = app.login(&email, TEST_PASSWORD).await.unwrap();
+    assert!(
+        !after.session_token.is_empty(),
+        "no second factor once the app is removed"
+    );
+    app.finish().await;
+}
+
+async fn wrong_codes_count_towards_the_lock(backend: Backend) {
+    let app = TestApp::start_with(
+        backend,
+        DomainSettings {
+            passwords: PasswordSettings {
+                max_failures: 5,
+                code_attempts: 3,
+                ..PasswordSettings::default()
+            },
+            ..DomainSettings::default()
+        },
+    )
+    .await;
+    let fixture = app.org_with_admin().await;
+    app.require_second_factor(&fixture).await;
+    let (anna, email) = app.member_with_password(&fixture, "Anna", &[]).await;
+
+    // Ten wrong codes at once: the challenge's three tries are taken before
+    // any code is compared, so exactly three are checked.
+    let challenge = app.login(&email, TEST_PASSWORD).await.unwrap().challenge_token;
+    let code = app.mailed_login_code(&email).await;
+    let mut guesses = tokio::task::JoinSet::new();
+    for guess in (0..11)
+        .map(|i| format!("{:06}", 900_000 + i))
+        .filter(|g| *g != code)
+        .take(10)
+    {
+        let mut auth = app.auth();
+        let challenge = challenge.clone();
+        guesses.spawn(async move {
+            auth.verify_login_code(req(
+                "",
+                pb::VerifyLoginCodeRequest {
+                    challenge_token: challenge,
+                    code: guess,
+                },
+            ))
+            .await
+        });
+    }
+    while let Some(answer) = guesses.join_next().await {
+        assert_code(answer.unwrap(), Code::Unauthenticated);
+    }
+    let failed = app
+        .history_of(&fixture.admin_token, &anna.id, pb::HistoryActivity::SecondFactorFailed)
+        .await;
+    assert_eq!(failed.len(), 3, "the challenge's tries were passed");
+    assert_code(verify(&app, &challenge, &code).await, Code::Unauthenticated);
+
+    // The password's try is not given back by a new login: that one (the
+    // fifth try) locks the account, and the answer reads like a wrong password.
+    let locked = assert_code(app.login(&email, TEST_PASSWORD).await, Code::Unauthenticated);
+    assert!(locked.message().contains("locked"));
+    let locks = app
+        .history_of(&fixture.admin_token, &anna.id, pb::HistoryActivity::LoginLocked)
+        .await;
+    assert_eq!(locks.len(), 1);
+
+    // The user administrator unlocks; the next login completes.
+    app.users()
+        .unlock_login(req(
+            &fixture.admin_token,
+            pb::UnlockLoginRequest {
+                user_id: anna.id.clone(),
+            },
+        ))
+        .await
+        .expect("unlock");
+    let challenge = app.login(&email, TEST_PASSWORD).await.unwrap().challenge_token;
+    let code = app.mailed_login_code(&email).await;
+    verify(&app, &challenge, &code).await.expect("login after unlock");
+    app.finish().await;
+}
+
+async fn sessions(app: &TestApp, token: &str, user_id: &str) -> Result<Vec<pb::Session>, tonic::Status> {
+    app.auth()
+        .list_sessions(req(
+            token,
+            pb::ListSessionsRequest {
+                user_id: user_id.to_owned(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().sessions)
+}
+
+async fn sessions_are_listed_revoked_and_end_when_idle(backend: Backend) {
+    let app = TestApp::start_with(
+        backend,
+        DomainSettings {
+            session_idle_ms: 2000,
+            // Every call reads the token afresh, so every use is seen (with
+            // the cache, a use is noted at most a cache lifetime late).
+            auth_cache_ttl_ms: 0,
+            ..DomainSettings::default()
+        },
+    )
+    .await;
+    let fixture = app.org_with_admin().await;
+    let (anna, email) = app.member_with_password(&fixture, "Anna", &[]).await;
+    let laptop = app.login(&email, TEST_PASSWORD).await.unwrap().session_token;
+    let phone = app.login(&email, TEST_PASSWORD).await.unwrap().session_token;
+
+    // Her own sessions; the one asked with is marked. The activation's
+    // session has been idle for longer than allowed by now, or is listed.
+    let own = sessions(&app, &laptop, "").await.expect("own sessions");
+    assert!(own.len() >= 2);
+    assert_eq!(own.iter().filter(|s| s.current).count(), 1);
+    let seconds = |t: &Option<prost_types::Timestamp>| t.as_ref().expect("timestamp").seconds;
+    assert!(
+        own.iter()
+            .all(|s| s.user_id == anna.id && seconds(&s.idle_expire_time) <= seconds(&s.expire_time))
+    );
+    let by_admin = sessions(&app, &fixture.admin_token, &anna.id)
+        .await
+        .expect("the administrator sees them");
+    assert_eq!(by_admin.len(), own.len());
+    assert!(by_admin.iter().all(|s| !s.current));
+
+    // Another plain user sees none of them and ends none of them.
+    let (_, bo_session) = app.member(&fixture, "Bo", &[]).await;
+    assert!(sessions(&app, &bo_session, &anna.id).await.is_err());
+    let phone_id = sessions(&app, &phone, "")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.current)
+        .unwrap()
+        .id;
+    let before = app.fingerprint().await;
+    assert_code(
+        app.auth()
+            .revoke_session(req(&bo_session, pb::RevokeSessionRequest { id: phone_id.clone() }))
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(app.fingerprint().await, before, "a denied revocation changed data");
+
+    // She ends her phone's session from the laptop.
+    app.auth()
+        .revoke_session(req(&laptop, pb::RevokeSessionRequest { id: phone_id.clone() }))
+        .await
+        .expect("revoke");
+    assert_code(app.who_am_i(&phone).await, Code::Unauthenticated);
+    app.who_am_i(&laptop).await.expect("the laptop goes on");
+    let revoked = app
+        .history_of(&fixture.admin_token, &anna.id, pb::HistoryActivity::SessionRevoked)
+        .await;
+    assert_eq!(revoked.len(), 1);
+
+    // Used every 300 ms a session lives past its idle time; left alone, it ends.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.who_am_i(&laptop).await.expect("a session in use stays");
+    }
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert_code(app.who_am_i(&laptop).await, Code::Unauthenticated);
+    app.finish().await;
+}
