@@ -167,7 +167,7 @@ impl Default for Config {
             login_lock_max_seconds: 24 * 60 * 60,
             login_permanent_lock_after: 0,
             password_reset_ttl_minutes: 120,
-            password_reset_url_template: "http://localhost:8080/reset-password?token={token}".into(),
+            password_reset_url_template: "http://localhost:50080/reset-password?token={token}".into(),
             login_attempts_per_id_per_minute: 10,
             // Off by default: behind an ingress or a back end that signs
             // people in, every call has the same peer address, and one
@@ -189,7 +189,7 @@ impl Default for Config {
             mail_retry_base_ms: 2000,
             mail_poll_interval_ms: 500,
             mail_lease_ms: 60_000,
-            activation_url_template: "http://localhost:8080/activate?token={token}".into(),
+            activation_url_template: "http://localhost:50080/activate?token={token}".into(),
             activation_ttl_days: 30,
             activation_max_attempts: 5,
             auth_cache_ms: 1000,

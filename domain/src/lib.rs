@@ -78,7 +78,7 @@ pub struct DomainSettings {
 impl Default for DomainSettings {
     fn default() -> Self {
         Self {
-            activation_url_template: "http://localhost:8080/activate?token={token}".into(),
+            activation_url_template: "http://localhost:50080/activate?token={token}".into(),
             activation_ttl_ms: 30 * 24 * 60 * 60 * 1000,
             activation_max_attempts: 5,
             auth_cache_ttl_ms: 1000,

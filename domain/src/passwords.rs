@@ -109,7 +109,7 @@ impl Default for PasswordSettings {
             lock_max_ms: 24 * 60 * 60 * 1000,
             permanent_lock_after: 0,
             reset_ttl_ms: 2 * 60 * 60 * 1000,
-            reset_url_template: "http://localhost:8080/reset-password?token={token}".into(),
+            reset_url_template: "http://localhost:50080/reset-password?token={token}".into(),
             // Off in code (tests sign in hundreds of times a minute from one
             // address); per login id on in configuration (`Config`: 10).
             attempts_per_login_id: 0,
@@ -134,34 +134,67 @@ impl PasswordSettings {
 /// first, and their Danish and Swedish kin.
 const COMMON: &str = include_str!("common_passwords.txt");
 
+/// The rule a new password breaks; `Display` says it to an RPC's caller,
+/// and the self-service pages say it in the person's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordRule {
+    TooShort { min_chars: usize },
+    TooLong { max_chars: usize },
+    ContainsLoginId,
+    Common,
+    Predictable,
+}
+
+impl std::fmt::Display for PasswordRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooShort { min_chars } => write!(f, "must be at least {min_chars} characters long"),
+            Self::TooLong { max_chars } => write!(f, "must be at most {max_chars} characters long"),
+            Self::ContainsLoginId => f.write_str("must not contain your login id"),
+            Self::Common => f.write_str("is too common: it is on the list of passwords that are tried first"),
+            Self::Predictable => {
+                f.write_str("is too predictable: it repeats a character, a short pattern or a keyboard or alphabet run")
+            }
+        }
+    }
+}
+
+impl From<PasswordRule> for String {
+    fn from(rule: PasswordRule) -> Self {
+        rule.to_string()
+    }
+}
+
 /// Why a new password is refused, said to the person choosing it.
-pub fn check_new_password(password: &Password, login_ids: &[&str], min_chars: usize) -> Result<(), String> {
+pub fn check_new_password(password: &Password, login_ids: &[&str], min_chars: usize) -> Result<(), PasswordRule> {
     let chars = password.0.chars().count();
     if chars < min_chars {
-        return Err(format!("must be at least {min_chars} characters long"));
+        return Err(PasswordRule::TooShort { min_chars });
     }
     if chars > MAX_PASSWORD_CHARS {
-        return Err(format!("must be at most {MAX_PASSWORD_CHARS} characters long"));
+        return Err(PasswordRule::TooLong {
+            max_chars: MAX_PASSWORD_CHARS,
+        });
     }
     let lower = password.0.to_lowercase();
     for id in login_ids {
         let id = id.trim().to_lowercase();
         if id.chars().count() >= 4 && lower.contains(&id) {
-            return Err("must not contain your login id".into());
+            return Err(PasswordRule::ContainsLoginId);
         }
         // The e-mail address's local part is as guessable as the address.
         if let Some((local, _)) = id.split_once('@')
             && local.chars().count() >= 4
             && lower.contains(local)
         {
-            return Err("must not contain your login id".into());
+            return Err(PasswordRule::ContainsLoginId);
         }
     }
     if COMMON.lines().any(|common| common == lower) {
-        return Err("is too common: it is on the list of passwords that are tried first".into());
+        return Err(PasswordRule::Common);
     }
     if is_predictable(&lower) {
-        return Err("is too predictable: it repeats a character, a short pattern or a keyboard or alphabet run".into());
+        return Err(PasswordRule::Predictable);
     }
     Ok(())
 }
@@ -299,7 +332,7 @@ mod tests {
     use super::*;
 
     fn check(password: &str, ids: &[&str]) -> Result<(), String> {
-        check_new_password(&Password::new(password), ids, 15)
+        check_new_password(&Password::new(password), ids, 15).map_err(String::from)
     }
 
     #[test]

@@ -122,7 +122,8 @@ fn unavailable(error: String) -> Response {
         .into_response()
 }
 
-/// Serves CRL and CA certificate until `shutdown` resolves.
+/// Serves CRL, CA certificate, OCSP and the self-service pages (`pages`)
+/// until `shutdown` resolves.
 pub async fn serve_certificate_http(
     domain: Domain,
     listener: TcpListener,
@@ -137,7 +138,14 @@ pub async fn serve_certificate_http(
         .route("/crl.pem", get(crl_pem))
         .route("/ca.pem", get(ca_pem))
         .route("/ocsp", post(ocsp))
-        .with_state(cache);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        .with_state(cache.clone())
+        .merge(crate::pages::router(cache.domain.clone()));
+    // The pages need the peer's address (attempt limits, history).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     Ok(())
 }

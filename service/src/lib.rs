@@ -5,6 +5,7 @@ pub mod convert;
 pub mod error;
 pub mod handlers;
 pub mod http;
+pub mod pages;
 pub mod server;
 pub mod shed;
 

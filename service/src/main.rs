@@ -91,7 +91,7 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
         })
     });
     let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
-    let certificate_http = if config.certificate_http_listen.is_empty() || domain.certificate_authority().is_none() {
+    let certificate_http = if config.certificate_http_listen.is_empty() {
         None
     } else {
         let http_listener = TcpListener::bind(&config.certificate_http_listen)
@@ -102,7 +102,7 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
                     config.certificate_http_listen
                 )
             })?;
-        tracing::info!(listen = %http_listener.local_addr()?, "CRL and CA certificate served over HTTP");
+        tracing::info!(listen = %http_listener.local_addr()?, "CRL, CA certificate, OCSP and the self-service pages served over HTTP");
         Some(tokio::spawn(orgadmin_service::serve_certificate_http(
             domain.clone(),
             http_listener,

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use orgadmin_domain::model::now_millis;
 use orgadmin_proto::v1 as pb;
 use orgadmin_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Status};
 
 both_backends!(
@@ -80,16 +79,7 @@ fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
 
 /// A GET over plain HTTP/1.1, as a relying party fetches a CRL.
 async fn http_get(app: &TestApp, path: &str) -> (String, Vec<u8>) {
-    let mut stream = tokio::net::TcpStream::connect(app.http_addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: orgadmin\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP head");
-    let head = String::from_utf8_lossy(&response[..split]).into_owned();
-    (head, response[split + 4..].to_vec())
+    app.http("GET", path, &[], b"").await
 }
 
 async fn allow_kinds(app: &TestApp, fixture: &OrgFixture, kinds: &[pb::CertificateKind]) {

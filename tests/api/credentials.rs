@@ -20,14 +20,7 @@ async fn activation_hands_the_person_a_session_of_their_own(backend: Backend) {
     let fixture = app.org_with_admin().await;
     let request = new_user(&fixture.org.id, "Sofie", &[]);
     let (email, cpr) = (request.email.clone(), request.cpr.clone());
-    let created = app
-        .users()
-        .create_user(req(&fixture.admin_token, request))
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let created = app.created_user(&fixture.admin_token, request).await;
     let link = app.activation_link_token(&email).await;
     let reply = app
         .users()

@@ -18,6 +18,7 @@ mod normalisation;
 mod operations;
 mod organisations;
 mod outage;
+mod pages;
 mod reasons;
 mod replicas;
 mod rights;

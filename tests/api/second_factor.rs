@@ -33,34 +33,6 @@ async fn verify(app: &TestApp, challenge: &str, code: &str) -> Result<pb::Verify
         .map(|r| r.into_inner())
 }
 
-/// The six-digit codes of the login-code mails `to` received, oldest first
-/// (no other mail has a line of six digits alone).
-fn mailed_codes(sink: &SmtpSink, to: &str) -> Vec<String> {
-    sink.received()
-        .into_iter()
-        .filter(|m| m.to.iter().any(|t| t == to))
-        .filter_map(|m| {
-            m.text
-                .lines()
-                .map(str::trim)
-                .find(|line| line.len() == 6 && line.bytes().all(|b| b.is_ascii_digit()))
-                .map(str::to_owned)
-        })
-        .collect()
-}
-
-/// Waits for the `count`th login code mailed to `to`.
-async fn wait_for_code(sink: &SmtpSink, to: &str, count: usize) -> String {
-    for _ in 0..200 {
-        let codes = mailed_codes(sink, to);
-        if codes.len() >= count {
-            return codes[count - 1].clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("login code {count} to {to} did not arrive within 10 s");
-}
-
 async fn mailed_code_completes_a_login_where_the_organisation_requires_it(backend: Backend) {
     let app = TestApp::start(backend).await;
     let sink = SmtpSink::start(0);
@@ -75,7 +47,7 @@ async fn mailed_code_completes_a_login_where_the_organisation_requires_it(backen
     assert_eq!(first.second_factor(), pb::SecondFactorMethod::MailCode);
     assert_eq!(first.user_id, anna.id);
     assert!(first.challenge_expire_time.is_some());
-    let code = wait_for_code(&sink, &email, 1).await;
+    let code = sink.wait_for_login_code(&email, 1).await;
     let mail = sink.received().into_iter().find(|m| m.text.contains(&code)).unwrap();
     assert!(!mail.text.contains(TEST_PASSWORD) && !mail.html.contains(TEST_PASSWORD));
     assert!(mail.html.contains(&code));
@@ -127,7 +99,7 @@ async fn mailed_code_completes_a_login_where_the_organisation_requires_it(backen
         verify(&app, &second.challenge_token, &code).await,
         Code::Unauthenticated,
     );
-    let next = wait_for_code(&sink, &email, 2).await;
+    let next = sink.wait_for_login_code(&email, 2).await;
     verify(&app, &second.challenge_token, &next)
         .await
         .expect("the second code");

@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 mod binaries;
+pub mod browser;
 mod catalog;
 pub mod otlp;
 pub use binaries::built_binary;
@@ -598,6 +599,30 @@ impl TestApp {
         )
     }
 
+    /// One request over plain HTTP/1.1 to the HTTP port (CRL, pages): the
+    /// answer's head and body.
+    pub async fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (String, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.http_addr)
+            .await
+            .expect("connect to the HTTP port");
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send the head");
+        stream.write_all(body).await.expect("send the body");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("read the answer");
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP head");
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        (head, response[split + 4..].to_vec())
+    }
+
     /// A user's history events of one activity, as `token` reads them.
     pub async fn history_of(&self, token: &str, user_id: &str, activity: pb::HistoryActivity) -> Vec<pb::HistoryEvent> {
         self.users()
@@ -747,6 +772,17 @@ impl TestApp {
             .expect("create user");
         let activated = self.activate_by_link_with_password(&email, &cpr, TEST_PASSWORD).await;
         (activated.user.expect("user"), email)
+    }
+
+    /// `token` creates a user; the user as created.
+    pub async fn created_user(&self, token: &str, request: pb::CreateUserRequest) -> pb::User {
+        self.users()
+            .create_user(req(token, request))
+            .await
+            .expect("create user")
+            .into_inner()
+            .user
+            .expect("user")
     }
 
     /// A user as `token` reads them now (with their current etag).
@@ -994,6 +1030,48 @@ impl SmtpSink {
                 }
             })
             .collect()
+    }
+
+    /// The six-digit codes of the login-code mails `to` received, oldest
+    /// first (no other mail has a line of six digits alone).
+    pub fn login_codes(&self, to: &str) -> Vec<String> {
+        self.received()
+            .into_iter()
+            .filter(|m| m.to.iter().any(|t| t == to))
+            .filter_map(|m| {
+                m.text
+                    .lines()
+                    .map(str::trim)
+                    .find(|line| line.len() == 6 && line.bytes().all(|b| b.is_ascii_digit()))
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// Waits for the `nth` (from 1) login code mailed to `to`.
+    pub async fn wait_for_login_code(&self, to: &str, nth: usize) -> String {
+        for _ in 0..200 {
+            if let Some(code) = self.login_codes(to).get(nth - 1) {
+                return code.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("login code {nth} to {to} did not arrive within 10 s");
+    }
+
+    /// Waits for a mail to `to` whose text contains `needle`.
+    pub async fn wait_for_mail_with(&self, to: &str, needle: &str) -> ReceivedMail {
+        for _ in 0..200 {
+            if let Some(mail) = self
+                .received()
+                .into_iter()
+                .find(|m| m.to.iter().any(|t| t == to) && m.text.contains(needle))
+            {
+                return mail;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("no mail to {to} with {needle:?} arrived within 10 s");
     }
 
     /// Waits until `count` mails reached `to`, and returns them.

@@ -21,7 +21,7 @@ use crate::policy::{Action, Caller, Principal};
 use crate::secrets::{Secret, new_token, token_hash};
 use crate::validate;
 
-const KIND_LINK: &str = "LINK";
+pub(crate) const KIND_LINK: &str = "LINK";
 const KIND_CODE: &str = "CODE";
 /// A link that verifies a changed e-mail address (R-USR-6). Kept apart from
 /// activation: one never works in place of the other, and neither replaces

@@ -11,6 +11,7 @@ pub mod login;
 pub mod notifications;
 pub mod organisations;
 pub mod outbox;
+pub mod pages;
 pub mod password_reset;
 pub mod second_factor;
 pub mod sessions;

@@ -48,13 +48,9 @@ pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, Status> {
 /// the TCP peer.
 pub fn peer<T>(domain: &Domain, request: &Request<T>) -> Option<String> {
     let header = &domain.settings().trusted_peer_header;
-    if !header.is_empty() {
-        return request
-            .metadata()
-            .get(header.as_str())
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(|v| v.trim().chars().take(64).collect());
-    }
-    request.remote_addr().map(|addr| addr.ip().to_string())
+    let value = (!header.is_empty())
+        .then(|| request.metadata().get(header.as_str()))
+        .flatten()
+        .and_then(|v| v.to_str().ok());
+    domain.peer_address(value, request.remote_addr().map(|addr| addr.ip()))
 }

@@ -1,0 +1,305 @@
+//! The self-service pages the mails link to (R-AUTH-2, R-AUTH-3, issue 12),
+//! in a real headless browser (Chromium through ChromeDriver), in each
+//! language: activation from the link in a mail read off the real SMTP
+//! server, through to a successful `Login`; the login page with its
+//! mailed-code step; sign-out; a forgotten password, reset with its link.
+//! With ORGADMIN_UPDATE_SCREENSHOTS=1 the test also writes the screenshots
+//! under docs/screenshots/; `every_page_has_a_screenshot_in_every_language`
+//! checks they are all there.
+
+use std::path::PathBuf;
+
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::browser::Browser;
+use orgadmin_tests::*;
+use tonic::Code;
+
+both_backends!(
+    a_person_activates_logs_in_and_resets_in_a_browser,
+    a_forged_or_stale_form_changes_nothing,
+);
+
+const LANGUAGES: [(pb::Language, &str); 3] = [
+    (pb::Language::Da, "da"),
+    (pb::Language::Sv, "sv"),
+    (pb::Language::En, "en"),
+];
+
+/// Every page (or state of one) with a screenshot.
+const PAGES: [&str; 9] = [
+    "activate",
+    "activate-refused",
+    "activated",
+    "login",
+    "login-code",
+    "account",
+    "forgot-password",
+    "reset-password",
+    "link-used",
+];
+
+fn screenshots() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots")
+}
+
+/// Takes a screenshot (a real PNG of the rendered page); keeps it under
+/// docs/ when asked to.
+fn shoot(browser: &Browser, page: &str, lang: &str) {
+    assert!(PAGES.contains(&page), "{page} is not listed in PAGES");
+    let png = browser.screenshot();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 2000,
+        "{page}-{lang}: not a screenshot"
+    );
+    if std::env::var_os("ORGADMIN_UPDATE_SCREENSHOTS").is_some() {
+        std::fs::create_dir_all(screenshots()).unwrap();
+        std::fs::write(screenshots().join(format!("{page}-{lang}.png")), png).unwrap();
+    }
+}
+
+#[test]
+fn every_page_has_a_screenshot_in_every_language() {
+    let mut missing = Vec::new();
+    for page in PAGES {
+        for (_, lang) in LANGUAGES {
+            let path = screenshots().join(format!("{page}-{lang}.png"));
+            match std::fs::read(&path) {
+                Ok(png) if png.starts_with(b"\x89PNG") => {}
+                _ => missing.push(format!("{page}-{lang}.png")),
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "screenshots missing under docs/screenshots (ORGADMIN_UPDATE_SCREENSHOTS=1 scripts/test -- pages::): {missing:?}"
+    );
+}
+
+async fn a_person_activates_logs_in_and_resets_in_a_browser(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let sink = SmtpSink::start(0);
+    let worker = TestWorker::start(&app, worker_config(&app, &sink.url()));
+    let base = format!("http://localhost:{}", app.http_addr.port());
+    let fixture = app.org_with_admin().await;
+    // Every login needs the mailed code: the code step is a page too, and
+    // passwords may be 8 characters long.
+    app.require_second_factor(&fixture).await;
+    let browser = Browser::start();
+
+    for (language, lang) in LANGUAGES {
+        let request = pb::CreateUserRequest {
+            language: language as i32,
+            ..new_user(&fixture.org.id, "Sanne", &[])
+        };
+        let (email, cpr) = (request.email.clone(), request.cpr.clone());
+        app.users()
+            .create_user(req(&fixture.admin_token, request))
+            .await
+            .expect("create user");
+
+        // The activation mail, off the SMTP server; its link opens the page,
+        // and the token leaves the address bar at once.
+        let mail = sink.wait_for_mail_with(&email, "/activate?token=").await;
+        let token = link_token(&mail);
+        browser.goto(&format!("{base}/activate?token={token}"));
+        assert_eq!(browser.url(), format!("{base}/activate"), "the token stays in the URL");
+        let page = browser.source();
+        assert!(page.contains(&format!("<html lang=\"{lang}\"")), "{lang}: {page}");
+        assert!(page.contains("Sanne") && page.contains("id=\"cpr\""));
+        shoot(&browser, "activate", lang);
+
+        // A too short password is refused on the page, in the person's language.
+        browser.fill("#cpr", &cpr);
+        browser.fill("#password", "kort");
+        browser.fill("#password_again", "kort");
+        browser.click("button");
+        assert!(browser.source().contains("class=\"error\""));
+        assert!(browser.text(".error").contains('8'), "the rule names the minimum");
+        shoot(&browser, "activate-refused", lang);
+
+        let password = format!("Sommerhus {lang} 2026");
+        browser.fill("#cpr", &cpr);
+        browser.fill("#password", &password);
+        browser.fill("#password_again", &password);
+        browser.click("button");
+        let done = browser.source();
+        assert!(
+            !done.contains("<form") && done.contains(&format!("/login?lang={lang}")),
+            "{done}"
+        );
+        shoot(&browser, "activated", lang);
+
+        // The password works over gRPC: the right password, then the mailed code.
+        let challenge = app.login(&email, &password).await.expect("login after activation");
+        assert_eq!(challenge.second_factor(), pb::SecondFactorMethod::MailCode);
+        let code = sink.wait_for_login_code(&email, 1).await;
+        app.auth()
+            .verify_login_code(req(
+                "",
+                pb::VerifyLoginCodeRequest {
+                    challenge_token: challenge.challenge_token,
+                    code,
+                },
+            ))
+            .await
+            .expect("the mailed code completes the login");
+
+        // The login page, its code step and the account page.
+        browser.goto(&format!("{base}/login?lang={lang}"));
+        shoot(&browser, "login", lang);
+        browser.fill("#login_id", &email);
+        browser.fill("#password", &password);
+        browser.click("button");
+        assert!(
+            browser.url().starts_with(&format!("{base}/login/code")),
+            "{}",
+            browser.url()
+        );
+        shoot(&browser, "login-code", lang);
+        let code = sink.wait_for_login_code(&email, 2).await;
+        browser.fill("#code", &code);
+        browser.click("button");
+        assert!(
+            browser.url().starts_with(&format!("{base}/account")),
+            "{}",
+            browser.url()
+        );
+        assert!(browser.text("main").contains("Sanne"));
+        shoot(&browser, "account", lang);
+        browser.click("button");
+        assert!(
+            browser.url().starts_with(&format!("{base}/login")),
+            "signed out: {} {}",
+            browser.url(),
+            browser.source()
+        );
+        browser.goto(&format!("{base}/account?lang={lang}"));
+        assert!(browser.url().starts_with(&format!("{base}/login")), "the session ended");
+
+        // A forgotten password: the page mails a link; the link sets a new one.
+        browser.goto(&format!("{base}/forgot-password?lang={lang}"));
+        shoot(&browser, "forgot-password", lang);
+        browser.fill("#login_id", &email);
+        browser.click("button");
+        assert!(!browser.source().contains("<form"));
+        let mail = sink.wait_for_mail_with(&email, "/reset-password?token=").await;
+        let reset = link_token(&mail);
+        browser.goto(&format!("{base}/reset-password?token={reset}"));
+        assert_eq!(browser.url(), format!("{base}/reset-password"));
+        shoot(&browser, "reset-password", lang);
+        let new_password = format!("Vinterbad {lang} 2027");
+        browser.fill("#password", &new_password);
+        browser.fill("#password_again", &new_password);
+        browser.click("button");
+        assert!(browser.source().contains(&format!("/login?lang={lang}")));
+        // The link works once.
+        browser.goto(&format!("{base}/reset-password?token={reset}"));
+        assert!(!browser.source().contains("<form"), "a used link shows its form");
+        shoot(&browser, "link-used", lang);
+        assert_code(app.login(&email, &password).await, Code::Unauthenticated);
+        let after = app.login(&email, &new_password).await.expect("the new password");
+        assert_eq!(after.second_factor(), pb::SecondFactorMethod::MailCode);
+    }
+    drop(browser);
+    worker.stop().await;
+    app.finish().await;
+}
+
+/// The `Set-Cookie` value (`name=value`) of `name` in an HTTP head.
+fn set_cookie(head: &str, name: &str) -> String {
+    head.lines()
+        .filter_map(|line| line.strip_prefix("set-cookie: "))
+        .find(|cookie| cookie.starts_with(&format!("{name}=")))
+        .and_then(|cookie| cookie.split(';').next())
+        .unwrap_or_else(|| panic!("no {name} cookie in {head}"))
+        .to_owned()
+}
+
+fn header<'a>(head: &'a str, name: &str) -> &'a str {
+    head.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in {head}"))
+}
+
+/// What the browser cannot show: the headers, and that a form posted
+/// without its CSRF token (from another site, or a stale page) does nothing.
+async fn a_forged_or_stale_form_changes_nothing(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let request = new_user(&fixture.org.id, "Ida", &[]);
+    let (email, cpr) = (request.email.clone(), request.cpr.clone());
+    let user = app.created_user(&fixture.admin_token, request).await;
+    let token = app.activation_link_token(&email).await;
+
+    // The link's token moves into a cookie (HttpOnly, Secure, SameSite) and
+    // out of the address; every answer forbids framing, referrers, caching.
+    let (head, _) = app.http("GET", &format!("/activate?token={token}"), &[], b"").await;
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    assert_eq!(header(&head, "location"), "/activate");
+    let link_cookie = set_cookie(&head, "__Host-oa_link");
+    assert!(head.contains("HttpOnly; Secure; SameSite=Lax"));
+    assert!(header(&head, "content-security-policy").contains("default-src 'none'"));
+    assert!(header(&head, "content-security-policy").contains("frame-ancestors 'none'"));
+    assert_eq!(header(&head, "referrer-policy"), "no-referrer");
+    assert_eq!(header(&head, "cache-control"), "no-store");
+
+    let (head, page) = app.http("GET", "/activate", &[("cookie", &link_cookie)], b"").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let csrf_cookie = set_cookie(&head, "__Host-oa_csrf");
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        page.contains("<html lang=\"da\"") && !page.contains(&token),
+        "the token is not in the page"
+    );
+
+    // Posted without the CSRF token, with another one, or without its
+    // cookie: refused, and nothing changed.
+    let before = app.fingerprint().await;
+    let csrf = csrf_cookie.split_once('=').unwrap().1.to_owned();
+    let form = |csrf: &str| {
+        format!("csrf={csrf}&cpr={cpr}&password=Sommerhus+ved+havet+2026&password_again=Sommerhus+ved+havet+2026")
+    };
+    let both = format!("{link_cookie}; {csrf_cookie}");
+    for (cookies, body) in [
+        (both.as_str(), form("")),
+        (both.as_str(), form("oat_forged")),
+        (link_cookie.as_str(), form(&csrf)),
+    ] {
+        let (head, _) = app
+            .http(
+                "POST",
+                "/activate",
+                &[
+                    ("cookie", cookies),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                body.as_bytes(),
+            )
+            .await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    }
+    assert_eq!(app.fingerprint().await, before, "a forged form changed data");
+    assert_eq!(
+        app.user(&fixture.admin_token, &user.id).await.state(),
+        pb::UserState::PendingActivation
+    );
+
+    // The same form with its token activates.
+    let (head, _) = app
+        .http(
+            "POST",
+            "/activate",
+            &[("cookie", &both), ("content-type", "application/x-www-form-urlencoded")],
+            form(&csrf).as_bytes(),
+        )
+        .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        app.user(&fixture.admin_token, &user.id).await.state(),
+        pb::UserState::Active
+    );
+    app.login(&email, "Sommerhus ved havet 2026")
+        .await
+        .expect("login with the page's password");
+    app.finish().await;
+}
