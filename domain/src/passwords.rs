@@ -21,7 +21,6 @@ use std::sync::Arc;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::error::{DomainError, DomainResult};
@@ -130,6 +129,68 @@ impl PasswordSettings {
     }
 }
 
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// One thread per core for argon2, never the async threads (a hash is ~25 ms
+/// of CPU). The threads run at a lower priority (nice 10): when the cores
+/// are saturated with logins, the async threads and the database still get
+/// the CPU first, so other calls do not queue behind hashing, while hashing
+/// still takes every cycle nothing else wants. Jobs wait in one queue; the
+/// threads end when the hasher is dropped.
+struct HashPool {
+    jobs: std::sync::mpsc::Sender<HashJob>,
+}
+
+/// The hashing threads' priority on thread-priority's 0 (lowest) to 99
+/// scale; for Linux's normal policy about nice 9 (of 19), so a thread with
+/// the normal nice 0 weighs about seven times as much.
+const HASHING_PRIORITY: u8 = 25;
+
+impl HashPool {
+    fn start(threads: usize) -> Result<Self, String> {
+        let (jobs, queue) = std::sync::mpsc::channel::<HashJob>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for index in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{index}"))
+                .spawn(move || {
+                    lower_this_threads_priority();
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match next {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| format!("cannot start a password hashing thread: {e}"))?;
+        }
+        Ok(Self { jobs })
+    }
+
+    fn submit(&self, job: HashJob) -> DomainResult<()> {
+        self.jobs
+            .send(job)
+            .map_err(|_| DomainError::Internal("the password hashing threads are gone".into()))
+    }
+}
+
+/// A higher nice value for the calling thread (on Linux the nice value
+/// belongs to each thread); where that is refused, the normal priority.
+fn lower_this_threads_priority() {
+    let lowered = thread_priority::ThreadPriorityValue::try_from(HASHING_PRIORITY)
+        .map_err(|e| e.to_string())
+        .and_then(|value| {
+            thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Crossplatform(value))
+                .map_err(|e| format!("{e:?}"))
+        });
+    if let Err(error) = lowered {
+        tracing::debug!(%error, "password hashing threads keep the normal priority");
+    }
+}
+
 /// Common passwords (lower case), one per line: the ones breach lists show
 /// first, and their Danish and Swedish kin.
 const COMMON: &str = include_str!("common_passwords.txt");
@@ -232,7 +293,7 @@ pub struct Checked {
 /// argon2id hashing on the blocking pool, one hash per core at a time.
 pub struct Hasher {
     params: Params,
-    permits: Arc<Semaphore>,
+    pool: HashPool,
     /// A hash of a random password: checked when the login id is unknown or
     /// has no password, so that case costs the same time as a wrong
     /// password and timing reveals nothing.
@@ -258,7 +319,7 @@ impl Hasher {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Self {
             params,
-            permits: Arc::new(Semaphore::new(cores)),
+            pool: HashPool::start(cores)?,
             dummy_phc,
         })
     }
@@ -274,17 +335,15 @@ impl Hasher {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
     }
 
-    /// Runs `work` on the blocking pool once a core is free.
+    /// Runs `work` on one of the hashing threads once one is free.
     async fn on_a_core<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> DomainResult<T> {
-        let _permit = self
-            .permits
-            .clone()
-            .acquire_owned()
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.pool.submit(Box::new(move || {
+            let _ = done.send(work());
+        }))?;
+        result
             .await
-            .map_err(|_| DomainError::Internal("the password hasher is closed".into()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| DomainError::Internal(format!("password hashing task: {e}")))
+            .map_err(|_| DomainError::Internal("a password hashing thread stopped".into()))
     }
 
     /// A PHC string for a new password.
@@ -330,6 +389,46 @@ impl Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The nice value of each thread of this process named `name`
+    /// (/proc/self/task/*/stat, field 19).
+    #[cfg(target_os = "linux")]
+    fn nice_of_threads_named(name: &str) -> Vec<i64> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+            .filter(|stat| stat.contains(&format!("({name})")))
+            .filter_map(|stat| {
+                let after_name = &stat[stat.rfind(')')? + 2..];
+                after_name.split(' ').nth(16)?.parse().ok()
+            })
+            .collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_below_normal_priority() {
+        let hasher = Hasher::new(&PasswordSettings {
+            memory_kib: 8 * 1024,
+            iterations: 1,
+            ..PasswordSettings::default()
+        })
+        .unwrap();
+        let phc = hasher.hash(&Password::new("a password long enough")).await.unwrap();
+        assert!(
+            hasher
+                .check(&Password::new("a password long enough"), Some(&phc))
+                .await
+                .unwrap()
+                .matches
+        );
+        let nice = nice_of_threads_named("argon2-0");
+        assert!(!nice.is_empty(), "no hashing thread found");
+        assert!(
+            nice.iter().all(|n| (5..=15).contains(n)),
+            "hashing threads at nice {nice:?}"
+        );
+    }
 
     fn check(password: &str, ids: &[&str]) -> Result<(), String> {
         check_new_password(&Password::new(password), ids, 15).map_err(String::from)

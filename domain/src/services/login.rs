@@ -195,18 +195,13 @@ impl Domain {
                     .add(password_credential::Column::LockedUntil.is_null())
                     .add(password_credential::Column::LockedUntil.lte(now)),
             )
-            .exec(&txn)
+            .exec_with_returning(&txn)
             .await?;
-        if taken.rows_affected != 1 {
-            txn.commit().await?;
-            return Ok(Reserved::Locked);
-        }
-        // Read in the same transaction: the row is this attempt's until commit.
-        let row = password_credential::Entity::find_by_id(user_id)
-            .one(&txn)
-            .await?
-            .ok_or_else(|| DomainError::not_found("password", user_id))?;
         txn.commit().await?;
+        // The row as this attempt left it (one statement: no second read).
+        let Some(row) = taken.into_iter().next() else {
+            return Ok(Reserved::Locked);
+        };
         Ok(Reserved::Try {
             locks: row.locked_until.is_some_and(|until| until > now),
         })
