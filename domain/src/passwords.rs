@@ -18,8 +18,8 @@
 
 use std::sync::Arc;
 
+use argon2::password_hash::PasswordHasher;
 use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 use unicode_normalization::UnicodeNormalization;
 
@@ -127,6 +127,49 @@ impl PasswordSettings {
         let doubled = self.lock_ms.saturating_mul(1i64 << earlier_locks.clamp(0, 30));
         Some(doubled.min(self.lock_max_ms).max(self.lock_ms.min(self.lock_max_ms)))
     }
+}
+
+thread_local! {
+    /// A hashing thread's argon2 memory (m_cost KiB), kept from one hash to
+    /// the next: fresh zeroed memory per hash costs a page fault per 4 KiB,
+    /// about a sixth of a verification (BENCHMARKS.md, issue 12).
+    static MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Checks `password` against a PHC string as `verify_password` does, in
+/// this thread's kept memory: the string's algorithm, version, parameters
+/// and salt, the output compared without stopping at the first difference.
+fn verify_in_place(password: &[u8], phc: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm.as_str()),
+        Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let Ok(version) = parsed.version.map_or(Ok(Version::default()), Version::try_from) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let argon2 = Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    let hashed = MEMORY.with_borrow_mut(|memory| {
+        if memory.len() < blocks {
+            memory.resize(blocks, argon2::Block::default());
+        }
+        argon2.hash_password_into_with_memory(password, salt.as_ref(), &mut out, &mut memory[..blocks])
+    });
+    hashed.is_ok()
+        && out
+            .iter()
+            .zip(expected.as_bytes())
+            .fold(0u8, |differs, (a, b)| differs | (a ^ b))
+            == 0
 }
 
 type HashJob = Box<dyn FnOnce() + Send>;
@@ -360,12 +403,11 @@ impl Hasher {
     pub async fn check(&self, password: &Password, stored: Option<&str>) -> DomainResult<Checked> {
         let phc = stored.unwrap_or(&self.dummy_phc).to_owned();
         let known = stored.is_some();
-        let argon2 = self.argon2();
         let wanted = self.params.clone();
         let password = password.clone();
         self.on_a_core(move || {
             // Against the dummy hash the work is the same and the answer no.
-            let matches = argon2.verify_password(password.bytes(), phc.as_str()).is_ok() && known;
+            let matches = verify_in_place(password.bytes(), &phc) && known;
             let needs_rehash = matches
                 && PasswordHash::new(&phc).is_ok_and(|parsed| {
                     let value = |name: &str| {
@@ -403,6 +445,33 @@ mod tests {
                 after_name.split(' ').nth(16)?.parse().ok()
             })
             .collect()
+    }
+
+    /// The kept-memory check answers as argon2's own `verify_password`, for
+    /// right and wrong passwords, other parameters and a reused (dirty)
+    /// memory, and refuses what is no argon2 PHC string.
+    #[test]
+    fn verification_in_kept_memory_agrees_with_argon2() {
+        use argon2::password_hash::PasswordVerifier;
+        let small = Params::new(8 * 1024, 1, 1, None).unwrap();
+        let larger = Params::new(12 * 1024, 2, 2, None).unwrap();
+        for (algorithm, params) in [
+            (Algorithm::Argon2id, small.clone()),
+            (Algorithm::Argon2id, larger),
+            (Algorithm::Argon2i, small),
+        ] {
+            let argon2 = Argon2::new(algorithm, Version::V0x13, params);
+            let phc = argon2.hash_password(b"right horse battery staple").unwrap().to_string();
+            for password in [&b"right horse battery staple"[..], b"wrong horse battery staple", b""] {
+                assert_eq!(
+                    verify_in_place(password, &phc),
+                    argon2.verify_password(password, phc.as_str()).is_ok(),
+                    "{phc} with {password:?}"
+                );
+            }
+        }
+        assert!(!verify_in_place(b"x", "not a phc string"));
+        assert!(!verify_in_place(b"x", "$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2g"));
     }
 
     #[cfg(target_os = "linux")]
