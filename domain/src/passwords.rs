@@ -382,7 +382,11 @@ impl Hasher {
     async fn on_a_core<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> DomainResult<T> {
         let (done, result) = tokio::sync::oneshot::channel();
         self.pool.submit(Box::new(move || {
-            let _ = done.send(work());
+            // A caller that gave up (its call was cancelled) gets no hash:
+            // a burst of abandoned logins does not hold up the queue.
+            if !done.is_closed() {
+                let _ = done.send(work());
+            }
         }))?;
         result
             .await

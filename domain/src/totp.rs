@@ -32,11 +32,11 @@ pub fn code_for_step(secret: &[u8], step: i64, digits: u32) -> String {
 }
 
 /// The step among `now`'s and its neighbours (a phone's clock may be a
-/// step off) whose code is `code`; the newest first, so a code is matched to
-/// the latest step it can mean.
+/// step off) whose code is `code`; `now` first: a code taken as the next
+/// step would make the person's real current code count as used.
 pub fn matching_step(secret: &[u8], code: &str, unix_seconds: i64) -> Option<i64> {
     let now = step_at(unix_seconds);
-    [now + 1, now, now - 1]
+    [now, now - 1, now + 1]
         .into_iter()
         .find(|step| same_code(&code_for_step(secret, *step, DIGITS), code))
 }

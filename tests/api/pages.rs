@@ -243,6 +243,13 @@ async fn a_forged_or_stale_form_changes_nothing(backend: Backend) {
     assert_eq!(header(&head, "referrer-policy"), "no-referrer");
     assert_eq!(header(&head, "cache-control"), "no-store");
 
+    // A "token" with cookie syntax in it never reaches a cookie.
+    let (head, _) = app
+        .http("GET", "/activate?token=x%3B%20Max-Age%3D99999999", &[], b"")
+        .await;
+    assert!(head.starts_with("HTTP/1.1 410"), "{head}");
+    assert!(!head.contains("set-cookie: __Host-oa_link"), "{head}");
+
     let (head, page) = app.http("GET", "/activate", &[("cookie", &link_cookie)], b"").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let csrf_cookie = set_cookie(&head, "__Host-oa_csrf");

@@ -122,7 +122,7 @@ impl Domain {
         } else {
             None
         };
-        self.finish_login(person, rehashed, locks, attempt.peer.as_deref())
+        self.finish_login(person, &credential.phc, rehashed, locks, attempt.peer.as_deref())
             .await
     }
 
@@ -246,16 +246,30 @@ impl Domain {
     async fn finish_login(
         &self,
         person: user::Model,
+        checked_phc: &str,
         rehashed: Option<String>,
         locks: bool,
         peer: Option<&str>,
     ) -> DomainResult<LoginOutcome> {
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
+        // The password may have been reset while this one was being checked:
+        // the checked hash must still be the stored one, or the old password
+        // would open a session after the reset ended them all (and a rehash
+        // would bring the old password back).
+        let still_current = password_credential::Entity::find_by_id(person.id)
+            .filter(password_credential::Column::Phc.eq(checked_phc))
+            .one(&txn)
+            .await?
+            .is_some();
+        if !still_current {
+            return Err(refused());
+        }
         if let Some(phc) = rehashed {
             password_credential::Entity::update_many()
                 .col_expr(password_credential::Column::Phc, Expr::value(phc))
                 .filter(password_credential::Column::UserId.eq(person.id))
+                .filter(password_credential::Column::Phc.eq(checked_phc))
                 .exec(&txn)
                 .await?;
         }

@@ -14,7 +14,7 @@ use crate::Domain;
 use crate::error::{DomainError, DomainResult, Reason};
 use crate::model::*;
 use crate::passwords::{Password, check_new_password};
-use crate::persistence::entities::{activation_secret, api_token, organisation, user};
+use crate::persistence::entities::{activation_secret, api_token, login_challenge, organisation, user};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::persistence::mapping::parse;
 use crate::policy::{Action, Caller};
@@ -182,6 +182,11 @@ impl Domain {
             ));
         }
         self.store_password_in(&txn, row.id, phc, now).await?;
+        // A login waiting for its second factor began with the old password.
+        login_challenge::Entity::delete_many()
+            .filter(login_challenge::Column::UserId.eq(row.id))
+            .exec(&txn)
+            .await?;
         let ended = api_token::Entity::update_many()
             .col_expr(api_token::Column::RevokedAt, Expr::value(now))
             .filter(api_token::Column::UserId.eq(row.id))

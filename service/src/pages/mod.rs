@@ -354,6 +354,17 @@ async fn stylesheet() -> Response {
 /// cookie (a redirect), so it is in no history, log or referrer.
 async fn link_page(kind: LinkKind, path: &str, domain: Domain, mut visit: Visit) -> Response {
     if let Some(token) = visit.query.get("token").cloned() {
+        // Only what a token can be goes into the cookie (no `;`, no
+        // attributes smuggled in); anything else is a dead link.
+        if token.is_empty()
+            || token.len() > 200
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            let t = visit.t();
+            return visit.message(StatusCode::GONE, t.link_dead_title, t.link_dead_text, None);
+        }
         visit.set_cookie(COOKIE_LINK, &token, FLOW_SECONDS);
         return visit.redirect(path);
     }
