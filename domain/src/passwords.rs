@@ -181,17 +181,17 @@ type HashJob = Box<dyn FnOnce() + Send>;
 /// still takes every cycle nothing else wants. Jobs wait in one queue; the
 /// threads end when the hasher is dropped.
 struct HashPool {
-    jobs: std::sync::mpsc::Sender<HashJob>,
+    jobs: std::sync::mpsc::SyncSender<HashJob>,
 }
 
-/// The hashing threads' priority on thread-priority's 0 (lowest) to 99
-/// scale; for Linux's normal policy about nice 9 (of 19), so a thread with
-/// the normal nice 0 weighs about seven times as much.
-const HASHING_PRIORITY: u8 = 25;
+/// Jobs that may wait per hashing thread (a hash is ~20 ms of a core): more
+/// are refused at once, so a flood of sign-ins cannot queue minutes of
+/// argon2 in front of everyone else's.
+const QUEUED_PER_THREAD: usize = 32;
 
 impl HashPool {
-    fn start(threads: usize) -> Result<Self, String> {
-        let (jobs, queue) = std::sync::mpsc::channel::<HashJob>();
+    fn start(threads: usize, capacity: usize) -> Result<Self, String> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<HashJob>(capacity);
         let queue = Arc::new(std::sync::Mutex::new(queue));
         for index in 0..threads {
             let queue = queue.clone();
@@ -214,11 +214,22 @@ impl HashPool {
     }
 
     fn submit(&self, job: HashJob) -> DomainResult<()> {
-        self.jobs
-            .send(job)
-            .map_err(|_| DomainError::Internal("the password hashing threads are gone".into()))
+        self.jobs.try_send(job).map_err(|refused| match refused {
+            std::sync::mpsc::TrySendError::Full(_) => DomainError::RateLimited {
+                message: "too many sign-ins are waiting for a password check; retry shortly".into(),
+                retry_after_ms: 1000,
+            },
+            std::sync::mpsc::TrySendError::Disconnected(_) => {
+                DomainError::Internal("the password hashing threads are gone".into())
+            }
+        })
     }
 }
+
+/// The hashing threads' priority on thread-priority's 0 (lowest) to 99
+/// scale; for Linux's normal policy about nice 9 (of 19), so a thread with
+/// the normal nice 0 weighs about seven times as much.
+const HASHING_PRIORITY: u8 = 25;
 
 /// A higher nice value for the calling thread (on Linux the nice value
 /// belongs to each thread); where that is refused, the normal priority.
@@ -362,7 +373,7 @@ impl Hasher {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Self {
             params,
-            pool: HashPool::start(cores)?,
+            pool: HashPool::start(cores, cores * QUEUED_PER_THREAD)?,
             dummy_phc,
         })
     }
@@ -449,6 +460,27 @@ mod tests {
                 after_name.split(' ').nth(16)?.parse().ok()
             })
             .collect()
+    }
+
+    /// A full queue refuses at once (RATE_LIMITED) instead of growing.
+    #[test]
+    fn a_full_hashing_queue_refuses() {
+        let pool = HashPool::start(1, 2).unwrap();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        pool.submit(Box::new(move || {
+            started.send(()).unwrap();
+            let _ = wait.recv();
+        }))
+        .unwrap();
+        running.recv().unwrap();
+        pool.submit(Box::new(|| {})).unwrap();
+        pool.submit(Box::new(|| {})).unwrap();
+        assert!(matches!(
+            pool.submit(Box::new(|| {})),
+            Err(DomainError::RateLimited { .. })
+        ));
+        release.send(()).unwrap();
     }
 
     /// The kept-memory check answers as argon2's own `verify_password`, for
