@@ -164,12 +164,7 @@ fn verify_in_place(password: &[u8], phc: &str) -> bool {
         }
         argon2.hash_password_into_with_memory(password, salt.as_ref(), &mut out, &mut memory[..blocks])
     });
-    hashed.is_ok()
-        && out
-            .iter()
-            .zip(expected.as_bytes())
-            .fold(0u8, |differs, (a, b)| differs | (a ^ b))
-            == 0
+    hashed.is_ok() && crate::secrets::constant_time_eq(&out, expected.as_bytes())
 }
 
 type HashJob = Box<dyn FnOnce() + Send>;

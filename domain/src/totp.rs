@@ -38,17 +38,7 @@ pub fn matching_step(secret: &[u8], code: &str, unix_seconds: i64) -> Option<i64
     let now = step_at(unix_seconds);
     [now, now - 1, now + 1]
         .into_iter()
-        .find(|step| same_code(&code_for_step(secret, *step, DIGITS), code))
-}
-
-/// Compares without stopping at the first difference.
-fn same_code(expected: &str, given: &str) -> bool {
-    expected.len() == given.len()
-        && expected
-            .bytes()
-            .zip(given.bytes())
-            .fold(0u8, |differs, (a, b)| differs | (a ^ b))
-            == 0
+        .find(|step| crate::secrets::constant_time_eq(code_for_step(secret, *step, DIGITS).as_bytes(), code.as_bytes()))
 }
 
 const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";

@@ -186,7 +186,9 @@ impl Visit {
     /// Whether a posted form carries the CSRF token of its cookie.
     fn csrf_matches(&self) -> bool {
         match (self.cookie(COOKIE_CSRF), self.form.get("csrf")) {
-            (Some(cookie), Some(field)) => constant_time_eq(cookie.as_bytes(), field.as_bytes()),
+            (Some(cookie), Some(field)) => {
+                orgadmin_domain::secrets::constant_time_eq(cookie.as_bytes(), field.as_bytes())
+            }
             _ => false,
         }
     }
@@ -286,10 +288,6 @@ impl axum::extract::FromRequest<Domain> for Visit {
             .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, "a form is at most 16 KiB\n").into_response())?;
         Ok(Visit::new(domain, &parts.headers, &parts.uri, remote, &body))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `?lang=`, else the first of da, sv, en the browser accepts, else Danish.
