@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "orgadmin/v1/notification_service.proto",
     "orgadmin/v1/import_service.proto",
     "orgadmin/v1/certificate_service.proto",
+    "orgadmin/v1/access_service.proto",
 ];
 
 /// Imported by the contract, vendored from googleapis (`google/api/`, found

@@ -84,6 +84,8 @@ string_enum_pub!(
         AuthenticatorEnrolled => "AUTHENTICATOR_ENROLLED",
         AuthenticatorRemoved => "AUTHENTICATOR_REMOVED",
         SessionRevoked => "SESSION_REVOKED",
+        AdminLevelGranted => "ADMIN_LEVEL_GRANTED",
+        AdminLevelRevoked => "ADMIN_LEVEL_REVOKED",
     }
 );
 

@@ -1,6 +1,8 @@
 //! Who may do what (R-ACC-1, R-ACC-6, R-ACC-8): one table, consulted by every
 //! domain entry point before it changes anything.
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use crate::error::DomainError;
@@ -11,14 +13,63 @@ use crate::model::Role;
 pub enum Principal {
     /// The platform provider (R-ORG-2), above organisations.
     Operator { token_id: Uuid },
-    /// A user of one organisation, with the roles they hold there.
+    /// A user of one organisation, with the roles and admin levels they
+    /// hold there.
     Member {
         user_id: Uuid,
         organisation_id: Uuid,
         roles: Vec<Role>,
+        levels: Vec<HeldLevel>,
     },
     /// The worker acting on a schedule.
     System { task: &'static str },
+}
+
+/// The strongest admin level (R-ACC-2): edits users, grants levels 1-4.
+pub const LEVEL_1: u8 = 1;
+/// Edits users, grants levels 3-4.
+pub const LEVEL_2: u8 = 2;
+/// Edits users, grants nothing.
+pub const LEVEL_3: u8 = 3;
+/// Only views users.
+pub const LEVEL_4: u8 = 4;
+
+/// An admin level a member holds (R-ACC-2), with what it covers: the whole
+/// organisation, or a unit and its subtree, resolved to unit ids when the
+/// caller was authenticated (`services::access::held_levels`, the one place
+/// scopes are resolved), so every check below is pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLevel {
+    pub level: u8,
+    /// None: the whole organisation. Some: the unit it is held on (first)
+    /// and every unit below it.
+    pub units: Option<Arc<[Uuid]>>,
+}
+
+impl HeldLevel {
+    /// Whether a user placed in `unit` (none: in no unit) is in scope. A
+    /// user in no unit is in the organisation's scope only.
+    pub fn covers(&self, unit: Option<Uuid>) -> bool {
+        match &self.units {
+            None => true,
+            Some(units) => unit.is_some_and(|unit| units.contains(&unit)),
+        }
+    }
+
+    /// The unit it is held on; none for the whole organisation.
+    pub fn unit_id(&self) -> Option<Uuid> {
+        self.units.as_ref().and_then(|units| units.first().copied())
+    }
+}
+
+/// The weakest level a level grants (R-ACC-2): level 1 grants 1-4, level 2
+/// grants 3-4, levels 3 and 4 grant nothing.
+pub fn strongest_grantable(level: u8) -> Option<u8> {
+    match level {
+        LEVEL_1 => Some(LEVEL_1),
+        LEVEL_2 => Some(LEVEL_3),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +213,11 @@ pub enum Action {
     RemoveAuthenticator,
     /// List and end a user's sessions (R-AUTH-3); everyone may their own.
     ManageSessions,
+    /// Grant and revoke admin levels (R-ACC-2); levels 1 and 2 within their
+    /// ceiling and scope, checked by [`authorize_level_grant`].
+    GrantAdminLevels,
+    /// See who holds which admin level.
+    ReadAdminLevels,
 }
 }
 
@@ -177,63 +233,83 @@ use Action::*;
 use OperatorScope::{AdministratorsOnly, No, Yes};
 use Role::{OrganisationAdmin as OA, RightsAdmin as RA, User as U, UserAdmin as UA};
 
-/// The policy table: per action, whether operators may act and which roles of
-/// the target organisation may. `self_allowed` lets a member act on their own
-/// user record.
-const POLICY: &[(Action, OperatorScope, &[Role], bool)] = &[
-    (CreateOrganisation, Yes, &[], false),
-    (ReadOrganisation, Yes, &[OA, UA, RA, U], false),
-    (UpdateOrganisation, Yes, &[OA], false),
-    (ReadSettings, Yes, &[OA, UA], false),
-    (UpdateSettings, No, &[OA], false),
-    (SetLicenceCount, Yes, &[], false),
-    (ReadUnits, Yes, &[OA, UA, RA, U], false),
-    (ManageUnits, No, &[OA], false),
-    (CreateUser, AdministratorsOnly, &[UA], false),
-    (ReadUser, AdministratorsOnly, &[OA, UA, RA], true),
-    (ListUsers, AdministratorsOnly, &[OA, UA, RA], false),
-    (UpdateUser, No, &[UA], false),
-    (ChangeRoles, No, &[OA], false),
-    (DeactivateUser, AdministratorsOnly, &[UA], false),
-    (ReactivateUser, AdministratorsOnly, &[UA], false),
-    (DeleteUser, No, &[UA], false),
-    (ReadUserHistory, AdministratorsOnly, &[OA, UA], true),
+/// No admin level allows the action.
+const NO_LEVEL: u8 = 0;
+
+/// The policy table: per action, whether operators may act, which roles of
+/// the target organisation may, the weakest admin level that may within its
+/// scope (R-ACC-2: levels 1-3 edit users, level 4 views them; `NO_LEVEL`:
+/// none), and whether a member may act on their own user record.
+const POLICY: &[(Action, OperatorScope, &[Role], u8, bool)] = &[
+    (CreateOrganisation, Yes, &[], NO_LEVEL, false),
+    (ReadOrganisation, Yes, &[OA, UA, RA, U], NO_LEVEL, false),
+    (UpdateOrganisation, Yes, &[OA], NO_LEVEL, false),
+    (ReadSettings, Yes, &[OA, UA], NO_LEVEL, false),
+    (UpdateSettings, No, &[OA], NO_LEVEL, false),
+    (SetLicenceCount, Yes, &[], NO_LEVEL, false),
+    (ReadUnits, Yes, &[OA, UA, RA, U], NO_LEVEL, false),
+    (ManageUnits, No, &[OA], NO_LEVEL, false),
+    (CreateUser, AdministratorsOnly, &[UA], LEVEL_3, false),
+    (ReadUser, AdministratorsOnly, &[OA, UA, RA], LEVEL_4, true),
+    (ListUsers, AdministratorsOnly, &[OA, UA, RA], LEVEL_4, false),
+    (UpdateUser, No, &[UA], LEVEL_3, false),
+    (ChangeRoles, No, &[OA], NO_LEVEL, false),
+    (DeactivateUser, AdministratorsOnly, &[UA], LEVEL_3, false),
+    (ReactivateUser, AdministratorsOnly, &[UA], LEVEL_3, false),
+    (DeleteUser, No, &[UA], LEVEL_3, false),
+    (ReadUserHistory, AdministratorsOnly, &[OA, UA], LEVEL_4, true),
     // R-AUTH-1: nobody, operator or administrator, obtains a credential that
     // acts as another person: a member makes API tokens for themselves only.
-    (CreateApiToken, No, &[], true),
+    (CreateApiToken, No, &[], NO_LEVEL, true),
     // Listing and revoking other people's tokens acts as nobody.
-    (ManageApiTokens, AdministratorsOnly, &[OA], false),
-    (ManageActivation, AdministratorsOnly, &[UA], false),
-    (DecideAnonymityRequests, No, &[UA], false),
-    (ManageMailQueue, Yes, &[], false),
+    (ManageApiTokens, AdministratorsOnly, &[OA], NO_LEVEL, false),
+    (ManageActivation, AdministratorsOnly, &[UA], LEVEL_3, false),
+    (DecideAnonymityRequests, No, &[UA], NO_LEVEL, false),
+    (ManageMailQueue, Yes, &[], NO_LEVEL, false),
     // R-BULK: user administrators import into their own organisation;
     // operators import nothing. Rows that make administrators are checked
     // row by row by CreateUser's own ChangeRoles rule.
-    (ImportUsers, No, &[UA], false),
-    (ImportLegacyUsers, No, &[OA], false),
-    (ReadImports, No, &[OA, UA], false),
+    (ImportUsers, No, &[UA], NO_LEVEL, false),
+    (ImportLegacyUsers, No, &[OA], NO_LEVEL, false),
+    (ReadImports, No, &[OA, UA], NO_LEVEL, false),
     // R-CERT: user administrators look after user certificates, organisation
     // administrators after the organisation's own; operators after none
     // (R-ACC-6). Holders pick up, renew and (for a lost key) revoke their
     // own: the certificate service checks that person itself.
-    (ManageUserCertificates, No, &[UA], false),
-    (ManageOrganisationCertificates, No, &[OA], false),
-    (ReadCertificates, No, &[OA, UA], false),
-    (ReadCertificateAuthority, Yes, &[OA, UA, RA, U], false),
+    (ManageUserCertificates, No, &[UA], NO_LEVEL, false),
+    (ManageOrganisationCertificates, No, &[OA], NO_LEVEL, false),
+    (ReadCertificates, No, &[OA, UA], NO_LEVEL, false),
+    (ReadCertificateAuthority, Yes, &[OA, UA, RA, U], NO_LEVEL, false),
     // R-AUTH-2, R-ACC-6: user administrators unlock their users, the
     // operator organisation administrators (seed 001).
-    (UnlockLogin, AdministratorsOnly, &[UA], false),
-    (SendPasswordReset, AdministratorsOnly, &[UA], false),
-    (RemoveAuthenticator, AdministratorsOnly, &[UA], false),
-    (ManageSessions, AdministratorsOnly, &[UA], true),
+    (UnlockLogin, AdministratorsOnly, &[UA], LEVEL_3, false),
+    (SendPasswordReset, AdministratorsOnly, &[UA], LEVEL_3, false),
+    (RemoveAuthenticator, AdministratorsOnly, &[UA], LEVEL_3, false),
+    (ManageSessions, AdministratorsOnly, &[UA], LEVEL_3, true),
+    // R-ACC-2: organisation and rights administrators grant any level
+    // anywhere; levels 1 and 2 up to their ceiling within their scope.
+    (GrantAdminLevels, No, &[OA, RA], LEVEL_2, false),
+    (ReadAdminLevels, No, &[OA, UA, RA], LEVEL_2, true),
 ];
 
-fn row(action: Action) -> (OperatorScope, &'static [Role], bool) {
+fn row(action: Action) -> (OperatorScope, &'static [Role], u8, bool) {
     POLICY
         .iter()
         .find(|(a, ..)| *a == action)
-        .map(|(_, op, roles, own)| (*op, *roles, *own))
-        .unwrap_or((No, &[], false))
+        .map(|(_, op, roles, level, own)| (*op, *roles, *level, *own))
+        .unwrap_or((No, &[], NO_LEVEL, false))
+}
+
+/// Where in the organisation an action lands, for scoped admin levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// An action on the organisation as a whole (a listing): a level held
+    /// anywhere allows it, and the listing shows that level's scope only
+    /// ([`user_listing_scope`]).
+    Anywhere,
+    /// An action on (or creating) a user placed in this unit; none: in no
+    /// unit.
+    InUnit(Option<Uuid>),
 }
 
 /// The resource an action touches, as far as the policy needs to know it.
@@ -245,6 +321,7 @@ pub struct Target {
     pub user_id: Option<Uuid>,
     /// Whether that user (or the user being created) holds an admin role.
     pub user_is_administrator: bool,
+    pub placement: Placement,
 }
 
 impl Target {
@@ -253,6 +330,7 @@ impl Target {
             organisation_id: None,
             user_id: None,
             user_is_administrator: false,
+            placement: Placement::Anywhere,
         }
     }
 
@@ -261,14 +339,33 @@ impl Target {
             organisation_id: Some(id),
             user_id: None,
             user_is_administrator: false,
+            placement: Placement::Anywhere,
         }
     }
 
-    pub fn user(organisation_id: Uuid, user_id: Uuid, is_administrator: bool) -> Self {
+    /// A user to be created in `unit_id` (none: in no unit).
+    pub fn new_user(organisation_id: Uuid, unit_id: Option<Uuid>) -> Self {
+        Self {
+            placement: Placement::InUnit(unit_id),
+            ..Self::organisation(organisation_id)
+        }
+    }
+
+    pub fn user(organisation_id: Uuid, user_id: Uuid, is_administrator: bool, unit_id: Option<Uuid>) -> Self {
         Self {
             organisation_id: Some(organisation_id),
             user_id: Some(user_id),
             user_is_administrator: is_administrator,
+            placement: Placement::InUnit(unit_id),
+        }
+    }
+
+    /// The same user, moved to another unit: a scoped level must cover
+    /// both where the user is and where they go.
+    pub fn moved_to(self, unit_id: Option<Uuid>) -> Self {
+        Self {
+            placement: Placement::InUnit(unit_id),
+            ..self
         }
     }
 }
@@ -306,7 +403,7 @@ pub fn authorize_on_user(caller: &Caller, action: Action, target: Target) -> Res
 }
 
 pub fn authorize(caller: &Caller, action: Action, target: Target) -> Result<(), DomainError> {
-    let (operator, roles, self_allowed) = row(action);
+    let (operator, roles, weakest_level, self_allowed) = row(action);
     let allowed = match &caller.principal {
         Principal::System { .. } => true,
         Principal::Operator { .. } => match operator {
@@ -320,17 +417,119 @@ pub fn authorize(caller: &Caller, action: Action, target: Target) -> Result<(), 
             user_id,
             organisation_id,
             roles: held,
+            levels,
         } => {
             let same_org = target.organisation_id == Some(*organisation_id);
             let by_role = held.iter().any(|r| roles.contains(r));
+            let by_level = levels
+                .iter()
+                .any(|l| weakest_level != NO_LEVEL && l.level <= weakest_level && in_scope(l, target.placement));
             let on_self = self_allowed && target.user_id == Some(*user_id);
-            same_org && (by_role || on_self)
+            same_org && (by_role || by_level || on_self)
         }
     };
     if allowed {
         Ok(())
     } else {
         Err(DomainError::denied(format!("the caller may not {}", describe(action))))
+    }
+}
+
+fn in_scope(level: &HeldLevel, placement: Placement) -> bool {
+    match placement {
+        Placement::Anywhere => true,
+        Placement::InUnit(unit) => level.covers(unit),
+    }
+}
+
+/// Which of an organisation's users a listing the caller may make shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListingScope {
+    /// All (the operator's listing is cut to administrators separately).
+    Everyone,
+    /// Only users placed in these units: the caller holds levels on units
+    /// and no role that sees the whole organisation.
+    Units(Vec<Uuid>),
+}
+
+/// What of `organisation_id`'s users `action` (a listing, already
+/// authorised) shows the caller: a scoped level shows its subtree only.
+pub fn user_listing_scope(caller: &Caller, action: Action, organisation_id: Uuid) -> ListingScope {
+    let (_, roles, weakest_level, _) = row(action);
+    let Principal::Member {
+        roles: held, levels, ..
+    } = &caller.principal
+    else {
+        return ListingScope::Everyone;
+    };
+    let usable: Vec<&HeldLevel> = levels.iter().filter(|l| l.level <= weakest_level).collect();
+    if held.iter().any(|r| roles.contains(r)) || usable.iter().any(|l| l.units.is_none()) {
+        return ListingScope::Everyone;
+    }
+    debug_assert!(caller.organisation_id() == Some(organisation_id));
+    let mut units: Vec<Uuid> = usable
+        .iter()
+        .flat_map(|l| l.units.iter().flat_map(|u| u.iter().copied()))
+        .collect();
+    units.sort();
+    units.dedup();
+    ListingScope::Units(units)
+}
+
+/// A level about to be granted, changed or revoked, and where.
+#[derive(Debug, Clone, Copy)]
+pub struct LevelChange {
+    pub grantee: Uuid,
+    /// The level granted (or, revoking, the level taken away).
+    pub level: u8,
+    /// The unit it is held on; none: the whole organisation.
+    pub unit_id: Option<Uuid>,
+    /// Where the grantee is placed.
+    pub grantee_unit: Option<Uuid>,
+}
+
+/// R-ACC-2, R-ACC-4: whether `caller`, holding `granter_levels` now (read in
+/// the granting transaction, not from the cached caller), may grant or
+/// revoke `change`. Organisation and rights administrators may any level
+/// anywhere; a level 1 grants 1-4 and a level 2 grants 3-4, on their own
+/// unit's subtree and to people within it. Nobody grants (or widens) a
+/// level for themselves, whatever they hold: a colleague must act. Giving up
+/// one's own level is always allowed (`revoking_own`).
+pub fn authorize_level_grant(
+    caller: &Caller,
+    granter_levels: &[HeldLevel],
+    change: LevelChange,
+    revoking_own: bool,
+) -> Result<(), DomainError> {
+    let Principal::Member { user_id, roles, .. } = &caller.principal else {
+        return Err(DomainError::denied("the caller may not grant admin levels"));
+    };
+    if revoking_own && change.grantee == *user_id {
+        return Ok(());
+    }
+    if change.grantee == *user_id {
+        return Err(DomainError::denied(
+            "nobody grants themselves an admin level (R-ACC-4: two keys): a colleague must do it",
+        ));
+    }
+    if roles.iter().any(|r| matches!(r, OA | RA)) {
+        return Ok(());
+    }
+    let allowed = granter_levels.iter().any(|held| {
+        strongest_grantable(held.level).is_some_and(|strongest| change.level >= strongest)
+            && match change.unit_id {
+                None => held.units.is_none(),
+                Some(unit) => held.covers(Some(unit)),
+            }
+            && held.covers(change.grantee_unit)
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err(DomainError::denied(format!(
+            "the caller may not grant or revoke level {} here: level 1 grants levels 1-4 and level 2 levels 3-4, within the unit they hold it on and to people placed there",
+            change.level
+        )))
     }
 }
 
@@ -369,6 +568,8 @@ fn describe(action: Action) -> &'static str {
         SendPasswordReset => "send this user a password reset link",
         RemoveAuthenticator => "remove this user's authenticator app",
         ManageSessions => "see or end this user's sessions",
+        GrantAdminLevels => "grant or revoke admin levels in this organisation",
+        ReadAdminLevels => "see the admin levels of this organisation",
     }
 }
 
@@ -381,6 +582,7 @@ mod tests {
             user_id: Uuid::now_v7(),
             organisation_id: org,
             roles,
+            levels: Vec::new(),
         })
     }
 
@@ -405,13 +607,61 @@ mod tests {
         assert!(authorize(&own, ReadOrganisation, Target::organisation(org)).is_ok());
     }
 
+    fn level(level: u8, units: Option<&[Uuid]>) -> HeldLevel {
+        HeldLevel {
+            level,
+            units: units.map(Arc::from),
+        }
+    }
+
+    #[test]
+    fn a_unit_level_covers_its_subtree_and_nothing_else() {
+        let (north, below, south) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let held = level(LEVEL_3, Some(&[north, below]));
+        assert!(held.covers(Some(north)) && held.covers(Some(below)));
+        assert!(!held.covers(Some(south)) && !held.covers(None));
+        assert!(level(LEVEL_3, None).covers(None));
+        assert_eq!(held.unit_id(), Some(north));
+    }
+
+    #[test]
+    fn ceilings_scopes_and_two_keys() {
+        let org = Uuid::now_v7();
+        let (north, below, south) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let granter = member(org, vec![U]);
+        let grantee = Uuid::now_v7();
+        let change = |level, unit_id, grantee_unit| LevelChange {
+            grantee,
+            level,
+            unit_id,
+            grantee_unit,
+        };
+        let second = [level(LEVEL_2, Some(&[north, below]))];
+        assert!(authorize_level_grant(&granter, &second, change(3, Some(below), Some(below)), false).is_ok());
+        assert!(authorize_level_grant(&granter, &second, change(2, Some(below), Some(below)), false).is_err());
+        assert!(authorize_level_grant(&granter, &second, change(3, Some(south), Some(below)), false).is_err());
+        assert!(authorize_level_grant(&granter, &second, change(3, None, Some(below)), false).is_err());
+        assert!(authorize_level_grant(&granter, &second, change(3, Some(north), Some(south)), false).is_err());
+        let third = [level(LEVEL_3, None)];
+        assert!(authorize_level_grant(&granter, &third, change(4, None, None), false).is_err());
+        // Two keys: not even an organisation administrator grants themselves.
+        let admin = member(org, vec![OA]);
+        let own = LevelChange {
+            grantee: admin.user_id().unwrap(),
+            ..change(4, None, None)
+        };
+        assert!(authorize_level_grant(&admin, &[], own, false).is_err());
+        assert!(authorize_level_grant(&admin, &[], own, true).is_ok());
+        assert!(authorize_level_grant(&admin, &[], change(1, None, None), false).is_ok());
+    }
+
     #[test]
     fn operator_sees_only_administrators() {
         let op = Caller::new(Principal::Operator {
             token_id: Uuid::now_v7(),
         });
         let org = Uuid::now_v7();
-        assert!(authorize(&op, ReadUser, Target::user(org, Uuid::now_v7(), true)).is_ok());
-        assert!(authorize(&op, ReadUser, Target::user(org, Uuid::now_v7(), false)).is_err());
+        assert!(authorize(&op, ReadUser, Target::user(org, Uuid::now_v7(), true, None)).is_ok());
+        assert!(authorize(&op, ReadUser, Target::user(org, Uuid::now_v7(), false, None)).is_err());
     }
 }

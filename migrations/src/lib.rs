@@ -33,6 +33,7 @@ mod m20261202_000052_add_user_organisation_signing;
 mod m20261202_000053_add_import_trace_context;
 mod m20261202_000060_create_password_credentials;
 mod m20261203_000061_create_second_factor;
+mod m20261203_000062_create_admin_levels;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -75,6 +76,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000053_add_import_trace_context::Migration),
             Box::new(m20261202_000060_create_password_credentials::Migration),
             Box::new(m20261203_000061_create_second_factor::Migration),
+            Box::new(m20261203_000062_create_admin_levels::Migration),
         ]
     }
 }

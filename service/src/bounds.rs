@@ -132,6 +132,9 @@ no_lists!(
     ExportCertificatesRequest,
     GetCrlRequest,
     SetOrganisationSigningRequest,
+    GrantAdminLevelRequest,
+    ListAdminLevelsRequest,
+    RevokeAdminLevelRequest,
 );
 
 impl Lists for pb::OrderCertificateRequest {

@@ -272,6 +272,8 @@ same_variants!(
         AuthenticatorEnrolled,
         AuthenticatorRemoved,
         SessionRevoked,
+        AdminLevelGranted,
+        AdminLevelRevoked,
     ]
 );
 

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use orgadmin_domain::Domain;
+use orgadmin_proto::v1::access_service_server::AccessServiceServer;
 use orgadmin_proto::v1::auth_service_server::AuthServiceServer;
 use orgadmin_proto::v1::certificate_service_server::CertificateServiceServer;
 use orgadmin_proto::v1::import_service_server::ImportServiceServer;
@@ -18,6 +19,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::handlers::access::AccessHandler;
 use crate::handlers::auth::AuthHandler;
 use crate::handlers::certificates::CertificateHandler;
 use crate::handlers::imports::ImportHandler;
@@ -77,6 +79,10 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    let access = AccessServiceServer::new(AccessHandler { domain: domain.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
     let probe = tokio::spawn(probe_database(domain, reporter.clone()));
     let probe_on_error = probe.abort_handle();
     let draining = async move {
@@ -100,6 +106,7 @@ pub async fn serve(
         .add_service(in_flight.wrap(notifications))
         .add_service(in_flight.wrap(imports))
         .add_service(in_flight.wrap(certificates))
+        .add_service(in_flight.wrap(access))
         // TCP_NODELAY: a reply is several HTTP/2 frames (headers, data,
         // trailers); with Nagle on, the second write waits for the client's
         // delayed ACK (40 ms on Linux) whenever only one call is in flight.
@@ -111,13 +118,14 @@ pub async fn serve(
 }
 
 /// The names under which health reports the orgadmin services.
-const SERVICES: [&str; 6] = [
+const SERVICES: [&str; 7] = [
     <OrganisationServiceServer<OrganisationHandler> as NamedService>::NAME,
     <UserServiceServer<UserHandler> as NamedService>::NAME,
     <AuthServiceServer<AuthHandler> as NamedService>::NAME,
     <NotificationServiceServer<NotificationHandler> as NamedService>::NAME,
     <ImportServiceServer<ImportHandler> as NamedService>::NAME,
     <CertificateServiceServer<CertificateHandler> as NamedService>::NAME,
+    <AccessServiceServer<AccessHandler> as NamedService>::NAME,
 ];
 
 async fn set_services(reporter: &HealthReporter, status: ServingStatus) {

@@ -82,6 +82,7 @@ enum Call {
     SearchCertificates(pb::SearchCertificatesRequest),
     RenewCertificate(pb::RenewCertificateRequest),
     RevokeCertificate(pb::RevokeCertificateRequest),
+    GrantAdminLevel(pb::GrantAdminLevelRequest),
 }
 
 impl Call {
@@ -117,6 +118,7 @@ impl Call {
             Call::SearchCertificates(_) => "SearchCertificates",
             Call::RenewCertificate(_) => "RenewCertificate",
             Call::RevokeCertificate(_) => "RevokeCertificate",
+            Call::GrantAdminLevel(_) => "GrantAdminLevel",
         }
     }
 
@@ -163,6 +165,7 @@ impl Call {
             Call::SearchCertificates(r) => app.certs().search_certificates(req(admin, r)).await.map(drop),
             Call::RenewCertificate(r) => app.certs().renew_certificate(req(admin, r)).await.map(drop),
             Call::RevokeCertificate(r) => app.certs().revoke_certificate(req(admin, r)).await.map(drop),
+            Call::GrantAdminLevel(r) => app.access().grant_admin_level(req(admin, r)).await.map(drop),
         }
     }
 }
@@ -823,6 +826,23 @@ fn rows() -> Vec<Row> {
             text: long(101),
             ..c.list_users()
         })),
+        row!("level", "5", |c| Call::GrantAdminLevel(pb::GrantAdminLevelRequest {
+            user_id: c.member.id.clone(),
+            level: 5,
+            unit_id: String::new(),
+        })),
+        row!("level", "0", |c| Call::GrantAdminLevel(pb::GrantAdminLevelRequest {
+            user_id: c.member.id.clone(),
+            level: 0,
+            unit_id: c.unit.id.clone(),
+        })),
+        row!("unit_id", "no unit of the organisation", |c| Call::GrantAdminLevel(
+            pb::GrantAdminLevelRequest {
+                user_id: c.member.id.clone(),
+                level: 3,
+                unit_id: uuid::Uuid::now_v7().to_string(),
+            }
+        )),
         row!("unit_id", "no unit of the organisation", |c| Call::ListUsers(
             pb::ListUsersRequest {
                 unit_id: uuid::Uuid::now_v7().to_string(),

@@ -1,6 +1,7 @@
 //! The one integration-test binary. Every scenario runs on SQLite and on
 //! PostgreSQL (`both_backends!`), against a real server over real gRPC.
 
+mod access;
 mod bounds;
 mod certificates;
 mod contract;

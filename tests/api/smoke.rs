@@ -160,6 +160,7 @@ async fn grpcurl_walkthrough(backend: Backend) {
         "orgadmin.v1.OrganisationService",
         "orgadmin.v1.UserService",
         "orgadmin.v1.AuthService",
+        "orgadmin.v1.AccessService",
         "grpc.health.v1.Health",
     ] {
         assert!(listed.contains(service), "{service} missing from reflection: {listed}");
@@ -330,6 +331,33 @@ async fn grpcurl_walkthrough(backend: Backend) {
         deactivations["events"][0]["activity"],
         "HISTORY_ACTIVITY_USER_DEACTIVATED"
     );
+
+    // Delegation as the README gives it: a unit, Jens given level 4 on it,
+    // the levels listed.
+    let unit = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(
+            r#"{{"organisation_id":"{org_id}","kind":"UNIT_KIND_DEPARTMENT","name":"Værksted Nord"}}"#
+        )),
+        "orgadmin.v1.OrganisationService/CreateUnit",
+    );
+    let unit_id = unit["unit"]["id"].as_str().unwrap().to_owned();
+    let granted = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(r#"{{"user_id":"{user_id}","level":4,"unit_id":"{unit_id}"}}"#)),
+        "orgadmin.v1.AccessService/GrantAdminLevel",
+    );
+    assert_eq!(granted["adminLevel"]["level"], 4, "{granted}");
+    assert_eq!(granted["adminLevel"]["unitId"], unit_id.as_str());
+    let levels = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(r#"{{"organisation_id":"{org_id}"}}"#)),
+        "orgadmin.v1.AccessService/ListAdminLevels",
+    );
+    assert_eq!(levels["adminLevels"].as_array().map(Vec::len), Some(1), "{levels}");
 
     // A new address as the README gives it (grpcurl reads a FieldMask as
     // an object with paths): it waits for verification.

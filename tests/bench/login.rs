@@ -23,24 +23,11 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::PasswordVerifier;
 use orgadmin_domain::passwords::{Hasher, Password, PasswordSettings};
 use orgadmin_proto::v1 as pb;
+use orgadmin_tests::bench::{env, median, run_on_all_cores};
 use orgadmin_tests::*;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
+    run_on_all_cores(run());
 }
 
 /// Verifications per second of bare argon2id on one thread per core.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use orgadmin_domain::{CprVault, Domain, DomainSettings, persistence};
 use orgadmin_proto::v1 as pb;
+use orgadmin_proto::v1::access_service_client::AccessServiceClient;
 use orgadmin_proto::v1::auth_service_client::AuthServiceClient;
 use orgadmin_proto::v1::certificate_service_client::CertificateServiceClient;
 use orgadmin_proto::v1::import_service_client::ImportServiceClient;
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
+pub mod bench;
 mod binaries;
 pub mod browser;
 mod catalog;
@@ -195,6 +197,10 @@ impl TestApp {
 
     pub fn auth(&self) -> AuthServiceClient<Channel> {
         AuthServiceClient::new(self.channel.clone())
+    }
+
+    pub fn access(&self) -> AccessServiceClient<Channel> {
+        AccessServiceClient::new(self.channel.clone())
     }
 
     pub fn health(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
@@ -764,10 +770,15 @@ impl TestApp {
         first: &str,
         roles: &[pb::Role],
     ) -> (pb::User, String) {
-        let request = new_user(&fixture.org.id, first, roles);
+        self.member_with_password_from(&fixture.admin_token, new_user(&fixture.org.id, first, roles))
+            .await
+    }
+
+    /// [`Self::member_with_password`] for a request of the caller's making.
+    pub async fn member_with_password_from(&self, creator: &str, request: pb::CreateUserRequest) -> (pb::User, String) {
         let (email, cpr) = (request.email.clone(), request.cpr.clone());
         self.users()
-            .create_user(req(&fixture.admin_token, request))
+            .create_user(req(creator, request))
             .await
             .expect("create user");
         let activated = self.activate_by_link_with_password(&email, &cpr, TEST_PASSWORD).await;
@@ -865,6 +876,58 @@ impl TestApp {
     pub async fn member(&self, fixture: &OrgFixture, first: &str, roles: &[pb::Role]) -> (pb::User, String) {
         self.create_and_activate(&fixture.admin_token, new_user(&fixture.org.id, first, roles))
             .await
+    }
+
+    /// A plain member placed in `unit_id`, activated, with their session.
+    pub async fn member_in(&self, fixture: &OrgFixture, first: &str, unit_id: &str) -> (pb::User, String) {
+        let request = pb::CreateUserRequest {
+            unit_id: unit_id.to_owned(),
+            ..new_user(&fixture.org.id, first, &[])
+        };
+        self.create_and_activate(&fixture.admin_token, request).await
+    }
+
+    /// A department of the fixture's organisation, below `parent_id` ("" for
+    /// a top unit).
+    pub async fn unit(&self, fixture: &OrgFixture, name: &str, parent_id: &str) -> pb::Unit {
+        self.orgs()
+            .create_unit(req(
+                &fixture.admin_token,
+                pb::CreateUnitRequest {
+                    organisation_id: fixture.org.id.clone(),
+                    parent_id: parent_id.to_owned(),
+                    kind: pb::UnitKind::Department as i32,
+                    name: name.to_owned(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("create unit")
+            .into_inner()
+            .unit
+            .expect("unit")
+    }
+
+    /// `granter` gives `user_id` admin level `level` on `unit_id` ("" for the
+    /// organisation).
+    pub async fn grant_level(
+        &self,
+        granter: &str,
+        user_id: &str,
+        level: i32,
+        unit_id: &str,
+    ) -> Result<pb::AdminLevel, Status> {
+        self.access()
+            .grant_admin_level(req(
+                granter,
+                pb::GrantAdminLevelRequest {
+                    user_id: user_id.to_owned(),
+                    level,
+                    unit_id: unit_id.to_owned(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner().admin_level.expect("admin level"))
     }
 }
 

@@ -321,6 +321,35 @@ pub mod totp_credential {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// An admin level (R-ACC-2) held on the organisation (`unit_id` none) or on
+/// one unit and its subtree.
+pub mod admin_level {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "admin_levels")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub organisation_id: Uuid,
+        pub user_id: Uuid,
+        /// 1 (strongest) to 4 (views only).
+        pub level: i16,
+        pub unit_id: Option<Uuid>,
+        /// The unit id, or "" for the organisation: one level per person
+        /// and scope.
+        pub scope_key: String,
+        /// How history names who granted it (`user:<id>`).
+        pub granted_by: String,
+        pub granted_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod notification {
     use sea_orm::entity::prelude::*;
 

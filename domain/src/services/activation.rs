@@ -598,11 +598,14 @@ pub(crate) fn person_caller(row: &user::Model) -> Caller {
 
 /// A user of the organisation acting with `roles` (the import job acts as
 /// its requester with the roles they hold now), named as history names them.
+/// No admin levels: imports need the user administrator role, which every
+/// row's check is then allowed by.
 pub(crate) fn member_caller(row: &user::Model, roles: Vec<Role>) -> Caller {
     Caller::new(Principal::Member {
         user_id: row.id,
         organisation_id: row.organisation_id,
         roles,
+        levels: Vec::new(),
     })
     .with_identity(format!("{} {}", row.first_name, row.surname), row.email.clone())
 }

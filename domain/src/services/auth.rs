@@ -155,10 +155,14 @@ impl Domain {
             .filter_map(|row| row.role.as_deref())
             .map(parse::<Role>)
             .collect::<DomainResult<Vec<_>>>()?;
+        // A second round trip, on a cache miss only; the levels' subtrees
+        // resolved here keep every later check pure.
+        let levels = super::access::held_levels(self, &self.db, organisation_id, user_id).await?;
         let caller = Caller::new(Principal::Member {
             user_id,
             organisation_id,
             roles,
+            levels,
         })
         .with_identity(
             format!("{} {}", first.unwrap_or_default(), surname.unwrap_or_default()),
@@ -388,7 +392,11 @@ impl Domain {
             .remove(&user_id)
             .unwrap_or_default();
         let is_admin = roles.iter().any(|r| r.is_administrator());
-        authorize(caller, Action::ManageApiTokens, Target::user(org_id, user_id, is_admin))?;
+        authorize(
+            caller,
+            Action::ManageApiTokens,
+            Target::user(org_id, user_id, is_admin, None),
+        )?;
         if row.revoked_at.is_some() {
             return Ok(api_token_from_row(row));
         }

@@ -1,6 +1,7 @@
 //! Domain entry points. Each write is one transaction that also writes its
 //! history event.
 
+pub mod access;
 pub mod activation;
 pub mod anonymity;
 pub mod auth;
@@ -220,7 +221,7 @@ impl crate::Domain {
         crate::policy::authorize_on_user(
             caller,
             action,
-            crate::policy::Target::user(row.organisation_id, user_id, is_admin),
+            crate::policy::Target::user(row.organisation_id, user_id, is_admin, row.unit_id),
         )?;
         Ok(row)
     }

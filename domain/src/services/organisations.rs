@@ -10,7 +10,7 @@ use crate::Domain;
 use crate::error::{DomainError, DomainResult, Reason, is_unique_violation};
 use crate::model::*;
 use crate::paging;
-use crate::persistence::entities::{organisation, unit, user};
+use crate::persistence::entities::{admin_level, organisation, unit, user};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::persistence::mapping::{json_list, organisation_from_row, unit_from_row};
 use crate::policy::{Action, Caller, Target, authorize};
@@ -704,10 +704,17 @@ impl Domain {
             .filter(user::Column::UnitId.eq(unit_id))
             .count(&txn)
             .await?;
-        if children > 0 || members > 0 {
+        // A level held on the unit would silently vanish with it.
+        let levels = admin_level::Entity::find()
+            .filter(admin_level::Column::UnitId.eq(unit_id))
+            .count(&txn)
+            .await?;
+        if children > 0 || members > 0 || levels > 0 {
             return Err(DomainError::precondition(
                 Reason::UnitInUse,
-                format!("the unit still has {children} sub-units and {members} users; move them first"),
+                format!(
+                    "the unit still has {children} sub-units, {members} users and {levels} admin levels held on it; move or revoke them first"
+                ),
             ));
         }
         unit::Entity::delete_by_id(unit_id).exec(&txn).await?;

@@ -267,11 +267,19 @@ impl AuthService for AuthHandler {
                 user_id,
                 organisation_id,
                 roles,
+                levels,
             } => pb::WhoAmIResponse {
                 operator: false,
                 user_id: user_id.to_string(),
                 organisation_id: organisation_id.to_string(),
                 roles: roles.iter().map(|r| role_to_pb(*r) as i32).collect(),
+                admin_levels: levels
+                    .iter()
+                    .map(|held| pb::HeldAdminLevel {
+                        level: i32::from(held.level),
+                        unit_id: held.unit_id().map(|u| u.to_string()).unwrap_or_default(),
+                    })
+                    .collect(),
             },
             Principal::System { .. } => pb::WhoAmIResponse::default(),
         };

@@ -1,5 +1,6 @@
 //! Thin tonic handlers: authenticate, convert, call the domain, convert back.
 
+pub mod access;
 pub mod auth;
 pub mod certificates;
 pub mod imports;

@@ -25,7 +25,8 @@ impl Domain {
         // Operators may only create administrators; whether this one is the
         // organisation's first (and so becomes its administrator) is decided
         // below, under the organisation lock.
-        authorize(caller, Action::CreateUser, Target::organisation(org_id))?;
+        // A scoped admin level creates users within its subtree only.
+        authorize(caller, Action::CreateUser, Target::new_user(org_id, new.unit_id))?;
         if !caller.is_operator() && requested_roles != [Role::User] {
             authorize(caller, Action::ChangeRoles, Target::organisation(org_id))?;
         }
@@ -126,7 +127,7 @@ impl Domain {
             authorize(
                 caller,
                 Action::ReadUser,
-                Target::user(org_id, user.id, user.is_administrator()),
+                Target::user(org_id, user.id, user.is_administrator(), user.unit_id),
             )?;
             return Ok(CreatedUser {
                 user,

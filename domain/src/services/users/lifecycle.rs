@@ -223,7 +223,7 @@ impl Domain {
         crate::policy::authorize_on_user(
             caller,
             action,
-            Target::user(user.organisation_id, id, user.is_administrator()),
+            Target::user(user.organisation_id, id, user.is_administrator(), user.unit_id),
         )?;
         check_etag("user", etag, row.version)?;
         Ok((user, row))

@@ -316,7 +316,7 @@ impl Domain {
         crate::policy::authorize_on_user(
             caller,
             action,
-            Target::user(user.organisation_id, id, user.is_administrator()),
+            Target::user(user.organisation_id, id, user.is_administrator(), user.unit_id),
         )?;
         Ok(user)
     }

@@ -43,6 +43,13 @@ impl Domain {
                 .collect();
             query = query.filter(user::Column::Id.in_subquery(role_subquery(admin_roles)));
         }
+        // A caller who sees users through levels on units sees those units'
+        // users only (R-ACC-2).
+        if let crate::policy::ListingScope::Units(units) =
+            crate::policy::user_listing_scope(caller, Action::ListUsers, organisation_id)
+        {
+            query = query.filter(user::Column::UnitId.is_in(units));
+        }
         if let Some(unit) = filter.unit_id {
             let units = self.units_of(&self.db, organisation_id).await?;
             if !units.iter().any(|u| u.id == unit) {

@@ -29,7 +29,7 @@ impl Domain {
         patch: UserPatch,
     ) -> DomainResult<User> {
         let current = self.load_user(txn, id).await?;
-        let target = Target::user(current.organisation_id, id, current.is_administrator());
+        let target = Target::user(current.organisation_id, id, current.is_administrator(), current.unit_id);
         let touches_fields = patch.first_name.is_some()
             || patch.surname.is_some()
             || patch.email.is_some()
@@ -44,6 +44,10 @@ impl Domain {
             || patch.signing_right.is_some();
         if touches_fields || patch.roles.is_none() {
             crate::policy::authorize_on_user(caller, Action::UpdateUser, target)?;
+        }
+        // A scoped admin level moves users only within its subtree.
+        if let Some(unit_id) = patch.unit_id {
+            crate::policy::authorize(caller, Action::UpdateUser, target.moved_to(unit_id))?;
         }
         if patch.roles.is_some() {
             crate::policy::authorize_on_user(caller, Action::ChangeRoles, target)?;

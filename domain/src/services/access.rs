@@ -1,0 +1,334 @@
+//! Admin levels (R-ACC-2, R-ACC-4): granting, changing, listing and
+//! revoking them, and the one place a level's scope is resolved to the
+//! units it covers. The decisions themselves are the policy's
+//! (`policy::authorize`, `policy::authorize_level_grant`).
+//!
+//! How levels and roles combine (README "Admin levels"): roles hold on the
+//! whole organisation and keep every right they had; a level adds the user
+//! rights of its number within its scope. A user administrator is, for
+//! users, a level 3 on the whole organisation plus imports, certificates
+//! and anonymity decisions; organisation and rights administrators grant
+//! any level anywhere.
+
+use std::sync::Arc;
+
+use sea_orm::ActiveValue::Set;
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::lock_organisation;
+use super::organisations::subtree;
+use crate::Domain;
+use crate::error::{DomainError, DomainResult, Reason};
+use crate::model::*;
+use crate::paging;
+use crate::persistence::entities::{admin_level, user};
+use crate::persistence::history::{self, NewEvent, Subject};
+use crate::persistence::mapping::parse;
+use crate::policy::{
+    Action, Caller, HeldLevel, LEVEL_1, LEVEL_4, LevelChange, ListingScope, Target, authorize, authorize_level_grant,
+    user_listing_scope,
+};
+
+/// One admin level held by one person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelGrant {
+    pub id: Uuid,
+    pub organisation_id: Uuid,
+    pub user_id: Uuid,
+    pub level: u8,
+    /// None: the whole organisation.
+    pub unit_id: Option<Uuid>,
+    /// How history names who granted (or last changed) it.
+    pub granted_by: String,
+    pub granted_at: Millis,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LevelFilter {
+    pub user_id: Option<Uuid>,
+    pub unit_id: Option<Uuid>,
+}
+
+fn grant_from_row(row: admin_level::Model) -> LevelGrant {
+    LevelGrant {
+        id: row.id,
+        organisation_id: row.organisation_id,
+        user_id: row.user_id,
+        level: u8::try_from(row.level).unwrap_or(LEVEL_4),
+        unit_id: row.unit_id,
+        granted_by: row.granted_by,
+        granted_at: row.granted_at,
+    }
+}
+
+/// How history shows a level: `2 on unit <id>` or `1 on the organisation`.
+fn shown(level: u8, unit_id: Option<Uuid>) -> String {
+    match unit_id {
+        Some(unit) => format!("{level} on unit {unit}"),
+        None => format!("{level} on the organisation"),
+    }
+}
+
+fn scope_key(unit_id: Option<Uuid>) -> String {
+    unit_id.map(|u| u.to_string()).unwrap_or_default()
+}
+
+/// The levels `user_id` holds now, each with the units it covers: the one
+/// place a level's scope is resolved. One query, and a second for the unit
+/// tree only when a level is held on a unit.
+pub(crate) async fn held_levels(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    organisation_id: Uuid,
+    user_id: Uuid,
+) -> DomainResult<Vec<HeldLevel>> {
+    let rows = admin_level::Entity::find()
+        .filter(admin_level::Column::UserId.eq(user_id))
+        .all(db)
+        .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let units = if rows.iter().any(|r| r.unit_id.is_some()) {
+        domain.units_of(db, organisation_id).await?
+    } else {
+        Vec::new()
+    };
+    Ok(rows
+        .into_iter()
+        .map(|row| HeldLevel {
+            level: u8::try_from(row.level).unwrap_or(LEVEL_4),
+            units: row.unit_id.map(|unit| Arc::from(subtree(&units, unit))),
+        })
+        .collect())
+}
+
+fn check_level(level: i32) -> DomainResult<u8> {
+    match u8::try_from(level) {
+        Ok(level) if (LEVEL_1..=LEVEL_4).contains(&level) => Ok(level),
+        _ => Err(DomainError::invalid(
+            "level",
+            "must be 1 (edits users, grants 1-4), 2 (edits, grants 3-4), 3 (edits users) or 4 (views users)",
+        )),
+    }
+}
+
+impl Domain {
+    /// The user a level is about, checked visible to the caller (NOT_FOUND
+    /// otherwise, as everywhere).
+    async fn level_holder(&self, caller: &Caller, action: Action, user_id: Uuid) -> DomainResult<user::Model> {
+        self.authorize_on_user(caller, action, user_id).await
+    }
+
+    /// R-ACC-2: gives `user_id` admin level `level` on the organisation
+    /// (`unit_id` none) or on a unit's subtree; a level they already hold
+    /// on that scope is changed. Two keys (R-ACC-4): never for oneself.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn grant_admin_level(
+        &self,
+        caller: &Caller,
+        user_id: Uuid,
+        level: i32,
+        unit_id: Option<Uuid>,
+    ) -> DomainResult<LevelGrant> {
+        let grantee = self.level_holder(caller, Action::GrantAdminLevels, user_id).await?;
+        let level = check_level(level)?;
+        if let Some(unit) = unit_id
+            && !self
+                .units_of(&self.db, grantee.organisation_id)
+                .await?
+                .iter()
+                .any(|u| u.id == unit)
+        {
+            return Err(DomainError::invalid("unit_id", "names no unit of this organisation"));
+        }
+        if !parse::<UserState>(&grantee.state)?.is_standing() {
+            return Err(DomainError::precondition(
+                Reason::UserNotActive,
+                "only an active or pending user can be given an admin level",
+            ));
+        }
+        let granter = caller
+            .user_id()
+            .ok_or_else(|| DomainError::denied("only members grant admin levels"))?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        // The organisation's row lock orders every level write of the
+        // organisation, so the granter's levels read below are the ones
+        // they hold at commit: two administrators acting at once cannot
+        // each grant on a level the other just took away.
+        lock_organisation(&txn, grantee.organisation_id).await?;
+        let granter_levels = held_levels(self, &txn, grantee.organisation_id, granter).await?;
+        let change = LevelChange {
+            grantee: user_id,
+            level,
+            unit_id,
+            grantee_unit: grantee.unit_id,
+        };
+        authorize_level_grant(caller, &granter_levels, change, false)?;
+        let existing = admin_level::Entity::find()
+            .filter(admin_level::Column::UserId.eq(user_id))
+            .filter(admin_level::Column::ScopeKey.eq(scope_key(unit_id)))
+            .one(&txn)
+            .await?;
+        let now = now_millis();
+        let (row, before) = match existing {
+            Some(row) if u8::try_from(row.level) == Ok(level) => return Ok(grant_from_row(row)),
+            Some(row) => {
+                // Changing a level takes the old one away: the caller must
+                // be able to grant that one too.
+                let old = u8::try_from(row.level).unwrap_or(LEVEL_4);
+                authorize_level_grant(caller, &granter_levels, LevelChange { level: old, ..change }, false)?;
+                let mut active: admin_level::ActiveModel = row.into();
+                active.level = Set(i16::from(level));
+                active.granted_by = Set(caller.actor());
+                active.granted_at = Set(now);
+                (active.update(&txn).await?, shown(old, unit_id))
+            }
+            None => {
+                let row = admin_level::ActiveModel {
+                    id: Set(Uuid::now_v7()),
+                    organisation_id: Set(grantee.organisation_id),
+                    user_id: Set(user_id),
+                    level: Set(i16::from(level)),
+                    unit_id: Set(unit_id),
+                    scope_key: Set(scope_key(unit_id)),
+                    granted_by: Set(caller.actor()),
+                    granted_at: Set(now),
+                };
+                (row.insert(&txn).await?, String::new())
+            }
+        };
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(grantee.organisation_id),
+                subject: Subject::User(user_id),
+                activity: Activity::AdminLevelGranted,
+                caller,
+                at: now,
+                changes: vec![FieldChange {
+                    field: "admin_level".into(),
+                    before,
+                    after: shown(level, unit_id),
+                }],
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        self.auth_cache.clear();
+        Ok(grant_from_row(row))
+    }
+
+    /// Takes an admin level away. Whoever could grant it may; anyone may
+    /// give up their own.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn revoke_admin_level(&self, caller: &Caller, id: Uuid) -> DomainResult<LevelGrant> {
+        let row = admin_level::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::not_found("admin level", id))?;
+        let own = caller.user_id() == Some(row.user_id);
+        let action = if own {
+            Action::ReadAdminLevels
+        } else {
+            Action::GrantAdminLevels
+        };
+        let grantee = self
+            .level_holder(caller, action, row.user_id)
+            .await
+            .map_err(|e| match e {
+                DomainError::NotFound { .. } => DomainError::not_found("admin level", id),
+                other => other,
+            })?;
+        let granter = caller
+            .user_id()
+            .ok_or_else(|| DomainError::denied("only members revoke admin levels"))?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        lock_organisation(&txn, row.organisation_id).await?;
+        let row = admin_level::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("admin level", id))?;
+        let granter_levels = held_levels(self, &txn, row.organisation_id, granter).await?;
+        let level = u8::try_from(row.level).unwrap_or(LEVEL_4);
+        let change = LevelChange {
+            grantee: row.user_id,
+            level,
+            unit_id: row.unit_id,
+            grantee_unit: grantee.unit_id,
+        };
+        authorize_level_grant(caller, &granter_levels, change, true)?;
+        admin_level::Entity::delete_by_id(id).exec(&txn).await?;
+        let now = now_millis();
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(row.organisation_id),
+                subject: Subject::User(row.user_id),
+                activity: Activity::AdminLevelRevoked,
+                caller,
+                at: now,
+                changes: vec![FieldChange {
+                    field: "admin_level".into(),
+                    before: shown(level, row.unit_id),
+                    after: String::new(),
+                }],
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        self.auth_cache.clear();
+        Ok(grant_from_row(row))
+    }
+
+    /// Who holds which level, by user or unit. Everyone sees their own; a
+    /// level 1 or 2 held on a unit sees the levels held within its subtree.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn list_admin_levels(
+        &self,
+        caller: &Caller,
+        organisation_id: Uuid,
+        filter: LevelFilter,
+        page_size: i32,
+        page_token: &str,
+    ) -> DomainResult<Page<LevelGrant>> {
+        let own_only = filter.user_id.is_some() && filter.user_id == caller.user_id();
+        let mut query = admin_level::Entity::find().filter(admin_level::Column::OrganisationId.eq(organisation_id));
+        if own_only {
+            if caller.organisation_id() != Some(organisation_id) {
+                return Err(DomainError::denied(
+                    "the caller may not see the admin levels of this organisation",
+                ));
+            }
+        } else {
+            authorize(caller, Action::ReadAdminLevels, Target::organisation(organisation_id))?;
+            if let ListingScope::Units(units) = user_listing_scope(caller, Action::ReadAdminLevels, organisation_id) {
+                query = query.filter(admin_level::Column::UnitId.is_in(units));
+            }
+        }
+        let limit = paging::page_size(page_size, 50, 500)?;
+        if let Some(user_id) = filter.user_id {
+            query = query.filter(admin_level::Column::UserId.eq(user_id));
+        }
+        if let Some(unit_id) = filter.unit_id {
+            query = query.filter(admin_level::Column::UnitId.eq(unit_id));
+        }
+        let (rows, next) = paging::keyset(
+            &self.db,
+            query,
+            admin_level::Column::Id,
+            paging::Order::Ascending,
+            &format!("admin_levels:{organisation_id}"),
+            page_token,
+            limit,
+            |r| r.id,
+        )
+        .await?;
+        Ok(Page {
+            items: rows.into_iter().map(grant_from_row).collect(),
+            next_page_token: next,
+        })
+    }
+}

@@ -1,0 +1,449 @@
+//! Admin levels (R-ACC-2, R-ACC-4): what a level held on a unit lets its
+//! holder do to users inside and outside its subtree, the delegation
+//! ceilings, two keys, revocation, and concurrent revocations.
+
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+use prost_types::FieldMask;
+use tonic::Code;
+
+both_backends!(
+    a_level_on_a_unit_covers_its_subtree_only,
+    ceilings_and_two_keys,
+    two_level_one_administrators_revoking_each_other_leave_one
+);
+
+/// An organisation with units North (with sub-unit North-East) and South,
+/// and a plain member in each of North-East and South.
+struct Units {
+    fixture: OrgFixture,
+    north: pb::Unit,
+    north_east: pb::Unit,
+    south: pb::Unit,
+    anna: pb::User,
+    bo: pb::User,
+}
+
+async fn units(app: &TestApp) -> Units {
+    let fixture = app.org_with_admin().await;
+    let north = app.unit(&fixture, "North", "").await;
+    let north_east = app.unit(&fixture, "North-East", &north.id).await;
+    let south = app.unit(&fixture, "South", "").await;
+    let (anna, _) = app.member_in(&fixture, "Anna", &north_east.id).await;
+    let (bo, _) = app.member_in(&fixture, "Bo", &south.id).await;
+    Units {
+        fixture,
+        north,
+        north_east,
+        south,
+        anna,
+        bo,
+    }
+}
+
+fn rename(user: &pb::User, first_name: &str) -> pb::UpdateUserRequest {
+    pb::UpdateUserRequest {
+        user: Some(pb::User {
+            id: user.id.clone(),
+            first_name: first_name.to_owned(),
+            ..Default::default()
+        }),
+        update_mask: Some(FieldMask {
+            paths: vec!["first_name".into()],
+        }),
+        cpr: String::new(),
+    }
+}
+
+fn move_to(user: &pb::User, unit_id: &str) -> pb::UpdateUserRequest {
+    pb::UpdateUserRequest {
+        user: Some(pb::User {
+            id: user.id.clone(),
+            unit_id: unit_id.to_owned(),
+            ..Default::default()
+        }),
+        update_mask: Some(FieldMask {
+            paths: vec!["unit_id".into()],
+        }),
+        cpr: String::new(),
+    }
+}
+
+async fn listed_ids(app: &TestApp, token: &str, org: &str) -> Vec<String> {
+    let mut ids: Vec<String> = app
+        .users()
+        .list_users(req(
+            token,
+            pb::ListUsersRequest {
+                organisation_id: org.to_owned(),
+                page_size: 500,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list users")
+        .into_inner()
+        .users
+        .into_iter()
+        .map(|u| u.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn a_level_on_a_unit_covers_its_subtree_only(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let w = units(&app).await;
+    let org = w.fixture.org.id.clone();
+    let admin = w.fixture.admin_token.clone();
+    let (editor, editor_token) = app.member_in(&w.fixture, "Editor", &w.north.id).await;
+    let (viewer, viewer_token) = app.member_in(&w.fixture, "Viewer", &w.north.id).await;
+
+    // Before any level, a plain member sees no other user.
+    assert_code(
+        app.users()
+            .get_user(req(&editor_token, pb::GetUserRequest { id: w.anna.id.clone() }))
+            .await,
+        Code::PermissionDenied,
+    );
+    let granted = app
+        .grant_level(&admin, &editor.id, 3, &w.north.id)
+        .await
+        .expect("grant level 3");
+    assert_eq!((granted.level, granted.unit_id.as_str()), (3, w.north.id.as_str()));
+    app.grant_level(&admin, &viewer.id, 4, &w.north.id)
+        .await
+        .expect("grant level 4");
+
+    let me = app.who_am_i(&editor_token).await.unwrap();
+    assert_eq!(me.admin_levels.len(), 1);
+    assert_eq!(
+        (me.admin_levels[0].level, me.admin_levels[0].unit_id.as_str()),
+        (3, w.north.id.as_str())
+    );
+
+    // Level 3 on North: Anna (North-East, below North) is in scope, Bo
+    // (South) is not.
+    app.users()
+        .get_user(req(&editor_token, pb::GetUserRequest { id: w.anna.id.clone() }))
+        .await
+        .expect("a level 3 reads a user of its subtree");
+    app.users()
+        .update_user(req(&editor_token, rename(&w.anna, "Annemette")))
+        .await
+        .expect("a level 3 edits a user of its subtree");
+    let before = app.fingerprint().await;
+    assert_code(
+        app.users()
+            .get_user(req(&editor_token, pb::GetUserRequest { id: w.bo.id.clone() }))
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_code(
+        app.users().update_user(req(&editor_token, rename(&w.bo, "Bent"))).await,
+        Code::PermissionDenied,
+    );
+    // Moving a user out of the subtree, or creating one outside it or in
+    // no unit, is beyond a scoped level.
+    assert_code(
+        app.users()
+            .update_user(req(&editor_token, move_to(&w.anna, &w.south.id)))
+            .await,
+        Code::PermissionDenied,
+    );
+    for unit in [w.south.id.as_str(), ""] {
+        let request = pb::CreateUserRequest {
+            unit_id: unit.to_owned(),
+            ..new_user(&org, "Outside", &[])
+        };
+        assert_code(
+            app.users().create_user(req(&editor_token, request)).await,
+            Code::PermissionDenied,
+        );
+    }
+    // Nor does a level make anyone an organisation administrator.
+    assert_code(
+        app.grant_level(&editor_token, &w.anna.id, 4, &w.north_east.id).await,
+        Code::PermissionDenied,
+    );
+    assert!(app.fingerprint().await == before, "denied calls changed data");
+
+    // Inside the subtree: create, move within it, deactivate.
+    let created = app
+        .users()
+        .create_user(req(
+            &editor_token,
+            pb::CreateUserRequest {
+                unit_id: w.north_east.id.clone(),
+                ..new_user(&org, "Inside", &[])
+            },
+        ))
+        .await
+        .expect("a level 3 creates a user in its subtree")
+        .into_inner()
+        .user
+        .unwrap();
+    app.users()
+        .update_user(req(&editor_token, move_to(&created, &w.north.id)))
+        .await
+        .expect("a move within the subtree");
+
+    // The list shows the subtree's users only: Anna, the new user, and the
+    // two level holders placed in North.
+    let mut expected = vec![
+        w.anna.id.clone(),
+        created.id.clone(),
+        editor.id.clone(),
+        viewer.id.clone(),
+    ];
+    expected.sort();
+    assert_eq!(listed_ids(&app, &editor_token, &org).await, expected);
+    assert_eq!(listed_ids(&app, &viewer_token, &org).await, expected);
+    assert!(listed_ids(&app, &admin, &org).await.contains(&w.bo.id));
+
+    // Level 4 views and changes nothing.
+    app.users()
+        .get_user(req(&viewer_token, pb::GetUserRequest { id: w.anna.id.clone() }))
+        .await
+        .expect("a level 4 reads");
+    let before = app.fingerprint().await;
+    assert_code(
+        app.users()
+            .update_user(req(&viewer_token, rename(&w.anna, "Ann")))
+            .await,
+        Code::PermissionDenied,
+    );
+    assert!(app.fingerprint().await == before);
+
+    // History names the level on the grantee.
+    let events = app
+        .history_of(&admin, &editor.id, pb::HistoryActivity::AdminLevelGranted)
+        .await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        changed_to(&events[0], "admin_level"),
+        Some(format!("3 on unit {}", w.north.id).as_str())
+    );
+
+    // A unit a level is held on is not deleted from under it.
+    let deleted = assert_code(
+        app.orgs()
+            .delete_unit(req(&admin, pb::DeleteUnitRequest { id: w.north.id.clone() }))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&deleted), "UNIT_IN_USE");
+
+    // Revoked, the level stops working at once (this replica's cache is
+    // cleared).
+    app.access()
+        .revoke_admin_level(req(&admin, pb::RevokeAdminLevelRequest { id: granted.id.clone() }))
+        .await
+        .expect("revoke");
+    assert_code(
+        app.users()
+            .get_user(req(&editor_token, pb::GetUserRequest { id: w.anna.id.clone() }))
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(
+        app.history_of(&admin, &editor.id, pb::HistoryActivity::AdminLevelRevoked)
+            .await
+            .len(),
+        1
+    );
+    app.finish().await;
+}
+
+async fn ceilings_and_two_keys(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let w = units(&app).await;
+    let org = w.fixture.org.id.clone();
+    let admin = w.fixture.admin_token.clone();
+    let (second, second_token) = app.member_in(&w.fixture, "Level2", &w.north.id).await;
+    let (first, first_token) = app.member_in(&w.fixture, "Level1", &w.north.id).await;
+    let (colleague, colleague_token) = app.member_in(&w.fixture, "Colleague", &w.north_east.id).await;
+    app.grant_level(&admin, &second.id, 2, &w.north.id).await.unwrap();
+    app.grant_level(&admin, &first.id, 1, "").await.unwrap();
+
+    let before = app.fingerprint().await;
+    // Seed 003: the level-2 administrator who tries to grant level 2.
+    for level in [1, 2] {
+        assert_code(
+            app.grant_level(&second_token, &colleague.id, level, &w.north.id).await,
+            Code::PermissionDenied,
+        );
+    }
+    // Nor wider than their scope: the organisation, a sibling unit, or a
+    // person placed outside it.
+    assert_code(
+        app.grant_level(&second_token, &colleague.id, 3, "").await,
+        Code::PermissionDenied,
+    );
+    assert_code(
+        app.grant_level(&second_token, &colleague.id, 3, &w.south.id).await,
+        Code::PermissionDenied,
+    );
+    assert_code(
+        app.grant_level(&second_token, &w.bo.id, 3, &w.north.id).await,
+        Code::PermissionDenied,
+    );
+    // Two keys: nobody grants themselves, whatever they hold.
+    let own = assert_code(
+        app.grant_level(&first_token, &first.id, 2, &w.north.id).await,
+        Code::PermissionDenied,
+    );
+    assert!(own.message().contains("themselves"), "{own:?}");
+    assert_code(
+        app.grant_level(&admin, &w.fixture.admin.id, 1, "").await,
+        Code::PermissionDenied,
+    );
+    // Bad input names its field.
+    let bad = assert_code(
+        app.grant_level(&admin, &colleague.id, 5, "").await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&bad), ["level"]);
+    let bad = assert_code(
+        app.grant_level(&admin, &colleague.id, 3, &uuid::Uuid::now_v7().to_string())
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&bad), ["unit_id"]);
+    assert!(app.fingerprint().await == before, "denied calls changed data");
+
+    // Within the ceiling and scope: level 2 grants 3 and 4 below it.
+    let third = app
+        .grant_level(&second_token, &colleague.id, 3, &w.north_east.id)
+        .await
+        .expect("level 2 grants level 3 within its subtree");
+    // The same scope again changes the level: 4, still within the ceiling;
+    // a level 1 lifts it to 1 (it grants 1-4 on the organisation).
+    let changed = app
+        .grant_level(&second_token, &colleague.id, 4, &w.north_east.id)
+        .await
+        .unwrap();
+    assert_eq!((changed.id.as_str(), changed.level), (third.id.as_str(), 4));
+    app.grant_level(&first_token, &colleague.id, 1, &w.north_east.id)
+        .await
+        .expect("level 1 grants level 1");
+    // Level 2 may neither change nor revoke a level 1.
+    assert_code(
+        app.grant_level(&second_token, &colleague.id, 3, &w.north_east.id).await,
+        Code::PermissionDenied,
+    );
+    assert_code(
+        app.access()
+            .revoke_admin_level(req(&second_token, pb::RevokeAdminLevelRequest { id: third.id.clone() }))
+            .await,
+        Code::PermissionDenied,
+    );
+    // The colleague (now level 1 on North-East) lets a further colleague
+    // grant on: two keys, each acting on someone else.
+    let (next, _) = app.member_in(&w.fixture, "Next", &w.north_east.id).await;
+    app.grant_level(&colleague_token, &next.id, 2, &w.north_east.id)
+        .await
+        .expect("a level 1 on a unit grants level 2 there");
+
+    // Listing: everyone sees their own levels; a level 2 on North sees the
+    // levels held within North's subtree, the administrator all.
+    let list = |token: String, user_id: String| {
+        let app = &app;
+        let org = org.clone();
+        async move {
+            app.access()
+                .list_admin_levels(req(
+                    &token,
+                    pb::ListAdminLevelsRequest {
+                        organisation_id: org,
+                        user_id,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner().admin_levels)
+        }
+    };
+    assert_eq!(list(admin.clone(), String::new()).await.unwrap().len(), 4);
+    let seen_by_second = list(second_token.clone(), String::new()).await.unwrap();
+    assert_eq!(
+        seen_by_second.len(),
+        3,
+        "level 2 on North sees its own, the colleague's and the next's: {seen_by_second:?}"
+    );
+    let (_, plain_token) = app.member_in(&w.fixture, "Plain", &w.south.id).await;
+    assert_code(list(plain_token.clone(), String::new()).await, Code::PermissionDenied);
+    let mine = list(colleague_token.clone(), colleague.id.clone()).await.unwrap();
+    assert_eq!(mine.len(), 1);
+
+    // Anyone gives up their own level.
+    app.access()
+        .revoke_admin_level(req(
+            &colleague_token,
+            pb::RevokeAdminLevelRequest { id: third.id.clone() },
+        ))
+        .await
+        .expect("giving up one's own level");
+    assert!(list(colleague_token, colleague.id.clone()).await.unwrap().is_empty());
+    app.finish().await;
+}
+
+/// R-ACC-4, invariants under concurrency: two level 1 administrators revoke
+/// each other's level at the same moment. Each checks the other's right
+/// under the organisation's lock, so exactly one succeeds: the second finds
+/// its own level gone.
+async fn two_level_one_administrators_revoking_each_other_leave_one(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    for _ in 0..3 {
+        let (a, a_token) = app.member(&fixture, "Ada", &[]).await;
+        let (b, b_token) = app.member(&fixture, "Bea", &[]).await;
+        let a_level = app.grant_level(&fixture.admin_token, &a.id, 1, "").await.unwrap();
+        let b_level = app.grant_level(&fixture.admin_token, &b.id, 1, "").await.unwrap();
+        let revoke = |token: String, id: String| {
+            let mut client = app.access();
+            async move {
+                client
+                    .revoke_admin_level(req(&token, pb::RevokeAdminLevelRequest { id }))
+                    .await
+            }
+        };
+        let (first, second) = tokio::join!(revoke(a_token, b_level.id.clone()), revoke(b_token, a_level.id.clone()));
+        let succeeded = [first.is_ok(), second.is_ok()].iter().filter(|ok| **ok).count();
+        assert_eq!(succeeded, 1, "{first:?} / {second:?}");
+        for result in [first, second] {
+            if let Err(status) = result {
+                assert!(
+                    matches!(status.code(), Code::PermissionDenied | Code::NotFound),
+                    "{status:?}"
+                );
+            }
+        }
+        let left = app
+            .access()
+            .list_admin_levels(req(
+                &fixture.admin_token,
+                pb::ListAdminLevelsRequest {
+                    organisation_id: fixture.org.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .admin_levels;
+        let holders: Vec<&str> = left
+            .iter()
+            .filter(|l| l.user_id == a.id || l.user_id == b.id)
+            .map(|l| l.user_id.as_str())
+            .collect();
+        assert_eq!(holders.len(), 1, "{left:?}");
+        for level in left {
+            app.access()
+                .revoke_admin_level(req(&fixture.admin_token, pb::RevokeAdminLevelRequest { id: level.id }))
+                .await
+                .unwrap();
+        }
+    }
+    app.finish().await;
+}
