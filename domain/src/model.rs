@@ -86,6 +86,8 @@ string_enum_pub!(
         SessionRevoked => "SESSION_REVOKED",
         AdminLevelGranted => "ADMIN_LEVEL_GRANTED",
         AdminLevelRevoked => "ADMIN_LEVEL_REVOKED",
+        GrantCreated => "GRANT_CREATED",
+        GrantRevoked => "GRANT_REVOKED",
     }
 );
 

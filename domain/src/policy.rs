@@ -218,6 +218,11 @@ pub enum Action {
     GrantAdminLevels,
     /// See who holds which admin level.
     ReadAdminLevels,
+    /// Give and revoke rights (R-ACC-3) as an administrator; holders of a
+    /// grant with grant options pass it on, checked by [`authorize_grant`].
+    ManageGrants,
+    /// See the organisation's grants; everyone sees their own.
+    ReadGrants,
 }
 }
 
@@ -290,6 +295,10 @@ const POLICY: &[(Action, OperatorScope, &[Role], u8, bool)] = &[
     // anywhere; levels 1 and 2 up to their ceiling within their scope.
     (GrantAdminLevels, No, &[OA, RA], LEVEL_2, false),
     (ReadAdminLevels, No, &[OA, UA, RA], LEVEL_2, true),
+    // R-ACC-1, R-ACC-3: rights administrators grant and revoke rights (and
+    // organisation administrators, who appoint them).
+    (ManageGrants, No, &[OA, RA], NO_LEVEL, false),
+    (ReadGrants, No, &[OA, UA, RA], NO_LEVEL, true),
 ];
 
 fn row(action: Action) -> (OperatorScope, &'static [Role], u8, bool) {
@@ -533,6 +542,95 @@ pub fn authorize_level_grant(
     }
 }
 
+/// The actions a grant allows, or passes on (R-ACC-3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Actions {
+    pub read: bool,
+    pub edit: bool,
+}
+
+impl Actions {
+    pub fn is_empty(self) -> bool {
+        !self.read && !self.edit
+    }
+
+    /// Whether every action of `self` is among `other`'s.
+    pub fn within(self, other: Actions) -> bool {
+        (!self.read || other.read) && (!self.edit || other.edit)
+    }
+}
+
+/// A grant the caller holds now, with the units its scope covers (see
+/// [`HeldLevel::units`]).
+#[derive(Debug, Clone)]
+pub struct HeldGrant {
+    pub id: Uuid,
+    pub right: String,
+    pub units: Option<Arc<[Uuid]>>,
+    pub grantable: Actions,
+    pub may_authorise: bool,
+}
+
+/// A grant about to be made.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantRequest<'a> {
+    pub grantee: Uuid,
+    pub right: &'a str,
+    /// None: the whole organisation.
+    pub unit_id: Option<Uuid>,
+    pub actions: Actions,
+    pub grantable: Actions,
+    pub may_authorise: bool,
+}
+
+/// R-ACC-3, R-ACC-4: whether `caller` may make `request`, and on the
+/// strength of which of their grants (`held`, read in the granting
+/// transaction). `Ok(None)`: an organisation or rights administrator grants
+/// anything, on nobody's grant. Otherwise a grant of the same right, whose
+/// scope covers the new one, whose grant options include the new actions,
+/// and, for the new grant to carry grant options or the authorise flag
+/// itself, that may authorise (and then only options it has). Nobody grants
+/// to themselves, whatever they hold.
+pub fn authorize_grant(
+    caller: &Caller,
+    held: &[HeldGrant],
+    request: GrantRequest<'_>,
+) -> Result<Option<Uuid>, DomainError> {
+    let Principal::Member { user_id, roles, .. } = &caller.principal else {
+        return Err(DomainError::denied("the caller may not grant rights"));
+    };
+    if request.grantee == *user_id {
+        return Err(DomainError::denied(
+            "nobody grants themselves a right (R-ACC-4: two keys): a colleague must do it",
+        ));
+    }
+    if roles.iter().any(|r| matches!(r, OA | RA)) {
+        return Ok(None);
+    }
+    held.iter()
+        .find(|h| {
+            h.right == request.right
+                && match (&h.units, request.unit_id) {
+                    (None, _) => true,
+                    (Some(units), Some(unit)) => units.contains(&unit),
+                    (Some(_), None) => false,
+                }
+                && request.actions.within(h.grantable)
+                && if h.may_authorise {
+                    request.grantable.within(h.grantable)
+                } else {
+                    request.grantable.is_empty() && !request.may_authorise
+                }
+        })
+        .map(|h| Some(h.id))
+        .ok_or_else(|| {
+            DomainError::denied(format!(
+                "the caller holds no grant of {:?} that lets them pass these actions on here (grant options of the same right, on a scope covering this one; passing grant options on needs authorise)",
+                request.right
+            ))
+        })
+}
+
 fn describe(action: Action) -> &'static str {
     match action {
         CreateOrganisation => "create organisations",
@@ -570,6 +668,8 @@ fn describe(action: Action) -> &'static str {
         ManageSessions => "see or end this user's sessions",
         GrantAdminLevels => "grant or revoke admin levels in this organisation",
         ReadAdminLevels => "see the admin levels of this organisation",
+        ManageGrants => "grant or revoke rights in this organisation",
+        ReadGrants => "see the grants of this organisation",
     }
 }
 
@@ -653,6 +753,62 @@ mod tests {
         assert!(authorize_level_grant(&admin, &[], own, false).is_err());
         assert!(authorize_level_grant(&admin, &[], own, true).is_ok());
         assert!(authorize_level_grant(&admin, &[], change(1, None, None), false).is_ok());
+    }
+
+    #[test]
+    fn grants_pass_on_within_options_scope_and_authorise() {
+        let org = Uuid::now_v7();
+        let (north, below) = (Uuid::now_v7(), Uuid::now_v7());
+        let holder = member(org, vec![U]);
+        let read = Actions {
+            read: true,
+            edit: false,
+        };
+        let both = Actions { read: true, edit: true };
+        let none = Actions::default();
+        let held = |may_authorise| HeldGrant {
+            id: Uuid::now_v7(),
+            right: "tax.vat".into(),
+            units: Some(Arc::from(vec![north, below])),
+            grantable: read,
+            may_authorise,
+        };
+        let request = |actions, grantable, may_authorise, unit_id| GrantRequest {
+            grantee: Uuid::now_v7(),
+            right: "tax.vat",
+            unit_id,
+            actions,
+            grantable,
+            may_authorise,
+        };
+        let plain = [held(false)];
+        assert_eq!(
+            authorize_grant(&holder, &plain, request(read, none, false, Some(below))).unwrap(),
+            Some(plain[0].id)
+        );
+        // Beyond the options, the scope, or passing options on unauthorised.
+        assert!(authorize_grant(&holder, &plain, request(both, none, false, Some(below))).is_err());
+        assert!(authorize_grant(&holder, &plain, request(read, none, false, None)).is_err());
+        assert!(authorize_grant(&holder, &plain, request(read, read, false, Some(below))).is_err());
+        assert!(authorize_grant(&holder, &plain, request(read, none, true, Some(below))).is_err());
+        let authorising = [held(true)];
+        assert!(authorize_grant(&holder, &authorising, request(read, read, true, Some(north))).is_ok());
+        let other_right = GrantRequest {
+            right: "payroll",
+            ..request(read, none, false, Some(north))
+        };
+        assert!(authorize_grant(&holder, &authorising, other_right).is_err());
+        // Administrators grant on nobody's strength, never to themselves.
+        let admin = member(org, vec![RA]);
+        assert_eq!(
+            authorize_grant(&admin, &[], request(both, both, true, None)).unwrap(),
+            None
+        );
+        let own = GrantRequest {
+            grantee: admin.user_id().unwrap(),
+            ..request(read, none, false, None)
+        };
+        assert!(authorize_grant(&admin, &[], own).is_err());
     }
 
     #[test]

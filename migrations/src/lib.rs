@@ -34,6 +34,7 @@ mod m20261202_000053_add_import_trace_context;
 mod m20261202_000060_create_password_credentials;
 mod m20261203_000061_create_second_factor;
 mod m20261203_000062_create_admin_levels;
+mod m20261203_000063_create_grants;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -77,6 +78,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000060_create_password_credentials::Migration),
             Box::new(m20261203_000061_create_second_factor::Migration),
             Box::new(m20261203_000062_create_admin_levels::Migration),
+            Box::new(m20261203_000063_create_grants::Migration),
         ]
     }
 }

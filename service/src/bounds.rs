@@ -135,7 +135,18 @@ no_lists!(
     GrantAdminLevelRequest,
     ListAdminLevelsRequest,
     RevokeAdminLevelRequest,
+    ListGrantsRequest,
+    RevokeGrantRequest,
 );
+
+impl Lists for pb::CreateGrantRequest {
+    fn lists(&self) -> Vec<List> {
+        vec![
+            list("actions", self.actions.len(), ENUM_VALUES),
+            list("grantable_actions", self.grantable_actions.len(), ENUM_VALUES),
+        ]
+    }
+}
 
 impl Lists for pb::OrderCertificateRequest {
     fn lists(&self) -> Vec<List> {

@@ -274,6 +274,8 @@ same_variants!(
         SessionRevoked,
         AdminLevelGranted,
         AdminLevelRevoked,
+        GrantCreated,
+        GrantRevoked,
     ]
 );
 

@@ -10,8 +10,53 @@ use tonic::Code;
 both_backends!(
     a_level_on_a_unit_covers_its_subtree_only,
     ceilings_and_two_keys,
-    two_level_one_administrators_revoking_each_other_leave_one
+    two_level_one_administrators_revoking_each_other_leave_one,
+    grants_pass_on_within_their_options_and_revoke_in_cascade,
+    a_grant_made_while_its_parent_is_revoked_never_outlives_it,
+    two_administrators_demoting_each_other_leave_one
 );
+
+const READ: i32 = pb::GrantAction::Read as i32;
+const EDIT: i32 = pb::GrantAction::Edit as i32;
+
+fn grant_request(
+    grantee: &pb::User,
+    right: &str,
+    unit_id: &str,
+    actions: &[i32],
+    grantable: &[i32],
+    may_authorise: bool,
+) -> pb::CreateGrantRequest {
+    pb::CreateGrantRequest {
+        grantee_user_id: grantee.id.clone(),
+        right: right.to_owned(),
+        unit_id: unit_id.to_owned(),
+        actions: actions.to_vec(),
+        grantable_actions: grantable.to_vec(),
+        may_authorise,
+    }
+}
+
+async fn grant(app: &TestApp, token: &str, request: pb::CreateGrantRequest) -> Result<pb::Grant, tonic::Status> {
+    app.access()
+        .create_grant(req(token, request))
+        .await
+        .map(|r| r.into_inner().grant.expect("grant"))
+}
+
+async fn grants(app: &TestApp, token: &str, org: &str) -> Result<Vec<pb::Grant>, tonic::Status> {
+    app.access()
+        .list_grants(req(
+            token,
+            pb::ListGrantsRequest {
+                organisation_id: org.to_owned(),
+                page_size: 500,
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().grants)
+}
 
 /// An organisation with units North (with sub-unit North-East) and South,
 /// and a plain member in each of North-East and South.
@@ -444,6 +489,280 @@ async fn two_level_one_administrators_revoking_each_other_leave_one(backend: Bac
                 .await
                 .unwrap();
         }
+    }
+    app.finish().await;
+}
+
+async fn grants_pass_on_within_their_options_and_revoke_in_cascade(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let w = units(&app).await;
+    let org = w.fixture.org.id.clone();
+    let (_, rights) = app.member(&w.fixture, "Rights", &[pb::Role::RightsAdmin]).await;
+    let (alice, alice_token) = app.member_in(&w.fixture, "Alice", &w.north.id).await;
+    let (bob, bob_token) = app.member_in(&w.fixture, "Bob", &w.north_east.id).await;
+    let (carol, carol_token) = app.member_in(&w.fixture, "Carol", &w.north_east.id).await;
+    let (dave, _) = app.member_in(&w.fixture, "Dave", &w.south.id).await;
+    let vat = "tax.vat-returns";
+
+    // A rights administrator grants on nobody's strength.
+    let root = grant(
+        &app,
+        &rights,
+        grant_request(&alice, vat, &w.north.id, &[READ, EDIT], &[READ, EDIT], true),
+    )
+    .await
+    .expect("a rights administrator grants");
+    assert!(root.parent_grant_id.is_empty());
+    // Alice may authorise: she passes read on with its grant option.
+    let bobs = grant(
+        &app,
+        &alice_token,
+        grant_request(&bob, vat, &w.north_east.id, &[READ], &[READ], false),
+    )
+    .await
+    .expect("a holder who may authorise passes on a grant option");
+    assert_eq!(bobs.parent_grant_id, root.id);
+    // Bob may grant read, but not let others grant on.
+    let carols = grant(
+        &app,
+        &bob_token,
+        grant_request(&carol, vat, &w.north_east.id, &[READ], &[], false),
+    )
+    .await
+    .expect("a holder with a grant option passes the action on");
+    assert_eq!(carols.parent_grant_id, bobs.id);
+
+    let before = app.fingerprint().await;
+    let denied = [
+        // Bob cannot authorise: no grant options, no authorise flag.
+        grant(
+            &app,
+            &bob_token,
+            grant_request(&dave, vat, &w.north_east.id, &[READ], &[READ], false),
+        )
+        .await,
+        grant(
+            &app,
+            &bob_token,
+            grant_request(&dave, vat, &w.north_east.id, &[READ], &[], true),
+        )
+        .await,
+        // Nothing he may not grant: edit.
+        grant(
+            &app,
+            &bob_token,
+            grant_request(&dave, vat, &w.north_east.id, &[READ, EDIT], &[], false),
+        )
+        .await,
+        // Nothing wider than his scope, nor another right.
+        grant(
+            &app,
+            &bob_token,
+            grant_request(&dave, vat, &w.north.id, &[READ], &[], false),
+        )
+        .await,
+        grant(&app, &bob_token, grant_request(&dave, vat, "", &[READ], &[], false)).await,
+        grant(
+            &app,
+            &bob_token,
+            grant_request(&dave, "payroll.read", &w.north_east.id, &[READ], &[], false),
+        )
+        .await,
+        // Carol holds no grant option.
+        grant(
+            &app,
+            &carol_token,
+            grant_request(&dave, vat, &w.north_east.id, &[READ], &[], false),
+        )
+        .await,
+        // Two keys: not to oneself, however much one holds.
+        grant(
+            &app,
+            &alice_token,
+            grant_request(&alice, vat, &w.north.id, &[READ], &[], false),
+        )
+        .await,
+        grant(
+            &app,
+            &w.fixture.admin_token,
+            grant_request(&w.fixture.admin, vat, "", &[READ], &[], false),
+        )
+        .await,
+    ];
+    for (i, result) in denied.into_iter().enumerate() {
+        let status = assert_code(result, Code::PermissionDenied);
+        assert!(!status.message().is_empty(), "case {i}");
+    }
+    for (request, field) in [
+        (grant_request(&dave, "Tax VAT", "", &[READ], &[], false), "right"),
+        (grant_request(&dave, vat, "", &[], &[], false), "actions"),
+        (
+            grant_request(&dave, vat, "", &[READ], &[EDIT], false),
+            "grantable_actions",
+        ),
+        (grant_request(&dave, vat, "", &[READ, READ], &[], false), "actions[1]"),
+        (grant_request(&dave, vat, "", &[7], &[], false), "actions[0]"),
+    ] {
+        let status = assert_code(grant(&app, &rights, request).await, Code::InvalidArgument);
+        assert_eq!(bad_fields(&status), [field]);
+    }
+    assert!(app.fingerprint().await == before, "refused grants changed data");
+
+    // Who sees what: administrators all, Bob what he holds and made, Carol
+    // what she holds; a member holding nothing sees nothing of others'.
+    assert_eq!(grants(&app, &rights, &org).await.unwrap().len(), 3);
+    let mut seen_by_bob: Vec<String> = grants(&app, &bob_token, &org)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    seen_by_bob.sort();
+    let mut expected = vec![bobs.id.clone(), carols.id.clone()];
+    expected.sort();
+    assert_eq!(seen_by_bob, expected);
+    assert_eq!(grants(&app, &carol_token, &org).await.unwrap().len(), 1);
+    let created = app
+        .history_of(&w.fixture.admin_token, &carol.id, pb::HistoryActivity::GrantCreated)
+        .await;
+    assert_eq!(
+        changed_to(&created[0], "grant"),
+        Some(format!("{vat} read on unit {}", w.north_east.id).as_str())
+    );
+
+    // Revoking Alice's grant takes Bob's and Carol's with it.
+    let revoked = app
+        .access()
+        .revoke_grant(req(&rights, pb::RevokeGrantRequest { id: root.id.clone() }))
+        .await
+        .expect("revoke")
+        .into_inner()
+        .revoked;
+    let mut revoked_ids: Vec<String> = revoked.into_iter().map(|g| g.id).collect();
+    revoked_ids.sort();
+    let mut all = vec![root.id.clone(), bobs.id.clone(), carols.id.clone()];
+    all.sort();
+    assert_eq!(revoked_ids, all);
+    assert!(grants(&app, &rights, &org).await.unwrap().is_empty());
+    let gone = app
+        .history_of(&w.fixture.admin_token, &carol.id, pb::HistoryActivity::GrantRevoked)
+        .await;
+    assert_eq!(changed_to(&gone[0], "revoked_with"), Some(root.id.as_str()));
+
+    // A holder gives up their own; nobody else's without the right.
+    let again = grant(&app, &rights, grant_request(&carol, vat, "", &[READ], &[], false))
+        .await
+        .unwrap();
+    assert_code(
+        app.access()
+            .revoke_grant(req(&bob_token, pb::RevokeGrantRequest { id: again.id.clone() }))
+            .await,
+        Code::PermissionDenied,
+    );
+    app.access()
+        .revoke_grant(req(&carol_token, pb::RevokeGrantRequest { id: again.id.clone() }))
+        .await
+        .expect("giving up one's own grant");
+    app.finish().await;
+}
+
+/// A holder passes a grant on while an administrator revokes the holder's
+/// grant at the same moment: either the new grant is made first and goes
+/// with the cascade, or the revocation comes first and the new grant is
+/// refused. Never a grant whose parent is gone.
+async fn a_grant_made_while_its_parent_is_revoked_never_outlives_it(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let org = fixture.org.id.clone();
+    let (holder, holder_token) = app.member(&fixture, "Holder", &[]).await;
+    let (next, _) = app.member(&fixture, "Next", &[]).await;
+    for _ in 0..5 {
+        let root = grant(
+            &app,
+            &fixture.admin_token,
+            grant_request(&holder, "docs.read", "", &[READ], &[READ], false),
+        )
+        .await
+        .unwrap();
+        let revoke = {
+            let mut access = app.access();
+            let (token, id) = (fixture.admin_token.clone(), root.id.clone());
+            async move { access.revoke_grant(req(&token, pb::RevokeGrantRequest { id })).await }
+        };
+        let pass_on = grant(
+            &app,
+            &holder_token,
+            grant_request(&next, "docs.read", "", &[READ], &[], false),
+        );
+        let (revoked, passed) = tokio::join!(revoke, pass_on);
+        revoked.expect("the administrator's revocation");
+        if let Err(status) = passed {
+            assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        }
+        let left = grants(&app, &fixture.admin_token, &org).await.unwrap();
+        assert!(left.is_empty(), "a grant outlived its parent: {left:?}");
+    }
+    app.finish().await;
+}
+
+/// Issue 13, invariants under concurrency: the organisation's only two
+/// organisation administrators take each other's role at the same moment.
+/// One demotion wins; the other finds the last administrator and is refused.
+async fn two_administrators_demoting_each_other_leave_one(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    for _ in 0..3 {
+        let fixture = app.org_with_admin().await;
+        let (second, second_token) = app.member(&fixture, "Second", &[pb::Role::OrganisationAdmin]).await;
+        let demote = |token: String, user: pb::User| {
+            let mut users = app.users();
+            async move {
+                users
+                    .update_user(req(
+                        &token,
+                        pb::UpdateUserRequest {
+                            user: Some(pb::User {
+                                roles: vec![pb::Role::User as i32],
+                                etag: String::new(),
+                                ..user
+                            }),
+                            update_mask: Some(FieldMask {
+                                paths: vec!["roles".into()],
+                            }),
+                            cpr: String::new(),
+                        },
+                    ))
+                    .await
+            }
+        };
+        let (first, other) = tokio::join!(
+            demote(fixture.admin_token.clone(), second.clone()),
+            demote(second_token, fixture.admin.clone())
+        );
+        let succeeded = [first.is_ok(), other.is_ok()].iter().filter(|ok| **ok).count();
+        assert!(succeeded <= 1, "both demotions went through: {first:?} / {other:?}");
+        for result in [first, other] {
+            if let Err(status) = result {
+                assert!(
+                    reason(&status) == "LAST_ORGANISATION_ADMIN" || status.code() == Code::PermissionDenied,
+                    "{status:?}"
+                );
+            }
+        }
+        let administrators = app
+            .users()
+            .list_users(req(
+                OPERATOR_TOKEN,
+                pb::ListUsersRequest {
+                    organisation_id: fixture.org.id.clone(),
+                    role: pb::Role::OrganisationAdmin as i32,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .users;
+        assert_eq!(administrators.len(), 1, "{administrators:?}");
     }
     app.finish().await;
 }

@@ -83,6 +83,7 @@ enum Call {
     RenewCertificate(pb::RenewCertificateRequest),
     RevokeCertificate(pb::RevokeCertificateRequest),
     GrantAdminLevel(pb::GrantAdminLevelRequest),
+    CreateGrant(pb::CreateGrantRequest),
 }
 
 impl Call {
@@ -119,6 +120,7 @@ impl Call {
             Call::RenewCertificate(_) => "RenewCertificate",
             Call::RevokeCertificate(_) => "RevokeCertificate",
             Call::GrantAdminLevel(_) => "GrantAdminLevel",
+            Call::CreateGrant(_) => "CreateGrant",
         }
     }
 
@@ -166,6 +168,7 @@ impl Call {
             Call::RenewCertificate(r) => app.certs().renew_certificate(req(admin, r)).await.map(drop),
             Call::RevokeCertificate(r) => app.certs().revoke_certificate(req(admin, r)).await.map(drop),
             Call::GrantAdminLevel(r) => app.access().grant_admin_level(req(admin, r)).await.map(drop),
+            Call::CreateGrant(r) => app.access().create_grant(req(admin, r)).await.map(drop),
         }
     }
 }
@@ -193,6 +196,16 @@ const DATE_FUTURE: &str = "2999-01-01";
 const EAN: &str = "5798000416604";
 const EAN_SHORT: &str = "579800041660";
 const GARBLED_ETAG: &str = "abc";
+
+/// A grant the administrator may make: read of `docs.read` to the member.
+fn grant_request(c: &Ctx) -> pb::CreateGrantRequest {
+    pb::CreateGrantRequest {
+        grantee_user_id: c.member.id.clone(),
+        right: "docs.read".into(),
+        actions: vec![pb::GrantAction::Read as i32],
+        ..Default::default()
+    }
+}
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
     Some(FieldMask {
@@ -841,6 +854,34 @@ fn rows() -> Vec<Row> {
                 user_id: c.member.id.clone(),
                 level: 3,
                 unit_id: uuid::Uuid::now_v7().to_string(),
+            }
+        )),
+        row!("right", "upper case and a space", |c| Call::CreateGrant(
+            pb::CreateGrantRequest {
+                right: "Tax VAT".into(),
+                ..grant_request(c)
+            }
+        )),
+        row!("right", "101 characters", |c| Call::CreateGrant(
+            pb::CreateGrantRequest {
+                right: "a".repeat(101),
+                ..grant_request(c)
+            }
+        )),
+        row!("actions", "none", |c| Call::CreateGrant(pb::CreateGrantRequest {
+            actions: vec![],
+            ..grant_request(c)
+        })),
+        row!("grantable_actions", "edit, beyond the actions", |c| Call::CreateGrant(
+            pb::CreateGrantRequest {
+                grantable_actions: vec![pb::GrantAction::Edit as i32],
+                ..grant_request(c)
+            }
+        )),
+        row!("unit_id", "no unit of the organisation", |c| Call::CreateGrant(
+            pb::CreateGrantRequest {
+                unit_id: uuid::Uuid::now_v7().to_string(),
+                ..grant_request(c)
             }
         )),
         row!("unit_id", "no unit of the organisation", |c| Call::ListUsers(

@@ -88,6 +88,8 @@ struct World {
     spare_session_id: String,
     /// A level 4 on Nord held by the target user, to revoke.
     spare_level_id: String,
+    /// A grant the target user holds, to revoke.
+    spare_grant_id: String,
 }
 
 /// `request` placed in `unit_id`.
@@ -196,6 +198,23 @@ impl World {
             .grant_level(&fixture.admin_token, &target.id, 4, &nord.id)
             .await
             .expect("grant level")
+            .id;
+        let spare_grant_id = app
+            .access()
+            .create_grant(req(
+                &fixture.admin_token,
+                pb::CreateGrantRequest {
+                    grantee_user_id: target.id.clone(),
+                    right: "docs.read".into(),
+                    actions: vec![pb::GrantAction::Read as i32],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("create grant")
+            .into_inner()
+            .grant
+            .unwrap()
             .id;
         let target_token_id = app
             .auth()
@@ -359,6 +378,7 @@ impl World {
             totp_secret: String::new(),
             spare_session_id: String::new(),
             spare_level_id,
+            spare_grant_id,
             active_admin: org_admin.clone(),
             import_id,
             plain_order_id,
@@ -1413,6 +1433,40 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             ))
             .await
             .map(drop),
+        "CreateGrant" => app
+            .access()
+            .create_grant(req(
+                t,
+                pb::CreateGrantRequest {
+                    grantee_user_id: world.target.id.clone(),
+                    right: "docs.edit".into(),
+                    actions: vec![pb::GrantAction::Edit as i32],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "ListGrants" => app
+            .access()
+            .list_grants(req(
+                t,
+                pb::ListGrantsRequest {
+                    organisation_id: org.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "RevokeGrant" => app
+            .access()
+            .revoke_grant(req(
+                t,
+                pb::RevokeGrantRequest {
+                    id: world.spare_grant_id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
         other => panic!("no call for {other}"),
     }
 }
@@ -1439,6 +1493,8 @@ const MEMBERS: &[Who] = &[
 
 /// Whoever presents a token: everyone but `Nobody`, who comes last.
 const ANY_CALLER: &[Who] = EVERYONE.split_last().unwrap().1;
+/// Every member of the organisation the cases act in.
+const OWN_MEMBERS: &[Who] = OPERATOR_AND_OWN_MEMBERS.split_first().unwrap().1;
 /// The operator and every member of the organisation the cases act in.
 const OPERATOR_AND_OWN_MEMBERS: &[Who] = &[
     Operator,
@@ -1686,6 +1742,13 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
         &[OrgAdmin, UserAdmin, RightsAdmin],
     ),
     ("RevokeAdminLevel", ACC, "RevokeAdminLevel", &[OrgAdmin, RightsAdmin]),
+    // R-ACC-1, R-ACC-3: rights administrators (and organisation
+    // administrators) grant and revoke; a member holding no grant option
+    // grants nothing (holders passing grants on: tests/api/access.rs).
+    // Every member lists grants: administrators all, others their own.
+    ("CreateGrant", ACC, "CreateGrant", &[OrgAdmin, RightsAdmin]),
+    ("ListGrants", ACC, "ListGrants", OWN_MEMBERS),
+    ("RevokeGrant", ACC, "RevokeGrant", &[OrgAdmin, RightsAdmin]),
 ];
 
 /// The one user or job a case acts on, as far as visibility goes.
@@ -1725,7 +1788,9 @@ fn target(case: &str) -> Target {
         | "RemoveAuthenticator"
         | "SetOrganisationSigning"
         | "GrantAdminLevel"
-        | "RevokeAdminLevel" => Target::PlainUser,
+        | "RevokeAdminLevel"
+        | "CreateGrant"
+        | "RevokeGrant" => Target::PlainUser,
         "GetAdministrator"
         | "DeactivateAdministrator"
         | "CreateAdministratorToken"
@@ -1784,6 +1849,7 @@ fn served_methods() -> Vec<String> {
 #[test]
 fn matrix_covers_every_served_method() {
     assert!(!ANY_CALLER.contains(&Nobody) && ANY_CALLER.len() + 1 == EVERYONE.len());
+    assert!(!OWN_MEMBERS.contains(&Operator) && OWN_MEMBERS.len() + 1 == OPERATOR_AND_OWN_MEMBERS.len());
     let methods = served_methods();
     assert!(
         methods.len() >= 35,

@@ -358,6 +358,24 @@ async fn grpcurl_walkthrough(backend: Backend) {
         "orgadmin.v1.AccessService/ListAdminLevels",
     );
     assert_eq!(levels["adminLevels"].as_array().map(Vec::len), Some(1), "{levels}");
+    let granted = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(
+            r#"{{"grantee_user_id":"{user_id}","right":"tax.vat-returns","unit_id":"{unit_id}","actions":["GRANT_ACTION_READ"],"grantable_actions":["GRANT_ACTION_READ"]}}"#
+        )),
+        "orgadmin.v1.AccessService/CreateGrant",
+    );
+    assert_eq!(granted["grant"]["right"], "tax.vat-returns", "{granted}");
+    let held = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(
+            r#"{{"organisation_id":"{org_id}","grantee_user_id":"{user_id}"}}"#
+        )),
+        "orgadmin.v1.AccessService/ListGrants",
+    );
+    assert_eq!(held["grants"].as_array().map(Vec::len), Some(1), "{held}");
 
     // A new address as the README gives it (grpcurl reads a FieldMask as
     // an object with paths): it waits for verification.

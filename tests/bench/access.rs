@@ -83,7 +83,8 @@ async fn run() {
     let runs = env("ACCESS_RUNS", 5);
     let calls = env("ACCESS_CALLS", 200);
     let app = TestApp::start(Backend::Postgres).await;
-    let fixture = app.org_with_admin().await;
+    // A licence for every user (the default is 50).
+    let fixture = app.org_with_admin_limits(Some(users as i32 + 100), None).await;
     let org = fixture.org.id.clone();
     let setup = Instant::now();
 

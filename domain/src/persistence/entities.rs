@@ -350,6 +350,39 @@ pub mod admin_level {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// A right given to a user (R-ACC-3); see migration 63.
+pub mod grant {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "grants")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub organisation_id: Uuid,
+        pub grantee_id: Uuid,
+        pub right_name: String,
+        /// None: the whole organisation.
+        pub unit_id: Option<Uuid>,
+        pub can_read: bool,
+        pub can_edit: bool,
+        pub passes_read: bool,
+        pub passes_edit: bool,
+        pub may_authorise: bool,
+        /// The grant this one was made on the strength of; none: made by
+        /// an organisation or rights administrator.
+        pub parent_id: Option<Uuid>,
+        pub granter_id: Option<Uuid>,
+        pub granted_by: String,
+        pub granted_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod notification {
     use sea_orm::entity::prelude::*;
 

@@ -10,7 +10,7 @@ use crate::Domain;
 use crate::error::{DomainError, DomainResult, Reason, is_unique_violation};
 use crate::model::*;
 use crate::paging;
-use crate::persistence::entities::{admin_level, organisation, unit, user};
+use crate::persistence::entities::{admin_level, grant, organisation, unit, user};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::persistence::mapping::{json_list, organisation_from_row, unit_from_row};
 use crate::policy::{Action, Caller, Target, authorize};
@@ -704,16 +704,20 @@ impl Domain {
             .filter(user::Column::UnitId.eq(unit_id))
             .count(&txn)
             .await?;
-        // A level held on the unit would silently vanish with it.
+        // A level or grant held on the unit would silently vanish with it.
         let levels = admin_level::Entity::find()
             .filter(admin_level::Column::UnitId.eq(unit_id))
             .count(&txn)
-            .await?;
+            .await?
+            + grant::Entity::find()
+                .filter(grant::Column::UnitId.eq(unit_id))
+                .count(&txn)
+                .await?;
         if children > 0 || members > 0 || levels > 0 {
             return Err(DomainError::precondition(
                 Reason::UnitInUse,
                 format!(
-                    "the unit still has {children} sub-units, {members} users and {levels} admin levels held on it; move or revoke them first"
+                    "the unit still has {children} sub-units, {members} users and {levels} admin levels and grants held on it; move or revoke them first"
                 ),
             ));
         }

@@ -1,5 +1,6 @@
-use orgadmin_domain::Domain;
-use orgadmin_domain::services::access::{LevelFilter, LevelGrant};
+use orgadmin_domain::policy::Actions;
+use orgadmin_domain::services::access::{GrantFilter, GrantedRight, LevelFilter, LevelGrant, NewGrant};
+use orgadmin_domain::{Domain, DomainError};
 use orgadmin_proto::v1 as pb;
 use orgadmin_proto::v1::access_service_server::AccessService;
 use tonic::{Request, Response, Status};
@@ -24,8 +25,113 @@ fn admin_level_to_pb(grant: LevelGrant) -> pb::AdminLevel {
     }
 }
 
+/// A list of GrantAction values at `field`: READ and EDIT, each once.
+fn actions_from_pb(field: &str, values: &[i32]) -> Result<Actions, DomainError> {
+    let mut actions = Actions::default();
+    for (i, value) in values.iter().enumerate() {
+        let slot = match pb::GrantAction::try_from(*value) {
+            Ok(pb::GrantAction::Read) => &mut actions.read,
+            Ok(pb::GrantAction::Edit) => &mut actions.edit,
+            _ => {
+                return Err(DomainError::invalid(
+                    format!("{field}[{i}]"),
+                    "must be GRANT_ACTION_READ or GRANT_ACTION_EDIT",
+                ));
+            }
+        };
+        if *slot {
+            return Err(DomainError::invalid(format!("{field}[{i}]"), "is named twice"));
+        }
+        *slot = true;
+    }
+    Ok(actions)
+}
+
+fn actions_to_pb(actions: Actions) -> Vec<i32> {
+    let mut out = Vec::new();
+    if actions.read {
+        out.push(pb::GrantAction::Read as i32);
+    }
+    if actions.edit {
+        out.push(pb::GrantAction::Edit as i32);
+    }
+    out
+}
+
+fn grant_to_pb(grant: GrantedRight) -> pb::Grant {
+    let id = |u: Option<uuid::Uuid>| u.map(|u| u.to_string()).unwrap_or_default();
+    pb::Grant {
+        id: grant.id.to_string(),
+        organisation_id: grant.organisation_id.to_string(),
+        grantee_user_id: grant.grantee_id.to_string(),
+        right: grant.right,
+        unit_id: id(grant.unit_id),
+        actions: actions_to_pb(grant.actions),
+        grantable_actions: actions_to_pb(grant.grantable),
+        may_authorise: grant.may_authorise,
+        parent_grant_id: id(grant.parent_id),
+        granter_user_id: id(grant.granter_id),
+        grant_time: Some(timestamp(grant.granted_at)),
+    }
+}
+
 #[tonic::async_trait]
 impl AccessService for AccessHandler {
+    async fn create_grant(
+        &self,
+        request: Request<pb::CreateGrantRequest>,
+    ) -> Result<Response<pb::CreateGrantResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let new = NewGrant {
+            grantee_id: id("grantee_user_id", &r.grantee_user_id).into_status()?,
+            right: r.right,
+            unit_id: opt_id("unit_id", &r.unit_id).into_status()?,
+            actions: actions_from_pb("actions", &r.actions).into_status()?,
+            grantable: actions_from_pb("grantable_actions", &r.grantable_actions).into_status()?,
+            may_authorise: r.may_authorise,
+        };
+        let grant = self.domain.create_grant(&caller, new).await.into_status()?;
+        Ok(Response::new(pb::CreateGrantResponse {
+            grant: Some(grant_to_pb(grant)),
+        }))
+    }
+
+    async fn list_grants(
+        &self,
+        request: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let organisation_id = id("organisation_id", &r.organisation_id).into_status()?;
+        let filter = GrantFilter {
+            grantee_id: opt_id("grantee_user_id", &r.grantee_user_id).into_status()?,
+            unit_id: opt_id("unit_id", &r.unit_id).into_status()?,
+            granter_id: opt_id("granter_user_id", &r.granter_user_id).into_status()?,
+        };
+        let page = self
+            .domain
+            .list_grants(&caller, organisation_id, filter, r.page_size, &r.page_token)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ListGrantsResponse {
+            grants: page.items.into_iter().map(grant_to_pb).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn revoke_grant(
+        &self,
+        request: Request<pb::RevokeGrantRequest>,
+    ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let grant_id = id("id", &request.get_ref().id).into_status()?;
+        let revoked = self.domain.revoke_grant(&caller, grant_id).await.into_status()?;
+        Ok(Response::new(pb::RevokeGrantResponse {
+            revoked: revoked.revoked.into_iter().map(grant_to_pb).collect(),
+        }))
+    }
+
     async fn grant_admin_level(
         &self,
         request: Request<pb::GrantAdminLevelRequest>,

@@ -1,6 +1,6 @@
 //! Admin levels (R-ACC-2, R-ACC-4): granting, changing, listing and
-//! revoking them, and the one place a level's scope is resolved to the
-//! units it covers. The decisions themselves are the policy's
+//! revoking them; grants of rights (R-ACC-3, `grants`); and the one place a
+//! scope is resolved to the units it covers ([`resolve_scopes`]). The decisions themselves are the policy's
 //! (`policy::authorize`, `policy::authorize_level_grant`).
 //!
 //! How levels and roles combine (README "Admin levels"): roles hold on the
@@ -16,6 +16,10 @@ use sea_orm::ActiveValue::Set;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use tracing::instrument;
 use uuid::Uuid;
+
+mod grants;
+
+pub use grants::{GrantFilter, GrantedRight, NewGrant, RevokedGrants};
 
 use super::lock_organisation;
 use super::organisations::subtree;
@@ -75,9 +79,27 @@ fn scope_key(unit_id: Option<Uuid>) -> String {
     unit_id.map(|u| u.to_string()).unwrap_or_default()
 }
 
-/// The levels `user_id` holds now, each with the units it covers: the one
-/// place a level's scope is resolved. One query, and a second for the unit
-/// tree only when a level is held on a unit.
+/// The units each of `scopes` covers (a unit and its subtree; none, the
+/// whole organisation, stays none): the one place a scope is resolved. Reads
+/// the unit tree only when a scope names a unit.
+pub(crate) async fn resolve_scopes(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    organisation_id: Uuid,
+    scopes: &[Option<Uuid>],
+) -> DomainResult<Vec<Option<Arc<[Uuid]>>>> {
+    let units = if scopes.iter().any(Option::is_some) {
+        domain.units_of(db, organisation_id).await?
+    } else {
+        Vec::new()
+    };
+    Ok(scopes
+        .iter()
+        .map(|scope| scope.map(|unit| Arc::from(subtree(&units, unit))))
+        .collect())
+}
+
+/// The levels `user_id` holds now, each with the units it covers.
 pub(crate) async fn held_levels(
     domain: &Domain,
     db: &impl ConnectionTrait,
@@ -91,16 +113,14 @@ pub(crate) async fn held_levels(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let units = if rows.iter().any(|r| r.unit_id.is_some()) {
-        domain.units_of(db, organisation_id).await?
-    } else {
-        Vec::new()
-    };
+    let scopes: Vec<Option<Uuid>> = rows.iter().map(|r| r.unit_id).collect();
+    let covered = resolve_scopes(domain, db, organisation_id, &scopes).await?;
     Ok(rows
         .into_iter()
-        .map(|row| HeldLevel {
+        .zip(covered)
+        .map(|(row, units)| HeldLevel {
             level: u8::try_from(row.level).unwrap_or(LEVEL_4),
-            units: row.unit_id.map(|unit| Arc::from(subtree(&units, unit))),
+            units,
         })
         .collect())
 }

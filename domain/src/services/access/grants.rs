@@ -1,0 +1,381 @@
+//! Grants of rights (R-ACC-3, R-ACC-4): a right, named by the service that
+//! checks it, given to a user on the organisation or a unit's subtree,
+//! with the actions it allows (read, edit), which of them the grantee may
+//! pass on, and whether the grantee may let others pass them on
+//! (authorise). A grant made on the strength of another is its child:
+//! revoking a grant revokes everything made on its strength, as SQL's
+//! `REVOKE … CASCADE` does (the seed's bank box: when the key holder loses
+//! the key, so does everyone they lent it to).
+
+use sea_orm::ActiveValue::Set;
+use sea_orm::{ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::resolve_scopes;
+use crate::Domain;
+use crate::error::{DomainError, DomainResult, Reason};
+use crate::model::*;
+use crate::paging;
+use crate::persistence::entities::grant;
+use crate::persistence::history::{self, NewEvent, Subject};
+use crate::persistence::mapping::parse;
+use crate::policy::{Action, Actions, Caller, GrantRequest, HeldGrant, Target, authorize, authorize_grant};
+use crate::services::lock_organisation;
+use crate::validate::Violations;
+
+/// A grant as asked for.
+#[derive(Debug, Clone, Default)]
+pub struct NewGrant {
+    pub grantee_id: Uuid,
+    pub right: String,
+    /// None: the whole organisation.
+    pub unit_id: Option<Uuid>,
+    pub actions: Actions,
+    pub grantable: Actions,
+    pub may_authorise: bool,
+}
+
+/// A grant as stored.
+#[derive(Debug, Clone)]
+pub struct GrantedRight {
+    pub id: Uuid,
+    pub organisation_id: Uuid,
+    pub grantee_id: Uuid,
+    pub right: String,
+    pub unit_id: Option<Uuid>,
+    pub actions: Actions,
+    pub grantable: Actions,
+    pub may_authorise: bool,
+    /// The grant it was made on the strength of; none: by an administrator.
+    pub parent_id: Option<Uuid>,
+    pub granter_id: Option<Uuid>,
+    pub granted_by: String,
+    pub granted_at: Millis,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GrantFilter {
+    pub grantee_id: Option<Uuid>,
+    pub unit_id: Option<Uuid>,
+    pub granter_id: Option<Uuid>,
+}
+
+/// What a revocation took away: the grant named and, below it, every grant
+/// made on its strength.
+#[derive(Debug, Clone)]
+pub struct RevokedGrants {
+    pub revoked: Vec<GrantedRight>,
+}
+
+fn from_row(row: grant::Model) -> GrantedRight {
+    GrantedRight {
+        id: row.id,
+        organisation_id: row.organisation_id,
+        grantee_id: row.grantee_id,
+        right: row.right_name,
+        unit_id: row.unit_id,
+        actions: Actions {
+            read: row.can_read,
+            edit: row.can_edit,
+        },
+        grantable: Actions {
+            read: row.passes_read,
+            edit: row.passes_edit,
+        },
+        may_authorise: row.may_authorise,
+        parent_id: row.parent_id,
+        granter_id: row.granter_id,
+        granted_by: row.granted_by,
+        granted_at: row.granted_at,
+    }
+}
+
+fn shown(grant: &GrantedRight) -> String {
+    let list = |a: Actions| {
+        let mut names = Vec::new();
+        if a.read {
+            names.push("read");
+        }
+        if a.edit {
+            names.push("edit");
+        }
+        names.join("+")
+    };
+    let scope = grant
+        .unit_id
+        .map_or("the organisation".to_owned(), |u| format!("unit {u}"));
+    let mut text = format!("{} {} on {scope}", grant.right, list(grant.actions));
+    if !grant.grantable.is_empty() {
+        text.push_str(&format!(", may grant {}", list(grant.grantable)));
+    }
+    if grant.may_authorise {
+        text.push_str(", may authorise");
+    }
+    text
+}
+
+/// A right's name: what the service that checks it calls it.
+fn check_right(v: &mut Violations, right: &str) {
+    let ok = (1..=100).contains(&right.len())
+        && right
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        && right.as_bytes()[0].is_ascii_lowercase();
+    if !ok {
+        v.add(
+            "right",
+            "must be 1 to 100 characters of a-z, 0-9, '.', '-' and '_', starting with a letter (e.g. tax.vat-returns)",
+        );
+    }
+}
+
+/// The grants `user_id` holds now, with the units their scopes cover.
+async fn held_grants(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    organisation_id: Uuid,
+    user_id: Uuid,
+    right: &str,
+) -> DomainResult<Vec<HeldGrant>> {
+    let rows = grant::Entity::find()
+        .filter(grant::Column::GranteeId.eq(user_id))
+        .filter(grant::Column::RightName.eq(right))
+        .all(db)
+        .await?;
+    let scopes: Vec<Option<Uuid>> = rows.iter().map(|r| r.unit_id).collect();
+    let covered = resolve_scopes(domain, db, organisation_id, &scopes).await?;
+    Ok(rows
+        .into_iter()
+        .zip(covered)
+        .map(|(row, units)| HeldGrant {
+            id: row.id,
+            right: row.right_name,
+            units,
+            grantable: Actions {
+                read: row.passes_read,
+                edit: row.passes_edit,
+            },
+            may_authorise: row.may_authorise,
+        })
+        .collect())
+}
+
+impl Domain {
+    /// R-ACC-3: gives a right. Administrators give any; a holder passes on
+    /// what their grant options allow, within its scope.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn create_grant(&self, caller: &Caller, new: NewGrant) -> DomainResult<GrantedRight> {
+        // Rights are given within one's own organisation: a user of another
+        // (or, for the operator, any) reads as missing.
+        let grantee = crate::persistence::entities::user::Entity::find_by_id(new.grantee_id)
+            .one(&self.db)
+            .await?
+            .filter(|row| Some(row.organisation_id) == caller.organisation_id())
+            .ok_or_else(|| DomainError::not_found("user", new.grantee_id))?;
+        let organisation_id = grantee.organisation_id;
+        let mut v = Violations::default();
+        check_right(&mut v, &new.right);
+        if new.actions.is_empty() {
+            v.add("actions", "must name at least one of READ and EDIT");
+        }
+        if !new.grantable.within(new.actions) {
+            v.add("grantable_actions", "must be among the grant's actions");
+        }
+        if let Some(unit) = new.unit_id
+            && !self
+                .units_of(&self.db, organisation_id)
+                .await?
+                .iter()
+                .any(|u| u.id == unit)
+        {
+            v.add("unit_id", "names no unit of this organisation");
+        }
+        v.into_result()?;
+        if !parse::<UserState>(&grantee.state)?.is_standing() {
+            return Err(DomainError::precondition(
+                Reason::UserNotActive,
+                "only an active or pending user can be given a right",
+            ));
+        }
+        let granter = caller
+            .user_id()
+            .ok_or_else(|| DomainError::denied("the caller may not grant rights"))?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        // Grant writes of an organisation are ordered by its row lock, so the
+        // grant this one is made on cannot be revoked between check and commit.
+        lock_organisation(&txn, organisation_id).await?;
+        let held = held_grants(self, &txn, organisation_id, granter, &new.right).await?;
+        let parent_id = authorize_grant(
+            caller,
+            &held,
+            GrantRequest {
+                grantee: new.grantee_id,
+                right: &new.right,
+                unit_id: new.unit_id,
+                actions: new.actions,
+                grantable: new.grantable,
+                may_authorise: new.may_authorise,
+            },
+        )?;
+        let now = now_millis();
+        let row = grant::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            organisation_id: Set(organisation_id),
+            grantee_id: Set(new.grantee_id),
+            right_name: Set(new.right.clone()),
+            unit_id: Set(new.unit_id),
+            can_read: Set(new.actions.read),
+            can_edit: Set(new.actions.edit),
+            passes_read: Set(new.grantable.read),
+            passes_edit: Set(new.grantable.edit),
+            may_authorise: Set(new.may_authorise),
+            parent_id: Set(parent_id),
+            granter_id: Set(Some(granter)),
+            granted_by: Set(caller.actor()),
+            granted_at: Set(now),
+        }
+        .insert(&txn)
+        .await?;
+        let created = from_row(row);
+        history::record(
+            &txn,
+            NewEvent {
+                organisation_id: Some(organisation_id),
+                subject: Subject::User(new.grantee_id),
+                activity: Activity::GrantCreated,
+                caller,
+                at: now,
+                changes: vec![FieldChange {
+                    field: "grant".into(),
+                    before: String::new(),
+                    after: shown(&created),
+                }],
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(created)
+    }
+
+    /// Revokes a grant and, in the same transaction, every grant made on its
+    /// strength, however deep. Administrators revoke any; the one who made
+    /// it and the grantee (giving it up) revoke theirs.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn revoke_grant(&self, caller: &Caller, id: Uuid) -> DomainResult<RevokedGrants> {
+        let unknown = || DomainError::not_found("grant", id);
+        let row = grant::Entity::find_by_id(id).one(&self.db).await?.ok_or_else(unknown)?;
+        if caller.organisation_id() != Some(row.organisation_id) {
+            return Err(unknown());
+        }
+        let own = caller
+            .user_id()
+            .is_some_and(|me| me == row.grantee_id || Some(me) == row.granter_id);
+        if !own {
+            authorize(caller, Action::ManageGrants, Target::organisation(row.organisation_id))?;
+        }
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        lock_organisation(&txn, row.organisation_id).await?;
+        let root = grant::Entity::find_by_id(id).one(&txn).await?.ok_or_else(unknown)?;
+        // The subtree of grants below it, level by level (a grant's children
+        // were made while it stood, so the walk ends).
+        let mut revoked = vec![root];
+        let mut frontier = vec![id];
+        while !frontier.is_empty() {
+            let children = grant::Entity::find()
+                .filter(grant::Column::ParentId.is_in(frontier.clone()))
+                .all(&txn)
+                .await?;
+            frontier = children.iter().map(|c| c.id).collect();
+            revoked.extend(children);
+        }
+        let ids: Vec<Uuid> = revoked.iter().map(|r| r.id).collect();
+        for chunk in ids.chunks(500) {
+            grant::Entity::delete_many()
+                .filter(Condition::all().add(grant::Column::Id.is_in(chunk.to_vec())))
+                .exec(&txn)
+                .await?;
+        }
+        let now = now_millis();
+        let revoked: Vec<GrantedRight> = revoked.into_iter().map(from_row).collect();
+        for grant in &revoked {
+            let mut changes = vec![FieldChange {
+                field: "grant".into(),
+                before: shown(grant),
+                after: String::new(),
+            }];
+            if grant.id != id {
+                changes.push(FieldChange {
+                    field: "revoked_with".into(),
+                    before: String::new(),
+                    after: id.to_string(),
+                });
+            }
+            history::record(
+                &txn,
+                NewEvent {
+                    organisation_id: Some(grant.organisation_id),
+                    subject: Subject::User(grant.grantee_id),
+                    activity: Activity::GrantRevoked,
+                    caller,
+                    at: now,
+                    changes,
+                },
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(RevokedGrants { revoked })
+    }
+
+    /// The organisation's grants, by grantee, unit or granter. Administrators
+    /// see all; everyone else the grants they hold or made.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn list_grants(
+        &self,
+        caller: &Caller,
+        organisation_id: Uuid,
+        filter: GrantFilter,
+        page_size: i32,
+        page_token: &str,
+    ) -> DomainResult<Page<GrantedRight>> {
+        let mut query = grant::Entity::find().filter(grant::Column::OrganisationId.eq(organisation_id));
+        if authorize(caller, Action::ReadGrants, Target::organisation(organisation_id)).is_err() {
+            let (Some(me), true) = (caller.user_id(), caller.organisation_id() == Some(organisation_id)) else {
+                return Err(DomainError::denied(
+                    "the caller may not see the grants of this organisation",
+                ));
+            };
+            query = query.filter(
+                Condition::any()
+                    .add(grant::Column::GranteeId.eq(me))
+                    .add(grant::Column::GranterId.eq(me)),
+            );
+        }
+        let limit = paging::page_size(page_size, 50, 500)?;
+        if let Some(grantee) = filter.grantee_id {
+            query = query.filter(grant::Column::GranteeId.eq(grantee));
+        }
+        if let Some(unit) = filter.unit_id {
+            query = query.filter(grant::Column::UnitId.eq(unit));
+        }
+        if let Some(granter) = filter.granter_id {
+            query = query.filter(grant::Column::GranterId.eq(granter));
+        }
+        let (rows, next) = paging::keyset(
+            &self.db,
+            query,
+            grant::Column::Id,
+            paging::Order::Ascending,
+            &format!("grants:{organisation_id}"),
+            page_token,
+            limit,
+            |r| r.id,
+        )
+        .await?;
+        Ok(Page {
+            items: rows.into_iter().map(from_row).collect(),
+            next_page_token: next,
+        })
+    }
+}
