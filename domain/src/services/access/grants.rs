@@ -173,6 +173,19 @@ impl Domain {
             .await?
             .filter(|row| Some(row.organisation_id) == caller.organisation_id())
             .ok_or_else(|| DomainError::not_found("user", new.grantee_id))?;
+        self.check_new_grant(&grantee, &new).await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let created = self.create_grant_in(&txn, caller, &grantee, new).await?;
+        txn.commit().await?;
+        Ok(created)
+    }
+
+    /// A grant's field rules and its grantee's state, before any write.
+    pub(crate) async fn check_new_grant(
+        &self,
+        grantee: &crate::persistence::entities::user::Model,
+        new: &NewGrant,
+    ) -> DomainResult<()> {
         let organisation_id = grantee.organisation_id;
         let mut v = Violations::default();
         check_right(&mut v, &new.right);
@@ -198,14 +211,27 @@ impl Domain {
                 "only an active or pending user can be given a right",
             ));
         }
+        Ok(())
+    }
+
+    /// CreateGrant's write inside the caller's transaction (a decided
+    /// rights request applies it), for a grantee and input already
+    /// checked (`check_new_grant`).
+    pub(crate) async fn create_grant_in(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        caller: &Caller,
+        grantee: &crate::persistence::entities::user::Model,
+        new: NewGrant,
+    ) -> DomainResult<GrantedRight> {
+        let organisation_id = grantee.organisation_id;
         let granter = caller
             .user_id()
             .ok_or_else(|| DomainError::denied("the caller may not grant rights"))?;
-        let txn = crate::persistence::begin_write(&self.db).await?;
         // Grant writes of an organisation are ordered by its row lock, so the
         // grant this one is made on cannot be revoked between check and commit.
-        lock_organisation(&txn, organisation_id).await?;
-        let held = held_grants(self, &txn, organisation_id, granter, &new.right).await?;
+        lock_organisation(txn, organisation_id).await?;
+        let held = held_grants(self, txn, organisation_id, granter, &new.right).await?;
         let parent_id = authorize_grant(
             caller,
             &held,
@@ -235,11 +261,11 @@ impl Domain {
             granted_by: Set(caller.actor()),
             granted_at: Set(now),
         }
-        .insert(&txn)
+        .insert(txn)
         .await?;
         let created = from_row(row);
         history::record(
-            &txn,
+            txn,
             NewEvent {
                 organisation_id: Some(organisation_id),
                 subject: Subject::User(new.grantee_id),
@@ -254,7 +280,6 @@ impl Domain {
             },
         )
         .await?;
-        txn.commit().await?;
         Ok(created)
     }
 

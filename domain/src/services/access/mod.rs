@@ -154,6 +154,24 @@ impl Domain {
         unit_id: Option<Uuid>,
     ) -> DomainResult<LevelGrant> {
         let grantee = self.level_holder(caller, Action::GrantAdminLevels, user_id).await?;
+        let level = self.check_new_level(&grantee, level, unit_id).await?;
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let granted = self
+            .grant_admin_level_in(&txn, caller, &grantee, level, unit_id)
+            .await?;
+        txn.commit().await?;
+        self.auth_cache.clear();
+        Ok(granted)
+    }
+
+    /// A level's field rules and its grantee's state, before any write:
+    /// the level as a number 1-4.
+    pub(crate) async fn check_new_level(
+        &self,
+        grantee: &user::Model,
+        level: i32,
+        unit_id: Option<Uuid>,
+    ) -> DomainResult<u8> {
         let level = check_level(level)?;
         if let Some(unit) = unit_id
             && !self
@@ -170,16 +188,31 @@ impl Domain {
                 "only an active or pending user can be given an admin level",
             ));
         }
+        Ok(level)
+    }
+
+    /// GrantAdminLevel's write inside the caller's transaction (a decided
+    /// rights request applies it), for a grantee and input already
+    /// checked: the ceiling, scope and two keys, the row, its history.
+    /// Cached callers are the caller's to clear after the commit.
+    pub(crate) async fn grant_admin_level_in(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        caller: &Caller,
+        grantee: &user::Model,
+        level: u8,
+        unit_id: Option<Uuid>,
+    ) -> DomainResult<LevelGrant> {
+        let user_id = grantee.id;
         let granter = caller
             .user_id()
             .ok_or_else(|| DomainError::denied("only members grant admin levels"))?;
-        let txn = crate::persistence::begin_write(&self.db).await?;
         // The organisation's row lock orders every level write of the
         // organisation, so the granter's levels read below are the ones
         // they hold at commit: two administrators acting at once cannot
         // each grant on a level the other just took away.
-        lock_organisation(&txn, grantee.organisation_id).await?;
-        let granter_levels = held_levels(self, &txn, grantee.organisation_id, granter).await?;
+        lock_organisation(txn, grantee.organisation_id).await?;
+        let granter_levels = held_levels(self, txn, grantee.organisation_id, granter).await?;
         let change = LevelChange {
             grantee: user_id,
             level,
@@ -190,7 +223,7 @@ impl Domain {
         let existing = admin_level::Entity::find()
             .filter(admin_level::Column::UserId.eq(user_id))
             .filter(admin_level::Column::ScopeKey.eq(scope_key(unit_id)))
-            .one(&txn)
+            .one(txn)
             .await?;
         let now = now_millis();
         let (row, before) = match existing {
@@ -204,7 +237,7 @@ impl Domain {
                 active.level = Set(i16::from(level));
                 active.granted_by = Set(caller.actor());
                 active.granted_at = Set(now);
-                (active.update(&txn).await?, shown(old, unit_id))
+                (active.update(txn).await?, shown(old, unit_id))
             }
             None => {
                 let row = admin_level::ActiveModel {
@@ -217,11 +250,11 @@ impl Domain {
                     granted_by: Set(caller.actor()),
                     granted_at: Set(now),
                 };
-                (row.insert(&txn).await?, String::new())
+                (row.insert(txn).await?, String::new())
             }
         };
         history::record(
-            &txn,
+            txn,
             NewEvent {
                 organisation_id: Some(grantee.organisation_id),
                 subject: Subject::User(user_id),
@@ -236,8 +269,6 @@ impl Domain {
             },
         )
         .await?;
-        txn.commit().await?;
-        self.auth_cache.clear();
         Ok(grant_from_row(row))
     }
 
