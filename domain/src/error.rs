@@ -93,6 +93,8 @@ reasons!(
     Overloaded => "OVERLOADED",
     PermissionDenied => "PERMISSION_DENIED",
     RequestAlreadyDone => "REQUEST_ALREADY_DONE",
+    RightsRequestDecided => "RIGHTS_REQUEST_DECIDED",
+    RightsRequestOpen => "RIGHTS_REQUEST_OPEN",
     SigningRightMissing => "SIGNING_RIGHT_MISSING",
     StaleEtag => "STALE_ETAG",
     Unauthenticated => "UNAUTHENTICATED",

@@ -50,6 +50,8 @@ mail_kinds!(
     NewCodeNotice => "new_code_notice",
     Welcome => "welcome",
     AnonymityRequest => "anonymity_request",
+    RightsRequest => "rights_request",
+    RightsRequestDecided => "rights_request_decided",
     ImportFinished => "import_finished",
     EmailVerification => "email_verification",
     PasswordReset => "password_reset",
@@ -165,6 +167,9 @@ mod tests {
             ("expires_at", "2026-12-22 14:00 UTC"),
             ("code", "042917"),
             ("valid_minutes", "10"),
+            ("requested", "admin level 3 on unit Nord"),
+            ("decision", "godkendt"),
+            ("note", "Ok for sæsonen"),
         ]
     }
 

@@ -88,6 +88,9 @@ string_enum_pub!(
         AdminLevelRevoked => "ADMIN_LEVEL_REVOKED",
         GrantCreated => "GRANT_CREATED",
         GrantRevoked => "GRANT_REVOKED",
+        RightsRequested => "RIGHTS_REQUESTED",
+        RightsRequestApproved => "RIGHTS_REQUEST_APPROVED",
+        RightsRequestRejected => "RIGHTS_REQUEST_REJECTED",
     }
 );
 

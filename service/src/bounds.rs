@@ -137,7 +137,20 @@ no_lists!(
     RevokeAdminLevelRequest,
     ListGrantsRequest,
     RevokeGrantRequest,
+    ListRightsRequestsRequest,
+    DecideRightsRequestRequest,
 );
+
+impl Lists for pb::RequestRightsRequest {
+    fn lists(&self) -> Vec<List> {
+        match &self.requested {
+            Some(pb::request_rights_request::Requested::Grant(grant)) => {
+                vec![list("grant.actions", grant.actions.len(), ENUM_VALUES)]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
 
 impl Lists for pb::CreateGrantRequest {
     fn lists(&self) -> Vec<List> {

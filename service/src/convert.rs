@@ -276,6 +276,9 @@ same_variants!(
         AdminLevelRevoked,
         GrantCreated,
         GrantRevoked,
+        RightsRequested,
+        RightsRequestApproved,
+        RightsRequestRejected,
     ]
 );
 

@@ -3,6 +3,7 @@
 //! ceilings, two keys, revocation, and concurrent revocations.
 
 use orgadmin_proto::v1 as pb;
+use orgadmin_tests::reason as reason_of;
 use orgadmin_tests::*;
 use prost_types::FieldMask;
 use tonic::Code;
@@ -13,7 +14,8 @@ both_backends!(
     two_level_one_administrators_revoking_each_other_leave_one,
     grants_pass_on_within_their_options_and_revoke_in_cascade,
     a_grant_made_while_its_parent_is_revoked_never_outlives_it,
-    two_administrators_demoting_each_other_leave_one
+    two_administrators_demoting_each_other_leave_one,
+    rights_requests_are_decided_by_a_colleague_and_applied
 );
 
 const READ: i32 = pb::GrantAction::Read as i32;
@@ -764,5 +766,201 @@ async fn two_administrators_demoting_each_other_leave_one(backend: Backend) {
             .users;
         assert_eq!(administrators.len(), 1, "{administrators:?}");
     }
+    app.finish().await;
+}
+
+fn level_request(level: i32, unit_id: &str, reason: &str) -> pb::RequestRightsRequest {
+    pb::RequestRightsRequest {
+        requested: Some(pb::request_rights_request::Requested::AdminLevel(
+            pb::RequestedAdminLevel {
+                level,
+                unit_id: unit_id.to_owned(),
+            },
+        )),
+        reason: reason.to_owned(),
+    }
+}
+
+fn right_request(right: &str, reason: &str) -> pb::RequestRightsRequest {
+    pb::RequestRightsRequest {
+        requested: Some(pb::request_rights_request::Requested::Grant(pb::RequestedGrant {
+            right: right.to_owned(),
+            actions: vec![READ],
+            unit_id: String::new(),
+        })),
+        reason: reason.to_owned(),
+    }
+}
+
+async fn rights_kind_notifications(app: &TestApp, token: &str) -> usize {
+    app.notes()
+        .list_notifications(req(token, pb::ListNotificationsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications
+        .into_iter()
+        .filter(|n| n.kind == pb::NotificationKind::RightsRequest as i32)
+        .count()
+}
+
+/// R-ACC-9: a member asks for a level (and a right) with a reason; a rights
+/// administrator is told, decides, and the level is applied with the
+/// decider's rights; the requester is told; nobody decides their own.
+async fn rights_requests_are_decided_by_a_colleague_and_applied(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let w = units(&app).await;
+    let org = w.fixture.org.id.clone();
+    let (rights_admin, rights) = app.member(&w.fixture, "Rights", &[pb::Role::RightsAdmin]).await;
+    let (asker, asker_token) = app.member_in(&w.fixture, "Asker", &w.north.id).await;
+    let (_, other_token) = app.member(&w.fixture, "Other", &[]).await;
+    let reason = "Jeg skal oprette sæsonarbejdere i Nord";
+    let ask = |token: String, request: pb::RequestRightsRequest| {
+        let mut access = app.access();
+        async move {
+            access
+                .request_rights(req(&token, request))
+                .await
+                .map(|r| r.into_inner().rights_request.expect("request"))
+        }
+    };
+    let decide = |token: String, id: String, approve: bool| {
+        let mut access = app.access();
+        async move {
+            access
+                .decide_rights_request(req(
+                    &token,
+                    pb::DecideRightsRequestRequest {
+                        id,
+                        approve,
+                        note: "Ok for sæsonen".into(),
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner().rights_request.expect("request"))
+        }
+    };
+
+    let before = app.fingerprint().await;
+    for (request, field) in [
+        (level_request(3, &w.north.id, "kort"), "reason"),
+        (level_request(9, &w.north.id, reason), "admin_level.level"),
+        (
+            level_request(3, &uuid::Uuid::now_v7().to_string(), reason),
+            "admin_level.unit_id",
+        ),
+        (right_request("Tax VAT", reason), "grant.right"),
+        (
+            pb::RequestRightsRequest {
+                requested: None,
+                reason: reason.into(),
+            },
+            "requested",
+        ),
+    ] {
+        let status = assert_code(ask(asker_token.clone(), request).await, Code::InvalidArgument);
+        assert_eq!(bad_fields(&status), [field]);
+    }
+    assert!(app.fingerprint().await == before, "refused requests changed data");
+
+    let asked = ask(asker_token.clone(), level_request(3, &w.north.id, reason))
+        .await
+        .expect("request");
+    assert_eq!(asked.state, pb::RightsRequestState::Open as i32);
+    let again = assert_code(
+        ask(asker_token.clone(), level_request(3, &w.north.id, reason)).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason_of(&again), "RIGHTS_REQUEST_OPEN");
+    assert_eq!(
+        rights_kind_notifications(&app, &rights).await,
+        1,
+        "the rights administrator is told"
+    );
+
+    // Neither a plain member nor the requester decides; another does.
+    let before = app.fingerprint().await;
+    assert_code(
+        decide(other_token.clone(), asked.id.clone(), true).await,
+        Code::PermissionDenied,
+    );
+    assert_code(
+        decide(asker_token.clone(), asked.id.clone(), true).await,
+        Code::PermissionDenied,
+    );
+    assert!(app.fingerprint().await == before);
+    let approved = decide(rights.clone(), asked.id.clone(), true).await.expect("approve");
+    assert_eq!(approved.state, pb::RightsRequestState::Approved as i32);
+    assert_eq!(approved.decision_note, "Ok for sæsonen");
+    let me = app.who_am_i(&asker_token).await.unwrap();
+    assert_eq!(me.admin_levels.len(), 1, "the approval applied the level: {me:?}");
+    assert_eq!(me.admin_levels[0].unit_id, w.north.id);
+    let decided_again = assert_code(
+        decide(rights.clone(), asked.id.clone(), false).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason_of(&decided_again), "RIGHTS_REQUEST_DECIDED");
+    assert_eq!(
+        rights_kind_notifications(&app, &asker_token).await,
+        1,
+        "the requester is told"
+    );
+    let admin = w.fixture.admin_token.clone();
+    for activity in [
+        pb::HistoryActivity::RightsRequested,
+        pb::HistoryActivity::RightsRequestApproved,
+        pb::HistoryActivity::AdminLevelGranted,
+    ] {
+        assert_eq!(
+            app.history_of(&admin, &asker.id, activity).await.len(),
+            1,
+            "{activity:?}"
+        );
+    }
+
+    // A rejected right is not granted; a rights administrator's own request
+    // waits for a colleague (here the organisation administrator).
+    let right = ask(asker_token.clone(), right_request("docs.read", reason))
+        .await
+        .unwrap();
+    let rejected = decide(rights.clone(), right.id.clone(), false).await.unwrap();
+    assert_eq!(rejected.state, pb::RightsRequestState::Rejected as i32);
+    assert!(grants(&app, &admin, &org).await.unwrap().is_empty());
+    let own = ask(rights.clone(), right_request("docs.read", reason)).await.unwrap();
+    assert_code(
+        decide(rights.clone(), own.id.clone(), true).await,
+        Code::PermissionDenied,
+    );
+    decide(admin.clone(), own.id.clone(), true)
+        .await
+        .expect("a colleague approves");
+    let held = grants(&app, &admin, &org).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].grantee_user_id, rights_admin.id);
+
+    // Who sees what: the rights administrator all three, the asker their two,
+    // another member none.
+    let listed = |token: String| {
+        let mut access = app.access();
+        let org = org.clone();
+        async move {
+            access
+                .list_rights_requests(req(
+                    &token,
+                    pb::ListRightsRequestsRequest {
+                        organisation_id: org,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .rights_requests
+                .len()
+        }
+    };
+    assert_eq!(listed(rights.clone()).await, 3);
+    assert_eq!(listed(asker_token.clone()).await, 2);
+    assert_eq!(listed(other_token).await, 0);
     app.finish().await;
 }

@@ -40,6 +40,8 @@ struct Ctx {
     unit: pb::Unit,
     activation_code: String,
     anonymity_request_id: String,
+    /// An open rights request of the member.
+    rights_request_id: String,
     /// An ISSUED user certificate of the member.
     certificate_id: String,
     /// The pickup token of the member's ORDERED e-mail encryption certificate.
@@ -84,6 +86,8 @@ enum Call {
     RevokeCertificate(pb::RevokeCertificateRequest),
     GrantAdminLevel(pb::GrantAdminLevelRequest),
     CreateGrant(pb::CreateGrantRequest),
+    RequestRights(pb::RequestRightsRequest),
+    DecideRightsRequest(pb::DecideRightsRequestRequest),
 }
 
 impl Call {
@@ -121,6 +125,8 @@ impl Call {
             Call::RevokeCertificate(_) => "RevokeCertificate",
             Call::GrantAdminLevel(_) => "GrantAdminLevel",
             Call::CreateGrant(_) => "CreateGrant",
+            Call::RequestRights(_) => "RequestRights",
+            Call::DecideRightsRequest(_) => "DecideRightsRequest",
         }
     }
 
@@ -169,6 +175,8 @@ impl Call {
             Call::RevokeCertificate(r) => app.certs().revoke_certificate(req(admin, r)).await.map(drop),
             Call::GrantAdminLevel(r) => app.access().grant_admin_level(req(admin, r)).await.map(drop),
             Call::CreateGrant(r) => app.access().create_grant(req(admin, r)).await.map(drop),
+            Call::RequestRights(r) => app.access().request_rights(req(member, r)).await.map(drop),
+            Call::DecideRightsRequest(r) => app.access().decide_rights_request(req(admin, r)).await.map(drop),
         }
     }
 }
@@ -820,6 +828,31 @@ fn rows() -> Vec<Row> {
                 note: long(1001),
             }
         )),
+        // Rights requests.
+        row!("reason", "under 10 characters", |_| Call::RequestRights(
+            pb::RequestRightsRequest {
+                requested: Some(pb::request_rights_request::Requested::AdminLevel(
+                    pb::RequestedAdminLevel {
+                        level: 4,
+                        unit_id: String::new(),
+                    }
+                )),
+                reason: "kort".into(),
+            }
+        )),
+        row!("requested", "neither a level nor a grant", |_| Call::RequestRights(
+            pb::RequestRightsRequest {
+                requested: None,
+                reason: "Til regnskabet i Nord".into(),
+            }
+        )),
+        row!("note", "1001 characters", |c| Call::DecideRightsRequest(
+            pb::DecideRightsRequestRequest {
+                id: c.rights_request_id.clone(),
+                approve: false,
+                note: long(1001),
+            }
+        )),
         // Lists: page bounds, filters.
         row!("page_size", "negative", |c| Call::ListUsers(pb::ListUsersRequest {
             page_size: -1,
@@ -1190,6 +1223,26 @@ async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
         .anonymity_request
         .expect("request")
         .id;
+    let rights_request_id = app
+        .access()
+        .request_rights(req(
+            &member_token,
+            pb::RequestRightsRequest {
+                requested: Some(pb::request_rights_request::Requested::AdminLevel(
+                    pb::RequestedAdminLevel {
+                        level: 4,
+                        unit_id: String::new(),
+                    },
+                )),
+                reason: "Til regnskabet i Nord".into(),
+            },
+        ))
+        .await
+        .expect("rights request")
+        .into_inner()
+        .rights_request
+        .expect("request")
+        .id;
     // Certificates: user and organisation ones allowed; the member holds an
     // ISSUED one and has an e-mail encryption one waiting for pickup.
     orgs.update_organisation_settings(req(
@@ -1280,6 +1333,7 @@ async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
         unit,
         activation_code,
         anonymity_request_id,
+        rights_request_id,
         certificate_id,
         encryption_pickup,
         ed25519_csr: ed25519_csr(),

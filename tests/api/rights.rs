@@ -90,6 +90,20 @@ struct World {
     spare_level_id: String,
     /// A grant the target user holds, to revoke.
     spare_grant_id: String,
+    /// An open rights request of the target user, to decide.
+    open_rights_request_id: String,
+}
+
+/// A request for the right `docs.read`, with `reason`.
+fn rights_request(reason: &str) -> pb::RequestRightsRequest {
+    pb::RequestRightsRequest {
+        requested: Some(pb::request_rights_request::Requested::Grant(pb::RequestedGrant {
+            right: "docs.read".into(),
+            actions: vec![pb::GrantAction::Read as i32],
+            unit_id: String::new(),
+        })),
+        reason: reason.to_owned(),
+    }
 }
 
 /// `request` placed in `unit_id`.
@@ -230,6 +244,15 @@ impl World {
             .api_tokens
             .into_iter()
             .find(|t| t.user_id == target.id)
+            .unwrap()
+            .id;
+        let open_rights_request_id = app
+            .access()
+            .request_rights(req(&target_session, rights_request("Til fakturaerne i Nord")))
+            .await
+            .expect("request rights")
+            .into_inner()
+            .rights_request
             .unwrap()
             .id;
         let (deactivated, _) = member_in(&nord, "Deactivated", &[]).await;
@@ -379,6 +402,7 @@ impl World {
             spare_session_id: String::new(),
             spare_level_id,
             spare_grant_id,
+            open_rights_request_id,
             active_admin: org_admin.clone(),
             import_id,
             plain_order_id,
@@ -1467,6 +1491,34 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             ))
             .await
             .map(drop),
+        "RequestRights" => app
+            .access()
+            .request_rights(req(t, rights_request("Til kundekartoteket, tak")))
+            .await
+            .map(drop),
+        "ListRightsRequests" => app
+            .access()
+            .list_rights_requests(req(
+                t,
+                pb::ListRightsRequestsRequest {
+                    organisation_id: org.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "DecideRightsRequest" => app
+            .access()
+            .decide_rights_request(req(
+                t,
+                pb::DecideRightsRequestRequest {
+                    id: world.open_rights_request_id.clone(),
+                    approve: false,
+                    note: String::new(),
+                },
+            ))
+            .await
+            .map(drop),
         other => panic!("no call for {other}"),
     }
 }
@@ -1749,6 +1801,16 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     ("CreateGrant", ACC, "CreateGrant", &[OrgAdmin, RightsAdmin]),
     ("ListGrants", ACC, "ListGrants", OWN_MEMBERS),
     ("RevokeGrant", ACC, "RevokeGrant", &[OrgAdmin, RightsAdmin]),
+    // R-ACC-9: every member asks for themselves and sees their own
+    // requests; rights (and organisation) administrators decide.
+    ("RequestRights", ACC, "RequestRights", MEMBERS),
+    ("ListRightsRequests", ACC, "ListRightsRequests", OWN_MEMBERS),
+    (
+        "DecideRightsRequest",
+        ACC,
+        "DecideRightsRequest",
+        &[OrgAdmin, RightsAdmin],
+    ),
 ];
 
 /// The one user or job a case acts on, as far as visibility goes.
@@ -1790,7 +1852,8 @@ fn target(case: &str) -> Target {
         | "GrantAdminLevel"
         | "RevokeAdminLevel"
         | "CreateGrant"
-        | "RevokeGrant" => Target::PlainUser,
+        | "RevokeGrant"
+        | "DecideRightsRequest" => Target::PlainUser,
         "GetAdministrator"
         | "DeactivateAdministrator"
         | "CreateAdministratorToken"
@@ -1948,8 +2011,9 @@ async fn check_rows(app: &TestApp, rows: &[(&str, &str, &str, &[Who])], failures
             if succeeded && app.fingerprint().await != before {
                 match *rpc {
                     // Each uses only what `prepare` made for it, or (a new
-                    // enrolment of the caller's own) nothing another caller needs.
-                    "Login" | "VerifyLoginCode" | "EnrollTotp" | "ConfirmTotp" | "RevokeSession" => {
+                    // enrolment, a rights request, of the caller's own)
+                    // nothing another caller needs.
+                    "Login" | "VerifyLoginCode" | "EnrollTotp" | "ConfirmTotp" | "RevokeSession" | "RequestRights" => {
                         changed_since_build = true
                     }
                     "ResetPassword" => {

@@ -383,6 +383,39 @@ pub mod grant {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// A member's request for an admin level or a grant (R-ACC-9).
+pub mod rights_request {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "rights_requests")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub organisation_id: Uuid,
+        pub requester_id: Uuid,
+        /// `ADMIN_LEVEL` or `GRANT`.
+        pub kind: String,
+        pub level: Option<i16>,
+        pub right_name: Option<String>,
+        pub can_read: bool,
+        pub can_edit: bool,
+        pub unit_id: Option<Uuid>,
+        pub reason: String,
+        /// `OPEN`, `APPROVED` or `REJECTED`.
+        pub state: String,
+        pub created_at: i64,
+        pub decided_by: Option<String>,
+        pub decided_at: Option<i64>,
+        pub decision_note: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod notification {
     use sea_orm::entity::prelude::*;
 

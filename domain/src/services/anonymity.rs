@@ -210,15 +210,7 @@ impl Domain {
             Action::DecideAnonymityRequests,
             Target::organisation(request.organisation_id),
         )?;
-        if note.chars().count() > 1000 {
-            return Err(DomainError::invalid("note", "must be at most 1000 characters"));
-        }
-        // Two keys: nobody decides on their own request.
-        if caller.user_id() == Some(request.user_id) {
-            return Err(DomainError::denied(
-                "another administrator must decide on your own request",
-            ));
-        }
+        super::check_decision(caller, request.user_id, note)?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, request.organisation_id).await?;
         let request = anonymity_request::Entity::find_by_id(id)

@@ -14,6 +14,7 @@ pub mod organisations;
 pub mod outbox;
 pub mod pages;
 pub mod password_reset;
+pub mod rights_requests;
 pub mod second_factor;
 pub mod sessions;
 pub mod sweeps;
@@ -198,6 +199,21 @@ fn role_holders_query(organisation_id: Uuid, role: Role) -> sea_orm::Select<user
 /// Standing (active or pending) holders of a role, as a query to count or load.
 pub(crate) fn standing_role_holders_query(organisation_id: Uuid, role: Role) -> sea_orm::Select<user::Entity> {
     role_holders_query(organisation_id, role).filter(user::Column::State.is_in(STANDING_STATES))
+}
+
+/// The rules every decision on a member's request shares (anonymity,
+/// rights): a note of at most 1000 characters, and two keys: nobody decides
+/// on their own request (R-ACC-4).
+pub(crate) fn check_decision(caller: &crate::policy::Caller, requester_id: Uuid, note: &str) -> DomainResult<()> {
+    if note.chars().count() > 1000 {
+        return Err(DomainError::invalid("note", "must be at most 1000 characters"));
+    }
+    if caller.user_id() == Some(requester_id) {
+        return Err(DomainError::denied(
+            "another administrator must decide on your own request (two keys)",
+        ));
+    }
+    Ok(())
 }
 
 impl crate::Domain {

@@ -26,6 +26,7 @@ crate::string_enum_pub!(
         AnonymityRequest => "ANONYMITY_REQUEST",
         ImportFinished => "IMPORT_FINISHED",
         Certificate => "CERTIFICATE",
+        RightsRequest => "RIGHTS_REQUEST",
     }
 );
 

@@ -1,5 +1,6 @@
 use orgadmin_domain::policy::Actions;
 use orgadmin_domain::services::access::{GrantFilter, GrantedRight, LevelFilter, LevelGrant, NewGrant};
+use orgadmin_domain::services::rights_requests::{Requested, RightsRequest, RightsRequestState};
 use orgadmin_domain::{Domain, DomainError};
 use orgadmin_proto::v1 as pb;
 use orgadmin_proto::v1::access_service_server::AccessService;
@@ -75,8 +76,111 @@ fn grant_to_pb(grant: GrantedRight) -> pb::Grant {
     }
 }
 
+fn requested_from_pb(requested: Option<pb::request_rights_request::Requested>) -> Result<Requested, DomainError> {
+    use pb::request_rights_request::Requested as Pb;
+    match requested {
+        Some(Pb::AdminLevel(level)) => Ok(Requested::AdminLevel {
+            level: level.level,
+            unit_id: opt_id("admin_level.unit_id", &level.unit_id)?,
+        }),
+        Some(Pb::Grant(grant)) => Ok(Requested::Grant {
+            right: grant.right,
+            actions: actions_from_pb("grant.actions", &grant.actions)?,
+            unit_id: opt_id("grant.unit_id", &grant.unit_id)?,
+        }),
+        None => Err(DomainError::invalid("requested", "name an admin_level or a grant")),
+    }
+}
+
+fn rights_request_to_pb(request: RightsRequest) -> pb::RightsRequest {
+    use pb::rights_request::Requested as Pb;
+    let id = |u: Option<uuid::Uuid>| u.map(|u| u.to_string()).unwrap_or_default();
+    pb::RightsRequest {
+        id: request.id.to_string(),
+        organisation_id: request.organisation_id.to_string(),
+        requester_user_id: request.requester_id.to_string(),
+        requested: Some(match request.requested {
+            Requested::AdminLevel { level, unit_id } => Pb::AdminLevel(pb::RequestedAdminLevel {
+                level,
+                unit_id: id(unit_id),
+            }),
+            Requested::Grant {
+                right,
+                actions,
+                unit_id,
+            } => Pb::Grant(pb::RequestedGrant {
+                right,
+                actions: actions_to_pb(actions),
+                unit_id: id(unit_id),
+            }),
+        }),
+        reason: request.reason,
+        state: match request.state {
+            RightsRequestState::Open => pb::RightsRequestState::Open,
+            RightsRequestState::Approved => pb::RightsRequestState::Approved,
+            RightsRequestState::Rejected => pb::RightsRequestState::Rejected,
+        } as i32,
+        create_time: Some(timestamp(request.created_at)),
+        decided_by: request.decided_by.unwrap_or_default(),
+        decide_time: opt_timestamp(request.decided_at),
+        decision_note: request.decision_note.unwrap_or_default(),
+    }
+}
+
 #[tonic::async_trait]
 impl AccessService for AccessHandler {
+    async fn request_rights(
+        &self,
+        request: Request<pb::RequestRightsRequest>,
+    ) -> Result<Response<pb::RequestRightsResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let requested = requested_from_pb(r.requested).into_status()?;
+        let made = self
+            .domain
+            .request_rights(&caller, requested, &r.reason)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::RequestRightsResponse {
+            rights_request: Some(rights_request_to_pb(made)),
+        }))
+    }
+
+    async fn list_rights_requests(
+        &self,
+        request: Request<pb::ListRightsRequestsRequest>,
+    ) -> Result<Response<pb::ListRightsRequestsResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let organisation_id = id("organisation_id", &r.organisation_id).into_status()?;
+        let page = self
+            .domain
+            .list_rights_requests(&caller, organisation_id, r.open_only, r.page_size, &r.page_token)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ListRightsRequestsResponse {
+            rights_requests: page.items.into_iter().map(rights_request_to_pb).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn decide_rights_request(
+        &self,
+        request: Request<pb::DecideRightsRequestRequest>,
+    ) -> Result<Response<pb::DecideRightsRequestResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let request_id = id("id", &r.id).into_status()?;
+        let decided = self
+            .domain
+            .decide_rights_request(&caller, request_id, r.approve, &r.note)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::DecideRightsRequestResponse {
+            rights_request: Some(rights_request_to_pb(decided)),
+        }))
+    }
+
     async fn create_grant(
         &self,
         request: Request<pb::CreateGrantRequest>,

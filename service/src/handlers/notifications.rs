@@ -19,6 +19,7 @@ fn kind_to_pb(kind: NotificationKind) -> pb::NotificationKind {
         NotificationKind::AnonymityRequest => pb::NotificationKind::AnonymityRequest,
         NotificationKind::ImportFinished => pb::NotificationKind::ImportFinished,
         NotificationKind::Certificate => pb::NotificationKind::Certificate,
+        NotificationKind::RightsRequest => pb::NotificationKind::RightsRequest,
     }
 }
 
@@ -40,6 +41,7 @@ fn preference_from_pb(
         Ok(pb::NotificationKind::AnonymityRequest) => NotificationKind::AnonymityRequest,
         Ok(pb::NotificationKind::ImportFinished) => NotificationKind::ImportFinished,
         Ok(pb::NotificationKind::Certificate) => NotificationKind::Certificate,
+        Ok(pb::NotificationKind::RightsRequest) => NotificationKind::RightsRequest,
         _ => {
             return Err(DomainError::invalid(
                 format!("preferences[{i}].kind"),

@@ -173,7 +173,7 @@ impl Domain {
             .await?
             .filter(|row| Some(row.organisation_id) == caller.organisation_id())
             .ok_or_else(|| DomainError::not_found("user", new.grantee_id))?;
-        self.check_new_grant(&grantee, &new).await?;
+        self.check_new_grant(&self.db, &grantee, &new).await?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let created = self.create_grant_in(&txn, caller, &grantee, new).await?;
         txn.commit().await?;
@@ -183,6 +183,7 @@ impl Domain {
     /// A grant's field rules and its grantee's state, before any write.
     pub(crate) async fn check_new_grant(
         &self,
+        db: &impl ConnectionTrait,
         grantee: &crate::persistence::entities::user::Model,
         new: &NewGrant,
     ) -> DomainResult<()> {
@@ -196,11 +197,7 @@ impl Domain {
             v.add("grantable_actions", "must be among the grant's actions");
         }
         if let Some(unit) = new.unit_id
-            && !self
-                .units_of(&self.db, organisation_id)
-                .await?
-                .iter()
-                .any(|u| u.id == unit)
+            && !self.units_of(db, organisation_id).await?.iter().any(|u| u.id == unit)
         {
             v.add("unit_id", "names no unit of this organisation");
         }

@@ -154,7 +154,7 @@ impl Domain {
         unit_id: Option<Uuid>,
     ) -> DomainResult<LevelGrant> {
         let grantee = self.level_holder(caller, Action::GrantAdminLevels, user_id).await?;
-        let level = self.check_new_level(&grantee, level, unit_id).await?;
+        let level = self.check_new_level(&self.db, &grantee, level, unit_id).await?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let granted = self
             .grant_admin_level_in(&txn, caller, &grantee, level, unit_id)
@@ -168,6 +168,7 @@ impl Domain {
     /// the level as a number 1-4.
     pub(crate) async fn check_new_level(
         &self,
+        db: &impl ConnectionTrait,
         grantee: &user::Model,
         level: i32,
         unit_id: Option<Uuid>,
@@ -175,7 +176,7 @@ impl Domain {
         let level = check_level(level)?;
         if let Some(unit) = unit_id
             && !self
-                .units_of(&self.db, grantee.organisation_id)
+                .units_of(db, grantee.organisation_id)
                 .await?
                 .iter()
                 .any(|u| u.id == unit)
