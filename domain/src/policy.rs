@@ -131,6 +131,12 @@ impl Caller {
         self.on_behalf_of.map(|id| format!("user:{id}"))
     }
 
+    /// Whether the caller holds admin levels, whose checks need to know
+    /// whether a target user holds one too.
+    pub fn holds_levels(&self) -> bool {
+        matches!(&self.principal, Principal::Member { levels, .. } if !levels.is_empty())
+    }
+
     pub fn is_operator(&self) -> bool {
         matches!(self.principal, Principal::Operator { .. })
     }
@@ -330,6 +336,9 @@ pub struct Target {
     pub user_id: Option<Uuid>,
     /// Whether that user (or the user being created) holds an admin role.
     pub user_is_administrator: bool,
+    /// Whether that user holds an admin level: filled in by the domain only
+    /// for callers who hold levels themselves (`Caller::holds_levels`).
+    pub user_holds_level: bool,
     pub placement: Placement,
 }
 
@@ -339,6 +348,7 @@ impl Target {
             organisation_id: None,
             user_id: None,
             user_is_administrator: false,
+            user_holds_level: false,
             placement: Placement::Anywhere,
         }
     }
@@ -348,6 +358,7 @@ impl Target {
             organisation_id: Some(id),
             user_id: None,
             user_is_administrator: false,
+            user_holds_level: false,
             placement: Placement::Anywhere,
         }
     }
@@ -365,7 +376,16 @@ impl Target {
             organisation_id: Some(organisation_id),
             user_id: Some(user_id),
             user_is_administrator: is_administrator,
+            user_holds_level: false,
             placement: Placement::InUnit(unit_id),
+        }
+    }
+
+    /// The same user, noted as holding an admin level (or not).
+    pub fn holding_level(self, holds_level: bool) -> Self {
+        Self {
+            user_holds_level: holds_level,
+            ..self
         }
     }
 
@@ -430,9 +450,17 @@ pub fn authorize(caller: &Caller, action: Action, target: Target) -> Result<(), 
         } => {
             let same_org = target.organisation_id == Some(*organisation_id);
             let by_role = held.iter().any(|r| roles.contains(r));
-            let by_level = levels
-                .iter()
-                .any(|l| weakest_level != NO_LEVEL && l.level <= weakest_level && in_scope(l, target.placement));
+            // A level administers ordinary users: it views administrators
+            // and other level holders in its scope, but never acts on them
+            // (a level 3 must not reset the password of an organisation
+            // administrator placed in its unit, nor of a level 1).
+            let acts_on_an_administrator = weakest_level == LEVEL_3
+                && target.user_id.is_some()
+                && (target.user_is_administrator || target.user_holds_level);
+            let by_level = !acts_on_an_administrator
+                && levels
+                    .iter()
+                    .any(|l| weakest_level != NO_LEVEL && l.level <= weakest_level && in_scope(l, target.placement));
             let on_self = self_allowed && target.user_id == Some(*user_id);
             same_org && (by_role || by_level || on_self)
         }

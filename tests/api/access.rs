@@ -215,6 +215,51 @@ async fn a_level_on_a_unit_covers_its_subtree_only(backend: Backend) {
     );
     assert!(app.fingerprint().await == before, "denied calls changed data");
 
+    // A level acts on ordinary users only: the level 4 holder and an
+    // organisation administrator placed in North are read, never changed.
+    let (north_admin, _) = app
+        .create_and_activate(
+            &admin,
+            pb::CreateUserRequest {
+                unit_id: w.north.id.clone(),
+                ..new_user(&org, "NorthAdmin", &[pb::Role::OrganisationAdmin])
+            },
+        )
+        .await;
+    let before = app.fingerprint().await;
+    for administrator in [&viewer, &north_admin] {
+        app.users()
+            .get_user(req(
+                &editor_token,
+                pb::GetUserRequest {
+                    id: administrator.id.clone(),
+                },
+            ))
+            .await
+            .expect("a level reads an administrator in its scope");
+        assert_code(
+            app.users()
+                .update_user(req(&editor_token, rename(administrator, "Overtaken")))
+                .await,
+            Code::PermissionDenied,
+        );
+        assert_code(
+            app.users()
+                .send_password_reset(req(
+                    &editor_token,
+                    pb::SendPasswordResetRequest {
+                        user_id: administrator.id.clone(),
+                    },
+                ))
+                .await,
+            Code::PermissionDenied,
+        );
+    }
+    assert!(
+        app.fingerprint().await == before,
+        "denied calls on administrators changed data"
+    );
+
     // Inside the subtree: create, move within it, deactivate.
     let created = app
         .users()
@@ -242,6 +287,7 @@ async fn a_level_on_a_unit_covers_its_subtree_only(backend: Backend) {
         created.id.clone(),
         editor.id.clone(),
         viewer.id.clone(),
+        north_admin.id.clone(),
     ];
     expected.sort();
     assert_eq!(listed_ids(&app, &editor_token, &org).await, expected);

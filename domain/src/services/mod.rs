@@ -234,10 +234,11 @@ impl crate::Domain {
             .remove(&user_id)
             .unwrap_or_default();
         let is_admin = roles.iter().any(|r| r.is_administrator());
+        let holds_level = access::target_holds_level(&self.db, caller, user_id).await?;
         crate::policy::authorize_on_user(
             caller,
             action,
-            crate::policy::Target::user(row.organisation_id, user_id, is_admin, row.unit_id),
+            crate::policy::Target::user(row.organisation_id, user_id, is_admin, row.unit_id).holding_level(holds_level),
         )?;
         Ok(row)
     }

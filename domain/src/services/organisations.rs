@@ -580,6 +580,9 @@ impl Domain {
         )
         .await?;
         txn.commit().await?;
+        // Admin levels held on units were resolved to subtrees when their
+        // holders authenticated: a changed tree must be resolved again.
+        self.auth_cache.clear();
         unit_from_row(row)
     }
 
@@ -684,6 +687,9 @@ impl Domain {
             .await?;
         }
         txn.commit().await?;
+        // Admin levels held on units were resolved to subtrees when their
+        // holders authenticated: a changed tree must be resolved again.
+        self.auth_cache.clear();
         unit_from_row(updated)
     }
 
@@ -739,6 +745,9 @@ impl Domain {
         )
         .await?;
         txn.commit().await?;
+        // Admin levels held on units were resolved to subtrees when their
+        // holders authenticated: a changed tree must be resolved again.
+        self.auth_cache.clear();
         Ok(())
     }
 }

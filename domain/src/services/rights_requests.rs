@@ -335,6 +335,12 @@ impl Domain {
             .one(&txn)
             .await?
             .ok_or_else(unknown)?;
+        // Again on the decider's roles as they are now.
+        authorize(
+            &super::access::caller_as_now(&txn, caller).await?,
+            Action::ManageGrants,
+            Target::organisation(request.organisation_id),
+        )?;
         if request.state != RightsRequestState::Open.as_str() {
             return Err(DomainError::precondition(
                 Reason::RightsRequestDecided,

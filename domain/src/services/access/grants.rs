@@ -130,6 +130,17 @@ fn check_right(v: &mut Violations, right: &str) {
     }
 }
 
+fn request_of(new: &NewGrant) -> GrantRequest<'_> {
+    GrantRequest {
+        grantee: new.grantee_id,
+        right: &new.right,
+        unit_id: new.unit_id,
+        actions: new.actions,
+        grantable: new.grantable,
+        may_authorise: new.may_authorise,
+    }
+}
+
 /// The grants `user_id` holds now, with the units their scopes cover.
 async fn held_grants(
     domain: &Domain,
@@ -173,6 +184,15 @@ impl Domain {
             .await?
             .filter(|row| Some(row.organisation_id) == caller.organisation_id())
             .ok_or_else(|| DomainError::not_found("user", new.grantee_id))?;
+        // A first check of the caller's right to grant this at all, on
+        // the cached caller and the grants as read now, so a caller who
+        // may not grant learns nothing of the grantee (their state) from the
+        // checks below; the check that counts runs under the lock.
+        let granter = caller
+            .user_id()
+            .ok_or_else(|| DomainError::denied("the caller may not grant rights"))?;
+        let held = held_grants(self, &self.db, grantee.organisation_id, granter, &new.right).await?;
+        authorize_grant(caller, &held, request_of(&new))?;
         self.check_new_grant(&self.db, &grantee, &new).await?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let created = self.create_grant_in(&txn, caller, &grantee, new).await?;
@@ -228,19 +248,10 @@ impl Domain {
         // Grant writes of an organisation are ordered by its row lock, so the
         // grant this one is made on cannot be revoked between check and commit.
         lock_organisation(txn, organisation_id).await?;
+        let caller = &super::caller_as_now(txn, caller).await?;
+        super::standing_user_as_now(txn, grantee.id).await?;
         let held = held_grants(self, txn, organisation_id, granter, &new.right).await?;
-        let parent_id = authorize_grant(
-            caller,
-            &held,
-            GrantRequest {
-                grantee: new.grantee_id,
-                right: &new.right,
-                unit_id: new.unit_id,
-                actions: new.actions,
-                grantable: new.grantable,
-                may_authorise: new.may_authorise,
-            },
-        )?;
+        let parent_id = authorize_grant(caller, &held, request_of(&new))?;
         let now = now_millis();
         let row = grant::ActiveModel {
             id: Set(Uuid::now_v7()),
@@ -299,6 +310,11 @@ impl Domain {
         let txn = crate::persistence::begin_write(&self.db).await?;
         lock_organisation(&txn, row.organisation_id).await?;
         let root = grant::Entity::find_by_id(id).one(&txn).await?.ok_or_else(unknown)?;
+        if !own {
+            // Again on the caller's roles as they are now.
+            let now = super::caller_as_now(&txn, caller).await?;
+            authorize(&now, Action::ManageGrants, Target::organisation(row.organisation_id))?;
+        }
         // The subtree of grants below it, level by level (a grant's children
         // were made while it stood, so the walk ends).
         let mut revoked = vec![root];

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use sea_orm::ActiveValue::Set;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -31,8 +31,8 @@ use crate::persistence::entities::{admin_level, user};
 use crate::persistence::history::{self, NewEvent, Subject};
 use crate::persistence::mapping::parse;
 use crate::policy::{
-    Action, Caller, HeldLevel, LEVEL_1, LEVEL_4, LevelChange, ListingScope, Target, authorize, authorize_level_grant,
-    user_listing_scope,
+    Action, Caller, HeldLevel, LEVEL_1, LEVEL_4, LevelChange, ListingScope, Principal, Target, authorize,
+    authorize_level_grant, user_listing_scope,
 };
 
 /// One admin level held by one person.
@@ -125,6 +125,69 @@ pub(crate) async fn held_levels(
         .collect())
 }
 
+/// The caller as they stand now, read inside the writing transaction after
+/// the organisation's lock: their roles (which let organisation and rights
+/// administrators grant anything) may have been taken away since the
+/// caller was authenticated and cached.
+pub(crate) async fn caller_as_now(txn: &DatabaseTransaction, caller: &Caller) -> DomainResult<Caller> {
+    let Principal::Member { user_id, .. } = &caller.principal else {
+        return Ok(caller.clone());
+    };
+    let standing = user::Entity::find_by_id(*user_id)
+        .one(txn)
+        .await?
+        .map(|row| parse::<UserState>(&row.state))
+        .transpose()?
+        .is_some_and(UserState::is_standing);
+    if !standing {
+        return Err(DomainError::denied("the caller is no longer an active user"));
+    }
+    let roles = crate::services::users::roles_of(txn, &[*user_id])
+        .await?
+        .remove(user_id)
+        .unwrap_or_default();
+    let mut now = caller.clone();
+    if let Principal::Member { roles: held, .. } = &mut now.principal {
+        *held = roles;
+    }
+    Ok(now)
+}
+
+/// A user read again inside the writing transaction (after the
+/// organisation's lock): their unit and state as they are at commit.
+pub(crate) async fn standing_user_as_now(txn: &DatabaseTransaction, user_id: Uuid) -> DomainResult<user::Model> {
+    let row = user::Entity::find_by_id(user_id)
+        .one(txn)
+        .await?
+        .ok_or_else(|| DomainError::not_found("user", user_id))?;
+    if !parse::<UserState>(&row.state)?.is_standing() {
+        return Err(DomainError::precondition(
+            Reason::UserNotActive,
+            "only an active or pending user can be given an admin level or a right",
+        ));
+    }
+    Ok(row)
+}
+
+/// Whether `user_id` holds an admin level, as the policy must know when a
+/// caller acts by level (a level acts on ordinary users only). Asked only
+/// for callers who hold levels: for everyone else the answer changes nothing.
+pub(crate) async fn target_holds_level(
+    db: &impl ConnectionTrait,
+    caller: &Caller,
+    user_id: Uuid,
+) -> DomainResult<bool> {
+    if !caller.holds_levels() {
+        return Ok(false);
+    }
+    use sea_orm::PaginatorTrait;
+    Ok(admin_level::Entity::find()
+        .filter(admin_level::Column::UserId.eq(user_id))
+        .count(db)
+        .await?
+        > 0)
+}
+
 fn check_level(level: i32) -> DomainResult<u8> {
     match u8::try_from(level) {
         Ok(level) if (LEVEL_1..=LEVEL_4).contains(&level) => Ok(level),
@@ -213,6 +276,8 @@ impl Domain {
         // they hold at commit: two administrators acting at once cannot
         // each grant on a level the other just took away.
         lock_organisation(txn, grantee.organisation_id).await?;
+        let caller = &caller_as_now(txn, caller).await?;
+        let grantee = &standing_user_as_now(txn, grantee.id).await?;
         let granter_levels = held_levels(self, txn, grantee.organisation_id, granter).await?;
         let change = LevelChange {
             grantee: user_id,
@@ -287,8 +352,9 @@ impl Domain {
         } else {
             Action::GrantAdminLevels
         };
-        let grantee = self
-            .level_holder(caller, action, row.user_id)
+        // Checked on the cached caller first (nothing is locked for a
+        // refusal), then again on the caller and holder as they are now.
+        self.level_holder(caller, action, row.user_id)
             .await
             .map_err(|e| match e {
                 DomainError::NotFound { .. } => DomainError::not_found("admin level", id),
@@ -299,7 +365,12 @@ impl Domain {
             .ok_or_else(|| DomainError::denied("only members revoke admin levels"))?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         lock_organisation(&txn, row.organisation_id).await?;
+        let caller = &caller_as_now(&txn, caller).await?;
         let row = admin_level::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("admin level", id))?;
+        let grantee = user::Entity::find_by_id(row.user_id)
             .one(&txn)
             .await?
             .ok_or_else(|| DomainError::not_found("admin level", id))?;

@@ -220,10 +220,11 @@ impl Domain {
             .ok_or_else(|| DomainError::not_found("user", id))?;
         let roles = roles_of(txn, &[id]).await?.remove(&id).unwrap_or_default();
         let user = user_from_row(row.clone(), roles, &self.vault)?;
+        let holds_level = crate::services::access::target_holds_level(txn, caller, id).await?;
         crate::policy::authorize_on_user(
             caller,
             action,
-            Target::user(user.organisation_id, id, user.is_administrator(), user.unit_id),
+            Target::user(user.organisation_id, id, user.is_administrator(), user.unit_id).holding_level(holds_level),
         )?;
         check_etag("user", etag, row.version)?;
         Ok((user, row))

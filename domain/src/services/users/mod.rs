@@ -313,10 +313,11 @@ impl Domain {
     /// Loads a user and checks the caller may take `action` on them.
     async fn authorized_user(&self, caller: &Caller, action: Action, id: Uuid) -> DomainResult<User> {
         let user = self.load_user(&self.db, id).await?;
+        let holds_level = crate::services::access::target_holds_level(&self.db, caller, id).await?;
         crate::policy::authorize_on_user(
             caller,
             action,
-            Target::user(user.organisation_id, id, user.is_administrator(), user.unit_id),
+            Target::user(user.organisation_id, id, user.is_administrator(), user.unit_id).holding_level(holds_level),
         )?;
         Ok(user)
     }

@@ -29,7 +29,9 @@ impl Domain {
         patch: UserPatch,
     ) -> DomainResult<User> {
         let current = self.load_user(txn, id).await?;
-        let target = Target::user(current.organisation_id, id, current.is_administrator(), current.unit_id);
+        let holds_level = crate::services::access::target_holds_level(txn, caller, id).await?;
+        let target = Target::user(current.organisation_id, id, current.is_administrator(), current.unit_id)
+            .holding_level(holds_level);
         let touches_fields = patch.first_name.is_some()
             || patch.surname.is_some()
             || patch.email.is_some()
@@ -42,16 +44,20 @@ impl Domain {
             || patch.external_ids.is_some()
             || patch.identification_means.is_some()
             || patch.signing_right.is_some();
-        if touches_fields || patch.roles.is_none() {
-            crate::policy::authorize_on_user(caller, Action::UpdateUser, target)?;
-        }
-        // A scoped admin level moves users only within its subtree.
-        if let Some(unit_id) = patch.unit_id {
-            crate::policy::authorize(caller, Action::UpdateUser, target.moved_to(unit_id))?;
-        }
-        if patch.roles.is_some() {
-            crate::policy::authorize_on_user(caller, Action::ChangeRoles, target)?;
-        }
+        let authorize_change = |target: Target| -> DomainResult<()> {
+            if touches_fields || patch.roles.is_none() {
+                crate::policy::authorize_on_user(caller, Action::UpdateUser, target)?;
+            }
+            // A scoped admin level moves users only within its subtree.
+            if let Some(unit_id) = patch.unit_id {
+                crate::policy::authorize(caller, Action::UpdateUser, target.moved_to(unit_id))?;
+            }
+            if patch.roles.is_some() {
+                crate::policy::authorize_on_user(caller, Action::ChangeRoles, target)?;
+            }
+            Ok(())
+        };
+        authorize_change(target)?;
 
         let mut v = Violations::default();
         let (first_name, surname, email) = check_identity_fields(
@@ -98,6 +104,14 @@ impl Domain {
 
         let org = lock_organisation(txn, current.organisation_id).await?;
         let current = self.load_user(txn, id).await?;
+        // Again on the user as they are under the lock: one moved out of a
+        // scoped level's subtree (or given a role) a moment ago is beyond it.
+        if caller.holds_levels() {
+            authorize_change(
+                Target::user(current.organisation_id, id, current.is_administrator(), current.unit_id)
+                    .holding_level(holds_level),
+            )?;
+        }
         check_etag("user", etag, current.version).map_err(|e| e.within("user"))?;
         let row = user::Entity::find_by_id(id)
             .one(txn)
