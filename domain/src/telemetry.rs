@@ -224,18 +224,24 @@ pub fn adopt_remote_parent(span: &tracing::Span, traceparent: Option<&str>, trac
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::warn!(error = %e, "no SIGTERM handler; stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Resolves on SIGTERM or SIGINT. The SIGTERM handler is installed when
+/// this is called, not when it is first awaited: a SIGTERM between the two
+/// (the worker answers health before its loop first polls the stop) would
+/// otherwise kill the process with the default action, mid-work.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGTERM handler; stopping on SIGINT only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
     }
 }

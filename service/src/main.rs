@@ -111,8 +111,10 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
             },
         )))
     };
+    // Caught from here on, before the server first polls its stop.
+    let stop = orgadmin_domain::telemetry::shutdown_signal();
     orgadmin_service::serve(domain, listener, config.max_in_flight, async move {
-        orgadmin_domain::telemetry::shutdown_signal().await;
+        stop.await;
         let _ = stop_tx.send(true);
         let _ = http_stop_tx.send(true);
     })

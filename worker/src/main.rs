@@ -45,10 +45,12 @@ async fn work(config: &Config) -> anyhow::Result<()> {
     let domain = Domain::from_config(config, false).await.map_err(anyhow::Error::msg)?;
     // Probes see SERVING once the database answered, and NOT_SERVING from
     // the stop signal on, while the worker finishes what it holds.
+    // The stop signal is caught from before health answers on.
+    let stop = shutdown_signal();
     let health = Health::start(&config.worker_health_listen).await?;
     let reporter = health.reporter();
     orgadmin_worker::run(domain, config, async move {
-        shutdown_signal().await;
+        stop.await;
         health::not_serving(&reporter).await;
     })
     .await?;
