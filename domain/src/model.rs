@@ -91,6 +91,8 @@ string_enum_pub!(
         RightsRequested => "RIGHTS_REQUESTED",
         RightsRequestApproved => "RIGHTS_REQUEST_APPROVED",
         RightsRequestRejected => "RIGHTS_REQUEST_REJECTED",
+        AccessShared => "ACCESS_SHARED",
+        ShareRevoked => "SHARE_REVOKED",
     }
 );
 

@@ -75,11 +75,23 @@ pub fn strongest_grantable(level: u8) -> Option<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub principal: Principal,
-    /// Set when the caller acts for another person (R-AUTH-3).
+    /// Set when the caller acts for another person (R-AUTH-3, R-ACC-5).
     pub on_behalf_of: Option<Uuid>,
+    /// Set when a member acts as another through shared access (R-ACC-5):
+    /// the principal is then the owner, holding no roles or levels (being
+    /// shared with confers no administration), and this is who acts.
+    pub acting: Option<Acting>,
     /// The person behind a member caller, as they are now: history keeps
     /// their name and e-mail as they were when they acted.
     pub identity: Option<Identity>,
+}
+
+/// The person behind a call made as another user through shared access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acting {
+    pub by: Uuid,
+    /// The share allows edits, not only reads.
+    pub may_edit: bool,
 }
 
 /// A person's name and e-mail address, for history.
@@ -94,6 +106,24 @@ impl Caller {
         Self {
             principal,
             on_behalf_of: None,
+            acting: None,
+            identity: None,
+        }
+    }
+
+    /// `by` acting as `owner` through a share of the owner's resources: the
+    /// owner's own resources, none of the owner's roles or levels, and
+    /// history names `by` as the actor on behalf of the owner.
+    pub fn acting_as(owner: Uuid, organisation_id: Uuid, acting: Acting) -> Self {
+        Self {
+            principal: Principal::Member {
+                user_id: owner,
+                organisation_id,
+                roles: Vec::new(),
+                levels: Vec::new(),
+            },
+            on_behalf_of: Some(owner),
+            acting: Some(acting),
             identity: None,
         }
     }
@@ -122,9 +152,15 @@ impl Caller {
     pub fn actor(&self) -> String {
         match &self.principal {
             Principal::Operator { token_id } => format!("operator:{token_id}"),
-            Principal::Member { user_id, .. } => format!("user:{user_id}"),
+            Principal::Member { user_id, .. } => format!("user:{}", self.acting.map_or(*user_id, |acting| acting.by)),
             Principal::System { task } => format!("system:{task}"),
         }
+    }
+
+    /// The member who is really calling: the one acting, when acting as
+    /// another through shared access.
+    pub fn acting_user_id(&self) -> Option<Uuid> {
+        self.acting.map(|acting| acting.by).or_else(|| self.user_id())
     }
 
     pub fn on_behalf_of(&self) -> Option<String> {
@@ -229,6 +265,11 @@ pub enum Action {
     ManageGrants,
     /// See the organisation's grants; everyone sees their own.
     ReadGrants,
+    /// Share a user's own resources with a colleague (R-ACC-5): the owner
+    /// theirs, administrators a user's they may edit.
+    ShareAccess,
+    /// See the organisation's shares; everyone sees those they are in.
+    ReadShares,
 }
 }
 
@@ -272,8 +313,9 @@ const POLICY: &[(Action, OperatorScope, &[Role], u8, bool)] = &[
     // R-AUTH-1: nobody, operator or administrator, obtains a credential that
     // acts as another person: a member makes API tokens for themselves only.
     (CreateApiToken, No, &[], NO_LEVEL, true),
-    // Listing and revoking other people's tokens acts as nobody.
-    (ManageApiTokens, AdministratorsOnly, &[OA], NO_LEVEL, false),
+    // Listing and revoking other people's tokens acts as nobody; everyone
+    // lists and revokes their own (and, through a share, the owner's).
+    (ManageApiTokens, AdministratorsOnly, &[OA], NO_LEVEL, true),
     (ManageActivation, AdministratorsOnly, &[UA], LEVEL_3, false),
     (DecideAnonymityRequests, No, &[UA], NO_LEVEL, false),
     (ManageMailQueue, Yes, &[], NO_LEVEL, false),
@@ -305,6 +347,11 @@ const POLICY: &[(Action, OperatorScope, &[Role], u8, bool)] = &[
     // organisation administrators, who appoint them).
     (ManageGrants, No, &[OA, RA], NO_LEVEL, false),
     (ReadGrants, No, &[OA, UA, RA], NO_LEVEL, true),
+    // R-ACC-5: the owner shares their own resources; organisation and user
+    // administrators, and levels 1-2 within their scope (seed 003), share a
+    // user's, never with themselves (two keys, checked by the service).
+    (ShareAccess, No, &[OA, UA], LEVEL_2, true),
+    (ReadShares, No, &[OA, UA], NO_LEVEL, false),
 ];
 
 fn row(action: Action) -> (OperatorScope, &'static [Role], u8, bool) {
@@ -698,6 +745,8 @@ fn describe(action: Action) -> &'static str {
         ReadAdminLevels => "see the admin levels of this organisation",
         ManageGrants => "grant or revoke rights in this organisation",
         ReadGrants => "see the grants of this organisation",
+        ShareAccess => "share this user's resources",
+        ReadShares => "see the shares of this organisation",
     }
 }
 

@@ -139,6 +139,9 @@ no_lists!(
     RevokeGrantRequest,
     ListRightsRequestsRequest,
     DecideRightsRequestRequest,
+    ShareAccessRequest,
+    ListSharesRequest,
+    RevokeShareRequest,
 );
 
 impl Lists for pb::RequestRightsRequest {

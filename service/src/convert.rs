@@ -279,6 +279,8 @@ same_variants!(
         RightsRequested,
         RightsRequestApproved,
         RightsRequestRejected,
+        AccessShared,
+        ShareRevoked,
     ]
 );
 

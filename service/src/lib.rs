@@ -1,5 +1,6 @@
 //! The orgadmin gRPC server: thin tonic handlers over `orgadmin-domain`.
 
+pub mod acting;
 pub mod bounds;
 pub mod convert;
 pub mod error;

@@ -61,8 +61,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
+        // A call made as another user must name its method to the handler,
+        // which alone decides whether it may be made so (`acting`).
+        if request.headers().contains_key(crate::acting::ACT_AS_HEADER) {
+            let method = crate::acting::CalledMethod(request.uri().path().to_owned());
+            request.extensions_mut().insert(method);
+        }
         let service = S::NAME;
         // The method name is copied only when a span or metric will use it.
         let method = if telemetry::traces_enabled() || telemetry::metrics_enabled() {

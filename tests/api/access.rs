@@ -439,7 +439,7 @@ async fn ceilings_and_two_keys(backend: Backend) {
         .expect("a level 1 on a unit grants level 2 there");
 
     // Listing: everyone sees their own levels; a level 2 on North sees the
-    // levels held within North's subtree, the administrator all.
+    // levels of the people placed in North's subtree, the administrator all.
     let list = |token: String, user_id: String| {
         let app = &app;
         let org = org.clone();
@@ -457,13 +457,22 @@ async fn ceilings_and_two_keys(backend: Backend) {
                 .map(|r| r.into_inner().admin_levels)
         }
     };
-    assert_eq!(list(admin.clone(), String::new()).await.unwrap().len(), 4);
+    // A level on North held by Bo, who is placed in South: the administrator
+    // sees it; North's level 2 sees the levels of the people placed in its
+    // subtree only, as it sees those people.
+    let bos = app
+        .grant_level(&admin, &w.bo.id, 4, &w.north.id)
+        .await
+        .expect("an administrator grants anywhere");
+    assert_eq!(list(admin.clone(), String::new()).await.unwrap().len(), 5);
     let seen_by_second = list(second_token.clone(), String::new()).await.unwrap();
     assert_eq!(
         seen_by_second.len(),
-        3,
-        "level 2 on North sees its own, the colleague's and the next's: {seen_by_second:?}"
+        4,
+        "level 2 on North sees its own, the colleague's, the next's and the organisation-wide level 1 \
+         of the first, who is placed in North: {seen_by_second:?}"
     );
+    assert!(seen_by_second.iter().all(|l| l.id != bos.id), "{seen_by_second:?}");
     let (_, plain_token) = app.member_in(&w.fixture, "Plain", &w.south.id).await;
     assert_code(list(plain_token.clone(), String::new()).await, Code::PermissionDenied);
     let mine = list(colleague_token.clone(), colleague.id.clone()).await.unwrap();

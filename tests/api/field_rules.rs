@@ -88,6 +88,10 @@ enum Call {
     CreateGrant(pb::CreateGrantRequest),
     RequestRights(pb::RequestRightsRequest),
     DecideRightsRequest(pb::DecideRightsRequestRequest),
+    ShareAccess(pb::ShareAccessRequest),
+    /// GetUser made as the user the header names (R-ACC-5): the header is
+    /// the field.
+    GetUserActingAs(&'static str, pb::GetUserRequest),
 }
 
 impl Call {
@@ -127,6 +131,8 @@ impl Call {
             Call::CreateGrant(_) => "CreateGrant",
             Call::RequestRights(_) => "RequestRights",
             Call::DecideRightsRequest(_) => "DecideRightsRequest",
+            Call::ShareAccess(_) => "ShareAccess",
+            Call::GetUserActingAs(..) => "GetUser",
         }
     }
 
@@ -175,6 +181,14 @@ impl Call {
             Call::RevokeCertificate(r) => app.certs().revoke_certificate(req(admin, r)).await.map(drop),
             Call::GrantAdminLevel(r) => app.access().grant_admin_level(req(admin, r)).await.map(drop),
             Call::CreateGrant(r) => app.access().create_grant(req(admin, r)).await.map(drop),
+            Call::ShareAccess(r) => app.access().share_access(req(admin, r)).await.map(drop),
+            Call::GetUserActingAs(owner, r) => {
+                let mut request = req(member, r);
+                request
+                    .metadata_mut()
+                    .insert("x-orgadmin-act-as", owner.parse().expect("header"));
+                app.users().get_user(request).await.map(drop)
+            }
             Call::RequestRights(r) => app.access().request_rights(req(member, r)).await.map(drop),
             Call::DecideRightsRequest(r) => app.access().decide_rights_request(req(admin, r)).await.map(drop),
         }
@@ -889,6 +903,22 @@ fn rows() -> Vec<Row> {
                 unit_id: uuid::Uuid::now_v7().to_string(),
             }
         )),
+        row!("grantee_user_id", "the owner", |c| Call::ShareAccess(
+            pb::ShareAccessRequest {
+                owner_user_id: c.member.id.clone(),
+                grantee_user_id: c.member.id.clone(),
+                access: pb::ShareAccessLevel::Read as i32,
+            }
+        )),
+        row!("x-orgadmin-act-as", "not a user id", |c| Call::GetUserActingAs(
+            "the boss",
+            pb::GetUserRequest { id: c.admin.id.clone() }
+        )),
+        row!("access", "unspecified", |c| Call::ShareAccess(pb::ShareAccessRequest {
+            owner_user_id: c.member.id.clone(),
+            grantee_user_id: c.admin.id.clone(),
+            access: pb::ShareAccessLevel::Unspecified as i32,
+        })),
         row!("right", "upper case and a space", |c| Call::CreateGrant(
             pb::CreateGrantRequest {
                 right: "Tax VAT".into(),

@@ -25,6 +25,7 @@ mod replicas;
 mod rights;
 mod seats;
 mod second_factor;
+mod sharing;
 mod smoke;
 mod telemetry;
 mod users;

@@ -9,7 +9,28 @@ use orgadmin_tests::*;
 use prost_types::FieldMask;
 use tonic::{Code, Status};
 
-both_backends!(every_rpc_for_every_role);
+// The matrix in three parts per backend, so the test threads share it out
+// (one test of it was the run's long pole).
+both_backends!(
+    every_rpc_for_every_role_part_1,
+    every_rpc_for_every_role_part_2,
+    every_rpc_for_every_role_part_3
+);
+
+async fn every_rpc_for_every_role_part_1(backend: Backend) {
+    every_rpc_for_every_role(backend, 0).await
+}
+
+async fn every_rpc_for_every_role_part_2(backend: Backend) {
+    every_rpc_for_every_role(backend, 1).await
+}
+
+async fn every_rpc_for_every_role_part_3(backend: Backend) {
+    every_rpc_for_every_role(backend, 2).await
+}
+
+/// How many parts the matrix is run in (the tests above).
+const PARTS: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
@@ -92,6 +113,9 @@ struct World {
     spare_grant_id: String,
     /// An open rights request of the target user, to decide.
     open_rights_request_id: String,
+    /// The target user's resources shared (read only) with the plain user,
+    /// by the user administrator (R-ACC-5).
+    target_share_id: String,
 }
 
 /// A request for the right `docs.read`, with `reason`.
@@ -231,6 +255,22 @@ impl World {
             .expect("create grant")
             .into_inner()
             .grant
+            .unwrap()
+            .id;
+        let target_share_id = app
+            .access()
+            .share_access(req(
+                &user_admin_token,
+                pb::ShareAccessRequest {
+                    owner_user_id: target.id.clone(),
+                    grantee_user_id: plain.id.clone(),
+                    access: pb::ShareAccessLevel::Read as i32,
+                },
+            ))
+            .await
+            .expect("share the target's resources")
+            .into_inner()
+            .share
             .unwrap()
             .id;
         let target_token_id = app
@@ -405,6 +445,7 @@ impl World {
             spare_session_id: String::new(),
             spare_level_id,
             spare_grant_id,
+            target_share_id,
             open_rights_request_id,
             active_admin: org_admin.clone(),
             import_id,
@@ -1494,6 +1535,116 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             ))
             .await
             .map(drop),
+        "ShareAccess" => app
+            .access()
+            .share_access(req(
+                t,
+                pb::ShareAccessRequest {
+                    owner_user_id: world.target.id.clone(),
+                    grantee_user_id: world.plain.id.clone(),
+                    access: pb::ShareAccessLevel::Edit as i32,
+                },
+            ))
+            .await
+            .map(drop),
+        "ShareOwnAccess" => {
+            // The caller's own resources, with a colleague (the operator,
+            // who has none, names the target's).
+            let me = app
+                .auth()
+                .who_am_i(req(t, pb::WhoAmIRequest {}))
+                .await
+                .map(|r| r.into_inner().user_id)
+                .unwrap_or_default();
+            let owner = if me.is_empty() { world.target.id.clone() } else { me };
+            let grantee = if owner == world.plain.id {
+                &world.target
+            } else {
+                &world.plain
+            };
+            app.access()
+                .share_access(req(
+                    t,
+                    pb::ShareAccessRequest {
+                        owner_user_id: owner,
+                        grantee_user_id: grantee.id.clone(),
+                        access: pb::ShareAccessLevel::Read as i32,
+                    },
+                ))
+                .await
+                .map(drop)
+        }
+        "ListShares" => app
+            .access()
+            .list_shares(req(
+                t,
+                pb::ListSharesRequest {
+                    organisation_id: org.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "RevokeShare" => app
+            .access()
+            .revoke_share(req(
+                t,
+                pb::RevokeShareRequest {
+                    id: world.target_share_id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        // As the target, through the read share the target's resources
+        // have with the plain user.
+        "GetUserActingAsTarget" => app
+            .users()
+            .get_user(acting_as(
+                &world.target.id,
+                req(
+                    t,
+                    pb::GetUserRequest {
+                        id: world.target.id.clone(),
+                    },
+                ),
+            ))
+            .await
+            .map(drop),
+        "UpdatePreferencesActingAsTarget" => app
+            .notes()
+            .update_notification_preferences(acting_as(
+                &world.target.id,
+                req(
+                    t,
+                    pb::UpdateNotificationPreferencesRequest {
+                        preferences: vec![pb::NotificationPreference {
+                            kind: pb::NotificationKind::AnonymityRequest as i32,
+                            channel: pb::DeliveryChannel::InApp as i32,
+                        }],
+                    },
+                ),
+            ))
+            .await
+            .map(drop),
+        "UpdateUserActingAsTarget" => app
+            .users()
+            .update_user(acting_as(
+                &world.target.id,
+                req(
+                    t,
+                    pb::UpdateUserRequest {
+                        user: Some(pb::User {
+                            id: world.target.id.clone(),
+                            phone: "+4512345678".into(),
+                            ..Default::default()
+                        }),
+                        update_mask: mask(&["phone"]),
+                        ..Default::default()
+                    },
+                ),
+            ))
+            .await
+            .map(drop),
         "RequestRights" => app
             .access()
             .request_rights(req(t, rights_request("Til kundekartoteket, tak")))
@@ -1692,7 +1843,8 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     ("CreateApiToken", AUT, "CreateApiToken", &[]),
     ("CreateAdministratorToken", AUT, "CreateApiToken", &[]),
     ("CreateOwnApiToken", AUT, "CreateApiToken", &[PlainUser]),
-    ("ListApiTokens", AUT, "ListApiTokens", &[Operator, OrgAdmin]),
+    // Administrators list the organisation's, everyone else their own.
+    ("ListApiTokens", AUT, "ListApiTokens", OPERATOR_AND_OWN_MEMBERS),
     ("RevokeApiToken", AUT, "RevokeApiToken", &[OrgAdmin]),
     // The password is the credential: the bearer token does not matter.
     ("Login", AUT, "Login", EVERYONE),
@@ -1806,7 +1958,32 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
         "DecideRightsRequest",
         &[OrgAdmin, RightsAdmin],
     ),
+    // R-ACC-5: organisation and user administrators (and levels 1-2) share
+    // a user's resources; every member their own; the owner, the colleague
+    // and whoever may share end a share.
+    ("ShareAccess", ACC, "ShareAccess", &[OrgAdmin, UserAdmin]),
+    ("ShareOwnAccess", ACC, "ShareAccess", OWN_MEMBERS),
+    ("ListShares", ACC, "ListShares", OWN_MEMBERS),
+    ("RevokeShare", ACC, "RevokeShare", &[OrgAdmin, UserAdmin, PlainUser]),
+    // Only the colleague the target shared with acts as the target, only on
+    // the calls a share allows, and only what its access (read) allows.
+    ("GetUserActingAsTarget", USR, "GetUser", &[PlainUser]),
+    (
+        "UpdatePreferencesActingAsTarget",
+        NOT,
+        "UpdateNotificationPreferences",
+        &[],
+    ),
+    ("UpdateUserActingAsTarget", USR, "UpdateUser", &[]),
 ];
+
+/// `request` made as `owner` through a share (R-ACC-5).
+fn acting_as<T>(owner: &str, mut request: tonic::Request<T>) -> tonic::Request<T> {
+    request
+        .metadata_mut()
+        .insert("x-orgadmin-act-as", owner.parse().expect("header"));
+    request
+}
 
 /// The one user or job a case acts on, as far as visibility goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1848,7 +2025,10 @@ fn target(case: &str) -> Target {
         | "RevokeAdminLevel"
         | "CreateGrant"
         | "RevokeGrant"
-        | "DecideRightsRequest" => Target::PlainUser,
+        | "DecideRightsRequest"
+        | "ShareAccess"
+        | "ShareOwnAccess"
+        | "RevokeShare" => Target::PlainUser,
         "GetAdministrator"
         | "DeactivateAdministrator"
         | "CreateAdministratorToken"
@@ -1908,6 +2088,13 @@ fn served_methods() -> Vec<String> {
 fn matrix_covers_every_served_method() {
     assert!(!ANY_CALLER.contains(&Nobody) && ANY_CALLER.len() + 1 == EVERYONE.len());
     assert!(!OWN_MEMBERS.contains(&Operator) && OWN_MEMBERS.len() + 1 == OPERATOR_AND_OWN_MEMBERS.len());
+    // Every member of an organisation: everyone but the operator and nobody.
+    let members: Vec<Who> = EVERYONE
+        .iter()
+        .copied()
+        .filter(|w| !matches!(w, Operator | Nobody))
+        .collect();
+    assert_eq!(MEMBERS, members.as_slice());
     let methods = served_methods();
     assert!(
         methods.len() >= 35,
@@ -1935,9 +2122,11 @@ fn matrix_covers_every_served_method() {
 /// keeps each fingerprint small (one database for all rows took 14 minutes).
 const ROWS_PER_DATABASE: usize = 12;
 
-async fn every_rpc_for_every_role(backend: Backend) {
+/// Part `part` of the matrix: every `PARTS`th chunk of rows from the
+/// `part`th, so every row is in exactly one part.
+async fn every_rpc_for_every_role(backend: Backend, part: usize) {
     let mut failures = Vec::new();
-    for rows in MATRIX.chunks(ROWS_PER_DATABASE) {
+    for rows in MATRIX.chunks(ROWS_PER_DATABASE).skip(part).step_by(PARTS) {
         let app = TestApp::start(backend).await;
         check_rows(&app, rows, &mut failures).await;
         app.finish().await;
@@ -2021,9 +2210,8 @@ async fn check_rows(app: &TestApp, rows: &[(&str, &str, &str, &[Who])], failures
                     // Each uses only what `prepare` made for it, or (a new
                     // enrolment, a rights request, of the caller's own)
                     // nothing another caller needs.
-                    "Login" | "VerifyLoginCode" | "EnrollTotp" | "ConfirmTotp" | "RevokeSession" | "RequestRights" => {
-                        changed_since_build = true
-                    }
+                    "Login" | "VerifyLoginCode" | "EnrollTotp" | "ConfirmTotp" | "RevokeSession" | "RequestRights"
+                    | "ShareAccess" | "ShareOwnAccess" => changed_since_build = true,
                     "ResetPassword" => {
                         world.reset_token = fresh_reset_token(app, &world.login_id).await;
                         changed_since_build = true;

@@ -376,6 +376,39 @@ async fn grpcurl_walkthrough(backend: Backend) {
         "orgadmin.v1.AccessService/ListGrants",
     );
     assert_eq!(held["grants"].as_array().map(Vec::len), Some(1), "{held}");
+    // Shared access: Karen shares her own resources with Jens; an act-as
+    // header on a call the share does not open is refused by name.
+    let shared = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(
+            r#"{{"owner_user_id":"{admin_id}","grantee_user_id":"{user_id}","access":"SHARE_ACCESS_LEVEL_READ"}}"#
+        )),
+        "orgadmin.v1.AccessService/ShareAccess",
+    );
+    assert_eq!(shared["share"]["access"], "SHARE_ACCESS_LEVEL_READ", "{shared}");
+    let mut cmd = Command::new("grpcurl");
+    let out = cmd
+        .arg("-plaintext")
+        .arg("-H")
+        .arg(format!("authorization: Bearer {admin_token}"))
+        .arg("-H")
+        .arg(format!("x-orgadmin-act-as: {user_id}"))
+        .arg("-d")
+        .arg(format!(r#"{{"organisation_id":"{org_id}"}}"#))
+        .arg(&addr)
+        .arg("orgadmin.v1.UserService/ListUsers")
+        .output()
+        .expect("grpcurl");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && said.contains("PermissionDenied") && said.contains("x-orgadmin-act-as"),
+        "{said}"
+    );
 
     // A new address as the README gives it (grpcurl reads a FieldMask as
     // an object with paths): it waits for verification.

@@ -383,6 +383,33 @@ pub mod grant {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// A user's own resources shared with a colleague (R-ACC-5).
+pub mod share {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "shares")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub organisation_id: Uuid,
+        pub owner_id: Uuid,
+        pub grantee_id: Uuid,
+        /// Edit as well as read.
+        pub can_edit: bool,
+        /// The member who shared (the owner, or an administrator); none:
+        /// not a member.
+        pub sharer_id: Option<Uuid>,
+        pub shared_by: String,
+        pub shared_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// A member's request for an admin level or a grant (R-ACC-9).
 pub mod rights_request {
     use sea_orm::entity::prelude::*;

@@ -350,13 +350,18 @@ impl Domain {
         Ok((api_token_from_row(row), secret))
     }
 
-    /// An organisation's API tokens; an operator sees its administrators' only.
+    /// An organisation's API tokens; an operator sees its administrators'
+    /// only, any other member their own.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn list_api_tokens(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Vec<ApiToken>> {
-        authorize(caller, Action::ManageApiTokens, Target::organisation(organisation_id))?;
         let mut query = api_token::Entity::find()
             .filter(api_token::Column::OrganisationId.eq(organisation_id))
             .order_by_asc(api_token::Column::Id);
+        if let super::Visible::Concerning(me) =
+            super::visible_to(caller, Action::ManageApiTokens, organisation_id, "API tokens")?
+        {
+            query = query.filter(api_token::Column::UserId.eq(me));
+        }
         if crate::policy::operator_sees_administrators_only(caller) {
             let admin_roles: Vec<&str> = Role::ALL
                 .iter()

@@ -216,6 +216,70 @@ pub(crate) fn check_decision(caller: &crate::policy::Caller, requester_id: Uuid,
     Ok(())
 }
 
+/// What a listing shows its caller.
+pub(crate) enum Visible {
+    /// Everything of the organisation.
+    All,
+    /// Only the entries this member is part of (asked, holds, made).
+    Concerning(Uuid),
+}
+
+/// The one rule of the administration listings (grants, shares, rights
+/// requests): whoever may `action` on the organisation sees all of it, any
+/// other member of it what concerns them (as the one acting, for a call
+/// made through a share), anyone else nothing.
+pub(crate) fn visible_to(
+    caller: &crate::policy::Caller,
+    action: crate::policy::Action,
+    organisation_id: Uuid,
+    what: &str,
+) -> DomainResult<Visible> {
+    if crate::policy::authorize(caller, action, crate::policy::Target::organisation(organisation_id)).is_ok() {
+        return Ok(Visible::All);
+    }
+    match (caller.user_id(), caller.organisation_id() == Some(organisation_id)) {
+        (Some(me), true) => Ok(Visible::Concerning(me)),
+        _ => Err(DomainError::denied(format!(
+            "the caller may not see the {what} of this organisation"
+        ))),
+    }
+}
+
+/// [`crate::Domain::authorize_on_user`] again inside a writing transaction,
+/// after the organisation's lock: on the caller's roles and the user as
+/// they stand at commit, not as they were cached or first read.
+pub(crate) async fn authorize_on_user_as_now(
+    txn: &sea_orm::DatabaseTransaction,
+    caller: &crate::policy::Caller,
+    action: crate::policy::Action,
+    user_id: Uuid,
+) -> DomainResult<user::Model> {
+    let caller = access::caller_as_now(txn, caller).await?;
+    let row = user::Entity::find_by_id(user_id)
+        .one(txn)
+        .await?
+        .ok_or_else(|| DomainError::not_found("user", user_id))?;
+    let target = user_target(txn, &caller, &row).await?;
+    crate::policy::authorize_on_user(&caller, action, target)?;
+    Ok(row)
+}
+
+/// What the policy needs to know of a user it decides about: whether they
+/// are an administrator, and (for callers acting by level) hold a level.
+async fn user_target(
+    db: &impl ConnectionTrait,
+    caller: &crate::policy::Caller,
+    row: &user::Model,
+) -> DomainResult<crate::policy::Target> {
+    let roles = users::roles_of(db, &[row.id])
+        .await?
+        .remove(&row.id)
+        .unwrap_or_default();
+    let is_admin = roles.iter().any(|r| r.is_administrator());
+    let holds_level = access::target_holds_level(db, caller, row.id).await?;
+    Ok(crate::policy::Target::user(row.organisation_id, row.id, is_admin, row.unit_id).holding_level(holds_level))
+}
+
 impl crate::Domain {
     /// Loads a user row and checks the caller may take `action` on that user
     /// (the policy needs to know whether the user is an administrator).
@@ -229,17 +293,8 @@ impl crate::Domain {
             .one(&self.db)
             .await?
             .ok_or_else(|| DomainError::not_found("user", user_id))?;
-        let roles = users::roles_of(&self.db, &[user_id])
-            .await?
-            .remove(&user_id)
-            .unwrap_or_default();
-        let is_admin = roles.iter().any(|r| r.is_administrator());
-        let holds_level = access::target_holds_level(&self.db, caller, user_id).await?;
-        crate::policy::authorize_on_user(
-            caller,
-            action,
-            crate::policy::Target::user(row.organisation_id, user_id, is_admin, row.unit_id).holding_level(holds_level),
-        )?;
+        let target = user_target(&self.db, caller, &row).await?;
+        crate::policy::authorize_on_user(caller, action, target)?;
         Ok(row)
     }
 }

@@ -276,12 +276,9 @@ impl Domain {
     ) -> DomainResult<Page<RightsRequest>> {
         let mut query =
             rights_request::Entity::find().filter(rights_request::Column::OrganisationId.eq(organisation_id));
-        if authorize(caller, Action::ManageGrants, Target::organisation(organisation_id)).is_err() {
-            let (Some(me), true) = (caller.user_id(), caller.organisation_id() == Some(organisation_id)) else {
-                return Err(DomainError::denied(
-                    "the caller may not see the rights requests of this organisation",
-                ));
-            };
+        if let super::Visible::Concerning(me) =
+            super::visible_to(caller, Action::ManageGrants, organisation_id, "rights requests")?
+        {
             query = query.filter(Condition::all().add(rights_request::Column::RequesterId.eq(me)));
         }
         if open_only {

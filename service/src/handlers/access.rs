@@ -1,5 +1,7 @@
 use orgadmin_domain::policy::Actions;
-use orgadmin_domain::services::access::{GrantFilter, GrantedRight, LevelFilter, LevelGrant, NewGrant};
+use orgadmin_domain::services::access::{
+    GrantFilter, GrantedRight, LevelFilter, LevelGrant, NewGrant, Share, ShareFilter,
+};
 use orgadmin_domain::services::rights_requests::{Requested, RightsRequest, RightsRequestState};
 use orgadmin_domain::{Domain, DomainError};
 use orgadmin_proto::v1 as pb;
@@ -23,6 +25,22 @@ fn admin_level_to_pb(grant: LevelGrant) -> pb::AdminLevel {
         unit_id: grant.unit_id.map(|u| u.to_string()).unwrap_or_default(),
         granted_by: grant.granted_by,
         grant_time: Some(timestamp(grant.granted_at)),
+    }
+}
+
+fn share_to_pb(share: Share) -> pb::Share {
+    pb::Share {
+        id: share.id.to_string(),
+        organisation_id: share.organisation_id.to_string(),
+        owner_user_id: share.owner_id.to_string(),
+        grantee_user_id: share.grantee_id.to_string(),
+        access: if share.may_edit {
+            pb::ShareAccessLevel::Edit
+        } else {
+            pb::ShareAccessLevel::Read
+        } as i32,
+        shared_by: share.shared_by,
+        share_time: Some(timestamp(share.shared_at)),
     }
 }
 
@@ -178,6 +196,69 @@ impl AccessService for AccessHandler {
             .into_status()?;
         Ok(Response::new(pb::DecideRightsRequestResponse {
             rights_request: Some(rights_request_to_pb(decided)),
+        }))
+    }
+
+    async fn share_access(
+        &self,
+        request: Request<pb::ShareAccessRequest>,
+    ) -> Result<Response<pb::ShareAccessResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let owner_id = id("owner_user_id", &r.owner_user_id).into_status()?;
+        let grantee_id = id("grantee_user_id", &r.grantee_user_id).into_status()?;
+        let may_edit = match pb::ShareAccessLevel::try_from(r.access) {
+            Ok(pb::ShareAccessLevel::Read) => false,
+            Ok(pb::ShareAccessLevel::Edit) => true,
+            _ => {
+                return Err(DomainError::invalid(
+                    "access",
+                    "must be SHARE_ACCESS_LEVEL_READ or SHARE_ACCESS_LEVEL_EDIT",
+                ))
+                .into_status();
+            }
+        };
+        let share = self
+            .domain
+            .share_access(&caller, owner_id, grantee_id, may_edit)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ShareAccessResponse {
+            share: Some(share_to_pb(share)),
+        }))
+    }
+
+    async fn list_shares(
+        &self,
+        request: Request<pb::ListSharesRequest>,
+    ) -> Result<Response<pb::ListSharesResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let organisation_id = id("organisation_id", &r.organisation_id).into_status()?;
+        let filter = ShareFilter {
+            owner_id: opt_id("owner_user_id", &r.owner_user_id).into_status()?,
+            grantee_id: opt_id("grantee_user_id", &r.grantee_user_id).into_status()?,
+        };
+        let page = self
+            .domain
+            .list_shares(&caller, organisation_id, filter, r.page_size, &r.page_token)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ListSharesResponse {
+            shares: page.items.into_iter().map(share_to_pb).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn revoke_share(
+        &self,
+        request: Request<pb::RevokeShareRequest>,
+    ) -> Result<Response<pb::RevokeShareResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let share_id = id("id", &request.get_ref().id).into_status()?;
+        let share = self.domain.revoke_share(&caller, share_id).await.into_status()?;
+        Ok(Response::new(pb::RevokeShareResponse {
+            share: Some(share_to_pb(share)),
         }))
     }
 

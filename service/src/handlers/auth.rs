@@ -258,7 +258,8 @@ impl AuthService for AuthHandler {
 
     async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let caller = caller(&self.domain, &request).await?;
-        let response = match caller.principal {
+        let acting = caller.acting;
+        let mut response = match caller.principal {
             Principal::Operator { .. } => pb::WhoAmIResponse {
                 operator: true,
                 ..Default::default()
@@ -280,9 +281,14 @@ impl AuthService for AuthHandler {
                         unit_id: held.unit_id().map(|u| u.to_string()).unwrap_or_default(),
                     })
                     .collect(),
+                ..Default::default()
             },
             Principal::System { .. } => pb::WhoAmIResponse::default(),
         };
+        if let Some(acting) = acting {
+            response.acting_user_id = acting.by.to_string();
+            response.acting_may_edit = acting.may_edit;
+        }
         Ok(Response::new(response))
     }
 }

@@ -11,20 +11,55 @@ pub mod users;
 use orgadmin_domain::{Caller, Domain, DomainError};
 use tonic::{Request, Status};
 
+use crate::acting::{self, ACT_AS_HEADER, CalledMethod, Needs};
 use crate::error::to_status;
 
 /// The caller behind `authorization: Bearer <token>` (R-AUTH-1). The
 /// request's lists are bounded first (see `bounds`): nothing, not even the
 /// token look-up, works on a request with 40,000 items.
+///
+/// With `x-orgadmin-act-as`, the caller acts as the user it names through a
+/// share of that user's resources (R-ACC-5), on the calls `acting` lists
+/// only.
 pub async fn caller<T: crate::bounds::Lists>(domain: &Domain, request: &Request<T>) -> Result<Caller, Status> {
     crate::bounds::check(request.get_ref()).map_err(to_status)?;
-    caller_from_metadata(domain, request.metadata()).await
+    let Some(owner) = request.metadata().get(ACT_AS_HEADER) else {
+        return caller_from_metadata(domain, request.metadata()).await;
+    };
+    let token = bearer(request.metadata())?;
+    let method = request.extensions().get::<CalledMethod>().map(|m| m.0.as_str());
+    let Some(needs) = method.and_then(acting::needs) else {
+        // Who asks is known before they learn the call cannot be made so.
+        domain.authenticate(token).await.map_err(to_status)?;
+        return Err(not_shared_call());
+    };
+    let owner = owner.to_str().map_err(|_| {
+        to_status(DomainError::invalid(
+            ACT_AS_HEADER,
+            "must be the id of the user whose resources were shared with you",
+        ))
+    })?;
+    domain
+        .authenticate_acting(token, owner, needs == Needs::Edit)
+        .await
+        .map_err(to_status)
+}
+
+fn not_shared_call() -> Status {
+    to_status(DomainError::denied(format!(
+        "this call cannot be made as another user: {ACT_AS_HEADER} is for the calls on a user's own resources (README, \"Shared access\")"
+    )))
 }
 
 /// The caller behind the request's `authorization` header: for streaming
-/// requests, whose messages are bounded one by one as they arrive.
+/// requests, whose messages are bounded one by one as they arrive. None of
+/// them may be made as another user.
 pub async fn caller_from_metadata(domain: &Domain, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
-    domain.authenticate(bearer(metadata)?).await.map_err(to_status)
+    let caller = domain.authenticate(bearer(metadata)?).await.map_err(to_status)?;
+    if metadata.get(ACT_AS_HEADER).is_some() {
+        return Err(not_shared_call());
+    }
+    Ok(caller)
 }
 
 /// The token of the request's `authorization: Bearer <token>` header.

@@ -21,7 +21,7 @@ use crate::persistence::entities::grant;
 use crate::persistence::history::{self, NewEvent, Subject};
 use crate::persistence::mapping::parse;
 use crate::policy::{Action, Actions, Caller, GrantRequest, HeldGrant, Target, authorize, authorize_grant};
-use crate::services::lock_organisation;
+use crate::services::{Visible, lock_organisation, visible_to};
 use crate::validate::Violations;
 
 /// A grant as asked for.
@@ -172,6 +172,87 @@ async fn held_grants(
         .collect())
 }
 
+/// Revokes `root` and every grant made on its strength, however deep,
+/// each with its `GRANT_REVOKED` event (the ones below naming the root in
+/// `revoked_with`). Inside the caller's transaction, after the
+/// organisation's lock.
+async fn revoke_tree_in(
+    txn: &sea_orm::DatabaseTransaction,
+    caller: &Caller,
+    root: grant::Model,
+    now: Millis,
+) -> DomainResult<Vec<GrantedRight>> {
+    let root_id = root.id;
+    // The subtree of grants below it, level by level (a grant's children
+    // were made while it stood, so the walk ends).
+    let mut revoked = vec![root];
+    let mut frontier = vec![root_id];
+    while !frontier.is_empty() {
+        let children = grant::Entity::find()
+            .filter(grant::Column::ParentId.is_in(frontier.clone()))
+            .all(txn)
+            .await?;
+        frontier = children.iter().map(|c| c.id).collect();
+        revoked.extend(children);
+    }
+    let ids: Vec<Uuid> = revoked.iter().map(|r| r.id).collect();
+    for chunk in ids.chunks(500) {
+        grant::Entity::delete_many()
+            .filter(Condition::all().add(grant::Column::Id.is_in(chunk.to_vec())))
+            .exec(txn)
+            .await?;
+    }
+    let revoked: Vec<GrantedRight> = revoked.into_iter().map(from_row).collect();
+    for grant in &revoked {
+        let mut changes = vec![FieldChange {
+            field: "grant".into(),
+            before: shown(grant),
+            after: String::new(),
+        }];
+        if grant.id != root_id {
+            changes.push(FieldChange {
+                field: "revoked_with".into(),
+                before: String::new(),
+                after: root_id.to_string(),
+            });
+        }
+        history::record(
+            txn,
+            NewEvent {
+                organisation_id: Some(grant.organisation_id),
+                subject: Subject::User(grant.grantee_id),
+                activity: Activity::GrantRevoked,
+                caller,
+                at: now,
+                changes,
+            },
+        )
+        .await?;
+    }
+    Ok(revoked)
+}
+
+/// Revokes every grant `user_id` holds, each with what was made on its
+/// strength (a deleted user's rights end with them).
+pub(super) async fn revoke_grants_held_in(
+    txn: &sea_orm::DatabaseTransaction,
+    caller: &Caller,
+    user_id: Uuid,
+    now: Millis,
+) -> DomainResult<()> {
+    let held = grant::Entity::find()
+        .filter(grant::Column::GranteeId.eq(user_id))
+        .all(txn)
+        .await?;
+    for root in held {
+        // A grant below another of theirs went with that one already.
+        if grant::Entity::find_by_id(root.id).one(txn).await?.is_some() {
+            revoke_tree_in(txn, caller, root, now).await?;
+        }
+    }
+    Ok(())
+}
+
 impl Domain {
     /// R-ACC-3: gives a right. Administrators give any; a holder passes on
     /// what their grant options allow, within its scope.
@@ -315,53 +396,7 @@ impl Domain {
             let now = super::caller_as_now(&txn, caller).await?;
             authorize(&now, Action::ManageGrants, Target::organisation(row.organisation_id))?;
         }
-        // The subtree of grants below it, level by level (a grant's children
-        // were made while it stood, so the walk ends).
-        let mut revoked = vec![root];
-        let mut frontier = vec![id];
-        while !frontier.is_empty() {
-            let children = grant::Entity::find()
-                .filter(grant::Column::ParentId.is_in(frontier.clone()))
-                .all(&txn)
-                .await?;
-            frontier = children.iter().map(|c| c.id).collect();
-            revoked.extend(children);
-        }
-        let ids: Vec<Uuid> = revoked.iter().map(|r| r.id).collect();
-        for chunk in ids.chunks(500) {
-            grant::Entity::delete_many()
-                .filter(Condition::all().add(grant::Column::Id.is_in(chunk.to_vec())))
-                .exec(&txn)
-                .await?;
-        }
-        let now = now_millis();
-        let revoked: Vec<GrantedRight> = revoked.into_iter().map(from_row).collect();
-        for grant in &revoked {
-            let mut changes = vec![FieldChange {
-                field: "grant".into(),
-                before: shown(grant),
-                after: String::new(),
-            }];
-            if grant.id != id {
-                changes.push(FieldChange {
-                    field: "revoked_with".into(),
-                    before: String::new(),
-                    after: id.to_string(),
-                });
-            }
-            history::record(
-                &txn,
-                NewEvent {
-                    organisation_id: Some(grant.organisation_id),
-                    subject: Subject::User(grant.grantee_id),
-                    activity: Activity::GrantRevoked,
-                    caller,
-                    at: now,
-                    changes,
-                },
-            )
-            .await?;
-        }
+        let revoked = revoke_tree_in(&txn, caller, root, now_millis()).await?;
         txn.commit().await?;
         Ok(RevokedGrants { revoked })
     }
@@ -378,12 +413,7 @@ impl Domain {
         page_token: &str,
     ) -> DomainResult<Page<GrantedRight>> {
         let mut query = grant::Entity::find().filter(grant::Column::OrganisationId.eq(organisation_id));
-        if authorize(caller, Action::ReadGrants, Target::organisation(organisation_id)).is_err() {
-            let (Some(me), true) = (caller.user_id(), caller.organisation_id() == Some(organisation_id)) else {
-                return Err(DomainError::denied(
-                    "the caller may not see the grants of this organisation",
-                ));
-            };
+        if let Visible::Concerning(me) = visible_to(caller, Action::ReadGrants, organisation_id, "grants")? {
             query = query.filter(
                 Condition::any()
                     .add(grant::Column::GranteeId.eq(me))

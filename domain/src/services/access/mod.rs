@@ -18,8 +18,10 @@ use tracing::instrument;
 use uuid::Uuid;
 
 mod grants;
+mod shares;
 
 pub use grants::{GrantFilter, GrantedRight, NewGrant, RevokedGrants};
+pub use shares::{Share, ShareFilter};
 
 use super::lock_organisation;
 use super::organisations::subtree;
@@ -167,6 +169,55 @@ pub(crate) async fn standing_user_as_now(txn: &DatabaseTransaction, user_id: Uui
         ));
     }
     Ok(row)
+}
+
+/// Deletes a level, with its `ADMIN_LEVEL_REVOKED` event on its holder.
+async fn remove_level_in(
+    txn: &DatabaseTransaction,
+    caller: &Caller,
+    row: &admin_level::Model,
+    now: Millis,
+) -> DomainResult<()> {
+    admin_level::Entity::delete_by_id(row.id).exec(txn).await?;
+    let level = u8::try_from(row.level).unwrap_or(LEVEL_4);
+    history::record(
+        txn,
+        NewEvent {
+            organisation_id: Some(row.organisation_id),
+            subject: Subject::User(row.user_id),
+            activity: Activity::AdminLevelRevoked,
+            caller,
+            at: now,
+            changes: vec![FieldChange {
+                field: "admin_level".into(),
+                before: shown(level, row.unit_id),
+                after: String::new(),
+            }],
+        },
+    )
+    .await
+}
+
+/// A deleted user's delegation ends with them (DeleteUser's transaction):
+/// the levels they held, the grants they held and every grant made on
+/// their strength (cascade), and the shares of their resources and with
+/// them, each with its history event. A deactivated user keeps theirs, as
+/// they keep their seat, for their return.
+pub(crate) async fn end_delegation_of_in(
+    txn: &DatabaseTransaction,
+    caller: &Caller,
+    user_id: Uuid,
+    now: Millis,
+) -> DomainResult<()> {
+    for level in admin_level::Entity::find()
+        .filter(admin_level::Column::UserId.eq(user_id))
+        .all(txn)
+        .await?
+    {
+        remove_level_in(txn, caller, &level, now).await?;
+    }
+    grants::revoke_grants_held_in(txn, caller, user_id, now).await?;
+    shares::end_shares_of_in(txn, caller, user_id, now).await
 }
 
 /// Whether `user_id` holds an admin level, as the policy must know when a
@@ -383,31 +434,14 @@ impl Domain {
             grantee_unit: grantee.unit_id,
         };
         authorize_level_grant(caller, &granter_levels, change, true)?;
-        admin_level::Entity::delete_by_id(id).exec(&txn).await?;
-        let now = now_millis();
-        history::record(
-            &txn,
-            NewEvent {
-                organisation_id: Some(row.organisation_id),
-                subject: Subject::User(row.user_id),
-                activity: Activity::AdminLevelRevoked,
-                caller,
-                at: now,
-                changes: vec![FieldChange {
-                    field: "admin_level".into(),
-                    before: shown(level, row.unit_id),
-                    after: String::new(),
-                }],
-            },
-        )
-        .await?;
+        remove_level_in(&txn, caller, &row, now_millis()).await?;
         txn.commit().await?;
         self.auth_cache.clear();
         Ok(grant_from_row(row))
     }
 
     /// Who holds which level, by user or unit. Everyone sees their own; a
-    /// level 1 or 2 held on a unit sees the levels held within its subtree.
+    /// level 1 or 2 held on a unit sees the levels of the people placed in its subtree.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn list_admin_levels(
         &self,
@@ -427,8 +461,19 @@ impl Domain {
             }
         } else {
             authorize(caller, Action::ReadAdminLevels, Target::organisation(organisation_id))?;
+            // A scoped level 1 or 2 sees the levels of the people it sees:
+            // those placed in its subtree, whatever their level's scope (as
+            // GetUser shows them), and none of anyone placed elsewhere.
             if let ListingScope::Units(units) = user_listing_scope(caller, Action::ReadAdminLevels, organisation_id) {
-                query = query.filter(admin_level::Column::UnitId.is_in(units));
+                query = query.filter(
+                    admin_level::Column::UserId.in_subquery(
+                        sea_orm::sea_query::Query::select()
+                            .column(user::Column::Id)
+                            .from(user::Entity)
+                            .and_where(user::Column::UnitId.is_in(units))
+                            .to_owned(),
+                    ),
+                );
             }
         }
         let limit = paging::page_size(page_size, 50, 500)?;

@@ -192,6 +192,7 @@ impl Domain {
         self.record_user_event(txn, &current, Activity::UserDeleted, caller, now, changes)
             .await?;
         self.end_holder_certificates_in(txn, caller, id, now).await?;
+        crate::services::access::end_delegation_of_in(txn, caller, id, now).await?;
         self.load_user(txn, id).await
     }
 

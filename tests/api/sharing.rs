@@ -1,0 +1,570 @@
+//! Shared access (R-ACC-5, R-ACC-4, R-AUTH-3): a user's own resources shared
+//! with a colleague, who then acts as the owner with their own token and
+//! the `x-orgadmin-act-as` header; what a share allows and what it never
+//! does (administration), two keys, history naming both, and the end of a
+//! share taking effect at once.
+
+use orgadmin_proto::v1 as pb;
+use orgadmin_tests::*;
+use tonic::{Code, Request};
+
+both_backends!(
+    an_account_is_managed_through_shared_access,
+    the_administrator_who_shares_a_users_resources_with_themselves_is_refused,
+    a_share_confers_no_administration,
+    a_deleted_users_delegation_ends_with_them
+);
+
+const READ: i32 = pb::ShareAccessLevel::Read as i32;
+const EDIT: i32 = pb::ShareAccessLevel::Edit as i32;
+
+/// `request` made as `owner` through a share.
+fn acting_as<T>(owner: &pb::User, mut request: Request<T>) -> Request<T> {
+    request
+        .metadata_mut()
+        .insert("x-orgadmin-act-as", owner.id.parse().expect("header"));
+    request
+}
+
+async fn share(
+    app: &TestApp,
+    token: &str,
+    owner: &pb::User,
+    grantee: &pb::User,
+    access: i32,
+) -> Result<pb::Share, tonic::Status> {
+    app.access()
+        .share_access(req(
+            token,
+            pb::ShareAccessRequest {
+                owner_user_id: owner.id.clone(),
+                grantee_user_id: grantee.id.clone(),
+                access,
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().share.expect("share"))
+}
+
+async fn get_user_as(app: &TestApp, token: &str, owner: &pb::User, id: &str) -> Result<pb::User, tonic::Status> {
+    app.users()
+        .get_user(acting_as(owner, req(token, pb::GetUserRequest { id: id.to_owned() })))
+        .await
+        .map(|r| r.into_inner().user.expect("user"))
+}
+
+fn preferences() -> pb::UpdateNotificationPreferencesRequest {
+    pb::UpdateNotificationPreferencesRequest {
+        preferences: vec![pb::NotificationPreference {
+            kind: pb::NotificationKind::AnonymityRequest as i32,
+            channel: pb::DeliveryChannel::InApp as i32,
+        }],
+    }
+}
+
+/// The seed's API user: an account a user administrator shares with two
+/// colleagues, one to read (logs, settings), one to edit; neither knows its
+/// credentials, and history shows who did what on its behalf.
+async fn an_account_is_managed_through_shared_access(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (_, ua_token) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (account, account_token) = app.member(&fixture, "Integration", &[]).await;
+    let (eva, eva_token) = app.member(&fixture, "Eva", &[]).await;
+    let (finn, finn_token) = app.member(&fixture, "Finn", &[]).await;
+    let account_api_token = app.own_api_token(&account_token, &account.id).await;
+    let listed = app
+        .auth()
+        .list_api_tokens(req(
+            &account_token,
+            pb::ListApiTokensRequest {
+                organisation_id: fixture.org.id.clone(),
+            },
+        ))
+        .await
+        .expect("a member lists their own tokens")
+        .into_inner()
+        .api_tokens;
+    assert!(listed.iter().all(|t| t.user_id == account.id), "{listed:?}");
+    let api_token_id = listed
+        .iter()
+        .find(|t| t.name == "test")
+        .expect("the account's API token")
+        .id
+        .clone();
+
+    // Before any share, nobody acts as the account.
+    let status = get_user_as(&app, &eva_token, &account, &account.id).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    let read_share = share(&app, &ua_token, &account, &eva, READ)
+        .await
+        .expect("share to read");
+    share(&app, &ua_token, &account, &finn, EDIT)
+        .await
+        .expect("share to edit");
+
+    // Eva reads as the account: its profile, its tokens, who she is.
+    let seen = get_user_as(&app, &eva_token, &account, &account.id)
+        .await
+        .expect("read as the owner");
+    assert_eq!(seen.id, account.id);
+    let who = app
+        .auth()
+        .who_am_i(acting_as(&account, req(&eva_token, pb::WhoAmIRequest {})))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (who.user_id.as_str(), who.acting_user_id.as_str()),
+        (account.id.as_str(), eva.id.as_str())
+    );
+    assert!(
+        !who.acting_may_edit && who.roles.is_empty() && who.admin_levels.is_empty(),
+        "{who:?}"
+    );
+    let tokens = app
+        .auth()
+        .list_api_tokens(acting_as(
+            &account,
+            req(
+                &eva_token,
+                pb::ListApiTokensRequest {
+                    organisation_id: fixture.org.id.clone(),
+                },
+            ),
+        ))
+        .await
+        .expect("the account's tokens, read as the account")
+        .into_inner()
+        .api_tokens;
+    assert!(tokens.iter().any(|t| t.id == api_token_id), "{tokens:?}");
+    assert!(tokens.iter().all(|t| t.user_id == account.id), "{tokens:?}");
+
+    // A read share edits nothing, and no share opens a call that is not on
+    // the owner's own resources: refused, nothing changed.
+    let before = app.fingerprint().await;
+    let status = app
+        .notes()
+        .update_notification_preferences(acting_as(&account, req(&eva_token, preferences())))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("read"), "{status:?}");
+    let status = app
+        .auth()
+        .revoke_api_token(acting_as(
+            &account,
+            req(
+                &finn_token,
+                pb::RevokeApiTokenRequest {
+                    id: api_token_id.clone(),
+                },
+            ),
+        ))
+        .await;
+    // (Finn may: checked below, after the refusals.)
+    let finn_revoked = status.expect("an edit share revokes the owner's token");
+    assert_eq!(finn_revoked.into_inner().api_token.expect("token").id, api_token_id);
+    let after_revoke = app.fingerprint().await;
+    assert_ne!(before, after_revoke);
+    let status = app
+        .users()
+        .deactivate_user(acting_as(
+            &account,
+            req(
+                &finn_token,
+                pb::DeactivateUserRequest {
+                    id: account.id.clone(),
+                    ..Default::default()
+                },
+            ),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("x-orgadmin-act-as"), "{status:?}");
+    let status = app
+        .auth()
+        .create_api_token(acting_as(
+            &account,
+            req(
+                &finn_token,
+                pb::CreateApiTokenRequest {
+                    user_id: account.id.clone(),
+                    name: "minted through a share".into(),
+                    ..Default::default()
+                },
+            ),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "no credential is minted through a share: {status:?}"
+    );
+    assert_eq!(after_revoke, app.fingerprint().await, "refused calls changed data");
+
+    // The revoked token no longer works, and history names Finn as the one
+    // who acted, on the account's behalf.
+    let status = app.who_am_i(&account_api_token).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let events = app
+        .history_of(&fixture.admin_token, &account.id, pb::HistoryActivity::ApiTokenRevoked)
+        .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].actor, format!("user:{}", finn.id));
+    assert_eq!(events[0].on_behalf_of, format!("user:{}", account.id));
+
+    // Finn changes the account's settings; the account's own history, read
+    // as the account, shows the shares.
+    app.notes()
+        .update_notification_preferences(acting_as(&account, req(&finn_token, preferences())))
+        .await
+        .expect("an edit share changes the owner's settings");
+    let shared = app
+        .users()
+        .list_user_history(acting_as(
+            &account,
+            req(
+                &eva_token,
+                pb::ListUserHistoryRequest {
+                    user_id: account.id.clone(),
+                    activities: vec![pb::HistoryActivity::AccessShared as i32],
+                    ..Default::default()
+                },
+            ),
+        ))
+        .await
+        .expect("history read as the owner")
+        .into_inner()
+        .events;
+    assert_eq!(shared.len(), 2, "{shared:?}");
+
+    // The shares as each side sees them: the administrator all, Eva hers.
+    let list = |token: String| {
+        let app = &app;
+        let org = fixture.org.id.clone();
+        async move {
+            app.access()
+                .list_shares(req(
+                    &token,
+                    pb::ListSharesRequest {
+                        organisation_id: org,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("list shares")
+                .into_inner()
+                .shares
+        }
+    };
+    assert_eq!(list(ua_token.clone()).await.len(), 2);
+    let evas = list(eva_token.clone()).await;
+    assert_eq!(evas.len(), 1, "{evas:?}");
+    assert_eq!(
+        (evas[0].grantee_user_id.as_str(), evas[0].access),
+        (eva.id.as_str(), READ)
+    );
+
+    // Eva gives her share up: at once she no longer acts as the account.
+    app.access()
+        .revoke_share(req(
+            &eva_token,
+            pb::RevokeShareRequest {
+                id: read_share.id.clone(),
+            },
+        ))
+        .await
+        .expect("the colleague gives the share up");
+    let status = get_user_as(&app, &eva_token, &account, &account.id).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let ended = app
+        .history_of(&fixture.admin_token, &account.id, pb::HistoryActivity::ShareRevoked)
+        .await;
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0].actor, format!("user:{}", eva.id));
+
+    // A deactivated account is acted as by nobody (R-USR-4).
+    app.users()
+        .deactivate_user(req(
+            &ua_token,
+            pb::DeactivateUserRequest {
+                id: account.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("deactivate the account");
+    let status = get_user_as(&app, &finn_token, &account, &account.id).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    app.finish().await;
+}
+
+/// Seed 003's bank box: an administrator never opens a user's resources to
+/// themselves, whatever they hold; a colleague must. The owner shares their
+/// own, but not with themselves.
+async fn the_administrator_who_shares_a_users_resources_with_themselves_is_refused(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (ua, ua_token) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (owner, owner_token) = app.member(&fixture, "Ole", &[]).await;
+    let (colleague, colleague_token) = app.member(&fixture, "Carl", &[]).await;
+
+    let before = app.fingerprint().await;
+    for (token, grantee) in [(&ua_token, &ua), (&fixture.admin_token, &fixture.admin)] {
+        let status = share(&app, token, &owner, grantee, EDIT).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("two keys"), "{status:?}");
+    }
+    // A plain colleague shares nobody's but their own.
+    let status = share(&app, &colleague_token, &owner, &colleague, READ)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = share(&app, &owner_token, &owner, &owner, READ).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(before, app.fingerprint().await, "refused shares changed data");
+
+    // The organisation administrator opens it to the user administrator:
+    // two people, two keys.
+    share(&app, &fixture.admin_token, &owner, &ua, READ)
+        .await
+        .expect("a colleague shares");
+    get_user_as(&app, &ua_token, &owner, &owner.id)
+        .await
+        .expect("the user administrator now reads as the owner");
+    // Sharing again changes the access of the one share.
+    share(&app, &owner_token, &owner, &ua, EDIT)
+        .await
+        .expect("the owner widens it");
+    let shares = app
+        .access()
+        .list_shares(req(
+            &owner_token,
+            pb::ListSharesRequest {
+                organisation_id: fixture.org.id.clone(),
+                owner_user_id: owner.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .shares;
+    assert_eq!(shares.len(), 1, "{shares:?}");
+    assert_eq!(shares[0].access, EDIT);
+    assert_eq!(shares[0].shared_by, format!("user:{}", owner.id));
+    app.finish().await;
+}
+
+/// Being shared with confers no administration: acting as an organisation
+/// administrator gives none of their rights, and no call outside the
+/// owner's own resources.
+async fn a_share_confers_no_administration(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (plain, _) = app.member(&fixture, "Pia", &[]).await;
+    let (eva, eva_token) = app.member(&fixture, "Eva", &[]).await;
+    share(&app, &fixture.admin_token, &fixture.admin, &eva, EDIT)
+        .await
+        .expect("the administrator shares their own");
+
+    get_user_as(&app, &eva_token, &fixture.admin, &fixture.admin.id)
+        .await
+        .expect("the owner's own profile");
+    let before = app.fingerprint().await;
+    // The administrator reads any user; acting as them, Eva reads none but
+    // the administrator.
+    let status = get_user_as(&app, &eva_token, &fixture.admin, &plain.id)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = get_user_as(&app, &eva_token, &fixture.admin, &eva.id)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = app
+        .users()
+        .list_users(acting_as(
+            &fixture.admin,
+            req(
+                &eva_token,
+                pb::ListUsersRequest {
+                    organisation_id: fixture.org.id.clone(),
+                    ..Default::default()
+                },
+            ),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = app
+        .access()
+        .share_access(acting_as(
+            &fixture.admin,
+            req(
+                &eva_token,
+                pb::ShareAccessRequest {
+                    owner_user_id: plain.id.clone(),
+                    grantee_user_id: eva.id.clone(),
+                    access: EDIT,
+                },
+            ),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // The operator is nobody's colleague.
+    let status = get_user_as(&app, OPERATOR_TOKEN, &fixture.admin, &fixture.admin.id)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // Without a token, nobody at all.
+    let status = get_user_as(&app, "", &fixture.admin, &fixture.admin.id)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(before, app.fingerprint().await, "refused calls changed data");
+    app.finish().await;
+}
+
+/// Deleting a user ends what they held and what was made on their
+/// strength: their levels, their grants with every grant passed on from
+/// them (cascade), and the shares of their resources and with them, each
+/// in history. The unit their level was held on can then go.
+async fn a_deleted_users_delegation_ends_with_them(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let unit = app.unit(&fixture, "Lager", "").await;
+    let (leaver, leaver_token) = app.member(&fixture, "Lone", &[]).await;
+    let (heir, _) = app.member(&fixture, "Hans", &[]).await;
+    let (owner, _) = app.member(&fixture, "Olga", &[]).await;
+    app.grant_level(&fixture.admin_token, &leaver.id, 3, &unit.id)
+        .await
+        .expect("level");
+    let right = app
+        .access()
+        .create_grant(req(
+            &fixture.admin_token,
+            pb::CreateGrantRequest {
+                grantee_user_id: leaver.id.clone(),
+                right: "docs.read".into(),
+                actions: vec![pb::GrantAction::Read as i32],
+                grantable_actions: vec![pb::GrantAction::Read as i32],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("grant")
+        .into_inner()
+        .grant
+        .unwrap();
+    let passed_on = app
+        .access()
+        .create_grant(req(
+            &leaver_token,
+            pb::CreateGrantRequest {
+                grantee_user_id: heir.id.clone(),
+                right: "docs.read".into(),
+                actions: vec![pb::GrantAction::Read as i32],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("passed on")
+        .into_inner()
+        .grant
+        .unwrap();
+    assert_eq!(passed_on.parent_grant_id, right.id);
+    share(&app, &fixture.admin_token, &owner, &leaver, READ)
+        .await
+        .expect("shared with the leaver");
+    share(&app, &leaver_token, &leaver, &heir, READ)
+        .await
+        .expect("the leaver's own, shared");
+
+    app.users()
+        .delete_user(req(
+            &fixture.admin_token,
+            pb::DeleteUserRequest {
+                id: leaver.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("delete the leaver");
+
+    let org = fixture.org.id.clone();
+    let levels = app
+        .access()
+        .list_admin_levels(req(
+            &fixture.admin_token,
+            pb::ListAdminLevelsRequest {
+                organisation_id: org.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .admin_levels;
+    assert!(levels.is_empty(), "{levels:?}");
+    let grants = app
+        .access()
+        .list_grants(req(
+            &fixture.admin_token,
+            pb::ListGrantsRequest {
+                organisation_id: org.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert!(grants.is_empty(), "the grant and the one passed on from it: {grants:?}");
+    let shares = app
+        .access()
+        .list_shares(req(
+            &fixture.admin_token,
+            pb::ListSharesRequest {
+                organisation_id: org.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .shares;
+    assert!(shares.is_empty(), "{shares:?}");
+
+    let revoked = app
+        .history_of(&fixture.admin_token, &heir.id, pb::HistoryActivity::GrantRevoked)
+        .await;
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert!(
+        revoked[0]
+            .changes
+            .iter()
+            .any(|c| c.field == "revoked_with" && c.after == right.id),
+        "{revoked:?}"
+    );
+    let level_events = app
+        .history_of(&fixture.admin_token, &leaver.id, pb::HistoryActivity::AdminLevelRevoked)
+        .await;
+    assert_eq!(level_events.len(), 1, "{level_events:?}");
+    for who in [&owner, &leaver] {
+        let ended = app
+            .history_of(&fixture.admin_token, &who.id, pb::HistoryActivity::ShareRevoked)
+            .await;
+        assert_eq!(ended.len(), 1, "{ended:?}");
+    }
+    app.orgs()
+        .delete_unit(req(&fixture.admin_token, pb::DeleteUnitRequest { id: unit.id.clone() }))
+        .await
+        .expect("no level holds the unit any more");
+    app.finish().await;
+}
