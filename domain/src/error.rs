@@ -103,6 +103,7 @@ reasons!(
     UsernameTaken => "USERNAME_TAKEN",
     UserDeleted => "USER_DELETED",
     UserNotActive => "USER_NOT_ACTIVE",
+    ServiceAccount => "SERVICE_ACCOUNT",
     UserNotDeactivated => "USER_NOT_DEACTIVATED",
     UserMismatch => "USER_MISMATCH",
     UserNotPending => "USER_NOT_PENDING",

@@ -93,6 +93,7 @@ string_enum_pub!(
         RightsRequestRejected => "RIGHTS_REQUEST_REJECTED",
         AccessShared => "ACCESS_SHARED",
         ShareRevoked => "SHARE_REVOKED",
+        NotificationPreferencesChanged => "NOTIFICATION_PREFERENCES_CHANGED",
     }
 );
 
@@ -257,6 +258,8 @@ pub struct User {
     /// May sign through the organisation certificate (R-CERT-3).
     pub signs_with_organisation_certificate: bool,
     pub anonymous: bool,
+    /// R-ACC-5: managed through shared access, never mailed.
+    pub service_account: bool,
     pub legacy_id: Option<String>,
     pub deactivated_until: Option<Millis>,
     pub version: i64,

@@ -500,8 +500,11 @@ pub fn authorize(caller: &Caller, action: Action, target: Target) -> Result<(), 
             // A level administers ordinary users: it views administrators
             // and other level holders in its scope, but never acts on them
             // (a level 3 must not reset the password of an organisation
-            // administrator placed in its unit, nor of a level 1).
-            let acts_on_an_administrator = weakest_level == LEVEL_3
+            // administrator placed in its unit, nor of a level 1; a level 2
+            // must not share an administrator's resources). Granting levels
+            // has its own rule (`authorize_level_grant`).
+            let acts_on_an_administrator = matches!(weakest_level, LEVEL_2 | LEVEL_3)
+                && action != GrantAdminLevels
                 && target.user_id.is_some()
                 && (target.user_is_administrator || target.user_holds_level);
             let by_level = !acts_on_an_administrator

@@ -37,6 +37,7 @@ mod m20261203_000062_create_admin_levels;
 mod m20261203_000063_create_grants;
 mod m20261203_000064_create_rights_requests;
 mod m20261203_000065_create_shares;
+mod m20261203_000066_add_service_accounts;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -83,6 +84,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000063_create_grants::Migration),
             Box::new(m20261203_000064_create_rights_requests::Migration),
             Box::new(m20261203_000065_create_shares::Migration),
+            Box::new(m20261203_000066_add_service_accounts::Migration),
         ]
     }
 }

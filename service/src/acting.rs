@@ -29,12 +29,13 @@ pub const SHARED_CALLS: &[(&str, Needs)] = &[
     ("/orgadmin.v1.AuthService/WhoAmI", Needs::Read),
     ("/orgadmin.v1.AuthService/ListApiTokens", Needs::Read),
     ("/orgadmin.v1.AuthService/RevokeApiToken", Needs::Edit),
+    // For a service account only (the domain refuses a person's).
+    ("/orgadmin.v1.AuthService/CreateApiToken", Needs::Edit),
     ("/orgadmin.v1.NotificationService/ListNotifications", Needs::Read),
     (
         "/orgadmin.v1.NotificationService/GetNotificationPreferences",
         Needs::Read,
     ),
-    ("/orgadmin.v1.NotificationService/MarkNotificationsRead", Needs::Edit),
     (
         "/orgadmin.v1.NotificationService/UpdateNotificationPreferences",
         Needs::Edit,

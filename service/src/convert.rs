@@ -281,6 +281,7 @@ same_variants!(
         RightsRequestRejected,
         AccessShared,
         ShareRevoked,
+        NotificationPreferencesChanged,
     ]
 );
 

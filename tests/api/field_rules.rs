@@ -499,6 +499,45 @@ fn rows() -> Vec<Row> {
                 ..c.new_user()
             }
         )),
+        // A service account (R-ACC-5) is no person: no roles, no identity.
+        row!("roles", "a service account's", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                service_account: true,
+                cpr: String::new(),
+                roles: vec![pb::Role::UserAdmin as i32],
+                ..c.new_user()
+            }
+        )),
+        row!("cpr", "a service account's", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                service_account: true,
+                ..c.new_user()
+            }
+        )),
+        row!("identification_means", "a service account's", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                service_account: true,
+                cpr: String::new(),
+                identification_means: vec![pb::IdentificationMeans::Mitid as i32],
+                ..c.new_user()
+            }
+        )),
+        row!("signing_right", "a service account's", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                service_account: true,
+                cpr: String::new(),
+                signing_right: true,
+                ..c.new_user()
+            }
+        )),
+        row!("anonymous", "a service account", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                service_account: true,
+                cpr: String::new(),
+                anonymous: true,
+                ..c.new_user()
+            }
+        )),
         row!("username", "a space", |c| Call::CreateUser(pb::CreateUserRequest {
             username: "a b".into(),
             ..c.new_user()

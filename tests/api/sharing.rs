@@ -5,6 +5,7 @@
 //! share taking effect at once.
 
 use orgadmin_proto::v1 as pb;
+use orgadmin_tests::reason;
 use orgadmin_tests::*;
 use tonic::{Code, Request};
 
@@ -12,7 +13,9 @@ both_backends!(
     an_account_is_managed_through_shared_access,
     the_administrator_who_shares_a_users_resources_with_themselves_is_refused,
     a_share_confers_no_administration,
-    a_deleted_users_delegation_ends_with_them
+    a_deleted_users_delegation_ends_with_them,
+    the_service_account_managed_through_shared_access,
+    a_level_shares_ordinary_users_resources_only
 );
 
 const READ: i32 = pb::ShareAccessLevel::Read as i32;
@@ -151,6 +154,7 @@ async fn an_account_is_managed_through_shared_access(backend: Backend) {
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("read"), "{status:?}");
+    assert_eq!(before, app.fingerprint().await, "a read share changed data");
     let status = app
         .auth()
         .revoke_api_token(acting_as(
@@ -167,7 +171,6 @@ async fn an_account_is_managed_through_shared_access(backend: Backend) {
     let finn_revoked = status.expect("an edit share revokes the owner's token");
     assert_eq!(finn_revoked.into_inner().api_token.expect("token").id, api_token_id);
     let after_revoke = app.fingerprint().await;
-    assert_ne!(before, after_revoke);
     let status = app
         .users()
         .deactivate_user(acting_as(
@@ -223,6 +226,16 @@ async fn an_account_is_managed_through_shared_access(backend: Backend) {
         .update_notification_preferences(acting_as(&account, req(&finn_token, preferences())))
         .await
         .expect("an edit share changes the owner's settings");
+    let changed = app
+        .history_of(
+            &fixture.admin_token,
+            &account.id,
+            pb::HistoryActivity::NotificationPreferencesChanged,
+        )
+        .await;
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0].actor, format!("user:{}", finn.id));
+    assert_eq!(changed[0].on_behalf_of, format!("user:{}", account.id));
     let shared = app
         .users()
         .list_user_history(acting_as(
@@ -566,5 +579,156 @@ async fn a_deleted_users_delegation_ends_with_them(backend: Backend) {
         .delete_unit(req(&fixture.admin_token, pb::DeleteUnitRequest { id: unit.id.clone() }))
         .await
         .expect("no level holds the unit any more");
+    app.finish().await;
+}
+
+/// The seed's API user as a service account: no mailbox, no activation,
+/// no password; the people it is shared with to edit make its API tokens
+/// (the only credential made through a share), and history says who.
+async fn the_service_account_managed_through_shared_access(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (_, ua_token) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (finn, finn_token) = app.member(&fixture, "Finn", &[]).await;
+    let (eva, eva_token) = app.member(&fixture, "Eva", &[]).await;
+    // Every mail queued so far, whatever its state.
+    let mails = || async {
+        let (pending, sent, failed) = app.domain.outbox_counts().await.expect("outbox");
+        pending + sent + failed
+    };
+    let mails_before = mails().await;
+    let created = app
+        .users()
+        .create_user(req(
+            &ua_token,
+            pb::CreateUserRequest {
+                organisation_id: fixture.org.id.clone(),
+                first_name: "Lønsystem".into(),
+                surname: "Integration".into(),
+                email: "loen-api@vaerksted.example".into(),
+                service_account: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a service account")
+        .into_inner();
+    let account = created.user.expect("user");
+    assert!(account.service_account);
+    assert_eq!(account.state(), pb::UserState::Active);
+    assert!(created.activation_code.is_empty());
+    // Never mailed: not at creation, not for a forgotten password.
+    app.auth()
+        .request_password_reset(req(
+            "",
+            pb::RequestPasswordResetRequest {
+                login_id: account.email.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("the same answer for every login id");
+    assert_eq!(mails().await, mails_before);
+    let status = app
+        .users()
+        .send_password_reset(req(
+            &ua_token,
+            pb::SendPasswordResetRequest {
+                user_id: account.id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(reason(&status), "SERVICE_ACCOUNT");
+    // Shared with, never a sharer's way in: nobody shares with it.
+    let status = share(&app, &ua_token, &eva, &account, READ).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    share(&app, &ua_token, &account, &finn, EDIT)
+        .await
+        .expect("shared to edit");
+    share(&app, &ua_token, &account, &eva, READ)
+        .await
+        .expect("shared to read");
+    let make_token = |token: String, owner: pb::User| {
+        let app = &app;
+        async move {
+            app.auth()
+                .create_api_token(acting_as(
+                    &owner,
+                    req(
+                        &token,
+                        pb::CreateApiTokenRequest {
+                            user_id: owner.id.clone(),
+                            name: "lønkørsel".into(),
+                            ..Default::default()
+                        },
+                    ),
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    // To read is not to make credentials.
+    let status = make_token(eva_token.clone(), account.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let made = make_token(finn_token.clone(), account.clone())
+        .await
+        .expect("an edit share makes the service account's token");
+    let who = app.who_am_i(&made.secret).await.expect("the token works");
+    assert_eq!(who.user_id, account.id);
+    assert!(who.roles.iter().all(|r| *r == pb::Role::User as i32), "{who:?}");
+    let events = app
+        .history_of(&fixture.admin_token, &account.id, pb::HistoryActivity::ApiTokenCreated)
+        .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].actor, format!("user:{}", finn.id));
+    assert_eq!(events[0].on_behalf_of, format!("user:{}", account.id));
+
+    // A person's edit share makes no credential for them.
+    share(&app, &eva_token, &eva, &finn, EDIT)
+        .await
+        .expect("Eva shares her own");
+    let before = app.fingerprint().await;
+    let status = make_token(finn_token.clone(), eva.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(before, app.fingerprint().await);
+    app.finish().await;
+}
+
+/// A level 1 or 2 shares the resources of the ordinary users in its scope,
+/// never those of an administrator or another level holder placed there.
+async fn a_level_shares_ordinary_users_resources_only(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let unit = app.unit(&fixture, "Nord", "").await;
+    let (level_two, level_two_token) = app.member_in(&fixture, "Leif", &unit.id).await;
+    app.grant_level(&fixture.admin_token, &level_two.id, 2, &unit.id)
+        .await
+        .expect("level 2 on Nord");
+    let (plain, _) = app.member_in(&fixture, "Pia", &unit.id).await;
+    let (colleague, _) = app.member_in(&fixture, "Carl", &unit.id).await;
+    let admin_in_unit = pb::CreateUserRequest {
+        unit_id: unit.id.clone(),
+        ..new_user(&fixture.org.id, "Adam", &[pb::Role::OrganisationAdmin])
+    };
+    let (admin, _) = app.create_and_activate(&fixture.admin_token, admin_in_unit).await;
+    let (other_level, _) = app.member_in(&fixture, "Lis", &unit.id).await;
+    app.grant_level(&fixture.admin_token, &other_level.id, 3, &unit.id)
+        .await
+        .expect("level 3 on Nord");
+
+    let before = app.fingerprint().await;
+    for owner in [&admin, &other_level] {
+        let status = share(&app, &level_two_token, owner, &colleague, READ)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    assert_eq!(before, app.fingerprint().await, "refused shares changed data");
+    share(&app, &level_two_token, &plain, &colleague, READ)
+        .await
+        .expect("an ordinary user's, in scope");
     app.finish().await;
 }

@@ -110,6 +110,8 @@ pub mod user {
         pub version: i64,
         pub created_at: i64,
         pub updated_at: i64,
+        /// No person's mailbox: never mailed, no password (R-ACC-5).
+        pub service_account: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

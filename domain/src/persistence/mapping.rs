@@ -89,6 +89,7 @@ pub(crate) fn user_from_row(row: user::Model, roles: Vec<Role>, vault: &CprVault
         signing_right: row.signing_right,
         signs_with_organisation_certificate: row.signs_with_organisation_certificate,
         anonymous: row.anonymous,
+        service_account: row.service_account,
         legacy_id: row.legacy_id,
         deactivated_until: row.deactivated_until,
         version: row.version,

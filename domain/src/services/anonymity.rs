@@ -258,6 +258,9 @@ impl Domain {
                 .filter(api_token::Column::RevokedAt.is_null())
                 .exec(&txn)
                 .await?;
+            // The closed profile is deleted: its delegation ends with it, as
+            // any deleted user's (the new, anonymous one starts with none).
+            super::access::end_delegation_of_in(&txn, caller, old.id, now).await?;
             let new_id = Uuid::now_v7();
             let mut fresh: user::ActiveModel = old.clone().into();
             fresh.id = Set(new_id);

@@ -274,6 +274,13 @@ impl Domain {
         request_id: Option<&str>,
     ) -> DomainResult<(ApiToken, String)> {
         let target = self.authorize_on_user(caller, Action::CreateApiToken, user_id).await?;
+        // R-AUTH-1, R-ACC-5: through a share, a credential is made for a
+        // service account only; a person's would act as them past the share.
+        if caller.acting.is_some() && !target.service_account {
+            return Err(DomainError::denied(
+                "API tokens are made through a share for service accounts only; a person makes their own",
+            ));
+        }
         let mut v = Violations::default();
         v.check("name", validate::text(name, 100));
         if let Some(id) = request_id {
@@ -362,6 +369,10 @@ impl Domain {
         {
             query = query.filter(api_token::Column::UserId.eq(me));
         }
+        // A share opens the owner's API tokens, not their sign-in sessions.
+        if caller.acting.is_some() {
+            query = query.filter(api_token::Column::Kind.eq(KIND_API));
+        }
         if crate::policy::operator_sees_administrators_only(caller) {
             let admin_roles: Vec<&str> = Role::ALL
                 .iter()
@@ -384,8 +395,14 @@ impl Domain {
 
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn revoke_api_token(&self, caller: &Caller, id: Uuid) -> DomainResult<ApiToken> {
+        // A share opens the owner's API tokens, not their sign-in sessions.
+        let kinds: &[&str] = if caller.acting.is_some() {
+            &[KIND_API]
+        } else {
+            &[KIND_API, KIND_SESSION]
+        };
         let row = api_token::Entity::find_by_id(id)
-            .filter(api_token::Column::Kind.is_in([KIND_API, KIND_SESSION]))
+            .filter(api_token::Column::Kind.is_in(kinds.iter().copied()))
             .one(&self.db)
             .await?
             .ok_or_else(|| DomainError::not_found("api token", id))?;

@@ -249,12 +249,13 @@ pub(crate) fn visible_to(
 /// after the organisation's lock: on the caller's roles and the user as
 /// they stand at commit, not as they were cached or first read.
 pub(crate) async fn authorize_on_user_as_now(
+    domain: &crate::Domain,
     txn: &sea_orm::DatabaseTransaction,
     caller: &crate::policy::Caller,
     action: crate::policy::Action,
     user_id: Uuid,
 ) -> DomainResult<user::Model> {
-    let caller = access::caller_as_now(txn, caller).await?;
+    let caller = access::caller_as_now(domain, txn, caller).await?;
     let row = user::Entity::find_by_id(user_id)
         .one(txn)
         .await?

@@ -16,6 +16,7 @@ use crate::mail::{MailKind, render};
 use crate::model::*;
 use crate::paging;
 use crate::persistence::entities::{notification, notification_preference, user};
+use crate::persistence::history::{self, NewEvent, Subject};
 use crate::persistence::mapping::parse;
 use crate::policy::Caller;
 
@@ -257,7 +258,21 @@ impl Domain {
             return Err(DomainError::invalid("preferences", "name at least one kind"));
         }
         let txn = crate::persistence::begin_write(&self.db).await?;
+        let mut changes = Vec::new();
         for (kind, channel) in choices {
+            let before = notification_preference::Entity::find()
+                .filter(notification_preference::Column::UserId.eq(user_id))
+                .filter(notification_preference::Column::Kind.eq(kind.as_str()))
+                .one(&txn)
+                .await?
+                .map_or(DeliveryChannel::Both.as_str().to_owned(), |row| row.channel);
+            if before != channel.as_str() {
+                changes.push(FieldChange {
+                    field: format!("notification_preferences.{}", kind.as_str()),
+                    before,
+                    after: channel.as_str().to_owned(),
+                });
+            }
             notification_preference::Entity::insert(notification_preference::ActiveModel {
                 user_id: Set(user_id),
                 kind: Set(kind.as_str().into()),
@@ -272,6 +287,22 @@ impl Domain {
                 .to_owned(),
             )
             .exec_without_returning(&txn)
+            .await?;
+        }
+        // A setting of the person's own: history shows who changed it (the
+        // one acting, through a share, on the owner's behalf).
+        if !changes.is_empty() {
+            history::record(
+                &txn,
+                NewEvent {
+                    organisation_id: caller.organisation_id(),
+                    subject: Subject::User(user_id),
+                    activity: Activity::NotificationPreferencesChanged,
+                    caller,
+                    at: now_millis(),
+                    changes,
+                },
+            )
             .await?;
         }
         txn.commit().await?;

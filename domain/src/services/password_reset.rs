@@ -5,7 +5,7 @@
 //! login id exists. Choosing the new password with the link ends every
 //! session of the person and lifts a login lock.
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 use tracing::instrument;
 use uuid::Uuid;
@@ -40,7 +40,9 @@ impl Domain {
             .person_with_login_id(
                 login_id,
                 organisation_id,
-                user::Column::State.eq(UserState::Active.as_str()),
+                user::Column::State
+                    .eq(UserState::Active.as_str())
+                    .and(user::Column::ServiceAccount.eq(false)),
             )
             .await?
         else {
@@ -69,6 +71,12 @@ impl Domain {
             return Err(DomainError::precondition(
                 Reason::UserNotActive,
                 "only an active user can reset a password; a pending one activates with their link or code",
+            ));
+        }
+        if row.service_account {
+            return Err(DomainError::precondition(
+                Reason::ServiceAccount,
+                "a service account has no password and no mailbox: those it is shared with manage it",
             ));
         }
         self.mail_reset_link_in(&txn, caller, &row, None).await?;

@@ -334,7 +334,7 @@ impl Domain {
             .ok_or_else(unknown)?;
         // Again on the decider's roles as they are now.
         authorize(
-            &super::access::caller_as_now(&txn, caller).await?,
+            &super::access::caller_as_now(self, &txn, caller).await?,
             Action::ManageGrants,
             Target::organisation(request.organisation_id),
         )?;

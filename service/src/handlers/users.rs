@@ -34,6 +34,7 @@ pub fn user_to_pb(user: User) -> pb::User {
         identification_means: identification_means_to_pb(&user.identification_means),
         signing_right: user.signing_right,
         signs_with_organisation_certificate: user.signs_with_organisation_certificate,
+        service_account: user.service_account,
         anonymous: user.anonymous,
         deactivated_until: opt_timestamp(user.deactivated_until),
         etag: user.version.to_string(),
@@ -175,6 +176,7 @@ impl UserService for UserHandler {
             anonymous: r.anonymous,
             request_id: opt_string(r.request_id),
             suppress_activation: r.suppress_activation,
+            service_account: r.service_account,
             legacy_id: None,
         };
         let created = self.domain.create_user(&caller, new).await.into_status()?;

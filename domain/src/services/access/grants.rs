@@ -329,7 +329,7 @@ impl Domain {
         // Grant writes of an organisation are ordered by its row lock, so the
         // grant this one is made on cannot be revoked between check and commit.
         lock_organisation(txn, organisation_id).await?;
-        let caller = &super::caller_as_now(txn, caller).await?;
+        let caller = &super::caller_as_now(self, txn, caller).await?;
         super::standing_user_as_now(txn, grantee.id).await?;
         let held = held_grants(self, txn, organisation_id, granter, &new.right).await?;
         let parent_id = authorize_grant(caller, &held, request_of(&new))?;
@@ -393,7 +393,7 @@ impl Domain {
         let root = grant::Entity::find_by_id(id).one(&txn).await?.ok_or_else(unknown)?;
         if !own {
             // Again on the caller's roles as they are now.
-            let now = super::caller_as_now(&txn, caller).await?;
+            let now = super::caller_as_now(self, &txn, caller).await?;
             authorize(&now, Action::ManageGrants, Target::organisation(row.organisation_id))?;
         }
         let revoked = revoke_tree_in(&txn, caller, root, now_millis()).await?;

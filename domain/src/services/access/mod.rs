@@ -129,13 +129,53 @@ pub(crate) async fn held_levels(
 
 /// The caller as they stand now, read inside the writing transaction after
 /// the organisation's lock: their roles (which let organisation and rights
-/// administrators grant anything) may have been taken away since the
-/// caller was authenticated and cached.
-pub(crate) async fn caller_as_now(txn: &DatabaseTransaction, caller: &Caller) -> DomainResult<Caller> {
-    let Principal::Member { user_id, .. } = &caller.principal else {
+/// administrators grant anything) and levels may have been taken away since
+/// the caller was authenticated and cached.
+pub(crate) async fn caller_as_now(domain: &Domain, txn: &DatabaseTransaction, caller: &Caller) -> DomainResult<Caller> {
+    let Principal::Member {
+        user_id,
+        organisation_id,
+        ..
+    } = &caller.principal
+    else {
         return Ok(caller.clone());
     };
-    let standing = user::Entity::find_by_id(*user_id)
+    // Acting as another through a share confers none of the owner's roles:
+    // the one acting must still stand, and the principal keeps none.
+    if let Some(acting) = caller.acting {
+        standing_member(txn, acting.by).await?;
+        return Ok(caller.clone());
+    }
+    standing_member(txn, *user_id).await?;
+    let roles = crate::services::users::roles_of(txn, &[*user_id])
+        .await?
+        .remove(user_id)
+        .unwrap_or_default();
+    // Levels only for a caller who held some when authenticated: one given
+    // since then can only make a cached caller weaker, never stronger.
+    let levels = if caller.holds_levels() {
+        Some(held_levels(domain, txn, *organisation_id, *user_id).await?)
+    } else {
+        None
+    };
+    let mut now = caller.clone();
+    if let Principal::Member {
+        roles: held,
+        levels: held_levels_now,
+        ..
+    } = &mut now.principal
+    {
+        *held = roles;
+        if let Some(levels) = levels {
+            *held_levels_now = levels;
+        }
+    }
+    Ok(now)
+}
+
+/// Refuses a caller who is no longer an active (or pending) user.
+async fn standing_member(txn: &DatabaseTransaction, user_id: Uuid) -> DomainResult<()> {
+    let standing = user::Entity::find_by_id(user_id)
         .one(txn)
         .await?
         .map(|row| parse::<UserState>(&row.state))
@@ -144,15 +184,7 @@ pub(crate) async fn caller_as_now(txn: &DatabaseTransaction, caller: &Caller) ->
     if !standing {
         return Err(DomainError::denied("the caller is no longer an active user"));
     }
-    let roles = crate::services::users::roles_of(txn, &[*user_id])
-        .await?
-        .remove(user_id)
-        .unwrap_or_default();
-    let mut now = caller.clone();
-    if let Principal::Member { roles: held, .. } = &mut now.principal {
-        *held = roles;
-    }
-    Ok(now)
+    Ok(())
 }
 
 /// A user read again inside the writing transaction (after the
@@ -327,7 +359,7 @@ impl Domain {
         // they hold at commit: two administrators acting at once cannot
         // each grant on a level the other just took away.
         lock_organisation(txn, grantee.organisation_id).await?;
-        let caller = &caller_as_now(txn, caller).await?;
+        let caller = &caller_as_now(self, txn, caller).await?;
         let grantee = &standing_user_as_now(txn, grantee.id).await?;
         let granter_levels = held_levels(self, txn, grantee.organisation_id, granter).await?;
         let change = LevelChange {
@@ -416,7 +448,7 @@ impl Domain {
             .ok_or_else(|| DomainError::denied("only members revoke admin levels"))?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         lock_organisation(&txn, row.organisation_id).await?;
-        let caller = &caller_as_now(&txn, caller).await?;
+        let caller = &caller_as_now(self, &txn, caller).await?;
         let row = admin_level::Entity::find_by_id(id)
             .one(&txn)
             .await?

@@ -133,6 +133,15 @@ impl Domain {
                 "must be another user than the owner",
             ));
         }
+        // A service account is shared, never shared with: whoever holds its
+        // token would otherwise act as the owner through it, one person
+        // turning both keys.
+        if grantee.service_account {
+            return Err(DomainError::invalid(
+                "grantee_user_id",
+                "must be a person: a service account is shared, never shared with",
+            ));
+        }
         // Two keys (R-ACC-4): an administrator never opens a user's
         // resources to themselves; a colleague must.
         if caller.acting_user_id() == Some(grantee_id) {
@@ -150,7 +159,7 @@ impl Domain {
         lock_organisation(&txn, owner.organisation_id).await?;
         // Again as things stand under the lock: the caller's roles, and both
         // users' state.
-        authorize_on_user_as_now(&txn, caller, Action::ShareAccess, owner_id).await?;
+        authorize_on_user_as_now(self, &txn, caller, Action::ShareAccess, owner_id).await?;
         let owner = super::standing_user_as_now(&txn, owner_id).await?;
         super::standing_user_as_now(&txn, grantee_id).await?;
         let now = now_millis();
@@ -163,6 +172,8 @@ impl Domain {
             .as_ref()
             .map_or(String::new(), |row| shown(grantee_id, row.can_edit));
         let row = match existing {
+            // The same access again: nothing to change, nothing to record.
+            Some(row) if row.can_edit == may_edit => row,
             Some(row) => {
                 let mut active = row.into_active_model();
                 active.can_edit = Set(may_edit);
@@ -228,7 +239,7 @@ impl Domain {
         lock_organisation(&txn, row.organisation_id).await?;
         let row = share::Entity::find_by_id(id).one(&txn).await?.ok_or_else(unknown)?;
         if !own {
-            authorize_on_user_as_now(&txn, caller, Action::ShareAccess, row.owner_id).await?;
+            authorize_on_user_as_now(self, &txn, caller, Action::ShareAccess, row.owner_id).await?;
         }
         end_share_in(&txn, caller, &row, now_millis()).await?;
         txn.commit().await?;

@@ -241,6 +241,8 @@ pub(super) fn read_row(
                 anonymous: false,
                 request_id: None,
                 suppress_activation: true,
+                // Imports bring people; service accounts are made one by one.
+                service_account: false,
                 legacy_id,
             })
         }

@@ -39,7 +39,32 @@ impl Domain {
             v.check("username", validate::username(username));
         }
         let mut birth_date = None;
+        // What a service account (R-ACC-5) is not: a person. It holds no
+        // roles (people administer; accounts are shared), proves no
+        // identity and is never anonymous.
+        if new.service_account {
+            if requested_roles != [Role::User] {
+                v.add(
+                    "roles",
+                    "a service account holds no roles: people administer, accounts are shared",
+                );
+            }
+            if new.cpr.is_some() || new.birth_date.is_some() {
+                v.add("cpr", "a service account has no CPR number or birth date");
+            }
+            if !new.identification_means.is_empty() {
+                v.add("identification_means", "a service account has no identification means");
+            }
+            if new.signing_right {
+                v.add("signing_right", "a service account has no signing right");
+            }
+            if new.anonymous {
+                v.add("anonymous", "a service account is not anonymous");
+            }
+        }
         let cpr = match (&new.cpr, &new.birth_date) {
+            // A service account proves no identity: it activates nothing.
+            (None, None) if new.service_account => None,
             (Some(_), Some(_)) => {
                 v.add("cpr", "give either a CPR number or a birth date, not both");
                 None
@@ -169,6 +194,10 @@ impl Domain {
         let language = new.language.unwrap_or(Language::Da);
         let state = if legacy {
             UserState::Deactivated
+        } else if new.service_account {
+            // Nobody activates an account that is no one's: it is active at
+            // once, and takes its licence like any active user.
+            UserState::Active
         } else {
             UserState::PendingActivation
         };
@@ -198,14 +227,21 @@ impl Domain {
             pending_email: Set(None),
             legacy_id: Set(new.legacy_id.clone()),
             deactivated_until: Set(None),
-            activated_at: Set(None),
+            activated_at: Set(new.service_account.then_some(now)),
+            service_account: Set(new.service_account),
             create_request_id: Set(new.request_id.clone()),
             version: Set(1),
             created_at: Set(now),
             updated_at: Set(now),
         };
         let (row, activation_code) = self
-            .insert_user(txn, row, &roles, &org, !new.suppress_activation && !legacy)
+            .insert_user(
+                txn,
+                row,
+                &roles,
+                &org,
+                !new.suppress_activation && !legacy && !new.service_account,
+            )
             .await?;
 
         let mut changes = Vec::new();
@@ -225,6 +261,7 @@ impl Domain {
         );
         diff(&mut changes, "roles", "", json_list(&roles));
         diff(&mut changes, "anonymous", false, row.anonymous);
+        diff(&mut changes, "service_account", false, row.service_account);
         diff(&mut changes, "legacy_id", "", row.legacy_id.clone().unwrap_or_default());
         history::record(
             txn,

@@ -60,6 +60,8 @@ pub struct NewUser {
     pub request_id: Option<String>,
     /// Imports create users without sending activation (R-BULK-4).
     pub suppress_activation: bool,
+    /// R-ACC-5: a service account, active at once and never mailed.
+    pub service_account: bool,
     /// Legacy import (R-BULK-5): the user's RID number in the old system,
     /// checked by the import where it reads the cell (`validate::legacy_id`).
     /// Such a user is created DEACTIVATED (for good, so holding no seat)
