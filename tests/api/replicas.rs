@@ -131,7 +131,7 @@ async fn two_services_and_three_workers_share_one_database() {
         )
         .await
         .unwrap();
-    wait_for_job(&app, &token, &job.id, Duration::from_secs(60), |j| j.processed >= 200).await;
+    wait_for_job(&app, &token, &job.id, Duration::from_secs(120), |j| j.processed >= 200).await;
     let holder = claimed_by(&app, &job.id).await;
     let index = worker_ids
         .iter()

@@ -46,6 +46,9 @@ enum Who {
     /// Admin level 4 (views users) on Region, Nord's parent: Nord is a
     /// sub-unit of its scope.
     RegionViewer,
+    /// Admin level 2 (edits users, grants levels 3-4, shares users'
+    /// resources) on Nord.
+    UnitDelegator,
     /// Admin level 3 on Syd, Nord's sibling: none of the users is in scope.
     SiblingEditor,
     Nobody,
@@ -60,6 +63,7 @@ const EVERYONE: &[Who] = &[
     Who::OtherOrgAdmin,
     Who::UnitEditor,
     Who::RegionViewer,
+    Who::UnitDelegator,
     Who::SiblingEditor,
     Who::Nobody,
 ];
@@ -160,6 +164,7 @@ impl World {
             (Who::UnitEditor, &nord, 3),
             (Who::RegionViewer, &region, 4),
             (Who::SiblingEditor, &syd, 3),
+            (Who::UnitDelegator, &nord, 2),
         ] {
             let (holder, token) = member_in(unit, "Level", &[]).await;
             app.grant_level(&fixture.admin_token, &holder.id, level, &unit.id)
@@ -1694,6 +1699,7 @@ const MEMBERS: &[Who] = &[
     OtherOrgAdmin,
     UnitEditor,
     RegionViewer,
+    UnitDelegator,
     SiblingEditor,
 ];
 
@@ -1710,6 +1716,7 @@ const OPERATOR_AND_OWN_MEMBERS: &[Who] = &[
     PlainUser,
     UnitEditor,
     RegionViewer,
+    UnitDelegator,
     SiblingEditor,
 ];
 
@@ -1746,19 +1753,42 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
         "GetUser",
         USR,
         "GetUser",
-        &[OrgAdmin, UserAdmin, RightsAdmin, UnitEditor, RegionViewer],
+        &[
+            OrgAdmin,
+            UserAdmin,
+            RightsAdmin,
+            UnitEditor,
+            UnitDelegator,
+            RegionViewer,
+        ],
     ),
     (
         "GetOwnUser",
         USR,
         "GetUser",
-        &[OrgAdmin, UserAdmin, RightsAdmin, PlainUser, UnitEditor, RegionViewer],
+        &[
+            OrgAdmin,
+            UserAdmin,
+            RightsAdmin,
+            PlainUser,
+            UnitEditor,
+            UnitDelegator,
+            RegionViewer,
+        ],
     ),
     (
         "GetAdministrator",
         USR,
         "GetUser",
-        &[Operator, OrgAdmin, UserAdmin, RightsAdmin, UnitEditor, RegionViewer],
+        &[
+            Operator,
+            OrgAdmin,
+            UserAdmin,
+            RightsAdmin,
+            UnitEditor,
+            UnitDelegator,
+            RegionViewer,
+        ],
     ),
     // A level held anywhere lists, and sees its own scope's users only.
     (
@@ -1771,45 +1801,71 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
             UserAdmin,
             RightsAdmin,
             UnitEditor,
+            UnitDelegator,
             RegionViewer,
             SiblingEditor,
         ],
     ),
-    ("UpdateUser", USR, "UpdateUser", &[UserAdmin, UnitEditor]),
+    ("UpdateUser", USR, "UpdateUser", &[UserAdmin, UnitEditor, UnitDelegator]),
     ("ChangeRoles", USR, "UpdateUser", &[OrgAdmin]),
-    ("DeactivateUser", USR, "DeactivateUser", &[UserAdmin, UnitEditor]),
+    (
+        "DeactivateUser",
+        USR,
+        "DeactivateUser",
+        &[UserAdmin, UnitEditor, UnitDelegator],
+    ),
     // A level acts on ordinary users only: it reads administrators in its
     // scope but never changes them.
     ("DeactivateAdministrator", USR, "DeactivateUser", &[Operator, UserAdmin]),
-    ("ReactivateUser", USR, "ReactivateUser", &[UserAdmin, UnitEditor]),
-    ("DeleteUser", USR, "DeleteUser", &[UserAdmin, UnitEditor]),
+    (
+        "ReactivateUser",
+        USR,
+        "ReactivateUser",
+        &[UserAdmin, UnitEditor, UnitDelegator],
+    ),
+    ("DeleteUser", USR, "DeleteUser", &[UserAdmin, UnitEditor, UnitDelegator]),
     (
         "ListUserHistory",
         USR,
         "ListUserHistory",
-        &[OrgAdmin, UserAdmin, UnitEditor, RegionViewer],
+        &[OrgAdmin, UserAdmin, UnitEditor, UnitDelegator, RegionViewer],
     ),
     (
         "ListOwnHistory",
         USR,
         "ListUserHistory",
-        &[OrgAdmin, UserAdmin, PlainUser, UnitEditor, RegionViewer],
+        &[OrgAdmin, UserAdmin, PlainUser, UnitEditor, UnitDelegator, RegionViewer],
     ),
     // The secret is the credential: the bearer token does not matter.
     ("ActivateUser", USR, "ActivateUser", EVERYONE),
     ("VerifyEmail", USR, "VerifyEmail", EVERYONE),
-    ("SendActivation", USR, "SendActivation", &[UserAdmin, UnitEditor]),
+    (
+        "SendActivation",
+        USR,
+        "SendActivation",
+        &[UserAdmin, UnitEditor, UnitDelegator],
+    ),
     // R-AUTH-2, R-ACC-6: user administrators unlock their users; the
     // operator organisation administrators.
-    ("UnlockLogin", USR, "UnlockLogin", &[UserAdmin, UnitEditor]),
+    (
+        "UnlockLogin",
+        USR,
+        "UnlockLogin",
+        &[UserAdmin, UnitEditor, UnitDelegator],
+    ),
     ("UnlockAdministratorLogin", USR, "UnlockLogin", &[Operator, UserAdmin]),
-    ("SendPasswordReset", USR, "SendPasswordReset", &[UserAdmin, UnitEditor]),
+    (
+        "SendPasswordReset",
+        USR,
+        "SendPasswordReset",
+        &[UserAdmin, UnitEditor, UnitDelegator],
+    ),
     // R-AUTH-3: a lost phone; the operator for administrators (R-ACC-6).
     (
         "RemoveAuthenticator",
         USR,
         "RemoveAuthenticator",
-        &[UserAdmin, UnitEditor],
+        &[UserAdmin, UnitEditor, UnitDelegator],
     ),
     (
         "RemoveAdministratorAuthenticator",
@@ -1833,7 +1889,7 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
         "CreateActivationCode",
         USR,
         "CreateActivationCode",
-        &[UserAdmin, UnitEditor],
+        &[UserAdmin, UnitEditor, UnitDelegator],
     ),
     ("RequestAnonymity", USR, "RequestAnonymity", MEMBERS),
     ("ListAnonymityRequests", USR, "ListAnonymityRequests", &[UserAdmin]),
@@ -1861,14 +1917,24 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     // Everyone sees their own sessions; user administrators a user's, the
     // operator an administrator's (R-ACC-6).
     ("ListOwnSessions", AUT, "ListSessions", MEMBERS),
-    ("ListSessions", AUT, "ListSessions", &[UserAdmin, PlainUser, UnitEditor]),
+    (
+        "ListSessions",
+        AUT,
+        "ListSessions",
+        &[UserAdmin, PlainUser, UnitEditor, UnitDelegator],
+    ),
     (
         "ListAdministratorSessions",
         AUT,
         "ListSessions",
         &[Operator, OrgAdmin, UserAdmin],
     ),
-    ("RevokeSession", AUT, "RevokeSession", &[UserAdmin, UnitEditor]),
+    (
+        "RevokeSession",
+        AUT,
+        "RevokeSession",
+        &[UserAdmin, UnitEditor, UnitDelegator],
+    ),
     ("WhoAmI", AUT, "WhoAmI", ANY_CALLER),
     ("ListNotifications", NOT, "ListNotifications", MEMBERS),
     ("MarkNotificationsRead", NOT, "MarkNotificationsRead", MEMBERS),
@@ -1932,15 +1998,24 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     // Signing through the organisation certificate: its owners decide.
     ("SetOrganisationSigning", CRT, "SetOrganisationSigning", &[OrgAdmin]),
     // R-ACC-2: organisation and rights administrators grant and revoke any
-    // level; levels 3 and 4 grant none (levels 1 and 2: tests/api/access.rs).
+    // level; levels 3 and 4 grant none; the level 2 on Nord grants nothing
+    // organisation-wide, as this row asks (within its scope:
+    // tests/api/access.rs).
     ("GrantAdminLevel", ACC, "GrantAdminLevel", &[OrgAdmin, RightsAdmin]),
+    // A level 2 on Nord sees the levels of the people placed there and
+    // revokes the levels 3-4 held there (the spare level 4 is).
     (
         "ListAdminLevels",
         ACC,
         "ListAdminLevels",
-        &[OrgAdmin, UserAdmin, RightsAdmin],
+        &[OrgAdmin, UserAdmin, RightsAdmin, UnitDelegator],
     ),
-    ("RevokeAdminLevel", ACC, "RevokeAdminLevel", &[OrgAdmin, RightsAdmin]),
+    (
+        "RevokeAdminLevel",
+        ACC,
+        "RevokeAdminLevel",
+        &[OrgAdmin, RightsAdmin, UnitDelegator],
+    ),
     // R-ACC-1, R-ACC-3: rights administrators (and organisation
     // administrators) grant and revoke; a member holding no grant option
     // grants nothing (holders passing grants on: tests/api/access.rs).
@@ -1961,10 +2036,15 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     // R-ACC-5: organisation and user administrators (and levels 1-2) share
     // a user's resources; every member their own; the owner, the colleague
     // and whoever may share end a share.
-    ("ShareAccess", ACC, "ShareAccess", &[OrgAdmin, UserAdmin]),
+    ("ShareAccess", ACC, "ShareAccess", &[OrgAdmin, UserAdmin, UnitDelegator]),
     ("ShareOwnAccess", ACC, "ShareAccess", OWN_MEMBERS),
     ("ListShares", ACC, "ListShares", OWN_MEMBERS),
-    ("RevokeShare", ACC, "RevokeShare", &[OrgAdmin, UserAdmin, PlainUser]),
+    (
+        "RevokeShare",
+        ACC,
+        "RevokeShare",
+        &[OrgAdmin, UserAdmin, PlainUser, UnitDelegator],
+    ),
     // Only the colleague the target shared with acts as the target, only on
     // the calls a share allows, and only what its access (read) allows.
     ("GetUserActingAsTarget", USR, "GetUser", &[PlainUser]),

@@ -123,6 +123,9 @@ pub async fn fresh_migrated_database(backend: Backend, dir: &std::path::Path) ->
         .get_or_init(|| async move {
             let dir = fresh_dir();
             let (url, name) = fresh_database(backend, &dir).await;
+            if let Some(name) = &name {
+                drop_earlier_templates(name).await;
+            }
             let db = persistence::connect(&url, 1).await.expect("connect template");
             persistence::migrate(&db).await.expect("migrate template");
             let template = match name {
@@ -165,6 +168,39 @@ pub async fn fresh_migrated_database(backend: Backend, dir: &std::path::Path) ->
             (format!("postgres://postgres@127.0.0.1:5432/{name}"), Some(name))
         }
     }
+}
+
+/// What marks a test database as a migrated template (its comment).
+const TEMPLATE_COMMENT: &str = "orgadmin test template";
+
+/// Marks `own` as a template, and drops the templates earlier test
+/// processes left (nothing async runs when a process ends). A template
+/// another running process is copying from refuses the drop, and stays.
+async fn drop_earlier_templates(own: &str) {
+    let Ok(admin) = Database::connect(PG_ADMIN_URL).await else {
+        return;
+    };
+    let _ = admin
+        .execute_unprepared(&format!("COMMENT ON DATABASE {own} IS '{TEMPLATE_COMMENT}'"))
+        .await;
+    let earlier = admin
+        .query_all_raw(Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            format!(
+                "SELECT CAST(datname AS TEXT) FROM pg_database WHERE shobj_description(oid, 'pg_database') = '{TEMPLATE_COMMENT}' \
+                 AND datname <> '{own}'"
+            ),
+        ))
+        .await
+        .unwrap_or_default();
+    for row in earlier {
+        if let Ok(name) = row.try_get_by_index::<String>(0) {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+                .await;
+        }
+    }
+    let _ = admin.close().await;
 }
 
 impl TestApp {
