@@ -641,6 +641,34 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert_eq!(reason(&status), "SERVICE_ACCOUNT");
+    // A new address applies at once: no verification link to a mailbox
+    // nobody reads.
+    let moved = app
+        .users()
+        .update_user(req(
+            &ua_token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: account.id.clone(),
+                    email: "loen-api-2@vaerksted.example".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["email".into()],
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a service account's new address")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(
+        (moved.email.as_str(), moved.pending_email.as_str()),
+        ("loen-api-2@vaerksted.example", "")
+    );
+    assert_eq!(mails().await, mails_before);
     // Shared with, never a sharer's way in: nobody shares with it.
     let status = share(&app, &ua_token, &eva, &account, READ).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");

@@ -188,10 +188,17 @@ async fn revoke_tree_in(
     let mut revoked = vec![root];
     let mut frontier = vec![root_id];
     while !frontier.is_empty() {
-        let children = grant::Entity::find()
-            .filter(grant::Column::ParentId.is_in(frontier.clone()))
-            .all(txn)
-            .await?;
+        // In chunks: a wide level of the tree must not pass the databases'
+        // limit on bound parameters.
+        let mut children = Vec::new();
+        for chunk in frontier.chunks(500) {
+            children.extend(
+                grant::Entity::find()
+                    .filter(grant::Column::ParentId.is_in(chunk.to_vec()))
+                    .all(txn)
+                    .await?,
+            );
+        }
         frontier = children.iter().map(|c| c.id).collect();
         revoked.extend(children);
     }
