@@ -182,13 +182,7 @@ impl Call {
             Call::GrantAdminLevel(r) => app.access().grant_admin_level(req(admin, r)).await.map(drop),
             Call::CreateGrant(r) => app.access().create_grant(req(admin, r)).await.map(drop),
             Call::ShareAccess(r) => app.access().share_access(req(admin, r)).await.map(drop),
-            Call::GetUserActingAs(owner, r) => {
-                let mut request = req(member, r);
-                request
-                    .metadata_mut()
-                    .insert("x-orgadmin-act-as", owner.parse().expect("header"));
-                app.users().get_user(request).await.map(drop)
-            }
+            Call::GetUserActingAs(owner, r) => app.users().get_user(acting_as(owner, req(member, r))).await.map(drop),
             Call::RequestRights(r) => app.access().request_rights(req(member, r)).await.map(drop),
             Call::DecideRightsRequest(r) => app.access().decide_rights_request(req(admin, r)).await.map(drop),
         }

@@ -2057,14 +2057,6 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     ("UpdateUserActingAsTarget", USR, "UpdateUser", &[]),
 ];
 
-/// `request` made as `owner` through a share (R-ACC-5).
-fn acting_as<T>(owner: &str, mut request: tonic::Request<T>) -> tonic::Request<T> {
-    request
-        .metadata_mut()
-        .insert("x-orgadmin-act-as", owner.parse().expect("header"));
-    request
-}
-
 /// The one user or job a case acts on, as far as visibility goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {

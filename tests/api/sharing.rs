@@ -7,7 +7,7 @@
 use orgadmin_proto::v1 as pb;
 use orgadmin_tests::reason;
 use orgadmin_tests::*;
-use tonic::{Code, Request};
+use tonic::Code;
 
 both_backends!(
     an_account_is_managed_through_shared_access,
@@ -20,14 +20,6 @@ both_backends!(
 
 const READ: i32 = pb::ShareAccessLevel::Read as i32;
 const EDIT: i32 = pb::ShareAccessLevel::Edit as i32;
-
-/// `request` made as `owner` through a share.
-fn acting_as<T>(owner: &pb::User, mut request: Request<T>) -> Request<T> {
-    request
-        .metadata_mut()
-        .insert("x-orgadmin-act-as", owner.id.parse().expect("header"));
-    request
-}
 
 async fn share(
     app: &TestApp,
@@ -51,7 +43,10 @@ async fn share(
 
 async fn get_user_as(app: &TestApp, token: &str, owner: &pb::User, id: &str) -> Result<pb::User, tonic::Status> {
     app.users()
-        .get_user(acting_as(owner, req(token, pb::GetUserRequest { id: id.to_owned() })))
+        .get_user(acting_as(
+            &owner.id,
+            req(token, pb::GetUserRequest { id: id.to_owned() }),
+        ))
         .await
         .map(|r| r.into_inner().user.expect("user"))
 }
@@ -114,7 +109,7 @@ async fn an_account_is_managed_through_shared_access(backend: Backend) {
     assert_eq!(seen.id, account.id);
     let who = app
         .auth()
-        .who_am_i(acting_as(&account, req(&eva_token, pb::WhoAmIRequest {})))
+        .who_am_i(acting_as(&account.id, req(&eva_token, pb::WhoAmIRequest {})))
         .await
         .unwrap()
         .into_inner();
@@ -129,7 +124,7 @@ async fn an_account_is_managed_through_shared_access(backend: Backend) {
     let tokens = app
         .auth()
         .list_api_tokens(acting_as(
-            &account,
+            &account.id,
             req(
                 &eva_token,
                 pb::ListApiTokensRequest {
@@ -149,7 +144,7 @@ async fn an_account_is_managed_through_shared_access(backend: Backend) {
     let before = app.fingerprint().await;
     let status = app
         .notes()
-        .update_notification_preferences(acting_as(&account, req(&eva_token, preferences())))
+        .update_notification_preferences(acting_as(&account.id, req(&eva_token, preferences())))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
@@ -158,7 +153,7 @@ async fn an_account_is_managed_through_shared_access(backend: Backend) {
     let status = app
         .auth()
         .revoke_api_token(acting_as(
-            &account,
+            &account.id,
             req(
                 &finn_token,
                 pb::RevokeApiTokenRequest {
@@ -174,7 +169,7 @@ async fn an_account_is_managed_through_shared_access(backend: Backend) {
     let status = app
         .users()
         .deactivate_user(acting_as(
-            &account,
+            &account.id,
             req(
                 &finn_token,
                 pb::DeactivateUserRequest {
@@ -190,7 +185,7 @@ async fn an_account_is_managed_through_shared_access(backend: Backend) {
     let status = app
         .auth()
         .create_api_token(acting_as(
-            &account,
+            &account.id,
             req(
                 &finn_token,
                 pb::CreateApiTokenRequest {
@@ -223,7 +218,7 @@ async fn an_account_is_managed_through_shared_access(backend: Backend) {
     // Finn changes the account's settings; the account's own history, read
     // as the account, shows the shares.
     app.notes()
-        .update_notification_preferences(acting_as(&account, req(&finn_token, preferences())))
+        .update_notification_preferences(acting_as(&account.id, req(&finn_token, preferences())))
         .await
         .expect("an edit share changes the owner's settings");
     let changed = app
@@ -239,7 +234,7 @@ async fn an_account_is_managed_through_shared_access(backend: Backend) {
     let shared = app
         .users()
         .list_user_history(acting_as(
-            &account,
+            &account.id,
             req(
                 &eva_token,
                 pb::ListUserHistoryRequest {
@@ -402,7 +397,7 @@ async fn a_share_confers_no_administration(backend: Backend) {
     let status = app
         .users()
         .list_users(acting_as(
-            &fixture.admin,
+            &fixture.admin.id,
             req(
                 &eva_token,
                 pb::ListUsersRequest {
@@ -417,7 +412,7 @@ async fn a_share_confers_no_administration(backend: Backend) {
     let status = app
         .access()
         .share_access(acting_as(
-            &fixture.admin,
+            &fixture.admin.id,
             req(
                 &eva_token,
                 pb::ShareAccessRequest {
@@ -684,7 +679,7 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
         async move {
             app.auth()
                 .create_api_token(acting_as(
-                    &owner,
+                    &owner.id,
                     req(
                         &token,
                         pb::CreateApiTokenRequest {

@@ -537,6 +537,16 @@ pub fn req<T>(token: &str, message: T) -> Request<T> {
     request
 }
 
+/// `request` made as the user `owner_id` names, through a share of their
+/// resources (R-ACC-5): the `x-orgadmin-act-as` header. The value is sent
+/// as given, so a test may send one that is no user id.
+pub fn acting_as<T>(owner_id: &str, mut request: Request<T>) -> Request<T> {
+    request
+        .metadata_mut()
+        .insert("x-orgadmin-act-as", owner_id.parse().expect("header"));
+    request
+}
+
 static SEQUENCE: AtomicU32 = AtomicU32::new(1);
 
 pub fn next_number() -> u32 {

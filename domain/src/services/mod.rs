@@ -226,8 +226,8 @@ pub(crate) enum Visible {
 
 /// The one rule of the administration listings (grants, shares, rights
 /// requests): whoever may `action` on the organisation sees all of it, any
-/// other member of it what concerns them (as the one acting, for a call
-/// made through a share), anyone else nothing.
+/// other member of it what concerns them (for a call made through a share:
+/// what concerns the owner, whose call it is), anyone else nothing.
 pub(crate) fn visible_to(
     caller: &crate::policy::Caller,
     action: crate::policy::Action,

@@ -258,14 +258,20 @@ impl Domain {
             return Err(DomainError::invalid("preferences", "name at least one kind"));
         }
         let txn = crate::persistence::begin_write(&self.db).await?;
+        let mut chosen: HashMap<String, String> = notification_preference::Entity::find()
+            .filter(notification_preference::Column::UserId.eq(user_id))
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|row| (row.kind, row.channel))
+            .collect();
         let mut changes = Vec::new();
         for (kind, channel) in choices {
-            let before = notification_preference::Entity::find()
-                .filter(notification_preference::Column::UserId.eq(user_id))
-                .filter(notification_preference::Column::Kind.eq(kind.as_str()))
-                .one(&txn)
-                .await?
-                .map_or(DeliveryChannel::Both.as_str().to_owned(), |row| row.channel);
+            // What this request set before counts, as it did when each
+            // choice was read back from the table.
+            let before = chosen
+                .insert(kind.as_str().to_owned(), channel.as_str().to_owned())
+                .unwrap_or_else(|| DeliveryChannel::Both.as_str().to_owned());
             if before != channel.as_str() {
                 changes.push(FieldChange {
                     field: format!("notification_preferences.{}", kind.as_str()),

@@ -251,10 +251,11 @@ pub(super) async fn revoke_grants_held_in(
         .filter(grant::Column::GranteeId.eq(user_id))
         .all(txn)
         .await?;
+    let mut gone = std::collections::HashSet::new();
     for root in held {
         // A grant below another of theirs went with that one already.
-        if grant::Entity::find_by_id(root.id).one(txn).await?.is_some() {
-            revoke_tree_in(txn, caller, root, now).await?;
+        if !gone.contains(&root.id) {
+            gone.extend(revoke_tree_in(txn, caller, root, now).await?.iter().map(|g| g.id));
         }
     }
     Ok(())
