@@ -400,6 +400,12 @@ async fn two_workers_share_the_import_queue(backend: Backend) {
     let sink = SmtpSink::start(0);
     let fixture = app.org_with_admin_limits(Some(100_000), None).await;
     let token = fixture.admin_token.clone();
+    // Both replicas are up and polling before the first job exists: a
+    // replica that started late (a busy machine starts a process slowly)
+    // could otherwise find every job already done by the other.
+    let mut a = spawn_worker(&app, &sink, 5000);
+    let mut b = spawn_worker(&app, &sink, 5000);
+    let (id_a, id_b) = (a.started().await, b.started().await);
     let mut jobs = Vec::new();
     for i in 0..4 {
         let rows = crate::imports::create_rows_from(i * 400, 400, &format!("par{i}"));
@@ -417,9 +423,6 @@ async fn two_workers_share_the_import_queue(backend: Backend) {
             Err(e) => panic!("upload {i}: {e:?}"),
         }
     }
-    let mut a = spawn_worker(&app, &sink, 5000);
-    let mut b = spawn_worker(&app, &sink, 5000);
-    let (id_a, id_b) = (a.started().await, b.started().await);
     for job in &jobs {
         let done = wait_for_job(&app, &token, &job.id, Duration::from_secs(120), |j| {
             j.state == pb::ImportState::Succeeded as i32
