@@ -94,6 +94,20 @@ string_enum_pub!(
         AccessShared => "ACCESS_SHARED",
         ShareRevoked => "SHARE_REVOKED",
         NotificationPreferencesChanged => "NOTIFICATION_PREFERENCES_CHANGED",
+        GroupCreated => "GROUP_CREATED",
+        GroupDeleted => "GROUP_DELETED",
+        GroupMemberAdded => "GROUP_MEMBER_ADDED",
+        GroupMemberRemoved => "GROUP_MEMBER_REMOVED",
+    }
+);
+
+string_enum_pub!(
+    /// R-ACC-7: a custom group is made by an organisation administrator and
+    /// its members are added by hand; a system group stands for a
+    /// production unit and its members are whoever is placed in it.
+    GroupKind {
+        Custom => "CUSTOM",
+        System => "SYSTEM",
     }
 );
 

@@ -270,6 +270,13 @@ pub enum Action {
     ShareAccess,
     /// See the organisation's shares; everyone sees those they are in.
     ReadShares,
+    /// Create and delete custom groups (R-ACC-7).
+    ManageGroups,
+    /// Add and remove members of existing custom groups (R-ACC-7).
+    ManageGroupMembers,
+    /// See the organisation's groups and their members; everyone sees the
+    /// groups they are in.
+    ReadGroups,
 }
 }
 
@@ -352,6 +359,12 @@ const POLICY: &[(Action, OperatorScope, &[Role], u8, bool)] = &[
     // user's, never with themselves (two keys, checked by the service).
     (ShareAccess, No, &[OA, UA], LEVEL_2, true),
     (ReadShares, No, &[OA, UA], NO_LEVEL, false),
+    // R-ACC-7 (seed 001): organisation administrators make the groups, user
+    // administrators fill the ones that exist; rights administrators, who
+    // grant to groups, see them.
+    (ManageGroups, No, &[OA], NO_LEVEL, false),
+    (ManageGroupMembers, No, &[OA, UA], NO_LEVEL, false),
+    (ReadGroups, No, &[OA, UA, RA], NO_LEVEL, false),
 ];
 
 fn row(action: Action) -> (OperatorScope, &'static [Role], u8, bool) {
@@ -750,6 +763,9 @@ fn describe(action: Action) -> &'static str {
         ReadGrants => "see the grants of this organisation",
         ShareAccess => "share this user's resources",
         ReadShares => "see the shares of this organisation",
+        ManageGroups => "create or delete groups of this organisation",
+        ManageGroupMembers => "add or remove members of this organisation's groups",
+        ReadGroups => "see the groups of this organisation",
     }
 }
 

@@ -38,6 +38,7 @@ mod m20261203_000063_create_grants;
 mod m20261203_000064_create_rights_requests;
 mod m20261203_000065_create_shares;
 mod m20261203_000066_add_service_accounts;
+mod m20261204_000067_create_groups;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -85,6 +86,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000064_create_rights_requests::Migration),
             Box::new(m20261203_000065_create_shares::Migration),
             Box::new(m20261203_000066_add_service_accounts::Migration),
+            Box::new(m20261204_000067_create_groups::Migration),
         ]
     }
 }

@@ -142,6 +142,12 @@ no_lists!(
     ShareAccessRequest,
     ListSharesRequest,
     RevokeShareRequest,
+    CreateGroupRequest,
+    ListGroupsRequest,
+    DeleteGroupRequest,
+    AddGroupMemberRequest,
+    RemoveGroupMemberRequest,
+    ListGroupMembersRequest,
 );
 
 impl Lists for pb::RequestRightsRequest {

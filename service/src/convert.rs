@@ -282,6 +282,10 @@ same_variants!(
         AccessShared,
         ShareRevoked,
         NotificationPreferencesChanged,
+        GroupCreated,
+        GroupDeleted,
+        GroupMemberAdded,
+        GroupMemberRemoved,
     ]
 );
 

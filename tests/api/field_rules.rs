@@ -89,6 +89,8 @@ enum Call {
     RequestRights(pb::RequestRightsRequest),
     DecideRightsRequest(pb::DecideRightsRequestRequest),
     ShareAccess(pb::ShareAccessRequest),
+    CreateGroup(pb::CreateGroupRequest),
+    AddGroupMember(pb::AddGroupMemberRequest),
     /// GetUser made as the user the header names (R-ACC-5): the header is
     /// the field.
     GetUserActingAs(&'static str, pb::GetUserRequest),
@@ -132,6 +134,8 @@ impl Call {
             Call::RequestRights(_) => "RequestRights",
             Call::DecideRightsRequest(_) => "DecideRightsRequest",
             Call::ShareAccess(_) => "ShareAccess",
+            Call::CreateGroup(_) => "CreateGroup",
+            Call::AddGroupMember(_) => "AddGroupMember",
             Call::GetUserActingAs(..) => "GetUser",
         }
     }
@@ -182,6 +186,8 @@ impl Call {
             Call::GrantAdminLevel(r) => app.access().grant_admin_level(req(admin, r)).await.map(drop),
             Call::CreateGrant(r) => app.access().create_grant(req(admin, r)).await.map(drop),
             Call::ShareAccess(r) => app.access().share_access(req(admin, r)).await.map(drop),
+            Call::CreateGroup(r) => app.access().create_group(req(admin, r)).await.map(drop),
+            Call::AddGroupMember(r) => app.access().add_group_member(req(admin, r)).await.map(drop),
             Call::GetUserActingAs(owner, r) => app.users().get_user(acting_as(owner, req(member, r))).await.map(drop),
             Call::RequestRights(r) => app.access().request_rights(req(member, r)).await.map(drop),
             Call::DecideRightsRequest(r) => app.access().decide_rights_request(req(admin, r)).await.map(drop),
@@ -952,6 +958,32 @@ fn rows() -> Vec<Row> {
             grantee_user_id: c.admin.id.clone(),
             access: pb::ShareAccessLevel::Unspecified as i32,
         })),
+        row!("name", "blank", |c| Call::CreateGroup(pb::CreateGroupRequest {
+            organisation_id: c.org.id.clone(),
+            name: " \t ".into(),
+            description: String::new(),
+        })),
+        row!("description", "over 1000 characters", |c| Call::CreateGroup(
+            pb::CreateGroupRequest {
+                organisation_id: c.org.id.clone(),
+                name: "Bogholderi".into(),
+                description: long(1001),
+            }
+        )),
+        row!("organisation_cvr", "not 8 digits", |c| Call::AddGroupMember(
+            pb::AddGroupMemberRequest {
+                group_id: uuid::Uuid::now_v7().to_string(),
+                user_id: c.member.id.clone(),
+                organisation_cvr: "12".into(),
+            }
+        )),
+        row!("group_id", "no group of the organisation", |c| Call::ListUsers(
+            pb::ListUsersRequest {
+                organisation_id: c.org.id.clone(),
+                group_id: uuid::Uuid::now_v7().to_string(),
+                ..Default::default()
+            }
+        )),
         row!("right", "upper case and a space", |c| Call::CreateGrant(
             pb::CreateGrantRequest {
                 right: "Tax VAT".into(),

@@ -9,6 +9,7 @@ mod credentials;
 mod email_change;
 mod field_rules;
 mod fingerprint;
+mod groups;
 mod history;
 mod imports;
 mod lifecycle;

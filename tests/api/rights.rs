@@ -120,6 +120,8 @@ struct World {
     /// The target user's resources shared (read only) with the plain user,
     /// by the user administrator (R-ACC-5).
     target_share_id: String,
+    /// A custom group with the plain user as its member (R-ACC-7).
+    group_id: String,
 }
 
 /// A request for the right `docs.read`, with `reason`.
@@ -278,6 +280,33 @@ impl World {
             .share
             .unwrap()
             .id;
+        let group_id = app
+            .access()
+            .create_group(req(
+                &org_admin_token,
+                pb::CreateGroupRequest {
+                    organisation_id: fixture.org.id.clone(),
+                    name: "Bogholderi".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("create group")
+            .into_inner()
+            .group
+            .unwrap()
+            .id;
+        app.access()
+            .add_group_member(req(
+                &user_admin_token,
+                pb::AddGroupMemberRequest {
+                    group_id: group_id.clone(),
+                    user_id: plain.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("add group member");
         let target_token_id = app
             .auth()
             .list_api_tokens(req(
@@ -451,6 +480,7 @@ impl World {
             spare_level_id,
             spare_grant_id,
             target_share_id,
+            group_id,
             open_rights_request_id,
             active_admin: org_admin.clone(),
             import_id,
@@ -1600,6 +1630,73 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             ))
             .await
             .map(drop),
+        "CreateGroup" => app
+            .access()
+            .create_group(req(
+                t,
+                pb::CreateGroupRequest {
+                    organisation_id: org.clone(),
+                    name: "Lager".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "ListGroups" => app
+            .access()
+            .list_groups(req(
+                t,
+                pb::ListGroupsRequest {
+                    organisation_id: org.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "DeleteGroup" => app
+            .access()
+            .delete_group(req(
+                t,
+                pb::DeleteGroupRequest {
+                    id: world.group_id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        "AddGroupMember" => app
+            .access()
+            .add_group_member(req(
+                t,
+                pb::AddGroupMemberRequest {
+                    group_id: world.group_id.clone(),
+                    user_id: world.target.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "RemoveGroupMember" => app
+            .access()
+            .remove_group_member(req(
+                t,
+                pb::RemoveGroupMemberRequest {
+                    group_id: world.group_id.clone(),
+                    user_id: world.plain.id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        "ListGroupMembers" => app
+            .access()
+            .list_group_members(req(
+                t,
+                pb::ListGroupMembersRequest {
+                    group_id: world.group_id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
         // As the target, through the read share the target's resources
         // have with the plain user.
         "GetUserActingAsTarget" => app
@@ -2045,6 +2142,20 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
         "RevokeShare",
         &[OrgAdmin, UserAdmin, PlainUser, UnitDelegator],
     ),
+    // R-ACC-7 (seed 001): organisation administrators make and delete
+    // groups, user administrators fill them; administrators see all groups
+    // and their members, every member the groups they are in.
+    ("CreateGroup", ACC, "CreateGroup", &[OrgAdmin]),
+    ("ListGroups", ACC, "ListGroups", OWN_MEMBERS),
+    ("DeleteGroup", ACC, "DeleteGroup", &[OrgAdmin]),
+    ("AddGroupMember", ACC, "AddGroupMember", &[OrgAdmin, UserAdmin]),
+    ("RemoveGroupMember", ACC, "RemoveGroupMember", &[OrgAdmin, UserAdmin]),
+    (
+        "ListGroupMembers",
+        ACC,
+        "ListGroupMembers",
+        &[OrgAdmin, UserAdmin, RightsAdmin],
+    ),
     // Only the colleague the target shared with acts as the target, only on
     // the calls a share allows, and only what its access (read) allows.
     ("GetUserActingAsTarget", USR, "GetUser", &[PlainUser]),
@@ -2070,6 +2181,8 @@ enum Target {
     /// A pickup token: another organisation's (and for the operator, every
     /// one) reads as unknown, like a wrong token.
     Pickup,
+    /// A group: only its organisation's members see it.
+    Group,
 }
 
 fn target(case: &str) -> Target {
@@ -2119,6 +2232,7 @@ fn target(case: &str) -> Target {
         | "RevokeOrganisationCertificate"
         | "ListCertificateHistory" => Target::Certificate,
         "IssueCertificate" => Target::Pickup,
+        "DeleteGroup" | "AddGroupMember" | "RemoveGroupMember" | "ListGroupMembers" => Target::Group,
         _ => Target::NoOneUser,
     }
 }
@@ -2134,7 +2248,7 @@ fn denial(case: &str, who: Who) -> Code {
         (Nobody, _) => Code::Unauthenticated,
         (OtherOrgAdmin, Target::PlainUser | Target::Administrator) => Code::NotFound,
         (Operator, Target::PlainUser) => Code::NotFound,
-        (Operator | OtherOrgAdmin, Target::ImportJob | Target::Certificate) => Code::NotFound,
+        (Operator | OtherOrgAdmin, Target::ImportJob | Target::Certificate | Target::Group) => Code::NotFound,
         (Operator | OtherOrgAdmin, Target::Pickup) => Code::FailedPrecondition,
         _ => Code::PermissionDenied,
     }
@@ -2283,7 +2397,7 @@ async fn check_rows(app: &TestApp, rows: &[(&str, &str, &str, &[Who])], failures
                     // enrolment, a rights request, of the caller's own)
                     // nothing another caller needs.
                     "Login" | "VerifyLoginCode" | "EnrollTotp" | "ConfirmTotp" | "RevokeSession" | "RequestRights"
-                    | "ShareAccess" | "ShareOwnAccess" => changed_since_build = true,
+                    | "ShareAccess" | "ShareOwnAccess" | "CreateGroup" | "AddGroupMember" => changed_since_build = true,
                     "ResetPassword" => {
                         world.reset_token = fresh_reset_token(app, &world.login_id).await;
                         changed_since_build = true;

@@ -410,6 +410,31 @@ async fn grpcurl_walkthrough(backend: Backend) {
         "{said}"
     );
 
+    // Groups as the README gives them: a custom group, Jens in it, and
+    // ListUsers filtered by it.
+    let group = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(r#"{{"organisation_id":"{org_id}","name":"Bogholderi"}}"#)),
+        "orgadmin.v1.AccessService/CreateGroup",
+    );
+    assert_eq!(group["group"]["kind"], "GROUP_KIND_CUSTOM", "{group}");
+    let group_id = group["group"]["id"].as_str().expect("group id").to_owned();
+    let member = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(r#"{{"group_id":"{group_id}","user_id":"{user_id}"}}"#)),
+        "orgadmin.v1.AccessService/AddGroupMember",
+    );
+    assert_eq!(member["member"]["userId"], user_id.as_str(), "{member}");
+    let in_group = grpcurl(
+        &addr,
+        Some(&admin_token),
+        Some(&format!(r#"{{"organisation_id":"{org_id}","group_id":"{group_id}"}}"#)),
+        "orgadmin.v1.UserService/ListUsers",
+    );
+    assert_eq!(in_group["users"].as_array().map(Vec::len), Some(1), "{in_group}");
+
     // A new address as the README gives it (grpcurl reads a FieldMask as
     // an object with paths): it waits for verification.
     let changed = grpcurl(

@@ -696,3 +696,52 @@ pub mod crl_publication {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod group {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "groups")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub organisation_id: Uuid,
+        /// `CUSTOM` or `SYSTEM`.
+        pub kind: String,
+        pub name: String,
+        pub description: String,
+        /// A system group's production unit (its id is the unit's too).
+        pub unit_id: Option<Uuid>,
+        pub created_by: String,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod group_member {
+    use sea_orm::entity::prelude::*;
+
+    /// A custom group's member, added by hand (system groups have none:
+    /// their members are the users placed in the unit's subtree).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "group_members")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub group_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: Uuid,
+        /// The member of the organisation who added them; none: not a member.
+        pub adder_id: Option<Uuid>,
+        pub added_by: String,
+        pub added_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

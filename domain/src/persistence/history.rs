@@ -15,6 +15,7 @@ pub(crate) enum Subject {
     Unit(Uuid),
     User(Uuid),
     Certificate(Uuid),
+    Group(Uuid),
 }
 
 impl Subject {
@@ -24,6 +25,7 @@ impl Subject {
             Subject::Unit(id) => ("UNIT", id),
             Subject::User(id) => ("USER", id),
             Subject::Certificate(id) => ("CERTIFICATE", id),
+            Subject::Group(id) => ("GROUP", id),
         }
     }
 }

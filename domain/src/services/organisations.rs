@@ -563,6 +563,10 @@ impl Domain {
         })
         .exec_with_returning(&txn)
         .await?;
+        // R-ACC-7: a production unit comes with its system group.
+        if new.kind == UnitKind::ProductionUnit {
+            super::access::groups::create_system_group_in(&txn, caller, &row).await?;
+        }
         let mut changes = Vec::new();
         diff(&mut changes, "name", "", &row.name);
         diff(&mut changes, "kind", "", &row.kind);
@@ -672,6 +676,9 @@ impl Domain {
             active.parent_id = Set(parent);
         }
         let updated = unit::Entity::update(active).exec(&txn).await?;
+        if updated.name != row.name {
+            super::access::groups::rename_system_group_in(&txn, unit_id, &updated.name).await?;
+        }
         if !changes.is_empty() {
             history::record(
                 &txn,
@@ -727,6 +734,8 @@ impl Domain {
                 ),
             ));
         }
+        let now = now_millis();
+        super::access::groups::delete_system_group_in(&txn, caller, unit_id, now).await?;
         unit::Entity::delete_by_id(unit_id).exec(&txn).await?;
         history::record(
             &txn,
@@ -735,7 +744,7 @@ impl Domain {
                 subject: Subject::Unit(unit_id),
                 activity: Activity::UnitDeleted,
                 caller,
-                at: now_millis(),
+                at: now,
                 changes: vec![FieldChange {
                     field: "name".into(),
                     before: row.name,

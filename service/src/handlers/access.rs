@@ -1,6 +1,7 @@
+use orgadmin_domain::model::GroupKind;
 use orgadmin_domain::policy::Actions;
 use orgadmin_domain::services::access::{
-    GrantFilter, GrantedRight, LevelFilter, LevelGrant, NewGrant, Share, ShareFilter,
+    GrantFilter, GrantedRight, Group, GroupMember, LevelFilter, LevelGrant, NewGrant, NewGroup, Share, ShareFilter,
 };
 use orgadmin_domain::services::rights_requests::{Requested, RightsRequest, RightsRequestState};
 use orgadmin_domain::{Domain, DomainError};
@@ -14,6 +15,37 @@ use crate::error::IntoStatus;
 
 pub struct AccessHandler {
     pub domain: Domain,
+}
+
+fn group_to_pb(group: Group) -> pb::Group {
+    pb::Group {
+        id: group.id.to_string(),
+        organisation_id: group.organisation_id.to_string(),
+        kind: match group.kind {
+            GroupKind::Custom => pb::GroupKind::Custom,
+            GroupKind::System => pb::GroupKind::System,
+        } as i32,
+        name: group.name,
+        description: group.description,
+        unit_id: group.unit_id.map(|u| u.to_string()).unwrap_or_default(),
+        created_by: group.created_by,
+        create_time: Some(timestamp(group.created_at)),
+    }
+}
+
+fn group_member_to_pb(member: GroupMember) -> pb::GroupMember {
+    pb::GroupMember {
+        user_id: member.user_id.to_string(),
+        first_name: member.first_name,
+        surname: member.surname,
+        organisation_id: member.organisation_id.to_string(),
+        organisation_name: member.organisation_name,
+        unit_id: member.unit_id.map(|u| u.to_string()).unwrap_or_default(),
+        unit_name: member.unit_name,
+        external: member.external,
+        added_by: member.added_by,
+        add_time: opt_timestamp(member.added_at),
+    }
 }
 
 fn admin_level_to_pb(grant: LevelGrant) -> pb::AdminLevel {
@@ -366,6 +398,105 @@ impl AccessService for AccessHandler {
         let grant = self.domain.revoke_admin_level(&caller, level_id).await.into_status()?;
         Ok(Response::new(pb::RevokeAdminLevelResponse {
             admin_level: Some(admin_level_to_pb(grant)),
+        }))
+    }
+
+    async fn create_group(
+        &self,
+        request: Request<pb::CreateGroupRequest>,
+    ) -> Result<Response<pb::CreateGroupResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let new = NewGroup {
+            organisation_id: id("organisation_id", &r.organisation_id).into_status()?,
+            name: r.name,
+            description: r.description,
+        };
+        let group = self.domain.create_group(&caller, new).await.into_status()?;
+        Ok(Response::new(pb::CreateGroupResponse {
+            group: Some(group_to_pb(group)),
+        }))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let organisation_id = id("organisation_id", &r.organisation_id).into_status()?;
+        let page = self
+            .domain
+            .list_groups(&caller, organisation_id, r.page_size, &r.page_token)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups: page.items.into_iter().map(group_to_pb).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let group_id = id("id", &request.get_ref().id).into_status()?;
+        let group = self.domain.delete_group(&caller, group_id).await.into_status()?;
+        Ok(Response::new(pb::DeleteGroupResponse {
+            group: Some(group_to_pb(group)),
+        }))
+    }
+
+    async fn add_group_member(
+        &self,
+        request: Request<pb::AddGroupMemberRequest>,
+    ) -> Result<Response<pb::AddGroupMemberResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let group_id = id("group_id", &r.group_id).into_status()?;
+        let user_id = id("user_id", &r.user_id).into_status()?;
+        let cvr = opt_string(r.organisation_cvr);
+        let member = self
+            .domain
+            .add_group_member(&caller, group_id, user_id, cvr.as_deref())
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::AddGroupMemberResponse {
+            member: Some(group_member_to_pb(member)),
+        }))
+    }
+
+    async fn remove_group_member(
+        &self,
+        request: Request<pb::RemoveGroupMemberRequest>,
+    ) -> Result<Response<pb::RemoveGroupMemberResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let group_id = id("group_id", &r.group_id).into_status()?;
+        let user_id = id("user_id", &r.user_id).into_status()?;
+        self.domain
+            .remove_group_member(&caller, group_id, user_id)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::RemoveGroupMemberResponse {}))
+    }
+
+    async fn list_group_members(
+        &self,
+        request: Request<pb::ListGroupMembersRequest>,
+    ) -> Result<Response<pb::ListGroupMembersResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let group_id = id("group_id", &r.group_id).into_status()?;
+        let page = self
+            .domain
+            .list_group_members(&caller, group_id, r.page_size, &r.page_token)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ListGroupMembersResponse {
+            members: page.items.into_iter().map(group_member_to_pb).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 }

@@ -209,6 +209,7 @@ impl UserService for UserHandler {
                 value => Some(role("role", value).into_status()?),
             },
             unit_id: opt_id("unit_id", &r.unit_id).into_status()?,
+            group_id: opt_id("group_id", &r.group_id).into_status()?,
             text: opt_string(r.text),
         };
         let page = self

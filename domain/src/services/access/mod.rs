@@ -18,9 +18,11 @@ use tracing::instrument;
 use uuid::Uuid;
 
 mod grants;
+pub(crate) mod groups;
 mod shares;
 
 pub use grants::{GrantFilter, GrantedRight, NewGrant, RevokedGrants};
+pub use groups::{Group, GroupMember, NewGroup};
 pub use shares::{Share, ShareFilter};
 
 use super::lock_organisation;
@@ -249,6 +251,7 @@ pub(crate) async fn end_delegation_of_in(
         remove_level_in(txn, caller, &level, now).await?;
     }
     grants::revoke_grants_held_in(txn, caller, user_id, now).await?;
+    groups::leave_groups_in(txn, caller, user_id, now).await?;
     shares::end_shares_of_in(txn, caller, user_id, now).await
 }
 

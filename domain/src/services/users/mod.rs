@@ -158,6 +158,9 @@ pub struct UserFilter {
     pub state: Option<UserState>,
     pub role: Option<Role>,
     pub unit_id: Option<Uuid>,
+    /// Members of this group (R-ACC-7): a custom group's, or those placed
+    /// in a system group's unit.
+    pub group_id: Option<Uuid>,
     pub text: Option<String>,
 }
 

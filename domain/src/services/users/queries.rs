@@ -57,6 +57,12 @@ impl Domain {
             }
             query = query.filter(user::Column::UnitId.is_in(subtree(&units, unit)));
         }
+        if let Some(group) = filter.group_id {
+            query = query.filter(
+                crate::services::access::groups::members_condition(self, &self.db, organisation_id, group, "group_id")
+                    .await?,
+            );
+        }
         if let Some(text) = filter.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
             if text.chars().count() > 100 {
                 return Err(DomainError::invalid("text", "must be at most 100 characters"));
