@@ -665,7 +665,11 @@ pub struct HeldGrant {
 /// A grant about to be made.
 #[derive(Debug, Clone, Copy)]
 pub struct GrantRequest<'a> {
+    /// The grantee user, or a group.
     pub grantee: Uuid,
+    /// The grantee is a group the caller is in: granting to it is granting
+    /// to oneself.
+    pub caller_in_grantee_group: bool,
     pub right: &'a str,
     /// None: the whole organisation.
     pub unit_id: Option<Uuid>,
@@ -690,7 +694,7 @@ pub fn authorize_grant(
     let Principal::Member { user_id, roles, .. } = &caller.principal else {
         return Err(DomainError::denied("the caller may not grant rights"));
     };
-    if request.grantee == *user_id {
+    if request.grantee == *user_id || request.caller_in_grantee_group {
         return Err(DomainError::denied(
             "nobody grants themselves a right (R-ACC-4: two keys): a colleague must do it",
         ));
@@ -871,6 +875,7 @@ mod tests {
         };
         let request = |actions, grantable, may_authorise, unit_id| GrantRequest {
             grantee: Uuid::now_v7(),
+            caller_in_grantee_group: false,
             right: "tax.vat",
             unit_id,
             actions,

@@ -39,6 +39,7 @@ mod m20261203_000064_create_rights_requests;
 mod m20261203_000065_create_shares;
 mod m20261203_000066_add_service_accounts;
 mod m20261204_000067_create_groups;
+mod m20261204_000068_add_group_grantees;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -87,6 +88,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000065_create_shares::Migration),
             Box::new(m20261203_000066_add_service_accounts::Migration),
             Box::new(m20261204_000067_create_groups::Migration),
+            Box::new(m20261204_000068_add_group_grantees::Migration),
         ]
     }
 }

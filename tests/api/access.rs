@@ -36,6 +36,7 @@ fn grant_request(
         actions: actions.to_vec(),
         grantable_actions: grantable.to_vec(),
         may_authorise,
+        grantee_group_id: String::new(),
     }
 }
 

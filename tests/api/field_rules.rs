@@ -984,6 +984,18 @@ fn rows() -> Vec<Row> {
                 ..Default::default()
             }
         )),
+        row!("grantee_user_id", "a user and a group both", |c| Call::CreateGrant(
+            pb::CreateGrantRequest {
+                grantee_group_id: uuid::Uuid::now_v7().to_string(),
+                ..grant_request(c)
+            }
+        )),
+        row!("grantee_user_id", "neither a user nor a group", |c| Call::CreateGrant(
+            pb::CreateGrantRequest {
+                grantee_user_id: String::new(),
+                ..grant_request(c)
+            }
+        )),
         row!("right", "upper case and a space", |c| Call::CreateGrant(
             pb::CreateGrantRequest {
                 right: "Tax VAT".into(),

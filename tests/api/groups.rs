@@ -12,7 +12,8 @@ use tonic::Code;
 both_backends!(
     a_custom_group_is_made_filled_and_listed,
     the_external_member_added_by_user_id_and_cvr,
-    a_system_group_follows_its_production_unit
+    a_system_group_follows_its_production_unit,
+    grants_through_a_group_count_like_direct_grants
 );
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
@@ -446,6 +447,17 @@ async fn a_system_group_follows_its_production_unit(backend: Backend) {
 
     // Empty units are deleted, and the system group with its unit.
     place(&app, &token, &jens.id, "").await;
+    // A right held by the system group keeps its unit in use.
+    let held = grant(&app, &token, "", &system.id, false).await.unwrap();
+    let in_use = app
+        .orgs()
+        .delete_unit(req(&token, pb::DeleteUnitRequest { id: plant.id.clone() }))
+        .await;
+    assert_eq!(reason(&assert_code(in_use, Code::FailedPrecondition)), "UNIT_IN_USE");
+    app.access()
+        .revoke_grant(req(&token, pb::RevokeGrantRequest { id: held.id }))
+        .await
+        .unwrap();
     for unit in [&hall.id, &plant.id] {
         app.orgs()
             .delete_unit(req(&token, pb::DeleteUnitRequest { id: unit.clone() }))
@@ -453,5 +465,151 @@ async fn a_system_group_follows_its_production_unit(backend: Backend) {
             .unwrap();
     }
     assert!(groups(&app, &token, &org).await.is_empty());
+    app.finish().await;
+}
+
+async fn grant(
+    app: &TestApp,
+    token: &str,
+    user: &str,
+    group: &str,
+    grantable: bool,
+) -> Result<pb::Grant, tonic::Status> {
+    app.access()
+        .create_grant(req(
+            token,
+            pb::CreateGrantRequest {
+                grantee_user_id: user.to_owned(),
+                grantee_group_id: group.to_owned(),
+                right: "tax.vat-returns".into(),
+                actions: vec![pb::GrantAction::Read as i32],
+                grantable_actions: if grantable {
+                    vec![pb::GrantAction::Read as i32]
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().grant.expect("grant"))
+}
+
+async fn grants_held_by(app: &TestApp, token: &str, org: &str, user: &str) -> Vec<pb::Grant> {
+    app.access()
+        .list_grants(req(
+            token,
+            pb::ListGrantsRequest {
+                organisation_id: org.to_owned(),
+                grantee_user_id: user.to_owned(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list grants")
+        .into_inner()
+        .grants
+}
+
+/// R-ACC-7: a group carries rights, and its members hold them as if they
+/// were their own: they see them, pass them on within their options, and
+/// lose them when they leave. Nobody grants to a group they are in (two
+/// keys); deleting the group revokes its grants with everything made on
+/// their strength.
+async fn grants_through_a_group_count_like_direct_grants(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let org = fixture.org.id.clone();
+    let (rikke, rikke_token) = app.member(&fixture, "Rikke", &[pb::Role::RightsAdmin]).await;
+    let (eva, eva_token) = app.member(&fixture, "Eva", &[]).await;
+    let (finn, _) = app.member(&fixture, "Finn", &[]).await;
+    let auditors = create_group(&app, &fixture.admin_token, &org, "Revisorer")
+        .await
+        .unwrap();
+    add_member(&app, &fixture.admin_token, &auditors.id, &eva.id, "")
+        .await
+        .unwrap();
+
+    let held = grant(&app, &rikke_token, "", &auditors.id, true).await.unwrap();
+    assert_eq!(
+        (held.grantee_group_id.as_str(), held.grantee_user_id.as_str()),
+        (auditors.id.as_str(), "")
+    );
+    // Eva holds it through the group: listed for her, seen by her.
+    assert_eq!(grants_held_by(&app, &fixture.admin_token, &org, &eva.id).await.len(), 1);
+    let seen: Vec<String> = app
+        .access()
+        .list_grants(req(
+            &eva_token,
+            pb::ListGrantsRequest {
+                organisation_id: org.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .grants
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    assert_eq!(seen, [held.id.as_str()]);
+    // She passes it on, on the group grant's strength.
+    let passed = grant(&app, &eva_token, &finn.id, "", false).await.unwrap();
+    assert_eq!(passed.parent_grant_id, held.id);
+
+    // Two keys: a member of the group never grants to it.
+    add_member(&app, &fixture.admin_token, &auditors.id, &rikke.id, "")
+        .await
+        .unwrap();
+    assert_code(
+        grant(&app, &rikke_token, "", &auditors.id, false).await,
+        Code::PermissionDenied,
+    );
+    // Exactly one grantee; another organisation's group reads as missing.
+    let both = assert_code(
+        grant(&app, &rikke_token, &finn.id, &auditors.id, false).await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&both), ["grantee_user_id"]);
+    let elsewhere = app.org_with_admin().await;
+    let foreign = create_group(&app, &elsewhere.admin_token, &elsewhere.org.id, "Fremmed")
+        .await
+        .unwrap();
+    assert_code(grant(&app, &rikke_token, "", &foreign.id, false).await, Code::NotFound);
+
+    // Out of the group, Eva holds nothing and passes nothing on.
+    remove_member(&app, &fixture.admin_token, &auditors.id, &eva.id)
+        .await
+        .unwrap();
+    assert!(
+        grants_held_by(&app, &fixture.admin_token, &org, &eva.id)
+            .await
+            .is_empty()
+    );
+    assert_code(
+        grant(&app, &eva_token, &rikke.id, "", false).await,
+        Code::PermissionDenied,
+    );
+
+    // Deleting the group revokes its grant and Finn's, made on its strength.
+    app.access()
+        .delete_group(req(
+            &fixture.admin_token,
+            pb::DeleteGroupRequest {
+                id: auditors.id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(
+        grants_held_by(&app, &fixture.admin_token, &org, &finn.id)
+            .await
+            .is_empty()
+    );
+    let revoked = app
+        .history_of(&fixture.admin_token, &finn.id, pb::HistoryActivity::GrantRevoked)
+        .await;
+    assert_eq!(changed_to(&revoked[0], "revoked_with"), Some(held.id.as_str()));
     app.finish().await;
 }

@@ -362,7 +362,8 @@ pub mod grant {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: Uuid,
         pub organisation_id: Uuid,
-        pub grantee_id: Uuid,
+        /// The user holding it; none when a group does.
+        pub grantee_id: Option<Uuid>,
         pub right_name: String,
         /// None: the whole organisation.
         pub unit_id: Option<Uuid>,
@@ -377,6 +378,8 @@ pub mod grant {
         pub granter_id: Option<Uuid>,
         pub granted_by: String,
         pub granted_at: i64,
+        /// The group holding it (R-ACC-7); none when a user does.
+        pub grantee_group_id: Option<Uuid>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -723,7 +723,13 @@ impl Domain {
             .count(&txn)
             .await?
             + grant::Entity::find()
-                .filter(grant::Column::UnitId.eq(unit_id))
+                // Held on the unit, or by its system group (whose id is
+                // the unit's).
+                .filter(
+                    sea_orm::Condition::any()
+                        .add(grant::Column::UnitId.eq(unit_id))
+                        .add(grant::Column::GranteeGroupId.eq(unit_id)),
+                )
                 .count(&txn)
                 .await?;
         if children > 0 || members > 0 || levels > 0 {

@@ -10,7 +10,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::access::NewGrant;
+use super::access::{Grantee, GranteeRow, NewGrant};
 use super::lock_organisation;
 use super::notifications::NotificationKind;
 use crate::Domain;
@@ -157,7 +157,8 @@ impl Domain {
                 actions,
                 unit_id,
             } => {
-                self.check_new_grant(&self.db, &requester, &grant_of(user_id, right, *actions, *unit_id))
+                let grantee = GranteeRow::User(Box::new(requester.clone()));
+                self.check_new_grant(&self.db, &grantee, &grant_of(user_id, right, *actions, *unit_id))
                     .await
                     .map_err(|e| e.within("grant"))?;
             }
@@ -362,8 +363,9 @@ impl Domain {
                     unit_id,
                 } => {
                     let new = grant_of(requester.id, right, *actions, *unit_id);
-                    self.check_new_grant(&txn, &requester, &new).await?;
-                    self.create_grant_in(&txn, caller, &requester, new).await?;
+                    let grantee = GranteeRow::User(Box::new(requester.clone()));
+                    self.check_new_grant(&txn, &grantee, &new).await?;
+                    self.create_grant_in(&txn, caller, &grantee, new).await?;
                 }
             }
         }
@@ -427,7 +429,7 @@ impl Domain {
 
 fn grant_of(grantee_id: Uuid, right: &str, actions: Actions, unit_id: Option<Uuid>) -> NewGrant {
     NewGrant {
-        grantee_id,
+        grantee: Grantee::User(grantee_id),
         right: right.to_owned(),
         unit_id,
         actions,

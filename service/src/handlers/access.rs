@@ -1,7 +1,8 @@
 use orgadmin_domain::model::GroupKind;
 use orgadmin_domain::policy::Actions;
 use orgadmin_domain::services::access::{
-    GrantFilter, GrantedRight, Group, GroupMember, LevelFilter, LevelGrant, NewGrant, NewGroup, Share, ShareFilter,
+    GrantFilter, GrantedRight, Grantee, Group, GroupMember, LevelFilter, LevelGrant, NewGrant, NewGroup, Share,
+    ShareFilter,
 };
 use orgadmin_domain::services::rights_requests::{Requested, RightsRequest, RightsRequestState};
 use orgadmin_domain::{Domain, DomainError};
@@ -114,7 +115,14 @@ fn grant_to_pb(grant: GrantedRight) -> pb::Grant {
     pb::Grant {
         id: grant.id.to_string(),
         organisation_id: grant.organisation_id.to_string(),
-        grantee_user_id: grant.grantee_id.to_string(),
+        grantee_user_id: match grant.grantee {
+            Grantee::User(user) => user.to_string(),
+            Grantee::Group(_) => String::new(),
+        },
+        grantee_group_id: match grant.grantee {
+            Grantee::Group(group) => group.to_string(),
+            Grantee::User(_) => String::new(),
+        },
         right: grant.right,
         unit_id: id(grant.unit_id),
         actions: actions_to_pb(grant.actions),
@@ -300,8 +308,22 @@ impl AccessService for AccessHandler {
     ) -> Result<Response<pb::CreateGrantResponse>, Status> {
         let caller = caller(&self.domain, &request).await?;
         let r = request.into_inner();
+        let grantee = match (
+            opt_id("grantee_user_id", &r.grantee_user_id).into_status()?,
+            opt_id("grantee_group_id", &r.grantee_group_id).into_status()?,
+        ) {
+            (Some(user), None) => Grantee::User(user),
+            (None, Some(group)) => Grantee::Group(group),
+            _ => {
+                return Err(DomainError::invalid(
+                    "grantee_user_id",
+                    "exactly one of grantee_user_id and grantee_group_id names who holds the grant",
+                ))
+                .into_status();
+            }
+        };
         let new = NewGrant {
-            grantee_id: id("grantee_user_id", &r.grantee_user_id).into_status()?,
+            grantee,
             right: r.right,
             unit_id: opt_id("unit_id", &r.unit_id).into_status()?,
             actions: actions_from_pb("actions", &r.actions).into_status()?,
@@ -323,6 +345,7 @@ impl AccessService for AccessHandler {
         let organisation_id = id("organisation_id", &r.organisation_id).into_status()?;
         let filter = GrantFilter {
             grantee_id: opt_id("grantee_user_id", &r.grantee_user_id).into_status()?,
+            grantee_group_id: opt_id("grantee_group_id", &r.grantee_group_id).into_status()?,
             unit_id: opt_id("unit_id", &r.unit_id).into_status()?,
             granter_id: opt_id("granter_user_id", &r.granter_user_id).into_status()?,
         };

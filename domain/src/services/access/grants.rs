@@ -17,17 +17,47 @@ use crate::Domain;
 use crate::error::{DomainError, DomainResult, Reason};
 use crate::model::*;
 use crate::paging;
-use crate::persistence::entities::grant;
+use crate::persistence::entities::{grant, group, user};
 use crate::persistence::history::{self, NewEvent, Subject};
 use crate::persistence::mapping::parse;
 use crate::policy::{Action, Actions, Caller, GrantRequest, HeldGrant, Target, authorize, authorize_grant};
 use crate::services::{Visible, lock_organisation, visible_to};
 use crate::validate::Violations;
 
+/// Who holds a grant: a user, or a group (R-ACC-7), whose members hold it
+/// as if it were theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grantee {
+    User(Uuid),
+    Group(Uuid),
+}
+
+/// A grantee as read for a new grant.
+pub(crate) enum GranteeRow {
+    User(Box<user::Model>),
+    Group(group::Model),
+}
+
+impl GranteeRow {
+    fn organisation_id(&self) -> Uuid {
+        match self {
+            GranteeRow::User(row) => row.organisation_id,
+            GranteeRow::Group(row) => row.organisation_id,
+        }
+    }
+}
+
+fn subject_of(grantee: Grantee) -> Subject {
+    match grantee {
+        Grantee::User(id) => Subject::User(id),
+        Grantee::Group(id) => Subject::Group(id),
+    }
+}
+
 /// A grant as asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewGrant {
-    pub grantee_id: Uuid,
+    pub grantee: Grantee,
     pub right: String,
     /// None: the whole organisation.
     pub unit_id: Option<Uuid>,
@@ -41,7 +71,7 @@ pub struct NewGrant {
 pub struct GrantedRight {
     pub id: Uuid,
     pub organisation_id: Uuid,
-    pub grantee_id: Uuid,
+    pub grantee: Grantee,
     pub right: String,
     pub unit_id: Option<Uuid>,
     pub actions: Actions,
@@ -56,7 +86,9 @@ pub struct GrantedRight {
 
 #[derive(Debug, Clone, Default)]
 pub struct GrantFilter {
+    /// The grants this user holds, directly or through their groups.
     pub grantee_id: Option<Uuid>,
+    pub grantee_group_id: Option<Uuid>,
     pub unit_id: Option<Uuid>,
     pub granter_id: Option<Uuid>,
 }
@@ -72,7 +104,12 @@ fn from_row(row: grant::Model) -> GrantedRight {
     GrantedRight {
         id: row.id,
         organisation_id: row.organisation_id,
-        grantee_id: row.grantee_id,
+        grantee: match (row.grantee_id, row.grantee_group_id) {
+            (Some(user), _) => Grantee::User(user),
+            (None, Some(group)) => Grantee::Group(group),
+            // The table's check constraint holds exactly one.
+            (None, None) => Grantee::User(Uuid::nil()),
+        },
         right: row.right_name,
         unit_id: row.unit_id,
         actions: Actions {
@@ -130,9 +167,12 @@ fn check_right(v: &mut Violations, right: &str) {
     }
 }
 
-fn request_of(new: &NewGrant) -> GrantRequest<'_> {
+fn request_of(new: &NewGrant, caller_in_grantee_group: bool) -> GrantRequest<'_> {
     GrantRequest {
-        grantee: new.grantee_id,
+        grantee: match new.grantee {
+            Grantee::User(id) | Grantee::Group(id) => id,
+        },
+        caller_in_grantee_group,
         right: &new.right,
         unit_id: new.unit_id,
         actions: new.actions,
@@ -141,7 +181,45 @@ fn request_of(new: &NewGrant) -> GrantRequest<'_> {
     }
 }
 
-/// The grants `user_id` holds now, with the units their scopes cover.
+/// The condition "held by `user`": their own grants and their groups'
+/// (R-ACC-7: grants through groups count like direct grants).
+async fn held_by(domain: &Domain, db: &impl ConnectionTrait, user: &user::Model) -> DomainResult<Condition> {
+    let groups = super::groups::groups_of_user(domain, db, user).await?;
+    Ok(Condition::any()
+        .add(grant::Column::GranteeId.eq(user.id))
+        .add(grant::Column::GranteeGroupId.is_in(groups)))
+}
+
+/// [`held_by`] for a user named by id (one who does not exist holds
+/// nothing of anyone else's).
+async fn held_by_id(domain: &Domain, db: &impl ConnectionTrait, user_id: Uuid) -> DomainResult<Condition> {
+    match user::Entity::find_by_id(user_id).one(db).await? {
+        Some(user) => held_by(domain, db, &user).await,
+        None => Ok(Condition::any().add(grant::Column::GranteeId.eq(user_id))),
+    }
+}
+
+/// Whether `user_id` is in the group a new grant goes to (granting to it
+/// would be granting to oneself).
+async fn caller_in_grantee_group(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    user_id: Uuid,
+    grantee: Grantee,
+) -> DomainResult<bool> {
+    let Grantee::Group(group_id) = grantee else {
+        return Ok(false);
+    };
+    let Some(user) = user::Entity::find_by_id(user_id).one(db).await? else {
+        return Ok(false);
+    };
+    Ok(super::groups::groups_of_user(domain, db, &user)
+        .await?
+        .contains(&group_id))
+}
+
+/// The grants `user_id` holds now in `organisation_id`, directly or
+/// through a group, with the units their scopes cover.
 async fn held_grants(
     domain: &Domain,
     db: &impl ConnectionTrait,
@@ -149,8 +227,12 @@ async fn held_grants(
     user_id: Uuid,
     right: &str,
 ) -> DomainResult<Vec<HeldGrant>> {
+    let Some(user) = user::Entity::find_by_id(user_id).one(db).await? else {
+        return Ok(Vec::new());
+    };
     let rows = grant::Entity::find()
-        .filter(grant::Column::GranteeId.eq(user_id))
+        .filter(grant::Column::OrganisationId.eq(organisation_id))
+        .filter(held_by(domain, db, &user).await?)
         .filter(grant::Column::RightName.eq(right))
         .all(db)
         .await?;
@@ -227,7 +309,7 @@ async fn revoke_tree_in(
             txn,
             NewEvent {
                 organisation_id: Some(grant.organisation_id),
-                subject: Subject::User(grant.grantee_id),
+                subject: subject_of(grant.grantee),
                 activity: Activity::GrantRevoked,
                 caller,
                 at: now,
@@ -239,16 +321,20 @@ async fn revoke_tree_in(
     Ok(revoked)
 }
 
-/// Revokes every grant `user_id` holds, each with what was made on its
-/// strength (a deleted user's rights end with them).
+/// Revokes every grant `grantee` holds itself (not through groups), each
+/// with what was made on its strength: a deleted user's rights end with
+/// them, a deleted group's with it.
 pub(super) async fn revoke_grants_held_in(
     txn: &sea_orm::DatabaseTransaction,
     caller: &Caller,
-    user_id: Uuid,
+    grantee: Grantee,
     now: Millis,
 ) -> DomainResult<()> {
     let held = grant::Entity::find()
-        .filter(grant::Column::GranteeId.eq(user_id))
+        .filter(match grantee {
+            Grantee::User(id) => grant::Column::GranteeId.eq(id),
+            Grantee::Group(id) => grant::Column::GranteeGroupId.eq(id),
+        })
         .all(txn)
         .await?;
     let mut gone = std::collections::HashSet::new();
@@ -266,13 +352,9 @@ impl Domain {
     /// what their grant options allow, within its scope.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn create_grant(&self, caller: &Caller, new: NewGrant) -> DomainResult<GrantedRight> {
-        // Rights are given within one's own organisation: a user of another
-        // (or, for the operator, any) reads as missing.
-        let grantee = crate::persistence::entities::user::Entity::find_by_id(new.grantee_id)
-            .one(&self.db)
-            .await?
-            .filter(|row| Some(row.organisation_id) == caller.organisation_id())
-            .ok_or_else(|| DomainError::not_found("user", new.grantee_id))?;
+        // Rights are given within one's own organisation: a user or group
+        // of another (or, for the operator, any) reads as missing.
+        let grantee = grantee_row(&self.db, caller, new.grantee).await?;
         // A first check of the caller's right to grant this at all, on
         // the cached caller and the grants as read now, so a caller who
         // may not grant learns nothing of the grantee (their state) from the
@@ -280,8 +362,9 @@ impl Domain {
         let granter = caller
             .user_id()
             .ok_or_else(|| DomainError::denied("the caller may not grant rights"))?;
-        let held = held_grants(self, &self.db, grantee.organisation_id, granter, &new.right).await?;
-        authorize_grant(caller, &held, request_of(&new))?;
+        let held = held_grants(self, &self.db, grantee.organisation_id(), granter, &new.right).await?;
+        let in_group = caller_in_grantee_group(self, &self.db, granter, new.grantee).await?;
+        authorize_grant(caller, &held, request_of(&new, in_group))?;
         self.check_new_grant(&self.db, &grantee, &new).await?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let created = self.create_grant_in(&txn, caller, &grantee, new).await?;
@@ -293,10 +376,10 @@ impl Domain {
     pub(crate) async fn check_new_grant(
         &self,
         db: &impl ConnectionTrait,
-        grantee: &crate::persistence::entities::user::Model,
+        grantee: &GranteeRow,
         new: &NewGrant,
     ) -> DomainResult<()> {
-        let organisation_id = grantee.organisation_id;
+        let organisation_id = grantee.organisation_id();
         let mut v = Violations::default();
         check_right(&mut v, &new.right);
         if new.actions.is_empty() {
@@ -311,7 +394,9 @@ impl Domain {
             v.add("unit_id", "names no unit of this organisation");
         }
         v.into_result()?;
-        if !parse::<UserState>(&grantee.state)?.is_standing() {
+        if let GranteeRow::User(grantee) = grantee
+            && !parse::<UserState>(&grantee.state)?.is_standing()
+        {
             return Err(DomainError::precondition(
                 Reason::UserNotActive,
                 "only an active or pending user can be given a right",
@@ -327,10 +412,10 @@ impl Domain {
         &self,
         txn: &sea_orm::DatabaseTransaction,
         caller: &Caller,
-        grantee: &crate::persistence::entities::user::Model,
+        grantee: &GranteeRow,
         new: NewGrant,
     ) -> DomainResult<GrantedRight> {
-        let organisation_id = grantee.organisation_id;
+        let organisation_id = grantee.organisation_id();
         let granter = caller
             .user_id()
             .ok_or_else(|| DomainError::denied("the caller may not grant rights"))?;
@@ -338,14 +423,32 @@ impl Domain {
         // grant this one is made on cannot be revoked between check and commit.
         lock_organisation(txn, organisation_id).await?;
         let caller = &super::caller_as_now(self, txn, caller).await?;
-        super::standing_user_as_now(txn, grantee.id).await?;
+        match grantee {
+            GranteeRow::User(row) => {
+                super::standing_user_as_now(txn, row.id).await?;
+            }
+            GranteeRow::Group(row) => {
+                group::Entity::find_by_id(row.id)
+                    .one(txn)
+                    .await?
+                    .ok_or_else(|| DomainError::not_found("group", row.id))?;
+            }
+        }
         let held = held_grants(self, txn, organisation_id, granter, &new.right).await?;
-        let parent_id = authorize_grant(caller, &held, request_of(&new))?;
+        let in_group = caller_in_grantee_group(self, txn, granter, new.grantee).await?;
+        let parent_id = authorize_grant(caller, &held, request_of(&new, in_group))?;
         let now = now_millis();
         let row = grant::ActiveModel {
             id: Set(Uuid::now_v7()),
             organisation_id: Set(organisation_id),
-            grantee_id: Set(new.grantee_id),
+            grantee_id: Set(match new.grantee {
+                Grantee::User(id) => Some(id),
+                Grantee::Group(_) => None,
+            }),
+            grantee_group_id: Set(match new.grantee {
+                Grantee::Group(id) => Some(id),
+                Grantee::User(_) => None,
+            }),
             right_name: Set(new.right.clone()),
             unit_id: Set(new.unit_id),
             can_read: Set(new.actions.read),
@@ -365,7 +468,7 @@ impl Domain {
             txn,
             NewEvent {
                 organisation_id: Some(organisation_id),
-                subject: Subject::User(new.grantee_id),
+                subject: subject_of(new.grantee),
                 activity: Activity::GrantCreated,
                 caller,
                 at: now,
@@ -392,7 +495,7 @@ impl Domain {
         }
         let own = caller
             .user_id()
-            .is_some_and(|me| me == row.grantee_id || Some(me) == row.granter_id);
+            .is_some_and(|me| row.grantee_id == Some(me) || Some(me) == row.granter_id);
         if !own {
             authorize(caller, Action::ManageGrants, Target::organisation(row.organisation_id))?;
         }
@@ -422,15 +525,16 @@ impl Domain {
     ) -> DomainResult<Page<GrantedRight>> {
         let mut query = grant::Entity::find().filter(grant::Column::OrganisationId.eq(organisation_id));
         if let Visible::Concerning(me) = visible_to(caller, Action::ReadGrants, organisation_id, "grants")? {
-            query = query.filter(
-                Condition::any()
-                    .add(grant::Column::GranteeId.eq(me))
-                    .add(grant::Column::GranterId.eq(me)),
-            );
+            let mine = held_by_id(self, &self.db, me).await?;
+            query = query.filter(mine.add(grant::Column::GranterId.eq(me)));
         }
         let limit = paging::page_size(page_size, 50, 500)?;
         if let Some(grantee) = filter.grantee_id {
-            query = query.filter(grant::Column::GranteeId.eq(grantee));
+            // What the user holds, directly or through a group.
+            query = query.filter(held_by_id(self, &self.db, grantee).await?);
+        }
+        if let Some(group) = filter.grantee_group_id {
+            query = query.filter(grant::Column::GranteeGroupId.eq(group));
         }
         if let Some(unit) = filter.unit_id {
             query = query.filter(grant::Column::UnitId.eq(unit));
@@ -454,4 +558,26 @@ impl Domain {
             next_page_token: next,
         })
     }
+}
+
+/// The grantee of a new grant, of the caller's organisation: another
+/// organisation's (or, for the operator, any) reads as missing.
+async fn grantee_row(db: &impl ConnectionTrait, caller: &Caller, grantee: Grantee) -> DomainResult<GranteeRow> {
+    let ours = |organisation_id: Uuid| Some(organisation_id) == caller.organisation_id();
+    Ok(match grantee {
+        Grantee::User(id) => GranteeRow::User(Box::new(
+            user::Entity::find_by_id(id)
+                .one(db)
+                .await?
+                .filter(|row| ours(row.organisation_id))
+                .ok_or_else(|| DomainError::not_found("user", id))?,
+        )),
+        Grantee::Group(id) => GranteeRow::Group(
+            group::Entity::find_by_id(id)
+                .one(db)
+                .await?
+                .filter(|row| ours(row.organisation_id))
+                .ok_or_else(|| DomainError::not_found("group", id))?,
+        ),
+    })
 }

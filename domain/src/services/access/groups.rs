@@ -216,7 +216,9 @@ async fn delete_group_in(
     row: &group::Model,
     now: Millis,
 ) -> DomainResult<()> {
-    // The members leave first, each with their event: a deleted group's
+    // Its grants go first, each with what was made on its strength.
+    super::grants::revoke_grants_held_in(txn, caller, super::Grantee::Group(row.id), now).await?;
+    // The members leave, each with their event: a deleted group's
     // membership must not linger in anyone's rights.
     let members = group_member::Entity::find()
         .filter(group_member::Column::GroupId.eq(row.id))

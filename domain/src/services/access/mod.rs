@@ -21,7 +21,8 @@ mod grants;
 pub(crate) mod groups;
 mod shares;
 
-pub use grants::{GrantFilter, GrantedRight, NewGrant, RevokedGrants};
+pub(crate) use grants::GranteeRow;
+pub use grants::{GrantFilter, GrantedRight, Grantee, NewGrant, RevokedGrants};
 pub use groups::{Group, GroupMember, NewGroup};
 pub use shares::{Share, ShareFilter};
 
@@ -250,7 +251,7 @@ pub(crate) async fn end_delegation_of_in(
     {
         remove_level_in(txn, caller, &level, now).await?;
     }
-    grants::revoke_grants_held_in(txn, caller, user_id, now).await?;
+    grants::revoke_grants_held_in(txn, caller, grants::Grantee::User(user_id), now).await?;
     groups::leave_groups_in(txn, caller, user_id, now).await?;
     shares::end_shares_of_in(txn, caller, user_id, now).await
 }
