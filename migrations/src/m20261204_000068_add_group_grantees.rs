@@ -73,13 +73,15 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        // Back to users only: grants to groups (and what was made on their
-        // strength, which the next revocation would take anyway) go, as the
-        // groups themselves go one migration further down.
+        // Back to users only: grants to groups go, with everything made on
+        // their strength however deep (as a revocation would take it), as
+        // the groups themselves go one migration further down.
         let db = manager.get_connection();
         db.execute_unprepared(
-            r#"DELETE FROM "grants" WHERE "grantee_group_id" IS NOT NULL OR "parent_id" IN
-               (SELECT "id" FROM "grants" WHERE "grantee_group_id" IS NOT NULL)"#,
+            r#"WITH RECURSIVE "gone" ("id") AS (
+                   SELECT "id" FROM "grants" WHERE "grantee_group_id" IS NOT NULL
+                   UNION SELECT "grants"."id" FROM "grants" JOIN "gone" ON "grants"."parent_id" = "gone"."id")
+               DELETE FROM "grants" WHERE "id" IN (SELECT "id" FROM "gone")"#,
         )
         .await?;
         manager

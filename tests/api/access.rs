@@ -15,7 +15,8 @@ both_backends!(
     grants_pass_on_within_their_options_and_revoke_in_cascade,
     a_grant_made_while_its_parent_is_revoked_never_outlives_it,
     two_administrators_demoting_each_other_leave_one,
-    rights_requests_are_decided_by_a_colleague_and_applied
+    rights_requests_are_decided_by_a_colleague_and_applied,
+    a_role_is_asked_for_and_decided_by_an_organisation_administrator
 );
 
 const READ: i32 = pb::GrantAction::Read as i32;
@@ -1018,5 +1019,112 @@ async fn rights_requests_are_decided_by_a_colleague_and_applied(backend: Backend
     assert_eq!(listed(rights.clone()).await, 3);
     assert_eq!(listed(asker_token.clone()).await, 2);
     assert_eq!(listed(other_token).await, 0);
+    app.finish().await;
+}
+
+fn role_request(role: pb::Role) -> pb::RequestRightsRequest {
+    pb::RequestRightsRequest {
+        requested: Some(pb::request_rights_request::Requested::Role(role as i32)),
+        reason: "Jeg overtager brugeradministrationen".into(),
+    }
+}
+
+/// R-ACC-9: a member asks for a role; organisation administrators (who
+/// change roles) are told and decide, a rights administrator cannot; the
+/// approval goes through UpdateUser's rules, the workshop's maximum of
+/// administrators among them.
+async fn a_role_is_asked_for_and_decided_by_an_organisation_administrator(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    // A workshop: at most 2 organisation administrators, the first one
+    // already there.
+    let fixture = app.org_with_admin_limits(None, Some(2)).await;
+    let (_, rights) = app.member(&fixture, "Rights", &[pb::Role::RightsAdmin]).await;
+    let (asker, asker_token) = app.member(&fixture, "Asker", &[]).await;
+    let (_, late_token) = app.member(&fixture, "Late", &[]).await;
+    let ask = |token: &str, request: pb::RequestRightsRequest| {
+        let mut access = app.access();
+        let token = token.to_owned();
+        async move {
+            access
+                .request_rights(req(&token, request))
+                .await
+                .map(|r| r.into_inner().rights_request.expect("request"))
+        }
+    };
+    let decide = |token: &str, id: &str| {
+        let mut access = app.access();
+        let (token, id) = (token.to_owned(), id.to_owned());
+        async move {
+            access
+                .decide_rights_request(req(
+                    &token,
+                    pb::DecideRightsRequestRequest {
+                        id,
+                        approve: true,
+                        note: String::new(),
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner().rights_request.expect("request"))
+        }
+    };
+    // Every member is a user already: that is no request.
+    let plain = assert_code(
+        ask(&asker_token, role_request(pb::Role::User)).await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&plain), ["role"]);
+
+    let asked = ask(&asker_token, role_request(pb::Role::OrganisationAdmin))
+        .await
+        .unwrap();
+    assert_eq!(
+        asked.requested,
+        Some(pb::rights_request::Requested::Role(pb::Role::OrganisationAdmin as i32))
+    );
+    assert_eq!(
+        rights_kind_notifications(&app, &fixture.admin_token).await,
+        1,
+        "the organisation administrator is told"
+    );
+    assert_eq!(rights_kind_notifications(&app, &rights).await, 0);
+    // A rights administrator decides rights, not roles.
+    let before = app.fingerprint().await;
+    assert_code(decide(&rights, &asked.id).await, Code::PermissionDenied);
+    assert!(app.fingerprint().await == before);
+    let approved = decide(&fixture.admin_token, &asked.id).await.unwrap();
+    assert_eq!(approved.state, pb::RightsRequestState::Approved as i32);
+    let roles = app.user(&fixture.admin_token, &asker.id).await.roles;
+    assert!(roles.contains(&(pb::Role::OrganisationAdmin as i32)), "{roles:?}");
+    // Holding it, they cannot ask for it again.
+    let held = assert_code(
+        ask(&asker_token, role_request(pb::Role::OrganisationAdmin)).await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&held), ["role"]);
+
+    // The workshop is full: a third administrator's approval is refused by
+    // the same rule as UpdateUser's, and the request stays open.
+    let third = ask(&late_token, role_request(pb::Role::OrganisationAdmin))
+        .await
+        .unwrap();
+    let full = assert_code(decide(&fixture.admin_token, &third.id).await, Code::FailedPrecondition);
+    assert_eq!(reason_of(&full), "MAX_ADMINISTRATORS_REACHED");
+    let still = app
+        .access()
+        .list_rights_requests(req(
+            &fixture.admin_token,
+            pb::ListRightsRequestsRequest {
+                organisation_id: fixture.org.id.clone(),
+                open_only: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .rights_requests;
+    assert_eq!(still.len(), 1);
+    assert_eq!(still[0].id, third.id);
     app.finish().await;
 }

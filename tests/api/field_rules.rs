@@ -882,6 +882,12 @@ fn rows() -> Vec<Row> {
             }
         )),
         // Rights requests.
+        row!("role", "the plain user role every member holds", |_| {
+            Call::RequestRights(pb::RequestRightsRequest {
+                requested: Some(pb::request_rights_request::Requested::Role(pb::Role::User as i32)),
+                reason: "Jeg skal hjælpe til".into(),
+            })
+        }),
         row!("reason", "under 10 characters", |_| Call::RequestRights(
             pb::RequestRightsRequest {
                 requested: Some(pb::request_rights_request::Requested::AdminLevel(

@@ -447,8 +447,29 @@ async fn a_system_group_follows_its_production_unit(backend: Backend) {
 
     // Empty units are deleted, and the system group with its unit.
     place(&app, &token, &jens.id, "").await;
-    // A right held by the system group keeps its unit in use.
+    // A right held by the system group keeps its unit in use (its empty
+    // sub-unit goes first, so only the grant stands in the way).
+    app.orgs()
+        .delete_unit(req(&token, pb::DeleteUnitRequest { id: hall.id.clone() }))
+        .await
+        .unwrap();
     let held = grant(&app, &token, "", &system.id, false).await.unwrap();
+    // Two keys: nobody places themselves where a group holds rights.
+    let mut me = app.user(&token, &fixture.admin.id).await;
+    me.unit_id = plant.id.clone();
+    let own_move = app
+        .users()
+        .update_user(req(
+            &token,
+            pb::UpdateUserRequest {
+                user: Some(me),
+                update_mask: mask(&["unit_id"]),
+                ..Default::default()
+            },
+        ))
+        .await;
+    let refused = assert_code(own_move, Code::PermissionDenied);
+    assert!(refused.message().contains("system group holds rights"), "{refused:?}");
     let in_use = app
         .orgs()
         .delete_unit(req(&token, pb::DeleteUnitRequest { id: plant.id.clone() }))
@@ -458,12 +479,10 @@ async fn a_system_group_follows_its_production_unit(backend: Backend) {
         .revoke_grant(req(&token, pb::RevokeGrantRequest { id: held.id }))
         .await
         .unwrap();
-    for unit in [&hall.id, &plant.id] {
-        app.orgs()
-            .delete_unit(req(&token, pb::DeleteUnitRequest { id: unit.clone() }))
-            .await
-            .unwrap();
-    }
+    app.orgs()
+        .delete_unit(req(&token, pb::DeleteUnitRequest { id: plant.id.clone() }))
+        .await
+        .unwrap();
     assert!(groups(&app, &token, &org).await.is_empty());
     app.finish().await;
 }
@@ -578,10 +597,39 @@ async fn grants_through_a_group_count_like_direct_grants(backend: Backend) {
         .unwrap();
     assert_code(grant(&app, &rikke_token, "", &foreign.id, false).await, Code::NotFound);
 
-    // Out of the group, Eva holds nothing and passes nothing on.
+    // Ida, in the group too, passes it on to Karl.
+    let (ida, ida_token) = app.member(&fixture, "Ida", &[]).await;
+    let (karl, _) = app.member(&fixture, "Karl", &[]).await;
+    add_member(&app, &fixture.admin_token, &auditors.id, &ida.id, "")
+        .await
+        .unwrap();
+    let karls = grant(&app, &ida_token, &karl.id, "", false).await.unwrap();
+    assert_eq!(karls.parent_grant_id, held.id);
+    // Two keys: nobody adds themselves to a group (it would give them its
+    // rights); the denied call changes nothing.
+    let before = app.fingerprint().await;
+    assert_code(
+        add_member(&app, &fixture.admin_token, &auditors.id, &fixture.admin.id, "").await,
+        Code::PermissionDenied,
+    );
+    assert!(app.fingerprint().await == before);
+
+    // Out of the group, Eva holds nothing and passes nothing on, and what
+    // she passed on (Finn's) goes with her membership.
     remove_member(&app, &fixture.admin_token, &auditors.id, &eva.id)
         .await
         .unwrap();
+    assert!(
+        grants_held_by(&app, &fixture.admin_token, &org, &finn.id)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        app.history_of(&fixture.admin_token, &finn.id, pb::HistoryActivity::GrantRevoked)
+            .await
+            .len(),
+        1
+    );
     assert!(
         grants_held_by(&app, &fixture.admin_token, &org, &eva.id)
             .await
@@ -592,7 +640,7 @@ async fn grants_through_a_group_count_like_direct_grants(backend: Backend) {
         Code::PermissionDenied,
     );
 
-    // Deleting the group revokes its grant and Finn's, made on its strength.
+    // Deleting the group revokes its grant and Karl's, made on its strength.
     app.access()
         .delete_group(req(
             &fixture.admin_token,
@@ -603,12 +651,12 @@ async fn grants_through_a_group_count_like_direct_grants(backend: Backend) {
         .await
         .unwrap();
     assert!(
-        grants_held_by(&app, &fixture.admin_token, &org, &finn.id)
+        grants_held_by(&app, &fixture.admin_token, &org, &karl.id)
             .await
             .is_empty()
     );
     let revoked = app
-        .history_of(&fixture.admin_token, &finn.id, pb::HistoryActivity::GrantRevoked)
+        .history_of(&fixture.admin_token, &karl.id, pb::HistoryActivity::GrantRevoked)
         .await;
     assert_eq!(changed_to(&revoked[0], "revoked_with"), Some(held.id.as_str()));
     app.finish().await;

@@ -440,6 +440,8 @@ pub mod rights_request {
         pub decided_by: Option<String>,
         pub decided_at: Option<i64>,
         pub decision_note: Option<String>,
+        /// The role asked for (kind `ROLE`).
+        pub role: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -4,6 +4,11 @@
 //! level or grant in the same transaction through the same write as
 //! GrantAdminLevel or CreateGrant, with the approver's rights, or rejects.
 //! The requester is notified either way; both steps are in history.
+//!
+//! A member may ask for an administrative role too: organisation
+//! administrators (who change roles) are told and decide it, and an
+//! approval applies it through UpdateUser's own write, with its rules (the
+//! organisation's maximum of administrators among them).
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::{ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter};
@@ -43,6 +48,19 @@ pub enum Requested {
         actions: Actions,
         unit_id: Option<Uuid>,
     },
+    /// An administrative role on the organisation.
+    Role(Role),
+}
+
+impl Requested {
+    /// Who decides: rights administrators levels and rights, those who
+    /// change roles roles.
+    fn decided_by(&self) -> Action {
+        match self {
+            Requested::Role(_) => Action::ChangeRoles,
+            _ => Action::ManageGrants,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +79,7 @@ pub struct RightsRequest {
 
 const KIND_LEVEL: &str = "ADMIN_LEVEL";
 const KIND_GRANT: &str = "GRANT";
+const KIND_ROLE: &str = "ROLE";
 
 fn from_row(row: rights_request::Model) -> DomainResult<RightsRequest> {
     let requested = match row.kind.as_str() {
@@ -68,6 +87,7 @@ fn from_row(row: rights_request::Model) -> DomainResult<RightsRequest> {
             level: row.level.map(i32::from).unwrap_or_default(),
             unit_id: row.unit_id,
         },
+        KIND_ROLE => Requested::Role(parse(row.role.as_deref().unwrap_or_default())?),
         _ => Requested::Grant {
             right: row.right_name.unwrap_or_default(),
             actions: Actions {
@@ -108,6 +128,7 @@ fn described(requested: &Requested) -> String {
             };
             format!("{right} {what} on {}", scope(unit_id))
         }
+        Requested::Role(role) => format!("the role {role}"),
     }
 }
 
@@ -162,6 +183,24 @@ impl Domain {
                     .await
                     .map_err(|e| e.within("grant"))?;
             }
+            Requested::Role(role) => {
+                if !role.is_administrator() {
+                    return Err(DomainError::invalid(
+                        "role",
+                        "must be ROLE_ORGANISATION_ADMIN, ROLE_USER_ADMIN or ROLE_RIGHTS_ADMIN (every member is a user)",
+                    ));
+                }
+                if requester.service_account {
+                    return Err(DomainError::precondition(
+                        Reason::ServiceAccount,
+                        "a service account holds no roles",
+                    ));
+                }
+                let held = super::users::roles_of(&self.db, &[user_id]).await?;
+                if held.get(&user_id).is_some_and(|roles| roles.contains(role)) {
+                    return Err(DomainError::invalid("role", "is held by the requester already"));
+                }
+            }
         }
         let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, org_id).await?;
@@ -192,6 +231,11 @@ impl Domain {
                 actions,
                 unit_id,
             } => (KIND_GRANT, None, Some(right.clone()), *actions, *unit_id),
+            Requested::Role(_) => (KIND_ROLE, None, None, Actions::default(), None),
+        };
+        let role = match &requested {
+            Requested::Role(role) => Some(role.as_str().to_owned()),
+            _ => None,
         };
         let now = now_millis();
         let row = rights_request::ActiveModel {
@@ -210,6 +254,7 @@ impl Domain {
             decided_by: Set(None),
             decided_at: Set(None),
             decision_note: Set(None),
+            role: Set(role),
         }
         .insert(&txn)
         .await?;
@@ -238,8 +283,13 @@ impl Domain {
         )
         .await?;
         // Every standing rights administrator of the organisation hears of
-        // it (organisation administrators decide too, but are not mailed).
-        let deciders = super::standing_role_holders_query(org_id, Role::RightsAdmin)
+        // a level or right (organisation administrators decide too, but are
+        // not mailed); organisation administrators of a role.
+        let decider_role = match requested {
+            Requested::Role(_) => Role::OrganisationAdmin,
+            _ => Role::RightsAdmin,
+        };
+        let deciders = super::standing_role_holders_query(org_id, decider_role)
             .all(&txn)
             .await?;
         let requester_name = format!("{} {}", requester.first_name, requester.surname);
@@ -321,11 +371,8 @@ impl Domain {
         if caller.organisation_id() != Some(request.organisation_id) {
             return Err(unknown());
         }
-        authorize(
-            caller,
-            Action::ManageGrants,
-            Target::organisation(request.organisation_id),
-        )?;
+        let action = from_row(request.clone())?.requested.decided_by();
+        authorize(caller, action, Target::organisation(request.organisation_id))?;
         super::check_decision(caller, request.requester_id, note)?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, request.organisation_id).await?;
@@ -336,7 +383,7 @@ impl Domain {
         // Again on the decider's roles as they are now.
         authorize(
             &super::access::caller_as_now(self, &txn, caller).await?,
-            Action::ManageGrants,
+            action,
             Target::organisation(request.organisation_id),
         )?;
         if request.state != RightsRequestState::Open.as_str() {
@@ -366,6 +413,22 @@ impl Domain {
                     let grantee = GranteeRow::User(Box::new(requester.clone()));
                     self.check_new_grant(&txn, &grantee, &new).await?;
                     self.create_grant_in(&txn, caller, &grantee, new).await?;
+                }
+                Requested::Role(role) => {
+                    let mut roles = super::users::roles_of(&txn, &[requester.id])
+                        .await?
+                        .remove(&requester.id)
+                        .unwrap_or_default();
+                    if !roles.contains(role) {
+                        roles.push(*role);
+                    }
+                    // UpdateUser's write: the maximum of administrators, the
+                    // caller's right to change roles, the requester's state.
+                    let patch = crate::services::users::UserPatch {
+                        roles: Some(roles),
+                        ..Default::default()
+                    };
+                    self.update_user_in(&txn, caller, requester.id, "", patch).await?;
                 }
             }
         }

@@ -146,7 +146,11 @@ fn requested_from_pb(requested: Option<pb::request_rights_request::Requested>) -
             actions: actions_from_pb("grant.actions", &grant.actions)?,
             unit_id: opt_id("grant.unit_id", &grant.unit_id)?,
         }),
-        None => Err(DomainError::invalid("requested", "name an admin_level or a grant")),
+        Some(Pb::Role(value)) => Ok(Requested::Role(role("role", value)?)),
+        None => Err(DomainError::invalid(
+            "requested",
+            "name an admin_level, a grant or a role",
+        )),
     }
 }
 
@@ -171,6 +175,7 @@ fn rights_request_to_pb(request: RightsRequest) -> pb::RightsRequest {
                 actions: actions_to_pb(actions),
                 unit_id: id(unit_id),
             }),
+            Requested::Role(role) => Pb::Role(role_to_pb(role) as i32),
         }),
         reason: request.reason,
         state: match request.state {

@@ -347,6 +347,47 @@ pub(super) async fn revoke_grants_held_in(
     Ok(())
 }
 
+/// Revokes, with their cascades, the grants `granter` made on the strength
+/// of a grant held by one of `groups` (any group: `None`): a member who
+/// leaves a group (or is deleted) loses what they held through it, and so
+/// does everyone they passed it on to, as with a grant of their own.
+pub(super) async fn revoke_passed_on_in(
+    txn: &sea_orm::DatabaseTransaction,
+    caller: &Caller,
+    granter: Uuid,
+    groups: Option<&[Uuid]>,
+    now: Millis,
+) -> DomainResult<()> {
+    let made = grant::Entity::find()
+        .filter(grant::Column::GranterId.eq(granter))
+        .filter(grant::Column::ParentId.is_not_null())
+        .all(txn)
+        .await?;
+    if made.is_empty() {
+        return Ok(());
+    }
+    let parents: Vec<Uuid> = made.iter().filter_map(|g| g.parent_id).collect();
+    let mut through_groups = std::collections::HashSet::new();
+    for chunk in parents.chunks(500) {
+        let mut query = grant::Entity::find()
+            .filter(grant::Column::Id.is_in(chunk.to_vec()))
+            .filter(grant::Column::GranteeGroupId.is_not_null());
+        if let Some(groups) = groups {
+            query = query.filter(grant::Column::GranteeGroupId.is_in(groups.to_vec()));
+        }
+        through_groups.extend(query.all(txn).await?.into_iter().map(|g| g.id));
+    }
+    for root in made {
+        if root.parent_id.is_some_and(|p| through_groups.contains(&p))
+            // Not already gone with an earlier one's cascade.
+            && grant::Entity::find_by_id(root.id).one(txn).await?.is_some()
+        {
+            revoke_tree_in(txn, caller, root, now).await?;
+        }
+    }
+    Ok(())
+}
+
 impl Domain {
     /// R-ACC-3: gives a right. Administrators give any; a holder passes on
     /// what their grant options allow, within its scope.

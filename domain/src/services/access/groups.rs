@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Query;
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -327,26 +327,50 @@ pub(crate) async fn groups_of_user(
         .map(|m| m.group_id)
         .collect();
     if let Some(unit_id) = user.unit_id {
-        // The unit and its ancestors: a system group covers its subtree.
-        let units = domain.units_of(db, user.organisation_id).await?;
-        let parent: HashMap<Uuid, Option<Uuid>> = units.iter().map(|u| (u.id, u.parent_id)).collect();
-        let mut at = Some(unit_id);
-        let mut seen = HashSet::new();
-        let mut above = Vec::new();
-        while let Some(id) = at.filter(|id| seen.insert(*id)) {
-            above.push(id);
-            at = parent.get(&id).copied().flatten();
-        }
-        groups.extend(
-            group::Entity::find()
-                .filter(group::Column::UnitId.is_in(above))
-                .all(db)
-                .await?
-                .into_iter()
-                .map(|g| g.id),
-        );
+        groups.extend(system_groups_over(domain, db, user.organisation_id, unit_id).await?);
     }
     Ok(groups)
+}
+
+/// The system groups whose members include whoever is placed in `unit_id`:
+/// those of the unit and of its ancestors (a system group covers its
+/// production unit's subtree).
+pub(crate) async fn system_groups_over(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    organisation_id: Uuid,
+    unit_id: Uuid,
+) -> DomainResult<Vec<Uuid>> {
+    let units = domain.units_of(db, organisation_id).await?;
+    let parent: HashMap<Uuid, Option<Uuid>> = units.iter().map(|u| (u.id, u.parent_id)).collect();
+    let mut at = Some(unit_id);
+    let mut seen = HashSet::new();
+    let mut above = Vec::new();
+    while let Some(id) = at.filter(|id| seen.insert(*id)) {
+        above.push(id);
+        at = parent.get(&id).copied().flatten();
+    }
+    Ok(group::Entity::find()
+        .filter(group::Column::UnitId.is_in(above))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|g| g.id)
+        .collect())
+}
+
+/// Whether any of `groups` holds a grant: joining one of them is being
+/// given rights.
+pub(crate) async fn any_holds_grants(db: &impl ConnectionTrait, groups: Vec<Uuid>) -> DomainResult<bool> {
+    use sea_orm::PaginatorTrait;
+    if groups.is_empty() {
+        return Ok(false);
+    }
+    Ok(crate::persistence::entities::grant::Entity::find()
+        .filter(crate::persistence::entities::grant::Column::GranteeGroupId.is_in(groups))
+        .count(db)
+        .await?
+        > 0)
 }
 
 impl Domain {
@@ -508,6 +532,13 @@ impl Domain {
         let (txn, row) = self
             .begin_custom_group_write(caller, group_id, Action::ManageGroupMembers, "adds members to it")
             .await?;
+        // Two keys (R-ACC-4): a group's rights are given to its members, and
+        // nobody gives themselves rights; a colleague adds them.
+        if caller.acting_user_id() == Some(user_id) {
+            return Err(DomainError::denied(
+                "nobody adds themselves to a group: a colleague must (two keys)",
+            ));
+        }
         let member = self.member_to_add(&txn, &row, user_id, organisation_cvr).await?;
         let existing = group_member::Entity::find_by_id((group_id, user_id)).one(&txn).await?;
         let membership = match existing {
@@ -553,7 +584,14 @@ impl Domain {
                 },
             )
         };
-        let found = user::Entity::find_by_id(user_id).one(txn).await?.ok_or_else(missing)?;
+        // Locked: a user of another organisation is deleted under that
+        // organisation's lock, not this one's, and must not be added while
+        // their deletion takes them out of every group.
+        let mut query = user::Entity::find_by_id(user_id);
+        if crate::persistence::is_postgres(txn) {
+            query = query.lock(sea_orm::sea_query::LockType::Update);
+        }
+        let found = query.one(txn).await?.ok_or_else(missing)?;
         let external = found.organisation_id != group.organisation_id;
         match organisation_cvr {
             None if external => return Err(missing()),
@@ -594,7 +632,9 @@ impl Domain {
         if removed.rows_affected == 0 {
             return Err(DomainError::not_found("group member", user_id));
         }
-        record_membership(&txn, caller, &row, user_id, false, now_millis()).await?;
+        let now = now_millis();
+        record_membership(&txn, caller, &row, user_id, false, now).await?;
+        super::grants::revoke_passed_on_in(&txn, caller, user_id, Some(&[group_id]), now).await?;
         txn.commit().await?;
         Ok(())
     }

@@ -252,6 +252,7 @@ pub(crate) async fn end_delegation_of_in(
         remove_level_in(txn, caller, &level, now).await?;
     }
     grants::revoke_grants_held_in(txn, caller, grants::Grantee::User(user_id), now).await?;
+    grants::revoke_passed_on_in(txn, caller, user_id, None, now).await?;
     groups::leave_groups_in(txn, caller, user_id, now).await?;
     shares::end_shares_of_in(txn, caller, user_id, now).await
 }

@@ -58,6 +58,28 @@ impl Domain {
             Ok(())
         };
         authorize_change(target)?;
+        // Two keys (R-ACC-4, R-ACC-7): placing oneself in a production unit
+        // whose system group holds rights would be giving oneself rights.
+        if let Some(Some(unit)) = patch.unit_id
+            && caller.acting_user_id() == Some(id)
+            && current.unit_id != Some(unit)
+        {
+            use crate::services::access::groups::{any_holds_grants, system_groups_over};
+            let before = match current.unit_id {
+                Some(unit) => system_groups_over(self, txn, current.organisation_id, unit).await?,
+                None => Vec::new(),
+            };
+            let joining = system_groups_over(self, txn, current.organisation_id, unit)
+                .await?
+                .into_iter()
+                .filter(|g| !before.contains(g))
+                .collect();
+            if any_holds_grants(txn, joining).await? {
+                return Err(DomainError::denied(
+                    "nobody places themselves in a unit whose system group holds rights: a colleague must (two keys)",
+                ));
+            }
+        }
 
         let mut v = Violations::default();
         let (first_name, surname, email) = check_identity_fields(
