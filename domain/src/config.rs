@@ -104,6 +104,9 @@ pub struct Config {
     pub session_ttl_hours: u32,
     /// The link in e-mail verification mails; `{token}` is replaced.
     pub email_verification_url_template: String,
+    /// The link in the mail that confirms a request to join; `{token}` is
+    /// replaced.
+    pub join_confirmation_url_template: String,
     /// Largest import file accepted, in bytes.
     pub import_max_file_bytes: i64,
     /// Most data rows in one import file.
@@ -195,6 +198,7 @@ impl Default for Config {
             auth_cache_ms: 1000,
             session_ttl_hours: 12,
             email_verification_url_template: "http://localhost:8080/verify-email?token={token}".into(),
+            join_confirmation_url_template: "http://localhost:8080/join/confirm?token={token}".into(),
             import_max_file_bytes: 512 * 1024 * 1024,
             import_max_rows: 1_000_000,
             import_max_open_per_organisation: 5,
@@ -266,6 +270,9 @@ impl Config {
         }
         if !self.email_verification_url_template.contains("{token}") {
             return Err("ORGADMIN_EMAIL_VERIFICATION_URL_TEMPLATE must contain {token}".into());
+        }
+        if !self.join_confirmation_url_template.contains("{token}") {
+            return Err("ORGADMIN_JOIN_CONFIRMATION_URL_TEMPLATE must contain {token}".into());
         }
         if !self.certificate_pickup_url_template.contains("{token}") {
             return Err("ORGADMIN_CERTIFICATE_PICKUP_URL_TEMPLATE must contain {token}".into());

@@ -64,6 +64,7 @@ pub struct DomainSettings {
     pub session_idle_ms: i64,
     /// The link of an e-mail verification mail; `{token}` is replaced.
     pub email_verification_url_template: String,
+    pub join_confirmation_url_template: String,
     /// Limits and pacing of import jobs (R-BULK).
     pub imports: services::imports::ImportSettings,
     /// Validity, pickup and CRL timing of certificates (R-CERT).
@@ -85,6 +86,7 @@ impl Default for DomainSettings {
             session_ttl_ms: 12 * 60 * 60 * 1000,
             session_idle_ms: 60 * 60 * 1000,
             email_verification_url_template: "http://localhost:8080/verify-email?token={token}".into(),
+            join_confirmation_url_template: "http://localhost:8080/join/confirm?token={token}".into(),
             imports: services::imports::ImportSettings::default(),
             certificates: services::certificates::CertificateSettings::default(),
             passwords: passwords::PasswordSettings::default(),
@@ -196,6 +198,7 @@ impl Domain {
                 session_ttl_ms: i64::from(config.session_ttl_hours) * 60 * 60 * 1000,
                 session_idle_ms: config.session_idle_minutes * 60 * 1000,
                 email_verification_url_template: config.email_verification_url_template.clone(),
+                join_confirmation_url_template: config.join_confirmation_url_template.clone(),
                 imports: config.import_settings(),
                 certificates: config.certificate_settings(),
                 passwords: config.password_settings(),

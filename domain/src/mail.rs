@@ -60,6 +60,7 @@ mail_kinds!(
     CertificateReady => "certificate_ready",
     CertificateRevoked => "certificate_revoked",
     CertificateExpiring => "certificate_expiring",
+    JoinConfirmation => "join_confirmation",
 );
 
 /// A date and time as mails write them (UTC), for links that last hours.
@@ -158,6 +159,7 @@ mod tests {
             ("created", "12"),
             ("failed", "1"),
             ("verification_link", "https://example.dk/verify-email?token=abc"),
+            ("confirmation_link", "https://example.dk/join/confirm?token=abc"),
             ("certificate", "Lønsystem (organisation)"),
             ("pickup_link", "https://example.dk/certificates/pickup?token=abc"),
             ("pickup_token", "oat_abc"),

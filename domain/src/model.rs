@@ -98,6 +98,9 @@ string_enum_pub!(
         GroupDeleted => "GROUP_DELETED",
         GroupMemberAdded => "GROUP_MEMBER_ADDED",
         GroupMemberRemoved => "GROUP_MEMBER_REMOVED",
+        JoinRequested => "JOIN_REQUESTED",
+        JoinRequestApproved => "JOIN_REQUEST_APPROVED",
+        JoinRequestRejected => "JOIN_REQUEST_REJECTED",
     }
 );
 

@@ -277,6 +277,10 @@ pub enum Action {
     /// See the organisation's groups and their members; everyone sees the
     /// groups they are in.
     ReadGroups,
+    /// See the organisation's requests to join (R-ORG-3).
+    ReadJoinRequests,
+    /// Approve (create the user) or reject a request to join.
+    DecideJoinRequests,
 }
 }
 
@@ -365,6 +369,10 @@ const POLICY: &[(Action, OperatorScope, &[Role], u8, bool)] = &[
     (ManageGroups, No, &[OA], NO_LEVEL, false),
     (ManageGroupMembers, No, &[OA, UA], NO_LEVEL, false),
     (ReadGroups, No, &[OA, UA, RA], NO_LEVEL, false),
+    // R-ORG-3: organisation administrators own the setting and see the
+    // requests; user administrators, who create users, decide them.
+    (ReadJoinRequests, No, &[OA, UA], NO_LEVEL, false),
+    (DecideJoinRequests, No, &[UA], NO_LEVEL, false),
 ];
 
 fn row(action: Action) -> (OperatorScope, &'static [Role], u8, bool) {
@@ -770,6 +778,8 @@ fn describe(action: Action) -> &'static str {
         ManageGroups => "create or delete groups of this organisation",
         ManageGroupMembers => "add or remove members of this organisation's groups",
         ReadGroups => "see the groups of this organisation",
+        ReadJoinRequests => "see the requests to join this organisation",
+        DecideJoinRequests => "decide requests to join this organisation",
     }
 }
 

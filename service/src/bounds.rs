@@ -148,6 +148,10 @@ no_lists!(
     AddGroupMemberRequest,
     RemoveGroupMemberRequest,
     ListGroupMembersRequest,
+    RequestToJoinRequest,
+    ConfirmJoinRequestRequest,
+    ListJoinRequestsRequest,
+    DecideJoinRequestRequest,
 );
 
 impl Lists for pb::RequestRightsRequest {

@@ -286,6 +286,9 @@ same_variants!(
         GroupDeleted,
         GroupMemberAdded,
         GroupMemberRemoved,
+        JoinRequested,
+        JoinRequestApproved,
+        JoinRequestRejected,
     ]
 );
 

@@ -37,6 +37,8 @@ struct Ctx {
     settings: pb::OrganisationSettings,
     admin: pb::User,
     member: pb::User,
+    /// A service account of the organisation (R-ACC-5).
+    service_account: pb::User,
     unit: pb::Unit,
     activation_code: String,
     anonymity_request_id: String,
@@ -90,6 +92,7 @@ enum Call {
     DecideRightsRequest(pb::DecideRightsRequestRequest),
     ShareAccess(pb::ShareAccessRequest),
     CreateGroup(pb::CreateGroupRequest),
+    RequestToJoin(pb::RequestToJoinRequest),
     AddGroupMember(pb::AddGroupMemberRequest),
     /// GetUser made as the user the header names (R-ACC-5): the header is
     /// the field.
@@ -135,6 +138,7 @@ impl Call {
             Call::DecideRightsRequest(_) => "DecideRightsRequest",
             Call::ShareAccess(_) => "ShareAccess",
             Call::CreateGroup(_) => "CreateGroup",
+            Call::RequestToJoin(_) => "RequestToJoin",
             Call::AddGroupMember(_) => "AddGroupMember",
             Call::GetUserActingAs(..) => "GetUser",
         }
@@ -187,6 +191,8 @@ impl Call {
             Call::CreateGrant(r) => app.access().create_grant(req(admin, r)).await.map(drop),
             Call::ShareAccess(r) => app.access().share_access(req(admin, r)).await.map(drop),
             Call::CreateGroup(r) => app.access().create_group(req(admin, r)).await.map(drop),
+            // No token: anyone asks to join.
+            Call::RequestToJoin(r) => app.access().request_to_join(req("", r)).await.map(drop),
             Call::AddGroupMember(r) => app.access().add_group_member(req(admin, r)).await.map(drop),
             Call::GetUserActingAs(owner, r) => app.users().get_user(acting_as(owner, req(member, r))).await.map(drop),
             Call::RequestRights(r) => app.access().request_rights(req(member, r)).await.map(drop),
@@ -201,6 +207,20 @@ struct Row {
     field: &'static str,
     bad: &'static str,
     call: fn(&Ctx) -> Call,
+}
+
+/// A request to join the organisation with `cvr`, valid but for what a
+/// row changes.
+fn join_request(cvr: &str) -> pb::RequestToJoinRequest {
+    pb::RequestToJoinRequest {
+        organisation_cvr: cvr.to_owned(),
+        first_name: "Anna".into(),
+        surname: "Nielsen".into(),
+        email: "anna.nielsen@example.dk".into(),
+        birth_date: "1990-05-17".into(),
+        language: 0,
+        reason: "Jeg er ny på lageret".into(),
+    }
 }
 
 fn long(n: usize) -> String {
@@ -1002,6 +1022,76 @@ fn rows() -> Vec<Row> {
                 ..grant_request(c)
             }
         )),
+        row!("user.roles", "an administrative role for a service account", |c| {
+            Call::UpdateUser(pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    roles: vec![pb::Role::UserAdmin as i32],
+                    ..c.service_account.clone()
+                }),
+                update_mask: mask(&["roles"]),
+                cpr: String::new(),
+            })
+        }),
+        row!("user.signing_right", "a signing right for a service account", |c| {
+            Call::UpdateUser(pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    signing_right: true,
+                    ..c.service_account.clone()
+                }),
+                update_mask: mask(&["signing_right"]),
+                cpr: String::new(),
+            })
+        }),
+        row!(
+            "user.identification_means",
+            "identification means for a service account",
+            |c| Call::UpdateUser(pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    identification_means: vec![pb::IdentificationMeans::Mitid as i32],
+                    ..c.service_account.clone()
+                }),
+                update_mask: mask(&["identification_means"]),
+                cpr: String::new(),
+            })
+        ),
+        row!("cpr", "a CPR number for a service account", |c| Call::UpdateUser(
+            pb::UpdateUserRequest {
+                user: Some(c.service_account.clone()),
+                update_mask: mask(&["cpr"]),
+                cpr: "010190-1234".into(),
+            }
+        )),
+        row!("organisation_cvr", "not 8 digits", |_| Call::RequestToJoin(
+            join_request("1234")
+        )),
+        row!("first_name", "blank", |c| Call::RequestToJoin(
+            pb::RequestToJoinRequest {
+                first_name: " ".into(),
+                ..join_request(&c.org.cvr)
+            }
+        )),
+        row!("surname", "blank", |c| Call::RequestToJoin(pb::RequestToJoinRequest {
+            surname: String::new(),
+            ..join_request(&c.org.cvr)
+        })),
+        row!("email", "no address", |c| Call::RequestToJoin(
+            pb::RequestToJoinRequest {
+                email: "ikke en adresse".into(),
+                ..join_request(&c.org.cvr)
+            }
+        )),
+        row!("birth_date", "not a date", |c| Call::RequestToJoin(
+            pb::RequestToJoinRequest {
+                birth_date: "17/05/1990".into(),
+                ..join_request(&c.org.cvr)
+            }
+        )),
+        row!("reason", "under 10 characters", |c| Call::RequestToJoin(
+            pb::RequestToJoinRequest {
+                reason: "kort".into(),
+                ..join_request(&c.org.cvr)
+            }
+        )),
         row!("right", "upper case and a space", |c| Call::CreateGrant(
             pb::CreateGrantRequest {
                 right: "Tax VAT".into(),
@@ -1431,6 +1521,20 @@ async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
         .into_inner()
         .settings
         .expect("settings");
+    let service_account = users
+        .create_user(req(
+            &admin_token,
+            pb::CreateUserRequest {
+                cpr: String::new(),
+                service_account: true,
+                ..new_user(&fixture.org.id, "Konto", &[])
+            },
+        ))
+        .await
+        .expect("service account")
+        .into_inner()
+        .user
+        .expect("service account");
     let member = users
         .get_user(req(&admin_token, pb::GetUserRequest { id: member.id }))
         .await
@@ -1443,6 +1547,7 @@ async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
         settings,
         admin: fixture.admin.clone(),
         member,
+        service_account,
         unit,
         activation_code,
         anonymity_request_id,

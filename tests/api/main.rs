@@ -12,6 +12,7 @@ mod fingerprint;
 mod groups;
 mod history;
 mod imports;
+mod joining;
 mod lifecycle;
 mod limits;
 mod login;

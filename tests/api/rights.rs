@@ -122,6 +122,10 @@ struct World {
     target_share_id: String,
     /// A custom group with the plain user as its member (R-ACC-7).
     group_id: String,
+    /// A confirmed request to join the organisation, open (R-ORG-3).
+    open_join_request_id: String,
+    /// Set by `prepare`: the confirmation token of a fresh request to join.
+    join_token: String,
 }
 
 /// A request for the right `docs.read`, with `reason`.
@@ -184,9 +188,10 @@ impl World {
                             pb::CertificateKind::Employee as i32,
                             pb::CertificateKind::Organisation as i32,
                         ],
+                        join_requests_allowed: true,
                         ..Default::default()
                     }),
-                    update_mask: mask(&["certificate_kinds"]),
+                    update_mask: mask(&["certificate_kinds", "join_requests_allowed"]),
                 },
             ))
             .await
@@ -278,6 +283,20 @@ impl World {
             .expect("share the target's resources")
             .into_inner()
             .share
+            .unwrap()
+            .id;
+        let open_join_request_id = app
+            .access()
+            .confirm_join_request(req(
+                "",
+                pb::ConfirmJoinRequestRequest {
+                    token: fresh_join_token(app, &fixture.org.cvr).await,
+                },
+            ))
+            .await
+            .expect("confirm a request to join")
+            .into_inner()
+            .join_request
             .unwrap()
             .id;
         let group_id = app
@@ -481,6 +500,8 @@ impl World {
             spare_grant_id,
             target_share_id,
             group_id,
+            open_join_request_id,
+            join_token: String::new(),
             open_rights_request_id,
             active_admin: org_admin.clone(),
             import_id,
@@ -550,6 +571,10 @@ async fn prepare(app: &TestApp, world: &mut World, rpc: &str, who: Who) -> bool 
             };
             true
         }
+        "ConfirmJoinRequest" => {
+            world.join_token = fresh_join_token(app, &world.org.cvr).await;
+            true
+        }
         "RevokeSession" => {
             let session = app
                 .login(&world.login_id, TEST_PASSWORD)
@@ -580,6 +605,29 @@ fn app_code(secret: &str) -> String {
         return "000000".into();
     };
     totp::code_for_step(&key, totp::step_at(chrono::Utc::now().timestamp()), totp::DIGITS)
+}
+
+/// Asks to join the organisation with `cvr` as a new person; returns the
+/// confirmation link's token.
+async fn fresh_join_token(app: &TestApp, cvr: &str) -> String {
+    let email = unique_email("ny");
+    app.access()
+        .request_to_join(req("", join_request(cvr, &email)))
+        .await
+        .expect("ask to join");
+    app.mailed_token("join_confirmation", &email).await
+}
+
+fn join_request(cvr: &str, email: &str) -> pb::RequestToJoinRequest {
+    pb::RequestToJoinRequest {
+        organisation_cvr: cvr.to_owned(),
+        first_name: "Ny".into(),
+        surname: "Medarbejder".into(),
+        email: email.to_owned(),
+        birth_date: "1990-05-17".into(),
+        language: 0,
+        reason: "Jeg starter på lageret".into(),
+    }
 }
 
 /// Mails `login_id` a new password reset link; returns its token.
@@ -1697,6 +1745,44 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             ))
             .await
             .map(drop),
+        "RequestToJoin" => app
+            .access()
+            .request_to_join(req(t, join_request(&world.org.cvr, "ny.medarbejder@example.dk")))
+            .await
+            .map(drop),
+        "ConfirmJoinRequest" => app
+            .access()
+            .confirm_join_request(req(
+                t,
+                pb::ConfirmJoinRequestRequest {
+                    token: world.join_token.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        "ListJoinRequests" => app
+            .access()
+            .list_join_requests(req(
+                t,
+                pb::ListJoinRequestsRequest {
+                    organisation_id: org.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "DecideJoinRequest" => app
+            .access()
+            .decide_join_request(req(
+                t,
+                pb::DecideJoinRequestRequest {
+                    id: world.open_join_request_id.clone(),
+                    approve: false,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
         // As the target, through the read share the target's resources
         // have with the plain user.
         "GetUserActingAsTarget" => app
@@ -2156,6 +2242,13 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
         "ListGroupMembers",
         &[OrgAdmin, UserAdmin, RightsAdmin],
     ),
+    // R-ORG-3: anyone (no token needed) asks to join and confirms with the
+    // mailed link; organisation and user administrators see the requests,
+    // user administrators (who create users) decide them.
+    ("RequestToJoin", ACC, "RequestToJoin", EVERYONE),
+    ("ConfirmJoinRequest", ACC, "ConfirmJoinRequest", EVERYONE),
+    ("ListJoinRequests", ACC, "ListJoinRequests", &[OrgAdmin, UserAdmin]),
+    ("DecideJoinRequest", ACC, "DecideJoinRequest", &[UserAdmin]),
     // Only the colleague the target shared with acts as the target, only on
     // the calls a share allows, and only what its access (read) allows.
     ("GetUserActingAsTarget", USR, "GetUser", &[PlainUser]),
@@ -2181,7 +2274,8 @@ enum Target {
     /// A pickup token: another organisation's (and for the operator, every
     /// one) reads as unknown, like a wrong token.
     Pickup,
-    /// A group: only its organisation's members see it.
+    /// A group or a request to join: only its organisation's members see
+    /// it.
     Group,
 }
 
@@ -2232,7 +2326,9 @@ fn target(case: &str) -> Target {
         | "RevokeOrganisationCertificate"
         | "ListCertificateHistory" => Target::Certificate,
         "IssueCertificate" => Target::Pickup,
-        "DeleteGroup" | "AddGroupMember" | "RemoveGroupMember" | "ListGroupMembers" => Target::Group,
+        "DeleteGroup" | "AddGroupMember" | "RemoveGroupMember" | "ListGroupMembers" | "DecideJoinRequest" => {
+            Target::Group
+        }
         _ => Target::NoOneUser,
     }
 }
@@ -2397,7 +2493,8 @@ async fn check_rows(app: &TestApp, rows: &[(&str, &str, &str, &[Who])], failures
                     // enrolment, a rights request, of the caller's own)
                     // nothing another caller needs.
                     "Login" | "VerifyLoginCode" | "EnrollTotp" | "ConfirmTotp" | "RevokeSession" | "RequestRights"
-                    | "ShareAccess" | "ShareOwnAccess" | "CreateGroup" | "AddGroupMember" => changed_since_build = true,
+                    | "ShareAccess" | "ShareOwnAccess" | "CreateGroup" | "AddGroupMember" | "RequestToJoin"
+                    | "ConfirmJoinRequest" => changed_since_build = true,
                     "ResetPassword" => {
                         world.reset_token = fresh_reset_token(app, &world.login_id).await;
                         changed_since_build = true;

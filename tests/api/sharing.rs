@@ -664,6 +664,53 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
         ("loen-api-2@vaerksted.example", "")
     );
     assert_eq!(mails().await, mails_before);
+    // What CreateUser refuses a service account, UpdateUser refuses too:
+    // an administrative role, a birth date, a signing right.
+    let before = app.fingerprint().await;
+    for (path, user, field) in [
+        (
+            "roles",
+            pb::User {
+                roles: vec![pb::Role::UserAdmin as i32],
+                ..moved.clone()
+            },
+            "user.roles",
+        ),
+        (
+            "birth_date",
+            pb::User {
+                birth_date: "1980-01-01".into(),
+                ..moved.clone()
+            },
+            "cpr",
+        ),
+        (
+            "signing_right",
+            pb::User {
+                signing_right: true,
+                ..moved.clone()
+            },
+            "user.signing_right",
+        ),
+    ] {
+        let status = app
+            .users()
+            .update_user(req(
+                &fixture.admin_token,
+                pb::UpdateUserRequest {
+                    user: Some(user),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec![path.into()],
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+        assert_eq!(bad_fields(&status), [field], "{path}");
+    }
+    assert!(app.fingerprint().await == before, "refused updates changed data");
     // Shared with, never a sharer's way in: nobody shares with it.
     let status = share(&app, &ua_token, &eva, &account, READ).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");

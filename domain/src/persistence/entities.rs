@@ -750,3 +750,41 @@ pub mod group_member {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// A person's request to join an organisation (R-ORG-3); see migration 70.
+pub mod join_request {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "join_requests")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub organisation_id: Uuid,
+        pub first_name: String,
+        pub surname: String,
+        pub email: String,
+        pub email_key: String,
+        /// YYYY-MM-DD: the user made on approval activates with a code and
+        /// this date (no CPR number travels through an open form).
+        pub birth_date: String,
+        pub language: String,
+        pub reason: String,
+        pub state: String,
+        /// The hash of the confirmation link's token, while unconfirmed.
+        pub token_hash: Option<String>,
+        pub expires_at: i64,
+        pub created_at: i64,
+        pub confirmed_at: Option<i64>,
+        pub decided_by: Option<String>,
+        pub decided_at: Option<i64>,
+        pub decision_note: Option<String>,
+        /// The user made on approval.
+        pub user_id: Option<Uuid>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod certificates;
 pub mod email_change;
 pub mod imports;
+pub mod join_requests;
 pub mod login;
 pub mod notifications;
 pub mod organisations;

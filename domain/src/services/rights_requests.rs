@@ -133,7 +133,7 @@ fn described(requested: &Requested) -> String {
 }
 
 /// "approved" or "rejected" in the recipient's language.
-fn decision_word(language: Language, approved: bool) -> &'static str {
+pub(crate) fn decision_word(language: Language, approved: bool) -> &'static str {
     match (language, approved) {
         (Language::Da, true) => "godkendt",
         (Language::Da, false) => "afvist",

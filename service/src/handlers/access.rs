@@ -4,6 +4,7 @@ use orgadmin_domain::services::access::{
     GrantFilter, GrantedRight, Grantee, Group, GroupMember, LevelFilter, LevelGrant, NewGrant, NewGroup, Share,
     ShareFilter,
 };
+use orgadmin_domain::services::join_requests::{JoinRequest, JoinRequestState, NewJoinRequest};
 use orgadmin_domain::services::rights_requests::{Requested, RightsRequest, RightsRequestState};
 use orgadmin_domain::{Domain, DomainError};
 use orgadmin_proto::v1 as pb;
@@ -16,6 +17,30 @@ use crate::error::IntoStatus;
 
 pub struct AccessHandler {
     pub domain: Domain,
+}
+
+fn join_request_to_pb(request: JoinRequest) -> pb::JoinRequest {
+    pb::JoinRequest {
+        id: request.id.to_string(),
+        organisation_id: request.organisation_id.to_string(),
+        first_name: request.first_name,
+        surname: request.surname,
+        email: request.email,
+        reason: request.reason,
+        state: match request.state {
+            // Never shown: unconfirmed requests are listed to nobody.
+            JoinRequestState::Unconfirmed => pb::JoinRequestState::Unspecified,
+            JoinRequestState::Open => pb::JoinRequestState::Open,
+            JoinRequestState::Approved => pb::JoinRequestState::Approved,
+            JoinRequestState::Rejected => pb::JoinRequestState::Rejected,
+        } as i32,
+        create_time: Some(timestamp(request.created_at)),
+        confirm_time: opt_timestamp(request.confirmed_at),
+        decided_by: request.decided_by.unwrap_or_default(),
+        decide_time: opt_timestamp(request.decided_at),
+        decision_note: request.decision_note.unwrap_or_default(),
+        user_id: request.user_id.map(|u| u.to_string()).unwrap_or_default(),
+    }
 }
 
 fn group_to_pb(group: Group) -> pb::Group {
@@ -525,6 +550,87 @@ impl AccessService for AccessHandler {
         Ok(Response::new(pb::ListGroupMembersResponse {
             members: page.items.into_iter().map(group_member_to_pb).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn request_to_join(
+        &self,
+        request: Request<pb::RequestToJoinRequest>,
+    ) -> Result<Response<pb::RequestToJoinResponse>, Status> {
+        // No bearer token: anyone may ask; the link goes to the address.
+        crate::bounds::check(request.get_ref()).into_status()?;
+        let peer = super::peer(&self.domain, &request);
+        let r = request.into_inner();
+        self.domain
+            .limit_sign_in_attempt("join", Some(&r.email), peer.as_deref())
+            .into_status()?;
+        let new = NewJoinRequest {
+            organisation_cvr: r.organisation_cvr,
+            first_name: r.first_name,
+            surname: r.surname,
+            email: r.email,
+            birth_date: r.birth_date,
+            language: language("language", r.language).into_status()?,
+            reason: r.reason,
+        };
+        self.domain.request_to_join(new).await.into_status()?;
+        Ok(Response::new(pb::RequestToJoinResponse {}))
+    }
+
+    async fn confirm_join_request(
+        &self,
+        request: Request<pb::ConfirmJoinRequestRequest>,
+    ) -> Result<Response<pb::ConfirmJoinRequestResponse>, Status> {
+        // No bearer token: the link's token is the proof.
+        crate::bounds::check(request.get_ref()).into_status()?;
+        let peer = super::peer(&self.domain, &request);
+        self.domain
+            .limit_sign_in_attempt("join-confirm", None, peer.as_deref())
+            .into_status()?;
+        let confirmed = self
+            .domain
+            .confirm_join_request(&request.get_ref().token)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ConfirmJoinRequestResponse {
+            join_request: Some(join_request_to_pb(confirmed)),
+        }))
+    }
+
+    async fn list_join_requests(
+        &self,
+        request: Request<pb::ListJoinRequestsRequest>,
+    ) -> Result<Response<pb::ListJoinRequestsResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let organisation_id = id("organisation_id", &r.organisation_id).into_status()?;
+        let page = self
+            .domain
+            .list_join_requests(&caller, organisation_id, r.open_only, r.page_size, &r.page_token)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ListJoinRequestsResponse {
+            join_requests: page.items.into_iter().map(join_request_to_pb).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn decide_join_request(
+        &self,
+        request: Request<pb::DecideJoinRequestRequest>,
+    ) -> Result<Response<pb::DecideJoinRequestResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let request_id = id("id", &r.id).into_status()?;
+        let unit_id = opt_id("unit_id", &r.unit_id).into_status()?;
+        let decided = self
+            .domain
+            .decide_join_request(&caller, request_id, r.approve, &r.note, unit_id)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::DecideJoinRequestResponse {
+            join_request: Some(join_request_to_pb(decided.request)),
+            activation_code: decided.activation_code.unwrap_or_default(),
         }))
     }
 }

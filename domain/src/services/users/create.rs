@@ -43,21 +43,17 @@ impl Domain {
         // roles (people administer; accounts are shared), proves no
         // identity and is never anonymous.
         if new.service_account {
-            if requested_roles != [Role::User] {
-                v.add(
-                    "roles",
-                    "a service account holds no roles: people administer, accounts are shared",
-                );
-            }
-            if new.cpr.is_some() || new.birth_date.is_some() {
-                v.add("cpr", "a service account has no CPR number or birth date");
-            }
-            if !new.identification_means.is_empty() {
-                v.add("identification_means", "a service account has no identification means");
-            }
-            if new.signing_right {
-                v.add("signing_right", "a service account has no signing right");
-            }
+            check_service_account(
+                &mut v,
+                "",
+                "cpr",
+                ServiceAccountFields {
+                    holds_roles: requested_roles != [Role::User],
+                    has_cpr: new.cpr.is_some() || new.birth_date.is_some(),
+                    has_identification_means: !new.identification_means.is_empty(),
+                    signing_right: new.signing_right,
+                },
+            );
             if new.anonymous {
                 v.add("anonymous", "a service account is not anonymous");
             }

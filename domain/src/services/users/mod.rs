@@ -193,7 +193,7 @@ fn today() -> chrono::NaiveDate {
 /// `prefix` (the path of the message holding them: `user.` on UpdateUser).
 /// Each path is written as a `{prefix}` format string: the field-rule test
 /// (tests/api/field_rules.rs) reads them so, with the prefixes callers pass.
-fn check_identity_fields(
+pub(crate) fn check_identity_fields(
     v: &mut Violations,
     prefix: &str,
     first_name: Option<&str>,
@@ -218,7 +218,7 @@ fn check_identity_fields(
 }
 
 /// A birth date checked and in its stored form (`YYYY-MM-DD`).
-fn check_birth_date(v: &mut Violations, field: &str, date: &str) -> Option<String> {
+pub(crate) fn check_birth_date(v: &mut Violations, field: &str, date: &str) -> Option<String> {
     match validate::birth_date(date, today()) {
         Ok(date) => Some(validate::canonical_date(date)),
         Err(e) => {
@@ -235,6 +235,46 @@ fn normalise_roles(mut roles: Vec<Role>) -> Vec<Role> {
     roles.sort();
     roles.dedup();
     roles
+}
+
+/// What a service account may not have, as a create or an update would
+/// give it.
+pub(crate) struct ServiceAccountFields {
+    pub holds_roles: bool,
+    pub has_cpr: bool,
+    pub has_identification_means: bool,
+    pub signing_right: bool,
+}
+
+/// R-ACC-5: a service account is no person. It holds no roles (people
+/// administer, accounts are shared), has no CPR number or birth date, no
+/// identification means and no signing right (nor is it anonymous, which
+/// only CreateUser sets and checks). One
+/// rule for CreateUser and UpdateUser; `prefix` is the request's path to
+/// the user's fields ("" or "user."), `cpr_field` the request's CPR field
+/// (a top-level field in both).
+pub(crate) fn check_service_account(v: &mut Violations, prefix: &str, cpr_field: &str, fields: ServiceAccountFields) {
+    if fields.holds_roles {
+        v.add(
+            &format!("{prefix}roles"),
+            "a service account holds no roles: people administer, accounts are shared",
+        );
+    }
+    if fields.has_cpr {
+        v.add(cpr_field, "a service account has no CPR number or birth date");
+    }
+    if fields.has_identification_means {
+        v.add(
+            &format!("{prefix}identification_means"),
+            "a service account has no identification means",
+        );
+    }
+    if fields.signing_right {
+        v.add(
+            &format!("{prefix}signing_right"),
+            "a service account has no signing right",
+        );
+    }
 }
 
 impl Domain {

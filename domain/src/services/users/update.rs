@@ -116,6 +116,22 @@ impl Domain {
         if let Some(ids) = &patch.external_ids {
             v.check("user.external_ids", validate::external_ids(ids));
         }
+        if current.service_account {
+            check_service_account(
+                &mut v,
+                "user.",
+                "cpr",
+                ServiceAccountFields {
+                    holds_roles: patch
+                        .roles
+                        .as_ref()
+                        .is_some_and(|roles| roles.iter().any(|r| r.is_administrator())),
+                    has_cpr: patch.cpr.is_some() || patch.birth_date.is_some(),
+                    has_identification_means: patch.identification_means.as_ref().is_some_and(|m| !m.is_empty()),
+                    signing_right: patch.signing_right == Some(true),
+                },
+            );
+        }
         v.into_result()?;
         if current.state == UserState::Deleted {
             return Err(DomainError::precondition(
