@@ -666,6 +666,8 @@ pub struct HeldGrant {
     pub id: Uuid,
     pub right: String,
     pub units: Option<Arc<[Uuid]>>,
+    /// Held on this one resource only; none: on everything in `units`.
+    pub resource: Option<String>,
     pub grantable: Actions,
     pub may_authorise: bool,
 }
@@ -681,6 +683,8 @@ pub struct GrantRequest<'a> {
     pub right: &'a str,
     /// None: the whole organisation.
     pub unit_id: Option<Uuid>,
+    /// One resource within that scope; none: all of it.
+    pub resource: Option<&'a str>,
     pub actions: Actions,
     pub grantable: Actions,
     pub may_authorise: bool,
@@ -716,6 +720,12 @@ pub fn authorize_grant(
                 && match (&h.units, request.unit_id) {
                     (None, _) => true,
                     (Some(units), Some(unit)) => units.contains(&unit),
+                    (Some(_), None) => false,
+                }
+                // A grant on one resource passes on that resource only.
+                && match (h.resource.as_deref(), request.resource) {
+                    (None, _) => true,
+                    (Some(held), Some(asked)) => held == asked,
                     (Some(_), None) => false,
                 }
                 && request.actions.within(h.grantable)
@@ -880,6 +890,7 @@ mod tests {
             id: Uuid::now_v7(),
             right: "tax.vat".into(),
             units: Some(Arc::from(vec![north, below])),
+            resource: None,
             grantable: read,
             may_authorise,
         };
@@ -888,6 +899,7 @@ mod tests {
             caller_in_grantee_group: false,
             right: "tax.vat",
             unit_id,
+            resource: None,
             actions,
             grantable,
             may_authorise,
@@ -909,6 +921,24 @@ mod tests {
             ..request(read, none, false, Some(north))
         };
         assert!(authorize_grant(&holder, &authorising, other_right).is_err());
+        // Held on the unit: passed on for one resource there. Held on one
+        // resource: that resource only, never the whole scope.
+        let one = GrantRequest {
+            resource: Some("invoice:113"),
+            ..request(read, none, false, Some(north))
+        };
+        assert!(authorize_grant(&holder, &plain, one).is_ok());
+        let on_resource = [HeldGrant {
+            resource: Some("invoice:113".into()),
+            ..held(false)
+        }];
+        assert!(authorize_grant(&holder, &on_resource, one).is_ok());
+        let other = GrantRequest {
+            resource: Some("invoice:114"),
+            ..one
+        };
+        assert!(authorize_grant(&holder, &on_resource, other).is_err());
+        assert!(authorize_grant(&holder, &on_resource, request(read, none, false, Some(north))).is_err());
         // Administrators grant on nobody's strength, never to themselves.
         let admin = member(org, vec![RA]);
         assert_eq!(

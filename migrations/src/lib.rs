@@ -42,6 +42,7 @@ mod m20261204_000067_create_groups;
 mod m20261204_000068_add_group_grantees;
 mod m20261204_000069_add_role_requests;
 mod m20261204_000070_create_join_requests;
+mod m20261204_000071_add_grant_resources;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -93,6 +94,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000068_add_group_grantees::Migration),
             Box::new(m20261204_000069_add_role_requests::Migration),
             Box::new(m20261204_000070_create_join_requests::Migration),
+            Box::new(m20261204_000071_add_grant_resources::Migration),
         ]
     }
 }

@@ -16,7 +16,8 @@ both_backends!(
     a_grant_made_while_its_parent_is_revoked_never_outlives_it,
     two_administrators_demoting_each_other_leave_one,
     rights_requests_are_decided_by_a_colleague_and_applied,
-    a_role_is_asked_for_and_decided_by_an_organisation_administrator
+    a_role_is_asked_for_and_decided_by_an_organisation_administrator,
+    a_grant_on_one_resource_passes_on_that_resource_only
 );
 
 const READ: i32 = pb::GrantAction::Read as i32;
@@ -38,6 +39,7 @@ fn grant_request(
         grantable_actions: grantable.to_vec(),
         may_authorise,
         grantee_group_id: String::new(),
+        resource: String::new(),
     }
 }
 
@@ -1126,5 +1128,80 @@ async fn a_role_is_asked_for_and_decided_by_an_organisation_administrator(backen
         .rights_requests;
     assert_eq!(still.len(), 1);
     assert_eq!(still[0].id, third.id);
+    app.finish().await;
+}
+
+/// R-ACC-3: a grant's scope may be one resource. A holder on the whole
+/// scope passes on one resource of it; a holder on one resource passes on
+/// that one only, never the whole scope nor another resource.
+async fn a_grant_on_one_resource_passes_on_that_resource_only(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let org = fixture.org.id.clone();
+    let admin = fixture.admin_token.clone();
+    let (eva, eva_token) = app.member(&fixture, "Eva", &[]).await;
+    let (finn, finn_token) = app.member(&fixture, "Finn", &[]).await;
+    let (gert, _) = app.member(&fixture, "Gert", &[]).await;
+    let on = |grantee: &pb::User, resource: &str, grantable: &[i32]| pb::CreateGrantRequest {
+        resource: resource.to_owned(),
+        ..grant_request(grantee, "billing.invoices", "", &[READ], grantable, false)
+    };
+    let bad = assert_code(
+        grant(&app, &admin, on(&eva, "faktura 113", &[])).await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&bad), ["resource"]);
+
+    // Eva holds the right on everything, with read to pass on and leave to
+    // let others pass it on.
+    grant(
+        &app,
+        &admin,
+        grant_request(&eva, "billing.invoices", "", &[READ], &[READ], true),
+    )
+    .await
+    .unwrap();
+    // She gives Finn invoice 113 only, which he may pass on.
+    let finns = grant(&app, &eva_token, on(&finn, "invoice:2026-113", &[READ]))
+        .await
+        .unwrap();
+    assert_eq!(finns.resource, "invoice:2026-113");
+    // Finn passes on invoice 113, and nothing wider or else.
+    let before = app.fingerprint().await;
+    assert_code(
+        grant(&app, &finn_token, on(&gert, "", &[])).await,
+        Code::PermissionDenied,
+    );
+    assert_code(
+        grant(&app, &finn_token, on(&gert, "invoice:2026-114", &[])).await,
+        Code::PermissionDenied,
+    );
+    assert!(app.fingerprint().await == before);
+    let gerts = grant(&app, &finn_token, on(&gert, "invoice:2026-113", &[]))
+        .await
+        .unwrap();
+    assert_eq!(gerts.parent_grant_id, finns.id);
+    let listed = app
+        .access()
+        .list_grants(req(
+            &admin,
+            pb::ListGrantsRequest {
+                organisation_id: org.clone(),
+                resource: "invoice:2026-113".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert_eq!(listed.len(), 2);
+    let events = app
+        .history_of(&admin, &gert.id, pb::HistoryActivity::GrantCreated)
+        .await;
+    assert!(
+        changed_to(&events[0], "grant").is_some_and(|g| g.contains("resource invoice:2026-113")),
+        "{events:?}"
+    );
     app.finish().await;
 }

@@ -1092,6 +1092,12 @@ fn rows() -> Vec<Row> {
                 ..join_request(&c.org.cvr)
             }
         )),
+        row!("resource", "a space in it", |c| Call::CreateGrant(
+            pb::CreateGrantRequest {
+                resource: "faktura 113".into(),
+                ..grant_request(c)
+            }
+        )),
         row!("right", "upper case and a space", |c| Call::CreateGrant(
             pb::CreateGrantRequest {
                 right: "Tax VAT".into(),

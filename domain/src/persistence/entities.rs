@@ -380,6 +380,9 @@ pub mod grant {
         pub granted_at: i64,
         /// The group holding it (R-ACC-7); none when a user does.
         pub grantee_group_id: Option<Uuid>,
+        /// The one resource it covers (R-ACC-3), named by the service that
+        /// checks the right; none: everything in its scope.
+        pub resource: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

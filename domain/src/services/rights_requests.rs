@@ -495,6 +495,7 @@ fn grant_of(grantee_id: Uuid, right: &str, actions: Actions, unit_id: Option<Uui
         grantee: Grantee::User(grantee_id),
         right: right.to_owned(),
         unit_id,
+        resource: None,
         actions,
         grantable: Actions::default(),
         may_authorise: false,

@@ -150,6 +150,7 @@ fn grant_to_pb(grant: GrantedRight) -> pb::Grant {
         },
         right: grant.right,
         unit_id: id(grant.unit_id),
+        resource: grant.resource.unwrap_or_default(),
         actions: actions_to_pb(grant.actions),
         grantable_actions: actions_to_pb(grant.grantable),
         may_authorise: grant.may_authorise,
@@ -356,6 +357,7 @@ impl AccessService for AccessHandler {
             grantee,
             right: r.right,
             unit_id: opt_id("unit_id", &r.unit_id).into_status()?,
+            resource: opt_string(r.resource),
             actions: actions_from_pb("actions", &r.actions).into_status()?,
             grantable: actions_from_pb("grantable_actions", &r.grantable_actions).into_status()?,
             may_authorise: r.may_authorise,
@@ -376,6 +378,7 @@ impl AccessService for AccessHandler {
         let filter = GrantFilter {
             grantee_id: opt_id("grantee_user_id", &r.grantee_user_id).into_status()?,
             grantee_group_id: opt_id("grantee_group_id", &r.grantee_group_id).into_status()?,
+            resource: opt_string(r.resource),
             unit_id: opt_id("unit_id", &r.unit_id).into_status()?,
             granter_id: opt_id("granter_user_id", &r.granter_user_id).into_status()?,
         };

@@ -61,6 +61,9 @@ pub struct NewGrant {
     pub right: String,
     /// None: the whole organisation.
     pub unit_id: Option<Uuid>,
+    /// One resource within that scope (named by the service that checks
+    /// the right); none: all of it.
+    pub resource: Option<String>,
     pub actions: Actions,
     pub grantable: Actions,
     pub may_authorise: bool,
@@ -74,6 +77,7 @@ pub struct GrantedRight {
     pub grantee: Grantee,
     pub right: String,
     pub unit_id: Option<Uuid>,
+    pub resource: Option<String>,
     pub actions: Actions,
     pub grantable: Actions,
     pub may_authorise: bool,
@@ -86,6 +90,7 @@ pub struct GrantedRight {
 
 #[derive(Debug, Clone, Default)]
 pub struct GrantFilter {
+    pub resource: Option<String>,
     /// The grants this user holds, directly or through their groups.
     pub grantee_id: Option<Uuid>,
     pub grantee_group_id: Option<Uuid>,
@@ -112,6 +117,7 @@ fn from_row(row: grant::Model) -> GrantedRight {
         },
         right: row.right_name,
         unit_id: row.unit_id,
+        resource: row.resource,
         actions: Actions {
             read: row.can_read,
             edit: row.can_edit,
@@ -139,9 +145,12 @@ fn shown(grant: &GrantedRight) -> String {
         }
         names.join("+")
     };
-    let scope = grant
+    let mut scope = grant
         .unit_id
         .map_or("the organisation".to_owned(), |u| format!("unit {u}"));
+    if let Some(resource) = &grant.resource {
+        scope = format!("resource {resource} of {scope}");
+    }
     let mut text = format!("{} {} on {scope}", grant.right, list(grant.actions));
     if !grant.grantable.is_empty() {
         text.push_str(&format!(", may grant {}", list(grant.grantable)));
@@ -150,6 +159,21 @@ fn shown(grant: &GrantedRight) -> String {
         text.push_str(", may authorise");
     }
     text
+}
+
+/// A resource's name: what the service that checks the right calls it
+/// (`invoice:2026-113`, `mailbox/support`).
+fn check_resource(v: &mut Violations, resource: &str) {
+    let ok = (1..=200).contains(&resource.len())
+        && resource
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'/'));
+    if !ok {
+        v.add(
+            "resource",
+            "must be 1 to 200 characters of letters, digits, '.', '-', '_', ':' and '/' (e.g. invoice:2026-113)",
+        );
+    }
 }
 
 /// A right's name: what the service that checks it calls it.
@@ -175,6 +199,7 @@ fn request_of(new: &NewGrant, caller_in_grantee_group: bool) -> GrantRequest<'_>
         caller_in_grantee_group,
         right: &new.right,
         unit_id: new.unit_id,
+        resource: new.resource.as_deref(),
         actions: new.actions,
         grantable: new.grantable,
         may_authorise: new.may_authorise,
@@ -245,6 +270,7 @@ async fn held_grants(
             id: row.id,
             right: row.right_name,
             units,
+            resource: row.resource,
             grantable: Actions {
                 read: row.passes_read,
                 edit: row.passes_edit,
@@ -423,6 +449,9 @@ impl Domain {
         let organisation_id = grantee.organisation_id();
         let mut v = Violations::default();
         check_right(&mut v, &new.right);
+        if let Some(resource) = &new.resource {
+            check_resource(&mut v, resource);
+        }
         if new.actions.is_empty() {
             v.add("actions", "must name at least one of READ and EDIT");
         }
@@ -492,6 +521,7 @@ impl Domain {
             }),
             right_name: Set(new.right.clone()),
             unit_id: Set(new.unit_id),
+            resource: Set(new.resource.clone()),
             can_read: Set(new.actions.read),
             can_edit: Set(new.actions.edit),
             passes_read: Set(new.grantable.read),
@@ -573,6 +603,9 @@ impl Domain {
         if let Some(grantee) = filter.grantee_id {
             // What the user holds, directly or through a group.
             query = query.filter(held_by_id(self, &self.db, grantee).await?);
+        }
+        if let Some(resource) = filter.resource {
+            query = query.filter(grant::Column::Resource.eq(resource));
         }
         if let Some(group) = filter.grantee_group_id {
             query = query.filter(grant::Column::GranteeGroupId.eq(group));
