@@ -27,6 +27,7 @@ impl MigrationTrait for Migration {
                     .col(string(JoinRequests::State))
                     .col(string_null(JoinRequests::TokenHash))
                     .col(big_integer(JoinRequests::ExpiresAt))
+                    .col(big_integer(JoinRequests::MailedAt))
                     .col(big_integer(JoinRequests::CreatedAt))
                     .col(big_integer_null(JoinRequests::ConfirmedAt))
                     .col(string_null(JoinRequests::DecidedBy))
@@ -90,6 +91,7 @@ enum JoinRequests {
     State,
     TokenHash,
     ExpiresAt,
+    MailedAt,
     CreatedAt,
     ConfirmedAt,
     DecidedBy,

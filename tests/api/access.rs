@@ -1070,6 +1070,25 @@ async fn a_role_is_asked_for_and_decided_by_an_organisation_administrator(backen
                 .map(|r| r.into_inner().rights_request.expect("request"))
         }
     };
+    // Two keys: an organisation administrator does not give themselves a
+    // role through UpdateUser either.
+    let mut me = app.user(&fixture.admin_token, &fixture.admin.id).await;
+    me.roles.push(pb::Role::RightsAdmin as i32);
+    let own = app
+        .users()
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(me),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["roles".into()],
+                }),
+                ..Default::default()
+            },
+        ))
+        .await;
+    let own = assert_code(own, Code::PermissionDenied);
+    assert!(own.message().contains("themselves"), "{own:?}");
     // Every member is a user already: that is no request.
     let plain = assert_code(
         ask(&asker_token, role_request(pb::Role::User)).await,

@@ -124,8 +124,20 @@ async fn a_person_asks_to_join_confirms_and_is_decided(backend: Backend) {
     // Unconfirmed: listed to nobody, told to nobody.
     assert!(listed(&app, &ua_token, &org).await.unwrap().is_empty());
     assert_eq!(notifications(&app, &ua_token).await, 0);
-    // Asking again mails a fresh link; the first one is dead.
-    ask(&app, asking(&cvr, "Anna", &anna)).await.unwrap();
+    // Asking again at once mails nothing more (the link still works), and
+    // nobody rewrites another's request.
+    ask(&app, asking(&cvr, "Mallory", &anna)).await.unwrap();
+    let mailed =
+        |to: &str| format!("SELECT COUNT(*) FROM outbox_mails WHERE kind = 'join_confirmation' AND recipient = '{to}'");
+    assert_eq!(app.count(&mailed(&anna)).await, 1);
+    // A quarter of an hour later, asking again mails a fresh link; the
+    // first one is dead.
+    let db = app.domain.db();
+    db.execute_unprepared("UPDATE join_requests SET mailed_at = 0")
+        .await
+        .unwrap();
+    ask(&app, asking(&cvr, "Mallory", &anna)).await.unwrap();
+    assert_eq!(app.count(&mailed(&anna)).await, 2);
     let link = app.mailed_token("join_confirmation", &anna).await;
     assert_ne!(link, first_link);
     let dead = assert_code(confirm(&app, &first_link).await, Code::FailedPrecondition);
@@ -135,7 +147,8 @@ async fn a_person_asks_to_join_confirms_and_is_decided(backend: Backend) {
     assert_eq!(open.state(), pb::JoinRequestState::Open);
     assert_eq!((open.first_name.as_str(), open.email.as_str()), ("Anna", anna.as_str()));
     // A link works once.
-    assert_code(confirm(&app, &link).await, Code::FailedPrecondition);
+    let used = assert_code(confirm(&app, &link).await, Code::FailedPrecondition);
+    assert_eq!(reason(&used), "JOIN_CONFIRMATION_UNKNOWN");
     assert_eq!(
         notifications(&app, &ua_token).await,
         1,
@@ -212,7 +225,6 @@ async fn a_person_asks_to_join_confirms_and_is_decided(backend: Backend) {
     let cai = unique_email("cai");
     ask(&app, asking(&cvr, "Cai", &cai)).await.unwrap();
     let cai_link = app.mailed_token("join_confirmation", &cai).await;
-    let db = app.domain.db();
     db.execute_unprepared("UPDATE join_requests SET expires_at = 0 WHERE state = 'UNCONFIRMED'")
         .await
         .unwrap();

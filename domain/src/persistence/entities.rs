@@ -777,6 +777,8 @@ pub mod join_request {
         /// The hash of the confirmation link's token, while unconfirmed.
         pub token_hash: Option<String>,
         pub expires_at: i64,
+        /// When the last confirmation link went out (re-sends are spaced).
+        pub mailed_at: i64,
         pub created_at: i64,
         pub confirmed_at: Option<i64>,
         pub decided_by: Option<String>,

@@ -46,6 +46,11 @@ const CONFIRM_WITHIN_MS: i64 = 24 * 60 * 60 * 1000;
 /// Unconfirmed requests one organisation holds at most: past this an open
 /// form is being abused, and the next waits (RATE_LIMITED).
 const UNCONFIRMED_PER_ORGANISATION: u64 = 200;
+/// Open (confirmed, undecided) requests one organisation holds at most.
+const OPEN_PER_ORGANISATION: u64 = 500;
+/// A new link for an unconfirmed request goes out at most this often: an
+/// open form must not make the organisation mail one address without end.
+const RESEND_AFTER_MS: i64 = 15 * 60 * 1000;
 
 /// A request to join, as the person gives it.
 #[derive(Debug, Clone, Default)]
@@ -116,10 +121,11 @@ fn shown(row: &join_request::Model) -> String {
 
 impl Domain {
     /// R-ORG-3: a person asks to join the organisation with this CVR. The
-    /// answer says nothing of earlier requests; a confirmation link goes to
-    /// the address given (again, with a fresh link, for a request still
-    /// unconfirmed; not at all while one from the address waits for a
-    /// decision).
+    /// answer says nothing of earlier requests. A confirmation link goes to
+    /// the address given; asking again for a request still unconfirmed
+    /// mails a fresh link (at most every 15 minutes, the request as first
+    /// given: nobody rewrites another's request), and nothing while one
+    /// from the address waits for a decision.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn request_to_join(&self, new: NewJoinRequest) -> DomainResult<()> {
         let mut v = Violations::default();
@@ -146,6 +152,27 @@ impl Domain {
         let org = lock_organisation(&txn, org.id).await?;
         refuse_unless_allowed(&org)?;
         let now = now_millis();
+        // Expired unconfirmed requests are nobody's: they go (with the
+        // birth dates they hold) before anything is counted.
+        join_request::Entity::delete_many()
+            .filter(join_request::Column::OrganisationId.eq(org.id))
+            .filter(join_request::Column::State.eq(JoinRequestState::Unconfirmed.as_str()))
+            .filter(join_request::Column::ExpiresAt.lte(now))
+            .exec(&txn)
+            .await?;
+        // The same for every address, before anything about this one is
+        // looked at: the answer must not tell who asked already.
+        let unconfirmed = join_request::Entity::find()
+            .filter(join_request::Column::OrganisationId.eq(org.id))
+            .filter(join_request::Column::State.eq(JoinRequestState::Unconfirmed.as_str()))
+            .count(&txn)
+            .await?;
+        if unconfirmed >= UNCONFIRMED_PER_ORGANISATION {
+            return Err(DomainError::RateLimited {
+                message: "the organisation has too many unconfirmed requests to join; try again later".into(),
+                retry_after_ms: 60_000,
+            });
+        }
         let waiting = join_request::Entity::find()
             .filter(join_request::Column::OrganisationId.eq(org.id))
             .filter(join_request::Column::EmailKey.eq(email.key()))
@@ -155,52 +182,52 @@ impl Domain {
             )
             .one(&txn)
             .await?;
-        if waiting
-            .as_ref()
-            .is_some_and(|w| w.state == JoinRequestState::Open.as_str())
-        {
+        let row = match waiting {
             // Confirmed already and waiting for a decision: nothing to mail.
+            Some(w) if w.state == JoinRequestState::Open.as_str() => None,
+            // Mailed a moment ago: the link in that mail still works.
+            Some(w) if now - w.mailed_at < RESEND_AFTER_MS => None,
+            // A fresh link for the request as first given.
+            Some(w) => {
+                let token = new_token();
+                let mut active: join_request::ActiveModel = w.into();
+                active.token_hash = Set(Some(token_hash(&token)));
+                active.expires_at = Set(now + CONFIRM_WITHIN_MS);
+                active.mailed_at = Set(now);
+                Some((active.update(&txn).await?, token))
+            }
+            None => {
+                let token = new_token();
+                let language = new.language.unwrap_or(Language::Da);
+                let row = join_request::ActiveModel {
+                    id: Set(Uuid::now_v7()),
+                    organisation_id: Set(org.id),
+                    first_name: Set(first_name),
+                    surname: Set(surname),
+                    email: Set(email.as_str().to_owned()),
+                    email_key: Set(email.key().to_owned()),
+                    birth_date: Set(birth_date),
+                    language: Set(language.to_string()),
+                    reason: Set(reason.to_owned()),
+                    state: Set(JoinRequestState::Unconfirmed.as_str().into()),
+                    token_hash: Set(Some(token_hash(&token))),
+                    expires_at: Set(now + CONFIRM_WITHIN_MS),
+                    mailed_at: Set(now),
+                    created_at: Set(now),
+                    confirmed_at: Set(None),
+                    decided_by: Set(None),
+                    decided_at: Set(None),
+                    decision_note: Set(None),
+                    user_id: Set(None),
+                };
+                Some((row.insert(&txn).await?, token))
+            }
+        };
+        let Some((row, token)) = row else {
             txn.commit().await?;
             return Ok(());
-        }
-        let unconfirmed = join_request::Entity::find()
-            .filter(join_request::Column::OrganisationId.eq(org.id))
-            .filter(join_request::Column::State.eq(JoinRequestState::Unconfirmed.as_str()))
-            .filter(join_request::Column::ExpiresAt.gt(now))
-            .count(&txn)
-            .await?;
-        if waiting.is_none() && unconfirmed >= UNCONFIRMED_PER_ORGANISATION {
-            return Err(DomainError::RateLimited {
-                message: "the organisation has too many unconfirmed requests to join; try again later".into(),
-                retry_after_ms: 60_000,
-            });
-        }
-        let token = new_token();
-        let language = new.language.unwrap_or(Language::Da);
-        let row = join_request::ActiveModel {
-            id: Set(waiting.as_ref().map_or_else(Uuid::now_v7, |w| w.id)),
-            organisation_id: Set(org.id),
-            first_name: Set(first_name),
-            surname: Set(surname),
-            email: Set(email.as_str().to_owned()),
-            email_key: Set(email.key().to_owned()),
-            birth_date: Set(birth_date),
-            language: Set(language.to_string()),
-            reason: Set(reason.to_owned()),
-            state: Set(JoinRequestState::Unconfirmed.as_str().into()),
-            token_hash: Set(Some(token_hash(&token))),
-            expires_at: Set(now + CONFIRM_WITHIN_MS),
-            created_at: Set(now),
-            confirmed_at: Set(None),
-            decided_by: Set(None),
-            decided_at: Set(None),
-            decision_note: Set(None),
-            user_id: Set(None),
         };
-        let row = match waiting {
-            Some(_) => row.update(&txn).await?,
-            None => row.insert(&txn).await?,
-        };
+        let language: Language = parse(&row.language)?;
         let url = self.settings.join_confirmation_url_template.replace("{token}", &token);
         self.enqueue_mail(
             &txn,
@@ -255,6 +282,18 @@ impl Domain {
             ));
         }
         refuse_unless_allowed(&org)?;
+        let open = join_request::Entity::find()
+            .filter(join_request::Column::OrganisationId.eq(org.id))
+            .filter(join_request::Column::State.eq(JoinRequestState::Open.as_str()))
+            .count(&txn)
+            .await?;
+        if open >= OPEN_PER_ORGANISATION {
+            return Err(DomainError::RateLimited {
+                message: "the organisation has too many requests to join waiting for a decision; try again later"
+                    .into(),
+                retry_after_ms: 60 * 60_000,
+            });
+        }
         let mut active: join_request::ActiveModel = row.clone().into();
         active.state = Set(JoinRequestState::Open.as_str().into());
         active.confirmed_at = Set(Some(now));

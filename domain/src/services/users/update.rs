@@ -58,29 +58,6 @@ impl Domain {
             Ok(())
         };
         authorize_change(target)?;
-        // Two keys (R-ACC-4, R-ACC-7): placing oneself in a production unit
-        // whose system group holds rights would be giving oneself rights.
-        if let Some(Some(unit)) = patch.unit_id
-            && caller.acting_user_id() == Some(id)
-            && current.unit_id != Some(unit)
-        {
-            use crate::services::access::groups::{any_holds_grants, system_groups_over};
-            let before = match current.unit_id {
-                Some(unit) => system_groups_over(self, txn, current.organisation_id, unit).await?,
-                None => Vec::new(),
-            };
-            let joining = system_groups_over(self, txn, current.organisation_id, unit)
-                .await?
-                .into_iter()
-                .filter(|g| !before.contains(g))
-                .collect();
-            if any_holds_grants(txn, joining).await? {
-                return Err(DomainError::denied(
-                    "nobody places themselves in a unit whose system group holds rights: a colleague must (two keys)",
-                ));
-            }
-        }
-
         let mut v = Violations::default();
         let (first_name, surname, email) = check_identity_fields(
             &mut v,
@@ -142,6 +119,40 @@ impl Domain {
 
         let org = lock_organisation(txn, current.organisation_id).await?;
         let current = self.load_user(txn, id).await?;
+        // Two keys (R-ACC-4, R-ACC-7), under the lock (a grant to a group
+        // made a moment ago counts): placing oneself in a production unit
+        // whose system group holds rights would be giving oneself rights.
+        if let Some(Some(unit)) = patch.unit_id
+            && caller.acting_user_id() == Some(id)
+            && current.unit_id != Some(unit)
+        {
+            use crate::services::access::groups::{any_holds_grants, system_groups_over};
+            let before = match current.unit_id {
+                Some(unit) => system_groups_over(self, txn, current.organisation_id, unit).await?,
+                None => Vec::new(),
+            };
+            let joining = system_groups_over(self, txn, current.organisation_id, unit)
+                .await?
+                .into_iter()
+                .filter(|g| !before.contains(g))
+                .collect();
+            if any_holds_grants(txn, joining).await? {
+                return Err(DomainError::denied(
+                    "nobody places themselves in a unit whose system group holds rights: a colleague must (two keys)",
+                ));
+            }
+        }
+
+        // Two keys (R-ACC-4): nobody gives themselves a role; a colleague
+        // does (or approves their request). Giving one up is one's own call.
+        if caller.acting_user_id() == Some(id)
+            && let Some(roles) = &patch.roles
+            && roles.iter().any(|r| r.is_administrator() && !current.roles.contains(r))
+        {
+            return Err(DomainError::denied(
+                "nobody gives themselves a role: a colleague must (two keys)",
+            ));
+        }
         // Again on the user as they are under the lock: one moved out of a
         // scoped level's subtree (or given a role) a moment ago is beyond it.
         if caller.holds_levels() {
