@@ -13,7 +13,8 @@ both_backends!(
     a_custom_group_is_made_filled_and_listed,
     the_external_member_added_by_user_id_and_cvr,
     a_system_group_follows_its_production_unit,
-    grants_through_a_group_count_like_direct_grants
+    grants_through_a_group_count_like_direct_grants,
+    moving_out_of_a_production_unit_takes_what_was_passed_on_through_it
 );
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
@@ -659,5 +660,53 @@ async fn grants_through_a_group_count_like_direct_grants(backend: Backend) {
         .history_of(&fixture.admin_token, &karl.id, pb::HistoryActivity::GrantRevoked)
         .await;
     assert_eq!(changed_to(&revoked[0], "revoked_with"), Some(held.id.as_str()));
+    app.finish().await;
+}
+
+/// R-ACC-7 with placement: a user placed in a production unit holds its
+/// system group's grants and passes them on; moved out, they hold nothing
+/// and what they passed on goes, as leaving a custom group.
+async fn moving_out_of_a_production_unit_takes_what_was_passed_on_through_it(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let org = fixture.org.id.clone();
+    let token = fixture.admin_token.clone();
+    let plant = app
+        .orgs()
+        .create_unit(req(
+            &token,
+            pb::CreateUnitRequest {
+                organisation_id: org.clone(),
+                kind: pb::UnitKind::ProductionUnit as i32,
+                name: "Fabrik Vejle".into(),
+                number: "1012345678".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .unit
+        .unwrap();
+    let (ida, ida_token) = app.member_in(&fixture, "Ida", &plant.id).await;
+    let (jens, _) = app.member(&fixture, "Jens", &[]).await;
+    // The system group's id is the unit's.
+    grant(&app, &token, "", &plant.id, true).await.unwrap();
+    assert_eq!(grants_held_by(&app, &token, &org, &ida.id).await.len(), 1);
+    grant(&app, &ida_token, &jens.id, "", false).await.unwrap();
+    assert_eq!(grants_held_by(&app, &token, &org, &jens.id).await.len(), 1);
+
+    place(&app, &token, &ida.id, "").await;
+    assert!(grants_held_by(&app, &token, &org, &ida.id).await.is_empty());
+    assert!(
+        grants_held_by(&app, &token, &org, &jens.id).await.is_empty(),
+        "what Ida passed on left with her"
+    );
+    assert_eq!(
+        app.history_of(&token, &jens.id, pb::HistoryActivity::GrantRevoked)
+            .await
+            .len(),
+        1
+    );
     app.finish().await;
 }

@@ -359,6 +359,35 @@ pub(crate) async fn system_groups_over(
         .collect())
 }
 
+/// `user` moved from their unit to `to`: the system groups they left take
+/// with them what the user passed on through those groups' grants (as
+/// leaving a custom group does).
+pub(crate) async fn left_system_groups_in(
+    domain: &Domain,
+    txn: &DatabaseTransaction,
+    caller: &Caller,
+    user: &user::Model,
+    to: Option<Uuid>,
+    now: Millis,
+) -> DomainResult<()> {
+    let Some(from) = user.unit_id else {
+        return Ok(());
+    };
+    let staying = match to {
+        Some(unit) => system_groups_over(domain, txn, user.organisation_id, unit).await?,
+        None => Vec::new(),
+    };
+    let left: Vec<Uuid> = system_groups_over(domain, txn, user.organisation_id, from)
+        .await?
+        .into_iter()
+        .filter(|g| !staying.contains(g))
+        .collect();
+    if left.is_empty() {
+        return Ok(());
+    }
+    super::grants::revoke_passed_on_in(txn, caller, user.id, Some(&left), now).await
+}
+
 /// Whether any of `groups` holds a grant: joining one of them is being
 /// given rights.
 pub(crate) async fn any_holds_grants(db: &impl ConnectionTrait, groups: Vec<Uuid>) -> DomainResult<bool> {

@@ -333,6 +333,13 @@ impl Domain {
         }
         let now = now_millis();
         self.write_user_change(txn, &row, active, now).await?;
+        if let Some(unit) = patch.unit_id
+            && unit != row.unit_id
+        {
+            // R-ACC-7: out of a production unit, out of its system group, and
+            // what the user passed on through its grants goes with it.
+            crate::services::access::groups::left_system_groups_in(self, txn, caller, &row, unit, now).await?;
+        }
         if email_to_verify.is_some() || withdraws_change || new_email.is_some() {
             let written = user::Entity::find_by_id(id)
                 .one(txn)
