@@ -384,6 +384,23 @@ async fn a_share_confers_no_administration(backend: Backend) {
         .await
         .expect("the owner's own profile");
     let before = app.fingerprint().await;
+    // The header twice (the owner's id and another's) is refused by name:
+    // whose call it is is never ambiguous.
+    let mut twice = acting_as(
+        &fixture.admin.id,
+        req(
+            &eva_token,
+            pb::GetUserRequest {
+                id: fixture.admin.id.clone(),
+            },
+        ),
+    );
+    twice
+        .metadata_mut()
+        .append("x-orgadmin-act-as", plain.id.parse().expect("header"));
+    let status = app.users().get_user(twice).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(bad_fields(&status), ["x-orgadmin-act-as"]);
     // The administrator reads any user; acting as them, Eva reads none but
     // the administrator.
     let status = get_user_as(&app, &eva_token, &fixture.admin, &plain.id)

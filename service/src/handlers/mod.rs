@@ -26,6 +26,14 @@ pub async fn caller<T: crate::bounds::Lists>(domain: &Domain, request: &Request<
     let Some(owner) = request.metadata().get(ACT_AS_HEADER) else {
         return caller_from_metadata(domain, request.metadata()).await;
     };
+    // Twice, with two owners, a proxy and this service might each read a
+    // different one: whose call it is must never be ambiguous.
+    if request.metadata().get_all(ACT_AS_HEADER).iter().nth(1).is_some() {
+        return Err(to_status(DomainError::invalid(
+            ACT_AS_HEADER,
+            "must be sent once: the one user whose resources were shared with you",
+        )));
+    }
     let token = bearer(request.metadata())?;
     let method = request.extensions().get::<CalledMethod>().map(|m| m.0.as_str());
     let Some(needs) = method.and_then(acting::needs) else {
