@@ -160,30 +160,3 @@ pub(crate) fn contains_literally(column: impl sea_orm::ColumnTrait, text: &str) 
     let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
     Expr::col(column).like(LikeExpr::new(format!("%{escaped}%")).escape('\\'))
 }
-
-/// `column IN ids`. On PostgreSQL as one array parameter
-/// (`= ANY(CAST($n AS uuid[]))`): planned in a fraction of the time an IN
-/// list of many parameters takes (a scoped level's subtree is tens to
-/// hundreds of units, on every listing it makes), and never near the
-/// bound-parameter limit. SQLite keeps the list.
-pub(crate) fn in_ids(
-    db: &impl ConnectionTrait,
-    column: impl sea_orm::ColumnTrait,
-    ids: &[uuid::Uuid],
-) -> sea_orm::sea_query::SimpleExpr {
-    use sea_orm::sea_query::Expr;
-    if is_postgres(db) {
-        let mut array = String::with_capacity(2 + ids.len() * 37);
-        array.push('{');
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                array.push(',');
-            }
-            array.push_str(&id.to_string());
-        }
-        array.push('}');
-        Expr::cust_with_exprs("$1 = ANY(CAST($2 AS uuid[]))", [column.into_expr(), Expr::val(array)])
-    } else {
-        column.is_in(ids.iter().copied())
-    }
-}

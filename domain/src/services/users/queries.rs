@@ -48,18 +48,14 @@ impl Domain {
         if let crate::policy::ListingScope::Units(units) =
             crate::policy::user_listing_scope(caller, Action::ListUsers, organisation_id)
         {
-            query = query.filter(crate::persistence::in_ids(&self.db, user::Column::UnitId, &units));
+            query = query.filter(user::Column::UnitId.is_in(units));
         }
         if let Some(unit) = filter.unit_id {
             let units = self.units_of(&self.db, organisation_id).await?;
             if !units.iter().any(|u| u.id == unit) {
                 return Err(DomainError::invalid("unit_id", "names no unit of this organisation"));
             }
-            query = query.filter(crate::persistence::in_ids(
-                &self.db,
-                user::Column::UnitId,
-                &subtree(&units, unit),
-            ));
+            query = query.filter(user::Column::UnitId.is_in(subtree(&units, unit)));
         }
         if let Some(group) = filter.group_id {
             query = query.filter(
