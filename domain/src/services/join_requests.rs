@@ -336,7 +336,7 @@ impl Domain {
                     ("first_name", &decider.first_name),
                     ("requester_name", &requester_name),
                     ("organisation_name", &org.name),
-                    ("requested", "to join the organisation"),
+                    ("requested", joining_in(parse(&decider.language)?)),
                     ("reason", &row.reason),
                 ],
                 Some(row.id),
@@ -502,7 +502,7 @@ impl Domain {
             &[
                 ("first_name", &row.first_name),
                 ("organisation_name", &org.name),
-                ("requested", "to join the organisation"),
+                ("requested", joining_in(language)),
                 ("decision", super::rights_requests::decision_word(language, approve)),
                 ("note", if note.is_empty() { "-" } else { note }),
             ],
@@ -513,6 +513,16 @@ impl Domain {
             request: from_row(decided)?,
             activation_code: created.and_then(|c| c.activation_code),
         })
+    }
+}
+
+/// What was asked for, in the words of the mail's language (the rights
+/// request mails name it in a sentence).
+fn joining_in(language: Language) -> &'static str {
+    match language {
+        Language::Da => "at blive tilknyttet organisationen",
+        Language::Sv => "att ansluta till organisationen",
+        Language::En => "to join the organisation",
     }
 }
 
