@@ -66,6 +66,15 @@ impl MigrationTrait for Migration {
             }
             manager.create_index(index.to_owned()).await?;
         }
+        // One live request per address and organisation, whatever a bug
+        // in the locking would let through (both databases take partial
+        // indexes).
+        manager
+            .get_connection()
+            .execute_unprepared(
+                r#"CREATE UNIQUE INDEX "join_requests_live_per_address" ON "join_requests" ("organisation_id", "email_key") WHERE "state" IN ('UNCONFIRMED', 'OPEN')"#,
+            )
+            .await?;
         Ok(())
     }
 

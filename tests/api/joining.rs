@@ -221,6 +221,13 @@ async fn a_person_asks_to_join_confirms_and_is_decided(backend: Backend) {
         3
     );
 
+    // Decided, no request keeps the birth date it was asked with.
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM join_requests WHERE state IN ('APPROVED', 'REJECTED') AND birth_date <> ''")
+            .await,
+        0
+    );
+
     // A link past its day is refused.
     let cai = unique_email("cai");
     ask(&app, asking(&cvr, "Cai", &cai)).await.unwrap();

@@ -470,6 +470,9 @@ impl Domain {
         active.decided_at = Set(Some(now));
         active.decision_note = Set((!note.is_empty()).then(|| note.to_owned()));
         active.user_id = Set(created.as_ref().map(|c| c.user.id));
+        // Decided, the birth date has done its work (an approved user holds
+        // it; a rejected person is owed no record of it).
+        active.birth_date = Set(String::new());
         let decided = active.update(&txn).await?;
         let (subject, activity) = match &created {
             Some(created) => (Subject::User(created.user.id), Activity::JoinRequestApproved),
