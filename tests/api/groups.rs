@@ -708,5 +708,28 @@ async fn moving_out_of_a_production_unit_takes_what_was_passed_on_through_it(bac
             .len(),
         1
     );
+
+    // The same when her unit moves out from under the production unit.
+    let hall = app.unit(&fixture, "Hal 2", &plant.id).await;
+    place(&app, &token, &ida.id, &hall.id).await;
+    grant(&app, &ida_token, &jens.id, "", false).await.unwrap();
+    assert_eq!(grants_held_by(&app, &token, &org, &jens.id).await.len(), 1);
+    let mut moved = hall.clone();
+    moved.parent_id = String::new();
+    app.orgs()
+        .update_unit(req(
+            &token,
+            pb::UpdateUnitRequest {
+                unit: Some(moved),
+                update_mask: mask(&["parent_id"]),
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(grants_held_by(&app, &token, &org, &ida.id).await.is_empty());
+    assert!(
+        grants_held_by(&app, &token, &org, &jens.id).await.is_empty(),
+        "what Ida passed on left with her unit"
+    );
     app.finish().await;
 }

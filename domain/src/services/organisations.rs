@@ -679,6 +679,21 @@ impl Domain {
         if updated.name != row.name {
             super::access::groups::rename_system_group_in(&txn, unit_id, &updated.name).await?;
         }
+        if updated.parent_id != row.parent_id {
+            // R-ACC-7: the users below leave the system groups above the
+            // old place, with what they passed on through them.
+            super::access::groups::unit_moved_in(
+                self,
+                &txn,
+                caller,
+                row.organisation_id,
+                unit_id,
+                row.parent_id,
+                updated.parent_id,
+                now_millis(),
+            )
+            .await?;
+        }
         if !changes.is_empty() {
             history::record(
                 &txn,

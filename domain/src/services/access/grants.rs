@@ -414,6 +414,46 @@ pub(super) async fn revoke_passed_on_in(
     Ok(())
 }
 
+/// Revokes, with their cascades, the grants any of `granters` made on the
+/// strength of a grant held by one of `groups`: they all left those groups
+/// at once (a unit moved out of a production unit's subtree).
+pub(super) async fn revoke_passed_on_by_in(
+    txn: &sea_orm::DatabaseTransaction,
+    caller: &Caller,
+    granters: &std::collections::HashSet<Uuid>,
+    groups: &[Uuid],
+    now: Millis,
+) -> DomainResult<()> {
+    if granters.is_empty() || groups.is_empty() {
+        return Ok(());
+    }
+    let held: Vec<Uuid> = grant::Entity::find()
+        .filter(grant::Column::GranteeGroupId.is_in(groups.to_vec()))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    let mut made = Vec::new();
+    for chunk in held.chunks(500) {
+        made.extend(
+            grant::Entity::find()
+                .filter(grant::Column::ParentId.is_in(chunk.to_vec()))
+                .all(txn)
+                .await?
+                .into_iter()
+                .filter(|g| g.granter_id.is_some_and(|id| granters.contains(&id))),
+        );
+    }
+    for root in made {
+        // Not already gone with an earlier one's cascade.
+        if grant::Entity::find_by_id(root.id).one(txn).await?.is_some() {
+            revoke_tree_in(txn, caller, root, now).await?;
+        }
+    }
+    Ok(())
+}
+
 impl Domain {
     /// R-ACC-3: gives a right. Administrators give any; a holder passes on
     /// what their grant options allow, within its scope.

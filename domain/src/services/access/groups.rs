@@ -370,22 +370,71 @@ pub(crate) async fn left_system_groups_in(
     to: Option<Uuid>,
     now: Millis,
 ) -> DomainResult<()> {
-    let Some(from) = user.unit_id else {
-        return Ok(());
-    };
-    let staying = match to {
-        Some(unit) => system_groups_over(domain, txn, user.organisation_id, unit).await?,
-        None => Vec::new(),
-    };
-    let left: Vec<Uuid> = system_groups_over(domain, txn, user.organisation_id, from)
-        .await?
-        .into_iter()
-        .filter(|g| !staying.contains(g))
-        .collect();
+    let left = system_groups_left(domain, txn, user.organisation_id, user.unit_id, to).await?;
     if left.is_empty() {
         return Ok(());
     }
     super::grants::revoke_passed_on_in(txn, caller, user.id, Some(&left), now).await
+}
+
+/// A unit moved from under `from` to under `to` (its old and new parents):
+/// whoever is placed in its subtree left the system groups above `from`
+/// that are not above `to`, and what they passed on through those groups'
+/// grants goes, as for a user moved (`left_system_groups_in`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn unit_moved_in(
+    domain: &Domain,
+    txn: &DatabaseTransaction,
+    caller: &Caller,
+    organisation_id: Uuid,
+    unit_id: Uuid,
+    from: Option<Uuid>,
+    to: Option<Uuid>,
+    now: Millis,
+) -> DomainResult<()> {
+    let left = system_groups_left(domain, txn, organisation_id, from, to).await?;
+    if left.is_empty() {
+        return Ok(());
+    }
+    let units = domain.units_of(txn, organisation_id).await?;
+    let moved = subtree(&units, unit_id);
+    let mut placed = HashSet::new();
+    for chunk in moved.chunks(500) {
+        placed.extend(
+            user::Entity::find()
+                .filter(user::Column::OrganisationId.eq(organisation_id))
+                .filter(user::Column::UnitId.is_in(chunk.to_vec()))
+                .all(txn)
+                .await?
+                .into_iter()
+                .map(|u| u.id),
+        );
+    }
+    super::grants::revoke_passed_on_by_in(txn, caller, &placed, &left, now).await
+}
+
+/// The system groups one leaves moving from under `from` to under `to`
+/// (units; none: no unit): those over `from` that are not over `to`.
+/// Swapped, the ones one joins.
+pub(crate) async fn system_groups_left(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    organisation_id: Uuid,
+    from: Option<Uuid>,
+    to: Option<Uuid>,
+) -> DomainResult<Vec<Uuid>> {
+    let Some(from) = from else {
+        return Ok(Vec::new());
+    };
+    let staying = match to {
+        Some(unit) => system_groups_over(domain, db, organisation_id, unit).await?,
+        None => Vec::new(),
+    };
+    Ok(system_groups_over(domain, db, organisation_id, from)
+        .await?
+        .into_iter()
+        .filter(|g| !staying.contains(g))
+        .collect())
 }
 
 /// Whether any of `groups` holds a grant: joining one of them is being

@@ -126,16 +126,9 @@ impl Domain {
             && caller.acting_user_id() == Some(id)
             && current.unit_id != Some(unit)
         {
-            use crate::services::access::groups::{any_holds_grants, system_groups_over};
-            let before = match current.unit_id {
-                Some(unit) => system_groups_over(self, txn, current.organisation_id, unit).await?,
-                None => Vec::new(),
-            };
-            let joining = system_groups_over(self, txn, current.organisation_id, unit)
-                .await?
-                .into_iter()
-                .filter(|g| !before.contains(g))
-                .collect();
+            use crate::services::access::groups::{any_holds_grants, system_groups_left};
+            // The groups one joins are those one would leave going back.
+            let joining = system_groups_left(self, txn, current.organisation_id, Some(unit), current.unit_id).await?;
             if any_holds_grants(txn, joining).await? {
                 return Err(DomainError::denied(
                     "nobody places themselves in a unit whose system group holds rights: a colleague must (two keys)",
