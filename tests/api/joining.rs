@@ -202,6 +202,12 @@ async fn a_person_asks_to_join_confirms_and_is_decided(backend: Backend) {
     ask(&app, asking(&cvr, "Bo", &bo)).await.unwrap();
     let bo_link = app.mailed_token("join_confirmation", &bo).await;
     let bo_request = confirm(&app, &bo_link).await.unwrap();
+    // While his confirmed request waits, asking again mails nothing.
+    db.execute_unprepared("UPDATE join_requests SET mailed_at = 0")
+        .await
+        .unwrap();
+    ask(&app, asking(&cvr, "Bo", &bo)).await.unwrap();
+    assert_eq!(app.count(&mailed(&bo)).await, 1);
     let users_before = app.count("SELECT COUNT(*) FROM users").await;
     let rejected = decide(&app, &ua_token, &bo_request.id, false, "").await.unwrap();
     assert_eq!(rejected.join_request.unwrap().state(), pb::JoinRequestState::Rejected);
@@ -237,5 +243,14 @@ async fn a_person_asks_to_join_confirms_and_is_decided(backend: Backend) {
         .unwrap();
     let expired = assert_code(confirm(&app, &cai_link).await, Code::FailedPrecondition);
     assert_eq!(reason(&expired), "JOIN_CONFIRMATION_EXPIRED");
+
+    // Turned off between asking and confirming: the link opens nothing.
+    let dan = unique_email("dan");
+    ask(&app, asking(&cvr, "Dan", &dan)).await.unwrap();
+    let dan_link = app.mailed_token("join_confirmation", &dan).await;
+    app.change_settings(&fixture, "join_requests_allowed", |s| s.join_requests_allowed = false)
+        .await;
+    let closed = assert_code(confirm(&app, &dan_link).await, Code::FailedPrecondition);
+    assert_eq!(reason(&closed), "JOIN_REQUESTS_NOT_ALLOWED");
     app.finish().await;
 }
