@@ -81,7 +81,9 @@ async fn notifications(app: &TestApp, token: &str) -> usize {
         .unwrap()
         .into_inner()
         .notifications
-        .len()
+        .into_iter()
+        .filter(|n| n.kind == pb::NotificationKind::JoinRequest as i32)
+        .count()
 }
 
 /// Seed 001's "anmod om at blive tilknyttet": refused while the setting is

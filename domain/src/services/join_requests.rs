@@ -330,7 +330,7 @@ impl Domain {
             self.notify(
                 &txn,
                 decider,
-                NotificationKind::RightsRequest,
+                NotificationKind::JoinRequest,
                 MailKind::RightsRequest,
                 &[
                     ("first_name", &decider.first_name),

@@ -28,6 +28,7 @@ crate::string_enum_pub!(
         ImportFinished => "IMPORT_FINISHED",
         Certificate => "CERTIFICATE",
         RightsRequest => "RIGHTS_REQUEST",
+        JoinRequest => "JOIN_REQUEST",
     }
 );
 

@@ -20,6 +20,7 @@ fn kind_to_pb(kind: NotificationKind) -> pb::NotificationKind {
         NotificationKind::ImportFinished => pb::NotificationKind::ImportFinished,
         NotificationKind::Certificate => pb::NotificationKind::Certificate,
         NotificationKind::RightsRequest => pb::NotificationKind::RightsRequest,
+        NotificationKind::JoinRequest => pb::NotificationKind::JoinRequest,
     }
 }
 
@@ -42,6 +43,7 @@ fn preference_from_pb(
         Ok(pb::NotificationKind::ImportFinished) => NotificationKind::ImportFinished,
         Ok(pb::NotificationKind::Certificate) => NotificationKind::Certificate,
         Ok(pb::NotificationKind::RightsRequest) => NotificationKind::RightsRequest,
+        Ok(pb::NotificationKind::JoinRequest) => NotificationKind::JoinRequest,
         _ => {
             return Err(DomainError::invalid(
                 format!("preferences[{i}].kind"),
