@@ -93,6 +93,7 @@ enum Call {
     ShareAccess(pb::ShareAccessRequest),
     CreateGroup(pb::CreateGroupRequest),
     RequestToJoin(pb::RequestToJoinRequest),
+    DecideJoinRequest(pb::DecideJoinRequestRequest),
     AddGroupMember(pb::AddGroupMemberRequest),
     /// GetUser made as the user the header names (R-ACC-5): the header is
     /// the field.
@@ -139,6 +140,7 @@ impl Call {
             Call::ShareAccess(_) => "ShareAccess",
             Call::CreateGroup(_) => "CreateGroup",
             Call::RequestToJoin(_) => "RequestToJoin",
+            Call::DecideJoinRequest(_) => "DecideJoinRequest",
             Call::AddGroupMember(_) => "AddGroupMember",
             Call::GetUserActingAs(..) => "GetUser",
         }
@@ -193,6 +195,7 @@ impl Call {
             Call::CreateGroup(r) => app.access().create_group(req(admin, r)).await.map(drop),
             // No token: anyone asks to join.
             Call::RequestToJoin(r) => app.access().request_to_join(req("", r)).await.map(drop),
+            Call::DecideJoinRequest(r) => app.access().decide_join_request(req(admin, r)).await.map(drop),
             Call::AddGroupMember(r) => app.access().add_group_member(req(admin, r)).await.map(drop),
             Call::GetUserActingAs(owner, r) => app.users().get_user(acting_as(owner, req(member, r))).await.map(drop),
             Call::RequestRights(r) => app.access().request_rights(req(member, r)).await.map(drop),
@@ -1059,6 +1062,29 @@ fn rows() -> Vec<Row> {
                 user: Some(c.service_account.clone()),
                 update_mask: mask(&["cpr"]),
                 cpr: "010190-1234".into(),
+            }
+        )),
+        row!("note", "over 1000 characters", |_| Call::DecideJoinRequest(
+            pb::DecideJoinRequestRequest {
+                id: uuid::Uuid::now_v7().to_string(),
+                approve: false,
+                note: long(1001),
+                unit_id: String::new(),
+            }
+        )),
+        row!("unit_id", "a placement for a rejection", |c| Call::DecideJoinRequest(
+            pb::DecideJoinRequestRequest {
+                id: uuid::Uuid::now_v7().to_string(),
+                approve: false,
+                note: String::new(),
+                unit_id: c.unit.id.clone(),
+            }
+        )),
+        row!("id", "not an id", |_| Call::DecideJoinRequest(
+            pb::DecideJoinRequestRequest {
+                id: "forty-two".into(),
+                approve: true,
+                ..Default::default()
             }
         )),
         row!("organisation_cvr", "not 8 digits", |_| Call::RequestToJoin(

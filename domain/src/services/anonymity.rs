@@ -210,7 +210,7 @@ impl Domain {
             Action::DecideAnonymityRequests,
             Target::organisation(request.organisation_id),
         )?;
-        super::check_decision(caller, request.user_id, note)?;
+        super::check_decision(caller, Some(request.user_id), note)?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, request.organisation_id).await?;
         let request = anonymity_request::Entity::find_by_id(id)

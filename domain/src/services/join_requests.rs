@@ -399,6 +399,11 @@ impl Domain {
         note: &str,
         unit_id: Option<Uuid>,
     ) -> DomainResult<DecidedJoinRequest> {
+        // Input first, before anything is read.
+        super::check_decision(caller, None, note)?;
+        if unit_id.is_some() && !approve {
+            return Err(DomainError::invalid("unit_id", "places the user made on approval only"));
+        }
         let unknown = || DomainError::not_found("join request", id);
         let row = join_request::Entity::find_by_id(id)
             .one(&self.db)
@@ -412,12 +417,6 @@ impl Domain {
             Action::DecideJoinRequests,
             Target::organisation(row.organisation_id),
         )?;
-        if note.chars().count() > 1000 {
-            return Err(DomainError::invalid("note", "must be at most 1000 characters"));
-        }
-        if unit_id.is_some() && !approve {
-            return Err(DomainError::invalid("unit_id", "places the user made on approval only"));
-        }
         // CreateUser's field rules and authorisation (a scoped level places
         // users within its subtree only), before any write.
         let checked = match approve {

@@ -202,14 +202,19 @@ pub(crate) fn standing_role_holders_query(organisation_id: Uuid, role: Role) -> 
     role_holders_query(organisation_id, role).filter(user::Column::State.is_in(STANDING_STATES))
 }
 
-/// The rules every decision on a member's request shares (anonymity,
-/// rights): a note of at most 1000 characters, and two keys: nobody decides
-/// on their own request (R-ACC-4).
-pub(crate) fn check_decision(caller: &crate::policy::Caller, requester_id: Uuid, note: &str) -> DomainResult<()> {
+/// The rules every decision on a request shares (anonymity, rights,
+/// joining): a note of at most 1000 characters, and two keys: nobody
+/// decides on their own request (R-ACC-4). `requester_id`: none for a
+/// person who is no member yet.
+pub(crate) fn check_decision(
+    caller: &crate::policy::Caller,
+    requester_id: Option<Uuid>,
+    note: &str,
+) -> DomainResult<()> {
     if note.chars().count() > 1000 {
         return Err(DomainError::invalid("note", "must be at most 1000 characters"));
     }
-    if caller.user_id() == Some(requester_id) {
+    if requester_id.is_some() && caller.user_id() == requester_id {
         return Err(DomainError::denied(
             "another administrator must decide on your own request (two keys)",
         ));

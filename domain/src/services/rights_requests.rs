@@ -373,7 +373,7 @@ impl Domain {
         }
         let action = from_row(request.clone())?.requested.decided_by();
         authorize(caller, action, Target::organisation(request.organisation_id))?;
-        super::check_decision(caller, request.requester_id, note)?;
+        super::check_decision(caller, Some(request.requester_id), note)?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, request.organisation_id).await?;
         let request = rights_request::Entity::find_by_id(id)
