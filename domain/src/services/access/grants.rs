@@ -206,58 +206,49 @@ fn request_of(new: &NewGrant, caller_in_grantee_group: bool) -> GrantRequest<'_>
     }
 }
 
-/// The condition "held by `user`": their own grants and their groups'
-/// (R-ACC-7: grants through groups count like direct grants).
-async fn held_by(domain: &Domain, db: &impl ConnectionTrait, user: &user::Model) -> DomainResult<Condition> {
-    let groups = super::groups::groups_of_user(domain, db, user).await?;
-    Ok(Condition::any()
-        .add(grant::Column::GranteeId.eq(user.id))
-        .add(grant::Column::GranteeGroupId.is_in(groups)))
+/// A user as a holder of grants: their own, and their groups' (R-ACC-7:
+/// grants through groups count like direct grants). Read once per call.
+struct Holder {
+    id: Uuid,
+    groups: Vec<Uuid>,
 }
 
-/// [`held_by`] for a user named by id (one who does not exist holds
-/// nothing of anyone else's).
-async fn held_by_id(domain: &Domain, db: &impl ConnectionTrait, user_id: Uuid) -> DomainResult<Condition> {
-    match user::Entity::find_by_id(user_id).one(db).await? {
-        Some(user) => held_by(domain, db, &user).await,
-        None => Ok(Condition::any().add(grant::Column::GranteeId.eq(user_id))),
+impl Holder {
+    /// One who does not exist holds nothing of anyone else's.
+    async fn of(domain: &Domain, db: &impl ConnectionTrait, user_id: Uuid) -> DomainResult<Self> {
+        let groups = match user::Entity::find_by_id(user_id).one(db).await? {
+            Some(user) => super::groups::groups_of_user(domain, db, &user).await?,
+            None => Vec::new(),
+        };
+        Ok(Self { id: user_id, groups })
+    }
+
+    /// The condition "held by this user".
+    fn holds(&self) -> Condition {
+        Condition::any()
+            .add(grant::Column::GranteeId.eq(self.id))
+            .add(grant::Column::GranteeGroupId.is_in(self.groups.clone()))
+    }
+
+    /// Whether a grant to `grantee` is one to a group this user is in
+    /// (granting to it would be granting to oneself).
+    fn is_in(&self, grantee: Grantee) -> bool {
+        matches!(grantee, Grantee::Group(group) if self.groups.contains(&group))
     }
 }
 
-/// Whether `user_id` is in the group a new grant goes to (granting to it
-/// would be granting to oneself).
-async fn caller_in_grantee_group(
-    domain: &Domain,
-    db: &impl ConnectionTrait,
-    user_id: Uuid,
-    grantee: Grantee,
-) -> DomainResult<bool> {
-    let Grantee::Group(group_id) = grantee else {
-        return Ok(false);
-    };
-    let Some(user) = user::Entity::find_by_id(user_id).one(db).await? else {
-        return Ok(false);
-    };
-    Ok(super::groups::groups_of_user(domain, db, &user)
-        .await?
-        .contains(&group_id))
-}
-
-/// The grants `user_id` holds now in `organisation_id`, directly or
+/// The grants `holder` holds now in `organisation_id`, directly or
 /// through a group, with the units their scopes cover.
 async fn held_grants(
     domain: &Domain,
     db: &impl ConnectionTrait,
     organisation_id: Uuid,
-    user_id: Uuid,
+    holder: &Holder,
     right: &str,
 ) -> DomainResult<Vec<HeldGrant>> {
-    let Some(user) = user::Entity::find_by_id(user_id).one(db).await? else {
-        return Ok(Vec::new());
-    };
     let rows = grant::Entity::find()
         .filter(grant::Column::OrganisationId.eq(organisation_id))
-        .filter(held_by(domain, db, &user).await?)
+        .filter(holder.holds())
         .filter(grant::Column::RightName.eq(right))
         .all(db)
         .await?;
@@ -363,9 +354,19 @@ pub(super) async fn revoke_grants_held_in(
         })
         .all(txn)
         .await?;
+    revoke_trees_in(txn, caller, held, now).await
+}
+
+/// Revokes each of `roots` with its cascade, once: a root below another
+/// went with that one already.
+async fn revoke_trees_in(
+    txn: &sea_orm::DatabaseTransaction,
+    caller: &Caller,
+    roots: impl IntoIterator<Item = grant::Model>,
+    now: Millis,
+) -> DomainResult<()> {
     let mut gone = std::collections::HashSet::new();
-    for root in held {
-        // A grant below another of theirs went with that one already.
+    for root in roots {
         if !gone.contains(&root.id) {
             gone.extend(revoke_tree_in(txn, caller, root, now).await?.iter().map(|g| g.id));
         }
@@ -403,15 +404,10 @@ pub(super) async fn revoke_passed_on_in(
         }
         through_groups.extend(query.all(txn).await?.into_iter().map(|g| g.id));
     }
-    for root in made {
-        if root.parent_id.is_some_and(|p| through_groups.contains(&p))
-            // Not already gone with an earlier one's cascade.
-            && grant::Entity::find_by_id(root.id).one(txn).await?.is_some()
-        {
-            revoke_tree_in(txn, caller, root, now).await?;
-        }
-    }
-    Ok(())
+    let roots = made
+        .into_iter()
+        .filter(|root| root.parent_id.is_some_and(|p| through_groups.contains(&p)));
+    revoke_trees_in(txn, caller, roots, now).await
 }
 
 /// Revokes, with their cascades, the grants any of `granters` made on the
@@ -445,13 +441,7 @@ pub(super) async fn revoke_passed_on_by_in(
                 .filter(|g| g.granter_id.is_some_and(|id| granters.contains(&id))),
         );
     }
-    for root in made {
-        // Not already gone with an earlier one's cascade.
-        if grant::Entity::find_by_id(root.id).one(txn).await?.is_some() {
-            revoke_tree_in(txn, caller, root, now).await?;
-        }
-    }
-    Ok(())
+    revoke_trees_in(txn, caller, made, now).await
 }
 
 impl Domain {
@@ -469,9 +459,9 @@ impl Domain {
         let granter = caller
             .user_id()
             .ok_or_else(|| DomainError::denied("the caller may not grant rights"))?;
-        let held = held_grants(self, &self.db, grantee.organisation_id(), granter, &new.right).await?;
-        let in_group = caller_in_grantee_group(self, &self.db, granter, new.grantee).await?;
-        authorize_grant(caller, &held, request_of(&new, in_group))?;
+        let holder = Holder::of(self, &self.db, granter).await?;
+        let held = held_grants(self, &self.db, grantee.organisation_id(), &holder, &new.right).await?;
+        authorize_grant(caller, &held, request_of(&new, holder.is_in(new.grantee)))?;
         self.check_new_grant(&self.db, &grantee, &new).await?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let created = self.create_grant_in(&txn, caller, &grantee, new).await?;
@@ -544,9 +534,9 @@ impl Domain {
                     .ok_or_else(|| DomainError::not_found("group", row.id))?;
             }
         }
-        let held = held_grants(self, txn, organisation_id, granter, &new.right).await?;
-        let in_group = caller_in_grantee_group(self, txn, granter, new.grantee).await?;
-        let parent_id = authorize_grant(caller, &held, request_of(&new, in_group))?;
+        let holder = Holder::of(self, txn, granter).await?;
+        let held = held_grants(self, txn, organisation_id, &holder, &new.right).await?;
+        let parent_id = authorize_grant(caller, &held, request_of(&new, holder.is_in(new.grantee)))?;
         let now = now_millis();
         let row = grant::ActiveModel {
             id: Set(Uuid::now_v7()),
@@ -636,13 +626,13 @@ impl Domain {
     ) -> DomainResult<Page<GrantedRight>> {
         let mut query = grant::Entity::find().filter(grant::Column::OrganisationId.eq(organisation_id));
         if let Visible::Concerning(me) = visible_to(caller, Action::ReadGrants, organisation_id, "grants")? {
-            let mine = held_by_id(self, &self.db, me).await?;
+            let mine = Holder::of(self, &self.db, me).await?.holds();
             query = query.filter(mine.add(grant::Column::GranterId.eq(me)));
         }
         let limit = paging::page_size(page_size, 50, 500)?;
         if let Some(grantee) = filter.grantee_id {
             // What the user holds, directly or through a group.
-            query = query.filter(held_by_id(self, &self.db, grantee).await?);
+            query = query.filter(Holder::of(self, &self.db, grantee).await?.holds());
         }
         if let Some(resource) = filter.resource {
             query = query.filter(grant::Column::Resource.eq(resource));
