@@ -122,6 +122,26 @@ async fn users_in(app: &TestApp, token: &str, org: &str, group: &str) -> Result<
     Ok(ids)
 }
 
+/// A production unit (P-number 1012345678) of `org`, at the top.
+async fn production_unit(app: &TestApp, token: &str, org: &str, name: &str) -> pb::Unit {
+    app.orgs()
+        .create_unit(req(
+            token,
+            pb::CreateUnitRequest {
+                organisation_id: org.to_owned(),
+                kind: pb::UnitKind::ProductionUnit as i32,
+                name: name.to_owned(),
+                number: "1012345678".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("create a production unit")
+        .into_inner()
+        .unit
+        .expect("unit")
+}
+
 /// Moves `user_id` to `unit_id` ("" for no unit).
 async fn place(app: &TestApp, token: &str, user_id: &str, unit_id: &str) {
     let mut moved = app.user(token, user_id).await;
@@ -366,23 +386,7 @@ async fn a_system_group_follows_its_production_unit(backend: Backend) {
     let fixture = app.org_with_admin().await;
     let org = fixture.org.id.clone();
     let token = fixture.admin_token.clone();
-    let plant = app
-        .orgs()
-        .create_unit(req(
-            &token,
-            pb::CreateUnitRequest {
-                organisation_id: org.clone(),
-                kind: pb::UnitKind::ProductionUnit as i32,
-                name: "Fabrik Vejle".into(),
-                number: "1012345678".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .unit
-        .unwrap();
+    let plant = production_unit(&app, &token, &org, "Fabrik Vejle").await;
     let hall = app.unit(&fixture, "Hal 2", &plant.id).await;
     let listed = groups(&app, &token, &org).await;
     assert_eq!(listed.len(), 1);
@@ -671,23 +675,7 @@ async fn moving_out_of_a_production_unit_takes_what_was_passed_on_through_it(bac
     let fixture = app.org_with_admin().await;
     let org = fixture.org.id.clone();
     let token = fixture.admin_token.clone();
-    let plant = app
-        .orgs()
-        .create_unit(req(
-            &token,
-            pb::CreateUnitRequest {
-                organisation_id: org.clone(),
-                kind: pb::UnitKind::ProductionUnit as i32,
-                name: "Fabrik Vejle".into(),
-                number: "1012345678".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .unit
-        .unwrap();
+    let plant = production_unit(&app, &token, &org, "Fabrik Vejle").await;
     let (ida, ida_token) = app.member_in(&fixture, "Ida", &plant.id).await;
     let (jens, _) = app.member(&fixture, "Jens", &[]).await;
     // The system group's id is the unit's.
