@@ -443,8 +443,18 @@ async fn two_workers_share_the_import_queue(backend: Backend) {
         .into_iter()
         .map(|r| r.try_get_by_index::<Option<String>>(0).unwrap().unwrap_or_default())
         .collect();
-    // Each replica claimed work: the second one is not idle.
-    assert_eq!(claimers, HashSet::from([id_a, id_b]));
+    match backend {
+        // Each replica claimed work (SKIP LOCKED): the second one is not idle.
+        Backend::Postgres => assert_eq!(claimers, HashSet::from([id_a, id_b])),
+        // SQLite has one writer: a replica that just finished a job may win
+        // every next claim while the other waits for the lock (the embedded
+        // default runs one worker). What holds is that only these two
+        // claimed, and nobody twice (below).
+        Backend::Sqlite => assert!(
+            !claimers.is_empty() && claimers.is_subset(&HashSet::from([id_a, id_b])),
+            "claimers: {claimers:?}"
+        ),
+    }
     assert_eq!(
         app.count("SELECT COUNT(*) FROM users").await,
         app.count("SELECT COUNT(DISTINCT email_key) FROM users").await
