@@ -96,27 +96,27 @@ fn instruments() -> Option<&'static Instruments> {
 }
 
 /// One finished gRPC call. `service` and `method` come from the request path.
-pub fn rpc_finished(service: &str, method: &str, grpc_status: i64, elapsed: Duration) {
+pub fn rpc_finished(service: &'static str, method: &'static str, grpc_status: i64, elapsed: Duration) {
     if let Some(m) = instruments() {
         m.rpc_duration.record(
             elapsed.as_secs_f64() * 1000.0,
             &[
                 KeyValue::new("rpc.system", "grpc"),
-                KeyValue::new("rpc.service", service.to_owned()),
-                KeyValue::new("rpc.method", method.to_owned()),
+                KeyValue::new("rpc.service", service),
+                KeyValue::new("rpc.method", method),
                 KeyValue::new("rpc.grpc.status_code", grpc_status),
             ],
         );
     }
 }
 
-pub fn rpc_shed(service: &str, method: &str) {
+pub fn rpc_shed(service: &'static str, method: &'static str) {
     if let Some(m) = instruments() {
         m.rpc_shed.add(
             1,
             &[
-                KeyValue::new("rpc.service", service.to_owned()),
-                KeyValue::new("rpc.method", method.to_owned()),
+                KeyValue::new("rpc.service", service),
+                KeyValue::new("rpc.method", method),
             ],
         );
     }

@@ -28,10 +28,14 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::filter::{LevelFilter, Targets};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+/// The name of the server span each RPC gets (its `otel.name` says which).
+pub const RPC_SPAN_NAME: &str = "rpc";
 
 static TRACES_ON: AtomicBool = AtomicBool::new(false);
 static METRICS_ON: AtomicBool = AtomicBool::new(false);
@@ -94,6 +98,35 @@ impl OtlpChoice {
     }
 }
 
+/// The spans the log layer keeps: not sea-orm's statement spans and not the
+/// RPC server span. Both exist for traces; the log layer would format every
+/// field of theirs (JSON: parse and write again on each record) for lines
+/// that are almost never written, and without traces neither span is built,
+/// so logs read the same with traces on and off. A callsite's answer never
+/// changes, so it is given once per callsite and cached (a `filter_fn`
+/// would be asked again on every span and event).
+struct LoggedSpans;
+
+impl LoggedSpans {
+    fn allows(meta: &tracing::Metadata<'_>) -> bool {
+        !(meta.is_span() && (meta.target().starts_with("sea_orm") || meta.name() == RPC_SPAN_NAME))
+    }
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for LoggedSpans {
+    fn enabled(&self, meta: &tracing::Metadata<'_>, _: &Context<'_, S>) -> bool {
+        Self::allows(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        if Self::allows(meta) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+}
+
 /// The spans worth exporting: orgadmin's own (domain spans are DEBUG, so a
 /// log at INFO does not carry them) and sea-orm's statement spans. Other
 /// crates' events stay in the log.
@@ -124,6 +157,7 @@ fn resource(default_service_name: &'static str) -> opentelemetry_sdk::Resource {
 /// subscriber.
 pub fn init(log_format: &str, service_name: &'static str) -> Result<Telemetry, String> {
     let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_filter = log_filter.and(LoggedSpans);
     let log = tracing_subscriber::fmt::layer().with_target(true);
     let log = if log_format == "json" {
         log.json().flatten_event(true).boxed()
@@ -163,17 +197,34 @@ pub fn init(log_format: &str, service_name: &'static str) -> Result<Telemetry, S
         None
     };
 
-    let spans = tracer_provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(service_name))
-            .with_threads(false)
-            // code.file.path, code.line.number and code.module.name on every
-            // span cost more than they tell: the span's name and target
-            // already say where it comes from.
-            .with_location(false)
-            .with_filter(exported_spans())
-    });
-    if tracing_subscriber::registry().with(log).with(spans).try_init().is_ok() {
+    // The layers as a list, not `.with(Option<Layer>)`: an absent layer
+    // (`None`) answers "always interested" to every callsite, so with
+    // traces off the registry would still build every INFO span (sea-orm's
+    // statement spans) for no layer at all.
+    let mut layers: Vec<Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>> = vec![log.boxed()];
+    if let Some(provider) = &tracer_provider {
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer(service_name))
+                .with_threads(false)
+                // code.file.path, code.line.number and code.module.name on every
+                // span cost more than they tell: the span's name and target
+                // already say where it comes from.
+                .with_location(false)
+                // Both of these run on every poll of every instrumented
+                // future (a call polls its spans dozens of times): one
+                // reads the clock for busy/idle attributes nobody asked
+                // for, the other attaches the span's OpenTelemetry context
+                // to the thread, which only OpenTelemetry-native
+                // instrumentation would read (there is none; the trace
+                // context handed to queued work is taken from the span).
+                .with_tracked_inactivity(false)
+                .with_context_activation(false)
+                .with_filter(exported_spans())
+                .boxed(),
+        );
+    }
+    if tracing_subscriber::registry().with(layers).try_init().is_ok() {
         if let Some(provider) = &tracer_provider {
             opentelemetry::global::set_tracer_provider(provider.clone());
             opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());

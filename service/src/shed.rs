@@ -10,11 +10,13 @@
 //! call gets its server span (joined to the caller's W3C `traceparent`) and
 //! its `rpc.server.duration` measurement, shed calls included.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use orgadmin_domain::{metrics, telemetry};
+use prost::Message as _;
 use tracing::Instrument;
 
 use tokio::sync::Semaphore;
@@ -70,19 +72,17 @@ where
             request.extensions_mut().insert(method);
         }
         let service = S::NAME;
-        // The method name is copied only when a span or metric will use it.
         let method = if telemetry::traces_enabled() || telemetry::metrics_enabled() {
-            let path = request.uri().path();
-            path.rsplit_once('/').map(|(_, m)| m).unwrap_or(path).to_owned()
+            declared_method(request.uri().path())
         } else {
-            String::new()
+            ""
         };
-        let span = rpc_span(&request, service, &method);
+        let span = rpc_span(&request, service, method);
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             tracing::debug!(parent: &span, "shedding a call: the in-flight bound is reached");
             let refused = crate::error::overloaded().into_http();
-            metrics::rpc_shed(service, &method);
-            finish(&span, service, &method, &refused, started);
+            metrics::rpc_shed(service, method);
+            finish(&span, service, method, &refused, started);
             return Box::pin(async move { Ok(refused) });
         };
         let call = span.in_scope(|| self.inner.call(request));
@@ -91,13 +91,38 @@ where
                 let response = call.await;
                 drop(permit);
                 if let Ok(response) = &response {
-                    finish(&tracing::Span::current(), service, &method, response, started);
+                    finish(&tracing::Span::current(), service, method, response, started);
                 }
                 response
             }
             .instrument(span),
         )
     }
+}
+
+/// The name of the method a request path calls, when the proto declares it;
+/// `_OTHER` (the semantic conventions' word) for any other path. Spans and
+/// metrics name only declared methods, so a caller cannot mint new metric
+/// series with made-up paths, and naming a call allocates nothing.
+fn declared_method(path: &str) -> &'static str {
+    static DECLARED: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
+        let set = prost_types::FileDescriptorSet::decode(orgadmin_proto::v1::FILE_DESCRIPTOR_SET)
+            .expect("the compiled-in descriptor set decodes");
+        let mut methods = HashMap::new();
+        for file in set.file {
+            let package = file.package();
+            for service in &file.service {
+                for method in &service.method {
+                    methods.insert(
+                        format!("/{package}.{}/{}", service.name(), method.name()),
+                        method.name().to_owned(),
+                    );
+                }
+            }
+        }
+        methods
+    });
+    DECLARED.get(path).map_or("_OTHER", String::as_str)
 }
 
 /// The call's server span, child of the caller's span when the request
@@ -107,7 +132,7 @@ fn rpc_span<B>(request: &http::Request<B>, service: &str, method: &str) -> traci
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
-        "rpc",
+        telemetry::RPC_SPAN_NAME,
         otel.name = format!("{service}/{method}"),
         otel.kind = "server",
         rpc.system = "grpc",
@@ -124,7 +149,13 @@ fn rpc_span<B>(request: &http::Request<B>, service: &str, method: &str) -> traci
 /// Records the outcome on the span and in `rpc.server.duration`. A unary
 /// error is a trailers-only response (grpc-status in the headers); a
 /// response without it in the headers started streaming and counts as OK.
-fn finish<B>(span: &tracing::Span, service: &str, method: &str, response: &http::Response<B>, started: Instant) {
+fn finish<B>(
+    span: &tracing::Span,
+    service: &'static str,
+    method: &'static str,
+    response: &http::Response<B>,
+    started: Instant,
+) {
     let code: i64 = response
         .headers()
         .get("grpc-status")
@@ -138,4 +169,21 @@ fn finish<B>(span: &tracing::Span, service: &str, method: &str, response: &http:
         span.record("otel.status_code", "ERROR");
     }
     metrics::rpc_finished(service, method, code, started.elapsed());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::declared_method;
+
+    #[test]
+    fn only_declared_methods_are_named() {
+        assert_eq!(declared_method("/orgadmin.v1.UserService/GetUser"), "GetUser");
+        assert_eq!(
+            declared_method("/orgadmin.v1.ImportService/CreateImport"),
+            "CreateImport"
+        );
+        assert_eq!(declared_method("/orgadmin.v1.UserService/MadeUp"), "_OTHER");
+        assert_eq!(declared_method("/orgadmin.v1.UserService/GetUser/extra"), "_OTHER");
+        assert_eq!(declared_method("GetUser"), "_OTHER");
+    }
 }

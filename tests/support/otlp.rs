@@ -33,8 +33,6 @@ pub struct ReceivedMetric {
 
 #[derive(Default)]
 struct Received {
-    /// Keep only counts (a benchmark's sink), not the spans themselves.
-    count_only: bool,
     span_count: u64,
     spans: Vec<ReceivedSpan>,
     metrics: Vec<ReceivedMetric>,
@@ -85,9 +83,6 @@ impl TraceService for Collector {
             .flat_map(|r| &r.scope_spans)
             .map(|s| s.spans.len() as u64)
             .sum::<u64>();
-        if received.count_only {
-            return Ok(Response::new(ExportTraceServiceResponse { partial_success: None }));
-        }
         for resource_spans in request.resource_spans {
             let resource = resource_spans.resource.map(|r| r.attributes).unwrap_or_default();
             for scope in resource_spans.scope_spans {
@@ -154,15 +149,24 @@ impl OtlpReceiver {
         let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let collector = Collector::default();
-        collector.0.lock().unwrap().count_only = count_only;
         let server = tokio::spawn({
             let collector = collector.clone();
             async move {
-                let _ = tonic::transport::Server::builder()
-                    .add_service(TraceServiceServer::new(collector.clone()))
-                    .add_service(MetricsServiceServer::new(collector))
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                    .await;
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let metrics = MetricsServiceServer::new(collector.clone());
+                let _ = if count_only {
+                    tonic::transport::Server::builder()
+                        .add_service(counting::TraceCounter(collector))
+                        .add_service(metrics)
+                        .serve_with_incoming(incoming)
+                        .await
+                } else {
+                    tonic::transport::Server::builder()
+                        .add_service(TraceServiceServer::new(collector))
+                        .add_service(metrics)
+                        .serve_with_incoming(incoming)
+                        .await
+                };
             }
         });
         Self {
@@ -183,5 +187,94 @@ impl OtlpReceiver {
 
     pub fn metrics(&self) -> Vec<ReceivedMetric> {
         self.collector.0.lock().unwrap().metrics.clone()
+    }
+}
+
+/// The benchmark's trace receiver: it only counts spans. The benchmark runs
+/// it on the cores the measured server uses (a real collector runs on other
+/// machines), so it reads each span's length and skips its bytes instead of
+/// decoding every attribute the way the full receiver above does.
+mod counting {
+    use std::task::{Context, Poll};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use tonic::codegen::{Body, BoxFuture, StdError, http};
+
+    use super::Collector;
+
+    /// `ExportTraceServiceRequest` with only the fields that lead to the
+    /// spans; prost skips the others (resources, scopes) unread.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CountedRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_spans: Vec<CountedResourceSpans>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CountedResourceSpans {
+        #[prost(message, repeated, tag = "2")]
+        pub scope_spans: Vec<CountedScopeSpans>,
+    }
+
+    /// Each span stays an opaque slice of the request's buffer.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CountedScopeSpans {
+        #[prost(bytes = "bytes", repeated, tag = "2")]
+        pub spans: Vec<prost::bytes::Bytes>,
+    }
+
+    #[derive(Clone)]
+    pub struct TraceCounter(pub Collector);
+
+    impl tonic::server::NamedService for TraceCounter {
+        const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    }
+
+    struct Export(Collector);
+
+    impl tonic::server::UnaryService<CountedRequest> for Export {
+        type Response = ExportTraceServiceResponse;
+        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+
+        fn call(&mut self, request: tonic::Request<CountedRequest>) -> Self::Future {
+            let spans: u64 = request
+                .get_ref()
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len() as u64)
+                .sum();
+            self.0.0.lock().unwrap().span_count += spans;
+            Box::pin(async {
+                Ok(tonic::Response::new(ExportTraceServiceResponse {
+                    partial_success: None,
+                }))
+            })
+        }
+    }
+
+    impl<B> tonic::codegen::Service<http::Request<B>> for TraceCounter
+    where
+        B: Body + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<B>) -> Self::Future {
+            let collector = self.0.clone();
+            Box::pin(async move {
+                if request.uri().path() != "/opentelemetry.proto.collector.trace.v1.TraceService/Export" {
+                    return Ok(tonic::Status::unimplemented("only Export").into_http());
+                }
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                Ok(grpc.unary(Export(collector), request).await)
+            })
+        }
     }
 }
