@@ -90,3 +90,42 @@ pub async fn keyset<E: sea_orm::EntityTrait>(
     });
     Ok((rows, next))
 }
+
+/// One page of `select` (its filters already on) ordered by a time column,
+/// then by id, both ascending: for a list whose useful order is not creation
+/// (certificates by expiry). The token holds the last row's time and id, so
+/// the next page starts right after it even when many rows share one time.
+/// `time >= t` is repeated beside the keyset so an index on (…, time, id)
+/// starts its range there; only rows sharing `t` are filtered by id.
+#[allow(clippy::too_many_arguments)]
+pub async fn keyset_by_time<E: sea_orm::EntityTrait>(
+    db: &impl sea_orm::ConnectionTrait,
+    select: sea_orm::Select<E>,
+    time: E::Column,
+    id: E::Column,
+    list: &str,
+    token: &str,
+    limit: u64,
+    key_of: impl Fn(&E::Model) -> (i64, Uuid),
+) -> Result<(Vec<E::Model>, Option<String>), DomainError> {
+    use sea_orm::{ColumnTrait, Condition, QueryFilter, QueryOrder, QuerySelect};
+    let cursor = decode_key(list, token, |key| {
+        let (at, last) = key.split_once('/')?;
+        Some((at.parse::<i64>().ok()?, Uuid::parse_str(last).ok()?))
+    })?;
+    let mut select = select.order_by_asc(time).order_by_asc(id);
+    if let Some((at, last)) = cursor {
+        select = select.filter(time.gte(at)).filter(
+            Condition::any()
+                .add(time.gt(at))
+                .add(Condition::all().add(time.eq(at)).add(id.gt(last))),
+        );
+    }
+    let mut rows = select.limit(limit + 1).all(db).await?;
+    let next = (rows.len() as u64 > limit).then(|| {
+        rows.truncate(limit as usize);
+        let (at, last) = key_of(&rows[rows.len() - 1]);
+        encode_key(list, &format!("{at}/{last}"))
+    });
+    Ok((rows, next))
+}

@@ -12,6 +12,8 @@
 //! The CRL is served from memory: a fetch asks the database at most every
 //! `RECHECK` whether a newer CRL was published (one indexed number), so a
 //! revocation shows within that, and thousands of fetches cost one query.
+//! Each CRL has an `ETag` (its number); a fetch that names the current one
+//! in `If-None-Match` gets `304 Not Modified` instead of the whole list.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use orgadmin_domain::Domain;
@@ -31,10 +33,16 @@ use tokio::sync::RwLock;
 /// is one indexed number, so ten a second cost nothing).
 const RECHECK: Duration = Duration::from_millis(100);
 
-struct Cached {
+/// One published CRL as it is served. Immutable: a newer CRL is a new
+/// value with a higher number, so the number names the bytes exactly.
+struct Current {
     number: i64,
     der: axum::body::Bytes,
     pem: axum::body::Bytes,
+}
+
+struct Cached {
+    current: Arc<Current>,
     checked_at: Instant,
 }
 
@@ -44,49 +52,95 @@ struct CrlCache {
 }
 
 impl CrlCache {
-    /// The newest CRL as (DER, PEM).
-    async fn get(&self) -> Result<(axum::body::Bytes, axum::body::Bytes), String> {
+    /// The newest CRL.
+    async fn get(&self) -> Result<Arc<Current>, String> {
         if let Some(cached) = &*self.current.read().await
             && cached.checked_at.elapsed() < RECHECK
         {
-            return Ok((cached.der.clone(), cached.pem.clone()));
+            return Ok(cached.current.clone());
         }
         let mut slot = self.current.write().await;
         // Another fetch may have refreshed it while this one waited.
         if let Some(cached) = slot.as_mut() {
             if cached.checked_at.elapsed() < RECHECK {
-                return Ok((cached.der.clone(), cached.pem.clone()));
+                return Ok(cached.current.clone());
             }
             let newest = self.domain.current_crl_number().await.map_err(|e| e.to_string())?;
-            if newest == Some(cached.number) {
+            if newest == Some(cached.current.number) {
                 cached.checked_at = Instant::now();
-                return Ok((cached.der.clone(), cached.pem.clone()));
+                return Ok(cached.current.clone());
             }
         }
         let crl = self.domain.current_crl().await.map_err(|e| e.to_string())?;
         let pem = orgadmin_domain::ca::pem("X509 CRL", &crl.der);
-        let cached = Cached {
+        let current = Arc::new(Current {
             number: crl.number,
             der: crl.der.into(),
             pem: pem.into(),
+        });
+        *slot = Some(Cached {
+            current: current.clone(),
             checked_at: Instant::now(),
-        };
-        let served = (cached.der.clone(), cached.pem.clone());
-        *slot = Some(cached);
-        Ok(served)
+        });
+        Ok(current)
     }
 }
 
-async fn crl_der(State(cache): State<Arc<CrlCache>>) -> Response {
+#[derive(Clone, Copy)]
+enum Representation {
+    Der,
+    Pem,
+}
+
+impl Current {
+    /// The CRL as `representation`, or `304 Not Modified` when the client's
+    /// `If-None-Match` names it: a relying party that revalidates does not
+    /// download a CRL of megabytes again while nothing was revoked.
+    ///
+    /// `Cache-Control: no-cache` lets it (and any cache between) keep the
+    /// copy but ask every time, so a revocation is seen within `RECHECK`;
+    /// a `max-age` would hide it for that long. No `Last-Modified`: HTTP
+    /// dates count whole seconds, and two CRLs signed in one second would
+    /// answer an `If-Modified-Since` for the older one with 304.
+    fn respond(&self, representation: Representation, request: &HeaderMap) -> Response {
+        let (body, content_type, suffix) = match representation {
+            Representation::Der => (&self.der, "application/pkix-crl", "der"),
+            Representation::Pem => (&self.pem, "application/x-pem-file", "pem"),
+        };
+        let etag = format!("\"crl-{}-{suffix}\"", self.number);
+        let headers = [
+            (header::ETAG, etag.clone()),
+            (header::CACHE_CONTROL, "no-cache".to_owned()),
+        ];
+        if names_current(request, &etag) {
+            return (StatusCode::NOT_MODIFIED, headers).into_response();
+        }
+        (headers, [(header::CONTENT_TYPE, content_type)], body.clone()).into_response()
+    }
+}
+
+/// Whether `If-None-Match` lists `etag` (or is `*`), compared weakly as
+/// RFC 9110 13.1.2 says for this header: a `W/` prefix is ignored.
+fn names_current(request: &HeaderMap, etag: &str) -> bool {
+    request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|tag| tag.trim())
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
+async fn crl_der(State(cache): State<Arc<CrlCache>>, request: HeaderMap) -> Response {
     match cache.get().await {
-        Ok((der, _)) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
+        Ok(crl) => crl.respond(Representation::Der, &request),
         Err(e) => unavailable(e),
     }
 }
 
-async fn crl_pem(State(cache): State<Arc<CrlCache>>) -> Response {
+async fn crl_pem(State(cache): State<Arc<CrlCache>>, request: HeaderMap) -> Response {
     match cache.get().await {
-        Ok((_, pem)) => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response(),
+        Ok(crl) => crl.respond(Representation::Pem, &request),
         Err(e) => unavailable(e),
     }
 }

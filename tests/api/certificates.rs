@@ -77,6 +77,14 @@ fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
     path
 }
 
+/// The value of header `name` (any case) in an HTTP head.
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+    })
+}
+
 /// A GET over plain HTTP/1.1, as a relying party fetches a CRL.
 async fn http_get(app: &TestApp, path: &str) -> (String, Vec<u8>) {
     app.http("GET", path, &[], b"").await
@@ -492,6 +500,22 @@ async fn a_user_certificate_lives_and_is_revoked_as_openssl_sees_it(backend: Bac
     let (_, colleague) = app.member(&fixture, "Kollega", &[]).await;
     assert_code(get(&app, &colleague, &certificate.id).await, Code::PermissionDenied);
 
+    // A relying party that revalidates its copy of the CRL by its ETag is
+    // told 304 without the list while nothing changed; each form has its own.
+    let (head, _) = http_get(&app, "/crl").await;
+    let etag_before = header_value(&head, "etag").expect("an ETag on the CRL");
+    assert_eq!(header_value(&head, "cache-control").as_deref(), Some("no-cache"));
+    let (head, body) = app.http("GET", "/crl", &[("If-None-Match", &etag_before)], b"").await;
+    assert!(head.starts_with("HTTP/1.1 304"), "{head}");
+    assert!(body.is_empty());
+    let (head, _) = app
+        .http("GET", "/crl.pem", &[("If-None-Match", &etag_before)], b"")
+        .await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "the PEM is another representation: {head}"
+    );
+
     // Revoked: final, told to Karen, in the CRL at once with its reason.
     let revoked = revoke(
         &app,
@@ -532,6 +556,11 @@ async fn a_user_certificate_lives_and_is_revoked_as_openssl_sees_it(backend: Bac
     let text = crl_text(&app, &dir, &issued.chain_pem, |t| t.contains(&serial)).await;
     let entry = &text[text.find(&serial).unwrap()..];
     assert!(entry.contains("Key Compromise"), "{text}");
+    // The copy from before the revocation is stale: the whole new CRL.
+    let (head, body) = app.http("GET", "/crl", &[("If-None-Match", &etag_before)], b"").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!body.is_empty());
+    assert_ne!(header_value(&head, "etag"), Some(etag_before));
     let revoked_now = ocsp(&app, &dir, &chain, &["-cert", karen_pem.to_str().unwrap()]);
     assert!(
         revoked_now.contains(": revoked") && revoked_now.contains("keyCompromise"),
@@ -662,6 +691,83 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
         }
         issued.push(one);
     }
+
+    // With an expiry bound, the soonest to expire first, page by page, and
+    // not the order they were made in: the oldest is set to expire last.
+    use sea_orm::ConnectionTrait;
+    let ids: Vec<String> = issued
+        .iter()
+        .map(|one| one.certificate.as_ref().unwrap().id.clone())
+        .collect();
+    let soon = now_millis() + 100 * DAY_MS;
+    // By serial: a text column on both databases (SQLite keeps ids as blobs).
+    for (one, days) in issued.iter().zip([30, 10, 20]) {
+        app.domain
+            .db()
+            .execute_unprepared(&format!(
+                "UPDATE certificates SET not_after = {} WHERE serial = '{}'",
+                soon + days * DAY_MS,
+                one.certificate.as_ref().unwrap().serial
+            ))
+            .await
+            .unwrap();
+    }
+    let by_expiry = |page_token: String| pb::SearchCertificatesRequest {
+        organisation_id: fixture.org.id.clone(),
+        holder_id: bo.id.clone(),
+        expire_time_from: Some(in_ms(0)),
+        page_size: 1,
+        page_token,
+        ..Default::default()
+    };
+    let (mut walked, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = app
+            .certs()
+            .search_certificates(req(&fixture.admin_token, by_expiry(token.clone())))
+            .await
+            .unwrap()
+            .into_inner();
+        walked.extend(page.certificates.into_iter().map(|c| c.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        // A token of the expiry order does not continue the newest-first one.
+        let elsewhere = app
+            .certs()
+            .search_certificates(req(
+                &fixture.admin_token,
+                pb::SearchCertificatesRequest {
+                    expire_time_from: None,
+                    ..by_expiry(token.clone())
+                },
+            ))
+            .await;
+        assert_eq!(
+            bad_fields(&assert_code(elsewhere, Code::InvalidArgument)),
+            ["page_token"]
+        );
+    }
+    assert_eq!(walked, [ids[1].clone(), ids[2].clone(), ids[0].clone()], "by expiry");
+    let newest_first: Vec<String> = search(
+        &app,
+        &fixture.admin_token,
+        pb::SearchCertificatesRequest {
+            organisation_id: fixture.org.id.clone(),
+            holder_id: bo.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .into_iter()
+    .map(|c| c.id)
+    .collect();
+    assert_eq!(
+        newest_first,
+        [ids[2].clone(), ids[1].clone(), ids[0].clone()],
+        "without a bound, newest first"
+    );
 
     // A user created anonymous (R-USR-10) is named by a stable pseudonym,
     // never by their name.

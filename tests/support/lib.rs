@@ -514,10 +514,10 @@ impl TestApp {
     }
 }
 
-/// A timestamp `ms` milliseconds from now.
 /// A password that meets the policy (15+ characters, not common).
 pub const TEST_PASSWORD: &str = "blåbærgrød med fløde 7";
 
+/// A timestamp `ms` milliseconds from now.
 pub fn in_ms(ms: i64) -> prost_types::Timestamp {
     let at = chrono::Utc::now().timestamp_millis() + ms;
     prost_types::Timestamp {

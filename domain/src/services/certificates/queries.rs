@@ -112,7 +112,8 @@ impl Domain {
             .flatten())
     }
 
-    /// R-CERT-6: newest first, 50 by default.
+    /// R-CERT-6: newest first, 50 by default; with an expiry bound, the
+    /// soonest to expire first.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn search_certificates(
         &self,
@@ -182,17 +183,39 @@ impl Domain {
         if let Some(to) = query.expires_to {
             filter = filter.add(certificate::Column::NotAfter.lt(to));
         }
-        let (rows, next) = paging::keyset(
-            &self.db,
-            certificate::Entity::find().filter(filter),
-            certificate::Column::Id,
-            paging::Order::Descending,
-            &list,
-            &query.page_token,
-            limit,
-            |r| r.id,
-        )
-        .await?;
+        let select = certificate::Entity::find().filter(filter);
+        let (rows, next) = if query.expires_from.is_some() || query.expires_to.is_some() {
+            // Who asks for an expiry window wants what expires first, and
+            // newest-first would walk every newer certificate before the
+            // window's (correlated with age): ~1 s over a million rows for
+            // 30 days. Ordered by (notAfter, id), the organisation's expiry
+            // index serves the page exactly. Its own list tag: a token of
+            // the newest-first order means nothing here.
+            paging::keyset_by_time(
+                &self.db,
+                select,
+                certificate::Column::NotAfter,
+                certificate::Column::Id,
+                &format!("{list}:expiry"),
+                &query.page_token,
+                limit,
+                // The expiry filter leaves no row without notAfter (orders).
+                |r| (r.not_after.unwrap_or_default(), r.id),
+            )
+            .await?
+        } else {
+            paging::keyset(
+                &self.db,
+                select,
+                certificate::Column::Id,
+                paging::Order::Descending,
+                &list,
+                &query.page_token,
+                limit,
+                |r| r.id,
+            )
+            .await?
+        };
         Ok(Page {
             items: rows.into_iter().map(to_certificate).collect::<DomainResult<_>>()?,
             next_page_token: next,
