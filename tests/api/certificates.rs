@@ -162,6 +162,22 @@ async fn revoke(app: &TestApp, token: &str, id: &str, reason: pb::RevocationReas
         .map(|r| r.into_inner().certificate.unwrap())
 }
 
+/// A certificate's history, newest first, as `token` reads it.
+async fn history(app: &TestApp, token: &str, id: &str) -> Vec<pb::HistoryEvent> {
+    app.certs()
+        .list_certificate_history(req(
+            token,
+            pb::ListCertificateHistoryRequest {
+                certificate_id: id.to_owned(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+}
+
 /// Orders a user certificate for `holder` and picks it up as them with a
 /// fresh key of `key_kind`.
 async fn issued_user_certificate(
@@ -608,19 +624,7 @@ async fn a_user_certificate_lives_and_is_revoked_as_openssl_sees_it(backend: Bac
     assert_eq!(String::from_utf8(ca).unwrap(), crl.ca_chain_pem);
 
     // Every step is in the certificate's history, with who did it.
-    let events = app
-        .certs()
-        .list_certificate_history(req(
-            &fixture.admin_token,
-            pb::ListCertificateHistoryRequest {
-                certificate_id: certificate.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let events = history(&app, &fixture.admin_token, &certificate.id).await;
     let activities: Vec<_> = events.iter().map(|e| e.activity()).collect();
     assert_eq!(
         activities,
@@ -767,6 +771,41 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
         newest_first,
         [ids[2].clone(), ids[1].clone(), ids[0].clone()],
         "without a bound, newest first"
+    );
+
+    // One token picked up twice at once: one certificate, the other call
+    // told the token is used (on PostgreSQL both read the order, and the
+    // second UPDATE finds it taken).
+    order(
+        &app,
+        &fixture.admin_token,
+        user_order(&fixture.org.id, &bo, &[pb::CertificateUsage::Authentication]),
+    )
+    .await
+    .unwrap();
+    let pickup = app.mailed_token("certificate_pickup", &bo.email).await;
+    let (first_csr, second_csr) = (csr(&dir, "race-a", "p256"), csr(&dir, "race-b", "p256"));
+    let (a, b) = tokio::join!(
+        issue(&app, &bo_session, &pickup, &first_csr),
+        issue(&app, &bo_session, &pickup, &second_csr)
+    );
+    let (won, lost) = if a.is_ok() { (a, b) } else { (b, a) };
+    let won = won.unwrap().certificate.unwrap();
+    assert_eq!(
+        reason(&assert_code(lost, Code::FailedPrecondition)),
+        "CERTIFICATE_PICKUP_USED"
+    );
+    let activities: Vec<_> = history(&app, &fixture.admin_token, &won.id)
+        .await
+        .iter()
+        .map(|e| e.activity())
+        .collect();
+    assert_eq!(
+        activities,
+        [
+            pb::HistoryActivity::CertificateIssued,
+            pb::HistoryActivity::CertificateOrdered
+        ]
     );
 
     // A user created anonymous (R-USR-10) is named by a stable pseudonym,
@@ -1028,7 +1067,7 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
         .count("SELECT COUNT(*) FROM certificates WHERE der IS NOT NULL")
         .await;
     assert_eq!(bundle.matches("-----BEGIN CERTIFICATE-----").count() as i64, issued_now);
-    assert_eq!(issued_now, 7);
+    assert_eq!(issued_now, 8);
     let csv = export(&app, &fixture, pb::ExportFormat::Csv).await;
     assert!(
         csv.starts_with(b"\xEF\xBB\xBF"),
@@ -1037,7 +1076,7 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
     let csv = String::from_utf8(csv[3..].to_vec()).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[0].starts_with("id;kind;state;serial;subject"));
-    assert_eq!(lines.len() - 1, 7, "one line per certificate: {csv}");
+    assert_eq!(lines.len() - 1, 8, "one line per certificate: {csv}");
     assert!(csv.contains("SUPERSEDED") && csv.contains("Lønsystem"));
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -1453,19 +1492,7 @@ async fn expiry_warnings_go_once_and_certificates_expire(backend: Backend) {
         reason(&assert_code(refused, Code::FailedPrecondition)),
         "CERTIFICATE_NOT_ISSUED"
     );
-    let events = app
-        .certs()
-        .list_certificate_history(req(
-            &fixture.admin_token,
-            pb::ListCertificateHistoryRequest {
-                certificate_id: certificate.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let events = history(&app, &fixture.admin_token, &certificate.id).await;
     assert_eq!(events[0].activity(), pb::HistoryActivity::CertificateExpired);
     assert_eq!(events[0].actor, "system:certificate-expiry");
 

@@ -743,10 +743,25 @@ impl Bench {
                     now + 401 * DAY_MS
                 ),
             ),
+            (
+                "expiry, 30 days",
+                format!(
+                    "not_after >= {} AND not_after < {}",
+                    now + 400 * DAY_MS,
+                    now + 430 * DAY_MS
+                ),
+            ),
         ] {
+            // The order the search uses: by expiry when it has an expiry
+            // bound, newest first otherwise.
+            let order = if label.starts_with("expiry") {
+                "not_after, id"
+            } else {
+                "id DESC"
+            };
             let sql = format!(
                 "EXPLAIN (ANALYZE, COSTS OFF) SELECT * FROM certificates WHERE organisation_id = '{}' AND {condition} \
-                 ORDER BY id DESC LIMIT 51",
+                 ORDER BY {order} LIMIT 51",
                 self.org
             );
             let lines: Vec<String> = self
@@ -771,17 +786,34 @@ impl Bench {
     }
 
     /// `GET /crl` from the cached copy, with wrk (2 threads, 32 connections,
-    /// 5 s).
+    /// 5 s): whole downloads, then revalidations of the current copy
+    /// (`If-None-Match` with its ETag: 304, no body).
     async fn crl_fetches(&self, label: &str) -> String {
+        let whole = self.wrk(label, None).await;
+        let (head, _) = http_get(self.app.http_addr, "/crl").await;
+        let etag = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("etag").then(|| value.trim().to_owned())
+            })
+            .expect("an ETag on GET /crl");
+        let revalidated = self.wrk(&format!("{label}, revalidated"), Some(&etag)).await;
+        format!("{whole}\n{revalidated}")
+    }
+
+    async fn wrk(&self, label: &str, if_none_match: Option<&str>) -> String {
         let crl = self.app.domain.current_crl().await.expect("CRL");
         let url = format!("http://{}/crl", self.app.http_addr);
         // One fetch first: the cache holds the CRL from then on.
         let (head, body) = http_get(self.app.http_addr, "/crl").await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        let output = tokio::process::Command::new("wrk")
-            .args(["-t2", "-c32", "-d5s", &url])
-            .output()
-            .await;
+        let mut args = vec!["-t2".to_owned(), "-c32".to_owned(), "-d5s".to_owned()];
+        if let Some(etag) = if_none_match {
+            args.extend(["-H".to_owned(), format!("If-None-Match: {etag}")]);
+        }
+        args.push(url);
+        let output = tokio::process::Command::new("wrk").args(&args).output().await;
         match output {
             Ok(out) if out.status.success() => {
                 let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -682,6 +682,26 @@ pub mod certificate {
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 
+    // For the pickup's one read of the order with its organisation and
+    // holder (a join, not three round trips).
+    impl Related<super::organisation::Entity> for Entity {
+        fn to() -> RelationDef {
+            Entity::belongs_to(super::organisation::Entity)
+                .from(Column::OrganisationId)
+                .to(super::organisation::Column::Id)
+                .into()
+        }
+    }
+
+    impl Related<super::user::Entity> for Entity {
+        fn to() -> RelationDef {
+            Entity::belongs_to(super::user::Entity)
+                .from(Column::HolderId)
+                .to(super::user::Column::Id)
+                .into()
+        }
+    }
+
     impl ActiveModelBehavior for ActiveModel {}
 }
 

@@ -88,11 +88,17 @@ impl Domain {
         if is_postgres(&txn) {
             txn.execute_unprepared("SELECT pg_advisory_xact_lock(5280)").await?;
         }
-        let last = crl_publication::Entity::find()
+        // The number and time of the last CRL, not its DER: at 100,000
+        // entries that is 4.9 MB read for two numbers.
+        let last: Option<(i64, Millis)> = crl_publication::Entity::find()
+            .select_only()
+            .column(crl_publication::Column::CrlNumber)
+            .column(crl_publication::Column::ThisUpdate)
             .order_by_desc(crl_publication::Column::CrlNumber)
+            .into_tuple()
             .one(&txn)
             .await?;
-        let number = last.as_ref().map_or(1, |l| l.crl_number + 1);
+        let number = last.map_or(1, |(last_number, _)| last_number + 1);
         let revoked: Vec<(Option<String>, Option<i64>, Option<String>)> = certificate::Entity::find()
             .select_only()
             .column(certificate::Column::Serial)
@@ -118,7 +124,7 @@ impl Domain {
             .collect::<DomainResult<Vec<_>>>()?;
         // Never earlier than the last one, whatever the clocks of replicas
         // (the CRL number tells two of one second apart).
-        let this_update = last.as_ref().map_or(now, |l| Ord::max(now, l.this_update));
+        let this_update = last.map_or(now, |(_, last_update)| Ord::max(now, last_update));
         let next_update = this_update + self.settings.certificates.crl_validity_ms;
         let der = ca
             .sign_crl(number, this_update, next_update, &entries)
