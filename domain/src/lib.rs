@@ -44,6 +44,10 @@ pub struct Domain {
     hasher: std::sync::Arc<passwords::Hasher>,
     /// Sign-in attempts per login id and per peer on this replica.
     attempts: std::sync::Arc<rate_limit::AttemptLimiter>,
+    /// The newest CRL this process signed, handed to the HTTP cache so a
+    /// revocation made here is served at once (other replicas see it on
+    /// their cache's next look at the database).
+    crl_signed_here: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<services::certificates::PublishedCrl>>>>,
 }
 
 /// Tunables of the domain rules, from configuration.
@@ -118,6 +122,7 @@ impl Domain {
                     .expect("the default argon2 parameters are valid"),
             ),
             attempts: Default::default(),
+            crl_signed_here: Default::default(),
         }
     }
 

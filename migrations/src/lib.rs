@@ -43,6 +43,7 @@ mod m20261204_000068_add_group_grantees;
 mod m20261204_000069_add_role_requests;
 mod m20261204_000070_create_join_requests;
 mod m20261204_000071_add_grant_resources;
+mod m20261205_000072_store_crls_uncompressed;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -95,6 +96,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000069_add_role_requests::Migration),
             Box::new(m20261204_000070_create_join_requests::Migration),
             Box::new(m20261204_000071_add_grant_resources::Migration),
+            Box::new(m20261205_000072_store_crls_uncompressed::Migration),
         ]
     }
 }

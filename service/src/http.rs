@@ -54,14 +54,28 @@ struct CrlCache {
 impl CrlCache {
     /// The newest CRL.
     async fn get(&self) -> Result<Arc<Current>, String> {
+        // A CRL this process just signed (a revocation over gRPC here) is
+        // served at once, not after the next look at the database.
+        let signed_here = self.domain.crl_signed_here();
+        let newer_here = |cached: &Cached| {
+            signed_here
+                .as_ref()
+                .is_some_and(|crl| crl.number > cached.current.number)
+        };
         if let Some(cached) = &*self.current.read().await
             && cached.checked_at.elapsed() < RECHECK
+            && !newer_here(cached)
         {
             return Ok(cached.current.clone());
         }
         let mut slot = self.current.write().await;
         // Another fetch may have refreshed it while this one waited.
         if let Some(cached) = slot.as_mut() {
+            if let Some(crl) = signed_here.as_ref().filter(|_| newer_here(cached)) {
+                cached.current = Arc::new(Current::of(crl.number, crl.der.clone()));
+                cached.checked_at = Instant::now();
+                return Ok(cached.current.clone());
+            }
             if cached.checked_at.elapsed() < RECHECK {
                 return Ok(cached.current.clone());
             }
@@ -72,12 +86,7 @@ impl CrlCache {
             }
         }
         let crl = self.domain.current_crl().await.map_err(|e| e.to_string())?;
-        let pem = orgadmin_domain::ca::pem("X509 CRL", &crl.der);
-        let current = Arc::new(Current {
-            number: crl.number,
-            der: crl.der.into(),
-            pem: pem.into(),
-        });
+        let current = Arc::new(Current::of(crl.number, crl.der));
         *slot = Some(Cached {
             current: current.clone(),
             checked_at: Instant::now(),
@@ -93,6 +102,15 @@ enum Representation {
 }
 
 impl Current {
+    fn of(number: i64, der: Vec<u8>) -> Self {
+        let pem = orgadmin_domain::ca::pem("X509 CRL", &der);
+        Self {
+            number,
+            der: der.into(),
+            pem: pem.into(),
+        }
+    }
+
     /// The CRL as `representation`, or `304 Not Modified` when the client's
     /// `If-None-Match` names it: a relying party that revalidates does not
     /// download a CRL of megabytes again while nothing was revoked.

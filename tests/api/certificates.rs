@@ -543,6 +543,17 @@ async fn a_user_certificate_lives_and_is_revoked_as_openssl_sees_it(backend: Bac
     .unwrap();
     assert_eq!(revoked.state(), pb::CertificateState::Revoked);
     assert_eq!(revoked.revocation_reason(), pb::RevocationReason::KeyCompromised);
+    // Served by the next fetch, with no wait: the CRL this process signed
+    // goes to the HTTP cache (which had just looked at the database above).
+    let (_, now_served) = http_get(&app, "/crl").await;
+    let serial_bytes: Vec<u8> = (0..certificate.serial.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&certificate.serial[i..i + 2], 16).unwrap())
+        .collect();
+    assert!(
+        now_served.windows(serial_bytes.len()).any(|w| w == serial_bytes),
+        "the revoked serial is in the CRL served right after the revocation"
+    );
     let twice = revoke(
         &app,
         &fixture.admin_token,

@@ -852,6 +852,10 @@ impl Bench {
         ))
         .await;
         let revoke_sql = started.elapsed();
+        eprintln!(
+            "{n} revoked by SQL in {:.1} s; publishing the CRL",
+            revoke_sql.as_secs_f64()
+        );
         let mut signs = Vec::new();
         let mut size = 0;
         let mut entries = 0;
