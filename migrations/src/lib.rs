@@ -54,6 +54,15 @@ pub(crate) async fn execute_all(manager: &SchemaManager<'_>, statements: &[&str]
     Ok(())
 }
 
+/// [`execute_all`] on PostgreSQL; nothing on SQLite (for what only
+/// PostgreSQL has: extensions, GIN indexes, column storage).
+pub(crate) async fn execute_on_postgres(manager: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
+    if manager.get_database_backend() != sea_orm_migration::sea_orm::DbBackend::Postgres {
+        return Ok(());
+    }
+    execute_all(manager, statements).await
+}
+
 pub struct Migrator;
 
 #[async_trait::async_trait]

@@ -1,5 +1,4 @@
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 /// R-CERT-6: `SearchCertificates` by subject text is a `LIKE '%…%'` on
 /// `search_text`, which no B-tree serves; over a large inventory it read the
@@ -12,10 +11,7 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        crate::execute_all(
+        crate::execute_on_postgres(
             manager,
             &[
                 "CREATE EXTENSION IF NOT EXISTS pg_trgm",
@@ -26,10 +22,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
         // The extension stays: another schema object may use it by then.
-        crate::execute_all(manager, &["DROP INDEX IF EXISTS certificates_search_text_trgm"]).await
+        crate::execute_on_postgres(manager, &["DROP INDEX IF EXISTS certificates_search_text_trgm"]).await
     }
 }

@@ -1,5 +1,4 @@
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 /// R-CERT-5: a revocation re-signs the CRL at once, and PostgreSQL tried to
 /// compress every stored CRL (pglz over 4.9 MB at 100,000 entries: about
@@ -13,10 +12,7 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        crate::execute_all(
+        crate::execute_on_postgres(
             manager,
             &["ALTER TABLE crl_publications ALTER COLUMN der SET STORAGE EXTERNAL"],
         )
@@ -24,10 +20,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        crate::execute_all(
+        crate::execute_on_postgres(
             manager,
             &["ALTER TABLE crl_publications ALTER COLUMN der SET STORAGE EXTENDED"],
         )
