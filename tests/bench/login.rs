@@ -2,7 +2,9 @@
 //!
 //! 1. Bare argon2id: `verify_password` of the same PHC string (OWASP's
 //!    parameters, as the server stores them) on one OS thread per core, as
-//!    fast as it goes: the most logins the cores could do.
+//!    fast as it goes; and the same hash into memory each thread keeps (no
+//!    page faults per hash, as the server hashes): the most logins the cores
+//!    could do. The goal is judged against the faster of the two.
 //! 2. `Login` over real gRPC (the in-process server, `TestApp`) at a fixed
 //!    concurrency, round robin over users who each set their password at
 //!    activation: each call reserves a try, checks the hash on the blocking
@@ -30,8 +32,19 @@ fn main() {
     run_on_all_cores(run());
 }
 
+/// How the bare baseline hashes.
+#[derive(Clone, Copy)]
+enum Bare {
+    /// `verify_password`, as a plain user of the crate does: fresh argon2
+    /// memory (m_cost KiB, zeroed, page-faulted in) per verification.
+    Plain,
+    /// `hash_password_into_with_memory` into memory each thread keeps, as
+    /// the server does: the fastest these cores hash, the stricter baseline.
+    KeptMemory,
+}
+
 /// Verifications per second of bare argon2id on one thread per core.
-fn bare_argon2(phc: &str, secs: u64) -> f64 {
+fn bare_argon2(phc: &str, secs: u64, how: Bare) -> f64 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -41,8 +54,28 @@ fn bare_argon2(phc: &str, secs: u64) -> f64 {
             let (stop, done, phc) = (stop.clone(), done.clone(), phc.to_owned());
             std::thread::spawn(move || {
                 let argon2 = argon2::Argon2::default();
+                let parsed = argon2::password_hash::phc::PasswordHash::new(&phc).unwrap();
+                let params = argon2::Params::try_from(&parsed).unwrap();
+                let kept = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params.clone());
+                let (salt, expected) = (parsed.salt.unwrap(), parsed.hash.unwrap());
+                let mut memory = vec![argon2::Block::default(); params.block_count()];
+                let mut out = vec![0u8; expected.len()];
                 while !stop.load(Ordering::Relaxed) {
-                    assert!(argon2.verify_password(TEST_PASSWORD.as_bytes(), phc.as_str()).is_ok());
+                    match how {
+                        Bare::Plain => {
+                            assert!(argon2.verify_password(TEST_PASSWORD.as_bytes(), phc.as_str()).is_ok())
+                        }
+                        Bare::KeptMemory => {
+                            kept.hash_password_into_with_memory(
+                                TEST_PASSWORD.as_bytes(),
+                                salt.as_ref(),
+                                &mut out,
+                                &mut memory,
+                            )
+                            .unwrap();
+                            assert_eq!(out, expected.as_bytes());
+                        }
+                    }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -116,14 +149,14 @@ async fn run() {
         .unwrap();
     eprintln!("{users} users with passwords; PHC {}", &phc[..30]);
 
-    let (mut bare, mut grpc) = (Vec::new(), Vec::new());
+    let (mut bare, mut kept, mut grpc) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
-        let b = tokio::task::spawn_blocking({
+        let bare_run = |how| {
             let phc = phc.clone();
-            move || bare_argon2(&phc, secs)
-        })
-        .await
-        .unwrap();
+            tokio::task::spawn_blocking(move || bare_argon2(&phc, secs, how))
+        };
+        let b = bare_run(Bare::Plain).await.unwrap();
+        let k = bare_run(Bare::KeptMemory).await.unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let timer = tokio::spawn({
             let stop = stop.clone();
@@ -135,10 +168,12 @@ async fn run() {
         let (g, errors) = logins(&app, &login_ids, concurrency, stop).await;
         timer.await.unwrap();
         eprintln!(
-            "run {run}: bare argon2id {b:.1}/s, Login {g:.1}/s ({errors} errors), ratio {:.2}",
-            g / b
+            "run {run}: bare argon2id {b:.1}/s, with kept memory {k:.1}/s, Login {g:.1}/s ({errors} errors), ratios {:.2} / {:.2}",
+            g / b,
+            g / k
         );
         bare.push(b);
+        kept.push(k);
         grpc.push(g);
     }
 
@@ -172,14 +207,19 @@ async fn run() {
     latencies.sort();
     let p = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1];
 
-    let (b, g) = (median(&mut bare), median(&mut grpc));
+    let (b, k, g) = (median(&mut bare), median(&mut kept), median(&mut grpc));
     println!();
-    println!("| {runs} runs of {secs} s, medians | per second | vs bare argon2id | goal |");
-    println!("| --- | ---: | ---: | --- |");
-    println!("| bare argon2id verify, one thread per core | {b:.1} | 1.00 | |");
+    println!("| {runs} runs of {secs} s, medians | per second | vs plain | vs kept memory | goal |");
+    println!("| --- | ---: | ---: | ---: | --- |");
+    println!("| bare argon2id `verify_password`, one thread per core | {b:.1} | 1.00 | | |");
     println!(
-        "| `Login` over gRPC, {concurrency} callers | {g:.1} | {:.2} | ≥ 0.90 |",
-        g / b
+        "| bare argon2id into kept memory, one thread per core | {k:.1} | {:.2} | 1.00 | |",
+        k / b
+    );
+    println!(
+        "| `Login` over gRPC, {concurrency} callers | {g:.1} | {:.2} | **{:.2}** | ≥ 0.90 of the faster baseline |",
+        g / b,
+        g / k
     );
     println!(
         "| `GetUser` at {get_rate}/s while logins saturate the cores ({logins_during:.1} logins/s) | p50 {:.1} ms, p99 {:.1} ms | | p99 < 10 ms |",
