@@ -12,7 +12,7 @@
 //! The CRL is served from memory: a fetch asks the database at most every
 //! `RECHECK` whether a newer CRL was published (one indexed number), so a
 //! revocation shows within that, and thousands of fetches cost one query.
-//! Each CRL has an `ETag` (its number); a fetch that names the current one
+//! Each CRL has an `ETag` (its number and signing time); a fetch that names the current one
 //! in `If-None-Match` gets `304 Not Modified` instead of the whole list.
 
 use std::future::Future;
@@ -37,6 +37,8 @@ const RECHECK: Duration = Duration::from_millis(100);
 /// value with a higher number, so the number names the bytes exactly.
 struct Current {
     number: i64,
+    /// When it was signed (ms): with the number, its ETag.
+    this_update: i64,
     der: axum::body::Bytes,
     pem: axum::body::Bytes,
 }
@@ -72,7 +74,7 @@ impl CrlCache {
         // Another fetch may have refreshed it while this one waited.
         if let Some(cached) = slot.as_mut() {
             if let Some(crl) = signed_here.as_ref().filter(|_| newer_here(cached)) {
-                cached.current = Arc::new(Current::of(crl.number, crl.der.clone()));
+                cached.current = Arc::new(Current::of(crl.number, crl.this_update, crl.der.clone()));
                 cached.checked_at = Instant::now();
                 return Ok(cached.current.clone());
             }
@@ -86,7 +88,7 @@ impl CrlCache {
             }
         }
         let crl = self.domain.current_crl().await.map_err(|e| e.to_string())?;
-        let current = Arc::new(Current::of(crl.number, crl.der));
+        let current = Arc::new(Current::of(crl.number, crl.this_update, crl.der));
         *slot = Some(Cached {
             current: current.clone(),
             checked_at: Instant::now(),
@@ -102,10 +104,11 @@ enum Representation {
 }
 
 impl Current {
-    fn of(number: i64, der: Vec<u8>) -> Self {
+    fn of(number: i64, this_update: i64, der: Vec<u8>) -> Self {
         let pem = orgadmin_domain::ca::pem("X509 CRL", &der);
         Self {
             number,
+            this_update,
             der: der.into(),
             pem: pem.into(),
         }
@@ -125,7 +128,10 @@ impl Current {
             Representation::Der => (&self.der, "application/pkix-crl", "der"),
             Representation::Pem => (&self.pem, "application/x-pem-file", "pem"),
         };
-        let etag = format!("\"crl-{}-{suffix}\"", self.number);
+        // The number alone names a CRL while the database lives; with its
+        // signing time it still does after a restore from a backup reuses
+        // numbers (a client's old tag must not get 304 for another list).
+        let etag = format!("\"crl-{}-{}-{suffix}\"", self.number, self.this_update);
         let headers = [
             (header::ETAG, etag.clone()),
             (header::CACHE_CONTROL, "no-cache".to_owned()),

@@ -190,12 +190,36 @@ async fn write_issued(
     Ok(written.rows_affected == 1)
 }
 
-/// An order about to be signed, with what its subject is built from.
+/// An order about to be signed, with what its subject is built from, as
+/// the join found them: checked only by `people`, after the caller's own
+/// checks, so a caller who may not pick this order up learns nothing of
+/// its holder.
 struct OrderToSign {
     row: certificate::Model,
-    organisation: organisation::Model,
-    /// `None` for organisation and system certificates.
+    organisation: Option<organisation::Model>,
     holder: Option<user::Model>,
+}
+
+impl OrderToSign {
+    /// The order, its organisation, and its holder (`None` for organisation
+    /// and system certificates), who must still be in the organisation.
+    fn people(self) -> DomainResult<(certificate::Model, organisation::Model, Option<user::Model>)> {
+        let Self {
+            row,
+            organisation,
+            holder,
+        } = self;
+        let organisation = organisation.ok_or_else(|| DomainError::not_found("organisation", row.organisation_id))?;
+        let holder = match row.holder_id {
+            Some(id) => Some(
+                holder
+                    .filter(|u| u.organisation_id == organisation.id && u.state != UserState::Deleted.as_str())
+                    .ok_or_else(|| DomainError::not_found("user", id))?,
+            ),
+            None => None,
+        };
+        Ok((row, organisation, holder))
+    }
 }
 
 /// The certificate matching `filter` with its organisation and holder, in
@@ -205,29 +229,17 @@ async fn order_to_sign(
     db: &impl ConnectionTrait,
     filter: impl sea_orm::sea_query::IntoCondition,
 ) -> DomainResult<Option<OrderToSign>> {
-    let Some((row, organisation, holder)) = certificate::Entity::find()
+    Ok(certificate::Entity::find()
         .filter(filter)
         .find_also_related(organisation::Entity)
         .find_also_related(user::Entity)
         .one(db)
         .await?
-    else {
-        return Ok(None);
-    };
-    let organisation = organisation.ok_or_else(|| DomainError::not_found("organisation", row.organisation_id))?;
-    let holder = match row.holder_id {
-        Some(id) => Some(
-            holder
-                .filter(|u| u.organisation_id == organisation.id && u.state != UserState::Deleted.as_str())
-                .ok_or_else(|| DomainError::not_found("user", id))?,
-        ),
-        None => None,
-    };
-    Ok(Some(OrderToSign {
-        row,
-        organisation,
-        holder,
-    }))
+        .map(|(row, organisation, holder)| OrderToSign {
+            row,
+            organisation,
+            holder,
+        }))
 }
 
 async fn user_in(db: &impl ConnectionTrait, organisation_id: Uuid, id: Uuid) -> DomainResult<user::Model> {
@@ -514,11 +526,7 @@ impl Domain {
         csr: &CheckedCsr,
         now: Millis,
     ) -> DomainResult<(certificate::Model, bool)> {
-        let OrderToSign {
-            row,
-            organisation: org,
-            holder,
-        } = order;
+        let (row, org, holder) = order.people()?;
         let kind: CertificateKind = parse(&row.kind)?;
         let usages = super::usages_from_text(&row.usages)?;
         ensure_kind_allowed(&org, kind)?;
@@ -549,9 +557,12 @@ impl Domain {
             .collect::<Vec<_>>()
             .join(", ");
         // R-CERT-3: a random serial no certificate has, checked by the
-        // UPDATE that writes it (`NOT EXISTS`, and the unique index behind
-        // it), not by a query of its own: one round trip fewer per pickup.
-        // A taken serial (2^-126 per certificate) signs again with another.
+        // UPDATE that writes it (`NOT EXISTS`), not by a query of its own:
+        // one round trip fewer per pickup. A serial taken by a committed
+        // certificate signs again with another; one taken at the same moment
+        // by a parallel pickup (not yet visible to `NOT EXISTS`) trips the
+        // unique index and fails this call as an internal error, with
+        // nothing written. Either is a 2^-126 chance per certificate.
         let mut tries = 0;
         let issued = loop {
             tries += 1;
