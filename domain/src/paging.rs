@@ -83,12 +83,18 @@ pub async fn keyset<E: sea_orm::EntityTrait>(
             Order::Descending => id.lt(cursor),
         });
     }
-    let mut rows = select.limit(limit + 1).all(db).await?;
+    let rows = select.limit(limit + 1).all(db).await?;
+    Ok(page_of(rows, limit, |last| encode(list, id_of(last))))
+}
+
+/// `rows` (read with `limit + 1`) cut to `limit`, and the next page's token
+/// (made from the last row kept) when there was one more.
+fn page_of<M>(mut rows: Vec<M>, limit: u64, token_after: impl FnOnce(&M) -> String) -> (Vec<M>, Option<String>) {
     let next = (rows.len() as u64 > limit).then(|| {
         rows.truncate(limit as usize);
-        encode(list, id_of(&rows[rows.len() - 1]))
+        token_after(&rows[rows.len() - 1])
     });
-    Ok((rows, next))
+    (rows, next)
 }
 
 /// One page of `select` (its filters already on) ordered by a time column,
@@ -121,11 +127,9 @@ pub async fn keyset_by_time<E: sea_orm::EntityTrait>(
                 .add(Condition::all().add(time.eq(at)).add(id.gt(last))),
         );
     }
-    let mut rows = select.limit(limit + 1).all(db).await?;
-    let next = (rows.len() as u64 > limit).then(|| {
-        rows.truncate(limit as usize);
-        let (at, last) = key_of(&rows[rows.len() - 1]);
+    let rows = select.limit(limit + 1).all(db).await?;
+    Ok(page_of(rows, limit, |row| {
+        let (at, last) = key_of(row);
         encode_key(list, &format!("{at}/{last}"))
-    });
-    Ok((rows, next))
+    }))
 }

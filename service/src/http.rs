@@ -12,8 +12,9 @@
 //! The CRL is served from memory: a fetch asks the database at most every
 //! `RECHECK` whether a newer CRL was published (one indexed number), so a
 //! revocation shows within that, and thousands of fetches cost one query.
-//! Each CRL has an `ETag` (its number and signing time); a fetch that names the current one
-//! in `If-None-Match` gets `304 Not Modified` instead of the whole list.
+//! Each CRL has an `ETag` (its number and signing time); a fetch that
+//! names the current one in `If-None-Match` gets `304 Not Modified`
+//! instead of the whole list.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,7 +35,7 @@ use tokio::sync::RwLock;
 const RECHECK: Duration = Duration::from_millis(100);
 
 /// One published CRL as it is served. Immutable: a newer CRL is a new
-/// value with a higher number, so the number names the bytes exactly.
+/// value with a higher number.
 struct Current {
     number: i64,
     /// When it was signed (ms): with the number, its ETag.

@@ -559,7 +559,7 @@ impl Bench {
              || ', CN=Navn' || lpad((g % 10000)::text, 4, '0') || ' ' || (ARRAY[{surnames}])[g % 10 + 1]"
         );
         let created = format!("({now} - ({n} - g)::bigint * {spacing})");
-        let der = hex(&self.der);
+        let der = hex::encode(&self.der);
         let started = Instant::now();
         if trigram.is_some() {
             self.sql("DROP INDEX certificates_search_text_trgm").await;
@@ -873,7 +873,7 @@ impl Bench {
         let mut visible = Vec::new();
         let mut rpc = Vec::new();
         for (id, serial) in &victims {
-            let wanted = hex_decode(serial);
+            let wanted = hex::decode(serial).unwrap();
             let started = Instant::now();
             self.app
                 .certs()
@@ -926,7 +926,7 @@ impl Bench {
 /// One raw issue transaction.
 async fn raw_transaction(db: &DatabaseConnection, token: &str, der: &[u8]) {
     let now = now_millis();
-    let serial = hex(&random_serial());
+    let serial = hex::encode(random_serial());
     let subject = format!(
         "C=DK, organizationIdentifier=NTRDK-12345678, O=Værksted 1 ApS, serialNumber=UI:DK-E:G:{}, GN=Admin, SN=Sørensen, CN=Admin Sørensen",
         uuid::Uuid::now_v7()
@@ -991,16 +991,6 @@ fn timestamp(at: i64) -> prost_types::Timestamp {
         seconds: at.div_euclid(1000),
         nanos: (at.rem_euclid(1000) * 1_000_000) as i32,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(text: &str) -> Vec<u8> {
-    (0..text.len() / 2)
-        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
 }
 
 fn list(values: &[f64]) -> String {

@@ -211,11 +211,7 @@ impl OrderToSign {
         } = self;
         let organisation = organisation.ok_or_else(|| DomainError::not_found("organisation", row.organisation_id))?;
         let holder = match row.holder_id {
-            Some(id) => Some(
-                holder
-                    .filter(|u| u.organisation_id == organisation.id && u.state != UserState::Deleted.as_str())
-                    .ok_or_else(|| DomainError::not_found("user", id))?,
-            ),
+            Some(id) => Some(person_in(organisation.id, id, holder)?),
             None => None,
         };
         Ok((row, organisation, holder))
@@ -243,9 +239,13 @@ async fn order_to_sign(
 }
 
 async fn user_in(db: &impl ConnectionTrait, organisation_id: Uuid, id: Uuid) -> DomainResult<user::Model> {
-    user::Entity::find_by_id(id)
-        .one(db)
-        .await?
+    person_in(organisation_id, id, user::Entity::find_by_id(id).one(db).await?)
+}
+
+/// User `id` as read (`found`), if they are a person of the organisation:
+/// in it and not deleted.
+fn person_in(organisation_id: Uuid, id: Uuid, found: Option<user::Model>) -> DomainResult<user::Model> {
+    found
         .filter(|u| u.organisation_id == organisation_id && u.state != UserState::Deleted.as_str())
         .ok_or_else(|| DomainError::not_found("user", id))
 }
