@@ -113,8 +113,10 @@ pub struct Config {
     pub import_max_rows: i64,
     /// Imports one organisation may have queued or running at once.
     pub import_max_open_per_organisation: u64,
-    /// Import rows per transaction and checkpoint.
+    /// Rows of an edit or delete import per transaction and checkpoint.
     pub import_batch_size: usize,
+    /// Rows of a create or legacy import per transaction and checkpoint.
+    pub import_create_batch_size: usize,
     /// How long a worker's claim on an import lasts between checkpoints; a
     /// job whose worker died is taken over after this.
     pub import_lease_ms: i64,
@@ -203,6 +205,7 @@ impl Default for Config {
             import_max_rows: 1_000_000,
             import_max_open_per_organisation: 5,
             import_batch_size: 25,
+            import_create_batch_size: 1000,
             import_lease_ms: 60_000,
             import_file_retention_hours: 7 * 24,
             import_poll_interval_ms: 1000,
@@ -328,10 +331,11 @@ impl Config {
             || self.import_max_rows < 1
             || self.import_max_open_per_organisation < 1
             || !(1..=10_000).contains(&self.import_batch_size)
+            || !(1..=10_000).contains(&self.import_create_batch_size)
             || self.import_lease_ms < 1000
             || self.import_poll_interval_ms < 10
         {
-            return Err("ORGADMIN_IMPORT_MAX_FILE_BYTES must be at least 1024, ORGADMIN_IMPORT_MAX_ROWS and ORGADMIN_IMPORT_MAX_OPEN_PER_ORGANISATION at least 1, ORGADMIN_IMPORT_BATCH_SIZE between 1 and 10000, ORGADMIN_IMPORT_LEASE_MS at least 1000, ORGADMIN_IMPORT_POLL_INTERVAL_MS at least 10".into());
+            return Err("ORGADMIN_IMPORT_MAX_FILE_BYTES must be at least 1024, ORGADMIN_IMPORT_MAX_ROWS and ORGADMIN_IMPORT_MAX_OPEN_PER_ORGANISATION at least 1, ORGADMIN_IMPORT_BATCH_SIZE and ORGADMIN_IMPORT_CREATE_BATCH_SIZE between 1 and 10000, ORGADMIN_IMPORT_LEASE_MS at least 1000, ORGADMIN_IMPORT_POLL_INTERVAL_MS at least 10".into());
         }
         if argon2::Params::new(
             self.password_memory_kib,
@@ -390,6 +394,7 @@ impl Config {
             max_rows: self.import_max_rows,
             max_open_per_organisation: self.import_max_open_per_organisation,
             batch_size: self.import_batch_size,
+            create_batch_size: self.import_create_batch_size,
             lease_ms: self.import_lease_ms,
             file_retention_ms: i64::from(self.import_file_retention_hours) * 60 * 60 * 1000,
         }

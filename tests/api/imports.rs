@@ -15,6 +15,7 @@ both_backends!(
     create_files_in_three_encodings_land_every_row,
     every_kind_of_bad_row_is_reported_and_the_good_ones_land,
     licences_and_validate_only,
+    licences_go_to_the_rows_that_can_be_created,
     edit_and_delete_files,
     legacy_files_bring_deactivated_users_and_administrators,
     cancel_limits_and_broken_files,
@@ -114,6 +115,18 @@ async fn imported(app: &TestApp, token: &str, spec: pb::ImportSpec, file: &[u8],
     let job = app.upload_import(token, spec, file, piece).await.expect("upload");
     app.run_imports().await;
     app.import_job(token, &job.id).await
+}
+
+/// A create file of these rows (Danish header), run to its end.
+async fn created_from(app: &TestApp, token: &str, org: &str, rows: &[String]) -> pb::ImportJob {
+    imported(
+        app,
+        token,
+        spec(org, pb::ImportKind::Create),
+        file(HEADER_DA, rows).as_bytes(),
+        1 << 20,
+    )
+    .await
 }
 
 async fn users_of(app: &TestApp, token: &str, org: &str) -> Vec<pb::User> {
@@ -423,20 +436,71 @@ async fn licences_and_validate_only(backend: Backend) {
     let expected = vec![(5, "", "LICENCE_LIMIT_REACHED"), (6, "", "LICENCE_LIMIT_REACHED")];
     assert_eq!(errors_of(&app.import_errors(&token, &check.id).await), expected);
 
-    let real = imported(
-        &app,
-        &token,
-        spec(&org.id, pb::ImportKind::Create),
-        file(HEADER_DA, &rows).as_bytes(),
-        1 << 20,
-    )
-    .await;
+    let real = created_from(&app, &token, &org.id, &rows).await;
     let done = app.import_job(&token, &real.id).await;
     assert_eq!((done.applied, done.failed), (3, 2));
     let errors = app.import_errors(&token, &real.id).await;
     assert_eq!(errors_of(&errors), expected, "the check said what the run did");
     assert!(errors[0].message.contains("all 4 licences"), "{:?}", errors[0]);
     assert_eq!(users_of(&app, &token, &org.id).await.len(), 4);
+    app.finish().await;
+}
+
+/// The rows of a batch are created together: a row refused for another
+/// reason (an e-mail address taken, a unit unknown) takes no licence from
+/// the rows after it, and the free licences go to the first rows that can
+/// be created, in file order, as if each row were created alone.
+async fn licences_go_to_the_rows_that_can_be_created(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin_limits(Some(5), None).await;
+    let org = fixture.org.clone();
+    let token = fixture.admin_token.clone();
+    let rows = create_rows(6, "share");
+    // Row 3's address is someone's already: 3 of the 5 licences stay free.
+    app.users()
+        .create_user(req(
+            &token,
+            pb::CreateUserRequest {
+                email: "BRUGER1.share@firma.dk".into(),
+                ..new_user(&org.id, "Tove", &[])
+            },
+        ))
+        .await
+        .unwrap();
+    let mut rows = rows;
+    // Row 4 names a unit the organisation does not have.
+    rows[2] = row(&[
+        (1, &nth_cpr(2)),
+        (3, "bruger2.share@firma.dk"),
+        (4, "Ukendt"),
+        (5, "Enhed"),
+        (8, "99999999"),
+    ]);
+    let job = created_from(&app, &token, &org.id, &rows).await;
+    assert_eq!((job.applied, job.failed), (3, 3), "{job:?}");
+    let errors = app.import_errors(&token, &job.id).await;
+    assert_eq!(
+        errors_of(&errors),
+        vec![
+            (3, "email", "EMAIL_TAKEN"),
+            (4, "unit", "INVALID_ARGUMENT"),
+            (7, "", "LICENCE_LIMIT_REACHED")
+        ],
+        "{errors:?}"
+    );
+    let emails: Vec<String> = users_of(&app, &token, &org.id)
+        .await
+        .into_iter()
+        .map(|u| u.email)
+        .collect();
+    for created in [
+        "bruger0.share@firma.dk",
+        "bruger3.share@firma.dk",
+        "bruger4.share@firma.dk",
+    ] {
+        assert!(emails.iter().any(|e| e == created), "{created} in {emails:?}");
+    }
+    assert_eq!(app.licences_used(&token, &org.id).await, 5);
     app.finish().await;
 }
 

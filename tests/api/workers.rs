@@ -72,7 +72,9 @@ pub(crate) fn spawn_worker_with(app: &TestApp, sink: &SmtpSink, lease_ms: u32, e
         .env("ORGADMIN_MAIL_POOL_SIZE", "4")
         .env("ORGADMIN_IMPORT_POLL_INTERVAL_MS", "50")
         .env("ORGADMIN_IMPORT_LEASE_MS", lease_ms.to_string())
+        // Small batches of every kind, so a job is caught mid-way.
         .env("ORGADMIN_IMPORT_BATCH_SIZE", "50")
+        .env("ORGADMIN_IMPORT_CREATE_BATCH_SIZE", "50")
         .env("RUST_LOG", "warn,orgadmin_worker=info")
         .env("ORGADMIN_LOG_FORMAT", "json")
         // Several workers run side by side: each its own health port.

@@ -6,7 +6,7 @@
 //! resident memory while the job runs, above what the process held before.
 //!
 //! `IMPORT_ROWS=100000 IMPORT_BACKEND=postgres cargo bench -p orgadmin-tests --bench import`
-//! (IMPORT_BACKEND: postgres or sqlite; IMPORT_BATCH: rows per batch, 25.)
+//! (IMPORT_BACKEND: postgres or sqlite; IMPORT_BATCH: rows per batch, 1000.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,7 +64,7 @@ async fn run() {
     let batch: usize = std::env::var("IMPORT_BATCH")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(25);
+        .unwrap_or(ImportSettings::default().create_batch_size);
     let backend = match std::env::var("IMPORT_BACKEND").as_deref() {
         Ok("sqlite") => Backend::Sqlite,
         _ => Backend::Postgres,
@@ -75,7 +75,7 @@ async fn run() {
             imports: ImportSettings {
                 max_rows: 2_000_000,
                 max_file_bytes: 1 << 30,
-                batch_size: batch,
+                create_batch_size: batch,
                 ..ImportSettings::default()
             },
             ..DomainSettings::default()

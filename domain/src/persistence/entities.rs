@@ -20,7 +20,7 @@ pub mod organisation {
         pub max_administrators: i32,
         pub licence_count: i32,
         /// Users holding a licence (R-ORG-4), moved in the transaction that
-        /// changes a user's state; see `services::take_licence`.
+        /// changes a user's state; see `services::take_licences`.
         pub licences_used: i64,
         pub billing_name: String,
         pub billing_address: String,

@@ -63,6 +63,12 @@ pub(crate) async fn record(db: &impl ConnectionTrait, event: NewEvent<'_>) -> Do
     Ok(())
 }
 
+/// Many events in few statements (a bulk write: one per row it changed).
+pub(crate) async fn record_all(db: &impl ConnectionTrait, events: Vec<NewEvent<'_>>) -> DomainResult<()> {
+    super::insert_in_chunks(db, events.into_iter().map(to_row).collect()).await?;
+    Ok(())
+}
+
 pub(crate) fn changes_json(changes: &[FieldChange]) -> String {
     serde_json::Value::Array(
         changes

@@ -160,3 +160,28 @@ pub(crate) fn contains_literally(column: impl sea_orm::ColumnTrait, text: &str) 
     let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
     Expr::col(column).like(LikeExpr::new(format!("%{escaped}%")).escape('\\'))
 }
+
+/// Inserts rows in multi-row statements small enough for either database's
+/// limit on bound values (SQLite's is 32,766): one round trip per few
+/// hundred rows instead of one per row.
+pub(crate) async fn insert_in_chunks<A>(db: &impl ConnectionTrait, rows: Vec<A>) -> Result<(), DbErr>
+where
+    A: sea_orm::ActiveModelTrait,
+{
+    let per_statement = rows_per_statement::<A::Entity>();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<A> = rows.by_ref().take(per_statement).collect();
+        <A::Entity as sea_orm::EntityTrait>::insert_many(chunk)
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
+}
+
+/// How many rows of this table one statement may carry.
+pub(crate) fn rows_per_statement<E: sea_orm::EntityTrait>() -> usize {
+    use sea_orm::Iterable;
+    const BOUND_VALUES: usize = 30_000;
+    (BOUND_VALUES / E::Column::iter().count().max(1)).max(1)
+}

@@ -67,7 +67,7 @@ pub(crate) fn holds_seat_condition() -> Condition {
 }
 
 /// Moves the organisation's licence counter (R-ORG-4) by `delta` (zero or
-/// less: a give-back; a take goes through `take_licence`): every change of
+/// less: a give-back; a take goes through `take_licences`): every change of
 /// `model::holds_seat` calls one of them in its own transaction, so the
 /// counter always equals the number of seat holders.
 pub(crate) async fn adjust_licences(db: &impl ConnectionTrait, organisation_id: Uuid, delta: i64) -> DomainResult<()> {
@@ -85,17 +85,13 @@ pub(crate) async fn adjust_licences(db: &impl ConnectionTrait, organisation_id: 
     Ok(())
 }
 
-/// Takes one licence if one is free, else LICENCE_LIMIT_REACHED. One
-/// conditional UPDATE: on PostgreSQL it locks the organisation row only from
-/// here to COMMIT, which is why creates call it as their last statement; two
-/// creates racing for the last licence queue on the row and the second sees
-/// the first's increment (READ COMMITTED re-checks the WHERE clause).
-pub(crate) async fn take_licence(db: &impl ConnectionTrait, organisation_id: Uuid) -> DomainResult<()> {
-    take_licences(db, organisation_id, 1).await
-}
-
-/// Takes `count` licences in one conditional UPDATE, all or none.
-async fn take_licences(db: &impl ConnectionTrait, organisation_id: Uuid, count: i64) -> DomainResult<()> {
+/// Takes `count` licences if that many are free, else
+/// LICENCE_LIMIT_REACHED: one conditional UPDATE, all or none. On
+/// PostgreSQL it locks the organisation row only from here to COMMIT, which
+/// is why creates call it as their last statement; two creates racing for
+/// the last licence queue on the row and the second sees the first's
+/// increment (READ COMMITTED re-checks the WHERE clause).
+pub(crate) async fn take_licences(db: &impl ConnectionTrait, organisation_id: Uuid, count: i64) -> DomainResult<()> {
     let taken = organisation::Entity::update_many()
         .col_expr(
             organisation::Column::LicencesUsed,
@@ -116,7 +112,7 @@ async fn take_licences(db: &impl ConnectionTrait, organisation_id: Uuid, count: 
 }
 
 /// Refuses when the organisation, as read, has no free licence: a clear early
-/// answer before any write; `take_licence` is what guarantees the limit.
+/// answer before any write; `take_licences` is what guarantees the limit.
 pub(crate) fn ensure_licence_free(org: &organisation::Model) -> DomainResult<()> {
     if org.licences_used >= i64::from(org.licence_count) {
         return Err(licence_limit_reached(org));
@@ -124,7 +120,7 @@ pub(crate) fn ensure_licence_free(org: &organisation::Model) -> DomainResult<()>
     Ok(())
 }
 
-fn licence_limit_reached(org: &organisation::Model) -> DomainError {
+pub(crate) fn licence_limit_reached(org: &organisation::Model) -> DomainError {
     DomainError::FailedPrecondition {
         reason: Reason::LicenceLimitReached,
         message: format!(

@@ -1,7 +1,7 @@
 //! Organisations, settings, licences and units (R-ORG).
 
 use sea_orm::ActiveValue::Set;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -603,7 +603,31 @@ impl Domain {
             .filter(unit::Column::OrganisationId.eq(organisation_id))
             .one(db)
             .await?
-            .ok_or_else(|| DomainError::invalid(field, "names no unit of this organisation"))
+            .ok_or_else(|| no_such_unit(field))
+    }
+
+    /// Which of these units belong to the organisation: one look-up.
+    pub(crate) async fn units_in_organisation(
+        &self,
+        db: &impl sea_orm::ConnectionTrait,
+        mut unit_ids: Vec<Uuid>,
+        organisation_id: Uuid,
+    ) -> DomainResult<std::collections::HashSet<Uuid>> {
+        unit_ids.sort_unstable();
+        unit_ids.dedup();
+        if unit_ids.is_empty() {
+            return Ok(Default::default());
+        }
+        Ok(unit::Entity::find()
+            .select_only()
+            .column(unit::Column::Id)
+            .filter(unit::Column::OrganisationId.eq(organisation_id))
+            .filter(unit::Column::Id.is_in(unit_ids))
+            .into_tuple::<Uuid>()
+            .all(db)
+            .await?
+            .into_iter()
+            .collect())
     }
 
     /// All units, parents before children.
@@ -805,4 +829,9 @@ fn tree_order(units: Vec<Unit>) -> Vec<Unit> {
         }
     }
     ordered
+}
+
+/// The refusal of a unit reference that names no unit of the organisation.
+pub(crate) fn no_such_unit(field: &str) -> DomainError {
+    DomainError::invalid(field, "names no unit of this organisation")
 }

@@ -61,12 +61,17 @@ pub struct ImportSettings {
     pub max_rows: i64,
     /// Jobs one organisation may have QUEUED or RUNNING at once.
     pub max_open_per_organisation: u64,
-    /// Rows per transaction (and checkpoint). Small on purpose: every row
-    /// takes its licence with an UPDATE of the organisation's row, in a
-    /// savepoint of its own, and on PostgreSQL each later statement of the
-    /// batch walks the versions the earlier ones left (500 rows a batch ran
-    /// at a third of the speed of 25; see BENCHMARKS.md).
+    /// Rows of an edit or delete file per transaction (and checkpoint).
+    /// Small on purpose: each such row runs in a savepoint of its own, and
+    /// one that moves a licence updates the organisation's row; on
+    /// PostgreSQL each later statement of the batch walks the versions the
+    /// earlier ones left (500 rows a batch ran at a third of the speed of
+    /// 25; see BENCHMARKS.md).
     pub batch_size: usize,
+    /// Rows of a create or legacy file per transaction: their users are
+    /// created together in a few statements (`create_users_in`), so a large
+    /// batch is cheap.
+    pub create_batch_size: usize,
     /// How long a worker's claim on a job lasts without a checkpoint; a job
     /// whose worker died goes to another after this.
     pub lease_ms: i64,
@@ -81,6 +86,7 @@ impl Default for ImportSettings {
             max_rows: 1_000_000,
             max_open_per_organisation: 5,
             batch_size: 25,
+            create_batch_size: 1000,
             lease_ms: 60_000,
             file_retention_ms: 7 * 24 * 60 * 60 * 1000,
         }

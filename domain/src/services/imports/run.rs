@@ -2,8 +2,10 @@
 //! from the database in pieces, and apply it in batches. Each batch is one
 //! transaction that also moves the job's checkpoint, so a worker killed at
 //! any moment leaves either a whole batch or none of it, and the next worker
-//! starts after the last batch committed. Every row runs in a savepoint of
-//! that transaction: a refused row rolls back alone.
+//! starts after the last batch committed. New users of a batch are created
+//! together (`create_users_in`: the rules of CreateUser, in few
+//! statements); every edit or delete row runs in a savepoint of the
+//! batch's transaction, so a refused row rolls back alone.
 
 use std::collections::HashMap;
 
@@ -217,9 +219,18 @@ impl Domain {
             }
         }
         let mut processed = job.processed;
+        let creates = matches!(kind, ImportKind::Create | ImportKind::LegacyCreate);
+        let batch_size = if creates {
+            self.settings.imports.create_batch_size
+        } else {
+            self.settings.imports.batch_size
+        };
+        // When to tell PostgreSQL's planner how many users there now are:
+        // after the first batch, then each time this run has doubled them.
+        let mut analyse_at = batch_size as i64;
         loop {
-            let mut batch = Vec::with_capacity(self.settings.imports.batch_size);
-            while batch.len() < self.settings.imports.batch_size {
+            let mut batch = Vec::with_capacity(batch_size);
+            while batch.len() < batch_size {
                 match records.next(&self.db).await? {
                     Some(record) => batch.push(record),
                     None => break,
@@ -254,7 +265,24 @@ impl Domain {
                 return Ok(());
             }
             processed += done;
+            if creates && processed - job.processed >= analyse_at {
+                self.analyse_users().await?;
+                analyse_at *= 2;
+            }
         }
+    }
+
+    /// Refreshes PostgreSQL's statistics of the users table. A create
+    /// import may grow it many times over within a minute, before
+    /// autovacuum's next look: planned on the old statistics, a batch's
+    /// uniqueness look-up (an IN list of a thousand keys) walked every
+    /// user of the organisation instead of its unique index, and the job
+    /// slowed as it grew (60,000 rows: 460 ms a look-up; BENCHMARKS.md).
+    async fn analyse_users(&self) -> DomainResult<()> {
+        if is_postgres(&self.db) {
+            self.db.execute_unprepared("ANALYZE users").await?;
+        }
+        Ok(())
     }
 
     /// The job if this worker still holds it.
@@ -387,6 +415,11 @@ impl Domain {
         let (mut applied, mut failed, mut skipped) = (0i64, 0i64, 0i64);
         let mut errors: Vec<(i64, CellError)> = Vec::new();
         let mut created = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        // New users are created together, in few statements, after the
+        // other rows are read: the rows' order is kept, so the licences
+        // still go to the first rows of the file.
+        let mut creates = Vec::new();
         for (row, cells) in batch {
             let outcome = match read_row(kind, job.organisation_id, &cells, units) {
                 Err(mut problems) => {
@@ -396,13 +429,35 @@ impl Domain {
                 Ok(RowOp::Empty) => Outcome::Skipped,
                 Ok(op) => {
                     let duplicates = scan.duplicates(kind, row, &cells);
-                    if duplicates.is_empty() {
-                        self.apply_row(&txn, job, caller, op, deactivate_only).await?
-                    } else {
+                    if !duplicates.is_empty() {
                         Outcome::Failed(duplicates)
+                    } else if let RowOp::Create(new) = op {
+                        match self.check_new_user(caller, new) {
+                            Ok(checked) => {
+                                creates.push((row, checked));
+                                continue;
+                            }
+                            Err(refusal) => Outcome::Failed(row_errors(refusal)?),
+                        }
+                    } else {
+                        self.apply_row(&txn, job, caller, op, deactivate_only).await?
                     }
                 }
             };
+            outcomes.push((row, outcome));
+        }
+        let (rows, checked): (Vec<i64>, Vec<_>) = creates.into_iter().unzip();
+        for (row, answer) in rows.into_iter().zip(self.create_users_in(&txn, caller, checked).await?) {
+            let outcome = match answer {
+                Ok(user) => Outcome::Applied {
+                    created: Some(user.user.id),
+                    notice: None,
+                },
+                Err(refusal) => Outcome::Failed(row_errors(refusal)?),
+            };
+            outcomes.push((row, outcome));
+        }
+        for (row, outcome) in outcomes {
             match outcome {
                 Outcome::Applied { created: id, notice } => {
                     applied += 1;
@@ -529,14 +584,9 @@ impl Domain {
     ) -> DomainResult<Outcome> {
         match op {
             RowOp::Empty => Ok(Outcome::Skipped),
-            RowOp::Create(new) => {
-                let checked = self.check_new_user(caller, new)?;
-                let created = self.create_user_in(txn, caller, checked).await?;
-                Ok(Outcome::Applied {
-                    created: Some(created.user.id),
-                    notice: None,
-                })
-            }
+            RowOp::Create(_) => Err(DomainError::Internal(
+                "a create row goes through the batch's create of many users".into(),
+            )),
             RowOp::Edit(reference, patch) => {
                 let row = match self.find_referenced_user(txn, job.organisation_id, &reference).await? {
                     Ok(row) => row,

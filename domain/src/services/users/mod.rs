@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::organisations::{check_etag, subtree};
 use super::{
     active_role_holders, apply_licence_delta, ensure_licence_free, licence_delta, lock_organisation, read_organisation,
-    seat_holders, take_licence,
+    seat_holders,
 };
 use crate::Domain;
 use crate::email::Email;
@@ -284,14 +284,7 @@ impl Domain {
         }
         let admins = seat_holders(db, org.id, Role::OrganisationAdmin).await?;
         if admins >= i64::from(org.max_administrators) {
-            return Err(DomainError::FailedPrecondition {
-                reason: Reason::MaxAdministratorsReached,
-                message: format!(
-                    "the organisation already has its maximum of {} administrators",
-                    org.max_administrators
-                ),
-                metadata: vec![("max_administrators".into(), org.max_administrators.to_string())],
-            });
+            return Err(max_administrators_reached(org));
         }
         Ok(())
     }
@@ -396,14 +389,30 @@ pub(crate) fn reactivated_state(row: &user::Model) -> UserState {
     }
 }
 
+fn max_administrators_reached(org: &organisation::Model) -> DomainError {
+    DomainError::FailedPrecondition {
+        reason: Reason::MaxAdministratorsReached,
+        message: format!(
+            "the organisation already has its maximum of {} administrators",
+            org.max_administrators
+        ),
+        metadata: vec![("max_administrators".into(), org.max_administrators.to_string())],
+    }
+}
+
 async fn write_roles(db: &impl ConnectionTrait, user_id: Uuid, org_id: Uuid, roles: &[Role]) -> DomainResult<()> {
-    let rows = roles.iter().map(|role| user_role::ActiveModel {
+    user_role::Entity::insert_many(role_rows(user_id, org_id, roles))
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+fn role_rows(user_id: Uuid, org_id: Uuid, roles: &[Role]) -> impl Iterator<Item = user_role::ActiveModel> + '_ {
+    roles.iter().map(move |role| user_role::ActiveModel {
         user_id: Set(user_id),
         role: Set(role.to_string()),
         organisation_id: Set(org_id),
-    });
-    user_role::Entity::insert_many(rows).exec_without_returning(db).await?;
-    Ok(())
+    })
 }
 
 pub(crate) async fn roles_of(db: &impl ConnectionTrait, user_ids: &[Uuid]) -> DomainResult<HashMap<Uuid, Vec<Role>>> {
