@@ -226,7 +226,8 @@ impl Domain {
             self.settings.imports.batch_size
         };
         // When to tell PostgreSQL's planner how many users there now are:
-        // after the first batch, then each time this run has doubled them.
+        // after the first batch, then each time this run has made four
+        // times as many.
         let mut analyse_at = batch_size as i64;
         loop {
             let mut batch = Vec::with_capacity(batch_size);
@@ -267,7 +268,7 @@ impl Domain {
             processed += done;
             if creates && processed - job.processed >= analyse_at {
                 self.analyse_users().await?;
-                analyse_at *= 2;
+                analyse_at *= 4;
             }
         }
     }
@@ -447,7 +448,8 @@ impl Domain {
             outcomes.push((row, outcome));
         }
         let (rows, checked): (Vec<i64>, Vec<_>) = creates.into_iter().unzip();
-        for (row, answer) in rows.into_iter().zip(self.create_users_in(&txn, caller, checked).await?) {
+        let answers = self.create_users_in(&txn, caller, checked).await?;
+        for (row, answer) in rows.into_iter().zip(answers) {
             let outcome = match answer {
                 Ok(user) => Outcome::Applied {
                     created: Some(user.user.id),

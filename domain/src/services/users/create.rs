@@ -266,8 +266,21 @@ impl Domain {
             .iter()
             .map(|u| u.cpr.as_ref().map(|c| self.vault.lookup_hash(c)))
             .collect();
-        // One user alone needs no look-up: its INSERT is the check.
-        if users.len() > 1 {
+        // Looked up first only when the seats do not go round: a user refused
+        // at the INSERT must not hold a seat a later one could have had.
+        // Otherwise (one user alone, or a batch within its licences) the
+        // INSERT is the check: it leaves a clashing row out, and
+        // `insert_users` answers it with the rule it broke.
+        let wanted = |seat: &dyn Fn(&CheckedNewUser) -> bool| {
+            users
+                .iter()
+                .zip(&answers)
+                .filter(|(u, a)| a.is_none() && seat(u))
+                .count() as i64
+        };
+        let contested = wanted(&takes_seat) > licences_free
+            || admin_seats_free.is_some_and(|free| wanted(&takes_admin_seat) > free);
+        if contested {
             let keys: Vec<UniqueKeys> = users
                 .iter()
                 .zip(&cpr_hashes)
