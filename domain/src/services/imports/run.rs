@@ -527,11 +527,7 @@ impl Domain {
                 message: Set(e.message),
             })
             .collect();
-        for chunk in rows.chunks(500) {
-            import_error::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(&txn)
-                .await?;
-        }
+        crate::persistence::insert_in_chunks(&txn, rows).await?;
         let created_rows: Vec<import_created_user::ActiveModel> = created
             .into_iter()
             .map(|user_id| import_created_user::ActiveModel {
@@ -539,11 +535,7 @@ impl Domain {
                 user_id: Set(user_id),
             })
             .collect();
-        for chunk in created_rows.chunks(1000) {
-            import_created_user::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(&txn)
-                .await?;
-        }
+        crate::persistence::insert_in_chunks(&txn, created_rows).await?;
         txn.commit().await?;
         crate::metrics::import_rows(applied as u64, failed as u64);
         Ok(true)

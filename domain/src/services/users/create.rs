@@ -137,7 +137,7 @@ impl Domain {
         &self,
         txn: &DatabaseTransaction,
         caller: &Caller,
-        users: Vec<CheckedNewUser>,
+        mut users: Vec<CheckedNewUser>,
     ) -> DomainResult<Vec<DomainResult<CreatedUser>>> {
         let Some(org_id) = users.first().map(|u| u.new.organisation_id) else {
             return Ok(Vec::new());
@@ -194,7 +194,6 @@ impl Domain {
             }
         }
 
-        let mut users: Vec<CheckedNewUser> = users;
         if caller.is_operator() {
             // R-ORG-2: the first user an operator creates in an organisation
             // without an administrator becomes its administrator.
@@ -231,14 +230,19 @@ impl Domain {
         } else {
             None
         };
-        for (answer, user) in answers.iter_mut().zip(&users) {
-            if answer.is_some() {
-                continue;
-            }
+        // The refusal of a user the free seats cannot take.
+        let seat_refusal = |user: &CheckedNewUser, licences_free: i64, admin_seats_free: Option<i64>| {
             if takes_seat(user) && licences_free == 0 {
-                *answer = Some(Err(licence_limit_reached(&org)));
+                Some(licence_limit_reached(&org))
             } else if takes_admin_seat(user) && admin_seats_free == Some(0) {
-                *answer = Some(Err(max_administrators_reached(&org)));
+                Some(max_administrators_reached(&org))
+            } else {
+                None
+            }
+        };
+        for (answer, user) in answers.iter_mut().zip(&users) {
+            if answer.is_none() {
+                *answer = seat_refusal(user, licences_free, admin_seats_free).map(Err);
             }
         }
 
@@ -258,15 +262,13 @@ impl Domain {
             }
         }
 
-        // E-mail, username and CPR uniqueness, against live users and the
-        // earlier users of this create (the first one keeps the value). The
-        // partial unique indexes stay the guarantee: a row a parallel
-        // write beat is left out of the INSERT and answered below.
         let cpr_hashes: Vec<Option<String>> = users
             .iter()
             .map(|u| u.cpr.as_ref().map(|c| self.vault.lookup_hash(c)))
             .collect();
-        // Looked up first only when the seats do not go round: a user refused
+        // E-mail, username and CPR uniqueness, against live users and the
+        // earlier users of this create (the first one keeps the value), is
+        // looked up first only when the seats do not go round: a user refused
         // at the INSERT must not hold a seat a later one could have had.
         // Otherwise (one user alone, or a batch within its licences) the
         // INSERT is the check: it leaves a clashing row out, and
@@ -308,26 +310,18 @@ impl Domain {
             }
         }
 
-        // What is free, shared out in order.
+        // What is free, shared out in order: a refused user takes nothing.
         for (answer, user) in answers.iter_mut().zip(&users) {
             if answer.is_some() {
                 continue;
             }
-            if takes_seat(user) {
-                if licences_free == 0 {
-                    *answer = Some(Err(licence_limit_reached(&org)));
-                    continue;
-                }
-                licences_free -= 1;
+            if let Some(refusal) = seat_refusal(user, licences_free, admin_seats_free) {
+                *answer = Some(Err(refusal));
+                continue;
             }
-            if takes_admin_seat(user)
-                && let Some(free) = admin_seats_free.as_mut()
-            {
-                if *free == 0 {
-                    *answer = Some(Err(max_administrators_reached(&org)));
-                    continue;
-                }
-                *free -= 1;
+            licences_free -= i64::from(takes_seat(user));
+            if takes_admin_seat(user) {
+                admin_seats_free = admin_seats_free.map(|free| free - 1);
             }
         }
 
@@ -340,20 +334,20 @@ impl Domain {
             }
             let start_activation =
                 !user.new.suppress_activation && user.new.legacy_id.is_none() && !user.new.service_account;
-            let made = Made {
-                index,
-                takes_seat: takes_seat(&user),
-                has_cpr: user.cpr.is_some(),
-                roles: user.roles.clone(),
-                state: UserState::PendingActivation,
-            };
+            let (takes_seat, has_cpr, roles) = (takes_seat(&user), user.cpr.is_some(), user.roles.clone());
             let (row, state) = self.new_user_row(user, cpr_hash, now);
             to_insert.push(UserToInsert {
                 row,
-                roles: made.roles.clone(),
+                roles: roles.clone(),
                 start_activation,
             });
-            created_here.push(Made { state, ..made });
+            created_here.push(Made {
+                index,
+                takes_seat,
+                has_cpr,
+                roles,
+                state,
+            });
         }
         let inserted = self.insert_users(txn, &org, to_insert).await?;
         let mut events = Vec::new();
