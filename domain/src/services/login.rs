@@ -18,7 +18,7 @@
 //! that the user may not log in (pending, deactivated).
 
 use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
-use sea_orm::{ColumnTrait, Condition, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, Condition, DatabaseTransaction, EntityTrait, JoinType, QueryFilter, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -85,18 +85,18 @@ impl Domain {
         }
         v.into_result()?;
 
-        let person = self
-            .person_with_login_id(
-                &attempt.login_id,
-                attempt.organisation_id,
-                user::Column::State.ne(UserState::Deleted.as_str()),
-            )
-            .await?;
-        let credential = match &person {
-            Some(person) => password_credential::Entity::find_by_id(person.id).one(&self.db).await?,
-            None => None,
-        };
-        let (Some(person), Some(credential)) = (person, credential) else {
+        // The person and their password in one read.
+        let mut found = login_candidates(
+            &attempt.login_id,
+            attempt.organisation_id,
+            user::Column::State.ne(UserState::Deleted.as_str()),
+        )
+        .join_rev(JoinType::LeftJoin, password_of_user())
+        .select_also(password_credential::Entity)
+        .all(&self.db)
+        .await?;
+        let one = (found.len() == 1).then(|| found.remove(0));
+        let Some((person, Some(credential))) = one else {
             // Unknown, ambiguous or without a password: the same time, the
             // same answer.
             self.hasher.check(&attempt.password, None).await?;
@@ -135,18 +135,7 @@ impl Domain {
         organisation_id: Option<Uuid>,
         state: impl sea_orm::sea_query::IntoCondition,
     ) -> DomainResult<Option<user::Model>> {
-        let key = crate::normalise::key(login_id.trim());
-        let mut candidates = user::Entity::find()
-            .filter(
-                Condition::any()
-                    .add(user::Column::EmailKey.eq(key.as_str()))
-                    .add(user::Column::UsernameKey.eq(key.as_str())),
-            )
-            .filter(state);
-        if let Some(org) = organisation_id {
-            candidates = candidates.filter(user::Column::OrganisationId.eq(org));
-        }
-        let mut found = candidates.all(&self.db).await?;
+        let mut found = login_candidates(login_id, organisation_id, state).all(&self.db).await?;
         Ok((found.len() == 1).then(|| found.remove(0)))
     }
 
@@ -170,7 +159,9 @@ impl Domain {
             );
         }
         let lock_until: SimpleExpr = lock_until.finally(lock_end(settings.lock_duration_ms(32), now)).into();
-        let txn = crate::persistence::begin_write(&self.db).await?;
+        // One statement, so no transaction around it: BEGIN and COMMIT would
+        // be two more round trips on every login. On SQLite a lone write
+        // takes the write lock itself, waiting up to the busy timeout.
         let taken = password_credential::Entity::update_many()
             .col_expr(
                 password_credential::Column::LockedUntil,
@@ -195,9 +186,8 @@ impl Domain {
                     .add(password_credential::Column::LockedUntil.is_null())
                     .add(password_credential::Column::LockedUntil.lte(now)),
             )
-            .exec_with_returning(&txn)
+            .exec_with_returning(&self.db)
             .await?;
-        txn.commit().await?;
         // The row as this attempt left it (one statement: no second read).
         let Some(row) = taken.into_iter().next() else {
             return Ok(Reserved::Locked);
@@ -257,14 +247,16 @@ impl Domain {
         // the checked hash must still be the stored one, or the old password
         // would open a session after the reset ended them all (and a rehash
         // would bring the old password back).
-        let still_current = password_credential::Entity::find_by_id(person.id)
+        // The user is read again in the same statement: they may have been
+        // deactivated while the password was checked.
+        let Some(current) = user::Entity::find_by_id(person.id)
+            .join_rev(JoinType::InnerJoin, password_of_user())
             .filter(password_credential::Column::Phc.eq(checked_phc))
             .one(&txn)
             .await?
-            .is_some();
-        if !still_current {
+        else {
             return Err(refused());
-        }
+        };
         if let Some(phc) = rehashed {
             password_credential::Entity::update_many()
                 .col_expr(password_credential::Column::Phc, Expr::value(phc))
@@ -273,12 +265,7 @@ impl Domain {
                 .exec(&txn)
                 .await?;
         }
-        // Read again inside the transaction: the user may have been
-        // deactivated while the password was checked.
-        let person = user::Entity::find_by_id(person.id)
-            .one(&txn)
-            .await?
-            .ok_or_else(|| DomainError::not_found("user", person.id))?;
+        let person = current;
         if let Some(method) = self.second_factor_for(&txn, &person).await? {
             // The password's try stays spent until the second factor is
             // proved, and a lock it set stays: knowing the password buys no
@@ -608,6 +595,36 @@ async fn reset_login_tries(txn: &DatabaseTransaction, user_id: Uuid, login_at: O
         .exec(txn)
         .await?;
     Ok(())
+}
+
+/// The users a login id (e-mail address or username, compared by its key)
+/// names among users meeting `state`, within the organisation when one is
+/// given.
+fn login_candidates(
+    login_id: &str,
+    organisation_id: Option<Uuid>,
+    state: impl sea_orm::sea_query::IntoCondition,
+) -> sea_orm::Select<user::Entity> {
+    let key = crate::normalise::key(login_id.trim());
+    let mut candidates = user::Entity::find()
+        .filter(
+            Condition::any()
+                .add(user::Column::EmailKey.eq(key.as_str()))
+                .add(user::Column::UsernameKey.eq(key.as_str())),
+        )
+        .filter(state);
+    if let Some(org) = organisation_id {
+        candidates = candidates.filter(user::Column::OrganisationId.eq(org));
+    }
+    candidates
+}
+
+/// users -> password_credentials, to read a person with their password.
+fn password_of_user() -> sea_orm::RelationDef {
+    password_credential::Entity::belongs_to(user::Entity)
+        .from(password_credential::Column::UserId)
+        .to(user::Column::Id)
+        .into()
 }
 
 /// `now + duration` as a value, or the permanent lock.

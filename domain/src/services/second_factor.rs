@@ -12,8 +12,8 @@
 //! does not buy fresh tries at the code.
 
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -86,18 +86,27 @@ impl Domain {
         db: &impl ConnectionTrait,
         person: &user::Model,
     ) -> DomainResult<Option<SecondFactorMethod>> {
-        let app = totp_credential::Entity::find_by_id(person.id)
-            .filter(totp_credential::Column::ConfirmedAt.is_not_null())
+        // One read on every login: the organisation's rule and whether the
+        // person has a confirmed app.
+        let confirmed_app = Query::select()
+            .expr(Expr::value(1))
+            .from(totp_credential::Entity)
+            .and_where(Expr::col(totp_credential::Column::UserId).eq(person.id))
+            .and_where(Expr::col(totp_credential::Column::ConfirmedAt).is_not_null())
+            .to_owned();
+        let found: Option<(bool, bool)> = organisation::Entity::find_by_id(person.organisation_id)
+            .select_only()
+            .column(organisation::Column::SecondFactorRequired)
+            .expr(Expr::exists(confirmed_app))
+            .into_tuple()
             .one(db)
             .await?;
-        if app.is_some() {
-            return Ok(Some(SecondFactorMethod::Totp));
-        }
-        let required = organisation::Entity::find_by_id(person.organisation_id)
-            .one(db)
-            .await?
-            .is_some_and(|o| o.second_factor_required);
-        Ok(required.then_some(SecondFactorMethod::MailCode))
+        let (required, has_app) = found.unwrap_or_default();
+        Ok(if has_app {
+            Some(SecondFactorMethod::Totp)
+        } else {
+            required.then_some(SecondFactorMethod::MailCode)
+        })
     }
 
     /// The shortest password `person` may choose (NIST SP 800-63B-4: 15
