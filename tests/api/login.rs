@@ -21,6 +21,7 @@ both_backends!(
     old_hash_parameters_are_upgraded_at_login,
     password_reset_by_mailed_link,
     attempts_are_limited_per_login_id_and_address,
+    a_login_id_in_two_organisations_needs_the_organisation,
 );
 
 /// A server whose logins lock after `max_failures` wrong passwords.
@@ -658,5 +659,74 @@ async fn attempts_are_limited_per_login_id_and_address(backend: Backend) {
         Code::ResourceExhausted,
     );
     assert_eq!(reason(&activation), "RATE_LIMITED");
+    app.finish().await;
+}
+
+async fn login_in(
+    app: &TestApp,
+    login_id: &str,
+    organisation_id: &str,
+    password: &str,
+) -> Result<pb::LoginResponse, tonic::Status> {
+    app.auth()
+        .login(req(
+            "",
+            pb::LoginRequest {
+                login_id: login_id.to_owned(),
+                password: password.to_owned(),
+                organisation_id: organisation_id.to_owned(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// One e-mail address, a person in each of two organisations: without the
+/// organisation the login id names nobody, and such attempts take no try
+/// from either; with it, each person's tries and lock are their own.
+async fn a_login_id_in_two_organisations_needs_the_organisation(backend: Backend) {
+    let app = app_locking_after(backend, 2).await;
+    let (first, second) = (app.org_with_admin().await, app.org_with_admin().await);
+    let (anna, email) = app.member_with_password(&first, "Anna", &[]).await;
+    let mut twin = new_user(&second.org.id, "Anna", &[]);
+    twin.email = email.clone();
+    let (anna_too, _) = app.member_with_password_from(&second.admin_token, twin).await;
+
+    // Ambiguous: refused like a wrong password, however often, and no try
+    // is taken from either person.
+    let unknown = assert_code(
+        app.login("nobody@example.test", TEST_PASSWORD).await,
+        Code::Unauthenticated,
+    );
+    for _ in 0..3 {
+        let ambiguous = assert_code(app.login(&email, TEST_PASSWORD).await, Code::Unauthenticated);
+        assert_eq!(ambiguous.message(), unknown.message());
+    }
+    for (fixture, person) in [(&first, &anna), (&second, &anna_too)] {
+        let failed = app
+            .history_of(&fixture.admin_token, &person.id, pb::HistoryActivity::LoginFailed)
+            .await;
+        assert!(failed.is_empty(), "an ambiguous login id took a try: {failed:?}");
+    }
+
+    // With the organisation: the right person, and a lock of their own.
+    let logged_in = login_in(&app, &email, &second.org.id, TEST_PASSWORD)
+        .await
+        .expect("login in the second organisation");
+    assert_eq!(logged_in.user_id, anna_too.id);
+    for _ in 0..2 {
+        assert_code(
+            login_in(&app, &email, &first.org.id, "wrong wrong wrong").await,
+            Code::Unauthenticated,
+        );
+    }
+    assert_code(
+        login_in(&app, &email, &first.org.id, TEST_PASSWORD).await,
+        Code::Unauthenticated,
+    );
+    let logged_in = login_in(&app, &email, &second.org.id, TEST_PASSWORD)
+        .await
+        .expect("the other person is not locked");
+    assert_eq!(logged_in.user_id, anna_too.id);
     app.finish().await;
 }

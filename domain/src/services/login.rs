@@ -17,7 +17,7 @@
 //! which accounts exist. Only after the right password does the answer say
 //! that the user may not log in (pending, deactivated).
 
-use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
+use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition, Query, SelectStatement, SimpleExpr};
 use sea_orm::{ColumnTrait, Condition, DatabaseTransaction, EntityTrait, JoinType, QueryFilter, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
@@ -85,32 +85,27 @@ impl Domain {
         }
         v.into_result()?;
 
-        // The person and their password in one read.
-        let mut found = login_candidates(
+        // One statement before the hash, whoever the login id names: it
+        // takes a try of the one person it names, if they have a password,
+        // are not locked and have tries left. Unknown, ambiguous, without a
+        // password or locked: no row, the same time, the same answer.
+        let now = now_millis();
+        let named = password_credential::Column::UserId.in_subquery(only_person_named(
             &attempt.login_id,
             attempt.organisation_id,
             user::Column::State.ne(UserState::Deleted.as_str()),
-        )
-        .join_rev(JoinType::LeftJoin, password_of_user())
-        .select_also(password_credential::Entity)
-        .all(&self.db)
-        .await?;
-        let one = (found.len() == 1).then(|| found.remove(0));
-        let Some((person, Some(credential))) = one else {
-            // Unknown, ambiguous or without a password: the same time, the
-            // same answer.
+        ));
+        let Some(credential) = self.take_login_try(named, now).await? else {
             self.hasher.check(&attempt.password, None).await?;
             return Err(refused());
         };
-
-        let now = now_millis();
-        let reserved = self.reserve_login_try(person.id, now).await?;
-        let Reserved::Try { locks } = reserved else {
-            self.hasher.check(&attempt.password, None).await?;
-            return Err(refused());
-        };
+        let locks = locks_now(&credential, now);
         let checked = self.hasher.check(&attempt.password, Some(&credential.phc)).await?;
         if !checked.matches {
+            let person = user::Entity::find_by_id(credential.user_id)
+                .one(&self.db)
+                .await?
+                .ok_or_else(|| DomainError::not_found("user", credential.user_id))?;
             self.record_login_failure(&person, locks, attempt.peer.as_deref(), now, Activity::LoginFailed)
                 .await?;
             return Err(refused());
@@ -122,8 +117,14 @@ impl Domain {
         } else {
             None
         };
-        self.finish_login(person, &credential.phc, rehashed, locks, attempt.peer.as_deref())
-            .await
+        self.finish_login(
+            credential.user_id,
+            &credential.phc,
+            rehashed,
+            locks,
+            attempt.peer.as_deref(),
+        )
+        .await
     }
 
     /// The one person a login id (e-mail address or username, compared by
@@ -135,13 +136,33 @@ impl Domain {
         organisation_id: Option<Uuid>,
         state: impl sea_orm::sea_query::IntoCondition,
     ) -> DomainResult<Option<user::Model>> {
-        let mut found = login_candidates(login_id, organisation_id, state).all(&self.db).await?;
+        let mut found = user::Entity::find()
+            .filter(named_by_login_id(login_id, organisation_id, state))
+            .all(&self.db)
+            .await?;
         Ok((found.len() == 1).then(|| found.remove(0)))
     }
 
-    /// Takes one try in one statement: only while not locked and tries are
-    /// left; the last try sets the lock (lifted again if it is right).
+    /// Takes one try of `user_id` (see [`Self::take_login_try`]).
     pub(crate) async fn reserve_login_try(&self, user_id: Uuid, now: Millis) -> DomainResult<Reserved> {
+        Ok(
+            match self
+                .take_login_try(password_credential::Column::UserId.eq(user_id), now)
+                .await?
+            {
+                Some(row) => Reserved::Try {
+                    locks: locks_now(&row, now),
+                },
+                None => Reserved::Locked,
+            },
+        )
+    }
+
+    /// Takes one try of the password `which` selects (at most one row) in
+    /// one statement: only while not locked and tries are left; the last try
+    /// sets the lock (lifted again if it is right). Returns the row as this
+    /// attempt left it; `None` when no try was taken.
+    async fn take_login_try(&self, which: SimpleExpr, now: Millis) -> DomainResult<Option<password_credential::Model>> {
         let settings = &self.settings.passwords;
         let max = settings.max_failures;
         let after = Expr::col(password_credential::Column::FailedAttempts).add(1);
@@ -179,7 +200,7 @@ impl Domain {
                 password_credential::Column::FailedAttempts,
                 Expr::case(is_last, Expr::value(0)).finally(after).into(),
             )
-            .filter(password_credential::Column::UserId.eq(user_id))
+            .filter(which)
             .filter(password_credential::Column::FailedAttempts.lt(max))
             .filter(
                 Condition::any()
@@ -188,13 +209,7 @@ impl Domain {
             )
             .exec_with_returning(&self.db)
             .await?;
-        // The row as this attempt left it (one statement: no second read).
-        let Some(row) = taken.into_iter().next() else {
-            return Ok(Reserved::Locked);
-        };
-        Ok(Reserved::Try {
-            locks: row.locked_until.is_some_and(|until| until > now),
-        })
+        Ok(taken.into_iter().next())
     }
 
     /// A wrong password or second-factor code (`activity`), and the lock
@@ -235,7 +250,7 @@ impl Domain {
     /// transaction.
     async fn finish_login(
         &self,
-        person: user::Model,
+        user_id: Uuid,
         checked_phc: &str,
         rehashed: Option<String>,
         locks: bool,
@@ -249,7 +264,7 @@ impl Domain {
         // would bring the old password back).
         // The user is read again in the same statement: they may have been
         // deactivated while the password was checked.
-        let Some(current) = user::Entity::find_by_id(person.id)
+        let Some(person) = user::Entity::find_by_id(user_id)
             .join_rev(JoinType::InnerJoin, password_of_user())
             .filter(password_credential::Column::Phc.eq(checked_phc))
             .one(&txn)
@@ -260,12 +275,11 @@ impl Domain {
         if let Some(phc) = rehashed {
             password_credential::Entity::update_many()
                 .col_expr(password_credential::Column::Phc, Expr::value(phc))
-                .filter(password_credential::Column::UserId.eq(person.id))
+                .filter(password_credential::Column::UserId.eq(user_id))
                 .filter(password_credential::Column::Phc.eq(checked_phc))
                 .exec(&txn)
                 .await?;
         }
-        let person = current;
         if let Some(method) = self.second_factor_for(&txn, &person).await? {
             // The password's try stays spent until the second factor is
             // proved, and a lock it set stays: knowing the password buys no
@@ -600,23 +614,41 @@ async fn reset_login_tries(txn: &DatabaseTransaction, user_id: Uuid, login_at: O
 /// The users a login id (e-mail address or username, compared by its key)
 /// names among users meeting `state`, within the organisation when one is
 /// given.
-fn login_candidates(
-    login_id: &str,
-    organisation_id: Option<Uuid>,
-    state: impl sea_orm::sea_query::IntoCondition,
-) -> sea_orm::Select<user::Entity> {
+fn named_by_login_id(login_id: &str, organisation_id: Option<Uuid>, state: impl IntoCondition) -> Condition {
     let key = crate::normalise::key(login_id.trim());
-    let mut candidates = user::Entity::find()
-        .filter(
+    let mut named = Condition::all()
+        .add(
             Condition::any()
                 .add(user::Column::EmailKey.eq(key.as_str()))
                 .add(user::Column::UsernameKey.eq(key.as_str())),
         )
-        .filter(state);
+        .add(state.into_condition());
     if let Some(org) = organisation_id {
-        candidates = candidates.filter(user::Column::OrganisationId.eq(org));
+        named = named.add(user::Column::OrganisationId.eq(org));
     }
-    candidates
+    named
+}
+
+/// The id of the one user a login id names (as [`named_by_login_id`]), as
+/// a subquery: no row when it names nobody or several.
+fn only_person_named(login_id: &str, organisation_id: Option<Uuid>, state: impl IntoCondition) -> SelectStatement {
+    let named = named_by_login_id(login_id, organisation_id, state);
+    let how_many = Query::select()
+        .expr(Expr::col((user::Entity, user::Column::Id)).count())
+        .from(user::Entity)
+        .cond_where(named.clone())
+        .to_owned();
+    Query::select()
+        .column((user::Entity, user::Column::Id))
+        .from(user::Entity)
+        .cond_where(named)
+        .and_where(SimpleExpr::from(how_many).eq(1))
+        .to_owned()
+}
+
+/// Whether the try a row records is the one that set its lock.
+fn locks_now(credential: &password_credential::Model, now: Millis) -> bool {
+    credential.locked_until.is_some_and(|until| until > now)
 }
 
 /// users -> password_credentials, to read a person with their password.
