@@ -26,13 +26,13 @@ use crate::Domain;
 use crate::error::{DomainError, DomainResult, Reason};
 use crate::model::*;
 use crate::passwords::{Password, check_new_password};
-use crate::persistence::entities::{api_token, password_credential, user};
+use crate::persistence::entities::{api_token, organisation, password_credential, user};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::persistence::mapping::parse;
 use crate::policy::{Action, Caller};
 use crate::secrets::{Secret, token_hash};
 use crate::services::activation::person_caller;
-use crate::services::second_factor::LoginOutcome;
+use crate::services::second_factor::{LoginOutcome, confirmed_app_of, second_factor_method};
 use crate::validate::Violations;
 
 /// A lock with no end: only an administrator lifts it.
@@ -263,10 +263,25 @@ impl Domain {
         // would open a session after the reset ended them all (and a rehash
         // would bring the old password back).
         // The user is read again in the same statement: they may have been
-        // deactivated while the password was checked.
-        let Some(person) = user::Entity::find_by_id(user_id)
+        // deactivated while the password was checked. With them, what
+        // decides the second factor.
+        let Some(LoginRow {
+            person,
+            second_factor_required,
+            has_app,
+        }) = user::Entity::find_by_id(user_id)
             .join_rev(JoinType::InnerJoin, password_of_user())
+            .join(
+                JoinType::InnerJoin,
+                user::Entity::belongs_to(organisation::Entity)
+                    .from(user::Column::OrganisationId)
+                    .to(organisation::Column::Id)
+                    .into(),
+            )
             .filter(password_credential::Column::Phc.eq(checked_phc))
+            .column(organisation::Column::SecondFactorRequired)
+            .expr_as(Expr::exists(confirmed_app_of(user_id)), "has_app")
+            .into_model::<LoginRow>()
             .one(&txn)
             .await?
         else {
@@ -280,7 +295,7 @@ impl Domain {
                 .exec(&txn)
                 .await?;
         }
-        if let Some(method) = self.second_factor_for(&txn, &person).await? {
+        if let Some(method) = second_factor_method(second_factor_required, has_app) {
             // The password's try stays spent until the second factor is
             // proved, and a lock it set stays: knowing the password buys no
             // fresh tries at the code.
@@ -644,6 +659,15 @@ fn only_person_named(login_id: &str, organisation_id: Option<Uuid>, state: impl 
         .cond_where(named)
         .and_where(SimpleExpr::from(how_many).eq(1))
         .to_owned()
+}
+
+/// The user `finish_login` reads again, with what decides the second factor.
+#[derive(sea_orm::FromQueryResult)]
+struct LoginRow {
+    #[sea_orm(nested)]
+    person: user::Model,
+    second_factor_required: bool,
+    has_app: bool,
 }
 
 /// Whether the try a row records is the one that set its lock.

@@ -12,7 +12,7 @@
 //! does not buy fresh tries at the code.
 
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Query, SelectStatement};
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
@@ -77,6 +77,26 @@ fn parse_code(v: &mut Violations, code: &str) -> String {
     code
 }
 
+/// A confirmed authenticator app of `user_id`, for `EXISTS`.
+pub(crate) fn confirmed_app_of(user_id: Uuid) -> SelectStatement {
+    Query::select()
+        .expr(Expr::value(1))
+        .from(totp_credential::Entity)
+        .and_where(Expr::col(totp_credential::Column::UserId).eq(user_id))
+        .and_where(Expr::col(totp_credential::Column::ConfirmedAt).is_not_null())
+        .to_owned()
+}
+
+/// The second factor a login must prove, from the organisation's rule and
+/// whether the person has a confirmed app (see `second_factor_for`).
+pub(crate) fn second_factor_method(organisation_requires: bool, has_app: bool) -> Option<SecondFactorMethod> {
+    if has_app {
+        Some(SecondFactorMethod::Totp)
+    } else {
+        organisation_requires.then_some(SecondFactorMethod::MailCode)
+    }
+}
+
 impl Domain {
     /// The second factor `person` must prove at login, if any: the
     /// authenticator app once one is confirmed (the person chose it), else a
@@ -86,27 +106,15 @@ impl Domain {
         db: &impl ConnectionTrait,
         person: &user::Model,
     ) -> DomainResult<Option<SecondFactorMethod>> {
-        // One read on every login: the organisation's rule and whether the
-        // person has a confirmed app.
-        let confirmed_app = Query::select()
-            .expr(Expr::value(1))
-            .from(totp_credential::Entity)
-            .and_where(Expr::col(totp_credential::Column::UserId).eq(person.id))
-            .and_where(Expr::col(totp_credential::Column::ConfirmedAt).is_not_null())
-            .to_owned();
         let found: Option<(bool, bool)> = organisation::Entity::find_by_id(person.organisation_id)
             .select_only()
             .column(organisation::Column::SecondFactorRequired)
-            .expr(Expr::exists(confirmed_app))
+            .expr(Expr::exists(confirmed_app_of(person.id)))
             .into_tuple()
             .one(db)
             .await?;
         let (required, has_app) = found.unwrap_or_default();
-        Ok(if has_app {
-            Some(SecondFactorMethod::Totp)
-        } else {
-            required.then_some(SecondFactorMethod::MailCode)
-        })
+        Ok(second_factor_method(required, has_app))
     }
 
     /// The shortest password `person` may choose (NIST SP 800-63B-4: 15
