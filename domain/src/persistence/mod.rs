@@ -153,6 +153,16 @@ pub(crate) fn roles_of_user() -> sea_orm::RelationDef {
         .into()
 }
 
+/// users -> organisations, for joining a user's organisation into the same
+/// query.
+pub(crate) fn organisation_of_user() -> sea_orm::RelationDef {
+    use sea_orm::EntityTrait;
+    entities::user::Entity::belongs_to(entities::organisation::Entity)
+        .from(entities::user::Column::OrganisationId)
+        .to(entities::organisation::Column::Id)
+        .into()
+}
+
 /// `column LIKE '%text%'` with `text` taken literally (its `%`, `_` and `\`
 /// escaped): a search for `50%` finds `50%`, not everything.
 pub(crate) fn contains_literally(column: impl sea_orm::ColumnTrait, text: &str) -> sea_orm::sea_query::SimpleExpr {

@@ -271,13 +271,7 @@ impl Domain {
             has_app,
         }) = user::Entity::find_by_id(user_id)
             .join_rev(JoinType::InnerJoin, password_of_user())
-            .join(
-                JoinType::InnerJoin,
-                user::Entity::belongs_to(organisation::Entity)
-                    .from(user::Column::OrganisationId)
-                    .to(organisation::Column::Id)
-                    .into(),
-            )
+            .join(JoinType::InnerJoin, crate::persistence::organisation_of_user())
             .filter(password_credential::Column::Phc.eq(checked_phc))
             .column(organisation::Column::SecondFactorRequired)
             .expr_as(Expr::exists(confirmed_app_of(user_id)), "has_app")
