@@ -102,12 +102,12 @@ impl Domain {
         let locks = locks_now(&credential, now);
         let checked = self.hasher.check(&attempt.password, Some(&credential.phc)).await?;
         if !checked.matches {
-            let person = user::Entity::find_by_id(credential.user_id)
-                .one(&self.db)
-                .await?
-                .ok_or_else(|| DomainError::not_found("user", credential.user_id))?;
-            self.record_login_failure(&person, locks, attempt.peer.as_deref(), now, Activity::LoginFailed)
-                .await?;
+            // A person removed meanwhile gets the same answer, unrecorded:
+            // naming them would tell the caller the login id existed.
+            if let Some(person) = user::Entity::find_by_id(credential.user_id).one(&self.db).await? {
+                self.record_login_failure(&person, locks, attempt.peer.as_deref(), now, Activity::LoginFailed)
+                    .await?;
+            }
             return Err(refused());
         }
         // The right password: a hash with old parameters is replaced now,
