@@ -22,6 +22,7 @@ both_backends!(
     password_reset_by_mailed_link,
     attempts_are_limited_per_login_id_and_address,
     a_login_id_in_two_organisations_needs_the_organisation,
+    a_deleted_persons_login_id_opens_only_the_new_persons_login,
 );
 
 /// A server whose logins lock after `max_failures` wrong passwords.
@@ -728,5 +729,37 @@ async fn a_login_id_in_two_organisations_needs_the_organisation(backend: Backend
         .await
         .expect("the other person is not locked");
     assert_eq!(logged_in.user_id, anna_too.id);
+    app.finish().await;
+}
+
+/// A deleted person's e-mail address may be given to a new person of the
+/// same organisation: the deleted person never logs in again (refused like
+/// an unknown id), and does not make the login id ambiguous for the new one.
+async fn a_deleted_persons_login_id_opens_only_the_new_persons_login(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (leaver, email) = app.member_with_password(&fixture, "Anna", &[]).await;
+    app.users()
+        .delete_user(req(
+            &fixture.admin_token,
+            pb::DeleteUserRequest {
+                id: leaver.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("delete");
+    let unknown = assert_code(
+        app.login("nobody@example.test", TEST_PASSWORD).await,
+        Code::Unauthenticated,
+    );
+    let deleted = assert_code(app.login(&email, TEST_PASSWORD).await, Code::Unauthenticated);
+    assert_eq!(deleted.message(), unknown.message());
+
+    let mut successor = new_user(&fixture.org.id, "Anna", &[]);
+    successor.email = email.clone();
+    let (successor, _) = app.member_with_password_from(&fixture.admin_token, successor).await;
+    let logged_in = app.login(&email, TEST_PASSWORD).await.expect("the new person logs in");
+    assert_eq!(logged_in.user_id, successor.id);
     app.finish().await;
 }

@@ -267,14 +267,17 @@ impl Domain {
         // decides the second factor.
         let Some(LoginRow {
             person,
-            second_factor_required,
-            has_app,
+            organisation_requires_second_factor,
+            has_confirmed_app,
         }) = user::Entity::find_by_id(user_id)
             .join_rev(JoinType::InnerJoin, password_of_user())
             .join(JoinType::InnerJoin, crate::persistence::organisation_of_user())
             .filter(password_credential::Column::Phc.eq(checked_phc))
-            .column(organisation::Column::SecondFactorRequired)
-            .expr_as(Expr::exists(confirmed_app_of(user_id)), "has_app")
+            .column_as(
+                organisation::Column::SecondFactorRequired,
+                "organisation_requires_second_factor",
+            )
+            .expr_as(Expr::exists(confirmed_app_of(user_id)), "has_confirmed_app")
             .into_model::<LoginRow>()
             .one(&txn)
             .await?
@@ -289,7 +292,7 @@ impl Domain {
                 .exec(&txn)
                 .await?;
         }
-        if let Some(method) = second_factor_method(second_factor_required, has_app) {
+        if let Some(method) = second_factor_method(organisation_requires_second_factor, has_confirmed_app) {
             // The password's try stays spent until the second factor is
             // proved, and a lock it set stays: knowing the password buys no
             // fresh tries at the code.
@@ -660,8 +663,10 @@ fn only_person_named(login_id: &str, organisation_id: Option<Uuid>, state: impl 
 struct LoginRow {
     #[sea_orm(nested)]
     person: user::Model,
-    second_factor_required: bool,
-    has_app: bool,
+    // Named apart from every users column: the nested model reads those
+    // by their plain names.
+    organisation_requires_second_factor: bool,
+    has_confirmed_app: bool,
 }
 
 /// Whether the try a row records is the one that set its lock.

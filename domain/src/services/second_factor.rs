@@ -82,8 +82,8 @@ pub(crate) fn confirmed_app_of(user_id: Uuid) -> SelectStatement {
     Query::select()
         .expr(Expr::value(1))
         .from(totp_credential::Entity)
-        .and_where(Expr::col(totp_credential::Column::UserId).eq(user_id))
-        .and_where(Expr::col(totp_credential::Column::ConfirmedAt).is_not_null())
+        .and_where(Expr::col((totp_credential::Entity, totp_credential::Column::UserId)).eq(user_id))
+        .and_where(Expr::col((totp_credential::Entity, totp_credential::Column::ConfirmedAt)).is_not_null())
         .to_owned()
 }
 
