@@ -23,6 +23,7 @@ both_backends!(
     attempts_are_limited_per_login_id_and_address,
     a_login_id_in_two_organisations_needs_the_organisation,
     a_deleted_persons_login_id_opens_only_the_new_persons_login,
+    the_right_password_on_the_last_try_logs_in_and_gives_the_tries_back,
 );
 
 /// A server whose logins lock after `max_failures` wrong passwords.
@@ -761,5 +762,27 @@ async fn a_deleted_persons_login_id_opens_only_the_new_persons_login(backend: Ba
     let (successor, _) = app.member_with_password_from(&fixture.admin_token, successor).await;
     let logged_in = app.login(&email, TEST_PASSWORD).await.expect("the new person logs in");
     assert_eq!(logged_in.user_id, successor.id);
+    app.finish().await;
+}
+
+/// The last try sets the lock before the password is checked; the right
+/// password on it lifts that lock and gives every try back.
+async fn the_right_password_on_the_last_try_logs_in_and_gives_the_tries_back(backend: Backend) {
+    let app = app_locking_after(backend, 2).await;
+    let fixture = app.org_with_admin().await;
+    let (bo, email) = app.member_with_password(&fixture, "Bo", &[]).await;
+    for _ in 0..3 {
+        assert_code(app.login(&email, "wrong wrong wrong").await, Code::Unauthenticated);
+        // The second try of two: it locks if wrong, so it must be checked.
+        let logged_in = app.login(&email, TEST_PASSWORD).await.expect("the last try is checked");
+        assert_eq!(logged_in.user_id, bo.id);
+        app.who_am_i(&logged_in.session_token).await.expect("the session works");
+    }
+    assert!(
+        app.history_of(&fixture.admin_token, &bo.id, pb::HistoryActivity::LoginLocked)
+            .await
+            .is_empty(),
+        "a lock lifted by its own try is no lock"
+    );
     app.finish().await;
 }
