@@ -1374,16 +1374,7 @@ async fn refusals_change_nothing(backend: Backend) {
         get(&app, &fixture.admin_token, &open_order.id).await.unwrap().state(),
         pb::CertificateState::Ordered
     );
-    app.users()
-        .delete_user(req(
-            &fixture.admin_token,
-            pb::DeleteUserRequest {
-                id: leaver.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    app.delete_user(&fixture.admin_token, &leaver.id).await.unwrap();
     let revoked = get(&app, &fixture.admin_token, &issued.id).await.unwrap();
     assert_eq!(revoked.state(), pb::CertificateState::Revoked);
     assert_eq!(revoked.revocation_reason(), pb::RevocationReason::HolderLeft);

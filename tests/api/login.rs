@@ -740,16 +740,7 @@ async fn a_deleted_persons_login_id_opens_only_the_new_persons_login(backend: Ba
     let app = TestApp::start(backend).await;
     let fixture = app.org_with_admin().await;
     let (leaver, email) = app.member_with_password(&fixture, "Anna", &[]).await;
-    app.users()
-        .delete_user(req(
-            &fixture.admin_token,
-            pb::DeleteUserRequest {
-                id: leaver.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("delete");
+    app.delete_user(&fixture.admin_token, &leaver.id).await.expect("delete");
     let unknown = assert_code(
         app.login("nobody@example.test", TEST_PASSWORD).await,
         Code::Unauthenticated,

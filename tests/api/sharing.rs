@@ -511,14 +511,7 @@ async fn a_deleted_users_delegation_ends_with_them(backend: Backend) {
         .await
         .expect("the leaver's own, shared");
 
-    app.users()
-        .delete_user(req(
-            &fixture.admin_token,
-            pb::DeleteUserRequest {
-                id: leaver.id.clone(),
-                ..Default::default()
-            },
-        ))
+    app.delete_user(&fixture.admin_token, &leaver.id)
         .await
         .expect("delete the leaver");
 

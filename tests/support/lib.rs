@@ -754,6 +754,20 @@ impl TestApp {
             .events
     }
 
+    /// `DeleteUser` of `id` by `token`, without an etag.
+    pub async fn delete_user(&self, token: &str, id: &str) -> Result<pb::DeleteUserResponse, Status> {
+        self.users()
+            .delete_user(req(
+                token,
+                pb::DeleteUserRequest {
+                    id: id.to_owned(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
     /// `WhoAmI` with `token`.
     pub async fn who_am_i(&self, token: &str) -> Result<pb::WhoAmIResponse, Status> {
         self.auth()

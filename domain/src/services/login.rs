@@ -145,17 +145,12 @@ impl Domain {
 
     /// Takes one try of `user_id` (see [`Self::take_login_try`]).
     pub(crate) async fn reserve_login_try(&self, user_id: Uuid, now: Millis) -> DomainResult<Reserved> {
-        Ok(
-            match self
-                .take_login_try(password_credential::Column::UserId.eq(user_id), now)
-                .await?
-            {
-                Some(row) => Reserved::Try {
-                    locks: locks_now(&row, now),
-                },
-                None => Reserved::Locked,
-            },
-        )
+        let taken = self
+            .take_login_try(password_credential::Column::UserId.eq(user_id), now)
+            .await?;
+        Ok(taken.map_or(Reserved::Locked, |row| Reserved::Try {
+            locks: locks_now(&row, now),
+        }))
     }
 
     /// Takes one try of the password `which` selects (at most one row) in
