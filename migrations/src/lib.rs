@@ -44,6 +44,7 @@ mod m20261204_000069_add_role_requests;
 mod m20261204_000070_create_join_requests;
 mod m20261204_000071_add_grant_resources;
 mod m20261205_000072_store_crls_uncompressed;
+mod m20261206_000073_cover_certificate_search_text;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -106,6 +107,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000070_create_join_requests::Migration),
             Box::new(m20261204_000071_add_grant_resources::Migration),
             Box::new(m20261205_000072_store_crls_uncompressed::Migration),
+            Box::new(m20261206_000073_cover_certificate_search_text::Migration),
         ]
     }
 }

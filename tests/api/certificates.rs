@@ -666,6 +666,31 @@ async fn a_user_certificate_lives_and_is_revoked_as_openssl_sees_it(backend: Bac
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The ids of every page of a search, one page after another, and the
+/// tokens that led on; fails if the pages do not end (a token that does
+/// not move on).
+async fn walk_pages(
+    app: &TestApp,
+    session: &str,
+    request: impl Fn(String) -> pb::SearchCertificatesRequest,
+) -> (Vec<String>, Vec<String>) {
+    let (mut ids, mut tokens) = (Vec::new(), Vec::<String>::new());
+    loop {
+        let page = app
+            .certs()
+            .search_certificates(req(session, request(tokens.last().cloned().unwrap_or_default())))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(page.certificates.into_iter().map(|c| c.id));
+        if page.next_page_token.is_empty() {
+            return (ids, tokens);
+        }
+        assert!(tokens.len() < 100, "the pages do not end: {ids:?}");
+        tokens.push(page.next_page_token);
+    }
+}
+
 async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
     let app = TestApp::start(backend).await;
     let dir = fresh_dir();
@@ -732,27 +757,16 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
         page_token,
         ..Default::default()
     };
-    let (mut walked, mut token) = (Vec::new(), String::new());
-    loop {
-        let page = app
-            .certs()
-            .search_certificates(req(&fixture.admin_token, by_expiry(token.clone())))
-            .await
-            .unwrap()
-            .into_inner();
-        walked.extend(page.certificates.into_iter().map(|c| c.id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-        // A token of the expiry order does not continue the newest-first one.
+    let (walked, tokens) = walk_pages(&app, &fixture.admin_token, &by_expiry).await;
+    // A token of the expiry order does not continue the newest-first one.
+    for token in tokens {
         let elsewhere = app
             .certs()
             .search_certificates(req(
                 &fixture.admin_token,
                 pb::SearchCertificatesRequest {
                     expire_time_from: None,
-                    ..by_expiry(token.clone())
+                    ..by_expiry(token)
                 },
             ))
             .await;
@@ -779,6 +793,22 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
         newest_first,
         [ids[2].clone(), ids[1].clone(), ids[0].clone()],
         "without a bound, newest first"
+    );
+    // The same by subject text, a page of one at a time: the page's ids are
+    // found first, then the rows (the token's id bounds the first step).
+    let by_text = |page_token: String| pb::SearchCertificatesRequest {
+        organisation_id: fixture.org.id.clone(),
+        holder_id: bo.id.clone(),
+        subject_text: bo.surname.to_uppercase(),
+        page_size: 1,
+        page_token,
+        ..Default::default()
+    };
+    let (walked, _) = walk_pages(&app, &fixture.admin_token, &by_text).await;
+    assert_eq!(
+        walked,
+        [ids[2].clone(), ids[1].clone(), ids[0].clone()],
+        "by subject text, newest first, page by page"
     );
 
     // One token picked up twice at once: one certificate, the other call

@@ -204,7 +204,11 @@ impl Domain {
             )
             .await?
         } else {
-            paging::keyset(
+            // Ids first: on PostgreSQL the organisation's (organisation_id,
+            // id) index also holds `search_text`, so a subject text that the
+            // newest certificates lack is checked against index entries, not
+            // the ~1.4 kB rows (BENCHMARKS.md, issue 10).
+            paging::keyset_ids_first(
                 &self.db,
                 select,
                 certificate::Column::Id,
