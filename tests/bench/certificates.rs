@@ -613,7 +613,8 @@ impl Bench {
     }
 
     /// What autovacuum does on a running system, which this machine's
-    /// PostgreSQL has switched off (its CI configuration): statistics, and
+    /// PostgreSQL has switched off (`autovacuum = off` in its
+    /// `/etc/postgresql/*/main/conf.d/90-ci.conf`): statistics, and
     /// the visibility map that lets index-only scans skip the table. The
     /// certificates table is vacuumed after 1% of its rows changed
     /// (migration 73), so after the bulk load and again after an issue
@@ -783,7 +784,7 @@ impl Bench {
             } else {
                 format!(
                     "EXPLAIN (ANALYZE, COSTS OFF) SELECT * FROM certificates WHERE id IN (SELECT id FROM certificates \
-                     WHERE organisation_id = '{org}' AND {condition} ORDER BY id DESC LIMIT 51) ORDER BY id DESC"
+                     WHERE organisation_id = '{org}' AND {condition} ORDER BY id DESC LIMIT 51) ORDER BY id DESC LIMIT 51"
                 )
             };
             let lines: Vec<String> = self

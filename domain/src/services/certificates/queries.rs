@@ -204,10 +204,12 @@ impl Domain {
             )
             .await?
         } else {
-            // Ids first: on PostgreSQL the organisation's (organisation_id,
-            // id) index also holds `search_text`, so a subject text that the
-            // newest certificates lack is checked against index entries, not
-            // the ~1.4 kB rows (BENCHMARKS.md, issue 10).
+            // Ids first, whatever the filters (a few primary-key reads more
+            // when they need the rows anyway): on PostgreSQL the
+            // organisation's (organisation_id, id) index also holds
+            // `search_text`, so a subject text that the newest certificates
+            // lack is checked against index entries, not the ~1.4 kB rows
+            // (BENCHMARKS.md, issue 10).
             paging::keyset_ids_first(
                 &self.db,
                 select,
