@@ -153,6 +153,16 @@ pub(crate) fn roles_of_user() -> sea_orm::RelationDef {
         .into()
 }
 
+/// users -> password_credentials, for reading a person with their password
+/// in one query.
+pub(crate) fn password_of_user() -> sea_orm::RelationDef {
+    use sea_orm::EntityTrait;
+    entities::password_credential::Entity::belongs_to(entities::user::Entity)
+        .from(entities::password_credential::Column::UserId)
+        .to(entities::user::Column::Id)
+        .into()
+}
+
 /// users -> organisations, for joining a user's organisation into the same
 /// query.
 pub(crate) fn organisation_of_user() -> sea_orm::RelationDef {

@@ -136,11 +136,10 @@ impl Domain {
         organisation_id: Option<Uuid>,
         state: impl sea_orm::sea_query::IntoCondition,
     ) -> DomainResult<Option<user::Model>> {
-        let mut found = user::Entity::find()
-            .filter(named_by_login_id(login_id, organisation_id, state))
-            .all(&self.db)
-            .await?;
-        Ok((found.len() == 1).then(|| found.remove(0)))
+        Ok(user::Entity::find()
+            .filter(user::Column::Id.in_subquery(only_person_named(login_id, organisation_id, state)))
+            .one(&self.db)
+            .await?)
     }
 
     /// Takes one try of `user_id` (see [`Self::take_login_try`]).
@@ -265,7 +264,7 @@ impl Domain {
             organisation_requires_second_factor,
             has_confirmed_app,
         }) = user::Entity::find_by_id(user_id)
-            .join_rev(JoinType::InnerJoin, password_of_user())
+            .join_rev(JoinType::InnerJoin, crate::persistence::password_of_user())
             .join(JoinType::InnerJoin, crate::persistence::organisation_of_user())
             .filter(password_credential::Column::Phc.eq(checked_phc))
             .column_as(
@@ -618,10 +617,11 @@ async fn reset_login_tries(txn: &DatabaseTransaction, user_id: Uuid, login_at: O
     Ok(())
 }
 
-/// The users a login id (e-mail address or username, compared by its key)
-/// names among users meeting `state`, within the organisation when one is
-/// given.
-fn named_by_login_id(login_id: &str, organisation_id: Option<Uuid>, state: impl IntoCondition) -> Condition {
+/// The id of the one user a login id (e-mail address or username,
+/// compared by its key) names among users meeting `state`, within the
+/// organisation when one is given, as a subquery: no row when it names
+/// nobody or several. The one place that rule is written.
+fn only_person_named(login_id: &str, organisation_id: Option<Uuid>, state: impl IntoCondition) -> SelectStatement {
     let key = crate::normalise::key(login_id.trim());
     let mut named = Condition::all()
         .add(
@@ -633,13 +633,6 @@ fn named_by_login_id(login_id: &str, organisation_id: Option<Uuid>, state: impl 
     if let Some(org) = organisation_id {
         named = named.add(user::Column::OrganisationId.eq(org));
     }
-    named
-}
-
-/// The id of the one user a login id names (as [`named_by_login_id`]), as
-/// a subquery: no row when it names nobody or several.
-fn only_person_named(login_id: &str, organisation_id: Option<Uuid>, state: impl IntoCondition) -> SelectStatement {
-    let named = named_by_login_id(login_id, organisation_id, state);
     let how_many = Query::select()
         .expr(Expr::col((user::Entity, user::Column::Id)).count())
         .from(user::Entity)
@@ -667,14 +660,6 @@ struct LoginRow {
 /// Whether the try a row records is the one that set its lock.
 fn locks_now(credential: &password_credential::Model, now: Millis) -> bool {
     credential.locked_until.is_some_and(|until| until > now)
-}
-
-/// users -> password_credentials, to read a person with their password.
-fn password_of_user() -> sea_orm::RelationDef {
-    password_credential::Entity::belongs_to(user::Entity)
-        .from(password_credential::Column::UserId)
-        .to(user::Column::Id)
-        .into()
 }
 
 /// `now + duration` as a value, or the permanent lock.
