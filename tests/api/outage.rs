@@ -85,6 +85,94 @@ async fn writers_in_two_processes_queue(backend: Backend) {
     app.finish().await;
 }
 
+both_backends!(a_refused_write_leaves_no_transaction_open);
+
+/// A write refused inside its transaction (the e-mail is taken: found after
+/// BEGIN) leaves no transaction open behind it. The connection goes back to
+/// the pool without sqlx's ping (vendor/README.md), so the ROLLBACK its
+/// dropped transaction queued must still reach the server at once, not
+/// whenever the connection is next used. The refused write runs on a pool of
+/// its own that nothing else uses afterwards (the server's readiness probe
+/// and CRL watch would reuse a connection of the app's pool within a second),
+/// so only that rollback can end the transaction.
+async fn a_refused_write_leaves_no_transaction_open(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let first = new_user(&fixture.org.id, "Dobbelt", &[]);
+    app.users()
+        .create_user(req(&fixture.admin_token, first.clone()))
+        .await
+        .expect("the first user");
+
+    let own_pool = Domain::new(
+        persistence::connect(&app.database_url, 4)
+            .await
+            .expect("a pool of its own"),
+        test_vault(),
+        &[OPERATOR_TOKEN.to_owned()],
+    );
+    let caller = own_pool
+        .authenticate(&fixture.admin_token)
+        .await
+        .expect("the admin's token");
+    let again = orgadmin_domain::services::users::NewUser {
+        organisation_id: fixture.org.id.parse().unwrap(),
+        first_name: "Dobbelt".into(),
+        surname: "Igen".into(),
+        email: first.email.clone(),
+        cpr: Some(unique_cpr()),
+        ..Default::default()
+    };
+    match own_pool.create_user(&caller, again).await {
+        Err(orgadmin_domain::DomainError::AlreadyExists { .. }) => {}
+        Err(other) => panic!("expected the e-mail refused, got {other:?}"),
+        Ok(_) => panic!("expected the e-mail refused, the user was created"),
+    }
+
+    match backend {
+        Backend::Postgres => {
+            let name = database_name(&app);
+            let admin = admin().await;
+            let started = Instant::now();
+            loop {
+                let open = sql(
+                    &admin,
+                    format!(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = '{name}' AND state LIKE 'idle in transaction%'"
+                    ),
+                )
+                .await;
+                if open.is_empty() {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "{} connection(s) still idle in a transaction 3 s after the refusal",
+                    open.len()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            admin.close().await.unwrap();
+        }
+        Backend::Sqlite => {
+            // SQLite's one writer lock: another connection takes it at once
+            // (a busy timeout of 3 s bounds the wait).
+            let other = Database::connect(&app.database_url)
+                .await
+                .expect("a second SQLite connection");
+            let started = Instant::now();
+            other
+                .execute_unprepared("PRAGMA busy_timeout = 3000; BEGIN IMMEDIATE; ROLLBACK;")
+                .await
+                .expect("the writer lock is free after the refusal");
+            assert!(started.elapsed() < Duration::from_secs(2), "the writer lock was held");
+            other.close().await.unwrap();
+        }
+    }
+    drop(own_pool);
+    app.finish().await;
+}
+
 fn database_name(app: &TestApp) -> String {
     app.database_url.rsplit('/').next().unwrap().to_owned()
 }

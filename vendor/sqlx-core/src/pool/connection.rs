@@ -203,6 +203,30 @@ impl<DB: Database> Drop for PoolConnection<DB> {
             return;
         }
 
+        // orgadmin's patch (vendor/README.md): a connection with nothing
+        // left to send goes straight back to the idle queue, without the
+        // ping below and without a task. The ping was a round trip to the
+        // server (and a wakeup of its backend and of a runtime thread) after
+        // every query and transaction. What it guarded is kept: a dropped
+        // transaction queues its ROLLBACK in the write buffer
+        // (`should_flush`), so that connection still takes the pinging path
+        // and the rollback reaches the server at once; responses a cancelled
+        // query left unread are drained by the next query
+        // (`wait_until_ready`, before every statement); a connection that
+        // broke is found by the pool's `before_acquire` check.
+        if let Some(live) = &self.live {
+            let options = &self.pool.options;
+            if !self.pool.is_closed()
+                && options.after_release.is_none()
+                && !is_beyond_max_lifetime(live, options)
+                && !live.raw.should_flush()
+            {
+                let live = self.take_live();
+                live.float(self.pool.clone()).release();
+                return;
+            }
+        }
+
         // We still need to spawn a task to maintain `min_connections`.
         if self.live.is_some() || self.pool.options.min_connections > 0 {
             crate::rt::spawn(self.return_to_pool());
