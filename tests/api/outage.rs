@@ -104,13 +104,10 @@ async fn a_refused_write_leaves_no_transaction_open(backend: Backend) {
         .await
         .expect("the first user");
 
-    let own_pool = Domain::new(
-        persistence::connect(&app.database_url, 4)
-            .await
-            .expect("a pool of its own"),
-        test_vault(),
-        &[OPERATOR_TOKEN.to_owned()],
-    );
+    let pool = persistence::connect(&app.database_url, 4)
+        .await
+        .expect("a pool of its own");
+    let own_pool = Domain::new(pool.clone(), test_vault(), &[OPERATOR_TOKEN.to_owned()]);
     let caller = own_pool
         .authenticate(&fixture.admin_token)
         .await
@@ -166,6 +163,19 @@ async fn a_refused_write_leaves_no_transaction_open(backend: Backend) {
                 .await
                 .expect("the writer lock is free after the refusal");
             assert!(started.elapsed() < Duration::from_secs(2), "the writer lock was held");
+            // The next write on the refused write's connection holds the
+            // writer lock from its BEGIN (IMMEDIATE), as every write must:
+            // a begin that read the dropped transaction's depth before the
+            // rollback ran would open a deferred transaction instead.
+            let next = persistence::begin_write(&pool).await.expect("the next write begins");
+            let taken = other
+                .execute_unprepared("PRAGMA busy_timeout = 0; BEGIN IMMEDIATE; ROLLBACK;")
+                .await;
+            assert!(
+                taken.is_err(),
+                "the next write transaction did not hold the writer lock from its BEGIN"
+            );
+            next.rollback().await.unwrap();
             other.close().await.unwrap();
         }
     }
