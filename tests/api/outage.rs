@@ -183,6 +183,85 @@ async fn a_refused_write_leaves_no_transaction_open(backend: Backend) {
     app.finish().await;
 }
 
+/// A statement cancelled mid-flight (its caller gave up: a deadline, a
+/// dropped call) still owes replies, and here they end in an error. The
+/// pool must not hand that connection to the next caller before reading
+/// them, or the next caller would get the cancelled statement's error as
+/// its own. A pool of one connection, so the next statement would get that
+/// very connection.
+///
+/// Ignored: a reproduction of an open problem (BENCHMARKS.md, "sqlx's ping
+/// on release"), not yet a guard. With sqlx's own release path it passed 8
+/// of 9 runs, the failure a `ConnectionAcquire(Timeout)` while the server
+/// showed the session idle; with the release fast path that was tried and
+/// reverted it failed 4 of 6 the same way. Run it with
+/// `cargo test -p orgadmin-tests --test api -- --ignored outage::a_cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces an open problem: a pool of one connection sometimes never gets its connection back after a cancelled statement"]
+async fn a_cancelled_statement_s_error_does_not_reach_the_next_caller() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (member, login_id) = app.member_with_password(&fixture, "Afbrudt", &[]).await;
+    let name = database_name(&app);
+    let admin = admin().await;
+    let pool = persistence::connect(&app.database_url, 1)
+        .await
+        .expect("a pool of one connection");
+    let own_pool = Domain::new(pool.clone(), test_vault(), &[OPERATOR_TOKEN.to_owned()]);
+
+    // Hold the member's password row, so that a login's first statement
+    // (taking a try: one UPDATE, no transaction) waits on it.
+    let holder = Database::connect(&app.database_url).await.unwrap();
+    let txn = holder.begin().await.unwrap();
+    txn.execute_unprepared(&format!(
+        "SELECT user_id FROM password_credentials WHERE user_id = '{}' FOR UPDATE",
+        member.id
+    ))
+    .await
+    .unwrap();
+    let attempt = orgadmin_domain::services::login::LoginAttempt {
+        login_id,
+        password: orgadmin_domain::passwords::Password::new(TEST_PASSWORD),
+        organisation_id: None,
+        peer: None,
+    };
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), own_pool.login(attempt)).await;
+    assert!(gave_up.is_err(), "the login should still wait on the held row");
+
+    // The server ends the waiting statement with an error; its reply is
+    // all that the cancelled call left on the connection.
+    let started = Instant::now();
+    loop {
+        let cancelled = sql(
+            &admin,
+            format!(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND wait_event_type = 'Lock'"
+            ),
+        )
+        .await;
+        if !cancelled.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the login's statement never waited on the row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    txn.rollback().await.unwrap();
+    holder.close().await.unwrap();
+
+    for _ in 0..3 {
+        pool.execute_unprepared("SELECT 1")
+            .await
+            .expect("the next caller gets its own answer, not the cancelled statement's error");
+    }
+    drop(own_pool);
+    pool.close().await.unwrap();
+    admin.close().await.unwrap();
+    app.finish().await;
+}
+
 fn database_name(app: &TestApp) -> String {
     app.database_url.rsplit('/').next().unwrap().to_owned()
 }
