@@ -140,13 +140,21 @@ async fn create_user_and_its_mail_are_one_trace(backend: Backend) {
             .cloned()
             .collect()
     };
-    let spans = wait_until("the worker's send span in the caller's trace", || {
-        let spans = in_trace(&receiver.spans());
-        spans
-            .iter()
-            .any(|s| s.service_name == "orgadmin-worker" && s.span.name == "outbox.send")
-            .then_some(spans)
-    })
+    // Both processes export in batches of their own, so the worker's span
+    // may arrive before the service's: wait for both.
+    let spans = wait_until(
+        "the server span and the worker's send span in the caller's trace",
+        || {
+            let spans = in_trace(&receiver.spans());
+            let sent = spans
+                .iter()
+                .any(|s| s.service_name == "orgadmin-worker" && s.span.name == "outbox.send");
+            let served = spans
+                .iter()
+                .any(|s| s.span.name == "orgadmin.v1.UserService/CreateUser");
+            (sent && served).then_some(spans)
+        },
+    )
     .await;
 
     // The RPC: a server span, child of the caller's span.
