@@ -40,6 +40,21 @@ impl<S: Socket> RustlsSocket<S> {
         }
     }
 
+    /// Writes the TLS records rustls holds (orgadmin; see `poll_flush`).
+    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.state.wants_write() {
+            match self.state.write_tls(&mut self.inner) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(_) => (),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.inner.poll_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
     async fn complete_io(&mut self) -> io::Result<()> {
         future::poll_fn(|cx| self.poll_complete_io(cx)).await
     }
@@ -66,8 +81,16 @@ impl<S: Socket> Socket for RustlsSocket<S> {
         self.poll_complete_io(cx)
     }
 
+    // orgadmin: a flush writes what rustls holds and nothing more. It was
+    // `poll_complete_io`, and rustls's `complete_io` *reads* when it has
+    // nothing to write: a flush with nothing pending waited until the server
+    // sent something. `close_hard` (flush, then shut down) is what the pool
+    // does with a connection whose release ping failed, e.g. after a call
+    // was cancelled while its statement ran; the server then has nothing
+    // more to say, the close never finished, and the pool slot was lost
+    // for good (tests/api/outage.rs, `a_cancelled_statement_…`).
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_complete_io(cx)
+        self.poll_write_pending(cx)
     }
 
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -76,7 +99,7 @@ impl<S: Socket> Socket for RustlsSocket<S> {
             self.close_notify_sent = true;
         }
 
-        ready!(self.poll_complete_io(cx))?;
+        ready!(self.poll_write_pending(cx))?;
 
         // Server can close socket as soon as it receives the connection shutdown request.
         // We shouldn't expect it to stick around for the TLS session to close cleanly.
