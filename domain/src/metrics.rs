@@ -136,7 +136,9 @@ pub fn outbox_backlog(depth: u64, oldest_age: Duration) {
     }
 }
 
-/// `outcome`: "sent", "failed" (will be retried) or "parked".
+/// `outcome`: "sent", "sent_again" (delivered once more by a claim that
+/// outlived its lease: a duplicate with the same Message-ID), "failed" (will
+/// be retried) or "parked".
 pub fn mail_delivery(outcome: &'static str) {
     if let Some(m) = instruments() {
         m.mails.add(1, &[KeyValue::new("outcome", outcome)]);

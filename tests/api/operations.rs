@@ -285,7 +285,7 @@ fn free_addr() -> String {
 
 /// Sends SIGTERM and waits (at most 15 s) for the process to exit; returns
 /// its exit status.
-fn stop_with_sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
+pub(crate) fn stop_with_sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
     assert!(
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

@@ -455,10 +455,10 @@ impl World {
         let email_link = app.mailed_token("email_verification", &new_address).await;
         // Park one queued mail as failed, as a 5xx would.
         let claimed = app.domain.claim_due_mails("rights-test", 1, 60_000).await.unwrap();
-        let failed_mail_id = claimed[0].id;
+        let failed_mail_id = claimed[0].claim.id;
         app.domain
             .mark_mail_failed(
-                failed_mail_id,
+                &claimed[0].claim,
                 "550 test",
                 orgadmin_domain::services::outbox::Failure::Permanent,
                 5,

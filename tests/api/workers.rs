@@ -12,6 +12,8 @@ use sea_orm::{ConnectionTrait, Statement};
 both_backends!(
     replicas_send_each_mail_once,
     killed_worker_loses_no_mail,
+    a_relay_that_stops_answering_stalls_nothing,
+    a_claim_that_outlived_its_lease_records_nothing,
     killed_import_worker_resumes_without_doubles,
     two_workers_share_the_import_queue
 );
@@ -59,8 +61,7 @@ fn spawn_worker(app: &TestApp, sink: &SmtpSink, lease_ms: u32) -> Worker {
 /// `spawn_worker` with further environment (a sweep schedule, ...).
 pub(crate) fn spawn_worker_with(app: &TestApp, sink: &SmtpSink, lease_ms: u32, env: &[(&str, &str)]) -> Worker {
     let mut command = Command::new(built_binary("orgadmin-worker"));
-    command.envs(env.iter().copied());
-    let child = command
+    command
         .current_dir(&app.dir)
         .env("DATABASE_URL", &app.database_url)
         .env("SMTP_URL", sink.url())
@@ -79,10 +80,10 @@ pub(crate) fn spawn_worker_with(app: &TestApp, sink: &SmtpSink, lease_ms: u32, e
         .env("ORGADMIN_LOG_FORMAT", "json")
         // Several workers run side by side: each its own health port.
         .env("ORGADMIN_WORKER_HEALTH_LISTEN", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start orgadmin-worker");
-    let mut child = child;
+        // The caller's environment last: it may replace any of the above.
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped());
+    let mut child = command.spawn().expect("start orgadmin-worker");
     let stdout = child.stdout.take().expect("worker stdout");
     let (tx, started) = std::sync::mpsc::channel();
     // Reads the log to its end (a full pipe would stall the worker).
@@ -464,4 +465,188 @@ async fn two_workers_share_the_import_queue(backend: Backend) {
     // The database holds this organisation only.
     assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 1601);
     app.finish().await;
+}
+
+/// A mail server that accepts connections and then stops answering: every
+/// odd connection hears nothing at all, every even one is greeted and
+/// answered up to EHLO and then hears nothing (the mail's MAIL FROM, or the
+/// QUIT after it, waits forever). Returns its port.
+async fn tarpit_relay() -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        for n in 0.. {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            if n % 2 == 0 {
+                held.push(tokio::spawn(async move {
+                    let _silent = socket;
+                    std::future::pending::<()>().await
+                }));
+                continue;
+            }
+            held.push(tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write.write_all(b"220 tarpit ESMTP\r\n").await.unwrap();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.to_ascii_uppercase().starts_with("EHLO") {
+                        write.write_all(b"250 tarpit\r\n").await.unwrap();
+                    }
+                    // Anything else: no answer.
+                }
+            }));
+        }
+    });
+    port
+}
+
+/// A relay that accepts connections and then stops answering (a hung
+/// process, a half-dead load balancer) must not stall the outbox: each
+/// attempt ends before the claim's lease does and is recorded, the mails
+/// stay queued for later, and SIGTERM still ends the worker. lettre's own
+/// timeout covers only the TCP connect, and its QUIT after a failed send
+/// waited for an answer: the loop used to hang on the first mail for good.
+async fn a_relay_that_stops_answering_stalls_nothing(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let unused = SmtpSink::start(0);
+    let (_, expected) = queue_mails(&app, 2).await;
+    let relay = format!("smtp://127.0.0.1:{}", tarpit_relay().await);
+    let mut worker = spawn_worker_with(
+        &app,
+        &unused,
+        2000,
+        &[("SMTP_URL", relay.as_str()), ("ORGADMIN_MAIL_RETRY_BASE_MS", "1")],
+    );
+    worker.started().await;
+    let started = Instant::now();
+    let attempts = loop {
+        let rows = app
+            .domain
+            .db()
+            .query_all_raw(Statement::from_string(
+                app.domain.db().get_database_backend(),
+                "SELECT attempts, state, last_error FROM outbox_mails".to_owned(),
+            ))
+            .await
+            .unwrap();
+        let attempts: Vec<(i32, String, Option<String>)> = rows
+            .iter()
+            .map(|row| {
+                (
+                    row.try_get_by_index(0).unwrap(),
+                    row.try_get_by_index(1).unwrap(),
+                    row.try_get_by_index(2).unwrap(),
+                )
+            })
+            .collect();
+        assert!(attempts.len() >= expected.len(), "a mail per recipient at least");
+        if attempts.iter().all(|(n, _, _)| *n >= 3) {
+            break attempts;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the outbox stalled on the silent relay: {attempts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (_, state, error) in &attempts {
+        assert_eq!(state, "PENDING", "a transient failure: queued for another attempt");
+        let error = error.as_deref().unwrap_or_default();
+        assert!(error.contains("not delivered within"), "{error}");
+    }
+    worker.assert_alive();
+    let status = crate::operations::stop_with_sigterm(&mut worker.child);
+    assert!(status.success(), "worker exit after SIGTERM: {status:?}");
+    assert!(unused.received().is_empty());
+    app.finish().await;
+}
+
+/// A worker whose lease ran out while it sent may finish after another
+/// claim took the mail. Its failure then records nothing (no attempt counted
+/// twice, no mail parked that the other claim holds or delivered), and it
+/// cannot give back a mail it no longer holds; a delivery, whoever made it,
+/// is recorded once.
+async fn a_claim_that_outlived_its_lease_records_nothing(backend: Backend) {
+    use orgadmin_domain::services::outbox::Failure;
+    let app = TestApp::start(backend).await;
+    let _ = queue_mails(&app, 1).await;
+    let domain = &app.domain;
+    let stale = domain.claim_due_mails("stale", 100, 30).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let current = domain.claim_due_mails("current", 100, 60_000).await.unwrap();
+    let ids = |claims: &[orgadmin_domain::services::outbox::ClaimedMail]| {
+        claims.iter().map(|c| c.claim.id).collect::<HashSet<_>>()
+    };
+    assert_eq!(
+        ids(&stale),
+        ids(&current),
+        "the leases ran out: the same mails, claimed again"
+    );
+    let stale = stale[0].claim.clone();
+    let current = current.into_iter().find(|c| c.claim.id == stale.id).unwrap().claim;
+
+    let recorded = domain
+        .mark_mail_failed(&stale, "550 no", Failure::Permanent, 5, 1)
+        .await
+        .unwrap();
+    assert!(!recorded);
+    domain.release_mail(&stale).await.unwrap();
+    assert_eq!(
+        mail_row(&app, current.id).await,
+        (0, "PENDING".into(), Some("current".into()))
+    );
+    assert!(
+        domain.claim_due_mails("third", 100, 60_000).await.unwrap().is_empty(),
+        "the current claims still hold every mail"
+    );
+
+    // The stale worker did deliver it after all: that is recorded.
+    domain.mark_mail_sent(&stale).await.unwrap();
+    assert_eq!(mail_row(&app, current.id).await.1, "SENT");
+    let recorded = domain
+        .mark_mail_failed(&current, "421 try later", Failure::Transient, 5, 1)
+        .await
+        .unwrap();
+    assert!(!recorded, "a sent mail is not failed afterwards");
+    assert_eq!(mail_row(&app, current.id).await.1, "SENT");
+
+    // A claim given back is claimable at once.
+    let _ = queue_mails(&app, 1).await;
+    let given = domain.claim_due_mails("giver", 100, 60_000).await.unwrap();
+    assert!(!given.is_empty());
+    for claimed in &given {
+        domain.release_mail(&claimed.claim).await.unwrap();
+    }
+    let taken = domain.claim_due_mails("taker", 100, 60_000).await.unwrap();
+    assert_eq!(ids(&taken), ids(&given));
+    app.finish().await;
+}
+
+/// A mail's attempts, state and claimer.
+async fn mail_row(app: &TestApp, id: uuid::Uuid) -> (i32, String, Option<String>) {
+    let db = app.domain.db();
+    let backend = db.get_database_backend();
+    let placeholder = if backend == sea_orm::DbBackend::Postgres {
+        "$1"
+    } else {
+        "?"
+    };
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            format!("SELECT attempts, state, claimed_by FROM outbox_mails WHERE id = {placeholder}"),
+            [id.into()],
+        ))
+        .await
+        .unwrap()
+        .expect("the mail's row");
+    (
+        row.try_get_by_index(0).unwrap(),
+        row.try_get_by_index(1).unwrap(),
+        row.try_get_by_index(2).unwrap(),
+    )
 }

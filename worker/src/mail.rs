@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lettre::Message;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use orgadmin_domain::email::Email;
 use orgadmin_domain::model::now_millis;
 use orgadmin_domain::services::outbox::{ClaimedMail, Failure};
@@ -19,13 +18,13 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::smtp::{SmtpPool, classify};
+use crate::smtp::SmtpPool;
 
 pub enum Transport {
-    /// `smtp://`: connections with TCP_NODELAY (see `smtp`).
+    /// `smtp://` and `smtps://`: pooled connections whose every wait is
+    /// bounded (see `smtp`). Not lettre's pooled transport: a send dropped
+    /// at a deadline would go back to its pool mid-conversation.
     Smtp(SmtpPool),
-    /// `smtps://` (TLS from the first byte): lettre's own pooled transport.
-    Smtps(AsyncSmtpTransport<Tokio1Executor>),
     /// The embedded default: each mail becomes `<dir>/<mail id>.eml`.
     Files(PathBuf),
 }
@@ -38,21 +37,15 @@ impl Transport {
             orgadmin_domain::config::create_private_dir(&dir).map_err(anyhow::Error::msg)?;
             return Ok(Self::Files(dir));
         }
-        let timeout = Duration::from_secs(20);
-        if config.smtp_url.starts_with("smtp://") {
-            return Ok(Self::Smtp(SmtpPool::from_url(&config.smtp_url, timeout)?));
-        }
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.smtp_url)?
-            .pool_config(PoolConfig::new().max_size(config.mail_pool_size))
-            .timeout(Some(timeout))
-            .build();
-        Ok(Self::Smtps(transport))
+        Ok(Self::Smtp(SmtpPool::from_url(
+            &config.smtp_url,
+            Duration::from_secs(20),
+        )?))
     }
 
     async fn send(&self, id: uuid::Uuid, message: Message) -> Result<(), (String, Failure)> {
         match self {
             Self::Smtp(pool) => pool.send(message.envelope(), &message.formatted()).await,
-            Self::Smtps(smtp) => smtp.send(message).await.map(drop).map_err(classify),
             Self::Files(dir) => {
                 // Write then rename: a reader never sees half a mail, and a
                 // resend after a crash overwrites the same file.
@@ -95,7 +88,7 @@ pub fn build_message(from: &Mailbox, claimed: &ClaimedMail) -> Result<Message, S
         .from(from.clone())
         .to(to)
         .subject(&claimed.mail.subject)
-        .message_id(Some(message_id(claimed.id, from)))
+        .message_id(Some(message_id(claimed.claim.id, from)))
         .date_now()
         .multipart(
             MultiPart::alternative()
@@ -192,6 +185,18 @@ impl Outbox {
         let mut tasks = JoinSet::new();
         for mail in claimed {
             let permit = permits.clone().acquire_owned().await?;
+            // A send must end, and be recorded, before the claim's lease
+            // does: after it another worker may take the mail, and both
+            // would send it. A mail whose lease ran short while it waited
+            // for a permit (a slow relay) goes back unsent instead.
+            let window_ms = mail.claim.lease_until - now_millis() - self.lease_ms / 10;
+            if window_ms <= 0 {
+                if let Err(e) = self.domain.release_mail(&mail.claim).await {
+                    tracing::warn!(mail = %mail.claim.id, error = %e, "outbox: could not give back an unsent mail");
+                }
+                continue;
+            }
+            let deadline = Duration::from_millis(window_ms as u64);
             let domain = self.domain.clone();
             let transport = self.transport.clone();
             let from = self.from.clone();
@@ -201,9 +206,9 @@ impl Outbox {
                 let span = tracing::info_span!(
                     "outbox.send",
                     otel.kind = "producer",
-                    mail = %mail.id,
+                    mail = %mail.claim.id,
                     mail.kind = %mail.kind,
-                    mail.attempt = mail.attempts + 1,
+                    mail.attempt = mail.claim.attempts + 1,
                     otel.status_code = tracing::field::Empty,
                 );
                 telemetry::adopt_remote_parent(&span, mail.traceparent.as_deref(), None);
@@ -215,21 +220,32 @@ impl Outbox {
                 async move {
                     let _permit = permit;
                     let outcome = match build_message(&from, &mail) {
-                        Ok(message) => transport.send(mail.id, message).await,
+                        Ok(message) => tokio::time::timeout(deadline, transport.send(mail.claim.id, message))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err((
+                                    format!(
+                                        "not delivered within {} ms, before the claim's lease ends",
+                                        deadline.as_millis()
+                                    ),
+                                    Failure::Transient,
+                                ))
+                            }),
                         Err(e) => Err((e, Failure::Permanent)),
                     };
                     let marked = match outcome {
-                        Ok(()) => domain.mark_mail_sent(mail.id).await,
+                        Ok(()) => domain.mark_mail_sent(&mail.claim).await,
                         Err((error, failure)) => {
                             tracing::Span::current().record("otel.status_code", "ERROR");
                             domain
-                                .mark_mail_failed(mail.id, &error, failure, max_attempts, base)
+                                .mark_mail_failed(&mail.claim, &error, failure, max_attempts, base)
                                 .await
+                                .map(drop)
                         }
                     };
                     if let Err(e) = marked {
                         // The lease runs out and the mail is sent again, with the same Message-ID.
-                        tracing::error!(mail = %mail.id, error = %e, "outbox: could not record delivery");
+                        tracing::error!(mail = %mail.claim.id, error = %e, "outbox: could not record delivery");
                     }
                 }
                 .instrument(span),

@@ -11,7 +11,16 @@
 //!
 //! `smtp://[user:password@]host[:port][?tls=required|opportunistic]`; port 25
 //! by default; without `tls` the connection stays plain (a relay on the same
-//! network or a sidecar).
+//! network or a sidecar). `smtps://[user:password@]host[:port]`: TLS from the
+//! first byte, port 465 by default (lettre opens that connection).
+//!
+//! Every wait on the server is bounded. lettre's own timeout covers only the
+//! TCP connect, and its `abort` says QUIT and waits for the answer: a server
+//! that accepts connections and then stops answering (a hung process, a
+//! half-dead load balancer) held a send, and with it the whole outbox loop,
+//! forever. A connection that did not answer in time is dropped without
+//! QUIT: it would not answer that either, and a late reply to the mail must
+//! not be read as QUIT's.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -28,6 +37,8 @@ use tokio::net::TcpStream;
 const MAX_IDLE: Duration = Duration::from_secs(50);
 /// Idle connections older than this are checked with NOOP before use.
 const CHECK_AFTER: Duration = Duration::from_secs(2);
+/// How long that NOOP, and QUIT at shutdown, may take.
+const SHORT_ANSWER: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum StartTls {
@@ -39,6 +50,8 @@ enum StartTls {
 pub struct SmtpPool {
     host: String,
     port: u16,
+    /// `smtps://`: TLS from the first byte.
+    implicit_tls: bool,
     starttls: StartTls,
     credentials: Option<Credentials>,
     hello: ClientId,
@@ -55,7 +68,11 @@ fn transient(what: &str, e: impl std::fmt::Display) -> SendError {
 impl SmtpPool {
     pub fn from_url(smtp_url: &str, timeout: Duration) -> anyhow::Result<Self> {
         let url = url::Url::parse(smtp_url).map_err(|e| anyhow::anyhow!("SMTP_URL is not a URL: {e}"))?;
-        anyhow::ensure!(url.scheme() == "smtp", "SMTP_URL: this pool serves smtp:// only");
+        let implicit_tls = match url.scheme() {
+            "smtp" => false,
+            "smtps" => true,
+            other => anyhow::bail!("SMTP_URL: the scheme is smtp:// or smtps://, not {other}://"),
+        };
         let host = url
             .host_str()
             .ok_or_else(|| anyhow::anyhow!("SMTP_URL names no host"))?
@@ -64,6 +81,10 @@ impl SmtpPool {
             .to_owned();
         let mut starttls = StartTls::No;
         for (key, value) in url.query_pairs() {
+            anyhow::ensure!(
+                !implicit_tls,
+                "SMTP_URL: smtps:// is TLS from the first byte and takes no options (tls= is for smtp://)"
+            );
             match (key.as_ref(), value.as_ref()) {
                 ("tls", "required") => starttls = StartTls::Required,
                 ("tls", "opportunistic") => starttls = StartTls::Opportunistic,
@@ -80,7 +101,8 @@ impl SmtpPool {
         let credentials = (!url.username().is_empty())
             .then(|| Credentials::new(decode(url.username()), decode(url.password().unwrap_or_default())));
         Ok(Self {
-            port: url.port().unwrap_or(25),
+            port: url.port().unwrap_or(if implicit_tls { 465 } else { 25 }),
+            implicit_tls,
             host,
             starttls,
             credentials,
@@ -90,24 +112,44 @@ impl SmtpPool {
         })
     }
 
+    /// A new connection, greeted, secured and logged in within the timeout.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
-        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect((self.host.as_str(), self.port)))
+        tokio::time::timeout(self.timeout, self.open())
             .await
-            .map_err(|_| transient("connecting to the SMTP server", "timed out"))?
-            .map_err(|e| transient("connecting to the SMTP server", e))?;
-        tcp.set_nodelay(true).map_err(|e| transient("setting TCP_NODELAY", e))?;
-        let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
-            .await
-            .map_err(classify)?;
-        let wants_tls = match self.starttls {
-            StartTls::No => false,
-            StartTls::Opportunistic => conn.can_starttls(),
-            StartTls::Required => true,
-        };
-        if wants_tls {
+            .map_err(|_| transient("connecting to the SMTP server", "no greeting, TLS or login in time"))?
+    }
+
+    async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
+        let mut conn = if self.implicit_tls {
             let tls = TlsParameters::new(self.host.clone()).map_err(|e| transient("TLS parameters", e))?;
-            conn.starttls(tls, &self.hello).await.map_err(classify)?;
-        }
+            AsyncSmtpConnection::connect_tokio1(
+                (self.host.as_str(), self.port),
+                Some(self.timeout),
+                &self.hello,
+                Some(tls),
+                None,
+            )
+            .await
+            .map_err(classify)?
+        } else {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| transient("connecting to the SMTP server", e))?;
+            tcp.set_nodelay(true).map_err(|e| transient("setting TCP_NODELAY", e))?;
+            let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
+                .await
+                .map_err(classify)?;
+            let wants_tls = match self.starttls {
+                StartTls::No => false,
+                StartTls::Opportunistic => conn.can_starttls(),
+                StartTls::Required => true,
+            };
+            if wants_tls {
+                let tls = TlsParameters::new(self.host.clone()).map_err(|e| transient("TLS parameters", e))?;
+                conn.starttls(tls, &self.hello).await.map_err(classify)?;
+            }
+            conn
+        };
         if let Some(credentials) = &self.credentials {
             conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
@@ -124,11 +166,16 @@ impl SmtpPool {
                 return self.connect().await;
             };
             let idle_for = since.elapsed();
-            if idle_for > MAX_IDLE || (idle_for > CHECK_AFTER && !conn.test_connected().await) {
-                conn.abort().await;
-                continue;
+            let answers = idle_for <= CHECK_AFTER
+                || (idle_for <= MAX_IDLE
+                    && tokio::time::timeout(SHORT_ANSWER, conn.test_connected())
+                        .await
+                        .unwrap_or(false));
+            if answers {
+                return Ok(conn);
             }
-            return Ok(conn);
+            // Dropped, not QUIT: see the module's comment.
+            drop(conn);
         }
     }
 
@@ -139,23 +186,20 @@ impl SmtpPool {
                 self.idle.lock().unwrap().push((conn, Instant::now()));
                 Ok(())
             }
-            // lettre breaks the connection on any error: it is not reused.
-            Ok(Err(e)) => {
-                conn.abort().await;
-                Err(classify(e))
-            }
-            Err(_) => {
-                conn.abort().await;
-                Err(transient("SMTP", "the server did not answer in time"))
-            }
+            // lettre ends the connection itself on an error (its QUIT is
+            // inside this timeout); it is not reused.
+            Ok(Err(e)) => Err(classify(e)),
+            // Dropped, not QUIT: see the module's comment.
+            Err(_) => Err(transient("SMTP", "the server did not answer in time")),
         }
     }
 
-    /// Says QUIT on every idle connection (at shutdown).
+    /// Says QUIT on every idle connection (at shutdown), waiting a little
+    /// for each answer.
     pub async fn close(&self) {
         let idle = std::mem::take(&mut *self.idle.lock().unwrap());
         for (mut conn, _) in idle {
-            let _ = conn.quit().await;
+            let _ = tokio::time::timeout(SHORT_ANSWER, conn.quit()).await;
         }
     }
 }
@@ -193,6 +237,10 @@ mod tests {
             Credentials::new("mailer@firma.dk".into(), "pæss:word".into())
         );
         assert_eq!(pool("smtp://[::1]:25?tls=opportunistic").unwrap().host, "::1");
+        let implicit = pool("smtps://mailer:secret@relay.example").unwrap();
+        assert_eq!((implicit.port, implicit.implicit_tls), (465, true));
+        assert!(implicit.credentials.is_some());
+        assert_eq!(pool("smtps://relay.example:2465").unwrap().port, 2465);
     }
 
     #[test]
@@ -200,6 +248,9 @@ mod tests {
         let unknown = pool("smtp://relay.example?tls=sometimes").err().unwrap().to_string();
         assert!(unknown.contains("tls=sometimes"), "{unknown}");
         assert!(pool("smtp://").is_err());
-        assert!(pool("smtps://relay.example").is_err());
+        let scheme = pool("imap://relay.example").err().unwrap().to_string();
+        assert!(scheme.contains("smtp:// or smtps://"), "{scheme}");
+        let option = pool("smtps://relay.example?tls=required").err().unwrap().to_string();
+        assert!(option.contains("takes no options"), "{option}");
     }
 }

@@ -29,14 +29,40 @@ pub const STATE_FAILED: &str = "FAILED";
 /// A mail the worker holds a lease on.
 #[derive(Debug, Clone)]
 pub struct ClaimedMail {
-    pub id: Uuid,
+    pub claim: MailClaim,
     pub kind: String,
     pub recipient: String,
-    pub attempts: i32,
     pub mail: RenderedMail,
     /// The W3C traceparent of the request that queued the mail, so its
     /// sending joins that trace.
     pub traceparent: Option<String>,
+}
+
+/// One claim of one mail: what a mark of its outcome must still match. A
+/// worker whose lease ran out while it sent (a slow relay, a pause) may
+/// finish after another worker claimed the mail again; its failure must then
+/// change nothing (not count an attempt twice, not park a mail the other
+/// delivered). The lease's end is the claim's fencing token: every claim
+/// sets it anew.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailClaim {
+    pub id: Uuid,
+    pub worker: String,
+    pub lease_until: Millis,
+    /// Failed attempts before this claim.
+    pub attempts: i32,
+}
+
+impl MailClaim {
+    /// The claim's own row, still pending and still held by this claim.
+    fn still_held(&self) -> Condition {
+        Condition::all()
+            .add(outbox_mail::Column::Id.eq(self.id))
+            .add(outbox_mail::Column::State.eq(STATE_PENDING))
+            .add(outbox_mail::Column::ClaimedBy.eq(self.worker.as_str()))
+            .add(outbox_mail::Column::LeaseUntil.eq(self.lease_until))
+            .add(outbox_mail::Column::Attempts.eq(self.attempts))
+    }
 }
 
 /// A mail as operators see it: no content, which may hold a link token.
@@ -127,29 +153,35 @@ impl Domain {
             return Ok(Vec::new());
         }
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let lease_until = now + lease_ms;
         outbox_mail::Entity::update_many()
             .col_expr(outbox_mail::Column::ClaimedBy, Expr::value(worker))
-            .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(now + lease_ms))
+            .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(lease_until))
             .filter(outbox_mail::Column::Id.is_in(ids))
             .exec(&txn)
             .await?;
         txn.commit().await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
+            let claim = MailClaim {
+                id: row.id,
+                worker: worker.to_owned(),
+                lease_until,
+                attempts: row.attempts,
+            };
             match self.vault.decrypt(&row.payload).and_then(|json| {
                 serde_json::from_str::<RenderedMail>(&json).map_err(|e| DomainError::Internal(e.to_string()))
             }) {
                 Ok(mail) => claimed.push(ClaimedMail {
-                    id: row.id,
+                    claim,
                     kind: row.kind,
                     recipient: row.recipient,
-                    attempts: row.attempts,
                     mail,
                     traceparent: row.trace_context,
                 }),
                 Err(e) => {
                     // Unreadable content will not get better: park it for operators.
-                    self.mark_mail_failed(row.id, &format!("payload unreadable: {e}"), Failure::Permanent, 1, 1)
+                    self.mark_mail_failed(&claim, &format!("payload unreadable: {e}"), Failure::Permanent, 1, 1)
                         .await?;
                 }
             }
@@ -157,17 +189,39 @@ impl Domain {
         Ok(claimed)
     }
 
-    /// Marks a mail sent and drops its content.
-    pub async fn mark_mail_sent(&self, id: Uuid) -> DomainResult<()> {
-        outbox_mail::Entity::update_many()
+    /// Marks a mail sent and drops its content. Whichever claim delivered
+    /// it: a delivery is a fact, also when it came from a claim whose lease
+    /// ran out meanwhile (a later failure of the other claim then changes
+    /// nothing, see [`MailClaim`]). A mail already marked sent stays as it
+    /// was (its first delivery's time).
+    pub async fn mark_mail_sent(&self, claim: &MailClaim) -> DomainResult<()> {
+        let marked = outbox_mail::Entity::update_many()
             .col_expr(outbox_mail::Column::State, Expr::value(STATE_SENT))
             .col_expr(outbox_mail::Column::SentAt, Expr::value(now_millis()))
             .col_expr(outbox_mail::Column::Payload, Expr::value(""))
             .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(Option::<i64>::None))
-            .filter(outbox_mail::Column::Id.eq(id))
+            .filter(outbox_mail::Column::Id.eq(claim.id))
+            .filter(outbox_mail::Column::State.ne(STATE_SENT))
             .exec(&self.db)
             .await?;
-        crate::metrics::mail_delivery("sent");
+        crate::metrics::mail_delivery(if marked.rows_affected == 1 {
+            "sent"
+        } else {
+            "sent_again"
+        });
+        Ok(())
+    }
+
+    /// Gives a claimed mail back unsent, for the next claim (this worker's
+    /// or another's) to take at once. Changes nothing when the claim no
+    /// longer holds the mail.
+    pub async fn release_mail(&self, claim: &MailClaim) -> DomainResult<()> {
+        outbox_mail::Entity::update_many()
+            .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(Option::<i64>::None))
+            .col_expr(outbox_mail::Column::ClaimedBy, Expr::value(Option::<String>::None))
+            .filter(claim.still_held())
+            .exec(&self.db)
+            .await?;
         Ok(())
     }
 
@@ -192,36 +246,44 @@ impl Domain {
     }
 
     /// Records a failed delivery: retried with exponential back-off and
-    /// jitter, or parked as FAILED when permanent or out of attempts.
+    /// jitter, or parked as FAILED when permanent or out of attempts. One
+    /// statement, and only while `claim` still holds the mail: returns
+    /// whether it did (a claim replaced meanwhile records nothing).
     pub async fn mark_mail_failed(
         &self,
-        id: Uuid,
+        claim: &MailClaim,
         error: &str,
         failure: Failure,
         max_attempts: i32,
         base_delay_ms: i64,
-    ) -> DomainResult<()> {
-        let row = outbox_mail::Entity::find_by_id(id)
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| DomainError::not_found("mail", id))?;
-        let attempts = row.attempts + 1;
+    ) -> DomainResult<bool> {
+        let attempts = claim.attempts + 1;
         let park = failure == Failure::Permanent || attempts >= max_attempts;
         let error: String = error.chars().take(1000).collect();
-        let mut active: outbox_mail::ActiveModel = row.into();
-        active.attempts = Set(attempts);
-        active.last_error = Set(Some(error.clone()));
-        active.lease_until = Set(None);
-        crate::metrics::mail_delivery(if park { "parked" } else { "failed" });
-        if park {
-            active.state = Set(STATE_FAILED.into());
+        let mut update = outbox_mail::Entity::update_many()
+            .col_expr(outbox_mail::Column::Attempts, Expr::value(attempts))
+            .col_expr(outbox_mail::Column::LastError, Expr::value(error.clone()))
+            .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(Option::<i64>::None));
+        update = if park {
+            update.col_expr(outbox_mail::Column::State, Expr::value(STATE_FAILED))
+        } else {
+            update.col_expr(
+                outbox_mail::Column::NextAttemptAt,
+                Expr::value(now_millis() + backoff_ms(attempts, base_delay_ms)),
+            )
+        };
+        let marked = update.filter(claim.still_held()).exec(&self.db).await?.rows_affected == 1;
+        let id = claim.id;
+        if !marked {
+            tracing::info!(mail = %id, error = %error, "mail delivery failed after its claim ended; not recorded");
+        } else if park {
+            crate::metrics::mail_delivery("parked");
             tracing::warn!(mail = %id, attempts, error = %error, "mail parked as failed");
         } else {
-            active.next_attempt_at = Set(now_millis() + backoff_ms(attempts, base_delay_ms));
+            crate::metrics::mail_delivery("failed");
             tracing::info!(mail = %id, attempts, error = %error, "mail delivery failed; will retry");
         }
-        outbox_mail::Entity::update(active).exec(&self.db).await?;
-        Ok(())
+        Ok(marked)
     }
 
     /// Parked mails, for operators (content not included).
