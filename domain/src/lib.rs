@@ -100,6 +100,21 @@ impl Default for DomainSettings {
 }
 
 impl Domain {
+    /// Runs `work` to its end even if the caller stops waiting (a gRPC
+    /// deadline or a dropped call drops the handler's future at its next
+    /// await). For work whose steps must not be cut apart: a sign-in try
+    /// taken in one statement must be given back or recorded in a later
+    /// one. The caller still gets the answer when it waits.
+    pub(crate) async fn to_the_end<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = DomainResult<T>> + Send + 'static,
+    ) -> DomainResult<T> {
+        use tracing::Instrument;
+        tokio::spawn(work.instrument(tracing::Span::current()))
+            .await
+            .map_err(|e| DomainError::Internal(format!("a sign-in step ended early: {e}")))?
+    }
+
     pub fn new(db: DatabaseConnection, vault: CprVault, operator_tokens: &[String]) -> Self {
         let configured_operators = operator_tokens
             .iter()

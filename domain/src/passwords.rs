@@ -177,6 +177,19 @@ type HashJob = Box<dyn FnOnce() + Send>;
 /// threads end when the hasher is dropped.
 struct HashPool {
     jobs: std::sync::mpsc::SyncSender<HashJob>,
+    /// One per place in the queue (waiting or being hashed): taken before
+    /// the job exists, given back when it ends.
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// A place in the hashing queue, taken before anything is spent on a
+/// password check: a login takes it before it takes one of the account's
+/// tries, so a full queue refuses the login at once instead of after the
+/// try is gone (a flood of other sign-ins must not use up, and lock, this
+/// person's tries). A job holding a slot always fits in the queue.
+pub struct HashSlot {
+    /// Given back when the slot is dropped, after its job.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Jobs that may wait per hashing thread (a hash is ~20 ms of a core): more
@@ -186,6 +199,8 @@ const QUEUED_PER_THREAD: usize = 32;
 
 impl HashPool {
     fn start(threads: usize, capacity: usize) -> Result<Self, String> {
+        // As many places in the channel as slots: a job that holds a slot
+        // is never refused by the channel.
         let (jobs, queue) = std::sync::mpsc::sync_channel::<HashJob>(capacity);
         let queue = Arc::new(std::sync::Mutex::new(queue));
         for index in 0..threads {
@@ -205,15 +220,32 @@ impl HashPool {
                 })
                 .map_err(|e| format!("cannot start a password hashing thread: {e}"))?;
         }
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            slots: Arc::new(tokio::sync::Semaphore::new(capacity)),
+        })
     }
 
-    fn submit(&self, job: HashJob) -> DomainResult<()> {
-        self.jobs.try_send(job).map_err(|refused| match refused {
-            std::sync::mpsc::TrySendError::Full(_) => DomainError::RateLimited {
+    fn reserve(&self) -> DomainResult<HashSlot> {
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .map(|permit| HashSlot { _permit: permit })
+            .map_err(|_| DomainError::RateLimited {
                 message: "too many sign-ins are waiting for a password check; retry shortly".into(),
                 retry_after_ms: 1000,
-            },
+            })
+    }
+
+    fn submit(&self, slot: HashSlot, job: HashJob) -> DomainResult<()> {
+        let job: HashJob = Box::new(move || {
+            job();
+            drop(slot);
+        });
+        self.jobs.try_send(job).map_err(|refused| match refused {
+            std::sync::mpsc::TrySendError::Full(_) => {
+                DomainError::Internal("the password hashing queue was full for a job holding a slot".into())
+            }
             std::sync::mpsc::TrySendError::Disconnected(_) => {
                 DomainError::Internal("the password hashing threads are gone".into())
             }
@@ -384,16 +416,29 @@ impl Hasher {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
     }
 
+    /// A place in the hashing queue; refused at once (RESOURCE_EXHAUSTED,
+    /// retry later) when the queue is full.
+    pub fn reserve(&self) -> DomainResult<HashSlot> {
+        self.pool.reserve()
+    }
+
     /// Runs `work` on one of the hashing threads once one is free.
-    async fn on_a_core<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> DomainResult<T> {
+    async fn on_a_core<T: Send + 'static>(
+        &self,
+        slot: HashSlot,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> DomainResult<T> {
         let (done, result) = tokio::sync::oneshot::channel();
-        self.pool.submit(Box::new(move || {
-            // A caller that gave up (its call was cancelled) gets no hash:
-            // a burst of abandoned logins does not hold up the queue.
-            if !done.is_closed() {
-                let _ = done.send(work());
-            }
-        }))?;
+        self.pool.submit(
+            slot,
+            Box::new(move || {
+                // A caller that gave up (its call was cancelled) gets no hash:
+                // a burst of abandoned logins does not hold up the queue.
+                if !done.is_closed() {
+                    let _ = done.send(work());
+                }
+            }),
+        )?;
         result
             .await
             .map_err(|_| DomainError::Internal("a password hashing thread stopped".into()))
@@ -403,19 +448,26 @@ impl Hasher {
     pub async fn hash(&self, password: &Password) -> DomainResult<String> {
         let argon2 = self.argon2();
         let password = password.clone();
-        self.on_a_core(move || argon2.hash_password(password.bytes()).map(|h| h.to_string()))
-            .await?
-            .map_err(|e| DomainError::Internal(format!("argon2: {e}")))
+        self.on_a_core(self.reserve()?, move || {
+            argon2.hash_password(password.bytes()).map(|h| h.to_string())
+        })
+        .await?
+        .map_err(|e| DomainError::Internal(format!("argon2: {e}")))
     }
 
     /// Checks `password` against `stored` (a PHC string); with `None` against
     /// the dummy hash, so the answer (no match) takes the same time.
     pub async fn check(&self, password: &Password, stored: Option<&str>) -> DomainResult<Checked> {
+        self.check_in(self.reserve()?, password, stored).await
+    }
+
+    /// [`Hasher::check`] in a place of the queue taken earlier.
+    pub async fn check_in(&self, slot: HashSlot, password: &Password, stored: Option<&str>) -> DomainResult<Checked> {
         let phc = stored.unwrap_or(&self.dummy_phc).to_owned();
         let known = stored.is_some();
         let wanted = self.params.clone();
         let password = password.clone();
-        self.on_a_core(move || {
+        self.on_a_core(slot, move || {
             // Against the dummy hash the work is the same and the answer no.
             let matches = verify_in_place(password.bytes(), &phc) && known;
             let needs_rehash = matches
@@ -457,25 +509,36 @@ mod tests {
             .collect()
     }
 
-    /// A full queue refuses at once (RATE_LIMITED) instead of growing.
+    /// A full queue refuses at once (RATE_LIMITED) instead of growing: the
+    /// places are slots, counted while a job waits and while it runs, and
+    /// taken before the job exists; a slot comes back when its job ends.
     #[test]
     fn a_full_hashing_queue_refuses() {
-        let pool = HashPool::start(1, 2).unwrap();
+        let pool = HashPool::start(1, 3).unwrap();
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let (started, running) = std::sync::mpsc::channel::<()>();
-        pool.submit(Box::new(move || {
-            started.send(()).unwrap();
-            let _ = wait.recv();
-        }))
+        pool.submit(
+            pool.reserve().unwrap(),
+            Box::new(move || {
+                started.send(()).unwrap();
+                let _ = wait.recv();
+            }),
+        )
         .unwrap();
         running.recv().unwrap();
-        pool.submit(Box::new(|| {})).unwrap();
-        pool.submit(Box::new(|| {})).unwrap();
-        assert!(matches!(
-            pool.submit(Box::new(|| {})),
-            Err(DomainError::RateLimited { .. })
-        ));
+        pool.submit(pool.reserve().unwrap(), Box::new(|| {})).unwrap();
+        let held = pool.reserve().unwrap();
+        assert!(matches!(pool.reserve(), Err(DomainError::RateLimited { .. })));
+        pool.submit(held, Box::new(|| {})).unwrap();
         release.send(()).unwrap();
+        let started = std::time::Instant::now();
+        while pool.slots.available_permits() < 3 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "slots not given back"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// The kept-memory check answers as argon2's own `verify_password`, for

@@ -24,6 +24,8 @@ both_backends!(
     a_login_id_in_two_organisations_needs_the_organisation,
     a_deleted_persons_login_id_opens_only_the_new_persons_login,
     the_right_password_on_the_last_try_logs_in_and_gives_the_tries_back,
+    a_full_hashing_queue_takes_no_try,
+    a_login_its_caller_gave_up_on_is_still_recorded,
 );
 
 /// A server whose logins lock after `max_failures` wrong passwords.
@@ -776,4 +778,125 @@ async fn the_right_password_on_the_last_try_logs_in_and_gives_the_tries_back(bac
         "a lock lifted by its own try is no lock"
     );
     app.finish().await;
+}
+
+/// A flood of sign-ins fills the hashing queue. A person's own logins
+/// refused meanwhile (RESOURCE_EXHAUSTED: retry shortly) take none of their
+/// tries, so the flood cannot lock them out. They used to take a try each
+/// before the queue refused them: five such refusals locked the account.
+async fn a_full_hashing_queue_takes_no_try(backend: Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = app_locking_after(backend, 3).await;
+    let fixture = app.org_with_admin().await;
+    let (person, login_id) = app.member_with_password(&fixture, "Presset", &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..120 {
+        let (auth, stop) = (app.auth(), stop.clone());
+        flood.spawn(async move {
+            let mut auth = auth;
+            let mut refused_for_load = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let answer = auth
+                    .login(req(
+                        "",
+                        pb::LoginRequest {
+                            login_id: format!("nobody{i}@flood.example"),
+                            password: "a guess at nobody's password".into(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await;
+                if answer.is_err_and(|status| status.code() == Code::ResourceExhausted) {
+                    refused_for_load += 1;
+                }
+            }
+            refused_for_load
+        });
+    }
+    // The person's own tries while the queue is full: refused for load, or
+    // (when a place was free) logged in. Never refused as locked.
+    let started = Instant::now();
+    let (mut refused_for_load, mut logged_in) = (0, 0);
+    while refused_for_load < 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the flood never filled the hashing queue ({logged_in} logins went through)"
+        );
+        match app.login(&login_id, TEST_PASSWORD).await {
+            Ok(_) => logged_in += 1,
+            Err(status) if status.code() == Code::ResourceExhausted => refused_for_load += 1,
+            Err(status) => panic!("the person's own login was refused: {status:?}"),
+        }
+        // Each answer came before the next call: no try of theirs is in
+        // flight, and none may be spent.
+        assert_eq!(
+            tries_spent(&app, &person.id).await,
+            0,
+            "after {refused_for_load} refusals for load"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut flood_refused = 0;
+    while let Some(refused) = flood.join_next().await {
+        flood_refused += refused.unwrap();
+    }
+    assert!(flood_refused > 0, "the flood itself was refused for load too");
+    app.login(&login_id, TEST_PASSWORD)
+        .await
+        .expect("after the flood the person logs in: no try was taken from them");
+    let failures = app
+        .history_of(&fixture.admin_token, &person.id, pb::HistoryActivity::LoginFailed)
+        .await;
+    assert!(failures.is_empty(), "{failures:?}");
+    app.finish().await;
+}
+
+/// A caller that gives up on a login (a deadline, a dropped call) while its
+/// password is checked does not cut the attempt apart: the wrong password is
+/// still recorded (LoginFailed, a try spent), as it is for a caller that
+/// waits. It used to end where the caller left: the try spent, nothing in
+/// the history, a way to guess without leaving a trace.
+async fn a_login_its_caller_gave_up_on_is_still_recorded(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (person, login_id) = app.member_with_password(&fixture, "Utaalmodig", &[]).await;
+    let attempt = orgadmin_domain::services::login::LoginAttempt {
+        login_id: login_id.clone(),
+        password: Password::new("not the password, and no patience"),
+        organisation_id: None,
+        peer: Some("192.0.2.7".into()),
+    };
+    // The call is polled once (to its first wait on the database or the
+    // hashing threads) and then dropped, as a handler is at a deadline.
+    let gave_up = tokio::time::timeout(Duration::ZERO, app.domain.login(attempt)).await;
+    assert!(gave_up.is_err(), "the check outlasts the caller's patience");
+    let started = Instant::now();
+    loop {
+        let failures = app
+            .history_of(&fixture.admin_token, &person.id, pb::HistoryActivity::LoginFailed)
+            .await;
+        if failures.len() == 1 {
+            break;
+        }
+        assert!(failures.is_empty(), "{failures:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the abandoned wrong password was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.finish().await;
+}
+
+/// The person's tries spent since their last successful login.
+async fn tries_spent(app: &TestApp, user_id: &str) -> i32 {
+    app.row_where(
+        "SELECT failed_attempts FROM password_credentials WHERE user_id =",
+        user_id.parse().unwrap(),
+    )
+    .await
+    .try_get_by_index(0)
+    .unwrap()
 }

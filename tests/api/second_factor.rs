@@ -18,6 +18,7 @@ both_backends!(
     authenticator_app_codes_complete_a_login,
     wrong_codes_count_towards_the_lock,
     sessions_are_listed_revoked_and_end_when_idle,
+    a_code_its_caller_gave_up_on_is_still_recorded,
 );
 
 async fn verify(app: &TestApp, challenge: &str, code: &str) -> Result<pb::VerifyLoginCodeResponse, tonic::Status> {
@@ -416,5 +417,40 @@ async fn sessions_are_listed_revoked_and_end_when_idle(backend: Backend) {
     }
     tokio::time::sleep(Duration::from_millis(2600)).await;
     assert_code(app.who_am_i(&laptop).await, Code::Unauthenticated);
+    app.finish().await;
+}
+
+/// A caller that gives up on a second-factor code (a deadline, a dropped
+/// call) does not cut the check apart: the challenge's and the account's
+/// tries are taken first, and the wrong code is still recorded
+/// (SecondFactorFailed), as for a caller that waits.
+async fn a_code_its_caller_gave_up_on_is_still_recorded(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    app.require_second_factor(&fixture).await;
+    let (anna, email) = app.member_with_password(&fixture, "Anna", &[]).await;
+    let challenge = app.login(&email, TEST_PASSWORD).await.unwrap().challenge_token;
+    let code = app.mailed_login_code(&email).await;
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    // Polled once, to its first wait, then dropped.
+    let gave_up = tokio::time::timeout(
+        Duration::ZERO,
+        app.domain
+            .verify_login_code(&challenge, wrong, Some("192.0.2.8".into())),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the check outlasts the caller's patience");
+    let started = std::time::Instant::now();
+    while app
+        .history_of(&fixture.admin_token, &anna.id, pb::HistoryActivity::SecondFactorFailed)
+        .await
+        .is_empty()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the abandoned wrong code was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     app.finish().await;
 }

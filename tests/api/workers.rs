@@ -628,22 +628,9 @@ async fn a_claim_that_outlived_its_lease_records_nothing(backend: Backend) {
 
 /// A mail's attempts, state and claimer.
 async fn mail_row(app: &TestApp, id: uuid::Uuid) -> (i32, String, Option<String>) {
-    let db = app.domain.db();
-    let backend = db.get_database_backend();
-    let placeholder = if backend == sea_orm::DbBackend::Postgres {
-        "$1"
-    } else {
-        "?"
-    };
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            format!("SELECT attempts, state, claimed_by FROM outbox_mails WHERE id = {placeholder}"),
-            [id.into()],
-        ))
-        .await
-        .unwrap()
-        .expect("the mail's row");
+    let row = app
+        .row_where("SELECT attempts, state, claimed_by FROM outbox_mails WHERE id =", id)
+        .await;
     (
         row.try_get_by_index(0).unwrap(),
         row.try_get_by_index(1).unwrap(),

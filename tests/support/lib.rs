@@ -321,6 +321,27 @@ impl TestApp {
             .expect("a count")
     }
 
+    /// The row of `select … WHERE <key> =` for the one key `id`, bound as a
+    /// value (a UUID is text on PostgreSQL and bytes on SQLite, so it cannot
+    /// be written into the SQL).
+    pub async fn row_where(&self, select_where_key_is: &str, id: uuid::Uuid) -> sea_orm::QueryResult {
+        let db = self.domain.db();
+        let backend = db.get_database_backend();
+        let placeholder = if backend == sea_orm::DbBackend::Postgres {
+            "$1"
+        } else {
+            "?"
+        };
+        db.query_one_raw(Statement::from_sql_and_values(
+            backend,
+            format!("{select_where_key_is} {placeholder}"),
+            [id.into()],
+        ))
+        .await
+        .expect("a query by key")
+        .expect("a row")
+    }
+
     /// The organisation's licences in use, as the API reports them.
     pub async fn licences_used(&self, token: &str, org: &str) -> i32 {
         self.orgs()

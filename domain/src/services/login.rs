@@ -9,7 +9,11 @@
 //! attempts slipping past a counter read before the check). A right password
 //! gives the tries back and lifts the lock its own try set. A process that
 //! dies between reservation and answer leaves at most a spent try and a lock
-//! that ends by itself.
+//! that ends by itself. A caller that goes away (a deadline, a dropped
+//! call) does not: from the try on, the attempt runs to its end in a task of
+//! its own, so the try is given back or recorded as a failure, and a lock it
+//! set is in the history. And no try is taken when the hashing queue is full:
+//! its place is reserved first.
 //!
 //! Every refusal reads the same, whether the login id is unknown, has no
 //! password, is locked or the password is wrong, and costs the same time (an
@@ -84,7 +88,16 @@ impl Domain {
             v.add("password", "is too long");
         }
         v.into_result()?;
+        // A full hashing queue refuses before a try is taken: a flood of
+        // other sign-ins must not use up, and lock, this person's tries.
+        let slot = self.hasher.reserve()?;
+        let domain = self.clone();
+        self.to_the_end(async move { domain.login_in(slot, attempt).await })
+            .await
+    }
 
+    /// `login` after validation, in a reserved place of the hashing queue.
+    async fn login_in(&self, slot: crate::passwords::HashSlot, attempt: LoginAttempt) -> DomainResult<LoginOutcome> {
         // One statement before the hash, whoever the login id names: it
         // takes a try of the one person it names, if they have a password,
         // are not locked and have tries left. Unknown, ambiguous, without a
@@ -96,11 +109,14 @@ impl Domain {
             user::Column::State.ne(UserState::Deleted.as_str()),
         ));
         let Some(credential) = self.take_login_try(named, now).await? else {
-            self.hasher.check(&attempt.password, None).await?;
+            self.hasher.check_in(slot, &attempt.password, None).await?;
             return Err(refused());
         };
         let locks = locks_now(&credential, now);
-        let checked = self.hasher.check(&attempt.password, Some(&credential.phc)).await?;
+        let checked = self
+            .hasher
+            .check_in(slot, &attempt.password, Some(&credential.phc))
+            .await?;
         if !checked.matches {
             // A person removed meanwhile gets the same answer, unrecorded:
             // naming them would tell the caller the login id existed.
@@ -112,8 +128,15 @@ impl Domain {
         }
         // The right password: a hash with old parameters is replaced now,
         // the only time the password is at hand.
+        // Not at any price: with the queue full, the next login does it.
         let rehashed = if checked.needs_rehash {
-            Some(self.hasher.hash(&attempt.password).await?)
+            match self.hasher.hash(&attempt.password).await {
+                Ok(phc) => Some(phc),
+                Err(error) => {
+                    tracing::info!(%error, "a password hash with old parameters is kept until the next login");
+                    None
+                }
+            }
         } else {
             None
         };

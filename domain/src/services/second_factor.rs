@@ -260,6 +260,20 @@ impl Domain {
         }
         let code = parse_code(&mut v, code);
         v.into_result()?;
+        // From the tries on, to the end whatever the caller does (see
+        // `login`): a try taken is recorded as a failure or used.
+        let domain = self.clone();
+        let challenge_token = challenge_token.trim().to_owned();
+        self.to_the_end(async move { domain.verify_login_code_in(&challenge_token, &code, peer).await })
+            .await
+    }
+
+    async fn verify_login_code_in(
+        &self,
+        challenge_token: &str,
+        code: &str,
+        peer: Option<String>,
+    ) -> DomainResult<LoggedIn> {
         let now = now_millis();
         let Some(challenge) = login_challenge::Entity::find()
             .filter(login_challenge::Column::TokenHash.eq(token_hash(challenge_token.trim())))
@@ -295,10 +309,10 @@ impl Domain {
         let method: SecondFactorMethod = parse(&challenge.method)?;
         let matched = match method {
             SecondFactorMethod::MailCode => (challenge.code_hash.as_deref()
-                == Some(self.login_code_hash(challenge.id, &code).as_str()))
+                == Some(self.login_code_hash(challenge.id, code).as_str()))
             .then_some(None),
             SecondFactorMethod::Totp => self
-                .totp_step(person.id, &code, now, true)
+                .totp_step(person.id, code, now, true)
                 .await?
                 .map(|(step, _)| Some(step)),
         };
