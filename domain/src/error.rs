@@ -284,7 +284,7 @@ fn transient(err: &DbErr) -> Option<Transient> {
         Error::Database(db) => {
             let code = db.code();
             let code = code.as_deref();
-            if sqlite_busy(code) {
+            if sqlite_busy(code) || postgres_gave_up_waiting(code) {
                 Some(Transient::Busy)
             } else if postgres_connection_gone(code) {
                 Some(Transient::Lost)
@@ -304,11 +304,19 @@ fn sqlite_busy(code: Option<&str>) -> bool {
         .is_some_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
+/// PostgreSQL gave up a statement that waited on others: 55P03 (a lock not
+/// had within `lock_timeout`), 40P01 (a deadlock, this statement chosen to
+/// end it). The same call may well pass a moment later.
+fn postgres_gave_up_waiting(code: Option<&str>) -> bool {
+    matches!(code, Some("55P03" | "40P01"))
+}
+
 /// PostgreSQL SQLSTATEs of a connection that is gone or refused: class 08
 /// (connection exception), 57P01-57P03 (administrator or crash shutdown,
-/// backend terminated, cannot connect now), 53300 (too many connections).
+/// backend terminated, cannot connect now), 53300 (too many connections),
+/// 25P03 (ended by `idle_in_transaction_session_timeout`).
 fn postgres_connection_gone(code: Option<&str>) -> bool {
-    code.is_some_and(|c| c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300"))
+    code.is_some_and(|c| c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "25P03"))
 }
 
 /// The uniqueness rules of users live in the partial unique indexes (a

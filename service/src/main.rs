@@ -67,6 +67,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
+    if with_worker {
+        orgadmin_worker::check_config(&config)?;
+    }
     let domain = Domain::from_config(&config, config.is_embedded())
         .await
         .map_err(anyhow::Error::msg)?;
@@ -79,15 +82,22 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, database = if config.is_embedded() { "sqlite" } else { "postgres" }, "orgadmin-service listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // A worker that fails stops the service with it (the exit says why):
+    // serving on without mail and imports would hide it.
+    let (worker_failed_tx, mut worker_failed) = watch::channel(false);
     let worker = with_worker.then(|| {
         let domain = domain.clone();
         let config = config.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            orgadmin_worker::run(domain, &config, async move {
+            let outcome = orgadmin_worker::run(domain, &config, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
-            .await
+            .await;
+            if outcome.is_err() {
+                let _ = worker_failed_tx.send(true);
+            }
+            outcome
         })
     });
     let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
@@ -114,7 +124,14 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
     // Caught from here on, before the server first polls its stop.
     let stop = orgadmin_domain::telemetry::shutdown_signal();
     orgadmin_service::serve(domain, listener, config.max_in_flight, async move {
-        stop.await;
+        tokio::select! {
+            () = stop => {}
+            // Without a worker (or once it ended well) the sender is gone:
+            // `Err`, which this pattern leaves out.
+            Ok(_) = worker_failed.wait_for(|failed| *failed) => {
+                tracing::error!("the worker stopped with an error; the service stops with it");
+            }
+        }
         let _ = stop_tx.send(true);
         let _ = http_stop_tx.send(true);
     })

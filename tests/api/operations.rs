@@ -125,6 +125,43 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
+/// A worker setting that cannot work stops `standalone` at its start, with
+/// the setting named: it used to serve on while its worker had ended (and,
+/// with the worker's stop signal gone, its mail and import loops spun).
+/// The worker on its own refuses the same way.
+#[test]
+fn a_worker_setting_that_cannot_work_stops_the_start() {
+    for (name, value, named) in [
+        (
+            "ORGADMIN_REACTIVATION_SCHEDULE",
+            "every five seconds",
+            "ORGADMIN_REACTIVATION_SCHEDULE",
+        ),
+        ("SMTP_URL", "smtp://relay.example?tls=sometimes", "tls=sometimes"),
+    ] {
+        let dir = fresh_dir();
+        let mut service = Command::new(binary("orgadmin-service"));
+        service
+            .arg("standalone")
+            .current_dir(&dir)
+            .env("ORGADMIN_LISTEN", free_addr())
+            .env("ORGADMIN_CERTIFICATE_HTTP_LISTEN", "")
+            .env(name, value);
+        let mut worker = Command::new(binary("orgadmin-worker"));
+        worker
+            .current_dir(&dir)
+            .env("ORGADMIN_WORKER_HEALTH_LISTEN", "127.0.0.1:0")
+            .env(name, value);
+        for command in [service, worker] {
+            let shown = format!("{command:?}");
+            let out = run_briefly(command);
+            let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+            assert!(!out.status.success(), "{shown} started with {name}={value:?}");
+            assert!(said.contains(named), "{shown}: {said}");
+        }
+    }
+}
+
 /// The embedded default as `orgadmin-service standalone` runs it: private
 /// files and folders, and no ERROR line for any client error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

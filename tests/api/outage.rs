@@ -215,20 +215,8 @@ async fn a_cancelled_call_gives_its_connection_back_clean() {
 
     // Hold the member's password row, so that a login's first statement
     // (taking a try: one UPDATE, no transaction) waits on it.
-    let holder = Database::connect(&app.database_url).await.unwrap();
-    let txn = holder.begin().await.unwrap();
-    txn.execute_unprepared(&format!(
-        "SELECT user_id FROM password_credentials WHERE user_id = '{}' FOR UPDATE",
-        member.id
-    ))
-    .await
-    .unwrap();
-    let attempt = orgadmin_domain::services::login::LoginAttempt {
-        login_id,
-        password: orgadmin_domain::passwords::Password::new(TEST_PASSWORD),
-        organisation_id: None,
-        peer: None,
-    };
+    let (holder, txn) = hold_password_row(&app, &member.id).await;
+    let attempt = login_attempt(&login_id);
     let gave_up = tokio::time::timeout(Duration::from_millis(500), own_pool.login(attempt)).await;
     assert!(gave_up.is_err(), "the login should still wait on the held row");
 
@@ -266,6 +254,55 @@ async fn a_cancelled_call_gives_its_connection_back_clean() {
     app.finish().await;
 }
 
+/// A row lock nobody lets go (an operator's open transaction, a client gone
+/// mid-transaction) holds a call up for `lock_timeout`, not for good: the
+/// call answers UNAVAILABLE (retry with back-off). Every session of the
+/// pool carries the limits; a DATABASE_URL that sets its own keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_nobody_lets_go_fails_the_call_instead_of_stalling_it() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (member, login_id) = app.member_with_password(&fixture, "Ventende", &[]).await;
+    let setting = |db: DatabaseConnection, name: &'static str| async move {
+        let value: String = sql(&db, format!("SHOW {name}")).await[0].try_get_by_index(0).unwrap();
+        value
+    };
+    assert_eq!(setting(app.domain.db().clone(), "lock_timeout").await, "30s");
+    assert_eq!(
+        setting(app.domain.db().clone(), "idle_in_transaction_session_timeout").await,
+        "1min"
+    );
+    let pool = persistence::connect(&format!("{}?options=-c%20lock_timeout%3D300ms", app.database_url), 2)
+        .await
+        .expect("a pool with its own lock_timeout");
+    assert_eq!(setting(pool.clone(), "lock_timeout").await, "300ms");
+    assert_eq!(
+        setting(pool.clone(), "idle_in_transaction_session_timeout").await,
+        "1min"
+    );
+    let own_pool = Domain::new(pool.clone(), test_vault(), &[OPERATOR_TOKEN.to_owned()]);
+
+    let (holder, txn) = hold_password_row(&app, &member.id).await;
+    let attempt = || login_attempt(&login_id);
+    let started = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(10), own_pool.login(attempt()))
+        .await
+        .expect("the call ends while the lock is still held");
+    assert!(
+        matches!(answer, Err(orgadmin_domain::DomainError::Unavailable { .. })),
+        "{answer:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    txn.rollback().await.unwrap();
+    holder.close().await.unwrap();
+    own_pool
+        .login(attempt())
+        .await
+        .expect("with the lock gone, the login passes");
+    pool.close().await.unwrap();
+    app.finish().await;
+}
+
 /// Closing a connection without a goodbye (what sqlx's pool does with one
 /// whose release ping failed) must finish although the server has nothing
 /// more to send. Over TLS it waited for the server's next message, which
@@ -293,6 +330,29 @@ async fn a_hard_close_over_tls_does_not_wait_for_the_server() {
     }
     admin.close().await.unwrap();
     app.finish().await;
+}
+
+/// A session of its own that holds the person's password row (`FOR
+/// UPDATE`) until its transaction ends: their login's first statement
+/// waits on it.
+async fn hold_password_row(app: &TestApp, user_id: &str) -> (DatabaseConnection, sea_orm::DatabaseTransaction) {
+    let holder = Database::connect(&app.database_url).await.unwrap();
+    let txn = holder.begin().await.unwrap();
+    txn.execute_unprepared(&format!(
+        "SELECT user_id FROM password_credentials WHERE user_id = '{user_id}' FOR UPDATE"
+    ))
+    .await
+    .unwrap();
+    (holder, txn)
+}
+
+fn login_attempt(login_id: &str) -> orgadmin_domain::services::login::LoginAttempt {
+    orgadmin_domain::services::login::LoginAttempt {
+        login_id: login_id.to_owned(),
+        password: orgadmin_domain::passwords::Password::new(TEST_PASSWORD),
+        organisation_id: None,
+        peer: None,
+    }
 }
 
 /// Whether the pool's (only) connection runs over TLS.

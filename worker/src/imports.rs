@@ -58,7 +58,8 @@ pub async fn run(domain: Domain, worker_id: String, poll: Duration, mut stop: wa
         }
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
-            _ = stop.changed() => {}
+            // A stop sender gone is a stop too (see the outbox's loop).
+            changed = stop.changed() => if changed.is_err() { break },
         }
     }
 }

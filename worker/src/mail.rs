@@ -122,19 +122,23 @@ pub struct Outbox {
     backlog_reported: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
+/// The mails' sender, `ORGADMIN_MAIL_FROM`.
+pub fn sender(config: &Config) -> anyhow::Result<Mailbox> {
+    config
+        .mail_from
+        .parse()
+        .map_err(|e| anyhow::anyhow!("ORGADMIN_MAIL_FROM={:?} is not a mailbox: {e}", config.mail_from))
+}
+
 /// How often the outbox gauges are measured at most.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 impl Outbox {
     pub fn from_config(domain: Domain, config: &Config, worker_id: String) -> anyhow::Result<Self> {
-        let from: Mailbox = config
-            .mail_from
-            .parse()
-            .map_err(|e| anyhow::anyhow!("ORGADMIN_MAIL_FROM={:?} is not a mailbox: {e}", config.mail_from))?;
         Ok(Self {
             domain,
             transport: Arc::new(Transport::from_config(config)?),
-            from,
+            from: sender(config)?,
             worker_id,
             concurrency: config.mail_pool_size as usize,
             poll_interval: Duration::from_millis(config.mail_poll_interval_ms),
@@ -163,7 +167,9 @@ impl Outbox {
             if sent < batch as usize {
                 tokio::select! {
                     _ = tokio::time::sleep(self.poll_interval) => {}
-                    _ = stop.changed() => {}
+                    // A stop sender gone is a stop too: waiting on it would
+                    // return at once, every time, and spin.
+                    changed = stop.changed() => if changed.is_err() { break },
                 }
             }
         }

@@ -50,6 +50,17 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
                 Ok(true)
             })
         })
+        .map_sqlx_postgres_opts(|postgres| {
+            // A DATABASE_URL that sets one of these (`?options=-c …`) keeps
+            // its own value.
+            let given = postgres.get_options().unwrap_or_default().to_owned();
+            let ours: Vec<(&str, &str)> = POSTGRES_SESSION_LIMITS
+                .iter()
+                .copied()
+                .filter(|(name, _)| !given.contains(name))
+                .collect();
+            postgres.options(ours)
+        })
         // Set on every connection the pool opens, not once: a reconnected
         // connection without a busy timeout fails at once on a lock.
         // WAL lets a second process read while this one writes.
@@ -66,6 +77,18 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     }
     Database::connect(options).await
 }
+
+/// Limits on every PostgreSQL session of the pool. No wait on a row lock
+/// is endless: a session left holding one (an operator's open psql
+/// transaction, a client gone mid-transaction) fails the calls and sweeps
+/// behind it after `lock_timeout` (UNAVAILABLE, retried) instead of stalling
+/// them, the worker's sweep included, for good. A session of ours left idle
+/// inside a transaction (a bug of ours, or of a driver) is ended by the
+/// server, and its locks with it. Both far above any wait a call of ours
+/// has when things work (an import batch holds its organisation for well
+/// under a second).
+const POSTGRES_SESSION_LIMITS: [(&str, &str); 2] =
+    [("lock_timeout", "30s"), ("idle_in_transaction_session_timeout", "60s")];
 
 /// A pooled connection idle this long is pinged before it is handed out: it
 /// may have been cut meanwhile (server idle timeout, proxy, failover).
