@@ -72,6 +72,7 @@ reasons!(
     ImportFinished => "IMPORT_FINISHED",
     ImportHeaderInvalid => "IMPORT_HEADER_INVALID",
     ImportRequesterCannotAct => "IMPORT_REQUESTER_CANNOT_ACT",
+    ImportRunFailed => "IMPORT_RUN_FAILED",
     ImportsQueueFull => "IMPORTS_QUEUE_FULL",
     ImportTooLarge => "IMPORT_TOO_LARGE",
     ImportTooManyRows => "IMPORT_TOO_MANY_ROWS",

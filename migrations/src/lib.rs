@@ -45,6 +45,7 @@ mod m20261204_000070_create_join_requests;
 mod m20261204_000071_add_grant_resources;
 mod m20261205_000072_store_crls_uncompressed;
 mod m20261206_000073_cover_certificate_search_text;
+mod m20261206_000074_count_failed_import_runs;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -62,6 +63,29 @@ pub(crate) async fn execute_on_postgres(manager: &SchemaManager<'_>, statements:
         return Ok(());
     }
     execute_all(manager, statements).await
+}
+
+/// Adds one column to `table` (a migration's whole `up`).
+pub(crate) async fn add_column(
+    manager: &SchemaManager<'_>,
+    table: impl IntoIden,
+    column: ColumnDef,
+) -> Result<(), DbErr> {
+    let mut column = column;
+    manager
+        .alter_table(Table::alter().table(table).add_column(&mut column).to_owned())
+        .await
+}
+
+/// Drops one column of `table` (the `down` of [`add_column`]).
+pub(crate) async fn drop_column(
+    manager: &SchemaManager<'_>,
+    table: impl IntoIden,
+    column: impl IntoIden,
+) -> Result<(), DbErr> {
+    manager
+        .alter_table(Table::alter().table(table).drop_column(column).to_owned())
+        .await
 }
 
 pub struct Migrator;
@@ -108,6 +132,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000071_add_grant_resources::Migration),
             Box::new(m20261205_000072_store_crls_uncompressed::Migration),
             Box::new(m20261206_000073_cover_certificate_search_text::Migration),
+            Box::new(m20261206_000074_count_failed_import_runs::Migration),
         ]
     }
 }

@@ -19,7 +19,8 @@ both_backends!(
     edit_and_delete_files,
     legacy_files_bring_deactivated_users_and_administrators,
     cancel_limits_and_broken_files,
-    bulk_activation_mails_cpr_users_and_lists_the_others
+    bulk_activation_mails_cpr_users_and_lists_the_others,
+    an_import_that_keeps_failing_ends_failed
 );
 
 pub const HEADER_DA: &str = "Bruger-ID;CPR-nummer;Fødselsdato;E-mail;Fornavn;Efternavn;Brugernavn;Telefon;Enhed;Sprog;Roller;Tegningsret;Identifikationsmidler;Eksternt ID;RID-nummer";
@@ -1020,5 +1021,65 @@ async fn bulk_activation_mails_cpr_users_and_lists_the_others(backend: Backend) 
         };
         assert_eq!(text.lines().next().unwrap(), expected);
     }
+    app.finish().await;
+}
+
+/// A run that ends in an error (here the stored job cannot be read) is
+/// retried after its lease, but not for ever: after five such runs in a row
+/// the job ends FAILED (IMPORT_RUN_FAILED), and its place among the
+/// organisation's open jobs is free again. It used to be claimed again every
+/// lease, for good.
+async fn an_import_that_keeps_failing_ends_failed(backend: Backend) {
+    let app = TestApp::start_with(
+        backend,
+        DomainSettings {
+            imports: ImportSettings {
+                lease_ms: 1,
+                ..ImportSettings::default()
+            },
+            ..DomainSettings::default()
+        },
+    )
+    .await;
+    let fixture = app.org_with_admin_limits(Some(100), None).await;
+    let job = app
+        .upload_import(
+            &fixture.admin_token,
+            spec(&fixture.org.id, pb::ImportKind::Create),
+            file(HEADER_DA, &create_rows(3, "brudt")).as_bytes(),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    let id: uuid::Uuid = job.id.parse().unwrap();
+    let db = app.domain.db();
+    sea_orm::ConnectionTrait::execute_unprepared(db, "UPDATE import_jobs SET kind = 'NO_SUCH_KIND'")
+        .await
+        .unwrap();
+    let mut runs = 0;
+    while let Some(claimed) = app.domain.claim_import("stubborn-worker").await.unwrap() {
+        assert_eq!(claimed.id, id);
+        runs += 1;
+        assert!(runs <= 5, "claimed a sixth time");
+        app.domain
+            .run_import(claimed.id, "stubborn-worker", &|| false)
+            .await
+            .expect_err("the job cannot be read");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(runs, 5);
+    let row = app
+        .row_where(
+            "SELECT state, failure_reason, failure_message FROM import_jobs WHERE id =",
+            id,
+        )
+        .await;
+    let (state, reason, message): (String, String, String) = (
+        row.try_get_by_index(0).unwrap(),
+        row.try_get_by_index(1).unwrap(),
+        row.try_get_by_index(2).unwrap(),
+    );
+    assert_eq!((state.as_str(), reason.as_str()), ("FAILED", "IMPORT_RUN_FAILED"));
+    assert!(message.contains("5 times in a row"), "{message}");
     app.finish().await;
 }

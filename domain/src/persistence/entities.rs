@@ -577,6 +577,8 @@ pub mod import_job {
         pub file_deleted_at: Option<i64>,
         /// W3C traceparent of the CreateImport call (R-OPS-3).
         pub trace_context: Option<String>,
+        /// Runs that ended in an error since the checkpoint last moved.
+        pub failed_runs: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -275,6 +275,7 @@ impl Domain {
             updated_at: Set(now),
             file_deleted_at: Set(None),
             trace_context: Set(crate::telemetry::current_traceparent()),
+            failed_runs: Set(0),
         })
         .exec_without_returning(&self.db)
         .await?;

@@ -141,6 +141,9 @@ pub struct ClaimedImport {
     pub traceparent: Option<String>,
 }
 
+/// Runs in a row that may end in an error before the job ends FAILED.
+const MAX_FAILED_RUNS: i32 = 5;
+
 impl Domain {
     /// Claims the oldest queued job, or a running one whose worker's lease
     /// ran out. On PostgreSQL `FOR UPDATE SKIP LOCKED` lets several workers
@@ -193,8 +196,48 @@ impl Domain {
     /// Runs a claimed job until it ends, its claim is lost, or `stop` says
     /// so (then the claim is handed back and another worker, or this one
     /// later, resumes after the last checkpoint).
+    ///
+    /// A run that ends in an error is counted; the job resumes after its
+    /// lease, and after `MAX_FAILED_RUNS` such runs in a row (none moved
+    /// the checkpoint) it ends FAILED (IMPORT_RUN_FAILED) instead of being
+    /// retried for ever, holding one of its organisation's places.
     #[instrument(level = "debug", skip_all, fields(import = %job_id), err(level = "debug"))]
     pub async fn run_import(&self, job_id: Uuid, worker: &str, stop: &(dyn Fn() -> bool + Sync)) -> DomainResult<()> {
+        let ran = self.run_import_once(job_id, worker, stop).await;
+        if let Err(error) = &ran {
+            self.count_failed_run(job_id, worker, error).await?;
+        }
+        ran
+    }
+
+    /// Counts a run that ended in `error`; the last one allowed ends the job.
+    async fn count_failed_run(&self, job_id: Uuid, worker: &str, error: &DomainError) -> DomainResult<()> {
+        let counted = import_job::Entity::update_many()
+            .col_expr(
+                import_job::Column::FailedRuns,
+                Expr::col(import_job::Column::FailedRuns).add(1),
+            )
+            .filter(import_job::Column::Id.eq(job_id))
+            .filter(import_job::Column::ClaimedBy.eq(worker))
+            .filter(import_job::Column::State.eq(ImportState::Running.as_str()))
+            .exec_with_returning(&self.db)
+            .await?;
+        let Some(job) = counted.into_iter().next() else {
+            return Ok(());
+        };
+        if job.failed_runs < MAX_FAILED_RUNS {
+            return Ok(());
+        }
+        let failure = JobFailure {
+            reason: Reason::ImportRunFailed,
+            message: format!(
+                "the import stopped with an error {MAX_FAILED_RUNS} times in a row without getting further (last: {error}); rows done so far stay done"
+            ),
+        };
+        self.end_import(&job, worker, ImportState::Failed, Some(failure)).await
+    }
+
+    async fn run_import_once(&self, job_id: Uuid, worker: &str, stop: &(dyn Fn() -> bool + Sync)) -> DomainResult<()> {
         let job = self.claimed_job(job_id, worker).await?;
         let Some(job) = job else { return Ok(()) };
         let kind: ImportKind = parse(&job.kind)?;
@@ -503,6 +546,8 @@ impl Domain {
                 Expr::value(now + self.settings.imports.lease_ms),
             )
             .col_expr(import_job::Column::UpdatedAt, Expr::value(now))
+            // The job got further: failed runs before this one no longer count.
+            .col_expr(import_job::Column::FailedRuns, Expr::value(0))
             .filter(import_job::Column::Id.eq(job.id))
             .filter(import_job::Column::ClaimedBy.eq(worker))
             .filter(import_job::Column::State.eq(ImportState::Running.as_str()))
