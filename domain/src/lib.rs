@@ -48,7 +48,16 @@ pub struct Domain {
     /// revocation made here is served at once (other replicas see it on
     /// their cache's next look at the database).
     crl_signed_here: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<services::certificates::PublishedCrl>>>>,
+    /// Places for sign-in steps that run to their end on their own
+    /// ([`Domain::to_the_end`]): their callers may have left, so the
+    /// service's in-flight bound no longer counts them.
+    sign_ins: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Sign-in steps running to their end at once in one process; more are
+/// refused (RESOURCE_EXHAUSTED, retry shortly). Logins are bounded before
+/// that by the hashing queue (32 per core).
+const SIGN_INS_IN_FLIGHT: u32 = 256;
 
 /// Tunables of the domain rules, from configuration.
 #[derive(Clone, Debug)]
@@ -105,11 +114,28 @@ impl Domain {
     /// await). For work whose steps must not be cut apart: a sign-in try
     /// taken in one statement must be given back or recorded in a later
     /// one. The caller still gets the answer when it waits.
+    ///
+    /// Bounded: such steps outlive their callers, so the service's bound on
+    /// calls in flight no longer holds them; past `SIGN_INS_IN_FLIGHT` a
+    /// step is refused before it starts (RESOURCE_EXHAUSTED).
     pub(crate) async fn to_the_end<T: Send + 'static>(
         &self,
         work: impl std::future::Future<Output = DomainResult<T>> + Send + 'static,
     ) -> DomainResult<T> {
         use tracing::Instrument;
+        let place = self
+            .sign_ins
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| DomainError::RateLimited {
+                message: "too many sign-ins are in progress; retry shortly".into(),
+                retry_after_ms: 1000,
+            })?;
+        let work = async move {
+            let done = work.await;
+            drop(place);
+            done
+        };
         tokio::spawn(work.instrument(tracing::Span::current()))
             .await
             .map_err(|e| DomainError::Internal(format!("a sign-in step ended early: {e}")))?
@@ -138,7 +164,17 @@ impl Domain {
             ),
             attempts: Default::default(),
             crl_signed_here: Default::default(),
+            sign_ins: std::sync::Arc::new(tokio::sync::Semaphore::new(SIGN_INS_IN_FLIGHT as usize)),
         }
+    }
+
+    /// Waits, at most `patience`, for the sign-in steps still running on
+    /// their own: at shutdown, so that a try taken is recorded before the
+    /// process ends. Returns whether all ended.
+    pub async fn finish_sign_ins(&self, patience: std::time::Duration) -> bool {
+        tokio::time::timeout(patience, self.sign_ins.acquire_many(SIGN_INS_IN_FLIGHT))
+            .await
+            .is_ok_and(|all| all.is_ok())
     }
 
     /// The certificate authority the certificate service issues with.
@@ -291,5 +327,44 @@ mod source_rules {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod sign_ins {
+    use super::*;
+
+    /// Steps that run to their end outlive their callers, so their number
+    /// has a bound of its own: the one past it is refused before it starts;
+    /// shutdown waits for those running.
+    #[tokio::test]
+    async fn steps_run_to_their_end_within_a_bound() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        let domain = Domain::new(db, CprVault::new([1; 32], [2; 32]), &[]);
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let mut running = Vec::new();
+        for _ in 0..SIGN_INS_IN_FLIGHT {
+            let (domain, mut gate) = (domain.clone(), gate.clone());
+            running.push(tokio::spawn(async move {
+                domain
+                    .to_the_end(async move {
+                        let _ = gate.wait_for(|open| *open).await;
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        while domain.sign_ins.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = domain.to_the_end(async { Ok(()) }).await;
+        assert!(matches!(refused, Err(DomainError::RateLimited { .. })), "{refused:?}");
+        assert!(!domain.finish_sign_ins(std::time::Duration::from_millis(50)).await);
+        // The callers leave; the steps still end, and shutdown sees them end.
+        for caller in &running {
+            caller.abort();
+        }
+        open.send(true).unwrap();
+        assert!(domain.finish_sign_ins(std::time::Duration::from_secs(5)).await);
     }
 }

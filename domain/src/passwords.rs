@@ -432,8 +432,9 @@ impl Hasher {
         self.pool.submit(
             slot,
             Box::new(move || {
-                // A caller that gave up (its call was cancelled) gets no hash:
-                // a burst of abandoned logins does not hold up the queue.
+                // A caller that gave up gets no hash: a burst of abandoned
+                // hashes does not hold up the queue. (A login is not such a
+                // caller: it runs to its end on its own, see `login`.)
                 if !done.is_closed() {
                     let _ = done.send(work());
                 }

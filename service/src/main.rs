@@ -123,6 +123,7 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
     };
     // Caught from here on, before the server first polls its stop.
     let stop = orgadmin_domain::telemetry::shutdown_signal();
+    let sign_ins = domain.clone();
     orgadmin_service::serve(domain, listener, config.max_in_flight, async move {
         tokio::select! {
             () = stop => {}
@@ -136,6 +137,10 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
         let _ = http_stop_tx.send(true);
     })
     .await?;
+    // Sign-ins whose callers left still record their tries.
+    if !sign_ins.finish_sign_ins(std::time::Duration::from_secs(10)).await {
+        tracing::warn!("sign-ins still running at shutdown were cut short");
+    }
     if let Some(http) = certificate_http {
         http.await??;
     }

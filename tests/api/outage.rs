@@ -303,6 +303,67 @@ async fn a_lock_nobody_lets_go_fails_the_call_instead_of_stalling_it() {
     app.finish().await;
 }
 
+/// An import run that ends because the database was busy (here a lock it
+/// waited on past `lock_timeout`) is not the job's fault: it is not counted
+/// towards the runs that end a job FAILED, however often it happens, and
+/// the job completes once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_held_up_by_a_lock_is_not_failed() {
+    use orgadmin_domain::DomainSettings;
+    use orgadmin_domain::services::imports::ImportSettings;
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin_limits(Some(100), None).await;
+    let job = app
+        .upload_import(
+            &fixture.admin_token,
+            crate::imports::spec(&fixture.org.id, pb::ImportKind::Create),
+            crate::imports::file(crate::imports::HEADER_DA, &crate::imports::create_rows(3, "laast")).as_bytes(),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    let pool = persistence::connect(&format!("{}?options=-c%20lock_timeout%3D200ms", app.database_url), 2)
+        .await
+        .unwrap();
+    let impatient =
+        Domain::new(pool.clone(), test_vault(), &[OPERATOR_TOKEN.to_owned()]).with_settings(DomainSettings {
+            imports: ImportSettings {
+                lease_ms: 1,
+                ..ImportSettings::default()
+            },
+            ..DomainSettings::default()
+        });
+    let holder = Database::connect(&app.database_url).await.unwrap();
+    let txn = holder.begin().await.unwrap();
+    txn.execute_unprepared(&format!(
+        "SELECT id FROM organisations WHERE id = '{}' FOR UPDATE",
+        fixture.org.id
+    ))
+    .await
+    .unwrap();
+    for run in 1..=7 {
+        let claimed = impatient
+            .claim_import("held-up")
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("run {run}: the job is claimable again"));
+        let ran = impatient.run_import(claimed.id, "held-up", &|| false).await;
+        assert!(
+            matches!(ran, Err(orgadmin_domain::DomainError::Unavailable { .. })),
+            "run {run}: {ran:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    txn.rollback().await.unwrap();
+    holder.close().await.unwrap();
+    let claimed = impatient.claim_import("held-up").await.unwrap().expect("still queued");
+    impatient.run_import(claimed.id, "held-up", &|| false).await.unwrap();
+    let done = app.import_job(&fixture.admin_token, &job.id).await;
+    assert_eq!((done.state, done.applied), (pb::ImportState::Succeeded as i32, 3));
+    pool.close().await.unwrap();
+    app.finish().await;
+}
+
 /// Closing a connection without a goodbye (what sqlx's pool does with one
 /// whose release ping failed) must finish although the server has nothing
 /// more to send. Over TLS it waited for the server's next message, which

@@ -14,6 +14,7 @@ both_backends!(
     killed_worker_loses_no_mail,
     a_relay_that_stops_answering_stalls_nothing,
     a_claim_that_outlived_its_lease_records_nothing,
+    a_slow_relay_costs_no_attempts,
     killed_import_worker_resumes_without_doubles,
     two_workers_share_the_import_queue
 );
@@ -636,4 +637,32 @@ async fn mail_row(app: &TestApp, id: uuid::Uuid) -> (i32, String, Option<String>
         row.try_get_by_index(1).unwrap(),
         row.try_get_by_index(2).unwrap(),
     )
+}
+
+/// A relay that is slow but works: mails of a batch that wait for a free
+/// connection until too little of their claim is left for a fair try go
+/// back unsent (and are claimed again), rather than being tried in a
+/// window too short and counted as failed attempts.
+async fn a_slow_relay_costs_no_attempts(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let sink = SmtpSink::start(300);
+    let (_, expected) = queue_mails(&app, 40).await;
+    let _worker = spawn_worker(&app, &sink, 2000);
+    wait_for_all(&sink, &expected, Duration::from_secs(90)).await;
+    let started = Instant::now();
+    while app
+        .count("SELECT COUNT(*) FROM outbox_mails WHERE state <> 'SENT'")
+        .await
+        > 0
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "mails left unsent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM outbox_mails WHERE attempts > 0 OR last_error IS NOT NULL")
+            .await,
+        0,
+        "a mail was counted as failed although the relay works"
+    );
+    app.finish().await;
 }

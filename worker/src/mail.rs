@@ -43,6 +43,15 @@ impl Transport {
         )?))
     }
 
+    /// How long one send may fairly take: SMTP's own time limit per step;
+    /// a file is written at once.
+    fn fair_try_ms(&self) -> i64 {
+        match self {
+            Self::Smtp(pool) => pool.timeout().as_millis() as i64,
+            Self::Files(_) => 1000,
+        }
+    }
+
     async fn send(&self, id: uuid::Uuid, message: Message) -> Result<(), (String, Failure)> {
         match self {
             Self::Smtp(pool) => pool.send(message.envelope(), &message.formatted()).await,
@@ -194,9 +203,11 @@ impl Outbox {
             // A send must end, and be recorded, before the claim's lease
             // does: after it another worker may take the mail, and both
             // would send it. A mail whose lease ran short while it waited
-            // for a permit (a slow relay) goes back unsent instead.
+            // for a permit (a slow relay) goes back unsent instead, before
+            // its window is too short for a fair try (which, cut off, would
+            // count as a failed attempt).
             let window_ms = mail.claim.lease_until - now_millis() - self.lease_ms / 10;
-            if window_ms <= 0 {
+            if window_ms < self.transport.fair_try_ms().min(self.lease_ms / 2) {
                 if let Err(e) = self.domain.release_mail(&mail.claim).await {
                     tracing::warn!(mail = %mail.claim.id, error = %e, "outbox: could not give back an unsent mail");
                 }

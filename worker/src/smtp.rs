@@ -112,6 +112,11 @@ impl SmtpPool {
         })
     }
 
+    /// The time limit of each step with the server.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// A new connection, greeted, secured and logged in within the timeout.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
         tokio::time::timeout(self.timeout, self.open())

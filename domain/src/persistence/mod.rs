@@ -57,7 +57,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
             let ours: Vec<(&str, &str)> = POSTGRES_SESSION_LIMITS
                 .iter()
                 .copied()
-                .filter(|(name, _)| !given.contains(name))
+                .filter(|(name, _)| !sets_option(&given, name))
                 .collect();
             postgres.options(ours)
         })
@@ -89,6 +89,19 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
 /// under a second).
 const POSTGRES_SESSION_LIMITS: [(&str, &str); 2] =
     [("lock_timeout", "30s"), ("idle_in_transaction_session_timeout", "60s")];
+
+/// Whether a libpq `options` string (`-c name=value`, `-cname=value`,
+/// `--name=value`) sets `name` itself (`deadlock_timeout` does not set
+/// `lock_timeout`).
+fn sets_option(options: &str, name: &str) -> bool {
+    options.split_whitespace().any(|word| {
+        let word = word
+            .strip_prefix("-c")
+            .or_else(|| word.strip_prefix("--"))
+            .unwrap_or(word);
+        word.split_once('=').is_some_and(|(key, _)| key == name)
+    })
+}
 
 /// A pooled connection idle this long is pinged before it is handed out: it
 /// may have been cut meanwhile (server idle timeout, proxy, failover).
@@ -227,4 +240,19 @@ pub(crate) fn rows_per_statement<E: sea_orm::EntityTrait>() -> usize {
     use sea_orm::Iterable;
     const BOUND_VALUES: usize = 30_000;
     (BOUND_VALUES / E::Column::iter().count().max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_sets_a_session_limit_only_by_its_own_name() {
+        assert!(sets_option("-c lock_timeout=300ms", "lock_timeout"));
+        assert!(sets_option("-clock_timeout=1s -c statement_timeout=0", "lock_timeout"));
+        assert!(sets_option("--lock_timeout=1s", "lock_timeout"));
+        assert!(!sets_option("-c deadlock_timeout=2s", "lock_timeout"));
+        assert!(!sets_option("", "lock_timeout"));
+        assert!(!sets_option("-c lock_timeout", "lock_timeout"));
+    }
 }

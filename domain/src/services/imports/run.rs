@@ -197,21 +197,33 @@ impl Domain {
     /// so (then the claim is handed back and another worker, or this one
     /// later, resumes after the last checkpoint).
     ///
-    /// A run that ends in an error is counted; the job resumes after its
-    /// lease, and after `MAX_FAILED_RUNS` such runs in a row (none moved
-    /// the checkpoint) it ends FAILED (IMPORT_RUN_FAILED) instead of being
-    /// retried for ever, holding one of its organisation's places.
+    /// A run that ends in an error is counted, unless the error says the
+    /// database was busy or away for a while (a lock wait, an outage: the
+    /// job is not at fault, and resumes after its lease as often as it
+    /// takes). After `MAX_FAILED_RUNS` counted runs in a row (none moved the
+    /// checkpoint) the job ends FAILED (IMPORT_RUN_FAILED), the error in its
+    /// message, instead of being retried for ever, holding one of its
+    /// organisation's places; that run answers `Ok`, as the job has ended.
     #[instrument(level = "debug", skip_all, fields(import = %job_id), err(level = "debug"))]
     pub async fn run_import(&self, job_id: Uuid, worker: &str, stop: &(dyn Fn() -> bool + Sync)) -> DomainResult<()> {
-        let ran = self.run_import_once(job_id, worker, stop).await;
-        if let Err(error) = &ran {
-            self.count_failed_run(job_id, worker, error).await?;
+        let error = match self.run_import_once(job_id, worker, stop).await {
+            Ok(()) => return Ok(()),
+            Err(error @ (DomainError::Unavailable { .. } | DomainError::RateLimited { .. })) => return Err(error),
+            Err(error) => error,
+        };
+        match self.count_failed_run(job_id, worker, &error).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(error),
+            Err(counting) => {
+                tracing::warn!(import = %job_id, error = %counting, "could not count a failed import run");
+                Err(error)
+            }
         }
-        ran
     }
 
-    /// Counts a run that ended in `error`; the last one allowed ends the job.
-    async fn count_failed_run(&self, job_id: Uuid, worker: &str, error: &DomainError) -> DomainResult<()> {
+    /// Counts a run that ended in `error`; the last one allowed ends the
+    /// job (then `true`).
+    async fn count_failed_run(&self, job_id: Uuid, worker: &str, error: &DomainError) -> DomainResult<bool> {
         let counted = import_job::Entity::update_many()
             .col_expr(
                 import_job::Column::FailedRuns,
@@ -223,10 +235,10 @@ impl Domain {
             .exec_with_returning(&self.db)
             .await?;
         let Some(job) = counted.into_iter().next() else {
-            return Ok(());
+            return Ok(false);
         };
         if job.failed_runs < MAX_FAILED_RUNS {
-            return Ok(());
+            return Ok(false);
         }
         let failure = JobFailure {
             reason: Reason::ImportRunFailed,
@@ -234,7 +246,10 @@ impl Domain {
                 "the import stopped with an error {MAX_FAILED_RUNS} times in a row without getting further (last: {error}); rows done so far stay done"
             ),
         };
-        self.end_import(&job, worker, ImportState::Failed, Some(failure)).await
+        tracing::warn!(import = %job_id, %error, "an import failed {MAX_FAILED_RUNS} runs in a row; it ends FAILED");
+        self.end_import(&job, worker, ImportState::Failed, Some(failure))
+            .await?;
+        Ok(true)
     }
 
     async fn run_import_once(&self, job_id: Uuid, worker: &str, stop: &(dyn Fn() -> bool + Sync)) -> DomainResult<()> {
