@@ -397,6 +397,7 @@ impl Config {
             create_batch_size: self.import_create_batch_size,
             lease_ms: self.import_lease_ms,
             file_retention_ms: i64::from(self.import_file_retention_hours) * 60 * 60 * 1000,
+            ..crate::services::imports::ImportSettings::default()
         }
     }
 

@@ -75,6 +75,7 @@ reasons!(
     ImportRunFailed => "IMPORT_RUN_FAILED",
     ImportsQueueFull => "IMPORTS_QUEUE_FULL",
     ImportTooLarge => "IMPORT_TOO_LARGE",
+    ImportUploadAbandoned => "IMPORT_UPLOAD_ABANDONED",
     ImportTooManyRows => "IMPORT_TOO_MANY_ROWS",
     JoinConfirmationExpired => "JOIN_CONFIRMATION_EXPIRED",
     JoinConfirmationUnknown => "JOIN_CONFIRMATION_UNKNOWN",

@@ -20,7 +20,8 @@ both_backends!(
     legacy_files_bring_deactivated_users_and_administrators,
     cancel_limits_and_broken_files,
     bulk_activation_mails_cpr_users_and_lists_the_others,
-    an_import_that_keeps_failing_ends_failed
+    an_import_that_keeps_failing_ends_failed,
+    a_long_upload_is_not_taken_for_abandoned
 );
 
 pub const HEADER_DA: &str = "Bruger-ID;CPR-nummer;Fødselsdato;E-mail;Fornavn;Efternavn;Brugernavn;Telefon;Enhed;Sprog;Roller;Tegningsret;Identifikationsmidler;Eksternt ID;RID-nummer";
@@ -1030,14 +1031,11 @@ async fn bulk_activation_mails_cpr_users_and_lists_the_others(backend: Backend) 
 /// organisation's open jobs is free again. It used to be claimed again every
 /// lease, for good.
 async fn an_import_that_keeps_failing_ends_failed(backend: Backend) {
-    let app = TestApp::start_with(
+    let app = app_with_imports(
         backend,
-        DomainSettings {
-            imports: ImportSettings {
-                lease_ms: 1,
-                ..ImportSettings::default()
-            },
-            ..DomainSettings::default()
+        ImportSettings {
+            lease_ms: 1,
+            ..ImportSettings::default()
         },
     )
     .await;
@@ -1081,4 +1079,81 @@ async fn an_import_that_keeps_failing_ends_failed(backend: Backend) {
     assert_eq!((state.as_str(), reason.as_str()), ("FAILED", "IMPORT_RUN_FAILED"));
     assert!(message.contains("5 times in a row"), "{message}");
     app.finish().await;
+}
+
+/// An upload still sending is alive, however long it takes: the purge of
+/// abandoned uploads (nothing received for `upload_idle_ms`) leaves it
+/// alone, and it finishes. One that stops sending is purged, and a piece
+/// sent after that is refused (IMPORT_UPLOAD_ABANDONED) instead of being
+/// stored for nobody. The purge used to go by the upload's start alone.
+async fn a_long_upload_is_not_taken_for_abandoned(backend: Backend) {
+    use orgadmin_domain::services::imports::{BeganImport, ImportKind, ImportSpec};
+    let app = app_with_imports(
+        backend,
+        ImportSettings {
+            upload_idle_ms: 400,
+            ..ImportSettings::default()
+        },
+    )
+    .await;
+    let fixture = app.org_with_admin_limits(Some(100), None).await;
+    let caller = app.domain.authenticate(&fixture.admin_token).await.unwrap();
+    let spec = || ImportSpec {
+        organisation_id: fixture.org.id.parse().unwrap(),
+        kind: ImportKind::Create,
+        validate_only: false,
+        file_name: "langsom.csv".into(),
+        request_id: None,
+    };
+    let text = file(HEADER_DA, &create_rows(20, "langsom"));
+    let BeganImport::Upload(mut slow) = app.domain.begin_import(&caller, spec()).await.unwrap() else {
+        panic!("a new upload")
+    };
+    // Twenty pieces 50 ms apart: a second in all, the idle limit 400 ms.
+    let pieces: Vec<&[u8]> = text.as_bytes().chunks(text.len() / 20 + 1).collect();
+    for piece in pieces {
+        slow.push(piece).await.expect("a piece of a live upload");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        app.domain
+            .purge_import_files(orgadmin_domain::model::now_millis())
+            .await
+            .unwrap();
+    }
+    let job = slow.finish().await.expect("the upload finishes");
+    app.run_imports().await;
+    let done = app.import_job(&fixture.admin_token, &job.id.to_string()).await;
+    assert_eq!((done.state, done.applied), (pb::ImportState::Succeeded as i32, 20));
+
+    // An upload that falls silent is purged; its next piece is refused.
+    let BeganImport::Upload(mut silent) = app.domain.begin_import(&caller, spec()).await.unwrap() else {
+        panic!("a new upload")
+    };
+    silent.push(&text.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        app.domain
+            .purge_import_files(orgadmin_domain::model::now_millis())
+            .await
+            .unwrap(),
+        1
+    );
+    let refused = silent.push(&text.as_bytes()[10..20]).await.unwrap_err();
+    assert!(refused.to_string().contains("idle too long"), "{refused}");
+    let orgadmin_domain::DomainError::FailedPrecondition { reason, .. } = &refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(reason.as_str(), "IMPORT_UPLOAD_ABANDONED");
+    app.finish().await;
+}
+
+/// A server whose imports run with `imports`.
+async fn app_with_imports(backend: Backend, imports: ImportSettings) -> TestApp {
+    TestApp::start_with(
+        backend,
+        DomainSettings {
+            imports,
+            ..DomainSettings::default()
+        },
+    )
+    .await
 }

@@ -843,7 +843,7 @@ impl Domain {
             .select_only()
             .column(import_job::Column::Id)
             .filter(import_job::Column::State.eq(ImportState::Uploading.as_str()))
-            .filter(import_job::Column::UpdatedAt.lte(now - 60 * 60 * 1000))
+            .filter(import_job::Column::UpdatedAt.lte(now - self.settings.imports.upload_idle_ms))
             .limit(100)
             .into_tuple()
             .all(&self.db)
