@@ -1078,6 +1078,43 @@ async fn an_import_that_keeps_failing_ends_failed(backend: Backend) {
     );
     assert_eq!((state.as_str(), reason.as_str()), ("FAILED", "IMPORT_RUN_FAILED"));
     assert!(message.contains("5 times in a row"), "{message}");
+
+    // One whose requester asked to cancel it ends CANCELLED at its first
+    // failed run, whatever keeps its runs from the cancel check.
+    let job = app
+        .upload_import(
+            &fixture.admin_token,
+            spec(&fixture.org.id, pb::ImportKind::Create),
+            file(HEADER_DA, &create_rows(3, "afbrudt")).as_bytes(),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    let id: uuid::Uuid = job.id.parse().unwrap();
+    sea_orm::ConnectionTrait::execute_unprepared(
+        db,
+        "UPDATE import_jobs SET kind = 'NO_SUCH_KIND' WHERE state = 'QUEUED'",
+    )
+    .await
+    .unwrap();
+    let claimed = app.domain.claim_import("stubborn-worker").await.unwrap().unwrap();
+    assert_eq!(claimed.id, id);
+    sea_orm::ConnectionTrait::execute_unprepared(
+        db,
+        "UPDATE import_jobs SET cancel_requested = TRUE WHERE state = 'RUNNING'",
+    )
+    .await
+    .unwrap();
+    app.domain
+        .run_import(claimed.id, "stubborn-worker", &|| false)
+        .await
+        .expect("the run that ends the job");
+    let state: String = app
+        .row_where("SELECT state FROM import_jobs WHERE id =", id)
+        .await
+        .try_get_by_index(0)
+        .unwrap();
+    assert_eq!(state, "CANCELLED");
     app.finish().await;
 }
 

@@ -222,7 +222,7 @@ impl Domain {
     }
 
     /// Counts a run that ended in `error`; the last one allowed ends the
-    /// job (then `true`).
+    /// job (then `true`), as does a cancel its requester asked for.
     async fn count_failed_run(&self, job_id: Uuid, worker: &str, error: &DomainError) -> DomainResult<bool> {
         let counted = import_job::Entity::update_many()
             .col_expr(
@@ -237,6 +237,12 @@ impl Domain {
         let Some(job) = counted.into_iter().next() else {
             return Ok(false);
         };
+        // Its requester asked to cancel it: that is how it ends, now,
+        // whatever keeps its runs from getting to the cancel.
+        if job.cancel_requested {
+            self.end_import(&job, worker, ImportState::Cancelled, None).await?;
+            return Ok(true);
+        }
         if job.failed_runs < MAX_FAILED_RUNS {
             return Ok(false);
         }
