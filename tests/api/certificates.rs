@@ -1574,3 +1574,83 @@ async fn without_a_ca_certificate_calls_say_so(backend: Backend) {
     assert_eq!(app.fingerprint().await, before);
     app.finish().await;
 }
+
+/// A pickup and the deletion of its holder never interleave: the pickup
+/// reads its holder `FOR SHARE`, so one behind a deletion in progress waits
+/// for it and is then refused, and no certificate is left to a deleted
+/// person. Interleaved, the deletion had read the order as ORDERED and
+/// deleted the row the pickup had just issued: a valid certificate no row
+/// could revoke. (The deletion in progress is played by a session that has
+/// written the holder's row and not yet committed.) SQLite has one writer at
+/// a time, so only PostgreSQL can interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pickup_behind_its_holders_deletion_is_refused() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let app = TestApp::start(Backend::Postgres).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (holder, session) = app
+        .create_and_activate(&fixture.admin_token, new_user(&fixture.org.id, "Afgaaende", &[]))
+        .await;
+    order(
+        &app,
+        &fixture.admin_token,
+        user_order(&fixture.org.id, &holder, &[pb::CertificateUsage::Authentication]),
+    )
+    .await
+    .unwrap();
+    let pickup = app.mailed_token("certificate_pickup", &holder.email).await;
+    let request = csr(&dir, "afgaaende", "p256");
+
+    let deleter = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    let deletion = deleter.begin().await.unwrap();
+    deletion
+        .execute_unprepared(&format!(
+            "UPDATE users SET state = 'DELETED' WHERE id = '{}'",
+            holder.id
+        ))
+        .await
+        .unwrap();
+    // A deletion gives the person's licence back, as DeleteUser does.
+    deletion
+        .execute_unprepared(&format!(
+            "UPDATE organisations SET licences_used = licences_used - 1 WHERE id = '{}'",
+            fixture.org.id
+        ))
+        .await
+        .unwrap();
+    let picking = {
+        let (app_certs, session, pickup) = (app.certs(), session.clone(), pickup.clone());
+        tokio::spawn(async move {
+            let mut certs = app_certs;
+            certs
+                .issue_certificate(req(
+                    &session,
+                    pb::IssueCertificateRequest {
+                        token: pickup,
+                        csr_pem: request,
+                    },
+                ))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if picking.is_finished() {
+        let answer = picking.await.unwrap().map(|_| "issued");
+        panic!("the pickup did not wait for the deletion in progress: {answer:?}");
+    }
+    deletion.commit().await.unwrap();
+    deleter.close().await.unwrap();
+    let answer = picking.await.unwrap();
+    let answer = answer.map(|_| "issued");
+    assert!(answer.is_err(), "a pickup for a deleted holder: {answer:?}");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM certificates WHERE holder_id = '{}' AND state = 'ISSUED'",
+            holder.id
+        ))
+        .await,
+        0
+    );
+    app.finish().await;
+}

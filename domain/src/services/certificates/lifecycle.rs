@@ -154,20 +154,41 @@ fn read_csr(csr_pem: &str) -> DomainResult<CheckedCsr> {
 }
 
 /// Writes the signed certificate over its ORDERED `row`: `false` when the
-/// row is no longer that order (a parallel pickup) or `issued`'s serial is
-/// taken.
+/// row is no longer that order (a parallel pickup), `issued`'s serial is
+/// taken, or the holder is deleted.
+///
+/// The holder's row is read `FOR SHARE` within this statement (PostgreSQL;
+/// SQLite has one writer at a time), so a pickup or renewal and the
+/// holder's deletion are in one order or the other, never interleaved.
+/// Interleaved, the deletion read the order as ORDERED while this wrote it
+/// ISSUED, or missed the certificate a renewal had just made: a deleted
+/// person kept a valid certificate nothing could revoke. Now a write behind
+/// a deletion finds the holder deleted and writes nothing; a deletion behind
+/// a write waits for it and then revokes what it issued.
 async fn write_issued(
     txn: &DatabaseTransaction,
     row: &certificate::Model,
     issued: &certificate::Model,
 ) -> DomainResult<bool> {
-    use sea_orm::sea_query::{ExprTrait, Query};
+    use sea_orm::sea_query::{ExprTrait, LockType, Query};
     let serial_in_use = Query::select()
         .expr(Expr::value(1))
         .from(certificate::Entity)
         .and_where(Expr::col(certificate::Column::Serial).eq(issued.serial.clone()))
         .to_owned();
-    let written = certificate::Entity::update_many()
+    let holder_here = row.holder_id.map(|holder| {
+        let mut here = Query::select()
+            .expr(Expr::value(1))
+            .from(user::Entity)
+            .and_where(Expr::col(user::Column::Id).eq(holder))
+            .and_where(Expr::col(user::Column::State).ne(UserState::Deleted.as_str()))
+            .to_owned();
+        if crate::persistence::is_postgres(txn) {
+            here.lock(LockType::Share);
+        }
+        Expr::exists(here)
+    });
+    let mut written = certificate::Entity::update_many()
         .col_expr(certificate::Column::State, Expr::value(issued.state.clone()))
         .col_expr(certificate::Column::Serial, Expr::value(issued.serial.clone()))
         .col_expr(certificate::Column::Subject, Expr::value(issued.subject.clone()))
@@ -184,10 +205,11 @@ async fn write_issued(
         .filter(certificate::Column::Id.eq(row.id))
         .filter(certificate::Column::State.eq(CertificateState::Ordered.as_str()))
         .filter(certificate::Column::Version.eq(row.version))
-        .filter(Expr::exists(serial_in_use).not())
-        .exec(txn)
-        .await?;
-    Ok(written.rows_affected == 1)
+        .filter(Expr::exists(serial_in_use).not());
+    if let Some(holder_here) = holder_here {
+        written = written.filter(holder_here);
+    }
+    Ok(written.exec(txn).await?.rows_affected == 1)
 }
 
 /// An order about to be signed, with what its subject is built from, as
@@ -220,7 +242,8 @@ impl OrderToSign {
 
 /// The certificate matching `filter` with its organisation and holder, in
 /// one statement: a pickup is a handful of round trips, and three of them
-/// were these reads. `None` when no certificate matches.
+/// were these reads. `None` when no certificate matches. Read without a
+/// lock: `write_issued` checks the holder again, locked.
 async fn order_to_sign(
     db: &impl ConnectionTrait,
     filter: impl sea_orm::sea_query::IntoCondition,
@@ -599,6 +622,12 @@ impl Domain {
             if write_issued(txn, &row, &issued).await? {
                 break issued;
             }
+            if let Some(holder) = row.holder_id
+                && user_in(txn, row.organisation_id, holder).await.is_err()
+            {
+                // Deleted while this was signed (see `write_issued`).
+                return Err(DomainError::not_found("user", holder));
+            }
             let serial_taken = certificate::Entity::find()
                 .filter(certificate::Column::Serial.eq(issued.serial.clone()))
                 .count(txn)
@@ -895,44 +924,88 @@ impl Domain {
             .all(txn)
             .await?;
         let mut revoked = 0;
-        for row in rows {
-            let mut changes = Vec::new();
-            if row.state == CertificateState::Ordered.as_str() {
-                certificate::Entity::delete_by_id(row.id).exec(txn).await?;
-                diff(&mut changes, "state", &row.state, "");
-                history::record(
-                    txn,
-                    event(&row, Activity::CertificateOrderDeleted, caller, now, changes),
-                )
-                .await?;
-                continue;
+        for read in rows {
+            // Each write holds only if the row is still as read. One changed
+            // meanwhile is read again: still live (an order issued after
+            // all), it is ended as it now is; ended by the other call
+            // (revoked by its holder, its order deleted), it is left as that
+            // call made it, not overwritten.
+            let mut row = read;
+            for _ in 0..3 {
+                match self.end_holder_certificate(txn, caller, &row, now).await? {
+                    Some(was_issued) => {
+                        revoked += u64::from(was_issued);
+                        break;
+                    }
+                    None => match certificate::Entity::find_by_id(row.id).one(txn).await? {
+                        Some(fresh)
+                            if fresh.state == CertificateState::Issued.as_str()
+                                || fresh.state == CertificateState::Ordered.as_str() =>
+                        {
+                            row = fresh
+                        }
+                        _ => break,
+                    },
+                }
             }
-            certificate::Entity::update_many()
-                .col_expr(
-                    certificate::Column::State,
-                    Expr::value(CertificateState::Revoked.as_str()),
-                )
-                .col_expr(certificate::Column::RevokedAt, Expr::value(now))
-                .col_expr(
-                    certificate::Column::RevocationReason,
-                    Expr::value(RevocationReason::HolderLeft.as_str()),
-                )
-                .col_expr(certificate::Column::Version, Expr::value(row.version + 1))
-                .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
-                .filter(certificate::Column::Id.eq(row.id))
-                .exec(txn)
-                .await?;
-            diff(&mut changes, "state", &row.state, CertificateState::Revoked.as_str());
-            diff(
-                &mut changes,
-                "revocation_reason",
-                "",
-                RevocationReason::HolderLeft.as_str(),
-            );
-            history::record(txn, event(&row, Activity::CertificateRevoked, caller, now, changes)).await?;
-            revoked += 1;
         }
         Ok(revoked)
+    }
+
+    /// Ends one certificate of a holder who leaves, if it is still as
+    /// `row` says: an order is deleted, an issued certificate revoked
+    /// (HOLDER_LEFT). `Some(true)` revoked, `Some(false)` order deleted,
+    /// `None` the row changed meanwhile and nothing was written.
+    async fn end_holder_certificate(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        row: &certificate::Model,
+        now: Millis,
+    ) -> DomainResult<Option<bool>> {
+        let unchanged = || {
+            sea_orm::Condition::all()
+                .add(certificate::Column::Id.eq(row.id))
+                .add(certificate::Column::State.eq(row.state.as_str()))
+                .add(certificate::Column::Version.eq(row.version))
+        };
+        let mut changes = Vec::new();
+        if row.state == CertificateState::Ordered.as_str() {
+            let deleted = certificate::Entity::delete_many().filter(unchanged()).exec(txn).await?;
+            if deleted.rows_affected != 1 {
+                return Ok(None);
+            }
+            diff(&mut changes, "state", &row.state, "");
+            history::record(txn, event(row, Activity::CertificateOrderDeleted, caller, now, changes)).await?;
+            return Ok(Some(false));
+        }
+        let ended = certificate::Entity::update_many()
+            .col_expr(
+                certificate::Column::State,
+                Expr::value(CertificateState::Revoked.as_str()),
+            )
+            .col_expr(certificate::Column::RevokedAt, Expr::value(now))
+            .col_expr(
+                certificate::Column::RevocationReason,
+                Expr::value(RevocationReason::HolderLeft.as_str()),
+            )
+            .col_expr(certificate::Column::Version, Expr::value(row.version + 1))
+            .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+            .filter(unchanged())
+            .exec(txn)
+            .await?;
+        if ended.rows_affected != 1 {
+            return Ok(None);
+        }
+        diff(&mut changes, "state", &row.state, CertificateState::Revoked.as_str());
+        diff(
+            &mut changes,
+            "revocation_reason",
+            "",
+            RevocationReason::HolderLeft.as_str(),
+        );
+        history::record(txn, event(row, Activity::CertificateRevoked, caller, now, changes)).await?;
+        Ok(Some(true))
     }
 
     /// A certificate row as far as the caller can see it: members see their
