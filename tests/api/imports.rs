@@ -1180,6 +1180,22 @@ async fn a_long_upload_is_not_taken_for_abandoned(backend: Backend) {
         panic!("{refused:?}")
     };
     assert_eq!(reason.as_str(), "IMPORT_UPLOAD_ABANDONED");
+
+    // Its end, sent after the purge, is refused the same way (it used to be
+    // answered NOT_FOUND, as if the job had never been).
+    let BeganImport::Upload(mut late) = app.domain.begin_import(&caller, spec()).await.unwrap() else {
+        panic!("a new upload")
+    };
+    late.push(text.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    app.domain
+        .purge_import_files(orgadmin_domain::model::now_millis())
+        .await
+        .unwrap();
+    let Err(orgadmin_domain::DomainError::FailedPrecondition { reason, .. }) = late.finish().await else {
+        panic!("the end of a purged upload is refused")
+    };
+    assert_eq!(reason.as_str(), "IMPORT_UPLOAD_ABANDONED");
     app.finish().await;
 }
 

@@ -177,6 +177,15 @@ pub enum BeganImport {
     Upload(ImportUpload),
 }
 
+/// An upload the purge of abandoned uploads took while it was still open.
+fn upload_abandoned() -> DomainError {
+    DomainError::FailedPrecondition {
+        reason: Reason::ImportUploadAbandoned,
+        message: "this upload was idle too long and was discarded; send the file again".into(),
+        metadata: vec![],
+    }
+}
+
 /// Reason codes of row notices that are not errors.
 const DEACTIVATED_NOT_DELETED: &str = "DEACTIVATED_NOT_DELETED";
 
@@ -642,11 +651,7 @@ impl ImportUpload {
             .exec(&self.domain.db)
             .await?;
         if touched.rows_affected != 1 {
-            return Err(DomainError::FailedPrecondition {
-                reason: Reason::ImportUploadAbandoned,
-                message: "this upload was idle too long and was discarded; send the file again".into(),
-                metadata: vec![],
-            });
+            return Err(upload_abandoned());
         }
         self.alive_at = now;
         Ok(())
@@ -682,10 +687,13 @@ impl ImportUpload {
             .col_expr(import_job::Column::RequestId, Expr::value(self.request_id.clone()))
             .col_expr(import_job::Column::UpdatedAt, Expr::value(now))
             .filter(import_job::Column::Id.eq(self.job_id))
+            .filter(import_job::Column::State.eq(ImportState::Uploading.as_str()))
             .exec(&txn)
             .await;
         match queued {
-            Ok(_) => txn.commit().await?,
+            Ok(done) if done.rows_affected == 1 => txn.commit().await?,
+            // The purge took it as abandoned meanwhile (see `keep_alive`).
+            Ok(_) => return Err(upload_abandoned()),
             Err(e) if crate::error::is_unique_violation(&e) => {
                 // A retry with the same request id finished first: its job
                 // is the answer; this upload is dropped.
@@ -714,15 +722,20 @@ impl ImportUpload {
 impl Domain {
     async fn discard_upload(&self, job_id: Uuid) -> DomainResult<()> {
         let txn = crate::persistence::begin_write(&self.db).await?;
-        import_chunk::Entity::delete_many()
-            .filter(import_chunk::Column::JobId.eq(job_id))
-            .exec(&txn)
-            .await?;
-        import_job::Entity::delete_many()
+        // The job first, and its pieces only if it was still an upload: an
+        // upload that finished meanwhile (the purge read it as idle just
+        // before) keeps its file.
+        let discarded = import_job::Entity::delete_many()
             .filter(import_job::Column::Id.eq(job_id))
             .filter(import_job::Column::State.eq(ImportState::Uploading.as_str()))
             .exec(&txn)
             .await?;
+        if discarded.rows_affected == 1 {
+            import_chunk::Entity::delete_many()
+                .filter(import_chunk::Column::JobId.eq(job_id))
+                .exec(&txn)
+                .await?;
+        }
         txn.commit().await?;
         Ok(())
     }
