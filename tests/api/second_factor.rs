@@ -454,3 +454,57 @@ async fn a_code_its_caller_gave_up_on_is_still_recorded(backend: Backend) {
     }
     app.finish().await;
 }
+
+/// An enrolment started while the person's app is being confirmed does not
+/// undo the confirmation. EnrollTotp read the pending enrolment, then
+/// replaced it by deleting whatever the person had: behind a ConfirmTotp
+/// that committed in between, it deleted the confirmed app and left a
+/// pending one, so logins stopped asking for the second factor the person
+/// had just set up. (The confirmation in progress is played by a session
+/// that has confirmed the row and not yet committed.) SQLite has one writer
+/// at a time, so only PostgreSQL can interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolment_behind_a_confirmation_does_not_undo_it() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (anna, email) = app.member_with_password(&fixture, "Anna", &[]).await;
+    let session = app.login(&email, TEST_PASSWORD).await.unwrap().session_token;
+    app.auth()
+        .enroll_totp(req(&session, pb::EnrollTotpRequest {}))
+        .await
+        .expect("enrol");
+
+    let confirmer = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    let confirmation = confirmer.begin().await.unwrap();
+    confirmation
+        .execute_unprepared(&format!(
+            "UPDATE totp_credentials SET confirmed_at = 1 WHERE user_id = '{}'",
+            anna.id
+        ))
+        .await
+        .unwrap();
+    let enrolling = {
+        let (mut auth, session) = (app.auth(), session.clone());
+        tokio::spawn(async move { auth.enroll_totp(req(&session, pb::EnrollTotpRequest {})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !enrolling.is_finished(),
+        "the enrolment did not wait for the confirmation in progress"
+    );
+    confirmation.commit().await.unwrap();
+    confirmer.close().await.unwrap();
+    let again = assert_code(enrolling.await.unwrap(), Code::FailedPrecondition);
+    assert_eq!(reason(&again), "AUTHENTICATOR_ENROLLED");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM totp_credentials WHERE user_id = '{}' AND confirmed_at = 1",
+            anna.id
+        ))
+        .await,
+        1,
+        "the confirmed app is still the person's"
+    );
+    app.finish().await;
+}

@@ -12,7 +12,7 @@
 //! does not buy fresh tries at the code.
 
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::{Expr, ExprTrait, Query, SelectStatement};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query, SelectStatement};
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
@@ -399,21 +399,34 @@ impl Domain {
             .ok_or_else(|| DomainError::not_found("user", user_id))?;
         let existing = totp_credential::Entity::find_by_id(user_id).one(&txn).await?;
         if existing.as_ref().is_some_and(|e| e.confirmed_at.is_some()) {
-            return Err(DomainError::precondition(
-                Reason::AuthenticatorEnrolled,
-                "an authenticator app is enrolled already; a user administrator removes it (UserService.RemoveAuthenticator) before another is enrolled",
-            ));
+            return Err(already_enrolled());
         }
-        totp_credential::Entity::delete_by_id(user_id).exec(&txn).await?;
-        totp_credential::Entity::insert(totp_credential::ActiveModel {
+        // A pending enrolment is replaced; a confirmed one never is, not
+        // even one confirmed after the read above (a parallel ConfirmTotp):
+        // the replacement is conditional within its own statement, where a
+        // delete-then-insert silently undid the person's second factor.
+        let written = totp_credential::Entity::insert(totp_credential::ActiveModel {
             user_id: Set(user_id),
             secret_sealed: Set(self.vault.encrypt(&hex::encode(secret))),
             created_at: Set(now),
             confirmed_at: Set(None),
             last_step: Set(None),
         })
+        .on_conflict(
+            OnConflict::column(totp_credential::Column::UserId)
+                .update_columns([
+                    totp_credential::Column::SecretSealed,
+                    totp_credential::Column::CreatedAt,
+                    totp_credential::Column::LastStep,
+                ])
+                .action_and_where(Expr::col((totp_credential::Entity, totp_credential::Column::ConfirmedAt)).is_null())
+                .to_owned(),
+        )
         .exec_without_returning(&txn)
         .await?;
+        if written == 0 {
+            return Err(already_enrolled());
+        }
         let issuer = organisation::Entity::find_by_id(row.organisation_id)
             .one(&txn)
             .await?
@@ -549,4 +562,11 @@ async fn take_totp_step(txn: &DatabaseTransaction, user_id: Uuid, step: i64) -> 
 fn new_login_code() -> String {
     use rand::Rng;
     format!("{:06}", rand::rng().random_range(0..1_000_000u32))
+}
+
+fn already_enrolled() -> DomainError {
+    DomainError::precondition(
+        Reason::AuthenticatorEnrolled,
+        "an authenticator app is enrolled already; a user administrator removes it (UserService.RemoveAuthenticator) before another is enrolled",
+    )
 }
