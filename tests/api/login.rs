@@ -900,3 +900,113 @@ async fn tries_spent(app: &TestApp, user_id: &str) -> i32 {
     .try_get_by_index(0)
     .unwrap()
 }
+
+/// A login whose password is reset while it is being checked gets no
+/// session that outlives the reset. The login read the password row without
+/// a lock after the hash: a reset that committed between that read and the
+/// session's insert ended every session but the one still to be written,
+/// so the old password kept a session (12 h) after the reset. (The reset in
+/// progress is played by a session that has replaced the password row and
+/// ended the sessions, not yet committed; the stored hash is made slow, so
+/// the reset lands while the login hashes.) SQLite has one writer at a
+/// time, so only PostgreSQL can interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_checked_while_the_password_is_reset_gets_no_session() {
+    use sea_orm::TransactionTrait;
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (gry, email) = app.member_with_password(&fixture, "Gry", &[]).await;
+    let slow = Hasher::new(&PasswordSettings {
+        iterations: 24,
+        ..PasswordSettings::default()
+    })
+    .unwrap();
+    let started = Instant::now();
+    let slow_hash = slow.hash(&Password::new(TEST_PASSWORD)).await.unwrap();
+    let hash_time = started.elapsed();
+    let db = app.domain.db();
+    db.execute_unprepared(&format!(
+        "UPDATE password_credentials SET phc = '{slow_hash}' WHERE user_id = '{}'",
+        gry.id
+    ))
+    .await
+    .unwrap();
+    let sessions_open = format!(
+        "SELECT COUNT(*) FROM api_tokens WHERE user_id = '{}' AND kind = 'session' AND revoked_at IS NULL",
+        gry.id
+    );
+
+    let logging_in = {
+        let (mut auth, email) = (app.auth(), email.clone());
+        tokio::spawn(async move {
+            auth.login(req(
+                "",
+                pb::LoginRequest {
+                    login_id: email,
+                    password: TEST_PASSWORD.to_owned(),
+                    ..Default::default()
+                },
+            ))
+            .await
+        })
+    };
+    // The login's try is taken (committed) before it hashes.
+    let tries_taken = format!(
+        "SELECT COUNT(*) FROM password_credentials WHERE user_id = '{}' AND failed_attempts = 1",
+        gry.id
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.count(&tries_taken).await == 0 {
+        assert!(Instant::now() < deadline, "the login took no try");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let resetter = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    let reset = resetter.begin().await.unwrap();
+    for statement in [
+        format!("DELETE FROM password_credentials WHERE user_id = '{}'", gry.id),
+        format!(
+            "INSERT INTO password_credentials (user_id, phc, set_at, failed_attempts, lockouts) \
+             VALUES ('{}', '$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$bmV3aGFzaA', 1, 0, 0)",
+            gry.id
+        ),
+        format!(
+            "UPDATE api_tokens SET revoked_at = 1 WHERE user_id = '{}' AND kind = 'session' AND revoked_at IS NULL",
+            gry.id
+        ),
+    ] {
+        reset.execute_unprepared(&statement).await.unwrap();
+    }
+    assert!(
+        !logging_in.is_finished(),
+        "the login ended before the reset began (hashing took {hash_time:?}): the test cannot interleave"
+    );
+    // The login's hash ends and its next write waits on the reset's row.
+    let waiting =
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%password_credentials%'";
+    let deadline = Instant::now() + hash_time * 4 + Duration::from_secs(5);
+    loop {
+        let row = db
+            .query_one_raw(Statement::from_string(db.get_database_backend(), waiting.to_owned()))
+            .await
+            .unwrap()
+            .unwrap();
+        if row.try_get_by_index::<i64>(0).unwrap() > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && !logging_in.is_finished(),
+            "the login did not wait for the reset in progress"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    reset.commit().await.unwrap();
+    resetter.close().await.unwrap();
+    let answer = logging_in.await.unwrap().map(|r| r.into_inner().session_token);
+    assert_code(answer, Code::Unauthenticated);
+    assert_eq!(
+        app.count(&sessions_open).await,
+        0,
+        "a session opened with the old password outlived the reset"
+    );
+    app.finish().await;
+}

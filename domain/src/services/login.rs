@@ -21,8 +21,10 @@
 //! which accounts exist. Only after the right password does the answer say
 //! that the user may not log in (pending, deactivated).
 
-use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition, Query, SelectStatement, SimpleExpr};
-use sea_orm::{ColumnTrait, Condition, DatabaseTransaction, EntityTrait, JoinType, QueryFilter, QuerySelect};
+use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition, LockType, Query, SelectStatement, SimpleExpr};
+use sea_orm::{
+    ColumnTrait, Condition, DatabaseTransaction, EntityTrait, JoinType, QueryFilter, QuerySelect, QueryTrait,
+};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -282,11 +284,7 @@ impl Domain {
         // The user is read again in the same statement: they may have been
         // deactivated while the password was checked. With them, what
         // decides the second factor.
-        let Some(LoginRow {
-            person,
-            organisation_requires_second_factor,
-            has_confirmed_app,
-        }) = user::Entity::find_by_id(user_id)
+        let mut login_row = user::Entity::find_by_id(user_id)
             .join_rev(JoinType::InnerJoin, crate::persistence::password_of_user())
             .join(JoinType::InnerJoin, crate::persistence::organisation_of_user())
             .filter(password_credential::Column::Phc.eq(checked_phc))
@@ -294,10 +292,22 @@ impl Domain {
                 organisation::Column::SecondFactorRequired,
                 "organisation_requires_second_factor",
             )
-            .expr_as(Expr::exists(confirmed_app_of(user_id)), "has_confirmed_app")
-            .into_model::<LoginRow>()
-            .one(&txn)
-            .await?
+            .expr_as(Expr::exists(confirmed_app_of(user_id)), "has_confirmed_app");
+        // The password row is locked until this login has its session
+        // (PostgreSQL; SQLite has one writer at a time). Read without a
+        // lock, a reset that committed just after the read ended every
+        // session but this one, still to be written: the old password
+        // opened a session that outlived the reset. Locked, a reset in
+        // progress is waited for and its new hash fails the match above;
+        // a reset behind this login waits and then ends its session too.
+        if crate::persistence::is_postgres(&txn) {
+            QueryTrait::query(&mut login_row).lock_with_tables(LockType::Update, [password_credential::Entity]);
+        }
+        let Some(LoginRow {
+            person,
+            organisation_requires_second_factor,
+            has_confirmed_app,
+        }) = login_row.into_model::<LoginRow>().one(&txn).await?
         else {
             return Err(refused());
         };

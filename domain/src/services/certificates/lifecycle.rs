@@ -700,9 +700,15 @@ impl Domain {
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
         let old = self.visible_certificate(&txn, caller, id).await?;
-        let kind: CertificateKind = parse(&old.kind)?;
+        // The CSR's key becomes the certificate's: signed for anyone but
+        // the one it is for (its holder, or the contact person of an
+        // organisation or system certificate), an administrator would hold
+        // a valid certificate in another person's name. As at pickup, the
+        // recipient renews, signed in as themselves.
         if caller.user_id() != Some(recipient_of(&old)) {
-            authorize(caller, manage_action(kind), Target::organisation(old.organisation_id))?;
+            return Err(DomainError::denied(
+                "a certificate is renewed by its holder (or, for an organisation or system certificate, its contact person) signed in as themselves, over their own key; an administrator orders a new certificate instead",
+            ));
         }
         let state: CertificateState = parse(&old.state)?;
         if state != CertificateState::Issued || old.not_after.is_none_or(|at| at <= now) {
