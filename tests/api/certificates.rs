@@ -1593,40 +1593,74 @@ async fn without_a_ca_certificate_calls_say_so(backend: Backend) {
 /// a time, so only PostgreSQL can interleave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pickup_behind_its_holders_deletion_is_refused() {
+    let refused = pickup_behind_a_change_of_its_holder(&[pb::CertificateUsage::Authentication], |holder, org| {
+        vec![
+            format!("UPDATE users SET state = 'DELETED', version = version + 1 WHERE id = '{holder}'"),
+            // A deletion gives the person's licence back, as DeleteUser does.
+            format!("UPDATE organisations SET licences_used = licences_used - 1 WHERE id = '{org}'"),
+        ]
+    })
+    .await;
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+}
+
+/// The same for a holder deactivated, or whose signing right is taken
+/// away, while their certificate is signed: the pickup waits for the change
+/// and is refused for the rule it breaks. It checked only that the holder
+/// was not deleted, so a person who had just left or lost the right to
+/// sign for the company walked away with a fresh certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pickup_behind_its_holders_deactivation_or_lost_signing_right_is_refused() {
+    let deactivated = pickup_behind_a_change_of_its_holder(&[pb::CertificateUsage::Authentication], |holder, org| {
+        vec![
+            format!("UPDATE users SET state = 'DEACTIVATED', version = version + 1 WHERE id = '{holder}'"),
+            // Deactivated without an end, the person gives their licence back.
+            format!("UPDATE organisations SET licences_used = licences_used - 1 WHERE id = '{org}'"),
+        ]
+    })
+    .await;
+    assert_eq!(reason(&deactivated), "USER_NOT_ACTIVE", "{deactivated:?}");
+    let unsigned = pickup_behind_a_change_of_its_holder(&[pb::CertificateUsage::Signing], |holder, _| {
+        vec![format!(
+            "UPDATE users SET signing_right = false, version = version + 1 WHERE id = '{holder}'"
+        )]
+    })
+    .await;
+    assert_eq!(reason(&unsigned), "SIGNING_RIGHT_MISSING", "{unsigned:?}");
+}
+
+/// A holder with an order of `usages` picks it up while another session
+/// has made `change(holder id, organisation id)` to their rows and not yet
+/// committed: the pickup must wait for the change, then be refused (its
+/// error is returned) and leave nothing ISSUED.
+async fn pickup_behind_a_change_of_its_holder(
+    usages: &[pb::CertificateUsage],
+    change: impl Fn(&str, &str) -> Vec<String>,
+) -> Status {
     use sea_orm::{ConnectionTrait, TransactionTrait};
     let app = TestApp::start(Backend::Postgres).await;
     let dir = fresh_dir();
     let fixture = app.org_with_admin().await;
     let (holder, session) = app
-        .create_and_activate(&fixture.admin_token, new_user(&fixture.org.id, "Afgaaende", &[]))
+        .create_and_activate(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                signing_right: true,
+                ..new_user(&fixture.org.id, "Afgaaende", &[])
+            },
+        )
         .await;
-    order(
-        &app,
-        &fixture.admin_token,
-        user_order(&fixture.org.id, &holder, &[pb::CertificateUsage::Authentication]),
-    )
-    .await
-    .unwrap();
+    order(&app, &fixture.admin_token, user_order(&fixture.org.id, &holder, usages))
+        .await
+        .unwrap();
     let pickup = app.mailed_token("certificate_pickup", &holder.email).await;
     let request = csr(&dir, "afgaaende", "p256");
 
-    let deleter = sea_orm::Database::connect(&app.database_url).await.unwrap();
-    let deletion = deleter.begin().await.unwrap();
-    deletion
-        .execute_unprepared(&format!(
-            "UPDATE users SET state = 'DELETED' WHERE id = '{}'",
-            holder.id
-        ))
-        .await
-        .unwrap();
-    // A deletion gives the person's licence back, as DeleteUser does.
-    deletion
-        .execute_unprepared(&format!(
-            "UPDATE organisations SET licences_used = licences_used - 1 WHERE id = '{}'",
-            fixture.org.id
-        ))
-        .await
-        .unwrap();
+    let changer = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    let changing = changer.begin().await.unwrap();
+    for statement in change(&holder.id, &fixture.org.id) {
+        changing.execute_unprepared(&statement).await.unwrap();
+    }
     let picking = {
         let (app_certs, session, pickup) = (app.certs(), session.clone(), pickup.clone());
         tokio::spawn(async move {
@@ -1645,13 +1679,14 @@ async fn a_pickup_behind_its_holders_deletion_is_refused() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     if picking.is_finished() {
         let answer = picking.await.unwrap().map(|_| "issued");
-        panic!("the pickup did not wait for the deletion in progress: {answer:?}");
+        panic!("the pickup did not wait for the change in progress: {answer:?}");
     }
-    deletion.commit().await.unwrap();
-    deleter.close().await.unwrap();
+    changing.commit().await.unwrap();
+    changer.close().await.unwrap();
     let answer = picking.await.unwrap();
-    let answer = answer.map(|_| "issued");
-    assert!(answer.is_err(), "a pickup for a deleted holder: {answer:?}");
+    let refused = answer
+        .map(|_| "issued")
+        .expect_err("a pickup behind a change that breaks a rule");
     assert_eq!(
         app.count(&format!(
             "SELECT COUNT(*) FROM certificates WHERE holder_id = '{}' AND state = 'ISSUED'",
@@ -1661,4 +1696,6 @@ async fn a_pickup_behind_its_holders_deletion_is_refused() {
         0
     );
     app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+    refused
 }

@@ -155,20 +155,24 @@ fn read_csr(csr_pem: &str) -> DomainResult<CheckedCsr> {
 
 /// Writes the signed certificate over its ORDERED `row`: `false` when the
 /// row is no longer that order (a parallel pickup), `issued`'s serial is
-/// taken, or the holder is deleted.
+/// taken, or one of the `people` it was checked against (its holder and
+/// contact person) is no longer as read.
 ///
-/// The holder's row is read `FOR SHARE` within this statement (PostgreSQL;
-/// SQLite has one writer at a time), so a pickup or renewal and the
-/// holder's deletion are in one order or the other, never interleaved.
-/// Interleaved, the deletion read the order as ORDERED while this wrote it
-/// ISSUED, or missed the certificate a renewal had just made: a deleted
-/// person kept a valid certificate nothing could revoke. Now a write behind
-/// a deletion finds the holder deleted and writes nothing; a deletion behind
-/// a write waits for it and then revokes what it issued.
+/// The people's rows are read `FOR SHARE` within this statement
+/// (PostgreSQL; SQLite has one writer at a time), at the version the checks
+/// saw, so a pickup or renewal and a change of its holder are in one order
+/// or the other, never interleaved. Interleaved, a deletion read the order
+/// as ORDERED while this wrote it ISSUED (a deleted person kept a valid
+/// certificate nothing could revoke), and a deactivation, a withdrawn
+/// signing right or a changed address committed while the certificate was
+/// signed did not stop it. Now a write behind such a change finds the
+/// person changed and writes nothing; a change behind a write waits for it
+/// (and a deletion then revokes what it issued).
 async fn write_issued(
     txn: &DatabaseTransaction,
     row: &certificate::Model,
     issued: &certificate::Model,
+    people: &[&user::Model],
 ) -> DomainResult<bool> {
     use sea_orm::sea_query::{ExprTrait, LockType, Query};
     let serial_in_use = Query::select()
@@ -176,18 +180,6 @@ async fn write_issued(
         .from(certificate::Entity)
         .and_where(Expr::col(certificate::Column::Serial).eq(issued.serial.clone()))
         .to_owned();
-    let holder_here = row.holder_id.map(|holder| {
-        let mut here = Query::select()
-            .expr(Expr::value(1))
-            .from(user::Entity)
-            .and_where(Expr::col(user::Column::Id).eq(holder))
-            .and_where(Expr::col(user::Column::State).ne(UserState::Deleted.as_str()))
-            .to_owned();
-        if crate::persistence::is_postgres(txn) {
-            here.lock(LockType::Share);
-        }
-        Expr::exists(here)
-    });
     let mut written = certificate::Entity::update_many()
         .col_expr(certificate::Column::State, Expr::value(issued.state.clone()))
         .col_expr(certificate::Column::Serial, Expr::value(issued.serial.clone()))
@@ -206,8 +198,17 @@ async fn write_issued(
         .filter(certificate::Column::State.eq(CertificateState::Ordered.as_str()))
         .filter(certificate::Column::Version.eq(row.version))
         .filter(Expr::exists(serial_in_use).not());
-    if let Some(holder_here) = holder_here {
-        written = written.filter(holder_here);
+    for person in people {
+        let mut as_read = Query::select()
+            .expr(Expr::value(1))
+            .from(user::Entity)
+            .and_where(Expr::col(user::Column::Id).eq(person.id))
+            .and_where(Expr::col(user::Column::Version).eq(person.version))
+            .to_owned();
+        if crate::persistence::is_postgres(txn) {
+            as_read.lock(LockType::Share);
+        }
+        written = written.filter(Expr::exists(as_read));
     }
     Ok(written.exec(txn).await?.rows_affected == 1)
 }
@@ -619,14 +620,30 @@ impl Domain {
                 updated_at: now,
                 ..row.clone()
             };
-            if write_issued(txn, &row, &issued).await? {
+            let mut people: Vec<&user::Model> = holder.iter().collect();
+            if holder.as_ref().is_none_or(|h| h.id != contact.id) {
+                people.push(&contact);
+            }
+            if write_issued(txn, &row, &issued, &people).await? {
                 break issued;
             }
-            if let Some(holder) = row.holder_id
-                && user_in(txn, row.organisation_id, holder).await.is_err()
+            // Changed while this was signed (see `write_issued`): the rules
+            // again, over the people as they are now, say why not; a change
+            // that breaks none (a new name) is signed again by a retry.
+            let holder_now = match row.holder_id {
+                Some(id) => Some(user_in(txn, row.organisation_id, id).await?),
+                None => None,
+            };
+            let contact_now = user_in(txn, row.organisation_id, row.contact_id).await?;
+            check_people(kind, &usages, row.email.as_deref(), holder_now.as_ref(), &contact_now)?;
+            let now_as_read = |read: &user::Model, now: &user::Model| read.version == now.version;
+            if !holder.iter().zip(&holder_now).all(|(read, now)| now_as_read(read, now))
+                || !now_as_read(&contact, &contact_now)
             {
-                // Deleted while this was signed (see `write_issued`).
-                return Err(DomainError::not_found("user", holder));
+                return Err(DomainError::Aborted {
+                    message: "the certificate's holder or contact person was changed while it was signed; try again"
+                        .into(),
+                });
             }
             let serial_taken = certificate::Entity::find()
                 .filter(certificate::Column::Serial.eq(issued.serial.clone()))
