@@ -18,6 +18,7 @@ both_backends!(
     refusals_change_nothing,
     expiry_warnings_go_once_and_certificates_expire,
     without_a_ca_certificate_calls_say_so,
+    an_anonymity_approval_ends_the_old_profiles_certificates,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -195,6 +196,51 @@ async fn issued_user_certificate(
     let pickup = app.mailed_token("certificate_pickup", &holder.email).await;
     let request = csr(dir, &format!("{key_kind}-{}", next_number()), key_kind);
     issue(app, session, &pickup, &request).await.unwrap()
+}
+
+/// A new member with an issued user certificate and an open order for
+/// another: (member, their session, the certificate, the order).
+async fn member_with_certificate_and_order(
+    app: &TestApp,
+    fixture: &OrgFixture,
+    name: &str,
+    dir: &Path,
+) -> (pb::User, String, pb::Certificate, pb::Certificate) {
+    let (member, session) = app.member(fixture, name, &[]).await;
+    let issued = issued_user_certificate(
+        app,
+        fixture,
+        &member,
+        &session,
+        &[pb::CertificateUsage::Authentication],
+        dir,
+        "p256",
+    )
+    .await
+    .certificate
+    .unwrap();
+    let open_order = order(
+        app,
+        &fixture.admin_token,
+        user_order(&fixture.org.id, &member, &[pb::CertificateUsage::Authentication]),
+    )
+    .await
+    .unwrap();
+    (member, session, issued, open_order)
+}
+
+/// A holder's certificates ended with their profile: `issued` revoked as
+/// holder left, `open_order` deleted.
+async fn assert_ended_with_their_holder(
+    app: &TestApp,
+    token: &str,
+    issued: &pb::Certificate,
+    open_order: &pb::Certificate,
+) {
+    let revoked = get(app, token, &issued.id).await.unwrap();
+    assert_eq!(revoked.state(), pb::CertificateState::Revoked);
+    assert_eq!(revoked.revocation_reason(), pb::RevocationReason::HolderLeft);
+    assert_code(get(app, token, &open_order.id).await, Code::NotFound);
 }
 
 /// `openssl verify` of a certificate against the CA chain the reply gave.
@@ -1351,28 +1397,10 @@ async fn refusals_change_nothing(backend: Backend) {
     );
 
     // A deactivated holder cannot pick up (signed out with the deactivation);
-    // deleting a holder revokes
-    // their certificates (holder left) and deletes their open orders.
-    let (leaver, leaver_session) = app.member(&fixture, "Leaver", &[]).await;
-    let issued = issued_user_certificate(
-        &app,
-        &fixture,
-        &leaver,
-        &leaver_session,
-        &[pb::CertificateUsage::Authentication],
-        &dir,
-        "p256",
-    )
-    .await
-    .certificate
-    .unwrap();
-    let open_order = order(
-        &app,
-        &fixture.admin_token,
-        user_order(&fixture.org.id, &leaver, &[pb::CertificateUsage::Authentication]),
-    )
-    .await
-    .unwrap();
+    // deleting a holder revokes their certificates (holder left) and
+    // deletes their open orders.
+    let (leaver, leaver_session, issued, open_order) =
+        member_with_certificate_and_order(&app, &fixture, "Leaver", &dir).await;
     let leaver_pickup = app.mailed_token("certificate_pickup", &leaver.email).await;
     // Nor does anyone but the holder renew: the CSR's key would be the
     // administrator's, in a certificate in the holder's name.
@@ -1413,10 +1441,7 @@ async fn refusals_change_nothing(backend: Backend) {
         pb::CertificateState::Ordered
     );
     app.delete_user(&fixture.admin_token, &leaver.id).await.unwrap();
-    let revoked = get(&app, &fixture.admin_token, &issued.id).await.unwrap();
-    assert_eq!(revoked.state(), pb::CertificateState::Revoked);
-    assert_eq!(revoked.revocation_reason(), pb::RevocationReason::HolderLeft);
-    assert_code(get(&app, &fixture.admin_token, &open_order.id).await, Code::NotFound);
+    assert_ended_with_their_holder(&app, &fixture.admin_token, &issued, &open_order).await;
     let serial = upper(&issued.serial);
     let text = crl_text(&app, &dir, test_ca().chain_pem(), |t| t.contains(&serial)).await;
     assert!(
@@ -1698,4 +1723,77 @@ async fn pickup_behind_a_change_of_its_holder(
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
     refused
+}
+
+/// R-USR-10 closes the old profile when the person is re-created anonymous:
+/// its certificates end with it, as with any deleted user (revoked, holder
+/// left; open orders deleted). Left ISSUED, they stayed valid for years in
+/// the name the person asked to be rid of. And the closing is a removal
+/// (R-ORG-5): the organisation's last active administrator is not closed,
+/// since the new profile is only pending.
+async fn an_anonymity_approval_ends_the_old_profiles_certificates(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (_, decider) = app.member(&fixture, "Anden", &[pb::Role::UserAdmin]).await;
+    let (_, holder_session, issued, open_order) =
+        member_with_certificate_and_order(&app, &fixture, "Skjult", &dir).await;
+    let ask = |session: String| {
+        let mut users = app.users();
+        async move {
+            users
+                .request_anonymity(req(
+                    &session,
+                    pb::RequestAnonymityRequest {
+                        reason: "beskyttet adresse".into(),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .anonymity_request
+                .unwrap()
+                .id
+        }
+    };
+    let decide = |id: String| {
+        let mut users = app.users();
+        let decider = decider.clone();
+        async move {
+            users
+                .decide_anonymity_request(req(
+                    &decider,
+                    pb::DecideAnonymityRequestRequest {
+                        id,
+                        approve: true,
+                        note: String::new(),
+                    },
+                ))
+                .await
+        }
+    };
+    decide(ask(holder_session.clone()).await).await.expect("approved");
+    assert_ended_with_their_holder(&app, &fixture.admin_token, &issued, &open_order).await;
+
+    let last_admin = decide(ask(fixture.admin_token.clone()).await).await;
+    assert_eq!(
+        reason(&assert_code(last_admin, Code::FailedPrecondition)),
+        "LAST_ORGANISATION_ADMIN"
+    );
+    let admin = app
+        .users()
+        .get_user(req(
+            &decider,
+            pb::GetUserRequest {
+                id: fixture.admin.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(admin.state(), pb::UserState::Active, "the refusal closed nothing");
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -2166,7 +2166,10 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
         "DeleteCertificateOrder",
         &[OrgAdmin],
     ),
-    ("RenewCertificate", CRT, "RenewCertificate", &[UserAdmin, PlainUser]),
+    // Only the recipient renews (the plain user holds the certificate; the
+    // organisation administrator is the organisation certificate's contact):
+    // the CSR's key becomes the certificate's.
+    ("RenewCertificate", CRT, "RenewCertificate", &[PlainUser]),
     ("RenewOrganisationCertificate", CRT, "RenewCertificate", &[OrgAdmin]),
     ("RevokeCertificate", CRT, "RevokeCertificate", &[UserAdmin, PlainUser]),
     ("RevokeOrganisationCertificate", CRT, "RevokeCertificate", &[OrgAdmin]),

@@ -232,7 +232,7 @@ impl Domain {
         decided.decided_by = Set(Some(caller.actor()));
         decided.decided_at = Set(Some(now));
         decided.decision_note = Set((!note.is_empty()).then(|| note.to_owned()));
-        let (mut new_user, mut activation_code) = (None, None);
+        let (mut new_user, mut activation_code, mut revoked) = (None, None, 0);
         if approve {
             if !parse::<UserState>(&old.state)?.is_standing() {
                 return Err(DomainError::precondition(
@@ -240,6 +240,11 @@ impl Domain {
                     "only an active or pending user can be re-created as anonymous",
                 ));
             }
+            // R-ORG-5: the new profile is pending until the person activates
+            // it, so closing the old one is removing an active administrator.
+            let roles = roles_of(&txn, &[old.id]).await?.remove(&old.id).unwrap_or_default();
+            let closing = crate::persistence::mapping::user_from_row(old.clone(), roles.clone(), &self.vault)?;
+            self.ensure_not_last_admin(&txn, &closing).await?;
             // Close the old profile first: its e-mail and CPR number move on.
             let closed = user::Entity::update_many()
                 .col_expr(user::Column::State, Expr::value(UserState::Deleted.as_str()))
@@ -259,8 +264,12 @@ impl Domain {
                 .exec(&txn)
                 .await?;
             // The closed profile is deleted: its delegation ends with it, as
-            // any deleted user's (the new, anonymous one starts with none).
+            // any deleted user's (the new, anonymous one starts with none),
+            // and so do its certificates, which name the person: left
+            // ISSUED, they stayed valid for years in a name the person asked
+            // to be rid of. The new profile orders its own, pseudonymous.
             super::access::end_delegation_of_in(&txn, caller, old.id, now).await?;
+            revoked = self.end_holder_certificates_in(&txn, caller, old.id, now).await?;
             let new_id = Uuid::now_v7();
             let mut fresh: user::ActiveModel = old.clone().into();
             fresh.id = Set(new_id);
@@ -275,7 +284,6 @@ impl Domain {
             // The same person and address: a waiting address change stays
             // with the closed profile.
             fresh.pending_email = Set(None);
-            let roles = roles_of(&txn, &[old.id]).await?.remove(&old.id).unwrap_or_default();
             let (fresh, code) = self.insert_user(&txn, fresh, &roles, &org, true).await?;
             activation_code = code;
             let mut changes = Vec::new();
@@ -333,6 +341,9 @@ impl Domain {
         txn.commit().await?;
         if approve {
             self.auth_cache.clear();
+        }
+        if revoked > 0 {
+            self.publish_crl_after_commit().await;
         }
         Ok(AnonymityDecision {
             request: from_row(decided)?,

@@ -306,7 +306,7 @@ impl Domain {
     /// refuse if they are the last one. Only ACTIVE administrators count: one
     /// still pending activation cannot act, so leaving only them would leave
     /// the organisation without an administrator who can.
-    async fn ensure_not_last_admin(&self, db: &impl ConnectionTrait, user: &User) -> DomainResult<()> {
+    pub(crate) async fn ensure_not_last_admin(&self, db: &impl ConnectionTrait, user: &User) -> DomainResult<()> {
         if !user.roles.contains(&Role::OrganisationAdmin) || user.state != UserState::Active {
             return Ok(());
         }
