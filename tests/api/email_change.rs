@@ -68,6 +68,9 @@ async fn a_new_address_takes_over_once_verified(backend: Backend) {
     assert_eq!(reason(&assert_code(taken, Code::AlreadyExists)), "EMAIL_TAKEN");
     assert_eq!(app.fingerprint().await, before);
 
+    // A reset link mailed to the old address before the change ...
+    app.request_password_reset(&old).await;
+    let reset_link = app.mailed_token("password_reset", &old).await;
     let changed = change_email(&app, &token, &anna, &new).await.unwrap();
     assert_eq!(changed.email, old, "the old address stays in force");
     assert_eq!(changed.pending_email, new);
@@ -97,6 +100,22 @@ async fn a_new_address_takes_over_once_verified(backend: Backend) {
     assert!(verified.email_verified);
     let again = verify(&app, &link).await;
     assert_code(again, Code::FailedPrecondition);
+    // ... no longer sets the password: whoever reads the old mailbox (often
+    // why the address changed) must not.
+    let old_mailbox = app
+        .auth()
+        .reset_password(req(
+            "",
+            pb::ResetPasswordRequest {
+                token: reset_link,
+                password: "en ny og lang adgangskode".into(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(old_mailbox, Code::FailedPrecondition)),
+        "PASSWORD_RESET_EXPIRED"
+    );
     // Her session still works and history says she verified it herself.
     let history = app
         .users()

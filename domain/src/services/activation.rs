@@ -125,6 +125,19 @@ impl Domain {
         Ok(())
     }
 
+    /// Ends the user's open password-reset links: they went to an address
+    /// that is no longer theirs (whoever reads the old mailbox, often why it
+    /// changed, must not set the password), or a reset just set it (a
+    /// second link, asked for in parallel, must not set it again).
+    pub(crate) async fn end_reset_links(
+        &self,
+        db: &impl ConnectionTrait,
+        user_id: Uuid,
+        now: Millis,
+    ) -> DomainResult<()> {
+        self.revoke_activation_secrets(db, user_id, &[KIND_RESET], now).await
+    }
+
     pub(crate) async fn store_secret(
         &self,
         db: &impl ConnectionTrait,

@@ -137,6 +137,7 @@ impl Domain {
         if updated.rows_affected != 1 {
             return Err(DomainError::stale_etag("user"));
         }
+        self.end_reset_links(&txn, row.id, now).await?;
         let caller = person_caller(&row);
         let mut changes = Vec::new();
         diff(&mut changes, "email", &row.email, email.as_str());

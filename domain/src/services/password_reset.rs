@@ -164,7 +164,7 @@ impl Domain {
         if stored.revoked_at.is_some() || stored.expires_at <= now {
             return Err(DomainError::precondition(
                 Reason::PasswordResetExpired,
-                "this reset link has expired or a newer one replaced it; ask for a new one",
+                "this reset link has expired, a newer one replaced it, or it ended when the password or the e-mail address changed; ask for a new one",
             ));
         }
         let row = user::Entity::find_by_id(stored.user_id)
@@ -190,6 +190,7 @@ impl Domain {
             ));
         }
         self.store_password_in(&txn, row.id, phc, now).await?;
+        self.end_reset_links(&txn, row.id, now).await?;
         // A login waiting for its second factor began with the old password.
         login_challenge::Entity::delete_many()
             .filter(login_challenge::Column::UserId.eq(row.id))
