@@ -1125,16 +1125,7 @@ async fn an_import_that_keeps_failing_ends_failed(backend: Backend) {
 /// stored for nobody. The purge used to go by the upload's start alone.
 async fn a_long_upload_is_not_taken_for_abandoned(backend: Backend) {
     use orgadmin_domain::services::imports::{BeganImport, ImportKind, ImportSpec};
-    let app = app_with_imports(
-        backend,
-        ImportSettings {
-            upload_idle_ms: 400,
-            ..ImportSettings::default()
-        },
-    )
-    .await;
-    let fixture = app.org_with_admin_limits(Some(100), None).await;
-    let caller = app.domain.authenticate(&fixture.admin_token).await.unwrap();
+    let (app, fixture, caller) = app_whose_uploads_idle_fast(backend).await;
     let spec = || ImportSpec {
         organisation_id: fixture.org.id.parse().unwrap(),
         kind: ImportKind::Create,
@@ -1197,6 +1188,79 @@ async fn a_long_upload_is_not_taken_for_abandoned(backend: Backend) {
     };
     assert_eq!(reason.as_str(), "IMPORT_UPLOAD_ABANDONED");
     app.finish().await;
+}
+
+/// An upload that speaks while the purge takes it for abandoned is kept.
+/// The purge read it as idle, then deleted it whatever had happened since:
+/// a piece's keep-alive committed in between lost the upload and the
+/// pieces just stored, and the pieces after it (no keep-alive for a
+/// quarter of the idle limit) were stored for no job, never purged. (The
+/// keep-alive in progress is played by a session that has touched the job
+/// and not yet committed.) SQLite has one writer at a time, so only
+/// PostgreSQL can interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_speaks_while_the_purge_takes_it_is_kept() {
+    use orgadmin_domain::services::imports::{BeganImport, ImportKind, ImportSpec};
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let (app, fixture, caller) = app_whose_uploads_idle_fast(Backend::Postgres).await;
+    let text = file(HEADER_DA, &create_rows(3, "vaagen"));
+    let spec = ImportSpec {
+        organisation_id: fixture.org.id.parse().unwrap(),
+        kind: ImportKind::Create,
+        validate_only: false,
+        file_name: "vaagen.csv".into(),
+        request_id: None,
+    };
+    let BeganImport::Upload(mut upload) = app.domain.begin_import(&caller, spec).await.unwrap() else {
+        panic!("a new upload")
+    };
+    upload.push(&text.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let speaker = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    let speaking = speaker.begin().await.unwrap();
+    speaking
+        .execute_unprepared(&format!(
+            "UPDATE import_jobs SET updated_at = {} WHERE id = '{}'",
+            orgadmin_domain::model::now_millis(),
+            upload.job_id()
+        ))
+        .await
+        .unwrap();
+    let purging = {
+        let domain = app.domain.clone();
+        tokio::spawn(async move { domain.purge_import_files(orgadmin_domain::model::now_millis()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !purging.is_finished(),
+        "the purge did not wait for the upload's keep-alive"
+    );
+    speaking.commit().await.unwrap();
+    speaker.close().await.unwrap();
+    assert_eq!(purging.await.unwrap().unwrap(), 0, "nothing was purged");
+    upload.push(&text.as_bytes()[10..]).await.expect("the upload goes on");
+    let job = upload.finish().await.expect("and finishes");
+    app.run_imports().await;
+    let done = app.import_job(&fixture.admin_token, &job.id.to_string()).await;
+    assert_eq!((done.state, done.applied), (pb::ImportState::Succeeded as i32, 3));
+    app.finish().await;
+}
+
+/// A server whose uploads count as abandoned after 400 ms of silence, an
+/// organisation, and its administrator as the caller.
+async fn app_whose_uploads_idle_fast(backend: Backend) -> (TestApp, OrgFixture, orgadmin_domain::policy::Caller) {
+    let app = app_with_imports(
+        backend,
+        ImportSettings {
+            upload_idle_ms: 400,
+            ..ImportSettings::default()
+        },
+    )
+    .await;
+    let fixture = app.org_with_admin_limits(Some(100), None).await;
+    let caller = app.domain.authenticate(&fixture.admin_token).await.unwrap();
+    (app, fixture, caller)
 }
 
 /// A server whose imports run with `imports`.

@@ -662,7 +662,7 @@ impl ImportUpload {
         if self.bytes == 0 {
             let domain = self.domain.clone();
             let job_id = self.job_id;
-            domain.discard_upload(job_id).await?;
+            domain.discard_upload(job_id, None).await?;
             return Err(bad_chunk("the file is empty: send its bytes after the spec".into()));
         }
         let domain = self.domain.clone();
@@ -673,7 +673,7 @@ impl ImportUpload {
         crate::services::lock_organisation(&txn, self.organisation_id).await?;
         if let Err(full) = domain.ensure_import_slot(&txn, self.organisation_id).await {
             drop(txn);
-            domain.discard_upload(self.job_id).await?;
+            domain.discard_upload(self.job_id, None).await?;
             return Err(full);
         }
         let now = now_millis();
@@ -698,7 +698,7 @@ impl ImportUpload {
                 // A retry with the same request id finished first: its job
                 // is the answer; this upload is dropped.
                 drop(txn);
-                domain.discard_upload(self.job_id).await?;
+                domain.discard_upload(self.job_id, None).await?;
                 let request_id = self.request_id.unwrap_or_default();
                 let existing = import_job::Entity::find()
                     .filter(import_job::Column::OrganisationId.eq(self.organisation_id))
@@ -715,21 +715,27 @@ impl ImportUpload {
 
     /// The upload was abandoned (the client went away, or a limit refused it).
     pub async fn abandon(self) -> DomainResult<()> {
-        self.domain.discard_upload(self.job_id).await
+        self.domain.discard_upload(self.job_id, None).await.map(drop)
     }
 }
 
 impl Domain {
-    async fn discard_upload(&self, job_id: Uuid) -> DomainResult<()> {
+    /// Deletes the upload `job_id` and its pieces; with `idle_since`, only
+    /// if it has said nothing since (the purge of abandoned uploads).
+    pub(super) async fn discard_upload(&self, job_id: Uuid, idle_since: Option<Millis>) -> DomainResult<bool> {
         let txn = crate::persistence::begin_write(&self.db).await?;
         // The job first, and its pieces only if it was still an upload: an
         // upload that finished meanwhile (the purge read it as idle just
-        // before) keeps its file.
-        let discarded = import_job::Entity::delete_many()
+        // before) keeps its file. And one that spoke meanwhile (a piece's
+        // keep-alive) is not idle: deleted, it lost the pieces it had just
+        // stored, and the ones after them were stored for no job.
+        let mut discarded = import_job::Entity::delete_many()
             .filter(import_job::Column::Id.eq(job_id))
-            .filter(import_job::Column::State.eq(ImportState::Uploading.as_str()))
-            .exec(&txn)
-            .await?;
+            .filter(import_job::Column::State.eq(ImportState::Uploading.as_str()));
+        if let Some(idle_since) = idle_since {
+            discarded = discarded.filter(import_job::Column::UpdatedAt.lte(idle_since));
+        }
+        let discarded = discarded.exec(&txn).await?;
         if discarded.rows_affected == 1 {
             import_chunk::Entity::delete_many()
                 .filter(import_chunk::Column::JobId.eq(job_id))
@@ -737,6 +743,6 @@ impl Domain {
                 .await?;
         }
         txn.commit().await?;
-        Ok(())
+        Ok(discarded.rows_affected == 1)
     }
 }

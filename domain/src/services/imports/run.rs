@@ -845,16 +845,17 @@ impl Domain {
             .into_tuple()
             .all(&self.db)
             .await?;
+        let idle_since = now - self.settings.imports.upload_idle_ms;
         let abandoned: Vec<Uuid> = import_job::Entity::find()
             .select_only()
             .column(import_job::Column::Id)
             .filter(import_job::Column::State.eq(ImportState::Uploading.as_str()))
-            .filter(import_job::Column::UpdatedAt.lte(now - self.settings.imports.upload_idle_ms))
+            .filter(import_job::Column::UpdatedAt.lte(idle_since))
             .limit(100)
             .into_tuple()
             .all(&self.db)
             .await?;
-        let count = (finished.len() + abandoned.len()) as u64;
+        let mut count = finished.len() as u64;
         for id in finished {
             let txn = crate::persistence::begin_write(&self.db).await?;
             import_chunk::Entity::delete_many()
@@ -869,7 +870,7 @@ impl Domain {
             txn.commit().await?;
         }
         for id in abandoned {
-            self.discard_upload(id).await?;
+            count += u64::from(self.discard_upload(id, Some(idle_since)).await?);
         }
         Ok(count)
     }
