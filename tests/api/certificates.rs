@@ -1654,6 +1654,64 @@ async fn a_pickup_behind_its_holders_deactivation_or_lost_signing_right_is_refus
     assert_eq!(reason(&unsigned), "SIGNING_RIGHT_MISSING", "{unsigned:?}");
 }
 
+/// An order for a holder whose deletion is in progress waits for it and is
+/// refused: no order, and no pickup mail, for a person who left. Ordered
+/// unlocked, it slipped behind the deletion's look at the holder's
+/// certificates and stayed ORDERED for a deleted person. (PostgreSQL only,
+/// as above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_behind_its_holders_deletion_is_refused() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (holder, _) = app.member(&fixture, "Gaaende", &[]).await;
+    let deleter = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    let deletion = deleter.begin().await.unwrap();
+    for statement in [
+        format!(
+            "UPDATE users SET state = 'DELETED', version = version + 1 WHERE id = '{}'",
+            holder.id
+        ),
+        format!(
+            "UPDATE organisations SET licences_used = licences_used - 1 WHERE id = '{}'",
+            fixture.org.id
+        ),
+    ] {
+        deletion.execute_unprepared(&statement).await.unwrap();
+    }
+    let ordering = {
+        let (mut certs, token) = (app.certs(), fixture.admin_token.clone());
+        let request = user_order(&fixture.org.id, &holder, &[pb::CertificateUsage::Authentication]);
+        tokio::spawn(async move { certs.order_certificate(req(&token, request)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !ordering.is_finished(),
+        "the order did not wait for the deletion in progress"
+    );
+    deletion.commit().await.unwrap();
+    deleter.close().await.unwrap();
+    assert_code(ordering.await.unwrap(), Code::NotFound);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM certificates WHERE holder_id = '{}'",
+            holder.id
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'certificate_pickup' AND recipient = '{}'",
+            holder.email
+        ))
+        .await,
+        0,
+        "no pickup mail"
+    );
+    app.finish().await;
+}
+
 /// A holder with an order of `usages` picks it up while another session
 /// has made `change(holder id, organisation id)` to their rows and not yet
 /// committed: the pickup must wait for the change, then be refused (its

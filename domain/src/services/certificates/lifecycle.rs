@@ -6,7 +6,7 @@ use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, PaginatorTrait,
-    QueryFilter,
+    QueryFilter, QuerySelect,
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -378,8 +378,18 @@ impl Domain {
         let txn = crate::persistence::begin_write(&self.db).await?;
         let org = read_organisation(&txn, order.organisation_id).await?;
         ensure_kind_allowed(&org, order.kind)?;
+        // The people are read FOR SHARE (PostgreSQL; SQLite ignores it),
+        // so a deletion in progress is waited for and refuses the order; a
+        // deletion behind it waits and then ends the order with the rest.
+        // Unlocked, an order could slip behind a deletion's look at the
+        // holder's certificates: an order, and a pickup mail, for a person
+        // who had left.
         let holder = match order.holder_id {
-            Some(id) => Some(user_in(&txn, org.id, id).await?),
+            Some(id) => Some(person_in(
+                org.id,
+                id,
+                user::Entity::find_by_id(id).lock_shared().one(&txn).await?,
+            )?),
             None => None,
         };
         let contact_id = match (order.contact_id, &holder, caller.user_id()) {
@@ -393,7 +403,11 @@ impl Domain {
                 ));
             }
         };
-        let contact = user_in(&txn, org.id, contact_id).await?;
+        let contact = person_in(
+            org.id,
+            contact_id,
+            user::Entity::find_by_id(contact_id).lock_shared().one(&txn).await?,
+        )?;
         ensure_active(&contact, "contact person")?;
         let email = order.email.as_deref().map(|e| e.trim().to_owned());
         if let Some(email) = &email {
