@@ -475,6 +475,28 @@ async fn a_system_group_follows_its_production_unit(backend: Backend) {
         .await;
     let refused = assert_code(own_move, Code::PermissionDenied);
     assert!(refused.message().contains("system group holds rights"), "{refused:?}");
+    // Nor by moving the unit one is placed in under it: everyone in the
+    // moved unit joins the groups over its new place.
+    let office = app.unit(&fixture, "Kontor", "").await;
+    place(&app, &token, &fixture.admin.id, &office.id).await;
+    let mut under_plant = office.clone();
+    under_plant.parent_id = plant.id.clone();
+    let unit_move = app
+        .orgs()
+        .update_unit(req(
+            &token,
+            pb::UpdateUnitRequest {
+                unit: Some(under_plant),
+                update_mask: mask(&["parent_id"]),
+            },
+        ))
+        .await;
+    let refused = assert_code(unit_move, Code::PermissionDenied);
+    assert!(refused.message().contains("system group holds rights"), "{refused:?}");
+    assert!(
+        members(&app, &token, &system.id).await.is_empty(),
+        "the refusal placed nobody"
+    );
     let in_use = app
         .orgs()
         .delete_unit(req(&token, pb::DeleteUnitRequest { id: plant.id.clone() }))

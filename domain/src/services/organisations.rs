@@ -1,7 +1,7 @@
 //! Organisations, settings, licences and units (R-ORG).
 
 use sea_orm::ActiveValue::Set;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -639,6 +639,37 @@ impl Domain {
         Ok(tree_order(units))
     }
 
+    /// Two keys (R-ACC-4, R-ACC-7), as for placing oneself (UpdateUser):
+    /// whoever is placed in the moved unit or below joins the system groups
+    /// over its new place, so moving the unit one works in under a
+    /// production unit whose group holds rights would be giving oneself
+    /// those rights.
+    async fn ensure_not_moving_oneself_into_rights(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        moved: &unit::Model,
+        units: &[Unit],
+        new_parent: Option<Uuid>,
+    ) -> DomainResult<()> {
+        let Some(me) = caller.acting_user_id() else {
+            return Ok(());
+        };
+        let my_unit = user::Entity::find_by_id(me).one(txn).await?.and_then(|u| u.unit_id);
+        if !my_unit.is_some_and(|mine| subtree(units, moved.id).contains(&mine)) {
+            return Ok(());
+        }
+        crate::services::access::groups::ensure_joining_gives_no_rights(
+            self,
+            txn,
+            moved.organisation_id,
+            new_parent,
+            moved.parent_id,
+            "nobody moves the unit they are placed in",
+        )
+        .await
+    }
+
     pub(crate) async fn units_of(
         &self,
         db: &impl sea_orm::ConnectionTrait,
@@ -679,17 +710,21 @@ impl Domain {
             active.name = Set(name.trim().to_owned());
         }
         if let Some(parent) = patch.parent_id {
+            let units = self.units_of(&txn, row.organisation_id).await?;
             if let Some(parent) = parent {
                 self.unit_in_organisation(&txn, parent, row.organisation_id, "unit.parent_id")
                     .await?;
                 // Moving a unit under itself or its own subtree would cut it off the tree.
-                let units = self.units_of(&txn, row.organisation_id).await?;
                 if subtree(&units, unit_id).contains(&parent) {
                     return Err(DomainError::invalid(
                         "unit.parent_id",
                         "a unit cannot move under itself or its own sub-units",
                     ));
                 }
+            }
+            if parent != row.parent_id {
+                self.ensure_not_moving_oneself_into_rights(&txn, caller, &row, &units, parent)
+                    .await?;
             }
             diff(
                 &mut changes,

@@ -437,6 +437,27 @@ pub(crate) async fn system_groups_left(
         .collect())
 }
 
+/// Two keys (R-ACC-4, R-ACC-7): refuses (`denied`) a move of one's own
+/// from under `from` to under `to` (units; none: no unit) that joins a
+/// system group holding rights, which would be giving oneself rights.
+pub(crate) async fn ensure_joining_gives_no_rights(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    organisation_id: Uuid,
+    to: Option<Uuid>,
+    from: Option<Uuid>,
+    denied: &str,
+) -> DomainResult<()> {
+    // The groups one joins are those one would leave going back.
+    let joining = system_groups_left(domain, db, organisation_id, to, from).await?;
+    if any_holds_grants(db, joining).await? {
+        return Err(DomainError::denied(format!(
+            "{denied} under a unit whose system group holds rights: a colleague must (two keys)"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether any of `groups` holds a grant: joining one of them is being
 /// given rights.
 pub(crate) async fn any_holds_grants(db: &impl ConnectionTrait, groups: Vec<Uuid>) -> DomainResult<bool> {

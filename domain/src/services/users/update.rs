@@ -126,14 +126,15 @@ impl Domain {
             && caller.acting_user_id() == Some(id)
             && current.unit_id != Some(unit)
         {
-            use crate::services::access::groups::{any_holds_grants, system_groups_left};
-            // The groups one joins are those one would leave going back.
-            let joining = system_groups_left(self, txn, current.organisation_id, Some(unit), current.unit_id).await?;
-            if any_holds_grants(txn, joining).await? {
-                return Err(DomainError::denied(
-                    "nobody places themselves in a unit whose system group holds rights: a colleague must (two keys)",
-                ));
-            }
+            crate::services::access::groups::ensure_joining_gives_no_rights(
+                self,
+                txn,
+                current.organisation_id,
+                Some(unit),
+                current.unit_id,
+                "nobody places themselves in or",
+            )
+            .await?;
         }
 
         // Two keys (R-ACC-4): nobody gives themselves a role; a colleague
