@@ -1661,24 +1661,21 @@ async fn a_pickup_behind_its_holders_deactivation_or_lost_signing_right_is_refus
 /// as above.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_behind_its_holders_deletion_is_refused() {
-    use sea_orm::{ConnectionTrait, TransactionTrait};
     let app = TestApp::start(Backend::Postgres).await;
     let fixture = app.org_with_admin().await;
     let (holder, _) = app.member(&fixture, "Gaaende", &[]).await;
-    let deleter = sea_orm::Database::connect(&app.database_url).await.unwrap();
-    let deletion = deleter.begin().await.unwrap();
-    for statement in [
-        format!(
-            "UPDATE users SET state = 'DELETED', version = version + 1 WHERE id = '{}'",
-            holder.id
-        ),
-        format!(
-            "UPDATE organisations SET licences_used = licences_used - 1 WHERE id = '{}'",
-            fixture.org.id
-        ),
-    ] {
-        deletion.execute_unprepared(&statement).await.unwrap();
-    }
+    let deletion = app
+        .in_progress(&[
+            format!(
+                "UPDATE users SET state = 'DELETED', version = version + 1 WHERE id = '{}'",
+                holder.id
+            ),
+            format!(
+                "UPDATE organisations SET licences_used = licences_used - 1 WHERE id = '{}'",
+                fixture.org.id
+            ),
+        ])
+        .await;
     let ordering = {
         let (mut certs, token) = (app.certs(), fixture.admin_token.clone());
         let request = user_order(&fixture.org.id, &holder, &[pb::CertificateUsage::Authentication]);
@@ -1689,8 +1686,7 @@ async fn an_order_behind_its_holders_deletion_is_refused() {
         !ordering.is_finished(),
         "the order did not wait for the deletion in progress"
     );
-    deletion.commit().await.unwrap();
-    deleter.close().await.unwrap();
+    deletion.commit().await;
     assert_code(ordering.await.unwrap(), Code::NotFound);
     assert_eq!(
         app.count(&format!(
@@ -1720,7 +1716,6 @@ async fn pickup_behind_a_change_of_its_holder(
     usages: &[pb::CertificateUsage],
     change: impl Fn(&str, &str) -> Vec<String>,
 ) -> Status {
-    use sea_orm::{ConnectionTrait, TransactionTrait};
     let app = TestApp::start(Backend::Postgres).await;
     let dir = fresh_dir();
     let fixture = app.org_with_admin().await;
@@ -1739,11 +1734,7 @@ async fn pickup_behind_a_change_of_its_holder(
     let pickup = app.mailed_token("certificate_pickup", &holder.email).await;
     let request = csr(&dir, "afgaaende", "p256");
 
-    let changer = sea_orm::Database::connect(&app.database_url).await.unwrap();
-    let changing = changer.begin().await.unwrap();
-    for statement in change(&holder.id, &fixture.org.id) {
-        changing.execute_unprepared(&statement).await.unwrap();
-    }
+    let changing = app.in_progress(&change(&holder.id, &fixture.org.id)).await;
     let picking = {
         let (app_certs, session, pickup) = (app.certs(), session.clone(), pickup.clone());
         tokio::spawn(async move {
@@ -1764,8 +1755,7 @@ async fn pickup_behind_a_change_of_its_holder(
         let answer = picking.await.unwrap().map(|_| "issued");
         panic!("the pickup did not wait for the change in progress: {answer:?}");
     }
-    changing.commit().await.unwrap();
-    changer.close().await.unwrap();
+    changing.commit().await;
     let answer = picking.await.unwrap();
     let refused = answer
         .map(|_| "issued")

@@ -1190,6 +1190,65 @@ async fn a_long_upload_is_not_taken_for_abandoned(backend: Backend) {
     app.finish().await;
 }
 
+/// Links sent in bulk to a user whose deletion is in progress wait for it,
+/// and the deleted user is skipped: no link that cannot work is mailed to
+/// someone who left. (The deletion in progress is played by a session that
+/// holds the organisation's lock, as DeleteUser does, and has written the
+/// user's row.) PostgreSQL only, as SQLite has one writer at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_links_behind_a_deletion_skip_the_deleted_user() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let pending = app
+        .users()
+        .create_user(req(&fixture.admin_token, new_user(&fixture.org.id, "Ventende", &[])))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let links = format!(
+        "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation' AND recipient = '{}'",
+        pending.email
+    );
+    let links_before = app.count(&links).await;
+    let deletion = app
+        .in_progress(&[
+            format!(
+                "SELECT id FROM organisations WHERE id = '{}' FOR UPDATE",
+                fixture.org.id
+            ),
+            format!(
+                "UPDATE users SET state = 'DELETED', version = version + 1 WHERE id = '{}'",
+                pending.id
+            ),
+            format!(
+                "UPDATE organisations SET licences_used = licences_used - 1 WHERE id = '{}'",
+                fixture.org.id
+            ),
+        ])
+        .await;
+    let sending = {
+        let (mut imports, token) = (app.imports(), fixture.admin_token.clone());
+        let request = pb::BatchSendActivationRequest {
+            organisation_id: fixture.org.id.clone(),
+            user_ids: vec![pending.id.clone()],
+            ..Default::default()
+        };
+        tokio::spawn(async move { imports.batch_send_activation(req(&token, request)).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !sending.is_finished(),
+        "the links did not wait for the deletion in progress"
+    );
+    deletion.commit().await;
+    let sent = sending.await.unwrap().unwrap().into_inner();
+    assert_eq!(sent.skipped_user_ids, vec![pending.id.clone()]);
+    assert_eq!(app.count(&links).await, links_before, "no link for the deleted user");
+    app.finish().await;
+}
+
 /// An upload that speaks while the purge takes it for abandoned is kept.
 /// The purge read it as idle, then deleted it whatever had happened since:
 /// a piece's keep-alive committed in between lost the upload and the
@@ -1201,7 +1260,6 @@ async fn a_long_upload_is_not_taken_for_abandoned(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_that_speaks_while_the_purge_takes_it_is_kept() {
     use orgadmin_domain::services::imports::{BeganImport, ImportKind, ImportSpec};
-    use sea_orm::{ConnectionTrait, TransactionTrait};
     let (app, fixture, caller) = app_whose_uploads_idle_fast(Backend::Postgres).await;
     let text = file(HEADER_DA, &create_rows(3, "vaagen"));
     let spec = ImportSpec {
@@ -1217,16 +1275,13 @@ async fn an_upload_that_speaks_while_the_purge_takes_it_is_kept() {
     upload.push(&text.as_bytes()[..10]).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
 
-    let speaker = sea_orm::Database::connect(&app.database_url).await.unwrap();
-    let speaking = speaker.begin().await.unwrap();
-    speaking
-        .execute_unprepared(&format!(
+    let speaking = app
+        .in_progress(&[format!(
             "UPDATE import_jobs SET updated_at = {} WHERE id = '{}'",
             orgadmin_domain::model::now_millis(),
             upload.job_id()
-        ))
-        .await
-        .unwrap();
+        )])
+        .await;
     let purging = {
         let domain = app.domain.clone();
         tokio::spawn(async move { domain.purge_import_files(orgadmin_domain::model::now_millis()).await })
@@ -1236,8 +1291,7 @@ async fn an_upload_that_speaks_while_the_purge_takes_it_is_kept() {
         !purging.is_finished(),
         "the purge did not wait for the upload's keep-alive"
     );
-    speaking.commit().await.unwrap();
-    speaker.close().await.unwrap();
+    speaking.commit().await;
     assert_eq!(purging.await.unwrap().unwrap(), 0, "nothing was purged");
     upload.push(&text.as_bytes()[10..]).await.expect("the upload goes on");
     let job = upload.finish().await.expect("and finishes");

@@ -928,7 +928,6 @@ async fn tries_spent(app: &TestApp, user_id: &str) -> i32 {
 /// time, so only PostgreSQL can interleave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_checked_while_the_password_is_reset_gets_no_session() {
-    use sea_orm::TransactionTrait;
     let app = TestApp::start(Backend::Postgres).await;
     let fixture = app.org_with_admin().await;
     let (gry, email) = app.member_with_password(&fixture, "Gry", &[]).await;
@@ -976,22 +975,20 @@ async fn a_login_checked_while_the_password_is_reset_gets_no_session() {
         assert!(Instant::now() < deadline, "the login took no try");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let resetter = sea_orm::Database::connect(&app.database_url).await.unwrap();
-    let reset = resetter.begin().await.unwrap();
-    for statement in [
-        format!("DELETE FROM password_credentials WHERE user_id = '{}'", gry.id),
-        format!(
-            "INSERT INTO password_credentials (user_id, phc, set_at, failed_attempts, lockouts) \
+    let reset = app
+        .in_progress(&[
+            format!("DELETE FROM password_credentials WHERE user_id = '{}'", gry.id),
+            format!(
+                "INSERT INTO password_credentials (user_id, phc, set_at, failed_attempts, lockouts) \
              VALUES ('{}', '$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$bmV3aGFzaA', 1, 0, 0)",
-            gry.id
-        ),
-        format!(
-            "UPDATE api_tokens SET revoked_at = 1 WHERE user_id = '{}' AND kind = 'session' AND revoked_at IS NULL",
-            gry.id
-        ),
-    ] {
-        reset.execute_unprepared(&statement).await.unwrap();
-    }
+                gry.id
+            ),
+            format!(
+                "UPDATE api_tokens SET revoked_at = 1 WHERE user_id = '{}' AND kind = 'session' AND revoked_at IS NULL",
+                gry.id
+            ),
+        ])
+        .await;
     assert!(
         !logging_in.is_finished(),
         "the login ended before the reset began (hashing took {hash_time:?}): the test cannot interleave"
@@ -1015,8 +1012,7 @@ async fn a_login_checked_while_the_password_is_reset_gets_no_session() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    reset.commit().await.unwrap();
-    resetter.close().await.unwrap();
+    reset.commit().await;
     let answer = logging_in.await.unwrap().map(|r| r.into_inner().session_token);
     assert_code(answer, Code::Unauthenticated);
     assert_eq!(

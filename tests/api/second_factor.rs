@@ -465,7 +465,6 @@ async fn a_code_its_caller_gave_up_on_is_still_recorded(backend: Backend) {
 /// at a time, so only PostgreSQL can interleave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enrolment_behind_a_confirmation_does_not_undo_it() {
-    use sea_orm::{ConnectionTrait, TransactionTrait};
     let app = TestApp::start(Backend::Postgres).await;
     let fixture = app.org_with_admin().await;
     let (anna, email) = app.member_with_password(&fixture, "Anna", &[]).await;
@@ -475,15 +474,12 @@ async fn an_enrolment_behind_a_confirmation_does_not_undo_it() {
         .await
         .expect("enrol");
 
-    let confirmer = sea_orm::Database::connect(&app.database_url).await.unwrap();
-    let confirmation = confirmer.begin().await.unwrap();
-    confirmation
-        .execute_unprepared(&format!(
+    let confirmation = app
+        .in_progress(&[format!(
             "UPDATE totp_credentials SET confirmed_at = 1 WHERE user_id = '{}'",
             anna.id
-        ))
-        .await
-        .unwrap();
+        )])
+        .await;
     let enrolling = {
         let (mut auth, session) = (app.auth(), session.clone());
         tokio::spawn(async move { auth.enroll_totp(req(&session, pb::EnrollTotpRequest {})).await })
@@ -493,8 +489,7 @@ async fn an_enrolment_behind_a_confirmation_does_not_undo_it() {
         !enrolling.is_finished(),
         "the enrolment did not wait for the confirmation in progress"
     );
-    confirmation.commit().await.unwrap();
-    confirmer.close().await.unwrap();
+    confirmation.commit().await;
     let again = assert_code(enrolling.await.unwrap(), Code::FailedPrecondition);
     assert_eq!(reason(&again), "AUTHENTICATOR_ENROLLED");
     assert_eq!(

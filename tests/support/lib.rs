@@ -321,6 +321,22 @@ impl TestApp {
             .expect("a count")
     }
 
+    /// A write in progress: another session's transaction that has run
+    /// `statements` and not committed, holding their locks until
+    /// [`InProgress::commit`]. For tests of what waits on it (PostgreSQL:
+    /// SQLite has one writer at a time, so nothing interleaves there).
+    pub async fn in_progress(&self, statements: &[String]) -> InProgress {
+        use sea_orm::TransactionTrait;
+        let connection = Database::connect(&self.database_url).await.unwrap();
+        let txn = connection.begin().await.unwrap();
+        for statement in statements {
+            txn.execute_unprepared(statement)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+        InProgress { connection, txn }
+    }
+
     /// The row of `select … WHERE <key> =` for the one key `id`, bound as a
     /// value (a UUID is text on PostgreSQL and bytes on SQLite, so it cannot
     /// be written into the SQL).
@@ -1387,4 +1403,18 @@ pub fn p256_csr() -> String {
         std::fs::read_to_string(dir.join("holder.csr")).expect("the CSR openssl wrote")
     })
     .clone()
+}
+
+/// See [`TestApp::in_progress`].
+pub struct InProgress {
+    connection: sea_orm::DatabaseConnection,
+    txn: sea_orm::DatabaseTransaction,
+}
+
+impl InProgress {
+    /// Ends the write: what waited on it goes on.
+    pub async fn commit(self) {
+        self.txn.commit().await.unwrap();
+        self.connection.close().await.unwrap();
+    }
 }

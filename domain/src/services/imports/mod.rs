@@ -554,7 +554,11 @@ impl Domain {
         let mut outcome = BatchActivation::default();
         for chunk in ids.chunks(500) {
             let txn = crate::persistence::begin_write(&self.db).await?;
-            let org = crate::services::read_organisation(&txn, organisation_id).await?;
+            // Locked, as for one link (SendActivation): activations and
+            // deletions lock it too, so the states read below hold until
+            // the links are written; read unlocked, a user activated or
+            // deleted meanwhile was mailed a link that could not work.
+            let org = crate::services::lock_organisation(&txn, organisation_id).await?;
             let rows = user::Entity::find()
                 .filter(user::Column::Id.is_in(chunk.to_vec()))
                 .filter(user::Column::OrganisationId.eq(organisation_id))
