@@ -560,14 +560,7 @@ async fn password_reset_by_mailed_link(backend: Backend) {
     // Two links asked for in parallel can both stay live (each ends only
     // the links committed before it): played here by opening the first
     // again. A reset by one ends the other.
-    app.domain
-        .db()
-        .execute_unprepared(&format!(
-            "UPDATE activation_secrets SET revoked_at = NULL WHERE secret_hash = '{}'",
-            orgadmin_domain::secrets::token_hash(&first)
-        ))
-        .await
-        .unwrap();
+    open_again(&app, &first).await;
     reset_password(&app, &second, "en helt tredje adgangskode")
         .await
         .expect("the newer link works");
@@ -1021,4 +1014,83 @@ async fn a_login_checked_while_the_password_is_reset_gets_no_session() {
         "a session opened with the old password outlived the reset"
     );
     app.finish().await;
+}
+
+/// Two resets of one person at once: the second waits for the first and is
+/// refused, as its link ended with the first reset. Each took its own link
+/// and then ended the other's, so they locked each other's links and one
+/// failed as a deadlock (UNAVAILABLE). (The first reset is played by a
+/// session that has done what a reset does before it ends the other links,
+/// and not committed.) PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_resets_at_once_queue() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (hans, email) = app.member_with_password(&fixture, "Hans", &[]).await;
+    app.request_password_reset(&email).await;
+    let first = app.mailed_token("password_reset", &email).await;
+    app.request_password_reset(&email).await;
+    let second = app.mailed_token("password_reset", &email).await;
+    // Both links live, as when they were asked for at the same moment.
+    open_again(&app, &first).await;
+    let first_reset = app
+        .in_progress(&[
+            format!("SELECT id FROM users WHERE id = '{}' FOR NO KEY UPDATE", hans.id),
+            format!(
+                "UPDATE activation_secrets SET used_at = 1 WHERE secret_hash = '{}'",
+                orgadmin_domain::secrets::token_hash(&first)
+            ),
+            format!("DELETE FROM password_credentials WHERE user_id = '{}'", hans.id),
+        ])
+        .await;
+    let second_reset = {
+        let mut auth = app.auth();
+        tokio::spawn(async move {
+            auth.reset_password(req(
+                "",
+                pb::ResetPasswordRequest {
+                    token: second,
+                    password: "en helt anden lang adgangskode".into(),
+                },
+            ))
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second_reset.is_finished(),
+        "the second reset did not wait for the first"
+    );
+    // The first ends the other links (the second's among them) and commits.
+    first_reset
+        .run(&format!(
+            "UPDATE activation_secrets SET revoked_at = 2 WHERE user_id = '{}' AND kind = 'RESET' \
+             AND used_at IS NULL AND revoked_at IS NULL",
+            hans.id
+        ))
+        .await;
+    first_reset
+        .run(&format!(
+            "INSERT INTO password_credentials (user_id, phc, set_at, failed_attempts, lockouts) \
+             VALUES ('{}', '$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$bmV3aGFzaA', 1, 0, 0)",
+            hans.id
+        ))
+        .await;
+    first_reset.commit().await;
+    let refused = assert_code(second_reset.await.unwrap(), Code::FailedPrecondition);
+    assert_eq!(reason(&refused), "PASSWORD_RESET_USED");
+    app.finish().await;
+}
+
+/// Opens the ended link `token` again: two links asked for at the same
+/// moment both stay live (each ends only the links committed before it).
+async fn open_again(app: &TestApp, token: &str) {
+    app.domain
+        .db()
+        .execute_unprepared(&format!(
+            "UPDATE activation_secrets SET revoked_at = NULL WHERE secret_hash = '{}'",
+            orgadmin_domain::secrets::token_hash(token)
+        ))
+        .await
+        .unwrap();
 }

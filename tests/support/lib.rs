@@ -1412,6 +1412,14 @@ pub struct InProgress {
 }
 
 impl InProgress {
+    /// One more statement of the write, still not committed.
+    pub async fn run(&self, statement: &str) {
+        self.txn
+            .execute_unprepared(statement)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+
     /// Ends the write: what waited on it goes on.
     pub async fn commit(self) {
         self.txn.commit().await.unwrap();

@@ -5,8 +5,8 @@
 //! login id exists. Choosing the new password with the link ends every
 //! session of the person and lifts a login lock.
 
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::sea_query::{Expr, ExprTrait, LockType};
+use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -167,7 +167,13 @@ impl Domain {
                 "this reset link has expired, a newer one replaced it, or it ended when the password or the e-mail address changed; ask for a new one",
             ));
         }
+        // Resets of one person queue here (PostgreSQL; SQLite has one
+        // writer at a time): each takes its own link, then ends the others,
+        // so two at once locked each other's links and one failed as a
+        // deadlock. The mode leaves logins (which only reference the row)
+        // alone.
         let row = user::Entity::find_by_id(stored.user_id)
+            .lock(LockType::NoKeyUpdate)
             .one(&txn)
             .await?
             .ok_or_else(|| DomainError::not_found("user", stored.user_id))?;
@@ -186,7 +192,7 @@ impl Domain {
         if !take_secret(&txn, stored.id, now).await? {
             return Err(DomainError::precondition(
                 Reason::PasswordResetUsed,
-                "this reset link was used meanwhile",
+                "this reset link was used, or ended by another reset, meanwhile",
             ));
         }
         self.store_password_in(&txn, row.id, phc, now).await?;

@@ -155,24 +155,28 @@ fn read_csr(csr_pem: &str) -> DomainResult<CheckedCsr> {
 
 /// Writes the signed certificate over its ORDERED `row`: `false` when the
 /// row is no longer that order (a parallel pickup), `issued`'s serial is
-/// taken, or one of the `people` it was checked against (its holder and
-/// contact person) is no longer as read.
+/// taken, or the `holder` or `contact` person it was checked against is no
+/// longer as read (their version).
 ///
-/// The people's rows are read `FOR SHARE` within this statement
-/// (PostgreSQL; SQLite has one writer at a time), at the version the checks
-/// saw, so a pickup or renewal and a change of its holder are in one order
-/// or the other, never interleaved. Interleaved, a deletion read the order
-/// as ORDERED while this wrote it ISSUED (a deleted person kept a valid
-/// certificate nothing could revoke), and a deactivation, a withdrawn
-/// signing right or a changed address committed while the certificate was
-/// signed did not stop it. Now a write behind such a change finds the
-/// person changed and writes nothing; a change behind a write waits for it
-/// (and a deletion then revokes what it issued).
+/// The holder's row is read `FOR SHARE` within this statement (PostgreSQL;
+/// SQLite has one writer at a time), so a pickup or renewal and a change of
+/// its holder are in one order or the other, never interleaved.
+/// Interleaved, a deletion read the order as ORDERED while this wrote it
+/// ISSUED (a deleted person kept a valid certificate nothing could revoke),
+/// and a deactivation, a withdrawn signing right or a changed address
+/// committed while the certificate was signed did not stop it. Now a write
+/// behind such a change finds the holder changed and writes nothing; a
+/// change behind a write waits for it (and a deletion then revokes what it
+/// issued). The contact person (another person, for an organisation or
+/// system certificate) is checked but not locked: nothing about a contact's
+/// change depends on their certificates, and a second lock could deadlock
+/// with a write holding both people in the other order (an import chunk).
 async fn write_issued(
     txn: &DatabaseTransaction,
     row: &certificate::Model,
     issued: &certificate::Model,
-    people: &[&user::Model],
+    holder: Option<&user::Model>,
+    contact: &user::Model,
 ) -> DomainResult<bool> {
     use sea_orm::sea_query::{ExprTrait, LockType, Query};
     let serial_in_use = Query::select()
@@ -198,17 +202,23 @@ async fn write_issued(
         .filter(certificate::Column::State.eq(CertificateState::Ordered.as_str()))
         .filter(certificate::Column::Version.eq(row.version))
         .filter(Expr::exists(serial_in_use).not());
-    for person in people {
-        let mut as_read = Query::select()
+    let as_read = |person: &user::Model| {
+        Query::select()
             .expr(Expr::value(1))
             .from(user::Entity)
             .and_where(Expr::col(user::Column::Id).eq(person.id))
             .and_where(Expr::col(user::Column::Version).eq(person.version))
-            .to_owned();
+            .to_owned()
+    };
+    if let Some(holder) = holder {
+        let mut holder_as_read = as_read(holder);
         if crate::persistence::is_postgres(txn) {
-            as_read.lock(LockType::Share);
+            holder_as_read.lock(LockType::Share);
         }
-        written = written.filter(Expr::exists(as_read));
+        written = written.filter(Expr::exists(holder_as_read));
+    }
+    if holder.is_none_or(|h| h.id != contact.id) {
+        written = written.filter(Expr::exists(as_read(contact)));
     }
     Ok(written.exec(txn).await?.rows_affected == 1)
 }
@@ -378,12 +388,14 @@ impl Domain {
         let txn = crate::persistence::begin_write(&self.db).await?;
         let org = read_organisation(&txn, order.organisation_id).await?;
         ensure_kind_allowed(&org, order.kind)?;
-        // The people are read FOR SHARE (PostgreSQL; SQLite ignores it),
-        // so a deletion in progress is waited for and refuses the order; a
+        // The holder is read FOR SHARE (PostgreSQL; SQLite ignores it), so
+        // a deletion in progress is waited for and refuses the order; a
         // deletion behind it waits and then ends the order with the rest.
         // Unlocked, an order could slip behind a deletion's look at the
         // holder's certificates: an order, and a pickup mail, for a person
-        // who had left.
+        // who had left. Only the holder: a second person's lock could
+        // deadlock with a write that holds them in the other order (an
+        // import's chunk), and a contact's deletion ends no certificate.
         let holder = match order.holder_id {
             Some(id) => Some(person_in(
                 org.id,
@@ -403,11 +415,7 @@ impl Domain {
                 ));
             }
         };
-        let contact = person_in(
-            org.id,
-            contact_id,
-            user::Entity::find_by_id(contact_id).lock_shared().one(&txn).await?,
-        )?;
+        let contact = user_in(&txn, org.id, contact_id).await?;
         ensure_active(&contact, "contact person")?;
         let email = order.email.as_deref().map(|e| e.trim().to_owned());
         if let Some(email) = &email {
@@ -634,11 +642,7 @@ impl Domain {
                 updated_at: now,
                 ..row.clone()
             };
-            let mut people: Vec<&user::Model> = holder.iter().collect();
-            if holder.as_ref().is_none_or(|h| h.id != contact.id) {
-                people.push(&contact);
-            }
-            if write_issued(txn, &row, &issued, &people).await? {
+            if write_issued(txn, &row, &issued, holder.as_ref(), &contact).await? {
                 break issued;
             }
             // Changed while this was signed (see `write_issued`): the rules
