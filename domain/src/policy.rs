@@ -496,7 +496,32 @@ pub fn authorize_on_user(caller: &Caller, action: Action, target: Target) -> Res
     {
         return Err(DomainError::not_found("user", user_id));
     }
-    authorize(caller, action, target)
+    authorize(caller, action, target)?;
+    if matches!(action, RemoveAuthenticator | ManageActivation) {
+        authorize_sign_in_change(caller, target)?;
+    }
+    Ok(())
+}
+
+/// R-AUTH-1: whoever changes how an administrator signs in (their e-mail
+/// address or login id, which password resets and mailed codes go to; the
+/// CPR number or birth date an activation proves; their authenticator app;
+/// an activation link or code for them) could take over their login, so
+/// among members only someone who may change roles does, i.e. someone who
+/// could make themselves that administrator's equal anyway. A user
+/// administrator could otherwise move an organisation administrator's
+/// address to a mailbox of their own, verify it, reset the password and
+/// sign in as them. The person themselves and operators (who look after
+/// organisation administrators, R-ACC-6) are not limited by this.
+pub fn authorize_sign_in_change(caller: &Caller, target: Target) -> Result<(), DomainError> {
+    if !target.user_is_administrator || caller.is_operator() || caller.acting_user_id() == target.user_id {
+        return Ok(());
+    }
+    authorize(caller, ChangeRoles, target).map_err(|_| {
+        DomainError::denied(
+            "how an administrator signs in (e-mail, login id, CPR number, birth date, authenticator app, activation) is changed only by someone who may change roles (an organisation administrator): otherwise it would hand over their login",
+        )
+    })
 }
 
 pub fn authorize(caller: &Caller, action: Action, target: Target) -> Result<(), DomainError> {

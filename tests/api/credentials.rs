@@ -13,6 +13,7 @@ both_backends!(
     no_one_mints_a_token_for_another_person,
     parallel_activation_guesses_lock_at_exactly_the_limit,
     cpr_numbers_are_written_one_way_and_born_already,
+    a_user_administrator_cannot_take_over_an_administrators_login,
 );
 
 async fn activation_hands_the_person_a_session_of_their_own(backend: Backend) {
@@ -265,5 +266,112 @@ async fn cpr_numbers_are_written_one_way_and_born_already(backend: Backend) {
         ))
         .await;
     assert_eq!(reason(&assert_code(twin, Code::AlreadyExists)), "CPR_TAKEN");
+    app.finish().await;
+}
+
+/// R-AUTH-1: how an administrator signs in is changed only by someone who
+/// may change roles. A user administrator could move an organisation
+/// administrator's address to a mailbox of their own, verify it there,
+/// remove the authenticator app, reset the password to that mailbox and
+/// sign in as them; or activate a pending administrator with a CPR number,
+/// a code or an anonymity approval of their own choosing. Ordinary users
+/// stay theirs to look after; the organisation administrator can still do
+/// all of it.
+async fn a_user_administrator_cannot_take_over_an_administrators_login(backend: Backend) {
+    use prost_types::FieldMask;
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (_, user_admin) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (otto, otto_session) = app.member(&fixture, "Otto", &[pb::Role::OrganisationAdmin]).await;
+    let (plain, _) = app.member(&fixture, "Pia", &[]).await;
+    let change_email = |token: &str, user: &pb::User| {
+        let mut users = app.users();
+        let request = pb::UpdateUserRequest {
+            user: Some(pb::User {
+                email: unique_email("ny.adresse"),
+                ..user.clone()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["email".into()],
+            }),
+            cpr: String::new(),
+        };
+        let token = token.to_owned();
+        async move {
+            users
+                .update_user(req(&token, request))
+                .await
+                .map(|r| r.into_inner().user.unwrap())
+        }
+    };
+    let before = app.fingerprint().await;
+    let refused = assert_code(change_email(&user_admin, &otto).await, Code::PermissionDenied);
+    assert!(refused.message().contains("signs in"), "{refused:?}");
+    assert_code(
+        app.users()
+            .remove_authenticator(req(
+                &user_admin,
+                pb::RemoveAuthenticatorRequest {
+                    user_id: otto.id.clone(),
+                },
+            ))
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(app.fingerprint().await, before, "the refusals changed nothing");
+    let asked = app.ask_anonymity(&otto_session).await;
+    let before = app.fingerprint().await;
+    assert_code(app.approve_anonymity(&user_admin, &asked).await, Code::PermissionDenied);
+    assert_eq!(app.fingerprint().await, before, "the refusal changed nothing");
+
+    // A pending administrator: no code, no link, no CPR number from a user
+    // administrator.
+    let pending = app
+        .users()
+        .create_user(req(
+            &fixture.admin_token,
+            new_user(&fixture.org.id, "Vera", &[pb::Role::RightsAdmin]),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let before_pending = app.fingerprint().await;
+    assert_code(
+        app.users()
+            .send_activation(req(
+                &user_admin,
+                pb::SendActivationRequest {
+                    user_id: pending.id.clone(),
+                },
+            ))
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_code(change_email(&user_admin, &pending).await, Code::PermissionDenied);
+    assert_eq!(app.fingerprint().await, before_pending, "the refusals changed nothing");
+
+    // Ordinary users stay the user administrator's; administrators the
+    // organisation administrator's.
+    change_email(&user_admin, &plain)
+        .await
+        .expect("an ordinary user's address");
+    let moved = change_email(&fixture.admin_token, &otto)
+        .await
+        .expect("by an organisation administrator");
+    assert!(!moved.pending_email.is_empty());
+    app.users()
+        .send_activation(req(
+            &fixture.admin_token,
+            pb::SendActivationRequest {
+                user_id: pending.id.clone(),
+            },
+        ))
+        .await
+        .expect("by an organisation administrator");
+    app.approve_anonymity(&fixture.admin_token, &asked)
+        .await
+        .expect("approved by an organisation administrator");
     app.finish().await;
 }

@@ -26,6 +26,7 @@ both_backends!(
     the_right_password_on_the_last_try_logs_in_and_gives_the_tries_back,
     a_full_hashing_queue_takes_no_try,
     a_login_its_caller_gave_up_on_is_still_recorded,
+    the_end_of_a_timed_deactivation_lifts_the_login_lock,
 );
 
 /// A server whose logins lock after `max_failures` wrong passwords.
@@ -1093,4 +1094,39 @@ async fn open_again(app: &TestApp, token: &str) {
         ))
         .await
         .unwrap();
+}
+
+/// Seed 001: deactivate-then-activate lifts a login lock. The end of a
+/// timed deactivation (the worker's sweep) is that activation too; it left
+/// the person locked out on their return (permanently, where locks had
+/// escalated), where ReactivateUser by hand would have unlocked them.
+async fn the_end_of_a_timed_deactivation_lifts_the_login_lock(backend: Backend) {
+    let app = app_locking_after(backend, 3).await;
+    let fixture = app.org_with_admin().await;
+    let (eva, email) = app.member_with_password(&fixture, "Eva", &[]).await;
+    lock(&app, &email).await;
+    assert_code(app.login(&email, TEST_PASSWORD).await, Code::Unauthenticated);
+    app.users()
+        .deactivate_user(req(
+            &fixture.admin_token,
+            pb::DeactivateUserRequest {
+                id: eva.id.clone(),
+                until: Some(in_ms(300)),
+                reason: "orlov".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    assert_eq!(app.domain.reactivate_due_users(now, 10).await.unwrap(), 1);
+    app.login(&email, TEST_PASSWORD)
+        .await
+        .expect("back from leave, the lock is gone");
+    let unlocked = app
+        .history_of(&fixture.admin_token, &eva.id, pb::HistoryActivity::LoginUnlocked)
+        .await;
+    assert_eq!(unlocked.len(), 1);
+    app.finish().await;
 }

@@ -430,7 +430,11 @@ async fn anonymity_request_notifies_and_recreates(backend: Backend) {
     let sink = SmtpSink::start(0);
     let worker = TestWorker::start(&app, worker_config(&app, &sink.url()));
     let fixture = app.org_with_admin().await;
-    let (second_admin, second_token) = app.member(&fixture, "Anden", &[pb::Role::UserAdmin]).await;
+    // The requester is an administrator, so the decider may change roles
+    // too (the new profile carries the roles).
+    let (second_admin, second_token) = app
+        .member(&fixture, "Anden", &[pb::Role::UserAdmin, pb::Role::OrganisationAdmin])
+        .await;
     let (user, user_token) = app.member(&fixture, "Skjult", &[pb::Role::RightsAdmin]).await;
     // The second administrator wants in-app notices only.
     let prefs = app

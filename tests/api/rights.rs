@@ -2050,11 +2050,15 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
         "RemoveAuthenticator",
         &[UserAdmin, UnitEditor, UnitDelegator],
     ),
+    // How an administrator signs in is changed only by someone who may
+    // change roles (R-AUTH-1): not by a user administrator alone (one who
+    // is also an organisation administrator may; the operator looks after
+    // administrators, R-ACC-6).
     (
         "RemoveAdministratorAuthenticator",
         USR,
         "RemoveAuthenticator",
-        &[Operator, UserAdmin],
+        &[Operator],
     ),
     (
         "SendAdministratorPasswordReset",
@@ -2062,12 +2066,7 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
         "SendPasswordReset",
         &[Operator, UserAdmin],
     ),
-    (
-        "SendAdministratorActivation",
-        USR,
-        "SendActivation",
-        &[Operator, UserAdmin],
-    ),
+    ("SendAdministratorActivation", USR, "SendActivation", &[Operator]),
     (
         "CreateActivationCode",
         USR,

@@ -321,6 +321,38 @@ impl TestApp {
             .expect("a count")
     }
 
+    /// The person of `session` asks to become anonymous; the request's id.
+    pub async fn ask_anonymity(&self, session: &str) -> String {
+        self.users()
+            .request_anonymity(req(
+                session,
+                pb::RequestAnonymityRequest {
+                    reason: "beskyttet adresse".into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .anonymity_request
+            .unwrap()
+            .id
+    }
+
+    /// Approves the anonymity request `id` as `token`.
+    pub async fn approve_anonymity(&self, token: &str, id: &str) -> Result<pb::DecideAnonymityRequestResponse, Status> {
+        self.users()
+            .decide_anonymity_request(req(
+                token,
+                pb::DecideAnonymityRequestRequest {
+                    id: id.to_owned(),
+                    approve: true,
+                    note: String::new(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
     /// A write in progress: another session's transaction that has run
     /// `statements` and not committed, holding their locks until
     /// [`InProgress::commit`]. For tests of what waits on it (PostgreSQL:

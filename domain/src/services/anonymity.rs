@@ -245,6 +245,13 @@ impl Domain {
             let roles = roles_of(&txn, &[old.id]).await?.remove(&old.id).unwrap_or_default();
             let closing = crate::persistence::mapping::user_from_row(old.clone(), roles.clone(), &self.vault)?;
             self.ensure_not_last_admin(&txn, &closing).await?;
+            // The new profile carries the roles, and its activation code
+            // comes back to whoever approves: for an administrator, only
+            // someone who may change roles approves (R-AUTH-1).
+            crate::policy::authorize_sign_in_change(
+                caller,
+                crate::policy::Target::user(org.id, old.id, closing.is_administrator(), old.unit_id),
+            )?;
             // Close the old profile first: its e-mail and CPR number move on.
             let closed = user::Entity::update_many()
                 .col_expr(user::Column::State, Expr::value(UserState::Deleted.as_str()))

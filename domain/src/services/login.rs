@@ -470,39 +470,10 @@ impl Domain {
         row: &user::Model,
         now: Millis,
     ) -> DomainResult<bool> {
-        let lifted = password_credential::Entity::update_many()
-            .col_expr(password_credential::Column::FailedAttempts, Expr::value(0))
-            .col_expr(password_credential::Column::Lockouts, Expr::value(0))
-            .col_expr(
-                password_credential::Column::LockedUntil,
-                Expr::value(Option::<i64>::None),
-            )
-            .filter(password_credential::Column::UserId.eq(row.id))
-            .filter(
-                Condition::any()
-                    .add(password_credential::Column::LockedUntil.gt(now))
-                    .add(password_credential::Column::Lockouts.gt(0))
-                    .add(password_credential::Column::FailedAttempts.gt(0)),
-            )
-            .exec(txn)
-            .await?;
-        if lifted.rows_affected == 0 {
+        if lift_login_locks(txn, vec![row.id], now).await?.is_empty() {
             return Ok(false);
         }
-        let mut changes = Vec::new();
-        diff(&mut changes, "login", "locked", "unlocked");
-        history::record(
-            txn,
-            NewEvent {
-                organisation_id: Some(row.organisation_id),
-                subject: Subject::User(row.id),
-                activity: Activity::LoginUnlocked,
-                caller,
-                at: now,
-                changes,
-            },
-        )
-        .await?;
+        history::record(txn, login_unlocked(row.organisation_id, row.id, caller, now)).await?;
         Ok(true)
     }
 
@@ -698,4 +669,48 @@ fn locks_now(credential: &password_credential::Model, now: Millis) -> bool {
 /// `now + duration` as a value, or the permanent lock.
 fn lock_end(duration: Option<i64>, now: Millis) -> Expr {
     Expr::value(duration.map_or(PERMANENT, |ms| now.saturating_add(ms)))
+}
+
+/// Clears the tries and any lock of the passwords of `user_ids` inside
+/// `txn`; returns the users who had something to clear. The one rule of
+/// every unlock: by hand, by reactivation, and by the end of a timed
+/// deactivation (seed 001's deactivate-then-activate unlocks).
+pub(crate) async fn lift_login_locks(
+    txn: &DatabaseTransaction,
+    user_ids: Vec<Uuid>,
+    now: Millis,
+) -> DomainResult<Vec<Uuid>> {
+    Ok(password_credential::Entity::update_many()
+        .col_expr(password_credential::Column::FailedAttempts, Expr::value(0))
+        .col_expr(password_credential::Column::Lockouts, Expr::value(0))
+        .col_expr(
+            password_credential::Column::LockedUntil,
+            Expr::value(Option::<i64>::None),
+        )
+        .filter(password_credential::Column::UserId.is_in(user_ids))
+        .filter(
+            Condition::any()
+                .add(password_credential::Column::LockedUntil.gt(now))
+                .add(password_credential::Column::Lockouts.gt(0))
+                .add(password_credential::Column::FailedAttempts.gt(0)),
+        )
+        .exec_with_returning(txn)
+        .await?
+        .into_iter()
+        .map(|row| row.user_id)
+        .collect())
+}
+
+/// The history event of a lifted login lock.
+pub(crate) fn login_unlocked(organisation_id: Uuid, user_id: Uuid, caller: &Caller, at: Millis) -> NewEvent<'_> {
+    let mut changes = Vec::new();
+    diff(&mut changes, "login", "locked", "unlocked");
+    NewEvent {
+        organisation_id: Some(organisation_id),
+        subject: Subject::User(user_id),
+        activity: Activity::LoginUnlocked,
+        caller,
+        at,
+        changes,
+    }
 }

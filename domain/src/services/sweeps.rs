@@ -82,7 +82,7 @@ impl Domain {
                 .col_expr(user::Column::DeactivatedUntil, Expr::value(Option::<i64>::None))
                 .col_expr(user::Column::Version, Expr::col(user::Column::Version).add(1))
                 .col_expr(user::Column::UpdatedAt, Expr::value(now))
-                .filter(user::Column::Id.is_in(ids))
+                .filter(user::Column::Id.is_in(ids.clone()))
                 .exec(&txn)
                 .await?;
             let events = due.iter().map(|(id, org, until, activated)| {
@@ -103,7 +103,14 @@ impl Domain {
                     changes,
                 })
             });
-            history_event::Entity::insert_many(events)
+            // Back from a timed deactivation is deactivate-then-activate:
+            // the login lock goes, as with ReactivateUser (seed 001).
+            let unlocked = crate::services::login::lift_login_locks(&txn, ids.clone(), now).await?;
+            let unlock_events = due
+                .iter()
+                .filter(|(id, ..)| unlocked.contains(id))
+                .map(|(id, org, ..)| to_row(crate::services::login::login_unlocked(*org, *id, caller, now)));
+            history_event::Entity::insert_many(events.chain(unlock_events))
                 .exec_without_returning(&txn)
                 .await?;
             // The licence rule of every reactivation (R-ORG-4): a timed

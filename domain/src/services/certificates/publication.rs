@@ -383,9 +383,13 @@ impl Domain {
         now: Millis,
     ) -> DomainResult<bool> {
         let txn = crate::persistence::begin_write(&self.db).await?;
+        // Claimed only while still ISSUED and not expired: one revoked or
+        // superseded since the sweep read its batch gets no warning.
         let mut claim = certificate::Entity::update_many()
             .col_expr(column, Expr::value(now))
             .filter(certificate::Column::Id.eq(row.id))
+            .filter(certificate::Column::State.eq(CertificateState::Issued.as_str()))
+            .filter(certificate::Column::NotAfter.gt(now))
             .filter(column.is_null());
         if days_text == WARNINGS[0].1 {
             // The 30-day warning is past too: never send it after this one.

@@ -44,6 +44,8 @@ impl Domain {
             || patch.external_ids.is_some()
             || patch.identification_means.is_some()
             || patch.signing_right.is_some();
+        let touches_sign_in =
+            patch.email.is_some() || patch.username.is_some() || patch.cpr.is_some() || patch.birth_date.is_some();
         let authorize_change = |target: Target| -> DomainResult<()> {
             if touches_fields || patch.roles.is_none() {
                 crate::policy::authorize_on_user(caller, Action::UpdateUser, target)?;
@@ -54,6 +56,9 @@ impl Domain {
             }
             if patch.roles.is_some() {
                 crate::policy::authorize_on_user(caller, Action::ChangeRoles, target)?;
+            }
+            if touches_sign_in {
+                crate::policy::authorize_sign_in_change(caller, target)?;
             }
             Ok(())
         };
@@ -149,7 +154,7 @@ impl Domain {
         }
         // Again on the user as they are under the lock: one moved out of a
         // scoped level's subtree (or given a role) a moment ago is beyond it.
-        if caller.holds_levels() {
+        if caller.holds_levels() || touches_sign_in {
             authorize_change(
                 Target::user(current.organisation_id, id, current.is_administrator(), current.unit_id)
                     .holding_level(holds_level),
