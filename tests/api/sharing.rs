@@ -725,7 +725,7 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
     let status = share(&app, &ua_token, &eva, &account, READ).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
-    share(&app, &ua_token, &account, &finn, EDIT)
+    let finns_share = share(&app, &ua_token, &account, &finn, EDIT)
         .await
         .expect("shared to edit");
     share(&app, &ua_token, &account, &eva, READ)
@@ -765,6 +765,40 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].actor, format!("user:{}", finn.id));
     assert_eq!(events[0].on_behalf_of, format!("user:{}", account.id));
+    // The account does not share itself: with the token, Finn could open
+    // his share again once it is ended.
+    let before = app.fingerprint().await;
+    let status = share(&app, &made.secret, &account, &finn, EDIT).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(before, app.fingerprint().await);
+    // The token Finn made through his share ends with it; his own stays.
+    let finns_own = app
+        .auth()
+        .create_api_token(req(
+            &finn_token,
+            pb::CreateApiTokenRequest {
+                user_id: finn.id.clone(),
+                name: "min egen".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("his own token")
+        .into_inner();
+    app.access()
+        .revoke_share(req(
+            &ua_token,
+            pb::RevokeShareRequest {
+                id: finns_share.id.clone(),
+            },
+        ))
+        .await
+        .expect("share ended");
+    assert_code(app.who_am_i(&made.secret).await, Code::Unauthenticated);
+    app.who_am_i(&finns_own.secret).await.expect("his own token is his");
+    share(&app, &ua_token, &account, &finn, EDIT)
+        .await
+        .expect("shared to edit again");
 
     // A person's edit share makes no credential for them.
     share(&app, &eva_token, &eva, &finn, EDIT)

@@ -9,6 +9,7 @@
 //! account's, say), never with themselves: two keys (R-ACC-4).
 
 use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, Condition, EntityTrait, IntoActiveModel, QueryFilter};
 use tracing::instrument;
 use uuid::Uuid;
@@ -17,7 +18,7 @@ use crate::Domain;
 use crate::error::{DomainError, DomainResult, Reason};
 use crate::model::*;
 use crate::paging;
-use crate::persistence::entities::{share, user};
+use crate::persistence::entities::{api_token, share, user};
 use crate::persistence::history::{self, NewEvent, Subject};
 use crate::persistence::mapping::parse;
 use crate::policy::{Acting, Action, Caller, Principal};
@@ -70,6 +71,16 @@ async fn end_share_in(
     now: Millis,
 ) -> DomainResult<()> {
     share::Entity::delete_by_id(row.id).exec(txn).await?;
+    // The tokens the colleague made through it (for a service account, the
+    // only kind a share makes) end with it: left, they acted as the owner
+    // for up to two years after the share was gone.
+    api_token::Entity::update_many()
+        .col_expr(api_token::Column::RevokedAt, Expr::value(now))
+        .filter(api_token::Column::UserId.eq(row.owner_id))
+        .filter(api_token::Column::CreatedBy.eq(format!("user:{}", row.grantee_id)))
+        .filter(api_token::Column::RevokedAt.is_null())
+        .exec(txn)
+        .await?;
     history::record(
         txn,
         NewEvent {
@@ -140,6 +151,15 @@ impl Domain {
             return Err(DomainError::invalid(
                 "grantee_user_id",
                 "must be a person: a service account is shared, never shared with",
+            ));
+        }
+        // A service account's access is shared by the people who may share
+        // it, never by the account itself: with a token made through a
+        // share, its holder could otherwise open the share again once it
+        // was ended.
+        if owner.service_account && caller.acting_user_id() == Some(owner_id) {
+            return Err(DomainError::denied(
+                "a service account does not share its own access: a user administrator shares it",
             ));
         }
         // Two keys (R-ACC-4): an administrator never opens a user's
@@ -243,6 +263,8 @@ impl Domain {
         }
         end_share_in(&txn, caller, &row, now_millis()).await?;
         txn.commit().await?;
+        // Tokens made through the share ended with it.
+        self.auth_cache.clear();
         Ok(from_row(row))
     }
 
