@@ -352,6 +352,24 @@ async fn a_user_administrator_cannot_take_over_an_administrators_login(backend: 
     assert_code(change_email(&user_admin, &pending).await, Code::PermissionDenied);
     assert_eq!(app.fingerprint().await, before_pending, "the refusals changed nothing");
 
+    // Unchanged values are no change (an import's edit rows repeat them).
+    app.users()
+        .update_user(req(
+            &user_admin,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    first_name: "Otto Karl".into(),
+                    ..otto.clone()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["email".into(), "first_name".into()],
+                }),
+                cpr: String::new(),
+            },
+        ))
+        .await
+        .expect("the same address with a new first name");
+    let otto = app.user(&fixture.admin_token, &otto.id).await;
     // Ordinary users stay the user administrator's; administrators the
     // organisation administrator's.
     change_email(&user_admin, &plain)

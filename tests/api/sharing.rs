@@ -765,6 +765,22 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].actor, format!("user:{}", finn.id));
     assert_eq!(events[0].on_behalf_of, format!("user:{}", account.id));
+    // Nor does the account make its own tokens: one made with Finn's token
+    // would name the account, not Finn, and outlive his share.
+    let before = app.fingerprint().await;
+    let chained = app
+        .auth()
+        .create_api_token(req(
+            &made.secret,
+            pb::CreateApiTokenRequest {
+                user_id: account.id.clone(),
+                name: "kæde".into(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_code(chained, Code::PermissionDenied);
+    assert_eq!(before, app.fingerprint().await);
     // The account does not share itself: with the token, Finn could open
     // his share again once it is ended.
     let before = app.fingerprint().await;
@@ -796,9 +812,17 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
         .expect("share ended");
     assert_code(app.who_am_i(&made.secret).await, Code::Unauthenticated);
     app.who_am_i(&finns_own.secret).await.expect("his own token is his");
+    // Taking the edit right back ends the tokens made with it too.
     share(&app, &ua_token, &account, &finn, EDIT)
         .await
         .expect("shared to edit again");
+    let again = make_token(finn_token.clone(), account.clone())
+        .await
+        .expect("a token through the new share");
+    share(&app, &ua_token, &account, &finn, READ)
+        .await
+        .expect("down to reading");
+    assert_code(app.who_am_i(&again.secret).await, Code::Unauthenticated);
 
     // A person's edit share makes no credential for them.
     share(&app, &eva_token, &eva, &finn, EDIT)

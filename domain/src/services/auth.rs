@@ -281,6 +281,14 @@ impl Domain {
                 "API tokens are made through a share for service accounts only; a person makes their own",
             ));
         }
+        // A service account's tokens come through its shares only, so each
+        // names the person who made it and ends with their share; one the
+        // account made with its own token would name nobody and outlive it.
+        if caller.acting.is_none() && target.service_account {
+            return Err(DomainError::denied(
+                "a service account's tokens are made through a share of it, by a person, not by the account itself",
+            ));
+        }
         let mut v = Violations::default();
         v.check("name", validate::text(name, 100));
         if let Some(id) = request_id {

@@ -63,6 +63,24 @@ fn standing(row: &user::Model) -> DomainResult<bool> {
     Ok(parse::<UserState>(&row.state)?.is_standing())
 }
 
+/// The tokens the colleague made through an edit share (for a service
+/// account, the only kind a share makes) end with it, or with its edit
+/// right: left, they acted as the owner for up to two years after.
+async fn revoke_tokens_made_through(
+    txn: &sea_orm::DatabaseTransaction,
+    row: &share::Model,
+    now: Millis,
+) -> DomainResult<()> {
+    api_token::Entity::update_many()
+        .col_expr(api_token::Column::RevokedAt, Expr::value(now))
+        .filter(api_token::Column::UserId.eq(row.owner_id))
+        .filter(api_token::Column::CreatedBy.eq(format!("user:{}", row.grantee_id)))
+        .filter(api_token::Column::RevokedAt.is_null())
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
 /// Deletes a share, with its `SHARE_REVOKED` event on the owner.
 async fn end_share_in(
     txn: &sea_orm::DatabaseTransaction,
@@ -71,16 +89,7 @@ async fn end_share_in(
     now: Millis,
 ) -> DomainResult<()> {
     share::Entity::delete_by_id(row.id).exec(txn).await?;
-    // The tokens the colleague made through it (for a service account, the
-    // only kind a share makes) end with it: left, they acted as the owner
-    // for up to two years after the share was gone.
-    api_token::Entity::update_many()
-        .col_expr(api_token::Column::RevokedAt, Expr::value(now))
-        .filter(api_token::Column::UserId.eq(row.owner_id))
-        .filter(api_token::Column::CreatedBy.eq(format!("user:{}", row.grantee_id)))
-        .filter(api_token::Column::RevokedAt.is_null())
-        .exec(txn)
-        .await?;
+    revoke_tokens_made_through(txn, row, now).await?;
     history::record(
         txn,
         NewEvent {
@@ -195,6 +204,9 @@ impl Domain {
             // The same access again: nothing to change, nothing to record.
             Some(row) if row.can_edit == may_edit => row,
             Some(row) => {
+                if row.can_edit && !may_edit {
+                    revoke_tokens_made_through(&txn, &row, now).await?;
+                }
                 let mut active = row.into_active_model();
                 active.can_edit = Set(may_edit);
                 active.sharer_id = Set(caller.acting_user_id());
@@ -218,7 +230,8 @@ impl Domain {
             }
         };
         let after = shown(grantee_id, may_edit);
-        if before != after {
+        let changed = before != after;
+        if changed {
             history::record(
                 &txn,
                 NewEvent {
@@ -237,6 +250,10 @@ impl Domain {
             .await?;
         }
         txn.commit().await?;
+        if changed {
+            // An edit right taken back ended the tokens made with it.
+            self.auth_cache.clear();
+        }
         Ok(from_row(row))
     }
 

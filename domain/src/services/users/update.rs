@@ -44,8 +44,19 @@ impl Domain {
             || patch.external_ids.is_some()
             || patch.identification_means.is_some()
             || patch.signing_right.is_some();
-        let touches_sign_in =
-            patch.email.is_some() || patch.username.is_some() || patch.cpr.is_some() || patch.birth_date.is_some();
+        // What would change how the person signs in: a value given and not
+        // the one they have (an import's edit rows repeat unchanged cells).
+        let key = |text: &str| crate::normalise::key(text.trim());
+        let touches_sign_in = patch.email.as_deref().is_some_and(|e| key(e) != key(&current.email))
+            || patch
+                .username
+                .as_ref()
+                .is_some_and(|u| u.as_deref().map(key) != current.username.as_deref().map(key))
+            || patch.cpr.is_some()
+            || patch
+                .birth_date
+                .as_deref()
+                .is_some_and(|d| Some(d.trim()) != current.birth_date.as_deref());
         let authorize_change = |target: Target| -> DomainResult<()> {
             if touches_fields || patch.roles.is_none() {
                 crate::policy::authorize_on_user(caller, Action::UpdateUser, target)?;
