@@ -352,6 +352,49 @@ async fn a_user_administrator_cannot_take_over_an_administrators_login(backend: 
     assert_code(change_email(&user_admin, &pending).await, Code::PermissionDenied);
     assert_eq!(app.fingerprint().await, before_pending, "the refusals changed nothing");
 
+    // Links issued while a person was ordinary (perhaps to an address the
+    // user administrator chose) end when they become an administrator; a
+    // new one goes to the address on record.
+    let request = new_user(&fixture.org.id, "Nina", &[]);
+    let (nina_email, nina_cpr) = (request.email.clone(), request.cpr.clone());
+    let nina = app.created_user(&user_admin, request).await;
+    let first_link = app.activation_link_token(&nina_email).await;
+    app.users()
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    roles: vec![pb::Role::RightsAdmin as i32],
+                    ..nina.clone()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["roles".into()],
+                }),
+                cpr: String::new(),
+            },
+        ))
+        .await
+        .expect("promoted by an organisation administrator");
+    let activate = |token: String| {
+        let mut users = app.users();
+        let cpr = nina_cpr.clone();
+        async move {
+            users
+                .activate_user(req(
+                    "",
+                    pb::ActivateUserRequest {
+                        token,
+                        cpr,
+                        ..Default::default()
+                    },
+                ))
+                .await
+        }
+    };
+    assert_code(activate(first_link.clone()).await, Code::FailedPrecondition);
+    let second_link = app.activation_link_token(&nina_email).await;
+    assert_ne!(second_link, first_link);
+    activate(second_link).await.expect("the link mailed at the promotion");
     // Unchanged values are no change (an import's edit rows repeat them).
     app.users()
         .update_user(req(

@@ -125,6 +125,18 @@ impl Domain {
         Ok(())
     }
 
+    /// Ends the user's open activation links and codes (a new one is made
+    /// by whoever may).
+    pub(crate) async fn end_activation_secrets(
+        &self,
+        db: &impl ConnectionTrait,
+        user_id: Uuid,
+        now: Millis,
+    ) -> DomainResult<()> {
+        self.revoke_activation_secrets(db, user_id, &ACTIVATION_KINDS, now)
+            .await
+    }
+
     /// Ends the user's open password-reset links: they went to an address
     /// that is no longer theirs (whoever reads the old mailbox, often why it
     /// changed, must not set the password), or a reset just set it (a

@@ -318,6 +318,26 @@ impl Domain {
             }
         }
         let new_roles = patch.roles.map(normalise_roles).filter(|r| *r != current.roles);
+        // Becoming an administrator: how they sign in is from now on changed
+        // only by someone who may change roles (R-AUTH-1), so the links and
+        // codes issued while they were an ordinary user (perhaps to an
+        // address a user administrator chose) end with the promotion. A
+        // waiting address change is withdrawn; a pending user with a CPR
+        // number gets a new link at the address on record.
+        let promoted = !current.is_administrator()
+            && new_roles
+                .as_ref()
+                .is_some_and(|roles| roles.iter().any(|r| r.is_administrator()));
+        let withdraws_for_promotion = promoted && row.pending_email.is_some() && email_to_verify.is_none();
+        if withdraws_for_promotion {
+            diff(
+                &mut changes,
+                "pending_email",
+                row.pending_email.as_deref().unwrap_or_default(),
+                "",
+            );
+            active.pending_email = Set(None);
+        }
         if let Some(roles) = &new_roles {
             let gains_admin =
                 roles.contains(&Role::OrganisationAdmin) && !current.roles.contains(&Role::OrganisationAdmin);
@@ -350,7 +370,7 @@ impl Domain {
             // what the user passed on through its grants goes with it.
             crate::services::access::groups::left_system_groups_in(self, txn, caller, &row, unit, now).await?;
         }
-        if email_to_verify.is_some() || withdraws_change || new_email.is_some() {
+        if email_to_verify.is_some() || withdraws_change || new_email.is_some() || withdraws_for_promotion {
             let written = user::Entity::find_by_id(id)
                 .one(txn)
                 .await?
@@ -362,6 +382,14 @@ impl Domain {
             if new_email.is_some() && written.cpr_hash.is_some() {
                 self.issue_activation_link(txn, &written, &org.name, crate::services::activation::Earlier::End)
                     .await?;
+            }
+        }
+        if promoted && current.state == UserState::PendingActivation && new_email.is_none() {
+            if row.cpr_hash.is_some() {
+                self.issue_activation_link(txn, &row, &org.name, crate::services::activation::Earlier::End)
+                    .await?;
+            } else {
+                self.end_activation_secrets(txn, id, now).await?;
             }
         }
         history::record(
