@@ -436,3 +436,55 @@ async fn a_user_administrator_cannot_take_over_an_administrators_login(backend: 
         .expect("approved by an organisation administrator");
     app.finish().await;
 }
+
+/// The rule above holds against a promotion in progress: removing an
+/// authenticator app waits for a change of roles that is being written and
+/// is then refused, where it read the person as ordinary before the lock
+/// and removed the new administrator's second factor. (The promotion in
+/// progress is played by a session that holds the organisation's lock, as
+/// UpdateUser does, and has written the role.) PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_in_progress_is_waited_for() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (_, user_admin) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (ida, _) = app.member(&fixture, "Ida", &[]).await;
+    let has_app = format!("SELECT COUNT(*) FROM totp_credentials WHERE user_id = '{}'", ida.id);
+    app.domain
+        .db()
+        .execute_unprepared(&format!(
+            "INSERT INTO totp_credentials (user_id, secret_sealed, created_at, confirmed_at) VALUES ('{}', 'x', 1, 1)",
+            ida.id
+        ))
+        .await
+        .unwrap();
+    let promotion = app
+        .in_progress(&[
+            format!(
+                "SELECT id FROM organisations WHERE id = '{}' FOR UPDATE",
+                fixture.org.id
+            ),
+            format!(
+                "INSERT INTO user_roles (user_id, role, organisation_id) VALUES ('{}', 'RIGHTS_ADMIN', '{}')",
+                ida.id, fixture.org.id
+            ),
+        ])
+        .await;
+    let removing = {
+        let (mut users, token, user_id) = (app.users(), user_admin.clone(), ida.id.clone());
+        tokio::spawn(async move {
+            users
+                .remove_authenticator(req(&token, pb::RemoveAuthenticatorRequest { user_id }))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !removing.is_finished(),
+        "the removal did not wait for the promotion in progress"
+    );
+    promotion.commit().await;
+    assert_code(removing.await.unwrap(), Code::PermissionDenied);
+    assert_eq!(app.count(&has_app).await, 1, "the new administrator keeps their app");
+    app.finish().await;
+}

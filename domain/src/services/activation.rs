@@ -278,10 +278,11 @@ impl Domain {
             .await?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, row.organisation_id).await?;
-        let row = user::Entity::find_by_id(user_id)
-            .one(&txn)
-            .await?
-            .ok_or_else(|| DomainError::not_found("user", user_id))?;
+        // Again as things stand under the lock: a promotion committed a
+        // moment ago makes the user an administrator, whose activation only
+        // someone who may change roles hands out.
+        let row =
+            crate::services::authorize_on_user_as_now(self, &txn, caller, Action::ManageActivation, user_id).await?;
         if parse::<UserState>(&row.state)? != UserState::PendingActivation {
             return Err(DomainError::precondition(
                 Reason::UserNotPending,

@@ -516,10 +516,17 @@ impl Domain {
             .await?;
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
-        let row = user::Entity::find_by_id(user_id)
+        // Again under the organisation's lock, which a change of roles
+        // takes: a promotion a moment ago makes the user an administrator,
+        // whose second factor only someone who may change roles removes.
+        let org_id = user::Entity::find_by_id(user_id)
             .one(&txn)
             .await?
-            .ok_or_else(|| DomainError::not_found("user", user_id))?;
+            .ok_or_else(|| DomainError::not_found("user", user_id))?
+            .organisation_id;
+        crate::services::lock_organisation(&txn, org_id).await?;
+        let row =
+            crate::services::authorize_on_user_as_now(self, &txn, caller, Action::RemoveAuthenticator, user_id).await?;
         let removed = totp_credential::Entity::delete_by_id(user_id).exec(&txn).await?;
         if removed.rows_affected > 0 {
             let mut changes = Vec::new();
