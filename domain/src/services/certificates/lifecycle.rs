@@ -223,6 +223,24 @@ async fn write_issued(
     Ok(written.exec(txn).await?.rows_affected == 1)
 }
 
+/// The write that ends the certificate `row` as `state` (REVOKED or
+/// SUPERSEDED) for `reason` at `now`, one version on; each caller adds the
+/// condition it holds under (its version, or its state as read).
+fn ending(
+    row: &certificate::Model,
+    state: CertificateState,
+    reason: RevocationReason,
+    now: Millis,
+) -> sea_orm::UpdateMany<certificate::Entity> {
+    certificate::Entity::update_many()
+        .col_expr(certificate::Column::State, Expr::value(state.as_str()))
+        .col_expr(certificate::Column::RevokedAt, Expr::value(now))
+        .col_expr(certificate::Column::RevocationReason, Expr::value(reason.as_str()))
+        .col_expr(certificate::Column::Version, Expr::value(row.version + 1))
+        .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+        .filter(certificate::Column::Id.eq(row.id))
+}
+
 /// An order about to be signed, with what its subject is built from, as
 /// the join found them: checked only by `people`, after the caller's own
 /// checks, so a caller who may not pick this order up learns nothing of
@@ -694,19 +712,7 @@ impl Domain {
                 .one(txn)
                 .await?
                 .ok_or_else(|| DomainError::not_found("certificate", old_id))?;
-            let done = certificate::Entity::update_many()
-                .col_expr(
-                    certificate::Column::State,
-                    Expr::value(CertificateState::Superseded.as_str()),
-                )
-                .col_expr(certificate::Column::RevokedAt, Expr::value(now))
-                .col_expr(
-                    certificate::Column::RevocationReason,
-                    Expr::value(RevocationReason::Superseded.as_str()),
-                )
-                .col_expr(certificate::Column::Version, Expr::value(old.version + 1))
-                .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
-                .filter(certificate::Column::Id.eq(old.id))
+            let done = ending(&old, CertificateState::Superseded, RevocationReason::Superseded, now)
                 .filter(certificate::Column::State.eq(CertificateState::Issued.as_str()))
                 .exec(txn)
                 .await?;
@@ -885,16 +891,7 @@ impl Domain {
                 ));
             }
         }
-        let written = certificate::Entity::update_many()
-            .col_expr(
-                certificate::Column::State,
-                Expr::value(CertificateState::Revoked.as_str()),
-            )
-            .col_expr(certificate::Column::RevokedAt, Expr::value(now))
-            .col_expr(certificate::Column::RevocationReason, Expr::value(reason.as_str()))
-            .col_expr(certificate::Column::Version, Expr::value(row.version + 1))
-            .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
-            .filter(certificate::Column::Id.eq(row.id))
+        let written = ending(&row, CertificateState::Revoked, reason, now)
             .filter(certificate::Column::Version.eq(row.version))
             .exec(&txn)
             .await?;
@@ -1020,18 +1017,7 @@ impl Domain {
             history::record(txn, event(row, Activity::CertificateOrderDeleted, caller, now, changes)).await?;
             return Ok(Some(false));
         }
-        let ended = certificate::Entity::update_many()
-            .col_expr(
-                certificate::Column::State,
-                Expr::value(CertificateState::Revoked.as_str()),
-            )
-            .col_expr(certificate::Column::RevokedAt, Expr::value(now))
-            .col_expr(
-                certificate::Column::RevocationReason,
-                Expr::value(RevocationReason::HolderLeft.as_str()),
-            )
-            .col_expr(certificate::Column::Version, Expr::value(row.version + 1))
-            .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+        let ended = ending(row, CertificateState::Revoked, RevocationReason::HolderLeft, now)
             .filter(unchanged())
             .exec(txn)
             .await?;
