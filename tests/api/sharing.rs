@@ -823,6 +823,42 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
         .await
         .expect("down to reading");
     assert_code(app.who_am_i(&again.secret).await, Code::Unauthenticated);
+    // While Finn is deactivated, even for a time, the token he made acts
+    // no more; back, it works again (the share still stands).
+    share(&app, &ua_token, &account, &finn, EDIT)
+        .await
+        .expect("shared to edit once more");
+    let during_leave = make_token(finn_token.clone(), account.clone())
+        .await
+        .expect("a token before his leave");
+    app.users()
+        .deactivate_user(req(
+            &ua_token,
+            pb::DeactivateUserRequest {
+                id: finn.id.clone(),
+                reason: "orlov".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("Finn deactivated");
+    assert_code(app.who_am_i(&during_leave.secret).await, Code::Unauthenticated);
+    app.users()
+        .reactivate_user(req(
+            &ua_token,
+            pb::ReactivateUserRequest {
+                id: finn.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("Finn back");
+    app.who_am_i(&during_leave.secret)
+        .await
+        .expect("the token acts again with its maker back");
+    share(&app, &ua_token, &account, &finn, READ)
+        .await
+        .expect("down to reading again");
 
     // A person's edit share makes no credential for them.
     share(&app, &eva_token, &eva, &finn, EDIT)

@@ -41,6 +41,7 @@ struct TokenRow {
     expires_at: Option<i64>,
     revoked_at: Option<i64>,
     last_used_at: Option<i64>,
+    created_by: String,
     user_id: Option<Uuid>,
     organisation_id: Option<Uuid>,
     state: Option<String>,
@@ -87,6 +88,7 @@ impl Domain {
                 api_token::Column::ExpiresAt,
                 api_token::Column::RevokedAt,
                 api_token::Column::LastUsedAt,
+                api_token::Column::CreatedBy,
                 api_token::Column::UserId,
             ])
             .column(user::Column::OrganisationId)
@@ -112,6 +114,7 @@ impl Domain {
             expires_at,
             revoked_at,
             last_used_at,
+            created_by,
             user_id,
             organisation_id,
             state,
@@ -150,6 +153,17 @@ impl Domain {
         if !parse::<UserState>(&state)?.is_standing() {
             return Err(refused());
         }
+        // R-USR-4, R-ACC-5: a service account's token was made through a
+        // share by a colleague, and acts only while that person may act. A
+        // deactivated colleague (for a time, too) must not keep acting as
+        // the account; the token works again when they are reactivated, as
+        // their own sign-in does. Ending the share revokes it for good.
+        if kind == KIND_API
+            && let Some(maker) = made_by_another(&created_by, user_id)
+            && !self.user_stands(maker).await?
+        {
+            return Err(refused());
+        }
         let roles = rows
             .iter()
             .filter_map(|row| row.role.as_deref())
@@ -170,6 +184,20 @@ impl Domain {
         );
         self.auth_cache.put(hash, caller.clone(), now, expires_at);
         Ok(caller)
+    }
+
+    /// Whether the user exists and may act (active or pending).
+    async fn user_stands(&self, user_id: Uuid) -> DomainResult<bool> {
+        let state: Option<String> = user::Entity::find_by_id(user_id)
+            .select_only()
+            .column(user::Column::State)
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        Ok(match state {
+            Some(state) => parse::<UserState>(&state)?.is_standing(),
+            None => false,
+        })
     }
 
     /// Notes that a session was used, at most every `mark_every` (a
@@ -468,6 +496,13 @@ impl Domain {
 }
 
 /// The API token a user's earlier create with this request id made.
+/// The person who made a token for somebody else (`created_by` names a
+/// user other than the token's own): through a share, for a service account.
+fn made_by_another(created_by: &str, token_user: Uuid) -> Option<Uuid> {
+    let maker = Uuid::parse_str(created_by.strip_prefix("user:")?).ok()?;
+    (maker != token_user).then_some(maker)
+}
+
 async fn token_by_request(
     db: &impl ConnectionTrait,
     user_id: Uuid,
