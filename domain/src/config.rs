@@ -324,8 +324,10 @@ impl Config {
         if !(1..=24 * 30).contains(&self.session_ttl_hours) {
             return Err("ORGADMIN_SESSION_TTL_HOURS must be between 1 and 720".into());
         }
-        if self.reactivation_batch_size == 0 {
-            return Err("ORGADMIN_REACTIVATION_BATCH_SIZE must be at least 1".into());
+        // The batch's ids are bound values of its statements (SQLite takes
+        // 32,766 in one).
+        if !(1..=10_000).contains(&self.reactivation_batch_size) {
+            return Err("ORGADMIN_REACTIVATION_BATCH_SIZE must be between 1 and 10000".into());
         }
         if self.import_max_file_bytes < 1024
             || self.import_max_rows < 1

@@ -120,7 +120,7 @@ async fn imported(app: &TestApp, token: &str, spec: pb::ImportSpec, file: &[u8],
 }
 
 /// A create file of these rows (Danish header), run to its end.
-async fn created_from(app: &TestApp, token: &str, org: &str, rows: &[String]) -> pb::ImportJob {
+pub(crate) async fn created_from(app: &TestApp, token: &str, org: &str, rows: &[String]) -> pb::ImportJob {
     imported(
         app,
         token,

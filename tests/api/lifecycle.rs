@@ -4,6 +4,7 @@ use orgadmin_domain::Config;
 use orgadmin_proto::v1 as pb;
 use orgadmin_tests::*;
 use prost_types::{FieldMask, Timestamp};
+use sea_orm::ConnectionTrait;
 use tonic::Code;
 
 both_backends!(
@@ -11,6 +12,7 @@ both_backends!(
     licences_hold_under_concurrent_creates_and_sweeps,
     last_administrator_is_protected,
     timed_deactivation_ends_by_the_worker,
+    a_sweep_batch_past_sqlites_bound_values_ends_every_leave,
     deletion_is_final_and_follows_policy,
     history_pages_and_filters,
     tokens_authenticate_expire_and_revoke,
@@ -192,6 +194,42 @@ async fn licences_hold_under_concurrent_creates_and_sweeps(backend: Backend) {
         reason(&assert_code(full, Code::FailedPrecondition)),
         "LICENCE_LIMIT_REACHED"
     );
+    app.finish().await;
+}
+
+/// One sweep batch of 3,100 returns writes 3,100 history events: more
+/// bound values than SQLite takes in one statement (32,766). The events go
+/// in statements under the limit, so any allowed batch size works.
+async fn a_sweep_batch_past_sqlites_bound_values_ends_every_leave(backend: Backend) {
+    const LEAVES: usize = 3_100;
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin_limits(Some(LEAVES as i32 + 1), None).await;
+    let job = crate::imports::created_from(
+        &app,
+        &fixture.admin_token,
+        &fixture.org.id,
+        &crate::imports::create_rows(LEAVES, "orlov"),
+    )
+    .await;
+    let errors = app.import_errors(&fixture.admin_token, &job.id).await;
+    assert_eq!((job.applied, job.failed), (LEAVES as i64, 0), "{:?}", errors.first());
+    let ended = chrono::Utc::now().timestamp_millis() - 1_000;
+    app.domain
+        .db()
+        .execute_unprepared(&format!(
+            "UPDATE users SET state = 'DEACTIVATED', deactivated_until = {ended} WHERE state = 'PENDING_ACTIVATION'"
+        ))
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    assert_eq!(
+        app.domain.reactivate_due_users(now, 5_000).await.expect("one batch"),
+        LEAVES as u64
+    );
+    let still_away = app
+        .count("SELECT COUNT(*) FROM users WHERE state = 'DEACTIVATED'")
+        .await;
+    assert_eq!(still_away, 0);
     app.finish().await;
 }
 

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::Domain;
 use crate::error::DomainResult;
 use crate::model::*;
-use crate::persistence::entities::{history_event, user};
+use crate::persistence::entities::user;
 use crate::persistence::history::{NewEvent, Subject, diff, to_row};
 use crate::persistence::is_postgres;
 use crate::policy::Caller;
@@ -110,9 +110,9 @@ impl Domain {
                 .iter()
                 .filter(|(id, ..)| unlocked.contains(id))
                 .map(|(id, org, ..)| to_row(crate::services::login::login_unlocked(*org, *id, caller, now)));
-            history_event::Entity::insert_many(events.chain(unlock_events))
-                .exec_without_returning(&txn)
-                .await?;
+            // Up to two events per user: in statements under SQLite's limit
+            // on bound values, whatever the batch size.
+            crate::persistence::insert_in_chunks(&txn, events.chain(unlock_events).collect()).await?;
             // The licence rule of every reactivation (R-ORG-4): a timed
             // deactivation kept its seat for the return, so these returns
             // take none and no limit can be exceeded. Should the rule ever
