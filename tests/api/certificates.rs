@@ -1722,7 +1722,7 @@ async fn a_certificate_revoked_during_the_expiry_sweep_gets_no_warning() {
     let (_, _, certificate, not_after) = member_with_certificate(&app, &fixture, "Eva", &dir).await;
     let revocation = app
         .in_progress(&[format!(
-            "UPDATE certificates SET state = 'REVOKED', revoked_at = 1, revocation_reason = 'KEY_COMPROMISE', \
+            "UPDATE certificates SET state = 'REVOKED', revoked_at = 1, revocation_reason = 'KEY_COMPROMISED', \
              version = version + 1 WHERE id = '{}'",
             certificate.id
         )])
@@ -1743,6 +1743,45 @@ async fn a_certificate_revoked_during_the_expiry_sweep_gets_no_warning() {
             .await,
         0
     );
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A CRL is read and signed outside its write transaction (on SQLite that
+/// transaction holds every other write), then stored only if nothing it
+/// signed has changed. A revocation that commits while the publisher waits
+/// to store must not be left out of the newest CRL: the publisher signs
+/// again. (The revocation is played by a session that holds the
+/// publishers' lock and has written the row, not yet committed.)
+/// PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_committed_while_a_crl_is_signed_is_in_it() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (_, _, certificate, _) = member_with_certificate(&app, &fixture, "Eva", &dir).await;
+    let revocation = app
+        .in_progress(&[
+            "SELECT pg_advisory_xact_lock(5280)".to_owned(),
+            format!(
+                "UPDATE certificates SET state = 'REVOKED', revoked_at = {}, revocation_reason = 'KEY_COMPROMISED', \
+                 version = version + 1 WHERE id = '{}'",
+                chrono::Utc::now().timestamp_millis(),
+                certificate.id
+            ),
+        ])
+        .await;
+    let publishing = {
+        let domain = app.domain.clone();
+        tokio::spawn(async move { domain.publish_crl(chrono::Utc::now().timestamp_millis()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!publishing.is_finished(), "the publisher did not wait for its turn");
+    revocation.commit().await;
+    let published = publishing.await.unwrap().expect("a CRL");
+    assert_eq!(published.revoked_count, 1, "the revocation is in the CRL");
+    let newest = app.domain.current_crl().await.unwrap();
+    assert_eq!((newest.number, newest.revoked_count), (published.number, 1));
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -77,82 +77,161 @@ fn listed(now: Millis) -> sea_orm::Condition {
         .add(certificate::Column::NotAfter.gt(now))
 }
 
-impl Domain {
-    /// Signs a CRL of every revoked certificate now and stores it under
-    /// the next number. Publishers take turns (an advisory lock on
-    /// PostgreSQL, the one writer on SQLite), so numbers only grow.
-    #[instrument(level = "debug", skip_all, err(level = "debug"))]
-    pub async fn publish_crl(&self, now: Millis) -> DomainResult<PublishedCrl> {
-        let ca = self.ca()?;
-        let txn = crate::persistence::begin_write(&self.db).await?;
-        if is_postgres(&txn) {
-            txn.execute_unprepared("SELECT pg_advisory_xact_lock(5280)").await?;
-        }
-        // The number and time of the last CRL, not its DER: at 100,000
-        // entries that is 4.9 MB read for two numbers.
-        let last: Option<(i64, Millis)> = crl_publication::Entity::find()
-            .select_only()
-            .column(crl_publication::Column::CrlNumber)
-            .column(crl_publication::Column::ThisUpdate)
-            .order_by_desc(crl_publication::Column::CrlNumber)
-            .into_tuple()
-            .one(&txn)
-            .await?;
-        let number = last.map_or(1, |(last_number, _)| last_number + 1);
-        let revoked: Vec<(Option<String>, Option<i64>, Option<String>)> = certificate::Entity::find()
-            .select_only()
-            .column(certificate::Column::Serial)
-            .column(certificate::Column::RevokedAt)
-            .column(certificate::Column::RevocationReason)
-            .filter(listed(now))
-            .into_tuple()
-            .all(&txn)
-            .await?;
-        let mut entries = revoked
-            .into_iter()
-            .map(|(serial, at, reason)| {
-                let serial =
-                    hex::decode(serial.unwrap_or_default()).map_err(|e| DomainError::Internal(e.to_string()))?;
-                let reason: RevocationReason = parse(reason.as_deref().unwrap_or("SUPERSEDED"))?;
-                Ok(RevokedEntry {
-                    serial,
-                    revoked_at: at.unwrap_or(now),
-                    reason: reason.rfc5280(),
-                })
+/// A CRL signed but not yet stored, with what it was signed from.
+struct CrlDraft {
+    /// The newest stored CRL's number and thisUpdate when it was read.
+    last: Option<(i64, Millis)>,
+    row: crl_publication::Model,
+}
+
+/// The write transaction a CRL is stored in; publishers queue on the
+/// advisory lock (PostgreSQL) or the write lock (SQLite).
+async fn begin_publication(db: &sea_orm::DatabaseConnection) -> DomainResult<sea_orm::DatabaseTransaction> {
+    let txn = crate::persistence::begin_write(db).await?;
+    if is_postgres(&txn) {
+        txn.execute_unprepared("SELECT pg_advisory_xact_lock(5280)").await?;
+    }
+    Ok(txn)
+}
+
+/// The newest stored CRL's number and thisUpdate (not its DER: at 100,000
+/// entries that is 4.9 MB read for two numbers).
+async fn last_crl(db: &impl ConnectionTrait) -> DomainResult<Option<(i64, Millis)>> {
+    Ok(crl_publication::Entity::find()
+        .select_only()
+        .column(crl_publication::Column::CrlNumber)
+        .column(crl_publication::Column::ThisUpdate)
+        .order_by_desc(crl_publication::Column::CrlNumber)
+        .into_tuple()
+        .one(db)
+        .await?)
+}
+
+/// Reads what the CRL lists at `now` and signs it under the number after
+/// the newest stored one.
+async fn draft_crl(
+    db: &impl ConnectionTrait,
+    ca: &crate::ca::CertificateAuthority,
+    now: Millis,
+    validity_ms: i64,
+) -> DomainResult<CrlDraft> {
+    let last = last_crl(db).await?;
+    let number = last.map_or(1, |(last_number, _)| last_number + 1);
+    let revoked: Vec<(Option<String>, Option<i64>, Option<String>)> = certificate::Entity::find()
+        .select_only()
+        .column(certificate::Column::Serial)
+        .column(certificate::Column::RevokedAt)
+        .column(certificate::Column::RevocationReason)
+        .filter(listed(now))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut entries = revoked
+        .into_iter()
+        .map(|(serial, at, reason)| {
+            let serial = hex::decode(serial.unwrap_or_default()).map_err(|e| DomainError::Internal(e.to_string()))?;
+            let reason: RevocationReason = parse(reason.as_deref().unwrap_or("SUPERSEDED"))?;
+            Ok(RevokedEntry {
+                serial,
+                revoked_at: at.unwrap_or(now),
+                reason: reason.rfc5280(),
             })
-            .collect::<DomainResult<Vec<_>>>()?;
-        // In serial order, so one state always signs the same list: sorted
-        // here, by bytes, not by the database's text collation (strcoll over
-        // 100,000 serials was a visible share of a publication).
-        entries.sort_unstable_by(|a, b| a.serial.cmp(&b.serial));
-        // Never earlier than the last one, whatever the clocks of replicas
-        // (the CRL number tells two of one second apart).
-        let this_update = last.map_or(now, |(_, last_update)| Ord::max(now, last_update));
-        let next_update = this_update + self.settings.certificates.crl_validity_ms;
-        let der = ca
-            .sign_crl(number, this_update, next_update, &entries)
-            .map_err(DomainError::Internal)?;
-        let row = crl_publication::Model {
+        })
+        .collect::<DomainResult<Vec<_>>>()?;
+    // In serial order, so one state always signs the same list: sorted
+    // here, by bytes, not by the database's text collation (strcoll over
+    // 100,000 serials was a visible share of a publication).
+    entries.sort_unstable_by(|a, b| a.serial.cmp(&b.serial));
+    // Never earlier than the last one, whatever the clocks of replicas
+    // (the CRL number tells two of one second apart).
+    let this_update = last.map_or(now, |(_, last_update)| Ord::max(now, last_update));
+    let next_update = this_update + validity_ms;
+    let der = ca
+        .sign_crl(number, this_update, next_update, &entries)
+        .map_err(DomainError::Internal)?;
+    Ok(CrlDraft {
+        last,
+        row: crl_publication::Model {
             crl_number: number,
             this_update,
             next_update,
             revoked_count: entries.len() as i64,
             der,
-        };
-        crl_publication::Entity::insert(crl_publication::ActiveModel {
-            crl_number: Set(row.crl_number),
-            this_update: Set(row.this_update),
-            next_update: Set(row.next_update),
-            revoked_count: Set(row.revoked_count),
-            der: Set(row.der.clone()),
-        })
-        .exec_without_returning(&txn)
+        },
+    })
+}
+
+/// Whether a draft signed outside `txn` may be stored in it: no CRL was
+/// stored since, and the list at its `now` has as many certificates. The
+/// count is enough: a listed certificate stays listed (REVOKED and
+/// SUPERSEDED are final, their revocation time and reason never change,
+/// and such a row is never deleted), so the list at a fixed `now` can only
+/// grow, and the same count is the same list.
+async fn still_true(txn: &sea_orm::DatabaseTransaction, draft: &CrlDraft, now: Millis) -> DomainResult<bool> {
+    if last_crl(txn).await? != draft.last {
+        return Ok(false);
+    }
+    let listed_now = certificate::Entity::find().filter(listed(now)).count(txn).await? as i64;
+    Ok(listed_now == draft.row.revoked_count)
+}
+
+/// Stores a CRL, drops those older than the kept ones, and commits.
+async fn store_crl(
+    txn: sea_orm::DatabaseTransaction,
+    row: crl_publication::Model,
+) -> DomainResult<crl_publication::Model> {
+    crl_publication::Entity::insert(crl_publication::ActiveModel {
+        crl_number: Set(row.crl_number),
+        this_update: Set(row.this_update),
+        next_update: Set(row.next_update),
+        revoked_count: Set(row.revoked_count),
+        der: Set(row.der.clone()),
+    })
+    .exec_without_returning(&txn)
+    .await?;
+    crl_publication::Entity::delete_many()
+        .filter(crl_publication::Column::CrlNumber.lte(row.crl_number - CRLS_KEPT))
+        .exec(&txn)
         .await?;
-        crl_publication::Entity::delete_many()
-            .filter(crl_publication::Column::CrlNumber.lte(number - CRLS_KEPT))
-            .exec(&txn)
-            .await?;
-        txn.commit().await?;
+    txn.commit().await?;
+    Ok(row)
+}
+
+impl Domain {
+    /// Signs a CRL of every revoked certificate now and stores it under
+    /// the next number. Publishers take turns (an advisory lock on
+    /// PostgreSQL, the one writer on SQLite), so numbers only grow.
+    ///
+    /// The list is read and signed outside the write transaction: at
+    /// 100,000 entries that takes 0.3-0.75 s, and on SQLite an open write
+    /// transaction holds every other write of the system for as long. The
+    /// short transaction then stores the CRL only if what it signed is
+    /// still the truth: the same newest CRL (its number and thisUpdate went
+    /// into the signature) and the same listed certificates. Otherwise it
+    /// signs again; the last try reads and signs inside the transaction, as
+    /// every try once did, so a stream of revocations cannot starve it.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn publish_crl(&self, now: Millis) -> DomainResult<PublishedCrl> {
+        const TRIES_OUTSIDE: usize = 2;
+        let ca = self.ca()?;
+        let mut stored = None;
+        for _ in 0..TRIES_OUTSIDE {
+            let draft = draft_crl(&self.db, ca, now, self.settings.certificates.crl_validity_ms).await?;
+            let txn = begin_publication(&self.db).await?;
+            if still_true(&txn, &draft, now).await? {
+                stored = Some(store_crl(txn, draft.row).await?);
+                break;
+            }
+            txn.rollback().await?;
+        }
+        let row = match stored {
+            Some(row) => row,
+            None => {
+                let txn = begin_publication(&self.db).await?;
+                let draft = draft_crl(&txn, ca, now, self.settings.certificates.crl_validity_ms).await?;
+                store_crl(txn, draft.row).await?
+            }
+        };
         let published = PublishedCrl::from(row);
         let mut signed_here = self.crl_signed_here.lock().unwrap_or_else(|e| e.into_inner());
         if signed_here.as_ref().is_none_or(|held| held.number < published.number) {
