@@ -119,16 +119,19 @@ async fn imported(app: &TestApp, token: &str, spec: pb::ImportSpec, file: &[u8],
     app.import_job(token, &job.id).await
 }
 
-/// A create file of these rows (Danish header), run to its end.
+/// A file of `kind` with these rows (Danish header), run to its end.
+async fn run_rows(app: &TestApp, token: &str, org: &str, kind: pb::ImportKind, rows: &[String]) -> pb::ImportJob {
+    imported(app, token, spec(org, kind), file(HEADER_DA, rows).as_bytes(), 1 << 20).await
+}
+
+/// A create file of these rows, run to its end.
 pub(crate) async fn created_from(app: &TestApp, token: &str, org: &str, rows: &[String]) -> pb::ImportJob {
-    imported(
-        app,
-        token,
-        spec(org, pb::ImportKind::Create),
-        file(HEADER_DA, rows).as_bytes(),
-        1 << 20,
-    )
-    .await
+    run_rows(app, token, org, pb::ImportKind::Create, rows).await
+}
+
+/// A delete file of these rows, run to its end.
+async fn deleted_from(app: &TestApp, token: &str, org: &str, rows: &[String]) -> pb::ImportJob {
+    run_rows(app, token, org, pb::ImportKind::Delete, rows).await
 }
 
 async fn users_of(app: &TestApp, token: &str, org: &str) -> Vec<pb::User> {
@@ -592,14 +595,7 @@ async fn edit_and_delete_files(backend: Backend) {
 
     // Delete under ALLOW_DELETE: by CPR number and e-mail.
     let delete = vec![row(&[(1, &cprs[1]), (3, &bent.email)])];
-    let job = imported(
-        &app,
-        &token,
-        spec(&fixture.org.id, pb::ImportKind::Delete),
-        file(HEADER_DA, &delete).as_bytes(),
-        1 << 20,
-    )
-    .await;
+    let job = deleted_from(&app, &token, &fixture.org.id, &delete).await;
     assert_eq!(app.import_job(&token, &job.id).await.applied, 1);
     assert_eq!(get(&bent.id).await.state, pb::UserState::Deleted as i32);
 
@@ -621,20 +617,21 @@ async fn edit_and_delete_files(backend: Backend) {
         .await
         .unwrap();
     let delete = vec![row(&[(0, &carl.id), (3, &carl.email)])];
-    let job = imported(
-        &app,
-        &token,
-        spec(&fixture.org.id, pb::ImportKind::Delete),
-        file(HEADER_DA, &delete).as_bytes(),
-        1 << 20,
-    )
-    .await;
+    let job = deleted_from(&app, &token, &fixture.org.id, &delete).await;
     let done = app.import_job(&token, &job.id).await;
     assert_eq!((done.applied, done.failed), (1, 0));
     let notices = app.import_errors(&token, &job.id).await;
     assert_eq!(errors_of(&notices), vec![(2, "", "DEACTIVATED_NOT_DELETED")]);
     assert!(notices[0].applied);
     assert_eq!(get(&carl.id).await.state, pb::UserState::Deactivated as i32);
+    // A token its person was just seen with (so cached) acts no more once
+    // an import row has deactivated them, as after DeactivateUser.
+    let (frida, frida_token) = app.member(&fixture, "Frida", &[]).await;
+    app.who_am_i(&frida_token).await.expect("Frida signed in");
+    let delete = vec![row(&[(0, &frida.id), (3, &frida.email)])];
+    let job = deleted_from(&app, &token, &fixture.org.id, &delete).await;
+    assert_eq!(app.import_job(&token, &job.id).await.applied, 1);
+    assert_code(app.who_am_i(&frida_token).await, Code::Unauthenticated);
     app.finish().await;
 }
 

@@ -329,6 +329,11 @@ impl Domain {
                 tracing::warn!(import = %job.id, worker, "lost the claim on the import; another worker goes on");
                 return Ok(());
             }
+            // Edit and delete rows change who may act (state, roles), as
+            // UpdateUser and DeleteUser do: cached callers are read again.
+            if !creates {
+                self.auth_cache.clear();
+            }
             processed += done;
             if creates && processed - job.processed >= analyse_at {
                 self.analyse_users().await?;
