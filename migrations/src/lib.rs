@@ -46,6 +46,9 @@ mod m20261204_000071_add_grant_resources;
 mod m20261205_000072_store_crls_uncompressed;
 mod m20261206_000073_cover_certificate_search_text;
 mod m20261206_000074_count_failed_import_runs;
+mod m20261206_000075_revoke_self_made_service_account_tokens;
+
+pub use m20261206_000075_revoke_self_made_service_account_tokens::revoke_self_made_service_account_tokens;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -133,6 +136,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000072_store_crls_uncompressed::Migration),
             Box::new(m20261206_000073_cover_certificate_search_text::Migration),
             Box::new(m20261206_000074_count_failed_import_runs::Migration),
+            Box::new(m20261206_000075_revoke_self_made_service_account_tokens::Migration),
         ]
     }
 }

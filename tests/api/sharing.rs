@@ -7,6 +7,7 @@
 use orgadmin_proto::v1 as pb;
 use orgadmin_tests::reason;
 use orgadmin_tests::*;
+use sea_orm::ConnectionTrait;
 use tonic::Code;
 
 both_backends!(
@@ -856,6 +857,38 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
     app.who_am_i(&during_leave.secret)
         .await
         .expect("the token acts again with its maker back");
+    // Up to 645cfd0 the account could make tokens for itself: such a token
+    // names the account as its maker, so no share's end or person's leave
+    // reaches it. Migration 75 revokes those, and only those.
+    let self_made = make_token(finn_token.clone(), account.clone())
+        .await
+        .expect("a token to play one the account made");
+    let db = app.domain.db();
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        sea_orm::DatabaseBackend::Postgres => "UPDATE api_tokens SET created_by = $1 WHERE token_hash = $2",
+        _ => "UPDATE api_tokens SET created_by = ? WHERE token_hash = ?",
+    };
+    db.execute_raw(sea_orm::Statement::from_sql_and_values(
+        backend,
+        sql,
+        [
+            format!("user:{}", account.id).into(),
+            orgadmin_domain::secrets::token_hash(&self_made.secret).into(),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        orgadmin_migrations::revoke_self_made_service_account_tokens(db)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_code(app.who_am_i(&self_made.secret).await, Code::Unauthenticated);
+    app.who_am_i(&during_leave.secret)
+        .await
+        .expect("a token a person made stays");
     share(&app, &ua_token, &account, &finn, READ)
         .await
         .expect("down to reading again");

@@ -495,7 +495,6 @@ impl Domain {
     }
 }
 
-/// The API token a user's earlier create with this request id made.
 /// The person who made a token for somebody else (`created_by` names a
 /// user other than the token's own): through a share, for a service account.
 fn made_by_another(created_by: &str, token_user: Uuid) -> Option<Uuid> {
@@ -503,6 +502,7 @@ fn made_by_another(created_by: &str, token_user: Uuid) -> Option<Uuid> {
     (maker != token_user).then_some(maker)
 }
 
+/// The API token a user's earlier create with this request id made.
 async fn token_by_request(
     db: &impl ConnectionTrait,
     user_id: Uuid,
