@@ -1,5 +1,5 @@
 //! The contract (AIPs 133, 154, 155, 203): etags on lifecycle changes,
-//! client-chosen request ids on every create, field behaviour in the
+//! client-chosen request ids on the creates that take one, field behaviour in the
 //! descriptors, and no operator role in the user role enum.
 
 use orgadmin_proto::v1 as pb;

@@ -121,5 +121,35 @@ async fn history_names_the_actor_as_they_were(backend: Backend) {
         .unwrap();
     assert_eq!(by_operator.actor_name, "operator");
     assert_eq!(by_operator.actor_email, "");
+    // The worker's sweep ends a timed deactivation, and is named so.
+    let (away, _) = app.member(&fixture, "Orlov", &[]).await;
+    app.users()
+        .deactivate_user(req(
+            &fixture.admin_token,
+            pb::DeactivateUserRequest {
+                id: away.id.clone(),
+                until: Some(in_ms(200)),
+                reason: "orlov".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    assert_eq!(app.domain.reactivate_due_users(now, 10).await.unwrap(), 1);
+    let back = history(&app, &fixture.admin_token, &away.id).await;
+    let by_worker = back
+        .iter()
+        .find(|e| e.activity() == pb::HistoryActivity::UserReactivated)
+        .unwrap();
+    assert_eq!(
+        (
+            by_worker.actor.as_str(),
+            by_worker.actor_name.as_str(),
+            by_worker.actor_email.as_str()
+        ),
+        ("system:timed-reactivation", "system (timed-reactivation)", "")
+    );
     app.finish().await;
 }

@@ -21,7 +21,8 @@ both_backends!(
     cancel_limits_and_broken_files,
     bulk_activation_mails_cpr_users_and_lists_the_others,
     an_import_that_keeps_failing_ends_failed,
-    a_long_upload_is_not_taken_for_abandoned
+    a_long_upload_is_not_taken_for_abandoned,
+    a_retried_upload_returns_the_first_job
 );
 
 pub const HEADER_DA: &str = "Bruger-ID;CPR-nummer;Fødselsdato;E-mail;Fornavn;Efternavn;Brugernavn;Telefon;Enhed;Sprog;Roller;Tegningsret;Identifikationsmidler;Eksternt ID;RID-nummer";
@@ -117,6 +118,32 @@ async fn imported(app: &TestApp, token: &str, spec: pb::ImportSpec, file: &[u8],
     let job = app.upload_import(token, spec, file, piece).await.expect("upload");
     app.run_imports().await;
     app.import_job(token, &job.id).await
+}
+
+/// A retried upload (the same `request_id`, say after a lost answer)
+/// returns the job the first one made: one job, its rows created once.
+async fn a_retried_upload_returns_the_first_job(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    let text = file(HEADER_DA, &create_rows(3, "gentaget"));
+    let retried = pb::ImportSpec {
+        request_id: "upload-gentaget".into(),
+        ..spec(&fixture.org.id, pb::ImportKind::Create)
+    };
+    let first = app
+        .upload_import(&token, retried.clone(), text.as_bytes(), 1 << 20)
+        .await
+        .expect("upload");
+    let again = app
+        .upload_import(&token, retried, text.as_bytes(), 1 << 20)
+        .await
+        .expect("the retry");
+    assert_eq!(again.id, first.id);
+    assert_eq!(app.count("SELECT COUNT(*) FROM import_jobs").await, 1);
+    app.run_imports().await;
+    assert_eq!(app.import_job(&token, &first.id).await.applied, 3);
+    app.finish().await;
 }
 
 /// A file of `kind` with these rows (Danish header), run to its end.

@@ -387,3 +387,28 @@ async fn worker_answers_grpc_health_on_its_own_port() {
     assert!(status.success(), "worker exit after SIGTERM: {status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every setting the configuration reads (`ORGADMIN_<field>` for each field
+/// of `Config`, as figment maps them; `DATABASE_URL` and `SMTP_URL` as they
+/// are) is named in full in the README: the list is the struct itself, so a
+/// new setting cannot be left undocumented.
+#[test]
+fn every_setting_is_named_in_the_readme() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let fields = serde_json::to_value(orgadmin_domain::Config::default()).unwrap();
+    let names: Vec<String> = fields
+        .as_object()
+        .expect("the configuration is a table of settings")
+        .keys()
+        .map(|field| match field.as_str() {
+            "database_url" | "smtp_url" => field.to_uppercase(),
+            _ => format!("ORGADMIN_{}", field.to_uppercase()),
+        })
+        .collect();
+    assert!(names.len() > 40, "{names:?}");
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|name| !readme.contains(&format!("`{name}`")))
+        .collect();
+    assert!(missing.is_empty(), "settings the README does not name: {missing:?}");
+}

@@ -531,19 +531,12 @@ async fn status_of(app: &TestApp, service: &str) -> i32 {
         .status
 }
 
-const SERVICES: [&str; 4] = [
-    "orgadmin.v1.OrganisationService",
-    "orgadmin.v1.UserService",
-    "orgadmin.v1.AuthService",
-    "orgadmin.v1.NotificationService",
-];
-
 async fn wait_for_services(app: &TestApp, status: ServingStatus) {
     let started = Instant::now();
     loop {
         let mut all = true;
-        for service in SERVICES {
-            all &= status_of(app, service).await == status as i32;
+        for service in declared_services() {
+            all &= status_of(app, &service).await == status as i32;
         }
         if all {
             return;

@@ -9,28 +9,30 @@ use orgadmin_tests::*;
 use prost_types::FieldMask;
 use tonic::{Code, Status};
 
-// The matrix in three parts per backend, so the test threads share it out
-// (one test of it was the run's long pole).
-both_backends!(
+/// The matrix in parts per backend, so the test threads share it out (one
+/// test of it was the run's long pole). The parts are counted from the
+/// tests named here and each test takes its own index, so no part can be
+/// left without a test.
+macro_rules! matrix_in_parts {
+    ($($part:ident),+ $(,)?) => {
+        both_backends!($($part),+);
+        const PART_TESTS: &[&str] = &[$(stringify!($part)),+];
+        /// How many parts the matrix is run in: one per test above.
+        const PARTS: usize = PART_TESTS.len();
+        $(
+            async fn $part(backend: Backend) {
+                let part = PART_TESTS.iter().position(|name| *name == stringify!($part)).unwrap();
+                every_rpc_for_every_role(backend, part).await
+            }
+        )+
+    };
+}
+
+matrix_in_parts!(
     every_rpc_for_every_role_part_1,
     every_rpc_for_every_role_part_2,
-    every_rpc_for_every_role_part_3
+    every_rpc_for_every_role_part_3,
 );
-
-async fn every_rpc_for_every_role_part_1(backend: Backend) {
-    every_rpc_for_every_role(backend, 0).await
-}
-
-async fn every_rpc_for_every_role_part_2(backend: Backend) {
-    every_rpc_for_every_role(backend, 1).await
-}
-
-async fn every_rpc_for_every_role_part_3(backend: Backend) {
-    every_rpc_for_every_role(backend, 2).await
-}
-
-/// How many parts the matrix is run in (the tests above).
-const PARTS: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {

@@ -587,6 +587,28 @@ impl TestApp {
 pub const TEST_PASSWORD: &str = "blåbærgrød med fløde 7";
 
 /// A timestamp `ms` milliseconds from now.
+/// The full name of every orgadmin service the server declares, from the
+/// descriptor set it serves by reflection: lists of services in tests come
+/// from here, so a new service cannot be left out of them.
+pub fn declared_services() -> Vec<String> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let services: Vec<String> = set
+        .file
+        .iter()
+        .flat_map(|file| {
+            file.service
+                .iter()
+                .map(move |s| format!("{}.{}", file.package(), s.name()))
+        })
+        .collect();
+    assert!(
+        services.len() >= 7,
+        "the descriptor set declares the services: {services:?}"
+    );
+    services
+}
+
 pub fn in_ms(ms: i64) -> prost_types::Timestamp {
     let at = chrono::Utc::now().timestamp_millis() + ms;
     prost_types::Timestamp {
