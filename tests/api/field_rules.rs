@@ -6,8 +6,9 @@
 //! The table is checked against the sources, not against a second list:
 //! `every_field_path_has_a_row` reads the domain and service code for the
 //! paths their checks name (`Violations::check`/`add`, `DomainError::invalid`,
-//! `FieldViolation::new`, and helpers taking `&mut Violations` with a path or
-//! a `{prefix}`), and fails when a path has fewer rows (by RPC) than places
+//! `FieldViolation::new`, helpers taking `&mut Violations` with a path or
+//! a `{prefix}`, and helpers taking the path as a `&str` parameter that
+//! they name in an error), and fails when a path has fewer rows (by RPC) than places
 //! that emit it. Paths named by the generic parsers of `service/src/convert.rs`
 //! (`id`, `opt_id`, `millis`, enum values) are not rules of a field and are
 //! not read; a few rows cover them anyway.
@@ -1208,6 +1209,13 @@ fn rows() -> Vec<Row> {
             }),
             b"a;b".to_vec()
         )),
+        row!("spec.kind", "unspecified", |c| import(
+            Some(pb::ImportSpec {
+                kind: pb::ImportKind::Unspecified as i32,
+                ..c.import_spec()
+            }),
+            b"a;b".to_vec()
+        )),
         row!("spec.request_id", "101 characters", |c| import(
             Some(pb::ImportSpec {
                 request_id: long(101),
@@ -1759,7 +1767,121 @@ fn emitted_paths() -> BTreeMap<String, BTreeSet<(PathBuf, String)>> {
             }
         }
     }
+    // Helpers that take the path as a parameter (`field: &str`, say) and
+    // name it in an error they build (`no_such_unit("parent_id")`,
+    // `kind_from_pb("spec.kind", …)`): the literal passed in that place.
+    // Not `Violations`' own `check`/`add` (read above), nor the generic
+    // parsers of convert.rs (see the module's comment).
+    let mut path_params: BTreeMap<String, usize> = BTreeMap::new();
+    for (file, text) in &files {
+        if file.ends_with("convert.rs") {
+            continue;
+        }
+        for (at, _) in text.match_indices("fn ") {
+            if at > 0 && text[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            let name = enclosing_fn(text, at + 3);
+            let Some(open) = text[at..].find('(').map(|k| at + k) else {
+                continue;
+            };
+            let Some(params) = arguments(text, open + 1) else {
+                continue;
+            };
+            if name.is_empty() || name == "check" || name == "add" {
+                continue;
+            }
+            let Some(body) = body_after(text, open) else { continue };
+            let body: String = body.split_whitespace().collect();
+            for (index, param) in params.iter().enumerate() {
+                let Some((ident, ty)) = param.split_once(':') else {
+                    continue;
+                };
+                let (ident, ty) = (ident.trim(), ty.trim());
+                if !(ty == "&str" || ty == "&'static str") {
+                    continue;
+                }
+                let named = [".check(", ".add(", "invalid(", "FieldViolation::new("]
+                    .iter()
+                    .any(|check| {
+                        body.contains(&format!("{check}{ident},")) || body.contains(&format!("{check}{ident})"))
+                    });
+                if named {
+                    path_params.insert(name.to_owned(), index);
+                }
+            }
+        }
+    }
+    assert!(
+        path_params.contains_key("no_such_unit") && path_params.contains_key("kind_from_pb"),
+        "the source reader found no helpers taking a path: {path_params:?}"
+    );
+    for (file, text) in &files {
+        for (name, index) in &path_params {
+            let call = format!("{name}(");
+            for (at, _) in text.match_indices(&call) {
+                if text[..at].ends_with("fn ") || text[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                    continue;
+                }
+                let Some(args) = arguments(text, at + call.len()) else {
+                    continue;
+                };
+                if let Some(literal) = args.get(*index).and_then(|arg| literal_at(arg, 0)) {
+                    note(literal, file, text, at);
+                }
+            }
+        }
+    }
     paths
+}
+
+/// The arguments (or parameters) of the call whose `(` ends just before
+/// `at`, split at the top-level commas; None when the parentheses do not
+/// close.
+fn arguments(text: &str, at: usize) -> Option<Vec<&str>> {
+    let (mut depth, mut start, mut in_string) = (0usize, at, false);
+    let mut parts = Vec::new();
+    for (offset, c) in text[at..].char_indices() {
+        let here = at + offset;
+        match c {
+            '"' => in_string = !in_string,
+            _ if in_string => {}
+            '(' | '[' | '{' | '<' => depth += 1,
+            ')' | ']' | '}' | '>' if depth > 0 => depth -= 1,
+            ')' => {
+                let last = text[start..here].trim();
+                if !last.is_empty() {
+                    parts.push(last);
+                }
+                return Some(parts);
+            }
+            ',' if depth == 0 => {
+                parts.push(text[start..here].trim());
+                start = here + 1;
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The body `{ … }` of the function whose parameter list opens at `open`.
+fn body_after(text: &str, open: usize) -> Option<&str> {
+    let start = open + text[open..].find('{')?;
+    let mut depth = 0usize;
+    for (offset, c) in text[start..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&text[start..start + offset]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 #[test]
