@@ -4,7 +4,8 @@
 //! `traceparent` must show as one trace: the caller's span, the RPC's server
 //! span, its database work, and the worker's send of the activation mail the
 //! call queued, each with the right parent. No span may carry the CPR number,
-//! a token or the mailed link.
+//! a token, the mailed link, or what the person's activation sends and gets
+//! back (password, session token).
 
 use std::time::{Duration, Instant};
 
@@ -132,6 +133,23 @@ async fn create_user_and_its_mail_are_one_trace(backend: Backend) {
 
     let mail = sink.wait_for(&email, 1).await.remove(0);
     let link_token = link_token(&mail);
+    // The person activates with the link, the CPR number and a password:
+    // a call full of secrets, with a session token in its answer.
+    let password = "en lang adgangsfrase kun til sporingen";
+    let session_token = users
+        .activate_user(req(
+            "",
+            pb::ActivateUserRequest {
+                token: link_token.clone(),
+                cpr: cpr.clone(),
+                password: password.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("activated with a password")
+        .into_inner()
+        .session_token;
 
     let in_trace = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
         spans
@@ -233,11 +251,29 @@ async fn create_user_and_its_mail_are_one_trace(backend: Backend) {
         Some("activation")
     );
 
-    // Nothing secret in any span of either process.
+    // Nothing secret in any span of either process, the activation's
+    // included.
+    wait_until("the ActivateUser server span", || {
+        receiver
+            .spans()
+            .iter()
+            .any(|s| s.span.name == "orgadmin.v1.UserService/ActivateUser")
+            .then_some(())
+    })
+    .await;
     let cpr_digits: String = cpr.chars().filter(char::is_ascii_digit).collect();
+    let password = password.to_owned();
     for span in receiver.spans() {
         for text in visible_texts(&span) {
-            for secret in [&cpr, &cpr_digits, &fixture.admin_token, &link_token, &email] {
+            for secret in [
+                &cpr,
+                &cpr_digits,
+                &fixture.admin_token,
+                &link_token,
+                &email,
+                &password,
+                &session_token,
+            ] {
                 assert!(
                     !text.contains(secret.as_str()),
                     "span {} of {} shows a secret: {text}",
