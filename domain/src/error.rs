@@ -270,7 +270,7 @@ fn transient(err: &DbErr) -> Option<Transient> {
         // database is not there for us right now.
         DbErr::Conn(RuntimeErr::SqlxError(e)) => {
             return Some(match e.as_database_error() {
-                Some(db) if sqlite_busy(db.code().as_deref()) => Transient::Busy,
+                Some(db) if sqlite_busy(db) => Transient::Busy,
                 _ => Transient::Lost,
             });
         }
@@ -286,7 +286,7 @@ fn transient(err: &DbErr) -> Option<Transient> {
         Error::Database(db) => {
             let code = db.code();
             let code = code.as_deref();
-            if sqlite_busy(code) || postgres_gave_up_waiting(code) {
+            if sqlite_busy(db.as_ref()) || postgres_gave_up_waiting(code) {
                 Some(Transient::Busy)
             } else if postgres_connection_gone(code) {
                 Some(Transient::Lost)
@@ -300,10 +300,15 @@ fn transient(err: &DbErr) -> Option<Transient> {
 
 /// SQLITE_BUSY (5) and SQLITE_LOCKED (6) with their extended codes (517 is
 /// BUSY_SNAPSHOT): SQLite reports the extended code, the low byte is the
-/// primary one.
-fn sqlite_busy(code: Option<&str>) -> bool {
-    code.and_then(|c| c.parse::<u32>().ok())
-        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+/// primary one. SQLite's errors only: PostgreSQL's SQLSTATEs are often
+/// numbers too, and 22021 (a NUL or bad UTF-8 in a value) has 5 as its low
+/// byte, which made a refused value answer "busy, retry" for ever.
+fn sqlite_busy(db: &dyn sea_orm::sqlx::error::DatabaseError) -> bool {
+    db.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>().is_some()
+        && db
+            .code()
+            .and_then(|c| c.parse::<u32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
 /// PostgreSQL gave up a statement that waited on others: 55P03 (a lock not

@@ -227,6 +227,41 @@ pub fn text(value: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Free text a person writes over one or more lines (a reason, a note, an
+/// address): `min` to `max` characters once trimmed, and no control
+/// character but line breaks and tabs. PostgreSQL cannot store a NUL (the
+/// write failed as INTERNAL), and the other controls have no place in text
+/// somebody reads.
+pub fn lines_of_text(value: &str, min: usize, max: usize) -> Result<(), String> {
+    let count = value.trim().chars().count();
+    if count < min || count > max {
+        return Err(if min == 0 {
+            format!("must be at most {max} characters")
+        } else {
+            format!("must be {min} to {max} characters")
+        });
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err("must not contain control characters other than line breaks and tabs".into());
+    }
+    Ok(())
+}
+
+/// Optional free text on one line (a billing name, a reference): at most
+/// `max` characters, no control character at all.
+pub fn line_of_text(value: &str, max: usize) -> Result<(), String> {
+    if value.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
 pub fn username(value: &str) -> Result<(), String> {
     let ok_len = (3..=64).contains(&value.chars().count());
     let ok_chars = value

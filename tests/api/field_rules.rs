@@ -750,6 +750,13 @@ fn rows() -> Vec<Row> {
             .billing(|b| b.email = "nope".into())),
         row!("settings.billing.reference", "101 characters", |c| c
             .billing(|b| b.reference = long(101))),
+        // A NUL, which PostgreSQL cannot store (it answered INTERNAL).
+        row!("settings.billing.name", "a NUL", |c| c
+            .billing(|b| b.name = "Værksted\0ApS".into())),
+        row!("settings.billing.address", "a NUL", |c| c
+            .billing(|b| b.address = "Vej 1\n\0 8000 Aarhus".into())),
+        row!("settings.billing.reference", "a line break", |c| c
+            .billing(|b| b.reference = "PO 1\r\nBcc: x".into())),
         row!("settings.etag", "not an etag of ours", |c| c.update_settings(
             &["max_administrators"],
             |s| {
@@ -831,6 +838,11 @@ fn rows() -> Vec<Row> {
             password: "some password of some length".into(),
             ..Default::default()
         })),
+        row!("login_id", "a NUL", |_| Call::Login(pb::LoginRequest {
+            login_id: "anna\0@firma.dk".into(),
+            password: "some password of some length".into(),
+            ..Default::default()
+        })),
         row!("password", "empty", |c| Call::Login(pb::LoginRequest {
             login_id: c.member.email.clone(),
             ..Default::default()
@@ -897,6 +909,11 @@ fn rows() -> Vec<Row> {
         // Anonymity.
         row!("reason", "under 10 characters", |_| Call::RequestAnonymity(
             pb::RequestAnonymityRequest { reason: "kort".into() }
+        )),
+        row!("reason", "a NUL", |_| Call::RequestAnonymity(
+            pb::RequestAnonymityRequest {
+                reason: "Jeg vil være anonym\0".into()
+            }
         )),
         row!("note", "1001 characters", |c| Call::DecideAnonymityRequest(
             pb::DecideAnonymityRequestRequest {
@@ -1119,6 +1136,10 @@ fn rows() -> Vec<Row> {
                 ..join_request(&c.org.cvr)
             }
         )),
+        row!("reason", "a NUL", |c| Call::RequestToJoin(pb::RequestToJoinRequest {
+            reason: "Jeg arbejder i Nord\0".into(),
+            ..join_request(&c.org.cvr)
+        })),
         row!("resource", "a space in it", |c| Call::CreateGrant(
             pb::CreateGrantRequest {
                 resource: "faktura 113".into(),

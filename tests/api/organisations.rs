@@ -275,7 +275,8 @@ async fn settings_and_licence_count(backend: Backend) {
     change.billing = Some(pb::BillingDetails {
         name: "Bogholderiet".into(),
         address: "Åboulevarden 1, 8000 Aarhus".into(),
-        email: "faktura@firma.dk".into(),
+        // Stored as checked: trimmed (it was stored with its line break).
+        email: " faktura@firma.dk\r\n".into(),
         reference: "PO-1".into(),
     });
     let updated = orgs
@@ -301,6 +302,7 @@ async fn settings_and_licence_count(backend: Backend) {
     assert_eq!(updated.max_administrators, 3);
     assert!(updated.join_requests_allowed);
     assert_eq!(updated.billing.as_ref().unwrap().address, "Åboulevarden 1, 8000 Aarhus");
+    assert_eq!(updated.billing.as_ref().unwrap().email, "faktura@firma.dk");
     // The old etag is stale now.
     let stale = orgs
         .update_organisation_settings(req(

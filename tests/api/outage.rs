@@ -597,3 +597,27 @@ async fn health_follows_the_database_and_comes_back() {
     admin.close().await.unwrap();
     app.finish().await;
 }
+
+/// A value PostgreSQL refuses (a NUL in text: SQLSTATE 22021) is the
+/// request's fault or ours, never "the database is busy": 22021's low byte
+/// is SQLite's BUSY code, and the busy test once read PostgreSQL's codes as
+/// SQLite's, so such a call answered UNAVAILABLE and was retried for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_postgres_refuses_is_not_taken_for_a_busy_database() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let db = app.domain.db();
+    let refused = db
+        .query_one_raw(Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT $1::text",
+            ["a\0b".into()],
+        ))
+        .await
+        .expect_err("PostgreSQL stores no NUL");
+    let mapped = orgadmin_domain::error::DomainError::from(refused);
+    assert!(
+        matches!(mapped, orgadmin_domain::error::DomainError::Internal(_)),
+        "{mapped:?}"
+    );
+    app.finish().await;
+}

@@ -74,9 +74,7 @@ impl Domain {
         let (Some(user_id), Some(org_id)) = (caller.user_id(), caller.organisation_id()) else {
             return Err(DomainError::denied("only a user can ask to become anonymous"));
         };
-        if reason.trim().chars().count() < 10 || reason.chars().count() > 1000 {
-            return Err(DomainError::invalid("reason", "must be 10 to 1000 characters"));
-        }
+        crate::validate::lines_of_text(reason, 10, 1000).map_err(|rule| DomainError::invalid("reason", rule))?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, org_id).await?;
         let row = user::Entity::find_by_id(user_id)

@@ -133,10 +133,8 @@ impl Domain {
         let (first_name, surname, email) =
             check_identity_fields(&mut v, "", Some(&new.first_name), Some(&new.surname), Some(&new.email));
         let birth_date = check_birth_date(&mut v, "birth_date", &new.birth_date);
+        v.check("reason", validate::lines_of_text(&new.reason, 10, 1000));
         let reason = new.reason.trim();
-        if !(10..=1000).contains(&reason.chars().count()) {
-            v.add("reason", "must be 10 to 1000 characters");
-        }
         v.into_result()?;
         let (Some(first_name), Some(surname), Some(email), Some(birth_date)) = (first_name, surname, email, birth_date)
         else {

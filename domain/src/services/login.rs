@@ -562,6 +562,8 @@ pub(crate) fn check_login_id(v: &mut Violations, login_id: &str) {
         v.add("login_id", "is required");
     } else if login_id.chars().count() > 320 {
         v.add("login_id", "must be at most 320 characters");
+    } else if login_id.chars().any(char::is_control) {
+        v.add("login_id", "must not contain control characters");
     }
 }
 

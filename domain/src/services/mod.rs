@@ -207,9 +207,7 @@ pub(crate) fn check_decision(
     requester_id: Option<Uuid>,
     note: &str,
 ) -> DomainResult<()> {
-    if note.chars().count() > 1000 {
-        return Err(DomainError::invalid("note", "must be at most 1000 characters"));
-    }
+    crate::validate::lines_of_text(note, 0, 1000).map_err(|rule| DomainError::invalid("note", rule))?;
     if requester_id.is_some() && caller.user_id() == requester_id {
         return Err(DomainError::denied(
             "another administrator must decide on your own request (two keys)",

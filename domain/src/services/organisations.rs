@@ -360,18 +360,18 @@ impl Domain {
             violations.add("settings.max_administrators", "must be between 0 (no limit) and 1000");
         }
         if let Some(billing) = &patch.billing {
-            if billing.name.chars().count() > 200 {
-                violations.add("settings.billing.name", "must be at most 200 characters");
-            }
-            if billing.address.chars().count() > 500 {
-                violations.add("settings.billing.address", "must be at most 500 characters");
-            }
+            violations.check("settings.billing.name", validate::line_of_text(&billing.name, 200));
+            violations.check(
+                "settings.billing.address",
+                validate::lines_of_text(&billing.address, 0, 500),
+            );
             if !billing.email.is_empty() {
                 violations.check("settings.billing.email", validate::email(&billing.email));
             }
-            if billing.reference.chars().count() > 100 {
-                violations.add("settings.billing.reference", "must be at most 100 characters");
-            }
+            violations.check(
+                "settings.billing.reference",
+                validate::line_of_text(&billing.reference, 100),
+            );
         }
         if let Some(means) = &patch.allowed_identification_means
             && means.is_empty()
@@ -426,7 +426,11 @@ impl Domain {
             diff(&mut changes, "max_administrators", row.max_administrators, max);
             active.max_administrators = Set(max);
         }
-        if let Some(billing) = patch.billing {
+        if let Some(mut billing) = patch.billing {
+            // Stored as the address was checked (trimmed, NFC), not as sent.
+            if let Ok(email) = crate::email::Email::parse(&billing.email) {
+                billing.email = email.as_str().to_owned();
+            }
             diff(&mut changes, "billing.name", &row.billing_name, &billing.name);
             diff(&mut changes, "billing.address", &row.billing_address, &billing.address);
             diff(&mut changes, "billing.email", &row.billing_email, &billing.email);

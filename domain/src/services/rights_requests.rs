@@ -156,10 +156,8 @@ impl Domain {
         let (Some(user_id), Some(org_id)) = (caller.user_id(), caller.organisation_id()) else {
             return Err(DomainError::denied("only a member of an organisation asks for rights"));
         };
+        crate::validate::lines_of_text(reason, 10, 1000).map_err(|rule| DomainError::invalid("reason", rule))?;
         let reason = reason.trim();
-        if reason.chars().count() < 10 || reason.chars().count() > 1000 {
-            return Err(DomainError::invalid("reason", "must be 10 to 1000 characters"));
-        }
         let requester = user::Entity::find_by_id(user_id)
             .one(&self.db)
             .await?
