@@ -211,6 +211,14 @@ fn is_invisible(c: char) -> bool {
         )
 }
 
+/// The characters that reorder the text around them (Unicode's explicit
+/// bidirectional formatting): in a name they make a mail's greeting, a
+/// page or a certificate subject show something else than what is stored
+/// ("Trojan Source", CVE-2021-42574). Right-to-left names need none of them.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 pub fn text(value: &str, max: usize) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err("must not be empty".into());
@@ -223,6 +231,11 @@ pub fn text(value: &str, max: usize) -> Result<(), String> {
     }
     if value.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
+    }
+    if value.chars().any(is_bidi_control) {
+        return Err(
+            "must not contain bidirectional control characters (U+202A-U+202E, U+2066-U+2069 and the marks)".into(),
+        );
     }
     Ok(())
 }

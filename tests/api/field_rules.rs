@@ -501,6 +501,12 @@ fn rows() -> Vec<Row> {
                 ..c.new_user()
             }
         )),
+        row!("first_name", "a right-to-left override", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                first_name: "Anna\u{202E}nesnaH".into(),
+                ..c.new_user()
+            }
+        )),
         row!("surname", "101 characters", |c| Call::CreateUser(
             pb::CreateUserRequest {
                 surname: long(101),
@@ -1133,6 +1139,12 @@ fn rows() -> Vec<Row> {
         row!("reason", "under 10 characters", |c| Call::RequestToJoin(
             pb::RequestToJoinRequest {
                 reason: "kort".into(),
+                ..join_request(&c.org.cvr)
+            }
+        )),
+        row!("first_name", "an isolate that reorders it", |c| Call::RequestToJoin(
+            pb::RequestToJoinRequest {
+                first_name: "Refusion på evil.example/x\u{2067}".into(),
                 ..join_request(&c.org.cvr)
             }
         )),
