@@ -170,37 +170,56 @@ pub async fn fresh_migrated_database(backend: Backend, dir: &std::path::Path) ->
     }
 }
 
-/// What marks a test database as a migrated template (its comment).
+/// What marks a test database as a migrated template (the start of its
+/// comment; the rest names the process that made it).
 const TEMPLATE_COMMENT: &str = "orgadmin test template";
 
-/// Marks `own` as a template, and drops the templates earlier test
-/// processes left (nothing async runs when a process ends). A template
-/// another running process is copying from refuses the drop, and stays.
+/// Marks `own` as this process's template, and drops the templates that
+/// test processes which have ended left (nothing async runs when a process
+/// ends). A template of a process still running stays: dropped between two
+/// of its copies, that process's next test failed (two test runs at once,
+/// say a clean-clone CI run beside a developer's).
 async fn drop_earlier_templates(own: &str) {
     let Ok(admin) = Database::connect(PG_ADMIN_URL).await else {
         return;
     };
     let _ = admin
-        .execute_unprepared(&format!("COMMENT ON DATABASE {own} IS '{TEMPLATE_COMMENT}'"))
+        .execute_unprepared(&format!(
+            "COMMENT ON DATABASE {own} IS '{TEMPLATE_COMMENT} pid={}'",
+            std::process::id()
+        ))
         .await;
     let earlier = admin
         .query_all_raw(Statement::from_string(
             sea_orm::DatabaseBackend::Postgres,
             format!(
-                "SELECT CAST(datname AS TEXT) FROM pg_database WHERE shobj_description(oid, 'pg_database') = '{TEMPLATE_COMMENT}' \
-                 AND datname <> '{own}'"
+                "SELECT CAST(datname AS TEXT), COALESCE(shobj_description(oid, 'pg_database'), '') FROM pg_database \
+                 WHERE shobj_description(oid, 'pg_database') LIKE '{TEMPLATE_COMMENT}%' AND datname <> '{own}'"
             ),
         ))
         .await
         .unwrap_or_default();
     for row in earlier {
-        if let Ok(name) = row.try_get_by_index::<String>(0) {
-            let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\""))
-                .await;
+        let (Ok(name), Ok(comment)) = (row.try_get_by_index::<String>(0), row.try_get_by_index::<String>(1)) else {
+            continue;
+        };
+        if template_maker_runs(&comment) {
+            continue;
         }
+        let _ = admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+            .await;
     }
     let _ = admin.close().await;
+}
+
+/// Whether the test process a template's comment names is still running
+/// on this machine (templates made before the comment named one: no).
+fn template_maker_runs(comment: &str) -> bool {
+    comment
+        .rsplit_once("pid=")
+        .and_then(|(_, pid)| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
 impl TestApp {
