@@ -226,12 +226,7 @@ pub fn text(value: &str, max: usize) -> Result<(), String> {
     if value.chars().all(is_invisible) {
         return Err("must contain a visible character".into());
     }
-    if value.chars().count() > max {
-        return Err(format!("must be at most {max} characters"));
-    }
-    if value.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
-    }
+    line_of_text(value, max)?;
     if value.chars().any(is_bidi_control) {
         return Err(
             "must not contain bidirectional control characters (U+202A-U+202E, U+2066-U+2069 and the marks)".into(),

@@ -123,16 +123,7 @@ async fn history_names_the_actor_as_they_were(backend: Backend) {
     assert_eq!(by_operator.actor_email, "");
     // The worker's sweep ends a timed deactivation, and is named so.
     let (away, _) = app.member(&fixture, "Orlov", &[]).await;
-    app.users()
-        .deactivate_user(req(
-            &fixture.admin_token,
-            pb::DeactivateUserRequest {
-                id: away.id.clone(),
-                until: Some(in_ms(200)),
-                reason: "orlov".into(),
-                ..Default::default()
-            },
-        ))
+    crate::seats::deactivate(&app, &fixture.admin_token, &away.id, Some(in_ms(200)))
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

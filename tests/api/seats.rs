@@ -17,7 +17,12 @@ both_backends!(
     a_user_who_never_activated_returns_to_pending,
 );
 
-async fn deactivate(app: &TestApp, token: &str, id: &str, until: Option<Timestamp>) -> Result<pb::User, tonic::Status> {
+pub(crate) async fn deactivate(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    until: Option<Timestamp>,
+) -> Result<pb::User, tonic::Status> {
     app.users()
         .deactivate_user(req(
             token,

@@ -832,15 +832,7 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
     let during_leave = make_token(finn_token.clone(), account.clone())
         .await
         .expect("a token before his leave");
-    app.users()
-        .deactivate_user(req(
-            &ua_token,
-            pb::DeactivateUserRequest {
-                id: finn.id.clone(),
-                reason: "orlov".into(),
-                ..Default::default()
-            },
-        ))
+    crate::seats::deactivate(&app, &ua_token, &finn.id, None)
         .await
         .expect("Finn deactivated");
     assert_code(app.who_am_i(&during_leave.secret).await, Code::Unauthenticated);
