@@ -407,6 +407,9 @@ pub struct Target {
     /// Whether that user holds an admin level: filled in by the domain only
     /// for callers who hold levels themselves (`Caller::holds_levels`).
     pub user_holds_level: bool,
+    /// Whether that user delegates (holds a level, or a grant they may pass
+    /// on): filled in by the domain only where how they sign in changes.
+    pub user_delegates: bool,
     pub placement: Placement,
 }
 
@@ -417,6 +420,7 @@ impl Target {
             user_id: None,
             user_is_administrator: false,
             user_holds_level: false,
+            user_delegates: false,
             placement: Placement::Anywhere,
         }
     }
@@ -427,6 +431,7 @@ impl Target {
             user_id: None,
             user_is_administrator: false,
             user_holds_level: false,
+            user_delegates: false,
             placement: Placement::Anywhere,
         }
     }
@@ -445,6 +450,7 @@ impl Target {
             user_id: Some(user_id),
             user_is_administrator: is_administrator,
             user_holds_level: false,
+            user_delegates: false,
             placement: Placement::InUnit(unit_id),
         }
     }
@@ -453,6 +459,14 @@ impl Target {
     pub fn holding_level(self, holds_level: bool) -> Self {
         Self {
             user_holds_level: holds_level,
+            ..self
+        }
+    }
+
+    /// The same user, noted as delegating (or not): see `user_delegates`.
+    pub fn delegating(self, delegates: bool) -> Self {
+        Self {
+            user_delegates: delegates,
             ..self
         }
     }
@@ -497,7 +511,7 @@ pub fn authorize_on_user(caller: &Caller, action: Action, target: Target) -> Res
         return Err(DomainError::not_found("user", user_id));
     }
     authorize(caller, action, target)?;
-    if matches!(action, RemoveAuthenticator | ManageActivation) {
+    if action.changes_sign_in() {
         authorize_sign_in_change(caller, target)?;
     }
     Ok(())
@@ -514,12 +528,13 @@ pub fn authorize_on_user(caller: &Caller, action: Action, target: Target) -> Res
 /// sign in as them. The person themselves and operators (who look after
 /// organisation administrators, R-ACC-6) are not limited by this.
 pub fn authorize_sign_in_change(caller: &Caller, target: Target) -> Result<(), DomainError> {
-    if !target.user_is_administrator || caller.is_operator() || caller.acting_user_id() == target.user_id {
+    let guarded = target.user_is_administrator || target.user_delegates;
+    if !guarded || caller.is_operator() || caller.acting_user_id() == target.user_id {
         return Ok(());
     }
     authorize(caller, ChangeRoles, target).map_err(|_| {
         DomainError::denied(
-            "how an administrator signs in (e-mail, login id, CPR number, birth date, authenticator app, activation) is changed only by someone who may change roles (an organisation administrator): otherwise it would hand over their login",
+            "how an administrator, or a user who holds an admin level or may pass rights on, signs in (e-mail, login id, CPR number, birth date, authenticator app, activation) is changed only by someone who may change roles (an organisation administrator): otherwise it would hand over their login and what they may give",
         )
     })
 }
@@ -767,6 +782,15 @@ pub fn authorize_grant(
                 request.right
             ))
         })
+}
+
+impl Action {
+    /// Whether the action changes how a person signs in on its own (the
+    /// rest, a changed e-mail or login id, is UpdateUser's to tell):
+    /// guarded by [`authorize_sign_in_change`].
+    pub fn changes_sign_in(self) -> bool {
+        matches!(self, RemoveAuthenticator | ManageActivation)
+    }
 }
 
 fn describe(action: Action) -> &'static str {

@@ -219,12 +219,79 @@ pub async fn serve_certificate_http(
         .route("/ocsp", post(ocsp))
         .with_state(cache.clone())
         .merge(crate::pages::router(cache.domain.clone()));
-    // The pages need the peer's address (attempt limits, history).
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    serve_guarded(listener, app, shutdown).await;
     Ok(())
+}
+
+/// Most connections the HTTP listener holds open at once; more wait in the
+/// kernel's backlog. File descriptors are shared with the gRPC listener.
+const MAX_HTTP_CONNECTIONS: usize = 1024;
+/// How long a client may take to send a request's headers, and how long
+/// an idle keep-alive connection stays.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connections still open at shutdown get to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown`, each connection with the
+/// peer's address for the pages (attempt limits, history). Unlike
+/// `axum::serve`, which starts hyper without a timer: a client sending its
+/// headers a byte a minute (slowloris) held its connection for ever, and
+/// enough of them took every file descriptor of the process, gRPC's too.
+/// Here headers must arrive within `HEADER_READ_TIMEOUT`, at most
+/// `MAX_HTTP_CONNECTIONS` are open at once, and shutdown waits for open
+/// connections at most `SHUTDOWN_GRACE`.
+async fn serve_guarded(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()> + Send + 'static) {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
+    // Closed at shutdown: every connection then finishes what it serves.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let place = tokio::select! {
+            place = places.clone().acquire_owned() => place.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: wait, do not spin.
+                    tracing::warn!(%error, "HTTP listener could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            // A router is always ready: no poll_ready first.
+            tower_service::Service::call(&mut app.clone(), request.map(axum::body::Body::new))
+        });
+        let mut stop = stop_rx.clone();
+        connections.spawn(async move {
+            let _place = place;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = stop.changed() => connection.as_mut().graceful_shutdown(),
+            }
+            let _ = connection.await;
+        });
+        // Ended connections leave the set as they go.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(stop_tx);
+    let finished = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, finished).await.is_err() {
+        tracing::warn!("HTTP connections still open after the shutdown grace; closed");
+    }
 }

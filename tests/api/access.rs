@@ -17,7 +17,9 @@ both_backends!(
     two_administrators_demoting_each_other_leave_one,
     rights_requests_are_decided_by_a_colleague_and_applied,
     a_role_is_asked_for_and_decided_by_an_organisation_administrator,
-    a_grant_on_one_resource_passes_on_that_resource_only
+    a_grant_on_one_resource_passes_on_that_resource_only,
+    a_service_account_delegates_nothing,
+    how_a_person_who_delegates_signs_in_is_an_administrators_call
 );
 
 const READ: i32 = pb::GrantAction::Read as i32;
@@ -1222,5 +1224,225 @@ async fn a_grant_on_one_resource_passes_on_that_resource_only(backend: Backend) 
         changed_to(&events[0], "grant").is_some_and(|g| g.contains("resource invoice:2026-113")),
         "{events:?}"
     );
+    app.finish().await;
+}
+
+/// R-ACC-5: colleagues act as a service account through shares, and being
+/// shared with gives no admin rights; so the account holds no admin level
+/// and passes none of its rights on. Before, an organisation administrator
+/// could give the account level 1, and a user administrator (who grants
+/// nothing) could then share it with anyone, whose token acted with
+/// level 1 under the account's name.
+async fn a_service_account_delegates_nothing(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let admin = fixture.admin_token.clone();
+    let (_, user_admin) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (finn, finn_token) = app.member(&fixture, "Finn", &[]).await;
+    let (eva, _) = app.member(&fixture, "Eva", &[]).await;
+    let account = app
+        .users()
+        .create_user(req(
+            &user_admin,
+            pb::CreateUserRequest {
+                organisation_id: fixture.org.id.clone(),
+                first_name: "Lønsystem".into(),
+                surname: "Integration".into(),
+                email: unique_email("loen-api"),
+                service_account: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a service account")
+        .into_inner()
+        .user
+        .expect("user");
+
+    // No level, no rights to pass on or to let others pass on.
+    let before = app.fingerprint().await;
+    let level = assert_code(app.grant_level(&admin, &account.id, 1, "").await, Code::InvalidArgument);
+    assert_eq!(bad_fields(&level), ["user_id"]);
+    let passing = assert_code(
+        grant(
+            &app,
+            &admin,
+            grant_request(&account, "payroll.runs", "", &[READ, EDIT], &[READ], false),
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&passing), ["grantable_actions"]);
+    let authorising = assert_code(
+        grant(
+            &app,
+            &admin,
+            grant_request(&account, "payroll.runs", "", &[READ], &[], true),
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&authorising), ["may_authorise"]);
+    assert_eq!(app.fingerprint().await, before, "refused grants changed data");
+    // A right to use is what an account is for.
+    grant(
+        &app,
+        &admin,
+        grant_request(&account, "payroll.runs", "", &[READ, EDIT], &[], false),
+    )
+    .await
+    .expect("a right the account uses");
+
+    // A level and grant options stored before the rule count for nothing.
+    let (org_id, account_id) = (uuid(&fixture.org.id), uuid(&account.id));
+    app.execute_bound(
+        "INSERT INTO admin_levels (id, organisation_id, user_id, level, unit_id, scope_key, granted_by, granted_at) \
+         VALUES ($1, $2, $3, 1, NULL, '', 'legacy', 1)",
+        vec![uuid::Uuid::now_v7().into(), org_id.into(), account_id.into()],
+    )
+    .await;
+    app.execute_bound(
+        "INSERT INTO grants (id, organisation_id, grantee_id, right_name, unit_id, can_read, can_edit, passes_read, \
+         passes_edit, may_authorise, parent_id, granter_id, granted_by, granted_at, grantee_group_id, resource) \
+         VALUES ($1, $2, $3, 'tax.vat', NULL, TRUE, TRUE, TRUE, TRUE, TRUE, NULL, NULL, 'legacy', 1, NULL, NULL)",
+        vec![uuid::Uuid::now_v7().into(), org_id.into(), account_id.into()],
+    )
+    .await;
+    // Finn acts as the account with a token he made through his share.
+    app.access()
+        .share_access(req(
+            &user_admin,
+            pb::ShareAccessRequest {
+                owner_user_id: account.id.clone(),
+                grantee_user_id: finn.id.clone(),
+                access: pb::ShareAccessLevel::Edit as i32,
+            },
+        ))
+        .await
+        .expect("shared to edit");
+    let token = app
+        .auth()
+        .create_api_token(acting_as(
+            &account.id,
+            req(
+                &finn_token,
+                pb::CreateApiTokenRequest {
+                    user_id: account.id.clone(),
+                    name: "lønkørsel".into(),
+                    ..Default::default()
+                },
+            ),
+        ))
+        .await
+        .expect("the account's token")
+        .into_inner()
+        .secret;
+    let before = app.fingerprint().await;
+    let renamed = app
+        .users()
+        .update_user(req(
+            &token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: eva.id.clone(),
+                    surname: "Overtaget".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["surname".into()],
+                }),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_code(renamed, Code::PermissionDenied);
+    assert_code(app.grant_level(&token, &eva.id, 4, "").await, Code::PermissionDenied);
+    assert_code(
+        grant(&app, &token, grant_request(&eva, "tax.vat", "", &[READ], &[], false)).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(app.fingerprint().await, before, "the account delegated");
+    app.finish().await;
+}
+
+fn uuid(id: &str) -> uuid::Uuid {
+    id.parse().expect("a uuid")
+}
+
+/// R-AUTH-1 for those who delegate: whoever moves a person's address to a
+/// mailbox of their own can reset the password and sign in as them. For a
+/// person who holds an admin level or may pass rights on, that hands over
+/// what they may give: a user administrator (who grants nothing) took over
+/// a level 1 and granted levels, or took over a holder of a right to pass
+/// on and passed it to themselves. So how such a person signs in is
+/// changed only by someone who may change roles, as an administrator's is.
+async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let admin = fixture.admin_token.clone();
+    let (_, user_admin) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (lars, _) = app.member(&fixture, "Lars", &[]).await;
+    let (ida, _) = app.member(&fixture, "Ida", &[]).await;
+    let (bo, _) = app.member(&fixture, "Bo", &[]).await;
+    app.grant_level(&admin, &lars.id, 3, "").await.expect("level 3");
+    grant(
+        &app,
+        &admin,
+        grant_request(&ida, "payroll.runs", "", &[READ], &[READ], false),
+    )
+    .await
+    .expect("a right Ida may pass on");
+    grant(
+        &app,
+        &admin,
+        grant_request(&bo, "payroll.runs", "", &[READ], &[], false),
+    )
+    .await
+    .expect("a right Bo only uses");
+    let update = |token: String, user: &pb::User, path: &str, value: String| {
+        let app = &app;
+        let mut changed = pb::User {
+            id: user.id.clone(),
+            ..Default::default()
+        };
+        match path {
+            "email" => changed.email = value,
+            _ => changed.surname = value,
+        }
+        let path = path.to_owned();
+        async move {
+            app.users()
+                .update_user(req(
+                    &token,
+                    pb::UpdateUserRequest {
+                        user: Some(changed),
+                        update_mask: Some(FieldMask { paths: vec![path] }),
+                        ..Default::default()
+                    },
+                ))
+                .await
+        }
+    };
+    let before = app.fingerprint().await;
+    for person in [&lars, &ida] {
+        let status = assert_code(
+            update(user_admin.clone(), person, "email", unique_email("ulla.postkasse")).await,
+            Code::PermissionDenied,
+        );
+        assert!(status.message().contains("signs in"), "{}", status.message());
+    }
+    assert_eq!(app.fingerprint().await, before, "a refused address change changed data");
+    // The rest of their record is the user administrator's as before; so
+    // is the address of one who only uses a right.
+    update(user_admin.clone(), &ida, "surname", "Nielsen".into())
+        .await
+        .expect("a new surname");
+    update(user_admin.clone(), &bo, "email", unique_email("bo.ny"))
+        .await
+        .expect("the address of one who passes nothing on");
+    // An organisation administrator may.
+    update(admin.clone(), &lars, "email", unique_email("lars.ny"))
+        .await
+        .expect("an organisation administrator changes it");
     app.finish().await;
 }

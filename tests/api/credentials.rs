@@ -351,6 +351,31 @@ async fn a_user_administrator_cannot_take_over_an_administrators_login(backend: 
     );
     assert_code(change_email(&user_admin, &pending).await, Code::PermissionDenied);
     assert_eq!(app.fingerprint().await, before_pending, "the refusals changed nothing");
+    // Nor in a batch: the administrator is listed back, nothing is sent.
+    // An id given twice is one person, mailed once.
+    let batch = |token: &str| {
+        let mut imports = app.imports();
+        let request = pb::BatchSendActivationRequest {
+            organisation_id: fixture.org.id.clone(),
+            user_ids: vec![pending.id.clone(), pending.id.clone()],
+            ..Default::default()
+        };
+        let token = token.to_owned();
+        async move {
+            imports
+                .batch_send_activation(req(&token, request))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let refused = batch(&user_admin).await;
+    assert_eq!(refused.needs_administrator_user_ids, [pending.id.as_str()]);
+    assert!(refused.queued_user_ids.is_empty(), "{refused:?}");
+    assert_eq!(app.fingerprint().await, before_pending, "the batch sent a link");
+    let sent = batch(&fixture.admin_token).await;
+    assert_eq!(sent.queued_user_ids, [pending.id.as_str()]);
+    assert!(sent.needs_administrator_user_ids.is_empty(), "{sent:?}");
 
     // Links issued while a person was ordinary (perhaps to an address the
     // user administrator chose) end when they become an administrator; a

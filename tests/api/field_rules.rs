@@ -988,6 +988,13 @@ fn rows() -> Vec<Row> {
             level: 0,
             unit_id: c.unit.id.clone(),
         })),
+        row!("user_id", "a service account (R-ACC-5)", |c| Call::GrantAdminLevel(
+            pb::GrantAdminLevelRequest {
+                user_id: c.service_account.id.clone(),
+                level: 3,
+                unit_id: String::new(),
+            }
+        )),
         row!("unit_id", "no unit of the organisation", |c| Call::GrantAdminLevel(
             pb::GrantAdminLevelRequest {
                 user_id: c.member.id.clone(),
@@ -1180,6 +1187,20 @@ fn rows() -> Vec<Row> {
                 ..grant_request(c)
             }
         )),
+        row!("grantable_actions", "read, for a service account (R-ACC-5)", |c| {
+            Call::CreateGrant(pb::CreateGrantRequest {
+                grantee_user_id: c.service_account.id.clone(),
+                grantable_actions: vec![pb::GrantAction::Read as i32],
+                ..grant_request(c)
+            })
+        }),
+        row!("may_authorise", "true, for a service account (R-ACC-5)", |c| {
+            Call::CreateGrant(pb::CreateGrantRequest {
+                grantee_user_id: c.service_account.id.clone(),
+                may_authorise: true,
+                ..grant_request(c)
+            })
+        }),
         row!("unit_id", "no unit of the organisation", |c| Call::CreateGrant(
             pb::CreateGrantRequest {
                 unit_id: uuid::Uuid::now_v7().to_string(),

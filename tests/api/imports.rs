@@ -22,7 +22,9 @@ both_backends!(
     bulk_activation_mails_cpr_users_and_lists_the_others,
     an_import_that_keeps_failing_ends_failed,
     a_long_upload_is_not_taken_for_abandoned,
-    a_retried_upload_returns_the_first_job
+    a_retried_upload_returns_the_first_job,
+    uploads_in_progress_take_their_places,
+    a_long_report_comes_in_pieces
 );
 
 pub const HEADER_DA: &str = "Bruger-ID;CPR-nummer;Fødselsdato;E-mail;Fornavn;Efternavn;Brugernavn;Telefon;Enhed;Sprog;Roller;Tegningsret;Identifikationsmidler;Eksternt ID;RID-nummer";
@@ -871,6 +873,20 @@ async fn cancel_limits_and_broken_files(backend: Backend) {
         0
     );
 
+    // A file in two encodings at once ("Søren" in UTF-8, "Ærø" in
+    // Windows-1252, as when rows are pasted in from another file): read
+    // as Windows-1252, Søren was stored as "SÃ¸ren" with no error. Refused
+    // whole while uploading, nothing kept.
+    let mut mixed = file(HEADER_DA, &create_rows(2, "blandet")).into_bytes();
+    mixed.extend_from_slice(b";;;blandet@firma.dk;\xC6r\xF8;Hansen;;;;da;;;;;\r\n");
+    let refused = app
+        .upload_import(&token, spec(&org, pb::ImportKind::Create), &mixed, 1 << 20)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("CSV UTF-8"), "{}", refused.message());
+    assert_eq!(app.count("SELECT COUNT(*) FROM import_jobs").await, before);
+
     // Too many rows, or no header: the job fails before applying anything.
     let users_before = users_of(&app, &token, &org).await.len();
     let many = app
@@ -1148,15 +1164,9 @@ async fn an_import_that_keeps_failing_ends_failed(backend: Backend) {
 /// sent after that is refused (IMPORT_UPLOAD_ABANDONED) instead of being
 /// stored for nobody. The purge used to go by the upload's start alone.
 async fn a_long_upload_is_not_taken_for_abandoned(backend: Backend) {
-    use orgadmin_domain::services::imports::{BeganImport, ImportKind, ImportSpec};
+    use orgadmin_domain::services::imports::BeganImport;
     let (app, fixture, caller) = app_whose_uploads_idle_fast(backend).await;
-    let spec = || ImportSpec {
-        organisation_id: fixture.org.id.parse().unwrap(),
-        kind: ImportKind::Create,
-        validate_only: false,
-        file_name: "langsom.csv".into(),
-        request_id: None,
-    };
+    let spec = || create_spec(&fixture, "langsom.csv");
     let text = file(HEADER_DA, &create_rows(20, "langsom"));
     let BeganImport::Upload(mut slow) = app.domain.begin_import(&caller, spec()).await.unwrap() else {
         panic!("a new upload")
@@ -1341,6 +1351,18 @@ async fn app_whose_uploads_idle_fast(backend: Backend) -> (TestApp, OrgFixture, 
     (app, fixture, caller)
 }
 
+/// A create import of `file_name` into the fixture's organisation, as the
+/// domain takes it (for tests that hold an upload open).
+fn create_spec(fixture: &OrgFixture, file_name: &str) -> orgadmin_domain::services::imports::ImportSpec {
+    orgadmin_domain::services::imports::ImportSpec {
+        organisation_id: fixture.org.id.parse().unwrap(),
+        kind: orgadmin_domain::services::imports::ImportKind::Create,
+        validate_only: false,
+        file_name: file_name.into(),
+        request_id: None,
+    }
+}
+
 /// A server whose imports run with `imports`.
 async fn app_with_imports(backend: Backend, imports: ImportSettings) -> TestApp {
     TestApp::start_with(
@@ -1351,4 +1373,96 @@ async fn app_with_imports(backend: Backend, imports: ImportSettings) -> TestApp 
         },
     )
     .await
+}
+
+/// Uploads in progress count toward the organisation's open jobs. Before,
+/// only queued and running jobs did: any number of uploads could be stored
+/// at once, each up to the file limit, and all but the last few were
+/// refused only when they finished.
+async fn uploads_in_progress_take_their_places(backend: Backend) {
+    use orgadmin_domain::services::imports::BeganImport;
+    let app = app_with_imports(
+        backend,
+        ImportSettings {
+            max_open_per_organisation: 2,
+            ..ImportSettings::default()
+        },
+    )
+    .await;
+    let fixture = app.org_with_admin_limits(Some(100), None).await;
+    let caller = app.domain.authenticate(&fixture.admin_token).await.unwrap();
+    let spec = || create_spec(&fixture, "samtidig.csv");
+    let text = file(HEADER_DA, &create_rows(3, "samtidig"));
+    let mut uploads = Vec::new();
+    for _ in 0..2 {
+        let BeganImport::Upload(mut upload) = app.domain.begin_import(&caller, spec()).await.unwrap() else {
+            panic!("a new upload")
+        };
+        upload.push(text.as_bytes()).await.unwrap();
+        uploads.push(upload);
+    }
+    let before = app.count("SELECT COUNT(*) FROM import_jobs").await;
+    let Err(orgadmin_domain::DomainError::FailedPrecondition { reason, .. }) =
+        app.domain.begin_import(&caller, spec()).await
+    else {
+        panic!("a third upload beside two is refused")
+    };
+    assert_eq!(reason.as_str(), "IMPORTS_QUEUE_FULL");
+    assert_eq!(app.count("SELECT COUNT(*) FROM import_jobs").await, before);
+    // Each of the two is queued: an upload's own place is its own.
+    for upload in uploads {
+        upload.finish().await.expect("queued in its own place");
+    }
+    app.run_imports().await;
+    app.finish().await;
+}
+
+/// A report longer than one piece (1,000 problems) comes as several, read
+/// one at a time, and reads as one file: one byte-order mark, one header,
+/// every problem once and in order. It used to be read and built whole: a
+/// million bad rows took hundreds of megabytes of the service's memory.
+async fn a_long_report_comes_in_pieces(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    let rows: Vec<String> = create_rows(1001, "rapport")
+        .into_iter()
+        .map(|row| row.replace("@firma.dk", ""))
+        .collect();
+    let job = imported(
+        &app,
+        &token,
+        spec(&fixture.org.id, pb::ImportKind::Create),
+        file(HEADER_DA, &rows).as_bytes(),
+        1 << 20,
+    )
+    .await;
+    assert_eq!(job.failed, 1001);
+    let mut stream = app
+        .imports()
+        .get_import_report(req(&token, pb::GetImportReportRequest { id: job.id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut report, mut pieces) = (Vec::new(), 0);
+    while let Some(piece) = stream.message().await.unwrap() {
+        report.extend(piece.chunk);
+        pieces += 1;
+    }
+    assert_eq!(pieces, 2);
+    assert!(report.starts_with(b"\xEF\xBB\xBF"));
+    let text = String::from_utf8(report[3..].to_vec()).unwrap();
+    assert!(!text.contains('\u{feff}'), "a second byte-order mark");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "Række;Kolonne;Årsag;Besked;Udført");
+    let numbers: Vec<i64> = lines[1..]
+        .iter()
+        .map(|line| line.split(';').next().unwrap().parse().expect("a row number"))
+        .collect();
+    assert_eq!(
+        numbers,
+        (2..=1002).collect::<Vec<i64>>(),
+        "every problem once, in order"
+    );
+    app.finish().await;
 }

@@ -27,6 +27,7 @@ both_backends!(
     a_full_hashing_queue_takes_no_try,
     a_login_its_caller_gave_up_on_is_still_recorded,
     the_end_of_a_timed_deactivation_lifts_the_login_lock,
+    the_address_limit_counts_the_address_the_proxy_added,
 );
 
 /// A server whose logins lock after `max_failures` wrong passwords.
@@ -410,6 +411,19 @@ async fn unknown_and_known_login_ids_answer_alike(backend: Backend) {
         (0.33..=3.0).contains(&ratio),
         "unknown {unknown:?} vs known {known:?}: timing tells them apart"
     );
+
+    // A reset request answers after the same floor for a known and an
+    // unknown login id: the known one writes a link, a mail and history,
+    // the unknown one reads a row, and the milliseconds between them told
+    // which ids belong to active people.
+    let floor = orgadmin_domain::services::password_reset::RESET_ANSWER_FLOOR;
+    let nobody = unique_email("nobody.reset");
+    for login_id in [email.as_str(), nobody.as_str(), email.as_str(), nobody.as_str()] {
+        let started = Instant::now();
+        app.request_password_reset(login_id).await;
+        let took = started.elapsed();
+        assert!(took >= floor, "{login_id}: answered in {took:?}, before the floor");
+    }
     app.finish().await;
 }
 
@@ -498,6 +512,10 @@ async fn password_reset_by_mailed_link(backend: Backend) {
     assert_eq!(app.fingerprint().await, before, "an unknown login id changed data");
     app.request_password_reset(&email.to_uppercase()).await;
     let token = app.mailed_token("password_reset", &email).await;
+    // Asked for again while that link is on its way: nothing is sent and
+    // the link stays live (each new link ends the last, so anyone asking
+    // every few seconds would keep the person's links dead).
+    app.request_password_reset(&email).await;
     let sent = app
         .history_of(&fixture.admin_token, &hans.id, pb::HistoryActivity::PasswordResetSent)
         .await;
@@ -673,6 +691,75 @@ async fn attempts_are_limited_per_login_id_and_address(backend: Backend) {
         Code::ResourceExhausted,
     );
     assert_eq!(reason(&activation), "RATE_LIMITED");
+    app.finish().await;
+}
+
+/// Behind a proxy (`trusted_peer_header`), the address limit counts the
+/// proxy's entry: the last of the header's last line. Before, the first
+/// line was read, as text: a client sent a line of its own ahead of a
+/// proxy that adds one (HAProxy) and got a fresh limit with every made-up
+/// address; or a byte that is not text ahead of the proxy's own entry
+/// (Envoy, nginx append to the line), and the unreadable header meant no
+/// address and no limit at all: password spraying unlimited. A header with
+/// no address in it now counts as the TCP peer (the proxy).
+async fn the_address_limit_counts_the_address_the_proxy_added(backend: Backend) {
+    use tonic::metadata::AsciiMetadataValue;
+    let app = TestApp::start_with(
+        backend,
+        DomainSettings {
+            passwords: PasswordSettings {
+                attempts_per_peer: 3,
+                ..PasswordSettings::default()
+            },
+            trusted_peer_header: "x-forwarded-for".into(),
+            ..DomainSettings::default()
+        },
+    )
+    .await;
+    let attempt = |lines: Vec<Vec<u8>>| {
+        let mut auth = app.auth();
+        let mut request = req(
+            "",
+            pb::LoginRequest {
+                login_id: unique_email("spray"),
+                password: "Sommer2026!".into(),
+                ..Default::default()
+            },
+        );
+        for line in lines {
+            let value = AsciiMetadataValue::try_from(line.as_slice()).expect("a header value");
+            request.metadata_mut().append("x-forwarded-for", value);
+        }
+        async move { auth.login(request).await }
+    };
+    // A line of the client's own (a new address each time), then the
+    // proxy's: three tries from the proxy's address, the fourth refused.
+    for i in 1..=3 {
+        let lines = vec![format!("203.0.113.{i}").into_bytes(), b"198.51.100.7".to_vec()];
+        assert_code(attempt(lines).await, Code::Unauthenticated);
+    }
+    let limited = assert_code(
+        attempt(vec![b"203.0.113.4".to_vec(), b"198.51.100.7".to_vec()]).await,
+        Code::ResourceExhausted,
+    );
+    assert!(limited.message().contains("address"), "{}", limited.message());
+    // A byte that is no text ahead of the proxy's entry on the same line.
+    for _ in 1..=3 {
+        assert_code(
+            attempt(vec![b"1.2.3.4\xff, 198.51.100.8".to_vec()]).await,
+            Code::Unauthenticated,
+        );
+    }
+    assert_code(
+        attempt(vec![b"1.2.3.4\xff, 198.51.100.8".to_vec()]).await,
+        Code::ResourceExhausted,
+    );
+    // No address the proxy added (a header it did not set, or not as an
+    // address): the TCP peer's limit, never none.
+    for _ in 1..=3 {
+        assert_code(attempt(vec![b"unknown".to_vec()]).await, Code::Unauthenticated);
+    }
+    assert_code(attempt(vec![b"unknown".to_vec()]).await, Code::ResourceExhausted);
     app.finish().await;
 }
 
@@ -1030,7 +1117,18 @@ async fn two_resets_at_once_queue() {
     let (hans, email) = app.member_with_password(&fixture, "Hans", &[]).await;
     app.request_password_reset(&email).await;
     let first = app.mailed_token("password_reset", &email).await;
-    app.request_password_reset(&email).await;
+    // The second link from a user administrator: a second request of the
+    // person's own while the first is on its way sends nothing.
+    let (_, user_admin) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    app.users()
+        .send_password_reset(req(
+            &user_admin,
+            pb::SendPasswordResetRequest {
+                user_id: hans.id.clone(),
+            },
+        ))
+        .await
+        .expect("send reset");
     let second = app.mailed_token("password_reset", &email).await;
     // Both links live, as when they were asked for at the same moment.
     open_again(&app, &first).await;

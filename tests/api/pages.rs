@@ -17,6 +17,7 @@ use tonic::Code;
 both_backends!(
     a_person_activates_logs_in_and_resets_in_a_browser,
     a_forged_or_stale_form_changes_nothing,
+    a_client_that_sends_slowly_is_cut_off,
 );
 
 const LANGUAGES: [(pb::Language, &str); 3] = [
@@ -308,5 +309,40 @@ async fn a_forged_or_stale_form_changes_nothing(backend: Backend) {
     app.login(&email, "Sommerhus ved havet 2026")
         .await
         .expect("login with the page's password");
+    app.finish().await;
+}
+
+/// A client that sends its request's headers, or a form's body, a little
+/// at a time (slowloris) is cut off: the headers within 10 s, the body
+/// within 10 s of them. The HTTP port used to be served without a timer:
+/// such a connection stayed open for ever, and enough of them took every
+/// file descriptor of the process, gRPC's listener's too.
+async fn a_client_that_sends_slowly_is_cut_off(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start(backend).await;
+    let cut_off = |first: &'static [u8]| {
+        let addr = app.http_addr;
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(first).await.expect("the first bytes");
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(std::time::Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+            assert!(
+                read.is_ok(),
+                "still open after 20 s: {:?}",
+                String::from_utf8_lossy(first)
+            );
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let (headers, body) = tokio::join!(
+        cut_off(b"GET /ca.pem HTTP/1.1\r\nHost: localhost\r\n"),
+        cut_off(b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nab"),
+    );
+    assert!(headers.is_empty() || headers.starts_with("HTTP/1.1 408"), "{headers}");
+    assert!(body.starts_with("HTTP/1.1 408"), "{body}");
+    // The port still serves everyone else.
+    let (head, _) = app.http("GET", "/ca.pem", &[], b"").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     app.finish().await;
 }

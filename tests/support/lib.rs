@@ -388,6 +388,23 @@ impl TestApp {
         InProgress { connection, txn }
     }
 
+    /// Runs one statement with bound values, written with PostgreSQL's
+    /// placeholders `$1`, `$2`, … (each once, in order; `?` on SQLite): for
+    /// rows the API no longer writes, such as data from before a rule.
+    pub async fn execute_bound(&self, sql: &str, values: Vec<sea_orm::Value>) {
+        let db = self.domain.db();
+        let backend = db.get_database_backend();
+        let mut sql = sql.to_owned();
+        if backend != sea_orm::DbBackend::Postgres {
+            for n in (1..=values.len()).rev() {
+                sql = sql.replace(&format!("${n}"), "?");
+            }
+        }
+        db.execute_raw(Statement::from_sql_and_values(backend, &sql, values))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// The row of `select … WHERE <key> =` for the one key `id`, bound as a
     /// value (a UUID is text on PostgreSQL and bytes on SQLite, so it cannot
     /// be written into the SQL).

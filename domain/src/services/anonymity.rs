@@ -246,9 +246,12 @@ impl Domain {
             // The new profile carries the roles, and its activation code
             // comes back to whoever approves: for an administrator, only
             // someone who may change roles approves (R-AUTH-1).
+            let delegates =
+                !closing.is_administrator() && crate::services::access::user_delegates(self, &txn, &old).await?;
             crate::policy::authorize_sign_in_change(
                 caller,
-                crate::policy::Target::user(org.id, old.id, closing.is_administrator(), old.unit_id),
+                crate::policy::Target::user(org.id, old.id, closing.is_administrator(), old.unit_id)
+                    .delegating(delegates),
             )?;
             // Close the old profile first: its e-mail and CPR number move on.
             let closed = user::Entity::update_many()

@@ -260,16 +260,19 @@ pub(crate) async fn authorize_on_user_as_now(
         .one(txn)
         .await?
         .ok_or_else(|| DomainError::not_found("user", user_id))?;
-    let target = user_target(txn, &caller, &row).await?;
+    let target = user_target(domain, txn, &caller, action, &row).await?;
     crate::policy::authorize_on_user(&caller, action, target)?;
     Ok(row)
 }
 
-/// What the policy needs to know of a user it decides about: whether they
-/// are an administrator, and (for callers acting by level) hold a level.
+/// What the policy needs to know of a user it decides about for `action`:
+/// whether they are an administrator, (for callers acting by level) hold a
+/// level, and (for an action on how they sign in) delegate.
 async fn user_target(
+    domain: &crate::Domain,
     db: &impl ConnectionTrait,
     caller: &crate::policy::Caller,
+    action: crate::policy::Action,
     row: &user::Model,
 ) -> DomainResult<crate::policy::Target> {
     let roles = users::roles_of(db, &[row.id])
@@ -278,7 +281,12 @@ async fn user_target(
         .unwrap_or_default();
     let is_admin = roles.iter().any(|r| r.is_administrator());
     let holds_level = access::target_holds_level(db, caller, row.id).await?;
-    Ok(crate::policy::Target::user(row.organisation_id, row.id, is_admin, row.unit_id).holding_level(holds_level))
+    let delegates = action.changes_sign_in() && !is_admin && access::user_delegates(domain, db, row).await?;
+    Ok(
+        crate::policy::Target::user(row.organisation_id, row.id, is_admin, row.unit_id)
+            .holding_level(holds_level)
+            .delegating(delegates),
+    )
 }
 
 impl crate::Domain {
@@ -294,7 +302,7 @@ impl crate::Domain {
             .one(&self.db)
             .await?
             .ok_or_else(|| DomainError::not_found("user", user_id))?;
-        let target = user_target(&self.db, caller, &row).await?;
+        let target = user_target(self, &self.db, caller, action, &row).await?;
         crate::policy::authorize_on_user(caller, action, target)?;
         Ok(row)
     }

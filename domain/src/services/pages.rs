@@ -78,16 +78,58 @@ impl Domain {
         }))
     }
 
-    /// The caller's address for history and attempt limits: the last entry
-    /// of the configured trusted proxy header when one is configured (the
-    /// proxy appends the address it saw), else the TCP peer. One rule for
+    /// The caller's address for history and attempt limits. One rule for
     /// the RPCs and the pages.
-    pub fn peer_address(&self, trusted_header_value: Option<&str>, remote: Option<std::net::IpAddr>) -> Option<String> {
-        if !self.settings.trusted_peer_header.is_empty() {
-            return trusted_header_value
-                .and_then(|v| v.rsplit(',').next())
-                .map(|v| v.trim().chars().take(64).collect());
-        }
-        remote.map(|addr| addr.to_string())
+    ///
+    /// With a trusted proxy header configured, `trusted_header_last_line`
+    /// is its last line as sent (bytes: a client can send any) and the
+    /// address is its last entry, the one the proxy itself added: a proxy
+    /// appends to the line it got (Envoy, nginx) or adds a line of its own
+    /// (HAProxy), and everything before that is the client's to choose.
+    /// An entry that is no IP address (a client's stray byte before the
+    /// proxy's comma, a header the proxy did not set) gives the TCP peer,
+    /// the proxy: limited with everyone else who comes that way, never
+    /// unlimited, and never a name the client made up in history.
+    pub fn peer_address(
+        &self,
+        trusted_header_last_line: Option<&[u8]>,
+        remote: Option<std::net::IpAddr>,
+    ) -> Option<String> {
+        let from_proxy = (!self.settings.trusted_peer_header.is_empty())
+            .then_some(trusted_header_last_line)
+            .flatten()
+            .and_then(last_address);
+        from_proxy.or(remote).map(|addr| addr.to_string())
+    }
+}
+
+/// The last comma-separated entry of a forwarding header's line, if it is
+/// an IP address (`192.0.2.1`, `2001:db8::1`, also with a port as some
+/// proxies write it: `192.0.2.1:4711`, `[2001:db8::1]:4711`).
+fn last_address(line: &[u8]) -> Option<std::net::IpAddr> {
+    let entry = line.rsplit(|b| *b == b',').next()?;
+    let entry = std::str::from_utf8(entry).ok()?.trim();
+    entry
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_address;
+
+    #[test]
+    fn the_proxys_entry_is_the_last_and_must_be_an_address() {
+        let ip = |s: &str| Some(s.parse().unwrap());
+        assert_eq!(last_address(b"198.51.100.7"), ip("198.51.100.7"));
+        assert_eq!(last_address(b"203.0.113.9, 198.51.100.7"), ip("198.51.100.7"));
+        assert_eq!(last_address(b"1.2.3.4\xff, 198.51.100.7"), ip("198.51.100.7"));
+        assert_eq!(last_address(b"2001:db8::1"), ip("2001:db8::1"));
+        assert_eq!(last_address(b"[2001:db8::1]:4711"), ip("2001:db8::1"));
+        assert_eq!(last_address(b"198.51.100.7:4711"), ip("198.51.100.7"));
+        assert_eq!(last_address(b"198.51.100.7, evil"), None);
+        assert_eq!(last_address(b"1.2.3.\xff"), None);
+        assert_eq!(last_address(b""), None);
     }
 }

@@ -23,9 +23,24 @@ use crate::services::activation::{KIND_RESET, SingleUseLink, person_caller, take
 use crate::services::login::check_login_id;
 use crate::validate::Violations;
 
+/// How long a self-service reset request after the last one sends nothing
+/// while that link is live (`reset_link_on_its_way`): long enough that a
+/// flood of requests leaves the person one working link, short enough that
+/// a person whose mail went astray asks again soon.
+pub const RESET_REQUEST_INTERVAL_MS: Millis = 2 * 60 * 1000;
+
+/// The least time a self-service reset request takes to answer, whatever
+/// the login id: far above what either path takes on a healthy system
+/// (a few milliseconds), so the answer's timing tells nothing.
+pub const RESET_ANSWER_FLOOR: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl Domain {
     /// Mails a reset link to the person a login id names, when it names
-    /// exactly one active person; answers the same in every case.
+    /// exactly one active person; answers the same in every case, and
+    /// after the same time ([`RESET_ANSWER_FLOOR`]): a known person's
+    /// request writes a link, a mail and history, an unknown one reads one
+    /// row, and the difference in milliseconds told anyone which login ids
+    /// belong to active people.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn request_password_reset(
         &self,
@@ -36,6 +51,18 @@ impl Domain {
         let mut v = Violations::default();
         check_login_id(&mut v, login_id);
         v.into_result()?;
+        let answer_at = tokio::time::Instant::now() + RESET_ANSWER_FLOOR;
+        let done = self.mail_reset_link_if_known(login_id, organisation_id, peer).await;
+        tokio::time::sleep_until(answer_at).await;
+        done
+    }
+
+    async fn mail_reset_link_if_known(
+        &self,
+        login_id: &str,
+        organisation_id: Option<Uuid>,
+        peer: Option<String>,
+    ) -> DomainResult<()> {
         let Some(row) = self
             .person_with_login_id(
                 login_id,
@@ -51,9 +78,41 @@ impl Domain {
         };
         let caller = person_caller(&row);
         let txn = crate::persistence::begin_write(&self.db).await?;
+        // Requests for one person queue here (PostgreSQL; SQLite has one
+        // writer), so two at once cannot both find no link on its way.
+        let mut person = user::Entity::find_by_id(row.id);
+        if crate::persistence::is_postgres(&txn) {
+            person = person.lock(LockType::NoKeyUpdate);
+        }
+        person.one(&txn).await?;
+        if self.reset_link_on_its_way(&txn, row.id).await? {
+            tracing::debug!("password reset asked for again while the last link is on its way; nothing sent");
+            return Ok(());
+        }
         self.mail_reset_link_in(&txn, &caller, &row, peer.as_deref()).await?;
         txn.commit().await?;
         Ok(())
+    }
+
+    /// Whether the person was mailed a reset link in the last
+    /// [`RESET_REQUEST_INTERVAL_MS`] that is still live. Anyone may ask for
+    /// a reset with a login id, and each new link ends the one before: asked
+    /// for every few seconds, no link would ever work and the mailbox would
+    /// fill. So a request while one is on its way sends nothing (it answers
+    /// as always); an administrator's SendPasswordReset still replaces it.
+    async fn reset_link_on_its_way(&self, txn: &DatabaseTransaction, user_id: Uuid) -> DomainResult<bool> {
+        use sea_orm::PaginatorTrait;
+        let now = now_millis();
+        Ok(activation_secret::Entity::find()
+            .filter(activation_secret::Column::UserId.eq(user_id))
+            .filter(activation_secret::Column::Kind.eq(KIND_RESET))
+            .filter(activation_secret::Column::UsedAt.is_null())
+            .filter(activation_secret::Column::RevokedAt.is_null())
+            .filter(activation_secret::Column::ExpiresAt.gt(now))
+            .filter(activation_secret::Column::CreatedAt.gt(now - RESET_REQUEST_INTERVAL_MS))
+            .count(txn)
+            .await?
+            > 0)
     }
 
     /// A user administrator (the operator, for administrators) mails the

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::caller;
 use super::users::event_to_pb;
 use crate::convert::*;
-use crate::error::{IntoStatus, to_status};
+use crate::error::IntoStatus;
 
 pub struct CertificateHandler {
     pub domain: Domain,
@@ -286,7 +286,18 @@ impl CertificateService for CertificateHandler {
             .await
             .into_status()?;
         let domain = self.domain.clone();
-        let stream = async_stream_chunks(domain, caller, organisation_id, format, first);
+        let stream = super::pieces(
+            first,
+            move |cursor| {
+                let (domain, caller) = (domain.clone(), caller.clone());
+                async move {
+                    domain
+                        .export_certificates_chunk(&caller, organisation_id, format, Some(cursor))
+                        .await
+                }
+            },
+            |chunk| pb::ExportCertificatesResponse { chunk },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -325,41 +336,4 @@ impl CertificateService for CertificateHandler {
             ca_chain_pem: chain,
         }))
     }
-}
-
-/// The export's chunks, each read when the client is ready for it.
-fn async_stream_chunks(
-    domain: Domain,
-    caller: orgadmin_domain::Caller,
-    organisation_id: uuid::Uuid,
-    format: orgadmin_domain::services::certificates::ExportFormat,
-    first: (Vec<u8>, Option<uuid::Uuid>),
-) -> impl Stream<Item = Result<pb::ExportCertificatesResponse, Status>> + Send + 'static {
-    enum Next {
-        Ready(Vec<u8>, Option<uuid::Uuid>),
-        Fetch(uuid::Uuid),
-        Done,
-    }
-    let state = Next::Ready(first.0, first.1);
-    futures_util::stream::unfold(state, move |state| {
-        let domain = domain.clone();
-        let caller = caller.clone();
-        async move {
-            let (bytes, next) = match state {
-                Next::Done => return None,
-                Next::Ready(bytes, next) => (bytes, next),
-                Next::Fetch(cursor) => {
-                    match domain
-                        .export_certificates_chunk(&caller, organisation_id, format, Some(cursor))
-                        .await
-                    {
-                        Ok(chunk) => chunk,
-                        Err(e) => return Some((Err(to_status(e)), Next::Done)),
-                    }
-                }
-            };
-            let following = next.map_or(Next::Done, Next::Fetch);
-            Some((Ok(pb::ExportCertificatesResponse { chunk: bytes }), following))
-        }
-    })
 }

@@ -22,8 +22,6 @@ pub struct ImportHandler {
 
 /// How often WatchImport looks at a running job.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
-/// Report pieces sent by GetImportReport.
-const REPORT_CHUNK_BYTES: usize = 256 * 1024;
 
 fn kind_from_pb(field: &str, value: i32) -> Result<ImportKind, DomainError> {
     match pb::ImportKind::try_from(value) {
@@ -271,12 +269,21 @@ impl ImportService for ImportHandler {
     ) -> Result<Response<Self::GetImportReportStream>, Status> {
         let caller = caller(&self.domain, &request).await?;
         let job_id = id("id", &request.get_ref().id).into_status()?;
-        let report = self.domain.import_report(&caller, job_id).await.into_status()?;
-        let chunks: Vec<Result<pb::GetImportReportResponse, Status>> = report
-            .chunks(REPORT_CHUNK_BYTES)
-            .map(|c| Ok(pb::GetImportReportResponse { chunk: c.to_vec() }))
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let first = self
+            .domain
+            .import_report_piece(&caller, job_id, None)
+            .await
+            .into_status()?;
+        let domain = self.domain.clone();
+        let stream = super::pieces(
+            first,
+            move |after| {
+                let (domain, caller) = (domain.clone(), caller.clone());
+                async move { domain.import_report_piece(&caller, job_id, Some(after)).await }
+            },
+            |chunk| pb::GetImportReportResponse { chunk },
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn cancel_import(
@@ -332,6 +339,7 @@ impl ImportService for ImportHandler {
             queued_user_ids: strings(outcome.queued),
             needs_code_user_ids: strings(outcome.needs_code),
             skipped_user_ids: strings(outcome.skipped),
+            needs_administrator_user_ids: strings(outcome.needs_administrator),
         }))
     }
 }

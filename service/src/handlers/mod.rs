@@ -87,14 +87,52 @@ pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, Status> {
         .ok_or_else(missing)
 }
 
-/// The caller's address, for history: the last entry of the trusted proxy
-/// header when one is configured (the one the proxy itself added), else
-/// the TCP peer.
+/// The caller's address, for history and attempt limits: the last entry
+/// of the trusted proxy header's last line when one is configured (the one
+/// the proxy itself added), else the TCP peer (`Domain::peer_address`).
 pub fn peer<T>(domain: &Domain, request: &Request<T>) -> Option<String> {
     let header = &domain.settings().trusted_peer_header;
     let value = (!header.is_empty())
-        .then(|| request.metadata().get(header.as_str()))
+        .then(|| request.metadata().get_all(header.as_str()).iter().next_back())
         .flatten()
-        .and_then(|v| v.to_str().ok());
+        .map(|v| v.as_encoded_bytes());
     domain.peer_address(value, request.remote_addr().map(|addr| addr.ip()))
+}
+
+/// A file sent as a stream of pieces, each read when the client is ready
+/// for the last: `first` was read before the stream starts (so a refusal is
+/// the call's own error, not a broken stream), and `fetch` reads the piece
+/// after a cursor, with the cursor after it (`None`: the last piece).
+/// Nothing holds more than one piece in memory.
+pub fn pieces<C, T, F, Fut>(
+    first: (Vec<u8>, Option<C>),
+    fetch: F,
+    wrap: fn(Vec<u8>) -> T,
+) -> impl tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static
+where
+    C: Send + 'static,
+    T: Send + 'static,
+    F: Fn(C) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(Vec<u8>, Option<C>), DomainError>> + Send,
+{
+    enum Next<C> {
+        Ready(Vec<u8>, Option<C>),
+        Fetch(C),
+        Done,
+    }
+    let fetch = std::sync::Arc::new(fetch);
+    futures_util::stream::unfold(Next::Ready(first.0, first.1), move |state| {
+        let fetch = fetch.clone();
+        async move {
+            let (bytes, next) = match state {
+                Next::Done => return None,
+                Next::Ready(bytes, next) => (bytes, next),
+                Next::Fetch(cursor) => match fetch(cursor).await {
+                    Ok(piece) => piece,
+                    Err(e) => return Some((Err(to_status(e)), Next::Done)),
+                },
+            };
+            Some((Ok(wrap(bytes)), next.map_or(Next::Done, Next::Fetch)))
+        }
+    })
 }

@@ -39,6 +39,8 @@ use texts::Texts;
 
 /// Forms are a few fields; nothing honest comes near this.
 const MAX_FORM_BYTES: usize = 16 * 1024;
+/// How long a form's body may take to arrive once its headers have.
+const FORM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a link's token stays in its cookie, and a form's CSRF token.
 const FLOW_SECONDS: i64 = 60 * 60;
 
@@ -138,9 +140,9 @@ impl Visit {
         let form = form_urlencoded::parse(body).into_owned().collect();
         let trusted = &domain.settings().trusted_peer_header;
         let header_value = (!trusted.is_empty())
-            .then(|| headers.get(trusted.as_str()))
+            .then(|| headers.get_all(trusted.as_str()).iter().next_back())
             .flatten()
-            .and_then(|v| v.to_str().ok());
+            .map(|v| v.as_bytes());
         Self {
             language: language(&query, headers),
             peer: domain.peer_address(header_value, remote.map(|r| r.ip())),
@@ -283,8 +285,11 @@ impl axum::extract::FromRequest<Domain> for Visit {
     async fn from_request(request: axum::extract::Request, domain: &Domain) -> Result<Self, Response> {
         let (parts, body) = request.into_parts();
         let remote = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-        let body = axum::body::to_bytes(body, MAX_FORM_BYTES)
+        // A form is sent in one go: a body trickled in for longer holds a
+        // connection for nothing (the headers' own limit is the server's).
+        let body = tokio::time::timeout(FORM_READ_TIMEOUT, axum::body::to_bytes(body, MAX_FORM_BYTES))
             .await
+            .map_err(|_| (StatusCode::REQUEST_TIMEOUT, "the form took too long to arrive\n").into_response())?
             .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, "a form is at most 16 KiB\n").into_response())?;
         Ok(Visit::new(domain, &parts.headers, &parts.uri, remote, &body))
     }

@@ -211,16 +211,28 @@ fn request_of(new: &NewGrant, caller_in_grantee_group: bool) -> GrantRequest<'_>
 struct Holder {
     id: Uuid,
     groups: Vec<Uuid>,
+    /// A service account uses what it holds but passes nothing on (R-ACC-5):
+    /// colleagues act as it through shares, and being shared with gives no
+    /// admin rights. Its grant options, direct or through a group, count for
+    /// nothing, so no share hands the power to grant to anyone.
+    passes_nothing: bool,
 }
 
 impl Holder {
     /// One who does not exist holds nothing of anyone else's.
     async fn of(domain: &Domain, db: &impl ConnectionTrait, user_id: Uuid) -> DomainResult<Self> {
-        let groups = match user::Entity::find_by_id(user_id).one(db).await? {
-            Some(user) => super::groups::groups_of_user(domain, db, &user).await?,
-            None => Vec::new(),
+        let (groups, passes_nothing) = match user::Entity::find_by_id(user_id).one(db).await? {
+            Some(user) => (
+                super::groups::groups_of_user(domain, db, &user).await?,
+                user.service_account,
+            ),
+            None => (Vec::new(), true),
         };
-        Ok(Self { id: user_id, groups })
+        Ok(Self {
+            id: user_id,
+            groups,
+            passes_nothing,
+        })
     }
 
     /// The condition "held by this user".
@@ -235,6 +247,38 @@ impl Holder {
     fn is_in(&self, grantee: Grantee) -> bool {
         matches!(grantee, Grantee::Group(group) if self.groups.contains(&group))
     }
+}
+
+/// Whether `user` holds a grant, directly or through a group, whose rights
+/// they may pass on or let others pass on: whoever takes over their login
+/// gives rights away (R-ACC-3), so how they sign in is guarded as an
+/// administrator's is (`policy::authorize_sign_in_change`).
+pub(crate) async fn passes_rights_on(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    user: &user::Model,
+) -> DomainResult<bool> {
+    use sea_orm::PaginatorTrait;
+    let holder = Holder {
+        id: user.id,
+        groups: super::groups::groups_of_user(domain, db, user).await?,
+        passes_nothing: user.service_account,
+    };
+    if holder.passes_nothing {
+        return Ok(false);
+    }
+    Ok(grant::Entity::find()
+        .filter(grant::Column::OrganisationId.eq(user.organisation_id))
+        .filter(holder.holds())
+        .filter(
+            Condition::any()
+                .add(grant::Column::PassesRead.eq(true))
+                .add(grant::Column::PassesEdit.eq(true))
+                .add(grant::Column::MayAuthorise.eq(true)),
+        )
+        .count(db)
+        .await?
+        > 0)
 }
 
 /// The grants `holder` holds now in `organisation_id`, directly or
@@ -263,10 +307,10 @@ async fn held_grants(
             units,
             resource: row.resource,
             grantable: Actions {
-                read: row.passes_read,
-                edit: row.passes_edit,
+                read: row.passes_read && !holder.passes_nothing,
+                edit: row.passes_edit && !holder.passes_nothing,
             },
-            may_authorise: row.may_authorise,
+            may_authorise: row.may_authorise && !holder.passes_nothing,
         })
         .collect())
 }
@@ -492,6 +536,22 @@ impl Domain {
             && !self.units_of(db, organisation_id).await?.iter().any(|u| u.id == unit)
         {
             v.add("unit_id", "names no unit of this organisation");
+        }
+        if let GranteeRow::User(grantee) = grantee
+            && grantee.service_account
+        {
+            if !new.grantable.is_empty() {
+                v.add(
+                    "grantable_actions",
+                    "must be empty for a service account: an account uses its rights and passes none on (colleagues act as it through shares)",
+                );
+            }
+            if new.may_authorise {
+                v.add(
+                    "may_authorise",
+                    "must be false for a service account: an account uses its rights and passes none on (colleagues act as it through shares)",
+                );
+            }
         }
         v.into_result()?;
         if let GranteeRow::User(grantee) = grantee

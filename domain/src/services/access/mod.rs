@@ -111,8 +111,19 @@ pub(crate) async fn held_levels(
     organisation_id: Uuid,
     user_id: Uuid,
 ) -> DomainResult<Vec<HeldLevel>> {
+    use sea_orm::sea_query::{Expr, ExprTrait, Query};
+    // A service account holds no level (R-ACC-5): a colleague acting as it
+    // through a share must not administer by it. `check_new_level` refuses
+    // one; a row from before that rule counts for nothing.
+    let a_person = Query::select()
+        .column(user::Column::Id)
+        .from(user::Entity)
+        .and_where(Expr::col(user::Column::Id).eq(user_id))
+        .and_where(Expr::col(user::Column::ServiceAccount).eq(false))
+        .to_owned();
     let rows = admin_level::Entity::find()
         .filter(admin_level::Column::UserId.eq(user_id))
+        .filter(admin_level::Column::UserId.in_subquery(a_person))
         .all(db)
         .await?;
     if rows.is_empty() {
@@ -276,6 +287,37 @@ pub(crate) async fn target_holds_level(
         > 0)
 }
 
+/// Whether `user` delegates: holds an admin level (a person, not a
+/// service account) or a grant whose rights they may pass on. Taking over
+/// such a person's login hands over what they may give, so how they sign
+/// in is changed only as an administrator's is
+/// (`policy::authorize_sign_in_change`). Read only for those changes.
+pub(crate) async fn user_delegates(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    user: &user::Model,
+) -> DomainResult<bool> {
+    use sea_orm::PaginatorTrait;
+    if user.service_account {
+        return Ok(false);
+    }
+    let holds_level = admin_level::Entity::find()
+        .filter(admin_level::Column::UserId.eq(user.id))
+        .count(db)
+        .await?
+        > 0;
+    Ok(holds_level || grants::passes_rights_on(domain, db, user).await?)
+}
+
+/// [`user_delegates`] of the user `id` as stored; a user not found
+/// delegates nothing.
+pub(crate) async fn user_by_id_delegates(domain: &Domain, db: &impl ConnectionTrait, id: Uuid) -> DomainResult<bool> {
+    match user::Entity::find_by_id(id).one(db).await? {
+        Some(row) => user_delegates(domain, db, &row).await,
+        None => Ok(false),
+    }
+}
+
 fn check_level(level: i32) -> DomainResult<u8> {
     match u8::try_from(level) {
         Ok(level) if (LEVEL_1..=LEVEL_4).contains(&level) => Ok(level),
@@ -325,6 +367,12 @@ impl Domain {
         unit_id: Option<Uuid>,
     ) -> DomainResult<u8> {
         let level = check_level(level)?;
+        if grantee.service_account {
+            return Err(DomainError::invalid(
+                "user_id",
+                "names a service account, which holds no admin level: people administer, accounts are shared (R-ACC-5)",
+            ));
+        }
         if let Some(unit) = unit_id
             && !self
                 .units_of(db, grantee.organisation_id)

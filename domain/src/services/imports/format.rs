@@ -230,14 +230,20 @@ pub fn template(kind: super::ImportKind, language: Language) -> Vec<u8> {
 }
 
 /// Tracks whether the bytes of an upload, seen chunk by chunk, are valid
-/// UTF-8 (a character may be split between two chunks).
+/// UTF-8 (a character may be split between two chunks), and whether they
+/// hold UTF-8's letters beyond ASCII.
 #[derive(Debug, Default)]
 pub struct EncodingSniffer {
     carry: Vec<u8>,
     invalid: bool,
+    /// A character of more than one byte was valid UTF-8 (`ø` as C3 B8).
+    multibyte: bool,
     /// The file's first three bytes (a byte-order mark?).
     head: Vec<u8>,
 }
+
+/// The refusal of a file in two encodings at once.
+pub const MIXED_ENCODINGS: &str = "mixes UTF-8 (e.g. ø as two bytes) with another encoding (e.g. ø as one byte, Windows-1252): read either way, some names would be stored garbled; save the file again as \"CSV UTF-8\"";
 
 impl EncodingSniffer {
     pub fn push(&mut self, chunk: &[u8]) {
@@ -245,24 +251,44 @@ impl EncodingSniffer {
             let take = (3 - self.head.len()).min(chunk.len());
             self.head.extend_from_slice(&chunk[..take]);
         }
-        if self.invalid {
-            return;
-        }
         let mut bytes = std::mem::take(&mut self.carry);
         bytes.extend_from_slice(chunk);
-        match std::str::from_utf8(&bytes) {
-            Ok(_) => {}
-            Err(e) if e.error_len().is_none() => self.carry = bytes[e.valid_up_to()..].to_vec(),
-            Err(_) => self.invalid = true,
+        // On past each invalid byte: a file that is mostly Windows-1252 may
+        // still hold UTF-8's letters, which that reading would garble.
+        let mut rest = &bytes[..];
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(valid) => {
+                    self.multibyte |= !valid.is_ascii();
+                    return;
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    self.multibyte |= !valid.is_ascii();
+                    match e.error_len() {
+                        None => {
+                            self.carry = after.to_vec();
+                            return;
+                        }
+                        Some(bad) => {
+                            self.invalid = true;
+                            rest = &after[bad..];
+                        }
+                    }
+                }
+            }
         }
     }
 
-    /// The encoding, once the whole file was pushed.
-    pub fn finish(self) -> FileEncoding {
-        match (self.invalid || !self.carry.is_empty(), self.head == b"\xEF\xBB\xBF") {
-            (true, _) => FileEncoding::Windows1252,
-            (false, true) => FileEncoding::Utf8Bom,
-            (false, false) => FileEncoding::Utf8,
+    /// The encoding, once the whole file was pushed; refused
+    /// ([`MIXED_ENCODINGS`]) when the file is both UTF-8 and not.
+    pub fn finish(self) -> Result<FileEncoding, &'static str> {
+        let invalid = self.invalid || !self.carry.is_empty();
+        match (invalid, self.head == b"\xEF\xBB\xBF") {
+            (true, _) if self.multibyte => Err(MIXED_ENCODINGS),
+            (true, _) => Ok(FileEncoding::Windows1252),
+            (false, true) => Ok(FileEncoding::Utf8Bom),
+            (false, false) => Ok(FileEncoding::Utf8),
         }
     }
 }
@@ -406,11 +432,29 @@ mod tests {
     }
 
     fn sniff(bytes: &[u8], piece: usize) -> FileEncoding {
+        sniffed(bytes, piece).expect("one encoding")
+    }
+
+    fn sniffed(bytes: &[u8], piece: usize) -> Result<FileEncoding, &'static str> {
         let mut sniffer = EncodingSniffer::default();
         for p in bytes.chunks(piece.max(1)) {
             sniffer.push(p);
         }
         sniffer.finish()
+    }
+
+    #[test]
+    fn a_file_in_two_encodings_is_refused() {
+        // "Søren" in UTF-8, "Ærø" in Windows-1252, in one file.
+        let mixed = b"S\xC3\xB8ren;\xC6r\xF8\r\n";
+        for piece in [1, 2, 3, 1000] {
+            assert_eq!(sniffed(mixed, piece), Err(MIXED_ENCODINGS), "pieces of {piece}");
+            // Either alone is one encoding.
+            assert_eq!(sniffed(b"S\xC3\xB8ren;\r\n", piece), Ok(FileEncoding::Utf8));
+            assert_eq!(sniffed(b"\xC6r\xF8;S\xF8ren\r\n", piece), Ok(FileEncoding::Windows1252));
+        }
+        // A byte-order mark is UTF-8 too.
+        assert_eq!(sniffed(b"\xEF\xBB\xBFa;\xF8\r\n", 1000), Err(MIXED_ENCODINGS));
     }
 
     #[test]

@@ -147,12 +147,25 @@ pub struct ImportRowError {
     pub applied: bool,
 }
 
+/// Problems per piece of an import's report (`import_report_piece`).
+pub const REPORT_PIECE_ROWS: u64 = 1000;
+
+/// Where the next piece of an import's report starts: after this problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportCursor {
+    row: i64,
+    column: String,
+}
+
 /// What BatchSendActivation did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchActivation {
     pub queued: Vec<Uuid>,
     pub needs_code: Vec<Uuid>,
     pub skipped: Vec<Uuid>,
+    /// Waiting for activation, but whose link only someone who may change
+    /// roles sends (`policy::authorize_sign_in_change`).
+    pub needs_administrator: Vec<Uuid>,
 }
 
 /// An upload in progress: push the file's pieces, then finish.
@@ -259,7 +272,7 @@ impl Domain {
         {
             return Ok(BeganImport::Existing(job_from_row(existing)?));
         }
-        self.ensure_import_slot(&self.db, spec.organisation_id).await?;
+        self.ensure_import_slot(&self.db, spec.organisation_id, None).await?;
         let now = now_millis();
         let id = Uuid::now_v7();
         import_job::Entity::insert(import_job::ActiveModel {
@@ -307,21 +320,35 @@ impl Domain {
     }
 
     /// Refuses a new job while the organisation has its most open ones
-    /// (QUEUED or RUNNING). Checked when an upload starts, so a full queue
-    /// is told before the file is sent, and again, under the organisation's
-    /// lock, when it is queued.
-    async fn ensure_import_slot(&self, db: &impl sea_orm::ConnectionTrait, organisation_id: Uuid) -> DomainResult<()> {
-        let open = import_job::Entity::find()
+    /// (UPLOADING, QUEUED or RUNNING; `uploading`, the job being queued, not
+    /// counted). Checked when an upload starts, so a full queue is told
+    /// before the file is sent, and again, under the organisation's lock,
+    /// when it is queued. Uploads count: otherwise any number could be
+    /// stored at once, each up to the file limit, and all but the last
+    /// few refused only when finished.
+    async fn ensure_import_slot(
+        &self,
+        db: &impl sea_orm::ConnectionTrait,
+        organisation_id: Uuid,
+        uploading: Option<Uuid>,
+    ) -> DomainResult<()> {
+        let mut open = import_job::Entity::find()
             .filter(import_job::Column::OrganisationId.eq(organisation_id))
-            .filter(import_job::Column::State.is_in([ImportState::Queued.as_str(), ImportState::Running.as_str()]))
-            .count(db)
-            .await?;
+            .filter(import_job::Column::State.is_in([
+                ImportState::Uploading.as_str(),
+                ImportState::Queued.as_str(),
+                ImportState::Running.as_str(),
+            ]));
+        if let Some(job) = uploading {
+            open = open.filter(import_job::Column::Id.ne(job));
+        }
+        let open = open.count(db).await?;
         let max = self.settings.imports.max_open_per_organisation;
         if open >= max {
             return Err(DomainError::FailedPrecondition {
                 reason: Reason::ImportsQueueFull,
                 message: format!(
-                    "the organisation already has {open} imports queued or running, the most allowed; wait for one to finish or cancel one"
+                    "the organisation already has {open} imports uploading, queued or running, the most allowed; wait for one to finish or cancel one"
                 ),
                 metadata: vec![("max_open_imports".into(), max.to_string())],
             });
@@ -428,10 +455,20 @@ impl Domain {
         })
     }
 
-    /// The job's row problems as a CSV file for Excel: row, column, reason,
-    /// message; every cell neutralised against formulas.
+    /// A piece of the job's report: its row problems as a CSV file for
+    /// Excel (row, column, reason, message, applied; every cell neutralised
+    /// against formulas), [`REPORT_PIECE_ROWS`] problems at a time after
+    /// `after` (none: the first piece, with the byte-order mark and the
+    /// header), with where the next piece starts (none: this is the last).
+    /// A million bad rows are a report of some hundred megabytes: read
+    /// whole, it could take the service's memory.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
-    pub async fn import_report(&self, caller: &Caller, id: Uuid) -> DomainResult<Vec<u8>> {
+    pub async fn import_report_piece(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        after: Option<ReportCursor>,
+    ) -> DomainResult<(Vec<u8>, Option<ReportCursor>)> {
         let job = self.readable_import(caller, id).await?;
         let language: Language = user::Entity::find_by_id(job.requester_id)
             .one(&self.db)
@@ -449,13 +486,29 @@ impl Domain {
             Language::Sv => ("ja", "nej"),
             Language::En => ("yes", "no"),
         };
-        let errors = import_error::Entity::find()
+        let mut query = import_error::Entity::find()
             .filter(import_error::Column::JobId.eq(id))
             .order_by_asc(import_error::Column::FileRow)
-            .order_by_asc(import_error::Column::ColumnName)
-            .all(&self.db)
-            .await?;
-        let rows = std::iter::once(header.iter().map(|h| h.to_string()).collect()).chain(errors.into_iter().map(|e| {
+            .order_by_asc(import_error::Column::ColumnName);
+        if let Some(ReportCursor { row, column }) = &after {
+            query = query.filter(
+                Expr::col(import_error::Column::FileRow)
+                    .gt(*row)
+                    .or(Expr::col(import_error::Column::FileRow)
+                        .eq(*row)
+                        .and(Expr::col(import_error::Column::ColumnName).gt(column.clone()))),
+            );
+        }
+        let errors = query.limit(REPORT_PIECE_ROWS).all(&self.db).await?;
+        let next = (errors.len() as u64 == REPORT_PIECE_ROWS).then(|| {
+            let last = &errors[errors.len() - 1];
+            ReportCursor {
+                row: last.file_row,
+                column: last.column_name.clone(),
+            }
+        });
+        let header = after.is_none().then(|| header.iter().map(|h| h.to_string()).collect());
+        let rows = header.into_iter().chain(errors.into_iter().map(|e| {
             let e = row_error_from_row(e);
             vec![
                 e.row.to_string(),
@@ -465,7 +518,12 @@ impl Domain {
                 if e.applied { yes } else { no }.to_owned(),
             ]
         }));
-        Ok(format::excel_csv(rows))
+        let mut piece = format::excel_csv(rows);
+        if after.is_some() {
+            // One byte-order mark, at the start of the file.
+            piece.drain(..3);
+        }
+        Ok((piece, next))
     }
 
     /// Stops a job: a queued one at once, a running one between two
@@ -551,6 +609,15 @@ impl Domain {
             }
             None => user_ids,
         };
+        // One link per person: a repeated id would mail twice, and the
+        // second link would end the first.
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<Uuid> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
+        // R-AUTH-1, as for one link (SendActivation): an administrator's
+        // link, or that of a person who delegates, is sent only by someone
+        // who may change roles; whoever else sent it could activate them.
+        let sends_any = caller.is_operator()
+            || authorize(caller, Action::ChangeRoles, Target::organisation(organisation_id)).is_ok();
         let mut outcome = BatchActivation::default();
         for chunk in ids.chunks(500) {
             let txn = crate::persistence::begin_write(&self.db).await?;
@@ -565,6 +632,11 @@ impl Domain {
                 .all(&txn)
                 .await?;
             let found: std::collections::HashMap<Uuid, user::Model> = rows.into_iter().map(|r| (r.id, r)).collect();
+            let roles = if sends_any {
+                Default::default()
+            } else {
+                crate::services::users::roles_of(&txn, chunk).await?
+            };
             for id in chunk {
                 let Some(row) = found.get(id) else {
                     outcome.skipped.push(*id);
@@ -572,6 +644,11 @@ impl Domain {
                 };
                 if parse::<UserState>(&row.state)? != UserState::PendingActivation {
                     outcome.skipped.push(*id);
+                } else if !sends_any
+                    && (roles.get(id).is_some_and(|r| r.iter().any(|r| r.is_administrator()))
+                        || crate::services::access::user_delegates(self, &txn, row).await?)
+                {
+                    outcome.needs_administrator.push(*id);
                 } else if row.cpr_hash.is_none() {
                     outcome.needs_code.push(*id);
                 } else {
@@ -670,12 +747,22 @@ impl ImportUpload {
             return Err(bad_chunk("the file is empty: send its bytes after the spec".into()));
         }
         let domain = self.domain.clone();
+        let encoding = match self.sniffer.finish() {
+            Ok(encoding) => encoding,
+            Err(rule) => {
+                domain.discard_upload(self.job_id, None).await?;
+                return Err(bad_chunk(format!("the file {rule}")));
+            }
+        };
         let txn = crate::persistence::begin_write(&domain.db).await?;
         // Checked again at the end, under the organisation's lock: uploads
         // of one organisation may overlap, and two finishing at once must
         // not both take the last place.
         crate::services::lock_organisation(&txn, self.organisation_id).await?;
-        if let Err(full) = domain.ensure_import_slot(&txn, self.organisation_id).await {
+        if let Err(full) = domain
+            .ensure_import_slot(&txn, self.organisation_id, Some(self.job_id))
+            .await
+        {
             drop(txn);
             domain.discard_upload(self.job_id, None).await?;
             return Err(full);
@@ -684,10 +771,7 @@ impl ImportUpload {
         let queued = import_job::Entity::update_many()
             .col_expr(import_job::Column::State, Expr::value(ImportState::Queued.as_str()))
             .col_expr(import_job::Column::FileBytes, Expr::value(self.bytes))
-            .col_expr(
-                import_job::Column::Encoding,
-                Expr::value(self.sniffer.finish().as_str()),
-            )
+            .col_expr(import_job::Column::Encoding, Expr::value(encoding.as_str()))
             .col_expr(import_job::Column::RequestId, Expr::value(self.request_id.clone()))
             .col_expr(import_job::Column::UpdatedAt, Expr::value(now))
             .filter(import_job::Column::Id.eq(self.job_id))

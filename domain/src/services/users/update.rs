@@ -57,6 +57,14 @@ impl Domain {
                 .birth_date
                 .as_deref()
                 .is_some_and(|d| Some(d.trim()) != current.birth_date.as_deref());
+        // Read only for a change of how the person signs in, and only for
+        // one who is no administrator (who is guarded as one anyway).
+        let delegates = async |current: &User| -> DomainResult<bool> {
+            Ok(touches_sign_in
+                && !current.is_administrator()
+                && crate::services::access::user_by_id_delegates(self, txn, id).await?)
+        };
+        let target = target.delegating(delegates(&current).await?);
         let authorize_change = |target: Target| -> DomainResult<()> {
             if touches_fields || patch.roles.is_none() {
                 crate::policy::authorize_on_user(caller, Action::UpdateUser, target)?;
@@ -168,7 +176,8 @@ impl Domain {
         if caller.holds_levels() || touches_sign_in {
             authorize_change(
                 Target::user(current.organisation_id, id, current.is_administrator(), current.unit_id)
-                    .holding_level(holds_level),
+                    .holding_level(holds_level)
+                    .delegating(delegates(&current).await?),
             )?;
         }
         check_etag("user", etag, current.version).map_err(|e| e.within("user"))?;
