@@ -184,12 +184,37 @@ async fn ca_pem(State(cache): State<Arc<CrlCache>>) -> Response {
 /// OCSP requests are a few hundred bytes; nothing honest comes near this.
 const MAX_OCSP_REQUEST_BYTES: usize = 64 * 1024;
 
-async fn ocsp(State(cache): State<Arc<CrlCache>>, body: axum::body::Bytes) -> Response {
-    if body.len() > MAX_OCSP_REQUEST_BYTES {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "an OCSP request is at most 64 KiB\n").into_response();
-    }
+async fn ocsp(State(cache): State<Arc<CrlCache>>, body: axum::body::Body) -> Response {
+    let body = match body_within(body, MAX_OCSP_REQUEST_BYTES, "an OCSP request is at most 64 KiB\n").await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let der = cache.domain.ocsp_response(&body).await;
     ([(header::CONTENT_TYPE, "application/ocsp-response")], der).into_response()
+}
+
+/// How long a request's body may take to arrive once its headers have.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request's body, at most `max_bytes` (else 413 with `too_large`) and
+/// within [`BODY_READ_TIMEOUT`] (else 408): a body trickled in a byte at a
+/// time would hold its connection's place for nothing (the headers' own
+/// limit is `serve_guarded`'s).
+pub(crate) async fn body_within(
+    body: axum::body::Body,
+    max_bytes: usize,
+    too_large: &'static str,
+) -> Result<axum::body::Bytes, Response> {
+    tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, max_bytes))
+        .await
+        .map_err(|_| {
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                "the request's body took too long to arrive\n",
+            )
+                .into_response()
+        })?
+        .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, too_large).into_response())
 }
 
 fn unavailable(error: String) -> Response {

@@ -1261,8 +1261,11 @@ async fn a_service_account_delegates_nothing(backend: Backend) {
 
     // No level, no rights to pass on or to let others pass on.
     let before = app.fingerprint().await;
-    let level = assert_code(app.grant_level(&admin, &account.id, 1, "").await, Code::InvalidArgument);
-    assert_eq!(bad_fields(&level), ["user_id"]);
+    let level = assert_code(
+        app.grant_level(&admin, &account.id, 1, "").await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason_of(&level), "SERVICE_ACCOUNT");
     let passing = assert_code(
         grant(
             &app,
@@ -1444,5 +1447,112 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
     update(admin.clone(), &lars, "email", unique_email("lars.ny"))
         .await
         .expect("an organisation administrator changes it");
+
+    // Done the other way round: the user administrator moves Bo's address
+    // to a mailbox of their own while he delegates nothing, then he starts
+    // to (a level, a right to pass on, a group holding one). The waiting
+    // change ends there: its link no longer works, and his address stays.
+    let verify = |token: String| {
+        let mut users = app.users();
+        async move { users.verify_email(req("", pb::VerifyEmailRequest { token })).await }
+    };
+    let group = app
+        .access()
+        .create_group(req(
+            &admin,
+            pb::CreateGroupRequest {
+                organisation_id: fixture.org.id.clone(),
+                name: "Lønkontoret".into(),
+                description: "Giver lønkørsler videre".into(),
+            },
+        ))
+        .await
+        .expect("a group")
+        .into_inner()
+        .group
+        .expect("group")
+        .id;
+    grant(
+        &app,
+        &admin,
+        pb::CreateGrantRequest {
+            grantee_user_id: String::new(),
+            grantee_group_id: group.clone(),
+            ..grant_request(&bo, "payroll.runs", "", &[READ], &[READ], false)
+        },
+    )
+    .await
+    .expect("the group may pass the right on");
+    for (name, delegation) in [("Ole", "level"), ("Pia", "grant"), ("Rie", "group")] {
+        let (person, _) = app.member(&fixture, name, &[]).await;
+        let mailbox = unique_email("ulla.egen");
+        update(user_admin.clone(), &person, "email", mailbox.clone())
+            .await
+            .expect("allowed while the person delegates nothing");
+        let link = app.mailed_token("email_verification", &mailbox).await;
+        match delegation {
+            "level" => {
+                app.grant_level(&admin, &person.id, 1, "").await.expect("level 1");
+            }
+            "grant" => {
+                grant(
+                    &app,
+                    &admin,
+                    grant_request(&person, "payroll.runs", "", &[READ], &[READ], false),
+                )
+                .await
+                .expect("a right to pass on");
+            }
+            _ => {
+                app.access()
+                    .add_group_member(req(
+                        &user_admin,
+                        pb::AddGroupMemberRequest {
+                            group_id: group.clone(),
+                            user_id: person.id.clone(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await
+                    .expect("added to the group");
+            }
+        }
+        assert_code(verify(link).await, Code::FailedPrecondition);
+        let now = app
+            .users()
+            .get_user(req(&admin, pb::GetUserRequest { id: person.id.clone() }))
+            .await
+            .expect("the person")
+            .into_inner()
+            .user
+            .expect("user");
+        assert_eq!(
+            (now.email.as_str(), now.pending_email.as_str()),
+            (person.email.as_str(), ""),
+            "{delegation}"
+        );
+    }
+    // A pending person who delegates is listed back by a user
+    // administrator's BatchSendActivation, not mailed a link.
+    let sif = app
+        .created_user(&user_admin, new_user(&fixture.org.id, "Sif", &[]))
+        .await;
+    app.grant_level(&admin, &sif.id, 3, "")
+        .await
+        .expect("level 3 while pending");
+    let batch = app
+        .imports()
+        .batch_send_activation(req(
+            &user_admin,
+            pb::BatchSendActivationRequest {
+                organisation_id: fixture.org.id.clone(),
+                user_ids: vec![sif.id.clone()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("the batch")
+        .into_inner();
+    assert_eq!(batch.needs_administrator_user_ids, [sif.id.as_str()]);
     app.finish().await;
 }

@@ -19,6 +19,7 @@ both_backends!(
     expiry_warnings_go_once_and_certificates_expire,
     without_a_ca_certificate_calls_say_so,
     an_anonymity_approval_ends_the_old_profiles_certificates,
+    withdrawing_the_signing_right_revokes_what_signs,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -1888,6 +1889,92 @@ async fn an_anonymity_approval_ends_the_old_profiles_certificates(backend: Backe
         .user
         .unwrap();
     assert_eq!(admin.state(), pb::UserState::Active, "the refusal closed nothing");
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// R-CERT-2: signing needs the holder's signing right. Withdrawn, the
+/// certificates that sign are revoked at once (CONTENT_INCORRECT, in the
+/// CRL, the holder told) and orders for one are deleted; the rest stay.
+/// Before, a signing certificate stayed valid for its three years, and the
+/// person went on signing for the organisation.
+async fn withdrawing_the_signing_right_revokes_what_signs(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (karen, session) = app
+        .create_and_activate(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                signing_right: true,
+                ..new_user(&fixture.org.id, "Karen", &[])
+            },
+        )
+        .await;
+    let usages = [pb::CertificateUsage::Authentication, pb::CertificateUsage::Signing];
+    let signing = issued_user_certificate(&app, &fixture, &karen, &session, &usages, &dir, "p256").await;
+    let signing_certificate = signing.certificate.clone().unwrap();
+    let authenticating = issued_user_certificate(
+        &app,
+        &fixture,
+        &karen,
+        &session,
+        &[pb::CertificateUsage::Authentication],
+        &dir,
+        "p256",
+    )
+    .await
+    .certificate
+    .unwrap();
+    let admin = &fixture.admin_token;
+    let signing_order = order(&app, admin, user_order(&fixture.org.id, &karen, &usages))
+        .await
+        .unwrap();
+    let plain_order = order(
+        &app,
+        admin,
+        user_order(&fixture.org.id, &karen, &[pb::CertificateUsage::Authentication]),
+    )
+    .await
+    .unwrap();
+
+    app.users()
+        .update_user(req(
+            admin,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: karen.id.clone(),
+                    signing_right: false,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["signing_right".into()],
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("the signing right withdrawn");
+
+    let revoked = get(&app, admin, &signing_certificate.id).await.unwrap();
+    assert_eq!(revoked.state(), pb::CertificateState::Revoked);
+    assert_eq!(revoked.revocation_reason(), pb::RevocationReason::ContentIncorrect);
+    assert_code(get(&app, admin, &signing_order.id).await, Code::NotFound);
+    let kept = get(&app, admin, &authenticating.id).await.unwrap();
+    assert_eq!(kept.state(), pb::CertificateState::Issued);
+    let kept_order = get(&app, admin, &plain_order.id).await.unwrap();
+    assert_eq!(kept_order.state(), pb::CertificateState::Ordered);
+    let serial = upper(&signing_certificate.serial);
+    let text = crl_text(&app, &dir, &signing.chain_pem, |t| t.contains(&serial)).await;
+    assert!(!text.contains(&upper(&authenticating.serial)), "{text}");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'certificate_revoked' AND recipient = '{}'",
+            karen.email
+        ))
+        .await,
+        1
+    );
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
 }

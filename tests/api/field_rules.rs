@@ -988,13 +988,6 @@ fn rows() -> Vec<Row> {
             level: 0,
             unit_id: c.unit.id.clone(),
         })),
-        row!("user_id", "a service account (R-ACC-5)", |c| Call::GrantAdminLevel(
-            pb::GrantAdminLevelRequest {
-                user_id: c.service_account.id.clone(),
-                level: 3,
-                unit_id: String::new(),
-            }
-        )),
         row!("unit_id", "no unit of the organisation", |c| Call::GrantAdminLevel(
             pb::GrantAdminLevelRequest {
                 user_id: c.member.id.clone(),

@@ -1027,6 +1027,18 @@ async fn bulk_activation_mails_cpr_users_and_lists_the_others(backend: Backend) 
         .into_inner();
     assert_eq!(again.skipped_user_ids, vec![fixture.admin.id.clone()]);
     assert_eq!(again.queued_user_ids, vec![sent.queued_user_ids[0].clone()]);
+    // Its link went out a moment ago: nothing is sent again, and that link
+    // still works (a batch retried after its deadline mailed everyone of
+    // its first pieces twice, each new link ending the one just received).
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'")
+            .await,
+        3 + 1
+    );
+    assert_eq!(
+        app.mailed_token("activation", "bruger0.akt@firma.dk").await,
+        token_of_first
+    );
     let both = app
         .imports()
         .batch_send_activation(req(
@@ -1409,6 +1421,23 @@ async fn uploads_in_progress_take_their_places(backend: Backend) {
     };
     assert_eq!(reason.as_str(), "IMPORTS_QUEUE_FULL");
     assert_eq!(app.count("SELECT COUNT(*) FROM import_jobs").await, before);
+    // An upload dropped unfinished (its call cancelled, its deadline
+    // passed) gives its place back at once, not at the purge an hour on.
+    drop(uploads.pop());
+    let started = std::time::Instant::now();
+    let replacement = loop {
+        match app.domain.begin_import(&caller, spec()).await {
+            Ok(BeganImport::Upload(upload)) => break upload,
+            Ok(BeganImport::Existing(_)) => panic!("a new upload"),
+            Err(refused) => assert!(
+                started.elapsed() < std::time::Duration::from_secs(3),
+                "the dropped upload kept its place: {refused}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    uploads.push(replacement);
+    uploads[1].push(text.as_bytes()).await.unwrap();
     // Each of the two is queued: an upload's own place is its own.
     for upload in uploads {
         upload.finish().await.expect("queued in its own place");

@@ -312,9 +312,9 @@ async fn a_forged_or_stale_form_changes_nothing(backend: Backend) {
     app.finish().await;
 }
 
-/// A client that sends its request's headers, or a form's body, a little
-/// at a time (slowloris) is cut off: the headers within 10 s, the body
-/// within 10 s of them. The HTTP port used to be served without a timer:
+/// A client that sends its request's headers, or a form's or an OCSP
+/// request's body, a little at a time (slowloris) is cut off: the headers
+/// within 10 s, the body within 10 s of them. The HTTP port used to be served without a timer:
 /// such a connection stayed open for ever, and enough of them took every
 /// file descriptor of the process, gRPC's listener's too.
 async fn a_client_that_sends_slowly_is_cut_off(backend: Backend) {
@@ -335,12 +335,14 @@ async fn a_client_that_sends_slowly_is_cut_off(backend: Backend) {
             String::from_utf8_lossy(&answer).into_owned()
         }
     };
-    let (headers, body) = tokio::join!(
+    let (headers, form, ocsp) = tokio::join!(
         cut_off(b"GET /ca.pem HTTP/1.1\r\nHost: localhost\r\n"),
         cut_off(b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nab"),
+        cut_off(b"POST /ocsp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nab"),
     );
     assert!(headers.is_empty() || headers.starts_with("HTTP/1.1 408"), "{headers}");
-    assert!(body.starts_with("HTTP/1.1 408"), "{body}");
+    assert!(form.starts_with("HTTP/1.1 408"), "{form}");
+    assert!(ocsp.starts_with("HTTP/1.1 408"), "{ocsp}");
     // The port still serves everyone else.
     let (head, _) = app.http("GET", "/ca.pem", &[], b"").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");

@@ -20,6 +20,7 @@ use crate::persistence::entities::{anonymity_request, api_token, user};
 use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::persistence::mapping::parse;
 use crate::policy::{Action, Caller, Target, authorize};
+use crate::services::certificates::HolderEnding;
 
 crate::string_enum_pub!(
     AnonymityRequestState {
@@ -277,7 +278,9 @@ impl Domain {
             // ISSUED, they stayed valid for years in a name the person asked
             // to be rid of. The new profile orders its own, pseudonymous.
             super::access::end_delegation_of_in(&txn, caller, old.id, now).await?;
-            revoked = self.end_holder_certificates_in(&txn, caller, old.id, now).await?;
+            revoked = self
+                .end_holder_certificates_in(&txn, caller, old.id, HolderEnding::Left, now)
+                .await?;
             let new_id = Uuid::now_v7();
             let mut fresh: user::ActiveModel = old.clone().into();
             fresh.id = Set(new_id);

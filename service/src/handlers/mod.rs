@@ -99,11 +99,17 @@ pub fn peer<T>(domain: &Domain, request: &Request<T>) -> Option<String> {
     domain.peer_address(value, request.remote_addr().map(|addr| addr.ip()))
 }
 
+/// Most bytes in one message of a file's stream: far below the message
+/// limit, whatever a piece holds (a report's problems quote cells, which
+/// have no length limit of their own).
+const FRAME_BYTES: usize = 256 * 1024;
+
 /// A file sent as a stream of pieces, each read when the client is ready
 /// for the last: `first` was read before the stream starts (so a refusal is
 /// the call's own error, not a broken stream), and `fetch` reads the piece
-/// after a cursor, with the cursor after it (`None`: the last piece).
-/// Nothing holds more than one piece in memory.
+/// after a cursor, with the cursor after it (`None`: the last piece). Each
+/// piece goes out in messages of at most [`FRAME_BYTES`]; one piece at a
+/// time is held in memory.
 pub fn pieces<C, T, F, Fut>(
     first: (Vec<u8>, Option<C>),
     fetch: F,
@@ -124,7 +130,7 @@ where
     futures_util::stream::unfold(Next::Ready(first.0, first.1), move |state| {
         let fetch = fetch.clone();
         async move {
-            let (bytes, next) = match state {
+            let (mut bytes, next) = match state {
                 Next::Done => return None,
                 Next::Ready(bytes, next) => (bytes, next),
                 Next::Fetch(cursor) => match fetch(cursor).await {
@@ -132,7 +138,41 @@ where
                     Err(e) => return Some((Err(to_status(e)), Next::Done)),
                 },
             };
+            if bytes.len() > FRAME_BYTES {
+                let rest = bytes.split_off(FRAME_BYTES);
+                return Some((Ok(wrap(bytes)), Next::Ready(rest, next)));
+            }
             Some((Ok(wrap(bytes)), next.map_or(Next::Done, Next::Fetch)))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::{FRAME_BYTES, pieces};
+
+    /// A piece larger than a message goes out in frames; the frames read
+    /// back as the file, every piece in order.
+    #[tokio::test]
+    async fn a_large_piece_goes_out_in_frames() {
+        let first: Vec<u8> = (0..FRAME_BYTES * 2 + 10).map(|i| (i % 251) as u8).collect();
+        let second = b"the last piece".to_vec();
+        let expected = [first.clone(), second.clone()].concat();
+        let stream = pieces(
+            (first, Some(())),
+            move |()| {
+                let second = second.clone();
+                async move { Ok((second, None)) }
+            },
+            |bytes| bytes,
+        );
+        let frames: Vec<Vec<u8>> = stream.map(|frame| frame.expect("a frame")).collect().await;
+        assert_eq!(
+            frames.iter().map(Vec::len).collect::<Vec<_>>(),
+            [FRAME_BYTES, FRAME_BYTES, 10, 14]
+        );
+        assert_eq!(frames.concat(), expected);
+    }
 }

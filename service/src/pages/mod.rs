@@ -39,8 +39,6 @@ use texts::Texts;
 
 /// Forms are a few fields; nothing honest comes near this.
 const MAX_FORM_BYTES: usize = 16 * 1024;
-/// How long a form's body may take to arrive once its headers have.
-const FORM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a link's token stays in its cookie, and a form's CSRF token.
 const FLOW_SECONDS: i64 = 60 * 60;
 
@@ -285,12 +283,7 @@ impl axum::extract::FromRequest<Domain> for Visit {
     async fn from_request(request: axum::extract::Request, domain: &Domain) -> Result<Self, Response> {
         let (parts, body) = request.into_parts();
         let remote = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-        // A form is sent in one go: a body trickled in for longer holds a
-        // connection for nothing (the headers' own limit is the server's).
-        let body = tokio::time::timeout(FORM_READ_TIMEOUT, axum::body::to_bytes(body, MAX_FORM_BYTES))
-            .await
-            .map_err(|_| (StatusCode::REQUEST_TIMEOUT, "the form took too long to arrive\n").into_response())?
-            .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, "a form is at most 16 KiB\n").into_response())?;
+        let body = crate::http::body_within(body, MAX_FORM_BYTES, "a form is at most 16 KiB\n").await?;
         Ok(Visit::new(domain, &parts.headers, &parts.uri, remote, &body))
     }
 }

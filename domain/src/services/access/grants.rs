@@ -281,6 +281,56 @@ pub(crate) async fn passes_rights_on(
         > 0)
 }
 
+/// Which of `users` (of one organisation) hold a grant whose rights they
+/// may pass on, directly or through a group: [`passes_rights_on`] for many
+/// at once, in two statements, plus each person's groups only when the
+/// organisation has a group holding such a grant.
+pub(crate) async fn passing_rights_on_among(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    organisation_id: Uuid,
+    users: &[&user::Model],
+) -> DomainResult<std::collections::HashSet<Uuid>> {
+    let with_options = || {
+        grant::Entity::find()
+            .filter(grant::Column::OrganisationId.eq(organisation_id))
+            .filter(
+                Condition::any()
+                    .add(grant::Column::PassesRead.eq(true))
+                    .add(grant::Column::PassesEdit.eq(true))
+                    .add(grant::Column::MayAuthorise.eq(true)),
+            )
+    };
+    let people: Vec<&user::Model> = users.iter().copied().filter(|u| !u.service_account).collect();
+    let ids: Vec<Uuid> = people.iter().map(|u| u.id).collect();
+    let mut found: std::collections::HashSet<Uuid> = with_options()
+        .filter(grant::Column::GranteeId.is_in(ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .filter_map(|g| g.grantee_id)
+        .collect();
+    let groups: std::collections::HashSet<Uuid> = with_options()
+        .filter(grant::Column::GranteeGroupId.is_not_null())
+        .all(db)
+        .await?
+        .into_iter()
+        .filter_map(|g| g.grantee_group_id)
+        .collect();
+    if !groups.is_empty() {
+        for person in people {
+            if found.contains(&person.id) {
+                continue;
+            }
+            let theirs = super::groups::groups_of_user(domain, db, person).await?;
+            if theirs.iter().any(|g| groups.contains(g)) {
+                found.insert(person.id);
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The grants `holder` holds now in `organisation_id`, directly or
 /// through a group, with the units their scopes cover.
 async fn held_grants(
@@ -598,6 +648,13 @@ impl Domain {
         let held = held_grants(self, txn, organisation_id, &holder, &new.right).await?;
         let parent_id = authorize_grant(caller, &held, request_of(&new, holder.is_in(new.grantee)))?;
         let now = now_millis();
+        // A person given a right they may pass on starts to delegate.
+        let starts = match grantee {
+            GranteeRow::User(row) if !new.grantable.is_empty() || new.may_authorise => {
+                super::starts_to_delegate(self, txn, row).await?.then_some(row.id)
+            }
+            _ => None,
+        };
         let row = grant::ActiveModel {
             id: Set(Uuid::now_v7()),
             organisation_id: Set(organisation_id),
@@ -641,6 +698,9 @@ impl Domain {
             },
         )
         .await?;
+        if let Some(user_id) = starts {
+            self.end_handover_in(txn, caller, user_id, now).await?;
+        }
         Ok(created)
     }
 

@@ -643,6 +643,9 @@ impl Domain {
         let membership = match existing {
             Some(existing) => existing,
             None => {
+                // Joining a group that holds a right to pass on, a person
+                // starts to delegate (read before they are in it).
+                let starts = super::starts_to_delegate(self, &txn, &member).await?;
                 let now = now_millis();
                 let added = group_member::Entity::insert(group_member::ActiveModel {
                     group_id: Set(group_id),
@@ -654,6 +657,9 @@ impl Domain {
                 .exec_with_returning(&txn)
                 .await?;
                 record_membership(&txn, caller, &row, user_id, true, now).await?;
+                if starts && super::user_delegates(self, &txn, &member).await? {
+                    self.end_handover_in(&txn, caller, user_id, now).await?;
+                }
                 added
             }
         };

@@ -309,6 +309,107 @@ pub(crate) async fn user_delegates(
     Ok(holds_level || grants::passes_rights_on(domain, db, user).await?)
 }
 
+/// Whether `user` is about to start delegating: neither an administrator
+/// (guarded already) nor one who delegates. Read before a write that may
+/// make them delegate; [`Domain::end_handover_in`] after it.
+pub(crate) async fn starts_to_delegate(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    user: &user::Model,
+) -> DomainResult<bool> {
+    let roles = crate::services::users::roles_of(db, &[user.id]).await?;
+    let is_admin = roles
+        .get(&user.id)
+        .is_some_and(|r| r.iter().any(|r| r.is_administrator()));
+    Ok(!is_admin && !user_delegates(domain, db, user).await?)
+}
+
+impl Domain {
+    /// R-AUTH-1 when a person starts to delegate (given an admin level, or
+    /// a right they may pass on, directly or through a group): from now on
+    /// how they sign in is changed only by someone who may change roles, so
+    /// what was set going while it was not ends, as at a promotion
+    /// (`update_user_in`). A waiting address change is withdrawn (perhaps
+    /// to a mailbox a user administrator chose, who would verify it, reset
+    /// the password and sign in as them); a pending person's activation
+    /// codes and links end, and a CPR user gets a new link at the address
+    /// on record. Inside the write that made them delegate.
+    pub(crate) async fn end_handover_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        user_id: Uuid,
+        now: crate::model::Millis,
+    ) -> DomainResult<()> {
+        use sea_orm::sea_query::Expr;
+        let Some(row) = user::Entity::find_by_id(user_id).one(txn).await? else {
+            return Ok(());
+        };
+        if let Some(pending) = &row.pending_email {
+            let withdrawn = user::Entity::update_many()
+                .col_expr(user::Column::PendingEmail, Expr::value(Option::<String>::None))
+                .col_expr(user::Column::Version, Expr::value(row.version + 1))
+                .col_expr(user::Column::UpdatedAt, Expr::value(now))
+                .filter(user::Column::Id.eq(row.id))
+                .filter(user::Column::Version.eq(row.version))
+                .exec(txn)
+                .await?;
+            if withdrawn.rows_affected != 1 {
+                return Err(DomainError::Aborted {
+                    message: "the user was changed meanwhile; try again".into(),
+                });
+            }
+            self.withdraw_email_change(txn, row.id, now).await?;
+            history::record(
+                txn,
+                NewEvent {
+                    organisation_id: Some(row.organisation_id),
+                    subject: Subject::User(row.id),
+                    activity: crate::model::Activity::UserUpdated,
+                    caller,
+                    at: now,
+                    changes: vec![crate::model::FieldChange {
+                        field: "pending_email".into(),
+                        before: pending.clone(),
+                        after: String::new(),
+                    }],
+                },
+            )
+            .await?;
+        }
+        if parse::<UserState>(&row.state)? == UserState::PendingActivation {
+            if row.cpr_hash.is_some() {
+                let organisation = crate::services::read_organisation(txn, row.organisation_id).await?;
+                self.issue_activation_link(txn, &row, &organisation.name, crate::services::activation::Earlier::End)
+                    .await?;
+            } else {
+                self.end_activation_secrets(txn, row.id, now).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which of `users` (of one organisation) delegate: [`user_delegates`] for
+/// a batch (BatchSendActivation), in a few statements, not five per person.
+pub(crate) async fn delegating_among(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    organisation_id: Uuid,
+    users: &[&user::Model],
+) -> DomainResult<std::collections::HashSet<Uuid>> {
+    let people: Vec<Uuid> = users.iter().filter(|u| !u.service_account).map(|u| u.id).collect();
+    let mut found: std::collections::HashSet<Uuid> = admin_level::Entity::find()
+        .filter(admin_level::Column::UserId.is_in(people))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|l| l.user_id)
+        .collect();
+    found.extend(grants::passing_rights_on_among(domain, db, organisation_id, users).await?);
+    Ok(found)
+}
+
 /// [`user_delegates`] of the user `id` as stored; a user not found
 /// delegates nothing.
 pub(crate) async fn user_by_id_delegates(domain: &Domain, db: &impl ConnectionTrait, id: Uuid) -> DomainResult<bool> {
@@ -368,9 +469,9 @@ impl Domain {
     ) -> DomainResult<u8> {
         let level = check_level(level)?;
         if grantee.service_account {
-            return Err(DomainError::invalid(
-                "user_id",
-                "names a service account, which holds no admin level: people administer, accounts are shared (R-ACC-5)",
+            return Err(DomainError::precondition(
+                Reason::ServiceAccount,
+                "a service account holds no admin level: people administer, accounts are shared (R-ACC-5)",
             ));
         }
         if let Some(unit) = unit_id
@@ -422,6 +523,7 @@ impl Domain {
             grantee_unit: grantee.unit_id,
         };
         authorize_level_grant(caller, &granter_levels, change, false)?;
+        let starts = starts_to_delegate(self, txn, grantee).await?;
         let existing = admin_level::Entity::find()
             .filter(admin_level::Column::UserId.eq(user_id))
             .filter(admin_level::Column::ScopeKey.eq(scope_key(unit_id)))
@@ -471,6 +573,9 @@ impl Domain {
             },
         )
         .await?;
+        if starts {
+            self.end_handover_in(txn, caller, user_id, now).await?;
+        }
         Ok(grant_from_row(row))
     }
 

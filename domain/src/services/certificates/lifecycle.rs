@@ -56,6 +56,32 @@ pub struct IssuedCertificate {
     pub chain_pem: String,
 }
 
+/// Why a holder's certificates end together (`end_holder_certificates_in`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HolderEnding {
+    /// Deleted (or closed for an anonymous profile): every live
+    /// certificate, HOLDER_LEFT.
+    Left,
+    /// Their signing right was withdrawn (R-CERT-2: signing needs it): the
+    /// certificates that sign, CONTENT_INCORRECT. Before, they stayed valid
+    /// for years, and the person went on signing for the organisation.
+    SigningRightWithdrawn,
+}
+
+impl HolderEnding {
+    fn reason(self) -> RevocationReason {
+        match self {
+            HolderEnding::Left => RevocationReason::HolderLeft,
+            HolderEnding::SigningRightWithdrawn => RevocationReason::ContentIncorrect,
+        }
+    }
+}
+
+/// Whether the certificate (or order) carries the signing usage.
+fn signs(row: &certificate::Model) -> bool {
+    super::usages_from_text(&row.usages).is_ok_and(|usages| usages.contains(&CertificateUsage::Signing))
+}
+
 /// Who manages certificates of a kind: user administrators the user
 /// certificates, organisation administrators the organisation's own.
 pub(crate) fn manage_action(kind: CertificateKind) -> Action {
@@ -902,36 +928,7 @@ impl Domain {
         diff(&mut changes, "state", &row.state, CertificateState::Revoked.as_str());
         diff(&mut changes, "revocation_reason", "", reason.as_str());
         history::record(&txn, event(&row, Activity::CertificateRevoked, caller, now, changes)).await?;
-        let org = read_organisation(&txn, row.organisation_id).await?;
-        let what = describe(&row);
-        let mut told = Vec::new();
-        for person in [Some(row.contact_id), row.holder_id].into_iter().flatten() {
-            if told.contains(&person) {
-                continue;
-            }
-            told.push(person);
-            let Some(recipient) = user::Entity::find_by_id(person).one(&txn).await? else {
-                continue;
-            };
-            if recipient.state == UserState::Deleted.as_str() {
-                continue;
-            }
-            self.notify(
-                &txn,
-                &recipient,
-                NotificationKind::Certificate,
-                MailKind::CertificateRevoked,
-                &[
-                    ("first_name", recipient.first_name.as_str()),
-                    ("organisation_name", org.name.as_str()),
-                    ("certificate", what.as_str()),
-                    ("serial", row.serial.as_deref().unwrap_or_default()),
-                    ("reason", reason.as_str()),
-                ],
-                Some(row.id),
-            )
-            .await?;
-        }
+        self.tell_revoked(&txn, &row, reason).await?;
         txn.commit().await?;
         self.publish_crl_after_commit().await;
         let row = certificate::Entity::find_by_id(id)
@@ -941,9 +938,9 @@ impl Domain {
         to_certificate(row)
     }
 
-    /// A deleted user's certificates end with them, in the deletion's own
-    /// transaction: ISSUED ones are REVOKED (holder no longer with the
-    /// organisation), orders not picked up are deleted. Each in history.
+    /// A holder's certificates that end with a change of the holder, in
+    /// that change's own transaction (`ending` says which and why): ISSUED
+    /// ones are REVOKED, orders not picked up are deleted. Each in history.
     /// Returns how many were revoked (the caller publishes a CRL after its
     /// commit, or leaves it to the worker).
     pub(crate) async fn end_holder_certificates_in(
@@ -951,9 +948,10 @@ impl Domain {
         txn: &DatabaseTransaction,
         caller: &Caller,
         holder_id: Uuid,
+        why: HolderEnding,
         now: Millis,
     ) -> DomainResult<u64> {
-        let rows = certificate::Entity::find()
+        let mut rows = certificate::Entity::find()
             .filter(certificate::Column::HolderId.eq(holder_id))
             .filter(
                 certificate::Column::State
@@ -961,6 +959,9 @@ impl Domain {
             )
             .all(txn)
             .await?;
+        if why == HolderEnding::SigningRightWithdrawn {
+            rows.retain(signs);
+        }
         let mut revoked = 0;
         for read in rows {
             // Each write holds only if the row is still as read. One changed
@@ -970,7 +971,7 @@ impl Domain {
             // call made it, not overwritten.
             let mut row = read;
             for _ in 0..3 {
-                match self.end_holder_certificate(txn, caller, &row, now).await? {
+                match self.end_holder_certificate(txn, caller, &row, why, now).await? {
                     Some(was_issued) => {
                         revoked += u64::from(was_issued);
                         break;
@@ -990,17 +991,19 @@ impl Domain {
         Ok(revoked)
     }
 
-    /// Ends one certificate of a holder who leaves, if it is still as
-    /// `row` says: an order is deleted, an issued certificate revoked
-    /// (HOLDER_LEFT). `Some(true)` revoked, `Some(false)` order deleted,
-    /// `None` the row changed meanwhile and nothing was written.
+    /// Ends one certificate of a holder (`ending`), if it is still as `row`
+    /// says: an order is deleted, an issued certificate revoked.
+    /// `Some(true)` revoked, `Some(false)` order deleted, `None` the row
+    /// changed meanwhile and nothing was written.
     async fn end_holder_certificate(
         &self,
         txn: &DatabaseTransaction,
         caller: &Caller,
         row: &certificate::Model,
+        why: HolderEnding,
         now: Millis,
     ) -> DomainResult<Option<bool>> {
+        let reason = why.reason();
         let unchanged = || {
             sea_orm::Condition::all()
                 .add(certificate::Column::Id.eq(row.id))
@@ -1017,7 +1020,7 @@ impl Domain {
             history::record(txn, event(row, Activity::CertificateOrderDeleted, caller, now, changes)).await?;
             return Ok(Some(false));
         }
-        let ended = ending(row, CertificateState::Revoked, RevocationReason::HolderLeft, now)
+        let ended = ending(row, CertificateState::Revoked, reason, now)
             .filter(unchanged())
             .exec(txn)
             .await?;
@@ -1025,14 +1028,55 @@ impl Domain {
             return Ok(None);
         }
         diff(&mut changes, "state", &row.state, CertificateState::Revoked.as_str());
-        diff(
-            &mut changes,
-            "revocation_reason",
-            "",
-            RevocationReason::HolderLeft.as_str(),
-        );
+        diff(&mut changes, "revocation_reason", "", reason.as_str());
         history::record(txn, event(row, Activity::CertificateRevoked, caller, now, changes)).await?;
+        // One who left is told nothing; one who stays learns why their
+        // certificate stopped working.
+        if why != HolderEnding::Left {
+            self.tell_revoked(txn, row, reason).await?;
+        }
         Ok(Some(true))
+    }
+
+    /// Tells a revoked certificate's contact person and holder (once each,
+    /// if not deleted), in the revocation's transaction (R-CERT-3).
+    async fn tell_revoked(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &certificate::Model,
+        reason: RevocationReason,
+    ) -> DomainResult<()> {
+        let org = read_organisation(txn, row.organisation_id).await?;
+        let what = describe(row);
+        let mut told = Vec::new();
+        for person in [Some(row.contact_id), row.holder_id].into_iter().flatten() {
+            if told.contains(&person) {
+                continue;
+            }
+            told.push(person);
+            let Some(recipient) = user::Entity::find_by_id(person).one(txn).await? else {
+                continue;
+            };
+            if recipient.state == UserState::Deleted.as_str() {
+                continue;
+            }
+            self.notify(
+                txn,
+                &recipient,
+                NotificationKind::Certificate,
+                MailKind::CertificateRevoked,
+                &[
+                    ("first_name", recipient.first_name.as_str()),
+                    ("organisation_name", org.name.as_str()),
+                    ("certificate", what.as_str()),
+                    ("serial", row.serial.as_deref().unwrap_or_default()),
+                    ("reason", reason.as_str()),
+                ],
+                Some(row.id),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// A certificate row as far as the caller can see it: members see their

@@ -14,6 +14,7 @@ mod queries;
 mod signing;
 
 pub use csr::{HolderKey, check_csr};
+pub(crate) use lifecycle::HolderEnding;
 pub use lifecycle::{CertificateOrder, IssuedCertificate};
 pub use publication::{CertificateStatus, PublishedCrl};
 pub use queries::{CertificateQuery, ExportFormat};

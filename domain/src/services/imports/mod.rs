@@ -179,6 +179,30 @@ pub struct ImportUpload {
     sniffer: format::EncodingSniffer,
     /// When the job's `updated_at` last said the upload is alive.
     alive_at: Millis,
+    /// Queued, or discarded, by `finish` or `abandon`: nothing for `drop`.
+    settled: bool,
+}
+
+impl Drop for ImportUpload {
+    /// An upload dropped unsettled is discarded at once: its call was
+    /// cancelled, or its deadline passed, and the handler's future was
+    /// dropped with it, so `abandon` never ran. It used to keep one of the
+    /// organisation's places for open imports, and its pieces, until the
+    /// purge of idle uploads (an hour by default). Discarding deletes only
+    /// a job still UPLOADING: one a cancelled `finish` queued stays.
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let (domain, job_id) = (self.domain.clone(), self.job_id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = domain.discard_upload(job_id, None).await {
+                    tracing::warn!(%error, job = %job_id, "a dropped upload was not discarded; the purge will");
+                }
+            });
+        }
+    }
 }
 
 /// The answer to the first message of an upload (one per upload: its size
@@ -316,6 +340,7 @@ impl Domain {
             bytes: 0,
             sniffer: format::EncodingSniffer::default(),
             alive_at: now,
+            settled: false,
         }))
     }
 
@@ -632,11 +657,16 @@ impl Domain {
                 .all(&txn)
                 .await?;
             let found: std::collections::HashMap<Uuid, user::Model> = rows.into_iter().map(|r| (r.id, r)).collect();
-            let roles = if sends_any {
+            let (roles, delegating) = if sends_any {
                 Default::default()
             } else {
-                crate::services::users::roles_of(&txn, chunk).await?
+                let rows: Vec<&user::Model> = found.values().collect();
+                (
+                    crate::services::users::roles_of(&txn, chunk).await?,
+                    crate::services::access::delegating_among(self, &txn, organisation_id, &rows).await?,
+                )
             };
+            let on_its_way = links_on_their_way(&txn, chunk).await?;
             for id in chunk {
                 let Some(row) = found.get(id) else {
                     outcome.skipped.push(*id);
@@ -646,11 +676,13 @@ impl Domain {
                     outcome.skipped.push(*id);
                 } else if !sends_any
                     && (roles.get(id).is_some_and(|r| r.iter().any(|r| r.is_administrator()))
-                        || crate::services::access::user_delegates(self, &txn, row).await?)
+                        || delegating.contains(id))
                 {
                     outcome.needs_administrator.push(*id);
                 } else if row.cpr_hash.is_none() {
                     outcome.needs_code.push(*id);
+                } else if on_its_way.contains(id) {
+                    outcome.queued.push(*id);
                 } else {
                     self.send_activation_link_in(&txn, caller, row, &org.name).await?;
                     outcome.queued.push(*id);
@@ -660,6 +692,37 @@ impl Domain {
         }
         Ok(outcome)
     }
+}
+
+/// How long an activation link a batch (or anyone) sent stays the one a
+/// batch leaves alone (`links_on_their_way`).
+pub const BATCH_LINK_INTERVAL_MS: Millis = 10 * 60 * 1000;
+
+/// The users of `ids` mailed an activation link in the last
+/// [`BATCH_LINK_INTERVAL_MS`] that is still live. A batch commits piece by
+/// piece: when its caller's deadline passes and the caller retries, the
+/// people of the pieces done were mailed again, each new link ending the
+/// one they had just received. Now a batch counts them as queued and sends
+/// nothing; SendActivation still replaces a link at once.
+async fn links_on_their_way(
+    txn: &sea_orm::DatabaseTransaction,
+    ids: &[Uuid],
+) -> DomainResult<std::collections::HashSet<Uuid>> {
+    use crate::persistence::entities::activation_secret;
+    let now = now_millis();
+    let users: Vec<Uuid> = activation_secret::Entity::find()
+        .select_only()
+        .column(activation_secret::Column::UserId)
+        .filter(activation_secret::Column::UserId.is_in(ids.to_vec()))
+        .filter(activation_secret::Column::Kind.eq(crate::services::activation::KIND_LINK))
+        .filter(activation_secret::Column::UsedAt.is_null())
+        .filter(activation_secret::Column::RevokedAt.is_null())
+        .filter(activation_secret::Column::ExpiresAt.gt(now))
+        .filter(activation_secret::Column::CreatedAt.gt(now - BATCH_LINK_INTERVAL_MS))
+        .into_tuple()
+        .all(txn)
+        .await?;
+    Ok(users.into_iter().collect())
 }
 
 /// The one refusal of an upload's pieces (too large, or none at all).
@@ -739,7 +802,15 @@ impl ImportUpload {
     }
 
     /// The whole file arrived: the job is queued and returned.
-    pub async fn finish(self) -> DomainResult<ImportJob> {
+    pub async fn finish(mut self) -> DomainResult<ImportJob> {
+        let done = self.queue().await;
+        self.settled = true;
+        done
+    }
+
+    /// `finish`'s work: every way out but a cancellation queues the job or
+    /// discards it.
+    async fn queue(&mut self) -> DomainResult<ImportJob> {
         if self.bytes == 0 {
             let domain = self.domain.clone();
             let job_id = self.job_id;
@@ -747,7 +818,7 @@ impl ImportUpload {
             return Err(bad_chunk("the file is empty: send its bytes after the spec".into()));
         }
         let domain = self.domain.clone();
-        let encoding = match self.sniffer.finish() {
+        let encoding = match std::mem::take(&mut self.sniffer).finish() {
             Ok(encoding) => encoding,
             Err(rule) => {
                 domain.discard_upload(self.job_id, None).await?;
@@ -787,7 +858,7 @@ impl ImportUpload {
                 // is the answer; this upload is dropped.
                 drop(txn);
                 domain.discard_upload(self.job_id, None).await?;
-                let request_id = self.request_id.unwrap_or_default();
+                let request_id = self.request_id.take().unwrap_or_default();
                 let existing = import_job::Entity::find()
                     .filter(import_job::Column::OrganisationId.eq(self.organisation_id))
                     .filter(import_job::Column::RequestId.eq(request_id))
@@ -802,8 +873,10 @@ impl ImportUpload {
     }
 
     /// The upload was abandoned (the client went away, or a limit refused it).
-    pub async fn abandon(self) -> DomainResult<()> {
-        self.domain.discard_upload(self.job_id, None).await.map(drop)
+    pub async fn abandon(mut self) -> DomainResult<()> {
+        let done = self.domain.discard_upload(self.job_id, None).await.map(drop);
+        self.settled = true;
+        done
     }
 }
 

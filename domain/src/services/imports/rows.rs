@@ -113,9 +113,19 @@ fn names<T: std::str::FromStr>(text: &str, what: &str) -> Result<Vec<T>, String>
             t.to_uppercase()
                 .replace([' ', '-'], "_")
                 .parse::<T>()
-                .map_err(|_| format!("{t:?} is not a {what}"))
+                .map_err(|_| format!("{:?} is not a {what}", quoted(t)))
         })
         .collect()
+}
+
+/// A cell's text as a message quotes it: its first 40 characters. A cell
+/// has no length limit of its own, and the message is stored per row and
+/// sent in the report.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 /// The names a list cell may hold, for its error message.

@@ -191,7 +191,8 @@ impl Domain {
         self.revoke_user_tokens(txn, id, now, true).await?;
         self.record_user_event(txn, &current, Activity::UserDeleted, caller, now, changes)
             .await?;
-        self.end_holder_certificates_in(txn, caller, id, now).await?;
+        self.end_holder_certificates_in(txn, caller, id, HolderEnding::Left, now)
+            .await?;
         crate::services::access::end_delegation_of_in(txn, caller, id, now).await?;
         self.load_user(txn, id).await
     }

@@ -34,6 +34,7 @@ use crate::persistence::entities::{api_token, history_event, organisation, user,
 use crate::persistence::history::{self, NewEvent, Subject, changes_from_json, diff};
 use crate::persistence::mapping::{json_list, parse, user_from_row};
 use crate::policy::{Action, Caller, Target, authorize};
+use crate::services::certificates::HolderEnding;
 use crate::validate::{self, Violations};
 
 /// Shown in history instead of a CPR number, which never goes there.

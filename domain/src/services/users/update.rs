@@ -8,18 +8,25 @@ impl Domain {
     pub async fn update_user(&self, caller: &Caller, id: Uuid, etag: &str, patch: UserPatch) -> DomainResult<User> {
         let changes_roles = patch.roles.is_some();
         let txn = crate::persistence::begin_write(&self.db).await?;
-        let updated = self.update_user_in(&txn, caller, id, etag, patch).await?;
+        let (updated, revoked) = self.update_user_counting_in(&txn, caller, id, etag, patch).await?;
         txn.commit().await?;
         if changes_roles {
             // Rights may have changed: cached callers must be looked up again.
             self.auth_cache.clear();
+        }
+        // Certificates that sign were revoked with the right: publish at
+        // once (an import's edit rows are published by the worker's next
+        // look, as its deletions are).
+        if revoked > 0 {
+            self.publish_crl_after_commit().await;
         }
         Ok(updated)
     }
 
     /// UpdateUser's rules and writes inside the caller's transaction (the
     /// import job's edit rows run many in one). Cached callers are the
-    /// caller's to clear after the commit when roles were given.
+    /// caller's to clear after the commit when roles were given; a CRL is
+    /// the worker's to publish when certificates were revoked.
     pub(crate) async fn update_user_in(
         &self,
         txn: &DatabaseTransaction,
@@ -28,6 +35,19 @@ impl Domain {
         etag: &str,
         patch: UserPatch,
     ) -> DomainResult<User> {
+        Ok(self.update_user_counting_in(txn, caller, id, etag, patch).await?.0)
+    }
+
+    /// [`Self::update_user_in`], with how many certificates it revoked (a
+    /// withdrawn signing right revokes those that sign).
+    async fn update_user_counting_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        id: Uuid,
+        etag: &str,
+        patch: UserPatch,
+    ) -> DomainResult<(User, u64)> {
         let current = self.load_user(txn, id).await?;
         let holds_level = crate::services::access::target_holds_level(txn, caller, id).await?;
         let target = Target::user(current.organisation_id, id, current.is_administrator(), current.unit_id)
@@ -361,7 +381,7 @@ impl Domain {
             diff(&mut changes, "roles", json_list(&current.roles), json_list(roles));
         }
         if changes.is_empty() {
-            return Ok(current);
+            return Ok((current, 0));
         }
         if let Some(roles) = &new_roles {
             user_role::Entity::delete_many()
@@ -372,6 +392,12 @@ impl Domain {
         }
         let now = now_millis();
         self.write_user_change(txn, &row, active, now).await?;
+        let mut revoked = 0;
+        if patch.signing_right == Some(false) && row.signing_right {
+            revoked = self
+                .end_holder_certificates_in(txn, caller, id, HolderEnding::SigningRightWithdrawn, now)
+                .await?;
+        }
         if let Some(unit) = patch.unit_id
             && unit != row.unit_id
         {
@@ -413,7 +439,7 @@ impl Domain {
             },
         )
         .await?;
-        self.load_user(txn, id).await
+        Ok((self.load_user(txn, id).await?, revoked))
     }
 
     /// Writes the row if nobody changed it since `before` was read.
