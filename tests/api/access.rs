@@ -1483,8 +1483,53 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
     )
     .await
     .expect("the group may pass the right on");
-    for (name, delegation) in [("Ole", "level"), ("Pia", "grant"), ("Rie", "group")] {
+    let new_group = |name: &'static str| {
+        let mut access = app.access();
+        let request = pb::CreateGroupRequest {
+            organisation_id: fixture.org.id.clone(),
+            name: name.into(),
+            description: "Et hold".into(),
+        };
+        let admin = admin.clone();
+        async move {
+            access
+                .create_group(req(&admin, request))
+                .await
+                .expect("a group")
+                .into_inner()
+                .group
+                .expect("group")
+                .id
+        }
+    };
+    let add_member = |group: String, person: String| {
+        let mut access = app.access();
+        let user_admin = user_admin.clone();
+        async move {
+            access
+                .add_group_member(req(
+                    &user_admin,
+                    pb::AddGroupMemberRequest {
+                        group_id: group,
+                        user_id: person,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("added to the group")
+        }
+    };
+    let team = new_group("Holdet").await;
+    for (name, delegation) in [
+        ("Ole", "level"),
+        ("Pia", "grant"),
+        ("Rie", "group"),
+        ("Tor", "grant to the group"),
+    ] {
         let (person, _) = app.member(&fixture, name, &[]).await;
+        if delegation == "grant to the group" {
+            add_member(team.clone(), person.id.clone()).await;
+        }
         let mailbox = unique_email("ulla.egen");
         update(user_admin.clone(), &person, "email", mailbox.clone())
             .await
@@ -1503,18 +1548,21 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
                 .await
                 .expect("a right to pass on");
             }
+            "group" => {
+                add_member(group.clone(), person.id.clone()).await;
+            }
             _ => {
-                app.access()
-                    .add_group_member(req(
-                        &user_admin,
-                        pb::AddGroupMemberRequest {
-                            group_id: group.clone(),
-                            user_id: person.id.clone(),
-                            ..Default::default()
-                        },
-                    ))
-                    .await
-                    .expect("added to the group");
+                grant(
+                    &app,
+                    &admin,
+                    pb::CreateGrantRequest {
+                        grantee_user_id: String::new(),
+                        grantee_group_id: team.clone(),
+                        ..grant_request(&bo, "payroll.runs", "", &[READ], &[READ], false)
+                    },
+                )
+                .await
+                .expect("the group may pass the right on");
             }
         }
         assert_code(verify(link).await, Code::FailedPrecondition);

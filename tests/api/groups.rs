@@ -363,6 +363,23 @@ async fn the_external_member_added_by_user_id_and_cvr(backend: Backend) {
         add_member(&app, &helper_org.admin_token, &group.id, &bo.id, "").await,
         Code::NotFound,
     );
+    // His history, as his own organisation reads it, says he was added to
+    // the group, not by whom: the home administrator's name and e-mail are
+    // the home organisation's, which the helper cannot read otherwise.
+    let added_events = app
+        .history_of(&helper_org.admin_token, &bo.id, pb::HistoryActivity::GroupMemberAdded)
+        .await;
+    assert_eq!(added_events.len(), 1);
+    let event = &added_events[0];
+    assert_eq!(
+        (
+            event.actor.as_str(),
+            event.actor_name.as_str(),
+            event.actor_email.as_str()
+        ),
+        (format!("organisation:{}", home.org.id).as_str(), "", "")
+    );
+    assert!(!format!("{event:?}").contains(&home.admin.email), "{event:?}");
     // Bo leaves his organisation: he leaves the group with it.
     app.users()
         .delete_user(req(

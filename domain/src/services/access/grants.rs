@@ -648,12 +648,19 @@ impl Domain {
         let held = held_grants(self, txn, organisation_id, &holder, &new.right).await?;
         let parent_id = authorize_grant(caller, &held, request_of(&new, holder.is_in(new.grantee)))?;
         let now = now_millis();
-        // A person given a right they may pass on starts to delegate.
-        let starts = match grantee {
-            GranteeRow::User(row) if !new.grantable.is_empty() || new.may_authorise => {
-                super::starts_to_delegate(self, txn, row).await?.then_some(row.id)
+        // A person given a right they may pass on starts to delegate; so
+        // does each member of a group given one.
+        let passes_on = !new.grantable.is_empty() || new.may_authorise;
+        let starts: Vec<Uuid> = match grantee {
+            GranteeRow::User(row) if passes_on => {
+                if super::starts_to_delegate(self, txn, row).await? {
+                    vec![row.id]
+                } else {
+                    Vec::new()
+                }
             }
-            _ => None,
+            GranteeRow::Group(group) if passes_on => self.members_starting_to_delegate(txn, group).await?,
+            _ => Vec::new(),
         };
         let row = grant::ActiveModel {
             id: Set(Uuid::now_v7()),
@@ -698,10 +705,44 @@ impl Domain {
             },
         )
         .await?;
-        if let Some(user_id) = starts {
+        for user_id in starts {
             self.end_handover_in(txn, caller, user_id, now).await?;
         }
         Ok(created)
+    }
+
+    /// The members of `group` with something for `end_handover_in` to end
+    /// (a waiting address change, or not yet activated) who neither are
+    /// administrators nor delegate yet: given a right to pass on through
+    /// the group, they start to.
+    async fn members_starting_to_delegate(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        group: &group::Model,
+    ) -> DomainResult<Vec<Uuid>> {
+        let organisation_id = group.organisation_id;
+        let members = user::Entity::find()
+            .filter(user::Column::OrganisationId.eq(organisation_id))
+            .filter(super::groups::members_condition(self, txn, organisation_id, group.id, "grantee_group_id").await?)
+            .filter(
+                Condition::any()
+                    .add(user::Column::PendingEmail.is_not_null())
+                    .add(user::Column::State.eq(UserState::PendingActivation.as_str())),
+            )
+            .all(txn)
+            .await?;
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<&user::Model> = members.iter().collect();
+        let ids: Vec<Uuid> = members.iter().map(|m| m.id).collect();
+        let delegating = super::delegating_among(self, txn, organisation_id, &rows).await?;
+        let roles = crate::services::users::roles_of(txn, &ids).await?;
+        Ok(ids
+            .into_iter()
+            .filter(|id| !delegating.contains(id))
+            .filter(|id| !roles.get(id).is_some_and(|r| r.iter().any(|r| r.is_administrator())))
+            .collect())
     }
 
     /// Revokes a grant and, in the same transaction, every grant made on its

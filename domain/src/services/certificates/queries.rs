@@ -85,18 +85,22 @@ impl Domain {
     ) -> DomainResult<Page<HistoryEvent>> {
         // A deleted order's row is gone, its history is not: readers of the
         // organisation's certificates may still read it.
-        match self.visible_certificate(&self.db, caller, id).await {
-            Ok(row) => self.authorize_read(caller, &row)?,
+        let organisation_id = match self.visible_certificate(&self.db, caller, id).await {
+            Ok(row) => {
+                self.authorize_read(caller, &row)?;
+                row.organisation_id
+            }
             Err(DomainError::NotFound { .. }) => {
                 let org = self.history_organisation(id).await?;
                 let Some(org) = org.filter(|org| caller.organisation_id() == Some(*org)) else {
                     return Err(DomainError::not_found("certificate", id));
                 };
                 authorize(caller, Action::ReadCertificates, Target::organisation(org))?;
+                org
             }
             Err(other) => return Err(other),
-        }
-        self.history_of("CERTIFICATE", id, query).await
+        };
+        self.history_of("CERTIFICATE", id, organisation_id, query).await
     }
 
     async fn history_organisation(&self, id: Uuid) -> DomainResult<Option<Uuid>> {

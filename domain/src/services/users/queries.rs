@@ -108,16 +108,21 @@ impl Domain {
         user_id: Uuid,
         query: HistoryQuery,
     ) -> DomainResult<Page<HistoryEvent>> {
-        self.authorized_user(caller, Action::ReadUserHistory, user_id).await?;
-        self.history_of("USER", user_id, query).await
+        let user = self.authorized_user(caller, Action::ReadUserHistory, user_id).await?;
+        self.history_of("USER", user_id, user.organisation_id, query).await
     }
 
-    /// The history events of one subject (`USER`, `CERTIFICATE`), newest
-    /// first, for a caller already allowed to read them.
+    /// The history events of one subject (`USER`, `CERTIFICATE`) of
+    /// `organisation_id`, newest first, for a caller already allowed to
+    /// read them. An event another organisation wrote on the subject (a
+    /// user added to that organisation's group, R-ACC-7) keeps what it did
+    /// but not who did it: that person's name and e-mail are theirs, and
+    /// this organisation cannot read that person otherwise.
     pub(crate) async fn history_of(
         &self,
         subject_kind: &str,
         subject_id: Uuid,
+        organisation_id: Uuid,
         query: HistoryQuery,
     ) -> DomainResult<Page<HistoryEvent>> {
         let limit = paging::page_size(query.page_size, 200, 1000)?;
@@ -156,13 +161,23 @@ impl Domain {
             items: rows
                 .into_iter()
                 .map(|row| {
+                    let foreign = row.organisation_id.is_some_and(|o| o != organisation_id);
+                    let (actor, actor_name, actor_email) = if foreign {
+                        let by = row
+                            .organisation_id
+                            .map(|o| format!("organisation:{o}"))
+                            .unwrap_or_default();
+                        (by, String::new(), None)
+                    } else {
+                        (row.actor, row.actor_name, row.actor_email)
+                    };
                     Ok(HistoryEvent {
                         id: row.id,
                         subject_id: row.subject_id,
                         activity: parse(&row.activity)?,
-                        actor: row.actor,
-                        actor_name: row.actor_name,
-                        actor_email: row.actor_email,
+                        actor,
+                        actor_name,
+                        actor_email,
                         on_behalf_of: row.on_behalf_of,
                         occurred_at: row.occurred_at,
                         changes: changes_from_json(&row.changes),
