@@ -1580,14 +1580,119 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
             "{delegation}"
         );
     }
+    // A unit whose system group may pass a right on makes whoever is placed
+    // in it delegate: moved there together with a new address, the user
+    // administrator is refused; moved there after the address changed,
+    // the waiting change ends.
+    let plant = app
+        .orgs()
+        .create_unit(req(
+            &admin,
+            pb::CreateUnitRequest {
+                organisation_id: fixture.org.id.clone(),
+                kind: pb::UnitKind::ProductionUnit as i32,
+                name: "Fabrik Vejle".into(),
+                number: "1012345678".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a production unit")
+        .into_inner()
+        .unit
+        .expect("unit");
+    let system_group = app
+        .access()
+        .list_groups(req(
+            &admin,
+            pb::ListGroupsRequest {
+                organisation_id: fixture.org.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("groups")
+        .into_inner()
+        .groups
+        .into_iter()
+        .find(|g| g.unit_id == plant.id)
+        .expect("the unit's system group");
+    grant(
+        &app,
+        &admin,
+        pb::CreateGrantRequest {
+            grantee_user_id: String::new(),
+            grantee_group_id: system_group.id.clone(),
+            ..grant_request(&bo, "payroll.runs", "", &[READ], &[READ], false)
+        },
+    )
+    .await
+    .expect("the unit's people may pass the right on");
+    let (uma, _) = app.member(&fixture, "Uma", &[]).await;
+    let move_to_plant = |email: Option<String>| {
+        let mut users = app.users();
+        let mut paths = vec!["unit_id".to_string()];
+        let mut user = pb::User {
+            id: uma.id.clone(),
+            unit_id: plant.id.clone(),
+            ..Default::default()
+        };
+        if let Some(email) = email {
+            user.email = email;
+            paths.push("email".into());
+        }
+        let user_admin = user_admin.clone();
+        async move {
+            users
+                .update_user(req(
+                    &user_admin,
+                    pb::UpdateUserRequest {
+                        user: Some(user),
+                        update_mask: Some(FieldMask { paths }),
+                        ..Default::default()
+                    },
+                ))
+                .await
+        }
+    };
+    let before = app.fingerprint().await;
+    assert_code(
+        move_to_plant(Some(unique_email("ulla.egen"))).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(app.fingerprint().await, before, "the refused move changed data");
+    let mailbox = unique_email("ulla.egen");
+    update(user_admin.clone(), &uma, "email", mailbox.clone())
+        .await
+        .expect("allowed while Uma delegates nothing");
+    let link = app.mailed_token("email_verification", &mailbox).await;
+    move_to_plant(None).await.expect("moved to the plant");
+    assert_code(verify(link).await, Code::FailedPrecondition);
+
     // A pending person who delegates is listed back by a user
     // administrator's BatchSendActivation, not mailed a link.
-    let sif = app
-        .created_user(&user_admin, new_user(&fixture.org.id, "Sif", &[]))
-        .await;
+    let sif_request = new_user(&fixture.org.id, "Sif", &[]);
+    let sif_cpr = sif_request.cpr.clone();
+    let sif = app.created_user(&user_admin, sif_request).await;
+    let sif_link = app.activation_link_token(&sif.email).await;
     app.grant_level(&admin, &sif.id, 3, "")
         .await
         .expect("level 3 while pending");
+    // The link the user administrator's creation mailed (to an address
+    // they chose, for a CPR number they know) ends; no new one by itself.
+    let activated = app
+        .users()
+        .activate_user(req(
+            "",
+            pb::ActivateUserRequest {
+                token: sif_link.clone(),
+                cpr: sif_cpr,
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_code(activated, Code::FailedPrecondition);
+    assert_eq!(app.activation_link_token(&sif.email).await, sif_link);
     let batch = app
         .imports()
         .batch_send_activation(req(

@@ -633,9 +633,12 @@ impl Domain {
         // grant this one is made on cannot be revoked between check and commit.
         lock_organisation(txn, organisation_id).await?;
         let caller = &super::caller_as_now(self, txn, caller).await?;
+        // The grantee as they stand under the lock (their unit decides their
+        // system groups, so whether they delegate already).
+        let mut user_now = None;
         match grantee {
             GranteeRow::User(row) => {
-                super::standing_user_as_now(txn, row.id).await?;
+                user_now = Some(super::standing_user_as_now(txn, row.id).await?);
             }
             GranteeRow::Group(row) => {
                 group::Entity::find_by_id(row.id)
@@ -651,15 +654,15 @@ impl Domain {
         // A person given a right they may pass on starts to delegate; so
         // does each member of a group given one.
         let passes_on = !new.grantable.is_empty() || new.may_authorise;
-        let starts: Vec<Uuid> = match grantee {
-            GranteeRow::User(row) if passes_on => {
+        let starts: Vec<Uuid> = match (grantee, &user_now) {
+            (GranteeRow::User(_), Some(row)) if passes_on => {
                 if super::starts_to_delegate(self, txn, row).await? {
                     vec![row.id]
                 } else {
                     Vec::new()
                 }
             }
-            GranteeRow::Group(group) if passes_on => self.members_starting_to_delegate(txn, group).await?,
+            (GranteeRow::Group(group), _) if passes_on => self.members_starting_to_delegate(txn, group).await?,
             _ => Vec::new(),
         };
         let row = grant::ActiveModel {

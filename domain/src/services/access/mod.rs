@@ -332,8 +332,7 @@ impl Domain {
     /// (`update_user_in`). A waiting address change is withdrawn (perhaps
     /// to a mailbox a user administrator chose, who would verify it, reset
     /// the password and sign in as them); a pending person's activation
-    /// codes and links end, and a CPR user gets a new link at the address
-    /// on record. Inside the write that made them delegate.
+    /// codes and links end. Inside the write that made them delegate.
     pub(crate) async fn end_handover_in(
         &self,
         txn: &DatabaseTransaction,
@@ -378,13 +377,11 @@ impl Domain {
             .await?;
         }
         if parse::<UserState>(&row.state)? == UserState::PendingActivation {
-            if row.cpr_hash.is_some() {
-                let organisation = crate::services::read_organisation(txn, row.organisation_id).await?;
-                self.issue_activation_link(txn, &row, &organisation.name, crate::services::activation::Earlier::End)
-                    .await?;
-            } else {
-                self.end_activation_secrets(txn, row.id, now).await?;
-            }
+            // No new link by itself: a pending person's address and CPR
+            // number were someone else's to set, perhaps a user
+            // administrator's own mailbox and a number they know. Someone
+            // who may change roles sends one (SendActivation).
+            self.end_activation_secrets(txn, row.id, now).await?;
         }
         Ok(())
     }
@@ -410,11 +407,22 @@ pub(crate) async fn delegating_among(
     Ok(found)
 }
 
-/// [`user_delegates`] of the user `id` as stored; a user not found
-/// delegates nothing.
-pub(crate) async fn user_by_id_delegates(domain: &Domain, db: &impl ConnectionTrait, id: Uuid) -> DomainResult<bool> {
+/// [`user_delegates`] of the user `id` as stored, or as placed in
+/// `placed_in` instead when given (a move: the system groups over the unit
+/// they go to count); a user not found delegates nothing.
+pub(crate) async fn user_by_id_delegates(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    id: Uuid,
+    placed_in: Option<Option<Uuid>>,
+) -> DomainResult<bool> {
     match user::Entity::find_by_id(id).one(db).await? {
-        Some(row) => user_delegates(domain, db, &row).await,
+        Some(mut row) => {
+            if let Some(unit) = placed_in {
+                row.unit_id = unit;
+            }
+            user_delegates(domain, db, &row).await
+        }
         None => Ok(false),
     }
 }

@@ -547,7 +547,10 @@ mod tests {
         // reader always ends.
         #[test]
         fn any_bytes_read_to_the_end(bytes in proptest::collection::vec(any::<u8>(), 0..400), piece in 1usize..64) {
-            let encoding = sniff(&bytes, piece);
+            // A file in two encodings at once is refused before it is read.
+            let Ok(encoding) = sniffed(&bytes, piece) else {
+                return Ok(());
+            };
             let records = read_all(&bytes, encoding, piece);
             // Every byte but separators lands in some cell, so a non-empty
             // file without line breaks yields at least one record.

@@ -804,12 +804,14 @@ impl ImportUpload {
     /// The whole file arrived: the job is queued and returned.
     pub async fn finish(mut self) -> DomainResult<ImportJob> {
         let done = self.queue().await;
-        self.settled = true;
+        // A failure that discarded nothing (the database gone a moment)
+        // leaves the upload for `drop` to discard.
+        self.settled = done.is_ok();
         done
     }
 
-    /// `finish`'s work: every way out but a cancellation queues the job or
-    /// discards it.
+    /// `finish`'s work: queues the job, or refuses it and discards the
+    /// upload; an error of the database may leave it as it was.
     async fn queue(&mut self) -> DomainResult<ImportJob> {
         if self.bytes == 0 {
             let domain = self.domain.clone();
@@ -875,7 +877,7 @@ impl ImportUpload {
     /// The upload was abandoned (the client went away, or a limit refused it).
     pub async fn abandon(mut self) -> DomainResult<()> {
         let done = self.domain.discard_upload(self.job_id, None).await.map(drop);
-        self.settled = true;
+        self.settled = done.is_ok();
         done
     }
 }

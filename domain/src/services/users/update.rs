@@ -79,10 +79,15 @@ impl Domain {
                 .is_some_and(|d| Some(d.trim()) != current.birth_date.as_deref());
         // Read only for a change of how the person signs in, and only for
         // one who is no administrator (who is guarded as one anyway).
+        // Moved in the same call, where they go counts too: a unit whose
+        // system group may pass rights on makes them delegate.
         let delegates = async |current: &User| -> DomainResult<bool> {
-            Ok(touches_sign_in
-                && !current.is_administrator()
-                && crate::services::access::user_by_id_delegates(self, txn, id).await?)
+            use crate::services::access::user_by_id_delegates;
+            if !touches_sign_in || current.is_administrator() {
+                return Ok(false);
+            }
+            Ok(user_by_id_delegates(self, txn, id, None).await?
+                || (patch.unit_id.is_some() && user_by_id_delegates(self, txn, id, patch.unit_id).await?))
         };
         let target = target.delegating(delegates(&current).await?);
         let authorize_change = |target: Target| -> DomainResult<()> {
@@ -351,8 +356,8 @@ impl Domain {
         // only by someone who may change roles (R-AUTH-1), so the links and
         // codes issued while they were an ordinary user (perhaps to an
         // address a user administrator chose) end with the promotion. A
-        // waiting address change is withdrawn; a pending user with a CPR
-        // number gets a new link at the address on record.
+        // waiting address change is withdrawn; a pending user's links and
+        // codes end.
         let promoted = !current.is_administrator()
             && new_roles
                 .as_ref()
@@ -390,8 +395,20 @@ impl Domain {
                 .await?;
             write_roles(txn, id, org.id, roles).await?;
         }
+        // Moved into a unit whose system group may pass rights on, without
+        // a change of how they sign in (that was checked as for one who
+        // delegates, and ends what was waiting itself), the person starts
+        // to delegate: what was set going before ends (`end_handover_in`).
+        let moves = patch.unit_id.is_some_and(|unit| unit != row.unit_id);
+        let may_start = moves
+            && !touches_sign_in
+            && !current.is_administrator()
+            && !crate::services::access::user_by_id_delegates(self, txn, id, None).await?;
         let now = now_millis();
         self.write_user_change(txn, &row, active, now).await?;
+        if may_start && crate::services::access::user_by_id_delegates(self, txn, id, None).await? {
+            self.end_handover_in(txn, caller, id, now).await?;
+        }
         let mut revoked = 0;
         if patch.signing_right == Some(false) && row.signing_right {
             revoked = self
@@ -419,13 +436,13 @@ impl Domain {
                     .await?;
             }
         }
+        // No new link by itself, not even to the address on record: a
+        // pending person's address and CPR number were set by whoever
+        // created them, perhaps a user administrator's own mailbox and a
+        // number they know. Someone who may change roles sends one (or gave
+        // a new address in this call, which mailed its own link above).
         if promoted && current.state == UserState::PendingActivation && new_email.is_none() {
-            if row.cpr_hash.is_some() {
-                self.issue_activation_link(txn, &row, &org.name, crate::services::activation::Earlier::End)
-                    .await?;
-            } else {
-                self.end_activation_secrets(txn, id, now).await?;
-            }
+            self.end_activation_secrets(txn, id, now).await?;
         }
         history::record(
             txn,
