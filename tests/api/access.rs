@@ -1628,6 +1628,23 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
     )
     .await
     .expect("the unit's people may pass the right on");
+    // Nor does a user administrator create a person there: the activation
+    // (a code to the creator, a link to an address they chose) would hand
+    // over someone who delegates from the start.
+    let in_plant = || pb::CreateUserRequest {
+        unit_id: plant.id.clone(),
+        ..new_user(&fixture.org.id, "Vagn", &[])
+    };
+    let before = app.fingerprint().await;
+    assert_code(
+        app.users().create_user(req(&user_admin, in_plant())).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(app.fingerprint().await, before, "the refused creation changed data");
+    app.users()
+        .create_user(req(&admin, in_plant()))
+        .await
+        .expect("an organisation administrator creates them there");
     let (uma, _) = app.member(&fixture, "Uma", &[]).await;
     let move_to_plant = |email: Option<String>| {
         let mut users = app.users();

@@ -249,6 +249,15 @@ impl Holder {
     }
 }
 
+/// The condition "its rights may be passed on, or others let pass them
+/// on" on grants: what makes its holder delegate.
+pub(crate) fn passes_on() -> Condition {
+    Condition::any()
+        .add(grant::Column::PassesRead.eq(true))
+        .add(grant::Column::PassesEdit.eq(true))
+        .add(grant::Column::MayAuthorise.eq(true))
+}
+
 /// Whether `user` holds a grant, directly or through a group, whose rights
 /// they may pass on or let others pass on: whoever takes over their login
 /// gives rights away (R-ACC-3), so how they sign in is guarded as an
@@ -270,12 +279,7 @@ pub(crate) async fn passes_rights_on(
     Ok(grant::Entity::find()
         .filter(grant::Column::OrganisationId.eq(user.organisation_id))
         .filter(holder.holds())
-        .filter(
-            Condition::any()
-                .add(grant::Column::PassesRead.eq(true))
-                .add(grant::Column::PassesEdit.eq(true))
-                .add(grant::Column::MayAuthorise.eq(true)),
-        )
+        .filter(passes_on())
         .count(db)
         .await?
         > 0)
@@ -294,12 +298,7 @@ pub(crate) async fn passing_rights_on_among(
     let with_options = || {
         grant::Entity::find()
             .filter(grant::Column::OrganisationId.eq(organisation_id))
-            .filter(
-                Condition::any()
-                    .add(grant::Column::PassesRead.eq(true))
-                    .add(grant::Column::PassesEdit.eq(true))
-                    .add(grant::Column::MayAuthorise.eq(true)),
-            )
+            .filter(passes_on())
     };
     let people: Vec<&user::Model> = users.iter().copied().filter(|u| !u.service_account).collect();
     let ids: Vec<Uuid> = people.iter().map(|u| u.id).collect();
@@ -726,7 +725,7 @@ impl Domain {
         let organisation_id = group.organisation_id;
         let members = user::Entity::find()
             .filter(user::Column::OrganisationId.eq(organisation_id))
-            .filter(super::groups::members_condition(self, txn, organisation_id, group.id, "grantee_group_id").await?)
+            .filter(super::groups::members_of(self, txn, group).await?)
             .filter(
                 Condition::any()
                     .add(user::Column::PendingEmail.is_not_null())

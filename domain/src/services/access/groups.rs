@@ -294,9 +294,19 @@ pub(crate) async fn members_condition(
         .one(db)
         .await?
         .ok_or_else(|| DomainError::invalid(field, "names no group of this organisation"))?;
-    Ok(match row.unit_id {
+    members_of(domain, db, &row).await
+}
+
+/// The condition "is a member of `group`" on users (see
+/// [`members_condition`]), for a group already read.
+pub(crate) async fn members_of(
+    domain: &Domain,
+    db: &impl ConnectionTrait,
+    group: &group::Model,
+) -> DomainResult<sea_orm::Condition> {
+    Ok(match group.unit_id {
         Some(unit_id) => {
-            let units = domain.units_of(db, organisation_id).await?;
+            let units = domain.units_of(db, group.organisation_id).await?;
             sea_orm::Condition::all().add(user::Column::UnitId.is_in(subtree(&units, unit_id)))
         }
         None => sea_orm::Condition::all().add(
@@ -304,7 +314,7 @@ pub(crate) async fn members_condition(
                 Query::select()
                     .column(group_member::Column::UserId)
                     .from(group_member::Entity)
-                    .and_where(group_member::Column::GroupId.eq(group_id))
+                    .and_where(group_member::Column::GroupId.eq(group.id))
                     .to_owned(),
             ),
         ),
@@ -456,6 +466,22 @@ pub(crate) async fn ensure_joining_gives_no_rights(
         )));
     }
     Ok(())
+}
+
+/// Whether any of `groups` holds a grant whose rights its members may pass
+/// on or let others pass on: joining one of them is starting to delegate.
+pub(crate) async fn any_passes_rights_on(db: &impl ConnectionTrait, groups: Vec<Uuid>) -> DomainResult<bool> {
+    use crate::persistence::entities::grant;
+    use sea_orm::PaginatorTrait;
+    if groups.is_empty() {
+        return Ok(false);
+    }
+    Ok(grant::Entity::find()
+        .filter(grant::Column::GranteeGroupId.is_in(groups))
+        .filter(super::grants::passes_on())
+        .count(db)
+        .await?
+        > 0)
 }
 
 /// Whether any of `groups` holds a grant: joining one of them is being

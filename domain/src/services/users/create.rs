@@ -261,6 +261,35 @@ impl Domain {
                 *answer = Some(Err(no_such_unit("unit_id")));
             }
         }
+        // R-AUTH-1: placed in a unit whose system group may pass a right on,
+        // the new person delegates from the start; their activation (a code
+        // to the creator, a link to an address the creator chose) is then
+        // handed out only by someone who may change roles.
+        let may_change_roles =
+            caller.is_operator() || authorize(caller, Action::ChangeRoles, Target::organisation(org_id)).is_ok();
+        if !may_change_roles {
+            let mut delegating_units = HashMap::new();
+            for (answer, user) in answers.iter_mut().zip(&users) {
+                let (None, Some(unit)) = (&answer, user.new.unit_id) else {
+                    continue;
+                };
+                let delegating = match delegating_units.get(&unit) {
+                    Some(known) => *known,
+                    None => {
+                        let groups =
+                            crate::services::access::groups::system_groups_over(self, txn, org_id, unit).await?;
+                        let found = crate::services::access::groups::any_passes_rights_on(txn, groups).await?;
+                        delegating_units.insert(unit, found);
+                        found
+                    }
+                };
+                if delegating {
+                    *answer = Some(Err(DomainError::denied(
+                        "a person placed in this unit may pass rights on (its system group holds such a right), so how they sign in is set up only by someone who may change roles (an organisation administrator)",
+                    )));
+                }
+            }
+        }
 
         let cpr_hashes: Vec<Option<String>> = users
             .iter()
