@@ -1645,6 +1645,22 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
         .create_user(req(&admin, in_plant()))
         .await
         .expect("an organisation administrator creates them there");
+    // A service account delegates nothing, wherever it is placed.
+    app.users()
+        .create_user(req(
+            &user_admin,
+            pb::CreateUserRequest {
+                organisation_id: fixture.org.id.clone(),
+                first_name: "Lager".into(),
+                surname: "Integration".into(),
+                email: unique_email("lager-api"),
+                service_account: true,
+                unit_id: plant.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a service account in the plant");
     let (uma, _) = app.member(&fixture, "Uma", &[]).await;
     let move_to_plant = |email: Option<String>| {
         let mut users = app.users();
@@ -1684,6 +1700,34 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
         .expect("allowed while Uma delegates nothing");
     let link = app.mailed_token("email_verification", &mailbox).await;
     move_to_plant(None).await.expect("moved to the plant");
+    assert_code(verify(link).await, Code::FailedPrecondition);
+    // Moved there by an organisation administrator together with another
+    // change of how they sign in (a username): the waiting address change
+    // ends too (only a new address used to end it).
+    let (ulf, _) = app.member(&fixture, "Ulf", &[]).await;
+    let mailbox = unique_email("ulla.egen");
+    update(user_admin.clone(), &ulf, "email", mailbox.clone())
+        .await
+        .expect("allowed while Ulf delegates nothing");
+    let link = app.mailed_token("email_verification", &mailbox).await;
+    app.users()
+        .update_user(req(
+            &admin,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: ulf.id.clone(),
+                    unit_id: plant.id.clone(),
+                    username: "ulf.fabrik".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["unit_id".into(), "username".into()],
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("moved with a new username");
     assert_code(verify(link).await, Code::FailedPrecondition);
 
     // A pending person who delegates is listed back by a user

@@ -420,6 +420,30 @@ async fn a_user_administrator_cannot_take_over_an_administrators_login(backend: 
     // administrator chose it, and knows the CPR number): an organisation
     // administrator sends one.
     assert_eq!(app.activation_link_token(&nina_email).await, first_link);
+    // Nor by spelling her address with other capitals (no change of how
+    // she signs in, so not checked as one): it used to mail a new link.
+    let activation_mails = "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation'";
+    let mails_before = app.count(activation_mails).await;
+    let (local, domain) = nina_email.split_once('@').unwrap();
+    let nina_email = format!("{}@{domain}", local.to_uppercase());
+    app.users()
+        .update_user(req(
+            &user_admin,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: nina.id.clone(),
+                    email: nina_email.clone(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["email".into()],
+                }),
+                cpr: String::new(),
+            },
+        ))
+        .await
+        .expect("the same address, other capitals");
+    assert_eq!(app.count(activation_mails).await, mails_before, "a link was mailed");
     app.users()
         .send_activation(req(
             &fixture.admin_token,

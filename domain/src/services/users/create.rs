@@ -154,7 +154,13 @@ impl Domain {
         // statement, so creates in one organisation hold its row lock only
         // while they commit.
         let counts_admins = caller.is_operator() || users.iter().any(|u| u.wants_admin);
-        let org = if counts_admins || users.len() > 1 {
+        // Whether placing people in units needs the check below (a caller
+        // who may not change roles): then under the lock, so a grant to a
+        // unit's system group cannot commit between the check and the insert.
+        let may_change_roles =
+            caller.is_operator() || authorize(caller, Action::ChangeRoles, Target::organisation(org_id)).is_ok();
+        let checks_placement = !may_change_roles && users.iter().any(|u| u.new.unit_id.is_some());
+        let org = if counts_admins || users.len() > 1 || checks_placement {
             lock_organisation(txn, org_id).await?
         } else {
             read_organisation(txn, org_id).await?
@@ -265,12 +271,11 @@ impl Domain {
         // the new person delegates from the start; their activation (a code
         // to the creator, a link to an address the creator chose) is then
         // handed out only by someone who may change roles.
-        let may_change_roles =
-            caller.is_operator() || authorize(caller, Action::ChangeRoles, Target::organisation(org_id)).is_ok();
-        if !may_change_roles {
+        if checks_placement {
             let mut delegating_units = HashMap::new();
             for (answer, user) in answers.iter_mut().zip(&users) {
-                let (None, Some(unit)) = (&answer, user.new.unit_id) else {
+                // A service account delegates nothing (R-ACC-5).
+                let (None, Some(unit), false) = (&answer, user.new.unit_id, user.new.service_account) else {
                     continue;
                 };
                 let delegating = match delegating_units.get(&unit) {

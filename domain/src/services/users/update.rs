@@ -362,7 +362,18 @@ impl Domain {
             && new_roles
                 .as_ref()
                 .is_some_and(|roles| roles.iter().any(|r| r.is_administrator()));
-        let withdraws_for_promotion = promoted && row.pending_email.is_some() && email_to_verify.is_none();
+        // Moved into a unit whose system group may pass a right on, a
+        // person starts to delegate: the same from now on (R-AUTH-1).
+        let moves_into_delegation = match patch.unit_id {
+            Some(unit) if unit != row.unit_id && !current.is_administrator() => {
+                use crate::services::access::user_by_id_delegates;
+                !user_by_id_delegates(self, txn, id, None).await?
+                    && user_by_id_delegates(self, txn, id, Some(unit)).await?
+            }
+            _ => false,
+        };
+        let starts_guarded = promoted || moves_into_delegation;
+        let withdraws_for_promotion = starts_guarded && row.pending_email.is_some() && email_to_verify.is_none();
         if withdraws_for_promotion {
             diff(
                 &mut changes,
@@ -395,20 +406,8 @@ impl Domain {
                 .await?;
             write_roles(txn, id, org.id, roles).await?;
         }
-        // Moved into a unit whose system group may pass rights on, without
-        // a change of how they sign in (that was checked as for one who
-        // delegates, and ends what was waiting itself), the person starts
-        // to delegate: what was set going before ends (`end_handover_in`).
-        let moves = patch.unit_id.is_some_and(|unit| unit != row.unit_id);
-        let may_start = moves
-            && !touches_sign_in
-            && !current.is_administrator()
-            && !crate::services::access::user_by_id_delegates(self, txn, id, None).await?;
         let now = now_millis();
         self.write_user_change(txn, &row, active, now).await?;
-        if may_start && crate::services::access::user_by_id_delegates(self, txn, id, None).await? {
-            self.end_handover_in(txn, caller, id, now).await?;
-        }
         let mut revoked = 0;
         if patch.signing_right == Some(false) && row.signing_right {
             revoked = self
@@ -422,6 +421,12 @@ impl Domain {
             // what the user passed on through its grants goes with it.
             crate::services::access::groups::left_system_groups_in(self, txn, caller, &row, unit, now).await?;
         }
+        // A new address gets a new link; the same address spelt with other
+        // capitals is no change of how the person signs in (it was not
+        // checked as one) and sends nothing.
+        let new_address = new_email
+            .as_ref()
+            .is_some_and(|e| crate::normalise::key(e.as_str()) != crate::normalise::key(&row.email));
         if email_to_verify.is_some() || withdraws_change || new_email.is_some() || withdraws_for_promotion {
             let written = user::Entity::find_by_id(id)
                 .one(txn)
@@ -431,7 +436,7 @@ impl Domain {
             if let Some(email) = &email_to_verify {
                 self.request_email_change(txn, &written, email, &org.name).await?;
             }
-            if new_email.is_some() && written.cpr_hash.is_some() {
+            if new_address && written.cpr_hash.is_some() {
                 self.issue_activation_link(txn, &written, &org.name, crate::services::activation::Earlier::End)
                     .await?;
             }
@@ -441,7 +446,7 @@ impl Domain {
         // created them, perhaps a user administrator's own mailbox and a
         // number they know. Someone who may change roles sends one (or gave
         // a new address in this call, which mailed its own link above).
-        if promoted && current.state == UserState::PendingActivation && new_email.is_none() {
+        if starts_guarded && current.state == UserState::PendingActivation && !new_address {
             self.end_activation_secrets(txn, id, now).await?;
         }
         history::record(
