@@ -1730,6 +1730,60 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
         .expect("moved with a new username");
     assert_code(verify(link).await, Code::FailedPrecondition);
 
+    // A unit moved under the plant brings its people into the plant's
+    // system group: what was waiting for them ends too.
+    let store = app
+        .orgs()
+        .create_unit(req(
+            &admin,
+            pb::CreateUnitRequest {
+                organisation_id: fixture.org.id.clone(),
+                kind: pb::UnitKind::Department as i32,
+                name: "Lager".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a unit")
+        .into_inner()
+        .unit
+        .expect("unit");
+    let yrsa_request = pb::CreateUserRequest {
+        unit_id: store.id.clone(),
+        ..new_user(&fixture.org.id, "Yrsa", &[])
+    };
+    let yrsa_cpr = yrsa_request.cpr.clone();
+    let yrsa = app.created_user(&user_admin, yrsa_request).await;
+    let yrsa_link = app.activation_link_token(&yrsa.email).await;
+    app.orgs()
+        .update_unit(req(
+            &admin,
+            pb::UpdateUnitRequest {
+                unit: Some(pb::Unit {
+                    id: store.id.clone(),
+                    parent_id: plant.id.clone(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["parent_id".into()],
+                }),
+            },
+        ))
+        .await
+        .expect("the store moved under the plant");
+    let activated = app
+        .users()
+        .activate_user(req(
+            "",
+            pb::ActivateUserRequest {
+                token: yrsa_link,
+                cpr: yrsa_cpr,
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_code(activated, Code::FailedPrecondition);
+
     // A pending person who delegates is listed back by a user
     // administrator's BatchSendActivation, not mailed a link.
     let sif_request = new_user(&fixture.org.id, "Sif", &[]);

@@ -97,6 +97,30 @@ pub(crate) fn check_etag(resource: &'static str, etag: &str, current: i64) -> Do
 }
 
 impl Domain {
+    /// The people placed in `unit_id` or below with something a start of
+    /// delegating ends (`end_handover_in`): a waiting address change, or
+    /// not yet activated.
+    async fn people_with_handovers_in(
+        &self,
+        txn: &DatabaseTransaction,
+        organisation_id: Uuid,
+        unit_id: Uuid,
+    ) -> DomainResult<Vec<user::Model>> {
+        let units = self.units_of(txn, organisation_id).await?;
+        Ok(user::Entity::find()
+            .filter(user::Column::OrganisationId.eq(organisation_id))
+            .filter(user::Column::UnitId.is_in(subtree(&units, unit_id)))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(user::Column::PendingEmail.is_not_null())
+                    .add(user::Column::State.eq(UserState::PendingActivation.as_str())),
+            )
+            .all(txn)
+            .await?)
+    }
+}
+
+impl Domain {
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn create_organisation(&self, caller: &Caller, new: NewOrganisation) -> DomainResult<Organisation> {
         authorize(caller, Action::CreateOrganisation, Target::platform())?;
@@ -738,7 +762,36 @@ impl Domain {
             );
             active.parent_id = Set(parent);
         }
+        // R-AUTH-1: the people of a subtree moved under a unit whose system
+        // group may pass a right on start to delegate; read who among them
+        // has something waiting before the move, and end it after.
+        let moving = patch.parent_id.is_some_and(|parent| parent != row.parent_id);
+        let waiting = if moving {
+            self.people_with_handovers_in(&txn, row.organisation_id, unit_id)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let delegating_before = if waiting.is_empty() {
+            Default::default()
+        } else {
+            let people: Vec<&user::Model> = waiting.iter().collect();
+            super::access::delegating_among(self, &txn, row.organisation_id, &people).await?
+        };
         let updated = unit::Entity::update(active).exec(&txn).await?;
+        if !waiting.is_empty() {
+            let people: Vec<&user::Model> = waiting.iter().collect();
+            let delegating_after = super::access::delegating_among(self, &txn, row.organisation_id, &people).await?;
+            let roles = super::users::roles_of(&txn, &waiting.iter().map(|u| u.id).collect::<Vec<_>>()).await?;
+            for person in &waiting {
+                let is_admin = roles
+                    .get(&person.id)
+                    .is_some_and(|r| r.iter().any(|r| r.is_administrator()));
+                if !is_admin && !delegating_before.contains(&person.id) && delegating_after.contains(&person.id) {
+                    self.end_handover_in(&txn, caller, person.id, now_millis()).await?;
+                }
+            }
+        }
         if updated.name != row.name {
             super::access::groups::rename_system_group_in(&txn, unit_id, &updated.name).await?;
         }
