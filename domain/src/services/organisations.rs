@@ -110,11 +110,7 @@ impl Domain {
         Ok(user::Entity::find()
             .filter(user::Column::OrganisationId.eq(organisation_id))
             .filter(user::Column::UnitId.is_in(subtree(&units, unit_id)))
-            .filter(
-                sea_orm::Condition::any()
-                    .add(user::Column::PendingEmail.is_not_null())
-                    .add(user::Column::State.eq(UserState::PendingActivation.as_str())),
-            )
+            .filter(super::access::has_handover())
             .all(txn)
             .await?)
     }

@@ -258,37 +258,13 @@ pub(crate) fn passes_on() -> Condition {
         .add(grant::Column::MayAuthorise.eq(true))
 }
 
-/// Whether `user` holds a grant, directly or through a group, whose rights
-/// they may pass on or let others pass on: whoever takes over their login
-/// gives rights away (R-ACC-3), so how they sign in is guarded as an
-/// administrator's is (`policy::authorize_sign_in_change`).
-pub(crate) async fn passes_rights_on(
-    domain: &Domain,
-    db: &impl ConnectionTrait,
-    user: &user::Model,
-) -> DomainResult<bool> {
-    use sea_orm::PaginatorTrait;
-    let holder = Holder {
-        id: user.id,
-        groups: super::groups::groups_of_user(domain, db, user).await?,
-        passes_nothing: user.service_account,
-    };
-    if holder.passes_nothing {
-        return Ok(false);
-    }
-    Ok(grant::Entity::find()
-        .filter(grant::Column::OrganisationId.eq(user.organisation_id))
-        .filter(holder.holds())
-        .filter(passes_on())
-        .count(db)
-        .await?
-        > 0)
-}
-
 /// Which of `users` (of one organisation) hold a grant whose rights they
-/// may pass on, directly or through a group: [`passes_rights_on`] for many
-/// at once, in two statements, plus each person's groups only when the
-/// organisation has a group holding such a grant.
+/// may pass on, directly or through a group (service accounts never:
+/// `Holder::passes_nothing`): whoever takes over their login gives rights
+/// away (R-ACC-3), so how they sign in is guarded as an administrator's is
+/// (`policy::authorize_sign_in_change`). Two statements, plus each
+/// person's groups only when the organisation has a group holding such a
+/// grant.
 pub(crate) async fn passing_rights_on_among(
     domain: &Domain,
     db: &impl ConnectionTrait,
@@ -726,11 +702,7 @@ impl Domain {
         let members = user::Entity::find()
             .filter(user::Column::OrganisationId.eq(organisation_id))
             .filter(super::groups::members_of(self, txn, group).await?)
-            .filter(
-                Condition::any()
-                    .add(user::Column::PendingEmail.is_not_null())
-                    .add(user::Column::State.eq(UserState::PendingActivation.as_str())),
-            )
+            .filter(super::has_handover())
             .all(txn)
             .await?;
         if members.is_empty() {

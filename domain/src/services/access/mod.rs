@@ -297,16 +297,19 @@ pub(crate) async fn user_delegates(
     db: &impl ConnectionTrait,
     user: &user::Model,
 ) -> DomainResult<bool> {
-    use sea_orm::PaginatorTrait;
-    if user.service_account {
-        return Ok(false);
-    }
-    let holds_level = admin_level::Entity::find()
-        .filter(admin_level::Column::UserId.eq(user.id))
-        .count(db)
+    // One definition of who delegates: the batch's, for one person.
+    Ok(delegating_among(domain, db, user.organisation_id, &[user])
         .await?
-        > 0;
-    Ok(holds_level || grants::passes_rights_on(domain, db, user).await?)
+        .contains(&user.id))
+}
+
+/// The condition "has something a start of delegating ends"
+/// (`Domain::end_handover_in`) on users: a waiting address change, or not
+/// yet activated.
+pub(crate) fn has_handover() -> sea_orm::Condition {
+    sea_orm::Condition::any()
+        .add(user::Column::PendingEmail.is_not_null())
+        .add(user::Column::State.eq(UserState::PendingActivation.as_str()))
 }
 
 /// Whether `user` is about to start delegating: neither an administrator
