@@ -534,7 +534,7 @@ pub fn authorize_sign_in_change(caller: &Caller, target: Target) -> Result<(), D
     }
     authorize(caller, ChangeRoles, target).map_err(|_| {
         DomainError::denied(
-            "how an administrator, or a user who holds an admin level or may pass rights on, signs in (e-mail, login id, CPR number, birth date, authenticator app, activation) is changed only by someone who may change roles (an organisation administrator): otherwise it would hand over their login and what they may give",
+            "how an administrator, or a user who holds an admin level or may pass rights on, signs in (e-mail, login id, CPR number, birth date, authenticator app, activation, login lock) is changed only by someone who may change roles (an organisation administrator): otherwise it would hand over their login and what they may give",
         )
     })
 }
@@ -789,7 +789,11 @@ impl Action {
     /// rest, a changed e-mail or login id, is UpdateUser's to tell):
     /// guarded by [`authorize_sign_in_change`].
     pub fn changes_sign_in(self) -> bool {
-        matches!(self, RemoveAuthenticator | ManageActivation)
+        // UnlockLogin: lifting a lock gives a guesser five more tries at
+        // the password; repeated, it defeats the lockout (and resets its
+        // doubling). Administrators and people who delegate are unlocked
+        // by the operator (R-ACC-6) or an organisation administrator.
+        matches!(self, RemoveAuthenticator | ManageActivation | UnlockLogin)
     }
 }
 

@@ -20,6 +20,8 @@ both_backends!(
     without_a_ca_certificate_calls_say_so,
     an_anonymity_approval_ends_the_old_profiles_certificates,
     withdrawing_the_signing_right_revokes_what_signs,
+    a_subject_line_reads_back_as_its_names,
+    an_organisation_certificate_keeps_its_identity_through_renewals,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -1975,6 +1977,160 @@ async fn withdrawing_the_signing_right_revokes_what_signs(backend: Backend) {
         .await,
         1
     );
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The subject line escapes its values as RFC 4514 asks: a name with a
+/// comma is one value, and a first name written to look like a second
+/// common name cannot pass for one. The search finds names as written.
+/// Before, the line read `GN=Karen, CN=Root, SN=...`: two common names to
+/// anyone who split it, as a client parsing RFC 4514 does.
+async fn a_subject_line_reads_back_as_its_names(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (karen, session) = app
+        .create_and_activate(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                first_name: "Karen, CN=Root".into(),
+                surname: "+Hansen".into(),
+                email: unique_email("karen"),
+                ..new_user(&fixture.org.id, "Karen", &[])
+            },
+        )
+        .await;
+    let issued = issued_user_certificate(
+        &app,
+        &fixture,
+        &karen,
+        &session,
+        &[pb::CertificateUsage::Authentication],
+        &dir,
+        "p256",
+    )
+    .await;
+    let certificate = issued.certificate.clone().unwrap();
+    for expected in [r"GN=Karen\, CN=Root", r"SN=\+Hansen", r"CN=Karen\, CN=Root \+Hansen"] {
+        assert!(
+            certificate.subject.contains(expected),
+            "{expected:?} missing from {:?}",
+            certificate.subject
+        );
+    }
+    // The certificate itself holds one common name, as openssl writes it
+    // in RFC 2253 form: the same escapes.
+    let pem = write(&dir, "karen.pem", &issued.certificate_pem);
+    let rfc2253 = openssl(
+        &dir,
+        &[
+            "x509",
+            "-in",
+            pem.to_str().unwrap(),
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "RFC2253",
+        ],
+    );
+    assert!(rfc2253.contains(r"CN=Karen\, CN=Root \+Hansen,"), "{rfc2253}");
+    let rfc2253 = rfc2253.trim().trim_start_matches("subject=");
+    for line in [rfc2253, certificate.subject.as_str()] {
+        let common_names = unescaped_parts(line)
+            .iter()
+            .filter(|part| part.trim_start().starts_with("CN="))
+            .count();
+        assert_eq!(common_names, 1, "one common name in {line:?}");
+    }
+    let found = search(
+        &app,
+        &fixture.admin_token,
+        pb::SearchCertificatesRequest {
+            organisation_id: fixture.org.id.clone(),
+            subject_text: "karen, cn=root +hansen".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(found.len(), 1, "found by the name as written");
+}
+
+/// The attributes of a subject line: split at each comma no backslash
+/// escapes.
+fn unescaped_parts(line: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut part = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                part.push(c);
+                part.extend(chars.next());
+            }
+            ',' => parts.push(std::mem::take(&mut part)),
+            _ => part.push(c),
+        }
+    }
+    parts.push(part);
+    parts
+}
+
+/// An organisation certificate's serialNumber (`UI:DK-O:G:<id>`) is the
+/// identity relying parties key on: every renewal keeps the first
+/// certificate's. Before, the second renewal took the first renewal's id.
+async fn an_organisation_certificate_keeps_its_identity_through_renewals(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    allow_kinds(&app, &fixture, &[pb::CertificateKind::Organisation]).await;
+    let token = &fixture.admin_token;
+    let first = order(
+        &app,
+        token,
+        pb::OrderCertificateRequest {
+            organisation_id: fixture.org.id.clone(),
+            kind: pb::CertificateKind::Organisation as i32,
+            label: "Lønsystem".into(),
+            usages: vec![pb::CertificateUsage::ServiceAccess as i32],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let pickup = app.mailed_token("certificate_pickup", &fixture.admin.email).await;
+    let mut current = issue(&app, token, &pickup, &csr(&dir, "org-0", "p256"))
+        .await
+        .unwrap()
+        .certificate
+        .unwrap();
+    let identity = format!("serialNumber=UI:DK-O:G:{}", first.id);
+    for renewal in 1..=3 {
+        assert!(
+            current.subject.contains(&identity),
+            "{identity} in {:?}",
+            current.subject
+        );
+        let renewed = app
+            .certs()
+            .renew_certificate(req(
+                token,
+                pb::RenewCertificateRequest {
+                    certificate_id: current.id.clone(),
+                    csr_pem: csr(&dir, &format!("org-{renewal}"), "p256"),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let pem = write(&dir, &format!("org-{renewal}.pem"), &renewed.certificate_pem);
+        let text = openssl(&dir, &["x509", "-in", pem.to_str().unwrap(), "-noout", "-subject"]);
+        assert!(
+            text.contains(&format!("serialNumber = UI:DK-O:G:{}", first.id)),
+            "renewal {renewal}: {text}"
+        );
+        current = renewed.certificate.unwrap();
+    }
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
 }

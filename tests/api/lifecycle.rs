@@ -328,7 +328,8 @@ async fn last_administrator_is_protected(backend: Backend) {
 async fn timed_deactivation_ends_by_the_worker(backend: Backend) {
     let app = TestApp::start(backend).await;
     let fixture = app.org_with_admin().await;
-    let (user, user_token) = app.member(&fixture, "Orlov", &[]).await;
+    let (user, user_session) = app.member(&fixture, "Orlov", &[]).await;
+    let user_token = app.own_api_token(&user_session, &user.id).await;
     let (stays, _) = app.member(&fixture, "Forbliver", &[]).await;
     let token = fixture.admin_token.clone();
     let until = in_ms(1500);
@@ -410,7 +411,9 @@ async fn timed_deactivation_ends_by_the_worker(backend: Backend) {
     app.auth()
         .who_am_i(req(&user_token, pb::WhoAmIRequest {}))
         .await
-        .expect("the user's token works again");
+        .expect("the user's API token works again");
+    let session = app.auth().who_am_i(req(&user_session, pb::WhoAmIRequest {})).await;
+    assert_code(session, Code::Unauthenticated);
 
     let history = app
         .users()

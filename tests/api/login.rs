@@ -121,9 +121,32 @@ async fn login_with_the_password_set_at_activation(backend: Backend) {
         .await
         .expect("deactivate");
     assert_code(app.who_am_i(&second.session_token).await, Code::Unauthenticated);
+    assert_code(app.who_am_i(&api).await, Code::Unauthenticated);
     let inactive = assert_code(app.login(&email, TEST_PASSWORD).await, Code::FailedPrecondition);
     assert_eq!(reason(&inactive), "USER_NOT_ACTIVE");
     assert_code(app.login(&email, "still not the password").await, Code::Unauthenticated);
+    let deactivated = app
+        .history_of(&fixture.admin_token, &anna.id, pb::HistoryActivity::UserDeactivated)
+        .await;
+    // The activation's session and `second` (the first was logged out).
+    assert_eq!(changed_to(&deactivated[0], "sessions"), Some("2 ended"));
+    // Ended, not paused: reactivation (the unlock of seed 001) brings no
+    // session back, so one left open on a lost laptop stays dead. The API
+    // token, made for an integration, works again; a new login works.
+    app.users()
+        .reactivate_user(req(
+            &fixture.admin_token,
+            pb::ReactivateUserRequest {
+                id: anna.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("reactivate");
+    assert_code(app.who_am_i(&second.session_token).await, Code::Unauthenticated);
+    app.who_am_i(&api).await.expect("the API token works again");
+    let fresh = app.login(&email, TEST_PASSWORD).await.expect("a new login");
+    app.who_am_i(&fresh.session_token).await.expect("the new session works");
 
     // Without a password nobody logs in, whatever they type.
     let (plain, _) = app.member(&fixture, "Bo", &[]).await;
@@ -285,6 +308,42 @@ async fn wrong_passwords_lock_and_administrators_unlock(backend: Backend) {
             Code::Unauthenticated,
         );
     }
+    assert_code(app.login(&admin_email, TEST_PASSWORD).await, Code::Unauthenticated);
+    // Not a user administrator: each unlock would give a guesser three
+    // more tries, for ever. Neither by hand nor by deactivate-then-activate.
+    let before = app.fingerprint().await;
+    assert_code(
+        app.users()
+            .unlock_login(req(
+                &user_admin_session,
+                pb::UnlockLoginRequest {
+                    user_id: admin.id.clone(),
+                },
+            ))
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(app.fingerprint().await, before);
+    app.users()
+        .deactivate_user(req(
+            &user_admin_session,
+            pb::DeactivateUserRequest {
+                id: admin.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("deactivate the administrator");
+    app.users()
+        .reactivate_user(req(
+            &user_admin_session,
+            pb::ReactivateUserRequest {
+                id: admin.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("reactivate the administrator");
     assert_code(app.login(&admin_email, TEST_PASSWORD).await, Code::Unauthenticated);
     app.users()
         .unlock_login(req(

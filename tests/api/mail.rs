@@ -14,6 +14,7 @@ both_backends!(
     activation_by_code,
     expired_activation_is_refused,
     mail_waits_while_smtp_is_down,
+    a_relay_refusing_connections_parks_no_mail,
     permanent_rejection_is_parked_and_retried_by_hand,
     anonymity_request_notifies_and_recreates,
     mails_are_localised,
@@ -356,6 +357,59 @@ async fn mail_waits_while_smtp_is_down(backend: Backend) {
             "{email} got exactly one mail"
         );
     }
+    worker.stop().await;
+    app.finish().await;
+}
+
+/// A relay that refuses new connections with a 5xx greeting (busy, or our
+/// address not yet allowed) says nothing about the mails: they wait and
+/// are tried again, none is parked. Before, every mail of the batch went to
+/// FAILED after one try, each needing RetryMail by hand.
+async fn a_relay_refusing_connections_parks_no_mail(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("smtp://{}", relay.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in relay.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = conn.write_all(b"554 5.3.2 too busy, try again later\r\n");
+            let _ = conn.read(&mut [0u8; 512]);
+        }
+    });
+    let worker = TestWorker::start(&app, worker_config(&app, &url));
+    let fixture = app.org_with_admin().await;
+    for i in 0..3 {
+        app.users()
+            .create_user(req(
+                &fixture.admin_token,
+                new_user(&fixture.org.id, &format!("Travl{i}"), &[]),
+            ))
+            .await
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let (tried, waiting) = pending_attempts(&app).await;
+        let (_, _, failed) = app.domain.outbox_counts().await.unwrap();
+        assert_eq!(failed, 0, "a refused connection parked a mail");
+        if waiting >= 4 && tried >= 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the worker did not retry: {waiting} pending, fewest attempts {tried}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failed_mails = app
+        .notes()
+        .list_failed_mails(req(OPERATOR_TOKEN, pb::ListFailedMailsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .mails;
+    assert!(failed_mails.is_empty(), "{failed_mails:?}");
     worker.stop().await;
     app.finish().await;
 }

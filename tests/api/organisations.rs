@@ -8,6 +8,7 @@ both_backends!(
     organisation_bad_input_changes_nothing,
     settings_and_licence_count,
     unit_tree,
+    a_unit_whose_users_were_deleted_can_be_deleted,
 );
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
@@ -538,5 +539,60 @@ async fn unit_tree(backend: Backend) {
         .into_inner()
         .units;
     assert_eq!(units.len(), 2);
+    app.finish().await;
+}
+
+/// A deleted profile keeps its unit for the record but holds no place in
+/// it: the unit can be deleted once only deleted profiles are left. A
+/// deactivated user still holds theirs. Before, DeleteUnit answered
+/// UNIT_IN_USE for ever (a deleted user cannot be moved).
+async fn a_unit_whose_users_were_deleted_can_be_deleted(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let token = &fixture.admin_token;
+    let unit = app.unit(&fixture, "Lager", "").await;
+    let (gone, _) = app.member_in(&fixture, "Gone", &unit.id).await;
+    let (resting, _) = app.member_in(&fixture, "Resting", &unit.id).await;
+    let mut users = app.users();
+    users
+        .delete_user(req(
+            token,
+            pb::DeleteUserRequest {
+                id: gone.id.clone(),
+                etag: String::new(),
+            },
+        ))
+        .await
+        .expect("deleted");
+    users
+        .deactivate_user(req(
+            token,
+            pb::DeactivateUserRequest {
+                id: resting.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("deactivated");
+    let mut orgs = app.orgs();
+    let in_use = orgs
+        .delete_unit(req(token, pb::DeleteUnitRequest { id: unit.id.clone() }))
+        .await;
+    let status = assert_code(in_use, Code::FailedPrecondition);
+    assert_eq!(reason(&status), "UNIT_IN_USE");
+    assert!(status.message().contains(" 1 users"), "{}", status.message());
+    users
+        .delete_user(req(
+            token,
+            pb::DeleteUserRequest {
+                id: resting.id.clone(),
+                etag: String::new(),
+            },
+        ))
+        .await
+        .expect("deleted");
+    orgs.delete_unit(req(token, pb::DeleteUnitRequest { id: unit.id.clone() }))
+        .await
+        .expect("only deleted profiles were left in the unit");
     app.finish().await;
 }

@@ -2038,7 +2038,9 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
         "UnlockLogin",
         &[UserAdmin, UnitEditor, UnitDelegator],
     ),
-    ("UnlockAdministratorLogin", USR, "UnlockLogin", &[Operator, UserAdmin]),
+    // A user administrator does not unlock an administrator: five more
+    // guesses per unlock, for ever (R-AUTH-1's guard, as for the app below).
+    ("UnlockAdministratorLogin", USR, "UnlockLogin", &[Operator]),
     (
         "SendPasswordReset",
         USR,

@@ -849,6 +849,9 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
     app.who_am_i(&during_leave.secret)
         .await
         .expect("the token acts again with its maker back");
+    // His sessions ended with the deactivation; his own API token did not.
+    assert_code(app.who_am_i(&finn_token).await, Code::Unauthenticated);
+    let finn_token = finns_own.secret.clone();
     // Up to 645cfd0 the account could make tokens for itself: such a token
     // names the account as its maker, so no share's end or person's leave
     // reaches it. Migration 75 revokes those, and only those.

@@ -124,6 +124,11 @@ impl SmtpPool {
             .map_err(|_| transient("connecting to the SMTP server", "no greeting, TLS or login in time"))?
     }
 
+    /// Every refusal while connecting (greeting, EHLO, STARTTLS, AUTH) is
+    /// about the server or our settings, not about the mail: transient, even
+    /// a 5xx. A relay that answers 554 to new connections while busy, or a
+    /// rotated password (535), must not park every mail of the batch after
+    /// one try; the mails wait until the server or the settings are right.
     async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
         let mut conn = if self.implicit_tls {
             let tls = TlsParameters::new(self.host.clone()).map_err(|e| transient("TLS parameters", e))?;
@@ -135,7 +140,7 @@ impl SmtpPool {
                 None,
             )
             .await
-            .map_err(classify)?
+            .map_err(|e| transient("connecting to the SMTP server", e))?
         } else {
             let tcp = TcpStream::connect((self.host.as_str(), self.port))
                 .await
@@ -143,7 +148,7 @@ impl SmtpPool {
             tcp.set_nodelay(true).map_err(|e| transient("setting TCP_NODELAY", e))?;
             let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
                 .await
-                .map_err(classify)?;
+                .map_err(|e| transient("greeting the SMTP server", e))?;
             let wants_tls = match self.starttls {
                 StartTls::No => false,
                 StartTls::Opportunistic => conn.can_starttls(),
@@ -151,14 +156,16 @@ impl SmtpPool {
             };
             if wants_tls {
                 let tls = TlsParameters::new(self.host.clone()).map_err(|e| transient("TLS parameters", e))?;
-                conn.starttls(tls, &self.hello).await.map_err(classify)?;
+                conn.starttls(tls, &self.hello)
+                    .await
+                    .map_err(|e| transient("STARTTLS with the SMTP server", e))?;
             }
             conn
         };
         if let Some(credentials) = &self.credentials {
             conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
-                .map_err(classify)?;
+                .map_err(|e| transient("logging in to the SMTP server", e))?;
         }
         Ok(conn)
     }

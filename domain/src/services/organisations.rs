@@ -1,6 +1,7 @@
 //! Organisations, settings, licences and units (R-ORG).
 
 use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
@@ -840,8 +841,12 @@ impl Domain {
             .filter(unit::Column::ParentId.eq(unit_id))
             .count(&txn)
             .await?;
+        // A deleted profile keeps its unit for the record, but holds no
+        // place in it: counted, it would keep the unit for ever (a deleted
+        // user cannot be moved).
         let members = user::Entity::find()
             .filter(user::Column::UnitId.eq(unit_id))
+            .filter(user::Column::State.ne(UserState::Deleted.as_str()))
             .count(&txn)
             .await?;
         // A level or grant held on the unit would silently vanish with it.
@@ -869,6 +874,12 @@ impl Domain {
         }
         let now = now_millis();
         super::access::groups::delete_system_group_in(&txn, caller, unit_id, now).await?;
+        user::Entity::update_many()
+            .col_expr(user::Column::UnitId, Expr::value(Option::<Uuid>::None))
+            .filter(user::Column::UnitId.eq(unit_id))
+            .filter(user::Column::State.eq(UserState::Deleted.as_str()))
+            .exec(&txn)
+            .await?;
         unit::Entity::delete_by_id(unit_id).exec(&txn).await?;
         history::record(
             &txn,

@@ -634,18 +634,18 @@ impl Domain {
             ));
         }
 
-        let subject = subject_of(&org, kind, holder.as_ref(), &row);
+        let identity = first_of_renewals(txn, &row).await?;
+        let subject = subject_of(&org, kind, holder.as_ref(), &row, identity);
         let (key_usages, extended_key_usages) = key_usages(&usages, csr.key.is_rsa());
         let validity = self.settings.certificates.validity_ms(kind);
         // Five minutes back: a relying party whose clock runs a little
         // behind accepts the certificate at once.
         let not_before = now - 5 * 60 * 1000;
         let not_after = now + validity;
-        let subject_text = subject
-            .iter()
-            .map(|(attribute, value)| format!("{}={value}", attribute.short_name()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let subject_text = subject_line(&subject, escape_rfc4514);
+        // Searched as written, without the escapes: "Firma, A/S" finds
+        // the organisation whose name has a comma.
+        let searched_text = subject_line(&subject, str::to_owned);
         // R-CERT-3: a random serial no certificate has, checked by the
         // UPDATE that writes it (`NOT EXISTS`), not by a query of its own:
         // one round trip fewer per pickup. A serial taken by a committed
@@ -676,7 +676,7 @@ impl Domain {
             let issued = certificate::Model {
                 state: CertificateState::Issued.as_str().into(),
                 serial: Some(hex::encode(&serial)),
-                search_text: Some(normalise::key(&subject_text)),
+                search_text: Some(normalise::key(&searched_text)),
                 subject: Some(subject_text.clone()),
                 key_algorithm: Some(csr.key.describe()),
                 not_before: Some(not_before),
@@ -1123,11 +1123,38 @@ pub(crate) fn describe(row: &certificate::Model) -> String {
 /// The subject in the shape of the Danish OCES3 certificates, from our
 /// records only. Never a CPR number; a user created anonymous (R-USR-10)
 /// is named by a stable pseudonym instead of their name.
+/// The id of the certificate a line of renewals began with: `row`'s own
+/// unless it renews another. An organisation or system certificate keeps
+/// that identity for good, however often it is renewed.
+async fn first_of_renewals(db: &impl ConnectionTrait, row: &certificate::Model) -> DomainResult<Uuid> {
+    let (mut first, mut renews) = (row.id, row.renews_id);
+    // Each renewal is a newer row than what it renews, so the walk ends;
+    // the bound guards against a cycle a hand-edited database could hold.
+    for _ in 0..10_000 {
+        let Some(earlier) = renews else {
+            return Ok(first);
+        };
+        first = earlier;
+        renews = certificate::Entity::find_by_id(earlier)
+            .select_only()
+            .column(certificate::Column::RenewsId)
+            .into_tuple::<Option<Uuid>>()
+            .one(db)
+            .await?
+            .flatten();
+    }
+    Err(DomainError::Internal(format!(
+        "the renewals before certificate {} do not end",
+        row.id
+    )))
+}
+
 fn subject_of(
     org: &organisation::Model,
     kind: CertificateKind,
     holder: Option<&user::Model>,
     row: &certificate::Model,
+    identity: Uuid,
 ) -> Vec<(SubjectAttribute, String)> {
     let mut subject = vec![
         (SubjectAttribute::Country, "DK".to_owned()),
@@ -1151,13 +1178,44 @@ fn subject_of(
             }
         }
         _ => {
-            // A renewal keeps the identity of the certificate it renews.
-            let identity = row.renews_id.unwrap_or(row.id);
+            // A renewal keeps the identity of the line of renewals.
             subject.push((SubjectAttribute::SerialNumber, format!("UI:DK-O:G:{identity}")));
             subject.push((SubjectAttribute::CommonName, row.label.clone().unwrap_or_default()));
         }
     }
     subject
+}
+
+/// The subject as one line, `C=DK, O=..., CN=...`, in the certificate's
+/// order, each value written by `value`.
+fn subject_line(subject: &[(SubjectAttribute, String)], value: impl Fn(&str) -> String) -> String {
+    subject
+        .iter()
+        .map(|(attribute, text)| format!("{}={}", attribute.short_name(), value(text)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An attribute value escaped as RFC 4514 (section 2.4) asks, so that the
+/// subject line reads back as the names it holds: a name with a comma
+/// ("Hansen, Karen" or "Firma, A/S") is one value, and a name like
+/// "Karen, CN=Root" cannot pass for a second common name.
+fn escape_rfc4514(value: &str) -> String {
+    let last = value.chars().count().saturating_sub(1);
+    let mut escaped = String::with_capacity(value.len());
+    for (index, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                escaped.push('\\');
+                escaped.push(c);
+            }
+            '#' if index == 0 => escaped.push_str("\\#"),
+            ' ' if index == 0 || index == last => escaped.push_str("\\ "),
+            '\0' => escaped.push_str("\\00"),
+            _ => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 fn sha2_of(id: Uuid) -> [u8; 32] {

@@ -76,7 +76,10 @@ impl Domain {
         active.state = Set(UserState::Deactivated.to_string());
         active.deactivated_until = Set(until);
         self.write_user_change(txn, &row, active, now).await?;
-        self.revoke_user_tokens(txn, id, now, false).await?;
+        let ended = self.revoke_user_tokens(txn, id, now, false).await?;
+        if ended > 0 {
+            diff(&mut changes, "sessions", "", format!("{ended} ended"));
+        }
         self.record_user_event(txn, &current, Activity::UserDeactivated, caller, now, changes)
             .await?;
         self.load_user(txn, id).await
@@ -134,8 +137,16 @@ impl Domain {
         self.record_user_event(txn, &current, Activity::UserReactivated, caller, now, changes)
             .await?;
         // Seed 001: a user administrator unlocks a locked login by
-        // deactivating and then activating the user.
-        self.lift_login_lock_in(txn, caller, &row, now).await?;
+        // deactivating and then activating the user; only a login they may
+        // unlock by hand, or the two steps would lift an organisation
+        // administrator's lock that only the operator (R-ACC-6) or an
+        // organisation administrator lifts.
+        if crate::services::authorize_on_user_as_now(self, txn, caller, Action::UnlockLogin, id)
+            .await
+            .is_ok()
+        {
+            self.lift_login_lock_in(txn, caller, &row, now).await?;
+        }
         self.load_user(txn, id).await
     }
 
@@ -255,24 +266,28 @@ impl Domain {
         .await
     }
 
-    /// A deactivated user cannot act; a deleted one never again. Deactivation
-    /// only blocks tokens at authentication (so reactivation restores them);
-    /// deletion revokes them for good.
+    /// A deactivated user cannot act; a deleted one never again.
+    /// Deactivation ends the person's sessions at once (issue 12): one
+    /// opened on a lost laptop must not come back when they are
+    /// reactivated, the unlock seed 001 describes. Their API tokens, made
+    /// on purpose for an integration, are only blocked at authentication
+    /// while they are deactivated and work again after. Deletion revokes
+    /// everything for good. Returns how many sessions deactivation ended.
     pub(super) async fn revoke_user_tokens(
         &self,
         txn: &DatabaseTransaction,
         user_id: Uuid,
         now: Millis,
         for_good: bool,
-    ) -> DomainResult<()> {
-        if for_good {
-            api_token::Entity::update_many()
-                .col_expr(api_token::Column::RevokedAt, Expr::value(now))
-                .filter(api_token::Column::UserId.eq(user_id))
-                .filter(api_token::Column::RevokedAt.is_null())
-                .exec(txn)
-                .await?;
+    ) -> DomainResult<u64> {
+        let mut revoked = api_token::Entity::update_many()
+            .col_expr(api_token::Column::RevokedAt, Expr::value(now))
+            .filter(api_token::Column::UserId.eq(user_id))
+            .filter(api_token::Column::RevokedAt.is_null());
+        if !for_good {
+            revoked = revoked.filter(api_token::Column::Kind.eq(crate::services::auth::KIND_SESSION));
         }
-        Ok(())
+        let ended = revoked.exec(txn).await?.rows_affected;
+        Ok(if for_good { 0 } else { ended })
     }
 }
