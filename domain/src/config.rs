@@ -84,8 +84,14 @@ pub struct Config {
     pub mail_from: String,
     /// Pooled SMTP connections per worker.
     pub mail_pool_size: u32,
-    /// Attempts before a mail is parked as failed.
+    /// Attempts before a mail that keeps failing for a reason that may pass
+    /// (no connection, a 4xx) may be parked as failed; it is parked only
+    /// once it is also `mail_retry_hours` old.
     pub mail_max_attempts: i32,
+    /// How long a mail that keeps failing for a reason that may pass is
+    /// tried (back-off capped at an hour) before it is parked: a relay
+    /// outage or greylisting of a few hours parks nothing.
+    pub mail_retry_hours: i64,
     /// First retry delay; doubles with each attempt (with jitter).
     pub mail_retry_base_ms: i64,
     /// How often the worker looks for due mail.
@@ -191,6 +197,7 @@ impl Default for Config {
             mail_from: "orgadmin <noreply@orgadmin.localhost>".into(),
             mail_pool_size: 4,
             mail_max_attempts: 8,
+            mail_retry_hours: 48,
             mail_retry_base_ms: 2000,
             mail_poll_interval_ms: 500,
             mail_lease_ms: 60_000,
@@ -303,10 +310,11 @@ impl Config {
         if self.mail_pool_size == 0
             || self.mail_max_attempts < 1
             || self.mail_retry_base_ms < 1
+            || self.mail_retry_hours < 0
             || self.mail_poll_interval_ms < 10
             || self.mail_lease_ms < 100
         {
-            return Err("ORGADMIN_MAIL_POOL_SIZE, ORGADMIN_MAIL_MAX_ATTEMPTS and ORGADMIN_MAIL_RETRY_BASE_MS must be at least 1, ORGADMIN_MAIL_POLL_INTERVAL_MS at least 10, ORGADMIN_MAIL_LEASE_MS at least 100".into());
+            return Err("ORGADMIN_MAIL_POOL_SIZE, ORGADMIN_MAIL_MAX_ATTEMPTS and ORGADMIN_MAIL_RETRY_BASE_MS must be at least 1, ORGADMIN_MAIL_RETRY_HOURS at least 0, ORGADMIN_MAIL_POLL_INTERVAL_MS at least 10, ORGADMIN_MAIL_LEASE_MS at least 100".into());
         }
         if !self.mail_from.contains('@') {
             return Err(format!(

@@ -270,13 +270,21 @@ pub fn line_of_text(value: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// A username is a login id beside the e-mail address, compared by the same
+/// key: it holds no `@`, so it can never equal anybody's address. One that
+/// did (a user administrator naming a user "boss@firma.dk") made that
+/// address name two people, and a login id naming two people opens no
+/// login: the administrator whose address it was was locked out of Login
+/// and of the self-service reset.
 pub fn username(value: &str) -> Result<(), String> {
     let ok_len = (3..=64).contains(&value.chars().count());
     let ok_chars = value
         .chars()
-        .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+        .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !ok_len || !ok_chars {
-        return Err("must be 3 to 64 letters, digits or . _ - @".into());
+        return Err(
+            "must be 3 to 64 letters, digits or . _ - (no @: an e-mail address is a login id of its own)".into(),
+        );
     }
     Ok(())
 }

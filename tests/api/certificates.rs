@@ -22,6 +22,8 @@ both_backends!(
     withdrawing_the_signing_right_revokes_what_signs,
     a_subject_line_reads_back_as_its_names,
     an_organisation_certificate_keeps_its_identity_through_renewals,
+    nobody_gives_themselves_the_signing_right,
+    the_contact_person_learns_the_holder_left,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -535,6 +537,14 @@ async fn a_user_certificate_lives_and_is_revoked_as_openssl_sees_it(backend: Bac
             },
             0,
         ),
+        // By e-mail address in any case, as the order compared it.
+        (
+            pb::SearchCertificatesRequest {
+                email: karen.email.to_uppercase(),
+                ..Default::default()
+            },
+            1,
+        ),
         (
             pb::SearchCertificatesRequest {
                 expire_time_from: Some(in_ms(3 * YEAR_MS - 2 * DAY_MS)),
@@ -951,6 +961,19 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
         );
     }
     assert_eq!(pseudonyms[0], pseudonyms[1], "the same pseudonym every time");
+    // Nor their address, which would name them again.
+    let before = app.fingerprint().await;
+    let with_address = order(
+        &app,
+        &fixture.admin_token,
+        pb::OrderCertificateRequest {
+            email: anonymous.email.clone(),
+            ..user_order(&fixture.org.id, &anonymous, &[pb::CertificateUsage::Authentication])
+        },
+    )
+    .await;
+    assert_eq!(bad_fields(&assert_code(with_address, Code::InvalidArgument)), ["email"]);
+    assert!(app.fingerprint().await == before, "a refused order changed something");
 
     // An Ed25519 key cannot encrypt: refused, the order still waits.
     order(
@@ -2131,6 +2154,102 @@ async fn an_organisation_certificate_keeps_its_identity_through_renewals(backend
         );
         current = renewed.certificate.unwrap();
     }
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Two keys (R-ACC-4) for the signing right as for roles: a user
+/// administrator cannot give it to themselves (and then order themselves a
+/// SIGNING certificate); a colleague gives it, and giving it up is one's
+/// own call.
+async fn nobody_gives_themselves_the_signing_right(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (ulla, ulla_session) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let signing = |allowed: bool| pb::UpdateUserRequest {
+        user: Some(pb::User {
+            id: ulla.id.clone(),
+            signing_right: allowed,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["signing_right".into()],
+        }),
+        ..Default::default()
+    };
+    let before = app.fingerprint().await;
+    let own = app.users().update_user(req(&ulla_session, signing(true))).await;
+    let status = assert_code(own, Code::PermissionDenied);
+    assert!(status.message().contains("two keys"), "{status:?}");
+    assert_eq!(
+        app.fingerprint().await,
+        before,
+        "a refused self-grant changed something"
+    );
+    let given = app
+        .users()
+        .update_user(req(&fixture.admin_token, signing(true)))
+        .await
+        .expect("a colleague gives it")
+        .into_inner()
+        .user
+        .unwrap();
+    assert!(given.signing_right);
+    let given_up = app
+        .users()
+        .update_user(req(&ulla_session, signing(false)))
+        .await
+        .expect("giving it up is her own call")
+        .into_inner()
+        .user
+        .unwrap();
+    assert!(!given_up.signing_right);
+    app.finish().await;
+}
+
+/// R-CERT-3: the contact person is told of a revocation, also when it
+/// comes from the holder's deletion; the holder who left is told nothing.
+/// Before, a holder's deletion revoked in silence.
+async fn the_contact_person_learns_the_holder_left(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (bo, bo_session) = app.member(&fixture, "Bo", &[]).await;
+    order(
+        &app,
+        &fixture.admin_token,
+        pb::OrderCertificateRequest {
+            contact_id: fixture.admin.id.clone(),
+            ..user_order(&fixture.org.id, &bo, &[pb::CertificateUsage::Authentication])
+        },
+    )
+    .await
+    .unwrap();
+    let pickup = app.mailed_token("certificate_pickup", &bo.email).await;
+    issue(&app, &bo_session, &pickup, &csr(&dir, "bo", "p256"))
+        .await
+        .unwrap();
+    app.users()
+        .delete_user(req(
+            &fixture.admin_token,
+            pb::DeleteUserRequest {
+                id: bo.id.clone(),
+                etag: String::new(),
+            },
+        ))
+        .await
+        .expect("deleted");
+    let told = |email: String| {
+        let app = &app;
+        async move {
+            app.count(&format!(
+                "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'certificate_revoked' AND recipient = '{email}'"
+            ))
+            .await
+        }
+    };
+    assert_eq!(told(fixture.admin.email.clone()).await, 1, "the contact person is told");
+    assert_eq!(told(bo.email.clone()).await, 0, "the holder who left is not");
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -28,6 +28,7 @@ both_backends!(
     a_login_its_caller_gave_up_on_is_still_recorded,
     the_end_of_a_timed_deactivation_lifts_the_login_lock,
     the_address_limit_counts_the_address_the_proxy_added,
+    a_username_cannot_take_another_persons_address,
 );
 
 /// A server whose logins lock after `max_failures` wrong passwords.
@@ -1285,5 +1286,60 @@ async fn the_end_of_a_timed_deactivation_lifts_the_login_lock(backend: Backend) 
         .history_of(&fixture.admin_token, &eva.id, pb::HistoryActivity::LoginUnlocked)
         .await;
     assert_eq!(unlocked.len(), 1);
+    app.finish().await;
+}
+
+/// A username holds no `@`, so it never equals anybody's e-mail address.
+/// Before, a user administrator could name a user "olga@firma.dk" after the
+/// organisation administrator's address: the address then named two
+/// people, and neither Login nor the self-service reset opened for her.
+async fn a_username_cannot_take_another_persons_address(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (_, user_admin) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (_, admin_email) = app
+        .member_with_password(&fixture, "Olga", &[pb::Role::OrganisationAdmin])
+        .await;
+    let (plain, _) = app.member(&fixture, "Bo", &[]).await;
+    let before = app.fingerprint().await;
+    let created = app
+        .users()
+        .create_user(req(
+            &user_admin,
+            pb::CreateUserRequest {
+                username: admin_email.clone(),
+                ..new_user(&fixture.org.id, "Squat", &[])
+            },
+        ))
+        .await;
+    assert_eq!(
+        bad_fields(&assert_code(created, Code::InvalidArgument)),
+        vec!["username"]
+    );
+    let updated = app
+        .users()
+        .update_user(req(
+            &user_admin,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: plain.id.clone(),
+                    username: admin_email.to_uppercase(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["username".into()],
+                }),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(
+        bad_fields(&assert_code(updated, Code::InvalidArgument)),
+        vec!["user.username"]
+    );
+    assert_eq!(app.fingerprint().await, before);
+    app.login(&admin_email, TEST_PASSWORD)
+        .await
+        .expect("her address still names her alone");
     app.finish().await;
 }

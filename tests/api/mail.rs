@@ -377,7 +377,13 @@ async fn a_relay_refusing_connections_parks_no_mail(backend: Backend) {
             let _ = conn.read(&mut [0u8; 512]);
         }
     });
-    let worker = TestWorker::start(&app, worker_config(&app, &url));
+    // Two attempts before parking, as the count alone once decided: the
+    // mails are young, so they wait (ORGADMIN_MAIL_RETRY_HOURS, 48).
+    let config = orgadmin_domain::Config {
+        mail_max_attempts: 2,
+        ..worker_config(&app, &url)
+    };
+    let worker = TestWorker::start(&app, config);
     let fixture = app.org_with_admin().await;
     for i in 0..3 {
         app.users()

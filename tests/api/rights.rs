@@ -463,8 +463,7 @@ impl World {
                 &claimed[0].claim,
                 "550 test",
                 orgadmin_domain::services::outbox::Failure::Permanent,
-                5,
-                100,
+                &RETRY,
             )
             .await
             .unwrap();

@@ -760,6 +760,23 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
     let who = app.who_am_i(&made.secret).await.expect("the token works");
     assert_eq!(who.user_id, account.id);
     assert!(who.roles.iter().all(|r| *r == pb::Role::User as i32), "{who:?}");
+    // An account is no person: it has no name to hide. Approved, a request
+    // would have made it a pending anonymous profile with an activation code.
+    let before = app.fingerprint().await;
+    let anonymous = app
+        .users()
+        .request_anonymity(req(
+            &made.secret,
+            pb::RequestAnonymityRequest {
+                reason: "Jeg ønsker ikke mit navn vist i systemet.".into(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(anonymous, Code::FailedPrecondition)),
+        "SERVICE_ACCOUNT"
+    );
+    assert!(app.fingerprint().await == before, "a refused request changed something");
     let events = app
         .history_of(&fixture.admin_token, &account.id, pb::HistoryActivity::ApiTokenCreated)
         .await;

@@ -31,6 +31,30 @@ async fn first_user_of_operator_becomes_administrator(backend: Backend) {
     assert!(roles.contains(&(pb::Role::OrganisationAdmin as i32)), "{roles:?}");
     assert!(roles.contains(&(pb::Role::UserAdmin as i32)), "{roles:?}");
 
+    // The first user is a person: a service account would have become an
+    // active administrator nobody is (no activation, no one behind it).
+    let empty = app.create_org(None, None).await;
+    let before = app.fingerprint().await;
+    let account = app
+        .users()
+        .create_user(req(
+            OPERATOR_TOKEN,
+            pb::CreateUserRequest {
+                organisation_id: empty.id.clone(),
+                first_name: "Lønsystem".into(),
+                surname: "Integration".into(),
+                email: unique_email("loen-api"),
+                service_account: true,
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(account, Code::FailedPrecondition)),
+        "SERVICE_ACCOUNT"
+    );
+    assert_eq!(app.fingerprint().await, before);
+
     // Later, the operator creates administrators only.
     let before = app.fingerprint().await;
     let plain = app

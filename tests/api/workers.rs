@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use orgadmin_domain::model::now_millis;
 use orgadmin_tests::*;
 use sea_orm::{ConnectionTrait, Statement};
 
@@ -16,7 +17,8 @@ both_backends!(
     a_claim_that_outlived_its_lease_records_nothing,
     a_slow_relay_costs_no_attempts,
     killed_import_worker_resumes_without_doubles,
-    two_workers_share_the_import_queue
+    two_workers_share_the_import_queue,
+    a_mail_this_worker_cannot_read_waits,
 );
 
 /// A worker process; its log (JSON lines) is read for its start and its id.
@@ -591,7 +593,7 @@ async fn a_claim_that_outlived_its_lease_records_nothing(backend: Backend) {
     let current = current.into_iter().find(|c| c.claim.id == stale.id).unwrap().claim;
 
     let recorded = domain
-        .mark_mail_failed(&stale, "550 no", Failure::Permanent, 5, 1)
+        .mark_mail_failed(&stale, "550 no", Failure::Permanent, &RETRY)
         .await
         .unwrap();
     assert!(!recorded);
@@ -609,7 +611,7 @@ async fn a_claim_that_outlived_its_lease_records_nothing(backend: Backend) {
     domain.mark_mail_sent(&stale).await.unwrap();
     assert_eq!(mail_row(&app, current.id).await.1, "SENT");
     let recorded = domain
-        .mark_mail_failed(&current, "421 try later", Failure::Transient, 5, 1)
+        .mark_mail_failed(&current, "421 try later", Failure::Transient, &RETRY)
         .await
         .unwrap();
     assert!(!recorded, "a sent mail is not failed afterwards");
@@ -664,5 +666,51 @@ async fn a_slow_relay_costs_no_attempts(backend: Backend) {
         0,
         "a mail was counted as failed although the relay works"
     );
+    app.finish().await;
+}
+
+/// A mail whose content this worker cannot decrypt (most often a worker
+/// started with another key than the service's) waits, its attempts not
+/// counted, and is claimed again later: fixing the key delivers it. Before,
+/// every such mail was parked as failed on first sight.
+async fn a_mail_this_worker_cannot_read_waits(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let _ = queue_mails(&app, 1).await;
+    let domain = &app.domain;
+    let ids: Vec<uuid::Uuid> = domain
+        .claim_due_mails("reader", 100, 60_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.claim.id)
+        .collect();
+    assert!(!ids.is_empty());
+    // Claimed above, so only the mail made unreadable is due again.
+    let unreadable = ids[0];
+    app.execute_bound(
+        "UPDATE outbox_mails SET payload = 'not what the key sealed', claimed_by = NULL, lease_until = NULL WHERE id = $1",
+        vec![unreadable.into()],
+    )
+    .await;
+    let started = now_millis();
+    let claimed = domain.claim_due_mails("wrong-key", 100, 60_000).await.unwrap();
+    assert!(
+        claimed.iter().all(|c| c.claim.id != unreadable),
+        "an unreadable mail is not handed out"
+    );
+    let (attempts, state, claimed_by) = mail_row(&app, unreadable).await;
+    assert_eq!((attempts, state.as_str(), claimed_by), (0, "PENDING", None));
+    let row = app
+        .row_where(
+            "SELECT next_attempt_at, last_error FROM outbox_mails WHERE id =",
+            unreadable,
+        )
+        .await;
+    let next: i64 = row.try_get_by_index(0).unwrap();
+    let error: Option<String> = row.try_get_by_index(1).unwrap();
+    assert!(next >= started + 4 * 60 * 1000, "it waits minutes, not a poll");
+    assert!(error.unwrap_or_default().contains("payload unreadable"));
+    let (_, _, failed) = domain.outbox_counts().await.unwrap();
+    assert_eq!(failed, 0, "nothing parked");
     app.finish().await;
 }

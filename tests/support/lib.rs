@@ -31,6 +31,13 @@ pub use catalog::{Fingerprint, TableDump, dump_database, fingerprint_of};
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const OPERATOR_TOKEN: &str = "oat_test-operator-token-0123456789abcdefghijklmnopq";
 pub const TEST_DB_PREFIX: &str = "orgadmin_t_";
+/// A retry policy for tests that record failures by hand: five attempts,
+/// 1 ms apart, and no minimum age.
+pub const RETRY: orgadmin_domain::services::outbox::MailRetry = orgadmin_domain::services::outbox::MailRetry {
+    max_attempts: 5,
+    base_delay_ms: 1,
+    retry_for_ms: 0,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

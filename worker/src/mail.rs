@@ -11,7 +11,7 @@ use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use orgadmin_domain::email::Email;
 use orgadmin_domain::model::now_millis;
-use orgadmin_domain::services::outbox::{ClaimedMail, Failure};
+use orgadmin_domain::services::outbox::{ClaimedMail, Failure, MailRetry};
 use orgadmin_domain::telemetry;
 use orgadmin_domain::{Config, Domain};
 use tokio::sync::{Semaphore, watch};
@@ -122,8 +122,7 @@ pub struct Outbox {
     pub worker_id: String,
     pub concurrency: usize,
     pub poll_interval: Duration,
-    pub max_attempts: i32,
-    pub retry_base_ms: i64,
+    pub retry: MailRetry,
     /// How long a claim lasts; a worker that dies loses its mails to
     /// another worker after this.
     pub lease_ms: i64,
@@ -151,8 +150,11 @@ impl Outbox {
             worker_id,
             concurrency: config.mail_pool_size as usize,
             poll_interval: Duration::from_millis(config.mail_poll_interval_ms),
-            max_attempts: config.mail_max_attempts,
-            retry_base_ms: config.mail_retry_base_ms,
+            retry: MailRetry {
+                max_attempts: config.mail_max_attempts,
+                base_delay_ms: config.mail_retry_base_ms,
+                retry_for_ms: config.mail_retry_hours.saturating_mul(3_600_000),
+            },
             lease_ms: config.mail_lease_ms,
             backlog_reported: Default::default(),
         })
@@ -217,7 +219,7 @@ impl Outbox {
             let domain = self.domain.clone();
             let transport = self.transport.clone();
             let from = self.from.clone();
-            let (max_attempts, base) = (self.max_attempts, self.retry_base_ms);
+            let retry = self.retry;
             // The send joins the trace of the request that queued the mail.
             let span = if telemetry::traces_enabled() {
                 let span = tracing::info_span!(
@@ -255,7 +257,7 @@ impl Outbox {
                         Err((error, failure)) => {
                             tracing::Span::current().record("otel.status_code", "ERROR");
                             domain
-                                .mark_mail_failed(&mail.claim, &error, failure, max_attempts, base)
+                                .mark_mail_failed(&mail.claim, &error, failure, &retry)
                                 .await
                                 .map(drop)
                         }

@@ -88,6 +88,15 @@ impl Domain {
                 "this user profile is already anonymous",
             ));
         }
+        // Approved, the request would recreate the account as a pending
+        // anonymous profile with an activation code: a person's way in to
+        // something no person signs in to.
+        if row.service_account {
+            return Err(DomainError::precondition(
+                Reason::ServiceAccount,
+                "a service account is no person: it has no name to hide",
+            ));
+        }
         let open = anonymity_request::Entity::find()
             .filter(anonymity_request::Column::UserId.eq(user_id))
             .filter(anonymity_request::Column::State.eq(AnonymityRequestState::Pending.as_str()))

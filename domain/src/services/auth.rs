@@ -78,6 +78,9 @@ impl Domain {
         let refused = || DomainError::Unauthenticated {
             message: "the bearer token is unknown, expired or revoked".into(),
         };
+        // Before the read: a revocation that clears the cache while this
+        // lookup runs keeps its result out of the cache.
+        let read_at = self.auth_cache.generation();
         // One round trip: the token, its user's state and roles (one row per role).
         let rows: Vec<TokenRow> = api_token::Entity::find()
             .select_only()
@@ -143,7 +146,7 @@ impl Domain {
         }
         if kind == KIND_OPERATOR {
             let caller = Caller::new(Principal::Operator { token_id });
-            self.auth_cache.put(hash, caller.clone(), now, expires_at);
+            self.auth_cache.put(hash, caller.clone(), read_at, now, expires_at);
             return Ok(caller);
         }
         let (Some(user_id), Some(organisation_id), Some(state)) = (user_id, organisation_id, state) else {
@@ -182,7 +185,7 @@ impl Domain {
             format!("{} {}", first.unwrap_or_default(), surname.unwrap_or_default()),
             email.unwrap_or_default(),
         );
-        self.auth_cache.put(hash, caller.clone(), now, expires_at);
+        self.auth_cache.put(hash, caller.clone(), read_at, now, expires_at);
         Ok(caller)
     }
 

@@ -51,7 +51,35 @@ pub struct MailClaim {
     pub lease_until: Millis,
     /// Failed attempts before this claim.
     pub attempts: i32,
+    /// When the mail was queued: a mail that keeps failing for a reason
+    /// that may pass is parked only once it is old (see [`MailRetry`]).
+    pub created_at: Millis,
 }
+
+/// How a failed delivery is retried (`ORGADMIN_MAIL_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct MailRetry {
+    /// Attempts at least, before a mail failing for a passing reason is parked.
+    pub max_attempts: i32,
+    /// The first retry's delay; doubled per attempt, at most an hour.
+    pub base_delay_ms: i64,
+    /// And at least this old: a relay down for an afternoon, or a
+    /// greylisting relay, parks nothing.
+    pub retry_for_ms: i64,
+}
+
+impl MailRetry {
+    /// Whether a failure parks the mail: a permanent one (a 5xx to the mail
+    /// itself) at once; one that may pass only after `max_attempts`
+    /// attempts and `retry_for_ms` since it was queued.
+    pub fn parks(&self, failure: Failure, attempts: i32, age_ms: i64) -> bool {
+        failure == Failure::Permanent || (attempts >= self.max_attempts && age_ms >= self.retry_for_ms)
+    }
+}
+
+/// How long a mail this worker cannot decrypt waits before it is claimed
+/// again (by this or another worker).
+const UNREADABLE_WAIT_MS: i64 = 5 * 60 * 1000;
 
 impl MailClaim {
     /// The claim's own row, still pending and still held by this claim.
@@ -168,6 +196,7 @@ impl Domain {
                 worker: worker.to_owned(),
                 lease_until,
                 attempts: row.attempts,
+                created_at: row.created_at,
             };
             match self.vault.decrypt(&row.payload).and_then(|json| {
                 serde_json::from_str::<RenderedMail>(&json).map_err(|e| DomainError::Internal(e.to_string()))
@@ -180,8 +209,13 @@ impl Domain {
                     traceparent: row.trace_context,
                 }),
                 Err(e) => {
-                    // Unreadable content will not get better: park it for operators.
-                    self.mark_mail_failed(&claim, &format!("payload unreadable: {e}"), Failure::Permanent, 1, 1)
+                    // Most often a worker started with another key than the
+                    // service's (a wrong secret, a rotation half done): the
+                    // content is readable again once the key is right, so
+                    // the mail waits instead of being parked. Loudly: an
+                    // operator must fix the key.
+                    tracing::error!(mail = %claim.id, error = %e, "outbox: a mail cannot be decrypted with this worker's ORGADMIN_CPR_ENCRYPTION_KEY; it waits");
+                    self.defer_mail(&claim, &format!("payload unreadable: {e}"), UNREADABLE_WAIT_MS)
                         .await?;
                 }
             }
@@ -215,6 +249,21 @@ impl Domain {
     /// Gives a claimed mail back unsent, for the next claim (this worker's
     /// or another's) to take at once. Changes nothing when the claim no
     /// longer holds the mail.
+    /// Gives a claimed mail back, due again in `wait_ms`, its attempts
+    /// not counted.
+    async fn defer_mail(&self, claim: &MailClaim, error: &str, wait_ms: i64) -> DomainResult<()> {
+        let error: String = error.chars().take(1000).collect();
+        outbox_mail::Entity::update_many()
+            .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(Option::<i64>::None))
+            .col_expr(outbox_mail::Column::ClaimedBy, Expr::value(Option::<String>::None))
+            .col_expr(outbox_mail::Column::LastError, Expr::value(error))
+            .col_expr(outbox_mail::Column::NextAttemptAt, Expr::value(now_millis() + wait_ms))
+            .filter(claim.still_held())
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
     pub async fn release_mail(&self, claim: &MailClaim) -> DomainResult<()> {
         outbox_mail::Entity::update_many()
             .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(Option::<i64>::None))
@@ -254,11 +303,12 @@ impl Domain {
         claim: &MailClaim,
         error: &str,
         failure: Failure,
-        max_attempts: i32,
-        base_delay_ms: i64,
+        retry: &MailRetry,
     ) -> DomainResult<bool> {
         let attempts = claim.attempts + 1;
-        let park = failure == Failure::Permanent || attempts >= max_attempts;
+        let now = now_millis();
+        let park = retry.parks(failure, attempts, now - claim.created_at);
+        let base_delay_ms = retry.base_delay_ms;
         let error: String = error.chars().take(1000).collect();
         let mut update = outbox_mail::Entity::update_many()
             .col_expr(outbox_mail::Column::Attempts, Expr::value(attempts))
@@ -269,7 +319,7 @@ impl Domain {
         } else {
             update.col_expr(
                 outbox_mail::Column::NextAttemptAt,
-                Expr::value(now_millis() + backoff_ms(attempts, base_delay_ms)),
+                Expr::value(now + backoff_ms(attempts, base_delay_ms)),
             )
         };
         let marked = update.filter(claim.still_held()).exec(&self.db).await?.rows_affected == 1;
@@ -394,6 +444,24 @@ pub fn backoff_ms(attempts: i32, base_ms: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mail_failing_for_a_passing_reason_is_parked_only_when_old() {
+        let retry = MailRetry {
+            max_attempts: 8,
+            base_delay_ms: 2000,
+            retry_for_ms: 48 * 3_600_000,
+        };
+        let hour = 3_600_000;
+        assert!(retry.parks(Failure::Permanent, 1, 0), "a 5xx to the mail: at once");
+        assert!(
+            !retry.parks(Failure::Transient, 8, 5 * 60 * 1000),
+            "an outage of minutes"
+        );
+        assert!(!retry.parks(Failure::Transient, 30, 47 * hour), "still young");
+        assert!(!retry.parks(Failure::Transient, 7, 49 * hour), "too few attempts");
+        assert!(retry.parks(Failure::Transient, 8, 48 * hour));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

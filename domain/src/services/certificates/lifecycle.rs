@@ -162,6 +162,13 @@ fn check_order_email(email: &str, owner: &user::Model, whose: &str) -> DomainRes
         v.add("email", rule);
     } else if normalise::key(email) != normalise::key(&owner.email) {
         v.add("email", format!("must be the {whose}'s own e-mail address"));
+    } else if owner.anonymous {
+        // An anonymous person is named by a pseudonym (R-USR-10); their
+        // address (often first.last@...) would name them again.
+        v.add(
+            "email",
+            format!("must be empty for an anonymous {whose}: the certificate names them by a pseudonym, and an address would name them again"),
+        );
     }
     v.into_result()
 }
@@ -1030,11 +1037,10 @@ impl Domain {
         diff(&mut changes, "state", &row.state, CertificateState::Revoked.as_str());
         diff(&mut changes, "revocation_reason", "", reason.as_str());
         history::record(txn, event(row, Activity::CertificateRevoked, caller, now, changes)).await?;
-        // One who left is told nothing; one who stays learns why their
-        // certificate stopped working.
-        if why != HolderEnding::Left {
-            self.tell_revoked(txn, row, reason).await?;
-        }
+        // The contact person learns why a certificate they look after
+        // stopped working (R-CERT-3), also when its holder left; a holder
+        // who left is told nothing (`tell_revoked` skips a deleted person).
+        self.tell_revoked(txn, row, reason).await?;
         Ok(Some(true))
     }
 

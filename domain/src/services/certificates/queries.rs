@@ -1,6 +1,7 @@
 //! Reading the inventory (R-CERT-6): one certificate, search with page
 //! tokens, history, and the export of all of an organisation's certificates.
 
+use sea_orm::sea_query::{Expr, ExprTrait, Func};
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
@@ -161,7 +162,14 @@ impl Domain {
             filter = filter.add(certificate::Column::ContactId.eq(contact));
         }
         if let Some(email) = &query.email {
-            filter = filter.add(certificate::Column::Email.eq(email.trim()));
+            // In any case, as the order compared it with the person's
+            // address: "Karen@Firma.dk" at order is found as
+            // "karen@firma.dk". Certificate addresses are plain ASCII, so
+            // both databases' lower() agree.
+            filter = filter.add(ExprTrait::eq(
+                Expr::expr(Func::lower(Expr::col(certificate::Column::Email))),
+                email.trim().to_ascii_lowercase(),
+            ));
         }
         if let Some(kind) = query.kind {
             filter = filter.add(certificate::Column::Kind.eq(kind.as_str()));

@@ -208,7 +208,15 @@ impl Domain {
                 if answer.is_some() {
                     continue;
                 }
-                if !has_admin {
+                if !has_admin && user.new.service_account {
+                    // The first user is the organisation's administrator, a
+                    // person who activates their login: an account no
+                    // person signs in to would be an administrator nobody is.
+                    *answer = Some(Err(DomainError::precondition(
+                        Reason::ServiceAccount,
+                        "the first user of an organisation is its administrator, a person; create them before any service account",
+                    )));
+                } else if !has_admin {
                     user.roles.extend([Role::OrganisationAdmin, Role::UserAdmin]);
                     user.roles = normalise_roles(std::mem::take(&mut user.roles));
                     has_admin = true;

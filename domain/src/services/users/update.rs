@@ -159,15 +159,18 @@ impl Domain {
             );
         }
         v.into_result()?;
+        let org = lock_organisation(txn, current.organisation_id).await?;
+        // Checked on the user as they are under the lock: a DeleteUser that
+        // committed while this call waited for it leaves nothing to change
+        // (read before the lock, the deleted profile was rewritten, and an
+        // address change mailed a link for it).
+        let current = self.load_user(txn, id).await?;
         if current.state == UserState::Deleted {
             return Err(DomainError::precondition(
                 Reason::UserDeleted,
                 "a deleted user cannot be changed",
             ));
         }
-
-        let org = lock_organisation(txn, current.organisation_id).await?;
-        let current = self.load_user(txn, id).await?;
         // Two keys (R-ACC-4, R-ACC-7), under the lock (a grant to a group
         // made a moment ago counts): placing oneself in a production unit
         // whose system group holds rights would be giving oneself rights.
@@ -194,6 +197,14 @@ impl Domain {
         {
             return Err(DomainError::denied(
                 "nobody gives themselves a role: a colleague must (two keys)",
+            ));
+        }
+        // The same for the signing right: with it a person signs for the
+        // organisation (a SIGNING certificate, the organisation
+        // certificate's seal).
+        if caller.acting_user_id() == Some(id) && patch.signing_right == Some(true) && !current.signing_right {
+            return Err(DomainError::denied(
+                "nobody gives themselves the signing right: a colleague must (two keys)",
             ));
         }
         // Again on the user as they are under the lock: one moved out of a
