@@ -54,6 +54,7 @@ mail_kinds!(
     RightsRequestDecided => "rights_request_decided",
     ImportFinished => "import_finished",
     EmailVerification => "email_verification",
+    EmailChangeNotice => "email_change_notice",
     PasswordReset => "password_reset",
     LoginCode => "login_code",
     CertificatePickup => "certificate_pickup",
@@ -172,6 +173,7 @@ mod tests {
             ("requested", "admin level 3 on unit Nord"),
             ("decision", "godkendt"),
             ("note", "Ok for sæsonen"),
+            ("new_email", "soren.ny@example.dk"),
         ]
     }
 

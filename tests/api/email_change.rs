@@ -76,6 +76,12 @@ async fn a_new_address_takes_over_once_verified(backend: Backend) {
     assert_eq!(changed.pending_email, new);
     assert!(changed.email_verified, "the address in force is still the verified one");
     let link = app.mailed_token("email_verification", &new).await;
+    // Asked by an administrator: Anna hears of it at the address in force,
+    // which names the new one (an administrator's own mailbox would show).
+    let notices = mail_texts(&app, "email_change_notice", &old).await;
+    assert_eq!(notices.len(), 1, "one notice to the address in force");
+    assert!(notices[0].contains(&new), "{}", notices[0]);
+    assert!(mail_texts(&app, "email_change_notice", &new).await.is_empty());
     // The link is no activation secret, and it works once.
     let misuse = app
         .users()
@@ -235,4 +241,26 @@ async fn an_unactivated_user_changes_address_at_once(backend: Backend) {
         .unwrap();
     assert!(!done.email_verified);
     app.finish().await;
+}
+
+/// The text of each queued mail of `kind` to `to` (content not yet sent).
+async fn mail_texts(app: &TestApp, kind: &str, to: &str) -> Vec<String> {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = app.domain.db();
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        sea_orm::DatabaseBackend::Postgres => "SELECT payload FROM outbox_mails WHERE kind = $1 AND recipient = $2",
+        _ => "SELECT payload FROM outbox_mails WHERE kind = ? AND recipient = ?",
+    };
+    db.query_all_raw(Statement::from_sql_and_values(backend, sql, [kind.into(), to.into()]))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let sealed: String = row.try_get_by_index(0).unwrap();
+            let json = test_vault().decrypt(&sealed).expect("outbox payload decrypts");
+            let mail: serde_json::Value = serde_json::from_str(&json).unwrap();
+            mail["text"].as_str().unwrap().to_owned()
+        })
+        .collect()
 }

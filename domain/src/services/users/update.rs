@@ -446,6 +446,25 @@ impl Domain {
             self.withdraw_email_change(txn, id, now).await?;
             if let Some(email) = &email_to_verify {
                 self.request_email_change(txn, &written, email, &org.name).await?;
+                // Asked by someone else (an administrator): the person hears
+                // of it at the address in force, before the new one can take
+                // over their password resets and codes, and can object.
+                if caller.acting_user_id() != Some(id) {
+                    self.enqueue_mail(
+                        txn,
+                        Some(org.id),
+                        crate::mail::MailKind::EmailChangeNotice,
+                        &written.email,
+                        &format!("{} {}", written.first_name, written.surname),
+                        parse(&written.language)?,
+                        &[
+                            ("first_name", &written.first_name),
+                            ("organisation_name", &org.name),
+                            ("new_email", email.as_str()),
+                        ],
+                    )
+                    .await?;
+                }
             }
             if new_address && written.cpr_hash.is_some() {
                 self.issue_activation_link(txn, &written, &org.name, crate::services::activation::Earlier::End)
