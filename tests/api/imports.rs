@@ -24,7 +24,8 @@ both_backends!(
     a_long_upload_is_not_taken_for_abandoned,
     a_retried_upload_returns_the_first_job,
     uploads_in_progress_take_their_places,
-    a_long_report_comes_in_pieces
+    a_long_report_comes_in_pieces,
+    rows_are_named_as_a_spreadsheet_shows_them,
 );
 
 pub const HEADER_DA: &str = "Bruger-ID;CPR-nummer;Fødselsdato;E-mail;Fornavn;Efternavn;Brugernavn;Telefon;Enhed;Sprog;Roller;Tegningsret;Identifikationsmidler;Eksternt ID;RID-nummer";
@@ -1493,5 +1494,43 @@ async fn a_long_report_comes_in_pieces(backend: Backend) {
         (2..=1002).collect::<Vec<i64>>(),
         "every problem once, in order"
     );
+    app.finish().await;
+}
+
+/// Error messages name rows as Excel shows the file: a blank line is a row
+/// there too. Before, every row after a blank line was named one too low,
+/// and a user fixing "row 4" fixed the wrong person.
+async fn rows_are_named_as_a_spreadsheet_shows_them(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    let good = row(&[(1, &nth_cpr(61)), (3, "blank.en@firma.dk"), (4, "Bo"), (5, "Blank")]);
+    let bad = row(&[(1, &nth_cpr(62)), (3, "ikke-en-adresse"), (4, "Forkert"), (5, "Mail")]);
+    let twin = row(&[(1, &nth_cpr(63)), (3, "tvilling@firma.dk"), (4, "Tvilling"), (5, "En")]);
+    // 1 header, 2 good, 3 blank, 4 bad, 5 and 6 blank, 7 and 8 the same address.
+    let text = format!("{HEADER_DA}\r\n{good}\r\n\r\n{bad}\r\n\r\n\r\n{twin}\r\n{twin}\r\n");
+    let job = imported(
+        &app,
+        &token,
+        spec(&fixture.org.id, pb::ImportKind::Create),
+        text.as_bytes(),
+        7,
+    )
+    .await;
+    assert_eq!(job.state, pb::ImportState::Succeeded as i32);
+    let errors = app.import_errors(&token, &job.id).await;
+    assert_eq!(
+        errors_of(&errors),
+        vec![
+            (4, "email", "INVALID_ARGUMENT"),
+            (7, "cpr", "DUPLICATE_IN_FILE"),
+            (7, "email", "DUPLICATE_IN_FILE"),
+            (8, "cpr", "DUPLICATE_IN_FILE"),
+            (8, "email", "DUPLICATE_IN_FILE"),
+        ],
+        "{errors:#?}"
+    );
+    let duplicate = errors.iter().find(|e| e.row == 7 && e.column == "email").unwrap();
+    assert!(duplicate.message.contains("row 8"), "{:?}", duplicate.message);
     app.finish().await;
 }

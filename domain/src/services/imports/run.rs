@@ -55,8 +55,6 @@ impl Chunks {
 struct Records {
     reader: RecordReader,
     chunks: Chunks,
-    /// Records read so far (the header is record 1).
-    read: i64,
 }
 
 impl Records {
@@ -68,7 +66,6 @@ impl Records {
                 job_id: job.id,
                 next_seq: 0,
             },
-            read: 0,
         })
     }
 
@@ -76,10 +73,7 @@ impl Records {
     async fn next(&mut self, db: &impl ConnectionTrait) -> DomainResult<Option<(i64, Vec<String>)>> {
         loop {
             match self.reader.next_record() {
-                Next::Record(cells) => {
-                    self.read += 1;
-                    return Ok(Some((self.read, cells)));
-                }
+                Next::Record(cells) => return Ok(Some((self.reader.row(), cells))),
                 Next::NeedInput => match self.chunks.next(db).await? {
                     Some(bytes) => self.reader.push(&bytes),
                     None => self.reader.finish(),
