@@ -300,8 +300,20 @@ impl Domain {
         // opened a session that outlived the reset. Locked, a reset in
         // progress is waited for and its new hash fails the match above;
         // a reset behind this login waits and then ends its session too.
+        // The person's row likewise, for a deactivation (which ends every
+        // session): one in progress is waited for and its state read, one
+        // behind this login waits and then ends this session too. Unlocked,
+        // a session written just after a deactivation committed outlived it
+        // and worked again once the person was reactivated.
         if crate::persistence::is_postgres(&txn) {
-            QueryTrait::query(&mut login_row).lock_with_tables(LockType::Update, [password_credential::Entity]);
+            use sea_orm::sea_query::IntoTableRef;
+            QueryTrait::query(&mut login_row).lock_with_tables(
+                LockType::Update,
+                [
+                    password_credential::Entity.into_table_ref(),
+                    user::Entity.into_table_ref(),
+                ],
+            );
         }
         let Some(LoginRow {
             person,

@@ -439,9 +439,7 @@ impl RecordReader {
             }
         }
     }
-}
 
-impl RecordReader {
     /// Between records: reads the line breaks of blank lines, counting
     /// them (CR LF, LF and CR each end one line, as csv_core reads them).
     fn skip_blank_lines(&mut self) {

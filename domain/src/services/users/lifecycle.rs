@@ -141,11 +141,12 @@ impl Domain {
         // unlock by hand, or the two steps would lift an organisation
         // administrator's lock that only the operator (R-ACC-6) or an
         // organisation administrator lifts.
-        if crate::services::authorize_on_user_as_now(self, txn, caller, Action::UnlockLogin, id)
-            .await
-            .is_ok()
-        {
-            self.lift_login_lock_in(txn, caller, &row, now).await?;
+        match crate::services::authorize_on_user_as_now(self, txn, caller, Action::UnlockLogin, id).await {
+            Ok(_) => {
+                self.lift_login_lock_in(txn, caller, &row, now).await?;
+            }
+            Err(DomainError::PermissionDenied { .. } | DomainError::NotFound { .. }) => {}
+            Err(error) => return Err(error),
         }
         self.load_user(txn, id).await
     }
@@ -272,7 +273,7 @@ impl Domain {
     /// reactivated, the unlock seed 001 describes. Their API tokens, made
     /// on purpose for an integration, are only blocked at authentication
     /// while they are deactivated and work again after. Deletion revokes
-    /// everything for good. Returns how many sessions deactivation ended.
+    /// everything for good. Returns how many it revoked.
     pub(super) async fn revoke_user_tokens(
         &self,
         txn: &DatabaseTransaction,
@@ -287,7 +288,6 @@ impl Domain {
         if !for_good {
             revoked = revoked.filter(api_token::Column::Kind.eq(crate::services::auth::KIND_SESSION));
         }
-        let ended = revoked.exec(txn).await?.rows_affected;
-        Ok(if for_good { 0 } else { ended })
+        Ok(revoked.exec(txn).await?.rows_affected)
     }
 }
