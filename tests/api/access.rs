@@ -1824,3 +1824,61 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
     assert_eq!(batch.needs_administrator_user_ids, [sif.id.as_str()]);
     app.finish().await;
 }
+
+/// A grant or admin level on a unit that is deleted while the write waits
+/// for the organisation's lock: the unit was checked before the write's
+/// transaction, so the insert met a missing unit (INTERNAL, from its
+/// foreign key). Read again under the lock, the answer is NOT_FOUND and
+/// nothing is written. (The deletion in progress is played by a session
+/// that holds the organisation's lock and has deleted the unit's row.)
+/// PostgreSQL only: SQLite has one writer at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_deleted_while_a_grant_on_it_waits_is_not_found() {
+    use std::time::Duration;
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let admin = fixture.admin_token.clone();
+    let (member, _) = app.member_in(&fixture, "Anna", "").await;
+    for kind in ["grant", "level"] {
+        let unit = app.unit(&fixture, &format!("Doomed {kind}"), "").await;
+        let deletion = app
+            .in_progress(&[
+                format!("SELECT 1 FROM organisations WHERE id = '{}' FOR UPDATE", fixture.org.id),
+                format!("DELETE FROM units WHERE id = '{}'", unit.id),
+            ])
+            .await;
+        let writing = {
+            let (mut access, admin, member, unit) = (app.access(), admin.clone(), member.clone(), unit.id.clone());
+            tokio::spawn(async move {
+                match kind {
+                    "grant" => access
+                        .create_grant(req(
+                            &admin,
+                            grant_request(&member, "tax.vat-returns", &unit, &[READ], &[], false),
+                        ))
+                        .await
+                        .map(|_| ()),
+                    _ => access
+                        .grant_admin_level(req(
+                            &admin,
+                            pb::GrantAdminLevelRequest {
+                                user_id: member.id.clone(),
+                                level: 3,
+                                unit_id: unit,
+                            },
+                        ))
+                        .await
+                        .map(|_| ()),
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!writing.is_finished(), "{kind}: the write did not wait for the lock");
+        deletion.commit().await;
+        let status = assert_code(writing.await.unwrap(), Code::NotFound);
+        assert!(status.message().contains(&unit.id), "{kind}: {status:?}");
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM grants").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM admin_levels").await, 0);
+    app.finish().await;
+}

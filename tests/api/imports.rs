@@ -313,6 +313,14 @@ async fn every_kind_of_bad_row_is_reported_and_the_good_ones_land(backend: Backe
         .into_inner()
         .unit
         .unwrap();
+    // R-ORG-3: MitID and passwords allowed, NemLog-in not.
+    app.change_settings(&fixture, "allowed_identification_means", |s| {
+        s.allowed_identification_means = vec![
+            pb::IdentificationMeans::Mitid as i32,
+            pb::IdentificationMeans::Password as i32,
+        ]
+    })
+    .await;
     let long_name = "L".repeat(101);
     let rows = vec![
         // 2: good, placed in the unit by its P-number.
@@ -375,6 +383,14 @@ async fn every_kind_of_bad_row_is_reported_and_the_good_ones_land(backend: Backe
             (5, "Id"),
             (14, "RID-1"),
         ]),
+        // 16: a means the organisation does not allow.
+        row(&[
+            (1, &nth_cpr(12)),
+            (3, "nemlog@firma.dk"),
+            (4, "Nem"),
+            (5, "Log"),
+            (12, "MITID,NEMLOG_IN"),
+        ]),
     ];
     let job = imported(
         &app,
@@ -403,13 +419,14 @@ async fn every_kind_of_bad_row_is_reported_and_the_good_ones_land(backend: Backe
             (14, "first_name", "INVALID_ARGUMENT"),
             (15, "legacy_id", "INVALID_ARGUMENT"),
             (15, "user_id", "INVALID_ARGUMENT"),
+            (16, "identification_means", "INVALID_ARGUMENT"),
         ],
         "{errors:#?}"
     );
     assert!(errors[4].message.contains("row 8"), "{:?}", errors[4]);
     assert!(errors[5].message.contains("row 7"), "{:?}", errors[5]);
     assert!(errors.iter().all(|e| !e.applied && !e.message.is_empty()));
-    assert_eq!((done.rows, done.applied, done.failed, done.skipped), (14, 2, 11, 1));
+    assert_eq!((done.rows, done.applied, done.failed, done.skipped), (15, 2, 12, 1));
     let users = users_of(&app, &token, &fixture.org.id).await;
     let first = users.iter().find(|u| u.email == "god.en@firma.dk").expect("good row 2");
     assert_eq!(first.unit_id, unit.id);

@@ -9,6 +9,7 @@ both_backends!(
     settings_and_licence_count,
     unit_tree,
     a_unit_whose_users_were_deleted_can_be_deleted,
+    identification_means_stay_within_the_organisations,
 );
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
@@ -595,4 +596,111 @@ async fn a_unit_whose_users_were_deleted_can_be_deleted(backend: Backend) {
         .await
         .expect("only deleted profiles were left in the unit");
     app.finish().await;
+}
+
+/// R-ORG-3: the identification means an organisation administrator allows
+/// bound a person's: a create or an update beyond them is refused (naming
+/// the field and the means) and changes nothing, and narrowing them takes
+/// the withdrawn means from everyone holding one, in history.
+async fn identification_means_stay_within_the_organisations(backend: Backend) {
+    use pb::IdentificationMeans as Means;
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let admin = &fixture.admin_token;
+    let mut users = app.users();
+    let people = "SELECT COUNT(*) FROM users";
+    let before = app.count(people).await;
+
+    // A new organisation allows MitID only.
+    let beyond = users
+        .create_user(req(
+            admin,
+            pb::CreateUserRequest {
+                identification_means: vec![Means::Mitid as i32, Means::Password as i32],
+                ..new_user(&fixture.org.id, "Ida", &[])
+            },
+        ))
+        .await;
+    let status = assert_code(beyond, Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), vec!["identification_means"]);
+    assert!(status.message().contains("PASSWORD"), "{status:?}");
+    assert!(!status.message().contains("MITID,"), "{status:?}");
+    assert_eq!(app.count(people).await, before);
+
+    app.change_settings(&fixture, "allowed_identification_means", |s| {
+        s.allowed_identification_means = vec![Means::Mitid as i32, Means::Password as i32, Means::NemlogIn as i32]
+    })
+    .await;
+    let ida = app
+        .created_user(
+            admin,
+            pb::CreateUserRequest {
+                identification_means: vec![Means::Mitid as i32, Means::Password as i32],
+                ..new_user(&fixture.org.id, "Ida", &[])
+            },
+        )
+        .await;
+    let bo = app
+        .created_user(
+            admin,
+            pb::CreateUserRequest {
+                identification_means: vec![Means::NemlogIn as i32],
+                ..new_user(&fixture.org.id, "Bo", &[])
+            },
+        )
+        .await;
+    let plain = app.created_user(admin, new_user(&fixture.org.id, "Ib", &[])).await;
+
+    // An update beyond them is refused and changes nothing.
+    let beyond = users
+        .update_user(req(
+            admin,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    identification_means: vec![Means::LocalIdp as i32],
+                    ..ida.clone()
+                }),
+                update_mask: mask(&["identification_means"]),
+                cpr: String::new(),
+            },
+        ))
+        .await;
+    let status = assert_code(beyond, Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), vec!["user.identification_means"]);
+    assert!(status.message().contains("LOCAL_IDP"), "{status:?}");
+    assert_eq!(app.user(admin, &ida.id).await, ida);
+
+    // Narrowed to MitID: Ida keeps MitID, Bo keeps nothing, Ib is untouched.
+    let settings = app
+        .change_settings(&fixture, "allowed_identification_means", |s| {
+            s.allowed_identification_means = vec![Means::Mitid as i32]
+        })
+        .await;
+    assert_eq!(settings.allowed_identification_means, vec![Means::Mitid as i32]);
+    let ida_after = app.user(admin, &ida.id).await;
+    assert_eq!(ida_after.identification_means, vec![Means::Mitid as i32]);
+    assert_ne!(ida_after.etag, ida.etag);
+    assert!(app.user(admin, &bo.id).await.identification_means.is_empty());
+    assert_eq!(app.user(admin, &plain.id).await, plain);
+    let events = app.history_of(admin, &bo.id, pb::HistoryActivity::UserUpdated).await;
+    let [event] = events.as_slice() else {
+        panic!("one update of Bo: {events:?}")
+    };
+    assert_eq!(event.actor, format!("user:{}", fixture.admin.id));
+    let change = event
+        .changes
+        .iter()
+        .find(|c| c.field == "identification_means")
+        .expect("the means in history");
+    assert!(
+        change.before.contains("NEMLOG_IN") && !change.after.contains("NEMLOG_IN"),
+        "{change:?}"
+    );
+    assert_eq!(
+        app.count(
+            "select count(*) from history_events where activity = 'SETTINGS_UPDATED' and changes like '%\"after\":\"2\",\"before\":\"\",\"field\":\"people_losing_identification_means\"%'"
+        )
+        .await,
+        1
+    );
 }

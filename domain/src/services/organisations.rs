@@ -429,6 +429,19 @@ impl Domain {
                 &value,
             );
             active.allowed_identification_means = Set(value);
+            // Under the organisation's lock, which every write of a
+            // person's means takes too.
+            let people = self
+                .withdraw_means_beyond_in(&txn, caller, organisation_id, &means, now)
+                .await?;
+            if people > 0 {
+                diff(
+                    &mut changes,
+                    "people_losing_identification_means",
+                    "",
+                    people.to_string(),
+                );
+            }
         }
         if let Some(value) = patch.join_requests_allowed {
             diff(&mut changes, "join_requests_allowed", row.join_requests_allowed, value);

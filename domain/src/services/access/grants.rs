@@ -607,6 +607,7 @@ impl Domain {
         // Grant writes of an organisation are ordered by its row lock, so the
         // grant this one is made on cannot be revoked between check and commit.
         lock_organisation(txn, organisation_id).await?;
+        super::scope_unit_as_now(txn, organisation_id, new.unit_id).await?;
         let caller = &super::caller_as_now(self, txn, caller).await?;
         // The grantee as they stand under the lock (their unit decides their
         // system groups, so whether they delegate already).

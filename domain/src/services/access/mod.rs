@@ -201,6 +201,27 @@ async fn standing_member(txn: &DatabaseTransaction, user_id: Uuid) -> DomainResu
     Ok(())
 }
 
+/// The scope `unit_id` of a level or grant read again after the
+/// organisation's lock, which DeleteUnit takes too: checked before the
+/// transaction, a unit deleted in between failed the insert on its
+/// foreign key (INTERNAL). NOT_FOUND says what happened.
+pub(crate) async fn scope_unit_as_now(
+    txn: &DatabaseTransaction,
+    organisation_id: Uuid,
+    unit_id: Option<Uuid>,
+) -> DomainResult<()> {
+    use crate::persistence::entities::unit;
+    let Some(unit_id) = unit_id else {
+        return Ok(());
+    };
+    unit::Entity::find_by_id(unit_id)
+        .filter(unit::Column::OrganisationId.eq(organisation_id))
+        .one(txn)
+        .await?
+        .map(|_| ())
+        .ok_or_else(|| DomainError::not_found("unit", unit_id))
+}
+
 /// A user read again inside the writing transaction (after the
 /// organisation's lock): their unit and state as they are at commit.
 pub(crate) async fn standing_user_as_now(txn: &DatabaseTransaction, user_id: Uuid) -> DomainResult<user::Model> {
@@ -524,6 +545,7 @@ impl Domain {
         // they hold at commit: two administrators acting at once cannot
         // each grant on a level the other just took away.
         lock_organisation(txn, grantee.organisation_id).await?;
+        scope_unit_as_now(txn, grantee.organisation_id, unit_id).await?;
         let caller = &caller_as_now(self, txn, caller).await?;
         let grantee = &standing_user_as_now(txn, grantee.id).await?;
         let granter_levels = held_levels(self, txn, grantee.organisation_id, granter).await?;

@@ -160,7 +160,12 @@ impl Domain {
         let may_change_roles =
             caller.is_operator() || authorize(caller, Action::ChangeRoles, Target::organisation(org_id)).is_ok();
         let checks_placement = !may_change_roles && users.iter().any(|u| u.new.unit_id.is_some());
-        let org = if counts_admins || users.len() > 1 || checks_placement {
+        // Identification means are checked against the organisation's
+        // allowed ones under its lock: a narrowing of them (which takes
+        // them from every person holding one) cannot commit in between and
+        // miss this person.
+        let names_means = users.iter().any(|u| !u.new.identification_means.is_empty());
+        let org = if counts_admins || users.len() > 1 || checks_placement || names_means {
             lock_organisation(txn, org_id).await?
         } else {
             read_organisation(txn, org_id).await?
@@ -273,6 +278,15 @@ impl Domain {
                 && !units.contains(&unit)
             {
                 *answer = Some(Err(no_such_unit("unit_id")));
+            }
+        }
+        if names_means {
+            for (answer, user) in answers.iter_mut().zip(&users) {
+                if answer.is_none()
+                    && let Some(refusal) = super::means_beyond_allowed(&org, &user.new.identification_means)?
+                {
+                    *answer = Some(Err(DomainError::invalid("identification_means", refusal)));
+                }
             }
         }
         // R-AUTH-1: placed in a unit whose system group may pass a right on,

@@ -278,6 +278,30 @@ pub(crate) fn check_service_account(v: &mut Violations, prefix: &str, cpr_field:
     }
 }
 
+/// R-ORG-3: the identification means an organisation administrator allows
+/// bound the ones a user administrator gives a person. The refusal's text
+/// when `means` go beyond `org`'s, `None` when they do not.
+pub(crate) fn means_beyond_allowed(
+    org: &organisation::Model,
+    means: &[IdentificationMeans],
+) -> DomainResult<Option<String>> {
+    let allowed: Vec<IdentificationMeans> = crate::persistence::mapping::parse_list(&org.allowed_identification_means)?;
+    let beyond: Vec<&str> = means
+        .iter()
+        .filter(|m| !allowed.contains(m))
+        .map(|m| m.as_str())
+        .collect();
+    if beyond.is_empty() {
+        return Ok(None);
+    }
+    let allowed: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+    Ok(Some(format!(
+        "{} is not allowed by the organisation, which allows {}; an organisation administrator changes this in the settings",
+        beyond.join(", "),
+        allowed.join(", ")
+    )))
+}
+
 impl Domain {
     async fn ensure_admin_seat_free(&self, db: &impl ConnectionTrait, org: &organisation::Model) -> DomainResult<()> {
         if org.max_administrators == 0 {

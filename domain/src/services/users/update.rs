@@ -217,6 +217,12 @@ impl Domain {
             )?;
         }
         check_etag("user", etag, current.version).map_err(|e| e.within("user"))?;
+        // R-ORG-3, against the settings as they are under the lock.
+        if let Some(means) = &patch.identification_means
+            && let Some(refusal) = means_beyond_allowed(&org, means)?
+        {
+            return Err(DomainError::invalid("user.identification_means", refusal));
+        }
         let row = user::Entity::find_by_id(id)
             .one(txn)
             .await?
@@ -492,6 +498,70 @@ impl Domain {
         )
         .await?;
         Ok((self.load_user(txn, id).await?, revoked))
+    }
+
+    /// R-ORG-3: the organisation `org_id` (locked by the caller) now allows
+    /// only `allowed`: every person holding another means loses it, one
+    /// versioned write and history event each, in the caller's transaction
+    /// (the settings change's). A person's means always lie within the
+    /// organisation's, so what is exported or shown of them is what they
+    /// may use. Returns how many people lost a means.
+    pub(crate) async fn withdraw_means_beyond_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        org_id: Uuid,
+        allowed: &[IdentificationMeans],
+        now: Millis,
+    ) -> DomainResult<u64> {
+        use sea_orm::Condition;
+        let withdrawn: Vec<IdentificationMeans> = IdentificationMeans::ALL
+            .iter()
+            .copied()
+            .filter(|m| !allowed.contains(m))
+            .collect();
+        if withdrawn.is_empty() {
+            return Ok(0);
+        }
+        // The stored list is JSON text: a quoted name narrows the rows read
+        // (a LIKE's `_` may match more; the parsed list decides).
+        let holding = withdrawn.iter().fold(Condition::any(), |any, means| {
+            any.add(user::Column::IdentificationMeans.contains(format!("\"{}\"", means.as_str())))
+        });
+        let people = user::Entity::find()
+            .filter(user::Column::OrganisationId.eq(org_id))
+            .filter(user::Column::State.ne(UserState::Deleted.as_str()))
+            .filter(holding)
+            .all(txn)
+            .await?;
+        let mut changed = 0;
+        for row in people {
+            let held: Vec<IdentificationMeans> = crate::persistence::mapping::parse_list(&row.identification_means)?;
+            let kept: Vec<IdentificationMeans> = held.iter().copied().filter(|m| allowed.contains(m)).collect();
+            if kept.len() == held.len() {
+                continue;
+            }
+            let value = json_list(&kept);
+            let mut changes = Vec::new();
+            diff(&mut changes, "identification_means", &row.identification_means, &value);
+            let mut active: user::ActiveModel = row.clone().into();
+            active.identification_means = Set(value);
+            self.write_user_change(txn, &row, active, now).await?;
+            history::record(
+                txn,
+                NewEvent {
+                    organisation_id: Some(org_id),
+                    subject: Subject::User(row.id),
+                    activity: Activity::UserUpdated,
+                    caller,
+                    at: now,
+                    changes,
+                },
+            )
+            .await?;
+            changed += 1;
+        }
+        Ok(changed)
     }
 
     /// Writes the row if nobody changed it since `before` was read.
