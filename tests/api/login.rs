@@ -761,7 +761,8 @@ async fn attempts_are_limited_per_login_id_and_address(backend: Backend) {
 /// address; or a byte that is not text ahead of the proxy's own entry
 /// (Envoy, nginx append to the line), and the unreadable header meant no
 /// address and no limit at all: password spraying unlimited. A header with
-/// no address in it now counts as the TCP peer (the proxy).
+/// no address in it now counts as the TCP peer (the proxy). An IPv6
+/// address counts against its /64.
 async fn the_address_limit_counts_the_address_the_proxy_added(backend: Backend) {
     use tonic::metadata::AsciiMetadataValue;
     let app = TestApp::start_with(
@@ -820,6 +821,17 @@ async fn the_address_limit_counts_the_address_the_proxy_added(backend: Backend) 
         assert_code(attempt(vec![b"unknown".to_vec()]).await, Code::Unauthenticated);
     }
     assert_code(attempt(vec![b"unknown".to_vec()]).await, Code::ResourceExhausted);
+    // An IPv6 subscriber holds a /64: every address of it shares one
+    // limit (else 2^64 fresh limits); the next /64 has its own.
+    for host in ["a", "b", "c"] {
+        let line = format!("2001:db8:1:2::{host}").into_bytes();
+        assert_code(attempt(vec![line]).await, Code::Unauthenticated);
+    }
+    assert_code(
+        attempt(vec![b"2001:db8:1:2:ffff::d".to_vec()]).await,
+        Code::ResourceExhausted,
+    );
+    assert_code(attempt(vec![b"2001:db8:1:3::a".to_vec()]).await, Code::Unauthenticated);
     app.finish().await;
 }
 

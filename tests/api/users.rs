@@ -862,3 +862,47 @@ async fn list_users_filters_and_pages(backend: Backend) {
     );
     app.finish().await;
 }
+
+/// Two sends of one CreateUser (the same request id), the second before the
+/// first has answered: both answer with the one user made. The second's
+/// INSERT waited on the first's row and skipped it as an e-mail clash, and
+/// answered EMAIL_TAKEN to a client that only retried. (The first is held
+/// before its commit by a session holding the organisation's row, which
+/// the licence count at the end of every create updates.) PostgreSQL only:
+/// SQLite has one writer at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_sent_while_the_first_send_runs_answers_with_its_user() {
+    use std::time::Duration;
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let request = pb::CreateUserRequest {
+        request_id: "hr-sync-42".into(),
+        ..new_user(&fixture.org.id, "Søren", &[])
+    };
+    let holding = app
+        .in_progress(&[format!(
+            "SELECT 1 FROM organisations WHERE id = '{}' FOR UPDATE",
+            fixture.org.id
+        )])
+        .await;
+    let send = || {
+        let (mut users, token, request) = (app.users(), fixture.admin_token.clone(), request.clone());
+        tokio::spawn(async move { users.create_user(req(&token, request)).await })
+    };
+    let first = send();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = send();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!first.is_finished() && !second.is_finished(), "the sends did not wait");
+    holding.commit().await;
+    let first = first.await.unwrap().expect("the first send").into_inner();
+    let second = second.await.unwrap().expect("the second send").into_inner();
+    assert_eq!(first.user.unwrap().id, second.user.unwrap().id);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM users WHERE create_request_id = 'hr-sync-42'")
+            .await,
+        1
+    );
+    assert_eq!(app.licences_used(&fixture.admin_token, &fixture.org.id).await, 2);
+    app.finish().await;
+}

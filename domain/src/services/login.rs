@@ -548,7 +548,12 @@ impl Domain {
         };
         if let Some(peer) = peer {
             self.attempts
-                .attempt(&format!("peer:{peer}"), settings.attempts_per_peer, MINUTE, now)
+                .attempt(
+                    &format!("peer:{}", peer_limit_key(peer)),
+                    settings.attempts_per_peer,
+                    MINUTE,
+                    now,
+                )
                 .map_err(|ms| limited(ms, "address"))?;
         }
         if let Some(login_id) = login_id
@@ -565,6 +570,24 @@ impl Domain {
                 .map_err(|ms| limited(ms, "login id"))?;
         }
         Ok(())
+    }
+}
+
+/// Whose limit an address counts against: an IPv6 address's /64, the
+/// smallest network a provider hands one subscriber (who otherwise had
+/// 2^64 fresh limits to spray passwords from); an IPv4 address (also one
+/// written as IPv6, `::ffff:192.0.2.1`) alone.
+fn peer_limit_key(peer: &str) -> String {
+    match peer.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let network = u128::from(v6) & !(u128::from(u64::MAX));
+                format!("{}/64", std::net::Ipv6Addr::from(network))
+            }
+        },
+        Ok(std::net::IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => peer.to_owned(),
     }
 }
 
@@ -726,5 +749,20 @@ pub(crate) fn login_unlocked(organisation_id: Uuid, user_id: Uuid, caller: &Call
         caller,
         at,
         changes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_limit_key;
+
+    #[test]
+    fn an_ipv6_address_counts_against_its_64() {
+        assert_eq!(peer_limit_key("2001:db8:1:2::a"), "2001:db8:1:2::/64");
+        assert_eq!(peer_limit_key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::/64");
+        assert_eq!(peer_limit_key("2001:db8:1:3::a"), "2001:db8:1:3::/64");
+        assert_eq!(peer_limit_key("::ffff:198.51.100.7"), "198.51.100.7");
+        assert_eq!(peer_limit_key("198.51.100.7"), "198.51.100.7");
+        assert_eq!(peer_limit_key("not an address"), "not an address");
     }
 }

@@ -173,37 +173,9 @@ impl Domain {
         let mut answers: Vec<Option<DomainResult<CreatedUser>>> = (0..users.len()).map(|_| None).collect();
 
         // A retried request answers with the user it created the first time.
-        let request_ids: Vec<&str> = users.iter().filter_map(|u| u.new.request_id.as_deref()).collect();
-        if !request_ids.is_empty() {
-            let earlier: HashMap<String, Uuid> = user::Entity::find()
-                .select_only()
-                .columns([user::Column::CreateRequestId, user::Column::Id])
-                .filter(user::Column::OrganisationId.eq(org_id))
-                .filter(user::Column::CreateRequestId.is_in(request_ids))
-                .into_tuple::<(String, Uuid)>()
-                .all(txn)
-                .await?
-                .into_iter()
-                .collect();
-            for (answer, new) in answers.iter_mut().zip(&users) {
-                let Some(&id) = new.new.request_id.as_ref().and_then(|r| earlier.get(r)) else {
-                    continue;
-                };
-                let user = self.load_user(txn, id).await?;
-                *answer = Some(
-                    authorize(
-                        caller,
-                        Action::ReadUser,
-                        Target::user(org_id, user.id, user.is_administrator(), user.unit_id),
-                    )
-                    .map(|()| CreatedUser {
-                        user,
-                        created: false,
-                        activation_code: None,
-                    }),
-                );
-            }
-        }
+        let request_ids: Vec<Option<String>> = users.iter().map(|u| u.new.request_id.clone()).collect();
+        self.answer_retries(txn, caller, org_id, &request_ids, &mut answers)
+            .await?;
 
         if caller.is_operator() {
             // R-ORG-2: the first user an operator creates in an organisation
@@ -408,11 +380,13 @@ impl Domain {
         let inserted = self.insert_users(txn, &org, to_insert).await?;
         let mut events = Vec::new();
         let mut seats_taken = 0;
+        let (mut refused_at_insert, mut refusals) = (Vec::new(), Vec::new());
         for (made, result) in created_here.into_iter().zip(inserted) {
             let (row, activation_code) = match result {
                 Ok(inserted) => inserted,
                 Err(refusal) => {
-                    answers[made.index] = Some(Err(refusal));
+                    refused_at_insert.push(made.index);
+                    refusals.push(refusal);
                     continue;
                 }
             };
@@ -431,6 +405,18 @@ impl Domain {
                 activation_code,
             }));
         }
+        // A twin of a retry (the same request id, sent again before the
+        // first had answered) met the first one's row at its INSERT, which
+        // waited for it to commit: the first one's user is the answer, not
+        // the e-mail clash.
+        // (Those refused at the INSERT are the only ones unanswered here.)
+        if refused_at_insert.iter().any(|&index| request_ids[index].is_some()) {
+            self.answer_retries(txn, caller, org_id, &request_ids, &mut answers)
+                .await?;
+        }
+        for (index, refusal) in refused_at_insert.into_iter().zip(refusals) {
+            answers[index].get_or_insert(Err(refusal));
+        }
         history::record_all(txn, events).await?;
         if seats_taken > 0 {
             take_licences(txn, org_id, seats_taken).await?;
@@ -439,6 +425,60 @@ impl Domain {
             .into_iter()
             .map(|a| a.ok_or_else(|| DomainError::Internal("a user of a create got no answer".into())))
             .collect()
+    }
+
+    /// Answers each user still unanswered whose request id an earlier
+    /// create of this organisation used with the user that create made (a
+    /// retry changes nothing), as far as the caller may read it.
+    async fn answer_retries(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        org_id: Uuid,
+        request_ids: &[Option<String>],
+        answers: &mut [Option<DomainResult<CreatedUser>>],
+    ) -> DomainResult<()> {
+        let asked: Vec<&str> = request_ids
+            .iter()
+            .zip(answers.iter())
+            .filter(|(_, answer)| answer.is_none())
+            .filter_map(|(id, _)| id.as_deref())
+            .collect();
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let earlier: HashMap<String, Uuid> = user::Entity::find()
+            .select_only()
+            .columns([user::Column::CreateRequestId, user::Column::Id])
+            .filter(user::Column::OrganisationId.eq(org_id))
+            .filter(user::Column::CreateRequestId.is_in(asked))
+            .into_tuple::<(String, Uuid)>()
+            .all(txn)
+            .await?
+            .into_iter()
+            .collect();
+        for (answer, request_id) in answers.iter_mut().zip(request_ids) {
+            let Some(&id) = request_id.as_ref().and_then(|r| earlier.get(r)) else {
+                continue;
+            };
+            if answer.is_some() {
+                continue;
+            }
+            let user = self.load_user(txn, id).await?;
+            *answer = Some(
+                authorize(
+                    caller,
+                    Action::ReadUser,
+                    Target::user(org_id, user.id, user.is_administrator(), user.unit_id),
+                )
+                .map(|()| CreatedUser {
+                    user,
+                    created: false,
+                    activation_code: None,
+                }),
+            );
+        }
+        Ok(())
     }
 
     /// A checked new user as the row to insert, and the state it starts in.
