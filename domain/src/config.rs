@@ -108,6 +108,10 @@ pub struct Config {
     pub auth_cache_ms: i64,
     /// How long the session token that activation hands out works.
     pub session_ttl_hours: u32,
+    /// How long an e-mail change asked by someone other than the person
+    /// waits before its link works (the person, told at the address in
+    /// force, may withdraw it meanwhile); 0: no wait.
+    pub email_change_hold_hours: u32,
     /// The link in e-mail verification mails; `{token}` is replaced.
     pub email_verification_url_template: String,
     /// The link in the mail that confirms a request to join; `{token}` is
@@ -206,6 +210,7 @@ impl Default for Config {
             activation_max_attempts: 5,
             auth_cache_ms: 1000,
             session_ttl_hours: 12,
+            email_change_hold_hours: 72,
             email_verification_url_template: "http://localhost:8080/verify-email?token={token}".into(),
             join_confirmation_url_template: "http://localhost:8080/join/confirm?token={token}".into(),
             import_max_file_bytes: 512 * 1024 * 1024,
@@ -331,6 +336,13 @@ impl Config {
         }
         if !(1..=24 * 30).contains(&self.session_ttl_hours) {
             return Err("ORGADMIN_SESSION_TTL_HOURS must be between 1 and 720".into());
+        }
+        // Shorter than an activation link lives, or the link dies held.
+        if self.email_change_hold_hours > 24 * self.activation_ttl_days.saturating_sub(1) {
+            return Err(
+                "ORGADMIN_EMAIL_CHANGE_HOLD_HOURS must be at least a day shorter than ORGADMIN_ACTIVATION_TTL_DAYS"
+                    .into(),
+            );
         }
         // The batch's ids are bound values of its statements (SQLite takes
         // 32,766 in one).

@@ -67,6 +67,7 @@ reasons!(
     GroupNameTaken => "GROUP_NAME_TAKEN",
     EmailNotVerified => "EMAIL_NOT_VERIFIED",
     EmailVerificationUnknown => "EMAIL_VERIFICATION_UNKNOWN",
+    EmailChangeHeld => "EMAIL_CHANGE_HELD",
     DuplicateInFile => "DUPLICATE_IN_FILE",
     HasCprNumber => "HAS_CPR_NUMBER",
     ImportFinished => "IMPORT_FINISHED",

@@ -77,6 +77,11 @@ pub struct DomainSettings {
     pub session_idle_ms: i64,
     /// The link of an e-mail verification mail; `{token}` is replaced.
     pub email_verification_url_template: String,
+    /// How long an e-mail change asked by someone other than the person
+    /// waits before its link works (R-USR-6): the person, told at the
+    /// address in force, may withdraw it before the new address takes over
+    /// their password resets.
+    pub email_change_hold_ms: i64,
     pub join_confirmation_url_template: String,
     /// Limits and pacing of import jobs (R-BULK).
     pub imports: services::imports::ImportSettings,
@@ -99,6 +104,7 @@ impl Default for DomainSettings {
             session_ttl_ms: 12 * 60 * 60 * 1000,
             session_idle_ms: 60 * 60 * 1000,
             email_verification_url_template: "http://localhost:8080/verify-email?token={token}".into(),
+            email_change_hold_ms: 72 * 60 * 60 * 1000,
             join_confirmation_url_template: "http://localhost:8080/join/confirm?token={token}".into(),
             imports: services::imports::ImportSettings::default(),
             certificates: services::certificates::CertificateSettings::default(),
@@ -254,6 +260,7 @@ impl Domain {
                 session_ttl_ms: i64::from(config.session_ttl_hours) * 60 * 60 * 1000,
                 session_idle_ms: config.session_idle_minutes * 60 * 1000,
                 email_verification_url_template: config.email_verification_url_template.clone(),
+                email_change_hold_ms: i64::from(config.email_change_hold_hours) * 60 * 60 * 1000,
                 join_confirmation_url_template: config.join_confirmation_url_template.clone(),
                 imports: config.import_settings(),
                 certificates: config.certificate_settings(),

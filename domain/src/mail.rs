@@ -174,6 +174,7 @@ mod tests {
             ("decision", "godkendt"),
             ("note", "Ok for sæsonen"),
             ("new_email", "soren.ny@example.dk"),
+            ("confirmable_from", "2026-12-25 14:00 UTC"),
         ]
     }
 

@@ -47,6 +47,7 @@ mod m20261205_000072_store_crls_uncompressed;
 mod m20261206_000073_cover_certificate_search_text;
 mod m20261206_000074_count_failed_import_runs;
 mod m20261206_000075_revoke_self_made_service_account_tokens;
+mod m20261206_000076_hold_email_changes_asked_by_others;
 
 pub use m20261206_000075_revoke_self_made_service_account_tokens::revoke_self_made_service_account_tokens;
 
@@ -137,6 +138,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000073_cover_certificate_search_text::Migration),
             Box::new(m20261206_000074_count_failed_import_runs::Migration),
             Box::new(m20261206_000075_revoke_self_made_service_account_tokens::Migration),
+            Box::new(m20261206_000076_hold_email_changes_asked_by_others::Migration),
         ]
     }
 }

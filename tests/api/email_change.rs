@@ -10,6 +10,7 @@ use tonic::Code;
 both_backends!(
     a_new_address_takes_over_once_verified,
     an_unactivated_user_changes_address_at_once,
+    an_administrators_change_is_held_and_can_be_withdrawn,
 );
 
 async fn change_email(app: &TestApp, token: &str, user: &pb::User, email: &str) -> Result<pb::User, tonic::Status> {
@@ -100,6 +101,14 @@ async fn a_new_address_takes_over_once_verified(backend: Backend) {
     );
     assert_eq!(get(&app, &token, &anna.id).await.email, old);
 
+    // Asked by an administrator: held for three days, which the notice
+    // names; the link does nothing meanwhile.
+    let held = verify(&app, &link).await;
+    let held = assert_code(held, Code::FailedPrecondition);
+    assert_eq!(reason(&held), "EMAIL_CHANGE_HELD");
+    assert_eq!(get(&app, &token, &anna.id).await.email, old);
+    assert!(notices[0].contains(" UTC"), "{}", notices[0]);
+    app.pass_email_change_holds().await;
     let verified = verify(&app, &link).await.unwrap();
     assert_eq!(verified.email, new);
     assert_eq!(verified.pending_email, "");
@@ -263,4 +272,58 @@ async fn mail_texts(app: &TestApp, kind: &str, to: &str) -> Vec<String> {
             mail["text"].as_str().unwrap().to_owned()
         })
         .collect()
+}
+
+/// A user administrator who moves a person's address to a mailbox of
+/// their own could verify it at once and reset the person's password:
+/// sign in as them. A change asked by someone else is held (three days by
+/// default): the link does nothing meanwhile, the notice at the address in
+/// force says until when, and the person's organisation administrator
+/// withdraws it by giving that address again. A change the person asks for
+/// themselves works at once.
+async fn an_administrators_change_is_held_and_can_be_withdrawn(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (ulla, user_admin_token) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (anna, anna_session) = app.member(&fixture, "Anna", &[]).await;
+    let old = anna.email.clone();
+    let takeover = unique_email("ulla.privat");
+    let before = std::time::SystemTime::now();
+    change_email(&app, &user_admin_token, &anna, &takeover).await.unwrap();
+    let link = app.mailed_token("email_verification", &takeover).await;
+    let held = assert_code(verify(&app, &link).await, Code::FailedPrecondition);
+    assert_eq!(reason(&held), "EMAIL_CHANGE_HELD");
+    // No reset link reaches the new address while held: it is not in force.
+    app.request_password_reset(&takeover).await;
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'password_reset' AND recipient = '{takeover}'"
+        ))
+        .await,
+        0
+    );
+    // The notice names the day the link starts to work: three days on.
+    let notice = mail_texts(&app, "email_change_notice", &old).await.remove(0);
+    let in_three_days = chrono::DateTime::<chrono::Utc>::from(before) + chrono::Duration::hours(72);
+    assert!(
+        notice.contains(&in_three_days.format("%Y-%m-%d").to_string()),
+        "{notice}"
+    );
+    // Anna's organisation administrator withdraws it (giving the address
+    // in force again): the link is dead for good.
+    let current = get(&app, &fixture.admin_token, &anna.id).await;
+    let withdrawn = change_email(&app, &fixture.admin_token, &current, &old).await.unwrap();
+    assert_eq!(withdrawn.pending_email, "");
+    app.pass_email_change_holds().await;
+    assert_code(verify(&app, &link).await, Code::FailedPrecondition);
+    assert_eq!(get(&app, &anna_session, &anna.id).await.email, old);
+    // A change one asks for oneself (here the user administrator's own
+    // address) works at once and sends no notice.
+    let ulla_now = get(&app, &user_admin_token, &ulla.id).await;
+    let hers = unique_email("ulla.ny");
+    change_email(&app, &user_admin_token, &ulla_now, &hers).await.unwrap();
+    let own_link = app.mailed_token("email_verification", &hers).await;
+    assert_eq!(verify(&app, &own_link).await.unwrap().email, hers);
+    assert!(mail_texts(&app, "email_change_notice", &ulla.email).await.is_empty());
+    app.finish().await;
 }

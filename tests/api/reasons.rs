@@ -400,6 +400,7 @@ async fn a_pickup_after_the_address_changed_is_refused(backend: Backend) {
         .await
         .unwrap();
     let link = app.mailed_token("email_verification", &new_address).await;
+    app.pass_email_change_holds().await;
     app.users()
         .verify_email(req("", pb::VerifyEmailRequest { token: link }))
         .await

@@ -455,6 +455,8 @@ impl World {
             .await
             .unwrap();
         let email_link = app.mailed_token("email_verification", &new_address).await;
+        // Asked by an administrator: held until this passes.
+        app.pass_email_change_holds().await;
         // Park one queued mail as failed, as a 5xx would.
         let claimed = app.domain.claim_due_mails("rights-test", 1, 60_000).await.unwrap();
         let failed_mail_id = claimed[0].claim.id;

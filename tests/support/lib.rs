@@ -888,6 +888,16 @@ impl TestApp {
             .events
     }
 
+    /// Lets the hold on every e-mail change asked by someone else pass
+    /// (`email_change_hold_ms`), as if its days had gone by.
+    pub async fn pass_email_change_holds(&self) {
+        self.execute_bound(
+            "UPDATE activation_secrets SET usable_from = $1 WHERE usable_from IS NOT NULL",
+            vec![0i64.into()],
+        )
+        .await;
+    }
+
     /// `DeleteUser` of `id` by `token`, without an etag.
     pub async fn delete_user(&self, token: &str, id: &str) -> Result<pb::DeleteUserResponse, Status> {
         self.users()

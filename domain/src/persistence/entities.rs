@@ -241,6 +241,8 @@ pub mod activation_secret {
         pub used_at: Option<i64>,
         pub revoked_at: Option<i64>,
         pub created_at: i64,
+        /// Not usable before (an e-mail change asked by someone else).
+        pub usable_from: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

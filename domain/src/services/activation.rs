@@ -51,8 +51,9 @@ const CODE_LENGTH: usize = 10;
 pub(crate) enum SingleUseLink {
     /// Saying whether the user can hold earlier secrets to end.
     Activation(Earlier),
-    /// Always ends the earlier verification link.
-    EmailVerification,
+    /// Always ends the earlier verification link; works from `usable_from`
+    /// when given (a change asked by someone else, held).
+    EmailVerification { usable_from: Option<Millis> },
     /// Always ends the earlier reset link.
     PasswordReset,
 }
@@ -156,9 +157,10 @@ impl Domain {
         user_id: Uuid,
         kind: &str,
         secret: &str,
-        now: Millis,
         earlier: Earlier,
+        usable_from: Option<Millis>,
     ) -> DomainResult<Millis> {
+        let now = now_millis();
         if earlier == Earlier::End {
             self.revoke_activation_secrets(db, user_id, &family(kind), now).await?;
         }
@@ -178,6 +180,7 @@ impl Domain {
             used_at: Set(None),
             revoked_at: Set(None),
             created_at: Set(now),
+            usable_from: Set(usable_from),
         })
         .exec_without_returning(db)
         .await?;
@@ -216,19 +219,20 @@ impl Domain {
         url_template: &str,
         organisation_name: &str,
     ) -> DomainResult<()> {
-        let (kind, mail, link_name, earlier) = match link {
-            SingleUseLink::Activation(earlier) => (KIND_LINK, MailKind::Activation, "activation_link", earlier),
-            SingleUseLink::EmailVerification => (
+        let (kind, mail, link_name, earlier, usable_from) = match link {
+            SingleUseLink::Activation(earlier) => (KIND_LINK, MailKind::Activation, "activation_link", earlier, None),
+            SingleUseLink::EmailVerification { usable_from } => (
                 KIND_EMAIL,
                 MailKind::EmailVerification,
                 "verification_link",
                 Earlier::End,
+                usable_from,
             ),
-            SingleUseLink::PasswordReset => (KIND_RESET, MailKind::PasswordReset, "reset_link", Earlier::End),
+            SingleUseLink::PasswordReset => (KIND_RESET, MailKind::PasswordReset, "reset_link", Earlier::End, None),
         };
         let token = new_token();
         let expires_at = self
-            .store_secret(txn, row.id, kind, &token, now_millis(), earlier)
+            .store_secret(txn, row.id, kind, &token, earlier, usable_from)
             .await?;
         let url = url_template.replace("{token}", &token);
         // A reset link lasts hours: its mail gives the time, not only the day.
@@ -263,8 +267,7 @@ impl Domain {
         earlier: Earlier,
     ) -> DomainResult<String> {
         let code = new_code();
-        self.store_secret(txn, row.id, KIND_CODE, &code, now_millis(), earlier)
-            .await?;
+        self.store_secret(txn, row.id, KIND_CODE, &code, earlier, None).await?;
         Ok(code)
     }
 

@@ -3,7 +3,12 @@
 //! single-use link to it; the old address stays in force (logins, mail) until
 //! the person opens the link (VerifyEmail). A user still waiting for
 //! activation has not used any address yet: theirs changes at once, and a CPR
-//! user's activation link goes to the new one.
+//! user's activation link goes to the new one. A change asked by someone
+//! else (an administrator) is held: its link works only after
+//! `email_change_hold_ms`, while the person, told at the address in force,
+//! may withdraw it (giving that address again). Else whoever may edit a
+//! person's address could move it to a mailbox of their own, verify it at
+//! once and reset the person's password: sign in as them.
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter};
@@ -33,6 +38,7 @@ impl Domain {
         row: &user::Model,
         new_email: &Email,
         organisation_name: &str,
+        usable_from: Option<Millis>,
     ) -> DomainResult<()> {
         let taken = user::Entity::find()
             .filter(user::Column::OrganisationId.eq(row.organisation_id))
@@ -48,7 +54,7 @@ impl Domain {
         self.mail_single_use_link(
             txn,
             row,
-            SingleUseLink::EmailVerification,
+            SingleUseLink::EmailVerification { usable_from },
             new_email.as_str(),
             &template,
             organisation_name,
@@ -92,6 +98,15 @@ impl Domain {
             ));
         };
         self.ensure_secret_usable(&stored, now)?;
+        if let Some(from) = stored.usable_from.filter(|from| *from > now) {
+            return Err(DomainError::precondition(
+                Reason::EmailChangeHeld,
+                format!(
+                    "this change was asked by an administrator and can be confirmed from {}; until then the person, told at the address in force, may withdraw it",
+                    crate::mail::date_time(from)
+                ),
+            ));
+        }
         let row = user::Entity::find_by_id(stored.user_id)
             .one(&txn)
             .await?

@@ -451,11 +451,16 @@ impl Domain {
                 .ok_or_else(|| DomainError::not_found("user", id))?;
             self.withdraw_email_change(txn, id, now).await?;
             if let Some(email) = &email_to_verify {
-                self.request_email_change(txn, &written, email, &org.name).await?;
-                // Asked by someone else (an administrator): the person hears
-                // of it at the address in force, before the new one can take
-                // over their password resets and codes, and can object.
-                if caller.acting_user_id() != Some(id) {
+                // Asked by someone else (an administrator): held, and the
+                // person hears of it at the address in force, before the new
+                // one can take over their password resets and codes, and can
+                // withdraw it.
+                let asked_by_other = caller.acting_user_id() != Some(id);
+                let hold = self.settings.email_change_hold_ms;
+                let usable_from = (asked_by_other && hold > 0).then_some(now + hold);
+                self.request_email_change(txn, &written, email, &org.name, usable_from)
+                    .await?;
+                if asked_by_other {
                     self.enqueue_mail(
                         txn,
                         Some(org.id),
@@ -467,6 +472,7 @@ impl Domain {
                             ("first_name", &written.first_name),
                             ("organisation_name", &org.name),
                             ("new_email", email.as_str()),
+                            ("confirmable_from", &crate::mail::date_time(usable_from.unwrap_or(now))),
                         ],
                     )
                     .await?;
