@@ -4,8 +4,6 @@
 //! address rule for the RPC and the mailer. Migration 15 brings existing rows
 //! there.
 
-use std::time::Duration;
-
 use orgadmin_migrations::{Migrator, MigratorTrait};
 use orgadmin_proto::v1 as pb;
 use orgadmin_tests::*;
@@ -435,20 +433,7 @@ async fn mail_goes_to_exactly_the_accepted_address(backend: Backend) {
         ))
         .await
         .unwrap();
-    let mut failed = Vec::new();
-    for _ in 0..200 {
-        failed = app
-            .notes()
-            .list_failed_mails(req(OPERATOR_TOKEN, pb::ListFailedMailsRequest::default()))
-            .await
-            .unwrap()
-            .into_inner()
-            .mails;
-        if !failed.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let failed = app.parked_mails().await;
     assert_eq!(failed.len(), 1, "the mail to {evil:?} is parked, at once");
     assert_eq!(failed[0].recipient, evil);
     assert!(failed[0].last_error.contains("not valid"), "{}", failed[0].last_error);

@@ -888,6 +888,25 @@ impl TestApp {
             .events
     }
 
+    /// The parked (FAILED) mails as the operator lists them, waiting up to
+    /// ten seconds for the first.
+    pub async fn parked_mails(&self) -> Vec<pb::OutboxMail> {
+        for _ in 0..200 {
+            let failed = self
+                .notes()
+                .list_failed_mails(req(OPERATOR_TOKEN, pb::ListFailedMailsRequest::default()))
+                .await
+                .expect("list failed mails")
+                .into_inner()
+                .mails;
+            if !failed.is_empty() {
+                return failed;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Vec::new()
+    }
+
     /// Lets the hold on every e-mail change asked by someone else pass
     /// (`email_change_hold_ms`), as if its days had gone by.
     pub async fn pass_email_change_holds(&self) {
@@ -1269,6 +1288,9 @@ pub struct SmtpSink {
     /// Records only Message-ID and recipients (no MIME parsing): for the
     /// benchmark, where the sink's own CPU must not be what is measured.
     light: bool,
+    /// Offers no SMTPUTF8 (aiosmtpd's own default; its controller's is to
+    /// offer it), as many relays still do.
+    ascii_only: bool,
     child: Option<std::process::Child>,
 }
 
@@ -1282,6 +1304,15 @@ impl SmtpSink {
         Self::start_with(delay_ms, true)
     }
 
+    /// A sink that offers no SMTPUTF8 (see `ascii_only`).
+    pub fn start_without_smtputf8() -> Self {
+        let mut sink = Self::start_with(0, false);
+        sink.ascii_only = true;
+        sink.pause();
+        sink.resume();
+        sink
+    }
+
     fn start_with(delay_ms: u32, light: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -1293,6 +1324,7 @@ impl SmtpSink {
             dir: fresh_dir(),
             delay_ms,
             light,
+            ascii_only: false,
             child: None,
         };
         sink.resume();
@@ -1313,6 +1345,7 @@ impl SmtpSink {
             .arg(&self.dir)
             .arg(self.delay_ms.to_string())
             .args(self.light.then_some("light"))
+            .env("SINK_SMTPUTF8", if self.ascii_only { "0" } else { "1" })
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("python3 with aiosmtpd (pip install aiosmtpd) runs the SMTP sink");

@@ -79,7 +79,11 @@ def main():
     delay = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     light = len(sys.argv) > 4 and sys.argv[4] == "light"
     os.makedirs(outdir, exist_ok=True)
-    controller = Controller(Recorder(outdir, delay, light), hostname="127.0.0.1", port=port)
+    # SINK_SMTPUTF8=0: a relay that offers no SMTPUTF8, as many still do.
+    smtputf8 = os.environ.get("SINK_SMTPUTF8", "1") != "0"
+    controller = Controller(
+        Recorder(outdir, delay, light), hostname="127.0.0.1", port=port, enable_SMTPUTF8=smtputf8
+    )
     controller.start()
     print("ready", flush=True)
     try:

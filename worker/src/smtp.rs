@@ -216,9 +216,13 @@ impl SmtpPool {
     }
 }
 
-/// 5xx: the server said no for good; anything else may pass later.
+/// 5xx: the server said no for good; anything else may pass later. So
+/// does lettre when it refuses to send this mail to this server (a client
+/// error at `send`: an address with a UTF-8 local part, which the validator
+/// allows, to a relay without SMTPUTF8): retried, it failed the same way for
+/// `mail_retry_hours` before it was parked.
 pub fn classify(e: lettre::transport::smtp::Error) -> SendError {
-    let failure = if e.is_permanent() {
+    let failure = if e.is_permanent() || e.is_client() {
         Failure::Permanent
     } else {
         Failure::Transient
