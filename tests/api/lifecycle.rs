@@ -919,3 +919,55 @@ async fn lost_rights_take_effect_at_once(backend: Backend) {
     );
     app.finish().await;
 }
+
+/// The reactivation sweep writes a user without the organisation's lock.
+/// An UpdateUser without an etag (so with nothing to be stale against) that
+/// ran while the sweep held the row read it unlocked, and its versioned
+/// write then found the sweep's version: ABORTED (STALE_ETAG), and an
+/// import's edit row failed the same way. Now the write locks the row and
+/// reads it as the sweep left it. (The sweep in progress is played by a
+/// session that has written the row as the sweep does and not committed.)
+/// PostgreSQL only: SQLite has one writer at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_waits_for_a_sweep_holding_the_user() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (anna, _) = app.member(&fixture, "Anna", &[]).await;
+    let sweep = app
+        .in_progress(&[format!(
+            "UPDATE users SET version = version + 1, updated_at = updated_at + 1 WHERE id = '{}'",
+            anna.id
+        )])
+        .await;
+    let updating = {
+        let (mut users, token, id) = (app.users(), fixture.admin_token.clone(), anna.id.clone());
+        tokio::spawn(async move {
+            users
+                .update_user(req(
+                    &token,
+                    pb::UpdateUserRequest {
+                        user: Some(pb::User {
+                            id,
+                            surname: "Holm".into(),
+                            ..Default::default()
+                        }),
+                        update_mask: Some(FieldMask {
+                            paths: vec!["surname".into()],
+                        }),
+                        cpr: String::new(),
+                    },
+                ))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!updating.is_finished(), "the update did not wait for the row");
+    sweep.commit().await;
+    let updated = updating
+        .await
+        .unwrap()
+        .expect("no etag given: nothing is stale")
+        .into_inner();
+    assert_eq!(updated.user.unwrap().surname, "Holm");
+    app.finish().await;
+}

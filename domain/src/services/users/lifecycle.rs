@@ -228,6 +228,7 @@ impl Domain {
             .await?
             .ok_or_else(|| DomainError::not_found("user", id))?;
         lock_organisation(txn, row.organisation_id).await?;
+        lock_user_row(txn, id).await?;
         let row = user::Entity::find_by_id(id)
             .one(txn)
             .await?

@@ -278,6 +278,26 @@ pub(crate) fn check_service_account(v: &mut Violations, prefix: &str, cpr_field:
     }
 }
 
+/// Locks the user's row for the rest of the transaction, after the
+/// organisation's lock (PostgreSQL; SQLite has one writer at a time). The
+/// reactivation sweep writes users without the organisation's lock: read
+/// unlocked, a row it changed meanwhile made this write's versioned UPDATE
+/// find another version (STALE_ETAG, even for a caller who gave no etag,
+/// such as an import's edit row). Locked, a sweep in progress is waited
+/// for and its result read; a sweep behind this write skips the row.
+pub(crate) async fn lock_user_row(txn: &DatabaseTransaction, id: Uuid) -> DomainResult<()> {
+    if crate::persistence::is_postgres(txn) {
+        user::Entity::find_by_id(id)
+            .select_only()
+            .column(user::Column::Id)
+            .lock(sea_orm::sea_query::LockType::Update)
+            .into_tuple::<Uuid>()
+            .one(txn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// R-ORG-3: the identification means an organisation administrator allows
 /// bound the ones a user administrator gives a person. The refusal's text
 /// when `means` go beyond `org`'s, `None` when they do not.

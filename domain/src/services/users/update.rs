@@ -160,6 +160,7 @@ impl Domain {
         }
         v.into_result()?;
         let org = lock_organisation(txn, current.organisation_id).await?;
+        lock_user_row(txn, id).await?;
         // Checked on the user as they are under the lock: a DeleteUser that
         // committed while this call waited for it leaves nothing to change
         // (read before the lock, the deleted profile was rewritten, and an
