@@ -348,6 +348,65 @@ fn ensure_active(person: &user::Model, role: &str) -> DomainResult<()> {
     Ok(())
 }
 
+/// Whether the contact person of `row` (as read, `None` when the row is
+/// gone) can still act for it: not deleted, and, where they are its
+/// recipient (an organisation or system certificate), ACTIVE (a
+/// deactivated person cannot sign in). Otherwise the pickup or renewal is
+/// refused with what to do: before, a deleted contact failed it NOT_FOUND
+/// for ever, and nothing could name another.
+fn contact_can_act(row: &certificate::Model, contact: Option<&user::Model>) -> DomainResult<()> {
+    let state = contact.map_or(UserState::Deleted.as_str(), |c| c.state.as_str());
+    let problem = if state == UserState::Deleted.as_str() {
+        "was deleted".to_owned()
+    } else if row.holder_id.is_none() && state != UserState::Active.as_str() {
+        format!("is {state}, not ACTIVE")
+    } else {
+        return Ok(());
+    };
+    Err(DomainError::precondition(
+        Reason::CertificateContactNotActive,
+        format!(
+            "the certificate's contact person {problem}; change the contact person with ChangeCertificateContact first"
+        ),
+    ))
+}
+
+/// The contact person of `row`, who must still be able to act for it
+/// (`contact_can_act`).
+async fn contact_of(db: &impl ConnectionTrait, row: &certificate::Model) -> DomainResult<user::Model> {
+    let contact = user::Entity::find_by_id(row.contact_id)
+        .one(db)
+        .await?
+        .filter(|c| c.organisation_id == row.organisation_id);
+    contact_can_act(row, contact.as_ref())?;
+    contact.ok_or_else(|| DomainError::not_found("user", row.contact_id))
+}
+
+/// The refusal of a pickup or renewal of `row` by a caller who is not its
+/// recipient (`denial`). A caller who manages certificates of its kind
+/// learns instead when the recipient is a contact person who can no
+/// longer act (`contact_can_act`), and what to do about it.
+async fn not_the_recipient(
+    db: &impl ConnectionTrait,
+    caller: &Caller,
+    row: &certificate::Model,
+    denial: &str,
+) -> DomainResult<DomainError> {
+    let manages = authorize(
+        caller,
+        manage_action(parse(&row.kind)?),
+        Target::organisation(row.organisation_id),
+    )
+    .is_ok();
+    if row.holder_id.is_none() && manages {
+        let contact = user::Entity::find_by_id(row.contact_id).one(db).await?;
+        if let Err(gone) = contact_can_act(row, contact.as_ref()) {
+            return Ok(gone);
+        }
+    }
+    Ok(DomainError::denied(denial))
+}
+
 fn ensure_kind_allowed(org: &organisation::Model, kind: CertificateKind) -> DomainResult<()> {
     let allowed: Vec<CertificateKind> = parse_list(&org.certificate_kinds)?;
     if !allowed.contains(&kind) {
@@ -582,9 +641,13 @@ impl Domain {
             return Err(unknown());
         }
         if caller.user_id() != Some(recipient_of(row)) {
-            return Err(DomainError::denied(
+            return Err(not_the_recipient(
+                &txn,
+                caller,
+                row,
                 "this certificate is picked up by its holder (or, for an organisation or system certificate, its contact person), signed in as themselves",
-            ));
+            )
+            .await?);
         }
         if row.state != CertificateState::Ordered.as_str() {
             return Err(DomainError::precondition(
@@ -631,7 +694,7 @@ impl Domain {
         // read once.
         let contact = match &holder {
             Some(holder) if holder.id == row.contact_id => holder.clone(),
-            _ => user_in(txn, org.id, row.contact_id).await?,
+            _ => contact_of(txn, &row).await?,
         };
         check_people(kind, &usages, row.email.as_deref(), holder.as_ref(), &contact)?;
         if !csr.key.encrypts() && usages.iter().any(|u| u.encrypts()) {
@@ -703,7 +766,7 @@ impl Domain {
                 Some(id) => Some(user_in(txn, row.organisation_id, id).await?),
                 None => None,
             };
-            let contact_now = user_in(txn, row.organisation_id, row.contact_id).await?;
+            let contact_now = contact_of(txn, &row).await?;
             check_people(kind, &usages, row.email.as_deref(), holder_now.as_ref(), &contact_now)?;
             let now_as_read = |read: &user::Model, now: &user::Model| read.version == now.version;
             if !holder.iter().zip(&holder_now).all(|(read, now)| now_as_read(read, now))
@@ -780,9 +843,13 @@ impl Domain {
         // a valid certificate in another person's name. As at pickup, the
         // recipient renews, signed in as themselves.
         if caller.user_id() != Some(recipient_of(&old)) {
-            return Err(DomainError::denied(
+            return Err(not_the_recipient(
+                &txn,
+                caller,
+                &old,
                 "a certificate is renewed by its holder (or, for an organisation or system certificate, its contact person) signed in as themselves, over their own key; an administrator orders a new certificate instead",
-            ));
+            )
+            .await?);
         }
         let state: CertificateState = parse(&old.state)?;
         if state != CertificateState::Issued || old.not_after.is_none_or(|at| at <= now) {
@@ -943,6 +1010,63 @@ impl Domain {
             .await?
             .ok_or_else(|| DomainError::not_found("certificate", id))?;
         to_certificate(row)
+    }
+
+    /// The user certificates `person_id` looks after but does not hold,
+    /// handed to their holders when the person is deleted, in the
+    /// deletion's transaction, each in history. A user certificate's
+    /// contact person is its holder by default, and the holder picks it up
+    /// and renews it: before, the deleted contact failed both NOT_FOUND for
+    /// ever. Organisation and system certificates keep the contact who
+    /// left until an administrator names another
+    /// (`change_certificate_contact`); their pickup and renewal say so.
+    pub(crate) async fn hand_over_contact_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        person_id: Uuid,
+        now: Millis,
+    ) -> DomainResult<()> {
+        use sea_orm::sea_query::ExprTrait;
+        let rows = certificate::Entity::find()
+            .filter(certificate::Column::ContactId.eq(person_id))
+            .filter(certificate::Column::Kind.eq(CertificateKind::Employee.as_str()))
+            .filter(certificate::Column::HolderId.ne(person_id))
+            .filter(
+                certificate::Column::State
+                    .is_in([CertificateState::Issued.as_str(), CertificateState::Ordered.as_str()]),
+            )
+            .all(txn)
+            .await?;
+        for row in rows {
+            let Some(holder_id) = row.holder_id else {
+                continue;
+            };
+            // Whatever else changed meanwhile (a pickup), the contact is
+            // still the person leaving: one version on from what it is.
+            let written = certificate::Entity::update_many()
+                .col_expr(certificate::Column::ContactId, Expr::value(holder_id))
+                .col_expr(
+                    certificate::Column::Version,
+                    Expr::col(certificate::Column::Version).add(1),
+                )
+                .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+                .filter(certificate::Column::Id.eq(row.id))
+                .filter(certificate::Column::ContactId.eq(person_id))
+                .exec(txn)
+                .await?;
+            if written.rows_affected != 1 {
+                continue;
+            }
+            let mut changes = Vec::new();
+            diff(&mut changes, "contact_id", person_id.to_string(), holder_id.to_string());
+            history::record(
+                txn,
+                event(&row, Activity::CertificateContactChanged, caller, now, changes),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// A holder's certificates that end with a change of the holder, in
