@@ -2270,6 +2270,27 @@ async fn renew(app: &TestApp, token: &str, id: &str, csr_pem: &str) -> Result<pb
         .map(|r| r.into_inner())
 }
 
+/// `ChangeCertificateContact` of `id` to `contact_id`, as `token`.
+async fn change_contact(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    contact_id: &str,
+    etag: &str,
+) -> Result<pb::Certificate, Status> {
+    app.certs()
+        .change_certificate_contact(req(
+            token,
+            pb::ChangeCertificateContactRequest {
+                certificate_id: id.to_owned(),
+                contact_id: contact_id.to_owned(),
+                etag: etag.to_owned(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().certificate.unwrap())
+}
+
 /// A user certificate whose contact person is someone else: their
 /// deletion hands the contact to the holder, in history. Before, the
 /// holder's pickup and renewal failed NOT_FOUND for ever (the contact was
@@ -2400,6 +2421,81 @@ async fn an_organisation_certificates_contact_who_left_is_replaced(backend: Back
     let refused = assert_code(pickup, Code::FailedPrecondition);
     assert_eq!(reason(&refused), "CERTIFICATE_CONTACT_NOT_ACTIVE", "{refused:?}");
     assert!(refused.message().contains("DEACTIVATED"), "{refused:?}");
+    assert_eq!(app.fingerprint().await, before, "a refusal changed something");
+
+    // What ChangeCertificateContact refuses, changing nothing.
+    let before = app.fingerprint().await;
+    let refusals = [
+        ("", "", Code::InvalidArgument, "INVALID_ARGUMENT"),
+        (olga.id.as_str(), "", Code::InvalidArgument, "INVALID_ARGUMENT"),
+        (pia.id.as_str(), "", Code::FailedPrecondition, "USER_NOT_ACTIVE"),
+        (fixture.admin.id.as_str(), "999", Code::Aborted, "STALE_ETAG"),
+    ];
+    for (contact_id, etag, code, expected) in refusals {
+        let change = change_contact(&app, admin, &open_order.id, contact_id, etag).await;
+        let refused = assert_code(change, code);
+        assert_eq!(reason(&refused), expected, "{contact_id:?}: {refused:?}");
+        if code == Code::InvalidArgument {
+            assert_eq!(bad_fields(&refused), ["contact_id"], "{refused:?}");
+        }
+    }
+    assert_eq!(app.fingerprint().await, before, "a refusal changed something");
+    let (carl, _) = app.member(&fixture, "Carl", &[]).await;
+    app.delete_user(admin, &carl.id).await.expect("Carl leaves");
+    let before_plain = app.fingerprint().await;
+    let deleted = change_contact(&app, admin, &open_order.id, &carl.id, "").await;
+    assert_code(deleted, Code::NotFound);
+    let plain = change_contact(&app, &bo_session, &open_order.id, &fixture.admin.id, "").await;
+    assert_code(plain, Code::PermissionDenied);
+    assert_eq!(app.fingerprint().await, before_plain, "a refusal changed something");
+
+    // An organisation administrator names another contact person: the
+    // order's pickup is theirs now, over a new token; the old one is dead.
+    let changed = change_contact(&app, admin, &open_order.id, &fixture.admin.id, &open_order.etag)
+        .await
+        .expect("another contact person for the order");
+    assert_eq!(changed.contact_id, fixture.admin.id);
+    assert_ne!(changed.etag, open_order.etag);
+    let stale = issue(&app, admin, &old_pickup, &csr(&dir, "admin-4", "p256")).await;
+    assert_eq!(
+        reason(&assert_code(stale, Code::FailedPrecondition)),
+        "CERTIFICATE_PICKUP_UNKNOWN"
+    );
+    let new_pickup = app.mailed_token("certificate_pickup", &fixture.admin.email).await;
+    let picked_up = issue(&app, admin, &new_pickup, &csr(&dir, "admin-5", "p256"))
+        .await
+        .expect("the new contact person picks up")
+        .certificate
+        .unwrap();
+    assert_eq!(picked_up.state(), pb::CertificateState::Issued);
+
+    // Of the issued one they are told, and renew it.
+    let notices_sql = format!(
+        "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'certificate_contact' AND recipient = '{}'",
+        fixture.admin.email
+    );
+    let notices = || app.count(&notices_sql);
+    assert_eq!(notices().await, 0);
+    change_contact(&app, admin, &issued.id, &fixture.admin.id, "")
+        .await
+        .expect("another contact person for the certificate");
+    assert_eq!(notices().await, 1, "the new contact person is told");
+    renew(&app, admin, &issued.id, &csr(&dir, "admin-6", "p256"))
+        .await
+        .expect("the new contact person renews");
+    let events = history(&app, admin, &issued.id).await;
+    let change = events
+        .iter()
+        .find(|e| e.activity() == pb::HistoryActivity::CertificateContactChanged)
+        .expect("the change is in the certificate's history");
+    assert_eq!(changed_to(change, "contact_id"), Some(fixture.admin.id.as_str()));
+    // The renewed certificate is SUPERSEDED: final.
+    let before = app.fingerprint().await;
+    let superseded = change_contact(&app, admin, &issued.id, &pia.id, "").await;
+    assert_eq!(
+        reason(&assert_code(superseded, Code::FailedPrecondition)),
+        "CERTIFICATE_REVOKED"
+    );
     assert_eq!(app.fingerprint().await, before, "a refusal changed something");
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);

@@ -569,25 +569,38 @@ impl Domain {
         history::record(&txn, event(&row, Activity::CertificateOrdered, caller, now, changes)).await?;
 
         let recipient = holder.as_ref().unwrap_or(&contact);
-        let link = self
-            .settings
-            .certificates
-            .pickup_url_template
-            .replace("{token}", &token);
+        self.send_pickup(&txn, &org, &row, recipient, &token, expires_at)
+            .await?;
+        txn.commit().await?;
+        to_certificate(row)
+    }
+
+    /// Mails `recipient` the single-use pickup token of the ORDERED `row`,
+    /// with an in-app notification, in the caller's transaction.
+    async fn send_pickup(
+        &self,
+        txn: &DatabaseTransaction,
+        org: &organisation::Model,
+        row: &certificate::Model,
+        recipient: &user::Model,
+        token: &str,
+        expires_at: Millis,
+    ) -> DomainResult<()> {
+        let link = self.settings.certificates.pickup_url_template.replace("{token}", token);
         let expires_on = crate::mail::date(expires_at);
-        let what = describe(&row);
+        let what = describe(row);
         let vars = [
             ("first_name", recipient.first_name.as_str()),
             ("organisation_name", org.name.as_str()),
             ("certificate", what.as_str()),
             ("pickup_link", link.as_str()),
-            ("pickup_token", token.as_str()),
+            ("pickup_token", token),
             ("expires_on", expires_on.as_str()),
         ];
         // The token goes by mail only: an in-app notification is stored
         // and listed, so it says that a certificate waits, not how to take it.
         self.enqueue_mail(
-            &txn,
+            txn,
             Some(org.id),
             MailKind::CertificatePickup,
             &recipient.email,
@@ -597,16 +610,162 @@ impl Domain {
         )
         .await?;
         self.notify_in_app(
-            &txn,
+            txn,
             recipient,
             NotificationKind::Certificate,
             MailKind::CertificateReady,
             &vars[..4],
             Some(row.id),
         )
-        .await?;
+        .await
+    }
+
+    /// R-CERT-3: another contact person for a certificate, e.g. for one
+    /// whose contact left: by those who order certificates of its kind;
+    /// the new contact is an ACTIVE person of its organisation and the
+    /// certificate ORDERED or ISSUED. They are told as at an order: the
+    /// recipient of an ordered organisation or system certificate gets a
+    /// new pickup token (the one mailed to the old contact stops working),
+    /// otherwise a notice that the certificate is theirs to look after.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn change_certificate_contact(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        contact_id: Uuid,
+        etag: &str,
+    ) -> DomainResult<Certificate> {
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let row = self
+            .change_certificate_contact_in(&txn, caller, id, contact_id, etag, now)
+            .await?;
         txn.commit().await?;
         to_certificate(row)
+    }
+
+    /// ChangeCertificateContact's rules and writes in the caller's
+    /// transaction; returns the row as written.
+    pub(crate) async fn change_certificate_contact_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        id: Uuid,
+        contact_id: Uuid,
+        etag: &str,
+        now: Millis,
+    ) -> DomainResult<certificate::Model> {
+        let row = self.visible_certificate(txn, caller, id).await?;
+        authorize(
+            caller,
+            manage_action(parse(&row.kind)?),
+            Target::organisation(row.organisation_id),
+        )?;
+        crate::services::organisations::check_etag("certificate", etag, row.version)?;
+        let state: CertificateState = parse(&row.state)?;
+        match state {
+            CertificateState::Ordered | CertificateState::Issued => {}
+            CertificateState::Expired => {
+                return Err(DomainError::precondition(
+                    Reason::CertificateNotIssued,
+                    "the certificate has expired; order a new one with its new contact person",
+                ));
+            }
+            CertificateState::Revoked | CertificateState::Superseded => {
+                return Err(DomainError::precondition(
+                    Reason::CertificateRevoked,
+                    format!(
+                        "the certificate is {}, which is final; order a new one with its new contact person",
+                        row.state
+                    ),
+                ));
+            }
+        }
+        if contact_id == row.contact_id {
+            return Err(DomainError::invalid(
+                "contact_id",
+                "is already the certificate's contact person",
+            ));
+        }
+        let org = read_organisation(txn, row.organisation_id).await?;
+        let contact = user_in(txn, org.id, contact_id).await?;
+        ensure_active(&contact, "contact person")?;
+        // The pickup of an ordered organisation or system certificate is
+        // the contact person's: theirs now, over a token of their own.
+        let pickup = (row.holder_id.is_none() && state == CertificateState::Ordered)
+            .then(|| (new_token(), now + self.settings.certificates.pickup_ttl_ms));
+        let changed = certificate::Model {
+            contact_id: contact.id,
+            pickup_token_hash: pickup
+                .as_ref()
+                .map_or(row.pickup_token_hash.clone(), |(token, _)| Some(token_hash(token))),
+            pickup_expires_at: pickup.as_ref().map_or(row.pickup_expires_at, |(_, at)| Some(*at)),
+            version: row.version + 1,
+            updated_at: now,
+            ..row.clone()
+        };
+        let written = certificate::Entity::update_many()
+            .col_expr(certificate::Column::ContactId, Expr::value(changed.contact_id))
+            .col_expr(
+                certificate::Column::PickupTokenHash,
+                Expr::value(changed.pickup_token_hash.clone()),
+            )
+            .col_expr(
+                certificate::Column::PickupExpiresAt,
+                Expr::value(changed.pickup_expires_at),
+            )
+            .col_expr(certificate::Column::Version, Expr::value(changed.version))
+            .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+            .filter(certificate::Column::Id.eq(row.id))
+            .filter(certificate::Column::Version.eq(row.version))
+            .exec(txn)
+            .await?;
+        if written.rows_affected != 1 {
+            return Err(DomainError::stale_etag("certificate"));
+        }
+        let mut changes = Vec::new();
+        diff(
+            &mut changes,
+            "contact_id",
+            row.contact_id.to_string(),
+            contact.id.to_string(),
+        );
+        if pickup.is_some() {
+            diff(
+                &mut changes,
+                "pickup_expires_at",
+                row.pickup_expires_at.map(|at| at.to_string()).unwrap_or_default(),
+                changed.pickup_expires_at.map(|at| at.to_string()).unwrap_or_default(),
+            );
+        }
+        history::record(
+            txn,
+            event(&row, Activity::CertificateContactChanged, caller, now, changes),
+        )
+        .await?;
+        match &pickup {
+            Some((token, expires_at)) => {
+                self.send_pickup(txn, &org, &changed, &contact, token, *expires_at)
+                    .await?
+            }
+            None => {
+                let what = describe(&changed);
+                self.notify(
+                    txn,
+                    &contact,
+                    NotificationKind::Certificate,
+                    MailKind::CertificateContact,
+                    &[
+                        ("first_name", contact.first_name.as_str()),
+                        ("organisation_name", org.name.as_str()),
+                        ("certificate", what.as_str()),
+                    ],
+                    Some(row.id),
+                )
+                .await?
+            }
+        }
+        Ok(changed)
     }
 
     /// R-CERT-4: the holder (or contact person) picks up their certificate:
