@@ -201,9 +201,15 @@ fn read_csr(csr_pem: &str) -> DomainResult<CheckedCsr> {
 /// behind such a change finds the holder changed and writes nothing; a
 /// change behind a write waits for it (and a deletion then revokes what it
 /// issued). The contact person (another person, for an organisation or
-/// system certificate) is checked but not locked: nothing about a contact's
-/// change depends on their certificates, and a second lock could deadlock
-/// with a write holding both people in the other order (an import chunk).
+/// system certificate) is checked but not locked: a second lock could
+/// deadlock with a write holding both people in the other order (an import
+/// chunk). The one change of a contact that writes their certificates, a
+/// deletion handing user certificates to their holders
+/// (`hand_over_contact_in`), meets this write on the certificate's own row
+/// instead: whichever comes second waits for the other. A handover behind
+/// this write hands the issued certificate over; a pickup behind a
+/// handover finds the row changed and is refused (the contact it read is
+/// gone), and goes through when tried again.
 async fn write_issued(
     txn: &DatabaseTransaction,
     row: &certificate::Model,
