@@ -50,6 +50,7 @@ reasons!(
     AnonymityRequestDecided => "ANONYMITY_REQUEST_DECIDED",
     AnonymityRequestOpen => "ANONYMITY_REQUEST_OPEN",
     CaNotConfigured => "CA_NOT_CONFIGURED",
+    CertificateContactNotActive => "CERTIFICATE_CONTACT_NOT_ACTIVE",
     CertificateKindNotAllowed => "CERTIFICATE_KIND_NOT_ALLOWED",
     CertificateNotIssued => "CERTIFICATE_NOT_ISSUED",
     CertificateNotOrdered => "CERTIFICATE_NOT_ORDERED",

@@ -59,6 +59,7 @@ mail_kinds!(
     LoginCode => "login_code",
     CertificatePickup => "certificate_pickup",
     CertificateReady => "certificate_ready",
+    CertificateContact => "certificate_contact",
     CertificateRevoked => "certificate_revoked",
     CertificateExpiring => "certificate_expiring",
     JoinConfirmation => "join_confirmation",

@@ -72,6 +72,7 @@ string_enum_pub!(
         CertificateRevoked => "CERTIFICATE_REVOKED",
         CertificateSuperseded => "CERTIFICATE_SUPERSEDED",
         CertificateExpired => "CERTIFICATE_EXPIRED",
+        CertificateContactChanged => "CERTIFICATE_CONTACT_CHANGED",
         LoginSucceeded => "LOGIN_SUCCEEDED",
         LoginFailed => "LOGIN_FAILED",
         LoginLocked => "LOGIN_LOCKED",

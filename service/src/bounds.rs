@@ -128,6 +128,7 @@ no_lists!(
     DeleteCertificateOrderRequest,
     RenewCertificateRequest,
     RevokeCertificateRequest,
+    ChangeCertificateContactRequest,
     ListCertificateHistoryRequest,
     ExportCertificatesRequest,
     GetCrlRequest,

@@ -260,6 +260,7 @@ same_variants!(
         CertificateRevoked,
         CertificateSuperseded,
         CertificateExpired,
+        CertificateContactChanged,
         LoginSucceeded,
         LoginFailed,
         LoginLocked,

@@ -24,6 +24,8 @@ both_backends!(
     an_organisation_certificate_keeps_its_identity_through_renewals,
     nobody_gives_themselves_the_signing_right,
     the_contact_person_learns_the_holder_left,
+    a_user_certificates_contact_who_leaves_hands_it_to_the_holder,
+    an_organisation_certificates_contact_who_left_is_replaced,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -2250,6 +2252,251 @@ async fn the_contact_person_learns_the_holder_left(backend: Backend) {
     };
     assert_eq!(told(fixture.admin.email.clone()).await, 1, "the contact person is told");
     assert_eq!(told(bo.email.clone()).await, 0, "the holder who left is not");
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `RenewCertificate` of `id` over the key of `csr_pem`, as `token`.
+async fn renew(app: &TestApp, token: &str, id: &str, csr_pem: &str) -> Result<pb::RenewCertificateResponse, Status> {
+    app.certs()
+        .renew_certificate(req(
+            token,
+            pb::RenewCertificateRequest {
+                certificate_id: id.to_owned(),
+                csr_pem: csr_pem.to_owned(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// `ChangeCertificateContact` of `id` to `contact_id`, as `token`.
+async fn change_contact(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    contact_id: &str,
+    etag: &str,
+) -> Result<pb::Certificate, Status> {
+    app.certs()
+        .change_certificate_contact(req(
+            token,
+            pb::ChangeCertificateContactRequest {
+                certificate_id: id.to_owned(),
+                contact_id: contact_id.to_owned(),
+                etag: etag.to_owned(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().certificate.unwrap())
+}
+
+/// A user certificate whose contact person is someone else: their
+/// deletion hands the contact to the holder, in history. Before, the
+/// holder's pickup and renewal failed NOT_FOUND for ever (the contact was
+/// read as a person of the organisation, and nothing could change it).
+async fn a_user_certificates_contact_who_leaves_hands_it_to_the_holder(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (bo, bo_session) = app.member(&fixture, "Bo", &[]).await;
+    let (carl, _) = app.member(&fixture, "Carl", &[]).await;
+    let with_carl = || pb::OrderCertificateRequest {
+        contact_id: carl.id.clone(),
+        ..user_order(&fixture.org.id, &bo, &[pb::CertificateUsage::Authentication])
+    };
+    order(&app, &fixture.admin_token, with_carl()).await.unwrap();
+    let first_pickup = app.mailed_token("certificate_pickup", &bo.email).await;
+    let issued = issue(&app, &bo_session, &first_pickup, &csr(&dir, "bo-1", "p256"))
+        .await
+        .unwrap()
+        .certificate
+        .unwrap();
+    let open_order = order(&app, &fixture.admin_token, with_carl()).await.unwrap();
+    let pickup = app.mailed_token("certificate_pickup", &bo.email).await;
+    assert_eq!(open_order.contact_id, carl.id);
+
+    app.delete_user(&fixture.admin_token, &carl.id)
+        .await
+        .expect("Carl leaves");
+
+    let picked_up = issue(&app, &bo_session, &pickup, &csr(&dir, "bo-2", "p256"))
+        .await
+        .expect("the holder picks up after the contact person left");
+    assert_eq!(picked_up.certificate.unwrap().contact_id, bo.id);
+    let renewed = renew(&app, &bo_session, &issued.id, &csr(&dir, "bo-3", "p256"))
+        .await
+        .expect("the holder renews after the contact person left");
+    assert_eq!(renewed.certificate.unwrap().contact_id, bo.id);
+    for certificate in [&issued, &open_order] {
+        let events = history(&app, &fixture.admin_token, &certificate.id).await;
+        let handed_over = events
+            .iter()
+            .find(|e| e.activity() == pb::HistoryActivity::CertificateContactChanged)
+            .expect("the handover is in the certificate's history");
+        assert_eq!(changed_to(handed_over, "contact_id"), Some(bo.id.as_str()));
+    }
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An organisation certificate for service access, ordered by `token`
+/// (its contact person unless `contact_id` says otherwise).
+fn organisation_order(org: &str, label: &str) -> pb::OrderCertificateRequest {
+    pb::OrderCertificateRequest {
+        organisation_id: org.to_owned(),
+        kind: pb::CertificateKind::Organisation as i32,
+        label: label.into(),
+        usages: vec![pb::CertificateUsage::ServiceAccess as i32],
+        ..Default::default()
+    }
+}
+
+/// The contact person of an organisation certificate picks it up and
+/// renews it. Deleted or deactivated, they cannot: pickup and renewal say
+/// so (FAILED_PRECONDITION, naming ChangeCertificateContact) instead of a
+/// bare refusal, and an organisation administrator hands the certificate
+/// to another person, who gets a new pickup token (the old one is dead)
+/// or, for an issued certificate, a notice.
+async fn an_organisation_certificates_contact_who_left_is_replaced(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    allow_kinds(&app, &fixture, &[pb::CertificateKind::Organisation]).await;
+    let admin = &fixture.admin_token;
+    let (olga, olga_session) = app.member(&fixture, "Olga", &[pb::Role::OrganisationAdmin]).await;
+    order(&app, &olga_session, organisation_order(&fixture.org.id, "Løn"))
+        .await
+        .unwrap();
+    let first_pickup = app.mailed_token("certificate_pickup", &olga.email).await;
+    let issued = issue(&app, &olga_session, &first_pickup, &csr(&dir, "olga-1", "p256"))
+        .await
+        .unwrap()
+        .certificate
+        .unwrap();
+    let open_order = order(&app, &olga_session, organisation_order(&fixture.org.id, "Faktura"))
+        .await
+        .unwrap();
+    let old_pickup = app.mailed_token("certificate_pickup", &olga.email).await;
+    assert_eq!(open_order.contact_id, olga.id);
+
+    app.delete_user(admin, &olga.id).await.expect("Olga leaves");
+
+    let before = app.fingerprint().await;
+    let pickup = issue(&app, admin, &old_pickup, &csr(&dir, "admin-1", "p256")).await;
+    let refused = assert_code(pickup, Code::FailedPrecondition);
+    assert_eq!(reason(&refused), "CERTIFICATE_CONTACT_NOT_ACTIVE", "{refused:?}");
+    assert!(refused.message().contains("ChangeCertificateContact"), "{refused:?}");
+    let renewal = renew(&app, admin, &issued.id, &csr(&dir, "admin-2", "p256")).await;
+    let refused = assert_code(renewal, Code::FailedPrecondition);
+    assert_eq!(reason(&refused), "CERTIFICATE_CONTACT_NOT_ACTIVE", "{refused:?}");
+    assert!(refused.message().contains("deleted"), "{refused:?}");
+    assert_eq!(app.fingerprint().await, before, "a refusal changed something");
+    // Someone who manages no organisation certificates learns nothing of
+    // their contact person.
+    let (_, bo_session) = app.member(&fixture, "Bo", &[]).await;
+    let before = app.fingerprint().await;
+    let renewal = renew(&app, &bo_session, &issued.id, &csr(&dir, "bo", "p256")).await;
+    assert_code(renewal, Code::PermissionDenied);
+    assert_eq!(app.fingerprint().await, before, "a refusal changed something");
+
+    // A deactivated contact person cannot sign in to pick up either.
+    let (pia, pia_session) = app.member(&fixture, "Pia", &[pb::Role::OrganisationAdmin]).await;
+    order(&app, &pia_session, organisation_order(&fixture.org.id, "Arkiv"))
+        .await
+        .unwrap();
+    let pias_pickup = app.mailed_token("certificate_pickup", &pia.email).await;
+    app.users()
+        .deactivate_user(req(
+            admin,
+            pb::DeactivateUserRequest {
+                id: pia.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("Pia is deactivated");
+    let before = app.fingerprint().await;
+    let pickup = issue(&app, admin, &pias_pickup, &csr(&dir, "admin-3", "p256")).await;
+    let refused = assert_code(pickup, Code::FailedPrecondition);
+    assert_eq!(reason(&refused), "CERTIFICATE_CONTACT_NOT_ACTIVE", "{refused:?}");
+    assert!(refused.message().contains("DEACTIVATED"), "{refused:?}");
+    assert_eq!(app.fingerprint().await, before, "a refusal changed something");
+
+    // What ChangeCertificateContact refuses, changing nothing.
+    let before = app.fingerprint().await;
+    let refusals = [
+        ("", "", Code::InvalidArgument, "INVALID_ARGUMENT"),
+        (olga.id.as_str(), "", Code::InvalidArgument, "INVALID_ARGUMENT"),
+        (pia.id.as_str(), "", Code::FailedPrecondition, "USER_NOT_ACTIVE"),
+        (fixture.admin.id.as_str(), "999", Code::Aborted, "STALE_ETAG"),
+    ];
+    for (contact_id, etag, code, expected) in refusals {
+        let change = change_contact(&app, admin, &open_order.id, contact_id, etag).await;
+        let refused = assert_code(change, code);
+        assert_eq!(reason(&refused), expected, "{contact_id:?}: {refused:?}");
+        if code == Code::InvalidArgument {
+            assert_eq!(bad_fields(&refused), ["contact_id"], "{refused:?}");
+        }
+    }
+    assert_eq!(app.fingerprint().await, before, "a refusal changed something");
+    let (carl, _) = app.member(&fixture, "Carl", &[]).await;
+    app.delete_user(admin, &carl.id).await.expect("Carl leaves");
+    let before_plain = app.fingerprint().await;
+    let deleted = change_contact(&app, admin, &open_order.id, &carl.id, "").await;
+    assert_code(deleted, Code::NotFound);
+    let plain = change_contact(&app, &bo_session, &open_order.id, &fixture.admin.id, "").await;
+    assert_code(plain, Code::PermissionDenied);
+    assert_eq!(app.fingerprint().await, before_plain, "a refusal changed something");
+
+    // An organisation administrator names another contact person: the
+    // order's pickup is theirs now, over a new token; the old one is dead.
+    let changed = change_contact(&app, admin, &open_order.id, &fixture.admin.id, &open_order.etag)
+        .await
+        .expect("another contact person for the order");
+    assert_eq!(changed.contact_id, fixture.admin.id);
+    assert_ne!(changed.etag, open_order.etag);
+    let stale = issue(&app, admin, &old_pickup, &csr(&dir, "admin-4", "p256")).await;
+    assert_eq!(
+        reason(&assert_code(stale, Code::FailedPrecondition)),
+        "CERTIFICATE_PICKUP_UNKNOWN"
+    );
+    let new_pickup = app.mailed_token("certificate_pickup", &fixture.admin.email).await;
+    let picked_up = issue(&app, admin, &new_pickup, &csr(&dir, "admin-5", "p256"))
+        .await
+        .expect("the new contact person picks up")
+        .certificate
+        .unwrap();
+    assert_eq!(picked_up.state(), pb::CertificateState::Issued);
+
+    // Of the issued one they are told, and renew it.
+    let notices_sql = format!(
+        "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'certificate_contact' AND recipient = '{}'",
+        fixture.admin.email
+    );
+    let notices = || app.count(&notices_sql);
+    assert_eq!(notices().await, 0);
+    change_contact(&app, admin, &issued.id, &fixture.admin.id, "")
+        .await
+        .expect("another contact person for the certificate");
+    assert_eq!(notices().await, 1, "the new contact person is told");
+    renew(&app, admin, &issued.id, &csr(&dir, "admin-6", "p256"))
+        .await
+        .expect("the new contact person renews");
+    let events = history(&app, admin, &issued.id).await;
+    let change = events
+        .iter()
+        .find(|e| e.activity() == pb::HistoryActivity::CertificateContactChanged)
+        .expect("the change is in the certificate's history");
+    assert_eq!(changed_to(change, "contact_id"), Some(fixture.admin.id.as_str()));
+    // The renewed certificate is SUPERSEDED: final.
+    let before = app.fingerprint().await;
+    let superseded = change_contact(&app, admin, &issued.id, &pia.id, "").await;
+    assert_eq!(
+        reason(&assert_code(superseded, Code::FailedPrecondition)),
+        "CERTIFICATE_REVOKED"
+    );
+    assert_eq!(app.fingerprint().await, before, "a refusal changed something");
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
 }

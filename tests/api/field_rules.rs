@@ -89,6 +89,7 @@ enum Call {
     SearchCertificates(pb::SearchCertificatesRequest),
     RenewCertificate(pb::RenewCertificateRequest),
     RevokeCertificate(pb::RevokeCertificateRequest),
+    ChangeCertificateContact(pb::ChangeCertificateContactRequest),
     GrantAdminLevel(pb::GrantAdminLevelRequest),
     CreateGrant(pb::CreateGrantRequest),
     RequestRights(pb::RequestRightsRequest),
@@ -136,6 +137,7 @@ impl Call {
             Call::SearchCertificates(_) => "SearchCertificates",
             Call::RenewCertificate(_) => "RenewCertificate",
             Call::RevokeCertificate(_) => "RevokeCertificate",
+            Call::ChangeCertificateContact(_) => "ChangeCertificateContact",
             Call::GrantAdminLevel(_) => "GrantAdminLevel",
             Call::CreateGrant(_) => "CreateGrant",
             Call::RequestRights(_) => "RequestRights",
@@ -192,6 +194,7 @@ impl Call {
             Call::SearchCertificates(r) => app.certs().search_certificates(req(admin, r)).await.map(drop),
             Call::RenewCertificate(r) => app.certs().renew_certificate(req(admin, r)).await.map(drop),
             Call::RevokeCertificate(r) => app.certs().revoke_certificate(req(admin, r)).await.map(drop),
+            Call::ChangeCertificateContact(r) => app.certs().change_certificate_contact(req(admin, r)).await.map(drop),
             Call::GrantAdminLevel(r) => app.access().grant_admin_level(req(admin, r)).await.map(drop),
             Call::CreateGrant(r) => app.access().create_grant(req(admin, r)).await.map(drop),
             Call::ShareAccess(r) => app.access().share_access(req(admin, r)).await.map(drop),
@@ -1437,6 +1440,14 @@ fn rows() -> Vec<Row> {
                 etag: GARBLED_ETAG.into(),
             }
         )),
+        // The member holds the certificate and is its contact person.
+        row!("contact_id", "the certificate's present contact person", |c| {
+            Call::ChangeCertificateContact(pb::ChangeCertificateContactRequest {
+                certificate_id: c.certificate_id.clone(),
+                contact_id: c.member.id.clone(),
+                etag: String::new(),
+            })
+        }),
         // Search (R-CERT-6).
         row!("serial", "not hexadecimal", |c| Call::SearchCertificates(
             pb::SearchCertificatesRequest {

@@ -1514,6 +1514,22 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
             ))
             .await
             .map(drop),
+        "ChangeCertificateContact" | "ChangeOrganisationCertificateContact" => app
+            .certs()
+            .change_certificate_contact(req(
+                t,
+                pb::ChangeCertificateContactRequest {
+                    certificate_id: if rpc == "ChangeCertificateContact" {
+                        world.plain_certificate_id.clone()
+                    } else {
+                        world.org_certificate_id.clone()
+                    },
+                    contact_id: world.user_admin.id.clone(),
+                    etag: String::new(),
+                },
+            ))
+            .await
+            .map(drop),
         "ListCertificateHistory" => app
             .certs()
             .list_certificate_history(req(
@@ -2177,6 +2193,19 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     ("RenewOrganisationCertificate", CRT, "RenewCertificate", &[OrgAdmin]),
     ("RevokeCertificate", CRT, "RevokeCertificate", &[UserAdmin, PlainUser]),
     ("RevokeOrganisationCertificate", CRT, "RevokeCertificate", &[OrgAdmin]),
+    // Another contact person: whoever orders a certificate of the kind.
+    (
+        "ChangeCertificateContact",
+        CRT,
+        "ChangeCertificateContact",
+        &[UserAdmin],
+    ),
+    (
+        "ChangeOrganisationCertificateContact",
+        CRT,
+        "ChangeCertificateContact",
+        &[OrgAdmin],
+    ),
     (
         "ListCertificateHistory",
         CRT,
@@ -2331,6 +2360,8 @@ fn target(case: &str) -> Target {
         | "RenewOrganisationCertificate"
         | "RevokeCertificate"
         | "RevokeOrganisationCertificate"
+        | "ChangeCertificateContact"
+        | "ChangeOrganisationCertificateContact"
         | "ListCertificateHistory" => Target::Certificate,
         "IssueCertificate" => Target::Pickup,
         "DeleteGroup" | "AddGroupMember" | "RemoveGroupMember" | "ListGroupMembers" | "DecideJoinRequest" => {

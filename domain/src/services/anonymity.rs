@@ -290,6 +290,7 @@ impl Domain {
             revoked = self
                 .end_holder_certificates_in(&txn, caller, old.id, HolderEnding::Left, now)
                 .await?;
+            self.hand_over_contact_in(&txn, caller, old.id, now).await?;
             let new_id = Uuid::now_v7();
             let mut fresh: user::ActiveModel = old.clone().into();
             fresh.id = Set(new_id);

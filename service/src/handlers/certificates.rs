@@ -235,6 +235,29 @@ impl CertificateService for CertificateHandler {
         }))
     }
 
+    async fn change_certificate_contact(
+        &self,
+        request: Request<pb::ChangeCertificateContactRequest>,
+    ) -> Result<Response<pb::ChangeCertificateContactResponse>, Status> {
+        let caller = caller(&self.domain, &request).await?;
+        let r = request.into_inner();
+        let (certificate_id, contact_id) = (|| {
+            Ok::<_, orgadmin_domain::DomainError>((
+                id("certificate_id", &r.certificate_id)?,
+                id("contact_id", &r.contact_id)?,
+            ))
+        })()
+        .into_status()?;
+        let certificate = self
+            .domain
+            .change_certificate_contact(&caller, certificate_id, contact_id, &r.etag)
+            .await
+            .into_status()?;
+        Ok(Response::new(pb::ChangeCertificateContactResponse {
+            certificate: Some(certificate_to_pb(certificate)),
+        }))
+    }
+
     async fn list_certificate_history(
         &self,
         request: Request<pb::ListCertificateHistoryRequest>,

@@ -201,9 +201,15 @@ fn read_csr(csr_pem: &str) -> DomainResult<CheckedCsr> {
 /// behind such a change finds the holder changed and writes nothing; a
 /// change behind a write waits for it (and a deletion then revokes what it
 /// issued). The contact person (another person, for an organisation or
-/// system certificate) is checked but not locked: nothing about a contact's
-/// change depends on their certificates, and a second lock could deadlock
-/// with a write holding both people in the other order (an import chunk).
+/// system certificate) is checked but not locked: a second lock could
+/// deadlock with a write holding both people in the other order (an import
+/// chunk). The one change of a contact that writes their certificates, a
+/// deletion handing user certificates to their holders
+/// (`hand_over_contact_in`), meets this write on the certificate's own row
+/// instead: whichever comes second waits for the other. A handover behind
+/// this write hands the issued certificate over; a pickup behind a
+/// handover finds the row changed and is refused (the contact it read is
+/// gone), and goes through when tried again.
 async fn write_issued(
     txn: &DatabaseTransaction,
     row: &certificate::Model,
@@ -346,6 +352,65 @@ fn ensure_active(person: &user::Model, role: &str) -> DomainResult<()> {
         ));
     }
     Ok(())
+}
+
+/// Whether the contact person of `row` (as read, `None` when the row is
+/// gone) can still act for it: not deleted, and, where they are its
+/// recipient (an organisation or system certificate), ACTIVE (a
+/// deactivated person cannot sign in). Otherwise the pickup or renewal is
+/// refused with what to do: before, a deleted contact failed it NOT_FOUND
+/// for ever, and nothing could name another.
+fn contact_can_act(row: &certificate::Model, contact: Option<&user::Model>) -> DomainResult<()> {
+    let state = contact.map_or(UserState::Deleted.as_str(), |c| c.state.as_str());
+    let problem = if state == UserState::Deleted.as_str() {
+        "was deleted".to_owned()
+    } else if row.holder_id.is_none() && state != UserState::Active.as_str() {
+        format!("is {state}, not ACTIVE")
+    } else {
+        return Ok(());
+    };
+    Err(DomainError::precondition(
+        Reason::CertificateContactNotActive,
+        format!(
+            "the certificate's contact person {problem}; change the contact person with ChangeCertificateContact first"
+        ),
+    ))
+}
+
+/// The contact person of `row`, who must still be able to act for it
+/// (`contact_can_act`).
+async fn contact_of(db: &impl ConnectionTrait, row: &certificate::Model) -> DomainResult<user::Model> {
+    let contact = user::Entity::find_by_id(row.contact_id)
+        .one(db)
+        .await?
+        .filter(|c| c.organisation_id == row.organisation_id);
+    contact_can_act(row, contact.as_ref())?;
+    contact.ok_or_else(|| DomainError::not_found("user", row.contact_id))
+}
+
+/// The refusal of a pickup or renewal of `row` by a caller who is not its
+/// recipient (`denial`). A caller who manages certificates of its kind
+/// learns instead when the recipient is a contact person who can no
+/// longer act (`contact_can_act`), and what to do about it.
+async fn not_the_recipient(
+    db: &impl ConnectionTrait,
+    caller: &Caller,
+    row: &certificate::Model,
+    denial: &str,
+) -> DomainResult<DomainError> {
+    let manages = authorize(
+        caller,
+        manage_action(parse(&row.kind)?),
+        Target::organisation(row.organisation_id),
+    )
+    .is_ok();
+    if row.holder_id.is_none() && manages {
+        let contact = user::Entity::find_by_id(row.contact_id).one(db).await?;
+        if let Err(gone) = contact_can_act(row, contact.as_ref()) {
+            return Ok(gone);
+        }
+    }
+    Ok(DomainError::denied(denial))
 }
 
 fn ensure_kind_allowed(org: &organisation::Model, kind: CertificateKind) -> DomainResult<()> {
@@ -510,25 +575,38 @@ impl Domain {
         history::record(&txn, event(&row, Activity::CertificateOrdered, caller, now, changes)).await?;
 
         let recipient = holder.as_ref().unwrap_or(&contact);
-        let link = self
-            .settings
-            .certificates
-            .pickup_url_template
-            .replace("{token}", &token);
+        self.send_pickup(&txn, &org, &row, recipient, &token, expires_at)
+            .await?;
+        txn.commit().await?;
+        to_certificate(row)
+    }
+
+    /// Mails `recipient` the single-use pickup token of the ORDERED `row`,
+    /// with an in-app notification, in the caller's transaction.
+    async fn send_pickup(
+        &self,
+        txn: &DatabaseTransaction,
+        org: &organisation::Model,
+        row: &certificate::Model,
+        recipient: &user::Model,
+        token: &str,
+        expires_at: Millis,
+    ) -> DomainResult<()> {
+        let link = self.settings.certificates.pickup_url_template.replace("{token}", token);
         let expires_on = crate::mail::date(expires_at);
-        let what = describe(&row);
+        let what = describe(row);
         let vars = [
             ("first_name", recipient.first_name.as_str()),
             ("organisation_name", org.name.as_str()),
             ("certificate", what.as_str()),
             ("pickup_link", link.as_str()),
-            ("pickup_token", token.as_str()),
+            ("pickup_token", token),
             ("expires_on", expires_on.as_str()),
         ];
         // The token goes by mail only: an in-app notification is stored
         // and listed, so it says that a certificate waits, not how to take it.
         self.enqueue_mail(
-            &txn,
+            txn,
             Some(org.id),
             MailKind::CertificatePickup,
             &recipient.email,
@@ -538,16 +616,162 @@ impl Domain {
         )
         .await?;
         self.notify_in_app(
-            &txn,
+            txn,
             recipient,
             NotificationKind::Certificate,
             MailKind::CertificateReady,
             &vars[..4],
             Some(row.id),
         )
-        .await?;
+        .await
+    }
+
+    /// R-CERT-3: another contact person for a certificate, e.g. for one
+    /// whose contact left: by those who order certificates of its kind;
+    /// the new contact is an ACTIVE person of its organisation and the
+    /// certificate ORDERED or ISSUED. They are told as at an order: the
+    /// recipient of an ordered organisation or system certificate gets a
+    /// new pickup token (the one mailed to the old contact stops working),
+    /// otherwise a notice that the certificate is theirs to look after.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn change_certificate_contact(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        contact_id: Uuid,
+        etag: &str,
+    ) -> DomainResult<Certificate> {
+        let now = now_millis();
+        let txn = crate::persistence::begin_write(&self.db).await?;
+        let row = self
+            .change_certificate_contact_in(&txn, caller, id, contact_id, etag, now)
+            .await?;
         txn.commit().await?;
         to_certificate(row)
+    }
+
+    /// ChangeCertificateContact's rules and writes in the caller's
+    /// transaction; returns the row as written.
+    pub(crate) async fn change_certificate_contact_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        id: Uuid,
+        contact_id: Uuid,
+        etag: &str,
+        now: Millis,
+    ) -> DomainResult<certificate::Model> {
+        let row = self.visible_certificate(txn, caller, id).await?;
+        authorize(
+            caller,
+            manage_action(parse(&row.kind)?),
+            Target::organisation(row.organisation_id),
+        )?;
+        crate::services::organisations::check_etag("certificate", etag, row.version)?;
+        let state: CertificateState = parse(&row.state)?;
+        match state {
+            CertificateState::Ordered | CertificateState::Issued => {}
+            CertificateState::Expired => {
+                return Err(DomainError::precondition(
+                    Reason::CertificateNotIssued,
+                    "the certificate has expired; order a new one with its new contact person",
+                ));
+            }
+            CertificateState::Revoked | CertificateState::Superseded => {
+                return Err(DomainError::precondition(
+                    Reason::CertificateRevoked,
+                    format!(
+                        "the certificate is {}, which is final; order a new one with its new contact person",
+                        row.state
+                    ),
+                ));
+            }
+        }
+        if contact_id == row.contact_id {
+            return Err(DomainError::invalid(
+                "contact_id",
+                "is already the certificate's contact person",
+            ));
+        }
+        let org = read_organisation(txn, row.organisation_id).await?;
+        let contact = user_in(txn, org.id, contact_id).await?;
+        ensure_active(&contact, "contact person")?;
+        // The pickup of an ordered organisation or system certificate is
+        // the contact person's: theirs now, over a token of their own.
+        let pickup = (row.holder_id.is_none() && state == CertificateState::Ordered)
+            .then(|| (new_token(), now + self.settings.certificates.pickup_ttl_ms));
+        let changed = certificate::Model {
+            contact_id: contact.id,
+            pickup_token_hash: pickup
+                .as_ref()
+                .map_or(row.pickup_token_hash.clone(), |(token, _)| Some(token_hash(token))),
+            pickup_expires_at: pickup.as_ref().map_or(row.pickup_expires_at, |(_, at)| Some(*at)),
+            version: row.version + 1,
+            updated_at: now,
+            ..row.clone()
+        };
+        let written = certificate::Entity::update_many()
+            .col_expr(certificate::Column::ContactId, Expr::value(changed.contact_id))
+            .col_expr(
+                certificate::Column::PickupTokenHash,
+                Expr::value(changed.pickup_token_hash.clone()),
+            )
+            .col_expr(
+                certificate::Column::PickupExpiresAt,
+                Expr::value(changed.pickup_expires_at),
+            )
+            .col_expr(certificate::Column::Version, Expr::value(changed.version))
+            .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+            .filter(certificate::Column::Id.eq(row.id))
+            .filter(certificate::Column::Version.eq(row.version))
+            .exec(txn)
+            .await?;
+        if written.rows_affected != 1 {
+            return Err(DomainError::stale_etag("certificate"));
+        }
+        let mut changes = Vec::new();
+        diff(
+            &mut changes,
+            "contact_id",
+            row.contact_id.to_string(),
+            contact.id.to_string(),
+        );
+        if pickup.is_some() {
+            diff(
+                &mut changes,
+                "pickup_expires_at",
+                row.pickup_expires_at.map(|at| at.to_string()).unwrap_or_default(),
+                changed.pickup_expires_at.map(|at| at.to_string()).unwrap_or_default(),
+            );
+        }
+        history::record(
+            txn,
+            event(&row, Activity::CertificateContactChanged, caller, now, changes),
+        )
+        .await?;
+        match &pickup {
+            Some((token, expires_at)) => {
+                self.send_pickup(txn, &org, &changed, &contact, token, *expires_at)
+                    .await?
+            }
+            None => {
+                let what = describe(&changed);
+                self.notify(
+                    txn,
+                    &contact,
+                    NotificationKind::Certificate,
+                    MailKind::CertificateContact,
+                    &[
+                        ("first_name", contact.first_name.as_str()),
+                        ("organisation_name", org.name.as_str()),
+                        ("certificate", what.as_str()),
+                    ],
+                    Some(row.id),
+                )
+                .await?
+            }
+        }
+        Ok(changed)
     }
 
     /// R-CERT-4: the holder (or contact person) picks up their certificate:
@@ -582,9 +806,13 @@ impl Domain {
             return Err(unknown());
         }
         if caller.user_id() != Some(recipient_of(row)) {
-            return Err(DomainError::denied(
+            return Err(not_the_recipient(
+                &txn,
+                caller,
+                row,
                 "this certificate is picked up by its holder (or, for an organisation or system certificate, its contact person), signed in as themselves",
-            ));
+            )
+            .await?);
         }
         if row.state != CertificateState::Ordered.as_str() {
             return Err(DomainError::precondition(
@@ -631,7 +859,7 @@ impl Domain {
         // read once.
         let contact = match &holder {
             Some(holder) if holder.id == row.contact_id => holder.clone(),
-            _ => user_in(txn, org.id, row.contact_id).await?,
+            _ => contact_of(txn, &row).await?,
         };
         check_people(kind, &usages, row.email.as_deref(), holder.as_ref(), &contact)?;
         if !csr.key.encrypts() && usages.iter().any(|u| u.encrypts()) {
@@ -703,7 +931,7 @@ impl Domain {
                 Some(id) => Some(user_in(txn, row.organisation_id, id).await?),
                 None => None,
             };
-            let contact_now = user_in(txn, row.organisation_id, row.contact_id).await?;
+            let contact_now = contact_of(txn, &row).await?;
             check_people(kind, &usages, row.email.as_deref(), holder_now.as_ref(), &contact_now)?;
             let now_as_read = |read: &user::Model, now: &user::Model| read.version == now.version;
             if !holder.iter().zip(&holder_now).all(|(read, now)| now_as_read(read, now))
@@ -780,9 +1008,13 @@ impl Domain {
         // a valid certificate in another person's name. As at pickup, the
         // recipient renews, signed in as themselves.
         if caller.user_id() != Some(recipient_of(&old)) {
-            return Err(DomainError::denied(
+            return Err(not_the_recipient(
+                &txn,
+                caller,
+                &old,
                 "a certificate is renewed by its holder (or, for an organisation or system certificate, its contact person) signed in as themselves, over their own key; an administrator orders a new certificate instead",
-            ));
+            )
+            .await?);
         }
         let state: CertificateState = parse(&old.state)?;
         if state != CertificateState::Issued || old.not_after.is_none_or(|at| at <= now) {
@@ -943,6 +1175,63 @@ impl Domain {
             .await?
             .ok_or_else(|| DomainError::not_found("certificate", id))?;
         to_certificate(row)
+    }
+
+    /// The user certificates `person_id` looks after but does not hold,
+    /// handed to their holders when the person is deleted, in the
+    /// deletion's transaction, each in history. A user certificate's
+    /// contact person is its holder by default, and the holder picks it up
+    /// and renews it: before, the deleted contact failed both NOT_FOUND for
+    /// ever. Organisation and system certificates keep the contact who
+    /// left until an administrator names another
+    /// (`change_certificate_contact`); their pickup and renewal say so.
+    pub(crate) async fn hand_over_contact_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        person_id: Uuid,
+        now: Millis,
+    ) -> DomainResult<()> {
+        use sea_orm::sea_query::ExprTrait;
+        let rows = certificate::Entity::find()
+            .filter(certificate::Column::ContactId.eq(person_id))
+            .filter(certificate::Column::Kind.eq(CertificateKind::Employee.as_str()))
+            .filter(certificate::Column::HolderId.ne(person_id))
+            .filter(
+                certificate::Column::State
+                    .is_in([CertificateState::Issued.as_str(), CertificateState::Ordered.as_str()]),
+            )
+            .all(txn)
+            .await?;
+        for row in rows {
+            let Some(holder_id) = row.holder_id else {
+                continue;
+            };
+            // Whatever else changed meanwhile (a pickup), the contact is
+            // still the person leaving: one version on from what it is.
+            let written = certificate::Entity::update_many()
+                .col_expr(certificate::Column::ContactId, Expr::value(holder_id))
+                .col_expr(
+                    certificate::Column::Version,
+                    Expr::col(certificate::Column::Version).add(1),
+                )
+                .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+                .filter(certificate::Column::Id.eq(row.id))
+                .filter(certificate::Column::ContactId.eq(person_id))
+                .exec(txn)
+                .await?;
+            if written.rows_affected != 1 {
+                continue;
+            }
+            let mut changes = Vec::new();
+            diff(&mut changes, "contact_id", person_id.to_string(), holder_id.to_string());
+            history::record(
+                txn,
+                event(&row, Activity::CertificateContactChanged, caller, now, changes),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// A holder's certificates that end with a change of the holder, in

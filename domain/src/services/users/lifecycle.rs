@@ -205,6 +205,7 @@ impl Domain {
             .await?;
         self.end_holder_certificates_in(txn, caller, id, HolderEnding::Left, now)
             .await?;
+        self.hand_over_contact_in(txn, caller, id, now).await?;
         crate::services::access::end_delegation_of_in(txn, caller, id, now).await?;
         self.load_user(txn, id).await
     }
