@@ -337,13 +337,6 @@ impl Config {
         if !(1..=24 * 30).contains(&self.session_ttl_hours) {
             return Err("ORGADMIN_SESSION_TTL_HOURS must be between 1 and 720".into());
         }
-        // Shorter than an activation link lives, or the link dies held.
-        if self.email_change_hold_hours > 24 * self.activation_ttl_days.saturating_sub(1) {
-            return Err(
-                "ORGADMIN_EMAIL_CHANGE_HOLD_HOURS must be at least a day shorter than ORGADMIN_ACTIVATION_TTL_DAYS"
-                    .into(),
-            );
-        }
         // The batch's ids are bound values of its statements (SQLite takes
         // 32,766 in one).
         if !(1..=10_000).contains(&self.reactivation_batch_size) {

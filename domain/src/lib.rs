@@ -260,7 +260,14 @@ impl Domain {
                 session_ttl_ms: i64::from(config.session_ttl_hours) * 60 * 60 * 1000,
                 session_idle_ms: config.session_idle_minutes * 60 * 1000,
                 email_verification_url_template: config.email_verification_url_template.clone(),
-                email_change_hold_ms: i64::from(config.email_change_hold_hours) * 60 * 60 * 1000,
+                // At least a day shorter than a link lives, or the link dies
+                // held (an ORGADMIN_ACTIVATION_TTL_DAYS of 3 or less).
+                email_change_hold_ms: i64::from(config.email_change_hold_hours)
+                    .min(24 * (i64::from(config.activation_ttl_days) - 1))
+                    .max(0)
+                    * 60
+                    * 60
+                    * 1000,
                 join_confirmation_url_template: config.join_confirmation_url_template.clone(),
                 imports: config.import_settings(),
                 certificates: config.certificate_settings(),

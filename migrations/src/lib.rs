@@ -48,8 +48,10 @@ mod m20261206_000073_cover_certificate_search_text;
 mod m20261206_000074_count_failed_import_runs;
 mod m20261206_000075_revoke_self_made_service_account_tokens;
 mod m20261206_000076_hold_email_changes_asked_by_others;
+mod m20261206_000077_allow_the_identification_means_people_hold;
 
 pub use m20261206_000075_revoke_self_made_service_account_tokens::revoke_self_made_service_account_tokens;
+pub use m20261206_000077_allow_the_identification_means_people_hold::allow_the_means_people_hold;
 
 /// Runs SQL written by hand (what both backends spell the same way and the
 /// schema builder cannot express, such as partial indexes), in order.
@@ -139,6 +141,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000074_count_failed_import_runs::Migration),
             Box::new(m20261206_000075_revoke_self_made_service_account_tokens::Migration),
             Box::new(m20261206_000076_hold_email_changes_asked_by_others::Migration),
+            Box::new(m20261206_000077_allow_the_identification_means_people_hold::Migration),
         ]
     }
 }

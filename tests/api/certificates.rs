@@ -26,6 +26,7 @@ both_backends!(
     the_contact_person_learns_the_holder_left,
     a_user_certificates_contact_who_leaves_hands_it_to_the_holder,
     an_organisation_certificates_contact_who_left_is_replaced,
+    a_new_contact_person_takes_over_the_certificates_address,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -2497,6 +2498,42 @@ async fn an_organisation_certificates_contact_who_left_is_replaced(backend: Back
         "CERTIFICATE_REVOKED"
     );
     assert_eq!(app.fingerprint().await, before, "a refusal changed something");
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An organisation certificate that carries an e-mail address carries its
+/// contact person's. Handed to another contact person, it carries theirs:
+/// left as it was, the new contact's pickup found the address no longer
+/// the contact's (EMAIL_NOT_VERIFIED, "order again").
+async fn a_new_contact_person_takes_over_the_certificates_address(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    allow_kinds(&app, &fixture, &[pb::CertificateKind::Organisation]).await;
+    let admin = &fixture.admin_token;
+    let (olga, olga_session) = app.member(&fixture, "Olga", &[pb::Role::OrganisationAdmin]).await;
+    let (pia, pia_session) = app.member(&fixture, "Pia", &[pb::Role::OrganisationAdmin]).await;
+    let ordered = order(
+        &app,
+        &olga_session,
+        pb::OrderCertificateRequest {
+            email: olga.email.clone(),
+            ..organisation_order(&fixture.org.id, "Post")
+        },
+    )
+    .await
+    .unwrap();
+    let changed = change_contact(&app, admin, &ordered.id, &pia.id, "").await.unwrap();
+    assert_eq!(changed.contact_id, pia.id);
+    assert_eq!(changed.email, pia.email);
+    let pickup = app.mailed_token("certificate_pickup", &pia.email).await;
+    let issued = issue(&app, &pia_session, &pickup, &csr(&dir, "pia", "p256"))
+        .await
+        .expect("the new contact picks it up, with her own address")
+        .certificate
+        .unwrap();
+    assert_eq!(issued.email, pia.email);
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
 }

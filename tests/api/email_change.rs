@@ -315,7 +315,8 @@ async fn an_administrators_change_is_held_and_can_be_withdrawn(backend: Backend)
     let withdrawn = change_email(&app, &fixture.admin_token, &current, &old).await.unwrap();
     assert_eq!(withdrawn.pending_email, "");
     app.pass_email_change_holds().await;
-    assert_code(verify(&app, &link).await, Code::FailedPrecondition);
+    let dead = assert_code(verify(&app, &link).await, Code::FailedPrecondition);
+    assert_eq!(reason(&dead), "ACTIVATION_REPLACED", "{dead:?}");
     assert_eq!(get(&app, &anna_session, &anna.id).await.email, old);
     // A change one asks for oneself (here the user administrator's own
     // address) works at once and sends no notice.

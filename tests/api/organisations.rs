@@ -703,4 +703,116 @@ async fn identification_means_stay_within_the_organisations(backend: Backend) {
         .await,
         1
     );
+
+    // An edit that repeats what a person holds adds nothing and is no
+    // refusal, even beyond the allowed means: here Ib holds NemLog-in from
+    // before the rule (played by writing the row).
+    app.execute_bound(
+        "UPDATE users SET identification_means = $1 WHERE email = $2",
+        vec![r#"["MITID","NEMLOG_IN"]"#.into(), plain.email.clone().into()],
+    )
+    .await;
+    let ib = app.user(admin, &plain.id).await;
+    let repeated = users
+        .update_user(req(
+            admin,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    surname: "Holm".into(),
+                    ..ib.clone()
+                }),
+                update_mask: mask(&["surname", "identification_means"]),
+                cpr: String::new(),
+            },
+        ))
+        .await
+        .expect("the means Ib holds, repeated")
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(repeated.identification_means, ib.identification_means);
+    // Saving the settings again unchanged takes nothing from anyone,
+    // not even a means held beyond it.
+    let ib = app.user(admin, &plain.id).await;
+    app.change_settings(&fixture, "allowed_identification_means", |_| {})
+        .await;
+    assert_eq!(app.user(admin, &plain.id).await, ib);
+    // Migration 77 makes each organisation allow what its people hold, so
+    // nobody loses a means by the upgrade.
+    assert_eq!(
+        orgadmin_migrations::allow_the_means_people_hold(app.domain.db())
+            .await
+            .unwrap(),
+        1
+    );
+    let settings = app.settings(&fixture).await;
+    assert_eq!(
+        settings.allowed_identification_means,
+        vec![Means::Mitid as i32, Means::NemlogIn as i32]
+    );
+    assert_eq!(
+        orgadmin_migrations::allow_the_means_people_hold(app.domain.db())
+            .await
+            .unwrap(),
+        0,
+        "nothing more to allow"
+    );
+}
+
+/// Narrowing the allowed means while the reactivation sweep (which writes
+/// users without the organisation's lock) holds a person who holds a
+/// withdrawn means: the narrowing waits for the sweep and takes the means
+/// from the row as the sweep left it. Written per person over rows read
+/// unlocked, it found the row changed and failed with STALE_ETAG about a
+/// user the caller never named. (The sweep in progress is played by a
+/// session that has written the row and not committed.) PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_the_means_waits_for_a_sweep_holding_a_person() {
+    use pb::IdentificationMeans as Means;
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let admin = fixture.admin_token.clone();
+    app.change_settings(&fixture, "allowed_identification_means", |s| {
+        s.allowed_identification_means = vec![Means::Mitid as i32, Means::NemlogIn as i32]
+    })
+    .await;
+    let bo = app
+        .created_user(
+            &admin,
+            pb::CreateUserRequest {
+                identification_means: vec![Means::NemlogIn as i32],
+                ..new_user(&fixture.org.id, "Bo", &[])
+            },
+        )
+        .await;
+    let sweep = app
+        .in_progress(&[format!(
+            "UPDATE users SET version = version + 1, updated_at = updated_at + 1 WHERE id = '{}'",
+            bo.id
+        )])
+        .await;
+    let narrowing = {
+        let (app_orgs, settings) = (app.orgs(), app.settings(&fixture).await);
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let mut orgs = app_orgs;
+            orgs.update_organisation_settings(req(
+                &admin,
+                pb::UpdateOrganisationSettingsRequest {
+                    settings: Some(pb::OrganisationSettings {
+                        allowed_identification_means: vec![Means::Mitid as i32],
+                        ..settings
+                    }),
+                    update_mask: mask(&["allowed_identification_means"]),
+                },
+            ))
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!narrowing.is_finished(), "the narrowing did not wait for the row");
+    sweep.commit().await;
+    narrowing.await.unwrap().expect("narrowed, the sweep waited for");
+    assert!(app.user(&admin, &bo.id).await.identification_means.is_empty());
+    app.finish().await;
 }

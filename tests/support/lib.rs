@@ -888,6 +888,22 @@ impl TestApp {
             .events
     }
 
+    /// The organisation's settings, as its administrator reads them.
+    pub async fn settings(&self, fixture: &OrgFixture) -> pb::OrganisationSettings {
+        self.orgs()
+            .get_organisation_settings(req(
+                &fixture.admin_token,
+                pb::GetOrganisationSettingsRequest {
+                    organisation_id: fixture.org.id.clone(),
+                },
+            ))
+            .await
+            .expect("read settings")
+            .into_inner()
+            .settings
+            .expect("settings")
+    }
+
     /// The parked (FAILED) mails as the operator lists them, waiting up to
     /// ten seconds for the first.
     pub async fn parked_mails(&self) -> Vec<pb::OutboxMail> {
@@ -947,19 +963,7 @@ impl TestApp {
         path: &str,
         change: impl FnOnce(&mut pb::OrganisationSettings),
     ) -> pb::OrganisationSettings {
-        let mut settings = self
-            .orgs()
-            .get_organisation_settings(req(
-                &fixture.admin_token,
-                pb::GetOrganisationSettingsRequest {
-                    organisation_id: fixture.org.id.clone(),
-                },
-            ))
-            .await
-            .expect("read settings")
-            .into_inner()
-            .settings
-            .expect("settings");
+        let mut settings = self.settings(fixture).await;
         change(&mut settings);
         self.orgs()
             .update_organisation_settings(req(

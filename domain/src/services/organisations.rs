@@ -430,10 +430,16 @@ impl Domain {
             );
             active.allowed_identification_means = Set(value);
             // Under the organisation's lock, which every write of a
-            // person's means takes too.
-            let people = self
-                .withdraw_means_beyond_in(&txn, caller, organisation_id, &means, now)
-                .await?;
+            // person's means takes too; only when a means was withdrawn (a
+            // settings form saved again changes nobody).
+            let allowed_before: Vec<IdentificationMeans> =
+                crate::persistence::mapping::parse_list(&row.allowed_identification_means)?;
+            let people = if allowed_before.iter().any(|m| !means.contains(m)) {
+                self.withdraw_means_beyond_in(&txn, caller, organisation_id, &means, now)
+                    .await?
+            } else {
+                0
+            };
             if people > 0 {
                 diff(
                     &mut changes,

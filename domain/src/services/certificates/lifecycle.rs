@@ -696,12 +696,36 @@ impl Domain {
         let org = read_organisation(txn, row.organisation_id).await?;
         let contact = user_in(txn, org.id, contact_id).await?;
         ensure_active(&contact, "contact person")?;
+        // An organisation or system certificate that carries an e-mail
+        // address carries its contact person's: it moves to the new one,
+        // whose address must be one a certificate can carry, verified (left
+        // as it was, every pickup and renewal found it no longer the
+        // contact's: EMAIL_NOT_VERIFIED, "order again").
+        let email = match (&row.email, row.holder_id) {
+            (Some(_), None) => {
+                if check_order_email(&contact.email, &contact, "contact person").is_err() {
+                    return Err(DomainError::invalid(
+                        "contact_id",
+                        "names a person whose e-mail address this certificate cannot carry (it carries its contact person's address, which must be plain ASCII and no anonymous person's)",
+                    ));
+                }
+                if !contact.email_verified {
+                    return Err(DomainError::precondition(
+                        Reason::EmailNotVerified,
+                        "the certificate carries its contact person's e-mail address, and the new contact person's is not verified yet",
+                    ));
+                }
+                Some(contact.email.clone())
+            }
+            _ => row.email.clone(),
+        };
         // The pickup of an ordered organisation or system certificate is
         // the contact person's: theirs now, over a token of their own.
         let pickup = (row.holder_id.is_none() && state == CertificateState::Ordered)
             .then(|| (new_token(), now + self.settings.certificates.pickup_ttl_ms));
         let changed = certificate::Model {
             contact_id: contact.id,
+            email: email.clone(),
             pickup_token_hash: pickup
                 .as_ref()
                 .map_or(row.pickup_token_hash.clone(), |(token, _)| Some(token_hash(token))),
@@ -712,6 +736,7 @@ impl Domain {
         };
         let written = certificate::Entity::update_many()
             .col_expr(certificate::Column::ContactId, Expr::value(changed.contact_id))
+            .col_expr(certificate::Column::Email, Expr::value(changed.email.clone()))
             .col_expr(
                 certificate::Column::PickupTokenHash,
                 Expr::value(changed.pickup_token_hash.clone()),
@@ -735,6 +760,12 @@ impl Domain {
             "contact_id",
             row.contact_id.to_string(),
             contact.id.to_string(),
+        );
+        diff(
+            &mut changes,
+            "email",
+            row.email.clone().unwrap_or_default(),
+            changed.email.clone().unwrap_or_default(),
         );
         if pickup.is_some() {
             diff(

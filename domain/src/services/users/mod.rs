@@ -290,7 +290,9 @@ pub(crate) async fn lock_user_row(txn: &DatabaseTransaction, id: Uuid) -> Domain
         user::Entity::find_by_id(id)
             .select_only()
             .column(user::Column::Id)
-            .lock(sea_orm::sea_query::LockType::Update)
+            // As strong as the UPDATE that follows, no stronger: rows that
+            // refer to the person (sessions, secrets) may still be added.
+            .lock(sea_orm::sea_query::LockType::NoKeyUpdate)
             .into_tuple::<Uuid>()
             .one(txn)
             .await?;

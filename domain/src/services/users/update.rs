@@ -218,11 +218,18 @@ impl Domain {
             )?;
         }
         check_etag("user", etag, current.version).map_err(|e| e.within("user"))?;
-        // R-ORG-3, against the settings as they are under the lock.
-        if let Some(means) = &patch.identification_means
-            && let Some(refusal) = means_beyond_allowed(&org, means)?
-        {
-            return Err(DomainError::invalid("user.identification_means", refusal));
+        // R-ORG-3, against the settings as they are under the lock: the
+        // means this change adds (an edit row repeating what a person holds
+        // changes nothing, and is no refusal).
+        if let Some(means) = &patch.identification_means {
+            let added: Vec<IdentificationMeans> = means
+                .iter()
+                .copied()
+                .filter(|m| !current.identification_means.contains(m))
+                .collect();
+            if let Some(refusal) = means_beyond_allowed(&org, &added)? {
+                return Err(DomainError::invalid("user.identification_means", refusal));
+            }
         }
         let row = user::Entity::find_by_id(id)
             .one(txn)
@@ -508,11 +515,18 @@ impl Domain {
     }
 
     /// R-ORG-3: the organisation `org_id` (locked by the caller) now allows
-    /// only `allowed`: every person holding another means loses it, one
-    /// versioned write and history event each, in the caller's transaction
-    /// (the settings change's). A person's means always lie within the
-    /// organisation's, so what is exported or shown of them is what they
-    /// may use. Returns how many people lost a means.
+    /// only `allowed`: every person holding another means loses it, with a
+    /// history event each, in the caller's transaction (the settings
+    /// change's). A person's means always lie within the organisation's, so
+    /// what is exported or shown of them is what they may use. Returns how
+    /// many people lost a means.
+    ///
+    /// One UPDATE per distinct stored list (a handful: there are four
+    /// means), not per person: the organisation stays locked a moment, not
+    /// for one write per person of a large organisation, and each UPDATE
+    /// locks and re-reads its rows itself, so a row the reactivation sweep
+    /// holds (it writes users without the organisation's lock) is waited
+    /// for, not found changed.
     pub(crate) async fn withdraw_means_beyond_in(
         &self,
         txn: &DatabaseTransaction,
@@ -522,6 +536,7 @@ impl Domain {
         now: Millis,
     ) -> DomainResult<u64> {
         use sea_orm::Condition;
+        use sea_orm::sea_query::ExprTrait;
         let withdrawn: Vec<IdentificationMeans> = IdentificationMeans::ALL
             .iter()
             .copied()
@@ -535,40 +550,49 @@ impl Domain {
         let holding = withdrawn.iter().fold(Condition::any(), |any, means| {
             any.add(user::Column::IdentificationMeans.contains(format!("\"{}\"", means.as_str())))
         });
-        let people = user::Entity::find()
+        let lists: Vec<String> = user::Entity::find()
+            .select_only()
+            .column(user::Column::IdentificationMeans)
+            .distinct()
             .filter(user::Column::OrganisationId.eq(org_id))
             .filter(user::Column::State.ne(UserState::Deleted.as_str()))
             .filter(holding)
+            .into_tuple()
             .all(txn)
             .await?;
-        let mut changed = 0;
-        for row in people {
-            let held: Vec<IdentificationMeans> = crate::persistence::mapping::parse_list(&row.identification_means)?;
+        let mut events = Vec::new();
+        for held_text in lists {
+            let held: Vec<IdentificationMeans> = crate::persistence::mapping::parse_list(&held_text)?;
             let kept: Vec<IdentificationMeans> = held.iter().copied().filter(|m| allowed.contains(m)).collect();
             if kept.len() == held.len() {
                 continue;
             }
-            let value = json_list(&kept);
-            let mut changes = Vec::new();
-            diff(&mut changes, "identification_means", &row.identification_means, &value);
-            let mut active: user::ActiveModel = row.clone().into();
-            active.identification_means = Set(value);
-            self.write_user_change(txn, &row, active, now).await?;
-            history::record(
-                txn,
-                NewEvent {
+            let kept_text = json_list(&kept);
+            let changed = user::Entity::update_many()
+                .col_expr(user::Column::IdentificationMeans, Expr::value(kept_text.clone()))
+                .col_expr(user::Column::Version, Expr::col(user::Column::Version).add(1))
+                .col_expr(user::Column::UpdatedAt, Expr::value(now))
+                .filter(user::Column::OrganisationId.eq(org_id))
+                .filter(user::Column::State.ne(UserState::Deleted.as_str()))
+                .filter(user::Column::IdentificationMeans.eq(held_text.clone()))
+                .exec_with_returning(txn)
+                .await?;
+            for row in changed {
+                let mut changes = Vec::new();
+                diff(&mut changes, "identification_means", &held_text, &kept_text);
+                events.push(NewEvent {
                     organisation_id: Some(org_id),
                     subject: Subject::User(row.id),
                     activity: Activity::UserUpdated,
                     caller,
                     at: now,
                     changes,
-                },
-            )
-            .await?;
-            changed += 1;
+                });
+            }
         }
-        Ok(changed)
+        let people = events.len() as u64;
+        history::record_all(txn, events).await?;
+        Ok(people)
     }
 
     /// Writes the row if nobody changed it since `before` was read.
