@@ -11,6 +11,7 @@ both_backends!(
     a_new_address_takes_over_once_verified,
     an_unactivated_user_changes_address_at_once,
     an_administrators_change_is_held_and_can_be_withdrawn,
+    a_link_from_before_the_hold_is_held,
 );
 
 async fn change_email(app: &TestApp, token: &str, user: &pb::User, email: &str) -> Result<pb::User, tonic::Status> {
@@ -326,5 +327,35 @@ async fn an_administrators_change_is_held_and_can_be_withdrawn(backend: Backend)
     let own_link = app.mailed_token("email_verification", &hers).await;
     assert_eq!(verify(&app, &own_link).await.unwrap().email, hers);
     assert!(mail_texts(&app, "email_change_notice", &ulla.email).await.is_empty());
+    app.finish().await;
+}
+
+/// Migration 76 holds the verification links open at the upgrade: who
+/// asked for their change was not recorded, and an administrator's made
+/// the day before must not be confirmable at once after it.
+async fn a_link_from_before_the_hold_is_held(backend: Backend) {
+    use orgadmin_migrations::{Migrator, MigratorTrait};
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let admin = fixture.admin_token.clone();
+    let me = get(&app, &admin, &fixture.admin.id).await;
+    let mine = unique_email("karen.ny");
+    // Her own change: no hold when made.
+    change_email(&app, &admin, &me, &mine).await.unwrap();
+    let link = app.mailed_token("email_verification", &mine).await;
+    let db = app.domain.db();
+    let migrations = Migrator::migrations();
+    let position = migrations
+        .iter()
+        .position(|m| m.name() == "m20261206_000076_hold_email_changes_asked_by_others")
+        .expect("migration 76");
+    Migrator::down(db, Some((migrations.len() - position) as u32))
+        .await
+        .expect("down to before the hold");
+    Migrator::up(db, None).await.expect("up again");
+    let held = assert_code(verify(&app, &link).await, Code::FailedPrecondition);
+    assert_eq!(reason(&held), "EMAIL_CHANGE_HELD", "{held:?}");
+    app.pass_email_change_holds().await;
+    assert_eq!(verify(&app, &link).await.unwrap().email, mine);
     app.finish().await;
 }
