@@ -176,6 +176,7 @@ mod tests {
             ("note", "Ok for sæsonen"),
             ("new_email", "soren.ny@example.dk"),
             ("confirmable_from", "2026-12-25 14:00 UTC"),
+            ("usable_from", "2026-12-22 14:00 UTC"),
         ]
     }
 

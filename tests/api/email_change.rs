@@ -303,9 +303,15 @@ async fn an_administrators_change_is_held_and_can_be_withdrawn(backend: Backend)
         .await,
         0
     );
+    // The link's own mail says from when it works.
+    let verification = mail_texts(&app, "email_verification", &takeover).await.remove(0);
+    let in_three_days = chrono::DateTime::<chrono::Utc>::from(before) + chrono::Duration::hours(72);
+    assert!(
+        verification.contains(&in_three_days.format("%Y-%m-%d").to_string()),
+        "{verification}"
+    );
     // The notice names the day the link starts to work: three days on.
     let notice = mail_texts(&app, "email_change_notice", &old).await.remove(0);
-    let in_three_days = chrono::DateTime::<chrono::Utc>::from(before) + chrono::Duration::hours(72);
     assert!(
         notice.contains(&in_three_days.format("%Y-%m-%d").to_string()),
         "{notice}"

@@ -241,6 +241,10 @@ impl Domain {
         } else {
             ("expires_on", crate::mail::date(expires_at))
         };
+        // From when the link works: at once, or after a hold (a change of
+        // address asked by someone else), which the recipient should know
+        // before they open it.
+        let usable_from = crate::mail::date_time(usable_from.unwrap_or_else(now_millis));
         self.enqueue_mail(
             txn,
             Some(row.organisation_id),
@@ -253,6 +257,7 @@ impl Domain {
                 ("organisation_name", organisation_name),
                 (link_name, &url),
                 (expiry_name, &expiry),
+                ("usable_from", &usable_from),
             ],
         )
         .await?;
