@@ -382,9 +382,14 @@ impl Domain {
     }
 
     async fn import_job_row(&self, id: Uuid) -> DomainResult<import_job::Model> {
+        self.import_job_row_in(&self.db, id).await
+    }
+
+    /// [`Self::import_job_row`] over `db` (a transaction that wrote it).
+    async fn import_job_row_in(&self, db: &impl sea_orm::ConnectionTrait, id: Uuid) -> DomainResult<import_job::Model> {
         import_job::Entity::find_by_id(id)
             .filter(import_job::Column::State.ne(ImportState::Uploading.as_str()))
-            .one(&self.db)
+            .one(db)
             .await?
             .ok_or_else(|| DomainError::not_found("import", id))
     }
@@ -852,9 +857,16 @@ impl ImportUpload {
             .exec(&txn)
             .await;
         match queued {
-            Ok(done) if done.rows_affected == 1 => txn.commit().await?,
+            // The job as this call queued it, read before the commit: read
+            // after, a worker could already have claimed it (the reply then
+            // said RUNNING, or SUCCEEDED, to the call that queued it).
+            Ok(done) if done.rows_affected == 1 => {
+                let queued = domain.import_job_row_in(&txn, self.job_id).await?;
+                txn.commit().await?;
+                job_from_row(queued)
+            }
             // The purge took it as abandoned meanwhile (see `keep_alive`).
-            Ok(_) => return Err(upload_abandoned()),
+            Ok(_) => Err(upload_abandoned()),
             Err(e) if crate::error::is_unique_violation(&e) => {
                 // A retry with the same request id finished first: its job
                 // is the answer; this upload is dropped.
@@ -867,11 +879,10 @@ impl ImportUpload {
                     .one(&domain.db)
                     .await?
                     .ok_or_else(|| DomainError::Internal("the import with this request id vanished".into()))?;
-                return job_from_row(existing);
+                job_from_row(existing)
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => Err(e.into()),
         }
-        job_from_row(domain.import_job_row(self.job_id).await?)
     }
 
     /// The upload was abandoned (the client went away, or a limit refused it).
