@@ -97,6 +97,18 @@ pub(crate) fn check_etag(resource: &'static str, etag: &str, current: i64) -> Do
     }
 }
 
+/// The unit `unit_id` if it belongs to `organisation_id`.
+pub(crate) async fn find_unit_of(
+    db: &impl sea_orm::ConnectionTrait,
+    unit_id: Uuid,
+    organisation_id: Uuid,
+) -> DomainResult<Option<unit::Model>> {
+    Ok(unit::Entity::find_by_id(unit_id)
+        .filter(unit::Column::OrganisationId.eq(organisation_id))
+        .one(db)
+        .await?)
+}
+
 impl Domain {
     /// The people placed in `unit_id` or below with something a start of
     /// delegating ends (`end_handover_in`): a waiting address change, or
@@ -432,8 +444,7 @@ impl Domain {
             // Under the organisation's lock, which every write of a
             // person's means takes too; only when a means was withdrawn (a
             // settings form saved again changes nobody).
-            let allowed_before: Vec<IdentificationMeans> =
-                crate::persistence::mapping::parse_list(&row.allowed_identification_means)?;
+            let allowed_before = super::users::allowed_means(&row)?;
             let people = if allowed_before.iter().any(|m| !means.contains(m)) {
                 self.withdraw_means_beyond_in(&txn, caller, organisation_id, &means, now)
                     .await?
@@ -643,9 +654,7 @@ impl Domain {
         organisation_id: Uuid,
         field: &str,
     ) -> DomainResult<unit::Model> {
-        unit::Entity::find_by_id(unit_id)
-            .filter(unit::Column::OrganisationId.eq(organisation_id))
-            .one(db)
+        find_unit_of(db, unit_id, organisation_id)
             .await?
             .ok_or_else(|| no_such_unit(field))
     }

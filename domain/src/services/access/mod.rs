@@ -210,13 +210,10 @@ pub(crate) async fn scope_unit_as_now(
     organisation_id: Uuid,
     unit_id: Option<Uuid>,
 ) -> DomainResult<()> {
-    use crate::persistence::entities::unit;
     let Some(unit_id) = unit_id else {
         return Ok(());
     };
-    unit::Entity::find_by_id(unit_id)
-        .filter(unit::Column::OrganisationId.eq(organisation_id))
-        .one(txn)
+    crate::services::organisations::find_unit_of(txn, unit_id, organisation_id)
         .await?
         .map(|_| ())
         .ok_or_else(|| DomainError::not_found("unit", unit_id))

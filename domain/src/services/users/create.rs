@@ -253,9 +253,10 @@ impl Domain {
             }
         }
         if names_means {
+            let allowed = super::allowed_means(&org)?;
             for (answer, user) in answers.iter_mut().zip(&users) {
                 if answer.is_none()
-                    && let Some(refusal) = super::means_beyond_allowed(&org, &user.new.identification_means)?
+                    && let Some(refusal) = super::means_beyond_allowed(&allowed, &user.new.identification_means)
                 {
                     *answer = Some(Err(DomainError::invalid("identification_means", refusal)));
                 }

@@ -302,26 +302,29 @@ pub(crate) async fn lock_user_row(txn: &DatabaseTransaction, id: Uuid) -> Domain
 
 /// R-ORG-3: the identification means an organisation administrator allows
 /// bound the ones a user administrator gives a person. The refusal's text
-/// when `means` go beyond `org`'s, `None` when they do not.
-pub(crate) fn means_beyond_allowed(
-    org: &organisation::Model,
-    means: &[IdentificationMeans],
-) -> DomainResult<Option<String>> {
-    let allowed: Vec<IdentificationMeans> = crate::persistence::mapping::parse_list(&org.allowed_identification_means)?;
+/// when `means` go beyond `allowed` (the organisation's, parsed once by the
+/// caller: a create of many checks every user against them), `None` when
+/// they do not.
+pub(crate) fn means_beyond_allowed(allowed: &[IdentificationMeans], means: &[IdentificationMeans]) -> Option<String> {
     let beyond: Vec<&str> = means
         .iter()
         .filter(|m| !allowed.contains(m))
         .map(|m| m.as_str())
         .collect();
     if beyond.is_empty() {
-        return Ok(None);
+        return None;
     }
     let allowed: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
-    Ok(Some(format!(
+    Some(format!(
         "{} is not allowed by the organisation, which allows {}; an organisation administrator changes this in the settings",
         beyond.join(", "),
         allowed.join(", ")
-    )))
+    ))
+}
+
+/// The identification means `org` allows (R-ORG-3).
+pub(crate) fn allowed_means(org: &organisation::Model) -> DomainResult<Vec<IdentificationMeans>> {
+    crate::persistence::mapping::parse_list(&org.allowed_identification_means)
 }
 
 impl Domain {

@@ -227,7 +227,7 @@ impl Domain {
                 .copied()
                 .filter(|m| !current.identification_means.contains(m))
                 .collect();
-            if let Some(refusal) = means_beyond_allowed(&org, &added)? {
+            if let Some(refusal) = means_beyond_allowed(&allowed_means(&org)?, &added) {
                 return Err(DomainError::invalid("user.identification_means", refusal));
             }
         }
