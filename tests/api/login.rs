@@ -29,6 +29,7 @@ both_backends!(
     the_end_of_a_timed_deactivation_lifts_the_login_lock,
     the_address_limit_counts_the_address_the_proxy_added,
     a_username_cannot_take_another_persons_address,
+    history_names_a_person_alike_on_either_path,
 );
 
 /// A server whose logins lock after `max_failures` wrong passwords.
@@ -491,38 +492,15 @@ async fn old_hash_parameters_are_upgraded_at_login(backend: Backend) {
     let app = TestApp::start(backend).await;
     let fixture = app.org_with_admin().await;
     let (gry, email) = app.member_with_password(&fixture, "Gry", &[]).await;
-    // A hash made with weaker parameters, as an older release would have.
-    let old = Hasher::new(&PasswordSettings {
-        memory_kib: 4096,
-        iterations: 1,
-        ..PasswordSettings::default()
-    })
-    .unwrap()
-    .hash(&Password::new(TEST_PASSWORD))
-    .await
-    .unwrap();
+    let old = weaker_hash().await;
     assert!(old.starts_with("$argon2id$v=19$m=4096,t=1,p=1$"));
+    store_hash(&app, &gry.id, &old).await;
     let db = app.domain.db();
     let user_id = uuid::Uuid::parse_str(&gry.id).unwrap();
-    let (update, select) = match backend {
-        Backend::Postgres => (
-            "UPDATE password_credentials SET phc = $1 WHERE user_id = $2",
-            "SELECT phc FROM password_credentials WHERE user_id = $1",
-        ),
-        Backend::Sqlite => (
-            "UPDATE password_credentials SET phc = ? WHERE user_id = ?",
-            "SELECT phc FROM password_credentials WHERE user_id = ?",
-        ),
+    let select = match backend {
+        Backend::Postgres => "SELECT phc FROM password_credentials WHERE user_id = $1",
+        Backend::Sqlite => "SELECT phc FROM password_credentials WHERE user_id = ?",
     };
-    let updated = db
-        .execute_raw(Statement::from_sql_and_values(
-            db.get_database_backend(),
-            update,
-            [old.clone().into(), user_id.into()],
-        ))
-        .await
-        .unwrap();
-    assert_eq!(updated.rows_affected(), 1);
     app.login(&email, TEST_PASSWORD)
         .await
         .expect("the old hash still verifies");
@@ -542,6 +520,75 @@ async fn old_hash_parameters_are_upgraded_at_login(backend: Backend) {
         "not upgraded: {stored}"
     );
     app.login(&email, TEST_PASSWORD).await.expect("the new hash verifies");
+    app.finish().await;
+}
+
+/// The test password hashed with weaker parameters than the server's, as
+/// an older release would have.
+async fn weaker_hash() -> String {
+    Hasher::new(&PasswordSettings {
+        memory_kib: 4096,
+        iterations: 1,
+        ..PasswordSettings::default()
+    })
+    .unwrap()
+    .hash(&Password::new(TEST_PASSWORD))
+    .await
+    .unwrap()
+}
+
+/// Stores `phc` as the person's password hash, as an older release would
+/// have left it.
+async fn store_hash(app: &TestApp, user_id: &str, phc: &str) {
+    let db = app.domain.db();
+    let update = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => "UPDATE password_credentials SET phc = $1 WHERE user_id = $2",
+        _ => "UPDATE password_credentials SET phc = ? WHERE user_id = ?",
+    };
+    let updated = db
+        .execute_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            update,
+            [phc.into(), uuid::Uuid::parse_str(user_id).unwrap().into()],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(updated.rows_affected(), 1);
+}
+
+/// A login that replaces an old hash takes `finish_login`'s transaction;
+/// the next takes, on PostgreSQL, the one statement that locks the person
+/// and writes the session and its event from the row it locked. Both name
+/// the person alike in history, and both sessions work.
+async fn history_names_a_person_alike_on_either_path(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (tove, email) = app.member_with_password(&fixture, "Tove", &[]).await;
+    store_hash(&app, &tove.id, &weaker_hash().await).await;
+    let mut events = Vec::new();
+    for _ in 0..2 {
+        let logged_in = app.login(&email, TEST_PASSWORD).await.expect("login");
+        assert_eq!(logged_in.organisation_id, fixture.org.id);
+        let me = app.who_am_i(&logged_in.session_token).await.expect("the session works");
+        assert_eq!(
+            (me.user_id.as_str(), me.organisation_id.as_str()),
+            (tove.id.as_str(), fixture.org.id.as_str())
+        );
+        let mut logins = app
+            .history_of(&fixture.admin_token, &tove.id, pb::HistoryActivity::LoginSucceeded)
+            .await;
+        let mut newest = logins.remove(0);
+        newest.id.clear();
+        newest.occur_time = None;
+        events.push(newest);
+    }
+    assert_eq!(events[0], events[1]);
+    assert_eq!(events[0].actor, format!("user:{}", tove.id));
+    assert_eq!(events[0].actor_name, format!("{} {}", tove.first_name, tove.surname));
+    assert_eq!(events[0].actor_email, email);
+    assert_eq!(changed_to(&events[0], "session"), Some("started"));
+    // The tries the logins took were given back.
+    assert_eq!(tries_spent(&app, &tove.id).await, 0);
     app.finish().await;
 }
 
@@ -1078,23 +1125,115 @@ async fn tries_spent(app: &TestApp, user_id: &str) -> i32 {
 /// progress is played by a session that has replaced the password row and
 /// ended the sessions, not yet committed; the stored hash is made slow, so
 /// the reset lands while the login hashes.) SQLite has one writer at a
-/// time, so only PostgreSQL can interleave.
+/// time, so only PostgreSQL can interleave. Here the stored hash has other
+/// parameters than the server's, so the login also replaces it: it finishes
+/// in `finish_login`'s transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_checked_while_the_password_is_reset_gets_no_session() {
     let app = TestApp::start(Backend::Postgres).await;
-    let fixture = app.org_with_admin().await;
-    let (gry, email) = app.member_with_password(&fixture, "Gry", &[]).await;
     let slow = Hasher::new(&PasswordSettings {
         iterations: 24,
         ..PasswordSettings::default()
     })
     .unwrap();
+    let answer = login_raced_by(&app, Some(&slow), reset_in_progress).await;
+    assert_code(answer, Code::Unauthenticated);
+    app.finish().await;
+}
+
+/// The same with a hash of the server's own parameters: the login
+/// finishes in one statement (`log_in_in_one_statement`), which must lock
+/// the password row as the transaction does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_finishing_in_one_statement_while_the_password_is_reset_gets_no_session() {
+    let app = app_hashing_slowly().await;
+    let answer = login_raced_by(&app, None, reset_in_progress).await;
+    assert_code(answer, Code::Unauthenticated);
+    app.finish().await;
+}
+
+/// A login whose person is deactivated while the password is checked gets
+/// no session: the deactivation ended every session but the one still to
+/// be written. The person's row is locked with the password's, and its
+/// state read again once the deactivation has committed: the answer is
+/// USER_NOT_ACTIVE. (The deactivation in progress is played by a session
+/// that has set the state, given the licence back and ended the sessions,
+/// not yet committed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_checked_while_the_person_is_deactivated_gets_no_session() {
+    let app = app_hashing_slowly().await;
+    let answer = login_raced_by(&app, None, |user_id| {
+        vec![
+            format!("UPDATE users SET state = 'DEACTIVATED' WHERE id = '{user_id}'"),
+            format!(
+                "UPDATE organisations SET licences_used = licences_used - 1 \
+                 WHERE id = (SELECT organisation_id FROM users WHERE id = '{user_id}')"
+            ),
+            format!(
+                "UPDATE api_tokens SET revoked_at = 1 WHERE user_id = '{user_id}' AND kind = 'session' AND revoked_at IS NULL"
+            ),
+        ]
+    })
+    .await;
+    let inactive = assert_code(answer, Code::FailedPrecondition);
+    assert_eq!(reason(&inactive), "USER_NOT_ACTIVE");
+    app.finish().await;
+}
+
+/// A server on PostgreSQL whose own hashing parameters are slow (~10× the
+/// default), so a write can land while a login hashes.
+async fn app_hashing_slowly() -> TestApp {
+    TestApp::start_with(
+        Backend::Postgres,
+        DomainSettings {
+            passwords: PasswordSettings {
+                iterations: 24,
+                ..PasswordSettings::default()
+            },
+            ..DomainSettings::default()
+        },
+    )
+    .await
+}
+
+/// A password reset in progress: the row replaced, the sessions ended.
+fn reset_in_progress(user_id: &str) -> Vec<String> {
+    vec![
+        format!("DELETE FROM password_credentials WHERE user_id = '{user_id}'"),
+        format!(
+            "INSERT INTO password_credentials (user_id, phc, set_at, failed_attempts, lockouts) \
+             VALUES ('{user_id}', '$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$bmV3aGFzaA', 1, 0, 0)"
+        ),
+        format!(
+            "UPDATE api_tokens SET revoked_at = 1 WHERE user_id = '{user_id}' AND kind = 'session' AND revoked_at IS NULL"
+        ),
+    ]
+}
+
+/// A login of a new person, with `writes` begun (uncommitted) while its
+/// password is hashed, and committed once the login waits on them; returns
+/// the login's answer, after checking that no session is left open. The
+/// stored hash is made with `stored_with` when given.
+async fn login_raced_by(
+    app: &TestApp,
+    stored_with: Option<&Hasher>,
+    writes: impl FnOnce(&str) -> Vec<String>,
+) -> Result<String, tonic::Status> {
+    let fixture = app.org_with_admin().await;
+    let (gry, email) = app.member_with_password(&fixture, "Gry", &[]).await;
     let started = Instant::now();
-    let slow_hash = slow.hash(&Password::new(TEST_PASSWORD)).await.unwrap();
+    let hash = match stored_with {
+        Some(hasher) => hasher.hash(&Password::new(TEST_PASSWORD)).await.unwrap(),
+        None => Hasher::new(&app.domain.settings().passwords)
+            .unwrap()
+            .hash(&Password::new(TEST_PASSWORD))
+            .await
+            .unwrap(),
+    };
     let hash_time = started.elapsed();
     let db = app.domain.db();
     db.execute_unprepared(&format!(
-        "UPDATE password_credentials SET phc = '{slow_hash}' WHERE user_id = '{}'",
+        "UPDATE password_credentials SET phc = '{hash}' WHERE user_id = '{}'",
         gry.id
     ))
     .await
@@ -1128,27 +1267,16 @@ async fn a_login_checked_while_the_password_is_reset_gets_no_session() {
         assert!(Instant::now() < deadline, "the login took no try");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let reset = app
-        .in_progress(&[
-            format!("DELETE FROM password_credentials WHERE user_id = '{}'", gry.id),
-            format!(
-                "INSERT INTO password_credentials (user_id, phc, set_at, failed_attempts, lockouts) \
-             VALUES ('{}', '$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$bmV3aGFzaA', 1, 0, 0)",
-                gry.id
-            ),
-            format!(
-                "UPDATE api_tokens SET revoked_at = 1 WHERE user_id = '{}' AND kind = 'session' AND revoked_at IS NULL",
-                gry.id
-            ),
-        ])
-        .await;
+    let in_progress = app.in_progress(&writes(&gry.id)).await;
     assert!(
         !logging_in.is_finished(),
-        "the login ended before the reset began (hashing took {hash_time:?}): the test cannot interleave"
+        "the login ended before the writes began (hashing took {hash_time:?}): the test cannot interleave"
     );
-    // The login's hash ends and its next write waits on the reset's row.
-    let waiting =
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%password_credentials%'";
+    // The login's hash ends and its next write waits on the writes' rows.
+    // This test's database only: other tests' waits must not count.
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND datname = current_database() \
+                   AND (query ILIKE '%password_credentials%' OR query ILIKE '%users%')";
     let deadline = Instant::now() + hash_time * 4 + Duration::from_secs(5);
     loop {
         let row = db
@@ -1161,19 +1289,18 @@ async fn a_login_checked_while_the_password_is_reset_gets_no_session() {
         }
         assert!(
             Instant::now() < deadline && !logging_in.is_finished(),
-            "the login did not wait for the reset in progress"
+            "the login did not wait for the writes in progress"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    reset.commit().await;
+    in_progress.commit().await;
     let answer = logging_in.await.unwrap().map(|r| r.into_inner().session_token);
-    assert_code(answer, Code::Unauthenticated);
     assert_eq!(
         app.count(&sessions_open).await,
         0,
-        "a session opened with the old password outlived the reset"
+        "a session opened by the login outlived the writes"
     );
-    app.finish().await;
+    answer
 }
 
 /// Two resets of one person at once: the second waits for the first and is

@@ -235,6 +235,51 @@ where
     Ok(())
 }
 
+/// `INSERT INTO … SELECT … FROM source`: the values `row` sets, once for
+/// each row of `source` (a common table expression of the same statement;
+/// none when it has none), with the columns of `from_source` taken from
+/// that row instead (values only it knows). For a write that must happen
+/// only if another part of the same statement found its row.
+pub(crate) fn insert_for_each_row_of<A>(
+    row: A,
+    source: sea_orm::sea_query::Alias,
+    from_source: Vec<(
+        <A::Entity as sea_orm::EntityTrait>::Column,
+        sea_orm::sea_query::SimpleExpr,
+    )>,
+) -> sea_orm::sea_query::InsertStatement
+where
+    A: sea_orm::ActiveModelTrait,
+{
+    use sea_orm::sea_query::{Expr, Query};
+    use sea_orm::{EntityTrait, IdenStatic, Iterable};
+    let mut from_source = from_source;
+    let (mut columns, mut values) = (Vec::new(), Vec::new());
+    for column in <A::Entity as EntityTrait>::Column::iter() {
+        let taken = from_source.iter().position(|(c, _)| c.as_str() == column.as_str());
+        let value = match taken {
+            Some(at) => from_source.swap_remove(at).1,
+            None => match row.get(column).into_value() {
+                Some(value) => Expr::val(value),
+                None => continue,
+            },
+        };
+        columns.push(column);
+        values.push(value);
+    }
+    assert!(
+        from_source.is_empty(),
+        "a column to take from the source is not the table's"
+    );
+    let mut insert = Query::insert();
+    insert
+        .into_table(A::Entity::default())
+        .columns(columns)
+        .select_from(Query::select().exprs(values).from(source).to_owned())
+        .expect("as many values as columns");
+    insert
+}
+
 /// How many rows of this table one statement may carry.
 pub(crate) fn rows_per_statement<E: sea_orm::EntityTrait>() -> usize {
     use sea_orm::Iterable;

@@ -644,6 +644,21 @@ pub(crate) fn member_caller(row: &user::Model, roles: Vec<Role>) -> Caller {
     .with_identity(format!("{} {}", row.first_name, row.surname), row.email.clone())
 }
 
+/// `member_caller`'s display name as SQL over the `users` row of a
+/// statement, for a statement that writes history from the row it locks
+/// (`log_in_in_one_statement`). The same text: the name, a space, the
+/// surname (test `login::history_names_a_person_alike_on_either_path`).
+pub(crate) fn display_name_of_user_row() -> sea_orm::sea_query::SimpleExpr {
+    use sea_orm::sea_query::Expr;
+    Expr::cust_with_exprs(
+        "$1 || ' ' || $2",
+        [
+            Expr::col((user::Entity, user::Column::FirstName)),
+            Expr::col((user::Entity, user::Column::Surname)),
+        ],
+    )
+}
+
 fn locked_or_replaced(stored: &activation_secret::Model, max_attempts: i32) -> DomainError {
     if stored.failed_attempts >= max_attempts {
         DomainError::precondition(

@@ -269,25 +269,38 @@ impl Domain {
         how: &str,
         now: Millis,
     ) -> DomainResult<(Secret, Millis)> {
+        let (mut row, secret, expires_at) = self.new_session(user.id, how, now);
+        row.organisation_id = Set(Some(user.organisation_id));
+        api_token::Entity::insert(row).exec_without_returning(txn).await?;
+        Ok((secret, expires_at))
+    }
+
+    /// A session's row for `user_id` (but for its organisation, which the
+    /// caller sets: `log_in_in_one_statement` takes it from the row it
+    /// locks), its secret and when it ends.
+    pub(crate) fn new_session(
+        &self,
+        user_id: Uuid,
+        how: &str,
+        now: Millis,
+    ) -> (api_token::ActiveModel, Secret, Millis) {
         let secret = new_token();
         let expires_at = now + self.settings.session_ttl_ms;
-        api_token::Entity::insert(api_token::ActiveModel {
+        let row = api_token::ActiveModel {
             id: Set(Uuid::now_v7()),
             kind: Set(KIND_SESSION.into()),
-            organisation_id: Set(Some(user.organisation_id)),
-            user_id: Set(Some(user.id)),
+            organisation_id: sea_orm::ActiveValue::NotSet,
+            user_id: Set(Some(user_id)),
             name: Set(format!("session ({how})")),
             token_hash: Set(token_hash(&secret)),
-            created_by: Set(format!("user:{}", user.id)),
+            created_by: Set(format!("user:{user_id}")),
             created_at: Set(now),
             expires_at: Set(Some(expires_at)),
             revoked_at: Set(None),
             create_request_id: Set(None),
             last_used_at: Set(None),
-        })
-        .exec_without_returning(txn)
-        .await?;
-        Ok((Secret::new(secret), expires_at))
+        };
+        (row, Secret::new(secret), expires_at)
     }
 
     /// Gives the caller an API token of their own (R-AUTH-1: never one that
