@@ -1354,11 +1354,18 @@ async fn two_resets_at_once_queue() {
             .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !second_reset.is_finished(),
-        "the second reset did not wait for the first"
-    );
+    // The second hashes its password first (slow beside a build), then
+    // waits on the first's lock of the person.
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND datname = current_database() AND query ILIKE '%users%'";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.count(waiting).await == 0 {
+        assert!(
+            Instant::now() < deadline && !second_reset.is_finished(),
+            "the second reset did not wait for the first"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // The first ends the other links (the second's among them) and commits.
     first_reset
         .run(&format!(
