@@ -214,7 +214,28 @@ pub(crate) async fn body_within(
             )
                 .into_response()
         })?
-        .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, too_large).into_response())
+        .map_err(|error| {
+            // Past the limit, or a body the client broke off or framed
+            // wrongly (a bad chunk): only the first is too large.
+            if is_past_the_limit(&error) {
+                (StatusCode::PAYLOAD_TOO_LARGE, too_large).into_response()
+            } else {
+                tracing::debug!(%error, "a request's body could not be read");
+                (StatusCode::BAD_REQUEST, "the request's body could not be read\n").into_response()
+            }
+        })
+}
+
+/// Whether reading a body failed at `body_within`'s limit.
+fn is_past_the_limit(error: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 fn unavailable(error: String) -> Response {

@@ -879,6 +879,21 @@ async fn the_address_limit_counts_the_address_the_proxy_added(backend: Backend) 
         Code::ResourceExhausted,
     );
     assert_code(attempt(vec![b"2001:db8:1:3::a".to_vec()]).await, Code::Unauthenticated);
+    // A site holds a /48, 65,536 /64s: together they have sixteen
+    // subscribers' tries (48 here), then the site is refused, from any of
+    // its /64s; another site is not.
+    for subnet in 0..16 {
+        for host in ["a", "b", "c"] {
+            let line = format!("2001:db8:7:{subnet:x}::{host}").into_bytes();
+            assert_code(attempt(vec![line]).await, Code::Unauthenticated);
+        }
+    }
+    let limited = assert_code(
+        attempt(vec![b"2001:db8:7:ff::a".to_vec()]).await,
+        Code::ResourceExhausted,
+    );
+    assert!(limited.message().contains("network"), "{}", limited.message());
+    assert_code(attempt(vec![b"2001:db8:8::a".to_vec()]).await, Code::Unauthenticated);
     app.finish().await;
 }
 

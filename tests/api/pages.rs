@@ -18,6 +18,7 @@ both_backends!(
     a_person_activates_logs_in_and_resets_in_a_browser,
     a_forged_or_stale_form_changes_nothing,
     a_client_that_sends_slowly_is_cut_off,
+    a_body_too_large_or_broken_is_answered_for_what_it_is,
 );
 
 const LANGUAGES: [(pb::Language, &str); 3] = [
@@ -346,5 +347,47 @@ async fn a_client_that_sends_slowly_is_cut_off(backend: Backend) {
     // The port still serves everyone else.
     let (head, _) = app.http("GET", "/ca.pem", &[], b"").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    app.finish().await;
+}
+
+/// A body past the limit is 413; a body that cannot be read (a broken
+/// chunk, here) is the client's error, 400, not "too large": every failure
+/// to read a body was answered 413.
+async fn a_body_too_large_or_broken_is_answered_for_what_it_is(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start(backend).await;
+    let answer = |request: Vec<u8>| {
+        let addr = app.http_addr;
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            // The server may answer before it has read all of a body too
+            // large, and close: a failed write is no failure here.
+            let _ = stream.write_all(&request).await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let sized = |path: &str, length: usize| {
+        let mut request =
+            format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n")
+                .into_bytes();
+        request.resize(request.len() + length, b'a');
+        request
+    };
+    let broken = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\nnot a chunk size\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let too_large = answer(sized("/ocsp", 70 * 1024)).await;
+    assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
+    let too_large = answer(sized("/login", 20 * 1024)).await;
+    assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
+    for path in ["/ocsp", "/login"] {
+        let unreadable = answer(broken(path)).await;
+        assert!(unreadable.starts_with("HTTP/1.1 400"), "{path}: {unreadable}");
+    }
     app.finish().await;
 }

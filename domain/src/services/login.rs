@@ -682,6 +682,16 @@ impl Domain {
                     now,
                 )
                 .map_err(|ms| limited(ms, "address"))?;
+            if let Some(site) = site_limit_key(peer) {
+                self.attempts
+                    .attempt(
+                        &format!("site:{site}"),
+                        settings.attempts_per_peer.saturating_mul(SUBSCRIBERS_PER_SITE),
+                        MINUTE,
+                        now,
+                    )
+                    .map_err(|ms| limited(ms, "network"))?;
+            }
         }
         if let Some(login_id) = login_id
             .map(|id| crate::normalise::key(id.trim()))
@@ -704,6 +714,25 @@ impl Domain {
 /// smallest network a provider hands one subscriber (who otherwise had
 /// 2^64 fresh limits to spray passwords from); an IPv4 address (also one
 /// written as IPv6, `::ffff:192.0.2.1`) alone.
+/// How many subscribers' tries an IPv6 site's /48 has together (see
+/// `site_limit_key`): a company's network holds many people behind many
+/// /64s, so its budget is looser than one address's, yet bounded.
+const SUBSCRIBERS_PER_SITE: u32 = 16;
+
+/// The /48 an IPv6 address lies in: what a provider hands one site, whose
+/// holder has 65,536 /64s, each with a limit of its own, to spray
+/// passwords from. `None` for IPv4 (its address is the limit).
+fn site_limit_key(peer: &str) -> Option<String> {
+    let std::net::IpAddr::V6(v6) = peer.parse::<std::net::IpAddr>().ok()? else {
+        return None;
+    };
+    if v6.to_ipv4_mapped().is_some() {
+        return None;
+    }
+    let network = u128::from(v6) & !(u128::MAX >> 48);
+    Some(format!("{}/48", std::net::Ipv6Addr::from(network)))
+}
+
 fn peer_limit_key(peer: &str) -> String {
     match peer.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
@@ -912,7 +941,7 @@ pub(crate) fn login_unlocked(organisation_id: Uuid, user_id: Uuid, caller: &Call
 
 #[cfg(test)]
 mod tests {
-    use super::peer_limit_key;
+    use super::{peer_limit_key, site_limit_key};
 
     #[test]
     fn an_ipv6_address_counts_against_its_64() {
@@ -922,5 +951,18 @@ mod tests {
         assert_eq!(peer_limit_key("::ffff:198.51.100.7"), "198.51.100.7");
         assert_eq!(peer_limit_key("198.51.100.7"), "198.51.100.7");
         assert_eq!(peer_limit_key("not an address"), "not an address");
+    }
+
+    #[test]
+    fn an_ipv6_address_counts_against_its_48_too() {
+        assert_eq!(site_limit_key("2001:db8:1:2::a").as_deref(), Some("2001:db8:1::/48"));
+        assert_eq!(
+            site_limit_key("2001:db8:1:ffff:ffff::1").as_deref(),
+            Some("2001:db8:1::/48")
+        );
+        assert_eq!(site_limit_key("2001:db8:2::a").as_deref(), Some("2001:db8:2::/48"));
+        assert_eq!(site_limit_key("::ffff:198.51.100.7"), None);
+        assert_eq!(site_limit_key("198.51.100.7"), None);
+        assert_eq!(site_limit_key("not an address"), None);
     }
 }
