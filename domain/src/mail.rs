@@ -60,6 +60,7 @@ mail_kinds!(
     CertificatePickup => "certificate_pickup",
     CertificateReady => "certificate_ready",
     CertificateContact => "certificate_contact",
+    CertificateContactReplaced => "certificate_contact_replaced",
     CertificateRevoked => "certificate_revoked",
     CertificateExpiring => "certificate_expiring",
     JoinConfirmation => "join_confirmation",
@@ -177,6 +178,7 @@ mod tests {
             ("new_email", "soren.ny@example.dk"),
             ("confirmable_from", "2026-12-25 14:00 UTC"),
             ("usable_from", "2026-12-22 14:00 UTC"),
+            ("new_contact_name", "Åsa Ølund"),
         ]
     }
 

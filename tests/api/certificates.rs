@@ -26,6 +26,7 @@ both_backends!(
     the_contact_person_learns_the_holder_left,
     a_user_certificates_contact_who_leaves_hands_it_to_the_holder,
     an_organisation_certificates_contact_who_left_is_replaced,
+    the_previous_contact_person_is_told_of_a_change,
     a_new_contact_person_takes_over_the_certificates_address,
 );
 
@@ -2353,6 +2354,64 @@ fn organisation_order(org: &str, label: &str) -> pb::OrderCertificateRequest {
     }
 }
 
+/// Olga, an organisation administrator, with the organisation certificate
+/// "Løn" she ordered and picked up (its contact person).
+async fn olgas_organisation_certificate(
+    app: &TestApp,
+    dir: &Path,
+    fixture: &OrgFixture,
+) -> (pb::User, String, pb::Certificate) {
+    allow_kinds(app, fixture, &[pb::CertificateKind::Organisation]).await;
+    let (olga, olga_session) = app.member(fixture, "Olga", &[pb::Role::OrganisationAdmin]).await;
+    order(app, &olga_session, organisation_order(&fixture.org.id, "Løn"))
+        .await
+        .unwrap();
+    let first_pickup = app.mailed_token("certificate_pickup", &olga.email).await;
+    let issued = issue(app, &olga_session, &first_pickup, &csr(dir, "olga-1", "p256"))
+        .await
+        .unwrap()
+        .certificate
+        .unwrap();
+    (olga, olga_session, issued)
+}
+
+/// The contact person a certificate is taken from is told, naming the new
+/// one, unless they made the change themselves; the new one is told too.
+/// Before, the previous contact heard nothing: a certificate could be
+/// moved away from them without a word.
+async fn the_previous_contact_person_is_told_of_a_change(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (olga, _, issued) = olgas_organisation_certificate(&app, &dir, &fixture).await;
+    let admin = &fixture.admin_token;
+    let (per, per_session) = app.member(&fixture, "Per", &[pb::Role::OrganisationAdmin]).await;
+    let replaced = |to: String| {
+        let app = &app;
+        async move { app.mail_texts("certificate_contact_replaced", &to).await }
+    };
+    // The administrator hands it to Per: Olga is told, by name of Per.
+    change_contact(&app, admin, &issued.id, &per.id, "")
+        .await
+        .expect("Per is the contact person");
+    let told = replaced(olga.email.clone()).await;
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(
+        told[0].contains(&format!("{} {}", per.first_name, per.surname)),
+        "{}",
+        told[0]
+    );
+    assert!(told[0].contains("Løn"), "{}", told[0]);
+    assert_eq!(app.mail_texts("certificate_contact", &per.email).await.len(), 1);
+    // Per hands it back himself: he is not told of his own change.
+    change_contact(&app, &per_session, &issued.id, &olga.id, "")
+        .await
+        .expect("Olga is the contact person again");
+    assert!(replaced(per.email.clone()).await.is_empty());
+    assert_eq!(app.mail_texts("certificate_contact", &olga.email).await.len(), 1);
+    app.finish().await;
+}
+
 /// The contact person of an organisation certificate picks it up and
 /// renews it. Deleted or deactivated, they cannot: pickup and renewal say
 /// so (FAILED_PRECONDITION, naming ChangeCertificateContact) instead of a
@@ -2363,18 +2422,8 @@ async fn an_organisation_certificates_contact_who_left_is_replaced(backend: Back
     let app = TestApp::start(backend).await;
     let dir = fresh_dir();
     let fixture = app.org_with_admin().await;
-    allow_kinds(&app, &fixture, &[pb::CertificateKind::Organisation]).await;
+    let (olga, olga_session, issued) = olgas_organisation_certificate(&app, &dir, &fixture).await;
     let admin = &fixture.admin_token;
-    let (olga, olga_session) = app.member(&fixture, "Olga", &[pb::Role::OrganisationAdmin]).await;
-    order(&app, &olga_session, organisation_order(&fixture.org.id, "Løn"))
-        .await
-        .unwrap();
-    let first_pickup = app.mailed_token("certificate_pickup", &olga.email).await;
-    let issued = issue(&app, &olga_session, &first_pickup, &csr(&dir, "olga-1", "p256"))
-        .await
-        .unwrap()
-        .certificate
-        .unwrap();
     let open_order = order(&app, &olga_session, organisation_order(&fixture.org.id, "Faktura"))
         .await
         .unwrap();

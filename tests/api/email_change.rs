@@ -80,10 +80,10 @@ async fn a_new_address_takes_over_once_verified(backend: Backend) {
     let link = app.mailed_token("email_verification", &new).await;
     // Asked by an administrator: Anna hears of it at the address in force,
     // which names the new one (an administrator's own mailbox would show).
-    let notices = mail_texts(&app, "email_change_notice", &old).await;
+    let notices = app.mail_texts("email_change_notice", &old).await;
     assert_eq!(notices.len(), 1, "one notice to the address in force");
     assert!(notices[0].contains(&new), "{}", notices[0]);
-    assert!(mail_texts(&app, "email_change_notice", &new).await.is_empty());
+    assert!(app.mail_texts("email_change_notice", &new).await.is_empty());
     // The link is no activation secret, and it works once.
     let misuse = app
         .users()
@@ -253,28 +253,6 @@ async fn an_unactivated_user_changes_address_at_once(backend: Backend) {
     app.finish().await;
 }
 
-/// The text of each queued mail of `kind` to `to` (content not yet sent).
-async fn mail_texts(app: &TestApp, kind: &str, to: &str) -> Vec<String> {
-    use sea_orm::{ConnectionTrait, Statement};
-    let db = app.domain.db();
-    let backend = db.get_database_backend();
-    let sql = match backend {
-        sea_orm::DatabaseBackend::Postgres => "SELECT payload FROM outbox_mails WHERE kind = $1 AND recipient = $2",
-        _ => "SELECT payload FROM outbox_mails WHERE kind = ? AND recipient = ?",
-    };
-    db.query_all_raw(Statement::from_sql_and_values(backend, sql, [kind.into(), to.into()]))
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| {
-            let sealed: String = row.try_get_by_index(0).unwrap();
-            let json = test_vault().decrypt(&sealed).expect("outbox payload decrypts");
-            let mail: serde_json::Value = serde_json::from_str(&json).unwrap();
-            mail["text"].as_str().unwrap().to_owned()
-        })
-        .collect()
-}
-
 /// A user administrator who moves a person's address to a mailbox of
 /// their own could verify it at once and reset the person's password:
 /// sign in as them. A change asked by someone else is held (three days by
@@ -303,14 +281,14 @@ async fn an_administrators_change_is_held_and_can_be_withdrawn(backend: Backend)
     assert_eq!(app.count(&resets_to(&takeover)).await, 0);
     assert_eq!(app.count(&resets_to(&old)).await, 1);
     // The link's own mail says from when it works.
-    let verification = mail_texts(&app, "email_verification", &takeover).await.remove(0);
+    let verification = app.mail_texts("email_verification", &takeover).await.remove(0);
     let in_three_days = chrono::DateTime::<chrono::Utc>::from(before) + chrono::Duration::hours(72);
     assert!(
         verification.contains(&in_three_days.format("%Y-%m-%d").to_string()),
         "{verification}"
     );
     // The notice names the day the link starts to work: three days on.
-    let notice = mail_texts(&app, "email_change_notice", &old).await.remove(0);
+    let notice = app.mail_texts("email_change_notice", &old).await.remove(0);
     assert!(
         notice.contains(&in_three_days.format("%Y-%m-%d").to_string()),
         "{notice}"
@@ -331,7 +309,7 @@ async fn an_administrators_change_is_held_and_can_be_withdrawn(backend: Backend)
     change_email(&app, &user_admin_token, &ulla_now, &hers).await.unwrap();
     let own_link = app.mailed_token("email_verification", &hers).await;
     assert_eq!(verify(&app, &own_link).await.unwrap().email, hers);
-    assert!(mail_texts(&app, "email_change_notice", &ulla.email).await.is_empty());
+    assert!(app.mail_texts("email_change_notice", &ulla.email).await.is_empty());
     app.finish().await;
 }
 

@@ -804,6 +804,27 @@ impl TestApp {
         panic!("the activation mail to {email} was always sent before it could be read");
     }
 
+    /// The text of each queued mail of `kind` to `to` (content not yet sent).
+    pub async fn mail_texts(&self, kind: &str, to: &str) -> Vec<String> {
+        let db = self.domain.db();
+        let backend = db.get_database_backend();
+        let sql = match backend {
+            sea_orm::DatabaseBackend::Postgres => "SELECT payload FROM outbox_mails WHERE kind = $1 AND recipient = $2",
+            _ => "SELECT payload FROM outbox_mails WHERE kind = ? AND recipient = ?",
+        };
+        db.query_all_raw(Statement::from_sql_and_values(backend, sql, [kind.into(), to.into()]))
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| {
+                let sealed: String = row.try_get_by_index(0).unwrap();
+                let json = test_vault().decrypt(&sealed).expect("outbox payload decrypts");
+                let mail: serde_json::Value = serde_json::from_str(&json).unwrap();
+                mail["text"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
     /// The `token=` of the newest mail of `kind` to `email` in the outbox.
     pub async fn mailed_token(&self, kind: &str, email: &str) -> String {
         self.try_mailed_token(kind, email)

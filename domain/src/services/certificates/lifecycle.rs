@@ -802,6 +802,30 @@ impl Domain {
                 .await?
             }
         }
+        // The person it was taken from is told, unless they made the change
+        // themselves or have left: a contact moved away without a word is
+        // how a certificate's expiry and revocation notices go astray.
+        if caller.acting_user_id() != Some(row.contact_id)
+            && let Some(previous) = user::Entity::find_by_id(row.contact_id).one(txn).await?
+            && parse::<UserState>(&previous.state)? != UserState::Deleted
+        {
+            let what = describe(&changed);
+            let new_contact_name = format!("{} {}", contact.first_name, contact.surname);
+            self.notify(
+                txn,
+                &previous,
+                NotificationKind::Certificate,
+                MailKind::CertificateContactReplaced,
+                &[
+                    ("first_name", previous.first_name.as_str()),
+                    ("organisation_name", org.name.as_str()),
+                    ("certificate", what.as_str()),
+                    ("new_contact_name", new_contact_name.as_str()),
+                ],
+                Some(row.id),
+            )
+            .await?;
+        }
         Ok(changed)
     }
 
