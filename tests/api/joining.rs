@@ -123,6 +123,10 @@ async fn a_person_asks_to_join_confirms_and_is_decided(backend: Backend) {
         .await;
     ask(&app, asking(&cvr, "Anna", &anna)).await.unwrap();
     let first_link = app.mailed_token("join_confirmation", &anna).await;
+    // The mail carries no text the asker chose (anyone may have it sent to
+    // any address): no greeting by the name given.
+    let texts = app.mail_texts("join_confirmation", &anna).await;
+    assert!(texts.iter().all(|text| !text.contains("Anna")), "{texts:?}");
     // Unconfirmed: listed to nobody, told to nobody.
     assert!(listed(&app, &ua_token, &org).await.unwrap().is_empty());
     assert_eq!(notifications(&app, &ua_token).await, 0);

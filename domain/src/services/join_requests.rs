@@ -227,15 +227,19 @@ impl Domain {
         };
         let language: Language = parse(&row.language)?;
         let url = self.settings.join_confirmation_url_template.replace("{token}", &token);
+        // Neither greeting nor display name: anyone may have this mail sent
+        // to any address, and the name is theirs to choose, so it would carry
+        // their text ("Your account is blocked, call …") under the
+        // organisation's name. The organisation's user administrators see
+        // the name once the address's owner has confirmed.
         self.enqueue_mail(
             &txn,
             Some(org.id),
             MailKind::JoinConfirmation,
             &row.email,
-            &format!("{} {}", row.first_name, row.surname),
+            "",
             language,
             &[
-                ("first_name", &row.first_name),
                 ("organisation_name", &org.name),
                 ("confirmation_link", &url),
                 ("expires_at", &crate::mail::date_time(row.expires_at)),
