@@ -464,6 +464,12 @@ async fn unknown_and_known_login_ids_answer_alike(backend: Backend) {
         times.sort();
         times[times.len() / 2]
     };
+    // Every refusal waits out the same floor: a known id's wrong password
+    // writes its failure, an unknown id writes nothing.
+    let floor = orgadmin_domain::services::login::LOGIN_REFUSAL_FLOOR;
+    for took in known_times.iter().chain(&unknown_times) {
+        assert!(*took >= floor, "a refusal answered in {took:?}, before the floor");
+    }
     let (known, unknown) = (median(&mut known_times), median(&mut unknown_times));
     // Both check one argon2 hash (~50 ms); the known id adds two short
     // writes. A missing dummy hash would make the unknown id ~50x faster.

@@ -45,6 +45,13 @@ use crate::validate::Violations;
 /// `log_in_in_one_statement`.
 const DISPLAY_NAME: &str = "display_name";
 
+/// The least time a refused login takes to answer, whoever the login id
+/// names: above a hash and the record of a wrong password on a healthy
+/// system (tens of milliseconds), so the answer's timing does not tell a
+/// known id with a wrong password (which writes its failure) from an
+/// unknown one (which writes nothing). As `RESET_ANSWER_FLOOR`.
+pub const LOGIN_REFUSAL_FLOOR: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A lock with no end: only an administrator lifts it.
 const PERMANENT: Millis = i64::MAX;
 
@@ -94,12 +101,21 @@ impl Domain {
             v.add("password", "is too long");
         }
         v.into_result()?;
+        let answer_at = tokio::time::Instant::now() + LOGIN_REFUSAL_FLOOR;
         // A full hashing queue refuses before a try is taken: a flood of
         // other sign-ins must not use up, and lock, this person's tries.
         let slot = self.hasher.reserve()?;
         let domain = self.clone();
-        self.to_the_end(async move { domain.login_in(slot, attempt).await })
-            .await
+        let outcome = self
+            .to_the_end(async move { domain.login_in(slot, attempt).await })
+            .await;
+        // Only an attempt that hashed gets here (the queue refused the
+        // rest), so the refusals waiting out the floor are at most the
+        // hashing's own rate times the floor.
+        if matches!(outcome, Err(DomainError::Unauthenticated { .. })) {
+            tokio::time::sleep_until(answer_at).await;
+        }
+        outcome
     }
 
     /// `login` after validation, in a reserved place of the hashing queue.
