@@ -49,6 +49,7 @@ mod m20261206_000074_count_failed_import_runs;
 mod m20261206_000075_revoke_self_made_service_account_tokens;
 mod m20261206_000076_hold_email_changes_asked_by_others;
 mod m20261206_000077_allow_the_identification_means_people_hold;
+mod m20261207_000078_count_admin_seats_a_check_took;
 
 pub use m20261206_000075_revoke_self_made_service_account_tokens::revoke_self_made_service_account_tokens;
 pub use m20261206_000077_allow_the_identification_means_people_hold::allow_the_means_people_hold;
@@ -142,6 +143,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000075_revoke_self_made_service_account_tokens::Migration),
             Box::new(m20261206_000076_hold_email_changes_asked_by_others::Migration),
             Box::new(m20261206_000077_allow_the_identification_means_people_hold::Migration),
+            Box::new(m20261207_000078_count_admin_seats_a_check_took::Migration),
         ]
     }
 }

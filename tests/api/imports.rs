@@ -15,6 +15,7 @@ both_backends!(
     create_files_in_three_encodings_land_every_row,
     every_kind_of_bad_row_is_reported_and_the_good_ones_land,
     licences_and_validate_only,
+    validate_only_counts_the_admin_seats_of_earlier_batches,
     licences_go_to_the_rows_that_can_be_created,
     edit_and_delete_files,
     legacy_files_bring_deactivated_users_and_administrators,
@@ -495,6 +496,55 @@ async fn licences_and_validate_only(backend: Backend) {
     assert_eq!(errors_of(&errors), expected, "the check said what the run did");
     assert!(errors[0].message.contains("all 4 licences"), "{:?}", errors[0]);
     assert_eq!(users_of(&app, &token, &org.id).await.len(), 4);
+    app.finish().await;
+}
+
+/// A validate-only check rolls each batch back; the administrator seats
+/// its earlier batches took count as taken, as the licences do, so the
+/// check says what applying the file would. Before, every batch saw the
+/// seats of before the file: the check passed an administrator row that
+/// the run then refused.
+async fn validate_only_counts_the_admin_seats_of_earlier_batches(backend: Backend) {
+    let app = app_with_imports(
+        backend,
+        ImportSettings {
+            create_batch_size: 2,
+            ..ImportSettings::default()
+        },
+    )
+    .await;
+    // Two administrator seats, one the fixture's: one is free.
+    let fixture = app.org_with_admin_limits(Some(100), Some(2)).await;
+    let (org, token) = (fixture.org.id.clone(), fixture.admin_token.clone());
+    let mut rows = create_rows(4, "seat");
+    for admin_row in [0, 2] {
+        let mut cells: Vec<String> = rows[admin_row].split(';').map(str::to_owned).collect();
+        cells.resize(15, String::new());
+        cells[10] = "ORGANISATION_ADMIN".into();
+        rows[admin_row] = cells.join(";");
+    }
+    let check = imported(
+        &app,
+        &token,
+        pb::ImportSpec {
+            validate_only: true,
+            ..spec(&org, pb::ImportKind::Create)
+        },
+        file(HEADER_DA, &rows).as_bytes(),
+        1 << 20,
+    )
+    .await;
+    let checked = app.import_job(&token, &check.id).await;
+    let expected = vec![(4, "roles", "MAX_ADMINISTRATORS_REACHED")];
+    assert_eq!((checked.applied, checked.failed), (3, 1), "{checked:?}");
+    assert_eq!(errors_of(&app.import_errors(&token, &check.id).await), expected);
+    let real = created_from(&app, &token, &org, &rows).await;
+    assert_eq!((real.applied, real.failed), (3, 1), "{real:?}");
+    assert_eq!(
+        errors_of(&app.import_errors(&token, &real.id).await),
+        expected,
+        "the check said what the run did"
+    );
     app.finish().await;
 }
 

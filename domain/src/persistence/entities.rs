@@ -581,6 +581,9 @@ pub mod import_job {
         pub trace_context: Option<String>,
         /// Runs that ended in an error since the checkpoint last moved.
         pub failed_runs: i32,
+        /// Validate-only: the administrator seats its rolled-back batches
+        /// took, counted as taken by the next.
+        pub admin_seats_taken: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

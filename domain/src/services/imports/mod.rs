@@ -328,6 +328,7 @@ impl Domain {
             file_deleted_at: Set(None),
             trace_context: Set(crate::telemetry::current_traceparent()),
             failed_runs: Set(0),
+            admin_seats_taken: Set(0),
         })
         .exec_without_returning(&self.db)
         .await?;

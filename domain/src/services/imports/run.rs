@@ -511,7 +511,20 @@ impl Domain {
             outcomes.push((row, outcome));
         }
         let (rows, checked): (Vec<i64>, Vec<_>) = creates.into_iter().unzip();
-        let answers = self.create_users_in(&txn, caller, checked).await?;
+        // A check counts the administrator seats its rolled-back batches
+        // took (the seat rule's own count, before and after this batch).
+        let checks_admin_seats = job.validate_only && !checked.is_empty();
+        let admin_seats = || crate::services::seat_holders(&txn, job.organisation_id, Role::OrganisationAdmin);
+        let seats_before = if checks_admin_seats { admin_seats().await? } else { 0 };
+        let admin_seats_taken_before = if job.validate_only { job.admin_seats_taken } else { 0 };
+        let answers = self
+            .create_users_in(&txn, caller, checked, admin_seats_taken_before)
+            .await?;
+        let admin_seats_taken = if checks_admin_seats {
+            admin_seats().await? - seats_before
+        } else {
+            0
+        };
         for (row, answer) in rows.into_iter().zip(answers) {
             let outcome = match answer {
                 Ok(user) => Outcome::Applied {
@@ -568,6 +581,10 @@ impl Domain {
             .col_expr(import_job::Column::UpdatedAt, Expr::value(now))
             // The job got further: failed runs before this one no longer count.
             .col_expr(import_job::Column::FailedRuns, Expr::value(0))
+            .col_expr(
+                import_job::Column::AdminSeatsTaken,
+                Expr::col(import_job::Column::AdminSeatsTaken).add(admin_seats_taken),
+            )
             .filter(import_job::Column::Id.eq(job.id))
             .filter(import_job::Column::ClaimedBy.eq(worker))
             .filter(import_job::Column::State.eq(ImportState::Running.as_str()))

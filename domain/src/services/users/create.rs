@@ -122,7 +122,7 @@ impl Domain {
         caller: &Caller,
         checked: CheckedNewUser,
     ) -> DomainResult<CreatedUser> {
-        self.create_users_in(txn, caller, vec![checked])
+        self.create_users_in(txn, caller, vec![checked], 0)
             .await?
             .pop()
             .unwrap_or_else(|| Err(DomainError::Internal("a create of one user answered nothing".into())))
@@ -132,12 +132,15 @@ impl Domain {
     /// few statements (the import job's batches): one answer per user, in
     /// order, as if each had been created alone in that order. A refused
     /// user changes nothing; the outer error is the database's (the caller
-    /// rolls back).
+    /// rolls back). `admin_seats_taken_before`: administrator seats to
+    /// count as taken beyond the stored ones (a validate-only import's
+    /// earlier batches, rolled back).
     pub(crate) async fn create_users_in(
         &self,
         txn: &DatabaseTransaction,
         caller: &Caller,
         mut users: Vec<CheckedNewUser>,
+        admin_seats_taken_before: i64,
     ) -> DomainResult<Vec<DomainResult<CreatedUser>>> {
         let Some(org_id) = users.first().map(|u| u.new.organisation_id) else {
             return Ok(Vec::new());
@@ -217,7 +220,8 @@ impl Domain {
                 .zip(&answers)
                 .any(|(u, a)| a.is_none() && takes_admin_seat(u))
         {
-            Some((i64::from(org.max_administrators) - seat_holders(txn, org_id, Role::OrganisationAdmin).await?).max(0))
+            let held = seat_holders(txn, org_id, Role::OrganisationAdmin).await? + admin_seats_taken_before;
+            Some((i64::from(org.max_administrators) - held).max(0))
         } else {
             None
         };
