@@ -1191,7 +1191,7 @@ async fn a_login_checked_while_the_person_is_deactivated_gets_no_session() {
                  WHERE id = (SELECT organisation_id FROM users WHERE id = '{user_id}')"
             ),
             format!(
-                "UPDATE api_tokens SET revoked_at = 1 WHERE user_id = '{user_id}' AND kind = 'session' AND revoked_at IS NULL"
+                "UPDATE api_tokens SET revoked_at = 1 WHERE user_id = '{user_id}' AND kind = 'SESSION' AND revoked_at IS NULL"
             ),
         ]
     })
@@ -1226,7 +1226,7 @@ fn reset_in_progress(user_id: &str) -> Vec<String> {
              VALUES ('{user_id}', '$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$bmV3aGFzaA', 1, 0, 0)"
         ),
         format!(
-            "UPDATE api_tokens SET revoked_at = 1 WHERE user_id = '{user_id}' AND kind = 'session' AND revoked_at IS NULL"
+            "UPDATE api_tokens SET revoked_at = 1 WHERE user_id = '{user_id}' AND kind = 'SESSION' AND revoked_at IS NULL"
         ),
     ]
 }
@@ -1260,7 +1260,7 @@ async fn login_raced_by(
     .await
     .unwrap();
     let sessions_open = format!(
-        "SELECT COUNT(*) FROM api_tokens WHERE user_id = '{}' AND kind = 'session' AND revoked_at IS NULL",
+        "SELECT COUNT(*) FROM api_tokens WHERE user_id = '{}' AND kind = 'SESSION' AND revoked_at IS NULL",
         gry.id
     );
 
