@@ -957,7 +957,24 @@ pub(crate) fn login_unlocked(organisation_id: Uuid, user_id: Uuid, caller: &Call
 
 #[cfg(test)]
 mod tests {
-    use super::{peer_limit_key, site_limit_key};
+    use super::{peer_limit_key, second_factor_method, site_limit_key};
+
+    /// `log_in_in_one_statement` writes "no second step" as SQL: no
+    /// organisation rule and no confirmed app. Should the rule ever ask a
+    /// second step in another case too, this fails before that statement
+    /// logs such a person in without one.
+    #[test]
+    fn the_one_statement_login_s_condition_is_the_rule_s_no_second_step() {
+        for organisation_requires in [false, true] {
+            for has_app in [false, true] {
+                assert_eq!(
+                    second_factor_method(organisation_requires, has_app).is_none(),
+                    !organisation_requires && !has_app,
+                    "requires {organisation_requires}, app {has_app}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn an_ipv6_address_counts_against_its_64() {
