@@ -1241,21 +1241,8 @@ async fn a_service_account_delegates_nothing(backend: Backend) {
     let (finn, finn_token) = app.member(&fixture, "Finn", &[]).await;
     let (eva, _) = app.member(&fixture, "Eva", &[]).await;
     let account = app
-        .users()
-        .create_user(req(
-            &user_admin,
-            pb::CreateUserRequest {
-                organisation_id: fixture.org.id.clone(),
-                first_name: "Lønsystem".into(),
-                surname: "Integration".into(),
-                email: unique_email("loen-api"),
-                service_account: true,
-                ..Default::default()
-            },
-        ))
+        .service_account(&user_admin, &fixture.org.id)
         .await
-        .expect("a service account")
-        .into_inner()
         .user
         .expect("user");
 

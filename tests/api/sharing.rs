@@ -16,6 +16,7 @@ both_backends!(
     a_share_confers_no_administration,
     a_deleted_users_delegation_ends_with_them,
     the_service_account_managed_through_shared_access,
+    a_reset_ends_every_api_token_the_person_made,
     a_level_shares_ordinary_users_resources_only
 );
 
@@ -52,6 +53,24 @@ async fn get_user_as(app: &TestApp, token: &str, owner: &pb::User, id: &str) -> 
         .map(|r| r.into_inner().user.expect("user"))
 }
 
+/// An API token for `owner_id`, made with `token` acting as them.
+async fn token_as(app: &TestApp, token: String, owner_id: String) -> Result<pb::CreateApiTokenResponse, tonic::Status> {
+    app.auth()
+        .create_api_token(acting_as(
+            &owner_id,
+            req(
+                &token,
+                pb::CreateApiTokenRequest {
+                    user_id: owner_id.clone(),
+                    name: "lønkørsel".into(),
+                    ..Default::default()
+                },
+            ),
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
 fn preferences() -> pb::UpdateNotificationPreferencesRequest {
     pb::UpdateNotificationPreferencesRequest {
         preferences: vec![pb::NotificationPreference {
@@ -59,6 +78,73 @@ fn preferences() -> pb::UpdateNotificationPreferencesRequest {
             channel: pb::DeliveryChannel::InApp as i32,
         }],
     }
+}
+
+/// Someone who knew Finn's password could mint API tokens with it, his own
+/// and, through his edit share, the service account's: his password reset
+/// (what he does when he fears that) ends them all, and no one else's.
+async fn a_reset_ends_every_api_token_the_person_made(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (_, ua_token) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (finn, finn_session) = app.member(&fixture, "Finn", &[]).await;
+    let (eva, eva_session) = app.member(&fixture, "Eva", &[]).await;
+    let account = app
+        .service_account(&ua_token, &fixture.org.id)
+        .await
+        .user
+        .expect("user");
+    for grantee in [&finn, &eva] {
+        share(&app, &ua_token, &account, grantee, EDIT)
+            .await
+            .expect("shared to edit");
+    }
+    let account_token = |session: String| {
+        let made = token_as(&app, session, account.id.clone());
+        async move { made.await.expect("an edit share makes the account's token").secret }
+    };
+    let finns_own = app.own_api_token(&finn_session, &finn.id).await;
+    let finns_for_account = account_token(finn_session.clone()).await;
+    let evas_own = app.own_api_token(&eva_session, &eva.id).await;
+    let evas_for_account = account_token(eva_session.clone()).await;
+
+    app.request_password_reset(&finn.email).await;
+    let link = app.mailed_token("password_reset", &finn.email).await;
+    app.auth()
+        .reset_password(req(
+            "",
+            pb::ResetPasswordRequest {
+                token: link,
+                password: "rødgrød med fløde, tak 2026".into(),
+            },
+        ))
+        .await
+        .expect("reset");
+
+    for (what, token) in [
+        ("Finn's session", &finn_session),
+        ("Finn's own API token", &finns_own),
+        ("the account's token Finn made", &finns_for_account),
+    ] {
+        assert_eq!(
+            app.who_am_i(token).await.map(drop).unwrap_err().code(),
+            Code::Unauthenticated,
+            "{what} outlived his reset"
+        );
+    }
+    for (what, token) in [
+        ("Eva's session", &eva_session),
+        ("Eva's own API token", &evas_own),
+        ("the account's token Eva made", &evas_for_account),
+    ] {
+        app.who_am_i(token)
+            .await
+            .unwrap_or_else(|status| panic!("{what} ended with Finn's reset: {status:?}"));
+    }
+    let reset = app
+        .history_of(&fixture.admin_token, &finn.id, pb::HistoryActivity::PasswordReset)
+        .await;
+    assert_eq!(changed_to(&reset[0], "api_tokens_ended"), Some("2"), "{reset:?}");
 }
 
 /// The seed's API user: an account a user administrator shares with two
@@ -603,22 +689,7 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
         pending + sent + failed
     };
     let mails_before = mails().await;
-    let created = app
-        .users()
-        .create_user(req(
-            &ua_token,
-            pb::CreateUserRequest {
-                organisation_id: fixture.org.id.clone(),
-                first_name: "Lønsystem".into(),
-                surname: "Integration".into(),
-                email: "loen-api@vaerksted.example".into(),
-                service_account: true,
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("a service account")
-        .into_inner();
+    let created = app.service_account(&ua_token, &fixture.org.id).await;
     let account = created.user.expect("user");
     assert!(account.service_account);
     assert_eq!(account.state(), pb::UserState::Active);
@@ -732,25 +803,7 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
     share(&app, &ua_token, &account, &eva, READ)
         .await
         .expect("shared to read");
-    let make_token = |token: String, owner: pb::User| {
-        let app = &app;
-        async move {
-            app.auth()
-                .create_api_token(acting_as(
-                    &owner.id,
-                    req(
-                        &token,
-                        pb::CreateApiTokenRequest {
-                            user_id: owner.id.clone(),
-                            name: "lønkørsel".into(),
-                            ..Default::default()
-                        },
-                    ),
-                ))
-                .await
-                .map(|r| r.into_inner())
-        }
-    };
+    let make_token = |token: String, owner: pb::User| token_as(&app, token, owner.id);
     // To read is not to make credentials.
     let status = make_token(eva_token.clone(), account.clone()).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");

@@ -1163,6 +1163,26 @@ impl TestApp {
         (activated.user.expect("user"), activated.session_token)
     }
 
+    /// A service account ("Lønsystem Integration") that `token` (a user
+    /// administrator's) makes in the organisation, as created.
+    pub async fn service_account(&self, token: &str, organisation_id: &str) -> pb::CreateUserResponse {
+        self.users()
+            .create_user(req(
+                token,
+                pb::CreateUserRequest {
+                    organisation_id: organisation_id.to_owned(),
+                    first_name: "Lønsystem".into(),
+                    surname: "Integration".into(),
+                    email: unique_email("loen-api"),
+                    service_account: true,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("a service account")
+            .into_inner()
+    }
+
     /// An API token of the caller's own (`session` is the caller's token).
     pub async fn own_api_token(&self, session: &str, user_id: &str) -> String {
         self.auth()

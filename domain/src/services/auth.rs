@@ -27,7 +27,7 @@ pub const DEFAULT_TOKEN_LIFETIME: Millis = 90 * DAY;
 pub const MAX_TOKEN_LIFETIME: Millis = 2 * 366 * DAY;
 
 const KIND_OPERATOR: &str = "OPERATOR";
-const KIND_API: &str = "API";
+pub(crate) const KIND_API: &str = "API";
 /// A session: handed to the person who proved who they are (activation now,
 /// Login later), never to anyone else.
 pub(crate) const KIND_SESSION: &str = "SESSION";

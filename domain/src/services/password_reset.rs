@@ -186,8 +186,9 @@ impl Domain {
     }
 
     /// Sets a new password with a reset link's token. Every session of the
-    /// person ends (whoever else was signed in is out) and a login lock is
-    /// lifted; they log in again with the new password.
+    /// person ends (whoever else was signed in is out), and every API token
+    /// they made, and a login lock is lifted; they log in again with the
+    /// new password.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn reset_password(&self, token: &str, password: Password, peer: Option<String>) -> DomainResult<()> {
         let mut v = Violations::default();
@@ -268,9 +269,22 @@ impl Domain {
             .filter(api_token::Column::RevokedAt.is_null())
             .exec(&txn)
             .await?;
+        // A reset is what someone does who fears their password is known:
+        // an API token minted with it (their own, or one made through a
+        // share for a service account) would let whoever knew it in still,
+        // for up to two years. So every API token the person made ends too.
+        let tokens_ended = api_token::Entity::update_many()
+            .col_expr(api_token::Column::RevokedAt, Expr::value(now))
+            .filter(api_token::Column::OrganisationId.eq(row.organisation_id))
+            .filter(api_token::Column::Kind.eq(crate::services::auth::KIND_API))
+            .filter(api_token::Column::CreatedBy.eq(format!("user:{}", row.id)))
+            .filter(api_token::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
         let mut changes = Vec::new();
         diff(&mut changes, "password", "", "changed");
         diff(&mut changes, "sessions_ended", "", ended.rows_affected);
+        diff(&mut changes, "api_tokens_ended", "", tokens_ended.rows_affected);
         diff(&mut changes, "peer", "", peer.as_deref().unwrap_or("unknown"));
         history::record(
             &txn,
