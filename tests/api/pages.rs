@@ -19,6 +19,7 @@ both_backends!(
     a_forged_or_stale_form_changes_nothing,
     a_client_that_sends_slowly_is_cut_off,
     a_body_too_large_or_broken_is_answered_for_what_it_is,
+    a_login_id_in_two_organisations_signs_in_on_the_pages_by_cvr,
 );
 
 const LANGUAGES: [(pb::Language, &str); 3] = [
@@ -204,6 +205,123 @@ async fn a_person_activates_logs_in_and_resets_in_a_browser(backend: Backend) {
     }
     drop(browser);
     worker.stop().await;
+    app.finish().await;
+}
+
+/// A form's fields as `application/x-www-form-urlencoded`.
+fn form_body(fields: &[(&str, &str)]) -> String {
+    let encode = |value: &str| {
+        value
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                b' ' => "+".to_owned(),
+                other => format!("%{other:02X}"),
+            })
+            .collect::<String>()
+    };
+    fields
+        .iter()
+        .map(|(name, value)| format!("{name}={}", encode(value)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The pages have no organisation ids, so a login id held by people in two
+/// organisations names neither there: the login and forgotten-password
+/// pages take the organisation's CVR number, optional, to say which.
+async fn a_login_id_in_two_organisations_signs_in_on_the_pages_by_cvr(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (first, second) = (app.org_with_admin().await, app.org_with_admin().await);
+    let (anna, email) = app.member_with_password(&first, "Anna", &[]).await;
+    let mut twin = new_user(&second.org.id, "Anna", &[]);
+    twin.email = email.clone();
+    let (anna_too, _) = app.member_with_password_from(&second.admin_token, twin).await;
+
+    // A page's CSRF cookie and the form's token.
+    let (head, page) = app.http("GET", "/login?lang=en", &[], b"").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        page.contains("id=\"organisation_cvr\"") && page.contains("several organisations"),
+        "{page}"
+    );
+    let csrf_cookie = set_cookie(&head, "__Host-oa_csrf");
+    let csrf = csrf_cookie.split_once('=').unwrap().1.to_owned();
+    let post = |path: &'static str, fields: Vec<(&'static str, String)>| {
+        let (app, csrf, csrf_cookie) = (&app, csrf.clone(), csrf_cookie.clone());
+        async move {
+            let mut all = vec![("csrf", csrf.as_str())];
+            all.extend(fields.iter().map(|(name, value)| (*name, value.as_str())));
+            let (head, page) = app
+                .http(
+                    "POST",
+                    &format!("{path}?lang=en"),
+                    &[
+                        ("cookie", &csrf_cookie),
+                        ("content-type", "application/x-www-form-urlencoded"),
+                    ],
+                    form_body(&all).as_bytes(),
+                )
+                .await;
+            (head, String::from_utf8(page).unwrap())
+        }
+    };
+    let log_in = |cvr: String| {
+        post(
+            "/login",
+            vec![
+                ("login_id", email.clone()),
+                ("password", TEST_PASSWORD.to_owned()),
+                ("organisation_cvr", cvr),
+            ],
+        )
+    };
+
+    // Without a CVR number, or with one of no organisation here: refused
+    // alike. A malformed one is named as such.
+    let before = app.fingerprint().await;
+    let (head, ambiguous) = log_in(String::new()).await;
+    assert!(
+        head.starts_with("HTTP/1.1 422") && !head.contains("__Host-oa_session"),
+        "{head}"
+    );
+    assert!(ambiguous.contains("class=\"error\""), "{ambiguous}");
+    let (head, elsewhere) = log_in(unique_cvr()).await;
+    assert!(!head.contains("__Host-oa_session"), "{head}");
+    assert_eq!(
+        elsewhere, ambiguous,
+        "an unknown CVR number reads unlike an ambiguous login id"
+    );
+    let (head, malformed) = log_in("1234".into()).await;
+    assert!(!head.contains("__Host-oa_session"), "{head}");
+    assert!(malformed.contains("A CVR number has 8 digits"), "{malformed}");
+    assert_eq!(app.fingerprint().await, before, "a refused sign-in changed data");
+
+    // With the second organisation's number: Anna of the second.
+    let (head, _) = log_in(format!(" {} ", second.org.cvr)).await;
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    let session = set_cookie(&head, "__Host-oa_session");
+    let who = app
+        .who_am_i(session.split_once('=').unwrap().1)
+        .await
+        .expect("the page's session");
+    assert_eq!(who.user_id, anna_too.id);
+
+    // A reset link asked for with the first organisation's number goes to
+    // the first Anna only.
+    let (head, _) = post(
+        "/forgot-password",
+        vec![("login_id", email.clone()), ("organisation_cvr", first.org.cvr.clone())],
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    for (fixture, person, asked) in [(&first, &anna, 1), (&second, &anna_too, 0)] {
+        let sent = app
+            .history_of(&fixture.admin_token, &person.id, pb::HistoryActivity::PasswordResetSent)
+            .await;
+        assert_eq!(sent.len(), asked, "{}: {sent:?}", person.id);
+    }
     app.finish().await;
 }
 

@@ -678,6 +678,26 @@ impl Domain {
 }
 
 impl Domain {
+    /// The organisation a sign-in page names by its CVR number, for a login
+    /// id held by people in several organisations (the pages have no
+    /// organisation ids to offer). Empty: none named. Text that names no
+    /// organisation gives the nil id, which names nobody, so the sign-in
+    /// is refused like any other and takes as long.
+    pub async fn organisation_for_sign_in(&self, cvr: &str) -> DomainResult<Option<Uuid>> {
+        let cvr = cvr.trim();
+        if cvr.is_empty() {
+            return Ok(None);
+        }
+        let id: Option<Uuid> = organisation::Entity::find()
+            .select_only()
+            .column(organisation::Column::Id)
+            .filter(organisation::Column::Cvr.eq(cvr))
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        Ok(Some(id.unwrap_or(Uuid::nil())))
+    }
+
     /// Counts one sign-in attempt against the per-minute limits of its login
     /// id (when the call names one) and of its peer address, before the
     /// call looks anything up: RATE_LIMITED with the time to wait.

@@ -72,6 +72,8 @@ struct Field {
     autocomplete: &'static str,
     numeric: bool,
     hint: Option<String>,
+    /// May be left empty (every other field is `required`).
+    optional: bool,
 }
 
 impl Field {
@@ -83,6 +85,18 @@ impl Field {
             autocomplete,
             numeric: false,
             hint: None,
+            optional: false,
+        }
+    }
+
+    /// The organisation's CVR number, needed only when the login id belongs
+    /// to people in several organisations.
+    fn organisation_cvr(t: &Texts) -> Self {
+        Self {
+            numeric: true,
+            hint: Some(t.organisation_cvr_hint.to_owned()),
+            optional: true,
+            ..Self::new("organisation_cvr", t.organisation_cvr_label, "text", "off")
         }
     }
 }
@@ -544,6 +558,13 @@ fn simple_form(mut visit: Visit, form: SimpleForm, error: Option<String>) -> Res
     visit.form_page(page)
 }
 
+/// The optional CVR number of the sign-in forms is empty or well formed: a
+/// mistyped one is named as such, not refused as a wrong password.
+fn cvr_well_formed(visit: &Visit) -> bool {
+    let cvr = visit.field("organisation_cvr").trim();
+    cvr.is_empty() || orgadmin_domain::validate::cvr(cvr).is_ok()
+}
+
 fn login_form(visit: Visit, error: Option<String>) -> Response {
     let t = visit.t();
     let forgot = format!("/forgot-password{}", visit.lang_query());
@@ -554,6 +575,7 @@ fn login_form(visit: Visit, error: Option<String>) -> Response {
         fields: vec![
             Field::new("login_id", t.login_id_label, "text", "username"),
             Field::new("password", t.password_label, "password", "current-password"),
+            Field::organisation_cvr(t),
         ],
         button: t.login_button,
         links: vec![(forgot, t.forgot_link)],
@@ -569,18 +591,25 @@ async fn login_submit(State(domain): State<Domain>, mut visit: Visit) -> Respons
     if !visit.csrf_matches() {
         return visit.form_expired("/login");
     }
+    if !cvr_well_formed(&visit) {
+        let text = visit.t().err_cvr_invalid.to_owned();
+        return login_form(visit, Some(text));
+    }
     let login_id = visit.field("login_id").to_owned();
     let outcome = match domain.limit_sign_in_attempt("login", Some(&login_id), visit.peer.as_deref()) {
-        Ok(()) => {
-            domain
-                .login(LoginAttempt {
-                    login_id,
-                    password: Password::new(visit.field("password")),
-                    organisation_id: None,
-                    peer: visit.peer.clone(),
-                })
-                .await
-        }
+        Ok(()) => match domain.organisation_for_sign_in(visit.field("organisation_cvr")).await {
+            Ok(organisation_id) => {
+                domain
+                    .login(LoginAttempt {
+                        login_id,
+                        password: Password::new(visit.field("password")),
+                        organisation_id,
+                        peer: visit.peer.clone(),
+                    })
+                    .await
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     match outcome {
@@ -726,7 +755,10 @@ fn forgot_form(visit: Visit, error: Option<String>) -> Response {
         title: t.forgot_title,
         intro: Some(t.forgot_intro),
         action: "/forgot-password",
-        fields: vec![Field::new("login_id", t.login_id_label, "text", "username")],
+        fields: vec![
+            Field::new("login_id", t.login_id_label, "text", "username"),
+            Field::organisation_cvr(t),
+        ],
         button: t.forgot_button,
         links: Vec::new(),
     };
@@ -737,9 +769,20 @@ async fn forgot_submit(State(domain): State<Domain>, visit: Visit) -> Response {
     if !visit.csrf_matches() {
         return visit.form_expired("/forgot-password");
     }
+    if !cvr_well_formed(&visit) {
+        let text = visit.t().err_cvr_invalid.to_owned();
+        return forgot_form(visit, Some(text));
+    }
     let login_id = visit.field("login_id").to_owned();
     let asked = match domain.limit_sign_in_attempt("reset", Some(&login_id), visit.peer.as_deref()) {
-        Ok(()) => domain.request_password_reset(&login_id, None, visit.peer.clone()).await,
+        Ok(()) => match domain.organisation_for_sign_in(visit.field("organisation_cvr")).await {
+            Ok(organisation_id) => {
+                domain
+                    .request_password_reset(&login_id, organisation_id, visit.peer.clone())
+                    .await
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     match asked {
