@@ -275,15 +275,113 @@ const MAX_HTTP_CONNECTIONS: usize = 1024;
 /// How long a client may take to send a request's headers, and how long
 /// an idle keep-alive connection stays.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an answer may wait for the client to take any of it: as long
+/// as a request gets to arrive. A client that stops reading (a large CRL
+/// asked for and never read, or answers to pipelined requests piling up)
+/// held its connection, and one of the places, for ever.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connections still open at shutdown get to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A connection whose writes may wait at most `limit` for the peer to make
+/// room: a write that stays pending longer fails (TimedOut), and hyper
+/// closes the connection. Progress, however slow, resets the clock.
+struct WriteStallLimit<S> {
+    inner: S,
+    limit: Duration,
+    /// Set while a write waits for room: when it ends.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteStallLimit<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// `polled`, or TimedOut once writes have waited `limit` in a row.
+    fn limited<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took nothing of the answer for too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteStallLimit<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStallLimit<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.limited(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.limited(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.limited(cx, polled)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.limited(cx, polled)
+    }
+}
 
 /// Serves `app` on `listener` until `shutdown`, each connection with the
 /// peer's address for the pages (attempt limits, history). Unlike
 /// `axum::serve`, which starts hyper without a timer: a client sending its
 /// headers a byte a minute (slowloris) held its connection for ever, and
 /// enough of them took every file descriptor of the process, gRPC's too.
-/// Here headers must arrive within `HEADER_READ_TIMEOUT`, at most
+/// Here headers must arrive within `HEADER_READ_TIMEOUT`, answers must not
+/// wait longer than `WRITE_STALL_TIMEOUT` for the client to read, at most
 /// `MAX_HTTP_CONNECTIONS` are open at once, and shutdown waits for open
 /// connections at most `SHUTDOWN_GRACE`.
 async fn serve_guarded(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()> + Send + 'static) {
@@ -324,7 +422,7 @@ async fn serve_guarded(listener: TcpListener, app: Router, shutdown: impl Future
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(WriteStallLimit::new(stream, WRITE_STALL_TIMEOUT)), service);
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => return,

@@ -17,7 +17,7 @@ use tonic::Code;
 both_backends!(
     a_person_activates_logs_in_and_resets_in_a_browser,
     a_forged_or_stale_form_changes_nothing,
-    a_client_that_sends_slowly_is_cut_off,
+    a_client_that_sends_or_reads_slowly_is_cut_off,
     a_body_too_large_or_broken_is_answered_for_what_it_is,
     a_login_id_in_two_organisations_signs_in_on_the_pages_by_cvr,
 );
@@ -433,10 +433,11 @@ async fn a_forged_or_stale_form_changes_nothing(backend: Backend) {
 
 /// A client that sends its request's headers, or a form's or an OCSP
 /// request's body, a little at a time (slowloris) is cut off: the headers
-/// within 10 s, the body within 10 s of them. The HTTP port used to be served without a timer:
-/// such a connection stayed open for ever, and enough of them took every
-/// file descriptor of the process, gRPC's listener's too.
-async fn a_client_that_sends_slowly_is_cut_off(backend: Backend) {
+/// within 10 s, the body within 10 s of them; so is one that stops reading
+/// the answers, 10 s after they stall. The HTTP port used to be served
+/// without a timer: such a connection stayed open for ever, and enough of
+/// them took every file descriptor of the process, gRPC's listener's too.
+async fn a_client_that_sends_or_reads_slowly_is_cut_off(backend: Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::start(backend).await;
     let cut_off = |first: &'static [u8]| {
@@ -454,14 +455,44 @@ async fn a_client_that_sends_slowly_is_cut_off(backend: Backend) {
             String::from_utf8_lossy(&answer).into_owned()
         }
     };
-    let (headers, form, ocsp) = tokio::join!(
+    // A client that asks and never reads: pipelined requests whose answers
+    // outgrow every buffer between it and the server. Once the server's
+    // writes have waited 10 s, it closes the connection; before, it waited
+    // for ever, and answered everything once the client read on.
+    const ASKED: usize = 20_000;
+    let never_reads = async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+        let stream = socket.connect(app.http_addr).await.expect("connect");
+        let (mut reader, mut writer) = stream.into_split();
+        let asking = tokio::spawn(async move {
+            let requests = b"GET /ca.pem HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(ASKED);
+            // Cut off with the requests half sent: that is the point.
+            let _ = writer.write_all(&requests).await;
+            writer
+        });
+        tokio::time::sleep(std::time::Duration::from_secs(13)).await;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), reader.read_to_end(&mut answer)).await;
+        asking.abort();
+        (
+            read.is_ok(),
+            String::from_utf8_lossy(&answer).matches("HTTP/1.1 200").count(),
+        )
+    };
+    let (headers, form, ocsp, (closed, answered)) = tokio::join!(
         cut_off(b"GET /ca.pem HTTP/1.1\r\nHost: localhost\r\n"),
         cut_off(b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nab"),
         cut_off(b"POST /ocsp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nab"),
+        never_reads,
     );
     assert!(headers.is_empty() || headers.starts_with("HTTP/1.1 408"), "{headers}");
     assert!(form.starts_with("HTTP/1.1 408"), "{form}");
     assert!(ocsp.starts_with("HTTP/1.1 408"), "{ocsp}");
+    assert!(
+        closed && answered < ASKED,
+        "a client that never read was still served: closed {closed}, {answered} of {ASKED} answered"
+    );
     // The port still serves everyone else.
     let (head, _) = app.http("GET", "/ca.pem", &[], b"").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
