@@ -1324,6 +1324,57 @@ async fn login_raced_by(
     answer
 }
 
+/// A reset link asked for while the person's address changes goes to the
+/// address the change leaves. The request read the person before taking
+/// their row's lock and mailed that read's address: a live link went to the
+/// old mailbox after the change had ended every reset link. (The change is
+/// played by a transaction that has moved the address and ended the links,
+/// not yet committed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_asked_for_as_the_address_changes_goes_to_the_new_address() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (hans, old_email) = app.member_with_password(&fixture, "Hans", &[]).await;
+    let new_email = unique_email("hans-ny");
+    let changing = app
+        .in_progress(&[
+            format!(
+                "UPDATE users SET email = '{new_email}', email_key = '{new_email}' WHERE id = '{}'",
+                hans.id
+            ),
+            format!(
+                "UPDATE activation_secrets SET revoked_at = 1 WHERE user_id = '{}' AND revoked_at IS NULL",
+                hans.id
+            ),
+        ])
+        .await;
+    let asking = {
+        let (mut auth, login_id) = (app.auth(), old_email.clone());
+        tokio::spawn(async move {
+            auth.request_password_reset(req(
+                "",
+                pb::RequestPasswordResetRequest {
+                    login_id,
+                    ..Default::default()
+                },
+            ))
+            .await
+        })
+    };
+    app.until_waiting_on_a_lock("users").await;
+    changing.commit().await;
+    asking.await.unwrap().expect("the same answer as always");
+    let mailed_to = |address: &str| {
+        format!("SELECT COUNT(*) FROM outbox_mails WHERE kind = 'password_reset' AND recipient = '{address}'")
+    };
+    assert_eq!(
+        app.count(&mailed_to(&old_email)).await,
+        0,
+        "a reset link went to the old address"
+    );
+    assert_eq!(app.count(&mailed_to(&new_email)).await, 1);
+}
+
 /// Two resets of one person at once: the second waits for the first and is
 /// refused, as its link ended with the first reset. Each took its own link
 /// and then ended the other's, so they locked each other's links and one

@@ -17,6 +17,7 @@ both_backends!(
     a_deleted_users_delegation_ends_with_them,
     the_service_account_managed_through_shared_access,
     a_reset_ends_every_api_token_the_person_made,
+    a_token_asked_for_as_its_share_ends_is_refused,
     a_level_shares_ordinary_users_resources_only
 );
 
@@ -145,6 +146,54 @@ async fn a_reset_ends_every_api_token_the_person_made(backend: Backend) {
         .history_of(&fixture.admin_token, &finn.id, pb::HistoryActivity::PasswordReset)
         .await;
     assert_eq!(changed_to(&reset[0], "api_tokens_ended"), Some("2"), "{reset:?}");
+}
+
+/// The share is read as the call comes in; a token made after the share
+/// ended (or became read-only) meanwhile was missed by the revocation's
+/// sweep of the tokens made through it, and acted as the account for two
+/// years. Here the call is held between the two with the domain's own
+/// functions, as a slow call would be.
+async fn a_token_asked_for_as_its_share_ends_is_refused(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (_, ua_token) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (finn, finn_session) = app.member(&fixture, "Finn", &[]).await;
+    let account = app
+        .service_account(&ua_token, &fixture.org.id)
+        .await
+        .user
+        .expect("user");
+    let account_id = uuid::Uuid::parse_str(&account.id).unwrap();
+    for ends in ["revoked", "made read-only"] {
+        let shared = share(&app, &ua_token, &account, &finn, EDIT)
+            .await
+            .expect("shared to edit");
+        let acting = app
+            .domain
+            .authenticate_acting(&finn_session, &account.id, true)
+            .await
+            .expect("Finn acts as the account");
+        if ends == "revoked" {
+            app.access()
+                .revoke_share(req(&ua_token, pb::RevokeShareRequest { id: shared.id }))
+                .await
+                .expect("revoked");
+        } else {
+            share(&app, &ua_token, &account, &finn, READ)
+                .await
+                .expect("made read-only");
+        }
+        let before = app.fingerprint().await;
+        let made = app
+            .domain
+            .create_api_token(&acting, account_id, "lønkørsel", None, None)
+            .await;
+        assert!(
+            matches!(made, Err(orgadmin_domain::error::DomainError::PermissionDenied { .. })),
+            "a token through a share {ends} meanwhile: {made:?}"
+        );
+        assert!(app.fingerprint().await == before, "the refused token changed data");
+    }
 }
 
 /// The seed's API user: an account a user administrator shares with two

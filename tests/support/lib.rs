@@ -347,6 +347,24 @@ impl TestApp {
             .expect("a count")
     }
 
+    /// Waits (up to 10 s) until a statement of this test's database (other
+    /// tests' waits must not count) that mentions `table` waits on a lock.
+    /// PostgreSQL only.
+    pub async fn until_waiting_on_a_lock(&self, table: &str) {
+        let waiting = format!(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND datname = current_database() AND query ILIKE '%{table}%'"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.count(&waiting).await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing waited on a lock over {table} within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// The person of `session` asks to become anonymous; the request's id.
     pub async fn ask_anonymity(&self, session: &str) -> String {
         self.users()

@@ -358,6 +358,13 @@ impl Domain {
         }
         let secret = new_token();
         let txn = crate::persistence::begin_write(&self.db).await?;
+        if let Some(acting) = caller.acting {
+            // The share was read when the call came in, outside this
+            // transaction: ended (or made read-only) since, its
+            // revocation's sweep of tokens made through it could not see
+            // this one, which would act as the account for two years.
+            super::access::ensure_share_allows_edit(&txn, target.organisation_id, user_id, acting.by).await?;
+        }
         if let Some(done) = token_by_request(&txn, user_id, request_id).await? {
             return Err(request_already_done(done.id));
         }

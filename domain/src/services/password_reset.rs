@@ -76,15 +76,23 @@ impl Domain {
             tracing::debug!("password reset asked for a login id that names no one active person");
             return Ok(());
         };
-        let caller = person_caller(&row);
         let txn = crate::persistence::begin_write(&self.db).await?;
         // Requests for one person queue here (PostgreSQL; SQLite has one
-        // writer), so two at once cannot both find no link on its way.
-        let mut person = user::Entity::find_by_id(row.id);
-        if crate::persistence::is_postgres(&txn) {
-            person = person.lock(LockType::NoKeyUpdate);
+        // writer), so two at once cannot both find no link on its way. The
+        // link goes to the address the locked row holds: read before the
+        // lock, a change of address committed meanwhile (which ends reset
+        // links) sent a live link to the old mailbox.
+        let Some(row) = user::Entity::find_by_id(row.id)
+            .lock(LockType::NoKeyUpdate)
+            .one(&txn)
+            .await?
+        else {
+            return Ok(());
+        };
+        if parse::<UserState>(&row.state)? != UserState::Active || row.service_account {
+            return Ok(());
         }
-        person.one(&txn).await?;
+        let caller = person_caller(&row);
         if self.reset_link_on_its_way(&txn, row.id).await? {
             tracing::debug!("password reset asked for again while the last link is on its way; nothing sent");
             return Ok(());
@@ -122,7 +130,9 @@ impl Domain {
         self.authorize_on_user(caller, Action::SendPasswordReset, user_id)
             .await?;
         let txn = crate::persistence::begin_write(&self.db).await?;
+        // Locked, as above: the link goes to the address in force.
         let row = user::Entity::find_by_id(user_id)
+            .lock(LockType::NoKeyUpdate)
             .one(&txn)
             .await?
             .ok_or_else(|| DomainError::not_found("user", user_id))?;

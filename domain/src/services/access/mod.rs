@@ -24,6 +24,7 @@ mod shares;
 pub(crate) use grants::GranteeRow;
 pub use grants::{GrantFilter, GrantedRight, Grantee, NewGrant, RevokedGrants};
 pub use groups::{Group, GroupMember, NewGroup};
+pub(crate) use shares::ensure_share_allows_edit;
 pub use shares::{Share, ShareFilter};
 
 use super::lock_organisation;

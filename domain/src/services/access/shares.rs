@@ -81,6 +81,32 @@ async fn revoke_tokens_made_through(
     Ok(())
 }
 
+/// Refused unless `owner_id` shares their resources with `grantee_id` to
+/// edit, as of now: the organisation's lock is taken first, the one every
+/// change of a share takes, so a share cannot end between this check and
+/// the commit of what the caller writes through it.
+pub(crate) async fn ensure_share_allows_edit(
+    txn: &sea_orm::DatabaseTransaction,
+    organisation_id: Uuid,
+    owner_id: Uuid,
+    grantee_id: Uuid,
+) -> DomainResult<()> {
+    lock_organisation(txn, organisation_id).await?;
+    let share = share::Entity::find()
+        .filter(share::Column::OwnerId.eq(owner_id))
+        .filter(share::Column::GranteeId.eq(grantee_id))
+        .filter(share::Column::OrganisationId.eq(organisation_id))
+        .one(txn)
+        .await?;
+    match share {
+        Some(share) if share.can_edit => Ok(()),
+        Some(_) => Err(DomainError::denied(
+            "that user shared their resources with you to read, not to edit",
+        )),
+        None => Err(DomainError::denied("that user has not shared their resources with you")),
+    }
+}
+
 /// Deletes a share, with its `SHARE_REVOKED` event on the owner.
 async fn end_share_in(
     txn: &sea_orm::DatabaseTransaction,
