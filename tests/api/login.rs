@@ -1476,27 +1476,37 @@ async fn open_again(app: &TestApp, token: &str) {
 /// timed deactivation (the worker's sweep) is that activation too; it left
 /// the person locked out on their return (permanently, where locks had
 /// escalated), where ReactivateUser by hand would have unlocked them.
+/// Only a lock anyone who may set the end could lift, though: a user
+/// administrator may deactivate an organisation administrator for a minute,
+/// and the sweep lifted a lock only an organisation administrator or the
+/// operator lifts (R-ACC-6).
 async fn the_end_of_a_timed_deactivation_lifts_the_login_lock(backend: Backend) {
     let app = app_locking_after(backend, 3).await;
     let fixture = app.org_with_admin().await;
+    let (_, user_admin) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
     let (eva, email) = app.member_with_password(&fixture, "Eva", &[]).await;
-    lock(&app, &email).await;
-    assert_code(app.login(&email, TEST_PASSWORD).await, Code::Unauthenticated);
-    app.users()
-        .deactivate_user(req(
-            &fixture.admin_token,
-            pb::DeactivateUserRequest {
-                id: eva.id.clone(),
-                until: Some(in_ms(300)),
-                reason: "orlov".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let (olga, olga_email) = app
+        .member_with_password(&fixture, "Olga", &[pb::Role::OrganisationAdmin])
+        .await;
+    for (person, login_id) in [(&eva, &email), (&olga, &olga_email)] {
+        lock(&app, login_id).await;
+        assert_code(app.login(login_id, TEST_PASSWORD).await, Code::Unauthenticated);
+        app.users()
+            .deactivate_user(req(
+                &user_admin,
+                pb::DeactivateUserRequest {
+                    id: person.id.clone(),
+                    until: Some(in_ms(300)),
+                    reason: "orlov".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(400)).await;
     let now = chrono::Utc::now().timestamp_millis();
-    assert_eq!(app.domain.reactivate_due_users(now, 10).await.unwrap(), 1);
+    assert_eq!(app.domain.reactivate_due_users(now, 10).await.unwrap(), 2);
     app.login(&email, TEST_PASSWORD)
         .await
         .expect("back from leave, the lock is gone");
@@ -1504,6 +1514,14 @@ async fn the_end_of_a_timed_deactivation_lifts_the_login_lock(backend: Backend) 
         .history_of(&fixture.admin_token, &eva.id, pb::HistoryActivity::LoginUnlocked)
         .await;
     assert_eq!(unlocked.len(), 1);
+    assert_code(app.login(&olga_email, TEST_PASSWORD).await, Code::Unauthenticated);
+    let unlocked = app
+        .history_of(&fixture.admin_token, &olga.id, pb::HistoryActivity::LoginUnlocked)
+        .await;
+    assert!(
+        unlocked.is_empty(),
+        "the sweep lifted an administrator's lock: {unlocked:?}"
+    );
     app.finish().await;
 }
 

@@ -935,6 +935,15 @@ fn lock_end(duration: Option<i64>, now: Millis) -> Expr {
 /// `txn`; returns the users who had something to clear. The one rule of
 /// every unlock: by hand, by reactivation, and by the end of a timed
 /// deactivation (seed 001's deactivate-then-activate unlocks).
+/// The password credentials a lift of login locks changes: locked, or with
+/// failed tries or earlier lockouts counted.
+pub(crate) fn has_a_login_lock(now: Millis) -> Condition {
+    Condition::any()
+        .add(password_credential::Column::LockedUntil.gt(now))
+        .add(password_credential::Column::Lockouts.gt(0))
+        .add(password_credential::Column::FailedAttempts.gt(0))
+}
+
 pub(crate) async fn lift_login_locks(
     txn: &DatabaseTransaction,
     user_ids: Vec<Uuid>,
@@ -948,12 +957,7 @@ pub(crate) async fn lift_login_locks(
             Expr::value(Option::<i64>::None),
         )
         .filter(password_credential::Column::UserId.is_in(user_ids))
-        .filter(
-            Condition::any()
-                .add(password_credential::Column::LockedUntil.gt(now))
-                .add(password_credential::Column::Lockouts.gt(0))
-                .add(password_credential::Column::FailedAttempts.gt(0)),
-        )
+        .filter(has_a_login_lock(now))
         .exec_with_returning(txn)
         .await?
         .into_iter()

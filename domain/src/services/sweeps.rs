@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::Domain;
 use crate::error::DomainResult;
 use crate::model::*;
-use crate::persistence::entities::user;
+use crate::persistence::entities::{password_credential, user};
 use crate::persistence::history::{NewEvent, Subject, diff, to_row};
 use crate::persistence::is_postgres;
 use crate::policy::Caller;
@@ -17,6 +17,57 @@ use crate::services::users::opt_time;
 use crate::services::{apply_licence_delta, licence_delta};
 
 impl Domain {
+    /// Of `ids`, the people whose login lock the end of their timed
+    /// deactivation lifts. ReactivateUser lifts only a lock its caller may
+    /// lift by hand; the sweep has no caller, and a user administrator may
+    /// set the end (DeactivateUser with `until`) of an administrator or of
+    /// someone who delegates, whose lock only an organisation administrator
+    /// or the operator lifts (R-ACC-6). Set a minute ahead, the sweep lifted
+    /// what its setter could not. So it lifts everyone else's only.
+    async fn locks_the_sweep_may_lift(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        ids: &[Uuid],
+        now: Millis,
+    ) -> DomainResult<Vec<Uuid>> {
+        let locked: Vec<Uuid> = password_credential::Entity::find()
+            .select_only()
+            .column(password_credential::Column::UserId)
+            .filter(password_credential::Column::UserId.is_in(ids.to_vec()))
+            .filter(crate::services::login::has_a_login_lock(now))
+            .into_tuple()
+            .all(txn)
+            .await?;
+        if locked.is_empty() {
+            return Ok(locked);
+        }
+        let people = user::Entity::find()
+            .filter(user::Column::Id.is_in(locked.clone()))
+            .all(txn)
+            .await?;
+        let roles = crate::services::users::roles_of(txn, &locked).await?;
+        let mut per_organisation = std::collections::BTreeMap::<Uuid, Vec<&user::Model>>::new();
+        for person in &people {
+            per_organisation.entry(person.organisation_id).or_default().push(person);
+        }
+        let mut liftable = Vec::new();
+        for (organisation_id, people) in per_organisation {
+            let delegating = crate::services::access::delegating_among(self, txn, organisation_id, &people).await?;
+            liftable.extend(
+                people
+                    .iter()
+                    .filter(|person| !delegating.contains(&person.id))
+                    .filter(|person| {
+                        !roles
+                            .get(&person.id)
+                            .is_some_and(|roles| roles.iter().any(|role| role.is_administrator()))
+                    })
+                    .map(|person| person.id),
+            );
+        }
+        Ok(liftable)
+    }
+
     /// R-USR-4: ends every timed deactivation whose `until` has passed, `batch`
     /// users per transaction. Returns how many users came back.
     ///
@@ -104,8 +155,10 @@ impl Domain {
                 })
             });
             // Back from a timed deactivation is deactivate-then-activate:
-            // the login lock goes, as with ReactivateUser (seed 001).
-            let unlocked = crate::services::login::lift_login_locks(&txn, ids.clone(), now).await?;
+            // the login lock goes, as with ReactivateUser (seed 001), where
+            // the sweep may lift it.
+            let liftable = self.locks_the_sweep_may_lift(&txn, &ids, now).await?;
+            let unlocked = crate::services::login::lift_login_locks(&txn, liftable, now).await?;
             let unlock_events = due
                 .iter()
                 .filter(|(id, ..)| unlocked.contains(id))
