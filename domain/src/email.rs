@@ -81,8 +81,10 @@ impl Email {
         // IDNA maps look-alikes (a full-width `ａ`, an ideographic full stop)
         // onto other characters: refuse what would be sent somewhere other
         // than it reads. A domain typed in ASCII (Punycode included) or in
-        // its Unicode form, in any case, is fine.
-        if ascii != domain.to_lowercase() && unicode != key(domain) {
+        // its Unicode form, in any case, is fine. Both sides are keys because
+        // IDNA's form need not be lower case (it folds Cherokee to capitals):
+        // the stored form must parse back to itself.
+        if ascii != domain.to_lowercase() && key(&unicode) != key(domain) {
             return Err("the domain must be written in its standard form, such as firma.dk".into());
         }
         if local.len() + 1 + ascii.len() > 254 {
@@ -128,6 +130,8 @@ impl fmt::Debug for Email {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn ok(input: &str) -> Email {
@@ -158,6 +162,30 @@ mod tests {
         // Punycode, NFD and NFC are one address.
         assert_eq!(ok("anna@xn--blegrden-d0af.dk").key(), idn.key());
         assert_eq!(ok("anna@\u{C6}blega\u{30A}rden.dk").key(), idn.key());
+    }
+
+    #[test]
+    fn the_stored_form_reads_back_as_itself() {
+        // UTS 46 folds Cherokee to capital letters, `to_lowercase` to small ones.
+        let cherokee = ok("anna@xn--58dc.com");
+        assert_eq!(cherokee.as_str(), "anna@\u{13A0}\u{13A1}.com");
+        assert_eq!(ok(cherokee.as_str()), cherokee);
+        assert_eq!(ok("anna@\u{AB70}\u{AB71}.com"), cherokee);
+    }
+
+    proptest! {
+        #[test]
+        fn what_is_accepted_reads_back_as_itself(
+            local in "[a-zA-Z0-9æØ+]{1,6}(\\.[a-z0-9]{1,4})?",
+            domain in "[a-zA-Z0-9æÆßẞ\u{13A0}\u{13A1}\u{13F8}\u{AB70}\u{AB71}σΣςİı\u{212A}\u{FF41}ა-]{1,8}\\.(com|DK|ᏣᎳᎩ)",
+        ) {
+            let punycode = idna::domain_to_ascii(&domain).unwrap_or_default();
+            for input in [format!("{local}@{domain}"), format!("{local}@{punycode}")] {
+                if let Ok(first) = Email::parse(&input) {
+                    prop_assert_eq!(Email::parse(first.as_str()), Ok(first));
+                }
+            }
+        }
     }
 
     #[test]

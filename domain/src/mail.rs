@@ -128,6 +128,17 @@ pub fn html_escape(value: &str) -> String {
     out
 }
 
+/// The subject as sent, with no `=?` left to begin an RFC 2047 encoded-word.
+/// lettre sends an all-ASCII word of a subject as it is, so a name typed as
+/// `=?utf-8?b?4oCu?=` (plain ASCII, which `validate::text` passes) would reach
+/// the reader decoded to U+202E, a right-to-left override. A space after the
+/// `=` keeps every character typed, visible and in place, and adds nothing
+/// invisible; it is applied to the whole line, so a `=?` formed where a value
+/// meets the template's words or another value is broken as well.
+fn without_encoded_words(subject: &str) -> String {
+    subject.replace("=?", "= ?")
+}
+
 /// Renders a mail; every placeholder a template uses must be given.
 pub fn render(kind: MailKind, language: Language, to_name: &str, vars: &[(&str, &str)]) -> DomainResult<RenderedMail> {
     let (text, html) = kind.sources(language);
@@ -140,7 +151,7 @@ pub fn render(kind: MailKind, language: Language, to_name: &str, vars: &[(&str, 
         .trim();
     Ok(RenderedMail {
         to_name: to_name.to_owned(),
-        subject: substitute(subject, vars, false)?,
+        subject: without_encoded_words(&substitute(subject, vars, false)?),
         text: substitute(body.trim_start_matches(['\r', '\n']), vars, false)?,
         html: substitute(html, vars, true)?,
     })
@@ -209,6 +220,31 @@ mod tests {
         let en = render(MailKind::Activation, Language::En, "x", &vars()).unwrap();
         assert_ne!(da.subject, sv.subject);
         assert_ne!(sv.subject, en.subject);
+    }
+
+    #[test]
+    fn no_subject_carries_an_encoded_word() {
+        // Plain ASCII that passes `validate::text`, and which a mail client
+        // would decode to U+202E (a right-to-left override).
+        let encoded_word = "=?utf-8?b?4oCu?=";
+        let vars: Vec<(&str, &str)> = vars().into_iter().map(|(name, _)| (name, encoded_word)).collect();
+        for kind in MailKind::ALL {
+            for language in Language::ALL {
+                let mail = render(*kind, *language, "Søren", &vars).unwrap();
+                assert!(!mail.subject.contains("=?"), "{kind:?}/{language}: {:?}", mail.subject);
+            }
+        }
+        // lettre sends an all-ASCII subject as it is.
+        let mail = render(MailKind::RightsRequest, Language::En, "Søren", &vars).unwrap();
+        let message = lettre::Message::builder()
+            .from("orgadmin@example.dk".parse().unwrap())
+            .to("anna@example.dk".parse().unwrap())
+            .subject(&mail.subject)
+            .body(mail.text)
+            .unwrap();
+        let formatted = String::from_utf8(message.formatted()).unwrap();
+        let subject = formatted.lines().find(|l| l.starts_with("Subject:")).unwrap();
+        assert!(!subject.contains("=?"), "{subject}");
     }
 
     #[test]
