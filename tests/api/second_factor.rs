@@ -503,3 +503,52 @@ async fn an_enrolment_behind_a_confirmation_does_not_undo_it() {
     );
     app.finish().await;
 }
+
+/// A code checked while the person is being deactivated gets no session:
+/// the verification read the person unlocked, so a deactivation that
+/// committed just after the read ended every session but this one, still
+/// to be written, and it worked again once the person was reactivated.
+/// (The deactivation is played by a transaction that has set the state and
+/// ended the sessions, not yet committed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_verified_while_the_person_is_deactivated_gets_no_session() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    app.require_second_factor(&fixture).await;
+    let (anna, email) = app.member_with_password(&fixture, "Anna", &[]).await;
+    let challenge = app.login(&email, TEST_PASSWORD).await.expect("password accepted");
+    let code = app.mailed_login_code(&email).await;
+    let deactivating = app
+        .in_progress(&[
+            format!("UPDATE users SET state = 'DEACTIVATED' WHERE id = '{}'", anna.id),
+            format!(
+                "UPDATE api_tokens SET revoked_at = 1 WHERE user_id = '{}' AND kind = 'SESSION' AND revoked_at IS NULL",
+                anna.id
+            ),
+        ])
+        .await;
+    let verifying = {
+        let mut auth = app.auth();
+        let challenge_token = challenge.challenge_token.clone();
+        tokio::spawn(async move {
+            auth.verify_login_code(req("", pb::VerifyLoginCodeRequest { challenge_token, code }))
+                .await
+        })
+    };
+    app.until_waiting_on_a_lock("users").await;
+    deactivating.commit().await;
+    let answer = verifying.await.unwrap();
+    assert!(
+        answer.is_err(),
+        "a deactivated person's code opened a session: {answer:?}"
+    );
+    let sessions_open = format!(
+        "SELECT COUNT(*) FROM api_tokens WHERE user_id = '{}' AND kind = 'SESSION' AND revoked_at IS NULL",
+        anna.id
+    );
+    assert_eq!(
+        app.count(&sessions_open).await,
+        0,
+        "a session outlived the deactivation"
+    );
+}

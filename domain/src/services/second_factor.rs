@@ -12,7 +12,7 @@
 //! does not buy fresh tries at the code.
 
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query, SelectStatement};
+use sea_orm::sea_query::{Expr, ExprTrait, LockType, OnConflict, Query, SelectStatement};
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
@@ -322,6 +322,16 @@ impl Domain {
             return Err(code_refused());
         };
         let txn = crate::persistence::begin_write(&self.db).await?;
+        // The person's row is locked until the session is written, first
+        // (the order a reset takes them: the person, then their challenges),
+        // as `finish_login` locks it: read unlocked, a deactivation that
+        // committed just after the read ended every session but this one,
+        // still to be written, and it worked again on reactivation.
+        let person = user::Entity::find_by_id(person.id)
+            .lock(LockType::Update)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", person.id))?;
         // Single use: the challenge, and the app's time step.
         let used = login_challenge::Entity::update_many()
             .col_expr(login_challenge::Column::UsedAt, Expr::value(now))
@@ -337,10 +347,6 @@ impl Domain {
         {
             return Err(code_refused());
         }
-        let person = user::Entity::find_by_id(person.id)
-            .one(&txn)
-            .await?
-            .ok_or_else(|| DomainError::not_found("user", person.id))?;
         self.ensure_may_log_in(&person)?;
         let logged_in = self
             .complete_login_in(&txn, &person, peer.as_deref(), Some(method), now)
