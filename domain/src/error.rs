@@ -44,6 +44,7 @@ reasons!(
     ActivationReplaced => "ACTIVATION_REPLACED",
     ActivationUnknown => "ACTIVATION_UNKNOWN",
     ActivationUsed => "ACTIVATION_USED",
+    ActivatesByLink => "ACTIVATES_BY_LINK",
     AdministratorsAboveLimit => "ADMINISTRATORS_ABOVE_LIMIT",
     AlreadyAnonymous => "ALREADY_ANONYMOUS",
     AlreadyExists => "ALREADY_EXISTS",

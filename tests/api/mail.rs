@@ -18,6 +18,7 @@ both_backends!(
     permanent_rejection_is_parked_and_retried_by_hand,
     a_utf8_address_the_relay_cannot_take_is_parked_at_once,
     anonymity_request_notifies_and_recreates,
+    a_profile_recreated_for_anonymity_activates_by_its_mailed_link_only,
     mails_are_localised,
     sweep_period_is_claimed_once,
     committed_mail_reaches_smtp_within_two_seconds,
@@ -727,6 +728,110 @@ async fn anonymity_request_notifies_and_recreates(backend: Backend) {
         Code::PermissionDenied,
     );
     worker.stop().await;
+    app.finish().await;
+}
+
+/// A person known by birth date asks for anonymity. The approval handed
+/// the approving administrator the new profile's activation code, and they
+/// may read the birth date it is matched with: they could activate the
+/// person's new profile as the person. Now the link goes to the person's
+/// address, no administrator gets a code for the profile, and its address
+/// changes only as an active person's does (verified, held).
+async fn a_profile_recreated_for_anonymity_activates_by_its_mailed_link_only(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (_, user_admin) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let request = pb::CreateUserRequest {
+        cpr: String::new(),
+        birth_date: "1979-11-30".into(),
+        ..new_user(&fixture.org.id, "Pia", &[])
+    };
+    let created = app
+        .users()
+        .create_user(req(&user_admin, request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let session = app
+        .users()
+        .activate_user(activate("", &created.activation_code, "", "1979-11-30"))
+        .await
+        .expect("activated with the handed-over code")
+        .into_inner()
+        .session_token;
+    let asked = app.ask_anonymity(&session).await;
+    let decided = app.approve_anonymity(&user_admin, &asked).await.expect("approved");
+    assert!(decided.activation_code.is_empty(), "the approver got a code");
+    let fresh = decided.new_user.expect("the new profile");
+    assert_eq!(fresh.state(), pb::UserState::PendingActivation);
+    let links_to_the_person = format!(
+        "SELECT COUNT(*) FROM outbox_mails WHERE kind = 'activation' AND recipient = '{}'",
+        request.email
+    );
+    assert_eq!(
+        app.count(&links_to_the_person).await,
+        1,
+        "the approval mailed the person a link"
+    );
+
+    let before = app.fingerprint().await;
+    let code = app
+        .users()
+        .create_activation_code(req(
+            &user_admin,
+            pb::CreateActivationCodeRequest {
+                user_id: fresh.id.clone(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        reason(&assert_code(code, Code::FailedPrecondition)),
+        "ACTIVATES_BY_LINK"
+    );
+    assert!(app.fingerprint().await == before, "a refused code changed data");
+    let moved = app
+        .users()
+        .update_user(req(
+            &user_admin,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: fresh.id.clone(),
+                    email: unique_email("ulla-selv"),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["email".into()],
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("an address change is asked for")
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(moved.email, request.email, "the address changed at once");
+    assert!(!moved.pending_email.is_empty(), "the change waits for verification");
+
+    // The person: a new link at the address they used (SendActivation works
+    // for them without a CPR number), and their birth date.
+    app.users()
+        .send_activation(req(
+            &user_admin,
+            pb::SendActivationRequest {
+                user_id: fresh.id.clone(),
+            },
+        ))
+        .await
+        .expect("a new link to the person");
+    let token = app.mailed_token("activation", &request.email).await;
+    let activated = app
+        .users()
+        .activate_user(activate(&token, "", "", "1979-11-30"))
+        .await
+        .expect("the person activates by the link")
+        .into_inner();
+    assert_eq!(activated.user.unwrap().id, fresh.id);
     app.finish().await;
 }
 

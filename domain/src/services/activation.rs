@@ -307,7 +307,7 @@ impl Domain {
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn send_activation(&self, caller: &Caller, user_id: Uuid) -> DomainResult<()> {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
-        if row.cpr_hash.is_none() {
+        if row.cpr_hash.is_none() && !super::anonymity::recreated_for_anonymity(&txn, row.id).await? {
             return Err(DomainError::precondition(
                 Reason::NoCprNumber,
                 "this user has no CPR number and activates with a code: use CreateActivationCode",
@@ -355,6 +355,14 @@ impl Domain {
             return Err(DomainError::precondition(
                 Reason::HasCprNumber,
                 "this user has a CPR number and activates by the mailed link: use SendActivation",
+            ));
+        }
+        // A code comes back to the administrator, who may read the birth
+        // date it is matched with.
+        if super::anonymity::recreated_for_anonymity(&txn, row.id).await? {
+            return Err(DomainError::precondition(
+                Reason::ActivatesByLink,
+                "this profile was re-created for anonymity and the person activates it by the link mailed to them: use SendActivation",
             ));
         }
         let code = self.issue_activation_code(&txn, &row, Earlier::End).await?;

@@ -44,13 +44,25 @@ pub struct AnonymityRequest {
     pub new_user_id: Option<Uuid>,
 }
 
-/// The outcome of an approval: the new profile, and for a user without a CPR
-/// number the activation code (shown to the approving administrator once).
+/// The outcome of a decision: with an approval, the new profile (which the
+/// person activates by the link mailed to them).
 #[derive(Debug, Clone)]
 pub struct AnonymityDecision {
     pub request: AnonymityRequest,
     pub new_user: Option<User>,
-    pub activation_code: Option<String>,
+}
+
+/// Whether `user_id` is a profile an approved anonymity request made: the
+/// new profile of someone who signed in before, pending until they activate
+/// it by the link mailed to them. No administrator hands it a way in (an
+/// activation code, an address of their choosing that the link follows):
+/// they could activate the person's profile as the person (R-AUTH-1).
+pub(crate) async fn recreated_for_anonymity(db: &impl sea_orm::ConnectionTrait, user_id: Uuid) -> DomainResult<bool> {
+    Ok(anonymity_request::Entity::find()
+        .filter(anonymity_request::Column::NewUserId.eq(user_id))
+        .count(db)
+        .await?
+        > 0)
 }
 
 fn from_row(row: anonymity_request::Model) -> DomainResult<AnonymityRequest> {
@@ -240,7 +252,7 @@ impl Domain {
         decided.decided_by = Set(Some(caller.actor()));
         decided.decided_at = Set(Some(now));
         decided.decision_note = Set((!note.is_empty()).then(|| note.to_owned()));
-        let (mut new_user, mut activation_code, mut revoked) = (None, None, 0);
+        let (mut new_user, mut revoked) = (None, 0);
         if approve {
             if !parse::<UserState>(&old.state)?.is_standing() {
                 return Err(DomainError::precondition(
@@ -305,8 +317,14 @@ impl Domain {
             // The same person and address: a waiting address change stays
             // with the closed profile.
             fresh.pending_email = Set(None);
-            let (fresh, code) = self.insert_user(&txn, fresh, &roles, &org, true).await?;
-            activation_code = code;
+            // The person activates the new profile by a link mailed to the
+            // address they used, whether or not a CPR number is stored (a
+            // birth date matches a link too): a code handed to whoever
+            // approves, with the birth date they may read, would let them
+            // activate a person's profile as that person (R-AUTH-1).
+            let (fresh, _) = self.insert_user(&txn, fresh, &roles, &org, false).await?;
+            self.issue_activation_link(&txn, &fresh, &org.name, crate::services::activation::Earlier::NoneYet)
+                .await?;
             let mut changes = Vec::new();
             diff(&mut changes, "state", old.state.as_str(), UserState::Deleted);
             diff(&mut changes, "replaced_by", "", new_id);
@@ -369,7 +387,6 @@ impl Domain {
         Ok(AnonymityDecision {
             request: from_row(decided)?,
             new_user,
-            activation_code,
         })
     }
 }

@@ -497,7 +497,7 @@ impl UserService for UserHandler {
         Ok(Response::new(pb::DecideAnonymityRequestResponse {
             anonymity_request: Some(anonymity_to_pb(&decision.request)),
             new_user: decision.new_user.map(user_to_pb),
-            activation_code: decision.activation_code.unwrap_or_default(),
+            activation_code: String::new(),
         }))
     }
 }

@@ -249,13 +249,17 @@ impl Domain {
         // in force. A user not yet activated has used no address: theirs
         // changes at once (and a CPR user's activation link follows it); so
         // does a service account's, which is no one's mailbox (R-ACC-5).
-        // Giving the address in force again withdraws a waiting change.
+        // Not a profile re-created for anonymity: its person signed in
+        // before, and its activation link would follow the address to
+        // whoever typed it. Giving the address in force again withdraws a
+        // waiting change.
         let changed_email = email.as_ref().filter(|e| e.as_str() != row.email).cloned();
         let withdraws_change = email.is_some() && changed_email.is_none() && row.pending_email.is_some();
+        let never_proved = current.state == UserState::PendingActivation
+            && changed_email.is_some()
+            && !crate::services::anonymity::recreated_for_anonymity(txn, row.id).await?;
         let (new_email, email_to_verify) = match changed_email {
-            Some(email) if current.state == UserState::PendingActivation || current.service_account => {
-                (Some(email), None)
-            }
+            Some(email) if never_proved || current.service_account => (Some(email), None),
             Some(email) => (
                 None,
                 Some(email).filter(|e| row.pending_email.as_deref() != Some(e.as_str())),
