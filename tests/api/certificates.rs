@@ -1777,6 +1777,96 @@ async fn a_certificate_revoked_during_the_expiry_sweep_gets_no_warning() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The expiry sweep reads the certificates due and then writes each one
+/// EXPIRED, on condition only that it is still ISSUED. A contact change
+/// that commits between the read and the write has moved the version on;
+/// the sweep must move it on again from there. It wrote the version it had
+/// read plus one, the one the change had written: the certificate expired
+/// under an ETag a client already held for it as ISSUED. (The contact
+/// change in progress is played by a session that has written the row and
+/// not committed; the sweep's write waits for it.) PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_behind_a_contact_change_moves_the_version_on_from_it() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (_, _, certificate, not_after) = member_with_certificate(&app, &fixture, "Eva", &dir).await;
+    let (carl, _) = app.member(&fixture, "Carl", &[]).await;
+    let contact_change = contact_change_in_progress(&app, &certificate, &carl).await;
+    let sweeping = {
+        let domain = app.domain.clone();
+        tokio::spawn(async move { domain.expire_certificates(not_after).await })
+    };
+    app.until_waiting_on_a_lock("certificates").await;
+    contact_change.commit().await;
+    assert_eq!(sweeping.await.unwrap().unwrap(), 1, "the certificate expired");
+    let expired = get(&app, &fixture.admin_token, &certificate.id).await.unwrap();
+    assert_eq!(expired.state(), pb::CertificateState::Expired);
+    assert_eq!(
+        version(&expired),
+        version(&certificate) + 2,
+        "one version for the contact change, one for the expiry"
+    );
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The same for the certificate a renewal supersedes: the renewal writes
+/// it SUPERSEDED on condition only that it is still ISSUED, and a contact
+/// change committed meanwhile must not leave it at the change's version.
+/// PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supersession_behind_a_contact_change_moves_the_version_on_from_it() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (_, session, certificate, _) = member_with_certificate(&app, &fixture, "Eva", &dir).await;
+    let (carl, _) = app.member(&fixture, "Carl", &[]).await;
+    let contact_change = contact_change_in_progress(&app, &certificate, &carl).await;
+    let renewing = {
+        let (app_certs, id, request) = (app.certs(), certificate.id.clone(), csr(&dir, "eva-2", "p256"));
+        tokio::spawn(async move {
+            let mut certs = app_certs;
+            certs
+                .renew_certificate(req(
+                    &session,
+                    pb::RenewCertificateRequest {
+                        certificate_id: id,
+                        csr_pem: request,
+                    },
+                ))
+                .await
+        })
+    };
+    app.until_waiting_on_a_lock("certificates").await;
+    contact_change.commit().await;
+    renewing.await.unwrap().expect("the renewal");
+    let superseded = get(&app, &fixture.admin_token, &certificate.id).await.unwrap();
+    assert_eq!(superseded.state(), pb::CertificateState::Superseded);
+    assert_eq!(
+        version(&superseded),
+        version(&certificate) + 2,
+        "one version for the contact change, one for the supersession"
+    );
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A ChangeCertificateContact of `certificate` to `contact` that has
+/// written the row, as that call does, and not committed.
+async fn contact_change_in_progress(app: &TestApp, certificate: &pb::Certificate, contact: &pb::User) -> InProgress {
+    app.in_progress(&[format!(
+        "UPDATE certificates SET contact_id = '{}', version = version + 1 WHERE id = '{}'",
+        contact.id, certificate.id
+    )])
+    .await
+}
+
+/// A certificate's version, as its ETag carries it.
+fn version(certificate: &pb::Certificate) -> i64 {
+    certificate.etag.parse().expect("an ETag is the version")
+}
+
 /// A CRL is read and signed outside its write transaction (on SQLite that
 /// transaction holds every other write), then stored only if nothing it
 /// signed has changed. A revocation that commits while the publisher waits

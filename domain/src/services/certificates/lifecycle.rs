@@ -263,19 +263,29 @@ async fn write_issued(
 }
 
 /// The write that ends the certificate `row` as `state` (REVOKED or
-/// SUPERSEDED) for `reason` at `now`, one version on; each caller adds the
-/// condition it holds under (its version, or its state as read).
+/// SUPERSEDED) for `reason` at `now`, one version on from the row as it
+/// is; each caller adds the condition it holds under (its version, or its
+/// state as read).
 fn ending(
     row: &certificate::Model,
     state: CertificateState,
     reason: RevocationReason,
     now: Millis,
 ) -> sea_orm::UpdateMany<certificate::Entity> {
+    use sea_orm::sea_query::ExprTrait;
     certificate::Entity::update_many()
         .col_expr(certificate::Column::State, Expr::value(state.as_str()))
         .col_expr(certificate::Column::RevokedAt, Expr::value(now))
         .col_expr(certificate::Column::RevocationReason, Expr::value(reason.as_str()))
-        .col_expr(certificate::Column::Version, Expr::value(row.version + 1))
+        // Not the version as read plus one: a caller that holds only under
+        // the state as read (a renewal's supersession) may write over a
+        // change committed since (a new contact person) that moved the
+        // version on, and the row would end under the ETag that change
+        // handed out.
+        .col_expr(
+            certificate::Column::Version,
+            Expr::col(certificate::Column::Version).add(1),
+        )
         .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
         .filter(certificate::Column::Id.eq(row.id))
 }

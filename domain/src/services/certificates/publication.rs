@@ -384,7 +384,14 @@ impl Domain {
                         certificate::Column::State,
                         Expr::value(CertificateState::Expired.as_str()),
                     )
-                    .col_expr(certificate::Column::Version, Expr::value(row.version + 1))
+                    // One on from the row as it is, not as read: a change
+                    // committed since the read (a new contact person)
+                    // leaves it ISSUED and moved the version on, and the
+                    // expiry must not reuse the ETag that change handed out.
+                    .col_expr(
+                        certificate::Column::Version,
+                        Expr::col(certificate::Column::Version).add(1),
+                    )
                     .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
                     .filter(certificate::Column::Id.eq(row.id))
                     .filter(certificate::Column::State.eq(CertificateState::Issued.as_str()))
