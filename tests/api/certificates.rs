@@ -1867,6 +1867,103 @@ fn version(certificate: &pb::Certificate) -> i64 {
     certificate.etag.parse().expect("an ETag is the version")
 }
 
+/// A person named as a certificate's contact while their deletion is in
+/// progress: the change reads the person FOR SHARE, so it waits for the
+/// deletion and is refused as for any deleted contact, the certificate left
+/// as it was. Read unlocked, the person was still ACTIVE; the change
+/// committed after the deletion had looked for the certificates it hands
+/// over, and the certificate's pickup and renewal failed
+/// CERTIFICATE_CONTACT_NOT_ACTIVE. (The deletion in progress is played by a
+/// session that has written the person's row and not committed.)
+/// PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_named_during_their_deletion_is_refused() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (eva, _, certificate, _) = member_with_certificate(&app, &fixture, "Eva", &dir).await;
+    let (carl, _) = app.member(&fixture, "Carl", &[]).await;
+    let deletion = deletion_in_progress(&app, &carl).await;
+    let changing = {
+        let (app_certs, token) = (app.certs(), fixture.admin_token.clone());
+        let request = pb::ChangeCertificateContactRequest {
+            certificate_id: certificate.id.clone(),
+            contact_id: carl.id.clone(),
+            etag: certificate.etag.clone(),
+        };
+        tokio::spawn(async move {
+            let mut certs = app_certs;
+            certs.change_certificate_contact(req(&token, request)).await
+        })
+    };
+    app.until_waiting_on_a_lock("users").await;
+    deletion_committed(&app, &fixture, deletion).await;
+    assert_code(changing.await.unwrap(), Code::NotFound);
+    let unchanged = get(&app, &fixture.admin_token, &certificate.id).await.unwrap();
+    assert_eq!(unchanged.contact_id, eva.id);
+    assert_eq!(unchanged.etag, certificate.etag);
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The same for an order naming as its contact a person whose deletion is
+/// in progress: no order is left with a deleted contact. PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_naming_a_contact_during_their_deletion_is_refused() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (eva, _) = app.member(&fixture, "Eva", &[]).await;
+    let (carl, _) = app.member(&fixture, "Carl", &[]).await;
+    let deletion = deletion_in_progress(&app, &carl).await;
+    let ordering = {
+        let (mut certs, token) = (app.certs(), fixture.admin_token.clone());
+        let request = pb::OrderCertificateRequest {
+            contact_id: carl.id.clone(),
+            ..user_order(&fixture.org.id, &eva, &[pb::CertificateUsage::Authentication])
+        };
+        tokio::spawn(async move { certs.order_certificate(req(&token, request)).await })
+    };
+    app.until_waiting_on_a_lock("users").await;
+    deletion_committed(&app, &fixture, deletion).await;
+    assert_code(ordering.await.unwrap(), Code::NotFound);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM certificates WHERE holder_id = '{}'",
+            eva.id
+        ))
+        .await,
+        0
+    );
+    app.finish().await;
+}
+
+/// DeleteUser of `person` that has written their row and not committed.
+/// Only the person's row: with the organisation's row (DeleteUser locks it
+/// and gives the licence back), the call under test would wait on the
+/// organisation and never reach the person's row, whose lock is what is
+/// tested. `deletion_committed` gives the licence back afterwards.
+async fn deletion_in_progress(app: &TestApp, person: &pb::User) -> InProgress {
+    app.in_progress(&[format!(
+        "UPDATE users SET state = 'DELETED', version = version + 1 WHERE id = '{}'",
+        person.id
+    )])
+    .await
+}
+
+/// Commits `deletion` and gives the deleted person's licence back, as
+/// DeleteUser does in the same transaction.
+async fn deletion_committed(app: &TestApp, fixture: &OrgFixture, deletion: InProgress) {
+    deletion.commit().await;
+    app.execute_bound(
+        &format!(
+            "UPDATE organisations SET licences_used = licences_used - 1 WHERE id = '{}'",
+            fixture.org.id
+        ),
+        Vec::new(),
+    )
+    .await;
+}
+
 /// A CRL is read and signed outside its write transaction (on SQLite that
 /// transaction holds every other write), then stored only if nothing it
 /// signed has changed. A revocation that commits while the publisher waits

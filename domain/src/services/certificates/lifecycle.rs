@@ -26,7 +26,7 @@ use crate::persistence::mapping::{parse, parse_list};
 use crate::policy::{Action, Caller, Principal, Target, authorize};
 use crate::secrets::{new_token, token_hash};
 use crate::services::notifications::NotificationKind;
-use crate::services::read_organisation;
+use crate::services::{lock_organisation, read_organisation};
 use crate::validate::{self, Violations};
 
 /// What `OrderCertificate` asks for.
@@ -351,6 +351,21 @@ fn person_in(organisation_id: Uuid, id: Uuid, found: Option<user::Model>) -> Dom
         .ok_or_else(|| DomainError::not_found("user", id))
 }
 
+/// User `id` as `person_in` takes them, read FOR SHARE (PostgreSQL; SQLite
+/// has one writer at a time): a deletion or deactivation in progress is
+/// waited for and read as it committed, and one that comes later waits for
+/// this transaction and then sees what it wrote (a deletion hands the user
+/// certificates the person looks after to their holders). The caller holds
+/// the organisation's lock first: DeleteUser and the other changes of a
+/// person lock the organisation, then the person.
+async fn person_in_locked(txn: &DatabaseTransaction, organisation_id: Uuid, id: Uuid) -> DomainResult<user::Model> {
+    person_in(
+        organisation_id,
+        id,
+        user::Entity::find_by_id(id).lock_shared().one(txn).await?,
+    )
+}
+
 fn ensure_active(person: &user::Model, role: &str) -> DomainResult<()> {
     if person.state != UserState::Active.as_str() {
         return Err(DomainError::precondition(
@@ -512,22 +527,22 @@ impl Domain {
         )?;
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
-        let org = read_organisation(&txn, order.organisation_id).await?;
+        // Locked before the people, the order DeleteUser and the other
+        // changes of a person take them in (an import's chunk holds it
+        // while it writes people in its own order): the two people locked
+        // below cannot deadlock with those.
+        let org = lock_organisation(&txn, order.organisation_id).await?;
         ensure_kind_allowed(&org, order.kind)?;
-        // The holder is read FOR SHARE (PostgreSQL; SQLite ignores it), so
-        // a deletion in progress is waited for and refuses the order; a
-        // deletion behind it waits and then ends the order with the rest.
-        // Unlocked, an order could slip behind a deletion's look at the
-        // holder's certificates: an order, and a pickup mail, for a person
-        // who had left. Only the holder: a second person's lock could
-        // deadlock with a write that holds them in the other order (an
-        // import's chunk), and a contact's deletion ends no certificate.
+        // The holder and the contact person are read FOR SHARE
+        // (`person_in_locked`), so a deletion in progress is waited for and
+        // refuses the order; a deletion behind it waits and then ends the
+        // order with the rest (its holder's) or, for a user certificate,
+        // hands it to its holder (its contact's). Unlocked, an order could
+        // slip behind a deletion's look at the person's certificates: an
+        // order, and a pickup mail, for a person who had left, or an order
+        // whose contact had left.
         let holder = match order.holder_id {
-            Some(id) => Some(person_in(
-                org.id,
-                id,
-                user::Entity::find_by_id(id).lock_shared().one(&txn).await?,
-            )?),
+            Some(id) => Some(person_in_locked(&txn, org.id, id).await?),
             None => None,
         };
         let contact_id = match (order.contact_id, &holder, caller.user_id()) {
@@ -541,7 +556,10 @@ impl Domain {
                 ));
             }
         };
-        let contact = user_in(&txn, org.id, contact_id).await?;
+        let contact = match &holder {
+            Some(holder) if holder.id == contact_id => holder.clone(),
+            _ => person_in_locked(&txn, org.id, contact_id).await?,
+        };
         ensure_active(&contact, "contact person")?;
         let email = order.email.as_deref().map(|e| e.trim().to_owned());
         if let Some(email) = &email {
@@ -703,8 +721,14 @@ impl Domain {
                 "is already the certificate's contact person",
             ));
         }
-        let org = read_organisation(txn, row.organisation_id).await?;
-        let contact = user_in(txn, org.id, contact_id).await?;
+        // The new contact is read locked (`person_in_locked`, after the
+        // organisation's lock). Read unlocked, a person whose deletion was
+        // in progress was still ACTIVE, the deletion had already looked for
+        // the certificates it hands over, and the certificate was left with
+        // a deleted contact: its pickup and renewal refused
+        // (CERTIFICATE_CONTACT_NOT_ACTIVE).
+        let org = lock_organisation(txn, row.organisation_id).await?;
+        let contact = person_in_locked(txn, org.id, contact_id).await?;
         ensure_active(&contact, "contact person")?;
         // An organisation or system certificate that carries an e-mail
         // address carries its contact person's: it moves to the new one,
