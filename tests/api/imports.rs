@@ -690,7 +690,25 @@ async fn edit_and_delete_files(backend: Backend) {
         "a refused row changes nothing"
     );
 
-    // Delete under ALLOW_DELETE: by CPR number and e-mail.
+    // Delete under ALLOW_DELETE. A row whose e-mail names someone else (or
+    // no one) beside the user id and CPR number deletes nobody: on an edit
+    // row it is the new address, but a deletion is for good, and the row
+    // is not what its writer meant.
+    let delete = vec![
+        row(&[(0, &erik.id), (1, &cprs[4]), (3, &dorte.email)]),
+        row(&[(0, &dorte.id), (1, &cprs[3]), (3, "ingen@firma.dk")]),
+    ];
+    let job = deleted_from(&app, &token, &fixture.org.id, &delete).await;
+    let done = app.import_job(&token, &job.id).await;
+    assert_eq!((done.applied, done.failed), (0, 2), "{done:?}");
+    assert_eq!(
+        errors_of(&app.import_errors(&token, &job.id).await),
+        vec![(2, "", "USER_MISMATCH"), (3, "email", "NOT_FOUND")]
+    );
+    for kept in [erik, dorte] {
+        assert_eq!(get(&kept.id).await.state, pb::UserState::PendingActivation as i32);
+    }
+    // By CPR number and e-mail.
     let delete = vec![row(&[(1, &cprs[1]), (3, &bent.email)])];
     let job = deleted_from(&app, &token, &fixture.org.id, &delete).await;
     assert_eq!(app.import_job(&token, &job.id).await.applied, 1);

@@ -664,7 +664,10 @@ impl Domain {
                 "a create row goes through the batch's create of many users".into(),
             )),
             RowOp::Edit(reference, patch) => {
-                let row = match self.find_referenced_user(txn, job.organisation_id, &reference).await? {
+                let row = match self
+                    .find_referenced_user(txn, job.organisation_id, &reference, NewEmail::MayStandBeside)
+                    .await?
+                {
                     Ok(row) => row,
                     Err(problems) => return Ok(Outcome::Failed(problems)),
                 };
@@ -679,7 +682,10 @@ impl Domain {
                 }
             }
             RowOp::Delete(reference) => {
-                let row = match self.find_referenced_user(txn, job.organisation_id, &reference).await? {
+                let row = match self
+                    .find_referenced_user(txn, job.organisation_id, &reference, NewEmail::Identifies)
+                    .await?
+                {
                     Ok(row) => row,
                     Err(problems) => return Ok(Outcome::Failed(problems)),
                 };
@@ -716,13 +722,14 @@ impl Domain {
     }
 
     /// The user an edit or delete row names. Every identifying cell given
-    /// must name the same user of the organisation, except that a new
-    /// e-mail address may stand beside a user id and a CPR number.
+    /// must name the same user of the organisation, except that on an edit
+    /// row a new e-mail address may stand beside a user id and a CPR number.
     async fn find_referenced_user(
         &self,
         txn: &DatabaseTransaction,
         organisation_id: Uuid,
         reference: &UserRef,
+        email: NewEmail,
     ) -> DomainResult<Result<user::Model, Vec<CellError>>> {
         let in_org = || user::Entity::find().filter(user::Column::OrganisationId.eq(organisation_id));
         let live = || in_org().filter(user::Column::State.ne(UserState::Deleted.as_str()));
@@ -737,7 +744,8 @@ impl Domain {
                 live().filter(user::Column::CprHash.eq(hash)).one(txn).await?,
             ));
         }
-        let email_identifies = !(reference.user_id.is_some() && reference.cpr.is_some());
+        let email_identifies =
+            email == NewEmail::Identifies || !(reference.user_id.is_some() && reference.cpr.is_some());
         if let Some(email) = reference.email.as_ref().filter(|_| email_identifies) {
             found.push((
                 Column::Email,
@@ -890,4 +898,15 @@ impl Domain {
         }
         Ok(count)
     }
+}
+
+/// What a row's e-mail cell is beside a user id and a CPR number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NewEmail {
+    /// The user's new address (an edit row).
+    MayStandBeside,
+    /// One more cell that must name the same user: a delete row deletes
+    /// for good (R-USR-5), and a cell naming someone else, or no one, says
+    /// the row is not what its writer meant.
+    Identifies,
 }
