@@ -906,3 +906,89 @@ async fn a_retry_sent_while_the_first_send_runs_answers_with_its_user() {
     assert_eq!(app.licences_used(&fixture.admin_token, &fixture.org.id).await, 2);
     app.finish().await;
 }
+
+/// A role given by someone whose own organisation administrator role is
+/// being taken from them is refused. Checked only on the caller as
+/// authenticated, the change waited for the organisation's lock and went
+/// through once the demotion committed: a demoted administrator could still
+/// make a colleague one (who could then restore them). (The demotion is
+/// played by a transaction that holds the organisation's lock and has taken
+/// the role, not yet committed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_given_while_the_giver_is_demoted_is_refused() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (giver, giver_token) = app.member(&fixture, "Ole", &[pb::Role::OrganisationAdmin]).await;
+    let (xenia, _) = app.member(&fixture, "Xenia", &[]).await;
+    app.who_am_i(&giver_token).await.expect("the giver is signed in");
+    let demoting = app
+        .in_progress(&[
+            format!(
+                "SELECT id FROM organisations WHERE id = '{}' FOR UPDATE",
+                fixture.org.id
+            ),
+            format!("DELETE FROM user_roles WHERE user_id = '{}'", giver.id),
+        ])
+        .await;
+    let giving = {
+        let (mut users, id) = (app.users(), xenia.id.clone());
+        tokio::spawn(async move {
+            users
+                .update_user(req(
+                    &giver_token,
+                    pb::UpdateUserRequest {
+                        user: Some(pb::User {
+                            id,
+                            roles: vec![pb::Role::OrganisationAdmin as i32],
+                            ..Default::default()
+                        }),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["roles".into()],
+                        }),
+                        ..Default::default()
+                    },
+                ))
+                .await
+        })
+    };
+    app.until_waiting_on_a_lock("organisations").await;
+    demoting.commit().await;
+    let answer = giving.await.unwrap();
+    assert_eq!(
+        answer.map(drop).unwrap_err().code(),
+        Code::PermissionDenied,
+        "a demoted administrator gave a role"
+    );
+    assert_eq!(app.user(&fixture.admin_token, &xenia.id).await.roles, xenia.roles);
+
+    // The same for a new user with a role (a user administrator creates).
+    let (giver, giver_token) = app
+        .member(&fixture, "Olga", &[pb::Role::OrganisationAdmin, pb::Role::UserAdmin])
+        .await;
+    app.who_am_i(&giver_token).await.expect("the giver is signed in");
+    let demoting = app
+        .in_progress(&[
+            format!(
+                "SELECT id FROM organisations WHERE id = '{}' FOR UPDATE",
+                fixture.org.id
+            ),
+            format!("DELETE FROM user_roles WHERE user_id = '{}'", giver.id),
+        ])
+        .await;
+    let request = new_user(&fixture.org.id, "Yrsa", &[pb::Role::UserAdmin]);
+    let email = request.email.clone();
+    let creating = {
+        let mut users = app.users();
+        tokio::spawn(async move { users.create_user(req(&giver_token, request)).await })
+    };
+    app.until_waiting_on_a_lock("organisations").await;
+    demoting.commit().await;
+    let answer = creating.await.unwrap();
+    assert_eq!(
+        answer.map(drop).unwrap_err().code(),
+        Code::PermissionDenied,
+        "a demoted administrator made an administrator"
+    );
+    let made = format!("SELECT COUNT(*) FROM users WHERE email = '{email}'");
+    assert_eq!(app.count(&made).await, 0);
+}

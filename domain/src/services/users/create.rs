@@ -173,6 +173,15 @@ impl Domain {
         } else {
             read_organisation(txn, org_id).await?
         };
+        // A member gives roles as they are under the lock (taken above for
+        // every create that gives one): checked only as authenticated, a
+        // create went through after a demotion of the caller committed while
+        // it waited for the lock. (Operators create administrators by their
+        // own rule, which no demotion changes.)
+        if !caller.is_operator() && users.iter().any(|u| u.wants_admin) {
+            let caller_now = crate::services::access::caller_as_now(self, txn, caller).await?;
+            authorize(&caller_now, Action::ChangeRoles, Target::organisation(org_id))?;
+        }
         let mut answers: Vec<Option<DomainResult<CreatedUser>>> = (0..users.len()).map(|_| None).collect();
 
         // A retried request answers with the user it created the first time.

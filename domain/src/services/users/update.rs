@@ -90,7 +90,7 @@ impl Domain {
                 || (patch.unit_id.is_some() && user_by_id_delegates(self, txn, id, patch.unit_id).await?))
         };
         let target = target.delegating(delegates(&current).await?);
-        let authorize_change = |target: Target| -> DomainResult<()> {
+        let authorize_change = |caller: &Caller, target: Target| -> DomainResult<()> {
             if touches_fields || patch.roles.is_none() {
                 crate::policy::authorize_on_user(caller, Action::UpdateUser, target)?;
             }
@@ -106,7 +106,7 @@ impl Domain {
             }
             Ok(())
         };
-        authorize_change(target)?;
+        authorize_change(caller, target)?;
         let mut v = Violations::default();
         let (first_name, surname, email) = check_identity_fields(
             &mut v,
@@ -210,8 +210,14 @@ impl Domain {
         }
         // Again on the user as they are under the lock: one moved out of a
         // scoped level's subtree (or given a role) a moment ago is beyond it.
-        if caller.holds_levels() || touches_sign_in {
+        // And by the caller as they are under it: a role change checked on
+        // the caller as authenticated went through after a demotion of the
+        // caller committed while it waited for the lock (an organisation
+        // administrator being demoted could still make a colleague one).
+        if caller.holds_levels() || touches_sign_in || patch.roles.is_some() {
+            let caller_now = crate::services::access::caller_as_now(self, txn, caller).await?;
             authorize_change(
+                &caller_now,
                 Target::user(current.organisation_id, id, current.is_administrator(), current.unit_id)
                     .holding_level(holds_level)
                     .delegating(delegates(&current).await?),
