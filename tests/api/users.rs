@@ -907,6 +907,20 @@ async fn a_retry_sent_while_the_first_send_runs_answers_with_its_user() {
     app.finish().await;
 }
 
+/// `giver`, signed in (so cached), being stripped of every role by a
+/// transaction that holds the organisation's lock, not yet committed.
+async fn demoted(app: &TestApp, fixture: &OrgFixture, giver: &pb::User, giver_token: &str) -> InProgress {
+    app.who_am_i(giver_token).await.expect("the giver is signed in");
+    app.in_progress(&[
+        format!(
+            "SELECT id FROM organisations WHERE id = '{}' FOR UPDATE",
+            fixture.org.id
+        ),
+        format!("DELETE FROM user_roles WHERE user_id = '{}'", giver.id),
+    ])
+    .await
+}
+
 /// A role given by someone whose own organisation administrator role is
 /// being taken from them is refused. Checked only on the caller as
 /// authenticated, the change waited for the organisation's lock and went
@@ -920,16 +934,7 @@ async fn a_role_given_while_the_giver_is_demoted_is_refused() {
     let fixture = app.org_with_admin().await;
     let (giver, giver_token) = app.member(&fixture, "Ole", &[pb::Role::OrganisationAdmin]).await;
     let (xenia, _) = app.member(&fixture, "Xenia", &[]).await;
-    app.who_am_i(&giver_token).await.expect("the giver is signed in");
-    let demoting = app
-        .in_progress(&[
-            format!(
-                "SELECT id FROM organisations WHERE id = '{}' FOR UPDATE",
-                fixture.org.id
-            ),
-            format!("DELETE FROM user_roles WHERE user_id = '{}'", giver.id),
-        ])
-        .await;
+    let demoting = demoted(&app, &fixture, &giver, &giver_token).await;
     let giving = {
         let (mut users, id) = (app.users(), xenia.id.clone());
         tokio::spawn(async move {
@@ -965,16 +970,7 @@ async fn a_role_given_while_the_giver_is_demoted_is_refused() {
     let (giver, giver_token) = app
         .member(&fixture, "Olga", &[pb::Role::OrganisationAdmin, pb::Role::UserAdmin])
         .await;
-    app.who_am_i(&giver_token).await.expect("the giver is signed in");
-    let demoting = app
-        .in_progress(&[
-            format!(
-                "SELECT id FROM organisations WHERE id = '{}' FOR UPDATE",
-                fixture.org.id
-            ),
-            format!("DELETE FROM user_roles WHERE user_id = '{}'", giver.id),
-        ])
-        .await;
+    let demoting = demoted(&app, &fixture, &giver, &giver_token).await;
     let request = new_user(&fixture.org.id, "Yrsa", &[pb::Role::UserAdmin]);
     let email = request.email.clone();
     let creating = {
