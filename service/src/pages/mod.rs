@@ -595,23 +595,20 @@ async fn login_submit(State(domain): State<Domain>, mut visit: Visit) -> Respons
         let text = visit.t().err_cvr_invalid.to_owned();
         return login_form(visit, Some(text));
     }
-    let login_id = visit.field("login_id").to_owned();
-    let outcome = match domain.limit_sign_in_attempt("login", Some(&login_id), visit.peer.as_deref()) {
-        Ok(()) => match domain.organisation_for_sign_in(visit.field("organisation_cvr")).await {
-            Ok(organisation_id) => {
-                domain
-                    .login(LoginAttempt {
-                        login_id,
-                        password: Password::new(visit.field("password")),
-                        organisation_id,
-                        peer: visit.peer.clone(),
-                    })
-                    .await
-            }
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
+    let outcome = async {
+        let login_id = visit.field("login_id").to_owned();
+        domain.limit_sign_in_attempt("login", Some(&login_id), visit.peer.as_deref())?;
+        let organisation_id = domain.organisation_for_sign_in(visit.field("organisation_cvr")).await?;
+        domain
+            .login(LoginAttempt {
+                login_id,
+                password: Password::new(visit.field("password")),
+                organisation_id,
+                peer: visit.peer.clone(),
+            })
+            .await
+    }
+    .await;
     match outcome {
         Ok(LoginOutcome::LoggedIn(session)) => {
             let seconds = (session.session_expires_at - orgadmin_domain::model::now_millis()) / 1000;
@@ -773,18 +770,15 @@ async fn forgot_submit(State(domain): State<Domain>, visit: Visit) -> Response {
         let text = visit.t().err_cvr_invalid.to_owned();
         return forgot_form(visit, Some(text));
     }
-    let login_id = visit.field("login_id").to_owned();
-    let asked = match domain.limit_sign_in_attempt("reset", Some(&login_id), visit.peer.as_deref()) {
-        Ok(()) => match domain.organisation_for_sign_in(visit.field("organisation_cvr")).await {
-            Ok(organisation_id) => {
-                domain
-                    .request_password_reset(&login_id, organisation_id, visit.peer.clone())
-                    .await
-            }
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
+    let asked = async {
+        let login_id = visit.field("login_id");
+        domain.limit_sign_in_attempt("reset", Some(login_id), visit.peer.as_deref())?;
+        let organisation_id = domain.organisation_for_sign_in(visit.field("organisation_cvr")).await?;
+        domain
+            .request_password_reset(login_id, organisation_id, visit.peer.clone())
+            .await
+    }
+    .await;
     match asked {
         Ok(()) => {
             let t = visit.t();

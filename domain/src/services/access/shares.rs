@@ -81,6 +81,10 @@ async fn revoke_tokens_made_through(
     Ok(())
 }
 
+/// The refusals of a call through a share that is not there, or only to read.
+const NOT_SHARED: &str = "that user has not shared their resources with you";
+const SHARED_TO_READ: &str = "that user shared their resources with you to read, not to edit";
+
 /// Refused unless `owner_id` shares their resources with `grantee_id` to
 /// edit, as of now: the organisation's lock is taken first, the one every
 /// change of a share takes, so a share cannot end between this check and
@@ -100,10 +104,8 @@ pub(crate) async fn ensure_share_allows_edit(
         .await?;
     match share {
         Some(share) if share.can_edit => Ok(()),
-        Some(_) => Err(DomainError::denied(
-            "that user shared their resources with you to read, not to edit",
-        )),
-        None => Err(DomainError::denied("that user has not shared their resources with you")),
+        Some(_) => Err(DomainError::denied(SHARED_TO_READ)),
+        None => Err(DomainError::denied(NOT_SHARED)),
     }
 }
 
@@ -383,7 +385,7 @@ impl Domain {
         if *me == owner_id {
             return Ok(real);
         }
-        let not_shared = || DomainError::denied("that user has not shared their resources with you");
+        let not_shared = || DomainError::denied(NOT_SHARED);
         let share = share::Entity::find()
             .filter(share::Column::OwnerId.eq(owner_id))
             .filter(share::Column::GranteeId.eq(*me))
@@ -392,9 +394,7 @@ impl Domain {
             .filter(|row| row.organisation_id == *organisation_id)
             .ok_or_else(not_shared)?;
         if needs_edit && !share.can_edit {
-            return Err(DomainError::denied(
-                "that user shared their resources with you to read, not to edit",
-            ));
+            return Err(DomainError::denied(SHARED_TO_READ));
         }
         let owner = user::Entity::find_by_id(owner_id)
             .one(&self.db)
