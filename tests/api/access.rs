@@ -1489,13 +1489,12 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
                 .id
         }
     };
-    let add_member = |group: String, person: String| {
+    let add_member = |token: String, group: String, person: String| {
         let mut access = app.access();
-        let user_admin = user_admin.clone();
         async move {
             access
                 .add_group_member(req(
-                    &user_admin,
+                    &token,
                     pb::AddGroupMemberRequest {
                         group_id: group,
                         user_id: person,
@@ -1503,7 +1502,6 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
                     },
                 ))
                 .await
-                .expect("added to the group")
         }
     };
     let team = new_group("Holdet").await;
@@ -1515,7 +1513,9 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
     ] {
         let (person, _) = app.member(&fixture, name, &[]).await;
         if delegation == "grant to the group" {
-            add_member(team.clone(), person.id.clone()).await;
+            add_member(user_admin.clone(), team.clone(), person.id.clone())
+                .await
+                .expect("added to a group that passes nothing on");
         }
         let mailbox = unique_email("ulla.egen");
         update(user_admin.clone(), &person, "email", mailbox.clone())
@@ -1536,7 +1536,19 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
                 .expect("a right to pass on");
             }
             "group" => {
-                add_member(group.clone(), person.id.clone()).await;
+                // Not by the user administrator: joining the group makes
+                // the person delegate, and who may have set up how they
+                // sign in must not (two keys, below).
+                let before = app.fingerprint().await;
+                let status = assert_code(
+                    add_member(user_admin.clone(), group.clone(), person.id.clone()).await,
+                    Code::PermissionDenied,
+                );
+                assert!(status.message().contains("pass rights on"), "{}", status.message());
+                assert_eq!(app.fingerprint().await, before, "a refused add changed data");
+                add_member(admin.clone(), group.clone(), person.id.clone())
+                    .await
+                    .expect("an organisation administrator adds them");
             }
             _ => {
                 grant(
@@ -1649,7 +1661,7 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
         .await
         .expect("a service account in the plant");
     let (uma, _) = app.member(&fixture, "Uma", &[]).await;
-    let move_to_plant = |email: Option<String>| {
+    let move_to_plant = |token: String, email: Option<String>| {
         let mut users = app.users();
         let mut paths = vec!["unit_id".to_string()];
         let mut user = pb::User {
@@ -1661,11 +1673,10 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
             user.email = email;
             paths.push("email".into());
         }
-        let user_admin = user_admin.clone();
         async move {
             users
                 .update_user(req(
-                    &user_admin,
+                    &token,
                     pb::UpdateUserRequest {
                         user: Some(user),
                         update_mask: Some(FieldMask { paths }),
@@ -1677,7 +1688,7 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
     };
     let before = app.fingerprint().await;
     assert_code(
-        move_to_plant(Some(unique_email("ulla.egen"))).await,
+        move_to_plant(user_admin.clone(), Some(unique_email("ulla.egen"))).await,
         Code::PermissionDenied,
     );
     assert_eq!(app.fingerprint().await, before, "the refused move changed data");
@@ -1686,7 +1697,13 @@ async fn how_a_person_who_delegates_signs_in_is_an_administrators_call(backend: 
         .await
         .expect("allowed while Uma delegates nothing");
     let link = app.mailed_token("email_verification", &mailbox).await;
-    move_to_plant(None).await.expect("moved to the plant");
+    // Moved alone, too: the user administrator may have set up how Uma
+    // signs in (below).
+    let before = app.fingerprint().await;
+    let status = assert_code(move_to_plant(user_admin.clone(), None).await, Code::PermissionDenied);
+    assert!(status.message().contains("pass rights on"), "{}", status.message());
+    assert_eq!(app.fingerprint().await, before, "the refused move changed data");
+    move_to_plant(admin.clone(), None).await.expect("moved to the plant");
     assert_code(verify(link).await, Code::FailedPrecondition);
     // Moved there by an organisation administrator together with another
     // change of how they sign in (a username): the waiting address change

@@ -18,6 +18,7 @@ both_backends!(
     validate_only_counts_the_admin_seats_of_earlier_batches,
     licences_go_to_the_rows_that_can_be_created,
     edit_and_delete_files,
+    rows_after_one_that_ends_the_requester_run_on_what_is_left,
     legacy_files_bring_deactivated_users_and_administrators,
     cancel_limits_and_broken_files,
     bulk_activation_mails_cpr_users_and_lists_the_others,
@@ -747,6 +748,54 @@ async fn edit_and_delete_files(backend: Backend) {
     let job = deleted_from(&app, &token, &fixture.org.id, &delete).await;
     assert_eq!(app.import_job(&token, &job.id).await.applied, 1);
     assert_code(app.who_am_i(&frida_token).await, Code::Unauthenticated);
+    app.finish().await;
+}
+
+/// A row may end the requester themselves (here a user administrator's
+/// delete file names them first): the rows after it in the same batch run
+/// on what is left of their rights, which is none, and change nothing.
+async fn rows_after_one_that_ends_the_requester_run_on_what_is_left(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let admin = fixture.admin_token.clone();
+    let (ulla, ulla_token) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (lars, _) = app.member(&fixture, "Lars", &[]).await;
+    let (ida, _) = app.member(&fixture, "Ida", &[]).await;
+    let rows: Vec<String> = [&ulla, &lars, &ida]
+        .iter()
+        .map(|u| row(&[(0, &u.id), (3, &u.email)]))
+        .collect();
+    let job = app
+        .upload_import(
+            &ulla_token,
+            spec(&fixture.org.id, pb::ImportKind::Delete),
+            file(HEADER_DA, &rows).as_bytes(),
+            1 << 20,
+        )
+        .await
+        .expect("upload");
+    app.run_imports().await;
+    let done = app.import_job(&admin, &job.id).await;
+    assert_eq!((done.applied, done.failed, done.skipped), (1, 2, 0), "{done:?}");
+    let errors = app.import_errors(&admin, &job.id).await;
+    assert_eq!(
+        errors_of(&errors),
+        vec![
+            (3, "", "IMPORT_REQUESTER_CANNOT_ACT"),
+            (4, "", "IMPORT_REQUESTER_CANNOT_ACT"),
+        ]
+    );
+    let live: Vec<String> = users_of(&app, &admin, &fixture.org.id)
+        .await
+        .into_iter()
+        .filter(|u| u.state != pb::UserState::Deleted as i32)
+        .map(|u| u.id)
+        .collect();
+    assert!(!live.contains(&ulla.id), "the requester's own row applied");
+    assert!(
+        live.contains(&lars.id) && live.contains(&ida.id),
+        "rows after it changed nothing"
+    );
     app.finish().await;
 }
 

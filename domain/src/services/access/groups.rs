@@ -684,6 +684,14 @@ impl Domain {
                 .await?;
                 record_membership(&txn, caller, &row, user_id, true, now).await?;
                 if starts && super::user_delegates(self, &txn, &member).await? {
+                    super::ensure_may_make_delegate(
+                        self,
+                        &txn,
+                        caller,
+                        row.organisation_id,
+                        "adding them to this group",
+                    )
+                    .await?;
                     self.end_handover_in(&txn, caller, user_id, now).await?;
                 }
                 added

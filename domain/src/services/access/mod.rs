@@ -188,6 +188,34 @@ pub(crate) async fn caller_as_now(domain: &Domain, txn: &DatabaseTransaction, ca
     Ok(now)
 }
 
+/// Two keys (R-AUTH-1) when a write makes a person start to delegate (a
+/// move into a unit, an add to a group, whose rights may be passed on): a
+/// caller who may not change roles may have set up how that person signs
+/// in (a user administrator keeps the activation code of a person created
+/// with a birth date, and sets the password with it), and would then hold a
+/// delegator's credentials and grant themselves through them. So only
+/// someone who may change roles makes a person delegate, as CreateUser's
+/// placement rule says. Checked on the caller as they are under the
+/// organisation's lock.
+pub(crate) async fn ensure_may_make_delegate(
+    domain: &Domain,
+    txn: &DatabaseTransaction,
+    caller: &Caller,
+    organisation_id: Uuid,
+    doing: &str,
+) -> DomainResult<()> {
+    if caller.is_operator() {
+        return Ok(());
+    }
+    let caller_now = caller_as_now(domain, txn, caller).await?;
+    if authorize(&caller_now, Action::ChangeRoles, Target::organisation(organisation_id)).is_err() {
+        return Err(DomainError::denied(format!(
+            "{doing} would let this person pass rights on, so only someone who may change roles (an organisation administrator) may (two keys)"
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a caller who is no longer an active (or pending) user.
 async fn standing_member(txn: &DatabaseTransaction, user_id: Uuid) -> DomainResult<()> {
     let standing = user::Entity::find_by_id(user_id)

@@ -26,9 +26,22 @@ use crate::services::notifications::NotificationKind;
 use crate::services::users::roles_of;
 
 /// How a row ended.
+const REQUESTER_CANNOT_ACT: &str = "the person who started the import can no longer act (deactivated, deleted or without the rights); rows not yet applied were left";
+
+/// A row after one that took the requester's own right to import.
+fn requester_cannot_act() -> CellError {
+    CellError::new(
+        None,
+        Reason::ImportRequesterCannotAct,
+        "an earlier row of this file took the right to import from the person who started it; this row was left",
+    )
+}
+
 enum Outcome {
     Applied {
-        created: Option<Uuid>,
+        /// The user the row created or changed.
+        user: Uuid,
+        created: bool,
         notice: Option<CellError>,
     },
     Skipped,
@@ -308,10 +321,10 @@ impl Domain {
                 self.release_import(job.id, worker).await?;
                 return Ok(());
             }
-            let Some(caller) = self.requester(&job).await? else {
+            let Some(caller) = self.requester(&self.db, &job).await? else {
                 let failure = JobFailure {
                     reason: Reason::ImportRequesterCannotAct,
-                    message: "the person who started the import can no longer act (deactivated, deleted or without the rights); rows not yet applied were left".into(),
+                    message: REQUESTER_CANNOT_ACT.into(),
                 };
                 return self.end_import(&job, worker, ImportState::Failed, Some(failure)).await;
             };
@@ -424,15 +437,16 @@ impl Domain {
         })
     }
 
-    /// The requester as they are now: rows run with their current rights.
-    async fn requester(&self, job: &import_job::Model) -> DomainResult<Option<Caller>> {
-        let Some(row) = user::Entity::find_by_id(job.requester_id).one(&self.db).await? else {
+    /// The requester as they are now (in `db`: the batch's transaction
+    /// sees its own rows): rows run with their current rights.
+    async fn requester(&self, db: &impl ConnectionTrait, job: &import_job::Model) -> DomainResult<Option<Caller>> {
+        let Some(row) = user::Entity::find_by_id(job.requester_id).one(db).await? else {
             return Ok(None);
         };
         if !parse::<UserState>(&row.state)?.is_standing() || row.organisation_id != job.organisation_id {
             return Ok(None);
         }
-        let roles = roles_of(&self.db, &[row.id]).await?.remove(&row.id).unwrap_or_default();
+        let roles = roles_of(db, &[row.id]).await?.remove(&row.id).unwrap_or_default();
         let caller = member_caller(&row, roles);
         let kind: ImportKind = parse(&job.kind)?;
         if authorize(&caller, import_action(kind), Target::organisation(job.organisation_id)).is_err() {
@@ -484,7 +498,15 @@ impl Domain {
         // other rows are read: the rows' order is kept, so the licences
         // still go to the first rows of the file.
         let mut creates = Vec::new();
+        // A row may change the requester themselves (give up a role,
+        // deactivate or delete them): the rows after it run on what is left
+        // of their rights, read again inside this batch's transaction.
+        let mut requester_now = Some(caller.clone());
         for (row, cells) in batch {
+            let Some(caller) = &requester_now else {
+                outcomes.push((row, Outcome::Failed(vec![requester_cannot_act()])));
+                continue;
+            };
             let outcome = match read_row(kind, job.organisation_id, &cells, units) {
                 Err(mut problems) => {
                     problems.extend(scan.duplicates(kind, row, &cells));
@@ -508,8 +530,13 @@ impl Domain {
                     }
                 }
             };
+            let changed_requester = matches!(outcome, Outcome::Applied { user, .. } if user == job.requester_id);
             outcomes.push((row, outcome));
+            if changed_requester {
+                requester_now = self.requester(&txn, job).await?;
+            }
         }
+
         let (rows, checked): (Vec<i64>, Vec<_>) = creates.into_iter().unzip();
         // A check counts the administrator seats its rolled-back batches
         // took (the seat rule's own count, before and after this batch).
@@ -517,9 +544,18 @@ impl Domain {
         let admin_seats = || crate::services::seat_holders(&txn, job.organisation_id, Role::OrganisationAdmin);
         let seats_before = if checks_admin_seats { admin_seats().await? } else { 0 };
         let admin_seats_taken_before = if job.validate_only { job.admin_seats_taken } else { 0 };
-        let answers = self
-            .create_users_in(&txn, caller, checked, admin_seats_taken_before)
-            .await?;
+        let answers = match &requester_now {
+            Some(caller) => {
+                self.create_users_in(&txn, caller, checked, admin_seats_taken_before)
+                    .await?
+            }
+            // A create batch changes no existing user, so it never gets
+            // here; were it to, its rows fail as the later rows did.
+            None => checked
+                .iter()
+                .map(|_| Err(DomainError::denied(REQUESTER_CANNOT_ACT)))
+                .collect(),
+        };
         let admin_seats_taken = if checks_admin_seats {
             admin_seats().await? - seats_before
         } else {
@@ -528,7 +564,8 @@ impl Domain {
         for (row, answer) in rows.into_iter().zip(answers) {
             let outcome = match answer {
                 Ok(user) => Outcome::Applied {
-                    created: Some(user.user.id),
+                    user: user.user.id,
+                    created: true,
                     notice: None,
                 },
                 Err(refusal) => Outcome::Failed(row_errors(refusal)?),
@@ -537,9 +574,15 @@ impl Domain {
         }
         for (row, outcome) in outcomes {
             match outcome {
-                Outcome::Applied { created: id, notice } => {
+                Outcome::Applied {
+                    user,
+                    created: was_created,
+                    notice,
+                } => {
                     applied += 1;
-                    created.extend(id);
+                    if was_created {
+                        created.push(user);
+                    }
                     errors.extend(notice.map(|n| (row, n)));
                 }
                 Outcome::Skipped => skipped += 1,
@@ -676,7 +719,8 @@ impl Domain {
                     Ok(Outcome::Skipped)
                 } else {
                     Ok(Outcome::Applied {
-                        created: None,
+                        user: row.id,
+                        created: false,
                         notice: None,
                     })
                 }
@@ -692,7 +736,8 @@ impl Domain {
                 if !deactivate_only {
                     self.delete_user_in(txn, caller, row.id, "").await?;
                     return Ok(Outcome::Applied {
-                        created: None,
+                        user: row.id,
+                        created: false,
                         notice: None,
                     });
                 }
@@ -709,7 +754,8 @@ impl Domain {
                 )
                 .await?;
                 Ok(Outcome::Applied {
-                    created: None,
+                    user: row.id,
+                    created: false,
                     notice: Some(CellError {
                         column: None,
                         reason: DEACTIVATED_NOT_DELETED.into(),

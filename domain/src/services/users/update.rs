@@ -407,6 +407,16 @@ impl Domain {
             }
             _ => false,
         };
+        if moves_into_delegation {
+            crate::services::access::ensure_may_make_delegate(
+                self,
+                txn,
+                caller,
+                current.organisation_id,
+                "moving them into this unit",
+            )
+            .await?;
+        }
         let starts_guarded = promoted || moves_into_delegation;
         let withdraws_for_promotion = starts_guarded && row.pending_email.is_some() && email_to_verify.is_none();
         if withdraws_for_promotion {
