@@ -30,6 +30,10 @@ pub struct Config {
     /// more are refused at once with RESOURCE_EXHAUSTED (health checks and
     /// reflection are not counted).
     pub max_in_flight: usize,
+    /// gRPC connections open at once; more wait to be accepted until one
+    /// closes. A connection that sends nothing for 10 s after connecting is
+    /// closed.
+    pub max_grpc_connections: usize,
     /// argon2id memory (KiB), iterations and lanes of new password hashes.
     pub password_memory_kib: u32,
     pub password_iterations: u32,
@@ -169,6 +173,7 @@ impl Default for Config {
             worker_health_listen: "127.0.0.1:50052".into(),
             database_max_connections: 20,
             max_in_flight: 256,
+            max_grpc_connections: 1024,
             password_memory_kib: 19 * 1024,
             password_iterations: 2,
             password_parallelism: 1,
@@ -388,6 +393,9 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.max_in_flight) {
             return Err("ORGADMIN_MAX_IN_FLIGHT must be between 1 and 100000".into());
+        }
+        if !(1..=100_000).contains(&self.max_grpc_connections) {
+            return Err("ORGADMIN_MAX_GRPC_CONNECTIONS must be between 1 and 100000".into());
         }
         for (name, value) in [
             ("ORGADMIN_CPR_LOOKUP_KEY", &self.cpr_lookup_key),

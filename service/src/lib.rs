@@ -2,6 +2,7 @@
 
 pub mod acting;
 pub mod bounds;
+pub mod connections;
 pub mod convert;
 pub mod error;
 pub mod handlers;
@@ -10,5 +11,6 @@ pub mod pages;
 pub mod server;
 pub mod shed;
 
+pub use connections::ConnectionLimits;
 pub use http::serve_certificate_http;
-pub use server::serve;
+pub use server::{serve, serve_with_limits};

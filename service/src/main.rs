@@ -124,7 +124,11 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
     // Caught from here on, before the server first polls its stop.
     let stop = orgadmin_domain::telemetry::shutdown_signal();
     let sign_ins = domain.clone();
-    orgadmin_service::serve(domain, listener, config.max_in_flight, async move {
+    let connections = orgadmin_service::ConnectionLimits {
+        max_connections: config.max_grpc_connections,
+        ..Default::default()
+    };
+    orgadmin_service::serve_with_limits(domain, listener, config.max_in_flight, connections, async move {
         tokio::select! {
             () = stop => {}
             // Without a worker (or once it ended well) the sender is gone:

@@ -15,10 +15,10 @@ use orgadmin_proto::v1::user_service_server::UserServiceServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::connections::{ConnectionLimits, guarded_incoming};
 use crate::handlers::access::AccessHandler;
 use crate::handlers::auth::AuthHandler;
 use crate::handlers::certificates::CertificateHandler;
@@ -28,17 +28,35 @@ use crate::handlers::organisations::OrganisationHandler;
 use crate::handlers::users::UserHandler;
 use crate::shed::InFlight;
 
+/// How often an open connection is pinged, and how long its answer may
+/// take.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(60);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// No orgadmin request comes near this; import files stream in chunks of
 /// at most 1 MiB.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Serves until `shutdown` resolves; then reports NOT_SERVING, stops accepting
 /// and lets in-flight calls finish. At most `max_in_flight` calls of the
-/// orgadmin services run at once (see `shed`).
+/// orgadmin services run at once (see `shed`); connections as
+/// `ConnectionLimits::default()` says.
 pub async fn serve(
     domain: Domain,
     listener: TcpListener,
     max_in_flight: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with_limits(domain, listener, max_in_flight, ConnectionLimits::default(), shutdown).await
+}
+
+/// `serve`, with the connections guarded by `connections` (see
+/// `connections`).
+pub async fn serve_with_limits(
+    domain: Domain,
+    listener: TcpListener,
+    max_in_flight: usize,
+    connections: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -97,6 +115,12 @@ pub async fn serve(
 
     let in_flight = InFlight::new(max_in_flight);
     let served = Server::builder()
+        // A connection whose peer vanished (no FIN: a pod's node gone, a
+        // NAT's state dropped) answers no ping and ends, giving back its
+        // place among `connections.max_connections`. Clients' own pings
+        // (tonic's and grpc-go's are off by default) need no permission.
+        .http2_keepalive_interval(Some(HTTP2_PING_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_PING_TIMEOUT))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -107,10 +131,7 @@ pub async fn serve(
         .add_service(in_flight.wrap(imports))
         .add_service(in_flight.wrap(certificates))
         .add_service(in_flight.wrap(access))
-        // TCP_NODELAY: a reply is several HTTP/2 frames (headers, data,
-        // trailers); with Nagle on, the second write waits for the client's
-        // delayed ACK (40 ms on Linux) whenever only one call is in flight.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), draining)
+        .serve_with_incoming_shutdown(guarded_incoming(listener, connections), draining)
         .await;
     probe_on_error.abort();
     served?;

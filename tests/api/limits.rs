@@ -11,7 +11,10 @@ use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_types::StatusExt;
 
-both_backends!(calls_over_the_in_flight_bound_are_shed);
+both_backends!(
+    calls_over_the_in_flight_bound_are_shed,
+    grpc_connections_are_bounded_and_silent_ones_closed
+);
 
 async fn calls_over_the_in_flight_bound_are_shed(backend: Backend) {
     // One database connection, two calls at once.
@@ -58,5 +61,78 @@ async fn calls_over_the_in_flight_bound_are_shed(backend: Backend) {
     }
     // And the permits came back.
     get(&app).await.expect("served again");
+    app.finish().await;
+}
+
+/// The gRPC port holds at most `max_connections` open connections: one
+/// more is accepted only when one closes. A connection that sends nothing
+/// after connecting is closed after `first_bytes_timeout` (before, it was
+/// held for ever, and enough of them took every file descriptor), while one
+/// that speaks stays open past it.
+async fn grpc_connections_are_bounded_and_silent_ones_closed(backend: Backend) {
+    use tokio::io::AsyncReadExt;
+    use tonic::transport::Channel;
+
+    let app = TestApp::start(backend).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first_bytes_timeout = Duration::from_secs(2);
+    let server = tokio::spawn(orgadmin_service::serve_with_limits(
+        app.domain.clone(),
+        listener,
+        16,
+        orgadmin_service::ConnectionLimits {
+            max_connections: 2,
+            first_bytes_timeout,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = || async {
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(10))
+            .connect_lazy()
+    };
+    let check = |channel: Channel| async move {
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+    };
+    // A client that speaks keeps its connection past the timeout.
+    let speaking = channel().await;
+    check(speaking.clone()).await.expect("a health check");
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let opened = Instant::now();
+    // Both places are taken: a new client waits to be accepted.
+    let waiting = tokio::spawn(check(channel().await));
+    tokio::time::sleep(first_bytes_timeout / 2).await;
+    assert!(!waiting.is_finished(), "a third connection was served beside two");
+    // The silent connection is closed once its time is up (the server's
+    // own HTTP/2 settings come first) ...
+    let mut silent = silent;
+    let mut sent = Vec::new();
+    let read = tokio::time::timeout(first_bytes_timeout * 3, silent.read_to_end(&mut sent))
+        .await
+        .expect("the silent connection was left open");
+    assert!(read.is_ok() || opened.elapsed() >= first_bytes_timeout, "{read:?}");
+    assert!(
+        opened.elapsed() >= first_bytes_timeout,
+        "closed early: {:?}",
+        opened.elapsed()
+    );
+    // ... which lets the waiting client in.
+    tokio::time::timeout(first_bytes_timeout * 3, waiting)
+        .await
+        .expect("the waiting client was let in")
+        .unwrap()
+        .expect("its health check");
+    check(speaking)
+        .await
+        .expect("the speaking connection outlived the timeout");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
     app.finish().await;
 }
