@@ -1134,6 +1134,30 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
     );
     let allowed = set_signing(&app, &fixture.admin_token, &signe.id, true).await.unwrap();
     assert!(allowed.signs_with_organisation_certificate);
+    // Nobody allows themselves (two keys): an organisation administrator
+    // with the signing right asks a colleague, who may.
+    let (oda, oda_session) = app
+        .create_and_activate(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                signing_right: true,
+                ..new_user(&fixture.org.id, "Oda", &[pb::Role::OrganisationAdmin])
+            },
+        )
+        .await;
+    let before = app.fingerprint().await;
+    let own = assert_code(
+        set_signing(&app, &oda_session, &oda.id, true).await,
+        Code::PermissionDenied,
+    );
+    assert!(own.message().contains("two keys"), "{}", own.message());
+    assert_eq!(app.fingerprint().await, before, "a refused allowance changed data");
+    set_signing(&app, &fixture.admin_token, &oda.id, true)
+        .await
+        .expect("a colleague allows Oda");
+    set_signing(&app, &oda_session, &oda.id, false)
+        .await
+        .expect("stopping oneself is one's own call");
     let no_right = set_signing(&app, &fixture.admin_token, &bo.id, true).await;
     assert_eq!(
         reason(&assert_code(no_right, Code::FailedPrecondition)),

@@ -114,6 +114,18 @@ async fn a_new_address_takes_over_once_verified(backend: Backend) {
     assert_eq!(verified.email, new);
     assert_eq!(verified.pending_email, "");
     assert!(verified.email_verified);
+    // The link's holder learns whose address it is, and nothing more of
+    // the record (whoever reads that mailbox may not be Anna).
+    assert_eq!(
+        verified,
+        pb::User {
+            id: anna.id.clone(),
+            organisation_id: fixture.org.id.clone(),
+            email: new.clone(),
+            email_verified: true,
+            ..Default::default()
+        }
+    );
     let again = verify(&app, &link).await;
     assert_code(again, Code::FailedPrecondition);
     // ... no longer sets the password: whoever reads the old mailbox (often

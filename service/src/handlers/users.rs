@@ -382,8 +382,19 @@ impl UserService for UserHandler {
             .into_status();
         }
         let user = self.domain.verify_email(&token).await.into_status()?;
+        // The link proves control of a mailbox, not who holds it (an
+        // address typed wrongly reaches a stranger): the answer says whose
+        // address is now in force and nothing else of their record (birth
+        // date, masked CPR number, phone, roles).
         Ok(Response::new(pb::VerifyEmailResponse {
-            user: Some(user_to_pb(user)),
+            user: Some(pb::User {
+                id: user.id.to_string(),
+                organisation_id: user.organisation_id.to_string(),
+                email: user.email,
+                email_verified: user.email_verified,
+                pending_email: user.pending_email.unwrap_or_default(),
+                ..Default::default()
+            }),
         }))
     }
 

@@ -38,6 +38,13 @@ impl Domain {
             return Ok(user);
         }
         if allowed {
+            // Two keys (R-ACC-4), as for the signing right itself: with
+            // this a person seals for the organisation.
+            if caller.acting_user_id() == Some(user_id) {
+                return Err(DomainError::denied(
+                    "nobody allows themselves to sign through the organisation certificate: a colleague must (two keys)",
+                ));
+            }
             if user.state == UserState::Deleted {
                 return Err(DomainError::precondition(Reason::UserDeleted, "the user is deleted"));
             }
