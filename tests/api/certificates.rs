@@ -1801,6 +1801,36 @@ async fn a_certificate_revoked_during_the_expiry_sweep_gets_no_warning() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// An expiry warning goes to the contact person as they are when it is
+/// sent: the sweep read its batch, a contact change committed, and the
+/// warning (sent once) went to the contact the batch had named, so the new
+/// one never heard. (The contact change in progress is played by a session
+/// that has written the row and not committed; the sweep's claim waits for
+/// it.) PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_warning_goes_to_the_contact_of_the_moment() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (_, _, certificate, not_after) = member_with_certificate(&app, &fixture, "Eva", &dir).await;
+    let (carl, _) = app.member(&fixture, "Carl", &[]).await;
+    let contact_change = contact_change_in_progress(&app, &certificate, &carl).await;
+    let sweeping = {
+        let domain = app.domain.clone();
+        tokio::spawn(async move { domain.warn_expiring_certificates(not_after - 29 * DAY_MS).await })
+    };
+    app.until_waiting_on_a_lock("certificates").await;
+    contact_change.commit().await;
+    assert_eq!(sweeping.await.unwrap().unwrap(), 1, "one warning");
+    assert_eq!(
+        app.mail_texts("certificate_expiring", &carl.email).await.len(),
+        1,
+        "the new contact is told"
+    );
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The expiry sweep reads the certificates due and then writes each one
 /// EXPIRED, on condition only that it is still ISSUED. A contact change
 /// that commits between the read and the write has moved the version on;

@@ -487,6 +487,12 @@ impl Domain {
         if claim.exec(&txn).await?.rows_affected != 1 {
             return Ok(false);
         }
+        // As it is now that the claim holds its row: a contact changed
+        // since the sweep read its batch is the one told (the warning is
+        // sent once, so the old contact's would be the only one).
+        let Some(row) = certificate::Entity::find_by_id(row.id).one(&txn).await? else {
+            return Ok(false);
+        };
         let org = read_organisation(&txn, row.organisation_id).await?;
         let what = describe(&row);
         let expires_on = crate::mail::date(row.not_after.unwrap_or(now));
