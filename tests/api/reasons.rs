@@ -245,7 +245,7 @@ async fn reasons_no_other_scenario_reaches(backend: Backend) {
     // ADMINISTRATORS_ABOVE_LIMIT: the maximum cannot go below the seats held.
     app.users()
         .create_user(req(
-            OPERATOR_TOKEN,
+            &fixture.admin_token,
             new_user(&fixture.org.id, "Anden", &[pb::Role::OrganisationAdmin]),
         ))
         .await

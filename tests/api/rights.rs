@@ -413,7 +413,7 @@ impl World {
         let pending_admin = app
             .users()
             .create_user(req(
-                OPERATOR_TOKEN,
+                &fixture.admin_token,
                 placed(
                     &nord.id,
                     new_user(&fixture.org.id, "PendingAdmin", &[pb::Role::UserAdmin]),
@@ -1948,7 +1948,10 @@ const MATRIX: &[(&str, &str, &str, &[Who])] = &[
     ("UpdateUnit", ORG, "UpdateUnit", &[OrgAdmin]),
     ("DeleteUnit", ORG, "DeleteUnit", &[OrgAdmin]),
     ("CreateUser", USR, "CreateUser", &[UserAdmin]),
-    ("CreateAdministrator", USR, "CreateUser", &[Operator]),
+    // R-AUTH-1: the operator appoints administrators only while an
+    // organisation has no active one (users::first_user_of_operator_becomes_administrator);
+    // this one has, and appoints its own.
+    ("CreateAdministrator", USR, "CreateUser", &[]),
     // R-ACC-2: a level on Nord or above it reaches the users placed in
     // Nord; level 4 views only; a level on a sibling unit reaches none.
     (

@@ -137,7 +137,7 @@ async fn timed_deactivation_keeps_its_administrator_seat(backend: Backend) {
     let token = fixture.admin_token.clone();
     let (second, _) = app
         .create_and_activate(
-            OPERATOR_TOKEN,
+            &token,
             new_user(&fixture.org.id, "Anden", &[pb::Role::OrganisationAdmin]),
         )
         .await;
@@ -146,7 +146,7 @@ async fn timed_deactivation_keeps_its_administrator_seat(backend: Backend) {
     let third = app
         .users()
         .create_user(req(
-            OPERATOR_TOKEN,
+            &token,
             new_user(&fixture.org.id, "Tredje", &[pb::Role::OrganisationAdmin]),
         ))
         .await;
@@ -205,7 +205,7 @@ async fn pending_administrator_is_not_an_active_one(backend: Backend) {
     let token = fixture.admin_token.clone();
     let pending = new_user(&fixture.org.id, "Ventende", &[pb::Role::OrganisationAdmin]);
     let (email, cpr) = (pending.email.clone(), pending.cpr.clone());
-    app.users().create_user(req(OPERATOR_TOKEN, pending)).await.unwrap();
+    app.users().create_user(req(&token, pending)).await.unwrap();
 
     let before = app.fingerprint().await;
     let alone = deactivate(&app, &token, &fixture.admin.id, None).await;

@@ -55,26 +55,87 @@ async fn first_user_of_operator_becomes_administrator(backend: Backend) {
     );
     assert_eq!(app.fingerprint().await, before);
 
-    // Later, the operator creates administrators only.
+    // Later, the operator creates administrators only, and only while the
+    // organisation has no active one: with one, the operator could appoint
+    // an administrator they sign in as (the code of a birth-date person
+    // comes back to them) and see every user.
     let before = app.fingerprint().await;
     let plain = app
         .users()
         .create_user(req(OPERATOR_TOKEN, new_user(&fixture.org.id, "Plain", &[])))
         .await;
     assert_code(plain, Code::PermissionDenied);
+    let coded_admin = |org: &str, name: &str| pb::CreateUserRequest {
+        cpr: String::new(),
+        birth_date: "1980-03-04".into(),
+        ..new_user(org, name, &[pb::Role::OrganisationAdmin])
+    };
+    let second = app
+        .users()
+        .create_user(req(OPERATOR_TOKEN, coded_admin(&fixture.org.id, "Second")))
+        .await;
+    let refused = assert_code(second, Code::PermissionDenied);
+    assert!(
+        refused.message().contains("active administrator"),
+        "{}",
+        refused.message()
+    );
     assert_eq!(app.fingerprint().await, before);
+    // Nor does the operator get the code of an administrator the
+    // organisation's own administrators appointed.
+    let appointed = app
+        .users()
+        .create_user(req(&fixture.admin_token, coded_admin(&fixture.org.id, "Udpeget")))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let before = app.fingerprint().await;
+    let code = app
+        .users()
+        .create_activation_code(req(
+            OPERATOR_TOKEN,
+            pb::CreateActivationCodeRequest {
+                user_id: appointed.id.clone(),
+            },
+        ))
+        .await;
+    assert_code(code, Code::PermissionDenied);
+    assert_eq!(app.fingerprint().await, before);
+    // An organisation whose only administrator has not activated (a wrong
+    // address, a lost code) is one the operator may still help: another
+    // administrator, a new code.
+    let stranded = app.create_org(None, None).await;
+    let first = app
+        .users()
+        .create_user(req(OPERATOR_TOKEN, coded_admin(&stranded.id, "Første")))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
     let second_admin = app
         .users()
-        .create_user(req(
-            OPERATOR_TOKEN,
-            new_user(&fixture.org.id, "Second", &[pb::Role::OrganisationAdmin]),
-        ))
+        .create_user(req(OPERATOR_TOKEN, coded_admin(&stranded.id, "Anden")))
         .await
         .unwrap()
         .into_inner()
         .user
         .unwrap();
     assert_eq!(second_admin.roles, vec![pb::Role::OrganisationAdmin as i32]);
+    let new_code = app
+        .users()
+        .create_activation_code(req(
+            OPERATOR_TOKEN,
+            pb::CreateActivationCodeRequest {
+                user_id: first.id.clone(),
+            },
+        ))
+        .await
+        .expect("a new code for the stranded administrator")
+        .into_inner();
+    assert!(!new_code.activation_code.is_empty());
 
     let who = app
         .auth()

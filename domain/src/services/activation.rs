@@ -365,6 +365,17 @@ impl Domain {
                 "this profile was re-created for anonymity and the person activates it by the link mailed to them: use SendActivation",
             ));
         }
+        // The code comes back to the caller: an operator could activate an
+        // administrator's profile as them (its birth date is theirs to
+        // read), so an operator gets it only while the organisation has no
+        // active administrator, as for appointing one.
+        if caller.is_operator()
+            && crate::services::active_role_holders(&txn, org.id, Role::OrganisationAdmin).await? > 0
+        {
+            return Err(DomainError::denied(
+                crate::services::users::OPERATOR_APPOINTS_ONLY_WITHOUT_ADMIN,
+            ));
+        }
         let code = self.issue_activation_code(&txn, &row, Earlier::End).await?;
         self.enqueue_mail(
             &txn,

@@ -12,6 +12,10 @@ use crate::services::activation::Earlier;
 use crate::services::organisations::no_such_unit;
 use crate::services::{licence_limit_reached, take_licences};
 
+/// Why an operator may not appoint (or hand out the activation code of) an
+/// administrator of an organisation that has an active one.
+pub(crate) const OPERATOR_APPOINTS_ONLY_WITHOUT_ADMIN: &str = "this organisation has an active administrator, who appoints its administrators and hands out their activation; an operator does so only while an organisation has none (nobody, operator included, may obtain a credential that acts as another person)";
+
 impl Domain {
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn create_user(&self, caller: &Caller, new: NewUser) -> DomainResult<CreatedUser> {
@@ -193,6 +197,15 @@ impl Domain {
             // R-ORG-2: the first user an operator creates in an organisation
             // without an administrator becomes its administrator.
             let mut has_admin = seat_holders(txn, org_id, Role::OrganisationAdmin).await? > 0;
+            // R-AUTH-1, R-ACC-6: an operator who appointed administrators at
+            // will could appoint one they sign in as (a birth-date person's
+            // activation code comes back to them, a CPR person's link goes
+            // to the address they typed) and see every user. So an
+            // operator appoints one only while the organisation has no
+            // active administrator (its first, or to recover it when its
+            // administrators are all gone); after that, its
+            // organisation administrators appoint each other.
+            let has_active_admin = has_admin && active_role_holders(txn, org_id, Role::OrganisationAdmin).await? > 0;
             for (answer, user) in answers.iter_mut().zip(users.iter_mut()) {
                 if answer.is_some() {
                     continue;
@@ -213,6 +226,8 @@ impl Domain {
                     *answer = Some(Err(DomainError::denied(
                         "operators create an organisation's administrators only; its user administrators create the other users",
                     )));
+                } else if has_active_admin {
+                    *answer = Some(Err(DomainError::denied(OPERATOR_APPOINTS_ONLY_WITHOUT_ADMIN)));
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! and the rules they share.
 
 mod create;
+pub(crate) use create::OPERATOR_APPOINTS_ONLY_WITHOUT_ADMIN;
 mod lifecycle;
 mod queries;
 mod update;
