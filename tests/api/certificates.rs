@@ -1866,8 +1866,11 @@ async fn an_expiry_behind_a_contact_change_moves_the_version_on_from_it() {
 }
 
 /// The same for the certificate a renewal supersedes: the renewal writes
-/// it SUPERSEDED on condition only that it is still ISSUED, and a contact
-/// change committed meanwhile must not leave it at the change's version.
+/// it SUPERSEDED on condition only that it is still ISSUED (and under the
+/// contact person the renewal copied), and a contact change committed
+/// meanwhile must not leave it at the change's version. The holder's
+/// renewal goes on with the new contact person: it had copied the one
+/// the change replaced, and kept them, which no serial order gives.
 /// PostgreSQL only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supersession_behind_a_contact_change_moves_the_version_on_from_it() {
@@ -1877,24 +1880,13 @@ async fn a_supersession_behind_a_contact_change_moves_the_version_on_from_it() {
     let (_, session, certificate, _) = member_with_certificate(&app, &fixture, "Eva", &dir).await;
     let (carl, _) = app.member(&fixture, "Carl", &[]).await;
     let contact_change = contact_change_in_progress(&app, &certificate, &carl).await;
-    let renewing = {
-        let (app_certs, id, request) = (app.certs(), certificate.id.clone(), csr(&dir, "eva-2", "p256"));
-        tokio::spawn(async move {
-            let mut certs = app_certs;
-            certs
-                .renew_certificate(req(
-                    &session,
-                    pb::RenewCertificateRequest {
-                        certificate_id: id,
-                        csr_pem: request,
-                    },
-                ))
-                .await
-        })
-    };
+    let renewing = renewal_started(&app, &session, &certificate, csr(&dir, "eva-2", "p256"));
     app.until_waiting_on_a_lock("certificates").await;
     contact_change.commit().await;
-    renewing.await.unwrap().expect("the renewal");
+    let renewed = renewing.await.unwrap().expect("the renewal").certificate.unwrap();
+    assert_eq!(renewed.contact_id, carl.id, "the renewal has the new contact person");
+    let stored = get(&app, &fixture.admin_token, &renewed.id).await.unwrap();
+    assert_eq!(stored.contact_id, carl.id, "as stored too");
     let superseded = get(&app, &fixture.admin_token, &certificate.id).await.unwrap();
     assert_eq!(superseded.state(), pb::CertificateState::Superseded);
     assert_eq!(
@@ -1904,6 +1896,153 @@ async fn a_supersession_behind_a_contact_change_moves_the_version_on_from_it() {
     );
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An organisation certificate's contact person who renews it while it is
+/// handed to someone else is refused once the change commits, as if they
+/// had come after it: the renewal is the contact person's, and they are no
+/// longer that. Before, the renewal superseded it on condition only that
+/// it was still ISSUED: the certificate the new contact person had just
+/// been told was theirs to look after was SUPERSEDED, by a new one in the
+/// hands of the person it was taken from. (The contact change in progress
+/// is played by a session that has written the row and not committed.)
+/// PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_behind_a_change_of_its_contact_person_is_refused() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (_, olga_session, certificate) = olgas_organisation_certificate(&app, &dir, &fixture).await;
+    let (per, _) = app.member(&fixture, "Per", &[]).await;
+    let contact_change = contact_change_in_progress(&app, &certificate, &per).await;
+    let renewing = renewal_started(&app, &olga_session, &certificate, csr(&dir, "olga-2", "p256"));
+    app.until_waiting_on_a_lock("certificates").await;
+    contact_change.commit().await;
+    assert_code(renewing.await.unwrap(), Code::PermissionDenied);
+    let unchanged = get(&app, &fixture.admin_token, &certificate.id).await.unwrap();
+    assert_eq!(unchanged.state(), pb::CertificateState::Issued);
+    assert_eq!(unchanged.contact_id, per.id);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM certificates WHERE renews_id = '{}'",
+            certificate.id
+        ))
+        .await,
+        0,
+        "no renewal"
+    );
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A user certificate's contact person deleted while the holder's renewal
+/// commits: the deletion hands the renewal to the holder too. The renewal
+/// had superseded the old certificate, so the deletion's handover of that
+/// one waited for it, and then found it ended. Read once before, the
+/// deletion had looked for what to hand over while the renewal was not yet
+/// committed: the renewal kept the deleted person as its contact, and its
+/// own renewal was refused (CERTIFICATE_CONTACT_NOT_ACTIVE) until an
+/// administrator named another. (The renewal in progress is played by a
+/// session that has written the new certificate and superseded the old
+/// one, and not committed.) PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_committed_during_its_contacts_deletion_is_handed_over_too() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (bo, bo_session) = app.member(&fixture, "Bo", &[]).await;
+    let (carl, _) = app.member(&fixture, "Carl", &[]).await;
+    let with_carl = pb::OrderCertificateRequest {
+        contact_id: carl.id.clone(),
+        ..user_order(&fixture.org.id, &bo, &[pb::CertificateUsage::Authentication])
+    };
+    order(&app, &fixture.admin_token, with_carl).await.unwrap();
+    let pickup = app.mailed_token("certificate_pickup", &bo.email).await;
+    let certificate = issue(&app, &bo_session, &pickup, &csr(&dir, "bo-1", "p256"))
+        .await
+        .unwrap()
+        .certificate
+        .unwrap();
+    let (renewal, renewal_id) = renewal_in_progress(&app, &certificate).await;
+    let deleting = {
+        let (app_users, token, id) = (app.users(), fixture.admin_token.clone(), carl.id.clone());
+        tokio::spawn(async move {
+            let mut users = app_users;
+            users
+                .delete_user(req(
+                    &token,
+                    pb::DeleteUserRequest {
+                        id,
+                        ..Default::default()
+                    },
+                ))
+                .await
+        })
+    };
+    app.until_waiting_on_a_lock("certificates").await;
+    renewal.commit().await;
+    deleting.await.unwrap().expect("Carl leaves");
+    let renewed = get(&app, &fixture.admin_token, &renewal_id).await.unwrap();
+    assert_eq!(renewed.contact_id, bo.id, "the renewal is handed to its holder");
+    let superseded = get(&app, &fixture.admin_token, &certificate.id).await.unwrap();
+    assert_eq!(superseded.state(), pb::CertificateState::Superseded);
+    assert_eq!(
+        superseded.contact_id, carl.id,
+        "an ended certificate is left as it ended"
+    );
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `RenewCertificate` of `certificate` as `session` over the key of
+/// `csr_pem`, started in the background: a renewal that waits on a write
+/// in progress.
+fn renewal_started(
+    app: &TestApp,
+    session: &str,
+    certificate: &pb::Certificate,
+    csr_pem: String,
+) -> tokio::task::JoinHandle<Result<pb::RenewCertificateResponse, Status>> {
+    let (mut certs, session) = (app.certs(), session.to_owned());
+    let request = pb::RenewCertificateRequest {
+        certificate_id: certificate.id.clone(),
+        csr_pem,
+    };
+    tokio::spawn(async move {
+        certs
+            .renew_certificate(req(&session, request))
+            .await
+            .map(|r| r.into_inner())
+    })
+}
+
+/// A RenewCertificate of `certificate` that has written the new
+/// certificate (a copy of the old one under another id and serial, with
+/// no pickup token) and superseded the old one, as that call does, and
+/// not committed; with the new certificate's id.
+async fn renewal_in_progress(app: &TestApp, certificate: &pb::Certificate) -> (InProgress, String) {
+    let renewal_id = uuid::Uuid::now_v7();
+    let in_progress = app
+        .in_progress(&[
+            format!(
+                "CREATE TEMPORARY TABLE renewal ON COMMIT DROP AS SELECT * FROM certificates WHERE id = '{}'",
+                certificate.id
+            ),
+            format!(
+                "UPDATE renewal SET id = '{renewal_id}', renews_id = id, serial = '{}', \
+                 pickup_token_hash = NULL, pickup_expires_at = NULL, version = 2",
+                renewal_id.simple()
+            ),
+            "INSERT INTO certificates SELECT * FROM renewal".to_owned(),
+            format!(
+                "UPDATE certificates SET state = 'SUPERSEDED', revoked_at = {}, revocation_reason = 'SUPERSEDED', \
+                 version = version + 1 WHERE id = '{}'",
+                now_millis(),
+                certificate.id
+            ),
+        ])
+        .await;
+    (in_progress, renewal_id.to_string())
 }
 
 /// A ChangeCertificateContact of `certificate` to `contact` that has

@@ -209,7 +209,9 @@ fn read_csr(csr_pem: &str) -> DomainResult<CheckedCsr> {
 /// instead: whichever comes second waits for the other. A handover behind
 /// this write hands the issued certificate over; a pickup behind a
 /// handover finds the row changed and is refused (the contact it read is
-/// gone), and goes through when tried again.
+/// gone), and goes through when tried again. A renewal's row is new, and no
+/// handover sees it before it commits: they meet on the row it supersedes
+/// (`supersede_renewed`).
 async fn write_issued(
     txn: &DatabaseTransaction,
     row: &certificate::Model,
@@ -279,15 +281,88 @@ fn ending(
         .col_expr(certificate::Column::RevocationReason, Expr::value(reason.as_str()))
         // Not the version as read plus one: a caller that holds only under
         // the state as read (a renewal's supersession) may write over a
-        // change committed since (a new contact person) that moved the
-        // version on, and the row would end under the ETag that change
-        // handed out.
+        // change committed since (a user certificate's new contact person,
+        // whom the renewal takes on) that moved the version on, and the row
+        // would end under the ETag that change handed out.
         .col_expr(
             certificate::Column::Version,
             Expr::col(certificate::Column::Version).add(1),
         )
         .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
         .filter(certificate::Column::Id.eq(row.id))
+}
+
+/// Ends the certificate `old_id` that the just issued `renewal` renews as
+/// SUPERSEDED, in the renewal's transaction, with its history event.
+///
+/// The renewal copied the old certificate's contact person as it read the
+/// row, unlocked: locked at the start, the row would be taken before the
+/// holder (`write_issued`), the reverse of DeleteUser's order. So the
+/// supersession holds only while that person is still the old row's
+/// contact. Held on the state alone, it went through behind a
+/// ChangeCertificateContact or a deletion's handover
+/// (`hand_over_contact_in`) committed meanwhile, which no serial order
+/// allows: an organisation certificate's former contact person renewed it
+/// after it had been handed to someone else (told it was theirs now), and
+/// a user certificate's renewal kept the contact person the change had
+/// replaced, a deleted one behind a handover.
+///
+/// When it does not hold, the old row is read again, locked (after the
+/// holder, as the supersession itself takes it): ended meanwhile, the
+/// renewal is refused; renewed by someone who is no longer its recipient
+/// (an organisation or system certificate handed to another contact
+/// person), refused as if they had come after the change. A user
+/// certificate's recipient is its holder: its renewal takes on the
+/// contact person as they are now (its e-mail address is the holder's,
+/// which a change of contact leaves as it is).
+async fn supersede_renewed(
+    txn: &DatabaseTransaction,
+    caller: &Caller,
+    old_id: Uuid,
+    renewal: &mut certificate::Model,
+    now: Millis,
+) -> DomainResult<()> {
+    let supersede = |old: &certificate::Model, contact_id: Uuid| {
+        ending(old, CertificateState::Superseded, RevocationReason::Superseded, now)
+            .filter(certificate::Column::State.eq(CertificateState::Issued.as_str()))
+            .filter(certificate::Column::ContactId.eq(contact_id))
+    };
+    let mut old = certificate::Entity::find_by_id(old_id)
+        .one(txn)
+        .await?
+        .ok_or_else(|| DomainError::not_found("certificate", old_id))?;
+    if supersede(&old, renewal.contact_id).exec(txn).await?.rows_affected != 1 {
+        old = certificate::Entity::find_by_id(old_id)
+            .lock_exclusive()
+            .one(txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("certificate", old_id))?;
+        if old.state != CertificateState::Issued.as_str() {
+            return Err(DomainError::precondition(
+                Reason::CertificateNotRenewable,
+                "the certificate being renewed is no longer ISSUED",
+            ));
+        }
+        ensure_renewer(txn, caller, &old).await?;
+        certificate::Entity::update_many()
+            .col_expr(certificate::Column::ContactId, Expr::value(old.contact_id))
+            .filter(certificate::Column::Id.eq(renewal.id))
+            .exec(txn)
+            .await?;
+        renewal.contact_id = old.contact_id;
+        // Under the row's lock nothing can come between; were it to, the
+        // renewal must not commit beside an old certificate still ISSUED.
+        if supersede(&old, renewal.contact_id).exec(txn).await?.rows_affected != 1 {
+            return Err(DomainError::Aborted {
+                message: "the certificate being renewed changed while it was renewed; try again".into(),
+            });
+        }
+    }
+    let mut changes = Vec::new();
+    diff(&mut changes, "state", &old.state, CertificateState::Superseded.as_str());
+    diff(&mut changes, "superseded_by", "", renewal.id.to_string());
+    history::record(txn, event(&old, Activity::CertificateSuperseded, caller, now, changes)).await?;
+    Ok(())
 }
 
 /// An order about to be signed, with what its subject is built from, as
@@ -436,6 +511,24 @@ async fn not_the_recipient(
         }
     }
     Ok(DomainError::denied(denial))
+}
+
+/// The caller may renew `row`: the CSR's key becomes the certificate's,
+/// and signed for anyone but the one it is for (its holder, or the contact
+/// person of an organisation or system certificate), an administrator
+/// would hold a valid certificate in another person's name. As at pickup,
+/// the recipient renews, signed in as themselves.
+async fn ensure_renewer(db: &impl ConnectionTrait, caller: &Caller, row: &certificate::Model) -> DomainResult<()> {
+    if caller.user_id() == Some(recipient_of(row)) {
+        return Ok(());
+    }
+    Err(not_the_recipient(
+        db,
+        caller,
+        row,
+        "a certificate is renewed by its holder (or, for an organisation or system certificate, its contact person) signed in as themselves, over their own key; an administrator orders a new certificate instead",
+    )
+    .await?)
 }
 
 fn ensure_kind_allowed(org: &organisation::Model, kind: CertificateKind) -> DomainResult<()> {
@@ -978,7 +1071,7 @@ impl Domain {
         // unique index and fails this call as an internal error, with
         // nothing written. Either is a 2^-126 chance per certificate.
         let mut tries = 0;
-        let issued = loop {
+        let mut issued = loop {
             tries += 1;
             let serial = random_serial();
             let der = ca
@@ -1056,29 +1149,10 @@ impl Domain {
         diff(&mut changes, "not_after", "", not_after.to_string());
         history::record(txn, event(&row, Activity::CertificateIssued, caller, now, changes)).await?;
 
-        let mut superseded = false;
         if let Some(old_id) = row.renews_id {
-            let old = certificate::Entity::find_by_id(old_id)
-                .one(txn)
-                .await?
-                .ok_or_else(|| DomainError::not_found("certificate", old_id))?;
-            let done = ending(&old, CertificateState::Superseded, RevocationReason::Superseded, now)
-                .filter(certificate::Column::State.eq(CertificateState::Issued.as_str()))
-                .exec(txn)
-                .await?;
-            if done.rows_affected != 1 {
-                return Err(DomainError::precondition(
-                    Reason::CertificateNotRenewable,
-                    "the certificate being renewed is no longer ISSUED",
-                ));
-            }
-            let mut changes = Vec::new();
-            diff(&mut changes, "state", &old.state, CertificateState::Superseded.as_str());
-            diff(&mut changes, "superseded_by", "", row.id.to_string());
-            history::record(txn, event(&old, Activity::CertificateSuperseded, caller, now, changes)).await?;
-            superseded = true;
+            supersede_renewed(txn, caller, old_id, &mut issued, now).await?;
         }
-        Ok((issued, superseded))
+        Ok((issued, row.renews_id.is_some()))
     }
 
     /// R-CERT-4: a new certificate for the same holder, usages and contact
@@ -1091,20 +1165,7 @@ impl Domain {
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;
         let old = self.visible_certificate(&txn, caller, id).await?;
-        // The CSR's key becomes the certificate's: signed for anyone but
-        // the one it is for (its holder, or the contact person of an
-        // organisation or system certificate), an administrator would hold
-        // a valid certificate in another person's name. As at pickup, the
-        // recipient renews, signed in as themselves.
-        if caller.user_id() != Some(recipient_of(&old)) {
-            return Err(not_the_recipient(
-                &txn,
-                caller,
-                &old,
-                "a certificate is renewed by its holder (or, for an organisation or system certificate, its contact person) signed in as themselves, over their own key; an administrator orders a new certificate instead",
-            )
-            .await?);
-        }
+        ensure_renewer(&txn, caller, &old).await?;
         let state: CertificateState = parse(&old.state)?;
         if state != CertificateState::Issued || old.not_after.is_none_or(|at| at <= now) {
             return Err(DomainError::precondition(
@@ -1274,6 +1335,15 @@ impl Domain {
     /// ever. Organisation and system certificates keep the contact who
     /// left until an administrator names another
     /// (`change_certificate_contact`); their pickup and renewal say so.
+    ///
+    /// A renewal copies the contact person into a new row, checking them
+    /// without a lock (`write_issued`), and this read does not see that row
+    /// before the renewal commits. Where the renewal superseded the
+    /// certificate first, this write on it waits for that commit, and a
+    /// read made after it finds the new certificate: so the read is made
+    /// again until it finds nothing new to hand over. Read once, such a
+    /// renewal kept the deleted person as its contact. (A renewal that
+    /// supersedes second takes the holder on itself: `supersede_renewed`.)
     pub(crate) async fn hand_over_contact_in(
         &self,
         txn: &DatabaseTransaction,
@@ -1282,45 +1352,55 @@ impl Domain {
         now: Millis,
     ) -> DomainResult<()> {
         use sea_orm::sea_query::ExprTrait;
-        let rows = certificate::Entity::find()
-            .filter(certificate::Column::ContactId.eq(person_id))
-            .filter(certificate::Column::Kind.eq(CertificateKind::Employee.as_str()))
-            .filter(certificate::Column::HolderId.ne(person_id))
-            .filter(
-                certificate::Column::State
-                    .is_in([CertificateState::Issued.as_str(), CertificateState::Ordered.as_str()]),
-            )
-            .all(txn)
-            .await?;
-        for row in rows {
-            let Some(holder_id) = row.holder_id else {
-                continue;
-            };
-            // Whatever else changed meanwhile (a pickup), the contact is
-            // still the person leaving: one version on from what it is.
-            let written = certificate::Entity::update_many()
-                .col_expr(certificate::Column::ContactId, Expr::value(holder_id))
-                .col_expr(
-                    certificate::Column::Version,
-                    Expr::col(certificate::Column::Version).add(1),
-                )
-                .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
-                .filter(certificate::Column::Id.eq(row.id))
+        let live = || {
+            certificate::Column::State.is_in([CertificateState::Issued.as_str(), CertificateState::Ordered.as_str()])
+        };
+        let mut looked_at = std::collections::HashSet::new();
+        loop {
+            let mut rows = certificate::Entity::find()
                 .filter(certificate::Column::ContactId.eq(person_id))
-                .exec(txn)
+                .filter(certificate::Column::Kind.eq(CertificateKind::Employee.as_str()))
+                .filter(certificate::Column::HolderId.ne(person_id))
+                .filter(live())
+                .all(txn)
                 .await?;
-            if written.rows_affected != 1 {
-                continue;
+            rows.retain(|row| looked_at.insert(row.id));
+            if rows.is_empty() {
+                return Ok(());
             }
-            let mut changes = Vec::new();
-            diff(&mut changes, "contact_id", person_id.to_string(), holder_id.to_string());
-            history::record(
-                txn,
-                event(&row, Activity::CertificateContactChanged, caller, now, changes),
-            )
-            .await?;
+            for row in rows {
+                let Some(holder_id) = row.holder_id else {
+                    continue;
+                };
+                // Whatever else changed meanwhile (a pickup), the contact
+                // is still the person leaving: one version on from what it
+                // is. One that ended meanwhile (superseded by the renewal
+                // this waited for) is left as it ended, as if this had
+                // come after.
+                let written = certificate::Entity::update_many()
+                    .col_expr(certificate::Column::ContactId, Expr::value(holder_id))
+                    .col_expr(
+                        certificate::Column::Version,
+                        Expr::col(certificate::Column::Version).add(1),
+                    )
+                    .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+                    .filter(certificate::Column::Id.eq(row.id))
+                    .filter(certificate::Column::ContactId.eq(person_id))
+                    .filter(live())
+                    .exec(txn)
+                    .await?;
+                if written.rows_affected != 1 {
+                    continue;
+                }
+                let mut changes = Vec::new();
+                diff(&mut changes, "contact_id", person_id.to_string(), holder_id.to_string());
+                history::record(
+                    txn,
+                    event(&row, Activity::CertificateContactChanged, caller, now, changes),
+                )
+                .await?;
+            }
         }
-        Ok(())
     }
 
     /// A holder's certificates that end with a change of the holder, in
