@@ -84,6 +84,10 @@ pub struct Caller {
     /// The person behind a member caller, as they are now: history keeps
     /// their name and e-mail as they were when they acted.
     pub identity: Option<Identity>,
+    /// The session or API token a member's call came with: a write that
+    /// must not outlive that credential (a token made with a session a
+    /// password reset is ending) checks it again under a lock.
+    pub credential: Option<Uuid>,
 }
 
 /// The person behind a call made as another user through shared access.
@@ -108,6 +112,7 @@ impl Caller {
             on_behalf_of: None,
             acting: None,
             identity: None,
+            credential: None,
         }
     }
 
@@ -125,7 +130,13 @@ impl Caller {
             on_behalf_of: Some(owner),
             acting: Some(acting),
             identity: None,
+            credential: None,
         }
+    }
+
+    pub fn with_credential(mut self, token_id: Uuid) -> Self {
+        self.credential = Some(token_id);
+        self
     }
 
     pub fn with_identity(mut self, display_name: String, email: String) -> Self {

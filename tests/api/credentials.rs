@@ -551,3 +551,55 @@ async fn a_promotion_in_progress_is_waited_for() {
     assert_eq!(app.count(&has_app).await, 1, "the new administrator keeps their app");
     app.finish().await;
 }
+
+/// An API token made with a session while a password reset of its maker
+/// is ending that session is refused. The reset ends every session and API
+/// token the person made in one statement, which cannot see a token
+/// inserted and not yet committed: made with a stolen session during the
+/// victim's reset, the token outlived the reset by two years. (The reset
+/// in progress is played by a session that has locked the person's row
+/// and revoked their credentials, as ResetPassword does, and not
+/// committed.) PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_made_while_a_reset_ends_its_session_is_refused() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (victim, session) = app.member(&fixture, "Vera", &[]).await;
+    let reset = app
+        .in_progress(&[
+            format!("SELECT id FROM users WHERE id = '{}' FOR NO KEY UPDATE", victim.id),
+            format!(
+                "UPDATE api_tokens SET revoked_at = 1 WHERE user_id = '{}' AND revoked_at IS NULL",
+                victim.id
+            ),
+        ])
+        .await;
+    let minting = {
+        let mut auth = app.auth();
+        let (session, user_id) = (session.clone(), victim.id.clone());
+        tokio::spawn(async move {
+            auth.create_api_token(req(
+                &session,
+                pb::CreateApiTokenRequest {
+                    user_id,
+                    name: "bagdør".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+        })
+    };
+    app.until_waiting_on_a_lock("users").await;
+    reset.commit().await;
+    assert_code(minting.await.unwrap(), Code::Unauthenticated);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM api_tokens WHERE user_id = '{}' AND revoked_at IS NULL",
+            victim.id
+        ))
+        .await,
+        0,
+        "no credential outlives the reset"
+    );
+    app.finish().await;
+}

@@ -184,7 +184,8 @@ impl Domain {
         .with_identity(
             format!("{} {}", first.unwrap_or_default(), surname.unwrap_or_default()),
             email.unwrap_or_default(),
-        );
+        )
+        .with_credential(token_id);
         self.auth_cache.put(hash, caller.clone(), read_at, now, expires_at);
         Ok(caller)
     }
@@ -364,6 +365,16 @@ impl Domain {
             // revocation's sweep of tokens made through it could not see
             // this one, which would act as the account for two years.
             super::access::ensure_share_allows_edit(&txn, target.organisation_id, user_id, acting.by).await?;
+        }
+        // A password reset of the person making the token ends every API
+        // token they made, in one statement that cannot see a token
+        // inserted and not yet committed: made with a session (perhaps a
+        // stolen one) the reset was ending, the token outlived it by two
+        // years. The reset locks the person's row; so does this, and then
+        // the credential the call came with must still be live.
+        if let Some(maker) = caller.acting_user_id() {
+            crate::services::users::lock_user_row(&txn, maker).await?;
+            ensure_credential_live(&txn, caller, now).await?;
         }
         if let Some(done) = token_by_request(&txn, user_id, request_id).await? {
             return Err(request_already_done(done.id));
@@ -550,4 +561,24 @@ fn request_already_done(token_id: Uuid) -> DomainError {
              (revoke that token and create a new one with a new request_id if the secret was lost)"
         ),
     }
+}
+
+/// The session or API token `caller` came with is still unrevoked and
+/// unexpired, as read in `txn` (after a lock that orders it with whatever
+/// ends it).
+async fn ensure_credential_live(txn: &DatabaseTransaction, caller: &Caller, now: Millis) -> DomainResult<()> {
+    let Some(id) = caller.credential else {
+        return Ok(());
+    };
+    let live = api_token::Entity::find_by_id(id)
+        .filter(api_token::Column::RevokedAt.is_null())
+        .one(txn)
+        .await?
+        .is_some_and(|token| token.expires_at.is_none_or(|at| at > now));
+    if !live {
+        return Err(DomainError::Unauthenticated {
+            message: "the bearer token is unknown, expired or revoked".into(),
+        });
+    }
+    Ok(())
 }

@@ -413,6 +413,7 @@ impl Domain {
             },
         );
         caller.identity = real.identity;
+        caller.credential = real.credential;
         Ok(caller)
     }
 }
