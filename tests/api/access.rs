@@ -19,7 +19,8 @@ both_backends!(
     a_role_is_asked_for_and_decided_by_an_organisation_administrator,
     a_grant_on_one_resource_passes_on_that_resource_only,
     a_service_account_delegates_nothing,
-    how_a_person_who_delegates_signs_in_is_an_administrators_call
+    how_a_person_who_delegates_signs_in_is_an_administrators_call,
+    a_stand_in_gets_no_delegation_from_whoever_holds_its_code
 );
 
 const READ: i32 = pb::GrantAction::Read as i32;
@@ -1884,5 +1885,148 @@ async fn a_unit_deleted_while_a_grant_on_it_waits_is_not_found() {
     }
     assert_eq!(app.count("SELECT COUNT(*) FROM grants").await, 0);
     assert_eq!(app.count("SELECT COUNT(*) FROM admin_levels").await, 0);
+    app.finish().await;
+}
+
+/// Two keys against a stand-in: a person created with a birth date has
+/// their activation code handed back to whoever created them, who can
+/// activate them and sign in as them. That very caller may not then make
+/// them delegate (an admin level, a right to pass on, directly or through
+/// a group): a level 1 would keep a level after their own was taken away
+/// and grant it back through the stand-in; a rights and user
+/// administrator would grant themselves through it. A colleague may.
+async fn a_stand_in_gets_no_delegation_from_whoever_holds_its_code(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let admin = fixture.admin_token.clone();
+    let coded = |name: &str| pb::CreateUserRequest {
+        cpr: String::new(),
+        birth_date: "1990-06-07".into(),
+        ..new_user(&fixture.org.id, name, &[])
+    };
+    let create = |token: String, request: pb::CreateUserRequest| {
+        let mut users = app.users();
+        async move {
+            let created = users
+                .create_user(req(&token, request))
+                .await
+                .expect("created")
+                .into_inner();
+            assert!(!created.activation_code.is_empty(), "the code came back to the creator");
+            created.user.expect("user")
+        }
+    };
+    // A level 1 and the person they created.
+    let (lone, lone_token) = app.member(&fixture, "Lone", &[]).await;
+    app.grant_level(&admin, &lone.id, 1, "").await.expect("level 1");
+    let stand_in = create(lone_token.clone(), coded("Stedfortræder")).await;
+    let before = app.fingerprint().await;
+    let refused = assert_code(
+        app.grant_level(&lone_token, &stand_in.id, 3, "").await,
+        Code::PermissionDenied,
+    );
+    assert!(refused.message().contains("two keys"), "{}", refused.message());
+    assert_eq!(app.fingerprint().await, before, "a refused level changed data");
+    // Nor after asking for a new code of someone another created.
+    let other = create(admin.clone(), coded("Anden")).await;
+    app.users()
+        .create_activation_code(req(
+            &lone_token,
+            pb::CreateActivationCodeRequest {
+                user_id: other.id.clone(),
+            },
+        ))
+        .await
+        .expect("a new code, to Lone");
+    assert_code(
+        app.grant_level(&lone_token, &other.id, 4, "").await,
+        Code::PermissionDenied,
+    );
+    // A colleague may; and Lone may for a person whose code went elsewhere.
+    app.grant_level(&admin, &stand_in.id, 3, "")
+        .await
+        .expect("a colleague's grant");
+    let (cpr_person, _) = app.member(&fixture, "Cecilie", &[]).await;
+    app.grant_level(&lone_token, &cpr_person.id, 3, "")
+        .await
+        .expect("no code came back");
+
+    // A rights and user administrator and the person they created.
+    let (rasmus, rasmus_token) = app
+        .member(&fixture, "Rasmus", &[pb::Role::RightsAdmin, pb::Role::UserAdmin])
+        .await;
+    let _ = rasmus;
+    let puppet = create(rasmus_token.clone(), coded("Dukke")).await;
+    let before = app.fingerprint().await;
+    assert_code(
+        grant(
+            &app,
+            &rasmus_token,
+            grant_request(&puppet, "payroll.runs", "", &[READ], &[READ], false),
+        )
+        .await,
+        Code::PermissionDenied,
+    );
+    assert_code(
+        grant(
+            &app,
+            &rasmus_token,
+            grant_request(&puppet, "payroll.runs", "", &[READ], &[], true),
+        )
+        .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(app.fingerprint().await, before, "a refused grant changed data");
+    // A right it only uses is no delegation.
+    grant(
+        &app,
+        &rasmus_token,
+        grant_request(&puppet, "payroll.runs", "", &[READ], &[], false),
+    )
+    .await
+    .expect("a right to use");
+    // Through a group: added while the group passes nothing on, then the
+    // group given a right to pass on.
+    let group = app
+        .access()
+        .create_group(req(
+            &admin,
+            pb::CreateGroupRequest {
+                organisation_id: fixture.org.id.clone(),
+                name: "Lønholdet".into(),
+                description: "Kører løn".into(),
+            },
+        ))
+        .await
+        .expect("a group")
+        .into_inner()
+        .group
+        .expect("group")
+        .id;
+    app.access()
+        .add_group_member(req(
+            &rasmus_token,
+            pb::AddGroupMemberRequest {
+                group_id: group.clone(),
+                user_id: puppet.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("added to a group that passes nothing on");
+    let to_group = pb::CreateGrantRequest {
+        grantee_user_id: String::new(),
+        grantee_group_id: group.clone(),
+        ..grant_request(&puppet, "payroll.runs", "", &[READ], &[READ], false)
+    };
+    let before = app.fingerprint().await;
+    assert_code(
+        grant(&app, &rasmus_token, to_group.clone()).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(app.fingerprint().await, before, "a refused group grant changed data");
+    grant(&app, &admin, to_group)
+        .await
+        .expect("a colleague's grant to the group");
     app.finish().await;
 }

@@ -630,6 +630,14 @@ impl Domain {
         // A person given a right they may pass on starts to delegate; so
         // does each member of a group given one.
         let passes_on = !new.grantable.is_empty() || new.may_authorise;
+        if passes_on {
+            let people = match (grantee, &user_now) {
+                (GranteeRow::User(_), Some(row)) => sea_orm::Condition::all().add(user::Column::Id.eq(row.id)),
+                (GranteeRow::Group(group), _) => super::groups::members_of(self, txn, group).await?,
+                _ => sea_orm::Condition::any(),
+            };
+            super::ensure_no_stand_in_of(txn, caller, organisation_id, people).await?;
+        }
         let starts: Vec<Uuid> = match (grantee, &user_now) {
             (GranteeRow::User(_), Some(row)) if passes_on => {
                 if super::starts_to_delegate(self, txn, row).await? {

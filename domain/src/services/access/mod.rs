@@ -216,6 +216,70 @@ pub(crate) async fn ensure_may_make_delegate(
     Ok(())
 }
 
+/// Two keys against a stand-in (R-ACC-4, R-AUTH-1): the activation code of
+/// a person without a CPR number comes back to whoever created them or
+/// asked for a new one, who can activate them and sign in as them. Given an
+/// admin level or a right to pass on by that very caller, such a person
+/// lets one person act twice: keep a level after their own is taken away
+/// (and grant it back through the stand-in), or grant themselves rights
+/// through it. So among `people` (users of `organisation_id`), none whose
+/// code this caller was handed is made to delegate by them; a colleague
+/// may. Someone who may change roles is not held to it: they could make
+/// the person an administrator outright (CreateUser's placement rule and
+/// `ensure_may_make_delegate` leave them free alike). Read from history,
+/// where every code handed out is recorded with who asked for it. `caller`
+/// as they are under the organisation's lock.
+pub(crate) async fn ensure_no_stand_in_of(
+    txn: &DatabaseTransaction,
+    caller: &Caller,
+    organisation_id: Uuid,
+    people: sea_orm::Condition,
+) -> DomainResult<()> {
+    use sea_orm::sea_query::Query;
+
+    use crate::persistence::entities::history_event;
+    if caller.acting_user_id().is_none()
+        || authorize(caller, Action::ChangeRoles, Target::organisation(organisation_id)).is_ok()
+    {
+        return Ok(());
+    }
+    let handed_out = history_event::Entity::find()
+        .filter(history_event::Column::OrganisationId.eq(organisation_id))
+        .filter(history_event::Column::SubjectKind.eq("USER"))
+        .filter(history_event::Column::Actor.eq(caller.actor()))
+        .filter(
+            history_event::Column::Activity
+                .is_in([Activity::UserCreated.as_str(), Activity::ActivationCodeCreated.as_str()]),
+        )
+        .filter(
+            history_event::Column::SubjectId.in_subquery(
+                Query::select()
+                    .column(user::Column::Id)
+                    .from(user::Entity)
+                    .cond_where(people)
+                    .to_owned(),
+            ),
+        )
+        .all(txn)
+        .await?;
+    // A creation hands a code back only for a person created with neither
+    // a CPR number (a link goes to their own address then) nor as a
+    // service account (which never activates).
+    let handed = handed_out.iter().find(|event| {
+        event.activity == Activity::ActivationCodeCreated.as_str()
+            || !history::changes_from_json(&event.changes)
+                .iter()
+                .any(|change| change.field == "cpr" || (change.field == "service_account" && change.after == "true"))
+    });
+    if let Some(event) = handed {
+        return Err(DomainError::denied(format!(
+            "the activation code of user {} was handed to you, so you could sign in as them: a colleague gives them an admin level or a right to pass on (two keys)",
+            event.subject_id
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a caller who is no longer an active (or pending) user.
 async fn standing_member(txn: &DatabaseTransaction, user_id: Uuid) -> DomainResult<()> {
     let standing = user::Entity::find_by_id(user_id)
@@ -582,6 +646,13 @@ impl Domain {
             grantee_unit: grantee.unit_id,
         };
         authorize_level_grant(caller, &granter_levels, change, false)?;
+        ensure_no_stand_in_of(
+            txn,
+            caller,
+            grantee.organisation_id,
+            sea_orm::Condition::all().add(user::Column::Id.eq(grantee.id)),
+        )
+        .await?;
         let starts = starts_to_delegate(self, txn, grantee).await?;
         let existing = admin_level::Entity::find()
             .filter(admin_level::Column::UserId.eq(user_id))
