@@ -116,6 +116,17 @@ impl Email {
     }
 }
 
+/// The comparison key of a login id or an address: an address's key
+/// (its domain in Unicode form, however it was typed) when it reads as one,
+/// else the text's. An address typed with its domain in Punycode
+/// (`xn--…`, as a certificate must carry it) is the one stored in Unicode.
+pub fn login_key(input: &str) -> String {
+    match Email::parse(input) {
+        Ok(email) => email.key,
+        Err(_) => key(input.trim()),
+    }
+}
+
 impl fmt::Display for Email {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
@@ -162,6 +173,10 @@ mod tests {
         // Punycode, NFD and NFC are one address.
         assert_eq!(ok("anna@xn--blegrden-d0af.dk").key(), idn.key());
         assert_eq!(ok("anna@\u{C6}blega\u{30A}rden.dk").key(), idn.key());
+        // A login id or a certificate's address typed in Punycode finds the
+        // person stored in Unicode; a username keeps its own key.
+        assert_eq!(login_key("Anna@xn--blegrden-d0af.dk"), idn.key());
+        assert_eq!(login_key(" Karen.Hansen "), "karen.hansen");
     }
 
     #[test]

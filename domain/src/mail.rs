@@ -152,14 +152,39 @@ pub fn render(kind: MailKind, language: Language, to_name: &str, vars: &[(&str, 
     Ok(RenderedMail {
         to_name: to_name.to_owned(),
         subject: without_encoded_words(&substitute(subject, vars, false)?),
-        text: substitute(body.trim_start_matches(['\r', '\n']), vars, false)?,
-        html: substitute(html, vars, true)?,
+        text: with_line_feeds_only(&substitute(body.trim_start_matches(['\r', '\n']), vars, false)?),
+        html: with_line_feeds_only(&substitute(html, vars, true)?),
     })
+}
+
+/// Every line break as a bare LF, which lettre sends as CRLF. A CR of a
+/// value (a decision's note may hold one) went out as it was: SMTP forbids
+/// a lone CR, and some servers read `<CR>.<CR>` as the mail's end, so the
+/// rest of the note was read as commands (SMTP smuggling).
+fn with_line_feeds_only(text: &str) -> String {
+    text.replace("\r\n", "\n").replace('\r', "\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lone CR in a value (a decision's note) leaves the rendered mail
+    /// as a line break; no CR is left for the wire as typed.
+    #[test]
+    fn no_carriage_return_reaches_the_body() {
+        let values: Vec<(&str, &str)> = vars()
+            .into_iter()
+            .map(|(name, value)| match name {
+                "note" | "reason" => (name, "ok\r.\r\nMAIL FROM:<ceo@firma.dk>\r\n"),
+                _ => (name, value),
+            })
+            .collect();
+        for kind in MailKind::ALL {
+            let mail = render(*kind, Language::Da, "Søren", &values).unwrap();
+            assert!(!mail.text.contains('\r') && !mail.html.contains('\r'), "{kind:?}");
+        }
+    }
 
     fn vars() -> Vec<(&'static str, &'static str)> {
         vec![

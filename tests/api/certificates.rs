@@ -28,6 +28,7 @@ both_backends!(
     an_organisation_certificates_contact_who_left_is_replaced,
     the_previous_contact_person_is_told_of_a_change,
     a_new_contact_person_takes_over_the_certificates_address,
+    an_address_with_an_idn_domain_is_named_in_punycode,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -2965,4 +2966,41 @@ async fn a_new_contact_person_takes_over_the_certificates_address(backend: Backe
     assert_eq!(issued.email, pia.email);
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An address whose domain is an IDN is stored in its Unicode form; a
+/// certificate must carry it in ASCII, so the order names it in Punycode,
+/// and that is the holder's own address (it was compared as typed, and
+/// refused). Signing in with the Punycode form finds the person too.
+async fn an_address_with_an_idn_domain_is_named_in_punycode(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    allow_kinds(&app, &fixture, &[pb::CertificateKind::Employee]).await;
+    let local = unique_email("anna").split('@').next().unwrap().to_owned();
+    let (anna, _) = app
+        .member_with_password_from(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                email: format!("{local}@æblegården.dk"),
+                ..new_user(&fixture.org.id, "Anna", &[])
+            },
+        )
+        .await;
+    assert_eq!(anna.email, format!("{local}@æblegården.dk"));
+    let ascii = format!("{local}@xn--blegrden-d0af.dk");
+    let ordered = order(
+        &app,
+        &fixture.admin_token,
+        pb::OrderCertificateRequest {
+            email: ascii.clone(),
+            ..user_order(&fixture.org.id, &anna, &[pb::CertificateUsage::Authentication])
+        },
+    )
+    .await
+    .expect("the holder's own address, in ASCII");
+    assert_eq!(ordered.state(), pb::CertificateState::Ordered);
+    app.login(&ascii, TEST_PASSWORD)
+        .await
+        .expect("signed in by the address's ASCII form");
+    app.finish().await;
 }

@@ -710,6 +710,16 @@ impl Domain {
             retry_after_ms,
         };
         if let Some(peer) = peer {
+            let site = site_limit_key(peer).map(|site| format!("site:{site}"));
+            let site_limit = settings.attempts_per_peer.saturating_mul(SUBSCRIBERS_PER_SITE);
+            // A site whose budget is used up refuses before its /64 is
+            // counted: each new /64 of a /48 added a key to the table
+            // before the site refused it, 65,536 of them per /48.
+            if let Some(site) = &site {
+                self.attempts
+                    .exhausted(site, site_limit, MINUTE, now)
+                    .map_err(|ms| limited(ms, "network"))?;
+            }
             self.attempts
                 .attempt(
                     &format!("peer:{}", peer_limit_key(peer)),
@@ -718,21 +728,13 @@ impl Domain {
                     now,
                 )
                 .map_err(|ms| limited(ms, "address"))?;
-            if let Some(site) = site_limit_key(peer) {
+            if let Some(site) = &site {
                 self.attempts
-                    .attempt(
-                        &format!("site:{site}"),
-                        settings.attempts_per_peer.saturating_mul(SUBSCRIBERS_PER_SITE),
-                        MINUTE,
-                        now,
-                    )
+                    .attempt(site, site_limit, MINUTE, now)
                     .map_err(|ms| limited(ms, "network"))?;
             }
         }
-        if let Some(login_id) = login_id
-            .map(|id| crate::normalise::key(id.trim()))
-            .filter(|k| !k.is_empty())
-        {
+        if let Some(login_id) = login_id.map(crate::email::login_key).filter(|k| !k.is_empty()) {
             self.attempts
                 .attempt(
                     &format!("{what}:{login_id}"),
@@ -886,7 +888,7 @@ fn login_succeeded<'a>(
 /// organisation when one is given, as a subquery: no row when it names
 /// nobody or several. The one place that rule is written.
 fn only_person_named(login_id: &str, organisation_id: Option<Uuid>, state: impl IntoCondition) -> SelectStatement {
-    let key = crate::normalise::key(login_id.trim());
+    let key = crate::email::login_key(login_id);
     let mut named = Condition::all()
         .add(
             Condition::any()

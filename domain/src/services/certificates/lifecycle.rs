@@ -160,7 +160,7 @@ fn check_order_email(email: &str, owner: &user::Model, whose: &str) -> DomainRes
         );
     } else if let Err(rule) = Email::parse(email) {
         v.add("email", rule);
-    } else if normalise::key(email) != normalise::key(&owner.email) {
+    } else if crate::email::login_key(email) != crate::email::login_key(&owner.email) {
         v.add("email", format!("must be the {whose}'s own e-mail address"));
     } else if owner.anonymous {
         // An anonymous person is named by a pseudonym (R-USR-10); their
@@ -569,7 +569,7 @@ fn check_people(
         let whose = whose_email(kind);
         // The order checked the address (`check_order_email`); a pickup
         // finds it changed when the person's address changed since.
-        if normalise::key(email) != normalise::key(&owner.email) {
+        if crate::email::login_key(email) != crate::email::login_key(&owner.email) {
             return Err(DomainError::precondition(
                 Reason::EmailNotVerified,
                 format!(

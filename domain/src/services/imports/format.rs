@@ -156,14 +156,40 @@ pub fn is_clear_marker(cell: &str) -> bool {
     matches!(cell.trim().to_uppercase().as_str(), "#CLEAR" | "#RYD" | "#RENSA")
 }
 
-/// A spreadsheet would run a cell starting with one of these as a formula:
-/// prefix it with an apostrophe, which shows the text as it is.
+/// A spreadsheet would run a cell starting with one of these as a formula.
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// Prefixes a formula's start with an apostrophe, which shows the text as
+/// it is: at the start of the cell, and after every comma (spaces aside).
+/// An Excel whose list separator is the comma (English locales; the file's
+/// is the semicolon, as in Danish and Swedish ones) splits the line there,
+/// and the piece after a comma in a name (`x,=HYPERLINK(…)`) became a cell
+/// of its own that ran.
 pub fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
-    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        std::borrow::Cow::Owned(format!("'{cell}"))
-    } else {
-        std::borrow::Cow::Borrowed(cell)
+    let piece_is_formula = |piece: &str| piece.trim_start_matches(' ').starts_with(FORMULA_STARTS);
+    if !cell.starts_with(FORMULA_STARTS) && !cell.split(',').skip(1).any(piece_is_formula) {
+        return std::borrow::Cow::Borrowed(cell);
     }
+    let mut out = String::with_capacity(cell.len() + 4);
+    for (i, piece) in cell.split(',').enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let formula = if i == 0 {
+            piece.starts_with(FORMULA_STARTS)
+        } else {
+            piece_is_formula(piece)
+        };
+        if formula {
+            let spaces = piece.len() - piece.trim_start_matches(' ').len();
+            out.push_str(&piece[..spaces]);
+            out.push('\'');
+            out.push_str(&piece[spaces..]);
+        } else {
+            out.push_str(piece);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// A CSV file for Excel: UTF-8 with a byte-order mark, semicolons, CRLF,
@@ -631,6 +657,11 @@ mod tests {
             assert!(neutralise(cell).starts_with('\''), "{cell:?}");
         }
         assert_eq!(neutralise("Karen"), "Karen");
+        // After a comma too, where an English Excel splits the line.
+        assert_eq!(neutralise("x,=cmd|' /C calc'!A0,y"), "x,'=cmd|' /C calc'!A0,y");
+        assert_eq!(neutralise("Ærø, @SUM(A1)"), "Ærø, '@SUM(A1)");
+        assert_eq!(neutralise("=a,-b"), "'=a,'-b");
+        assert_eq!(neutralise("Jensen, Karen"), "Jensen, Karen");
         let csv = String::from_utf8(excel_csv([vec!["=HYPERLINK(\"x\")".to_string()]])).unwrap();
         assert!(csv.contains("'=HYPERLINK"), "{csv}");
     }
