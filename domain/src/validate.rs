@@ -200,14 +200,33 @@ pub fn legacy_id(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Characters that take no room on screen: spaces, zero-width spaces and
-/// joiners, direction marks, the soft hyphen, the byte-order mark.
+/// Characters that show nothing: spaces, and Unicode's default-ignorable
+/// code points (zero-width spaces and joiners, direction marks, the soft
+/// hyphen, the byte-order mark, variation selectors, tag characters, the
+/// Hangul fillers), and the blank Braille pattern, which renders as a
+/// space. A name of only these read as blank to every administrator.
 fn is_invisible(c: char) -> bool {
     c.is_whitespace()
         || matches!(
             c,
-            '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}' | '\u{FEFF}'
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFF8}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
         )
 }
 
@@ -355,6 +374,19 @@ mod tests {
         assert!(text("\u{200B}\u{200D}\u{FEFF}", 100).is_err());
         assert!(text(" \u{200B} ", 100).is_err());
         assert!(text("Ærø\u{200B}", 100).is_ok());
+        // Blank-looking letters and default-ignorables: Hangul fillers, the
+        // blank Braille pattern, tag characters, a variation selector.
+        for blank in [
+            "\u{3164}",
+            "\u{115F}\u{1160}",
+            "\u{FFA0}",
+            "\u{2800}\u{2800}",
+            "\u{E0041}\u{E0042}",
+            "\u{FE0F}",
+        ] {
+            assert!(text(blank, 100).is_err(), "{blank:?}");
+        }
+        assert!(text("Ji-\u{D6C8}", 100).is_ok(), "a Hangul syllable shows");
     }
 
     #[test]

@@ -2443,6 +2443,67 @@ async fn a_subject_line_reads_back_as_its_names(backend: Backend) {
         ],
     );
     assert!(rfc2253.contains(r"CN=Karen\, CN=Root \+Hansen,"), "{rfc2253}");
+    // Names past X.520's 64 characters for a common name: the given name
+    // and surname whole, the common name cut to 64 (which OpenSSL re-encodes).
+    let long_first = "Anne-Marie Kristine Elisabeth Sofie".to_owned();
+    let long_surname = "Østergaard-Vestergaard Christensen-Møller".to_owned();
+    let (long, long_session) = app
+        .create_and_activate(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                first_name: long_first.clone(),
+                surname: long_surname.clone(),
+                ..new_user(&fixture.org.id, "Lang", &[])
+            },
+        )
+        .await;
+    let long_issued = issued_user_certificate(
+        &app,
+        &fixture,
+        &long,
+        &long_session,
+        &[pb::CertificateUsage::Authentication],
+        &dir,
+        "p256",
+    )
+    .await;
+    let long_pem = write(&dir, "long.pem", &long_issued.certificate_pem);
+    let fields = openssl(
+        &dir,
+        &[
+            "x509",
+            "-in",
+            long_pem.to_str().unwrap(),
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "sep_multiline,utf8,sname",
+        ],
+    );
+    let field = |name: &str| {
+        fields
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} missing from {fields}"))
+            .to_owned()
+    };
+    assert_eq!(field("GN"), long_first);
+    assert_eq!(field("SN"), long_surname);
+    let common = field("CN");
+    assert_eq!(common.chars().count(), 64, "{common:?}");
+    assert!(format!("{long_first} {long_surname}").starts_with(&common));
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-in",
+            long_pem.to_str().unwrap(),
+            "-out",
+            "long-again.der",
+            "-outform",
+            "DER",
+        ],
+    );
     let rfc2253 = rfc2253.trim().trim_start_matches("subject=");
     for line in [rfc2253, certificate.subject.as_str()] {
         let common_names = unescaped_parts(line)

@@ -142,7 +142,8 @@ fn check_order(order: &CertificateOrder) -> DomainResult<()> {
                     "label",
                     "is required: what the certificate is for, e.g. Payroll integration",
                 ),
-                Some(label) => v.check("label", validate::text(label, 64)),
+                // Counted as stored (NFC can make one character three).
+                Some(label) => v.check("label", validate::text(&normalise::nfc(label.trim()), 64)),
             }
         }
     }
@@ -1584,9 +1585,6 @@ pub(crate) fn describe(row: &certificate::Model) -> String {
     }
 }
 
-/// The subject in the shape of the Danish OCES3 certificates, from our
-/// records only. Never a CPR number; a user created anonymous (R-USR-10)
-/// is named by a stable pseudonym instead of their name.
 /// The id of the certificate a line of renewals began with: `row`'s own
 /// unless it renews another. An organisation or system certificate keeps
 /// that identity for good, however often it is renewed.
@@ -1613,6 +1611,25 @@ async fn first_of_renewals(db: &impl ConnectionTrait, row: &certificate::Model) 
     )))
 }
 
+/// X.520's upper bounds (ub-common-name, ub-organization-name), in
+/// characters: a longer value makes a certificate other tools refuse to
+/// re-encode (OpenSSL's "string too long") and linters flag. Names and
+/// organisation names may be longer (up to 201 and 200 characters), and a
+/// label grows under NFC; the given name and surname keep theirs whole.
+const UB_COMMON_NAME: usize = 64;
+const UB_ORGANIZATION_NAME: usize = 64;
+
+/// `text` cut to at most `bound` characters, without trailing spaces.
+fn within_upper_bound(text: &str, bound: usize) -> String {
+    match text.char_indices().nth(bound) {
+        Some((end, _)) => text[..end].trim_end().to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+/// The subject in the shape of the Danish OCES3 certificates, from our
+/// records only. Never a CPR number; a user created anonymous (R-USR-10)
+/// is named by a stable pseudonym instead of their name.
 fn subject_of(
     org: &organisation::Model,
     kind: CertificateKind,
@@ -1623,7 +1640,10 @@ fn subject_of(
     let mut subject = vec![
         (SubjectAttribute::Country, "DK".to_owned()),
         (SubjectAttribute::OrganizationIdentifier, format!("NTRDK-{}", org.cvr)),
-        (SubjectAttribute::Organization, org.name.clone()),
+        (
+            SubjectAttribute::Organization,
+            within_upper_bound(&org.name, UB_ORGANIZATION_NAME),
+        ),
     ];
     match (kind, holder) {
         (CertificateKind::Employee, Some(holder)) => {
@@ -1637,14 +1657,17 @@ fn subject_of(
                 subject.push((SubjectAttribute::Surname, holder.surname.clone()));
                 subject.push((
                     SubjectAttribute::CommonName,
-                    format!("{} {}", holder.first_name, holder.surname),
+                    within_upper_bound(&format!("{} {}", holder.first_name, holder.surname), UB_COMMON_NAME),
                 ));
             }
         }
         _ => {
             // A renewal keeps the identity of the line of renewals.
             subject.push((SubjectAttribute::SerialNumber, format!("UI:DK-O:G:{identity}")));
-            subject.push((SubjectAttribute::CommonName, row.label.clone().unwrap_or_default()));
+            subject.push((
+                SubjectAttribute::CommonName,
+                within_upper_bound(row.label.as_deref().unwrap_or_default(), UB_COMMON_NAME),
+            ));
         }
     }
     subject
