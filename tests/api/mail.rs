@@ -439,7 +439,34 @@ async fn permanent_rejection_is_parked_and_retried_by_hand(backend: Backend) {
     assert_eq!(failed.len(), 1, "a 5xx is not retried: parked at once");
     assert_eq!(failed[0].attempts, 1);
     assert!(failed[0].last_error.contains("550"), "{}", failed[0].last_error);
-    assert_eq!(failed[0].recipient, request.email);
+    // R-ACC-6: an ordinary user's address is the organisation's to see; the
+    // operator sees its domain, in the error too.
+    assert_eq!(failed[0].recipient, "r***@firma.dk");
+    assert!(
+        !failed[0].last_error.contains(&request.email),
+        "{}",
+        failed[0].last_error
+    );
+    // An administrator's address the operator sees whole.
+    let administrator = pb::CreateUserRequest {
+        email: format!("reject.{}@firma.dk", next_number()),
+        ..new_user(&fixture.org.id, "Afvist", &[pb::Role::UserAdmin])
+    };
+    app.users()
+        .create_user(req(&fixture.admin_token, administrator.clone()))
+        .await
+        .unwrap();
+    let mut waited = 0;
+    let parked = loop {
+        let parked = app.parked_mails().await;
+        if parked.len() == 2 || waited == 100 {
+            break parked;
+        }
+        waited += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(parked.iter().any(|m| m.recipient == administrator.email), "{parked:?}");
+    assert!(parked.iter().all(|m| m.recipient != request.email), "{parked:?}");
     // Members cannot see the queue.
     let denied = app
         .notes()
@@ -496,7 +523,7 @@ async fn a_utf8_address_the_relay_cannot_take_is_parked_at_once(backend: Backend
     assert_eq!(failed.len(), 1, "parked at once: {failed:?}");
     assert_eq!(failed[0].attempts, 1);
     assert!(failed[0].last_error.contains("SMTPUTF8"), "{}", failed[0].last_error);
-    assert_eq!(failed[0].recipient, request.email);
+    assert_eq!(failed[0].recipient, "s***@firma.dk");
     worker.stop().await;
     app.finish().await;
 }

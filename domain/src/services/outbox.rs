@@ -359,9 +359,54 @@ impl Domain {
         )
         .await?;
         Ok(Page {
-            items: rows.into_iter().map(entry_from_row).collect(),
+            items: self.as_operators_see(rows).await?,
             next_page_token: next,
         })
+    }
+
+    /// R-ACC-6: the operator sees an organisation's administrators, not its
+    /// ordinary users. A parked mail to anyone else (a user, someone asking
+    /// to join) names its recipient with the local part masked, in the
+    /// address and in the relay's error (which often quotes it): the domain
+    /// is what a delivery problem is about.
+    async fn as_operators_see(&self, rows: Vec<outbox_mail::Model>) -> DomainResult<Vec<OutboxEntry>> {
+        use crate::persistence::entities::user;
+        let keys: Vec<String> = rows.iter().map(|row| crate::email::login_key(&row.recipient)).collect();
+        let people: Vec<(Uuid, Uuid, Option<String>)> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            user::Entity::find()
+                .select_only()
+                .columns([user::Column::Id, user::Column::OrganisationId, user::Column::EmailKey])
+                .filter(user::Column::EmailKey.is_in(keys.clone()))
+                .into_tuple()
+                .all(&self.db)
+                .await?
+        };
+        let ids: Vec<Uuid> = people.iter().map(|(id, _, _)| *id).collect();
+        let roles = crate::services::users::roles_of(&self.db, &ids).await?;
+        let administrators: std::collections::HashSet<(Uuid, String)> = people
+            .into_iter()
+            .filter(|(id, _, _)| roles.get(id).is_some_and(|r| r.iter().any(|r| r.is_administrator())))
+            .filter_map(|(_, organisation, key)| key.map(|key| (organisation, key)))
+            .collect();
+        Ok(rows
+            .into_iter()
+            .zip(keys)
+            .map(|(row, key)| {
+                let shown = match row.organisation_id {
+                    Some(organisation) => administrators.contains(&(organisation, key)),
+                    None => true,
+                };
+                let mut entry = entry_from_row(row);
+                if !shown {
+                    let masked = masked_address(&entry.recipient);
+                    entry.last_error = entry.last_error.map(|e| e.replace(&entry.recipient, &masked));
+                    entry.recipient = masked;
+                }
+                entry
+            })
+            .collect())
     }
 
     /// Puts a parked mail back in the queue, with fresh attempts.
@@ -399,7 +444,7 @@ impl Domain {
             ));
         }
         tracing::info!(mail = %id, actor = %caller.actor(), "failed mail queued again by hand");
-        Ok(entry_from_row(row))
+        Ok(self.as_operators_see(vec![row]).await?.remove(0))
     }
 
     /// Mails by state, for metrics and tests.
@@ -415,6 +460,14 @@ impl Domain {
             count(STATE_SENT).await?,
             count(STATE_FAILED).await?,
         ))
+    }
+}
+
+/// `s***@firma.dk`: the local part's first character, the domain whole.
+fn masked_address(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!("{}***@{domain}", local.chars().next().unwrap_or('*')),
+        None => "***".to_owned(),
     }
 }
 
