@@ -1055,6 +1055,25 @@ async fn cancel_limits_and_broken_files(backend: Backend) {
     );
     assert!(headless.failure_message.contains("column 1"), "{headless:?}");
     assert_eq!(users_of(&app, &token, &org).await.len(), users_before);
+    // A row no spreadsheet writes: a thousand cells (or, in the reader's
+    // own test, a row past 64 KiB or a quote left open to the end of a
+    // large file). Read whole, such a row ran the worker out of memory, and
+    // the next worker that claimed the job after it.
+    let mut wide = file(HEADER_DA, &create_rows(2, "bred")).into_bytes();
+    wide.extend(std::iter::repeat_n(b';', 1000));
+    wide.extend_from_slice(b"\r\n");
+    let wide = app
+        .upload_import(&token, spec(&org, pb::ImportKind::Create), &wide, 1 << 20)
+        .await
+        .unwrap();
+    app.run_imports().await;
+    let wide = app.import_job(&token, &wide.id).await;
+    assert_eq!(
+        (wide.state, wide.failure_reason.as_str(), wide.applied),
+        (pb::ImportState::Failed as i32, "IMPORT_TOO_LARGE", 0),
+        "{wide:?}"
+    );
+    assert!(wide.failure_message.contains("after row 3"), "{wide:?}");
 
     // A chunk over 1 MiB, a missing spec, an unspecified kind.
     let huge = vec![b'x'; (1 << 20) + 1];
@@ -1091,7 +1110,7 @@ async fn cancel_limits_and_broken_files(backend: Backend) {
         .into_inner();
     assert_eq!(listed.jobs.len(), 2);
     assert!(!listed.next_page_token.is_empty());
-    assert_eq!(listed.jobs[0].id, headless.id);
+    assert_eq!(listed.jobs[0].id, wide.id);
 
     // A week on, the files of finished jobs are deleted; their reports stay.
     let finished_jobs = app

@@ -324,10 +324,21 @@ impl EncodingSniffer {
 pub enum Next {
     /// A record: its cells (decoded, untrimmed).
     Record(Vec<String>),
+    /// The next record is longer than `MAX_RECORD_BYTES` or has more than
+    /// `MAX_CELLS` cells: no file of this format has one, and reading it
+    /// whole took memory without bound (a 500 MiB line of semicolons, or an
+    /// unclosed quote, ran a worker out of memory, and the next one that
+    /// claimed the job after it). The reader stops there.
+    TooLong,
     /// Feed the next chunk with `push`, or call `finish` when there is none.
     NeedInput,
     End,
 }
+
+/// The longest record a file may hold (15 cells of names, addresses and
+/// ids take a few hundred bytes), and the most cells.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+pub const MAX_CELLS: usize = 64;
 
 /// An incremental CSV reader: push the file's bytes in any pieces, take
 /// records as they complete. Memory holds one chunk and one record.
@@ -440,11 +451,17 @@ impl RecordReader {
                     }
                 }
                 csv_core::ReadRecordResult::OutputFull => {
-                    let len = self.record.len() * 2;
+                    if self.record.len() >= MAX_RECORD_BYTES {
+                        return Next::TooLong;
+                    }
+                    let len = (self.record.len() * 2).min(MAX_RECORD_BYTES);
                     self.record.resize(len, 0);
                 }
                 csv_core::ReadRecordResult::OutputEndsFull => {
-                    let len = self.ends.len() * 2;
+                    if self.ends.len() >= MAX_CELLS {
+                        return Next::TooLong;
+                    }
+                    let len = (self.ends.len() * 2).min(MAX_CELLS);
                     self.ends.resize(len, 0);
                 }
                 csv_core::ReadRecordResult::Record => {
@@ -499,7 +516,7 @@ mod tests {
                     Some(p) => reader.push(p),
                     None => reader.finish(),
                 },
-                Next::End => return records,
+                Next::End | Next::TooLong => return records,
             }
         }
     }
@@ -516,7 +533,7 @@ mod tests {
                     Some(p) => reader.push(p),
                     None => reader.finish(),
                 },
-                Next::End => return rows,
+                Next::End | Next::TooLong => return rows,
             }
         }
     }
@@ -649,6 +666,30 @@ mod tests {
                 assert_eq!(records[1].len(), 15);
             }
         }
+    }
+
+    /// A record past the bounds stops the reader, its buffers no larger
+    /// than the bounds; the records before it are read.
+    #[test]
+    fn a_record_past_the_bounds_stops_the_reader() {
+        let mut wide = b"a;b\r\n".to_vec();
+        wide.extend(std::iter::repeat_n(b';', MAX_CELLS));
+        let mut long = b"a;b\r\n".to_vec();
+        long.extend(std::iter::repeat_n(b'x', MAX_RECORD_BYTES + 1));
+        let mut open_quote = b"a;b\r\n\"".to_vec();
+        open_quote.extend(std::iter::repeat_n(b'x', 3 * MAX_RECORD_BYTES));
+        for file in [wide, long, open_quote] {
+            let mut reader = RecordReader::new(FileEncoding::Utf8);
+            reader.push(&file);
+            reader.finish();
+            assert!(matches!(reader.next_record(), Next::Record(cells) if cells == ["a", "b"]));
+            assert!(matches!(reader.next_record(), Next::TooLong));
+            assert!(reader.record.len() <= MAX_RECORD_BYTES && reader.ends.len() <= MAX_CELLS);
+        }
+        // At the bounds exactly, a record is read.
+        let mut most = vec![b'x'; MAX_RECORD_BYTES - MAX_CELLS];
+        most.extend(std::iter::repeat_n(b';', MAX_CELLS - 1));
+        assert_eq!(read_all(&most, FileEncoding::Utf8, 4096)[0].len(), MAX_CELLS);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, Qu
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::format::{Column, Next, RecordReader, check_header};
+use super::format::{Column, MAX_CELLS, MAX_RECORD_BYTES, Next, RecordReader, check_header};
 use super::rows::{CellError, RowOp, Units, UserRef, read_row, row_errors, unique_keys};
 use super::*;
 use crate::mail::MailKind;
@@ -92,6 +92,18 @@ impl Records {
                     None => self.reader.finish(),
                 },
                 Next::End => return Ok(None),
+                Next::TooLong => {
+                    return Err(DomainError::precondition(
+                        Reason::ImportTooLarge,
+                        format!(
+                            "the row after row {} is longer than {} KiB or has more than {} cells (an import row has {} columns; a quote left open runs on to the end of the file)",
+                            self.reader.row(),
+                            MAX_RECORD_BYTES / 1024,
+                            MAX_CELLS,
+                            Column::ALL.len(),
+                        ),
+                    ));
+                }
             }
         }
     }
@@ -385,6 +397,21 @@ impl Domain {
     /// The first pass: the header, the row count against the limit, and
     /// which values more than one row holds.
     async fn scan_import(&self, job: &import_job::Model) -> DomainResult<Result<Scan, JobFailure>> {
+        match self.scan_records(job).await {
+            // A row too long to read: the file, not this run, is at fault.
+            Err(DomainError::FailedPrecondition {
+                reason: Reason::ImportTooLarge,
+                message,
+                ..
+            }) => Ok(Err(JobFailure {
+                reason: Reason::ImportTooLarge,
+                message,
+            })),
+            scanned => scanned,
+        }
+    }
+
+    async fn scan_records(&self, job: &import_job::Model) -> DomainResult<Result<Scan, JobFailure>> {
         let kind: ImportKind = parse(&job.kind)?;
         let mut records = Records::new(job)?;
         let Some((_, header)) = records.next(&self.db).await? else {
