@@ -35,7 +35,7 @@ const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// No orgadmin request comes near this; import files stream in chunks of
 /// at most 1 MiB.
-const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Serves until `shutdown` resolves; then reports NOT_SERVING, stops accepting
 /// and lets in-flight calls finish. At most `max_in_flight` calls of the

@@ -10,10 +10,12 @@
 //! call gets its server span (joined to the caller's W3C `traceparent`) and
 //! its `rpc.server.duration` measurement, shed calls included.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
 
 use orgadmin_domain::{metrics, telemetry};
 use prost::Message as _;
@@ -21,6 +23,16 @@ use tracing::Instrument;
 
 use tokio::sync::Semaphore;
 use tonic::server::NamedService;
+
+/// How long a request's message may take to arrive, read before the call
+/// takes a place: a client that sent its headers and then nothing (or a
+/// byte a minute) held a place for ever, and 256 of them shut the service
+/// to everyone, before any token was checked.
+const REQUEST_READ_LIMIT: Duration = Duration::from_secs(30);
+
+/// The largest request body read ahead: one message (the services refuse
+/// larger ones) and its five-byte gRPC frame header.
+const REQUEST_READ_BYTES: usize = crate::server::MAX_MESSAGE_BYTES + 5;
 
 /// The permits of the whole server.
 #[derive(Clone)]
@@ -50,9 +62,13 @@ impl<S: NamedService> NamedService for Shed<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, B> tower_service::Service<http::Request<B>> for Shed<S>
+impl<S> tower_service::Service<http::Request<tonic::body::Body>> for Shed<S>
 where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + NamedService + Send,
+    S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>
+        + NamedService
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -63,7 +79,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let started = Instant::now();
         // A call made as another user must name its method to the handler,
         // which alone decides whether it may be made so (`acting`).
@@ -78,20 +94,41 @@ where
             ""
         };
         let span = rpc_span(&request, service, method);
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            tracing::debug!(parent: &span, "shedding a call: the in-flight bound is reached");
-            let refused = crate::error::overloaded().into_http();
-            metrics::rpc_shed(service, method);
-            finish(&span, service, method, &refused, started);
-            return Box::pin(async move { Ok(refused) });
-        };
-        let call = span.in_scope(|| self.inner.call(request));
+        // The inner service was made ready by `poll_ready`; the clone left
+        // behind is the one the next call readies.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let permits = self.permits.clone();
+        let streams_in = CLIENT_STREAMING.contains(request.uri().path());
         Box::pin(
             async move {
-                let response = call.await;
+                let span = tracing::Span::current();
+                // A call with one request message is read whole first; an
+                // upload (client streaming) authenticates before its first
+                // message and limits its own pauses (`imports`).
+                if !streams_in {
+                    let (parts, body) = request.into_parts();
+                    let body = match read_ahead(body).await {
+                        Ok(body) => body,
+                        Err(status) => {
+                            let refused = status.into_http();
+                            finish(&span, service, method, &refused, started);
+                            return Ok(refused);
+                        }
+                    };
+                    request = http::Request::from_parts(parts, body);
+                }
+                let Ok(permit) = permits.try_acquire_owned() else {
+                    tracing::debug!("shedding a call: the in-flight bound is reached");
+                    let refused = crate::error::overloaded().into_http();
+                    metrics::rpc_shed(service, method);
+                    finish(&span, service, method, &refused, started);
+                    return Ok(refused);
+                };
+                let response = inner.call(request).await;
                 drop(permit);
                 if let Ok(response) = &response {
-                    finish(&tracing::Span::current(), service, method, response, started);
+                    finish(&span, service, method, response, started);
                 }
                 response
             }
@@ -99,6 +136,41 @@ where
         )
     }
 }
+
+/// The whole request body, read within `REQUEST_READ_LIMIT` and
+/// `REQUEST_READ_BYTES`, as a body the service reads again.
+async fn read_ahead(body: tonic::body::Body) -> Result<tonic::body::Body, tonic::Status> {
+    let limited = http_body_util::Limited::new(body, REQUEST_READ_BYTES);
+    match tokio::time::timeout(REQUEST_READ_LIMIT, limited.collect()).await {
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "the request did not arrive within {} s of its headers",
+            REQUEST_READ_LIMIT.as_secs()
+        ))),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(tonic::Status::resource_exhausted(
+            format!("the request is larger than {REQUEST_READ_BYTES} bytes"),
+        )),
+        Ok(Err(error)) => Err(tonic::Status::cancelled(format!(
+            "the request could not be read: {error}"
+        ))),
+        Ok(Ok(collected)) => Ok(tonic::body::Body::new(http_body_util::Full::new(collected.to_bytes()))),
+    }
+}
+
+/// The paths of the methods whose client streams its messages.
+static CLIENT_STREAMING: LazyLock<HashSet<String>> = LazyLock::new(|| {
+    let set = prost_types::FileDescriptorSet::decode(orgadmin_proto::v1::FILE_DESCRIPTOR_SET)
+        .expect("the compiled-in descriptor set decodes");
+    let mut paths = HashSet::new();
+    for file in set.file {
+        let package = file.package();
+        for service in &file.service {
+            for method in service.method.iter().filter(|m| m.client_streaming()) {
+                paths.insert(format!("/{package}.{}/{}", service.name(), method.name()));
+            }
+        }
+    }
+    paths
+});
 
 /// The name of the method a request path calls, when the proto declares it;
 /// `_OTHER` (the semantic conventions' word) for any other path. Spans and

@@ -13,7 +13,8 @@ use tonic_types::StatusExt;
 
 both_backends!(
     calls_over_the_in_flight_bound_are_shed,
-    grpc_connections_are_bounded_and_silent_ones_closed
+    grpc_connections_are_bounded_and_silent_ones_closed,
+    a_call_whose_request_never_arrives_holds_no_place
 );
 
 async fn calls_over_the_in_flight_bound_are_shed(backend: Backend) {
@@ -134,5 +135,49 @@ async fn grpc_connections_are_bounded_and_silent_ones_closed(backend: Backend) {
         .expect("the speaking connection outlived the timeout");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
+    app.finish().await;
+}
+
+/// A call whose request message never arrives (the headers sent, then
+/// nothing: here a unary method called with a request stream that never
+/// yields) holds no place among the calls in flight: it is read before it
+/// takes one. Before, two such calls took both places of this server, and
+/// every other call, of anyone, was refused as overloaded, before any
+/// token was looked at.
+async fn a_call_whose_request_never_arrives_holds_no_place(backend: Backend) {
+    let app = TestApp::start_limited(backend, DomainSettings::default(), 4, 2).await;
+    let fixture = app.org_with_admin().await;
+    let stalled: Vec<_> = (0..3)
+        .map(|_| {
+            let channel = app.channel();
+            tokio::spawn(async move {
+                let mut grpc = tonic::client::Grpc::new(channel);
+                grpc.ready().await.expect("ready");
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static("/orgadmin.v1.UserService/GetUser");
+                let codec = tonic_prost::ProstCodec::<pb::GetUserRequest, pb::GetUserResponse>::default();
+                grpc.client_streaming(tonic::Request::new(tokio_stream::pending()), path, codec)
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        app.users()
+            .get_user(req(
+                &fixture.admin_token,
+                pb::GetUserRequest {
+                    id: fixture.admin.id.clone(),
+                },
+            ))
+            .await
+            .expect("served beside the stalled calls");
+    }
+    assert!(
+        stalled.iter().all(|call| !call.is_finished()),
+        "the stalled calls still wait"
+    );
+    for call in stalled {
+        call.abort();
+    }
     app.finish().await;
 }

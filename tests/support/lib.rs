@@ -315,6 +315,11 @@ impl TestApp {
         CertificateServiceClient::new(self.channel.clone())
     }
 
+    /// The connection the clients share, for a call made by hand.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn users(&self) -> UserServiceClient<Channel> {
         UserServiceClient::new(self.channel.clone())
     }

@@ -113,10 +113,21 @@ fn spec_from_pb(spec: pb::ImportSpec) -> Result<ImportSpec, DomainError> {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// How long an upload may pause between two of its messages: a client that
+/// stopped sending (but kept its connection) held its in-flight place and
+/// its upload's place in the organisation's queue for ever.
+const UPLOAD_PAUSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn next_part(
     stream: &mut Streaming<pb::CreateImportRequest>,
 ) -> Result<Option<pb::create_import_request::Part>, Status> {
-    match stream.message().await? {
+    let Ok(message) = tokio::time::timeout(UPLOAD_PAUSE_LIMIT, stream.message()).await else {
+        return Err(Status::deadline_exceeded(format!(
+            "no part of the upload arrived for {} s; send the file again",
+            UPLOAD_PAUSE_LIMIT.as_secs()
+        )));
+    };
+    match message? {
         None => Ok(None),
         Some(message) => Ok(message.part),
     }
