@@ -10,7 +10,7 @@
 //! call gets its server span (joined to the caller's W3C `traceparent`) and
 //! its `rpc.server.duration` measurement, shed calls included.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -99,7 +99,7 @@ where
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let permits = self.permits.clone();
-        let streams_in = CLIENT_STREAMING.contains(request.uri().path());
+        let streams_in = client_streams(request.uri().path());
         Box::pin(
             async move {
                 let span = tracing::Span::current();
@@ -156,20 +156,24 @@ async fn read_ahead(body: tonic::body::Body) -> Result<tonic::body::Body, tonic:
     }
 }
 
-/// The paths of the methods whose client streams its messages.
-static CLIENT_STREAMING: LazyLock<HashSet<String>> = LazyLock::new(|| {
+/// The methods the proto declares, by request path: their names and
+/// whether their client streams its messages.
+static DECLARED: LazyLock<HashMap<String, (String, bool)>> = LazyLock::new(|| {
     let set = prost_types::FileDescriptorSet::decode(orgadmin_proto::v1::FILE_DESCRIPTOR_SET)
         .expect("the compiled-in descriptor set decodes");
-    let mut paths = HashSet::new();
+    let mut methods = HashMap::new();
     for file in set.file {
         let package = file.package();
         for service in &file.service {
-            for method in service.method.iter().filter(|m| m.client_streaming()) {
-                paths.insert(format!("/{package}.{}/{}", service.name(), method.name()));
+            for method in &service.method {
+                methods.insert(
+                    format!("/{package}.{}/{}", service.name(), method.name()),
+                    (method.name().to_owned(), method.client_streaming()),
+                );
             }
         }
     }
-    paths
+    methods
 });
 
 /// The name of the method a request path calls, when the proto declares it;
@@ -177,24 +181,12 @@ static CLIENT_STREAMING: LazyLock<HashSet<String>> = LazyLock::new(|| {
 /// metrics name only declared methods, so a caller cannot mint new metric
 /// series with made-up paths, and naming a call allocates nothing.
 fn declared_method(path: &str) -> &'static str {
-    static DECLARED: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
-        let set = prost_types::FileDescriptorSet::decode(orgadmin_proto::v1::FILE_DESCRIPTOR_SET)
-            .expect("the compiled-in descriptor set decodes");
-        let mut methods = HashMap::new();
-        for file in set.file {
-            let package = file.package();
-            for service in &file.service {
-                for method in &service.method {
-                    methods.insert(
-                        format!("/{package}.{}/{}", service.name(), method.name()),
-                        method.name().to_owned(),
-                    );
-                }
-            }
-        }
-        methods
-    });
-    DECLARED.get(path).map_or("_OTHER", String::as_str)
+    DECLARED.get(path).map_or("_OTHER", |(name, _)| name.as_str())
+}
+
+/// Whether the method at `path` takes a stream of request messages.
+fn client_streams(path: &str) -> bool {
+    DECLARED.get(path).is_some_and(|(_, streams)| *streams)
 }
 
 /// The call's server span, child of the caller's span when the request
