@@ -822,6 +822,22 @@ async fn tokens_authenticate_expire_and_revoke(backend: Backend) {
         .api_token
         .unwrap();
     assert!(revoked.revoke_time.is_some());
+    // The list shows live credentials only (every login leaves a session).
+    let listed = auth
+        .list_api_tokens(req(
+            &fixture.admin_token,
+            pb::ListApiTokensRequest {
+                organisation_id: fixture.org.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .api_tokens;
+    assert!(
+        listed.iter().all(|t| t.id != revoked.id && t.revoke_time.is_none()),
+        "{listed:?}"
+    );
     assert_code(
         auth.who_am_i(req(&long.secret, pb::WhoAmIRequest {})).await,
         Code::Unauthenticated,

@@ -431,8 +431,18 @@ impl Domain {
     /// only, any other member their own.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn list_api_tokens(&self, caller: &Caller, organisation_id: Uuid) -> DomainResult<Vec<ApiToken>> {
+        // Live ones only: every login leaves a session row, so listing the
+        // ended ones too grew without end (past about 25,000 logins the
+        // answer no longer fit in a message, and the call failed for good).
+        let now = now_millis();
         let mut query = api_token::Entity::find()
             .filter(api_token::Column::OrganisationId.eq(organisation_id))
+            .filter(api_token::Column::RevokedAt.is_null())
+            .filter(
+                sea_orm::Condition::any()
+                    .add(api_token::Column::ExpiresAt.is_null())
+                    .add(api_token::Column::ExpiresAt.gt(now)),
+            )
             .order_by_asc(api_token::Column::Id);
         if let super::Visible::Concerning(me) =
             super::visible_to(caller, Action::ManageApiTokens, organisation_id, "API tokens")?
