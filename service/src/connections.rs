@@ -29,6 +29,10 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
+    /// Of those, how many one peer address may hold: a client that opens
+    /// connections and keeps them idle (it answers pings) cannot take every
+    /// place, the orchestrator's health probes' too.
+    pub max_per_address: usize,
     pub first_bytes_timeout: Duration,
 }
 
@@ -39,6 +43,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_per_address: 256,
             first_bytes_timeout: Duration::from_secs(10),
         }
     }
@@ -50,6 +55,7 @@ impl Default for ConnectionLimits {
 pub struct GuardedConnection {
     stream: TcpStream,
     _place: OwnedSemaphorePermit,
+    _address_place: AddressPlace,
     /// Until the first bytes arrive.
     first_bytes_deadline: Option<Pin<Box<Sleep>>>,
 }
@@ -115,41 +121,92 @@ impl AsyncWrite for GuardedConnection {
     }
 }
 
+/// The connections each peer address holds open.
+type OpenByAddress = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One of its address's places, given back when the connection closes.
+struct AddressPlace {
+    address: std::net::IpAddr,
+    open: OpenByAddress,
+}
+
+impl AddressPlace {
+    /// A place for `address`, unless it holds `max` already.
+    fn take(open: &OpenByAddress, address: std::net::IpAddr, max: usize) -> Option<Self> {
+        let mut counts = open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(address).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            address,
+            open: open.clone(),
+        })
+    }
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
 /// The connections `listener` accepts, at most `limits.max_connections`
-/// open at once: the next is accepted only when one has closed.
+/// open at once (the next is accepted only when one has closed), at most
+/// `limits.max_per_address` of them from one peer address (one more is
+/// closed at once).
 pub fn guarded_incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
 ) -> impl Stream<Item = io::Result<GuardedConnection>> {
     let places = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    futures_util::stream::unfold((listener, places), move |(listener, places)| async move {
-        let place = places
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    // A reply is several HTTP/2 frames (headers, data,
-                    // trailers); with Nagle on, the second write waits for
-                    // the client's delayed ACK (40 ms on Linux) whenever
-                    // only one call is in flight.
-                    if let Err(error) = stream.set_nodelay(true) {
-                        tracing::debug!(%error, "could not set TCP_NODELAY on a gRPC connection");
+    let open_by_address = OpenByAddress::default();
+    futures_util::stream::unfold((listener, places), move |(listener, places)| {
+        let open_by_address = open_by_address.clone();
+        async move {
+            let place = places
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        let Some(address_place) =
+                            AddressPlace::take(&open_by_address, peer.ip(), limits.max_per_address.max(1))
+                        else {
+                            tracing::debug!(%peer, "closing a gRPC connection: its address holds its share of them");
+                            drop(stream);
+                            continue;
+                        };
+                        // A reply is several HTTP/2 frames (headers, data,
+                        // trailers); with Nagle on, the second write waits for
+                        // the client's delayed ACK (40 ms on Linux) whenever
+                        // only one call is in flight.
+                        if let Err(error) = stream.set_nodelay(true) {
+                            tracing::debug!(%error, "could not set TCP_NODELAY on a gRPC connection");
+                        }
+                        let connection = GuardedConnection {
+                            stream,
+                            _place: place,
+                            _address_place: address_place,
+                            first_bytes_deadline: Some(Box::pin(tokio::time::sleep(limits.first_bytes_timeout))),
+                        };
+                        return Some((Ok(connection), (listener, places)));
                     }
-                    let connection = GuardedConnection {
-                        stream,
-                        _place: place,
-                        first_bytes_deadline: Some(Box::pin(tokio::time::sleep(limits.first_bytes_timeout))),
-                    };
-                    return Some((Ok(connection), (listener, places)));
-                }
-                Err(error) => {
-                    // Out of file descriptors, say: wait, do not spin (an
-                    // error handed to tonic would end the server).
-                    tracing::warn!(%error, "gRPC listener could not accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(error) => {
+                        // Out of file descriptors, say: wait, do not spin (an
+                        // error handed to tonic would end the server).
+                        tracing::warn!(%error, "gRPC listener could not accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             }
         }

@@ -34,6 +34,14 @@ const REQUEST_READ_LIMIT: Duration = Duration::from_secs(30);
 /// larger ones) and its five-byte gRPC frame header.
 const REQUEST_READ_BYTES: usize = crate::server::MAX_MESSAGE_BYTES + 5;
 
+/// The request bytes read ahead at once, over all calls, in KiB: what
+/// bounds the memory of bodies read before a call takes its place (the
+/// in-flight bound did, when bodies were read after it). A call's message
+/// is usually under a KiB; import files stream and are not read ahead.
+const READ_AHEAD_BUDGET_KIB: usize = 64 * 1024;
+
+static READ_AHEAD_BUDGET: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(READ_AHEAD_BUDGET_KIB)));
+
 /// The permits of the whole server.
 #[derive(Clone)]
 pub struct InFlight(Arc<Semaphore>);
@@ -106,11 +114,18 @@ where
                 // A call with one request message is read whole first; an
                 // upload (client streaming) authenticates before its first
                 // message and limits its own pauses (`imports`).
+                let mut read_ahead_bytes = None;
                 if !streams_in {
                     let (parts, body) = request.into_parts();
                     let body = match read_ahead(body).await {
-                        Ok(body) => body,
+                        Ok((body, held)) => {
+                            read_ahead_bytes = held;
+                            body
+                        }
                         Err(status) => {
+                            if status.code() == tonic::Code::ResourceExhausted {
+                                metrics::rpc_shed(service, method);
+                            }
                             let refused = status.into_http();
                             finish(&span, service, method, &refused, started);
                             return Ok(refused);
@@ -127,6 +142,7 @@ where
                 };
                 let response = inner.call(request).await;
                 drop(permit);
+                drop(read_ahead_bytes);
                 if let Ok(response) = &response {
                     finish(&span, service, method, response, started);
                 }
@@ -138,22 +154,55 @@ where
 }
 
 /// The whole request body, read within `REQUEST_READ_LIMIT` and
-/// `REQUEST_READ_BYTES`, as a body the service reads again.
-async fn read_ahead(body: tonic::body::Body) -> Result<tonic::body::Body, tonic::Status> {
-    let limited = http_body_util::Limited::new(body, REQUEST_READ_BYTES);
-    match tokio::time::timeout(REQUEST_READ_LIMIT, limited.collect()).await {
-        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-            "the request did not arrive within {} s of its headers",
-            REQUEST_READ_LIMIT.as_secs()
-        ))),
-        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(tonic::Status::resource_exhausted(
-            format!("the request is larger than {REQUEST_READ_BYTES} bytes"),
-        )),
-        Ok(Err(error)) => Err(tonic::Status::cancelled(format!(
-            "the request could not be read: {error}"
-        ))),
-        Ok(Ok(collected)) => Ok(tonic::body::Body::new(http_body_util::Full::new(collected.to_bytes()))),
+/// `REQUEST_READ_BYTES`, as a body the service reads again, with its share
+/// of `READ_AHEAD_BUDGET` (held until the call ends). The budget spent, the
+/// call is refused as overloaded.
+async fn read_ahead(
+    mut body: tonic::body::Body,
+) -> Result<(tonic::body::Body, Option<tokio::sync::OwnedSemaphorePermit>), tonic::Status> {
+    let deadline = tokio::time::Instant::now() + REQUEST_READ_LIMIT;
+    let mut read: Vec<u8> = Vec::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(tonic::Status::deadline_exceeded(format!(
+                    "the request did not arrive within {} s of its headers",
+                    REQUEST_READ_LIMIT.as_secs()
+                )));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(status))) => {
+                return Err(tonic::Status::cancelled(format!(
+                    "the request could not be read: {}",
+                    status.message()
+                )));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        if read.len() + data.len() > REQUEST_READ_BYTES {
+            // As tonic answers a message over its limit.
+            return Err(tonic::Status::out_of_range(format!(
+                "the request is larger than {REQUEST_READ_BYTES} bytes"
+            )));
+        }
+        let kib = u32::try_from(data.len().div_ceil(1024)).unwrap_or(u32::MAX);
+        if kib > 0 {
+            let Ok(share) = READ_AHEAD_BUDGET.clone().try_acquire_many_owned(kib) else {
+                return Err(crate::error::overloaded());
+            };
+            match &mut held {
+                Some(held) => held.merge(share),
+                None => held = Some(share),
+            }
+        }
+        read.extend_from_slice(&data);
     }
+    Ok((
+        tonic::body::Body::new(http_body_util::Full::new(tonic::codegen::Bytes::from(read))),
+        held,
+    ))
 }
 
 /// The methods the proto declares, by request path: their names and

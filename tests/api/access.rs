@@ -1942,14 +1942,28 @@ async fn a_stand_in_gets_no_delegation_from_whoever_holds_its_code(backend: Back
         app.grant_level(&lone_token, &other.id, 4, "").await,
         Code::PermissionDenied,
     );
-    // A colleague may; and Lone may for a person whose code went elsewhere.
+    // Nor for a CPR person Lone created: the link went to the address Lone
+    // typed (a mailbox of Lone's, with a CPR number made up, would do).
+    let cpr_stand_in = app
+        .users()
+        .create_user(req(&lone_token, new_user(&fixture.org.id, "Cpr", &[])))
+        .await
+        .expect("created")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_code(
+        app.grant_level(&lone_token, &cpr_stand_in.id, 4, "").await,
+        Code::PermissionDenied,
+    );
+    // A colleague may; and Lone may for a person a colleague created.
     app.grant_level(&admin, &stand_in.id, 3, "")
         .await
         .expect("a colleague's grant");
     let (cpr_person, _) = app.member(&fixture, "Cecilie", &[]).await;
     app.grant_level(&lone_token, &cpr_person.id, 3, "")
         .await
-        .expect("no code came back");
+        .expect("created by a colleague");
 
     // A rights and user administrator and the person they created.
     let (rasmus, rasmus_token) = app

@@ -14,7 +14,8 @@ use tonic_types::StatusExt;
 both_backends!(
     calls_over_the_in_flight_bound_are_shed,
     grpc_connections_are_bounded_and_silent_ones_closed,
-    a_call_whose_request_never_arrives_holds_no_place
+    a_call_whose_request_never_arrives_holds_no_place,
+    one_address_holds_its_share_of_connections
 );
 
 async fn calls_over_the_in_flight_bound_are_shed(backend: Backend) {
@@ -85,6 +86,7 @@ async fn grpc_connections_are_bounded_and_silent_ones_closed(backend: Backend) {
         16,
         orgadmin_service::ConnectionLimits {
             max_connections: 2,
+            max_per_address: 10,
             first_bytes_timeout,
         },
         async move {
@@ -179,5 +181,53 @@ async fn a_call_whose_request_never_arrives_holds_no_place(backend: Backend) {
     for call in stalled {
         call.abort();
     }
+    app.finish().await;
+}
+
+/// One peer address holds at most `max_per_address` connections: one more
+/// is closed at once (not held until the first-bytes timeout), so idle
+/// connections from one client cannot take every place.
+async fn one_address_holds_its_share_of_connections(backend: Backend) {
+    use tokio::io::AsyncReadExt;
+
+    let app = TestApp::start(backend).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(orgadmin_service::serve_with_limits(
+        app.domain.clone(),
+        listener,
+        16,
+        orgadmin_service::ConnectionLimits {
+            max_connections: 10,
+            max_per_address: 2,
+            first_bytes_timeout: Duration::from_secs(30),
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let _first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut sent = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut sent))
+        .await
+        .expect("the third connection of one address is closed at once");
+    assert!(read.is_err() || sent.is_empty(), "it was served: {sent:?}");
+    drop(_first);
+    // A place given back is taken again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut first_bytes = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), again.read(&mut first_bytes)).await;
+    assert!(
+        matches!(read, Ok(Ok(1))),
+        "the server speaks first on a connection it keeps: {read:?}"
+    );
+    drop(_second);
+    drop(again);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
     app.finish().await;
 }

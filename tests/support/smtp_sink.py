@@ -38,7 +38,8 @@ class Recorder:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.split("@")[0].startswith("reject"):
-            return "550 5.1.1 mailbox unavailable"
+            # Quoting the address, as Postfix does.
+            return f"550 5.1.1 <{address}>: mailbox unavailable"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

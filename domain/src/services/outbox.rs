@@ -401,7 +401,19 @@ impl Domain {
                 let mut entry = entry_from_row(row);
                 if !shown {
                     let masked = masked_address(&entry.recipient);
-                    entry.last_error = entry.last_error.map(|e| e.replace(&entry.recipient, &masked));
+                    // The relay quotes the address as it was sent: with an
+                    // IDN domain, in ASCII (Punycode).
+                    let sent = crate::email::Email::parse(&entry.recipient)
+                        .map(|email| email.to_address().to_string())
+                        .unwrap_or_default();
+                    entry.last_error = entry.last_error.map(|error| {
+                        let error = error.replace(&entry.recipient, &masked);
+                        if sent.is_empty() {
+                            error
+                        } else {
+                            error.replace(&sent, &masked)
+                        }
+                    });
                     entry.recipient = masked;
                 }
                 entry

@@ -216,18 +216,21 @@ pub(crate) async fn ensure_may_make_delegate(
     Ok(())
 }
 
-/// Two keys against a stand-in (R-ACC-4, R-AUTH-1): the activation code of
-/// a person without a CPR number comes back to whoever created them or
-/// asked for a new one, who can activate them and sign in as them. Given an
+/// Two keys against a stand-in (R-ACC-4, R-AUTH-1): whoever created a
+/// person, or handed out their activation since, may hold what activates
+/// them: the code of a person without a CPR number comes back to them, and
+/// a CPR person's link goes to the address they typed (a mailbox of their
+/// own, with a CPR number they made up: only its form is checked). So
+/// they can activate them and sign in as them. Given an
 /// admin level or a right to pass on by that very caller, such a person
 /// lets one person act twice: keep a level after their own is taken away
 /// (and grant it back through the stand-in), or grant themselves rights
-/// through it. So among `people` (users of `organisation_id`), none whose
-/// code this caller was handed is made to delegate by them; a colleague
+/// through it. So among `people` (users of `organisation_id`), none this
+/// caller created or sent an activation is made to delegate by them; a colleague
 /// may. Someone who may change roles is not held to it: they could make
 /// the person an administrator outright (CreateUser's placement rule and
 /// `ensure_may_make_delegate` leave them free alike). Read from history,
-/// where every code handed out is recorded with who asked for it. `caller`
+/// where every creation and activation sent names who did it. `caller`
 /// as they are under the organisation's lock.
 pub(crate) async fn ensure_no_stand_in_of(
     txn: &DatabaseTransaction,
@@ -247,10 +250,11 @@ pub(crate) async fn ensure_no_stand_in_of(
         .filter(history_event::Column::OrganisationId.eq(organisation_id))
         .filter(history_event::Column::SubjectKind.eq("USER"))
         .filter(history_event::Column::Actor.eq(caller.actor()))
-        .filter(
-            history_event::Column::Activity
-                .is_in([Activity::UserCreated.as_str(), Activity::ActivationCodeCreated.as_str()]),
-        )
+        .filter(history_event::Column::Activity.is_in([
+            Activity::UserCreated.as_str(),
+            Activity::ActivationCodeCreated.as_str(),
+            Activity::ActivationSent.as_str(),
+        ]))
         .filter(
             history_event::Column::SubjectId.in_subquery(
                 Query::select()
@@ -262,18 +266,16 @@ pub(crate) async fn ensure_no_stand_in_of(
         )
         .all(txn)
         .await?;
-    // A creation hands a code back only for a person created with neither
-    // a CPR number (a link goes to their own address then) nor as a
-    // service account (which never activates).
+    // A service account never activates: creating one hands over nothing.
     let handed = handed_out.iter().find(|event| {
-        event.activity == Activity::ActivationCodeCreated.as_str()
+        event.activity != Activity::UserCreated.as_str()
             || !history::changes_from_json(&event.changes)
                 .iter()
-                .any(|change| change.field == "cpr" || (change.field == "service_account" && change.after == "true"))
+                .any(|change| change.field == "service_account" && change.after == "true")
     });
     if let Some(event) = handed {
         return Err(DomainError::denied(format!(
-            "the activation code of user {} was handed to you, so you could sign in as them: a colleague gives them an admin level or a right to pass on (two keys)",
+            "you created user {} or sent their activation (a code, or a link to an address you chose), so you could sign in as them: a colleague gives them an admin level or a right to pass on (two keys)",
             event.subject_id
         )));
     }
