@@ -28,6 +28,7 @@ both_backends!(
     uploads_in_progress_take_their_places,
     a_long_report_comes_in_pieces,
     rows_are_named_as_a_spreadsheet_shows_them,
+    a_watch_of_a_job_that_never_moves_ends,
 );
 
 pub const HEADER_DA: &str = "Bruger-ID;CPR-nummer;Fødselsdato;E-mail;Fornavn;Efternavn;Brugernavn;Telefon;Enhed;Sprog;Roller;Tegningsret;Identifikationsmidler;Eksternt ID;RID-nummer";
@@ -1685,5 +1686,52 @@ async fn rows_are_named_as_a_spreadsheet_shows_them(backend: Backend) {
     );
     let duplicate = errors.iter().find(|e| e.row == 7 && e.column == "email").unwrap();
     assert!(duplicate.message.contains("row 8"), "{:?}", duplicate.message);
+    app.finish().await;
+}
+
+/// A watch ends after the most time one watch lasts: it polls the job until
+/// the job ends, and one queued with no worker to take it never does (each
+/// such stream ran for ever, outside the in-flight bound).
+async fn a_watch_of_a_job_that_never_moves_ends(backend: Backend) {
+    use std::time::Duration;
+
+    use tokio_stream::StreamExt;
+    let app = app_with_imports(
+        backend,
+        ImportSettings {
+            watch_lifetime_ms: 1500,
+            ..ImportSettings::default()
+        },
+    )
+    .await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    let job = app
+        .upload_import(
+            &token,
+            spec(&fixture.org.id, pb::ImportKind::Create),
+            file(HEADER_DA, &create_rows(1, "venter")).as_bytes(),
+            1 << 20,
+        )
+        .await
+        .expect("upload");
+    let mut watch = app
+        .imports()
+        .watch_import(req(&token, pb::WatchImportRequest { id: job.id.clone() }))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.next().await.expect("the job as it is").expect("a job");
+    assert_eq!(first.job.unwrap().state, pb::ImportState::Queued as i32);
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the watch ended by itself");
+    assert_code(ended.expect("an answer").map(drop), Code::DeadlineExceeded);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
     app.finish().await;
 }

@@ -227,6 +227,8 @@ impl ImportService for ImportHandler {
         // fails the call itself, not the stream.
         let first = self.domain.get_import(&caller, job_id).await.into_status()?;
         let domain = self.domain.clone();
+        let lifetime = Duration::from_millis(self.domain.settings().imports.watch_lifetime_ms.max(0) as u64);
+        let ends_at = tokio::time::Instant::now() + lifetime;
         let updates = changes_stream(move |sent: Option<ImportJob>| {
             let domain = domain.clone();
             let caller = caller.clone();
@@ -237,6 +239,13 @@ impl ImportService for ImportHandler {
                     return None;
                 }
                 loop {
+                    if tokio::time::Instant::now() + WATCH_INTERVAL > ends_at {
+                        tokio::time::sleep_until(ends_at).await;
+                        return Some(Err(Status::deadline_exceeded(format!(
+                            "watched for {} minutes, the most one watch lasts; the job goes on: watch it again",
+                            lifetime.as_secs() / 60
+                        ))));
+                    }
                     tokio::time::sleep(WATCH_INTERVAL).await;
                     match domain.get_import(&caller, job_id).await {
                         Ok(job) if job != last => return Some(Ok(job)),

@@ -80,6 +80,10 @@ pub struct ImportSettings {
     /// An upload that received nothing for this long was abandoned (its
     /// client went away without a word): its job and pieces are deleted.
     pub upload_idle_ms: i64,
+    /// How long one WatchImport stream lasts at most: a watch polls the job
+    /// until it ends, and a job queued with no worker to take it never
+    /// does. The stream then ends DEADLINE_EXCEEDED; the client watches again.
+    pub watch_lifetime_ms: i64,
 }
 
 impl Default for ImportSettings {
@@ -93,6 +97,7 @@ impl Default for ImportSettings {
             lease_ms: 60_000,
             file_retention_ms: 7 * 24 * 60 * 60 * 1000,
             upload_idle_ms: 60 * 60 * 1000,
+            watch_lifetime_ms: 15 * 60 * 1000,
         }
     }
 }
