@@ -76,23 +76,17 @@ async fn grpc_connections_are_bounded_and_silent_ones_closed(backend: Backend) {
     use tonic::transport::Channel;
 
     let app = TestApp::start(backend).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let first_bytes_timeout = Duration::from_secs(2);
-    let server = tokio::spawn(orgadmin_service::serve_with_limits(
-        app.domain.clone(),
-        listener,
-        16,
+    let server = GuardedServer::start(
+        &app,
         orgadmin_service::ConnectionLimits {
             max_connections: 2,
             max_per_address: 10,
             first_bytes_timeout,
         },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    )
+    .await;
+    let addr = server.addr;
     let channel = || async {
         Channel::from_shared(format!("http://{addr}"))
             .unwrap()
@@ -135,8 +129,7 @@ async fn grpc_connections_are_bounded_and_silent_ones_closed(backend: Backend) {
     check(speaking)
         .await
         .expect("the speaking connection outlived the timeout");
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
     app.finish().await;
 }
 
@@ -191,22 +184,16 @@ async fn one_address_holds_its_share_of_connections(backend: Backend) {
     use tokio::io::AsyncReadExt;
 
     let app = TestApp::start(backend).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(orgadmin_service::serve_with_limits(
-        app.domain.clone(),
-        listener,
-        16,
+    let server = GuardedServer::start(
+        &app,
         orgadmin_service::ConnectionLimits {
             max_connections: 10,
             max_per_address: 2,
             first_bytes_timeout: Duration::from_secs(30),
         },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    )
+    .await;
+    let addr = server.addr;
     let _first = tokio::net::TcpStream::connect(addr).await.unwrap();
     let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -227,7 +214,37 @@ async fn one_address_holds_its_share_of_connections(backend: Backend) {
     );
     drop(_second);
     drop(again);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
     app.finish().await;
+}
+
+/// A second server on the test's domain, its connections guarded by
+/// `limits`.
+struct GuardedServer {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl GuardedServer {
+    async fn start(app: &TestApp, limits: orgadmin_service::ConnectionLimits) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(orgadmin_service::serve_with_limits(
+            app.domain.clone(),
+            listener,
+            16,
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self { addr, stop, served }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.served.await.unwrap().unwrap();
+    }
 }

@@ -164,8 +164,7 @@ impl Domain {
         // Whether placing people in units needs the check below (a caller
         // who may not change roles): then under the lock, so a grant to a
         // unit's system group cannot commit between the check and the insert.
-        let may_change_roles =
-            caller.is_operator() || authorize(caller, Action::ChangeRoles, Target::organisation(org_id)).is_ok();
+        let may_change_roles = crate::services::access::may_change_roles(caller, org_id);
         let checks_placement = !may_change_roles && users.iter().any(|u| u.new.unit_id.is_some());
         // Identification means are checked against the organisation's
         // allowed ones under its lock: a narrowing of them (which takes
