@@ -42,19 +42,28 @@ const READ_AHEAD_BUDGET_KIB: usize = 64 * 1024;
 
 static READ_AHEAD_BUDGET: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(READ_AHEAD_BUDGET_KIB)));
 
-/// The permits of the whole server.
+/// The permits of the whole server: one per call worked on, and of those
+/// at most a quarter held by calls that stream their answer.
 #[derive(Clone)]
-pub struct InFlight(Arc<Semaphore>);
+pub struct InFlight {
+    calls: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+}
 
 impl InFlight {
     pub fn new(limit: usize) -> Self {
-        Self(Arc::new(Semaphore::new(limit.max(1))))
+        let limit = limit.max(1);
+        Self {
+            calls: Arc::new(Semaphore::new(limit)),
+            streams: Arc::new(Semaphore::new((limit / 4).max(1))),
+        }
     }
 
     pub fn wrap<S>(&self, inner: S) -> Shed<S> {
         Shed {
             inner,
-            permits: self.0.clone(),
+            permits: self.calls.clone(),
+            stream_permits: self.streams.clone(),
         }
     }
 }
@@ -64,6 +73,7 @@ impl InFlight {
 pub struct Shed<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    stream_permits: Arc<Semaphore>,
 }
 
 impl<S: NamedService> NamedService for Shed<S> {
@@ -107,7 +117,8 @@ where
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let permits = self.permits.clone();
-        let streams_in = client_streams(request.uri().path());
+        let stream_permits = self.stream_permits.clone();
+        let (streams_in, streams_out) = streaming(request.uri().path());
         Box::pin(
             async move {
                 let span = tracing::Span::current();
@@ -133,23 +144,98 @@ where
                     };
                     request = http::Request::from_parts(parts, body);
                 }
+                // A streamed answer (an export, a report, a watch) works
+                // while its body is sent, long after its headers: it holds
+                // its places until the body ends or the client goes. Before,
+                // it gave them back with the headers, so any number of
+                // exports ran outside the bound. Streams may take only a
+                // quarter of the places, so long watches cannot shut out
+                // every other call.
+                let stream_permit = if streams_out {
+                    match stream_permits.try_acquire_owned() {
+                        Ok(permit) => Some(permit),
+                        Err(_) => return Ok(shed(&span, service, method, started)),
+                    }
+                } else {
+                    None
+                };
                 let Ok(permit) = permits.try_acquire_owned() else {
-                    tracing::debug!("shedding a call: the in-flight bound is reached");
-                    let refused = crate::error::overloaded().into_http();
-                    metrics::rpc_shed(service, method);
-                    finish(&span, service, method, &refused, started);
-                    return Ok(refused);
+                    return Ok(shed(&span, service, method, started));
                 };
                 let response = inner.call(request).await;
-                drop(permit);
                 drop(read_ahead_bytes);
-                if let Ok(response) = &response {
-                    finish(&span, service, method, response, started);
-                }
-                response
+                let response = response?;
+                finish(&span, service, method, &response, started);
+                Ok(match stream_permit {
+                    Some(stream_permit) => {
+                        response.map(|body| tonic::body::Body::new(HoldingBody::new(body, [permit, stream_permit])))
+                    }
+                    None => response,
+                })
             }
             .instrument(span),
         )
+    }
+}
+
+/// A call refused because the in-flight bound is reached.
+fn shed(
+    span: &tracing::Span,
+    service: &'static str,
+    method: &'static str,
+    started: Instant,
+) -> http::Response<tonic::body::Body> {
+    tracing::debug!("shedding a call: the in-flight bound is reached");
+    let refused = crate::error::overloaded().into_http();
+    metrics::rpc_shed(service, method);
+    finish(span, service, method, &refused, started);
+    refused
+}
+
+/// A response body that holds its call's places until it ends or is
+/// dropped (the client went away).
+struct HoldingBody {
+    inner: tonic::body::Body,
+    held: Option<[tokio::sync::OwnedSemaphorePermit; 2]>,
+}
+
+impl HoldingBody {
+    fn new(inner: tonic::body::Body, held: [tokio::sync::OwnedSemaphorePermit; 2]) -> Self {
+        Self {
+            inner,
+            held: Some(held),
+        }
+    }
+}
+
+impl http_body::Body for HoldingBody {
+    type Data = tonic::codegen::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        // The trailers end a gRPC answer: the client may call again as soon
+        // as it has them, so the places go back with them, not after.
+        let ended = match &polled {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
+            Poll::Pending => false,
+        };
+        if ended {
+            self.held = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -206,8 +292,8 @@ async fn read_ahead(
 }
 
 /// The methods the proto declares, by request path: their names and
-/// whether their client streams its messages.
-static DECLARED: LazyLock<HashMap<String, (String, bool)>> = LazyLock::new(|| {
+/// whether the client streams its messages, and the server its answers.
+static DECLARED: LazyLock<HashMap<String, (String, bool, bool)>> = LazyLock::new(|| {
     let set = prost_types::FileDescriptorSet::decode(orgadmin_proto::v1::FILE_DESCRIPTOR_SET)
         .expect("the compiled-in descriptor set decodes");
     let mut methods = HashMap::new();
@@ -217,7 +303,11 @@ static DECLARED: LazyLock<HashMap<String, (String, bool)>> = LazyLock::new(|| {
             for method in &service.method {
                 methods.insert(
                     format!("/{package}.{}/{}", service.name(), method.name()),
-                    (method.name().to_owned(), method.client_streaming()),
+                    (
+                        method.name().to_owned(),
+                        method.client_streaming(),
+                        method.server_streaming(),
+                    ),
                 );
             }
         }
@@ -230,12 +320,15 @@ static DECLARED: LazyLock<HashMap<String, (String, bool)>> = LazyLock::new(|| {
 /// metrics name only declared methods, so a caller cannot mint new metric
 /// series with made-up paths, and naming a call allocates nothing.
 fn declared_method(path: &str) -> &'static str {
-    DECLARED.get(path).map_or("_OTHER", |(name, _)| name.as_str())
+    DECLARED.get(path).map_or("_OTHER", |(name, _, _)| name.as_str())
 }
 
-/// Whether the method at `path` takes a stream of request messages.
-fn client_streams(path: &str) -> bool {
-    DECLARED.get(path).is_some_and(|(_, streams)| *streams)
+/// Whether the method at `path` takes a stream of request messages, and
+/// whether it answers with a stream.
+fn streaming(path: &str) -> (bool, bool) {
+    DECLARED
+        .get(path)
+        .map_or((false, false), |(_, client, server)| (*client, *server))
 }
 
 /// The call's server span, child of the caller's span when the request

@@ -15,7 +15,8 @@ both_backends!(
     calls_over_the_in_flight_bound_are_shed,
     grpc_connections_are_bounded_and_silent_ones_closed,
     a_call_whose_request_never_arrives_holds_no_place,
-    one_address_holds_its_share_of_connections
+    one_address_holds_its_share_of_connections,
+    a_streamed_answer_holds_its_place_until_it_ends
 );
 
 async fn calls_over_the_in_flight_bound_are_shed(backend: Backend) {
@@ -247,4 +248,94 @@ impl GuardedServer {
         let _ = self.stop.send(());
         self.served.await.unwrap().unwrap();
     }
+}
+
+/// A call that streams its answer (a watch, an export, a report) works
+/// while its body is sent: it holds its place until the body ends or the
+/// client goes, and streams take at most a quarter of the places. Before,
+/// the place went back with the headers, so any number of exports and
+/// watches ran outside the bound.
+async fn a_streamed_answer_holds_its_place_until_it_ends(backend: Backend) {
+    use orgadmin_domain::services::imports::ImportSettings;
+    use tokio_stream::StreamExt;
+
+    let settings = DomainSettings {
+        imports: ImportSettings {
+            watch_lifetime_ms: 600_000,
+            ..ImportSettings::default()
+        },
+        ..DomainSettings::default()
+    };
+    // Four places, so one for streams.
+    let app = TestApp::start_limited(backend, settings, 10, 4).await;
+    let fixture = app.org_with_admin().await;
+    let token = fixture.admin_token.clone();
+    let job = app
+        .upload_import(
+            &token,
+            crate::imports::spec(&fixture.org.id, pb::ImportKind::Create),
+            crate::imports::file(crate::imports::HEADER_DA, &crate::imports::create_rows(1, "strøm")).as_bytes(),
+            1 << 20,
+        )
+        .await
+        .expect("upload");
+    let watch = |app: &TestApp| {
+        let mut imports = app.imports();
+        let request = req(&token, pb::WatchImportRequest { id: job.id.clone() });
+        async move { imports.watch_import(request).await }
+    };
+    let export = |app: &TestApp| {
+        let mut certs = app.certs();
+        let request = req(
+            &token,
+            pb::ExportCertificatesRequest {
+                organisation_id: fixture.org.id.clone(),
+                format: pb::ExportFormat::Csv as i32,
+            },
+        );
+        async move {
+            let mut stream = certs.export_certificates(request).await?.into_inner();
+            while let Some(chunk) = stream.next().await {
+                chunk?;
+            }
+            Ok::<_, tonic::Status>(())
+        }
+    };
+    // A finished stream gives its place back: one after another, each runs.
+    for _ in 0..3 {
+        export(&app).await.expect("an export after the last one ended");
+    }
+
+    let mut watching = watch(&app).await.expect("a watch").into_inner();
+    let first = watching.next().await.expect("the job").expect("a job");
+    assert_eq!(first.job.unwrap().state, pb::ImportState::Queued as i32);
+    // The stream's place is taken while it runs ...
+    let refused = assert_code(watch(&app).await.map(drop), Code::ResourceExhausted);
+    assert_eq!(refused.get_error_details().error_info().unwrap().reason, "OVERLOADED");
+    assert_code(export(&app).await, Code::ResourceExhausted);
+    // ... and the other calls keep theirs.
+    for _ in 0..3 {
+        app.users()
+            .get_user(req(
+                &token,
+                pb::GetUserRequest {
+                    id: fixture.admin.id.clone(),
+                },
+            ))
+            .await
+            .expect("a call beside the stream");
+    }
+    // The client goes away: the place comes back.
+    drop(watching);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match export(&app).await {
+            Ok(()) => break,
+            Err(status) if status.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("the place of a dropped stream did not come back: {status:?}"),
+        }
+    }
+    app.finish().await;
 }
