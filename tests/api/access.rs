@@ -1956,6 +1956,36 @@ async fn a_stand_in_gets_no_delegation_from_whoever_holds_its_code(backend: Back
         app.grant_level(&lone_token, &cpr_stand_in.id, 4, "").await,
         Code::PermissionDenied,
     );
+    // Nor for a person a colleague created whose address (and CPR number)
+    // Lone changed while they waited: the new link went to Lone's mailbox.
+    let redirected = app
+        .created_user(&admin, new_user(&fixture.org.id, "Omdirigeret", &[]))
+        .await;
+    let own_mailbox = unique_email("lones-egen");
+    let made_up_cpr = unique_cpr();
+    app.users()
+        .update_user(req(
+            &lone_token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    email: own_mailbox.clone(),
+                    ..redirected.clone()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["email".into(), "cpr".into()],
+                }),
+                cpr: made_up_cpr.clone(),
+            },
+        ))
+        .await
+        .expect("a pending person's address changed");
+    app.activate_by_link(&own_mailbox, &made_up_cpr).await;
+    let before = app.fingerprint().await;
+    assert_code(
+        app.grant_level(&lone_token, &redirected.id, 4, "").await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(app.fingerprint().await, before, "a refused level changed data");
     // A colleague may; and Lone may for a person a colleague created.
     app.grant_level(&admin, &stand_in.id, 3, "")
         .await

@@ -506,9 +506,11 @@ impl Domain {
                     .await?;
                 }
             }
+            // Recorded as sent by the caller, as SendActivation is: the link
+            // goes to the address they typed, so the person is their
+            // stand-in (`ensure_no_stand_in_of`).
             if new_address && written.cpr_hash.is_some() {
-                self.issue_activation_link(txn, &written, &org.name, crate::services::activation::Earlier::End)
-                    .await?;
+                self.send_activation_link_in(txn, caller, &written, &org.name).await?;
             }
         }
         // No new link by itself, not even to the address on record: a
