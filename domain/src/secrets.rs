@@ -57,6 +57,43 @@ impl CprVault {
         URL_SAFE_NO_PAD.encode(out)
     }
 
+    /// nonce || AES-GCM ciphertext of `plain`, bound to `context` (so a
+    /// sealed piece opens only where it was stored, not copied elsewhere).
+    pub fn seal_bytes(&self, plain: &[u8], context: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                aes_gcm::aead::Payload {
+                    msg: plain,
+                    aad: context,
+                },
+            )
+            .expect("AES-GCM encryption of a piece under 64 GiB cannot fail");
+        let mut out = nonce.to_vec();
+        out.extend(sealed);
+        out
+    }
+
+    /// The plain bytes `seal_bytes` sealed with the same `context`.
+    pub fn open_bytes(&self, sealed: &[u8], context: &[u8]) -> Result<Vec<u8>, DomainError> {
+        if sealed.len() < 12 + 16 {
+            return Err(DomainError::Internal("a sealed piece is truncated".into()));
+        }
+        let (nonce, sealed) = sealed.split_at(12);
+        self.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                aes_gcm::aead::Payload {
+                    msg: sealed,
+                    aad: context,
+                },
+            )
+            .map_err(|_| DomainError::Internal("a sealed piece does not open with the configured key".into()))
+    }
+
     pub fn decrypt(&self, sealed: &str) -> Result<String, DomainError> {
         let bytes = URL_SAFE_NO_PAD
             .decode(sealed)
@@ -134,6 +171,22 @@ pub fn parse_key(name: &str, hex_value: &str) -> Result<[u8; 32], String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sealed_piece_opens_only_in_its_place() {
+        let vault = CprVault::new([1; 32], [2; 32]);
+        let plain = b";0703854821;;a@firma.dk;Karen";
+        let sealed = vault.seal_bytes(plain, b"job 1, piece 0");
+        assert!(!sealed.windows(10).any(|w| w == b"0703854821"));
+        assert_eq!(vault.open_bytes(&sealed, b"job 1, piece 0").unwrap(), plain);
+        assert!(
+            vault.open_bytes(&sealed, b"job 2, piece 0").is_err(),
+            "moved to another job"
+        );
+        assert!(vault.open_bytes(&sealed[..20], b"job 1, piece 0").is_err(), "truncated");
+        let other_key = CprVault::new([1; 32], [3; 32]);
+        assert!(other_key.open_bytes(&sealed, b"job 1, piece 0").is_err());
+    }
 
     #[test]
     fn cpr_round_trip_and_stable_lookup() {

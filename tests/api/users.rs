@@ -689,8 +689,41 @@ async fn cpr_is_never_stored_or_returned_in_clear(backend: Backend) {
         }
     }
 
-    // Every column of every table, on both databases: neither number, in
-    // any form.
+    // A third number through an import file: the file is kept for days
+    // after its run (the retention), so its pieces are stored sealed.
+    let imported_cpr = "2104854763";
+    app.upload_import(
+        &fixture.admin_token,
+        crate::imports::spec(&fixture.org.id, pb::ImportKind::Create),
+        crate::imports::file(
+            crate::imports::HEADER_DA,
+            &[crate::imports::row(&[
+                (1, imported_cpr),
+                (3, &unique_email("importeret")),
+                (4, "Karen"),
+                (5, "Ærø"),
+                (9, "da"),
+            ])],
+        )
+        .as_bytes(),
+        1 << 20,
+    )
+    .await
+    .expect("upload");
+    app.run_imports().await;
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM import_jobs WHERE state = 'SUCCEEDED' AND applied = 1")
+            .await,
+        1,
+        "the import ran from its sealed file"
+    );
+    assert!(
+        app.count("SELECT COUNT(*) FROM import_chunks").await > 0,
+        "the file is kept"
+    );
+
+    // Every column of every table, on both databases: no number, in any
+    // form.
     let tables = app.dump().await;
     for (table, column) in [
         ("users", "cpr_hash"),
@@ -698,6 +731,7 @@ async fn cpr_is_never_stored_or_returned_in_clear(backend: Backend) {
         ("history_events", "changes"),
         ("outbox_mails", "payload"),
         ("activation_secrets", "secret_hash"),
+        ("import_chunks", "data"),
     ] {
         assert!(
             tables
@@ -707,7 +741,7 @@ async fn cpr_is_never_stored_or_returned_in_clear(backend: Backend) {
         );
     }
     assert!(tables.len() >= 12, "every table: {}", tables.len());
-    for cpr in [first_cpr, second_cpr] {
+    for cpr in [first_cpr, second_cpr, imported_cpr] {
         assert_eq!(
             cpr_in_database(&app, cpr).await,
             vec![],

@@ -602,7 +602,10 @@ pub mod import_chunk {
         pub job_id: Uuid,
         #[sea_orm(primary_key, auto_increment = false)]
         pub seq: i32,
+        /// Sealed with the CPR encryption key (the file holds CPR
+        /// numbers); false only for pieces stored before sealing began.
         pub data: Vec<u8>,
+        pub sealed: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -757,7 +757,8 @@ impl ImportUpload {
         self.job_id
     }
 
-    /// Stores the next piece of the file.
+    /// Stores the next piece of the file, sealed: the file holds CPR
+    /// numbers and is kept for days (R-USR-9).
     pub async fn push(&mut self, bytes: &[u8]) -> DomainResult<()> {
         if bytes.len() > MAX_CHUNK_BYTES {
             return Err(bad_chunk(format!(
@@ -781,7 +782,11 @@ impl ImportUpload {
         import_chunk::Entity::insert(import_chunk::ActiveModel {
             job_id: Set(self.job_id),
             seq: Set(self.next_seq),
-            data: Set(bytes.to_vec()),
+            data: Set(self
+                .domain
+                .vault
+                .seal_bytes(bytes, &chunk_context(self.job_id, self.next_seq))),
+            sealed: Set(true),
         })
         .exec_without_returning(&self.domain.db)
         .await?;
@@ -925,4 +930,12 @@ impl Domain {
         txn.commit().await?;
         Ok(discarded.rows_affected == 1)
     }
+}
+
+/// What a sealed piece of an import file is bound to: its job and place,
+/// so a piece opens only where it was stored.
+pub(crate) fn chunk_context(job_id: Uuid, seq: i32) -> Vec<u8> {
+    let mut context = job_id.as_bytes().to_vec();
+    context.extend(seq.to_be_bytes());
+    context
 }

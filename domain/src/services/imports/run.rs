@@ -48,19 +48,25 @@ enum Outcome {
     Failed(Vec<CellError>),
 }
 
-/// The file's pieces, fetched one at a time.
+/// The file's pieces, fetched one at a time and opened.
 struct Chunks {
     job_id: Uuid,
     next_seq: i32,
+    vault: crate::secrets::CprVault,
 }
 
 impl Chunks {
     async fn next(&mut self, db: &impl ConnectionTrait) -> DomainResult<Option<Vec<u8>>> {
-        let chunk = import_chunk::Entity::find_by_id((self.job_id, self.next_seq))
-            .one(db)
-            .await?;
+        let seq = self.next_seq;
+        let chunk = import_chunk::Entity::find_by_id((self.job_id, seq)).one(db).await?;
         self.next_seq += 1;
-        Ok(chunk.map(|c| c.data))
+        let Some(chunk) = chunk else { return Ok(None) };
+        if !chunk.sealed {
+            return Ok(Some(chunk.data));
+        }
+        self.vault
+            .open_bytes(&chunk.data, &super::chunk_context(self.job_id, seq))
+            .map(Some)
     }
 }
 
@@ -71,13 +77,14 @@ struct Records {
 }
 
 impl Records {
-    fn new(job: &import_job::Model) -> DomainResult<Self> {
+    fn new(job: &import_job::Model, vault: &crate::secrets::CprVault) -> DomainResult<Self> {
         let encoding: FileEncoding = parse(job.encoding.as_deref().unwrap_or("UTF8"))?;
         Ok(Self {
             reader: RecordReader::new(encoding),
             chunks: Chunks {
                 job_id: job.id,
                 next_seq: 0,
+                vault: vault.clone(),
             },
         })
     }
@@ -293,7 +300,7 @@ impl Domain {
                 .await?;
         }
         let units = self.import_units(job.organisation_id).await?;
-        let mut records = Records::new(&job)?;
+        let mut records = Records::new(&job, &self.vault)?;
         // The header, then the rows earlier batches did.
         records.next(&self.db).await?;
         for _ in 0..job.processed {
@@ -413,7 +420,7 @@ impl Domain {
 
     async fn scan_records(&self, job: &import_job::Model) -> DomainResult<Result<Scan, JobFailure>> {
         let kind: ImportKind = parse(&job.kind)?;
-        let mut records = Records::new(job)?;
+        let mut records = Records::new(job, &self.vault)?;
         let Some((_, header)) = records.next(&self.db).await? else {
             return Ok(Err(JobFailure {
                 reason: Reason::ImportHeaderInvalid,
