@@ -210,7 +210,7 @@ impl Domain {
         }
         v.into_result()?;
         // Hashed before the transaction, as at activation.
-        let min_chars = self.min_password_chars_for_secret(&token_hash(token.trim())).await?;
+        let min_chars = self.min_password_chars_for_secret(&[token_hash(token.trim())]).await?;
         let phc = self.hash_new_password("password", &password, &[], min_chars).await?;
         let now = now_millis();
         let txn = crate::persistence::begin_write(&self.db).await?;

@@ -132,10 +132,10 @@ impl Domain {
     }
 
     /// [`Self::min_password_chars`] of the person an activation or reset
-    /// secret (by its hash) belongs to; the general rule when it names no one.
-    pub(crate) async fn min_password_chars_for_secret(&self, secret_hash: &str) -> DomainResult<usize> {
+    /// secret (by its hashes) belongs to; the general rule when it names no one.
+    pub(crate) async fn min_password_chars_for_secret(&self, secret_hashes: &[String]) -> DomainResult<usize> {
         let owner = activation_secret::Entity::find()
-            .filter(activation_secret::Column::SecretHash.eq(secret_hash))
+            .filter(activation_secret::Column::SecretHash.is_in(secret_hashes.iter().cloned()))
             .one(&self.db)
             .await?;
         let person = match owner {
