@@ -173,6 +173,15 @@ fn describe(violations: &[FieldViolation]) -> String {
 }
 
 impl DomainError {
+    /// Whether the error is the system's, not the caller's: the database or
+    /// another dependency failed, so the same call may succeed later.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable { .. } | Self::Internal(_) | Self::Aborted { .. }
+        )
+    }
+
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
     }

@@ -1579,3 +1579,45 @@ async fn a_username_cannot_take_another_persons_address(backend: Backend) {
         .expect("her address still names her alone");
     app.finish().await;
 }
+
+/// A login and a write that takes the person and then their password (a
+/// reset, a second factor, a reactivation lifting a lock) queue, whichever
+/// comes first. The login locked the password before the person, so the
+/// two deadlocked and one failed as UNAVAILABLE. (The write is played by a
+/// session holding the person's row.) PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_and_a_write_on_the_person_queue() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (hans, email) = app.member_with_password(&fixture, "Hans", &[]).await;
+    let writing = app
+        .in_progress(&[format!(
+            "SELECT id FROM users WHERE id = '{}' FOR NO KEY UPDATE",
+            hans.id
+        )])
+        .await;
+    let logging_in = {
+        let (mut auth, login_id) = (app.auth(), email.clone());
+        tokio::spawn(async move {
+            auth.login(req(
+                "",
+                pb::LoginRequest {
+                    login_id,
+                    password: TEST_PASSWORD.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+        })
+    };
+    app.until_waiting_on_a_lock("users").await;
+    writing
+        .run(&format!(
+            "UPDATE password_credentials SET failed_attempts = 0 WHERE user_id = '{}'",
+            hans.id
+        ))
+        .await;
+    writing.commit().await;
+    let reply = logging_in.await.unwrap().expect("the login after the write");
+    assert!(!reply.into_inner().session_token.is_empty());
+}

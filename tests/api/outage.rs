@@ -303,6 +303,52 @@ async fn a_lock_nobody_lets_go_fails_the_call_instead_of_stalling_it() {
     app.finish().await;
 }
 
+/// The right password that meets a failing database (here the person's
+/// row held past `lock_timeout`, so the session cannot be written) gives
+/// its try back: the caller retries, as UNAVAILABLE invites, and each retry
+/// took a try, so five retries locked out a person who typed their
+/// password right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_right_password_in_an_outage_takes_no_try() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (member, login_id) = app.member_with_password(&fixture, "Uheldig", &[]).await;
+    let pool = persistence::connect(&format!("{}?options=-c%20lock_timeout%3D200ms", app.database_url), 2)
+        .await
+        .unwrap();
+    let impatient = Domain::new(pool.clone(), test_vault(), &[OPERATOR_TOKEN.to_owned()]);
+    let holder = Database::connect(&app.database_url).await.unwrap();
+    let txn = holder.begin().await.unwrap();
+    txn.execute_unprepared(&format!("SELECT id FROM users WHERE id = '{}' FOR UPDATE", member.id))
+        .await
+        .unwrap();
+    let max_failures = orgadmin_domain::passwords::PasswordSettings::default().max_failures;
+    for retry in 0..=max_failures {
+        let answer = impatient.login(login_attempt(&login_id)).await;
+        assert!(
+            matches!(answer, Err(orgadmin_domain::DomainError::Unavailable { .. })),
+            "retry {retry}: {answer:?}"
+        );
+    }
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM password_credentials WHERE user_id = '{}' AND failed_attempts = 0 AND locked_until IS NULL",
+            member.id
+        ))
+        .await,
+        1,
+        "the retries took tries"
+    );
+    txn.rollback().await.unwrap();
+    holder.close().await.unwrap();
+    impatient
+        .login(login_attempt(&login_id))
+        .await
+        .expect("the right password, once the database is back");
+    pool.close().await.unwrap();
+    app.finish().await;
+}
+
 /// An import run that ends because the database was busy (here a lock it
 /// waited on past `lock_timeout`) is not the job's fault: it is not counted
 /// towards the runs that end a job FAILED, however often it happens, and

@@ -83,8 +83,12 @@ fn refused() -> DomainError {
 /// The outcome of reserving a try.
 pub(crate) enum Reserved {
     /// A try is taken; `locks` says this try, if wrong, is the one that
-    /// locked the account (the lock is already set).
-    Try { locks: bool },
+    /// locked the account (the lock is already set); `taken` is the row as
+    /// the try left it.
+    Try {
+        locks: bool,
+        taken: password_credential::Model,
+    },
     /// Locked (or no tries left): refuse without checking.
     Locked,
 }
@@ -162,14 +166,63 @@ impl Domain {
         } else {
             None
         };
-        self.finish_login(
-            credential.user_id,
-            &credential.phc,
-            rehashed,
-            locks,
-            attempt.peer.as_deref(),
-        )
-        .await
+        let finished = self
+            .finish_login(
+                credential.user_id,
+                &credential.phc,
+                rehashed,
+                locks,
+                attempt.peer.as_deref(),
+            )
+            .await;
+        if let Err(error) = &finished
+            && error.is_outage()
+        {
+            self.give_back_login_try(&credential, locks).await;
+        }
+        finished
+    }
+
+    /// Undoes the try `taken` (the row as its reservation left it) after
+    /// the right password or code met a database that failed before the
+    /// answer was written: the caller retries, as UNAVAILABLE invites, and
+    /// each retry took a try, so a brownout locked people out who typed
+    /// their password right. Only while the row is as the try left it
+    /// (apart from later tries, when it did not lock): a reset or another
+    /// try's lock meanwhile is left alone. Best effort: if the database is
+    /// still down, the try stays spent and the lock it set ends by itself.
+    pub(crate) async fn give_back_login_try(&self, taken: &password_credential::Model, locks: bool) {
+        let give_back = password_credential::Entity::update_many()
+            .filter(password_credential::Column::UserId.eq(taken.user_id))
+            .filter(password_credential::Column::Phc.eq(taken.phc.as_str()));
+        let give_back = if locks {
+            give_back
+                .col_expr(
+                    password_credential::Column::FailedAttempts,
+                    Expr::value(self.settings.passwords.max_failures - 1),
+                )
+                .col_expr(
+                    password_credential::Column::Lockouts,
+                    Expr::col(password_credential::Column::Lockouts).sub(1),
+                )
+                .col_expr(
+                    password_credential::Column::LockedUntil,
+                    Expr::value(Option::<i64>::None),
+                )
+                .filter(password_credential::Column::FailedAttempts.eq(0))
+                .filter(password_credential::Column::Lockouts.eq(taken.lockouts))
+                .filter(password_credential::Column::LockedUntil.eq(taken.locked_until))
+        } else {
+            give_back
+                .col_expr(
+                    password_credential::Column::FailedAttempts,
+                    Expr::col(password_credential::Column::FailedAttempts).sub(1),
+                )
+                .filter(password_credential::Column::FailedAttempts.gt(0))
+        };
+        if let Err(error) = give_back.exec(&self.db).await {
+            tracing::warn!(%error, "a sign-in try taken before a database failure stays spent");
+        }
     }
 
     /// The one person a login id (e-mail address or username, compared by
@@ -194,6 +247,7 @@ impl Domain {
             .await?;
         Ok(taken.map_or(Reserved::Locked, |row| Reserved::Try {
             locks: locks_now(&row, now),
+            taken: row,
         }))
     }
 
@@ -335,9 +389,13 @@ impl Domain {
             use sea_orm::sea_query::IntoTableRef;
             QueryTrait::query(&mut login_row).lock_with_tables(
                 LockType::Update,
+                // The person first, then the password: the order of every
+                // other write on both (a reset, a second factor, a
+                // reactivation). The other way round, a login and a reset
+                // of one person deadlocked on PostgreSQL.
                 [
-                    password_credential::Entity.into_table_ref(),
                     user::Entity.into_table_ref(),
+                    password_credential::Entity.into_table_ref(),
                 ],
             );
         }
@@ -433,9 +491,13 @@ impl Domain {
             .and_where(Expr::exists(confirmed_app_of(user_id)).not())
             .lock_with_tables(
                 LockType::Update,
+                // The person first, then the password: the order of every
+                // other write on both (a reset, a second factor, a
+                // reactivation). The other way round, a login and a reset
+                // of one person deadlocked on PostgreSQL.
                 [
-                    password_credential::Entity.into_table_ref(),
                     user::Entity.into_table_ref(),
+                    password_credential::Entity.into_table_ref(),
                 ],
             );
         let reset = QueryTrait::into_query(

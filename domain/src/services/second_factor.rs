@@ -303,7 +303,7 @@ impl Domain {
             return Err(code_refused());
         };
         // And one of the account's tries: wrong codes lock as wrong passwords do.
-        let Reserved::Try { locks } = self.reserve_login_try(person.id, now).await? else {
+        let Reserved::Try { locks, taken } = self.reserve_login_try(person.id, now).await? else {
             return Err(code_refused());
         };
         let method: SecondFactorMethod = parse(&challenge.method)?;
@@ -321,21 +321,45 @@ impl Domain {
                 .await?;
             return Err(code_refused());
         };
+        let finished = self
+            .complete_code_login(person.id, challenge.id, totp_step, method, peer.as_deref(), now)
+            .await;
+        if let Err(error) = &finished
+            && error.is_outage()
+        {
+            // The right code met a failing database: its try of the
+            // account is given back, as a login's is.
+            self.give_back_login_try(&taken, locks).await;
+        }
+        finished
+    }
+
+    /// The right code: the challenge and the app's time step used, the
+    /// session started, in one transaction.
+    async fn complete_code_login(
+        &self,
+        person_id: Uuid,
+        challenge_id: Uuid,
+        totp_step: Option<i64>,
+        method: SecondFactorMethod,
+        peer: Option<&str>,
+        now: Millis,
+    ) -> DomainResult<LoggedIn> {
         let txn = crate::persistence::begin_write(&self.db).await?;
         // The person's row is locked until the session is written, first
         // (the order a reset takes them: the person, then their challenges),
         // as `finish_login` locks it: read unlocked, a deactivation that
         // committed just after the read ended every session but this one,
         // still to be written, and it worked again on reactivation.
-        let person = user::Entity::find_by_id(person.id)
+        let person = user::Entity::find_by_id(person_id)
             .lock(LockType::Update)
             .one(&txn)
             .await?
-            .ok_or_else(|| DomainError::not_found("user", person.id))?;
+            .ok_or_else(|| DomainError::not_found("user", person_id))?;
         // Single use: the challenge, and the app's time step.
         let used = login_challenge::Entity::update_many()
             .col_expr(login_challenge::Column::UsedAt, Expr::value(now))
-            .filter(login_challenge::Column::Id.eq(challenge.id))
+            .filter(login_challenge::Column::Id.eq(challenge_id))
             .filter(login_challenge::Column::UsedAt.is_null())
             .exec(&txn)
             .await?;
@@ -348,9 +372,7 @@ impl Domain {
             return Err(code_refused());
         }
         self.ensure_may_log_in(&person)?;
-        let logged_in = self
-            .complete_login_in(&txn, &person, peer.as_deref(), Some(method), now)
-            .await?;
+        let logged_in = self.complete_login_in(&txn, &person, peer, Some(method), now).await?;
         txn.commit().await?;
         Ok(logged_in)
     }
