@@ -107,6 +107,7 @@ reasons!(
     RightsRequestOpen => "RIGHTS_REQUEST_OPEN",
     SigningRightMissing => "SIGNING_RIGHT_MISSING",
     StaleEtag => "STALE_ETAG",
+    ChangedMeanwhile => "CHANGED_MEANWHILE",
     SystemGroup => "SYSTEM_GROUP",
     Unauthenticated => "UNAUTHENTICATED",
     UnitInUse => "UNIT_IN_USE",
@@ -154,7 +155,7 @@ pub enum DomainError {
     RateLimited { message: String, retry_after_ms: i64 },
     /// The caller's etag is stale: someone changed the resource since it was read.
     #[error("{message}")]
-    Aborted { message: String },
+    Aborted { reason: Reason, message: String },
     /// The database could not be reached in time (pool exhausted, locked by
     /// another process, connection lost or refused): worth retrying with
     /// back-off. `reason` is DATABASE_BUSY or DATABASE_UNAVAILABLE.
@@ -176,10 +177,7 @@ impl DomainError {
     /// Whether the error is the system's, not the caller's: the database or
     /// another dependency failed, so the same call may succeed later.
     pub fn is_outage(&self) -> bool {
-        matches!(
-            self,
-            Self::Unavailable { .. } | Self::Internal(_) | Self::Aborted { .. }
-        )
+        matches!(self, Self::Unavailable { .. } | Self::Internal(_))
     }
 
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
@@ -225,6 +223,7 @@ impl DomainError {
 
     pub fn stale_etag(resource: &'static str) -> Self {
         Self::Aborted {
+            reason: Reason::StaleEtag,
             message: format!("the {resource} was changed by someone else; read it again and retry with its new etag"),
         }
     }
@@ -238,8 +237,21 @@ pub(crate) fn is_unique_violation(err: &DbErr) -> bool {
 
 impl From<DbErr> for DomainError {
     fn from(err: DbErr) -> Self {
-        if let Some(SqlErr::UniqueConstraintViolation(detail)) = err.sql_err() {
-            return unique_violation(&detail);
+        match err.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(detail)) => return unique_violation(&detail),
+            // A row the write names was removed after the call checked it
+            // and before the write (a unit deleted as a user was created in
+            // it, on PostgreSQL): the call is not wrong, the world moved; a
+            // retry checks again and answers what is wrong now. It answered
+            // INTERNAL.
+            Some(SqlErr::ForeignKeyConstraintViolation(_)) => {
+                return Self::Aborted {
+                    reason: Reason::ChangedMeanwhile,
+                    message: "something this call names was changed or removed meanwhile; read it again and retry"
+                        .into(),
+                };
+            }
+            _ => {}
         }
         if let DbErr::ConnectionAcquire(cause) = &err {
             return Self::Unavailable {
@@ -387,9 +399,15 @@ fn unique_violation(detail: &str) -> DomainError {
             };
         }
     }
-    let hint = if detail.contains("cvr") {
-        "organisations_cvr"
-    } else if detail.contains("units_organisation_kind_number") {
+    // Two creates of one CVR at once: the second passed the check before
+    // the first committed, and gets the check's own reason.
+    if detail.contains("cvr") {
+        return DomainError::AlreadyExists {
+            reason: Reason::CvrTaken,
+            message: "an organisation with this CVR number already exists".into(),
+        };
+    }
+    let hint = if detail.contains("units_organisation_kind_number") {
         "units_organisation_kind_number"
     } else {
         "unique index"
@@ -419,6 +437,17 @@ mod tests {
         assert_eq!(reason_of(unique_violation("users_live_email")), "EMAIL_TAKEN");
         assert_eq!(reason_of(unique_violation("users.username_key")), "USERNAME_TAKEN");
         assert_eq!(reason_of(unique_violation("users_live_cpr")), "CPR_TAKEN");
+        // Two creates of one CVR at once: the index answers as the check.
+        assert_eq!(
+            reason_of(unique_violation(
+                "duplicate key value violates unique constraint \"organisations_cvr_key\""
+            )),
+            "CVR_TAKEN"
+        );
+        assert_eq!(
+            reason_of(unique_violation("UNIQUE constraint failed: organisations.cvr")),
+            "CVR_TAKEN"
+        );
         // An index without a rule of its own still answers ALREADY_EXISTS.
         assert_eq!(reason_of(unique_violation("some_new_index")), "ALREADY_EXISTS");
     }

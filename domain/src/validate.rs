@@ -186,6 +186,16 @@ pub fn request_id(value: &str) -> Result<(), String> {
     if !(1..=100).contains(&value.chars().count()) {
         return Err("must be 1 to 100 characters".into());
     }
+    no_control_characters(value)
+}
+
+/// No control character: PostgreSQL cannot store or compare a NUL (the
+/// call failed as INTERNAL there, and passed on SQLite), and the others
+/// have no place in a key, an id or a search.
+pub fn no_control_characters(value: &str) -> Result<(), String> {
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
     Ok(())
 }
 

@@ -101,8 +101,8 @@ pub fn to_status(err: DomainError) -> Status {
             Reason::Unauthenticated.as_str(),
             HashMap::new(),
         ),
-        DomainError::Aborted { message } => {
-            with_reason(Code::Aborted, message, Reason::StaleEtag.as_str(), HashMap::new())
+        DomainError::Aborted { reason, message } => {
+            with_reason(Code::Aborted, message, reason.as_str(), HashMap::new())
         }
         DomainError::Unavailable { reason, message } => retry_later(Code::Unavailable, message, reason.as_str()),
         DomainError::RateLimited {

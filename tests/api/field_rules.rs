@@ -625,6 +625,12 @@ fn rows() -> Vec<Row> {
                 ..c.new_user()
             }
         )),
+        // A NUL, which PostgreSQL cannot store or compare (INTERNAL there,
+        // stored on SQLite).
+        row!("request_id", "a NUL", |c| Call::CreateUser(pb::CreateUserRequest {
+            request_id: "nøgle\0".into(),
+            ..c.new_user()
+        })),
         row!("unit_id", "no unit of the organisation", |c| Call::CreateUser(
             pb::CreateUserRequest {
                 unit_id: uuid::Uuid::now_v7().to_string(),
@@ -917,6 +923,12 @@ fn rows() -> Vec<Row> {
                 ..c.api_token()
             }
         )),
+        row!("request_id", "a NUL", |c| Call::CreateApiToken(
+            pb::CreateApiTokenRequest {
+                request_id: "nøgle\0".into(),
+                ..c.api_token()
+            }
+        )),
         row!("expire_time", "in the past", |c| Call::CreateApiToken(
             pb::CreateApiTokenRequest {
                 expire_time: Some(past()),
@@ -989,6 +1001,10 @@ fn rows() -> Vec<Row> {
             text: long(101),
             ..c.list_users()
         })),
+        row!("text", "a NUL", |c| Call::ListUsers(pb::ListUsersRequest {
+            text: "Anna\0".into(),
+            ..c.list_users()
+        })),
         row!("level", "5", |c| Call::GrantAdminLevel(pb::GrantAdminLevelRequest {
             user_id: c.member.id.clone(),
             level: 5,
@@ -1034,6 +1050,11 @@ fn rows() -> Vec<Row> {
                 description: long(1001),
             }
         )),
+        row!("description", "a NUL", |c| Call::CreateGroup(pb::CreateGroupRequest {
+            organisation_id: c.org.id.clone(),
+            name: "Bogholderi".into(),
+            description: "Løn\0".into(),
+        })),
         row!("organisation_cvr", "not 8 digits", |c| Call::AddGroupMember(
             pb::AddGroupMemberRequest {
                 group_id: uuid::Uuid::now_v7().to_string(),
@@ -1458,6 +1479,18 @@ fn rows() -> Vec<Row> {
         row!("subject_text", "201 characters", |c| Call::SearchCertificates(
             pb::SearchCertificatesRequest {
                 subject_text: long(201),
+                ..search_certificates(c)
+            }
+        )),
+        row!("subject_text", "a NUL", |c| Call::SearchCertificates(
+            pb::SearchCertificatesRequest {
+                subject_text: "Anna\0".into(),
+                ..search_certificates(c)
+            }
+        )),
+        row!("email", "a NUL", |c| Call::SearchCertificates(
+            pb::SearchCertificatesRequest {
+                email: "anna\0@firma.dk".into(),
                 ..search_certificates(c)
             }
         )),

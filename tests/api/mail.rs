@@ -499,6 +499,9 @@ async fn permanent_rejection_is_parked_and_retried_by_hand(backend: Backend) {
         .list_failed_mails(req(&fixture.admin_token, pb::ListFailedMailsRequest::default()))
         .await;
     assert_code(denied, Code::PermissionDenied);
+    // The worker stops first: running, it could take the retried mail and
+    // park it again between the two RetryMail calls below.
+    worker.stop().await;
     let retried = app
         .notes()
         .retry_mail(req(
@@ -523,7 +526,6 @@ async fn permanent_rejection_is_parked_and_retried_by_hand(backend: Backend) {
         ))
         .await;
     assert_eq!(reason(&assert_code(again, Code::FailedPrecondition)), "MAIL_NOT_FAILED");
-    worker.stop().await;
     app.finish().await;
 }
 

@@ -1002,6 +1002,51 @@ async fn a_retry_sent_while_the_first_send_runs_answers_with_its_user() {
     app.finish().await;
 }
 
+/// A user created in a unit that is deleted as the create runs: the unit
+/// was checked before the delete committed and the insert failed on the
+/// foreign key after, answered INTERNAL. Now ABORTED (CHANGED_MEANWHILE),
+/// and the retry says what is wrong now. (The delete is played by a
+/// session holding the organisation's row, not yet committed.)
+/// PostgreSQL only: SQLite has one writer at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_created_in_a_unit_deleted_meanwhile_is_told_so() {
+    use std::time::Duration;
+    use tonic_types::StatusExt;
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let unit = app.unit(&fixture, "Lager", "").await;
+    let deleting = app
+        .in_progress(&[
+            format!(
+                "SELECT id FROM organisations WHERE id = '{}' FOR UPDATE",
+                fixture.org.id
+            ),
+            format!("DELETE FROM units WHERE id = '{}'", unit.id),
+        ])
+        .await;
+    let request = pb::CreateUserRequest {
+        unit_id: unit.id.clone(),
+        ..new_user(&fixture.org.id, "Flyttet", &[])
+    };
+    let create = || {
+        let (mut users, token, request) = (app.users(), fixture.admin_token.clone(), request.clone());
+        tokio::spawn(async move { users.create_user(req(&token, request)).await })
+    };
+    let creating = create();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!creating.is_finished(), "the create did not wait");
+    deleting.commit().await;
+    let refused = assert_code(creating.await.unwrap(), Code::Aborted);
+    assert_eq!(
+        refused.get_error_details().error_info().unwrap().reason,
+        "CHANGED_MEANWHILE"
+    );
+    let again = assert_code(create().await.unwrap(), Code::InvalidArgument);
+    assert_eq!(bad_fields(&again), vec!["unit_id"]);
+    assert_eq!(app.licences_used(&fixture.admin_token, &fixture.org.id).await, 1);
+    app.finish().await;
+}
+
 /// `giver`, signed in (so cached), being stripped of every role by a
 /// transaction that holds the organisation's lock, not yet committed.
 async fn demoted(app: &TestApp, fixture: &OrgFixture, giver: &pb::User, giver_token: &str) -> InProgress {

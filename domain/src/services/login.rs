@@ -750,6 +750,11 @@ impl Domain {
         if cvr.is_empty() {
             return Ok(None);
         }
+        // A CVR number is digits; anything else (a NUL, which PostgreSQL
+        // cannot compare, failed as INTERNAL there) names no organisation.
+        if !cvr.chars().all(|c| c.is_ascii_digit()) {
+            return Ok(Some(Uuid::nil()));
+        }
         let id: Option<Uuid> = organisation::Entity::find()
             .select_only()
             .column(organisation::Column::Id)

@@ -530,8 +530,8 @@ impl Domain {
         authorize(caller, Action::ManageGroups, Target::organisation(new.organisation_id))?;
         let mut violations = Violations::default();
         violations.check("name", validate::text(&new.name, 200));
-        if new.description.chars().count() > 1000 {
-            violations.add("description", "must be at most 1000 characters");
+        if let Err(rule) = crate::validate::lines_of_text(&new.description, 0, 1000) {
+            violations.add("description", rule);
         }
         violations.into_result()?;
         let name = new.name.trim().to_owned();

@@ -477,6 +477,7 @@ impl Domain {
                 .await?;
             if withdrawn.rows_affected != 1 {
                 return Err(DomainError::Aborted {
+                    reason: Reason::ChangedMeanwhile,
                     message: "the user was changed meanwhile; try again".into(),
                 });
             }

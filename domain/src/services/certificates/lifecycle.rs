@@ -355,6 +355,7 @@ async fn supersede_renewed(
         // renewal must not commit beside an old certificate still ISSUED.
         if supersede(&old, renewal.contact_id).exec(txn).await?.rows_affected != 1 {
             return Err(DomainError::Aborted {
+                reason: Reason::ChangedMeanwhile,
                 message: "the certificate being renewed changed while it was renewed; try again".into(),
             });
         }
@@ -1121,6 +1122,7 @@ impl Domain {
                 || !now_as_read(&contact, &contact_now)
             {
                 return Err(DomainError::Aborted {
+                    reason: Reason::ChangedMeanwhile,
                     message: "the certificate's holder or contact person was changed while it was signed; try again"
                         .into(),
                 });

@@ -150,6 +150,7 @@ impl Domain {
             if text.is_empty() || text.chars().count() > 200 {
                 return Err(DomainError::invalid("subject_text", "must be 1 to 200 characters"));
             }
+            crate::validate::no_control_characters(&text).map_err(|rule| DomainError::invalid("subject_text", rule))?;
             filter = filter.add(crate::persistence::contains_literally(
                 certificate::Column::SearchText,
                 &text,
@@ -162,6 +163,7 @@ impl Domain {
             filter = filter.add(certificate::Column::ContactId.eq(contact));
         }
         if let Some(email) = &query.email {
+            crate::validate::no_control_characters(email).map_err(|rule| DomainError::invalid("email", rule))?;
             // In any case, as the order compared it with the person's
             // address: "Karen@Firma.dk" at order is found as
             // "karen@firma.dk". Certificate addresses are plain ASCII, so

@@ -422,7 +422,7 @@ pub(super) fn row_errors(error: DomainError) -> Result<Vec<CellError>, DomainErr
             format!("{resource} {id} not found in this organisation"),
         )],
         DomainError::PermissionDenied { message } => vec![CellError::new(None, Reason::PermissionDenied, message)],
-        DomainError::Aborted { message } => vec![CellError::new(None, Reason::StaleEtag, message)],
+        DomainError::Aborted { reason, message } => vec![CellError::new(None, reason, message)],
         other @ (DomainError::RequestAlreadyDone { .. }
         | DomainError::Unauthenticated { .. }
         | DomainError::RateLimited { .. }

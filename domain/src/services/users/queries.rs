@@ -67,6 +67,7 @@ impl Domain {
             if text.chars().count() > 100 {
                 return Err(DomainError::invalid("text", "must be at most 100 characters"));
             }
+            crate::validate::no_control_characters(text).map_err(|rule| DomainError::invalid("text", rule))?;
             // Every word must appear in a name or the e-mail: in their keys
             // (NFC, Unicode lower case), stored in `search_text` on every
             // write, because SQLite's `lower()` folds ASCII only.
