@@ -16,6 +16,7 @@ both_backends!(
     a_relay_that_stops_answering_stalls_nothing,
     a_claim_that_outlived_its_lease_records_nothing,
     a_slow_relay_costs_no_attempts,
+    a_relay_refusing_our_sender_parks_no_mail,
     killed_import_worker_resumes_without_doubles,
     two_workers_share_the_import_queue,
     a_mail_this_worker_cannot_read_waits,
@@ -507,6 +508,27 @@ async fn tarpit_relay() -> u16 {
     port
 }
 
+/// Every mail's attempts, state and last error.
+async fn mail_attempts(app: &TestApp) -> Vec<(i32, String, Option<String>)> {
+    let db = app.domain.db();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT attempts, state, last_error FROM outbox_mails".to_owned(),
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| {
+            (
+                row.try_get_by_index(0).unwrap(),
+                row.try_get_by_index(1).unwrap(),
+                row.try_get_by_index(2).unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// A relay that accepts connections and then stops answering (a hung
 /// process, a half-dead load balancer) must not stall the outbox: each
 /// attempt ends before the claim's lease does and is recorded, the mails
@@ -527,25 +549,7 @@ async fn a_relay_that_stops_answering_stalls_nothing(backend: Backend) {
     worker.started().await;
     let started = Instant::now();
     let attempts = loop {
-        let rows = app
-            .domain
-            .db()
-            .query_all_raw(Statement::from_string(
-                app.domain.db().get_database_backend(),
-                "SELECT attempts, state, last_error FROM outbox_mails".to_owned(),
-            ))
-            .await
-            .unwrap();
-        let attempts: Vec<(i32, String, Option<String>)> = rows
-            .iter()
-            .map(|row| {
-                (
-                    row.try_get_by_index(0).unwrap(),
-                    row.try_get_by_index(1).unwrap(),
-                    row.try_get_by_index(2).unwrap(),
-                )
-            })
-            .collect();
+        let attempts = mail_attempts(&app).await;
         assert!(attempts.len() >= expected.len(), "a mail per recipient at least");
         if attempts.iter().all(|(n, _, _)| *n >= 3) {
             break attempts;
@@ -565,6 +569,100 @@ async fn a_relay_that_stops_answering_stalls_nothing(backend: Backend) {
     let status = crate::operations::stop_with_sigterm(&mut worker.child);
     assert!(status.success(), "worker exit after SIGTERM: {status:?}");
     assert!(unused.received().is_empty());
+    app.finish().await;
+}
+
+/// A relay that speaks just enough SMTP: it greets, answers EHLO (offering
+/// nothing) and QUIT, and every other command with what `answer` makes of
+/// it; the message after a 354 it reads to its closing `.`, which `answer`
+/// is then given as the command. Returns its port.
+async fn scripted_relay<A, F>(answer: A) -> u16
+where
+    A: Fn(String) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = &'static str> + Send,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 relay ESMTP\r\n").await;
+                let mut in_message = false;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let command = line.to_ascii_uppercase();
+                    let reply = if in_message && line != "." {
+                        continue;
+                    } else if command.starts_with("EHLO") {
+                        "250 relay"
+                    } else if command == "QUIT" {
+                        "221 bye"
+                    } else {
+                        answer(line).await
+                    };
+                    in_message = reply.starts_with("354");
+                    if write.write_all(format!("{reply}\r\n").as_bytes()).await.is_err() || command == "QUIT" {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A relay that refuses our sender for good, at MAIL FROM (here a login
+/// it wants first; alike a STARTTLS it wants first, a sender address that
+/// is not ours, a spent quota) refuses every mail alike: the mails wait
+/// and are tried again with back-off, none is parked. Before, each was
+/// parked FAILED after one try, and every later one too, until someone
+/// noticed and put them back one by one with RetryMail. (A refusal of the
+/// recipient, 550 5.1.1, still parks the mail at once:
+/// `mail::permanent_rejection_is_parked_and_retried_by_hand`.)
+async fn a_relay_refusing_our_sender_parks_no_mail(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (_, expected) = queue_mails(&app, 2).await;
+    let relay = scripted_relay(|command: String| async move {
+        if command.to_ascii_uppercase().starts_with("MAIL FROM") {
+            "530 5.7.0 Authentication required"
+        } else {
+            "250 OK"
+        }
+    })
+    .await;
+    let config = orgadmin_domain::Config {
+        mail_retry_base_ms: 1,
+        ..worker_config(&app, &format!("smtp://127.0.0.1:{relay}"))
+    };
+    let worker = TestWorker::start(&app, config);
+    let started = Instant::now();
+    let tried = loop {
+        let tried = mail_attempts(&app).await;
+        assert!(tried.len() >= expected.len(), "a mail per recipient at least");
+        assert!(
+            tried.iter().all(|(_, state, _)| state == "PENDING"),
+            "a refusal of our sender parked a mail: {tried:?}"
+        );
+        // Tried again: the refusal was recorded as one that may pass.
+        if tried.iter().all(|(attempts, _, _)| *attempts >= 2) {
+            break tried;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the worker did not try again: {tried:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (_, _, error) in &tried {
+        let error = error.as_deref().unwrap_or_default();
+        assert!(error.contains("MAIL FROM") && error.contains("530"), "{error}");
+    }
+    let (_, _, parked) = app.domain.outbox_counts().await.unwrap();
+    assert_eq!(parked, 0);
+    worker.stop().await;
     app.finish().await;
 }
 

@@ -7,7 +7,9 @@
 //! server does, 50 mails/s with four. (lettre fixed it upstream in PR #1159;
 //! no release has it yet.) So for `smtp://` the worker opens the TCP
 //! connection itself, turns Nagle off, and hands the socket to lettre's
-//! connection, which does the SMTP: EHLO, STARTTLS, AUTH, the mail.
+//! connection, which does the SMTP: EHLO, STARTTLS, AUTH; the mail's own
+//! commands the worker gives one by one, so that it knows which of them a
+//! refusal answers (see [`classify`]).
 //!
 //! `smtp://[user:password@]host[:port][?tls=required|opportunistic]`; port 25
 //! by default; without `tls` the connection stays plain (a relay on the same
@@ -28,7 +30,8 @@ use std::time::{Duration, Instant};
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use orgadmin_domain::services::outbox::Failure;
 use tokio::net::TcpStream;
 
@@ -193,14 +196,14 @@ impl SmtpPool {
 
     pub async fn send(&self, envelope: &Envelope, body: &[u8]) -> Result<(), SendError> {
         let mut conn = self.checkout().await?;
-        match tokio::time::timeout(self.timeout, conn.send(envelope, body)).await {
-            Ok(Ok(_)) => {
+        match tokio::time::timeout(self.timeout, transact(&mut conn, envelope, body)).await {
+            Ok(Ok(())) => {
                 self.idle.lock().unwrap().push((conn, Instant::now()));
                 Ok(())
             }
-            // lettre ends the connection itself on an error (its QUIT is
-            // inside this timeout); it is not reused.
-            Ok(Err(e)) => Err(classify(e)),
+            // `transact` ends the connection itself on a refusal (its QUIT
+            // is inside this timeout); it is not reused.
+            Ok(Err(e)) => Err(e),
             // Dropped, not QUIT: see the module's comment.
             Err(_) => Err(transient("SMTP", "the server did not answer in time")),
         }
@@ -216,18 +219,178 @@ impl SmtpPool {
     }
 }
 
-/// 5xx: the server said no for good; anything else may pass later. So
-/// does lettre when it refuses to send this mail to this server (a client
-/// error at `send`: an address with a UTF-8 local part, which the validator
-/// allows, to a relay without SMTPUTF8): retried, it failed the same way for
-/// `mail_retry_hours` before it was parked.
-pub fn classify(e: lettre::transport::smtp::Error) -> SendError {
-    let failure = if e.is_permanent() || e.is_client() {
+/// The command of a mail's transaction a reply answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// MAIL FROM: names nothing but our sender.
+    Sender,
+    /// RCPT TO: names this mail's recipient.
+    Recipient,
+    /// DATA, and the end of the message: this mail's content.
+    Content,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Sender => "MAIL FROM",
+            Self::Recipient => "RCPT TO",
+            Self::Content => "DATA",
+        })
+    }
+}
+
+/// One mail over `conn`: what lettre's `send` does (its SMTPUTF8 and
+/// 8BITMIME checks, MAIL, RCPT, DATA, the message, QUIT after a refusal),
+/// one command at a time, because lettre's error does not say which
+/// command was refused, and that decides what the refusal is about (see
+/// [`classify`]). Revisit when lettre is upgraded: its `send` may learn
+/// something this does not.
+async fn transact(conn: &mut AsyncSmtpConnection, envelope: &Envelope, body: &[u8]) -> Result<(), SendError> {
+    let mut options = Vec::new();
+    // An address with a UTF-8 local part (the validator allows letters of
+    // any script) to a relay without SMTPUTF8, or a body that needs
+    // 8BITMIME from a relay without it: this mail cannot pass this relay,
+    // today or in two days (`mail_retry_hours`), while every other mail
+    // can. Parked at once, as lettre's own check did.
+    let mut addresses = envelope.from().into_iter().chain(envelope.to());
+    if addresses.any(|address| !AsRef::<str>::as_ref(address).is_ascii()) {
+        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+            return Err((
+                "an address of this mail needs SMTPUTF8, which the SMTP server does not offer".into(),
+                Failure::Permanent,
+            ));
+        }
+        options.push(MailParameter::SmtpUtfEight);
+    }
+    if !body.is_ascii() {
+        if !conn.server_info().supports_feature(Extension::EightBitMime) {
+            return Err((
+                "this mail needs 8BITMIME, which the SMTP server does not offer".into(),
+                Failure::Permanent,
+            ));
+        }
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    let replies: Result<_, (Step, lettre::transport::smtp::Error)> = async {
+        conn.command(Mail::new(envelope.from().cloned(), options))
+            .await
+            .map_err(|e| (Step::Sender, e))?;
+        for recipient in envelope.to() {
+            conn.command(Rcpt::new(recipient.clone(), Vec::new()))
+                .await
+                .map_err(|e| (Step::Recipient, e))?;
+        }
+        conn.command(Data).await.map_err(|e| (Step::Content, e))?;
+        conn.message(body).await.map_err(|e| (Step::Content, e))
+    }
+    .await;
+    if let Err((step, e)) = replies {
+        conn.abort().await;
+        return Err(classify(step, e));
+    }
+    Ok(())
+}
+
+/// What a refusal during a mail's transaction means for the mail. Only a
+/// permanent refusal (5xx) about this mail itself, its recipient or its
+/// content, parks it at once: trying again cannot help, and the other mails
+/// go through. A permanent refusal about the relay or our settings (our
+/// login, TLS, our sender address, a sending quota, a policy about us) is
+/// the same for every mail: parked at once, every mail of the batch and
+/// every later one would be FAILED after one try, and RetryMail puts them
+/// back one at a time, so in effect they were lost. Those wait and are
+/// tried again with back-off, like a 4xx, until someone fixes the relay or
+/// the settings, and are parked only as a mail failing for a passing reason
+/// is (`MailRetry::parks`). The refusals while connecting are transient for
+/// the same reason (see `SmtpPool::open`).
+pub fn classify(step: Step, e: lettre::transport::smtp::Error) -> SendError {
+    let about_this_mail = match e.status() {
+        Some(code) if e.is_permanent() => {
+            // The reply's text, after its code: lettre keeps it as the source.
+            let text = std::error::Error::source(&e)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            refusal_names_the_mail(step, code.into(), EnhancedCode::leading(&text))
+        }
+        // A 4xx, a reply that does not parse, a broken connection: may pass.
+        _ => false,
+    };
+    let failure = if about_this_mail {
         Failure::Permanent
     } else {
         Failure::Transient
     };
-    (e.to_string(), failure)
+    (format!("{step}: {e}"), failure)
+}
+
+/// An enhanced status code (RFC 3463, `class.subject.detail`), without its
+/// class (the reply code's first digit says as much).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EnhancedCode {
+    subject: u16,
+    detail: u16,
+}
+
+impl EnhancedCode {
+    /// The code a reply's text starts with (`5.7.1 relaying denied`), if any.
+    fn leading(text: &str) -> Option<Self> {
+        let mut parts = text.split_whitespace().next()?.split('.');
+        let class = parts.next()?;
+        let mut number = || {
+            parts
+                .next()
+                .filter(|digits| (1..=3).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|digits| digits.parse().ok())
+        };
+        let (subject, detail) = (number()?, number()?);
+        (matches!(class, "2" | "4" | "5") && parts.next().is_none()).then_some(Self { subject, detail })
+    }
+}
+
+/// Whether a permanent refusal (`reply`, 5xx) is about this mail rather
+/// than about the relay or us. When unsure, it is not: a mail wrongly
+/// retried is parked after `mail_retry_hours`, while a relay's refusal
+/// wrongly taken for the mail's parks every mail at once.
+fn refusal_names_the_mail(step: Step, reply: u16, enhanced: Option<EnhancedCode>) -> bool {
+    // MAIL FROM names nothing but our sender, the same in every mail: a
+    // login the relay wants first (530), a STARTTLS it wants first, a
+    // sender address it does not let us use, a quota.
+    if step == Step::Sender {
+        return false;
+    }
+    match enhanced {
+        // X.1.7 and X.1.8: the sender's address, which a relay may refuse
+        // only at RCPT (Postfix does by default).
+        Some(EnhancedCode {
+            subject: 1,
+            detail: 7 | 8,
+        }) => false,
+        // X.1: the recipient's address (5.1.1 no such user, 5.1.3 bad
+        // syntax, 5.1.2 no such domain); X.2: their mailbox (disabled,
+        // full, this mail over its limit); X.6: the content; X.3.4: this
+        // mail too big.
+        Some(EnhancedCode { subject: 1 | 2 | 6, .. } | EnhancedCode { subject: 3, detail: 4 }) => true,
+        // X.0: "other", no more than the reply code says.
+        Some(EnhancedCode { subject: 0, .. }) | None => !matches!(
+            reply,
+            // Command not recognised, not implemented, out of sequence,
+            // parameter not implemented: our conversation, not the mail.
+            500 | 502 | 503 | 504
+                // The relay accepts no mail (RFC 7504).
+                | 521
+                // Authentication required, or refused.
+                | 530 | 535
+                // "Transaction failed": relays give it for a relay we may
+                // not use, or a sender address not verified with them.
+                | 554
+        ),
+        // X.7: security and policy (a login required, relaying denied, a
+        // sender not ours, DMARC); X.3 but X.3.4: the relay's mail system
+        // (full, not accepting mail); X.4: network and routing, and the
+        // sending quota some relays give as 5.4.5; X.5: the protocol.
+        Some(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +420,82 @@ mod tests {
         assert_eq!((implicit.port, implicit.implicit_tls), (465, true));
         assert!(implicit.credentials.is_some());
         assert_eq!(pool("smtps://relay.example:2465").unwrap().port, 2465);
+    }
+
+    /// `reply text` as a relay writes it, at `step`.
+    fn names_the_mail(step: Step, reply: &str) -> bool {
+        let (code, text) = reply.split_once(' ').unwrap();
+        refusal_names_the_mail(step, code.parse().unwrap(), EnhancedCode::leading(text))
+    }
+
+    #[test]
+    fn only_a_refusal_of_this_mail_is_permanent() {
+        use Step::*;
+        for (step, reply) in [
+            (Recipient, "550 5.1.1 <x@firma.dk>: user unknown"),
+            (Recipient, "501 5.1.3 bad recipient address syntax"),
+            (Recipient, "550 5.2.1 mailbox disabled"),
+            (Content, "552 5.3.4 message too big"),
+            (Content, "554 5.6.0 message content rejected"),
+            (Recipient, "550 no such user"),
+            (Recipient, "553 mailbox name not allowed"),
+            (Recipient, "556 5.1.10 domain does not accept mail"),
+            (Content, "550 5.0.0 message rejected"),
+        ] {
+            assert!(names_the_mail(step, reply), "{step}: {reply}");
+        }
+        for (step, reply) in [
+            (Sender, "530 5.7.0 Authentication required"),
+            (Sender, "530 Must issue a STARTTLS command first"),
+            (Sender, "550 sender rejected"),
+            (Sender, "553 5.1.1 no such user"),
+            (Recipient, "550 5.7.1 sender not owned"),
+            (
+                Recipient,
+                "553 5.7.1 <x@firma.dk>: Sender address rejected: not owned by user",
+            ),
+            (Recipient, "554 5.7.1 <x@firma.dk>: Relay access denied"),
+            (
+                Recipient,
+                "553 5.1.8 <noreply@firma.dk>: Sender address rejected: Domain not found",
+            ),
+            (Recipient, "550 5.4.5 Daily sending quota exceeded"),
+            (Content, "554 5.7.0 rejected by policy"),
+            (
+                Content,
+                "550 5.7.26 unauthenticated mail from firma.dk is not accepted due to DMARC",
+            ),
+            (Content, "554 Message rejected: Email address is not verified"),
+            (Recipient, "530 Authentication required"),
+            (Recipient, "535 5.7.8 authentication failed"),
+            (Recipient, "503 bad sequence of commands"),
+            (Content, "552 5.3.1 mail system full"),
+        ] {
+            assert!(!names_the_mail(step, reply), "{step}: {reply}");
+        }
+    }
+
+    #[test]
+    fn an_enhanced_code_is_read_from_the_start_of_the_text() {
+        assert_eq!(
+            EnhancedCode::leading("5.7.1 relaying denied"),
+            Some(EnhancedCode { subject: 7, detail: 1 })
+        );
+        assert_eq!(
+            EnhancedCode::leading("5.1.10 null MX"),
+            Some(EnhancedCode { subject: 1, detail: 10 })
+        );
+        for text in [
+            "",
+            "relaying denied",
+            "5.7 denied",
+            "3.1.1 x",
+            "5.7.1.2 x",
+            "5.a.1 x",
+            "5.1.1234 x",
+        ] {
+            assert_eq!(EnhancedCode::leading(text), None, "{text:?}");
+        }
     }
 
     #[test]

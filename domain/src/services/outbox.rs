@@ -69,9 +69,11 @@ pub struct MailRetry {
 }
 
 impl MailRetry {
-    /// Whether a failure parks the mail: a permanent one (a 5xx to the mail
-    /// itself) at once; one that may pass only after `max_attempts`
-    /// attempts and `retry_for_ms` since it was queued.
+    /// Whether a failure parks the mail: a permanent one (a refusal of the
+    /// mail itself: its recipient, its content) at once; one that may pass
+    /// (a refusal of the relay or our settings, 5xx included: it would
+    /// park every mail alike) only after `max_attempts` attempts and
+    /// `retry_for_ms` since it was queued.
     pub fn parks(&self, failure: Failure, attempts: i32, age_ms: i64) -> bool {
         failure == Failure::Permanent || (attempts >= self.max_attempts && age_ms >= self.retry_for_ms)
     }
@@ -110,9 +112,12 @@ pub struct OutboxEntry {
 /// What one failed delivery means for the mail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// Worth trying again later (connection refused, 4xx).
+    /// Worth trying again later: connection refused, a 4xx, or a refusal
+    /// about the relay or our settings (a login required, a sender not
+    /// ours, a quota), which the same mail passes once they are right.
     Transient,
-    /// Trying again cannot help (5xx: no such mailbox, rejected).
+    /// Trying again cannot help: a 5xx about this mail (no such mailbox,
+    /// the message too big or its content refused).
     Permanent,
 }
 
