@@ -666,6 +666,99 @@ async fn a_relay_refusing_our_sender_parks_no_mail(backend: Backend) {
     app.finish().await;
 }
 
+/// A delivered mail whose "sent" mark fails (here: it waits on another
+/// session's lock past `lock_timeout`; alike a pool that hands out no
+/// connection in time, SQLITE_BUSY, a dropped connection) is marked by a
+/// later try while its claim lasts, and is not sent again. Before, the
+/// failed mark was only logged: the mail stayed pending and, once the lease
+/// ran out, was claimed and sent a second time. PostgreSQL only: the lock
+/// is another session's row lock, which SQLite (one writer) cannot hold
+/// beside a worker's write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_mark_fails_once_is_not_sent_again() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let app = TestApp::start(Backend::Postgres).await;
+    let _ = queue_mails(&app, 1).await;
+    let queued = app.count("SELECT COUNT(*) FROM outbox_mails").await as usize;
+    // The relay takes every mail, but answers the end of each only once
+    // the test holds its lock: the marks come after it, whatever the timing.
+    let (open, opened) = tokio::sync::watch::channel(false);
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let relay = {
+        let delivered = delivered.clone();
+        scripted_relay(move |command: String| {
+            let (mut opened, delivered) = (opened.clone(), delivered.clone());
+            async move {
+                match command.to_ascii_uppercase().as_str() {
+                    "DATA" => "354 end with .",
+                    "." => {
+                        let _ = opened.wait_for(|open| *open).await;
+                        delivered.fetch_add(1, Ordering::SeqCst);
+                        "250 accepted"
+                    }
+                    _ => "250 OK",
+                }
+            }
+        })
+        .await
+    };
+    let lease_ms = 4000;
+    let pool =
+        orgadmin_domain::persistence::connect(&format!("{}?options=-c%20lock_timeout%3D200ms", app.database_url), 2)
+            .await
+            .unwrap();
+    let impatient = orgadmin_domain::Domain::new(pool.clone(), test_vault(), &[OPERATOR_TOKEN.to_owned()]);
+    let config = orgadmin_domain::Config {
+        mail_lease_ms: lease_ms,
+        ..worker_config(&app, &format!("smtp://127.0.0.1:{relay}"))
+    };
+    let outbox = Arc::new(orgadmin_worker::mail::Outbox::from_config(impatient, &config, "impatient".into()).unwrap());
+    let first = {
+        let outbox = outbox.clone();
+        tokio::spawn(async move { outbox.drain_once(100).await })
+    };
+    let started = Instant::now();
+    while app
+        .count("SELECT COUNT(*) FROM outbox_mails WHERE claimed_by = 'impatient'")
+        .await
+        < queued as i64
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the mails were not claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Every lease ends by then: the claims were made before this moment.
+    let leases_end = now_millis() + lease_ms;
+    let holder = app
+        .in_progress(&["SELECT id FROM outbox_mails FOR UPDATE".to_owned()])
+        .await;
+    open.send(true).unwrap();
+    app.until_waiting_on_a_lock("outbox_mails").await;
+    // Held past `lock_timeout`: the mark waiting on it has failed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    holder.commit().await;
+    assert_eq!(first.await.unwrap().unwrap(), queued);
+    assert_eq!(delivered.load(Ordering::SeqCst), queued);
+    // After the leases, nothing is due again: every mail was marked.
+    tokio::time::sleep(Duration::from_millis((leases_end - now_millis()).max(0) as u64 + 100)).await;
+    assert_eq!(
+        outbox.drain_once(100).await.unwrap(),
+        0,
+        "a delivered mail was claimed again"
+    );
+    assert_eq!(delivered.load(Ordering::SeqCst), queued, "each mail delivered once");
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM outbox_mails WHERE state = 'SENT'")
+            .await,
+        queued as i64
+    );
+    pool.close().await.unwrap();
+    app.finish().await;
+}
+
 /// A worker whose lease ran out while it sent may finish after another
 /// claim took the mail. Its failure then records nothing (no attempt counted
 /// twice, no mail parked that the other claim holds or delivered), and it

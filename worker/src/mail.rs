@@ -11,7 +11,7 @@ use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use orgadmin_domain::email::Email;
 use orgadmin_domain::model::now_millis;
-use orgadmin_domain::services::outbox::{ClaimedMail, Failure, MailRetry};
+use orgadmin_domain::services::outbox::{ClaimedMail, Failure, MailClaim, MailRetry};
 use orgadmin_domain::telemetry;
 use orgadmin_domain::{Config, Domain};
 use tokio::sync::{Semaphore, watch};
@@ -128,6 +128,49 @@ pub struct Outbox {
     pub lease_ms: i64,
     /// When the outbox gauges were last measured.
     backlog_reported: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+/// The first pause before recording a delivery again; doubled per try.
+const RECORD_PAUSE_FIRST: Duration = Duration::from_millis(50);
+/// The longest pause between tries to record a delivery.
+const RECORD_PAUSE_MOST: Duration = Duration::from_secs(1);
+
+/// Marks a delivered mail sent, trying again with back-off while the
+/// claim's lease lasts. A mark that fails once (no pooled connection in
+/// time, SQLITE_BUSY, a PostgreSQL `lock_timeout`, a dropped connection)
+/// would leave the mail pending: claimed again after the lease, and sent
+/// a second time. Marking is idempotent, so trying again is safe.
+///
+/// Until the lease ends, no other claim can take the mail
+/// (`claim_due_mails` takes only rows whose lease has run out): a mark
+/// that lands by then rules a second send out. After it, another replica,
+/// or this worker's own next batch, may already have claimed the mail and
+/// be sending it, so a later mark no longer rules that out, while waiting
+/// on would hold up the whole batch (`drain_once` waits for every send),
+/// and a stopping worker, past the lease: the bound every other step of a
+/// batch keeps. The last try starts at the lease's end; `drain_once`
+/// leaves at least a tenth of the lease for these tries.
+async fn record_delivery(domain: &Domain, claim: &MailClaim) -> orgadmin_domain::DomainResult<()> {
+    let mut pause = RECORD_PAUSE_FIRST;
+    loop {
+        let error = match domain.mark_mail_sent(claim).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let left_ms = claim.lease_until - now_millis();
+        if left_ms <= 0 {
+            return Err(error);
+        }
+        // Once a mail: an outage of the database would otherwise log a
+        // line per mail per try.
+        if pause == RECORD_PAUSE_FIRST {
+            tracing::warn!(mail = %claim.id, error = %error, "outbox: could not record a delivery; trying again while the claim lasts");
+        } else {
+            tracing::debug!(mail = %claim.id, error = %error, "outbox: could not record a delivery yet");
+        }
+        tokio::time::sleep(pause.min(Duration::from_millis(left_ms as u64))).await;
+        pause = (pause * 2).min(RECORD_PAUSE_MOST);
+    }
 }
 
 /// The mails' sender, `ORGADMIN_MAIL_FROM`.
@@ -253,7 +296,7 @@ impl Outbox {
                         Err(e) => Err((e, Failure::Permanent)),
                     };
                     let marked = match outcome {
-                        Ok(()) => domain.mark_mail_sent(&mail.claim).await,
+                        Ok(()) => record_delivery(&domain, &mail.claim).await,
                         Err((error, failure)) => {
                             tracing::Span::current().record("otel.status_code", "ERROR");
                             domain
@@ -264,7 +307,7 @@ impl Outbox {
                     };
                     if let Err(e) = marked {
                         // The lease runs out and the mail is sent again, with the same Message-ID.
-                        tracing::error!(mail = %mail.claim.id, error = %e, "outbox: could not record delivery");
+                        tracing::error!(mail = %mail.claim.id, error = %e, "outbox: could not record the outcome of a send");
                     }
                 }
                 .instrument(span),
