@@ -327,6 +327,11 @@ impl CertificateAuthority {
         &self.chain_pem
     }
 
+    /// The CRL distribution point written into every certificate, if any.
+    pub fn crl_url(&self) -> Option<&str> {
+        self.crl_url.as_deref()
+    }
+
     /// Signs a holder's certificate over `public_key` (the DER
     /// SubjectPublicKeyInfo from their CSR). Returns the DER.
     pub fn issue(&self, profile: &LeafProfile, public_key_der: &[u8]) -> Result<Vec<u8>, String> {

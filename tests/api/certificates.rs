@@ -686,6 +686,8 @@ async fn a_user_certificate_lives_and_is_revoked_as_openssl_sees_it(backend: Bac
     assert!(crl.crl_number >= 1);
     assert_eq!(crl.revoked_count, 1);
     assert!(crl.crl_pem.starts_with("-----BEGIN X509 CRL-----"));
+    assert!(!crl.crl_der.is_empty());
+    assert_eq!(crl.crl_url, "http://127.0.0.1/crl", "the distribution point");
     let pem_path = write(&dir, "grpc.crl.pem", &crl.crl_pem);
     let chain = write(&dir, "grpc-chain.pem", &crl.ca_chain_pem);
     let grpc_text = openssl(

@@ -344,19 +344,54 @@ impl CertificateService for CertificateHandler {
     async fn get_crl(&self, request: Request<pb::GetCrlRequest>) -> Result<Response<pb::GetCrlResponse>, Status> {
         let caller = caller(&self.domain, &request).await?;
         let crl = self.domain.crl_for(&caller).await.into_status()?;
-        let chain = self
-            .domain
-            .certificate_authority()
-            .map(|ca| ca.chain_pem().to_owned())
-            .unwrap_or_default();
+        let ca = self.domain.certificate_authority();
+        let chain = ca.map(|ca| ca.chain_pem().to_owned()).unwrap_or_default();
+        let crl_url = ca.and_then(|ca| ca.crl_url()).unwrap_or_default().to_owned();
+        let (send_der, send_pem) = crl_forms_that_fit(crl.der.len());
         Ok(Response::new(pb::GetCrlResponse {
             crl_number: crl.number,
             this_update: Some(timestamp(crl.this_update)),
             next_update: Some(timestamp(crl.next_update)),
             revoked_count: crl.revoked_count,
-            crl_pem: orgadmin_domain::ca::pem("X509 CRL", &crl.der),
-            crl_der: crl.der,
+            crl_pem: if send_pem {
+                orgadmin_domain::ca::pem("X509 CRL", &crl.der)
+            } else {
+                String::new()
+            },
+            crl_der: if send_der { crl.der } else { Vec::new() },
             ca_chain_pem: chain,
+            crl_url,
         }))
+    }
+}
+
+/// Which forms of a CRL of `der_bytes` GetCrl sends: both while they fit a
+/// message (4 MiB) with room for the chain, DER alone up to 3 MiB, then
+/// neither (the HTTP distribution point serves any size). Sent whole, a
+/// CRL of some 36,000 revocations made the answer too large to send, and
+/// GetCrl failed for everyone.
+fn crl_forms_that_fit(der_bytes: usize) -> (bool, bool) {
+    const MIB: usize = 1024 * 1024;
+    (der_bytes <= 3 * MIB, der_bytes <= MIB)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crl_forms_that_fit;
+
+    #[test]
+    fn a_crl_is_sent_in_the_forms_that_fit_a_message() {
+        assert_eq!(crl_forms_that_fit(2_000), (true, true));
+        assert_eq!(crl_forms_that_fit(1024 * 1024), (true, true));
+        assert_eq!(crl_forms_that_fit(1024 * 1024 + 1), (true, false));
+        assert_eq!(crl_forms_that_fit(3 * 1024 * 1024 + 1), (false, false));
+        // What is sent fits a message: DER, its PEM (4/3, with line
+        // breaks) and a chain of a few KiB.
+        for der in [1024 * 1024, 3 * 1024 * 1024] {
+            let (send_der, send_pem) = crl_forms_that_fit(der);
+            let pem = if send_pem { der * 4 / 3 + der / 48 + 64 } else { 0 };
+            let sent = if send_der { der } else { 0 } + pem + 64 * 1024;
+            assert!(sent < crate::server::MAX_MESSAGE_BYTES, "{der}: {sent}");
+        }
     }
 }
