@@ -30,6 +30,7 @@ both_backends!(
     the_address_limit_counts_the_address_the_proxy_added,
     a_username_cannot_take_another_persons_address,
     history_names_a_person_alike_on_either_path,
+    the_worker_purges_ended_sessions,
 );
 
 /// A server whose logins lock after `max_failures` wrong passwords.
@@ -1620,4 +1621,54 @@ async fn a_login_and_a_write_on_the_person_queue() {
     writing.commit().await;
     let reply = logging_in.await.unwrap().expect("the login after the write");
     assert!(!reply.into_inner().session_token.is_empty());
+}
+
+/// The worker deletes sessions that ended (revoked, expired, idle) over a
+/// week ago, and login challenges as old: every sign-in wrote a row, and
+/// none was ever deleted. A live session stays, and works.
+async fn the_worker_purges_ended_sessions(backend: Backend) {
+    use orgadmin_domain::services::sessions::ENDED_SESSION_RETENTION_MS;
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (_, email) = app.member_with_password(&fixture, "Gamle", &[]).await;
+    let mut tokens = Vec::new();
+    for _ in 0..5 {
+        tokens.push(app.login(&email, TEST_PASSWORD).await.expect("login").session_token);
+    }
+    let sessions = "SELECT COUNT(*) FROM api_tokens WHERE kind = 'SESSION'";
+    let before = app.count(sessions).await;
+    let long_ago = orgadmin_domain::model::now_millis() - ENDED_SESSION_RETENTION_MS - 60_000;
+    let session_of = |token: &str| format!("token_hash = '{}'", orgadmin_domain::secrets::token_hash(token));
+    let db = app.domain.db();
+    for (token, ended) in [
+        (&tokens[0], format!("revoked_at = {long_ago}")),
+        (&tokens[1], format!("expires_at = {long_ago}")),
+        (&tokens[2], format!("last_used_at = {}", long_ago - 24 * 60 * 60 * 1000)),
+        // Revoked, but lately: kept for now.
+        (&tokens[3], format!("revoked_at = {}", long_ago + 120_000)),
+    ] {
+        db.execute_unprepared(&format!("UPDATE api_tokens SET {ended} WHERE {}", session_of(token)))
+            .await
+            .unwrap();
+    }
+    let worker = TestWorker::start(&app, worker_config(&app, ""));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.count(sessions).await != before - 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not purged: {} of {before} sessions left",
+            app.count(sessions).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    worker.stop().await;
+    for kept in [&tokens[3], &tokens[4]] {
+        assert_eq!(
+            app.count(&format!("SELECT COUNT(*) FROM api_tokens WHERE {}", session_of(kept)))
+                .await,
+            1
+        );
+    }
+    app.who_am_i(&tokens[4]).await.expect("the live session works");
+    app.finish().await;
 }

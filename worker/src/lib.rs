@@ -63,6 +63,7 @@ pub async fn run(domain: Domain, config: &Config, shutdown: impl Future<Output =
     let sweeping = Arc::new(Mutex::new(()));
     // When the sweep now running started (ms), for the warning below.
     let sweep_started = Arc::new(AtomicI64::new(0));
+    let last_purge = Arc::new(AtomicI64::new(0));
     let sweep = {
         let domain = domain.clone();
         let sweeping = sweeping.clone();
@@ -73,6 +74,7 @@ pub async fn run(domain: Domain, config: &Config, shutdown: impl Future<Output =
             let sweeping = sweeping.clone();
             let worker_id = worker_id.clone();
             let sweep_started = sweep_started.clone();
+            let last_purge = last_purge.clone();
             async move {
                 let Ok(_running) = sweeping.try_lock() else {
                     // A tick now and then falls into a sweep; a sweep that
@@ -106,6 +108,7 @@ pub async fn run(domain: Domain, config: &Config, shutdown: impl Future<Output =
                         tracing::error!(error = %e, "timed reactivation sweep failed");
                     }
                     certificate_sweep(&domain, now).await;
+                    purge_if_due(&domain, now, &last_purge).await;
                 };
                 // A sweep is a root span of its own: no request queued it.
                 let span = if orgadmin_domain::telemetry::traces_enabled() {
@@ -183,6 +186,26 @@ async fn certificate_sweep(domain: &Domain, now: i64) {
         Ok(0) => {}
         Ok(n) => tracing::info!(warned = n, "certificate expiry warnings queued"),
         Err(e) => tracing::error!(error = %e, "certificate expiry warnings failed"),
+    }
+}
+
+/// How often the sweep purges ended sessions: hourly is plenty for rows
+/// kept a week, and the purge reads the whole sessions table.
+const PURGE_EVERY_MS: i64 = 60 * 60 * 1000;
+
+/// Ended sessions and expired login challenges deleted, hourly (safe beside
+/// another replica: deleting what is gone deletes nothing).
+/// `last_purge`: when this worker last purged (ms; 0: not yet).
+async fn purge_if_due(domain: &Domain, now: i64, last_purge: &AtomicI64) {
+    let last = last_purge.load(Ordering::Relaxed);
+    if last != 0 && now - last < PURGE_EVERY_MS {
+        return;
+    }
+    last_purge.store(now, Ordering::Relaxed);
+    match domain.purge_ended_sessions(now).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "ended sessions purged"),
+        Err(e) => tracing::error!(error = %e, "the purge of ended sessions failed"),
     }
 }
 

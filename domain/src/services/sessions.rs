@@ -2,7 +2,7 @@
 //! Everyone may see and end their own; user administrators (the operator,
 //! for organisation administrators) a user's, e.g. after a lost laptop.
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder};
 use tracing::instrument;
 use uuid::Uuid;
@@ -15,6 +15,14 @@ use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::policy::{Action, Caller};
 use crate::secrets::token_hash;
 use crate::services::auth::KIND_SESSION;
+
+/// How long an ended session's row (and an expired login challenge's) is
+/// kept before the sweep deletes it: a week, for an operator looking into
+/// a sign-in that just failed; history keeps the logins and revocations.
+pub const ENDED_SESSION_RETENTION_MS: Millis = 7 * 24 * 60 * 60 * 1000;
+
+/// Rows one statement of the purge deletes: short write locks.
+const PURGE_BATCH: u64 = 1000;
 
 /// A live session, without its token.
 #[derive(Debug, Clone)]
@@ -30,7 +38,65 @@ pub struct Session {
     pub current: bool,
 }
 
+/// Deletes the rows of `E` that `which` selects, `PURGE_BATCH` at a time
+/// (by their primary key `id`); returns how many.
+async fn delete_in_batches<E: EntityTrait>(
+    db: &sea_orm::DatabaseConnection,
+    id: E::Column,
+    which: Condition,
+) -> DomainResult<u64> {
+    let mut deleted = 0;
+    loop {
+        let batch = Query::select()
+            .column(id)
+            .from(E::default())
+            .cond_where(which.clone())
+            .limit(PURGE_BATCH)
+            .to_owned();
+        let gone = E::delete_many()
+            .filter(id.in_subquery(batch))
+            .exec(db)
+            .await?
+            .rows_affected;
+        deleted += gone;
+        if gone < PURGE_BATCH {
+            return Ok(deleted);
+        }
+    }
+}
+
 impl Domain {
+    /// Deletes sessions that ended (revoked, expired, or idle past their
+    /// limit) over `ENDED_SESSION_RETENTION_MS` ago, and login challenges
+    /// that expired as long ago, a batch at a time. Nothing reads them
+    /// again, and every login wrote one: without the purge both tables grew
+    /// by a row per sign-in for ever. Returns the rows deleted.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn purge_ended_sessions(&self, now: Millis) -> DomainResult<u64> {
+        use crate::persistence::entities::login_challenge;
+        let before = now - ENDED_SESSION_RETENTION_MS;
+        let idle_before = before - self.settings.session_idle_ms;
+        let ended_sessions = Condition::all().add(api_token::Column::Kind.eq(KIND_SESSION)).add(
+            Condition::any()
+                .add(api_token::Column::RevokedAt.lt(before))
+                .add(api_token::Column::ExpiresAt.lt(before))
+                .add(api_token::Column::LastUsedAt.lt(idle_before))
+                .add(
+                    Condition::all()
+                        .add(api_token::Column::LastUsedAt.is_null())
+                        .add(api_token::Column::CreatedAt.lt(idle_before)),
+                ),
+        );
+        let sessions = delete_in_batches::<api_token::Entity>(&self.db, api_token::Column::Id, ended_sessions).await?;
+        let challenges = delete_in_batches::<login_challenge::Entity>(
+            &self.db,
+            login_challenge::Column::Id,
+            Condition::all().add(login_challenge::Column::ExpiresAt.lt(before)),
+        )
+        .await?;
+        Ok(sessions + challenges)
+    }
+
     /// The live sessions of `user_id` (the caller's own when `None`), newest
     /// first.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
