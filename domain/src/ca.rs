@@ -29,6 +29,12 @@ pub struct CertificateAuthority {
     /// bytes): what an OCSP request's CertID names it by, hashed.
     subject_der: Vec<u8>,
     public_key_bits: Vec<u8>,
+    /// The end of the CA certificate's validity: no certificate it signs
+    /// may outlive it (a relying party would reject it from then on).
+    not_after: Millis,
+    /// How the CRL names its issuer's key (Authority Key Identifier): the
+    /// CA certificate's own Subject Key Identifier when it has one.
+    crl_key_identifier: KeyIdMethod,
 }
 
 /// The key never shows: not in logs, not in panics.
@@ -149,18 +155,43 @@ fn authority_information_access(url: &str) -> Result<rcgen::CustomExtension, Str
     ))
 }
 
-/// The subject (DER) and public key bits of a PEM certificate.
-fn subject_and_key(certificate_pem: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+/// What orgadmin reads of the CA certificate itself.
+struct CaCertificate {
+    subject_der: Vec<u8>,
+    public_key_bits: Vec<u8>,
+    not_after: Millis,
+    subject_key_identifier: Option<Vec<u8>>,
+    is_ca: bool,
+}
+
+/// The parts of a PEM CA certificate `from_pem` checks and keeps.
+fn read_ca_certificate(certificate_pem: &str) -> Result<CaCertificate, String> {
+    use x509_parser::extensions::ParsedExtension;
     let (_, pem) = x509_parser::pem::parse_x509_pem(certificate_pem.as_bytes())
         .map_err(|e| format!("the CA certificate is not PEM: {e}"))?;
     let certificate = pem
         .parse_x509()
         .map_err(|e| format!("the CA certificate cannot be read: {e}"))?;
-    Ok((
-        certificate.tbs_certificate.subject.as_raw().to_vec(),
-        certificate.tbs_certificate.subject_pki.subject_public_key.data.to_vec(),
-    ))
+    let mut subject_key_identifier = None;
+    let mut is_ca = false;
+    for extension in certificate.tbs_certificate.extensions() {
+        match extension.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => subject_key_identifier = Some(id.0.to_vec()),
+            ParsedExtension::BasicConstraints(constraints) => is_ca = constraints.ca,
+            _ => {}
+        }
+    }
+    Ok(CaCertificate {
+        subject_der: certificate.tbs_certificate.subject.as_raw().to_vec(),
+        public_key_bits: certificate.tbs_certificate.subject_pki.subject_public_key.data.to_vec(),
+        not_after: certificate.validity().not_after.timestamp().saturating_mul(1000),
+        subject_key_identifier,
+        is_ca,
+    })
 }
+
+/// The least validity a configured CA must have left at start: a day.
+const MIN_CA_LIFE_MS: Millis = 24 * 60 * 60 * 1000;
 
 fn to_time(at: Millis) -> Result<OffsetDateTime, String> {
     OffsetDateTime::from_unix_timestamp(at.div_euclid(1000)).map_err(|e| format!("time {at} out of range: {e}"))
@@ -184,7 +215,31 @@ impl CertificateAuthority {
         if !usages.is_empty() && !signs_both {
             return Err("the CA certificate's key usage must allow keyCertSign and cRLSign".into());
         }
-        let (subject_der, public_key_bits) = subject_and_key(certificate_pem)?;
+        let read = read_ca_certificate(certificate_pem)?;
+        // A key and certificate that do not belong together (files mixed
+        // up at a CA renewal) signed certificates, CRLs and OCSP answers no
+        // client could verify, each pickup spending its single-use token.
+        if issuer.key().public_key_raw() != read.public_key_bits.as_slice() {
+            return Err("the CA key does not belong to the CA certificate (their public keys differ)".into());
+        }
+        if !read.is_ca {
+            return Err("the CA certificate is not a CA certificate (basicConstraints cA is not TRUE)".into());
+        }
+        if read.not_after <= crate::model::now_millis() + MIN_CA_LIFE_MS {
+            return Err(format!(
+                "the CA certificate expires on {} (or within a day): every certificate it signs would stop working then",
+                crate::mail::date(read.not_after)
+            ));
+        }
+        // The CRL's Authority Key Identifier must equal the CA's Subject Key
+        // Identifier, however the CA computed it: rcgen derives it from the
+        // key with its own method otherwise, and a CA made by openssl (SHA-1
+        // identifiers) got CRLs no client matched to it ("unable to get
+        // certificate CRL").
+        let crl_key_identifier = match read.subject_key_identifier {
+            Some(id) => KeyIdMethod::PreSpecified(id),
+            None => KeyIdMethod::Sha256,
+        };
         let certificate_pem = certificate_pem.trim().to_owned() + "\n";
         let chain_pem = if chain_pem.trim().is_empty() {
             certificate_pem.clone()
@@ -197,9 +252,17 @@ impl CertificateAuthority {
             chain_pem,
             crl_url: (!crl_url.is_empty()).then(|| crl_url.to_owned()),
             ocsp_url: (!ocsp_url.is_empty()).then(|| ocsp_url.to_owned()),
-            subject_der,
-            public_key_bits,
+            subject_der: read.subject_der,
+            public_key_bits: read.public_key_bits,
+            not_after: read.not_after,
+            crl_key_identifier,
         })
+    }
+
+    /// When the CA certificate ends: what a certificate it signs may last
+    /// until at most.
+    pub fn not_after(&self) -> Millis {
+        self.not_after
     }
 
     /// The CA certificate's subject Name, DER.
@@ -393,7 +456,7 @@ impl CertificateAuthority {
                     })
                 })
                 .collect::<Result<_, String>>()?,
-            key_identifier_method: KeyIdMethod::Sha256,
+            key_identifier_method: self.crl_key_identifier.clone(),
         };
         let crl = params
             .signed_by(&self.issuer)
@@ -435,6 +498,71 @@ pub fn pem(label: &str, der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CA certificate as another tool would make it: `ski` as its Subject
+    /// Key Identifier (openssl uses SHA-1), valid for `days` from now,
+    /// `is_ca` or not. Returns its key and certificate, PEM.
+    fn foreign_ca(ski: Vec<u8>, days: i64, is_ca: bool) -> (String, String) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, "Firma CA");
+        params.distinguished_name = name;
+        params.is_ca = if is_ca {
+            IsCa::Ca(BasicConstraints::Unconstrained)
+        } else {
+            IsCa::ExplicitNoCa
+        };
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = crate::model::now_millis();
+        params.not_before = to_time(now - 2 * 24 * 60 * 60 * 1000).unwrap();
+        params.not_after = to_time(now + days * 24 * 60 * 60 * 1000).unwrap();
+        params.key_identifier_method = KeyIdMethod::PreSpecified(ski);
+        let certificate = params.self_signed(&key).unwrap();
+        (key.serialize_pem(), certificate.pem())
+    }
+
+    #[test]
+    fn a_crl_names_the_ca_key_as_the_ca_certificate_does() {
+        let (key, certificate) = foreign_ca(vec![7; 20], 365, true);
+        let ca = CertificateAuthority::from_pem(&key, &certificate, "", "", "").unwrap();
+        let der = ca
+            .sign_crl(1, crate::model::now_millis(), crate::model::now_millis() + 60_000, &[])
+            .unwrap();
+        let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+        let aki = crl
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                    aki.key_identifier.as_ref().map(|id| id.0.to_vec())
+                }
+                _ => None,
+            })
+            .expect("the CRL names its issuer's key");
+        assert_eq!(aki, vec![7; 20]);
+    }
+
+    #[test]
+    fn a_ca_that_cannot_sign_for_long_is_refused_at_start() {
+        let (key, certificate) = foreign_ca(vec![1; 20], 365, true);
+        let ca = CertificateAuthority::from_pem(&key, &certificate, "", "", "").unwrap();
+        let year = 365 * 24 * 60 * 60 * 1000;
+        assert!((ca.not_after() - crate::model::now_millis() - year).abs() < 60 * 60 * 1000);
+        // Expired, or about to.
+        let (key, certificate) = foreign_ca(vec![1; 20], 0, true);
+        let refused = CertificateAuthority::from_pem(&key, &certificate, "", "", "").unwrap_err();
+        assert!(refused.contains("expires"), "{refused}");
+        // Not a CA.
+        let (key, certificate) = foreign_ca(vec![1; 20], 365, false);
+        let refused = CertificateAuthority::from_pem(&key, &certificate, "", "", "").unwrap_err();
+        assert!(refused.contains("not a CA"), "{refused}");
+        // A key of another CA.
+        let (other_key, _) = foreign_ca(vec![2; 20], 365, true);
+        let (_, certificate) = foreign_ca(vec![1; 20], 365, true);
+        let refused = CertificateAuthority::from_pem(&other_key, &certificate, "", "", "").unwrap_err();
+        assert!(refused.contains("does not belong"), "{refused}");
+    }
 
     /// Service and worker starting at once over one data folder: one CA.
     #[test]

@@ -29,6 +29,7 @@ both_backends!(
     the_previous_contact_person_is_told_of_a_change,
     a_new_contact_person_takes_over_the_certificates_address,
     an_address_with_an_idn_domain_is_named_in_punycode,
+    no_certificate_outlives_its_ca,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -3065,5 +3066,36 @@ async fn an_address_with_an_idn_domain_is_named_in_punycode(backend: Backend) {
     app.login(&ascii, TEST_PASSWORD)
         .await
         .expect("signed in by the address's ASCII form");
+    app.finish().await;
+}
+
+/// A certificate ends no later than the CA that signs it: a relying party
+/// rejects a chain whose CA expired, so a user certificate of three years
+/// from a CA with a month left stopped working after a month, its expiry
+/// warnings and renewal still years away.
+async fn no_certificate_outlives_its_ca(backend: Backend) {
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "Udløbende CA");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_end = time::OffsetDateTime::now_utc() + time::Duration::days(30);
+    params.not_after = ca_end;
+    let certificate = params.self_signed(&key).unwrap();
+    let ca = orgadmin_domain::ca::CertificateAuthority::from_pem(&key.serialize_pem(), &certificate.pem(), "", "", "")
+        .expect("a CA with a month left");
+    let app = TestApp::start_with_ca(backend, std::sync::Arc::new(ca)).await;
+    let fixture = app.org_with_admin().await;
+    let dir = fresh_dir();
+    let (_, _, issued, not_after) = member_with_certificate(&app, &fixture, "Kortlivet", &dir).await;
+    assert_eq!(issued.state, pb::CertificateState::Issued as i32);
+    let ca_end_ms = ca_end.unix_timestamp() * 1000;
+    assert!(
+        not_after <= ca_end_ms && not_after > ca_end_ms - DAY_MS,
+        "the certificate ends {not_after}, its CA {ca_end_ms}"
+    );
     app.finish().await;
 }

@@ -249,6 +249,14 @@ impl TestApp {
         Self::start_full(backend, settings, pool_size, max_in_flight, Some(test_ca())).await
     }
 
+    /// A server with the certificate authority `ca`.
+    pub async fn start_with_ca(
+        backend: Backend,
+        ca: std::sync::Arc<orgadmin_domain::ca::CertificateAuthority>,
+    ) -> Self {
+        Self::start_full(backend, DomainSettings::default(), 10, 256, Some(ca)).await
+    }
+
     /// A server that was given no certificate authority.
     pub async fn start_without_ca(backend: Backend) -> Self {
         Self::start_full(backend, DomainSettings::default(), 10, 256, None).await

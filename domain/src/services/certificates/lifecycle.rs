@@ -1060,7 +1060,10 @@ impl Domain {
         // Five minutes back: a relying party whose clock runs a little
         // behind accepts the certificate at once.
         let not_before = now - 5 * 60 * 1000;
-        let not_after = now + validity;
+        // Never past the CA's own end: a relying party rejects a chain with
+        // an expired CA, so a longer certificate would stop working early,
+        // with its expiry warnings and renewal still years away.
+        let not_after = (now + validity).min(ca.not_after());
         let subject_text = subject_line(&subject, escape_rfc4514);
         // Searched as written, without the escapes: "Firma, A/S" finds
         // the organisation whose name has a comma.
