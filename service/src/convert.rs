@@ -18,14 +18,24 @@ pub fn opt_timestamp(ms: Option<Millis>) -> Option<Timestamp> {
     ms.map(timestamp)
 }
 
+/// The seconds of 0001-01-01T00:00:00Z and of 9999-12-31T23:59:59Z: the
+/// range `google.protobuf.Timestamp` allows. A time outside it was stored
+/// and handed back, and JSON clients (grpcurl among them) refused to print
+/// every answer that carried it: one deactivation "until" the year 10000
+/// broke listing the organisation's users.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
 pub fn millis(field: &str, ts: &Timestamp) -> Result<Millis, DomainError> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return Err(DomainError::invalid(field, "nanos must be between 0 and 999,999,999"));
     }
-    ts.seconds
-        .checked_mul(1000)
-        .and_then(|s| s.checked_add(i64::from(ts.nanos / 1_000_000)))
-        .ok_or_else(|| DomainError::invalid(field, "is out of range"))
+    if !TIMESTAMP_SECONDS.contains(&ts.seconds) {
+        return Err(DomainError::invalid(
+            field,
+            "must be between 0001-01-01 and 9999-12-31 (UTC), as a protobuf Timestamp",
+        ));
+    }
+    Ok(ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000))
 }
 
 pub fn id(field: &str, value: &str) -> Result<Uuid, DomainError> {
@@ -416,6 +426,32 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+
+    #[test]
+    fn a_timestamp_is_read_within_what_protobuf_allows() {
+        let at = |seconds| millis("t", &Timestamp { seconds, nanos: 0 });
+        assert_eq!(at(253_402_300_799).unwrap(), 253_402_300_799_000);
+        assert_eq!(at(-62_135_596_800).unwrap(), -62_135_596_800_000);
+        assert!(at(253_402_300_800).is_err());
+        assert!(at(-62_135_596_801).is_err());
+        assert!(at(i64::MAX).is_err());
+        // And back: what is read is written as it was.
+        let read = millis(
+            "t",
+            &Timestamp {
+                seconds: 1,
+                nanos: 5_000_000,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            timestamp(read),
+            Timestamp {
+                seconds: 1,
+                nanos: 5_000_000
+            }
+        );
+    }
 
     /// Every activity the domain can record has its own proto value, named
     /// like its stored form, and comes back as itself; the proto has no value

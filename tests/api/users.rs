@@ -384,6 +384,25 @@ async fn user_bad_input_names_each_field(backend: Backend) {
         ))
         .await;
     assert_eq!(bad_fields(&assert_code(past, Code::InvalidArgument)), vec!["until"]);
+    // Past the end of what a protobuf Timestamp may hold (9999-12-31):
+    // stored, it broke every JSON client that listed the user.
+    let before = app.fingerprint().await;
+    let beyond = users
+        .deactivate_user(req(
+            &fixture.admin_token,
+            pb::DeactivateUserRequest {
+                id: created.id.clone(),
+                until: Some(prost_types::Timestamp {
+                    seconds: 253_402_300_800,
+                    nanos: 0,
+                }),
+                reason: String::new(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(bad_fields(&assert_code(beyond, Code::InvalidArgument)), vec!["until"]);
+    assert_eq!(app.fingerprint().await, before, "a refused deactivation changed data");
     app.finish().await;
 }
 
