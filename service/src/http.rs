@@ -7,7 +7,9 @@
 //! - `GET /ca.pem`: the CA certificate and the chain above it;
 //! - `POST /ocsp`: an RFC 6960 OCSP responder (`application/ocsp-request`
 //!   in, `application/ocsp-response` out), answered from the inventory as
-//!   it is at that moment.
+//!   it is at that moment; and `GET /ocsp/{base64 of the request}` (RFC
+//!   6960 A.1, RFC 5019), which Windows, macOS and Java send for short
+//!   requests.
 //!
 //! The CRL is served from memory: a fetch asks the database at most every
 //! `RECHECK` whether a newer CRL was published (one indexed number), so a
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -193,6 +195,29 @@ async fn ocsp(State(cache): State<Arc<CrlCache>>, body: axum::body::Body) -> Res
     ([(header::CONTENT_TYPE, "application/ocsp-response")], der).into_response()
 }
 
+/// An OCSP request by GET: its DER, base64 and URL-encoded, as the path
+/// after `/ocsp/` (RFC 6960 A.1). Clients that leave the base64's `/`
+/// unencoded make it several path segments; the wildcard takes them all.
+/// Without this route, clients that ask by GET got a 405 and fell back to
+/// soft-fail: a revoked certificate passed with them.
+async fn ocsp_by_get(State(cache): State<Arc<CrlCache>>, Path(encoded): Path<String>) -> Response {
+    use base64::Engine;
+    if encoded.len() > MAX_OCSP_REQUEST_BYTES {
+        return (StatusCode::URI_TOO_LONG, "an OCSP request is at most 64 KiB\n").into_response();
+    }
+    // Path has undone the URL encoding; padding may be missing or kept.
+    let text = encoded.trim_end_matches('=');
+    let Ok(request) = base64::engine::general_purpose::STANDARD_NO_PAD.decode(text) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the path after /ocsp/ must be a base64 OCSP request\n",
+        )
+            .into_response();
+    };
+    let der = cache.domain.ocsp_response(&request).await;
+    ([(header::CONTENT_TYPE, "application/ocsp-response")], der).into_response()
+}
+
 /// How long a request's body may take to arrive once its headers have.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -263,6 +288,7 @@ pub async fn serve_certificate_http(
         .route("/crl.pem", get(crl_pem))
         .route("/ca.pem", get(ca_pem))
         .route("/ocsp", post(ocsp))
+        .route("/ocsp/{*request}", get(ocsp_by_get))
         .with_state(cache.clone())
         .merge(crate::pages::router(cache.domain.clone()));
     serve_guarded(listener, app, shutdown).await;

@@ -30,6 +30,7 @@ both_backends!(
     a_new_contact_person_takes_over_the_certificates_address,
     an_address_with_an_idn_domain_is_named_in_punycode,
     no_certificate_outlives_its_ca,
+    ocsp_is_answered_by_get_too,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -3097,5 +3098,90 @@ async fn no_certificate_outlives_its_ca(backend: Backend) {
         not_after <= ca_end_ms && not_after > ca_end_ms - DAY_MS,
         "the certificate ends {not_after}, its CA {ca_end_ms}"
     );
+    app.finish().await;
+}
+
+/// OCSP by GET (RFC 6960 A.1, RFC 5019): the request's DER, base64 and
+/// URL-encoded, after `/ocsp/`, as Windows, macOS and Java ask for short
+/// requests. They got 405 and fell back to soft-fail, so a revoked
+/// certificate passed with them. Both encodings clients use: `/` encoded,
+/// and left as it is.
+async fn ocsp_is_answered_by_get_too(backend: Backend) {
+    use base64::Engine;
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let dir = fresh_dir();
+    let (member, session) = app.member(&fixture, "Opslag", &[]).await;
+    let issued = issued_user_certificate(
+        &app,
+        &fixture,
+        &member,
+        &session,
+        &[pb::CertificateUsage::Authentication],
+        &dir,
+        "p256",
+    )
+    .await;
+    let certificate = write(&dir, "get.pem", &issued.certificate_pem);
+    let chain = write(&dir, "get-chain.pem", &issued.chain_pem);
+    let (certificate, chain) = (certificate.to_str().unwrap(), chain.to_str().unwrap());
+    let ask = |state: &'static str| {
+        let app = &app;
+        let dir = dir.clone();
+        async move {
+            // A request with a nonce: its base64 holds `+`, `/` or `=` now
+            // and then; several tries make one with each likely.
+            for attempt in 0..8 {
+                let request = format!("get-{attempt}.der");
+                openssl(
+                    &dir,
+                    &["ocsp", "-issuer", chain, "-cert", certificate, "-reqout", &request],
+                );
+                let encoded =
+                    base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join(&request)).unwrap());
+                let url_encoded = encoded.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
+                for path in [url_encoded, encoded.replace('=', "%3D")] {
+                    let (head, body) = http_get(app, &format!("/ocsp/{path}")).await;
+                    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                    assert_eq!(
+                        header_value(&head, "content-type").as_deref(),
+                        Some("application/ocsp-response")
+                    );
+                    let response = write(&dir, "get-response.der", &body);
+                    let out = openssl(
+                        &dir,
+                        &[
+                            "ocsp",
+                            "-respin",
+                            response.to_str().unwrap(),
+                            // The answer's status for this certificate
+                            // (its nonce echoes the request's: not compared).
+                            "-no_nonce",
+                            "-issuer",
+                            chain,
+                            "-CAfile",
+                            chain,
+                            "-cert",
+                            certificate,
+                        ],
+                    );
+                    assert!(out.contains("Response verify OK"), "{out}");
+                    assert!(out.contains(&format!(": {state}")), "{out}");
+                }
+            }
+        }
+    };
+    ask("good").await;
+    revoke(
+        &app,
+        &fixture.admin_token,
+        &issued.certificate.as_ref().unwrap().id,
+        pb::RevocationReason::KeyCompromised,
+    )
+    .await
+    .unwrap();
+    ask("revoked").await;
+    let (head, _) = http_get(&app, "/ocsp/ikke-base64!").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     app.finish().await;
 }
