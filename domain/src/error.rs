@@ -107,6 +107,8 @@ reasons!(
     RightsRequestOpen => "RIGHTS_REQUEST_OPEN",
     SigningRightMissing => "SIGNING_RIGHT_MISSING",
     StaleEtag => "STALE_ETAG",
+    CertificateKeyCompromised => "CERTIFICATE_KEY_COMPROMISED",
+    CertificateKeyNotNew => "CERTIFICATE_KEY_NOT_NEW",
     ChangedMeanwhile => "CHANGED_MEANWHILE",
     SystemGroup => "SYSTEM_GROUP",
     Unauthenticated => "UNAUTHENTICATED",

@@ -31,6 +31,7 @@ both_backends!(
     an_address_with_an_idn_domain_is_named_in_punycode,
     no_certificate_outlives_its_ca,
     ocsp_is_answered_by_get_too,
+    a_compromised_key_is_not_certified_again,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -3183,5 +3184,69 @@ async fn ocsp_is_answered_by_get_too(backend: Backend) {
     ask("revoked").await;
     let (head, _) = http_get(&app, "/ocsp/ikke-base64!").await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    app.finish().await;
+}
+
+/// A key reported compromised is not certified again, and a renewal is
+/// over a new key (R-CERT-4): picking up a new order with the CSR of a
+/// certificate revoked as KEY_COMPROMISED gave the attacker who holds the
+/// key a valid certificate again, and a renewal kept the old key.
+async fn a_compromised_key_is_not_certified_again(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let dir = fresh_dir();
+    let (member, session) = app.member(&fixture, "Kompromitteret", &[]).await;
+    let usages = [pb::CertificateUsage::Authentication];
+    let old_key = csr(&dir, "gammel", "p256");
+    order(
+        &app,
+        &fixture.admin_token,
+        user_order(&fixture.org.id, &member, &usages),
+    )
+    .await
+    .unwrap();
+    let pickup = app.mailed_token("certificate_pickup", &member.email).await;
+    let issued = issue(&app, &session, &pickup, &old_key)
+        .await
+        .unwrap()
+        .certificate
+        .unwrap();
+    let renew = |csr_pem: String| {
+        let (mut certs, session, id) = (app.certs(), session.clone(), issued.id.clone());
+        async move {
+            certs
+                .renew_certificate(req(
+                    &session,
+                    pb::RenewCertificateRequest {
+                        certificate_id: id,
+                        csr_pem,
+                    },
+                ))
+                .await
+        }
+    };
+    let before = app.fingerprint().await;
+    let same_key = assert_code(renew(old_key.clone()).await, Code::FailedPrecondition);
+    assert_eq!(reason(&same_key), "CERTIFICATE_KEY_NOT_NEW");
+    assert_eq!(app.fingerprint().await, before, "a refused renewal changed data");
+
+    revoke(&app, &session, &issued.id, pb::RevocationReason::KeyCompromised)
+        .await
+        .unwrap();
+    order(
+        &app,
+        &fixture.admin_token,
+        user_order(&fixture.org.id, &member, &usages),
+    )
+    .await
+    .unwrap();
+    let pickup = app.mailed_token("certificate_pickup", &member.email).await;
+    let before = app.fingerprint().await;
+    let compromised = assert_code(issue(&app, &session, &pickup, &old_key).await, Code::FailedPrecondition);
+    assert_eq!(reason(&compromised), "CERTIFICATE_KEY_COMPROMISED");
+    assert_eq!(app.fingerprint().await, before, "a refused pickup changed data");
+    // A new key is certified, with the same token.
+    let fresh = issue(&app, &session, &pickup, &csr(&dir, "ny", "p256")).await.unwrap();
+    assert_eq!(fresh.certificate.unwrap().state, pb::CertificateState::Issued as i32);
     app.finish().await;
 }

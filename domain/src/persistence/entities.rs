@@ -680,6 +680,9 @@ pub mod certificate {
         pub not_before: Option<i64>,
         pub not_after: Option<i64>,
         pub der: Option<Vec<u8>>,
+        /// SHA-256 (hex) of the certified SubjectPublicKeyInfo; none on
+        /// orders and on certificates issued before it was kept.
+        pub public_key_hash: Option<String>,
         pub revoked_at: Option<i64>,
         pub revocation_reason: Option<String>,
         pub warned30_at: Option<i64>,

@@ -238,6 +238,10 @@ async fn write_issued(
         .col_expr(certificate::Column::NotBefore, Expr::value(issued.not_before))
         .col_expr(certificate::Column::NotAfter, Expr::value(issued.not_after))
         .col_expr(certificate::Column::Der, Expr::value(issued.der.clone()))
+        .col_expr(
+            certificate::Column::PublicKeyHash,
+            Expr::value(issued.public_key_hash.clone()),
+        )
         .col_expr(certificate::Column::Version, Expr::value(issued.version))
         .col_expr(certificate::Column::UpdatedAt, Expr::value(issued.updated_at))
         .filter(certificate::Column::Id.eq(row.id))
@@ -1064,6 +1068,8 @@ impl Domain {
         // an expired CA, so a longer certificate would stop working early,
         // with its expiry warnings and renewal still years away.
         let not_after = (now + validity).min(ca.not_after());
+        let key_hash = public_key_hash(&csr.public_key_der);
+        ensure_key_may_be_certified(txn, &row, &key_hash).await?;
         let subject_text = subject_line(&subject, escape_rfc4514);
         // Searched as written, without the escapes: "Firma, A/S" finds
         // the organisation whose name has a comma.
@@ -1104,6 +1110,7 @@ impl Domain {
                 not_before: Some(not_before),
                 not_after: Some(not_after),
                 der: Some(der),
+                public_key_hash: Some(key_hash.clone()),
                 version: row.version + 1,
                 updated_at: now,
                 ..row.clone()
@@ -1572,6 +1579,59 @@ impl Domain {
         }
         Ok(row)
     }
+}
+
+/// SHA-256 (hex) of a DER SubjectPublicKeyInfo: how certificates of one
+/// key are found.
+fn public_key_hash(public_key_der: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(public_key_der))
+}
+
+/// The key of a CSR may be certified for `order`: no certificate over it
+/// was revoked because the key was compromised (an attacker holds it; it
+/// came back certified when the holder picked up a new order with the same
+/// CSR), and a renewal is over a new key (R-CERT-4), not the key of the
+/// certificate it renews.
+async fn ensure_key_may_be_certified(
+    txn: &DatabaseTransaction,
+    order: &certificate::Model,
+    key_hash: &str,
+) -> DomainResult<()> {
+    let compromised = certificate::Entity::find()
+        .filter(certificate::Column::PublicKeyHash.eq(key_hash))
+        .filter(certificate::Column::RevocationReason.eq(RevocationReason::KeyCompromised.as_str()))
+        .count(txn)
+        .await?
+        > 0;
+    if compromised {
+        return Err(DomainError::precondition(
+            Reason::CertificateKeyCompromised,
+            "a certificate over this key was revoked because the key was compromised; make a new key and a CSR for it",
+        ));
+    }
+    if let Some(renewed) = order.renews_id {
+        let old = certificate::Entity::find_by_id(renewed)
+            .one(txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("certificate", renewed))?;
+        // Certificates issued before keys were hashed: the key from the DER.
+        let old_key = match &old.public_key_hash {
+            Some(hash) => Some(hash.clone()),
+            None => old.der.as_deref().and_then(|der| {
+                x509_parser::parse_x509_certificate(der)
+                    .ok()
+                    .map(|(_, c)| public_key_hash(c.tbs_certificate.subject_pki.raw))
+            }),
+        };
+        if old_key.as_deref() == Some(key_hash) {
+            return Err(DomainError::precondition(
+                Reason::CertificateKeyNotNew,
+                "a renewal is over a new key: make a new key and a CSR for it",
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn insert(db: &impl ConnectionTrait, row: &certificate::Model) -> DomainResult<()> {
