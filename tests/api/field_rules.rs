@@ -6,14 +6,17 @@
 //! The table is checked against the sources, not against a second list:
 //! `every_field_path_has_a_row` reads the domain and service code for the
 //! paths their checks name (`Violations::check`/`add`, `DomainError::invalid`,
-//! `FieldViolation::new`, helpers taking `&mut Violations` with a path or
-//! a `{prefix}`, and helpers taking the path as a `&str` parameter that
-//! they name in an error), and fails when a path has fewer rows than places
-//! that emit it (rows counted by RPC and rule: one RPC may reach a path
-//! through two places, as CreateUser checks `identification_means` once
-//! without the database and once against the organisation's settings). Paths named by the generic parsers of `service/src/convert.rs`
-//! (`id`, `opt_id`, `millis`, enum values) are not rules of a field and are
-//! not read; a few rows cover them anyway.
+//! `FieldViolation::new`): a literal, a constant, `format!` with indexes,
+//! or a parameter of the function (`field`, `{prefix}…`, `{field}[{i}]`, a
+//! pair's `a.0`), followed to every call passing a literal, through as
+//! many functions as pass it on; and `.map_err(|e| e.within("x"))` puts
+//! `x.` before what the call it wraps emits. It fails when a path has
+//! fewer rows (counted by RPC and rule) than call sites that emit it, and
+//! when it meets a form it does not read that `UNREAD` does not list. Its
+//! own test reads a sample holding each form. Paths named by the generic
+//! parsers of `service/src/convert.rs` (`id`, `opt_id`, `millis`, enum
+//! values) are not rules of a field and are not followed; a few rows cover
+//! them anyway.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -55,6 +58,17 @@ struct Ctx {
     ed25519_csr: String,
     /// The secret of the member's authenticator app, enrolled, not confirmed.
     totp_secret: String,
+    /// A unit of another organisation.
+    other_unit: pb::Unit,
+    /// The e-mail address of the user `activation_code` activates.
+    activation_email: String,
+    /// The member's password reset token, mailed, not used.
+    reset_token: String,
+    /// An organisation certificate carrying its contact person's (the
+    /// administrator's) e-mail address.
+    organisation_certificate_id: String,
+    /// An active member whose e-mail address is not ASCII.
+    non_ascii_member_id: String,
 }
 
 /// One refused call; the variant names the RPC.
@@ -99,9 +113,11 @@ enum Call {
     RequestToJoin(pb::RequestToJoinRequest),
     DecideJoinRequest(pb::DecideJoinRequestRequest),
     AddGroupMember(pb::AddGroupMemberRequest),
-    /// GetUser made as the user the header names (R-ACC-5): the header is
-    /// the field.
-    GetUserActingAs(&'static str, pb::GetUserRequest),
+    /// GetUser made as the user the headers name (R-ACC-5), each value
+    /// sent as is: the header is the field.
+    GetUserActingAs(&'static [&'static [u8]], pb::GetUserRequest),
+    /// RequestRights made by the administrator.
+    RequestRightsAsAdmin(pb::RequestRightsRequest),
 }
 
 impl Call {
@@ -148,6 +164,7 @@ impl Call {
             Call::DecideJoinRequest(_) => "DecideJoinRequest",
             Call::AddGroupMember(_) => "AddGroupMember",
             Call::GetUserActingAs(..) => "GetUser",
+            Call::RequestRightsAsAdmin(_) => "RequestRights",
         }
     }
 
@@ -203,7 +220,15 @@ impl Call {
             Call::RequestToJoin(r) => app.access().request_to_join(req("", r)).await.map(drop),
             Call::DecideJoinRequest(r) => app.access().decide_join_request(req(admin, r)).await.map(drop),
             Call::AddGroupMember(r) => app.access().add_group_member(req(admin, r)).await.map(drop),
-            Call::GetUserActingAs(owner, r) => app.users().get_user(acting_as(owner, req(member, r))).await.map(drop),
+            Call::GetUserActingAs(owners, r) => {
+                let mut request = req(member, r);
+                for owner in owners {
+                    let value = tonic::metadata::AsciiMetadataValue::try_from(*owner).expect("header");
+                    request.metadata_mut().append("x-orgadmin-act-as", value);
+                }
+                app.users().get_user(request).await.map(drop)
+            }
+            Call::RequestRightsAsAdmin(r) => app.access().request_rights(req(admin, r)).await.map(drop),
             Call::RequestRights(r) => app.access().request_rights(req(member, r)).await.map(drop),
             Call::DecideRightsRequest(r) => app.access().decide_rights_request(req(admin, r)).await.map(drop),
         }
@@ -215,6 +240,9 @@ impl Call {
 struct Row {
     field: &'static str,
     bad: &'static str,
+    /// A fragment of the rule's description, when given: proof that this
+    /// rule refused the row, not another one on the same path.
+    rule: &'static str,
     call: fn(&Ctx) -> Call,
 }
 
@@ -481,6 +509,14 @@ fn preference(kind: pb::NotificationKind, channel: pb::DeliveryChannel) -> Call 
     })
 }
 
+/// RequestRights by the member for `requested`, with a reason.
+fn rights_request(requested: pb::request_rights_request::Requested) -> Call {
+    Call::RequestRights(pb::RequestRightsRequest {
+        requested: Some(requested),
+        reason: "Til regnskabet i Nord".into(),
+    })
+}
+
 /// The table: every field rule with a bad value, by RPC.
 fn rows() -> Vec<Row> {
     macro_rules! row {
@@ -488,6 +524,15 @@ fn rows() -> Vec<Row> {
             Row {
                 field: $field,
                 bad: $bad,
+                rule: "",
+                call: $call,
+            }
+        };
+        ($field:literal, $bad:literal, rule: $rule:literal, $call:expr) => {
+            Row {
+                field: $field,
+                bad: $bad,
+                rule: $rule,
                 call: $call,
             }
         };
@@ -1030,7 +1075,7 @@ fn rows() -> Vec<Row> {
             }
         )),
         row!("x-orgadmin-act-as", "not a user id", |c| Call::GetUserActingAs(
-            "the boss",
+            &[b"the boss"],
             pb::GetUserRequest { id: c.admin.id.clone() }
         )),
         row!("access", "unspecified", |c| Call::ShareAccess(pb::ShareAccessRequest {
@@ -1519,7 +1564,203 @@ fn rows() -> Vec<Row> {
                 ..search_certificates(c)
             }
         )),
+        // Found by counting rules per call site, and by reading paths
+        // passed on, `.within` prefixes, pairs, constants and `{field}[{i}]`.
+        row!("password", "over four times the longest password", rule: "is too long", |c| Call::Login(
+            pb::LoginRequest {
+                login_id: c.member.email.clone(),
+                password: long(4 * orgadmin_domain::passwords::MAX_PASSWORD_CHARS + 1),
+                ..Default::default()
+            }
+        )),
+        row!("challenge_token", "201 characters", rule: "at most 200 characters", |_| Call::VerifyLoginCode(
+            pb::VerifyLoginCodeRequest {
+                challenge_token: long(201),
+                code: "123456".into(),
+            }
+        )),
+        row!("password", "empty", rule: "is required", |_| Call::ResetPassword(pb::ResetPasswordRequest {
+            token: "oat_some-token".into(),
+            password: String::new(),
+        })),
+        row!("password", "holding the person's e-mail address", rule: "must not contain your login id", |c| {
+            Call::ResetPassword(pb::ResetPasswordRequest {
+                token: c.reset_token.clone(),
+                password: format!("{} er mit nye kodeord", c.member.email),
+            })
+        }),
+        row!("password", "holding the person's e-mail address", rule: "must not contain your login id", |c| {
+            Call::ActivateUser(pb::ActivateUserRequest {
+                password: format!("{} er mit nye kodeord", c.activation_email),
+                ..activate_request(c.activate("", "1977-07-07"))
+            })
+        }),
+        row!("token", "a token and a code both", rule: "give exactly one of token and code", |c| Call::ActivateUser(
+            pb::ActivateUserRequest {
+                token: "oat_some-token".into(),
+                ..activate_request(c.activate("", "1977-07-07"))
+            }
+        )),
+        row!("expire_time", "three years ahead", rule: "at most two years", |c| Call::CreateApiToken(
+            pb::CreateApiTokenRequest {
+                expire_time: Some(in_ms(3 * 366 * 24 * 3_600_000)),
+                ..c.api_token()
+            }
+        )),
+        row!("number", "a production unit's P-number of 9 digits", rule: "a P-number is exactly 10 digits", |c| {
+            Call::CreateUnit(pb::CreateUnitRequest {
+                kind: pb::UnitKind::ProductionUnit as i32,
+                number: "123456789".into(),
+                ..c.new_unit()
+            })
+        }),
+        row!("number", "a tax unit's SE-number of 7 digits", rule: "an SE-number is exactly 8 digits", |c| Call::CreateUnit(
+            pb::CreateUnitRequest {
+                kind: pb::UnitKind::TaxUnit as i32,
+                number: "1234567".into(),
+                ..c.new_unit()
+            }
+        )),
+        row!("number", "a production unit without one", rule: "a production unit needs its P-number", |c| Call::CreateUnit(
+            pb::CreateUnitRequest {
+                kind: pb::UnitKind::ProductionUnit as i32,
+                ..c.new_unit()
+            }
+        )),
+        row!("parent_id", "a unit of another organisation", rule: "names no unit of this organisation", |c| Call::CreateUnit(
+            pb::CreateUnitRequest {
+                parent_id: c.other_unit.id.clone(),
+                ..c.new_unit()
+            }
+        )),
+        row!("unit.parent_id", "a unit of another organisation", rule: "names no unit of this organisation", |c| c
+            .update_unit(&["parent_id"], |u| u.parent_id = c.other_unit.id.clone())),
+        row!("update_mask", "empty", rule: "must name at least one field", |c| Call::UpdateUnit(pb::UpdateUnitRequest {
+            unit: Some(c.unit.clone()),
+            update_mask: None,
+        })),
+        row!("contact_id", "a person whose address the certificate cannot carry", rule: "cannot carry",
+            |c| {
+                Call::ChangeCertificateContact(pb::ChangeCertificateContactRequest {
+                    certificate_id: c.organisation_certificate_id.clone(),
+                    contact_id: c.non_ascii_member_id.clone(),
+                    etag: String::new(),
+                })
+            }
+        ),
+        row!("x-orgadmin-act-as", "sent twice", rule: "must be sent once", |c| Call::GetUserActingAs(
+            &[
+                b"0196a4f6-0000-7000-8000-000000000001",
+                b"0196a4f6-0000-7000-8000-000000000002"
+            ],
+            pb::GetUserRequest { id: c.admin.id.clone() }
+        )),
+        row!("x-orgadmin-act-as", "not text", rule: "must be the id of the user", |c| Call::GetUserActingAs(
+            &[b"\xfa\xfb"],
+            pb::GetUserRequest { id: c.admin.id.clone() }
+        )),
+        row!("spec", "a second spec after the first", rule: "only the first message carries the spec", |c| Call::CreateImport(vec![
+            pb::CreateImportRequest {
+                part: Some(pb::create_import_request::Part::Spec(c.import_spec())),
+            },
+            pb::CreateImportRequest {
+                part: Some(pb::create_import_request::Part::Spec(c.import_spec())),
+            },
+        ])),
+        // CreateGrant's lists of actions, item by item.
+        row!("actions[0]", "GRANT_ACTION_UNSPECIFIED", rule: "must be GRANT_ACTION_READ or GRANT_ACTION_EDIT", |c| Call::CreateGrant(
+            pb::CreateGrantRequest {
+                actions: vec![pb::GrantAction::Unspecified as i32],
+                ..grant_request(c)
+            }
+        )),
+        row!("actions[1]", "READ twice", rule: "is named twice", |c| Call::CreateGrant(
+            pb::CreateGrantRequest {
+                actions: vec![pb::GrantAction::Read as i32, pb::GrantAction::Read as i32],
+                ..grant_request(c)
+            }
+        )),
+        row!("grantable_actions[0]", "GRANT_ACTION_UNSPECIFIED", rule: "must be GRANT_ACTION_READ or GRANT_ACTION_EDIT", |c| {
+            Call::CreateGrant(pb::CreateGrantRequest {
+                grantable_actions: vec![pb::GrantAction::Unspecified as i32],
+                ..grant_request(c)
+            })
+        }),
+        row!("grantable_actions[1]", "READ twice", rule: "is named twice", |c| Call::CreateGrant(
+            pb::CreateGrantRequest {
+                grantable_actions: vec![pb::GrantAction::Read as i32, pb::GrantAction::Read as i32],
+                ..grant_request(c)
+            }
+        )),
+        // RequestRights: the rules of the write that would apply it, under
+        // `admin_level.` and `grant.`.
+        row!("admin_level.level", "5", rule: "must be 1", |_| rights_request(
+            pb::request_rights_request::Requested::AdminLevel(pb::RequestedAdminLevel {
+                level: 5,
+                unit_id: String::new(),
+            })
+        )),
+        row!("admin_level.unit_id", "a unit of another organisation", rule: "names no unit of this organisation", |c| {
+            rights_request(pb::request_rights_request::Requested::AdminLevel(
+                pb::RequestedAdminLevel {
+                    level: 4,
+                    unit_id: c.other_unit.id.clone(),
+                },
+            ))
+        }),
+        row!("grant.right", "capitals and a space", rule: "must be 1 to 100 characters", |_| rights_request(
+            pb::request_rights_request::Requested::Grant(pb::RequestedGrant {
+                right: "Docs Read".into(),
+                actions: vec![pb::GrantAction::Read as i32],
+                unit_id: String::new(),
+            })
+        )),
+        row!("grant.actions", "none", rule: "must name at least one of READ and EDIT", |_| rights_request(
+            pb::request_rights_request::Requested::Grant(pb::RequestedGrant {
+                right: "docs.read".into(),
+                actions: vec![],
+                unit_id: String::new(),
+            })
+        )),
+        row!("grant.actions[0]", "GRANT_ACTION_UNSPECIFIED", rule: "must be GRANT_ACTION_READ or GRANT_ACTION_EDIT", |_| rights_request(
+            pb::request_rights_request::Requested::Grant(pb::RequestedGrant {
+                right: "docs.read".into(),
+                actions: vec![pb::GrantAction::Unspecified as i32],
+                unit_id: String::new(),
+            })
+        )),
+        row!("grant.actions[1]", "READ twice", rule: "is named twice", |_| rights_request(
+            pb::request_rights_request::Requested::Grant(pb::RequestedGrant {
+                right: "docs.read".into(),
+                actions: vec![pb::GrantAction::Read as i32, pb::GrantAction::Read as i32],
+                unit_id: String::new(),
+            })
+        )),
+        row!("grant.unit_id", "a unit of another organisation", rule: "names no unit of this organisation", |c| rights_request(
+            pb::request_rights_request::Requested::Grant(pb::RequestedGrant {
+                right: "docs.read".into(),
+                actions: vec![pb::GrantAction::Read as i32],
+                unit_id: c.other_unit.id.clone(),
+            })
+        )),
+        row!("role", "one the requester holds", rule: "is held by the requester already", |_| Call::RequestRightsAsAdmin(
+            pb::RequestRightsRequest {
+                requested: Some(pb::request_rights_request::Requested::Role(
+                    pb::Role::OrganisationAdmin as i32
+                )),
+                reason: "Jeg skal hjælpe til".into(),
+            }
+        )),
     ]
+}
+
+/// The descriptions of a refusal's field violations.
+fn descriptions(status: &Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.description).collect())
+        .unwrap_or_default()
 }
 
 async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
@@ -1562,8 +1803,11 @@ async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
         ))
         .await
         .expect("birth-date user")
-        .into_inner()
-        .activation_code;
+        .into_inner();
+    let (activation_code, activation_email) = (
+        activation_code.activation_code,
+        activation_code.user.expect("user").email,
+    );
     let anonymity_request_id = users
         .request_anonymity(req(
             &member_token,
@@ -1647,6 +1891,50 @@ async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
         .await
         .expect("order");
     let encryption_pickup = app.mailed_token("certificate_pickup", &member.email).await;
+    // A unit of another organisation, for the rules that units be the
+    // organisation's own.
+    let other = app.org_with_admin().await;
+    let other_unit = app.unit(&other, "Fremmed afdeling", "").await;
+    app.auth()
+        .request_password_reset(req(
+            "",
+            pb::RequestPasswordResetRequest {
+                login_id: member.email.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("password reset");
+    let reset_token = app.mailed_token("password_reset", &member.email).await;
+    let organisation_certificate_id = app
+        .certs()
+        .order_certificate(req(
+            &admin_token,
+            pb::OrderCertificateRequest {
+                organisation_id: fixture.org.id.clone(),
+                kind: pb::CertificateKind::Organisation as i32,
+                label: "Lønsystem".into(),
+                usages: vec![pb::CertificateUsage::ServiceAccess as i32],
+                contact_id: fixture.admin.id.clone(),
+                email: fixture.admin.email.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("organisation certificate with an e-mail address")
+        .into_inner()
+        .certificate
+        .expect("certificate")
+        .id;
+    let (non_ascii_member, _) = app
+        .create_and_activate(
+            &admin_token,
+            pb::CreateUserRequest {
+                email: format!("søren{}@firma.dk", next_number()),
+                ..new_user(&fixture.org.id, "Søren", &[])
+            },
+        )
+        .await;
     // Read last, so every etag is current.
     let org = orgs
         .get_organisation(req(
@@ -1707,6 +1995,11 @@ async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
         encryption_pickup,
         ed25519_csr: ed25519_csr(),
         totp_secret,
+        other_unit,
+        activation_email,
+        reset_token,
+        organisation_certificate_id,
+        non_ascii_member_id: non_ascii_member.id,
     };
 
     let before = app.fingerprint().await;
@@ -1724,6 +2017,10 @@ async fn every_field_rule_refuses_through_its_rpc(backend: Backend) {
                 let fields = bad_fields(&status);
                 if fields != [row.field] {
                     failures.push(format!("{label}: named {fields:?}"));
+                }
+                let descriptions = descriptions(&status);
+                if !descriptions.iter().any(|d| d.contains(row.rule)) {
+                    failures.push(format!("{label}: {descriptions:?}, not the rule saying {:?}", row.rule));
                 }
                 if reason(&status) != "INVALID_ARGUMENT" {
                     failures.push(format!("{label}: reason {:?}", reason(&status)));
@@ -1759,24 +2056,125 @@ fn without_indexes(path: &str) -> String {
     out
 }
 
-/// The non-test code of the domain and service crates, by file.
-fn sources() -> Vec<(PathBuf, String)> {
+/// The non-test code of the domain and service crates: (path from the
+/// workspace root, text).
+fn sources() -> Vec<(String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = Vec::new();
     let mut stack = vec![root.join("domain/src"), root.join("service/src")];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
+            let path: PathBuf = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path).unwrap();
                 let code = text.split("#[cfg(test)]").next().unwrap_or_default().to_owned();
-                files.push((path, code));
+                let name = path.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+                files.push((name, code));
             }
         }
     }
+    files.sort();
     files
+}
+
+/// Rule sites and path arguments the reader does not resolve, each with
+/// what covers it: (file, function, the argument as written, why). A
+/// function with such a site has its `format!("{param}…")` paths read as
+/// its sites. An entry nothing matches fails the test.
+const UNREAD: &[(&str, &str, &str, &str)] = &[
+    (
+        "domain/src/services/users/mod.rs",
+        "check_identity_fields",
+        "&field",
+        "the closure `name`: the `{prefix}first_name` and `{prefix}surname` handed to it are read as sites",
+    ),
+    (
+        "service/src/bounds.rs",
+        "check",
+        "l.field",
+        "the bound of every repeated field, generated from the messages (bounds.rs), not a rule of one field",
+    ),
+    (
+        "domain/src/services/access/grants.rs",
+        "check_new_grant",
+        "new.actions",
+        "`Actions::within`, no path prefix",
+    ),
+    (
+        "domain/src/policy.rs",
+        "authorize_grant",
+        "h.grantable",
+        "`Actions::within`, no path prefix",
+    ),
+];
+
+/// Places no request reaches: (path, how many of its places, why). The
+/// path must still have as many places, or the entry fails the test.
+const UNREACHABLE: &[(&str, usize, &str)] = &[
+    (
+        "grant.resource",
+        1,
+        "RequestRights' RequestedGrant has no resource (`grant_of` sets none)",
+    ),
+    (
+        "grant.grantable_actions",
+        2,
+        "RequestRights' RequestedGrant has no grant options (`grant_of` gives none)",
+    ),
+    (
+        "grant.may_authorise",
+        1,
+        "RequestRights' RequestedGrant has no may_authorise (`grant_of` sets false)",
+    ),
+    (
+        "user_ids",
+        1,
+        "BatchSendActivation's 1000 ids at most: the request's bounds (service/src/bounds.rs) refuse more first, under the same path",
+    ),
+];
+
+/// The functions that are the rules' primitives themselves: their
+/// parameters are any path.
+const PRIMITIVES: &[(&str, &str)] = &[
+    ("domain/src/validate.rs", "check"),
+    ("domain/src/validate.rs", "add"),
+    ("domain/src/error.rs", "invalid"),
+    ("domain/src/error.rs", "within"),
+];
+
+/// The generic parsers (`id`, `opt_id`, `millis`, enum values): paths they
+/// are handed are not rules of a field and are not followed.
+const GENERIC_PARSERS: &str = "service/src/convert.rs";
+
+/// A place that emits a path: the calls that lead to the rule, outermost
+/// first, and the rule's own site, each as `file:line`.
+type Place = Vec<String>;
+
+/// The functions taking a path, by name: by the parameter's index, each
+/// path they emit from it as (suffix, place).
+type Takers<'a> = BTreeMap<&'a str, BTreeMap<usize, Vec<(String, Place)>>>;
+
+/// A function: its parameters without `self` (name, type) and its body.
+struct Def<'a> {
+    file: usize,
+    name: &'a str,
+    params: Vec<(&'a str, &'a str)>,
+    body: std::ops::Range<usize>,
+}
+
+/// A path as an argument is written.
+enum PathArg {
+    Literal(String),
+    /// The enclosing function's parameter (by index, `self` not counted),
+    /// then a suffix (`format!("{field}[{i}]")`).
+    Param(usize, String),
+    Unread,
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
 }
 
 /// The string literal that starts at `at`, past spaces, `&` and `format!(`.
@@ -1794,211 +2192,600 @@ fn literal_at(text: &str, mut at: usize) -> Option<&str> {
     rest.split_once('"').map(|(literal, _)| literal)
 }
 
-/// The name of the function `at` is in.
-fn enclosing_fn(text: &str, at: usize) -> &str {
-    let start = text[..at].rfind("fn ").map_or(0, |k| k + 3);
-    let name = &text[start..];
-    &name[..name
-        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .unwrap_or(name.len())]
+/// Walks the bracket opening at `open` to its close, past strings,
+/// characters and line comments, calling `comma` at each comma directly
+/// inside; the index past the close. `angles`: `<…>` nest too (types).
+fn scan(text: &str, open: usize, angles: bool, mut comma: impl FnMut(usize)) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = open;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'\'' => {
+                // 'x', '\n', 'ø'; else a lifetime.
+                let rest = &text[i + 1..];
+                if rest.starts_with('\\') {
+                    i += 1 + rest[2..].find('\'').map_or(0, |k| k + 2);
+                } else if let Some(c) = rest.chars().next()
+                    && rest[c.len_utf8()..].starts_with('\'')
+                {
+                    i += c.len_utf8() + 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'(' | b'[' | b'{' => depth += 1,
+            b'<' if angles => depth += 1,
+            b'>' if angles && !matches!(b[i - 1], b'-' | b'=') => depth = depth.saturating_sub(1),
+            b')' | b']' | b'}' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            b',' if depth == 1 => comma(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
-/// Every field path the checks can name, with the places (file, function)
-/// that name it.
-fn emitted_paths() -> BTreeMap<String, BTreeSet<(PathBuf, String)>> {
-    let files = sources();
-    let mut paths: BTreeMap<String, BTreeSet<(PathBuf, String)>> = BTreeMap::new();
-    let mut note = |path: &str, file: &Path, text: &str, at: usize| {
-        let path = without_indexes(path);
-        if !path.is_empty() && !path.contains('{') {
-            paths
-                .entry(path)
-                .or_default()
-                .insert((file.to_owned(), enclosing_fn(text, at).to_owned()));
+/// The items of the list opening at `open`, split at its top-level
+/// commas, and the index past its close.
+fn split_list(text: &str, open: usize, angles: bool) -> Option<(Vec<&str>, usize)> {
+    let mut cuts = vec![open + 1];
+    let close = scan(text, open, angles, |at| cuts.push(at + 1))?;
+    let mut items = Vec::new();
+    for (k, start) in cuts.iter().enumerate() {
+        let end = cuts.get(k + 1).map_or(close - 1, |next| next - 1);
+        let item = text[*start..end].trim();
+        if !item.is_empty() {
+            items.push(item);
+        }
+    }
+    Some((items, close))
+}
+
+/// The `(` matching the `)` at `close`, reading backwards (no strings
+/// with brackets in between).
+fn open_of(text: &str, close: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, c) in text[..=close].char_indices().rev() {
+        match c {
+            ')' | ']' | '}' => depth += 1,
+            '(' | '[' | '{' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The identifier ending at `end`.
+fn ident_before(text: &str, end: usize) -> &str {
+    let start = text[..end].rfind(|c: char| !is_ident(c)).map_or(0, |k| k + 1);
+    &text[start..end]
+}
+
+/// Every call `name(` (not its definition): (where the name starts, the
+/// arguments, the index past the close).
+fn calls_of<'t>(text: &'t str, name: &str) -> Vec<(usize, Vec<&'t str>, usize)> {
+    let call = format!("{name}(");
+    text.match_indices(&call)
+        .filter(|(at, _)| !text[..*at].ends_with(is_ident) && !text[..*at].ends_with("fn "))
+        .filter_map(|(at, _)| {
+            let (args, close) = split_list(text, at + name.len(), false)?;
+            Some((at, args, close))
+        })
+        .collect()
+}
+
+/// The prefix of `.map_err(|e| e.within("x"))` right after a call closing
+/// before `close` (`.await` between): `x.`, and where `.within(` is.
+fn within_after(text: &str, close: usize) -> Option<(String, usize)> {
+    let rest = text[close..].trim_start();
+    let rest = rest.strip_prefix(".await").unwrap_or(rest).trim_start();
+    let wrapped = rest.strip_prefix(".map_err(|e| e")?;
+    let at = text.len() - wrapped.len();
+    let prefix = literal_at(wrapped.strip_prefix(".within(")?, 0)?;
+    Some((format!("{prefix}."), at))
+}
+
+/// The paths the checks in `files` name, each with the places that emit
+/// it; or every rule site, path argument and `.within(` the reader cannot
+/// read (and `unread` does not list).
+fn read(
+    files: &[(String, String)],
+    unread: &[(&str, &str, &str, &str)],
+) -> Result<BTreeMap<String, BTreeSet<Place>>, Vec<String>> {
+    // Functions, and constants holding a path.
+    let mut defs = Vec::new();
+    let mut consts = BTreeMap::new();
+    for (file, (_, text)) in files.iter().enumerate() {
+        for (at, _) in text.match_indices("fn ") {
+            let line = &text[text[..at].rfind('\n').map_or(0, |k| k + 1)..at];
+            if text[..at].ends_with(is_ident) || line.contains("//") {
+                continue;
+            }
+            let rest = &text[at + 3..];
+            let name = &rest[..rest.find(|c: char| !is_ident(c)).unwrap_or(rest.len())];
+            let Some(open) = text[at..].find('(').map(|k| at + k) else {
+                continue;
+            };
+            let Some((params, close)) = split_list(text, open, true) else {
+                continue;
+            };
+            let Some(brace) = text[close..].find(['{', ';']).map(|k| close + k) else {
+                continue;
+            };
+            if name.is_empty() || text.as_bytes()[brace] != b'{' {
+                continue;
+            }
+            let Some(end) = scan(text, brace, false, |_| {}) else {
+                continue;
+            };
+            let params = params
+                .into_iter()
+                .filter(|p| p.contains(':') || !p.ends_with("self"))
+                .map(|p| match p.split_once(':') {
+                    Some((ident, ty)) => (ident.trim().trim_start_matches("mut ").trim(), ty.trim()),
+                    None => ("", p),
+                })
+                .collect();
+            defs.push(Def {
+                file,
+                name,
+                params,
+                body: brace..end,
+            });
+        }
+        for (at, _) in text.match_indices("const ") {
+            let rest = &text[at + 6..];
+            let Some((name, value)) = rest.split_once(':') else {
+                continue;
+            };
+            let Some((ty, value)) = value.split_once('=') else {
+                continue;
+            };
+            if name.chars().all(is_ident)
+                && ty.trim().ends_with("str")
+                && let Some(literal) = value
+                    .trim_start()
+                    .starts_with('"')
+                    .then(|| literal_at(value, 0))
+                    .flatten()
+            {
+                consts.insert(name.to_owned(), literal.to_owned());
+            }
+        }
+    }
+    let def_at = |file: usize, at: usize| {
+        defs.iter()
+            .enumerate()
+            .filter(|(_, d)| d.file == file && d.body.contains(&at))
+            .min_by_key(|(_, d)| d.body.len())
+            .map(|(k, _)| k)
+    };
+    let loc = |file: usize, at: usize| format!("{}:{}", files[file].0, files[file].1[..at].lines().count());
+    let classify = |arg: &str, def: Option<usize>| -> PathArg {
+        let arg = arg.trim_start_matches('&').trim();
+        // A pair's first element: `("token", r.token)`.
+        let arg = match arg.starts_with('(') {
+            true => split_list(arg, 0, false)
+                .and_then(|(items, _)| items.first().copied())
+                .unwrap_or(arg),
+            false => arg,
+        };
+        let param = |ident: &str| def.and_then(|d| defs[d].params.iter().position(|(p, _)| *p == ident));
+        if arg.starts_with('"') {
+            return literal_at(arg, 0).map_or(PathArg::Unread, |l| PathArg::Literal(l.to_owned()));
+        }
+        if arg.starts_with("format!(") {
+            let Some(template) = literal_at(arg, 0) else {
+                return PathArg::Unread;
+            };
+            if let Some((ident, suffix)) = template.strip_prefix('{').and_then(|t| t.split_once('}')) {
+                return param(ident).map_or(PathArg::Unread, |k| PathArg::Param(k, suffix.to_owned()));
+            }
+            return match without_indexes(template).contains(['{', '}']) {
+                true => PathArg::Unread,
+                false => PathArg::Literal(template.to_owned()),
+            };
+        }
+        let (ident, tuple) = match arg.strip_suffix(".0") {
+            Some(ident) => (ident, true),
+            None => (arg, false),
+        };
+        if ident.chars().all(is_ident) {
+            if let Some(k) = param(ident)
+                && (!tuple || defs[def.unwrap()].params[k].1.starts_with('('))
+            {
+                return PathArg::Param(k, String::new());
+            }
+            if let Some(value) = consts.get(ident).filter(|_| !tuple) {
+                return PathArg::Literal(value.clone());
+            }
+        }
+        PathArg::Unread
+    };
+    let mut not_read: Vec<String> = Vec::new();
+    let mut allowed_used = BTreeSet::new();
+    let mut not_read_here = |file: usize, def: Option<usize>, at: usize, what: &str, arg: &str| {
+        if files[file].0 == GENERIC_PARSERS {
+            return;
+        }
+        let name = def.map_or("", |d| defs[d].name);
+        match unread
+            .iter()
+            .position(|(f, n, a, _)| *f == files[file].0 && *n == name && *a == arg.trim())
+        {
+            Some(k) => {
+                allowed_used.insert(k);
+            }
+            None => not_read.push(format!("{} in {name}: {what}({arg}…", loc(file, at))),
         }
     };
-    // Direct: the path is the first argument of a check.
-    for (file, text) in &files {
-        for needle in [".check(", ".add(", "invalid(", "FieldViolation::new("] {
+
+    // Rule sites: `Violations::check`/`add`, `DomainError::invalid`,
+    // `FieldViolation::new`; their first argument and close. (An import's
+    // `CellError::invalid` names a column of the file, in the report.)
+    let mut sites = Vec::new();
+    for (file, (name, text)) in files.iter().enumerate() {
+        for needle in [".check(", ".add(", "DomainError::invalid(", "FieldViolation::new("] {
             for (at, _) in text.match_indices(needle) {
-                if let Some(path) = literal_at(text, at + needle.len()) {
-                    note(path, file, text, at);
+                if needle.starts_with('.') {
+                    let receiver = ident_before(text, at);
+                    let declared = [
+                        format!("let mut {receiver} = Violations"),
+                        format!("{receiver}: &mut Violations"),
+                    ];
+                    if receiver.is_empty() || !declared.iter().any(|d| text.contains(d.as_str())) {
+                        continue;
+                    }
                 }
-            }
-        }
-    }
-    // Helpers taking `&mut Violations` and then a path, or a prefix for the
-    // `{prefix}…` paths they write.
-    let mut helpers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (_, text) in &files {
-        for (at, _) in text.match_indices("&mut Violations") {
-            let name = enclosing_fn(text, at);
-            let signature = &text[text[..at].rfind("fn ").unwrap_or(0)..at];
-            if !signature.contains(')') {
-                helpers.entry(name.to_owned()).or_default();
-            }
-        }
-    }
-    for (_, text) in &files {
-        for (at, _) in text.match_indices("\"{prefix}") {
-            if let Some(template) = literal_at(text, at) {
-                let name = enclosing_fn(text, at);
-                if let Some(templates) = helpers.get_mut(name) {
-                    templates.push(template.trim_start_matches("{prefix}").to_owned());
-                }
-            }
-        }
-    }
-    assert!(
-        helpers.contains_key("check_identity_fields") && helpers.values().any(|t| !t.is_empty()),
-        "the source reader found no helpers: {helpers:?}"
-    );
-    for (file, text) in &files {
-        for (name, templates) in &helpers {
-            let call = format!("{name}(");
-            for (at, _) in text.match_indices(&call) {
-                if text[..at].ends_with("fn ") || text[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                let def = def_at(file, at);
+                if def.is_some_and(|d| PRIMITIVES.contains(&(name.as_str(), defs[d].name))) {
                     continue;
                 }
-                let args = text[at + call.len()..].trim_start();
-                let Some(args) = args.strip_prefix("&mut ") else {
+                let Some((args, close)) = split_list(text, at + needle.len() - 1, false) else {
                     continue;
                 };
-                let Some(comma) = args.find(',') else { continue };
-                let Some(literal) = literal_at(args, comma + 1) else {
-                    continue;
-                };
-                if templates.is_empty() {
-                    note(literal, file, text, at);
-                } else {
-                    for template in templates {
-                        note(&format!("{literal}{template}"), file, text, at);
+                let arg = args.first().copied().unwrap_or_default();
+                let arg_at = arg.as_ptr() as usize - text.as_ptr() as usize;
+                sites.push((file, def, at, arg, arg_at..arg_at + arg.len(), close));
+            }
+        }
+    }
+
+    // The functions that take a path (by parameter index), each path they
+    // emit as (suffix, place): first their own rule sites, then the calls
+    // forwarding their parameter to another, until no new one appears.
+    let mut takers: Takers = BTreeMap::new();
+    let mut emitted: Vec<(String, Place, Option<usize>)> = Vec::new();
+    let mut accounted_within = BTreeSet::new();
+    for (file, def, at, arg, _, close) in &sites {
+        match classify(arg, *def) {
+            PathArg::Literal(path) => {
+                let prefix = within_after(&files[*file].1, *close).map(|(p, w)| {
+                    accounted_within.insert((*file, w));
+                    p
+                });
+                emitted.push((
+                    format!("{}{path}", prefix.unwrap_or_default()),
+                    vec![loc(*file, *at)],
+                    *def,
+                ));
+            }
+            PathArg::Param(index, suffix) => {
+                let d = &defs[def.unwrap()];
+                if files[d.file].0 != GENERIC_PARSERS {
+                    takers
+                        .entry(d.name)
+                        .or_default()
+                        .entry(index)
+                        .or_default()
+                        .push((suffix, vec![loc(*file, *at)]));
+                }
+            }
+            PathArg::Unread => {
+                not_read_here(*file, *def, *at, "rule", arg);
+                // Its function's `format!("{param}…")` paths are its sites.
+                if let Some(d) = def {
+                    let d = &defs[*d];
+                    let text = &files[d.file].1;
+                    for (f, _) in text[d.body.clone()].match_indices("format!(\"{") {
+                        let f = d.body.start + f;
+                        if sites.iter().any(|s| s.0 == d.file && s.4.contains(&f)) {
+                            continue;
+                        }
+                        let slice = &text[f..];
+                        let end = slice.find(')').unwrap_or(slice.len());
+                        if let PathArg::Param(index, suffix) =
+                            classify(&slice[..=end.min(slice.len() - 1)], def_at(d.file, f))
+                        {
+                            takers
+                                .entry(d.name)
+                                .or_default()
+                                .entry(index)
+                                .or_default()
+                                .push((suffix, vec![loc(d.file, f)]));
+                        }
                     }
                 }
             }
         }
     }
-    // Helpers that take the path as a parameter (`field: &str`, say) and
-    // name it in an error they build (`no_such_unit("parent_id")`,
-    // `kind_from_pb("spec.kind", …)`): the literal passed in that place.
-    // Not `Violations`' own `check`/`add` (read above), nor the generic
-    // parsers of convert.rs (see the module's comment).
-    let mut path_params: BTreeMap<String, usize> = BTreeMap::new();
-    for (file, text) in &files {
-        if file.ends_with("convert.rs") {
-            continue;
+    for _ in 0..10 {
+        let mut grew = false;
+        for (name, by_index) in takers.clone() {
+            for (file, (_, text)) in files.iter().enumerate() {
+                for (at, args, _) in calls_of(text, name) {
+                    let Some(caller) = def_at(file, at) else { continue };
+                    if files[defs[caller].file].0 == GENERIC_PARSERS {
+                        continue;
+                    }
+                    for (index, endings) in &by_index {
+                        let Some(PathArg::Param(k, suffix)) = args.get(*index).map(|a| classify(a, Some(caller)))
+                        else {
+                            continue;
+                        };
+                        let mine = takers.entry(defs[caller].name).or_default().entry(k).or_default();
+                        for (rest, place) in endings {
+                            let mut longer = vec![loc(file, at)];
+                            longer.extend(place.iter().cloned());
+                            let ending = (format!("{suffix}{rest}"), longer);
+                            if ending.1.len() <= 8 && !mine.contains(&ending) {
+                                mine.push(ending);
+                                grew = true;
+                            }
+                        }
+                    }
+                }
+            }
         }
-        for (at, _) in text.match_indices("fn ") {
-            if at > 0 && text[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+        if !grew {
+            break;
+        }
+    }
+    // Paths passed to them as literals (or constants).
+    for (name, by_index) in &takers {
+        for (file, (_, text)) in files.iter().enumerate() {
+            for (at, args, close) in calls_of(text, name) {
+                let caller = def_at(file, at);
+                for (index, endings) in by_index {
+                    let arg = args.get(*index).copied().unwrap_or_default();
+                    match classify(arg, caller) {
+                        PathArg::Literal(path) => {
+                            let prefix = within_after(text, close).map(|(p, w)| {
+                                accounted_within.insert((file, w));
+                                p
+                            });
+                            for (suffix, place) in endings {
+                                let mut longer = vec![loc(file, at)];
+                                longer.extend(place.iter().cloned());
+                                let path = format!("{}{path}{suffix}", prefix.clone().unwrap_or_default());
+                                emitted.push((path, longer, caller));
+                            }
+                        }
+                        PathArg::Param(..) => {}
+                        PathArg::Unread => not_read_here(file, caller, at, name, arg),
+                    }
+                }
+            }
+        }
+    }
+    // `.map_err(|e| e.within("x"))` around a call of a function that names
+    // paths itself: `x.` and each path the function (and what it calls)
+    // emits.
+    let names: BTreeSet<&str> = defs.iter().map(|d| d.name).collect();
+    let inside = |name: &str| -> Vec<(String, Place)> {
+        let mut out = Vec::new();
+        let mut todo: Vec<(&str, Place)> = vec![(name, Vec::new())];
+        let mut seen = BTreeSet::new();
+        while let Some((name, via)) = todo.pop() {
+            if !seen.insert(name) {
                 continue;
             }
-            let name = enclosing_fn(text, at + 3);
-            let Some(open) = text[at..].find('(').map(|k| at + k) else {
+            for (path, place, def) in &emitted {
+                if def.is_some_and(|d| defs[d].name == name) {
+                    out.push((path.clone(), via.iter().chain(place).cloned().collect()));
+                }
+            }
+            for d in defs.iter().filter(|d| d.name == name) {
+                let text = &files[d.file].1;
+                for (at, _) in text[d.body.clone()].match_indices('(') {
+                    let at = d.body.start + at;
+                    let callee = ident_before(text, at);
+                    let before = &text[..at - callee.len()];
+                    // Free functions and our own methods: not another
+                    // type's methods (`x.map_err(`, `DomainError::invalid(`).
+                    let ours = match before.strip_suffix("::") {
+                        Some(path) => {
+                            let segment = ident_before(path, path.len());
+                            segment == "Self" || segment.starts_with(|c: char| c.is_lowercase())
+                        }
+                        None => before.ends_with("self.") || !before.ends_with('.'),
+                    };
+                    if ours && names.contains(callee) && !before.ends_with("fn ") {
+                        let mut further = via.clone();
+                        further.push(loc(d.file, at));
+                        todo.push((callee, further));
+                    }
+                }
+            }
+        }
+        out
+    };
+    let mut wrapped = Vec::new();
+    for (file, (_, text)) in files.iter().enumerate() {
+        for (at, _) in text.match_indices(".within(") {
+            let def = def_at(file, at);
+            if accounted_within.contains(&(file, at)) {
+                continue;
+            }
+            let arg = split_list(text, at + ".within".len(), false)
+                .and_then(|(args, _)| args.first().copied())
+                .unwrap_or_default();
+            let Some(prefix) = literal_at(arg, 0).filter(|_| arg.starts_with('"')) else {
+                not_read_here(file, def, at, ".within", arg);
                 continue;
             };
-            let Some(params) = arguments(text, open + 1) else {
-                continue;
-            };
-            if name.is_empty() || name == "check" || name == "add" {
-                continue;
-            }
-            let Some(body) = body_after(text, open) else { continue };
-            let body: String = body.split_whitespace().collect();
-            for (index, param) in params.iter().enumerate() {
-                let Some((ident, ty)) = param.split_once(':') else {
-                    continue;
-                };
-                let (ident, ty) = (ident.trim(), ty.trim());
-                if !(ty == "&str" || ty == "&'static str") {
-                    continue;
+            let before = text[..at].trim_end();
+            let call = before
+                .strip_suffix(".map_err(|e| e")
+                .map(|b| b.trim_end())
+                .map(|b| b.strip_suffix(".await").unwrap_or(b).trim_end())
+                .filter(|b| b.ends_with(')'))
+                .and_then(|b| open_of(text, b.len() - 1))
+                .map(|open| ident_before(text, open))
+                .filter(|callee| names.contains(callee));
+            match call {
+                Some(callee) => {
+                    for (path, place) in inside(callee) {
+                        let mut longer = vec![loc(file, at)];
+                        longer.extend(place);
+                        wrapped.push((format!("{prefix}.{path}"), longer, def));
+                    }
                 }
-                let named = [".check(", ".add(", "invalid(", "FieldViolation::new("]
-                    .iter()
-                    .any(|check| {
-                        body.contains(&format!("{check}{ident},")) || body.contains(&format!("{check}{ident})"))
-                    });
-                if named {
-                    path_params.insert(name.to_owned(), index);
-                }
+                None => not_read_here(file, def, at, ".within", arg),
             }
         }
     }
-    assert!(
-        path_params.contains_key("no_such_unit") && path_params.contains_key("kind_from_pb"),
-        "the source reader found no helpers taking a path: {path_params:?}"
-    );
-    for (file, text) in &files {
-        for (name, index) in &path_params {
-            let call = format!("{name}(");
-            for (at, _) in text.match_indices(&call) {
-                if text[..at].ends_with("fn ") || text[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
-                    continue;
-                }
-                let Some(args) = arguments(text, at + call.len()) else {
-                    continue;
-                };
-                if let Some(literal) = args.get(*index).and_then(|arg| literal_at(arg, 0)) {
-                    note(literal, file, text, at);
-                }
-            }
+    emitted.extend(wrapped);
+    for (k, entry) in unread.iter().enumerate() {
+        if !allowed_used.contains(&k) {
+            not_read.push(format!("UNREAD lists what the sources no longer hold: {entry:?}"));
         }
     }
-    paths
+    if !not_read.is_empty() {
+        return Err(not_read);
+    }
+    let mut paths: BTreeMap<String, BTreeSet<Place>> = BTreeMap::new();
+    for (path, place, _) in emitted {
+        let path = without_indexes(&path);
+        if !path.is_empty() {
+            paths.entry(path).or_default().insert(place);
+        }
+    }
+    Ok(paths)
 }
 
-/// The arguments (or parameters) of the call whose `(` ends just before
-/// `at`, split at the top-level commas; None when the parentheses do not
-/// close.
-fn arguments(text: &str, at: usize) -> Option<Vec<&str>> {
-    let (mut depth, mut start, mut in_string) = (0usize, at, false);
-    let mut parts = Vec::new();
-    for (offset, c) in text[at..].char_indices() {
-        let here = at + offset;
-        match c {
-            '"' => in_string = !in_string,
-            _ if in_string => {}
-            '(' | '[' | '{' | '<' => depth += 1,
-            ')' | ']' | '}' | '>' if depth > 0 => depth -= 1,
-            ')' => {
-                let last = text[start..here].trim();
-                if !last.is_empty() {
-                    parts.push(last);
-                }
-                return Some(parts);
-            }
-            ',' if depth == 0 => {
-                parts.push(text[start..here].trim());
-                start = here + 1;
-            }
-            _ => {}
-        }
-    }
-    None
+/// One example of each form the reader reads.
+const SAMPLE: &str = r#"
+pub const HEADER: &str = "x-header";
+
+fn direct() -> Result<(), DomainError> {
+    let mut v = Violations::default();
+    v.check("a", text(x, 100));
+    v.add("b", "is wrong");
+    v.add("b", "is wrong too");
+    v.add(&format!("list[{i}]"), "is wrong");
+    v.into_result()?;
+    Err(DomainError::invalid(HEADER, "is wrong"))
 }
 
-/// The body `{ … }` of the function whose parameter list opens at `open`.
-fn body_after(text: &str, open: usize) -> Option<&str> {
-    let start = open + text[open..].find('{')?;
-    let mut depth = 0usize;
-    for (offset, c) in text[start..].char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(&text[start..start + offset]);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
+fn with_prefix(v: &mut Violations, prefix: &str) {
+    v.add(&format!("{prefix}c"), "is wrong");
 }
+
+fn no_such(field: &str) -> DomainError {
+    DomainError::invalid(field, "is wrong")
+}
+
+fn indexed(field: &str, values: &[i32]) -> Result<(), DomainError> {
+    Err(DomainError::invalid(format!("{field}[{i}]"), "is wrong"))
+}
+
+fn pair(a: (&str, String), b: (&str, String)) -> DomainError {
+    DomainError::invalid(a.0, format!("one of {} and {}", a.0, b.0))
+}
+
+fn parse_d(d: &str) -> Result<(), DomainError> {
+    Err(DomainError::invalid("d", "is wrong"))
+}
+
+fn checks_d(d: &str) -> Result<(), DomainError> {
+    parse_d(d)?;
+    Ok(())
+}
+
+impl Domain {
+    fn forwards(&self, db: &Db, field: &str) -> DomainError {
+        no_such(field)
+    }
+
+    fn calls(&self) -> DomainResult<()> {
+        let mut v = Violations::default();
+        with_prefix(&mut v, "p.");
+        let _ = self.forwards(&db, "e");
+        self.forwards(&db, "f").await.map_err(|e| e.within("outer"))?;
+        indexed("g", &[])?;
+        let _ = pair(("h", x), ("i", y));
+        checks_d(x).map_err(|e| e.within("w"))?;
+        Ok(())
+    }
+}
+"#;
+
+/// Forms the reader does not read: each must be reported.
+const SAMPLE_UNREAD: &str = r#"
+fn unread(v: &mut Violations, x: &Thing) -> DomainError {
+    v.add(x.path(), "is wrong");
+    other().map_err(|e| e.within(x.name))?;
+    elsewhere().map_err(|e| e.within("z"))?;
+    DomainError::invalid(format!("{}.y", x.name), "is wrong")
+}
+"#;
 
 #[test]
 fn every_field_path_has_a_row() {
-    let emitted = emitted_paths();
-    // The reader works: it finds paths of every kind of check.
+    // The reader reads each form it claims to, and counts each place.
+    let sample = vec![("domain/src/sample.rs".to_owned(), SAMPLE.to_owned())];
+    let read_sample = read(&sample, &[]).unwrap_or_else(|unread| panic!("sample not read: {unread:#?}"));
+    let counts: BTreeMap<&str, usize> = read_sample
+        .iter()
+        .map(|(p, places)| (p.as_str(), places.len()))
+        .collect();
+    let expected = BTreeMap::from([
+        ("a", 1),
+        ("b", 2),
+        ("list[]", 1),
+        ("x-header", 1),
+        ("p.c", 1),
+        ("e", 1),
+        ("outer.f", 1),
+        ("g[]", 1),
+        ("h", 1),
+        ("d", 1),
+        ("w.d", 1),
+    ]);
+    assert_eq!(counts, expected, "{read_sample:#?}");
+    let unread = vec![("domain/src/sample.rs".to_owned(), SAMPLE_UNREAD.to_owned())];
+    match read(&unread, &[]) {
+        Err(forms) => assert_eq!(forms.len(), 4, "{forms:#?}"),
+        Ok(paths) => panic!("forms it cannot read were not reported: {paths:#?}"),
+    }
+
+    let emitted = read(&sources(), UNREAD).unwrap_or_else(|forms| {
+        panic!(
+            "forms the reader cannot read: read them, or list them in UNREAD with what covers them:\n{}",
+            forms.join("\n")
+        )
+    });
     for expected in [
         "first_name",
         "user.first_name",
@@ -2009,8 +2796,22 @@ fn every_field_path_has_a_row() {
         "page_token",
         "preferences[].kind",
         "settings.deletion_policy",
+        "parent_id",
+        "unit.parent_id",
+        "user.unit_id",
+        "admin_level.level",
+        "grant.actions",
+        "grant.actions[]",
+        "token",
+        "x-orgadmin-act-as",
     ] {
         assert!(emitted.contains_key(expected), "{expected} not read: {emitted:#?}");
+    }
+    for (path, count, why) in UNREACHABLE {
+        assert!(
+            emitted.get(*path).is_some_and(|places| places.len() >= *count),
+            "UNREACHABLE lists {count} places of {path} ({why}), which the sources no longer hold"
+        );
     }
     let ctx = Ctx::default();
     let mut by_path: BTreeMap<String, BTreeSet<(&str, &str)>> = BTreeMap::new();
@@ -2024,9 +2825,14 @@ fn every_field_path_has_a_row() {
         .iter()
         .filter_map(|(path, places)| {
             let rules = by_path.get(path).map_or(0, BTreeSet::len);
-            (rules < places.len()).then(|| {
-                let places: Vec<&str> = places.iter().map(|(_, f)| f.as_str()).collect();
-                format!("{path}: emitted by {places:?}, rows for {rules} RPC rules")
+            let unreachable: usize = UNREACHABLE.iter().filter(|(p, ..)| p == path).map(|(_, n, _)| n).sum();
+            (rules + unreachable < places.len()).then(|| {
+                let places: Vec<String> = places.iter().map(|p| p.join(" → ")).collect();
+                format!(
+                    "{path}: {} places, rows for {rules} RPC rules:\n    {}",
+                    places.len(),
+                    places.join("\n    ")
+                )
             })
         })
         .collect();
