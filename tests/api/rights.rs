@@ -1493,7 +1493,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                     } else {
                         world.org_certificate_id.clone()
                     },
-                    csr_pem: p256_csr(),
+                    csr_pem: p256_renewal_csr(),
                 },
             ))
             .await

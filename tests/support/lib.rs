@@ -1590,7 +1590,18 @@ pub fn worker_config(app: &TestApp, smtp_url: &str) -> orgadmin_domain::Config {
 /// `openssl req`; any number of certificates may be issued over its key.
 pub fn p256_csr() -> String {
     static CSR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    CSR.get_or_init(|| {
+    CSR.get_or_init(new_p256_csr).clone()
+}
+
+/// A CSR over another key than [`p256_csr`]'s: a renewal is over a new key.
+pub fn p256_renewal_csr() -> String {
+    static CSR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSR.get_or_init(new_p256_csr).clone()
+}
+
+/// A CSR for a new P-256 key, made by the real `openssl req`.
+fn new_p256_csr() -> String {
+    {
         let dir = fresh_dir();
         let out = std::process::Command::new("openssl")
             .args([
@@ -1617,8 +1628,7 @@ pub fn p256_csr() -> String {
             String::from_utf8_lossy(&out.stderr)
         );
         std::fs::read_to_string(dir.join("holder.csr")).expect("the CSR openssl wrote")
-    })
-    .clone()
+    }
 }
 
 /// See [`TestApp::in_progress`].
