@@ -73,6 +73,44 @@ pub fn date_time(at: crate::model::Millis) -> String {
         .unwrap_or_default()
 }
 
+/// The end of the UTC day `at` falls in (the next midnight; `at` itself
+/// when it is one): when a link whose mail names only its last day ends.
+/// Ended at the hour it was made, thirty days on, a link that the mail
+/// said was "valid until 2026-04-09" died on the afternoon of that day.
+/// The UTC day ends after the Danish and Swedish one, so the link works
+/// through the named day for its readers.
+pub fn end_of_day(at: crate::model::Millis) -> crate::model::Millis {
+    const DAY: crate::model::Millis = 24 * 60 * 60 * 1000;
+    (at - 1).div_euclid(DAY).saturating_add(1).saturating_mul(DAY)
+}
+
+/// The last day a link that ends at `end_of_day(..)` works, as mails write
+/// it.
+pub fn last_day(ends_at: crate::model::Millis) -> String {
+    date(ends_at - 1)
+}
+
+/// When a single-use link made `now` and lasting `ttl` ends: one that lasts
+/// days through the last of them (its mail names the day), a shorter one
+/// at its time (its mail names the time).
+pub fn link_end(now: crate::model::Millis, ttl: crate::model::Millis) -> crate::model::Millis {
+    if ttl >= 24 * 60 * 60 * 1000 {
+        end_of_day(now + ttl)
+    } else {
+        now + ttl
+    }
+}
+
+/// How a mail names the end of a link that lasts `ttl` and ends `ends_at`
+/// (see [`link_end`]).
+pub fn link_end_text(ends_at: crate::model::Millis, ttl: crate::model::Millis) -> String {
+    if ttl >= 24 * 60 * 60 * 1000 {
+        last_day(ends_at)
+    } else {
+        date_time(ends_at)
+    }
+}
+
 /// A date as mails write it (UTC, ISO 8601).
 pub fn date(at: crate::model::Millis) -> String {
     chrono::DateTime::from_timestamp_millis(at)
@@ -168,6 +206,28 @@ fn with_line_feeds_only(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_named_by_its_last_day_works_through_that_day() {
+        let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().timestamp_millis();
+        // Made at 15:00 on 10 March (UTC), thirty days on is 9 April 15:00.
+        let ends = end_of_day(at("2026-04-09T15:00:00Z"));
+        assert_eq!(ends, at("2026-04-10T00:00:00Z"));
+        assert_eq!(last_day(ends), "2026-04-09");
+        // 23:59 in Copenhagen on the named day (summer time) still works.
+        assert!(at("2026-04-09T23:59:00+02:00") < ends);
+        // A midnight stays itself.
+        assert_eq!(end_of_day(at("2026-04-10T00:00:00Z")), at("2026-04-10T00:00:00Z"));
+        assert_eq!(last_day(at("2026-04-10T00:00:00Z")), "2026-04-09");
+        // A link of hours ends at its time, and its mail says when.
+        let now = at("2026-04-09T15:00:00Z");
+        assert_eq!(link_end(now, 60 * 60 * 1000), at("2026-04-09T16:00:00Z"));
+        assert_eq!(
+            link_end_text(at("2026-04-09T16:00:00Z"), 60 * 60 * 1000),
+            "2026-04-09 16:00 UTC"
+        );
+        assert_eq!(link_end(now, 24 * 60 * 60 * 1000), at("2026-04-11T00:00:00Z"));
+    }
 
     /// A lone CR in a value (a decision's note) leaves the rendered mail
     /// as a line break; no CR is left for the wire as typed.

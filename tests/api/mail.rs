@@ -10,6 +10,7 @@ use orgadmin_tests::*;
 use tonic::Code;
 
 both_backends!(
+    a_link_works_through_the_day_its_mail_names,
     activation_by_mailed_link,
     activation_by_code,
     expired_activation_is_refused,
@@ -1018,4 +1019,30 @@ async fn pending_attempts(app: &TestApp) -> (i64, i64) {
         .unwrap()
         .unwrap();
     (row.try_get_by_index(0).unwrap(), row.try_get_by_index(1).unwrap())
+}
+
+/// A link whose mail names only its last day works through that day: it
+/// ended at the hour it was made, thirty days on, so a link "valid until
+/// 2026-04-09" died on the afternoon of 9 April.
+async fn a_link_works_through_the_day_its_mail_names(backend: Backend) {
+    const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let request = pb::CreateUserRequest {
+        language: pb::Language::En as i32,
+        ..new_user(&fixture.org.id, "Dagen", &[])
+    };
+    app.created_user(&fixture.admin_token, request.clone()).await;
+    let ends = app
+        .count("SELECT MAX(expires_at) FROM activation_secrets WHERE used_at IS NULL AND revoked_at IS NULL")
+        .await;
+    assert_eq!(ends.rem_euclid(DAY_MS), 0, "ends at a midnight (UTC)");
+    assert!(ends >= orgadmin_domain::model::now_millis() + 30 * DAY_MS);
+    let texts = app.mail_texts("activation", &request.email).await;
+    let named = orgadmin_domain::mail::last_day(ends);
+    assert!(
+        texts.iter().any(|t| t.contains(&format!("valid until {named}."))),
+        "{named}: {texts:?}"
+    );
+    app.finish().await;
 }

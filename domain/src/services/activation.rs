@@ -169,7 +169,13 @@ impl Domain {
         } else {
             self.settings.activation_ttl_ms
         };
-        let expires_at = now + ttl;
+        // A link or code whose mail names only its last day works through
+        // that day; a reset link's mail names the time.
+        let expires_at = if kind == KIND_RESET {
+            now + ttl
+        } else {
+            crate::mail::link_end(now, ttl)
+        };
         activation_secret::Entity::insert(activation_secret::ActiveModel {
             id: Set(Uuid::now_v7()),
             user_id: Set(user_id),
@@ -243,7 +249,10 @@ impl Domain {
         let (expiry_name, expiry) = if kind == KIND_RESET {
             ("expires_at", crate::mail::date_time(expires_at))
         } else {
-            ("expires_on", crate::mail::date(expires_at))
+            (
+                "expires_on",
+                crate::mail::link_end_text(expires_at, self.settings.activation_ttl_ms),
+            )
         };
         // From when the link works: at once, or after a hold (a change of
         // address asked by someone else), which the recipient should know

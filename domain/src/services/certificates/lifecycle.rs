@@ -667,7 +667,7 @@ impl Domain {
         check_people(order.kind, &order.usages, email.as_deref(), holder.as_ref(), &contact)?;
 
         let token = new_token();
-        let expires_at = now + self.settings.certificates.pickup_ttl_ms;
+        let expires_at = crate::mail::link_end(now, self.settings.certificates.pickup_ttl_ms);
         // Nothing of an issued certificate yet: those columns stay empty.
         let row = certificate::Model {
             id: Uuid::now_v7(),
@@ -720,7 +720,7 @@ impl Domain {
         expires_at: Millis,
     ) -> DomainResult<()> {
         let link = self.settings.certificates.pickup_url_template.replace("{token}", token);
-        let expires_on = crate::mail::date(expires_at);
+        let expires_on = crate::mail::link_end_text(expires_at, self.settings.certificates.pickup_ttl_ms);
         let what = describe(row);
         let vars = [
             ("first_name", recipient.first_name.as_str()),
@@ -854,8 +854,12 @@ impl Domain {
         };
         // The pickup of an ordered organisation or system certificate is
         // the contact person's: theirs now, over a token of their own.
-        let pickup = (row.holder_id.is_none() && state == CertificateState::Ordered)
-            .then(|| (new_token(), now + self.settings.certificates.pickup_ttl_ms));
+        let pickup = (row.holder_id.is_none() && state == CertificateState::Ordered).then(|| {
+            (
+                new_token(),
+                crate::mail::link_end(now, self.settings.certificates.pickup_ttl_ms),
+            )
+        });
         let changed = certificate::Model {
             contact_id: contact.id,
             email: email.clone(),
