@@ -1590,13 +1590,19 @@ async fn expiry_warnings_go_once_and_certificates_expire(backend: Backend) {
     );
     assert_eq!(mails("certificate_expiring").await, 4);
     // Two sweeps at once (two replicas) send each warning once.
-    let (_, _, second, second_end) = member_with_certificate(&app, &fixture, "Eva2", &dir).await;
+    let (eva2, _, second, second_end) = member_with_certificate(&app, &fixture, "Eva2", &dir).await;
     let (a, b) = tokio::join!(
         domain.warn_expiring_certificates(second_end - 3 * DAY_MS),
         domain.warn_expiring_certificates(second_end - 3 * DAY_MS)
     );
     assert_eq!(a.unwrap() + b.unwrap(), 1, "one 7-day warning, no 30-day one after it");
     assert_eq!(mails("certificate_expiring").await, 6);
+    // It names the days left, not its window's.
+    let subjects = app.mail_subjects("certificate_expiring", &eva2.email).await;
+    assert!(
+        !subjects.is_empty() && subjects.iter().all(|t| t.contains(" 3 ")),
+        "{subjects:?}"
+    );
 
     // Past notAfter: EXPIRED, in history, and not revocable any more.
     assert_eq!(domain.expire_certificates(not_after - DAY_MS).await.unwrap(), 0);

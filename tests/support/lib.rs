@@ -837,6 +837,16 @@ impl TestApp {
 
     /// The text of each queued mail of `kind` to `to` (content not yet sent).
     pub async fn mail_texts(&self, kind: &str, to: &str) -> Vec<String> {
+        self.mail_parts(kind, to, "text").await
+    }
+
+    /// The subjects of the outbox mails of `kind` to `to`.
+    pub async fn mail_subjects(&self, kind: &str, to: &str) -> Vec<String> {
+        self.mail_parts(kind, to, "subject").await
+    }
+
+    /// `part` (`text`, `subject`, `html`) of the outbox mails of `kind` to `to`.
+    async fn mail_parts(&self, kind: &str, to: &str, part: &str) -> Vec<String> {
         let db = self.domain.db();
         let backend = db.get_database_backend();
         let sql = match backend {
@@ -851,7 +861,7 @@ impl TestApp {
                 let sealed: String = row.try_get_by_index(0).unwrap();
                 let json = test_vault().decrypt(&sealed).expect("outbox payload decrypts");
                 let mail: serde_json::Value = serde_json::from_str(&json).unwrap();
-                mail["text"].as_str().unwrap().to_owned()
+                mail[part].as_str().unwrap().to_owned()
             })
             .collect()
     }

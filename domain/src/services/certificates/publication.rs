@@ -496,6 +496,10 @@ impl Domain {
         let org = read_organisation(&txn, row.organisation_id).await?;
         let what = describe(&row);
         let expires_on = crate::mail::date(row.not_after.unwrap_or(now));
+        // The days actually left, not the window's: a certificate first seen
+        // inside a window (a short validity, a worker that was down) was
+        // told "expires in 30 days" with a date a week away.
+        let days_left = Ord::max((row.not_after.unwrap_or(now) - now + DAY_MS - 1) / DAY_MS, 1).to_string();
         let mut recipients: Vec<Uuid> = [row.holder_id, Some(row.contact_id)].into_iter().flatten().collect();
         let user_admins: Vec<Uuid> = user_role::Entity::find()
             .select_only()
@@ -527,7 +531,7 @@ impl Domain {
                     ("first_name", person.first_name.as_str()),
                     ("organisation_name", org.name.as_str()),
                     ("certificate", what.as_str()),
-                    ("days", days_text),
+                    ("days", days_left.as_str()),
                     ("expires_on", expires_on.as_str()),
                 ],
                 Some(row.id),
