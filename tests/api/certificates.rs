@@ -730,6 +730,15 @@ async fn a_user_certificate_lives_and_is_revoked_as_openssl_sees_it(backend: Bac
         "Karen picked it up herself"
     );
     assert_eq!(events[0].actor, format!("user:{}", fixture.admin.id));
+    // Times in history are instants (RFC 3339), as everywhere; it was a
+    // raw count of milliseconds.
+    let not_after = changed_to(&events[1], "not_after").expect("the certificate's end");
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(not_after)
+            .expect("an RFC 3339 time")
+            .timestamp(),
+        certificate.not_after.as_ref().unwrap().seconds
+    );
 
     // No CPR number anywhere in the certificate.
     let printed = openssl(

@@ -230,6 +230,11 @@ async fn wrong_passwords_lock_and_administrators_unlock(backend: Backend) {
         .history_of(&fixture.admin_token, &dora.id, pb::HistoryActivity::LoginLocked)
         .await;
     assert_eq!(locks.len(), 1);
+    // The lock's end as an instant, as every time in history (it was the
+    // date alone: "until 2026-03-10" for a lock of a minute).
+    let until = changed_to(&locks[0], "locked_until").expect("the lock's end");
+    let until = chrono::DateTime::parse_from_rfc3339(until).expect("an RFC 3339 time");
+    assert!(until.timestamp_millis() > chrono::Utc::now().timestamp_millis());
     assert_eq!(
         app.history_of(&fixture.admin_token, &dora.id, pb::HistoryActivity::LoginFailed)
             .await

@@ -880,7 +880,9 @@ async fn record_lock_in(
         "",
         match until {
             Some(PERMANENT) | None => "until unlocked".to_owned(),
-            Some(at) => crate::mail::date(at),
+            // The instant, as every time in history: the date alone read
+            // "locked until 2026-03-10" for a lock of a minute.
+            Some(at) => crate::services::users::opt_time(Some(at)),
         },
     );
     history::record(

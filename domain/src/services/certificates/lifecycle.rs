@@ -908,8 +908,8 @@ impl Domain {
             diff(
                 &mut changes,
                 "pickup_expires_at",
-                row.pickup_expires_at.map(|at| at.to_string()).unwrap_or_default(),
-                changed.pickup_expires_at.map(|at| at.to_string()).unwrap_or_default(),
+                crate::services::users::opt_time(row.pickup_expires_at),
+                crate::services::users::opt_time(changed.pickup_expires_at),
             );
         }
         history::record(
@@ -1163,7 +1163,12 @@ impl Domain {
         diff(&mut changes, "serial", "", serial_hex);
         diff(&mut changes, "subject", "", &subject_text);
         diff(&mut changes, "key_algorithm", "", csr.key.describe());
-        diff(&mut changes, "not_after", "", not_after.to_string());
+        diff(
+            &mut changes,
+            "not_after",
+            "",
+            crate::services::users::opt_time(Some(not_after)),
+        );
         history::record(txn, event(&row, Activity::CertificateIssued, caller, now, changes)).await?;
 
         if let Some(old_id) = row.renews_id {
