@@ -58,18 +58,37 @@ pub(crate) enum SingleUseLink {
     PasswordReset,
 }
 
-/// What the person proves they are when activating.
-#[derive(Debug, Clone)]
+/// What the person proves they are when activating. `Debug` names the
+/// kind of proof, never its value.
+#[derive(Clone)]
 pub enum ActivationProof {
     Cpr(String),
     BirthDate(String),
 }
 
-/// The secret they activate with.
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for ActivationProof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cpr(_) => "Cpr(<hidden>)",
+            Self::BirthDate(_) => "BirthDate(<hidden>)",
+        })
+    }
+}
+
+/// The secret they activate with. `Debug` names the kind, never the secret.
+#[derive(Clone)]
 pub enum ActivationSecret {
     LinkToken(String),
     Code(String),
+}
+
+impl std::fmt::Debug for ActivationSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::LinkToken(_) => "LinkToken(<hidden>)",
+            Self::Code(_) => "Code(<hidden>)",
+        })
+    }
 }
 
 fn new_code() -> String {

@@ -84,10 +84,23 @@ pub struct JoinRequest {
 
 /// A decision's outcome: the request, and for an approval the user's
 /// activation code, shown this once to the approver.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DecidedJoinRequest {
     pub request: JoinRequest,
     pub activation_code: Option<String>,
+}
+
+/// The code never shows.
+impl std::fmt::Debug for DecidedJoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecidedJoinRequest")
+            .field("request", &self.request)
+            .field(
+                "activation_code",
+                &crate::services::users::cpr_shown(&self.activation_code),
+            )
+            .finish()
+    }
 }
 
 fn from_row(row: join_request::Model) -> DomainResult<JoinRequest> {

@@ -41,11 +41,22 @@ impl CellError {
 }
 
 /// How an edit or delete row names its user: at least two of the three.
-#[derive(Debug, Clone, Default)]
+/// `Debug` shows whether a CPR number was given, never the number.
+#[derive(Clone, Default)]
 pub(super) struct UserRef {
     pub user_id: Option<Uuid>,
     pub cpr: Option<String>,
     pub email: Option<Email>,
+}
+
+impl std::fmt::Debug for UserRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRef")
+            .field("user_id", &self.user_id)
+            .field("cpr", &crate::services::users::cpr_shown(&self.cpr))
+            .field("email", &self.email)
+            .finish()
+    }
 }
 
 pub(super) enum RowOp {
@@ -429,4 +440,19 @@ pub(super) fn row_errors(error: DomainError) -> Result<Vec<CellError>, DomainErr
         | DomainError::Unavailable { .. }
         | DomainError::Internal(_)) => return Err(other),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UserRef;
+
+    #[test]
+    fn a_row_naming_its_user_by_cpr_number_does_not_print_it() {
+        let named = UserRef {
+            cpr: Some("0703854821".into()),
+            ..Default::default()
+        };
+        let text = format!("{named:?}");
+        assert!(!text.contains("0703854821") && text.contains("<hidden>"), "{text}");
+    }
 }

@@ -39,7 +39,7 @@ use crate::services::certificates::HolderEnding;
 use crate::validate::{self, Violations};
 
 /// Shown in history instead of a CPR number, which never goes there.
-const HIDDEN: &str = "<hidden>";
+pub(crate) const HIDDEN: &str = "<hidden>";
 
 /// `Debug` shows whether a CPR number was given, never the number.
 #[derive(Clone, Default)]
@@ -106,7 +106,7 @@ pub struct UserPatch {
 }
 
 /// What `Debug` shows of a CPR number: that there is one.
-fn cpr_shown(cpr: &Option<String>) -> Option<&'static str> {
+pub(crate) fn cpr_shown(cpr: &Option<String>) -> Option<&'static str> {
     cpr.as_ref().map(|_| HIDDEN)
 }
 
@@ -177,13 +177,23 @@ pub struct HistoryQuery {
 }
 
 /// The outcome of a create: `created` is false when a retry found the user
-/// its first attempt made.
-#[derive(Debug, Clone)]
+/// its first attempt made. `Debug` hides the code.
+#[derive(Clone)]
 pub struct CreatedUser {
     pub user: User,
     pub created: bool,
     /// For a user without a CPR number: the activation code, shown this once.
     pub activation_code: Option<String>,
+}
+
+impl std::fmt::Debug for CreatedUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedUser")
+            .field("user", &self.user)
+            .field("created", &self.created)
+            .field("activation_code", &cpr_shown(&self.activation_code))
+            .finish()
+    }
 }
 
 fn today() -> chrono::NaiveDate {
@@ -529,5 +539,15 @@ mod tests {
             assert!(text.contains(HIDDEN), "{text}");
         }
         assert!(format!("{new:?}").contains("Karen"));
+        // The other types that carry a CPR number or a single-use secret.
+        use crate::services::activation::{ActivationProof, ActivationSecret};
+        for text in [
+            format!("{:?}", ActivationProof::Cpr(cpr.clone())),
+            format!("{:?}", ActivationSecret::Code("ABCDE-FGHJK".into())),
+            format!("{:?}", ActivationSecret::LinkToken("ABCDE-FGHJK".into())),
+        ] {
+            assert!(!text.contains(&cpr) && !text.contains("ABCDE"), "{text}");
+            assert!(text.contains(HIDDEN), "{text}");
+        }
     }
 }
