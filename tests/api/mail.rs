@@ -845,6 +845,23 @@ async fn a_profile_recreated_for_anonymity_activates_by_its_mailed_link_only(bac
         "ACTIVATES_BY_LINK"
     );
     assert!(app.fingerprint().await == before, "a refused code changed data");
+    // The batch says so too: its link is on its way (it listed the profile
+    // as needing a code, which CreateActivationCode refuses).
+    let batch = app
+        .imports()
+        .batch_send_activation(req(
+            &user_admin,
+            pb::BatchSendActivationRequest {
+                organisation_id: fixture.org.id.clone(),
+                user_ids: vec![fresh.id.clone()],
+                import_id: String::new(),
+            },
+        ))
+        .await
+        .expect("a batch")
+        .into_inner();
+    assert_eq!(batch.queued_user_ids, vec![fresh.id.clone()], "{batch:?}");
+    assert!(batch.needs_code_user_ids.is_empty(), "{batch:?}");
     let moved = app
         .users()
         .update_user(req(

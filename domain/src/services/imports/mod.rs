@@ -690,7 +690,12 @@ impl Domain {
                         || delegating.contains(id))
                 {
                     outcome.needs_administrator.push(*id);
-                } else if row.cpr_hash.is_none() {
+                } else if row.cpr_hash.is_none()
+                    // A profile re-created for anonymity activates by link,
+                    // like SendActivation's: it was listed as needing a code,
+                    // which CreateActivationCode refuses for it.
+                    && !crate::services::anonymity::recreated_for_anonymity(&txn, row.id).await?
+                {
                     outcome.needs_code.push(*id);
                 } else if on_its_way.contains(id) {
                     outcome.queued.push(*id);
