@@ -1053,3 +1053,57 @@ async fn a_level_shares_ordinary_users_resources_only(backend: Backend) {
         .expect("an ordinary user's, in scope");
     app.finish().await;
 }
+
+/// Two changes of one person's notification settings queue: history's
+/// "before" of the second is what the first set. Each read the settings
+/// unlocked, so the second recorded BOTH -> IN_APP over the first's EMAIL.
+/// (The first is played by a session that did what a change does, the
+/// person's row then the setting, not yet committed.) PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_changes_of_a_setting_record_what_each_changed() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (member, token) = app.member(&fixture, "Indstilling", &[]).await;
+    let first = app
+        .in_progress(&[
+            format!("SELECT id FROM users WHERE id = '{}' FOR UPDATE", member.id),
+            format!(
+                "INSERT INTO notification_preferences (user_id, kind, channel) VALUES ('{}', 'ACCOUNT', 'MAIL') \
+                 ON CONFLICT (user_id, kind) DO UPDATE SET channel = excluded.channel",
+                member.id
+            ),
+        ])
+        .await;
+    let second = {
+        let mut notes = app.notes();
+        let token = token.clone();
+        tokio::spawn(async move {
+            notes
+                .update_notification_preferences(req(
+                    &token,
+                    pb::UpdateNotificationPreferencesRequest {
+                        preferences: vec![pb::NotificationPreference {
+                            kind: pb::NotificationKind::Account as i32,
+                            channel: pb::DeliveryChannel::InApp as i32,
+                        }],
+                    },
+                ))
+                .await
+        })
+    };
+    // Waiting on the first: on the person's row (or, unlocked as before, on
+    // the setting's).
+    app.until_waiting_on_a_lock("").await;
+    first.commit().await;
+    second.await.unwrap().expect("the second change");
+    let changed = app
+        .history_of(
+            &fixture.admin_token,
+            &member.id,
+            pb::HistoryActivity::NotificationPreferencesChanged,
+        )
+        .await;
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    let change = &changed[0].changes[0];
+    assert_eq!((change.before.as_str(), change.after.as_str()), ("MAIL", "IN_APP"));
+}

@@ -259,6 +259,16 @@ impl Domain {
             return Err(DomainError::invalid("preferences", "name at least one kind"));
         }
         let txn = crate::persistence::begin_write(&self.db).await?;
+        // The person's row first, so two changes of one person's settings
+        // queue (PostgreSQL; SQLite has one writer): read unlocked, both
+        // read the same settings, and history's "before" of the second was
+        // what the first had already changed.
+        sea_orm::QuerySelect::lock(
+            crate::persistence::entities::user::Entity::find_by_id(user_id),
+            sea_orm::sea_query::LockType::Update,
+        )
+        .one(&txn)
+        .await?;
         let mut chosen: HashMap<String, String> = notification_preference::Entity::find()
             .filter(notification_preference::Column::UserId.eq(user_id))
             .all(&txn)
