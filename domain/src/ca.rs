@@ -246,7 +246,7 @@ impl CertificateAuthority {
         } else {
             format!("{certificate_pem}{}\n", chain_pem.trim())
         };
-        Ok(Self {
+        let ca = Self {
             issuer,
             certificate_pem,
             chain_pem,
@@ -256,7 +256,37 @@ impl CertificateAuthority {
             public_key_bits: read.public_key_bits,
             not_after: read.not_after,
             crl_key_identifier,
-        })
+        };
+        ca.ensure_issuer_name_kept()?;
+        Ok(ca)
+    }
+
+    /// Signs a throwaway certificate and checks that it names its issuer
+    /// exactly as the CA certificate names itself. The signer (rcgen)
+    /// writes the issuer name again from its parsed form, which keeps one
+    /// value per attribute type: a subject that repeats one (two DC or two
+    /// OU, as Active Directory CAs have) came out shorter, so no client
+    /// matched any certificate or CRL to the CA. Refused at start, with the
+    /// reason, instead of signing what nobody can verify.
+    fn ensure_issuer_name_kept(&self) -> Result<(), String> {
+        let probe_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+        let now = crate::model::now_millis();
+        let probe = LeafProfile {
+            subject: Vec::new(),
+            email: None,
+            key_usages: Vec::new(),
+            extended_key_usages: Vec::new(),
+            not_before: now,
+            not_after: now + 60_000,
+            serial: random_serial(),
+        };
+        let der = self.issue(&probe, &rcgen::PublicKeyData::subject_public_key_info(&probe_key))?;
+        let (_, probe) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| format!("a probe certificate cannot be read: {e}"))?;
+        if probe.tbs_certificate.issuer.as_raw() != self.subject_der.as_slice() {
+            return Err("the CA certificate's subject cannot be written back as it is (it repeats an attribute type, such as two DC or two OU): every certificate and CRL would name another issuer, and no client would match them to the CA; use a CA whose subject names each attribute type once".into());
+        }
+        Ok(())
     }
 
     /// When the CA certificate ends: what a certificate it signs may last
@@ -541,6 +571,53 @@ mod tests {
             })
             .expect("the CRL names its issuer's key");
         assert_eq!(aki, vec![7; 20]);
+    }
+
+    /// A CA made by openssl, as an operator would: one with an ordinary
+    /// subject is taken, one whose subject repeats an attribute type is
+    /// refused (rcgen would name another issuer in all it signs).
+    #[test]
+    fn a_ca_whose_name_cannot_be_kept_is_refused_at_start() {
+        let dir = std::env::temp_dir().join(format!("orgadmin-ca-name-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made_by_openssl = |subject: &str| {
+            let run = |args: &[&str]| {
+                let out = std::process::Command::new("openssl")
+                    .args(args)
+                    .current_dir(&dir)
+                    .output()
+                    .expect("openssl must be installed");
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            };
+            run(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "365",
+                "-subj",
+                subject,
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+            run(&["pkcs8", "-topk8", "-nocrypt", "-in", "ca.key", "-out", "ca.p8"]);
+            let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+            CertificateAuthority::from_pem(&read("ca.p8"), &read("ca.pem"), "", "", "")
+        };
+        made_by_openssl("/C=DK/O=Firma A\\/S/CN=Firma CA").expect("an ordinary subject");
+        let refused = made_by_openssl("/DC=dk/DC=firma/O=Firma/CN=Firma CA").unwrap_err();
+        assert!(refused.contains("repeats an attribute type"), "{refused}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
