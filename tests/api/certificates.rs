@@ -32,6 +32,7 @@ both_backends!(
     no_certificate_outlives_its_ca,
     ocsp_is_answered_by_get_too,
     a_compromised_key_is_not_certified_again,
+    a_revoked_certificate_stays_on_one_crl_after_it_expires,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -3263,5 +3264,44 @@ async fn a_compromised_key_is_not_certified_again(backend: Backend) {
     // A new key is certified, with the same token.
     let fresh = issue(&app, &session, &pickup, &csr(&dir, "ny", "p256")).await.unwrap();
     assert_eq!(fresh.certificate.unwrap().state, pb::CertificateState::Issued as i32);
+    app.finish().await;
+}
+
+/// A revoked certificate stays on one regularly scheduled CRL issued after
+/// it expired (RFC 5280 §3.3), then leaves: it left the very first CRL
+/// signed after its end.
+async fn a_revoked_certificate_stays_on_one_crl_after_it_expires(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let dir = fresh_dir();
+    let (_, _, certificate, not_after) = member_with_certificate(&app, &fixture, "Udløbet", &dir).await;
+    revoke(
+        &app,
+        &fixture.admin_token,
+        &certificate.id,
+        pb::RevocationReason::HolderLeft,
+    )
+    .await
+    .expect("revoked");
+    let listed = |app: &TestApp| {
+        let mut certs = app.certs();
+        let token = fixture.admin_token.clone();
+        async move {
+            certs
+                .get_crl(req(&token, pb::GetCrlRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .revoked_count
+        }
+    };
+    assert_eq!(listed(&app).await, 1);
+    let period = orgadmin_domain::services::certificates::CertificateSettings::default().crl_validity_ms;
+    // Signed an hour after the certificate's end: still listed.
+    assert!(app.domain.refresh_crl_if_due(not_after + 60 * 60 * 1000).await.unwrap());
+    assert_eq!(listed(&app).await, 1, "gone from the first CRL after its end");
+    // A period later: gone.
+    assert!(app.domain.refresh_crl_if_due(not_after + 2 * period).await.unwrap());
+    assert_eq!(listed(&app).await, 0);
     app.finish().await;
 }

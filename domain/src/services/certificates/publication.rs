@@ -66,15 +66,18 @@ const SWEEP_BATCH: u64 = 500;
 const WARNINGS: [(i64, &str); 2] = [(7, "7"), (30, "30")];
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// Revoked (or superseded) certificates that have not expired: what a CRL
-/// lists; an expired certificate leaves the CRL (RFC 5280 §3.3).
-fn listed(now: Millis) -> sea_orm::Condition {
+/// Revoked (or superseded) certificates that have not expired, or expired
+/// within the last CRL period (`validity_ms`): what a CRL signed at `now`
+/// lists. An entry stays on one regularly scheduled CRL issued beyond its
+/// certificate's validity (RFC 5280 §3.3); it left the very first CRL
+/// signed after the certificate expired.
+fn listed(now: Millis, validity_ms: Millis) -> sea_orm::Condition {
     sea_orm::Condition::all()
         .add(certificate::Column::State.is_in([
             CertificateState::Revoked.as_str(),
             CertificateState::Superseded.as_str(),
         ]))
-        .add(certificate::Column::NotAfter.gt(now))
+        .add(certificate::Column::NotAfter.gt(now - validity_ms))
 }
 
 /// A CRL signed but not yet stored, with what it was signed from.
@@ -122,7 +125,7 @@ async fn draft_crl(
         .column(certificate::Column::Serial)
         .column(certificate::Column::RevokedAt)
         .column(certificate::Column::RevocationReason)
-        .filter(listed(now))
+        .filter(listed(now, validity_ms))
         .into_tuple()
         .all(db)
         .await?;
@@ -171,7 +174,11 @@ async fn still_true(txn: &sea_orm::DatabaseTransaction, draft: &CrlDraft, now: M
     if last_crl(txn).await? != draft.last {
         return Ok(false);
     }
-    let listed_now = certificate::Entity::find().filter(listed(now)).count(txn).await? as i64;
+    let validity_ms = draft.row.next_update - draft.row.this_update;
+    let listed_now = certificate::Entity::find()
+        .filter(listed(now, validity_ms))
+        .count(txn)
+        .await? as i64;
     Ok(listed_now == draft.row.revoked_count)
 }
 
@@ -333,7 +340,7 @@ impl Domain {
                 // Counted at the newest CRL's own thisUpdate, so only a
                 // revocation can change the count, not an expiry since.
                 let listed_then = certificate::Entity::find()
-                    .filter(listed(this_update))
+                    .filter(listed(this_update, self.settings.certificates.crl_validity_ms))
                     .count(&self.db)
                     .await? as i64;
                 next_update - now < half_life || listed_then != revoked_count
