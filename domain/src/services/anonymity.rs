@@ -58,11 +58,27 @@ pub struct AnonymityDecision {
 /// activation code, an address of their choosing that the link follows):
 /// they could activate the person's profile as the person (R-AUTH-1).
 pub(crate) async fn recreated_for_anonymity(db: &impl sea_orm::ConnectionTrait, user_id: Uuid) -> DomainResult<bool> {
-    Ok(anonymity_request::Entity::find()
-        .filter(anonymity_request::Column::NewUserId.eq(user_id))
-        .count(db)
-        .await?
-        > 0)
+    Ok(recreated_for_anonymity_among(db, &[user_id]).await?.contains(&user_id))
+}
+
+/// Which of `user_ids` are profiles re-created for anonymity (see
+/// [`recreated_for_anonymity`]), in one query.
+pub(crate) async fn recreated_for_anonymity_among(
+    db: &impl sea_orm::ConnectionTrait,
+    user_ids: &[Uuid],
+) -> DomainResult<std::collections::HashSet<Uuid>> {
+    if user_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    use sea_orm::QuerySelect;
+    let found: Vec<Option<Uuid>> = anonymity_request::Entity::find()
+        .select_only()
+        .column(anonymity_request::Column::NewUserId)
+        .filter(anonymity_request::Column::NewUserId.is_in(user_ids.iter().copied()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(found.into_iter().flatten().collect())
 }
 
 fn from_row(row: anonymity_request::Model) -> DomainResult<AnonymityRequest> {

@@ -678,6 +678,10 @@ impl Domain {
                 )
             };
             let on_its_way = links_on_their_way(&txn, chunk).await?;
+            // Profiles re-created for anonymity activate by link, like
+            // SendActivation's, though they have no CPR number.
+            let without_cpr: Vec<Uuid> = found.values().filter(|r| r.cpr_hash.is_none()).map(|r| r.id).collect();
+            let recreated = crate::services::anonymity::recreated_for_anonymity_among(&txn, &without_cpr).await?;
             for id in chunk {
                 let Some(row) = found.get(id) else {
                     outcome.skipped.push(*id);
@@ -690,12 +694,7 @@ impl Domain {
                         || delegating.contains(id))
                 {
                     outcome.needs_administrator.push(*id);
-                } else if row.cpr_hash.is_none()
-                    // A profile re-created for anonymity activates by link,
-                    // like SendActivation's: it was listed as needing a code,
-                    // which CreateActivationCode refuses for it.
-                    && !crate::services::anonymity::recreated_for_anonymity(&txn, row.id).await?
-                {
+                } else if row.cpr_hash.is_none() && !recreated.contains(id) {
                     outcome.needs_code.push(*id);
                 } else if on_its_way.contains(id) {
                     outcome.queued.push(*id);
