@@ -800,10 +800,9 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
         let usages = if kind == "ed25519" {
             vec![pb::CertificateUsage::Authentication]
         } else {
-            vec![
-                pb::CertificateUsage::Authentication,
-                pb::CertificateUsage::EmailEncryption,
-            ]
+            // Bo has no signing right: with AUTHENTICATION this would be a
+            // mail-signing certificate (`withdrawing_the_signing_right_revokes_what_signs`).
+            vec![pb::CertificateUsage::EmailEncryption]
         };
         let one = issued_user_certificate(&app, &fixture, &bo, &bo_session, &usages, &dir, kind).await;
         let text = verify(&dir, kind, &one);
@@ -993,6 +992,26 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
     )
     .await;
     assert_eq!(bad_fields(&assert_code(with_address, Code::InvalidArgument)), ["email"]);
+    assert!(app.fingerprint().await == before, "a refused order changed something");
+
+    // Authentication and e-mail encryption in one certificate sign mail
+    // (digitalSignature with emailProtection): Bo has no signing right.
+    let mail_signing = order(
+        &app,
+        &fixture.admin_token,
+        user_order(
+            &fixture.org.id,
+            &bo,
+            &[
+                pb::CertificateUsage::Authentication,
+                pb::CertificateUsage::EmailEncryption,
+            ],
+        ),
+    )
+    .await;
+    let status = assert_code(mail_signing, Code::FailedPrecondition);
+    assert_eq!(reason(&status), "SIGNING_RIGHT_MISSING", "{status:?}");
+    assert!(status.message().contains("two certificates"), "{}", status.message());
     assert!(app.fingerprint().await == before, "a refused order changed something");
 
     // An Ed25519 key cannot encrypt: refused, the order still waits.
@@ -2345,6 +2364,28 @@ async fn withdrawing_the_signing_right_revokes_what_signs(backend: Backend) {
     let usages = [pb::CertificateUsage::Authentication, pb::CertificateUsage::Signing];
     let signing = issued_user_certificate(&app, &fixture, &karen, &session, &usages, &dir, "p256").await;
     let signing_certificate = signing.certificate.clone().unwrap();
+    // Authentication with e-mail encryption signs mail as S/MIME clients
+    // see it (openssl's smimesign purpose accepts it): it signs, too.
+    let mail_usages = [
+        pb::CertificateUsage::Authentication,
+        pb::CertificateUsage::EmailEncryption,
+    ];
+    let mail_signing = issued_user_certificate(&app, &fixture, &karen, &session, &mail_usages, &dir, "p256").await;
+    let mail_pem = write(&dir, "mail-signing.pem", &mail_signing.certificate_pem);
+    let chain_pem = write(&dir, "mail-chain.pem", &mail_signing.chain_pem);
+    let purpose = openssl(
+        &dir,
+        &[
+            "verify",
+            "-purpose",
+            "smimesign",
+            "-CAfile",
+            chain_pem.to_str().unwrap(),
+            mail_pem.to_str().unwrap(),
+        ],
+    );
+    assert!(purpose.contains(": OK"), "an S/MIME signing certificate: {purpose}");
+    let mail_signing = mail_signing.certificate.unwrap();
     let authenticating = issued_user_certificate(
         &app,
         &fixture,
@@ -2390,6 +2431,8 @@ async fn withdrawing_the_signing_right_revokes_what_signs(backend: Backend) {
     let revoked = get(&app, admin, &signing_certificate.id).await.unwrap();
     assert_eq!(revoked.state(), pb::CertificateState::Revoked);
     assert_eq!(revoked.revocation_reason(), pb::RevocationReason::ContentIncorrect);
+    let revoked_mail = get(&app, admin, &mail_signing.id).await.unwrap();
+    assert_eq!(revoked_mail.state(), pb::CertificateState::Revoked);
     assert_code(get(&app, admin, &signing_order.id).await, Code::NotFound);
     let kept = get(&app, admin, &authenticating.id).await.unwrap();
     assert_eq!(kept.state(), pb::CertificateState::Issued);
@@ -2404,7 +2447,7 @@ async fn withdrawing_the_signing_right_revokes_what_signs(backend: Backend) {
             karen.email
         ))
         .await,
-        1
+        2
     );
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -3074,13 +3117,15 @@ async fn an_address_with_an_idn_domain_is_named_in_punycode(backend: Backend) {
         &app,
         &fixture.admin_token,
         pb::OrderCertificateRequest {
-            email: ascii.clone(),
+            email: ascii.to_uppercase(),
             ..user_order(&fixture.org.id, &anna, &[pb::CertificateUsage::Authentication])
         },
     )
     .await
-    .expect("the holder's own address, in ASCII");
+    .expect("the holder's own address, in ASCII (and in capitals)");
     assert_eq!(ordered.state(), pb::CertificateState::Ordered);
+    // The certificate carries the address as the person's, not as typed.
+    assert_eq!(ordered.email, ascii);
     app.login(&ascii, TEST_PASSWORD)
         .await
         .expect("signed in by the address's ASCII form");

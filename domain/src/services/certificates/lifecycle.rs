@@ -77,9 +77,9 @@ impl HolderEnding {
     }
 }
 
-/// Whether the certificate (or order) carries the signing usage.
+/// Whether the certificate (or order) can sign (`can_sign`).
 fn signs(row: &certificate::Model) -> bool {
-    super::usages_from_text(&row.usages).is_ok_and(|usages| usages.contains(&CertificateUsage::Signing))
+    super::usages_from_text(&row.usages).is_ok_and(|usages| can_sign(&usages))
 }
 
 /// Who manages certificates of a kind: user administrators the user
@@ -172,6 +172,16 @@ fn check_order_email(email: &str, owner: &user::Model, whose: &str) -> DomainRes
         );
     }
     v.into_result()
+}
+
+/// The address a certificate carries for `owner`: their own as stored,
+/// with the domain in ASCII (Punycode), whatever case or form the order
+/// typed. The order's text was compared by its key, so `ANNA@Firma.DK`
+/// passed for anna@firma.dk and went into the certificate as typed.
+fn carried_email(owner: &user::Model) -> DomainResult<String> {
+    let email = Email::parse(&owner.email)
+        .map_err(|rule| DomainError::Internal(format!("a stored e-mail address does not parse ({rule})")))?;
+    Ok(email.to_address().to_string())
 }
 
 fn whose_email(kind: CertificateKind) -> &'static str {
@@ -563,10 +573,14 @@ fn check_people(
 ) -> DomainResult<()> {
     if let Some(holder) = holder {
         ensure_active(holder, "holder")?;
-        if usages.contains(&CertificateUsage::Signing) && !holder.signing_right {
+        if can_sign(usages) && !holder.signing_right {
             return Err(DomainError::precondition(
                 Reason::SigningRightMissing,
-                "SIGNING needs the holder's signing right; a user administrator grants it on the user",
+                if usages.contains(&CertificateUsage::Signing) {
+                    "SIGNING needs the holder's signing right; a user administrator grants it on the user"
+                } else {
+                    "AUTHENTICATION together with EMAIL_ENCRYPTION makes a certificate that signs e-mail (S/MIME), which needs the holder's signing right; order them as two certificates, or a user administrator grants the right"
+                },
             ));
         }
     }
@@ -660,10 +674,14 @@ impl Domain {
             _ => person_in_locked(&txn, org.id, contact_id).await?,
         };
         ensure_active(&contact, "contact person")?;
-        let email = order.email.as_deref().map(|e| e.trim().to_owned());
-        if let Some(email) = &email {
-            check_order_email(email, holder.as_ref().unwrap_or(&contact), whose_email(order.kind))?;
-        }
+        let email = match order.email.as_deref().map(str::trim) {
+            Some(typed) => {
+                let owner = holder.as_ref().unwrap_or(&contact);
+                check_order_email(typed, owner, whose_email(order.kind))?;
+                Some(carried_email(owner)?)
+            }
+            None => None,
+        };
         check_people(order.kind, &order.usages, email.as_deref(), holder.as_ref(), &contact)?;
 
         let token = new_token();
@@ -836,7 +854,8 @@ impl Domain {
         // contact's: EMAIL_NOT_VERIFIED, "order again").
         let email = match (&row.email, row.holder_id) {
             (Some(_), None) => {
-                if check_order_email(&contact.email, &contact, "contact person").is_err() {
+                let carried = carried_email(&contact)?;
+                if check_order_email(&carried, &contact, "contact person").is_err() {
                     return Err(DomainError::invalid(
                         "contact_id",
                         "names a person whose e-mail address this certificate cannot carry (it carries its contact person's address, which must be plain ASCII and no anonymous person's)",
@@ -848,7 +867,7 @@ impl Domain {
                         "the certificate carries its contact person's e-mail address, and the new contact person's is not verified yet",
                     ));
                 }
-                Some(contact.email.clone())
+                Some(carried)
             }
             _ => row.email.clone(),
         };
@@ -1782,6 +1801,18 @@ fn escape_rfc4514(value: &str) -> String {
 fn sha2_of(id: Uuid) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     Sha256::digest(id.as_bytes()).into()
+}
+
+/// Whether a certificate with these usages signs for its holder: it has
+/// the non-repudiation bit, or it is an e-mail certificate (emailProtection)
+/// with the digital-signature bit, which S/MIME clients take as a signing
+/// certificate (`openssl verify -purpose smimesign` accepts it). The second
+/// is AUTHENTICATION merged with EMAIL_ENCRYPTION: without this, a person
+/// without the signing right got a certificate that signs mail.
+fn can_sign(usages: &[CertificateUsage]) -> bool {
+    let (ku, eku) = key_usages(usages, false);
+    ku.contains(&KeyUsagePurpose::ContentCommitment)
+        || (ku.contains(&KeyUsagePurpose::DigitalSignature) && eku.contains(&ExtendedKeyUsagePurpose::EmailProtection))
 }
 
 /// KeyUsage and ExtendedKeyUsage per usage (R-CERT-3). Encryption is key
