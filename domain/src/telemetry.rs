@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithTonicConfig as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -98,6 +99,45 @@ impl OtlpChoice {
     }
 }
 
+/// The TLS settings for an `https://` endpoint of `signal` (`TRACES` or
+/// `METRICS`): the public web roots, plus the CA in the PEM file that
+/// `OTEL_EXPORTER_OTLP_[signal_]CERTIFICATE` names (a collector inside the
+/// cluster usually has a private CA). The exporter's own default for https
+/// trusts no root at all, so every export failed its handshake. `None` for
+/// a plain `http://` endpoint.
+fn otlp_tls(signal: &str) -> Result<Option<opentelemetry_otlp::tonic_types::transport::ClientTlsConfig>, String> {
+    use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+    let first_set = |names: [String; 2]| {
+        names.into_iter().find_map(|name| {
+            std::env::var(&name)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (name, v))
+        })
+    };
+    let endpoint = first_set([
+        format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+    ]);
+    let https = endpoint.is_some_and(|(_, url)| {
+        url.trim()
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    });
+    if !https {
+        return Ok(None);
+    }
+    let mut tls = ClientTlsConfig::new().with_webpki_roots();
+    if let Some((name, path)) = first_set([
+        format!("OTEL_EXPORTER_OTLP_{signal}_CERTIFICATE"),
+        "OTEL_EXPORTER_OTLP_CERTIFICATE".to_owned(),
+    ]) {
+        let pem = std::fs::read(path.trim()).map_err(|e| format!("{name}: cannot read {path}: {e}"))?;
+        tls = tls.ca_certificate(Certificate::from_pem(pem));
+    }
+    Ok(Some(tls))
+}
+
 /// The spans the log layer keeps: not sea-orm's statement spans and not the
 /// RPC server span. Both exist for traces; the log layer would format every
 /// field of theirs (JSON: parse and write again on each record) for lines
@@ -169,10 +209,11 @@ pub fn init(log_format: &str, service_name: &'static str) -> Result<Telemetry, S
     let choice = OtlpChoice::from_env();
     let resource = resource(service_name);
     let tracer_provider = if choice.traces {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-            .map_err(|e| format!("OTLP trace exporter: {e}"))?;
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        if let Some(tls) = otlp_tls("TRACES")? {
+            exporter = exporter.with_tls_config(tls);
+        }
+        let exporter = exporter.build().map_err(|e| format!("OTLP trace exporter: {e}"))?;
         Some(
             SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
@@ -183,10 +224,11 @@ pub fn init(log_format: &str, service_name: &'static str) -> Result<Telemetry, S
         None
     };
     let meter_provider = if choice.metrics {
-        let exporter = opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .build()
-            .map_err(|e| format!("OTLP metric exporter: {e}"))?;
+        let mut exporter = opentelemetry_otlp::MetricExporter::builder().with_tonic();
+        if let Some(tls) = otlp_tls("METRICS")? {
+            exporter = exporter.with_tls_config(tls);
+        }
+        let exporter = exporter.build().map_err(|e| format!("OTLP metric exporter: {e}"))?;
         Some(
             SdkMeterProvider::builder()
                 .with_periodic_exporter(exporter)

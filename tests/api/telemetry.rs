@@ -17,7 +17,10 @@ use tonic::Code;
 use crate::replicas::spawn_service_with;
 use crate::workers::spawn_worker_with;
 
-both_backends!(create_user_and_its_mail_are_one_trace);
+both_backends!(
+    create_user_and_its_mail_are_one_trace,
+    spans_and_metrics_reach_a_collector_over_tls
+);
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -317,4 +320,53 @@ async fn create_user_and_its_mail_are_one_trace(backend: Backend) {
     })
     .await;
     app.finish().await;
+}
+
+/// A collector reached over `https://` (a managed one, or one inside the
+/// cluster under a private CA named by `OTEL_EXPORTER_OTLP_CERTIFICATE`)
+/// gets spans and metrics. Before, the exporter had no TLS: an https
+/// endpoint stopped the service at start, and every pod of the chart
+/// crash-looped.
+async fn spans_and_metrics_reach_a_collector_over_tls(backend: Backend) {
+    let (receiver, ca_pem) = OtlpReceiver::start_tls().await;
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let dir = fresh_dir();
+    let ca_file = dir.join("collector-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let otlp = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.to_str().unwrap()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+    ];
+    assert!(
+        receiver.endpoint.starts_with("https://localhost:"),
+        "{}",
+        receiver.endpoint
+    );
+    let (_service, mut users) = spawn_service_with(&app, &otlp).await;
+    users
+        .get_user(req(
+            &fixture.admin_token,
+            pb::GetUserRequest {
+                id: fixture.admin.id.clone(),
+            },
+        ))
+        .await
+        .expect("get user");
+    wait_until("the GetUser span over TLS", || {
+        receiver
+            .spans()
+            .iter()
+            .any(|s| s.service_name == "orgadmin-service" && s.span.name == "orgadmin.v1.UserService/GetUser")
+            .then_some(())
+    })
+    .await;
+    wait_until("an RPC metric over TLS", || {
+        (!points(&receiver, "orgadmin-service", "rpc.server.duration").is_empty()).then_some(())
+    })
+    .await;
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -145,17 +145,50 @@ impl OtlpReceiver {
         Self::start_on(listen, true).await
     }
 
+    /// A receiver that speaks TLS only, as a managed collector does, under
+    /// a certificate for `localhost` from a CA of its own: (the receiver,
+    /// its endpoint `https://localhost:…`, the CA's PEM).
+    pub async fn start_tls() -> (Self, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test collector CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let identity = tonic::transport::Identity::from_pem(leaf.pem(), key.serialize_pem());
+        let mut receiver = Self::start_serving("127.0.0.1:0", false, Some(identity)).await;
+        receiver.endpoint = receiver.endpoint.replace("http://127.0.0.1", "https://localhost");
+        (receiver, ca.pem())
+    }
+
     async fn start_on(listen: &str, count_only: bool) -> Self {
+        Self::start_serving(listen, count_only, None).await
+    }
+
+    async fn start_serving(listen: &str, count_only: bool, tls: Option<tonic::transport::Identity>) -> Self {
         let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let collector = Collector::default();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = tls {
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .unwrap();
+        }
         let server = tokio::spawn({
             let collector = collector.clone();
             async move {
                 // A benchmark's sink counts spans; the test's keeps them.
                 let counter = count_only.then(|| counting::TraceCounter(collector.clone()));
                 let keeper = (!count_only).then(|| TraceServiceServer::new(collector.clone()));
-                let _ = tonic::transport::Server::builder()
+                let _ = builder
                     .add_optional_service(counter)
                     .add_optional_service(keeper)
                     .add_service(MetricsServiceServer::new(collector))

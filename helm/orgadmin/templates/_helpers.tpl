@@ -107,6 +107,32 @@ by every template that depends on them, so any render stops here.
 {{- if and $t.caKey (not $t.caCert) }}
 {{- fail "orgadmin: trialSecrets.caKey needs trialSecrets.caCert" }}
 {{- end }}
+{{- /* A production CA: every certificate it signs carries the CRL and OCSP
+     addresses for its whole life, and the pickup mail its link; the
+     defaults are the pod's loopback, which no client reaches. */}}
+{{- if $s.ca.existingSecret }}
+{{- range $key := list "ORGADMIN_CA_CRL_URL" "ORGADMIN_CA_OCSP_URL" "ORGADMIN_CERTIFICATE_PICKUP_URL_TEMPLATE" }}
+{{- if not (index $v.config $key) }}
+{{- fail (printf "orgadmin: with secrets.ca.existingSecret set config.%s: certificates carry the CRL and OCSP addresses for life, and the default is the pod's loopback address (no client reaches it); use the public address of certificates.httpPort" $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $ports := dict }}
+{{- range $name, $port := dict "service.grpcPort" $v.service.grpcPort "worker.healthPort" $v.worker.healthPort "certificates.httpPort" $v.certificates.httpPort }}
+{{- if $port }}
+{{- $other := index $ports (toString (int $port)) }}
+{{- if $other }}
+{{- fail (printf "orgadmin: %s and %s are both %d: each listener needs a port of its own (the second bind fails and the pod restarts forever)" $other $name (int $port)) }}
+{{- end }}
+{{- $_ := set $ports (toString (int $port)) $name }}
+{{- end }}
+{{- end }}
+{{- range $component := list "service" "worker" }}
+{{- $a := (index $v $component).autoscaling }}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) }}
+{{- fail (printf "orgadmin: %s.autoscaling.minReplicas (%d) is above maxReplicas (%d)" $component (int $a.minReplicas) (int $a.maxReplicas)) }}
+{{- end }}
+{{- end }}
 {{- range $key, $_ := $v.config }}
 {{- if not (regexMatch "^ORGADMIN_[A-Z0-9_]+$" $key) }}
 {{- fail (printf "orgadmin: config.%s: only ORGADMIN_* settings go into the ConfigMap (DATABASE_URL and SMTP_URL come from secrets.database and secrets.smtp)" $key) }}
@@ -247,5 +273,25 @@ affinity:
 {{- with .tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* A private CA for an https:// OTLP collector (telemetry.otlpCaConfigMap). */}}
+{{- define "orgadmin.otlpCaMount" -}}
+{{- if and .Values.telemetry.otlpEndpoint .Values.telemetry.otlpCaConfigMap.name }}
+- name: otlp-ca
+  mountPath: /etc/orgadmin/otlp-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "orgadmin.otlpCaVolume" -}}
+{{- if and .Values.telemetry.otlpEndpoint .Values.telemetry.otlpCaConfigMap.name }}
+- name: otlp-ca
+  configMap:
+    name: {{ .Values.telemetry.otlpCaConfigMap.name }}
+    items:
+      - key: {{ .Values.telemetry.otlpCaConfigMap.key }}
+        path: ca.crt
 {{- end }}
 {{- end }}
