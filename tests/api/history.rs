@@ -5,7 +5,10 @@ use orgadmin_proto::v1 as pb;
 use orgadmin_tests::*;
 use prost_types::FieldMask;
 
-both_backends!(history_names_the_actor_as_they_were);
+both_backends!(
+    history_names_the_actor_as_they_were,
+    the_operator_reads_no_ordinary_person_in_an_administrators_history
+);
 
 async fn history(app: &TestApp, token: &str, user_id: &str) -> Vec<pb::HistoryEvent> {
     app.users()
@@ -141,6 +144,73 @@ async fn history_names_the_actor_as_they_were(backend: Backend) {
             by_worker.actor_email.as_str()
         ),
         ("system:timed-reactivation", "system (timed-reactivation)", "")
+    );
+    app.finish().await;
+}
+
+/// R-ACC-6: the operator sees an organisation's administrators, not its
+/// other people, and an administrator's history is no way round that. A
+/// colleague who changed the administrator's settings through a share is
+/// named to the operator only as `user`; the administrator reads their
+/// name and address. Before, the operator got both.
+async fn the_operator_reads_no_ordinary_person_in_an_administrators_history(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let admin = &fixture.admin;
+    let (bo, bo_token) = app.member(&fixture, "Bo", &[]).await;
+    app.access()
+        .share_access(req(
+            &fixture.admin_token,
+            pb::ShareAccessRequest {
+                owner_user_id: admin.id.clone(),
+                grantee_user_id: bo.id.clone(),
+                access: pb::ShareAccessLevel::Edit as i32,
+            },
+        ))
+        .await
+        .expect("shared to edit");
+    app.notes()
+        .update_notification_preferences(acting_as(
+            &admin.id,
+            req(
+                &bo_token,
+                pb::UpdateNotificationPreferencesRequest {
+                    preferences: vec![pb::NotificationPreference {
+                        kind: pb::NotificationKind::AnonymityRequest as i32,
+                        channel: pb::DeliveryChannel::InApp as i32,
+                    }],
+                },
+            ),
+        ))
+        .await
+        .expect("Bo changes the administrator's settings through the share");
+    let by_bo = |events: &[pb::HistoryEvent]| {
+        events
+            .iter()
+            .find(|e| e.activity() == pb::HistoryActivity::NotificationPreferencesChanged)
+            .cloned()
+            .expect("the change is in the history")
+    };
+    let seen_by_admin = by_bo(&history(&app, &fixture.admin_token, &admin.id).await);
+    assert_eq!(seen_by_admin.actor, format!("user:{}", bo.id));
+    assert_eq!(seen_by_admin.actor_email, bo.email);
+
+    let seen_by_operator = history(&app, OPERATOR_TOKEN, &admin.id).await;
+    let event = by_bo(&seen_by_operator);
+    assert_eq!(event.actor, "user");
+    assert_eq!((event.actor_name.as_str(), event.actor_email.as_str()), ("", ""));
+    let shown = format!("{seen_by_operator:?}");
+    assert!(!shown.contains(&bo.email), "the operator reads Bo's address: {shown}");
+    assert!(
+        !seen_by_operator.iter().any(|e| e.actor == format!("user:{}", bo.id)),
+        "{shown}"
+    );
+    // The administrators who acted stay named.
+    assert!(
+        seen_by_operator
+            .iter()
+            .any(|e| e.actor == format!("user:{}", admin.id) && e.actor_email == admin.email),
+        "{seen_by_operator:#?}"
     );
     app.finish().await;
 }

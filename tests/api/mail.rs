@@ -17,6 +17,7 @@ both_backends!(
     mail_waits_while_smtp_is_down,
     a_relay_refusing_connections_parks_no_mail,
     permanent_rejection_is_parked_and_retried_by_hand,
+    a_deleted_administrators_address_is_masked_for_the_next_person,
     a_utf8_address_the_relay_cannot_take_is_parked_at_once,
     anonymity_request_notifies_and_recreates,
     a_profile_recreated_for_anonymity_activates_by_its_mailed_link_only,
@@ -1061,5 +1062,62 @@ async fn a_link_works_through_the_day_its_mail_names(backend: Backend) {
         texts.iter().any(|t| t.contains(&format!("valid until {named}."))),
         "{named}: {texts:?}"
     );
+    app.finish().await;
+}
+
+/// An address whose administrator was deleted and which now belongs to an
+/// ordinary user is that user's: the operator sees it masked (R-ACC-6).
+/// The check for "an administrator's address" read deleted people too, so
+/// the new person's parked mail showed in full.
+async fn a_deleted_administrators_address_is_masked_for_the_next_person(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let sink = SmtpSink::start(0);
+    let worker = TestWorker::start(&app, worker_config(&app, &sink.url()));
+    let fixture = app.org_with_admin().await;
+    let address = format!("reject.{}@firma.dk", next_number());
+    let administrator = app
+        .users()
+        .create_user(req(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                email: address.clone(),
+                ..new_user(&fixture.org.id, "Afvist", &[pb::Role::UserAdmin])
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let parked = app.parked_mails().await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].recipient, address, "an administrator's address is shown");
+    app.delete_user(&fixture.admin_token, &administrator.id)
+        .await
+        .expect("deleted");
+    app.users()
+        .create_user(req(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                email: address.clone(),
+                ..new_user(&fixture.org.id, "Afvist", &[])
+            },
+        ))
+        .await
+        .expect("the address is free again");
+    let mut parked = Vec::new();
+    for _ in 0..200 {
+        parked = app.parked_mails().await;
+        if parked.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    for mail in &parked {
+        assert_eq!(mail.recipient, "r***@firma.dk", "{parked:?}");
+        assert!(!mail.last_error.contains(&address), "{}", mail.last_error);
+    }
+    worker.stop().await;
     app.finish().await;
 }

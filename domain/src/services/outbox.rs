@@ -384,6 +384,9 @@ impl Domain {
                 .select_only()
                 .columns([user::Column::Id, user::Column::OrganisationId, user::Column::EmailKey])
                 .filter(user::Column::EmailKey.is_in(keys.clone()))
+                // A deleted person keeps their roles' rows: their address
+                // may be an ordinary user's now.
+                .filter(user::Column::State.ne(crate::model::UserState::Deleted.as_str()))
                 .into_tuple()
                 .all(&self.db)
                 .await?

@@ -110,7 +110,48 @@ impl Domain {
         query: HistoryQuery,
     ) -> DomainResult<Page<HistoryEvent>> {
         let user = self.authorized_user(caller, Action::ReadUserHistory, user_id).await?;
-        self.history_of("USER", user_id, user.organisation_id, query).await
+        let page = self.history_of("USER", user_id, user.organisation_id, query).await?;
+        if crate::policy::operator_sees_administrators_only(caller) {
+            return self.without_people_but_administrators(page).await;
+        }
+        Ok(page)
+    }
+
+    /// The operator sees an organisation's administrators, not its other
+    /// people (R-ACC-6), in history too: an event on an administrator done
+    /// by (or on behalf of) someone who is no administrator keeps what
+    /// happened and names that person only as `user`. Before, an
+    /// administrator's history gave the operator the name and e-mail of
+    /// the colleague who acted through a share, or edited them before they
+    /// became an administrator.
+    async fn without_people_but_administrators(
+        &self,
+        mut page: Page<HistoryEvent>,
+    ) -> DomainResult<Page<HistoryEvent>> {
+        let person = |who: &str| who.strip_prefix("user:").and_then(|id| Uuid::parse_str(id).ok());
+        let mut people: Vec<Uuid> = page
+            .items
+            .iter()
+            .flat_map(|e| [person(&e.actor), e.on_behalf_of.as_deref().and_then(person)])
+            .flatten()
+            .collect();
+        people.sort_unstable();
+        people.dedup();
+        let roles = super::roles_of(&self.db, &people).await?;
+        let administrator = |id: Uuid| roles.get(&id).is_some_and(|r| r.iter().any(|r| r.is_administrator()));
+        for event in &mut page.items {
+            if person(&event.actor).is_some_and(|id| !administrator(id)) {
+                event.actor = "user".into();
+                event.actor_name = String::new();
+                event.actor_email = None;
+            }
+            if let Some(by) = &event.on_behalf_of
+                && person(by).is_some_and(|id| !administrator(id))
+            {
+                event.on_behalf_of = Some("user".into());
+            }
+        }
+        Ok(page)
     }
 
     /// The history events of one subject (`USER`, `CERTIFICATE`) of
