@@ -513,6 +513,19 @@ pub fn sees_user(caller: &Caller, organisation_id: Uuid, user_is_administrator: 
     }
 }
 
+/// Whether an organisation's own records (its units, its people's
+/// requests) are within the caller's view: members see their own
+/// organisation's, the operator and the system every organisation's.
+/// Outside it a record reads as missing, like an id that names none.
+pub fn sees_organisation(caller: &Caller, organisation_id: Uuid) -> bool {
+    match &caller.principal {
+        Principal::System { .. } | Principal::Operator { .. } => true,
+        Principal::Member {
+            organisation_id: own, ..
+        } => *own == organisation_id,
+    }
+}
+
 /// [`authorize`] for an action on one existing user: NOT_FOUND when the user
 /// is outside the caller's view (see [`sees_user`]).
 pub fn authorize_on_user(caller: &Caller, action: Action, target: Target) -> Result<(), DomainError> {

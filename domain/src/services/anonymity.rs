@@ -237,9 +237,13 @@ impl Domain {
         approve: bool,
         note: &str,
     ) -> DomainResult<AnonymityDecision> {
+        // A request is about a person: outside the caller's view of people
+        // (another organisation; for the operator, anyone) it reads as
+        // missing, so ids cannot be probed.
         let request = anonymity_request::Entity::find_by_id(id)
             .one(&self.db)
             .await?
+            .filter(|request| crate::policy::sees_user(caller, request.organisation_id, false))
             .ok_or_else(|| DomainError::not_found("anonymity request", id))?;
         authorize(
             caller,

@@ -494,6 +494,11 @@ impl Domain {
             .remove(&user_id)
             .unwrap_or_default();
         let is_admin = roles.iter().any(|r| r.is_administrator());
+        // Another organisation's token, or (for the operator) an ordinary
+        // user's, reads as missing: a refusal told that it exists.
+        if !crate::policy::sees_user(caller, org_id, is_admin) {
+            return Err(DomainError::not_found("api token", id));
+        }
         authorize(
             caller,
             Action::ManageApiTokens,

@@ -743,6 +743,7 @@ impl Domain {
         let row = unit::Entity::find_by_id(unit_id)
             .one(&self.db)
             .await?
+            .filter(|row| crate::policy::sees_organisation(caller, row.organisation_id))
             .ok_or_else(|| DomainError::not_found("unit", unit_id))?;
         authorize(caller, Action::ManageUnits, Target::organisation(row.organisation_id))?;
         if let Some(name) = &patch.name {
@@ -861,6 +862,7 @@ impl Domain {
         let row = unit::Entity::find_by_id(unit_id)
             .one(&self.db)
             .await?
+            .filter(|row| crate::policy::sees_organisation(caller, row.organisation_id))
             .ok_or_else(|| DomainError::not_found("unit", unit_id))?;
         authorize(caller, Action::ManageUnits, Target::organisation(row.organisation_id))?;
         let txn = crate::persistence::begin_write(&self.db).await?;
