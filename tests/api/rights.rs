@@ -2316,6 +2316,9 @@ enum Target {
     /// A group or a request to join: only its organisation's members see
     /// it.
     Group,
+    /// A unit: another organisation's members do not see it; the operator
+    /// sees organisations' units, and is refused.
+    Unit,
 }
 
 fn target(case: &str) -> Target {
@@ -2346,7 +2349,10 @@ fn target(case: &str) -> Target {
         | "DecideRightsRequest"
         | "ShareAccess"
         | "ShareOwnAccess"
-        | "RevokeShare" => Target::PlainUser,
+        | "RevokeShare"
+        | "RevokeApiToken"
+        | "DecideAnonymityRequest" => Target::PlainUser,
+        "UpdateUnit" | "DeleteUnit" => Target::Unit,
         "GetAdministrator"
         | "DeactivateAdministrator"
         | "CreateAdministratorToken"
@@ -2386,6 +2392,7 @@ fn denial(case: &str, who: Who) -> Code {
         (OtherOrgAdmin, Target::PlainUser | Target::Administrator) => Code::NotFound,
         (Operator, Target::PlainUser) => Code::NotFound,
         (Operator | OtherOrgAdmin, Target::ImportJob | Target::Certificate | Target::Group) => Code::NotFound,
+        (OtherOrgAdmin, Target::Unit) => Code::NotFound,
         (Operator | OtherOrgAdmin, Target::Pickup) => Code::FailedPrecondition,
         _ => Code::PermissionDenied,
     }
