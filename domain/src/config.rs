@@ -34,10 +34,20 @@ pub struct Config {
     /// closes. A connection that sends nothing for 10 s after connecting is
     /// closed.
     pub max_grpc_connections: usize,
+    /// After SIGTERM, seconds the service goes on serving with its health
+    /// NOT_SERVING before it stops accepting and drains, so that endpoints
+    /// stop sending it new connections first (Kubernetes: a few seconds;
+    /// keep terminationGracePeriodSeconds above this plus the drain).
+    pub shutdown_delay_seconds: u64,
     /// argon2id memory (KiB), iterations and lanes of new password hashes.
     pub password_memory_kib: u32,
     pub password_iterations: u32,
     pub password_parallelism: u32,
+    /// Password hashing threads; 0: one per core the process may use. Each
+    /// keeps ORGADMIN_PASSWORD_MEMORY_KIB once it has hashed: set it where
+    /// the process sees more cores than its memory limit allows for (a pod
+    /// without a CPU limit sees every core of its node).
+    pub password_hash_threads: usize,
     /// Shortest password accepted where it is the only factor (NIST: 15).
     pub password_min_chars: usize,
     /// Shortest password where a second factor is required (NIST: 8).
@@ -174,9 +184,11 @@ impl Default for Config {
             database_max_connections: 20,
             max_in_flight: 256,
             max_grpc_connections: 1024,
+            shutdown_delay_seconds: 0,
             password_memory_kib: 19 * 1024,
             password_iterations: 2,
             password_parallelism: 1,
+            password_hash_threads: 0,
             password_min_chars: 15,
             password_min_chars_with_second_factor: 8,
             login_code_ttl_minutes: 10,
@@ -365,8 +377,9 @@ impl Config {
         )
         .is_err()
             || self.password_memory_kib < 8 * 1024
+            || self.password_hash_threads > 1024
         {
-            return Err("ORGADMIN_PASSWORD_MEMORY_KIB (at least 8192), ORGADMIN_PASSWORD_ITERATIONS and ORGADMIN_PASSWORD_PARALLELISM (at least 1) must be valid argon2id parameters".into());
+            return Err("ORGADMIN_PASSWORD_MEMORY_KIB (at least 8192), ORGADMIN_PASSWORD_ITERATIONS and ORGADMIN_PASSWORD_PARALLELISM (at least 1) must be valid argon2id parameters, and ORGADMIN_PASSWORD_HASH_THREADS at most 1024".into());
         }
         if !(5..=7 * 24 * 60).contains(&self.password_reset_ttl_minutes)
             || !self.password_reset_url_template.contains("{token}")
@@ -396,6 +409,9 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.max_grpc_connections) {
             return Err("ORGADMIN_MAX_GRPC_CONNECTIONS must be between 1 and 100000".into());
+        }
+        if self.shutdown_delay_seconds > 300 {
+            return Err("ORGADMIN_SHUTDOWN_DELAY_SECONDS must be at most 300".into());
         }
         for (name, value) in [
             ("ORGADMIN_CPR_LOOKUP_KEY", &self.cpr_lookup_key),
@@ -451,6 +467,7 @@ impl Config {
             reset_url_template: self.password_reset_url_template.clone(),
             attempts_per_login_id: self.login_attempts_per_id_per_minute,
             attempts_per_peer: self.login_attempts_per_peer_per_minute,
+            hash_threads: self.password_hash_threads,
         }
     }
 

@@ -91,6 +91,11 @@ pub struct PasswordSettings {
     /// replica; 0: no limit.
     pub attempts_per_login_id: u32,
     pub attempts_per_peer: u32,
+    /// Hashing threads; 0: one per core the process may use. Each keeps
+    /// `memory_kib` once it has hashed, so a pod's memory limit must allow
+    /// threads × memory_kib: on a node with 64 cores and no CPU limit "one
+    /// per core" was 1.2 GiB of argon2 memory.
+    pub hash_threads: usize,
 }
 
 impl Default for PasswordSettings {
@@ -113,6 +118,7 @@ impl Default for PasswordSettings {
             // address); per login id on in configuration (`Config`: 10).
             attempts_per_login_id: 0,
             attempts_per_peer: 0,
+            hash_threads: 0,
         }
     }
 }
@@ -375,6 +381,7 @@ pub struct Checked {
 pub struct Hasher {
     params: Params,
     pool: HashPool,
+    threads: usize,
     /// A hash of a random password: checked when the login id is unknown or
     /// has no password, so that case costs the same time as a wrong
     /// password and timing reveals nothing.
@@ -397,12 +404,21 @@ impl Hasher {
             .hash_password(random.as_bytes())
             .map_err(|e| format!("argon2: {e}"))?
             .to_string();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = match settings.hash_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            asked => asked,
+        };
         Ok(Self {
             params,
-            pool: HashPool::start(cores, cores * QUEUED_PER_THREAD)?,
+            pool: HashPool::start(threads, threads * QUEUED_PER_THREAD)?,
+            threads,
             dummy_phc,
         })
+    }
+
+    /// How many threads hash (`PasswordSettings::hash_threads`).
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Whether this hasher already uses the parameters of `settings`.
@@ -567,6 +583,19 @@ mod tests {
         }
         assert!(!verify_in_place(b"x", "not a phc string"));
         assert!(!verify_in_place(b"x", "$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2g"));
+    }
+
+    #[test]
+    fn hashing_threads_are_as_many_as_asked_or_one_per_core() {
+        let settings = |hash_threads| PasswordSettings {
+            memory_kib: 8 * 1024,
+            iterations: 1,
+            hash_threads,
+            ..PasswordSettings::default()
+        };
+        assert_eq!(Hasher::new(&settings(3)).unwrap().threads(), 3);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(Hasher::new(&settings(0)).unwrap().threads(), cores);
     }
 
     #[cfg(target_os = "linux")]

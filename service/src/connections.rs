@@ -34,6 +34,12 @@ pub struct ConnectionLimits {
     /// place, the orchestrator's health probes' too.
     pub max_per_address: usize,
     pub first_bytes_timeout: Duration,
+    /// After the stop signal, how long the server goes on accepting and
+    /// serving while its health says NOT_SERVING, before it stops accepting
+    /// and drains: endpoints (kube-proxy, a load balancer) learn of the stop
+    /// a few seconds late and send new connections meanwhile, which a
+    /// server that had stopped accepting refused.
+    pub announce_stop_for: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -45,6 +51,7 @@ impl Default for ConnectionLimits {
             max_connections: 1024,
             max_per_address: 256,
             first_bytes_timeout: Duration::from_secs(10),
+            announce_stop_for: Duration::ZERO,
         }
     }
 }

@@ -126,6 +126,7 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
     let sign_ins = domain.clone();
     let connections = orgadmin_service::ConnectionLimits {
         max_connections: config.max_grpc_connections,
+        announce_stop_for: std::time::Duration::from_secs(config.shutdown_delay_seconds),
         ..Default::default()
     };
     orgadmin_service::serve_with_limits(domain, listener, config.max_in_flight, connections, async move {
@@ -138,9 +139,10 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
             }
         }
         let _ = stop_tx.send(true);
-        let _ = http_stop_tx.send(true);
     })
     .await?;
+    // The pages and the CRL stay up while gRPC announces its stop and drains.
+    let _ = http_stop_tx.send(true);
     // Sign-ins whose callers left still record their tries.
     if !sign_ins.finish_sign_ins(std::time::Duration::from_secs(10)).await {
         tracing::warn!("sign-ins still running at shutdown were cut short");

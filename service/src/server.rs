@@ -103,14 +103,22 @@ pub async fn serve_with_limits(
 
     let probe = tokio::spawn(probe_database(domain, reporter.clone()));
     let probe_on_error = probe.abort_handle();
+    let announce_stop_for = connections.announce_stop_for;
     let draining = async move {
         shutdown.await;
-        tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
         // Stop the probe first, so it cannot report SERVING again.
         probe.abort();
         let _ = probe.await;
         set_services(&reporter, ServingStatus::NotServing).await;
         reporter.set_service_status("", ServingStatus::NotServing).await;
+        if !announce_stop_for.is_zero() {
+            tracing::info!(
+                seconds = announce_stop_for.as_secs_f64(),
+                "stopping: health NOT_SERVING, still serving while endpoints learn of it"
+            );
+            tokio::time::sleep(announce_stop_for).await;
+        }
+        tracing::info!("shutting down: no new connections, finishing in-flight calls");
     };
 
     let in_flight = InFlight::new(max_in_flight);

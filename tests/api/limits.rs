@@ -84,6 +84,7 @@ async fn grpc_connections_are_bounded_and_silent_ones_closed(backend: Backend) {
             max_connections: 2,
             max_per_address: 10,
             first_bytes_timeout,
+            ..Default::default()
         },
     )
     .await;
@@ -191,6 +192,7 @@ async fn one_address_holds_its_share_of_connections(backend: Backend) {
             max_connections: 10,
             max_per_address: 2,
             first_bytes_timeout: Duration::from_secs(30),
+            ..Default::default()
         },
     )
     .await;

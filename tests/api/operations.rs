@@ -7,10 +7,13 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use orgadmin_proto::v1 as pb;
+use orgadmin_proto::v1::auth_service_client::AuthServiceClient;
 use orgadmin_proto::v1::organisation_service_client::OrganisationServiceClient;
 use orgadmin_proto::v1::user_service_client::UserServiceClient;
 use orgadmin_tests::*;
 use tonic::Code;
+
+both_backends!(a_stopping_service_serves_on_while_it_says_so);
 
 /// The binary `name` built from these sources (not whatever is on disk).
 fn binary(name: &str) -> PathBuf {
@@ -411,4 +414,74 @@ fn every_setting_is_named_in_the_readme() {
         .filter(|name| !readme.contains(&format!("`{name}`")))
         .collect();
     assert!(missing.is_empty(), "settings the README does not name: {missing:?}");
+}
+
+/// A stopping service goes on accepting and serving for
+/// ORGADMIN_SHUTDOWN_DELAY_SECONDS with its readiness NOT_SERVING, then
+/// drains and exits: Kubernetes' endpoints learn of a stopping pod a few
+/// seconds late, and a service that stopped accepting at SIGTERM refused the
+/// connections they still sent it (UNAVAILABLE at every rollout).
+async fn a_stopping_service_serves_on_while_it_says_so(backend: Backend) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let app = TestApp::start(backend).await;
+    let (mut service, addr, channel) =
+        crate::replicas::spawn_service_at(&app, &[("ORGADMIN_SHUTDOWN_DELAY_SECONDS", "3")]).await;
+    let status = |channel: tonic::transport::Channel, service: &str| {
+        let request = HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        async move {
+            tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(request)
+                .await
+                .map(|r| r.into_inner().status())
+        }
+    };
+    assert_eq!(
+        status(channel.clone(), "orgadmin.v1.UserService").await.unwrap(),
+        ServingStatus::Serving
+    );
+    let stopped_at = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &service.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Readiness turns at once ...
+    loop {
+        if status(channel.clone(), "orgadmin.v1.UserService").await.unwrap() == ServingStatus::NotServing {
+            break;
+        }
+        assert!(stopped_at.elapsed() < Duration::from_secs(2), "readiness still SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... while a new connection is still accepted and served.
+    let fresh = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("a new connection during the delay");
+    assert!(stopped_at.elapsed() < Duration::from_secs(3), "the check came too late");
+    let who = AuthServiceClient::new(fresh)
+        .who_am_i(req(OPERATOR_TOKEN, pb::WhoAmIRequest::default()))
+        .await;
+    assert!(who.is_ok(), "a call on a new connection during the delay: {who:?}");
+    // Then it drains and exits, cleanly.
+    let exit = loop {
+        if let Some(status) = service.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(stopped_at.elapsed() < Duration::from_secs(15), "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        stopped_at.elapsed() >= Duration::from_secs(3),
+        "exited before the delay: {:?}",
+        stopped_at.elapsed()
+    );
+    app.finish().await;
 }

@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 
 use crate::workers::{Worker, spawn_worker_with, wait_for_job};
 
-pub(crate) struct Service(Child);
+pub(crate) struct Service(pub(crate) Child);
 
 impl Drop for Service {
     fn drop(&mut self) {
@@ -33,6 +33,12 @@ async fn spawn_service(app: &TestApp) -> (Service, UserServiceClient<Channel>) {
 
 /// `spawn_service` with further environment (OTLP export, ...).
 pub(crate) async fn spawn_service_with(app: &TestApp, env: &[(&str, &str)]) -> (Service, UserServiceClient<Channel>) {
+    let (service, _, channel) = spawn_service_at(app, env).await;
+    (service, UserServiceClient::new(channel))
+}
+
+/// `spawn_service_with`: the replica, its address and a channel to it.
+pub(crate) async fn spawn_service_at(app: &TestApp, env: &[(&str, &str)]) -> (Service, String, Channel) {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -66,7 +72,7 @@ pub(crate) async fn spawn_service_with(app: &TestApp, env: &[(&str, &str)]) -> (
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    (service, UserServiceClient::new(channel))
+    (service, addr, channel)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,6 +127,9 @@ by every template that depends on them, so any render stops here.
 {{- $_ := set $ports (toString (int $port)) $name }}
 {{- end }}
 {{- end }}
+{{- if le (int $v.service.terminationGracePeriodSeconds) (int $v.service.shutdownDelaySeconds) }}
+{{- fail (printf "orgadmin: service.terminationGracePeriodSeconds (%d) must be above service.shutdownDelaySeconds (%d): the pod is killed before it drains" (int $v.service.terminationGracePeriodSeconds) (int $v.service.shutdownDelaySeconds)) }}
+{{- end }}
 {{- range $component := list "service" "worker" }}
 {{- $a := (index $v $component).autoscaling }}
 {{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) }}
@@ -140,8 +143,8 @@ by every template that depends on them, so any render stops here.
 {{- if has $key (list "ORGADMIN_OPERATOR_TOKENS" "ORGADMIN_CPR_LOOKUP_KEY" "ORGADMIN_CPR_ENCRYPTION_KEY") }}
 {{- fail (printf "orgadmin: config.%s is a secret and must not go into the ConfigMap: use secrets.* (an existing Secret)" $key) }}
 {{- end }}
-{{- if has $key (list "ORGADMIN_LISTEN" "ORGADMIN_WORKER_HEALTH_LISTEN" "ORGADMIN_DATA_DIR" "ORGADMIN_CERTIFICATE_HTTP_LISTEN" "ORGADMIN_CA_KEY_FILE" "ORGADMIN_CA_CERTIFICATE_FILE" "ORGADMIN_CA_CHAIN_FILE" "ORGADMIN_CONFIG") }}
-{{- fail (printf "orgadmin: config.%s is set by the chart (see service.grpcPort, worker.healthPort, certificates.httpPort, secrets.ca)" $key) }}
+{{- if has $key (list "ORGADMIN_LISTEN" "ORGADMIN_WORKER_HEALTH_LISTEN" "ORGADMIN_DATA_DIR" "ORGADMIN_CERTIFICATE_HTTP_LISTEN" "ORGADMIN_CA_KEY_FILE" "ORGADMIN_CA_CERTIFICATE_FILE" "ORGADMIN_CA_CHAIN_FILE" "ORGADMIN_CONFIG" "ORGADMIN_PASSWORD_HASH_THREADS" "ORGADMIN_SHUTDOWN_DELAY_SECONDS") }}
+{{- fail (printf "orgadmin: config.%s is set by the chart (see service.grpcPort, worker.healthPort, certificates.httpPort, secrets.ca, service.passwordHashThreads, service.shutdownDelaySeconds)" $key) }}
 {{- end }}
 {{- end }}
 {{- end }}
