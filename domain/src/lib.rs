@@ -208,6 +208,11 @@ impl Domain {
         self
     }
 
+    /// How many password verifications have run in this process.
+    pub fn password_verifications(&self) -> u64 {
+        self.hasher.verifications()
+    }
+
     pub fn settings(&self) -> &DomainSettings {
         &self.settings
     }

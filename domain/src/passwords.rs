@@ -175,6 +175,14 @@ fn verify_in_place(password: &[u8], phc: &str) -> bool {
 
 type HashJob = Box<dyn FnOnce() + Send>;
 
+/// The hashing threads `settings` ask for: 0 is one per core.
+fn threads_for(settings: &PasswordSettings) -> usize {
+    match settings.hash_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        asked => asked,
+    }
+}
+
 /// One thread per core for argon2, never the async threads (a hash is ~25 ms
 /// of CPU). The threads run at a lower priority (nice 10): when the cores
 /// are saturated with logins, the async threads and the database still get
@@ -382,6 +390,8 @@ pub struct Hasher {
     params: Params,
     pool: HashPool,
     threads: usize,
+    /// Verifications run (argon2 over a stored or the dummy hash).
+    verified: Arc<std::sync::atomic::AtomicU64>,
     /// A hash of a random password: checked when the login id is unknown or
     /// has no password, so that case costs the same time as a wrong
     /// password and timing reveals nothing.
@@ -404,16 +414,21 @@ impl Hasher {
             .hash_password(random.as_bytes())
             .map_err(|e| format!("argon2: {e}"))?
             .to_string();
-        let threads = match settings.hash_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            asked => asked,
-        };
+        let threads = threads_for(settings);
         Ok(Self {
             params,
             pool: HashPool::start(threads, threads * QUEUED_PER_THREAD)?,
             threads,
+            verified: Arc::default(),
             dummy_phc,
         })
+    }
+
+    /// How many verifications have run: an unknown login id must cost one
+    /// as a known one does, which the answer's time floor would hide from
+    /// a clock.
+    pub fn verifications(&self) -> u64 {
+        self.verified.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many threads hash (`PasswordSettings::hash_threads`).
@@ -426,6 +441,7 @@ impl Hasher {
         self.params.m_cost() == settings.memory_kib
             && self.params.t_cost() == settings.iterations
             && self.params.p_cost() == settings.parallelism
+            && self.threads == threads_for(settings)
     }
 
     fn argon2(&self) -> Argon2<'static> {
@@ -484,9 +500,11 @@ impl Hasher {
         let known = stored.is_some();
         let wanted = self.params.clone();
         let password = password.clone();
+        let verified = self.verified.clone();
         self.on_a_core(slot, move || {
             // Against the dummy hash the work is the same and the answer no.
             let matches = verify_in_place(password.bytes(), &phc) && known;
+            verified.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let needs_rehash = matches
                 && PasswordHash::new(&phc).is_ok_and(|parsed| {
                     let value = |name: &str| {
