@@ -349,6 +349,58 @@ async fn the_right_password_in_an_outage_takes_no_try() {
     app.finish().await;
 }
 
+/// The same for the second step: the right code that meets a failing
+/// database (here the person's row held past `lock_timeout`) gives back its
+/// try of the account and of the challenge, so retrying UNAVAILABLE neither
+/// locks the person out nor uses the challenge up; once the database is
+/// back, the same code works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_right_code_in_an_outage_takes_no_try() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    app.require_second_factor(&fixture).await;
+    let (member, login_id) = app.member_with_password(&fixture, "Uheldig", &[]).await;
+    let challenge = app.login(&login_id, TEST_PASSWORD).await.unwrap().challenge_token;
+    let code = app.mailed_login_code(&login_id).await;
+    let pool = persistence::connect(&format!("{}?options=-c%20lock_timeout%3D200ms", app.database_url), 2)
+        .await
+        .unwrap();
+    let impatient = Domain::new(pool.clone(), test_vault(), &[OPERATOR_TOKEN.to_owned()]);
+    let holder = Database::connect(&app.database_url).await.unwrap();
+    let txn = holder.begin().await.unwrap();
+    txn.execute_unprepared(&format!("SELECT id FROM users WHERE id = '{}' FOR UPDATE", member.id))
+        .await
+        .unwrap();
+    // The password step left its try taken until the code completes it.
+    let tries = format!(
+        "SELECT CAST(failed_attempts + CASE WHEN locked_until IS NULL THEN 0 ELSE 100 END AS BIGINT) FROM password_credentials WHERE user_id = '{}'",
+        member.id
+    );
+    let tries_before = app.count(&tries).await;
+    assert!(tries_before < 100, "locked before the code: {tries_before}");
+    let max_failures = orgadmin_domain::passwords::PasswordSettings::default().max_failures;
+    for retry in 0..=max_failures {
+        let answer = impatient.verify_login_code(&challenge, &code, None).await;
+        assert!(
+            matches!(answer, Err(orgadmin_domain::DomainError::Unavailable { .. })),
+            "retry {retry}: {answer:?}"
+        );
+    }
+    assert_eq!(
+        app.count(&tries).await,
+        tries_before,
+        "the retries took tries of the account"
+    );
+    txn.rollback().await.unwrap();
+    holder.close().await.unwrap();
+    impatient
+        .verify_login_code(&challenge, &code, None)
+        .await
+        .expect("the right code, once the database is back");
+    pool.close().await.unwrap();
+    app.finish().await;
+}
+
 /// An import run that ends because the database was busy (here a lock it
 /// waited on past `lock_timeout`) is not the job's fault: it is not counted
 /// towards the runs that end a job FAILED, however often it happens, and

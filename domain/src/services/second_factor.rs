@@ -328,8 +328,23 @@ impl Domain {
             && error.is_outage()
         {
             // The right code met a failing database: its try of the
-            // account is given back, as a login's is.
+            // account is given back, as a login's is, and its try of the
+            // challenge (three retries of UNAVAILABLE used the challenge up,
+            // and the person had to start the login again).
             self.give_back_login_try(&taken, locks).await;
+            let challenge_try = login_challenge::Entity::update_many()
+                .col_expr(
+                    login_challenge::Column::AttemptsLeft,
+                    Expr::col(login_challenge::Column::AttemptsLeft).add(1),
+                )
+                .filter(login_challenge::Column::Id.eq(challenge.id))
+                .filter(login_challenge::Column::UsedAt.is_null())
+                .filter(login_challenge::Column::AttemptsLeft.lt(self.settings.passwords.code_attempts))
+                .exec(&self.db)
+                .await;
+            if let Err(error) = challenge_try {
+                tracing::warn!(%error, "a code's try taken before a database failure stays spent");
+            }
         }
         finished
     }
