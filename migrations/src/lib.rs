@@ -99,10 +99,39 @@ pub(crate) async fn drop_column(
 
 pub struct Migrator;
 
+/// A migration applied in one transaction with its record, on SQLite too
+/// (sea-orm-migration wraps only PostgreSQL's by default; SQLite's DDL is
+/// transactional as well). Without it a SQLite migration stopped midway (a
+/// killed pod, a full disk) left half its change committed, and the next
+/// start failed on it for good ("duplicate column name"), or lost the rows
+/// of a table being rebuilt.
+struct Atomic(Box<dyn MigrationTrait>);
+
+impl MigrationName for Atomic {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Atomic {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        self.0.up(manager).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        self.0.down(manager).await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(self.0.use_transaction().unwrap_or(true))
+    }
+}
+
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
+        let all: Vec<Box<dyn MigrationTrait>> = vec![
             Box::new(m20261122_000001_create_organisations::Migration),
             Box::new(m20261122_000002_create_units::Migration),
             Box::new(m20261122_000003_create_users::Migration),
@@ -148,6 +177,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000078_count_admin_seats_a_check_took::Migration),
             Box::new(m20261207_000079_seal_import_chunks::Migration),
             Box::new(m20261207_000080_index_certificate_keys::Migration),
-        ]
+        ];
+        all.into_iter()
+            .map(|migration| Box::new(Atomic(migration)) as Box<dyn MigrationTrait>)
+            .collect()
     }
 }

@@ -17,6 +17,7 @@ mod lifecycle;
 mod limits;
 mod login;
 mod mail;
+mod migrations;
 mod normalisation;
 mod operations;
 mod organisations;
