@@ -3291,9 +3291,46 @@ async fn a_compromised_key_is_not_certified_again(backend: Backend) {
     assert_eq!(reason(&same_key), "CERTIFICATE_KEY_NOT_NEW");
     assert_eq!(app.fingerprint().await, before, "a refused renewal changed data");
 
+    // A certificate from before keys were hashed (migration 80): its hash
+    // comes from its DER as it is revoked.
+    // By serial: a text column on both databases (SQLite keeps ids as blobs).
+    let unhash = format!(
+        "UPDATE certificates SET public_key_hash = NULL WHERE serial = '{}'",
+        issued.serial
+    );
+    let unhashed = || async {
+        use sea_orm::ConnectionTrait;
+        app.domain
+            .db()
+            .execute_unprepared(&unhash)
+            .await
+            .unwrap()
+            .rows_affected()
+    };
+    assert_eq!(unhashed().await, 1);
     revoke(&app, &session, &issued.id, pb::RevocationReason::KeyCompromised)
         .await
         .unwrap();
+    let hashed = format!(
+        "SELECT COUNT(*) FROM certificates WHERE serial = '{}' AND public_key_hash IS NOT NULL",
+        issued.serial
+    );
+    assert_eq!(app.count(&hashed).await, 1, "the revocation hashed the key");
+    // And one revoked before the upgrade: migration 81 hashes its key.
+    assert_eq!(unhashed().await, 1);
+    {
+        use orgadmin_migrations::{Migrator, MigratorTrait};
+        let db = app.domain.db();
+        let migrations = Migrator::migrations();
+        let position = migrations
+            .iter()
+            .position(|m| m.name() == "m20261207_000081_hash_compromised_keys")
+            .expect("migration 81");
+        Migrator::down(db, Some((migrations.len() - position) as u32))
+            .await
+            .expect("down to before migration 81");
+        Migrator::up(db, None).await.expect("up again");
+    }
     order(
         &app,
         &fixture.admin_token,

@@ -290,7 +290,16 @@ fn ending(
     now: Millis,
 ) -> sea_orm::UpdateMany<certificate::Entity> {
     use sea_orm::sea_query::ExprTrait;
-    certificate::Entity::update_many()
+    let mut update = certificate::Entity::update_many();
+    // A certificate from before keys were hashed gets its key's hash as it
+    // ends: a compromised key is refused by that hash
+    // (`ensure_key_may_be_certified`).
+    if row.public_key_hash.is_none()
+        && let Some(hash) = row.der.as_deref().and_then(key_hash_of_der)
+    {
+        update = update.col_expr(certificate::Column::PublicKeyHash, Expr::value(hash));
+    }
+    update
         .col_expr(certificate::Column::State, Expr::value(state.as_str()))
         .col_expr(certificate::Column::RevokedAt, Expr::value(now))
         .col_expr(certificate::Column::RevocationReason, Expr::value(reason.as_str()))
@@ -1616,6 +1625,13 @@ fn public_key_hash(public_key_der: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(public_key_der))
 }
 
+/// `public_key_hash` of the key a DER certificate certifies.
+fn key_hash_of_der(der: &[u8]) -> Option<String> {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .map(|(_, c)| public_key_hash(c.tbs_certificate.subject_pki.raw))
+}
+
 /// The key of a CSR may be certified for `order`: no certificate over it
 /// was revoked because the key was compromised (an attacker holds it; it
 /// came back certified when the holder picked up a new order with the same
@@ -1646,11 +1662,7 @@ async fn ensure_key_may_be_certified(
         // Certificates issued before keys were hashed: the key from the DER.
         let old_key = match &old.public_key_hash {
             Some(hash) => Some(hash.clone()),
-            None => old.der.as_deref().and_then(|der| {
-                x509_parser::parse_x509_certificate(der)
-                    .ok()
-                    .map(|(_, c)| public_key_hash(c.tbs_certificate.subject_pki.raw))
-            }),
+            None => old.der.as_deref().and_then(key_hash_of_der),
         };
         if old_key.as_deref() == Some(key_hash) {
             return Err(DomainError::precondition(
