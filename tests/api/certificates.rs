@@ -3321,14 +3321,7 @@ async fn a_compromised_key_is_not_certified_again(backend: Backend) {
     {
         use orgadmin_migrations::{Migrator, MigratorTrait};
         let db = app.domain.db();
-        let migrations = Migrator::migrations();
-        let position = migrations
-            .iter()
-            .position(|m| m.name() == "m20261207_000081_hash_compromised_keys")
-            .expect("migration 81");
-        Migrator::down(db, Some((migrations.len() - position) as u32))
-            .await
-            .expect("down to before migration 81");
+        app.undo_migrations_from("m20261207_000081_hash_compromised_keys").await;
         Migrator::up(db, None).await.expect("up again");
     }
     order(

@@ -339,14 +339,8 @@ async fn a_link_from_before_the_hold_is_held(backend: Backend) {
     change_email(&app, &admin, &me, &mine).await.unwrap();
     let link = app.mailed_token("email_verification", &mine).await;
     let db = app.domain.db();
-    let migrations = Migrator::migrations();
-    let position = migrations
-        .iter()
-        .position(|m| m.name() == "m20261206_000076_hold_email_changes_asked_by_others")
-        .expect("migration 76");
-    Migrator::down(db, Some((migrations.len() - position) as u32))
-        .await
-        .expect("down to before the hold");
+    app.undo_migrations_from("m20261206_000076_hold_email_changes_asked_by_others")
+        .await;
     Migrator::up(db, None).await.expect("up again");
     let held = assert_code(verify(&app, &link).await, Code::FailedPrecondition);
     assert_eq!(reason(&held), "EMAIL_CHANGE_HELD", "{held:?}");

@@ -16,14 +16,8 @@ both_backends!(a_migration_that_fails_midway_leaves_nothing_behind);
 async fn a_migration_that_fails_midway_leaves_nothing_behind(backend: Backend) {
     let app = TestApp::start(backend).await;
     let db = app.domain.db();
-    let migrations = Migrator::migrations();
-    let position = migrations
-        .iter()
-        .position(|m| m.name() == "m20261207_000080_index_certificate_keys")
-        .expect("migration 80");
-    Migrator::down(db, Some((migrations.len() - position) as u32))
-        .await
-        .expect("down to before migration 80");
+    app.undo_migrations_from("m20261207_000080_index_certificate_keys")
+        .await;
     db.execute_unprepared("CREATE INDEX certificates_public_key_hash ON users (id)")
         .await
         .expect("the obstacle");

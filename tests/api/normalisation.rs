@@ -484,14 +484,8 @@ async fn migration_keys_existing_rows(backend: Backend) {
     .unwrap();
 
     let db = app.domain.db();
-    let migrations = Migrator::migrations();
-    let position = migrations
-        .iter()
-        .position(|m| m.name() == "m20261202_000015_add_user_normalised_keys")
-        .expect("migration 15");
-    Migrator::down(db, Some((migrations.len() - position) as u32))
-        .await
-        .expect("down");
+    app.undo_migrations_from("m20261202_000015_add_user_normalised_keys")
+        .await;
     // What the old unique indexes let through: the same address and username
     // in another case; a name in NFD; a birth date as typed.
     sql(

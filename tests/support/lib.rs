@@ -350,6 +350,21 @@ impl TestApp {
 
     /// The one number a query returns (`SELECT COUNT(*) ...`), read straight
     /// from the test database.
+    /// Rolls the schema back to before the migration `name` (and every one
+    /// after it), as a database from before that upgrade; `Migrator::up`
+    /// applies them again.
+    pub async fn undo_migrations_from(&self, name: &str) {
+        use orgadmin_migrations::{Migrator, MigratorTrait};
+        let migrations = Migrator::migrations();
+        let position = migrations
+            .iter()
+            .position(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("no migration {name}"));
+        Migrator::down(self.domain.db(), Some((migrations.len() - position) as u32))
+            .await
+            .unwrap_or_else(|e| panic!("down to before {name}: {e}"));
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         let db = self.domain.db();
         db.query_one_raw(Statement::from_string(db.get_database_backend(), sql.to_owned()))
