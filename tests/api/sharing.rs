@@ -1003,6 +1003,19 @@ async fn the_service_account_managed_through_shared_access(backend: Backend) {
     app.who_am_i(&during_leave.secret)
         .await
         .expect("a token a person made stays");
+    // One an older release let the account make after migration 75 had run
+    // (its pods serve on during the upgrade) is no credential either.
+    let older = make_token(finn_token.clone(), account.clone())
+        .await
+        .expect("a token through the share");
+    let older_id: uuid::Uuid = older.api_token.as_ref().unwrap().id.parse().unwrap();
+    // (Not used before: the cache would answer for a second.)
+    app.execute_bound(
+        "UPDATE api_tokens SET created_by = $1 WHERE id = $2",
+        vec![format!("user:{}", account.id).into(), older_id.into()],
+    )
+    .await;
+    assert_code(app.who_am_i(&older.secret).await, Code::Unauthenticated);
     share(&app, &ua_token, &account, &finn, READ)
         .await
         .expect("down to reading again");
