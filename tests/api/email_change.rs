@@ -346,5 +346,27 @@ async fn a_link_from_before_the_hold_is_held(backend: Backend) {
     assert_eq!(reason(&held), "EMAIL_CHANGE_HELD", "{held:?}");
     app.pass_email_change_holds().await;
     assert_eq!(verify(&app, &link).await.unwrap().email, mine);
+
+    // After the upgrade, pods of the older release still serve for a while
+    // and write links with no start (nor any hold): such a link is held.
+    let me = get(&app, &admin, &fixture.admin.id).await;
+    let later = unique_email("karen.senere");
+    change_email(&app, &admin, &me, &later).await.unwrap();
+    let link = app.mailed_token("email_verification", &later).await;
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM activation_secrets WHERE kind = 'EMAIL' AND usable_from IS NULL")
+            .await,
+        0,
+        "a link without its start"
+    );
+    app.execute_bound(
+        "UPDATE activation_secrets SET usable_from = NULL WHERE kind = $1",
+        vec!["EMAIL".into()],
+    )
+    .await;
+    let held = assert_code(verify(&app, &link).await, Code::FailedPrecondition);
+    assert_eq!(reason(&held), "EMAIL_CHANGE_HELD", "{held:?}");
+    app.pass_email_change_holds().await;
+    assert_eq!(verify(&app, &link).await.unwrap().email, later);
     app.finish().await;
 }

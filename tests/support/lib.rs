@@ -1004,7 +1004,7 @@ impl TestApp {
     /// (`email_change_hold_ms`), as if its days had gone by.
     pub async fn pass_email_change_holds(&self) {
         self.execute_bound(
-            "UPDATE activation_secrets SET usable_from = $1 WHERE usable_from IS NOT NULL",
+            "UPDATE activation_secrets SET usable_from = $1 WHERE kind = 'EMAIL'",
             vec![0i64.into()],
         )
         .await;

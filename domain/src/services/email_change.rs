@@ -98,7 +98,14 @@ impl Domain {
             ));
         };
         self.ensure_secret_usable(&stored, now)?;
-        if let Some(from) = stored.usable_from.filter(|from| *from > now) {
+        // Every link this release makes names its start. One without was
+        // made by a pod of the older release during an upgrade (or after a
+        // rollback), which knew no hold, so whoever asked for it: it is
+        // held as an administrator's would be.
+        let from = stored
+            .usable_from
+            .unwrap_or(stored.created_at.saturating_add(self.settings.email_change_hold_ms));
+        if from > now {
             return Err(DomainError::precondition(
                 Reason::EmailChangeHeld,
                 format!(

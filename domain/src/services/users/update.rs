@@ -485,7 +485,9 @@ impl Domain {
                 // withdraw it.
                 let asked_by_other = caller.acting_user_id() != Some(id);
                 let hold = self.settings.email_change_hold_ms;
-                let usable_from = (asked_by_other && hold > 0).then_some(now + hold);
+                // Always written: a link without a start is one an older
+                // release made, and is held (`verify_email`).
+                let usable_from = Some(if asked_by_other && hold > 0 { now + hold } else { now });
                 self.request_email_change(txn, &written, email, &org.name, usable_from)
                     .await?;
                 if asked_by_other {
