@@ -487,8 +487,8 @@ impl Domain {
                 let hold = self.settings.email_change_hold_ms;
                 // Always written: a link without a start is one an older
                 // release made, and is held (`verify_email`).
-                let usable_from = Some(if asked_by_other && hold > 0 { now + hold } else { now });
-                self.request_email_change(txn, &written, email, &org.name, usable_from)
+                let usable_from = if asked_by_other && hold > 0 { now + hold } else { now };
+                self.request_email_change(txn, &written, email, &org.name, Some(usable_from))
                     .await?;
                 if asked_by_other {
                     self.enqueue_mail(
@@ -502,7 +502,7 @@ impl Domain {
                             ("first_name", &written.first_name),
                             ("organisation_name", &org.name),
                             ("new_email", email.as_str()),
-                            ("confirmable_from", &crate::mail::date_time(usable_from.unwrap_or(now))),
+                            ("confirmable_from", &crate::mail::date_time(usable_from)),
                         ],
                     )
                     .await?;
