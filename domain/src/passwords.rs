@@ -183,7 +183,7 @@ fn threads_for(settings: &PasswordSettings) -> usize {
     }
 }
 
-/// One thread per core for argon2, never the async threads (a hash is ~25 ms
+/// Threads for argon2 (one per core unless `hash_threads` says), never the async threads (a hash is ~25 ms
 /// of CPU). The threads run at a lower priority (nice 10): when the cores
 /// are saturated with logins, the async threads and the database still get
 /// the CPU first, so other calls do not queue behind hashing, while hashing

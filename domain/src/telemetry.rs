@@ -99,7 +99,8 @@ impl OtlpChoice {
     }
 }
 
-/// The TLS settings for an `https://` endpoint of `signal` (`TRACES` or
+/// The TLS settings for an `https://` endpoint of `signal` (or one without
+/// a scheme, which the exporter takes for https) (`TRACES` or
 /// `METRICS`): the public web roots, plus the CA in the PEM file that
 /// `OTEL_EXPORTER_OTLP_[signal_]CERTIFICATE` names (a collector inside the
 /// cluster usually has a private CA). The exporter's own default for https
@@ -119,11 +120,19 @@ fn otlp_tls(signal: &str) -> Result<Option<opentelemetry_otlp::tonic_types::tran
         format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"),
         "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
     ]);
-    let https = endpoint.is_some_and(|(_, url)| {
-        url.trim()
-            .get(..8)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
-    });
+    let Some((_, url)) = endpoint else {
+        return Ok(None);
+    };
+    // As the exporter reads it: an endpoint without a scheme is https
+    // unless OTEL_EXPORTER_OTLP_[signal_]INSECURE is true.
+    let https = match url.trim().split_once("://") {
+        Some((scheme, _)) if !scheme.contains(['/', '?', '#']) => scheme.eq_ignore_ascii_case("https"),
+        _ => !first_set([
+            format!("OTEL_EXPORTER_OTLP_{signal}_INSECURE"),
+            "OTEL_EXPORTER_OTLP_INSECURE".to_owned(),
+        ])
+        .is_some_and(|(_, insecure)| insecure.trim().eq_ignore_ascii_case("true")),
+    };
     if !https {
         return Ok(None);
     }

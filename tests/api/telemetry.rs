@@ -367,6 +367,33 @@ async fn spans_and_metrics_reach_a_collector_over_tls(backend: Backend) {
         (!points(&receiver, "orgadmin-service", "rpc.server.duration").is_empty()).then_some(())
     })
     .await;
+    // An endpoint without a scheme is https to the exporter (unless
+    // OTEL_EXPORTER_OTLP_INSECURE is true): it gets the same roots and CA.
+    let bare = receiver.endpoint.trim_start_matches("https://").to_owned();
+    let bare_otlp = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", bare.as_str()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.to_str().unwrap()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_SERVICE_NAME", "orgadmin-bare-endpoint"),
+    ];
+    let (_bare_service, mut bare_users) = spawn_service_with(&app, &bare_otlp).await;
+    bare_users
+        .get_user(req(
+            &fixture.admin_token,
+            pb::GetUserRequest {
+                id: fixture.admin.id.clone(),
+            },
+        ))
+        .await
+        .expect("get user");
+    wait_until("a span over TLS from an endpoint without a scheme", || {
+        receiver
+            .spans()
+            .iter()
+            .any(|s| s.service_name == "orgadmin-bare-endpoint")
+            .then_some(())
+    })
+    .await;
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
 }

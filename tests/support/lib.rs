@@ -348,8 +348,6 @@ impl TestApp {
         NotificationServiceClient::new(self.channel.clone())
     }
 
-    /// The one number a query returns (`SELECT COUNT(*) ...`), read straight
-    /// from the test database.
     /// Rolls the schema back to before the migration `name` (and every one
     /// after it), as a database from before that upgrade; `Migrator::up`
     /// applies them again.
@@ -365,6 +363,8 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("down to before {name}: {e}"));
     }
 
+    /// The one number a query returns (`SELECT COUNT(*) ...`), read straight
+    /// from the test database.
     pub async fn count(&self, sql: &str) -> i64 {
         let db = self.domain.db();
         db.query_one_raw(Statement::from_string(db.get_database_backend(), sql.to_owned()))

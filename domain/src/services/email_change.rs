@@ -109,7 +109,7 @@ impl Domain {
             return Err(DomainError::precondition(
                 Reason::EmailChangeHeld,
                 format!(
-                    "this change was asked by an administrator and can be confirmed from {}; until then the person, told at the address in force, may withdraw it",
+                    "this change can be confirmed from {} (a change asked by an administrator, or made while the service was being upgraded, waits); until then it is withdrawn by giving the address in force again",
                     crate::mail::date_time(from)
                 ),
             ));

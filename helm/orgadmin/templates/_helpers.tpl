@@ -117,18 +117,16 @@ by every template that depends on them, so any render stops here.
 {{- end }}
 {{- end }}
 {{- end }}
-{{- $ports := dict }}
-{{- range $name, $port := dict "service.grpcPort" $v.service.grpcPort "worker.healthPort" $v.worker.healthPort "certificates.httpPort" $v.certificates.httpPort }}
-{{- if $port }}
-{{- $other := index $ports (toString (int $port)) }}
-{{- if $other }}
-{{- fail (printf "orgadmin: %s and %s are both %d: each listener needs a port of its own (the second bind fails and the pod restarts forever)" $other $name (int $port)) }}
+{{- /* The service pod's two listeners: gRPC, and the certificate and
+     pages port, which listens on 127.0.0.1:50080 in the pod when
+     certificates.httpPort is 0. (The worker's health port is in another
+     pod.) */}}
+{{- $httpPort := int (default 50080 $v.certificates.httpPort) }}
+{{- if eq (int $v.service.grpcPort) $httpPort }}
+{{- fail (printf "orgadmin: service.grpcPort is %d, the port of the certificate and pages listener (certificates.httpPort, or 50080 in the pod when that is 0): the second bind fails and the pod restarts forever" $httpPort) }}
 {{- end }}
-{{- $_ := set $ports (toString (int $port)) $name }}
-{{- end }}
-{{- end }}
-{{- if le (int $v.service.terminationGracePeriodSeconds) (int $v.service.shutdownDelaySeconds) }}
-{{- fail (printf "orgadmin: service.terminationGracePeriodSeconds (%d) must be above service.shutdownDelaySeconds (%d): the pod is killed before it drains" (int $v.service.terminationGracePeriodSeconds) (int $v.service.shutdownDelaySeconds)) }}
+{{- if lt (int $v.service.terminationGracePeriodSeconds) (add (int $v.service.shutdownDelaySeconds) 15) }}
+{{- fail (printf "orgadmin: service.terminationGracePeriodSeconds (%d) must be at least service.shutdownDelaySeconds (%d) plus 15: after the delay the calls in flight finish and sign-ins get up to 10 s, and a pod killed before that cuts them off" (int $v.service.terminationGracePeriodSeconds) (int $v.service.shutdownDelaySeconds)) }}
 {{- end }}
 {{- range $component := list "service" "worker" }}
 {{- $a := (index $v $component).autoscaling }}
