@@ -1666,8 +1666,67 @@ async fn the_worker_purges_ended_sessions(backend: Backend) {
             .await
             .unwrap();
     }
+    // Other records that ended: a used activation link of a week ago, a
+    // request to join that expired unconfirmed, a mail sent a month ago.
+    // A pending person's open link stays.
+    app.users()
+        .create_user(req(&fixture.admin_token, new_user(&fixture.org.id, "Afventer", &[])))
+        .await
+        .expect("a pending person");
+    db.execute_unprepared(&format!(
+        "UPDATE activation_secrets SET used_at = {long_ago} WHERE used_at IS NOT NULL"
+    ))
+    .await
+    .unwrap();
+    let old_secrets = format!("SELECT COUNT(*) FROM activation_secrets WHERE used_at = {long_ago}");
+    let open_secrets = "SELECT COUNT(*) FROM activation_secrets WHERE used_at IS NULL AND revoked_at IS NULL";
+    assert!(app.count(&old_secrets).await > 0);
+    let open_before = app.count(open_secrets).await;
+    assert!(open_before > 0);
+    let month_ago = long_ago - orgadmin_domain::services::sessions::SENT_MAIL_RETENTION_MS;
+    db.execute_unprepared(&format!(
+        "UPDATE outbox_mails SET state = 'SENT', sent_at = {month_ago}"
+    ))
+    .await
+    .unwrap();
+    let old_mails = format!("SELECT COUNT(*) FROM outbox_mails WHERE sent_at = {month_ago}");
+    assert!(app.count(&old_mails).await > 0);
+    app.change_settings(&fixture, "join_requests_allowed", |s| s.join_requests_allowed = true)
+        .await;
+    app.access()
+        .request_to_join(req(
+            "",
+            pb::RequestToJoinRequest {
+                organisation_cvr: fixture.org.cvr.clone(),
+                first_name: "Fremmed".into(),
+                surname: "Nielsen".into(),
+                email: unique_email("fremmed"),
+                birth_date: "1990-05-17".into(),
+                language: pb::Language::Da as i32,
+                reason: "Jeg er ny på lageret i Vejle".into(),
+            },
+        ))
+        .await
+        .expect("a request to join");
+    db.execute_unprepared(&format!("UPDATE join_requests SET expires_at = {long_ago}"))
+        .await
+        .unwrap();
+    let expired_requests = "SELECT COUNT(*) FROM join_requests";
+    assert_eq!(app.count(expired_requests).await, 1);
+
     let worker = TestWorker::start(&app, worker_config(&app, ""));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for (what, query) in [
+        ("used links", old_secrets.as_str()),
+        ("mails sent a month ago", old_mails.as_str()),
+        ("expired requests to join", expired_requests),
+    ] {
+        while app.count(query).await != 0 {
+            assert!(std::time::Instant::now() < deadline, "{what} not purged");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    assert!(app.count(open_secrets).await >= open_before, "an open link was purged");
     while app.count(sessions).await != before - 3 {
         assert!(
             std::time::Instant::now() < deadline,

@@ -193,7 +193,8 @@ async fn certificate_sweep(domain: &Domain, now: i64) {
 /// kept a week, and the purge reads the whole sessions table.
 const PURGE_EVERY_MS: i64 = 60 * 60 * 1000;
 
-/// Ended sessions and expired login challenges deleted, hourly (safe beside
+/// Ended sessions, expired login challenges and the other ended records
+/// (`Domain::purge_ended_sessions`) deleted, hourly (safe beside
 /// another replica: deleting what is gone deletes nothing).
 /// `last_purge`: when this worker last purged (ms; 0: not yet).
 async fn purge_if_due(domain: &Domain, now: i64, last_purge: &AtomicI64) {
@@ -204,7 +205,10 @@ async fn purge_if_due(domain: &Domain, now: i64, last_purge: &AtomicI64) {
     last_purge.store(now, Ordering::Relaxed);
     match domain.purge_ended_sessions(now).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(deleted = n, "ended sessions purged"),
+        Ok(n) => tracing::info!(
+            deleted = n,
+            "ended sessions, links, requests to join and sent mails purged"
+        ),
         Err(e) => tracing::error!(error = %e, "the purge of ended sessions failed"),
     }
 }
