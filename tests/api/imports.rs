@@ -12,6 +12,7 @@ use prost_types::FieldMask;
 use tonic::Code;
 
 both_backends!(
+    a_report_lists_at_most_its_share_of_errors,
     create_files_in_three_encodings_land_every_row,
     every_kind_of_bad_row_is_reported_and_the_good_ones_land,
     licences_and_validate_only,
@@ -1732,6 +1733,49 @@ async fn a_watch_of_a_job_that_never_moves_ends(backend: Backend) {
         started.elapsed() >= Duration::from_millis(900),
         "{:?}",
         started.elapsed()
+    );
+    app.finish().await;
+}
+
+/// A file refused row by row (a wrong export) lists at most
+/// `max_report_errors` errors, the first ones, while the job counts every
+/// failed row. It had written an error per row and column, kept for ever.
+async fn a_report_lists_at_most_its_share_of_errors(backend: Backend) {
+    let app = app_with_imports(
+        backend,
+        ImportSettings {
+            create_batch_size: 2,
+            max_report_errors: 3,
+            ..ImportSettings::default()
+        },
+    )
+    .await;
+    let fixture = app.org_with_admin_limits(Some(100), None).await;
+    let token = fixture.admin_token.clone();
+    let mut rows = create_rows(7, "loft");
+    // Rows 2 to 6 (file rows 3 to 7) with an address that is none.
+    for bad in rows.iter_mut().take(6).skip(1) {
+        *bad = bad.replace("@firma.dk", "-uden-domæne");
+    }
+    let job = imported(
+        &app,
+        &token,
+        spec(&fixture.org.id, pb::ImportKind::Create),
+        file(HEADER_DA, &rows).as_bytes(),
+        100,
+    )
+    .await;
+    let done = app.import_job(&token, &job.id).await;
+    assert_eq!((done.applied, done.failed), (2, 5), "{done:?}");
+    let errors = app.import_errors(&token, &job.id).await;
+    assert_eq!(
+        errors_of(&errors),
+        vec![
+            (3, "email", "INVALID_ARGUMENT"),
+            (4, "email", "INVALID_ARGUMENT"),
+            (5, "email", "INVALID_ARGUMENT"),
+        ],
+        "the first three"
     );
     app.finish().await;
 }

@@ -84,6 +84,11 @@ pub struct ImportSettings {
     /// until it ends, and a job queued with no worker to take it never
     /// does. The stream then ends DEADLINE_EXCEEDED; the client watches again.
     pub watch_lifetime_ms: i64,
+    /// Errors a job's report lists at most; the job's `failed` counts them
+    /// all. A million-row file refused row by row (a wrong export) wrote an
+    /// error per row and column, kept for ever, and validate-only runs of
+    /// it could be repeated.
+    pub max_report_errors: u64,
 }
 
 impl Default for ImportSettings {
@@ -98,6 +103,7 @@ impl Default for ImportSettings {
             file_retention_ms: 7 * 24 * 60 * 60 * 1000,
             upload_idle_ms: 60 * 60 * 1000,
             watch_lifetime_ms: 15 * 60 * 1000,
+            max_report_errors: 10_000,
         }
     }
 }

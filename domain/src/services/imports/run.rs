@@ -673,11 +673,22 @@ impl Domain {
             return Ok(false);
         }
         // One error per row and column: a row refused twice for one
-        // column keeps the first reason.
+        // column keeps the first reason. The report lists the first
+        // `max_report_errors` (batches run in file order).
+        let room = if errors.is_empty() {
+            0
+        } else {
+            let listed = import_error::Entity::find()
+                .filter(import_error::Column::JobId.eq(job.id))
+                .count(&txn)
+                .await?;
+            usize::try_from(self.settings.imports.max_report_errors.saturating_sub(listed)).unwrap_or(usize::MAX)
+        };
         let mut seen = std::collections::HashSet::new();
         let rows: Vec<import_error::ActiveModel> = errors
             .into_iter()
             .filter(|(row, e)| seen.insert((*row, e.column.map(Column::key).unwrap_or(""))))
+            .take(room)
             .map(|(row, e)| import_error::ActiveModel {
                 job_id: Set(job.id),
                 file_row: Set(row),
