@@ -689,9 +689,11 @@ impl Domain {
             Some(typed) => {
                 let owner = holder.as_ref().unwrap_or(&contact);
                 check_order_email(typed, owner, whose_email(order.kind))?;
+                // The person's record is at fault, not the request: an
+                // address kept from looser rules of an earlier release.
                 Some(carried_email(owner).ok_or_else(|| {
-                    DomainError::invalid(
-                        "email",
+                    DomainError::precondition(
+                        Reason::EmailNotVerified,
                         format!(
                             "the {}'s stored address is not one a certificate can carry; correct it on the person first",
                             whose_email(order.kind)
