@@ -313,15 +313,10 @@ async fn the_right_password_in_an_outage_takes_no_try() {
     let app = TestApp::start(Backend::Postgres).await;
     let fixture = app.org_with_admin().await;
     let (member, login_id) = app.member_with_password(&fixture, "Uheldig", &[]).await;
-    let pool = persistence::connect(&format!("{}?options=-c%20lock_timeout%3D200ms", app.database_url), 2)
-        .await
-        .unwrap();
-    let impatient = Domain::new(pool.clone(), test_vault(), &[OPERATOR_TOKEN.to_owned()]);
-    let holder = Database::connect(&app.database_url).await.unwrap();
-    let txn = holder.begin().await.unwrap();
-    txn.execute_unprepared(&format!("SELECT id FROM users WHERE id = '{}' FOR UPDATE", member.id))
-        .await
-        .unwrap();
+    let (impatient, pool) = impatient_domain(&app).await;
+    let held = app
+        .in_progress(&[format!("SELECT id FROM users WHERE id = '{}' FOR UPDATE", member.id)])
+        .await;
     let max_failures = orgadmin_domain::passwords::PasswordSettings::default().max_failures;
     for retry in 0..=max_failures {
         let answer = impatient.login(login_attempt(&login_id)).await;
@@ -339,8 +334,7 @@ async fn the_right_password_in_an_outage_takes_no_try() {
         1,
         "the retries took tries"
     );
-    txn.rollback().await.unwrap();
-    holder.close().await.unwrap();
+    held.commit().await;
     impatient
         .login(login_attempt(&login_id))
         .await
@@ -362,15 +356,10 @@ async fn the_right_code_in_an_outage_takes_no_try() {
     let (member, login_id) = app.member_with_password(&fixture, "Uheldig", &[]).await;
     let challenge = app.login(&login_id, TEST_PASSWORD).await.unwrap().challenge_token;
     let code = app.mailed_login_code(&login_id).await;
-    let pool = persistence::connect(&format!("{}?options=-c%20lock_timeout%3D200ms", app.database_url), 2)
-        .await
-        .unwrap();
-    let impatient = Domain::new(pool.clone(), test_vault(), &[OPERATOR_TOKEN.to_owned()]);
-    let holder = Database::connect(&app.database_url).await.unwrap();
-    let txn = holder.begin().await.unwrap();
-    txn.execute_unprepared(&format!("SELECT id FROM users WHERE id = '{}' FOR UPDATE", member.id))
-        .await
-        .unwrap();
+    let (impatient, pool) = impatient_domain(&app).await;
+    let held = app
+        .in_progress(&[format!("SELECT id FROM users WHERE id = '{}' FOR UPDATE", member.id)])
+        .await;
     // The password step left its try taken until the code completes it.
     let tries = format!(
         "SELECT CAST(failed_attempts + CASE WHEN locked_until IS NULL THEN 0 ELSE 100 END AS BIGINT) FROM password_credentials WHERE user_id = '{}'",
@@ -391,8 +380,7 @@ async fn the_right_code_in_an_outage_takes_no_try() {
         tries_before,
         "the retries took tries of the account"
     );
-    txn.rollback().await.unwrap();
-    holder.close().await.unwrap();
+    held.commit().await;
     impatient
         .verify_login_code(&challenge, &code, None)
         .await
@@ -420,17 +408,14 @@ async fn an_import_held_up_by_a_lock_is_not_failed() {
         )
         .await
         .unwrap();
-    let pool = persistence::connect(&format!("{}?options=-c%20lock_timeout%3D200ms", app.database_url), 2)
-        .await
-        .unwrap();
-    let impatient =
-        Domain::new(pool.clone(), test_vault(), &[OPERATOR_TOKEN.to_owned()]).with_settings(DomainSettings {
-            imports: ImportSettings {
-                lease_ms: 1,
-                ..ImportSettings::default()
-            },
-            ..DomainSettings::default()
-        });
+    let (impatient, pool) = impatient_domain(&app).await;
+    let impatient = impatient.with_settings(DomainSettings {
+        imports: ImportSettings {
+            lease_ms: 1,
+            ..ImportSettings::default()
+        },
+        ..DomainSettings::default()
+    });
     let holder = Database::connect(&app.database_url).await.unwrap();
     let txn = holder.begin().await.unwrap();
     txn.execute_unprepared(&format!(
@@ -718,4 +703,17 @@ async fn a_value_postgres_refuses_is_not_taken_for_a_busy_database() {
         "{mapped:?}"
     );
     app.finish().await;
+}
+
+/// A domain over a pool of its own whose statements give up on a lock
+/// after 200 ms (PostgreSQL's `lock_timeout`): a row held elsewhere is, to
+/// its calls, a database that does not answer. The pool, to close.
+async fn impatient_domain(app: &TestApp) -> (Domain, DatabaseConnection) {
+    let pool = persistence::connect(&format!("{}?options=-c%20lock_timeout%3D200ms", app.database_url), 2)
+        .await
+        .unwrap();
+    (
+        Domain::new(pool.clone(), test_vault(), &[OPERATOR_TOKEN.to_owned()]),
+        pool,
+    )
 }

@@ -159,23 +159,23 @@ impl Domain {
         if !parse::<UserState>(&state)?.is_standing() {
             return Err(refused());
         }
-        // R-USR-4, R-ACC-5: a service account's token was made through a
-        // share by a colleague, and acts only while that person may act. A
-        // deactivated colleague (for a time, too) must not keep acting as
-        // the account; the token works again when they are reactivated, as
-        // their own sign-in does. Ending the share revokes it for good.
-        if kind == KIND_API
-            && let Some(maker) = made_by_another(&created_by, user_id)
-            && !self.user_stands(maker).await?
-        {
-            return Err(refused());
-        }
-        // A service account's token it made for itself (before that was
-        // refused; migration 75 revoked those it found, but pods of the
-        // older release made more during the upgrade): no person answers
-        // for it, so it is no credential, whenever it was written.
-        if kind == KIND_API && service_account == Some(true) && made_by_another(&created_by, user_id).is_none() {
-            return Err(refused());
+        if kind == KIND_API {
+            match made_by_another(&created_by, user_id) {
+                // R-USR-4, R-ACC-5: a service account's token was made
+                // through a share by a colleague, and acts only while that
+                // person may act. A deactivated colleague (for a time, too)
+                // must not keep acting as the account; the token works again
+                // when they are reactivated, as their own sign-in does.
+                // Ending the share revokes it for good.
+                Some(maker) if !self.user_stands(maker).await? => return Err(refused()),
+                // A service account's token it made for itself (before
+                // that was refused; migration 75 revoked those it found,
+                // but pods of the older release made more during the
+                // upgrade): no person answers for it, so it is no
+                // credential, whenever it was written.
+                None if service_account == Some(true) => return Err(refused()),
+                _ => {}
+            }
         }
         let roles = rows
             .iter()
