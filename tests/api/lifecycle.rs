@@ -14,6 +14,7 @@ both_backends!(
     timed_deactivation_ends_by_the_worker,
     a_sweep_batch_past_sqlites_bound_values_ends_every_leave,
     deletion_is_final_and_follows_policy,
+    a_deleted_profile_forgets_the_person,
     history_pages_and_filters,
     tokens_authenticate_expire_and_revoke,
     lost_rights_take_effect_at_once,
@@ -592,6 +593,92 @@ async fn deletion_is_final_and_follows_policy(backend: Backend) {
         .user
         .unwrap();
     assert_ne!(fresh.id, user.id);
+    app.finish().await;
+}
+
+/// What a deleted profile still holds of the person, in the database: its
+/// CPR number (hash, ciphertext), birth date, and every credential and link.
+pub(crate) async fn held_of(app: &TestApp, user_id: &str) -> Vec<String> {
+    let id: uuid::Uuid = user_id.parse().unwrap();
+    let mut held = Vec::new();
+    let row = app
+        .row_where(
+            "SELECT (cpr_hash IS NOT NULL) OR (cpr_ciphertext IS NOT NULL) OR (birth_date IS NOT NULL) FROM users WHERE id =",
+            id,
+        )
+        .await;
+    if row.try_get_by_index::<bool>(0).expect("a flag") {
+        held.push("users: CPR number or birth date".to_owned());
+    }
+    for table in [
+        "password_credentials",
+        "totp_credentials",
+        "login_challenges",
+        "activation_secrets",
+    ] {
+        let row = app
+            .row_where(&format!("SELECT COUNT(*) FROM {table} WHERE user_id ="), id)
+            .await;
+        let rows = row.try_get_by_index::<i64>(0).expect("a count");
+        if rows > 0 {
+            held.push(format!("{table}: {rows}"));
+        }
+    }
+    held
+}
+
+/// R-USR-5, R-USR-9: a deleted profile never signs in or activates again,
+/// so it keeps neither the person's CPR number nor their birth date nor any
+/// credential: a database dump must not carry them for people who are
+/// gone. Deleted by DeleteUser, and closed for anonymity (the new profile
+/// takes the CPR number with it).
+async fn a_deleted_profile_forgets_the_person(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let plant_app = |user_id: &str| {
+        let id: uuid::Uuid = user_id.parse().unwrap();
+        app.execute_bound(
+            "INSERT INTO totp_credentials (user_id, secret_sealed, created_at, confirmed_at) VALUES ($1, 'x', 1, 1)",
+            vec![id.into()],
+        )
+    };
+
+    let (leaving, email) = app.member_with_password(&fixture, "Lise", &[]).await;
+    plant_app(&leaving.id).await;
+    app.request_password_reset(&email).await;
+    let held = held_of(&app, &leaving.id).await;
+    assert_eq!(
+        held.len(),
+        4,
+        "the test's person holds a CPR number, a password, an app and links: {held:?}"
+    );
+    app.delete_user(&fixture.admin_token, &leaving.id)
+        .await
+        .expect("deleted");
+    assert_eq!(
+        held_of(&app, &leaving.id).await,
+        Vec::<String>::new(),
+        "a deleted profile still holds"
+    );
+    let shown = app.user(&fixture.admin_token, &leaving.id).await;
+    assert_eq!(shown.state, pb::UserState::Deleted as i32);
+    assert!(shown.cpr_masked.is_empty(), "a deleted profile shows a CPR number");
+
+    let (closing, email) = app.member_with_password(&fixture, "Anna", &[]).await;
+    let session = app.login(&email, TEST_PASSWORD).await.expect("logged in").session_token;
+    let asked = app.ask_anonymity(&session).await;
+    plant_app(&closing.id).await;
+    let decided = app
+        .approve_anonymity(&fixture.admin_token, &asked)
+        .await
+        .expect("approved");
+    assert_eq!(
+        held_of(&app, &closing.id).await,
+        Vec::<String>::new(),
+        "a closed profile still holds"
+    );
+    let fresh = decided.new_user.expect("the new profile");
+    assert!(!fresh.cpr_masked.is_empty(), "the CPR number moves to the new profile");
     app.finish().await;
 }
 

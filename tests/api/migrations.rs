@@ -6,7 +6,10 @@ use orgadmin_migrations::{Migrator, MigratorTrait};
 use orgadmin_tests::*;
 use sea_orm::ConnectionTrait;
 
-both_backends!(a_migration_that_fails_midway_leaves_nothing_behind);
+both_backends!(
+    a_migration_that_fails_midway_leaves_nothing_behind,
+    profiles_deleted_before_the_upgrade_forget_the_person,
+);
 
 /// Migration 80 adds a column, then an index. With its index name taken
 /// (standing in for whatever stops a migration midway: a killed pod, a full
@@ -34,5 +37,38 @@ async fn a_migration_that_fails_midway_leaves_nothing_behind(backend: Backend) {
     db.execute_unprepared("SELECT public_key_hash FROM certificates WHERE 1 = 0")
         .await
         .expect("the column is there");
+    app.finish().await;
+}
+
+/// Migration 83: a profile deleted by an earlier release (which kept the
+/// person's CPR number, birth date and credentials) forgets them at the
+/// upgrade, as a profile deleted now does.
+async fn profiles_deleted_before_the_upgrade_forget_the_person(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (gone, email) = app.member_with_password(&fixture, "Gitte", &[]).await;
+    app.request_password_reset(&email).await;
+    let id: uuid::Uuid = gone.id.parse().unwrap();
+    app.undo_migrations_from("m20261207_000083_forget_deleted_people").await;
+    // As the earlier release deleted: the state and the licence, nothing else.
+    app.execute_bound("UPDATE users SET state = 'DELETED' WHERE id = $1", vec![id.into()])
+        .await;
+    let org: uuid::Uuid = fixture.org.id.parse().unwrap();
+    app.execute_bound(
+        "UPDATE organisations SET licences_used = licences_used - 1 WHERE id = $1",
+        vec![org.into()],
+    )
+    .await;
+    assert_eq!(
+        crate::lifecycle::held_of(&app, &gone.id).await.len(),
+        3,
+        "the test's person holds a CPR number, a password and links"
+    );
+    Migrator::up(app.domain.db(), None).await.expect("migration 83");
+    assert_eq!(
+        crate::lifecycle::held_of(&app, &gone.id).await,
+        Vec::<String>::new(),
+        "a profile deleted before the upgrade still holds"
+    );
     app.finish().await;
 }

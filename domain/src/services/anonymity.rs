@@ -319,6 +319,9 @@ impl Domain {
             // ISSUED, they stayed valid for years in a name the person asked
             // to be rid of. The new profile orders its own, pseudonymous.
             super::access::end_delegation_of_in(&txn, caller, old.id, now).await?;
+            // The person moves on with their CPR number and address; the
+            // closed profile keeps neither the number nor a way to sign in.
+            super::users::forget_deleted_person_in(&txn, old.id).await?;
             revoked = self
                 .end_holder_certificates_in(&txn, caller, old.id, HolderEnding::Left, now)
                 .await?;

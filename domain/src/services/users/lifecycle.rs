@@ -201,6 +201,7 @@ impl Domain {
         active.deactivated_until = Set(None);
         self.write_user_change(txn, &row, active, now).await?;
         self.revoke_user_tokens(txn, id, now, true).await?;
+        forget_deleted_person_in(txn, id).await?;
         self.record_user_event(txn, &current, Activity::UserDeleted, caller, now, changes)
             .await?;
         self.end_holder_certificates_in(txn, caller, id, HolderEnding::Left, now)
@@ -292,4 +293,40 @@ impl Domain {
         }
         Ok(revoked.exec(txn).await?.rows_affected)
     }
+}
+
+/// What a deleted profile no longer keeps (R-USR-5, R-USR-9): the CPR
+/// number (its look-up hash and its ciphertext) and the birth date, which
+/// identify the person and prove who they are at activation, and every
+/// credential and secret of theirs (password, authenticator app, login
+/// challenges, activation and e-mail links). A deleted profile never signs
+/// in or activates again, so none of it has a use left, and a database dump
+/// must not carry a CPR number for people who are gone. Name and e-mail stay:
+/// history names who did what.
+pub(crate) async fn forget_deleted_person_in(txn: &DatabaseTransaction, user_id: Uuid) -> DomainResult<()> {
+    use crate::persistence::entities::{activation_secret, login_challenge, password_credential, totp_credential};
+    user::Entity::update_many()
+        .col_expr(user::Column::CprHash, Expr::value(Option::<String>::None))
+        .col_expr(user::Column::CprCiphertext, Expr::value(Option::<String>::None))
+        .col_expr(user::Column::BirthDate, Expr::value(Option::<String>::None))
+        .filter(user::Column::Id.eq(user_id))
+        .exec(txn)
+        .await?;
+    password_credential::Entity::delete_many()
+        .filter(password_credential::Column::UserId.eq(user_id))
+        .exec(txn)
+        .await?;
+    totp_credential::Entity::delete_many()
+        .filter(totp_credential::Column::UserId.eq(user_id))
+        .exec(txn)
+        .await?;
+    login_challenge::Entity::delete_many()
+        .filter(login_challenge::Column::UserId.eq(user_id))
+        .exec(txn)
+        .await?;
+    activation_secret::Entity::delete_many()
+        .filter(activation_secret::Column::UserId.eq(user_id))
+        .exec(txn)
+        .await?;
+    Ok(())
 }

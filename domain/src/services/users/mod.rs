@@ -5,6 +5,7 @@
 mod create;
 pub(crate) use create::OPERATOR_APPOINTS_ONLY_WITHOUT_ADMIN;
 mod lifecycle;
+pub(crate) use lifecycle::forget_deleted_person_in;
 mod queries;
 mod update;
 
