@@ -32,7 +32,9 @@ pub fn decode_key<T>(list: &str, token: &str, parse: impl Fn(&str) -> Option<T>)
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (tag, key) = text.split_once('|').ok_or_else(invalid)?;
-    if tag != list {
+    // No key a list hands out holds a NUL (no stored text does), and
+    // PostgreSQL refuses one in a comparison: a forged one would be INTERNAL.
+    if tag != list || key.contains('\0') {
         return Err(invalid());
     }
     parse(key).map(Some).ok_or_else(invalid)
@@ -178,4 +180,28 @@ pub async fn keyset_by_time<E: sea_orm::EntityTrait>(
         let (at, last) = key_of(row);
         encode_key(list, &format!("{at}/{last}"))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token forged with a NUL in its text key (ListImportErrors' column
+    /// name) is refused as a page token, before any query.
+    #[test]
+    fn a_key_with_a_nul_is_no_page_token() {
+        let forged = URL_SAFE_NO_PAD.encode("import-errors:x|2:\0");
+        let parsed = decode_key("import-errors:x", &forged, |key| Some(key.to_owned()));
+        assert!(
+            matches!(&parsed, Err(DomainError::InvalidArgument(v)) if v[0].field == "page_token"),
+            "{parsed:?}"
+        );
+        let honest = URL_SAFE_NO_PAD.encode("import-errors:x|2:email");
+        assert_eq!(
+            decode_key("import-errors:x", &honest, |key| Some(key.to_owned()))
+                .unwrap()
+                .as_deref(),
+            Some("2:email")
+        );
+    }
 }

@@ -410,7 +410,12 @@ pub fn mask_paths(mask: Option<&prost_types::FieldMask>, allowed: &[&str]) -> Re
         if !allowed.contains(&path.as_str()) {
             violations.push(orgadmin_domain::FieldViolation::new(
                 "update_mask",
-                format!("{path:?} cannot be updated; allowed: {}", allowed.join(", ")),
+                // The path as sent, shortened: it is the client's text.
+                format!(
+                    "{:?} cannot be updated; allowed: {}",
+                    path.chars().take(60).collect::<String>(),
+                    allowed.join(", ")
+                ),
             ));
         }
     }

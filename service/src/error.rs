@@ -16,14 +16,29 @@ pub const ERROR_DOMAIN: &str = "orgadmin";
 const MAX_MESSAGE_CHARS: usize = 1000;
 
 fn bounded(message: String) -> String {
-    if message.chars().count() <= MAX_MESSAGE_CHARS {
-        message
+    cut_to(message, MAX_MESSAGE_CHARS)
+}
+
+fn cut_to(text: String, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        text
     } else {
-        let mut cut: String = message.chars().take(MAX_MESSAGE_CHARS - 1).collect();
+        let mut cut: String = text.chars().take(max_chars - 1).collect();
         cut.push('…');
         cut
     }
 }
+
+/// A violation's field and description are bounded too: some quote what
+/// the client sent (an update mask's path, a PEM label), and the details
+/// travel base64-encoded in one trailer, which a client's HTTP/2 stack
+/// refuses past 16 KiB (tonic's reports an h2 protocol error, INTERNAL).
+const MAX_FIELD_CHARS: usize = 200;
+const MAX_DESCRIPTION_CHARS: usize = 300;
+
+/// The violations' text in all, before base64: with the message and the
+/// ErrorInfo, well inside a client's 16 KiB header limit.
+const MAX_VIOLATIONS_CHARS: usize = 6_000;
 
 /// At most this many field violations go back in one error: a request with
 /// thousands of bad items must not get megabytes of details (the status
@@ -38,10 +53,26 @@ fn with_reason(code: Code, message: String, reason: &str, metadata: HashMap<Stri
 
 pub fn to_status(err: DomainError) -> Status {
     match err {
-        DomainError::InvalidArgument(mut violations) => {
-            let omitted = violations.len().saturating_sub(MAX_FIELD_VIOLATIONS);
+        DomainError::InvalidArgument(violations) => {
+            let total = violations.len();
+            let mut room = MAX_VIOLATIONS_CHARS;
+            let mut violations: Vec<_> = violations
+                .into_iter()
+                .take(MAX_FIELD_VIOLATIONS)
+                .map(|v| {
+                    orgadmin_domain::FieldViolation::new(
+                        cut_to(v.field, MAX_FIELD_CHARS),
+                        cut_to(v.description, MAX_DESCRIPTION_CHARS),
+                    )
+                })
+                .take_while(|v| {
+                    let size = v.field.len() + v.description.len();
+                    room = room.saturating_sub(size);
+                    room > 0
+                })
+                .collect();
+            let omitted = total - violations.len();
             if omitted > 0 {
-                violations.truncate(MAX_FIELD_VIOLATIONS);
                 violations.push(orgadmin_domain::FieldViolation::new(
                     "",
                     format!("{omitted} more violations left out; correct these and send the request again"),
@@ -86,7 +117,7 @@ pub fn to_status(err: DomainError) -> Status {
                 ERROR_DOMAIN,
                 metadata.into_iter().collect::<HashMap<_, _>>(),
             );
-            details.add_precondition_failure_violation(reason.as_str(), "organisation", message.clone());
+            details.add_precondition_failure_violation(reason.as_str(), "organisation", bounded(message.clone()));
             Status::with_error_details(Code::FailedPrecondition, bounded(message), details)
         }
         DomainError::PermissionDenied { message } => with_reason(
@@ -153,5 +184,26 @@ pub trait IntoStatus<T> {
 impl<T> IntoStatus<T> for Result<T, DomainError> {
     fn into_status(self) -> Result<T, Status> {
         self.map_err(to_status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Violations that quote long client text (a PEM label, a path) keep the
+    /// details small enough for a client's 16 KiB header limit, each one and
+    /// all of them together, and say how many were left out.
+    #[test]
+    fn violations_quoting_client_text_stay_small() {
+        let violations = (0..50)
+            .map(|i| orgadmin_domain::FieldViolation::new(format!("f{i}{}", "x".repeat(5_000)), "y".repeat(20_000)))
+            .collect();
+        let status = to_status(DomainError::InvalidArgument(violations));
+        assert!(status.details().len() < 8 * 1024, "{} bytes", status.details().len());
+        let kept = status.get_details_bad_request().expect("BadRequest").field_violations;
+        let note = kept.last().expect("a note");
+        assert!(note.description.contains("more violations left out"), "{note:?}");
+        assert!(kept.len() > 2, "{} kept", kept.len());
     }
 }

@@ -15,7 +15,11 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-both_backends!(huge_lists_are_refused_before_any_work, field_violations_are_capped);
+both_backends!(
+    huge_lists_are_refused_before_any_work,
+    field_violations_are_capped,
+    client_text_in_violations_is_bounded,
+);
 
 /// An error the client can take whole: the details of every refusal here
 /// stay far below this.
@@ -131,6 +135,42 @@ async fn field_violations_are_capped(backend: Backend) {
         violations[50].description.starts_with("50 more violations left out"),
         "{:?}",
         violations[50]
+    );
+    assert_eq!(app.fingerprint().await, before);
+    app.finish().await;
+}
+
+/// A violation that quotes the client's text (an update mask's path) is
+/// bounded like the message: unbounded, 20,000 characters of it went back
+/// in the details trailer, which tonic's client refuses past 16 KiB, so
+/// the caller saw INTERNAL "h2 protocol error" instead of its mistake.
+async fn client_text_in_violations_is_bounded(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (member, _) = app.member(&fixture, "Maske", &[]).await;
+    let before = app.fingerprint().await;
+    let refused = app
+        .users()
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: member.id.clone(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["a".repeat(20_000), "b".repeat(20_000)],
+                }),
+                ..Default::default()
+            },
+        ))
+        .await;
+    let refused = assert_code(refused, Code::InvalidArgument);
+    assert_eq!(bad_fields(&refused), ["update_mask", "update_mask"]);
+    assert!(
+        refused.details().len() < SMALL_DETAILS,
+        "{} bytes of details",
+        refused.details().len()
     );
     assert_eq!(app.fingerprint().await, before);
     app.finish().await;

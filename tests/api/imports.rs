@@ -1286,6 +1286,13 @@ async fn an_import_that_keeps_failing_ends_failed(backend: Backend) {
     );
     assert_eq!((state.as_str(), reason.as_str()), ("FAILED", "IMPORT_RUN_FAILED"));
     assert!(message.contains("5 times in a row"), "{message}");
+    // What went wrong inside stays in the worker's log: the requester is
+    // told it was an internal error, not its detail.
+    assert!(message.contains("worker's log"), "{message}");
+    assert!(
+        !message.contains("NO_SUCH_KIND"),
+        "an internal detail reached the requester: {message}"
+    );
 
     // One whose requester asked to cancel it ends CANCELLED at its first
     // failed run, whatever keeps its runs from the cancel check.

@@ -296,6 +296,24 @@ async fn a_login_id_in_two_organisations_signs_in_on_the_pages_by_cvr(backend: B
     let (head, malformed) = log_in("1234".into()).await;
     assert!(!head.contains("__Host-oa_session"), "{head}");
     assert!(malformed.contains("A CVR number has 8 digits"), "{malformed}");
+    // A blank login id or a NUL in it can never log in: the form says the
+    // login was refused, not "try again in a little while".
+    for login_id in ["", "anna\0@example.dk"] {
+        let (head, blank) = post(
+            "/login",
+            vec![
+                ("login_id", login_id.to_owned()),
+                ("password", TEST_PASSWORD.to_owned()),
+                ("organisation_cvr", first.org.cvr.clone()),
+            ],
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 422"), "{head}");
+        assert!(
+            blank.contains("username or password is wrong") && !blank.contains("Something went wrong"),
+            "{login_id:?}: {blank}"
+        );
+    }
     assert_eq!(app.fingerprint().await, before, "a refused sign-in changed data");
 
     // With the second organisation's number: Anna of the second.

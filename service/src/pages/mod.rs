@@ -624,7 +624,13 @@ async fn login_submit(State(domain): State<Domain>, mut visit: Visit) -> Respons
             visit.redirect(&code)
         }
         Err(error) => {
-            let text = say(visit.t(), &error);
+            // A login id left blank or a password past its bound: no login
+            // can come of it, which is all the form says (as the forgotten-
+            // password form), not "try again later".
+            let text = match &error {
+                DomainError::InvalidArgument(_) => visit.t().err_login_refused.to_owned(),
+                other => say(visit.t(), other),
+            };
             login_form(visit, Some(text))
         }
     }

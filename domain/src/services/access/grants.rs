@@ -528,6 +528,12 @@ impl Domain {
         let granter = caller
             .user_id()
             .ok_or_else(|| DomainError::denied("the caller may not grant rights"))?;
+        // The right's name goes into the look-up of what the caller holds:
+        // its shape first (PostgreSQL refuses a NUL in a text comparison,
+        // which would answer INTERNAL).
+        let mut v = Violations::default();
+        check_right(&mut v, &new.right);
+        v.into_result()?;
         let holder = Holder::of(self, &self.db, granter).await?;
         let held = held_grants(self, &self.db, grantee.organisation_id(), &holder, &new.right).await?;
         authorize_grant(caller, &held, request_of(&new, holder.is_in(new.grantee)))?;
@@ -779,6 +785,9 @@ impl Domain {
             query = query.filter(Holder::of(self, &self.db, grantee).await?.holds());
         }
         if let Some(resource) = filter.resource {
+            let mut v = Violations::default();
+            check_resource(&mut v, &resource);
+            v.into_result()?;
             query = query.filter(grant::Column::Resource.eq(resource));
         }
         if let Some(group) = filter.grantee_group_id {

@@ -272,10 +272,17 @@ impl Domain {
         if job.failed_runs < MAX_FAILED_RUNS {
             return Ok(false);
         }
+        // The requester reads this message: an internal error's detail
+        // (a table, a statement, a value) goes to the log only, as
+        // `to_status` keeps it from a caller.
+        let last = match error {
+            DomainError::Internal(_) => "an internal error; the worker's log has its details".to_owned(),
+            other => other.to_string(),
+        };
         let failure = JobFailure {
             reason: Reason::ImportRunFailed,
             message: format!(
-                "the import stopped with an error {MAX_FAILED_RUNS} times in a row without getting further (last: {error}); rows done so far stay done"
+                "the import stopped with an error {MAX_FAILED_RUNS} times in a row without getting further (last: {last}); rows done so far stay done"
             ),
         };
         tracing::warn!(import = %job_id, %error, "an import failed {MAX_FAILED_RUNS} runs in a row; it ends FAILED");
