@@ -1150,6 +1150,30 @@ async fn a_role_is_asked_for_and_decided_by_an_organisation_administrator(backen
         .rights_requests;
     assert_eq!(still.len(), 1);
     assert_eq!(still[0].id, third.id);
+
+    // Deactivated for a while after asking: the role waits for them, as a
+    // level or a grant does; approved now, the worker would bring them
+    // back an administrator with no one looking again.
+    let (leave, leave_token) = app.member(&fixture, "Orlov", &[]).await;
+    let on_leave = ask(&leave_token, role_request(pb::Role::UserAdmin)).await.unwrap();
+    app.users()
+        .deactivate_user(req(
+            &fixture.admin_token,
+            pb::DeactivateUserRequest {
+                id: leave.id.clone(),
+                until: Some(in_ms(86_400_000)),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("on leave");
+    let before = app.fingerprint().await;
+    let away = assert_code(
+        decide(&fixture.admin_token, &on_leave.id).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason_of(&away), "USER_NOT_ACTIVE");
+    assert_eq!(app.fingerprint().await, before, "a refused approval changed data");
     app.finish().await;
 }
 

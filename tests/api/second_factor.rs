@@ -19,6 +19,7 @@ both_backends!(
     wrong_codes_count_towards_the_lock,
     sessions_are_listed_revoked_and_end_when_idle,
     a_code_its_caller_gave_up_on_is_still_recorded,
+    a_login_begun_before_a_deactivation_does_not_finish_after_it,
 );
 
 async fn verify(app: &TestApp, challenge: &str, code: &str) -> Result<pb::VerifyLoginCodeResponse, tonic::Status> {
@@ -32,6 +33,56 @@ async fn verify(app: &TestApp, challenge: &str, code: &str) -> Result<pb::Verify
         ))
         .await
         .map(|r| r.into_inner())
+}
+
+/// Deactivation ends the person's sessions (a laptop left open); a login
+/// waiting for its second step is one on its way. Reactivated within the
+/// challenge's ten minutes (seed 001's unlock: deactivate, then activate),
+/// the code mailed before must not open a session.
+async fn a_login_begun_before_a_deactivation_does_not_finish_after_it(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    app.require_second_factor(&fixture).await;
+    let (anna, email) = app.member_with_password(&fixture, "Anna", &[]).await;
+    let challenge = app.login(&email, TEST_PASSWORD).await.expect("password accepted");
+    let code = app.mailed_login_code(&email).await;
+    for deactivate in [true, false] {
+        let mut users = app.users();
+        if deactivate {
+            users
+                .deactivate_user(req(
+                    &fixture.admin_token,
+                    pb::DeactivateUserRequest {
+                        id: anna.id.clone(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("deactivated");
+        } else {
+            users
+                .reactivate_user(req(
+                    &fixture.admin_token,
+                    pb::ReactivateUserRequest {
+                        id: anna.id.clone(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("reactivated");
+        }
+    }
+    assert_code(
+        verify(&app, &challenge.challenge_token, &code).await,
+        Code::Unauthenticated,
+    );
+    // A login begun now goes through.
+    let again = app.login(&email, TEST_PASSWORD).await.expect("password accepted");
+    let code = app.mailed_login_code(&email).await;
+    verify(&app, &again.challenge_token, &code)
+        .await
+        .expect("a new login's code");
+    app.finish().await;
 }
 
 async fn mailed_code_completes_a_login_where_the_organisation_requires_it(backend: Backend) {

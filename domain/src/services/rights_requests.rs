@@ -420,8 +420,13 @@ impl Domain {
                     if !roles.contains(role) {
                         roles.push(*role);
                     }
+                    // As a level or a grant: only for someone active or
+                    // pending (UpdateUser changes a deactivated person's
+                    // roles, and a timed deactivation's end would bring
+                    // them back with this one, unlooked at).
+                    super::access::standing_user_as_now(&txn, requester.id).await?;
                     // UpdateUser's write: the maximum of administrators, the
-                    // caller's right to change roles, the requester's state.
+                    // caller's right to change roles.
                     let patch = crate::services::users::UserPatch {
                         roles: Some(roles),
                         ..Default::default()

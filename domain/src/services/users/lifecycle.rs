@@ -291,6 +291,13 @@ impl Domain {
         if !for_good {
             revoked = revoked.filter(api_token::Column::Kind.eq(crate::services::auth::KIND_SESSION));
         }
+        // A login waiting for its second step is a session on its way: a
+        // code given after the person is back (the unlock, seed 001) must
+        // not open one that the deactivation was to end.
+        crate::persistence::entities::login_challenge::Entity::delete_many()
+            .filter(crate::persistence::entities::login_challenge::Column::UserId.eq(user_id))
+            .exec(txn)
+            .await?;
         Ok(revoked.exec(txn).await?.rows_affected)
     }
 }
