@@ -103,6 +103,7 @@ reasons!(
     Overloaded => "OVERLOADED",
     PermissionDenied => "PERMISSION_DENIED",
     RequestAlreadyDone => "REQUEST_ALREADY_DONE",
+    RequestIdReused => "REQUEST_ID_REUSED",
     RightsRequestDecided => "RIGHTS_REQUEST_DECIDED",
     RightsRequestOpen => "RIGHTS_REQUEST_OPEN",
     SigningRightMissing => "SIGNING_RIGHT_MISSING",

@@ -9,6 +9,7 @@ use prost_types::FieldMask;
 use tonic::Code;
 
 both_backends!(
+    a_retried_grant_is_made_once,
     a_level_on_a_unit_covers_its_subtree_only,
     ceilings_and_two_keys,
     two_level_one_administrators_revoking_each_other_leave_one,
@@ -43,6 +44,7 @@ fn grant_request(
         may_authorise,
         grantee_group_id: String::new(),
         resource: String::new(),
+        request_id: String::new(),
     }
 }
 
@@ -2096,5 +2098,48 @@ async fn a_stand_in_gets_no_delegation_from_whoever_holds_its_code(backend: Back
     grant(&app, &admin, to_group)
         .await
         .expect("a colleague's grant to the group");
+    app.finish().await;
+}
+
+/// AIP-155: a grant whose answer was lost is sent again with its request
+/// id: the retry gets the first grant. A second, identical grant would
+/// outlive the one the client knows and revokes, and keep the right. The
+/// same id with another request, or from another caller, is refused.
+async fn a_retried_grant_is_made_once(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (bo, _) = app.member(&fixture, "Bo", &[]).await;
+    let (_, other_admin) = app.member(&fixture, "Olga", &[pb::Role::OrganisationAdmin]).await;
+    let asked = pb::CreateGrantRequest {
+        request_id: "grant-faktura-bo".into(),
+        ..grant_request(&bo, "billing.invoices", "", &[READ], &[], false)
+    };
+    let first = grant(&app, &fixture.admin_token, asked.clone()).await.expect("granted");
+    let again = grant(&app, &fixture.admin_token, asked.clone())
+        .await
+        .expect("the retry");
+    assert_eq!(again.id, first.id, "a retry made a second grant");
+    let held = app
+        .row_where("SELECT COUNT(*) FROM grants WHERE grantee_id =", bo.id.parse().unwrap())
+        .await
+        .try_get_by_index::<i64>(0)
+        .unwrap();
+    assert_eq!(held, 1);
+
+    let before = app.fingerprint().await;
+    for (token, request) in [
+        (
+            &fixture.admin_token,
+            pb::CreateGrantRequest {
+                right: "billing.payments".into(),
+                ..asked.clone()
+            },
+        ),
+        (&other_admin, asked.clone()),
+    ] {
+        let reused = assert_code(grant(&app, token, request).await, Code::AlreadyExists);
+        assert_eq!(reason_of(&reused), "REQUEST_ID_REUSED");
+    }
+    assert_eq!(app.fingerprint().await, before, "a refused retry changed data");
     app.finish().await;
 }

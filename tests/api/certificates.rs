@@ -33,6 +33,7 @@ both_backends!(
     ocsp_is_answered_by_get_too,
     a_compromised_key_is_not_certified_again,
     a_revoked_certificate_stays_on_one_crl_after_it_expires,
+    a_retried_order_is_made_once,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -3380,5 +3381,66 @@ async fn a_revoked_certificate_stays_on_one_crl_after_it_expires(backend: Backen
     // A period later: gone.
     assert!(app.domain.refresh_crl_if_due(not_after + 2 * period).await.unwrap());
     assert_eq!(listed(&app).await, 0);
+    app.finish().await;
+}
+
+/// AIP-155: an order whose answer was lost (a timeout, UNAVAILABLE after
+/// the commit) is sent again with its request id: the retry gets the first
+/// order, and the holder one pickup mail; a second order would mail a
+/// second token that works for the whole pickup period. The same id with
+/// another request, or from another caller, is refused.
+async fn a_retried_order_is_made_once(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (holder, _) = app.member(&fixture, "Holger", &[]).await;
+    let (_, other_admin) = app.member(&fixture, "Olga", &[pb::Role::UserAdmin]).await;
+    let asked = pb::OrderCertificateRequest {
+        request_id: "ordre-2026-0042".into(),
+        ..user_order(&fixture.org.id, &holder, &[pb::CertificateUsage::Authentication])
+    };
+    let first = order(&app, &fixture.admin_token, asked.clone()).await.expect("ordered");
+    let again = order(&app, &fixture.admin_token, asked.clone())
+        .await
+        .expect("the retry");
+    assert_eq!(again.id, first.id, "a retry made a second order");
+    let orders = app
+        .row_where(
+            "SELECT COUNT(*) FROM certificates WHERE holder_id =",
+            holder.id.parse().unwrap(),
+        )
+        .await
+        .try_get_by_index::<i64>(0)
+        .unwrap();
+    assert_eq!(orders, 1);
+    assert_eq!(app.mail_texts("certificate_pickup", &holder.email).await.len(), 1);
+
+    let before = app.fingerprint().await;
+    for (token, request) in [
+        (
+            &fixture.admin_token,
+            pb::OrderCertificateRequest {
+                usages: vec![pb::CertificateUsage::Signing as i32],
+                ..asked.clone()
+            },
+        ),
+        (&other_admin, asked.clone()),
+    ] {
+        let reused = assert_code(order(&app, token, request).await, Code::AlreadyExists);
+        assert_eq!(reason(&reused), "REQUEST_ID_REUSED");
+    }
+    let long = assert_code(
+        order(
+            &app,
+            &fixture.admin_token,
+            pb::OrderCertificateRequest {
+                request_id: "x".repeat(101),
+                ..asked.clone()
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&long), ["request_id"]);
+    assert_eq!(app.fingerprint().await, before, "a refused retry changed data");
     app.finish().await;
 }

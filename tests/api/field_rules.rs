@@ -1256,6 +1256,12 @@ fn rows() -> Vec<Row> {
                 ..grant_request(c)
             }
         )),
+        row!("request_id", "101 characters, of a grant", |c| Call::CreateGrant(
+            pb::CreateGrantRequest {
+                request_id: "g".repeat(101),
+                ..grant_request(c)
+            }
+        )),
         row!("right", "a NUL", |c| Call::CreateGrant(pb::CreateGrantRequest {
             right: "tax\0".into(),
             ..grant_request(c)
@@ -1392,6 +1398,12 @@ fn rows() -> Vec<Row> {
             }
         )),
         // Certificates: the order (R-CERT-2).
+        row!("request_id", "101 characters, of an order", |c| Call::OrderCertificate(
+            pb::OrderCertificateRequest {
+                request_id: "o".repeat(101),
+                ..user_certificate(c)
+            }
+        )),
         row!("usages", "none", |c| Call::OrderCertificate(
             pb::OrderCertificateRequest {
                 usages: Vec::new(),

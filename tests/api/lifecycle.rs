@@ -624,6 +624,15 @@ pub(crate) async fn held_of(app: &TestApp, user_id: &str) -> Vec<String> {
             held.push(format!("{table}: {rows}"));
         }
     }
+    let row = app
+        .row_where(
+            "SELECT COUNT(*) FROM rights_requests WHERE state = 'OPEN' AND requester_id =",
+            id,
+        )
+        .await;
+    if row.try_get_by_index::<i64>(0).expect("a count") > 0 {
+        held.push("rights_requests: open".to_owned());
+    }
     held
 }
 
@@ -644,12 +653,27 @@ async fn a_deleted_profile_forgets_the_person(backend: Backend) {
     };
 
     let (leaving, email) = app.member_with_password(&fixture, "Lise", &[]).await;
+    let session = app.login(&email, TEST_PASSWORD).await.expect("logged in").session_token;
+    let asked = app
+        .access()
+        .request_rights(req(
+            &session,
+            pb::RequestRightsRequest {
+                requested: Some(pb::request_rights_request::Requested::Role(pb::Role::UserAdmin as i32)),
+                reason: "Jeg overtager brugeradministrationen".into(),
+            },
+        ))
+        .await
+        .expect("asked")
+        .into_inner()
+        .rights_request
+        .expect("the request");
     plant_app(&leaving.id).await;
     app.request_password_reset(&email).await;
     let held = held_of(&app, &leaving.id).await;
     assert_eq!(
         held.len(),
-        4,
+        5,
         "the test's person holds a CPR number, a password, an app and links: {held:?}"
     );
     app.delete_user(&fixture.admin_token, &leaving.id)
@@ -663,6 +687,39 @@ async fn a_deleted_profile_forgets_the_person(backend: Backend) {
     let shown = app.user(&fixture.admin_token, &leaving.id).await;
     assert_eq!(shown.state, pb::UserState::Deleted as i32);
     assert!(shown.cpr_masked.is_empty(), "a deleted profile shows a CPR number");
+    // Their open request ends with them: no one decides it, nothing is
+    // mailed to their address (which may be someone else's by now).
+    let open = app
+        .access()
+        .list_rights_requests(req(
+            &fixture.admin_token,
+            pb::ListRightsRequestsRequest {
+                organisation_id: fixture.org.id.clone(),
+                open_only: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .rights_requests;
+    assert!(
+        open.iter().all(|r| r.id != asked.id),
+        "a deleted person's request is still open"
+    );
+    let late = app
+        .access()
+        .decide_rights_request(req(
+            &fixture.admin_token,
+            pb::DecideRightsRequestRequest {
+                id: asked.id.clone(),
+                approve: false,
+                note: String::new(),
+            },
+        ))
+        .await;
+    assert_code(late, Code::FailedPrecondition);
+    assert!(app.mail_texts("rights_request_decided", &email).await.is_empty());
 
     let (closing, email) = app.member_with_password(&fixture, "Anna", &[]).await;
     let session = app.login(&email, TEST_PASSWORD).await.expect("logged in").session_token;

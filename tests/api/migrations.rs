@@ -3,6 +3,7 @@
 //! again at the next start.
 
 use orgadmin_migrations::{Migrator, MigratorTrait};
+use orgadmin_proto::v1 as pb;
 use orgadmin_tests::*;
 use sea_orm::ConnectionTrait;
 
@@ -48,6 +49,17 @@ async fn profiles_deleted_before_the_upgrade_forget_the_person(backend: Backend)
     let fixture = app.org_with_admin().await;
     let (gone, email) = app.member_with_password(&fixture, "Gitte", &[]).await;
     app.request_password_reset(&email).await;
+    let session = app.login(&email, TEST_PASSWORD).await.expect("logged in").session_token;
+    app.access()
+        .request_rights(req(
+            &session,
+            pb::RequestRightsRequest {
+                requested: Some(pb::request_rights_request::Requested::Role(pb::Role::UserAdmin as i32)),
+                reason: "Jeg overtager brugeradministrationen".into(),
+            },
+        ))
+        .await
+        .expect("asked");
     let id: uuid::Uuid = gone.id.parse().unwrap();
     app.undo_migrations_from("m20261207_000083_forget_deleted_people").await;
     // As the earlier release deleted: the state and the licence, nothing else.
@@ -61,8 +73,8 @@ async fn profiles_deleted_before_the_upgrade_forget_the_person(backend: Backend)
     .await;
     assert_eq!(
         crate::lifecycle::held_of(&app, &gone.id).await.len(),
-        3,
-        "the test's person holds a CPR number, a password and links"
+        4,
+        "the test's person holds a CPR number, a password, links and a request"
     );
     Migrator::up(app.domain.db(), None).await.expect("migration 83");
     assert_eq!(

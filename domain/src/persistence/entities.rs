@@ -385,6 +385,10 @@ pub mod grant {
         /// The one resource it covers (R-ACC-3), named by the service that
         /// checks the right; none: everything in its scope.
         pub resource: Option<String>,
+        /// The client's request id of CreateGrant (AIP-155), and the
+        /// fingerprint of what that request asked (`request_fingerprint`).
+        pub create_request_id: Option<String>,
+        pub create_request_hash: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -690,6 +694,10 @@ pub mod certificate {
         pub version: i64,
         pub created_at: i64,
         pub updated_at: i64,
+        /// The client's request id of OrderCertificate (AIP-155), and the
+        /// fingerprint of what that request asked (`request_fingerprint`).
+        pub create_request_id: Option<String>,
+        pub create_request_hash: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -321,7 +321,7 @@ impl Domain {
             super::access::end_delegation_of_in(&txn, caller, old.id, now).await?;
             // The person moves on with their CPR number and address; the
             // closed profile keeps neither the number nor a way to sign in.
-            super::users::forget_deleted_person_in(&txn, old.id).await?;
+            super::users::forget_deleted_person_in(&txn, caller, old.id, now).await?;
             revoked = self
                 .end_holder_certificates_in(&txn, caller, old.id, HolderEnding::Left, now)
                 .await?;

@@ -30,6 +30,32 @@ use crate::model::Role;
 use crate::persistence::entities::{organisation, user, user_role};
 use crate::persistence::is_postgres;
 
+/// What a create with a request id asked (AIP-155), as a fingerprint kept
+/// with what it made: the caller and the request as the domain reads it.
+/// A retry sends the same and gets the first call's result; the same id
+/// with anything else is another request.
+pub(crate) fn request_fingerprint(caller: &crate::policy::Caller, request: &impl std::fmt::Debug) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("{}|{request:?}", caller.actor())))
+}
+
+/// A retry's answer: `Ok` when the stored fingerprint is this request's;
+/// otherwise the id was used by another request (another caller, another
+/// body), which is the client's mistake to hear about, not to be answered
+/// with someone else's result.
+pub(crate) fn ensure_same_request(stored: Option<&str>, fingerprint: &str, resource: &str) -> DomainResult<()> {
+    if stored == Some(fingerprint) {
+        Ok(())
+    } else {
+        Err(DomainError::AlreadyExists {
+            reason: Reason::RequestIdReused,
+            message: format!(
+                "request_id was already used for another request (a {resource} made with other fields or by someone else); choose a new request_id"
+            ),
+        })
+    }
+}
+
 /// Loads an organisation row and, on PostgreSQL, locks it for the rest of the
 /// transaction: every rule that counts users (administrators) runs under this
 /// lock, so two concurrent calls cannot both take the last seat.

@@ -495,6 +495,7 @@ impl Domain {
 
 fn grant_of(grantee_id: Uuid, right: &str, actions: Actions, unit_id: Option<Uuid>) -> NewGrant {
     NewGrant {
+        request_id: None,
         grantee: Grantee::User(grantee_id),
         right: right.to_owned(),
         unit_id,

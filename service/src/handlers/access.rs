@@ -361,6 +361,7 @@ impl AccessService for AccessHandler {
             actions: actions_from_pb("actions", &r.actions).into_status()?,
             grantable: actions_from_pb("grantable_actions", &r.grantable_actions).into_status()?,
             may_authorise: r.may_authorise,
+            request_id: opt_string(r.request_id),
         };
         let grant = self.domain.create_grant(&caller, new).await.into_status()?;
         Ok(Response::new(pb::CreateGrantResponse {

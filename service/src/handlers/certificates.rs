@@ -82,6 +82,7 @@ impl CertificateService for CertificateHandler {
                     .map(|(i, u)| certificate_usage(&format!("usages[{i}]"), *u))
                     .collect::<Result<_, _>>()?,
                 email: opt_string(r.email.clone()),
+                request_id: opt_string(r.request_id.clone()),
             })
         })()
         .into_status()?;

@@ -67,6 +67,8 @@ pub struct NewGrant {
     pub actions: Actions,
     pub grantable: Actions,
     pub may_authorise: bool,
+    /// The client's request id (AIP-155): a retry finds the first grant.
+    pub request_id: Option<String>,
 }
 
 /// A grant as stored.
@@ -533,6 +535,9 @@ impl Domain {
         // which would answer INTERNAL).
         let mut v = Violations::default();
         check_right(&mut v, &new.right);
+        if let Some(id) = &new.request_id {
+            v.check("request_id", crate::validate::request_id(id));
+        }
         v.into_result()?;
         let holder = Holder::of(self, &self.db, granter).await?;
         let held = held_grants(self, &self.db, grantee.organisation_id(), &holder, &new.right).await?;
@@ -613,6 +618,26 @@ impl Domain {
         // Grant writes of an organisation are ordered by its row lock, so the
         // grant this one is made on cannot be revoked between check and commit.
         lock_organisation(txn, organisation_id).await?;
+        // A retry (under the lock, so a first call still writing is waited
+        // for) gets what the first call made, whatever changed since.
+        let fingerprint = new
+            .request_id
+            .as_ref()
+            .map(|_| crate::services::request_fingerprint(caller, &new));
+        if let Some(request_id) = &new.request_id
+            && let Some(earlier) = grant::Entity::find()
+                .filter(grant::Column::OrganisationId.eq(organisation_id))
+                .filter(grant::Column::CreateRequestId.eq(request_id.as_str()))
+                .one(txn)
+                .await?
+        {
+            crate::services::ensure_same_request(
+                earlier.create_request_hash.as_deref(),
+                fingerprint.as_deref().unwrap_or_default(),
+                "grant",
+            )?;
+            return Ok(from_row(earlier));
+        }
         super::scope_unit_as_now(txn, organisation_id, new.unit_id).await?;
         let caller = &super::caller_as_now(self, txn, caller).await?;
         // The grantee as they stand under the lock (their unit decides their
@@ -678,6 +703,8 @@ impl Domain {
             granter_id: Set(Some(granter)),
             granted_by: Set(caller.actor()),
             granted_at: Set(now),
+            create_request_id: Set(new.request_id.clone()),
+            create_request_hash: Set(fingerprint),
         }
         .insert(txn)
         .await?;

@@ -45,6 +45,8 @@ pub struct CertificateOrder {
     /// An e-mail address to put in the certificate: the holder's (or for
     /// the other kinds the contact person's), verified and plain ASCII.
     pub email: Option<String>,
+    /// The client's request id (AIP-155): a retry finds the first order.
+    pub request_id: Option<String>,
 }
 
 /// An issued certificate with what a holder installs.
@@ -100,6 +102,9 @@ pub(crate) fn recipient_of(row: &certificate::Model) -> Uuid {
 /// Checks the order's own fields, before any database work.
 fn check_order(order: &CertificateOrder) -> DomainResult<()> {
     let mut v = Violations::default();
+    if let Some(id) = &order.request_id {
+        v.check("request_id", crate::validate::request_id(id));
+    }
     if order.usages.is_empty() {
         v.add("usages", "must name at least one usage");
     }
@@ -656,6 +661,27 @@ impl Domain {
         // while it writes people in its own order): the two people locked
         // below cannot deadlock with those.
         let org = lock_organisation(&txn, order.organisation_id).await?;
+        // A retry (under the lock, so a first call still writing is waited
+        // for) gets the order the first call made, as it is now: no second
+        // order, no second pickup mail.
+        let fingerprint = order
+            .request_id
+            .as_ref()
+            .map(|_| crate::services::request_fingerprint(caller, &order));
+        if let Some(request_id) = &order.request_id
+            && let Some(earlier) = certificate::Entity::find()
+                .filter(certificate::Column::OrganisationId.eq(org.id))
+                .filter(certificate::Column::CreateRequestId.eq(request_id.as_str()))
+                .one(&txn)
+                .await?
+        {
+            crate::services::ensure_same_request(
+                earlier.create_request_hash.as_deref(),
+                fingerprint.as_deref().unwrap_or_default(),
+                "certificate order",
+            )?;
+            return to_certificate(earlier);
+        }
         ensure_kind_allowed(&org, order.kind)?;
         // The holder and the contact person are read FOR SHARE
         // (`person_in_locked`), so a deletion in progress is waited for and
@@ -723,6 +749,8 @@ impl Domain {
             version: 1,
             created_at: now,
             updated_at: now,
+            create_request_id: order.request_id.clone(),
+            create_request_hash: fingerprint,
             ..Default::default()
         };
         insert(&txn, &row).await?;

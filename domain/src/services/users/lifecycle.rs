@@ -201,7 +201,7 @@ impl Domain {
         active.deactivated_until = Set(None);
         self.write_user_change(txn, &row, active, now).await?;
         self.revoke_user_tokens(txn, id, now, true).await?;
-        forget_deleted_person_in(txn, id).await?;
+        forget_deleted_person_in(txn, caller, id, now).await?;
         self.record_user_event(txn, &current, Activity::UserDeleted, caller, now, changes)
             .await?;
         self.end_holder_certificates_in(txn, caller, id, HolderEnding::Left, now)
@@ -302,6 +302,9 @@ impl Domain {
     }
 }
 
+/// The decision note of a rights request that ended with its requester.
+const REQUESTER_DELETED_NOTE: &str = "closed: the person's profile was deleted";
+
 /// What a deleted profile no longer keeps (R-USR-5, R-USR-9): the CPR
 /// number (its look-up hash and its ciphertext) and the birth date, which
 /// identify the person and prove who they are at activation, and every
@@ -309,9 +312,35 @@ impl Domain {
 /// challenges, activation and e-mail links). A deleted profile never signs
 /// in or activates again, so none of it has a use left, and a database dump
 /// must not carry a CPR number for people who are gone. Name and e-mail stay:
-/// history names who did what.
-pub(crate) async fn forget_deleted_person_in(txn: &DatabaseTransaction, user_id: Uuid) -> DomainResult<()> {
-    use crate::persistence::entities::{activation_secret, login_challenge, password_credential, totp_credential};
+/// history names who did what. Their open rights requests end too, refused
+/// with a note by whoever deleted them: no one can approve them any more,
+/// and a decision mailed later would go to an address that may be someone
+/// else's by then.
+pub(crate) async fn forget_deleted_person_in(
+    txn: &DatabaseTransaction,
+    caller: &Caller,
+    user_id: Uuid,
+    now: Millis,
+) -> DomainResult<()> {
+    use crate::persistence::entities::{
+        activation_secret, login_challenge, password_credential, rights_request, totp_credential,
+    };
+    use crate::services::rights_requests::RightsRequestState;
+    rights_request::Entity::update_many()
+        .col_expr(
+            rights_request::Column::State,
+            Expr::value(RightsRequestState::Rejected.as_str()),
+        )
+        .col_expr(rights_request::Column::DecidedBy, Expr::value(caller.actor()))
+        .col_expr(rights_request::Column::DecidedAt, Expr::value(now))
+        .col_expr(
+            rights_request::Column::DecisionNote,
+            Expr::value(REQUESTER_DELETED_NOTE),
+        )
+        .filter(rights_request::Column::RequesterId.eq(user_id))
+        .filter(rights_request::Column::State.eq(RightsRequestState::Open.as_str()))
+        .exec(txn)
+        .await?;
     user::Entity::update_many()
         .col_expr(user::Column::CprHash, Expr::value(Option::<String>::None))
         .col_expr(user::Column::CprCiphertext, Expr::value(Option::<String>::None))
