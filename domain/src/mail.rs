@@ -135,13 +135,23 @@ fn substitute(template: &str, vars: &[(&str, &str)], escape: bool) -> DomainResu
         let end = after
             .find("}}")
             .ok_or_else(|| DomainError::Internal("unclosed {{ in a mail template".into()))?;
-        let name = after[..end].trim();
+        // `{{> name}}`: text someone wrote (a reason, a note), quoted line
+        // by line in a text part, so no line of it reads as the mail's own
+        // (a link "to approve here", a footer); the HTML part sets it apart
+        // with its markup instead.
+        let (quoted, name) = match after[..end].trim().strip_prefix('>') {
+            Some(name) => (true, name.trim()),
+            None => (false, after[..end].trim()),
+        };
         let value =
             vars.iter().find(|(k, _)| *k == name).map(|(_, v)| *v).ok_or_else(|| {
                 DomainError::Internal(format!("mail template needs {{{{{name}}}}}, which was not given"))
             })?;
         if escape {
             out.push_str(&html_escape(value));
+        } else if quoted {
+            let lines: Vec<String> = value.lines().map(|line| format!("> {line}")).collect();
+            out.push_str(&lines.join("\n"));
         } else {
             out.push_str(value);
         }
@@ -330,6 +340,34 @@ mod tests {
         let formatted = String::from_utf8(message.formatted()).unwrap();
         let subject = formatted.lines().find(|l| l.starts_with("Subject:")).unwrap();
         assert!(!subject.contains("=?"), "{subject}");
+    }
+
+    /// Text someone wrote goes into a text part quoted line by line: a
+    /// stranger's reason (RequestToJoin needs no account) cannot add lines
+    /// that read as the mail's own, such as a link "to approve here".
+    #[test]
+    fn written_text_is_quoted_in_the_text_part() {
+        let forged = "Approve or reject the request here: https://evil.example/approve";
+        let reason = format!("New at the warehouse.\n\n{forged}\n");
+        let mut vars = vars();
+        vars.retain(|(name, _)| *name != "reason" && *name != "note");
+        vars.push(("reason", &reason));
+        vars.push(("note", &reason));
+        for kind in [
+            MailKind::RightsRequest,
+            MailKind::AnonymityRequest,
+            MailKind::RightsRequestDecided,
+        ] {
+            for language in Language::ALL {
+                let mail = render(kind, *language, "Søren", &vars).unwrap();
+                assert!(
+                    mail.text.lines().any(|line| line == format!("> {forged}")),
+                    "{kind:?}/{language}: {}",
+                    mail.text
+                );
+                assert!(!mail.text.lines().any(|line| line == forged), "{kind:?}/{language}");
+            }
+        }
     }
 
     #[test]

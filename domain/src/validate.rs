@@ -248,6 +248,9 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+const NO_BIDI_CONTROLS: &str =
+    "must not contain bidirectional control characters (U+202A-U+202E, U+2066-U+2069 and the marks)";
+
 pub fn text(value: &str, max: usize) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err("must not be empty".into());
@@ -255,11 +258,16 @@ pub fn text(value: &str, max: usize) -> Result<(), String> {
     if value.chars().all(is_invisible) {
         return Err("must contain a visible character".into());
     }
-    line_of_text(value, max)?;
-    if value.chars().any(is_bidi_control) {
-        return Err(
-            "must not contain bidirectional control characters (U+202A-U+202E, U+2066-U+2069 and the marks)".into(),
-        );
+    line_of_text(value, max)
+}
+
+/// A person's first name or surname: [`text`], and no `<` or `>`. Mails
+/// and history show a person as `name <address>`; a name holding its own
+/// `<someone@else>` made a request read as someone else's.
+pub fn person_name(value: &str, max: usize) -> Result<(), String> {
+    text(value, max)?;
+    if value.contains(['<', '>']) {
+        return Err("must not contain < or >".into());
     }
     Ok(())
 }
@@ -284,6 +292,11 @@ pub fn lines_of_text(value: &str, min: usize, max: usize) -> Result<(), String> 
     {
         return Err("must not contain control characters other than line breaks and tabs".into());
     }
+    // A reason or a note goes into mails as it is: reordered, a link or a
+    // file name reads as something else than what was written.
+    if value.chars().any(is_bidi_control) {
+        return Err(NO_BIDI_CONTROLS.into());
+    }
     Ok(())
 }
 
@@ -295,6 +308,15 @@ pub fn line_of_text(value: &str, max: usize) -> Result<(), String> {
     }
     if value.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
+    }
+    // Unicode's line and paragraph separators are not controls, but every
+    // mail reader and certificate viewer breaks the line there: one line
+    // (a greeting's name, a subject) would show as several.
+    if value.contains(['\u{2028}', '\u{2029}']) {
+        return Err("must be one line (no line or paragraph separator, U+2028 or U+2029)".into());
+    }
+    if value.chars().any(is_bidi_control) {
+        return Err(NO_BIDI_CONTROLS.into());
     }
     Ok(())
 }

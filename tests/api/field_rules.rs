@@ -560,6 +560,18 @@ fn rows() -> Vec<Row> {
                 ..c.new_user()
             }
         )),
+        row!("first_name", "an address of its own in < >", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                first_name: "Direktør <direktor@firma.dk>".into(),
+                ..c.new_user()
+            }
+        )),
+        row!("first_name", "a line separator", |c| Call::CreateUser(
+            pb::CreateUserRequest {
+                first_name: "Anna\u{2028}Din konto er spærret".into(),
+                ..c.new_user()
+            }
+        )),
         row!("surname", "101 characters", |c| Call::CreateUser(
             pb::CreateUserRequest {
                 surname: long(101),
@@ -746,6 +758,12 @@ fn rows() -> Vec<Row> {
         row!("name", "invisible only", |c| Call::CreateOrganisation(
             pb::CreateOrganisationRequest {
                 name: INVISIBLE.into(),
+                ..c.new_organisation()
+            }
+        )),
+        row!("name", "a paragraph separator", |c| Call::CreateOrganisation(
+            pb::CreateOrganisationRequest {
+                name: "Firma\u{2029}A/S".into(),
                 ..c.new_organisation()
             }
         )),
@@ -990,6 +1008,11 @@ fn rows() -> Vec<Row> {
         row!("reason", "a NUL", |_| Call::RequestAnonymity(
             pb::RequestAnonymityRequest {
                 reason: "Jeg vil være anonym\0".into()
+            }
+        )),
+        row!("reason", "a right-to-left override", |_| Call::RequestAnonymity(
+            pb::RequestAnonymityRequest {
+                reason: "Se fakturaen: https://firma.dk/\u{202E}fdp.exe".into()
             }
         )),
         row!("note", "1001 characters", |c| Call::DecideAnonymityRequest(

@@ -401,7 +401,7 @@ async fn mail_goes_to_exactly_the_accepted_address(backend: Backend) {
         &token,
         pb::CreateUserRequest {
             email: format!("O'Brien+ny.{n}@\u{C6}blega\u{30A}rden.dk"),
-            first_name: "Hansen, Anna <x@y.dk>".into(),
+            first_name: "Hansen, Anna (x@y.dk)".into(),
             ..new_user(&org, "x", &[])
         },
     )

@@ -215,7 +215,7 @@ pub(crate) fn check_identity_fields(
 ) -> (Option<String>, Option<String>, Option<Email>) {
     let mut name = |field: String, value: Option<&str>| {
         let value = nfc(value?.trim());
-        v.check(&field, validate::text(&value, 100));
+        v.check(&field, validate::person_name(&value, 100));
         Some(value)
     };
     let first_name = name(format!("{prefix}first_name"), first_name);
