@@ -410,6 +410,9 @@ async fn sessions_are_listed_revoked_and_end_when_idle(backend: Backend) {
     )
     .await;
     let fixture = app.org_with_admin().await;
+    // An API token ends by its expiry only: the administrator's, to look
+    // at the list after every session has gone idle.
+    let admin_api = app.own_api_token(&fixture.admin_token, &fixture.admin.id).await;
     let (anna, email) = app.member_with_password(&fixture, "Anna", &[]).await;
     let laptop = app.login(&email, TEST_PASSWORD).await.unwrap().session_token;
     let phone = app.login(&email, TEST_PASSWORD).await.unwrap().session_token;
@@ -468,6 +471,23 @@ async fn sessions_are_listed_revoked_and_end_when_idle(backend: Backend) {
     }
     tokio::time::sleep(Duration::from_millis(2600)).await;
     assert_code(app.who_am_i(&laptop).await, Code::Unauthenticated);
+    // ListApiTokens lists the live ones: none of hers is, idle or revoked.
+    let listed = app
+        .auth()
+        .list_api_tokens(req(
+            &admin_api,
+            pb::ListApiTokensRequest {
+                organisation_id: fixture.org.id.clone(),
+            },
+        ))
+        .await
+        .expect("the administrator lists the organisation's tokens")
+        .into_inner()
+        .api_tokens;
+    assert!(
+        listed.iter().all(|t| t.user_id != anna.id),
+        "an idle session is listed as live: {listed:?}"
+    );
     app.finish().await;
 }
 

@@ -453,6 +453,13 @@ impl Domain {
                     .add(api_token::Column::ExpiresAt.is_null())
                     .add(api_token::Column::ExpiresAt.gt(now)),
             )
+            // A session unused past the idle time has ended (authentication
+            // refuses it) though its row says nothing of it.
+            .filter(
+                sea_orm::Condition::any()
+                    .add(api_token::Column::Kind.ne(KIND_SESSION))
+                    .add(super::sessions::session_not_idle(now, self.settings.session_idle_ms)),
+            )
             .order_by_asc(api_token::Column::Id);
         if let super::Visible::Concerning(me) =
             super::visible_to(caller, Action::ManageApiTokens, organisation_id, "API tokens")?

@@ -161,15 +161,7 @@ impl Domain {
             .filter(api_token::Column::Kind.eq(KIND_SESSION))
             .filter(api_token::Column::RevokedAt.is_null())
             .filter(api_token::Column::ExpiresAt.gt(now))
-            .filter(
-                Condition::any()
-                    .add(api_token::Column::LastUsedAt.gt(now - idle_ms))
-                    .add(
-                        Condition::all()
-                            .add(api_token::Column::LastUsedAt.is_null())
-                            .add(api_token::Column::CreatedAt.gt(now - idle_ms)),
-                    ),
-            )
+            .filter(session_not_idle(now, idle_ms))
             .order_by_desc(api_token::Column::Id)
             .all(&self.db)
             .await?;
@@ -245,4 +237,16 @@ impl Domain {
         self.authorize_on_user(caller, Action::ManageSessions, user_id).await?;
         Ok(user_id)
     }
+}
+
+/// A session used (or, never used, made) within the last `idle_ms`: the
+/// rule `authenticate` applies, for the lists that show live sessions.
+pub(crate) fn session_not_idle(now: Millis, idle_ms: i64) -> Condition {
+    Condition::any()
+        .add(api_token::Column::LastUsedAt.gt(now - idle_ms))
+        .add(
+            Condition::all()
+                .add(api_token::Column::LastUsedAt.is_null())
+                .add(api_token::Column::CreatedAt.gt(now - idle_ms)),
+        )
 }
