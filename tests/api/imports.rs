@@ -949,6 +949,13 @@ async fn cancel_limits_and_broken_files(backend: Backend) {
         .job
         .unwrap();
     assert_eq!(cancelled.state, pb::ImportState::Cancelled as i32);
+    // R-BULK-6: its requester is told it ended, as of a running one.
+    let told = app.mail_texts("import_finished", &fixture.admin.email).await;
+    assert_eq!(
+        told.iter().filter(|text| text.contains(&queued.id)).count(),
+        1,
+        "the requester of a cancelled queued import was not told: {told:?}"
+    );
     let again = app
         .imports()
         .cancel_import(req(&token, pb::CancelImportRequest { id: queued.id.clone() }))

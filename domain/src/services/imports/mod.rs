@@ -579,6 +579,9 @@ impl Domain {
             Target::organisation(row.organisation_id),
         )?;
         let now = now_millis();
+        // A queued job ends here, so its requester is told here, as the
+        // worker tells them of a running one it ends.
+        let txn = crate::persistence::begin_write(&self.db).await?;
         let queued = import_job::Entity::update_many()
             .col_expr(import_job::Column::State, Expr::value(ImportState::Cancelled.as_str()))
             .col_expr(import_job::Column::CancelRequested, Expr::value(true))
@@ -586,8 +589,12 @@ impl Domain {
             .col_expr(import_job::Column::UpdatedAt, Expr::value(now))
             .filter(import_job::Column::Id.eq(id))
             .filter(import_job::Column::State.eq(ImportState::Queued.as_str()))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        if queued.rows_affected == 1 {
+            self.tell_requester_import_ended_in(&txn, id).await?;
+        }
+        txn.commit().await?;
         if queued.rows_affected == 0 {
             let running = import_job::Entity::update_many()
                 .col_expr(import_job::Column::CancelRequested, Expr::value(true))

@@ -882,6 +882,43 @@ impl Domain {
         Ok(Ok(first))
     }
 
+    /// R-BULK-6: the requester of an import that ended (finished, failed
+    /// or cancelled, queued or running) is told, in app and by mail as they
+    /// chose, unless they are gone. In the transaction that ends it.
+    /// Returns the job as it ended.
+    pub(super) async fn tell_requester_import_ended_in(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        job_id: Uuid,
+    ) -> DomainResult<import_job::Model> {
+        let finished = import_job::Entity::find_by_id(job_id)
+            .one(txn)
+            .await?
+            .ok_or_else(|| DomainError::not_found("import", job_id))?;
+        if let Some(requester) = user::Entity::find_by_id(finished.requester_id).one(txn).await?
+            && parse::<UserState>(&requester.state)? != UserState::Deleted
+        {
+            let id = job_id.to_string();
+            let applied = finished.applied.to_string();
+            let failed = finished.failed.to_string();
+            self.notify(
+                txn,
+                &requester,
+                NotificationKind::ImportFinished,
+                MailKind::ImportFinished,
+                &[
+                    ("first_name", requester.first_name.as_str()),
+                    ("job_id", &id),
+                    ("created", &applied),
+                    ("failed", &failed),
+                ],
+                Some(job_id),
+            )
+            .await?;
+        }
+        Ok(finished)
+    }
+
     /// Ends a job, tells the requester (in-app and by mail as they chose,
     /// R-BULK-6) in the same transaction, and lets go of the claim.
     async fn end_import(
@@ -910,31 +947,7 @@ impl Domain {
             txn.rollback().await?;
             return Ok(());
         }
-        let finished = import_job::Entity::find_by_id(job.id)
-            .one(&txn)
-            .await?
-            .ok_or_else(|| DomainError::not_found("import", job.id))?;
-        if let Some(requester) = user::Entity::find_by_id(job.requester_id).one(&txn).await?
-            && parse::<UserState>(&requester.state)? != UserState::Deleted
-        {
-            let job_id = job.id.to_string();
-            let applied = finished.applied.to_string();
-            let failed = finished.failed.to_string();
-            self.notify(
-                &txn,
-                &requester,
-                NotificationKind::ImportFinished,
-                MailKind::ImportFinished,
-                &[
-                    ("first_name", requester.first_name.as_str()),
-                    ("job_id", &job_id),
-                    ("created", &applied),
-                    ("failed", &failed),
-                ],
-                Some(job.id),
-            )
-            .await?;
-        }
+        let finished = self.tell_requester_import_ended_in(&txn, job.id).await?;
         txn.commit().await?;
         tracing::info!(
             import = %job.id,
