@@ -205,6 +205,19 @@ async fn activation_by_code(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_ne!(second.activation_code, first_code);
+    // The reply's expiry is the stored code's (through its last day), not
+    // a time of its own.
+    let user_key: uuid::Uuid = user.id.parse().unwrap();
+    let stored = app
+        .row_where(
+            "SELECT MAX(expires_at) FROM activation_secrets WHERE used_at IS NULL AND revoked_at IS NULL AND user_id =",
+            user_key,
+        )
+        .await
+        .try_get_by_index::<i64>(0)
+        .unwrap();
+    let answered = second.expire_time.as_ref().expect("expire_time");
+    assert_eq!(answered.seconds * 1000 + i64::from(answered.nanos) / 1_000_000, stored);
     let notice = sink.wait_for(&request.email, 1).await;
     assert!(
         !notice[0].text.contains(&second.activation_code),

@@ -310,10 +310,10 @@ impl Domain {
         txn: &DatabaseTransaction,
         row: &user::Model,
         earlier: Earlier,
-    ) -> DomainResult<String> {
+    ) -> DomainResult<(String, Millis)> {
         let code = new_code();
-        self.store_secret(txn, row.id, KIND_CODE, &code, earlier, None).await?;
-        Ok(code)
+        let expires_at = self.store_secret(txn, row.id, KIND_CODE, &code, earlier, None).await?;
+        Ok((code, expires_at))
     }
 
     async fn pending_user_for_activation(
@@ -388,8 +388,9 @@ impl Domain {
 
     /// A new code for a user without a CPR number; the old code stops working.
     /// The user is told by mail that a new code exists (not the code itself).
+    /// Returns the code and when it stops working.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
-    pub async fn create_activation_code(&self, caller: &Caller, user_id: Uuid) -> DomainResult<String> {
+    pub async fn create_activation_code(&self, caller: &Caller, user_id: Uuid) -> DomainResult<(String, Millis)> {
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
         if row.cpr_hash.is_some() {
             return Err(DomainError::precondition(
@@ -416,7 +417,7 @@ impl Domain {
                 crate::services::users::OPERATOR_APPOINTS_ONLY_WITHOUT_ADMIN,
             ));
         }
-        let code = self.issue_activation_code(&txn, &row, Earlier::End).await?;
+        let (code, expires_at) = self.issue_activation_code(&txn, &row, Earlier::End).await?;
         self.enqueue_mail(
             &txn,
             Some(org.id),
@@ -442,7 +443,7 @@ impl Domain {
         )
         .await?;
         txn.commit().await?;
-        Ok(code)
+        Ok((code, expires_at))
     }
 
     /// The person activates with link token or code plus their CPR number or

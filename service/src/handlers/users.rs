@@ -448,15 +448,14 @@ impl UserService for UserHandler {
     ) -> Result<Response<pb::CreateActivationCodeResponse>, Status> {
         let caller = caller(&self.domain, &request).await?;
         let user_id = id("user_id", &request.get_ref().user_id).into_status()?;
-        let code = self
+        let (code, expires_at) = self
             .domain
             .create_activation_code(&caller, user_id)
             .await
             .into_status()?;
-        let expires = orgadmin_domain::model::now_millis() + self.domain.settings().activation_ttl_ms;
         Ok(Response::new(pb::CreateActivationCodeResponse {
             activation_code: code,
-            expire_time: Some(timestamp(expires)),
+            expire_time: Some(timestamp(expires_at)),
         }))
     }
 

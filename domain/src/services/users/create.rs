@@ -653,7 +653,7 @@ impl Domain {
                         .await?;
                     None
                 }
-                (true, false) => Some(self.issue_activation_code(txn, &row, Earlier::NoneYet).await?),
+                (true, false) => Some(self.issue_activation_code(txn, &row, Earlier::NoneYet).await?.0),
             };
             answers.push(Ok((row, code)));
         }
