@@ -143,10 +143,33 @@ async fn a_retried_upload_returns_the_first_job(backend: Backend) {
         .await
         .expect("upload");
     let again = app
-        .upload_import(&token, retried, text.as_bytes(), 1 << 20)
+        .upload_import(&token, retried.clone(), text.as_bytes(), 1 << 20)
         .await
         .expect("the retry");
     assert_eq!(again.id, first.id);
+    assert_eq!(app.count("SELECT COUNT(*) FROM import_jobs").await, 1);
+    // The same id with another request is refused, not answered with the
+    // first one's job: a real run after a check (nothing would be
+    // imported, and nothing said), a DELETE under a CREATE's id.
+    for other in [
+        pb::ImportSpec {
+            validate_only: true,
+            ..retried.clone()
+        },
+        pb::ImportSpec {
+            kind: pb::ImportKind::Delete as i32,
+            ..retried.clone()
+        },
+    ] {
+        let refused = app
+            .upload_import(&token, other, text.as_bytes(), 1 << 20)
+            .await
+            .expect_err("the same request id with another request");
+        assert_eq!(
+            (refused.code(), reason(&refused).as_str()),
+            (Code::AlreadyExists, "REQUEST_ID_REUSED")
+        );
+    }
     assert_eq!(app.count("SELECT COUNT(*) FROM import_jobs").await, 1);
     app.run_imports().await;
     assert_eq!(app.import_job(&token, &first.id).await.applied, 3);

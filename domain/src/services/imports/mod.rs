@@ -305,6 +305,11 @@ impl Domain {
                 .one(&self.db)
                 .await?
         {
+            crate::services::ensure_same_request(
+                Some(&import_request_of(&existing)),
+                &import_request(spec.kind.as_str(), spec.validate_only, &spec.file_name, requester_id),
+                "import",
+            )?;
             return Ok(BeganImport::Existing(job_from_row(existing)?));
         }
         self.ensure_import_slot(&self.db, spec.organisation_id, None).await?;
@@ -899,6 +904,7 @@ impl ImportUpload {
                 // A retry with the same request id finished first: its job
                 // is the answer; this upload is dropped.
                 drop(txn);
+                let own = domain.import_job_row(self.job_id).await?;
                 domain.discard_upload(self.job_id, None).await?;
                 let request_id = self.request_id.take().unwrap_or_default();
                 let existing = import_job::Entity::find()
@@ -907,6 +913,11 @@ impl ImportUpload {
                     .one(&domain.db)
                     .await?
                     .ok_or_else(|| DomainError::Internal("the import with this request id vanished".into()))?;
+                crate::services::ensure_same_request(
+                    Some(&import_request_of(&existing)),
+                    &import_request_of(&own),
+                    "import",
+                )?;
                 job_from_row(existing)
             }
             Err(e) => Err(e.into()),
@@ -955,4 +966,18 @@ pub(crate) fn chunk_context(job_id: Uuid, seq: i32) -> Vec<u8> {
     let mut context = job_id.as_bytes().to_vec();
     context.extend(seq.to_be_bytes());
     context
+}
+
+/// What an import's request id stands for (AIP-155): who uploaded what
+/// kind of file, named how, and whether only to check it. A retry sends the
+/// same; the same id with another of these (a real run after a check, a
+/// DELETE under a CREATE's id, another person's upload) is another request,
+/// which must not be answered with the first one's job. The file's bytes
+/// are not compared (they arrive after the answer is decided).
+fn import_request(kind: &str, validate_only: bool, file_name: &str, requester_id: Uuid) -> String {
+    format!("{kind}|{validate_only}|{requester_id}|{file_name}")
+}
+
+fn import_request_of(job: &import_job::Model) -> String {
+    import_request(&job.kind, job.validate_only, &job.file_name, job.requester_id)
 }
