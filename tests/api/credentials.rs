@@ -15,6 +15,7 @@ both_backends!(
     cpr_numbers_are_written_one_way_and_born_already,
     a_user_administrator_cannot_take_over_an_administrators_login,
     activation_codes_are_stored_keyed,
+    configured_operator_tokens_retire_the_generated_one,
 );
 
 async fn activation_hands_the_person_a_session_of_their_own(backend: Backend) {
@@ -676,5 +677,34 @@ async fn activation_codes_are_stored_keyed(backend: Backend) {
     activate(old.to_lowercase().replace('-', " "))
         .await
         .expect("an old code activates");
+    app.finish().await;
+}
+
+/// The embedded default generates an operator token on its first start,
+/// with no end and no RPC to revoke it. An operator who then configures
+/// tokens of their own (ORGADMIN_OPERATOR_TOKENS, the rotation recipe)
+/// retires it: a leaked copy of `data/operator-token` must not act on.
+async fn configured_operator_tokens_retire_the_generated_one(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let db = app.domain.db().clone();
+    let embedded = orgadmin_domain::Domain::new(db.clone(), test_vault(), &[]);
+    let generated = embedded
+        .bootstrap_operator_token()
+        .await
+        .expect("bootstrap")
+        .expect("a token on the first start");
+    embedded
+        .authenticate(&generated)
+        .await
+        .expect("the generated token acts while nothing is configured");
+    let configured = orgadmin_domain::Domain::new(db, test_vault(), &["oat_a_configured_operator_token".to_owned()]);
+    assert!(
+        configured.authenticate(&generated).await.is_err(),
+        "the generated token still acts beside configured ones"
+    );
+    configured
+        .authenticate("oat_a_configured_operator_token")
+        .await
+        .expect("the configured token acts");
     app.finish().await;
 }

@@ -148,6 +148,13 @@ impl Domain {
             expires_at = Some(expires_at.map_or(idle_end, |at| at.min(idle_end)));
         }
         if kind == KIND_OPERATOR {
+            // The token generated on the embedded default's first start has
+            // no end and no RPC revokes it: configuring operator tokens
+            // (the rotation recipe) retires it, or a copy of the old
+            // `data/operator-token` would act as operator for good.
+            if !self.configured_operators.is_empty() {
+                return Err(refused());
+            }
             let caller = Caller::new(Principal::Operator { token_id });
             self.auth_cache.put(hash, caller.clone(), read_at, now, expires_at);
             return Ok(caller);
