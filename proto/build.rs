@@ -24,6 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The vendored protoc keeps the build free of a system protobuf-compiler.
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
+        // prost's codec answers a request that is no valid message with
+        // INTERNAL; ours says INVALID_ARGUMENT (src/lib.rs, `codec`).
+        .codec_path("crate::codec::RequestCodec")
         .file_descriptor_set_path(out_dir.join("orgadmin_descriptor.bin"))
         .compile_with_config(config, PROTOS, &["."])?;
     // tonic-prost-build 0.14 does not print these reliably; do it by hand.

@@ -19,6 +19,7 @@ both_backends!(
     huge_lists_are_refused_before_any_work,
     field_violations_are_capped,
     client_text_in_violations_is_bounded,
+    a_request_that_is_no_message_is_invalid,
 );
 
 /// An error the client can take whole: the details of every refusal here
@@ -292,6 +293,30 @@ fn oversized_lists(
         }
     }
     out
+}
+
+/// A request whose bytes are no message of its type (here a login id that
+/// is not UTF-8) is the caller's mistake: INVALID_ARGUMENT naming the
+/// field. prost's codec said INTERNAL, which anyone could send (Login needs
+/// no token) to make the service count server errors.
+async fn a_request_that_is_no_message_is_invalid(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let before = app.fingerprint().await;
+    let mut grpc = tonic::client::Grpc::new(app.channel());
+    grpc.ready().await.unwrap();
+    // Field 1 (login_id), length-delimited, one byte that is no UTF-8.
+    let answer = grpc
+        .unary(
+            req("", vec![0x0a, 0x01, 0xff]),
+            "/orgadmin.v1.AuthService/Login".parse().expect("method path"),
+            RawCodec,
+        )
+        .await;
+    let refused = assert_code(answer, Code::InvalidArgument);
+    assert_eq!(bad_fields(&refused), ["login_id"]);
+    assert_eq!(reason(&refused), "INVALID_ARGUMENT");
+    assert_eq!(app.fingerprint().await, before);
+    app.finish().await;
 }
 
 /// Sends and receives messages as raw bytes.
