@@ -499,6 +499,95 @@ fn ed25519_csr() -> String {
     std::fs::read_to_string(dir.join("r.csr")).unwrap()
 }
 
+/// A DER element: `tag`, its length, `content`.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match content.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n < 0x100 => out.extend([0x81, n as u8]),
+        n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// An RSA CSR, signed and verifying, whose key's algorithm lacks the NULL
+/// parameter the standard gives rsaEncryption: a verifier that ignores the
+/// parameters accepts it, the signer does not.
+fn rsa_csr_without_null_parameters() -> String {
+    let dir = fresh_dir();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl must be installed");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        "k.pem",
+    ]);
+    openssl(&[
+        "rsa",
+        "-in",
+        "k.pem",
+        "-RSAPublicKey_out",
+        "-outform",
+        "DER",
+        "-out",
+        "pub.der",
+    ]);
+    let rsa_public_key = std::fs::read(dir.join("pub.der")).unwrap();
+    // rsaEncryption, 1.2.840.113549.1.1.1, and no NULL after it.
+    let rsa = der(0x06, &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01]);
+    let spki = der(
+        0x30,
+        &[
+            der(0x30, &rsa),
+            der(0x03, &[&[0x00], rsa_public_key.as_slice()].concat()),
+        ]
+        .concat(),
+    );
+    let subject = der(
+        0x30,
+        &der(
+            0x31,
+            &der(0x30, &[der(0x06, &[0x55, 0x04, 0x03]), der(0x0c, b"x")].concat()),
+        ),
+    );
+    let info = der(0x30, &[der(0x02, &[0]), subject, spki, vec![0xa0, 0x00]].concat());
+    std::fs::write(dir.join("info.der"), &info).unwrap();
+    openssl(&["dgst", "-sha256", "-sign", "k.pem", "-out", "sig.bin", "info.der"]);
+    let signature = std::fs::read(dir.join("sig.bin")).unwrap();
+    // sha256WithRSAEncryption, 1.2.840.113549.1.1.11, with its NULL.
+    let signed_with = der(
+        0x30,
+        &[
+            der(0x06, &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b]),
+            vec![0x05, 0x00],
+        ]
+        .concat(),
+    );
+    let request = der(
+        0x30,
+        &[info, signed_with, der(0x03, &[&[0x00], signature.as_slice()].concat())].concat(),
+    );
+    std::fs::write(dir.join("r.der"), &request).unwrap();
+    let body = String::from_utf8(openssl(&["base64", "-in", "r.der"])).unwrap();
+    format!("-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n")
+}
+
 /// The body of a PEM CSR, cut off: not a CSR any more.
 const CSR_CUT: &str =
     "-----BEGIN CERTIFICATE REQUEST-----\nMIIBBjCBrQIBADAMMQowCAYDVQQDDAF4\n-----END CERTIFICATE REQUEST-----\n";
@@ -1515,6 +1604,17 @@ fn rows() -> Vec<Row> {
                 csr_pem: p256_csr(),
             }
         )),
+        row!(
+            "csr_pem",
+            "a key whose algorithm parameters are not the standard's",
+            rule: "algorithm parameters",
+            |c| {
+                Call::IssueCertificate(pb::IssueCertificateRequest {
+                    token: c.encryption_pickup.clone(),
+                    csr_pem: rsa_csr_without_null_parameters(),
+                })
+            }
+        ),
         row!("csr_pem", "cut short", |c| Call::IssueCertificate(
             pb::IssueCertificateRequest {
                 token: c.encryption_pickup.clone(),

@@ -85,6 +85,13 @@ pub fn check_csr(pem_text: &str) -> Result<CheckedCsr, String> {
     request
         .verify_signature()
         .map_err(|_| "has a signature that does not verify with its own public key".to_owned())?;
+    // The key as the signer reads it, now: the verifier above ignores the
+    // algorithm's parameters, the signer wants them exactly as the
+    // standard has them (an Ed25519 key with a NULL, an RSA key without
+    // one), and its refusal at issue time was INTERNAL, retried for ever.
+    rcgen::SubjectPublicKeyInfo::from_der(spki.raw).map_err(|_| {
+        "has a public key whose algorithm parameters are not the standard ones for its type; make the request with a standard tool (openssl req)".to_owned()
+    })?;
     Ok(CheckedCsr {
         public_key_der: spki.raw.to_vec(),
         key,
