@@ -59,11 +59,43 @@ pub enum Order {
     Descending,
 }
 
+/// `list` bound to the query its pages come from (AIP-158): a token is
+/// good for the request that got it, not for the same list with other
+/// filters, where it would go on from a place in another list of rows. The
+/// query with its filters (and their values) is the request as the list
+/// reads it, every filter included, without each list naming its own. A
+/// filter that reads data (a unit's subtree, a person's groups) binds the
+/// token to that data too: when it changes between two pages, the next
+/// token is refused and the client starts again.
+fn bound_to<E: sea_orm::EntityTrait>(list: &str, select: &sea_orm::Select<E>) -> String {
+    use sea_orm::QueryTrait;
+    use sha2::Digest;
+    let query = select.as_query().to_string(sea_orm::sea_query::PostgresQueryBuilder);
+    let digest = sha2::Sha256::digest(query.as_bytes());
+    format!("{list}~{}", hex::encode(&digest[..8]))
+}
+
 /// One page of `select` (its filters already on) by its id column: the
 /// rows after the token's id in `order`, at most `limit`, and the token of
 /// the next page when there are more. The one keyset query of every list.
 #[allow(clippy::too_many_arguments)]
 pub async fn keyset<E: sea_orm::EntityTrait>(
+    db: &impl sea_orm::ConnectionTrait,
+    select: sea_orm::Select<E>,
+    id: E::Column,
+    order: Order,
+    list: &str,
+    token: &str,
+    limit: u64,
+    id_of: impl Fn(&E::Model) -> Uuid,
+) -> Result<(Vec<E::Model>, Option<String>), DomainError> {
+    let list = bound_to(list, &select);
+    keyset_of_bound(db, select, id, order, &list, token, limit, id_of).await
+}
+
+/// [`keyset`] for a `list` already bound to its request.
+#[allow(clippy::too_many_arguments)]
+async fn keyset_of_bound<E: sea_orm::EntityTrait>(
     db: &impl sea_orm::ConnectionTrait,
     select: sea_orm::Select<E>,
     id: E::Column,
@@ -96,15 +128,16 @@ pub async fn keyset_ids_first<E: sea_orm::EntityTrait>(
     id_of: impl Fn(&E::Model) -> Uuid,
 ) -> Result<(Vec<E::Model>, Option<String>), DomainError> {
     use sea_orm::{ColumnTrait, QueryFilter, QuerySelect, QueryTrait};
-    let cursor = decode(list, token)?;
+    let list = bound_to(list, &select);
+    let cursor = decode(&list, token)?;
     let ids = page_window(select.select_only().column(id), id, order, cursor, limit).into_query();
     // The outer query repeats the window: harmless on the page's own ids.
-    keyset(
+    keyset_of_bound(
         db,
         E::find().filter(id.in_subquery(ids)),
         id,
         order,
-        list,
+        &list,
         token,
         limit,
         id_of,
@@ -163,6 +196,7 @@ pub async fn keyset_by_time<E: sea_orm::EntityTrait>(
     key_of: impl Fn(&E::Model) -> (i64, Uuid),
 ) -> Result<(Vec<E::Model>, Option<String>), DomainError> {
     use sea_orm::{ColumnTrait, Condition, QueryFilter, QueryOrder, QuerySelect};
+    let list = &bound_to(list, &select);
     let cursor = decode_key(list, token, |key| {
         let (at, last) = key.split_once('/')?;
         Some((at.parse::<i64>().ok()?, Uuid::parse_str(last).ok()?))

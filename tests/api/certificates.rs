@@ -841,10 +841,12 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
             .await
             .unwrap();
     }
+    // One request page after page (AIP-158): the bound is read once.
+    let from = in_ms(0);
     let by_expiry = |page_token: String| pb::SearchCertificatesRequest {
         organisation_id: fixture.org.id.clone(),
         holder_id: bo.id.clone(),
-        expire_time_from: Some(in_ms(0)),
+        expire_time_from: Some(from),
         page_size: 1,
         page_token,
         ..Default::default()

@@ -11,6 +11,7 @@ both_backends!(
     user_update_with_etag_and_history,
     cpr_is_never_stored_or_returned_in_clear,
     list_users_filters_and_pages,
+    a_page_token_goes_on_only_with_its_own_filters,
 );
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
@@ -1146,4 +1147,47 @@ async fn a_role_given_while_the_giver_is_demoted_is_refused() {
     );
     let made = format!("SELECT COUNT(*) FROM users WHERE email = '{email}'");
     assert_eq!(app.count(&made).await, 0);
+}
+
+/// AIP-158: a page token is good for the request that got it. With other
+/// filters it would go on from a place in another list of rows (skipping
+/// or repeating some): refused, naming page_token. The same request goes
+/// on.
+async fn a_page_token_goes_on_only_with_its_own_filters(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    for name in ["Aase", "Bent"] {
+        app.member(&fixture, name, &[]).await;
+    }
+    let list = |state: pb::UserState, page_token: String| {
+        let mut users = app.users();
+        let (token, org) = (fixture.admin_token.clone(), fixture.org.id.clone());
+        async move {
+            users
+                .list_users(req(
+                    &token,
+                    pb::ListUsersRequest {
+                        organisation_id: org,
+                        page_size: 1,
+                        page_token,
+                        state: state as i32,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let first = list(pb::UserState::Active, String::new())
+        .await
+        .expect("the first page");
+    assert!(!first.next_page_token.is_empty(), "three active users, one a page");
+    let second = list(pb::UserState::Active, first.next_page_token.clone())
+        .await
+        .expect("the same request goes on");
+    assert_ne!(second.users[0].id, first.users[0].id);
+    let other = list(pb::UserState::PendingActivation, first.next_page_token).await;
+    let refused = assert_code(other, Code::InvalidArgument);
+    assert_eq!(bad_fields(&refused), ["page_token"]);
+    app.finish().await;
 }
