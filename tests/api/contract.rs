@@ -212,11 +212,24 @@ async fn organisation_create_is_idempotent(backend: Backend) {
             OPERATOR_TOKEN,
             pb::CreateOrganisationRequest {
                 request_id: String::new(),
-                ..request
+                ..request.clone()
             },
         ))
         .await;
     assert_eq!(reason(&assert_code(plain, Code::AlreadyExists)), "CVR_TAKEN");
+    // The same request id for another company is another request: refused,
+    // not answered with the first company's organisation.
+    let reused = orgs
+        .create_organisation(req(
+            OPERATOR_TOKEN,
+            pb::CreateOrganisationRequest {
+                name: "Et andet firma ApS".into(),
+                cvr: unique_cvr(),
+                ..request
+            },
+        ))
+        .await;
+    assert_eq!(reason(&assert_code(reused, Code::AlreadyExists)), "REQUEST_ID_REUSED");
     assert_eq!(app.count("SELECT COUNT(*) FROM organisations").await, 1);
 
     // Parallel retries (a client that timed out and tried again at once):
@@ -313,6 +326,20 @@ async fn unit_create_is_idempotent(backend: Backend) {
         .unit
         .expect("unit");
     assert_ne!(elsewhere.id, first.id);
+    assert_eq!(app.count("SELECT COUNT(*) FROM units").await, 2);
+    // The same request id for another unit of the organisation (another
+    // P-number) is another request: refused, not answered with the first.
+    let reused = orgs
+        .create_unit(req(
+            &fixture.admin_token,
+            pb::CreateUnitRequest {
+                name: "Værksted".into(),
+                number: "1003388408".into(),
+                ..request.clone()
+            },
+        ))
+        .await;
+    assert_eq!(reason(&assert_code(reused, Code::AlreadyExists)), "REQUEST_ID_REUSED");
     assert_eq!(app.count("SELECT COUNT(*) FROM units").await, 2);
     app.finish().await;
 }

@@ -153,7 +153,10 @@ impl Domain {
         let txn = crate::persistence::begin_write(&self.db).await?;
         // A retry finds what its first attempt made (before the CVR rule,
         // which that organisation now breaks).
-        if let Some(existing) = self.organisation_by_request(&txn, new.request_id.as_deref()).await? {
+        if let Some(existing) = self
+            .organisation_by_request(&txn, new.request_id.as_deref(), &new.cvr)
+            .await?
+        {
             txn.commit().await?;
             return organisation_from_row(existing);
         }
@@ -204,7 +207,7 @@ impl Domain {
                 let _ = txn.rollback().await;
                 if is_unique_violation(&err)
                     && let Some(existing) = self
-                        .organisation_by_request(&self.db, new.request_id.as_deref())
+                        .organisation_by_request(&self.db, new.request_id.as_deref(), &new.cvr)
                         .await?
                 {
                     return organisation_from_row(existing);
@@ -232,18 +235,27 @@ impl Domain {
         organisation_from_row(row)
     }
 
+    /// The organisation an earlier CreateOrganisation with this request
+    /// id made, if it was made for the same CVR number (which never
+    /// changes): the same id for another company is another request.
     async fn organisation_by_request(
         &self,
         db: &impl sea_orm::ConnectionTrait,
         request_id: Option<&str>,
+        cvr: &str,
     ) -> DomainResult<Option<organisation::Model>> {
         let Some(request_id) = request_id else {
             return Ok(None);
         };
-        Ok(organisation::Entity::find()
+        let Some(earlier) = organisation::Entity::find()
             .filter(organisation::Column::CreateRequestId.eq(request_id))
             .one(db)
-            .await?)
+            .await?
+        else {
+            return Ok(None);
+        };
+        crate::services::ensure_same_request(Some(earlier.cvr.as_str()), cvr, "organisation")?;
+        Ok(Some(earlier))
     }
 
     async fn load_organisation(&self, id: Uuid) -> DomainResult<Organisation> {
@@ -584,6 +596,13 @@ impl Domain {
                 .one(&txn)
                 .await?
         {
+            // Kind and number never change: the same id for another unit
+            // is another request.
+            crate::services::ensure_same_request(
+                Some(&format!("{}|{:?}", existing.kind, existing.number)),
+                &format!("{}|{:?}", new.kind.as_str(), number),
+                "unit",
+            )?;
             txn.commit().await?;
             return unit_from_row(existing);
         }
