@@ -991,6 +991,12 @@ fn rows() -> Vec<Row> {
                 ..c.deactivate()
             }
         )),
+        row!("reason", "a NUL, for a deactivation", |c| Call::DeactivateUser(
+            pb::DeactivateUserRequest {
+                reason: "orlov\0".into(),
+                ..c.deactivate()
+            }
+        )),
         row!("etag", "not an etag of ours", |c| Call::DeactivateUser(
             pb::DeactivateUserRequest {
                 etag: GARBLED_ETAG.into(),

@@ -40,8 +40,10 @@ impl Domain {
         {
             return Err(DomainError::invalid("until", "must be in the future"));
         }
-        if reason.chars().count() > 500 {
-            return Err(DomainError::invalid("reason", "must be at most 500 characters"));
+        // Written by a person and shown in history as written: the rules of
+        // every such text (no NUL, no control, no bidirectional control).
+        if let Err(rule) = validate::lines_of_text(reason, 0, 500) {
+            return Err(DomainError::invalid("reason", rule));
         }
         let (current, row) = self
             .lock_user_for_write(txn, caller, Action::DeactivateUser, id, etag)
