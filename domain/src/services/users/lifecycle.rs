@@ -314,7 +314,8 @@ const REQUESTER_DELETED_NOTE: &str = "closed: the person's profile was deleted";
 /// challenges, activation and e-mail links). A deleted profile never signs
 /// in or activates again, so none of it has a use left, and a database dump
 /// must not carry a CPR number for people who are gone. Name and e-mail stay:
-/// history names who did what. Their open rights requests end too, refused
+/// history names who did what. Mails to them not yet sent are dropped.
+/// Their open rights requests end too, refused
 /// with a note by whoever deleted them: no one can approve them any more,
 /// and a decision mailed later would go to an address that may be someone
 /// else's by then.
@@ -325,8 +326,20 @@ pub(crate) async fn forget_deleted_person_in(
     now: Millis,
 ) -> DomainResult<()> {
     use crate::persistence::entities::{
-        activation_secret, login_challenge, password_credential, rights_request, totp_credential,
+        activation_secret, login_challenge, outbox_mail, password_credential, rights_request, totp_credential,
     };
+    // Mails to them not yet sent (a reset link, a pickup, a notice) would
+    // reach an address that may be someone else's by the time the relay
+    // takes them, with links that no longer work. Their address was theirs
+    // alone among the organisation's live people until now.
+    if let Some(person) = user::Entity::find_by_id(user_id).one(txn).await? {
+        outbox_mail::Entity::delete_many()
+            .filter(outbox_mail::Column::OrganisationId.eq(person.organisation_id))
+            .filter(outbox_mail::Column::Recipient.eq(person.email))
+            .filter(outbox_mail::Column::State.ne(crate::services::outbox::STATE_SENT))
+            .exec(txn)
+            .await?;
+    }
     use crate::services::rights_requests::RightsRequestState;
     rights_request::Entity::update_many()
         .col_expr(
