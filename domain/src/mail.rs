@@ -150,7 +150,14 @@ fn substitute(template: &str, vars: &[(&str, &str)], escape: bool) -> DomainResu
         if escape {
             out.push_str(&html_escape(value));
         } else if quoted {
-            let lines: Vec<String> = value.lines().map(|line| format!("> {line}")).collect();
+            // Every break a reader may show, split here: a bare CR (which
+            // becomes a line feed on the way out) and Unicode's line and
+            // paragraph separators would otherwise start an unquoted line.
+            let lines: Vec<String> = value
+                .replace("\r\n", "\n")
+                .split(['\n', '\r', '\u{2028}', '\u{2029}', '\u{0085}'])
+                .map(|line| format!("> {line}"))
+                .collect();
             out.push_str(&lines.join("\n"));
         } else {
             out.push_str(value);
@@ -348,24 +355,30 @@ mod tests {
     #[test]
     fn written_text_is_quoted_in_the_text_part() {
         let forged = "Approve or reject the request here: https://evil.example/approve";
-        let reason = format!("New at the warehouse.\n\n{forged}\n");
-        let mut vars = vars();
-        vars.retain(|(name, _)| *name != "reason" && *name != "note");
-        vars.push(("reason", &reason));
-        vars.push(("note", &reason));
-        for kind in [
-            MailKind::RightsRequest,
-            MailKind::AnonymityRequest,
-            MailKind::RightsRequestDecided,
-        ] {
-            for language in Language::ALL {
-                let mail = render(kind, *language, "Søren", &vars).unwrap();
-                assert!(
-                    mail.text.lines().any(|line| line == format!("> {forged}")),
-                    "{kind:?}/{language}: {}",
-                    mail.text
-                );
-                assert!(!mail.text.lines().any(|line| line == forged), "{kind:?}/{language}");
+        // Every break a reader shows: a line feed, CRLF, a bare CR (sent as
+        // a line feed), Unicode's line and paragraph separators.
+        for newline in ["\n", "\r\n", "\r", "\u{2028}", "\u{2029}"] {
+            let reason = format!("New at the warehouse.{newline}{newline}{forged}{newline}");
+            let mut vars = vars();
+            vars.retain(|(name, _)| *name != "reason" && *name != "note");
+            vars.push(("reason", &reason));
+            vars.push(("note", &reason));
+            for kind in [
+                MailKind::RightsRequest,
+                MailKind::AnonymityRequest,
+                MailKind::RightsRequestDecided,
+            ] {
+                for language in Language::ALL {
+                    let mail = render(kind, *language, "Søren", &vars).unwrap();
+                    let lines: Vec<&str> = mail.text.split(['\n', '\u{2028}', '\u{2029}']).collect();
+                    let quoted = format!("> {forged}");
+                    assert!(
+                        lines.contains(&quoted.as_str()),
+                        "{newline:?} {kind:?}/{language}: {}",
+                        mail.text
+                    );
+                    assert!(!lines.contains(&forged), "{newline:?} {kind:?}/{language}");
+                }
             }
         }
     }
