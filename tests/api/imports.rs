@@ -173,6 +173,47 @@ async fn a_retried_upload_returns_the_first_job(backend: Backend) {
     assert_eq!(app.count("SELECT COUNT(*) FROM import_jobs").await, 1);
     app.run_imports().await;
     assert_eq!(app.import_job(&token, &first.id).await.applied, 3);
+
+    // Two uploads with one request id at once (a client that retried while
+    // its first upload was still streaming): the one that finishes second
+    // meets the first's job at its end, and answers with it.
+    let at_once = pb::ImportSpec {
+        request_id: "upload-samtidig".into(),
+        ..spec(&fixture.org.id, pb::ImportKind::Create)
+    };
+    let text = file(HEADER_DA, &create_rows(2, "samtidig"));
+    let (send, receive) = tokio::sync::mpsc::channel(4);
+    for part in [
+        pb::create_import_request::Part::Spec(at_once.clone()),
+        pb::create_import_request::Part::Chunk(text.as_bytes().to_vec()),
+    ] {
+        send.send(pb::CreateImportRequest { part: Some(part) }).await.unwrap();
+    }
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receive));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut imports = app.imports();
+    let streaming = tokio::spawn(async move { imports.create_import(request).await });
+    let mut waited = 0;
+    while app.count("SELECT COUNT(*) FROM import_jobs").await < 2 {
+        waited += 1;
+        assert!(waited < 200, "the streaming upload never began");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let finished_first = app
+        .upload_import(&token, at_once, text.as_bytes(), 1 << 20)
+        .await
+        .expect("the upload that finishes first");
+    drop(send);
+    let second = streaming
+        .await
+        .unwrap()
+        .expect("the upload that finishes second answers with the first's job")
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(second.id, finished_first.id);
     app.finish().await;
 }
 

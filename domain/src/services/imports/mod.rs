@@ -904,7 +904,12 @@ impl ImportUpload {
                 // A retry with the same request id finished first: its job
                 // is the answer; this upload is dropped.
                 drop(txn);
-                let own = domain.import_job_row(self.job_id).await?;
+                // Still UPLOADING (its own update was rolled back): read
+                // whatever its state, as `import_job_row` would not.
+                let own = import_job::Entity::find_by_id(self.job_id)
+                    .one(&domain.db)
+                    .await?
+                    .ok_or_else(|| DomainError::not_found("import", self.job_id))?;
                 domain.discard_upload(self.job_id, None).await?;
                 let request_id = self.request_id.take().unwrap_or_default();
                 let existing = import_job::Entity::find()
