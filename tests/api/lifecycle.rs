@@ -730,6 +730,15 @@ async fn a_deleted_profile_forgets_the_person(backend: Backend) {
         ))
         .await;
     assert_code(late, Code::FailedPrecondition);
+    // Ended as a decision ends one: with its event in the person's history.
+    let ended = app
+        .history_of(
+            &fixture.admin_token,
+            &leaving.id,
+            pb::HistoryActivity::RightsRequestRejected,
+        )
+        .await;
+    assert_eq!(ended.len(), 1, "{ended:?}");
     assert!(app.mail_texts("rights_request_decided", &email).await.is_empty());
 
     let (closing, email) = app.member_with_password(&fixture, "Anna", &[]).await;

@@ -133,6 +133,51 @@ fn described(requested: &Requested) -> String {
 }
 
 /// "approved" or "rejected" in the recipient's language.
+/// Ends the open rights requests of a person who is gone (deleted, or
+/// closed for anonymity): refused with `note` by `caller`, each with its
+/// RIGHTS_REQUEST_REJECTED event as a decision writes, and nothing sent to
+/// them. In the transaction of their deletion.
+pub(crate) async fn close_open_requests_of_in(
+    txn: &sea_orm::DatabaseTransaction,
+    caller: &Caller,
+    requester_id: Uuid,
+    now: Millis,
+    note: &str,
+) -> DomainResult<()> {
+    let open = rights_request::Entity::find()
+        .filter(rights_request::Column::RequesterId.eq(requester_id))
+        .filter(rights_request::Column::State.eq(RightsRequestState::Open.as_str()))
+        .all(txn)
+        .await?;
+    for request in open {
+        let what = described(&from_row(request.clone())?.requested);
+        let organisation_id = request.organisation_id;
+        let mut row: rights_request::ActiveModel = request.into();
+        row.state = Set(RightsRequestState::Rejected.as_str().into());
+        row.decided_by = Set(Some(caller.actor()));
+        row.decided_at = Set(Some(now));
+        row.decision_note = Set(Some(note.to_owned()));
+        row.update(txn).await?;
+        history::record(
+            txn,
+            NewEvent {
+                organisation_id: Some(organisation_id),
+                subject: Subject::User(requester_id),
+                activity: Activity::RightsRequestRejected,
+                caller,
+                at: now,
+                changes: vec![FieldChange {
+                    field: "requested".into(),
+                    before: what,
+                    after: RightsRequestState::Rejected.as_str().to_owned(),
+                }],
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 pub(crate) fn decision_word(language: Language, approved: bool) -> &'static str {
     match (language, approved) {
         (Language::Da, true) => "godkendt",

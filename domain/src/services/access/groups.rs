@@ -339,6 +339,10 @@ pub(crate) async fn groups_of_user(
     if let Some(unit_id) = user.unit_id {
         groups.extend(system_groups_over(domain, db, user.organisation_id, unit_id).await?);
     }
+    // In one order whatever order the rows came in: lists filter by these
+    // ids, and a page token is bound to its list's filter as written.
+    groups.sort_unstable();
+    groups.dedup();
     Ok(groups)
 }
 

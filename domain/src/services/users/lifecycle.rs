@@ -326,7 +326,7 @@ pub(crate) async fn forget_deleted_person_in(
     now: Millis,
 ) -> DomainResult<()> {
     use crate::persistence::entities::{
-        activation_secret, login_challenge, outbox_mail, password_credential, rights_request, totp_credential,
+        activation_secret, login_challenge, outbox_mail, password_credential, totp_credential,
     };
     // Mails to them not yet sent (a reset link, a pickup, a notice) would
     // reach an address that may be someone else's by the time the relay
@@ -340,21 +340,7 @@ pub(crate) async fn forget_deleted_person_in(
             .exec(txn)
             .await?;
     }
-    use crate::services::rights_requests::RightsRequestState;
-    rights_request::Entity::update_many()
-        .col_expr(
-            rights_request::Column::State,
-            Expr::value(RightsRequestState::Rejected.as_str()),
-        )
-        .col_expr(rights_request::Column::DecidedBy, Expr::value(caller.actor()))
-        .col_expr(rights_request::Column::DecidedAt, Expr::value(now))
-        .col_expr(
-            rights_request::Column::DecisionNote,
-            Expr::value(REQUESTER_DELETED_NOTE),
-        )
-        .filter(rights_request::Column::RequesterId.eq(user_id))
-        .filter(rights_request::Column::State.eq(RightsRequestState::Open.as_str()))
-        .exec(txn)
+    crate::services::rights_requests::close_open_requests_of_in(txn, caller, user_id, now, REQUESTER_DELETED_NOTE)
         .await?;
     user::Entity::update_many()
         .col_expr(user::Column::CprHash, Expr::value(Option::<String>::None))
