@@ -67,12 +67,31 @@ pub enum Order {
 /// filter that reads data (a unit's subtree, a person's groups) binds the
 /// token to that data too: when it changes between two pages, the next
 /// token is refused and the client starts again.
+///
+/// Only what selects the rows counts (the tables and the conditions), not
+/// the columns read: a release that adds a column keeps the tokens of the
+/// one before.
 fn bound_to<E: sea_orm::EntityTrait>(list: &str, select: &sea_orm::Select<E>) -> String {
     use sea_orm::QueryTrait;
     use sha2::Digest;
-    let query = select.as_query().to_string(sea_orm::sea_query::PostgresQueryBuilder);
+    let mut query = select.as_query().clone();
+    query.clear_selects();
+    let query = query.to_string(sea_orm::sea_query::PostgresQueryBuilder);
     let digest = sha2::Sha256::digest(query.as_bytes());
     format!("{list}~{}", hex::encode(&digest[..8]))
+}
+
+/// The cursor of `token` for the bound list `bound` (`<list>~<hash>`), or,
+/// for one release, of a token made before tokens were bound (by a pod of
+/// the previous release during a rollout: `<list>` alone).
+fn decode_bound<T>(bound: &str, token: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, DomainError> {
+    match decode_key(bound, token, &parse) {
+        Ok(cursor) => Ok(cursor),
+        Err(refused) => {
+            let unbound = bound.rsplit_once('~').map_or(bound, |(list, _)| list);
+            decode_key(unbound, token, &parse).map_err(|_| refused)
+        }
+    }
 }
 
 /// One page of `select` (its filters already on) by its id column: the
@@ -105,7 +124,7 @@ async fn keyset_of_bound<E: sea_orm::EntityTrait>(
     limit: u64,
     id_of: impl Fn(&E::Model) -> Uuid,
 ) -> Result<(Vec<E::Model>, Option<String>), DomainError> {
-    let cursor = decode(list, token)?;
+    let cursor = decode_bound(list, token, |id| Uuid::parse_str(id).ok())?;
     let rows = page_window(select, id, order, cursor, limit).all(db).await?;
     Ok(page_of(rows, limit, |last| encode(list, id_of(last))))
 }
@@ -129,7 +148,7 @@ pub async fn keyset_ids_first<E: sea_orm::EntityTrait>(
 ) -> Result<(Vec<E::Model>, Option<String>), DomainError> {
     use sea_orm::{ColumnTrait, QueryFilter, QuerySelect, QueryTrait};
     let list = bound_to(list, &select);
-    let cursor = decode(&list, token)?;
+    let cursor = decode_bound(&list, token, |id| Uuid::parse_str(id).ok())?;
     let ids = page_window(select.select_only().column(id), id, order, cursor, limit).into_query();
     // The outer query repeats the window: harmless on the page's own ids.
     keyset_of_bound(
@@ -197,7 +216,7 @@ pub async fn keyset_by_time<E: sea_orm::EntityTrait>(
 ) -> Result<(Vec<E::Model>, Option<String>), DomainError> {
     use sea_orm::{ColumnTrait, Condition, QueryFilter, QueryOrder, QuerySelect};
     let list = &bound_to(list, &select);
-    let cursor = decode_key(list, token, |key| {
+    let cursor = decode_bound(list, token, |key| {
         let (at, last) = key.split_once('/')?;
         Some((at.parse::<i64>().ok()?, Uuid::parse_str(last).ok()?))
     })?;
@@ -222,6 +241,23 @@ mod tests {
 
     /// A token forged with a NUL in its text key (ListImportErrors' column
     /// name) is refused as a page token, before any query.
+    /// A token of the same list bound to other filters is refused; one made
+    /// before tokens were bound (a pod of the previous release, during a
+    /// rollout) goes on, for one release.
+    #[test]
+    fn a_bound_list_takes_its_own_tokens_and_unbound_ones() {
+        let id = Uuid::now_v7();
+        let parse = |key: &str| Uuid::parse_str(key).ok();
+        let own = encode("users:x~00aa", id);
+        assert_eq!(decode_bound("users:x~00aa", &own, parse).unwrap(), Some(id));
+        let other_filters = encode("users:x~11bb", id);
+        assert!(decode_bound("users:x~00aa", &other_filters, parse).is_err());
+        let before_binding = encode("users:x", id);
+        assert_eq!(decode_bound("users:x~00aa", &before_binding, parse).unwrap(), Some(id));
+        let other_list = encode("groups:x", id);
+        assert!(decode_bound("users:x~00aa", &other_list, parse).is_err());
+    }
+
     #[test]
     fn a_key_with_a_nul_is_no_page_token() {
         let forged = URL_SAFE_NO_PAD.encode("import-errors:x|2:\0");
