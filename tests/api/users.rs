@@ -12,6 +12,7 @@ both_backends!(
     cpr_is_never_stored_or_returned_in_clear,
     list_users_filters_and_pages,
     a_page_token_goes_on_only_with_its_own_filters,
+    a_name_stored_before_a_rule_does_not_block_updates,
 );
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
@@ -1189,5 +1190,45 @@ async fn a_page_token_goes_on_only_with_its_own_filters(backend: Backend) {
     let other = list(pb::UserState::PendingActivation, first.next_page_token).await;
     let refused = assert_code(other, Code::InvalidArgument);
     assert_eq!(bad_fields(&refused), ["page_token"]);
+    app.finish().await;
+}
+
+/// Names with < or > were refused from one release on. A person whose name
+/// was stored with one before is not stuck: an update that sends the name
+/// back as it is (a client that sends the whole person) goes through; a
+/// new name follows the rule.
+async fn a_name_stored_before_a_rule_does_not_block_updates(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (member, _) = app.member(&fixture, "Gammel", &[]).await;
+    let id: uuid::Uuid = member.id.parse().unwrap();
+    app.execute_bound(
+        "UPDATE users SET first_name = 'Anna <fra før>' WHERE id = $1",
+        vec![id.into()],
+    )
+    .await;
+    let stored = app.user(&fixture.admin_token, &member.id).await;
+    let update = |first_name: &str| {
+        let mut users = app.users();
+        let request = pb::UpdateUserRequest {
+            user: Some(pb::User {
+                first_name: first_name.to_owned(),
+                phone: "+4512345678".into(),
+                ..stored.clone()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["first_name".into(), "phone".into()],
+            }),
+            ..Default::default()
+        };
+        let token = fixture.admin_token.clone();
+        async move { users.update_user(req(&token, request)).await }
+    };
+    let kept = update("Anna <fra før>")
+        .await
+        .expect("the stored name sent back as it is");
+    assert_eq!(kept.into_inner().user.unwrap().phone, "+4512345678");
+    let refused = assert_code(update("Anna <ny@firma.dk>").await, Code::InvalidArgument);
+    assert_eq!(bad_fields(&refused), ["user.first_name"]);
     app.finish().await;
 }

@@ -108,11 +108,17 @@ impl Domain {
         };
         authorize_change(caller, target)?;
         let mut v = Violations::default();
+        // A name sent back as it is stored is no change, and is not held to
+        // rules newer than it (a name with < or >, stored before they were
+        // refused, would block every update that sends the whole person).
+        fn changed<'a>(sent: Option<&'a str>, stored: &str) -> Option<&'a str> {
+            sent.filter(|name| nfc(name.trim()) != stored)
+        }
         let (first_name, surname, email) = check_identity_fields(
             &mut v,
             "user.",
-            patch.first_name.as_deref(),
-            patch.surname.as_deref(),
+            changed(patch.first_name.as_deref(), &current.first_name),
+            changed(patch.surname.as_deref(), &current.surname),
             patch.email.as_deref(),
         );
         let username = patch.username.as_ref().map(|u| u.as_deref().map(nfc));
