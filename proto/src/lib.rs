@@ -79,22 +79,62 @@ pub mod codec {
         let rest = prost_message
             .strip_prefix("failed to decode Protobuf message: ")
             .unwrap_or(prost_message);
+        // Leading `Message.field` parts (no spaces), then what was wrong.
         let parts: Vec<&str> = rest.split(": ").collect();
-        let (stack, what) = parts.split_at(parts.len().saturating_sub(1));
-        let mut path: Vec<&str> = stack
+        let stacked = parts
+            .iter()
+            .take_while(|part| !part.contains(' ') && part.contains('.'))
+            .count()
+            .min(parts.len().saturating_sub(1));
+        let mut path: Vec<&str> = parts[..stacked]
             .iter()
             .filter_map(|part| part.split_once('.').map(|(_, field)| field))
             .collect();
         path.reverse();
+        let what = parts[stacked..].join(": ");
+        let what = if what.is_empty() {
+            "not a valid message".to_owned()
+        } else {
+            what
+        };
+        // prost names a oneof's field by its Rust oneof (`part.spec`); the
+        // path is what prost says, which for most fields is the request's.
         let field = path.join(".");
-        let what = what.first().copied().unwrap_or("not a valid message");
         let mut details = ErrorDetails::new();
         details.add_bad_request_violation(field.clone(), format!("is not a valid value of its type: {what}"));
         details.set_error_info("INVALID_ARGUMENT", "orgadmin", std::collections::HashMap::new());
-        Status::with_error_details(
-            Code::InvalidArgument,
-            format!("the request is not a valid message: {field}: {what}"),
-            details,
-        )
+        // Decoded on either side: a server's request, a client's response.
+        let message = if field.is_empty() {
+            format!("the message is not valid protobuf: {what}")
+        } else {
+            format!("the message is not valid protobuf: {field}: {what}")
+        };
+        Status::with_error_details(Code::InvalidArgument, message, details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt;
+
+    /// prost's messages, read into the field path (outermost first) and
+    /// what was wrong; a key error names no field.
+    #[test]
+    fn prost_messages_name_their_field() {
+        let nested = super::codec::not_a_message(
+            "failed to decode Protobuf message: Inner.name: Outer.inner: invalid string value: data is not UTF-8 encoded",
+        );
+        let violations = nested.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(violations[0].field, "inner.name");
+        assert_eq!(
+            nested.message(),
+            "the message is not valid protobuf: inner.name: invalid string value: data is not UTF-8 encoded"
+        );
+        let keyless = super::codec::not_a_message("failed to decode Protobuf message: invalid tag value: 0");
+        assert_eq!(
+            keyless.message(),
+            "the message is not valid protobuf: invalid tag value: 0"
+        );
+        assert_eq!(keyless.code(), tonic::Code::InvalidArgument);
     }
 }
