@@ -34,6 +34,7 @@ both_backends!(
     a_compromised_key_is_not_certified_again,
     a_revoked_certificate_stays_on_one_crl_after_it_expires,
     a_retried_order_is_made_once,
+    a_bulk_deletion_under_deactivate_only_ends_the_leavers_certificates,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -3444,5 +3445,29 @@ async fn a_retried_order_is_made_once(backend: Backend) {
     );
     assert_eq!(bad_fields(&long), ["request_id"]);
     assert_eq!(app.fingerprint().await, before, "a refused retry changed data");
+    app.finish().await;
+}
+
+/// R-CERT-4, R-ORG-3: where people are deactivated, never deleted, an
+/// import's delete row still says the person left. Their certificates end
+/// as a deletion's do (revoked, holder left; open orders gone); before,
+/// they stayed valid, and OCSP answered good, for years.
+async fn a_bulk_deletion_under_deactivate_only_ends_the_leavers_certificates(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    app.change_settings(&fixture, "deletion_policy", |s| {
+        s.deletion_policy = pb::DeletionPolicy::DeactivateOnly as i32
+    })
+    .await;
+    let (leaver, _, issued, open_order) = member_with_certificate_and_order(&app, &fixture, "Leaver", &dir).await;
+    let rows = vec![crate::imports::row(&[(0, &leaver.id), (3, &leaver.email)])];
+    let job = crate::imports::deleted_from(&app, &fixture.admin_token, &fixture.org.id, &rows).await;
+    assert_eq!(app.import_job(&fixture.admin_token, &job.id).await.applied, 1);
+    assert_eq!(
+        app.user(&fixture.admin_token, &leaver.id).await.state,
+        pb::UserState::Deactivated as i32
+    );
+    assert_ended_with_their_holder(&app, &fixture.admin_token, &issued, &open_order).await;
     app.finish().await;
 }

@@ -228,7 +228,7 @@ pub(crate) async fn created_from(app: &TestApp, token: &str, org: &str, rows: &[
 }
 
 /// A delete file of these rows, run to its end.
-async fn deleted_from(app: &TestApp, token: &str, org: &str, rows: &[String]) -> pb::ImportJob {
+pub(crate) async fn deleted_from(app: &TestApp, token: &str, org: &str, rows: &[String]) -> pb::ImportJob {
     run_rows(app, token, org, pb::ImportKind::Delete, rows).await
 }
 

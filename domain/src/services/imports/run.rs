@@ -805,6 +805,19 @@ impl Domain {
                     "",
                 )
                 .await?;
+                // A delete row says the person left (R-CERT-4, "holder no
+                // longer with the organisation"), whatever the policy keeps
+                // of their profile: their certificates end as a deletion's
+                // do, or they stayed valid for years. Published by the
+                // worker's next look, as an import's deletions are.
+                self.end_holder_certificates_in(
+                    txn,
+                    caller,
+                    row.id,
+                    crate::services::certificates::HolderEnding::Left,
+                    now_millis(),
+                )
+                .await?;
                 Ok(Outcome::Applied {
                     user: row.id,
                     created: false,
