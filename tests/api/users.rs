@@ -447,6 +447,18 @@ async fn user_create_idempotent_and_unique(backend: Backend) {
         .into_inner()
         .users;
     assert_eq!(listed.len(), 2, "admin and Søren, once");
+    // The same request id for another person (another address) is another
+    // request: refused, not answered with Søren.
+    let reused = users
+        .create_user(req(
+            &fixture.admin_token,
+            pb::CreateUserRequest {
+                request_id: request.request_id.clone(),
+                ..new_user(&fixture.org.id, "Karen", &[])
+            },
+        ))
+        .await;
+    assert_eq!(reason(&assert_code(reused, Code::AlreadyExists)), "REQUEST_ID_REUSED");
 
     let same_email = pb::CreateUserRequest {
         email: request.email.clone(),

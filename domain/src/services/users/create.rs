@@ -189,7 +189,14 @@ impl Domain {
 
         // A retried request answers with the user it created the first time.
         let request_ids: Vec<Option<String>> = users.iter().map(|u| u.new.request_id.clone()).collect();
-        self.answer_retries(txn, caller, org_id, &request_ids, &mut answers)
+        // Who each create asks for, by the key their login compares: a
+        // retry names the same person; the same id for another is another
+        // request.
+        let asked_for: Vec<String> = users
+            .iter()
+            .map(|u| crate::email::login_key(u.email.as_str()))
+            .collect();
+        self.answer_retries(txn, caller, org_id, &request_ids, &asked_for, &mut answers)
             .await?;
 
         if caller.is_operator() {
@@ -439,7 +446,7 @@ impl Domain {
         // the e-mail clash.
         // (Those refused at the INSERT are the only ones unanswered here.)
         if refused_at_insert.iter().any(|&index| request_ids[index].is_some()) {
-            self.answer_retries(txn, caller, org_id, &request_ids, &mut answers)
+            self.answer_retries(txn, caller, org_id, &request_ids, &asked_for, &mut answers)
                 .await?;
         }
         for (index, refusal) in refused_at_insert.into_iter().zip(refusals) {
@@ -464,6 +471,7 @@ impl Domain {
         caller: &Caller,
         org_id: Uuid,
         request_ids: &[Option<String>],
+        asked_for: &[String],
         answers: &mut [Option<DomainResult<CreatedUser>>],
     ) -> DomainResult<()> {
         let asked: Vec<&str> = request_ids
@@ -485,7 +493,7 @@ impl Domain {
             .await?
             .into_iter()
             .collect();
-        for (answer, request_id) in answers.iter_mut().zip(request_ids) {
+        for ((answer, request_id), asked) in answers.iter_mut().zip(request_ids).zip(asked_for) {
             let Some(&id) = request_id.as_ref().and_then(|r| earlier.get(r)) else {
                 continue;
             };
@@ -499,6 +507,11 @@ impl Domain {
                     Action::ReadUser,
                     Target::user(org_id, user.id, user.is_administrator(), user.unit_id),
                 )
+                // As the caller may read the user: only then may they learn
+                // that the id made someone else.
+                .and_then(|()| {
+                    crate::services::ensure_same_request(Some(&crate::email::login_key(&user.email)), asked, "user")
+                })
                 .map(|()| CreatedUser {
                     user,
                     created: false,
