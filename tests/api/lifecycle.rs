@@ -15,6 +15,7 @@ both_backends!(
     a_sweep_batch_past_sqlites_bound_values_ends_every_leave,
     deletion_is_final_and_follows_policy,
     a_deleted_profile_forgets_the_person,
+    the_same_deactivation_again_changes_nothing,
     history_pages_and_filters,
     tokens_authenticate_expire_and_revoke,
     lost_rights_take_effect_at_once,
@@ -1149,5 +1150,50 @@ async fn an_update_waits_for_a_sweep_holding_the_user() {
         .expect("no etag given: nothing is stale")
         .into_inner();
     assert_eq!(updated.user.unwrap().surname, "Holm");
+    app.finish().await;
+}
+
+/// A DeactivateUser whose answer was lost is sent again (no etag): the
+/// same period and reason change nothing, so nothing is written and
+/// history shows one deactivation. Another reason is a change.
+async fn the_same_deactivation_again_changes_nothing(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (member, _) = app.member(&fixture, "Orlov", &[]).await;
+    let until = in_ms(30 * 24 * 60 * 60 * 1000);
+    let deactivate = |reason: &str| {
+        let mut users = app.users();
+        let request = pb::DeactivateUserRequest {
+            id: member.id.clone(),
+            until: Some(until),
+            reason: reason.to_owned(),
+            ..Default::default()
+        };
+        let token = fixture.admin_token.clone();
+        async move {
+            users
+                .deactivate_user(req(&token, request))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    deactivate("orlov").await.expect("deactivated");
+    let before = app.fingerprint().await;
+    deactivate("orlov").await.expect("the retry");
+    deactivate("").await.expect("the same without a reason");
+    assert_eq!(
+        app.fingerprint().await,
+        before,
+        "the same deactivation again changed something"
+    );
+    let events = app
+        .history_of(&fixture.admin_token, &member.id, pb::HistoryActivity::UserDeactivated)
+        .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    deactivate("orlov, forlænget").await.expect("another reason");
+    let events = app
+        .history_of(&fixture.admin_token, &member.id, pb::HistoryActivity::UserDeactivated)
+        .await;
+    assert_eq!(events.len(), 2, "{events:?}");
     app.finish().await;
 }

@@ -56,7 +56,14 @@ impl Domain {
                 ));
             }
             UserState::Active | UserState::PendingActivation => self.ensure_not_last_admin(txn, &current).await?,
-            UserState::Deactivated => {}
+            UserState::Deactivated => {
+                // The same deactivation again (a retry whose answer was
+                // lost, with no etag): nothing changes, so nothing is
+                // written, and history does not show it twice.
+                if current.deactivated_until == until && same_reason_as_last(txn, id, reason).await? {
+                    return Ok(current);
+                }
+            }
         }
         // An open-ended deactivation that gets an end time reserves its seat
         // again: only if one is free (R-ORG-4).
@@ -366,4 +373,25 @@ pub(crate) async fn forget_deleted_person_in(
         .exec(txn)
         .await?;
     Ok(())
+}
+
+/// Whether `reason` adds nothing to the person's last deactivation: empty,
+/// or the reason that deactivation gave (it is kept in history only).
+async fn same_reason_as_last(txn: &DatabaseTransaction, user_id: Uuid, reason: &str) -> DomainResult<bool> {
+    use sea_orm::QueryOrder;
+    if reason.is_empty() {
+        return Ok(true);
+    }
+    let last = history_event::Entity::find()
+        .filter(history_event::Column::SubjectKind.eq("USER"))
+        .filter(history_event::Column::SubjectId.eq(user_id))
+        .filter(history_event::Column::Activity.eq(Activity::UserDeactivated.as_str()))
+        .order_by_desc(history_event::Column::Id)
+        .one(txn)
+        .await?;
+    Ok(last.is_some_and(|event| {
+        changes_from_json(&event.changes)
+            .iter()
+            .any(|change| change.field == "reason" && change.after == reason)
+    }))
 }
