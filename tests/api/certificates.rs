@@ -3469,5 +3469,24 @@ async fn a_bulk_deletion_under_deactivate_only_ends_the_leavers_certificates(bac
         pb::UserState::Deactivated as i32
     );
     assert_ended_with_their_holder(&app, &fixture.admin_token, &issued, &open_order).await;
+
+    // One deactivated by hand first (an open-ended deactivation keeps the
+    // certificates), then named in the delete file: the row ends them too,
+    // though there is nothing left to deactivate.
+    let (gone, _, issued, open_order) = member_with_certificate_and_order(&app, &fixture, "Gone", &dir).await;
+    app.users()
+        .deactivate_user(req(
+            &fixture.admin_token,
+            pb::DeactivateUserRequest {
+                id: gone.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("deactivated by hand");
+    let rows = vec![crate::imports::row(&[(0, &gone.id), (3, &gone.email)])];
+    let job = crate::imports::deleted_from(&app, &fixture.admin_token, &fixture.org.id, &rows).await;
+    assert_eq!(app.import_job(&fixture.admin_token, &job.id).await.applied, 1);
+    assert_ended_with_their_holder(&app, &fixture.admin_token, &issued, &open_order).await;
     app.finish().await;
 }

@@ -793,31 +793,39 @@ impl Domain {
                         notice: None,
                     });
                 }
-                if row.state == UserState::Deactivated.as_str() && row.deactivated_until.is_none() {
-                    return Ok(Outcome::Skipped);
-                }
-                self.deactivate_user_in(
-                    txn,
-                    caller,
-                    row.id,
-                    None,
-                    "bulk delete; the organisation's deletion policy is DEACTIVATE_ONLY",
-                    "",
-                )
-                .await?;
                 // A delete row says the person left (R-CERT-4, "holder no
                 // longer with the organisation"), whatever the policy keeps
                 // of their profile: their certificates end as a deletion's
-                // do, or they stayed valid for years. Published by the
-                // worker's next look, as an import's deletions are.
-                self.end_holder_certificates_in(
-                    txn,
-                    caller,
-                    row.id,
-                    crate::services::certificates::HolderEnding::Left,
-                    now_millis(),
-                )
-                .await?;
+                // do (they stayed valid for years), and those they were the
+                // contact person of go to their holders. So also for someone
+                // already deactivated by hand, whose row is otherwise
+                // skipped. Published by the worker's next look, as an
+                // import's deletions are.
+                let now = now_millis();
+                let ended = self
+                    .end_holder_certificates_in(
+                        txn,
+                        caller,
+                        row.id,
+                        crate::services::certificates::HolderEnding::Left,
+                        now,
+                    )
+                    .await?;
+                self.hand_over_contact_in(txn, caller, row.id, now).await?;
+                if row.state == UserState::Deactivated.as_str() && row.deactivated_until.is_none() && ended == 0 {
+                    return Ok(Outcome::Skipped);
+                }
+                if row.state != UserState::Deactivated.as_str() || row.deactivated_until.is_some() {
+                    self.deactivate_user_in(
+                        txn,
+                        caller,
+                        row.id,
+                        None,
+                        "bulk delete; the organisation's deletion policy is DEACTIVATE_ONLY",
+                        "",
+                    )
+                    .await?;
+                }
                 Ok(Outcome::Applied {
                     user: row.id,
                     created: false,
