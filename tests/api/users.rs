@@ -501,6 +501,31 @@ async fn user_create_idempotent_and_unique(backend: Backend) {
     assert_eq!(birth.birth_date, "1984-02-29");
     assert_eq!((birth.first_name.as_str(), birth.surname.as_str()), ("Åsa", "Öberg"));
     assert!(birth.cpr_masked.is_empty());
+    // Søren's address corrected meanwhile: the retry still names Søren (by
+    // the address the first create gave), and gets him back.
+    let mut corrected = first.clone();
+    corrected.email = unique_email("soeren.rettet");
+    users
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(corrected),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["email".into()],
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("the address corrected");
+    let late = users
+        .create_user(req(&fixture.admin_token, request.clone()))
+        .await
+        .expect("a retry after the correction")
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(late.id, first.id);
     app.finish().await;
 }
 

@@ -501,23 +501,32 @@ impl Domain {
                 continue;
             }
             let user = self.load_user(txn, id).await?;
-            *answer = Some(
-                authorize(
-                    caller,
-                    Action::ReadUser,
-                    Target::user(org_id, user.id, user.is_administrator(), user.unit_id),
-                )
-                // As the caller may read the user: only then may they learn
-                // that the id made someone else.
-                .and_then(|()| {
-                    crate::services::ensure_same_request(Some(&crate::email::login_key(&user.email)), asked, "user")
-                })
-                .map(|()| CreatedUser {
-                    user,
-                    created: false,
-                    activation_code: None,
-                }),
+            let readable = authorize(
+                caller,
+                Action::ReadUser,
+                Target::user(org_id, user.id, user.is_administrator(), user.unit_id),
             );
+            // Only a caller who may read the user learns that the id made
+            // someone else. The address the first create gave counts, not
+            // only today's: a retry after an address change still names
+            // the same person.
+            let same_person = match readable {
+                Err(denied) => Err(denied),
+                Ok(()) if crate::email::login_key(&user.email) == *asked => Ok(()),
+                Ok(()) => {
+                    let first = created_with_address(txn, user.id).await?;
+                    crate::services::ensure_same_request(
+                        first.map(|a| crate::email::login_key(&a)).as_deref(),
+                        asked,
+                        "user",
+                    )
+                }
+            };
+            *answer = Some(same_person.map(|()| CreatedUser {
+                user,
+                created: false,
+                activation_code: None,
+            }));
         }
         Ok(())
     }
@@ -825,4 +834,23 @@ async fn held<'a>(
         .into_iter()
         .flatten()
         .collect())
+}
+
+/// The address a user was created with, as their USER_CREATED event keeps
+/// it (a profile re-created for anonymity has its own).
+async fn created_with_address(txn: &DatabaseTransaction, user_id: Uuid) -> DomainResult<Option<String>> {
+    use sea_orm::QueryOrder;
+    let created = history_event::Entity::find()
+        .filter(history_event::Column::SubjectKind.eq("USER"))
+        .filter(history_event::Column::SubjectId.eq(user_id))
+        .filter(history_event::Column::Activity.eq(Activity::UserCreated.as_str()))
+        .order_by_asc(history_event::Column::Id)
+        .one(txn)
+        .await?;
+    Ok(created.and_then(|event| {
+        changes_from_json(&event.changes)
+            .into_iter()
+            .find(|change| change.field == "email")
+            .map(|change| change.after)
+    }))
 }
