@@ -279,7 +279,11 @@ pub fn person_name(value: &str, max: usize) -> Result<(), String> {
 /// somebody reads.
 pub fn lines_of_text(value: &str, min: usize, max: usize) -> Result<(), String> {
     let count = value.trim().chars().count();
-    if count < min || count > max {
+    // Counted trimmed, so that blank lines around the text do not count
+    // against it; but stored as sent, so the blank around it has a bound
+    // too (megabytes of spaces went into history whole).
+    let padded = value.chars().count() > max.saturating_mul(2).max(max + 100);
+    if count < min || count > max || padded {
         return Err(if min == 0 {
             format!("must be at most {max} characters")
         } else {

@@ -991,6 +991,12 @@ fn rows() -> Vec<Row> {
                 ..c.deactivate()
             }
         )),
+        row!("reason", "padded with 3000 spaces", |c| Call::DeactivateUser(
+            pb::DeactivateUserRequest {
+                reason: format!("orlov{}", " ".repeat(3000)),
+                ..c.deactivate()
+            }
+        )),
         row!("reason", "a NUL, for a deactivation", |c| Call::DeactivateUser(
             pb::DeactivateUserRequest {
                 reason: "orlov\0".into(),

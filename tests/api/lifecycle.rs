@@ -677,6 +677,24 @@ async fn a_deleted_profile_forgets_the_person(backend: Backend) {
         5,
         "the test's person holds a CPR number, a password, an app and links: {held:?}"
     );
+    // An address change waits for its confirmation; its mail waits to go.
+    let moving_to = unique_email("lise.ny");
+    let mut moving = app.user(&fixture.admin_token, &leaving.id).await;
+    moving.email = moving_to.clone();
+    app.users()
+        .update_user(req(
+            &fixture.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(moving),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["email".into()],
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("an address change asked");
+    assert_eq!(app.mail_texts("email_verification", &moving_to).await.len(), 1);
     assert_eq!(
         app.mail_texts("password_reset", &email).await.len(),
         1,
@@ -690,6 +708,10 @@ async fn a_deleted_profile_forgets_the_person(backend: Backend) {
     assert!(
         app.mail_texts("password_reset", &email).await.is_empty(),
         "a mail to a deleted person waits to go"
+    );
+    assert!(
+        app.mail_texts("email_verification", &moving_to).await.is_empty(),
+        "a mail to the address a deleted person was moving to waits to go"
     );
     assert_eq!(
         held_of(&app, &leaving.id).await,

@@ -340,9 +340,11 @@ pub(crate) async fn forget_deleted_person_in(
     // takes them, with links that no longer work. Their address was theirs
     // alone among the organisation's live people until now.
     if let Some(person) = user::Entity::find_by_id(user_id).one(txn).await? {
+        // Their address, and the one they were moving to (its link dies too).
+        let addresses: Vec<String> = std::iter::once(person.email).chain(person.pending_email).collect();
         outbox_mail::Entity::delete_many()
             .filter(outbox_mail::Column::OrganisationId.eq(person.organisation_id))
-            .filter(outbox_mail::Column::Recipient.eq(person.email))
+            .filter(outbox_mail::Column::Recipient.is_in(addresses))
             .filter(outbox_mail::Column::State.ne(crate::services::outbox::STATE_SENT))
             .exec(txn)
             .await?;
