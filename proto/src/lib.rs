@@ -8,6 +8,10 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("orgadmin_descriptor");
 }
 
+/// The `ErrorInfo.domain` of every orgadmin error: the service's mapping of
+/// domain errors and this crate's codec both name it.
+pub const ERROR_DOMAIN: &str = "orgadmin";
+
 /// The codec of every orgadmin.v1 service and client: prost's, but a
 /// request that is no valid message of its type (a string that is not
 /// UTF-8, a truncated field) is the caller's mistake, INVALID_ARGUMENT
@@ -102,7 +106,13 @@ pub mod codec {
         let field = path.join(".");
         let mut details = ErrorDetails::new();
         details.add_bad_request_violation(field.clone(), format!("is not a valid value of its type: {what}"));
-        details.set_error_info("INVALID_ARGUMENT", "orgadmin", std::collections::HashMap::new());
+        // The reason's word is the domain's `Reason::InvalidArgument`, which
+        // this crate cannot see (it depends on no crate of ours).
+        details.set_error_info(
+            "INVALID_ARGUMENT",
+            crate::ERROR_DOMAIN,
+            std::collections::HashMap::new(),
+        );
         // Decoded on either side: a server's request, a client's response.
         let message = if field.is_empty() {
             format!("the message is not valid protobuf: {what}")

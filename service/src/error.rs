@@ -9,8 +9,7 @@ use orgadmin_domain::error::Reason;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// The `ErrorInfo.domain` of every orgadmin error.
-pub const ERROR_DOMAIN: &str = "orgadmin";
+pub use orgadmin_proto::ERROR_DOMAIN;
 
 /// Messages are bounded: a status travels in HTTP/2 trailers.
 const MAX_MESSAGE_CHARS: usize = 1000;

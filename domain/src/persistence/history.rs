@@ -107,3 +107,42 @@ pub(crate) fn diff(changes: &mut Vec<FieldChange>, field: &str, before: impl ToS
         });
     }
 }
+
+/// The first or the last of a subject's events of one activity.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Which {
+    First,
+    Last,
+}
+
+/// What `field` became in the first or last `activity` event of `subject`,
+/// for what a row does not keep (the address a user was created with, the
+/// reason of their deactivation). None: no such event, or it changed no
+/// such field.
+pub(crate) async fn recorded_change(
+    db: &impl ConnectionTrait,
+    subject: Subject,
+    activity: crate::model::Activity,
+    which: Which,
+    field: &str,
+) -> DomainResult<Option<String>> {
+    use sea_orm::{ColumnTrait, QueryFilter, QueryOrder};
+    let (kind, subject_id) = subject.kind_and_id();
+    let events = history_event::Entity::find()
+        .filter(history_event::Column::SubjectKind.eq(kind))
+        .filter(history_event::Column::SubjectId.eq(subject_id))
+        .filter(history_event::Column::Activity.eq(activity.as_str()));
+    // Ids are UUIDv7: their order is the events' order.
+    let event = match which {
+        Which::First => events.order_by_asc(history_event::Column::Id),
+        Which::Last => events.order_by_desc(history_event::Column::Id),
+    }
+    .one(db)
+    .await?;
+    Ok(event.and_then(|event| {
+        changes_from_json(&event.changes)
+            .into_iter()
+            .find(|change| change.field == field)
+            .map(|change| change.after)
+    }))
+}

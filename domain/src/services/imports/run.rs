@@ -812,10 +812,11 @@ impl Domain {
                     )
                     .await?;
                 self.hand_over_contact_in(txn, caller, row.id, now).await?;
-                if row.state == UserState::Deactivated.as_str() && row.deactivated_until.is_none() && ended == 0 {
+                let already_out = row.state == UserState::Deactivated.as_str() && row.deactivated_until.is_none();
+                if already_out && ended == 0 {
                     return Ok(Outcome::Skipped);
                 }
-                if row.state != UserState::Deactivated.as_str() || row.deactivated_until.is_some() {
+                if !already_out {
                     self.deactivate_user_in(
                         txn,
                         caller,

@@ -514,7 +514,15 @@ impl Domain {
                 Err(denied) => Err(denied),
                 Ok(()) if crate::email::login_key(&user.email) == *asked => Ok(()),
                 Ok(()) => {
-                    let first = created_with_address(txn, user.id).await?;
+                    // The address the first create gave, as its event keeps it.
+                    let first = history::recorded_change(
+                        txn,
+                        Subject::User(user.id),
+                        Activity::UserCreated,
+                        history::Which::First,
+                        "email",
+                    )
+                    .await?;
                     crate::services::ensure_same_request(
                         first.map(|a| crate::email::login_key(&a)).as_deref(),
                         asked,
@@ -834,23 +842,4 @@ async fn held<'a>(
         .into_iter()
         .flatten()
         .collect())
-}
-
-/// The address a user was created with, as their USER_CREATED event keeps
-/// it (a profile re-created for anonymity has its own).
-async fn created_with_address(txn: &DatabaseTransaction, user_id: Uuid) -> DomainResult<Option<String>> {
-    use sea_orm::QueryOrder;
-    let created = history_event::Entity::find()
-        .filter(history_event::Column::SubjectKind.eq("USER"))
-        .filter(history_event::Column::SubjectId.eq(user_id))
-        .filter(history_event::Column::Activity.eq(Activity::UserCreated.as_str()))
-        .order_by_asc(history_event::Column::Id)
-        .one(txn)
-        .await?;
-    Ok(created.and_then(|event| {
-        changes_from_json(&event.changes)
-            .into_iter()
-            .find(|change| change.field == "email")
-            .map(|change| change.after)
-    }))
 }

@@ -303,8 +303,9 @@ impl Domain {
         // A login waiting for its second step is a session on its way: a
         // code given after the person is back (the unlock, seed 001) must
         // not open one that the deactivation was to end.
-        crate::persistence::entities::login_challenge::Entity::delete_many()
-            .filter(crate::persistence::entities::login_challenge::Column::UserId.eq(user_id))
+        use crate::persistence::entities::login_challenge;
+        login_challenge::Entity::delete_many()
+            .filter(login_challenge::Column::UserId.eq(user_id))
             .exec(txn)
             .await?;
         Ok(revoked.exec(txn).await?.rows_affected)
@@ -321,11 +322,12 @@ const REQUESTER_DELETED_NOTE: &str = "closed: the person's profile was deleted";
 /// challenges, activation and e-mail links). A deleted profile never signs
 /// in or activates again, so none of it has a use left, and a database dump
 /// must not carry a CPR number for people who are gone. Name and e-mail stay:
-/// history names who did what. Mails to them not yet sent are dropped.
-/// Their open rights requests end too, refused
-/// with a note by whoever deleted them: no one can approve them any more,
-/// and a decision mailed later would go to an address that may be someone
-/// else's by then.
+/// history names who did what. Mails to them not yet sent are dropped. Their
+/// open rights requests end too, refused with a note by whoever deleted
+/// them: no one can approve them any more, and a decision mailed later would
+/// go to an address that may be someone else's by then. (DeleteUser also
+/// ends the login challenges in `revoke_user_tokens`; the close for
+/// anonymity does not call that, so they are ended here too.)
 pub(crate) async fn forget_deleted_person_in(
     txn: &DatabaseTransaction,
     caller: &Caller,
@@ -380,20 +382,16 @@ pub(crate) async fn forget_deleted_person_in(
 /// Whether `reason` adds nothing to the person's last deactivation: empty,
 /// or the reason that deactivation gave (it is kept in history only).
 async fn same_reason_as_last(txn: &DatabaseTransaction, user_id: Uuid, reason: &str) -> DomainResult<bool> {
-    use sea_orm::QueryOrder;
     if reason.is_empty() {
         return Ok(true);
     }
-    let last = history_event::Entity::find()
-        .filter(history_event::Column::SubjectKind.eq("USER"))
-        .filter(history_event::Column::SubjectId.eq(user_id))
-        .filter(history_event::Column::Activity.eq(Activity::UserDeactivated.as_str()))
-        .order_by_desc(history_event::Column::Id)
-        .one(txn)
-        .await?;
-    Ok(last.is_some_and(|event| {
-        changes_from_json(&event.changes)
-            .iter()
-            .any(|change| change.field == "reason" && change.after == reason)
-    }))
+    let last = history::recorded_change(
+        txn,
+        Subject::User(user_id),
+        Activity::UserDeactivated,
+        history::Which::Last,
+        "reason",
+    )
+    .await?;
+    Ok(last.as_deref() == Some(reason))
 }
