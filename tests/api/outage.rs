@@ -200,25 +200,29 @@ async fn a_refused_write_leaves_no_transaction_open(backend: Backend) {
 async fn a_cancelled_call_gives_its_connection_back_clean() {
     let app = TestApp::start(Backend::Postgres).await;
     let fixture = app.org_with_admin().await;
-    let (member, login_id) = app.member_with_password(&fixture, "Afbrudt", &[]).await;
+    let (member, _) = app.member_with_password(&fixture, "Afbrudt", &[]).await;
     let name = database_name(&app);
     let admin = admin().await;
     let pool = persistence::connect(&app.database_url, 1)
         .await
         .expect("a pool of one connection");
-    let own_pool = Domain::new(pool.clone(), test_vault(), &[OPERATOR_TOKEN.to_owned()]);
     assert_eq!(
         uses_tls(&pool).await,
         server_offers_tls(&admin).await,
         "the connection under test takes TLS whenever the server offers it (sslmode=prefer)"
     );
 
-    // Hold the member's password row, so that a login's first statement
-    // (taking a try: one UPDATE, no transaction) waits on it.
+    // Hold the member's password row, so that a statement on it waits.
+    // The statement runs on the pool itself and its caller gives up: a
+    // login would not do (it runs to the end in a task of its own, so its
+    // statement is never cut off), and the cut is what this is about.
     let (holder, txn) = hold_password_row(&app, &member.id).await;
-    let attempt = login_attempt(&login_id);
-    let gave_up = tokio::time::timeout(Duration::from_millis(500), own_pool.login(attempt)).await;
-    assert!(gave_up.is_err(), "the login should still wait on the held row");
+    let waiting = format!(
+        "UPDATE password_credentials SET failed_attempts = failed_attempts WHERE user_id = '{}'",
+        member.id
+    );
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), pool.execute_unprepared(&waiting)).await;
+    assert!(gave_up.is_err(), "the statement should still wait on the held row");
 
     // The server ends the waiting statement with an error; its reply is
     // all that the cancelled call left on the connection.
@@ -248,7 +252,6 @@ async fn a_cancelled_call_gives_its_connection_back_clean() {
             .await
             .expect("the next caller gets its own answer, not the cancelled statement's error");
     }
-    drop(own_pool);
     pool.close().await.unwrap();
     admin.close().await.unwrap();
     app.finish().await;

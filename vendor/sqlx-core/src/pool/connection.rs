@@ -9,6 +9,7 @@ use crate::sync::AsyncSemaphoreReleaser;
 use crate::connection::Connection;
 use crate::database::Database;
 use crate::error::Error;
+use crate::transaction::TransactionManager;
 
 use super::inner::{is_beyond_max_lifetime, DecrementSizeGuard, PoolInner};
 use crate::pool::options::PoolConnectionMetadata;
@@ -201,6 +202,36 @@ impl<DB: Database> Drop for PoolConnection<DB> {
         if self.close_on_drop {
             crate::rt::spawn(self.take_and_close());
             return;
+        }
+
+        // orgadmin's patch 3 (vendor/README.md): a connection that is at
+        // rest goes straight back to the idle queue, without the ping below
+        // and without a task. The ping was a round trip to the server (and a
+        // wakeup of its backend and of a runtime thread) after every query
+        // and transaction. Every other connection still takes the pinging
+        // path, which is what the ping is for:
+        // - `should_flush`: unsent bytes (PostgreSQL: the ROLLBACK a dropped
+        //   transaction queued, which must reach the server now) or, with
+        //   the patched sqlx-postgres, replies still owed by a cancelled
+        //   query (an error among them must end this connection, not reach
+        //   the next caller);
+        // - a transaction depth above 0: SQLite's worker lowers it only
+        //   when it runs the queued rollback, and a next `begin` reading the
+        //   stale depth would open a savepoint-less deferred transaction.
+        // A connection that broke at rest is found by the pool's
+        // `before_acquire` check.
+        if let Some(live) = &self.live {
+            let options = &self.pool.options;
+            if !self.pool.is_closed()
+                && options.after_release.is_none()
+                && !is_beyond_max_lifetime(live, options)
+                && !live.raw.should_flush()
+                && <DB::TransactionManager as TransactionManager>::get_transaction_depth(&live.raw) == 0
+            {
+                let live = self.take_live();
+                live.float(self.pool.clone()).release();
+                return;
+            }
         }
 
         // We still need to spawn a task to maintain `min_connections`.
