@@ -1269,3 +1269,51 @@ async fn a_name_stored_before_a_rule_does_not_block_updates(backend: Backend) {
     assert_eq!(bad_fields(&refused), ["user.first_name"]);
     app.finish().await;
 }
+
+/// An update without an etag that sends a person's name back as it read it,
+/// while a rename of that person commits, ends with the name it sent: the
+/// sent value wins, as every other field's does. The name was compared with
+/// the user as read before the locks, so it counted as no change, the
+/// rename stayed, and the call answered as if its name had been applied.
+/// (The rename is played by a session that has written the row and not
+/// committed; the update waits for its lock.) PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_sent_back_during_a_rename_is_the_one_kept() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (anna, _) = app.member(&fixture, "Anna", &[]).await;
+    let renaming = app
+        .in_progress(&[format!(
+            "UPDATE users SET first_name = 'Anne', version = version + 1 WHERE id = '{}'",
+            anna.id
+        )])
+        .await;
+    let updating = {
+        let (mut users, token, mut sent) = (app.users(), fixture.admin_token.clone(), anna.clone());
+        sent.surname = "Holm".into();
+        sent.etag = String::new();
+        tokio::spawn(async move {
+            users
+                .update_user(req(
+                    &token,
+                    pb::UpdateUserRequest {
+                        user: Some(sent),
+                        update_mask: mask(&["first_name", "surname"]),
+                        ..Default::default()
+                    },
+                ))
+                .await
+        })
+    };
+    app.until_waiting_on_a_lock("users").await;
+    renaming.commit().await;
+    let answered = updating.await.unwrap().expect("the update").into_inner().user.unwrap();
+    let stored = app.user(&fixture.admin_token, &anna.id).await;
+    assert_eq!(
+        (stored.first_name.as_str(), stored.surname.as_str()),
+        ("Anna", "Holm"),
+        "the name the update sent was not the one kept"
+    );
+    assert_eq!(answered.first_name, stored.first_name, "the answer is what is stored");
+    app.finish().await;
+}

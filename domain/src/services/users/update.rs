@@ -178,6 +178,26 @@ impl Domain {
                 "a deleted user cannot be changed",
             ));
         }
+        // A name sent back as it was read before the lock is no longer the
+        // stored one when a rename committed in between: then it is a
+        // change after all (the sent value wins, as every other field's
+        // does), held to today's rules. Compared only before the lock, the
+        // rename stayed and the call answered as if it had been applied.
+        let (first_name, surname) = {
+            let mut late = Violations::default();
+            fn unchecked<'a>(checked: &Option<String>, sent: Option<&'a str>) -> Option<&'a str> {
+                sent.filter(|_| checked.is_none())
+            }
+            let (late_first_name, late_surname, _) = check_identity_fields(
+                &mut late,
+                "user.",
+                changed(unchecked(&first_name, patch.first_name.as_deref()), &current.first_name),
+                changed(unchecked(&surname, patch.surname.as_deref()), &current.surname),
+                None,
+            );
+            late.into_result()?;
+            (first_name.or(late_first_name), surname.or(late_surname))
+        };
         // Two keys (R-ACC-4, R-ACC-7), under the lock (a grant to a group
         // made a moment ago counts): placing oneself in a production unit
         // whose system group holds rights would be giving oneself rights.
