@@ -700,6 +700,10 @@ async fn a_deleted_profile_forgets_the_person(backend: Backend) {
         1,
         "a reset mail waits to go"
     );
+    // Someone asks to join the organisation with the same address: the
+    // confirmation is theirs, not the profile's, and goes all the same.
+    app.ask_to_join(&fixture, "Lise", &email).await;
+    assert_eq!(app.mail_texts("join_confirmation", &email).await.len(), 1);
     app.delete_user(&fixture.admin_token, &leaving.id)
         .await
         .expect("deleted");
@@ -712,6 +716,11 @@ async fn a_deleted_profile_forgets_the_person(backend: Backend) {
     assert!(
         app.mail_texts("email_verification", &moving_to).await.is_empty(),
         "a mail to the address a deleted person was moving to waits to go"
+    );
+    assert_eq!(
+        app.mail_texts("join_confirmation", &email).await.len(),
+        1,
+        "the confirmation of someone asking to join with the address was dropped"
     );
     assert_eq!(
         held_of(&app, &leaving.id).await,

@@ -1691,23 +1691,7 @@ async fn the_worker_purges_ended_sessions(backend: Backend) {
     .unwrap();
     let old_mails = format!("SELECT COUNT(*) FROM outbox_mails WHERE sent_at = {month_ago}");
     assert!(app.count(&old_mails).await > 0);
-    app.change_settings(&fixture, "join_requests_allowed", |s| s.join_requests_allowed = true)
-        .await;
-    app.access()
-        .request_to_join(req(
-            "",
-            pb::RequestToJoinRequest {
-                organisation_cvr: fixture.org.cvr.clone(),
-                first_name: "Fremmed".into(),
-                surname: "Nielsen".into(),
-                email: unique_email("fremmed"),
-                birth_date: "1990-05-17".into(),
-                language: pb::Language::Da as i32,
-                reason: "Jeg er ny på lageret i Vejle".into(),
-            },
-        ))
-        .await
-        .expect("a request to join");
+    app.ask_to_join(&fixture, "Fremmed", &unique_email("fremmed")).await;
     db.execute_unprepared(&format!("UPDATE join_requests SET expires_at = {long_ago}"))
         .await
         .unwrap();

@@ -1032,6 +1032,29 @@ impl TestApp {
             .map(|r| r.into_inner())
     }
 
+    /// The organisation opens itself to join requests, and someone
+    /// outside asks to join it as `first_name` with `email` (a confirmation
+    /// mail goes to that address).
+    pub async fn ask_to_join(&self, fixture: &OrgFixture, first_name: &str, email: &str) {
+        self.change_settings(fixture, "join_requests_allowed", |s| s.join_requests_allowed = true)
+            .await;
+        self.access()
+            .request_to_join(req(
+                "",
+                pb::RequestToJoinRequest {
+                    organisation_cvr: fixture.org.cvr.clone(),
+                    first_name: first_name.to_owned(),
+                    surname: "Nielsen".into(),
+                    email: email.to_owned(),
+                    birth_date: "1990-05-17".into(),
+                    language: pb::Language::Da as i32,
+                    reason: "Jeg er ny på lageret i Vejle".into(),
+                },
+            ))
+            .await
+            .expect("a request to join");
+    }
+
     /// The organisation's administrator changes one settings field
     /// (`path`, as in the update mask) with `change`; returns the result.
     pub async fn change_settings(

@@ -343,10 +343,14 @@ pub(crate) async fn forget_deleted_person_in(
     // alone among the organisation's live people until now.
     if let Some(person) = user::Entity::find_by_id(user_id).one(txn).await? {
         // Their address, and the one they were moving to (its link dies too).
+        // Not a join request's confirmation: it is for whoever asked to
+        // join with that address (perhaps the person again, from outside),
+        // not for this profile, and its link does not die with it.
         let addresses: Vec<String> = std::iter::once(person.email).chain(person.pending_email).collect();
         outbox_mail::Entity::delete_many()
             .filter(outbox_mail::Column::OrganisationId.eq(person.organisation_id))
             .filter(outbox_mail::Column::Recipient.is_in(addresses))
+            .filter(outbox_mail::Column::Kind.ne(crate::mail::MailKind::JoinConfirmation.as_str()))
             .filter(outbox_mail::Column::State.ne(crate::services::outbox::STATE_SENT))
             .exec(txn)
             .await?;
