@@ -430,14 +430,17 @@ async fn parallel_guesses_cannot_pass_the_limit(backend: Backend) {
         .await;
     // If the right password did not get one of the 5 tries, exactly 5
     // wrong ones were checked and locked the login. If it did, it gave the
-    // tries back: at most 4 before it and 5 after it.
+    // tries back: at most 4 before it and 5 after it. Wrong tries taken
+    // after its own may have used up the rest and locked the login before
+    // it finished; its success lifts that lock too (the person is in), so
+    // the 5 after it may lock a second time (seen once in a full run).
     if succeeded == 0 {
         assert_eq!(failed.len(), 5, "exactly the limit is checked");
         assert_eq!(locked.len(), 1);
     } else {
         assert_eq!(succeeded, 1);
         assert!(failed.len() <= 9, "{} wrong guesses checked", failed.len());
-        assert!(locked.len() <= 1);
+        assert!(locked.len() <= 2, "{} locks", locked.len());
     }
     app.finish().await;
 }

@@ -257,6 +257,58 @@ async fn a_cancelled_call_gives_its_connection_back_clean() {
     app.finish().await;
 }
 
+/// A transaction whose BEGIN was sent but whose answer its caller never
+/// read (a deadline, a dropped call, in that one round trip) is rolled back
+/// before the connection serves anyone else. Counted as begun only once the
+/// answer came, the connection went back to the pool inside a transaction
+/// nobody knew of: the next callers' statements ran in it, uncommitted, and
+/// once one failed every statement on that connection failed
+/// (vendor/README.md, patch 4). A pool of one connection, so the next
+/// statement gets that very connection; the BEGIN is polled once (sent,
+/// no answer yet) and dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_begin_cut_before_its_answer_leaves_no_transaction_behind() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let pool = persistence::connect(&app.database_url, 1)
+        .await
+        .expect("a pool of one connection");
+    // Sometimes the answer is there within the one poll (the BEGIN is not
+    // cut): try until five were.
+    let (mut cut, mut tries) = (0, 0);
+    while cut < 5 && tries < 300 {
+        tries += 1;
+        let mut connection = pool
+            .get_postgres_connection_pool()
+            .acquire()
+            .await
+            .expect("the pool's connection");
+        // Polled once (it sends BEGIN and finds no answer yet), then dropped.
+        let begin = sea_orm::sqlx::Connection::begin(&mut *connection);
+        tokio::select! {
+            biased;
+            _ = begin => {}
+            _ = std::future::ready(()) => cut += 1,
+        }
+        drop(connection);
+        // The session is in no transaction: one left open would answer a
+        // transaction id of its own for txid_current_if_assigned() once
+        // this statement's txid_current() assigned one, and keep it.
+        sql(&pool, "SELECT txid_current()".to_owned()).await;
+        let leftover: Option<i64> = sql(&pool, "SELECT txid_current_if_assigned()".to_owned())
+            .await
+            .remove(0)
+            .try_get_by_index(0)
+            .expect("a transaction id or none");
+        assert_eq!(
+            leftover, None,
+            "the next statements ran inside the cut BEGIN's transaction"
+        );
+    }
+    assert_eq!(cut, 5, "only {cut} of {tries} BEGINs were cut before their answer");
+    pool.close().await.unwrap();
+    app.finish().await;
+}
+
 /// A row lock nobody lets go (an operator's open transaction, a client gone
 /// mid-transaction) holds a call up for `lock_timeout`, not for good: the
 /// call answers UNAVAILABLE (retry with back-off). Every session of the

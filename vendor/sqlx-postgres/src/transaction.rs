@@ -27,7 +27,18 @@ impl TransactionManager for PgTransactionManager {
 
         let rollback = Rollback::new(conn);
         rollback.conn.queue_simple_query(statement.as_str())?;
-        rollback.conn.wait_until_ready().await?;
+        // orgadmin's patch 4 (vendor/README.md): counted as begun while the
+        // answer is awaited. If this future is dropped before the server's
+        // answer is read (a caller that gave up), the guard below then
+        // queues the rollback of the transaction (or savepoint) that the
+        // server will have opened. Counted only after the answer, such a
+        // connection went back to the pool at depth 0 inside a transaction
+        // nobody knew of: later statements ran in it, uncommitted, and once
+        // one failed every statement on the connection failed.
+        rollback.conn.inner.transaction_depth += 1;
+        let answered = rollback.conn.wait_until_ready().await;
+        rollback.conn.inner.transaction_depth -= 1;
+        answered?;
         if !rollback.conn.in_transaction() {
             return Err(Error::BeginFailed);
         }
