@@ -251,12 +251,34 @@ async fn a_person_asks_to_join_confirms_and_is_decided(backend: Backend) {
     assert_eq!(reason(&expired), "JOIN_CONFIRMATION_EXPIRED");
 
     // Turned off between asking and confirming: the link opens nothing.
+    // Turned off after confirming: the open request can be rejected, not
+    // approved (the organisation no longer admits anyone that way).
     let dan = unique_email("dan");
     ask(&app, asking(&cvr, "Dan", &dan)).await.unwrap();
     let dan_link = app.mailed_token("join_confirmation", &dan).await;
+    let eva = unique_email("eva");
+    ask(&app, asking(&cvr, "Eva", &eva)).await.unwrap();
+    let eva_request = confirm(&app, &app.mailed_token("join_confirmation", &eva).await)
+        .await
+        .unwrap();
+    let fay = unique_email("fay");
+    ask(&app, asking(&cvr, "Fay", &fay)).await.unwrap();
+    let fay_request = confirm(&app, &app.mailed_token("join_confirmation", &fay).await)
+        .await
+        .unwrap();
     app.change_settings(&fixture, "join_requests_allowed", |s| s.join_requests_allowed = false)
         .await;
     let closed = assert_code(confirm(&app, &dan_link).await, Code::FailedPrecondition);
     assert_eq!(reason(&closed), "JOIN_REQUESTS_NOT_ALLOWED");
+    let before = app.fingerprint().await;
+    let closed = assert_code(
+        decide(&app, &ua_token, &eva_request.id, true, "").await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&closed), "JOIN_REQUESTS_NOT_ALLOWED");
+    assert!(app.fingerprint().await == before, "a refused approval changed data");
+    decide(&app, &ua_token, &fay_request.id, false, "")
+        .await
+        .expect("an open request is still rejected");
     app.finish().await;
 }

@@ -467,6 +467,13 @@ impl Domain {
                 format!("the request was already {}", row.state.to_lowercase()),
             ));
         }
+        // Approving admits someone through the organisation's join
+        // requests, which it may have stopped taking since the request was
+        // made (after a wave of unwanted ones, say): then its open requests
+        // can be rejected, not approved. Read under the lock.
+        if checked.is_some() {
+            refuse_unless_allowed(&org)?;
+        }
         let now = now_millis();
         let created = match checked {
             Some(checked) => Some(self.create_user_in(&txn, caller, checked).await?),
