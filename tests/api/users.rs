@@ -1317,3 +1317,50 @@ async fn a_name_sent_back_during_a_rename_is_the_one_kept() {
     assert_eq!(answered.first_name, stored.first_name, "the answer is what is stored");
     app.finish().await;
 }
+
+/// An anonymity request approved by a user administrator whose roles are
+/// being taken from them is refused, as a join or rights decision is.
+/// Checked only on the caller as authenticated, the approval waited for the
+/// organisation's lock and went through once the demotion committed: the
+/// old profile was closed and a new one made by someone who no longer may.
+/// (The demotion is played by a transaction that holds the organisation's
+/// lock and has taken the roles, not yet committed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymity_decision_while_the_decider_is_demoted_is_refused() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (decider, decider_token) = app.member(&fixture, "Ulla", &[pb::Role::UserAdmin]).await;
+    let (bo, email) = app.member_with_password(&fixture, "Bo", &[]).await;
+    let session = app.login(&email, TEST_PASSWORD).await.expect("logged in").session_token;
+    let request = app.ask_anonymity(&session).await;
+    let demoting = demoted(&app, &fixture, &decider, &decider_token).await;
+    let deciding = {
+        let mut users = app.users();
+        tokio::spawn(async move {
+            users
+                .decide_anonymity_request(req(
+                    &decider_token,
+                    pb::DecideAnonymityRequestRequest {
+                        id: request,
+                        approve: true,
+                        note: String::new(),
+                    },
+                ))
+                .await
+        })
+    };
+    app.until_waiting_on_a_lock("organisations").await;
+    demoting.commit().await;
+    let answer = deciding.await.unwrap();
+    assert_eq!(
+        answer.map(drop).unwrap_err().code(),
+        Code::PermissionDenied,
+        "a demoted user administrator approved an anonymity request"
+    );
+    assert_eq!(
+        app.user(&fixture.admin_token, &bo.id).await.state,
+        pb::UserState::Active as i32,
+        "the old profile was closed"
+    );
+    app.finish().await;
+}

@@ -253,6 +253,15 @@ impl Domain {
         super::check_decision(caller, Some(request.user_id), note)?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, request.organisation_id).await?;
+        // The decider as they are under the lock (as for join and rights
+        // requests): checked only as authenticated, a decision went through
+        // after a demotion of the caller committed while it waited.
+        let caller = &crate::services::access::caller_as_now(self, &txn, caller).await?;
+        authorize(
+            caller,
+            Action::DecideAnonymityRequests,
+            Target::organisation(request.organisation_id),
+        )?;
         let request = anonymity_request::Entity::find_by_id(id)
             .one(&txn)
             .await?
