@@ -42,6 +42,8 @@ struct Current {
     number: i64,
     /// When it was signed (ms): with the number, its ETag.
     this_update: i64,
+    /// When it says the next one is due (ms).
+    next_update: i64,
     der: axum::body::Bytes,
     pem: axum::body::Bytes,
 }
@@ -77,7 +79,7 @@ impl CrlCache {
         // Another fetch may have refreshed it while this one waited.
         if let Some(cached) = slot.as_mut() {
             if let Some(crl) = signed_here.as_ref().filter(|_| newer_here(cached)) {
-                cached.current = Arc::new(Current::of(crl.number, crl.this_update, crl.der.clone()));
+                cached.current = Arc::new(Current::of(crl));
                 cached.checked_at = Instant::now();
                 return Ok(cached.current.clone());
             }
@@ -85,13 +87,20 @@ impl CrlCache {
                 return Ok(cached.current.clone());
             }
             let newest = self.domain.current_crl_number().await.map_err(|e| e.to_string())?;
-            if newest == Some(cached.current.number) {
+            // An overdue CRL goes to `current_crl` below, which renews it
+            // (the worker is down or far behind).
+            let overdue = orgadmin_domain::services::certificates::crl_overdue(
+                cached.current.this_update,
+                cached.current.next_update,
+                orgadmin_domain::model::now_millis(),
+            );
+            if newest == Some(cached.current.number) && !overdue {
                 cached.checked_at = Instant::now();
                 return Ok(cached.current.clone());
             }
         }
         let crl = self.domain.current_crl().await.map_err(|e| e.to_string())?;
-        let current = Arc::new(Current::of(crl.number, crl.this_update, crl.der));
+        let current = Arc::new(Current::of(&crl));
         *slot = Some(Cached {
             current: current.clone(),
             checked_at: Instant::now(),
@@ -107,12 +116,13 @@ enum Representation {
 }
 
 impl Current {
-    fn of(number: i64, this_update: i64, der: Vec<u8>) -> Self {
-        let pem = orgadmin_domain::ca::pem("X509 CRL", &der);
+    fn of(crl: &orgadmin_domain::services::certificates::PublishedCrl) -> Self {
+        let pem = orgadmin_domain::ca::pem("X509 CRL", &crl.der);
         Self {
-            number,
-            this_update,
-            der: der.into(),
+            number: crl.number,
+            this_update: crl.this_update,
+            next_update: crl.next_update,
+            der: crl.der.clone().into(),
             pem: pem.into(),
         }
     }

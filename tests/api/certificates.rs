@@ -35,6 +35,7 @@ both_backends!(
     a_revoked_certificate_stays_on_one_crl_after_it_expires,
     a_retried_order_is_made_once,
     a_bulk_deletion_under_deactivate_only_ends_the_leavers_certificates,
+    an_overdue_crl_is_renewed_by_whoever_serves_it,
 );
 
 const YEAR_MS: i64 = 365 * 24 * 60 * 60 * 1000;
@@ -3488,5 +3489,32 @@ async fn a_bulk_deletion_under_deactivate_only_ends_the_leavers_certificates(bac
     let job = crate::imports::deleted_from(&app, &fixture.admin_token, &fixture.org.id, &rows).await;
     assert_eq!(app.import_job(&fixture.admin_token, &job.id).await.applied, 1);
     assert_ended_with_their_holder(&app, &fixture.admin_token, &issued, &open_order).await;
+    app.finish().await;
+}
+
+/// A CRL the worker did not renew (it is down, or far behind) is renewed by
+/// whoever serves it once less than a quarter of its life is left: served
+/// as it was, it passed its nextUpdate and relying parties that check it
+/// (OpenSSL's crl_check, Windows) refused every certificate of the CA.
+/// The overdue CRL is one signed a year ago (`publish_crl` at that time);
+/// no worker runs here.
+async fn an_overdue_crl_is_renewed_by_whoever_serves_it(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let year_ago = orgadmin_domain::model::now_millis() - YEAR_MS;
+    let overdue = app.domain.publish_crl(year_ago).await.expect("a CRL signed a year ago");
+    let publications = "SELECT COUNT(*) FROM crl_publications";
+    assert_eq!(app.count(publications).await, 1);
+
+    let (head, served) = http_get(&app, "/crl").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(served != overdue.der, "the overdue CRL was served");
+    assert_eq!(app.count(publications).await, 2, "one new CRL");
+    let renewed = app.domain.current_crl().await.expect("the newest CRL");
+    assert!(served == renewed.der, "the newest CRL was not the one served");
+    assert!(renewed.next_update > orgadmin_domain::model::now_millis());
+    // Served again, it is not renewed again.
+    let (_, again) = http_get(&app, "/crl").await;
+    assert!(again == served, "served again, the CRL changed");
+    assert_eq!(app.count(publications).await, 2);
     app.finish().await;
 }
