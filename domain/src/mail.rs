@@ -118,6 +118,17 @@ pub fn date(at: crate::model::Millis) -> String {
         .unwrap_or_default()
 }
 
+/// Whole days from `now` to `at` as mails count them: by the UTC dates that
+/// [`date`] writes, at least 1. Counted in 24-hour periods, a mail sent at
+/// 01:00 said "expires in 2 days" beside tomorrow's date.
+pub fn days_until(now: crate::model::Millis, at: crate::model::Millis) -> i64 {
+    let day = |ms| chrono::DateTime::from_timestamp_millis(ms).map(|t| t.date_naive());
+    match (day(now), day(at)) {
+        (Some(today), Some(then)) => (then - today).num_days().max(1),
+        _ => 1,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RenderedMail {
     pub to_name: String,
@@ -244,6 +255,19 @@ mod tests {
             "2026-04-09 16:00 UTC"
         );
         assert_eq!(link_end(now, 24 * 60 * 60 * 1000), at("2026-04-11T00:00:00Z"));
+    }
+
+    #[test]
+    fn days_left_agree_with_the_date_the_mail_names() {
+        let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().timestamp_millis();
+        // 46 hours before an expiry at 23:00 tomorrow: tomorrow, 1 day.
+        let expiry = at("2029-03-03T23:00:00Z");
+        assert_eq!(date(expiry), "2029-03-03");
+        assert_eq!(days_until(at("2029-03-02T01:00:00Z"), expiry), 1);
+        assert_eq!(days_until(at("2029-02-01T23:30:00Z"), expiry), 30);
+        // The same day, or past: at least 1.
+        assert_eq!(days_until(at("2029-03-03T01:00:00Z"), expiry), 1);
+        assert_eq!(days_until(at("2029-03-04T01:00:00Z"), expiry), 1);
     }
 
     /// A lone CR in a value (a decision's note) leaves the rendered mail

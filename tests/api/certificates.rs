@@ -3518,3 +3518,27 @@ async fn an_overdue_crl_is_renewed_by_whoever_serves_it(backend: Backend) {
     assert_eq!(app.count(publications).await, 2);
     app.finish().await;
 }
+
+/// The expiry warning's "in N days" counts by the dates the mail names: a
+/// warning sent just after midnight the day before a certificate ends said
+/// "udløber om 2 dage" (more than 24 hours were left) beside tomorrow's
+/// date. PostgreSQL only (the count is the same on both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_warning_counts_the_days_its_date_names() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let dir = fresh_dir();
+    let fixture = app.org_with_admin().await;
+    let (member, _, _, not_after) = member_with_certificate(&app, &fixture, "Eva", &dir).await;
+    // One second past midnight (UTC) of the day before it ends.
+    let last_day_starts = not_after - not_after.rem_euclid(DAY_MS);
+    let now = last_day_starts - DAY_MS + 1000;
+    assert!(not_after - now > DAY_MS, "more than 24 hours left");
+    assert_eq!(app.domain.warn_expiring_certificates(now).await.unwrap(), 1);
+    let subjects = app.mail_subjects("certificate_expiring", &member.email).await;
+    assert!(
+        subjects.len() == 1 && subjects[0].contains("udløber om 1 dage"),
+        "{subjects:?}"
+    );
+    app.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

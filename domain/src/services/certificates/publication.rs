@@ -531,8 +531,9 @@ impl Domain {
         let expires_on = crate::mail::date(row.not_after.unwrap_or(now));
         // The days actually left, not the window's: a certificate first seen
         // inside a window (a short validity, a worker that was down) was
-        // told "expires in 30 days" with a date a week away.
-        let days_left = Ord::max((row.not_after.unwrap_or(now) - now + DAY_MS - 1) / DAY_MS, 1).to_string();
+        // told "expires in 30 days" with a date a week away. Counted by the
+        // dates, as `expires_on` is written.
+        let days_left = crate::mail::days_until(now, row.not_after.unwrap_or(now)).to_string();
         let mut recipients: Vec<Uuid> = [row.holder_id, Some(row.contact_id)].into_iter().flatten().collect();
         let user_admins: Vec<Uuid> = user_role::Entity::find()
             .select_only()
