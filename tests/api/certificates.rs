@@ -1269,6 +1269,47 @@ async fn every_key_type_and_the_organisation_certificate(backend: Backend) {
     assert!(lines[0].starts_with("id;kind;state;serial;subject"));
     assert_eq!(lines.len() - 1, 8, "one line per certificate: {csv}");
     assert!(csv.contains("SUPERSEDED") && csv.contains("Lønsystem"));
+
+    // Once no sealing organisation certificate is left (revoked here), Oda
+    // no longer signs through one: left standing, her permission applied
+    // again, unasked, to the next sealing certificate issued.
+    set_signing(&app, &fixture.admin_token, &oda.id, true)
+        .await
+        .expect("Oda allowed again");
+    let issued_organisation_certificates = {
+        use sea_orm::ConnectionTrait;
+        let db = app.domain.db();
+        db.query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id FROM certificates WHERE kind = 'ORGANISATION' AND state = 'ISSUED'",
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.try_get_by_index::<uuid::Uuid>(0).unwrap().to_string())
+        .collect::<Vec<_>>()
+    };
+    assert!(!issued_organisation_certificates.is_empty());
+    for id in &issued_organisation_certificates {
+        revoke(&app, &fixture.admin_token, id, pb::RevocationReason::KeyCompromised)
+            .await
+            .expect("revoked");
+    }
+    assert!(
+        !app.user(&fixture.admin_token, &oda.id)
+            .await
+            .signs_with_organisation_certificate
+    );
+    let flag_history = app
+        .history_of(&fixture.admin_token, &oda.id, pb::HistoryActivity::UserUpdated)
+        .await;
+    assert!(
+        flag_history.first().is_some_and(|event| event
+            .changes
+            .iter()
+            .any(|c| c.field == "signs_with_organisation_certificate" && c.after == "false")),
+        "the end of Oda's permission is in her history: {flag_history:?}"
+    );
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
 }

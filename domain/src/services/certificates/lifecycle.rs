@@ -1407,6 +1407,10 @@ impl Domain {
         diff(&mut changes, "state", &row.state, CertificateState::Revoked.as_str());
         diff(&mut changes, "revocation_reason", "", reason.as_str());
         history::record(&txn, event(&row, Activity::CertificateRevoked, caller, now, changes)).await?;
+        if kind == CertificateKind::Organisation {
+            self.end_signing_without_sealing_in(&txn, caller, row.organisation_id, now)
+                .await?;
+        }
         self.tell_revoked(&txn, &row, reason).await?;
         txn.commit().await?;
         self.publish_crl_after_commit().await;

@@ -447,6 +447,10 @@ impl Domain {
                     },
                 )
                 .await?;
+                if row.kind == CertificateKind::Organisation.as_str() {
+                    self.end_signing_without_sealing_in(&txn, &caller, row.organisation_id, now)
+                        .await?;
+                }
                 expired += 1;
             }
             txn.commit().await?;

@@ -4,8 +4,8 @@
 //! organisation certificate with the SEALING usage, and the user's own
 //! signing right.
 
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -14,7 +14,7 @@ use crate::Domain;
 use crate::error::{DomainError, DomainResult, Reason};
 use crate::model::*;
 use crate::persistence::entities::{certificate, user};
-use crate::persistence::history::diff;
+use crate::persistence::history::{self, NewEvent, Subject, diff};
 use crate::policy::{Action, Caller};
 
 impl Domain {
@@ -54,14 +54,7 @@ impl Domain {
                     "signing through the organisation certificate needs the user's signing right; a user administrator grants it first",
                 ));
             }
-            let sealing = certificate::Entity::find()
-                .filter(certificate::Column::OrganisationId.eq(row.organisation_id))
-                .filter(certificate::Column::Kind.eq(CertificateKind::Organisation.as_str()))
-                .filter(certificate::Column::State.eq(CertificateState::Issued.as_str()))
-                .filter(certificate::Column::Usages.contains("SEALING"))
-                .count(&txn)
-                .await?;
-            if sealing == 0 {
+            if !has_sealing_certificate(&txn, row.organisation_id).await? {
                 return Err(DomainError::precondition(
                     Reason::NoSealingCertificate,
                     "the organisation has no issued organisation certificate with the SEALING usage to sign through",
@@ -91,4 +84,64 @@ impl Domain {
         txn.commit().await?;
         self.get_user_unchecked(user_id).await
     }
+
+    /// When the organisation's last ISSUED organisation certificate with
+    /// SEALING has ended (revoked, expired), nobody signs through one any
+    /// more: each allowed person's permission ends, in their history, in
+    /// the transaction that ended the certificate. Left standing, the
+    /// permissions applied again, unasked, to whatever sealing certificate
+    /// was issued next, months later perhaps. Returns how many ended.
+    pub(crate) async fn end_signing_without_sealing_in(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        organisation_id: Uuid,
+        now: Millis,
+    ) -> DomainResult<u64> {
+        if has_sealing_certificate(txn, organisation_id).await? {
+            return Ok(0);
+        }
+        let allowed = user::Entity::find()
+            .filter(user::Column::OrganisationId.eq(organisation_id))
+            .filter(user::Column::SignsWithOrganisationCertificate.eq(true))
+            .all(txn)
+            .await?;
+        for person in &allowed {
+            user::Entity::update_many()
+                .col_expr(user::Column::SignsWithOrganisationCertificate, Expr::value(false))
+                .col_expr(user::Column::Version, Expr::col(user::Column::Version).add(1))
+                .col_expr(user::Column::UpdatedAt, Expr::value(now))
+                .filter(user::Column::Id.eq(person.id))
+                .exec(txn)
+                .await?;
+            let mut changes = Vec::new();
+            diff(&mut changes, "signs_with_organisation_certificate", true, false);
+            history::record(
+                txn,
+                NewEvent {
+                    organisation_id: Some(organisation_id),
+                    subject: Subject::User(person.id),
+                    activity: Activity::UserUpdated,
+                    caller,
+                    at: now,
+                    changes,
+                },
+            )
+            .await?;
+        }
+        Ok(allowed.len() as u64)
+    }
+}
+
+/// Whether the organisation has an ISSUED organisation certificate with
+/// the SEALING usage: what signing through it needs.
+async fn has_sealing_certificate(txn: &DatabaseTransaction, organisation_id: Uuid) -> DomainResult<bool> {
+    Ok(certificate::Entity::find()
+        .filter(certificate::Column::OrganisationId.eq(organisation_id))
+        .filter(certificate::Column::Kind.eq(CertificateKind::Organisation.as_str()))
+        .filter(certificate::Column::State.eq(CertificateState::Issued.as_str()))
+        .filter(certificate::Column::Usages.contains("SEALING"))
+        .count(txn)
+        .await?
+        > 0)
 }
