@@ -66,6 +66,15 @@ mail_kinds!(
     JoinConfirmation => "join_confirmation",
 );
 
+/// `at` rounded up to a whole minute: a time a mail names to the minute
+/// ([`date_time`]) as the start of something must not be earlier than the
+/// start itself ("from 14:37" for a hold that ends at 14:37:42 refused the
+/// link for 42 seconds after the time the mail gave).
+pub fn whole_minute_from(at: crate::model::Millis) -> crate::model::Millis {
+    const MINUTE_MS: i64 = 60 * 1000;
+    at.div_euclid(MINUTE_MS) * MINUTE_MS + if at.rem_euclid(MINUTE_MS) == 0 { 0 } else { MINUTE_MS }
+}
+
 /// A date and time as mails write them (UTC), for links that last hours.
 pub fn date_time(at: crate::model::Millis) -> String {
     chrono::DateTime::from_timestamp_millis(at)
@@ -255,6 +264,23 @@ mod tests {
             "2026-04-09 16:00 UTC"
         );
         assert_eq!(link_end(now, 24 * 60 * 60 * 1000), at("2026-04-11T00:00:00Z"));
+    }
+
+    #[test]
+    fn a_start_is_named_no_earlier_than_it_is() {
+        let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().timestamp_millis();
+        assert_eq!(
+            whole_minute_from(at("2026-04-09T14:37:42Z")),
+            at("2026-04-09T14:38:00Z")
+        );
+        assert_eq!(
+            date_time(whole_minute_from(at("2026-04-09T14:37:00.001Z"))),
+            "2026-04-09 14:38 UTC"
+        );
+        assert_eq!(
+            whole_minute_from(at("2026-04-09T14:37:00Z")),
+            at("2026-04-09T14:37:00Z")
+        );
     }
 
     #[test]

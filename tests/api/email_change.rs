@@ -109,6 +109,20 @@ async fn a_new_address_takes_over_once_verified(backend: Backend) {
     assert_eq!(reason(&held), "EMAIL_CHANGE_HELD");
     assert_eq!(get(&app, &token, &anna.id).await.email, old);
     assert!(notices[0].contains(" UTC"), "{}", notices[0]);
+    // The hold ends at the minute the notice names, not seconds after it.
+    let usable_from = app
+        .count("SELECT MAX(usable_from) FROM activation_secrets WHERE kind = 'EMAIL'")
+        .await;
+    assert_eq!(
+        usable_from % 60_000,
+        0,
+        "a hold that ends between the minutes mails name"
+    );
+    assert!(
+        notices[0].contains(&orgadmin_domain::mail::date_time(usable_from)),
+        "{}",
+        notices[0]
+    );
     app.pass_email_change_holds().await;
     let verified = verify(&app, &link).await.unwrap();
     assert_eq!(verified.email, new);

@@ -513,7 +513,12 @@ impl Domain {
                 let hold = self.settings.email_change_hold_ms;
                 // Always written: a link without a start is one an older
                 // release made, and is held (`verify_email`).
-                let usable_from = if asked_by_other && hold > 0 { now + hold } else { now };
+                // Held to a whole minute, as the mails name it.
+                let usable_from = if asked_by_other && hold > 0 {
+                    crate::mail::whole_minute_from(now + hold)
+                } else {
+                    now
+                };
                 self.request_email_change(txn, &written, email, &org.name, Some(usable_from))
                     .await?;
                 if asked_by_other {
