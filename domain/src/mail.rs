@@ -71,8 +71,12 @@ mail_kinds!(
 /// start itself ("from 14:37" for a hold that ends at 14:37:42 refused the
 /// link for 42 seconds after the time the mail gave).
 pub fn whole_minute_from(at: crate::model::Millis) -> crate::model::Millis {
-    const MINUTE_MS: i64 = 60 * 1000;
-    at.div_euclid(MINUTE_MS) * MINUTE_MS + if at.rem_euclid(MINUTE_MS) == 0 { 0 } else { MINUTE_MS }
+    round_up(at, 60 * 1000)
+}
+
+/// `at` rounded up to a multiple of `unit` (itself when it is one).
+fn round_up(at: crate::model::Millis, unit: crate::model::Millis) -> crate::model::Millis {
+    (at - 1).div_euclid(unit).saturating_add(1).saturating_mul(unit)
 }
 
 /// A date and time as mails write them (UTC), for links that last hours.
@@ -89,8 +93,7 @@ pub fn date_time(at: crate::model::Millis) -> String {
 /// The UTC day ends after the Danish and Swedish one, so the link works
 /// through the named day for its readers.
 pub fn end_of_day(at: crate::model::Millis) -> crate::model::Millis {
-    const DAY: crate::model::Millis = 24 * 60 * 60 * 1000;
-    (at - 1).div_euclid(DAY).saturating_add(1).saturating_mul(DAY)
+    round_up(at, 24 * 60 * 60 * 1000)
 }
 
 /// The last day a link that ends at `end_of_day(..)` works, as mails write

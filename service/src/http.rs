@@ -88,8 +88,9 @@ impl CrlCache {
             }
             let newest = self.domain.current_crl_number().await.map_err(|e| e.to_string())?;
             // An overdue CRL goes to `current_crl` below, which renews it
-            // (the worker is down or far behind).
-            let overdue = orgadmin_domain::services::certificates::crl_overdue(
+            // (the worker is down or far behind); a process without the CA
+            // cannot, and keeps serving what it has.
+            let overdue = self.domain.renews_crl_when_serving(
                 cached.current.this_update,
                 cached.current.next_update,
                 orgadmin_domain::model::now_millis(),

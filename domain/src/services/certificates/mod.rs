@@ -16,7 +16,7 @@ mod signing;
 pub use csr::{HolderKey, check_csr};
 pub(crate) use lifecycle::HolderEnding;
 pub use lifecycle::{CertificateOrder, IssuedCertificate};
-pub use publication::{CertificateStatus, PublishedCrl, crl_overdue};
+pub use publication::{CertificateStatus, PublishedCrl};
 pub use queries::{CertificateQuery, ExportFormat};
 
 use uuid::Uuid;

@@ -34,20 +34,6 @@ pub struct PublishedCrl {
     pub der: Vec<u8>,
 }
 
-impl PublishedCrl {
-    /// Whether less than a quarter of this CRL's life is left at `now`.
-    /// The worker renews at half (`refresh_crl_if_due`); whoever serves
-    /// the CRL renews past this, when the worker has not.
-    pub fn overdue(&self, now: Millis) -> bool {
-        crl_overdue(self.this_update, self.next_update, now)
-    }
-}
-
-/// [`PublishedCrl::overdue`] for a CRL known by its times.
-pub fn crl_overdue(this_update: Millis, next_update: Millis, now: Millis) -> bool {
-    next_update - now < (next_update - this_update) / 4
-}
-
 impl From<crl_publication::Model> for PublishedCrl {
     fn from(row: crl_publication::Model) -> Self {
         Self {
@@ -290,22 +276,31 @@ impl Domain {
             > 0)
     }
 
+    /// Whether serving a CRL with these times, this process signs a new
+    /// one first: it holds the CA, and less than a quarter of the CRL's
+    /// life is left. The worker renews at half (`refresh_crl_if_due`), so
+    /// that means the worker is down or far behind, and relying parties
+    /// that check nextUpdate would soon refuse every certificate.
+    pub fn renews_crl_when_serving(&self, this_update: Millis, next_update: Millis, now: Millis) -> bool {
+        self.ca.is_some() && next_update - now < (next_update - this_update) / 4
+    }
+
     /// The newest CRL; the first is signed on demand, and so is a new one
-    /// when the newest is overdue ([`PublishedCrl::overdue`]): the worker
-    /// renews at half its life, so that means the worker is down or far
-    /// behind, and relying parties that check nextUpdate would soon refuse
-    /// every certificate. Should that signing fail, the newest is served.
+    /// when the newest is overdue ([`Self::renews_crl_when_serving`]).
+    /// Should that signing fail, the newest is served.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn current_crl(&self) -> DomainResult<PublishedCrl> {
         let now = now_millis();
         match self.latest_crl().await? {
-            Some(crl) if self.ca.is_some() && crl.overdue(now) => match self.publish_crl(now).await {
-                Ok(renewed) => Ok(renewed),
-                Err(error) => {
-                    tracing::warn!(%error, "could not renew an overdue CRL; serving the newest");
-                    Ok(crl)
+            Some(crl) if self.renews_crl_when_serving(crl.this_update, crl.next_update, now) => {
+                match self.publish_crl(now).await {
+                    Ok(renewed) => Ok(renewed),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not renew an overdue CRL; serving the newest");
+                        Ok(crl)
+                    }
                 }
-            },
+            }
             Some(crl) => Ok(crl),
             None => self.publish_crl(now).await,
         }

@@ -5,7 +5,7 @@
 //! signing right.
 
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -101,26 +101,32 @@ impl Domain {
         if has_sealing_certificate(txn, organisation_id).await? {
             return Ok(0);
         }
-        let allowed = user::Entity::find()
+        let allowed: Vec<Uuid> = user::Entity::find()
+            .select_only()
+            .column(user::Column::Id)
             .filter(user::Column::OrganisationId.eq(organisation_id))
             .filter(user::Column::SignsWithOrganisationCertificate.eq(true))
+            .into_tuple()
             .all(txn)
             .await?;
-        for person in &allowed {
-            user::Entity::update_many()
-                .col_expr(user::Column::SignsWithOrganisationCertificate, Expr::value(false))
-                .col_expr(user::Column::Version, Expr::col(user::Column::Version).add(1))
-                .col_expr(user::Column::UpdatedAt, Expr::value(now))
-                .filter(user::Column::Id.eq(person.id))
-                .exec(txn)
-                .await?;
+        if allowed.is_empty() {
+            return Ok(0);
+        }
+        user::Entity::update_many()
+            .col_expr(user::Column::SignsWithOrganisationCertificate, Expr::value(false))
+            .col_expr(user::Column::Version, Expr::col(user::Column::Version).add(1))
+            .col_expr(user::Column::UpdatedAt, Expr::value(now))
+            .filter(user::Column::Id.is_in(allowed.iter().copied()))
+            .exec(txn)
+            .await?;
+        for &person in &allowed {
             let mut changes = Vec::new();
             diff(&mut changes, "signs_with_organisation_certificate", true, false);
             history::record(
                 txn,
                 NewEvent {
                     organisation_id: Some(organisation_id),
-                    subject: Subject::User(person.id),
+                    subject: Subject::User(person),
                     activity: Activity::UserUpdated,
                     caller,
                     at: now,
