@@ -88,6 +88,7 @@ reasons!(
     LastOrganisationAdmin => "LAST_ORGANISATION_ADMIN",
     LicencesInUse => "LICENCES_IN_USE",
     LicenceLimitReached => "LICENCE_LIMIT_REACHED",
+    MailExpired => "MAIL_EXPIRED",
     MailNotFailed => "MAIL_NOT_FAILED",
     MaxAdministratorsReached => "MAX_ADMINISTRATORS_REACHED",
     NotFound => "NOT_FOUND",

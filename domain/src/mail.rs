@@ -130,6 +130,29 @@ pub fn date(at: crate::model::Millis) -> String {
         .unwrap_or_default()
 }
 
+/// A count of days or minutes as a mail's reader says it: "1 dag", "3
+/// dage" (Danish), "1 dag", "3 dagar" (Swedish), "1 day", "3 days". The
+/// templates wrote the plural after the number, so a certificate ending
+/// tomorrow "udløber om 1 dage".
+pub fn quantity(language: Language, count: i64, unit: Unit) -> String {
+    let (one, many) = match (unit, language) {
+        (Unit::Day, Language::Da) => ("dag", "dage"),
+        (Unit::Day, Language::Sv) => ("dag", "dagar"),
+        (Unit::Day, Language::En) => ("day", "days"),
+        (Unit::Minute, Language::Da) => ("minut", "minutter"),
+        (Unit::Minute, Language::Sv) => ("minut", "minuter"),
+        (Unit::Minute, Language::En) => ("minute", "minutes"),
+    };
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
+/// What [`quantity`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Day,
+    Minute,
+}
+
 /// Whole days from `now` to `at` as mails count them: by the UTC dates that
 /// [`date`] writes, at least 1. Counted in 24-hour periods, a mail sent at
 /// 01:00 said "expires in 2 days" beside tomorrow's date.
@@ -287,6 +310,37 @@ mod tests {
     }
 
     #[test]
+    fn one_is_singular_in_every_language() {
+        assert_eq!(quantity(Language::Da, 1, Unit::Day), "1 dag");
+        assert_eq!(quantity(Language::Da, 3, Unit::Day), "3 dage");
+        assert_eq!(quantity(Language::Sv, 1, Unit::Day), "1 dag");
+        assert_eq!(quantity(Language::Sv, 30, Unit::Day), "30 dagar");
+        assert_eq!(quantity(Language::En, 1, Unit::Day), "1 day");
+        assert_eq!(quantity(Language::En, 0, Unit::Day), "0 days");
+        assert_eq!(quantity(Language::Da, 1, Unit::Minute), "1 minut");
+        assert_eq!(quantity(Language::Sv, 10, Unit::Minute), "10 minuter");
+        assert_eq!(quantity(Language::En, 10, Unit::Minute), "10 minutes");
+        // And the templates say no unit of their own beside it.
+        for kind in MailKind::ALL {
+            for language in [Language::Da, Language::Sv, Language::En] {
+                let mail = render(*kind, language, "Søren", &vars()).unwrap();
+                for text in [&mail.subject, &mail.text, &mail.html] {
+                    for doubled in [
+                        "dag dage",
+                        "dag dagar",
+                        "day days",
+                        "minut minutter",
+                        "minut minuter",
+                        "minute minutes",
+                    ] {
+                        assert!(!text.contains(doubled), "{kind:?}/{language}: {text}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn days_left_agree_with_the_date_the_mail_names() {
         let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().timestamp_millis();
         // 46 hours before an expiry at 23:00 tomorrow: tomorrow, 1 day.
@@ -333,11 +387,11 @@ mod tests {
             ("pickup_link", "https://example.dk/certificates/pickup?token=abc"),
             ("pickup_token", "oat_abc"),
             ("serial", "4a5006ab"),
-            ("days", "30"),
+            ("days_left", "1 dag"),
             ("reset_link", "https://example.dk/reset-password?token=abc"),
             ("expires_at", "2026-12-22 14:00 UTC"),
             ("code", "042917"),
-            ("valid_minutes", "10"),
+            ("valid_for", "1 minut"),
             ("requested", "admin level 3 on unit Nord"),
             ("decision", "godkendt"),
             ("note", "Ok for sæsonen"),

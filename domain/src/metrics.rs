@@ -138,7 +138,8 @@ pub fn outbox_backlog(depth: u64, oldest_age: Duration) {
 
 /// `outcome`: "sent", "sent_again" (delivered once more by a claim that
 /// outlived its lease: a duplicate with the same Message-ID), "failed" (will
-/// be retried) or "parked".
+/// be retried), "parked", or "expired" (parked unsent: its content, a login
+/// code or a single-use link, died before it could be delivered).
 pub fn mail_delivery(outcome: &'static str) {
     if let Some(m) = instruments() {
         m.mails.add(1, &[KeyValue::new("outcome", outcome)]);

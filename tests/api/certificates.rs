@@ -3577,7 +3577,7 @@ async fn an_expiry_warning_counts_the_days_its_date_names() {
     assert_eq!(app.domain.warn_expiring_certificates(now).await.unwrap(), 1);
     let subjects = app.mail_subjects("certificate_expiring", &member.email).await;
     assert!(
-        subjects.len() == 1 && subjects[0].contains("udløber om 1 dage"),
+        subjects.len() == 1 && subjects[0].contains("udløber om 1 dag hos"),
         "{subjects:?}"
     );
     app.finish().await;

@@ -20,6 +20,7 @@ both_backends!(
     sessions_are_listed_revoked_and_end_when_idle,
     a_code_its_caller_gave_up_on_is_still_recorded,
     a_login_begun_before_a_deactivation_does_not_finish_after_it,
+    a_login_code_is_never_mailed_after_it_expired,
 );
 
 async fn verify(app: &TestApp, challenge: &str, code: &str) -> Result<pb::VerifyLoginCodeResponse, tonic::Status> {
@@ -629,4 +630,96 @@ async fn a_code_verified_while_the_person_is_deactivated_gets_no_session() {
         0,
         "a session outlived the deactivation"
     );
+}
+
+/// A login code is worth its minutes: a relay down (or greylisting) past
+/// them must not deliver it later, dead, telling the person hours on that
+/// someone knows their password. Two ways a mail outlives its code: a
+/// failed try whose retry would come after the end (parked at that try),
+/// and a mail nobody tried before the end (parked by the next claim).
+/// Either way it is parked unsent, visible to the operator, and RetryMail
+/// refuses it.
+async fn a_login_code_is_never_mailed_after_it_expired(backend: Backend) {
+    let app = TestApp::start_with(
+        backend,
+        DomainSettings {
+            passwords: PasswordSettings {
+                code_ttl_ms: 1500,
+                ..PasswordSettings::default()
+            },
+            ..DomainSettings::default()
+        },
+    )
+    .await;
+    let mut sink = SmtpSink::start(0);
+    let fixture = app.org_with_admin().await;
+    app.require_second_factor(&fixture).await;
+    let (_, email) = app.member_with_password(&fixture, "Anna", &[]).await;
+    let parked_codes = || async {
+        app.notes()
+            .list_failed_mails(req(OPERATOR_TOKEN, pb::ListFailedMailsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .mails
+            .into_iter()
+            .filter(|m| m.kind == "login_code")
+            .collect::<Vec<_>>()
+    };
+
+    // A failed try whose retry (a minute on) would come after the code's
+    // end: parked at that try, not a minute later.
+    sink.pause();
+    let slow_retries = orgadmin_domain::Config {
+        mail_retry_base_ms: 60_000,
+        ..worker_config(&app, &sink.url())
+    };
+    let worker = TestWorker::start(&app, slow_retries);
+    app.login(&email, TEST_PASSWORD).await.expect("password accepted");
+    let mut waited = 0;
+    let first = loop {
+        let parked = parked_codes().await;
+        if !parked.is_empty() || waited == 100 {
+            break parked;
+        }
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(first.len(), 1, "parked at its first failed try: {first:?}");
+    assert_eq!(first[0].attempts, 1);
+    assert!(first[0].last_error.contains("expired"), "{}", first[0].last_error);
+    worker.stop().await;
+
+    // A mail nobody tried before its end: the relay is back, the worker
+    // starts after the code died.
+    sink.resume();
+    app.login(&email, TEST_PASSWORD).await.expect("password accepted");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let worker = TestWorker::start(&app, worker_config(&app, &sink.url()));
+    let mut waited = 0;
+    let parked = loop {
+        let parked = parked_codes().await;
+        if parked.len() == 2 || waited == 100 {
+            break parked;
+        }
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    let second = parked.iter().find(|m| m.id != first[0].id).unwrap();
+    assert_eq!(second.attempts, 0, "never tried: {second:?}");
+    assert!(second.last_error.contains("expired"), "{}", second.last_error);
+    assert!(sink.login_codes(&email).is_empty(), "a dead code was mailed");
+
+    let refused = app
+        .notes()
+        .retry_mail(req(OPERATOR_TOKEN, pb::RetryMailRequest { id: second.id.clone() }))
+        .await;
+    assert_eq!(reason(&assert_code(refused, Code::FailedPrecondition)), "MAIL_EXPIRED");
+
+    // A code the relay takes in time still arrives.
+    app.login(&email, TEST_PASSWORD).await.expect("password accepted");
+    sink.wait_for_login_code(&email, 1).await;
+    worker.stop().await;
+    app.finish().await;
 }

@@ -217,6 +217,9 @@ pub mod outbox_mail {
         pub trace_context: Option<String>,
         pub created_at: i64,
         pub sent_at: Option<i64>,
+        /// When the content dies (a login code, a single-use link): not
+        /// sent after it. None: sent however late.
+        pub deliver_before: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

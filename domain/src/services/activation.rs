@@ -277,7 +277,7 @@ impl Domain {
         // address asked by someone else), which the recipient should know
         // before they open it.
         let usable_from = crate::mail::date_time(usable_from.unwrap_or_else(now_millis));
-        self.enqueue_mail(
+        self.enqueue_mail_until(
             txn,
             Some(row.organisation_id),
             mail,
@@ -291,6 +291,7 @@ impl Domain {
                 (expiry_name, &expiry),
                 ("usable_from", &usable_from),
             ],
+            Some(expires_at),
         )
         .await?;
         Ok(())

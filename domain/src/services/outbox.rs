@@ -54,6 +54,9 @@ pub struct MailClaim {
     /// When the mail was queued: a mail that keeps failing for a reason
     /// that may pass is parked only once it is old (see [`MailRetry`]).
     pub created_at: Millis,
+    /// When its content dies (a login code, a single-use link): a retry
+    /// due after it is not made.
+    pub deliver_before: Option<Millis>,
 }
 
 /// How a failed delivery is retried (`ORGADMIN_MAIL_*`).
@@ -77,6 +80,15 @@ impl MailRetry {
     pub fn parks(&self, failure: Failure, attempts: i32, age_ms: i64) -> bool {
         failure == Failure::Permanent || (attempts >= self.max_attempts && age_ms >= self.retry_for_ms)
     }
+}
+
+/// Why a mail was parked unsent because its content died first: the
+/// operator reads it in ListFailedMails, and RetryMail refuses it.
+fn expired_error(deliver_before: Millis) -> String {
+    let end = chrono::DateTime::from_timestamp_millis(deliver_before)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    format!("not delivered before its content expired at {end}: not sent late")
 }
 
 /// How long a mail this worker cannot decrypt waits before it is claimed
@@ -134,6 +146,25 @@ impl Domain {
         language: Language,
         vars: &[(&str, &str)],
     ) -> DomainResult<Uuid> {
+        self.enqueue_mail_until(db, organisation_id, kind, recipient, to_name, language, vars, None)
+            .await
+    }
+
+    /// [`Self::enqueue_mail`] for a mail whose content dies at
+    /// `deliver_before` (a login code, a single-use link): the worker parks
+    /// it unsent from then on, instead of delivering a dead code late.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn enqueue_mail_until(
+        &self,
+        db: &impl ConnectionTrait,
+        organisation_id: Option<Uuid>,
+        kind: MailKind,
+        recipient: &str,
+        to_name: &str,
+        language: Language,
+        vars: &[(&str, &str)],
+        deliver_before: Option<Millis>,
+    ) -> DomainResult<Uuid> {
         let mail = render(kind, language, to_name, vars)?;
         let payload = serde_json::to_string(&mail).map_err(|e| DomainError::Internal(e.to_string()))?;
         let now = now_millis();
@@ -154,6 +185,7 @@ impl Domain {
             trace_context: Set(crate::telemetry::current_traceparent()),
             created_at: Set(now),
             sent_at: Set(None),
+            deliver_before: Set(deliver_before),
         })
         .exec_without_returning(db)
         .await?;
@@ -185,14 +217,36 @@ impl Domain {
             txn.commit().await?;
             return Ok(Vec::new());
         }
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        // A mail whose content died while it waited (a relay down past a
+        // login code's minutes) is parked, not sent: found among the due
+        // rows, so a claim with nothing expired costs nothing more.
+        let (expired, rows): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|r| r.deliver_before.is_some_and(|end| end <= now));
+        for row in &expired {
+            let error = expired_error(row.deliver_before.unwrap_or(now));
+            outbox_mail::Entity::update_many()
+                .col_expr(outbox_mail::Column::State, Expr::value(STATE_FAILED))
+                .col_expr(outbox_mail::Column::LastError, Expr::value(error.clone()))
+                .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(Option::<i64>::None))
+                .col_expr(outbox_mail::Column::ClaimedBy, Expr::value(Option::<String>::None))
+                .col_expr(outbox_mail::Column::Payload, Expr::value(""))
+                .filter(outbox_mail::Column::Id.eq(row.id))
+                .exec(&txn)
+                .await?;
+            crate::metrics::mail_delivery("expired");
+            tracing::warn!(mail = %row.id, kind = %row.kind, attempts = row.attempts, error = %error, "mail parked unsent: its content expired");
+        }
         let lease_until = now + lease_ms;
-        outbox_mail::Entity::update_many()
-            .col_expr(outbox_mail::Column::ClaimedBy, Expr::value(worker))
-            .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(lease_until))
-            .filter(outbox_mail::Column::Id.is_in(ids))
-            .exec(&txn)
-            .await?;
+        if !rows.is_empty() {
+            let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+            outbox_mail::Entity::update_many()
+                .col_expr(outbox_mail::Column::ClaimedBy, Expr::value(worker))
+                .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(lease_until))
+                .filter(outbox_mail::Column::Id.is_in(ids))
+                .exec(&txn)
+                .await?;
+        }
         txn.commit().await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
@@ -202,6 +256,7 @@ impl Domain {
                 lease_until,
                 attempts: row.attempts,
                 created_at: row.created_at,
+                deliver_before: row.deliver_before,
             };
             match self.vault.decrypt(&row.payload).and_then(|json| {
                 serde_json::from_str::<RenderedMail>(&json).map_err(|e| DomainError::Internal(e.to_string()))
@@ -312,25 +367,35 @@ impl Domain {
     ) -> DomainResult<bool> {
         let attempts = claim.attempts + 1;
         let now = now_millis();
-        let park = retry.parks(failure, attempts, now - claim.created_at);
-        let base_delay_ms = retry.base_delay_ms;
-        let error: String = error.chars().take(1000).collect();
+        let next_attempt_at = now + backoff_ms(attempts, retry.base_delay_ms);
+        // A retry that would come when the content is dead is not made (a
+        // login code is worth minutes, however young its mail): parked now,
+        // its dead secret dropped.
+        let dies_first = claim.deliver_before.filter(|end| next_attempt_at >= *end);
+        let park = retry.parks(failure, attempts, now - claim.created_at) || dies_first.is_some();
+        let mut error: String = error.chars().take(1000).collect();
+        if let Some(end) = dies_first {
+            error = format!("{error}; {}", expired_error(end));
+        }
         let mut update = outbox_mail::Entity::update_many()
             .col_expr(outbox_mail::Column::Attempts, Expr::value(attempts))
             .col_expr(outbox_mail::Column::LastError, Expr::value(error.clone()))
             .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(Option::<i64>::None));
+        if dies_first.is_some() {
+            update = update.col_expr(outbox_mail::Column::Payload, Expr::value(""));
+        }
         update = if park {
             update.col_expr(outbox_mail::Column::State, Expr::value(STATE_FAILED))
         } else {
-            update.col_expr(
-                outbox_mail::Column::NextAttemptAt,
-                Expr::value(now + backoff_ms(attempts, base_delay_ms)),
-            )
+            update.col_expr(outbox_mail::Column::NextAttemptAt, Expr::value(next_attempt_at))
         };
         let marked = update.filter(claim.still_held()).exec(&self.db).await?.rows_affected == 1;
         let id = claim.id;
         if !marked {
             tracing::info!(mail = %id, error = %error, "mail delivery failed after its claim ended; not recorded");
+        } else if dies_first.is_some() {
+            crate::metrics::mail_delivery("expired");
+            tracing::warn!(mail = %id, attempts, error = %error, "mail parked unsent: its content expires before the next try");
         } else if park {
             crate::metrics::mail_delivery("parked");
             tracing::warn!(mail = %id, attempts, error = %error, "mail parked as failed");
@@ -441,6 +506,12 @@ impl Domain {
             return Err(DomainError::precondition(
                 Reason::MailNotFailed,
                 format!("only a failed mail can be retried; this one is {}", row.state),
+            ));
+        }
+        if let Some(end) = row.deliver_before.filter(|end| *end <= now_millis()) {
+            return Err(DomainError::precondition(
+                Reason::MailExpired,
+                format!("{}; the person asks for a new one", expired_error(end)),
             ));
         }
         // Conditional on still being FAILED: a parallel retry (and the send

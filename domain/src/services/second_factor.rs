@@ -170,20 +170,26 @@ impl Domain {
                 .await?
                 .map(|o| o.name)
                 .unwrap_or_default();
-            let minutes = Ord::max(settings.code_ttl_ms / 60_000, 1).to_string();
-            self.enqueue_mail(
+            let language = parse(&person.language)?;
+            let valid_for = crate::mail::quantity(
+                language,
+                Ord::max(settings.code_ttl_ms / 60_000, 1),
+                crate::mail::Unit::Minute,
+            );
+            self.enqueue_mail_until(
                 txn,
                 Some(person.organisation_id),
                 MailKind::LoginCode,
                 &person.email,
                 &format!("{} {}", person.first_name, person.surname),
-                parse(&person.language)?,
+                language,
                 &[
                     ("first_name", &person.first_name),
                     ("organisation_name", &organisation_name),
                     ("code", &code),
-                    ("valid_minutes", &minutes),
+                    ("valid_for", &valid_for),
                 ],
+                Some(expires_at),
             )
             .await?;
             Some(self.login_code_hash(id, &code))

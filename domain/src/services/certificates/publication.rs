@@ -532,7 +532,7 @@ impl Domain {
         // inside a window (a short validity, a worker that was down) was
         // told "expires in 30 days" with a date a week away. Counted by the
         // dates, as `expires_on` is written.
-        let days_left = crate::mail::days_until(now, row.not_after.unwrap_or(now)).to_string();
+        let days_left = crate::mail::days_until(now, row.not_after.unwrap_or(now));
         let mut recipients: Vec<Uuid> = [row.holder_id, Some(row.contact_id)].into_iter().flatten().collect();
         let user_admins: Vec<Uuid> = user_role::Entity::find()
             .select_only()
@@ -555,6 +555,11 @@ impl Domain {
             if person.state != UserState::Active.as_str() {
                 continue;
             }
+            let days_left = crate::mail::quantity(
+                crate::persistence::mapping::parse(&person.language)?,
+                days_left,
+                crate::mail::Unit::Day,
+            );
             self.notify(
                 &txn,
                 &person,
@@ -564,7 +569,7 @@ impl Domain {
                     ("first_name", person.first_name.as_str()),
                     ("organisation_name", org.name.as_str()),
                     ("certificate", what.as_str()),
-                    ("days", days_left.as_str()),
+                    ("days_left", days_left.as_str()),
                     ("expires_on", expires_on.as_str()),
                 ],
                 Some(row.id),
