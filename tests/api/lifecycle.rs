@@ -14,6 +14,7 @@ both_backends!(
     timed_deactivation_ends_by_the_worker,
     a_sweep_batch_past_sqlites_bound_values_ends_every_leave,
     deletion_is_final_and_follows_policy,
+    anonymity_closes_no_profile_where_users_are_never_deleted,
     a_deleted_profile_forgets_the_person,
     the_same_deactivation_again_changes_nothing,
     history_pages_and_filters,
@@ -1226,5 +1227,66 @@ async fn the_same_deactivation_again_changes_nothing(backend: Backend) {
         .history_of(&fixture.admin_token, &member.id, pb::HistoryActivity::UserDeactivated)
         .await;
     assert_eq!(events.len(), 2, "{events:?}");
+    app.finish().await;
+}
+
+/// R-ORG-3 against R-USR-10: approving an anonymity request closes the old
+/// profile for good (DELETED: its e-mail and CPR number move to the new
+/// one), which an organisation that deactivates and never deletes, for
+/// traceability, has ruled out. Approval then deleted the profile all the
+/// same. Now it is refused and changes nothing (rejecting still ends the
+/// request), and a new request is refused at once rather than left to wait.
+async fn anonymity_closes_no_profile_where_users_are_never_deleted(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (user, user_token) = app.member(&fixture, "Skjult", &[]).await;
+    let ask = || async {
+        app.users()
+            .request_anonymity(req(
+                &user_token,
+                pb::RequestAnonymityRequest {
+                    reason: "Beskyttet adresse efter flytning".into(),
+                },
+            ))
+            .await
+    };
+    let asked = ask().await.unwrap().into_inner().anonymity_request.unwrap();
+    app.change_settings(&fixture, "deletion_policy", |s| {
+        s.deletion_policy = pb::DeletionPolicy::DeactivateOnly as i32
+    })
+    .await;
+    let decide = |approve: bool| {
+        let id = asked.id.clone();
+        let token = fixture.admin_token.clone();
+        let app = &app;
+        async move {
+            app.users()
+                .decide_anonymity_request(req(
+                    &token,
+                    pb::DecideAnonymityRequestRequest {
+                        id,
+                        approve,
+                        note: String::new(),
+                    },
+                ))
+                .await
+        }
+    };
+    let before = app.fingerprint().await;
+    assert_eq!(
+        reason(&assert_code(decide(true).await, Code::FailedPrecondition)),
+        "DELETION_NOT_ALLOWED"
+    );
+    assert_eq!(app.fingerprint().await, before, "a refused approval changes nothing");
+    assert_eq!(
+        get(&app, &fixture.admin_token, &user.id).await.state,
+        pb::UserState::Active as i32
+    );
+    let rejected = decide(false).await.unwrap().into_inner();
+    assert!(rejected.new_user.is_none());
+    assert_eq!(
+        reason(&assert_code(ask().await, Code::FailedPrecondition)),
+        "DELETION_NOT_ALLOWED"
+    );
     app.finish().await;
 }

@@ -106,6 +106,13 @@ impl Domain {
         crate::validate::lines_of_text(reason, 10, 1000).map_err(|rule| DomainError::invalid("reason", rule))?;
         let txn = crate::persistence::begin_write(&self.db).await?;
         let org = lock_organisation(&txn, org_id).await?;
+        // Approved, the request closes this profile for good (its e-mail and
+        // CPR number move to the new one): asked where that cannot be, it
+        // could only wait to be rejected.
+        crate::services::ensure_deletes_profiles(
+            &org,
+            "a profile cannot be re-created as anonymous here (the old one would have to be deleted)",
+        )?;
         let row = user::Entity::find_by_id(user_id)
             .one(&txn)
             .await?
@@ -283,6 +290,13 @@ impl Domain {
         decided.decision_note = Set((!note.is_empty()).then(|| note.to_owned()));
         let (mut new_user, mut revoked) = (None, 0);
         if approve {
+            // The policy may have changed since the request: approving closes
+            // the old profile as DELETED, which DEACTIVATE_ONLY forbids
+            // (rejecting still ends the request).
+            crate::services::ensure_deletes_profiles(
+                &org,
+                "the old profile cannot be closed for an anonymous one; reject the request",
+            )?;
             if !parse::<UserState>(&old.state)?.is_standing() {
                 return Err(DomainError::precondition(
                     Reason::UserNotActive,

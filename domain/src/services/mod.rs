@@ -137,6 +137,29 @@ pub(crate) async fn take_licences(db: &impl ConnectionTrait, organisation_id: Uu
     Err(licence_limit_reached(&read_organisation(db, organisation_id).await?))
 }
 
+/// R-ORG-3: whether the organisation's deletion policy lets a profile be
+/// closed for good (DeleteUser, and the old profile of an anonymity
+/// request); DEACTIVATE_ONLY keeps every profile, for traceability.
+pub(crate) fn deletes_profiles(org: &organisation::Model) -> DomainResult<bool> {
+    Ok(
+        crate::persistence::mapping::parse::<crate::model::DeletionPolicy>(&org.deletion_policy)?
+            != crate::model::DeletionPolicy::DeactivateOnly,
+    )
+}
+
+/// Refuses `what` (closing a profile for good) under DEACTIVATE_ONLY.
+pub(crate) fn ensure_deletes_profiles(org: &organisation::Model, what: &str) -> DomainResult<()> {
+    if deletes_profiles(org)? {
+        return Ok(());
+    }
+    Err(DomainError::precondition(
+        Reason::DeletionNotAllowed,
+        format!(
+            "the organisation's deletion policy is DEACTIVATE_ONLY: users are deactivated, never deleted, so {what}"
+        ),
+    ))
+}
+
 /// Refuses when the organisation, as read, has no free licence: a clear early
 /// answer before any write; `take_licences` is what guarantees the limit.
 pub(crate) fn ensure_licence_free(org: &organisation::Model) -> DomainResult<()> {

@@ -526,11 +526,8 @@ impl Domain {
                 .exec(&txn)
                 .await?;
         }
-        let deactivate_only = parse::<DeletionPolicy>(
-            &crate::services::read_organisation(&txn, job.organisation_id)
-                .await?
-                .deletion_policy,
-        )? == DeletionPolicy::DeactivateOnly;
+        let deactivate_only =
+            !crate::services::deletes_profiles(&crate::services::read_organisation(&txn, job.organisation_id).await?)?;
         let (mut applied, mut failed, mut skipped) = (0i64, 0i64, 0i64);
         let mut errors: Vec<(i64, CellError)> = Vec::new();
         let mut created = Vec::new();

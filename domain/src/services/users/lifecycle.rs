@@ -189,12 +189,7 @@ impl Domain {
             .lock_user_for_write(txn, caller, Action::DeleteUser, id, etag)
             .await?;
         let org = lock_organisation(txn, current.organisation_id).await?;
-        if parse::<DeletionPolicy>(&org.deletion_policy)? == DeletionPolicy::DeactivateOnly {
-            return Err(DomainError::precondition(
-                Reason::DeletionNotAllowed,
-                "the organisation's deletion policy is DEACTIVATE_ONLY: users are deactivated, never deleted",
-            ));
-        }
+        crate::services::ensure_deletes_profiles(&org, "this user cannot be deleted")?;
         if current.state == UserState::Deleted {
             return Err(DomainError::precondition(
                 Reason::UserDeleted,
