@@ -162,10 +162,11 @@ pub struct Config {
     /// Where relying parties fetch the CRL (`GET /crl`) over plain HTTP;
     /// empty: not served.
     pub certificate_http_listen: String,
-    /// Validity of new certificates per kind, in days.
-    pub certificate_employee_validity_days: u32,
-    pub certificate_organisation_validity_days: u32,
-    pub certificate_system_validity_days: u32,
+    /// Validity of new certificates per kind, in days; unset, three
+    /// calendar years (to the same date three years on).
+    pub certificate_employee_validity_days: Option<u32>,
+    pub certificate_organisation_validity_days: Option<u32>,
+    pub certificate_system_validity_days: Option<u32>,
     /// How long a certificate pickup token works, in days.
     pub certificate_pickup_ttl_days: u32,
     /// The pickup link in the mail; `{token}` is replaced.
@@ -244,9 +245,9 @@ impl Default for Config {
             ca_crl_url: "http://127.0.0.1:50080/crl".into(),
             ca_ocsp_url: "http://127.0.0.1:50080/ocsp".into(),
             certificate_http_listen: "127.0.0.1:50080".into(),
-            certificate_employee_validity_days: 3 * 365,
-            certificate_organisation_validity_days: 3 * 365,
-            certificate_system_validity_days: 3 * 365,
+            certificate_employee_validity_days: None,
+            certificate_organisation_validity_days: None,
+            certificate_system_validity_days: None,
             certificate_pickup_ttl_days: 14,
             certificate_pickup_url_template: "http://localhost:8080/certificates/pickup?token={token}".into(),
             crl_validity_hours: 24,
@@ -314,7 +315,7 @@ impl Config {
             self.certificate_organisation_validity_days,
             self.certificate_system_validity_days,
         ];
-        if validity.iter().any(|days| !(1..=3650).contains(days))
+        if validity.iter().flatten().any(|days| !(1..=3650).contains(days))
             || !(1..=365).contains(&self.certificate_pickup_ttl_days)
             || !(1..=24 * 31).contains(&self.crl_validity_hours)
         {
@@ -474,9 +475,9 @@ impl Config {
     pub fn certificate_settings(&self) -> crate::services::certificates::CertificateSettings {
         const DAY_MS: i64 = 24 * 60 * 60 * 1000;
         crate::services::certificates::CertificateSettings {
-            employee_validity_ms: i64::from(self.certificate_employee_validity_days) * DAY_MS,
-            organisation_validity_ms: i64::from(self.certificate_organisation_validity_days) * DAY_MS,
-            system_validity_ms: i64::from(self.certificate_system_validity_days) * DAY_MS,
+            employee_validity: validity_of(self.certificate_employee_validity_days),
+            organisation_validity: validity_of(self.certificate_organisation_validity_days),
+            system_validity: validity_of(self.certificate_system_validity_days),
             pickup_ttl_ms: i64::from(self.certificate_pickup_ttl_days) * DAY_MS,
             pickup_url_template: self.certificate_pickup_url_template.clone(),
             crl_validity_ms: i64::from(self.crl_validity_hours) * 60 * 60 * 1000,
@@ -611,4 +612,10 @@ pub fn write_private_file(path: &Path, contents: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     file.write_all(contents.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// A configured validity in days, or R-CERT-4's three calendar years.
+fn validity_of(days: Option<u32>) -> crate::services::certificates::Validity {
+    use crate::services::certificates::Validity;
+    days.map_or(Validity::Years(3), Validity::Days)
 }

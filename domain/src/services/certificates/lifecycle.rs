@@ -1132,14 +1132,14 @@ impl Domain {
         let identity = first_of_renewals(txn, &row).await?;
         let subject = subject_of(&org, kind, holder.as_ref(), &row, identity);
         let (key_usages, extended_key_usages) = key_usages(&usages, csr.key.is_rsa());
-        let validity = self.settings.certificates.validity_ms(kind);
+        let validity = self.settings.certificates.validity(kind);
         // Five minutes back: a relying party whose clock runs a little
         // behind accepts the certificate at once.
         let not_before = now - 5 * 60 * 1000;
         // Never past the CA's own end: a relying party rejects a chain with
         // an expired CA, so a longer certificate would stop working early,
         // with its expiry warnings and renewal still years away.
-        let not_after = (now + validity).min(ca.not_after());
+        let not_after = validity.ends(now).min(ca.not_after());
         let key_hash = public_key_hash(&csr.public_key_der);
         ensure_key_may_be_certified(txn, &row, &key_hash).await?;
         let subject_text = subject_line(&subject, escape_rfc4514);

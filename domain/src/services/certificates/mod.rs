@@ -100,9 +100,9 @@ impl CertificateUsage {
 #[derive(Debug, Clone)]
 pub struct CertificateSettings {
     /// Validity per kind (R-CERT-4: three years by default).
-    pub employee_validity_ms: i64,
-    pub organisation_validity_ms: i64,
-    pub system_validity_ms: i64,
+    pub employee_validity: Validity,
+    pub organisation_validity: Validity,
+    pub system_validity: Validity,
     /// How long a pickup token works.
     pub pickup_ttl_ms: i64,
     /// The pickup link in the mail; `{token}` is replaced by the token.
@@ -114,12 +114,37 @@ pub struct CertificateSettings {
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// How long a new certificate is valid. Years are calendar years: a
+/// three-year certificate issued on 10 March ends on 10 March three years
+/// on. Counted as 3 × 365 days, one issued before a 29 February ended the
+/// day before its anniversary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    Days(u32),
+    Years(u32),
+}
+
+impl Validity {
+    /// When a certificate valid from `from` ends. A 29 February start ends
+    /// on 28 February of a year without one (never in March: the holder was
+    /// told "three years", not a day more).
+    pub fn ends(self, from: crate::model::Millis) -> crate::model::Millis {
+        match self {
+            Validity::Days(days) => from + i64::from(days) * DAY_MS,
+            Validity::Years(years) => chrono::DateTime::from_timestamp_millis(from)
+                .and_then(|start| start.checked_add_months(chrono::Months::new(12 * years)))
+                .map(|end| end.timestamp_millis())
+                .unwrap_or(from + i64::from(years) * 365 * DAY_MS),
+        }
+    }
+}
+
 impl Default for CertificateSettings {
     fn default() -> Self {
         Self {
-            employee_validity_ms: 3 * 365 * DAY_MS,
-            organisation_validity_ms: 3 * 365 * DAY_MS,
-            system_validity_ms: 3 * 365 * DAY_MS,
+            employee_validity: Validity::Years(3),
+            organisation_validity: Validity::Years(3),
+            system_validity: Validity::Years(3),
             pickup_ttl_ms: 14 * DAY_MS,
             pickup_url_template: "http://localhost:8080/certificates/pickup?token={token}".into(),
             crl_validity_ms: DAY_MS,
@@ -128,11 +153,11 @@ impl Default for CertificateSettings {
 }
 
 impl CertificateSettings {
-    pub fn validity_ms(&self, kind: CertificateKind) -> i64 {
+    pub fn validity(&self, kind: CertificateKind) -> Validity {
         match kind {
-            CertificateKind::Employee => self.employee_validity_ms,
-            CertificateKind::Organisation => self.organisation_validity_ms,
-            CertificateKind::System => self.system_validity_ms,
+            CertificateKind::Employee => self.employee_validity,
+            CertificateKind::Organisation => self.organisation_validity,
+            CertificateKind::System => self.system_validity,
         }
     }
 }
@@ -249,5 +274,31 @@ mod tests {
         assert!(!CertificateUsage::Signing.fits(CertificateKind::Organisation));
         assert!(CertificateUsage::Sealing.fits(CertificateKind::System));
         assert!(!CertificateUsage::Sealing.fits(CertificateKind::Employee));
+    }
+}
+
+#[cfg(test)]
+mod validity_tests {
+    use super::*;
+
+    fn at(text: &str) -> crate::model::Millis {
+        chrono::DateTime::parse_from_rfc3339(text).unwrap().timestamp_millis()
+    }
+
+    #[test]
+    fn three_years_end_on_the_anniversary_across_a_leap_day() {
+        let three = Validity::Years(3);
+        assert_eq!(three.ends(at("2027-03-10T14:00:00Z")), at("2030-03-10T14:00:00Z"));
+        // 2028 has a 29 February: 3 × 365 days ended on 9 March 2030.
+        assert_eq!(
+            Validity::Days(3 * 365).ends(at("2027-03-10T14:00:00Z")),
+            at("2030-03-09T14:00:00Z")
+        );
+        // Started on a 29 February: the last day of February.
+        assert_eq!(three.ends(at("2028-02-29T09:00:00Z")), at("2031-02-28T09:00:00Z"));
+        assert_eq!(
+            Validity::Days(30).ends(at("2027-01-31T00:00:00Z")),
+            at("2027-03-02T00:00:00Z")
+        );
     }
 }
