@@ -3518,6 +3518,9 @@ async fn a_bulk_deletion_under_deactivate_only_ends_the_leavers_certificates(bac
         pb::UserState::Deactivated as i32
     );
     assert_ended_with_their_holder(&app, &fixture.admin_token, &issued, &open_order).await;
+    // The leaver, no longer reading their work mail, is not told (a
+    // deleted leaver never was); they were their own contact person here.
+    assert!(app.mail_subjects("certificate_revoked", &leaver.email).await.is_empty());
 
     // One deactivated by hand first (an open-ended deactivation keeps the
     // certificates), then named in the delete file: the row ends them too,
@@ -3537,6 +3540,7 @@ async fn a_bulk_deletion_under_deactivate_only_ends_the_leavers_certificates(bac
     let job = crate::imports::deleted_from(&app, &fixture.admin_token, &fixture.org.id, &rows).await;
     assert_eq!(app.import_job(&fixture.admin_token, &job.id).await.applied, 1);
     assert_ended_with_their_holder(&app, &fixture.admin_token, &issued, &open_order).await;
+    assert!(app.mail_subjects("certificate_revoked", &gone.email).await.is_empty());
     app.finish().await;
 }
 

@@ -1597,7 +1597,12 @@ impl Domain {
     }
 
     /// Tells a revoked certificate's contact person and holder (once each,
-    /// if not deleted), in the revocation's transaction (R-CERT-3).
+    /// if not deleted), in the revocation's transaction (R-CERT-3). A
+    /// holder who left (HOLDER_LEFT) and is no longer standing is not told:
+    /// a leaver the policy only deactivates was mailed "your certificate
+    /// was revoked" at a work address they no longer read, where a deleted
+    /// leaver was not (also when they were their own contact person); any
+    /// other contact person is told.
     async fn tell_revoked(
         &self,
         txn: &DatabaseTransaction,
@@ -1615,7 +1620,10 @@ impl Domain {
             let Some(recipient) = user::Entity::find_by_id(person).one(txn).await? else {
                 continue;
             };
-            if recipient.state == UserState::Deleted.as_str() {
+            let left = reason == RevocationReason::HolderLeft
+                && row.holder_id == Some(person)
+                && recipient.state == UserState::Deactivated.as_str();
+            if recipient.state == UserState::Deleted.as_str() || left {
                 continue;
             }
             self.notify(

@@ -797,22 +797,11 @@ impl Domain {
                 // contact person of go to their holders. So also for someone
                 // already deactivated by hand, whose row is otherwise
                 // skipped. Published by the worker's next look, as an
-                // import's deletions are.
+                // import's deletions are. Deactivated first: the
+                // revocations then find the holder gone, as a deletion's do,
+                // and tell the contact person, not the leaver.
                 let now = now_millis();
-                let ended = self
-                    .end_holder_certificates_in(
-                        txn,
-                        caller,
-                        row.id,
-                        crate::services::certificates::HolderEnding::Left,
-                        now,
-                    )
-                    .await?;
-                self.hand_over_contact_in(txn, caller, row.id, now).await?;
                 let already_out = row.state == UserState::Deactivated.as_str() && row.deactivated_until.is_none();
-                if already_out && ended == 0 {
-                    return Ok(Outcome::Skipped);
-                }
                 if !already_out {
                     self.deactivate_user_in(
                         txn,
@@ -823,6 +812,19 @@ impl Domain {
                         "",
                     )
                     .await?;
+                }
+                let ended = self
+                    .end_holder_certificates_in(
+                        txn,
+                        caller,
+                        row.id,
+                        crate::services::certificates::HolderEnding::Left,
+                        now,
+                    )
+                    .await?;
+                self.hand_over_contact_in(txn, caller, row.id, now).await?;
+                if already_out && ended == 0 {
+                    return Ok(Outcome::Skipped);
                 }
                 Ok(Outcome::Applied {
                     user: row.id,
