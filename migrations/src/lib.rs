@@ -57,6 +57,7 @@ mod m20261207_000082_index_unhashed_compromised_keys;
 mod m20261207_000083_forget_deleted_people;
 mod m20261207_000084_add_grant_and_order_request_ids;
 mod m20261207_000085_add_outbox_deliver_before;
+mod m20261207_000086_add_activation_send_request_ids;
 
 pub use m20261206_000075_revoke_self_made_service_account_tokens::revoke_self_made_service_account_tokens;
 pub use m20261206_000077_allow_the_identification_means_people_hold::allow_the_means_people_hold;
@@ -187,6 +188,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000083_forget_deleted_people::Migration),
             Box::new(m20261207_000084_add_grant_and_order_request_ids::Migration),
             Box::new(m20261207_000085_add_outbox_deliver_before::Migration),
+            Box::new(m20261207_000086_add_activation_send_request_ids::Migration),
         ];
         all.into_iter()
             .map(|migration| Box::new(Atomic(migration)) as Box<dyn MigrationTrait>)

@@ -346,6 +346,7 @@ async fn a_user_administrator_cannot_take_over_an_administrators_login(backend: 
                 &user_admin,
                 pb::SendActivationRequest {
                     user_id: pending.id.clone(),
+                    ..Default::default()
                 },
             ))
             .await,
@@ -451,6 +452,7 @@ async fn a_user_administrator_cannot_take_over_an_administrators_login(backend: 
             &fixture.admin_token,
             pb::SendActivationRequest {
                 user_id: nina.id.clone(),
+                ..Default::default()
             },
         ))
         .await
@@ -492,6 +494,7 @@ async fn a_user_administrator_cannot_take_over_an_administrators_login(backend: 
             &fixture.admin_token,
             pb::SendActivationRequest {
                 user_id: pending.id.clone(),
+                ..Default::default()
             },
         ))
         .await

@@ -98,6 +98,7 @@ enum Call {
     UpdateNotificationPreferences(pb::UpdateNotificationPreferencesRequest),
     CreateImport(Vec<pb::CreateImportRequest>),
     BatchSendActivation(pb::BatchSendActivationRequest),
+    SendActivation(pb::SendActivationRequest),
     OrderCertificate(pb::OrderCertificateRequest),
     IssueCertificate(pb::IssueCertificateRequest),
     SearchCertificates(pb::SearchCertificatesRequest),
@@ -149,6 +150,7 @@ impl Call {
             Call::UpdateNotificationPreferences(_) => "UpdateNotificationPreferences",
             Call::CreateImport(_) => "CreateImport",
             Call::BatchSendActivation(_) => "BatchSendActivation",
+            Call::SendActivation(_) => "SendActivation",
             Call::OrderCertificate(_) => "OrderCertificate",
             Call::IssueCertificate(_) => "IssueCertificate",
             Call::SearchCertificates(_) => "SearchCertificates",
@@ -207,6 +209,7 @@ impl Call {
                 .map(drop),
             Call::CreateImport(messages) => app.stream_import(admin, messages).await.map(drop),
             Call::BatchSendActivation(r) => app.imports().batch_send_activation(req(admin, r)).await.map(drop),
+            Call::SendActivation(r) => app.users().send_activation(req(admin, r)).await.map(drop),
             Call::OrderCertificate(r) => app.certs().order_certificate(req(admin, r)).await.map(drop),
             // Picked up by the recipient of the pickup mail: the member.
             Call::IssueCertificate(r) => app.certs().issue_certificate(req(member, r)).await.map(drop),
@@ -1519,6 +1522,18 @@ fn rows() -> Vec<Row> {
                 organisation_id: c.org.id.clone(),
                 user_ids: vec![c.member.id.clone()],
                 import_id: uuid::Uuid::now_v7().to_string(),
+            }
+        )),
+        row!("request_id", "101 characters, of a SendActivation", |c| {
+            Call::SendActivation(pb::SendActivationRequest {
+                user_id: c.member.id.clone(),
+                request_id: "s".repeat(101),
+            })
+        }),
+        row!("request_id", "a NUL, of a SendActivation", |c| Call::SendActivation(
+            pb::SendActivationRequest {
+                user_id: c.member.id.clone(),
+                request_id: "nøgle\0".into(),
             }
         )),
         // Certificates: the order (R-CERT-2).

@@ -12,6 +12,7 @@ use tonic::Code;
 both_backends!(
     a_link_works_through_the_day_its_mail_names,
     activation_by_mailed_link,
+    a_retried_send_activation_mails_once,
     activation_by_code,
     expired_activation_is_refused,
     mail_waits_while_smtp_is_down,
@@ -78,6 +79,7 @@ async fn activation_by_mailed_link(backend: Backend) {
             &fixture.admin_token,
             pb::SendActivationRequest {
                 user_id: user.id.clone(),
+                ..Default::default()
             },
         ))
         .await
@@ -907,6 +909,7 @@ async fn a_profile_recreated_for_anonymity_activates_by_its_mailed_link_only(bac
             &user_admin,
             pb::SendActivationRequest {
                 user_id: fresh.id.clone(),
+                ..Default::default()
             },
         ))
         .await
@@ -1139,5 +1142,75 @@ async fn a_deleted_administrators_address_is_masked_for_the_next_person(backend:
         assert!(!mail.last_error.contains(&address), "{}", mail.last_error);
     }
     worker.stop().await;
+    app.finish().await;
+}
+
+/// AIP-155 for SendActivation: a client whose call timed out after it
+/// landed retries, and the retry mailed a second link that ended the first
+/// (two mails, the first dead). With the first call's request id the retry
+/// sends nothing and answers as the first did, also once the person has
+/// activated; the same id for another user is refused. Without an id,
+/// every call mails a new link, as before.
+async fn a_retried_send_activation_mails_once(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let ask = |user_id: &str, request_id: &str| {
+        let request = pb::SendActivationRequest {
+            user_id: user_id.to_owned(),
+            request_id: request_id.to_owned(),
+        };
+        let token = fixture.admin_token.clone();
+        let app = &app;
+        async move { app.users().send_activation(req(&token, request)).await }
+    };
+    let create = |name: &'static str| {
+        let request = new_user(&fixture.org.id, name, &[]);
+        let token = fixture.admin_token.clone();
+        let app = &app;
+        async move {
+            let id = app
+                .users()
+                .create_user(req(&token, request.clone()))
+                .await
+                .unwrap()
+                .into_inner()
+                .user
+                .unwrap()
+                .id;
+            (request, id)
+        }
+    };
+    let (anna, anna_id) = create("Anna").await;
+    let (bo, bo_id) = create("Bo").await;
+    let mails = |email: String| {
+        let app = &app;
+        async move { app.mail_subjects("activation", &email).await.len() }
+    };
+    assert_eq!(mails(anna.email.clone()).await, 1, "the creation's mail");
+
+    ask(&anna_id, "gensend-1").await.expect("sent");
+    assert_eq!(mails(anna.email.clone()).await, 2);
+    let link = app.activation_link_token(&anna.email).await;
+    ask(&anna_id, "gensend-1")
+        .await
+        .expect("the retry answers as the first call");
+    assert_eq!(mails(anna.email.clone()).await, 2, "the retry mailed again");
+    assert_eq!(app.activation_link_token(&anna.email).await, link);
+
+    let reused = ask(&bo_id, "gensend-1").await;
+    assert_eq!(reason(&assert_code(reused, Code::AlreadyExists)), "REQUEST_ID_REUSED");
+    assert_eq!(mails(bo.email.clone()).await, 1, "nothing mailed to Bo");
+
+    // The link the first call mailed still works, and after it was used a
+    // retry still answers as the first call did.
+    app.activate_by_link_with_password(&anna.email, &anna.cpr, TEST_PASSWORD)
+        .await;
+    ask(&anna_id, "gensend-1").await.expect("a retry after the activation");
+    assert_code(ask(&anna_id, "").await, Code::FailedPrecondition);
+
+    // Without an id, each call mails a new link.
+    ask(&bo_id, "").await.unwrap();
+    ask(&bo_id, "").await.unwrap();
+    assert_eq!(mails(bo.email.clone()).await, 3);
     app.finish().await;
 }

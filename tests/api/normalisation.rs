@@ -429,6 +429,7 @@ async fn mail_goes_to_exactly_the_accepted_address(backend: Backend) {
             &token,
             pb::SendActivationRequest {
                 user_id: plain.id.clone(),
+                ..Default::default()
             },
         ))
         .await

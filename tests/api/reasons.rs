@@ -127,6 +127,7 @@ async fn reasons_no_other_scenario_reaches(backend: Backend) {
             &token,
             pb::SendActivationRequest {
                 user_id: coded.id.clone(),
+                ..Default::default()
             },
         ))
         .await;

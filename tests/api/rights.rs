@@ -1208,6 +1208,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                 t,
                 pb::SendActivationRequest {
                     user_id: world.pending.id.clone(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -1218,6 +1219,7 @@ async fn call(app: &TestApp, world: &World, rpc: &str, token: &str) -> Result<()
                 t,
                 pb::SendActivationRequest {
                     user_id: world.pending_admin.id.clone(),
+                    ..Default::default()
                 },
             ))
             .await

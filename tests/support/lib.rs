@@ -843,7 +843,7 @@ impl TestApp {
                 .expect("the user of the mail");
             let id: uuid::Uuid = row.try_get_by_index(0).expect("user id");
             self.domain
-                .send_activation(&orgadmin_domain::Caller::system("test-fixture"), id)
+                .send_activation(&orgadmin_domain::Caller::system("test-fixture"), id, None)
                 .await
                 .expect("mail a new activation link");
         }

@@ -246,6 +246,11 @@ pub mod activation_secret {
         pub created_at: i64,
         /// Not usable before (an e-mail change asked by someone else).
         pub usable_from: Option<i64>,
+        /// The request id of the SendActivation that mailed this link, and
+        /// its request's fingerprint: a retry finds the link and sends
+        /// nothing (AIP-155).
+        pub send_request_id: Option<String>,
+        pub send_request_hash: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -5,7 +5,7 @@
 use rand::Rng;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -210,6 +210,8 @@ impl Domain {
             revoked_at: Set(None),
             created_at: Set(now),
             usable_from: Set(usable_from),
+            send_request_id: Set(None),
+            send_request_hash: Set(None),
         })
         .exec_without_returning(db)
         .await?;
@@ -344,10 +346,37 @@ impl Domain {
         Ok((txn, row, org))
     }
 
-    /// Re-sends the activation mail with a new link; the old link stops working.
+    /// Re-sends the activation mail with a new link; the old link stops
+    /// working. With a `request_id` (AIP-155), a retry of a call that
+    /// landed sends nothing: a second mail's link ended the first mail's,
+    /// and the person held two mails, one dead.
     #[instrument(level = "debug", skip_all, err(level = "debug"))]
-    pub async fn send_activation(&self, caller: &Caller, user_id: Uuid) -> DomainResult<()> {
+    pub async fn send_activation(&self, caller: &Caller, user_id: Uuid, request_id: Option<&str>) -> DomainResult<()> {
+        if let Some(id) = request_id {
+            crate::validate::request_id(id).map_err(|rule| DomainError::invalid("request_id", rule))?;
+        }
+        let fingerprint = super::request_fingerprint(caller, &("SendActivation", user_id));
+        if let Some(id) = request_id {
+            // Before the state check: the first call's link may have been
+            // used by now, and the retry still answers as the first did.
+            let row = self
+                .authorize_on_user(caller, Action::ManageActivation, user_id)
+                .await?;
+            if self
+                .answered_send(&self.db, row.organisation_id, id, &fingerprint)
+                .await?
+            {
+                return Ok(());
+            }
+        }
         let (txn, row, org) = self.pending_user_for_activation(caller, user_id).await?;
+        // Again under the organisation's lock: a twin of this retry that
+        // committed while this one waited for it.
+        if let Some(id) = request_id
+            && self.answered_send(&txn, org.id, id, &fingerprint).await?
+        {
+            return Ok(());
+        }
         if row.cpr_hash.is_none() && !super::anonymity::recreated_for_anonymity(&txn, row.id).await? {
             return Err(DomainError::precondition(
                 Reason::NoCprNumber,
@@ -355,8 +384,56 @@ impl Domain {
             ));
         }
         self.send_activation_link_in(&txn, caller, &row, &org.name).await?;
+        if let Some(id) = request_id {
+            // The link just made is the user's only live one (it ended the
+            // others).
+            activation_secret::Entity::update_many()
+                .col_expr(activation_secret::Column::SendRequestId, Expr::value(id))
+                .col_expr(activation_secret::Column::SendRequestHash, Expr::value(fingerprint))
+                .filter(activation_secret::Column::UserId.eq(row.id))
+                .filter(activation_secret::Column::Kind.eq(KIND_LINK))
+                .filter(activation_secret::Column::UsedAt.is_null())
+                .filter(activation_secret::Column::RevokedAt.is_null())
+                .exec(&txn)
+                .await?;
+        }
         txn.commit().await?;
         Ok(())
+    }
+
+    /// Whether a SendActivation of `organisation_id` already used
+    /// `request_id`: `true` when it was this request (nothing to send
+    /// again), REQUEST_ID_REUSED when it was another (another user, another
+    /// caller), `false` when no call used it.
+    async fn answered_send(
+        &self,
+        db: &impl ConnectionTrait,
+        organisation_id: Uuid,
+        request_id: &str,
+        fingerprint: &str,
+    ) -> DomainResult<bool> {
+        let stored: Option<Option<String>> = activation_secret::Entity::find()
+            .select_only()
+            .column(activation_secret::Column::SendRequestHash)
+            .filter(activation_secret::Column::SendRequestId.eq(request_id))
+            .filter(
+                activation_secret::Column::UserId.in_subquery(
+                    sea_orm::sea_query::Query::select()
+                        .column(user::Column::Id)
+                        .from(user::Entity)
+                        .and_where(user::Column::OrganisationId.eq(organisation_id))
+                        .to_owned(),
+                ),
+            )
+            .into_tuple()
+            .one(db)
+            .await?;
+        match stored {
+            None => Ok(false),
+            Some(stored) => {
+                super::ensure_same_request(stored.as_deref(), fingerprint, "activation mail").map(|()| true)
+            }
+        }
     }
 
     /// Mails a CPR user waiting for activation a new link (the old one

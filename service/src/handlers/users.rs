@@ -437,8 +437,13 @@ impl UserService for UserHandler {
         request: Request<pb::SendActivationRequest>,
     ) -> Result<Response<pb::SendActivationResponse>, Status> {
         let caller = caller(&self.domain, &request).await?;
-        let user_id = id("user_id", &request.get_ref().user_id).into_status()?;
-        self.domain.send_activation(&caller, user_id).await.into_status()?;
+        let r = request.into_inner();
+        let user_id = id("user_id", &r.user_id).into_status()?;
+        let request_id = opt_string(r.request_id);
+        self.domain
+            .send_activation(&caller, user_id, request_id.as_deref())
+            .await
+            .into_status()?;
         Ok(Response::new(pb::SendActivationResponse {}))
     }
 
