@@ -705,9 +705,27 @@ async fn a_deleted_profile_forgets_the_person(backend: Backend) {
     // confirmation is theirs, not the profile's, and goes all the same.
     app.ask_to_join(&fixture, "Lise", &email).await;
     assert_eq!(app.mail_texts("join_confirmation", &email).await.len(), 1);
+    // One of their mails was parked (the relay refused it): the operator
+    // still sees it after the deletion, and cannot send it.
+    app.execute_bound(
+        "UPDATE outbox_mails SET state = 'FAILED', last_error = '550 5.1.1 mailbox full' \
+         WHERE kind = 'welcome' AND recipient = $1",
+        vec![email.clone().into()],
+    )
+    .await;
     app.delete_user(&fixture.admin_token, &leaving.id)
         .await
         .expect("deleted");
+    let parked = app.parked_mails().await;
+    let welcome = parked
+        .iter()
+        .find(|m| m.kind == "welcome")
+        .expect("the parked mail is still listed");
+    let refused = app
+        .notes()
+        .retry_mail(req(OPERATOR_TOKEN, pb::RetryMailRequest { id: welcome.id.clone() }))
+        .await;
+    assert_eq!(reason(&assert_code(refused, Code::FailedPrecondition)), "MAIL_EXPIRED");
     // The mail that had not gone yet does not go: its link no longer
     // works, and the address may be someone else's by the time it would.
     assert!(

@@ -508,10 +508,18 @@ impl Domain {
                 format!("only a failed mail can be retried; this one is {}", row.state),
             ));
         }
+        // Its content ended: a login code or link that expired (the person
+        // asks for a new one), or a recipient who was deleted (their
+        // parked mails keep no content).
         if let Some(end) = row.deliver_before.filter(|end| *end <= now_millis()) {
+            let end = chrono::DateTime::from_timestamp_millis(end)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
             return Err(DomainError::precondition(
                 Reason::MailExpired,
-                format!("{}; the person asks for a new one", expired_error(end)),
+                format!(
+                    "this mail cannot be sent any more: its content ended at {end} (an expired login code or link, or a deleted recipient)"
+                ),
             ));
         }
         // Conditional on still being FAILED: a parallel retry (and the send

@@ -342,11 +342,23 @@ pub(crate) async fn forget_deleted_person_in(
         // join with that address (perhaps the person again, from outside),
         // not for this profile, and its link does not die with it.
         let addresses: Vec<String> = std::iter::once(person.email).chain(person.pending_email).collect();
+        let theirs = sea_orm::Condition::all()
+            .add(outbox_mail::Column::OrganisationId.eq(person.organisation_id))
+            .add(outbox_mail::Column::Recipient.is_in(addresses))
+            .add(outbox_mail::Column::Kind.ne(crate::mail::MailKind::JoinConfirmation.as_str()));
         outbox_mail::Entity::delete_many()
-            .filter(outbox_mail::Column::OrganisationId.eq(person.organisation_id))
-            .filter(outbox_mail::Column::Recipient.is_in(addresses))
-            .filter(outbox_mail::Column::Kind.ne(crate::mail::MailKind::JoinConfirmation.as_str()))
-            .filter(outbox_mail::Column::State.ne(crate::services::outbox::STATE_SENT))
+            .filter(theirs.clone())
+            .filter(outbox_mail::Column::State.eq(crate::services::outbox::STATE_PENDING))
+            .exec(txn)
+            .await?;
+        // A parked one stays in the operator's list (it says what the relay
+        // refused, which is about the domain, not the person), its content
+        // gone and ended now, so RetryMail cannot send it (MAIL_EXPIRED).
+        outbox_mail::Entity::update_many()
+            .col_expr(outbox_mail::Column::Payload, Expr::value(""))
+            .col_expr(outbox_mail::Column::DeliverBefore, Expr::value(now))
+            .filter(theirs)
+            .filter(outbox_mail::Column::State.eq(crate::services::outbox::STATE_FAILED))
             .exec(txn)
             .await?;
     }
