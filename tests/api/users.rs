@@ -1364,3 +1364,61 @@ async fn an_anonymity_decision_while_the_decider_is_demoted_is_refused() {
     );
     app.finish().await;
 }
+
+/// BatchSendActivation checks its caller as they are under the
+/// organisation's lock, as SendActivation does. Checked on the caller as
+/// authenticated, a batch that waited for the lock while the caller's
+/// administrator roles were being taken went through once the demotion
+/// committed, and mailed a pending administrator their link (R-AUTH-1:
+/// only someone who may change roles sends it). (The demotion is played by
+/// a transaction that holds the organisation's lock and has taken the
+/// roles, not yet committed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_activation_links_from_a_demoted_administrator_is_refused() {
+    let app = TestApp::start(Backend::Postgres).await;
+    let fixture = app.org_with_admin().await;
+    let (sender, sender_token) = app
+        .member(&fixture, "Ole", &[pb::Role::OrganisationAdmin, pb::Role::UserAdmin])
+        .await;
+    let pending = new_user(&fixture.org.id, "Vera", &[pb::Role::UserAdmin]);
+    let pending_id = app
+        .users()
+        .create_user(req(&fixture.admin_token, pending.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+        .id;
+    assert_eq!(app.mail_subjects("activation", &pending.email).await.len(), 1);
+    let demoting = demoted(&app, &fixture, &sender, &sender_token).await;
+    let sending = {
+        let (mut imports, org, id) = (app.imports(), fixture.org.id.clone(), pending_id.clone());
+        tokio::spawn(async move {
+            imports
+                .batch_send_activation(req(
+                    &sender_token,
+                    pb::BatchSendActivationRequest {
+                        organisation_id: org,
+                        user_ids: vec![id],
+                        ..Default::default()
+                    },
+                ))
+                .await
+        })
+    };
+    app.until_waiting_on_a_lock("organisations").await;
+    demoting.commit().await;
+    let answer = sending.await.unwrap();
+    assert_eq!(
+        answer.map(drop).unwrap_err().code(),
+        Code::PermissionDenied,
+        "a demoted administrator sent activation links"
+    );
+    assert_eq!(
+        app.mail_subjects("activation", &pending.email).await.len(),
+        1,
+        "a link was mailed"
+    );
+    app.finish().await;
+}

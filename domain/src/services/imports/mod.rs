@@ -667,11 +667,6 @@ impl Domain {
         // second link would end the first.
         let mut seen = std::collections::HashSet::new();
         let ids: Vec<Uuid> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
-        // R-AUTH-1, as for one link (SendActivation): an administrator's
-        // link, or that of a person who delegates, is sent only by someone
-        // who may change roles; whoever else sent it could activate them.
-        let sends_any = caller.is_operator()
-            || authorize(caller, Action::ChangeRoles, Target::organisation(organisation_id)).is_ok();
         let mut outcome = BatchActivation::default();
         for chunk in ids.chunks(500) {
             let txn = crate::persistence::begin_write(&self.db).await?;
@@ -680,6 +675,18 @@ impl Domain {
             // the links are written; read unlocked, a user activated or
             // deleted meanwhile was mailed a link that could not work.
             let org = crate::services::lock_organisation(&txn, organisation_id).await?;
+            // The caller as they are under the lock, as SendActivation
+            // checks them: as authenticated (cached), a demoted
+            // administrator's batch that waited for the lock still mailed
+            // administrators their links.
+            let caller_now = crate::services::access::caller_as_now(self, &txn, caller).await?;
+            authorize(&caller_now, Action::ImportUsers, Target::organisation(organisation_id))?;
+            // R-AUTH-1, as for one link (SendActivation): an administrator's
+            // link, or that of a person who delegates, is sent only by
+            // someone who may change roles; whoever else sent it could
+            // activate them.
+            let sends_any = caller_now.is_operator()
+                || authorize(&caller_now, Action::ChangeRoles, Target::organisation(organisation_id)).is_ok();
             let rows = user::Entity::find()
                 .filter(user::Column::Id.is_in(chunk.to_vec()))
                 .filter(user::Column::OrganisationId.eq(organisation_id))
