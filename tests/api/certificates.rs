@@ -14,6 +14,7 @@ use tonic::{Code, Status};
 
 both_backends!(
     a_user_certificate_lives_and_is_revoked_as_openssl_sees_it,
+    an_order_nobody_picked_up_ends_with_its_token,
     every_key_type_and_the_organisation_certificate,
     refusals_change_nothing,
     expiry_warnings_go_once_and_certificates_expire,
@@ -3593,4 +3594,39 @@ async fn an_expiry_warning_counts_the_days_its_date_names() {
     );
     app.finish().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// R-CERT-4: an order whose pickup token expired unused can never be
+/// picked up; left ORDERED it stood in every list as waiting, for ever.
+/// The worker's sweep deletes it as DeleteCertificateOrder would, with a
+/// history event saying why; a live order is left alone.
+async fn an_order_nobody_picked_up_ends_with_its_token(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let fixture = app.org_with_admin().await;
+    let (member, _) = app.member(&fixture, "Otto", &[]).await;
+    let ordered = order(
+        &app,
+        &fixture.admin_token,
+        user_order(&fixture.org.id, &member, &[pb::CertificateUsage::Authentication]),
+    )
+    .await
+    .unwrap();
+    let ends = ms(ordered.pickup_expire_time.as_ref().expect("a pickup end"));
+    assert_eq!(app.domain.end_unclaimed_orders(ends - 1000).await.unwrap(), 0);
+    assert_eq!(
+        get(&app, &fixture.admin_token, &ordered.id).await.unwrap().state(),
+        pb::CertificateState::Ordered
+    );
+    assert_eq!(app.domain.end_unclaimed_orders(ends).await.unwrap(), 1);
+    assert_code(get(&app, &fixture.admin_token, &ordered.id).await, Code::NotFound);
+    let id: uuid::Uuid = ordered.id.parse().unwrap();
+    let events = app
+        .row_where(
+            "SELECT COUNT(*) AS n FROM history_events WHERE activity = 'CERTIFICATE_ORDER_DELETED' AND changes LIKE '%pickup expired%' AND subject_id =",
+            id,
+        )
+        .await;
+    assert_eq!(events.try_get::<i64>("", "n").unwrap(), 1, "one history event");
+    assert_eq!(app.domain.end_unclaimed_orders(ends).await.unwrap(), 0, "once");
+    app.finish().await;
 }

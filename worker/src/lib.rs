@@ -167,7 +167,8 @@ pub async fn run(domain: Domain, config: &Config, shutdown: impl Future<Output =
 }
 
 /// R-CERT-5 and R-CERT-7 on the sweep's tick: a new CRL when one is due,
-/// certificates past their end EXPIRED, expiry warnings. Each step is safe
+/// certificates past their end EXPIRED, orders whose pickup expired
+/// deleted, expiry warnings. Each step is safe
 /// beside another replica (conditional updates), and one failing does not
 /// stop the others.
 async fn certificate_sweep(domain: &Domain, now: i64) {
@@ -181,6 +182,11 @@ async fn certificate_sweep(domain: &Domain, now: i64) {
         Ok(0) => {}
         Ok(n) => tracing::info!(expired = n, "certificates expired"),
         Err(e) => tracing::error!(error = %e, "certificate expiry sweep failed"),
+    }
+    match domain.end_unclaimed_orders(now).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "certificate orders whose pickup expired deleted"),
+        Err(e) => tracing::error!(error = %e, "deleting certificate orders whose pickup expired failed"),
     }
     match domain.warn_expiring_certificates(now).await {
         Ok(0) => {}

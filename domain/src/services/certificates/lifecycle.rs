@@ -625,6 +625,34 @@ fn check_people(
     Ok(())
 }
 
+/// Deletes an order not yet picked up, with its history event (why, when
+/// not the caller's choice): whether it was still an order. One rule for
+/// DeleteCertificateOrder, a holder who leaves, and an order whose pickup
+/// token expired unused.
+pub(crate) async fn delete_order_in(
+    txn: &DatabaseTransaction,
+    caller: &Caller,
+    row: &certificate::Model,
+    now: Millis,
+    why: Option<&str>,
+) -> DomainResult<bool> {
+    let deleted = certificate::Entity::delete_many()
+        .filter(certificate::Column::Id.eq(row.id))
+        .filter(certificate::Column::State.eq(CertificateState::Ordered.as_str()))
+        .exec(txn)
+        .await?;
+    if deleted.rows_affected != 1 {
+        return Ok(false);
+    }
+    let mut changes = Vec::new();
+    diff(&mut changes, "state", &row.state, "");
+    if let Some(why) = why {
+        diff(&mut changes, "reason", "", why);
+    }
+    history::record(txn, event(row, Activity::CertificateOrderDeleted, caller, now, changes)).await?;
+    Ok(true)
+}
+
 fn event<'a>(
     row: &certificate::Model,
     activity: Activity,
@@ -1326,24 +1354,12 @@ impl Domain {
                 ),
             ));
         }
-        let deleted = certificate::Entity::delete_many()
-            .filter(certificate::Column::Id.eq(row.id))
-            .filter(certificate::Column::State.eq(CertificateState::Ordered.as_str()))
-            .exec(&txn)
-            .await?;
-        if deleted.rows_affected != 1 {
+        if !delete_order_in(&txn, caller, &row, now, None).await? {
             return Err(DomainError::precondition(
                 Reason::CertificateNotOrdered,
                 "the order was picked up meanwhile; revoke the certificate instead",
             ));
         }
-        let mut changes = Vec::new();
-        diff(&mut changes, "state", &row.state, "");
-        history::record(
-            &txn,
-            event(&row, Activity::CertificateOrderDeleted, caller, now, changes),
-        )
-        .await?;
         txn.commit().await?;
         Ok(())
     }
@@ -1571,13 +1587,7 @@ impl Domain {
         };
         let mut changes = Vec::new();
         if row.state == CertificateState::Ordered.as_str() {
-            let deleted = certificate::Entity::delete_many().filter(unchanged()).exec(txn).await?;
-            if deleted.rows_affected != 1 {
-                return Ok(None);
-            }
-            diff(&mut changes, "state", &row.state, "");
-            history::record(txn, event(row, Activity::CertificateOrderDeleted, caller, now, changes)).await?;
-            return Ok(Some(false));
+            return Ok(delete_order_in(txn, caller, row, now, None).await?.then_some(false));
         }
         let ended = ending(row, CertificateState::Revoked, reason, now)
             .filter(unchanged())

@@ -455,6 +455,36 @@ impl Domain {
         }
     }
 
+    /// Deletes orders whose pickup token expired unused, each with its
+    /// history event (reason "pickup expired"), as DeleteCertificateOrder
+    /// would: nothing can pick them up any more, and left ORDERED they
+    /// stood in every list as waiting, for ever. The administrator orders
+    /// again. Returns how many.
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn end_unclaimed_orders(&self, now: Millis) -> DomainResult<u64> {
+        let caller = Caller::system("certificate-expiry");
+        let mut ended = 0;
+        loop {
+            let txn = crate::persistence::begin_write(&self.db).await?;
+            let due = certificate::Entity::find()
+                .filter(certificate::Column::State.eq(CertificateState::Ordered.as_str()))
+                .filter(certificate::Column::PickupExpiresAt.lte(now))
+                .limit(SWEEP_BATCH)
+                .all(&txn)
+                .await?;
+            let batch = due.len() as u64;
+            for row in due {
+                if super::lifecycle::delete_order_in(&txn, &caller, &row, now, Some("pickup expired")).await? {
+                    ended += 1;
+                }
+            }
+            txn.commit().await?;
+            if batch < SWEEP_BATCH {
+                return Ok(ended);
+            }
+        }
+    }
+
     /// R-CERT-7: tells the holder, the contact person and the user
     /// administrators 30 and 7 days before a certificate expires, each
     /// warning once: the warning's column is set by a conditional UPDATE in
