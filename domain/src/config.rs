@@ -34,6 +34,11 @@ pub struct Config {
     /// closes. A connection that sends nothing for 10 s after connecting is
     /// closed.
     pub max_grpc_connections: usize,
+    /// Seconds a gRPC connection may stay open with no call on it before
+    /// it is closed (a client reconnects for its next call): a client that
+    /// keeps connections open without calls would otherwise hold their
+    /// places for ever.
+    pub grpc_idle_timeout_seconds: u64,
     /// After SIGTERM, seconds the service goes on serving with its health
     /// NOT_SERVING before it stops accepting and drains, so that endpoints
     /// stop sending it new connections first (Kubernetes: a few seconds;
@@ -185,6 +190,7 @@ impl Default for Config {
             database_max_connections: 20,
             max_in_flight: 256,
             max_grpc_connections: 1024,
+            grpc_idle_timeout_seconds: 300,
             shutdown_delay_seconds: 0,
             password_memory_kib: 19 * 1024,
             password_iterations: 2,
@@ -407,6 +413,9 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.max_in_flight) {
             return Err("ORGADMIN_MAX_IN_FLIGHT must be between 1 and 100000".into());
+        }
+        if !(1..=86_400).contains(&self.grpc_idle_timeout_seconds) {
+            return Err("ORGADMIN_GRPC_IDLE_TIMEOUT_SECONDS must be between 1 and 86400".into());
         }
         if !(1..=100_000).contains(&self.max_grpc_connections) {
             return Err("ORGADMIN_MAX_GRPC_CONNECTIONS must be between 1 and 100000".into());

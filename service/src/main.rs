@@ -126,6 +126,7 @@ async fn run(config: Config, with_worker: bool) -> anyhow::Result<()> {
     let sign_ins = domain.clone();
     let connections = orgadmin_service::ConnectionLimits {
         max_connections: config.max_grpc_connections,
+        idle_timeout: std::time::Duration::from_secs(config.grpc_idle_timeout_seconds),
         announce_stop_for: std::time::Duration::from_secs(config.shutdown_delay_seconds),
         ..Default::default()
     };

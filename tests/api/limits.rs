@@ -16,7 +16,8 @@ both_backends!(
     grpc_connections_are_bounded_and_silent_ones_closed,
     a_call_whose_request_never_arrives_holds_no_place,
     one_address_holds_its_share_of_connections,
-    a_streamed_answer_holds_its_place_until_it_ends
+    a_streamed_answer_holds_its_place_until_it_ends,
+    a_connection_without_calls_is_closed_when_idle
 );
 
 async fn calls_over_the_in_flight_bound_are_shed(backend: Backend) {
@@ -339,5 +340,85 @@ async fn a_streamed_answer_holds_its_place_until_it_ends(backend: Backend) {
             Err(status) => panic!("the place of a dropped stream did not come back: {status:?}"),
         }
     }
+    app.finish().await;
+}
+
+/// A client that connects, speaks HTTP/2 and then makes no call (it would
+/// answer the server's pings) held its place among the open connections
+/// for ever: with `max_per_address` each, a few addresses filled them all
+/// and nobody else got in. A connection with no call open for
+/// `idle_timeout` is closed; one with a call open (a watch that streams
+/// its answers) is not, however long, until the call ends.
+async fn a_connection_without_calls_is_closed_when_idle(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tonic::transport::Channel;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let app = TestApp::start(backend).await;
+    let idle_timeout = Duration::from_secs(2);
+    let server = GuardedServer::start(
+        &app,
+        orgadmin_service::ConnectionLimits {
+            max_connections: 1,
+            max_per_address: 10,
+            first_bytes_timeout: Duration::from_secs(30),
+            idle_timeout,
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = server.addr;
+    let channel = move || {
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(30))
+            .connect_lazy()
+    };
+
+    // An HTTP/2 client that makes no call: the preface and its SETTINGS.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let opened = Instant::now();
+    // It holds the only place: a health check waits ...
+    let waiting = tokio::spawn(async move { HealthClient::new(channel()).check(HealthCheckRequest::default()).await });
+    tokio::time::sleep(idle_timeout / 2).await;
+    assert!(!waiting.is_finished(), "served beside the idle connection");
+    // ... until the idle one is closed.
+    let mut sent = Vec::new();
+    let _ = tokio::time::timeout(idle_timeout * 5, idle.read_to_end(&mut sent))
+        .await
+        .expect("the idle connection was left open");
+    assert!(opened.elapsed() >= idle_timeout, "closed early: {:?}", opened.elapsed());
+    tokio::time::timeout(idle_timeout * 5, waiting)
+        .await
+        .expect("the waiting client was let in")
+        .unwrap()
+        .expect("its health check");
+
+    // A watch keeps its connection through many idle timeouts, and the
+    // place with it: another client waits.
+    let watching = channel();
+    let mut watch = HealthClient::new(watching.clone())
+        .watch(HealthCheckRequest::default())
+        .await
+        .expect("a watch")
+        .into_inner();
+    watch.message().await.expect("the first status").expect("a status");
+    let other = tokio::spawn(async move { HealthClient::new(channel()).check(HealthCheckRequest::default()).await });
+    tokio::time::sleep(idle_timeout * 3).await;
+    assert!(
+        !other.is_finished(),
+        "the watching connection was closed under its call"
+    );
+    // Its end leaves the connection idle: closed in time, the other gets in.
+    drop(watch);
+    tokio::time::timeout(idle_timeout * 5, other)
+        .await
+        .expect("the other client was let in after the watch ended")
+        .unwrap()
+        .expect("its health check");
+    server.stop().await;
     app.finish().await;
 }
