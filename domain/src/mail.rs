@@ -325,14 +325,9 @@ mod tests {
             for language in [Language::Da, Language::Sv, Language::En] {
                 let mail = render(*kind, language, "Søren", &vars()).unwrap();
                 for text in [&mail.subject, &mail.text, &mail.html] {
-                    for doubled in [
-                        "dag dage",
-                        "dag dagar",
-                        "day days",
-                        "minut minutter",
-                        "minut minuter",
-                        "minute minutes",
-                    ] {
+                    // vars() gives "1 dag" and "1 minut": a unit left in
+                    // any language's template follows them.
+                    for doubled in ["dag dag", "dag day", "minut minut", "minut minute"] {
                         assert!(!text.contains(doubled), "{kind:?}/{language}: {text}");
                     }
                 }

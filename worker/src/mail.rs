@@ -258,6 +258,20 @@ impl Outbox {
                 }
                 continue;
             }
+            // A mail whose content died while it waited here is not sent:
+            // given back, the next claim parks it unsent. One that dies
+            // during its send is cut off then (its failure parks it), so
+            // nothing arrives after its end.
+            let window_ms = match mail.claim.deliver_before.map(|end| end - now_millis()) {
+                Some(left) if left <= 0 => {
+                    if let Err(e) = self.domain.release_mail(&mail.claim).await {
+                        tracing::warn!(mail = %mail.claim.id, error = %e, "outbox: could not give back an expired mail");
+                    }
+                    continue;
+                }
+                Some(left) => window_ms.min(left),
+                None => window_ms,
+            };
             let deadline = Duration::from_millis(window_ms as u64);
             let domain = self.domain.clone();
             let transport = self.transport.clone();

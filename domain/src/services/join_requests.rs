@@ -245,7 +245,7 @@ impl Domain {
         // their text ("Your account is blocked, call …") under the
         // organisation's name. The organisation's user administrators see
         // the name once the address's owner has confirmed.
-        self.enqueue_mail(
+        self.enqueue_mail_until(
             &txn,
             Some(org.id),
             MailKind::JoinConfirmation,
@@ -257,6 +257,7 @@ impl Domain {
                 ("confirmation_link", &url),
                 ("expires_at", &crate::mail::date_time(row.expires_at)),
             ],
+            Some(row.expires_at),
         )
         .await?;
         txn.commit().await?;

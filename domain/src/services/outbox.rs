@@ -88,7 +88,7 @@ fn expired_error(deliver_before: Millis) -> String {
     let end = chrono::DateTime::from_timestamp_millis(deliver_before)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default();
-    format!("not delivered before its content expired at {end}: not sent late")
+    format!("its content expired at {end} before its delivery was confirmed: not sent (again) after that")
 }
 
 /// How long a mail this worker cannot decrypt waits before it is claimed
@@ -224,6 +224,8 @@ impl Domain {
             .into_iter()
             .partition(|r| r.deliver_before.is_some_and(|end| end <= now));
         for row in &expired {
+            // Parked by the claim, not tried: what it says holds whether or
+            // not an earlier claim's send (whose record was lost) got through.
             let error = expired_error(row.deliver_before.unwrap_or(now));
             outbox_mail::Entity::update_many()
                 .col_expr(outbox_mail::Column::State, Expr::value(STATE_FAILED))
@@ -234,7 +236,6 @@ impl Domain {
                 .filter(outbox_mail::Column::Id.eq(row.id))
                 .exec(&txn)
                 .await?;
-            crate::metrics::mail_delivery("expired");
             tracing::warn!(mail = %row.id, kind = %row.kind, attempts = row.attempts, error = %error, "mail parked unsent: its content expired");
         }
         let lease_until = now + lease_ms;
@@ -248,6 +249,11 @@ impl Domain {
                 .await?;
         }
         txn.commit().await?;
+        // Counted once committed: a claim that failed to commit parks them
+        // again next time.
+        for _ in &expired {
+            crate::metrics::mail_delivery("expired");
+        }
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
             let claim = MailClaim {
@@ -369,8 +375,9 @@ impl Domain {
         let now = now_millis();
         let next_attempt_at = now + backoff_ms(attempts, retry.base_delay_ms);
         // A retry that would come when the content is dead is not made (a
-        // login code is worth minutes, however young its mail): parked now,
-        // its dead secret dropped.
+        // login code is worth minutes, however young its mail): parked now.
+        // Its content stays until its end (RetryMail may still send it
+        // before then); a claim after the end drops it.
         let dies_first = claim.deliver_before.filter(|end| next_attempt_at >= *end);
         let park = retry.parks(failure, attempts, now - claim.created_at) || dies_first.is_some();
         let mut error: String = error.chars().take(1000).collect();
@@ -381,9 +388,6 @@ impl Domain {
             .col_expr(outbox_mail::Column::Attempts, Expr::value(attempts))
             .col_expr(outbox_mail::Column::LastError, Expr::value(error.clone()))
             .col_expr(outbox_mail::Column::LeaseUntil, Expr::value(Option::<i64>::None));
-        if dies_first.is_some() {
-            update = update.col_expr(outbox_mail::Column::Payload, Expr::value(""));
-        }
         update = if park {
             update.col_expr(outbox_mail::Column::State, Expr::value(STATE_FAILED))
         } else {
@@ -511,7 +515,12 @@ impl Domain {
         // Its content ended: a login code or link that expired (the person
         // asks for a new one), or a recipient who was deleted (their
         // parked mails keep no content).
-        if let Some(end) = row.deliver_before.filter(|end| *end <= now_millis()) {
+        // (An empty content is one dropped at that end.)
+        let ended = row
+            .deliver_before
+            .filter(|end| *end <= now_millis())
+            .or_else(|| row.payload.is_empty().then(now_millis));
+        if let Some(end) = ended {
             let end = chrono::DateTime::from_timestamp_millis(end)
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                 .unwrap_or_default();

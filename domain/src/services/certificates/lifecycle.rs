@@ -636,9 +636,12 @@ pub(crate) async fn delete_order_in(
     now: Millis,
     why: Option<&str>,
 ) -> DomainResult<bool> {
+    // Still as read: a new contact person's pickup (a new token, a new
+    // end, mailed) committed meanwhile is not deleted under them.
     let deleted = certificate::Entity::delete_many()
         .filter(certificate::Column::Id.eq(row.id))
         .filter(certificate::Column::State.eq(CertificateState::Ordered.as_str()))
+        .filter(certificate::Column::Version.eq(row.version))
         .exec(txn)
         .await?;
     if deleted.rows_affected != 1 {
@@ -827,7 +830,7 @@ impl Domain {
         ];
         // The token goes by mail only: an in-app notification is stored
         // and listed, so it says that a certificate waits, not how to take it.
-        self.enqueue_mail(
+        self.enqueue_mail_until(
             txn,
             Some(org.id),
             MailKind::CertificatePickup,
@@ -835,6 +838,7 @@ impl Domain {
             &format!("{} {}", recipient.first_name, recipient.surname),
             parse(&recipient.language)?,
             &vars,
+            Some(expires_at),
         )
         .await?;
         self.notify_in_app(
@@ -1357,7 +1361,7 @@ impl Domain {
         if !delete_order_in(&txn, caller, &row, now, None).await? {
             return Err(DomainError::precondition(
                 Reason::CertificateNotOrdered,
-                "the order was picked up meanwhile; revoke the certificate instead",
+                "the order changed meanwhile (picked up, or given a new contact person); look at it again",
             ));
         }
         txn.commit().await?;
