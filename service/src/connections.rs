@@ -94,11 +94,16 @@ impl Connected for GuardedConnection {
 impl GuardedConnection {
     /// After frames passed: while no call is open the idle deadline runs
     /// from the last call's end (set again at every end); while one is
-    /// open it does not matter.
-    fn note_streams(&mut self, was_open: usize) {
+    /// open it does not matter. A deadline set again has no waker until
+    /// it is polled, and the connection's task may not read again before
+    /// the next ping (a call ended by the server's trailers is a write):
+    /// polled here, it wakes the task when it passes.
+    fn note_streams(&mut self, was_open: usize, cx: &mut Context<'_>) {
         if was_open > 0 && self.streams.open() == 0 {
             let at = tokio::time::Instant::now() + self.idle_timeout;
             self.idle_deadline.as_mut().reset(at);
+            // Just set to the future: pending, now with this task's waker.
+            let _ = self.idle_deadline.as_mut().poll(cx);
         }
     }
 }
@@ -111,7 +116,7 @@ impl AsyncRead for GuardedConnection {
             let was_open = self.streams.open();
             let this = &mut *self;
             this.streams.read(&buf.filled()[filled_before..]);
-            this.note_streams(was_open);
+            this.note_streams(was_open, cx);
         }
         if polled.is_pending()
             && self.first_bytes_deadline.is_none()
@@ -129,6 +134,10 @@ impl AsyncRead for GuardedConnection {
         match polled {
             Poll::Ready(Ok(())) if buf.filled().len() > filled_before => {
                 self.first_bytes_deadline = None;
+                // Idle from its first bytes, not from its accept: a short
+                // idle timeout does not eat into the time to send them.
+                let at = tokio::time::Instant::now() + self.idle_timeout;
+                self.idle_deadline.as_mut().reset(at);
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => match deadline.as_mut().poll(cx) {
@@ -150,7 +159,7 @@ impl AsyncWrite for GuardedConnection {
         if let Poll::Ready(Ok(n)) = written {
             let was_open = self.streams.open();
             self.streams.written(&buf[..n]);
-            self.note_streams(was_open);
+            self.note_streams(was_open, cx);
         }
         written
     }
@@ -171,7 +180,7 @@ impl AsyncWrite for GuardedConnection {
                 self.streams.written(&slice[..taken]);
                 n -= taken;
             }
-            self.note_streams(was_open);
+            self.note_streams(was_open, cx);
         }
         written
     }

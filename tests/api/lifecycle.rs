@@ -726,6 +726,17 @@ async fn a_deleted_profile_forgets_the_person(backend: Backend) {
         .retry_mail(req(OPERATOR_TOKEN, pb::RetryMailRequest { id: welcome.id.clone() }))
         .await;
     assert_eq!(reason(&assert_code(refused, Code::FailedPrecondition)), "MAIL_EXPIRED");
+    let kept = app
+        .row_where(
+            "SELECT payload FROM outbox_mails WHERE id =",
+            welcome.id.parse().unwrap(),
+        )
+        .await;
+    assert_eq!(
+        kept.try_get::<String>("", "payload").unwrap(),
+        "",
+        "its content was kept"
+    );
     // The mail that had not gone yet does not go: its link no longer
     // works, and the address may be someone else's by the time it would.
     assert!(

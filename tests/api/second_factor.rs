@@ -644,7 +644,9 @@ async fn a_login_code_is_never_mailed_after_it_expired(backend: Backend) {
         backend,
         DomainSettings {
             passwords: PasswordSettings {
-                code_ttl_ms: 1500,
+                // Long enough for a worker on a busy CI machine to start,
+                // claim and fail one try (or deliver) within it.
+                code_ttl_ms: 5000,
                 ..PasswordSettings::default()
             },
             ..DomainSettings::default()
@@ -694,7 +696,7 @@ async fn a_login_code_is_never_mailed_after_it_expired(backend: Backend) {
     // starts after the code died.
     sink.resume();
     app.login(&email, TEST_PASSWORD).await.expect("password accepted");
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    tokio::time::sleep(Duration::from_millis(5200)).await;
     let worker = TestWorker::start(&app, worker_config(&app, &sink.url()));
     let mut waited = 0;
     let parked = loop {

@@ -1420,5 +1420,52 @@ async fn a_batch_of_activation_links_from_a_demoted_administrator_is_refused() {
         1,
         "a link was mailed"
     );
+
+    // Left a user administrator only: the batch goes through, but an
+    // administrator's link is no longer theirs to send (R-AUTH-1).
+    let (sender, sender_token) = app
+        .member(&fixture, "Ida", &[pb::Role::OrganisationAdmin, pb::Role::UserAdmin])
+        .await;
+    app.who_am_i(&sender_token).await.expect("the sender is signed in");
+    let demoting = app
+        .in_progress(&[
+            format!(
+                "SELECT id FROM organisations WHERE id = '{}' FOR UPDATE",
+                fixture.org.id
+            ),
+            format!(
+                "DELETE FROM user_roles WHERE user_id = '{}' AND role = 'ORGANISATION_ADMIN'",
+                sender.id
+            ),
+        ])
+        .await;
+    let sending = {
+        let (mut imports, org, id) = (app.imports(), fixture.org.id.clone(), pending_id.clone());
+        tokio::spawn(async move {
+            imports
+                .batch_send_activation(req(
+                    &sender_token,
+                    pb::BatchSendActivationRequest {
+                        organisation_id: org,
+                        user_ids: vec![id],
+                        ..Default::default()
+                    },
+                ))
+                .await
+        })
+    };
+    app.until_waiting_on_a_lock("organisations").await;
+    demoting.commit().await;
+    let outcome = sending
+        .await
+        .unwrap()
+        .expect("a user administrator's batch")
+        .into_inner();
+    assert!(outcome.queued_user_ids.is_empty(), "{outcome:?}");
+    assert_eq!(
+        app.mail_subjects("activation", &pending.email).await.len(),
+        1,
+        "a link was mailed"
+    );
     app.finish().await;
 }

@@ -377,7 +377,7 @@ impl Domain {
         // A retry that would come when the content is dead is not made (a
         // login code is worth minutes, however young its mail): parked now.
         // Its content stays until its end (RetryMail may still send it
-        // before then); a claim after the end drops it.
+        // before then); the hourly purge drops it after.
         let dies_first = claim.deliver_before.filter(|end| next_attempt_at >= *end);
         let park = retry.parks(failure, attempts, now - claim.created_at) || dies_first.is_some();
         let mut error: String = error.chars().take(1000).collect();

@@ -140,7 +140,19 @@ impl Domain {
                 .add(outbox_mail::Column::SentAt.lt(now - SENT_MAIL_RETENTION_MS)),
         )
         .await?;
-        Ok(secrets + join_requests + mails)
+        // A parked mail's content (a login code, a link, personal text)
+        // once its end passed: RetryMail refuses it from then on, so
+        // nothing reads it again. (Parked before its end, it kept its
+        // content for a retry in time.)
+        let dead = outbox_mail::Entity::update_many()
+            .col_expr(outbox_mail::Column::Payload, Expr::value(""))
+            .filter(outbox_mail::Column::State.eq(super::outbox::STATE_FAILED))
+            .filter(outbox_mail::Column::DeliverBefore.lte(now))
+            .filter(outbox_mail::Column::Payload.ne(""))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok(secrets + join_requests + mails + dead)
     }
 
     /// The live sessions of `user_id` (the caller's own when `None`), newest
