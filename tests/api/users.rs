@@ -1391,13 +1391,13 @@ async fn a_batch_of_activation_links_from_a_demoted_administrator_is_refused() {
         .unwrap()
         .id;
     assert_eq!(app.mail_subjects("activation", &pending.email).await.len(), 1);
-    let demoting = demoted(&app, &fixture, &sender, &sender_token).await;
-    let sending = {
+    // The pending administrator's batch, sent by `token`, once the lock is free.
+    let batch = |token: String| {
         let (mut imports, org, id) = (app.imports(), fixture.org.id.clone(), pending_id.clone());
         tokio::spawn(async move {
             imports
                 .batch_send_activation(req(
-                    &sender_token,
+                    &token,
                     pb::BatchSendActivationRequest {
                         organisation_id: org,
                         user_ids: vec![id],
@@ -1407,6 +1407,8 @@ async fn a_batch_of_activation_links_from_a_demoted_administrator_is_refused() {
                 .await
         })
     };
+    let demoting = demoted(&app, &fixture, &sender, &sender_token).await;
+    let sending = batch(sender_token);
     app.until_waiting_on_a_lock("organisations").await;
     demoting.commit().await;
     let answer = sending.await.unwrap();
@@ -1439,21 +1441,7 @@ async fn a_batch_of_activation_links_from_a_demoted_administrator_is_refused() {
             ),
         ])
         .await;
-    let sending = {
-        let (mut imports, org, id) = (app.imports(), fixture.org.id.clone(), pending_id.clone());
-        tokio::spawn(async move {
-            imports
-                .batch_send_activation(req(
-                    &sender_token,
-                    pb::BatchSendActivationRequest {
-                        organisation_id: org,
-                        user_ids: vec![id],
-                        ..Default::default()
-                    },
-                ))
-                .await
-        })
-    };
+    let sending = batch(sender_token);
     app.until_waiting_on_a_lock("organisations").await;
     demoting.commit().await;
     let outcome = sending
@@ -1461,6 +1449,11 @@ async fn a_batch_of_activation_links_from_a_demoted_administrator_is_refused() {
         .unwrap()
         .expect("a user administrator's batch")
         .into_inner();
+    assert_eq!(
+        outcome.needs_administrator_user_ids,
+        vec![pending_id.clone()],
+        "{outcome:?}"
+    );
     assert!(outcome.queued_user_ids.is_empty(), "{outcome:?}");
     assert_eq!(
         app.mail_subjects("activation", &pending.email).await.len(),
