@@ -85,10 +85,15 @@ impl MailRetry {
 /// Why a mail was parked unsent because its content died first: the
 /// operator reads it in ListFailedMails, and RetryMail refuses it.
 fn expired_error(deliver_before: Millis) -> String {
-    let end = chrono::DateTime::from_timestamp_millis(deliver_before)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default();
+    let end = to_the_second(deliver_before);
     format!("its content expired at {end} before its delivery was confirmed: not sent (again) after that")
+}
+
+/// A mail's end as its messages name it (RFC 3339, UTC, to the second).
+fn to_the_second(at: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(at)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 /// How long a mail this worker cannot decrypt waits before it is claimed
@@ -514,16 +519,14 @@ impl Domain {
         }
         // Its content ended: a login code or link that expired (the person
         // asks for a new one), or a recipient who was deleted (their
-        // parked mails keep no content).
-        // (An empty content is one dropped at that end.)
+        // parked mails keep no content). An empty content is one dropped
+        // at that end.
         let ended = row
             .deliver_before
             .filter(|end| *end <= now_millis())
             .or_else(|| row.payload.is_empty().then(now_millis));
         if let Some(end) = ended {
-            let end = chrono::DateTime::from_timestamp_millis(end)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                .unwrap_or_default();
+            let end = to_the_second(end);
             return Err(DomainError::precondition(
                 Reason::MailExpired,
                 format!(
